@@ -1,0 +1,335 @@
+"""Validated, frozen configuration: defaults <- TOML file <- ``MYSTOCKS_*`` environment.
+
+One frozen dataclass per component (:class:`KafkaConfig`, :class:`RedisConfig`, ...), gathered in
+:class:`Settings`. Sources, later wins:
+
+1. the defaults below (a loopback stack on ports 19092 / 16379, so a system Kafka or Redis on the
+   standard ports is never touched);
+2. a TOML file: ``--config PATH``, else ``$MYSTOCKS_CONFIG``, else ``./mystocks.toml`` if present;
+3. environment variables ``MYSTOCKS_<SECTION>__<KEY>`` (e.g. ``MYSTOCKS_KAFKA__BOOTSTRAP_SERVERS``,
+   ``MYSTOCKS_KAFKA__SECURITY__SASL_PASSWORD`` -> ``kafka.security["sasl.password"]``) and
+   ``MYSTOCKS_<KEY>`` for top-level keys (``MYSTOCKS_BACKEND``).
+
+Unknown sections, keys or ``MYSTOCKS_`` variables are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from mystocks_gpu.exceptions import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "MYSTOCKS_"
+_ENV_RESERVED = {"MYSTOCKS_CONFIG"}
+_SECRET_WORDS = ("password", "secret", "token", "credentials", "private")
+MASK = "***"
+
+_SECURITY_PREFIXES = ("security.protocol", "sasl.", "ssl.", "enable.ssl.")
+_SECURITY_PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+
+
+def is_secret_key(key: str) -> bool:
+    """True when a config key names a secret (its value is masked in output and logs)."""
+    k = key.lower()
+    return any(w in k for w in _SECRET_WORDS) or k in {"ssl.key.pem", "sasl.jaas.config"}
+
+
+def mask_url(url: str) -> str:
+    """``redis://user:pw@host`` -> ``redis://user:***@host``; URLs without a password unchanged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """How every Kafka client connects.
+
+    ``security`` holds librdkafka properties passed through verbatim (``security.protocol``,
+    ``sasl.mechanism``, ``sasl.username``, ``sasl.password``, ``ssl.ca.location``, ...).
+    """
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    client_id: str = "mystocks-gpu"
+    security: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: seconds to wait for a broker to answer before reporting it unreachable
+    connect_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers or not all(
+            re.fullmatch(r"[\w.\-\[\]:]+:\d+", s.strip()) for s in self.bootstrap_servers.split(",")
+        ):
+            raise ConfigError(
+                f"kafka.bootstrap_servers must be host:port[,host:port...], got {self.bootstrap_servers!r}"
+            )
+        for k, v in self.security.items():
+            if not k.startswith(_SECURITY_PREFIXES):
+                raise ConfigError(
+                    f"kafka.security.{k}: only security.protocol, sasl.*, ssl.* properties are allowed"
+                )
+            if k == "security.protocol" and str(v).upper() not in _SECURITY_PROTOCOLS:
+                raise ConfigError(f"kafka.security.security.protocol must be one of {sorted(_SECURITY_PROTOCOLS)}")
+        if self.connect_timeout_s <= 0:
+            raise ConfigError("kafka.connect_timeout_s must be > 0")
+        object.__setattr__(self, "security", MappingProxyType({k: str(v) for k, v in self.security.items()}))
+
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka config for a producer, consumer or admin client, security included."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "client.id": self.client_id}
+        conf.update(self.security)
+        conf.update(extra)
+        return conf
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """Redis connection (result cache, worker heartbeats)."""
+
+    url: str = "redis://127.0.0.1:16379/0"
+
+    def __post_init__(self) -> None:
+        if urlsplit(self.url).scheme not in {"redis", "rediss", "unix"}:
+            raise ConfigError(f"redis.url must be redis://, rediss:// or unix://, got {mask_url(self.url)!r}")
+
+
+@dataclass(frozen=True)
+class SchemaRegistryConfig:
+    """Optional Confluent-compatible Schema Registry. With no ``url`` the manifest gives ids."""
+
+    url: str | None = None
+    #: register the package's schemas on startup (only when asked)
+    register: bool = False
+    basic_auth_user: str | None = None
+    basic_auth_password: str | None = None
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.url is not None and urlsplit(self.url).scheme not in {"http", "https"}:
+            raise ConfigError(f"schema_registry.url must be http(s)://..., got {mask_url(self.url)!r}")
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """The local single-node stack started by ``mystocks-gpu stack up``."""
+
+    kafka_version: str = "4.1.1"
+    host: str = "127.0.0.1"
+    kafka_port: int = 19092
+    controller_port: int = 19093
+    redis_port: int = 16379
+    #: where pid files, logs and Kafka's data live (relative to the working directory)
+    home: str = ".stack"
+    #: Maven-resolved Kafka jars are cached here (shared between checkouts)
+    cache_dir: str = "~/.cache/mystocks-gpu"
+    kafka_heap_mb: int = 512
+    startup_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name in ("kafka_port", "controller_port", "redis_port"):
+            port = getattr(self, name)
+            if not 1 <= int(port) <= 65535:
+                raise ConfigError(f"stack.{name} must be a TCP port (1-65535), got {port}")
+        if len({self.kafka_port, self.controller_port, self.redis_port}) != 3:
+            raise ConfigError("stack.kafka_port, controller_port and redis_port must differ")
+        if not re.fullmatch(r"4\.\d+\.\d+", self.kafka_version):
+            raise ConfigError(f"stack.kafka_version must be an Apache Kafka 4.x release, got {self.kafka_version!r}")
+        if self.kafka_heap_mb < 128:
+            raise ConfigError("stack.kafka_heap_mb must be >= 128")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Structured logging: ``format`` is ``text`` (humans) or ``json`` (machines)."""
+
+    level: str = "INFO"
+    format: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(f"log.level must be DEBUG/INFO/WARNING/ERROR/CRITICAL, got {self.level!r}")
+        if self.format not in {"text", "json"}:
+            raise ConfigError(f"log.format must be 'text' or 'json', got {self.format!r}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus exposition: ``port`` 0 disables the HTTP endpoint."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"metrics.port must be 0..65535, got {self.port}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration of one process."""
+
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    schema_registry: SchemaRegistryConfig = field(default_factory=SchemaRegistryConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: array backend: ``auto`` (GPU when CuPy and a CUDA device are present), ``cpu`` or ``gpu``
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.backend not in {"auto", "cpu", "gpu"}:
+            raise ConfigError(f"backend must be auto, cpu or gpu, got {self.backend!r}")
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain data with every secret replaced by ``***`` (safe to print/log)."""
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        plain = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) and k != "kafka" else v) for k, v in plain.items()}
+        plain["kafka"] = _kafka_plain(self.kafka)
+        return _mask(plain)
+
+
+def _kafka_plain(k: KafkaConfig) -> dict[str, Any]:
+    d = {f.name: getattr(k, f.name) for f in dataclasses.fields(k)}
+    d["security"] = dict(k.security)
+    return d
+
+
+def _mask(obj: Any, key: str = "") -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _mask(v, k) for k, v in obj.items()}
+    if isinstance(obj, str):
+        if is_secret_key(key):
+            return MASK
+        if "://" in obj:
+            return mask_url(obj)
+    return obj
+
+
+_SECTIONS: dict[str, type] = {
+    "kafka": KafkaConfig,
+    "redis": RedisConfig,
+    "schema_registry": SchemaRegistryConfig,
+    "stack": StackConfig,
+    "log": LogConfig,
+    "metrics": MetricsConfig,
+}
+_TOP_LEVEL = {"backend"}
+
+
+def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
+    """Coerce a TOML/env value to the field's declared type (env values arrive as str)."""
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    t = str(hints[key])
+    if key == "security":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: must be a table of librdkafka properties")
+        return value
+    if not isinstance(value, str):
+        return value
+    try:
+        if t in {"int"}:
+            return int(value)
+        if t in {"float"}:
+            return float(value)
+        if t in {"bool"}:
+            if value.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(value)
+            return value.lower() in {"1", "true", "yes"}
+    except ValueError:
+        raise ConfigError(f"{where}: expected {t}, got {value!r}") from None
+    return value
+
+
+def _build(cls: type, section: str, data: Mapping[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(cls, k, v, f"{section}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # wrong value types that __post_init__ could not catch
+        raise ConfigError(f"[{section}]: {exc}") from None
+
+
+def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _ENV_RESERVED:
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if len(parts) == 1:
+            if parts[0] not in _TOP_LEVEL:
+                raise ConfigError(
+                    f"unknown environment variable {name}: use MYSTOCKS_<SECTION>__<KEY>, "
+                    f"sections: {', '.join(_SECTIONS)}"
+                )
+            tree[parts[0]] = value
+        elif len(parts) == 2:
+            tree.setdefault(parts[0], {})[parts[1]] = value
+        elif len(parts) == 3 and parts[:2] == ["kafka", "security"]:
+            tree.setdefault("kafka", {}).setdefault("security", {})[parts[2].replace("_", ".")] = value
+        else:
+            raise ConfigError(f"unknown environment variable {name}")
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build :class:`Settings` from defaults, a TOML file, the environment and CLI ``overrides``.
+
+    Raises :class:`ConfigError` naming the file, section or variable at fault.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    file = Path(path) if path else (Path(environ["MYSTOCKS_CONFIG"]) if environ.get("MYSTOCKS_CONFIG") else None)
+    if file is None and Path("mystocks.toml").is_file():
+        file = Path("mystocks.toml")
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    data = _merge(data, _env_tree(environ))
+    if overrides:
+        data = _merge(data, overrides)
+    unknown = sorted(set(data) - set(_SECTIONS) - _TOP_LEVEL)
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(unknown)} (known: {', '.join([*_SECTIONS, *_TOP_LEVEL])})")
+    kwargs: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        if section in data:
+            if not isinstance(data[section], Mapping):
+                raise ConfigError(f"[{section}] must be a table")
+            kwargs[section] = _build(cls, section, data[section])
+    for key in _TOP_LEVEL:
+        if key in data:
+            kwargs[key] = data[key]
+    return Settings(**kwargs)

@@ -1,0 +1,11 @@
+"""Errors of the infra layer: the local stack, external clients."""
+
+from mystocks_gpu.exceptions import MyStocksError
+
+
+class StackError(MyStocksError):
+    """The local Kafka/Redis stack could not be started, stopped or reached."""
+
+
+class BrokerUnreachable(MyStocksError):
+    """No Kafka broker answered at the configured bootstrap servers within the timeout."""

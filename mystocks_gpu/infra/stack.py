@@ -1,0 +1,314 @@
+"""The local stack: a real single-node Apache Kafka (KRaft, JVM, jars from Maven Central) and
+Redis (the system ``redis-server``) on loopback.
+
+``up`` is idempotent and waits for health; ``down`` stops only what ``up`` started (tracked by
+pid files under ``StackConfig.home``); ``status`` reports each component. Kafka's own tools run
+from the same jars via :func:`kafka_tool` (e.g. ``org.apache.kafka.tools.ConsumerPerformance``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from mystocks_gpu.infra.config import StackConfig
+from mystocks_gpu.infra.exceptions import StackError
+
+_TEMPLATES = Path(__file__).with_name("kafka")
+LOG_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One component's state: ``running`` (ours), ``stopped``, or ``foreign`` (port held by another process)."""
+
+    name: str
+    state: str
+    pid: int | None
+    address: str
+    detail: str = ""
+
+
+def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        return s.connect_ex((host, port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child still answers kill(0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+class LocalStack:
+    """Start, stop and inspect the loopback Kafka + Redis stack described by a :class:`StackConfig`."""
+
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+        self.home = Path(cfg.home).expanduser().resolve()
+        self.cache = Path(cfg.cache_dir).expanduser() / f"kafka-{cfg.kafka_version}"
+        self.kafka_dir = self.home / "kafka"
+        self.redis_dir = self.home / "redis"
+
+    # ---- paths ---------------------------------------------------------------------------
+    @property
+    def libs(self) -> Path:
+        """Directory holding the Kafka runtime jars."""
+        return self.cache / "libs"
+
+    @property
+    def classpath(self) -> str:
+        """Java classpath of the Kafka release (broker and tools)."""
+        return str(self.libs / "*")
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` of the broker."""
+        return f"{self.cfg.host}:{self.cfg.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        """``redis://host:port/0`` of the Redis server."""
+        return f"redis://{self.cfg.host}:{self.cfg.redis_port}/0"
+
+    def _pidfile(self, name: str) -> Path:
+        return self.home / f"{name}.pid"
+
+    def _read_pid(self, name: str) -> int | None:
+        try:
+            pid = int(self._pidfile(name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    # ---- prerequisites -------------------------------------------------------------------
+    def java(self) -> str:
+        """Path of a Java 17+ ``java``; :class:`StackError` when missing or too old."""
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("Java is missing: Kafka 4 needs a Java 17+ runtime (apt-get install openjdk-17-jre-headless)")
+        out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+        try:
+            major = int(out.split('"')[1].split(".")[0])
+        except (IndexError, ValueError):
+            major = 0
+        if major and major < 17:
+            raise StackError(f"Java {major} found at {java}; Kafka 4 needs Java 17+")
+        return java
+
+    def fetch_kafka(self) -> Path:
+        """Resolve the pinned Kafka release's jars with Maven into the cache (once)."""
+        marker = self.libs / ".complete"
+        if marker.exists():
+            return self.libs
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise StackError("Maven (mvn) is missing: it resolves Kafka's jars from Maven Central (apt-get install maven)")
+        self.cache.mkdir(parents=True, exist_ok=True)
+        pom = self.cache / "pom.xml"
+        pom.write_text((_TEMPLATES / "pom.xml").read_text().replace("@KAFKA_VERSION@", self.cfg.kafka_version))
+        proc = subprocess.run(
+            [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+             f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise StackError(f"Maven could not resolve Kafka {self.cfg.kafka_version}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        marker.write_text(self.cfg.kafka_version)
+        return self.libs
+
+    # ---- Kafka ---------------------------------------------------------------------------
+    def _server_properties(self) -> Path:
+        props = self.kafka_dir / "server.properties"
+        text = (_TEMPLATES / "server.properties").read_text()
+        for k, v in {"@HOST@": self.cfg.host, "@PORT@": str(self.cfg.kafka_port),
+                     "@CONTROLLER_PORT@": str(self.cfg.controller_port),
+                     "@LOG_DIR@": str(self.kafka_dir / "data")}.items():
+            text = text.replace(k, v)
+        props.write_text(text)
+        return props
+
+    def _java_cmd(self, main: str, *args: str, heap_mb: int = 256) -> list[str]:
+        return [self.java(), f"-Xmx{heap_mb}m", f"-Xms{min(heap_mb, 256)}m", "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={_TEMPLATES / 'log4j2.properties'}",
+                "-cp", self.classpath, main, *args]
+
+    def _format_storage(self, props: Path) -> None:
+        if (self.kafka_dir / "data" / "meta.properties").exists():
+            return
+        cluster_id = uuid.uuid4().hex[:22]
+        proc = subprocess.run(self._java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StackError(f"formatting Kafka storage failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
+
+    def start_kafka(self) -> int:
+        """Start the broker if not running; returns its pid once it answers metadata requests."""
+        pid = self._read_pid("kafka")
+        if pid is not None:
+            self._wait_kafka(pid)
+            return pid
+        for port in (self.cfg.kafka_port, self.cfg.controller_port):
+            if _port_open(self.cfg.host, port):
+                raise StackError(f"port {self.cfg.host}:{port} is taken by another process; "
+                                 "stop it or set stack.kafka_port / stack.controller_port")
+        self.java()
+        self.fetch_kafka()
+        self.kafka_dir.mkdir(parents=True, exist_ok=True)
+        props = self._server_properties()
+        self._format_storage(props)
+        log = self.kafka_dir / "kafka.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(self._java_cmd("kafka.Kafka", str(props), heap_mb=self.cfg.kafka_heap_mb),
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=self.kafka_dir)
+        self._pidfile("kafka").write_text(str(proc.pid))
+        self._wait_kafka(proc.pid)
+        return proc.pid
+
+    def _wait_kafka(self, pid: int) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
+        log = self.kafka_dir / "kafka.log"
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.connection.setup.timeout.ms": 2000})
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                raise StackError(f"Kafka exited during startup; last log lines ({log}):\n{_tail(log)}")
+            if _port_open(self.cfg.host, self.cfg.kafka_port):
+                try:
+                    md = admin.list_topics(timeout=3)
+                    if md.brokers:
+                        return
+                except Exception:
+                    pass
+            time.sleep(0.5)
+        raise StackError(f"Kafka did not come up within {self.cfg.startup_timeout_s:.0f} s; last log lines ({log}):\n{_tail(log)}")
+
+    # ---- Redis ---------------------------------------------------------------------------
+    def start_redis(self) -> int:
+        """Start ``redis-server`` on loopback if not running; returns its pid once it answers PING."""
+        pid = self._read_pid("redis")
+        if pid is None:
+            server = shutil.which("redis-server")
+            if server is None:
+                raise StackError("redis-server is missing (apt-get install redis-server; `make install` does it)")
+            if _port_open(self.cfg.host, self.cfg.redis_port):
+                raise StackError(f"port {self.cfg.host}:{self.cfg.redis_port} is taken by another process; "
+                                 "stop it or set stack.redis_port")
+            self.redis_dir.mkdir(parents=True, exist_ok=True)
+            log = self.redis_dir / "redis.log"
+            proc = subprocess.Popen(
+                [server, "--bind", self.cfg.host, "--port", str(self.cfg.redis_port), "--save", "",
+                 "--appendonly", "no", "--dir", str(self.redis_dir), "--logfile", str(log), "--daemonize", "no",
+                 "--protected-mode", "yes"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            pid = proc.pid
+            self._pidfile("redis").write_text(str(pid))
+        self._wait_redis(pid)
+        return pid
+
+    def _wait_redis(self, pid: int) -> None:
+        import redis
+
+        deadline = time.monotonic() + 20
+        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                raise StackError(f"redis-server exited during startup:\n{_tail(self.redis_dir / 'redis.log')}")
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.2)
+        raise StackError(f"Redis did not answer PING within 20 s:\n{_tail(self.redis_dir / 'redis.log')}")
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def up(self) -> list[ComponentStatus]:
+        """Start Redis and Kafka (idempotent) and wait until both are healthy."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.start_redis()
+        self.start_kafka()
+        return self.status()
+
+    def _stop(self, name: str, timeout: float = 30.0) -> bool:
+        pid = self._read_pid(name)
+        self._pidfile(name).unlink(missing_ok=True)
+        if pid is None:
+            return False
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.1)
+        return True
+
+    def stop_kafka(self) -> bool:
+        """Stop the broker this stack started (SIGTERM, then SIGKILL after 30 s)."""
+        return self._stop("kafka")
+
+    def restart_kafka(self) -> int:
+        """Stop and start the broker, keeping its data (used by recovery tests)."""
+        self.stop_kafka()
+        deadline = time.monotonic() + 30
+        while _port_open(self.cfg.host, self.cfg.kafka_port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.start_kafka()
+
+    def down(self) -> list[str]:
+        """Stop what ``up`` started; returns the names stopped. Foreign processes are left alone."""
+        return [n for n in ("kafka", "redis") if self._stop(n)]
+
+    def status(self) -> list[ComponentStatus]:
+        """State of each component."""
+        out = []
+        for name, port in (("kafka", self.cfg.kafka_port), ("redis", self.cfg.redis_port)):
+            pid = self._read_pid(name)
+            addr = f"{self.cfg.host}:{port}"
+            if pid is not None:
+                healthy = _port_open(self.cfg.host, port)
+                out.append(ComponentStatus(name, "running" if healthy else "starting", pid, addr))
+            elif _port_open(self.cfg.host, port):
+                out.append(ComponentStatus(name, "foreign", None, addr, "port held by a process this stack did not start"))
+            else:
+                out.append(ComponentStatus(name, "stopped", None, addr))
+        return out
+
+    def kafka_tool(self, main_class: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run one of Kafka's command-line tools from the same jars, e.g.
+        ``kafka_tool("org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", ...)``."""
+        self.fetch_kafka()
+        return subprocess.run(self._java_cmd(main_class, *args), capture_output=True, text=True, timeout=timeout)

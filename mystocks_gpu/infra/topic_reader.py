@@ -1,0 +1,72 @@
+"""Read and decode any catalog topic (used by ``mystocks-gpu consume`` and tests)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
+from mystocks_gpu.infra.config import KafkaConfig
+from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer
+from mystocks_gpu.schemas import AvroCodec, DecodeError
+
+
+@dataclass(frozen=True)
+class ConsumedRecord:
+    """One decoded record with its Kafka coordinates."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    value: dict[str, Any] | None
+    headers: dict[str, str]
+    raw: bytes | None
+    error: str | None = None
+
+
+def read_topic(cfg: KafkaConfig, topic: str, *, from_beginning: bool = True, max_records: int | None = None,
+               idle_timeout_s: float = 5.0, codec: AvroCodec | None = None, decode: bool = True,
+               isolation: str = "read_committed") -> Iterator[ConsumedRecord]:
+    """Yield records of every partition of ``topic`` until ``max_records`` or ``idle_timeout_s``
+    without a new record. No consumer group offsets are committed."""
+    ensure_broker(cfg)
+    codec = codec or AvroCodec()
+    consumer = make_consumer(cfg, f"mystocks-reader-{uuid.uuid4().hex[:8]}", **{"isolation.level": isolation})
+    try:
+        md = consumer.list_topics(topic, timeout=cfg.connect_timeout_s)
+        parts = md.topics[topic].partitions
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(topic, p, start) for p in sorted(parts)])
+        n = 0
+        last = time.monotonic()
+        while max_records is None or n < max_records:
+            msgs = consumer.consume(min(1000, (max_records or 1000) - n) or 1, timeout=0.2)
+            if not msgs:
+                if time.monotonic() - last > idle_timeout_s:
+                    return
+                continue
+            last = time.monotonic()
+            for m in msgs:
+                if m.error():
+                    continue
+                value, err = None, None
+                if decode and m.value() is not None:
+                    try:
+                        value = codec.decode(m.value())
+                    except DecodeError as exc:
+                        err = str(exc)
+                headers = {k: (v.decode(errors="replace") if v is not None else "") for k, v in (m.headers() or [])}
+                yield ConsumedRecord(m.topic(), m.partition(), m.offset(), m.timestamp()[1],
+                                     m.key().decode(errors="replace") if m.key() is not None else None,
+                                     value, headers, m.value(), err)
+                n += 1
+                if max_records is not None and n >= max_records:
+                    return
+    finally:
+        consumer.close()

@@ -1,0 +1,127 @@
+"""Create, verify and describe catalog topics on a broker; report drift from the catalog."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+
+from mystocks_gpu.infra.config import KafkaConfig
+from mystocks_gpu.infra.exceptions import BrokerUnreachable
+from mystocks_gpu.topics.catalog import TopicSpec
+
+#: broker-reported retention for compacted topics is irrelevant; only these configs are compared
+COMPARED = ("cleanup.policy", "retention.ms", "max.message.bytes")
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    """Outcome of ``create`` for one topic: ``created``, ``exists`` or ``drift`` (with details)."""
+
+    name: str
+    status: str
+    details: str = ""
+
+
+def make_admin(cfg: KafkaConfig) -> AdminClient:
+    """An AdminClient that fails fast (``cfg.connect_timeout_s``) when no broker answers."""
+    return AdminClient(cfg.client_config(**{"socket.connection.setup.timeout.ms": int(cfg.connect_timeout_s * 1000)}))
+
+
+def ensure_reachable(admin: AdminClient, cfg: KafkaConfig) -> dict[str, object]:
+    """Topic metadata; :class:`BrokerUnreachable` within ``connect_timeout_s`` when down."""
+    try:
+        return admin.list_topics(timeout=cfg.connect_timeout_s).topics
+    except KafkaException as exc:
+        raise BrokerUnreachable(
+            f"no Kafka broker answered at {cfg.bootstrap_servers} within {cfg.connect_timeout_s:.0f} s "
+            f"({exc.args[0].str() if exc.args else exc}); is the stack up? try: mystocks-gpu stack up"
+        ) from None
+
+
+class TopicAdmin:
+    """Idempotent topic management against one cluster."""
+
+    def __init__(self, cfg: KafkaConfig) -> None:
+        self.cfg = cfg
+        self.admin = make_admin(cfg)
+
+    def existing(self) -> dict[str, int]:
+        """name -> partition count of every topic on the broker."""
+        topics = ensure_reachable(self.admin, self.cfg)
+        return {name: len(md.partitions) for name, md in topics.items()}  # type: ignore[attr-defined]
+
+    def configs(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
+        """Current topic configs (only the ones in :data:`COMPARED`)."""
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+        if not resources:
+            return {}
+        out: dict[str, dict[str, str]] = {}
+        for res, fut in self.admin.describe_configs(resources, request_timeout=self.cfg.connect_timeout_s).items():
+            entries = fut.result(timeout=self.cfg.connect_timeout_s)
+            out[res.name] = {k: e.value for k, e in entries.items() if k in COMPARED}
+        return out
+
+    def drift(self, spec: TopicSpec, partitions: int, config: dict[str, str]) -> list[str]:
+        """Human-readable differences between a live topic and its spec."""
+        diffs = []
+        if partitions != spec.partitions:
+            diffs.append(f"partitions {partitions} != catalog {spec.partitions}")
+        for k, want in spec.config().items():
+            have = config.get(k)
+            if k == "retention.ms" and spec.cleanup == "compact":
+                continue
+            if have is not None and have != want:
+                diffs.append(f"{k}={have} != catalog {want}")
+        return diffs
+
+    def create(self, specs: Iterable[TopicSpec]) -> list[TopicReport]:
+        """Create missing topics; report existing ones as ``exists`` or ``drift``. Never alters."""
+        specs = list(specs)
+        live = self.existing()
+        missing = [s for s in specs if s.name not in live]
+        reports: dict[str, TopicReport] = {}
+        if missing:
+            futures = self.admin.create_topics(
+                [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config()) for s in missing],
+                request_timeout=self.cfg.connect_timeout_s,
+            )
+            for name, fut in futures.items():
+                try:
+                    fut.result(timeout=self.cfg.connect_timeout_s * 3)
+                    reports[name] = TopicReport(name, "created")
+                except KafkaException as exc:
+                    if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                        reports[name] = TopicReport(name, "exists")
+                    else:
+                        raise
+        present = [s for s in specs if s.name in live]
+        confs = self.configs([s.name for s in present])
+        for s in present:
+            diffs = self.drift(s, live[s.name], confs.get(s.name, {}))
+            reports[s.name] = TopicReport(s.name, "drift" if diffs else "exists", "; ".join(diffs))
+        return [reports[s.name] for s in specs]
+
+    def add_partitions(self, name: str, total: int) -> None:
+        """Grow a topic to ``total`` partitions (used by ops and tests)."""
+        for fut in self.admin.create_partitions([NewPartitions(name, total)]).values():
+            fut.result(timeout=self.cfg.connect_timeout_s * 3)
+
+    def delete(self, names: Iterable[str]) -> None:
+        """Delete topics (tests and ``topics delete``); missing ones are ignored."""
+        names = [n for n in names if n in self.existing()]
+        if names:
+            for fut in self.admin.delete_topics(names, operation_timeout=30).values():
+                fut.result(timeout=60)
+
+    def describe(self, name: str) -> dict[str, object]:
+        """Partitions (leader, replicas, low/high watermarks are not included) and configs of one topic."""
+        topics = ensure_reachable(self.admin, self.cfg)
+        md = topics.get(name)
+        if md is None:
+            return {"name": name, "exists": False}
+        parts = {p: {"leader": pm.leader, "replicas": list(pm.replicas)} for p, pm in md.partitions.items()}  # type: ignore[attr-defined]
+        return {"name": name, "exists": True, "partitions": len(parts), "partition_detail": parts,
+                "config": self.configs([name]).get(name, {})}
