@@ -74,8 +74,10 @@ class AvroCodec:
         """Like :meth:`decode`, also returning the writer's :class:`SchemaInfo`."""
         schema_id, body = unframe(data)
         info = self.store.by_id(schema_id)
-        if expect is not None and info.name != self.store.by_name(expect).name:
-            raise DecodeError(f"schema id {schema_id} is {info.name}, expected {expect}")
+        if expect is not None:
+            want = self.store.by_name(expect).name
+            if info.name != want:
+                raise DecodeError(f"schema id {schema_id} is {info.name}, expected {want}")
         stream = io.BytesIO(body)
         try:
             rec = fastavro.schemaless_reader(stream, info.parsed, None)

@@ -1,0 +1,41 @@
+"""The local stack refuses to start with a clear message when a prerequisite is missing."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from mystocks_gpu.infra.config import StackConfig
+from mystocks_gpu.infra.exceptions import StackError
+from mystocks_gpu.infra.stack import LocalStack
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_port_taken_is_reported(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        st = LocalStack(StackConfig(home=str(tmp_path), redis_port=port, kafka_port=_free_port(),
+                                    controller_port=_free_port()))
+        with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is taken by another process"):
+            st.start_redis()
+        assert {c.name: c.state for c in st.status()}["redis"] == "foreign"
+        assert st.down() == []  # never touches a process it did not start
+
+
+def test_java_missing_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    st = LocalStack(StackConfig(home=str(tmp_path), kafka_port=_free_port(), controller_port=_free_port(),
+                                redis_port=_free_port()))
+    with pytest.raises(StackError, match="Java is missing"):
+        st.start_kafka()
+    with pytest.raises(StackError, match="redis-server is missing"):
+        st.start_redis()
