@@ -55,6 +55,12 @@ ALL_FEATURES: tuple[str, ...] = FIXED_FEATURES[:5] + ("ema",) + FIXED_FEATURES[5
 #: features that only need the quote columns of the row (updated on every row)
 QUOTE_FEATURES: frozenset[str] = frozenset({"spread", "rel_spread", "book_imb"})
 
+#: features computed from the trade-count rings (an O(N) pass per trade)
+TICK_WINDOW_FEATURES: frozenset[str] = frozenset(
+    {"vwap_roll", "roll_mean", "roll_std", "roll_z", "boll_upper", "boll_lower", "rvol",
+     "flow_imb"}
+)
+
 # per-symbol float64 scalar state, columns of the (S, n_scalars) ``sc`` array
 SC_PREV = 0  # last trade price (NaN before the first trade)
 SC_CUM_PV = 1  # session sum(price * size)
@@ -183,6 +189,12 @@ class FeatureConfig:
         return idx
 
     @property
+    def needs_tick_window(self) -> bool:
+        """Whether the O(N) trade-window statistics are computed (any of
+        :data:`TICK_WINDOW_FEATURES` selected); the rings are kept up to date regardless."""
+        return any(f in TICK_WINDOW_FEATURES for f in self.features)
+
+    @property
     def needs_time_window(self) -> bool:
         """Whether the time-window buffer is maintained (``time_mean``/``time_std`` selected)."""
         return "time_mean" in self.features or "time_std" in self.features
@@ -206,10 +218,12 @@ class FeatureConfig:
 
     def fingerprint(self) -> str:
         """JSON of every field that shapes the state (all but ``features``, plus whether the
-        time-window buffer is kept); saved with serialised state and checked on load."""
+        time-window buffer is kept and the trade-window statistics computed); saved with
+        serialised state and checked on load."""
         d = asdict(self)
         d.pop("features")
         d["needs_time_window"] = self.needs_time_window
+        d["needs_tick_window"] = self.needs_tick_window
         return json.dumps(d, sort_keys=True)
 
 

@@ -84,7 +84,7 @@ def _ema_step(e: float, x: float, a: float) -> float:
 def _trade(
     s, t, p, v, sd, feat, sc, ist, r_price, r_size, r_flow, r_ret, t_ts, t_price,
     ema_alpha, macd_alpha, n_win, window_ns, cap, rsi_p, sess_on, sess_off, do_time,
-    boll_k, rvol_scale,
+    do_roll, boll_k, rvol_scale,
 ):  # pragma: no cover - compiled
     n = ist[s, IS_NTRADES]
     prev = sc[s, SC_PREV]
@@ -169,7 +169,9 @@ def _trade(
     n1 = n + 1
     ist[s, IS_NTRADES] = n1
     sc[s, SC_PREV] = p
-    if n1 >= n_win:
+    if not do_roll:
+        pass
+    elif n1 >= n_win:
         acc = 0.0
         spv = 0.0
         sv = 0.0
@@ -210,7 +212,9 @@ def _trade(
         feat[s, _F_BOLL_LO] = _NAN
         feat[s, _F_VWAP_R] = _NAN
         feat[s, _F_FLOW] = _NAN
-    if n1 - 1 >= n_win:
+    if not do_roll:
+        pass
+    elif n1 - 1 >= n_win:
         sr = 0.0
         for j in range(n_win):
             sr += r_ret[s, j] * r_ret[s, j]
@@ -257,12 +261,13 @@ def process_batch(
     sym, ts, kind, price, size, side, bid, ask, bid_size, ask_size,
     feat, sc, ist, r_price, r_size, r_flow, r_ret, t_ts, t_price,
     ema_alpha, macd_alpha, n_win, window_ns, cap, rsi_p, sess_on, sess_off, do_time,
-    boll_k, rvol_scale, col_idx, out,
+    do_roll, boll_k, rvol_scale, col_idx, out,
 ):  # pragma: no cover - compiled
     """Update state in place over ``n`` rows and write ``out[col_idx[f], i]`` (shape (K, n)).
 
     Integer parameters: ``n_win`` = N, ``window_ns`` = W, ``cap`` = M, ``rsi_p``,
-    ``sess_on`` (0/1), ``sess_off`` (ns of day), ``do_time`` (0/1). ``col_idx`` is
+    ``sess_on`` (0/1), ``sess_off`` (ns of day), ``do_time`` (0/1: keep the time window),
+    ``do_roll`` (0/1: compute the trade-window statistics). ``col_idx`` is
     ``FeatureConfig.column_index()``.
     """
     n_slots = feat.shape[1]
@@ -272,7 +277,7 @@ def process_batch(
             _trade(
                 s, ts[i], price[i], size[i], float(side[i]), feat, sc, ist, r_price, r_size,
                 r_flow, r_ret, t_ts, t_price, ema_alpha, macd_alpha, n_win, window_ns, cap,
-                rsi_p, sess_on, sess_off, do_time, boll_k, rvol_scale,
+                rsi_p, sess_on, sess_off, do_time, do_roll, boll_k, rvol_scale,
             )
         b = bid[i]
         a = ask[i]

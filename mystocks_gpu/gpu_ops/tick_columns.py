@@ -47,7 +47,7 @@ COLUMN_DTYPES: dict[str, np.dtype] = {
     "ask_size": np.dtype(np.float64),
 }
 
-#: bytes of one tick row over all columns (37)
+#: bytes of one tick row over all columns (62)
 ROW_BYTES: int = sum(dt.itemsize for dt in COLUMN_DTYPES.values())
 
 
@@ -141,7 +141,7 @@ class TickColumns:
         return TickColumns(**{k: v[idx] for k, v in self.columns().items()})
 
     def nbytes(self) -> int:
-        """Bytes held by the columns (``37 * n``)."""
+        """Bytes held by the columns (``62 * n``)."""
         return int(sum(v.nbytes for v in self.columns().values()))
 
 

@@ -1,47 +1,41 @@
 """Vectorised batch codec: Confluent-framed Avro <-> NumPy columns, compiled from the schema.
 
-A small compiler reads a parsed Avro record schema of primitive fields and generates Python source
-for one loop over a whole batch, compiled with ``numba.njit`` and cached per schema fingerprint
-(SHA-256 of the parsing canonical form). Output is byte-identical to ``fastavro`` (checked by
-``tests/unit/test_batch_codec.py``); :class:`~mystocks_gpu.schemas.codec.AvroCodec` stays the
-per-record codec for every other schema.
+A small compiler turns a parsed Avro record schema of primitive fields into Python source for one
+loop over a whole batch, ``numba.njit``-ed and cached per schema fingerprint (SHA-256 of the parsing
+canonical form). Bytes are identical to ``fastavro`` (``tests/unit/test_batch_codec.py``);
+:class:`~mystocks_gpu.schemas.codec.AvroCodec` stays the per-record codec for other schemas.
 
-Public API
-----------
-``BatchDecoder(schema, store=None, *, schema_id=None, symbols=None, intern=("symbol",), rename=None)``
-    ``.decode(values: list[bytes | None]) -> DecodedBatch``. ``schema``: a name known to ``store``
-    (``"Tick"``, ``"mystocks.md.Tick"``) or a parsed schema dict (then ``schema_id`` is required).
-``TickDecoder(store=None, symbols=None)``
-    ``BatchDecoder`` for ``mystocks.md.Tick`` with the :func:`~mystocks_gpu.infra.synthetic_ticks.generate`
-    column names; ``.decode(values, validate=False, now_ns=None)`` optionally applies
-    :func:`validate_ticks`.
-``DecodedBatch``: ``columns`` (good rows only), ``status`` int8 ``(n_in,)``, ``index`` int64
-    ``(n_ok,)`` input row of each good row, ``buffer`` uint8 (what string offsets point into),
-    ``tables`` ``{field: SymbolTable}``, ``symbols`` (the table of the first interned field);
-    ``.rejects() -> list[(row, message)]``, ``.strings(field)``, ``.apply_validation(codes)``.
-``BatchEncoder(schema, store=None, *, schema_id=None)``
-    ``.encode(columns, symbols=None, map_keys=None) -> list[bytes]`` and ``.encode_buffer(...) ->
-    (buffer uint8, offsets int64 (n+1,))``; :func:`split_values` turns the latter into bytes.
-``validate_ticks(columns, now_ns=None, symbols=None) -> int8 (n,)`` and ``status_message(code)``.
+API
+    ``BatchDecoder(schema, store=None, *, schema_id=None, symbols=None, intern=("symbol",),
+    rename=None).decode(values: list[bytes | None]) -> DecodedBatch``; ``schema`` is a name in
+    ``store`` (``"Tick"``) or a parsed schema (then ``schema_id`` is required).
+    ``TickDecoder(store=None, symbols=None).decode(values, validate=False, now_ns=None)``: Tick with
+    the ``synthetic_ticks.generate`` column names, optionally filtered by :func:`validate_ticks`.
+    ``DecodedBatch``: ``columns`` (good rows only), ``status`` int8 ``(n_in,)``, ``index`` int64
+    ``(n_ok,)`` (input row of each good row), ``buffer`` uint8 (string offsets point into it),
+    ``tables``/``symbols`` (SymbolTables); ``rejects()``, ``strings(f)``, ``apply_validation(codes)``.
+    ``BatchEncoder(schema, store=None, *, schema_id=None).encode(columns, symbols=None,
+    map_keys=None) -> list[bytes]``; ``encode_buffer(...) -> (uint8 buffer, int64 offsets (n+1,))``
+    and :func:`split_values`. ``validate_ticks(columns, now_ns=None, symbols=None) -> int8 (n,)``;
+    ``status_message(code) -> str``.
 
-Columns (decoder output; the encoder reads the same names, or ``sym``/``ts`` for ``symbol``/``ts_event``)
-    long -> int64; int -> int32; double -> float64; float -> float32; boolean -> bool;
-    enum -> int8 index (int32 when over 127 symbols); string ``f`` -> ``f_off`` int64 (into
-    ``buffer``) and ``f_len`` int32, plus ``f`` int32 dense codes through a
-    :class:`~mystocks_gpu.schemas.symbols.SymbolTable` when ``f`` is interned. The encoder takes
-    string fields as int32 codes into ``symbols`` (a list of str or a SymbolTable, or a dict of
-    those per field), int fields in any integer dtype (range-checked), and a ``map<string,double>``
-    field as a float64 ``(n, len(map_keys))`` array (or one column per key).
+Columns (the encoder also accepts ``sym``/``ts`` for ``symbol``/``ts_event``)
+    long -> int64; int -> int32; double -> float64; float -> float32; boolean -> bool; enum -> int8
+    index (int32 over 127 symbols); string ``f`` -> ``f_off`` int64 (into ``buffer``), ``f_len``
+    int32 and, when interned, ``f`` int32 codes of a :class:`~mystocks_gpu.schemas.symbols.SymbolTable`.
+    The encoder takes string fields as int codes into ``symbols`` (list of str or SymbolTable, or a
+    dict of those by field), ints in any integer dtype (range-checked), and ``map<string,double>`` as
+    float64 ``(n, len(map_keys))`` (or one column per key), written as fastavro does: one block.
 
-Status codes (one per input record; :class:`Status`): 0 OK; 1 BAD_MAGIC; 2 UNKNOWN_SCHEMA_ID (id in
-no manifest/registry entry); 3 WRONG_SCHEMA (a known id of another schema or version); 4 TRUNCATED;
-5 VARINT_OVERFLOW (> 64 bits, or an int beyond 32 bits); 6 BAD_ENUM; 7 TRAILING_BYTES; 8
-NEGATIVE_LENGTH; 9 INVALID_UTF8; 10 INVALID_BOOLEAN (byte not 0/1); 11 NULL_VALUE (tombstone);
-value checks of :func:`validate_ticks` are 32..43 (see :data:`STATUS_MESSAGES`).
+Status (per input record, :class:`Status`): 0 OK, 1 BAD_MAGIC, 2 UNKNOWN_SCHEMA_ID, 3 WRONG_SCHEMA
+(id of another current schema), 4 TRUNCATED, 5 VARINT_OVERFLOW (> 64 bits, or int beyond 32),
+6 BAD_ENUM, 7 TRAILING_BYTES, 8 NEGATIVE_LENGTH, 9 INVALID_UTF8, 10 INVALID_BOOLEAN, 11 NULL_VALUE;
+:func:`validate_ticks` gives 32-43 (:data:`STATUS_MESSAGES`).
 """
-
 from __future__ import annotations
 
+import io
+import pickle
 import sys
 import threading
 import time
@@ -57,68 +51,43 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from mystocks_gpu.schemas.codec import MAGIC, PREFIX_LEN
 from mystocks_gpu.schemas.exceptions import SchemaError
 from mystocks_gpu.schemas.registry import SchemaStore, default_store
-from mystocks_gpu.schemas.symbols import SymbolTable
+from mystocks_gpu.schemas.symbols import SymbolTable, symbol_arrays
 from mystocks_gpu.schemas.validate import MAX_FUTURE_NS, MIN_TS_NS
 
 if sys.byteorder != "little":  # doubles are copied byte for byte (Avro is little-endian)
     raise ImportError("batch_codec needs a little-endian host")
 
 
-class Status(IntEnum):
-    """Per-record outcome of decoding (0-11) and of :func:`validate_ticks` (32-43)."""
-
-    OK = 0
-    BAD_MAGIC = 1
-    UNKNOWN_SCHEMA_ID = 2
-    WRONG_SCHEMA = 3
-    TRUNCATED = 4
-    VARINT_OVERFLOW = 5
-    BAD_ENUM = 6
-    TRAILING_BYTES = 7
-    NEGATIVE_LENGTH = 8
-    INVALID_UTF8 = 9
-    INVALID_BOOLEAN = 10
-    NULL_VALUE = 11
-    TS_TOO_OLD = 32
-    TS_IN_FUTURE = 33
-    EMPTY_SYMBOL = 34
-    BAD_PRICE = 35
-    BAD_SIZE = 36
-    BAD_BID = 37
-    BAD_ASK = 38
-    BAD_BID_SIZE = 39
-    BAD_ASK_SIZE = 40
-    CROSSED_QUOTE = 41
-    BAD_SIDE = 42
-    TRADE_ZERO_SIZE = 43
-
-
-STATUS_MESSAGES: dict[int, str] = {
-    0: "ok",
-    1: "bad magic byte (expected 0): not Confluent-framed Avro",
-    2: "unknown schema id",
-    3: "schema id of another known schema (or an older version), not the expected one",
-    4: "truncated record",
-    5: "varint overflow (more than 64 bits, or an int beyond 32 bits)",
-    6: "enum index out of range",
-    7: "trailing bytes after the record",
-    8: "negative string length",
-    9: "string is not valid UTF-8",
-    10: "boolean byte is not 0 or 1",
-    11: "record has no value (tombstone)",
-    32: "ts_event is before 2000-01-01",
-    33: "ts_event is too far in the future",
-    34: "symbol is empty",
-    35: "price must be finite and > 0",
-    36: "size must be finite and >= 0",
-    37: "bid must be finite and > 0",
-    38: "ask must be finite and > 0",
-    39: "bid_size must be finite and >= 0",
-    40: "ask_size must be finite and >= 0",
-    41: "crossed quote: bid > ask",
-    42: "side must be -1, 0 or 1",
-    43: "a TRADE must have size > 0",
-}
+_STATUS: list[tuple[str, int, str]] = [
+    ("OK", 0, "ok"),
+    ("BAD_MAGIC", 1, "bad magic byte (expected 0): not Confluent-framed Avro"),
+    ("UNKNOWN_SCHEMA_ID", 2, "unknown schema id"),
+    ("WRONG_SCHEMA", 3, "schema id of another known schema (or an older version), not the expected one"),
+    ("TRUNCATED", 4, "truncated record"),
+    ("VARINT_OVERFLOW", 5, "varint overflow (more than 64 bits, or an int beyond 32 bits)"),
+    ("BAD_ENUM", 6, "enum index out of range"),
+    ("TRAILING_BYTES", 7, "trailing bytes after the record"),
+    ("NEGATIVE_LENGTH", 8, "negative string length"),
+    ("INVALID_UTF8", 9, "string is not valid UTF-8"),
+    ("INVALID_BOOLEAN", 10, "boolean byte is not 0 or 1"),
+    ("NULL_VALUE", 11, "record has no value (tombstone)"),
+    ("TS_TOO_OLD", 32, "ts_event is before 2000-01-01"),
+    ("TS_IN_FUTURE", 33, "ts_event is too far in the future"),
+    ("EMPTY_SYMBOL", 34, "symbol is empty"),
+    ("BAD_PRICE", 35, "price must be finite and > 0"),
+    ("BAD_SIZE", 36, "size must be finite and >= 0"),
+    ("BAD_BID", 37, "bid must be finite and > 0"),
+    ("BAD_ASK", 38, "ask must be finite and > 0"),
+    ("BAD_BID_SIZE", 39, "bid_size must be finite and >= 0"),
+    ("BAD_ASK_SIZE", 40, "ask_size must be finite and >= 0"),
+    ("CROSSED_QUOTE", 41, "crossed quote: bid > ask"),
+    ("BAD_SIDE", 42, "side must be -1, 0 or 1"),
+    ("TRADE_ZERO_SIZE", 43, "a TRADE must have size > 0"),
+]
+#: Per-record outcome: decoding 0-11, :func:`validate_ticks` 32-43 (``Status.TRUNCATED`` == 4, ...)
+Status = IntEnum("Status", [(name, code) for name, code, _ in _STATUS], module=__name__)
+#: DLQ reason per status code
+STATUS_MESSAGES: dict[int, str] = {code: msg for _, code, msg in _STATUS}
 
 
 def status_message(code: int) -> str:
@@ -132,67 +101,45 @@ _OVERFLOW = int(Status.VARINT_OVERFLOW)
 
 
 @numba.njit(cache=True, inline="always")
-def _read_varint(buf, p, end):  # pragma: no cover - numba
-    """Unsigned LEB128 at ``buf[p:end]`` -> ``(uint64 value, next p, status)``."""
+def _read_long(buf, p, end):  # pragma: no cover - numba
+    """Zig-zag LEB128 at ``buf[p:end]`` -> ``(int64 value, next p, status)``."""
     u = np.uint64(0)
     shift = 0
     while True:
         if p >= end:
-            return u, p, _TRUNC
+            return np.int64(0), p, _TRUNC
         b = buf[p]
         p += 1
-        if shift == 63 and b > 1:
-            return u, p, _OVERFLOW
+        if shift == 63 and b > 1:  # a 10th byte may only hold bit 63
+            return np.int64(0), p, _OVERFLOW
         u |= np.uint64(b & 0x7F) << np.uint64(shift)
         if b < 0x80:
-            return u, p, 0
+            return np.int64((u >> np.uint64(1)) ^ (np.uint64(0) - (u & np.uint64(1)))), p, 0
         shift += 7
 
 
-@numba.njit(cache=True, inline="always")
-def _unzigzag(u):  # pragma: no cover - numba
-    return np.int64((u >> np.uint64(1)) ^ (np.uint64(0) - (u & np.uint64(1))))
-
-
-@numba.njit(cache=True, inline="always")
-def _read_long(buf, p, end):  # pragma: no cover - numba
-    u, p, err = _read_varint(buf, p, end)
-    return _unzigzag(u), p, err
+# strict UTF-8 (as ``bytes.decode``): per lead byte, the number of continuation bytes (-1: invalid)
+# and the allowed range of the first one (excludes overlongs, surrogates and > U+10FFFF)
+_U8N = np.full(256, -1, np.int64)
+_U8N[:0x80], _U8N[0xC2:0xE0], _U8N[0xE0:0xF0], _U8N[0xF0:0xF5] = 0, 1, 2, 3
+_U8LO, _U8HI = np.full(256, 0x80, np.int64), np.full(256, 0xBF, np.int64)
+_U8LO[0xE0], _U8HI[0xED], _U8LO[0xF0], _U8HI[0xF4] = 0xA0, 0x9F, 0x90, 0x8F
 
 
 @numba.njit(cache=True, inline="always")
 def _utf8_ok(buf, p, n):  # pragma: no cover - numba
-    """Strict UTF-8 check of ``buf[p:p+n]`` (as Python's ``bytes.decode``)."""
+    """Whether ``buf[p:p+n]`` is strict UTF-8."""
     end = p + n
     while p < end:
         b = buf[p]
         if b < 0x80:
             p += 1
             continue
-        if 0xC2 <= b <= 0xDF:
-            k, lo, hi = 1, 0x80, 0xBF
-        elif b == 0xE0:
-            k, lo, hi = 2, 0xA0, 0xBF
-        elif 0xE1 <= b <= 0xEF and b != 0xED:
-            k, lo, hi = 2, 0x80, 0xBF
-        elif b == 0xED:
-            k, lo, hi = 2, 0x80, 0x9F
-        elif b == 0xF0:
-            k, lo, hi = 3, 0x90, 0xBF
-        elif 0xF1 <= b <= 0xF3:
-            k, lo, hi = 3, 0x80, 0xBF
-        elif b == 0xF4:
-            k, lo, hi = 3, 0x80, 0x8F
-        else:
-            return False
-        if p + k >= end:  # continuation bytes p+1..p+k must lie inside the string
-            return False
-        c = buf[p + 1]
-        if c < lo or c > hi:
+        k = _U8N[b]
+        if k < 0 or p + k >= end or buf[p + 1] < _U8LO[b] or buf[p + 1] > _U8HI[b]:
             return False
         for t in range(2, k + 1):
-            c = buf[p + t]
-            if c < 0x80 or c > 0xBF:
+            if buf[p + t] < 0x80 or buf[p + t] > 0xBF:
                 return False
         p += k + 1
     return True
@@ -214,11 +161,6 @@ def _zigzag(v):  # pragma: no cover - numba
 
 
 @numba.njit(cache=True, inline="always")
-def _long_len(v):  # pragma: no cover - numba
-    return _varint_len(_zigzag(v))
-
-
-@numba.njit(cache=True, inline="always")
 def _write_varint(out, p, u):  # pragma: no cover - numba
     while u >= np.uint64(0x80):
         out[p] = np.uint8((u & np.uint64(0x7F)) | np.uint64(0x80))
@@ -234,8 +176,8 @@ def _write_long(out, p, v):  # pragma: no cover - numba
 
 
 _NB_GLOBALS: dict[str, Any] = {
-    "np": np, "_read_varint": _read_varint, "_read_long": _read_long, "_utf8_ok": _utf8_ok,
-    "_long_len": _long_len, "_write_long": _write_long, "_varint_len": _varint_len,
+    "np": np, "_read_long": _read_long, "_utf8_ok": _utf8_ok,
+    "_zigzag": _zigzag, "_write_long": _write_long, "_varint_len": _varint_len,
     **{f"S_{s.name}": int(s) for s in Status},
 }
 
@@ -314,7 +256,8 @@ def _fail(code: str, ind: str) -> str:
 
 
 def decoder_source(plans: Sequence[FieldPlan]) -> str:
-    """Python source of ``_decode(buf, offs, expect_id, known_ids, status, *cols) -> n_ok``."""
+    """Python source of ``_decode(buf, starts, ends, expect_id, known_ids, status, *cols) -> n_ok``:
+    record ``i`` is ``buf[starts[i]:ends[i]]``; good rows are written compacted at ``k = 0, 1, ...``."""
     args, body = [], []
     I = " " * 8  # noqa: E741
     for j, p in enumerate(plans):
@@ -338,8 +281,10 @@ def decoder_source(plans: Sequence[FieldPlan]) -> str:
         elif p.kind in ("double", "float"):
             w = 8 if p.kind == "double" else 4
             args.append(f"b{j}")
+            ut = "np.uint64" if w == 8 else "np.uint32"
+            load = " | ".join(f"({ut}(buf[p + {t}]) << {ut}({8 * t}))" for t in range(w))
             body.append(f"{I}if end - p < {w}:\n{_fail('S_TRUNCATED', I + '    ')}"
-                        f"{I}for t in range({w}):\n{I}    b{j}[k * {w} + t] = buf[p + t]\n{I}p += {w}\n")
+                        f"{I}b{j}[k] = {load}\n{I}p += {w}\n")
         elif p.kind == "boolean":
             args.append(f"c{j}")
             body.append(f"{I}if end - p < 1:\n{_fail('S_TRUNCATED', I + '    ')}"
@@ -348,11 +293,11 @@ def decoder_source(plans: Sequence[FieldPlan]) -> str:
         else:
             raise SchemaError(f"field {p.name}: {p.kind} is not supported by the batch decoder")
     head = (
-        f"def _decode(buf, offs, expect_id, known_ids, status{''.join(', ' + a for a in args)}):\n"
+        f"def _decode(buf, starts, ends, expect_id, known_ids, status{''.join(', ' + a for a in args)}):\n"
         "    k = 0\n"
-        "    for i in range(offs.size - 1):\n"
-        "        p = offs[i]\n"
-        "        end = offs[i + 1]\n"
+        "    for i in range(starts.size):\n"
+        "        p = starts[i]\n"
+        "        end = ends[i]\n"
         f"        if end > p and buf[p] != {MAGIC}:\n{_fail('S_BAD_MAGIC', I + '    ')}"
         f"        if end - p < {PREFIX_LEN}:\n{_fail('S_TRUNCATED', I + '    ')}"
         "        sid = (np.int64(buf[p + 1]) << 24) | (np.int64(buf[p + 2]) << 16)"
@@ -369,24 +314,69 @@ def decoder_source(plans: Sequence[FieldPlan]) -> str:
     return head + "".join(body) + tail
 
 
-def join_values(values: Sequence[bytes | bytearray | memoryview | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(buffer uint8 (total,), offsets int64 (n+1,), null rows int64 or None)`` of framed values.
+@numba.njit(cache=True, nogil=True)
+def _scan_pickle(buf, starts, ends, null):  # pragma: no cover - numba
+    """Record slices of a fast-mode pickle of a list of bytes/None; False on anything else."""
+    n, size, i, p = starts.size, buf.size, 0, 2
+    if size < 3 or buf[0] != 0x80:
+        return False
+    while p < size:
+        op = buf[p]
+        if op == 0x95:  # FRAME + 8-byte length: frames are transparent
+            p += 9
+        elif op == 0x5D or op == 0x28 or op == 0x65 or op == 0x61 or op == 0x94:  # ] ( e a MEMOIZE
+            p += 1
+        elif op == 0x2E:  # STOP
+            return i == n and p == size - 1
+        elif (op == 0x43 or op == 0x42 or op == 0x8E or op == 0x4E) and i < n:  # C B BINBYTES8 None
+            w = 1 if op == 0x43 else (4 if op == 0x42 else (8 if op == 0x8E else 0))
+            ln = np.int64(0)
+            if p + 1 + w > size:
+                return False
+            for t in range(w):
+                ln |= np.int64(buf[p + 1 + t]) << (8 * t)
+            p += 1 + w
+            if ln < 0 or p + ln > size:
+                return False
+            null[i] = op == 0x4E
+            starts[i], ends[i] = p, p + ln
+            p += ln
+            i += 1
+        else:
+            return False
+    return False
 
-    ``None`` values (tombstones) become empty slices and are listed in the third item.
+
+def gather_values(values: Sequence[bytes | bytearray | memoryview | None]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(buffer uint8, starts int64 (n,), ends int64 (n,), null rows int64 or None)``: value ``i``
+    is ``buffer[starts[i]:ends[i]]``; ``None`` values (tombstones) are empty and listed last.
+
+    Fast path: ``pickle`` in fast mode (no memo) writes every value with its length into one buffer
+    in one C pass, and a numba pass finds the slices: each value is touched once, about twice as fast
+    as ``b"".join`` plus a ``len`` per value. Anything else (bytearray, memoryview, a bytes subclass)
+    falls back to ``b"".join``. Nothing is ever unpickled.
     """
     n = len(values)
+    starts, ends, null = np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(n, np.bool_)
     try:
-        data = b"".join(values)  # type: ignore[arg-type]
-        nulls = None
-    except TypeError:
-        nulls = np.fromiter((v is None for v in values), np.bool_, n).nonzero()[0]
-        values = [b"" if v is None else v for v in values]
-        data = b"".join(values)  # type: ignore[arg-type]
-    offs = np.empty(n + 1, np.int64)
-    offs[0] = 0
-    if n:
-        np.cumsum(np.fromiter(map(len, values), np.int64, n), out=offs[1:])
-    return np.frombuffer(data, np.uint8), offs, nulls
+        f = io.BytesIO()
+        pk = pickle.Pickler(f, protocol=5)
+        pk.fast = True  # no memo: values are written as they come
+        pk.dump(values if type(values) is list else list(values))
+        buf = np.frombuffer(f.getbuffer(), np.uint8)
+        ok = _scan_pickle(buf, starts, ends, null)
+    except (pickle.PicklingError, TypeError, AttributeError, ValueError):
+        ok = False
+    if not ok:
+        null = np.fromiter((v is None for v in values), np.bool_, n)
+        vals = [b"" if v is None else v for v in values] if null.any() else values
+        buf = np.frombuffer(b"".join(vals), np.uint8)  # type: ignore[arg-type]
+        np.cumsum(np.fromiter(map(len, vals), np.int64, n), out=ends)  # type: ignore[arg-type]
+        starts[:1], starts[1:] = 0, ends[:-1]
+    buf.flags.writeable = False  # one numba specialisation for both paths
+    nz = np.flatnonzero(null)
+    return buf, starts, ends, (nz if nz.size else None)
 
 
 @dataclass
@@ -448,9 +438,7 @@ def _resolve(schema: str | Mapping[str, Any], store: SchemaStore | None,
         if schema_id is None:
             raise SchemaError("a parsed schema needs an explicit schema_id")
         parsed, sid = schema, schema_id
-    known: list[int] = []
-    if store is not None:
-        known = sorted(i for i in getattr(store, "_by_id", {}) if i != sid)
+    known = sorted({store.by_name(nm).id for nm in store.names()} - {sid}) if store is not None else []
     return parsed, sid, np.asarray(known, np.int64)
 
 
@@ -484,8 +472,8 @@ class BatchDecoder:
 
     def decode(self, values: Sequence[bytes | bytearray | memoryview | None]) -> DecodedBatch:
         """Decode ``values`` (framed records); bad ones are flagged in ``status``, never raised."""
-        buf, offs, nulls = join_values(values)
-        n = offs.size - 1
+        buf, starts, ends, nulls = gather_values(values)
+        n = starts.size
         cols: dict[str, np.ndarray] = {}
         args: list[np.ndarray] = []
         for p in self.plans:
@@ -495,13 +483,13 @@ class BatchDecoder:
                 args += [cols[c + "_off"], cols[c + "_len"]]
             elif p.kind in ("double", "float"):
                 cols[c] = np.empty(n, np.float64 if p.kind == "double" else np.float32)
-                args.append(cols[c].view(np.uint8))
+                args.append(cols[c].view(np.uint64 if p.kind == "double" else np.uint32))
             else:
                 dt = {"long": np.int64, "int": np.int32, "boolean": np.bool_}.get(p.kind) or _enum_dtype(p)
                 cols[c] = np.empty(n, dt)
                 args.append(cols[c])
         status = np.empty(n, np.int8)
-        k = int(self._fn(buf, offs, self.schema_id, self.known_ids, status, *args))
+        k = int(self._fn(buf, starts, ends, self.schema_id, self.known_ids, status, *args))
         if nulls is not None:
             status[nulls] = Status.NULL_VALUE
         cols = {name: a[:k] for name, a in cols.items()}
@@ -535,7 +523,12 @@ class TickDecoder(BatchDecoder):
 
 # ---- encoder compiler ----------------------------------------------------------------------------
 def encoder_source(plans: Sequence[FieldPlan]) -> str:
-    """Python source of ``_encode(n, prefix, *args) -> (buffer uint8, offsets int64 (n+1,))``."""
+    """Python source of ``_encode(n, prefix, pk, *args) -> (buffer uint8, offsets int64 (n+1,))``.
+
+    With ``pk`` the buffer is a pickle (protocol 4) of the list of values: ``PROTO 4, EMPTY_LIST,
+    MARK``, each value as ``SHORT_BINBYTES``/``BINBYTES`` with its length, ``APPENDS, STOP``, so
+    ``pickle.loads`` builds all the ``bytes`` objects in one C loop (the offsets then include the
+    2- or 5-byte opcode before each value)."""
     args: list[str] = []
     size, write = [], []
     fixed = PREFIX_LEN
@@ -543,12 +536,12 @@ def encoder_source(plans: Sequence[FieldPlan]) -> str:
     for j, p in enumerate(plans):
         if p.kind == "string":
             args += [f"c{j}", f"ar{j}", f"so{j}", f"sl{j}"]
-            size.append(f"{I}q = sl{j}[c{j}[i]]\n{I}s += _long_len(q) + q\n")
+            size.append(f"{I}q = sl{j}[c{j}[i]]\n{I}s += _varint_len(_zigzag(q)) + q\n")
             write.append(f"{I}q = sl{j}[c{j}[i]]\n{I}p = _write_long(out, p, q)\n{I}o = so{j}[c{j}[i]]\n"
                          f"{I}for t in range(q):\n{I}    out[p + t] = ar{j}[o + t]\n{I}p += q\n")
         elif p.kind in ("long", "int", "enum"):
             args.append(f"c{j}")
-            size.append(f"{I}s += _long_len(c{j}[i])\n")
+            size.append(f"{I}s += _varint_len(_zigzag(c{j}[i]))\n")
             write.append(f"{I}p = _write_long(out, p, c{j}[i])\n")
         elif p.kind in ("double", "float"):
             w = 8 if p.kind == "double" else 4
@@ -575,12 +568,23 @@ def encoder_source(plans: Sequence[FieldPlan]) -> str:
         else:  # pragma: no cover - plan_schema rejects others
             raise SchemaError(p.kind)
     return (
-        f"def _encode(n, prefix{''.join(', ' + a for a in args)}):\n"
-        "    offs = np.empty(n + 1, np.int64)\n    offs[0] = 0\n    tot = 0\n"
+        f"def _encode(n, prefix, pk{''.join(', ' + a for a in args)}):\n"
+        "    offs = np.empty(n + 1, np.int64)\n    tot = 4 if pk else 0\n    offs[0] = tot\n"
         "    for i in range(n):\n"
-        f"        s = {fixed}\n" + "".join(size) + "        tot += s\n        offs[i + 1] = tot\n"
-        "    out = np.empty(tot, np.uint8)\n"
+        f"        s = {fixed}\n" + "".join(size) +
+        "        if pk:\n            s += 2 if s < 256 else 5\n"
+        "        tot += s\n        offs[i + 1] = tot\n"
+        "    out = np.empty(tot + 2 if pk else tot, np.uint8)\n"
+        "    if pk:\n"
+        "        out[0] = 0x80\n        out[1] = 4\n        out[2] = 0x5D\n        out[3] = 0x28\n"
+        "        out[tot] = 0x65\n        out[tot + 1] = 0x2E\n"
         "    for i in range(n):\n        p = offs[i]\n"
+        "        if pk:\n"
+        "            r = offs[i + 1] - p\n"
+        "            if r < 258:\n                out[p] = 0x43\n                out[p + 1] = r - 2\n                p += 2\n"
+        "            else:\n                r -= 5\n                out[p] = 0x42\n"
+        "                for t in range(4):\n                    out[p + 1 + t] = (r >> (8 * t)) & 0xFF\n"
+        "                p += 5\n"
         f"        for t in range({PREFIX_LEN}):\n            out[p + t] = prefix[t]\n        p += {PREFIX_LEN}\n"
         + "".join(write) + "    return out, offs\n"
     )
@@ -601,18 +605,6 @@ def _varint_bytes(v: int) -> bytes:
         u >>= 7
     out.append(u)
     return bytes(out)
-
-
-def _symbol_arrays(symbols: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if isinstance(symbols, SymbolTable):
-        arena, off, ln = symbols.arrays()
-        return arena, off, ln.astype(np.int64)
-    enc = [s.encode("utf-8") for s in symbols]
-    ln = np.fromiter(map(len, enc), np.int64, len(enc))
-    off = np.zeros(len(enc), np.int64)
-    if len(enc) > 1:
-        np.cumsum(ln[:-1], out=off[1:])
-    return np.frombuffer(b"".join(enc) or b"\0", np.uint8), off, ln
 
 
 #: accepted alternative column names for fields (the synthetic generator's layout)
@@ -640,37 +632,28 @@ class BatchEncoder:
         raise KeyError(f"no column for field {name!r}")
 
     def encode_buffer(self, columns: Mapping[str, Any], symbols: Any = None,
-                      map_keys: Sequence[str] | Mapping[str, Sequence[str]] | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      map_keys: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+                      pickled: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(buffer uint8, offsets int64 (n+1,))``: record ``i`` is ``buffer[offsets[i]:offsets[i+1]]``.
 
         Raises ValueError for values the schema cannot hold (int out of range, bad enum index,
-        symbol code with no symbol, rows of different lengths).
+        symbol code with no symbol, rows of different lengths). ``pickled``: see :func:`encoder_source`.
         """
         args: list[Any] = []
-        n: int | None = None
-
-        def check_len(a: np.ndarray, name: str) -> None:
-            nonlocal n
-            if n is None:
-                n = a.shape[0]
-            elif a.shape[0] != n:
-                raise ValueError(f"column {name} has {a.shape[0]} rows, expected {n}")
-
+        rows: set[int] = set()
         for p in self.plans:
             if p.kind == "map_double":
-                keys = map_keys.get(p.name, ()) if isinstance(map_keys, Mapping) else (map_keys or ())
-                keys = tuple(keys)
+                keys = tuple(map_keys.get(p.name, ()) if isinstance(map_keys, Mapping) else (map_keys or ()))
                 if len(set(keys)) != len(keys):
                     raise ValueError(f"duplicate map keys for {p.name}: {keys}")
-                if p.name in columns:
+                if not keys:
+                    vals = np.empty((0, 0))
+                elif p.name in columns:
                     vals = np.asarray(columns[p.name], np.float64).reshape(-1, len(keys))
                 else:
-                    vals = np.stack([np.asarray(columns[k], np.float64) for k in keys], axis=1) if keys \
-                        else np.empty((0, 0))
+                    vals = np.stack([np.asarray(columns[k], np.float64) for k in keys], axis=1)
                 vals = np.ascontiguousarray(vals)
-                if keys:
-                    check_len(vals, p.name)
+                rows.update([vals.shape[0]] if keys else [])
                 head = _varint_bytes(len(keys)) if keys else b""
                 kb = [_varint_bytes(len(b)) + b for b in (k.encode("utf-8") for k in keys)]
                 mo = np.cumsum([len(head)] + [len(b) for b in kb]).astype(np.int64)
@@ -678,35 +661,39 @@ class BatchEncoder:
                 args += [mk, mo, vals.view(np.uint8).reshape(vals.shape[0], 8 * len(keys))]
                 continue
             col = np.asarray(self._get(columns, p.name))
-            check_len(col, p.name)
+            rows.add(col.shape[0])
+            if p.kind in ("double", "float"):
+                args.append(np.ascontiguousarray(col, np.float64 if p.kind == "double" else np.float32)
+                            .view(np.uint8))
+                continue
+            if col.dtype.kind not in "iub":
+                raise ValueError(f"{p.name}: integer (or code) column expected, got {col.dtype}")
+            c = np.ascontiguousarray(col, np.uint8 if p.kind == "boolean" else np.int64)
             if p.kind == "string":
                 table = symbols.get(p.name) if isinstance(symbols, Mapping) else symbols
                 if table is None:
                     raise ValueError(f"string field {p.name} needs symbols")
-                arena, off, ln = _symbol_arrays(table)
-                codes = np.ascontiguousarray(col, np.int64)
-                if codes.size and (codes.min() < 0 or codes.max() >= ln.size):
-                    raise ValueError(f"{p.name}: symbol code out of range 0..{ln.size - 1}")
-                args += [codes, arena, off, ln]
-            elif p.kind in ("double", "float"):
-                args.append(np.ascontiguousarray(col, np.float64 if p.kind == "double" else np.float32)
-                            .view(np.uint8))
-            elif p.kind == "boolean":
-                args.append(np.ascontiguousarray(col, np.bool_).view(np.uint8))
+                arena, off, ln = symbol_arrays(table)
+                lo, hi = 0, ln.size - 1
+                args += [c, arena, off, ln]
             else:
-                if col.dtype.kind not in "iub":
-                    raise ValueError(f"{p.name}: integer column expected, got {col.dtype}")
-                c = np.ascontiguousarray(col, np.int64)
-                lo, hi = {"int": (-2**31, 2**31 - 1), "enum": (0, len(p.symbols) - 1)}.get(p.kind, (None, None))
-                if lo is not None and c.size and (c.min() < lo or c.max() > hi):
-                    raise ValueError(f"{p.name}: value out of range {lo}..{hi}")
+                lo, hi = {"int": (-2**31, 2**31 - 1), "enum": (0, len(p.symbols) - 1),
+                          "boolean": (0, 1)}.get(p.kind, (-2**63, 2**63 - 1))
                 args.append(c)
-        return self._fn(n or 0, self.prefix, *args)
+            if c.size and (c.min() < lo or c.max() > hi):
+                raise ValueError(f"{p.name}: value out of range {lo}..{hi}")
+        if len(rows) > 1:
+            raise ValueError(f"columns of different lengths: {sorted(rows)}")
+        return self._fn(rows.pop() if rows else 0, self.prefix, pickled, *args)
 
     def encode(self, columns: Mapping[str, Any], symbols: Any = None,
                map_keys: Sequence[str] | Mapping[str, Sequence[str]] | None = None) -> list[bytes]:
-        """Framed values (list of bytes), one per row; see :meth:`encode_buffer`."""
-        return split_values(*self.encode_buffer(columns, symbols, map_keys))
+        """Framed values (list of bytes), one per row; see :meth:`encode_buffer`.
+
+        The values come from ``pickle.loads`` of a stream this encoder wrote itself (no outside input
+        is unpickled): one C loop, about 1.6x faster than slicing a buffer per value."""
+        buf, _ = self.encode_buffer(columns, symbols, map_keys, pickled=True)
+        return pickle.loads(buf)  # noqa: S301 - our own stream of bytes opcodes only
 
 
 # ---- vectorised tick validation ------------------------------------------------------------------
@@ -774,6 +761,6 @@ def validate_ticks(columns: Mapping[str, np.ndarray], now_ns: int | None = None,
 
 __all__ = [
     "ALIASES", "BatchDecoder", "BatchEncoder", "DecodedBatch", "FieldPlan", "STATUS_MESSAGES", "Status",
-    "TICK_RENAME", "TickDecoder", "decoder_source", "encoder_source", "join_values", "plan_schema",
+    "TICK_RENAME", "TickDecoder", "decoder_source", "encoder_source", "gather_values", "plan_schema",
     "schema_fingerprint", "split_values", "status_message", "validate_ticks",
 ]

@@ -42,7 +42,7 @@ def fnv1a(buf: np.ndarray, off: int, n: int) -> np.uint64:
 
 
 @numba.njit(cache=True)
-def _intern(buf, boff, blen, out, start, arena, arena_len, s_off, s_len, s_hash, slots, n):  # pragma: no cover
+def _intern(buf, boff, blen, out, start, arena, arena_len, s_off, s_len, s_hash, slots, n, hmask):  # pragma: no cover
     """Codes for slices ``start..`` of ``buf``; stops (returning the row) when the table must grow.
 
     Returns ``(next_row, n_symbols, arena_len)``; ``next_row == boff.size`` when done.
@@ -51,7 +51,7 @@ def _intern(buf, boff, blen, out, start, arena, arena_len, s_off, s_len, s_hash,
     for i in range(start, boff.size):
         o = boff[i]
         ln = blen[i]
-        h = fnv1a(buf, o, ln)
+        h = fnv1a(buf, o, ln) & hmask
         j = np.int64(h & mask)
         c = slots[j]
         while c >= 0:
@@ -102,7 +102,9 @@ class SymbolTable:
     Slices must be valid UTF-8 (the batch decoder checks this before interning).
     """
 
-    def __init__(self, symbols: Iterable[str] = ()) -> None:
+    def __init__(self, symbols: Iterable[str] = (), *, hash_mask: int = 2**64 - 1) -> None:
+        #: bits of the hash kept; tests narrow it to force full-hash collisions (codes stay exact)
+        self._hmask = np.uint64(hash_mask)
         self._arena = np.empty(1024, np.uint8)
         self._arena_len = 0
         self._off = np.empty(64, np.int64)
@@ -152,13 +154,7 @@ class SymbolTable:
 
     def codes(self, symbols: Sequence[str]) -> np.ndarray:
         """int32 ``(len(symbols),)`` codes, inserting unseen symbols in order."""
-        enc = [s.encode("utf-8") for s in symbols]
-        buf = np.frombuffer(b"".join(enc), np.uint8) if enc else np.empty(0, np.uint8)
-        lens = np.fromiter(map(len, enc), np.int64, len(enc))
-        offs = np.zeros(len(enc), np.int64)
-        if len(enc) > 1:
-            np.cumsum(lens[:-1], out=offs[1:])
-        return self.intern_slices(buf, offs, lens)
+        return self.intern_slices(*symbol_arrays(symbols))
 
     def decode(self, codes: np.ndarray) -> list[str]:
         """Symbols for an array of codes (Python strings; for tests and slow paths)."""
@@ -178,7 +174,8 @@ class SymbolTable:
         row = 0
         while True:
             row, n, self._arena_len = _intern(buf, off, length, out, row, self._arena, self._arena_len,
-                                              self._off, self._len, self._hash, self._slots, n)
+                                              self._off, self._len, self._hash, self._slots, n,
+                                              self._hmask)
             if row >= off.size:
                 break
             self._grow(n, int(length[row]))
@@ -244,4 +241,17 @@ class SymbolTable:
         return cls(strs)
 
 
-__all__ = ["SymbolTable", "fnv1a"]
+def symbol_arrays(symbols: SymbolTable | Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(arena uint8, off int64 (n,), len int64 (n,))``: the UTF-8 bytes of each symbol by code."""
+    if isinstance(symbols, SymbolTable):
+        arena, off, ln = symbols.arrays()
+        return arena, off, ln.astype(np.int64)
+    enc = [s.encode("utf-8") for s in symbols]
+    ln = np.fromiter(map(len, enc), np.int64, len(enc))
+    off = np.zeros(len(enc), np.int64)
+    if len(enc) > 1:
+        np.cumsum(ln[:-1], out=off[1:])
+    return np.frombuffer(b"".join(enc) or b"\0", np.uint8), off, ln
+
+
+__all__ = ["SymbolTable", "fnv1a", "symbol_arrays"]

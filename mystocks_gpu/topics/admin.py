@@ -13,7 +13,7 @@ from mystocks_gpu.infra.exceptions import BrokerUnreachable
 from mystocks_gpu.topics.catalog import TopicSpec
 
 #: broker-reported retention for compacted topics is irrelevant; only these configs are compared
-COMPARED = ("cleanup.policy", "retention.ms", "max.message.bytes")
+COMPARED = ("cleanup.policy", "retention.ms", "retention.bytes", "max.message.bytes")
 
 
 @dataclass(frozen=True)

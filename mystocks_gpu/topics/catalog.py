@@ -3,6 +3,12 @@
 Each :class:`TopicSpec` names the topic, its key, its value schema, partitions, cleanup policy and
 retention, and whether it has a dead-letter twin (``<name>.dlq``: same key, raw original bytes, the
 error in headers). State changelog topics are derived per processor by :func:`changelog_topic`.
+
+Retention of event-time topics: market-data records carry their *event* time as the Kafka
+timestamp (so replays can seek with ``offsets_for_times``). Kafka's time-based retention compares
+those timestamps with the wall clock, so loaded history (event times months ago) would be deleted
+within minutes. Those topics therefore keep records by size (``retention.bytes`` per partition),
+never by time; wall-clock topics (jobs, alerts) use time retention.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from dataclasses import dataclass, field
 from mystocks_gpu.topics.exceptions import UnknownTopic
 
 DAY_MS = 86_400_000
+GIB = 1 << 30
 DLQ_SUFFIX = ".dlq"
 
 
@@ -24,7 +31,10 @@ class TopicSpec:
     schema: str | None
     partitions: int = 4
     cleanup: str = "delete"  # "delete" | "compact"
-    retention_ms: int = 7 * DAY_MS  # -1 = forever
+    #: time retention (-1 = none). Default none: most topics carry event-time timestamps
+    retention_ms: int = -1
+    #: per-partition size bound (-1 = none); event-time topics are bounded by size, not time
+    retention_bytes: int = GIB
     dlq: bool = True
     description: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -36,7 +46,8 @@ class TopicSpec:
 
     def config(self) -> dict[str, str]:
         """Topic-level Kafka configs that ``topics create`` sets and drift checks compare."""
-        conf = {"cleanup.policy": self.cleanup, "retention.ms": str(self.retention_ms)}
+        conf = {"cleanup.policy": self.cleanup, "retention.ms": str(self.retention_ms),
+                "retention.bytes": str(self.retention_bytes)}
         if self.cleanup == "compact":
             conf["retention.ms"] = "-1"
         conf.update(self.extra)
@@ -46,27 +57,34 @@ class TopicSpec:
         """The DLQ twin's spec: raw bytes, 1 partition, 14 days."""
         if not self.dlq:
             return None
-        return TopicSpec(self.dlq_name or "", self.key, None, partitions=1, retention_ms=14 * DAY_MS,
+        return TopicSpec(self.dlq_name or "", self.key, None, partitions=1, retention_ms=-1, retention_bytes=GIB,
                          dlq=False, description=f"dead letters of {self.name}")
 
 
+def _event_time(name: str, schema: str, description: str, gib: int = 1, **kw: object) -> TopicSpec:
+    """A topic whose record timestamps are event times: size-bounded, never time-bounded."""
+    return TopicSpec(name, "symbol", schema, retention_ms=-1, retention_bytes=gib * GIB,
+                     description=description, **kw)  # type: ignore[arg-type]
+
+
 CATALOG: tuple[TopicSpec, ...] = (
-    TopicSpec("md.ticks", "symbol", "mystocks.md.Tick", description="trades and quotes, interleaved"),
-    TopicSpec("md.trades", "symbol", "mystocks.md.Trade", description="trade prints"),
-    TopicSpec("md.quotes", "symbol", "mystocks.md.Quote", description="top-of-book quotes"),
-    TopicSpec("md.bars.1s", "symbol", "mystocks.md.Bar", description="1-second OHLCV bars"),
-    TopicSpec("md.bars.1m", "symbol", "mystocks.md.Bar", retention_ms=30 * DAY_MS, description="1-minute OHLCV bars"),
-    TopicSpec("md.bars.1d", "symbol", "mystocks.md.Bar", retention_ms=-1, description="daily OHLCV bars (history)"),
-    TopicSpec("features.ticks", "symbol", "mystocks.features.FeatureVector", description="per-tick feature vectors"),
-    TopicSpec("agg.running", "symbol", "mystocks.streams.RunningAggregate",
-              description="built-in per-key running count/sum/last"),
-    TopicSpec("cmd.jobs", "job_id", "mystocks.jobs.JobCommand", partitions=1, description="job commands (submit/cancel)"),
+    _event_time("md.ticks", "mystocks.md.Tick", "trades and quotes, interleaved", gib=4),
+    _event_time("md.trades", "mystocks.md.Trade", "trade prints"),
+    _event_time("md.quotes", "mystocks.md.Quote", "top-of-book quotes"),
+    _event_time("md.bars.1s", "mystocks.md.Bar", "1-second OHLCV bars"),
+    _event_time("md.bars.1m", "mystocks.md.Bar", "1-minute OHLCV bars"),
+    _event_time("md.bars.1d", "mystocks.md.Bar", "daily OHLCV bars (history)"),
+    _event_time("features.ticks", "mystocks.features.FeatureVector", "per-tick feature vectors", gib=4),
+    _event_time("agg.running", "mystocks.streams.RunningAggregate", "built-in per-key running count/sum/last"),
+    TopicSpec("cmd.jobs", "job_id", "mystocks.jobs.JobCommand", partitions=1, retention_ms=7 * DAY_MS,
+              description="job commands (submit/cancel)"),
     TopicSpec("job.status", "job_id", "mystocks.jobs.TaskStatus", partitions=1, cleanup="compact",
               dlq=False, description="latest state per job (compacted)"),
     TopicSpec("results.backtest", "job_id", "mystocks.backtest.BacktestResult", partitions=1,
               retention_ms=30 * DAY_MS, dlq=False, extra={"max.message.bytes": "8388608"},
               description="backtest results, chunked"),
-    TopicSpec("alerts", "source", "mystocks.ops.Alert", partitions=1, dlq=False, description="operational and risk alerts"),
+    TopicSpec("alerts", "source", "mystocks.ops.Alert", partitions=1, retention_ms=7 * DAY_MS, dlq=False,
+              description="operational and risk alerts"),
 )
 
 
@@ -93,4 +111,5 @@ def get(name: str) -> TopicSpec:
 def changelog_topic(processor: str, group: str, partitions: int) -> TopicSpec:
     """The compacted state changelog of ``processor`` in consumer ``group``, co-partitioned with its input."""
     return TopicSpec(f"{group}.{processor}.changelog", "partition", None, partitions=partitions,
-                     cleanup="compact", dlq=False, description=f"state changelog of {processor}")
+                     cleanup="compact", dlq=False, description=f"state changelog of {processor}",
+                     extra={"min.compaction.lag.ms": "0", "segment.ms": "600000"})

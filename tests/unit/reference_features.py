@@ -13,7 +13,6 @@ import pandas as pd
 from mystocks_gpu.gpu_ops.features_config import NS_PER_DAY, FeatureConfig
 from mystocks_gpu.gpu_ops.tick_columns import COLUMN_DTYPES, TickColumns
 
-
 # --------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------
@@ -144,8 +143,8 @@ def _time_window(g: pd.DataFrame, window_ns: int, cap: int) -> tuple[np.ndarray,
     px = g["price"].to_numpy()
     ser = pd.Series(px, index=pd.DatetimeIndex(ts.astype("datetime64[ns]")))
     roll = ser.rolling(pd.Timedelta(window_ns, unit="ns"))
-    mean = roll.mean().to_numpy()
-    std = roll.apply(_std1, raw=True).to_numpy()
+    mean = roll.mean().to_numpy().copy()
+    std = roll.apply(_std1, raw=True).to_numpy().copy()
     start = np.searchsorted(ts, ts - window_ns, side="right")
     capped = np.flatnonzero(np.arange(len(ts)) - start + 1 > cap)
     for i in capped:  # the window holds more than `cap` trades: keep the newest `cap`
@@ -268,12 +267,15 @@ def reference_late_mask(df: pd.DataFrame, interval_ns: int, lateness_ns: int) ->
     return late
 
 
-def reference_bars(df: pd.DataFrame, interval_ns: int, late: np.ndarray | None = None) -> pd.DataFrame:
-    """OHLCV/VWAP/count bars of the (non-late) trades, via ``resample`` per symbol,
-    sorted by (sym, ts_open); bars without trades are dropped."""
+def reference_bars(
+    df: pd.DataFrame, interval_ns: int, late: np.ndarray | None = None
+) -> pd.DataFrame:
+    """OHLCV/VWAP/count bars of the (non-late) trades, via ``resample`` per symbol on trades
+    stably sorted by ts, sorted by (sym, ts_open); bars without trades are dropped."""
     tr = df[(df["kind"] == 0).to_numpy() & (~late if late is not None else True)]
     frames = []
     for s, g in tr.groupby("sym"):
+        g = g.sort_values("ts", kind="stable")  # event-time order, arrival order on ties
         x = pd.DataFrame(
             {"price": g["price"].to_numpy(), "size": g["size"].to_numpy()},
             index=pd.DatetimeIndex(g["ts"].to_numpy().astype("datetime64[ns]")),

@@ -1,0 +1,259 @@
+"""CPU twin of the backtest simulation: one numba ``prange`` iteration per cell, walking the bars.
+
+Signals are evaluated inline from the shared indicator stack (fused signal + simulation, no
+per-cell Python). The fill, fee and statistics rules are documented in ``engine.py``; the CUDA
+kernel in ``sim_gpu.py`` is a line-by-line transcription of :func:`simulate_cpu` (same operations
+in the same order, compiled without FMA contraction), so both give the same doubles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from mystocks_gpu.gpu_ops.backtest.signals import resolve_action, signal_flags
+from mystocks_gpu.gpu_ops.backtest.state import (
+    A_CLOSE_LONG,
+    A_CLOSE_SHORT,
+    A_NONE,
+    A_OPEN_LONG,
+    A_OPEN_SHORT,
+    A_REV_TO_LONG,
+    A_REV_TO_SHORT,
+    F_CASH,
+    F_ENTRY,
+    F_EQ,
+    F_FEES,
+    F_MAXDD,
+    F_PEAK,
+    F_S1,
+    F_S2,
+    F_SN2,
+    F_UNITS,
+    I_MAXRUN,
+    I_NCLOSED,
+    I_NEXP,
+    I_NVALID,
+    I_NWINS,
+    I_PENDING,
+    I_RUN,
+)
+
+
+@njit(cache=True, parallel=True)
+def simulate_cpu(
+    code: int,
+    long_short: bool,
+    next_open: bool,
+    fixed_sizing: bool,
+    size: float,
+    fee: float,
+    fixed_fee: float,
+    slip: float,
+    open_: np.ndarray,
+    close: np.ndarray,
+    ind: np.ndarray,
+    pidx: np.ndarray,
+    pval: np.ndarray,
+    j0: int,
+    cell_ids: np.ndarray,
+    n_par: int,
+    sf: np.ndarray,
+    si: np.ndarray,
+    record: bool,
+    eq_out: np.ndarray,
+    dd_out: np.ndarray,
+) -> None:
+    """Advance the state of ``cell_ids`` over columns ``j0 .. L-1`` of a chunk.
+
+    Args:
+        code: strategy code (``strategies.MA_CROSS`` ...).
+        long_short / next_open / fixed_sizing: direction, execution and sizing switches.
+        size: fraction of cash (fraction sizing, (0, 1]) or cash amount per entry (fixed sizing).
+        fee: proportional fee (fraction of notional); fixed_fee: currency per order; slip: fraction.
+        open_, close: float64 ``(n_s, L)`` prices of the chunk's symbols (columns < j0 are lead).
+        ind: float64 ``(n_ind, n_s, L)`` indicator stack; pidx int64 ``(n_par, 2)`` rows a/b per
+            parameter set; pval float64 ``(n_par, 2)`` thresholds.
+        cell_ids: int64 ``(n_run,)`` cells to run (``cell = s * n_par + p``); state column k belongs
+            to ``cell_ids[k]``.
+        sf, si: state ``(NF, n_run)`` float64 / ``(NI, n_run)`` int64, updated in place.
+        record: write equity and drawdown per column into ``eq_out`` / ``dd_out`` ``(n_run, L - j0)``.
+    """
+    n_run = cell_ids.shape[0]
+    n = close.shape[1]
+    for k in prange(n_run):
+        cell = cell_ids[k]
+        s = cell // n_par
+        p = cell - s * n_par
+        ia = pidx[p, 0]
+        ib = pidx[p, 1]
+        th0 = pval[p, 0]
+        th1 = pval[p, 1]
+        cash = sf[F_CASH, k]
+        units = sf[F_UNITS, k]
+        entry = sf[F_ENTRY, k]
+        eq = sf[F_EQ, k]
+        peak = sf[F_PEAK, k]
+        s1 = sf[F_S1, k]
+        s2 = sf[F_S2, k]
+        sn2 = sf[F_SN2, k]
+        maxdd = sf[F_MAXDD, k]
+        fees = sf[F_FEES, k]
+        nvalid = si[I_NVALID, k]
+        nexp = si[I_NEXP, k]
+        nclosed = si[I_NCLOSED, k]
+        nwins = si[I_NWINS, k]
+        run = si[I_RUN, k]
+        maxrun = si[I_MAXRUN, k]
+        pending = si[I_PENDING, k]
+        a_p = ind[ia, s, j0 - 1] if j0 > 0 else np.nan
+        b_p = ind[ib, s, j0 - 1] if j0 > 0 else np.nan
+        for j in range(j0, n):
+            o = open_[s, j]
+            c = close[s, j]
+            a_t = ind[ia, s, j]
+            b_t = ind[ib, s, j]
+            if not (np.isfinite(o) and np.isfinite(c)):
+                pending = A_NONE  # an order due at a missing bar is dropped
+                if record:
+                    eq_out[k, j - j0] = eq
+                    dd_out[k, j - j0] = 1.0 - eq / peak if eq < peak else 0.0
+                a_p = a_t
+                b_p = b_t
+                continue
+            for phase in range(2):
+                # phase 0: execute the pending order at the open (next_open);
+                # phase 1: evaluate the signal at the close, execute now (close) or keep pending.
+                if phase == 0:
+                    if not next_open or pending == A_NONE:
+                        continue
+                    act = pending
+                    px = o
+                    pending = A_NONE
+                else:
+                    act = resolve_action(signal_flags(code, a_t, a_p, b_t, b_p, c, th0, th1), units, long_short)
+                    if next_open:
+                        pending = act
+                        break
+                    px = c
+                if act == A_NONE:
+                    continue
+                # --- closing order ---
+                if act == A_CLOSE_LONG or act == A_REV_TO_SHORT:
+                    fill = px * (1.0 - slip)
+                    proceeds = units * fill
+                    fp = proceeds * fee + fixed_fee
+                    net = proceeds - fp
+                    if net >= 0.0:
+                        cash = cash + net
+                        fees = fees + fp
+                        nclosed += 1
+                        if net - entry > 0.0:
+                            nwins += 1
+                        units = 0.0
+                    else:
+                        act = A_NONE  # proceeds cannot cover the fees: keep the position
+                elif act == A_CLOSE_SHORT or act == A_REV_TO_LONG:
+                    fill = px * (1.0 + slip)
+                    cost = (-units) * fill
+                    fp = cost * fee + fixed_fee
+                    tot = cost + fp
+                    cash = cash - tot
+                    fees = fees + fp
+                    nclosed += 1
+                    if entry - tot > 0.0:
+                        nwins += 1
+                    units = 0.0
+                # --- opening order ---
+                if act == A_OPEN_LONG or act == A_REV_TO_LONG:
+                    fill = px * (1.0 + slip)
+                    budget = -1.0
+                    if fixed_sizing:
+                        u = size / px
+                        cost = u * fill
+                        fp = cost * fee + fixed_fee
+                        tot = cost + fp
+                        if tot <= cash:
+                            units = u
+                            cash = cash - tot
+                            fees = fees + fp
+                            entry = tot
+                        else:
+                            budget = cash
+                    else:
+                        budget = size * cash
+                    if budget - fixed_fee > 0.0:
+                        notional = (budget - fixed_fee) / (1.0 + fee)
+                        units = notional / fill
+                        fees = fees + (budget - notional)
+                        cash = cash - budget
+                        entry = budget
+                elif act == A_OPEN_SHORT or act == A_REV_TO_SHORT:
+                    fill = px * (1.0 - slip)
+                    u = 0.0
+                    if fixed_sizing:
+                        u = size / px
+                    else:
+                        budget = size * cash
+                        if budget - fixed_fee > 0.0:
+                            u = ((budget - fixed_fee) / (1.0 + fee)) / fill
+                    if u > 0.0:
+                        proceeds = u * fill
+                        fp = proceeds * fee + fixed_fee
+                        net = proceeds - fp
+                        if net >= 0.0:
+                            units = -u
+                            cash = cash + net
+                            fees = fees + fp
+                            entry = net
+            # --- mark to market at the close ---
+            e = cash + units * c
+            if e == eq:
+                r = 0.0
+            elif eq > 0.0:
+                r = e / eq - 1.0
+            else:
+                r = 0.0
+            s1 = s1 + r
+            s2 = s2 + r * r
+            if r < 0.0:
+                sn2 = sn2 + r * r
+            nvalid += 1
+            if units != 0.0:
+                nexp += 1
+            dd = 0.0
+            if e > peak:
+                peak = e
+                run = 0
+            elif e < peak:
+                run += 1
+                dd = 1.0 - e / peak
+                if dd > maxdd:
+                    maxdd = dd
+                if run > maxrun:
+                    maxrun = run
+            else:
+                run = 0
+            eq = e
+            if record:
+                eq_out[k, j - j0] = e
+                dd_out[k, j - j0] = dd
+            a_p = a_t
+            b_p = b_t
+        sf[F_CASH, k] = cash
+        sf[F_UNITS, k] = units
+        sf[F_ENTRY, k] = entry
+        sf[F_EQ, k] = eq
+        sf[F_PEAK, k] = peak
+        sf[F_S1, k] = s1
+        sf[F_S2, k] = s2
+        sf[F_SN2, k] = sn2
+        sf[F_MAXDD, k] = maxdd
+        sf[F_FEES, k] = fees
+        si[I_NVALID, k] = nvalid
+        si[I_NEXP, k] = nexp
+        si[I_NCLOSED, k] = nclosed
+        si[I_NWINS, k] = nwins
+        si[I_RUN, k] = run
+        si[I_MAXRUN, k] = maxrun
+        si[I_PENDING, k] = pending

@@ -1,0 +1,23 @@
+"""Prometheus metrics of the job control plane (the same conditions the ``alerts`` topic carries)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOBS_SUBMITTED = Counter("mystocks_jobs_submitted_total", "Job submit commands accepted", ["kind"])
+JOBS_FINISHED = Counter("mystocks_jobs_finished_total", "Jobs that reached a final state", ["kind", "state"])
+JOBS_REJECTED = Counter("mystocks_jobs_rejected_total", "Invalid job commands")
+JOBS_CACHED = Counter("mystocks_jobs_cache_hits_total", "Submits answered from the result cache", ["kind"])
+JOBS_REQUEUED = Counter("mystocks_jobs_requeued_total", "Chunks re-queued after their worker was lost", ["kind"])
+JOBS_TIMEOUT = Counter("mystocks_jobs_timeout_total", "Jobs failed for passing their deadline", ["kind"])
+JOBS_ACTIVE = Gauge("mystocks_jobs_active", "Jobs queued or running", ["state"])
+JOB_SECONDS = Histogram("mystocks_job_duration_seconds", "Submit-to-finish time of jobs", ["kind"],
+                        buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 7200))
+WORKERS_ALIVE = Gauge("mystocks_workers_alive", "Workers with a live heartbeat")
+WORKERS_LOST = Counter("mystocks_workers_lost_total", "Workers whose heartbeat expired with work assigned")
+DEVICE_UTIL = Gauge("mystocks_device_utilization_ratio", "Device utilisation 0..1", ["worker", "device"])
+DEVICE_MEM = Gauge("mystocks_device_memory_used_ratio", "Device memory used / total", ["worker", "device"])
+GPU_OVERLOADED = Gauge("mystocks_gpu_overloaded", "1 while a GPU is above the utilisation threshold", ["worker", "device"])
+GPU_MEMORY_HIGH = Gauge("mystocks_gpu_memory_high", "1 while a GPU is above the memory threshold", ["worker", "device"])
+DLQ_RECORDS = Gauge("mystocks_dlq_records", "Records in a dead-letter topic (high watermark sum)", ["topic"])
+ALERTS = Counter("mystocks_alerts_total", "Alerts published", ["kind", "severity"])

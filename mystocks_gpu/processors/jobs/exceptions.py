@@ -1,0 +1,13 @@
+"""Errors of the job-kind registry."""
+
+from mystocks_gpu.exceptions import MyStocksError
+
+
+class JobSpecError(MyStocksError):
+    """A job command names an unknown kind or carries a spec that fails validation."""
+
+    exit_code = 2
+
+
+class JobStopped(MyStocksError):
+    """Raised by a runner when ``should_stop()`` turned true (cancel, deadline, shutdown)."""

@@ -1,0 +1,32 @@
+"""Stream processors by name, for ``mystocks-gpu run NAME``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.streams.processor import Processor
+
+
+def _aggregate(**kw: Any) -> Processor[Any]:
+    from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
+
+    return RunningAggregateProcessor(**kw)
+
+
+PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate}
+
+
+def register(name: str, factory: Callable[..., Processor[Any]]) -> None:
+    """Make a processor available to ``mystocks-gpu run``."""
+    PROCESSORS[name] = factory
+
+
+def create(name: str, **kw: Any) -> Processor[Any]:
+    """Instantiate a processor by name; :class:`ConfigError` lists the known ones."""
+    try:
+        factory = PROCESSORS[name]
+    except KeyError:
+        raise ConfigError(f"unknown processor {name!r}; known: {', '.join(sorted(PROCESSORS))}") from None
+    return factory(**kw)

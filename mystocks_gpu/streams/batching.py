@@ -1,0 +1,117 @@
+"""Cutting a record stream into micro-batches: size, bytes, or linger since the first record.
+
+:class:`BatchAccumulator` is pure (no Kafka): feed it records with :meth:`add` and ask
+:meth:`ready` with the current time; it never relies on one ``consume()`` call filling a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RawBatch:
+    """Records of one micro-batch, in arrival order, as parallel lists.
+
+    ``values``/``keys`` are the raw bytes; ``partitions``/``offsets``/``timestamps_ms`` locate them.
+    """
+
+    topic: str = ""
+    values: list[bytes | None] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    timestamps_ms: list[int] = field(default_factory=list)
+    nbytes: int = 0
+    first_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def next_offsets(self) -> dict[int, int]:
+        """partition -> offset to commit (last offset + 1) for the records in this batch."""
+        out: dict[int, int] = {}
+        for p, o in zip(self.partitions, self.offsets, strict=True):
+            if o + 1 > out.get(p, -1):
+                out[p] = o + 1
+        return out
+
+    def first_offsets(self) -> dict[int, int]:
+        """partition -> first offset in this batch (where a rewind seeks to)."""
+        out: dict[int, int] = {}
+        for p, o in zip(self.partitions, self.offsets, strict=True):
+            if p not in out or o < out[p]:
+                out[p] = o
+        return out
+
+    def by_partition(self) -> dict[int, list[int]]:
+        """partition -> indices of its records, in order."""
+        out: dict[int, list[int]] = {}
+        for i, p in enumerate(self.partitions):
+            out.setdefault(p, []).append(i)
+        return out
+
+    def drop_partitions(self, revoked: set[int]) -> int:
+        """Remove the records of revoked partitions (a new owner reprocesses them); returns count dropped."""
+        keep = [i for i, p in enumerate(self.partitions) if p not in revoked]
+        dropped = len(self.partitions) - len(keep)
+        if dropped:
+            for name in ("values", "keys", "partitions", "offsets", "timestamps_ms"):
+                col = getattr(self, name)
+                setattr(self, name, [col[i] for i in keep])
+            self.nbytes = sum(len(v or b"") for v in self.values)
+            if not self.values:
+                self.first_at = None
+        return dropped
+
+
+class BatchAccumulator:
+    """Accumulates records until ``max_records``, ``max_bytes`` or ``linger_s`` after the first one."""
+
+    def __init__(self, max_records: int, max_bytes: int, linger_s: float) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.linger_s = linger_s
+        self.batch = RawBatch()
+
+    def add(self, value: bytes | None, key: bytes | None, partition: int, offset: int, ts_ms: int,
+            now: float, topic: str = "") -> bool:
+        """Append one record; returns True when the batch is now full (records or bytes)."""
+        b = self.batch
+        if b.first_at is None:
+            b.first_at = now
+            b.topic = topic
+        b.values.append(value)
+        b.keys.append(key)
+        b.partitions.append(partition)
+        b.offsets.append(offset)
+        b.timestamps_ms.append(ts_ms)
+        b.nbytes += len(value) if value is not None else 0
+        return self.full()
+
+    def add_messages(self, msgs: list[Any], now: float) -> list[Any]:
+        """Append confluent-kafka messages until full; returns the ones that did not fit."""
+        for i, m in enumerate(msgs):
+            if self.add(m.value(), m.key(), m.partition(), m.offset(), m.timestamp()[1], now, m.topic()):
+                return msgs[i + 1:]
+        return []
+
+    def full(self) -> bool:
+        """Records or bytes limit reached."""
+        return len(self.batch) >= self.max_records or self.batch.nbytes >= self.max_bytes
+
+    def remaining_s(self, now: float) -> float:
+        """Seconds until the linger deadline (inf with an empty batch)."""
+        if self.batch.first_at is None:
+            return float("inf")
+        return max(0.0, self.batch.first_at + self.linger_s - now)
+
+    def ready(self, now: float) -> bool:
+        """The batch should close now: full, or non-empty and past its linger deadline."""
+        return len(self.batch) > 0 and (self.full() or self.remaining_s(now) <= 0.0)
+
+    def take(self) -> RawBatch:
+        """Hand out the current batch and start a new one."""
+        b, self.batch = self.batch, RawBatch()
+        return b

@@ -1,0 +1,165 @@
+"""The processor contract: pure functions over columnar micro-batches, plus state (de)serialisation.
+
+A processor never talks to Kafka. The runtime (``streams.worker``) decodes, calls
+:meth:`Processor.process` once per input partition present in a batch, and writes the outputs, the
+state changelog entries and the dead letters in one transaction.
+
+Rules a processor follows:
+
+- ``process(batch, state) -> (outputs, state)`` sees a :class:`Columns` batch of one partition,
+  symbols as dense int32 codes (column ``sym``) of the worker's shared :class:`SymbolTable`;
+- if it raises, it must leave ``state`` as it was (the runtime bisects the batch to isolate the
+  bad records, sends them to the DLQ and processes the rest);
+- :meth:`changelog_entries` returns ``(key, value)`` bytes describing the state of the keys a batch
+  touched (default: the whole state under one key); :meth:`restore` rebuilds state from the latest
+  entry of every key. A restored worker must produce the same outputs as one that never stopped.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from mystocks_gpu.schemas.symbols import SymbolTable
+
+S = TypeVar("S")
+WHOLE_STATE_KEY = b"__state__"
+
+
+@dataclass
+class Columns:
+    """One partition's decoded micro-batch: struct-of-arrays (NumPy), all of length ``n``.
+
+    ``index`` maps each row back to its position in the raw batch (for dead letters and offsets);
+    ``ingest_ns`` is when the runtime received the batch (wall clock live, event time in replays).
+    """
+
+    columns: dict[str, np.ndarray]
+    symbols: SymbolTable
+    index: np.ndarray
+    partition: int = 0
+    ingest_ns: int = 0
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+    def take(self, rows: slice | np.ndarray) -> Columns:
+        """A sub-batch of the given rows (used to bisect a failing batch)."""
+        return Columns({k: v[rows] for k, v in self.columns.items()}, self.symbols, self.index[rows],
+                       self.partition, self.ingest_ns)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that goes to the DLQ: its row in the raw batch and why."""
+
+    index: int
+    error_class: str
+    message: str
+
+
+@dataclass
+class Outputs:
+    """Records to produce: per topic, parallel lists of key bytes, value bytes and timestamps (ms).
+
+    ``rejected`` holds records the processor refused (e.g. late ticks), by raw-batch index.
+    """
+
+    records: dict[str, tuple[list[bytes | None], list[bytes], list[int]]] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def add(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int]) -> None:
+        """Append records for ``topic``."""
+        if not values:
+            return
+        k, v, t = self.records.setdefault(topic, ([], [], []))
+        k.extend(keys)
+        v.extend(values)
+        t.extend(ts_ms)
+
+    def extend(self, other: Outputs) -> None:
+        """Append another batch's outputs after these."""
+        for topic, (k, v, t) in other.records.items():
+            self.add(topic, k, v, t)
+        self.rejected.extend(other.rejected)
+
+    def count(self) -> int:
+        """Number of output records (all topics)."""
+        return sum(len(v) for _, v, _ in self.records.values())
+
+
+@dataclass
+class Decoded:
+    """Result of :meth:`Processor.decode`: the good rows as :class:`Columns`, the rest rejected."""
+
+    columns: Columns
+    rejected: list[Rejected]
+
+
+class Processor(ABC, Generic[S]):
+    """Base class of every stream processor (see the module docstring for the contract)."""
+
+    #: registry name (``mystocks-gpu run NAME``)
+    name: str = ""
+    #: default input topic
+    input_topic: str = ""
+    #: topics ``process`` writes to
+    output_topics: tuple[str, ...] = ()
+
+    @abstractmethod
+    def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
+               partition: int, ingest_ns: int) -> Decoded:
+        """Decode and validate the raw values of one partition's records (rows ``index`` of the batch)."""
+
+    @abstractmethod
+    def initial_state(self) -> S:
+        """State of a partition that has never been processed."""
+
+    @abstractmethod
+    def process(self, batch: Columns, state: S) -> tuple[Outputs, S]:
+        """Compute outputs for one partition's micro-batch; return them and the new state."""
+
+    @abstractmethod
+    def state_to_bytes(self, state: S, symbols: SymbolTable) -> bytes:
+        """Serialise a whole partition state (symbols by name, so codes may differ after restore)."""
+
+    @abstractmethod
+    def state_from_bytes(self, blob: bytes, symbols: SymbolTable) -> S:
+        """Inverse of :meth:`state_to_bytes` (codes re-interned in ``symbols``)."""
+
+    def changelog_entries(self, state: S, batch: Columns) -> list[tuple[bytes, bytes]]:
+        """Changelog ``(key, value)`` entries after ``batch``; default: the whole state, one key."""
+        return [(WHOLE_STATE_KEY, self.state_to_bytes(state, batch.symbols))]
+
+    def restore(self, entries: Iterable[tuple[bytes, bytes]], symbols: SymbolTable) -> S:
+        """State from the latest changelog entry of every key (default: the whole-state entry)."""
+        state = self.initial_state()
+        for key, value in entries:
+            if key == WHOLE_STATE_KEY:
+                state = self.state_from_bytes(value, symbols)
+        return state
+
+    def flush(self, state: S, symbols: SymbolTable, partition: int) -> tuple[Outputs, S]:
+        """Outputs still held in state at the end of a replay (e.g. open bars). Default: none."""
+        return Outputs(), state
+
+    def output_partitioner(self) -> str:
+        """How outputs are partitioned: by key (murmur2, default)."""
+        return "key"
+
+
+def decode_errors_to_rejected(index: np.ndarray, status: np.ndarray, message_of: Any) -> list[Rejected]:
+    """Turn a per-record status array (0 = ok) into :class:`Rejected` entries."""
+    bad = np.flatnonzero(status != 0)
+    return [Rejected(int(index[i]), _error_class(int(status[i])), message_of(int(status[i]))) for i in bad]
+
+
+def _error_class(code: int) -> str:
+    """Batch-codec status code -> the error class named in DLQ headers."""
+    if code == 2:
+        return "UnknownSchemaId"
+    return "DecodeError" if code < 32 else "ValidationError"

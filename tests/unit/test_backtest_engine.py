@@ -1,0 +1,264 @@
+"""Backtest engine: values against the independent reference, exact chunking, GPU vs CPU twins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mystocks_gpu.gpu_ops.backend import gpu_available
+from mystocks_gpu.gpu_ops.backtest import (
+    STAT_COLUMNS,
+    BacktestInputError,
+    collect_stats,
+    compile_grid,
+    materialize_signals,
+    plan_chunks,
+    run_backtest,
+    run_chunk,
+    run_curves,
+)
+from mystocks_gpu.gpu_ops.backtest.engine import best_cells, chunk_bytes, prepare_inputs
+from mystocks_gpu.gpu_ops.backtest.signals import compute_indicators, new_carry
+from mystocks_gpu.processors.backtest_spec import BacktestSpec
+from tests.unit.reference_backtest import random_bars, ref_backtest, ref_signals
+
+SYMBOLS = ["AAA", "BBB", "CCC", "DDD"]
+TS = np.arange(260, dtype=np.int64) * 86_400_000_000_000 + 1_600_000_000_000_000_000
+
+GRIDS = {
+    "ma_cross": {"fast": [3, 8], "slow": [8, 21, 34]},
+    "breakout": {"window": [5, 20]},
+    "zscore": {"window": [10, 25], "entry_z": [1.0, 1.8], "exit_z": [0.0]},
+    "rsi": {"period": [6, 14], "lower": [30.0, 40.0], "upper": [60.0]},
+    "signal": {"threshold_long": [0.2, 0.5], "threshold_exit": [-0.1, 0.1]},
+}
+
+# (sizing, size, execution, fees, fixed_fees, slippage)
+MONEY = [
+    ("fraction", 1.0, "next_open", 0.001, 0.0, 0.0005),
+    ("fixed", 40_000.0, "next_open", 0.002, 1.5, 0.001),
+    ("fraction", 0.6, "close", 0.0005, 2.0, 0.0),
+]
+
+
+def _spec(strategy: str, direction: str, money: tuple, **kw) -> BacktestSpec:
+    sizing, size, execution, fees, fixed, slip = money
+    extra = {"signal_topic": "features.x", "signal_column": "ema"} if strategy == "signal" else {}
+    return BacktestSpec(
+        strategy=strategy, params=GRIDS[strategy], direction=direction, sizing=sizing, size=size,
+        execution=execution, fees=fees, fixed_fees=fixed, slippage=slip, **extra, **kw,
+    )
+
+
+def _assert_stats_close(ours: pd.DataFrame, ref: pd.DataFrame) -> None:
+    assert list(ours["symbol"]) == list(ref["symbol"])
+    assert [dict(p) for p in ours["params"]] == [dict(p) for p in ref["params"]]
+    for col in STAT_COLUMNS:
+        a = ours[col].to_numpy(dtype=np.float64)
+        b = ref[col].to_numpy(dtype=np.float64)
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=col)
+
+
+@pytest.fixture(scope="module")
+def bars() -> dict[str, np.ndarray]:
+    return random_bars(seed=7)
+
+
+@pytest.mark.parametrize("strategy", sorted(GRIDS))
+@pytest.mark.parametrize("direction", ["long_only", "long_short"])
+@pytest.mark.parametrize("money", MONEY, ids=["fraction-next_open", "fixed-next_open", "fraction-close"])
+def test_matches_reference(bars, strategy, direction, money):
+    spec = _spec(strategy, direction, money)
+    out = run_backtest(bars, SYMBOLS, TS, spec, backend="cpu")
+    sizing, size, execution, fees, fixed, slip = money
+    ref, ref_curves = ref_backtest(
+        bars, SYMBOLS, strategy, GRIDS[strategy], direction=direction, execution=execution, fee=fees,
+        fixed_fee=fixed, slip=slip, sizing=sizing, size=size,
+    )
+    _assert_stats_close(out.stats, ref)
+    assert out.stats["n_trades"].sum() > 0
+    # the best curves equal the reference's equity/drawdown series
+    assert len(out.curves) == 5
+    for c in out.curves:
+        pid = next(i for i, p in enumerate(ref["params"][: len(out.stats) // 4]) if dict(p) == c.params)
+        eq, dd = ref_curves[(c.symbol, pid)]
+        np.testing.assert_allclose(c.equity, eq, rtol=1e-12)
+        np.testing.assert_allclose(c.drawdown, dd, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(c.ts, TS)
+
+
+def test_signals_match_reference(bars):
+    for strategy, grid in GRIDS.items():
+        plan = compile_grid(strategy, grid)
+        el, xl, es, xs = materialize_signals(plan, bars, long_short=True)
+        for p_id, p in enumerate(plan.params):
+            for s in range(len(SYMBOLS)):
+                ref = ref_signals(strategy, p, *(bars[k][s] for k in ("open", "high", "low", "close")),
+                                  bars["signal"][s], True)
+                for ours, theirs in zip((el, xl, es, xs), ref, strict=True):
+                    np.testing.assert_array_equal(ours[p_id, s], theirs, err_msg=f"{strategy} {p}")
+
+
+def test_stats_edge_values(bars):
+    # a grid whose signals never fire on a short window: no trades, flat equity
+    spec = BacktestSpec(strategy="rsi", params={"period": [5], "lower": [0.0], "upper": [100.0]})
+    out = run_backtest(bars, SYMBOLS, TS, spec, backend="cpu")
+    st = out.stats
+    assert (st["n_trades"] == 0).all() and (st["total_return"] == 0).all()
+    assert st["win_rate"].isna().all() and (st["sharpe"] == 0).all() and (st["sortino"] == 0).all()
+    assert (st["max_drawdown"] == 0).all() and (st["exposure"] == 0).all() and (st["cagr"] == 0).all()
+
+
+def _tiny_budget_spec(strategy: str, direction: str) -> BacktestSpec:
+    """Half of what one symbol's whole history needs: forces symbol ranges *and* time chunks."""
+    spec = _spec(strategy, direction, MONEY[0])
+    need = chunk_bytes(compile_grid(spec.strategy, spec.params), 1, len(TS))
+    return BacktestSpec.from_dict({**spec.to_dict(), "memory_budget_bytes": need // 2})
+
+
+@pytest.mark.parametrize("strategy", sorted(GRIDS))
+def test_chunked_equals_unchunked(bars, strategy):
+    direction = "long_short" if strategy in ("ma_cross", "rsi") else "long_only"
+    whole = run_backtest(bars, SYMBOLS, TS, _spec(strategy, direction, MONEY[0]), backend="cpu")
+    tiny = _tiny_budget_spec(strategy, direction)
+    chunks = plan_chunks(tiny, len(SYMBOLS), len(TS))
+    assert len({c.group for c in chunks}) > 1, chunks
+    assert len({c.bar_start for c in chunks}) > 2, chunks
+    calls: list[float] = []
+    parts = run_backtest(bars, SYMBOLS, TS, tiny, backend="cpu", progress_cb=calls.append)
+    assert parts.n_chunks == len(chunks)
+    assert len(calls) == len(chunks) and calls == sorted(calls) and calls[-1] == pytest.approx(1.0)
+    pd.testing.assert_frame_equal(parts.stats, whole.stats, check_exact=True)
+    for a, b in zip(parts.curves, whole.curves, strict=True):
+        assert (a.symbol, a.params) == (b.symbol, b.params)
+        np.testing.assert_array_equal(a.equity, b.equity)
+        np.testing.assert_array_equal(a.drawdown, b.drawdown)
+
+
+def test_chunk_api_spread_and_merge(bars):
+    """The job plane's path: plan, run each symbol range's time chunks in order (states moved
+    through the host), merge, then curves — equals run_backtest."""
+    spec = _tiny_budget_spec("ma_cross", "long_only")
+    data, syms, ts = prepare_inputs(bars, SYMBOLS, TS, spec)
+    plan = compile_grid(spec.strategy, spec.params)
+    chunks = plan_chunks(spec, len(syms), len(ts), plan)
+    finals = []
+    for g in sorted({c.group for c in chunks}, reverse=True):  # any order across ranges
+        st = None
+        for ch in [c for c in chunks if c.group == g]:
+            st = run_chunk(ch, data, spec, "cpu", st, plan).to_host()
+        finals.append(st)
+    stats = collect_stats(finals, syms, len(ts), spec, plan)
+    whole = run_backtest(bars, SYMBOLS, TS, spec, backend="cpu")
+    pd.testing.assert_frame_equal(stats, whole.stats, check_exact=True)
+    cells = best_cells(stats, "sharpe", 3)
+    curves = run_curves(data, syms, ts, spec, cells, "cpu", plan)
+    assert [(c.symbol, c.params) for c in curves] == [(c.symbol, c.params) for c in whole.curves[:3]]
+    with pytest.raises(BacktestInputError, match="previous time chunk"):
+        run_chunk(next(c for c in chunks if c.bar_start > 0), data, spec, "cpu", None, plan)
+    with pytest.raises(BacktestInputError, match="tile"):
+        collect_stats(finals[:-1], syms, len(ts), spec, plan)
+
+
+def test_universe_time_range_and_top(bars):
+    spec = BacktestSpec(
+        universe=["CCC", "AAA"], start=int(TS[20]), end=int(TS[200]), strategy="ma_cross",
+        params={"fast": [3, 8], "slow": [21]}, metric="total_return", top_n=3, n_curves=2,
+    )
+    out = run_backtest(bars, SYMBOLS, TS, spec, backend="cpu")
+    assert sorted(set(out.stats["symbol"])) == ["AAA", "CCC"] and len(out.stats) == 4
+    sub = {k: v[[0, 2]][:, 20:200] for k, v in bars.items()}
+    ref, _ = ref_backtest(sub, ["AAA", "CCC"], "ma_cross", {"fast": [3, 8], "slow": [21]})
+    _assert_stats_close(out.stats, ref)
+    top = out.top()
+    assert len(top) == 3 and list(top["total_return"]) == sorted(out.stats["total_return"], reverse=True)[:3]
+    assert len(out.curves) == 2 and out.curves[0].ts[0] == TS[20] and len(out.curves[0].ts) == 180
+    assert out.top(2, "max_drawdown")["max_drawdown"].is_monotonic_increasing
+    rows = out.rows()
+    assert len(rows) == 3 and isinstance(rows[0]["n_trades"], int) and isinstance(rows[0]["params"]["fast"], float)
+    assert out.curve_rows()[0]["equity"][0] == pytest.approx(100_000.0)
+
+
+def test_input_errors(bars):
+    spec = _spec("ma_cross", "long_only", MONEY[0])
+    with pytest.raises(BacktestInputError, match="lack"):
+        run_backtest({k: bars[k] for k in ("open", "close")}, SYMBOLS, TS, spec, backend="cpu")
+    with pytest.raises(BacktestInputError, match="shape"):
+        run_backtest({k: v[:, :-1] for k, v in bars.items()}, SYMBOLS, TS, spec, backend="cpu")
+    with pytest.raises(BacktestInputError, match="not in the data"):
+        run_backtest(bars, SYMBOLS, TS, BacktestSpec.from_dict({**spec.to_dict(), "universe": ["ZZZ"]}), backend="cpu")
+    with pytest.raises(BacktestInputError, match="max_cells"):
+        run_backtest(bars, SYMBOLS, TS, BacktestSpec.from_dict({**spec.to_dict(), "max_cells": 1000}), backend="cpu")
+    with pytest.raises(BacktestInputError, match="too small"):
+        big = {"fast": list(range(1, 31)), "slow": list(range(31, 61))}
+        plan_chunks(BacktestSpec.from_dict({**spec.to_dict(), "params": big, "memory_budget_bytes": 4096}), 4, 260)
+    with pytest.raises(BacktestInputError, match="no bars"):
+        run_backtest(bars, SYMBOLS, TS, BacktestSpec.from_dict({**spec.to_dict(), "start": 0, "end": 5}), backend="cpu")
+
+
+def test_indicator_block_sums_are_chunk_invariant(bars):
+    """An SMA computed from any later chunk start (with lead) equals the full-range one bit for bit."""
+    plan = compile_grid("zscore", {"window": [7, 13], "entry_z": [1.0], "exit_z": [0.0]})
+    close = np.ascontiguousarray(bars["close"])
+    full = compute_indicators(plan, {"close": close}, 0, 0, new_carry(np, plan, 4), "cpu")
+    for start in (14, 50, 101):
+        base = start - plan.lead
+        part = compute_indicators(plan, {"close": np.ascontiguousarray(close[:, base:])}, base, plan.lead,
+                                  new_carry(np, plan, 4), "cpu")
+        np.testing.assert_array_equal(part[:, :, plan.lead:], full[:, :, start:])
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU twins
+# ---------------------------------------------------------------------------------------------
+
+_GPU_OK, _GPU_WHY = gpu_available()
+gpu = pytest.mark.skipif(not _GPU_OK, reason=f"no GPU: {_GPU_WHY}")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("strategy", sorted(GRIDS))
+@pytest.mark.parametrize("direction", ["long_only", "long_short"])
+@pytest.mark.parametrize("money", MONEY, ids=["fraction-next_open", "fixed-next_open", "fraction-close"])
+def test_gpu_matches_cpu(bars, strategy, direction, money):
+    spec = _spec(strategy, direction, money)
+    cpu = run_backtest(bars, SYMBOLS, TS, spec, backend="cpu")
+    gpu_out = run_backtest(bars, SYMBOLS, TS, spec, backend="gpu")
+    assert gpu_out.backend == "gpu"
+    _assert_stats_close(gpu_out.stats, cpu.stats)
+    for col in ("n_trades", "max_drawdown_duration"):
+        np.testing.assert_array_equal(gpu_out.stats[col], cpu.stats[col])
+    for a, b in zip(gpu_out.curves, cpu.curves, strict=True):
+        assert (a.symbol, a.params) == (b.symbol, b.params)
+        np.testing.assert_allclose(a.equity, b.equity, rtol=1e-12)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("strategy", sorted(GRIDS))
+def test_gpu_indicators_equal_cpu(bars, strategy):
+    import cupy as cp
+
+    plan = compile_grid(strategy, GRIDS[strategy])
+    host = {k: np.ascontiguousarray(v) for k, v in bars.items()}
+    dev = {k: cp.asarray(v) for k, v in host.items()}
+    for base, lead in ((0, 0), (60, plan.lead)):
+        h = {k: np.ascontiguousarray(v[:, base - lead if base else 0:]) for k, v in host.items()}
+        d = {k: cp.ascontiguousarray(v[:, base - lead if base else 0:]) for k, v in dev.items()}
+        c_cpu, c_gpu = new_carry(np, plan, 4), new_carry(cp, plan, 4)
+        a = compute_indicators(plan, h, base - lead if base else 0, lead, c_cpu, "cpu")
+        b = compute_indicators(plan, d, base - lead if base else 0, lead, c_gpu, "gpu")
+        np.testing.assert_array_equal(cp.asnumpy(b), a)
+        np.testing.assert_array_equal(cp.asnumpy(c_gpu), c_cpu)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_chunked_equals_cpu(bars):
+    spec = _tiny_budget_spec("rsi", "long_short")
+    cpu = run_backtest(bars, SYMBOLS, TS, spec, backend="cpu")
+    gpu_out = run_backtest(bars, SYMBOLS, TS, spec, backend="gpu")
+    assert gpu_out.n_chunks > 2
+    _assert_stats_close(gpu_out.stats, cpu.stats)
