@@ -127,13 +127,14 @@ def assert_decoded_equal(schema: dict, batch, rows: list[int], values: list[byte
     for k, r in enumerate(rows, start=k0):
         rec = fastavro.schemaless_reader(io.BytesIO(values[r][5:]), schema, None)
         for p in plans:
-            got = batch.columns[p.name][k]
             want = rec[p.name]
             if p.kind == "string":
                 assert strs[p.name][k] == want
                 if p.name in batch.tables:
-                    assert batch.tables[p.name].symbol(int(got)) == want
-            elif p.kind == "double":
+                    assert batch.tables[p.name].symbol(int(batch.columns[p.name][k])) == want
+                continue
+            got = batch.columns[p.name][k]
+            if p.kind == "double":
                 assert got.tobytes() == struct.pack("<d", want), (p.name, got, want)
             elif p.kind == "float":
                 assert got.tobytes() == struct.pack("<f", want), (p.name, got, want)

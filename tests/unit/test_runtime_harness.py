@@ -1,0 +1,142 @@
+"""Runtime without a broker: batch closing, the built-in processor against pandas, state
+(de)serialisation, and isolation of records that make a processor raise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
+from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
+from mystocks_gpu.schemas import AvroCodec
+from mystocks_gpu.schemas.symbols import SymbolTable
+from mystocks_gpu.streams.batching import BatchAccumulator
+from mystocks_gpu.streams.harness import cut, run_batches
+from mystocks_gpu.streams.processor import Columns, Outputs
+
+CODEC = AvroCodec()
+
+
+# ---- batch closing ------------------------------------------------------------------------------
+def test_batch_closes_on_max_records() -> None:
+    acc = BatchAccumulator(max_records=3, max_bytes=10**9, linger_s=10)
+    assert not acc.add(b"a", None, 0, 0, 0, now=0.0)
+    assert not acc.add(b"b", None, 0, 1, 0, now=0.1)
+    assert acc.add(b"c", None, 1, 0, 0, now=0.2)
+    assert acc.ready(0.2)
+    b = acc.take()
+    assert b.values == [b"a", b"b", b"c"] and b.next_offsets() == {0: 2, 1: 1} and b.first_offsets() == {0: 0, 1: 0}
+    assert len(acc.batch) == 0 and not acc.ready(100.0)
+
+
+def test_batch_closes_on_max_bytes() -> None:
+    acc = BatchAccumulator(max_records=100, max_bytes=10, linger_s=10)
+    assert not acc.add(b"12345", None, 0, 0, 0, now=0.0)
+    assert acc.add(b"123456", None, 0, 1, 0, now=0.0)  # 11 bytes >= 10
+    assert acc.take().nbytes == 11
+
+
+def test_batch_linger_counts_from_first_record() -> None:
+    acc = BatchAccumulator(max_records=100, max_bytes=10**9, linger_s=0.05)
+    assert acc.remaining_s(5.0) == float("inf")
+    acc.add(b"x", None, 0, 0, 0, now=1.0)
+    acc.add(b"y", None, 0, 1, 0, now=1.04)  # a later record does not extend the deadline
+    assert not acc.ready(1.049)
+    assert acc.remaining_s(1.02) == pytest.approx(0.03)
+    assert acc.ready(1.05)
+
+
+def test_drop_revoked_partitions() -> None:
+    acc = BatchAccumulator(100, 10**9, 1)
+    for i, p in enumerate([0, 1, 0, 2]):
+        acc.add(bytes([i]), None, p, i, 0, now=0)
+    assert acc.batch.drop_partitions({0}) == 2
+    assert acc.batch.partitions == [1, 2] and acc.batch.values == [b"\x01", b"\x03"]
+
+
+# ---- the built-in processor vs pandas ----------------------------------------------------------
+def _ticks(n: int = 3000, symbols: int = 25, seed: int = 5) -> list[dict]:
+    return list(to_records(generate(SyntheticMarket(n_symbols=symbols, seed=seed), n), symbol_names(symbols, seed)))
+
+
+def _reference(recs: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(recs)
+    g = df.groupby("symbol", sort=False)["price"]
+    # np.cumsum adds in order, as a running sum does (pandas' groupby cumsum compensates rounding)
+    return pd.DataFrame({"symbol": df["symbol"], "seq": df["seq"], "count": g.cumcount() + 1,
+                         "sum": g.transform(lambda s: np.cumsum(s.to_numpy())), "last": df["price"]})
+
+
+def _outputs_frame(out: Outputs) -> pd.DataFrame:
+    keys, values, _ = out.records["agg.running"]
+    rows = [CODEC.decode(v) for v in values]
+    assert [k.decode() for k in keys] == [r["symbol"] for r in rows]
+    return pd.DataFrame(rows)[["symbol", "seq", "count", "sum", "last"]]
+
+
+@pytest.mark.parametrize("sizes", [[10**9], [1] * 50 + [7, 13, 999], [300] * 20, [2999, 1]])
+@pytest.mark.parametrize("roundtrip", [False, True])
+def test_running_aggregate_matches_pandas_for_any_batch_cut(sizes: list[int], roundtrip: bool) -> None:
+    recs = _ticks()
+    values = [CODEC.encode("Tick", r) for r in recs]
+    res = run_batches(RunningAggregateProcessor(), cut(values, sizes), roundtrip_state=roundtrip)
+    got = _outputs_frame(res.outputs)
+    ref = _reference(recs)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), ref.reset_index(drop=True), check_exact=True,
+                                  check_dtype=False)
+    assert not res.rejected
+
+
+def test_state_bytes_round_trip_into_a_fresh_symbol_table() -> None:
+    proc = RunningAggregateProcessor()
+    recs = _ticks(500)
+    res = run_batches(proc, [[CODEC.encode("Tick", r) for r in recs]])
+    blob = proc.state_to_bytes(res.state, res.symbols)
+    other = SymbolTable(["ZZZ", "YYY"])  # different codes on the restoring side
+    st = proc.state_from_bytes(blob, other)
+    for sym in set(r["symbol"] for r in recs):
+        a, b = res.symbols.code(sym), other.code(sym)
+        assert st.count[b] == res.state.count[a] and st.total[b] == res.state.total[a] and st.last[b] == res.state.last[a]
+    assert st.count[other.code("ZZZ")] == 0
+
+
+def test_poison_records_go_to_dlq_and_the_rest_is_processed() -> None:
+    recs = _ticks(200)
+    values: list[bytes | None] = [CODEC.encode("Tick", r) for r in recs]
+    bad_rows = {3: b"garbage", 50: b"\x00\x00\x00\x27\x0fxx"}  # garbage; unknown schema id 9999
+    nan = dict(recs[80], price=float("nan"))
+    future = dict(recs[120], ts_event=4_000_000_000 * 10**9)
+    values[3], values[50] = bad_rows[3], bad_rows[50]
+    values[80], values[120] = CODEC.encode("Tick", nan), CODEC.encode("Tick", future)
+    res = run_batches(RunningAggregateProcessor(), cut(values, [64] * 10))
+    rej = {r.index: r for r in res.rejected}
+    assert set(rej) == {3, 50, 80, 120}
+    assert rej[3].error_class == "DecodeError" and rej[50].error_class == "UnknownSchemaId"
+    assert rej[80].error_class == "ValidationError" and "price" in rej[80].message
+    assert rej[120].error_class == "ValidationError" and "future" in rej[120].message
+    good = [r for i, r in enumerate(recs) if i not in rej]
+    assert res.outputs.count() + len(rej) == len(recs)
+    pd.testing.assert_frame_equal(_outputs_frame(res.outputs), _reference(good).reset_index(drop=True),
+                                  check_exact=True, check_dtype=False)
+
+
+class _Fragile(RunningAggregateProcessor):
+    """Raises on any batch containing seq 7 of its first symbol (a processor-level poison record)."""
+
+    def process(self, batch: Columns, state):  # type: ignore[no-untyped-def]
+        if np.any(batch.columns["seq"] == 7):
+            raise ValueError("cannot handle seq 7")
+        return super().process(batch, state)
+
+
+def test_processor_exception_is_isolated_by_bisection() -> None:
+    recs = _ticks(400, symbols=3)
+    values = [CODEC.encode("Tick", r) for r in recs]
+    res = run_batches(_Fragile(), cut(values, [100] * 4))
+    poisoned = [i for i, r in enumerate(recs) if r["seq"] == 7]
+    assert sorted(r.index for r in res.rejected) == poisoned
+    assert all(r.error_class == "ValueError" and r.message == "cannot handle seq 7" for r in res.rejected)
+    good = [r for r in recs if r["seq"] != 7]
+    pd.testing.assert_frame_equal(_outputs_frame(res.outputs), _reference(good).reset_index(drop=True),
+                                  check_exact=True, check_dtype=False)
