@@ -44,7 +44,12 @@ def cmd_control(args: argparse.Namespace, s: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.infra.devices import parse_fake_inventory
-    from mystocks_gpu.streams.control.worker import JobWorker, WorkerOptions, default_worker_id, parse_reserve
+    from mystocks_gpu.streams.control.worker import (
+        JobWorker,
+        WorkerOptions,
+        default_worker_id,
+        parse_reserve,
+    )
 
     kinds = tuple(k.strip() for k in (args.kinds or "").split(",") if k.strip())
     fake = tuple(parse_fake_inventory(args.fake_devices)) if args.fake_devices else None

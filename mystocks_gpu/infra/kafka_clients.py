@@ -30,14 +30,18 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 
 
 def _base(cfg: KafkaConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    conf = cfg.client_config(**{"socket.connection.setup.timeout.ms": int(cfg.connect_timeout_s * 1000),
-                                "logger": RDKAFKA_LOG})
+    conf = cfg.client_config(**{"socket.connection.setup.timeout.ms": int(cfg.connect_timeout_s * 1000)})
+    if extra.pop("route_logs", True):
+        conf["logger"] = RDKAFKA_LOG
     conf.update(extra)
     return conf
 
 
 def make_producer(cfg: KafkaConfig, **extra: Any) -> Producer:
-    """A producer with :data:`PRODUCER_DEFAULTS` (overridable by ``extra`` librdkafka settings)."""
+    """A producer with :data:`PRODUCER_DEFAULTS` (overridable by ``extra`` librdkafka settings).
+
+    ``route_logs=False`` leaves librdkafka's logs on stderr instead of Python logging (long-running
+    workers: a log callback must never run while Python is unwinding an exception)."""
     return Producer(_base(cfg, {**PRODUCER_DEFAULTS, **extra}))
 
 

@@ -258,13 +258,13 @@ class LocalStack:
         self.start_kafka()
         return self.status()
 
-    def _stop(self, name: str, timeout: float = 30.0) -> bool:
+    def _stop(self, name: str, timeout: float = 30.0, hard: bool = False) -> bool:
         pid = self._read_pid(name)
         self._pidfile(name).unlink(missing_ok=True)
         if pid is None:
             return False
         try:
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGKILL if hard else signal.SIGTERM)
         except ProcessLookupError:
             return True
         deadline = time.monotonic() + timeout
@@ -280,9 +280,9 @@ class LocalStack:
         """Stop the broker this stack started (SIGTERM, then SIGKILL after 30 s)."""
         return self._stop("kafka")
 
-    def restart_kafka(self) -> int:
-        """Stop and start the broker, keeping its data (used by recovery tests)."""
-        self.stop_kafka()
+    def restart_kafka(self, hard: bool = False) -> int:
+        """Stop (SIGTERM, or SIGKILL when ``hard``) and start the broker, keeping its data."""
+        self._stop("kafka", hard=hard)
         deadline = time.monotonic() + 30
         while _port_open(self.cfg.host, self.cfg.kafka_port) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -39,16 +39,20 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from types import MappingProxyType
 from typing import Any
 
 import pandas as pd
 
 from mystocks_gpu.gpu_ops.backtest.exceptions import BacktestInputError
 from mystocks_gpu.gpu_ops.backtest.stats import STAT_COLUMNS
-from mystocks_gpu.gpu_ops.backtest.strategies import canonical_grid, canonical_strategy, expand_grid, grid_size
+from mystocks_gpu.gpu_ops.backtest.strategies import (
+    canonical_grid,
+    canonical_strategy,
+    expand_grid,
+    grid_size,
+)
 from mystocks_gpu.processors.exceptions import InvalidSpec
 
 _BAR_TOPIC = re.compile(r"^md\.bars\.[1-9][0-9]*[smhd]$")
@@ -70,13 +74,17 @@ def to_ns(value: Any, name: str) -> int | None:
         try:
             ts = pd.Timestamp(value)
         except (ValueError, TypeError) as exc:
-            raise InvalidSpec(f"{name}: cannot parse {value!r} as an ISO date/time ({exc})") from None
+            raise InvalidSpec(
+                f"{name}: cannot parse {value!r} as an ISO date/time ({exc})"
+            ) from None
         if ts is pd.NaT:
             raise InvalidSpec(f"{name}: {value!r} is not a time")
         if ts.tzinfo is None:
             ts = ts.tz_localize("UTC")
         return int(ts.value)
-    raise InvalidSpec(f"{name}: expected ns (int) or an ISO date string, got {type(value).__name__}")
+    raise InvalidSpec(
+        f"{name}: expected ns (int) or an ISO date string, got {type(value).__name__}"
+    )
 
 
 def _num(value: Any, name: str) -> float:
@@ -102,6 +110,28 @@ def _choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
     return str(value)
 
 
+class FrozenGrid(Mapping[str, tuple[float | int, ...]]):
+    """Read-only parameter grid (name -> sorted tuple of values); picklable."""
+
+    def __init__(self, data: Mapping[str, Sequence[float | int]]) -> None:
+        self._d = {k: tuple(v) for k, v in data.items()}
+
+    def __getitem__(self, key: str) -> tuple[float | int, ...]:
+        return self._d[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __repr__(self) -> str:
+        return f"FrozenGrid({self._d!r})"
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, tuple[float | int, ...]]]]:
+        return FrozenGrid, (self._d,)
+
+
 @dataclass(frozen=True)
 class BacktestSpec:
     """A validated backtest job (see the module doc for fields, defaults and rules)."""
@@ -111,7 +141,7 @@ class BacktestSpec:
     end: int | None = None
     bar_topic: str = "md.bars.1d"
     strategy: str = "ma_cross"
-    params: Mapping[str, tuple[float | int, ...]] = field(default_factory=dict)
+    params: Mapping[str, Sequence[float | int]] = field(default_factory=dict)
     initial_cash: float = 100_000.0
     sizing: str = "fraction"
     size: float | None = None
@@ -151,7 +181,9 @@ class BacktestSpec:
         set_(self, "start", start)
         set_(self, "end", end)
         if not isinstance(self.bar_topic, str) or not _BAR_TOPIC.match(self.bar_topic):
-            raise InvalidSpec(f"bar_topic: {self.bar_topic!r}; expected md.bars.<n><s|m|h|d>, e.g. md.bars.1d")
+            raise InvalidSpec(
+                f"bar_topic: {self.bar_topic!r}; expected md.bars.<n><s|m|h|d>, e.g. md.bars.1d"
+            )
         # strategy + grid
         try:
             strat = canonical_strategy(self.strategy)
@@ -162,12 +194,14 @@ class BacktestSpec:
         max_grid = _int(self.max_grid, "max_grid", 1)
         n = grid_size(grid)
         if n > max_grid:
-            raise InvalidSpec(f"params: the grid has {n} parameter sets, more than max_grid={max_grid}")
+            raise InvalidSpec(
+                f"params: the grid has {n} parameter sets, more than max_grid={max_grid}"
+            )
         try:
             expand_grid(strat, grid)
         except BacktestInputError as exc:
             raise InvalidSpec(str(exc)) from None
-        set_(self, "params", MappingProxyType({k: tuple(v) for k, v in grid.items()}))
+        set_(self, "params", FrozenGrid(grid))
         # money
         cash = _num(self.initial_cash, "initial_cash")
         if cash <= 0:
@@ -211,10 +245,16 @@ class BacktestSpec:
         else:
             for name in ("signal_topic", "signal_column"):
                 if getattr(self, name) is not None:
-                    raise InvalidSpec(f"{name}: only valid with strategy 'signal' (strategy is {strat!r})")
+                    raise InvalidSpec(
+                        f"{name}: only valid with strategy 'signal' (strategy is {strat!r})"
+                    )
         set_(self, "max_grid", max_grid)
         set_(self, "max_cells", _int(self.max_cells, "max_cells", 1))
-        set_(self, "memory_budget_bytes", _int(self.memory_budget_bytes, "memory_budget_bytes", MIN_MEMORY_BUDGET))
+        set_(
+            self,
+            "memory_budget_bytes",
+            _int(self.memory_budget_bytes, "memory_budget_bytes", MIN_MEMORY_BUDGET),
+        )
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.normalised(), sort_keys=True))
@@ -277,7 +317,9 @@ class BacktestSpec:
         """sha256 hex of the normalised spec without the execution limits (max_grid, max_cells,
         memory_budget_bytes), which do not change results."""
         d = {k: v for k, v in self.normalised().items() if k not in _LIMIT_FIELDS}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return hashlib.sha256(
+            json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BacktestSpec):

@@ -39,10 +39,10 @@ import pickle
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Callable
+from typing import Any
 
 import numba
 import numpy as np
@@ -51,43 +51,52 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from mystocks_gpu.schemas.codec import MAGIC, PREFIX_LEN
 from mystocks_gpu.schemas.exceptions import SchemaError
 from mystocks_gpu.schemas.registry import SchemaStore, default_store
-from mystocks_gpu.schemas.symbols import SymbolTable, symbol_arrays
+from mystocks_gpu.schemas.symbols import SymbolTable, symbol_arrays, utf8_ok
 from mystocks_gpu.schemas.validate import MAX_FUTURE_NS, MIN_TS_NS
 
 if sys.byteorder != "little":  # doubles are copied byte for byte (Avro is little-endian)
     raise ImportError("batch_codec needs a little-endian host")
 
 
-_STATUS: list[tuple[str, int, str]] = [
-    ("OK", 0, "ok"),
-    ("BAD_MAGIC", 1, "bad magic byte (expected 0): not Confluent-framed Avro"),
-    ("UNKNOWN_SCHEMA_ID", 2, "unknown schema id"),
-    ("WRONG_SCHEMA", 3, "schema id of another known schema (or an older version), not the expected one"),
-    ("TRUNCATED", 4, "truncated record"),
-    ("VARINT_OVERFLOW", 5, "varint overflow (more than 64 bits, or an int beyond 32 bits)"),
-    ("BAD_ENUM", 6, "enum index out of range"),
-    ("TRAILING_BYTES", 7, "trailing bytes after the record"),
-    ("NEGATIVE_LENGTH", 8, "negative string length"),
-    ("INVALID_UTF8", 9, "string is not valid UTF-8"),
-    ("INVALID_BOOLEAN", 10, "boolean byte is not 0 or 1"),
-    ("NULL_VALUE", 11, "record has no value (tombstone)"),
-    ("TS_TOO_OLD", 32, "ts_event is before 2000-01-01"),
-    ("TS_IN_FUTURE", 33, "ts_event is too far in the future"),
-    ("EMPTY_SYMBOL", 34, "symbol is empty"),
-    ("BAD_PRICE", 35, "price must be finite and > 0"),
-    ("BAD_SIZE", 36, "size must be finite and >= 0"),
-    ("BAD_BID", 37, "bid must be finite and > 0"),
-    ("BAD_ASK", 38, "ask must be finite and > 0"),
-    ("BAD_BID_SIZE", 39, "bid_size must be finite and >= 0"),
-    ("BAD_ASK_SIZE", 40, "ask_size must be finite and >= 0"),
-    ("CROSSED_QUOTE", 41, "crossed quote: bid > ask"),
-    ("BAD_SIDE", 42, "side must be -1, 0 or 1"),
-    ("TRADE_ZERO_SIZE", 43, "a TRADE must have size > 0"),
-]
-#: Per-record outcome: decoding 0-11, :func:`validate_ticks` 32-43 (``Status.TRUNCATED`` == 4, ...)
-Status = IntEnum("Status", [(name, code) for name, code, _ in _STATUS], module=__name__)
+class Status(IntEnum):
+    """Per-record outcome: decoding 0-11, :func:`validate_ticks` 32-43; ``.message``: DLQ reason."""
+
+    message: str
+
+    def __new__(cls, code: int, message: str) -> Status:
+        obj = int.__new__(cls, code)
+        obj._value_ = code
+        obj.message = message
+        return obj
+
+    OK = 0, "ok"
+    BAD_MAGIC = 1, "bad magic byte (expected 0): not Confluent-framed Avro"
+    UNKNOWN_SCHEMA_ID = 2, "unknown schema id"
+    WRONG_SCHEMA = 3, "schema id of another known schema (or an older version), not the expected one"
+    TRUNCATED = 4, "truncated record"
+    VARINT_OVERFLOW = 5, "varint overflow (more than 64 bits, or an int beyond 32 bits)"
+    BAD_ENUM = 6, "enum index out of range"
+    TRAILING_BYTES = 7, "trailing bytes after the record"
+    NEGATIVE_LENGTH = 8, "negative string length"
+    INVALID_UTF8 = 9, "string is not valid UTF-8"
+    INVALID_BOOLEAN = 10, "boolean byte is not 0 or 1"
+    NULL_VALUE = 11, "record has no value (tombstone)"
+    TS_TOO_OLD = 32, "ts_event is before 2000-01-01"
+    TS_IN_FUTURE = 33, "ts_event is too far in the future"
+    EMPTY_SYMBOL = 34, "symbol is empty"
+    BAD_PRICE = 35, "price must be finite and > 0"
+    BAD_SIZE = 36, "size must be finite and >= 0"
+    BAD_BID = 37, "bid must be finite and > 0"
+    BAD_ASK = 38, "ask must be finite and > 0"
+    BAD_BID_SIZE = 39, "bid_size must be finite and >= 0"
+    BAD_ASK_SIZE = 40, "ask_size must be finite and >= 0"
+    CROSSED_QUOTE = 41, "crossed quote: bid > ask"
+    BAD_SIDE = 42, "side must be -1, 0 or 1"
+    TRADE_ZERO_SIZE = 43, "a TRADE must have size > 0"
+
+
 #: DLQ reason per status code
-STATUS_MESSAGES: dict[int, str] = {code: msg for _, code, msg in _STATUS}
+STATUS_MESSAGES: dict[int, str] = {int(s): s.message for s in Status}
 
 
 def status_message(code: int) -> str:
@@ -118,33 +127,6 @@ def _read_long(buf, p, end):  # pragma: no cover - numba
         shift += 7
 
 
-# strict UTF-8 (as ``bytes.decode``): per lead byte, the number of continuation bytes (-1: invalid)
-# and the allowed range of the first one (excludes overlongs, surrogates and > U+10FFFF)
-_U8N = np.full(256, -1, np.int64)
-_U8N[:0x80], _U8N[0xC2:0xE0], _U8N[0xE0:0xF0], _U8N[0xF0:0xF5] = 0, 1, 2, 3
-_U8LO, _U8HI = np.full(256, 0x80, np.int64), np.full(256, 0xBF, np.int64)
-_U8LO[0xE0], _U8HI[0xED], _U8LO[0xF0], _U8HI[0xF4] = 0xA0, 0x9F, 0x90, 0x8F
-
-
-@numba.njit(cache=True, inline="always")
-def _utf8_ok(buf, p, n):  # pragma: no cover - numba
-    """Whether ``buf[p:p+n]`` is strict UTF-8."""
-    end = p + n
-    while p < end:
-        b = buf[p]
-        if b < 0x80:
-            p += 1
-            continue
-        k = _U8N[b]
-        if k < 0 or p + k >= end or buf[p + 1] < _U8LO[b] or buf[p + 1] > _U8HI[b]:
-            return False
-        for t in range(2, k + 1):
-            if buf[p + t] < 0x80 or buf[p + t] > 0xBF:
-                return False
-        p += k + 1
-    return True
-
-
 @numba.njit(cache=True, inline="always")
 def _varint_len(u):  # pragma: no cover - numba
     n = 1
@@ -161,7 +143,9 @@ def _zigzag(v):  # pragma: no cover - numba
 
 
 @numba.njit(cache=True, inline="always")
-def _write_varint(out, p, u):  # pragma: no cover - numba
+def _write_long(out, p, v):  # pragma: no cover - numba
+    """Write ``v`` as a zig-zag varint at ``out[p:]``; returns the next position."""
+    u = _zigzag(v)
     while u >= np.uint64(0x80):
         out[p] = np.uint8((u & np.uint64(0x7F)) | np.uint64(0x80))
         u >>= np.uint64(7)
@@ -170,13 +154,8 @@ def _write_varint(out, p, u):  # pragma: no cover - numba
     return p + 1
 
 
-@numba.njit(cache=True, inline="always")
-def _write_long(out, p, v):  # pragma: no cover - numba
-    return _write_varint(out, p, _zigzag(v))
-
-
 _NB_GLOBALS: dict[str, Any] = {
-    "np": np, "_read_long": _read_long, "_utf8_ok": _utf8_ok,
+    "np": np, "_read_long": _read_long, "_utf8_ok": utf8_ok,
     "_zigzag": _zigzag, "_write_long": _write_long, "_varint_len": _varint_len,
     **{f"S_{s.name}": int(s) for s in Status},
 }
@@ -225,11 +204,7 @@ def plan_schema(parsed: Mapping[str, Any]) -> list[FieldPlan]:
 
 def schema_fingerprint(parsed: Mapping[str, Any]) -> str:
     """SHA-256 of the parsing canonical form: the compile-cache key."""
-    return fingerprint(to_parsing_canonical_form(parsed), "SHA-256")
-
-
-def _enum_dtype(p: FieldPlan) -> type:
-    return np.int8 if len(p.symbols) <= 127 else np.int32
+    return fingerprint(to_parsing_canonical_form(dict(parsed)), "SHA-256")
 
 
 _CACHE: dict[tuple[str, str], Callable[..., Any]] = {}
@@ -237,17 +212,56 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _compiled(kind: str, fp: str, build: Callable[[], str], fname: str) -> Callable[..., Any]:
+    """The numba function for generated source, compiled once per schema fingerprint.
+
+    The source is written to a module file under ``$MYSTOCKS_CODEC_CACHE`` (default
+    ``~/.cache/mystocks-gpu/codecs``) and jitted with ``cache=True``, so later processes load the
+    machine code from numba's cache instead of recompiling (seconds per codec). Falls back to an
+    in-memory compile when the directory is not writable.
+    """
     key = (kind, fp)
     with _CACHE_LOCK:
         fn = _CACHE.get(key)
         if fn is None:
             src = build()
-            ns: dict[str, Any] = dict(_NB_GLOBALS)
-            exec(compile(src, f"<batch_codec {kind} {fp[:12]}>", "exec"), ns)  # noqa: S102
-            fn = numba.njit(nogil=True)(ns[fname])
+            fn = _load_cached_module(kind, fp, src, fname)
+            if fn is None:
+                ns: dict[str, Any] = dict(_NB_GLOBALS)
+                exec(compile(src, f"<batch_codec {kind} {fp[:12]}>", "exec"), ns)  # noqa: S102
+                fn = numba.njit(nogil=True)(ns[fname])
             fn.__source__ = src  # type: ignore[attr-defined]
             _CACHE[key] = fn
     return fn
+
+
+def _load_cached_module(kind: str, fp: str, src: str, fname: str) -> Callable[..., Any] | None:
+    import hashlib
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("MYSTOCKS_CODEC_CACHE", "~/.cache/mystocks-gpu/codecs")).expanduser()
+    header = ("# generated by mystocks_gpu.schemas.batch_codec; safe to delete\n"
+              "import numba\nfrom mystocks_gpu.schemas.batch_codec import _NB_GLOBALS as _G\n"
+              "globals().update(_G)\n\n")
+    body = header + src + f"\n\n{fname} = numba.njit(nogil=True, cache=True)({fname})\n"
+    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+    path = root / f"codec_{kind}_{fp[:16]}_{digest}.py"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(body)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            return None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = mod  # numba's cache re-imports the module by name
+        spec.loader.exec_module(mod)
+        return getattr(mod, fname)  # type: ignore[no-any-return]
+    except OSError:
+        return None
 
 
 # ---- decoder compiler ----------------------------------------------------------------------------
@@ -352,11 +366,9 @@ def gather_values(values: Sequence[bytes | bytearray | memoryview | None]
     """``(buffer uint8, starts int64 (n,), ends int64 (n,), null rows int64 or None)``: value ``i``
     is ``buffer[starts[i]:ends[i]]``; ``None`` values (tombstones) are empty and listed last.
 
-    Fast path: ``pickle`` in fast mode (no memo) writes every value with its length into one buffer
-    in one C pass, and a numba pass finds the slices: each value is touched once, about twice as fast
-    as ``b"".join`` plus a ``len`` per value. Anything else (bytearray, memoryview, a bytes subclass)
-    falls back to ``b"".join``. Nothing is ever unpickled.
-    """
+    Fast path: a fast-mode (no memo) pickle writes every value with its length in one C pass and a
+    numba pass finds the slices (~2x ``b"".join`` + ``len`` per value); bytearray, memoryview etc.
+    fall back to ``b"".join``. Nothing is ever unpickled."""
     n = len(values)
     starts, ends, null = np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(n, np.bool_)
     try:
@@ -407,13 +419,13 @@ class DecodedBatch:
     def rejects(self) -> list[tuple[int, str]]:
         """``(input row, reason)`` for every rejected record, for the dead-letter queue."""
         bad = np.flatnonzero(self.status)
-        return [(int(r), status_message(c)) for r, c in zip(bad.tolist(), self.status[bad].tolist())]
+        return [(int(r), status_message(c)) for r, c in zip(bad.tolist(), self.status[bad].tolist(), strict=True)]
 
     def strings(self, name: str) -> list[str]:
         """Python strings of string column ``name`` (slow path: one str per row)."""
         data = self.buffer.tobytes()
         off, ln = self.columns[name + "_off"].tolist(), self.columns[name + "_len"].tolist()
-        return [data[o:o + n].decode("utf-8") for o, n in zip(off, ln)]
+        return [data[o:o + n].decode("utf-8") for o, n in zip(off, ln, strict=True)]
 
     def apply_validation(self, codes: np.ndarray) -> DecodedBatch:
         """Reject the good rows whose ``codes`` (int8 ``(n_ok,)``, e.g. :func:`validate_ticks`) != 0."""
@@ -485,7 +497,8 @@ class BatchDecoder:
                 cols[c] = np.empty(n, np.float64 if p.kind == "double" else np.float32)
                 args.append(cols[c].view(np.uint64 if p.kind == "double" else np.uint32))
             else:
-                dt = {"long": np.int64, "int": np.int32, "boolean": np.bool_}.get(p.kind) or _enum_dtype(p)
+                dt = {"long": np.int64, "int": np.int32, "boolean": np.bool_}.get(p.kind) or \
+                    (np.int8 if len(p.symbols) <= 127 else np.int32)
                 cols[c] = np.empty(n, dt)
                 args.append(cols[c])
         status = np.empty(n, np.int8)
@@ -495,7 +508,7 @@ class BatchDecoder:
         cols = {name: a[:k] for name, a in cols.items()}
         for fname, table in self.tables.items():
             c = self._col(fname)
-            cols[c] = table.intern_slices(buf, cols[c + "_off"], cols[c + "_len"])
+            cols[c] = table.intern_slices(buf, cols[c + "_off"], cols[c + "_len"], check_utf8=False)
         index = np.flatnonzero(status == 0) if k < n else np.arange(n, dtype=np.int64)
         return DecodedBatch(cols, status, index.astype(np.int64, copy=False), buf, dict(self.tables))
 
@@ -594,7 +607,7 @@ def split_values(buf: np.ndarray, offsets: np.ndarray) -> list[bytes]:
     """Split ``buf`` (uint8) at ``offsets`` (int64 ``(n+1,)``) into ``n`` bytes objects."""
     data = buf.tobytes()
     o = offsets.tolist()
-    return [data[a:b] for a, b in zip(o, o[1:])]
+    return [data[a:b] for a, b in zip(o, o[1:], strict=False)]
 
 
 def _varint_bytes(v: int) -> bytes:
@@ -684,6 +697,9 @@ class BatchEncoder:
                 raise ValueError(f"{p.name}: value out of range {lo}..{hi}")
         if len(rows) > 1:
             raise ValueError(f"columns of different lengths: {sorted(rows)}")
+        for j, a in enumerate(args):  # read-only views: one numba specialisation whatever the input
+            args[j] = a.view()
+            args[j].flags.writeable = False
         return self._fn(rows.pop() if rows else 0, self.prefix, pickled, *args)
 
     def encode(self, columns: Mapping[str, Any], symbols: Any = None,
@@ -693,7 +709,7 @@ class BatchEncoder:
         The values come from ``pickle.loads`` of a stream this encoder wrote itself (no outside input
         is unpickled): one C loop, about 1.6x faster than slicing a buffer per value."""
         buf, _ = self.encode_buffer(columns, symbols, map_keys, pickled=True)
-        return pickle.loads(buf)  # noqa: S301 - our own stream of bytes opcodes only
+        return pickle.loads(buf.data)  # noqa: S301 - our own stream of bytes opcodes only
 
 
 # ---- vectorised tick validation ------------------------------------------------------------------
@@ -755,7 +771,8 @@ def validate_ticks(columns: Mapping[str, np.ndarray], now_ns: int | None = None,
     kind = col("kind").astype(np.int64, copy=False)
     now = time.time_ns() if now_ns is None else int(now_ns)
     out = np.empty(ts.size, np.int8)
-    _validate_ticks(ts, nonempty, *f, side, kind, np.int64(min(now + MAX_FUTURE_NS, 2**63 - 1)), out)
+    hi = np.int64(min(now + MAX_FUTURE_NS, 2**63 - 1))
+    _validate_ticks(ts, nonempty, *f, side, kind, hi, out)  # type: ignore[call-arg]
     return out
 
 

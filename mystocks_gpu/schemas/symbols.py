@@ -16,6 +16,9 @@ Layout (all NumPy, grown by doubling):
 :meth:`SymbolTable.to_bytes` / :meth:`SymbolTable.from_bytes` serialise the table (for state
 changelogs): ``b"MSYM"``, version byte 1, uint32 LE count, ``count`` uint32 LE byte lengths, then the
 concatenated UTF-8 bytes. Restoring gives the same codes.
+
+Also here, shared with the batch codec: :func:`utf8_ok` (strict UTF-8 check of a byte slice, in
+numba) and :func:`symbol_arrays` (the UTF-8 arena of a symbol list).
 """
 
 from __future__ import annotations
@@ -39,6 +42,41 @@ def fnv1a(buf: np.ndarray, off: int, n: int) -> np.uint64:
         h ^= np.uint64(buf[k])
         h *= _FNV_PRIME
     return h
+
+
+# strict UTF-8 (as ``bytes.decode``): per lead byte, the number of continuation bytes (-1: invalid)
+# and the allowed range of the first one (excludes overlongs, surrogates and > U+10FFFF)
+_U8N = np.full(256, -1, np.int64)
+_U8N[:0x80], _U8N[0xC2:0xE0], _U8N[0xE0:0xF0], _U8N[0xF0:0xF5] = 0, 1, 2, 3
+_U8LO, _U8HI = np.full(256, 0x80, np.int64), np.full(256, 0xBF, np.int64)
+_U8LO[0xE0], _U8HI[0xED], _U8LO[0xF0], _U8HI[0xF4] = 0xA0, 0x9F, 0x90, 0x8F
+
+
+@numba.njit(cache=True, inline="always")
+def utf8_ok(buf, p, n):  # pragma: no cover - numba
+    """Whether ``buf[p:p+n]`` is strict UTF-8."""
+    end = p + n
+    while p < end:
+        b = buf[p]
+        if b < 0x80:
+            p += 1
+            continue
+        k = _U8N[b]
+        if k < 0 or p + k >= end or buf[p + 1] < _U8LO[b] or buf[p + 1] > _U8HI[b]:
+            return False
+        for t in range(2, k + 1):
+            if buf[p + t] < 0x80 or buf[p + t] > 0xBF:
+                return False
+        p += k + 1
+    return True
+
+
+@numba.njit(cache=True)
+def _first_bad_utf8(buf, off, ln):  # pragma: no cover - numba
+    for i in range(off.size):
+        if not utf8_ok(buf, off[i], ln[i]):
+            return i
+    return -1
 
 
 @numba.njit(cache=True)
@@ -99,7 +137,6 @@ class SymbolTable:
 
     ``codes = table.intern_slices(buf, off, length)`` maps byte slices of a uint8 buffer (int64
     offsets, integer lengths, shape ``(n,)``) to an int32 ``(n,)`` array of codes in one numba pass.
-    Slices must be valid UTF-8 (the batch decoder checks this before interning).
     """
 
     def __init__(self, symbols: Iterable[str] = (), *, hash_mask: int = 2**64 - 1) -> None:
@@ -154,7 +191,7 @@ class SymbolTable:
 
     def codes(self, symbols: Sequence[str]) -> np.ndarray:
         """int32 ``(len(symbols),)`` codes, inserting unseen symbols in order."""
-        return self.intern_slices(*symbol_arrays(symbols))
+        return self.intern_slices(*symbol_arrays(symbols), check_utf8=False)
 
     def decode(self, codes: np.ndarray) -> list[str]:
         """Symbols for an array of codes (Python strings; for tests and slow paths)."""
@@ -162,14 +199,20 @@ class SymbolTable:
         return [s[c] for c in np.asarray(codes).tolist()]
 
     # ---- batch interning ---------------------------------------------------------------------
-    def intern_slices(self, buf: np.ndarray, off: np.ndarray, length: np.ndarray) -> np.ndarray:
-        """int32 codes for the UTF-8 slices ``buf[off[i]:off[i] + length[i]]``, shape ``(n,)``."""
+    def intern_slices(self, buf: np.ndarray, off: np.ndarray, length: np.ndarray,
+                      check_utf8: bool = True) -> np.ndarray:
+        """int32 codes for the UTF-8 slices ``buf[off[i]:off[i] + length[i]]``, shape ``(n,)``.
+
+        ValueError (table unchanged) if a slice is not UTF-8; ``check_utf8=False`` skips the check
+        for callers that already made it (the batch decoder)."""
         off = np.ascontiguousarray(off, np.int64)
         length = np.ascontiguousarray(length, np.int64)
         out = np.empty(off.size, np.int32)
         if off.size == 0:
             return out
         buf = np.ascontiguousarray(buf, np.uint8)
+        if check_utf8 and (bad := _first_bad_utf8(buf, off, length)) >= 0:
+            raise ValueError(f"slice {bad} is not valid UTF-8")
         n0 = n = len(self._strings)
         row = 0
         while True:
@@ -235,7 +278,7 @@ class SymbolTable:
         if end_lens + int(lens.sum()) != len(data):
             raise ValueError("SymbolTable byte count does not match its lengths")
         bounds = np.concatenate(([0], np.cumsum(lens))) + end_lens
-        strs = [data[a:b].decode("utf-8") for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+        strs = [data[a:b].decode("utf-8") for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
         if len(set(strs)) != n:
             raise ValueError("SymbolTable has duplicate symbols")
         return cls(strs)
@@ -254,4 +297,4 @@ def symbol_arrays(symbols: SymbolTable | Sequence[str]) -> tuple[np.ndarray, np.
     return np.frombuffer(b"".join(enc) or b"\0", np.uint8), off, ln
 
 
-__all__ = ["SymbolTable", "fnv1a", "symbol_arrays"]
+__all__ = ["SymbolTable", "fnv1a", "symbol_arrays", "utf8_ok"]

@@ -28,7 +28,8 @@ class RuntimeConfig:
     #: open transactions of a dead worker block read_committed readers this long at most
     transaction_timeout_ms: int = 10_000
     session_timeout_ms: int = 6_000
-    max_poll_interval_ms: int = 60_000
+    #: generous so a broker restart (a minute on a small machine) does not evict the worker
+    max_poll_interval_ms: int = 300_000
     #: at most this many records wait in the local buffer before partitions are paused
     max_buffered_records: int = 50_000
     #: consumer protocol: "classic" (cooperative-sticky assignor) or "consumer" (KIP-848)

@@ -91,6 +91,7 @@ class StreamWorker:
         self._acc = BatchAccumulator(self.rt.max_records, self.rt.max_bytes, self.rt.linger_ms / 1000.0)
         self._paused: list[TopicPartition] = []
         self._last_lag = 0.0
+        self._assigned_at = 0.0
         self.consumer: Any = None
         self.producer: Any = None
         self.states: PartitionStates | None = None
@@ -116,20 +117,40 @@ class StreamWorker:
                      "isolation.level": "read_committed"}
         else:
             extra["partition.assignment.strategy"] = "cooperative-sticky"
-        self.consumer = make_consumer(self.kafka, self.group, **extra)
+        self.consumer = make_consumer(self.kafka, self.group, route_logs=False, **{"log_level": 3, **extra})
         pconf: dict[str, Any] = {"linger.ms": 2 if self.rt.exactly_once else 1}
         if self.rt.exactly_once:
             pconf.update({"transactional.id": f"{self.group}.{self.processor.name}.{self.worker_id}",
                           "transaction.timeout.ms": self.rt.transaction_timeout_ms})
-        self.producer = make_producer(self.kafka, **pconf)
+        self.producer = make_producer(self.kafka, route_logs=False, **{"log_level": 3, **pconf})
         if self.rt.exactly_once:
             self.producer.init_transactions(max(30.0, self.rt.transaction_timeout_ms / 1000 * 3))
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
 
+    def _caught_up(self) -> bool:
+        """True when this worker owns partitions and its position is at the end of each of them."""
+        try:
+            assignment = self.consumer.assignment()
+            if not assignment:
+                return False
+            for tp in self.consumer.position(assignment):
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=5)
+                committed_or_pos = tp.offset
+                if committed_or_pos < 0:
+                    committed_or_pos = self.consumer.committed([tp], timeout=5)[0].offset
+                    if committed_or_pos < 0 and high > 0:
+                        return False
+                if committed_or_pos >= 0 and committed_or_pos < high:
+                    return False
+            return True
+        except KafkaException:
+            return False
+
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         assert self.states is not None
         self.metrics.rebalances.inc()
+        self._assigned_at = time.monotonic()
         for tp in partitions:
             self.metrics.restore_seconds.observe(self.states.restore(tp.partition))
         if self.rt.group_protocol == "classic":
@@ -182,8 +203,12 @@ class StreamWorker:
                     last_input = time.monotonic()  # processing time is not idle time
                 elif self._due_commit():
                     self._commit()
-                if idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s and not len(self._acc.batch):
-                    break
+                if self._assigned_at > last_input:
+                    last_input = self._assigned_at  # waiting for an assignment is not idleness
+                idle = time.monotonic() - last_input
+                if (idle_exit_s is not None and idle > idle_exit_s and not len(self._acc.batch)
+                        and (self._caught_up() or idle > 3 * idle_exit_s)):
+                    break  # (a transactional input's end marker can keep position < high: bounded wait)
                 if max_records is not None and self.summary.records_in >= max_records:
                     break
                 self._update_lag()
@@ -241,10 +266,15 @@ class StreamWorker:
                 out.extend(part_out)
                 changelog.extend((partition, k, v) for k, v in self.processor.changelog_entries(new_state, decoded.columns))
                 self._txn_partitions.add(partition)
-        self._produce(batch, out, changelog, ingest_ns // 1_000_000)
+        try:
+            self._produce(batch, out, changelog, ingest_ns // 1_000_000)
+        except KafkaException as exc:
+            self._recover(exc.args[0], "produce")
+            return
         for p, o in batch.next_offsets().items():
-            self._pending_offsets[p] = o
-            self._txn_partitions.add(p)
+            if p in self.states.states:
+                self._pending_offsets[p] = o
+                self._txn_partitions.add(p)
         self.summary.batches += 1
         self.summary.records_in += len(batch)
         self.summary.dlq += len(out.rejected)
@@ -312,41 +342,46 @@ class StreamWorker:
             return
         t0 = time.perf_counter()
         offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(self._pending_offsets.items())]
-        if self.rt.exactly_once:
-            try:
+        try:
+            if self.rt.exactly_once:
                 self._begin()
                 if offsets:
-                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+                    self._retry(lambda: self.producer.send_offsets_to_transaction(
+                        offsets, self.consumer.consumer_group_metadata(), 30))
                 self._retry(lambda: self.producer.commit_transaction(60))
-            except KafkaException as exc:
-                err = exc.args[0]
-                if err.txn_requires_abort():
-                    self._abort_and_rewind(reason=err.str())
-                    return
-                raise FatalRuntimeError(f"transaction failed ({err.str()}); stopping: another instance with "
-                                        f"transactional id {self.group}.{self.processor.name}.{self.worker_id} may "
-                                        "have fenced this one") from None
-            self._in_txn = False
-        else:
-            remaining = self.producer.flush(30)
-            if remaining:
-                raise FatalRuntimeError(f"{remaining} output record(s) not acknowledged within 30 s")
-            if offsets:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+                self._in_txn = False
+            else:
+                remaining = self.producer.flush(60)
+                if remaining:
+                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{remaining} output record(s) not acknowledged"))
+                if offsets:
+                    self._retry(lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
+        except KafkaException as exc:
+            self._recover(exc.args[0], "commit")
+            return
         self._pending_offsets.clear()
         self._txn_partitions.clear()
         self._last_commit = time.monotonic()
         self.metrics.commit_latency.observe(time.perf_counter() - t0)
 
-    def _retry(self, op: Callable[[], Any], attempts: int = 5) -> None:
+    def _recover(self, err: KafkaError, where: str) -> None:
+        """A produce or commit failed: stop on fatal errors, otherwise abort and rewind."""
+        if err.fatal():
+            raise FatalRuntimeError(
+                f"{where} failed with a fatal error ({err.str()}); stopping. If the producer was fenced, "
+                f"another worker with transactional id {self.group}.{self.processor.name}.{self.worker_id} is running")
+        self._abort_and_rewind(reason=f"{where}: {err.str()}")
+
+    def _retry(self, op: Callable[[], Any], attempts: int = 8) -> None:
+        """Run ``op``, retrying retriable Kafka errors (e.g. a timeout while the broker restarts)."""
         for i in range(attempts):
             try:
                 op()
                 return
             except KafkaException as exc:
                 err = exc.args[0]
-                if err.retriable() and i < attempts - 1:
-                    time.sleep(0.2 * (i + 1))
+                if err.retriable() and not err.txn_requires_abort() and i < attempts - 1:
+                    time.sleep(min(0.25 * 2**i, 5.0))
                     continue
                 raise
 
@@ -354,26 +389,38 @@ class StreamWorker:
         """Abort the open transaction, seek its partitions back to the committed offsets and
         rebuild their state from the changelog (the aborted batches' deltas are gone)."""
         assert self.states is not None
-        log.warning("aborting transaction", extra={"fields": {"reason": reason}})
+        log.warning("aborting transaction and rewinding", extra={"fields": {"reason": reason}})
         self.summary.aborts += 1
         self.metrics.aborts.inc()
-        try:
-            self.producer.abort_transaction(60)
-        except KafkaException as exc:
-            if exc.args[0].fatal():
-                raise FatalRuntimeError(f"abort failed: {exc.args[0].str()}") from None
+        if self.rt.exactly_once:
+            try:
+                self._retry(lambda: self.producer.abort_transaction(60))
+            except KafkaException as exc:
+                if exc.args[0].fatal():
+                    raise FatalRuntimeError(f"abort failed: {exc.args[0].str()}") from None
+                log.warning("abort failed", extra={"fields": {"error": exc.args[0].str()}})
+        else:
+            self.producer.purge(in_queue=True, in_flight=False)
         self._in_txn = False
         parts = sorted(self._txn_partitions | set(self._pending_offsets))
         self._pending_offsets.clear()
         self._txn_partitions.clear()
         self._acc.take()
         owned = [p for p in parts if p in self.states.states]
-        if owned:
-            committed = self.consumer.committed([TopicPartition(self.topic, p) for p in owned], timeout=30)
-            for tp in committed:
-                off = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                self.consumer.seek(TopicPartition(self.topic, tp.partition, off))
-                self.states.restore(tp.partition)
+        if not owned:
+            return
+        for attempt in range(10):
+            try:
+                committed = self.consumer.committed([TopicPartition(self.topic, p) for p in owned], timeout=30)
+                for tp in committed:
+                    off = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                    self.consumer.seek(TopicPartition(self.topic, tp.partition, off))
+                    self.states.restore(tp.partition)
+                return
+            except KafkaException as exc:
+                if exc.args[0].fatal() or attempt == 9:
+                    raise FatalRuntimeError(f"cannot rewind after abort: {exc.args[0].str()}") from None
+                time.sleep(1.0)
 
     def _update_lag(self) -> None:
         now = time.monotonic()

@@ -61,8 +61,14 @@ def wilder_rsi(close: np.ndarray, period: int) -> np.ndarray:
 
 
 def ref_signals(
-    strategy: str, p: dict[str, float], o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
-    sig: np.ndarray | None, long_short: bool,
+    strategy: str,
+    p: dict[str, float],
+    o: np.ndarray,
+    h: np.ndarray,
+    lo: np.ndarray,
+    c: np.ndarray,
+    sig: np.ndarray | None,
+    long_short: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """EL, XL, ES, XS boolean arrays over the bars of one symbol for one parameter set."""
     strategy = {"bollinger": "zscore"}.get(strategy, strategy)
@@ -211,8 +217,18 @@ class Broker:
 
 
 def ref_cell(
-    o: np.ndarray, c: np.ndarray, sigs: tuple[np.ndarray, ...], *, init_cash: float, fee: float, fixed_fee: float,
-    slip: float, sizing: str, size: float, execution: str, bars_per_year: float,
+    o: np.ndarray,
+    c: np.ndarray,
+    sigs: tuple[np.ndarray, ...],
+    *,
+    init_cash: float,
+    fee: float,
+    fixed_fee: float,
+    slip: float,
+    sizing: str,
+    size: float,
+    execution: str,
+    bars_per_year: float,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Simulate one cell; return (stats, equity per bar, drawdown per bar)."""
     b = Broker(init_cash, fee, fixed_fee, slip, sizing, size)
@@ -280,10 +296,20 @@ def ref_cell(
 
 
 def ref_backtest(
-    prices: dict[str, np.ndarray], symbols: list[str], strategy: str, grid: dict[str, list[float]], *,
-    direction: str = "long_only", execution: str = "next_open", init_cash: float = 100_000.0,
-    fee: float = 0.001, fixed_fee: float = 0.0, slip: float = 0.0, sizing: str = "fraction",
-    size: float = 1.0, bars_per_year: float = 252.0,
+    prices: dict[str, np.ndarray],
+    symbols: list[str],
+    strategy: str,
+    grid: dict[str, list[float]],
+    *,
+    direction: str = "long_only",
+    execution: str = "next_open",
+    init_cash: float = 100_000.0,
+    fee: float = 0.001,
+    fixed_fee: float = 0.0,
+    slip: float = 0.0,
+    sizing: str = "fraction",
+    size: float = 1.0,
+    bars_per_year: float = 252.0,
 ) -> tuple[pd.DataFrame, dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]]:
     """Stats table (symbol-major, like the engine) and curves keyed by (symbol, param_id)."""
     rows: list[dict[str, Any]] = []
@@ -295,15 +321,26 @@ def ref_backtest(
         for pi, p in enumerate(params):
             sigs = ref_signals(strategy, p, o, h, lo, c, sig, direction == "long_short")
             st, eq, dd = ref_cell(
-                o, c, sigs, init_cash=init_cash, fee=fee, fixed_fee=fixed_fee, slip=slip, sizing=sizing,
-                size=size, execution=execution, bars_per_year=bars_per_year,
+                o,
+                c,
+                sigs,
+                init_cash=init_cash,
+                fee=fee,
+                fixed_fee=fixed_fee,
+                slip=slip,
+                sizing=sizing,
+                size=size,
+                execution=execution,
+                bars_per_year=bars_per_year,
             )
             rows.append({"symbol": sym, "param_id": pi, "params": p, **st})
             curves[(sym, pi)] = (eq, dd)
     return pd.DataFrame(rows), curves
 
 
-def random_bars(seed: int = 0, n_symbols: int = 4, n_bars: int = 260, *, gaps: bool = True) -> dict[str, np.ndarray]:
+def random_bars(
+    seed: int = 0, n_symbols: int = 4, n_bars: int = 260, *, gaps: bool = True
+) -> dict[str, np.ndarray]:
     """GBM-like OHLC + a random signal, float64 ``(n_symbols, n_bars)``.
 
     With ``gaps``: symbol 1 starts late (leading NaN bars), symbol 2 has a whole-bar hole, symbol 3
@@ -312,7 +349,9 @@ def random_bars(seed: int = 0, n_symbols: int = 4, n_bars: int = 260, *, gaps: b
     rng = np.random.default_rng(seed)
     ret = rng.normal(0.0003, 0.02, (n_symbols, n_bars))
     close = 50.0 * np.exp(np.cumsum(ret, axis=1)) * rng.uniform(0.5, 2.0, (n_symbols, 1))
-    open_ = np.concatenate([close[:, :1], close[:, :-1]], axis=1) * np.exp(rng.normal(0, 0.006, (n_symbols, n_bars)))
+    open_ = np.concatenate([close[:, :1], close[:, :-1]], axis=1) * np.exp(
+        rng.normal(0, 0.006, (n_symbols, n_bars))
+    )
     high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.008, (n_symbols, n_bars))))
     low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.008, (n_symbols, n_bars))))
     signal = np.tanh(np.cumsum(rng.normal(0, 0.4, (n_symbols, n_bars)), axis=1) / 3.0)

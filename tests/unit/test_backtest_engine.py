@@ -46,8 +46,17 @@ def _spec(strategy: str, direction: str, money: tuple, **kw) -> BacktestSpec:
     sizing, size, execution, fees, fixed, slip = money
     extra = {"signal_topic": "features.x", "signal_column": "ema"} if strategy == "signal" else {}
     return BacktestSpec(
-        strategy=strategy, params=GRIDS[strategy], direction=direction, sizing=sizing, size=size,
-        execution=execution, fees=fees, fixed_fees=fixed, slippage=slip, **extra, **kw,
+        strategy=strategy,
+        params=GRIDS[strategy],
+        direction=direction,
+        sizing=sizing,
+        size=size,
+        execution=execution,
+        fees=fees,
+        fixed_fees=fixed,
+        slippage=slip,
+        **extra,
+        **kw,
     )
 
 
@@ -67,21 +76,34 @@ def bars() -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("strategy", sorted(GRIDS))
 @pytest.mark.parametrize("direction", ["long_only", "long_short"])
-@pytest.mark.parametrize("money", MONEY, ids=["fraction-next_open", "fixed-next_open", "fraction-close"])
+@pytest.mark.parametrize(
+    "money", MONEY, ids=["fraction-next_open", "fixed-next_open", "fraction-close"]
+)
 def test_matches_reference(bars, strategy, direction, money):
     spec = _spec(strategy, direction, money)
     out = run_backtest(bars, SYMBOLS, TS, spec, backend="cpu")
     sizing, size, execution, fees, fixed, slip = money
     ref, ref_curves = ref_backtest(
-        bars, SYMBOLS, strategy, GRIDS[strategy], direction=direction, execution=execution, fee=fees,
-        fixed_fee=fixed, slip=slip, sizing=sizing, size=size,
+        bars,
+        SYMBOLS,
+        strategy,
+        GRIDS[strategy],
+        direction=direction,
+        execution=execution,
+        fee=fees,
+        fixed_fee=fixed,
+        slip=slip,
+        sizing=sizing,
+        size=size,
     )
     _assert_stats_close(out.stats, ref)
     assert out.stats["n_trades"].sum() > 0
     # the best curves equal the reference's equity/drawdown series
     assert len(out.curves) == 5
     for c in out.curves:
-        pid = next(i for i, p in enumerate(ref["params"][: len(out.stats) // 4]) if dict(p) == c.params)
+        pid = next(
+            i for i, p in enumerate(ref["params"][: len(out.stats) // 4]) if dict(p) == c.params
+        )
         eq, dd = ref_curves[(c.symbol, pid)]
         np.testing.assert_allclose(c.equity, eq, rtol=1e-12)
         np.testing.assert_allclose(c.drawdown, dd, rtol=1e-9, atol=1e-12)
@@ -94,8 +116,13 @@ def test_signals_match_reference(bars):
         el, xl, es, xs = materialize_signals(plan, bars, long_short=True)
         for p_id, p in enumerate(plan.params):
             for s in range(len(SYMBOLS)):
-                ref = ref_signals(strategy, p, *(bars[k][s] for k in ("open", "high", "low", "close")),
-                                  bars["signal"][s], True)
+                ref = ref_signals(
+                    strategy,
+                    p,
+                    *(bars[k][s] for k in ("open", "high", "low", "close")),
+                    bars["signal"][s],
+                    True,
+                )
                 for ours, theirs in zip((el, xl, es, xs), ref, strict=True):
                     np.testing.assert_array_equal(ours[p_id, s], theirs, err_msg=f"{strategy} {p}")
 
@@ -107,7 +134,9 @@ def test_stats_edge_values(bars):
     st = out.stats
     assert (st["n_trades"] == 0).all() and (st["total_return"] == 0).all()
     assert st["win_rate"].isna().all() and (st["sharpe"] == 0).all() and (st["sortino"] == 0).all()
-    assert (st["max_drawdown"] == 0).all() and (st["exposure"] == 0).all() and (st["cagr"] == 0).all()
+    assert (
+        (st["max_drawdown"] == 0).all() and (st["exposure"] == 0).all() and (st["cagr"] == 0).all()
+    )
 
 
 def _tiny_budget_spec(strategy: str, direction: str) -> BacktestSpec:
@@ -154,7 +183,9 @@ def test_chunk_api_spread_and_merge(bars):
     pd.testing.assert_frame_equal(stats, whole.stats, check_exact=True)
     cells = best_cells(stats, "sharpe", 3)
     curves = run_curves(data, syms, ts, spec, cells, "cpu", plan)
-    assert [(c.symbol, c.params) for c in curves] == [(c.symbol, c.params) for c in whole.curves[:3]]
+    assert [(c.symbol, c.params) for c in curves] == [
+        (c.symbol, c.params) for c in whole.curves[:3]
+    ]
     with pytest.raises(BacktestInputError, match="previous time chunk"):
         run_chunk(next(c for c in chunks if c.bar_start > 0), data, spec, "cpu", None, plan)
     with pytest.raises(BacktestInputError, match="tile"):
@@ -163,8 +194,14 @@ def test_chunk_api_spread_and_merge(bars):
 
 def test_universe_time_range_and_top(bars):
     spec = BacktestSpec(
-        universe=["CCC", "AAA"], start=int(TS[20]), end=int(TS[200]), strategy="ma_cross",
-        params={"fast": [3, 8], "slow": [21]}, metric="total_return", top_n=3, n_curves=2,
+        universe=["CCC", "AAA"],
+        start=int(TS[20]),
+        end=int(TS[200]),
+        strategy="ma_cross",
+        params={"fast": [3, 8], "slow": [21]},
+        metric="total_return",
+        top_n=3,
+        n_curves=2,
     )
     out = run_backtest(bars, SYMBOLS, TS, spec, backend="cpu")
     assert sorted(set(out.stats["symbol"])) == ["AAA", "CCC"] and len(out.stats) == 4
@@ -172,11 +209,18 @@ def test_universe_time_range_and_top(bars):
     ref, _ = ref_backtest(sub, ["AAA", "CCC"], "ma_cross", {"fast": [3, 8], "slow": [21]})
     _assert_stats_close(out.stats, ref)
     top = out.top()
-    assert len(top) == 3 and list(top["total_return"]) == sorted(out.stats["total_return"], reverse=True)[:3]
+    assert (
+        len(top) == 3
+        and list(top["total_return"]) == sorted(out.stats["total_return"], reverse=True)[:3]
+    )
     assert len(out.curves) == 2 and out.curves[0].ts[0] == TS[20] and len(out.curves[0].ts) == 180
     assert out.top(2, "max_drawdown")["max_drawdown"].is_monotonic_increasing
     rows = out.rows()
-    assert len(rows) == 3 and isinstance(rows[0]["n_trades"], int) and isinstance(rows[0]["params"]["fast"], float)
+    assert (
+        len(rows) == 3
+        and isinstance(rows[0]["n_trades"], int)
+        and isinstance(rows[0]["params"]["fast"], float)
+    )
     assert out.curve_rows()[0]["equity"][0] == pytest.approx(100_000.0)
 
 
@@ -187,14 +231,36 @@ def test_input_errors(bars):
     with pytest.raises(BacktestInputError, match="shape"):
         run_backtest({k: v[:, :-1] for k, v in bars.items()}, SYMBOLS, TS, spec, backend="cpu")
     with pytest.raises(BacktestInputError, match="not in the data"):
-        run_backtest(bars, SYMBOLS, TS, BacktestSpec.from_dict({**spec.to_dict(), "universe": ["ZZZ"]}), backend="cpu")
+        run_backtest(
+            bars,
+            SYMBOLS,
+            TS,
+            BacktestSpec.from_dict({**spec.to_dict(), "universe": ["ZZZ"]}),
+            backend="cpu",
+        )
     with pytest.raises(BacktestInputError, match="max_cells"):
-        run_backtest(bars, SYMBOLS, TS, BacktestSpec.from_dict({**spec.to_dict(), "max_cells": 1000}), backend="cpu")
+        run_backtest(
+            bars,
+            SYMBOLS,
+            TS,
+            BacktestSpec.from_dict({**spec.to_dict(), "max_cells": 1000}),
+            backend="cpu",
+        )
     with pytest.raises(BacktestInputError, match="too small"):
         big = {"fast": list(range(1, 31)), "slow": list(range(31, 61))}
-        plan_chunks(BacktestSpec.from_dict({**spec.to_dict(), "params": big, "memory_budget_bytes": 4096}), 4, 260)
+        plan_chunks(
+            BacktestSpec.from_dict({**spec.to_dict(), "params": big, "memory_budget_bytes": 4096}),
+            4,
+            260,
+        )
     with pytest.raises(BacktestInputError, match="no bars"):
-        run_backtest(bars, SYMBOLS, TS, BacktestSpec.from_dict({**spec.to_dict(), "start": 0, "end": 5}), backend="cpu")
+        run_backtest(
+            bars,
+            SYMBOLS,
+            TS,
+            BacktestSpec.from_dict({**spec.to_dict(), "start": 0, "end": 5}),
+            backend="cpu",
+        )
 
 
 def test_indicator_block_sums_are_chunk_invariant(bars):
@@ -204,9 +270,15 @@ def test_indicator_block_sums_are_chunk_invariant(bars):
     full = compute_indicators(plan, {"close": close}, 0, 0, new_carry(np, plan, 4), "cpu")
     for start in (14, 50, 101):
         base = start - plan.lead
-        part = compute_indicators(plan, {"close": np.ascontiguousarray(close[:, base:])}, base, plan.lead,
-                                  new_carry(np, plan, 4), "cpu")
-        np.testing.assert_array_equal(part[:, :, plan.lead:], full[:, :, start:])
+        part = compute_indicators(
+            plan,
+            {"close": np.ascontiguousarray(close[:, base:])},
+            base,
+            plan.lead,
+            new_carry(np, plan, 4),
+            "cpu",
+        )
+        np.testing.assert_array_equal(part[:, :, plan.lead :], full[:, :, start:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +293,9 @@ gpu = pytest.mark.skipif(not _GPU_OK, reason=f"no GPU: {_GPU_WHY}")
 @gpu
 @pytest.mark.parametrize("strategy", sorted(GRIDS))
 @pytest.mark.parametrize("direction", ["long_only", "long_short"])
-@pytest.mark.parametrize("money", MONEY, ids=["fraction-next_open", "fixed-next_open", "fraction-close"])
+@pytest.mark.parametrize(
+    "money", MONEY, ids=["fraction-next_open", "fixed-next_open", "fraction-close"]
+)
 def test_gpu_matches_cpu(bars, strategy, direction, money):
     spec = _spec(strategy, direction, money)
     cpu = run_backtest(bars, SYMBOLS, TS, spec, backend="cpu")
@@ -245,8 +319,8 @@ def test_gpu_indicators_equal_cpu(bars, strategy):
     host = {k: np.ascontiguousarray(v) for k, v in bars.items()}
     dev = {k: cp.asarray(v) for k, v in host.items()}
     for base, lead in ((0, 0), (60, plan.lead)):
-        h = {k: np.ascontiguousarray(v[:, base - lead if base else 0:]) for k, v in host.items()}
-        d = {k: cp.ascontiguousarray(v[:, base - lead if base else 0:]) for k, v in dev.items()}
+        h = {k: np.ascontiguousarray(v[:, base - lead if base else 0 :]) for k, v in host.items()}
+        d = {k: cp.ascontiguousarray(v[:, base - lead if base else 0 :]) for k, v in dev.items()}
         c_cpu, c_gpu = new_carry(np, plan, 4), new_carry(cp, plan, 4)
         a = compute_indicators(plan, h, base - lead if base else 0, lead, c_cpu, "cpu")
         b = compute_indicators(plan, d, base - lead if base else 0, lead, c_gpu, "gpu")

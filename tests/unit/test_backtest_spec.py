@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
@@ -20,8 +21,20 @@ def _spec(**kw) -> BacktestSpec:
 def test_defaults_and_types():
     s = _spec()
     assert s.universe == "all" and s.bar_topic == "md.bars.1d" and s.initial_cash == 100_000.0
-    assert (s.sizing, s.size, s.fees, s.fixed_fees, s.slippage) == ("fraction", 1.0, 0.001, 0.0, 0.0)
-    assert (s.direction, s.execution, s.metric, s.n_curves, s.top_n) == ("long_only", "next_open", "sharpe", 5, None)
+    assert (s.sizing, s.size, s.fees, s.fixed_fees, s.slippage) == (
+        "fraction",
+        1.0,
+        0.001,
+        0.0,
+        0.0,
+    )
+    assert (s.direction, s.execution, s.metric, s.n_curves, s.top_n) == (
+        "long_only",
+        "next_open",
+        "sharpe",
+        5,
+        None,
+    )
     assert (s.max_grid, s.bars_per_year, s.memory_budget_bytes) == (10_000, 252.0, 1 << 30)
     assert s.n_param_sets == 4
     assert issubclass(InvalidSpec, MyStocksError)
@@ -56,12 +69,24 @@ def test_time_parsing():
         ({"params": {"fast": ["5"], "slow": [20]}}, "not a number"),
         ({"params": {"fast": [50], "slow": [20]}}, "no valid parameter combination"),
         ({"params": [5, 20]}, "params"),
-        ({"strategy": "zscore", "params": {"window": [20], "entry_z": [0.0], "exit_z": [0.0]}}, "entry_z"),
-        ({"strategy": "zscore", "params": {"window": [20], "entry_z": [1.0], "exit_z": [2.0]}}, "exit_z <= entry_z"),
+        (
+            {"strategy": "zscore", "params": {"window": [20], "entry_z": [0.0], "exit_z": [0.0]}},
+            "entry_z",
+        ),
+        (
+            {"strategy": "zscore", "params": {"window": [20], "entry_z": [1.0], "exit_z": [2.0]}},
+            "exit_z <= entry_z",
+        ),
         ({"strategy": "rsi", "params": {"period": [14], "lower": [30], "upper": [120]}}, "upper"),
-        ({"strategy": "rsi", "params": {"period": [14], "lower": [70], "upper": [30]}}, "lower <= upper"),
+        (
+            {"strategy": "rsi", "params": {"period": [14], "lower": [70], "upper": [30]}},
+            "lower <= upper",
+        ),
         ({"strategy": "breakout", "params": {"window": [float("nan")]}}, "not finite"),
-        ({"strategy": "signal", "params": {"threshold_long": [0.5], "threshold_exit": [0.0]}}, "signal_topic"),
+        (
+            {"strategy": "signal", "params": {"threshold_long": [0.5], "threshold_exit": [0.0]}},
+            "signal_topic",
+        ),
         ({"signal_topic": "features.x"}, "only valid with strategy 'signal'"),
         ({"initial_cash": 0}, "initial_cash"),
         ({"sizing": "kelly"}, "sizing"),
@@ -132,3 +157,12 @@ def test_round_trip_and_normalisation_stable():
     c = BacktestSpec.from_dict({**a.to_dict(), "memory_budget_bytes": 1 << 20})
     assert c.cache_key() == a.cache_key() and c.normalised() != a.normalised()
     assert BacktestSpec.from_dict({**a.to_dict(), "fees": 0.003}).cache_key() != a.cache_key()
+
+
+def test_frozen_and_picklable():
+    s = _spec()
+    with pytest.raises(AttributeError):
+        s.fees = 0.5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        s.params["fast"] = (1,)  # type: ignore[index]
+    assert pickle.loads(pickle.dumps(s)) == s

@@ -67,8 +67,16 @@ def test_total_return_and_trades_match_vectorbt(bars, case):
     strategy, direction, sizing, size, execution, fees, fixed, slip = case
     extra = {"signal_topic": "features.x", "signal_column": "ema"} if strategy == "signal" else {}
     spec = BacktestSpec(
-        strategy=strategy, params=GRIDS[strategy], direction=direction, sizing=sizing, size=size,
-        execution=execution, fees=fees, fixed_fees=fixed, slippage=slip, **extra,
+        strategy=strategy,
+        params=GRIDS[strategy],
+        direction=direction,
+        sizing=sizing,
+        size=size,
+        execution=execution,
+        fees=fees,
+        fixed_fees=fixed,
+        slippage=slip,
+        **extra,
     )
     ours = run_backtest(bars, SYMBOLS, TS, spec, backend="cpu").stats
 

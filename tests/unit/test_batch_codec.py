@@ -12,8 +12,17 @@ import pytest
 
 from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
 from mystocks_gpu.schemas.batch_codec import (
-    STATUS_MESSAGES, BatchDecoder, BatchEncoder, Status, TickDecoder, decoder_source, gather_values,
-    plan_schema, split_values, status_message, validate_ticks,
+    STATUS_MESSAGES,
+    BatchDecoder,
+    BatchEncoder,
+    Status,
+    TickDecoder,
+    decoder_source,
+    gather_values,
+    plan_schema,
+    split_values,
+    status_message,
+    validate_ticks,
 )
 from mystocks_gpu.schemas.codec import AvroCodec, frame
 from mystocks_gpu.schemas.exceptions import DecodeError, SchemaError, ValidationError
@@ -229,7 +238,7 @@ def test_feature_vector_map_encoding() -> None:
             vals[0, :] = EXTREME_DOUBLES[: len(keys)] + [0.5] * max(0, len(keys) - len(EXTREME_DOUBLES))
         cols["values"] = vals
         recs = [{"symbol": syms[cols["symbol"][r]], "ts_event": int(cols["ts_event"][r]), "seq": int(cols["seq"][r]),
-                 "ts_ingest": int(cols["ts_ingest"][r]), "values": dict(zip(keys, vals[r].tolist()))}
+                 "ts_ingest": int(cols["ts_ingest"][r]), "values": dict(zip(keys, vals[r].tolist(), strict=True))}
                 for r in range(n)]
         ref = [CODEC.encode("FeatureVector", r) for r in recs]
         assert enc.encode(cols, syms, map_keys=keys) == ref, keys
@@ -320,7 +329,7 @@ def test_corrupt_records_flagged_good_rows_intact() -> None:
     assert batch.index.tolist() == good_rows and len(batch) == len(good_rows)
     assert batch.n_bad == len(bad)
     assert [r for r, _ in batch.rejects()] == [r for r, c in enumerate(expect) if c]
-    assert all(m == status_message(c) for (_, m), c in zip(batch.rejects(), [c for c in expect if c]))
+    assert all(m == status_message(c) for (_, m), c in zip(batch.rejects(), [c for c in expect if c], strict=True))
     cols = batch.columns
     want = [recs[10 + j] for j in range(len(bad))] + recs[100:]
     assert batch.symbols is not None
@@ -328,9 +337,14 @@ def test_corrupt_records_flagged_good_rows_intact() -> None:
     assert cols["ts"].tolist() == [r["ts_event"] for r in want]
     assert cols["price"].tolist() == [r["price"] for r in want]
     assert cols["side"].tolist() == [r["side"] for r in want]
-    # every rejected record is one AvroCodec also refuses (it has no codes: only accept/refuse)
-    for v, c in zip(values, expect):
-        if c:
+    # every rejected record is one AvroCodec also refuses (it has no codes: only accept/refuse), but
+    # for two that fastavro lets through: an int beyond 32 bits and a negative enum index
+    lenient = {with_side(b"\x80\x80\x80\x80\x80\x01"): ("side", 2**34), bad[-1][0]: ("kind", "QUOTE")}
+    for v, c in zip(values, expect, strict=True):
+        if c and v in lenient:
+            k, want_v = lenient[v]
+            assert CODEC.decode(v, expect="Tick")[k] == want_v
+        elif c:
             with pytest.raises(DecodeError):
                 CODEC.decode(v, expect="Tick")
 
@@ -354,8 +368,7 @@ def test_fuzzed_records_agree_with_avrocodec() -> None:
             b[pos] = int(rng.integers(0, 256))
         values.append(bytes(b))
     batch = TickDecoder().decode(values)
-    k = 0
-    n_ok = 0
+    k = n_ok = lenient = 0
     for r, v in enumerate(values):
         try:
             rec = CODEC.decode(v, expect="Tick")
@@ -364,6 +377,11 @@ def test_fuzzed_records_agree_with_avrocodec() -> None:
         code = int(batch.status[r])
         if rec is None:
             assert code != 0, (r, v)
+            continue
+        if code in (Status.VARINT_OVERFLOW, Status.BAD_ENUM):
+            # stricter than fastavro, which wraps varints past 64 bits, reads an int past 32 bits as
+            # a Python int and takes enum index -1 as the last symbol
+            lenient += 1
             continue
         assert code == 0, (r, v, status_message(code))
         assert batch.symbols is not None
@@ -374,7 +392,7 @@ def test_fuzzed_records_agree_with_avrocodec() -> None:
             assert batch.columns[f][k].tobytes() == struct.pack("<d", rec[f])
         k += 1
         n_ok += 1
-    assert k == len(batch) and 0 < n_ok < len(values)
+    assert k == len(batch) and 0 < n_ok < len(values) and lenient < len(values) // 50
 
 
 def test_gather_values_paths() -> None:
@@ -387,7 +405,7 @@ def test_gather_values_paths() -> None:
             if not k.endswith("_off"):
                 np.testing.assert_array_equal(b.columns[k], base.columns[k])
     buf, starts, ends, nulls = gather_values([b"ab", None, b"", b"x" * 300, None])
-    assert [buf[s:e].tobytes() for s, e in zip(starts, ends)] == [b"ab", b"", b"", b"x" * 300, b""]
+    assert [buf[s:e].tobytes() for s, e in zip(starts, ends, strict=True)] == [b"ab", b"", b"", b"x" * 300, b""]
     assert nulls.tolist() == [1, 4]
     buf, starts, ends, nulls = gather_values([])
     assert starts.size == 0 and nulls is None
@@ -411,7 +429,7 @@ def test_encoder_rejects_values_the_schema_cannot_hold() -> None:
     enc = BatchEncoder(ALL_SCHEMA, schema_id=ALL_ID)
     rng = np.random.default_rng(1)
     syms = ["a", "b"]
-    cols = rand_columns(ALL_SCHEMA, rng, 10, syms)
+    cols = {k: v[:10] for k, v in rand_columns(ALL_SCHEMA, rng, 300, syms).items()}
     enc.encode(cols, syms)
     for col, bad in [("i", np.full(10, 2**31)), ("e", np.full(10, 3)), ("big", np.full(10, -1)),
                      ("symbol", np.full(10, 2)), ("l", np.zeros(9, np.int64)), ("l", np.zeros(10))]:
@@ -443,6 +461,13 @@ def test_symbol_table_basics_and_roundtrip() -> None:
         SymbolTable.from_bytes(dup)
     with pytest.raises(IndexError):
         t.symbol(-1)
+    before = t.to_bytes()
+    raw = np.frombuffer(b"okAB\xff\xfe", np.uint8)
+    with pytest.raises(ValueError, match="slice 1 is not valid UTF-8"):
+        t.intern_slices(raw, np.array([0, 4]), np.array([2, 2]))
+    assert t.to_bytes() == before  # nothing was added
+    assert t.intern_slices(raw, np.array([0, 2, 0]), np.array([2, 2, 4])).tolist() == [6, 7, 8]
+    assert t.symbols[6:] == ("ok", "AB", "okAB")
 
 
 @pytest.mark.parametrize("mask", [0, 1, 0xF, 2**64 - 1])
@@ -455,7 +480,7 @@ def test_symbol_table_collision_safety(mask: int) -> None:
     for chunk in range(0, len(strs), 500):
         part = [strs[int(j)] for j in rng.integers(0, min(len(strs), chunk + 500), 700)]
         codes = t.codes(part).tolist()
-        for s, c in zip(part, codes):
+        for s, c in zip(part, codes, strict=True):
             assert ref.setdefault(s, c) == c
     assert len(set(ref.values())) == len(ref) == len(t)
     assert sorted(ref.values()) == list(range(len(t)))

@@ -95,25 +95,62 @@ PRICE_KEYS = ("open", "high", "low", "close")
 class EngineSpec(Protocol):
     """What the engine reads from a spec (``processors.backtest_spec.BacktestSpec`` has it all)."""
 
-    universe: Any
-    start: int | None
-    end: int | None
-    strategy: str
-    params: Mapping[str, Sequence[float]]
-    initial_cash: float
-    sizing: str
-    size: float
-    fees: float
-    fixed_fees: float
-    slippage: float
-    direction: str
-    execution: str
-    bars_per_year: float
-    metric: str
-    top_n: int | None
-    n_curves: int
-    max_cells: int
-    memory_budget_bytes: int
+    @property
+    def universe(self) -> Any: ...
+
+    @property
+    def start(self) -> int | None: ...
+
+    @property
+    def end(self) -> int | None: ...
+
+    @property
+    def strategy(self) -> str: ...
+
+    @property
+    def params(self) -> Mapping[str, Sequence[float]]: ...
+
+    @property
+    def initial_cash(self) -> float: ...
+
+    @property
+    def sizing(self) -> str: ...
+
+    @property
+    def size(self) -> float | None: ...
+
+    @property
+    def fees(self) -> float: ...
+
+    @property
+    def fixed_fees(self) -> float: ...
+
+    @property
+    def slippage(self) -> float: ...
+
+    @property
+    def direction(self) -> str: ...
+
+    @property
+    def execution(self) -> str: ...
+
+    @property
+    def bars_per_year(self) -> float: ...
+
+    @property
+    def metric(self) -> str: ...
+
+    @property
+    def top_n(self) -> int | None: ...
+
+    @property
+    def n_curves(self) -> int: ...
+
+    @property
+    def max_cells(self) -> int: ...
+
+    @property
+    def memory_budget_bytes(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -155,7 +192,9 @@ class ChunkState:
 
     def to_host(self) -> ChunkState:
         """A copy with NumPy arrays (for merging or moving between devices)."""
-        return replace(self, sf=to_host(self.sf), si=to_host(self.si), carry=to_host(self.carry), backend="cpu")
+        return replace(
+            self, sf=to_host(self.sf), si=to_host(self.si), carry=to_host(self.carry), backend="cpu"
+        )
 
 
 @dataclass(frozen=True)
@@ -201,7 +240,10 @@ class BacktestOutput:
         """``top(n)`` as dicts shaped like the ``BacktestRow`` Avro record (params as floats)."""
         out = []
         for rec in self.top(n).to_dict(orient="records"):
-            row = {"symbol": rec["symbol"], "params": {k: float(v) for k, v in rec["params"].items()}}
+            row = {
+                "symbol": rec["symbol"],
+                "params": {k: float(v) for k, v in rec["params"].items()},
+            }
             for c in STAT_COLUMNS:
                 row[c] = int(rec[c]) if c in INT_STATS else float(rec[c])
             out.append(row)
@@ -228,9 +270,11 @@ class BacktestOutput:
 
 def chunk_bytes(plan: GridPlan, n_s: int, n_cols: int) -> int:
     """Working set of one chunk (bytes, per memory space): 5 price/signal arrays and ``n_ind``
-    indicator rows of ``n_s x n_cols`` float64, plus per-cell state and RSI carry."""
+    indicator rows of ``n_s x n_cols`` float64, plus per-cell state + cell id and RSI carry."""
     carry = n_s * len(plan.ind_windows) * 24 if plan.code == RSI else 0
-    return n_s * n_cols * 8 * (5 + plan.n_ind) + n_s * plan.n_par * STATE_BYTES_PER_CELL + carry
+    return (
+        n_s * n_cols * 8 * (5 + plan.n_ind) + n_s * plan.n_par * (STATE_BYTES_PER_CELL + 8) + carry
+    )
 
 
 def _layout(plan: GridPlan, n_symbols: int, n_bars: int, budget: int) -> tuple[int, int]:
@@ -258,7 +302,9 @@ def _layout(plan: GridPlan, n_symbols: int, n_bars: int, budget: int) -> tuple[i
     return n_s, int(min(t_len, n_bars))
 
 
-def plan_chunks(spec: EngineSpec, n_symbols: int, n_bars: int, plan: GridPlan | None = None) -> list[Chunk]:
+def plan_chunks(
+    spec: EngineSpec, n_symbols: int, n_bars: int, plan: GridPlan | None = None
+) -> list[Chunk]:
     """Chunks covering ``n_symbols x n_bars`` within ``spec.memory_budget_bytes``, ordered by symbol
     range then time. Raises :class:`BacktestInputError` when even one symbol x one bar does not fit."""
     plan = plan or compile_grid(spec.strategy, spec.params)
@@ -301,7 +347,9 @@ def prepare_inputs(
     for k in need:
         a = np.asarray(prices[k], dtype=np.float64)
         if a.shape != shape:
-            raise BacktestInputError(f"prices[{k!r}] has shape {a.shape}, expected (n_symbols, n_bars) = {shape}")
+            raise BacktestInputError(
+                f"prices[{k!r}] has shape {a.shape}, expected (n_symbols, n_bars) = {shape}"
+            )
         arrs[k] = a
     if ts_arr.shape[0] > 1 and np.any(np.diff(ts_arr) <= 0):
         raise BacktestInputError("ts must be strictly ascending")
@@ -311,7 +359,9 @@ def prepare_inputs(
         index = {s: i for i, s in enumerate(syms)}
         absent = [s for s in spec.universe if s not in index]
         if absent:
-            raise BacktestInputError(f"symbols not in the data: {absent[:10]}{' ...' if len(absent) > 10 else ''}")
+            raise BacktestInputError(
+                f"symbols not in the data: {absent[:10]}{' ...' if len(absent) > 10 else ''}"
+            )
         rows = np.array([index[s] for s in spec.universe], dtype=np.int64)
     lo = -(2**63) if spec.start is None else int(spec.start)
     hi = 2**63 - 1 if spec.end is None else int(spec.end)
@@ -350,7 +400,7 @@ def _sim_params(spec: EngineSpec, plan: GridPlan) -> _Sim:
         long_short=spec.direction == "long_short",
         next_open=spec.execution == "next_open",
         fixed_sizing=spec.sizing == "fixed",
-        size=float(spec.size),
+        size=float(spec.size if spec.size is not None else 1.0),
         fee=float(spec.fees),
         fixed_fee=float(spec.fixed_fees),
         slip=float(spec.slippage),
@@ -358,32 +408,84 @@ def _sim_params(spec: EngineSpec, plan: GridPlan) -> _Sim:
     )
 
 
-def _slice(prices: Mapping[str, np.ndarray], keys: Sequence[str], rows: Any, c0: int, c1: int, backend: str) -> dict[str, Any]:
+def _slice(
+    prices: Mapping[str, np.ndarray], keys: Sequence[str], rows: Any, c0: int, c1: int, backend: str
+) -> dict[str, Any]:
     mod = xp(backend)
     out = {}
     for k in keys:
         a = prices[k]
-        host = np.ascontiguousarray(a[rows, c0:c1] if isinstance(rows, slice) else a[rows][:, c0:c1], dtype=np.float64)
+        host = np.ascontiguousarray(
+            a[rows, c0:c1] if isinstance(rows, slice) else a[rows][:, c0:c1], dtype=np.float64
+        )
         out[k] = mod.asarray(host) if backend == GPU else host
     return out
 
 
-def _simulate(sim: _Sim, plan: GridPlan, data: dict[str, Any], ind: Any, j0: int, cell_ids: Any,
-              sf: Any, si: Any, backend: str, eq_out: Any = None, dd_out: Any = None) -> None:
-    args = (sim.code, sim.long_short, sim.next_open, sim.fixed_sizing, sim.size, sim.fee, sim.fixed_fee, sim.slip)
+def _simulate(
+    sim: _Sim,
+    plan: GridPlan,
+    data: dict[str, Any],
+    ind: Any,
+    j0: int,
+    cell_ids: Any,
+    sf: Any,
+    si: Any,
+    backend: str,
+    eq_out: Any = None,
+    dd_out: Any = None,
+) -> None:
+    args = (
+        sim.code,
+        sim.long_short,
+        sim.next_open,
+        sim.fixed_sizing,
+        sim.size,
+        sim.fee,
+        sim.fixed_fee,
+        sim.slip,
+    )
     if backend == GPU:
         import cupy as cp
 
         from mystocks_gpu.gpu_ops.backtest.sim_gpu import simulate_gpu
 
-        simulate_gpu(*args, data["open"], data["close"], ind, cp.asarray(plan.pidx), cp.asarray(plan.pval), j0,
-                     cell_ids, plan.n_par, sf, si, eq_out is not None, eq_out, dd_out)
+        simulate_gpu(
+            *args,
+            data["open"],
+            data["close"],
+            ind,
+            cp.asarray(plan.pidx),
+            cp.asarray(plan.pval),
+            j0,
+            cell_ids,
+            plan.n_par,
+            sf,
+            si,
+            eq_out is not None,
+            eq_out,
+            dd_out,
+        )
         return
     rec = eq_out is not None
     if not rec:
         eq_out = dd_out = np.empty((1, 1), dtype=np.float64)
-    simulate_cpu(*args, data["open"], data["close"], ind, plan.pidx, plan.pval, j0, cell_ids, plan.n_par,
-                 sf, si, rec, eq_out, dd_out)
+    simulate_cpu(
+        *args,
+        data["open"],
+        data["close"],
+        ind,
+        plan.pidx,
+        plan.pval,
+        j0,
+        cell_ids,
+        plan.n_par,
+        sf,
+        si,
+        rec,
+        eq_out,
+        dd_out,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,8 +518,12 @@ def run_chunk(
         sf, si = init_state(mod, n_cells, sim.init_cash)
         carry = new_carry(mod, plan, n_s)
     else:
-        if state is None or state.bar_stop != chunk.bar_start or state.sym_start != chunk.sym_start \
-                or state.sym_stop != chunk.sym_stop:
+        if (
+            state is None
+            or state.bar_stop != chunk.bar_start
+            or state.sym_start != chunk.sym_start
+            or state.sym_stop != chunk.sym_stop
+        ):
             raise BacktestInputError(
                 f"chunk {chunk.index} (symbols {chunk.sym_start}:{chunk.sym_stop}, bars from {chunk.bar_start}) "
                 "needs the state of the previous time chunk of the same symbol range"
@@ -426,15 +532,35 @@ def run_chunk(
         si = mod.array(mod.asarray(state.si), copy=True)
         carry = mod.array(mod.asarray(state.carry), copy=True)
     c0 = chunk.bar_start - chunk.lead
-    data = _slice(prices, _needed_keys(plan.strategy), slice(chunk.sym_start, chunk.sym_stop), c0, chunk.bar_stop, be)
+    data = _slice(
+        prices,
+        _needed_keys(plan.strategy),
+        slice(chunk.sym_start, chunk.sym_stop),
+        c0,
+        chunk.bar_stop,
+        be,
+    )
     ind = compute_indicators(plan, data, c0, chunk.lead, carry, be)
     cell_ids = mod.arange(n_cells, dtype=mod.int64)
     _simulate(sim, plan, data, ind, chunk.lead, cell_ids, sf, si, be)
-    return ChunkState(chunk.group, chunk.sym_start, chunk.sym_stop, chunk.bar_stop, sf, si, carry, be)
+    return ChunkState(
+        chunk.group, chunk.sym_start, chunk.sym_stop, chunk.bar_stop, sf, si, carry, be
+    )
+
+
+def _dict_array(params: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    out = np.empty(len(params), dtype=object)
+    for i, p in enumerate(params):
+        out[i] = dict(p)
+    return out
 
 
 def collect_stats(
-    states: Sequence[ChunkState], symbols: Sequence[str], n_bars: int, spec: EngineSpec, plan: GridPlan | None = None
+    states: Sequence[ChunkState],
+    symbols: Sequence[str],
+    n_bars: int,
+    spec: EngineSpec,
+    plan: GridPlan | None = None,
 ) -> pd.DataFrame:
     """Merge the final states of every symbol range into the stats table (rows symbol-major)."""
     plan = plan or compile_grid(spec.strategy, spec.params)
@@ -458,7 +584,7 @@ def collect_stats(
         {
             "symbol": np.asarray(symbols, dtype=object)[sym_idx],
             "param_id": par_idx,
-            "params": [dict(plan.params[p]) for p in par_idx],
+            "params": np.tile(_dict_array(plan.params), len(symbols)),
             **st,
         }
     )
@@ -505,7 +631,13 @@ def run_curves(
         eq[:, b0:b1] = to_host(e_out)
         dd[:, b0:b1] = to_host(d_out)
     return [
-        EquityCurve(str(symbols[s]), dict(plan.params[p]), np.asarray(ts, dtype=np.int64).copy(), eq[i], dd[i])
+        EquityCurve(
+            str(symbols[s]),
+            dict(plan.params[p]),
+            np.asarray(ts, dtype=np.int64).copy(),
+            eq[i],
+            dd[i],
+        )
         for i, (s, p) in enumerate(cells)
     ]
 
@@ -559,7 +691,9 @@ def run_backtest(
         if progress_cb is not None:
             progress_cb(done / n_cells if n_cells else 1.0)
     stats = collect_stats(finals, syms, n_bars, spec, plan)
-    curves = run_curves(data, syms, ts_k, spec, best_cells(stats, spec.metric, int(spec.n_curves)), be, plan)
+    curves = run_curves(
+        data, syms, ts_k, spec, best_cells(stats, spec.metric, int(spec.n_curves)), be, plan
+    )
     return BacktestOutput(
         stats=stats,
         curves=curves,
@@ -569,7 +703,12 @@ def run_backtest(
         n_chunks=len(chunks),
         n_cells=n_cells,
         elapsed_s=time.perf_counter() - t_start,
-        meta={"strategy": plan.strategy, "n_params": plan.n_par, "n_symbols": n_sym, "n_bars": n_bars},
+        meta={
+            "strategy": plan.strategy,
+            "n_params": plan.n_par,
+            "n_symbols": n_sym,
+            "n_bars": n_bars,
+        },
     )
 
 

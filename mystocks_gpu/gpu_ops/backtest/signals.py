@@ -66,29 +66,42 @@ ZSCORE_FLAT_REL = 1e-12  # sd <= this * |mean| -> flat window, z undefined
 
 @njit(cache=True)
 def _block_sum_row(x: np.ndarray, w: int, base: int, out: np.ndarray, tmp: np.ndarray) -> None:
-    """Rolling sum of window ``w`` of row ``x`` into ``out`` (NaN where the window leaves the row)."""
+    """Rolling sum of window ``w`` of row ``x`` into ``out`` (NaN where the window leaves the row).
+
+    ``q`` tracks ``(base + j) % w`` incrementally (no integer division per bar)."""
     n = x.shape[0]
     p = 0.0
+    q = base % w
     for j in range(n):  # prefix sums within blocks, left to right
-        if (base + j) % w == 0:
+        if q == 0:
             p = x[j]
         else:
             p = p + x[j]
         out[j] = p
+        q += 1
+        if q == w:
+            q = 0
     s = 0.0
+    q = (base + n - 1) % w
     for j in range(n - 1, -1, -1):  # suffix sums within blocks, right to left from the block end
-        if (base + j + 1) % w == 0:
+        if q == w - 1:
             s = x[j]
         else:
             s = s + x[j]
         tmp[j] = s
+        q -= 1
+        if q < 0:
+            q = w - 1
+    q = base % w
     for j in range(n):
         a = j - w + 1
         if a < 0:
             out[j] = np.nan
-        elif (base + a) % w != 0:
+        elif q != w - 1:  # window not one whole block: suffix of the previous block + prefix
             out[j] = tmp[a] + out[j]
-        # else: the window is exactly one block: out[j] is its prefix sum already
+        q += 1
+        if q == w:
+            q = 0
 
 
 @njit(cache=True, parallel=True)
@@ -121,37 +134,54 @@ def _nanmin(a: float, b: float) -> float:
 
 
 @njit(cache=True)
-def _block_ext_row(x: np.ndarray, w: int, base: int, is_max: bool, out: np.ndarray, tmp: np.ndarray) -> None:
+def _block_ext_row(
+    x: np.ndarray, w: int, base: int, is_max: bool, out: np.ndarray, tmp: np.ndarray
+) -> None:
     """``out[j]`` = max (or min) of ``x`` over the previous ``w`` bars ``[j-w, j-1]``; NaN-propagating."""
     n = x.shape[0]
     p = 0.0
+    q = base % w
     for j in range(n):
-        if (base + j) % w == 0:
+        if q == 0:
             p = x[j]
         else:
             p = _nanmax(p, x[j]) if is_max else _nanmin(p, x[j])
         out[j] = p
+        q += 1
+        if q == w:
+            q = 0
     s = 0.0
+    q = (base + n - 1) % w
     for j in range(n - 1, -1, -1):
-        if (base + j + 1) % w == 0:
+        if q == w - 1:
             s = x[j]
         else:
             s = _nanmax(s, x[j]) if is_max else _nanmin(s, x[j])
         tmp[j] = s
-    # window ending at j-1 -> shift by one bar; walk backwards so out[j-1] is read before written
+        q -= 1
+        if q < 0:
+            q = w - 1
+    # window [j-w, j-1] ends at e = j-1; walk backwards so out[e] is read before it is replaced.
+    # It is one whole block iff e is a block's last bar: (base + j) % w == 0.
+    q = (base + n - 1) % w
     for j in range(n - 1, -1, -1):
         e = j - 1
         a = e - w + 1
         if a < 0:
             out[j] = np.nan
-        elif (base + a) % w == 0:
+        elif q == 0:
             out[j] = out[e]
         else:
             out[j] = _nanmax(tmp[a], out[e]) if is_max else _nanmin(tmp[a], out[e])
+        q -= 1
+        if q < 0:
+            q = w - 1
 
 
 @njit(cache=True, parallel=True)
-def channel_cpu(high: np.ndarray, low: np.ndarray, windows: np.ndarray, base: int, out: np.ndarray) -> None:
+def channel_cpu(
+    high: np.ndarray, low: np.ndarray, windows: np.ndarray, base: int, out: np.ndarray
+) -> None:
     """Breakout channel rows: ``out[i]`` = HH_{windows[i]}, ``out[n_w + i]`` = LL_{windows[i]}."""
     n_s, n = high.shape
     n_w = windows.shape[0]
@@ -195,7 +225,9 @@ def zscore_cpu(x: np.ndarray, windows: np.ndarray, base: int, out: np.ndarray) -
 
 
 @njit(cache=True, parallel=True)
-def rsi_cpu(close: np.ndarray, periods: np.ndarray, j0: int, carry: np.ndarray, out: np.ndarray) -> None:
+def rsi_cpu(
+    close: np.ndarray, periods: np.ndarray, j0: int, carry: np.ndarray, out: np.ndarray
+) -> None:
     """Wilder RSI rows for bars ``j >= j0`` (earlier columns NaN), state carried in ``carry``
     float64 ``(n_p, n_s, 3)`` = (k, g, l); updated in place."""
     n_s, n = close.shape
@@ -246,7 +278,9 @@ def rsi_cpu(close: np.ndarray, periods: np.ndarray, j0: int, carry: np.ndarray, 
 
 
 @njit(cache=True, inline="always")
-def signal_flags(code: int, a_t: float, a_p: float, b_t: float, b_p: float, c: float, th0: float, th1: float) -> int:
+def signal_flags(
+    code: int, a_t: float, a_p: float, b_t: float, b_p: float, c: float, th0: float, th1: float
+) -> int:
     """EL|XL|ES|XS bits at a bar from indicator values (``_t`` now, ``_p`` the bar before)."""
     if code == MA_CROSS or code == BREAKOUT:
         if code == MA_CROSS:

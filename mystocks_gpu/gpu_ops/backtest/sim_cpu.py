@@ -39,6 +39,97 @@ from mystocks_gpu.gpu_ops.backtest.state import (
     I_RUN,
 )
 
+DD_MARGIN = 1e-12  # absolute margin of the max-drawdown pre-check (exact: see simulate_cpu)
+
+
+@njit(cache=True, inline="always")
+def execute_order(
+    act: int,
+    px: float,
+    fixed_sizing: bool,
+    size: float,
+    fee: float,
+    fixed_fee: float,
+    slip: float,
+    cash: float,
+    units: float,
+    entry: float,
+    fees: float,
+    nclosed: int,
+    nwins: int,
+) -> tuple[float, float, float, float, int, int]:
+    """Apply action ``act`` at reference price ``px``; returns the new
+    (cash, units, entry, fees, nclosed, nwins). Rules: see ``engine.py``."""
+    # --- closing order ---
+    if act == A_CLOSE_LONG or act == A_REV_TO_SHORT:
+        fill = px * (1.0 - slip)
+        proceeds = units * fill
+        fp = proceeds * fee + fixed_fee
+        net = proceeds - fp
+        if net >= 0.0:
+            cash = cash + net
+            fees = fees + fp
+            nclosed += 1
+            if net - entry > 0.0:
+                nwins += 1
+            units = 0.0
+        else:
+            act = A_NONE  # proceeds cannot cover the fees: keep the position
+    elif act == A_CLOSE_SHORT or act == A_REV_TO_LONG:
+        fill = px * (1.0 + slip)
+        cost = (-units) * fill
+        fp = cost * fee + fixed_fee
+        tot = cost + fp
+        cash = cash - tot
+        fees = fees + fp
+        nclosed += 1
+        if entry - tot > 0.0:
+            nwins += 1
+        units = 0.0
+    # --- opening order ---
+    if act == A_OPEN_LONG or act == A_REV_TO_LONG:
+        fill = px * (1.0 + slip)
+        budget = -1.0
+        if fixed_sizing:
+            u = size / px
+            cost = u * fill
+            fp = cost * fee + fixed_fee
+            tot = cost + fp
+            if tot <= cash:
+                units = u
+                cash = cash - tot
+                fees = fees + fp
+                entry = tot
+            else:
+                budget = cash
+        else:
+            budget = size * cash
+        if budget - fixed_fee > 0.0:
+            notional = (budget - fixed_fee) / (1.0 + fee)
+            units = notional / fill
+            fees = fees + (budget - notional)
+            cash = cash - budget
+            entry = budget
+    elif act == A_OPEN_SHORT or act == A_REV_TO_SHORT:
+        fill = px * (1.0 - slip)
+        u = 0.0
+        if fixed_sizing:
+            u = size / px
+        else:
+            budget = size * cash
+            if budget - fixed_fee > 0.0:
+                u = ((budget - fixed_fee) / (1.0 + fee)) / fill
+        if u > 0.0:
+            proceeds = u * fill
+            fp = proceeds * fee + fixed_fee
+            net = proceeds - fp
+            if net >= 0.0:
+                units = -u
+                cash = cash + net
+                fees = fees + fp
+                entry = net
+    return cash, units, entry, fees, nclosed, nwins
+
 
 @njit(cache=True, parallel=True)
 def simulate_cpu(
@@ -106,6 +197,8 @@ def simulate_cpu(
         run = si[I_RUN, k]
         maxrun = si[I_MAXRUN, k]
         pending = si[I_PENDING, k]
+        dd = 1.0 - eq / peak if eq < peak else 0.0  # drawdown at the last valid bar
+        thr = peak * (1.0 - maxdd + DD_MARGIN)  # equity below this may set a new max drawdown
         a_p = ind[ia, s, j0 - 1] if j0 > 0 else np.nan
         b_p = ind[ib, s, j0 - 1] if j0 > 0 else np.nan
         for j in range(j0, n):
@@ -113,99 +206,53 @@ def simulate_cpu(
             c = close[s, j]
             a_t = ind[ia, s, j]
             b_t = ind[ib, s, j]
-            if not (np.isfinite(o) and np.isfinite(c)):
+            if not (abs(o) < np.inf and abs(c) < np.inf):  # finite open and close
                 pending = A_NONE  # an order due at a missing bar is dropped
                 if record:
                     eq_out[k, j - j0] = eq
-                    dd_out[k, j - j0] = 1.0 - eq / peak if eq < peak else 0.0
+                    dd_out[k, j - j0] = dd
                 a_p = a_t
                 b_p = b_t
                 continue
-            for phase in range(2):
-                # phase 0: execute the pending order at the open (next_open);
-                # phase 1: evaluate the signal at the close, execute now (close) or keep pending.
-                if phase == 0:
-                    if not next_open or pending == A_NONE:
-                        continue
-                    act = pending
-                    px = o
-                    pending = A_NONE
-                else:
-                    act = resolve_action(signal_flags(code, a_t, a_p, b_t, b_p, c, th0, th1), units, long_short)
+            if pending != A_NONE:  # next_open: the order decided at the previous valid bar
+                cash, units, entry, fees, nclosed, nwins = execute_order(
+                    pending,
+                    o,
+                    fixed_sizing,
+                    size,
+                    fee,
+                    fixed_fee,
+                    slip,
+                    cash,
+                    units,
+                    entry,
+                    fees,
+                    nclosed,
+                    nwins,
+                )
+                pending = A_NONE
+            flags = signal_flags(code, a_t, a_p, b_t, b_p, c, th0, th1)
+            if flags != 0:
+                act = resolve_action(flags, units, long_short)
+                if act != A_NONE:
                     if next_open:
                         pending = act
-                        break
-                    px = c
-                if act == A_NONE:
-                    continue
-                # --- closing order ---
-                if act == A_CLOSE_LONG or act == A_REV_TO_SHORT:
-                    fill = px * (1.0 - slip)
-                    proceeds = units * fill
-                    fp = proceeds * fee + fixed_fee
-                    net = proceeds - fp
-                    if net >= 0.0:
-                        cash = cash + net
-                        fees = fees + fp
-                        nclosed += 1
-                        if net - entry > 0.0:
-                            nwins += 1
-                        units = 0.0
                     else:
-                        act = A_NONE  # proceeds cannot cover the fees: keep the position
-                elif act == A_CLOSE_SHORT or act == A_REV_TO_LONG:
-                    fill = px * (1.0 + slip)
-                    cost = (-units) * fill
-                    fp = cost * fee + fixed_fee
-                    tot = cost + fp
-                    cash = cash - tot
-                    fees = fees + fp
-                    nclosed += 1
-                    if entry - tot > 0.0:
-                        nwins += 1
-                    units = 0.0
-                # --- opening order ---
-                if act == A_OPEN_LONG or act == A_REV_TO_LONG:
-                    fill = px * (1.0 + slip)
-                    budget = -1.0
-                    if fixed_sizing:
-                        u = size / px
-                        cost = u * fill
-                        fp = cost * fee + fixed_fee
-                        tot = cost + fp
-                        if tot <= cash:
-                            units = u
-                            cash = cash - tot
-                            fees = fees + fp
-                            entry = tot
-                        else:
-                            budget = cash
-                    else:
-                        budget = size * cash
-                    if budget - fixed_fee > 0.0:
-                        notional = (budget - fixed_fee) / (1.0 + fee)
-                        units = notional / fill
-                        fees = fees + (budget - notional)
-                        cash = cash - budget
-                        entry = budget
-                elif act == A_OPEN_SHORT or act == A_REV_TO_SHORT:
-                    fill = px * (1.0 - slip)
-                    u = 0.0
-                    if fixed_sizing:
-                        u = size / px
-                    else:
-                        budget = size * cash
-                        if budget - fixed_fee > 0.0:
-                            u = ((budget - fixed_fee) / (1.0 + fee)) / fill
-                    if u > 0.0:
-                        proceeds = u * fill
-                        fp = proceeds * fee + fixed_fee
-                        net = proceeds - fp
-                        if net >= 0.0:
-                            units = -u
-                            cash = cash + net
-                            fees = fees + fp
-                            entry = net
+                        cash, units, entry, fees, nclosed, nwins = execute_order(
+                            act,
+                            c,
+                            fixed_sizing,
+                            size,
+                            fee,
+                            fixed_fee,
+                            slip,
+                            cash,
+                            units,
+                            entry,
+                            fees,
+                            nclosed,
+                            nwins,
+                        )
             # --- mark to market at the close ---
             e = cash + units * c
             if e == eq:
@@ -216,24 +263,30 @@ def simulate_cpu(
                 r = 0.0
             s1 = s1 + r
             s2 = s2 + r * r
-            if r < 0.0:
-                sn2 = sn2 + r * r
+            rn = r if r < 0.0 else 0.0  # branch-free: the sign of r is unpredictable
+            sn2 = sn2 + rn * rn
             nvalid += 1
             if units != 0.0:
                 nexp += 1
-            dd = 0.0
             if e > peak:
                 peak = e
                 run = 0
+                dd = 0.0
+                thr = peak * (1.0 - maxdd + DD_MARGIN)
             elif e < peak:
                 run += 1
-                dd = 1.0 - e / peak
-                if dd > maxdd:
-                    maxdd = dd
                 if run > maxrun:
                     maxrun = run
+                # equity unchanged -> same drawdown as the last valid bar (already counted);
+                # e >= thr -> 1 - e/peak < maxdd for sure: skip the division
+                if e != eq and (record or e < thr):
+                    dd = 1.0 - e / peak
+                    if dd > maxdd:
+                        maxdd = dd
+                        thr = peak * (1.0 - maxdd + DD_MARGIN)
             else:
                 run = 0
+                dd = 0.0
             eq = e
             if record:
                 eq_out[k, j - j0] = e

@@ -24,6 +24,7 @@ import numpy as np
 
 from mystocks_gpu.gpu_ops.backtest import state as st
 from mystocks_gpu.gpu_ops.backtest.signals import ZSCORE_FLAT_REL
+from mystocks_gpu.gpu_ops.backtest.sim_cpu import DD_MARGIN
 from mystocks_gpu.gpu_ops.backtest.strategies import (
     BREAKOUT,
     MA_CROSS,
@@ -34,9 +35,11 @@ from mystocks_gpu.gpu_ops.backtest.strategies import (
 )
 
 _THREADS = 256
+_SIM_THREADS = 64  # a few thousand cells per chunk still spread over every SM
 
 _SOURCE = r"""
 #define MS_NAN __longlong_as_double(0x7ff8000000000000LL)
+#define MS_INF __longlong_as_double(0x7ff0000000000000LL)
 #define MA_CROSS %(MA_CROSS)d
 #define BREAKOUT %(BREAKOUT)d
 #define ZSCORE %(ZSCORE)d
@@ -53,6 +56,7 @@ _SOURCE = r"""
 #define A_REV_TO_SHORT %(A_REV_TO_SHORT)d
 #define A_REV_TO_LONG %(A_REV_TO_LONG)d
 #define ZFLAT %(ZFLAT)r
+#define DD_MARGIN %(DD_MARGIN)r
 
 extern "C" __global__ void bt_window(const double* __restrict__ x, const long long* __restrict__ windows,
                                      const int n_w, const int n_s, const int L, const long long base,
@@ -146,7 +150,7 @@ extern "C" __global__ void bt_rsi(const double* __restrict__ close, const long l
     for (int j = 0; j < j0; ++j) o[j] = MS_NAN;
     for (int j = j0; j < L; ++j) {
         double c = cr[j];
-        if (j >= 1 && isfinite(c) && isfinite(cr[j - 1])) {
+        if (j >= 1 && fabs(c) < MS_INF && fabs(cr[j - 1]) < MS_INF) {
             double d = c - cr[j - 1];
             double gain = d > 0.0 ? d : 0.0;
             double loss = d < 0.0 ? -d : 0.0;
@@ -218,6 +222,84 @@ __device__ __forceinline__ int resolve_action(int flags, double units, int long_
     return el ? A_OPEN_LONG : (es ? A_OPEN_SHORT : A_NONE);
 }
 
+__device__ __forceinline__ void execute_order(
+    int act, double px, int fixed_sizing, double size, double fee, double fixed_fee, double slip,
+    double& cash, double& units, double& entry, double& fees, long long& nclosed, long long& nwins)
+{
+    if (act == A_CLOSE_LONG || act == A_REV_TO_SHORT) {
+        double fill = px * (1.0 - slip);
+        double proceeds = units * fill;
+        double fp = proceeds * fee + fixed_fee;
+        double net = proceeds - fp;
+        if (net >= 0.0) {
+            cash = cash + net;
+            fees = fees + fp;
+            nclosed += 1;
+            if (net - entry > 0.0) nwins += 1;
+            units = 0.0;
+        } else {
+            act = A_NONE;
+        }
+    } else if (act == A_CLOSE_SHORT || act == A_REV_TO_LONG) {
+        double fill = px * (1.0 + slip);
+        double cost = (-units) * fill;
+        double fp = cost * fee + fixed_fee;
+        double tot = cost + fp;
+        cash = cash - tot;
+        fees = fees + fp;
+        nclosed += 1;
+        if (entry - tot > 0.0) nwins += 1;
+        units = 0.0;
+    }
+    if (act == A_OPEN_LONG || act == A_REV_TO_LONG) {
+        double fill = px * (1.0 + slip);
+        double budget = -1.0;
+        if (fixed_sizing) {
+            double u = size / px;
+            double cost = u * fill;
+            double fp = cost * fee + fixed_fee;
+            double tot = cost + fp;
+            if (tot <= cash) {
+                units = u;
+                cash = cash - tot;
+                fees = fees + fp;
+                entry = tot;
+            } else {
+                budget = cash;
+            }
+        } else {
+            budget = size * cash;
+        }
+        if (budget - fixed_fee > 0.0) {
+            double notional = (budget - fixed_fee) / (1.0 + fee);
+            units = notional / fill;
+            fees = fees + (budget - notional);
+            cash = cash - budget;
+            entry = budget;
+        }
+    } else if (act == A_OPEN_SHORT || act == A_REV_TO_SHORT) {
+        double fill = px * (1.0 - slip);
+        double u = 0.0;
+        if (fixed_sizing) {
+            u = size / px;
+        } else {
+            double budget = size * cash;
+            if (budget - fixed_fee > 0.0) u = ((budget - fixed_fee) / (1.0 + fee)) / fill;
+        }
+        if (u > 0.0) {
+            double proceeds = u * fill;
+            double fp = proceeds * fee + fixed_fee;
+            double net = proceeds - fp;
+            if (net >= 0.0) {
+                units = -u;
+                cash = cash + net;
+                fees = fees + fp;
+                entry = net;
+            }
+        }
+    }
+}
+
 extern "C" __global__ void bt_sim(
     const int code, const int long_short, const int next_open, const int fixed_sizing,
     const double size, const double fee, const double fixed_fee, const double slip,
@@ -257,6 +339,8 @@ extern "C" __global__ void bt_sim(
     long long run = si[%(I_RUN)d * R + k];
     long long maxrun = si[%(I_MAXRUN)d * R + k];
     int pending = (int)si[%(I_PENDING)d * R + k];
+    double dd = eq < peak ? 1.0 - eq / peak : 0.0;
+    double thr = peak * (1.0 - maxdd + DD_MARGIN);
     double a_p = j0 > 0 ? arow[j0 - 1] : MS_NAN;
     double b_p = j0 > 0 ? brow[j0 - 1] : MS_NAN;
     const long long W = L - j0;
@@ -265,104 +349,26 @@ extern "C" __global__ void bt_sim(
         double c = crow[j];
         double a_t = arow[j];
         double b_t = brow[j];
-        if (!(isfinite(o) && isfinite(c))) {
+        if (!(fabs(o) < MS_INF && fabs(c) < MS_INF)) {
             pending = A_NONE;
             if (record) {
                 eq_out[k * W + (j - j0)] = eq;
-                dd_out[k * W + (j - j0)] = eq < peak ? 1.0 - eq / peak : 0.0;
+                dd_out[k * W + (j - j0)] = dd;
             }
             a_p = a_t;
             b_p = b_t;
             continue;
         }
-        for (int phase = 0; phase < 2; ++phase) {
-            int act;
-            double px;
-            if (phase == 0) {
-                if (!next_open || pending == A_NONE) continue;
-                act = pending;
-                px = o;
-                pending = A_NONE;
-            } else {
-                act = resolve_action(signal_flags(code, a_t, a_p, b_t, b_p, c, th0, th1), units, long_short);
-                if (next_open) {
-                    pending = act;
-                    break;
-                }
-                px = c;
-            }
-            if (act == A_NONE) continue;
-            if (act == A_CLOSE_LONG || act == A_REV_TO_SHORT) {
-                double fill = px * (1.0 - slip);
-                double proceeds = units * fill;
-                double fp = proceeds * fee + fixed_fee;
-                double net = proceeds - fp;
-                if (net >= 0.0) {
-                    cash = cash + net;
-                    fees = fees + fp;
-                    nclosed += 1;
-                    if (net - entry > 0.0) nwins += 1;
-                    units = 0.0;
-                } else {
-                    act = A_NONE;
-                }
-            } else if (act == A_CLOSE_SHORT || act == A_REV_TO_LONG) {
-                double fill = px * (1.0 + slip);
-                double cost = (-units) * fill;
-                double fp = cost * fee + fixed_fee;
-                double tot = cost + fp;
-                cash = cash - tot;
-                fees = fees + fp;
-                nclosed += 1;
-                if (entry - tot > 0.0) nwins += 1;
-                units = 0.0;
-            }
-            if (act == A_OPEN_LONG || act == A_REV_TO_LONG) {
-                double fill = px * (1.0 + slip);
-                double budget = -1.0;
-                if (fixed_sizing) {
-                    double u = size / px;
-                    double cost = u * fill;
-                    double fp = cost * fee + fixed_fee;
-                    double tot = cost + fp;
-                    if (tot <= cash) {
-                        units = u;
-                        cash = cash - tot;
-                        fees = fees + fp;
-                        entry = tot;
-                    } else {
-                        budget = cash;
-                    }
-                } else {
-                    budget = size * cash;
-                }
-                if (budget - fixed_fee > 0.0) {
-                    double notional = (budget - fixed_fee) / (1.0 + fee);
-                    units = notional / fill;
-                    fees = fees + (budget - notional);
-                    cash = cash - budget;
-                    entry = budget;
-                }
-            } else if (act == A_OPEN_SHORT || act == A_REV_TO_SHORT) {
-                double fill = px * (1.0 - slip);
-                double u = 0.0;
-                if (fixed_sizing) {
-                    u = size / px;
-                } else {
-                    double budget = size * cash;
-                    if (budget - fixed_fee > 0.0) u = ((budget - fixed_fee) / (1.0 + fee)) / fill;
-                }
-                if (u > 0.0) {
-                    double proceeds = u * fill;
-                    double fp = proceeds * fee + fixed_fee;
-                    double net = proceeds - fp;
-                    if (net >= 0.0) {
-                        units = -u;
-                        cash = cash + net;
-                        fees = fees + fp;
-                        entry = net;
-                    }
-                }
+        if (pending != A_NONE) {
+            execute_order(pending, o, fixed_sizing, size, fee, fixed_fee, slip, cash, units, entry, fees, nclosed, nwins);
+            pending = A_NONE;
+        }
+        int flags = signal_flags(code, a_t, a_p, b_t, b_p, c, th0, th1);
+        if (flags != 0) {
+            int act = resolve_action(flags, units, long_short);
+            if (act != A_NONE) {
+                if (next_open) pending = act;
+                else execute_order(act, c, fixed_sizing, size, fee, fixed_fee, slip, cash, units, entry, fees, nclosed, nwins);
             }
         }
         double e = cash + units * c;
@@ -372,20 +378,28 @@ extern "C" __global__ void bt_sim(
         else r = 0.0;
         s1 = s1 + r;
         s2 = s2 + r * r;
-        if (r < 0.0) sn2 = sn2 + r * r;
+        double rn = r < 0.0 ? r : 0.0;
+        sn2 = sn2 + rn * rn;
         nvalid += 1;
         if (units != 0.0) nexp += 1;
-        double dd = 0.0;
         if (e > peak) {
             peak = e;
             run = 0;
+            dd = 0.0;
+            thr = peak * (1.0 - maxdd + DD_MARGIN);
         } else if (e < peak) {
             run += 1;
-            dd = 1.0 - e / peak;
-            if (dd > maxdd) maxdd = dd;
             if (run > maxrun) maxrun = run;
+            if (e != eq && (record || e < thr)) {
+                dd = 1.0 - e / peak;
+                if (dd > maxdd) {
+                    maxdd = dd;
+                    thr = peak * (1.0 - maxdd + DD_MARGIN);
+                }
+            }
         } else {
             run = 0;
+            dd = 0.0;
         }
         eq = e;
         if (record) {
@@ -419,7 +433,14 @@ extern "C" __global__ void bt_sim(
 def kernel_source() -> str:
     """The CUDA C source of every backtest kernel, constants filled in."""
     consts: dict[str, Any] = {name: getattr(st, name) for name in dir(st) if name.isupper()}
-    consts.update(MA_CROSS=MA_CROSS, BREAKOUT=BREAKOUT, ZSCORE=ZSCORE, RSI=RSI, ZFLAT=ZSCORE_FLAT_REL)
+    consts.update(
+        MA_CROSS=MA_CROSS,
+        BREAKOUT=BREAKOUT,
+        ZSCORE=ZSCORE,
+        RSI=RSI,
+        ZFLAT=ZSCORE_FLAT_REL,
+        DD_MARGIN=DD_MARGIN,
+    )
     return _SOURCE % consts
 
 
@@ -434,7 +455,9 @@ def _blocks(total: int) -> tuple[int]:
     return ((total + _THREADS - 1) // _THREADS,)
 
 
-def compute_indicators_gpu(plan: GridPlan, data: dict[str, Any], base: int, j0: int, carry: Any) -> Any:
+def compute_indicators_gpu(
+    plan: GridPlan, data: dict[str, Any], base: int, j0: int, carry: Any
+) -> Any:
     """GPU twin of ``signals.compute_indicators`` (CuPy arrays in and out; ``carry`` updated)."""
     import cupy as cp
 
@@ -452,8 +475,16 @@ def compute_indicators_gpu(plan: GridPlan, data: dict[str, Any], base: int, j0: 
             mod.get_function("bt_window")(
                 _blocks(total),
                 (_THREADS,),
-                (close, wins, np.int32(n_w), np.int32(n_s), np.int32(n), np.int64(base),
-                 np.int32(1 if plan.code == ZSCORE else 0), out),
+                (
+                    close,
+                    wins,
+                    np.int32(n_w),
+                    np.int32(n_s),
+                    np.int32(n),
+                    np.int64(base),
+                    np.int32(1 if plan.code == ZSCORE else 0),
+                    out,
+                ),
             )
     elif plan.code == BREAKOUT:
         total = 2 * n_w * n_s * n
@@ -461,7 +492,16 @@ def compute_indicators_gpu(plan: GridPlan, data: dict[str, Any], base: int, j0: 
             mod.get_function("bt_channel")(
                 _blocks(total),
                 (_THREADS,),
-                (data["high"], data["low"], wins, np.int32(n_w), np.int32(n_s), np.int32(n), np.int64(base), out),
+                (
+                    data["high"],
+                    data["low"],
+                    wins,
+                    np.int32(n_w),
+                    np.int32(n_s),
+                    np.int32(n),
+                    np.int64(base),
+                    out,
+                ),
             )
     elif plan.code == RSI:
         total = n_w * n_s
@@ -508,14 +548,32 @@ def simulate_gpu(
         eq_out = cp.empty((1, 1), dtype=cp.float64)
         dd_out = eq_out
     _module().get_function("bt_sim")(
-        _blocks(n_run),
-        (_THREADS,),
+        ((n_run + _SIM_THREADS - 1) // _SIM_THREADS,),
+        (_SIM_THREADS,),
         (
-            np.int32(code), np.int32(bool(long_short)), np.int32(bool(next_open)), np.int32(bool(fixed_sizing)),
-            np.float64(size), np.float64(fee), np.float64(fixed_fee), np.float64(slip),
-            open_, close, ind, pidx, pval,
-            np.int32(n_s), np.int32(n), np.int32(j0),
-            cell_ids, np.int32(n_run), np.int64(n_par),
-            sf, si, np.int32(bool(record)), eq_out, dd_out,
+            np.int32(code),
+            np.int32(bool(long_short)),
+            np.int32(bool(next_open)),
+            np.int32(bool(fixed_sizing)),
+            np.float64(size),
+            np.float64(fee),
+            np.float64(fixed_fee),
+            np.float64(slip),
+            open_,
+            close,
+            ind,
+            pidx,
+            pval,
+            np.int32(n_s),
+            np.int32(n),
+            np.int32(j0),
+            cell_ids,
+            np.int32(n_run),
+            np.int64(n_par),
+            sf,
+            si,
+            np.int32(bool(record)),
+            eq_out,
+            dd_out,
         ),
     )

@@ -15,7 +15,9 @@ from typing import Any
 # float64 fields (sf rows)
 F_CASH = 0  # cash, account currency
 F_UNITS = 1  # position in units (> 0 long, < 0 short, 0 flat); fractional units allowed
-F_ENTRY = 2  # cash out-flow of the open long's entry (cost + fee) / net in-flow of the open short's entry
+F_ENTRY = (
+    2  # cash out-flow of the open long's entry (cost + fee) / net in-flow of the open short's entry
+)
 F_EQ = 3  # equity at the last valid bar's close (init_cash before the first valid bar)
 F_PEAK = 4  # running peak of equity (starts at init_cash)
 F_S1 = 5  # sum of per-bar returns

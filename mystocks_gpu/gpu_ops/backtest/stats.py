@@ -76,7 +76,9 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 INT_STATS = ("max_drawdown_duration", "n_trades")
 
 
-def finalize_stats(sf: np.ndarray, si: np.ndarray, init_cash: float, bars_per_year: float) -> dict[str, np.ndarray]:
+def finalize_stats(
+    sf: np.ndarray, si: np.ndarray, init_cash: float, bars_per_year: float
+) -> dict[str, np.ndarray]:
     """Statistics per cell from host state ``sf`` ``(NF, n)`` / ``si`` ``(NI, n)``: a dict of
     ``STAT_COLUMNS`` -> array ``(n,)`` (float64, int64 for durations and trade counts)."""
     sf = np.asarray(sf, dtype=np.float64)
@@ -87,7 +89,13 @@ def finalize_stats(sf: np.ndarray, si: np.ndarray, init_cash: float, bars_per_ye
         growth = e_last / init_cash
         total_return = growth - 1.0
         cagr = np.where(
-            n > 0, np.where(growth > 0, np.power(np.where(growth > 0, growth, 1.0), bars_per_year / n) - 1.0, -1.0), np.nan
+            n > 0,
+            np.where(
+                growth > 0,
+                np.power(np.where(growth > 0, growth, 1.0), bars_per_year / n) - 1.0,
+                -1.0,
+            ),
+            np.nan,
         )
         s1, s2, sn2 = sf[F_S1], sf[F_S2], sf[F_SN2]
         mean = np.where(n > 0, s1 / n, np.nan)

@@ -147,15 +147,21 @@ def _check_value(strategy: str, pd_: ParamDef, v: object) -> float | int:
         raise BacktestInputError(f"{strategy}.{pd_.name}: value {v!r} is not finite")
     if pd_.kind == "int":
         if fv != int(fv):
-            raise BacktestInputError(f"{strategy}.{pd_.name}: window/period {v!r} is not an integer")
+            raise BacktestInputError(
+                f"{strategy}.{pd_.name}: window/period {v!r} is not an integer"
+            )
         if fv < pd_.lo:
-            raise BacktestInputError(f"{strategy}.{pd_.name}: {int(fv)} is below the minimum {int(pd_.lo)}")
+            raise BacktestInputError(
+                f"{strategy}.{pd_.name}: {int(fv)} is below the minimum {int(pd_.lo)}"
+            )
         if fv > 10_000_000:
             raise BacktestInputError(f"{strategy}.{pd_.name}: {int(fv)} is unreasonably large")
         return int(fv)
     if (pd_.lo_open and fv <= pd_.lo) or fv < pd_.lo or fv > pd_.hi:
         lo_b = "(" if pd_.lo_open else "["
-        raise BacktestInputError(f"{strategy}.{pd_.name}: {fv} is outside {lo_b}{pd_.lo}, {pd_.hi}]")
+        raise BacktestInputError(
+            f"{strategy}.{pd_.name}: {fv} is outside {lo_b}{pd_.lo}, {pd_.hi}]"
+        )
     return fv
 
 
@@ -167,7 +173,9 @@ def canonical_grid(strategy: str, grid: Mapping[str, object]) -> dict[str, list[
     """
     sdef = STRATEGIES[canonical_strategy(strategy)]
     if not isinstance(grid, Mapping):
-        raise BacktestInputError(f"params must be a mapping of parameter -> list of values, got {type(grid).__name__}")
+        raise BacktestInputError(
+            f"params must be a mapping of parameter -> list of values, got {type(grid).__name__}"
+        )
     names = {p.name for p in sdef.params}
     unknown = sorted(set(map(str, grid)) - names)
     if unknown:
@@ -205,7 +213,9 @@ def expand_grid(strategy: str, grid: Mapping[str, object]) -> list[dict[str, flo
     sdef = STRATEGIES[name]
     cg = canonical_grid(name, grid)
     keys = list(cg)
-    sets = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(cg[k] for k in keys))]
+    sets = [
+        dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(cg[k] for k in keys))
+    ]
     kept = [p for p in sets if sdef.combo_ok(p)]
     if not kept:
         raise BacktestInputError(

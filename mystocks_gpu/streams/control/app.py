@@ -31,7 +31,12 @@ from mystocks_gpu.infra.scheduler import WorkerInfo
 from mystocks_gpu.schemas import AvroCodec, DecodeError
 from mystocks_gpu.streams.control.config import JobsConfig
 from mystocks_gpu.streams.control.hub import Hub
-from mystocks_gpu.streams.control.protocol import COMMAND_SCHEMA, STATUS_SCHEMA, parse_headers, status_to_json
+from mystocks_gpu.streams.control.protocol import (
+    COMMAND_SCHEMA,
+    STATUS_SCHEMA,
+    parse_headers,
+    status_to_json,
+)
 from mystocks_gpu.streams.control.state import ControlCore, Effects, submit_cache_key
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,9 @@ class ControlApp:
         self.table = self.app.Table("jobs", default=None, partitions=1, use_partitioner=True,
                                     schema=faust.Schema(key_serializer="json", value_serializer="json"),
                                     help="job id -> job record")
+        # one changelog partition: name it, so a write never needs the producer's topic metadata
+        # (eager partitioning fails while a broker restarts and metadata is momentarily empty)
+        self.table.partition_for_key = lambda key: 0  # type: ignore[method-assign]
         self.source = self.app.topic(cfg.commands_topic, cfg.events_topic, key_serializer="raw",
                                      value_serializer="raw", acks=True)
         self.core = ControlCore(self.table, cfg.scheduler())
@@ -104,12 +112,16 @@ class ControlApp:
             if self.redis is None:
                 self.redis = aredis.Redis.from_url(self.settings.redis.url, socket_timeout=5)
                 self.cache = ResultCache(self.redis, self.cfg.namespace, self.cfg.cache_ttl_s)
-            if not self.core._indexed and self.app.tables.recovery.completed.is_set():
+            if not self.core._indexed and self._recovered():
                 self.core.reindex()
             try:
                 await fn(*args)
             except Exception:  # one bad event must not stop the control loop
                 log.exception("control step %s failed", getattr(fn, "__name__", fn))
+
+    def _recovered(self) -> bool:
+        """True once Faust has restored the job table from its changelog."""
+        return bool(self.app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
 
     # ---- events ------------------------------------------------------------------------
     async def _on_event(self, event: Any) -> None:
@@ -155,7 +167,7 @@ class ControlApp:
         except Exception as exc:
             log.warning("cannot read worker heartbeats (skipping this pass): %s", exc)
             return
-        if not self.app.tables.recovery.completed.is_set():
+        if not self._recovered():
             return
         eff = Effects()
         eff.alerts += self.monitor.check_devices(self.workers)

@@ -14,16 +14,27 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.infra.kafka_clients import DeliveryTracker, ensure_broker, make_consumer, make_producer
+from mystocks_gpu.infra.kafka_clients import (
+    DeliveryTracker,
+    ensure_broker,
+    make_consumer,
+    make_producer,
+)
 from mystocks_gpu.schemas import AvroCodec, DecodeError
 from mystocks_gpu.streams.control.config import JobsConfig
 from mystocks_gpu.streams.control.exceptions import ControlError, ControlUnreachable, WaitTimeout
-from mystocks_gpu.streams.control.protocol import COMMAND_SCHEMA, FINAL, STATUS_SCHEMA, check_submit, status_to_json
+from mystocks_gpu.streams.control.protocol import (
+    COMMAND_SCHEMA,
+    FINAL,
+    STATUS_SCHEMA,
+    check_submit,
+    status_to_json,
+)
 
 
 def produce_command(settings: Settings, cfg: JobsConfig, cmd: dict[str, Any]) -> None:
     """Produce one JobCommand and wait for the broker's ack."""
-    producer = make_producer(settings.kafka)
+    producer = make_producer(settings.kafka, **{"compression.type": "none"})  # tiny records
     tracker = DeliveryTracker()
     producer.produce(cfg.commands_topic, key=cmd["job_id"].encode(), value=AvroCodec().encode(COMMAND_SCHEMA, cmd),
                      timestamp=cmd["ts_event"] // 1_000_000, on_delivery=tracker)
@@ -53,24 +64,28 @@ class StatusFollower:
             _, hi = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
             tps.append(TopicPartition(self.topic, p, hi))
         self.consumer.assign(tps)
+        self._backlog: dict[str, list[dict[str, Any]]] = {}
 
     def statuses(self, job_id: str, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
-        """Yield the job's statuses (client JSON form) until a final one; :class:`WaitTimeout`."""
+        """Yield the job's statuses (client JSON form) until a final one; :class:`WaitTimeout`.
+
+        Records of other jobs read meanwhile are kept for later calls."""
         end = None if timeout_s is None else time.monotonic() + timeout_s
-        key = job_id.encode()
         while True:
+            for st in self._backlog.pop(job_id, []):
+                yield st
+                if st["state"] in FINAL:
+                    return
             if end is not None and time.monotonic() > end:
                 raise WaitTimeout(f"job {job_id} not final after {timeout_s:.0f} s")
             for m in self.consumer.consume(100, timeout=0.2):
-                if m.error() or m.key() != key or m.value() is None:
+                if m.error() or m.key() is None or m.value() is None:
                     continue
                 try:
                     st = status_to_json(self.codec.decode(m.value(), expect=STATUS_SCHEMA))
                 except DecodeError:
                     continue
-                yield st
-                if st["state"] in FINAL:
-                    return
+                self._backlog.setdefault(st["job_id"], []).append(st)
 
     def close(self) -> None:
         """Close the consumer."""

@@ -67,8 +67,8 @@ class JobsConfig:
         return AlertThresholds(self.gpu_utilization_alert, self.gpu_memory_alert, self.dlq_growth_alert)
 
     def dispatch_topic(self, worker_id: str) -> str:
-        """The dispatch topic a worker consumes."""
-        return f"{self.dispatch_prefix}{worker_id}"
+        """The dispatch topic a worker consumes: ``jobs.dispatch.<namespace>.<worker_id>``."""
+        return f"{self.dispatch_prefix}{self.namespace}.{worker_id}"
 
     @property
     def url(self) -> str:

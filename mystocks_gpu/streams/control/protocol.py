@@ -5,7 +5,7 @@
   compacted: the latest record per job is its state.
 * ``jobs.events`` -- Avro ``TaskStatus`` reports (workers -> control app) with headers
   ``attempt``, ``chunk``, ``worker``, ``device`` naming which run of which chunk reports.
-* ``jobs.dispatch.<worker>`` -- JSON (control app -> one worker): ``{"type": "run", job_id,
+* ``jobs.dispatch.<namespace>.<worker>`` -- JSON (control app -> one worker): ``{"type": "run", job_id,
   chunk, attempt, kind, spec, device, memory_bytes, deadline_ns}`` or ``{"type": "stop", job_id,
   reason}``.
 """

@@ -23,7 +23,13 @@ from typing import Any
 from mystocks_gpu.infra import job_metrics as m
 from mystocks_gpu.infra.alerts import make_alert
 from mystocks_gpu.infra.result_cache import cache_key
-from mystocks_gpu.infra.scheduler import ChunkRequest, Commitment, SchedulerConfig, WorkerInfo, place
+from mystocks_gpu.infra.scheduler import (
+    ChunkRequest,
+    Commitment,
+    SchedulerConfig,
+    WorkerInfo,
+    place,
+)
 from mystocks_gpu.processors.jobs import JobSpecError, get_kind
 from mystocks_gpu.streams.control.protocol import FINAL, check_submit, status_record
 
@@ -110,7 +116,7 @@ class ControlCore:
         if job_id and self.table.get(job_id):
             log.info("duplicate submit of %s ignored", job_id)
             return eff
-        base = {"job_id": job_id, "kind": str(cmd.get("kind", "")), "priority": int(cmd.get("priority", 0)),
+        base: dict[str, Any] = {"job_id": job_id, "kind": str(cmd.get("kind", "")), "priority": int(cmd.get("priority", 0)),
                 "deadline_ns": cmd.get("deadline_ns"), "requester": str(cmd.get("requester", "")),
                 "bypass_cache": bool(cmd.get("bypass_cache", False)), "submitted_ns": now, "started_ns": None,
                 "finished_ns": None, "progress": 0.0, "message": "", "error": None, "worker": None, "cached": False,

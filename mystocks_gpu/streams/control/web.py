@@ -4,7 +4,7 @@ Routes (JSON everywhere; errors are ``{"error": "..."}`` with a 4xx status):
 
 * ``POST /jobs`` -- body ``{"kind", "spec", "priority"?, "deadline_s"? (relative, seconds) |
   "deadline_ns"? (absolute), "requester"?, "bypass_cache"?, "job_id"?}``; validates, produces a
-  SUBMIT command, answers 202 ``{"job_id", "status_url"}``.
+  SUBMIT command, answers 202 ``{"job_id", "status_url", "state"}`` once the agent has it.
 * ``GET /jobs/{id}`` -- the job record; ``GET /jobs?state=queued,running&kind=...&limit=N``.
 * ``DELETE /jobs/{id}`` -- produces a CANCEL command (202); 404 unknown, 409 already final.
 * ``GET /workers`` -- live workers and their devices (heartbeats).
@@ -27,13 +27,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mystocks_gpu.infra.heartbeat import read_workers_async
 from mystocks_gpu.processors.jobs import JobSpecError
 from mystocks_gpu.streams.control.hub import TYPES, Client
-from mystocks_gpu.streams.control.protocol import FINAL, STATES, check_submit, job_view, make_command, new_job_id
+from mystocks_gpu.streams.control.protocol import (
+    FINAL,
+    STATES,
+    check_submit,
+    job_view,
+    make_command,
+    new_job_id,
+)
 
 if TYPE_CHECKING:
     from mystocks_gpu.streams.control.app import ControlApp
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
+#: how long POST /jobs waits for the control agent to take a command in before answering
+ACCEPT_WAIT_S = 5.0
 
 
 def _err(status: int, message: str) -> web.Response:
@@ -106,7 +115,13 @@ class Api:
         if self.ctl.table.get(job_id):
             return _err(409, f"job {job_id} already exists")
         await self.ctl.produce_command(cmd)
-        return web.json_response({"job_id": job_id, "status_url": f"/jobs/{job_id}"}, status=202)
+        # answer once the control agent has taken the command in, so GET /jobs/{id} finds it
+        end = time.monotonic() + ACCEPT_WAIT_S
+        while not self.ctl.table.get(job_id) and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        job = self.ctl.table.get(job_id)
+        return web.json_response({"job_id": job_id, "status_url": f"/jobs/{job_id}",
+                                  "state": job["state"] if job else "submitted"}, status=202)
 
     async def get_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
@@ -196,11 +211,14 @@ class Api:
         return {"type": "error", "error": "action must be subscribe or unsubscribe"}
 
     async def _pump(self, sock: web.WebSocketResponse, client: Client) -> None:
-        while True:
-            msg = await client.queue.get()
-            if sock.closed:
-                return
-            await sock.send_str(json.dumps(msg, default=str))
+        try:
+            while True:
+                msg = await client.queue.get()
+                if sock.closed:
+                    return
+                await sock.send_str(json.dumps(msg, default=str))
+        except (ConnectionError, RuntimeError):  # the client went away mid-send
+            return
 
     def _ensure_feed(self, mtype: str) -> None:
         """Start (once) a thread that tails the topic behind ``market_data`` / ``calc_result``."""
@@ -247,11 +265,15 @@ def _tail(ctl: ControlApp, mtype: str, topic: str, loop: asyncio.AbstractEventLo
                 except Exception:
                     continue
                 sym = m.key().decode(errors="replace") if m.key() else rec.get("symbol")
-                loop.call_soon_threadsafe(lambda r=rec, s=sym: ctl.hub.publish(mtype, r, symbol=s))
+                loop.call_soon_threadsafe(_publish, ctl, mtype, rec, sym)
     except Exception as exc:
         log.warning("WebSocket feed %s stopped: %s", mtype, exc)
     finally:
         c.close()
+
+
+def _publish(ctl: ControlApp, mtype: str, rec: dict[str, Any], symbol: str | None) -> None:
+    ctl.hub.publish(mtype, rec, symbol=symbol)
 
 
 def build_web_app(ctl: ControlApp) -> web.Application:

@@ -1,7 +1,7 @@
 """A job worker process: consumes its dispatch topic, runs job chunks, reports, heart-beats.
 
-* Dispatch topic ``jobs.dispatch.<worker_id>`` (created on start) is read in consumer group
-  ``mystocks-worker.<worker_id>``; ``run`` messages start a chunk in a thread, ``stop`` messages
+* Dispatch topic ``jobs.dispatch.<namespace>.<worker_id>`` (created on start) is read in consumer
+  group ``mystocks-worker.<namespace>.<worker_id>``; ``run`` messages start a chunk in a thread, ``stop`` messages
   stop one. The control app only dispatches to workers with a live heartbeat and re-queues the
   chunks of a worker whose heartbeat expires, so a dead worker's jobs go to another worker.
 * Reports are TaskStatus records on ``jobs.events`` with ``attempt``/``chunk`` headers.
@@ -96,7 +96,7 @@ class JobWorker:
         self.codec = AvroCodec()
         self.redis = redis.Redis.from_url(settings.redis.url, socket_timeout=5)
         self.store = ResultStore(self.redis, cfg.namespace, cfg.result_ttl_s)
-        self.producer = make_producer(settings.kafka, **{"linger.ms": 2})
+        self.producer = make_producer(settings.kafka, **{"linger.ms": 2, "compression.type": "none"})
         self.runs: dict[tuple[str, int], _Run] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -142,10 +142,21 @@ class JobWorker:
             raise ConfigError(f"--reserve names unknown device(s) {', '.join(unknown)}")
         self._ensure_topic()
         assigned = threading.Event()
-        consumer = make_consumer(self.settings.kafka, f"mystocks-worker.{self.opts.worker_id}",
+        consumer = make_consumer(self.settings.kafka, f"mystocks-worker.{self.cfg.namespace}.{self.opts.worker_id}",
                                  **{"enable.auto.commit": True, "auto.commit.interval.ms": 500,
-                                    "isolation.level": "read_uncommitted"})
-        consumer.subscribe([self.topic], on_assign=lambda c, ps: assigned.set())
+                                    "isolation.level": "read_uncommitted", "fetch.wait.max.ms": 50})
+        end = time.monotonic() + self.settings.kafka.connect_timeout_s
+        while time.monotonic() < end:  # a just-created topic must be in metadata before subscribing
+            md = consumer.list_topics(self.topic, timeout=5)
+            if md.topics.get(self.topic) is not None and md.topics[self.topic].partitions:
+                break
+            time.sleep(0.1)
+
+        def on_assign(c: Any, parts: list[Any]) -> None:
+            if parts:
+                assigned.set()
+
+        consumer.subscribe([self.topic], on_assign=on_assign)
         try:
             while not assigned.is_set() and not self._stop.is_set():
                 self._handle(consumer.poll(0.1))

@@ -1,0 +1,126 @@
+"""Helpers for runtime integration tests: topics, input, worker subprocesses, read-back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
+from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names
+from mystocks_gpu.infra.topic_reader import read_topic
+from mystocks_gpu.schemas.batch_codec import BatchEncoder
+from mystocks_gpu.topics import TopicSpec
+from mystocks_gpu.topics.admin import TopicAdmin
+from tests.conftest import ROOT
+
+
+@dataclass
+class Topics:
+    """An isolated input/output/DLQ topic set and consumer group for one test."""
+
+    input: str
+    output: str
+    dlq: str
+    group: str
+
+
+def make_topics(settings: Settings, unique: str, partitions: int = 4) -> Topics:
+    t = Topics(f"t.in.{unique}", f"t.out.{unique}", f"t.in.{unique}.dlq", f"g.{unique}")
+    TopicAdmin(settings.kafka).create([
+        TopicSpec(t.input, "symbol", "mystocks.md.Tick", partitions=partitions, dlq=False),
+        TopicSpec(t.output, "symbol", "mystocks.streams.RunningAggregate", partitions=partitions, dlq=False),
+        TopicSpec(t.dlq, "symbol", None, partitions=1, dlq=False),
+    ])
+    return t
+
+
+def synthetic(n: int, symbols: int = 64, seed: int = 1) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Synthetic tick columns and symbol names."""
+    return generate(SyntheticMarket(n_symbols=symbols, seed=seed), n), symbol_names(symbols, seed)
+
+
+def produce_ticks(settings: Settings, topic: str, cols: dict[str, np.ndarray], names: list[str],
+                  values: list[bytes] | None = None) -> int:
+    """Produce tick columns (keys = symbols, timestamps = event time)."""
+    vals = values if values is not None else BatchEncoder("mystocks.md.Tick").encode(cols, names)
+    keys = [names[i].encode() for i in cols["sym"].tolist()]
+    ts = (cols["ts"] // 1_000_000).tolist()
+    return produce_all(make_producer(settings.kafka), topic, zip(keys, vals, ts, strict=True))
+
+
+def start_worker(t: Topics, worker_id: str, *extra: str, idle_exit: float = 6.0) -> subprocess.Popen[str]:
+    """``mystocks-gpu run aggregate`` on the test topics, in its own process group."""
+    cmd = [sys.executable, "-m", "mystocks_gpu.cli", "--log-level", "INFO", "run", "aggregate", "--group", t.group,
+           "--worker-id", worker_id, "--input-topic", t.input, "--output-topic", t.output,
+           "--idle-exit", str(idle_exit), *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ})
+
+
+def kill9(p: subprocess.Popen[str]) -> None:
+    """SIGKILL a worker (no chance to commit or clean up)."""
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(30)
+
+
+def finish(p: subprocess.Popen[str], timeout: float = 240) -> str:
+    """Wait for a worker to exit cleanly; returns its stdout."""
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, f"worker exit {p.returncode}\n{err[-3000:]}"
+    return out
+
+
+def read_outputs(settings: Settings, topic: str, expected: int, timeout: float = 30) -> pd.DataFrame:
+    """All read_committed records of an output topic as a frame."""
+    rows = [dict(r.value, _p=r.partition, _o=r.offset) for r in
+            read_topic(settings.kafka, topic, max_records=expected + 1000, idle_timeout_s=timeout if expected == 0 else 8)]
+    return pd.DataFrame(rows)
+
+
+def reference(cols: dict[str, np.ndarray], names: list[str], keep: np.ndarray | None = None) -> pd.DataFrame:
+    """Uninterrupted running count/sum/last per symbol (sequential sums, like the processor)."""
+    df = pd.DataFrame({"symbol": np.asarray(names)[cols["sym"]], "seq": cols["seq"], "price": cols["price"]})
+    if keep is not None:
+        df = df[keep]
+    g = df.groupby("symbol", sort=False)["price"]
+    return pd.DataFrame({"symbol": df["symbol"], "seq": df["seq"], "count": g.cumcount() + 1,
+                         "sum": g.transform(lambda s: np.cumsum(s.to_numpy())), "last": df["price"]})
+
+
+def assert_exactly_once_equal(got: pd.DataFrame, ref: pd.DataFrame) -> None:
+    """One output per input (no loss, no duplicate) and every running value equal to the reference."""
+    assert len(got) == len(ref), f"{len(got)} outputs for {len(ref)} inputs"
+    dup = got.duplicated(["symbol", "seq"]).sum()
+    assert dup == 0, f"{dup} duplicated outputs"
+    a = got.set_index(["symbol", "seq"])[["count", "sum", "last"]].sort_index()
+    b = ref.set_index(["symbol", "seq"])[["count", "sum", "last"]].sort_index()
+    pd.testing.assert_frame_equal(a, b, check_exact=True, check_dtype=False)
+
+
+def wait_for(pred, timeout: float, every: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(every)
+    return False
+
+
+def output_high_watermark(settings: Settings, topic: str) -> int:
+    """Sum of a topic's high watermarks (grows when a worker produces, committed or not)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "hw-probe"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        c.close()

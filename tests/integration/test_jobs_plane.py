@@ -1,0 +1,282 @@
+"""The job control plane end to end against the real broker and Redis: one control app (Faust)
+and two CPU workers as subprocesses, shared by the tests of this module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import websockets
+
+from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.kafka_clients import make_producer
+from mystocks_gpu.infra.result_cache import ResultStore
+from mystocks_gpu.infra.topic_reader import read_topic
+from mystocks_gpu.schemas import AvroCodec
+from mystocks_gpu.streams.control.protocol import COMMAND_SCHEMA, FINAL, make_command
+from tests.conftest import run_cli
+from tests.integration.jobs_plane import Plane, collect, http, states
+
+
+@pytest.fixture(scope="module")
+def plane(settings: Settings, stack: Any) -> Iterator[Plane]:
+    p = Plane(settings, uuid.uuid4().hex[:8])
+    try:
+        p.start_control()
+        p.start_worker("wa")
+        p.start_worker("wb")
+        p.warm_up()
+        yield p
+    finally:
+        p.close()
+
+
+async def _ws_statuses(url: str, job_id: str, submit: Any, timeout: float = 30) -> list[dict[str, Any]]:
+    """Subscribe to task_status of ``job_id`` over a real WebSocket, call ``submit``, collect to final."""
+    out: list[dict[str, Any]] = []
+    async with websockets.connect(url.replace("http://", "ws://") + "/ws") as ws:
+        hello = json.loads(await ws.recv())
+        assert hello["type"] == "hello" and "task_status" in hello["types"]
+        await ws.send(json.dumps({"action": "subscribe", "types": ["task_status"], "job_ids": [job_id]}))
+        ack = json.loads(await ws.recv())
+        assert ack == {"type": "subscribed", "types": ["task_status"], "symbols": [], "job_ids": [job_id]}
+        await asyncio.get_running_loop().run_in_executor(None, submit)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), timeout=end - time.monotonic()))
+            assert msg["type"] == "task_status" and msg["job_id"] == job_id
+            out.append(msg["data"])
+            if msg["data"]["state"] in FINAL:
+                return out
+    raise AssertionError(f"no final status over the WebSocket: {out}")
+
+
+def _assert_run(seq: list[dict[str, Any]], job_id: str) -> None:
+    assert states(seq) == ["queued", "running", "succeeded"], states(seq)
+    assert all(s["job_id"] == job_id and s["kind"] == "sleep" for s in seq)
+    running = [s["progress"] for s in seq if s["state"] == "running"]
+    assert running == sorted(running), running
+    assert len({p for p in running if 0 < p < 1}) >= 3, running  # progress rises in steps
+    final = seq[-1]
+    assert final["progress"] == 1.0 and final["cached"] is False and final["error"] is None
+    assert final["result"] == {"slept_s": 1.5, "steps": 6, "chunks": 1, "tag": job_id}
+    assert final["worker"] in ("wa/cpu0", "wb/cpu0")
+
+
+def test_submit_runs_queued_running_succeeded_on_topic_and_websocket(plane: Plane) -> None:
+    job_id = f"seq-{uuid.uuid4().hex[:8]}"
+    follower = plane.follower()
+    try:
+        def submit() -> None:
+            assert plane.submit("sleep", {"seconds": 1.5, "steps": 6, "tag": job_id}, job_id=job_id) == job_id
+
+        ws_seq = asyncio.run(_ws_statuses(plane.url, job_id, submit))
+        topic_seq = collect(follower, job_id)
+    finally:
+        follower.close()
+    _assert_run(topic_seq, job_id)
+    _assert_run(ws_seq, job_id)
+    assert [s["state"] for s in ws_seq] == [s["state"] for s in topic_seq]
+    assert sum(s["state"] == "succeeded" for s in topic_seq) == 1
+    job = plane.job(job_id)
+    assert job["state"] == "succeeded" and job["chunks"][0]["attempt"] == 1 and job["started_ns"] <= job["finished_ns"]
+
+
+def test_identical_resubmit_is_served_from_the_cache(plane: Plane) -> None:
+    spec = {"message": f"cache {uuid.uuid4().hex}", "payload": {"x": [1, 2]}}
+    first = plane.wait(plane.submit("echo", spec), FINAL)
+    assert first["state"] == "succeeded" and first["cached"] is False
+    follower = plane.follower()
+    try:
+        t0 = time.monotonic()
+        again = plane.submit("echo", {"payload": {"x": [1, 2]}, "message": spec["message"], "memory_mb": 16})
+        seq = collect(follower, again, timeout=10)
+        took = time.monotonic() - t0
+    finally:
+        follower.close()
+    assert [(s["state"], s["cached"]) for s in seq] == [("succeeded", True)]  # no queued/running: at once
+    assert seq[0]["result"] == first["result"] == {"message": spec["message"], "payload": {"x": [1, 2]}}
+    assert took < 5
+    bypass = plane.wait(plane.submit("echo", spec, bypass_cache=True), FINAL)
+    assert bypass["state"] == "succeeded" and bypass["cached"] is False and bypass["chunks"][0]["attempt"] == 1
+
+
+def test_invalid_command_on_the_topic_is_rejected_with_a_reason(plane: Plane, settings: Settings) -> None:
+    follower = plane.follower()
+    jobs_before = http("GET", f"{plane.url}/jobs")[1]["count"]
+    producer = make_producer(settings.kafka)
+    bad = {"bad-spec": make_command("SUBMIT", f"bad-{uuid.uuid4().hex[:6]}", "sleep", {"seconds": "soon"}),
+           "bad-kind": make_command("SUBMIT", f"bad-{uuid.uuid4().hex[:6]}", "teleport", {}),
+           "bad-json": make_command("SUBMIT", f"bad-{uuid.uuid4().hex[:6]}", "echo", "{not json")}
+    for cmd in bad.values():
+        producer.produce("cmd.jobs", key=cmd["job_id"].encode(), value=AvroCodec().encode(COMMAND_SCHEMA, cmd))
+    producer.flush(10)
+    try:
+        got = {name: collect(follower, cmd["job_id"], timeout=15) for name, cmd in bad.items()}
+    finally:
+        follower.close()
+    for name, seq in got.items():
+        assert [s["state"] for s in seq] == ["rejected"], (name, seq)
+    assert got["bad-spec"][0]["error"] == "spec field 'seconds' must be a number, got 'soon'"
+    assert got["bad-kind"][0]["error"].startswith("unknown job kind 'teleport'; known kinds:")
+    assert got["bad-json"][0]["error"].startswith("spec is not valid JSON")
+    job = plane.job(bad["bad-spec"]["job_id"])
+    assert job["state"] == "rejected" and job["chunks"] == []
+    assert http("GET", f"{plane.url}/jobs")[1]["count"] == jobs_before + 3
+    assert not [j for j in http("GET", f"{plane.url}/jobs?state=queued,running")[1]["jobs"]]
+
+
+def test_cancel_stops_a_running_job(plane: Plane, settings: Settings) -> None:
+    follower = plane.follower()
+    job_id = plane.submit("sleep", {"seconds": 60, "steps": 120})
+    try:
+        running = plane.wait(job_id, {"running"}, timeout=20)
+        worker = running["chunks"][0]["worker"]
+        status, body = http("DELETE", f"{plane.url}/jobs/{job_id}")
+        assert (status, body) == (202, {"job_id": job_id, "cancel": "requested"})
+        seq = collect(follower, job_id, timeout=15)
+    finally:
+        follower.close()
+    assert states(seq)[-1] == "cancelled" and seq[-1]["message"].startswith("cancelled by http:")
+    assert states(seq) == ["queued", "running", "cancelled"]
+    # the worker really stops: its heartbeat stops listing the chunk, and no result is ever written
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        w = {x["worker_id"]: x for x in plane.workers()}[worker]
+        if not any(r.startswith(job_id) for r in w["running"]):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"{worker} still runs {job_id}")
+    store = ResultStore(redis.Redis.from_url(settings.redis.url), plane.ns)
+    assert store.count(job_id) == 0 and store.runs(job_id, 0) == 1
+    assert plane.job(job_id)["state"] == "cancelled"
+    assert http("DELETE", f"{plane.url}/jobs/{job_id}")[0] == 409
+
+
+def test_deadline_fails_the_job_and_raises_an_alert(plane: Plane, settings: Settings) -> None:
+    t0 = time.time() * 1000
+    job_id = plane.submit("sleep", {"seconds": 60, "steps": 60}, deadline_s=2.0)
+    running = plane.wait(job_id, {"running"}, timeout=20)
+    final = plane.wait(job_id, FINAL, timeout=20)
+    assert final["state"] == "failed" and final["error"].startswith("deadline exceeded by")
+    worker = running["chunks"][0]["worker"]
+    end = time.monotonic() + 5  # the worker was told to stop
+    while any(r.startswith(job_id) for r in {w["worker_id"]: w for w in plane.workers()}[worker]["running"]):
+        assert time.monotonic() < end, f"{worker} still runs {job_id}"
+        time.sleep(0.2)
+    alerts = [r.value for r in read_topic(settings.kafka, "alerts", idle_timeout_s=2)
+              if r.value and r.timestamp_ms >= t0 - 1000 and r.value["kind"] == "JOB_TIMEOUT"]
+    assert [a["source"] for a in alerts] == [job_id] and alerts[0]["labels"]["kind"] == "sleep"
+    _, metrics = http_text(f"{plane.url}/metrics")
+    assert 'mystocks_jobs_timeout_total{kind="sleep"}' in metrics
+
+
+def http_text(url: str) -> tuple[int, str]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.read().decode()
+
+
+def test_http_endpoints_json_and_clear_4xx(plane: Plane) -> None:
+    url = plane.url
+    job_id = plane.submit("echo", {"message": "http"}, priority=5, requester="tester", bypass_cache=True)
+    job = plane.wait(job_id, FINAL)
+    assert {k: job[k] for k in ("job_id", "kind", "state", "priority", "requester", "result", "progress")} == {
+        "job_id": job_id, "kind": "echo", "state": "succeeded", "priority": 5, "requester": "tester",
+        "result": {"message": "http", "payload": {}}, "progress": 1.0}
+    listed = http("GET", f"{url}/jobs?state=succeeded&kind=echo")[1]
+    assert job_id in [j["job_id"] for j in listed["jobs"]] and all(j["state"] == "succeeded" for j in listed["jobs"])
+    assert listed["count"] == len(listed["jobs"])
+    assert http("GET", f"{url}/jobs?state=running")[1]["jobs"] == []
+    cases: list[tuple[str, str, Any, bytes | None, int, str]] = [
+        ("POST", "/jobs", None, b"not json", 400, "body must be a JSON object"),
+        ("POST", "/jobs", [1], None, 400, "body must be a JSON object"),
+        ("POST", "/jobs", {"spec": {}}, None, 400, "field 'kind' (string) is required"),
+        ("POST", "/jobs", {"kind": "warp"}, None, 400, "unknown job kind 'warp'"),
+        ("POST", "/jobs", {"kind": "sleep", "spec": {"steps": -1}}, None, 400, "sleep.steps must be within 1..10000"),
+        ("POST", "/jobs", {"kind": "sleep", "spec": []}, None, 400, "field 'spec' must be a JSON object"),
+        ("POST", "/jobs", {"kind": "sleep", "priority": "high"}, None, 400, "field 'priority' has the wrong type"),
+        ("POST", "/jobs", {"kind": "sleep", "colour": 1}, None, 400, "unknown field(s): colour"),
+        ("POST", "/jobs", {"kind": "sleep", "deadline_s": -1}, None, 400, "deadline_s must be > 0"),
+        ("POST", "/jobs", {"kind": "echo", "job_id": job_id}, None, 409, f"job {job_id} already exists"),
+        ("GET", "/jobs/nope", None, None, 404, "no job 'nope'"),
+        ("DELETE", "/jobs/nope", None, None, 404, "no job 'nope'"),
+        ("DELETE", f"/jobs/{job_id}", None, None, 409, f"job {job_id} is already succeeded"),
+        ("GET", "/jobs?state=done", None, None, 400, "unknown state(s) done"),
+        ("GET", "/jobs?limit=0", None, None, 400, "limit must be a positive integer"),
+        ("PUT", "/jobs", None, None, 405, "Method Not Allowed"),
+        ("GET", "/nothing", None, None, 404, "Not Found"),
+    ]
+    for method, path, body, raw, code, msg in cases:
+        status, payload = http(method, url + path, body, raw)
+        assert status == code and msg in payload["error"], (method, path, status, payload)
+    workers = http("GET", f"{url}/workers")[1]
+    assert workers["count"] == 2 and [w["worker_id"] for w in workers["workers"]] == ["wa", "wb"]
+    dev = workers["workers"][0]["devices"][0]
+    assert dev["id"] == "cpu0" and dev["kind"] == "cpu" and dev["total_bytes"] > dev["free_bytes"] > 0
+    assert set(workers["workers"][0]["kinds"]) >= {"sleep", "echo"}
+    health = http("GET", f"{url}/health")[1]
+    assert health["ready"] is True and health["workers"] == 2
+    _, metrics = http_text(f"{url}/metrics")
+    assert 'mystocks_jobs_submitted_total{kind="echo"}' in metrics and "mystocks_workers_alive 2.0" in metrics
+
+
+def test_websocket_streams_market_data_by_symbol_and_rejects_bad_messages(plane: Plane, settings: Settings) -> None:
+    sym = f"T{uuid.uuid4().hex[:5].upper()}"
+
+    async def run() -> list[dict[str, Any]]:
+        async with websockets.connect(plane.url.replace("http://", "ws://") + "/ws") as ws:
+            await ws.recv()
+            await ws.send("{nope")
+            assert json.loads(await ws.recv()) == {"type": "error", "error": "messages must be JSON objects"}
+            await ws.send(json.dumps({"action": "subscribe", "types": ["quotes"]}))
+            assert json.loads(await ws.recv())["type"] == "error"
+            await ws.send(json.dumps({"action": "subscribe", "types": ["market_data", "alert"], "symbols": [sym]}))
+            assert json.loads(await ws.recv())["types"] == ["alert", "market_data"]
+            await asyncio.sleep(2.0)  # the feed thread positions at the topic's end
+            producer = make_producer(settings.kafka)
+            codec = AvroCodec()
+            for s, px in ((sym, 101.5), ("OTHER", 1.0), (sym, 102.0)):
+                tick = {"symbol": s, "ts_event": time.time_ns(), "seq": 1, "kind": "TRADE", "price": px, "size": 10.0,
+                        "side": 1, "bid": px - 0.01, "ask": px + 0.01, "bid_size": 1.0, "ask_size": 1.0}
+                producer.produce("md.ticks", key=s.encode(), value=codec.encode("mystocks.md.Tick", tick))
+            producer.flush(10)
+            got: list[dict[str, Any]] = []
+            while len(got) < 2:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), timeout=15))
+                if msg["type"] == "market_data":
+                    got.append(msg)
+            return got
+
+    got = asyncio.run(run())
+    assert [(m["symbol"], m["data"]["price"]) for m in got] == [(sym, 101.5), (sym, 102.0)]
+
+
+def test_cli_submit_wait_jobs_job_cancel(plane: Plane, tmp_path: Any) -> None:
+    spec = tmp_path / "sleep.json"
+    tag = uuid.uuid4().hex[:8]
+    spec.write_text(json.dumps({"seconds": 1.0, "steps": 4, "tag": tag}))
+    r = run_cli("submit", "sleep", "--spec", str(spec), "--wait", "--timeout", "60", "--namespace", plane.ns, timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert "succeeded" in r.stdout and f'"tag": "{tag}"' in r.stdout and "slept_s" in r.stdout
+    job_id = r.stdout.split()[1].rstrip(":")
+    r = run_cli("job", job_id, "--url", plane.url, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "succeeded"
+    r = run_cli("jobs", "--state", "succeeded", "--url", plane.url)
+    assert r.returncode == 0 and job_id in r.stdout
+    r = run_cli("submit", "sleep", "--spec", str(spec), "--wait", "--json", "--namespace", plane.ns, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["cached"] is True
+    r = run_cli("cancel", job_id, "--url", plane.url)
+    assert r.returncode == 2 and "is already succeeded" in r.stderr
+    r = run_cli("submit", "sleep", "--spec", '{"seconds": "x"}')
+    assert r.returncode == 2 and "spec field 'seconds' must be a number" in r.stderr
+    r = run_cli("job", "nope", "--url", "http://127.0.0.1:9")
+    assert r.returncode == 1 and "no control app at" in r.stderr
