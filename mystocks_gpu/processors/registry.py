@@ -15,7 +15,13 @@ def _aggregate(**kw: Any) -> Processor[Any]:
     return RunningAggregateProcessor(**kw)
 
 
-PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate}
+def _features(**kw: Any) -> Processor[Any]:
+    from mystocks_gpu.processors.tick_features import TickFeaturesProcessor
+
+    return TickFeaturesProcessor(**kw)
+
+
+PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate, "features": _features}
 
 
 def register(name: str, factory: Callable[..., Processor[Any]]) -> None:

@@ -47,6 +47,7 @@ def run_batches(processor: Processor[Any], batches: Iterable[Sequence[bytes | No
     """Process ``batches`` of framed values in order as one partition; see module docstring."""
     res = HarnessResult()
     state = processor.initial_state()
+    changelog: dict[bytes, bytes] = {}  # a compacted changelog: latest value per key
     base = 0
     for values in batches:
         idx = np.arange(base, base + len(values), dtype=np.int64)
@@ -57,8 +58,8 @@ def run_batches(processor: Processor[Any], batches: Iterable[Sequence[bytes | No
             res.outputs.extend(out)
             res.rejected.extend(out.rejected)
             if roundtrip_state:
-                entries = processor.changelog_entries(state, dec.columns)
-                state = processor.restore(entries, res.symbols)
+                changelog.update(processor.changelog_entries(state, dec.columns))
+                state = processor.restore(changelog.items(), res.symbols)
         base += len(values)
     if flush:
         out, state = processor.flush(state, res.symbols, partition)

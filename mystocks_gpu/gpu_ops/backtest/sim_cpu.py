@@ -255,16 +255,14 @@ def simulate_cpu(
                         )
             # --- mark to market at the close ---
             e = cash + units * c
-            if e == eq:
-                r = 0.0
-            elif eq > 0.0:
+            # per-bar return r = e / eq - 1 (0 when equity is unchanged or eq <= 0): adding a zero
+            # return leaves the sums unchanged, so only changed equity is accumulated
+            if e != eq and eq > 0.0:
                 r = e / eq - 1.0
-            else:
-                r = 0.0
-            s1 = s1 + r
-            s2 = s2 + r * r
-            rn = r if r < 0.0 else 0.0  # branch-free: the sign of r is unpredictable
-            sn2 = sn2 + rn * rn
+                s1 = s1 + r
+                s2 = s2 + r * r
+                rn = r if r < 0.0 else 0.0  # branch-free: the sign of r is unpredictable
+                sn2 = sn2 + rn * rn
             nvalid += 1
             if units != 0.0:
                 nexp += 1

@@ -372,14 +372,13 @@ extern "C" __global__ void bt_sim(
             }
         }
         double e = cash + units * c;
-        double r;
-        if (e == eq) r = 0.0;
-        else if (eq > 0.0) r = e / eq - 1.0;
-        else r = 0.0;
-        s1 = s1 + r;
-        s2 = s2 + r * r;
-        double rn = r < 0.0 ? r : 0.0;
-        sn2 = sn2 + rn * rn;
+        if (e != eq && eq > 0.0) {
+            double r = e / eq - 1.0;
+            s1 = s1 + r;
+            s2 = s2 + r * r;
+            double rn = r < 0.0 ? r : 0.0;
+            sn2 = sn2 + rn * rn;
+        }
         nvalid += 1;
         if (units != 0.0) nexp += 1;
         if (e > peak) {
