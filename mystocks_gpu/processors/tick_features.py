@@ -152,14 +152,14 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         out += [{k: to_host(v) for k, v in b.initial_state(1).arrays.items()} for b in self.builders]
         return out
 
-    def changelog_entries(self, state: FeaturesState, batch: Columns) -> list[tuple[bytes, bytes]]:
-        codes = np.unique(batch.columns["sym"])
+    def changelog_entries(self, state: FeaturesState, codes: np.ndarray, symbols: SymbolTable) -> list[tuple[bytes, bytes]]:
+        codes = np.asarray(codes, np.int64)
         parts = [{k: to_host(v[codes]) for k, v in state.features.arrays.items()}]
         parts += [{k: to_host(v[codes]) for k, v in b.arrays.items()} for b in state.bars]
         entries = []
         for j, code in enumerate(codes.tolist()):
             blob = b"".join(np.ascontiguousarray(p[k][j]).tobytes() for p in parts for k in sorted(p))
-            entries.append((batch.symbols.symbol(code).encode(), blob))
+            entries.append((symbols.symbol(code).encode(), blob))
         return entries
 
     def restore(self, entries: Iterable[tuple[bytes, bytes]], symbols: SymbolTable) -> FeaturesState:
@@ -186,9 +186,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         return FeaturesState(fstate, bars)
 
     def state_to_bytes(self, state: FeaturesState, symbols: SymbolTable) -> bytes:
-        codes = np.arange(state.features.capacity, dtype=np.int32)
-        fake = Columns({"sym": codes}, symbols, codes.astype(np.int64))
-        entries = self.changelog_entries(state, fake)
+        entries = self.changelog_entries(state, np.arange(state.features.capacity), symbols)
         parts = [struct.pack("<I", len(entries))]
         for k, v in entries:
             parts += [struct.pack("<II", len(k), len(v)), k, v]

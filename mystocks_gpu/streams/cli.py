@@ -59,7 +59,8 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--batch-records", type=int, default=5000, help="max records per micro-batch (default 5000)")
     sp.add_argument("--batch-bytes", type=int, default=4 * 1024 * 1024, help="max bytes per micro-batch (default 4 MiB)")
     sp.add_argument("--linger-ms", type=float, default=20.0, help="close a batch this long after its first record (default 20)")
-    sp.add_argument("--commit-interval-ms", type=float, default=0.0, help="commit every N ms (0 = every batch)")
+    sp.add_argument("--commit-interval-ms", type=float, default=100.0,
+                    help="commit (end the transaction) every N ms; 0 = after every batch (default 100)")
     sp.add_argument("--group-protocol", choices=["classic", "consumer"], default="classic",
                     help="classic (cooperative-sticky) or consumer (KIP-848)")
     sp.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds without input")

@@ -58,7 +58,7 @@ def run_batches(processor: Processor[Any], batches: Iterable[Sequence[bytes | No
             res.outputs.extend(out)
             res.rejected.extend(out.rejected)
             if roundtrip_state:
-                changelog.update(processor.changelog_entries(state, dec.columns))
+                changelog.update(processor.changelog_entries(state, np.unique(dec.columns.columns["sym"]), res.symbols))
                 state = processor.restore(changelog.items(), res.symbols)
         base += len(values)
     if flush:

@@ -10,9 +10,11 @@ Rules a processor follows:
   symbols as dense int32 codes (column ``sym``) of the worker's shared :class:`SymbolTable`;
 - if it raises, it must leave ``state`` as it was (the runtime bisects the batch to isolate the
   bad records, sends them to the DLQ and processes the rest);
-- :meth:`changelog_entries` returns ``(key, value)`` bytes describing the state of the keys a batch
-  touched (default: the whole state under one key); :meth:`restore` rebuilds state from the latest
-  entry of every key. A restored worker must produce the same outputs as one that never stopped.
+- :meth:`changelog_entries` returns ``(key, value)`` bytes describing the state of the given symbol
+  codes (those touched since the last commit; default: the whole state under one key);
+  :meth:`restore` rebuilds state from the latest entry of every key. A restored worker must
+  produce the same outputs as one that never stopped. The runtime writes the entries once per
+  commit (not per batch), so a commit interval bounds changelog volume.
 """
 
 from __future__ import annotations
@@ -131,9 +133,10 @@ class Processor(ABC, Generic[S]):
     def state_from_bytes(self, blob: bytes, symbols: SymbolTable) -> S:
         """Inverse of :meth:`state_to_bytes` (codes re-interned in ``symbols``)."""
 
-    def changelog_entries(self, state: S, batch: Columns) -> list[tuple[bytes, bytes]]:
-        """Changelog ``(key, value)`` entries after ``batch``; default: the whole state, one key."""
-        return [(WHOLE_STATE_KEY, self.state_to_bytes(state, batch.symbols))]
+    def changelog_entries(self, state: S, codes: np.ndarray, symbols: SymbolTable) -> list[tuple[bytes, bytes]]:
+        """Changelog ``(key, value)`` entries for the symbol ``codes`` (int32, unique) touched since
+        the last commit; default: the whole state under one key."""
+        return [(WHOLE_STATE_KEY, self.state_to_bytes(state, symbols))]
 
     def restore(self, entries: Iterable[tuple[bytes, bytes]], symbols: SymbolTable) -> S:
         """State from the latest changelog entry of every key (default: the whole-state entry)."""

@@ -92,6 +92,7 @@ class StreamWorker:
         self._paused: list[TopicPartition] = []
         self._last_lag = 0.0
         self._assigned_at = 0.0
+        self._dirty: dict[int, list[np.ndarray]] = {}  # partition -> symbol codes touched since the last commit
         self.consumer: Any = None
         self.producer: Any = None
         self.states: PartitionStates | None = None
@@ -253,7 +254,6 @@ class StreamWorker:
         t0 = time.perf_counter()
         ingest_ns = self.clock()
         out = Outputs()
-        changelog: list[tuple[int, bytes, bytes]] = []
         for partition, idx_list in batch.by_partition().items():
             if partition not in self.states.states:
                 continue  # revoked while the batch was forming
@@ -264,10 +264,10 @@ class StreamWorker:
                 part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
                 self.states.states[partition] = new_state
                 out.extend(part_out)
-                changelog.extend((partition, k, v) for k, v in self.processor.changelog_entries(new_state, decoded.columns))
+                self._dirty.setdefault(partition, []).append(decoded.columns.columns["sym"])
                 self._txn_partitions.add(partition)
         try:
-            self._produce(batch, out, changelog, ingest_ns // 1_000_000)
+            self._produce(batch, out)
         except KafkaException as exc:
             self._recover(exc.args[0], "produce")
             return
@@ -290,16 +290,14 @@ class StreamWorker:
             self.producer.begin_transaction()
             self._in_txn = True
 
-    def _produce(self, batch: RawBatch, out: Outputs, changelog: list[tuple[int, bytes, bytes]], ts_ms: int) -> None:
-        """Outputs (partitioned by key), changelog entries (co-partitioned) and dead letters."""
+    def _produce(self, batch: RawBatch, out: Outputs) -> None:
+        """Outputs (partitioned by key) and dead letters of one batch."""
         assert self.states is not None
         self._begin()
         for topic, (keys, values, ts) in out.records.items():
             self._send_many(topic, keys, values, ts)
             self.summary.records_out += len(values)
             self.metrics.records_out.inc(len(values))
-        for partition, key, value in changelog:
-            self._send(self.states.changelog, key, value, ts_ms, partition=partition)
         dlq = dlq_topic(self.topic)
         for rej in out.rejected:
             i = rej.index
@@ -337,12 +335,26 @@ class StreamWorker:
             return False
         return (time.monotonic() - self._last_commit) * 1000.0 >= self.rt.commit_interval_ms
 
+    def _write_changelog(self) -> None:
+        """Changelog entries (co-partitioned) for the symbols touched since the last commit."""
+        assert self.states is not None
+        ts_ms = self.clock() // 1_000_000
+        for partition, chunks in self._dirty.items():
+            state = self.states.states.get(partition)
+            if state is None:
+                continue
+            codes = np.unique(np.concatenate(chunks))
+            for key, value in self.processor.changelog_entries(state, codes, self.symbols):
+                self._send(self.states.changelog, key, value, ts_ms, partition=partition)
+        self._dirty.clear()
+
     def _commit(self) -> None:
         if not self._pending_offsets and not self._in_txn:
             return
         t0 = time.perf_counter()
         offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(self._pending_offsets.items())]
         try:
+            self._write_changelog()
             if self.rt.exactly_once:
                 self._begin()
                 if offsets:
@@ -402,6 +414,7 @@ class StreamWorker:
         else:
             self.producer.purge(in_queue=True, in_flight=False)
         self._in_txn = False
+        self._dirty.clear()
         parts = sorted(self._txn_partitions | set(self._pending_offsets))
         self._pending_offsets.clear()
         self._txn_partitions.clear()

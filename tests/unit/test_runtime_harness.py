@@ -47,6 +47,42 @@ def test_batch_linger_counts_from_first_record() -> None:
     assert acc.ready(1.05)
 
 
+class _Msg:
+    def __init__(self, v: bytes, p: int, o: int) -> None:
+        self.v, self.p, self.o = v, p, o
+
+    def value(self) -> bytes:
+        return self.v
+
+    def key(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return self.p
+
+    def offset(self) -> int:
+        return self.o
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1000 + self.o)
+
+    def topic(self) -> str:
+        return "t"
+
+
+def test_add_messages_cuts_on_records_and_bytes_across_consume_calls() -> None:
+    acc = BatchAccumulator(max_records=5, max_bytes=10**9, linger_s=10)
+    rest = acc.add_messages([_Msg(b"x", 0, i) for i in range(3)], now=0.0)
+    assert rest == [] and not acc.ready(0.0)  # one consume() call did not fill it
+    rest = acc.add_messages([_Msg(b"y", 1, i) for i in range(4)], now=0.1)
+    assert len(rest) == 2 and acc.ready(0.1)
+    b = acc.take()
+    assert b.partitions == [0, 0, 0, 1, 1] and b.next_offsets() == {0: 3, 1: 2} and b.timestamps_ms[-1] == 1001
+    acc = BatchAccumulator(max_records=100, max_bytes=10, linger_s=10)
+    rest = acc.add_messages([_Msg(b"abcd", 0, i) for i in range(5)], now=0.0)
+    assert len(acc.batch) == 3 and acc.batch.nbytes == 12 and len(rest) == 2 and acc.ready(0.0)
+
+
 def test_drop_revoked_partitions() -> None:
     acc = BatchAccumulator(100, 10**9, 1)
     for i, p in enumerate([0, 1, 0, 2]):

@@ -667,6 +667,12 @@ def run_backtest(
         spec: an :class:`EngineSpec` (e.g. ``BacktestSpec``); universe and time range are applied.
         backend: ``auto`` (default) / ``cpu`` / ``gpu``.
         progress_cb: called with the fraction of cells x bars done after every chunk.
+
+    Returns a :class:`BacktestOutput` whose ``stats`` rows are symbol-major (symbols in data order
+    for ``universe="all"``, else in the spec's sorted universe order; parameter sets in grid order,
+    ``param_id``), with the curves of the best ``spec.n_curves`` cells by ``spec.metric``.
+    Raises :class:`BacktestInputError` for unusable inputs and ``BackendUnavailable`` when ``gpu``
+    is asked for without one.
     """
     t_start = time.perf_counter()
     be = select(backend)

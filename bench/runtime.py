@@ -1,0 +1,249 @@
+"""Benchmark: the stream runtime on its built-in workload (per-symbol running count / sum / last of
+tick prices) vs Quix Streams doing the same, with Kafka's own consumer as the ceiling.
+
+One run, one broker, one input topic (``--n`` synthetic ticks over ``--symbols`` symbols in
+``--partitions`` partitions, produced once before any contender starts); each contender reads it
+from the beginning in a fresh consumer group:
+
+- ours EOS / ours ALO: ``StreamWorker(RunningAggregateProcessor)`` with exactly-once /
+  at-least-once (``RuntimeConfig`` defaults otherwise: 5000-record batches, 20 ms linger, a
+  transaction / offset commit per batch), output Avro to its own topic. records/s = input count /
+  (final commit - first consumed record); numba compilation is paid before timing.
+- Quix Streams: ``StreamingDataFrame.apply(stateful=True)`` keeping ``[count, sum, last]`` per key
+  in its RocksDB state (changelog on), ``processing_guarantee="exactly-once"`` (Quix defaults
+  otherwise: 5 s commit interval), values decoded from Confluent-framed Avro with fastavro
+  (``schemaless_reader`` after the 5-byte prefix, a custom ``Deserializer``) and written as
+  Confluent-framed ``RunningAggregate`` Avro (fastavro, a custom ``Serializer``) with ``to_topic``.
+  records/s = input count / (final forced checkpoint commit - first deserialised record).
+- ceiling: ``org.apache.kafka.tools.ConsumerPerformance --messages N`` (consume only, JVM);
+  ``fetch.nMsg.sec`` (excludes the group join) is the ceiling, ``nMsg.sec`` is printed too.
+
+Correctness: every contender's output topic holds exactly ``n`` committed records and the last
+record per symbol equals the reference (count, sum, last over the whole input, sequential sums).
+Profile: where our EOS time goes, from the worker's Prometheus histograms (decode+process+produce
+per batch vs transaction commit) and from cProfile on a ``--profile-n`` run.
+
+    python bench/runtime.py --n 300000 --partitions 4 --symbols 500 --json bench/out/runtime.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor  # noqa: E402
+from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig  # noqa: E402
+
+AGG = "mystocks.streams.RunningAggregate"
+TICK = "mystocks.md.Tick"
+
+
+def reference(cols: dict[str, np.ndarray], names: list[str]) -> dict[bytes, tuple[int, float, float]]:
+    """Final (count, sum, last) per symbol, summed in input order like every contender."""
+    ref: dict[int, list[Any]] = {}
+    for s, p in zip(cols["sym"].tolist(), cols["price"].tolist(), strict=True):
+        r = ref.get(s)
+        if r is None:
+            ref[s] = [1, p, p]
+        else:
+            r[0] += 1
+            r[1] += p
+            r[2] = p
+    return {names[k].encode(): (v[0], v[1], v[2]) for k, v in ref.items()}
+
+
+def check_output(s: Any, topic: str, n: int, ref: dict[bytes, tuple[int, float, float]]) -> str:
+    """``ok`` when the topic holds ``n`` committed records and the last one per key matches ``ref``."""
+    count, last = C.count_topic(s, topic, last_per_key=True)
+    dec = C.avro_reader(AGG)
+    bad = 0
+    for k, (c, sm, lp) in ref.items():
+        v = last.get(k)
+        rec = dec(v) if v is not None else None
+        if rec is None or rec["count"] != c or rec["sum"] != sm or rec["last"] != lp:
+            bad += 1
+    if count != n or bad:
+        return f"FAIL ({count} outputs for {n} inputs, {bad} symbols differ)"
+    return "ok"
+
+
+def run_ours(s: Any, topic: str, out: str, tag: str, name: str, guarantee: str, n: int, batch: int,
+             cols: dict[str, np.ndarray], names: list[str], profile: bool = False) -> tuple[dict[str, Any], Any]:
+    proc = RunningAggregateProcessor(output_topic=out)
+    C.warm_processor(RunningAggregateProcessor(output_topic=out), cols, names)
+    rt = RuntimeConfig(guarantee=guarantee, max_records=batch)
+    w = C.TimedWorker(proc, s.kafka, rt, group=f"bench-rt-{name}-{tag}", worker_id="w0", input_topic=topic)
+    prof = cProfile.Profile() if profile else None
+    if prof:
+        prof.enable()
+    summary = w.run(idle_exit_s=30.0, max_records=n)
+    if prof:
+        prof.disable()
+    res = {"records_in": summary.records_in, "records_out": summary.records_out, "dlq": summary.dlq,
+           "batches": summary.batches, "aborts": summary.aborts, "busy_s": w.busy_s,
+           "rps": summary.records_in / w.busy_s,
+           "batch_s_sum": C.metric(w, "mystocks_stream_batch_seconds_sum"),
+           "commit_s_sum": C.metric(w, "mystocks_stream_commit_seconds_sum"),
+           "commits": C.metric(w, "mystocks_stream_commit_seconds_count")}
+    return res, prof
+
+
+def run_quix(s: Any, topic: str, out: str, tag: str, n: int) -> dict[str, Any]:
+    from quixstreams import Application
+
+    deser, ser = C.quix_serdes(TICK, AGG)
+    with tempfile.TemporaryDirectory(prefix="bench-quix-") as state_dir:
+        app = Application(broker_address=s.kafka.bootstrap_servers, consumer_group=f"bench-rt-quix-{tag}",
+                          auto_offset_reset="earliest", processing_guarantee="exactly-once",
+                          state_dir=state_dir, loglevel="WARNING", use_changelog_topics=True)
+        t_in = app.topic(topic, value_deserializer=deser, key_deserializer="bytes")
+        t_out = app.topic(out, value_serializer=ser, key_serializer="bytes")
+
+        def agg(v: dict[str, Any], state: Any) -> dict[str, Any]:
+            p = v["price"]
+            a = state.get("a")
+            a = [1, p, p] if a is None else [a[0] + 1, a[1] + p, p]
+            state.set("a", a)
+            return {"symbol": v["symbol"], "ts_event": v["ts_event"], "seq": v["seq"], "count": a[0],
+                    "sum": a[1], "last": p}
+
+        sdf = app.dataframe(t_in)
+        sdf = sdf.apply(agg, stateful=True)
+        sdf.to_topic(t_out)
+        timing = C.time_quix_commit(app)
+        type(deser).t_first = None
+        app.run(count=n, collect=False)
+        t_first, t_end = type(deser).t_first, timing.get("t_end")
+    busy = (t_end - t_first) if t_first and t_end else float("nan")
+    return {"busy_s": busy, "rps": n / busy, "commit_interval_s": 5.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=300_000, help="input ticks (default 300000)")
+    ap.add_argument("--partitions", type=int, default=4, help="input partitions (default 4)")
+    ap.add_argument("--symbols", type=int, default=500, help="distinct symbols (default 500)")
+    ap.add_argument("--batch", type=int, default=5000, help="our RuntimeConfig.max_records (default 5000)")
+    ap.add_argument("--profile-n", type=int, default=50_000, help="ticks for the cProfile run (default 50000; 0 = skip)")
+    ap.add_argument("--skip-quix", action="store_true", help="leave Quix Streams out")
+    ap.add_argument("--skip-ceiling", action="store_true", help="leave Kafka's ConsumerPerformance out")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    s, tag, n = C.settings(), C.new_tag(), args.n
+    t_script = time.perf_counter()
+    m0 = C.machine()
+    topic = f"bench.rt.in.{tag}"
+    outs = {k: f"bench.rt.out.{k}.{tag}" for k in ("eos", "alo", "quix", "prof")}
+    print(f"runtime bench: n={n:,} ticks, {args.symbols} symbols, {args.partitions} partitions, batch {args.batch}, "
+          f"profile n={args.profile_n:,}; tag {tag}; {m0['cores']} cores, load {m0['loadavg_1min']}")
+    results: dict[str, Any] = {}
+    checks: dict[str, str] = {}
+    notes: list[str] = []
+    try:
+        C.create_topics(s, [(topic, TICK, args.partitions), (topic + ".dlq", None, 1)]
+                        + [(o, AGG, args.partitions) for o in outs.values()])
+        cols, names = C.synthetic(n, args.symbols)
+        print(f"  produced {n:,} ticks in {C.produce_ticks(s, topic, cols, names):.1f} s")
+        ref = reference(cols, names)
+
+        if not args.skip_ceiling:
+            try:
+                cp = C.consumer_perf(s, topic, n, f"bench-rt-cperf-{tag}")
+                results["ceiling"] = cp
+                print(f"  ConsumerPerformance: fetch.nMsg.sec={cp.get('fetch.nMsg.sec')} nMsg.sec={cp.get('nMsg.sec')} "
+                      f"rebalance.time.ms={cp.get('rebalance.time.ms')}")
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                notes.append(f"ConsumerPerformance failed: {exc}")
+                print(f"  {notes[-1]}")
+
+        for name, g in (("eos", EXACTLY_ONCE), ("alo", AT_LEAST_ONCE)):
+            r, _ = run_ours(s, topic, outs[name], tag, name, g, n, args.batch, cols, names)
+            results[f"ours_{name}"] = r
+            ok = r["records_in"] == n and r["records_out"] == n and r["dlq"] == 0
+            checks[f"ours_{name}"] = check_output(s, outs[name], n, ref) if ok else f"FAIL summary {r}"
+            print(f"  ours {name.upper()}: {r['rps']:,.0f} rec/s ({r['busy_s']:.2f} s, {r['batches']} batches) "
+                  f"check {checks[f'ours_{name}']}")
+
+        if not args.skip_quix:
+            try:
+                results["quix_eos"] = run_quix(s, topic, outs["quix"], tag, n)
+                checks["quix_eos"] = check_output(s, outs["quix"], n, ref)
+                print(f"  Quix EOS: {results['quix_eos']['rps']:,.0f} rec/s ({results['quix_eos']['busy_s']:.2f} s) "
+                      f"check {checks['quix_eos']}")
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                notes.append(f"Quix Streams failed: {type(exc).__name__}: {exc}")
+                print(f"  {notes[-1]}")
+
+        prof_text = ""
+        if args.profile_n:
+            pn = min(args.profile_n, n)
+            r, prof = run_ours(s, topic, outs["prof"], tag, "prof", EXACTLY_ONCE, pn, args.batch, cols, names,
+                               profile=True)
+            results["profile_run"] = r
+            buf = io.StringIO()
+            st = pstats.Stats(prof, stream=buf)
+            st.strip_dirs().sort_stats("cumulative").print_stats(15)
+            buf.write("\n--- top 10 by own time (tottime) ---\n")
+            st.sort_stats("tottime").print_stats(10)
+            prof_text = buf.getvalue()
+    finally:
+        deleted = C.cleanup(s, tag)
+
+    eos, alo, qx = results.get("ours_eos", {}), results.get("ours_alo", {}), results.get("quix_eos", {})
+    ceil = results.get("ceiling", {})
+    ceil_rps = float(ceil["fetch.nMsg.sec"]) if ceil.get("fetch.nMsg.sec") else None
+    rows = [
+        ("ours EOS (StreamWorker)", eos.get("rps"), eos.get("busy_s"), C.ratio(eos.get("rps"), ceil_rps), checks.get("ours_eos")),
+        ("ours ALO (StreamWorker)", alo.get("rps"), alo.get("busy_s"), C.ratio(alo.get("rps"), ceil_rps), checks.get("ours_alo")),
+        ("Quix Streams EOS", qx.get("rps"), qx.get("busy_s"), C.ratio(qx.get("rps"), ceil_rps), checks.get("quix_eos")),
+        ("Kafka ConsumerPerformance (consume only)", ceil_rps,
+         float(ceil["fetch.time.ms"]) / 1000 if ceil.get("fetch.time.ms") else None, 1.0 if ceil_rps else None, "-"),
+    ]
+    print(f"\nper-key running count/sum/last, {n:,} ticks, {args.symbols} symbols, {args.partitions} partitions "
+          f"(load avg {m0['loadavg_1min']} -> {C.machine()['loadavg_1min']} on {m0['cores']} cores)")
+    C.print_table(["contender", "records/s", "seconds", "x ceiling", "check"], rows)
+    r_quix, r_ceil = C.ratio(eos.get("rps"), qx.get("rps")), C.ratio(eos.get("rps"), ceil_rps)
+    print(f"ratio ours EOS / Quix EOS: {C.fmt(r_quix)}   ours EOS / consumer ceiling: {C.fmt(r_ceil)}")
+
+    if eos:
+        other = eos["busy_s"] - eos["batch_s_sum"] - eos["commit_s_sum"]
+        print(f"\nwhere ours EOS time goes ({eos['busy_s']:.2f} s, {eos['batches']} batches, {eos['commits']:.0f} commits):")
+        C.print_table(["part", "seconds", "share %"], [
+            ("decode+process+produce (batch_seconds)", eos["batch_s_sum"], 100 * eos["batch_s_sum"] / eos["busy_s"]),
+            ("transaction commit (commit_seconds)", eos["commit_s_sum"], 100 * eos["commit_s_sum"] / eos["busy_s"]),
+            ("consume, batching, rest", other, 100 * other / eos["busy_s"])])
+    if prof_text:
+        print(f"\ncProfile of ours EOS on {min(args.profile_n, n):,} ticks (top 15 cumulative):")
+        print("\n".join(ln for ln in prof_text.splitlines() if ln.strip() and not ln.startswith("   Ordered by")))
+    for note in notes:
+        print(f"NOTE: {note}")
+    total = time.perf_counter() - t_script
+    print(f"\ntotal {total:.0f} s; deleted {len(deleted)} topics")
+
+    C.write_json(args.json, {
+        "machine": m0, "loadavg_1min_end": C.machine()["loadavg_1min"], "n": n, "symbols": args.symbols,
+        "partitions": args.partitions, "batch": args.batch, "profile_n": args.profile_n,
+        "ours_eos_rps": eos.get("rps"), "ours_alo_rps": alo.get("rps"), "quix_eos_rps": qx.get("rps"),
+        "kafka_consumer_ceiling_rps": ceil_rps, "ratio_vs_quix": r_quix, "ratio_vs_ceiling": r_ceil,
+        "checks": checks, "details": {k: v for k, v in results.items()}, "notes": notes,
+        "quix_value_codec": "fastavro schemaless_reader/writer behind custom Quix Deserializer/Serializer",
+        "total_s": total})
+    return 0 if all(v == "ok" for v in checks.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
