@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.request
 import uuid
 from typing import Any
 
@@ -75,8 +76,10 @@ def test_sigkilled_worker_job_is_requeued_and_its_result_appears_once(settings: 
 
 def test_realtime_reservation_and_memory_are_respected_across_two_workers(settings: Settings, stack: Any) -> None:
     plane = Plane(settings, uuid.uuid4().hex[:8])
-    a_devs = json.dumps([{"id": "gpu0", "total_mb": 24576}, {"id": "gpu1", "total_mb": 4096}])
-    b_devs = json.dumps([{"id": "gpu0", "total_mb": 16384}])
+    # rt-a/gpu1 is 95 % full (GPU_MEMORY alert); bt-b/gpu0 runs at 99 % utilisation (GPU_OVERLOAD alert)
+    a_devs = json.dumps([{"id": "gpu0", "total_mb": 24576}, {"id": "gpu1", "total_mb": 4096, "free_mb": 200}])
+    b_devs = json.dumps([{"id": "gpu0", "total_mb": 16384, "utilization": 0.99}])
+    t0_ms = time.time() * 1000
     try:
         plane.start_control()
         plane.start_worker("rt-a", "--fake-devices", a_devs, "--reserve", "gpu0=tick-features")
@@ -102,9 +105,17 @@ def test_realtime_reservation_and_memory_are_respected_across_two_workers(settin
         assert [j["state"] for j in jobs] == ["succeeded"] * 3
         assert {j["worker"] for j in jobs} == {"bt-b/gpu0"}
         assert seen_waiting
-        # the small job fits next to nothing reserved: rt-a/gpu1 (4 GiB) -- never rt-a/gpu0
+        # the small job does not fit the nearly full rt-a/gpu1 and never goes to the reserved rt-a/gpu0
         s = plane.wait(small, FINAL, timeout=30)
-        assert s["state"] == "succeeded" and s["worker"] in ("rt-a/gpu1", "bt-b/gpu0")
+        assert s["state"] == "succeeded" and s["worker"] == "bt-b/gpu0"
+        alerts = {(a["kind"], a["source"]) for a in (x.value for x in read_topic(settings.kafka, "alerts", idle_timeout_s=2)
+                                                      if x.timestamp_ms >= t0_ms - 1000) if a is not None}
+        assert {("GPU_MEMORY", "rt-a/gpu1"), ("GPU_OVERLOAD", "bt-b/gpu0")} <= alerts
+        assert not {a for a in alerts if a[1] == "rt-a/gpu0"}
+        with urllib.request.urlopen(f"{plane.url}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        assert 'mystocks_gpu_overloaded{device="gpu0",worker="bt-b"} 1.0' in metrics
+        assert 'mystocks_gpu_memory_high{device="gpu1",worker="rt-a"} 1.0' in metrics
         # the runs never overlapped in time
         spans = sorted((j["started_ns"], j["finished_ns"]) for j in jobs)
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans

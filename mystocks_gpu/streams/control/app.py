@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from typing import Any
 import faust
 import redis.asyncio as aredis
 
+from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.alerts import ALERT_SCHEMA, AlertMonitor
 from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.exceptions import BrokerUnreachable
 from mystocks_gpu.infra.heartbeat import read_workers_async
 from mystocks_gpu.infra.result_cache import ResultCache
 from mystocks_gpu.infra.scheduler import WorkerInfo
@@ -40,6 +43,61 @@ from mystocks_gpu.streams.control.protocol import (
 from mystocks_gpu.streams.control.state import ControlCore, Effects, submit_cache_key
 
 log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """librdkafka producer used for every record the control app publishes (statuses, dispatches,
+    alerts, commands, dead letters). Faust's aiokafka producer only writes the table changelog:
+    sending to many, newly created per-worker topics through aiokafka narrows its metadata to
+    the last topic and can spin in a metadata loop, stalling every other send."""
+
+    def __init__(self, settings: Settings) -> None:
+        from mystocks_gpu.infra.kafka_clients import make_producer
+
+        self.producer = make_producer(settings.kafka, **{"linger.ms": 1, "compression.type": "none"})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="control-publisher", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, *, timestamp_ns: int | None = None,
+             headers: list[tuple[str, bytes]] | None = None, on_delivery: Any = None) -> None:
+        """Queue one record (non-blocking; retries while librdkafka's queue is full)."""
+        kw: dict[str, Any] = {"key": key, "value": value, "headers": headers, "on_delivery": on_delivery}
+        if timestamp_ns:
+            kw["timestamp"] = timestamp_ns // 1_000_000
+        while True:
+            try:
+                self.producer.produce(topic, **kw)
+                return
+            except BufferError:
+                time.sleep(0.01)
+
+    async def send_and_wait(self, topic: str, key: bytes, value: bytes, timestamp_ns: int | None = None) -> None:
+        """Queue one record and wait for the broker's ack (:class:`BrokerUnreachable` on failure)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def done(err: Any, msg: Any) -> None:
+            def settle() -> None:
+                if fut.done():
+                    return
+                if err is not None:
+                    fut.set_exception(BrokerUnreachable(f"{topic}: {err.str()}"))
+                else:
+                    fut.set_result(None)
+            loop.call_soon_threadsafe(settle)
+
+        self.send(topic, key, value, timestamp_ns=timestamp_ns, on_delivery=done)
+        await fut
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued, stop polling."""
+        self._stop.set()
+        self.producer.flush(timeout_s)
 
 
 class ControlApp:
@@ -65,6 +123,7 @@ class ControlApp:
         self.table.partition_for_key = lambda key: 0  # type: ignore[method-assign]
         self.source = self.app.topic(cfg.commands_topic, cfg.events_topic, key_serializer="raw",
                                      value_serializer="raw", acks=True)
+        self.publisher: Publisher | None = None
         self.core = ControlCore(self.table, cfg.scheduler())
         self.monitor = AlertMonitor(cfg.thresholds())
         self.hub = Hub()
@@ -94,11 +153,23 @@ class ControlApp:
         async def dlq_watch() -> None:
             await self._dlq_check()
 
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]
+        async def close_publisher(app: Any, **kwargs: Any) -> None:
+            if self.publisher is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.publisher.close)
+
         @app.task
         async def web() -> None:
             from mystocks_gpu.streams.control.web import serve
 
             await serve(self)
+
+    @property
+    def pub(self) -> Publisher:
+        """The librdkafka publisher (created on first use, inside the running app)."""
+        if self.publisher is None:
+            self.publisher = Publisher(self.settings)
+        return self.publisher
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -197,23 +268,21 @@ class ControlApp:
         log.warning("command at %s:%s dead-lettered: %s", m.partition, m.offset, error)
         headers = [("error", error.encode()), ("source_topic", m.topic.encode()),
                    ("source_partition", str(m.partition).encode()), ("source_offset", str(m.offset).encode())]
-        await self.app.producer.send(m.topic + ".dlq", event.key, event.value, None, None, headers)
+        self.pub.send(m.topic + ".dlq", event.key, event.value, headers=headers)
 
     # ---- effects -----------------------------------------------------------------------
     async def apply(self, eff: Effects) -> None:
         """Publish statuses, dispatches and alerts; write cache entries."""
-        prod = self.app.producer
         for st in eff.statuses:
-            await prod.send(self.cfg.status_topic, st["job_id"].encode(), self.codec.encode(STATUS_SCHEMA, st), None,
-                            st["ts_event"] / 1e9, None)
+            self.pub.send(self.cfg.status_topic, st["job_id"].encode(), self.codec.encode(STATUS_SCHEMA, st),
+                          timestamp_ns=st["ts_event"])
             self.hub.publish("task_status", status_to_json(st), job_id=st["job_id"])
         for worker, msg in eff.dispatch:
-            await prod.send(self.cfg.dispatch_topic(worker), msg["job_id"].encode(), json.dumps(msg).encode(), None,
-                            None, None)
+            self.pub.send(self.cfg.dispatch_topic(worker), msg["job_id"].encode(), json.dumps(msg).encode())
         for al in eff.alerts:
             log.warning("alert %s %s: %s", al["kind"], al["source"], al["message"])
-            await prod.send(self.cfg.alerts_topic, al["source"].encode(), self.codec.encode(ALERT_SCHEMA, al), None,
-                            al["ts_event"] / 1e9, None)
+            self.pub.send(self.cfg.alerts_topic, al["source"].encode(), self.codec.encode(ALERT_SCHEMA, al),
+                          timestamp_ns=al["ts_event"])
             self.hub.publish("alert", al, job_id=al["labels"].get("job_id"))
         for key, result in eff.cache_puts:
             if self.cache is not None:
@@ -224,9 +293,8 @@ class ControlApp:
 
     async def produce_command(self, cmd: dict[str, Any]) -> None:
         """Produce a JobCommand to ``cmd.jobs`` and wait for the broker's ack (web handlers)."""
-        fut = await self.app.producer.send(self.cfg.commands_topic, cmd["job_id"].encode(),
-                                           self.codec.encode(COMMAND_SCHEMA, cmd), None, cmd["ts_event"] / 1e9, None)
-        await fut
+        await self.pub.send_and_wait(self.cfg.commands_topic, cmd["job_id"].encode(),
+                                     self.codec.encode(COMMAND_SCHEMA, cmd), cmd["ts_event"])
 
 
 def _dlq_levels(settings: Settings, names: list[str]) -> dict[str, int]:
@@ -254,6 +322,11 @@ def _dlq_levels(settings: Settings, names: list[str]) -> dict[str, int]:
 
 def run_control(settings: Settings, cfg: JobsConfig) -> int:
     """Run the control app until SIGINT/SIGTERM; returns the exit code."""
+    from aiokafka import codec
+
+    if not (codec.has_lz4() and codec.has_snappy() and codec.has_zstd()):
+        raise ConfigError("the control app reads lz4/snappy/zstd-compressed batches (the project's producers use lz4): "
+                          "install cramjam (pip install 'cramjam>=2.8'), which aiokafka needs for them")
     ctl = ControlApp(settings, cfg)
     worker = faust.Worker(ctl.app, loglevel=settings.log.level.upper(), override_logging=False,
                           redirect_stdouts=False, console_port=0)

@@ -1,0 +1,646 @@
+"""Benchmark: real-time tick features end to end (Kafka in -> features -> Kafka out), ours vs Quix
+Streams, faust-streaming and a naive pandas recompute, then tick->feature latency at a fixed load.
+
+Same input for every throughput contender: ``--n`` synthetic ticks (``--symbols`` symbols, Zipf
+activity, 30 % trades) in ``--partitions`` partitions, produced once; each contender reads it from
+the beginning in a fresh group and writes one ``FeatureVector`` (Confluent-framed Avro) per tick to
+its own topic. Same features for everyone, per symbol, trades update / quotes repeat the last
+values: ``ret``, ``ema_10``, ``ema_50`` (pandas ``ewm(span, adjust=False)``), ``roll_mean``,
+``roll_std`` (last 20 trades, ddof=1, NaN until 20 trades), ``vwap_session`` (cumulative since the
+symbol's first trade).
+
+- ours EOS / ALO: ``StreamWorker`` + ``TickFeaturesProcessor(FeaturesProcessorConfig(
+  features=FeatureConfig(features=("ret", "ema", "roll_mean", "roll_std", "vwap_session")),
+  bar_intervals_ns=()))`` (no bars), exactly-once / at-least-once, ``RuntimeConfig`` defaults
+  otherwise (``--batch`` records per batch; linger and commit interval are printed). Numba
+  compilation is paid before timing.
+- Quix Streams: ``StreamingDataFrame.apply(stateful=True)`` with the per-symbol state in its
+  RocksDB store (changelog on), exactly-once (``--quix-guarantee``), 5 s commit interval (Quix
+  default); values in/out with fastavro behind custom (de)serializers.
+- faust-streaming: an agent over ``stream.take(--batch, within=0.02 s)`` with a faust ``Table``
+  (``store='memory://'``, ``use_partitioner=True``) holding each symbol's state, written once per
+  touched symbol per batch; at-least-once (faust default); runs as a subprocess of this script and
+  is stopped once it has processed the input (or its wall cap).
+- pandas: confluent-kafka ``consume(--batch)``, fastavro decode, append to one history frame and
+  recompute ``groupby(symbol)`` pct_change / ewm / rolling / cumsum over the whole history every
+  batch, forward-fill quotes, emit the batch's rows (fastavro + produce).
+
+The three peers run the same per-tick Python function (:func:`step`) as the reference of the
+correctness check. Peers are capped at ``--cap-s`` seconds of processing; the table states the
+count each one processed. Throughput = ticks processed / (last commit or flush - first record).
+
+Correctness: the committed output count of each topic, and the last feature vector of every
+symbol compared with the reference at that symbol's ``seq`` (max relative difference, NaN
+positions must agree).
+
+Latency (ours, at-least-once then exactly-once): a producer subprocess offers ``--rate`` ticks/s for
+``--latency-s`` s with ``ts_event = time.time_ns()`` at produce time; our worker runs in another
+subprocess; this process consumes the output (read_committed) and takes, per feature vector,
+latency = receive wall time - ``ts_event``. p50/p99/p99.9 in ms.
+
+    python bench/features_e2e.py --n 100000 --symbols 500 --json bench/out/features_e2e.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+from mystocks_gpu.gpu_ops.features_config import FeatureConfig  # noqa: E402
+from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor  # noqa: E402
+from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig  # noqa: E402
+
+TICK = "mystocks.md.Tick"
+FV = "mystocks.features.FeatureVector"
+FEATURES = ("ret", "ema", "roll_mean", "roll_std", "vwap_session")
+FCFG = FeatureConfig(features=FEATURES)
+NAMES: tuple[str, ...] = tuple(FCFG.output_names())  # ret, ema_10, ema_50, roll_mean, roll_std, vwap_session
+NWIN = FCFG.window_ticks
+A10, A50 = (float(a) for a in FCFG.ema_alphas())
+NAN = float("nan")
+SCRIPT = Path(__file__).resolve()
+
+
+# ---- the peers' per-tick features (pure Python, JSON-safe state: None stands for NaN) ----------
+def new_state() -> list[Any]:
+    """[trades, prev price, sum(p v), sum(v), ema_10, ema_50, ring of the last NWIN prices, last output]."""
+    return [0, 0.0, 0.0, 0.0, 0.0, 0.0, [0.0] * NWIN, [None] * len(NAMES)]
+
+
+def _ema(e: float, x: float, a: float) -> float:
+    if e != x:  # the same arithmetic as our kernel (pandas ewm(adjust=False))
+        om = 1.0 - a
+        e = (om * e + a * x) / (om + a)
+    return e
+
+
+def step(st: list[Any], trade: bool, p: float, v: float) -> list[Any]:
+    """Update ``st`` with one tick; returns the feature values (None = NaN) in :data:`NAMES` order."""
+    if trade:
+        n = st[0]
+        ret = p / st[1] - 1.0 if n >= 1 else None
+        cpv, cv = st[2] + p * v, st[3] + v
+        st[2], st[3] = cpv, cv
+        vw = cpv / cv if cv != 0.0 else None
+        if n == 0:
+            e10 = e50 = p
+        else:
+            e10, e50 = _ema(st[4], p, A10), _ema(st[5], p, A50)
+        st[4], st[5] = e10, e50
+        ring = st[6]
+        ring[n % NWIN] = p
+        mean = std = None
+        if n + 1 >= NWIN:  # shifted two-pass mean / std over the ring, like the kernel
+            acc = 0.0
+            for x in ring:
+                acc += x - p
+            mean = p + acc / NWIN
+            ss = cc = 0.0
+            for x in ring:
+                d = x - mean
+                ss += d * d
+                cc += d
+            var = (ss - cc * cc / NWIN) / (NWIN - 1)
+            std = math.sqrt(var) if var > 0.0 else 0.0
+        st[0], st[1] = n + 1, p
+        st[7] = [ret, e10, e50, mean, std, vw]
+    return st[7]  # type: ignore[no-any-return]
+
+
+def values_map(out: list[Any]) -> dict[str, float]:
+    return {k: (NAN if x is None else x) for k, x in zip(NAMES, out, strict=True)}
+
+
+def reference(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """(n, len(NAMES)) float64 reference features of every input row (NaN = not yet valid)."""
+    states: dict[int, list[Any]] = {}
+    out = np.full((len(cols["sym"]), len(NAMES)), np.nan)
+    for i, (s, k, p, v) in enumerate(zip(cols["sym"].tolist(), cols["kind"].tolist(), cols["price"].tolist(),
+                                         cols["size"].tolist(), strict=True)):
+        st = states.get(s)
+        if st is None:
+            st = states[s] = new_state()
+        out[i] = [NAN if x is None else x for x in step(st, k == 0, p, v)]
+    return out
+
+
+class RefIndex:
+    """Reference rows by (symbol, seq)."""
+
+    def __init__(self, cols: dict[str, np.ndarray], names: list[str]) -> None:
+        self.feats = reference(cols)
+        self.row = {(names[s], q): i for i, (s, q) in enumerate(zip(cols["sym"].tolist(), cols["seq"].tolist(),
+                                                                   strict=True))}
+
+    def check(self, s: Any, topic: str) -> dict[str, Any]:
+        """Output count of ``topic`` and the last vector per symbol vs the reference."""
+        count, last = C.count_topic(s, topic, last_per_key=True)
+        dec = C.avro_reader(FV)
+        worst, nan_bad, missing = 0.0, 0, 0
+        for v in last.values():
+            rec = dec(v)
+            i = self.row.get((rec["symbol"], rec["seq"]))
+            if i is None:
+                missing += 1
+                continue
+            got = np.array([rec["values"].get(k, np.nan) for k in NAMES])
+            want = self.feats[i]
+            nan_bad += int((np.isnan(got) != np.isnan(want)).sum())
+            ok = ~np.isnan(want) & ~np.isnan(got)
+            if ok.any():
+                worst = max(worst, float(np.max(np.abs(got[ok] - want[ok]) / np.maximum(np.abs(want[ok]), 1e-300))))
+        return {"outputs": count, "symbols_checked": len(last), "max_rel_diff": worst, "nan_mismatch": nan_bad,
+                "unknown_rows": missing, "ok": nan_bad == 0 and missing == 0 and worst <= 1e-9}
+
+
+# ---- contenders ----------------------------------------------------------------------------------
+def make_processor(out: str, backend: str) -> TickFeaturesProcessor:
+    return TickFeaturesProcessor(FeaturesProcessorConfig(features=FCFG, bar_intervals_ns=(), output_topic=out,
+                                                         backend=backend))
+
+
+def run_ours(s: Any, topic: str, out: str, group: str, guarantee: str, n: int, batch: int, backend: str,
+             cols: dict[str, np.ndarray], names: list[str]) -> dict[str, Any]:
+    C.warm_processor(make_processor(out, backend), cols, names)
+    proc = make_processor(out, backend)
+    w = C.TimedWorker(proc, s.kafka, RuntimeConfig(guarantee=guarantee, max_records=batch), group=group,
+                      worker_id="w0", input_topic=topic)
+    sm = w.run(idle_exit_s=30.0, max_records=n)
+    rt = w.rt
+    return {**C.summary_dict(sm), "runtime": {"max_records": rt.max_records, "linger_ms": rt.linger_ms,
+                                              "commit_interval_ms": rt.commit_interval_ms},
+            "processed": sm.records_in, "busy_s": w.busy_s, "tps": sm.records_in / w.busy_s,
+            "backend": proc.backend, "batch_s_sum": C.metric(w, "mystocks_stream_batch_seconds_sum"),
+            "commit_s_sum": C.metric(w, "mystocks_stream_commit_seconds_sum")}
+
+
+def run_quix(s: Any, topic: str, out: str, group: str, n: int, cap_s: float, guarantee: str) -> dict[str, Any]:
+    from quixstreams import Application
+
+    deser, ser = C.quix_serdes(TICK, FV)
+    done = {"n": 0, "stopped": False}
+    with tempfile.TemporaryDirectory(prefix="bench-quix-") as state_dir:
+        app = Application(broker_address=s.kafka.bootstrap_servers, consumer_group=group,
+                          auto_offset_reset="earliest", processing_guarantee=guarantee,
+                          state_dir=state_dir, loglevel="WARNING", use_changelog_topics=True)
+        t_in = app.topic(topic, value_deserializer=deser, key_deserializer="bytes")
+        t_out = app.topic(out, value_serializer=ser, key_serializer="bytes")
+
+        def feat(v: dict[str, Any], state: Any) -> dict[str, Any]:
+            st = state.get("s") or new_state()
+            res = step(st, v["kind"] == "TRADE", v["price"], v["size"])
+            state.set("s", st)
+            done["n"] += 1
+            if not done["stopped"] and time.perf_counter() - (type(deser).t_first or 0) > cap_s:
+                done["stopped"] = True
+                app.stop()
+            return {"symbol": v["symbol"], "ts_event": v["ts_event"], "seq": v["seq"], "ts_ingest": time.time_ns(),
+                    "values": values_map(res)}
+
+        app.dataframe(t_in).apply(feat, stateful=True).to_topic(t_out)
+        timing = C.time_quix_commit(app)
+        type(deser).t_first = None
+        app.run(count=n, collect=False)
+        if "t_end" not in timing or type(deser).t_first is None:
+            raise RuntimeError("Quix run ended without a final commit or without consuming")
+        busy = timing["t_end"] - type(deser).t_first
+    return {"processed": done["n"], "busy_s": busy, "tps": done["n"] / busy, "capped": done["stopped"],
+            "guarantee": guarantee}
+
+
+def run_faust(s: Any, topic: str, out: str, tag: str, n: int, cap_s: float, batch: int, partitions: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-faust-") as tmp:
+        res_path = Path(tmp) / "result.json"
+        cfg = {"app_id": f"bench-fe-faust-{tag}", "broker": f"kafka://{s.kafka.bootstrap_servers}", "topic": topic,
+               "out": out, "n": n, "cap_s": cap_s, "take": batch, "within": 0.02, "partitions": partitions,
+               "result": str(res_path), "datadir": tmp}
+        t0, t0_mono = time.perf_counter(), time.monotonic()
+        p = subprocess.Popen([sys.executable, str(SCRIPT), "--_role", "faust", "--_cfg", json.dumps(cfg)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(C.ROOT))
+        try:
+            deadline = t0 + 120 + cap_s
+            while not res_path.exists() and p.poll() is None and time.perf_counter() < deadline:
+                time.sleep(0.2)
+            if not res_path.exists():
+                raise RuntimeError("faust worker produced no result")
+            time.sleep(0.2)
+            r = json.loads(res_path.read_text())
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        finally:
+            if p.poll() is None:
+                p.kill()
+            log = p.communicate()[0] if p.stdout else ""
+    if "error" in r:
+        raise RuntimeError(f"{r['error']}\n{log[-1500:]}")
+    r["startup_s"] = r.pop("t_first_mono") - t0_mono  # process start -> first record (not timed)
+    return r
+
+
+def faust_worker(cfg: dict[str, Any]) -> None:
+    """The faust app (runs in its own process: ``--_role faust``)."""
+    import faust
+
+    dec, enc = C.avro_reader(TICK), C.avro_writer(FV)
+    app = faust.App(cfg["app_id"], broker=cfg["broker"], store="memory://", web_enabled=False,
+                    datadir=cfg["datadir"], topic_partitions=cfg["partitions"], topic_replication_factor=1,
+                    **cfg.get("app_kw", {}))
+    src = app.topic(cfg["topic"], key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    dst = app.topic(cfg["out"], key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    table = app.Table("feat", default=None, partitions=cfg["partitions"], use_partitioner=True)
+    st_run: dict[str, Any] = {"n": 0, "t_first": None, "done": False}
+    res_path = Path(cfg["result"])
+    send_soon = cfg.get("send", "soon") == "soon"
+
+    @app.agent(src)
+    async def features(stream: Any) -> None:
+        async for values in stream.take(cfg["take"], within=cfg["within"]):
+            if st_run["done"]:
+                continue
+            if st_run["t_first"] is None:
+                st_run["t_first"], st_run["t_first_mono"] = time.perf_counter(), time.monotonic()
+            ingest, t_b = time.time_ns(), time.perf_counter()
+            local: dict[str, list[Any]] = {}
+            for raw in values:
+                v = dec(raw)
+                sym = v["symbol"]
+                st = local.get(sym)
+                if st is None:
+                    st = table.get(sym) or new_state()
+                    local[sym] = st
+                res = step(st, v["kind"] == "TRADE", v["price"], v["size"])
+                val = enc({"symbol": sym, "ts_event": v["ts_event"], "seq": v["seq"], "ts_ingest": ingest,
+                           "values": values_map(res)})
+                if send_soon:
+                    dst.send_soon(key=sym.encode(), value=val)
+                else:
+                    await dst.send(key=sym.encode(), value=val)
+            for sym, st in local.items():
+                table[sym] = st
+            st_run["n"] += len(values)
+            st_run["batches"] = st_run.get("batches", 0) + 1
+            st_run["proc_s"] = st_run.get("proc_s", 0.0) + time.perf_counter() - t_b
+            if st_run["n"] >= cfg["n"] or time.perf_counter() - st_run["t_first"] > cfg["cap_s"]:
+                await app.producer.flush()
+                t_end = time.perf_counter()
+                st_run["done"] = True
+                busy = t_end - st_run["t_first"]
+                res_path.write_text(json.dumps({"processed": st_run["n"], "busy_s": busy, "tps": st_run["n"] / busy,
+                                                "t_first_mono": st_run["t_first_mono"], "batches": st_run["batches"],
+                                                "proc_s": st_run["proc_s"],
+                                                "capped": st_run["n"] < cfg["n"], "guarantee": "at_least_once"}))
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+    try:
+        app.main()
+    except SystemExit:
+        pass
+    except Exception as exc:  # noqa: BLE001 - hand the error to the parent
+        if not res_path.exists():
+            res_path.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def run_pandas(s: Any, topic: str, out: str, group: str, n: int, cap_s: float, batch: int) -> dict[str, Any]:
+    import pandas as pd
+
+    from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer
+
+    dec, enc = C.avro_reader(TICK), C.avro_writer(FV)
+    cons = make_consumer(s.kafka, group)
+    prod = make_producer(s.kafka)
+    cons.subscribe([topic])
+    hist = pd.DataFrame(columns=["symbol", "ts_event", "seq", "kind", "price", "size"])
+    done, t_first, batches = 0, None, 0
+    try:
+        while done < n:
+            msgs = [m for m in cons.consume(batch, timeout=0.05) if m.error() is None]
+            if not msgs:
+                if t_first is not None and time.perf_counter() - t_first > cap_s:
+                    break
+                continue
+            if t_first is None:
+                t_first = time.perf_counter()
+            ingest = time.time_ns()
+            recs = [dec(m.value()) for m in msgs]
+            df = pd.DataFrame.from_records(recs, columns=["symbol", "ts_event", "seq", "kind", "price", "size"])
+            hist = df if hist.empty else pd.concat([hist, df], ignore_index=True)
+            trade = hist["kind"] == "TRADE"
+            tr = hist[trade]
+            g = tr.groupby("symbol", sort=False)
+            feats = pd.DataFrame(index=tr.index)
+            feats["ret"] = g["price"].pct_change()
+            for span in (10, 50):
+                feats[f"ema_{span}"] = g["price"].ewm(span=span, adjust=False).mean().reset_index(level=0, drop=True)
+            roll = g["price"].rolling(NWIN)
+            feats["roll_mean"] = roll.mean().reset_index(level=0, drop=True)
+            feats["roll_std"] = roll.std().reset_index(level=0, drop=True)
+            pv = (tr["price"] * tr["size"]).groupby(tr["symbol"], sort=False).cumsum()
+            feats["vwap_session"] = pv / g["size"].cumsum()
+            full = feats.reindex(hist.index)
+            full = full.groupby(hist["symbol"], sort=False).ffill()  # quotes repeat the last trade's values
+            new = full.iloc[-len(df):][list(NAMES)].to_numpy()
+            for i, r in enumerate(recs):
+                val = enc({"symbol": r["symbol"], "ts_event": r["ts_event"], "seq": r["seq"], "ts_ingest": ingest,
+                           "values": dict(zip(NAMES, new[i].tolist(), strict=True))})
+                while True:
+                    try:
+                        prod.produce(out, val, r["symbol"].encode(), timestamp=r["ts_event"] // 1_000_000)
+                        break
+                    except BufferError:
+                        prod.poll(0.05)
+            prod.poll(0)
+            done += len(msgs)
+            batches += 1
+            if time.perf_counter() - t_first > cap_s:
+                break
+        prod.flush(60)
+        cons.commit(asynchronous=False)
+        busy = time.perf_counter() - (t_first or time.perf_counter())
+    finally:
+        cons.close()
+    return {"processed": done, "busy_s": busy, "tps": done / busy if busy else None, "capped": done < n,
+            "batches": batches, "history_rows": len(hist)}
+
+
+# ---- latency ---------------------------------------------------------------------------------------
+def _ts_event_ingest(v: bytes) -> tuple[int, int]:
+    """(ts_event, ts_ingest) of a framed FeatureVector without a full decode."""
+    p = 5
+
+    def varint(p: int) -> tuple[int, int]:
+        shift = acc = 0
+        while True:
+            b = v[p]
+            acc |= (b & 0x7F) << shift
+            p += 1
+            if b < 0x80:
+                return (acc >> 1) ^ -(acc & 1), p
+            shift += 7
+
+    ln, p = varint(p)
+    ts, p = varint(p + ln)
+    _, p = varint(p)  # seq
+    ingest, _ = varint(p)
+    return ts, ingest
+
+
+def worker_role(cfg: dict[str, Any]) -> None:
+    """Our worker as its own process (``--_role worker``); SIGTERM finishes the batch and commits."""
+    s = C.settings()
+    cols, names = C.synthetic(3000, cfg["symbols"])
+    C.warm_processor(make_processor(cfg["out"], cfg["backend"]), cols, names)
+    w = C.TimedWorker(make_processor(cfg["out"], cfg["backend"]), s.kafka,
+                      RuntimeConfig(guarantee=cfg["guarantee"], max_records=cfg["batch"]),
+                      group=cfg["group"], worker_id="lat0", input_topic=cfg["topic"])
+    signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    sm = w.run(idle_exit_s=120.0)
+    print(json.dumps(C.summary_dict(sm)), flush=True)
+
+
+def producer_role(cfg: dict[str, Any]) -> None:
+    """Offer ``rate`` ticks/s for ``seconds`` with ts_event = wall clock at produce (``--_role producer``)."""
+    from mystocks_gpu.infra.kafka_clients import make_producer
+    from mystocks_gpu.schemas.batch_codec import BatchEncoder
+
+    s = C.settings()
+    rate, n = float(cfg["rate"]), int(cfg["rate"] * cfg["seconds"])
+    cols, names = C.synthetic(n, cfg["symbols"], seed=11)
+    keys = [names[i].encode() for i in cols["sym"].tolist()]
+    enc = BatchEncoder(TICK)
+    enc.encode({k: v[:10] for k, v in cols.items()}, names)
+    prod = make_producer(s.kafka, **{"linger.ms": 1})
+    produce, i = prod.produce, 0
+    t0 = time.perf_counter()
+    while i < n:
+        due = min(n, int((time.perf_counter() - t0) * rate) + 1)
+        if due <= i:
+            time.sleep(0.0005)
+            continue
+        chunk = {k: v[i:due] for k, v in cols.items()}
+        now = time.time_ns()
+        chunk["ts"] = np.full(due - i, now, np.int64)
+        ts_ms = now // 1_000_000
+        for k, v in zip(keys[i:due], enc.encode(chunk, names), strict=True):
+            try:
+                produce(cfg["topic"], v, k, timestamp=ts_ms)
+            except BufferError:
+                prod.poll(0.01)
+                produce(cfg["topic"], v, k, timestamp=ts_ms)
+        prod.poll(0)
+        i = due
+    t_send = time.perf_counter() - t0
+    prod.flush(60)
+    print(json.dumps({"produced": n, "send_s": t_send, "offered_rate": n / t_send}), flush=True)
+
+
+def run_latency(s: Any, tag: str, guarantee: str, args: argparse.Namespace) -> dict[str, Any]:
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from mystocks_gpu.infra.kafka_clients import make_consumer
+
+    short = "eos" if guarantee == EXACTLY_ONCE else "alo"
+    topic, out = f"bench.fe.lat.in.{short}.{tag}", f"bench.fe.lat.out.{short}.{tag}"
+    C.create_topics(s, [(topic, TICK, args.partitions), (topic + ".dlq", None, 1), (out, FV, args.partitions)])
+    cfg = {"topic": topic, "out": out, "group": f"bench-fe-lat-{short}-{tag}", "guarantee": guarantee,
+           "batch": args.batch, "backend": args.backend, "symbols": args.symbols}
+    cons = make_consumer(s.kafka, f"bench-fe-latc-{short}-{tag}", **{"fetch.wait.max.ms": 5})
+    cons.assign([TopicPartition(out, p, OFFSET_BEGINNING) for p in range(args.partitions)])
+    worker = subprocess.Popen([sys.executable, str(SCRIPT), "--_role", "worker", "--_cfg", json.dumps(cfg)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
+    producer = None
+    try:
+        # warm-up: 2000 ticks stamped now; wait until their features come back (worker up, assigned, warm)
+        wcols, wnames = C.synthetic(2000, args.symbols, seed=3)
+        wcols["ts"] = np.full(2000, time.time_ns(), np.int64)
+        C.produce_ticks(s, topic, wcols, wnames)
+        seen, t0 = 0, time.monotonic()
+        while seen < 2000 and time.monotonic() - t0 < 180:
+            seen += sum(1 for m in cons.consume(10_000, timeout=0.2) if m.error() is None)
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited: {worker.stderr.read()[-1500:] if worker.stderr else ''}")
+        if seen < 2000:
+            raise RuntimeError(f"warm-up: only {seen} of 2000 feature vectors came back")
+        load_start = time.time_ns()
+        pcfg = {"topic": topic, "rate": args.rate, "seconds": args.latency_s, "symbols": args.symbols}
+        producer = subprocess.Popen([sys.executable, str(SCRIPT), "--_role", "producer", "--_cfg", json.dumps(pcfg)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
+        expect = int(args.rate * args.latency_s)
+        lat: list[int] = []
+        to_worker: list[int] = []
+        t_first_out = t_last_out = None
+        deadline = time.monotonic() + 60 + 3 * args.latency_s
+        while len(lat) < expect and time.monotonic() < deadline:
+            msgs = cons.consume(10_000, timeout=0.05)
+            now = time.time_ns()
+            for m in msgs:
+                if m.error() is None:
+                    ts, ingest = _ts_event_ingest(m.value())
+                    if ts >= load_start:
+                        lat.append(now - ts)
+                        to_worker.append(ingest - ts)
+            if msgs:
+                t_last_out = time.perf_counter()
+                if t_first_out is None and lat:
+                    t_first_out = t_last_out
+        pout = json.loads(producer.communicate(timeout=120)[0].strip().splitlines()[-1])
+    finally:
+        cons.close()
+        if producer is not None and producer.poll() is None:
+            producer.kill()
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+        try:
+            wout, werr = worker.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            wout, werr = worker.communicate()
+    a = np.sort(np.asarray(lat, np.float64)) / 1e6
+    q = (lambda x: float(np.quantile(a, x))) if a.size else (lambda x: float("nan"))
+    w = np.asarray(to_worker, np.float64) / 1e6
+    return {"guarantee": guarantee, "offered": expect, "received": int(a.size),
+            "p50_ms_to_worker_batch": float(np.median(w)) if w.size else None,
+            "p99_ms_to_worker_batch": float(np.quantile(w, 0.99)) if w.size else None,
+            "offered_rate": pout.get("offered_rate"), "p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999),
+            "max_ms": float(a[-1]) if a.size else None,
+            "out_rate": a.size / (t_last_out - t_first_out) if t_first_out and t_last_out and t_last_out > t_first_out else None,
+            "worker_summary": (wout.strip().splitlines() or ["{}"])[-1]}
+
+
+# ---- main --------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000, help="input ticks for the throughput runs (default 100000)")
+    ap.add_argument("--symbols", type=int, default=500, help="distinct symbols (default 500)")
+    ap.add_argument("--partitions", type=int, default=4, help="input partitions (default 4)")
+    ap.add_argument("--batch", type=int, default=5000, help="micro-batch size: ours max_records, faust take, pandas consume (default 5000)")
+    ap.add_argument("--cap-s", type=float, default=45.0, help="wall cap per peer (Quix, faust, pandas) in s (default 45)")
+    ap.add_argument("--backend", default="auto", help="our array backend: auto|cpu|gpu (default auto)")
+    ap.add_argument("--quix-guarantee", default="exactly-once", choices=["exactly-once", "at-least-once"])
+    ap.add_argument("--rate", type=float, default=50_000.0, help="offered load of the latency runs, ticks/s (default 50000)")
+    ap.add_argument("--latency-s", type=float, default=6.0, help="seconds of offered load per latency run (default 6)")
+    ap.add_argument("--skip", default="", help="comma list of contenders to leave out: quix,faust,pandas,latency")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--_role", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_cfg", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._role:
+        {"faust": faust_worker, "worker": worker_role, "producer": producer_role}[args._role](json.loads(args._cfg))
+        return 0
+    skip = set(filter(None, args.skip.split(",")))
+    s, tag, n = C.settings(), C.new_tag(), args.n
+    t_script = time.perf_counter()
+    m0 = C.machine()
+    topic = f"bench.fe.in.{tag}"
+    outs = {k: f"bench.fe.out.{k}.{tag}" for k in ("eos", "alo", "quix", "faust", "pandas")}
+    print(f"features e2e bench: n={n:,} ticks, {args.symbols} symbols, {args.partitions} partitions, batch {args.batch}, "
+          f"peer cap {args.cap_s:.0f} s, latency {args.rate:,.0f} ticks/s x {args.latency_s:.0f} s; features {NAMES}; "
+          f"tag {tag}; {m0['cores']} cores, load {m0['loadavg_1min']}")
+    res: dict[str, Any] = {}
+    checks: dict[str, Any] = {}
+    notes: list[str] = []
+    try:
+        C.create_topics(s, [(topic, TICK, args.partitions), (topic + ".dlq", None, 1)]
+                        + [(o, FV, args.partitions) for o in outs.values()])
+        cols, names = C.synthetic(n, args.symbols)
+        print(f"  produced {n:,} ticks in {C.produce_ticks(s, topic, cols, names):.1f} s "
+              f"({int((cols['kind'] == 0).sum()):,} trades)")
+        ref = RefIndex(cols, names)
+
+        def attempt(key: str, fn: Any, *a: Any) -> None:
+            try:
+                res[key] = fn(*a)
+                checks[key] = ref.check(s, outs[key])
+                r = res[key]
+                print(f"  {key}: {r['tps']:,.0f} ticks/s ({r['processed']:,} ticks in {r['busy_s']:.1f} s) "
+                      f"check: {checks[key]}")
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                notes.append(f"{key} failed: {type(exc).__name__}: {str(exc)[:1500]}")
+                print(f"  {notes[-1]}")
+
+        attempt("eos", run_ours, s, topic, outs["eos"], f"bench-fe-eos-{tag}", EXACTLY_ONCE, n, args.batch, args.backend, cols, names)
+        attempt("alo", run_ours, s, topic, outs["alo"], f"bench-fe-alo-{tag}", AT_LEAST_ONCE, n, args.batch, args.backend, cols, names)
+        if "quix" not in skip:
+            attempt("quix", run_quix, s, topic, outs["quix"], f"bench-fe-quix-{tag}", n, args.cap_s, args.quix_guarantee)
+        if "faust" not in skip:
+            attempt("faust", run_faust, s, topic, outs["faust"], tag, n, args.cap_s, args.batch, args.partitions)
+        if "pandas" not in skip:
+            attempt("pandas", run_pandas, s, topic, outs["pandas"], f"bench-fe-pandas-{tag}", n, args.cap_s, args.batch)
+        lat: dict[str, Any] = {}
+        if "latency" not in skip:
+            for g in (AT_LEAST_ONCE, EXACTLY_ONCE):
+                try:
+                    lat[g] = run_latency(s, tag, g, args)
+                    r = lat[g]
+                    print(f"  latency {g}: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms ({r['received']:,}/"
+                          f"{r['offered']:,} received, offered {r['offered_rate'] or 0:,.0f}/s, out {r['out_rate'] or 0:,.0f}/s)")
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    notes.append(f"latency {g} failed: {type(exc).__name__}: {str(exc)[:1500]}")
+                    print(f"  {notes[-1]}")
+    finally:
+        deleted = C.cleanup(s, tag)
+
+    def g(key: str, f: str) -> Any:
+        return res.get(key, {}).get(f)
+
+    eos_tps = g("eos", "tps")
+    labels = {"eos": "ours EOS (StreamWorker + TickFeaturesProcessor)", "alo": "ours ALO (StreamWorker + TickFeaturesProcessor)",
+              "quix": f"Quix Streams {args.quix_guarantee} (stateful apply)", "faust": "faust-streaming ALO (take + Table)",
+              "pandas": "pandas recompute per micro-batch"}
+    rows = []
+    for k, label in labels.items():
+        c = checks.get(k, {})
+        chk = "-" if not c else ("ok" if c["ok"] else "FAIL") + f" out={c['outputs']:,} rel={c['max_rel_diff']:.1e}"
+        rows.append((label, g(k, "tps"), g(k, "processed"), g(k, "busy_s"), C.ratio(eos_tps, g(k, "tps")), chk))
+    print(f"\nfeatures {', '.join(NAMES)}; {n:,} ticks, {args.symbols} symbols, {args.partitions} partitions; "
+          f"ours on backend {g('eos', 'backend') or '-'}; peers capped at {args.cap_s:.0f} s "
+          f"(load avg {m0['loadavg_1min']} -> {C.machine()['loadavg_1min']} on {m0['cores']} cores)")
+    C.print_table(["contender", "ticks/s", "ticks", "seconds", "ours EOS / x", "check (last vector per symbol)"], rows)
+    if "eos" in res:
+        print(f"ours: RuntimeConfig {res['eos']['runtime']}; Quix: commit_interval 5 s (default); "
+              f"faust: take({args.batch}, within=0.02 s), send_soon, default commit interval")
+    la, le = lat.get(AT_LEAST_ONCE, {}), lat.get(EXACTLY_ONCE, {})
+    if lat:
+        print(f"\ntick -> feature latency, ours, offered {args.rate:,.0f} ticks/s for {args.latency_s:.0f} s "
+              f"(producer, worker, consumer in 3 processes on this machine)")
+        C.print_table(["guarantee", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "received", "offered/s", "output/s"],
+                      [(x.get("guarantee"), x.get("p50_ms"), x.get("p99_ms"), x.get("p999_ms"), x.get("max_ms"),
+                        x.get("received"), x.get("offered_rate"), x.get("out_rate")) for x in (la, le) if x])
+    r_quix = C.ratio(eos_tps, g("quix", "tps"))
+    print(f"ratio ours EOS / Quix: {C.fmt(r_quix)}")
+    for note in notes:
+        print(f"NOTE: {note}")
+    total = time.perf_counter() - t_script
+    print(f"total {total:.0f} s; deleted {len(deleted)} topics")
+    C.write_json(args.json, {
+        "machine": m0, "loadavg_1min_end": C.machine()["loadavg_1min"], "n": n, "symbols": args.symbols,
+        "partitions": args.partitions, "batch": args.batch, "cap_s": args.cap_s, "features": list(NAMES),
+        "ours_eos_tps": eos_tps, "ours_alo_tps": g("alo", "tps"), "quix_tps": g("quix", "tps"),
+        "faust_tps": g("faust", "tps"), "pandas_tps": g("pandas", "tps"), "ratio_vs_quix": r_quix,
+        "processed": {k: g(k, "processed") for k in labels},
+        "p50_ms": la.get("p50_ms"), "p99_ms": la.get("p99_ms"), "p99_ms_eos": le.get("p99_ms"),
+        "p50_ms_eos": le.get("p50_ms"), "latency_rate": args.rate, "latency_s": args.latency_s,
+        "latency": lat, "checks": checks, "details": res, "notes": notes, "total_s": total})
+    ok = all(c.get("ok") for c in checks.values())
+    return 0 if ok and not notes else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
