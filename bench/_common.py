@@ -160,15 +160,21 @@ class TimedWorker(StreamWorker):
 
     t_first: float | None = None
     t_end: float | None = None
+    #: a ``cProfile.Profile`` to enable from the first record to the final commit (setup excluded)
+    profiler: Any = None
 
     def _filter_errors(self, msgs: list[Any]) -> list[Any]:
         out = super()._filter_errors(msgs)
         if out and self.t_first is None:
             self.t_first = time.perf_counter()
+            if self.profiler is not None:
+                self.profiler.enable()
         return out
 
     def _close(self) -> None:
         self.t_end = time.perf_counter()  # run() calls _close right after its final commit
+        if self.profiler is not None and self.t_first is not None:
+            self.profiler.disable()
         super()._close()
 
     @property

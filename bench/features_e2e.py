@@ -19,8 +19,10 @@ symbol's first trade).
   default); values in/out with fastavro behind custom (de)serializers.
 - faust-streaming: an agent over ``stream.take(--batch, within=0.02 s)`` with a faust ``Table``
   (``store='memory://'``, ``use_partitioner=True``) holding each symbol's state, written once per
-  touched symbol per batch; at-least-once (faust default); runs as a subprocess of this script and
-  is stopped once it has processed the input (or its wall cap).
+  touched symbol per batch; outputs with ``Topic.send_soon``; producer tuned like ours
+  (``producer_linger=0.02``, ``producer_max_batch_size=1 MB``; faust's defaults are 0 s / 16 kB and
+  were slower); at-least-once (faust default); runs as a subprocess of this script and is stopped
+  once it has processed the input (or its wall cap).
 - pandas: confluent-kafka ``consume(--batch)``, fastavro decode, append to one history frame and
   recompute ``groupby(symbol)`` pct_change / ewm / rolling / cumsum over the whole history every
   batch, forward-fill quotes, emit the batch's rows (fastavro + produce).
@@ -36,7 +38,8 @@ positions must agree).
 Latency (ours, at-least-once then exactly-once): a producer subprocess offers ``--rate`` ticks/s for
 ``--latency-s`` s with ``ts_event = time.time_ns()`` at produce time; our worker runs in another
 subprocess; this process consumes the output (read_committed) and takes, per feature vector,
-latency = receive wall time - ``ts_event``. p50/p99/p99.9 in ms.
+latency = receive wall time - ``ts_event``. p50/p99/p99.9 in ms. ``--low-rate`` repeats both at a
+lower load that this machine sustains.
 
     python bench/features_e2e.py --n 100000 --symbols 500 --json bench/out/features_e2e.json
 """
@@ -261,13 +264,12 @@ def faust_worker(cfg: dict[str, Any]) -> None:
     dec, enc = C.avro_reader(TICK), C.avro_writer(FV)
     app = faust.App(cfg["app_id"], broker=cfg["broker"], store="memory://", web_enabled=False,
                     datadir=cfg["datadir"], topic_partitions=cfg["partitions"], topic_replication_factor=1,
-                    **cfg.get("app_kw", {}))
+                    producer_linger=0.02, producer_max_batch_size=1_000_000)
     src = app.topic(cfg["topic"], key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     dst = app.topic(cfg["out"], key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     table = app.Table("feat", default=None, partitions=cfg["partitions"], use_partitioner=True)
     st_run: dict[str, Any] = {"n": 0, "t_first": None, "done": False}
     res_path = Path(cfg["result"])
-    send_soon = cfg.get("send", "soon") == "soon"
 
     @app.agent(src)
     async def features(stream: Any) -> None:
@@ -288,10 +290,7 @@ def faust_worker(cfg: dict[str, Any]) -> None:
                 res = step(st, v["kind"] == "TRADE", v["price"], v["size"])
                 val = enc({"symbol": sym, "ts_event": v["ts_event"], "seq": v["seq"], "ts_ingest": ingest,
                            "values": values_map(res)})
-                if send_soon:
-                    dst.send_soon(key=sym.encode(), value=val)
-                else:
-                    await dst.send(key=sym.encode(), value=val)
+                dst.send_soon(key=sym.encode(), value=val)  # buffered produce (faster than await send here)
             for sym, st in local.items():
                 table[sym] = st
             st_run["n"] += len(values)
@@ -451,12 +450,12 @@ def producer_role(cfg: dict[str, Any]) -> None:
     print(json.dumps({"produced": n, "send_s": t_send, "offered_rate": n / t_send}), flush=True)
 
 
-def run_latency(s: Any, tag: str, guarantee: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: argparse.Namespace) -> dict[str, Any]:
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     from mystocks_gpu.infra.kafka_clients import make_consumer
 
-    short = "eos" if guarantee == EXACTLY_ONCE else "alo"
+    short = ("eos" if guarantee == EXACTLY_ONCE else "alo") + f"{int(rate)}"
     topic, out = f"bench.fe.lat.in.{short}.{tag}", f"bench.fe.lat.out.{short}.{tag}"
     C.create_topics(s, [(topic, TICK, args.partitions), (topic + ".dlq", None, 1), (out, FV, args.partitions)])
     cfg = {"topic": topic, "out": out, "group": f"bench-fe-lat-{short}-{tag}", "guarantee": guarantee,
@@ -479,10 +478,10 @@ def run_latency(s: Any, tag: str, guarantee: str, args: argparse.Namespace) -> d
         if seen < 2000:
             raise RuntimeError(f"warm-up: only {seen} of 2000 feature vectors came back")
         load_start = time.time_ns()
-        pcfg = {"topic": topic, "rate": args.rate, "seconds": args.latency_s, "symbols": args.symbols}
+        pcfg = {"topic": topic, "rate": rate, "seconds": args.latency_s, "symbols": args.symbols}
         producer = subprocess.Popen([sys.executable, str(SCRIPT), "--_role", "producer", "--_cfg", json.dumps(pcfg)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
-        expect = int(args.rate * args.latency_s)
+        expect = int(rate * args.latency_s)
         lat: list[int] = []
         to_worker: list[int] = []
         t_first_out = t_last_out = None
@@ -515,7 +514,7 @@ def run_latency(s: Any, tag: str, guarantee: str, args: argparse.Namespace) -> d
     a = np.sort(np.asarray(lat, np.float64)) / 1e6
     q = (lambda x: float(np.quantile(a, x))) if a.size else (lambda x: float("nan"))
     w = np.asarray(to_worker, np.float64) / 1e6
-    return {"guarantee": guarantee, "offered": expect, "received": int(a.size),
+    return {"guarantee": guarantee, "rate": rate, "offered": expect, "received": int(a.size),
             "p50_ms_to_worker_batch": float(np.median(w)) if w.size else None,
             "p99_ms_to_worker_batch": float(np.quantile(w, 0.99)) if w.size else None,
             "offered_rate": pout.get("offered_rate"), "p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999),
@@ -536,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quix-guarantee", default="exactly-once", choices=["exactly-once", "at-least-once"])
     ap.add_argument("--rate", type=float, default=50_000.0, help="offered load of the latency runs, ticks/s (default 50000)")
     ap.add_argument("--latency-s", type=float, default=6.0, help="seconds of offered load per latency run (default 6)")
+    ap.add_argument("--low-rate", type=float, default=10_000.0,
+                    help="also measure latency at this lower offered load, ticks/s (default 10000; 0 = skip)")
     ap.add_argument("--skip", default="", help="comma list of contenders to leave out: quix,faust,pandas,latency")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--_role", default=None, help=argparse.SUPPRESS)
@@ -585,14 +586,17 @@ def main(argv: list[str] | None = None) -> int:
             attempt("pandas", run_pandas, s, topic, outs["pandas"], f"bench-fe-pandas-{tag}", n, args.cap_s, args.batch)
         lat: dict[str, Any] = {}
         if "latency" not in skip:
-            for g in (AT_LEAST_ONCE, EXACTLY_ONCE):
+            runs = [(g, args.rate) for g in (AT_LEAST_ONCE, EXACTLY_ONCE)]
+            runs += [(g, args.low_rate) for g in (AT_LEAST_ONCE, EXACTLY_ONCE)] if args.low_rate else []
+            for g, rate in runs:
+                key = g if rate == args.rate else f"{g}@{int(rate)}"
                 try:
-                    lat[g] = run_latency(s, tag, g, args)
-                    r = lat[g]
-                    print(f"  latency {g}: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms ({r['received']:,}/"
+                    lat[key] = run_latency(s, tag, g, rate, args)
+                    r = lat[key]
+                    print(f"  latency {g} @ {rate:,.0f}/s: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms ({r['received']:,}/"
                           f"{r['offered']:,} received, offered {r['offered_rate'] or 0:,.0f}/s, out {r['out_rate'] or 0:,.0f}/s)")
                 except Exception as exc:  # noqa: BLE001 - report and go on
-                    notes.append(f"latency {g} failed: {type(exc).__name__}: {str(exc)[:1500]}")
+                    notes.append(f"latency {g} @ {rate:,.0f}/s failed: {type(exc).__name__}: {str(exc)[:1500]}")
                     print(f"  {notes[-1]}")
     finally:
         deleted = C.cleanup(s, tag)
@@ -615,14 +619,17 @@ def main(argv: list[str] | None = None) -> int:
     C.print_table(["contender", "ticks/s", "ticks", "seconds", "ours EOS / x", "check (last vector per symbol)"], rows)
     if "eos" in res:
         print(f"ours: RuntimeConfig {res['eos']['runtime']}; Quix: commit_interval 5 s (default); "
-              f"faust: take({args.batch}, within=0.02 s), send_soon, default commit interval")
+              f"faust: take({args.batch}, within=0.02 s), send_soon, producer_linger 20 ms, "
+              f"producer_max_batch_size 1 MB")
     la, le = lat.get(AT_LEAST_ONCE, {}), lat.get(EXACTLY_ONCE, {})
     if lat:
-        print(f"\ntick -> feature latency, ours, offered {args.rate:,.0f} ticks/s for {args.latency_s:.0f} s "
-              f"(producer, worker, consumer in 3 processes on this machine)")
-        C.print_table(["guarantee", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "received", "offered/s", "output/s"],
-                      [(x.get("guarantee"), x.get("p50_ms"), x.get("p99_ms"), x.get("p999_ms"), x.get("max_ms"),
-                        x.get("received"), x.get("offered_rate"), x.get("out_rate")) for x in (la, le) if x])
+        print(f"\ntick -> feature latency, ours, {args.latency_s:.0f} s of offered load per row (producer, worker, "
+              f"consumer in 3 processes on this machine); 'to worker' = ts_ingest - ts_event (waiting for the batch)")
+        C.print_table(["guarantee", "offered/s", "achieved in/s", "output/s", "p50 ms", "p99 ms", "p99.9 ms",
+                       "max ms", "to worker p50", "received"],
+                      [(x.get("guarantee"), x.get("rate"), x.get("offered_rate"), x.get("out_rate"), x.get("p50_ms"),
+                        x.get("p99_ms"), x.get("p999_ms"), x.get("max_ms"), x.get("p50_ms_to_worker_batch"),
+                        x.get("received")) for x in lat.values()])
     r_quix = C.ratio(eos_tps, g("quix", "tps"))
     print(f"ratio ours EOS / Quix: {C.fmt(r_quix)}")
     for note in notes:

@@ -22,6 +22,7 @@ This module is pure: no Kafka, no Redis.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import types
@@ -36,6 +37,10 @@ ProgressCb = Callable[[float, str], None]
 Runner = Callable[[Any, ProgressCb, Callable[[], bool]], dict[str, Any]]
 Chunker = Callable[[Any, int], list[Any]]
 Combiner = Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+#: ``(job_id, chunk index)`` of the run in progress, set by the worker around ``runner`` (runners
+#: that publish results keyed by job read it; None outside a worker)
+CURRENT_RUN: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("current_run", default=None)
 
 POLICIES = ("batch", "training", "chunked", "realtime")
 DEVICE_TYPES = ("any", "gpu", "cpu")

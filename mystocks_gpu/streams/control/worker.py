@@ -33,6 +33,7 @@ from mystocks_gpu.infra.heartbeat import HeartbeatPublisher
 from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
 from mystocks_gpu.infra.result_cache import ResultStore
 from mystocks_gpu.infra.scheduler import Device, WorkerInfo
+from mystocks_gpu.processors.jobs.registry import CURRENT_RUN
 from mystocks_gpu.processors.jobs import JobStopped, get_kind, kinds
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.streams.control.config import JobsConfig
@@ -283,7 +284,11 @@ class JobWorker:
                     return True
                 return run.stop.is_set()
 
-            result = kind.runner(spec, progress, should_stop)
+            token = CURRENT_RUN.set((run.job_id, int(run.chunk)))
+            try:
+                result = kind.runner(spec, progress, should_stop)
+            finally:
+                CURRENT_RUN.reset(token)
             if should_stop():
                 raise JobStopped(run.reason)
             won, stored = self.store.put_once(run.job_id, run.chunk, result)
