@@ -132,6 +132,15 @@ def cmd_submit(args: argparse.Namespace, s: Settings) -> int:
         final = wait_for(s, cfg, cmd, args.timeout, on_status)
     finally:
         bar.close()
+    result = final.get("result")
+    if args.kind == "backtest" and isinstance(result, dict) and "top" in result:
+        from mystocks_gpu.processors.backtest_report import format_top, write_report
+
+        if not args.json:
+            print(format_top(result))
+        if args.report:
+            print(f"report: {write_report(result, args.report)}", file=sys.stderr)
+        final = {**final, "result": {k: v for k, v in result.items() if k not in ("top", "curves")}}
     if not args.json:
         print(_summary(final))
     return EXIT.get(final.get("state", ""), 1)
@@ -215,6 +224,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds (exit 3)")
     p.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print JSON (with --wait: every status, one per line)")
+    p.add_argument("--report", metavar="DIR", help="backtest with --wait: write equity/drawdown PNGs and index.html to DIR")
     ns(p)
     p.set_defaults(func=cmd_submit)
 

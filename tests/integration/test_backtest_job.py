@@ -144,3 +144,21 @@ def test_bad_specs_are_rejected_with_a_reason(plane: Plane, bars: pd.DataFrame, 
         assert 400 <= status < 500
         text = json.dumps(body)
     assert reason in text, text
+
+
+def test_cli_submit_wait_prints_top_table_and_writes_report(plane: Plane, bars: pd.DataFrame, tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.json"
+    spec = _spec(bars, strategy="rsi", params={"period": [7, 14], "lower": [25, 30], "upper": [70]}, top_n=3)
+    spec_file.write_text(json.dumps(spec))
+    report = tmp_path / "report"
+    r = run_cli("submit", "backtest", "--spec", str(spec_file), "--wait", "--timeout", "180", "--no-cache",
+                "--namespace", plane.ns, "--report", str(report), timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "top 3 by sharpe" in r.stdout and "succeeded" in r.stdout
+    want = _direct(bars, spec).sort_values("sharpe", ascending=False).head(3)
+    table = [ln.split() for ln in r.stdout.splitlines() if ln.strip()[:2] in ("1 ", "2 ", "3 ")]
+    assert [row[1] for row in table] == want["symbol"].tolist()
+    page = (report / "index.html").read_text()
+    assert "<table>" in page and want["symbol"].iloc[0] in page
+    for png in ("equity.png", "drawdown.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
