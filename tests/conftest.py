@@ -30,6 +30,10 @@ def stack(settings: Settings) -> Iterator[LocalStack]:
     st = LocalStack(settings.stack)
     was_running = all(c.state == "running" for c in st.status())
     st.up()  # raises StackError (test error, not skip) when it cannot start
+    from mystocks_gpu.topics import all_specs
+    from mystocks_gpu.topics.admin import TopicAdmin
+
+    TopicAdmin(settings.kafka).create(all_specs())  # the catalog, as `make demo` / `topics create` leave it
     yield st
     if not was_running:
         st.down()

@@ -67,7 +67,7 @@ class RunningAggregateProcessor(Processor[AggState]):
         self.output_topics = (output_topic,)
         self._decoders: dict[int, TickDecoder] = {}
         self._encoder = BatchEncoder("mystocks.streams.RunningAggregate")
-        self._keys: list[bytes] = []
+        self._keys: dict[int, list[bytes]] = {}
 
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:
@@ -93,7 +93,7 @@ class RunningAggregateProcessor(Processor[AggState]):
         return out, new
 
     def _key_bytes(self, codes: np.ndarray, symbols: SymbolTable) -> list[bytes]:
-        keys = self._keys
+        keys = self._keys.setdefault(id(symbols), [])  # codes belong to one SymbolTable
         if len(keys) < len(symbols):
             keys.extend(s.encode() for s in symbols.symbols[len(keys):])
         return [keys[i] for i in codes.tolist()]

@@ -79,7 +79,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         self._fv = BatchEncoder("mystocks.features.FeatureVector")
         self._bar = BatchEncoder("mystocks.md.Bar")
         self._decoders: dict[int, TickDecoder] = {}
-        self._keys: list[bytes] = []
+        self._keys: dict[int, list[bytes]] = {}
 
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
@@ -140,7 +140,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
                 (bars["ts_open"] // 1_000_000).tolist())
 
     def _key_bytes(self, codes: np.ndarray, symbols: SymbolTable) -> list[bytes]:
-        keys = self._keys
+        keys = self._keys.setdefault(id(symbols), [])  # codes belong to one SymbolTable
         if len(keys) < len(symbols):
             keys.extend(s.encode() for s in symbols.symbols[len(keys):])
         return [keys[i] for i in np.asarray(codes).tolist()]
@@ -154,7 +154,8 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
 
     def changelog_entries(self, state: FeaturesState, codes: np.ndarray, symbols: SymbolTable) -> list[tuple[bytes, bytes]]:
         codes = np.asarray(codes, np.int64)
-        parts = [{k: to_host(v[codes]) for k, v in state.features.arrays.items()}]
+        dev_codes = xp(self.backend).asarray(codes)  # gather on the device, copy only the touched rows
+        parts = [{k: to_host(v[dev_codes]) for k, v in state.features.arrays.items()}]
         parts += [{k: to_host(v[codes]) for k, v in b.arrays.items()} for b in state.bars]
         entries = []
         for j, code in enumerate(codes.tolist()):

@@ -105,6 +105,13 @@ class StreamWorker:
     def _setup(self) -> None:
         ensure_broker(self.kafka)
         changelog = ensure_changelog(self.kafka, self.processor.name, self.group, self.topic)
+        from mystocks_gpu.topics.admin import TopicAdmin
+
+        live = TopicAdmin(self.kafka).existing()
+        missing = [t for t in (*self.processor.output_topics, dlq_topic(self.topic)) if t not in live]
+        if missing:
+            raise FatalRuntimeError(f"output topic(s) {', '.join(missing)} do not exist; "
+                                    "run: mystocks-gpu topics create")
         self.states = PartitionStates(self.processor, self.kafka, changelog, self.symbols)
         extra: dict[str, Any] = {
             "session.timeout.ms": self.rt.session_timeout_ms,
@@ -192,7 +199,10 @@ class StreamWorker:
                 now = time.monotonic()
                 if not pending:
                     want = max(1, min(self.rt.max_records - len(self._acc.batch), 10_000))
-                    timeout = min(self._acc.remaining_s(now), 0.1)
+                    # consume() blocks until `want` records or the timeout: with an empty batch and a
+                    # live stream, wait only briefly so the linger clock starts at the first record
+                    idle_for = now - last_input
+                    timeout = min(self._acc.remaining_s(now), 0.002 if idle_for < 1.0 else 0.1)
                     msgs = self.consumer.consume(want, timeout=timeout)
                     pending = self._filter_errors(msgs)
                     if pending:

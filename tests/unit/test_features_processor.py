@@ -62,3 +62,26 @@ def test_bars_equal_pandas_resample_after_flush() -> None:
         for col in ("open", "high", "low", "close", "volume", "vwap"):
             np.testing.assert_allclose(got[col], ref[col], rtol=1e-12, err_msg=col)
         assert got["trades"].tolist() == ref["trades"].tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("mystocks_gpu.gpu_ops.backend", fromlist=["x"]).gpu_available()[0],
+                    reason="no CUDA device (CuPy missing or no GPU); the CPU cases above still run")
+def test_gpu_processor_equals_cpu_processor_across_changelog_restores() -> None:
+    df, values, names = _data(n=6000, symbols=40, seed=3)
+    runs = {}
+    for backend in ("cpu", "gpu"):
+        proc = TickFeaturesProcessor(FeaturesProcessorConfig(backend=backend))
+        res = run_batches(proc, cut(values, [333] * 20), roundtrip_state=True, flush=True)
+        runs[backend] = res.outputs.records
+    assert runs["cpu"].keys() == runs["gpu"].keys()
+    for topic in runs["cpu"]:
+        a = [CODEC.decode(v) for v in runs["cpu"][topic][1]]
+        b = [CODEC.decode(v) for v in runs["gpu"][topic][1]]
+        assert len(a) == len(b)
+        if topic == "features.ticks":
+            for name in a[0]["values"]:
+                np.testing.assert_allclose([r["values"][name] for r in b], [r["values"][name] for r in a],
+                                           rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=name)
+        else:
+            assert a == b
