@@ -20,7 +20,12 @@ import numpy as np
 
 from mystocks_gpu.gpu_ops.backend import gpu_available, select
 from mystocks_gpu.infra.config import load_settings
-from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer, produce_all
+from mystocks_gpu.infra.kafka_clients import (
+    ensure_broker,
+    make_consumer,
+    make_producer,
+    produce_all,
+)
 from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names
 from mystocks_gpu.infra.topic_reader import read_topic
 from mystocks_gpu.processors.tick_features import TickFeaturesProcessor

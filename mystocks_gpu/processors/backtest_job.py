@@ -37,7 +37,13 @@ import pandas as pd
 from mystocks_gpu.processors.backtest_spec import BacktestSpec
 from mystocks_gpu.processors.exceptions import InvalidSpec
 from mystocks_gpu.processors.jobs.exceptions import JobSpecError, JobStopped
-from mystocks_gpu.processors.jobs.registry import CURRENT_RUN, MIB, JobSpec, ProgressCb, register_kind
+from mystocks_gpu.processors.jobs.registry import (
+    CURRENT_RUN,
+    MIB,
+    JobSpec,
+    ProgressCb,
+    register_kind,
+)
 
 RESULTS_TOPIC = "results.backtest"
 #: rows per results.backtest message (each row ~ 150 bytes of Avro: well under the topic's 8 MiB)

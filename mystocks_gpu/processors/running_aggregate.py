@@ -19,7 +19,13 @@ import numpy as np
 
 from mystocks_gpu.schemas.batch_codec import BatchEncoder, TickDecoder, status_message
 from mystocks_gpu.schemas.symbols import SymbolTable
-from mystocks_gpu.streams.processor import Columns, Decoded, Outputs, Processor, decode_errors_to_rejected
+from mystocks_gpu.streams.processor import (
+    Columns,
+    Decoded,
+    Outputs,
+    Processor,
+    decode_errors_to_rejected,
+)
 
 
 @dataclass

@@ -32,7 +32,14 @@ from mystocks_gpu.gpu_ops.features_config import FeatureConfig
 from mystocks_gpu.gpu_ops.tick_columns import TickColumns
 from mystocks_gpu.schemas.batch_codec import BatchEncoder, TickDecoder, status_message
 from mystocks_gpu.schemas.symbols import SymbolTable
-from mystocks_gpu.streams.processor import Columns, Decoded, Outputs, Processor, Rejected, decode_errors_to_rejected
+from mystocks_gpu.streams.processor import (
+    Columns,
+    Decoded,
+    Outputs,
+    Processor,
+    Rejected,
+    decode_errors_to_rejected,
+)
 
 _BAR_TOPICS = {10**9: "md.bars.1s", 60 * 10**9: "md.bars.1m"}
 

@@ -1,7 +1,12 @@
 """Avro contracts (``avsc/``), schema ids (manifest or Schema Registry) and codecs."""
 
 from mystocks_gpu.schemas.codec import MAGIC, PREFIX_LEN, AvroCodec, frame, unframe
-from mystocks_gpu.schemas.exceptions import DecodeError, SchemaError, UnknownSchemaId, ValidationError
+from mystocks_gpu.schemas.exceptions import (
+    DecodeError,
+    SchemaError,
+    UnknownSchemaId,
+    ValidationError,
+)
 from mystocks_gpu.schemas.registry import SchemaInfo, SchemaStore, default_store
 from mystocks_gpu.schemas.validate import validate
 

@@ -16,7 +16,14 @@ from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT
-from tests.integration.stream_helpers import finish, kill9, output_high_watermark, produce_ticks, read_outputs, wait_for
+from tests.integration.stream_helpers import (
+    finish,
+    kill9,
+    output_high_watermark,
+    produce_ticks,
+    read_outputs,
+    wait_for,
+)
 from tests.unit.reference_features import reference_features
 
 

@@ -3,6 +3,7 @@ replay determinism. Every check compares against an uninterrupted reference comp
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -16,8 +17,17 @@ from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.streams.replay import ReplayRange, ReplaySource, replay
 from tests.integration.stream_helpers import (
-    assert_exactly_once_equal, finish, kill9, make_topics, output_high_watermark, produce_ticks, read_outputs,
-    reference, start_worker, synthetic, wait_for,
+    assert_exactly_once_equal,
+    finish,
+    kill9,
+    make_topics,
+    output_high_watermark,
+    produce_ticks,
+    read_outputs,
+    reference,
+    start_worker,
+    synthetic,
+    wait_for,
 )
 
 CODEC = AvroCodec()
@@ -35,7 +45,7 @@ def test_crash_sigkill_many_times_is_exactly_once(settings: Settings, unique: st
         before = output_high_watermark(settings, t.output)
         w = start_worker(t, "w1", *args)
         # kill only once this incarnation has visibly made progress, at a random moment after that
-        progressed = wait_for(lambda b=before: output_high_watermark(settings, t.output) > b or w.poll() is not None, 60)
+        progressed = wait_for(lambda b=before, w=w: output_high_watermark(settings, t.output) > b or w.poll() is not None, 60)
         assert progressed, "worker made no progress within 60 s"
         time.sleep(rng.uniform(0.0, 1.5))
         if w.poll() is not None:
@@ -150,3 +160,34 @@ def test_replay_same_range_twice_is_byte_identical(settings: Settings, unique: s
 
     ref = reference({k: v[inside] for k, v in cols.items()}, names)
     assert_exactly_once_equal(pd.DataFrame(got), ref)
+
+
+def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_metrics(settings: Settings, unique: str) -> None:
+    import signal
+    import socket
+    import urllib.request
+
+    t = make_topics(settings, unique, partitions=2)
+    cols, names = synthetic(60_000, symbols=20, seed=16)
+    produce_ticks(settings, t.input, cols, names)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    before = output_high_watermark(settings, t.output)
+    w = start_worker(t, "wt", "--batch-records", "500", "--linger-ms", "5", "--metrics-port", str(port), idle_exit=30)
+    assert wait_for(lambda: output_high_watermark(settings, t.output) > before + 2000 or w.poll() is not None, 90)
+    assert w.poll() is None
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    consumed = sum(float(ln.split()[-1]) for ln in metrics.splitlines()
+                   if ln.startswith("mystocks_stream_records_in_total"))
+    assert consumed > 0 and "mystocks_stream_batch_seconds_bucket" in metrics and "mystocks_stream_consumer_lag" in metrics
+    import os
+
+    os.killpg(w.pid, signal.SIGTERM)
+    out = finish(w, timeout=60)  # exit code 0, summary printed
+    first = json.loads(out.strip().splitlines()[-1])
+    assert 0 < first["records_in"] < 60_000
+    second = json.loads(finish(start_worker(t, "wt", idle_exit=6)).strip().splitlines()[-1])
+    assert first["records_in"] + second["records_in"] == 60_000  # nothing re-read: the stop committed
+    got = read_outputs(settings, t.output, 60_000)
+    assert_exactly_once_equal(got, reference(cols, names))

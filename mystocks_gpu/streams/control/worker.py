@@ -33,8 +33,8 @@ from mystocks_gpu.infra.heartbeat import HeartbeatPublisher
 from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
 from mystocks_gpu.infra.result_cache import ResultStore
 from mystocks_gpu.infra.scheduler import Device, WorkerInfo
-from mystocks_gpu.processors.jobs.registry import CURRENT_RUN
 from mystocks_gpu.processors.jobs import JobStopped, get_kind, kinds
+from mystocks_gpu.processors.jobs.registry import CURRENT_RUN
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.streams.control.config import JobsConfig
 from mystocks_gpu.streams.control.protocol import STATUS_SCHEMA, report_headers
