@@ -407,7 +407,7 @@ def worker_role(cfg: dict[str, Any]) -> None:
     cols, names = C.synthetic(3000, cfg["symbols"])
     C.warm_processor(make_processor(cfg["out"], cfg["backend"]), cols, names)
     w = C.TimedWorker(make_processor(cfg["out"], cfg["backend"]), s.kafka,
-                      RuntimeConfig(guarantee=cfg["guarantee"], max_records=cfg["batch"]),
+                      RuntimeConfig(guarantee=cfg["guarantee"], max_records=cfg["batch"], linger_ms=cfg["linger_ms"]),
                       group=cfg["group"], worker_id="lat0", input_topic=cfg["topic"])
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     sm = w.run(idle_exit_s=120.0)
@@ -459,7 +459,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: argparse.Na
     topic, out = f"bench.fe.lat.in.{short}.{tag}", f"bench.fe.lat.out.{short}.{tag}"
     C.create_topics(s, [(topic, TICK, args.partitions), (topic + ".dlq", None, 1), (out, FV, args.partitions)])
     cfg = {"topic": topic, "out": out, "group": f"bench-fe-lat-{short}-{tag}", "guarantee": guarantee,
-           "batch": args.batch, "backend": args.backend, "symbols": args.symbols}
+           "batch": args.lat_batch, "linger_ms": args.lat_linger_ms, "backend": args.backend, "symbols": args.symbols}
     cons = make_consumer(s.kafka, f"bench-fe-latc-{short}-{tag}", **{"fetch.wait.max.ms": 5})
     cons.assign([TopicPartition(out, p, OFFSET_BEGINNING) for p in range(args.partitions)])
     worker = subprocess.Popen([sys.executable, str(SCRIPT), "--_role", "worker", "--_cfg", json.dumps(cfg)],
@@ -535,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quix-guarantee", default="exactly-once", choices=["exactly-once", "at-least-once"])
     ap.add_argument("--rate", type=float, default=50_000.0, help="offered load of the latency runs, ticks/s (default 50000)")
     ap.add_argument("--latency-s", type=float, default=6.0, help="seconds of offered load per latency run (default 6)")
+    ap.add_argument("--lat-batch", type=int, default=2000, help="latency phase: max records per batch (default 2000)")
+    ap.add_argument("--lat-linger-ms", type=float, default=2.0, help="latency phase: batch linger, ms (default 2)")
     ap.add_argument("--low-rate", type=float, default=10_000.0,
                     help="also measure latency at this lower offered load, ticks/s (default 10000; 0 = skip)")
     ap.add_argument("--skip", default="", help="comma list of contenders to leave out: quix,faust,pandas,latency")

@@ -80,6 +80,8 @@ CATALOG: tuple[TopicSpec, ...] = (
               description="job commands (submit/cancel)"),
     TopicSpec("job.status", "job_id", "mystocks.jobs.TaskStatus", partitions=1, cleanup="compact",
               dlq=False, description="latest state per job (compacted)"),
+    TopicSpec("jobs.events", "job_id", "mystocks.jobs.TaskStatus", partitions=1, retention_ms=DAY_MS, dlq=False,
+              description="workers' progress/result reports to the control app (attempt/chunk in headers)"),
     TopicSpec("results.backtest", "job_id", "mystocks.backtest.BacktestResult", partitions=1,
               retention_ms=30 * DAY_MS, dlq=False, extra={"max.message.bytes": "8388608"},
               description="backtest results, chunked"),

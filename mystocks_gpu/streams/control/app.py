@@ -320,6 +320,16 @@ def _dlq_levels(settings: Settings, names: list[str]) -> dict[str, int]:
         c.close()
 
 
+def _ensure_topics(settings: Settings, cfg: JobsConfig) -> None:
+    """Create the catalog topics the control app reads and writes (idempotent) before Faust starts:
+    Faust ignores a subscribed topic that is missing at assignment time."""
+    from mystocks_gpu.topics import get
+    from mystocks_gpu.topics.admin import TopicAdmin
+
+    names = (cfg.commands_topic, cfg.status_topic, cfg.events_topic, "alerts")
+    TopicAdmin(settings.kafka).create([get(n) for n in names])
+
+
 def run_control(settings: Settings, cfg: JobsConfig) -> int:
     """Run the control app until SIGINT/SIGTERM; returns the exit code."""
     from aiokafka import codec
@@ -327,6 +337,7 @@ def run_control(settings: Settings, cfg: JobsConfig) -> int:
     if not (codec.has_lz4() and codec.has_snappy() and codec.has_zstd()):
         raise ConfigError("the control app reads lz4/snappy/zstd-compressed batches (the project's producers use lz4): "
                           "install cramjam (pip install 'cramjam>=2.8'), which aiokafka needs for them")
+    _ensure_topics(settings, cfg)
     ctl = ControlApp(settings, cfg)
     worker = faust.Worker(ctl.app, loglevel=settings.log.level.upper(), override_logging=False,
                           redirect_stdouts=False, console_port=0)
