@@ -162,3 +162,41 @@ def test_cli_submit_wait_prints_top_table_and_writes_report(plane: Plane, bars: 
     assert "<table>" in page and want["symbol"].iloc[0] in page
     for png in ("equity.png", "drawdown.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_signal_strategy_reads_a_feature_topic(plane: Plane, bars: pd.DataFrame, settings: Settings,
+                                               unique: str) -> None:
+    """Backtest anything computed in the stream: a column of feature vectors on a topic, aligned
+    to each bar with the last value at or before the bar."""
+    from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
+    from mystocks_gpu.schemas import AvroCodec
+    from mystocks_gpu.topics import TopicSpec
+    from mystocks_gpu.topics.admin import TopicAdmin
+
+    topic = f"t.sig.{unique}"
+    TopicAdmin(settings.kafka).create([TopicSpec(topic, "symbol", "mystocks.features.FeatureVector", partitions=2,
+                                                 dlq=False)])
+    rng = np.random.default_rng(5)
+    sig = bars[["symbol", "ts"]].copy()
+    sig["ts"] = sig["ts"] - 3_600 * 10**9  # computed an hour before each bar
+    sig["signal"] = rng.normal(0, 1, len(sig)).round(6)
+    codec = AvroCodec()
+    items = [(s.encode(), codec.encode("FeatureVector", {"symbol": s, "ts_event": int(t), "seq": i, "ts_ingest": int(t),
+                                                         "values": {"momo": float(v), "other": 1.0}}), int(t) // 10**6)
+             for i, (s, t, v) in enumerate(sig.itertuples(index=False))]
+    produce_all(make_producer(settings.kafka), topic, iter(items))
+    spec = _spec(bars, strategy="signal", params={"threshold_long": [0.5, 1.0], "threshold_exit": [0.0]},
+                 signal_topic=topic, signal_column="momo")
+    spec["start"] -= 2 * 3_600 * 10**9
+    job_id = plane.submit("backtest", spec, bypass_cache=True)
+    final = plane.wait(job_id, {"succeeded", "failed"}, timeout=180)
+    assert final["state"] == "succeeded", final
+    syms = sorted(bars["symbol"].unique())
+    prices, ts = to_matrices(bars, syms)
+    wide = sig.assign(ts=sig["ts"] + 3_600 * 10**9).pivot(index="symbol", columns="ts", values="signal")
+    prices["signal"] = wide.reindex(index=syms, columns=ts).to_numpy(np.float64)  # as-of alignment, by hand
+    out = run_backtest(prices, syms, ts, BacktestSpec.from_dict(spec), backend="cpu")
+    want = pd.DataFrame(out.rows(len(out.stats)))
+    got = _published(settings, job_id)
+    assert len(got) == len(want) == 8 * 2
+    pd.testing.assert_frame_equal(_key(got), _key(want), check_exact=False, rtol=1e-12)
