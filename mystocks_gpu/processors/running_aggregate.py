@@ -73,7 +73,6 @@ class RunningAggregateProcessor(Processor[AggState]):
         self.output_topics = (output_topic,)
         self._decoders: dict[int, TickDecoder] = {}
         self._encoder = BatchEncoder("mystocks.streams.RunningAggregate")
-        self._keys: dict[int, list[bytes]] = {}
 
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:
@@ -95,14 +94,9 @@ class RunningAggregateProcessor(Processor[AggState]):
         values = self._encoder.encode({"symbol": c["sym"], "ts_event": c["ts"], "seq": c["seq"],
                                        "count": oc, "sum": os_, "last": ol}, batch.symbols)
         out = Outputs()
-        out.add(self.output_topic, self._key_bytes(c["sym"], batch.symbols), values, (c["ts"] // 1_000_000).tolist())
+        out.add(self.output_topic, self.key_bytes(c["sym"], batch.symbols), values, (c["ts"] // 1_000_000).tolist())
         return out, new
 
-    def _key_bytes(self, codes: np.ndarray, symbols: SymbolTable) -> list[bytes]:
-        keys = self._keys.setdefault(id(symbols), [])  # codes belong to one SymbolTable
-        if len(keys) < len(symbols):
-            keys.extend(s.encode() for s in symbols.symbols[len(keys):])
-        return [keys[i] for i in codes.tolist()]
 
     def state_to_bytes(self, state: AggState, symbols: SymbolTable) -> bytes:
         live = np.flatnonzero(state.count > 0)

@@ -86,7 +86,6 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         self._fv = BatchEncoder("mystocks.features.FeatureVector")
         self._bar = BatchEncoder("mystocks.md.Bar")
         self._decoders: dict[int, TickDecoder] = {}
-        self._keys: dict[int, list[bytes]] = {}
 
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
@@ -109,7 +108,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         feats, fstate = self.engine.process_host(ticks, state.features)
         out = Outputs()
         n = len(batch)
-        keys = self._key_bytes(c["sym"], batch.symbols)
+        keys = self.key_bytes(c["sym"], batch.symbols)
         values = self._fv.encode({"symbol": c["sym"], "ts_event": c["ts"], "seq": c["seq"],
                                   "ts_ingest": np.full(n, batch.ingest_ns, np.int64),
                                   "values": np.stack([np.asarray(feats[k], np.float64) for k in self.names], axis=1)},
@@ -143,14 +142,9 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
                                    "interval_ns": bars["interval_ns"], "open": bars["open"], "high": bars["high"],
                                    "low": bars["low"], "close": bars["close"], "volume": bars["volume"],
                                    "vwap": bars["vwap"], "trades": bars["trades"]}, symbols)
-        out.add(self.cfg.bar_topic(interval_ns), self._key_bytes(bars["sym"], symbols), values,
+        out.add(self.cfg.bar_topic(interval_ns), self.key_bytes(bars["sym"], symbols), values,
                 (bars["ts_open"] // 1_000_000).tolist())
 
-    def _key_bytes(self, codes: np.ndarray, symbols: SymbolTable) -> list[bytes]:
-        keys = self._keys.setdefault(id(symbols), [])  # codes belong to one SymbolTable
-        if len(keys) < len(symbols):
-            keys.extend(s.encode() for s in symbols.symbols[len(keys):])
-        return [keys[i] for i in np.asarray(codes).tolist()]
 
     # ---- changelog: per-symbol rows ----------------------------------------------------------
     def _templates(self) -> list[dict[str, np.ndarray]]:

@@ -154,6 +154,14 @@ class Processor(ABC, Generic[S]):
         """How outputs are partitioned: by key (murmur2, default)."""
         return "key"
 
+    def key_bytes(self, codes: np.ndarray, symbols: SymbolTable) -> list[bytes]:
+        """Kafka keys (UTF-8 symbol names) for symbol ``codes``, cached per symbol table."""
+        cache: dict[int, list[bytes]] = self.__dict__.setdefault("_key_cache", {})
+        keys = cache.setdefault(id(symbols), [])
+        if len(keys) < len(symbols):
+            keys.extend(s.encode() for s in symbols.symbols[len(keys):])
+        return [keys[i] for i in np.asarray(codes).tolist()]
+
 
 def decode_errors_to_rejected(index: np.ndarray, status: np.ndarray, message_of: Any) -> list[Rejected]:
     """Turn a per-record status array (0 = ok) into :class:`Rejected` entries."""
