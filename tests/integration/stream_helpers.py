@@ -20,6 +20,7 @@ from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT
+from tests.running_reference import running_aggregate
 
 
 @dataclass
@@ -87,12 +88,9 @@ def read_outputs(settings: Settings, topic: str, expected: int, timeout: float =
 
 def reference(cols: dict[str, np.ndarray], names: list[str], keep: np.ndarray | None = None) -> pd.DataFrame:
     """Uninterrupted running count/sum/last per symbol (sequential sums, like the processor)."""
-    df = pd.DataFrame({"symbol": np.asarray(names)[cols["sym"]], "seq": cols["seq"], "price": cols["price"]})
-    if keep is not None:
-        df = df[keep]
-    g = df.groupby("symbol", sort=False)["price"]
-    return pd.DataFrame({"symbol": df["symbol"], "seq": df["seq"], "count": g.cumcount() + 1,
-                         "sum": g.transform(lambda s: np.cumsum(s.to_numpy())), "last": df["price"]})
+    sym = np.asarray(names)[cols["sym"]]
+    sel = slice(None) if keep is None else keep
+    return running_aggregate(sym[sel], cols["seq"][sel], cols["price"][sel])
 
 
 def assert_exactly_once_equal(got: pd.DataFrame, ref: pd.DataFrame) -> None:

@@ -15,6 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+#: small parameter grids per strategy, shared by the engine and vectorbt tests
+GRIDS = {
+    "ma_cross": {"fast": [3, 8], "slow": [8, 21, 34]},
+    "breakout": {"window": [5, 20]},
+    "zscore": {"window": [10, 25], "entry_z": [1.0, 1.8], "exit_z": [0.0]},
+    "rsi": {"period": [6, 14], "lower": [30.0, 40.0], "upper": [60.0]},
+    "signal": {"threshold_long": [0.2, 0.5], "threshold_exit": [-0.1, 0.1]},
+}
+
 
 def ref_grid(strategy: str, grid: dict[str, list[float]]) -> list[dict[str, float]]:
     """Cartesian product (names sorted, values sorted) minus combinations breaking the rules."""

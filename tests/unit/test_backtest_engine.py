@@ -21,18 +21,11 @@ from mystocks_gpu.gpu_ops.backtest import (
 from mystocks_gpu.gpu_ops.backtest.engine import best_cells, chunk_bytes, prepare_inputs
 from mystocks_gpu.gpu_ops.backtest.signals import compute_indicators, new_carry
 from mystocks_gpu.processors.backtest_spec import BacktestSpec
-from tests.unit.reference_backtest import random_bars, ref_backtest, ref_signals
+from tests.unit.reference_backtest import GRIDS, random_bars, ref_backtest, ref_signals
 
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD"]
 TS = np.arange(260, dtype=np.int64) * 86_400_000_000_000 + 1_600_000_000_000_000_000
 
-GRIDS = {
-    "ma_cross": {"fast": [3, 8], "slow": [8, 21, 34]},
-    "breakout": {"window": [5, 20]},
-    "zscore": {"window": [10, 25], "entry_z": [1.0, 1.8], "exit_z": [0.0]},
-    "rsi": {"period": [6, 14], "lower": [30.0, 40.0], "upper": [60.0]},
-    "signal": {"threshold_long": [0.2, 0.5], "threshold_exit": [-0.1, 0.1]},
-}
 
 # (sizing, size, execution, fees, fixed_fees, slippage)
 MONEY = [

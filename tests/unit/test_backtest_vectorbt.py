@@ -16,7 +16,7 @@ import pytest
 
 from mystocks_gpu.gpu_ops.backtest import compile_grid, materialize_signals, run_backtest
 from mystocks_gpu.processors.backtest_spec import BacktestSpec
-from tests.unit.reference_backtest import random_bars
+from tests.unit.reference_backtest import GRIDS, random_bars
 
 vbt = pytest.importorskip("vectorbt", reason="vectorbt (the 'bench' extra) is not installed")
 
@@ -24,13 +24,6 @@ SYMBOLS = ["AAA", "BBB", "CCC", "DDD"]
 N_BARS = 300
 TS = np.arange(N_BARS, dtype=np.int64) * 86_400_000_000_000
 
-GRIDS = {
-    "ma_cross": {"fast": [3, 8], "slow": [8, 21, 34]},
-    "breakout": {"window": [5, 20]},
-    "zscore": {"window": [10, 25], "entry_z": [1.0, 1.8], "exit_z": [0.0]},
-    "rsi": {"period": [6, 14], "lower": [30.0, 40.0], "upper": [60.0]},
-    "signal": {"threshold_long": [0.2, 0.5], "threshold_exit": [-0.1, 0.1]},
-}
 
 # strategy, direction, sizing, size, execution, fees, fixed_fees, slippage
 CASES = [

@@ -14,6 +14,7 @@ from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator
 from mystocks_gpu.streams.harness import cut, run_batches
 from mystocks_gpu.streams.processor import Columns, Outputs
+from tests.running_reference import running_aggregate
 
 CODEC = AvroCodec()
 
@@ -98,10 +99,7 @@ def _ticks(n: int = 3000, symbols: int = 25, seed: int = 5) -> list[dict]:
 
 def _reference(recs: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(recs)
-    g = df.groupby("symbol", sort=False)["price"]
-    # np.cumsum adds in order, as a running sum does (pandas' groupby cumsum compensates rounding)
-    return pd.DataFrame({"symbol": df["symbol"], "seq": df["seq"], "count": g.cumcount() + 1,
-                         "sum": g.transform(lambda s: np.cumsum(s.to_numpy())), "last": df["price"]})
+    return running_aggregate(df["symbol"].to_numpy(), df["seq"].to_numpy(), df["price"].to_numpy())
 
 
 def _outputs_frame(out: Outputs) -> pd.DataFrame:
