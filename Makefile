@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/mystocks-gpu
 EXTRAS ?= dev,bench
 PYTEST_ARGS ?=
-SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && echo sudo)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
 
 .PHONY: help install system-deps stack-up stack-down demo test test-unit bench lint clean
 

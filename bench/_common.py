@@ -29,15 +29,15 @@ if str(ROOT) not in sys.path:
 
 from confluent_kafka import KafkaException  # noqa: E402
 
+from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names  # noqa: E402
 from mystocks_gpu.infra.config import Settings, load_settings  # noqa: E402
 from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer, produce_all  # noqa: E402
-from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names  # noqa: E402
 from mystocks_gpu.schemas.batch_codec import BatchEncoder  # noqa: E402
 from mystocks_gpu.schemas.codec import PREFIX_LEN, frame  # noqa: E402
-from mystocks_gpu.schemas.registry import default_store  # noqa: E402
+from mystocks_gpu.schemas.schema_store import default_store  # noqa: E402
 from mystocks_gpu.schemas.symbols import SymbolTable  # noqa: E402
 from mystocks_gpu.streams.processor import Processor  # noqa: E402
-from mystocks_gpu.streams.worker import RunSummary, StreamWorker  # noqa: E402
+from mystocks_gpu.streams.stream_worker import RunSummary, StreamWorker  # noqa: E402
 from mystocks_gpu.topics import TopicSpec  # noqa: E402
 from mystocks_gpu.topics.admin import TopicAdmin  # noqa: E402
 

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 
 from mystocks_gpu.gpu_ops.backend import gpu_available  # noqa: E402
 from mystocks_gpu.gpu_ops.backtest import run_backtest  # noqa: E402
-from mystocks_gpu.processors.backtest_spec import BacktestSpec  # noqa: E402
+from mystocks_gpu.processors.backtest.spec import BacktestSpec  # noqa: E402
 
 FEES = 0.001
 SLIPPAGE = 0.0005

@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records  # noqa: E402
+from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records  # noqa: E402
 from mystocks_gpu.schemas.batch_codec import BatchEncoder, TickDecoder  # noqa: E402
 from mystocks_gpu.schemas.codec import PREFIX_LEN, frame  # noqa: E402
-from mystocks_gpu.schemas.registry import default_store  # noqa: E402
+from mystocks_gpu.schemas.schema_store import default_store  # noqa: E402
 
 CHUNK = 100_000
 

@@ -20,6 +20,8 @@ import uuid
 
 import numpy as np
 
+from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
+from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.gpu_ops.backend import gpu_available, select
 from mystocks_gpu.infra.config import load_settings
 from mystocks_gpu.infra.kafka_clients import (
@@ -28,13 +30,11 @@ from mystocks_gpu.infra.kafka_clients import (
     make_producer,
     produce_all,
 )
-from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names
-from mystocks_gpu.infra.topic_reader import read_topic
 from mystocks_gpu.processors.tick_features import TickFeaturesProcessor
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.streams.runtime_config import RuntimeConfig
-from mystocks_gpu.streams.worker import StreamWorker
+from mystocks_gpu.streams.stream_worker import StreamWorker
 from mystocks_gpu.topics import all_specs
 from mystocks_gpu.topics.admin import TopicAdmin
 

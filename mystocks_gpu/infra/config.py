@@ -34,7 +34,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "MYSTOCKS_"
-_ENV_RESERVED = {"MYSTOCKS_CONFIG"}
+#: variables that are not settings: the config path, compile-cache locations (read before settings load)
+_ENV_RESERVED = {"MYSTOCKS_CONFIG", "MYSTOCKS_CACHE_DIR", "MYSTOCKS_CODEC_CACHE"}
 _SECRET_WORDS = ("password", "secret", "token", "credentials", "private")
 MASK = "***"
 

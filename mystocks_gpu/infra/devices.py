@@ -1,6 +1,6 @@
 """Device discovery for workers: CUDA GPUs via CuPy (and NVML for utilisation), else the CPU.
 
-``discover()`` returns :class:`~mystocks_gpu.infra.scheduler.Device` records with total/free
+``discover()`` returns :class:`Device` records with total/free
 memory (bytes) and utilisation (0..1). Tests and dry runs install a fake inventory with
 :func:`set_fake_inventory` (or the worker's ``--fake-devices`` option), which ``discover`` then
 returns as is.
@@ -11,11 +11,42 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mystocks_gpu.exceptions import ConfigError
-from mystocks_gpu.infra.scheduler import Device
+
+
+@dataclass(frozen=True)
+class Device:
+    """One compute device of a worker. Memory in bytes; ``utilization`` in 0..1."""
+
+    id: str
+    kind: str  # "gpu" | "cpu"
+    name: str = ""
+    total_bytes: int = 0
+    free_bytes: int = 0
+    utilization: float = 0.0
+    #: name of the real-time processor that holds this device (never given to batch jobs)
+    reserved_for: str | None = None
+
+    @property
+    def is_gpu(self) -> bool:
+        """True for a GPU."""
+        return self.kind == "gpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (heartbeats, ``GET /workers``)."""
+        return {"id": self.id, "kind": self.kind, "name": self.name, "total_bytes": self.total_bytes,
+                "free_bytes": self.free_bytes, "utilization": self.utilization, "reserved_for": self.reserved_for}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Device:
+        """Inverse of :meth:`to_dict`."""
+        return cls(str(d["id"]), str(d.get("kind", "cpu")), str(d.get("name", "")), int(d.get("total_bytes", 0)),
+                   int(d.get("free_bytes", 0)), float(d.get("utilization", 0.0)), d.get("reserved_for"))
+
 
 _FAKE: tuple[Device, ...] | None = None
 

@@ -97,6 +97,10 @@ class LocalStack:
     def _pidfile(self, name: str) -> Path:
         return self.home / f"{name}.pid"
 
+    def pid(self, name: str) -> int | None:
+        """Pid of a running component of this stack (``kafka`` or ``redis``), or None."""
+        return self._read_pid(name)
+
     def _read_pid(self, name: str) -> int | None:
         try:
             pid = int(self._pidfile(name).read_text().strip())

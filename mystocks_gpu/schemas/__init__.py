@@ -7,7 +7,7 @@ from mystocks_gpu.schemas.exceptions import (
     UnknownSchemaId,
     ValidationError,
 )
-from mystocks_gpu.schemas.registry import SchemaInfo, SchemaStore, default_store
+from mystocks_gpu.schemas.schema_store import SchemaInfo, SchemaStore, default_store
 from mystocks_gpu.schemas.validate import validate
 
 __all__ = [

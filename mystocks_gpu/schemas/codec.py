@@ -14,7 +14,7 @@ from typing import Any
 import fastavro
 
 from mystocks_gpu.schemas.exceptions import DecodeError, SchemaError
-from mystocks_gpu.schemas.registry import SchemaInfo, SchemaStore, default_store
+from mystocks_gpu.schemas.schema_store import SchemaInfo, SchemaStore, default_store
 
 MAGIC = 0
 PREFIX = struct.Struct(">bI")

@@ -16,6 +16,8 @@ from mystocks_gpu.schemas.exceptions import ValidationError
 MIN_TS_NS = 946_684_800 * 10**9
 #: event times further than this ahead of the wall clock are rejected, ns (1 day)
 MAX_FUTURE_NS = 86_400 * 10**9
+#: longest symbol accepted (UTF-8 bytes): a key, interned in every worker's symbol table
+MAX_SYMBOL_BYTES = 256
 
 
 def check_ts(ts_event: int, now_ns: int | None = None, max_future_ns: int = MAX_FUTURE_NS) -> None:
@@ -42,6 +44,8 @@ def validate_tick(r: dict[str, Any]) -> None:
     check_ts(r["ts_event"])
     if not r["symbol"]:
         raise ValidationError("symbol is empty")
+    if len(r["symbol"].encode()) > MAX_SYMBOL_BYTES:
+        raise ValidationError(f"symbol is longer than {MAX_SYMBOL_BYTES} bytes (UTF-8)")
     _positive("price", r["price"])
     _non_negative("size", r["size"])
     for k in ("bid", "ask"):

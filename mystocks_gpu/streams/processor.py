@@ -69,24 +69,33 @@ class Outputs:
     """Records to produce: per topic, parallel lists of key bytes, value bytes and timestamps (ms).
 
     ``rejected`` holds records the processor refused (e.g. late ticks), by raw-batch index.
+    ``sources`` (optional, per topic): the raw-batch index of the input record each output came
+    from (-1 = several/unknown), so an output that can never be produced (over the topic's size
+    limit) sends its input to the DLQ instead.
     """
 
     records: dict[str, tuple[list[bytes | None], list[bytes], list[int]]] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
+    sources: dict[str, list[int]] = field(default_factory=dict)
 
-    def add(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int]) -> None:
-        """Append records for ``topic``."""
+    def add(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int],
+            sources: list[int] | None = None) -> None:
+        """Append records for ``topic`` (``sources``: raw-batch index of each one's input record)."""
         if not values:
             return
         k, v, t = self.records.setdefault(topic, ([], [], []))
+        before = len(v)
         k.extend(keys)
         v.extend(values)
         t.extend(ts_ms)
+        if sources is not None or topic in self.sources:
+            src = self.sources.setdefault(topic, [-1] * before)
+            src.extend(sources if sources is not None else [-1] * len(values))
 
     def extend(self, other: Outputs) -> None:
         """Append another batch's outputs after these."""
         for topic, (k, v, t) in other.records.items():
-            self.add(topic, k, v, t)
+            self.add(topic, k, v, t, other.sources.get(topic))
         self.rejected.extend(other.rejected)
 
     def count(self) -> int:
@@ -174,3 +183,20 @@ def _error_class(code: int) -> str:
     if code == 2:
         return "UnknownSchemaId"
     return "DecodeError" if code < 32 else "ValidationError"
+
+
+def process_isolating(processor: Processor[Any], cols: Columns, state: Any) -> tuple[Outputs, Any]:
+    """Run ``processor.process``; if it raises, bisect the batch until the failing records are
+    isolated, reject those (to the DLQ) and process the rest in order."""
+    try:
+        return processor.process(cols, state)
+    except Exception as exc:  # a processor bug or a poison record: isolate it
+        if len(cols) == 1:
+            out = Outputs()
+            out.rejected.append(Rejected(int(cols.index[0]), type(exc).__name__, str(exc) or repr(exc)))
+            return out, state
+    mid = len(cols) // 2
+    out, state = process_isolating(processor, cols.take(slice(0, mid)), state)
+    out2, state = process_isolating(processor, cols.take(slice(mid, None)), state)
+    out.extend(out2)
+    return out, state

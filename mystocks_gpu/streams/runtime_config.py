@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.streams.fault_injection import FaultPlan
 
 EXACTLY_ONCE = "exactly_once"
 AT_LEAST_ONCE = "at_least_once"
@@ -32,8 +33,19 @@ class RuntimeConfig:
     session_timeout_ms: int = 6_000
     #: generous so a broker restart (a minute on a small machine) does not evict the worker
     max_poll_interval_ms: int = 300_000
-    #: at most this many records wait in the local buffer before partitions are paused
+    #: backpressure: while the producer holds more unacknowledged output records than this, every
+    #: assigned partition is paused (resumed below half of it)
     max_buffered_records: int = 50_000
+    #: how long a produce may wait for room in a full producer queue before the batch aborts (s)
+    produce_block_timeout_s: float = 60.0
+    #: timeout of one send_offsets / commit / abort call (s); retriable errors are retried with backoff
+    commit_timeout_s: float = 30.0
+    #: how often the consumer-lag gauges are refreshed (s)
+    lag_interval_s: float = 2.0
+    #: deliberate abortable failures for fault-tolerance tests (see ``streams/fault_injection.py``); "" = off
+    fault_injection: str = ""
+    #: attempts to restore a partition's state when the changelog's leader is not ready (e.g. just created)
+    restore_attempts: int = 10
     #: consumer protocol: "classic" (cooperative-sticky assignor) or "consumer" (KIP-848)
     group_protocol: str = "classic"
 
@@ -48,6 +60,15 @@ class RuntimeConfig:
             raise ConfigError("group_protocol must be classic or consumer")
         if self.transaction_timeout_ms < 1000:
             raise ConfigError("transaction_timeout_ms must be >= 1000")
+        if self.max_buffered_records < 1:
+            raise ConfigError("max_buffered_records must be >= 1")
+        for name in ("produce_block_timeout_s", "commit_timeout_s", "lag_interval_s"):
+            v = getattr(self, name)
+            if not v > 0 or v != v:
+                raise ConfigError(f"{name} must be > 0, got {v}")
+        FaultPlan.parse(self.fault_injection)
+        if self.restore_attempts < 1:
+            raise ConfigError("restore_attempts must be >= 1")
 
     @property
     def exactly_once(self) -> bool:

@@ -9,17 +9,18 @@ aborted batches never come back), keeping the latest value per key.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.infra.kafka_clients import make_consumer
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.processor import Processor
+from mystocks_gpu.streams.runtime_config import RuntimeConfig
 from mystocks_gpu.topics.admin import TopicAdmin
 from mystocks_gpu.topics.catalog import changelog_topic
 
@@ -43,54 +44,110 @@ def ensure_changelog(cfg: KafkaConfig, processor: str, group: str, input_topic: 
 
 def read_changelog(cfg: KafkaConfig, topic: str, partition: int, timeout_s: float = 60.0) -> dict[bytes, bytes]:
     """Latest value per key of one changelog partition (committed records only; tombstones delete)."""
+    return read_changelogs(cfg, topic, [partition], timeout_s)[partition]
+
+
+def _watermarks(consumer: Any, topic: str, partitions: list[int], cfg: KafkaConfig,
+                attempts: int, clock: Clock) -> dict[int, tuple[int, int]]:
+    """Low/high watermarks, retrying while a just-created partition has no leader yet."""
+    out: dict[int, tuple[int, int]] = {}
+    for p in partitions:
+        for attempt in range(attempts):
+            try:
+                out[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=cfg.connect_timeout_s)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal() or attempt == attempts - 1:
+                    raise FatalRuntimeError(f"restoring {topic}[{p}]: {err.str()}") from None
+                log.info("changelog not ready, retrying", extra={"fields": {"partition": p, "error": err.str()}})
+                clock.sleep(min(0.2 * 2**attempt, 3.0))
+    return out
+
+
+def read_changelogs(cfg: KafkaConfig, topic: str, partitions: list[int], timeout_s: float = 60.0,
+                    attempts: int = 10, clock: Clock = SYSTEM_CLOCK) -> dict[int, dict[bytes, bytes]]:
+    """Latest value per key of several changelog partitions, read with ONE consumer (committed
+    records only; tombstones delete). Watermark lookups are retried while a leader is not ready."""
+    latest: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
+    if not partitions:
+        return latest
     consumer = make_consumer(cfg, f"mystocks-restore-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
-    latest: dict[bytes, bytes] = {}
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=cfg.connect_timeout_s)
-        if high <= low:
+        marks = _watermarks(consumer, topic, partitions, cfg, attempts, clock)
+        todo = {p for p, (low, high) in marks.items() if high > low}
+        if not todo:
             return latest
-        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if time.monotonic() > deadline:
-                raise FatalRuntimeError(f"restoring {topic}[{partition}] took longer than {timeout_s:.0f} s")
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(todo)])
+        deadline = clock.monotonic() + timeout_s
+        while todo:
+            if clock.monotonic() > deadline:
+                raise FatalRuntimeError(f"restoring {topic}{sorted(todo)} took longer than {timeout_s:.0f} s")
             for m in consumer.consume(10_000, timeout=0.5):
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        return latest
-                    raise FatalRuntimeError(f"restoring {topic}[{partition}]: {err.str()}")
+                        todo.discard(m.partition())
+                        continue
+                    if err.retriable() or not err.fatal():
+                        log.info("restore: transient error", extra={"fields": {"error": err.str()}})
+                        continue
+                    raise FatalRuntimeError(f"restoring {topic}[{m.partition()}]: {err.str()}")
+                store = latest[m.partition()]
                 key = m.key() or b""
                 if m.value() is None:
-                    latest.pop(key, None)
+                    store.pop(key, None)
                 else:
-                    latest[key] = m.value()
+                    store[key] = m.value()
+        return latest
     finally:
         consumer.close()
 
 
 class PartitionStates:
-    """The states of the partitions a worker owns, restored from the changelog on assignment."""
+    """The states of the partitions a worker owns, restored from the changelog on assignment.
 
-    def __init__(self, processor: Processor[Any], cfg: KafkaConfig, changelog: str, symbols: SymbolTable) -> None:
+    ``mirror[p]`` is the latest COMMITTED changelog value per key of partition ``p``: read on
+    assignment and updated by the commit protocol after each commit, so an abort restores state
+    from memory (:meth:`restore_from_mirror`) instead of re-reading Kafka.
+    """
+
+    def __init__(self, processor: Processor[Any], cfg: KafkaConfig, changelog: str, symbols: SymbolTable,
+                 rt: RuntimeConfig | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.processor = processor
         self.cfg = cfg
         self.changelog = changelog
         self.symbols = symbols
+        self.rt = rt or RuntimeConfig()
+        self.clock = clock
         self.states: dict[int, Any] = {}
+        self.mirror: dict[int, dict[bytes, bytes]] = {}
         self.last_restore_s = 0.0
 
     def restore(self, partition: int) -> float:
         """(Re)build one partition's state from its changelog; returns seconds taken."""
-        t0 = time.monotonic()
-        entries = read_changelog(self.cfg, self.changelog, partition)
-        self.states[partition] = self.processor.restore(entries.items(), self.symbols)
-        dt = time.monotonic() - t0
+        return self.restore_many([partition])
+
+    def restore_many(self, partitions: list[int]) -> float:
+        """(Re)build the states of ``partitions`` from the changelog with one consumer; returns seconds."""
+        t0 = self.clock.monotonic()
+        entries = read_changelogs(self.cfg, self.changelog, partitions, attempts=self.rt.restore_attempts,
+                                  clock=self.clock)
+        for p, kv in entries.items():
+            self.mirror[p] = kv
+            self.states[p] = self.processor.restore(kv.items(), self.symbols)
+        dt = self.clock.monotonic() - t0
         self.last_restore_s = dt
-        log.info("state restored", extra={"fields": {"partition": partition, "keys": len(entries), "seconds": round(dt, 3)}})
+        log.info("state restored", extra={"fields": {"partitions": partitions,
+                                                      "keys": sum(len(v) for v in entries.values()), "seconds": round(dt, 3)}})
         return dt
+
+    def restore_from_mirror(self, partition: int) -> None:
+        """Rebuild a partition's state from the last committed changelog values (no Kafka read)."""
+        self.states[partition] = self.processor.restore(self.mirror.get(partition, {}).items(), self.symbols)
 
     def drop(self, partitions: list[int]) -> None:
         """Forget partitions handed to another worker."""
         for p in partitions:
             self.states.pop(p, None)
+            self.mirror.pop(p, None)

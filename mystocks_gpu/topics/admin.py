@@ -64,6 +64,20 @@ class TopicAdmin:
             out[res.name] = {k: e.value for k, e in entries.items() if k in COMPARED}
         return out
 
+    def max_message_bytes(self, names: Iterable[str], producer_max: int = 1_000_000) -> dict[str, int]:
+        """Largest record (bytes) each topic accepts: the smaller of its ``max.message.bytes`` and the
+        producer's ``message.max.bytes`` (librdkafka default 1,000,000)."""
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+        out: dict[str, int] = {}
+        if not resources:
+            return out
+        for res, fut in self.admin.describe_configs(resources, request_timeout=self.cfg.connect_timeout_s).items():
+            entries = fut.result(timeout=self.cfg.connect_timeout_s)
+            entry = entries.get("max.message.bytes")
+            topic_max = int(entry.value) if entry is not None and entry.value else producer_max
+            out[res.name] = min(topic_max, producer_max)
+        return out
+
     def drift(self, spec: TopicSpec, partitions: int, config: dict[str, str]) -> list[str]:
         """Human-readable differences between a live topic and its spec."""
         diffs = []

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.streams.control.client import StatusFollower
-from mystocks_gpu.streams.control.config import JobsConfig
-from mystocks_gpu.streams.control.protocol import FINAL
+from mystocks_gpu.jobs.client import StatusFollower
+from mystocks_gpu.jobs.jobs_config import JobsConfig
+from mystocks_gpu.jobs.protocol import FINAL
 
 ROOT = Path(__file__).resolve().parents[2]
 HB_TTL = "3"

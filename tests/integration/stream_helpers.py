@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
+from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
-from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names
-from mystocks_gpu.infra.topic_reader import read_topic
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.gpu_ops.backtest import run_backtest
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.infra.topic_reader import read_topic
-from mystocks_gpu.processors.backtest_job import to_matrices
-from mystocks_gpu.processors.backtest_spec import BacktestSpec
+from mystocks_gpu.processors.backtest.job import to_matrices
+from mystocks_gpu.processors.backtest.spec import BacktestSpec
 from tests.conftest import run_cli
 from tests.integration.jobs_plane import Plane, collect, http, states
 

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pandas as pd
 
+from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
 from mystocks_gpu.gpu_ops.features_config import FeatureConfig
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT

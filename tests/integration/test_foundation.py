@@ -10,11 +10,11 @@ from collections import defaultdict
 
 import pytest
 
+from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
+from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.infra.stack import LocalStack
-from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
-from mystocks_gpu.infra.topic_reader import read_topic
 from mystocks_gpu.schemas import AvroCodec, frame
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin

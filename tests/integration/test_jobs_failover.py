@@ -13,10 +13,10 @@ from typing import Any
 
 import redis
 
+from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.infra.result_cache import ResultStore, result_key
-from mystocks_gpu.infra.topic_reader import read_topic
-from mystocks_gpu.streams.control.protocol import FINAL
+from mystocks_gpu.jobs.protocol import FINAL
+from mystocks_gpu.jobs.result_cache import ResultStore, result_key
 from tests.integration.jobs_plane import Plane, collect, states
 
 

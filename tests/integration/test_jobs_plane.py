@@ -14,12 +14,12 @@ import pytest
 import redis
 import websockets
 
+from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer
-from mystocks_gpu.infra.result_cache import ResultStore
-from mystocks_gpu.infra.topic_reader import read_topic
+from mystocks_gpu.jobs.protocol import COMMAND_SCHEMA, FINAL, make_command
+from mystocks_gpu.jobs.result_cache import ResultStore
 from mystocks_gpu.schemas import AvroCodec
-from mystocks_gpu.streams.control.protocol import COMMAND_SCHEMA, FINAL, make_command
 from tests.conftest import run_cli
 from tests.integration.jobs_plane import Plane, collect, http, states
 

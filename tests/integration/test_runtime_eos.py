@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 
+from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.stack import LocalStack
-from mystocks_gpu.infra.topic_reader import read_topic
 from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import BatchEncoder

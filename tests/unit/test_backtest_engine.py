@@ -18,9 +18,14 @@ from mystocks_gpu.gpu_ops.backtest import (
     run_chunk,
     run_curves,
 )
-from mystocks_gpu.gpu_ops.backtest.engine import best_cells, chunk_bytes, prepare_inputs
-from mystocks_gpu.gpu_ops.backtest.signals import compute_indicators, new_carry
-from mystocks_gpu.processors.backtest_spec import BacktestSpec
+from mystocks_gpu.gpu_ops.backtest.engine import (
+    best_cells,
+    chunk_bytes,
+    compute_indicators,
+    prepare_inputs,
+)
+from mystocks_gpu.gpu_ops.backtest.signals import new_carry
+from mystocks_gpu.processors.backtest.spec import BacktestSpec
 from tests.unit.reference_backtest import GRIDS, random_bars, ref_backtest, ref_signals
 
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD"]

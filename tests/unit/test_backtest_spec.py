@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from mystocks_gpu.exceptions import MyStocksError
-from mystocks_gpu.processors.backtest_spec import BacktestSpec
+from mystocks_gpu.processors.backtest.spec import BacktestSpec
 from mystocks_gpu.processors.exceptions import InvalidSpec
 
 BASE = {"strategy": "ma_cross", "params": {"fast": [5, 10], "slow": [20, 50]}}

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from mystocks_gpu.gpu_ops.backtest import compile_grid, materialize_signals, run_backtest
-from mystocks_gpu.processors.backtest_spec import BacktestSpec
+from mystocks_gpu.processors.backtest.spec import BacktestSpec
 from tests.unit.reference_backtest import GRIDS, random_bars
 
 vbt = pytest.importorskip("vectorbt", reason="vectorbt (the 'bench' extra) is not installed")

@@ -10,7 +10,7 @@ import fastavro
 import numpy as np
 import pytest
 
-from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
+from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
 from mystocks_gpu.schemas.batch_codec import (
     STATUS_MESSAGES,
     BatchDecoder,
@@ -26,7 +26,7 @@ from mystocks_gpu.schemas.batch_codec import (
 )
 from mystocks_gpu.schemas.codec import AvroCodec, frame
 from mystocks_gpu.schemas.exceptions import DecodeError, SchemaError, ValidationError
-from mystocks_gpu.schemas.registry import default_store
+from mystocks_gpu.schemas.schema_store import default_store
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.schemas.validate import MAX_FUTURE_NS, MIN_TS_NS, validate_tick
 

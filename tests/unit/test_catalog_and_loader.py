@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mystocks_gpu.infra.history_loader import LoadError, LoadOptions, load_file
+from mystocks_gpu.data.history_loader import LoadError, LoadOptions, load_file
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.topics import CATALOG, UnknownTopic, all_specs, get
 from tests.conftest import run_cli

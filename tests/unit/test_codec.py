@@ -12,7 +12,7 @@ import fastavro
 import pytest
 
 from mystocks_gpu.schemas import AvroCodec, DecodeError, SchemaStore, UnknownSchemaId, frame
-from mystocks_gpu.schemas.registry import local_schemas, read_manifest
+from mystocks_gpu.schemas.schema_store import local_schemas, read_manifest
 from tests.avro_random import random_value
 
 STORE = SchemaStore()
@@ -52,7 +52,7 @@ def test_manifest_matches_files_and_ids_are_unique() -> None:
     current = {e["name"]: e for e in manifest["schemas"]}
     for name, (_, _, fp) in local_schemas().items():
         assert any(e["name"] == name and e["fingerprint"] == fp for e in manifest["schemas"]), (
-            f"{name} changed without a new manifest id: run python -m mystocks_gpu.schemas.registry --update")
+            f"{name} changed without a new manifest id: run python -m mystocks_gpu.schemas.schema_store --update")
         assert name in current
     for name in ("Tick", "Trade", "Quote", "Bar", "FeatureVector", "JobCommand", "TaskStatus", "Alert", "BacktestResult"):
         info = STORE.by_name(name)

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
 from mystocks_gpu.gpu_ops.features_config import FeatureConfig
-from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names
 from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
-from mystocks_gpu.streams.harness import cut, run_batches
+from tests.harness import cut, run_batches
 from tests.unit.reference_features import reference_bars, reference_features
 
 CODEC = AvroCodec()

@@ -8,17 +8,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from mystocks_gpu.infra.result_cache import cache_key
-from mystocks_gpu.processors.jobs import (
-    JobSpec,
-    JobSpecError,
-    JobStopped,
-    get_kind,
-    kinds,
-    register_kind,
-)
-from mystocks_gpu.processors.jobs.builtin import EchoSpec, SleepSpec
-from mystocks_gpu.streams.control.protocol import check_submit, make_command
+from mystocks_gpu.jobs.builtin_kinds import EchoSpec, SleepSpec
+from mystocks_gpu.jobs.kinds import get_kind, kinds, register_kind
+from mystocks_gpu.jobs.protocol import check_submit, make_command
+from mystocks_gpu.jobs.result_cache import cache_key
+from mystocks_gpu.processors.exceptions import JobSpecError, JobStopped
+from mystocks_gpu.processors.job_kind import JobSpec
 
 
 def test_builtin_kinds_are_registered() -> None:

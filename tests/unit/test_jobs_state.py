@@ -7,11 +7,12 @@ import json
 import time
 from typing import Any
 
-from mystocks_gpu.infra.alerts import AlertMonitor, AlertThresholds
-from mystocks_gpu.infra.scheduler import Device, SchedulerConfig, WorkerInfo
-from mystocks_gpu.streams.control.hub import Hub
-from mystocks_gpu.streams.control.protocol import make_command
-from mystocks_gpu.streams.control.state import ControlCore
+from mystocks_gpu.infra.devices import Device
+from mystocks_gpu.jobs.alerts import AlertMonitor, AlertThresholds
+from mystocks_gpu.jobs.control_state import ControlCore
+from mystocks_gpu.jobs.protocol import make_command
+from mystocks_gpu.jobs.scheduler import SchedulerConfig, WorkerInfo
+from mystocks_gpu.jobs.ws_hub import Hub
 
 GIB = 1 << 30
 W1 = WorkerInfo("w1", ("sleep", "echo"), (Device("gpu0", "gpu", "g", 16 * GIB, 16 * GIB),))

@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mystocks_gpu.infra.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
+from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
 from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator
-from mystocks_gpu.streams.harness import cut, run_batches
 from mystocks_gpu.streams.processor import Columns, Outputs
+from tests.harness import cut, run_batches
 from tests.running_reference import running_aggregate
 
 CODEC = AvroCodec()

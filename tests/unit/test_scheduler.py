@@ -8,7 +8,7 @@ import pytest
 
 from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.devices import parse_fake_inventory
-from mystocks_gpu.infra.scheduler import (
+from mystocks_gpu.jobs.scheduler import (
     ChunkRequest,
     Commitment,
     Device,

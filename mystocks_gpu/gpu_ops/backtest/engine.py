@@ -77,7 +77,7 @@ import pandas as pd
 
 from mystocks_gpu.gpu_ops.backend import GPU, select, to_host, xp
 from mystocks_gpu.gpu_ops.backtest.exceptions import BacktestInputError
-from mystocks_gpu.gpu_ops.backtest.signals import compute_indicators, new_carry
+from mystocks_gpu.gpu_ops.backtest.signals import compute_indicators_cpu, new_carry
 from mystocks_gpu.gpu_ops.backtest.sim_cpu import simulate_cpu
 from mystocks_gpu.gpu_ops.backtest.state import STATE_BYTES_PER_CELL, init_state
 from mystocks_gpu.gpu_ops.backtest.stats import (
@@ -90,6 +90,19 @@ from mystocks_gpu.gpu_ops.backtest.stats import (
 from mystocks_gpu.gpu_ops.backtest.strategies import RSI, GridPlan, canonical_strategy, compile_grid
 
 PRICE_KEYS = ("open", "high", "low", "close")
+
+
+def compute_indicators(
+    plan: GridPlan, data: dict[str, Any], base: int, j0: int, carry: Any, backend: str
+) -> Any:
+    """The indicator stack ``(n_ind, n_s, L)`` of a chunk on ``backend`` (see
+    :func:`~mystocks_gpu.gpu_ops.backtest.signals.compute_indicators_cpu`; the GPU twin is
+    :func:`~mystocks_gpu.gpu_ops.backtest.sim_gpu.compute_indicators_gpu`)."""
+    if backend == GPU:
+        from mystocks_gpu.gpu_ops.backtest.sim_gpu import compute_indicators_gpu
+
+        return compute_indicators_gpu(plan, data, base, j0, carry)
+    return compute_indicators_cpu(plan, data, base, j0, carry)
 
 
 class EngineSpec(Protocol):

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from mystocks_gpu.gpu_ops.backend import GPU
 from mystocks_gpu.gpu_ops.backtest.state import (
     A_CLOSE_LONG,
     A_CLOSE_SHORT,
@@ -47,6 +46,7 @@ from mystocks_gpu.gpu_ops.backtest.state import (
     ES,
     XL,
     XS,
+    ZSCORE_FLAT_REL,
 )
 from mystocks_gpu.gpu_ops.backtest.strategies import (
     BREAKOUT,
@@ -56,8 +56,6 @@ from mystocks_gpu.gpu_ops.backtest.strategies import (
     ZSCORE,
     GridPlan,
 )
-
-ZSCORE_FLAT_REL = 1e-12  # sd <= this * |mean| -> flat window, z undefined
 
 # ---------------------------------------------------------------------------------------------
 # CPU indicator kernels
@@ -388,8 +386,8 @@ def new_carry(xp: Any, plan: GridPlan, n_s: int) -> Any:
     return xp.zeros((0, n_s, 3), dtype=xp.float64)
 
 
-def compute_indicators(
-    plan: GridPlan, data: dict[str, Any], base: int, j0: int, carry: Any, backend: str
+def compute_indicators_cpu(
+    plan: GridPlan, data: dict[str, Any], base: int, j0: int, carry: Any
 ) -> Any:
     """The indicator stack ``(n_ind, n_s, L)`` for a chunk; ``carry`` (RSI) is updated in place.
 
@@ -397,10 +395,6 @@ def compute_indicators(
     ``(n_s, L)`` of the backend; ``base``: absolute bar of column 0; ``j0``: first column simulated
     (columns before it are the lead).
     """
-    if backend == GPU:
-        from mystocks_gpu.gpu_ops.backtest import sim_gpu
-
-        return sim_gpu.compute_indicators_gpu(plan, data, base, j0, carry)
     close = data["close"]
     n_s, n = close.shape
     wins = plan.ind_windows
@@ -425,7 +419,7 @@ def materialize_signals(
     (False at invalid bars; ES/XS all False unless ``long_short``). For tests and comparisons."""
     data = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in prices.items()}
     carry = new_carry(np, plan, data["close"].shape[0])
-    ind = compute_indicators(plan, data, 0, 0, carry, "cpu")
+    ind = compute_indicators_cpu(plan, data, 0, 0, carry)
     flags = np.zeros((plan.n_par, *data["close"].shape), dtype=np.int64)
     _materialize_cpu(plan.code, data["open"], data["close"], ind, plan.pidx, plan.pval, flags)
     el = (flags & EL) != 0

@@ -20,6 +20,7 @@ from mystocks_gpu.gpu_ops.backtest.state import (
     A_OPEN_SHORT,
     A_REV_TO_LONG,
     A_REV_TO_SHORT,
+    DD_MARGIN,
     F_CASH,
     F_ENTRY,
     F_EQ,
@@ -38,8 +39,6 @@ from mystocks_gpu.gpu_ops.backtest.state import (
     I_PENDING,
     I_RUN,
 )
-
-DD_MARGIN = 1e-12  # absolute margin of the max-drawdown pre-check (exact: see simulate_cpu)
 
 
 @njit(cache=True, inline="always")

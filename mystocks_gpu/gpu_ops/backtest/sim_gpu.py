@@ -23,8 +23,6 @@ from typing import Any
 import numpy as np
 
 from mystocks_gpu.gpu_ops.backtest import state as st
-from mystocks_gpu.gpu_ops.backtest.signals import ZSCORE_FLAT_REL
-from mystocks_gpu.gpu_ops.backtest.sim_cpu import DD_MARGIN
 from mystocks_gpu.gpu_ops.backtest.strategies import (
     BREAKOUT,
     MA_CROSS,
@@ -437,8 +435,8 @@ def kernel_source() -> str:
         BREAKOUT=BREAKOUT,
         ZSCORE=ZSCORE,
         RSI=RSI,
-        ZFLAT=ZSCORE_FLAT_REL,
-        DD_MARGIN=DD_MARGIN,
+        ZFLAT=st.ZSCORE_FLAT_REL,
+        DD_MARGIN=st.DD_MARGIN,
     )
     return _SOURCE % consts
 
@@ -457,7 +455,7 @@ def _blocks(total: int) -> tuple[int]:
 def compute_indicators_gpu(
     plan: GridPlan, data: dict[str, Any], base: int, j0: int, carry: Any
 ) -> Any:
-    """GPU twin of ``signals.compute_indicators`` (CuPy arrays in and out; ``carry`` updated)."""
+    """GPU twin of ``signals.compute_indicators_cpu`` (CuPy arrays in and out; ``carry`` updated)."""
     import cupy as cp
 
     close = data["close"]

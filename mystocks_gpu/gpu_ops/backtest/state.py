@@ -63,3 +63,6 @@ def init_state(xp: ModuleType, n_cells: int, init_cash: float) -> tuple[Any, Any
     sf[F_EQ] = init_cash
     sf[F_PEAK] = init_cash
     return sf, si
+
+ZSCORE_FLAT_REL = 1e-12  # sd <= this * |mean| -> flat window, z undefined
+DD_MARGIN = 1e-12  # absolute margin of the max-drawdown pre-check (exact: see sim_cpu.simulate_cpu)

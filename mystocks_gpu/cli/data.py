@@ -1,0 +1,145 @@
+"""``mystocks-gpu produce | load | consume``: market data into and out of topics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.infra.config import Settings
+
+
+def _progress(total: int | None, desc: str, unit: str = "rec") -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not sys.stderr.isatty() and total is None,
+                file=sys.stderr, mininterval=0.5)
+
+
+def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
+    from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
+    from mystocks_gpu.infra.kafka_clients import ensure_broker, make_producer, produce_all
+    from mystocks_gpu.schemas import AvroCodec
+    from mystocks_gpu.topics import get
+
+    if not args.synthetic:
+        raise ConfigError("only --synthetic generation is built in; load files with `mystocks-gpu load FILE --topic T`")
+    spec = get(args.topic)
+    if spec.schema != "mystocks.md.Tick":
+        raise ConfigError(f"produce ticks writes mystocks.md.Tick; topic {spec.name} carries {spec.schema}")
+    if args.count < 1 or args.symbols < 1:
+        raise ConfigError("--count and --symbols must be >= 1")
+    ensure_broker(s.kafka)
+    market = SyntheticMarket(n_symbols=args.symbols, seed=args.seed,
+                             **({"start_ns": time.time_ns()} if args.start == "now" else {}))
+    names = symbol_names(args.symbols, args.seed)
+    cols = generate(market, args.count)
+    items = _encode_ticks(cols, names, AvroCodec())
+    t0 = time.monotonic()
+    with _progress(args.count, f"produce {spec.name}") as bar:
+        n = produce_all(make_producer(s.kafka), spec.name, items, bar.update, rate=args.rate)
+    dt = time.monotonic() - t0
+    print(f"produced {n} ticks for {args.symbols} symbols to {spec.name} in {dt:.1f} s ({n / max(dt, 1e-9):,.0f}/s), seed={args.seed}")
+    return 0
+
+
+def _encode_ticks(cols: dict[str, Any], names: list[str], codec: Any) -> Any:
+    """(key, value, ts_ms) per tick: the vectorised encoder when available, else fastavro."""
+    try:
+        from mystocks_gpu.schemas.batch_codec import BatchEncoder
+    except ImportError:
+        BatchEncoder = None  # noqa: N806
+    keys = [names[i].encode() for i in cols["sym"].tolist()]
+    ts_ms = (cols["ts"] // 1_000_000).tolist()
+    if BatchEncoder is not None:
+        step = 200_000
+        for lo in range(0, len(keys), step):
+            chunk = {k: v[lo:lo + step] for k, v in cols.items()}
+            values = BatchEncoder("mystocks.md.Tick").encode(chunk, names)
+            yield from zip(keys[lo:lo + step], values, ts_ms[lo:lo + step], strict=True)
+        return
+    from mystocks_gpu.data.synthetic_ticks import to_records
+
+    for key, rec, t in zip(keys, to_records(cols, names), ts_ms, strict=True):
+        yield key, codec.encode("mystocks.md.Tick", rec), t
+
+
+def cmd_load(args: argparse.Namespace, s: Settings) -> int:
+    from mystocks_gpu.data.history_loader import LoadOptions, count_rows, load_file
+    from mystocks_gpu.infra.kafka_clients import ensure_broker, make_producer, produce_all
+    from mystocks_gpu.schemas import AvroCodec
+    from mystocks_gpu.topics import get
+
+    spec = get(args.topic)
+    mapping = {}
+    for m in args.map or []:
+        if "=" not in m:
+            raise ConfigError(f"--map expects FIELD=COLUMN, got {m!r}")
+        field, col = m.split("=", 1)
+        mapping[field.strip()] = col.strip()
+    opts = LoadOptions(mapping=mapping, symbol=args.symbol, ts_unit=args.ts_unit)
+    items = list(load_file(args.file, spec, AvroCodec(), opts))  # validates every row first
+    ensure_broker(s.kafka)
+    t0 = time.monotonic()
+    with _progress(count_rows(args.file), f"load {spec.name}") as bar:
+        n = produce_all(make_producer(s.kafka), spec.name, iter(items), bar.update)
+    print(f"loaded {n} records from {args.file} into {spec.name} in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
+    from mystocks_gpu.data.topic_reader import read_topic
+    from mystocks_gpu.topics import get
+
+    spec = get(args.topic)
+    n = 0
+    for rec in read_topic(s.kafka, spec.name, from_beginning=args.from_beginning, max_records=args.max,
+                          idle_timeout_s=args.timeout, decode=spec.schema is not None):
+        n += 1
+        if args.json:
+            print(json.dumps({"partition": rec.partition, "offset": rec.offset, "timestamp_ms": rec.timestamp_ms,
+                              "key": rec.key, "value": rec.value, "headers": rec.headers or None,
+                              "error": rec.error, **({"raw_len": len(rec.raw or b"")} if rec.value is None else {})},
+                             default=str))
+        else:
+            body = rec.value if rec.value is not None else (rec.error or f"<{len(rec.raw or b'')} raw bytes> {rec.headers}")
+            print(f"[{rec.partition}:{rec.offset}] {rec.key}: {body}")
+    print(f"{n} record(s) from {spec.name}", file=sys.stderr)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register this group's subcommands."""
+    sp = sub.add_parser("produce", help="produce synthetic market data",
+                        description="Produce a realistic synthetic tape (GBM mids, spreads, Zipf activity).")
+    sp.add_argument("what", choices=["ticks"])
+    sp.add_argument("--synthetic", action="store_true", help="generate ticks (required)")
+    sp.add_argument("--symbols", type=int, default=100, help="number of symbols (default 100)")
+    sp.add_argument("--count", type=int, default=100_000, help="number of ticks (default 100000)")
+    sp.add_argument("--rate", type=float, default=None, help="throttle to about R ticks/s (default: as fast as possible)")
+    sp.add_argument("--seed", type=int, default=7, help="RNG seed; same seed -> same ticks (default 7)")
+    sp.add_argument("--start", choices=["fixed", "now"], default="fixed",
+                    help="event time starts at a fixed date (deterministic) or now")
+    sp.add_argument("--topic", default="md.ticks", help="target topic (default md.ticks)")
+    sp.set_defaults(func=cmd_produce)
+
+    sp = sub.add_parser("load", help="load CSV/Parquet history into a topic",
+                        description="Load ticks or OHLCV bars from CSV/Parquet. Every row is validated before anything is sent.")
+    sp.add_argument("file")
+    sp.add_argument("--topic", required=True, help="catalog topic, e.g. md.ticks or md.bars.1d")
+    sp.add_argument("--map", action="append", metavar="FIELD=COLUMN", help="map a schema field to a file column (repeatable)")
+    sp.add_argument("--symbol", help="constant symbol for files without a symbol column")
+    sp.add_argument("--ts-unit", default="auto", choices=["auto", "s", "ms", "us", "ns", "iso"],
+                    help="unit of numeric event times, or iso for date strings (default auto)")
+    sp.set_defaults(func=cmd_load)
+
+    sp = sub.add_parser("consume", help="decode and print a topic", description="Decode and print records of any catalog topic.")
+    sp.add_argument("topic")
+    sp.add_argument("--from-beginning", action="store_true", help="start at the earliest offset (default: only new records)")
+    sp.add_argument("--max", type=int, default=None, help="stop after N records")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a record (default 5)")
+    sp.set_defaults(func=cmd_consume)

@@ -1,0 +1,58 @@
+"""The ``mystocks-gpu`` command. Thin: parses arguments, loads settings, calls into the layers.
+
+Every :class:`~mystocks_gpu.exceptions.MyStocksError` becomes one clear line on stderr and a
+non-zero exit code (2 for bad input/config, 1 otherwise); there are no tracebacks for user errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mystocks_gpu import __version__
+from mystocks_gpu.cli import config, control, data, run, stack, submit, topics
+from mystocks_gpu.exceptions import MyStocksError
+from mystocks_gpu.infra.config import load_settings
+from mystocks_gpu.infra.logs import kv, setup_logging
+
+log = logging.getLogger("mystocks_gpu.cli")
+#: command groups, in the order ``--help`` lists them; each module has ``add_commands(subparsers)``
+GROUPS = (stack, topics, data, run, control, submit, config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mystocks-gpu", description="GPU-accelerated quant computing on Apache Kafka.")
+    p.add_argument("--version", action="version", version=f"mystocks-gpu {__version__}")
+    p.add_argument("--config", help="TOML config file (default: $MYSTOCKS_CONFIG or ./mystocks.toml)")
+    p.add_argument("--log-format", choices=["text", "json"], help="log format (default from config: text)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.add_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mystocks-gpu`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        overrides: dict[str, Any] = {}
+        if args.log_format or args.log_level:
+            overrides["log"] = {k: v for k, v in (("format", args.log_format), ("level", args.log_level)) if v}
+        settings = load_settings(args.config, overrides=overrides)
+        setup_logging(settings.log)
+        log.debug("settings", extra=kv(**{"settings": settings.masked()}))
+        return int(args.func(args, settings) or 0)
+    except MyStocksError as exc:
+        print(f"mystocks-gpu: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mystocks-gpu: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Client side of the job control plane: submit/cancel commands on ``cmd.jobs``, follow a job on
+``job.status``, and call the control app's HTTP API."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.kafka_clients import (
+    DeliveryTracker,
+    ensure_broker,
+    make_consumer,
+    make_producer,
+)
+from mystocks_gpu.jobs.exceptions import ControlError, ControlUnreachable, WaitTimeout
+from mystocks_gpu.jobs.jobs_config import JobsConfig
+from mystocks_gpu.jobs.protocol import (
+    COMMAND_SCHEMA,
+    FINAL,
+    STATUS_SCHEMA,
+    check_submit,
+    status_to_json,
+)
+from mystocks_gpu.schemas import AvroCodec, DecodeError
+
+
+def produce_command(settings: Settings, cfg: JobsConfig, cmd: dict[str, Any]) -> None:
+    """Produce one JobCommand and wait for the broker's ack."""
+    producer = make_producer(settings.kafka, **{"compression.type": "none"})  # tiny records
+    tracker = DeliveryTracker()
+    producer.produce(cfg.commands_topic, key=cmd["job_id"].encode(), value=AvroCodec().encode(COMMAND_SCHEMA, cmd),
+                     timestamp=cmd["ts_event"] // 1_000_000, on_delivery=tracker)
+    left = producer.flush(settings.kafka.connect_timeout_s)
+    if left:
+        tracker.errors.append("command not delivered (broker unreachable?)")
+    tracker.raise_errors()
+
+
+def validate(cmd: dict[str, Any]) -> None:
+    """Client-side validation of a SUBMIT (raises :class:`JobSpecError` with the reason)."""
+    check_submit(cmd)
+
+
+class StatusFollower:
+    """Reads ``job.status`` from the offsets current at construction, so nothing after is missed."""
+
+    def __init__(self, settings: Settings, cfg: JobsConfig) -> None:
+        ensure_broker(settings.kafka)
+        self.topic = cfg.status_topic
+        self.codec = AvroCodec()
+        self.consumer = make_consumer(settings.kafka, f"mystocks-follow-{uuid.uuid4().hex[:8]}",
+                                      **{"isolation.level": "read_uncommitted"})
+        md = self.consumer.list_topics(self.topic, timeout=settings.kafka.connect_timeout_s)
+        tps = []
+        for p in sorted(md.topics[self.topic].partitions):
+            _, hi = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            tps.append(TopicPartition(self.topic, p, hi))
+        self.consumer.assign(tps)
+        self._backlog: dict[str, list[dict[str, Any]]] = {}
+
+    def statuses(self, job_id: str, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield the job's statuses (client JSON form) until a final one; :class:`WaitTimeout`.
+
+        Records of other jobs read meanwhile are kept for later calls."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            for st in self._backlog.pop(job_id, []):
+                yield st
+                if st["state"] in FINAL:
+                    return
+            if end is not None and time.monotonic() > end:
+                raise WaitTimeout(f"job {job_id} not final after {timeout_s:.0f} s")
+            for m in self.consumer.consume(100, timeout=0.2):
+                if m.error() or m.key() is None or m.value() is None:
+                    continue
+                try:
+                    st = status_to_json(self.codec.decode(m.value(), expect=STATUS_SCHEMA))
+                except DecodeError:
+                    continue
+                self._backlog.setdefault(st["job_id"], []).append(st)
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self.consumer.close()
+
+
+def wait_for(settings: Settings, cfg: JobsConfig, cmd: dict[str, Any], timeout_s: float | None,
+             on_status: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Produce ``cmd`` and follow its job to a final status (which is returned)."""
+    follower = StatusFollower(settings, cfg)
+    try:
+        produce_command(settings, cfg, cmd)
+        last: dict[str, Any] = {}
+        for st in follower.statuses(cmd["job_id"], timeout_s):
+            on_status(st)
+            last = st
+        return last
+    finally:
+        follower.close()
+
+
+def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+    """Call the control app; returns ``(status, json)``; :class:`ControlUnreachable` when down."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = json.loads(exc.read() or b"null")
+        except ValueError:
+            payload = {"error": exc.reason}
+        return exc.code, payload
+    except (urllib.error.URLError, OSError) as exc:
+        raise ControlUnreachable(f"no control app at {url} ({getattr(exc, 'reason', exc)}); "
+                                 "start one with: mystocks-gpu control") from None
+
+
+def http_ok(method: str, url: str, body: Any = None) -> Any:
+    """Like :func:`http`, raising :class:`ControlError` with the server's message on a 4xx/5xx."""
+    status, payload = http(method, url, body)
+    if status >= 400:
+        raise ControlError(f"{method} {url}: {status} {payload.get('error') if isinstance(payload, dict) else payload}")
+    return payload

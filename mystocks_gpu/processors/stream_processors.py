@@ -1,0 +1,40 @@
+"""Stream processors by name, for ``mystocks-gpu run NAME``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.streams.processor import Processor
+
+
+def _aggregate(output_topic: str | None = None, backend: str = "auto") -> Processor[Any]:
+    """The running aggregate is a numba CPU kernel whatever the backend (it is the runtime's probe)."""
+    from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
+
+    return RunningAggregateProcessor(**({"output_topic": output_topic} if output_topic else {}))
+
+
+def _features(output_topic: str | None = None, backend: str = "auto") -> Processor[Any]:
+    from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor
+
+    return TickFeaturesProcessor(FeaturesProcessorConfig(backend=backend), output_topic=output_topic)
+
+
+PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate, "features": _features}
+
+
+def register(name: str, factory: Callable[..., Processor[Any]]) -> None:
+    """Make a processor available to ``mystocks-gpu run``."""
+    PROCESSORS[name] = factory
+
+
+def create(name: str, **kw: Any) -> Processor[Any]:
+    """Instantiate a processor by name (keywords: ``output_topic``, ``backend`` = auto|cpu|gpu);
+    :class:`ConfigError` lists the known ones."""
+    try:
+        factory = PROCESSORS[name]
+    except KeyError:
+        raise ConfigError(f"unknown processor {name!r}; known: {', '.join(sorted(PROCESSORS))}") from None
+    return factory(**kw)

@@ -1,0 +1,133 @@
+"""Pieces of the runtime that need no broker: fault plans, dead-letter fitting, output provenance,
+the symbol-size limit of the decoder, compile-cache keys, the manual clock, runtime settings."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from confluent_kafka import KafkaException
+
+from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.infra.clock import ManualClock
+from mystocks_gpu.schemas import AvroCodec
+from mystocks_gpu.schemas.batch_codec import Status, TickDecoder
+from mystocks_gpu.streams.dead_letters import H_TRUNCATED, dlq_headers, fit_dead_letter
+from mystocks_gpu.streams.fault_injection import FaultPlan
+from mystocks_gpu.streams.processor import Outputs
+from mystocks_gpu.streams.runtime_config import RuntimeConfig
+
+CODEC = AvroCodec()
+TICK = {"symbol": "AAPL", "ts_event": 1_700_000_000_000_000_000, "seq": 1, "kind": "TRADE", "price": 10.0,
+        "size": 5.0, "side": 1, "bid": 9.9, "ask": 10.1, "bid_size": 1.0, "ask_size": 2.0}
+
+
+def test_fault_plan_parses_and_fires_with_its_probabilities() -> None:
+    plan = FaultPlan.parse("produce=0.5, commit=1.0;seed=3")
+    assert dict(plan.probabilities) == {"produce": 0.5, "commit": 1.0} and plan.seed == 3
+    hook = plan.hook()
+    assert hook is not None
+    with pytest.raises(KafkaException) as exc:
+        hook("commit")
+    assert exc.value.args[0].txn_requires_abort()
+    hook("begin")  # probability 0: never raises
+    fired = 0
+    for _ in range(2000):
+        try:
+            hook("produce")
+        except KafkaException:
+            fired += 1
+    assert 900 < fired < 1100  # binomial(2000, 0.5): 5 sigma is +-112
+    with pytest.raises(RuntimeError, match="injected crash"):
+        FaultPlan.parse("crash=1").hook()("crash")  # type: ignore[misc]
+    assert FaultPlan.parse("").hook() is None
+
+
+@pytest.mark.parametrize("spec, words", [("explode=0.1", "unknown stage"), ("commit=2", "within 0..1"),
+                                          ("commit=x", "must be a number"), ("commit=0.1;sed=3", "seed")])
+def test_fault_plan_rejects_bad_specs(spec: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        FaultPlan.parse(spec)
+    with pytest.raises(ConfigError):
+        RuntimeConfig(fault_injection=spec)
+
+
+def test_dead_letter_is_cut_to_the_limit_with_its_original_size() -> None:
+    h = dlq_headers("ValidationError", "too big", "t", 0, 7, "p")
+    key, value, headers = fit_dead_letter(b"k" * 10, b"v" * 5000, h, 1000)
+    total = len(key or b"") + len(value or b"") + sum(len(a) + len(b) for a, b in headers)
+    assert total <= 1000
+    assert dict(headers)[H_TRUNCATED] == b"5000" and value == b"v" * len(value or b"")
+    same = fit_dead_letter(b"k", b"small", h, 1000)
+    assert same == (b"k", b"small", h)  # small letters are untouched
+
+
+def test_outputs_track_sources_through_extend() -> None:
+    a = Outputs()
+    a.add("t", [b"k"], [b"v1"], [1])
+    b = Outputs()
+    b.add("t", [b"k", b"k"], [b"v2", b"v3"], [2, 3], sources=[4, 5])
+    a.extend(b)
+    a.add("t", [b"k"], [b"v4"], [4])
+    assert a.records["t"][1] == [b"v1", b"v2", b"v3", b"v4"]
+    assert a.sources["t"] == [-1, 4, 5, -1]
+    c = Outputs()
+    c.add("u", [None], [b"x"], [0])
+    assert "u" not in c.sources  # no bookkeeping unless a processor gives provenance
+
+
+def test_decoder_rejects_huge_symbols_before_interning() -> None:
+    values = [CODEC.encode("Tick", TICK), CODEC.encode("Tick", dict(TICK, symbol="H" * 300)),
+              CODEC.encode("Tick", dict(TICK, symbol="X" * 256))]
+    dec = TickDecoder()
+    d = dec.decode(values, validate=True, now_ns=TICK["ts_event"])
+    assert d.status.tolist() == [0, int(Status.SYMBOL_TOO_LONG), 0]
+    assert d.index.tolist() == [0, 2]
+    assert sorted(dec.tables["symbol"].symbols) == ["AAPL", "X" * 256]  # the huge one was never interned
+    assert "256" in Status.SYMBOL_TOO_LONG.message
+
+
+def test_compile_cache_key_changes_with_any_source(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from mystocks_gpu.infra import compile_cache as cc
+
+    pkg = tmp_path / "mystocks_gpu"
+    (pkg / "schemas").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "schemas" / "primitives.py").write_text("def f(): return 1\n")
+    monkeypatch.setattr(cc, "_PKG", pkg)
+    cc.code_fingerprint.cache_clear()
+    first = cc.code_fingerprint()
+    (pkg / "schemas" / "primitives.py").write_text("def f(): return 2\n")  # an inlined helper changes
+    cc.code_fingerprint.cache_clear()
+    second = cc.code_fingerprint()
+    assert first != second and first.split("-")[0] == second.split("-")[0]  # same version, new key
+    monkeypatch.setenv("MYSTOCKS_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.delenv("MYSTOCKS_CODEC_CACHE", raising=False)
+    assert cc.codec_cache_dir() == tmp_path / "c" / "codecs" / second
+    monkeypatch.setenv("MYSTOCKS_CODEC_CACHE", str(tmp_path / "legacy"))
+    assert cc.codec_cache_dir() == tmp_path / "legacy" / second
+    cc.code_fingerprint.cache_clear()
+    importlib.reload(cc)
+
+
+def test_cache_variables_are_not_mistaken_for_settings(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from mystocks_gpu.infra.config import load_settings
+
+    s = load_settings(environ={"MYSTOCKS_CODEC_CACHE": "/tmp/x", "MYSTOCKS_CACHE_DIR": "/tmp/y"})
+    assert s.kafka.bootstrap_servers
+    with pytest.raises(ConfigError, match="MYSTOCKS_CODECCACHE"):
+        load_settings(environ={"MYSTOCKS_CODECCACHE": "/tmp/x"})
+
+
+def test_manual_clock_moves_only_when_told() -> None:
+    c = ManualClock(now_ns=10**18, monotonic_s=5.0)
+    assert (c.now_ns(), c.monotonic()) == (10**18, 5.0)
+    c.sleep(1.5)
+    assert (c.now_ns(), c.monotonic()) == (10**18 + 1_500_000_000, 6.5)
+
+
+@pytest.mark.parametrize("field, value", [("max_buffered_records", 0), ("commit_timeout_s", 0.0),
+                                          ("produce_block_timeout_s", float("nan")), ("restore_attempts", 0)])
+def test_runtime_config_rejects_bad_values(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        RuntimeConfig(**{field: value})  # type: ignore[arg-type]
