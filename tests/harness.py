@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from mystocks_gpu.schemas.symbols import SymbolTable
-from mystocks_gpu.streams.processor import Outputs, Processor, Rejected
-from mystocks_gpu.streams.stream_worker import process_isolating
+from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
 
 
 @dataclass

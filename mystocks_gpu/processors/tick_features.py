@@ -113,7 +113,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
                                   "ts_ingest": np.full(n, batch.ingest_ns, np.int64),
                                   "values": np.stack([np.asarray(feats[k], np.float64) for k in self.names], axis=1)},
                                  batch.symbols, map_keys=self.names)
-        out.add(self.cfg.output_topic, keys, values, (c["ts"] // 1_000_000).tolist())
+        out.add(self.cfg.output_topic, keys, values, (c["ts"] // 1_000_000).tolist(), sources=batch.index.tolist())
         new_bars = []
         late_any = np.zeros(n, bool)
         for builder, bstate in zip(self.builders, state.bars, strict=True):

@@ -24,8 +24,7 @@ from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import RawBatch
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
-from mystocks_gpu.streams.processor import Outputs, Processor, Rejected
-from mystocks_gpu.streams.stream_worker import process_isolating
+from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
 
 
 @dataclass(frozen=True)

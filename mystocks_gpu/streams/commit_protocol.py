@@ -1,0 +1,384 @@
+"""The commit protocol of the stream worker, in one place.
+
+Commit (per transaction; exactly-once)::
+
+    begin -> outputs + dead letters (as batches are handled) -> changelog entries of the state
+    touched since the last commit -> send_offsets_to_transaction -> commit_transaction
+
+Abort (any abortable Kafka error, and any exception while a transaction is open)::
+
+    abort_transaction -> drop ALL buffered input (the forming batch and the messages fetched but
+    not yet batched) -> seek EVERY assigned partition back to its committed offset -> restore the
+    state of every partition touched since the last commit from the in-memory changelog mirror
+
+At-least-once uses the same order with ``flush`` + a synchronous offset commit in place of the
+transaction. The loop, the rebalance callbacks (revoke commits a clean cut unless the protocol has
+failed; lost partitions abort) and shutdown all go through this class; nothing else produces,
+commits, seeks or touches partition state.
+
+The changelog mirror: the latest committed changelog value per key of every owned partition
+(read once on assignment, updated after each successful commit with the entries it carried). An
+abort rebuilds state from it without reading Kafka, so recovery costs milliseconds, not a consumer
+per partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+from mystocks_gpu.infra.clock import Clock
+from mystocks_gpu.streams.batching import RawBatch
+from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic, fit_dead_letter
+from mystocks_gpu.streams.exceptions import FatalRuntimeError
+from mystocks_gpu.streams.processor import Outputs, Processor
+from mystocks_gpu.streams.runtime_config import RuntimeConfig
+from mystocks_gpu.streams.state_store import PartitionStates
+from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
+
+log = logging.getLogger(__name__)
+
+#: bytes kept free below a topic's max.message.bytes for the record-batch framing (61 B header + record overhead)
+RECORD_OVERHEAD = 128
+
+
+@dataclass
+class Tally:
+    """Counters the protocol keeps for the run summary."""
+
+    records_out: int = 0
+    dlq: int = 0
+    aborts: int = 0
+    oversized: int = 0
+    commits: int = 0
+    assignments: int = 0
+    restores: int = 0
+    abort_reasons: list[str] = field(default_factory=list)
+
+
+class CommitProtocol:
+    """Owner of transactions, offsets, changelog writes, rewinds and partition state (see module doc).
+
+    ``drop_input()`` is called on every abort: the worker must discard its forming batch and every
+    message it fetched but did not process. ``max_bytes``: topic -> largest value+key accepted (bytes).
+    """
+
+    def __init__(self, *, producer: Any, consumer: Any, topic: str, processor: Processor[Any],
+                 states: PartitionStates, rt: RuntimeConfig, metrics: RuntimeMetrics, clock: Clock,
+                 drop_input: Callable[[], None], transactional_id: str, max_bytes: dict[str, int]) -> None:
+        self.producer, self.consumer, self.topic = producer, consumer, topic
+        self.processor, self.states, self.rt, self.metrics, self.clock = processor, states, rt, metrics, clock
+        self.drop_input = drop_input
+        self.transactional_id = transactional_id
+        self.max_bytes = max_bytes
+        self.dlq = dlq_topic(topic)
+        self.tally = Tally()
+        self.in_txn = False
+        #: set when an exception escaped with a transaction open: callbacks must not commit after it
+        self.failed = False
+        self.pending_offsets: dict[int, int] = {}
+        self.committed: dict[int, int] = {}
+        self.touched: set[int] = set()
+        self.dirty: dict[int, list[np.ndarray]] = {}
+        self.last_commit = clock.monotonic()
+        #: test hook: ``fault(stage)`` may raise to inject a failure at a named stage of the protocol
+        self.fault: Callable[[str], None] | None = None
+
+    # ---- producing -------------------------------------------------------------------------
+    def begin(self) -> None:
+        """Open a transaction (exactly-once) if none is open."""
+        if self.rt.exactly_once and not self.in_txn:
+            self.inject("begin")
+            self.producer.begin_transaction()
+            self.in_txn = True
+
+    def inject(self, stage: str) -> None:
+        """Run the fault hook (tests) for ``stage``; may raise."""
+        if self.fault is not None:
+            self.fault(stage)
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, ts_ms: int, *, partition: int | None = None,
+             headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Produce one record, waiting (bounded) while the producer queue is full."""
+        kwargs: dict[str, Any] = {"timestamp": ts_ms}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        deadline = self.clock.monotonic() + self.rt.produce_block_timeout_s
+        while True:
+            try:
+                self.producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                if self.clock.monotonic() > deadline:
+                    raise KafkaException(KafkaError(KafkaError._QUEUE_FULL,
+                                                    f"producer queue full for {self.rt.produce_block_timeout_s:.0f} s")) from None
+                self.producer.poll(0.05)
+
+    def produce(self, batch: RawBatch, out: Outputs) -> None:
+        """Produce one batch's outputs and dead letters inside the open transaction.
+
+        An output over its topic's size limit cannot ever be produced: it is replaced by a dead
+        letter naming the output topic and size (the input record when the processor says which
+        one produced it), and the rest of the batch goes on."""
+        self.begin()
+        self.inject("produce")
+        for topic, (keys, values, ts) in out.records.items():
+            limit = self.max_bytes.get(topic, 1 << 20) - RECORD_OVERHEAD
+            sources = out.sources.get(topic)
+            for j, (k, v, t) in enumerate(zip(keys, values, ts, strict=True)):
+                size = len(v) + (len(k) if k else 0)
+                if size > limit:
+                    self._oversized(batch, topic, k, v, t, size, limit, sources[j] if sources else None)
+                    continue
+                self.send(topic, k, v, t)
+                self.tally.records_out += 1
+            self.metrics.records_out.inc(len(values))
+            self.producer.poll(0)
+        for rej in out.rejected:
+            i = rej.index
+            self.dead_letter(batch.keys[i], batch.values[i], batch.timestamps_ms[i],
+                             dlq_headers(rej.error_class, rej.message, self.topic, batch.partitions[i],
+                                         batch.offsets[i], self.processor.name))
+
+    def dead_letter(self, key: bytes | None, value: bytes | None, ts_ms: int, headers: list[tuple[str, bytes]]) -> None:
+        """One record to the input's DLQ (its value truncated, with a header saying so, if too large)."""
+        key, value, headers = fit_dead_letter(key, value, headers, self.max_bytes.get(self.dlq, 1 << 20) - RECORD_OVERHEAD)
+        self.send(self.dlq, key, value, ts_ms, headers=headers)
+        self.tally.dlq += 1
+        self.metrics.dlq.inc()
+
+    def _oversized(self, batch: RawBatch, topic: str, key: bytes | None, value: bytes, ts: int, size: int,
+                   limit: int, source: int | None) -> None:
+        self.tally.oversized += 1
+        msg = f"output record for {topic} is {size} bytes, over the topic's limit of {limit} bytes"
+        if source is not None:
+            self.dead_letter(batch.keys[source], batch.values[source], batch.timestamps_ms[source],
+                             dlq_headers("RecordTooLarge", msg, self.topic, batch.partitions[source],
+                                         batch.offsets[source], self.processor.name))
+        else:
+            self.dead_letter(key, value, ts, dlq_headers("RecordTooLarge", msg, self.topic, -1, -1, self.processor.name)
+                             + [("mystocks.output.topic", topic.encode())])
+
+    def touch(self, partition: int, codes: np.ndarray) -> None:
+        """A partition's state was replaced (``codes``: symbol codes touched, for the changelog).
+        Called the moment the state changes, so any later failure restores it."""
+        self.dirty.setdefault(partition, []).append(codes)
+        self.touched.add(partition)
+
+    def processed(self, batch: RawBatch) -> None:
+        """``batch`` was handled: its offsets join the transaction."""
+        for p, o in batch.next_offsets().items():
+            if p in self.states.states:
+                self.pending_offsets[p] = o
+                self.touched.add(p)
+
+    # ---- committing -------------------------------------------------------------------------
+    def due(self) -> bool:
+        """True when there is something to commit and the commit interval has passed."""
+        if not self.pending_offsets and not self.in_txn:
+            return False
+        return (self.clock.monotonic() - self.last_commit) * 1000.0 >= self.rt.commit_interval_ms
+
+    def _changelog(self) -> dict[int, dict[bytes, bytes]]:
+        """Produce changelog entries (co-partitioned) for the state touched since the last commit."""
+        written: dict[int, dict[bytes, bytes]] = {}
+        ts_ms = self.clock.now_ns() // 1_000_000
+        for partition, chunks in self.dirty.items():
+            state = self.states.states.get(partition)
+            if state is None:
+                continue
+            codes = np.unique(np.concatenate(chunks))
+            entries = written.setdefault(partition, {})
+            limit = self.max_bytes.get(self.states.changelog, 1 << 20) - RECORD_OVERHEAD
+            for key, value in self.processor.changelog_entries(state, codes, self.states.symbols):
+                if len(key) + len(value) > limit:
+                    self.failed = True
+                    raise FatalRuntimeError(
+                        f"changelog entry of {self.processor.name} is {len(key) + len(value)} bytes, over the limit of "
+                        f"{self.states.changelog} ({limit} bytes): raise its max.message.bytes or split the state by key")
+                self.send(self.states.changelog, key, value, ts_ms, partition=partition)
+                entries[key] = value
+        return written
+
+    def commit(self) -> bool:
+        """Commit everything handled since the last commit; on an abortable error abort and rewind.
+        Returns True when committed (or nothing to do), False when it aborted."""
+        if not self.pending_offsets and not self.in_txn and not self.dirty:
+            return True
+        t0 = self.clock.monotonic()
+        offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(self.pending_offsets.items())]
+        try:
+            if self.rt.exactly_once:
+                self.begin()
+            written = self._changelog()
+            self.inject("offsets")
+            if self.rt.exactly_once:
+                if offsets:
+                    self._retry(lambda: self.producer.send_offsets_to_transaction(
+                        offsets, self.consumer.consumer_group_metadata(), self.rt.commit_timeout_s))
+                self.inject("commit")
+                self._retry(lambda: self.producer.commit_transaction(self.rt.commit_timeout_s))
+                self.in_txn = False
+            else:
+                remaining = self.producer.flush(self.rt.commit_timeout_s)
+                if remaining:
+                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{remaining} output record(s) not acknowledged"))
+                if offsets:
+                    self._retry(lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
+        except KafkaException as exc:
+            self.recover(exc.args[0], "commit")
+            return False
+        for tp in offsets:
+            self.committed[tp.partition] = tp.offset
+        for p, entries in written.items():
+            self.states.mirror.setdefault(p, {}).update(entries)
+        self.pending_offsets.clear()
+        self.touched.clear()
+        self.dirty.clear()
+        self.last_commit = self.clock.monotonic()
+        self.tally.commits += 1
+        self.metrics.commit_latency.observe(self.clock.monotonic() - t0)
+        self.metrics.set_committed(self.committed)
+        return True
+
+    def _retry(self, op: Callable[[], Any], attempts: int = 8) -> None:
+        """Run ``op``, retrying retriable (not abort-requiring) errors with backoff."""
+        for i in range(attempts):
+            try:
+                op()
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and not err.txn_requires_abort() and i < attempts - 1:
+                    # serve delivery reports while backing off: librdkafka's commit/abort wait for them
+                    self.producer.poll(min(0.25 * 2**i, 5.0))
+                    continue
+                raise
+
+    def recover(self, err: KafkaError, where: str) -> None:
+        """A produce or commit failed: stop on fatal errors (e.g. fenced), otherwise abort and rewind."""
+        if err.fatal():
+            self.failed = True
+            raise FatalRuntimeError(
+                f"{where} failed with a fatal error ({err.str()}); stopping. If the producer was fenced, "
+                f"another worker with transactional id {self.transactional_id} is running")
+        self.abort(f"{where}: {err.str()}")
+
+    # ---- aborting ----------------------------------------------------------------------------
+    def abort(self, reason: str) -> None:
+        """Abort the open transaction, drop all buffered input, rewind every assigned partition to
+        its committed offset and restore the state touched since the last commit."""
+        log.warning("aborting transaction and rewinding", extra={"fields": {"reason": reason}})
+        self.tally.aborts += 1
+        self.tally.abort_reasons.append(reason[:200])
+        self.metrics.aborts.inc()
+        if self.rt.exactly_once:
+            if self.in_txn:
+                try:
+                    # Let every in-flight produce finish first: librdkafka (2.12-2.16) against Kafka 4.x
+                    # can fail EndTxn(abort) with a FATAL INVALID_TXN_STATE when produce requests of the
+                    # transaction are still in flight (librdkafka issue #4849). The flushed records are
+                    # aborted with the transaction; a flush that times out (broker down) still aborts.
+                    self.producer.flush(self.rt.commit_timeout_s)
+                    self._retry(lambda: self.producer.abort_transaction(self.rt.commit_timeout_s))
+                except KafkaException as exc:
+                    if exc.args[0].fatal():
+                        self.failed = True
+                        raise FatalRuntimeError(f"abort failed: {exc.args[0].str()}") from None
+                    log.warning("abort failed", extra={"fields": {"error": exc.args[0].str()}})
+        else:
+            self.producer.purge(in_queue=True, in_flight=False)
+        self.in_txn = False
+        self.drop_input()
+        touched = sorted(self.touched | set(self.pending_offsets) | set(self.dirty))
+        self.pending_offsets.clear()
+        self.dirty.clear()
+        self.touched.clear()
+        self._rewind()
+        for p in touched:
+            if p in self.states.states:
+                self.states.restore_from_mirror(p)
+        self.last_commit = self.clock.monotonic()
+
+    def _rewind(self) -> None:
+        """Seek every assigned partition to its committed offset (from the broker when unknown)."""
+        try:
+            assigned = [tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic]
+        except KafkaException:
+            assigned = list(self.states.states)
+        unknown = [p for p in assigned if p not in self.committed]
+        for attempt in range(10):
+            try:
+                if unknown:
+                    for tp in self.consumer.committed([TopicPartition(self.topic, p) for p in unknown],
+                                                      timeout=self.rt.commit_timeout_s):
+                        self.committed[tp.partition] = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                    unknown = []
+                for p in assigned:
+                    self.consumer.seek(TopicPartition(self.topic, p, self.committed[p]))
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal() or attempt == 9:
+                    self.failed = True
+                    raise FatalRuntimeError(f"cannot rewind after abort: {err.str()}") from None
+                self.clock.sleep(min(0.2 * 2**attempt, 2.0))
+
+    # ---- rebalance and shutdown -------------------------------------------------------------
+    def on_assign(self, partitions: Iterable[int]) -> None:
+        """New partitions: restore their state (one consumer for all of them); committed offsets
+        become known at the first rewind or commit."""
+        parts = sorted(partitions)
+        if parts:
+            self.tally.assignments += 1
+            seconds = self.states.restore_many(parts)
+            self.tally.restores += 1
+            self.metrics.restore_seconds.observe(seconds)
+        for p in parts:
+            self.committed.pop(p, None)
+
+    def on_revoke(self, partitions: Iterable[int]) -> None:
+        """Partitions handed to another worker: commit a clean cut first (unless the protocol has
+        failed: then abort), then forget them."""
+        revoked = set(partitions)
+        if self.failed:
+            self._drop(revoked)
+            return
+        if self.in_txn or self.pending_offsets or self.dirty:
+            self.commit()
+        self._drop(revoked)
+
+    def on_lost(self, partitions: Iterable[int]) -> None:
+        """Partitions lost (session timeout): nothing of them may be committed; abort and forget."""
+        lost = set(partitions)
+        if not self.failed and (self.in_txn or self.pending_offsets or self.dirty):
+            self.abort("partitions lost")
+        self._drop(lost)
+
+    def _drop(self, parts: set[int]) -> None:
+        self.states.drop(sorted(parts))
+        for p in parts:
+            self.pending_offsets.pop(p, None)
+            self.dirty.pop(p, None)
+            self.touched.discard(p)
+            self.committed.pop(p, None)
+        self.metrics.forget_partitions(parts)
+
+    def fail(self, exc: BaseException) -> None:
+        """An exception escaped while processing: abort what is open (best effort) and refuse any
+        later commit (the revoke callback fired by ``consumer.close()`` must not commit)."""
+        if self.failed:
+            return
+        try:
+            if self.in_txn or self.pending_offsets or self.dirty:
+                self.abort(f"{type(exc).__name__}: {exc}")
+        except Exception as inner:  # noqa: BLE001 - the original exception is what matters
+            log.warning("abort after failure failed", extra={"fields": {"error": repr(inner)}})
+        self.failed = True

@@ -1,0 +1,334 @@
+"""Exactly-once under injected faults on the real broker.
+
+Two kinds of fault: (1) the commit protocol's fault plan raises abortable errors at random stages
+(begin/produce/offsets/commit), so the REAL transaction on the broker is aborted and every
+partition rewound while batches are half-formed; (2) real broker faults: SIGSTOP/SIGCONT pauses of
+the broker JVM and a second group member joining and leaving (rebalances, fenced epochs). The input
+is shaped to expose partial rewinds: 24 partitions, one hot key, sparse keys, and partitions that
+receive only poison records. Every check compares against an uninterrupted pandas reference: each
+input's output exactly once, every running value equal, each poison record in the DLQ exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import numpy as np
+import pandas as pd
+
+from mystocks_gpu.data.topic_reader import read_topic
+from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.kafka_clients import make_producer
+from mystocks_gpu.infra.stack import LocalStack
+from mystocks_gpu.schemas import AvroCodec
+from mystocks_gpu.schemas.batch_codec import BatchEncoder
+from mystocks_gpu.topics import TopicSpec
+from mystocks_gpu.topics.admin import TopicAdmin
+from tests.integration.stream_helpers import (
+    Topics,
+    assert_exactly_once_equal,
+    finish,
+    kill9,
+    make_topics,
+    output_high_watermark,
+    read_outputs,
+    reference,
+    start_worker,
+    synthetic,
+    wait_for,
+)
+
+CODEC = AvroCodec()
+PARTS = 24
+POISON_ONLY = (20, 21, 22, 23)
+
+
+def skewed_input(settings: Settings, t: Topics, n: int, seed: int) -> tuple[dict[str, np.ndarray], list[str], list[bytes]]:
+    """Produce ``n`` ticks: half on one hot symbol, the rest on 60 sparse ones, each symbol pinned
+    to one of partitions 0..19, plus poison records on 20..23 only (and a few elsewhere).
+    Returns the valid tick columns, symbol names and the poison values in production order."""
+    cols, names = synthetic(n, symbols=61, seed=seed)
+    rng = np.random.default_rng(seed)
+    sym = np.where(rng.random(n) < 0.5, 0, rng.integers(1, 61, n)).astype(cols["sym"].dtype)
+    cols = dict(cols, sym=sym)
+    # per-symbol sequence numbers must still rise: renumber in order of appearance
+    cols["seq"] = pd.Series(np.arange(n)).groupby(sym).cumcount().to_numpy().astype(np.int64)
+    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
+    part_of = {i: (i * 7) % 20 for i in range(61)}
+    p = make_producer(settings.kafka)
+    poison: list[bytes] = []
+    prng = random.Random(seed)
+    for i, v in enumerate(values):
+        s = int(sym[i])
+        p.produce(t.input, v, names[s].encode(), partition=part_of[s], timestamp=int(cols["ts"][i] // 1_000_000))
+        if i % 97 == 0:  # poison, mostly on the poison-only partitions
+            bad = b"\xde\xad" + prng.randbytes(prng.randint(0, 40))
+            part = POISON_ONLY[len(poison) % 4] if len(poison) % 5 else part_of[s]
+            p.produce(t.input, bad, b"poison", partition=part, timestamp=int(cols["ts"][i] // 1_000_000))
+            poison.append(bad)
+        if i % 20_000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    return cols, names, poison
+
+
+def assert_dlq_exactly(settings: Settings, t: Topics, poison: list[bytes]) -> None:
+    dlq = list(read_topic(settings.kafka, t.dlq, max_records=len(poison) + 100, idle_timeout_s=8, decode=False))
+    assert len(dlq) == len(poison), f"{len(dlq)} dead letters for {len(poison)} poison records"
+    assert sorted(bytes(d.raw or b"") for d in dlq) == sorted(poison)
+    locs = {(d.headers["mystocks.source.partition"], d.headers["mystocks.source.offset"]) for d in dlq}
+    assert len(locs) == len(poison), "a dead letter was written twice"
+
+
+def summaries(out: str) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+
+
+def test_injected_aborts_with_forming_batches_lose_and_duplicate_nothing(settings: Settings, unique: str) -> None:
+    t = make_topics(settings, unique, partitions=PARTS)
+    cols, names, poison = skewed_input(settings, t, 60_000, seed=21)
+    # long linger + short commit interval: a half-formed batch is open at most commits
+    args = ("--batch-records", "1500", "--linger-ms", "150", "--commit-interval-ms", "20",
+            "--inject-faults", "begin=0.05,produce=0.08,offsets=0.12,commit=0.2;seed=5")
+    out = finish(start_worker(t, "wf", *args, idle_exit=8), timeout=400)
+    s = summaries(out)[-1]
+    got = read_outputs(settings, t.output, 60_000)
+    assert s["aborts"] >= 12, s  # many injected failures actually happened
+    assert s["restores"] == s["assignments"], s  # aborts restore from memory, not from the changelog
+    assert_exactly_once_equal(got, reference(cols, names))
+    assert_dlq_exactly(settings, t, poison)
+    print(f"injected aborts: {s['aborts']}, records checked: {60_000 + len(poison)}, lost 0, duplicated 0")
+
+
+def test_crash_with_dirty_state_never_commits_it(settings: Settings, unique: str) -> None:
+    """An exception after states were replaced: the protocol aborts, close() must not commit."""
+    t = make_topics(settings, unique, partitions=4)
+    cols, names = synthetic(30_000, symbols=40, seed=22)
+    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
+    p = make_producer(settings.kafka)
+    for i, v in enumerate(values):
+        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
+        if i % 10_000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    crashes = 0
+    for attempt in range(40):
+        w = start_worker(t, "wc", "--batch-records", "400", "--linger-ms", "5",
+                         "--inject-faults", f"crash=0.03;seed={attempt}", idle_exit=5)
+        _, err = w.communicate(timeout=300)
+        if w.returncode == 0:
+            break
+        assert "injected crash" in err, err[-2000:]
+        crashes += 1
+    assert crashes >= 3, "too few crashes to prove anything"
+    got = read_outputs(settings, t.output, 30_000)
+    assert_exactly_once_equal(got, reference(cols, names))
+
+
+def test_broker_pauses_and_group_churn(settings: Settings, unique: str, stack: LocalStack) -> None:
+    t = make_topics(settings, unique, partitions=PARTS)
+    cols, names, poison = skewed_input(settings, t, 80_000, seed=23)
+    args = ("--batch-records", "1000", "--linger-ms", "50", "--commit-interval-ms", "50")
+    a = start_worker(t, "wa", *args, idle_exit=15)
+    kafka_pid = stack.pid("kafka")
+    assert kafka_pid
+    rng = random.Random(9)
+    pauses = churns = 0
+    out_b = ""
+    deadline = time.monotonic() + 150
+    while a.poll() is None and time.monotonic() < deadline and output_high_watermark(settings, t.output) < 70_000:
+        b = start_worker(t, f"wb{churns}", *args, idle_exit=15)
+        churns += 1
+        for _ in range(2):
+            time.sleep(rng.uniform(0.5, 2.0))  # let the rebalance and some transactions happen
+            os.kill(kafka_pid, signal.SIGSTOP)
+            time.sleep(rng.uniform(0.2, 2.0))
+            os.kill(kafka_pid, signal.SIGCONT)
+            pauses += 1
+        if churns % 2:
+            os.killpg(b.pid, signal.SIGTERM)
+            bo, _ = b.communicate(timeout=120)
+            out_b += bo
+        else:
+            kill9(b)
+    out = finish(a, timeout=400)
+    aborts = sum(s["aborts"] for s in summaries(out) + summaries(out_b))
+    got = read_outputs(settings, t.output, 80_000)
+    assert_exactly_once_equal(got, reference(cols, names))
+    assert_dlq_exactly(settings, t, poison)
+    assert pauses >= 4 and churns >= 2
+    print(f"broker pauses {pauses}, members joined/left {churns}, aborts seen {aborts}: lost 0, duplicated 0")
+
+
+def test_zombie_with_the_same_transactional_id_is_fenced(settings: Settings, unique: str) -> None:
+    t = make_topics(settings, unique, partitions=4)
+    cols, names = synthetic(60_000, symbols=30, seed=24)
+    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
+    p = make_producer(settings.kafka)
+    for i, v in enumerate(values):
+        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
+        if i % 10_000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    args = ("--batch-records", "300", "--linger-ms", "5")
+    zombie = start_worker(t, "same-id", *args, idle_exit=10)
+    assert wait_for(lambda: output_high_watermark(settings, t.output) > 3000 or zombie.poll() is not None, 90)
+    assert zombie.poll() is None
+    successor = start_worker(t, "same-id", *args, idle_exit=10)  # same transactional id: fences the zombie
+    _, zerr = zombie.communicate(timeout=240)
+    assert zombie.returncode != 0 and "fenced" in zerr.lower(), zerr[-2000:]
+    finish(successor, timeout=300)
+    got = read_outputs(settings, t.output, 60_000)
+    assert_exactly_once_equal(got, reference(cols, names))
+
+
+def test_consumer_group_protocol_survives_sigkill(settings: Settings, unique: str) -> None:
+    t = make_topics(settings, unique, partitions=4)
+    cols, names = synthetic(60_000, symbols=40, seed=25)
+    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
+    p = make_producer(settings.kafka)
+    for i, v in enumerate(values):
+        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
+        if i % 10_000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    args = ("--group-protocol", "consumer", "--batch-records", "400", "--linger-ms", "5")
+    rng = random.Random(3)
+    kills = 0
+    while kills < 3:
+        before = output_high_watermark(settings, t.output)
+        w = start_worker(t, "wk", *args)
+        assert wait_for(lambda b=before, w=w: output_high_watermark(settings, t.output) > b or w.poll() is not None, 90)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if w.poll() is not None:
+            break
+        kill9(w)
+        kills += 1
+    finish(start_worker(t, "wk", *args), timeout=300)
+    got = read_outputs(settings, t.output, 60_000)
+    assert_exactly_once_equal(got, reference(cols, names))
+
+
+def test_oversized_records_go_to_the_dlq_and_the_rest_goes_on(settings: Settings, unique: str) -> None:
+    """A tick valid under the schema but with a 5 MB symbol, and one whose OUTPUT exceeds the output
+    topic's limit: both end in the DLQ with the reason; no abort loop; everything else is processed."""
+    t = Topics(f"t.in.{unique}", f"t.out.{unique}", f"t.in.{unique}.dlq", f"g.{unique}")
+    TopicAdmin(settings.kafka).create([
+        TopicSpec(t.input, "symbol", "mystocks.md.Tick", partitions=2, dlq=False,
+                  extra={"max.message.bytes": str(8 << 20)}),
+        TopicSpec(t.output, "symbol", "mystocks.streams.RunningAggregate", partitions=2, dlq=False,
+                  extra={"max.message.bytes": "600"}),
+        TopicSpec(t.dlq, "symbol", None, partitions=1, dlq=False, extra={"max.message.bytes": str(1 << 20)}),
+    ])
+    cols, names = synthetic(5_000, symbols=10, seed=26)
+    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
+    huge = CODEC.decode(values[100])
+    huge_v = CODEC.encode("Tick", dict(huge, symbol="H" * (5 << 20)))
+    wide = CODEC.decode(values[200])
+    wide_v = CODEC.encode("Tick", dict(wide, symbol="W" * 240))  # valid input, output > 600 bytes
+    p = make_producer(settings.kafka, **{"message.max.bytes": 16 << 20})
+    for i, v in enumerate(values):
+        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
+        if i == 2500:
+            p.produce(t.input, huge_v, b"H", timestamp=int(cols["ts"][i] // 1_000_000))
+            p.produce(t.input, wide_v, b"W", timestamp=int(cols["ts"][i] // 1_000_000))
+    assert p.flush(60) == 0
+    out = finish(start_worker(t, "wo", idle_exit=6), timeout=200)
+    s = summaries(out)[-1]
+    assert s["aborts"] == 0 and s["records_in"] == len(values) + 2, s
+    got = read_outputs(settings, t.output, len(values))
+    assert_exactly_once_equal(got, reference(cols, names))
+    dlq = list(read_topic(settings.kafka, t.dlq, max_records=10, idle_timeout_s=8, decode=False))
+    assert len(dlq) == 2
+    by_class = {d.headers["mystocks.error.class"]: d for d in dlq}
+    assert set(by_class) == {"ValidationError", "RecordTooLarge"}
+    assert "symbol" in by_class["ValidationError"].headers["mystocks.error.message"]
+    assert int(by_class["ValidationError"].headers["mystocks.value.truncated_from"]) == len(huge_v)
+    assert bytes(by_class["RecordTooLarge"].raw or b"") == wide_v  # the input record itself
+    assert t.output in by_class["RecordTooLarge"].headers["mystocks.error.message"]
+
+
+def _metrics(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+            if ln and not ln.startswith("#")}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_lag_counts_from_the_committed_offset_and_revoked_series_disappear(settings: Settings, unique: str) -> None:
+    t = make_topics(settings, unique, partitions=4)
+    cols, names = synthetic(20_000, symbols=40, seed=27)
+    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
+    p = make_producer(settings.kafka)
+    for i, v in enumerate(values):
+        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
+    assert p.flush(60) == 0
+    # every commit fails: the worker fetches and processes, but commits nothing -> lag stays at the total
+    port = _free_port()
+    stalled = start_worker(t, "ws", "--metrics-port", str(port), "--inject-faults", "commit=1.0", idle_exit=60)
+    try:
+        def lag_total() -> float:
+            try:
+                m = _metrics(port)
+            except OSError:
+                return -1.0
+            return sum(v for k, v in m.items() if k.startswith("mystocks_stream_consumer_lag{"))
+        assert wait_for(lambda: lag_total() == 20_000 and _metrics(port).get(
+            'mystocks_stream_transaction_aborts_total{processor="aggregate"}', 0) >= 3, 90)
+    finally:
+        kill9(stalled)
+    # a healthy worker: lag returns to 0; when a second member takes partitions, their series go
+    pa, pb = _free_port(), _free_port()
+    a = start_worker(t, "wa2", "--metrics-port", str(pa), idle_exit=60)
+    b: subprocess.Popen[str] | None = None
+    try:
+        def parts(port: int) -> set[str]:
+            try:
+                return {k.split('partition="')[1].split('"')[0] for k in _metrics(port)
+                        if k.startswith("mystocks_stream_consumer_lag{")}
+            except OSError:
+                return set()
+        assert wait_for(lambda: parts(pa) == {"0", "1", "2", "3"} and all(
+            v == 0 for k, v in _metrics(pa).items() if k.startswith("mystocks_stream_consumer_lag{")), 90)
+        b = start_worker(t, "wb2", "--metrics-port", str(pb), idle_exit=60)
+        assert wait_for(lambda: len(parts(pa)) == 2 and len(parts(pb)) == 2 and not parts(pa) & parts(pb), 90), \
+            (parts(pa), parts(pb))
+    finally:
+        kill9(a)
+        if b is not None:
+            kill9(b)
+
+
+def test_backpressure_pauses_partitions_and_the_setting_takes_effect(settings: Settings, unique: str) -> None:
+    t = make_topics(settings, unique, partitions=2)
+    cols, names = synthetic(20_000, symbols=20, seed=28)
+    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
+    p = make_producer(settings.kafka)
+    for i, v in enumerate(values):
+        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
+    assert p.flush(60) == 0
+    # at-least-once: outputs are acknowledged asynchronously, so the producer queue is what grows
+    tight = summaries(finish(start_worker(t, "bp", "--at-least-once", "--max-buffered-records", "50",
+                                          idle_exit=5), timeout=200))[-1]
+    assert tight["pauses"] > 0, tight
+    got = read_outputs(settings, t.output, 20_000)
+    assert_exactly_once_equal(got, reference(cols, names))
+    t2 = make_topics(settings, unique + "b", partitions=2)
+    p2 = make_producer(settings.kafka)
+    for i, v in enumerate(values):
+        p2.produce(t2.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
+    assert p2.flush(60) == 0
+    loose = summaries(finish(start_worker(t2, "bp2", "--at-least-once", idle_exit=5), timeout=200))[-1]
+    assert loose["pauses"] == 0, loose  # the default (50,000) is never reached by 20k inputs
