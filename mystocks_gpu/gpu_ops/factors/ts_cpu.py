@@ -1,0 +1,221 @@
+"""CPU (numba) time-series kernels, O(1) per bar: Ref, Delta, Sum, Mean, Std, Var, Corr, Cov, EMA.
+
+Layout: every array is ``(n_symbols, n_dates)`` float64, C-contiguous (one row per symbol, so a
+symbol's history is contiguous); kernels are serial and release the GIL; the
+engine runs them on blocks of symbols in threads (``threads.run_blocks``). Twin of ``ts_xp`` (same
+results to rounding; the tests compare the two and both against pandas).
+
+Window semantics (``w`` bars): the output at bar ``t`` is NaN unless ``t >= w - 1`` and every
+value in ``x[t-w+1 .. t]`` is finite (pandas ``rolling(w, min_periods=w)``, with ±inf treated as
+missing). Running sums use Kahan-compensated add/remove (as pandas does); the running variance
+uses Welford add/remove; a window of ``w`` identical values has variance exactly 0 (and a
+correlation of NaN), as in pandas.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_NAN = np.nan
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def ts_ref(x: np.ndarray, d: int) -> np.ndarray:
+    """``x`` shifted ``d`` bars later (NaN for the first ``d`` bars)."""
+    s_n, t_n = x.shape
+    out = np.empty_like(x)
+    for s in range(s_n):
+        for t in range(t_n):
+            out[s, t] = x[s, t - d] if t >= d else _NAN
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def ts_delta(x: np.ndarray, d: int) -> np.ndarray:
+    """``x[t] - x[t - d]``."""
+    s_n, t_n = x.shape
+    out = np.empty_like(x)
+    for s in range(s_n):
+        for t in range(t_n):
+            out[s, t] = x[s, t] - x[s, t - d] if t >= d else _NAN
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def ts_sum(x: np.ndarray, w: int, mean: bool) -> np.ndarray:
+    """Rolling sum (``mean=False``) or mean (``mean=True``) over ``w`` bars."""
+    s_n, t_n = x.shape
+    out = np.empty_like(x)
+    for s in range(s_n):
+        acc = 0.0
+        comp = 0.0
+        bad = 0
+        for t in range(t_n):
+            v = x[s, t]
+            if math.isfinite(v):
+                y = v - comp
+                tt = acc + y
+                comp = (tt - acc) - y
+                acc = tt
+            else:
+                bad += 1
+            if t >= w:
+                u = x[s, t - w]
+                if math.isfinite(u):
+                    y = -u - comp
+                    tt = acc + y
+                    comp = (tt - acc) - y
+                    acc = tt
+                else:
+                    bad -= 1
+            if t >= w - 1 and bad == 0:
+                out[s, t] = acc / w if mean else acc
+            else:
+                out[s, t] = _NAN
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def ts_var(x: np.ndarray, w: int, std: bool) -> np.ndarray:
+    """Rolling variance (ddof=1), or its square root with ``std=True``."""
+    s_n, t_n = x.shape
+    out = np.empty_like(x)
+    for s in range(s_n):
+        n = 0
+        mean = 0.0
+        ssq = 0.0
+        bad = 0
+        run = 0
+        for t in range(t_n):
+            v = x[s, t]
+            if math.isfinite(v):
+                n += 1
+                delta = v - mean
+                mean += delta / n
+                ssq += delta * (v - mean)
+                run = run + 1 if (t > 0 and v == x[s, t - 1]) else 1
+            else:
+                bad += 1
+                run = 0
+            if t >= w:
+                u = x[s, t - w]
+                if math.isfinite(u):
+                    n -= 1
+                    if n == 0:
+                        mean = 0.0
+                        ssq = 0.0
+                    else:
+                        delta = u - mean
+                        mean -= delta / n
+                        ssq -= delta * (u - mean)
+                else:
+                    bad -= 1
+            if t >= w - 1 and bad == 0:
+                var = 0.0 if run >= w else max(ssq, 0.0) / (w - 1)
+                out[s, t] = math.sqrt(var) if std else var
+            else:
+                out[s, t] = _NAN
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def ts_cov(x: np.ndarray, y: np.ndarray, w: int, corr: bool) -> np.ndarray:
+    """Rolling covariance (ddof=1) or Pearson correlation of ``x`` and ``y`` over ``w`` bars.
+
+    A bar counts when both are finite. Correlation is NaN when either side is constant over the
+    window (zero variance)."""
+    s_n, t_n = x.shape
+    out = np.empty_like(x)
+    for s in range(s_n):
+        n = 0
+        mx = 0.0
+        my = 0.0
+        cxy = 0.0
+        m2x = 0.0
+        m2y = 0.0
+        bad = 0
+        runx = 0
+        runy = 0
+        for t in range(t_n):
+            a = x[s, t]
+            b = y[s, t]
+            if math.isfinite(a) and math.isfinite(b):
+                n += 1
+                dx = a - mx
+                dy = b - my
+                mx += dx / n
+                my += dy / n
+                cxy += dx * (b - my)
+                m2x += dx * (a - mx)
+                m2y += dy * (b - my)
+                runx = runx + 1 if (t > 0 and a == x[s, t - 1]) else 1
+                runy = runy + 1 if (t > 0 and b == y[s, t - 1]) else 1
+            else:
+                bad += 1
+                runx = 0
+                runy = 0
+            if t >= w:
+                a = x[s, t - w]
+                b = y[s, t - w]
+                if math.isfinite(a) and math.isfinite(b):
+                    n -= 1
+                    if n == 0:
+                        mx = my = cxy = m2x = m2y = 0.0
+                    else:
+                        dx = a - mx
+                        dy = b - my
+                        mx -= dx / n
+                        my -= dy / n
+                        cxy -= dx * (b - my)
+                        m2x -= dx * (a - mx)
+                        m2y -= dy * (b - my)
+                else:
+                    bad -= 1
+            if t >= w - 1 and bad == 0:
+                const = runx >= w or runy >= w
+                if corr:
+                    if const or m2x <= 0.0 or m2y <= 0.0:
+                        out[s, t] = _NAN
+                    else:
+                        r = cxy / math.sqrt(m2x * m2y)
+                        out[s, t] = min(1.0, max(-1.0, r))
+                else:
+                    out[s, t] = 0.0 if const else cxy / (w - 1)
+            else:
+                out[s, t] = _NAN
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def ts_ema(x: np.ndarray, span: int) -> np.ndarray:
+    """``ewm(span, adjust=False, ignore_na=False, min_periods=span).mean()`` per symbol.
+
+    alpha = 2 / (span + 1). A missing bar outputs the previous average (once ``span`` bars have
+    been observed) and decays the old weight: after ``[x0, NaN, x2]`` the average is
+    ``((1-a)^2 x0 + a x2) / ((1-a)^2 + a)`` (pandas' documented absolute-position weights)."""
+    s_n, t_n = x.shape
+    out = np.empty_like(x)
+    alpha = 2.0 / (span + 1.0)
+    fac = 1.0 - alpha
+    for s in range(s_n):
+        wtd = _NAN
+        old = 1.0
+        nobs = 0
+        for t in range(t_n):
+            c = x[s, t]
+            obs = not math.isnan(c)
+            if obs:
+                nobs += 1
+            if not math.isnan(wtd):
+                old *= fac
+                if obs:
+                    if wtd != c:
+                        wtd = (old * wtd + alpha * c) / (old + alpha)
+                    old = 1.0
+            elif obs:
+                wtd = c
+            out[s, t] = wtd if nobs >= span else _NAN
+    return out
