@@ -53,7 +53,6 @@ from mystocks_gpu.gpu_ops.factors.config import (
     EvalConfig,
     MiningConfig,
 )
-from mystocks_gpu.gpu_ops.factors.factor_engine import compile_program, evaluate_panel
 from mystocks_gpu.gpu_ops.factors.evaluate import Evaluator, FactorReport, rank_correlation
 from mystocks_gpu.gpu_ops.factors.exceptions import (
     EvaluationStopped,
@@ -64,6 +63,7 @@ from mystocks_gpu.gpu_ops.factors.exceptions import (
     PanelError,
 )
 from mystocks_gpu.gpu_ops.factors.expr import Node, parse, parse_many
+from mystocks_gpu.gpu_ops.factors.factor_engine import compile_program, evaluate_panel
 from mystocks_gpu.gpu_ops.factors.library import available as available_libraries
 from mystocks_gpu.gpu_ops.factors.library import load_library
 from mystocks_gpu.gpu_ops.factors.mining import MiningResult, mine

@@ -25,7 +25,6 @@ import pandas as pd
 
 from mystocks_gpu.gpu_ops.backend import select
 from mystocks_gpu.gpu_ops.factors.config import EngineConfig, EvalConfig, MiningConfig
-from mystocks_gpu.gpu_ops.factors.factor_engine import CpuOps, ProgressFn, StopFn, XpOps, make_ops
 from mystocks_gpu.gpu_ops.factors.evaluate import (
     Evaluator,
     MetricsCpu,
@@ -36,6 +35,7 @@ from mystocks_gpu.gpu_ops.factors.evaluate import (
 from mystocks_gpu.gpu_ops.factors.exceptions import EvaluationStopped, FactorConfigError
 from mystocks_gpu.gpu_ops.factors.expr import FIELD, Node, call, const
 from mystocks_gpu.gpu_ops.factors.expr import field as field_node
+from mystocks_gpu.gpu_ops.factors.factor_engine import CpuOps, ProgressFn, StopFn, XpOps, make_ops
 from mystocks_gpu.gpu_ops.factors.ops import CS, ELEM, OPS, TS
 from mystocks_gpu.gpu_ops.factors.panel import Panel
 from mystocks_gpu.gpu_ops.factors.pipeline import batch_size, evaluate_batched

@@ -11,14 +11,6 @@ import pandas as pd
 
 from mystocks_gpu.gpu_ops.backend import select
 from mystocks_gpu.gpu_ops.factors.config import EngineConfig, EvalConfig
-from mystocks_gpu.gpu_ops.factors.factor_engine import (
-    CpuOps,
-    ProgressFn,
-    StopFn,
-    XpOps,
-    evaluate_panel,
-    make_ops,
-)
 from mystocks_gpu.gpu_ops.factors.evaluate import (
     Evaluator,
     FactorReport,
@@ -29,6 +21,14 @@ from mystocks_gpu.gpu_ops.factors.evaluate import (
 )
 from mystocks_gpu.gpu_ops.factors.exceptions import EvaluationStopped, FactorConfigError
 from mystocks_gpu.gpu_ops.factors.expr import Node, parse_many
+from mystocks_gpu.gpu_ops.factors.factor_engine import (
+    CpuOps,
+    ProgressFn,
+    StopFn,
+    XpOps,
+    evaluate_panel,
+    make_ops,
+)
 from mystocks_gpu.gpu_ops.factors.panel import Panel
 
 ValuesFn = Callable[[dict[str, np.ndarray]], None]
