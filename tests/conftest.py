@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.config import Settings, StackConfig, load_settings
 from mystocks_gpu.infra.stack import LocalStack, process_start_time
 
@@ -101,8 +102,11 @@ def _stop_abandoned_stacks() -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--stack") != "own" or hasattr(config, "workerinput"):
         return
+    try:
+        host = _env_settings().stack.host
+    except ConfigError as exc:
+        raise pytest.UsageError(f"MYSTOCKS_* settings: {exc}") from None
     _stop_abandoned_stacks()
-    host = _env_settings().stack.host
     os.environ.update(private_stack_env(STACK_HOMES / f"test-{os.getpid()}", host))
 
 

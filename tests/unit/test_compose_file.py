@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from mystocks_gpu.infra.config import StackConfig
 
@@ -25,6 +24,8 @@ PORT = re.compile(r"^(?:(?P<ip>\d+\.\d+\.\d+\.\d+):)?(?:(?P<host>\d+):)?(?P<cont
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
+    import yaml  # dev extra; imported here so a GPU-only run (-m gpu) on a bare box can collect this file
+
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # resolves anchors and << merges
     assert isinstance(doc, dict)
     return doc
