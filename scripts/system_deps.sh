@@ -109,7 +109,7 @@ probe() {
     fi
   done
   if [ -f "$CACHE_DIR/kafka-$KAFKA_VERSION/libs/MANIFEST.sha1" ]; then
-    REPORT+=("ok       kafka jars     cached in $CACHE_DIR/kafka-$KAFKA_VERSION (verified on every start)")
+    REPORT+=("ok       kafka jars     cached in $CACHE_DIR/kafka-$KAFKA_VERSION (checked against its SHA-1 manifest on every start)")
   else
     REPORT+=("info     kafka jars     not cached yet: the first \`stack up\` resolves them with Maven (needs the network)")
   fi

@@ -266,8 +266,14 @@ class LocalStack:
                 raise StackError(f"Maven could not resolve Kafka {self.cfg.kafka_version} (needs the network "
                                  f"to Maven Central):\n{(proc.stdout + proc.stderr)[-3000:]}")
             (tmp / JAR_MANIFEST).write_text("".join(f"{_sha1(j)}  {j.name}\n" for j in jars))
-            shutil.rmtree(self.libs, ignore_errors=True)
+            (tmp / ".complete").write_text(self.cfg.kafka_version)  # what older checkouts sharing the cache look for
+            # swap directories (brokers of other checkouts may be reading the old jars): the path
+            # is missing only between two renames, and the old files are removed afterwards
+            old = self.cache / f"libs.old-{os.getpid()}"
+            if self.libs.exists():
+                self.libs.rename(old)
             tmp.rename(self.libs)
+            shutil.rmtree(old, ignore_errors=True)
             return self.libs
 
     # ---- Kafka ---------------------------------------------------------------------------
