@@ -1,57 +1,76 @@
-# mystocks-gpu task runner. `make demo` and `make test` work on a fresh Debian/Ubuntu machine:
-# they install system packages (redis-server, kcat, Java 17, Maven) when missing, create .venv,
-# install the package, and start the local Kafka + Redis stack.
+# mystocks-gpu task runner. `make demo` and `make test` work on a fresh Debian/Ubuntu machine (root,
+# or a user with sudo): they apt-install what is missing (python3-venv, redis-server, kcat, a Java 17+
+# runtime, Maven; `make doctor` says what and why), create .venv and install the package.
+# `make demo` starts the local Kafka + Redis stack (.stack, ports 19092/19093/16379) and leaves it
+# running; `make test` starts a private stack on free ports for its own run and stops only that one.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/mystocks-gpu
 EXTRAS ?= dev,bench
 PYTEST_ARGS ?=
-SUDO := $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
+# uid that runs apt-get: 0 runs it directly, any other through sudo (override to simulate)
+AS_UID ?= $(shell id -u)
+# a CUDA device is present when this exists or `nvidia-smi -L` lists one
+NVIDIA_DEV ?= /dev/nvidia0
+SYSDEPS = AS_UID=$(AS_UID) $(SHELL) scripts/system_deps.sh
 
-.PHONY: help install system-deps stack-up stack-down demo test test-unit bench lint clean
+.PHONY: help doctor install system-deps stack-up stack-down demo test test-unit test-install-path \
+	test-gpu test-gpu-run bench lint clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
 
-system-deps: ## apt-install redis-server, kcat, Java 17, Maven, docker-compose (config check) when missing
-	@missing=""; \
-	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	command -v kcat >/dev/null || missing="$$missing kcat"; \
-	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
-	command -v mvn >/dev/null || missing="$$missing maven"; \
-	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
-	fi
+doctor: ## report what a fresh machine lacks (tool -> apt package, Java version, venv, disk) and the apt command install would run
+	@$(SYSDEPS) doctor
+
+system-deps: ## apt-get update + install what is missing (python3-venv, redis-server, kcat, Java 17+, Maven)
+	@$(SYSDEPS) install
 
 $(VENV)/.installed: pyproject.toml
-	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
-	python3 -m venv $(VENV)
+	@command -v python3 >/dev/null || { echo "error: python3 is required (apt-get install python3 python3-venv)" >&2; exit 1; }
+	@# a venv made before python3-venv was installed has no pip: make it again
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	@touch $@
 
 install: system-deps $(VENV)/.installed ## system packages + .venv with the package and dev/bench extras
 
-stack-up: install ## start Kafka (KRaft) + Redis on loopback
+stack-up: install ## start the local Kafka (KRaft) + Redis on loopback (.stack)
 	$(CLI) stack up
 
 stack-down: ## stop what stack-up started
 	@if [ -x $(CLI) ]; then $(CLI) stack down; fi
 
-demo: install ## stack up, topics, run the main pipeline end to end, print what it did
+demo: install ## stack up, topics, run the main pipeline end to end, print what it did (the stack keeps running)
 	$(CLI) stack up
 	$(PY) scripts/demo.py
 
-test: install ## stack up, whole test suite (unit + integration against the real broker and Redis), stack down
-	$(CLI) stack up
-	@set -o pipefail; rc=0; $(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS) || rc=$$?; \
-	  $(CLI) stack down; exit $$rc
+test: install ## whole suite (unit + integration) against a private Kafka + Redis on free ports, started and stopped by the run
+	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only (no broker)
 	$(PY) -m pytest -p no:cacheprovider -ra tests/unit $(PYTEST_ARGS)
+
+test-install-path: install ## the install logic run with the system packages hidden (fake PATH, fake apt-get/sudo)
+	$(PY) -m pytest -p no:cacheprovider -ra tests/unit/test_system_deps.py $(PYTEST_ARGS)
+
+$(VENV)/.installed-gpu: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[$(EXTRAS),gpu]"
+	@touch $@
+
+test-gpu: install $(VENV)/.installed-gpu ## install .[gpu] and run the GPU tests (-m gpu) against the CPU backend; needs a CUDA device
+	@$(MAKE) --no-print-directory test-gpu-run
+
+test-gpu-run: ## the GPU tests with $(PY), no install (scripts/gpu_check.sh): fails when a device exists but CuPy cannot use it
+	@if [ -e $(NVIDIA_DEV) ] || nvidia-smi -L >/dev/null 2>&1; then \
+	  $(PY) -c 'import cupy; n = cupy.cuda.runtime.getDeviceCount(); print(f"CuPy {cupy.__version__}: {n} CUDA device(s)")' \
+	  || { echo "error: a CUDA device is present but CuPy does not import or see it: pip install -e '.[gpu]' (CUDA 12 driver needed)" >&2; exit 1; }; \
+	else \
+	  echo "error: no CUDA device ($(NVIDIA_DEV) absent, nvidia-smi lists none): the GPU tests need one; \`make test\` runs the CPU suite" >&2; exit 1; \
+	fi
+	$(PY) -m pytest -p no:cacheprovider -ra -m gpu $(PYTEST_ARGS)
 
 bench: install ## benchmarks (ours vs baselines, printed ratios); writes bench/out/*.json
 	$(CLI) stack up
@@ -61,7 +80,7 @@ bench: install ## benchmarks (ours vs baselines, printed ratios); writes bench/o
 
 lint: install ## ruff + mypy
 	$(VENV)/bin/ruff check mystocks_gpu tests bench scripts
-	$(VENV)/bin/mypy mystocks_gpu
+	$(VENV)/bin/mypy mystocks_gpu $(MYPY_ARGS)
 
 clean: stack-down ## remove the venv and stack data
 	rm -rf $(VENV) .stack

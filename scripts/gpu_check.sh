@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU verification on a CUDA machine (run from the repo root): installs the few wheels the
 # GPU box lacks from .devwheels/ (pip download them here first), runs every GPU twin test against
-# the CPU backend, checks device discovery, and times the GPU kernels vs the CPU twins.
+# the CPU backend (`make test-gpu-run`), checks device discovery, and times the GPU kernels vs the CPU twins.
 # Results land in $OUT (or ./gpu-out).
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -17,5 +17,10 @@ try:
 except Exception as exc:  # noqa: BLE001
     print("device discovery failed:", type(exc).__name__, exc)
 PY
-timeout 300 python -m pytest -q -p no:cacheprovider -m gpu tests/unit -o addopts="" 2>&1 | tail -8 | tee "$OUT/gpu_tests.log"
+# the same device/CuPy check and GPU test run as `make test-gpu`, with this box's python (no venv)
+if command -v make >/dev/null; then
+  timeout 300 make --no-print-directory test-gpu-run PY=python PYTEST_ARGS="-q tests/unit" 2>&1 | tail -8 | tee "$OUT/gpu_tests.log"
+else
+  echo "make is missing (apt-get install make): GPU tests not run" | tee "$OUT/gpu_tests.log"
+fi
 timeout 120 python bench/gpu_ops.py --ticks 5000000 --symbols 4000 --json "$OUT/gpu_ops.json" 2>&1 | tail -25 | tee "$OUT/gpu_ops.log"

@@ -48,17 +48,20 @@ def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
 
 def _encode_ticks(cols: dict[str, Any], names: list[str], codec: Any) -> Any:
     """(key, value, ts_ms) per tick: the vectorised encoder when available, else fastavro."""
+    encoder_cls: type[Any] | None
     try:
         from mystocks_gpu.schemas.batch_codec import BatchEncoder
+
+        encoder_cls = BatchEncoder
     except ImportError:
-        BatchEncoder = None  # noqa: N806
+        encoder_cls = None
     keys = [names[i].encode() for i in cols["sym"].tolist()]
     ts_ms = (cols["ts"] // 1_000_000).tolist()
-    if BatchEncoder is not None:
+    if encoder_cls is not None:
         step = 200_000
         for lo in range(0, len(keys), step):
             chunk = {k: v[lo:lo + step] for k, v in cols.items()}
-            values = BatchEncoder("mystocks.md.Tick").encode(chunk, names)
+            values = encoder_cls("mystocks.md.Tick").encode(chunk, names)
             yield from zip(keys[lo:lo + step], values, ts_ms[lo:lo + step], strict=True)
         return
     from mystocks_gpu.data.synthetic_ticks import to_records

@@ -2,6 +2,7 @@
 
 Every :class:`~mystocks_gpu.exceptions.MyStocksError` becomes one clear line on stderr and a
 non-zero exit code (2 for bad input/config, 1 otherwise); there are no tracebacks for user errors.
+With ``--log-format json`` that line is a JSON log record too, so every stderr line parses.
 """
 
 from __future__ import annotations
@@ -38,20 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mystocks-gpu`` console script."""
     args = build_parser().parse_args(argv)
+    json_logs = False
     try:
         overrides: dict[str, Any] = {}
         if args.log_format or args.log_level:
             overrides["log"] = {k: v for k, v in (("format", args.log_format), ("level", args.log_level)) if v}
         settings = load_settings(args.config, overrides=overrides)
         setup_logging(settings.log)
+        json_logs = settings.log.format == "json"
         log.debug("settings", extra=kv(**{"settings": settings.masked()}))
         return int(args.func(args, settings) or 0)
     except MyStocksError as exc:
-        print(f"mystocks-gpu: error: {exc}", file=sys.stderr)
+        _final(f"mystocks-gpu: error: {exc}", json_logs, error=type(exc).__name__, exit_code=exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("mystocks-gpu: interrupted", file=sys.stderr)
+        _final("mystocks-gpu: interrupted", json_logs, exit_code=130)
         return 130
+
+
+def _final(line: str, json_logs: bool, **fields: Any) -> None:
+    """The last word of a failed command: one plain stderr line, or one JSON record in json mode."""
+    if json_logs:
+        log.error(line, extra=kv(**fields))
+    else:
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

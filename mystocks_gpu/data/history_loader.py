@@ -132,7 +132,7 @@ def frame_to_records(df: pd.DataFrame, spec: TopicSpec, codec: AvroCodec, opts: 
             out[name] = src.astype(str).tolist()
     records = []
     names = [f["name"] for f in fields]
-    columns = [out[k].tolist() if isinstance(out[k], np.ndarray) else out[k] for k in names]
+    columns = [v.tolist() if isinstance(v := out[k], np.ndarray) else v for k in names]
     for i, row in enumerate(zip(*columns, strict=True)):
         rec = dict(zip(names, row, strict=True))
         try:

@@ -65,5 +65,6 @@ def setup_logging(cfg: LogConfig) -> None:
     handler.setFormatter(JsonFormatter() if cfg.format == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(cfg.level.upper())
+    logging.captureWarnings(True)  # Python warnings become records in the same format
     for noisy in ("aiokafka", "faust", "mode", "numba"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

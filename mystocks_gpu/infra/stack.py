@@ -1,13 +1,22 @@
 """The local stack: a real single-node Apache Kafka (KRaft, JVM, jars from Maven Central) and
 Redis (the system ``redis-server``) on loopback.
 
-``up`` is idempotent and waits for health; ``down`` stops only what ``up`` started (tracked by
-pid files under ``StackConfig.home``); ``status`` reports each component. Kafka's own tools run
-from the same jars via :func:`kafka_tool` (e.g. ``org.apache.kafka.tools.ConsumerPerformance``).
+``up`` is idempotent and waits for health; ``down`` stops only what ``up`` started: a pid file under
+``StackConfig.home`` holds the pid and the process start time, and a pid is signalled only while
+that process is still ours (same start time, and its command line names this stack's Kafka
+``server.properties`` or Redis port), so a pid reused by another process is left alone.
+``status`` reports each component. The Kafka jars are resolved with Maven into a cache shared by
+checkouts, with a manifest (name + SHA-1 of every jar) written after a complete resolve and
+checked before each use: a damaged or partial cache is resolved again. Kafka's own tools run from
+the same jars via :func:`kafka_tool` (e.g. ``org.apache.kafka.tools.ConsumerPerformance``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -15,6 +24,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +33,10 @@ from mystocks_gpu.infra.exceptions import StackError
 
 _TEMPLATES = Path(__file__).with_name("kafka")
 LOG_TAIL_LINES = 40
+#: written into the jar directory after a complete resolve: "<sha1>  <file name>" per jar (sha1sum format)
+JAR_MANIFEST = "MANIFEST.sha1"
+MIN_JAVA = 17
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,48 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> str | None:
+    """Command line of ``pid`` with arguments joined by spaces, or None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+
+
+def java_major(version_output: str) -> int:
+    """Major version from ``java -version`` output: ``"17.0.15"`` -> 17, ``"1.8.0_292"`` -> 8; 0 if unreadable."""
+    try:
+        v = version_output.split('"')[1]
+    except IndexError:
+        return 0
+    if v.startswith("1."):
+        v = v[2:]
+    digits = ""
+    for ch in v:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else 0
+
+
+def _sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
@@ -102,47 +158,123 @@ class LocalStack:
         return self._read_pid(name)
 
     def _read_pid(self, name: str) -> int | None:
+        """Pid from ``NAME.pid`` when that process is alive and ours (see :meth:`_is_ours`), else None."""
         try:
-            pid = int(self._pidfile(name).read_text().strip())
-        except (OSError, ValueError):
+            fields = self._pidfile(name).read_text().split()
+            pid = int(fields[0])
+            started = int(fields[1]) if len(fields) > 1 else None
+        except (OSError, ValueError, IndexError):
             return None
-        return pid if _alive(pid) else None
+        return pid if _alive(pid) and self._is_ours(name, pid, started) else None
+
+    def _is_ours(self, name: str, pid: int, started: int | None) -> bool:
+        """Whether ``pid`` is the component this stack started: the start time recorded in the pid
+        file matches, and the command line names this stack's Kafka ``server.properties`` (kafka) or
+        ``redis-server`` on this port (redis; it rewrites its title to ``redis-server HOST:PORT``).
+        Without ``/proc`` (not Linux) liveness is all that can be checked."""
+        if not os.path.isdir("/proc/self"):
+            return True
+        if started is not None and process_start_time(pid) != started:
+            return False
+        cmd = _cmdline(pid)
+        if cmd is None:
+            return False
+        if name == "kafka":
+            return "kafka.Kafka" in cmd and str(self.kafka_dir / "server.properties") in cmd
+        port = self.cfg.redis_port
+        return "redis-server" in cmd and (f"{self.cfg.host}:{port}" in cmd or f"--port {port} " in f"{cmd} ")
+
+    def _write_pid(self, name: str, pid: int) -> None:
+        """Record ``pid`` and its start time in ``NAME.pid``."""
+        started = process_start_time(pid)
+        self._pidfile(name).write_text(f"{pid} {started}" if started is not None else str(pid))
 
     # ---- prerequisites -------------------------------------------------------------------
     def java(self) -> str:
         """Path of a Java 17+ ``java``; :class:`StackError` when missing or too old."""
         java = shutil.which("java")
         if java is None:
-            raise StackError("Java is missing: Kafka 4 needs a Java 17+ runtime (apt-get install openjdk-17-jre-headless)")
-        out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
-        try:
-            major = int(out.split('"')[1].split(".")[0])
-        except (IndexError, ValueError):
-            major = 0
-        if major and major < 17:
-            raise StackError(f"Java {major} found at {java}; Kafka 4 needs Java 17+")
+            raise StackError(f"Java is missing: Kafka 4 needs a Java {MIN_JAVA}+ runtime "
+                             "(`make install` installs it; `make doctor` says what is missing)")
+        proc = subprocess.run([java, "-version"], capture_output=True, text=True)
+        major = java_major(proc.stderr + proc.stdout)
+        if major < MIN_JAVA:
+            found = f"Java {major}" if major else "a Java of unknown version"
+            raise StackError(f"{found} found at {java}; Kafka 4 needs Java {MIN_JAVA}+ "
+                             "(`make install` installs it; or update-alternatives --config java)")
         return java
 
-    def fetch_kafka(self) -> Path:
-        """Resolve the pinned Kafka release's jars with Maven into the cache (once)."""
-        marker = self.libs / ".complete"
-        if marker.exists():
-            return self.libs
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise StackError("Maven (mvn) is missing: it resolves Kafka's jars from Maven Central (apt-get install maven)")
+    def jar_problem(self) -> str | None:
+        """Why the cached jars cannot be used (no manifest, a jar missing, extra, or different
+        from the manifest), or None when they match the manifest of a complete resolve."""
+        manifest = self.libs / JAR_MANIFEST
+        try:
+            lines = manifest.read_text().splitlines()
+        except OSError:
+            return f"no manifest of a complete resolve in {self.libs}"
+        want: dict[str, str] = {}
+        for ln in lines:
+            digest, _, jar = ln.partition("  ")
+            if len(digest) != 40 or not jar:
+                return f"{manifest} is damaged"
+            want[jar] = digest
+        have = {p.name for p in self.libs.glob("*.jar")}
+        if not want or have != set(want):
+            diff = sorted(set(want) ^ have)
+            return f"jars missing or extra in {self.libs}: {', '.join(diff[:3]) or 'empty manifest'}"
+        for jar, digest in want.items():
+            if _sha1(self.libs / jar) != digest:
+                return f"{self.libs / jar} differs from the manifest"
+        return None
+
+    @contextlib.contextmanager
+    def _cache_lock(self) -> Iterator[None]:
+        """One resolver at a time per cache (checkouts share it)."""
         self.cache.mkdir(parents=True, exist_ok=True)
-        pom = self.cache / "pom.xml"
-        pom.write_text((_TEMPLATES / "pom.xml").read_text().replace("@KAFKA_VERSION@", self.cfg.kafka_version))
-        proc = subprocess.run(
-            [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-             f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"],
-            capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            raise StackError(f"Maven could not resolve Kafka {self.cfg.kafka_version}:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        marker.write_text(self.cfg.kafka_version)
-        return self.libs
+        with open(self.cache / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def fetch_kafka(self) -> Path:
+        """The pinned Kafka release's jars, verified against the cache manifest; resolved with
+        Maven (again) when the cache is absent, partial or damaged."""
+        with self._cache_lock():
+            problem = self.jar_problem()
+            if problem is None:
+                return self.libs
+            if self.libs.exists():
+                log.warning("resolving the Kafka jars again: %s", problem)
+            mvn = shutil.which("mvn")
+            if mvn is None:
+                raise StackError("Maven (mvn) is missing: it resolves Kafka's jars from Maven Central "
+                                 "(`make install` installs it; `make doctor` says what is missing)")
+            pom = self.cache / "pom.xml"
+            pom.write_text((_TEMPLATES / "pom.xml").read_text().replace("@KAFKA_VERSION@", self.cfg.kafka_version))
+            tmp = self.cache / f"libs.resolving-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            proc = subprocess.run(
+                [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+                 f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
+                capture_output=True, text=True,
+            )
+            jars = sorted(tmp.glob("*.jar"))
+            if proc.returncode != 0 or not jars:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise StackError(f"Maven could not resolve Kafka {self.cfg.kafka_version} (needs the network "
+                                 f"to Maven Central):\n{(proc.stdout + proc.stderr)[-3000:]}")
+            (tmp / JAR_MANIFEST).write_text("".join(f"{_sha1(j)}  {j.name}\n" for j in jars))
+            (tmp / ".complete").write_text(self.cfg.kafka_version)  # what older checkouts sharing the cache look for
+            # swap directories (brokers of other checkouts may be reading the old jars): the path
+            # is missing only between two renames, and the old files are removed afterwards
+            old = self.cache / f"libs.old-{os.getpid()}"
+            if self.libs.exists():
+                self.libs.rename(old)
+            tmp.rename(self.libs)
+            shutil.rmtree(old, ignore_errors=True)
+            return self.libs
 
     # ---- Kafka ---------------------------------------------------------------------------
     def _server_properties(self) -> Path:
@@ -190,7 +322,7 @@ class LocalStack:
             proc = subprocess.Popen(self._java_cmd("kafka.Kafka", str(props), heap_mb=self.cfg.kafka_heap_mb),
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=self.kafka_dir)
-        self._pidfile("kafka").write_text(str(proc.pid))
+        self._write_pid("kafka", proc.pid)
         self._wait_kafka(proc.pid)
         return proc.pid
 
@@ -198,20 +330,24 @@ class LocalStack:
         from confluent_kafka.admin import AdminClient
 
         deadline = time.monotonic() + self.cfg.startup_timeout_s
-        log = self.kafka_dir / "kafka.log"
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.connection.setup.timeout.ms": 2000})
+        klog = self.kafka_dir / "kafka.log"
+        admin = None  # created once the port answers; quiet: refused connections while waiting are expected
         while time.monotonic() < deadline:
             if not _alive(pid):
-                raise StackError(f"Kafka exited during startup; last log lines ({log}):\n{_tail(log)}")
+                raise StackError(f"Kafka exited during startup; last log lines ({klog}):\n{_tail(klog)}")
             if _port_open(self.cfg.host, self.cfg.kafka_port):
+                if admin is None:
+                    admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
+                                         "socket.connection.setup.timeout.ms": 2000})
                 try:
                     md = admin.list_topics(timeout=3)
                     if md.brokers:
                         return
-                except Exception:
+                except Exception:  # noqa: BLE001 - not up yet; the deadline bounds the wait
                     pass
             time.sleep(0.5)
-        raise StackError(f"Kafka did not come up within {self.cfg.startup_timeout_s:.0f} s; last log lines ({log}):\n{_tail(log)}")
+        raise StackError(f"Kafka did not come up within {self.cfg.startup_timeout_s:.0f} s; "
+                         f"last log lines ({klog}):\n{_tail(klog)}")
 
     # ---- Redis ---------------------------------------------------------------------------
     def start_redis(self) -> int:
@@ -234,7 +370,7 @@ class LocalStack:
                 start_new_session=True,
             )
             pid = proc.pid
-            self._pidfile("redis").write_text(str(pid))
+            self._write_pid("redis", pid)
         self._wait_redis(pid)
         return pid
 
@@ -263,6 +399,8 @@ class LocalStack:
         return self.status()
 
     def _stop(self, name: str, timeout: float = 30.0, hard: bool = False) -> bool:
+        """Signal the component's process group when the pid file names a live process of ours;
+        a stale pid file (dead or reused pid) is removed and nothing is signalled."""
         pid = self._read_pid(name)
         self._pidfile(name).unlink(missing_ok=True)
         if pid is None:

@@ -42,7 +42,7 @@ class SchemaInfo:
 def _read_avsc(path: Path) -> tuple[dict[str, Any], Any, str, str]:
     try:
         raw = json.loads(path.read_text())
-        parsed = fastavro.parse_schema(raw)
+        parsed: Any = fastavro.parse_schema(raw)
     except (json.JSONDecodeError, fastavro.schema.SchemaParseException) as exc:
         raise SchemaError(f"{path.name}: invalid Avro schema: {exc}") from None
     name = parsed["name"]
@@ -66,7 +66,7 @@ def read_manifest() -> dict[str, Any]:
 
 def update_manifest() -> list[str]:
     """Append ids for new or changed schemas; returns the names that got a new id."""
-    manifest = read_manifest() if MANIFEST.exists() else {"version": 0, "schemas": []}
+    manifest: dict[str, Any] = read_manifest() if MANIFEST.exists() else {"version": 0, "schemas": []}
     known = {(e["name"], e["fingerprint"]) for e in manifest["schemas"]}
     next_id = max((e["id"] for e in manifest["schemas"]), default=0) + 1
     added = []
@@ -183,7 +183,7 @@ class SchemaStore:
         if not found:
             return None
         raw = json.loads(found["schema"])
-        parsed = fastavro.parse_schema(raw)
+        parsed: Any = fastavro.parse_schema(raw)
         info = SchemaInfo(schema_id, parsed["name"], parsed, raw,
                           fingerprint(to_parsing_canonical_form(parsed), "SHA-256"))
         self._add(info, current=False)

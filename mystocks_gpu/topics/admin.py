@@ -10,6 +10,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, Ne
 
 from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.infra.exceptions import BrokerUnreachable
+from mystocks_gpu.infra.kafka_clients import RDKAFKA_LOG
 from mystocks_gpu.topics.catalog import TopicSpec
 
 #: broker-reported retention for compacted topics is irrelevant; only these configs are compared
@@ -26,8 +27,10 @@ class TopicReport:
 
 
 def make_admin(cfg: KafkaConfig) -> AdminClient:
-    """An AdminClient that fails fast (``cfg.connect_timeout_s``) when no broker answers."""
-    return AdminClient(cfg.client_config(**{"socket.connection.setup.timeout.ms": int(cfg.connect_timeout_s * 1000)}))
+    """An AdminClient that fails fast (``cfg.connect_timeout_s``) when no broker answers, with
+    librdkafka's logs routed to Python logging (so ``--log-format json`` keeps stderr JSON)."""
+    return AdminClient(cfg.client_config(**{"socket.connection.setup.timeout.ms": int(cfg.connect_timeout_s * 1000),
+                                            "logger": RDKAFKA_LOG}))
 
 
 def ensure_reachable(admin: AdminClient, cfg: KafkaConfig) -> dict[str, object]:

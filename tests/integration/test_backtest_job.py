@@ -17,7 +17,6 @@ import pytest
 from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.gpu_ops.backtest import run_backtest
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.processors.backtest.job import to_matrices
 from mystocks_gpu.processors.backtest.spec import BacktestSpec
 from tests.conftest import run_cli
 from tests.integration.jobs_plane import Plane, collect, http, states
@@ -71,9 +70,19 @@ def _spec(bars: pd.DataFrame, **kw: Any) -> dict[str, Any]:
     return base | kw
 
 
+def _matrices(bars: pd.DataFrame, syms: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The engine's inputs built here from the rows the test loaded (not by the job's own
+    ``to_matrices``): one row per symbol, one column per bar time, by a pandas pivot."""
+    ts = np.sort(bars["ts"].unique()).astype(np.int64)
+    mats = {c: bars.pivot(index="symbol", columns="ts", values=c).reindex(index=syms, columns=ts).to_numpy(np.float64)
+            for c in ("open", "high", "low", "close")}
+    assert all(m.shape == (len(syms), 600) and not np.isnan(m).any() for m in mats.values())
+    return mats, ts
+
+
 def _direct(bars: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
     syms = sorted(bars["symbol"].unique())
-    prices, ts = to_matrices(bars, syms)
+    prices, ts = _matrices(bars, syms)
     out = run_backtest(prices, syms, ts, BacktestSpec.from_dict(spec), backend="cpu")
     return pd.DataFrame(out.rows(len(out.stats)))
 
@@ -192,7 +201,7 @@ def test_signal_strategy_reads_a_feature_topic(plane: Plane, bars: pd.DataFrame,
     final = plane.wait(job_id, {"succeeded", "failed"}, timeout=180)
     assert final["state"] == "succeeded", final
     syms = sorted(bars["symbol"].unique())
-    prices, ts = to_matrices(bars, syms)
+    prices, ts = _matrices(bars, syms)
     wide = sig.assign(ts=sig["ts"] + 3_600 * 10**9).pivot(index="symbol", columns="ts", values="signal")
     prices["signal"] = wide.reindex(index=syms, columns=ts).to_numpy(np.float64)  # as-of alignment, by hand
     out = run_backtest(prices, syms, ts, BacktestSpec.from_dict(spec), backend="cpu")

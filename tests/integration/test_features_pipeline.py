@@ -3,28 +3,38 @@ pandas reference, also when the worker is SIGKILLed mid-stream and restarted (st
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
+from confluent_kafka import Consumer, TopicPartition
 
 from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
 from mystocks_gpu.gpu_ops.features_config import FeatureConfig
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 from tests.integration.stream_helpers import (
     finish,
     kill9,
-    output_high_watermark,
     produce_ticks,
     read_outputs,
-    wait_for,
 )
 from tests.unit.reference_features import reference_features
+
+
+def committed_inputs(settings: Settings, group: str, topic: str, partitions: int) -> int:
+    """Input records the group has committed (sum of its committed offsets): progress made durable."""
+    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        parts = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in parts)
+    finally:
+        c.close()
 
 
 def _worker(inp: str, out: str, group: str) -> subprocess.Popen[str]:
@@ -32,7 +42,7 @@ def _worker(inp: str, out: str, group: str) -> subprocess.Popen[str]:
                              "--worker-id", "f1", "--input-topic", inp, "--output-topic", out, "--idle-exit", "8",
                              "--batch-records", "400", "--linger-ms", "5"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**__import__("os").environ, "MYSTOCKS_BACKEND": "cpu"})
+                            env={**os.environ, "MYSTOCKS_BACKEND": "cpu"})
 
 
 def test_features_exactly_once_with_sigkill_restart(settings: Settings, unique: str) -> None:
@@ -47,9 +57,12 @@ def test_features_exactly_once_with_sigkill_restart(settings: Settings, unique: 
     names = symbol_names(s, 21)
     produce_ticks(settings, inp, cols, names)
     w = _worker(inp, out, group)
-    assert wait_for(lambda: output_high_watermark(settings, out) > 2000 or w.poll() is not None, 90)
-    time.sleep(0.7)
+    # kill mid-stream, once transactions have committed (the restart restores their state from
+    # the changelog and must not repeat their outputs) and before the input is all committed
+    wait_until(lambda: w.poll() is not None or committed_inputs(settings, group, inp, 4) >= 2000,
+               90, "the worker to commit 2000 inputs")
     assert w.poll() is None, "worker finished before the kill; raise n"
+    assert committed_inputs(settings, group, inp, 4) < n, "everything committed before the kill; raise n"
     kill9(w)
     finish(_worker(inp, out, group), timeout=300)
     got = read_outputs(settings, out, n)

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import subprocess
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
 from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
 from mystocks_gpu.data.topic_reader import read_topic
-from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.config import Settings, StackConfig
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.infra.stack import LocalStack
 from mystocks_gpu.schemas import AvroCodec, frame
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli, wait_until
 
 CODEC = AvroCodec()
 
@@ -87,9 +89,7 @@ def test_topics_create_is_idempotent_then_reports_drift(settings: Settings, uniq
     admin = TopicAdmin(settings.kafka)
     assert admin.create([spec])[0].status == "exists"
     admin.add_partitions(spec.name, 3)
-    deadline = time.monotonic() + 20
-    while admin.existing().get(spec.name) != 3 and time.monotonic() < deadline:
-        time.sleep(0.3)
+    wait_until(lambda: admin.existing().get(spec.name) == 3, 20, "the broker to report 3 partitions")
     rep = admin.create([spec])[0]
     assert rep.status == "drift" and "partitions 3 != catalog 2" in rep.details
 
@@ -120,15 +120,6 @@ def test_cli_produce_then_consume_json_and_unknown_schema_id(settings: Settings,
     assert got[0].value is None and "unknown schema id 4242" in (got[0].error or "")
 
 
-@pytest.mark.parametrize("tool", ["docker-compose"])
-def test_docker_compose_file_is_valid(tool: str) -> None:
-    exe = shutil.which(tool)
-    assert exe, "docker-compose is installed by `make install`"
-    r = subprocess.run([exe, "-f", "docker-compose.yml", "config", "-q"], capture_output=True, text=True,
-                       cwd=__import__("tests.conftest").conftest.ROOT)
-    assert r.returncode == 0, r.stderr
-
-
 def test_stack_status_and_idempotent_up(stack: LocalStack) -> None:
     states = {c.name: c.state for c in stack.status()}
     assert states == {"kafka": "running", "redis": "running"}
@@ -136,3 +127,21 @@ def test_stack_status_and_idempotent_up(stack: LocalStack) -> None:
     assert r.returncode == 0 and "stack up" in r.stdout
     r = run_cli("stack", "status")
     assert r.returncode == 0 and "kafka  running" in r.stdout
+
+
+def test_session_stack_is_private_and_subprocesses_follow_it(stack: LocalStack, settings: Settings,
+                                                             pytestconfig: pytest.Config) -> None:
+    """`make test` runs on its own stack: not the demo stack's home or ports (so it never stops a
+    stack `make demo` started, and two checkouts do not collide), and CLIs started by tests reach it."""
+    if pytestconfig.getoption("--stack") != "own":
+        pytest.skip("checks the private stack of a default run (--stack=own); this run uses --stack=env")
+    demo = StackConfig()
+    assert stack.home != Path(demo.home).resolve() and stack.home.parent == ROOT / ".stack"
+    assert {settings.stack.kafka_port, settings.stack.controller_port, settings.stack.redis_port}.isdisjoint(
+        {demo.kafka_port, demo.controller_port, demo.redis_port})
+    assert settings.kafka.bootstrap_servers == stack.bootstrap and settings.redis.url == stack.redis_url
+    shown = json.loads(run_cli("config", "show").stdout)
+    assert shown["kafka"]["bootstrap_servers"] == stack.bootstrap
+    assert shown["stack"]["home"] == str(stack.home)
+    r = run_cli("stack", "status")
+    assert r.returncode == 0 and f"kafka  running  pid={stack.pid('kafka')} {stack.bootstrap}" in r.stdout

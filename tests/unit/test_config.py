@@ -80,13 +80,22 @@ def test_cli_config_show_masks_and_rejects_unknown() -> None:
     assert r.returncode == 2 and "unknown key(s) in [kafka]: nope" in r.stderr
 
 
-def test_json_logs_are_one_object_per_line() -> None:
-    r = run_cli("--log-format", "json", "--log-level", "DEBUG", "config", "show",
-                env={"MYSTOCKS_KAFKA__SECURITY__SASL_PASSWORD": "hunter2"})
-    assert r.returncode == 0
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("{")]
-    assert lines, r.stderr
-    for ln in lines:
+@pytest.mark.parametrize("argv, env, rc", [
+    (["config", "show"], {"MYSTOCKS_KAFKA__SECURITY__SASL_PASSWORD": "hunter2"}, 0),
+    # an unreachable broker: librdkafka's connection errors and the CLI's error line are logged too
+    (["topics", "create"], {"MYSTOCKS_KAFKA__SECURITY__SASL_PASSWORD": "hunter2",
+                            "MYSTOCKS_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1", "MYSTOCKS_KAFKA__CONNECT_TIMEOUT_S": "3"}, 1),
+])
+def test_json_logs_are_one_object_per_line(argv: list[str], env: dict[str, str], rc: int) -> None:
+    r = run_cli("--log-format", "json", "--log-level", "DEBUG", *argv, env=env)
+    assert r.returncode == rc, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines, "no log lines"
+    for ln in lines:  # every line, not only those that look like JSON
         obj = json.loads(ln)
-        assert {"ts", "level", "logger", "msg"} <= set(obj)
+        assert isinstance(obj, dict) and {"ts", "level", "logger", "msg"} <= set(obj), ln
     assert "hunter2" not in r.stderr
+    if rc:
+        last = json.loads(lines[-1])
+        assert last["level"] == "ERROR" and last["msg"].startswith("mystocks-gpu: error: no Kafka broker answered")
+        assert last["exit_code"] == rc
