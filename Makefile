@@ -7,7 +7,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/mystocks-gpu
-EXTRAS ?= dev,bench
+EXTRAS ?= dev,bench,ml
 PYTEST_ARGS ?=
 # uid that runs apt-get: 0 runs it directly, any other through sudo (override to simulate)
 AS_UID ?= $(shell id -u)

@@ -52,6 +52,7 @@ def cmd_submit(args: argparse.Namespace, s: Settings) -> int:
     from tqdm import tqdm
 
     from mystocks_gpu.jobs.client import produce_command, validate, wait_for
+    from mystocks_gpu.jobs.kinds import get_kind
     from mystocks_gpu.jobs.protocol import make_command, new_job_id
 
     cfg = jobs_config(args)
@@ -80,14 +81,16 @@ def cmd_submit(args: argparse.Namespace, s: Settings) -> int:
     finally:
         bar.close()
     result = final.get("result")
-    if args.kind == "backtest" and isinstance(result, dict) and "top" in result:
-        from mystocks_gpu.processors.backtest.report import format_top, write_report
-
-        if not args.json:
-            print(format_top(result))
+    kind = get_kind(args.kind)
+    if isinstance(result, dict) and final.get("state") == "succeeded":
+        if kind.summarize is not None and not args.json:
+            print(kind.summarize(result))
         if args.report:
-            print(f"report: {write_report(result, args.report)}", file=sys.stderr)
-        final = {**final, "result": {k: v for k, v in result.items() if k not in ("top", "curves")}}
+            if kind.report is None:
+                print(f"(no report for job kind {args.kind})", file=sys.stderr)
+            else:
+                print(f"report: {kind.report(result, Path(args.report), s, cmd['job_id'])}", file=sys.stderr)
+        final = {**final, "result": {k: v for k, v in result.items() if k not in kind.bulky_keys}}
     if not args.json:
         print(_summary(final))
     return EXIT.get(final.get("state", ""), 1)
@@ -147,7 +150,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds (exit 3)")
     p.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print JSON (with --wait: every status, one per line)")
-    p.add_argument("--report", metavar="DIR", help="backtest with --wait: write equity/drawdown PNGs and index.html to DIR")
+    p.add_argument("--report", metavar="DIR", help="with --wait: write the job kind's report (PNG plots + index.html) to DIR")
     ns(p)
     p.set_defaults(func=cmd_submit)
 

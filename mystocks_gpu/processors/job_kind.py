@@ -36,6 +36,11 @@ from mystocks_gpu.processors.exceptions import JobSpecError
 
 ProgressCb = Callable[[float, str], None]
 Runner = Callable[[Any, ProgressCb, Callable[[], bool]], dict[str, Any]]
+#: ``summarize(result) -> text`` printed by ``submit --wait`` (a ranked table, metrics...)
+Summarizer = Callable[[dict[str, Any]], str]
+#: ``report(result, directory, settings, job_id) -> path of index.html`` for ``submit --wait --report DIR``
+#: (may read the job's full output back from its results topic)
+Reporter = Callable[[dict[str, Any], Any, Any, str], Any]
 Chunker = Callable[[Any, int], list[Any]]
 Combiner = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
@@ -165,6 +170,11 @@ class JobKind:
     policy: str = "batch"
     devices: str = "any"
     description: str = ""
+    #: optional presentation for the CLI: a text summary of a result, and an HTML/PNG report writer
+    summarize: Summarizer | None = None
+    report: Reporter | None = None
+    #: result keys too bulky to print in the final status line (e.g. curves, tables)
+    bulky_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():

@@ -20,7 +20,7 @@ Rules a processor follows:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -78,8 +78,8 @@ class Outputs:
     rejected: list[Rejected] = field(default_factory=list)
     sources: dict[str, list[int]] = field(default_factory=dict)
 
-    def add(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int],
-            sources: list[int] | None = None) -> None:
+    def add(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes], ts_ms: Sequence[int],
+            sources: Sequence[int] | None = None) -> None:
         """Append records for ``topic`` (``sources``: raw-batch index of each one's input record)."""
         if not values:
             return

@@ -278,6 +278,19 @@ def combine_results(results: list[dict[str, Any]]) -> dict[str, Any]:
             "top": top[:n_top], "curves": curves[:n_curves]}
 
 
+def _summarize(result: dict[str, Any]) -> str:
+    from mystocks_gpu.processors.backtest.report import format_top
+
+    return format_top(result) if "top" in result else ""
+
+
+def _report(result: dict[str, Any], directory: Any, settings: Any, job_id: str) -> Any:
+    from mystocks_gpu.processors.backtest.report import write_report
+
+    return write_report(result, directory)
+
+
 KIND = JobKind("backtest", BacktestJobSpec, run_backtest_job, chunker=split_by_symbols, combiner=combine_results,
                policy="chunked", devices="any",
-               description="grid backtest over bars replayed from a topic (results on results.backtest)")
+               description="grid backtest over bars replayed from a topic (results on results.backtest)",
+               summarize=_summarize, report=_report, bulky_keys=("top", "curves"))
