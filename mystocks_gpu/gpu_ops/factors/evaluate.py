@@ -71,19 +71,21 @@ class MetricsCpu:
         self.threads = threads
 
     def prepare(self, fwd: np.ndarray) -> Any:
-        """Per date block: contiguous forward returns and their presorted order."""
-        def block(a: int, b: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """Per date block: contiguous forward returns, their sample mask (finite at every
+        horizon) and the counts that rank them within any subsample (``return_counts``)."""
+        def block(a: int, b: int) -> tuple[Any, ...]:
             part = np.ascontiguousarray(fwd[:, a:b])
-            return a, b, part, metrics_cpu.presort(part)
+            rmask = metrics_cpu.sample_mask(part)
+            below, equal = metrics_cpu.return_counts(part, metrics_cpu.presort(part), rmask)
+            return a, b, part, rmask, below, equal
 
         return run_blocks(block, fwd.shape[1], self.threads)
 
     def per_date(self, f: Any, prep: Any, qfrac: np.ndarray, drop: bool) -> tuple[Any, ...]:
-        fc = np.ascontiguousarray(f)
-
         def block(k: int, _: int) -> tuple[Any, ...]:
-            a, b, fwd, order = prep[k]
-            return metrics_cpu.factor_metrics(fc[a:b], fwd, order, qfrac, drop)  # type: ignore[no-any-return]
+            a, b, fwd, rmask, below, equal = prep[k]
+            fm, keys, bits = metrics_cpu.sample_and_sort(f[a:b], rmask)
+            return metrics_cpu.factor_metrics(fm, keys, bits, fwd, rmask, below, equal, qfrac, drop)  # type: ignore[no-any-return]
 
         parts = run_blocks(block, len(prep), len(prep)) if len(prep) > 1 else [block(0, 1)]
         ic = np.concatenate([p[0] for p in parts], axis=1)
