@@ -38,6 +38,7 @@ from tests.integration.stream_helpers import (
     kill9,
     make_topics,
     output_high_watermark,
+    produce_ticks,
     read_outputs,
     reference,
     start_worker,
@@ -132,6 +133,21 @@ def test_crash_with_dirty_state_never_commits_it(settings: Settings, unique: str
     assert_exactly_once_equal(got, reference(cols, names))
 
 
+def test_a_transaction_timed_out_by_the_coordinator_is_survived(settings: Settings, unique: str) -> None:
+    """Frozen inside an open transaction longer than the transaction timeout: the coordinator aborts
+    it and fences the producer. No other member uses the id, so the worker re-initialises its
+    producer, rewinds, and goes on: exactly-once, no restart."""
+    t = make_topics(settings, unique, partitions=4)
+    cols, names = synthetic(20_000, symbols=30, seed=29)
+    produce_ticks(settings, t.input, cols, names)
+    out = finish(start_worker(t, "wt", "--batch-records", "500", "--linger-ms", "5", "--transaction-timeout-ms", "2000",
+                              "--inject-faults", "stall=0.08;seed=4;stall_s=6", idle_exit=8), timeout=400)
+    s = summaries(out)[-1]
+    assert s["producer_recoveries"] >= 1 and s["aborts"] >= 1, s
+    got = read_outputs(settings, t.output, 20_000)
+    assert_exactly_once_equal(got, reference(cols, names))
+
+
 def test_broker_pauses_and_group_churn(settings: Settings, unique: str, stack: LocalStack) -> None:
     t = make_topics(settings, unique, partitions=PARTS)
     cols, names, poison = skewed_input(settings, t, 80_000, seed=23)
@@ -168,8 +184,11 @@ def test_broker_pauses_and_group_churn(settings: Settings, unique: str, stack: L
 
 
 def test_zombie_with_the_same_transactional_id_is_fenced(settings: Settings, unique: str) -> None:
+    """A worker frozen mid-stream (a long GC pause, a partitioned host) is replaced by a successor with
+    the same transactional id; when the zombie wakes up, its producer is fenced: it stops with a clear
+    error and commits nothing. The successor finishes; outputs are exactly-once."""
     t = make_topics(settings, unique, partitions=4)
-    cols, names = synthetic(60_000, symbols=30, seed=24)
+    cols, names = synthetic(80_000, symbols=30, seed=24)
     values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
     p = make_producer(settings.kafka)
     for i, v in enumerate(values):
@@ -177,15 +196,21 @@ def test_zombie_with_the_same_transactional_id_is_fenced(settings: Settings, uni
         if i % 10_000 == 0:
             p.poll(0)
     assert p.flush(60) == 0
-    args = ("--batch-records", "300", "--linger-ms", "5")
-    zombie = start_worker(t, "same-id", *args, idle_exit=10)
+    args = ("--batch-records", "200", "--linger-ms", "5", "--commit-interval-ms", "500")
+    zombie = start_worker(t, "same-id", *args, idle_exit=20)
     assert wait_for(lambda: output_high_watermark(settings, t.output) > 3000 or zombie.poll() is not None, 90)
-    assert zombie.poll() is None
-    successor = start_worker(t, "same-id", *args, idle_exit=10)  # same transactional id: fences the zombie
+    assert zombie.poll() is None, "the worker finished before it could be frozen"
+    os.killpg(zombie.pid, signal.SIGSTOP)  # frozen with an open transaction
+    try:
+        successor = start_worker(t, "same-id", *args, idle_exit=10)  # init_transactions fences the zombie
+        before = output_high_watermark(settings, t.output)
+        assert wait_for(lambda: output_high_watermark(settings, t.output) > before + 2000 or successor.poll() is not None, 120)
+    finally:
+        os.killpg(zombie.pid, signal.SIGCONT)
     _, zerr = zombie.communicate(timeout=240)
     assert zombie.returncode != 0 and "fenced" in zerr.lower(), zerr[-2000:]
     finish(successor, timeout=300)
-    got = read_outputs(settings, t.output, 60_000)
+    got = read_outputs(settings, t.output, 80_000)
     assert_exactly_once_equal(got, reference(cols, names))
 
 
@@ -211,7 +236,9 @@ def test_consumer_group_protocol_survives_sigkill(settings: Settings, unique: st
             break
         kill9(w)
         kills += 1
-    finish(start_worker(t, "wk", *args), timeout=300)
+    # a KIP-848 member's partitions move only after the broker-side session timeout (6 s on the
+    # local stack): the last incarnation waits long enough to get them
+    finish(start_worker(t, "wk", *args, idle_exit=20), timeout=300)
     got = read_outputs(settings, t.output, 60_000)
     assert_exactly_once_equal(got, reference(cols, names))
 
