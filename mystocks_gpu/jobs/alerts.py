@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
+from mystocks_gpu.infra.config import AlertThresholds
 from mystocks_gpu.jobs import job_metrics as m
 from mystocks_gpu.jobs.scheduler import WorkerInfo
 
@@ -28,21 +27,6 @@ def make_alert(kind: str, severity: str, source: str, message: str, value: float
     return {"alert_id": uuid.uuid4().hex, "ts_event": clock.now_ns(), "kind": kind, "severity": severity,
             "source": source, "message": message, "value": float(value), "threshold": float(threshold),
             "labels": {k: str(v) for k, v in (labels or {}).items()}}
-
-
-@dataclass(frozen=True)
-class AlertThresholds:
-    """GPU utilisation (0..1) and memory-used (0..1) thresholds; DLQ growth in records per check."""
-
-    gpu_utilization: float = 0.95
-    gpu_memory: float = 0.90
-    dlq_growth: int = 100
-
-    def __post_init__(self) -> None:
-        if not 0 < self.gpu_utilization <= 1 or not 0 < self.gpu_memory <= 1:
-            raise ConfigError("alert thresholds for GPU utilisation/memory must be within (0, 1]")
-        if self.dlq_growth < 1:
-            raise ConfigError("alert threshold dlq_growth must be >= 1")
 
 
 class AlertMonitor:

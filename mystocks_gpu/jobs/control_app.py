@@ -325,11 +325,17 @@ def _dlq_levels(settings: Settings, names: list[str]) -> dict[str, int]:
 def _ensure_topics(settings: Settings, cfg: JobsConfig) -> None:
     """Create the catalog topics the control app reads and writes (idempotent) before Faust starts:
     Faust ignores a subscribed topic that is missing at assignment time."""
+    import dataclasses
+
     from mystocks_gpu.topics import get
     from mystocks_gpu.topics.admin import TopicAdmin
 
-    names = (cfg.commands_topic, cfg.status_topic, cfg.events_topic, "alerts")
-    TopicAdmin(settings.kafka).create([get(n) for n in names])
+    default = JobsConfig()
+    specs = []
+    for f in ("commands_topic", "status_topic", "events_topic", "alerts_topic"):  # renamed in [jobs]: same contract
+        spec = dataclasses.replace(get(getattr(default, f)), name=getattr(cfg, f))
+        specs += [spec, *([spec.dlq_spec()] if spec.dlq_spec() is not None else [])]
+    TopicAdmin(settings.kafka).create([s for s in specs if s is not None])
 
 
 def run_control(settings: Settings, cfg: JobsConfig) -> int:
