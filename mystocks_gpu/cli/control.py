@@ -34,7 +34,8 @@ def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
 
     kinds = tuple(k.strip() for k in (args.kinds or "").split(",") if k.strip())
     fake = tuple(parse_fake_inventory(args.fake_devices)) if args.fake_devices else None
-    opts = WorkerOptions(args.id or default_worker_id(), kinds, fake, parse_reserve(args.reserve or []), args.device)
+    opts = WorkerOptions(args.id or default_worker_id(), kinds, fake, parse_reserve(args.reserve or []),
+                         args.device or s.backend)
     worker = JobWorker(s, jobs_config(args, s), opts)
 
     def _stop(signum: int, frame: Any) -> None:
@@ -66,7 +67,8 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("worker", help="run a job worker", description="Runs dispatched job chunks on this machine's devices.")
     p.add_argument("--kinds", help="comma-separated job kinds to serve (default: all registered)")
     p.add_argument("--id", help="worker id (default <host>-<pid>); names its dispatch topic")
-    p.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto", help="device discovery (default auto)")
+    p.add_argument("--device", choices=["auto", "gpu", "cpu"], default=None,
+                   help="device discovery (default: the backend setting, auto)")
     p.add_argument("--reserve", action="append", metavar="DEVICE[=NAME]",
                    help="dedicate a device to a real-time processor: batch jobs never get it (repeatable)")
     p.add_argument("--fake-devices", metavar="JSON|@FILE", help="fake device inventory (tests)")

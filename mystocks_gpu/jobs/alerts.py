@@ -29,6 +29,14 @@ def make_alert(kind: str, severity: str, source: str, message: str, value: float
             "labels": {k: str(v) for k, v in (labels or {}).items()}}
 
 
+def _unset(gauge: Any, *labels: str) -> None:
+    """Remove one labelled series of ``gauge`` (no-op when it does not exist)."""
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass
+
+
 class AlertMonitor:
     """Edge-triggered checks: an alert when a condition starts, none while it lasts."""
 
@@ -52,16 +60,22 @@ class AlertMonitor:
         for w in workers:
             for d in w.devices:
                 used = (1.0 - d.free_bytes / d.total_bytes) if d.total_bytes else 0.0
-                m.DEVICE_UTIL.labels(w.worker_id, d.id).set(d.utilization)
+                if d.utilization is not None:
+                    m.DEVICE_UTIL.labels(w.worker_id, d.id).set(d.utilization)
+                else:  # unknown (no NVML): no series rather than a made-up 0
+                    _unset(m.DEVICE_UTIL, w.worker_id, d.id)
                 m.DEVICE_MEM.labels(w.worker_id, d.id).set(used)
                 if not d.is_gpu:
                     continue
                 src = f"{w.worker_id}/{d.id}"
-                hot = d.utilization > self.t.gpu_utilization
+                hot = d.utilization is not None and d.utilization > self.t.gpu_utilization
                 full = used > self.t.gpu_memory
-                m.GPU_OVERLOADED.labels(w.worker_id, d.id).set(int(hot))
+                if d.utilization is not None:
+                    m.GPU_OVERLOADED.labels(w.worker_id, d.id).set(int(hot))
+                else:
+                    _unset(m.GPU_OVERLOADED, w.worker_id, d.id)
                 m.GPU_MEMORY_HIGH.labels(w.worker_id, d.id).set(int(full))
-                if self._edge(("util", w.worker_id, d.id), hot):
+                if self._edge(("util", w.worker_id, d.id), hot) and d.utilization is not None:
                     out.append(make_alert("GPU_OVERLOAD", "WARNING", src,
                                           f"GPU {src} utilisation {d.utilization:.0%} above {self.t.gpu_utilization:.0%}",
                                           d.utilization, self.t.gpu_utilization, {"worker": w.worker_id, "device": d.id}, self.clock))

@@ -31,6 +31,7 @@ from mystocks_gpu.gpu_ops.features import FeatureState, TickFeatureEngine
 from mystocks_gpu.gpu_ops.features_config import FeatureConfig
 from mystocks_gpu.gpu_ops.tick_columns import TickColumns
 from mystocks_gpu.schemas.batch_codec import BatchEncoder, TickDecoder, status_message
+from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.processor import (
     Columns,
@@ -73,7 +74,10 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
     name = "features"
     input_topic = "md.ticks"
 
-    def __init__(self, cfg: FeaturesProcessorConfig | None = None, output_topic: str | None = None) -> None:
+    def __init__(self, cfg: FeaturesProcessorConfig | None = None, output_topic: str | None = None,
+                 store: SchemaStore | None = None) -> None:
+        """``store``: schema ids of inputs and outputs (the process's store; default the manifest)."""
+        self.store = store
         self.cfg = cfg or FeaturesProcessorConfig()
         if output_topic:
             self.cfg = FeaturesProcessorConfig(self.cfg.features, self.cfg.bar_intervals_ns,
@@ -83,14 +87,14 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         self.builders = [BarBuilder(i, self.cfg.allowed_lateness_ns, self.backend) for i in self.cfg.bar_intervals_ns]
         self.output_topics = (self.cfg.output_topic, *(self.cfg.bar_topic(i) for i in self.cfg.bar_intervals_ns))
         self.names = tuple(self.engine.output_names)
-        self._fv = BatchEncoder("mystocks.features.FeatureVector")
-        self._bar = BatchEncoder("mystocks.md.Bar")
+        self._fv = BatchEncoder("mystocks.features.FeatureVector", store)
+        self._bar = BatchEncoder("mystocks.md.Bar", store)
         self._decoders: dict[int, TickDecoder] = {}
 
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:
-        dec = self._decoders.setdefault(id(symbols), TickDecoder(symbols=symbols))
+        dec = self._decoders.setdefault(id(symbols), TickDecoder(self.store, symbols=symbols))
         d = dec.decode(values, validate=True)
         cols = {k: d.columns[k] for k in ("sym", "ts", "seq", "kind", "price", "size", "side", "bid", "ask",
                                          "bid_size", "ask_size")}

@@ -21,7 +21,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from mystocks_gpu.infra.config import SchemaRegistryConfig
+from mystocks_gpu.infra.config import SchemaRegistryConfig, Settings
 from mystocks_gpu.schemas.exceptions import SchemaError, UnknownSchemaId
 
 SCHEMA_DIR = Path(__file__).with_name("avsc")
@@ -194,6 +194,13 @@ class SchemaStore:
 def default_store(cfg: SchemaRegistryConfig | None = None) -> SchemaStore:
     """A process-wide :class:`SchemaStore` per registry config."""
     return SchemaStore(cfg)
+
+
+def schema_store(settings: Settings) -> SchemaStore:
+    """The one store of a process, from its settings: the Schema Registry at ``schema_registry.url``
+    when set (ids looked up, or registered when ``schema_registry.register``), else the manifest.
+    Every codec of the process (stream processors, job runners, the control app, the CLI) is given it."""
+    return default_store(settings.schema_registry)
 
 
 def main(argv: list[str] | None = None) -> int:
