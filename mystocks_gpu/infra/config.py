@@ -324,7 +324,8 @@ class Settings:
     def masked(self) -> dict[str, Any]:
         """The settings as plain data with every secret replaced by ``***`` (safe to print/log)."""
         plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        plain = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) and k != "kafka" else v) for k, v in plain.items()}
+        plain = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) and k != "kafka"
+                     else v) for k, v in plain.items()}
         plain["kafka"] = _kafka_plain(self.kafka)
         return _mask(plain)
 

@@ -135,7 +135,7 @@ class ControlApp:
         self.cache: ResultCache | None = None
         self._lock: asyncio.Lock | None = None
         self.ready = False
-        self.web_port: int | None = None
+        self.web_port: int = 0  # the bound port, once the web server listens
         self.started = clock.monotonic()
         self._wire()
 

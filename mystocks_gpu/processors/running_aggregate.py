@@ -97,7 +97,7 @@ class RunningAggregateProcessor(Processor[AggState]):
         values = self._encoder.encode({"symbol": c["sym"], "ts_event": c["ts"], "seq": c["seq"],
                                        "count": oc, "sum": os_, "last": ol}, batch.symbols)
         out = Outputs()
-        out.add(self.output_topic, self.key_bytes(c["sym"], batch.symbols), values, (c["ts"] // 1_000_000).tolist())
+        out.add(self.output_topic, [*self.key_bytes(c["sym"], batch.symbols)], values, (c["ts"] // 1_000_000).tolist())
         return out, new
 
 

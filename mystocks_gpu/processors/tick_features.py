@@ -112,7 +112,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         feats, fstate = self.engine.process_host(ticks, state.features)
         out = Outputs()
         n = len(batch)
-        keys = self.key_bytes(c["sym"], batch.symbols)
+        keys: list[bytes | None] = [*self.key_bytes(c["sym"], batch.symbols)]
         values = self._fv.encode({"symbol": c["sym"], "ts_event": c["ts"], "seq": c["seq"],
                                   "ts_ingest": np.full(n, batch.ingest_ns, np.int64),
                                   "values": np.stack([np.asarray(feats[k], np.float64) for k in self.names], axis=1)},
@@ -146,7 +146,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
                                    "interval_ns": bars["interval_ns"], "open": bars["open"], "high": bars["high"],
                                    "low": bars["low"], "close": bars["close"], "volume": bars["volume"],
                                    "vwap": bars["vwap"], "trades": bars["trades"]}, symbols)
-        out.add(self.cfg.bar_topic(interval_ns), self.key_bytes(bars["sym"], symbols), values,
+        out.add(self.cfg.bar_topic(interval_ns), [*self.key_bytes(bars["sym"], symbols)], values,
                 (bars["ts_open"] // 1_000_000).tolist())
 
 

@@ -45,7 +45,7 @@ def _read_avsc(path: Path) -> tuple[dict[str, Any], Any, str, str]:
         parsed = fastavro.parse_schema(raw)
     except (json.JSONDecodeError, fastavro.schema.SchemaParseException) as exc:
         raise SchemaError(f"{path.name}: invalid Avro schema: {exc}") from None
-    name = parsed["name"]
+    name = str(parsed["name"])  # type: ignore[call-overload,index]
     return raw, parsed, name, fingerprint(to_parsing_canonical_form(parsed), "SHA-256")
 
 
@@ -66,7 +66,7 @@ def read_manifest() -> dict[str, Any]:
 
 def update_manifest() -> list[str]:
     """Append ids for new or changed schemas; returns the names that got a new id."""
-    manifest = read_manifest() if MANIFEST.exists() else {"version": 0, "schemas": []}
+    manifest: dict[str, Any] = read_manifest() if MANIFEST.exists() else {"version": 0, "schemas": []}
     known = {(e["name"], e["fingerprint"]) for e in manifest["schemas"]}
     next_id = max((e["id"] for e in manifest["schemas"]), default=0) + 1
     added = []
@@ -184,7 +184,7 @@ class SchemaStore:
             return None
         raw = json.loads(found["schema"])
         parsed = fastavro.parse_schema(raw)
-        info = SchemaInfo(schema_id, parsed["name"], parsed, raw,
+        info = SchemaInfo(schema_id, str(parsed["name"]), parsed, raw,  # type: ignore[call-overload,index]
                           fingerprint(to_parsing_canonical_form(parsed), "SHA-256"))
         self._add(info, current=False)
         return info

@@ -265,7 +265,7 @@ def combine_results(results: list[dict[str, Any]]) -> dict[str, Any]:
 
     if len(results) == 1:
         return results[0]
-    metric = next((r.get("metric") for r in results if r.get("metric")), "sharpe")
+    metric = str(next((r.get("metric") for r in results if r.get("metric")), "sharpe"))
     higher = HIGHER_IS_BETTER.get(metric, True)
 
     def rank(row: dict[str, Any]) -> float:
