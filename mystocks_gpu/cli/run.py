@@ -16,8 +16,9 @@ from mystocks_gpu.streams.stream_worker import StreamWorker
 
 def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.processors.stream_processors import create
+    from mystocks_gpu.schemas import schema_store
 
-    processor = create(args.processor, output_topic=args.output_topic, backend=s.backend)
+    processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, store=schema_store(s))
     rt = RuntimeConfig(max_records=args.batch_records, max_bytes=args.batch_bytes, linger_ms=args.linger_ms,
                        guarantee=AT_LEAST_ONCE if args.at_least_once else EXACTLY_ONCE,
                        commit_interval_ms=args.commit_interval_ms, group_protocol=args.group_protocol,

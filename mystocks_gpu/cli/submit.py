@@ -55,7 +55,7 @@ def cmd_submit(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.jobs.kinds import get_kind
     from mystocks_gpu.jobs.protocol import make_command, new_job_id
 
-    cfg = jobs_config(args)
+    cfg = jobs_config(args, s)
     deadline = time.time_ns() + int(args.deadline * 1e9) if args.deadline else None
     cmd = make_command("SUBMIT", args.job_id or new_job_id(), args.kind, _read_spec(args.spec), priority=args.priority,
                        deadline_ns=deadline, requester=args.requester, bypass_cache=args.no_cache)
@@ -103,7 +103,7 @@ def cmd_jobs(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.jobs.client import http_ok
 
     q = {k: v for k, v in (("state", args.state), ("kind", args.kind), ("limit", args.limit)) if v}
-    data = http_ok("GET", f"{control_url(args)}/jobs" + (f"?{urlencode(q)}" if q else ""))
+    data = http_ok("GET", f"{control_url(args, s)}/jobs" + (f"?{urlencode(q)}" if q else ""))
     if args.json:
         print(json.dumps(data))
         return 0
@@ -119,7 +119,7 @@ def cmd_job(args: argparse.Namespace, s: Settings) -> int:
 
     from mystocks_gpu.jobs.client import http_ok
 
-    print(json.dumps(http_ok("GET", f"{control_url(args)}/jobs/{quote(args.job_id)}"), indent=None if args.json else 2))
+    print(json.dumps(http_ok("GET", f"{control_url(args, s)}/jobs/{quote(args.job_id)}"), indent=None if args.json else 2))
     return 0
 
 
@@ -128,7 +128,7 @@ def cmd_cancel(args: argparse.Namespace, s: Settings) -> int:
 
     from mystocks_gpu.jobs.client import http_ok
 
-    http_ok("DELETE", f"{control_url(args)}/jobs/{quote(args.job_id)}")
+    http_ok("DELETE", f"{control_url(args, s)}/jobs/{quote(args.job_id)}")
     print(f"cancel requested for {args.job_id}")
     return 0
 
@@ -136,7 +136,7 @@ def cmd_cancel(args: argparse.Namespace, s: Settings) -> int:
 def add_commands(sub: Any) -> None:
     """Register this group's subcommands."""
     def ns(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--namespace", help="Redis key prefix shared by control app and workers (default mystocks)")
+        p.add_argument("--namespace", help="Redis key prefix shared by control app and workers (default: jobs.namespace)")
 
     p = sub.add_parser("submit", help="submit a job", description="Produce a SUBMIT command to cmd.jobs.")
     p.add_argument("kind", help="job kind (sleep, echo, ...)")
@@ -163,7 +163,7 @@ def add_commands(sub: Any) -> None:
             p.add_argument("--state", help="comma-separated states: queued,running,succeeded,failed,cancelled,rejected")
             p.add_argument("--kind", help="only this kind")
             p.add_argument("--limit", type=int, default=None, help="at most N jobs (newest first)")
-        p.add_argument("--url", help="control app URL (default http://127.0.0.1:6066)")
+        p.add_argument("--url", help="control app URL (default: http://jobs.web_host:jobs.web_port)")
         p.add_argument("--json", action="store_true", help="JSON output")
         p.set_defaults(func=func)
 

@@ -29,14 +29,14 @@ from mystocks_gpu.jobs.protocol import (
     check_submit,
     status_to_json,
 )
-from mystocks_gpu.schemas import AvroCodec, DecodeError
+from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
 
 
 def produce_command(settings: Settings, cfg: JobsConfig, cmd: dict[str, Any]) -> None:
     """Produce one JobCommand and wait for the broker's ack."""
     producer = make_producer(settings.kafka, **{"compression.type": "none"})  # tiny records
     tracker = DeliveryTracker()
-    producer.produce(cfg.commands_topic, key=cmd["job_id"].encode(), value=AvroCodec().encode(COMMAND_SCHEMA, cmd),
+    producer.produce(cfg.commands_topic, key=cmd["job_id"].encode(), value=AvroCodec(schema_store(settings)).encode(COMMAND_SCHEMA, cmd),
                      timestamp=cmd["ts_event"] // 1_000_000, on_delivery=tracker)
     left = producer.flush(settings.kafka.connect_timeout_s)
     if left:
@@ -55,7 +55,7 @@ class StatusFollower:
     def __init__(self, settings: Settings, cfg: JobsConfig) -> None:
         ensure_broker(settings.kafka)
         self.topic = cfg.status_topic
-        self.codec = AvroCodec()
+        self.codec = AvroCodec(schema_store(settings))
         self.consumer = make_consumer(settings.kafka, f"mystocks-follow-{uuid.uuid4().hex[:8]}",
                                       **{"isolation.level": "read_uncommitted"})
         md = self.consumer.list_topics(self.topic, timeout=settings.kafka.connect_timeout_s)

@@ -30,6 +30,7 @@ from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.exceptions import BrokerUnreachable
 from mystocks_gpu.jobs.alerts import ALERT_SCHEMA, AlertMonitor
 from mystocks_gpu.jobs.control_state import ControlCore, Effects, submit_cache_key
+from mystocks_gpu.jobs.faust_security import faust_credentials
 from mystocks_gpu.jobs.heartbeat import read_workers_async
 from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.protocol import (
@@ -41,7 +42,7 @@ from mystocks_gpu.jobs.protocol import (
 from mystocks_gpu.jobs.result_cache import ResultCache
 from mystocks_gpu.jobs.scheduler import WorkerInfo
 from mystocks_gpu.jobs.ws_hub import Hub
-from mystocks_gpu.schemas import AvroCodec, DecodeError
+from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,11 @@ class ControlApp:
     def __init__(self, settings: Settings, cfg: JobsConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
         self.settings, self.cfg = settings, cfg
-        self.codec = AvroCodec()
+        self.codec = AvroCodec(schema_store(settings))
         (Path(tempfile.gettempdir()) / "mystocks-faust").mkdir(parents=True, exist_ok=True)
         broker = ";".join(f"kafka://{s.strip()}" for s in settings.kafka.bootstrap_servers.split(","))
         self.app = faust.App(
-            cfg.app_id, broker=broker, store="memory://", topic_partitions=1, web_enabled=False,
+            cfg.app_id, broker=broker, broker_credentials=faust_credentials(settings.kafka), store="memory://", topic_partitions=1, web_enabled=False,
             consumer_auto_offset_reset="latest", processing_guarantee="at_least_once", broker_commit_every=1,
             broker_commit_interval=1.0, producer_linger_ms=1, table_cleanup_interval=60.0,
             datadir=str(Path(tempfile.gettempdir()) / "mystocks-faust" / cfg.app_id), autodiscover=False,
@@ -134,7 +135,7 @@ class ControlApp:
         self.cache: ResultCache | None = None
         self._lock: asyncio.Lock | None = None
         self.ready = False
-        self.web_port: int | None = None
+        self.web_port: int = 0  # the bound port, once the web server listens
         self.started = clock.monotonic()
         self._wire()
 
@@ -325,11 +326,17 @@ def _dlq_levels(settings: Settings, names: list[str]) -> dict[str, int]:
 def _ensure_topics(settings: Settings, cfg: JobsConfig) -> None:
     """Create the catalog topics the control app reads and writes (idempotent) before Faust starts:
     Faust ignores a subscribed topic that is missing at assignment time."""
+    import dataclasses
+
     from mystocks_gpu.topics import get
     from mystocks_gpu.topics.admin import TopicAdmin
 
-    names = (cfg.commands_topic, cfg.status_topic, cfg.events_topic, "alerts")
-    TopicAdmin(settings.kafka).create([get(n) for n in names])
+    default = JobsConfig()
+    specs = []
+    for f in ("commands_topic", "status_topic", "events_topic", "alerts_topic"):  # renamed in [jobs]: same contract
+        spec = dataclasses.replace(get(getattr(default, f)), name=getattr(cfg, f))
+        specs += [spec, *([spec.dlq_spec()] if spec.dlq_spec() is not None else [])]
+    TopicAdmin(settings.kafka).create([s for s in specs if s is not None])
 
 
 def run_control(settings: Settings, cfg: JobsConfig) -> int:

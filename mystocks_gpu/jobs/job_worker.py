@@ -27,6 +27,7 @@ import redis
 from confluent_kafka import KafkaError, Message
 
 from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.gpu_ops.backend import select
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.devices import Device, discover
@@ -36,10 +37,10 @@ from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.kinds import get_kind, kinds
 from mystocks_gpu.jobs.protocol import STATUS_SCHEMA, report_headers
 from mystocks_gpu.jobs.result_cache import ResultStore
+from mystocks_gpu.jobs.run_scope import device_scope, run_context
 from mystocks_gpu.jobs.scheduler import WorkerInfo
 from mystocks_gpu.processors.exceptions import JobStopped
-from mystocks_gpu.processors.job_kind import CURRENT_RUN
-from mystocks_gpu.schemas import AvroCodec
+from mystocks_gpu.schemas import AvroCodec, schema_store
 from mystocks_gpu.topics.catalog import DAY_MS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class WorkerOptions:
 
     ``kinds``: job kinds served (empty = every registered kind); ``fake_devices``: a fake inventory
     instead of discovery (tests); ``reserve``: device id -> real-time processor holding it (never
-    given to batch jobs); ``prefer``: ``auto``/``gpu``/``cpu`` discovery.
+    given to batch jobs); ``prefer``: ``auto``/``gpu``/``cpu`` discovery (the CLI passes
+    ``Settings.backend`` unless ``--device`` says otherwise).
     """
 
     worker_id: str = field(default_factory=default_worker_id)
@@ -97,7 +99,10 @@ class JobWorker:
         self.settings, self.cfg, self.opts = settings, cfg, opts
         self.kinds = opts.kinds or tuple(sorted(kinds()))
         self.topic = cfg.dispatch_topic(opts.worker_id)
-        self.codec = AvroCodec()
+        #: the backend chunks on a GPU compute on (``Settings.backend`` resolved; ``gpu`` without one is an error)
+        self.backend = select(settings.backend)
+        self.schemas = schema_store(settings)
+        self.codec = AvroCodec(self.schemas)
         self.redis = redis.Redis.from_url(settings.redis.url, socket_timeout=5)
         self.store = ResultStore(self.redis, cfg.namespace, cfg.result_ttl_s)
         self.producer = make_producer(settings.kafka, **{"linger.ms": 2, "compression.type": "none"})
@@ -287,11 +292,10 @@ class JobWorker:
                     return True
                 return run.stop.is_set()
 
-            token = CURRENT_RUN.set((run.job_id, int(run.chunk)))
-            try:
+            ctx = run_context(run.job_id, run.chunk, run.device, {d.id: d for d in self.devices()}, self.backend,
+                              self.settings, self.schemas)
+            with device_scope(ctx):  # the granted device: the current CUDA device when the chunk runs on a GPU
                 result = kind.runner(spec, progress, should_stop)
-            finally:
-                CURRENT_RUN.reset(token)
             if should_stop():
                 raise JobStopped(run.reason)
             won, stored = self.store.put_once(run.job_id, run.chunk, result)

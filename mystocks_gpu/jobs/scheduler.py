@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.infra.config import SchedulerConfig
 from mystocks_gpu.infra.devices import Device
 
 
@@ -80,24 +80,6 @@ class Placement:
     worker_id: str
     device_id: str
     memory_bytes: int
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Placement knobs.
-
-    ``memory_headroom``: fraction of each device's total memory never committed (0..0.9, default
-    0.05); ``max_chunks_per_device``: concurrent chunks per device (default 4; 0 = unlimited).
-    """
-
-    memory_headroom: float = 0.05
-    max_chunks_per_device: int = 4
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.memory_headroom <= 0.9:
-            raise ConfigError(f"scheduler.memory_headroom must be within 0..0.9, got {self.memory_headroom}")
-        if self.max_chunks_per_device < 0:
-            raise ConfigError("scheduler.max_chunks_per_device must be >= 0")
 
 
 @dataclass

@@ -52,7 +52,7 @@ class ControlView(Protocol):
     codec: Any
     started: float
     clock: Clock
-    web_port: int | None
+    web_port: int
 
     async def produce_command(self, cmd: dict[str, Any]) -> None:
         """Produce a command record to ``cmd.jobs``."""
