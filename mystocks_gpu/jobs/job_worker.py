@@ -56,6 +56,8 @@ SHUTDOWN = "worker shutting down"
 #: first and longest pause between Redis retries, s
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0
 T = TypeVar("T")
+#: a chunk's last report -> its outcome in the worker metrics
+OUTCOMES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "CANCELLED": "cancelled", "QUEUED": "requeued"}
 
 
 def default_worker_id() -> str:
@@ -99,6 +101,7 @@ class _Run:
     stop: threading.Event
     reason: str = ""
     thread: threading.Thread | None = None
+    last_state: str = ""
 
 
 class JobWorker:
@@ -276,7 +279,7 @@ class JobWorker:
                 old.stop.set()
             run = _Run(key[0], key[1], int(cmd["attempt"]), str(cmd["device"]), int(cmd.get("memory_bytes", 0)),
                        threading.Event())
-            run.thread = threading.Thread(target=self._run_chunk, args=(run, cmd), daemon=True,
+            run.thread = threading.Thread(target=self._run_metered, args=(run, cmd), daemon=True,
                                           name=f"job-{key[0][:8]}-{key[1]}")
             self.runs[key] = run
         run.thread.start()
@@ -288,6 +291,7 @@ class JobWorker:
                "message": message, "error": error, "worker": f"{self.opts.worker_id}/{run.device}", "cached": False,
                "result_json": json.dumps(result, sort_keys=True, default=str) if result is not None else None}
         value = self.codec.encode(STATUS_SCHEMA, rec)
+        run.last_state = state
         while True:
             try:
                 self.producer.produce(self.cfg.events_topic, value=value, key=run.job_id.encode(),
@@ -298,33 +302,27 @@ class JobWorker:
         if flush:
             self.producer.flush(10)
 
-    def _run_chunk(self, run: _Run, cmd: dict[str, Any]) -> None:
+    def _run_metered(self, run: _Run, cmd: dict[str, Any]) -> None:
+        """:meth:`_run_chunk` counted in the worker metrics (outcome = the run's last report)."""
         kind_name = str(cmd.get("kind", ""))
         t0 = self.clock.monotonic()
         self.metrics.started(kind_name)
-        outcome = "failed"
         try:
-            outcome = self._chunk(run, cmd, kind_name)
+            self._run_chunk(run, cmd)
         finally:
-            self.metrics.finished(kind_name, outcome, self.clock.monotonic() - t0)
+            self.metrics.finished(kind_name, OUTCOMES.get(run.last_state, "failed"), self.clock.monotonic() - t0)
 
-    def _chunk(self, run: _Run, cmd: dict[str, Any], kind_name: str) -> str:
-        """Run one chunk and report it; returns the outcome (succeeded, failed, cancelled, requeued)."""
+    def _run_chunk(self, run: _Run, cmd: dict[str, Any]) -> None:
+        kind_name = str(cmd.get("kind", ""))
         where = f"{self.opts.worker_id}/{run.device}"
         deadline = cmd.get("deadline_ns")
         try:
-            try:
-                n = self._redis("start", lambda: self.store.mark_run(run.job_id, run.chunk), run)
-                prior = self._redis("start", lambda: self.store.get(run.job_id, run.chunk), run)
-            except RedisUnavailable as exc:  # cannot start: hand the chunk back (the control app re-queues it)
-                if run.stop.is_set() and (run.reason or SHUTDOWN) != SHUTDOWN:
-                    raise JobStopped(run.reason) from None
-                self._report(run, kind_name, "QUEUED", 0.0, f"given back by {where}: {exc}", flush=True)
-                return "requeued"
+            n = self._redis("start", lambda: self.store.mark_run(run.job_id, run.chunk), run)
+            prior = self._redis("start", lambda: self.store.get(run.job_id, run.chunk), run)
             if prior is not None:  # an earlier run finished: report its result, never a second one
                 self._report(run, kind_name, "SUCCEEDED", 1.0, f"result already stored (run #{n} on {where})",
                              result=prior, flush=True)
-                return "succeeded"
+                return
             kind = get_kind(kind_name)
             spec = kind.parse(cmd.get("spec") or {})
             self._report(run, kind_name, "RUNNING", 0.0, f"started on {where} (run #{n})", flush=True)
@@ -351,19 +349,21 @@ class JobWorker:
             if should_stop():
                 raise JobStopped(run.reason)
             self._report_result(run, kind_name, n, result, where)
-            return "succeeded"
         except JobStopped as exc:
             reason = run.reason or str(exc)
             if reason == SHUTDOWN:
                 self._report(run, kind_name, "QUEUED", 0.0, f"{SHUTDOWN}: {self.opts.worker_id}", flush=True)
-                return "requeued"
-            self._report(run, kind_name, "CANCELLED", 0.0, f"stopped on {where}: {reason}", flush=True)
-            return "cancelled"
+            else:
+                self._report(run, kind_name, "CANCELLED", 0.0, f"stopped on {where}: {reason}", flush=True)
+        except RedisUnavailable as exc:  # cannot even start: hand the chunk back (the control app re-queues it)
+            if run.stop.is_set() and (run.reason or SHUTDOWN) != SHUTDOWN:
+                self._report(run, kind_name, "CANCELLED", 0.0, f"stopped on {where}: {run.reason}", flush=True)
+            else:
+                self._report(run, kind_name, "QUEUED", 0.0, f"given back by {where}: {exc}", flush=True)
         except Exception as exc:  # a failing job must not kill the worker
             log.warning("job %s chunk %s failed: %s", run.job_id, run.chunk, exc)
             self._report(run, kind_name, "FAILED", 0.0, f"failed on {where}", error=f"{type(exc).__name__}: {exc}",
                          flush=True)
-            return "failed"
 
     def _report_result(self, run: _Run, kind_name: str, n: int, result: dict[str, Any], where: str) -> None:
         """Store a finished chunk's result once (retrying through a Redis outage) and report it. The
