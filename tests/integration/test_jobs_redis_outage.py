@@ -112,3 +112,39 @@ def test_redis_outage_mid_job_keeps_the_result_alerts_and_reports_not_ready(sett
         if stopped:
             os.kill(redis_pid, signal.SIGCONT)
         plane.close()
+
+
+def test_redis_shut_down_and_restarted_mid_job_loses_no_result(settings: Settings, stack: LocalStack) -> None:
+    """The other kind of outage: connections refused, then a fresh, empty Redis (no persistence)."""
+    plane = Plane(settings, uuid.uuid4().hex[:8])
+    redis_pid = stack.pid("redis")
+    assert redis_pid is not None, "the stack's redis-server is not running"
+    down = False
+    try:
+        plane.start_control()
+        plane.start_worker("w1")
+        plane.warm_up()
+        job = plane.submit("sleep", {"seconds": 3.0, "steps": 12, "tag": "restart"}, bypass_cache=True)
+        plane.wait_job(job, lambda j: j["state"] == "running" and j["progress"] >= 0.25, 20, "running at >= 25 %")
+        os.kill(redis_pid, signal.SIGTERM)
+        down = True
+        wait_until(lambda: stack.pid("redis") is None, 20, "redis-server exited")
+        wait_until(lambda: plane.health()[0] == 503, 30, "/health answers 503")
+        plane.wait_job(job, lambda j: "storing the result (Redis unavailable" in (j["message"] or ""), 30,
+                       "reports it waits to store its result")
+        stack.start_redis()
+        down = False
+        final = plane.wait(job, FINAL, timeout=60)
+        assert final["state"] == "succeeded" and final["chunks"][0]["attempt"] == 1, final
+        assert final["result"] == {"slept_s": 3.0, "steps": 12, "chunks": 1, "tag": "restart"}
+        r = redis.Redis.from_url(settings.redis.url)
+        assert json.loads(r.get(result_key(plane.ns, job, 0)) or b"null") == {"slept_s": 3.0, "steps": 12,
+                                                                               "tag": "restart#0"}
+        wait_until(lambda: plane.health()[0] == 200, 30, "/health answers 200")
+        wait_until(lambda: plane.health()[1].get("live_workers") == 1, 20, "w1 heart-beats into the new Redis")
+        again = plane.wait(plane.submit("echo", {"message": "after restart"}, bypass_cache=True), FINAL, timeout=30)
+        assert again["state"] == "succeeded"
+    finally:
+        if down:
+            stack.start_redis()
+        plane.close()
