@@ -276,6 +276,8 @@ class Api:
             feed = _Feed(self.ctl, mtype, topic, asyncio.get_running_loop())
             self.feeds[mtype] = feed
             feed.thread.start()
+        # a feed about to stop for lack of subscribers must not stop before this subscription lands
+        feed.keep_until = self.ctl.clock.monotonic() + 2 * FEED_START_S
         end = self.ctl.clock.monotonic() + FEED_START_S
         while not feed.ready.is_set() and feed.thread.is_alive() and self.ctl.clock.monotonic() < end:
             await asyncio.sleep(0.02)
@@ -303,6 +305,8 @@ class _Feed:
         self.stop = threading.Event()
         self.error = ""
         self.invalid = 0
+        #: monotonic time before which the feed never stops for lack of subscribers
+        self.keep_until = 0.0
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"feed-{mtype}")
 
     def _run(self) -> None:
@@ -333,7 +337,7 @@ class _Feed:
                 if not ctl.hub.wants(self.mtype):
                     now = ctl.clock.monotonic()
                     idle_since = idle_since or now
-                    if now - idle_since > FEED_IDLE_S:
+                    if now - idle_since > FEED_IDLE_S and now > self.keep_until:
                         return
                     continue
                 idle_since = None

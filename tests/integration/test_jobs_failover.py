@@ -142,10 +142,10 @@ def test_realtime_reservation_and_memory_are_respected_across_two_workers(settin
 
 
 #: bounds of the control app's shutdown (SIGTERM to exit) and restart after SIGKILL (spawn to
-#: ready); measured ~1-2 s and ~6-9 s on the 2-core development machine, generous for a loaded one
+#: ready); measured ~3 s and ~14 s on the loaded 2-core development machine (imports alone take 3-7 s)
 #: (before: ~30 s and ~50 s, from Faust's 60 s session timeout and a never-ending web task)
 SHUTDOWN_BOUND_S = 8.0
-RESTART_BOUND_S = 20.0
+RESTART_BOUND_S = 25.0
 
 
 def test_control_app_shutdown_and_restart_are_bounded_and_websockets_get_1001(settings: Settings, stack: Any) -> None:
