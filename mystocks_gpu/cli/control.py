@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from mystocks_gpu.cli.jobs_common import jobs_config
+from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.config import Settings
 
 
@@ -16,7 +17,7 @@ def cmd_control(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.jobs.control_app import run_control
 
     cfg = jobs_config(args, s, web_host=args.host, web_port=args.port, app_id=args.app_id, cache_ttl_s=args.cache_ttl,
-                       tick_interval_s=args.tick)
+                      tick_interval_s=args.tick, ws_queue_max=args.ws_queue)
     ensure_broker(s.kafka)
     print(f"control app {cfg.app_id}: web http://{cfg.web_host}:{cfg.web_port} namespace={cfg.namespace}",
           file=sys.stderr, flush=True)
@@ -36,7 +37,16 @@ def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
     fake = tuple(parse_fake_inventory(args.fake_devices)) if args.fake_devices else None
     opts = WorkerOptions(args.id or default_worker_id(), kinds, fake, parse_reserve(args.reserve or []),
                          args.device or s.backend)
-    worker = JobWorker(s, jobs_config(args, s), opts)
+    from mystocks_gpu.jobs.worker_metrics import WorkerMetrics
+
+    metrics = WorkerMetrics(opts.worker_id)
+    worker = JobWorker(s, jobs_config(args, s, redis_retry_s=args.redis_retry), opts, metrics=metrics)
+    worker._check_redis()  # one clear line when Redis is down, before anything starts
+    port = args.metrics_port if args.metrics_port is not None else s.metrics.port
+    try:
+        metrics.serve(port, s.metrics.host)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve worker metrics on {s.metrics.host}:{port}: {exc.strerror}") from None
 
     def _stop(signum: int, frame: Any) -> None:
         worker.stop()
@@ -61,6 +71,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--cache-ttl", type=float, default=None, help="result cache TTL in seconds (default: jobs.cache_ttl_s)")
     p.add_argument("--heartbeat-ttl", type=float, default=None, help="must match the workers' (default: jobs.heartbeat_ttl_s)")
     p.add_argument("--tick", type=float, default=None, help="scheduler/watchdog period in seconds (default: jobs.tick_interval_s)")
+    p.add_argument("--ws-queue", type=int, default=None,
+                   help="messages queued per WebSocket client before the oldest are dropped (default: jobs.ws_queue_max)")
     ns(p)
     p.set_defaults(func=cmd_control)
 
@@ -74,5 +86,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--fake-devices", metavar="JSON|@FILE", help="fake device inventory (tests)")
     p.add_argument("--heartbeat-ttl", type=float, default=None, help="heartbeat TTL in seconds (default: jobs.heartbeat_ttl_s)")
     p.add_argument("--heartbeat-interval", type=float, default=None, help="seconds between heartbeats (default: jobs.heartbeat_interval_s)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics on this port (default metrics.port; 0 = off)")
+    p.add_argument("--redis-retry", type=float, default=None,
+                   help="seconds to retry Redis when starting a chunk or storing its result (default: jobs.redis_retry_s)")
     ns(p)
     p.set_defaults(func=cmd_worker)

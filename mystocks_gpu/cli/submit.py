@@ -77,7 +77,8 @@ def cmd_submit(args: argparse.Namespace, s: Settings) -> int:
             print(json.dumps(st), flush=True)
 
     try:
-        final = wait_for(s, cfg, cmd, args.timeout, on_status)
+        final = wait_for(s, cfg, cmd, args.timeout, on_status, accept_timeout_s=args.accept_timeout or None,
+                         on_wait=lambda line: tqdm.write(f"mystocks-gpu: {line}", file=sys.stderr))
     finally:
         bar.close()
     result = final.get("result")
@@ -148,6 +149,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--job-id", help="job id (default: random)")
     p.add_argument("--requester", default="cli", help="who submits (default cli)")
     p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds (exit 3)")
+    p.add_argument("--accept-timeout", type=float, default=30.0,
+                   help="with --wait: give up (exit 3) when no control app took the job within this many seconds "
+                        "(default 30; 0 = wait forever)")
     p.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print JSON (with --wait: every status, one per line)")
     p.add_argument("--report", metavar="DIR", help="with --wait: write the job kind's report (PNG plots + index.html) to DIR")

@@ -232,7 +232,12 @@ class JobsConfig:
 
     Times in seconds. ``namespace`` prefixes every Redis key (heartbeats, cache, results);
     ``web_host``/``web_port`` are where the control app serves HTTP/WebSocket and where the
-    ``jobs``/``job``/``cancel`` commands look for it.
+    ``jobs``/``job``/``cancel`` commands look for it. ``redis_timeout_s``: socket timeout of every
+    Redis call of the control app and workers; ``redis_retry_s``: how long a worker retries Redis
+    (with backoff) to start a chunk or store its result before giving up (a finished result is then
+    still reported, never lost); ``ws_queue_max``: bound of each WebSocket client's queue, messages
+    (drop-oldest, signalled); ``reject_unfit_after_s``: a queued job that no live worker serving its
+    kind can ever hold is rejected (with the reason) after this long.
     """
 
     namespace: str = "mystocks"
@@ -258,8 +263,18 @@ class JobsConfig:
     dlq_growth_alert: int = 100
     memory_headroom: float = 0.05
     max_chunks_per_device: int = 4
+    redis_timeout_s: float = 2.0
+    redis_retry_s: float = 300.0
+    ws_queue_max: int = 1000
+    reject_unfit_after_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if not 0 < self.redis_timeout_s <= 60 or not 0 <= self.redis_retry_s <= 86_400:
+            raise ConfigError("jobs.redis_timeout_s must be within (0, 60] and jobs.redis_retry_s within 0..86400")
+        if not 0 <= self.reject_unfit_after_s <= 86_400:
+            raise ConfigError(f"jobs.reject_unfit_after_s must be within 0..86400, got {self.reject_unfit_after_s}")
+        if self.ws_queue_max < 1:
+            raise ConfigError(f"jobs.ws_queue_max must be >= 1, got {self.ws_queue_max}")
         for name in ("namespace", "app_id"):
             if not _NAME.fullmatch(getattr(self, name)):
                 raise ConfigError(f"jobs.{name} must be 1-100 characters of A-Z a-z 0-9 . _ -, got {getattr(self, name)!r}")

@@ -15,7 +15,8 @@ from mystocks_gpu.jobs import job_metrics as m
 from mystocks_gpu.jobs.scheduler import WorkerInfo
 
 ALERT_SCHEMA = "mystocks.ops.Alert"
-KINDS = ("GPU_OVERLOAD", "GPU_MEMORY", "JOB_TIMEOUT", "WORKER_LOST", "DLQ_GROWTH", "RISK_LIMIT", "OTHER")
+KINDS = ("GPU_OVERLOAD", "GPU_MEMORY", "JOB_TIMEOUT", "WORKER_LOST", "DLQ_GROWTH", "RISK_LIMIT", "OTHER",
+         "REDIS_UNAVAILABLE")
 
 
 def make_alert(kind: str, severity: str, source: str, message: str, value: float = 0.0, threshold: float = 0.0,
@@ -84,6 +85,19 @@ class AlertMonitor:
                                           f"GPU {src} memory {used:.0%} used, above {self.t.gpu_memory:.0%}",
                                           used, self.t.gpu_memory, {"worker": w.worker_id, "device": d.id}, self.clock))
         return out
+
+    def forget_workers(self, worker_ids: Iterable[str]) -> None:
+        """Remove the device gauges and edge states of workers that are gone (left or lost), so a
+        dead worker's series do not stay in ``/metrics`` forever."""
+        gone = set(worker_ids)
+        for gauge in (m.DEVICE_UTIL, m.DEVICE_MEM, m.GPU_OVERLOADED, m.GPU_MEMORY_HIGH):
+            for labels in [s.labels for metric in gauge.collect() for s in metric.samples]:
+                if labels.get("worker") in gone:
+                    try:
+                        gauge.remove(labels["worker"], labels["device"])
+                    except KeyError:
+                        pass
+        self._active = {k for k in self._active if k[1] not in gone}
 
     def check_dlq(self, levels: Mapping[str, int]) -> list[dict[str, Any]]:
         """DLQ_GROWTH alerts for dead-letter topics that grew by >= the threshold since the last
