@@ -85,6 +85,14 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec("results.backtest", "job_id", "mystocks.backtest.BacktestResult", partitions=1,
               retention_ms=30 * DAY_MS, dlq=False, extra={"max.message.bytes": "8388608"},
               description="backtest results, chunked"),
+    # factor values: Arrow IPC frames, one per (job, date, factor batch), record time = the date
+    # (so a time-range replay selects dates); bounded by size, like every event-time topic
+    TopicSpec("factors.values", "job_id", None, partitions=4, retention_ms=-1, retention_bytes=4 * GIB, dlq=False,
+              extra={"max.message.bytes": "8388608"},
+              description="factor values per (date, symbol): Arrow IPC frames (see processors/factors)"),
+    TopicSpec("results.factors", "job_id", "mystocks.factors.FactorResult", partitions=1,
+              retention_ms=30 * DAY_MS, dlq=False, extra={"max.message.bytes": "8388608"},
+              description="factor metrics per factor x horizon, series, correlation, weights; in parts"),
     TopicSpec("alerts", "source", "mystocks.ops.Alert", partitions=1, retention_ms=7 * DAY_MS, dlq=False,
               description="operational and risk alerts"),
 )
