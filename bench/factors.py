@@ -15,9 +15,9 @@ bars), JIT compilation excluded (a warm-up on tiny data first).
   extrapolated to 158 (``alphalens_extrapolated: true`` in the JSON).
   ``ratio_vs_alphalens`` = extrapolated Alphalens seconds / ours.
 - pandas: the reference evaluator of the tests (``tests/unit/factors/pandas_ref.py``: wide frames,
-  rolling per symbol, shared subexpressions cached as Qlib does; ``rolling.apply`` where pandas has
-  no native rolling op: IdxMax, IdxMin) + per-date IC and rank IC with ``corrwith`` on the same
-  sample (fewer metrics than ours). ``ratio_vs_pandas`` = pandas seconds / ours.
+  rolling per symbol, shared subexpressions cached as Qlib does; NumPy sliding windows where pandas
+  has no native rolling op: IdxMax, IdxMin, WMA) + per-date IC and rank IC with ``corrwith`` on the
+  same sample (fewer metrics than ours). ``ratio_vs_pandas`` = pandas seconds / ours.
 - ``max_abs_diff_ic``: max |rank IC ours - Alphalens| over the timed factors, dates and horizons;
   ``max_abs_diff_ic_vs_pandas`` likewise against the pandas version (all factors).
 

@@ -1,5 +1,6 @@
-"""``mystocks-gpu factors list-library | check | show | values``: the factor language and the
-factor jobs' outputs. Jobs themselves run with ``mystocks-gpu submit factors`` / ``factors_mine``."""
+"""``mystocks-gpu factors list-library | check | mine | show | values``: the factor language, the
+mining job and the factor jobs' outputs. Jobs run with ``mystocks-gpu submit factors`` /
+``factors_mine``; ``factors mine`` is ``submit factors_mine`` with the search's main knobs as flags."""
 
 from __future__ import annotations
 
@@ -55,6 +56,27 @@ def cmd_check(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+#: ``factors mine`` flags that override the spec's fields (flag dest -> spec field)
+MINE_FLAGS = ("seed", "population", "generations", "max_depth", "min_abs_rank_ic", "min_abs_icir", "max_corr",
+              "max_kept")
+
+
+def cmd_mine(args: argparse.Namespace, s: Settings) -> int:
+    from mystocks_gpu.cli.submit import _read_spec, cmd_submit
+
+    spec = _read_spec(args.spec)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"spec {args.spec} must be a JSON object (the factors_mine fields)")
+    spec |= {k: getattr(args, k) for k in MINE_FLAGS if getattr(args, k) is not None}
+    if args.universe:
+        spec["universe"] = args.universe.split(",")
+    sub = argparse.Namespace(kind="factors_mine", spec=json.dumps(spec), wait=args.wait, priority=args.priority,
+                             deadline=None, no_cache=args.no_cache, job_id=args.job_id, requester="cli",
+                             timeout=args.timeout, accept_timeout=args.accept_timeout, no_validate=False,
+                             json=args.json, report=args.report, namespace=args.namespace)
+    return cmd_submit(sub, s)
+
+
 def cmd_show(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.processors.factors.factor_report import _table
     from mystocks_gpu.processors.factors.factor_topics import read_factor_results
@@ -105,9 +127,9 @@ def cmd_values(args: argparse.Namespace, s: Settings) -> int:
 
 def add_commands(sub: Any) -> None:
     """Register this group's subcommands."""
-    p = sub.add_parser("factors", help="factor language and factor job outputs (list-library, check, show, values)",
+    p = sub.add_parser("factors", help="factor language, mining and factor job outputs (list-library, check, mine, show, values)",
                        description="Inspect the factor library, check expressions, read factor job outputs. "
-                                   "Run factor jobs with `mystocks-gpu submit factors` / `submit factors_mine`.")
+                                   "Run factor jobs with `mystocks-gpu submit factors` / `factors mine`.")
     fs = p.add_subparsers(dest="factors_command", metavar="ACTION", required=True)
 
     q = fs.add_parser("list-library", help="list the shipped libraries, or the factors of one")
@@ -120,6 +142,32 @@ def add_commands(sub: Any) -> None:
     q.add_argument("--fields", help="comma-separated bar fields allowed (default open,high,low,close,volume,vwap)")
     q.add_argument("--json", action="store_true", help="JSON output")
     q.set_defaults(func=cmd_check)
+
+    q = fs.add_parser("mine", help="submit a factor search (job kind factors_mine), optionally wait for the kept set",
+                      description="Random + genetic search over operator trees, seeded: candidates are evaluated in "
+                                  "batched passes, those passing |rank IC|, ICIR and correlation bounds are kept. "
+                                  "Spec fields: see `submit factors_mine`; the flags below override them.")
+    q.add_argument("--spec", help="factors_mine spec JSON file ('-' = stdin, or inline JSON; default {})")
+    q.add_argument("--universe", help="comma-separated symbols (default: the spec's, else all)")
+    for flag, typ, hlp in (("seed", int, "random seed (same seed + data = same kept set)"),
+                           ("population", int, "candidates per generation"), ("generations", int, "generations"),
+                           ("max-depth", int, "operator tree depth bound"),
+                           ("min-abs-rank-ic", float, "keep: |mean rank IC| at least this"),
+                           ("min-abs-icir", float, "keep: |rank ICIR| at least this"),
+                           ("max-corr", float, "keep: |rank correlation| with kept factors below this"),
+                           ("max-kept", int, "keep at most this many")):
+        q.add_argument(f"--{flag}", type=typ, help=hlp)
+    q.add_argument("--wait", action="store_true", help="follow the job with a progress bar; print the kept set")
+    q.add_argument("--report", metavar="DIR", help="with --wait: write PNG plots + index.html to DIR")
+    q.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 3)")
+    q.add_argument("--accept-timeout", type=float, default=30.0,
+                   help="with --wait: give up when no control app took the job within this many seconds (default 30)")
+    q.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    q.add_argument("--no-cache", action="store_true", help="bypass the result cache")
+    q.add_argument("--job-id", help="job id (default: random)")
+    q.add_argument("--namespace", help="Redis key prefix shared by control app and workers (default: jobs.namespace)")
+    q.add_argument("--json", action="store_true", help="JSON output")
+    q.set_defaults(func=cmd_mine)
 
     q = fs.add_parser("show", help="the ranked metrics of a factor job, read from results.factors")
     q.add_argument("job_id")

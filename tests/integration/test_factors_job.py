@@ -251,22 +251,30 @@ def test_submit_wait_prints_ranked_table_and_writes_report_with_combination(
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 
-def test_mining_with_a_seed_keeps_the_same_set_twice(plane: Plane, bars: pd.DataFrame, settings: Settings) -> None:
-    spec = _spec(bars, expressions=None, horizons=[1], seed=11, population=60, generations=2, max_depth=3,
+def test_mining_with_a_seed_keeps_the_same_set_twice(plane: Plane, bars: pd.DataFrame, settings: Settings,
+                                                      tmp_path: Path) -> None:
+    """Once through the job plane, once with ``factors mine --wait`` (seed and population as flags
+    over the spec file): the same kept set, on results.factors too; the CLI prints the kept count."""
+    spec = _spec(bars, expressions=None, horizons=[1], seed=0, population=1, generations=2, max_depth=3,
                  windows=[5, 10], ops=["Mean", "Std", "Delta", "Rank", "Abs", "Add", "Sub", "Div"],
                  min_abs_rank_ic=0.03, min_abs_icir=0.05, max_corr=0.7, max_kept=50)
-    kept = []
-    for _ in range(2):
-        job_id = plane.submit("factors_mine", spec, bypass_cache=True)
-        final = plane.wait(job_id, {"succeeded", "failed"}, timeout=240)
-        assert final["state"] == "succeeded", final
-        res = final["result"]
-        assert res["candidates_evaluated"] == 120 and [g["evaluated"] for g in res["history"]] == [60, 60]
-        assert len(res["kept"]) >= 1 and all(abs(k["rank_ic"]) >= 0.03 for k in res["kept"])
-        kept.append([k["expression"] for k in res["kept"]])
-        mined = read_factor_results(settings, job_id)["mined"]
-        assert [m["expression"] for m in mined] == kept[-1]
-    assert kept[0] == kept[1]
+    job_id = plane.submit("factors_mine", spec | {"seed": 11, "population": 60}, bypass_cache=True)
+    final = plane.wait(job_id, {"succeeded", "failed"}, timeout=240)
+    assert final["state"] == "succeeded", final
+    res = final["result"]
+    assert res["candidates_evaluated"] == 120 and [g["evaluated"] for g in res["history"]] == [60, 60]
+    assert len(res["kept"]) >= 1 and all(abs(k["rank_ic"]) >= 0.03 for k in res["kept"])
+    kept = [k["expression"] for k in res["kept"]]
+    assert [m["expression"] for m in read_factor_results(settings, job_id)["mined"]] == kept
+
+    spec_file = tmp_path / "mine.json"
+    spec_file.write_text(json.dumps(spec))
+    cli_id = f"fxmine-{uuid.uuid4().hex[:8]}"
+    r = run_cli("factors", "mine", "--spec", str(spec_file), "--seed", "11", "--population", "60", "--wait",
+                "--timeout", "240", "--no-cache", "--job-id", cli_id, "--namespace", plane.ns, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "mined 120 candidates" in r.stdout and f"seed 11): kept {len(kept)}" in r.stdout, r.stdout
+    assert [m["expression"] for m in read_factor_results(settings, cli_id)["mined"]] == kept
 
 
 @pytest.mark.parametrize("patch, reason", [

@@ -23,6 +23,21 @@ def _roll(df: pd.DataFrame, w: int) -> Any:
     return df.rolling(w, min_periods=w)
 
 
+def _windows(df: pd.DataFrame, w: int, fn: Any) -> pd.DataFrame:
+    """``fn`` over every trailing window of ``w`` rows, vectorised (NumPy's sliding windows; pandas
+    has no native rolling argmax / weighted mean, and ``rolling.apply`` calls Python per window).
+    NaN for the first ``w - 1`` rows and, like ``rolling(w, min_periods=w)``, where the window
+    holds a NaN."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    a = df.to_numpy(dtype=float)
+    out = np.full(a.shape, np.nan)
+    if len(a) >= w:
+        out[w - 1:] = fn(sliding_window_view(a, w, axis=0))
+    res = pd.DataFrame(out, index=df.index, columns=df.columns)
+    return res.mask(df.isna().astype(float).rolling(w, min_periods=1).sum() > 0)
+
+
 def _slope_parts(df: pd.DataFrame, w: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     t = pd.DataFrame(np.repeat(np.arange(len(df), dtype=float)[:, None], df.shape[1], axis=1),
                      index=df.index, columns=df.columns)
@@ -62,12 +77,12 @@ def ts_op(op: str, args: list[pd.DataFrame], params: tuple[float, ...]) -> pd.Da
     if op == "EMA":
         return x.ewm(span=w, adjust=False, min_periods=w).mean()
     if op == "IdxMax":
-        return _roll(x, w).apply(lambda a: float(np.argmax(a) + 1), raw=True)
+        return _windows(x, w, lambda win: np.argmax(win, axis=-1) + 1.0)
     if op == "IdxMin":
-        return _roll(x, w).apply(lambda a: float(np.argmin(a) + 1), raw=True)
+        return _windows(x, w, lambda win: np.argmin(win, axis=-1) + 1.0)
     if op == "WMA":
         wt = np.arange(1, w + 1, dtype=float)
-        return _roll(x, w).apply(lambda a: float((a * wt).sum() / wt.sum()), raw=True)
+        return _windows(x, w, lambda win: (win * wt).sum(axis=-1) / wt.sum())
     if op in ("Slope", "Rsquare", "Resi"):
         slope, _, t = _slope_parts(x, w)
         if op == "Slope":
