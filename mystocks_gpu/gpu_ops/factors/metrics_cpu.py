@@ -201,7 +201,7 @@ def factor_metrics(
         # the sorted sample (value, symbol): keys give the order up to their low bits
         base = t * s_n
         for m in range(n):
-            s = np.int64(uk[base + m] & low)
+            s = np.int64(uk[base + m] & low)  # type: ignore[assignment]  # (numba: an int64 index)
             x = fm[t, s]
             j = m
             while j > 0 and st[j - 1] > x:

@@ -301,7 +301,8 @@ def _load(spec: FactorDataSpec, settings_store: tuple[Any, Any], progress: Progr
 
     settings, store = settings_store
     progress(0.01, f"replaying {spec.bar_topic}")
-    bars = load_panel(settings.kafka, spec.bar_topic, spec.start, spec.end, spec.universe, store, should_stop)
+    start, end = (None if v is None else int(v) for v in (spec.start, spec.end))  # ns after validate()
+    bars = load_panel(settings.kafka, spec.bar_topic, start, end, spec.universe, store, should_stop)
     progress(0.05, f"{bars.panel.n_symbols} symbols x {bars.panel.n_dates} dates from {bars.records} bars")
     return bars
 
