@@ -8,6 +8,7 @@ chunked); cancel between batches."""
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import json
 import uuid
@@ -40,8 +41,9 @@ EXPRS = {"MOM5": "$close / Ref($close, 5) - 1", "RNG": "($high - $low) / $open",
 def plane(settings: Settings, stack: Any) -> Iterator[Plane]:
     p = Plane(settings, uuid.uuid4().hex[:8])
     try:
-        p.start_control()
-        p.start_worker("fxa", "--kinds", "factors,factors_mine,echo")
+        # generous bounds (polled, not slept): start-up is slow on a loaded 2-core machine
+        p.start_control(timeout=180)
+        p.start_worker("fxa", "--kinds", "factors,factors_mine,echo", timeout=180)
         p.warm_up()
         yield p
     finally:
@@ -271,10 +273,14 @@ def test_mining_with_a_seed_keeps_the_same_set_twice(plane: Plane, bars: pd.Data
     spec_file.write_text(json.dumps(spec))
     cli_id = f"fxmine-{uuid.uuid4().hex[:8]}"
     r = run_cli("factors", "mine", "--spec", str(spec_file), "--seed", "11", "--population", "60", "--wait",
-                "--timeout", "240", "--no-cache", "--job-id", cli_id, "--namespace", plane.ns, timeout=300)
+                "--timeout", "240", "--no-cache", "--job-id", cli_id, "--namespace", plane.ns,
+                "--report", str(tmp_path / "report"), timeout=300)
     assert r.returncode == 0, r.stderr
     assert "mined 120 candidates" in r.stdout and f"seed 11): kept {len(kept)}" in r.stdout, r.stdout
     assert [m["expression"] for m in read_factor_results(settings, cli_id)["mined"]] == kept
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "Mining generations" in page and kept[0] in html.unescape(page)
+    assert (tmp_path / "report" / "mining.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("patch, reason", [

@@ -93,7 +93,7 @@ def _rolling(x: np.ndarray, w: int) -> np.ndarray:
 
 def write_report(result: dict[str, Any], directory: str | Path, settings: Any = None, job_id: str = "") -> Path:
     """Write ``ic.png``, ``quantiles.png``, ``correlation.png`` (and ``weights.png`` with a
-    combination) and ``index.html`` into ``directory``; returns the page. Full metrics, series,
+    combination, ``mining.png`` for a mining job) and ``index.html`` into ``directory``; returns the page. Full metrics, series,
     correlation and weights are read from ``results.factors`` when ``settings`` is given."""
     import matplotlib
 
@@ -194,6 +194,27 @@ def write_report(result: dict[str, Any], directory: str | Path, settings: Any = 
         plt.close(fig)
         images.append(("Combination weights", "weights.png"))
 
+    history = result.get("history") or []
+    if history:  # a mining job: what each generation evaluated, passed and kept
+        gens = [int(g["generation"]) for g in history]
+        fig, ax1 = plt.subplots(figsize=(8, 4), dpi=100)
+        ax1.bar(np.asarray(gens) - 0.2, [g.get("passing") or 0 for g in history], width=0.4, label="passing")
+        ax1.bar(np.asarray(gens) + 0.2, [g.get("kept_total") or 0 for g in history], width=0.4, label="kept (total)")
+        ax1.set_xlabel("generation")
+        ax1.set_ylabel("candidates")
+        ax2 = ax1.twinx()
+        ax2.plot(gens, [np.nan if g.get("best_abs_rank_ic") is None else g["best_abs_rank_ic"] for g in history],
+                 "k.-", label="best |rank IC|")
+        ax2.set_ylabel("best |rank IC|")
+        ax1.set_xticks(gens)
+        ax1.legend(loc="upper left", fontsize=8)
+        ax2.legend(loc="upper right", fontsize=8)
+        ax1.set_title(f"mining: {result.get('candidates_evaluated', 0):,} candidates, seed {result.get('seed')}")
+        fig.tight_layout()
+        fig.savefig(out / "mining.png")
+        plt.close(fig)
+        images.insert(0, ("Mining generations", "mining.png"))
+
     table_rows = ranked.to_dict("records") if len(ranked) else list(result.get("top") or [])
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ("#", "factor", *(c[0] for c in COLUMNS), "expression"))
     body = "".join(
@@ -201,8 +222,9 @@ def write_report(result: dict[str, Any], directory: str | Path, settings: Any = 
         + "".join(f"<td>{html.escape(_fmt(f, r.get(k)))}</td>" for _, k, f in COLUMNS)
         + f"<td style='text-align:left'><code>{html.escape(str(r.get('expression', '')))}</code></td></tr>"
         for r in table_rows[:200])
-    summary = html.escape(format_result({**result, "top": [], "combination": []}).splitlines()[-1]
-                          if result else "")
+    kind_line = [ln for ln in format_result({**result, "top": [], "combination": []}).splitlines()
+                 if ln.startswith(f"{result.get('kind', 'factors')}:")] if result else []
+    summary = html.escape(kind_line[0] if kind_line else "")
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in result.get("warnings") or [])
     imgs = "".join(f"<h2>{html.escape(t)}</h2><img src='{f}'>" for t, f in images)
     page = out / "index.html"
