@@ -5,7 +5,9 @@
 3. run the features processor (exactly-once) until it has caught up: throughput;
 4. live phase: ticks produced at a fixed rate with event time = wall clock; tick -> feature
    latency p50/p99 measured by a consumer of features.ticks;
-5. print a few decoded feature vectors and bars, and how to consume the topics.
+5. print a few decoded feature vectors and bars, and how to consume the topics;
+8. factors (workload 4): daily bars loaded into md.bars.1d, a ``factors`` job (classic library,
+   ICIR + ridge combination) in process, its ranked table (``step_factors``).
 """
 
 from __future__ import annotations
@@ -140,12 +142,12 @@ def main() -> int:
         b = rec.value or {}
         print(f"   {b.get('symbol')} O={b.get('open')} H={b.get('high')} L={b.get('low')} C={b.get('close')} "
               f"V={b.get('volume')} VWAP={round(b.get('vwap') or 0, 4)} trades={b.get('trades')}")
-    step_factors(s, store, run_id)
     print("6. consume the results yourself:\n"
           "   .venv/bin/mystocks-gpu consume features.ticks --from-beginning --max 5 --json\n"
           "   .venv/bin/mystocks-gpu consume md.bars.1m --from-beginning --max 5\n"
           f"   kcat -b {s.kafka.bootstrap_servers} -C -t features.ticks -c 1 -f '%k %T\\n'\n"
           "   stop the stack: make stack-down")
+    step_factors(s, store, run_id)
     return 0
 
 
@@ -195,7 +197,7 @@ def step_factors(s, store, run_id: str, n_symbols: int = 60, n_days: int = 320) 
         result = FACTORS_KIND.runner(spec, lambda f, m: None, lambda: False)
     finally:
         RUN_CONTEXT.reset(token)
-    print(f"5b. factors: {n:,} daily bars ({n_symbols} symbols x {n_days} days) loaded into md.bars.1d, then a "
+    print(f"8. factors: {n:,} daily bars ({n_symbols} symbols x {n_days} days) loaded into md.bars.1d, then a "
           f"`factors` job ({job_id}) in {time.monotonic() - t0:.1f} s:")
     for line in format_result(result).splitlines():
         print("   " + line)

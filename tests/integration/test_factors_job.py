@@ -123,7 +123,7 @@ def _metrics(results: dict[str, Any]) -> pd.DataFrame:
 def first_job(plane: Plane, bars: pd.DataFrame, settings: Settings) -> dict[str, Any]:
     follower = plane.follower()
     job_id = plane.submit("factors", _spec(bars, correlation_factors=5), bypass_cache=True)
-    statuses = collect(follower, job_id, timeout=240)
+    statuses = collect(follower, job_id, timeout=600)  # a bound: the first run may compile kernels
     final = plane.job(job_id)
     assert final["state"] == "succeeded", final
     return {"job_id": job_id, "statuses": statuses, "result": final["result"],
