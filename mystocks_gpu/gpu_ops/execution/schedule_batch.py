@@ -37,7 +37,7 @@ from mystocks_gpu.gpu_ops.execution.parent_orders import (
     Schedule,
     Score,
 )
-from mystocks_gpu.gpu_ops.execution.schedule_cpu import plan_batch_cpu
+from mystocks_gpu.gpu_ops.execution.schedule_cpu import plan_batch_cpu, plan_batch_serial
 from mystocks_gpu.gpu_ops.execution.schedule_xp import plan_batch_xp
 
 #: reject code -> (field, reason); 0 = accepted. Checked in this order, the first failure wins
@@ -57,6 +57,9 @@ REJECTS: dict[int, tuple[str, str]] = {
     12: ("quantity", f"more than {MAX_LOTS} lots"),
     13: ("eta", "eta - gamma*tau/2 <= 0: no Almgren-Chriss solution"),
 }
+#: CPU batches of at least this many orders run on numba's parallel thread pool; smaller ones (a
+#: stream's micro-batches) on one thread, where the pool's wake-up would cost more than the work
+PARALLEL_MIN_ROWS = 2048
 #: score columns of :class:`BatchSchedules` (the fields of :class:`Score`)
 SCORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Score))
 
@@ -373,8 +376,10 @@ def schedule_batch(orders: OrderColumns, table: ParamsTable, config: ExecutionCo
     plan = prepare_batch(orders, table, cfg, now, x)
     if be == GPU:
         shares, vol, sc = plan_batch_xp(x, *plan.args)
-    else:
+    elif len(orders) >= PARALLEL_MIN_ROWS:
         shares, vol, sc = plan_batch_cpu(*plan.args)
+    else:
+        shares, vol, sc = plan_batch_serial(*plan.args)
     c, valid = plan.cols, plan.valid
     qty, lam, q, tau = c["qty"], c["lam"], c["q"], c["tau"]
     unf, X, perm, temp, spr, var, maxp = (sc[:, j] for j in range(7))

@@ -55,6 +55,7 @@ from mystocks_gpu.gpu_ops.execution import (
     ParamsTable,
     schedule_batch,
 )
+from mystocks_gpu.processors.execution.order_encoder import encode_outputs
 from mystocks_gpu.processors.execution.order_records import (
     MARKET_PARAMS,
     ORDER_SCHEDULE,
@@ -62,11 +63,10 @@ from mystocks_gpu.processors.execution.order_records import (
     PARENT_ORDER,
     SIDE_OF_SYMBOL,
     STRATEGY_CODE_OF_SYMBOL,
+    cap_warning,
     check_order_record,
     params_from_record,
     resolve_end,
-    schedule_record,
-    score_record,
 )
 from mystocks_gpu.schemas import AvroCodec, DecodeError, SchemaError, UnknownSchemaId
 from mystocks_gpu.schemas.schema_store import SchemaStore
@@ -168,6 +168,7 @@ class ExecutionProcessor(Processor[ExecState]):
         self.backend = select(self.cfg.backend)
         self.output_topics = (self.cfg.schedule_topic, self.cfg.scored_topic)
         self.codec = AvroCodec(store)
+        self._ids = (self.codec.schema_id(ORDER_SCHEDULE), self.codec.schema_id(ORDER_SCORE))
 
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
@@ -291,22 +292,31 @@ class ExecutionProcessor(Processor[ExecState]):
     def _emit(self, batch: Columns, sel: np.ndarray, res: BatchSchedules, table: ParamsTable,
               per_row: dict[int, tuple[bytes, bytes, bytes, int]], out: Outputs) -> None:
         c = batch.columns
-        m = self.cfg.model
-        for j, i in enumerate(sel.tolist()):
-            rec = c["rec"][i]
-            code = int(res.reject[j])
-            if code:
-                cls = "MissingMarketParams" if code in _MISSING else "InvalidOrder"
-                out.rejected.append(Rejected(int(batch.index[i]), cls, self._reason(code, rec, c, i)))
-                continue
-            s = res.row(j, rec["order_id"], rec["symbol"])
-            cap = c["max_participation"][i]
-            cap = m.max_participation if cap != cap else float(cap)
-            t_ev, t_in = int(c["now"][i]), batch.ingest_ns
-            price = float(table.price[int(c["osym"][i])])
-            sv = self.codec.encode(ORDER_SCHEDULE, schedule_record(s, int(c["quantity"][i]), t_ev, t_in))
-            cv = self.codec.encode(ORDER_SCORE, score_record(s, int(c["quantity"][i]), price, t_ev, t_in, cap))
-            per_row[i] = (rec["order_id"].encode(), sv, cv, t_ev // 1_000_000)
+        reject = np.asarray(res.reject)
+        for j in np.flatnonzero(reject).tolist():
+            i = int(sel[j])
+            code = int(reject[j])
+            cls = "MissingMarketParams" if code in _MISSING else "InvalidOrder"
+            out.rejected.append(Rejected(int(batch.index[i]), cls, self._reason(code, c["rec"][i], c, i)))
+        ok = np.flatnonzero(reject == 0)
+        if not ok.size:
+            return
+        idx = sel[ok]
+        recs = c["rec"][idx]
+        ids = [r["order_id"].encode() for r in recs]
+        syms = [r["symbol"].encode() for r in recs]
+        cap = c["max_participation"][idx]
+        cap = np.where(np.isnan(cap), self.cfg.model.max_participation, cap)
+        unf = np.asarray(res.scores["unfilled_qty"])[ok].astype(np.int64)
+        exe = np.asarray(res.scores["executed_qty"])[ok].astype(np.int64)
+        warnings = [cap_warning(float(cap[k]), int(exe[k]), int(unf[k])).encode() if unf[k] > 0 else b""
+                    for k in range(ok.size)]
+        now = c["now"][idx]
+        sv, cv = encode_outputs(res, ok, ids, syms, warnings, now, np.full(ok.size, batch.ingest_ns, np.int64),
+                                c["quantity"][idx], table.price[c["osym"][idx]], self._ids[0], self._ids[1])
+        ts_ms = (now // 1_000_000).tolist()
+        for k, i in enumerate(idx.tolist()):
+            per_row[i] = (ids[k], sv[k], cv[k], ts_ms[k])
 
     def _reason(self, code: int, rec: dict[str, Any], c: dict[str, np.ndarray], i: int) -> str:
         """``field: reason`` of a reject, with the offending value."""

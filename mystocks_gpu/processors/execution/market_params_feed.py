@@ -250,7 +250,7 @@ def read_params(kafka: KafkaConfig, topic: str = PARAMS_TOPIC, store: SchemaStor
     from mystocks_gpu.data.topic_reader import read_topic
 
     latest: dict[str, Any] = {}
-    for rec in read_topic(kafka, topic, idle_timeout_s=2.0, codec=AvroCodec(store), decode=False):
+    for rec in read_topic(kafka, topic, max_records=10_000_000, idle_timeout_s=2.0, decode=False):
         if rec.key is not None:
             latest[rec.key] = rec.raw
     codec = AvroCodec(store)

@@ -118,14 +118,12 @@ def schedule_record(s: Schedule, quantity: int, ts_event: int, ts_ingest: int) -
             "expected_volume": s.expected_volume.tolist()}
 
 
-def cap_warning(s: Schedule, cap: float) -> str:
-    """The score's warning when the participation cap left part of the order unfilled ("" if not)."""
-    sc = s.score
-    if sc.unfilled_qty <= 0:
+def cap_warning(cap: float, executed: int, unfilled: int) -> str:
+    """The score's warning when the participation cap left ``unfilled`` shares ("" if none)."""
+    if unfilled <= 0:
         return ""
-    total = sc.executed_qty + sc.unfilled_qty
-    return (f"participation cap {cap:g} cannot fill {sc.unfilled_qty:,} of {total:,} shares within the horizon: "
-            f"schedule capped at {sc.executed_qty:,}")
+    return (f"participation cap {cap:g} cannot fill {unfilled:,} of {executed + unfilled:,} shares within the "
+            f"horizon: schedule capped at {executed:,}")
 
 
 def score_record(s: Schedule, quantity: int, price: float, ts_event: int, ts_ingest: int,
@@ -143,4 +141,4 @@ def score_record(s: Schedule, quantity: int, price: float, ts_event: int, ts_ing
             "kappa": sc.kappa, "n_slices": int(s.n_slices), "executed_qty": int(sc.executed_qty),
             "unfilled_qty": int(sc.unfilled_qty), "capped": bool(sc.unfilled_qty > 0),
             "max_participation": sc.max_participation, "participation": s.participation.tolist(),
-            "warning": cap_warning(s, cap)}
+            "warning": cap_warning(cap, int(sc.executed_qty), int(sc.unfilled_qty))}
