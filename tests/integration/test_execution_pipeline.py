@@ -49,7 +49,7 @@ def _topics(settings: Settings, unique: str) -> dict[str, str]:
     return t
 
 
-def _worker(t: dict[str, str], *extra: str, idle_exit: float = 6.0) -> subprocess.Popen[str]:
+def _worker(t: dict[str, str], *extra: str, idle_exit: float = 4.0) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "mystocks_gpu.cli", "--log-level", "WARNING", "run", "execution", "--group", t["group"],
            "--worker-id", "x1", "--input-topic", t["input"], "--output-topic", t["scored"], "--idle-exit",
            str(idle_exit), *extra]
@@ -91,20 +91,20 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
     r = run_cli("execution", "params", "--file", str(pfile), "--orders-topic", t["input"], "--params-topic", "")
     assert r.returncode == 0 and f"published 16 symbol(s) to 4 partition(s) of {t['input']}" in r.stdout, r.stderr
 
-    n = 6_000
+    n = 3_000
     syms = sorted(params)
     good: dict[str, tuple[ParentOrder, int]] = {}
     bad: dict[int, tuple[bytes | None, str, str]] = {}  # produce index -> (value, class, text)
     items = []
     for i in range(n):
         p = params[syms[int(rng.integers(len(syms)))]]
-        ts = T0 + i * 50_000_000  # one order every 50 ms of event time
+        ts = T0 + i * 100_000_000  # one order every 100 ms of event time
         o = ParentOrder(f"{unique}-{i}", p.symbol, ("buy", "sell")[i % 2], int(rng.integers(1, int(0.02 * p.adv))),
                         ts + int(rng.integers(5, 180)) * 60 * NS, 0, ("ac", "twap", "vwap", "pov")[i % 4],
                         risk_aversion=float(10 ** rng.uniform(-8, -5)) if i % 3 else None,
                         max_participation=float(rng.uniform(0.05, 0.5)) if i % 5 else None)
         rec = order_to_record(o, ts)
-        if i % 97 == 5:
+        if i % 61 == 5:
             value, cls, text = _bad(rec, len(bad))
             bad[i] = (value, cls, text)
         else:
@@ -114,7 +114,7 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
     assert produce_all(make_producer(settings.kafka), t["input"], iter(items)) == n
 
     kills = 0
-    args = ("--batch-records", "100", "--linger-ms", "5")
+    args = ("--batch-records", "25", "--linger-ms", "5", "--commit-interval-ms", "0")  # a transaction per batch: seconds of work
     prng = random.Random(5)
     while kills < 3:
         before = output_high_watermark(settings, t["scored"])
@@ -131,8 +131,8 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["processor"] == "execution"
 
-    scored = [rec for rec in read_topic(settings.kafka, t["scored"], max_records=n + 1000, idle_timeout_s=6) if rec.value is not None]
-    sched = [rec for rec in read_topic(settings.kafka, t["schedule"], max_records=n + 1000, idle_timeout_s=4) if rec.value is not None]
+    scored = [rec for rec in read_topic(settings.kafka, t["scored"], max_records=n + 1, idle_timeout_s=3) if rec.value is not None]
+    sched = [rec for rec in read_topic(settings.kafka, t["schedule"], max_records=n + 1, idle_timeout_s=2) if rec.value is not None]
     ids = [r.key for r in scored]
     assert len(ids) == len(set(ids)) == len(good), f"{len(ids)} scores ({len(set(ids))} distinct) for {len(good)} orders"
     assert sorted(r.key for r in sched) == sorted(good)
@@ -149,7 +149,7 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
             (want.score.executed_qty, want.score.unfilled_qty, want.score.unfilled_qty > 0)
         assert rec.timestamp_ms == ts // 1_000_000
 
-    dlq = list(read_topic(settings.kafka, t["dlq"], max_records=n, idle_timeout_s=4, decode=False))
+    dlq = list(read_topic(settings.kafka, t["dlq"], max_records=n, idle_timeout_s=2, decode=False))
     assert len(dlq) == len(bad) and len(ids) + len(dlq) == n  # every input: one score or one dead letter
     by_key = {d.key: d for d in dlq}
     for i, (value, cls, text) in bad.items():
