@@ -44,7 +44,7 @@ def format_summary(result: dict[str, Any], max_rows: int = 12) -> str:
              "implementation shortfall by strategy (bps of arrival notional; positive = cost):"]
     lines += _table(result.get("summary") or [], SUMMARY_COLUMNS)
     rows = result.get("rows") or []
-    if rows:
+    if rows and max_rows > 0:
         lines.append(f"first {min(max_rows, len(rows))} of {result.get('rows_total', len(rows))} rows:")
         lines += _table(rows[:max_rows], ROW_COLUMNS)
     errors = result.get("errors") or {}
