@@ -74,7 +74,8 @@ def cmd_params(args: argparse.Namespace, s: Settings) -> int:
                             symbols=tuple(args.symbols.split(",")) if args.symbols else None, bar_seconds=args.bar_s,
                             spread_bps=args.spread_bps, lot_size=args.lot_size, min_days=args.min_days,
                             session_offset_s=args.session_offset_s, profile_bucket_s=args.profile_bucket_s,
-                            profile_buckets=args.profile_buckets, profile_open_offset_s=args.open_offset_s)
+                            profile_buckets=args.profile_buckets, profile_open_offset_s=args.open_offset_s,
+                            source_kind=args.kind)
         params, errors, as_of = estimate(s.kafka, spec)
         source = f"{args.source} [{args.start or '-'}, {args.end or '-'})"
     if params:
@@ -171,7 +172,8 @@ def add_commands(sub: Any) -> None:
                                      "symbol from replayed ticks or bars, or read them from a JSON file, and publish "
                                      "them to every partition of orders.parent and to the compacted execution.params "
                                      "in one transaction.")
-    sp.add_argument("--from", dest="source", default="md.ticks", help="md.ticks (default) or a bar topic md.bars.*")
+    sp.add_argument("--from", dest="source", default="md.ticks", help="a tick topic (default md.ticks) or a bar topic md.bars.*")
+    sp.add_argument("--kind", choices=["ticks", "bars"], help="what --from holds (default: bars for md.bars.*, else ticks)")
     sp.add_argument("--file", help="JSON {symbol: {price, sigma, adv, spread, lot_size?, ...}} instead of estimating")
     sp.add_argument("--start", help="range start: ISO time or ns (default: the beginning)")
     sp.add_argument("--end", help="range end, exclusive (default: the end)")

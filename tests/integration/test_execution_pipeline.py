@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.gpu_ops.execution import MarketParams, ParentOrder, schedule
@@ -158,3 +159,61 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
         assert d.headers["mystocks.source.topic"] == t["input"] and d.headers["mystocks.processor"] == "execution"
         assert int(d.headers["mystocks.source.offset"]) >= 0
         assert d.raw == value  # the original bytes
+
+
+def test_params_estimated_from_a_tick_topic_are_broadcast_and_readable(settings: Settings, unique: str) -> None:
+    """`execution params --from TICKS`: the estimate equals estimate_params on 1-minute bars built
+    here by hand from the produced ticks; one copy lands in every partition of the orders topic and
+    the latest per symbol on the compacted table, where read_params finds it."""
+    from mystocks_gpu.gpu_ops.execution import estimate_params
+    from mystocks_gpu.processors.execution.market_params_feed import read_params
+    from mystocks_gpu.processors.execution.order_records import params_from_record
+
+    ticks_t, orders_t, table_t = f"t.exp.{unique}.ticks", f"t.exp.{unique}.parent", f"t.exp.{unique}.params"
+    TopicAdmin(settings.kafka).create([
+        TopicSpec(ticks_t, "symbol", "mystocks.md.Tick", partitions=2, dlq=False),
+        TopicSpec(orders_t, "order_id", "mystocks.execution.ParentOrder", partitions=3, dlq=False),
+        TopicSpec(table_t, "symbol", "mystocks.execution.MarketParams", partitions=1, cleanup="compact", dlq=False)])
+    rng = np.random.default_rng(8)
+    rows = []
+    for sym in ("PA", "PB"):
+        mid = 30.0
+        for k in range(1200):  # 20 minutes: a quote and a trade every second
+            t = T0 + k * NS
+            mid *= math.exp(rng.normal(0, 0.0005))
+            half = float(rng.choice([0.01, 0.02]))
+            rows.append({"symbol": sym, "ts_event": t, "seq": 2 * k, "kind": "QUOTE", "price": mid, "size": 0.0,
+                         "side": 0, "bid": mid - half, "ask": mid + half, "bid_size": 100.0, "ask_size": 100.0})
+            rows.append({"symbol": sym, "ts_event": t + 500_000_000, "seq": 2 * k + 1, "kind": "TRADE",
+                         "price": mid + half, "size": float(rng.integers(1, 20) * 100), "side": 1,
+                         "bid": mid - half, "ask": mid + half, "bid_size": 100.0, "ask_size": 100.0})
+    produce_all(make_producer(settings.kafka), ticks_t,
+                iter([(r["symbol"].encode(), CODEC.encode("mystocks.md.Tick", r), r["ts_event"] // 1_000_000)
+                      for r in rows]))
+    r = run_cli("execution", "params", "--from", ticks_t, "--kind", "ticks", "--bar-s", "60", "--lot-size", "10",
+                "--orders-topic", orders_t, "--params-topic", table_t, timeout=240)
+    assert r.returncode == 0 and "published 2 symbol(s) to 3 partition(s)" in r.stdout, r.stderr
+    got, errors = read_params(settings.kafka, table_t)
+    assert not errors and sorted(got) == ["PA", "PB"]
+    for sym in ("PA", "PB"):
+        df = [x for x in rows if x["symbol"] == sym]
+        bars: dict[int, dict[str, float]] = {}
+        spreads: dict[int, list[float]] = {}
+        for x in df:
+            b = x["ts_event"] // (60 * NS) * (60 * NS)
+            spreads.setdefault(b, []).append(x["ask"] - x["bid"])
+            if x["kind"] == "TRADE":
+                bars.setdefault(b, {"close": 0.0, "volume": 0.0})
+                bars[b]["close"] = x["price"]
+                bars[b]["volume"] += x["size"]
+        ts = sorted(bars)
+        want = estimate_params(sym, ts, [bars[b]["close"] for b in ts], [bars[b]["volume"] for b in ts],
+                               spread=[float(np.mean(spreads[b])) for b in ts], lot_size=10)
+        g = got[sym]
+        assert (g.symbol, g.lot_size, g.profile, g.price) == (want.symbol, 10, None, want.price)
+        for f in ("sigma", "adv", "spread"):
+            assert getattr(g, f) == pytest.approx(getattr(want, f), rel=1e-12), f
+    per_partition: dict[int, list[str]] = {}
+    for rec in read_topic(settings.kafka, orders_t, max_records=100, idle_timeout_s=3):
+        per_partition.setdefault(rec.partition, []).append(params_from_record(rec.value or {}).symbol)
+    assert {p: sorted(v) for p, v in per_partition.items()} == {p: ["PA", "PB"] for p in range(3)}

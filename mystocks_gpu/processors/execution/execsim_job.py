@@ -74,7 +74,7 @@ def parse_order(d: Any, i: int) -> ParentOrder:
     except InvalidSpec as exc:
         raise JobSpecError(str(exc)) from None
     assert start is not None
-    if (end is None) == ("horizon_s" not in d):
+    if (end is None) == (d.get("horizon_s") is None):
         raise JobSpecError(f"orders[{i}]: give end or horizon_s (one of them)")
     if end is None:
         h = d["horizon_s"]

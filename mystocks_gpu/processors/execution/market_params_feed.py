@@ -119,8 +119,9 @@ class EstimateSpec:
     """What :func:`estimate` reads and how.
 
     Attributes:
-        source_topic: ``md.ticks`` (bars of ``bar_seconds`` are built from trades, spreads from
-            quotes) or a bar topic ``md.bars.*`` (spreads need ``spread_bps``).
+        source_topic: a tick topic (bars of ``bar_seconds`` are built from trades, spreads from
+            quotes; default ``md.ticks``) or a bar topic (``md.bars.*``; spreads need ``spread_bps``).
+        source_kind: ``ticks`` or ``bars``; None = from the name (``md.bars.*`` -> bars, else ticks).
         start_ns, end_ns: the replayed range ``[start, end)`` (None = unbounded).
         symbols: only these symbols (None = every symbol in the range).
         bar_seconds: bar length when the source is ticks, seconds (default 60).
@@ -147,10 +148,15 @@ class EstimateSpec:
     profile_bucket_s: float = 300.0
     profile_buckets: int = 0
     profile_open_offset_s: float = 0.0
+    source_kind: str | None = None
 
     def __post_init__(self) -> None:
-        if self.source_topic != "md.ticks" and not self.source_topic.startswith("md.bars."):
-            raise InvalidSpec(f"source topic must be md.ticks or md.bars.*, got {self.source_topic!r}")
+        if not self.source_topic:
+            raise InvalidSpec("source topic must be a topic name")
+        if self.source_kind is None:
+            object.__setattr__(self, "source_kind", "bars" if self.source_topic.startswith("md.bars.") else "ticks")
+        if self.source_kind not in ("ticks", "bars"):
+            raise InvalidSpec(f"source kind must be ticks or bars, got {self.source_kind!r}")
         if not self.bar_seconds > 0:
             raise InvalidSpec(f"bar_seconds must be > 0, got {self.bar_seconds}")
         if self.spread_bps is not None and not self.spread_bps >= 0:
@@ -190,7 +196,7 @@ def estimate(kafka: KafkaConfig, spec: EstimateSpec, config: ExecutionConfig | N
              store: SchemaStore | None = None) -> tuple[dict[str, MarketParams], dict[str, str], int]:
     """Replay ``spec.source_topic`` over the range and estimate parameters per symbol. Returns
     ``(params, errors, as_of_ns)``, ``as_of_ns`` = the last event time read (0 if nothing)."""
-    if spec.source_topic == "md.ticks":
+    if spec.source_kind == "ticks":
         ticks = load_ticks(kafka, spec.source_topic, spec.start_ns, spec.end_ns, spec.symbols, store)
         bars = bars_from_ticks(ticks, int(spec.bar_seconds * 1e9))
         as_of = int(ticks["ts"].max()) if len(ticks) else 0

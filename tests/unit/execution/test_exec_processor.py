@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.gpu_ops.backend import gpu_available
 from mystocks_gpu.gpu_ops.execution import (
     ExecutionConfig,
     MarketParams,
@@ -262,3 +263,20 @@ def test_settings_take_effect() -> None:
                 {"model": {"slice_ns": 1}}):
         with pytest.raises(ConfigError):
             ExecutionProcessorConfig(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available()[0], reason=f"no GPU: {gpu_available()[1]}")
+def test_gpu_backend_processor_equals_cpu() -> None:
+    ps, orders = _workload(seed=8, n_orders=400)
+    values = _values(ps, orders)
+    cpu = run_batches(make(backend="cpu"), cut(values, [50] * 20))
+    gpu = run_batches(make(backend="gpu"), cut(values, [50] * 20))
+    assert cpu.outputs.records[SCHED][1] == gpu.outputs.records[SCHED][1]  # schedules byte for byte
+    for a, b in zip(_decoded(cpu, SCORED), _decoded(gpu, SCORED), strict=True):
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            if isinstance(v, float):
+                assert v == pytest.approx(b[k], rel=1e-13, nan_ok=True), k  # kappa's log: libm vs CUDA
+            else:
+                assert v == b[k], k
