@@ -85,11 +85,11 @@ def write_report(result: dict[str, Any], directory: str | Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.5, 6), dpi=100)
     rows = result.get("rows") or []
-    for s in names:
+    for k, s in enumerate(names):  # distinct markers: strategies that coincide stay visible
         pts = [(val(r["expected_is_bps"]), val(r["realised_is_bps"])) for r in rows if r["strategy"] == s]
         if pts:
             a = np.asarray(pts)
-            ax.scatter(a[:, 0], a[:, 1], s=14, label=s, alpha=0.75)
+            ax.scatter(a[:, 0], a[:, 1], s=40 - 8 * k, marker="os^Dv"[k % 5], label=s, alpha=0.7)
     finite = [v for r in rows for v in (val(r["expected_is_bps"]), val(r["realised_is_bps"])) if np.isfinite(v)]
     if finite:
         lo, hi = min(finite), max(finite)
@@ -108,10 +108,10 @@ def write_report(result: dict[str, Any], directory: str | Path) -> Path:
     ids = list(dict.fromkeys(f["order_id"] for f in fills))
     fig, axes = plt.subplots(max(1, len(ids)), 1, figsize=(9, 2.6 * max(1, len(ids))), dpi=100, squeeze=False)
     for ax, oid in zip(axes[:, 0], ids or [None], strict=False):
-        for f in (f for f in fills if f["order_id"] == oid):
+        for k, f in enumerate(f for f in fills if f["order_id"] == oid):
             ts = np.asarray(f["ts"], dtype="datetime64[ns]")
             cum = np.cumsum(np.asarray(f["fill_qty"], dtype=float)) / max(1, f["quantity"])
-            ax.step(ts, cum, where="post", label=f["strategy"])
+            ax.step(ts, cum, where="post", label=f["strategy"], ls=("-", "--", ":", "-.")[k % 4], lw=2.2 - 0.4 * k)
         ax.set_ylabel("filled fraction")
         ax.set_title(f"order {oid}" if oid else "no fills")
         ax.grid(alpha=0.3)
