@@ -431,8 +431,11 @@ class LocalStack:
         return self.start_kafka()
 
     def down(self) -> list[str]:
-        """Stop what ``up`` started; returns the names stopped. Foreign processes are left alone."""
-        return [n for n in ("kafka", "redis") if self._stop(n)]
+        """Stop what ``up`` started (the optional servers of ``up --with`` first); returns the names
+        stopped. Foreign processes are left alone."""
+        from mystocks_gpu.infra.stack_services import stop_services
+
+        return stop_services(self) + [n for n in ("kafka", "redis") if self._stop(n)]
 
     def status(self) -> list[ComponentStatus]:
         """State of each component."""

@@ -1,0 +1,186 @@
+"""The Kafka Connect worker of the local stack (``stack up --with connect``): Apache Kafka's own
+``connect-runtime`` (the same release as the broker, already in the stack's jar cache) in
+distributed mode, its internal topics ``<connect_group>.configs|offsets|status`` on our broker,
+REST API on ``stack.host:services.connect_port``.
+
+Plugins (``plugin.path``, both cached under ``<stack.cache_dir>/connect-plugins``):
+
+- ``debezium-jdbc-<v>``: Debezium's JDBC sink connector and the PostgreSQL JDBC driver, resolved
+  with Maven from Maven Central and verified by a SHA-1 manifest like the Kafka jars;
+- ``mystocks-converter-<hash>``: ``mystocks.connect.ManifestAvroConverter`` (``deploy/connect/converter``),
+  built with Maven from the repository's source (the directory name carries the source's hash, so
+  a changed converter is rebuilt). It decodes our Confluent-framed Avro values with ids from
+  ``mystocks_gpu/schemas/manifest.json`` (or ``schema_registry.url`` when set). No converter on
+  Maven Central reads this format on its own: Confluent's AvroConverter is not published there, and
+  Apicurio's needs an Apicurio registry (its own REST API) that the stack does not run.
+
+Keys are strings (``StringConverter``: job ids, symbols). Connectors are managed with
+``mystocks-gpu connect ...`` (:mod:`connect_client`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import signal
+import urllib.request
+from pathlib import Path
+
+from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.exceptions import StackError
+from mystocks_gpu.infra.stack_process import (
+    REPO_ROOT,
+    ManagedServer,
+    StackLike,
+    deploy_path,
+    dir_lock,
+    jars_problem,
+    maven,
+    publish_jars,
+)
+
+_PLUGINS_POM = Path(__file__).with_name("connect") / "plugins.pom.xml"
+SCHEMA_MANIFEST = REPO_ROOT / "mystocks_gpu" / "schemas" / "manifest.json"
+CONVERTER_CLASS = "mystocks.connect.ManifestAvroConverter"
+JDBC_SINK_CLASS = "io.debezium.connector.jdbc.JdbcSinkConnector"
+
+
+def _source_hash(root: Path) -> str:
+    h = hashlib.sha1()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and "target" not in p.relative_to(root).parts:
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+class ConnectWorker:
+    """Plugins, configuration, start and stop of the stack's Connect worker."""
+
+    def __init__(self, stack: StackLike, settings: Settings) -> None:
+        self.stack = stack
+        self.settings = settings
+        self.cfg = settings.services
+        self.dir = stack.home / "connect"
+        self.props = self.dir / "worker.properties"
+        #: secrets the connectors read through the worker's FileConfigProvider
+        self.secrets = self.dir / "secrets.properties"
+        self.plugins = Path(stack.cfg.cache_dir).expanduser() / "connect-plugins"
+        self.server = ManagedServer("connect", stack.home, str(self.props), stack.cfg.host, self.cfg.connect_port)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the worker's REST API."""
+        return f"http://{self.server.host}:{self.cfg.connect_port}"
+
+    # ---- plugins -------------------------------------------------------------------------
+    def jdbc_plugin(self) -> Path:
+        """The Debezium JDBC sink + PostgreSQL driver plugin directory, resolved when absent or damaged."""
+        dest = self.plugins / f"debezium-jdbc-{self.cfg.debezium_version}-pg-{self.cfg.postgres_jdbc_version}"
+        with dir_lock(self.plugins):
+            if jars_problem(dest) is None:
+                return dest
+            work = self.plugins / f"resolve-{dest.name}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            pom = work / "pom.xml"
+            pom.write_text(_PLUGINS_POM.read_text().replace("@DEBEZIUM_VERSION@", self.cfg.debezium_version)
+                           .replace("@POSTGRES_JDBC_VERSION@", self.cfg.postgres_jdbc_version))
+            out = work / "libs"
+            maven(["-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={out}", "-DincludeScope=runtime",
+                   "-DexcludeGroupIds=org.apache.kafka,org.slf4j",
+                   # the drivers of other databases Debezium's sink brings along
+                   "-DexcludeArtifactIds=mariadb-java-client,mssql-jdbc,mysql-connector-j,ojdbc11"],
+                  f"resolves Debezium's JDBC sink {self.cfg.debezium_version} and the PostgreSQL driver")
+            if not any(out.glob("*.jar")):
+                raise StackError(f"Maven resolved no jar for the JDBC sink plugin into {out}")
+            publish_jars(out, dest)
+            shutil.rmtree(work, ignore_errors=True)
+            return dest
+
+    def converter_plugin(self) -> Path:
+        """The converter plugin directory, built with Maven from ``deploy/connect/converter`` when
+        its source changed (or the build is absent or damaged)."""
+        src = deploy_path("connect", "converter")
+        dest = self.plugins / f"mystocks-converter-{_source_hash(src)}"
+        with dir_lock(self.plugins):
+            if jars_problem(dest) is None:
+                return dest
+            work = self.plugins / f"build-{dest.name}"
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(src, work, ignore=shutil.ignore_patterns("target"))
+            out = work / "target" / "plugin"
+            maven(["-f", str(work / "pom.xml"), "resources:resources", "compiler:compile", "jar:jar",
+                   "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={out}"],
+                  "builds the Connect converter (deploy/connect/converter)")
+            for jar in (work / "target").glob("*.jar"):
+                shutil.copy2(jar, out / jar.name)
+            publish_jars(out, dest)
+            shutil.rmtree(work, ignore_errors=True)
+            return dest
+
+    # ---- worker --------------------------------------------------------------------------
+    def _write_props(self, plugin_dirs: list[Path]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        g = self.cfg.connect_group
+        props = {
+            "bootstrap.servers": self.settings.kafka.bootstrap_servers,
+            "group.id": g,
+            "config.storage.topic": f"{g}.configs", "config.storage.replication.factor": "1",
+            "offset.storage.topic": f"{g}.offsets", "offset.storage.replication.factor": "1",
+            "offset.storage.partitions": "5",
+            "status.storage.topic": f"{g}.status", "status.storage.replication.factor": "1",
+            "status.storage.partitions": "1",
+            "listeners": self.url, "rest.advertised.host.name": self.server.host,
+            "rest.advertised.port": str(self.cfg.connect_port),
+            "plugin.path": ",".join(str(p) for p in plugin_dirs),
+            "plugin.discovery": "hybrid_warn",
+            "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+            "value.converter": CONVERTER_CLASS,
+            "value.converter.manifest": str(SCHEMA_MANIFEST),
+            "offset.flush.interval.ms": "1000",
+            # connector configs name secrets as ${file:<secrets>:key}, never in clear (see connect_client)
+            "config.providers": "file",
+            "config.providers.file.class": "org.apache.kafka.common.config.provider.FileConfigProvider",
+            # a worker killed and restarted rejoins quickly (the broker's minimum session is 6 s)
+            "session.timeout.ms": "6000", "heartbeat.interval.ms": "2000",
+            "scheduled.rebalance.max.delay.ms": "0",
+            "consumer.session.timeout.ms": "6000", "consumer.heartbeat.interval.ms": "2000",
+        }
+        reg = self.settings.schema_registry
+        if reg.url:
+            props["value.converter.registry.url"] = reg.url
+            if reg.basic_auth_user:
+                props["value.converter.registry.basic.auth.user"] = reg.basic_auth_user
+                props["value.converter.registry.basic.auth.password"] = reg.basic_auth_password or ""
+        self.props.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        self.props.chmod(0o600)
+        self.secrets.write_text(f"postgres_password={self.cfg.postgres_password}\n")
+        self.secrets.chmod(0o600)
+
+    def start(self, timeout_s: float = 240) -> int:
+        """Start the worker if not running (idempotent) and wait until its REST API lists the JDBC
+        sink; returns its pid. Needs the broker up."""
+        pid = self.server.pid()
+        if pid is None:
+            self.server.check_port_free("services.connect_port")
+            self.stack.fetch_kafka()
+            plugins = [self.jdbc_plugin(), self.converter_plugin()]
+            self._write_props(plugins)
+            log4j = self.dir / "log4j2.properties"
+            log4j.write_text((Path(__file__).with_name("kafka") / "log4j2.properties").read_text()
+                             + "logger.reflections.name = org.reflections\nlogger.reflections.level = ERROR\n")
+            cmd = self.stack._java_cmd("org.apache.kafka.connect.cli.ConnectDistributed", str(self.props),
+                                       heap_mb=self.cfg.connect_heap_mb)
+            cmd = [c if not c.startswith("-Dlog4j2.configurationFile=") else f"-Dlog4j2.configurationFile={log4j}"
+                   for c in cmd]
+            pid = self.server.spawn(cmd)
+        self.server.wait(pid, self._ready, timeout_s, "the Kafka Connect worker")
+        return pid
+
+    def _ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.url}/connector-plugins", timeout=5) as resp:
+            return JDBC_SINK_CLASS in resp.read().decode()
+
+    def stop(self, hard: bool = False, timeout_s: float = 60) -> bool:
+        """Stop the worker: SIGTERM (finishes and commits its tasks' offsets) or SIGKILL when ``hard``."""
+        return self.server.stop(signal.SIGKILL if hard else signal.SIGTERM, timeout_s)
