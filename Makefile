@@ -78,9 +78,10 @@ bench: install ## benchmarks (ours vs baselines, printed ratios); writes bench/o
 	for b in codec gpu_ops backtest runtime features_e2e; do \
 	  [ -f bench/$$b.py ] && $(PY) bench/$$b.py --json bench/out/$$b.json || exit 1; done
 
-lint: install ## ruff + mypy
+lint: install ## ruff + mypy; deploy/ checks: k8s manifests (kustomize + kubeconform -strict), hadolint, promtool rules
 	$(VENV)/bin/ruff check mystocks_gpu tests bench scripts
 	$(VENV)/bin/mypy mystocks_gpu $(MYPY_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -q tests/unit/test_k8s_manifests.py tests/unit/test_prometheus_rules.py
 
 clean: stack-down ## remove the venv and stack data
 	rm -rf $(VENV) .stack

@@ -22,7 +22,12 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_connect(args: argparse.Namespace, s: Settings) -> int:
-    from mystocks_gpu.infra.connect_client import ConnectClient, ConnectError, connector_config, known_connectors
+    from mystocks_gpu.infra.connect_client import (
+        ConnectClient,
+        ConnectError,
+        connector_config,
+        known_connectors,
+    )
 
     client = ConnectClient.from_settings(s)
     if args.action == "list":

@@ -40,10 +40,9 @@ def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
     fake = tuple(parse_fake_inventory(args.fake_devices)) if args.fake_devices else None
     opts = WorkerOptions(args.id or default_worker_id(), kinds, fake, parse_reserve(args.reserve or []),
                          args.device or s.backend)
-    from mystocks_gpu.jobs.worker_metrics import WorkerMetrics
-
     from mystocks_gpu.infra.gpu_metrics import register_gpu_metrics
     from mystocks_gpu.infra.logs import set_process_fields
+    from mystocks_gpu.jobs.worker_metrics import WorkerMetrics
 
     metrics = WorkerMetrics(opts.worker_id)
     worker = JobWorker(s, jobs_config(args, s, redis_retry_s=args.redis_retry), opts, metrics=metrics)

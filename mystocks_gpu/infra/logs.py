@@ -25,7 +25,7 @@ _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message
 
 
 _PROCESS_FIELDS: dict[str, Any] = {}
-_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("mystocks_log_context", default={})
+_CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("mystocks_log_context", default=None)
 
 
 def set_process_fields(**fields: Any) -> None:
@@ -40,7 +40,7 @@ def set_process_fields(**fields: Any) -> None:
 @contextlib.contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Fields added to every record logged inside the block by this thread/task (``job_id=``, ``partition=``)."""
-    token = _CONTEXT.set({**_CONTEXT.get(), **fields})
+    token = _CONTEXT.set({**(_CONTEXT.get() or {}), **fields})
     try:
         yield
     finally:
@@ -49,7 +49,7 @@ def log_context(**fields: Any) -> Iterator[None]:
 
 def context_fields() -> dict[str, Any]:
     """The process and context fields in force here (context wins)."""
-    return {**_PROCESS_FIELDS, **_CONTEXT.get()}
+    return {**_PROCESS_FIELDS, **(_CONTEXT.get() or {})}
 
 
 def kv(**fields: Any) -> dict[str, Any]:

@@ -42,6 +42,8 @@ from mystocks_gpu.infra.stack_process import (
 _PLUGINS_POM = Path(__file__).with_name("connect") / "plugins.pom.xml"
 SCHEMA_MANIFEST = REPO_ROOT / "mystocks_gpu" / "schemas" / "manifest.json"
 CONVERTER_CLASS = "mystocks.connect.ManifestAvroConverter"
+#: version of how the JDBC plugin directory is made (part of its cache name: a change resolves it again)
+_RECIPE = 2
 JDBC_SINK_CLASS = "io.debezium.connector.jdbc.JdbcSinkConnector"
 
 
@@ -75,7 +77,7 @@ class ConnectWorker:
     # ---- plugins -------------------------------------------------------------------------
     def jdbc_plugin(self) -> Path:
         """The Debezium JDBC sink + PostgreSQL driver plugin directory, resolved when absent or damaged."""
-        dest = self.plugins / f"debezium-jdbc-{self.cfg.debezium_version}-pg-{self.cfg.postgres_jdbc_version}"
+        dest = self.plugins / f"debezium-jdbc-{self.cfg.debezium_version}-pg-{self.cfg.postgres_jdbc_version}-r{_RECIPE}"
         with dir_lock(self.plugins):
             if jars_problem(dest) is None:
                 return dest
@@ -87,7 +89,9 @@ class ConnectWorker:
                            .replace("@POSTGRES_JDBC_VERSION@", self.cfg.postgres_jdbc_version))
             out = work / "libs"
             maven(["-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={out}", "-DincludeScope=runtime",
-                   "-DexcludeGroupIds=org.apache.kafka,org.slf4j",
+                   # Kafka, SLF4J and Jackson come from the worker's classpath: a second Jackson in the
+                   # plugin breaks Jackson's module ServiceLoader ("Jdk8Module not a subtype")
+                   "-DexcludeGroupIds=org.apache.kafka,org.slf4j,com.fasterxml.jackson.core",
                    # the drivers of other databases Debezium's sink brings along
                    "-DexcludeArtifactIds=mariadb-java-client,mssql-jdbc,mysql-connector-j,ojdbc11"],
                   f"resolves Debezium's JDBC sink {self.cfg.debezium_version} and the PostgreSQL driver")
@@ -132,8 +136,10 @@ class ConnectWorker:
             "status.storage.partitions": "1",
             "listeners": self.url, "rest.advertised.host.name": self.server.host,
             "rest.advertised.port": str(self.cfg.connect_port),
-            "plugin.path": ",".join(str(p) for p in plugin_dirs),
-            "plugin.discovery": "hybrid_warn",
+            # a directory of plugin directories (one class loader per plugin, not per jar); plugins
+            # are found through their ServiceLoader manifests (no reflective scan of every jar)
+            "plugin.path": str(self._plugin_links(plugin_dirs)),
+            "plugin.discovery": "service_load",
             "key.converter": "org.apache.kafka.connect.storage.StringConverter",
             "value.converter": CONVERTER_CLASS,
             "value.converter.manifest": str(SCHEMA_MANIFEST),
@@ -156,6 +162,15 @@ class ConnectWorker:
         self.props.chmod(0o600)
         self.secrets.write_text(f"postgres_password={self.cfg.postgres_password}\n")
         self.secrets.chmod(0o600)
+
+    def _plugin_links(self, plugin_dirs: list[Path]) -> Path:
+        """``<home>/connect/plugins/<name>`` -> each cached plugin directory."""
+        links = self.dir / "plugins"
+        shutil.rmtree(links, ignore_errors=True)
+        links.mkdir(parents=True)
+        for d in plugin_dirs:
+            (links / d.name).symlink_to(d, target_is_directory=True)
+        return links
 
     def start(self, timeout_s: float = 240) -> int:
         """Start the worker if not running (idempotent) and wait until its REST API lists the JDBC

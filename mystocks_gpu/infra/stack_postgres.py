@@ -97,7 +97,7 @@ class PostgresServer:
                  "-c", f"listen_addresses={self.server.host}", "-c", f"unix_socket_directories={self.dir}",
                  "-c", "fsync=off", "-c", "max_connections=60", "-c", "shared_buffers=32MB"], user=user)
         self.server.wait(pid, self._ready, timeout_s, "PostgreSQL")
-        if not self.query("SELECT 1 AS ok FROM pg_database WHERE datname = %s" % _lit(self.cfg.postgres_db), db="postgres"):
+        if not self.query(f"SELECT 1 AS ok FROM pg_database WHERE datname = {_lit(self.cfg.postgres_db)}", db="postgres"):
             self.execute(f'CREATE DATABASE "{self.cfg.postgres_db}"', db="postgres")
         return pid
 

@@ -216,7 +216,12 @@ def jars_problem(libs: Path) -> str | None:
         lines = (libs / JAR_MANIFEST).read_text().splitlines()
     except OSError:
         return f"no manifest of a complete resolve in {libs}"
-    want = dict(reversed(ln.split("  ", 1)) for ln in lines if "  " in ln)
+    want: dict[str, str] = {}
+    for ln in lines:
+        digest, _, jar = ln.partition("  ")
+        if len(digest) != 40 or not jar:
+            return f"{libs / JAR_MANIFEST} is damaged"
+        want[jar] = digest
     have = {p.name for p in libs.glob("*.jar")}
     if not want or have != set(want):
         return f"jars missing or extra in {libs}"

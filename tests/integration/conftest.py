@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+
 import pytest
 
+from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.stack import LocalStack
+from mystocks_gpu.infra.stack_connect import ConnectWorker
+from mystocks_gpu.infra.stack_postgres import PostgresServer
+from mystocks_gpu.infra.stack_prometheus import PrometheusServer
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +23,40 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+# ---- the optional servers, started on demand by the tests that use them (never skipped: a server
+# that cannot start raises StackError, so the test errors with the reason); stopped at the end
+# when this session started them (`stack down` in the session teardown stops them too)
+
+@pytest.fixture(scope="session")
+def postgres(stack: LocalStack, settings: Settings) -> Iterator[PostgresServer]:
+    """The stack's PostgreSQL (the Connect sinks' database)."""
+    pg = PostgresServer(stack, settings.services)
+    ours = pg.server.pid() is None
+    pg.start()
+    yield pg
+    if ours:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def connect_worker(stack: LocalStack, settings: Settings, postgres: PostgresServer) -> Iterator[ConnectWorker]:
+    """The stack's Kafka Connect worker (JDBC sink + our converter), PostgreSQL up."""
+    worker = ConnectWorker(stack, settings)
+    ours = worker.server.pid() is None
+    worker.start()
+    yield worker
+    if ours:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(stack: LocalStack, settings: Settings) -> Iterator[PrometheusServer]:
+    """The stack's Prometheus, scraping every second (tests add targets with ``add_targets``)."""
+    prom = PrometheusServer(stack, dataclasses.replace(settings.services, scrape_interval_s=1.0))
+    ours = prom.server.pid() is None
+    prom.start()
+    yield prom
+    if ours:
+        prom.stop()

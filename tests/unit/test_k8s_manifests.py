@@ -114,7 +114,7 @@ def test_keda_scales_the_stream_workers_on_their_consumer_group_lag() -> None:
     assert set(scaled) == {"features-worker", "aggregate-worker"}
     from mystocks_gpu.topics.catalog import get
 
-    for name, so in scaled.items():
+    for so in scaled.values():
         target = so["spec"]["scaleTargetRef"]["name"]
         args = deps[target]["spec"]["template"]["spec"]["containers"][0]["args"]
         (trigger,) = so["spec"]["triggers"]
