@@ -1,6 +1,6 @@
 # mystocks-gpu task runner. `make demo` and `make test` work on a fresh Debian/Ubuntu machine (root,
 # or a user with sudo): they apt-install what is missing (python3-venv, redis-server, kcat, a Java 17+
-# runtime, Maven; `make doctor` says what and why), create .venv and install the package.
+# runtime, Maven, PostgreSQL, Prometheus; `make doctor` says what and why), create .venv and install the package.
 # `make demo` starts the local Kafka + Redis stack (.stack, ports 19092/19093/16379) and leaves it
 # running; `make test` starts a private stack on free ports for its own run and stops only that one.
 SHELL := /bin/bash
@@ -24,7 +24,7 @@ help: ## list targets
 doctor: ## report what a fresh machine lacks (tool -> apt package, Java version, venv, disk) and the apt command install would run
 	@$(SYSDEPS) doctor
 
-system-deps: ## apt-get update + install what is missing (python3-venv, redis-server, kcat, Java 17+, Maven)
+system-deps: ## apt-get update + install what is missing (python3-venv, redis-server, kcat, Java 17+, Maven, postgresql, prometheus)
 	@$(SYSDEPS) install
 
 $(VENV)/.installed: pyproject.toml

@@ -14,12 +14,15 @@ def cmd_stack(args: argparse.Namespace, s: Settings) -> int:
 
     stack = LocalStack(s.stack)
     if args.action == "up":
+        from mystocks_gpu.infra.services_config import parse_with
+
+        optional = parse_with(args.with_)  # unknown names fail before anything starts
         t0 = time.monotonic()
         for c in stack.up():
             print(f"{c.name:<6} {c.state:<8} pid={c.pid} {c.address}")
         print(f"stack up in {time.monotonic() - t0:.1f} s (kafka bootstrap {stack.bootstrap}, redis {stack.redis_url})")
-        if args.with_:
-            _services_up(stack, s, args.with_)
+        if optional:
+            _services_up(stack, s, optional)
     elif args.action == "down":
         stopped = stack.down()
         print("stopped: " + (", ".join(stopped) if stopped else "nothing (no component of this stack was running)"))
@@ -46,13 +49,12 @@ def add_commands(sub: Any) -> None:
     sp.set_defaults(func=cmd_stack)
 
 
-def _services_up(stack: Any, s: Settings, with_: str) -> None:
+def _services_up(stack: Any, s: Settings, optional: tuple[str, ...]) -> None:
     """``stack up --with ...``: start the optional servers (stack_services)."""
-    from mystocks_gpu.infra.services_config import parse_with
     from mystocks_gpu.infra.stack_services import start_services
 
     t0 = time.monotonic()
-    for c in start_services(stack, s, parse_with(with_)):
+    for c in start_services(stack, s, optional):
         if c.state != "off":
             print(f"{c.name:<10} {c.state:<8} pid={c.pid} {c.address}")
     print(f"optional servers up in {time.monotonic() - t0:.1f} s")

@@ -79,3 +79,23 @@ def test_same_kafka_release_and_host_ports_as_the_local_stack(compose: dict[str,
     assert any(str(p).startswith(f"127.0.0.1:{cfg.redis_port}:") for p in services["redis"]["ports"])
     listeners = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert f"127.0.0.1:{cfg.kafka_port}" in listeners
+
+
+def test_compose_prometheus_scrapes_every_metrics_endpoint_and_loads_the_rules(compose: dict[str, Any]) -> None:
+    """In step with the services: each scrape target is a service serving metrics on that port,
+    every service with a metrics port is scraped, and the mounted config names the rules file."""
+    import yaml
+
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for sc in prom["scrape_configs"] for s in sc["static_configs"] for t in s["targets"]}
+    services = compose["services"]
+    serving = set()
+    for name, svc in services.items():
+        cmd = [str(c) for c in svc.get("command", [])]
+        for flag in ("--metrics-port", "--port"):
+            if flag in cmd:
+                serving.add(f"{name}:{cmd[cmd.index(flag) + 1]}")
+    assert targets == serving, (targets, serving)
+    assert prom["rule_files"] == ["/etc/prometheus/rules.yml"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    assert (ROOT / "deploy" / "prometheus" / "rules.yml").exists()

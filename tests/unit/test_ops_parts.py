@@ -161,3 +161,16 @@ def test_optional_server_pid_not_ours_is_never_signalled(tmp_path: Path) -> None
     assert srv.stop() is False and not srv.pidfile.exists()  # stale file removed, nothing signalled
     srv.pidfile.write_text(f"{me} 1")
     assert srv.pid() is None  # a different start time: a reused pid
+
+
+def test_cli_errors_are_one_line_and_start_nothing() -> None:
+    from tests.conftest import run_cli
+
+    r = run_cli("stack", "up", "--with", "connect,grafana")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "unknown component(s) grafana (known: postgres, connect, prometheus)" in r.stderr
+    r = run_cli("connect", "status", "results-backtest", env={"MYSTOCKS_SERVICES__CONNECT_URL": "http://127.0.0.1:9"})
+    assert r.returncode == 2 and "no Kafka Connect worker answers at http://127.0.0.1:9" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_cli("connect", "create")
+    assert r.returncode == 2 and "needs a connector NAME (known: agg-running, alerts, job-status, results-backtest)" in r.stderr
