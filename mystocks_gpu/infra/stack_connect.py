@@ -24,6 +24,7 @@ import hashlib
 import shutil
 import signal
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from mystocks_gpu.infra.config import Settings
@@ -53,6 +54,50 @@ def _source_hash(root: Path) -> str:
         if p.is_file() and "target" not in p.relative_to(root).parts:
             h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:12]
+
+
+_SASL_MODULES = {"PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+                 "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+                 "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule"}
+
+
+def java_security(security: Mapping[str, str]) -> dict[str, str]:
+    """``kafka.security`` (librdkafka properties) as Java client properties: the protocol, SASL
+    PLAIN/SCRAM credentials as a JAAS line, PEM files for TLS (CA, client certificate and key).
+    A property with no Java counterpart here is a :class:`StackError` (never silently dropped)."""
+    out: dict[str, str] = {}
+    sec = dict(security)
+    if "security.protocol" in sec:
+        out["security.protocol"] = sec.pop("security.protocol").upper()
+    mech = sec.pop("sasl.mechanism", sec.pop("sasl.mechanisms", None))
+    user, pw = sec.pop("sasl.username", None), sec.pop("sasl.password", None)
+    if mech:
+        mech = mech.upper()
+        if mech not in _SASL_MODULES:
+            raise StackError(f"kafka.security sasl.mechanism {mech}: the Connect worker supports {', '.join(_SASL_MODULES)}")
+        out["sasl.mechanism"] = mech
+        esc = lambda v: (v or "").replace("\\", "\\\\").replace('"', '\\"')  # noqa: E731
+        out["sasl.jaas.config"] = f'{_SASL_MODULES[mech]} required username="{esc(user)}" password="{esc(pw)}";'
+    if "ssl.ca.location" in sec:
+        out["ssl.truststore.type"] = "PEM"
+        out["ssl.truststore.location"] = sec.pop("ssl.ca.location")
+    if "ssl.certificate.location" in sec or "ssl.key.location" in sec:
+        cert, key = sec.pop("ssl.certificate.location", None), sec.pop("ssl.key.location", None)
+        if not (cert and key):
+            raise StackError("kafka.security: ssl.certificate.location and ssl.key.location go together")
+        out["ssl.keystore.type"] = "PEM"
+        out["ssl.keystore.certificate.chain"] = Path(cert).read_text()
+        out["ssl.keystore.key"] = Path(key).read_text()
+    if sec.pop("ssl.endpoint.identification.algorithm", "https") in ("none", ""):
+        out["ssl.endpoint.identification.algorithm"] = ""
+    if sec:
+        raise StackError(f"kafka.security: {', '.join(sorted(sec))} cannot be passed to the Connect worker")
+    return out
+
+
+def _prop(value: str) -> str:
+    """A value in Java ``.properties`` syntax (backslashes and newlines escaped)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 class ConnectWorker:
@@ -152,13 +197,17 @@ class ConnectWorker:
             "scheduled.rebalance.max.delay.ms": "0",
             "consumer.session.timeout.ms": "6000", "consumer.heartbeat.interval.ms": "2000",
         }
+        # the worker's own clients and its tasks' clients (prefixed) use the same credentials
+        for k, v in java_security(self.settings.kafka.security).items():
+            for prefix in ("", "producer.", "consumer.", "admin."):
+                props[prefix + k] = v
         reg = self.settings.schema_registry
         if reg.url:
             props["value.converter.registry.url"] = reg.url
             if reg.basic_auth_user:
                 props["value.converter.registry.basic.auth.user"] = reg.basic_auth_user
                 props["value.converter.registry.basic.auth.password"] = reg.basic_auth_password or ""
-        self.props.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        self.props.write_text("".join(f"{k}={_prop(v)}\n" for k, v in props.items()))
         self.props.chmod(0o600)
         self.secrets.write_text(f"postgres_password={self.cfg.postgres_password}\n")
         self.secrets.chmod(0o600)

@@ -174,3 +174,20 @@ def test_cli_errors_are_one_line_and_start_nothing() -> None:
     assert "Traceback" not in r.stderr
     r = run_cli("connect", "create")
     assert r.returncode == 2 and "needs a connector NAME (known: agg-running, alerts, job-status, results-backtest)" in r.stderr
+
+
+def test_kafka_security_reaches_the_connect_worker_as_java_properties(tmp_path: Path) -> None:
+    from mystocks_gpu.infra.exceptions import StackError
+    from mystocks_gpu.infra.stack_connect import java_security
+
+    got = java_security({"security.protocol": "sasl_ssl", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "quant",
+                         "sasl.password": 'p"w\\x', "ssl.ca.location": "/etc/ca.pem"})
+    assert got == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                   "sasl.jaas.config": 'org.apache.kafka.common.security.scram.ScramLoginModule required '
+                                       'username="quant" password="p\\"w\\\\x";',
+                   "ssl.truststore.type": "PEM", "ssl.truststore.location": "/etc/ca.pem"}
+    assert java_security({}) == {}
+    with pytest.raises(StackError, match="sasl.kerberos.service.name cannot be passed"):
+        java_security({"security.protocol": "SASL_PLAINTEXT", "sasl.kerberos.service.name": "kafka"})
+    with pytest.raises(StackError, match="supports PLAIN"):
+        java_security({"sasl.mechanism": "GSSAPI"})
