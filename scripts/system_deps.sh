@@ -117,10 +117,17 @@ probe() {
     REPORT+=("MISSING  prometheus     the monitoring server and promtool (alert rule tests) -> apt package prometheus")
     MISSING+=(prometheus)
   fi
+  if command -v docker-compose >/dev/null; then
+    REPORT+=("ok       docker-compose $(command -v docker-compose)")
+  else
+    REPORT+=("MISSING  docker-compose \`docker-compose config\` checks docker-compose.yml -> apt package docker-compose")
+    MISSING+=(docker-compose)
+  fi
   if command -v go >/dev/null; then
     REPORT+=("ok       go             $(go env GOVERSION 2>/dev/null) (go-installs kubeconform and kustomize for the manifest checks)")
   else
-    REPORT+=("info     go             not found: the Kubernetes manifest checks need Go 1.22+ (Debian 12's golang-go is 1.19)")
+    REPORT+=("MISSING  go             builds kubeconform and kustomize (the manifest checks) -> apt package golang-go")
+    MISSING+=(golang-go)
   fi
   for d in "$PWD" "$HOME"; do
     gib=$(free_gib "$d")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from mystocks_gpu.infra.config import Settings
@@ -32,6 +33,19 @@ def cmd_stack(args: argparse.Namespace, s: Settings) -> int:
             print(f"{c.name:<6} {c.state:<8} pid={c.pid or '-'} {c.address} {c.detail}".rstrip())
         _services_status(stack, s)
         return 0 if all(c.state == "running" for c in states) else 3
+    elif args.action == "fetch":
+        from mystocks_gpu.infra.services_config import parse_with
+
+        optional = parse_with(args.with_)
+        t0 = time.monotonic()
+        print(f"kafka jars  {stack.fetch_kafka()}")
+        if "connect" in optional:
+            from mystocks_gpu.infra.stack_connect import ConnectWorker
+
+            worker = ConnectWorker(stack, s)
+            print(f"jdbc sink   {worker.jdbc_plugin()}")
+            print(f"converter   {worker.converter_plugin()}")
+        print(f"fetched in {time.monotonic() - t0:.1f} s (Maven repository {Path(s.stack.cache_dir).expanduser() / 'm2'})")
     elif args.action == "classpath":
         stack.fetch_kafka()
         print(stack.classpath)
@@ -42,10 +56,13 @@ def add_commands(sub: Any) -> None:
     """Register this group's subcommands."""
     sp = sub.add_parser("stack", help="start/stop/inspect the local Kafka + Redis stack",
                         description="Local stack: Apache Kafka (KRaft, jars from Maven Central) and redis-server on loopback.")
-    sp.add_argument("action", choices=["up", "down", "status", "classpath"])
+    sp.add_argument("action", choices=["up", "down", "status", "fetch", "classpath"],
+                    help="fetch: resolve the Kafka jars with Maven into stack.cache_dir (no server starts); "
+                         "with --with connect also the Connect plugins (Debezium's JDBC sink, the converter "
+                         "built from deploy/connect/converter)")
     sp.add_argument("--with", dest="with_", default="", metavar="COMPONENTS",
                     help="up: also start optional servers, comma-separated: postgres, connect (brings postgres), "
-                         "prometheus (settings in [services])")
+                         "prometheus (settings in [services]); fetch: connect fetches its plugins")
     sp.set_defaults(func=cmd_stack)
 
 

@@ -256,7 +256,9 @@ class LocalStack:
             tmp = self.cache / f"libs.resolving-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             proc = subprocess.run(
-                [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+                # Maven's local repository under the cache too (never ~/.m2): see stack_process.maven_repo
+                [mvn, "-q", "-B", f"-Dmaven.repo.local={Path(self.cfg.cache_dir).expanduser() / 'm2'}",
+                 "-f", str(pom), "dependency:copy-dependencies",
                  f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
                 capture_output=True, text=True,
             )

@@ -37,6 +37,7 @@ from mystocks_gpu.infra.stack_process import (
     dir_lock,
     jars_problem,
     maven,
+    maven_repo,
     publish_jars,
 )
 
@@ -139,7 +140,8 @@ class ConnectWorker:
                    "-DexcludeGroupIds=org.apache.kafka,org.slf4j,com.fasterxml.jackson.core",
                    # the drivers of other databases Debezium's sink brings along
                    "-DexcludeArtifactIds=mariadb-java-client,mssql-jdbc,mysql-connector-j,ojdbc11"],
-                  f"resolves Debezium's JDBC sink {self.cfg.debezium_version} and the PostgreSQL driver")
+                  f"resolves Debezium's JDBC sink {self.cfg.debezium_version} and the PostgreSQL driver",
+                  maven_repo(self.stack.cfg.cache_dir))
             if not any(out.glob("*.jar")):
                 raise StackError(f"Maven resolved no jar for the JDBC sink plugin into {out}")
             publish_jars(out, dest)
@@ -160,7 +162,7 @@ class ConnectWorker:
             out = work / "target" / "plugin"
             maven(["-f", str(work / "pom.xml"), "resources:resources", "compiler:compile", "jar:jar",
                    "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={out}"],
-                  "builds the Connect converter (deploy/connect/converter)")
+                  "builds the Connect converter (deploy/connect/converter)", maven_repo(self.stack.cfg.cache_dir))
             for jar in (work / "target").glob("*.jar"):
                 shutil.copy2(jar, out / jar.name)
             publish_jars(out, dest)

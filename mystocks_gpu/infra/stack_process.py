@@ -243,12 +243,19 @@ def publish_jars(tmp: Path, dest: Path) -> Path:
     return dest
 
 
-def maven(args: Sequence[str], what: str, timeout_s: float = 1800) -> None:
-    """Run ``mvn -q -B ARGS``; :class:`StackError` with Maven's output tail when it fails."""
+def maven_repo(cache_dir: str | Path) -> Path:
+    """Maven's local repository for everything the stack resolves: ``<stack.cache_dir>/m2``
+    (``~/.cache/mystocks-gpu/m2`` by default), never ``~/.m2``."""
+    return Path(cache_dir).expanduser() / "m2"
+
+
+def maven(args: Sequence[str], what: str, repo: Path, timeout_s: float = 1800) -> None:
+    """Run ``mvn -q -B -Dmaven.repo.local=REPO ARGS``; :class:`StackError` with Maven's output
+    tail when it fails."""
     mvn = shutil.which("mvn")
     if mvn is None:
         raise StackError(f"Maven (mvn) is missing: it {what} (`make install` installs it)")
-    proc = subprocess.run([mvn, "-q", "-B", *args], capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run([mvn, "-q", "-B", f"-Dmaven.repo.local={repo}", *args], capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         raise StackError(f"Maven failed: it {what} (needs the network to Maven Central the first time):\n"
                          f"{(proc.stdout + proc.stderr)[-3000:]}")

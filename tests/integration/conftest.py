@@ -25,11 +25,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-# ---- the optional servers, started on demand by the tests that use them (never skipped: a server
-# that cannot start raises StackError, so the test errors with the reason); stopped at the end
-# when this session started them (`stack down` in the session teardown stops them too)
+# ---- the optional servers, started on demand by the test modules that use them (module scope: the
+# rest of the suite never waits for them, and they are stopped when that module ends, if this run
+# started them). Never skipped: a server that cannot start raises StackError, so every test that
+# needs it errors with the reason (`stack down` in the session teardown stops leftovers too)
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def postgres(stack: LocalStack, settings: Settings) -> Iterator[PostgresServer]:
     """The stack's PostgreSQL (the Connect sinks' database)."""
     pg = PostgresServer(stack, settings.services)
@@ -40,7 +41,7 @@ def postgres(stack: LocalStack, settings: Settings) -> Iterator[PostgresServer]:
         pg.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def connect_worker(stack: LocalStack, settings: Settings, postgres: PostgresServer) -> Iterator[ConnectWorker]:
     """The stack's Kafka Connect worker (JDBC sink + our converter), PostgreSQL up."""
     worker = ConnectWorker(stack, settings)
@@ -51,7 +52,7 @@ def connect_worker(stack: LocalStack, settings: Settings, postgres: PostgresServ
         worker.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prometheus(stack: LocalStack, settings: Settings) -> Iterator[PrometheusServer]:
     """The stack's Prometheus, scraping every second (tests add targets with ``add_targets``)."""
     prom = PrometheusServer(stack, dataclasses.replace(settings.services, scrape_interval_s=1.0))

@@ -1,11 +1,13 @@
-"""docker-compose.yml is checked by structure (no docker-compose binary needed, so `make install`
-does not apt-install one only for this): known keys, services that exist, health checks behind
-``service_healthy``, valid port mappings, mounted files that exist, and the same Kafka release
-and host ports as the local stack. Docker users can also run `docker compose config -q`."""
+"""docker-compose.yml passes `docker-compose config -q` (Debian's docker-compose, which `make install`
+installs; no Docker daemon needed) and is checked by structure: known keys, services that exist,
+health checks behind ``service_healthy``, valid port mappings, mounted files that exist, and the
+same Kafka release and host ports as the local stack."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,14 @@ def compose() -> dict[str, Any]:
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # resolves anchors and << merges
     assert isinstance(doc, dict)
     return doc
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    tool = shutil.which("docker-compose")
+    assert tool, "docker-compose is missing: apt-get install docker-compose (`make install` installs it)"
+    r = subprocess.run([tool, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_top_level_and_service_keys_are_known(compose: dict[str, Any]) -> None:

@@ -191,3 +191,34 @@ def test_kafka_security_reaches_the_connect_worker_as_java_properties(tmp_path: 
         java_security({"security.protocol": "SASL_PLAINTEXT", "sasl.kerberos.service.name": "kafka"})
     with pytest.raises(StackError, match="supports PLAIN"):
         java_security({"sasl.mechanism": "GSSAPI"})
+
+
+def test_an_optional_server_that_cannot_start_raises_with_the_reason(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the integration fixtures rely on to FAIL (never skip) when a server cannot start: its
+    port held by another process, its program missing, or the program exiting during startup."""
+    import socket
+    from types import SimpleNamespace
+
+    from mystocks_gpu.infra.exceptions import StackError
+    from mystocks_gpu.infra.stack_prometheus import PrometheusServer
+
+    stack = SimpleNamespace(home=tmp_path, cfg=SimpleNamespace(host="127.0.0.1", cache_dir=str(tmp_path / "cache")))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        prom = PrometheusServer(stack, ServicesConfig(prometheus_port=port))  # type: ignore[arg-type]
+        with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is taken.*services.prometheus_port"):
+            prom.start(timeout_s=5)
+    # the program exits at once: the error carries its last log lines
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "prometheus").write_text("#!/bin/sh\necho 'err: bad flag' >&2\nexit 1\n")
+    (fake / "prometheus").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake))
+    with pytest.raises(StackError, match="(?s)Prometheus exited during startup.*err: bad flag"):
+        prom.start(timeout_s=30)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(StackError, match="prometheus is missing .apt-get install prometheus"):
+        prom.start(timeout_s=5)

@@ -21,7 +21,7 @@ BASIC_TOOLS = ("bash", "make", "env", "id", "sed", "head", "awk", "df", "dirname
 UPDATE = "env DEBIAN_FRONTEND=noninteractive apt-get update -qq"
 INSTALL = "env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends"
 #: stand-ins of every tool the install provides besides python3-venv and java
-PRESENT = ("redis-server", "kcat", "mvn", "initdb", "prometheus", "promtool")
+PRESENT = ("redis-server", "kcat", "mvn", "initdb", "prometheus", "promtool", "docker-compose", "go")
 
 
 def _script(path: Path, body: str) -> None:
@@ -89,6 +89,7 @@ def bare_machine(tmp_path: Path, *, sudo: bool = False, apt_knows: tuple[str, ..
     touch, chmod = shutil.which("touch"), shutil.which("chmod")
     stubs = {"redis-server": "_s redis-server", "kcat": "_s kcat", "maven": "_s mvn",
              "postgresql": "_s initdb", "prometheus": "_s prometheus; _s promtool",
+             "docker-compose": "_s docker-compose", "golang-go": "_s go",
              "python3-venv": f"{touch} {venv_ok}"}
     install_cases = "".join(f"    {pkg}) {cmd};;\n" for pkg, cmd in stubs.items())
     _script(m.bin / "apt-get", f"""\
@@ -111,7 +112,7 @@ def test_root_installs_every_missing_package_without_sudo(tmp_path: Path) -> Non
     m = bare_machine(tmp_path, sudo=True)  # sudo present, but root must not use it
     r = m.make("system-deps", "AS_UID=0")
     assert r.returncode == 0, r.stdout + r.stderr
-    pkgs = "python3-venv redis-server kcat openjdk-17-jre-headless maven postgresql prometheus"
+    pkgs = "python3-venv redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"
     assert m.apt_calls() == ["DEBIAN_FRONTEND=noninteractive apt-get update -qq",
                              f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {pkgs}"]
     assert m.sudo_calls() == []
@@ -126,7 +127,7 @@ def test_user_installs_through_sudo_and_debian_frontend_survives_it(tmp_path: Pa
     m = bare_machine(tmp_path, sudo=True, python_venv=True, java=None)
     r = m.make("system-deps", "AS_UID=1000")
     assert r.returncode == 0, r.stdout + r.stderr
-    pkgs = "redis-server kcat openjdk-17-jre-headless maven postgresql prometheus"
+    pkgs = "redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"
     assert m.sudo_calls() == [f"sudo {UPDATE}", f"sudo {INSTALL} {pkgs}"]
     # apt-get ran in sudo's fresh environment and still saw DEBIAN_FRONTEND
     assert m.apt_calls() == ["DEBIAN_FRONTEND=noninteractive apt-get update -qq",
@@ -179,13 +180,14 @@ def test_doctor_reports_each_missing_tool_with_its_package(tmp_path: Path) -> No
                  "MISSING  mvn            resolves Kafka's jars from Maven Central -> apt package maven",
                  "MISSING  postgresql     the Connect sinks' database -> apt package postgresql",
                  "MISSING  prometheus     the monitoring server and promtool (alert rule tests) -> apt package prometheus",
+                 "MISSING  docker-compose `docker-compose config` checks docker-compose.yml -> apt package docker-compose",
+                 "MISSING  go             builds kubeconform and kustomize (the manifest checks) -> apt package golang-go",
                  "apt-get runs through sudo (uid 1000)",
                  f"  sudo {UPDATE}",
-                 f"  sudo {INSTALL} python3-venv redis-server kcat openjdk-17-jre-headless maven postgresql prometheus"):
+                 f"  sudo {INSTALL} python3-venv redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"):
         assert line in out, out
     assert "ok       disk" in out
     assert m.apt_calls() == [] and m.sudo_calls() == []  # doctor changes nothing
-    assert "docker-compose" not in out
 
 
 def test_doctor_passes_when_everything_is_present(tmp_path: Path) -> None:
