@@ -226,6 +226,13 @@ class ConnectWorker:
     def start(self, timeout_s: float = 240) -> int:
         """Start the worker if not running (idempotent) and wait until its REST API lists the JDBC
         sink; returns its pid. Needs the broker up."""
+        pid = self.spawn()
+        self.server.wait(pid, self._ready, timeout_s, "the Kafka Connect worker")
+        return pid
+
+    def spawn(self) -> int:
+        """Start the worker process if not running (plugins fetched or built first) without waiting
+        for it to come up (:meth:`start` waits); returns its pid."""
         pid = self.server.pid()
         if pid is None:
             self.server.check_port_free("services.connect_port")
@@ -240,7 +247,6 @@ class ConnectWorker:
             cmd = [c if not c.startswith("-Dlog4j2.configurationFile=") else f"-Dlog4j2.configurationFile={log4j}"
                    for c in cmd]
             pid = self.server.spawn(cmd)
-        self.server.wait(pid, self._ready, timeout_s, "the Kafka Connect worker")
         return pid
 
     def _ready(self) -> bool:

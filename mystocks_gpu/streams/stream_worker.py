@@ -27,6 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
+from mystocks_gpu.infra.logs import log_context
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
 from mystocks_gpu.streams.commit_protocol import RECORD_OVERHEAD, CommitProtocol
@@ -349,17 +350,19 @@ class StreamWorker:
                 continue  # revoked while the batch was forming
             idx = np.asarray(idx_list, np.int64)
             t1 = self.clock.monotonic()
-            decoded = self.processor.decode([batch.values[i] for i in idx_list], idx, self.symbols, partition, ingest_ns)
-            t2 = self.clock.monotonic()
-            t_decode += t2 - t1
-            out.rejected.extend(decoded.rejected)
-            if len(decoded.columns):
-                part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
-                t_process += self.clock.monotonic() - t2
-                self.states.states[partition] = new_state
-                # recorded at once: whatever fails next, an abort restores this partition
-                self.protocol.touch(partition, decoded.columns.columns["sym"])
-                out.extend(part_out)
+            with log_context(partition=partition):  # on every log line of decode/process (JSON logs)
+                decoded = self.processor.decode([batch.values[i] for i in idx_list], idx, self.symbols, partition,
+                                                ingest_ns)
+                t2 = self.clock.monotonic()
+                t_decode += t2 - t1
+                out.rejected.extend(decoded.rejected)
+                if len(decoded.columns):
+                    part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
+                    t_process += self.clock.monotonic() - t2
+                    self.states.states[partition] = new_state
+                    # recorded at once: whatever fails next, an abort restores this partition
+                    self.protocol.touch(partition, decoded.columns.columns["sym"])
+                    out.extend(part_out)
         self.protocol.processed(batch)
         self.protocol.inject("crash")  # tests: an unexpected exception after states were replaced
         t_produce = self.clock.monotonic()

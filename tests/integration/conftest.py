@@ -42,14 +42,23 @@ def postgres(stack: LocalStack, settings: Settings) -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="module")
-def connect_worker(stack: LocalStack, settings: Settings, postgres: PostgresServer) -> Iterator[ConnectWorker]:
-    """The stack's Kafka Connect worker (JDBC sink + our converter), PostgreSQL up."""
+def connect_spawned(stack: LocalStack, settings: Settings, postgres: PostgresServer) -> Iterator[ConnectWorker]:
+    """The stack's Kafka Connect worker process started (JDBC sink + our converter; PostgreSQL
+    up), not yet waited for: a module requests this first, so the JVM comes up while its other
+    fixtures start. Stopped at the end of the module when it was started here."""
     worker = ConnectWorker(stack, settings)
     ours = worker.server.pid() is None
-    worker.start()
+    worker.spawn()
     yield worker
     if ours:
         worker.stop()
+
+
+@pytest.fixture(scope="module")
+def connect_worker(connect_spawned: ConnectWorker) -> ConnectWorker:
+    """The Connect worker with its REST API up and the JDBC sink plugin listed."""
+    connect_spawned.start()
+    return connect_spawned
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,27 @@
   restarted re-delivers the records after its last committed offset, and the upsert leaves exactly
   one row per key, every record present. The sink's throughput (rows/s) is printed.
 - Prometheus: a real server scrapes a stream worker, the control app and a job worker (fake GPU
-  inventory) every second for more than 30 s; its HTTP API gives records counted == records
-  produced, consumer lag back to 0, the GPU gauges of the inventory, finished jobs and a cache hit;
-  every query of the Grafana dashboard returns data; the alert rules are loaded and evaluate.
+  inventory) every second for the whole module (more than 30 s: the scrape runs while the Connect
+  tests do); its HTTP API gives records counted == records produced, consumer lag back to 0, the
+  GPU gauges of the inventory, finished jobs and a cache hit; every query of the Grafana dashboard
+  returns data; the alert rules are loaded and evaluate.
+
+The servers start once for the module (and stop after it): the Connect JVM is spawned first and
+comes up while Prometheus, the job plane and the stream worker start; nothing here is skipped: a
+server that cannot start fails the tests with its reason.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +45,8 @@ from mystocks_gpu.infra.stack_prometheus import PrometheusServer
 from mystocks_gpu.schemas import AvroCodec, schema_store
 from tests.conftest import ROOT, run_cli, wait_until
 from tests.integration.jobs_plane import Plane, free_port
-from tests.integration.stream_helpers import make_topics, produce_ticks, start_worker, synthetic
+from tests.integration.stream_helpers import Topics, make_topics, produce_ticks, synthetic
 
-pytestmark = pytest.mark.slow
 DAY = 86_400 * 10**9
 SINK = "results-backtest"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "mystocks-gpu.json"
@@ -59,6 +67,63 @@ def plane(settings: Settings, stack: Any) -> Iterator[Plane]:
         yield p
     finally:
         p.close()
+
+
+@dataclass
+class Scrape:
+    """What Prometheus scrapes for the module: a stream worker (``run aggregate``) on topics of
+    its own, with the control app and the job worker; ``t0`` = when scraping began."""
+
+    topics: Topics
+    instance: str
+    worker: subprocess.Popen[bytes]
+    log: Path
+    t0: float
+    produced: int = 0
+    waves: list[dict[str, np.ndarray]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+def _stream_worker(t: Topics, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``mystocks-gpu run aggregate`` with ``/metrics`` on ``port``, output to ``log`` (a pipe
+    nobody reads would fill up over the module and block the worker)."""
+    cmd = [sys.executable, "-m", "mystocks_gpu.cli", "--log-level", "INFO", "run", "aggregate", "--group", t.group,
+           "--worker-id", "w0", "--input-topic", t.input, "--output-topic", t.output, "--idle-exit", "1800",
+           "--metrics-port", str(port)]
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def scrape(connect_spawned: ConnectWorker, prometheus: PrometheusServer, plane: Plane, settings: Settings,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
+    """Every test of the module runs under the scrape (requested in this order: the Connect JVM
+    spawned first, then Prometheus, the job plane, the stream worker); the first wave of ticks is
+    produced at once, the others by the Prometheus test."""
+    tag = uuid.uuid4().hex[:10]
+    t = make_topics(settings, tag, partitions=2)
+    port = free_port()
+    log = tmp_path_factory.mktemp("scrape") / "stream-worker.log"
+    worker = _stream_worker(t, port, log)
+    try:
+        inst = f"127.0.0.1:{port}"
+        prometheus.add_targets(f"ops-{tag}", [inst, f"127.0.0.1:{plane.port}", f"127.0.0.1:{plane.worker_metrics}"],  # type: ignore[attr-defined]
+                               {"test": tag})
+        wait_until(lambda: (worker.poll() is None or pytest.fail(log.read_text()[-3000:]))
+                   and _value(prometheus, f'up{{instance="{inst}"}}') == 1, 120, "the stream worker scraped")
+        cols, names = synthetic(9000, symbols=32, seed=3)
+        sc = Scrape(t, inst, worker, log, time.monotonic(), names=names,
+                    waves=[{k: v[w * 3000:(w + 1) * 3000] for k, v in cols.items()} for w in range(3)])
+        sc.produced += produce_ticks(settings, t.input, sc.waves[0], names)
+        yield sc
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -216,53 +281,45 @@ def _value(prom: PrometheusServer, q: str) -> float | None:
 
 
 def test_prometheus_scrapes_the_running_pipeline(
-        plane: Plane, bars: pd.DataFrame, settings: Settings, prometheus: PrometheusServer, unique: str) -> None:
-    t = make_topics(settings, unique, partitions=2)
-    port = free_port()
-    worker = start_worker(t, "w0", "--metrics-port", str(port), idle_exit=300)
-    try:
-        inst = f"127.0.0.1:{port}"
-        prometheus.add_targets(f"ops-{unique}", [inst, f"127.0.0.1:{plane.port}", f"127.0.0.1:{plane.worker_metrics}"],  # type: ignore[attr-defined]
-                               {"test": unique})
-        wait_until(lambda: _value(prometheus, f'up{{instance="{inst}"}}') == 1, 60, "the stream worker scraped")
-        t0 = time.monotonic()
-        cols, names = synthetic(9000, symbols=32, seed=3)
-        produced = 0
-        for wave in range(3):  # three waves ~12 s apart: rates, batches and lag move during the scrape
-            part = {k: v[wave * 3000:(wave + 1) * 3000] for k, v in cols.items()}
-            produced += produce_ticks(settings, t.input, part, names)
-            if wave == 1:
-                spec = _spec(bars, [5, 15])
-                first = plane.submit("backtest", spec)
-                assert plane.wait(first, {"succeeded", "failed"}, timeout=600)["state"] == "succeeded"
-                again = plane.submit("backtest", spec)  # served from the result cache
-                assert plane.wait(again, {"succeeded"}, timeout=60)["cached"] is True
-            wait_until(lambda w=wave: time.monotonic() - t0 >= 12 * (w + 1), 40, "the next wave", every_s=0.5)
-        assert produced == 9000
-        sel = f'processor="aggregate",instance="{inst}"'
-        wait_until(lambda: _value(prometheus, f"sum(mystocks_stream_records_in_total{{{sel}}})") == produced, 90,
-                   f"records_in == {produced} in Prometheus")
-        assert _value(prometheus, f"sum(mystocks_stream_records_out_total{{{sel}}})") == produced
-        wait_until(lambda: _value(prometheus, f"max(mystocks_stream_consumer_lag{{{sel}}})") == 0, 60, "lag back to 0")
-        assert len(prometheus.query(f"mystocks_stream_consumer_lag{{{sel}}}")) == 2  # one series per partition
-        wait_until(lambda: time.monotonic() - t0 >= 31, 40, "31 s of scraping", every_s=0.5)
-        samples = _value(prometheus, f'count_over_time(up{{instance="{inst}"}}[5m])')
-        assert samples is not None and samples >= 30  # scraped every second for over 30 s
-        # the GPU gauges are the fake inventory's, through the job worker's /metrics
-        wi = f'instance="127.0.0.1:{plane.worker_metrics}",device="gpu0"'  # type: ignore[attr-defined]
-        assert _value(prometheus, f"mystocks_gpu_utilization_ratio{{{wi}}}") == pytest.approx(0.42)
-        assert _value(prometheus, f"mystocks_gpu_memory_total_bytes{{{wi}}}") == 16384 * 2**20
-        assert _value(prometheus, f"mystocks_gpu_memory_used_bytes{{{wi}}}") == 4096 * 2**20
-        assert _value(prometheus, f"mystocks_gpu_temperature_celsius{{{wi}}}") == 57
-        ci = f'instance="127.0.0.1:{plane.port}"'
-        assert (_value(prometheus, f'sum(mystocks_jobs_finished_total{{{ci},kind="backtest",state="succeeded"}})') or 0) >= 2
-        assert (_value(prometheus, f'sum(mystocks_jobs_cache_hits_total{{{ci},kind="backtest"}})') or 0) >= 1
-        _every_dashboard_query_returns_data(prometheus)
-        rules = prometheus.api("rules")["groups"]
-        assert len(rules[0]["rules"]) == 11 and all(r["health"] == "ok" for r in rules[0]["rules"]), rules
-    finally:
-        worker.terminate()
-        worker.wait(60)
+        scrape: Scrape, plane: Plane, bars: pd.DataFrame, settings: Settings, prometheus: PrometheusServer) -> None:
+    inst = scrape.instance
+    assert scrape.worker.poll() is None, scrape.log.read_text()[-3000:]
+    scrape.produced += produce_ticks(settings, scrape.topics.input, scrape.waves[1], scrape.names)
+    # the spec of the Connect test's job: from the result cache when that test ran (its result was
+    # stored), computed otherwise; the second submission is a cache hit either way
+    spec = _spec(bars, [5, 10, 20])
+    first = plane.submit("backtest", spec)
+    assert plane.wait(first, {"succeeded", "failed"}, timeout=600)["state"] == "succeeded"
+    again = plane.submit("backtest", spec)
+    assert plane.wait(again, {"succeeded"}, timeout=60)["cached"] is True
+    scrape.produced += produce_ticks(settings, scrape.topics.input, scrape.waves[2], scrape.names)
+    assert scrape.produced == 9000
+    sel = f'processor="aggregate",instance="{inst}"'
+    wait_until(lambda: _value(prometheus, f"sum(mystocks_stream_records_in_total{{{sel}}})") == scrape.produced, 90,
+               f"records_in == {scrape.produced} in Prometheus")
+    assert _value(prometheus, f"sum(mystocks_stream_records_out_total{{{sel}}})") == scrape.produced
+    wait_until(lambda: _value(prometheus, f"max(mystocks_stream_consumer_lag{{{sel}}})") == 0, 60, "lag back to 0")
+    assert len(prometheus.query(f"mystocks_stream_consumer_lag{{{sel}}}")) == 2  # one series per partition
+    stages = {r["metric"]["stage"] for r in prometheus.query(f"mystocks_stream_stage_seconds_count{{{sel}}}")}
+    assert stages == {"decode", "process", "produce"}
+    # scraped every second for over 30 s (the Connect tests ran meanwhile; alone, this waits)
+    wait_until(lambda: time.monotonic() - scrape.t0 >= 31, 40, "31 s of scraping", every_s=0.5)
+    samples = _value(prometheus, f'count_over_time(up{{instance="{inst}"}}[5m])')
+    assert samples is not None and samples >= 30
+    # the GPU gauges are the fake inventory's, through the job worker's /metrics
+    wi = f'instance="127.0.0.1:{plane.worker_metrics}",device="gpu0"'  # type: ignore[attr-defined]
+    assert _value(prometheus, f"mystocks_gpu_utilization_ratio{{{wi}}}") == pytest.approx(0.42)
+    assert _value(prometheus, f"mystocks_gpu_memory_total_bytes{{{wi}}}") == 16384 * 2**20
+    assert _value(prometheus, f"mystocks_gpu_memory_used_bytes{{{wi}}}") == 4096 * 2**20
+    assert _value(prometheus, f"mystocks_gpu_temperature_celsius{{{wi}}}") == 57
+    ci = f'instance="127.0.0.1:{plane.port}"'
+    wait_until(lambda: (_value(prometheus, f'sum(mystocks_jobs_finished_total{{{ci},kind="backtest",state="succeeded"}})')
+                        or 0) >= 2, 30, "two finished backtests scraped")
+    wait_until(lambda: (_value(prometheus, f'sum(mystocks_jobs_cache_hits_total{{{ci},kind="backtest"}})') or 0) >= 1,
+               30, "a cache hit scraped")
+    _every_dashboard_query_returns_data(prometheus)
+    rules = prometheus.api("rules")["groups"]
+    assert len(rules[0]["rules"]) == 11 and all(r["health"] == "ok" for r in rules[0]["rules"]), rules
 
 
 def _every_dashboard_query_returns_data(prometheus: PrometheusServer) -> None:
