@@ -60,8 +60,10 @@ def plane(settings: Settings, stack: Any) -> Iterator[Plane]:
     p = Plane(settings, uuid.uuid4().hex[:8])
     p.worker_metrics = free_port()  # type: ignore[attr-defined]
     try:
-        p.start_control(timeout=180)  # this 2-core box is shared: starts take long under load
-        p.start_worker("ops", "--kinds", "backtest,echo", "--fake-devices", json.dumps(FAKE_GPUS),
+        # no worker-loss test here: a 20 s heartbeat TTL (the last flag wins) keeps a chunk on its worker
+        # while a loaded 2-core box stalls it (a 3 s TTL re-queued the chunk again and again)
+        p.start_control("--heartbeat-ttl", "20", timeout=180)  # starts take long under load
+        p.start_worker("ops", "--heartbeat-ttl", "20", "--kinds", "backtest,echo", "--fake-devices", json.dumps(FAKE_GPUS),
                        "--metrics-port", str(p.worker_metrics), timeout=180)  # type: ignore[attr-defined]
         p.warm_up()
         yield p
