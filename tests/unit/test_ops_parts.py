@@ -173,7 +173,7 @@ def test_cli_errors_are_one_line_and_start_nothing() -> None:
     assert r.returncode == 2 and "no Kafka Connect worker answers at http://127.0.0.1:9" in r.stderr
     assert "Traceback" not in r.stderr
     r = run_cli("connect", "create")
-    assert r.returncode == 2 and "needs a connector NAME (known: agg-running, alerts, job-status, results-backtest)" in r.stderr
+    assert r.returncode == 2 and "needs a connector NAME (known: agg-running, alerts, job-status, results-backtest, results-execsim)" in r.stderr
 
 
 def test_kafka_security_reaches_the_connect_worker_as_java_properties(tmp_path: Path) -> None:
