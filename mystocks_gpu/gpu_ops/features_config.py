@@ -71,9 +71,11 @@ SC_MACD_SIG = 5  # MACD signal EMA
 SC_RSI_GAIN = 6  # Wilder average gain (sum of gains while seeding)
 SC_RSI_LOSS = 7  # Wilder average loss (sum of losses while seeding)
 SC_EMA0 = 8  # first of the ema_spans EMAs
-# per-symbol int64 state, columns of the (S, 2) ``ist`` array
+# per-symbol int64 state, columns of the (S, 3) ``ist`` array
 IS_NTRADES = 0  # trades seen
 IS_SESSION = 1  # session id of the running VWAP sums
+IS_TCLOCK = 2  # the symbol's trade clock: effective ts of its last accepted trade (ns)
+N_IST = 3
 SESSION_NONE = -(2**63)  # "no session yet" sentinel
 
 
@@ -101,6 +103,10 @@ class FeatureConfig:
         session_offset_ns: when set, ``vwap_session`` resets at every
             ``k * 1 day + session_offset_ns`` (UTC ns since epoch; 0 <= offset < 1 day);
             ``None`` (default): cumulative since the symbol's first trade.
+        max_disorder_ns: how far (ns) a trade may be stamped behind its symbol's trade clock
+            (the time of its last accepted trade) and still be used: it is then processed in
+            arrival order at the clock's time; a trade further behind is rejected (late for
+            the features: no state change). Default 0: any backwards trade is rejected.
     """
 
     features: tuple[str, ...] = ALL_FEATURES
@@ -113,6 +119,7 @@ class FeatureConfig:
     bollinger_k: float = 2.0
     rvol_annualization: float | None = None
     session_offset_ns: int | None = None
+    max_disorder_ns: int = 0
 
     def __post_init__(self) -> None:
         feats = tuple(self.features)
@@ -154,6 +161,8 @@ class FeatureConfig:
             raise FeatureConfigError(
                 f"rvol_annualization must be > 0 or None, got {self.rvol_annualization}"
             )
+        if not 0 <= self.max_disorder_ns <= 366 * NS_PER_DAY:
+            raise FeatureConfigError(f"max_disorder_ns must be within 0 .. 1 year, got {self.max_disorder_ns}")
         if self.session_offset_ns is not None and not 0 <= self.session_offset_ns < NS_PER_DAY:
             raise FeatureConfigError(
                 f"session_offset_ns must be in [0, 1 day) ns or None, got {self.session_offset_ns}"
@@ -222,6 +231,7 @@ class FeatureConfig:
         serialised state and checked on load."""
         d = asdict(self)
         d.pop("features")
+        d.pop("max_disorder_ns")  # how late trades are judged does not shape the state
         d["needs_time_window"] = self.needs_time_window
         d["needs_tick_window"] = self.needs_tick_window
         return json.dumps(d, sort_keys=True)
