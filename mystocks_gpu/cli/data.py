@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
@@ -84,6 +83,7 @@ def cmd_load(args: argparse.Namespace, s: Settings) -> int:
 
 def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.data.topic_reader import read_topic
+    from mystocks_gpu.jobs.ws_hub import dumps as strict_json
     from mystocks_gpu.schemas import AvroCodec, schema_store
     from mystocks_gpu.topics import get
 
@@ -93,11 +93,10 @@ def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
                           idle_timeout_s=args.timeout, decode=spec.schema is not None,
                           codec=AvroCodec(schema_store(s)) if spec.schema is not None else None):
         n += 1
-        if args.json:
-            print(json.dumps({"partition": rec.partition, "offset": rec.offset, "timestamp_ms": rec.timestamp_ms,
+        if args.json:  # strict JSON (RFC 8259): NaN and +-Infinity (e.g. unfilled feature windows) print as null
+            print(strict_json({"partition": rec.partition, "offset": rec.offset, "timestamp_ms": rec.timestamp_ms,
                               "key": rec.key, "value": rec.value, "headers": rec.headers or None,
-                              "error": rec.error, **({"raw_len": len(rec.raw or b"")} if rec.value is None else {})},
-                             default=str))
+                              "error": rec.error, **({"raw_len": len(rec.raw or b"")} if rec.value is None else {})}))
         else:
             body = rec.value if rec.value is not None else (rec.error or f"<{len(rec.raw or b'')} raw bytes> {rec.headers}")
             print(f"[{rec.partition}:{rec.offset}] {rec.key}: {body}")
@@ -134,6 +133,6 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("topic")
     sp.add_argument("--from-beginning", action="store_true", help="start at the earliest offset (default: only new records)")
     sp.add_argument("--max", type=int, default=None, help="stop after N records")
-    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.add_argument("--json", action="store_true", help="one strict JSON object per line (NaN and Infinity as null)")
     sp.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a record (default 5)")
     sp.set_defaults(func=cmd_consume)

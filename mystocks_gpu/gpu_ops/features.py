@@ -314,6 +314,21 @@ class TickFeatureEngine:
             stream.synchronize()
         return self._as_dict(res), rej_host.astype(bool), state
 
+    def snapshot_rows(self, state: FeatureState, codes: np.ndarray) -> dict[str, Any]:
+        """Copies of the state rows of symbol ``codes`` (host int array; codes beyond the capacity
+        are skipped): with :meth:`restore_rows`, an undo log for ``process(..., inplace=True)``
+        that costs O(touched symbols) instead of a copy of the whole state."""
+        codes = np.asarray(codes, np.int64)
+        codes = codes[codes < state.capacity]
+        idx = self._xp.asarray(codes)
+        return {"codes": idx, **{k: v[idx] for k, v in state.arrays.items()}}
+
+    def restore_rows(self, state: FeatureState, snap: dict[str, Any]) -> None:
+        """Put back the rows saved by :meth:`snapshot_rows` (in place)."""
+        idx = snap["codes"]
+        for k, v in state.arrays.items():
+            v[idx] = snap[k]
+
     # ---- serialisation -------------------------------------------------------------------
 
     def state_to_bytes(self, state: FeatureState) -> bytes:

@@ -137,9 +137,20 @@ class FeaturesProcessorConfig:
 def config_from_settings(fs: Any, output_topic: str | None = None, backend: str = "auto") -> FeaturesProcessorConfig:
     """The processor config of the ``[features]`` settings (``infra.config.FeaturesConfig``);
     :class:`ConfigError` (one line) on invalid values. Seconds become exact integer ns."""
+    try:
+        return _config_from_settings(fs, output_topic, backend)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith("features.") else f"[features] {msg}") from None
+
+
+def _config_from_settings(fs: Any, output_topic: str | None, backend: str) -> FeaturesProcessorConfig:
     feats = tuple(fs.features)
     if feats == ("all",):
         feats = ALL_FEATURES
+    for x in fs.bar_intervals_s:
+        if seconds_to_ns(x, "features.bar_intervals_s") % 10**6:
+            raise ConfigError(f"features.bar_intervals_s: {x} s is not a whole number of milliseconds")
     cfg = FeatureConfig(
         features=feats, ema_spans=tuple(fs.ema_spans), window_ticks=fs.window_ticks,
         window_ns=seconds_to_ns(fs.window_s, "features.window_s"), max_window_ticks=fs.max_window_ticks,
@@ -207,10 +218,26 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         return FeaturesState(self.engine.initial_state(0), [b.initial_state(0) for b in self.builders])
 
     def process(self, batch: Columns, state: FeaturesState) -> tuple[Outputs, FeaturesState]:
+        """Features and bars of one partition's batch. The state is updated in place (no copy of
+        every symbol's rows per batch); if anything raises, the rows of the batch's symbols are
+        put back from an undo log first, so ``state`` is as it was (the processor contract)."""
         c = batch.columns
         ticks = TickColumns.from_numpy(**{k: c[k] for k in ("sym", "ts", "kind", "price", "size", "side", "bid",
                                                             "ask", "bid_size", "ask_size")})
-        feats, disorder, fstate = self.engine.process_host_full(ticks, state.features)
+        codes = np.unique(c["sym"])
+        undo_f = self.engine.snapshot_rows(state.features, codes)
+        undo_b = [b.snapshot_rows(bs, codes) for b, bs in zip(self.builders, state.bars, strict=True)]
+        try:
+            return self._process(batch, ticks, state)
+        except BaseException:
+            self.engine.restore_rows(state.features, undo_f)
+            for b, bs, snap in zip(self.builders, state.bars, undo_b, strict=True):
+                b.restore_rows(bs, snap)
+            raise
+
+    def _process(self, batch: Columns, ticks: TickColumns, state: FeaturesState) -> tuple[Outputs, FeaturesState]:
+        c = batch.columns
+        feats, disorder, fstate = self.engine.process_host_full(ticks, state.features, inplace=True)
         out = Outputs()
         n = len(batch)
         t_enc = self.clock.monotonic()
@@ -228,7 +255,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         new_bars = []
         late_by: list[tuple[int, np.ndarray]] = []
         for builder, bstate in zip(self.builders, state.bars, strict=True):
-            bars, late, bstate = builder.process(ticks, bstate)
+            bars, late, bstate = builder.process(ticks, bstate, inplace=True)
             new_bars.append(bstate)
             late = to_host(late)
             if late.any():
