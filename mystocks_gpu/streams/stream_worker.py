@@ -101,7 +101,9 @@ class StreamWorker:
         self._pending: list[Any] = []
         self._paused = False
         self._recoveries = 0
+        #: the librdkafka settings the worker gave its producer / consumer (beyond the defaults)
         self._pconf: dict[str, Any] = {}
+        self._cconf: dict[str, Any] = {}
         self._last_lag = 0.0
         self._assigned_at = 0.0
         #: partition -> [largest record timestamp seen (ms), monotonic time it last advanced, flushed]
@@ -168,6 +170,7 @@ class StreamWorker:
         # at once); no Nagle delay on the broker sockets; a fetch queue over its bound retries in 10 ms, not 1 s
         extra.update({"fetch.wait.max.ms": self.rt.fetch_wait_max_ms, "socket.nagle.disable": True,
                       "fetch.queue.backoff.ms": 10})
+        self._cconf = extra
         # client.id = the transactional id: on a fence, the group tells whether another member uses it
         self.consumer = make_consumer(self.kafka, self.group, route_logs=False,
                                       **{"log_level": 3, "client.id": self.transactional_id, **extra})

@@ -246,12 +246,12 @@ def test_loader_parses_decimal_timestamps_exactly(tmp_path: Path) -> None:
         1_777_689_380_521_000_000, 1_777_689_380_521_500_000, 1_777_689_381_000_000_000]
     assert [ts for _, _, ts in items] == [1_777_689_380_521, 1_777_689_380_521, 1_777_689_381_000]  # Kafka ms
     g = tmp_path / "ms.csv"  # fractional milliseconds are kept, not truncated
-    g.write_text("timestamp,symbol,price\n1777689380521.25,X,1\n")
+    g.write_text("timestamp,symbol,price,size\n1777689380521.25,X,1,1\n")
     (_, v, _), = load_file(g, get("md.ticks"), CODEC, LoadOptions(ts_unit="ms"))
     assert CODEC.decode(v)["ts_event"] == 1_777_689_380_521_250_000
     p = tmp_path / "t.parquet"  # a float64 column: its decimal text, not its binary value
-    pd.DataFrame({"timestamp": [1777689380.521, 1777689380.999], "symbol": ["X", "X"], "price": [1.0, 2.0]}
-                 ).to_parquet(p)
+    pd.DataFrame({"timestamp": [1777689380.521, 1777689380.999], "symbol": ["X", "X"], "price": [1.0, 2.0],
+                  "size": [1.0, 1.0]}).to_parquet(p)
     assert [CODEC.decode(v)["ts_event"] for _, v, _ in load_file(p, get("md.ticks"), CODEC, LoadOptions())] == [
         1_777_689_380_521_000_000, 1_777_689_380_999_000_000]
     h = tmp_path / "sub.csv"
