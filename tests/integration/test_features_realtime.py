@@ -128,7 +128,10 @@ def test_worker_records_stage_latencies_and_batches_follow_the_load(settings: Se
     produce_ticks(settings, inp, cols, names)  # a backlog: batches fill up to max_records
     proc = TickFeaturesProcessor(FeaturesProcessorConfig(FeatureConfig(), bar_intervals_ns=(), backend="cpu"))
     metrics = RuntimeMetrics(proc.name)
-    rt = RuntimeConfig(max_records=400, commit_interval_ms=50, producer_linger_ms=3, fetch_wait_max_ms=20)
+    # linger_ms 300: a batcher that waited for it would hold each trickled tick ~150 ms on average and
+    # bundle ~10 of them per batch; adaptive batching ignores it and closes when the input is drained
+    rt = RuntimeConfig(max_records=400, linger_ms=300, commit_interval_ms=50, producer_linger_ms=3,
+                       fetch_wait_max_ms=20)
     w = StreamWorker(proc, settings.kafka, rt, group=f"g.l.{unique}", worker_id="l1", input_topic=inp, metrics=metrics)
     t = threading.Thread(target=w.run, daemon=True)
     t.start()
@@ -152,10 +155,11 @@ def test_worker_records_stage_latencies_and_batches_follow_the_load(settings: Se
         t.join(60)
     assert backlog_batches <= math.ceil(len(df) / 400) + 8, f"{backlog_batches} batches for a backlog of {len(df)}"
     trickle_batches = w.summary.batches - backlog_batches
-    assert trickle_batches >= 20, f"the 40 trickled ticks came in only {trickle_batches} batches"
+    # small batches when quiet (a loaded machine bundles a few ticks that arrive while a batch is processed)
+    assert trickle_batches >= 5, f"the 40 trickled ticks came in only {trickle_batches} batches"
     after = metrics.stages.snapshot()["batch"]
     waited = (after[1] - before[1]) / max(1, int(after[0].sum() - before[0].sum()))
-    assert waited < rt.linger_ms / 2 / 1e3, f"trickled ticks waited {waited * 1e3:.1f} ms on average for their batch"
+    assert waited < rt.linger_ms / 10 / 1e3, f"trickled ticks waited {waited * 1e3:.1f} ms on average for their batch"
     assert w._pconf["linger.ms"] == 3 and w._cconf["fetch.wait.max.ms"] == 20 and w._cconf["socket.nagle.disable"]
     snap = metrics.stages.snapshot()
     n = w.summary.records_in
