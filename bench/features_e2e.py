@@ -491,8 +491,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run each latency scenario with the worker of this checkout (e.g. the previous commit: "
                          "git archive HEAD~1 | tar -x -C DIR), alternating old and new under the same load")
     ap.add_argument("--repeat", type=int, default=1, help="latency: runs per scenario (alternating with --ab-tree)")
-    ap.add_argument("--workers", default="", help="scale-out: comma list of worker counts, e.g. 1,2,4 (throughput "
-                    "of --n ticks and latency at --rate per count); default: skip")
+    ap.add_argument("--workers", default=None, help="scale-out: comma list of worker counts in one consumer group "
+                    "(throughput of --n ticks and exactly-once latency at --rate per count); default 1,2,4 "
+                    "(--quick: skip; '' skips)")
     ap.add_argument("--quick", action="store_true", help="small and short: --n 20000, 2 s latency runs (at the goal "
                     "rates --rate / --low-rate, so p99_ms stays the 50k ticks/s headline), no faust")
     ap.add_argument("--skip", default="", help="comma list of contenders to leave out: eos,alo,quix,faust,pandas,latency")
@@ -506,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n, args.latency_s = min(args.n, 20_000), min(args.latency_s, 2.0)
         args.skip = ",".join(filter(None, [args.skip, "faust"]))
+    if args.workers is None:
+        args.workers = "" if args.quick else "1,2,4"
     skip = set(filter(None, args.skip.split(",")))
     s, tag, n = C.settings(), C.new_tag(), args.n
     t_script = time.perf_counter()
