@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from typing import Any
@@ -81,9 +83,24 @@ def cmd_load(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def _finite(x: Any) -> Any:
+    """``x`` with every non-finite float (NaN, +-Infinity) replaced by ``None``, recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def strict_json(obj: Any) -> str:
+    """Strict JSON (RFC 8259) text of ``obj``: non-finite numbers as ``null``, never a bare ``NaN``."""
+    return json.dumps(_finite(obj), default=str, allow_nan=False)
+
+
 def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.data.topic_reader import read_topic
-    from mystocks_gpu.jobs.ws_hub import dumps as strict_json
     from mystocks_gpu.schemas import AvroCodec, schema_store
     from mystocks_gpu.topics import get
 

@@ -82,7 +82,7 @@ def test_last_bars_close_on_idle_and_on_stop_exactly_once(settings: Settings, un
     # 1) idle close: the last bar of every symbol comes out once event time stops advancing
     w1 = _worker(inp, out, group, "--idle-close-s", "1", "--close-on-stop", "false")
     try:
-        wait_until(lambda: len(_bars(settings, names)) >= len(want1) or w1.poll() is not None, 120,
+        wait_until(lambda: len(_bars(settings, names)) >= len(want1) or w1.poll() is not None, 240,
                    f"{len(want1)} bars of the first part (closed by event time, then by the idle close)")
         assert w1.poll() is None, w1.communicate()[1][-2000:]
     finally:
@@ -167,8 +167,8 @@ def test_worker_records_stage_latencies_and_batches_follow_the_load(settings: Se
         count = int(snap[stage][0].sum())
         if stage == "deliver":
             assert count == 0, "exactly-once: outputs become visible at the commit, not on delivery"
-        elif stage == "poll":
-            assert count >= len(df), "live records: feed -> poll measured"
+        elif stage == "poll":  # live records only (stamped < 60 s before their poll): at least the trickle
+            assert count >= 40, "live records: feed -> poll measured"
         else:
             assert count == n, f"stage {stage}: {count} observations for {n} records"
     text = generate_latest(metrics.registry).decode()
