@@ -484,6 +484,9 @@ class StreamWorker:
         self.metrics.records_in.inc(n)
         self.metrics.batch_size.observe(n)
         self.metrics.batch_latency.observe(t_end - t0)
+        # judged right after producing (the queue's high point), not only at the next loop turn: a commit
+        # that falls due now flushes the queue before the loop would have seen it
+        self._backpressure()
         if self.protocol.due():
             self._commit()
 
