@@ -11,6 +11,9 @@ from typing import Any
 
 from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.config import Settings, with_section
+from mystocks_gpu.infra.devices import discover
+from mystocks_gpu.infra.gpu_metrics import register_gpu_metrics
+from mystocks_gpu.infra.logs import set_process_fields
 from mystocks_gpu.streams.runtime_config import (
     ADAPTIVE,
     AT_LEAST_ONCE,
@@ -67,10 +70,12 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     if args.processor == "features" and not args.output_topic:
         ensure_bar_topics(s, list(processor.output_topics))
     metrics = RuntimeMetrics(processor.name)
+    register_gpu_metrics(metrics.registry, lambda: discover("cpu" if s.backend == "cpu" else "auto"))
     port = args.metrics_port if args.metrics_port is not None else s.metrics.port
     metrics.serve(port, s.metrics.host)
     worker = StreamWorker(processor, s.kafka, rt, group=args.group, worker_id=args.worker_id,
                           input_topic=args.input_topic, metrics=metrics)
+    set_process_fields(processor=processor.name, group=worker.group, worker=args.worker_id)
 
     def _graceful(signum: int, _frame: Any) -> None:
         worker.stop()

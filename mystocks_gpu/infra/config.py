@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.infra.services_config import ServicesConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -380,6 +381,7 @@ class Settings:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
     #: array backend: ``auto`` (GPU when CuPy and a CUDA device are present), ``cpu`` or ``gpu``
     backend: str = "auto"
 
@@ -422,6 +424,7 @@ _SECTIONS: dict[str, type] = {
     "metrics": MetricsConfig,
     "jobs": JobsConfig,
     "features": FeaturesConfig,
+    "services": ServicesConfig,
 }
 _TOP_LEVEL = {"backend"}
 

@@ -43,6 +43,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
+from mystocks_gpu.infra.logs import log_context
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
 from mystocks_gpu.streams.commit_protocol import RECORD_OVERHEAD, CommitProtocol
@@ -452,16 +453,18 @@ class StreamWorker:
             idx = np.asarray(idx_list, np.int64)
             self._advance_event_clock(partition, int(ts_ms[idx].max()), t0)
             t_dec = self.clock.monotonic()
-            decoded = self.processor.decode([batch.values[i] for i in idx_list], idx, self.symbols, partition, ingest_ns)
-            t_proc = self.clock.monotonic()
-            decode_s += t_proc - t_dec
-            out.rejected.extend(decoded.rejected)
-            if len(decoded.columns):
-                part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
-                self.states.states[partition] = new_state
-                # recorded at once: whatever fails next, an abort restores this partition
-                self.protocol.touch(partition, decoded.columns.columns["sym"])
-                out.extend(part_out)
+            with log_context(partition=partition):  # on every log line of decode/process (JSON logs)
+                decoded = self.processor.decode([batch.values[i] for i in idx_list], idx, self.symbols, partition,
+                                                ingest_ns)
+                t_proc = self.clock.monotonic()
+                decode_s += t_proc - t_dec
+                out.rejected.extend(decoded.rejected)
+                if len(decoded.columns):
+                    part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
+                    self.states.states[partition] = new_state
+                    # recorded at once: whatever fails next, an abort restores this partition
+                    self.protocol.touch(partition, decoded.columns.columns["sym"])
+                    out.extend(part_out)
             process_s += self.clock.monotonic() - t_proc
         self.protocol.processed(batch)
         self.protocol.inject("crash")  # tests: an unexpected exception after states were replaced
