@@ -63,6 +63,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
+import _features_latency as L  # noqa: E402
 
 from mystocks_gpu.gpu_ops.features_config import FeatureConfig  # noqa: E402
 from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor  # noqa: E402
@@ -379,36 +380,23 @@ def run_pandas(s: Any, topic: str, out: str, group: str, n: int, cap_s: float, b
             "batches": batches, "history_rows": len(hist)}
 
 
-# ---- latency ---------------------------------------------------------------------------------------
-def _ts_event_ingest(v: bytes) -> tuple[int, int]:
-    """(ts_event, ts_ingest) of a framed FeatureVector without a full decode."""
-    p = 5
-
-    def varint(p: int) -> tuple[int, int]:
-        shift = acc = 0
-        while True:
-            b = v[p]
-            acc |= (b & 0x7F) << shift
-            p += 1
-            if b < 0x80:
-                return (acc >> 1) ^ -(acc & 1), p
-            shift += 7
-
-    ln, p = varint(p)
-    ts, p = varint(p + ln)
-    _, p = varint(p)  # seq
-    ingest, _ = varint(p)
-    return ts, ingest
-
-
+# ---- latency (see bench/_features_latency.py) ----------------------------------------------------
 def worker_role(cfg: dict[str, Any]) -> None:
-    """Our worker as its own process (``--_role worker``); SIGTERM finishes the batch and commits."""
+    """Our worker as its own process (``--_role worker``): serves its Prometheus metrics on
+    ``metrics_port``; SIGTERM finishes the batch and commits."""
+    from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
+
     s = C.settings()
     cols, names = C.synthetic(3000, cfg["symbols"])
     C.warm_processor(make_processor(cfg["out"], cfg["backend"]), cols, names)
-    w = C.TimedWorker(make_processor(cfg["out"], cfg["backend"]), s.kafka,
-                      RuntimeConfig(guarantee=cfg["guarantee"], max_records=cfg["batch"], linger_ms=cfg["linger_ms"]),
-                      group=cfg["group"], worker_id="lat0", input_topic=cfg["topic"])
+    proc = make_processor(cfg["out"], cfg["backend"])
+    metrics = RuntimeMetrics(proc.name)
+    metrics.serve(int(cfg.get("metrics_port") or 0))
+    rt = RuntimeConfig(guarantee=cfg["guarantee"], max_records=cfg["batch"], linger_ms=cfg["linger_ms"],
+                       batching=cfg.get("batching", "adaptive"),
+                       commit_interval_ms=float(cfg.get("commit_interval_ms", 100.0)))
+    w = C.TimedWorker(proc, s.kafka, rt, group=cfg["group"], worker_id=cfg.get("worker_id", "lat0"),
+                      input_topic=cfg["topic"], metrics=metrics)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     sm = w.run(idle_exit_s=120.0)
     print(json.dumps(C.summary_dict(sm)), flush=True)
@@ -425,7 +413,7 @@ def producer_role(cfg: dict[str, Any]) -> None:
     keys = [names[i].encode() for i in cols["sym"].tolist()]
     enc = BatchEncoder(TICK)
     enc.encode({k: v[:10] for k, v in cols.items()}, names)
-    prod = make_producer(s.kafka, **{"linger.ms": 1})
+    prod = make_producer(s.kafka, **{"linger.ms": 1, "socket.nagle.disable": True})
     produce, i = prod.produce, 0
     t0 = time.perf_counter()
     while i < n:
@@ -450,80 +438,35 @@ def producer_role(cfg: dict[str, Any]) -> None:
     print(json.dumps({"produced": n, "send_s": t_send, "offered_rate": n / t_send}), flush=True)
 
 
-def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: argparse.Namespace) -> dict[str, Any]:
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
-    from mystocks_gpu.infra.kafka_clients import make_consumer
-
-    short = ("eos" if guarantee == EXACTLY_ONCE else "alo") + f"{int(rate)}"
-    topic, out = f"bench.fe.lat.in.{short}.{tag}", f"bench.fe.lat.out.{short}.{tag}"
-    C.create_topics(s, [(topic, TICK, args.partitions), (topic + ".dlq", None, 1), (out, FV, args.partitions)])
-    cfg = {"topic": topic, "out": out, "group": f"bench-fe-lat-{short}-{tag}", "guarantee": guarantee,
-           "batch": args.lat_batch, "linger_ms": args.lat_linger_ms, "backend": args.backend, "symbols": args.symbols}
-    cons = make_consumer(s.kafka, f"bench-fe-latc-{short}-{tag}", **{"fetch.wait.max.ms": 5})
-    cons.assign([TopicPartition(out, p, OFFSET_BEGINNING) for p in range(args.partitions)])
-    worker = subprocess.Popen([sys.executable, str(SCRIPT), "--_role", "worker", "--_cfg", json.dumps(cfg)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
-    producer = None
-    try:
-        # warm-up: 2000 ticks stamped now; wait until their features come back (worker up, assigned, warm)
-        wcols, wnames = C.synthetic(2000, args.symbols, seed=3)
-        wcols["ts"] = np.full(2000, time.time_ns(), np.int64)
-        C.produce_ticks(s, topic, wcols, wnames)
-        seen, t0 = 0, time.monotonic()
-        while seen < 2000 and time.monotonic() - t0 < 180:
-            seen += sum(1 for m in cons.consume(10_000, timeout=0.2) if m.error() is None)
-            if worker.poll() is not None:
-                raise RuntimeError(f"worker exited: {worker.stderr.read()[-1500:] if worker.stderr else ''}")
-        if seen < 2000:
-            raise RuntimeError(f"warm-up: only {seen} of 2000 feature vectors came back")
-        load_start = time.time_ns()
-        pcfg = {"topic": topic, "rate": rate, "seconds": args.latency_s, "symbols": args.symbols}
-        producer = subprocess.Popen([sys.executable, str(SCRIPT), "--_role", "producer", "--_cfg", json.dumps(pcfg)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
-        expect = int(rate * args.latency_s)
-        lat: list[int] = []
-        to_worker: list[int] = []
-        t_first_out = t_last_out = None
-        deadline = time.monotonic() + 60 + 3 * args.latency_s
-        while len(lat) < expect and time.monotonic() < deadline:
-            msgs = cons.consume(10_000, timeout=0.05)
-            now = time.time_ns()
-            for m in msgs:
-                if m.error() is None:
-                    ts, ingest = _ts_event_ingest(m.value())
-                    if ts >= load_start:
-                        lat.append(now - ts)
-                        to_worker.append(ingest - ts)
-            if msgs:
-                t_last_out = time.perf_counter()
-                if t_first_out is None and lat:
-                    t_first_out = t_last_out
-        pout = json.loads(producer.communicate(timeout=120)[0].strip().splitlines()[-1])
-    finally:
-        cons.close()
-        if producer is not None and producer.poll() is None:
-            producer.kill()
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-        try:
-            wout, werr = worker.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            wout, werr = worker.communicate()
-    a = np.sort(np.asarray(lat, np.float64)) / 1e6
-    q = (lambda x: float(np.quantile(a, x))) if a.size else (lambda x: float("nan"))
-    w = np.asarray(to_worker, np.float64) / 1e6
-    return {"guarantee": guarantee, "rate": rate, "offered": expect, "received": int(a.size),
-            "p50_ms_to_worker_batch": float(np.median(w)) if w.size else None,
-            "p99_ms_to_worker_batch": float(np.quantile(w, 0.99)) if w.size else None,
-            "offered_rate": pout.get("offered_rate"), "p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999),
-            "max_ms": float(a[-1]) if a.size else None,
-            "out_rate": a.size / (t_last_out - t_first_out) if t_first_out and t_last_out and t_last_out > t_first_out else None,
-            "worker_summary": (wout.strip().splitlines() or ["{}"])[-1]}
-
-
 # ---- main --------------------------------------------------------------------------------------------
+#: the issue's goals (p99 / p99.9 in ms; throughput ratios); exactly-once: commit interval + 10 ms
+GOAL_ALO_P99_HIGH, GOAL_ALO_P999_HIGH, GOAL_ALO_P99_LOW, GOAL_EOS_SLACK = 10.0, 25.0, 5.0, 10.0
+GOAL_RATIO_QUIX = 10.0
+
+
+def goals(args: argparse.Namespace, lat: dict[str, Any], r_quix: float | None) -> list[tuple[Any, ...]]:
+    """(goal, target, measured, met) rows for the goals this run measured."""
+    rows: list[tuple[Any, ...]] = []
+
+    def row(name: str, target: float, got: Any, lower_is_better: bool = True) -> None:
+        met = None if got is None else (got <= target if lower_is_better else got >= target)
+        rows.append((name, target, got, "-" if met is None else ("yes" if met else "NO")))
+
+    hi, lo = lat.get(AT_LEAST_ONCE, {}), lat.get(f"{AT_LEAST_ONCE}@{int(args.low_rate)}", {})
+    eos = lat.get(EXACTLY_ONCE, {})
+    if hi:
+        row(f"ALO p99 ms @ {args.rate:,.0f}/s", GOAL_ALO_P99_HIGH, hi.get("p99_ms"))
+        row(f"ALO p99.9 ms @ {args.rate:,.0f}/s", GOAL_ALO_P999_HIGH, hi.get("p999_ms"))
+    if eos:
+        row(f"EOS p99 ms @ {args.rate:,.0f}/s (commit {args.commit_interval_ms:g} ms + {GOAL_EOS_SLACK:g})",
+            args.commit_interval_ms + GOAL_EOS_SLACK, eos.get("p99_ms"))
+    if lo:
+        row(f"ALO p99 ms @ {args.low_rate:,.0f}/s", GOAL_ALO_P99_LOW, lo.get("p99_ms"))
+    if r_quix is not None:
+        row("throughput ours EOS / Quix", GOAL_RATIO_QUIX, r_quix, lower_is_better=False)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000, help="input ticks for the throughput runs (default 100000)")
@@ -535,11 +478,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quix-guarantee", default="exactly-once", choices=["exactly-once", "at-least-once"])
     ap.add_argument("--rate", type=float, default=50_000.0, help="offered load of the latency runs, ticks/s (default 50000)")
     ap.add_argument("--latency-s", type=float, default=6.0, help="seconds of offered load per latency run (default 6)")
-    ap.add_argument("--lat-batch", type=int, default=2000, help="latency phase: max records per batch (default 2000)")
-    ap.add_argument("--lat-linger-ms", type=float, default=2.0, help="latency phase: batch linger, ms (default 2)")
+    ap.add_argument("--lat-batch", type=int, default=5000, help="latency phase: max records per batch (default 5000)")
+    ap.add_argument("--lat-batching", default="adaptive", choices=["adaptive", "linger"],
+                    help="latency phase: batching of our worker (default adaptive)")
+    ap.add_argument("--lat-linger-ms", type=float, default=2.0, help="latency phase: batch linger in linger mode, ms (default 2)")
+    ap.add_argument("--commit-interval-ms", type=float, default=100.0,
+                    help="latency phase: our commit interval, ms (default 100; exactly-once goal = this + 10 ms)")
     ap.add_argument("--low-rate", type=float, default=10_000.0,
                     help="also measure latency at this lower offered load, ticks/s (default 10000; 0 = skip)")
-    ap.add_argument("--skip", default="", help="comma list of contenders to leave out: quix,faust,pandas,latency")
+    ap.add_argument("--guarantees", default="at_least_once,exactly_once", help="latency runs: guarantees to measure")
+    ap.add_argument("--ab-tree", type=Path, default=None,
+                    help="also run each latency scenario with the worker of this checkout (e.g. the previous commit: "
+                         "git archive HEAD~1 | tar -x -C DIR), alternating old and new under the same load")
+    ap.add_argument("--repeat", type=int, default=1, help="latency: runs per scenario (alternating with --ab-tree)")
+    ap.add_argument("--workers", default=None, help="scale-out: comma list of worker counts in one consumer group "
+                    "(throughput of --n ticks and exactly-once latency at --rate per count); default 1,2,4 "
+                    "(--quick: skip; '' skips)")
+    ap.add_argument("--quick", action="store_true", help="small and short: --n 20000, 2 s latency runs (at the goal "
+                    "rates --rate / --low-rate, so p99_ms stays the 50k ticks/s headline), no faust")
+    ap.add_argument("--skip", default="", help="comma list of contenders to leave out: eos,alo,quix,faust,pandas,latency")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--_role", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_cfg", default=None, help=argparse.SUPPRESS)
@@ -547,6 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     if args._role:
         {"faust": faust_worker, "worker": worker_role, "producer": producer_role}[args._role](json.loads(args._cfg))
         return 0
+    if args.quick:
+        args.n, args.latency_s = min(args.n, 20_000), min(args.latency_s, 2.0)
+        args.skip = ",".join(filter(None, [args.skip, "faust"]))
+    if args.workers is None:
+        args.workers = "" if args.quick else "1,2,4"
     skip = set(filter(None, args.skip.split(",")))
     s, tag, n = C.settings(), C.new_tag(), args.n
     t_script = time.perf_counter()
@@ -559,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {}
     checks: dict[str, Any] = {}
     notes: list[str] = []
+    lat: dict[str, Any] = {}
+    ab: list[dict[str, Any]] = []
+    scale: list[dict[str, Any]] = []
     try:
         C.create_topics(s, [(topic, TICK, args.partitions), (topic + ".dlq", None, 1)]
                         + [(o, FV, args.partitions) for o in outs.values()])
@@ -578,28 +543,54 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{key} failed: {type(exc).__name__}: {str(exc)[:1500]}")
                 print(f"  {notes[-1]}")
 
-        attempt("eos", run_ours, s, topic, outs["eos"], f"bench-fe-eos-{tag}", EXACTLY_ONCE, n, args.batch, args.backend, cols, names)
-        attempt("alo", run_ours, s, topic, outs["alo"], f"bench-fe-alo-{tag}", AT_LEAST_ONCE, n, args.batch, args.backend, cols, names)
+        if "eos" not in skip:
+            attempt("eos", run_ours, s, topic, outs["eos"], f"bench-fe-eos-{tag}", EXACTLY_ONCE, n, args.batch,
+                    args.backend, cols, names)
+        if "alo" not in skip:
+            attempt("alo", run_ours, s, topic, outs["alo"], f"bench-fe-alo-{tag}", AT_LEAST_ONCE, n, args.batch,
+                    args.backend, cols, names)
         if "quix" not in skip:
             attempt("quix", run_quix, s, topic, outs["quix"], f"bench-fe-quix-{tag}", n, args.cap_s, args.quix_guarantee)
         if "faust" not in skip:
             attempt("faust", run_faust, s, topic, outs["faust"], tag, n, args.cap_s, args.batch, args.partitions)
         if "pandas" not in skip:
             attempt("pandas", run_pandas, s, topic, outs["pandas"], f"bench-fe-pandas-{tag}", n, args.cap_s, args.batch)
-        lat: dict[str, Any] = {}
         if "latency" not in skip:
-            runs = [(g, args.rate) for g in (AT_LEAST_ONCE, EXACTLY_ONCE)]
-            runs += [(g, args.low_rate) for g in (AT_LEAST_ONCE, EXACTLY_ONCE)] if args.low_rate else []
+            gs = [g for g in args.guarantees.split(",") if g]
+            runs = [(g, args.rate) for g in gs] + ([(g, args.low_rate) for g in gs] if args.low_rate else [])
             for g, rate in runs:
                 key = g if rate == args.rate else f"{g}@{int(rate)}"
-                try:
-                    lat[key] = run_latency(s, tag, g, rate, args)
-                    r = lat[key]
-                    print(f"  latency {g} @ {rate:,.0f}/s: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms ({r['received']:,}/"
-                          f"{r['offered']:,} received, offered {r['offered_rate'] or 0:,.0f}/s, out {r['out_rate'] or 0:,.0f}/s)")
-                except Exception as exc:  # noqa: BLE001 - report and go on
-                    notes.append(f"latency {g} @ {rate:,.0f}/s failed: {type(exc).__name__}: {str(exc)[:1500]}")
-                    print(f"  {notes[-1]}")
+                for rep in range(args.repeat):
+                    trees: list[Path | None] = [None] if args.ab_tree is None else (
+                        [None, args.ab_tree] if rep % 2 == 0 else [args.ab_tree, None])
+                    for tree in trees:
+                        label = "new" if tree is None else "old"
+                        try:
+                            r = L.run_latency(s, tag, g, rate, args, tree=tree, label=label)
+                        except Exception as exc:  # noqa: BLE001 - report and go on
+                            notes.append(f"latency {label} {g} @ {rate:,.0f}/s failed: {type(exc).__name__}: "
+                                         f"{str(exc)[:1500]}")
+                            print(f"  {notes[-1]}")
+                            continue
+                        ab.append(r)
+                        if tree is None and key not in lat:
+                            lat[key] = r
+                        print(f"  latency [{label}] {g} @ {rate:,.0f}/s: p50 {C.fmt(r['p50_ms'])} ms, p99 "
+                              f"{C.fmt(r['p99_ms'])} ms, p99.9 {C.fmt(r['p999_ms'])} ms ({r['received']:,}/"
+                              f"{r['offered']:,} received, offered {r['offered_rate'] or 0:,.0f}/s, out "
+                              f"{r['out_rate'] or 0:,.0f}/s, load {r['loadavg_1min']})")
+                        L.print_breakdown(r)
+        for k in [int(x) for x in args.workers.split(",") if x]:
+            try:
+                tp = L.run_throughput(s, tag, args, k, n)
+                lt = L.run_latency(s, tag, EXACTLY_ONCE, args.rate, args, workers=k, label=f"w{k}")
+                scale.append({**tp, "latency": lt})
+                print(f"  scale-out {k} worker(s): {C.fmt(tp['tps'])} ticks/s EOS ({tp['received']:,} of {n:,}); "
+                      f"EOS latency @ {args.rate:,.0f}/s p50 {C.fmt(lt['p50_ms'])} / p99 {C.fmt(lt['p99_ms'])} ms "
+                      f"(out {lt['out_rate'] or 0:,.0f}/s)")
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                notes.append(f"scale-out {k} workers failed: {type(exc).__name__}: {str(exc)[:1500]}")
+                print(f"  {notes[-1]}")
     finally:
         deleted = C.cleanup(s, tag)
 
@@ -623,30 +614,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ours: RuntimeConfig {res['eos']['runtime']}; Quix: commit_interval 5 s (default); "
               f"faust: take({args.batch}, within=0.02 s), send_soon, producer_linger 20 ms, "
               f"producer_max_batch_size 1 MB")
-    la, le = lat.get(AT_LEAST_ONCE, {}), lat.get(EXACTLY_ONCE, {})
-    if lat:
-        print(f"\ntick -> feature latency, ours, {args.latency_s:.0f} s of offered load per row (producer, worker, "
-              f"consumer in 3 processes on this machine); 'to worker' = ts_ingest - ts_event (waiting for the batch)")
-        C.print_table(["guarantee", "offered/s", "achieved in/s", "output/s", "p50 ms", "p99 ms", "p99.9 ms",
-                       "max ms", "to worker p50", "received"],
-                      [(x.get("guarantee"), x.get("rate"), x.get("offered_rate"), x.get("out_rate"), x.get("p50_ms"),
-                        x.get("p99_ms"), x.get("p999_ms"), x.get("max_ms"), x.get("p50_ms_to_worker_batch"),
-                        x.get("received")) for x in lat.values()])
+    if ab:
+        print(f"\ntick -> feature latency, {args.latency_s:.0f} s of offered load per row (producer, worker(s), broker and "
+              f"this consumer on this machine; {args.lat_batching} batching, commit interval {args.commit_interval_ms:g} ms)"
+              + ("; 'old' = the worker of " + str(args.ab_tree) if args.ab_tree else ""))
+        C.print_table(["code", "guarantee", "offered/s", "achieved in/s", "output/s", "p50 ms", "p99 ms", "p99.9 ms",
+                       "max ms", "to worker p50", "load"],
+                      [(x["label"], x["guarantee"], x["rate"], x["offered_rate"], x["out_rate"], x["p50_ms"], x["p99_ms"],
+                        x["p999_ms"], x["max_ms"], x["parts"]["to_worker"]["p50_ms"], x["loadavg_1min"]) for x in ab])
+    if scale:
+        print("\nscale-out (one consumer group, exactly-once; all processes share this machine's cores)")
+        C.print_table(["workers", "ticks/s", "x 1 worker", f"EOS p50 ms @ {args.rate:,.0f}/s", "p99 ms", "output/s", "load"],
+                      [(x["workers"], x["tps"], C.ratio(x["tps"], scale[0]["tps"]), x["latency"]["p50_ms"],
+                        x["latency"]["p99_ms"], x["latency"]["out_rate"], x["loadavg_1min"]) for x in scale])
     r_quix = C.ratio(eos_tps, g("quix", "tps"))
     print(f"ratio ours EOS / Quix: {C.fmt(r_quix)}")
+    goal_rows = goals(args, lat, r_quix)
+    if goal_rows:
+        print(f"\ngoals vs measured (load avg {C.machine()['loadavg_1min']} on {m0['cores']} cores: goals assume a quiet machine)")
+        C.print_table(["goal", "target", "measured", "met"], goal_rows)
     for note in notes:
         print(f"NOTE: {note}")
     total = time.perf_counter() - t_script
     print(f"total {total:.0f} s; deleted {len(deleted)} topics")
+    la, le = lat.get(AT_LEAST_ONCE, {}), lat.get(EXACTLY_ONCE, {})
+    ll = lat.get(f"{AT_LEAST_ONCE}@{int(args.low_rate)}", {})
     C.write_json(args.json, {
         "machine": m0, "loadavg_1min_end": C.machine()["loadavg_1min"], "n": n, "symbols": args.symbols,
         "partitions": args.partitions, "batch": args.batch, "cap_s": args.cap_s, "features": list(NAMES),
         "ours_eos_tps": eos_tps, "ours_alo_tps": g("alo", "tps"), "quix_tps": g("quix", "tps"),
         "faust_tps": g("faust", "tps"), "pandas_tps": g("pandas", "tps"), "ratio_vs_quix": r_quix,
         "processed": {k: g(k, "processed") for k in labels},
-        "p50_ms": la.get("p50_ms"), "p99_ms": la.get("p99_ms"), "p99_ms_eos": le.get("p99_ms"),
-        "p50_ms_eos": le.get("p50_ms"), "latency_rate": args.rate, "latency_s": args.latency_s,
-        "latency": lat, "checks": checks, "details": res, "notes": notes, "total_s": total})
+        "p50_ms": la.get("p50_ms"), "p99_ms": la.get("p99_ms"), "p999_ms": la.get("p999_ms"),
+        "p99_ms_eos": le.get("p99_ms"), "p50_ms_eos": le.get("p50_ms"), "latency_rate": args.rate,
+        "p99_ms_low_rate": ll.get("p99_ms"), "low_rate": args.low_rate, "quick": args.quick,
+        "scale_out_tps": {x["workers"]: x["tps"] for x in scale},
+        "scale_out_p99_ms_eos": {x["workers"]: x["latency"]["p99_ms"] for x in scale},
+        "latency_s": args.latency_s, "commit_interval_ms": args.commit_interval_ms, "lat_batching": args.lat_batching,
+        "goals": [dict(zip(("goal", "target", "measured", "met"), r, strict=True)) for r in goal_rows],
+        "latency": lat, "latency_runs": ab, "scale_out": scale, "checks": checks, "details": res, "notes": notes,
+        "total_s": total})
     ok = all(c.get("ok") for c in checks.values())
     return 0 if ok and not notes else 1
 

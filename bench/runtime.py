@@ -129,6 +129,10 @@ def run_quix(s: Any, topic: str, out: str, tag: str, n: int) -> dict[str, Any]:
     return {"busy_s": busy, "rps": n / busy, "commit_interval_s": 5.0}
 
 
+#: throughput must not regress (issue 18): ours EOS vs Quix EOS, and vs Kafka's own consumer
+GOAL_RATIO_QUIX, GOAL_RATIO_CEILING = 10.0, 0.6
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-n", type=int, default=50_000, help="ticks for the cProfile run (default 50000; 0 = skip)")
     ap.add_argument("--skip-quix", action="store_true", help="leave Quix Streams out")
     ap.add_argument("--skip-ceiling", action="store_true", help="leave Kafka's ConsumerPerformance out")
+    ap.add_argument("--quick", action="store_true", help="small and short: --n 50000, no cProfile run")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.profile_n = min(args.n, 50_000), 0
     s, tag, n = C.settings(), C.new_tag(), args.n
     t_script = time.perf_counter()
     m0 = C.machine()
@@ -218,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     if eos:
         print(f"ours: RuntimeConfig {eos['runtime']}; Quix: commit_interval 5 s (default)")
     print(f"ratio ours EOS / Quix EOS: {C.fmt(r_quix)}   ours EOS / consumer ceiling: {C.fmt(r_ceil)}")
+    goal_rows = [(name, target, got, "-" if got is None else ("yes" if got >= target else "NO"))
+                 for name, target, got in (("throughput ours EOS / Quix EOS", GOAL_RATIO_QUIX, r_quix),
+                                           ("throughput ours EOS / consumer ceiling", GOAL_RATIO_CEILING, r_ceil))]
+    print(f"\ngoals vs measured (load avg {C.machine()['loadavg_1min']} on {m0['cores']} cores: goals assume a quiet "
+          "machine)")
+    C.print_table(["goal", "target", "measured", "met"], goal_rows)
 
     if eos:
         other = eos["busy_s"] - eos["batch_s_sum"] - eos["commit_s_sum"]
@@ -240,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         "partitions": args.partitions, "batch": args.batch, "profile_n": args.profile_n,
         "ours_eos_rps": eos.get("rps"), "ours_alo_rps": alo.get("rps"), "quix_eos_rps": qx.get("rps"),
         "kafka_consumer_ceiling_rps": ceil_rps, "ratio_vs_quix": r_quix, "ratio_vs_ceiling": r_ceil,
+        "goals": [dict(zip(("goal", "target", "measured", "met"), r, strict=True)) for r in goal_rows],
+        "quick": args.quick,
         "checks": checks, "details": {k: v for k, v in results.items()}, "notes": notes,
         "quix_value_codec": "fastavro schemaless_reader/writer behind custom Quix Deserializer/Serializer",
         "total_s": total})

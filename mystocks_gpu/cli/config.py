@@ -10,6 +10,9 @@ from mystocks_gpu.infra.config import Settings
 
 
 def cmd_config(args: argparse.Namespace, s: Settings) -> int:
+    from mystocks_gpu.processors.tick_features import config_from_settings
+
+    config_from_settings(s.features)  # [features] checked in full (names, windows, intervals): one line, exit 2
     print(json.dumps(s.masked(), indent=2, default=str))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from typing import Any
@@ -82,6 +83,22 @@ def cmd_load(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def _finite(x: Any) -> Any:
+    """``x`` with every non-finite float (NaN, +-Infinity) replaced by ``None``, recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def strict_json(obj: Any) -> str:
+    """Strict JSON (RFC 8259) text of ``obj``: non-finite numbers as ``null``, never a bare ``NaN``."""
+    return json.dumps(_finite(obj), default=str, allow_nan=False)
+
+
 def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.data.topic_reader import read_topic
     from mystocks_gpu.schemas import AvroCodec, schema_store
@@ -93,11 +110,10 @@ def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
                           idle_timeout_s=args.timeout, decode=spec.schema is not None,
                           codec=AvroCodec(schema_store(s)) if spec.schema is not None else None):
         n += 1
-        if args.json:
-            print(json.dumps({"partition": rec.partition, "offset": rec.offset, "timestamp_ms": rec.timestamp_ms,
+        if args.json:  # strict JSON (RFC 8259): NaN and +-Infinity (e.g. unfilled feature windows) print as null
+            print(strict_json({"partition": rec.partition, "offset": rec.offset, "timestamp_ms": rec.timestamp_ms,
                               "key": rec.key, "value": rec.value, "headers": rec.headers or None,
-                              "error": rec.error, **({"raw_len": len(rec.raw or b"")} if rec.value is None else {})},
-                             default=str))
+                              "error": rec.error, **({"raw_len": len(rec.raw or b"")} if rec.value is None else {})}))
         else:
             body = rec.value if rec.value is not None else (rec.error or f"<{len(rec.raw or b'')} raw bytes> {rec.headers}")
             print(f"[{rec.partition}:{rec.offset}] {rec.key}: {body}")
@@ -134,6 +150,6 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("topic")
     sp.add_argument("--from-beginning", action="store_true", help="start at the earliest offset (default: only new records)")
     sp.add_argument("--max", type=int, default=None, help="stop after N records")
-    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.add_argument("--json", action="store_true", help="one strict JSON object per line (NaN and Infinity as null)")
     sp.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a record (default 5)")
     sp.set_defaults(func=cmd_consume)

@@ -6,27 +6,69 @@ import argparse
 import dataclasses
 import json
 import signal
+import textwrap
 from typing import Any
 
-from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.infra.config import Settings, with_section
 from mystocks_gpu.infra.devices import discover
 from mystocks_gpu.infra.gpu_metrics import register_gpu_metrics
 from mystocks_gpu.infra.logs import set_process_fields
-from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig
+from mystocks_gpu.streams.runtime_config import (
+    ADAPTIVE,
+    AT_LEAST_ONCE,
+    EXACTLY_ONCE,
+    LINGER,
+    RuntimeConfig,
+)
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 from mystocks_gpu.streams.stream_worker import StreamWorker
+
+#: ``run features`` flags -> ``[features]`` keys (values parsed like MYSTOCKS_FEATURES__* variables)
+FEATURE_FLAGS = {"features": "features", "ema_spans": "ema_spans", "window_ticks": "window_ticks",
+                 "window_s": "window_s", "bar_intervals_s": "bar_intervals_s",
+                 "allowed_lateness_s": "allowed_lateness_s", "max_disorder_s": "max_disorder_s",
+                 "idle_close_s": "idle_close_s", "close_on_stop": "close_on_stop"}
+
+
+def features_settings(args: argparse.Namespace, s: Settings) -> Settings:
+    """``s`` with the ``[features]`` keys given on the command line (they win over TOML and env)."""
+    given = {key: str(getattr(args, flag)) for flag, key in FEATURE_FLAGS.items() if getattr(args, flag) is not None}
+    if given and args.processor != "features":
+        raise ConfigError(f"--{next(iter(given)).replace('_', '-')} applies to `run features` only")
+    return with_section(s, "features", given) if given else s
+
+
+def ensure_bar_topics(s: Settings, topics: list[str]) -> None:
+    """Create the bar topics of the configured intervals that do not exist yet (md.bars.<label>)."""
+    from mystocks_gpu.topics import get
+    from mystocks_gpu.topics.admin import TopicAdmin
+
+    admin = TopicAdmin(s.kafka)
+    live = admin.existing()
+    specs = [get(t) for t in topics if t.startswith("md.bars.") and t not in live]
+    if specs:
+        admin.create([x for sp in specs for x in (sp, sp.dlq_spec()) if x is not None])
 
 
 def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.processors.stream_processors import create
     from mystocks_gpu.schemas import schema_store
 
-    processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, store=schema_store(s))
+    s = features_settings(args, s)
+    extra: dict[str, Any] = {"features": s.features} if args.processor == "features" else {}
+    processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, store=schema_store(s), **extra)
+    idle_flush = s.features.idle_close_s if args.processor == "features" else 0.0
+    flush_on_stop = s.features.close_on_stop if args.processor == "features" else False
     rt = RuntimeConfig(max_records=args.batch_records, max_bytes=args.batch_bytes, linger_ms=args.linger_ms,
                        guarantee=AT_LEAST_ONCE if args.at_least_once else EXACTLY_ONCE,
                        commit_interval_ms=args.commit_interval_ms, group_protocol=args.group_protocol,
                        max_buffered_records=args.max_buffered_records, fault_injection=args.inject_faults or "",
-                       transaction_timeout_ms=args.transaction_timeout_ms)
+                       transaction_timeout_ms=args.transaction_timeout_ms, batching=args.batching,
+                       fetch_wait_max_ms=args.fetch_wait_max_ms, producer_linger_ms=args.producer_linger_ms,
+                       idle_flush_s=idle_flush, flush_on_stop=flush_on_stop)
+    if args.processor == "features" and not args.output_topic:
+        ensure_bar_topics(s, list(processor.output_topics))
     metrics = RuntimeMetrics(processor.name)
     register_gpu_metrics(metrics.registry, lambda: discover("cpu" if s.backend == "cpu" else "auto"))
     port = args.metrics_port if args.metrics_port is not None else s.metrics.port
@@ -47,11 +89,29 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def features_epilog(width: int = 100) -> str:
+    """The feature list of ``run features --help``: name, unit, definition, then the rules."""
+    from mystocks_gpu.gpu_ops.features_config import FEATURE_RULES, feature_docs
+
+    lines = ["features (run features; default all 23, [features] features = [...] or --features to choose):"]
+    for name, unit, text in feature_docs():
+        lines += textwrap.wrap(f"{name} [{unit}]: {text}", width, initial_indent="  ", subsequent_indent="      ")
+    lines.append("")
+    lines += textwrap.wrap(FEATURE_RULES, width)
+    lines.append("")
+    lines += textwrap.wrap(
+        "Settings: [features] in the TOML config, MYSTOCKS_FEATURES__<KEY> variables, or the flags above "
+        "(flags win); `mystocks-gpu config show` prints the effective values. Each output record carries "
+        "them in the header mystocks.features.config (bars: mystocks.bars.config).", width)
+    return "\n".join(lines)
+
+
 def add_commands(sub: Any) -> None:
     """Register ``run`` on the top-level parser."""
     sp = sub.add_parser("run", help="run a stream processor (exactly-once by default)",
                         description="Run a stream processor: batch consume -> process -> produce. "
-                                    "SIGTERM/SIGINT finish the current batch, commit, and exit 0.")
+                                    "SIGTERM/SIGINT finish the current batch, commit, and exit 0.",
+                        epilog=features_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("processor", help="processor name (aggregate, features, ...)")
     sp.add_argument("--group", help="consumer group (default mystocks.PROCESSOR)")
     sp.add_argument("--worker-id", help="stable id of this worker: a restart with the same id fences its predecessor "
@@ -64,9 +124,18 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--output-topic", help="override the processor's output topic")
     sp.add_argument("--batch-records", type=int, default=5000, help="max records per micro-batch (default 5000)")
     sp.add_argument("--batch-bytes", type=int, default=4 * 1024 * 1024, help="max bytes per micro-batch (default 4 MiB)")
-    sp.add_argument("--linger-ms", type=float, default=20.0, help="close a batch this long after its first record (default 20)")
+    sp.add_argument("--batching", choices=[ADAPTIVE, LINGER], default=ADAPTIVE,
+                    help="adaptive: close a batch as soon as the input is drained (size follows the load; default); "
+                         "linger: close it --linger-ms after its first record")
+    sp.add_argument("--linger-ms", type=float, default=20.0,
+                    help="linger batching: close a batch this long after its first record (default 20)")
     sp.add_argument("--commit-interval-ms", type=float, default=100.0,
-                    help="commit (end the transaction) every N ms; 0 = after every batch (default 100)")
+                    help="commit (end the transaction) every N ms; 0 = after every batch (default 100). Exactly-once "
+                         "outputs become visible at the commit: latency up to this + the commit itself")
+    sp.add_argument("--fetch-wait-max-ms", type=int, default=100,
+                    help="consumer fetch.wait.max.ms: how long the broker holds an empty fetch (default 100)")
+    sp.add_argument("--producer-linger-ms", type=float, default=None,
+                    help="producer linger.ms for outputs (default 0.5 at-least-once, 5 exactly-once)")
     sp.add_argument("--group-protocol", choices=["classic", "consumer"], default="classic",
                     help="classic (cooperative-sticky) or consumer (KIP-848)")
     sp.add_argument("--max-buffered-records", type=int, default=50_000,
@@ -79,4 +148,18 @@ def add_commands(sub: Any) -> None:
                          "(stages: begin, produce, offsets, commit, crash, stall)")
     sp.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds without input")
     sp.add_argument("--max-records", type=int, default=None, help="exit after consuming about this many records")
+    f = sp.add_argument_group("features settings (run features; override [features] / MYSTOCKS_FEATURES__*)")
+    f.add_argument("--features", default=None, metavar="NAMES", help="comma list of feature names, or all")
+    f.add_argument("--ema-spans", default=None, metavar="SPANS", help="comma list of EMA spans (default 10,50)")
+    f.add_argument("--window-ticks", default=None, metavar="N", help="trade-count window N (default 20)")
+    f.add_argument("--window-s", default=None, metavar="S", help="time window W of time_mean/time_std, s (default 1)")
+    f.add_argument("--bar-intervals-s", default=None, metavar="S,S", help="bar intervals, s (default 1,60)")
+    f.add_argument("--allowed-lateness-s", default=None, metavar="S",
+                   help="bars close this long after their end in event time (default 0)")
+    f.add_argument("--max-disorder-s", default=None, metavar="S",
+                   help="a trade up to this far behind its symbol's last trade is still used (default 0)")
+    f.add_argument("--idle-close-s", default=None, metavar="S",
+                   help="close open bars after this long without event-time progress, wall clock (default 0 = never)")
+    f.add_argument("--close-on-stop", default=None, choices=["true", "false"],
+                   help="close open bars on a graceful stop (default true)")
     sp.set_defaults(func=cmd_run)

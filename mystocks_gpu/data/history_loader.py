@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,9 @@ def _read(path: Path) -> pd.DataFrame:
 
 
 def _ts_ns(col: pd.Series, unit: str, path: Path) -> np.ndarray:
+    """Event times as int64 ns. Numeric times are converted exactly from their decimal text
+    (``1777689380.521`` s -> ``1777689380521000000``; ``1777689380521.5`` ms keeps its half ms); a
+    value with digits below a nanosecond, or beyond int64, is an error naming the line."""
     num = pd.to_numeric(col, errors="coerce")
     if unit == "iso" or (unit == "auto" and num.isna().any()):
         ts = pd.to_datetime(col, utc=True, errors="coerce", format="mixed")
@@ -67,12 +71,36 @@ def _ts_ns(col: pd.Series, unit: str, path: Path) -> np.ndarray:
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise LoadError(f"{path}:{i + 2}: cannot parse time {col.iloc[i]!r}")
         return ts.astype("int64").to_numpy() if ts.dt.unit == "ns" else ts.dt.as_unit("ns").astype("int64").to_numpy()
-    vals = num.to_numpy(dtype=np.float64)
     if unit == "auto":
+        vals = num.to_numpy(dtype=np.float64)
         mag = np.nanmax(np.abs(vals)) if len(vals) else 0
         unit = "ns" if mag > 1e17 else "us" if mag > 1e14 else "ms" if mag > 1e11 else "s"
     scale = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[unit]
-    return (num.astype("int64").to_numpy() * scale) if unit != "s" else np.round(vals * 1e9).astype(np.int64)
+    return _exact_ns(col, scale, unit, path)
+
+
+def _exact_ns(col: pd.Series, scale: int, unit: str, path: Path) -> np.ndarray:
+    """``col`` (decimal strings, integers or floats) times ``scale``, exactly, as int64 ns."""
+    if pd.api.types.is_integer_dtype(col.dtype):
+        vals = col.to_numpy(np.int64)
+        if len(vals) and int(np.abs(vals).max()) > (2**63 - 1) // scale:
+            i = int(np.flatnonzero(np.abs(vals) > (2**63 - 1) // scale)[0])
+            raise LoadError(f"{path}:{i + 2}: time {vals[i]} {unit} is beyond the int64 ns range")
+        return vals * scale
+    # floats: their shortest decimal text (what a writer meant: 1777689380.521, not ...520999908)
+    texts = [repr(float(x)) for x in col] if pd.api.types.is_float_dtype(col.dtype) else [str(x).strip() for x in col]
+    out = np.empty(len(texts), np.int64)
+    for i, text in enumerate(texts):
+        try:
+            d = Decimal(text) * scale
+        except InvalidOperation:
+            raise LoadError(f"{path}:{i + 2}: cannot parse time {text!r}") from None
+        if d != d.to_integral_value():
+            raise LoadError(f"{path}:{i + 2}: time {text} {unit} has digits below a nanosecond")
+        if not -(2**63) <= d < 2**63:
+            raise LoadError(f"{path}:{i + 2}: time {text} {unit} is beyond the int64 ns range")
+        out[i] = int(d)
+    return out
 
 
 def frame_to_records(df: pd.DataFrame, spec: TopicSpec, codec: AvroCodec, opts: LoadOptions,

@@ -266,6 +266,19 @@ class BarBuilder:
         late_out = xp(GPU).asarray(late) if self.backend == GPU else late
         return bars, late_out, new
 
+    def snapshot_rows(self, state: BarState, codes: np.ndarray) -> dict[str, np.ndarray]:
+        """Copies of the state rows of symbol ``codes`` (beyond the capacity: skipped), the undo log
+        of ``process(..., inplace=True)`` (see :meth:`restore_rows`)."""
+        codes = np.asarray(codes, np.int64)
+        codes = codes[codes < state.capacity]
+        return {"codes": codes, **{k: v[codes] for k, v in state.arrays.items()}}
+
+    @staticmethod
+    def restore_rows(state: BarState, snap: dict[str, np.ndarray]) -> None:
+        """Put back the rows saved by :meth:`snapshot_rows` (in place)."""
+        for k, v in state.arrays.items():
+            v[snap["codes"]] = snap[k]
+
     def flush(self, state: BarState) -> tuple[dict[str, Any], BarState]:
         """Emit every open bar (end of a replay), sorted by (sym, ts_open).
 

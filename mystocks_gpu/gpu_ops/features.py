@@ -39,6 +39,14 @@ per symbol and counts that symbol's TRADE rows only):
 * ``spread`` = ask - bid, ``rel_spread`` = spread / ((ask + bid) / 2),
   ``book_imb`` = (bid_size - ask_size) / (bid_size + ask_size); NaN on zero denominators.
 
+Event time going backwards (per symbol, trades): a trade stamped before the symbol's trade
+clock (the time of its last accepted trade) by at most ``max_disorder_ns`` is used in
+arrival order as if stamped at the clock (the time window and the VWAP session see it at the
+clock's time; the trade-count windows, returns and EMAs take trades in arrival order anyway);
+a trade stamped further back is rejected: it changes no state and its row repeats the
+symbol's current values, flagged in the ``rejected`` mask of :meth:`process_host_full` (the
+features processor sends it to the DLQ). Quotes carry no time-dependent state.
+
 Windowed statistics are NaN until the window holds N trades (pandas ``min_periods=N``).
 Rolling mean/std are recomputed from the per-symbol ring buffer on every trade with a
 shifted two-pass algorithm (no running sum of squares), so they stay exact to rounding for
@@ -51,8 +59,8 @@ when ``time_mean``/``time_std`` are selected. Serialised state loads into an eng
 config differs at most in the selection, with the same two "needs" flags.
 
 State: :class:`FeatureState`, per-symbol arrays (see ``features_cpu``) of
-``8 * (F + C + 2 + 4 N) + 16 M`` bytes per symbol (F = 21 + n_spans slots, C = 8 + n_spans
-scalars; M term only when ``time_mean``/``time_std`` are selected): 9 112 bytes with the
+``8 * (F + C + 3 + 4 N) + 16 M`` bytes per symbol (F = 21 + n_spans slots, C = 8 + n_spans
+scalars; M term only when ``time_mean``/``time_std`` are selected): 9 120 bytes with the
 defaults. ``process`` never mutates the state passed in (it works on a copy) unless called
 with ``inplace=True``, so a runtime may drop the returned state and re-run the batch.
 Symbol codes at or beyond the capacity grow the state (new symbols start empty).
@@ -75,6 +83,7 @@ from mystocks_gpu.exceptions import MyStocksError
 from mystocks_gpu.gpu_ops.backend import CPU, GPU, select, to_host, xp
 from mystocks_gpu.gpu_ops.features_config import (
     IS_SESSION,
+    N_IST,
     SC_PREV,
     SESSION_NONE,
     FeatureConfig,
@@ -82,7 +91,8 @@ from mystocks_gpu.gpu_ops.features_config import (
 from mystocks_gpu.gpu_ops.tick_columns import COLUMN_DTYPES, TickColumns, TickColumnsError
 
 STATE_FORMAT = "mystocks-tick-features"
-STATE_VERSION = 1
+#: 2: ``ist`` gained the trade clock column (event time going backwards)
+STATE_VERSION = 2
 #: names of the per-symbol state arrays, in serialisation order
 STATE_ARRAYS = ("feat", "sc", "ist", "r_price", "r_size", "r_flow", "r_ret", "t_ts", "t_price")
 
@@ -110,9 +120,9 @@ class FeatureState:
 
 
 def state_bytes_per_symbol(cfg: FeatureConfig) -> int:
-    """Bytes of state per symbol: ``8 (F + C + 2 + 4 N) + 16 M`` (M = 0 without time window)."""
+    """Bytes of state per symbol: ``8 (F + C + 3 + 4 N) + 16 M`` (M = 0 without time window)."""
     m = cfg.max_window_ticks if cfg.needs_time_window else 0
-    return 8 * (cfg.n_slots + cfg.n_scalars + 2 + 4 * cfg.window_ticks) + 16 * m
+    return 8 * (cfg.n_slots + cfg.n_scalars + N_IST + 4 * cfg.window_ticks) + 16 * m
 
 
 class TickFeatureEngine:
@@ -140,6 +150,7 @@ class TickFeatureEngine:
             "do_roll": int(self.cfg.needs_tick_window),
             "boll_k": float(self.cfg.bollinger_k),
             "rvol_scale": self.cfg.rvol_scale(),
+            "max_disorder": int(self.cfg.max_disorder_ns),
         }
         self._ema_alpha = self._xp.asarray(self.cfg.ema_alphas())
         self._macd_alpha = self._xp.asarray(self.cfg.macd_alphas())
@@ -154,7 +165,7 @@ class TickFeatureEngine:
         return {
             "feat": ((S, cfg.n_slots), np.float64, np.nan),
             "sc": ((S, cfg.n_scalars), np.float64, 0.0),
-            "ist": ((S, 2), np.int64, 0),
+            "ist": ((S, N_IST), np.int64, 0),
             "r_price": ((S, N), np.float64, 0.0),
             "r_size": ((S, N), np.float64, 0.0),
             "r_flow": ((S, N), np.float64, 0.0),
@@ -215,7 +226,7 @@ class TickFeatureEngine:
             backend for each of :attr:`output_names` (rows of one (K, n) C-contiguous
             matrix), in input row order.
         """
-        mat, state = self._process(cols, state, inplace=inplace)
+        mat, _, state = self._process(cols, state, inplace=inplace)
         return self._as_dict(mat), state
 
     def _as_dict(self, mat: Any) -> dict[str, Any]:
@@ -223,7 +234,7 @@ class TickFeatureEngine:
 
     def _process(
         self, cols: TickColumns, state: FeatureState, *, inplace: bool, max_sym: int | None = None
-    ) -> tuple[Any, FeatureState]:
+    ) -> tuple[Any, Any, FeatureState]:
         self._check_state(state)
         cols = cols.to(self.backend)
         n = len(cols)
@@ -243,13 +254,14 @@ class TickFeatureEngine:
         if self.backend == GPU:
             from mystocks_gpu.gpu_ops.features_gpu import process_batch_gpu
 
-            mat = process_batch_gpu(
+            mat, rej = process_batch_gpu(
                 cols, st, self._ema_alpha, self._macd_alpha, p, self._col_idx, K
             )
         else:
             from mystocks_gpu.gpu_ops.features_cpu import process_batch
 
             mat = np.empty((K, n), dtype=np.float64)
+            rej = np.zeros(n, dtype=np.int8)
             if n:
                 process_batch(
                     cols.sym, cols.ts, cols.kind, cols.price, cols.size, cols.side, cols.bid,
@@ -258,9 +270,9 @@ class TickFeatureEngine:
                     st["r_ret"], st["t_ts"], st["t_price"], self._ema_alpha, self._macd_alpha,
                     p["n_win"], p["window_ns"], p["cap"], p["rsi_p"], p["sess_on"],
                     p["sess_off"], p["do_time"], p["do_roll"], p["boll_k"], p["rvol_scale"],
-                    self._col_idx, mat,
+                    p["max_disorder"], self._col_idx, mat, rej,
                 )
-        return mat, state
+        return mat, rej, state
 
     def process_host(
         self, cols: TickColumns, state: FeatureState, *, inplace: bool = False
@@ -272,8 +284,17 @@ class TickFeatureEngine:
         and the (K, n) outputs come back through a pinned buffer; the state stays on the
         device. On the CPU backend this is :meth:`process`.
         """
+        out, _, state = self.process_host_full(cols, state, inplace=inplace)
+        return out, state
+
+    def process_host_full(
+        self, cols: TickColumns, state: FeatureState, *, inplace: bool = False
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, FeatureState]:
+        """:meth:`process_host` plus the ``rejected`` mask: bool (n,) host array, True for trades
+        stamped too far behind their symbol's trade clock (see the module docstring)."""
         if self.backend == CPU:
-            return self.process(cols.to(CPU), state, inplace=inplace)
+            mat, rej, state = self._process(cols.to(CPU), state, inplace=inplace)
+            return self._as_dict(mat), rej.astype(bool), state
         from mystocks_gpu.gpu_ops.features_gpu import PinnedStager
 
         if self._stager is None:
@@ -287,9 +308,26 @@ class TickFeatureEngine:
         stream = self._stager.stream
         with stream:
             dev = self._stager.upload(host)
-            mat, state = self._process(dev, state, inplace=inplace, max_sym=max_sym)
+            mat, rej, state = self._process(dev, state, inplace=inplace, max_sym=max_sym)
             res = self._stager.download(mat)
-        return self._as_dict(res), state
+            rej_host = rej.get(stream=stream) if len(host) else np.zeros(0, np.int8)
+            stream.synchronize()
+        return self._as_dict(res), rej_host.astype(bool), state
+
+    def snapshot_rows(self, state: FeatureState, codes: np.ndarray) -> dict[str, Any]:
+        """Copies of the state rows of symbol ``codes`` (host int array; codes beyond the capacity
+        are skipped): with :meth:`restore_rows`, an undo log for ``process(..., inplace=True)``
+        that costs O(touched symbols) instead of a copy of the whole state."""
+        codes = np.asarray(codes, np.int64)
+        codes = codes[codes < state.capacity]
+        idx = self._xp.asarray(codes)
+        return {"codes": idx, **{k: v[idx] for k, v in state.arrays.items()}}
+
+    def restore_rows(self, state: FeatureState, snap: dict[str, Any]) -> None:
+        """Put back the rows saved by :meth:`snapshot_rows` (in place)."""
+        idx = snap["codes"]
+        for k, v in state.arrays.items():
+            v[idx] = snap[k]
 
     # ---- serialisation -------------------------------------------------------------------
 

@@ -71,10 +71,76 @@ SC_MACD_SIG = 5  # MACD signal EMA
 SC_RSI_GAIN = 6  # Wilder average gain (sum of gains while seeding)
 SC_RSI_LOSS = 7  # Wilder average loss (sum of losses while seeding)
 SC_EMA0 = 8  # first of the ema_spans EMAs
-# per-symbol int64 state, columns of the (S, 2) ``ist`` array
+# per-symbol int64 state, columns of the (S, 3) ``ist`` array
 IS_NTRADES = 0  # trades seen
 IS_SESSION = 1  # session id of the running VWAP sums
+IS_TCLOCK = 2  # the symbol's trade clock: effective ts of its last accepted trade (ns)
+N_IST = 3
 SESSION_NONE = -(2**63)  # "no session yet" sentinel
+
+
+#: every output feature: (unit, definition). N = window_ticks, W = window_s, M = max_window_ticks,
+#: p = trade price, v = trade size; windows count the symbol's TRADES only. Printed by
+#: ``mystocks-gpu run features --help`` and in the README.
+FEATURE_DOCS: dict[str, tuple[str, str]] = {
+    "last_price": ("price", "price of the symbol's last trade; NaN before its first trade"),
+    "ret": ("fraction", "p_t / p_(t-1) - 1, trade to trade; NaN on the first trade"),
+    "log_ret": ("log-return", "ln(p_t / p_(t-1)), trade to trade; NaN on the first trade"),
+    "vwap_session": ("price", "sum(p v) / sum(v) since the symbol's first trade (or since the last session "
+                     "boundary, session_offset_s after UTC midnight, when set); NaN while sum(v) = 0"),
+    "vwap_roll": ("price", "sum(p v) / sum(v) over the last N trades; NaN until N trades (or while sum(v) = 0)"),
+    "ema_<span>": ("price", "exponential moving average of trade prices, alpha = 2 / (span + 1) (pandas "
+                   "ewm(span, adjust=False)); one feature per ema_spans entry (default ema_10, ema_50); "
+                   "valid from the first trade"),
+    "roll_mean": ("price", "mean of the last N trade prices; NaN until N trades"),
+    "roll_std": ("price", "sample standard deviation (ddof=1) of the last N trade prices; NaN until N trades"),
+    "roll_z": ("std devs", "(p - roll_mean) / roll_std; NaN until N trades or while roll_std = 0"),
+    "time_mean": ("price", "mean of the trade prices in the time window (t - W, t] (a trade exactly W "
+                  "before is out, ties at t are in; at most the M newest trades); valid from the first trade"),
+    "time_std": ("price", "sample standard deviation (ddof=1) over the same window; NaN with fewer than 2 trades in it"),
+    "rsi": ("0..100", "Wilder RSI of period P (rsi_period) on trade-to-trade price changes: the first "
+            "average gain/loss is the mean of the first P changes, then avg = (avg (P-1) + x) / P; "
+            "rsi = 100 G / (G + L), 50 when G + L = 0; NaN until trade P+1"),
+    "macd": ("price", "EMA_fast - EMA_slow of trade prices (macd spans, default 12 / 26); 0 on the first trade"),
+    "macd_signal": ("price", "EMA of macd with the signal span (default 9); 0 on the first trade"),
+    "macd_hist": ("price", "macd - macd_signal"),
+    "boll_upper": ("price", "roll_mean + bollinger_k * roll_std; NaN until N trades"),
+    "boll_lower": ("price", "roll_mean - bollinger_k * roll_std; NaN until N trades"),
+    "rvol": ("log-return", "sqrt(A * sum of the last N squared log returns), A = rvol_annualization or 1; "
+             "NaN until trade N+1"),
+    "flow_imb": ("-1..1", "sum(side v) / sum(v) over the last N trades (side +1 buyer-, -1 seller-initiated, "
+                 "0 unknown: in the denominator only); NaN until N trades"),
+    "spread": ("price", "ask - bid of the row (every row: quotes, and trades carrying the prevailing quote)"),
+    "rel_spread": ("fraction", "spread / ((ask + bid) / 2); NaN when the mid is 0"),
+    "book_imb": ("-1..1", "(bid_size - ask_size) / (bid_size + ask_size); NaN when both are 0"),
+}
+
+#: the rules every feature follows (printed with :data:`FEATURE_DOCS`)
+FEATURE_RULES = (
+    "Price-based features update on TRADE rows; a QUOTE row repeats the symbol's values after its last "
+    "trade (NaN before its first trade); spread, rel_spread and book_imb come from every row's own quote. "
+    "Trades with equal timestamps are taken in arrival order. Warm-up: windowed values are NaN until "
+    "their window is full (pandas min_periods). Event time going backwards: a trade stamped at most "
+    "max_disorder_s behind its symbol's last trade is used in arrival order at that trade's time; one "
+    "stamped further back goes to the DLQ (out_of_order) and gets no vector. Bars per interval I "
+    "(bar_intervals_s): [t0, t0 + I) with t0 a multiple of I, OHLCV + vwap + trade count of the trades "
+    "in it (open/close = earliest/latest ts, ties by arrival); a bar closes once its symbol's event time "
+    "(latest trade or quote ts) reaches t0 + I + allowed_lateness_s, after idle_close_s without "
+    "event-time progress, or on a graceful stop (close_on_stop). A trade is late for interval I when its "
+    "bar had already closed: it is counted in no bar of that interval, goes to the DLQ with a message "
+    "naming the interval(s), and still gets its feature vector."
+)
+
+
+def feature_docs(cfg: FeatureConfig | None = None) -> list[tuple[str, str, str]]:
+    """(name, unit, definition) of every output of ``cfg`` (default: all 23), in output order."""
+    cfg = cfg or FeatureConfig()
+    out = []
+    for name in cfg.output_names():
+        key = "ema_<span>" if name.startswith("ema_") else name
+        unit, text = FEATURE_DOCS[key]
+        out.append((name, unit, text))
+    return out
 
 
 class FeatureConfigError(ConfigError, ValueError):
@@ -101,6 +167,10 @@ class FeatureConfig:
         session_offset_ns: when set, ``vwap_session`` resets at every
             ``k * 1 day + session_offset_ns`` (UTC ns since epoch; 0 <= offset < 1 day);
             ``None`` (default): cumulative since the symbol's first trade.
+        max_disorder_ns: how far (ns) a trade may be stamped behind its symbol's trade clock
+            (the time of its last accepted trade) and still be used: it is then processed in
+            arrival order at the clock's time; a trade further behind is rejected (late for
+            the features: no state change). Default 0: any backwards trade is rejected.
     """
 
     features: tuple[str, ...] = ALL_FEATURES
@@ -113,6 +183,7 @@ class FeatureConfig:
     bollinger_k: float = 2.0
     rvol_annualization: float | None = None
     session_offset_ns: int | None = None
+    max_disorder_ns: int = 0
 
     def __post_init__(self) -> None:
         feats = tuple(self.features)
@@ -154,6 +225,8 @@ class FeatureConfig:
             raise FeatureConfigError(
                 f"rvol_annualization must be > 0 or None, got {self.rvol_annualization}"
             )
+        if not 0 <= self.max_disorder_ns <= 366 * NS_PER_DAY:
+            raise FeatureConfigError(f"max_disorder_ns must be within 0 .. 1 year, got {self.max_disorder_ns}")
         if self.session_offset_ns is not None and not 0 <= self.session_offset_ns < NS_PER_DAY:
             raise FeatureConfigError(
                 f"session_offset_ns must be in [0, 1 day) ns or None, got {self.session_offset_ns}"
@@ -222,6 +295,7 @@ class FeatureConfig:
         serialised state and checked on load."""
         d = asdict(self)
         d.pop("features")
+        d.pop("max_disorder_ns")  # how late trades are judged does not shape the state
         d["needs_time_window"] = self.needs_time_window
         d["needs_tick_window"] = self.needs_tick_window
         return json.dumps(d, sort_keys=True)

@@ -12,7 +12,7 @@ array          shape, dtype   content
 =============  =============  ==========================================================
 ``feat``       (S, F) f64     the symbol's current feature vector (carried on quotes)
 ``sc``         (S, C) f64     running scalars: last price, VWAP sums, EMAs, RSI averages
-``ist``        (S, 2) i64     trades seen, VWAP session id
+``ist``        (S, 3) i64     trades seen, VWAP session id, trade clock (ns)
 ``r_price``    (S, N) f64     ring of the last N trade prices (slot = trade# mod N)
 ``r_size``     (S, N) f64     ring of the last N trade sizes
 ``r_flow``     (S, N) f64     ring of the last N side * size
@@ -32,6 +32,7 @@ from numba import njit
 from mystocks_gpu.gpu_ops.features_config import (
     IS_NTRADES,
     IS_SESSION,
+    IS_TCLOCK,
     N_FIXED,
     NS_PER_DAY,
     SC_CUM_PV,
@@ -168,6 +169,7 @@ def _trade(
         r_ret[s, slot] = lr
     n1 = n + 1
     ist[s, IS_NTRADES] = n1
+    ist[s, IS_TCLOCK] = t
     sc[s, SC_PREV] = p
     if not do_roll:
         pass
@@ -261,21 +263,38 @@ def process_batch(
     sym, ts, kind, price, size, side, bid, ask, bid_size, ask_size,
     feat, sc, ist, r_price, r_size, r_flow, r_ret, t_ts, t_price,
     ema_alpha, macd_alpha, n_win, window_ns, cap, rsi_p, sess_on, sess_off, do_time,
-    do_roll, boll_k, rvol_scale, col_idx, out,
+    do_roll, boll_k, rvol_scale, max_disorder, col_idx, out, rej,
 ):  # pragma: no cover - compiled
     """Update state in place over ``n`` rows and write ``out[col_idx[f], i]`` (shape (K, n)).
 
     Integer parameters: ``n_win`` = N, ``window_ns`` = W, ``cap`` = M, ``rsi_p``,
     ``sess_on`` (0/1), ``sess_off`` (ns of day), ``do_time`` (0/1: keep the time window),
-    ``do_roll`` (0/1: compute the trade-window statistics). ``col_idx`` is
+    ``do_roll`` (0/1: compute the trade-window statistics), ``max_disorder`` (ns: how far a
+    trade may be stamped behind its symbol's trade clock). ``col_idx`` is
     ``FeatureConfig.column_index()``.
+
+    Event time going backwards: a trade stamped before its symbol's trade clock (the time of
+    its last accepted trade) by at most ``max_disorder`` is used in arrival order at the
+    clock's time (``t = clock``: the time window and session see it as simultaneous with the
+    previous trade); one stamped further back is rejected: ``rej[i] = 1``, no state changes
+    and ``out[:, i]`` repeats the symbol's current values.
     """
     n_slots = feat.shape[1]
     for i in range(sym.shape[0]):
         s = sym[i]
         if kind[i] == 0:
+            t = ts[i]
+            if ist[s, IS_NTRADES] > 0 and t < ist[s, IS_TCLOCK]:
+                if ist[s, IS_TCLOCK] - t > max_disorder:
+                    rej[i] = 1
+                    for f in range(n_slots):
+                        c = col_idx[f]
+                        if c >= 0:
+                            out[c, i] = feat[s, f]
+                    continue
+                t = ist[s, IS_TCLOCK]
             _trade(
-                s, ts[i], price[i], size[i], float(side[i]), feat, sc, ist, r_price, r_size,
+                s, t, price[i], size[i], float(side[i]), feat, sc, ist, r_price, r_size,
                 r_flow, r_ret, t_ts, t_price, ema_alpha, macd_alpha, n_win, window_ns, cap,
                 rsi_p, sess_on, sess_off, do_time, do_roll, boll_k, rvol_scale,
             )

@@ -55,6 +55,15 @@ class TickColumnsError(MyStocksError, ValueError):
     """A tick batch is malformed (missing column, unequal lengths, bad dtype or code)."""
 
 
+def _default(name: str, n: int) -> np.ndarray:
+    """The value of an omitted column: TRADE, size 0, side 0, NaN quotes."""
+    if name in ("kind", "side"):
+        return np.zeros(n, np.int8)
+    if name == "size":
+        return np.zeros(n)
+    return np.full(n, np.nan)
+
+
 def _module_of(a: Any) -> str:
     return CPU if isinstance(a, np.ndarray) else GPU
 
@@ -93,18 +102,9 @@ class TickColumns:
             if req not in arrays:
                 raise TickColumnsError(f"tick column {req!r} is required")
         n = len(np.asarray(arrays["sym"]))
-        defaults = {
-            "kind": np.zeros(n, np.int8),
-            "size": np.zeros(n),
-            "side": np.zeros(n, np.int8),
-            "bid": np.full(n, np.nan),
-            "ask": np.full(n, np.nan),
-            "bid_size": np.full(n, np.nan),
-            "ask_size": np.full(n, np.nan),
-        }
         cols: dict[str, np.ndarray] = {}
         for name, dt in COLUMN_DTYPES.items():
-            raw = arrays.get(name, defaults.get(name))
+            raw = arrays[name] if name in arrays else _default(name, n)
             a = np.ascontiguousarray(np.asarray(raw), dtype=dt)
             if a.ndim != 1 or a.shape[0] != n:
                 raise TickColumnsError(

@@ -320,6 +320,56 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """The real-time features pipeline (``run features``; the ``[features]`` section). Times in seconds.
+
+    ``features``: names to output (``["all"]`` = every feature; the names are listed by
+    ``mystocks-gpu run features --help``), ``ema_spans``, ``window_ticks`` (N of the trade-count
+    windows), ``window_s`` (W of ``time_mean``/``time_std``), ``max_window_ticks``, ``rsi_period``,
+    ``macd`` (fast, slow, signal), ``bollinger_k``, ``rvol_annualization``, ``session_offset_s``
+    (VWAP session boundary after UTC midnight; unset = no reset); bars: ``bar_intervals_s`` (each a
+    whole number of ms; topic ``md.bars.<label>``, e.g. md.bars.1s, md.bars.5m), ``allowed_lateness_s``
+    (a bar closes once its symbol's event time passes its end by this much); ``max_disorder_s`` (a
+    trade stamped up to this far behind its symbol's last trade is used at that trade's time, one
+    further back goes to the DLQ); ``idle_close_s`` (close every open bar of a partition whose event
+    time has not advanced for this long, wall clock; 0 = never) and ``close_on_stop`` (close them on
+    a graceful stop). Checked here for types and ranges; names and windows are checked in full when
+    the processor is built (``run features``, ``config show``).
+    """
+
+    features: tuple[str, ...] = ("all",)
+    ema_spans: tuple[int, ...] = (10, 50)
+    window_ticks: int = 20
+    window_s: float = 1.0
+    max_window_ticks: int = 512
+    rsi_period: int = 14
+    macd: tuple[int, ...] = (12, 26, 9)
+    bollinger_k: float = 2.0
+    rvol_annualization: float | None = None
+    session_offset_s: float | None = None
+    bar_intervals_s: tuple[float, ...] = (1.0, 60.0)
+    allowed_lateness_s: float = 0.0
+    max_disorder_s: float = 0.0
+    idle_close_s: float = 0.0
+    close_on_stop: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("features", "ema_spans", "macd", "bar_intervals_s"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.features:
+            raise ConfigError("features.features is empty; name at least one feature (or \"all\")")
+        if not self.window_s > 0:
+            raise ConfigError(f"features.window_s must be > 0, got {self.window_s}")
+        for name in ("allowed_lateness_s", "max_disorder_s", "idle_close_s"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"features.{name} must be >= 0, got {getattr(self, name)}")
+        if any(not x > 0 for x in self.bar_intervals_s):
+            raise ConfigError(f"features.bar_intervals_s must all be > 0, got {list(self.bar_intervals_s)}")
+        if self.session_offset_s is not None and not 0 <= self.session_offset_s < 86_400:
+            raise ConfigError(f"features.session_offset_s must be within [0, 86400), got {self.session_offset_s}")
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective configuration of one process."""
 
@@ -330,6 +380,7 @@ class Settings:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     #: array backend: ``auto`` (GPU when CuPy and a CUDA device are present), ``cpu`` or ``gpu``
     backend: str = "auto"
@@ -372,6 +423,7 @@ _SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "metrics": MetricsConfig,
     "jobs": JobsConfig,
+    "features": FeaturesConfig,
     "services": ServicesConfig,
 }
 _TOP_LEVEL = {"backend"}
@@ -406,6 +458,15 @@ def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
     base = t.replace(" | None", "").strip()
     if value is None and optional:
         return None
+    if base.startswith("tuple["):  # tuple[T, ...]: a TOML array, or a comma-separated env / CLI string
+        elem = base[len("tuple["):].split(",")[0].strip()
+        if isinstance(value, _EnvStr):
+            items: list[Any] = [_EnvStr(x) for x in value.split(",") if x.strip()]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise ConfigError(f"{where}: expected a list of {_TYPE_WORDS.get(elem, elem)}s, got {value!r}")
+        return tuple(_check_scalar(elem, x, f"{where}[{i}]") for i, x in enumerate(items))
     return _check_scalar(base, value, where)
 
 
@@ -418,7 +479,7 @@ def _check_scalar(base: str, value: Any, where: str) -> Any:
     if base == "str":
         if not isinstance(value, str):
             raise bad()
-        return str(value)
+        return str(value).strip() if isinstance(value, _EnvStr) else str(value)
     if isinstance(value, _EnvStr):  # from the environment
         text = value.strip()
         try:
@@ -488,6 +549,15 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in over.items():
         out[k] = _merge(out.get(k, {}), v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
     return out
+
+
+def with_section(settings: Settings, section: str, values: Mapping[str, str]) -> Settings:
+    """``settings`` with some keys of one section replaced by command-line values (strings, parsed
+    like environment variables: ``"1,60"`` for a list); :class:`ConfigError` names ``section.key``."""
+    current = getattr(settings, section)
+    data = {f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
+    data.update({k: _EnvStr(v) for k, v in values.items()})
+    return dataclasses.replace(settings, **{section: _build(_SECTIONS[section], section, data)})
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None,

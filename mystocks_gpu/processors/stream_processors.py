@@ -17,10 +17,14 @@ def _aggregate(output_topic: str | None = None, backend: str = "auto", store: Sc
     return RunningAggregateProcessor(**({"output_topic": output_topic} if output_topic else {}), store=store)
 
 
-def _features(output_topic: str | None = None, backend: str = "auto", store: SchemaStore | None = None) -> Processor[Any]:
-    from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor
+def _features(output_topic: str | None = None, backend: str = "auto", store: SchemaStore | None = None,
+              features: Any = None) -> Processor[Any]:
+    """``features``: the ``[features]`` settings (``infra.config.FeaturesConfig``; default: the defaults)."""
+    from mystocks_gpu.infra.config import FeaturesConfig
+    from mystocks_gpu.processors.tick_features import TickFeaturesProcessor, config_from_settings
 
-    return TickFeaturesProcessor(FeaturesProcessorConfig(backend=backend), output_topic=output_topic, store=store)
+    cfg = config_from_settings(features or FeaturesConfig(), backend=backend)
+    return TickFeaturesProcessor(cfg, output_topic=output_topic, store=store)
 
 
 def _execution(output_topic: str | None = None, backend: str = "auto", **kw: Any) -> Processor[Any]:

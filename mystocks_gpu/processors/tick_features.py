@@ -1,35 +1,55 @@
 """Workload 2: real-time tick features. ``md.ticks`` -> ``features.ticks`` (one feature vector per
-tick) + ``md.bars.1s`` / ``md.bars.1m`` (OHLCV bars emitted when they close by event time).
+tick) + ``md.bars.<interval>`` (OHLCV bars emitted when they close by event time).
 
 Runs :class:`~mystocks_gpu.gpu_ops.features.TickFeatureEngine` and
 :class:`~mystocks_gpu.gpu_ops.bars.BarBuilder` on the active backend (GPU when present), with the
-per-symbol state resident on that backend between micro-batches. Which features are computed is
-:class:`~mystocks_gpu.gpu_ops.FeatureConfig`; bar intervals and lateness are
-:class:`FeaturesProcessorConfig`.
+per-symbol state resident on that backend between micro-batches. Which features are computed, their
+windows, the bar intervals, the allowed lateness and how far a trade may be stamped out of order are
+:class:`FeaturesProcessorConfig` (built from the ``[features]`` settings by :func:`config_from_settings`).
+
+Recorded with the output: every ``features.ticks`` record carries the header
+``mystocks.features.config`` and every bar the header ``mystocks.bars.config`` (compact JSON of the
+settings that shaped it: windows, spans, periods, interval, lateness, disorder bound), so a consumer
+knows what it reads; the feature names are the keys of each vector's ``values`` map.
 
 Changelog: one entry per symbol touched by a batch (key = the symbol, value = that symbol's rows
 of the feature and bar state arrays), so a commit writes O(symbols in the batch) bytes, not the
-whole state. Memory per symbol: ``state_bytes_per_symbol(cfg)`` (9 112 B with the defaults) plus
-176 B per bar interval; a worker owning S symbols holds about S x 9.5 kB.
+whole state. Memory per symbol: ``state_bytes_per_symbol(cfg)`` (9 120 B with the defaults) plus
+``80 B + 16 B`` per open-bar slot per interval; a worker owning S symbols holds about S x 9.5 kB.
 
-Late ticks (their bar already closed beyond ``allowed_lateness_ns``) still get their feature
-vector, are not counted in bars, and are copied to the DLQ with error class ``late``.
+Dead letters (the input tick, raw, to ``md.ticks.dlq``):
+
+- ``late``: a trade whose bar of some interval had already closed (its window's end + the allowed
+  lateness was behind the symbol's event time, or the bar was flushed on idle/stop). The message
+  names each interval that rejected it, the bar's window and the allowed lateness; the trade still
+  gets its feature vector and is still counted in the bars of the other intervals.
+- ``out_of_order``: a trade stamped more than ``max_disorder_ns`` behind its symbol's last trade;
+  it gets no feature vector and changes no feature state (bars judge it by their own lateness).
+
+Closing the last bars: ``Processor.flush`` emits every open bar of a partition (the runtime calls it
+after ``[features] idle_close_s`` of event-time idleness and on a graceful stop when
+``close_on_stop``; see ``streams/stream_worker.py``); those windows then count as closed, so a later
+trade in one of them is ``late``.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
 
+from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.gpu_ops.backend import CPU, select, to_host, xp
 from mystocks_gpu.gpu_ops.bars import BarBuilder, BarState
 from mystocks_gpu.gpu_ops.features import FeatureState, TickFeatureEngine
-from mystocks_gpu.gpu_ops.features_config import FeatureConfig
+from mystocks_gpu.gpu_ops.features_config import ALL_FEATURES, FeatureConfig
 from mystocks_gpu.gpu_ops.tick_columns import TickColumns
+from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.schemas.batch_codec import BatchEncoder, TickDecoder, status_message
 from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import SymbolTable
@@ -42,12 +62,40 @@ from mystocks_gpu.streams.processor import (
     decode_errors_to_rejected,
 )
 
-_BAR_TOPICS = {10**9: "md.bars.1s", 60 * 10**9: "md.bars.1m"}
+NS = 10**9
+_UNITS = ((86_400 * NS, "d"), (3600 * NS, "h"), (60 * NS, "m"), (NS, "s"), (10**6, "ms"))
+FEATURES_HEADER = "mystocks.features.config"
+BARS_HEADER = "mystocks.bars.config"
+
+
+def interval_label(interval_ns: int) -> str:
+    """``1s``, ``1m``, ``5m``, ``1h``, ``1d``, ``250ms``: the largest unit that divides the interval."""
+    for unit, name in _UNITS:
+        if interval_ns % unit == 0:
+            return f"{interval_ns // unit}{name}"
+    raise ConfigError(f"bar interval {interval_ns} ns is not a whole number of milliseconds")
+
+
+def seconds_to_ns(seconds: float, what: str) -> int:
+    """Seconds (as written in settings, e.g. 1.5 or 0.001) to integer ns, exactly for decimal inputs."""
+    ns = Decimal(repr(float(seconds))) * NS
+    if ns != ns.to_integral_value():
+        raise ConfigError(f"{what} = {seconds} s is finer than a nanosecond")
+    return int(ns)
+
+
+def _fmt_ns(ns: int) -> str:
+    return f"{Decimal(ns) / NS:f}".rstrip("0").rstrip(".") + " s" if ns else "0 s"
+
+
+def _iso(ns: int) -> str:
+    return str(np.datetime64(int(ns), "ns")) + "Z"
 
 
 @dataclass(frozen=True)
 class FeaturesProcessorConfig:
-    """Features processor settings: feature selection, bar intervals (ns) and allowed lateness (ns)."""
+    """Features processor settings: feature selection and windows (``features``, which holds the
+    disorder bound too), bar intervals (ns), allowed lateness of bars (ns)."""
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
     bar_intervals_ns: tuple[int, ...] = (10**9, 60 * 10**9)
@@ -55,9 +103,66 @@ class FeaturesProcessorConfig:
     output_topic: str = "features.ticks"
     backend: str = "auto"
 
+    def __post_init__(self) -> None:
+        ivs = tuple(int(i) for i in self.bar_intervals_ns)
+        object.__setattr__(self, "bar_intervals_ns", ivs)
+        if len(set(ivs)) != len(ivs):
+            raise ConfigError(f"features.bar_intervals_s has duplicates: {[_fmt_ns(i) for i in ivs]}")
+        for i in ivs:
+            if i <= 0:
+                raise ConfigError(f"features.bar_intervals_s must be > 0, got {_fmt_ns(i)}")
+            interval_label(i)
+        if self.allowed_lateness_ns < 0:
+            raise ConfigError(f"features.allowed_lateness_s must be >= 0, got {_fmt_ns(self.allowed_lateness_ns)}")
+
     def bar_topic(self, interval_ns: int) -> str:
-        """Topic of a bar interval (md.bars.1s, md.bars.1m, else md.bars.<seconds>s)."""
-        return _BAR_TOPICS.get(interval_ns, f"md.bars.{interval_ns // 10**9}s")
+        """Topic of a bar interval: ``md.bars.<label>`` (md.bars.1s, md.bars.1m, md.bars.5m, ...)."""
+        return f"md.bars.{interval_label(interval_ns)}"
+
+    def features_header(self) -> bytes:
+        """The ``mystocks.features.config`` header: the settings that shape every feature value."""
+        f = self.features
+        return json.dumps({"window_ticks": f.window_ticks, "window_ns": f.window_ns,
+                           "max_window_ticks": f.max_window_ticks, "ema_spans": list(f.ema_spans),
+                           "rsi_period": f.rsi_period, "macd": list(f.macd), "bollinger_k": f.bollinger_k,
+                           "rvol_annualization": f.rvol_annualization, "session_offset_ns": f.session_offset_ns,
+                           "max_disorder_ns": f.max_disorder_ns}, separators=(",", ":")).encode()
+
+    def bars_header(self, interval_ns: int) -> bytes:
+        """The ``mystocks.bars.config`` header of one interval's bars."""
+        return json.dumps({"interval_ns": interval_ns, "allowed_lateness_ns": self.allowed_lateness_ns},
+                          separators=(",", ":")).encode()
+
+
+def config_from_settings(fs: Any, output_topic: str | None = None, backend: str = "auto") -> FeaturesProcessorConfig:
+    """The processor config of the ``[features]`` settings (``infra.config.FeaturesConfig``);
+    :class:`ConfigError` (one line) on invalid values. Seconds become exact integer ns."""
+    try:
+        return _config_from_settings(fs, output_topic, backend)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith("features.") else f"[features] {msg}") from None
+
+
+def _config_from_settings(fs: Any, output_topic: str | None, backend: str) -> FeaturesProcessorConfig:
+    feats = tuple(fs.features)
+    if feats == ("all",):
+        feats = ALL_FEATURES
+    for x in fs.bar_intervals_s:
+        if seconds_to_ns(x, "features.bar_intervals_s") % 10**6:
+            raise ConfigError(f"features.bar_intervals_s: {x} s is not a whole number of milliseconds")
+    cfg = FeatureConfig(
+        features=feats, ema_spans=tuple(fs.ema_spans), window_ticks=fs.window_ticks,
+        window_ns=seconds_to_ns(fs.window_s, "features.window_s"), max_window_ticks=fs.max_window_ticks,
+        rsi_period=fs.rsi_period, macd=tuple(fs.macd), bollinger_k=fs.bollinger_k,
+        rvol_annualization=fs.rvol_annualization,
+        session_offset_ns=None if fs.session_offset_s is None else seconds_to_ns(fs.session_offset_s,
+                                                                                   "features.session_offset_s"),
+        max_disorder_ns=seconds_to_ns(fs.max_disorder_s, "features.max_disorder_s"))
+    return FeaturesProcessorConfig(
+        cfg, tuple(seconds_to_ns(x, "features.bar_intervals_s") for x in fs.bar_intervals_s),
+        seconds_to_ns(fs.allowed_lateness_s, "features.allowed_lateness_s"),
+        output_topic or "features.ticks", backend)
 
 
 @dataclass
@@ -75,9 +180,11 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
     input_topic = "md.ticks"
 
     def __init__(self, cfg: FeaturesProcessorConfig | None = None, output_topic: str | None = None,
-                 store: SchemaStore | None = None) -> None:
-        """``store``: schema ids of inputs and outputs (the process's store; default the manifest)."""
+                 store: SchemaStore | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+        """``store``: schema ids of inputs and outputs (the process's store; default the manifest);
+        ``clock``: times the encode stage for the runtime's latency breakdown."""
         self.store = store
+        self.clock = clock
         self.cfg = cfg or FeaturesProcessorConfig()
         if output_topic:
             self.cfg = FeaturesProcessorConfig(self.cfg.features, self.cfg.bar_intervals_ns,
@@ -90,11 +197,16 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         self._fv = BatchEncoder("mystocks.features.FeatureVector", store)
         self._bar = BatchEncoder("mystocks.md.Bar", store)
         self._decoders: dict[int, TickDecoder] = {}
+        self._fv_headers = [(FEATURES_HEADER, self.cfg.features_header())]
+        self._bar_headers = {i: [(BARS_HEADER, self.cfg.bars_header(i))] for i in self.cfg.bar_intervals_ns}
+        self._row_layout: tuple[list[tuple[str, str, np.dtype, tuple[int, ...]]], int] | None = None
 
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:
-        dec = self._decoders.setdefault(id(symbols), TickDecoder(self.store, symbols=symbols))
+        dec = self._decoders.get(id(symbols))
+        if dec is None:
+            dec = self._decoders[id(symbols)] = TickDecoder(self.store, symbols=symbols)
         d = dec.decode(values, validate=True)
         cols = {k: d.columns[k] for k in ("sym", "ts", "seq", "kind", "price", "size", "side", "bid", "ask",
                                          "bid_size", "ask_size")}
@@ -106,37 +218,94 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         return FeaturesState(self.engine.initial_state(0), [b.initial_state(0) for b in self.builders])
 
     def process(self, batch: Columns, state: FeaturesState) -> tuple[Outputs, FeaturesState]:
+        """Features and bars of one partition's batch. The state is updated in place (no copy of
+        every symbol's rows per batch); if anything raises, the rows of the batch's symbols are
+        put back from an undo log first, so ``state`` is as it was (the processor contract)."""
         c = batch.columns
         ticks = TickColumns.from_numpy(**{k: c[k] for k in ("sym", "ts", "kind", "price", "size", "side", "bid",
                                                             "ask", "bid_size", "ask_size")})
-        feats, fstate = self.engine.process_host(ticks, state.features)
+        codes = np.unique(c["sym"])
+        undo_f = self.engine.snapshot_rows(state.features, codes)
+        undo_b = [b.snapshot_rows(bs, codes) for b, bs in zip(self.builders, state.bars, strict=True)]
+        try:
+            return self._process(batch, ticks, state)
+        except BaseException:
+            self.engine.restore_rows(state.features, undo_f)
+            for b, bs, snap in zip(self.builders, state.bars, undo_b, strict=True):
+                b.restore_rows(bs, snap)
+            raise
+
+    def _process(self, batch: Columns, ticks: TickColumns, state: FeaturesState) -> tuple[Outputs, FeaturesState]:
+        c = batch.columns
+        feats, disorder, fstate = self.engine.process_host_full(ticks, state.features, inplace=True)
         out = Outputs()
         n = len(batch)
-        keys: list[bytes | None] = [*self.key_bytes(c["sym"], batch.symbols)]
-        values = self._fv.encode({"symbol": c["sym"], "ts_event": c["ts"], "seq": c["seq"],
-                                  "ts_ingest": np.full(n, batch.ingest_ns, np.int64),
-                                  "values": np.stack([np.asarray(feats[k], np.float64) for k in self.names], axis=1)},
+        t_enc = self.clock.monotonic()
+        keep = ~disorder if disorder.any() else None
+        sym, ts, seq = (c["sym"], c["ts"], c["seq"]) if keep is None else (c["sym"][keep], c["ts"][keep], c["seq"][keep])
+        mat = np.stack([np.asarray(feats[k], np.float64) for k in self.names], axis=1)
+        values = self._fv.encode({"symbol": sym, "ts_event": ts, "seq": seq,
+                                  "ts_ingest": np.full(sym.size, batch.ingest_ns, np.int64),
+                                  "values": mat if keep is None else mat[keep]},
                                  batch.symbols, map_keys=self.names)
-        out.add(self.cfg.output_topic, keys, values, (c["ts"] // 1_000_000).tolist(), sources=batch.index.tolist())
+        index = batch.index if keep is None else batch.index[keep]
+        out.add(self.cfg.output_topic, self.key_bytes(sym, batch.symbols), values, (ts // 1_000_000).tolist(),
+                sources=index.tolist(), headers=self._fv_headers)
+        encode_s = self.clock.monotonic() - t_enc
         new_bars = []
-        late_any = np.zeros(n, bool)
+        late_by: list[tuple[int, np.ndarray]] = []
         for builder, bstate in zip(self.builders, state.bars, strict=True):
-            bars, late, bstate = builder.process(ticks, bstate)
+            bars, late, bstate = builder.process(ticks, bstate, inplace=True)
             new_bars.append(bstate)
-            late_any |= to_host(late)
+            late = to_host(late)
+            if late.any():
+                late_by.append((builder.interval_ns, late))
+            t_enc = self.clock.monotonic()
             self._emit_bars(out, builder.interval_ns, {k: to_host(v) for k, v in bars.items()}, batch.symbols)
-        for i in np.flatnonzero(late_any):
-            out.rejected.append(Rejected(int(batch.index[i]), "late",
-                                         "late: the tick's bar already closed beyond the allowed lateness"))
+            encode_s += self.clock.monotonic() - t_enc
+        out.stage_s["encode"] = encode_s
+        self._reject(out, batch, n, late_by, disorder, fstate)
         return out, FeaturesState(fstate, new_bars)
+
+    def _reject(self, out: Outputs, batch: Columns, n: int, late_by: list[tuple[int, np.ndarray]],
+                disorder: np.ndarray, fstate: FeatureState) -> None:
+        """Dead letters naming why: each bar interval that found the trade late, or the disorder bound."""
+        if not late_by and not disorder.any():
+            return
+        c = batch.columns
+        L = self.cfg.allowed_lateness_ns
+        any_late = np.zeros(n, bool)
+        for _, late in late_by:
+            any_late |= late
+        for i in np.flatnonzero(any_late | disorder).tolist():
+            t = int(c["ts"][i])
+            if disorder[i]:
+                msg = (f"out_of_order: trade stamped {_iso(t)} is more than the allowed disorder of "
+                       f"{_fmt_ns(self.cfg.features.max_disorder_ns)} behind its symbol's last trade; not used for "
+                       "the features (no feature vector)")
+                out.rejected.append(Rejected(int(batch.index[i]), "out_of_order", msg))
+                continue
+            hit = [ivl for ivl, late in late_by if late[i]]
+            parts = [f"{interval_label(ivl)} bar [{_iso(t // ivl * ivl)}, +{interval_label(ivl)}) had already closed"
+                     for ivl in hit]
+            others = [interval_label(ivl) for ivl in self.cfg.bar_intervals_ns if ivl not in hit]
+            msg = (f"late for the {'; the '.join(parts)} (allowed lateness {_fmt_ns(L)}); not counted in "
+                   f"{'that bar' if len(hit) == 1 else 'those bars'}"
+                   + (f", still counted in the {', '.join(others)} bars" if others else "")
+                   + "; the feature vector was produced")
+            out.rejected.append(Rejected(int(batch.index[i]), "late", msg))
 
     def flush(self, state: FeaturesState, symbols: SymbolTable, partition: int) -> tuple[Outputs, FeaturesState]:
         out = Outputs()
         new_bars = []
+        touched: list[np.ndarray] = []
         for builder, bstate in zip(self.builders, state.bars, strict=True):
             bars, bstate = builder.flush(bstate)
             new_bars.append(bstate)
-            self._emit_bars(out, builder.interval_ns, {k: to_host(v) for k, v in bars.items()}, symbols)
+            host = {k: to_host(v) for k, v in bars.items()}
+            touched.append(np.asarray(host["sym"], np.int32))
+            self._emit_bars(out, builder.interval_ns, host, symbols)
+        out.touched = np.unique(np.concatenate(touched)) if touched else np.zeros(0, np.int32)
         return out, FeaturesState(state.features, new_bars)
 
     def _emit_bars(self, out: Outputs, interval_ns: int, bars: dict[str, np.ndarray], symbols: SymbolTable) -> None:
@@ -146,49 +315,70 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
                                    "interval_ns": bars["interval_ns"], "open": bars["open"], "high": bars["high"],
                                    "low": bars["low"], "close": bars["close"], "volume": bars["volume"],
                                    "vwap": bars["vwap"], "trades": bars["trades"]}, symbols)
-        out.add(self.cfg.bar_topic(interval_ns), [*self.key_bytes(bars["sym"], symbols)], values,
-                (bars["ts_open"] // 1_000_000).tolist())
-
+        out.add(self.cfg.bar_topic(interval_ns), self.key_bytes(bars["sym"], symbols), values,
+                (bars["ts_open"] // 1_000_000).tolist(), headers=self._bar_headers[interval_ns])
 
     # ---- changelog: per-symbol rows ----------------------------------------------------------
-    def _templates(self) -> list[dict[str, np.ndarray]]:
-        one_f = self.engine.initial_state(1)
-        out = [{k: to_host(v) for k, v in one_f.arrays.items()}]
-        out += [{k: to_host(v) for k, v in b.initial_state(1).arrays.items()} for b in self.builders]
+    def _layout(self) -> tuple[list[tuple[str, str, np.dtype, tuple[int, ...]]], int]:
+        """Per-symbol row layout of a changelog value: (part, array, dtype, row shape) in order, and
+        its total bytes (the feature state's arrays, then each bar builder's, names sorted)."""
+        if self._row_layout is None:
+            one_f = self.engine.initial_state(1)
+            parts = [("f", {k: to_host(v) for k, v in one_f.arrays.items()})]
+            parts += [(f"b{j}", {k: to_host(v) for k, v in b.initial_state(1).arrays.items()})
+                      for j, b in enumerate(self.builders)]
+            layout = [(part, k, arrs[k].dtype, arrs[k].shape[1:]) for part, arrs in parts for k in sorted(arrs)]
+            total = sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for _, _, dt, shape in layout)
+            self._row_layout = (layout, total)
+        return self._row_layout
+
+    def _arrays(self, state: FeaturesState) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {"f": state.features.arrays}
+        out.update({f"b{j}": b.arrays for j, b in enumerate(state.bars)})
         return out
 
     def changelog_entries(self, state: FeaturesState, codes: np.ndarray, symbols: SymbolTable) -> list[tuple[bytes, bytes]]:
         codes = np.asarray(codes, np.int64)
+        if not codes.size:
+            return []
+        layout, width = self._layout()
+        arrays = self._arrays(state)
         dev_codes = xp(self.backend).asarray(codes)  # gather on the device, copy only the touched rows
-        parts = [{k: to_host(v[dev_codes]) for k, v in state.features.arrays.items()}]
-        parts += [{k: to_host(v[codes]) for k, v in b.arrays.items()} for b in state.bars]
-        entries = []
-        for j, code in enumerate(codes.tolist()):
-            blob = b"".join(np.ascontiguousarray(p[k][j]).tobytes() for p in parts for k in sorted(p))
-            entries.append((symbols.symbol(code).encode(), blob))
-        return entries
+        cols = []
+        for part, k, dt, _shape in layout:
+            a = arrays[part][k]
+            rows = to_host(a[dev_codes]) if part == "f" else a[codes]
+            cols.append(np.ascontiguousarray(rows, dt).reshape(codes.size, -1).view(np.uint8))
+        blob = np.concatenate(cols, axis=1).tobytes()
+        keys = self.key_bytes(codes, symbols)
+        return [(keys[j], blob[j * width:(j + 1) * width]) for j in range(codes.size)]
 
     def restore(self, entries: Iterable[tuple[bytes, bytes]], symbols: SymbolTable) -> FeaturesState:
         entries = list(entries)
-        for key, _ in entries:
+        layout, width = self._layout()
+        for key, value in entries:
+            if len(value) != width:
+                raise ConfigError(
+                    f"changelog entry of {key.decode(errors='replace')!r} has {len(value)} bytes, this configuration's "
+                    f"state has {width} per symbol: the feature windows or bar settings changed since it was written; "
+                    "use a new consumer group (--group) or delete the group's changelog topic")
             symbols.code(key.decode())
         cap = len(symbols)
-        f0 = self.engine.initial_state(cap)
-        host = [{k: to_host(v).copy() for k, v in f0.arrays.items()}]
-        host += [{k: to_host(v).copy() for k, v in b.initial_state(cap).arrays.items()} for b in self.builders]
-        templates = self._templates()
-        for key, blob in entries:
-            code = symbols.code(key.decode())
+        host: dict[str, dict[str, np.ndarray]] = {"f": {k: to_host(v).copy() for k, v in
+                                                        self.engine.initial_state(cap).arrays.items()}}
+        host.update({f"b{j}": {k: v.copy() for k, v in b.initial_state(cap).arrays.items()}
+                     for j, b in enumerate(self.builders)})
+        if entries:
+            codes = np.fromiter((symbols.code(k.decode()) for k, _ in entries), np.int64, len(entries))
+            mat = np.frombuffer(b"".join(v for _, v in entries), np.uint8).reshape(len(entries), width)
             pos = 0
-            for part, tmpl in zip(host, templates, strict=True):
-                for k in sorted(tmpl):
-                    row = tmpl[k][0]
-                    nb = row.nbytes
-                    part[k][code] = np.frombuffer(blob, row.dtype, row.size, pos).reshape(row.shape)
-                    pos += nb
+            for part, k, dt, shape in layout:
+                nb = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+                host[part][k][codes] = np.ascontiguousarray(mat[:, pos:pos + nb]).view(dt).reshape((len(entries), *shape))
+                pos += nb
         arr = xp(self.backend)
-        fstate = FeatureState(f0.backend, cap, {k: arr.asarray(v) for k, v in host[0].items()})
-        bars = [BarState(cap, h) for h in host[1:]]
+        fstate = FeatureState(self.backend, cap, {k: arr.asarray(v) for k, v in host["f"].items()})
+        bars = [BarState(cap, host[f"b{j}"]) for j in range(len(self.builders))]
         return FeaturesState(fstate, bars)
 
     def state_to_bytes(self, state: FeaturesState, symbols: SymbolTable) -> bytes:
@@ -213,4 +403,5 @@ def make(**kw: Any) -> TickFeaturesProcessor:
     return TickFeaturesProcessor(**kw)
 
 
-__all__ = ["FeaturesProcessorConfig", "FeaturesState", "TickFeaturesProcessor", "CPU"]
+__all__ = ["BARS_HEADER", "FEATURES_HEADER", "FeaturesProcessorConfig", "FeaturesState", "TickFeaturesProcessor",
+           "config_from_settings", "interval_label", "CPU"]

@@ -1,7 +1,19 @@
-"""Cutting a record stream into micro-batches: size, bytes, or linger since the first record.
+"""Cutting a record stream into micro-batches: size, bytes, linger since the first record, or
+(adaptive batching) as soon as everything that has arrived is in the batch.
 
-:class:`BatchAccumulator` is pure (no Kafka): feed it records with :meth:`add` and ask
-:meth:`ready` with the current time; it never relies on one ``consume()`` call filling a batch.
+:class:`BatchAccumulator` is pure (no Kafka): feed it records with :meth:`add` /
+:meth:`add_messages` and ask :meth:`ready` with the current time; it never relies on one
+``consume()`` call filling a batch.
+
+Adaptive batching (``adaptive=True``, the runtime's default): a batch closes when it is full or
+when the consumer's queue has been drained (``ready(now, drained=True)``), never waiting for more
+input. Its size then follows the arrival rate: while a batch is processed, the next one accumulates
+(about rate x processing time), so batches are a few records when the feed is quiet (latency: no
+linger) and grow up to ``max_records`` under load (throughput: per-batch costs are amortised).
+``linger_s`` still bounds how long a forming batch may wait in the fixed (``adaptive=False``) mode.
+
+Each batch also keeps *poll marks*, ``(records, wall ns)`` per ``consume()`` that fed it, so the
+runtime can tell how long each record waited for its batch (``streams/stream_metrics.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +39,8 @@ class RawBatch:
     timestamps_ms: list[int] = field(default_factory=list)
     nbytes: int = 0
     first_at: float | None = None
+    #: ``(records, wall-clock ns)`` per ``consume()`` that fed this batch, in order
+    poll_marks: list[tuple[int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -65,16 +79,29 @@ class RawBatch:
             self.nbytes = sum(len(v or b"") for v in self.values)
             if not self.values:
                 self.first_at = None
+            self.poll_marks = [(len(self.values), self.poll_marks[-1][1])] if self.values and self.poll_marks else []
         return dropped
+
+    def poll_ns(self) -> np.ndarray:
+        """int64 (n,): wall-clock ns of the ``consume()`` that returned each record (0 if unknown)."""
+        if not self.poll_marks:
+            return np.zeros(len(self), np.int64)
+        counts = np.fromiter((c for c, _ in self.poll_marks), np.int64, len(self.poll_marks))
+        at = np.fromiter((t for _, t in self.poll_marks), np.int64, len(self.poll_marks))
+        out = np.repeat(at, counts)
+        if out.size < len(self):  # records added with add() carry no mark: the last one's time
+            out = np.concatenate([out, np.full(len(self) - out.size, at[-1], np.int64)])
+        return out[: len(self)]
 
 
 class BatchAccumulator:
     """Accumulates records until ``max_records``, ``max_bytes`` or ``linger_s`` after the first one."""
 
-    def __init__(self, max_records: int, max_bytes: int, linger_s: float) -> None:
+    def __init__(self, max_records: int, max_bytes: int, linger_s: float, adaptive: bool = False) -> None:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.linger_s = linger_s
+        self.adaptive = adaptive
         self.batch = RawBatch()
 
     def add(self, value: bytes | None, key: bytes | None, partition: int, offset: int, ts_ms: int,
@@ -92,9 +119,10 @@ class BatchAccumulator:
         b.nbytes += len(value) if value is not None else 0
         return self.full()
 
-    def add_messages(self, msgs: list[Any], now: float) -> list[Any]:
+    def add_messages(self, msgs: list[Any], now: float, polled_ns: int = 0) -> list[Any]:
         """Append confluent-kafka messages until full (records or bytes); returns the ones that
-        did not fit. Vectorised with list comprehensions: this is the consumer's hot path."""
+        did not fit. ``polled_ns``: wall-clock ns when ``consume()`` returned them (a poll mark).
+        Vectorised with list comprehensions: this is the consumer's hot path."""
         if not msgs:
             return []
         b = self.batch
@@ -120,6 +148,7 @@ class BatchAccumulator:
         b.offsets.extend([m.offset() for m in take])
         b.timestamps_ms.extend([m.timestamp()[1] for m in take])
         b.nbytes += total
+        b.poll_marks.append((len(take), polled_ns))
         return msgs[len(take):]
 
     def full(self) -> bool:
@@ -132,9 +161,12 @@ class BatchAccumulator:
             return float("inf")
         return max(0.0, self.batch.first_at + self.linger_s - now)
 
-    def ready(self, now: float) -> bool:
-        """The batch should close now: full, or non-empty and past its linger deadline."""
-        return len(self.batch) > 0 and (self.full() or self.remaining_s(now) <= 0.0)
+    def ready(self, now: float, drained: bool = False) -> bool:
+        """The batch should close now: full, or non-empty and past its linger deadline, or (adaptive)
+        non-empty and ``drained`` (nothing more has arrived)."""
+        if not len(self.batch):
+            return False
+        return self.full() or (self.adaptive and drained) or self.remaining_s(now) <= 0.0
 
     def take(self) -> RawBatch:
         """Hand out the current batch and start a new one."""

@@ -62,6 +62,13 @@ class Tally:
     abort_reasons: list[str] = field(default_factory=list)
 
 
+def _longest_key(keys: list[bytes | None]) -> int:
+    try:
+        return max(map(len, keys), default=0)  # type: ignore[arg-type]
+    except TypeError:  # a None key
+        return max((len(k) for k in keys if k), default=0)
+
+
 class CommitProtocol:
     """Owner of transactions, offsets, changelog writes, rewinds and partition state (see module doc).
 
@@ -108,13 +115,15 @@ class CommitProtocol:
             self.fault(stage)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, ts_ms: int, *, partition: int | None = None,
-             headers: list[tuple[str, bytes]] | None = None) -> None:
+             headers: list[tuple[str, bytes]] | None = None, on_delivery: Callable[..., None] | None = None) -> None:
         """Produce one record, waiting (bounded) while the producer queue is full."""
         kwargs: dict[str, Any] = {"timestamp": ts_ms}
         if partition is not None:
             kwargs["partition"] = partition
         if headers:
             kwargs["headers"] = headers
+        if on_delivery is not None:
+            kwargs["on_delivery"] = on_delivery
         deadline = self.clock.monotonic() + self.rt.produce_block_timeout_s
         while True:
             try:
@@ -126,31 +135,73 @@ class CommitProtocol:
                                                     f"producer queue full for {self.rt.produce_block_timeout_s:.0f} s")) from None
                 self.producer.poll(0.05)
 
-    def produce(self, batch: RawBatch, out: Outputs) -> None:
+    def produce(self, batch: RawBatch, out: Outputs, on_last_delivered: Callable[..., None] | None = None) -> None:
         """Produce one batch's outputs and dead letters inside the open transaction.
 
         An output over its topic's size limit cannot ever be produced: it is replaced by a dead
         letter naming the output topic and size (the input record when the processor says which
-        one produced it), and the rest of the batch goes on."""
+        one produced it), and the rest of the batch goes on. ``on_last_delivered(err, msg)``: the
+        delivery callback of the batch's last output record (the runtime's latency breakdown).
+
+        The outputs of a topic are produced by :meth:`send_many` (one tight loop, no per-record
+        Python beyond the ``produce()`` call); the per-record size check runs only when the
+        batch's largest record could exceed the topic's limit."""
         self.begin()
         self.inject("produce")
-        for topic, (keys, values, ts) in out.records.items():
+        topics = list(out.records)
+        for topic in topics:
+            keys, values, ts = out.records[topic]
             limit = self.max_bytes.get(topic, 1 << 20) - RECORD_OVERHEAD
             sources = out.sources.get(topic)
-            for j, (k, v, t) in enumerate(zip(keys, values, ts, strict=True)):
-                size = len(v) + (len(k) if k else 0)
-                if size > limit:
-                    self._oversized(batch, topic, k, v, t, size, limit, sources[j] if sources else None)
-                    continue
-                self.send(topic, k, v, t)
-                self.tally.records_out += 1
+            if values and max(map(len, values)) + _longest_key(keys) > limit:
+                keep = []
+                for j, (k, v, t) in enumerate(zip(keys, values, ts, strict=True)):
+                    size = len(v) + (len(k) if k else 0)
+                    if size > limit:
+                        self._oversized(batch, topic, k, v, t, size, limit, sources[j] if sources else None)
+                    else:
+                        keep.append(j)
+                keys, values, ts = [keys[j] for j in keep], [values[j] for j in keep], [ts[j] for j in keep]
+            last = on_last_delivered if topic == topics[-1] else None
+            self.send_many(topic, keys, values, ts, headers=out.headers.get(topic), on_last_delivered=last)
+            self.tally.records_out += len(values)
             self.metrics.records_out.inc(len(values))
-            self.producer.poll(0)
+        self.producer.poll(0)
         for rej in out.rejected:
             i = rej.index
             self.dead_letter(batch.keys[i], batch.values[i], batch.timestamps_ms[i],
                              dlq_headers(rej.error_class, rej.message, self.topic, batch.partitions[i],
                                          batch.offsets[i], self.processor.name))
+
+    def send_many(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int],
+                  headers: list[tuple[str, bytes]] | None = None,
+                  on_last_delivered: Callable[..., None] | None = None) -> None:
+        """Produce records in order with one ``produce()`` call each (``headers`` on every one, the
+        delivery callback on the last); a full producer queue waits as :meth:`send` does.
+
+        (``Producer.produce_batch`` would save the per-record call but cannot carry per-record
+        timestamps or headers in confluent-kafka 2.12, and output timestamps are event times.)"""
+        n = len(values)
+        if not n:
+            return
+        produce = self.producer.produce
+        kw: dict[str, Any] = {"headers": headers} if headers else {}
+        i = 0
+        while i < n:
+            try:
+                if kw:
+                    for i in range(i, n - 1):  # noqa: B020 - resumes at the record that did not fit
+                        produce(topic, values[i], keys[i], timestamp=ts_ms[i], **kw)
+                else:
+                    for i in range(i, n - 1):  # noqa: B020
+                        produce(topic, values[i], keys[i], timestamp=ts_ms[i])
+                i = n - 1
+                self.send(topic, keys[i], values[i], ts_ms[i], headers=headers, on_delivery=on_last_delivered)
+                i = n
+            except BufferError:
+                self.send(topic, keys[i], values[i], ts_ms[i], headers=headers,
+                          on_delivery=on_last_delivered if i == n - 1 else None)
+                i += 1
 
     def dead_letter(self, key: bytes | None, value: bytes | None, ts_ms: int, headers: list[tuple[str, bytes]]) -> None:
         """One record to the input's DLQ (its value truncated, with a header saying so, if too large)."""
@@ -187,9 +238,13 @@ class CommitProtocol:
     # ---- committing -------------------------------------------------------------------------
     def due(self) -> bool:
         """True when there is something to commit and the commit interval has passed."""
-        if not self.pending_offsets and not self.in_txn:
-            return False
-        return (self.clock.monotonic() - self.last_commit) * 1000.0 >= self.rt.commit_interval_ms
+        return self.due_in_s() <= 0.0
+
+    def due_in_s(self) -> float:
+        """Seconds until :meth:`due` (0 when due now; inf with nothing to commit)."""
+        if not self.pending_offsets and not self.in_txn and not self.dirty:
+            return float("inf")
+        return max(0.0, self.last_commit + self.rt.commit_interval_ms / 1000.0 - self.clock.monotonic())
 
     def _changelog(self) -> dict[int, dict[bytes, bytes]]:
         """Produce changelog entries (co-partitioned) for the state touched since the last commit."""

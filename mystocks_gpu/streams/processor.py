@@ -71,18 +71,28 @@ class Outputs:
     ``rejected`` holds records the processor refused (e.g. late ticks), by raw-batch index.
     ``sources`` (optional, per topic): the raw-batch index of the input record each output came
     from (-1 = several/unknown), so an output that can never be produced (over the topic's size
-    limit) sends its input to the DLQ instead.
+    limit) sends its input to the DLQ instead. ``headers`` (optional, per topic): Kafka headers put
+    on every record of that topic (e.g. the configuration that produced them). ``stage_s``: seconds
+    the processor spent in named stages (``encode``), for the runtime's latency breakdown.
+    ``touched``: from :meth:`Processor.flush`, the symbol codes whose state the flush changed (their
+    changelog entries are rewritten).
     """
 
     records: dict[str, tuple[list[bytes | None], list[bytes], list[int]]] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
     sources: dict[str, list[int]] = field(default_factory=dict)
+    headers: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
+    stage_s: dict[str, float] = field(default_factory=dict)
+    touched: np.ndarray | None = None
 
     def add(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes], ts_ms: Sequence[int],
-            sources: Sequence[int] | None = None) -> None:
-        """Append records for ``topic`` (``sources``: raw-batch index of each one's input record)."""
+            sources: Sequence[int] | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Append records for ``topic`` (``sources``: raw-batch index of each one's input record;
+        ``headers``: put on every record of the topic)."""
         if not values:
             return
+        if headers:
+            self.headers[topic] = headers
         k, v, t = self.records.setdefault(topic, ([], [], []))
         before = len(v)
         k.extend(keys)
@@ -95,8 +105,12 @@ class Outputs:
     def extend(self, other: Outputs) -> None:
         """Append another batch's outputs after these."""
         for topic, (k, v, t) in other.records.items():
-            self.add(topic, k, v, t, other.sources.get(topic))
+            self.add(topic, k, v, t, other.sources.get(topic), other.headers.get(topic))
         self.rejected.extend(other.rejected)
+        for name, sec in other.stage_s.items():
+            self.stage_s[name] = self.stage_s.get(name, 0.0) + sec
+        if other.touched is not None:
+            self.touched = other.touched if self.touched is None else np.union1d(self.touched, other.touched)
 
     def count(self) -> int:
         """Number of output records (all topics)."""
@@ -156,7 +170,10 @@ class Processor(ABC, Generic[S]):
         return state
 
     def flush(self, state: S, symbols: SymbolTable, partition: int) -> tuple[Outputs, S]:
-        """Outputs still held in state at the end of a replay (e.g. open bars). Default: none."""
+        """Outputs still held in state (e.g. open bars), emitted at the end of a replay, after the
+        input has idled, or on a graceful stop (``RuntimeConfig.idle_flush_s`` / ``flush_on_stop``).
+        Must not mutate ``state``; sets ``Outputs.touched`` to the symbol codes whose state changed.
+        Default: none."""
         return Outputs(), state
 
     def output_partitioner(self) -> str:

@@ -9,18 +9,31 @@ from mystocks_gpu.streams.fault_injection import FaultPlan
 
 EXACTLY_ONCE = "exactly_once"
 AT_LEAST_ONCE = "at_least_once"
+ADAPTIVE = "adaptive"
+LINGER = "linger"
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     """How a worker cuts micro-batches and commits them.
 
-    A batch closes on ``max_records``, ``max_bytes`` (sum of value sizes) or ``linger_ms`` counted from
-    its first record, whichever comes first. With ``exactly_once`` each transaction covers the
-    batches of ``commit_interval_ms`` (0 = one transaction per batch); with ``at_least_once`` offsets
-    are committed after the outputs are acknowledged, every ``commit_interval_ms``. The default,
-    100 ms, is Kafka Streams' exactly-once default: read_committed consumers see outputs at most that
-    much later, and the state changelog is written once per commit, not per batch.
+    Batching (``batching``): ``adaptive`` (default) closes a batch at ``max_records`` / ``max_bytes``
+    or as soon as the consumer has handed over everything that has arrived, so batch size follows
+    the arrival rate (a few records when quiet, up to ``max_records`` under load) and no record
+    waits for a linger deadline; ``linger`` closes on ``max_records``, ``max_bytes`` (sum of value
+    sizes) or ``linger_ms`` counted from the batch's first record, whichever comes first
+    (``linger_ms`` applies only to this mode).
+
+    Commits: with ``exactly_once`` each transaction covers the batches of ``commit_interval_ms``
+    (0 = one transaction per batch); with ``at_least_once`` offsets are committed after the outputs
+    are acknowledged, every ``commit_interval_ms``. The default, 100 ms, is Kafka Streams'
+    exactly-once default. The latency trade-off: read_committed consumers see an exactly-once
+    output only when its transaction commits, so its latency is up to one commit interval plus the
+    commit itself (a few ms); a shorter interval lowers that bound but costs a transaction (several
+    broker round trips, markers on every output partition, a changelog write per touched key) per
+    interval. At-least-once outputs are visible as soon as the broker has them
+    (``producer_linger_ms`` + a round trip); the commit interval then only bounds how much input
+    is re-processed (and its outputs duplicated) after a crash.
     """
 
     max_records: int = 5000
@@ -28,6 +41,20 @@ class RuntimeConfig:
     linger_ms: float = 20.0
     guarantee: str = EXACTLY_ONCE
     commit_interval_ms: float = 100.0
+    #: ``adaptive`` (close when the input is drained) or ``linger`` (close on ``linger_ms``)
+    batching: str = ADAPTIVE
+    #: how long the broker may hold a fetch when it has no new data (consumer ``fetch.wait.max.ms``);
+    #: new data answers a waiting fetch at once, so this bounds idle wake-ups, not latency
+    fetch_wait_max_ms: int = 100
+    #: how long the producer may hold outputs to fill a request (librdkafka ``linger.ms`` =
+    #: ``queue.buffering.max.ms``); None = 0.5 ms at-least-once (outputs are visible when acknowledged)
+    #: and 5 ms exactly-once (outputs become visible at the commit, which flushes anyway)
+    producer_linger_ms: float | None = None
+    #: close the processor's open state (e.g. bars) of a partition whose input's event time (the
+    #: Kafka timestamps) has not advanced for this many seconds of wall time; 0 = never
+    idle_flush_s: float = 0.0
+    #: close the processor's open state of every owned partition on a graceful stop
+    flush_on_stop: bool = False
     #: open transactions of a dead worker block read_committed readers this long at most; a broker
     #: outage longer than this makes the coordinator abort (and fence) the live worker's transaction,
     #: which the worker survives by re-initialising its producer (see ``max_producer_recoveries``)
@@ -62,6 +89,14 @@ class RuntimeConfig:
             raise ConfigError(f"guarantee must be {EXACTLY_ONCE} or {AT_LEAST_ONCE}")
         if self.group_protocol not in ("classic", "consumer"):
             raise ConfigError("group_protocol must be classic or consumer")
+        if self.batching not in (ADAPTIVE, LINGER):
+            raise ConfigError(f"batching must be {ADAPTIVE} or {LINGER}, got {self.batching!r}")
+        if not 0 <= self.fetch_wait_max_ms <= 300_000:
+            raise ConfigError(f"fetch_wait_max_ms must be within 0..300000, got {self.fetch_wait_max_ms}")
+        if self.producer_linger_ms is not None and not 0 <= self.producer_linger_ms <= 900_000:
+            raise ConfigError(f"producer_linger_ms must be within 0..900000, got {self.producer_linger_ms}")
+        if not self.idle_flush_s >= 0 or self.idle_flush_s == float("inf"):
+            raise ConfigError(f"idle_flush_s must be a finite number >= 0, got {self.idle_flush_s}")
         if self.transaction_timeout_ms < 1000:
             raise ConfigError("transaction_timeout_ms must be >= 1000")
         if self.max_producer_recoveries < 0:
@@ -80,3 +115,10 @@ class RuntimeConfig:
     def exactly_once(self) -> bool:
         """True for transactional consume-process-produce."""
         return self.guarantee == EXACTLY_ONCE
+
+    @property
+    def output_linger_ms(self) -> float:
+        """The producer's ``linger.ms`` (see :attr:`producer_linger_ms`)."""
+        if self.producer_linger_ms is not None:
+            return float(self.producer_linger_ms)
+        return 5.0 if self.exactly_once else 0.5

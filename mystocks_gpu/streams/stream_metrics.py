@@ -1,13 +1,110 @@
-"""Prometheus metrics of a streaming worker (one registry per worker)."""
+"""Prometheus metrics of a streaming worker (one registry per worker).
+
+Besides counters and per-batch histograms, :class:`StageHistogram` records where a record's
+latency goes, per record and per stage (``mystocks_stream_stage_seconds{processor, stage}``):
+
+=============  ===================================================================================
+stage          seconds of each input record spent ...
+=============  ===================================================================================
+``poll``       from its Kafka timestamp to the ``consume()`` that returned it (the feed and broker
+               delay; observed only for records stamped within a minute before the wall clock,
+               i.e. live event-time records, not replayed history)
+``batch``      from that ``consume()`` to the close of its micro-batch (waiting for the batch)
+``decode``     decoding its batch (the batch's time, once per record of the batch)
+``compute``    the processor's computation on its batch (``process`` minus its encode time)
+``encode``     encoding the batch's outputs (reported by the processor, 0 when it does not say)
+``produce``    handing the batch's outputs to the producer (``produce()`` calls)
+``deliver``    at-least-once: from the end of produce to the broker's acknowledgement of the
+               batch's last output (its outputs are then visible)
+``commit``     exactly-once: from the end of produce to the end of the transaction's commit (its
+               outputs become visible to read_committed consumers then)
+=============  ===================================================================================
+
+Each stage is observed once per input record (a batch of n records adds n observations of its
+batch-level stages), so the per-stage means add up to the mean time a record spends from the feed
+to visibility; the end-to-end time to a consumer is measured by the consumer (``bench/features_e2e.py``).
+Observations are added in bulk with NumPy (no per-record Python), under a lock shared with the
+HTTP exposition thread.
+"""
 
 from __future__ import annotations
 
+import bisect
+import threading
+from collections.abc import Iterable, Iterator
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000)
-#: the stages of ``mystocks_stream_stage_seconds``
-STAGES = ("decode", "process", "produce")
 _LAT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+#: stage names, in a record's order through the worker
+STAGES = ("poll", "batch", "decode", "compute", "encode", "produce", "deliver", "commit")
+#: upper bounds (s) of the stage buckets: 50 us .. 10 s, about 1-2-5 per decade (+Inf implied)
+STAGE_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015,
+                 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class StageHistogram(Collector):
+    """``mystocks_stream_stage_seconds``: a Prometheus histogram per stage, filled in bulk.
+
+    ``observe(stage, seconds, count)`` adds ``count`` observations of one value;
+    ``observe_many(stage, seconds)`` adds an array of values (float64, any shape) at NumPy speed.
+    """
+
+    name = "mystocks_stream_stage_seconds"
+
+    def __init__(self, processor: str, buckets: Iterable[float] = STAGE_BUCKETS) -> None:
+        self.processor = processor
+        self.bounds = np.asarray(tuple(buckets), np.float64)
+        self._bounds_list = self.bounds.tolist()
+        self._lock = threading.Lock()
+        self._counts = {s: np.zeros(self.bounds.size + 1, np.int64) for s in STAGES}
+        self._sums = dict.fromkeys(STAGES, 0.0)
+
+    def observe(self, stage: str, seconds: float, count: int = 1) -> None:
+        """Add ``count`` observations of ``seconds`` to ``stage``."""
+        if count <= 0:
+            return
+        i = bisect.bisect_left(self._bounds_list, seconds)
+        with self._lock:
+            self._counts[stage][i] += count
+            self._sums[stage] += seconds * count
+
+    def observe_many(self, stage: str, seconds: np.ndarray) -> None:
+        """Add every value of ``seconds`` (float64 array, s) to ``stage``."""
+        v = np.asarray(seconds, np.float64).ravel()
+        if not v.size:
+            return
+        hist = np.bincount(np.searchsorted(self.bounds, v, side="left"), minlength=self.bounds.size + 1)
+        with self._lock:
+            self._counts[stage] += hist
+            self._sums[stage] += float(v.sum())
+
+    def snapshot(self) -> dict[str, tuple[np.ndarray, float]]:
+        """stage -> (bucket counts incl. +Inf, not cumulative; sum of seconds)."""
+        with self._lock:
+            return {s: (c.copy(), self._sums[s]) for s, c in self._counts.items()}
+
+    def collect(self) -> Iterator[Metric]:
+        fam = HistogramMetricFamily(self.name, "seconds each input record spends per stage of the worker "
+                                    "(see streams/stream_metrics.py)", labels=["processor", "stage"])
+        for stage, (counts, total) in self.snapshot().items():
+            cum = np.cumsum(counts)
+            buckets = [(_fmt(b), float(c)) for b, c in zip(self.bounds, cum[:-1], strict=True)]
+            buckets.append(("+Inf", float(cum[-1])))
+            fam.add_metric([self.processor, stage], buckets, total)
+        yield fam
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, "seconds each input record spends per stage of the worker",
+                                    labels=["processor", "stage"])
+
+
+def _fmt(b: float) -> str:
+    return repr(float(b))
 
 
 class RuntimeMetrics:
@@ -21,15 +118,14 @@ class RuntimeMetrics:
         self.dlq = Counter("mystocks_stream_dlq_records", "records sent to the DLQ", lbl, registry=r).labels(processor)
         self.aborts = Counter("mystocks_stream_transaction_aborts", "aborted transactions", lbl, registry=r).labels(processor)
         self.rebalances = Counter("mystocks_stream_rebalances", "partition assignments and revocations", lbl, registry=r).labels(processor)
+        self.idle_flushes = Counter("mystocks_stream_idle_flushes", "partitions flushed (open state emitted) "
+                                    "after idling or on a graceful stop", lbl, registry=r).labels(processor)
         self.batch_size = Histogram("mystocks_stream_batch_records", "records per batch", lbl, buckets=_BATCH_BUCKETS, registry=r).labels(processor)
         self.batch_latency = Histogram("mystocks_stream_batch_seconds", "decode+process+produce time per batch", lbl, buckets=_LAT_BUCKETS, registry=r).labels(processor)
         self.commit_latency = Histogram("mystocks_stream_commit_seconds", "commit time (transaction or offsets)", lbl, buckets=_LAT_BUCKETS, registry=r).labels(processor)
-        #: per-stage time of each batch (seconds): decode, process (the maths), produce (outputs
-        #: + DLQ, up to the producer's queue); the commit is ``commit_seconds``
-        self._stage = Histogram("mystocks_stream_stage_seconds", "time per batch in one stage (decode, process, produce)",
-                                ["processor", "stage"], buckets=_LAT_BUCKETS, registry=r)
-        self.stages = {st: self._stage.labels(processor, st) for st in STAGES}
         self.restore_seconds = Histogram("mystocks_stream_state_restore_seconds", "state restore time per partition", lbl, buckets=_LAT_BUCKETS, registry=r).labels(processor)
+        self.stages = StageHistogram(processor)
+        r.register(self.stages)
         self._lag = Gauge("mystocks_stream_consumer_lag",
                           "records between the log end and the committed offset of a partition", ["processor", "partition"], registry=r)
         self._committed = Gauge("mystocks_stream_committed_offset", "committed offset of an owned input partition",
@@ -64,3 +160,21 @@ class RuntimeMetrics:
         """Expose ``/metrics`` over HTTP (port 0 = off)."""
         if port:
             start_http_server(port, addr=host, registry=self.registry)
+
+
+def histogram_quantile(q: float, bounds: np.ndarray, counts: np.ndarray) -> float:
+    """Prometheus' ``histogram_quantile``: the ``q`` quantile (0..1) by linear interpolation inside
+    the bucket that holds it; ``bounds`` = upper bounds, ``counts`` = per-bucket counts incl. +Inf.
+    NaN without observations; the highest finite bound when the quantile falls in +Inf."""
+    total = int(counts.sum())
+    if total == 0:
+        return float("nan")
+    cum = np.cumsum(counts)
+    rank = q * total
+    i = int(np.searchsorted(cum, rank, side="left"))
+    if i >= bounds.size:
+        return float(bounds[-1])
+    lo = 0.0 if i == 0 else float(bounds[i - 1])
+    below = 0 if i == 0 else int(cum[i - 1])
+    inside = int(counts[i])
+    return lo + (float(bounds[i]) - lo) * ((rank - below) / inside if inside else 0.0)

@@ -12,10 +12,25 @@ SIGTERM/SIGINT (via :meth:`StreamWorker.stop`) finish the current batch, commit,
 Backpressure: while the producer holds more than ``max_buffered_records`` unacknowledged records
 (a slow or stalled sink), every assigned partition is paused (the consumer keeps polling, so it stays
 in the group) and resumed once the producer has drained below half of that.
+
+Latency: with adaptive batching (the default) the loop blocks only while nothing has arrived; then it
+takes everything the consumer holds, closes the batch and processes it, so no record waits for a
+linger deadline and batches grow with the load. Blocking waits end in time for the next commit and
+the next idle flush. Every stage a record passes is timed into ``mystocks_stream_stage_seconds``
+(``streams/stream_metrics.py``). Clients are tuned for latency: TCP_NODELAY on every broker
+socket, ``fetch.wait.max.ms`` / producer ``linger.ms`` from :class:`RuntimeConfig`.
+
+Idle flush: a processor's open state (e.g. bars) of a partition is flushed when the partition's event
+time (its records' Kafka timestamps) has not advanced for ``idle_flush_s`` seconds of wall time, and of
+every partition on a graceful stop when ``flush_on_stop``. The flush's outputs and changed state go
+through the commit protocol like a batch's: they commit atomically with the input offsets, so a
+restarted worker resumes from the flushed state (and never re-emits what was flushed), and an abort
+undoes the flush with the rest of the transaction.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import uuid
@@ -36,7 +51,7 @@ from mystocks_gpu.streams.dead_letters import dlq_topic
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.fault_injection import FaultPlan
 from mystocks_gpu.streams.processor import Outputs, Processor, process_isolating
-from mystocks_gpu.streams.runtime_config import RuntimeConfig
+from mystocks_gpu.streams.runtime_config import ADAPTIVE, RuntimeConfig
 from mystocks_gpu.streams.state_store import PartitionStates, ensure_changelog
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 
@@ -66,6 +81,7 @@ class RunSummary:
     commits: int = 0
     oversized: int = 0
     pauses: int = 0
+    idle_flushes: int = 0
     producer_recoveries: int = 0
     assignments: int = 0
     restores: int = 0
@@ -90,14 +106,21 @@ class StreamWorker:
         self.symbols = SymbolTable()
         self._summary = RunSummary()
         self._stopping = False
-        self._acc = BatchAccumulator(self.rt.max_records, self.rt.max_bytes, self.rt.linger_ms / 1000.0)
+        self._acc = BatchAccumulator(self.rt.max_records, self.rt.max_bytes, self.rt.linger_ms / 1000.0,
+                                     adaptive=self.rt.batching == ADAPTIVE)
         #: messages fetched but not yet in a batch (dropped with the forming batch on every abort)
         self._pending: list[Any] = []
         self._paused = False
         self._recoveries = 0
+        #: the librdkafka settings the worker gave its producer / consumer (beyond the defaults)
         self._pconf: dict[str, Any] = {}
+        self._cconf: dict[str, Any] = {}
         self._last_lag = 0.0
         self._assigned_at = 0.0
+        #: partition -> [largest record timestamp seen (ms), monotonic time it last advanced, flushed]
+        self._event_clock: dict[int, list[Any]] = {}
+        #: (records, monotonic end of produce) of batches whose outputs are not yet visible (exactly-once)
+        self._awaiting: list[tuple[int, float]] = []
         self.consumer: Any = None
         self.producer: Any = None
         self.states: PartitionStates | None = None
@@ -120,9 +143,13 @@ class StreamWorker:
         self._stopping = True
 
     def _drop_input(self) -> None:
-        """Discard everything fetched but not committed (called by the protocol on abort)."""
+        """Discard everything fetched but not committed (called by the protocol on abort); an
+        aborted flush is undone with its transaction, so partitions may flush again."""
         self._acc.take()
         self._pending = []
+        self._awaiting.clear()
+        for clock in self._event_clock.values():
+            clock[2] = False
 
     def _setup(self) -> None:
         ensure_broker(self.kafka)
@@ -150,6 +177,11 @@ class StreamWorker:
                      "isolation.level": "read_committed"}
         else:
             extra["partition.assignment.strategy"] = "cooperative-sticky"
+        # latency: a fetch with no data waits at most fetch.wait.max.ms at the broker (new data answers it
+        # at once); no Nagle delay on the broker sockets; a fetch queue over its bound retries in 10 ms, not 1 s
+        extra.update({"fetch.wait.max.ms": self.rt.fetch_wait_max_ms, "socket.nagle.disable": True,
+                      "fetch.queue.backoff.ms": 10})
+        self._cconf = extra
         # client.id = transactional id + this process's nonce: on a fence, the group tells whether another
         # worker uses the id. Our own stale member (a session that expired in a broker outage, rejoined
         # under a new member id) carries our nonce and is not mistaken for a zombie.
@@ -158,7 +190,8 @@ class StreamWorker:
                                       **{"log_level": 3, "client.id": self._client_id, **extra})
         # the protocol checks each record against its topic's own limit; the client-side cap is above all
         # and a record batch never exceeds the smallest topic limit (the broker rejects a whole batch)
-        pconf: dict[str, Any] = {"linger.ms": 2 if self.rt.exactly_once else 1, "message.max.bytes": PRODUCER_MAX_BYTES,
+        pconf: dict[str, Any] = {"linger.ms": self.rt.output_linger_ms, "message.max.bytes": PRODUCER_MAX_BYTES,
+                                 "socket.nagle.disable": True,
                                  "batch.size": max(64, min(1_000_000, *max_bytes.values()) - RECORD_OVERHEAD)}
         if self.rt.exactly_once:
             pconf.update({"transactional.id": self.transactional_id,
@@ -230,6 +263,9 @@ class StreamWorker:
         self._acc.batch.drop_partitions(revoked)
         self._pending = [m for m in self._pending if m.partition() not in revoked]
         self.protocol.on_revoke(revoked)
+        self._awaiting.clear()
+        for part in revoked:
+            self._event_clock.pop(part, None)
         if self.rt.group_protocol == "classic":
             consumer.incremental_unassign(partitions)
         log.info("revoked", extra={"fields": {"partitions": sorted(revoked)}})
@@ -238,6 +274,8 @@ class StreamWorker:
         assert self.protocol is not None
         lost = {tp.partition for tp in partitions}
         self.protocol.on_lost(lost)
+        for part in lost:
+            self._event_clock.pop(part, None)
         self._acc.batch.drop_partitions(lost)
         self._pending = [m for m in self._pending if m.partition() not in lost]
         if self.rt.group_protocol == "classic":
@@ -252,28 +290,41 @@ class StreamWorker:
         self._setup()
         assert self.protocol is not None
         protocol = self.protocol
+        # long-lived objects of the set-up (clients, codecs, compiled kernels) leave the collector's
+        # view: full collections then scan only what the loop allocates (shorter GC pauses)
+        gc.collect()
+        gc.freeze()
         last_input = self.clock.monotonic()
+        adaptive = self._acc.adaptive
         try:
             while not self._stopping:
                 now = self.clock.monotonic()
                 self._backpressure()
+                drained = False
                 if not self._pending:
                     want = max(1, min(self.rt.max_records - len(self._acc.batch), 10_000))
-                    # consume() blocks until `want` records or the timeout: with an empty batch and a
-                    # live stream, wait only briefly so the linger clock starts at the first record
-                    idle_for = now - last_input
-                    timeout = min(self._acc.remaining_s(now), 0.002 if idle_for < 1.0 else 0.1)
-                    msgs = self.consumer.consume(0 if self._paused else want, timeout=timeout)
+                    if adaptive:
+                        msgs = self._fetch(want, self._wait_s(now, last_input))
+                        drained = len(msgs) < want
+                    else:
+                        # consume() blocks until `want` records or the timeout: with an empty batch and
+                        # a live stream, wait only briefly so the linger clock starts at the first record
+                        idle_for = now - last_input
+                        timeout = min(self._acc.remaining_s(now), 0.002 if idle_for < 1.0 else 0.1,
+                                      protocol.due_in_s())
+                        msgs = self.consumer.consume(0 if self._paused else want, timeout=timeout)
                     self._pending = self._filter_errors(msgs)
                     if self._pending:
                         last_input = self.clock.monotonic()
                 now = self.clock.monotonic()
-                self._pending = self._acc.add_messages(self._pending, now)
-                if self._acc.ready(now):
+                self._pending = self._acc.add_messages(self._pending, now, self.clock.now_ns())
+                if self._acc.ready(now, drained=drained):
                     self._handle(self._acc.take())
                     last_input = self.clock.monotonic()  # processing time is not idle time
                 elif protocol.due():
-                    protocol.commit()
+                    self._commit()
+                if self.rt.idle_flush_s > 0:
+                    self._idle_flush()
                 if self._assigned_at > last_input:
                     last_input = self._assigned_at  # waiting for an assignment is not idleness
                 idle = self.clock.monotonic() - last_input
@@ -283,20 +334,50 @@ class StreamWorker:
                 if max_records is not None and self._summary.records_in >= max_records:
                     break
                 self._update_lag()
-            # graceful stop: finish the batch at hand and commit it
+            # graceful stop: finish the batch at hand, close open state if asked, commit
             if self._pending:
-                self._pending = self._acc.add_messages(self._pending, self.clock.monotonic())
+                self._pending = self._acc.add_messages(self._pending, self.clock.monotonic(), self.clock.now_ns())
             if len(self._acc.batch):
                 self._handle(self._acc.take())
-            protocol.commit()
+            if self.rt.flush_on_stop and not protocol.failed:
+                for partition in sorted(self.states.states if self.states else ()):
+                    self._flush(partition)
+            self._commit()
         except BaseException as exc:
             protocol.fail(exc)
             raise
         finally:
+            gc.unfreeze()
             self._close()
             self._fill_summary()
         self._summary.seconds = self.clock.monotonic() - t_start
         return self.summary
+
+    def _wait_s(self, now: float, last_input: float) -> float:
+        """How long an empty loop may block for input: until the next commit or idle flush is due,
+        at most 2 ms while a batch is forming or input flowed within the last second, else 100 ms."""
+        assert self.protocol is not None
+        if len(self._acc.batch):
+            return 0.0
+        cap = 0.1
+        if self.rt.idle_flush_s > 0:
+            for clock in self._event_clock.values():
+                if not clock[2]:
+                    cap = min(cap, max(0.0, clock[1] + self.rt.idle_flush_s - now))
+        return min(cap, self.protocol.due_in_s())
+
+    def _fetch(self, want: int, timeout: float) -> list[Any]:
+        """Block up to ``timeout`` s for the first message (paused: serve callbacks only), then take
+        whatever else has arrived, up to ``want`` messages, without waiting."""
+        if self._paused:
+            self.consumer.poll(timeout)  # paused partitions return nothing; keeps the member alive
+            return []
+        first = self.consumer.poll(timeout) if timeout > 0 else None
+        if first is None:
+            return self.consumer.consume(want, timeout=0) if timeout <= 0 else []
+        if want == 1:
+            return [first]
+        return [first, *self.consumer.consume(want - 1, timeout=0)]
 
     def _fill_summary(self) -> None:
         if self.protocol is None:
@@ -337,9 +418,13 @@ class StreamWorker:
 
     # ---- the hot path ------------------------------------------------------------------------
     def _filter_errors(self, msgs: list[Any]) -> list[Any]:
+        if not msgs:
+            return msgs
+        errors = [m.error() for m in msgs]
+        if not any(errors):
+            return msgs
         out = []
-        for m in msgs:
-            err = m.error()
+        for m, err in zip(msgs, errors, strict=True):
             if err is None:
                 out.append(m)
             elif err.code() == KafkaError._PARTITION_EOF:
@@ -351,49 +436,135 @@ class StreamWorker:
         return out
 
     def _handle(self, batch: RawBatch) -> None:
-        """Decode, process and produce one batch (inside the open transaction in EOS mode)."""
+        """Decode, process and produce one batch (inside the open transaction in EOS mode), timing
+        each stage per record (``streams/stream_metrics.py``)."""
         assert self.states is not None and self.protocol is not None
         t0 = self.clock.monotonic()
-        ingest_ns = self.clock.now_ns()
+        close_ns = ingest_ns = self.clock.now_ns()
+        n = len(batch)
+        stages = self.metrics.stages
+        self._observe_wait(batch, close_ns)
         out = Outputs()
-        t_decode = t_process = 0.0  # per-stage seconds (metrics)
+        decode_s = process_s = 0.0
+        ts_ms = np.asarray(batch.timestamps_ms, np.int64)
         for partition, idx_list in batch.by_partition().items():
             if partition not in self.states.states:
                 continue  # revoked while the batch was forming
             idx = np.asarray(idx_list, np.int64)
-            t1 = self.clock.monotonic()
+            self._advance_event_clock(partition, int(ts_ms[idx].max()), t0)
+            t_dec = self.clock.monotonic()
             with log_context(partition=partition):  # on every log line of decode/process (JSON logs)
                 decoded = self.processor.decode([batch.values[i] for i in idx_list], idx, self.symbols, partition,
                                                 ingest_ns)
-                t2 = self.clock.monotonic()
-                t_decode += t2 - t1
+                t_proc = self.clock.monotonic()
+                decode_s += t_proc - t_dec
                 out.rejected.extend(decoded.rejected)
                 if len(decoded.columns):
                     part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
-                    t_process += self.clock.monotonic() - t2
                     self.states.states[partition] = new_state
                     # recorded at once: whatever fails next, an abort restores this partition
                     self.protocol.touch(partition, decoded.columns.columns["sym"])
                     out.extend(part_out)
+            process_s += self.clock.monotonic() - t_proc
         self.protocol.processed(batch)
         self.protocol.inject("crash")  # tests: an unexpected exception after states were replaced
-        t_produce = self.clock.monotonic()
+        t_prod = self.clock.monotonic()
         try:
-            self.protocol.produce(batch, out)
+            self.protocol.produce(batch, out, on_last_delivered=None if self.rt.exactly_once else self._delivered(n, t_prod))
         except KafkaException as exc:
             self.protocol.recover(exc.args[0], "produce")
             return
+        t_end = self.clock.monotonic()
+        encode_s = min(out.stage_s.get("encode", 0.0), process_s)
+        for stage, sec in (("decode", decode_s), ("compute", process_s - encode_s), ("encode", encode_s),
+                           ("produce", t_end - t_prod)):
+            stages.observe(stage, sec, n)
+        if self.rt.exactly_once:
+            self._awaiting.append((n, t_end))
         self.protocol.inject("stall")  # tests: frozen inside an open transaction (records already sent)
         self._summary.batches += 1
-        self._summary.records_in += len(batch)
-        self.metrics.records_in.inc(len(batch))
-        self.metrics.batch_size.observe(len(batch))
-        now = self.clock.monotonic()
-        self.metrics.batch_latency.observe(now - t0)
-        for stage, seconds in (("decode", t_decode), ("process", t_process), ("produce", now - t_produce)):
-            self.metrics.stages[stage].observe(seconds)
+        self._summary.records_in += n
+        self.metrics.records_in.inc(n)
+        self.metrics.batch_size.observe(n)
+        self.metrics.batch_latency.observe(t_end - t0)
+        # judged right after producing (the queue's high point), not only at the next loop turn: a commit
+        # that falls due now flushes the queue before the loop would have seen it
+        self._backpressure()
         if self.protocol.due():
-            self.protocol.commit()
+            self._commit()
+
+    def _observe_wait(self, batch: RawBatch, close_ns: int) -> None:
+        """Stages ``poll`` (record timestamp -> consume(); live records only) and ``batch`` (consume()
+        -> batch close) of every record of ``batch``."""
+        stages = self.metrics.stages
+        for count, polled in batch.poll_marks:
+            if polled:
+                stages.observe("batch", max(0, close_ns - polled) / 1e9, count)
+        polled_ns = batch.poll_ns()
+        feed = polled_ns - np.asarray(batch.timestamps_ms, np.int64) * 1_000_000
+        live = (polled_ns > 0) & (feed >= 0) & (feed < 60 * 10**9)
+        if live.any():
+            stages.observe_many("poll", feed[live] / 1e9)
+
+    def _delivered(self, n: int, t_prod: float) -> Any:
+        """Delivery callback of a batch's last output (at-least-once): stage ``deliver``."""
+        def done(err: Any, _msg: Any) -> None:
+            if err is None:
+                self.metrics.stages.observe("deliver", self.clock.monotonic() - t_prod, n)
+        return done
+
+    def _commit(self) -> bool:
+        """Commit through the protocol; on success the batches waiting for it become visible
+        (exactly-once: stage ``commit``)."""
+        assert self.protocol is not None
+        ok = self.protocol.commit()
+        if ok and self._awaiting:
+            now = self.clock.monotonic()
+            for n, t_end in self._awaiting:
+                self.metrics.stages.observe("commit", now - t_end, n)
+        self._awaiting.clear()
+        return ok
+
+    # ---- idle flush -----------------------------------------------------------------------------
+    def _advance_event_clock(self, partition: int, ts_ms: int, now: float) -> None:
+        clock = self._event_clock.get(partition)
+        if clock is None:
+            self._event_clock[partition] = [ts_ms, now, False]
+        elif ts_ms > clock[0]:
+            clock[0], clock[1], clock[2] = ts_ms, now, False
+
+    def _idle_flush(self) -> None:
+        """Flush every owned partition whose event time has not advanced for ``idle_flush_s``."""
+        now = self.clock.monotonic()
+        for partition, clock in list(self._event_clock.items()):
+            if not clock[2] and now - clock[1] >= self.rt.idle_flush_s:
+                if len(self._acc.batch) or self._pending:
+                    return  # records of it may be waiting: process them first
+                self._flush(partition)
+
+    def _flush(self, partition: int) -> None:
+        """Emit a partition's open state (``Processor.flush``) inside the transaction; its changed
+        state goes to the changelog with the next commit (see the module docstring)."""
+        assert self.states is not None and self.protocol is not None
+        clock = self._event_clock.get(partition)
+        if clock is not None:
+            clock[2] = True
+        state = self.states.states.get(partition)
+        if state is None:
+            return
+        out, new_state = self.processor.flush(state, self.symbols, partition)
+        if not out.count() and out.touched is None:
+            return
+        self.states.states[partition] = new_state
+        self.protocol.touch(partition, out.touched if out.touched is not None else np.zeros(0, np.int32))
+        try:
+            self.protocol.produce(RawBatch(topic=self.topic), out)
+        except KafkaException as exc:
+            self.protocol.recover(exc.args[0], "produce")
+            return
+        self._summary.idle_flushes += 1
+        self.metrics.idle_flushes.inc()
+        log.info("flushed open state", extra={"fields": {"partition": partition, "records": out.count()}})
 
     def _backpressure(self) -> None:
         """Pause every assigned partition while the producer holds too many unacknowledged records."""

@@ -13,6 +13,7 @@ never by time; wall-clock topics (jobs, alerts) use time retention.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from mystocks_gpu.topics.exceptions import UnknownTopic
@@ -120,11 +121,20 @@ def all_specs(include_dlq: bool = True) -> list[TopicSpec]:
     return out
 
 
+#: bar topics of any interval the features pipeline is configured with (md.bars.5s, md.bars.15m, ...)
+_BARS = re.compile(r"md\.bars\.[1-9][0-9]*(ms|s|m|h|d)")
+
+
 def get(name: str) -> TopicSpec:
-    """The spec of a catalog topic (DLQ twins included); :class:`UnknownTopic` lists known ones."""
+    """The spec of a catalog topic (DLQ twins included; ``md.bars.<n><ms|s|m|h|d>`` for any bar
+    interval, like md.bars.1s); :class:`UnknownTopic` lists known ones."""
     for spec in all_specs():
         if spec.name == name:
             return spec
+    base = name[: -len(DLQ_SUFFIX)] if name.endswith(DLQ_SUFFIX) else name
+    if _BARS.fullmatch(base):
+        spec = _event_time(base, "mystocks.md.Bar", f"{base[len('md.bars.'):]} OHLCV bars")
+        return spec if base == name else spec.dlq_spec()  # type: ignore[return-value]
     known = ", ".join(s.name for s in CATALOG)
     raise UnknownTopic(f"unknown topic {name!r}; known topics: {known} (each with a .dlq twin where it has one)")
 

@@ -252,8 +252,8 @@ def test_new_symbols_grow_state(data, refs):
 
 
 def test_state_bytes_per_symbol_defaults():
-    assert state_bytes_per_symbol(FeatureConfig()) == 9112
-    assert state_bytes_per_symbol(FeatureConfig(features=("rsi",))) == 920
+    assert state_bytes_per_symbol(FeatureConfig()) == 9120
+    assert state_bytes_per_symbol(FeatureConfig(features=("rsi",))) == 928
 
 
 def test_empty_batch_keeps_state(data, refs):

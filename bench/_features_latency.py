@@ -1,0 +1,338 @@
+"""Tick -> feature latency of ``bench/features_e2e.py``: offered load, a per-stage breakdown, old vs
+new code in one run, and scale-out over worker counts. Not a public API.
+
+One latency run: a producer subprocess offers ``rate`` ticks/s for ``seconds`` with ``ts_event`` =
+wall clock at produce; ``workers`` worker subprocesses (one consumer group) compute the features;
+this process consumes the output (read_committed) and takes, per feature vector,
+
+- ``e2e`` = receive wall time - ``ts_event`` (the headline p50/p99/p99.9),
+- ``to_worker`` = ``ts_ingest`` (the worker's batch close, carried in the vector) - ``ts_event``,
+- ``in_worker`` = broker append time of the output (its topic uses LogAppendTime) - ``ts_ingest``,
+- ``to_consumer`` = receive - append time (exactly-once: includes waiting for the commit),
+
+(append times have millisecond resolution), and scrapes each worker's ``/metrics`` for the stage
+histograms ``mystocks_stream_stage_seconds`` (poll, batch, decode, compute, encode, produce,
+deliver/commit; see ``mystocks_gpu/streams/stream_metrics.py``), summed over workers. Stage means
+add up (each stage is observed once per record), so ``mean(e2e) - sum(stage means)`` is the time
+from visibility to the measuring consumer's receive (its fetch + the feed producer's queueing,
+which the ``poll`` stage does not see when the input's record timestamp is taken at produce).
+
+The measuring consumer blocks for the first message and then drains without waiting
+(``consume(n, timeout)`` waits for all n or the timeout: timing each batch of messages by its
+return would add up to the timeout to every latency).
+
+``tree``: run the worker from another checkout (e.g. ``git archive <commit> | tar -x -C DIR``) to
+compare old and new code under the same load in one run; such a worker has no stage metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import _common as C
+import numpy as np
+
+from mystocks_gpu.streams.stream_metrics import STAGE_BUCKETS, STAGES, histogram_quantile
+from mystocks_gpu.topics import TopicSpec
+from mystocks_gpu.topics.admin import TopicAdmin
+
+TICK = "mystocks.md.Tick"
+FV = "mystocks.features.FeatureVector"
+HERE = Path(__file__).resolve()
+
+
+def free_port() -> int:
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return int(so.getsockname()[1])
+
+
+def ts_event_ingest(v: bytes) -> tuple[int, int]:
+    """(ts_event, ts_ingest) of a framed FeatureVector without a full decode."""
+    p = 5
+
+    def varint(p: int) -> tuple[int, int]:
+        shift = acc = 0
+        while True:
+            b = v[p]
+            acc |= (b & 0x7F) << shift
+            p += 1
+            if b < 0x80:
+                return (acc >> 1) ^ -(acc & 1), p
+            shift += 7
+
+    ln, p = varint(p)
+    ts, p = varint(p + ln)
+    _, p = varint(p)  # seq
+    ingest, _ = varint(p)
+    return ts, ingest
+
+
+def scrape_stages(port: int) -> dict[str, tuple[np.ndarray, float]]:
+    """stage -> (per-bucket counts incl. +Inf, sum of seconds) from a worker's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, tuple[np.ndarray, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != "mystocks_stream_stage_seconds":
+            continue
+        cum: dict[str, list[tuple[float, float]]] = {}
+        sums: dict[str, float] = {}
+        for smp in fam.samples:
+            stage = smp.labels.get("stage", "")
+            if smp.name.endswith("_bucket"):
+                le = float("inf") if smp.labels["le"] == "+Inf" else float(smp.labels["le"])
+                cum.setdefault(stage, []).append((le, smp.value))
+            elif smp.name.endswith("_sum"):
+                sums[stage] = smp.value
+        for stage, pts in cum.items():
+            c = np.array([v for _, v in sorted(pts)], np.float64)
+            out[stage] = (np.diff(np.concatenate([[0.0], c])).astype(np.int64), sums.get(stage, 0.0))
+    return out
+
+
+def stage_table(per_worker: list[dict[str, tuple[np.ndarray, float]]]) -> dict[str, dict[str, float]]:
+    """Sum the workers' stage histograms; p50/p99 (histogram_quantile, ms), mean (ms), count."""
+    bounds = np.asarray(STAGE_BUCKETS)
+    res: dict[str, dict[str, float]] = {}
+    for stage in STAGES:
+        counts = np.zeros(bounds.size + 1, np.int64)
+        total = 0.0
+        for w in per_worker:
+            if stage in w:
+                counts += w[stage][0]
+                total += w[stage][1]
+        n = int(counts.sum())
+        if n:
+            res[stage] = {"p50_ms": histogram_quantile(0.5, bounds, counts) * 1e3,
+                          "p99_ms": histogram_quantile(0.99, bounds, counts) * 1e3,
+                          "mean_ms": total / n * 1e3, "count": n}
+    return res
+
+
+def group_stable(s: Any, group: str, members: int) -> bool:
+    """True when ``group`` is Stable with ``members`` members, each holding partitions."""
+    from confluent_kafka import ConsumerGroupState
+
+    admin = TopicAdmin(s.kafka).admin
+    try:
+        desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result(15)
+    except Exception:  # noqa: BLE001 - not there yet
+        return False
+    return (desc.state == ConsumerGroupState.STABLE and len(desc.members) == members
+            and all(m.assignment and m.assignment.topic_partitions for m in desc.members))
+
+
+def quantiles(a_ms: np.ndarray) -> dict[str, float | None]:
+    if not a_ms.size:
+        return {"p50_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None, "mean_ms": None}
+    return {"p50_ms": float(np.quantile(a_ms, 0.5)), "p99_ms": float(np.quantile(a_ms, 0.99)),
+            "p999_ms": float(np.quantile(a_ms, 0.999)), "max_ms": float(a_ms.max()), "mean_ms": float(a_ms.mean())}
+
+
+def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, workers: int = 1,
+                tree: Path | None = None, label: str = "new", seconds: float | None = None) -> dict[str, Any]:
+    """One latency run (see the module docstring)."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from mystocks_gpu.infra.kafka_clients import make_consumer
+
+    seconds = float(seconds or args.latency_s)
+    short = f"{'eos' if guarantee == 'exactly_once' else 'alo'}{int(rate)}w{workers}{label}{C.new_tag()[:4]}"
+    topic, out = f"bench.fe.lat.in.{short}.{tag}", f"bench.fe.lat.out.{short}.{tag}"
+    TopicAdmin(s.kafka).create([
+        TopicSpec(topic, "symbol", TICK, partitions=args.partitions, dlq=False),
+        TopicSpec(topic + ".dlq", "symbol", None, partitions=1, dlq=False),
+        TopicSpec(out, "symbol", FV, partitions=args.partitions, dlq=False,
+                  extra={"message.timestamp.type": "LogAppendTime"})])
+    group = f"bench-fe-lat-{short}-{tag}"
+    root = tree or C.ROOT
+    script = root / "bench" / "features_e2e.py"
+    ports = [free_port() for _ in range(workers)]
+    procs = []
+    for w in range(workers):
+        cfg = {"topic": topic, "out": out, "group": group, "guarantee": guarantee, "batch": args.lat_batch,
+               "linger_ms": args.lat_linger_ms, "backend": args.backend, "symbols": args.symbols,
+               "worker_id": f"lat{w}", "metrics_port": ports[w], "batching": args.lat_batching,
+               "commit_interval_ms": args.commit_interval_ms}
+        procs.append(subprocess.Popen([sys.executable, str(script), "--_role", "worker", "--_cfg", json.dumps(cfg)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(root)))
+    cons = make_consumer(s.kafka, f"bench-fe-latc-{short}-{tag}",
+                         **{"fetch.wait.max.ms": 5, "socket.nagle.disable": True, "fetch.queue.backoff.ms": 10})
+    cons.assign([TopicPartition(out, p, OFFSET_BEGINNING) for p in range(args.partitions)])
+    producer = None
+    stages: list[dict[str, tuple[np.ndarray, float]]] = []
+    try:
+        t0 = time.monotonic()
+        while not group_stable(s, group, workers):
+            if time.monotonic() - t0 > 240:
+                raise RuntimeError(f"group {group} did not settle with {workers} member(s)")
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"worker exited: {p.stderr.read()[-1500:] if p.stderr else ''}")
+            time.sleep(0.5)
+        # warm-up: ticks stamped now; wait until their features come back (every worker assigned and warm)
+        wcols, wnames = C.synthetic(2000, args.symbols, seed=3)
+        wcols["ts"] = np.full(2000, time.time_ns(), np.int64)
+        C.produce_ticks(s, topic, wcols, wnames)
+        seen, t0 = 0, time.monotonic()
+        while seen < 2000 and time.monotonic() - t0 < 180:
+            seen += sum(1 for m in cons.consume(10_000, timeout=0.2) if m.error() is None)
+        if seen < 2000:
+            raise RuntimeError(f"warm-up: only {seen} of 2000 feature vectors came back")
+        load_start = time.time_ns()
+        pcfg = {"topic": topic, "rate": rate, "seconds": seconds, "symbols": args.symbols}
+        producer = subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "producer",
+                                     "--_cfg", json.dumps(pcfg)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
+        expect = int(rate * seconds)
+        e2e, to_worker, in_worker, to_cons = (np.empty(expect + 10_000, np.int64) for _ in range(4))
+        k = 0
+        t_first = t_last = None
+        deadline = time.monotonic() + 60 + 3 * seconds
+        while k < expect and time.monotonic() < deadline:
+            first = cons.poll(0.05)
+            if first is None:
+                continue
+            msgs = [first, *cons.consume(10_000, timeout=0)]
+            now = time.time_ns()
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                ts, ingest = ts_event_ingest(m.value())
+                if ts < load_start or k >= e2e.size:
+                    continue
+                app_ns = m.timestamp()[1] * 1_000_000
+                e2e[k], to_worker[k], in_worker[k], to_cons[k] = now - ts, ingest - ts, app_ns - ingest, now - app_ns
+                k += 1
+            t_last = time.perf_counter()
+            if t_first is None:
+                t_first = t_last
+        pout = json.loads(producer.communicate(timeout=120)[0].strip().splitlines()[-1])
+        if tree is None:
+            for port in ports:
+                try:
+                    stages.append(scrape_stages(port))
+                except OSError as exc:
+                    print(f"  (metrics of a worker not scraped: {exc})")
+    finally:
+        cons.close()
+        if producer is not None and producer.poll() is None:
+            producer.kill()
+        outs = []
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                o, _ = p.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                o, _ = p.communicate()
+            outs.append((o.strip().splitlines() or ["{}"])[-1])
+    ms = {name: np.sort(a[:k].astype(np.float64) / 1e6) for name, a in
+          (("e2e", e2e), ("to_worker", to_worker), ("in_worker", in_worker), ("to_consumer", to_cons))}
+    res: dict[str, Any] = {"label": label, "tree": str(tree) if tree else None, "guarantee": guarantee, "rate": rate,
+                           "workers": workers, "offered": expect, "received": k, "seconds": seconds,
+                           "offered_rate": pout.get("offered_rate"),
+                           "out_rate": k / (t_last - t_first) if t_first and t_last and t_last > t_first else None,
+                           **quantiles(ms["e2e"]),
+                           "parts": {name: quantiles(a) for name, a in ms.items() if name != "e2e"},
+                           "worker_summaries": outs, "loadavg_1min": C.machine()["loadavg_1min"]}
+    if stages:
+        tab = stage_table(stages)
+        res["stages"] = tab
+        res["stage_mean_sum_ms"] = sum(v["mean_ms"] for v in tab.values())
+        if res["mean_ms"] is not None:
+            res["after_visible_mean_ms"] = res["mean_ms"] - res["stage_mean_sum_ms"]
+    return res
+
+
+def print_breakdown(r: dict[str, Any]) -> None:
+    """The stage table of one run (worker histograms) and the consumer-side split."""
+    parts = r.get("parts", {})
+    print(f"    consumer side: to worker p50 {C.fmt(parts.get('to_worker', {}).get('p50_ms'))} / p99 "
+          f"{C.fmt(parts.get('to_worker', {}).get('p99_ms'))} ms; in worker -> broker p50 "
+          f"{C.fmt(parts.get('in_worker', {}).get('p50_ms'))} / p99 {C.fmt(parts.get('in_worker', {}).get('p99_ms'))} ms; "
+          f"broker -> consumer p50 {C.fmt(parts.get('to_consumer', {}).get('p50_ms'))} / p99 "
+          f"{C.fmt(parts.get('to_consumer', {}).get('p99_ms'))} ms (append times: 1 ms resolution)")
+    st = r.get("stages")
+    if not st:
+        return
+    rows = [(name, v["p50_ms"], v["p99_ms"], v["mean_ms"], v["count"]) for name, v in st.items()]
+    rows.append(("(visible -> consumer, mean residual)", None, None, r.get("after_visible_mean_ms"), None))
+    C.print_table(["stage (worker histograms)", "p50 ms", "p99 ms", "mean ms", "records"], rows)
+
+
+def run_throughput(s: Any, tag: str, args: Any, workers: int, n: int) -> dict[str, Any]:
+    """Scale-out throughput: ``workers`` workers (one group, exactly-once, adaptive batching) settle,
+    then ``n`` ticks are produced as fast as this process can; throughput = outputs received by the
+    measuring consumer / (last receive - first receive). Producer, workers, broker and consumer
+    share the machine's cores (on 2 cores the curve shows CPU contention, not the runtime's limit)."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from mystocks_gpu.infra.kafka_clients import make_consumer
+
+    short = f"tp{workers}{C.new_tag()[:4]}"
+    topic, out = f"bench.fe.tp.in.{short}.{tag}", f"bench.fe.tp.out.{short}.{tag}"
+    TopicAdmin(s.kafka).create([
+        TopicSpec(topic, "symbol", TICK, partitions=args.partitions, dlq=False),
+        TopicSpec(topic + ".dlq", "symbol", None, partitions=1, dlq=False),
+        TopicSpec(out, "symbol", FV, partitions=args.partitions, dlq=False)])
+    group = f"bench-fe-tp-{short}-{tag}"
+    procs = []
+    for w in range(workers):
+        cfg = {"topic": topic, "out": out, "group": group, "guarantee": "exactly_once", "batch": args.batch,
+               "linger_ms": 20.0, "backend": args.backend, "symbols": args.symbols, "worker_id": f"tp{w}",
+               "metrics_port": 0, "batching": "adaptive", "commit_interval_ms": 100.0}
+        procs.append(subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "worker",
+                                       "--_cfg", json.dumps(cfg)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT)))
+    cons = make_consumer(s.kafka, f"bench-fe-tpc-{short}-{tag}", **{"fetch.wait.max.ms": 5})
+    cons.assign([TopicPartition(out, p, OFFSET_BEGINNING) for p in range(args.partitions)])
+    try:
+        t0 = time.monotonic()
+        while not group_stable(s, group, workers):
+            if time.monotonic() - t0 > 240 or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"group {group} did not settle with {workers} member(s)")
+            time.sleep(0.5)
+        import threading
+
+        cols, names = C.synthetic(n, args.symbols, seed=5)
+        prod: dict[str, float] = {}
+        feeder = threading.Thread(target=lambda: prod.update(s=C.produce_ticks(s, topic, cols, names)), daemon=True)
+        feeder.start()
+        got, t_first, t_last = 0, None, None
+        deadline = time.monotonic() + 120 + n / 2000
+        while got < n and time.monotonic() < deadline:
+            first = cons.poll(0.1)
+            if first is None:
+                continue
+            got += 1 + len(cons.consume(10_000, timeout=0))
+            t_last = time.perf_counter()
+            if t_first is None:
+                t_first = t_last
+        feeder.join(60)
+        produce_s = prod.get("s")
+    finally:
+        cons.close()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    tps = got / (t_last - t_first) if t_first and t_last and t_last > t_first else None
+    return {"workers": workers, "n": n, "received": got, "tps": tps, "produce_s": produce_s,
+            "loadavg_1min": C.machine()["loadavg_1min"]}
