@@ -10,7 +10,7 @@ brackets):
 - ``inputs``: topics to replay, at least one, no repeats: feature topics (``features.ticks``,
   schema ``mystocks.features.FeatureVector``) and bar topics (``md.bars.<n><s|m|h|d>``, schema
   ``mystocks.md.Bar``). A topic outside the catalog is accepted; its schema is read from its
-  records. Which schemas can be inputs is the table ``training_data.INPUT_SCHEMAS`` (the factor
+  records. Which schemas can be inputs is the table :data:`INPUT_SCHEMAS` (the factor
   topic of the factor-mining workload joins it with one entry). Required.
 - ``features``: feature columns, at least one, no repeats: a column name (a key of the feature
   vectors' ``values`` map, or a Bar field) or ``"topic:column"`` when two inputs carry the same
@@ -63,6 +63,9 @@ FREQ_RE = re.compile(r"^([1-9][0-9]*)([smhd])$")
 UNIT_NS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9}
 BAR_SCHEMA = "mystocks.md.Bar"
 FEATURE_SCHEMA = "mystocks.features.FeatureVector"
+#: schemas a train job can read, and what their rows are (the factor topic of the factor-mining
+#: workload joins with one entry here and its decoder in ``training_data._Decoder``)
+INPUT_SCHEMAS: dict[str, str] = {BAR_SCHEMA: "bars", FEATURE_SCHEMA: "feature vectors"}
 #: numeric columns of a Bar record usable as features or label prices
 BAR_COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "trades")
 HORIZON_UNITS = ("bars", "seconds")
@@ -177,8 +180,6 @@ class TrainSpec(JobSpec):
             raise JobSpecError("inputs: give at least one topic to replay (features.ticks, md.bars.1d, ...)")
         if len(set(self.inputs)) != len(self.inputs):
             raise JobSpecError(f"inputs: {self.inputs} names a topic twice")
-        from mystocks_gpu.processors.training.training_data import INPUT_SCHEMAS
-
         for t in self.inputs:
             if not TOPIC_RE.match(t) or t.endswith(".dlq"):
                 raise JobSpecError(f"inputs: {t!r} is not a topic that can be replayed")

@@ -12,7 +12,7 @@ Steps (:func:`load_training_data`):
 2. **Sample** each input onto the panel: with a ``frequency`` step, the last row (by event time,
    then replay order) per symbol and step; the panel date is the step's start. Without one, the
    rows' own times (bars), the last copy of a repeated (symbol, time) winning.
-3. **Join** the inputs on (symbol, date) (outer), keep the universe, sort by (symbol name, date):
+3. **Join** the inputs that give features on (symbol, date) (outer), keep the universe, sort by (symbol name, date):
    the row order, hence the fitted model, does not depend on how the replay interned symbols.
 4. **Label** from the label input's own sampled prices, never from beyond the replayed window:
    ``bars``: :func:`~mystocks_gpu.gpu_ops.models.forward_returns` over the symbol's next
@@ -43,13 +43,12 @@ from mystocks_gpu.processors.training.train_spec import (
     BAR_COLUMNS,
     BAR_SCHEMA,
     FEATURE_SCHEMA,
+    INPUT_SCHEMAS,
     TrainSpec,
+    step_ns,
 )
 from mystocks_gpu.schemas.symbols import SymbolTable
 
-#: schemas a train job can read, and what their rows are (the factor topic adds one entry here
-#: and a decoder in :func:`_decoder`)
-INPUT_SCHEMAS: dict[str, str] = {BAR_SCHEMA: "bars", FEATURE_SCHEMA: "feature vectors"}
 ProgressFn = Callable[[float, str], None]
 StopFn = Callable[[], bool]
 
@@ -279,13 +278,16 @@ def build_training_data(spec: TrainSpec, frames: dict[str, InputFrame], symbols:
     features = resolve_columns(spec, frames, list(spec.features))
     label_col = resolve_columns(spec, frames, [spec.label_column or ""])[0]
     step = spec.step()
-    panels = {t: sample(f, step) for t, f in frames.items()}
+    grid = step_ns(spec.frequency) if spec.frequency is not None else None
+    panels = {t: sample(f, grid) for t, f in frames.items()}
     label_topic = label_col.partition(":")[0]
     price = panels[label_topic][["sym", "date", label_col]].rename(columns={label_col: "price"})
     panel: pd.DataFrame | None = None
     for t in spec.inputs:
-        cols = ["sym", "date", *[c for c in features if c.partition(":")[0] == t]]
-        part = panels[t][cols]
+        own = [c for c in features if c.partition(":")[0] == t]
+        if not own:
+            continue  # an input that only gives the label price does not add rows
+        part = panels[t][["sym", "date", *own]]
         panel = part if panel is None else panel.merge(part, on=["sym", "date"], how="outer")
     assert panel is not None
     names = np.asarray(symbols.symbols, dtype=object)
