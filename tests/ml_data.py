@@ -42,10 +42,13 @@ class Panel:
 
 
 def make_panel(n_symbols: int = 12, n_dates: int = 160, seed: int = 3, tag: str = "ML",
-               start: str = "2022-01-03", strength: float = 0.35) -> Panel:
-    """Daily bars on business days; ``f1`` at date t predicts log(close[t+1] / close[t])."""
+               start: str | None = "2022-01-03", strength: float = 0.35, end: str | None = None) -> Panel:
+    """Daily bars on business days from ``start`` (or up to ``end``); ``f1`` at date t predicts
+    log(close[t+1] / close[t])."""
     rng = np.random.default_rng(seed)
-    days = pd.bdate_range(start, periods=n_dates, tz="UTC").as_unit("ns").asi8
+    rng_days = pd.bdate_range(end=end, periods=n_dates, tz="UTC") if end else \
+        pd.bdate_range(start, periods=n_dates, tz="UTC")
+    days = rng_days.as_unit("ns").asi8
     frames = []
     syms = [f"{tag}{k:03d}" for k in range(n_symbols)]
     for s in syms:

@@ -46,7 +46,7 @@ def read_topic(cfg: KafkaConfig, topic: str, *, from_beginning: bool = True, max
         n = 0
         last = time.monotonic()
         while max_records is None or n < max_records:
-            msgs = consumer.consume(min(1000, (max_records or 1000) - n) or 1, timeout=0.2)
+            msgs = consumer.consume(1000 if max_records is None else max(1, min(1000, max_records - n)), timeout=0.2)
             if not msgs:
                 if time.monotonic() - last > idle_timeout_s:
                     return

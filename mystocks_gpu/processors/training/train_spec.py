@@ -71,6 +71,10 @@ BAR_COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "trades")
 HORIZON_UNITS = ("bars", "seconds")
 LABEL_KINDS = ("log", "simple")
 NAN_POLICIES = ("drop", "reject")
+#: modules each family needs beyond the core install, with their pip names (checked by presence)
+FAMILY_MODULES: dict[str, tuple[tuple[str, str], ...]] = {
+    "random_forest": (("sklearn", "scikit-learn"), ("skops", "skops")), "gbdt": (("xgboost", "xgboost"),),
+    "mlp": (("torch", "torch"),), "gru": (("torch", "torch"),)}
 WF_KEYS = ("n_splits", "test_dates", "purge_dates", "embargo_dates", "scheme", "train_dates", "min_train_dates")
 
 
@@ -278,8 +282,8 @@ class TrainSpec(JobSpec):
         return int(self.horizon * 10**9 // st)
 
     def _check_model(self) -> None:
-        from mystocks_gpu.gpu_ops.models import FAMILIES
-        from mystocks_gpu.gpu_ops.models.model_base import family_class
+        from mystocks_gpu.gpu_ops.models import FAMILIES, FAMILY_EXTRA
+        from mystocks_gpu.gpu_ops.models.model_base import family_class, require_installed
         from mystocks_gpu.gpu_ops.models.model_params import params_from_mapping
 
         if self.family not in FAMILIES:
@@ -297,7 +301,8 @@ class TrainSpec(JobSpec):
         object.__setattr__(self, "params", params)
         try:
             params_from_mapping(self.family, cls.params_type, params)
-            cls(params, backend="cpu")  # checks the family's library (names the extra to install)
+            for module, pip_name in FAMILY_MODULES.get(self.family, ()):  # found, not imported: validation
+                require_installed(module, self.family, pip_name, FAMILY_EXTRA[self.family] or "ml")  # stays fast
         except MyStocksError as exc:
             raise JobSpecError(f"family {self.family}: {exc}") from None
 
