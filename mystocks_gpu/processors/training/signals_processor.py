@@ -102,6 +102,17 @@ class SignalsStats:
     by_version: dict[int, int] = field(default_factory=dict)
 
 
+def finite_rows(X: np.ndarray) -> np.ndarray:
+    """bool ``(n,)``: rows of ``X`` (n, p) whose values are all finite. A finite row sum proves a
+    row finite (NaN or +-inf anywhere makes the sum non-finite); only rows whose sum is not finite
+    (a bad value, or an overflowing sum) are checked value by value."""
+    ok = np.isfinite(np.add.reduce(X, axis=1))
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        ok[bad] = np.isfinite(X[bad]).all(axis=1)
+    return ok
+
+
 class SignalsProcessor(Processor[SignalsState]):
     """Feature vectors -> model scores (see the module docstring)."""
 
@@ -206,7 +217,7 @@ class SignalsProcessor(Processor[SignalsState]):
                                 for i in batch.index)
             return out, state
         X = self._matrix(c["X"], lv.features)
-        ok = np.isfinite(X).all(axis=1)
+        ok = finite_rows(X)
         score = np.full(len(batch), np.nan)
         if ok.all():
             score = lv.model.predict(X)
@@ -219,12 +230,20 @@ class SignalsProcessor(Processor[SignalsState]):
         values = self._enc.encode({"symbol": c["sym"], "ts_event": c["ts"], "seq": c["seq"],
                                    "model_version": np.full(len(batch), lv.version, np.int64), "score": score},
                                   batch.symbols)
-        out.add(self.cfg.topic, self.key_bytes(c["sym"], batch.symbols), values, (c["ts"] // 1_000_000).tolist(),
+        out.add(self.cfg.topic, self._keys(c["sym"], batch.symbols), values, (c["ts"] // 1_000_000).tolist(),
                 sources=batch.index.tolist())
         if lv.version != state.version:
             self.stats.swaps += 1
             state = SignalsState(lv.version, lv.sha256)
         return out, state
+
+    def _keys(self, codes: np.ndarray, symbols: SymbolTable) -> list[bytes]:
+        """Kafka keys (UTF-8 symbol names) of ``codes``: one gather from a cached array."""
+        cached = self.__dict__.get("_key_arr")
+        if cached is None or cached[0] is not symbols or cached[1].size < len(symbols):
+            cached = (symbols, np.asarray(self.key_bytes(np.arange(len(symbols)), symbols) + [b""], dtype=object))
+            self._key_arr = cached
+        return cached[1][codes].tolist()  # type: ignore[no-any-return]
 
     def _matrix(self, X: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
         """The decoded columns in the model's feature order (float64, C-contiguous)."""

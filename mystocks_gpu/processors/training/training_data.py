@@ -143,21 +143,28 @@ def replay_input(kafka: Any, topic: str, columns: list[str], start: int | None, 
 
     dec: _Decoder | None = None
     first_value: bytes | None = None
-    syms, tss, parts = [], [], []
+    syms: list[np.ndarray] = []
+    tss: list[np.ndarray] = []
+    parts: list[dict[str, np.ndarray]] = []
     records = rejected = 0
-    for batch in ReplaySource(kafka, topic, ReplayRange(start, end), max_records=batch_records).batches():
+    src = ReplaySource(kafka, topic, ReplayRange(start, end), max_records=batch_records)
+    # value chunks when the replay source offers them (no per-record batch bookkeeping; the event
+    # time is filtered below, exactly), else its time-filtered batches
+    stream = src.chunks() if hasattr(src, "chunks") else src.batches()
+    for part in stream:
         if should_stop is not None and should_stop():
             raise JobStopped("stopped while replaying")
-        records += len(batch)
+        values = part.values
+        records += len(values)
         if dec is None:
-            first = next((v for v in batch.values if _schema_of(v) in INPUT_SCHEMAS), None)
+            first = next((v for v in values if _schema_of(v) in INPUT_SCHEMAS), None)
             if first is None:
-                named = {str(_schema_of(v)) for v in batch.values if _schema_of(v) is not None}
+                named = {str(_schema_of(v)) for v in values if _schema_of(v) is not None}
                 raise TrainingDataError(f"topic {topic} holds no Bar or FeatureVector records "
                                         f"(its records are {sorted(named) or 'undecodable'})")
             first_value = first
             dec = _Decoder(_schema_of(first) or "", columns, symbols)
-        sym, ts, cols, bad = dec.decode(batch.values)
+        sym, ts, cols, bad = dec.decode(values)
         rejected += bad
         keep = np.ones(ts.size, bool)
         if start is not None:
@@ -168,7 +175,7 @@ def replay_input(kafka: Any, topic: str, columns: list[str], start: int | None, 
         tss.append(ts[keep])
         parts.append({k: v[keep] for k, v in cols.items()})
         if on_batch is not None:
-            on_batch(len(batch))
+            on_batch(len(values))
     if dec is None or not sum(t.size for t in tss):
         rng = f"[{start}, {end})" if start is not None or end is not None else "(whole topic)"
         raise TrainingDataError(f"empty range: no record of topic {topic} in {rng} (ns); "
