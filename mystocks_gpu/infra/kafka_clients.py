@@ -84,6 +84,12 @@ def broker_error(cfg: KafkaConfig, errors: list[Any]) -> BrokerUnreachable | Bro
                 "ssl.certificate.location / ssl.key.location, ssl.endpoint.identification.algorithm")
     last = errors[-1] if errors else None
     why = last.str() if last is not None and hasattr(last, "str") else str(last or "no answer")
+    hint = next((e.str() for e in errors if hasattr(e, "str") and "security.protocol" in e.str()), None)
+    if hint is not None:  # librdkafka: a PLAINTEXT client at a TLS listener (or the reverse)
+        return BrokerAuthFailed(
+            f"Kafka at {cfg.bootstrap_servers} does not speak the client's security.protocol={protocol} ({hint}); "
+            "set kafka.security (security.protocol=SASL_SSL, sasl.mechanism, sasl.username, sasl.password, "
+            "ssl.ca.location); for the secure local stack: eval \"$(mystocks-gpu stack env NAME)\"")
     return BrokerUnreachable(f"no Kafka broker answered at {cfg.bootstrap_servers} within {cfg.connect_timeout_s:.0f} s "
                              f"({why}); is the stack up? try: mystocks-gpu stack up")
 

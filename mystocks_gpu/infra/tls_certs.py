@@ -122,8 +122,7 @@ def ensure_pki(directory: Path, host: str = "127.0.0.1") -> Pki:
     except ValueError:
         names.append(x509.DNSName(host))
     cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker"),
-                                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mystocks-gpu")]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker")]))
             .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now).not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
