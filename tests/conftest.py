@@ -142,6 +142,38 @@ def stack(settings: Settings, pytestconfig: pytest.Config) -> Iterator[LocalStac
             shutil.rmtree(st.home, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def secure_stack(settings: Settings) -> Iterator[Any]:
+    """A SECURE private stack for this session (TLS, SCRAM-SHA-512, ACLs, Redis TLS + ACL users) on
+    its own free ports and home (``.stack/test-<pid>-secure``), with the topic catalog created by
+    the admin. Used by ``tests/integration/secure`` only; if it cannot start, those tests fail with
+    the reason (never skip). ``secure_stack.env(NAME)`` gives a principal's ``MYSTOCKS_*``."""
+    from mystocks_gpu.infra.stack_secure import SecureStack
+    from mystocks_gpu.topics import all_specs
+    from mystocks_gpu.topics.admin import TopicAdmin
+
+    host = settings.stack.host
+    kafka, controller, redis = _free_ports(host, 3)
+    home = STACK_HOMES / f"test-{os.getpid()}-secure"
+    cfg = StackConfig(host=host, kafka_port=kafka, controller_port=controller, redis_port=redis, home=str(home),
+                      kafka_version=settings.stack.kafka_version, cache_dir=settings.stack.cache_dir,
+                      kafka_heap_mb=384)
+    st = SecureStack(cfg)
+    st.home.mkdir(parents=True, exist_ok=True)
+    keep = {k: getattr(cfg, k) for k in ("host", "kafka_port", "controller_port", "redis_port", "home",
+                                         "kafka_version", "cache_dir")}
+    (st.home / SESSION_FILE).write_text(json.dumps(
+        {"owner_pid": os.getpid(), "owner_start": process_start_time(os.getpid()), "stack": keep}))
+    try:
+        st.up()
+        admin = load_settings(environ=st.env("admin"))
+        TopicAdmin(admin.kafka).create(all_specs())
+        yield st
+    finally:
+        st.down()
+        shutil.rmtree(st.home, ignore_errors=True)
+
+
 @pytest.fixture()
 def unique() -> str:
     """A short unique suffix for topic and group names."""

@@ -21,6 +21,7 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, model=args.model,
                        kafka=s.kafka, store=schema_store(s))
     rt = RuntimeConfig(max_records=args.batch_records, max_bytes=args.batch_bytes, linger_ms=args.linger_ms,
+                       max_record_bytes=args.max_record_bytes,
                        guarantee=AT_LEAST_ONCE if args.at_least_once else EXACTLY_ONCE,
                        commit_interval_ms=args.commit_interval_ms, group_protocol=args.group_protocol,
                        max_buffered_records=args.max_buffered_records, fault_injection=args.inject_faults or "",
@@ -62,6 +63,8 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--output-topic", help="override the processor's output topic")
     sp.add_argument("--batch-records", type=int, default=5000, help="max records per micro-batch (default 5000)")
     sp.add_argument("--batch-bytes", type=int, default=4 * 1024 * 1024, help="max bytes per micro-batch (default 4 MiB)")
+    sp.add_argument("--max-record-bytes", type=int, default=1024 * 1024,
+                    help="a record (key + value) over this many bytes goes to the DLQ before decoding (default 1 MiB)")
     sp.add_argument("--linger-ms", type=float, default=20.0, help="close a batch this long after its first record (default 20)")
     sp.add_argument("--commit-interval-ms", type=float, default=100.0,
                     help="commit (end the transaction) every N ms; 0 = after every batch (default 100)")

@@ -319,6 +319,54 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """Security of the HTTP/WebSocket (and gRPC) API (the ``[api]`` section; see ``infra.api_tokens``).
+
+    Server side: ``auth_file`` -- the token database (JSON, SHA-256 digests only; made with
+    ``mystocks-gpu auth add``); when set, every endpoint but ``/health`` needs ``Authorization: Bearer``
+    with a role (``submit``, ``read``, ``admin``). ``allowed_origins`` -- comma-separated origins
+    (``https://dash.example:443``) a browser may call from; any other ``Origin`` is refused (requests
+    without one, e.g. the CLI, are fine). ``tls_cert_file``/``tls_key_file`` -- serve HTTPS/WSS.
+    ``max_body_bytes`` -- largest request body; ``max_ws_message_bytes`` -- largest WebSocket
+    message from a client; ``submit_rate_per_s``/``submit_burst`` -- job submissions per token
+    (token bucket). Client side: ``token`` -- the bearer token the CLI sends; ``tls_ca_file`` -- the
+    CA that signed the server's certificate (also switches the CLI to https).
+    """
+
+    auth_file: str | None = None
+    allowed_origins: str = ""
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None
+    token: str | None = None
+    max_body_bytes: int = 1 << 20
+    max_ws_message_bytes: int = 64 << 10
+    submit_rate_per_s: float = 5.0
+    submit_burst: int = 20
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("api.tls_cert_file and api.tls_key_file go together")
+        for o in self.origins():
+            parts = urlsplit(o)
+            if parts.scheme not in {"http", "https"} or not parts.hostname or parts.path not in {"", "/"}:
+                raise ConfigError(f"api.allowed_origins: {o!r} is not an origin (scheme://host[:port])")
+        if not 1024 <= self.max_body_bytes <= 1 << 30 or not 1024 <= self.max_ws_message_bytes <= 1 << 30:
+            raise ConfigError("api.max_body_bytes and api.max_ws_message_bytes must be within 1024..2**30")
+        if not self.submit_rate_per_s > 0 or self.submit_burst < 1:
+            raise ConfigError("api.submit_rate_per_s must be > 0 and api.submit_burst >= 1")
+
+    def origins(self) -> tuple[str, ...]:
+        """The allowed origins, normalised (lower case, no trailing slash)."""
+        return tuple(o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip())
+
+    @property
+    def tls(self) -> bool:
+        """True when the server serves TLS (or, client side, expects it)."""
+        return self.tls_cert_file is not None or self.tls_ca_file is not None
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective configuration of one process."""
 
@@ -329,6 +377,7 @@ class Settings:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     #: array backend: ``auto`` (GPU when CuPy and a CUDA device are present), ``cpu`` or ``gpu``
     backend: str = "auto"
 
@@ -370,6 +419,7 @@ _SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "metrics": MetricsConfig,
     "jobs": JobsConfig,
+    "api": ApiConfig,
 }
 _TOP_LEVEL = {"backend"}
 

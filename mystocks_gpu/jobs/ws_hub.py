@@ -29,7 +29,7 @@ import itertools
 import json
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,9 @@ class Client:
     #: messages dropped since connecting / since the last ``dropped`` notice
     dropped: int = 0
     unreported_drops: int = 0
+    #: when set, ``task_status`` and job ``alert`` messages only of the job ids it accepts (a
+    #: non-admin token sees its own jobs only)
+    allow_job: Callable[[str | None], bool] | None = None
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.queue_max)
@@ -82,6 +85,9 @@ class Client:
         if self.symbols and mtype in ("market_data", "calc_result") and symbol not in self.symbols:
             return False
         if self.job_ids and mtype == "task_status" and job_id not in self.job_ids:
+            return False
+        if self.allow_job is not None and mtype in ("task_status", "alert") and \
+                (mtype == "task_status" or job_id is not None) and not self.allow_job(job_id):
             return False
         return True
 
