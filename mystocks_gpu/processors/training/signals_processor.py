@@ -240,8 +240,10 @@ class SignalsProcessor(Processor[SignalsState]):
     def _keys(self, codes: np.ndarray, symbols: SymbolTable) -> list[bytes]:
         """Kafka keys (UTF-8 symbol names) of ``codes``: one gather from a cached array."""
         cached = self.__dict__.get("_key_arr")
-        if cached is None or cached[0] is not symbols or cached[1].size < len(symbols):
-            cached = (symbols, np.asarray(self.key_bytes(np.arange(len(symbols)), symbols) + [b""], dtype=object))
+        if cached is None or cached[0] is not symbols or cached[1].size != len(symbols):  # the table grows
+            arr = np.empty(len(symbols), dtype=object)
+            arr[:] = self.key_bytes(np.arange(len(symbols)), symbols)
+            cached = (symbols, arr)
             self._key_arr = cached
         return cached[1][codes].tolist()  # type: ignore[no-any-return]
 
