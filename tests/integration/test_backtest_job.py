@@ -209,3 +209,38 @@ def test_signal_strategy_reads_a_feature_topic(plane: Plane, bars: pd.DataFrame,
     got = _published(settings, job_id)
     assert len(got) == len(want) == 8 * 2
     pd.testing.assert_frame_equal(_key(got), _key(want), check_exact=False, rtol=1e-12)
+
+
+def test_a_result_the_broker_rejects_fails_the_job_with_the_reason(plane: Plane, bars: pd.DataFrame,
+                                                                   settings: Settings) -> None:
+    """results.backtest temporarily accepts at most 64-byte record batches: the broker rejects the real
+    result record, and the job must FAIL with the broker's reason (it used to report success)."""
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        ResourceType,
+    )
+
+    admin = AdminClient(settings.kafka.client_config())
+    res = ConfigResource(ResourceType.TOPIC, "results.backtest")
+
+    def set_max(value: str | None) -> None:
+        op = AlterConfigOpType.SET if value is not None else AlterConfigOpType.DELETE
+        entry = ConfigEntry("max.message.bytes", value or "", incremental_operation=op)
+        res_ = ConfigResource(ResourceType.TOPIC, "results.backtest", incremental_configs=[entry])
+        admin.incremental_alter_configs([res_])[res_].result(timeout=30)
+
+    before = admin.describe_configs([res])[res].result(timeout=30)["max.message.bytes"]
+    set_max("64")
+    try:
+        job_id = plane.submit("backtest", _spec(bars, top_n=4), bypass_cache=True)
+        final = plane.wait(job_id, {"succeeded", "failed"}, timeout=180)
+    finally:
+        set_max(None if before.is_default else before.value)
+    assert final["state"] == "failed", final
+    assert "DeliveryFailed" in final["error"] and "results.backtest" in final["error"], final["error"]
+    assert "Message size too large" in final["error"], final["error"]
+    after = admin.describe_configs([res])[res].result(timeout=30)["max.message.bytes"]
+    assert after.value == before.value  # restored for the other tests

@@ -38,12 +38,13 @@ from mystocks_gpu.infra.clock import SYSTEM_CLOCK
 from mystocks_gpu.processors.backtest.spec import BacktestSpec
 from mystocks_gpu.processors.exceptions import InvalidSpec, JobSpecError, JobStopped
 from mystocks_gpu.processors.job_kind import (
-    CURRENT_RUN,
     MIB,
     JobKind,
     JobSpec,
     ProgressCb,
+    current_run,
 )
+from mystocks_gpu.schemas.schema_store import SchemaStore
 
 RESULTS_TOPIC = "results.backtest"
 #: rows per results.backtest message (each row ~ 150 bytes of Avro: well under the topic's 8 MiB)
@@ -100,15 +101,17 @@ def split_by_symbols(job: BacktestJobSpec, n_devices: int) -> list[BacktestJobSp
 
 
 # ---- reading history from Kafka --------------------------------------------------------------
-def load_bars(kafka: Any, topic: str, start: int | None, end: int | None) -> pd.DataFrame:
+def load_bars(kafka: Any, topic: str, start: int | None, end: int | None,
+              store: SchemaStore | None = None) -> pd.DataFrame:
     """Bars of ``topic`` in ``[start, end)`` (ns) as a frame ``symbol, ts, open, high, low, close,
-    volume`` via the deterministic replay source; undecodable records are skipped and counted."""
+    volume`` via the deterministic replay source; undecodable records are skipped and counted.
+    ``store``: the process's schema ids (default the manifest)."""
     from mystocks_gpu.schemas.batch_codec import BatchDecoder
     from mystocks_gpu.schemas.symbols import SymbolTable
     from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
 
     table = SymbolTable()
-    dec = BatchDecoder("mystocks.md.Bar", symbols=table)
+    dec = BatchDecoder("mystocks.md.Bar", store, symbols=table)
     frames = []
     for batch in ReplaySource(kafka, topic, ReplayRange(start, end), max_records=50_000).batches():
         d = dec.decode(batch.values)
@@ -126,12 +129,13 @@ def load_bars(kafka: Any, topic: str, start: int | None, end: int | None) -> pd.
     return df.drop(columns="sym")
 
 
-def load_signal(kafka: Any, topic: str, column: str, start: int | None, end: int | None) -> pd.DataFrame:
+def load_signal(kafka: Any, topic: str, column: str, start: int | None, end: int | None,
+                store: SchemaStore | None = None) -> pd.DataFrame:
     """``symbol, ts, signal`` from a feature topic (``values[column]``) or a bar topic (``column``)."""
     from mystocks_gpu.schemas import AvroCodec
     from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
 
-    codec = AvroCodec()
+    codec = AvroCodec(store)
     rows = []
     for batch in ReplaySource(kafka, topic, ReplayRange(start, end)).batches():
         for v in batch.values:
@@ -168,16 +172,23 @@ def _align_signal(sig: pd.DataFrame, symbols: list[str], ts: np.ndarray) -> np.n
 
 # ---- the run -----------------------------------------------------------------------------------
 def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Callable[[], bool]) -> dict[str, Any]:
-    """Replay bars, run the grid on this chunk's symbols, publish rows, return a compact result."""
+    """Replay bars, run the grid on this chunk's symbols, publish rows, return a compact result.
+
+    In a worker, settings, schema store and backend come from the run's context (the worker's
+    ``Settings``; the backend of the granted device); called directly, from :func:`load_settings`."""
     from mystocks_gpu.gpu_ops.backend import select
     from mystocks_gpu.gpu_ops.backtest import run_backtest
     from mystocks_gpu.infra.config import load_settings
+    from mystocks_gpu.schemas import schema_store
 
     spec = job.spec
-    settings = load_settings()
+    ctx = current_run()
+    settings = ctx.settings if ctx is not None and ctx.settings is not None else load_settings()
+    store = ctx.store if ctx is not None and ctx.store is not None else schema_store(settings)
+    backend = ctx.backend if ctx is not None else select(settings.backend)
     t0 = time.monotonic()
     progress(0.01, f"replaying {spec.bar_topic}")
-    bars = load_bars(settings.kafka, spec.bar_topic, spec.start, spec.end)
+    bars = load_bars(settings.kafka, spec.bar_topic, spec.start, spec.end, store)
     universe = sorted(bars["symbol"].unique()) if spec.universe == "all" else \
         [s for s in spec.universe if s in set(bars["symbol"])]
     if not universe:
@@ -190,7 +201,7 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
     prices, ts = to_matrices(bars, symbols)
     if spec.strategy == "signal":
         progress(0.05, f"replaying signals from {spec.signal_topic}")
-        sig = load_signal(settings.kafka, spec.signal_topic or "", spec.signal_column or "", spec.start, spec.end)
+        sig = load_signal(settings.kafka, spec.signal_topic or "", spec.signal_column or "", spec.start, spec.end, store)
         prices["signal"] = _align_signal(sig, symbols, ts)
     progress(0.1, f"simulating {len(symbols)} symbols x {ts.size} bars")
 
@@ -200,10 +211,9 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
         progress(0.1 + 0.8 * frac, "simulating")
 
     run_spec = dataclasses.replace(spec, universe=tuple(symbols)) if spec.universe != "all" else spec
-    backend = select(None)
     out = run_backtest(prices, symbols, ts, run_spec, backend=backend, progress_cb=on_chunk)
     progress(0.92, f"publishing {len(out.stats)} rows to {RESULTS_TOPIC}")
-    n_msgs = publish_results(settings, out, job)
+    n_msgs = publish_results(settings, out, job, store)
     n_top = min(TOP_ROWS, spec.top_n or TOP_ROWS)
     return {"chunk": job.chunk_index, "symbols": len(symbols), "bars": int(ts.size), "param_sets": spec.n_param_sets,
             "cells": int(out.n_cells), "engine_chunks": int(out.n_chunks), "backend": backend, "metric": spec.metric,
@@ -222,16 +232,20 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def publish_results(settings: Any, out: Any, job: BacktestJobSpec) -> int:
-    """Every row (and the best curves) to ``results.backtest`` keyed by job id; returns messages sent."""
+def publish_results(settings: Any, out: Any, job: BacktestJobSpec, store: SchemaStore | None = None) -> int:
+    """Every row (and the best curves) to ``results.backtest`` keyed by job id; returns messages sent.
+
+    Every message's delivery is checked: a record the broker rejects (too large, topic gone...) or
+    does not acknowledge in time raises :class:`~mystocks_gpu.infra.exceptions.DeliveryFailed`
+    with the broker's reason, so the job fails instead of reporting results nobody can read."""
     from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
     from mystocks_gpu.schemas import AvroCodec
 
-    run = CURRENT_RUN.get()
-    job_id = run[0] if run else f"direct-{job.spec.cache_key()[:16]}"
+    run = current_run()
+    job_id = run.job_id if run else f"direct-{job.spec.cache_key()[:16]}"
     rows = out.rows(len(out.stats))  # every (symbol, parameter set), best first
     parts = max(1, math.ceil(len(rows) / ROWS_PER_MESSAGE))
-    codec = AvroCodec()
+    codec = AvroCodec(store)
     producer = make_producer(settings.kafka)
     now = SYSTEM_CLOCK.now_ns()
     items = []
@@ -239,11 +253,9 @@ def publish_results(settings: Any, out: Any, job: BacktestJobSpec) -> int:
         rec = {"job_id": job_id, "ts_event": now, "chunk_index": job.chunk_index, "chunk_count": job.chunk_count,
                "rows": rows[part * ROWS_PER_MESSAGE:(part + 1) * ROWS_PER_MESSAGE],
                "curves": out.curve_rows() if part == 0 else []}
-        items.append((job_id.encode(), codec.encode("mystocks.backtest.BacktestResult", rec), now // 1_000_000, part))
-    for key, value, ts_ms, part in items:
-        producer.produce(RESULTS_TOPIC, value, key, timestamp=ts_ms,
-                         headers=[("mystocks.part", str(part).encode()), ("mystocks.parts", str(parts).encode())])
-    produce_all(producer, RESULTS_TOPIC, iter(()))  # flush and check delivery
+        items.append((job_id.encode(), codec.encode("mystocks.backtest.BacktestResult", rec), now // 1_000_000,
+                      [("mystocks.part", str(part).encode()), ("mystocks.parts", str(parts).encode())]))
+    produce_all(producer, RESULTS_TOPIC, iter(items), flush_timeout_s=settings.kafka.connect_timeout_s * 3)
     return parts
 
 
