@@ -153,16 +153,6 @@ def main() -> int:
     return 0
 
 
-def _summary_backend(out: str) -> str | None:
-    """The ``backend`` of the JSON summary line that ``mystocks-gpu run`` prints on exit."""
-    for line in reversed((out or "").splitlines()):
-        try:
-            return str(json.loads(line)["backend"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
 def step_training(s, start_ns: int, run_id: str, last: int = 40_000) -> None:  # type: ignore[no-untyped-def]
     """Workload 3: train ``demo-ridge`` on this run's feature vectors (10-second panel, label = the
     1-minute forward log return of ``last_price``), publish it, then run the ``signals`` processor
@@ -179,7 +169,7 @@ def step_training(s, start_ns: int, run_id: str, last: int = 40_000) -> None:  #
                                 "frequency": "10s", "horizon": 6, "family": "ridge", "params": {"alpha": 10.0},
                                 "walk_forward": {"n_splits": 3, "test_dates": 40, "embargo_dates": 2}})
     t0 = time.monotonic()
-    res = train(spec, s.kafka, lambda f, m: None, lambda: False)
+    res = train(spec, s.kafka, lambda f, m: None, lambda: False, backend=s.backend, store=schema_store(s))
     print(f"6. trained and published a model from features.ticks in {time.monotonic() - t0:.1f} s "
           "(the `train` job's runner; as a job: mystocks-gpu submit train --spec SPEC.json --wait --report DIR):")
     print("   " + format_metrics(res).replace("\n", "\n   "))
@@ -194,7 +184,7 @@ def step_training(s, start_ns: int, run_id: str, last: int = 40_000) -> None:  #
         c.commit(offsets=tps, asynchronous=False)
     finally:
         c.close()
-    proc = make_signals(model="demo-ridge", kafka=s.kafka)
+    proc = make_signals(model="demo-ridge", kafka=s.kafka, backend=s.backend, store=schema_store(s))
     worker = StreamWorker(proc, s.kafka, RuntimeConfig(max_records=5000, linger_ms=5), group=group, worker_id="demo")
     t0 = time.monotonic()
     summary = worker.run(idle_exit_s=2.0)
@@ -203,6 +193,15 @@ def step_training(s, start_ns: int, run_id: str, last: int = 40_000) -> None:  #
           f"scores on signals.demo-ridge with model version {proc.latest.version if proc.latest else '-'} in {dt:.1f} s "
           f"({proc.stats.unscored:,} not scored: NaN features during warm-up); live: "
           "mystocks-gpu run signals --model demo-ridge")
+
+def _summary_backend(out: str) -> str | None:
+    """The ``backend`` of the JSON summary line that ``mystocks-gpu run`` prints on exit."""
+    for line in reversed((out or "").splitlines()):
+        try:
+            return str(json.loads(line)["backend"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def _pending(s, group: str) -> int:  # type: ignore[no-untyped-def]

@@ -18,9 +18,11 @@ def _fmt(v: Any) -> str:
 
 def cmd_models(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.processors.training.model_registry import get_model, read_models
+    from mystocks_gpu.schemas import schema_store
 
+    store = schema_store(s)
     if args.action == "list":
-        reg = read_models(s.kafka, args.topic)
+        reg = read_models(s.kafka, args.topic, store=store)
         rows: list[dict[str, Any]] = []
         for name in sorted(reg):
             versions = reg[name]
@@ -46,7 +48,7 @@ def cmd_models(args: argparse.Namespace, s: Settings) -> int:
         return 0
     if not args.name:
         raise ConfigError(f"models {args.action} needs a model NAME")
-    mv = get_model(s.kafka, args.name, args.version, args.topic)
+    mv = get_model(s.kafka, args.name, args.version, args.topic, store=store)
     if args.action == "show":
         out = {"model": mv.name, "version": mv.version, "content_sha256": mv.content_sha256, "bytes": len(mv.blob),
                "parts": len(mv.raw), "published_ns": mv.ts_ns, "offset": mv.offset, "valid": mv.ok, "error": mv.error,

@@ -24,11 +24,11 @@ def _features(output_topic: str | None = None, backend: str = "auto", store: Sch
 
 
 def _signals(output_topic: str | None = None, backend: str = "auto", model: str | None = None,
-             kafka: Any = None) -> Processor[Any]:
+             kafka: Any = None, store: SchemaStore | None = None) -> Processor[Any]:
     """Live model scores (needs ``model``: a name on the models topic)."""
     from mystocks_gpu.processors.training.signals_processor import make_signals
 
-    return make_signals(model=model, output_topic=output_topic, backend=backend, kafka=kafka)
+    return make_signals(model=model, output_topic=output_topic, backend=backend, kafka=kafka, store=store)
 
 
 PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate, "features": _features,
@@ -41,10 +41,9 @@ def register(name: str, factory: Callable[..., Processor[Any]]) -> None:
 
 
 def create(name: str, **kw: Any) -> Processor[Any]:
-    """Instantiate a processor by name (keywords: ``output_topic``, ``backend`` = auto|cpu|gpu,
-    ``model`` for ``signals``, which must be None for a factory that does not take it; ``kafka``, the
-    connection settings, and ``store``, the process's :class:`SchemaStore`, are passed to the factories
-    that take them);
+    """Instantiate a processor by name (keywords: ``output_topic``, ``backend`` = auto|cpu|gpu, ``store``:
+    the process's :class:`SchemaStore`; ``model`` for ``signals``, which must be None for a factory that
+    does not take it; ``kafka``, the connection settings, is passed to the factories that take it);
     :class:`ConfigError` lists the known ones."""
     try:
         factory = PROCESSORS[name]
@@ -53,7 +52,7 @@ def create(name: str, **kw: Any) -> Processor[Any]:
     import inspect
 
     takes = set(inspect.signature(factory).parameters)
-    extra = sorted(k for k, v in kw.items() if k not in takes and v is not None and k not in ("kafka", "store"))
+    extra = sorted(k for k, v in kw.items() if k not in takes and v is not None and k != "kafka")
     if extra:
         raise ConfigError(f"processor {name!r} takes no {', '.join('--' + k.replace('_', '-') for k in extra)}")
     return factory(**{k: v for k, v in kw.items() if k in takes})

@@ -39,6 +39,7 @@ from typing import Any
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.processors.exceptions import InvalidSpec
+from mystocks_gpu.schemas.schema_store import SchemaStore
 
 MODELS_TOPIC = "models"
 RECORD_SCHEMA = "mystocks.ml.ModelRecord"
@@ -103,10 +104,11 @@ class ModelVersion:
 class Assembler:
     """Feeds ``models`` records in topic order and yields versions as their last part arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: SchemaStore | None = None) -> None:
+        """``store``: the process's schema ids (default the manifest)."""
         from mystocks_gpu.schemas import AvroCodec
 
-        self.codec = AvroCodec()
+        self.codec = AvroCodec(store)
         self._parts: dict[tuple[str, int], dict[int, tuple[dict[str, Any], bytes | None, bytes | None, int]]] = {}
 
     def feed(self, key: bytes | None, value: bytes | None, offset: int) -> list[ModelVersion]:
@@ -185,10 +187,11 @@ def _read_all(kafka: Any, topic: str) -> Iterator[tuple[bytes | None, bytes | No
         consumer.close()
 
 
-def read_models(kafka: Any, topic: str = MODELS_TOPIC, name: str | None = None) -> dict[str, dict[int, ModelVersion]]:
+def read_models(kafka: Any, topic: str = MODELS_TOPIC, name: str | None = None,
+                store: SchemaStore | None = None) -> dict[str, dict[int, ModelVersion]]:
     """name -> version -> :class:`ModelVersion` of everything complete on the topic (failed
     versions included, with ``error`` set); only ``name`` when given."""
-    asm = Assembler()
+    asm = Assembler(store)
     out: dict[str, dict[int, ModelVersion]] = {}
     for key, value, offset in _read_all(kafka, topic):
         for mv in asm.feed(key, value, offset):
@@ -197,9 +200,10 @@ def read_models(kafka: Any, topic: str = MODELS_TOPIC, name: str | None = None) 
     return out
 
 
-def get_model(kafka: Any, name: str, version: int | None = None, topic: str = MODELS_TOPIC) -> ModelVersion:
+def get_model(kafka: Any, name: str, version: int | None = None, topic: str = MODELS_TOPIC,
+              store: SchemaStore | None = None) -> ModelVersion:
     """The latest valid version of ``name`` (or ``version``); :class:`ModelNotFound` otherwise."""
-    versions = read_models(kafka, topic, name).get(name, {})
+    versions = read_models(kafka, topic, name, store).get(name, {})
     if version is not None:
         mv = versions.get(version)
         if mv is None:
@@ -214,16 +218,17 @@ def get_model(kafka: Any, name: str, version: int | None = None, topic: str = MO
 
 
 def publish_model(kafka: Any, name: str, blob: bytes, metadata: Mapping[str, Any], *, topic: str = MODELS_TOPIC,
-                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, clock: Clock = SYSTEM_CLOCK) -> int:
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, clock: Clock = SYSTEM_CLOCK,
+                  store: SchemaStore | None = None) -> int:
     """Publish ``blob`` as the next version of ``name`` (parts, then tombstones of versions two or
     more behind); returns the version. Raises when a part is not acknowledged."""
     from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 
-    existing = read_models(kafka, topic, name).get(name, {})
+    existing = read_models(kafka, topic, name, store).get(name, {})
     version = max(existing, default=0) + 1
     meta = {**dict(metadata), "model": name, "version": version}
     now = clock.now_ns()
-    items: list[tuple[bytes, bytes | None, int]] = [(k, _encode(rec), now // 1_000_000) for k, rec in split_model(name, version, blob, meta, now, chunk_bytes)]
+    items: list[tuple[bytes, bytes | None, int]] = [(k, _encode(rec, store), now // 1_000_000) for k, rec in split_model(name, version, blob, meta, now, chunk_bytes)]
     for v, mv in existing.items():
         if v <= version - 2:
             parts = int(len(mv.raw))
@@ -232,10 +237,10 @@ def publish_model(kafka: Any, name: str, blob: bytes, metadata: Mapping[str, Any
     return version
 
 
-def _encode(rec: dict[str, Any]) -> bytes:
+def _encode(rec: dict[str, Any], store: SchemaStore | None = None) -> bytes:
     from mystocks_gpu.schemas import AvroCodec
 
-    return AvroCodec().encode(RECORD_SCHEMA, rec)
+    return AvroCodec(store).encode(RECORD_SCHEMA, rec)
 
 
 def ensure_signals_topic(kafka: Any, name: str) -> str:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.processors.training.model_registry import MODELS_TOPIC, Assembler, ModelVersion
+from mystocks_gpu.schemas.schema_store import SchemaStore
 
 log = logging.getLogger(__name__)
 ALERTS_TOPIC = "alerts"
@@ -73,14 +74,16 @@ class KafkaModelSource:
     """The ``models`` topic as a :class:`ModelSource` (see the module docstring)."""
 
     def __init__(self, kafka: Any, topic: str = MODELS_TOPIC, processor: str = "signals",
-                 clock: Clock = SYSTEM_CLOCK, backfill_timeout_s: float = 60.0) -> None:
+                 clock: Clock = SYSTEM_CLOCK, backfill_timeout_s: float = 60.0,
+                 store: SchemaStore | None = None) -> None:
         from confluent_kafka import TopicPartition
 
         from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
 
         ensure_broker(kafka)
         self.kafka, self.topic, self.processor, self.clock = kafka, topic, processor, clock
-        self.asm = Assembler()
+        self.store = store
+        self.asm = Assembler(store)
         self.consumer = make_consumer(kafka, f"mystocks-models-src-{uuid.uuid4().hex[:8]}", route_logs=False,
                                       **{"fetch.wait.max.ms": 50})
         md = self.consumer.list_topics(topic, timeout=kafka.connect_timeout_s).topics.get(topic)
@@ -148,7 +151,7 @@ class KafkaModelSource:
             self.producer.produce(f"{self.topic}.dlq", value, key, headers=dlq_headers(
                 error_class, error, self.topic, self.partitions[0], offset, self.processor))
         alert = model_alert(version, error, self.processor, self.clock)
-        self.producer.produce(ALERTS_TOPIC, AvroCodec().encode(ALERT_SCHEMA, alert), alert["source"].encode())
+        self.producer.produce(ALERTS_TOPIC, AvroCodec(self.store).encode(ALERT_SCHEMA, alert), alert["source"].encode())
         left = self.producer.flush(10)
         log.error("rejected model version", extra={"fields": {"model": version.name, "version": version.version,
                                                               "error": error, "unflushed": left}})

@@ -43,6 +43,7 @@ from mystocks_gpu.gpu_ops.models import Model, ModelError, load_model
 from mystocks_gpu.processors.training.model_registry import ModelVersion
 from mystocks_gpu.processors.training.model_source import ModelSource
 from mystocks_gpu.schemas.batch_codec import BatchEncoder, status_message
+from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.processor import (
     Columns,
@@ -119,15 +120,17 @@ class SignalsProcessor(Processor[SignalsState]):
     name = "signals"
     input_topic = "features.ticks"
 
-    def __init__(self, cfg: SignalsConfig, source: ModelSource) -> None:
+    def __init__(self, cfg: SignalsConfig, source: ModelSource, store: SchemaStore | None = None) -> None:
+        """``store``: the process's schema ids of the feature vectors and signals (default the manifest)."""
         self.cfg = cfg
+        self.store = store
         self.source = source
         self.input_topic = cfg.input_topic
         self.output_topics = (cfg.topic,)
         self.backend = select(cfg.backend)
         self.latest: LoadedVersion | None = None
         self.stats = SignalsStats()
-        self._enc = BatchEncoder(SIGNAL_SCHEMA)
+        self._enc = BatchEncoder(SIGNAL_SCHEMA, store)
         self._decoders: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._columns: tuple[str, ...] = ()
         self._batch_columns: tuple[str, ...] = ()
@@ -188,7 +191,7 @@ class SignalsProcessor(Processor[SignalsState]):
         key = (id(symbols), self._columns)
         dec = self._decoders.get(key)
         if dec is None:
-            dec = FeatureVectorDecoder(self._columns, symbols=symbols)
+            dec = FeatureVectorDecoder(self._columns, self.store, symbols=symbols)
             self._decoders = {key: dec}
         f = dec.decode(values)
         self._batch_columns = self._columns
@@ -240,8 +243,10 @@ class SignalsProcessor(Processor[SignalsState]):
     def _keys(self, codes: np.ndarray, symbols: SymbolTable) -> list[bytes]:
         """Kafka keys (UTF-8 symbol names) of ``codes``: one gather from a cached array."""
         cached = self.__dict__.get("_key_arr")
-        if cached is None or cached[0] is not symbols or cached[1].size < len(symbols):
-            cached = (symbols, np.asarray(self.key_bytes(np.arange(len(symbols)), symbols) + [b""], dtype=object))
+        if cached is None or cached[0] is not symbols or cached[1].size != len(symbols):  # the table grows
+            arr = np.empty(len(symbols), dtype=object)
+            arr[:] = self.key_bytes(np.arange(len(symbols)), symbols)
+            cached = (symbols, arr)
             self._key_arr = cached
         return cached[1][codes].tolist()  # type: ignore[no-any-return]
 
@@ -261,7 +266,8 @@ class SignalsProcessor(Processor[SignalsState]):
 
 
 def make_signals(model: str | None = None, output_topic: str | None = None, backend: str = "auto",
-                 kafka: Any = None, source: ModelSource | None = None) -> SignalsProcessor:
+                 kafka: Any = None, source: ModelSource | None = None,
+                 store: SchemaStore | None = None) -> SignalsProcessor:
     """Factory for ``mystocks-gpu run signals --model NAME``: a :class:`KafkaModelSource` on the
     ``models`` topic (read to its end first; the model must exist) and ``signals.<model>`` created
     when missing."""
@@ -279,12 +285,12 @@ def make_signals(model: str | None = None, output_topic: str | None = None, back
         from mystocks_gpu.processors.training.model_source import KafkaModelSource
 
         kafka = kafka if kafka is not None else load_settings().kafka
-        source = KafkaModelSource(kafka)
-        proc = SignalsProcessor(cfg, source)
+        source = KafkaModelSource(kafka, store=store)
+        proc = SignalsProcessor(cfg, source, store)
         if proc.latest is None:
             raise ModelNotFound(f"no valid version of model {model!r} on the models topic; train one first: "
                                 "mystocks-gpu submit train --spec SPEC.json --wait")
         if output_topic is None:
             ensure_signals_topic(kafka, model)
         return proc
-    return SignalsProcessor(cfg, source)
+    return SignalsProcessor(cfg, source, store)

@@ -57,7 +57,7 @@ import pandas as pd
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK
 from mystocks_gpu.processors.exceptions import JobStopped
-from mystocks_gpu.processors.job_kind import CURRENT_RUN, JobKind, ProgressCb
+from mystocks_gpu.processors.job_kind import JobKind, ProgressCb, current_run
 from mystocks_gpu.processors.training.train_spec import TrainSpec
 
 RESULT_SCHEMA = "mystocks.train.result/1"
@@ -112,15 +112,29 @@ def _progress_mapper(progress: ProgressCb, n_splits: int) -> Callable[[Any], Non
 
 
 def run_train(spec: TrainSpec, progress: ProgressCb, should_stop: Callable[[], bool]) -> dict[str, Any]:
-    """Run a train job (see the module docstring); returns the result dict."""
-    from mystocks_gpu.infra.config import load_settings
+    """Run a train job (see the module docstring); returns the result dict.
 
-    return train(spec, load_settings().kafka, progress, should_stop)
+    In a worker, settings, schema store and backend come from the run's context: the device the
+    scheduler granted (``training`` policy) decides CPU or GPU, and a granted GPU's CUDA ordinal is
+    passed to the model (XGBoost ``cuda:N``, torch ``cuda:N``); called directly, from
+    :func:`load_settings` and the settings' backend."""
+    from mystocks_gpu.gpu_ops.backend import select
+    from mystocks_gpu.infra.config import load_settings
+    from mystocks_gpu.schemas import schema_store
+
+    ctx = current_run()
+    settings = ctx.settings if ctx is not None and ctx.settings is not None else load_settings()
+    store = ctx.store if ctx is not None and ctx.store is not None else schema_store(settings)
+    backend = ctx.backend if ctx is not None else select(settings.backend)
+    devices = (ctx.cuda_device,) if ctx is not None and ctx.cuda_device is not None and backend == "gpu" else ()
+    return train(spec, settings.kafka, progress, should_stop, backend=backend, store=store, devices=devices)
 
 
 def train(spec: TrainSpec, kafka: Any, progress: ProgressCb, should_stop: Callable[[], bool],
-          backend: str | None = None) -> dict[str, Any]:
-    """The runner's work with an explicit Kafka config (benchmarks and tests call it directly)."""
+          backend: str | None = None, store: Any = None, devices: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The runner's work with an explicit Kafka config (benchmarks and tests call it directly).
+    ``backend``: auto/cpu/gpu (None = auto); ``store``: the process's schema store (default the
+    manifest); ``devices``: CUDA ordinals granted (GPU backend; () = the current device)."""
     from mystocks_gpu.gpu_ops.backend import select
     from mystocks_gpu.gpu_ops.models import (
         TrainingCancelled,
@@ -134,12 +148,13 @@ def train(spec: TrainSpec, kafka: Any, progress: ProgressCb, should_stop: Callab
 
     t0 = time.monotonic()
     be = select(backend)
-    data = load_training_data(spec, kafka, progress, should_stop)
+    devs = tuple(devices) if be == "gpu" else ()
+    data = load_training_data(spec, kafka, progress, should_stop, store)
     cfg = spec.wf_config()
     progress(0.10, f"walk-forward: {cfg.n_splits} splits over {data.counts['dates']} dates, {data.X.shape[0]:,} rows")
     try:
         wf = run_walk_forward(spec.family, spec.params, data.X, data.y, data.dates, cfg, label_end=data.label_end,
-                              backend=be, progress=_progress_mapper(progress, cfg.n_splits), should_stop=should_stop)
+                              backend=be, devices=devs, progress=_progress_mapper(progress, cfg.n_splits), should_stop=should_stop)
         if should_stop():
             raise JobStopped("stopped after the walk-forward")
         ls = None
@@ -153,7 +168,7 @@ def train(spec: TrainSpec, kafka: Any, progress: ProgressCb, should_stop: Callab
         def on_final(ev: Any) -> None:
             progress(0.75 + 0.20 * (ev.done / ev.total if ev.total else 1.0), f"final model: {ev.unit} {ev.done}/{ev.total}")
 
-        model = make_model(spec.family, spec.params, backend=be).fit(data.X, data.y, progress=on_final,
+        model = make_model(spec.family, spec.params, backend=be, devices=devs).fit(data.X, data.y, progress=on_final,
                                                                      should_stop=should_stop)
     except TrainingCancelled as exc:
         raise JobStopped(str(exc)) from None
@@ -181,10 +196,11 @@ def train(spec: TrainSpec, kafka: Any, progress: ProgressCb, should_stop: Callab
         "ic_series": ic_series(wf.daily),
         "equity_curve": _equity(ls),
         "backend": be,
+        "devices": list(devs),
     }
     if spec.publish:
         progress(0.96, f"publishing {spec.name} to the models topic")
-        result["model"].update(_publish(spec, kafka, blob, result, data))
+        result["model"].update(_publish(spec, kafka, blob, result, data, store))
     result["seconds"] = round(time.monotonic() - t0, 3)
     progress(1.0, f"trained {spec.name}: rank IC {wf.overall.rank_ic_mean:.4f}")
     return _clean(result)
@@ -199,7 +215,8 @@ def _equity(ls: Any) -> dict[str, Any] | None:
     return {"ts": ls.ts[sel], "equity": ls.equity[sel], "bucket": k}
 
 
-def _publish(spec: TrainSpec, kafka: Any, blob: bytes, result: dict[str, Any], data: Any) -> dict[str, Any]:
+def _publish(spec: TrainSpec, kafka: Any, blob: bytes, result: dict[str, Any], data: Any,
+             store: Any = None) -> dict[str, Any]:
     from mystocks_gpu.processors.training.model_registry import (
         METADATA_VERSION,
         MODELS_TOPIC,
@@ -208,14 +225,14 @@ def _publish(spec: TrainSpec, kafka: Any, blob: bytes, result: dict[str, Any], d
     )
     from mystocks_gpu.schemas.schema_store import default_store
 
-    run = CURRENT_RUN.get()
+    run = current_run()
     schemas = {}
     for topic in sorted(set(data.feature_inputs.values())):
         from mystocks_gpu.processors.training.train_spec import catalog_schema
 
         name = spec.input_schema(topic) or catalog_schema(topic) or "mystocks.features.FeatureVector"
         try:
-            fp = default_store().by_name(name).fingerprint
+            fp = (store or default_store()).by_name(name).fingerprint
         except Exception:  # noqa: BLE001 - the fingerprint is informative
             fp = ""
         schemas[topic] = {"schema": name, "fingerprint": fp}
@@ -228,9 +245,9 @@ def _publish(spec: TrainSpec, kafka: Any, blob: bytes, result: dict[str, Any], d
             "metrics": {"overall": result["overall"], "splits": [{k: s[k] for k in ("index", "test_first", "test_last",
                                                                                "metrics")} for s in result["splits"]]},
             "long_short": result["long_short"], "library_versions": m["library_versions"],
-            "content_sha256": m["content_sha256"], "bytes": len(blob), "job_id": run[0] if run else None,
+            "content_sha256": m["content_sha256"], "bytes": len(blob), "job_id": run.job_id if run else None,
             "created_ns": SYSTEM_CLOCK.now_ns(), "spec": spec.to_dict()}
-    version = publish_model(kafka, spec.name, blob, _clean(meta))
+    version = publish_model(kafka, spec.name, blob, _clean(meta), store=store)
     return {"version": version, "published": True, "registry_topic": MODELS_TOPIC,
             "signals_topic": ensure_signals_topic(kafka, spec.name)}
 

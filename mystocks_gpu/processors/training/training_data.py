@@ -47,6 +47,7 @@ from mystocks_gpu.processors.training.train_spec import (
     TrainSpec,
     step_ns,
 )
+from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import SymbolTable
 
 ProgressFn = Callable[[float, str], None]
@@ -88,7 +89,7 @@ class TrainingData:
     counts: dict[str, Any] = field(default_factory=dict)
 
 
-def _schema_of(value: bytes | None) -> str | None:
+def _schema_of(value: bytes | None, store: SchemaStore | None = None) -> str | None:
     """The schema name a framed value's id points at (None when unframed or unknown)."""
     from mystocks_gpu.schemas.exceptions import SchemaError
     from mystocks_gpu.schemas.schema_store import default_store
@@ -96,7 +97,7 @@ def _schema_of(value: bytes | None) -> str | None:
     if value is None or len(value) < 5 or value[0] != 0:
         return None
     try:
-        return default_store().by_id(int.from_bytes(value[1:5], "big")).name
+        return (store or default_store()).by_id(int.from_bytes(value[1:5], "big")).name
     except (SchemaError, KeyError):
         return None
 
@@ -104,18 +105,18 @@ def _schema_of(value: bytes | None) -> str | None:
 class _Decoder:
     """Decodes one input's batches into (codes, ts, columns, rejected, present)."""
 
-    def __init__(self, schema: str, columns: list[str], symbols: SymbolTable) -> None:
+    def __init__(self, schema: str, columns: list[str], symbols: SymbolTable, store: SchemaStore | None = None) -> None:
         self.schema = schema
         if schema == BAR_SCHEMA:
             from mystocks_gpu.schemas.batch_codec import BatchDecoder
 
             self.columns = list(BAR_COLUMNS)
-            self._bar = BatchDecoder(BAR_SCHEMA, symbols=symbols)
+            self._bar = BatchDecoder(BAR_SCHEMA, store, symbols=symbols)
         elif schema == FEATURE_SCHEMA:
             from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
 
             self.columns = list(columns)
-            self._fv = FeatureVectorDecoder(self.columns, symbols=symbols)
+            self._fv = FeatureVectorDecoder(self.columns, store, symbols=symbols)
         else:
             raise TrainingDataError(f"train cannot read {schema} records; inputs must carry "
                                     f"{', '.join(sorted(INPUT_SCHEMAS))}")
@@ -136,9 +137,15 @@ class _Decoder:
 
 def replay_input(kafka: Any, topic: str, columns: list[str], start: int | None, end: int | None,
                  symbols: SymbolTable, should_stop: StopFn | None = None,
-                 on_batch: Callable[[int], None] | None = None, batch_records: int = 50_000) -> InputFrame:
+                 on_batch: Callable[[int], None] | None = None, batch_records: int = 50_000,
+                 store: SchemaStore | None = None) -> InputFrame:
     """Replay ``topic`` over ``[start, end)`` and decode it (``columns``: feature-map keys to
-    extract from a feature topic; a bar topic gives every Bar column)."""
+    extract from a feature topic; a bar topic gives every Bar column; ``store``: the process's
+    schema ids, default the manifest)."""
+    if store is None:
+        from mystocks_gpu.schemas.schema_store import default_store
+
+        store = default_store()
     from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
 
     dec: _Decoder | None = None
@@ -157,13 +164,13 @@ def replay_input(kafka: Any, topic: str, columns: list[str], start: int | None, 
         values = part.values
         records += len(values)
         if dec is None:
-            first = next((v for v in values if _schema_of(v) in INPUT_SCHEMAS), None)
+            first = next((v for v in values if _schema_of(v, store) in INPUT_SCHEMAS), None)
             if first is None:
-                named = {str(_schema_of(v)) for v in values if _schema_of(v) is not None}
+                named = {str(_schema_of(v, store)) for v in values if _schema_of(v, store) is not None}
                 raise TrainingDataError(f"topic {topic} holds no Bar or FeatureVector records "
                                         f"(its records are {sorted(named) or 'undecodable'})")
             first_value = first
-            dec = _Decoder(_schema_of(first) or "", columns, symbols)
+            dec = _Decoder(_schema_of(first, store) or "", columns, symbols, store)
         sym, ts, cols, bad = dec.decode(values)
         rejected += bad
         keep = np.ones(ts.size, bool)
@@ -183,18 +190,18 @@ def replay_input(kafka: Any, topic: str, columns: list[str], start: int | None, 
     cols = {k: np.concatenate([p[k] for p in parts]) for k in dec.columns}
     available = tuple(dec.columns)
     if dec.schema == FEATURE_SCHEMA:
-        available = _feature_keys(first_value)
+        available = _feature_keys(first_value, store)
         cols = {k: v for k, v in cols.items() if dec.present[dec.columns.index(k)]}
     return InputFrame(topic, dec.schema, np.concatenate(syms), np.concatenate(tss), cols, records, rejected,
                       available)
 
 
-def _feature_keys(value: bytes | None) -> tuple[str, ...]:
+def _feature_keys(value: bytes | None, store: SchemaStore | None = None) -> tuple[str, ...]:
     """The keys of a feature vector's ``values`` map (to name what a topic carries)."""
     from mystocks_gpu.schemas import AvroCodec
 
     try:
-        return tuple(sorted(str(k) for k in AvroCodec().decode(value).get("values", {})))
+        return tuple(sorted(str(k) for k in AvroCodec(store).decode(value).get("values", {})))
     except Exception:  # noqa: BLE001 - only used for an error message
         return ()
 
@@ -260,8 +267,9 @@ def _ns(v: int | str | None) -> int | None:
 
 
 def load_training_data(spec: TrainSpec, kafka: Any, progress: ProgressFn | None = None,
-                       should_stop: StopFn | None = None) -> TrainingData:
-    """Replay, sample, join, label and filter (see the module docstring)."""
+                       should_stop: StopFn | None = None, store: SchemaStore | None = None) -> TrainingData:
+    """Replay, sample, join, label and filter (see the module docstring); ``store``: the process's
+    schema ids (default the manifest)."""
     symbols = SymbolTable()
     frames: dict[str, InputFrame] = {}
     plain = [c for t, c in (spec.resolve(r) for r in [*spec.features, spec.label_column or ""]) if t is None]
@@ -276,7 +284,7 @@ def load_training_data(spec: TrainSpec, kafka: Any, progress: ProgressFn | None 
                 progress(0.01 + 0.07 * k / len(spec.inputs), f"replaying {topic}: {seen[0]:,} records")
 
         frames[topic] = replay_input(kafka, topic, wanted, _ns(spec.start), _ns(spec.end), symbols, should_stop,
-                                     on_batch)
+                                     on_batch, store=store)
     return build_training_data(spec, frames, symbols)
 
 
