@@ -367,6 +367,52 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """The gRPC gateway (the ``[gateway]`` section; ``mystocks-gpu gateway``; auth and TLS are the
+    ``[api]`` section's).
+
+    ``host``/``port``: where it listens (loopback by default; port 0 = any free one).
+    ``stream_queue_max``: batches queued per market-data/feature stream before its Kafka consumer
+    waits (flow control: a slow client's backlog stays in Kafka); ``stream_prefetch_kbytes``:
+    librdkafka's prefetch per stream consumer, KiB; ``watch_queue_max``: statuses queued per
+    ``WatchTask`` before that stream is closed with RESOURCE_EXHAUSTED; ``history_max``: statuses
+    kept per job; ``max_message_bytes``: largest gRPC message; ``backtest_kind`` ..
+    ``execution_kind``: the job kind each service submits; ``features_topic``: what the feature
+    calls read.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    stream_queue_max: int = 8
+    stream_prefetch_kbytes: int = 4096
+    watch_queue_max: int = 1000
+    history_max: int = 256
+    max_message_bytes: int = 16 << 20
+    backtest_kind: str = "backtest"
+    training_kind: str = "train"
+    factor_kind: str = "factors"
+    risk_kind: str = "risk"
+    execution_kind: str = "execsim"
+    features_topic: str = "features.ticks"
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("gateway.host must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"gateway.port must be 0..65535, got {self.port}")
+        for name, lo, hi in (("stream_queue_max", 1, 10_000), ("stream_prefetch_kbytes", 64, 1 << 20),
+                             ("watch_queue_max", 1, 1_000_000), ("history_max", 2, 100_000),
+                             ("max_message_bytes", 1 << 16, 1 << 30)):
+            if not lo <= getattr(self, name) <= hi:
+                raise ConfigError(f"gateway.{name} must be within {lo}..{hi}, got {getattr(self, name)}")
+        for name in ("backtest_kind", "training_kind", "factor_kind", "risk_kind", "execution_kind"):
+            if not _NAME.fullmatch(getattr(self, name)):
+                raise ConfigError(f"gateway.{name} must be a job kind name, got {getattr(self, name)!r}")
+        if not _TOPIC.fullmatch(self.features_topic):
+            raise ConfigError(f"gateway.features_topic must be a Kafka topic name, got {self.features_topic!r}")
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective configuration of one process."""
 
@@ -378,6 +424,7 @@ class Settings:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     #: array backend: ``auto`` (GPU when CuPy and a CUDA device are present), ``cpu`` or ``gpu``
     backend: str = "auto"
 
@@ -420,6 +467,7 @@ _SECTIONS: dict[str, type] = {
     "metrics": MetricsConfig,
     "jobs": JobsConfig,
     "api": ApiConfig,
+    "gateway": GatewayConfig,
 }
 _TOP_LEVEL = {"backend"}
 

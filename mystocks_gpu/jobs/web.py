@@ -46,6 +46,7 @@ from mystocks_gpu.jobs.web_security import (
     server_ssl_context,
 )
 from mystocks_gpu.jobs.ws_hub import TYPES, Client, dumps
+from mystocks_gpu.jobs.ws_schemas import SEVERITIES
 from mystocks_gpu.processors.exceptions import JobSpecError
 from mystocks_gpu.schemas.validate import validate
 
@@ -261,9 +262,12 @@ class Api:
         if not isinstance(types, list) or any(t not in TYPES for t in types):
             return {"type": "error", "error": f"types must be a list of {', '.join(TYPES)}"}
         if action == "subscribe":
-            for name in ("symbols", "job_ids"):
+            for name in ("symbols", "job_ids", "severities"):
                 if not isinstance(req.get(name, []), list):
                     return {"type": "error", "error": f"{name} must be a list"}
+            bad = sorted({str(v).upper() for v in req.get("severities", [])} - set(SEVERITIES))
+            if bad:
+                return {"type": "error", "error": f"unknown severities {bad}; severities: {', '.join(SEVERITIES)}"}
             # a feed is positioned at its topic's end before the ack: what is produced after the
             # ack reaches the client
             for t in ("market_data", "calc_result"):
@@ -272,13 +276,13 @@ class Api:
                     if err is not None:
                         return {"type": "error", "error": err}
             self.ctl.hub.subscribe(client, types, (str(s) for s in req.get("symbols", [])),
-                                   (str(j) for j in req.get("job_ids", [])))
+                                   (str(j) for j in req.get("job_ids", [])), (str(v) for v in req.get("severities", [])))
         elif action == "unsubscribe":
             self.ctl.hub.unsubscribe(client, types)
         else:
             return {"type": "error", "error": "action must be subscribe or unsubscribe"}
         return {"type": "subscribed", "types": sorted(client.types), "symbols": sorted(client.symbols),
-                "job_ids": sorted(client.job_ids)}
+                "job_ids": sorted(client.job_ids), "severities": sorted(client.severities)}
 
     async def _pump(self, sock: web.WebSocketResponse, client: Client) -> None:
         try:
