@@ -19,6 +19,7 @@ from mystocks_gpu.cli import (
     config,
     control,
     data,
+    execution,
     gateway,
     models,
     run,
@@ -32,7 +33,7 @@ from mystocks_gpu.infra.logs import kv, setup_logging
 
 log = logging.getLogger("mystocks_gpu.cli")
 #: command groups, in the order ``--help`` lists them; each module has ``add_commands(subparsers)``
-GROUPS = (stack, topics, data, run, control, submit, models, config, auth, gateway)
+GROUPS = (stack, topics, data, run, control, submit, models, execution, config, auth, gateway)
 
 
 def build_parser() -> argparse.ArgumentParser:
