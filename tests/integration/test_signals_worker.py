@@ -68,10 +68,12 @@ def _committed(settings: Settings, group: str, topic: str) -> int:
         c.close()
 
 
-def _worker(name: str, topic: str, group: str) -> subprocess.Popen[bytes]:
+def _worker(name: str, topic: str, group: str, idle_exit: float) -> subprocess.Popen[bytes]:
+    """A signals worker that exits after ``idle_exit`` s without input (the first one is killed before:
+    a long idle exit keeps it up while v2 and part B are published on a busy machine)."""
     cmd = [sys.executable, "-m", "mystocks_gpu.cli", "run", "signals", "--model", name, "--input-topic", topic,
            "--group", group, "--worker-id", "w1", "--batch-records", "100", "--commit-interval-ms", "0",
-           "--idle-exit", "4"]
+           "--idle-exit", str(idle_exit)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             env={**os.environ})
 
@@ -85,7 +87,7 @@ def test_sigkill_mid_stream_across_a_hot_swap_then_a_corrupt_version(settings: S
     n_a, n_b, n_c = 1500, 12_000, 1500
     items_a, rows = _vectors(0, n_a, 1)
     produce_all(make_producer(settings.kafka), topic, iter(items_a))
-    w = _worker(name, topic, group)
+    w = _worker(name, topic, group, 60)
     try:
         wait_until(lambda: _committed(settings, group, topic) >= n_a or w.poll() is not None, 120, "part A committed")
         assert w.poll() is None, w.stderr.read().decode()[-3000:] if w.stderr else ""
@@ -94,14 +96,15 @@ def test_sigkill_mid_stream_across_a_hot_swap_then_a_corrupt_version(settings: S
         items_b, rows_b = _vectors(n_a, n_b, 2)
         rows.update(rows_b)
         produce_all(make_producer(settings.kafka), topic, iter(items_b))
-        wait_until(lambda: _committed(settings, group, topic) >= n_a + 1500, 120, "progress into part B")
+        wait_until(lambda: _committed(settings, group, topic) >= n_a + 1500 or w.poll() is not None, 120,
+                   "progress into part B")
         time.sleep(random.Random(5).uniform(0.0, 0.5))
         assert w.poll() is None, "the worker finished part B before it could be killed: raise n_b"
         os.killpg(w.pid, signal.SIGKILL)
         w.wait(30)
         killed_at = _committed(settings, group, topic)
         assert killed_at < n_a + n_b
-        w = _worker(name, topic, group)
+        w = _worker(name, topic, group, 6)
         wait_until(lambda: _committed(settings, group, topic) > killed_at, 120, "progress after the restart")
         # v3: its parts join to bytes that do not match their hash
         blob = _model(3).to_bytes()

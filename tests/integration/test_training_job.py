@@ -37,7 +37,7 @@ def plane(settings: Settings, stack: Any) -> Iterator[Plane]:
     p = Plane(settings, uuid.uuid4().hex[:8])
     try:
         p.start_control()
-        p.start_worker("mla", "--kinds", "train,backtest,echo")
+        p.start_worker("mla", "--kinds", "train,backtest,echo", timeout=120)  # imports numba, xgboost, sklearn
         p.warm_up()
         yield p
     finally:

@@ -98,3 +98,26 @@ def test_missing_model_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(JobSpecError, match=r'\.\[dl\]'):
         spec(family="mlp")
+
+
+@pytest.mark.parametrize(("device", "backend", "cuda", "devices"), [("gpu1", "gpu", 1, (1,)), ("cpu0", "cpu", None, ())])
+def test_runner_computes_on_the_device_the_scheduler_granted(monkeypatch: pytest.MonkeyPatch, device: str,
+                                                             backend: str, cuda: int | None,
+                                                             devices: tuple[int, ...]) -> None:
+    """The kind asks for the ``training`` placement; its runner takes the backend, the CUDA ordinal,
+    the settings and the schema store from the worker's run context (nothing re-detected)."""
+    from mystocks_gpu.infra.config import Settings
+    from mystocks_gpu.processors.job_kind import RUN_CONTEXT, RunContext
+    from mystocks_gpu.processors.training import train_job
+
+    kind = get_kind("train")
+    assert (kind.policy, kind.devices) == ("training", "any")
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(train_job, "train", lambda *a, **kw: seen.update(kafka=a[1], **kw) or {})
+    settings, store = Settings(), object()
+    token = RUN_CONTEXT.set(RunContext("j1", 0, device, backend, cuda, settings, store))  # type: ignore[arg-type]
+    try:
+        kind.runner(spec(), lambda f, m: None, lambda: False)
+    finally:
+        RUN_CONTEXT.reset(token)
+    assert seen == {"kafka": settings.kafka, "backend": backend, "store": store, "devices": devices}
