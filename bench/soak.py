@@ -121,7 +121,8 @@ class Soak:
 
     def _make_stack(self, home: Path) -> LocalStack:
         kp, cp, rp = _free_ports(3)
-        cfg = StackConfig(kafka_port=kp, controller_port=cp, redis_port=rp, home=str(home), kafka_heap_mb=512)
+        cfg = StackConfig(kafka_port=kp, controller_port=cp, redis_port=rp, home=str(home), kafka_heap_mb=512,
+                          startup_timeout_s=self.args.startup_timeout)
         return SecureStack(cfg) if self.args.secure else LocalStack(cfg)
 
     def stack_up(self, attempts: int = 3) -> None:
@@ -414,12 +415,12 @@ class Soak:
             store.save(self.stack.home / "tokens.json")
         self._admin = make_admin(admin_s.kafka)
         self._wm = make_consumer(admin_s.kafka, f"mystocks-soakwm-{self.tag}")
-        md = self._wm.list_topics("md.ticks", timeout=10)
-        self._parts = sorted(md.topics["md.ticks"].partitions)
-        self._start_in = self._high_watermarks()
-        fmd = self._wm.list_topics("features.ticks", timeout=10)
-        start_out = {p: self._wm.get_watermark_offsets(TopicPartition("features.ticks", p), timeout=5)[1]
-                     for p in fmd.topics["features.ticks"].partitions}
+        self._parts = sorted(self._wm.list_topics("md.ticks", timeout=10).topics["md.ticks"].partitions)
+        # (just created: leaders may not be elected yet)
+        self._start_in = _retry(self._high_watermarks, "md.ticks watermarks")
+        out_parts = sorted(self._wm.list_topics("features.ticks", timeout=10).topics["features.ticks"].partitions)
+        start_out = _retry(lambda: {p: self._wm.get_watermark_offsets(TopicPartition("features.ticks", p), timeout=5)[1]
+                                    for p in out_parts}, "features.ticks watermarks")
         self.start_control()
         self.start_jobworker()
         self.start_features()
@@ -569,6 +570,20 @@ def _schedule(spec: str | None, duration: float) -> list[tuple[float, str]]:
     return out
 
 
+def _retry(fn: Any, what: str, timeout_s: float = 120.0) -> Any:
+    """``fn()`` once it stops raising Kafka errors (leaders of new topics being elected), within ``timeout_s``."""
+    from confluent_kafka import KafkaException
+
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            return fn()
+        except KafkaException as exc:
+            if time.monotonic() > end:
+                raise SystemExit(f"{what}: {exc}") from None
+            time.sleep(0.5)
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
@@ -594,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-lag", type=int, default=200_000, help="bound of the consumer lag, records (default 200000)")
     ap.add_argument("--recovery-timeout", type=float, default=180.0, help="seconds a fault may take to recover")
     ap.add_argument("--drain-timeout", type=float, default=180.0, help="seconds to drain at the end")
+    ap.add_argument("--startup-timeout", type=float, default=300.0, help="seconds Kafka may take to start (default 300)")
     ap.add_argument("--secure", action="store_true", help="run on the secure stack (TLS, SCRAM, ACLs, tokens)")
     ap.add_argument("--keep", action="store_true", help="keep the stack home (logs) after the run")
     ap.add_argument("--json", type=Path, default=None, help="write the summary JSON here")
