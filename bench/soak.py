@@ -14,9 +14,11 @@ Faults (default schedule at 25 %, 50 % and 75 % of the run; ``--faults KIND@SECO
 Reported (printed and ``--json``): records in == out checked by key + seq (every produced tick has
 exactly one feature vector: missing and duplicates counted; input offsets from delivery reports),
 RSS of every process over time (flat within ``--rss-growth``: median of the last third over the
-median of the second sixth, after warm-up), consumer lag over time (max, final 0), tick->feature
+median of the second sixth, after warm-up, on the last incarnation of each process; not this
+checker, which keeps every key it saw), consumer lag over time (max, final 0), tick->feature
 latency p50/p99 per window and overall, jobs submitted == succeeded with their p99 latency, each
-fault with its recovery time. Exit 1 when a check fails. ``--quick``: 90 s.
+fault with its recovery time (watched while sampling goes on; over ``--recovery-timeout`` fails).
+Exit 1 when a check fails. ``--quick``: 90 s, sampled every 2 s.
 """
 
 from __future__ import annotations
@@ -359,7 +361,7 @@ class Soak:
             produced = sum(self.produced.values())
         row = {"t_s": round(t, 1), "rss_mb": {k: (round(v, 1) if v is not None else None)
                                                for k, v in ((n, _rss_mb(p)) for n, p in pids.items())},
-               "lag": self.lag(), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "n_lat": len(lat),
+               "pid": dict(pids), "lag": self.lag(), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "n_lat": len(lat),
                "produced": produced, "out_unique": out_n,
                "jobs_done": sum(1 for j in self.jobs.values() if j["state"] == "succeeded")}
         self.timeline.append(row)
@@ -367,8 +369,11 @@ class Soak:
 
     # ---- faults ----------------------------------------------------------------------------
     def fault(self, kind: str) -> dict[str, Any]:
+        """Inject one fault now; its recovery is watched by :meth:`check_recoveries` (sampling goes on)."""
         t = time.monotonic()
-        before_out = len(self.out_counts)
+        with self.lock:
+            before_out = len(self.out_counts)
+        done_before = {j for j, v in list(self.jobs.items()) if v["state"] == "succeeded"}
         if kind == "worker_kill":
             self.kill("features")
             self.kill("jobworker")
@@ -382,22 +387,24 @@ class Soak:
         else:
             raise SystemExit(f"unknown fault {kind}; faults: {', '.join(FAULTS)}")
         took = time.monotonic() - t
-        # recovered: new feature vectors flow again and a job submitted after the fault succeeds
-        done_before = {j for j, v in self.jobs.items() if v["state"] == "succeeded"}
-        rec_t = None
-        end = time.monotonic() + self.args.recovery_timeout
-        while time.monotonic() < end and not self.stop.is_set():
-            flowing = len(self.out_counts) > before_out + 10
-            jobs_ok = any(v["state"] == "succeeded" and j not in done_before for j, v in self.jobs.items())
-            if flowing and jobs_ok:
-                rec_t = time.monotonic() - t
-                break
-            time.sleep(0.5)
-        entry = {"at_s": round(t - self.t0, 1), "kind": kind, "action_s": round(took, 1),
-                 "recovered_s": round(rec_t, 1) if rec_t is not None else None}
-        print(f"  fault {kind} at {entry['at_s']} s: done in {took:.1f} s, recovered in "
-              f"{entry['recovered_s']} s", flush=True)
+        entry = {"at_s": round(t - self.t0, 1), "kind": kind, "action_s": round(took, 1), "recovered_s": None,
+                 "_t": t, "_out": before_out, "_done": done_before}
+        print(f"  fault {kind} at {entry['at_s']} s: done in {took:.1f} s", flush=True)
         return entry
+
+    def check_recoveries(self) -> None:
+        """A fault has recovered once new feature vectors flow (over 10 more than before it) and a job
+        that had not succeeded before it has succeeded; the time from the fault is recorded."""
+        now = time.monotonic()
+        for f in self.fault_log:
+            if f["recovered_s"] is not None or "_t" not in f:
+                continue
+            with self.lock:
+                flowing = len(self.out_counts) > f["_out"] + 10
+            jobs_ok = any(v["state"] == "succeeded" and j not in f["_done"] for j, v in list(self.jobs.items()))
+            if flowing and jobs_ok:
+                f["recovered_s"] = round(now - f["_t"], 1)
+                print(f"  fault {f['kind']} at {f['at_s']} s: recovered in {f['recovered_s']} s", flush=True)
 
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -442,6 +449,7 @@ class Soak:
             if schedule and now >= schedule[0][0]:
                 self.fault_log.append(self.fault(schedule.pop(0)[1]))
                 continue
+            self.check_recoveries()
             if now - last >= a.sample_s:
                 last = now
                 row = self.sample()
@@ -456,10 +464,12 @@ class Soak:
         end = time.monotonic() + a.drain_timeout
         while time.monotonic() < end:
             self.poll_jobs()
+            self.check_recoveries()
             if len(self.out_counts) >= want and all(j["state"] in ("succeeded", "failed", "cancelled", "rejected")
                                                     for j in self.jobs.values() if j["state"] != "submitting"):
                 break
             time.sleep(1.0)
+        self.check_recoveries()
         final_lag = self.lag()
         self.drained.set()
         threads[1].join(timeout=10)
@@ -476,13 +486,18 @@ class Soak:
         warm = [r for r in self.timeline if r["t_s"] >= 0.15 * a.duration]
         rss: dict[str, Any] = {}
         for role in sorted({k for r in self.timeline for k in r["rss_mb"]}):
-            series = [r["rss_mb"].get(role) for r in warm if r["rss_mb"].get(role)]
-            if len(series) < 6:
+            # growth is judged on the last incarnation of the process (a SIGKILLed worker restarts small)
+            last_pid = next((r["pid"].get(role) for r in reversed(self.timeline) if r["pid"].get(role)), None)
+            series = [r["rss_mb"][role] for r in warm if r["rss_mb"].get(role) and r["pid"].get(role) == last_pid]
+            if not series:
                 continue
-            ref = float(np.median(series[len(series) // 6: max(len(series) // 3, len(series) // 6 + 1)]))
-            tail = float(np.median(series[-max(1, len(series) // 3):]))
-            rss[role] = {"first_mb": series[0], "last_mb": series[-1], "max_mb": max(series),
-                         "growth": round(tail / ref, 3) if ref else None}
+            entry: dict[str, Any] = {"first_mb": series[0], "last_mb": series[-1], "max_mb": max(series),
+                                     "samples": len(series), "growth": None}
+            if len(series) >= 6:  # median of the last third over the median of the second sixth
+                ref = float(np.median(series[len(series) // 6: max(len(series) // 3, len(series) // 6 + 1)]))
+                tail = float(np.median(series[-max(1, len(series) // 3):]))
+                entry["growth"] = round(tail / ref, 3) if ref else None
+            rss[role] = entry
         jobs = list(self.jobs.values())
         jl = [j["latency_s"] for j in jobs if "latency_s" in j]
         lags = [r["lag"] for r in self.timeline if r["lag"] is not None]
@@ -506,6 +521,11 @@ class Soak:
         unrecovered = [f["kind"] for f in self.fault_log if f["recovered_s"] is None]
         if unrecovered:
             failures.append(f"no recovery after: {', '.join(unrecovered)}")
+        slow = [f"{f['kind']} ({f['recovered_s']} s)" for f in self.fault_log
+                if f["recovered_s"] is not None and f["recovered_s"] > a.recovery_timeout]
+        if slow:
+            failures.append(f"recovery over {a.recovery_timeout:.0f} s after: {', '.join(slow)}")
+        faults = [{k: v for k, v in f.items() if not k.startswith("_")} for f in self.fault_log]
         return {
             "bench": "soak", "secure": a.secure, "duration_s": a.duration, "tick_rate": a.tick_rate,
             "job_rate": a.job_rate, "symbols": a.symbols, "machine": _machine(),
@@ -518,7 +538,7 @@ class Soak:
                            "p99_per_window_max": max(lat_p99) if lat_p99 else None,
                            "p99_per_window_median": float(np.median(lat_p99)) if lat_p99 else None},
             "lag": {"max": max(lags) if lags else None, "final": final_lag},
-            "rss": rss, "faults": self.fault_log, "timeline": self.timeline,
+            "rss": rss, "faults": faults, "timeline": self.timeline,
             "ok": not failures, "failures": failures,
         }
 
@@ -604,10 +624,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faults", default=None,
                     help="KIND@SECONDS,... (kinds: worker_kill, broker_restart, redis_restart); default: one of "
                          "each at 25/50/75 %% of the run; '' for none")
-    ap.add_argument("--sample-s", type=float, default=5.0, help="sampling period of RSS, lag, latency (default 5)")
+    ap.add_argument("--sample-s", type=float, default=None,
+                    help="sampling period of RSS, lag, latency (default 5; 2 with --quick)")
     ap.add_argument("--rss-growth", type=float, default=1.5, help="bound of RSS growth per process (default 1.5x)")
     ap.add_argument("--max-lag", type=int, default=200_000, help="bound of the consumer lag, records (default 200000)")
-    ap.add_argument("--recovery-timeout", type=float, default=180.0, help="seconds a fault may take to recover")
+    ap.add_argument("--recovery-timeout", type=float, default=180.0,
+                    help="seconds a fault may take to recover (feature vectors flow, a later job succeeds)")
     ap.add_argument("--drain-timeout", type=float, default=180.0, help="seconds to drain at the end")
     ap.add_argument("--startup-timeout", type=float, default=300.0, help="seconds Kafka may take to start (default 300)")
     ap.add_argument("--secure", action="store_true", help="run on the secure stack (TLS, SCRAM, ACLs, tokens)")
@@ -616,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.duration = 90.0
+    if args.sample_s is None:
+        args.sample_s = 2.0 if args.quick else 5.0
     soak = Soak(args)
     try:
         summary = soak.run()
