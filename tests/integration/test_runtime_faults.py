@@ -112,13 +112,7 @@ def test_crash_with_dirty_state_never_commits_it(settings: Settings, unique: str
     """An exception after states were replaced: the protocol aborts, close() must not commit."""
     t = make_topics(settings, unique, partitions=4)
     cols, names = synthetic(30_000, symbols=40, seed=22)
-    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    p = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-        if i % 10_000 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0
+    produce_ticks(settings, t.input, cols, names)
     crashes = 0
     for attempt in range(40):
         w = start_worker(t, "wc", "--batch-records", "400", "--linger-ms", "5",
@@ -189,13 +183,7 @@ def test_zombie_with_the_same_transactional_id_is_fenced(settings: Settings, uni
     error and commits nothing. The successor finishes; outputs are exactly-once."""
     t = make_topics(settings, unique, partitions=4)
     cols, names = synthetic(80_000, symbols=30, seed=24)
-    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    p = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-        if i % 10_000 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0
+    produce_ticks(settings, t.input, cols, names)
     args = ("--batch-records", "200", "--linger-ms", "5", "--commit-interval-ms", "500")
     zombie = start_worker(t, "same-id", *args, idle_exit=20)
     assert wait_for(lambda: output_high_watermark(settings, t.output) > 3000 or zombie.poll() is not None, 90)
@@ -217,13 +205,7 @@ def test_zombie_with_the_same_transactional_id_is_fenced(settings: Settings, uni
 def test_consumer_group_protocol_survives_sigkill(settings: Settings, unique: str) -> None:
     t = make_topics(settings, unique, partitions=4)
     cols, names = synthetic(60_000, symbols=40, seed=25)
-    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    p = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-        if i % 10_000 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0
+    produce_ticks(settings, t.input, cols, names)
     args = ("--group-protocol", "consumer", "--batch-records", "400", "--linger-ms", "5")
     rng = random.Random(3)
     kills = 0
@@ -297,11 +279,7 @@ def _free_port() -> int:
 def test_lag_counts_from_the_committed_offset_and_revoked_series_disappear(settings: Settings, unique: str) -> None:
     t = make_topics(settings, unique, partitions=4)
     cols, names = synthetic(20_000, symbols=40, seed=27)
-    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    p = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-    assert p.flush(60) == 0
+    produce_ticks(settings, t.input, cols, names)
     # every commit fails: the worker fetches and processes, but commits nothing -> lag stays at the total
     port = _free_port()
     stalled = start_worker(t, "ws", "--metrics-port", str(port), "--inject-faults", "commit=1.0", idle_exit=60)
@@ -341,11 +319,7 @@ def test_lag_counts_from_the_committed_offset_and_revoked_series_disappear(setti
 def test_backpressure_pauses_partitions_and_the_setting_takes_effect(settings: Settings, unique: str) -> None:
     t = make_topics(settings, unique, partitions=2)
     cols, names = synthetic(20_000, symbols=20, seed=28)
-    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    p = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-    assert p.flush(60) == 0
+    produce_ticks(settings, t.input, cols, names)
     # at-least-once: outputs are acknowledged asynchronously, so the producer queue is what grows
     tight = summaries(finish(start_worker(t, "bp", "--at-least-once", "--max-buffered-records", "50",
                                           idle_exit=5), timeout=200))[-1]
@@ -353,9 +327,6 @@ def test_backpressure_pauses_partitions_and_the_setting_takes_effect(settings: S
     got = read_outputs(settings, t.output, 20_000)
     assert_exactly_once_equal(got, reference(cols, names))
     t2 = make_topics(settings, unique + "b", partitions=2)
-    p2 = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p2.produce(t2.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-    assert p2.flush(60) == 0
+    produce_ticks(settings, t2.input, cols, names)
     loose = summaries(finish(start_worker(t2, "bp2", "--at-least-once", idle_exit=5), timeout=200))[-1]
     assert loose["pauses"] == 0, loose  # the default (50,000) is never reached by 20k inputs
