@@ -60,6 +60,8 @@ from mystocks_gpu.topics import all_specs  # noqa: E402
 from mystocks_gpu.topics.admin import TopicAdmin, make_admin  # noqa: E402
 
 FAULTS = ("worker_kill", "broker_restart", "redis_restart")
+#: the checker's own clients: no connection-refused lines while a fault takes the broker down (critical only)
+QUIET = {"log_level": 2}
 #: what a server says when a port drawn free was bound by another process first
 PORT_CLASH = ("is taken by another process", "Address already in use", "address already in use")
 
@@ -120,6 +122,7 @@ class Soak:
         self.timeline: list[dict[str, Any]] = []
         self.fault_log: list[dict[str, Any]] = []
         self.token: str | None = None
+        self.not_run: list[str] = []
 
     def _make_stack(self, home: Path) -> LocalStack:
         kp, cp, rp = _free_ports(3)
@@ -227,7 +230,7 @@ class Soak:
     def produce_loop(self) -> None:
         codec = AvroCodec(default_store())
         producer = make_producer(self.settings("ingest" if self.args.secure else "admin").kafka,
-                                 **{"linger.ms": 5})
+                                 **{"linger.ms": 5, **QUIET})
         syms = [f"SK{self.tag.upper()}{k:03d}" for k in range(self.args.symbols)]
         rng = np.random.default_rng(11)
         mids = {s: 100.0 for s in syms}
@@ -272,7 +275,7 @@ class Soak:
 
     def consume_loop(self, start: dict[int, int]) -> None:
         s = self.settings("admin")
-        c = make_consumer(s.kafka, f"mystocks-soakread-{self.tag}", **{"isolation.level": "read_committed"})
+        c = make_consumer(s.kafka, f"mystocks-soakread-{self.tag}", **{"isolation.level": "read_committed", **QUIET})
         c.assign([TopicPartition("features.ticks", p, o) for p, o in start.items()])
         fid = default_store().by_name("mystocks.features.FeatureVector").id
         while not self.stop.is_set() or not self.drained.is_set():
@@ -421,7 +424,7 @@ class Soak:
             self.token = store.add("soak", ["admin"])
             store.save(self.stack.home / "tokens.json")
         self._admin = make_admin(admin_s.kafka)
-        self._wm = make_consumer(admin_s.kafka, f"mystocks-soakwm-{self.tag}")
+        self._wm = make_consumer(admin_s.kafka, f"mystocks-soakwm-{self.tag}", **QUIET)
         self._parts = sorted(self._wm.list_topics("md.ticks", timeout=10).topics["md.ticks"].partitions)
         # (just created: leaders may not be elected yet)
         self._start_in = _retry(self._high_watermarks, "md.ticks watermarks")
@@ -457,6 +460,7 @@ class Soak:
                       f"out={row['out_unique']}/{row['produced']} jobs={row['jobs_done']}/{len(self.jobs)} "
                       f"rss={ {k: v for k, v in row['rss_mb'].items() if v} }", flush=True)
             time.sleep(0.2)
+        self.not_run = [k for _, k in schedule]  # a fault that took longer than planned pushed them past the end
         self.stop.set()
         threads[0].join(timeout=150)
         # drain: every produced tick out (or the bound), every job final
@@ -526,6 +530,8 @@ class Soak:
         if slow:
             failures.append(f"recovery over {a.recovery_timeout:.0f} s after: {', '.join(slow)}")
         faults = [{k: v for k, v in f.items() if not k.startswith("_")} for f in self.fault_log]
+        if self.not_run:
+            failures.append(f"faults not run (the run ended first): {', '.join(self.not_run)}")
         return {
             "bench": "soak", "secure": a.secure, "duration_s": a.duration, "tick_rate": a.tick_rate,
             "job_rate": a.job_rate, "symbols": a.symbols, "machine": _machine(),
@@ -538,7 +544,7 @@ class Soak:
                            "p99_per_window_max": max(lat_p99) if lat_p99 else None,
                            "p99_per_window_median": float(np.median(lat_p99)) if lat_p99 else None},
             "lag": {"max": max(lags) if lags else None, "final": final_lag},
-            "rss": rss, "faults": faults, "timeline": self.timeline,
+            "rss": rss, "faults": faults, "faults_not_run": self.not_run, "timeline": self.timeline,
             "ok": not failures, "failures": failures,
         }
 
