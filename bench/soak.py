@@ -18,7 +18,9 @@ median of the second sixth, after warm-up, on the last incarnation of each proce
 checker, which keeps every key it saw), consumer lag over time (max, final 0), tick->feature
 latency p50/p99 per window and overall, jobs submitted == succeeded with their p99 latency, each
 fault with its recovery time (watched while sampling goes on; over ``--recovery-timeout`` fails).
-Exit 1 when a check fails. ``--quick``: 90 s, sampled every 2 s.
+A process that exits on its own is restarted, as a supervisor would (listed in ``restarts``
+with its exit code; processes wait up to ``--recovery-timeout`` for a broker that a fault took
+down). Exit 1 when a check fails. ``--quick``: 90 s, sampled every 2 s.
 """
 
 from __future__ import annotations
@@ -123,6 +125,9 @@ class Soak:
         self.fault_log: list[dict[str, Any]] = []
         self.token: str | None = None
         self.not_run: list[str] = []
+        self.spawned: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.restarts: list[dict[str, Any]] = []
+        self.closing = False
 
     def _make_stack(self, home: Path) -> LocalStack:
         kp, cp, rp = _free_ports(3)
@@ -148,7 +153,9 @@ class Soak:
     # ---- settings per principal ----------------------------------------------------------
     def env(self, principal: str) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith("MYSTOCKS_")}
-        base.update({"PYTHONUNBUFFERED": "1", "MYSTOCKS_BACKEND": "cpu"})
+        # a process (re)started while a fault has the broker down waits for it instead of exiting
+        base.update({"PYTHONUNBUFFERED": "1", "MYSTOCKS_BACKEND": "cpu",
+                     "MYSTOCKS_KAFKA__CONNECT_TIMEOUT_S": str(self.args.recovery_timeout)})
         if isinstance(self.stack, SecureStack):
             base.update(self.stack.env(principal))
             pki = self.stack.pki
@@ -165,6 +172,8 @@ class Soak:
 
     @property
     def url(self) -> str:
+        if not self.web_port:
+            self.web_port = self._read_port()
         return f"{'https' if self.args.secure else 'http'}://127.0.0.1:{self.web_port}"
 
     # ---- processes -----------------------------------------------------------------------
@@ -173,6 +182,20 @@ class Soak:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "mystocks_gpu.cli", *args], cwd=ROOT, stdout=log,
                                             stderr=subprocess.STDOUT, env=self.env(principal))
+        self.spawned[name] = (principal, args)
+
+    def supervise(self) -> None:
+        """Restart a process that exited on its own (as a supervisor would; counted and reported with
+        its exit code: a component that gives up during a fault shows here)."""
+        for name, p in list(self.procs.items()):
+            rc = p.poll()
+            if rc is not None and not self.closing:
+                self.restarts.append({"t_s": round(time.monotonic() - self.t0, 1), "process": name, "exit_code": rc})
+                print(f"  {name} exited ({rc}): restarted", flush=True)
+                principal, args = self.spawned[name]
+                if name == "control":
+                    self.web_port = 0  # it binds a new port: read again from its log
+                self.spawn(name, principal, *args)
 
     def start_features(self) -> None:
         self.spawn("features", "stream", "run", "features", "--group", f"mystocks.soak-{self.tag}", "--worker-id",
@@ -213,16 +236,20 @@ class Soak:
         except (OSError, ValueError) as exc:
             return 0, str(exc)
 
+    def _read_port(self) -> int:
+        """The control app's port from its log (the latest start's), 0 while it is not listening yet."""
+        try:
+            bound = re.findall(r"control web server on https?://[^ ]+:(\d+)",
+                               (self.logs / "control.log").read_text(errors="replace"))
+        except OSError:
+            return 0
+        return int(bound[-1]) if bound else 0
+
     def _control_ready(self) -> bool:
         if not self.web_port:
-            try:
-                bound = re.search(r"control web server on https?://[^ ]+:(\d+)",
-                                  (self.logs / "control.log").read_text(errors="replace"))
-            except OSError:
+            self.web_port = self._read_port()
+            if not self.web_port:
                 return False
-            if bound is None:
-                return False
-            self.web_port = int(bound.group(1))
         st, body = self.http("GET", "/health")
         return st == 200 and isinstance(body, dict) and bool(body.get("ready"))
 
@@ -453,6 +480,7 @@ class Soak:
                 self.fault_log.append(self.fault(schedule.pop(0)[1]))
                 continue
             self.check_recoveries()
+            self.supervise()
             if now - last >= a.sample_s:
                 last = now
                 row = self.sample()
@@ -469,6 +497,7 @@ class Soak:
         while time.monotonic() < end:
             self.poll_jobs()
             self.check_recoveries()
+            self.supervise()
             if len(self.out_counts) >= want and all(j["state"] in ("succeeded", "failed", "cancelled", "rejected")
                                                     for j in self.jobs.values() if j["state"] != "submitting"):
                 break
@@ -487,12 +516,14 @@ class Soak:
         dup = sum(c - 1 for c in out.values() if c > 1)
         unexpected = len(set(out) - produced)
         lat_p99 = [r["p99_ms"] for r in self.timeline if r["p99_ms"] is not None]
-        warm = [r for r in self.timeline if r["t_s"] >= 0.15 * a.duration]
         rss: dict[str, Any] = {}
         for role in sorted({k for r in self.timeline for k in r["rss_mb"]}):
             # growth is judged on the last incarnation of the process (a SIGKILLed worker restarts small)
             last_pid = next((r["pid"].get(role) for r in reversed(self.timeline) if r["pid"].get(role)), None)
-            series = [r["rss_mb"][role] for r in warm if r["rss_mb"].get(role) and r["pid"].get(role) == last_pid]
+            rows = [r for r in self.timeline if r["rss_mb"].get(role) and r["pid"].get(role) == last_pid]
+            # after its warm-up (imports, compiles, first batches): 15 % of the run, at least 20 s
+            born = rows[0]["t_s"] if rows else 0.0
+            series = [r["rss_mb"][role] for r in rows if r["t_s"] >= born + max(20.0, 0.15 * a.duration)]
             if not series:
                 continue
             entry: dict[str, Any] = {"first_mb": series[0], "last_mb": series[-1], "max_mb": max(series),
@@ -544,11 +575,12 @@ class Soak:
                            "p99_per_window_max": max(lat_p99) if lat_p99 else None,
                            "p99_per_window_median": float(np.median(lat_p99)) if lat_p99 else None},
             "lag": {"max": max(lags) if lags else None, "final": final_lag},
-            "rss": rss, "faults": faults, "faults_not_run": self.not_run, "timeline": self.timeline,
+            "rss": rss, "faults": faults, "faults_not_run": self.not_run, "restarts": self.restarts, "timeline": self.timeline,
             "ok": not failures, "failures": failures,
         }
 
     def close(self) -> None:
+        self.closing = True
         self.stop.set()
         for p in self.procs.values():
             if p.poll() is None:
