@@ -89,7 +89,7 @@ lock: ## regenerate requirements.lock (uv pip compile: every platform, Python >=
 	$(PY) -m uv pip compile pyproject.toml --extra dev --extra bench --extra ml --universal --python-version 3.11 \
 	  --no-header --quiet -o $(LOCK)
 
-audit: install ## known vulnerabilities in requirements.lock (pip-audit, PyPI's service); fails unless allowed in audit-allowlist.toml
+audit: install ## known vulnerabilities in requirements.lock (pip-audit, PyPI's service; offline: security/pypa-advisories.json.gz); fails unless allowed in security/audit-allowlist.toml
 	$(PY) scripts/audit.py
 
 fuzz: install ## long property-based fuzzing (codec with numba bounds checks, job specs, API bodies)

@@ -14,9 +14,13 @@ Faults (default schedule at 25 %, 50 % and 75 % of the run; ``--faults KIND@SECO
 Reported (printed and ``--json``): records in == out checked by key + seq (every produced tick has
 exactly one feature vector: missing and duplicates counted; input offsets from delivery reports),
 RSS of every process over time (flat within ``--rss-growth``: median of the last third over the
-median of the second sixth, after warm-up), consumer lag over time (max, final 0), tick->feature
+median of the second sixth, after warm-up, on the last incarnation of each process; not this
+checker, which keeps every key it saw), consumer lag over time (max, final 0), tick->feature
 latency p50/p99 per window and overall, jobs submitted == succeeded with their p99 latency, each
-fault with its recovery time. Exit 1 when a check fails. ``--quick``: 90 s.
+fault with its recovery time (watched while sampling goes on; over ``--recovery-timeout`` fails).
+A process that exits on its own is restarted, as a supervisor would (listed in ``restarts``
+with its exit code; processes wait up to ``--recovery-timeout`` for a broker that a fault took
+down). Exit 1 when a check fails. ``--quick``: 90 s, sampled every 2 s.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -47,6 +52,7 @@ if str(ROOT) not in sys.path:
 from confluent_kafka import TopicPartition  # noqa: E402
 
 from mystocks_gpu.infra.config import Settings, StackConfig, load_settings  # noqa: E402
+from mystocks_gpu.infra.exceptions import StackError  # noqa: E402
 from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer  # noqa: E402
 from mystocks_gpu.infra.stack import LocalStack  # noqa: E402
 from mystocks_gpu.infra.stack_secure import SecureStack  # noqa: E402
@@ -56,6 +62,10 @@ from mystocks_gpu.topics import all_specs  # noqa: E402
 from mystocks_gpu.topics.admin import TopicAdmin, make_admin  # noqa: E402
 
 FAULTS = ("worker_kill", "broker_restart", "redis_restart")
+#: the checker's own clients: no connection-refused lines while a fault takes the broker down (critical only)
+QUIET = {"log_level": 2}
+#: what a server says when a port drawn free was bound by another process first
+PORT_CLASH = ("is taken by another process", "Address already in use", "address already in use")
 
 
 def _free_ports(n: int) -> list[int]:
@@ -95,10 +105,9 @@ class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tag = uuid.uuid4().hex[:6]
-        kp, cp, rp, self.web_port = _free_ports(4)
+        self.web_port = 0  # the control app binds a port of the kernel's choice; read from its log
         home = ROOT / ".stack" / f"soak-{os.getpid()}"
-        cfg = StackConfig(kafka_port=kp, controller_port=cp, redis_port=rp, home=str(home), kafka_heap_mb=512)
-        self.stack: LocalStack = SecureStack(cfg) if args.secure else LocalStack(cfg)
+        self.stack: LocalStack = self._make_stack(home)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs = home / "logs"
         self.lock = threading.Lock()
@@ -115,11 +124,38 @@ class Soak:
         self.timeline: list[dict[str, Any]] = []
         self.fault_log: list[dict[str, Any]] = []
         self.token: str | None = None
+        self.not_run: list[str] = []
+        self.spawned: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.restarts: list[dict[str, Any]] = []
+        self.closing = False
+
+    def _make_stack(self, home: Path) -> LocalStack:
+        kp, cp, rp = _free_ports(3)
+        cfg = StackConfig(kafka_port=kp, controller_port=cp, redis_port=rp, home=str(home), kafka_heap_mb=512,
+                          startup_timeout_s=self.args.startup_timeout)
+        return SecureStack(cfg) if self.args.secure else LocalStack(cfg)
+
+    def stack_up(self, attempts: int = 3) -> None:
+        """Start the stack; when a port drawn free is bound by another process before the stack binds
+        it (a race with other programs), start again on new ports (``attempts`` in all)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.stack.up()
+                return
+            except StackError as exc:
+                self.stack.down()
+                if attempt == attempts or not any(c in str(exc) for c in PORT_CLASH):
+                    raise
+                shutil.rmtree(self.stack.home, ignore_errors=True)
+                print(f"  a port was taken before the stack bound it; new ports (attempt {attempt + 1})", flush=True)
+                self.stack = self._make_stack(self.stack.home)
 
     # ---- settings per principal ----------------------------------------------------------
     def env(self, principal: str) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith("MYSTOCKS_")}
-        base.update({"PYTHONUNBUFFERED": "1", "MYSTOCKS_BACKEND": "cpu"})
+        # a process (re)started while a fault has the broker down waits for it instead of exiting
+        base.update({"PYTHONUNBUFFERED": "1", "MYSTOCKS_BACKEND": "cpu",
+                     "MYSTOCKS_KAFKA__CONNECT_TIMEOUT_S": str(self.args.recovery_timeout)})
         if isinstance(self.stack, SecureStack):
             base.update(self.stack.env(principal))
             pki = self.stack.pki
@@ -136,6 +172,8 @@ class Soak:
 
     @property
     def url(self) -> str:
+        if not self.web_port:
+            self.web_port = self._read_port()
         return f"{'https' if self.args.secure else 'http'}://127.0.0.1:{self.web_port}"
 
     # ---- processes -----------------------------------------------------------------------
@@ -144,6 +182,20 @@ class Soak:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "mystocks_gpu.cli", *args], cwd=ROOT, stdout=log,
                                             stderr=subprocess.STDOUT, env=self.env(principal))
+        self.spawned[name] = (principal, args)
+
+    def supervise(self) -> None:
+        """Restart a process that exited on its own (as a supervisor would; counted and reported with
+        its exit code: a component that gives up during a fault shows here)."""
+        for name, p in list(self.procs.items()):
+            rc = p.poll()
+            if rc is not None and not self.closing:
+                self.restarts.append({"t_s": round(time.monotonic() - self.t0, 1), "process": name, "exit_code": rc})
+                print(f"  {name} exited ({rc}): restarted", flush=True)
+                principal, args = self.spawned[name]
+                if name == "control":
+                    self.web_port = 0  # it binds a new port: read again from its log
+                self.spawn(name, principal, *args)
 
     def start_features(self) -> None:
         self.spawn("features", "stream", "run", "features", "--group", f"mystocks.soak-{self.tag}", "--worker-id",
@@ -154,7 +206,7 @@ class Soak:
                    "--kinds", "echo,sleep", "--heartbeat-ttl", "3", "--heartbeat-interval", "0.5")
 
     def start_control(self) -> None:
-        self.spawn("control", "control", "control", "--port", str(self.web_port), "--namespace", f"soak{self.tag}",
+        self.spawn("control", "control", "control", "--port", "0", "--namespace", f"soak{self.tag}",
                    "--app-id", f"mystocks-soak-{self.tag}", "--heartbeat-ttl", "3", "--tick", "0.25")
 
     def kill(self, name: str) -> None:
@@ -184,11 +236,28 @@ class Soak:
         except (OSError, ValueError) as exc:
             return 0, str(exc)
 
+    def _read_port(self) -> int:
+        """The control app's port from its log (the latest start's), 0 while it is not listening yet."""
+        try:
+            bound = re.findall(r"control web server on https?://[^ ]+:(\d+)",
+                               (self.logs / "control.log").read_text(errors="replace"))
+        except OSError:
+            return 0
+        return int(bound[-1]) if bound else 0
+
+    def _control_ready(self) -> bool:
+        if not self.web_port:
+            self.web_port = self._read_port()
+            if not self.web_port:
+                return False
+        st, body = self.http("GET", "/health")
+        return st == 200 and isinstance(body, dict) and bool(body.get("ready"))
+
     # ---- load ------------------------------------------------------------------------------
     def produce_loop(self) -> None:
         codec = AvroCodec(default_store())
         producer = make_producer(self.settings("ingest" if self.args.secure else "admin").kafka,
-                                 **{"linger.ms": 5})
+                                 **{"linger.ms": 5, **QUIET})
         syms = [f"SK{self.tag.upper()}{k:03d}" for k in range(self.args.symbols)]
         rng = np.random.default_rng(11)
         mids = {s: 100.0 for s in syms}
@@ -233,7 +302,7 @@ class Soak:
 
     def consume_loop(self, start: dict[int, int]) -> None:
         s = self.settings("admin")
-        c = make_consumer(s.kafka, f"mystocks-soakread-{self.tag}", **{"isolation.level": "read_committed"})
+        c = make_consumer(s.kafka, f"mystocks-soakread-{self.tag}", **{"isolation.level": "read_committed", **QUIET})
         c.assign([TopicPartition("features.ticks", p, o) for p, o in start.items()])
         fid = default_store().by_name("mystocks.features.FeatureVector").id
         while not self.stop.is_set() or not self.drained.is_set():
@@ -322,7 +391,7 @@ class Soak:
             produced = sum(self.produced.values())
         row = {"t_s": round(t, 1), "rss_mb": {k: (round(v, 1) if v is not None else None)
                                                for k, v in ((n, _rss_mb(p)) for n, p in pids.items())},
-               "lag": self.lag(), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "n_lat": len(lat),
+               "pid": dict(pids), "lag": self.lag(), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "n_lat": len(lat),
                "produced": produced, "out_unique": out_n,
                "jobs_done": sum(1 for j in self.jobs.values() if j["state"] == "succeeded")}
         self.timeline.append(row)
@@ -330,8 +399,11 @@ class Soak:
 
     # ---- faults ----------------------------------------------------------------------------
     def fault(self, kind: str) -> dict[str, Any]:
+        """Inject one fault now; its recovery is watched by :meth:`check_recoveries` (sampling goes on)."""
         t = time.monotonic()
-        before_out = len(self.out_counts)
+        with self.lock:
+            before_out = len(self.out_counts)
+        done_before = {j for j, v in list(self.jobs.items()) if v["state"] == "succeeded"}
         if kind == "worker_kill":
             self.kill("features")
             self.kill("jobworker")
@@ -345,29 +417,31 @@ class Soak:
         else:
             raise SystemExit(f"unknown fault {kind}; faults: {', '.join(FAULTS)}")
         took = time.monotonic() - t
-        # recovered: new feature vectors flow again and a job submitted after the fault succeeds
-        done_before = {j for j, v in self.jobs.items() if v["state"] == "succeeded"}
-        rec_t = None
-        end = time.monotonic() + self.args.recovery_timeout
-        while time.monotonic() < end and not self.stop.is_set():
-            flowing = len(self.out_counts) > before_out + 10
-            jobs_ok = any(v["state"] == "succeeded" and j not in done_before for j, v in self.jobs.items())
-            if flowing and jobs_ok:
-                rec_t = time.monotonic() - t
-                break
-            time.sleep(0.5)
-        entry = {"at_s": round(t - self.t0, 1), "kind": kind, "action_s": round(took, 1),
-                 "recovered_s": round(rec_t, 1) if rec_t is not None else None}
-        print(f"  fault {kind} at {entry['at_s']} s: done in {took:.1f} s, recovered in "
-              f"{entry['recovered_s']} s", flush=True)
+        entry = {"at_s": round(t - self.t0, 1), "kind": kind, "action_s": round(took, 1), "recovered_s": None,
+                 "_t": t, "_out": before_out, "_done": done_before}
+        print(f"  fault {kind} at {entry['at_s']} s: done in {took:.1f} s", flush=True)
         return entry
+
+    def check_recoveries(self) -> None:
+        """A fault has recovered once new feature vectors flow (over 10 more than before it) and a job
+        that had not succeeded before it has succeeded; the time from the fault is recorded."""
+        now = time.monotonic()
+        for f in self.fault_log:
+            if f["recovered_s"] is not None or "_t" not in f:
+                continue
+            with self.lock:
+                flowing = len(self.out_counts) > f["_out"] + 10
+            jobs_ok = any(v["state"] == "succeeded" and j not in f["_done"] for j, v in list(self.jobs.items()))
+            if flowing and jobs_ok:
+                f["recovered_s"] = round(now - f["_t"], 1)
+                print(f"  fault {f['kind']} at {f['at_s']} s: recovered in {f['recovered_s']} s", flush=True)
 
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         a = self.args
         print(f"soak {self.tag}: {a.duration:.0f} s, {a.tick_rate:.0f} ticks/s, {a.job_rate:g} jobs/s, "
               f"{'SECURE ' if a.secure else ''}stack in {self.stack.home}", flush=True)
-        self.stack.up()
+        self.stack_up()
         admin_s = self.settings("admin")
         TopicAdmin(admin_s.kafka).create(all_specs())
         if isinstance(self.stack, SecureStack):
@@ -377,19 +451,19 @@ class Soak:
             self.token = store.add("soak", ["admin"])
             store.save(self.stack.home / "tokens.json")
         self._admin = make_admin(admin_s.kafka)
-        self._wm = make_consumer(admin_s.kafka, f"mystocks-soakwm-{self.tag}")
-        md = self._wm.list_topics("md.ticks", timeout=10)
-        self._parts = sorted(md.topics["md.ticks"].partitions)
-        self._start_in = self._high_watermarks()
-        fmd = self._wm.list_topics("features.ticks", timeout=10)
-        start_out = {p: self._wm.get_watermark_offsets(TopicPartition("features.ticks", p), timeout=5)[1]
-                     for p in fmd.topics["features.ticks"].partitions}
+        self._wm = make_consumer(admin_s.kafka, f"mystocks-soakwm-{self.tag}", **QUIET)
+        self._parts = sorted(self._wm.list_topics("md.ticks", timeout=10).topics["md.ticks"].partitions)
+        # (just created: leaders may not be elected yet)
+        self._start_in = _retry(self._high_watermarks, "md.ticks watermarks")
+        out_parts = sorted(self._wm.list_topics("features.ticks", timeout=10).topics["features.ticks"].partitions)
+        start_out = _retry(lambda: {p: self._wm.get_watermark_offsets(TopicPartition("features.ticks", p), timeout=5)[1]
+                                    for p in out_parts}, "features.ticks watermarks")
         self.start_control()
         self.start_jobworker()
         self.start_features()
         end = time.monotonic() + 180
-        while self.http("GET", "/health")[1] is None or not (self.http("GET", "/health")[1] or {}).get("ready"):
-            if time.monotonic() > end:
+        while not self._control_ready():
+            if time.monotonic() > end or self.procs["control"].poll() is not None:
                 raise SystemExit(f"control app not ready in 180 s; see {self.logs}/control.log")
             time.sleep(0.5)
         self.drained = threading.Event()
@@ -405,6 +479,8 @@ class Soak:
             if schedule and now >= schedule[0][0]:
                 self.fault_log.append(self.fault(schedule.pop(0)[1]))
                 continue
+            self.check_recoveries()
+            self.supervise()
             if now - last >= a.sample_s:
                 last = now
                 row = self.sample()
@@ -412,6 +488,7 @@ class Soak:
                       f"out={row['out_unique']}/{row['produced']} jobs={row['jobs_done']}/{len(self.jobs)} "
                       f"rss={ {k: v for k, v in row['rss_mb'].items() if v} }", flush=True)
             time.sleep(0.2)
+        self.not_run = [k for _, k in schedule]  # a fault that took longer than planned pushed them past the end
         self.stop.set()
         threads[0].join(timeout=150)
         # drain: every produced tick out (or the bound), every job final
@@ -419,10 +496,13 @@ class Soak:
         end = time.monotonic() + a.drain_timeout
         while time.monotonic() < end:
             self.poll_jobs()
+            self.check_recoveries()
+            self.supervise()
             if len(self.out_counts) >= want and all(j["state"] in ("succeeded", "failed", "cancelled", "rejected")
                                                     for j in self.jobs.values() if j["state"] != "submitting"):
                 break
             time.sleep(1.0)
+        self.check_recoveries()
         final_lag = self.lag()
         self.drained.set()
         threads[1].join(timeout=10)
@@ -436,16 +516,23 @@ class Soak:
         dup = sum(c - 1 for c in out.values() if c > 1)
         unexpected = len(set(out) - produced)
         lat_p99 = [r["p99_ms"] for r in self.timeline if r["p99_ms"] is not None]
-        warm = [r for r in self.timeline if r["t_s"] >= 0.15 * a.duration]
         rss: dict[str, Any] = {}
         for role in sorted({k for r in self.timeline for k in r["rss_mb"]}):
-            series = [r["rss_mb"].get(role) for r in warm if r["rss_mb"].get(role)]
-            if len(series) < 6:
+            # growth is judged on the last incarnation of the process (a SIGKILLed worker restarts small)
+            last_pid = next((r["pid"].get(role) for r in reversed(self.timeline) if r["pid"].get(role)), None)
+            rows = [r for r in self.timeline if r["rss_mb"].get(role) and r["pid"].get(role) == last_pid]
+            # after its warm-up (imports, compiles, first batches): 15 % of the run, at least 20 s
+            born = rows[0]["t_s"] if rows else 0.0
+            series = [r["rss_mb"][role] for r in rows if r["t_s"] >= born + max(20.0, 0.15 * a.duration)]
+            if not series:
                 continue
-            ref = float(np.median(series[len(series) // 6: max(len(series) // 3, len(series) // 6 + 1)]))
-            tail = float(np.median(series[-max(1, len(series) // 3):]))
-            rss[role] = {"first_mb": series[0], "last_mb": series[-1], "max_mb": max(series),
-                         "growth": round(tail / ref, 3) if ref else None}
+            entry: dict[str, Any] = {"first_mb": series[0], "last_mb": series[-1], "max_mb": max(series),
+                                     "samples": len(series), "growth": None}
+            if len(series) >= 6:  # median of the last third over the median of the second sixth
+                ref = float(np.median(series[len(series) // 6: max(len(series) // 3, len(series) // 6 + 1)]))
+                tail = float(np.median(series[-max(1, len(series) // 3):]))
+                entry["growth"] = round(tail / ref, 3) if ref else None
+            rss[role] = entry
         jobs = list(self.jobs.values())
         jl = [j["latency_s"] for j in jobs if "latency_s" in j]
         lags = [r["lag"] for r in self.timeline if r["lag"] is not None]
@@ -459,8 +546,8 @@ class Soak:
         if bad_jobs:
             failures.append(f"{len(bad_jobs)} of {len(jobs)} jobs not succeeded: "
                             f"{sorted({j['state'] for j in bad_jobs})}")
-        for role, r in rss.items():
-            if r["growth"] is not None and r["growth"] > a.rss_growth:
+        for role, r in rss.items():  # (this script keeps every key it saw to check in == out: not bounded)
+            if role != "soak" and r["growth"] is not None and r["growth"] > a.rss_growth:
                 failures.append(f"RSS of {role} grew {r['growth']}x (bound {a.rss_growth}x)")
         if lags and max(lags) > a.max_lag:
             failures.append(f"lag reached {max(lags)} records (bound {a.max_lag})")
@@ -469,6 +556,13 @@ class Soak:
         unrecovered = [f["kind"] for f in self.fault_log if f["recovered_s"] is None]
         if unrecovered:
             failures.append(f"no recovery after: {', '.join(unrecovered)}")
+        slow = [f"{f['kind']} ({f['recovered_s']} s)" for f in self.fault_log
+                if f["recovered_s"] is not None and f["recovered_s"] > a.recovery_timeout]
+        if slow:
+            failures.append(f"recovery over {a.recovery_timeout:.0f} s after: {', '.join(slow)}")
+        faults = [{k: v for k, v in f.items() if not k.startswith("_")} for f in self.fault_log]
+        if self.not_run:
+            failures.append(f"faults not run (the run ended first): {', '.join(self.not_run)}")
         return {
             "bench": "soak", "secure": a.secure, "duration_s": a.duration, "tick_rate": a.tick_rate,
             "job_rate": a.job_rate, "symbols": a.symbols, "machine": _machine(),
@@ -481,11 +575,12 @@ class Soak:
                            "p99_per_window_max": max(lat_p99) if lat_p99 else None,
                            "p99_per_window_median": float(np.median(lat_p99)) if lat_p99 else None},
             "lag": {"max": max(lags) if lags else None, "final": final_lag},
-            "rss": rss, "faults": self.fault_log, "timeline": self.timeline,
+            "rss": rss, "faults": faults, "faults_not_run": self.not_run, "restarts": self.restarts, "timeline": self.timeline,
             "ok": not failures, "failures": failures,
         }
 
     def close(self) -> None:
+        self.closing = True
         self.stop.set()
         for p in self.procs.values():
             if p.poll() is None:
@@ -533,6 +628,20 @@ def _schedule(spec: str | None, duration: float) -> list[tuple[float, str]]:
     return out
 
 
+def _retry(fn: Any, what: str, timeout_s: float = 120.0) -> Any:
+    """``fn()`` once it stops raising Kafka errors (leaders of new topics being elected), within ``timeout_s``."""
+    from confluent_kafka import KafkaException
+
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            return fn()
+        except KafkaException as exc:
+            if time.monotonic() > end:
+                raise SystemExit(f"{what}: {exc}") from None
+            time.sleep(0.5)
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
@@ -553,17 +662,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faults", default=None,
                     help="KIND@SECONDS,... (kinds: worker_kill, broker_restart, redis_restart); default: one of "
                          "each at 25/50/75 %% of the run; '' for none")
-    ap.add_argument("--sample-s", type=float, default=5.0, help="sampling period of RSS, lag, latency (default 5)")
+    ap.add_argument("--sample-s", type=float, default=None,
+                    help="sampling period of RSS, lag, latency (default 5; 2 with --quick)")
     ap.add_argument("--rss-growth", type=float, default=1.5, help="bound of RSS growth per process (default 1.5x)")
     ap.add_argument("--max-lag", type=int, default=200_000, help="bound of the consumer lag, records (default 200000)")
-    ap.add_argument("--recovery-timeout", type=float, default=180.0, help="seconds a fault may take to recover")
+    ap.add_argument("--recovery-timeout", type=float, default=180.0,
+                    help="seconds a fault may take to recover (feature vectors flow, a later job succeeds)")
     ap.add_argument("--drain-timeout", type=float, default=180.0, help="seconds to drain at the end")
+    ap.add_argument("--startup-timeout", type=float, default=300.0, help="seconds Kafka may take to start (default 300)")
     ap.add_argument("--secure", action="store_true", help="run on the secure stack (TLS, SCRAM, ACLs, tokens)")
     ap.add_argument("--keep", action="store_true", help="keep the stack home (logs) after the run")
     ap.add_argument("--json", type=Path, default=None, help="write the summary JSON here")
     args = ap.parse_args(argv)
     if args.quick:
         args.duration = 90.0
+    if args.sample_s is None:
+        args.sample_s = 2.0 if args.quick else 5.0
     soak = Soak(args)
     try:
         summary = soak.run()

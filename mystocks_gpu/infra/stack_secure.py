@@ -17,16 +17,18 @@
 Roles (what each principal may do; ``md.*`` = market data):
 
 ===========  ==================================================================================
-stream       read ``md.*``; write the processors' outputs (``features.*``, ``agg.*``,
-             ``md.bars.1s``/``1m``) and the DLQs of their inputs; changelogs and transactions
-             under ``mystocks.``
-jobworker    read its dispatch topic (``jobs.dispatch.*``) and history (``md.*``, ``features.*``);
-             write ``jobs.events`` and ``results.*``
+stream       read ``md.*``, ``orders.parent``; write the processors' outputs (``features.*``,
+             ``agg.*``, ``md.bars.1s``/``1m``, ``orders.schedule``/``scored``) and the DLQs of
+             their inputs; changelogs and transactions under ``mystocks.``
+jobworker    read its dispatch topic (``jobs.dispatch.*``) and history (``md.*``, ``features.*``,
+             ``execution.params``); write ``jobs.events`` and ``results.*``
 control      read ``cmd.jobs``, ``jobs.events`` (and ``md.ticks``/``features.ticks`` for the
              WebSocket); write ``job.status``, ``alerts``, ``jobs.dispatch.*``, ``cmd.jobs`` (HTTP
              submissions), ``cmd.jobs.dlq``; its Faust topics under ``mystocks-``
-client       write ``cmd.jobs``; read ``results.*``, ``job.status``, ``alerts``
-ingest       write market data (``md.*``): the only principal besides the admin that may
+client       write ``cmd.jobs``, ``orders.parent``; read ``results.*``, ``job.status``, ``alerts``,
+             ``orders.schedule``/``scored``
+ingest       write market data (``md.*``): the only principal besides the admin that may; and
+             the execution parameters estimated from it (``orders.parent``, ``execution.params``)
 ===========  ==================================================================================
 
 Every role may describe topics and their configs and use consumer groups named ``mystocks*``.
@@ -73,6 +75,10 @@ ROLES: dict[str, tuple[Grant, ...]] = {
         ("TOPIC", "LITERAL", "md.bars.1s", ("WRITE",)),
         ("TOPIC", "LITERAL", "md.bars.1m", ("WRITE",)),
         *(("TOPIC", "LITERAL", d, ("WRITE",)) for d in _MD_DLQS),
+        ("TOPIC", "LITERAL", "orders.parent", ("READ",)),  # the execution processor
+        ("TOPIC", "LITERAL", "orders.schedule", ("WRITE",)),
+        ("TOPIC", "LITERAL", "orders.scored", ("WRITE",)),
+        ("TOPIC", "LITERAL", "orders.parent.dlq", ("WRITE",)),
         ("TOPIC", "PREFIXED", "mystocks.", ("READ", "WRITE", "CREATE")),
         ("TRANSACTIONAL_ID", "PREFIXED", "mystocks.", ("WRITE", "DESCRIBE")),
     ),
@@ -80,6 +86,7 @@ ROLES: dict[str, tuple[Grant, ...]] = {
         ("TOPIC", "PREFIXED", "jobs.dispatch.", ("READ", "CREATE")),
         ("TOPIC", "PREFIXED", "md.", ("READ",)),
         ("TOPIC", "PREFIXED", "features.", ("READ",)),
+        ("TOPIC", "LITERAL", "execution.params", ("READ",)),
         ("TOPIC", "LITERAL", "jobs.events", ("WRITE",)),
         ("TOPIC", "PREFIXED", "results.", ("WRITE",)),
     ),
@@ -100,9 +107,16 @@ ROLES: dict[str, tuple[Grant, ...]] = {
         ("TOPIC", "PREFIXED", "results.", ("READ",)),
         ("TOPIC", "LITERAL", "job.status", ("READ",)),
         ("TOPIC", "LITERAL", "alerts", ("READ",)),
+        ("TOPIC", "LITERAL", "orders.parent", ("WRITE",)),
+        ("TOPIC", "LITERAL", "orders.schedule", ("READ",)),
+        ("TOPIC", "LITERAL", "orders.scored", ("READ",)),
     ),
     "ingest": (
-        ("TOPIC", "PREFIXED", "md.", ("WRITE",)),
+        ("TOPIC", "PREFIXED", "md.", ("READ", "WRITE")),
+        # `execution params`: estimated from md.* history, broadcast in orders.parent + execution.params
+        ("TOPIC", "LITERAL", "orders.parent", ("WRITE",)),
+        ("TOPIC", "LITERAL", "execution.params", ("WRITE",)),
+        ("TRANSACTIONAL_ID", "PREFIXED", "mystocks-params-", ("WRITE", "DESCRIBE")),
     ),
 }
 #: Redis ACL rules per role (job plane: every command but the dangerous ones; others: connect only)

@@ -85,6 +85,17 @@ def test_principals_settings_acls_and_server_files(tmp_path: Path) -> None:
                    and n != "md.bars.1m" and not n.endswith(".dlq"))  # nobody but ingest writes market data
     assert ("TOPIC", "PREFIXED", "md.", "WRITE") in ingest
     assert ("TRANSACTIONAL_ID", "PREFIXED", "mystocks.", "WRITE") in stream
+    # the execution processor: parent orders in, schedules and scores out; clients place orders
+    assert {("TOPIC", "LITERAL", "orders.parent", "READ"), ("TOPIC", "LITERAL", "orders.schedule", "WRITE"),
+            ("TOPIC", "LITERAL", "orders.parent.dlq", "WRITE")} <= stream
+    assert ("TOPIC", "LITERAL", "orders.parent", "WRITE") in client
+    # every DLQ twin of a topic a stream worker reads is writable by it (bad input is never lost)
+    from mystocks_gpu.topics import all_specs
+
+    reads = {n for _, pat, n, op in stream if op == "READ" and pat == "LITERAL"}
+    for spec in all_specs():
+        if spec.name.endswith(".dlq") and spec.name[:-4] in reads:
+            assert ("TOPIC", "LITERAL", spec.name, "WRITE") in stream, spec.name
     assert all(b.principal == "User:c" and b.permission_type.name == "ALLOW" for b in st.acl_bindings("c", "client"))
     st.kafka_dir.mkdir(parents=True)
     props = st._server_properties()

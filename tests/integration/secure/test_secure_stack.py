@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 import struct
 import subprocess
@@ -29,7 +30,6 @@ from mystocks_gpu.infra.stack_secure import SecureStack
 from mystocks_gpu.schemas import schema_store
 from mystocks_gpu.streams.dead_letters import H_ERROR_CLASS, H_ERROR_MESSAGE
 from tests.conftest import ROOT, run_cli, wait_until
-from tests.integration.jobs_plane import free_port
 from tests.integration.test_backtest_job import _key, _published
 
 DAY = 86_400 * 10**9
@@ -181,8 +181,7 @@ class SecurePlane:
         self.st = st
         self.u = uuid.uuid4().hex[:6]
         self.ns = f"s{self.u}"
-        self.port = free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
+        self.port = 0  # the control app binds a port of the kernel's choice (never a clash); read from its log
         self.auth_file = tmp / "tokens.json"
         self.tokens: dict[str, str] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -211,6 +210,10 @@ class SecurePlane:
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
     def req(self, method: str, path: str, token: str | None = None, body: Any = None, raw: bytes | None = None,
             headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -224,11 +227,16 @@ class SecurePlane:
             return exc.code, json.loads(exc.read() or b"null")
 
     def start(self) -> None:
-        self.spawn("control", "control", "control", "--port", str(self.port), "--namespace", self.ns, "--app-id",
+        self.spawn("control", "control", "control", "--port", "0", "--namespace", self.ns, "--app-id",
                    f"mystocks-sec-{self.u}", "--heartbeat-ttl", "3", "--tick", "0.25", **self.api_env)
 
         def ready() -> bool:
             assert self.procs["control"].poll() is None, self.log("control")
+            if not self.port:
+                bound = re.search(r"control web server on https://[^ ]+:(\d+)", self.log("control"))
+                if bound is None:
+                    return False
+                self.port = int(bound.group(1))
             try:
                 return bool(self.req("GET", "/health")[1].get("ready"))
             except OSError:
@@ -283,7 +291,7 @@ def _direct(bars: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(out.rows(len(out.stats)))
 
 
-def _load_bars(st: SecureStack, tmp: Path) -> pd.DataFrame:
+def _load_bars(st: SecureStack) -> pd.DataFrame:
     rng = np.random.default_rng(7)
     tag = uuid.uuid4().hex[:5].upper()
     days = pd.bdate_range("2022-01-03", periods=300, tz="UTC")
@@ -295,19 +303,24 @@ def _load_bars(st: SecureStack, tmp: Path) -> pd.DataFrame:
                                     "high": (np.maximum(opn, close) * 1.004).round(4),
                                     "low": (np.minimum(opn, close) * 0.996).round(4), "close": close.round(4),
                                     "volume": rng.integers(1e5, 1e6, days.size)}))
+    from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
+    from mystocks_gpu.schemas import AvroCodec
+
     df = pd.concat(frames, ignore_index=True)
-    f = tmp / "daily.csv"
-    df.to_csv(f, index=False)
-    r = run_cli("load", str(f), "--topic", "md.bars.1d", env=as_principal(st, "ingest"), timeout=300)
-    assert r.returncode == 0 and f"loaded {len(df)} records" in r.stdout, r.stderr
     df["ts"] = pd.to_datetime(df["date"], utc=True).dt.as_unit("ns").astype("int64")
     df["symbol"] = df["ticker"]
+    ingest = _settings(st, "ingest")
+    codec = AvroCodec(schema_store(ingest))
+    items = [(r.symbol.encode(), codec.encode("mystocks.md.Bar", {
+        "symbol": r.symbol, "ts_event": int(r.ts), "interval_ns": DAY, "open": r.open, "high": r.high, "low": r.low,
+        "close": r.close, "volume": float(r.volume), "vwap": r.close, "trades": 1}), int(r.ts) // 10**6)
+        for r in df.itertuples()]
+    assert produce_all(make_producer(ingest.kafka), "md.bars.1d", items) == len(df)  # history, as `ingest`
     return df
 
 
-def test_backtest_job_through_the_secure_control_plane(plane: SecurePlane, secure_stack: SecureStack,
-                                                       tmp_path: Path) -> None:
-    bars = _load_bars(secure_stack, tmp_path)
+def test_backtest_job_through_the_secure_control_plane(plane: SecurePlane, secure_stack: SecureStack) -> None:
+    bars = _load_bars(secure_stack)
     spec = {"universe": sorted(bars["symbol"].unique()), "start": int(bars["ts"].min()),
             "end": int(bars["ts"].max()) + DAY, "strategy": "ma_cross",
             "params": {"fast": [5, 10], "slow": [30, 60]}, "fees": 0.001, "slippage": 0.0005, "top_n": 3,
