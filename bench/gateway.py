@@ -160,7 +160,7 @@ def main() -> int:
     ctl = _spawn(["control", "--port", str(web), "--namespace", ns, "--app-id", f"bench-{ns}"], {}, logs / "control.log")
     gw = _spawn(["gateway", "--port", str(gport)], {"MYSTOCKS_GATEWAY__BACKTEST_KIND": "echo"}, logs / "gateway.log")
     try:
-        _wait(lambda: "gRPC gateway on" in (logs / "gateway.log").read_text(errors="replace"), 60, "the gateway")
+        _wait(lambda: "gRPC gateway on" in (logs / "gateway.log").read_text(errors="replace"), 300, "the gateway")
         import urllib.request
 
         def ready() -> bool:
@@ -170,7 +170,7 @@ def main() -> int:
             except OSError:
                 return False
 
-        _wait(ready, 90, "the control app")
+        _wait(ready, 300, "the control app")
         target = f"127.0.0.1:{gport}"
         lat = submit_latency(s, target, JobsConfig(namespace=ns), args.jobs)
         thr = throughput(s, target, args.ticks, args.batch)
