@@ -215,7 +215,7 @@ def test_backtest_submit_watch_query_equal_the_cli(gateway: GatewayThread, token
     spec = _spec(bars)
     with client(gateway, tokens) as gc:
         job_id = gc.submit_backtest(spec, bypass_cache=True)
-        watched = list(gc.watch(job_id, timeout_s=300))  # the first backtest compiles the engine (numba)
+        watched = list(gc.watch(job_id, timeout_s=600))  # the first backtest compiles the engine (numba)
         # every state change, in order, equal to the job.status records of the job on the topic
         topic = [r.value for r in read_topic(settings.kafka, "job.status", max_records=None, idle_timeout_s=2)
                  if r.value and r.value["job_id"] == job_id]
