@@ -17,6 +17,7 @@ from mystocks_gpu import __version__
 from mystocks_gpu.cli import (
     auth,
     config,
+    connect,
     control,
     data,
     execution,
@@ -33,7 +34,7 @@ from mystocks_gpu.infra.logs import kv, setup_logging
 
 log = logging.getLogger("mystocks_gpu.cli")
 #: command groups, in the order ``--help`` lists them; each module has ``add_commands(subparsers)``
-GROUPS = (stack, topics, data, run, control, submit, models, execution, config, auth, gateway)
+GROUPS = (stack, topics, data, run, control, submit, models, execution, config, connect, auth, gateway)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 from mystocks_gpu.exceptions import ConfigError
@@ -18,6 +19,9 @@ def cmd_stack(args: argparse.Namespace, s: Settings) -> int:
     if args.action in ("env", "add-principal") and not isinstance(stack, SecureStack):
         raise ConfigError(f"`stack {args.action}` is for the secure stack: use --secure (stack up --secure first)")
     if args.action == "up":
+        from mystocks_gpu.infra.services_config import parse_with
+
+        optional = parse_with(args.with_)  # unknown names fail before anything starts
         t0 = time.monotonic()
         for c in stack.up():
             print(f"{c.name:<6} {c.state:<8} pid={c.pid} {c.address}")
@@ -28,6 +32,8 @@ def cmd_stack(args: argparse.Namespace, s: Settings) -> int:
             print(f"secure: SASL_SSL/SCRAM-SHA-512 + ACLs, Redis TLS + ACL users; CA {stack.pki.ca}")
             print(f"principals ({', '.join(p.name for p in stack.principals())}, admin): settings in {d}/NAME.env; "
                   "e.g. eval \"$(mystocks-gpu stack env stream --secure)\"")
+        if optional:
+            _services_up(stack, s, optional)
     elif args.action == "down":
         stopped = stack.down()
         print("stopped: " + (", ".join(stopped) if stopped else "nothing (no component of this stack was running)"))
@@ -35,7 +41,21 @@ def cmd_stack(args: argparse.Namespace, s: Settings) -> int:
         states = stack.status()
         for c in states:
             print(f"{c.name:<6} {c.state:<8} pid={c.pid or '-'} {c.address} {c.detail}".rstrip())
+        _services_status(stack, s)
         return 0 if all(c.state == "running" for c in states) else 3
+    elif args.action == "fetch":
+        from mystocks_gpu.infra.services_config import parse_with
+
+        optional = parse_with(args.with_)
+        t0 = time.monotonic()
+        print(f"kafka jars  {stack.fetch_kafka()}")
+        if "connect" in optional:
+            from mystocks_gpu.infra.stack_connect import ConnectWorker
+
+            worker = ConnectWorker(stack, s)
+            print(f"jdbc sink   {worker.jdbc_plugin()}")
+            print(f"converter   {worker.converter_plugin()}")
+        print(f"fetched in {time.monotonic() - t0:.1f} s (Maven repository {Path(s.stack.cache_dir).expanduser() / 'm2'})")
     elif args.action == "classpath":
         stack.fetch_kafka()
         print(stack.classpath)
@@ -62,10 +82,34 @@ def add_commands(sub: Any) -> None:
                         description="Local stack: Apache Kafka (KRaft, jars from Maven Central) and redis-server on "
                                     "loopback. --secure: TLS everywhere, SCRAM-SHA-512 users, ACLs per principal, "
                                     "Redis TLS + ACL users (see README 'Security').")
-    sp.add_argument("action", choices=["up", "down", "status", "classpath", "env", "add-principal"],
-                    help="env NAME: print the MYSTOCKS_* exports of a principal; add-principal NAME --role R")
+    sp.add_argument("action", choices=["up", "down", "status", "fetch", "classpath", "env", "add-principal"],
+                    help="env NAME: print the MYSTOCKS_* exports of a principal; add-principal NAME --role R; "
+                         "fetch: resolve the Kafka jars with Maven into stack.cache_dir (no server starts); "
+                         "with --with connect also the Connect plugins")
     sp.add_argument("name", nargs="?", help="principal name (env, add-principal)")
     sp.add_argument("--secure", action="store_true",
                     help="the secure stack (default: secure when the stack home already holds one)")
     sp.add_argument("--role", choices=sorted(ROLES), help="role of a new principal (add-principal)")
+    sp.add_argument("--with", dest="with_", default="", metavar="COMPONENTS",
+                    help="up: also start optional servers, comma-separated: postgres, connect (brings postgres), "
+                         "prometheus (settings in [services]); fetch: connect fetches its plugins")
     sp.set_defaults(func=cmd_stack)
+
+
+def _services_up(stack: Any, s: Settings, optional: tuple[str, ...]) -> None:
+    """``stack up --with ...``: start the optional servers (stack_services)."""
+    from mystocks_gpu.infra.stack_services import start_services
+
+    t0 = time.monotonic()
+    for c in start_services(stack, s, optional):
+        if c.state != "off":
+            print(f"{c.name:<10} {c.state:<8} pid={c.pid} {c.address}")
+    print(f"optional servers up in {time.monotonic() - t0:.1f} s")
+
+
+def _services_status(stack: Any, s: Settings) -> None:
+    from mystocks_gpu.infra.stack_services import services_status
+
+    for c in services_status(stack, s):
+        if c.state != "off":
+            print(f"{c.name:<10} {c.state:<8} pid={c.pid or '-'} {c.address}")

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.infra.services_config import ServicesConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -425,6 +426,7 @@ class Settings:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
     #: array backend: ``auto`` (GPU when CuPy and a CUDA device are present), ``cpu`` or ``gpu``
     backend: str = "auto"
 
@@ -468,6 +470,7 @@ _SECTIONS: dict[str, type] = {
     "jobs": JobsConfig,
     "api": ApiConfig,
     "gateway": GatewayConfig,
+    "services": ServicesConfig,
 }
 _TOP_LEVEL = {"backend"}
 
