@@ -9,10 +9,11 @@ from __future__ import annotations
 from mystocks_gpu.jobs import builtin_kinds
 from mystocks_gpu.processors.backtest.job import KIND as BACKTEST
 from mystocks_gpu.processors.exceptions import JobSpecError
+from mystocks_gpu.processors.execution.execsim_job import KIND as EXECSIM
 from mystocks_gpu.processors.job_kind import Chunker, Combiner, JobKind, JobSpec, Runner
 from mystocks_gpu.processors.training.train_job import KIND as TRAIN
 
-_KINDS: dict[str, JobKind] = {k.name: k for k in (builtin_kinds.SLEEP, builtin_kinds.ECHO, BACKTEST, TRAIN)}
+_KINDS: dict[str, JobKind] = {k.name: k for k in (builtin_kinds.SLEEP, builtin_kinds.ECHO, BACKTEST, EXECSIM, TRAIN)}
 
 
 def register_kind(name: str, spec_cls: type[JobSpec], runner: Runner, *, chunker: Chunker | None = None,

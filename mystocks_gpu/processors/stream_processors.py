@@ -31,8 +31,16 @@ def _signals(output_topic: str | None = None, backend: str = "auto", model: str 
     return make_signals(model=model, output_topic=output_topic, backend=backend, kafka=kafka, store=store)
 
 
+def _execution(output_topic: str | None = None, backend: str = "auto", **kw: Any) -> Processor[Any]:
+    """orders.parent -> orders.schedule + orders.scored (``--output-topic T``: scores to T, schedules
+    to T with ``.scored`` replaced by ``.schedule``); ``kw``: ``store``, ``cfg``."""
+    from mystocks_gpu.processors.execution.exec_processor import make
+
+    return make(output_topic=output_topic, backend=backend, **kw)
+
+
 PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate, "features": _features,
-                                                        "signals": _signals}
+                                                        "execution": _execution, "signals": _signals}
 
 
 def register(name: str, factory: Callable[..., Processor[Any]]) -> None:
@@ -51,7 +59,10 @@ def create(name: str, **kw: Any) -> Processor[Any]:
         raise ConfigError(f"unknown processor {name!r}; known: {', '.join(sorted(PROCESSORS))}") from None
     import inspect
 
-    takes = set(inspect.signature(factory).parameters)
+    params = inspect.signature(factory).parameters
+    takes = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # ``**kw``: every keyword but model / kafka
+        takes |= {k for k in kw if k not in ("model", "kafka")}
     extra = sorted(k for k, v in kw.items() if k not in takes and v is not None and k != "kafka")
     if extra:
         raise ConfigError(f"processor {name!r} takes no {', '.join('--' + k.replace('_', '-') for k in extra)}")
