@@ -11,7 +11,8 @@
    feature vectors with it through the ``signals`` processor (exactly-once, ``signals.<model>``).
 7. execution (workload 6): market parameters estimated from md.ticks and published, the
    in-process decision latency, parent orders through `mystocks-gpu run execution` (round trip),
-   and an execsim of a few orders on the replayed tape (``step_execution``).
+   and an execsim of a few orders on the replayed tape (``step_execution``);
+8. how to consume the topics yourself.
 """
 
 from __future__ import annotations
@@ -148,13 +149,13 @@ def main() -> int:
         print(f"   {b.get('symbol')} O={b.get('open')} H={b.get('high')} L={b.get('low')} C={b.get('close')} "
               f"V={b.get('volume')} VWAP={round(b.get('vwap') or 0, 4)} trades={b.get('trades')}")
     step_training(s, int(cols["ts"].min()), run_id)
-    print("7. consume the results yourself:\n"
+    step_execution(s, cols, names, run_id)
+    print("8. consume the results yourself:\n"
           "   .venv/bin/mystocks-gpu consume features.ticks --from-beginning --max 5 --json\n"
           "   .venv/bin/mystocks-gpu consume md.bars.1m --from-beginning --max 5\n"
           "   .venv/bin/mystocks-gpu models list; .venv/bin/mystocks-gpu consume signals.demo-ridge --from-beginning --max 5\n"
           f"   kcat -b {s.kafka.bootstrap_servers} -C -t features.ticks -c 1 -f '%k %T\\n'\n"
           "   stop the stack: make stack-down")
-    step_execution(s, cols, names, run_id)
     return 0
 
 

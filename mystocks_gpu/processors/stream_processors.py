@@ -60,9 +60,9 @@ def create(name: str, **kw: Any) -> Processor[Any]:
     import inspect
 
     params = inspect.signature(factory).parameters
-    takes = set(params)
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # e.g. execution's (**kw: store, cfg)
-        takes |= {"store"}
+    takes = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # ``**kw``: every keyword but model / kafka
+        takes |= {k for k in kw if k not in ("model", "kafka")}
     extra = sorted(k for k, v in kw.items() if k not in takes and v is not None and k != "kafka")
     if extra:
         raise ConfigError(f"processor {name!r} takes no {', '.join('--' + k.replace('_', '-') for k in extra)}")

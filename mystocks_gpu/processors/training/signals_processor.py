@@ -106,8 +106,12 @@ class SignalsStats:
 def finite_rows(X: np.ndarray) -> np.ndarray:
     """bool ``(n,)``: rows of ``X`` (n, p) whose values are all finite. A finite row sum proves a
     row finite (NaN or +-inf anywhere makes the sum non-finite); only rows whose sum is not finite
-    (a bad value, or an overflowing sum) are checked value by value."""
-    ok = np.isfinite(np.add.reduce(X, axis=1))
+    (a bad value, or an overflowing sum) are checked value by value. The sums are one BLAS
+    matrix-vector product (``X @ 1``), several times faster than a reduction over axis 1."""
+    if X.ndim != 2 or not X.shape[1]:
+        return np.isfinite(X).all(axis=1)  # type: ignore[no-any-return]
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, overflowing sums: re-checked below
+        ok = np.isfinite(X @ np.ones(X.shape[1], dtype=X.dtype))
     if not ok.all():
         bad = np.flatnonzero(~ok)
         ok[bad] = np.isfinite(X[bad]).all(axis=1)

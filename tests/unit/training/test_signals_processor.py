@@ -128,3 +128,16 @@ def test_state_names_the_version_and_survives_the_changelog() -> None:
     assert proc.output_topics == ("custom",) and len(res.outputs.records["custom"][1]) == 10
     blob = proc.state_to_bytes(res.state, res.symbols)
     assert proc.state_from_bytes(blob, res.symbols) == res.state and res.state.sha256 == v1.content_sha256
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_finite_rows_equals_numpy_isfinite(dtype: type) -> None:
+    """The row-sum shortcut agrees with ``np.isfinite(X).all(axis=1)``: NaN, +-inf, inf - inf in one
+    row, and finite rows whose sum overflows."""
+    from mystocks_gpu.processors.training.signals_processor import finite_rows
+
+    rng = np.random.default_rng(7)
+    X = (rng.uniform(-1, 1, (2000, 7)) * (float(np.finfo(dtype).max) / 2)).astype(dtype)  # many sums overflow
+    X[rng.integers(0, 2000, 60), rng.integers(0, 7, 60)] = np.nan
+    X[3, 2], X[4, 1], X[5, :2] = np.inf, -np.inf, (np.inf, -np.inf)
+    np.testing.assert_array_equal(finite_rows(X), np.isfinite(X).all(axis=1))
