@@ -18,7 +18,7 @@ NVIDIA_DEV ?= /dev/nvidia0
 SYSDEPS = AS_UID=$(AS_UID) $(SHELL) scripts/system_deps.sh
 
 .PHONY: help doctor install system-deps stack-up stack-down demo test test-unit test-install-path \
-	test-gpu test-gpu-run bench lint clean
+	test-gpu test-gpu-run bench lint clean lock audit fuzz soak
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
@@ -29,12 +29,16 @@ doctor: ## report what a fresh machine lacks (tool -> apt package, Java version,
 system-deps: ## apt-get update + install what is missing (python3-venv, redis-server, kcat, Java 17+, Maven, postgresql, prometheus, docker-compose, golang-go)
 	@$(SYSDEPS) install
 
-$(VENV)/.installed: pyproject.toml
+# pinned versions of every dependency of the dev,bench,ml extras (`make lock` regenerates it with uv);
+# installs take them as constraints, so extras outside the lock (gpu, dl) still install
+LOCK := requirements.lock
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@command -v python3 >/dev/null || { echo "error: python3 is required (apt-get install python3 python3-venv)" >&2; exit 1; }
 	@# a venv made before python3-venv was installed has no pip: make it again
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]" -c $(LOCK)
 	@touch $@
 
 install: system-deps $(VENV)/.installed ## system packages + .venv with the package and dev/bench extras; Kafka jars + Connect plugins (the converter built by Maven)
@@ -61,7 +65,7 @@ test-install-path: install ## the install logic run with the system packages hid
 	$(PY) -m pytest -p no:cacheprovider -ra tests/unit/test_system_deps.py $(PYTEST_ARGS)
 
 $(VENV)/.installed-gpu: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[$(EXTRAS),gpu]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS),gpu]" -c $(LOCK)
 	@touch $@
 
 test-gpu: install $(VENV)/.installed-gpu ## install .[gpu] and run the GPU tests (-m gpu) against the CPU backend; needs a CUDA device
@@ -79,8 +83,24 @@ test-gpu-run: ## the GPU tests with $(PY), no install (scripts/gpu_check.sh): fa
 bench: install ## benchmarks (ours vs baselines, printed ratios); writes bench/out/*.json
 	$(CLI) stack up
 	@mkdir -p bench/out
-	for b in codec gpu_ops backtest runtime features_e2e execution factors; do \
+	for b in codec gpu_ops backtest runtime features_e2e training execution factors gateway; do \
 	  [ -f bench/$$b.py ] && $(PY) bench/$$b.py --json bench/out/$$b.json || exit 1; done
+
+lock: ## regenerate requirements.lock (uv pip compile: every platform, Python >= 3.11) from pyproject.toml
+	$(PY) -m pip install -q uv
+	$(PY) -m uv pip compile pyproject.toml --extra dev --extra bench --extra ml --universal --python-version 3.11 \
+	  --no-header --quiet -o $(LOCK)
+
+audit: install ## known vulnerabilities in requirements.lock (pip-audit, PyPI's service; offline: security/pypa-advisories.json.gz); fails unless allowed in security/audit-allowlist.toml
+	$(PY) scripts/audit.py
+
+fuzz: install ## long property-based fuzzing (codec with numba bounds checks, job specs, API bodies)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-3000} FUZZ_OOB_EXAMPLES=$${FUZZ_OOB_EXAMPLES:-1500} $(PY) -m pytest -p no:cacheprovider -ra \
+	  tests/unit/test_fuzz_codec.py tests/unit/test_fuzz_jobs.py tests/unit/test_api_security.py $(PYTEST_ARGS)
+
+soak: install ## soak: features pipeline + jobs for 10 min with faults (SOAK_ARGS="--duration 120 --secure ..."); bench/out/soak.json
+	@mkdir -p bench/out
+	$(PY) bench/soak.py --json bench/out/soak.json $(SOAK_ARGS)
 
 lint: install ## ruff + mypy; deploy/ checks: k8s manifests (kustomize + kubeconform -strict), hadolint, promtool rules
 	$(VENV)/bin/ruff check mystocks_gpu tests bench scripts

@@ -18,8 +18,17 @@ In-memory parts (this phase):
   GPU vs CPU fit time and the largest prediction difference (skipped, with the reason, without a
   CUDA device).
 
-The replay path (``overhead_vs_inmemory``: the train job fed by ``ReplaySource`` vs the same fit
-in memory) needs the ``train`` job kind and comes with phase 2: see :func:`replay_overhead`.
+Job and stream parts:
+
+- ``signals``: the ``signals`` stream processor's ``process()`` on real decoded feature-vector
+  batches (``--batch`` rows; output encoding included, decoding timed apart as ``with_decode``)
+  vs a per-record ``predict`` loop (``ratio_vs_per_record``, goal >= 50: the JSON's top-level
+  field is the smallest over the families) and vs the library's model on a pandas batch;
+- ``replay``: the train job's data path (``ReplaySource`` over a feature topic -> batch decoder
+  -> panel -> labels -> row policy) plus our fit, vs the same library fit on an in-memory
+  DataFrame of the same rows (``overhead_vs_inmemory``, goal <= 1.3; headline: ``gbdt``, whose
+  fit is not milliseconds; ridge is reported too). Needs the local stack (``stack up``);
+  ``--no-replay`` skips it.
 
 Warm-up fits on tiny data run first (numba compilation, torch / XGBoost initialisation are not
 timed). Wall-clock ratios depend on other load: the JSON records the load average. On a machine
@@ -258,12 +267,176 @@ def bench_gpu(rows: int, features: int, rounds: int) -> dict[str, Any]:
     return out
 
 
+# ---- the replay path (phase 2): the train job's data path vs an in-memory frame -------------------
+def replay_data(rows: int, p: int, symbols: int, seed: int = 99) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A daily panel: ``symbols`` x ``rows // symbols`` dates of ``p`` features and a price whose
+    next log return is a linear + interaction function of today's features plus noise."""
+    rng = np.random.default_rng(seed)
+    d = rows // symbols
+    X = rng.standard_normal((symbols, d, p))
+    w = rng.normal(size=p) * (rng.random(p) < 0.5) * 0.002
+    r = np.zeros((symbols, d))
+    r[:, 1:] = X[:, :-1] @ w + 0.001 * np.tanh(X[:, :-1, 0] * X[:, :-1, 1]) + rng.normal(0, 0.01, (symbols, d - 1))
+    price = 50.0 * np.exp(np.cumsum(r, axis=1))
+    days = (np.datetime64("2001-01-01", "ns").astype(np.int64) + np.arange(d, dtype=np.int64) * 86_400 * 10**9)
+    names = [f"B{i:04d}" for i in range(symbols)]
+    return {"sym": np.repeat(np.arange(symbols), d), "ts": np.tile(days, symbols), "X": X.reshape(-1, p),
+            "price": price.reshape(-1), "r_next": np.concatenate([r[:, 1:], np.full((symbols, 1), np.nan)], axis=1)
+            .reshape(-1)}, names
+
+
 def replay_overhead(args: argparse.Namespace) -> dict[str, Any]:
-    """Phase-2 hook: time the ``train`` job fed by ``ReplaySource`` from a features topic against
-    :func:`bench_training`'s in-memory fit of the same rows and report
-    ``overhead_vs_inmemory = replay_s / inmemory_s`` (goal <= 1.3). Needs the job kind."""
-    return {"overhead_vs_inmemory": None,
-            "status": "not measured: the train job kind (phase 2) does not exist yet"}
+    """The train job's data path (``ReplaySource`` over a feature topic -> FeatureVector batch
+    decoder -> panel -> labels -> row policy, :func:`load_training_data`) plus our fit, against
+    the library fed from an in-memory pandas frame of the same rows: ``overhead_vs_inmemory =
+    (replay_s + fit_s) / library_fit_s`` per family; the headline is ``gbdt`` (the family whose
+    fit is not milliseconds). Needs the local stack (``mystocks-gpu stack up``)."""
+    from mystocks_gpu.exceptions import MyStocksError
+    from mystocks_gpu.infra.config import load_settings
+    from mystocks_gpu.infra.kafka_clients import ensure_broker, make_producer, produce_all
+    from mystocks_gpu.processors.training.train_spec import TrainSpec
+    from mystocks_gpu.processors.training.training_data import load_training_data
+    from mystocks_gpu.schemas.batch_codec import BatchEncoder
+    from mystocks_gpu.topics import TopicSpec
+    from mystocks_gpu.topics.admin import TopicAdmin
+
+    s = load_settings()
+    try:
+        ensure_broker(s.kafka)
+    except MyStocksError as exc:
+        return {"overhead_vs_inmemory": None, "status": f"skipped: {exc}"}
+    cols, names = replay_data(args.replay_rows, args.features, args.replay_symbols)
+    keys = [f"f{i}" for i in range(args.features)]
+    tag = C.new_tag()
+    topic = f"bench.train.{tag}"
+    TopicAdmin(s.kafka).create([TopicSpec(topic, "symbol", "mystocks.features.FeatureVector", partitions=4, dlq=False)])
+    vals = BatchEncoder("mystocks.features.FeatureVector").encode(
+        {"symbol": cols["sym"], "ts_event": cols["ts"], "seq": np.arange(cols["ts"].size), "ts_ingest": cols["ts"],
+         "values": np.column_stack([cols["X"], cols["price"]])}, names, map_keys=(*keys, "last_price"))
+    items = zip([names[i].encode() for i in cols["sym"].tolist()], vals, (cols["ts"] // 10**6).tolist(), strict=True)
+    produce_all(make_producer(s.kafka), topic, items)
+    # the same rows in memory, in the job's order (symbol name, date), last date of each symbol unlabelled
+    keep = np.isfinite(cols["r_next"])
+    p_now = cols["price"]
+    p_next = np.r_[p_now[1:], np.nan]
+    X_mem, y_mem = cols["X"][keep], np.log(p_next / p_now)[keep]  # the job's label: log(p[t+1] / p[t])
+    out: dict[str, Any] = {"rows": int(keep.sum()), "records": int(cols["ts"].size), "features": args.features,
+                           "symbols": args.replay_symbols, "topic_partitions": 4, "families": {}}
+    try:
+        for fam in ("gbdt", "ridge"):
+            if fam == "gbdt" and importlib.util.find_spec("xgboost") is None:
+                out["families"][fam] = {"skipped": "xgboost not installed"}
+                continue
+            p = family_params(fam, args.quick)
+            spec = TrainSpec.from_dict({"name": f"bench-{tag}", "inputs": [topic], "features": keys, "frequency": "1d",
+                                        "label_column": "last_price", "family": fam, "params": p, "publish": False,
+                                        "backtest": False, "walk_forward": {"n_splits": 1, "test_dates": 1}})
+            load_training_data(spec, s.kafka)  # warm-up: decoder compile, consumer start
+            t0 = time.perf_counter()
+            data = load_training_data(spec, s.kafka)
+            t1 = time.perf_counter()
+            model = make_model(fam, p, backend="cpu", n_threads=args.threads).fit(data.X, data.y)
+            t2 = time.perf_counter()
+            df = pd.DataFrame(X_mem, columns=keys)
+            est = baseline_estimator(fam, p, args.threads)
+            est.fit(df.iloc[:512], y_mem[:512])
+            t3 = time.perf_counter()
+            est.fit(df, y_mem)
+            lib_s = time.perf_counter() - t3
+            assert data.X.shape == X_mem.shape, (data.X.shape, X_mem.shape)
+            ours_s = t2 - t0
+            out["families"][fam] = {
+                "replay_s": t1 - t0, "replay_rows_s": data.X.shape[0] / (t1 - t0), "fit_s": t2 - t1, "ours_total_s": ours_s,
+                "library_inmemory_s": lib_s, "overhead_vs_inmemory": ours_s / lib_s,
+                "same_rows": bool(np.array_equal(data.X, X_mem)),
+                "label_max_abs_diff": float(np.abs(data.y - y_mem).max()),
+                "pred_max_abs_diff": float(np.abs(model.predict(X_mem[:20_000]) - est.predict(df.iloc[:20_000])).max())}
+    finally:
+        C.cleanup(s, tag)
+    head = out["families"].get("gbdt", {})
+    out["overhead_vs_inmemory"] = head.get("overhead_vs_inmemory")
+    out["status"] = "measured (headline: gbdt)"
+    return out
+
+
+# ---- the signals processor: process() on real batches vs a per-record predict loop ----------------
+def signals_inference(args: argparse.Namespace, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """``SignalsProcessor.process`` on decoded FeatureVector batches of ``--batch`` rows (decode
+    not timed; timed separately as ``with_decode``) vs a per-record ``Model.predict`` loop and vs
+    the library's own model predicting a pandas DataFrame batch (scikit-learn ``Ridge``;
+    ``xgboost.XGBRegressor``)."""
+    import hashlib
+
+    from mystocks_gpu.processors.training.model_registry import ModelVersion
+    from mystocks_gpu.processors.training.model_source import InMemoryModelSource
+    from mystocks_gpu.processors.training.signals_processor import SignalsConfig, SignalsProcessor
+    from mystocks_gpu.schemas.batch_codec import BatchEncoder
+    from mystocks_gpu.schemas.symbols import SymbolTable
+
+    p = X.shape[1]
+    keys = [f"f{i}" for i in range(p)]
+    n_b = args.batches
+    n = args.batch * n_b
+    Xs = np.ascontiguousarray(np.resize(X, (n, p)), dtype=np.float64)  # rows repeated when X is shorter
+    names = [f"S{i:03d}" for i in range(500)]
+    enc = BatchEncoder("mystocks.features.FeatureVector")
+    values = enc.encode({"symbol": np.arange(n) % 500, "ts_event": np.arange(n, dtype=np.int64) * 1000,
+                         "seq": np.arange(n), "ts_ingest": np.zeros(n, np.int64), "values": Xs}, names, map_keys=keys)
+    out: dict[str, Any] = {}
+    for fam in ("ridge", "gbdt"):
+        if fam == "gbdt" and importlib.util.find_spec("xgboost") is None:
+            continue
+        prm = family_params(fam, args.quick)
+        model = make_model(fam, prm, backend="cpu", n_threads=args.threads).fit(X[:50_000], y[:50_000])
+        blob = model.to_bytes()
+        mv = ModelVersion("bench", 1, hashlib.sha256(blob).hexdigest(), {"features": keys}, blob, 0, 0)
+        proc = SignalsProcessor(SignalsConfig("bench", backend="cpu"), InMemoryModelSource([mv]))
+        symbols = SymbolTable()
+        proc.decode(values[:64], np.arange(64), SymbolTable(), 0, 0)  # warm-up (decoder compile / load)
+        batches = []
+        dec_s = []
+        for b in range(n_b):
+            idx = np.arange(b * args.batch, (b + 1) * args.batch)
+            t0 = time.perf_counter()
+            batches.append(proc.decode(values[b * args.batch:(b + 1) * args.batch], idx, symbols, 0, 0).columns)
+            dec_s.append(time.perf_counter() - t0)
+        state = proc.initial_state()
+        proc.process(batches[0], state)  # warm-up
+        model.predict(Xs[:1])
+        # interleaved: each batch's process() then a slice of the per-record loop, so a machine whose
+        # load changes during the run weighs on both sides alike
+        k_b = max(1, min(args.per_record, n) // n_b)
+        lat, rec_s, scores = [], 0.0, []
+        for b, cols in enumerate(batches):
+            t0 = time.perf_counter()
+            o, state = proc.process(cols, state)
+            lat.append(time.perf_counter() - t0)
+            scores.append(o)
+            base = b * args.batch
+            t0 = time.perf_counter()
+            for i in range(base, base + k_b):
+                model.predict(Xs[i:i + 1])
+            rec_s += time.perf_counter() - t0
+        lat_a = np.asarray(lat)
+        rows_s = n / lat_a.sum()
+        k = k_b * n_b
+        per_rec = k / rec_s
+        est = baseline_estimator(fam, prm, args.threads).fit(pd.DataFrame(X[:50_000], columns=keys), y[:50_000])
+        df = pd.DataFrame(Xs[:args.batch], columns=keys)
+        est.predict(df)
+        lib_s = min(timed(lambda est=est, df=df: est.predict(df))[0] for _ in range(5))
+        from mystocks_gpu.schemas import AvroCodec
+
+        got = [AvroCodec().decode(v)["score"] for v in scores[0].records["signals.bench"][1][:256]]
+        out[fam] = {"batch_rows": args.batch, "batches": n_b, "rows_s": rows_s,
+                    "p50_batch_ms": float(np.percentile(lat_a, 50) * 1e3),
+                    "p99_batch_ms": float(np.percentile(lat_a, 99) * 1e3),
+                    "with_decode_rows_s": n / (lat_a.sum() + sum(dec_s)),
+                    "per_record_rows_s": per_rec, "per_record_n": k, "ratio_vs_per_record": rows_s / per_rec,
+                    "library_on_pandas": type(est).__module__.split(".")[0] + "." + type(est).__name__,
+                    "library_on_pandas_rows_s": args.batch / lib_s, "ratio_vs_library_on_pandas": rows_s / (args.batch / lib_s),
+                    "scores_equal_predict": bool(np.array_equal(got, model.predict(Xs[:256])))}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,11 +456,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-rows", type=int, default=10_000_000)
     ap.add_argument("--gpu-features", type=int, default=100)
     ap.add_argument("--gpu-rounds", type=int, default=50, help="gbdt boosting rounds in --gpu")
+    ap.add_argument("--replay-rows", type=int, default=200_000, help="rows of the replay-path part (default 200 000)")
+    ap.add_argument("--replay-symbols", type=int, default=200, help="symbols of the replay-path part (default 200)")
+    ap.add_argument("--no-replay", action="store_true", help="skip the replay-path part (needs the local stack)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
     if args.quick:
         args.rows, args.features, args.forest_rows, args.nn_rows = 20_000, 16, 10_000, 10_000
-        args.batches, args.per_record = 20, 500
+        args.batches, args.per_record, args.replay_rows, args.replay_symbols = 20, 500, 50_000, 100
     families = [f for f in args.families.split(",") if f]
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
@@ -318,11 +494,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu:
         print(f"  gpu: ridge + gbdt on {args.gpu_rows:,} x {args.gpu_features} ...", flush=True)
         res["gpu"] = bench_gpu(args.gpu_rows, args.gpu_features, args.gpu_rounds)
-    res["replay"] = replay_overhead(args)
+    print("  signals processor: process() on decoded feature-vector batches ...", flush=True)
+    res["signals"] = signals_inference(args, X_all, y_all)
+    if args.no_replay:
+        res["replay"] = {"overhead_vs_inmemory": None, "status": "skipped (--no-replay)"}
+    else:
+        print(f"  replay path: {args.replay_rows:,} rows x {args.features} features through a topic ...", flush=True)
+        res["replay"] = replay_overhead(args)
     lin = [r["max_abs_diff_vs_sklearn"] for f, r in res["training"].items() if f in LINEAR]
     res["max_abs_diff_vs_sklearn"] = max(lin) if lin else None
     rpr = [r["ratio_vs_per_record"] for r in res["inference"].values()]
-    res["ratio_vs_per_record"] = min(rpr) if rpr else None
+    res["predict_ratio_vs_per_record"] = min(rpr) if rpr else None
+    spr = [r["ratio_vs_per_record"] for r in res["signals"].values()]
+    res["ratio_vs_per_record"] = min(spr) if spr else None
     res["overhead_vs_inmemory"] = res["replay"]["overhead_vs_inmemory"]
     res["loadavg_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
 
@@ -336,13 +520,28 @@ def main(argv: list[str] | None = None) -> int:
                   [[f, r["batched_rows_s"], r["p50_batch_ms"], r["p99_batch_ms"], r["per_record_rows_s"],
                     r["ratio_vs_per_record"], r["library_on_pandas_rows_s"], r["ratio_vs_library_on_pandas"]]
                    for f, r in res["inference"].items()])
+    print(f"\nsignals processor (process() on batches of {args.batch} decoded feature vectors)")
+    C.print_table(["family", "rows/s", "p50 ms", "p99 ms", "with decode rows/s", "per-record rows/s",
+                   "ratio_vs_per_record", "library on pandas rows/s", "ratio vs library", "== predict"],
+                  [[f, r["rows_s"], r["p50_batch_ms"], r["p99_batch_ms"], r["with_decode_rows_s"], r["per_record_rows_s"],
+                    r["ratio_vs_per_record"], r["library_on_pandas_rows_s"], r["ratio_vs_library_on_pandas"],
+                    r["scores_equal_predict"]] for f, r in res["signals"].items()])
+    fams = res["replay"].get("families") or {}
+    if fams:
+        print(f"\nreplay path ({res['replay']['rows']:,} rows x {res['replay']['features']} features from a topic) "
+              "vs the library on an in-memory DataFrame")
+        C.print_table(["family", "replay s", "replay rows/s", "fit s", "ours total s", "library s",
+                       "overhead_vs_inmemory", "same rows", "max|pred diff|"],
+                      [[f, r.get("replay_s"), r.get("replay_rows_s"), r.get("fit_s"), r.get("ours_total_s"),
+                        r.get("library_inmemory_s"), r.get("overhead_vs_inmemory"), r.get("same_rows"),
+                        r.get("pred_max_abs_diff")] for f, r in fams.items()])
     if res["skipped"]:
         print(f"\nskipped: {res['skipped']}")
     if "gpu" in res:
         print(f"\ngpu: {res['gpu']}")
     print(f"\nmax_abs_diff_vs_sklearn = {C.fmt(res['max_abs_diff_vs_sklearn'])}   "
           f"ratio_vs_per_record (min) = {C.fmt(res['ratio_vs_per_record'])}   "
-          f"overhead_vs_inmemory = {res['replay']['status']}")
+          f"overhead_vs_inmemory (gbdt) = {C.fmt(res['overhead_vs_inmemory'])} ({res['replay']['status']})")
     C.write_json(args.json, res)
     return 0
 

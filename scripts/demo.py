@@ -6,11 +6,15 @@
 4. live phase: ticks produced at a fixed rate with event time = wall clock; tick -> feature
    latency p50/p99 measured by a consumer of features.ticks;
 5. print a few decoded feature vectors and bars, and how to consume the topics;
+6. train a model on the feature vectors of the bulk phase (the ``train`` job's runner: replay,
+   walk-forward, long-short backtest, model published to ``models``), then score the newest
+   feature vectors with it through the ``signals`` processor (exactly-once, ``signals.<model>``).
 7. execution (workload 6): market parameters estimated from md.ticks and published, the
    in-process decision latency, parent orders through `mystocks-gpu run execution` (round trip),
    and an execsim of a few orders on the replayed tape (``step_execution``).
 8. factors (workload 4): daily bars loaded into md.bars.1d, a ``factors`` job (classic library,
    ICIR + ridge combination) in process, its ranked table (``step_factors``).
+9. how to consume the topics yourself.
 """
 
 from __future__ import annotations
@@ -146,13 +150,15 @@ def main() -> int:
         b = rec.value or {}
         print(f"   {b.get('symbol')} O={b.get('open')} H={b.get('high')} L={b.get('low')} C={b.get('close')} "
               f"V={b.get('volume')} VWAP={round(b.get('vwap') or 0, 4)} trades={b.get('trades')}")
-    print("6. consume the results yourself:\n"
-          "   .venv/bin/mystocks-gpu consume features.ticks --from-beginning --max 5 --json\n"
-          "   .venv/bin/mystocks-gpu consume md.bars.1m --from-beginning --max 5\n"
-          f"   kcat -b {s.kafka.bootstrap_servers} -C -t features.ticks -c 1 -f '%k %T\\n'\n"
-          "   stop the stack: make stack-down")
+    step_training(s, int(cols["ts"].min()), run_id)
     step_execution(s, cols, names, run_id)
     step_factors(s, store, run_id)
+    print("9. consume the results yourself:\n"
+          "   .venv/bin/mystocks-gpu consume features.ticks --from-beginning --max 5 --json\n"
+          "   .venv/bin/mystocks-gpu consume md.bars.1m --from-beginning --max 5\n"
+          "   .venv/bin/mystocks-gpu models list; .venv/bin/mystocks-gpu consume signals.demo-ridge --from-beginning --max 5\n"
+          f"   kcat -b {s.kafka.bootstrap_servers} -C -t features.ticks -c 1 -f '%k %T\\n'\n"
+          "   stop the stack: make stack-down")
     return 0
 
 
@@ -209,6 +215,48 @@ def step_factors(s, store, run_id: str, n_symbols: int = 60, n_days: int = 320) 
     print(f"   read back: .venv/bin/mystocks-gpu factors show {job_id}; "
           f".venv/bin/mystocks-gpu factors values {job_id} --out /tmp/{job_id}.parquet")
 
+
+
+def step_training(s, start_ns: int, run_id: str, last: int = 40_000) -> None:  # type: ignore[no-untyped-def]
+    """Workload 3: train ``demo-ridge`` on this run's feature vectors (10-second panel, label = the
+    1-minute forward log return of ``last_price``), publish it, then run the ``signals`` processor
+    over the newest ``last`` feature vectors of features.ticks."""
+    from confluent_kafka import TopicPartition
+
+    from mystocks_gpu.processors.training.signals_processor import make_signals
+    from mystocks_gpu.processors.training.train_job import train
+    from mystocks_gpu.processors.training.train_report import format_metrics
+    from mystocks_gpu.processors.training.train_spec import TrainSpec
+
+    spec = TrainSpec.from_dict({"name": "demo-ridge", "inputs": ["features.ticks"], "start": start_ns,
+                                "features": ["ret", "roll_z", "rsi", "macd_hist", "book_imb", "flow_imb", "rel_spread"],
+                                "frequency": "10s", "horizon": 6, "family": "ridge", "params": {"alpha": 10.0},
+                                "walk_forward": {"n_splits": 3, "test_dates": 40, "embargo_dates": 2}})
+    t0 = time.monotonic()
+    res = train(spec, s.kafka, lambda f, m: None, lambda: False, backend=s.backend, store=schema_store(s))
+    print(f"6. trained and published a model from features.ticks in {time.monotonic() - t0:.1f} s "
+          "(the `train` job's runner; as a job: mystocks-gpu submit train --spec SPEC.json --wait --report DIR):")
+    print("   " + format_metrics(res).replace("\n", "\n   "))
+    group = f"demo.signals.{run_id}"
+    c = make_consumer(s.kafka, group)
+    try:  # start the signals group near the end of features.ticks: score only the newest vectors
+        parts = c.list_topics("features.ticks", timeout=10).topics["features.ticks"].partitions
+        tps = []
+        for p in parts:
+            lo, hi = c.get_watermark_offsets(TopicPartition("features.ticks", p), timeout=10)
+            tps.append(TopicPartition("features.ticks", p, max(lo, hi - last // len(parts))))
+        c.commit(offsets=tps, asynchronous=False)
+    finally:
+        c.close()
+    proc = make_signals(model="demo-ridge", kafka=s.kafka, backend=s.backend, store=schema_store(s))
+    worker = StreamWorker(proc, s.kafka, RuntimeConfig(max_records=5000, linger_ms=5), group=group, worker_id="demo")
+    t0 = time.monotonic()
+    summary = worker.run(idle_exit_s=2.0)
+    dt = time.monotonic() - t0
+    print(f"   signals processor (exactly-once): {summary.records_in:,} feature vectors -> {summary.records_out:,} "
+          f"scores on signals.demo-ridge with model version {proc.latest.version if proc.latest else '-'} in {dt:.1f} s "
+          f"({proc.stats.unscored:,} not scored: NaN features during warm-up); live: "
+          "mystocks-gpu run signals --model demo-ridge")
 
 def _summary_backend(out: str) -> str | None:
     """The ``backend`` of the JSON summary line that ``mystocks-gpu run`` prints on exit."""

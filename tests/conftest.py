@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +47,21 @@ def _env_settings() -> Settings:
     return load_settings(environ={k: v for k, v in os.environ.items() if k.startswith("MYSTOCKS_")})
 
 
-def _free_ports(host: str, n: int) -> list[int]:
+def _free_ports(host: str, n: int, exclude: Iterable[int] = ()) -> list[int]:
     """``n`` distinct ports free on ``host`` now, below the ephemeral range (so client
-    connections made before the stack binds them cannot take them as source ports)."""
+    connections made before the stack binds them cannot take them as source ports), none of
+    ``exclude`` (ports reserved but not bound yet, e.g. the private plain stack's)."""
     low = 32768
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         pass
     rng = random.Random()  # a different draw per run: concurrent runs rarely try the same ports
+    taken = set(exclude)
     ports: list[int] = []
     while len(ports) < n:
         port = rng.randrange(20000, max(low, 21000))
-        if port in ports:
+        if port in ports or port in taken:
             continue
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -157,6 +159,73 @@ def stack(settings: Settings, pytestconfig: pytest.Config) -> Iterator[LocalStac
             st.down()
         if own:
             shutil.rmtree(st.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def secure_stack(settings: Settings) -> Iterator[Any]:
+    """A SECURE private stack for this session (TLS, SCRAM-SHA-512, ACLs, Redis TLS + ACL users) on
+    its own free ports and home (``.stack/test-<pid>-secure``), with the topic catalog created by
+    the admin. Used by ``tests/integration/secure`` only; if it cannot start, those tests fail with
+    the reason (never skip). ``secure_stack.env(NAME)`` gives a principal's ``MYSTOCKS_*``."""
+    from mystocks_gpu.infra.stack_secure import SecureStack
+    from mystocks_gpu.topics import all_specs
+    from mystocks_gpu.topics.admin import TopicAdmin
+
+    st = _start_on_free_ports(SecureStack, settings, STACK_HOMES / f"test-{os.getpid()}-secure")
+    try:
+        admin = load_settings(environ=st.env("admin"))
+        TopicAdmin(admin.kafka).create(all_specs())
+        yield st
+    finally:
+        st.down()
+        shutil.rmtree(st.home, ignore_errors=True)
+
+
+def _reserved_ports() -> set[int]:
+    """Ports this run's settings name (the private plain stack's: drawn at start, bound later)."""
+    out = set()
+    for k in ("MYSTOCKS_STACK__KAFKA_PORT", "MYSTOCKS_STACK__CONTROLLER_PORT", "MYSTOCKS_STACK__REDIS_PORT"):
+        try:
+            out.add(int(os.environ[k]))
+        except (KeyError, ValueError):
+            pass
+    return out
+
+
+#: what a server says when a port drawn free was bound by another process before it (a race)
+PORT_CLASH = ("is taken by another process", "Address already in use", "address already in use")
+
+
+def _start_on_free_ports(make: Callable[[StackConfig], Any], settings: Settings, home: Path,
+                         attempts: int = 3) -> Any:
+    """A stack made by ``make(cfg)`` in ``home``, started on ports drawn free (none of this run's
+    reserved ones); when another process binds one of them between the draw and the start (8
+    checkouts test at once), it is stopped and started again on a new draw (``attempts`` in all).
+    A session file lets a later run stop it if this one is killed."""
+    from mystocks_gpu.infra.exceptions import StackError
+
+    host = settings.stack.host
+    for attempt in range(1, attempts + 1):
+        kafka, controller, redis = _free_ports(host, 3, exclude=_reserved_ports())
+        cfg = StackConfig(host=host, kafka_port=kafka, controller_port=controller, redis_port=redis, home=str(home),
+                          kafka_version=settings.stack.kafka_version, cache_dir=settings.stack.cache_dir,
+                          kafka_heap_mb=384, startup_timeout_s=settings.stack.startup_timeout_s)
+        st = make(cfg)
+        st.home.mkdir(parents=True, exist_ok=True)
+        keep = {k: getattr(cfg, k) for k in ("host", "kafka_port", "controller_port", "redis_port", "home",
+                                             "kafka_version", "cache_dir")}
+        (st.home / SESSION_FILE).write_text(json.dumps(
+            {"owner_pid": os.getpid(), "owner_start": process_start_time(os.getpid()), "stack": keep}))
+        try:
+            st.up()
+            return st
+        except StackError as exc:
+            st.down()
+            if attempt == attempts or not any(s in str(exc) for s in PORT_CLASH):
+                shutil.rmtree(st.home, ignore_errors=True)
+                raise
+            shutil.rmtree(st.home, ignore_errors=True)  # a port race: new ports, new storage
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture()

@@ -19,12 +19,28 @@ def cmd_control(args: argparse.Namespace, s: Settings) -> int:
     cfg = jobs_config(args, s, web_host=args.host, web_port=args.port, app_id=args.app_id, cache_ttl_s=args.cache_ttl,
                       tick_interval_s=args.tick, ws_queue_max=args.ws_queue)
     ensure_broker(s.kafka)
+    _check_redis_login(s, cfg.redis_timeout_s)
     from mystocks_gpu.infra.logs import set_process_fields
 
     set_process_fields(app=cfg.app_id)
     print(f"control app {cfg.app_id}: web http://{cfg.web_host}:{cfg.web_port} namespace={cfg.namespace}",
           file=sys.stderr, flush=True)
     return run_control(s, cfg)
+
+
+def _check_redis_login(s: Settings, timeout_s: float) -> None:
+    """Fail at once when Redis refuses the credentials (an outage is tolerated: the app reports not-ready)."""
+    import redis
+
+    from mystocks_gpu.infra.redis_clients import check_redis
+
+    client = redis.Redis.from_url(s.redis.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        check_redis(client, s.redis.url)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
 
 
 def cmd_worker(args: argparse.Namespace, s: Settings) -> int:

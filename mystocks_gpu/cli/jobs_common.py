@@ -19,4 +19,7 @@ def jobs_config(args: argparse.Namespace, s: Settings, **extra: Any) -> JobsConf
 
 def control_url(args: argparse.Namespace, s: Settings) -> str:
     """``--url``, else the control app of the ``[jobs]`` settings (``http://web_host:web_port``)."""
-    return str(args.url or s.jobs.url).rstrip("/")
+    url = str(args.url or s.jobs.url).rstrip("/")
+    if s.api.tls and url.startswith("http://"):  # [api] TLS: the control app serves https
+        url = "https://" + url[len("http://"):]
+    return url

@@ -15,12 +15,15 @@ from typing import Any
 
 from mystocks_gpu import __version__
 from mystocks_gpu.cli import (
+    auth,
     config,
     connect,
     control,
     data,
     execution,
     factors,
+    gateway,
+    models,
     run,
     stack,
     submit,
@@ -32,7 +35,7 @@ from mystocks_gpu.infra.logs import kv, setup_logging
 
 log = logging.getLogger("mystocks_gpu.cli")
 #: command groups, in the order ``--help`` lists them; each module has ``add_commands(subparsers)``
-GROUPS = (stack, topics, data, run, control, submit, execution, factors, config, connect)
+GROUPS = (stack, topics, data, run, control, submit, models, execution, factors, config, connect, auth, gateway)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,10 +57,12 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
 
     s = features_settings(args, s)
     extra: dict[str, Any] = {"features": s.features} if args.processor == "features" else {}
-    processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, store=schema_store(s), **extra)
+    processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, model=args.model,
+                       kafka=s.kafka, store=schema_store(s), **extra)
     idle_flush = s.features.idle_close_s if args.processor == "features" else 0.0
     flush_on_stop = s.features.close_on_stop if args.processor == "features" else False
     rt = RuntimeConfig(max_records=args.batch_records, max_bytes=args.batch_bytes, linger_ms=args.linger_ms,
+                       max_record_bytes=args.max_record_bytes,
                        guarantee=AT_LEAST_ONCE if args.at_least_once else EXACTLY_ONCE,
                        commit_interval_ms=args.commit_interval_ms, group_protocol=args.group_protocol,
                        max_buffered_records=args.max_buffered_records, fault_injection=args.inject_faults or "",
@@ -112,7 +114,9 @@ def add_commands(sub: Any) -> None:
                         description="Run a stream processor: batch consume -> process -> produce. "
                                     "SIGTERM/SIGINT finish the current batch, commit, and exit 0.",
                         epilog=features_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.add_argument("processor", help="processor name (aggregate, features, ...)")
+    sp.add_argument("processor", help="processor name (aggregate, features, signals, ...)")
+    sp.add_argument("--model", help="signals: the model to score with (a name on the models topic; its newest "
+                                    "version, hot-swapped when a new one is published)")
     sp.add_argument("--group", help="consumer group (default mystocks.PROCESSOR)")
     sp.add_argument("--worker-id", help="stable id of this worker: a restart with the same id fences its predecessor "
                                         "(default HOSTNAME-0)")
@@ -129,6 +133,8 @@ def add_commands(sub: Any) -> None:
                          "linger: close it --linger-ms after its first record")
     sp.add_argument("--linger-ms", type=float, default=20.0,
                     help="linger batching: close a batch this long after its first record (default 20)")
+    sp.add_argument("--max-record-bytes", type=int, default=1024 * 1024,
+                    help="a record (key + value) over this many bytes goes to the DLQ before decoding (default 1 MiB)")
     sp.add_argument("--commit-interval-ms", type=float, default=100.0,
                     help="commit (end the transaction) every N ms; 0 = after every batch (default 100). Exactly-once "
                          "outputs become visible at the commit: latency up to this + the commit itself")

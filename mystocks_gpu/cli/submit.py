@@ -104,7 +104,7 @@ def cmd_jobs(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.jobs.client import http_ok
 
     q = {k: v for k, v in (("state", args.state), ("kind", args.kind), ("limit", args.limit)) if v}
-    data = http_ok("GET", f"{control_url(args, s)}/jobs" + (f"?{urlencode(q)}" if q else ""))
+    data = http_ok("GET", f"{control_url(args, s)}/jobs" + (f"?{urlencode(q)}" if q else ""), api=s.api)
     if args.json:
         print(json.dumps(data))
         return 0
@@ -120,7 +120,7 @@ def cmd_job(args: argparse.Namespace, s: Settings) -> int:
 
     from mystocks_gpu.jobs.client import http_ok
 
-    print(json.dumps(http_ok("GET", f"{control_url(args, s)}/jobs/{quote(args.job_id)}"), indent=None if args.json else 2))
+    print(json.dumps(http_ok("GET", f"{control_url(args, s)}/jobs/{quote(args.job_id)}", api=s.api), indent=None if args.json else 2))
     return 0
 
 
@@ -129,7 +129,7 @@ def cmd_cancel(args: argparse.Namespace, s: Settings) -> int:
 
     from mystocks_gpu.jobs.client import http_ok
 
-    http_ok("DELETE", f"{control_url(args, s)}/jobs/{quote(args.job_id)}")
+    http_ok("DELETE", f"{control_url(args, s)}/jobs/{quote(args.job_id)}", api=s.api)
     print(f"cancel requested for {args.job_id}")
     return 0
 

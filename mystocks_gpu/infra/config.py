@@ -370,6 +370,100 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """Security of the HTTP/WebSocket (and gRPC) API (the ``[api]`` section; see ``infra.api_tokens``).
+
+    Server side: ``auth_file`` -- the token database (JSON, SHA-256 digests only; made with
+    ``mystocks-gpu auth add``); when set, every endpoint but ``/health`` needs ``Authorization: Bearer``
+    with a role (``submit``, ``read``, ``admin``). ``allowed_origins`` -- comma-separated origins
+    (``https://dash.example:443``) a browser may call from; any other ``Origin`` is refused (requests
+    without one, e.g. the CLI, are fine). ``tls_cert_file``/``tls_key_file`` -- serve HTTPS/WSS.
+    ``max_body_bytes`` -- largest request body; ``max_ws_message_bytes`` -- largest WebSocket
+    message from a client; ``submit_rate_per_s``/``submit_burst`` -- job submissions per token
+    (token bucket). Client side: ``token`` -- the bearer token the CLI sends; ``tls_ca_file`` -- the
+    CA that signed the server's certificate (also switches the CLI to https).
+    """
+
+    auth_file: str | None = None
+    allowed_origins: str = ""
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None
+    token: str | None = None
+    max_body_bytes: int = 1 << 20
+    max_ws_message_bytes: int = 64 << 10
+    submit_rate_per_s: float = 5.0
+    submit_burst: int = 20
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("api.tls_cert_file and api.tls_key_file go together")
+        for o in self.origins():
+            parts = urlsplit(o)
+            if parts.scheme not in {"http", "https"} or not parts.hostname or parts.path not in {"", "/"}:
+                raise ConfigError(f"api.allowed_origins: {o!r} is not an origin (scheme://host[:port])")
+        if not 1024 <= self.max_body_bytes <= 1 << 30 or not 1024 <= self.max_ws_message_bytes <= 1 << 30:
+            raise ConfigError("api.max_body_bytes and api.max_ws_message_bytes must be within 1024..2**30")
+        if not self.submit_rate_per_s > 0 or self.submit_burst < 1:
+            raise ConfigError("api.submit_rate_per_s must be > 0 and api.submit_burst >= 1")
+
+    def origins(self) -> tuple[str, ...]:
+        """The allowed origins, normalised (lower case, no trailing slash)."""
+        return tuple(o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip())
+
+    @property
+    def tls(self) -> bool:
+        """True when the server serves TLS (or, client side, expects it)."""
+        return self.tls_cert_file is not None or self.tls_ca_file is not None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The gRPC gateway (the ``[gateway]`` section; ``mystocks-gpu gateway``; auth and TLS are the
+    ``[api]`` section's).
+
+    ``host``/``port``: where it listens (loopback by default; port 0 = any free one).
+    ``stream_queue_max``: batches queued per market-data/feature stream before its Kafka consumer
+    waits (flow control: a slow client's backlog stays in Kafka); ``stream_prefetch_kbytes``:
+    librdkafka's prefetch per stream consumer, KiB; ``watch_queue_max``: statuses queued per
+    ``WatchTask`` before that stream is closed with RESOURCE_EXHAUSTED; ``history_max``: statuses
+    kept per job; ``max_message_bytes``: largest gRPC message; ``backtest_kind`` ..
+    ``execution_kind``: the job kind each service submits; ``features_topic``: what the feature
+    calls read.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    stream_queue_max: int = 8
+    stream_prefetch_kbytes: int = 4096
+    watch_queue_max: int = 1000
+    history_max: int = 256
+    max_message_bytes: int = 16 << 20
+    backtest_kind: str = "backtest"
+    training_kind: str = "train"
+    factor_kind: str = "factors"
+    risk_kind: str = "risk"
+    execution_kind: str = "execsim"
+    features_topic: str = "features.ticks"
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("gateway.host must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"gateway.port must be 0..65535, got {self.port}")
+        for name, lo, hi in (("stream_queue_max", 1, 10_000), ("stream_prefetch_kbytes", 64, 1 << 20),
+                             ("watch_queue_max", 1, 1_000_000), ("history_max", 2, 100_000),
+                             ("max_message_bytes", 1 << 16, 1 << 30)):
+            if not lo <= getattr(self, name) <= hi:
+                raise ConfigError(f"gateway.{name} must be within {lo}..{hi}, got {getattr(self, name)}")
+        for name in ("backtest_kind", "training_kind", "factor_kind", "risk_kind", "execution_kind"):
+            if not _NAME.fullmatch(getattr(self, name)):
+                raise ConfigError(f"gateway.{name} must be a job kind name, got {getattr(self, name)!r}")
+        if not _TOPIC.fullmatch(self.features_topic):
+            raise ConfigError(f"gateway.features_topic must be a Kafka topic name, got {self.features_topic!r}")
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective configuration of one process."""
 
@@ -381,6 +475,8 @@ class Settings:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     #: array backend: ``auto`` (GPU when CuPy and a CUDA device are present), ``cpu`` or ``gpu``
     backend: str = "auto"
@@ -424,6 +520,8 @@ _SECTIONS: dict[str, type] = {
     "metrics": MetricsConfig,
     "jobs": JobsConfig,
     "features": FeaturesConfig,
+    "api": ApiConfig,
+    "gateway": GatewayConfig,
     "services": ServicesConfig,
 }
 _TOP_LEVEL = {"backend"}

@@ -19,3 +19,9 @@ class BrokerAuthFailed(MyStocksError):
 
 class DeliveryFailed(MyStocksError):
     """The broker did not acknowledge records a producer sent (rejected, or not delivered in time)."""
+
+
+class RedisAuthFailed(MyStocksError):
+    """Redis answered but refused the credentials of ``redis.url`` (or its TLS handshake failed)."""
+
+    exit_code = 2

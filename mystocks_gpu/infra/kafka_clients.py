@@ -84,22 +84,70 @@ def broker_error(cfg: KafkaConfig, errors: list[Any]) -> BrokerUnreachable | Bro
                 "ssl.certificate.location / ssl.key.location, ssl.endpoint.identification.algorithm")
     last = errors[-1] if errors else None
     why = last.str() if last is not None and hasattr(last, "str") else str(last or "no answer")
+    hint = next((e.str() for e in errors if hasattr(e, "str") and ("security.protocol" in e.str() or (
+        protocol.upper() in ("PLAINTEXT", "SASL_PLAINTEXT") and "in state APIVERSION_QUERY" in e.str()
+        and "closed by peer" in e.str()))), None)
+    if hint is not None:  # a PLAINTEXT client at a TLS listener: the broker drops its first request
+        return BrokerAuthFailed(
+            f"Kafka at {cfg.bootstrap_servers} dropped the client's first request: it expects another security "
+            f"protocol than security.protocol={protocol} (TLS/SASL?) ({hint}); set kafka.security (security.protocol=SASL_SSL, sasl.mechanism, sasl.username, sasl.password, "
+            "ssl.ca.location); for the secure local stack: eval \"$(mystocks-gpu stack env NAME)\"")
     return BrokerUnreachable(f"no Kafka broker answered at {cfg.bootstrap_servers} within {cfg.connect_timeout_s:.0f} s "
                              f"({why}); is the stack up? try: mystocks-gpu stack up")
 
 
+class _LogText:
+    """A KafkaError-like wrapper of one librdkafka log line (for :func:`broker_error`)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def code(self) -> None:
+        return None
+
+    def str(self) -> str:
+        return self.text
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.lines) < 50:
+            self.lines.append(record.getMessage())
+
+
 def ensure_broker(cfg: KafkaConfig) -> None:
     """Raise within ``cfg.connect_timeout_s`` when no broker answers (:class:`BrokerUnreachable`) or
-    one refuses the credentials / TLS handshake (:class:`BrokerAuthFailed`); see :func:`broker_error`."""
+    one refuses the credentials / TLS handshake (:class:`BrokerAuthFailed`, as soon as it does);
+    see :func:`broker_error`. librdkafka reports such failures through its error callback and logs,
+    which are served only by ``poll``: the wait polls between short metadata requests."""
     errors: list[Any] = []
-    admin = AdminClient(_base(cfg, {"error_cb": errors.append}))
+    collect = _Collect()
+    logger = logging.getLogger("librdkafka.ensure_broker")  # collected, shown in the error if it comes to that
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(collect)
+    admin = AdminClient(_base(cfg, {"error_cb": errors.append, "logger": logger}))
+    deadline = time.monotonic() + cfg.connect_timeout_s
     try:
-        md = admin.list_topics(timeout=cfg.connect_timeout_s)
-        if not md.brokers:
-            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no brokers in metadata"))
-    except KafkaException as exc:
-        errors.append(exc.args[0] if exc.args else KafkaError(KafkaError._TRANSPORT, str(exc)))
-        raise broker_error(cfg, errors) from None
+        while True:
+            try:
+                md = admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+                if md.brokers:
+                    return
+                raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no brokers in metadata"))
+            except KafkaException as exc:
+                admin.poll(0.1)  # serve error_cb / logger
+                refused = any(getattr(e, "code", lambda: None)() in AUTH_ERROR_CODES | SSL_ERROR_CODES for e in errors)
+                if refused or time.monotonic() >= deadline:
+                    errors.append(exc.args[0] if exc.args else KafkaError(KafkaError._TRANSPORT, str(exc)))
+                    errors.extend(_LogText(line) for line in collect.lines)
+                    raise broker_error(cfg, errors) from None
+    finally:
+        logger.removeHandler(collect)
 
 
 class DeliveryTracker:

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mystocks_gpu.infra.config import StackConfig
 from mystocks_gpu.infra.exceptions import StackError
@@ -121,6 +122,9 @@ def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
 
 class LocalStack:
     """Start, stop and inspect the loopback Kafka + Redis stack described by a :class:`StackConfig`."""
+
+    #: True for :class:`~mystocks_gpu.infra.stack_secure.SecureStack` (TLS, SCRAM, ACLs)
+    secure = False
 
     def __init__(self, cfg: StackConfig) -> None:
         self.cfg = cfg
@@ -339,7 +343,7 @@ class LocalStack:
                 raise StackError(f"Kafka exited during startup; last log lines ({klog}):\n{_tail(klog)}")
             if _port_open(self.cfg.host, self.cfg.kafka_port):
                 if admin is None:
-                    admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
+                    admin = AdminClient({**self.admin_client_conf(), "log_level": 0,
                                          "socket.connection.setup.timeout.ms": 2000})
                 try:
                     md = admin.list_topics(timeout=3)
@@ -365,9 +369,7 @@ class LocalStack:
             self.redis_dir.mkdir(parents=True, exist_ok=True)
             log = self.redis_dir / "redis.log"
             proc = subprocess.Popen(
-                [server, "--bind", self.cfg.host, "--port", str(self.cfg.redis_port), "--save", "",
-                 "--appendonly", "no", "--dir", str(self.redis_dir), "--logfile", str(log), "--daemonize", "no",
-                 "--protected-mode", "yes"],
+                self._redis_command(server, log),
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
@@ -380,7 +382,7 @@ class LocalStack:
         import redis
 
         deadline = time.monotonic() + 20
-        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
+        client = self._redis_client()
         while time.monotonic() < deadline:
             if not _alive(pid):
                 raise StackError(f"redis-server exited during startup:\n{_tail(self.redis_dir / 'redis.log')}")
@@ -391,6 +393,21 @@ class LocalStack:
                 pass
             time.sleep(0.2)
         raise StackError(f"Redis did not answer PING within 20 s:\n{_tail(self.redis_dir / 'redis.log')}")
+
+    # ---- hooks of the secure stack (stack_secure.SecureStack overrides them) -----------------
+    def admin_client_conf(self) -> dict[str, Any]:
+        """librdkafka settings of the stack's own admin client (health checks)."""
+        return {"bootstrap.servers": self.bootstrap}
+
+    def _redis_command(self, server: str, log_file: Path) -> list[str]:
+        return [server, "--bind", self.cfg.host, "--port", str(self.cfg.redis_port), "--save", "",
+                "--appendonly", "no", "--dir", str(self.redis_dir), "--logfile", str(log_file), "--daemonize", "no",
+                "--protected-mode", "yes"]
+
+    def _redis_client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
 
     # ---- lifecycle -----------------------------------------------------------------------
     def up(self) -> list[ComponentStatus]:

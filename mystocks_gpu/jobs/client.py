@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.config import ApiConfig, Settings
 from mystocks_gpu.infra.kafka_clients import (
     DeliveryTracker,
     ensure_broker,
@@ -129,12 +130,23 @@ def wait_for(settings: Settings, cfg: JobsConfig, cmd: dict[str, Any], timeout_s
         follower.close()
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
-    """Call the control app; returns ``(status, json)``; :class:`ControlUnreachable` when down."""
+def http(method: str, url: str, body: Any = None, timeout: float = 10.0, *, api: ApiConfig | None = None
+         ) -> tuple[int, Any]:
+    """Call the control app; returns ``(status, json)``; :class:`ControlUnreachable` when down.
+
+    ``api``: the client side of ``[api]``: ``token`` is sent as ``Authorization: Bearer``,
+    ``tls_ca_file`` verifies an https server."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    ctx = None
+    if api is not None:
+        if api.token:
+            headers["Authorization"] = f"Bearer {api.token}"
+        if api.tls_ca_file:
+            ctx = ssl.create_default_context(cafile=api.tls_ca_file)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:
@@ -147,9 +159,9 @@ def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tupl
                                  "start one with: mystocks-gpu control") from None
 
 
-def http_ok(method: str, url: str, body: Any = None) -> Any:
+def http_ok(method: str, url: str, body: Any = None, *, api: ApiConfig | None = None) -> Any:
     """Like :func:`http`, raising :class:`ControlError` with the server's message on a 4xx/5xx."""
-    status, payload = http(method, url, body)
+    status, payload = http(method, url, body, api=api)
     if status >= 400:
         raise ControlError(f"{method} {url}: {status} {payload.get('error') if isinstance(payload, dict) else payload}")
     return payload

@@ -388,7 +388,7 @@ class ControlApp:
             log.warning("alert %s %s: %s", al["kind"], al["source"], al["message"])
             self.pub.send(self.cfg.alerts_topic, al["source"].encode(), self.codec.encode(ALERT_SCHEMA, al),
                           timestamp_ns=al["ts_event"])
-            self.hub.publish("alert", al, job_id=al["labels"].get("job_id"))
+            self.hub.publish("alert", al, job_id=al["labels"].get("job_id"), severity=al["severity"])
         for key, result in eff.cache_puts:
             if self.cache is None or not self.redis_ok:
                 self._keep_for_cache(key, result)

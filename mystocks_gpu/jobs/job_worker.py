@@ -214,9 +214,12 @@ class JobWorker:
                 "start it (mystocks-gpu stack up) or set redis.url / MYSTOCKS_REDIS__URL")
 
     def _check_redis(self) -> None:
-        """One clear error when Redis is down at start (the worker needs it to heart-beat)."""
+        """One clear error when Redis is down at start (the worker needs it to heart-beat), or at once
+        when it refuses the credentials (:class:`RedisAuthFailed`)."""
+        from mystocks_gpu.infra.redis_clients import check_redis
+
         try:
-            self.redis.ping()
+            check_redis(self.redis, self.settings.redis.url)
         except redis.RedisError as exc:
             raise RedisUnavailable(self._redis_down(exc)) from None
 

@@ -10,6 +10,11 @@ Routes (JSON everywhere; errors are ``{"error": "..."}`` with a 4xx status):
 * ``GET /workers`` -- live workers and their devices (heartbeats).
 * ``GET /health``, ``GET /metrics`` (Prometheus text).
 * ``GET /ws`` -- WebSocket, see :mod:`.hub` for the protocol.
+
+Security (:mod:`.web_security`, settings ``[api]``): Origin allow-list, JSON content type, body and
+WebSocket message limits, bearer tokens with roles when ``api.auth_file`` is set, a submission rate
+limit per token, TLS when ``api.tls_cert_file`` is set. Non-admin tokens see and cancel only the
+jobs they submitted (their name is the job's ``requester``); others' jobs are "not found".
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ from mystocks_gpu.jobs.protocol import (
     make_command,
     new_job_id,
 )
+from mystocks_gpu.jobs.web_security import (
+    WebSecurity,
+    exposure_warning,
+    identity,
+    server_ssl_context,
+)
 from mystocks_gpu.jobs.ws_hub import TYPES, Client, dumps
+from mystocks_gpu.jobs.ws_schemas import SEVERITIES
 from mystocks_gpu.processors.exceptions import JobSpecError
 from mystocks_gpu.schemas.validate import validate
 
@@ -94,6 +106,7 @@ class Api:
 
     def __init__(self, ctl: ControlView) -> None:
         self.ctl = ctl
+        self.security = WebSecurity(ctl.settings.api)
         self.feeds: dict[str, _Feed] = {}
         self.sockets: set[web.WebSocketResponse] = set()
 
@@ -112,12 +125,16 @@ class Api:
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    def _visible(self, request: web.Request, job: Any) -> bool:
+        """Whether the caller may see ``job``: admins (and anonymous callers) see every job, others
+        only those they submitted."""
+        who = identity(request)
+        return who.admin or (job or {}).get("requester") == who.name
+
     async def submit(self, request: web.Request) -> web.Response:
-        if request.content_length and request.content_length > MAX_BODY:
-            return _err(413, f"body over {MAX_BODY} bytes")
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return _err(400, "body must be a JSON object")
         if not isinstance(body, dict):
             return _err(400, "body must be a JSON object")
@@ -142,8 +159,10 @@ class Api:
                 return _err(400, "deadline_s must be > 0")
             deadline = self.ctl.clock.now_ns() + int(body["deadline_s"] * 1e9)
         job_id = body.get("job_id") or new_job_id()
+        who = identity(request)
+        requester = (body.get("requester") or f"http:{request.remote}") if who.admin else who.name
         cmd = make_command("SUBMIT", job_id, body["kind"], spec, priority=body.get("priority", 0), deadline_ns=deadline,
-                           requester=body.get("requester") or f"http:{request.remote}",
+                           requester=requester,
                            bypass_cache=body.get("bypass_cache", False))
         try:
             check_submit(cmd)
@@ -163,7 +182,7 @@ class Api:
     async def get_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         job = self.ctl.table.get(job_id)
-        if not job:
+        if not job or not self._visible(request, job):
             return _err(404, f"no job {job_id!r}")
         return web.json_response(job_view(job))
 
@@ -180,18 +199,20 @@ class Api:
         except ValueError:
             return _err(400, "limit must be a positive integer")
         jobs = [job_view(v) for v in self.ctl.table.values()
-                if v and (not states or v["state"] in states) and (not kind or v["kind"] == kind)]
+                if v and self._visible(request, v) and (not states or v["state"] in states) and (not kind or v["kind"] == kind)]
         jobs.sort(key=lambda j: j.get("submitted_ns") or 0, reverse=True)
         return web.json_response({"jobs": jobs[:limit], "count": len(jobs)})
 
     async def cancel(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         job = self.ctl.table.get(job_id)
-        if not job:
+        if not job or not self._visible(request, job):
             return _err(404, f"no job {job_id!r}")
         if job["state"] in FINAL:
             return _err(409, f"job {job_id} is already {job['state']}")
-        await self.ctl.produce_command(make_command("CANCEL", job_id, job["kind"], requester=f"http:{request.remote}",
+        await self.ctl.produce_command(make_command("CANCEL", job_id, job["kind"],
+                                                    requester=identity(request).name if self.security.store is not None
+                                                    else f"http:{request.remote}",
                                                     clock=self.ctl.clock))
         return web.json_response({"job_id": job_id, "cancel": "requested"}, status=202)
 
@@ -204,9 +225,12 @@ class Api:
 
     # ---- websocket ---------------------------------------------------------------------
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
-        sock = web.WebSocketResponse(heartbeat=20)
+        sock = web.WebSocketResponse(heartbeat=20, max_msg_size=self.ctl.settings.api.max_ws_message_bytes)
         await sock.prepare(request)
         client = self.ctl.hub.connect()
+        who = identity(request)
+        if not who.admin:  # task statuses and job alerts of its own jobs only
+            client.allow_job = lambda job_id: self._visible_id(job_id, who.name)
         self.sockets.add(sock)
         sender = asyncio.ensure_future(self._pump(sock, client))
         try:
@@ -222,21 +246,28 @@ class Api:
             self.ctl.hub.disconnect(client)
         return sock
 
+    def _visible_id(self, job_id: str | None, name: str) -> bool:
+        job = self.ctl.table.get(job_id) if job_id else None
+        return job is not None and bool(job) and job.get("requester") == name
+
     async def _control_message(self, client: Client, text: str) -> dict[str, Any]:
         try:
             req = json.loads(text)
             if not isinstance(req, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):
             return {"type": "error", "error": "messages must be JSON objects"}
         action = req.get("action")
         types = req.get("types") or list(TYPES)
         if not isinstance(types, list) or any(t not in TYPES for t in types):
             return {"type": "error", "error": f"types must be a list of {', '.join(TYPES)}"}
         if action == "subscribe":
-            for name in ("symbols", "job_ids"):
+            for name in ("symbols", "job_ids", "severities"):
                 if not isinstance(req.get(name, []), list):
                     return {"type": "error", "error": f"{name} must be a list"}
+            bad = sorted({str(v).upper() for v in req.get("severities", [])} - set(SEVERITIES))
+            if bad:
+                return {"type": "error", "error": f"unknown severities {bad}; severities: {', '.join(SEVERITIES)}"}
             # a feed is positioned at its topic's end before the ack: what is produced after the
             # ack reaches the client
             for t in ("market_data", "calc_result"):
@@ -245,13 +276,13 @@ class Api:
                     if err is not None:
                         return {"type": "error", "error": err}
             self.ctl.hub.subscribe(client, types, (str(s) for s in req.get("symbols", [])),
-                                   (str(j) for j in req.get("job_ids", [])))
+                                   (str(j) for j in req.get("job_ids", [])), (str(v) for v in req.get("severities", [])))
         elif action == "unsubscribe":
             self.ctl.hub.unsubscribe(client, types)
         else:
             return {"type": "error", "error": "action must be subscribe or unsubscribe"}
         return {"type": "subscribed", "types": sorted(client.types), "symbols": sorted(client.symbols),
-                "job_ids": sorted(client.job_ids)}
+                "job_ids": sorted(client.job_ids), "severities": sorted(client.severities)}
 
     async def _pump(self, sock: web.WebSocketResponse, client: Client) -> None:
         try:
@@ -381,7 +412,8 @@ def _publish(ctl: ControlView, mtype: str, batch: list[tuple[dict[str, Any], str
 def build_web_app(ctl: ControlView, api: Api | None = None) -> web.Application:
     """The aiohttp application of the control app."""
     api = api or Api(ctl)
-    app = web.Application(middlewares=[_json_errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[api.security.middleware, _json_errors],
+                          client_max_size=ctl.settings.api.max_body_bytes)
     app.add_routes([
         web.get("/health", api.health), web.get("/metrics", api.metrics),
         web.post("/jobs", api.submit), web.get("/jobs", api.list_jobs),
@@ -396,12 +428,17 @@ async def serve(ctl: ControlView) -> None:
     api = Api(ctl)
     runner = web.AppRunner(build_web_app(ctl, api), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, ctl.cfg.web_host, ctl.cfg.web_port)
+    warning = exposure_warning(ctl.cfg.web_host, ctl.settings.api)
+    if warning:
+        log.warning(warning)
+    tls = server_ssl_context(ctl.settings.api)
+    site = web.TCPSite(runner, ctl.cfg.web_host, ctl.cfg.web_port, ssl_context=tls)
     await site.start()
     server = getattr(site, "_server", None)
     sockets = getattr(server, "sockets", None) or []
     ctl.web_port = sockets[0].getsockname()[1] if sockets else ctl.cfg.web_port
-    log.info("control web server on http://%s:%s", ctl.cfg.web_host, ctl.web_port)
+    log.info("control web server on %s://%s:%s%s", "https" if tls else "http", ctl.cfg.web_host, ctl.web_port,
+             " (bearer tokens required)" if api.security.store is not None else "")
     try:
         await asyncio.Event().wait()
     finally:

@@ -4,7 +4,7 @@ Protocol (every frame is strict JSON, RFC 8259):
 
 * Message types: ``market_data``, ``calc_result``, ``task_status``, ``alert``. Every message sent to
   a client is ``{"type": T, "seq": N, "ts": <ns>, "data": {...}}`` (+ ``symbol`` / ``job_id`` when
-  known). ``seq`` counts the messages queued for this client (1, 2, 3, ...): a gap means messages
+  known); the JSON Schema of each type is in :mod:`.ws_schemas` (``MESSAGE_SCHEMAS``). ``seq`` counts the messages queued for this client (1, 2, 3, ...): a gap means messages
   were dropped.
 * **Non-finite numbers**: JSON has no NaN/Infinity, so every NaN, +inf and -inf in ``data`` is sent
   as ``null`` (a feature whose window has not filled yet is ``null``, never a bare ``NaN``).
@@ -15,7 +15,9 @@ Protocol (every frame is strict JSON, RFC 8259):
   "dropped_total": T}`` (N messages lost since the previous notice, T since connecting), and the
   ``seq`` numbers of the lost messages are missing from the stream.
 * A client subscribes with ``{"action": "subscribe", "types": [...], "symbols": [...],
-  "job_ids": [...]}`` (omitted or empty filters match everything of the subscribed types) and
+  "job_ids": [...], "severities": [...]}`` (omitted or empty filters match everything of the
+  subscribed types; ``symbols`` filter ``market_data``/``calc_result``, ``job_ids`` filter
+  ``task_status``, ``severities`` -- ``INFO``, ``WARNING``, ``CRITICAL`` -- filter ``alert``) and
   ``{"action": "unsubscribe", "types": [...]}``; each subscribe replaces that client's filters.
 
 Threads: the hub lives on the event loop; the topic feeds run in threads and only call
@@ -29,7 +31,7 @@ import itertools
 import json
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,22 +68,32 @@ class Client:
     types: set[str] = field(default_factory=set)
     symbols: set[str] = field(default_factory=set)
     job_ids: set[str] = field(default_factory=set)
+    severities: set[str] = field(default_factory=set)
     #: messages queued for this client so far (the last ``seq`` given)
     seq: int = 0
     #: messages dropped since connecting / since the last ``dropped`` notice
     dropped: int = 0
     unreported_drops: int = 0
+    #: when set, ``task_status`` and job ``alert`` messages only of the job ids it accepts (a
+    #: non-admin token sees its own jobs only)
+    allow_job: Callable[[str | None], bool] | None = None
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.queue_max)
 
-    def matches(self, mtype: str, symbol: str | None, job_id: str | None) -> bool:
-        """True when this client wants a message of ``mtype`` for ``symbol`` / ``job_id``."""
+    def matches(self, mtype: str, symbol: str | None, job_id: str | None, severity: str | None = None) -> bool:
+        """True when this client wants a message of ``mtype`` for ``symbol`` / ``job_id`` /
+        ``severity`` (alerts)."""
         if mtype not in self.types:
             return False
         if self.symbols and mtype in ("market_data", "calc_result") and symbol not in self.symbols:
             return False
         if self.job_ids and mtype == "task_status" and job_id not in self.job_ids:
+            return False
+        if self.severities and mtype == "alert" and severity not in self.severities:
+            return False
+        if self.allow_job is not None and mtype in ("task_status", "alert") and \
+                (mtype == "task_status" or job_id is not None) and not self.allow_job(job_id):
             return False
         return True
 
@@ -128,10 +140,12 @@ class Hub:
         with self._lock:
             self.clients.pop(c.id, None)
 
-    def subscribe(self, c: Client, types: Iterable[str], symbols: Iterable[str], job_ids: Iterable[str]) -> None:
+    def subscribe(self, c: Client, types: Iterable[str], symbols: Iterable[str], job_ids: Iterable[str],
+                  severities: Iterable[str] = ()) -> None:
         """Replace a client's subscription."""
         with self._lock:
             c.types, c.symbols, c.job_ids = set(types), set(symbols), set(job_ids)
+            c.severities = {str(v).upper() for v in severities}
 
     def unsubscribe(self, c: Client, types: Iterable[str]) -> None:
         """Remove message types from a client's subscription."""
@@ -148,7 +162,8 @@ class Hub:
         with self._lock:
             return any(mtype in c.types for c in self.clients.values())
 
-    def publish(self, mtype: str, data: dict[str, Any], *, symbol: str | None = None, job_id: str | None = None) -> int:
+    def publish(self, mtype: str, data: dict[str, Any], *, symbol: str | None = None, job_id: str | None = None,
+                severity: str | None = None) -> int:
         """Queue a message for every matching client (event loop only); returns how many got it."""
         msg: dict[str, Any] = {"type": mtype, "ts": self.clock.now_ns(), "data": data}
         if symbol is not None:
@@ -156,7 +171,7 @@ class Hub:
         if job_id is not None:
             msg["job_id"] = job_id
         with self._lock:
-            targets = [c for c in self.clients.values() if c.matches(mtype, symbol, job_id)]
+            targets = [c for c in self.clients.values() if c.matches(mtype, symbol, job_id, severity)]
         for c in targets:
             c.offer(msg)
         self.published += len(targets)

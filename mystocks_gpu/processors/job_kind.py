@@ -118,6 +118,8 @@ class JobSpec:
             data = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError as exc:
             raise JobSpecError(f"spec is not valid JSON: {exc}") from None
+        except RecursionError:  # a nesting bomb ("[[[[...")
+            raise JobSpecError("spec JSON is nested too deeply") from None
         return cls.from_dict(data)
 
     def validate(self) -> None:

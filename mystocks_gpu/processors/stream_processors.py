@@ -27,6 +27,14 @@ def _features(output_topic: str | None = None, backend: str = "auto", store: Sch
     return TickFeaturesProcessor(cfg, output_topic=output_topic, store=store)
 
 
+def _signals(output_topic: str | None = None, backend: str = "auto", model: str | None = None,
+             kafka: Any = None, store: SchemaStore | None = None) -> Processor[Any]:
+    """Live model scores (needs ``model``: a name on the models topic)."""
+    from mystocks_gpu.processors.training.signals_processor import make_signals
+
+    return make_signals(model=model, output_topic=output_topic, backend=backend, kafka=kafka, store=store)
+
+
 def _execution(output_topic: str | None = None, backend: str = "auto", **kw: Any) -> Processor[Any]:
     """orders.parent -> orders.schedule + orders.scored (``--output-topic T``: scores to T, schedules
     to T with ``.scored`` replaced by ``.schedule``); ``kw``: ``store``, ``cfg``."""
@@ -36,7 +44,7 @@ def _execution(output_topic: str | None = None, backend: str = "auto", **kw: Any
 
 
 PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate, "features": _features,
-                                                        "execution": _execution}
+                                                        "signals": _signals, "execution": _execution}
 
 
 def register(name: str, factory: Callable[..., Processor[Any]]) -> None:
@@ -46,10 +54,20 @@ def register(name: str, factory: Callable[..., Processor[Any]]) -> None:
 
 def create(name: str, **kw: Any) -> Processor[Any]:
     """Instantiate a processor by name (keywords: ``output_topic``, ``backend`` = auto|cpu|gpu, ``store``:
-    the process's :class:`SchemaStore`);
+    the process's :class:`SchemaStore`; ``model`` for ``signals``, which must be None for a factory that
+    does not take it; ``kafka``, the connection settings, is passed to the factories that take it);
     :class:`ConfigError` lists the known ones."""
     try:
         factory = PROCESSORS[name]
     except KeyError:
         raise ConfigError(f"unknown processor {name!r}; known: {', '.join(sorted(PROCESSORS))}") from None
-    return factory(**kw)
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    takes = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # ``**kw``: every keyword but model / kafka
+        takes |= {k for k in kw if k not in ("model", "kafka")}
+    extra = sorted(k for k, v in kw.items() if k not in takes and v is not None and k != "kafka")
+    if extra:
+        raise ConfigError(f"processor {name!r} takes no {', '.join('--' + k.replace('_', '-') for k in extra)}")
+    return factory(**{k: v for k, v in kw.items() if k in takes})

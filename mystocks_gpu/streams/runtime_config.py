@@ -38,6 +38,9 @@ class RuntimeConfig:
 
     max_records: int = 5000
     max_bytes: int = 4 * 1024 * 1024
+    #: bounded memory per record: a record whose key + value exceed this many bytes goes to the DLQ
+    #: (``RecordTooLarge``) before any decoding (the consumer's fetch sizes bound a batch's memory)
+    max_record_bytes: int = 1024 * 1024
     linger_ms: float = 20.0
     guarantee: str = EXACTLY_ONCE
     commit_interval_ms: float = 100.0
@@ -83,6 +86,8 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.max_records < 1 or self.max_bytes < 1:
             raise ConfigError("max_records and max_bytes must be >= 1")
+        if not 64 <= self.max_record_bytes <= 64 << 20:
+            raise ConfigError(f"max_record_bytes must be within 64..{64 << 20}, got {self.max_record_bytes}")
         if self.linger_ms < 0 or self.commit_interval_ms < 0:
             raise ConfigError("linger_ms and commit_interval_ms must be >= 0")
         if self.guarantee not in (EXACTLY_ONCE, AT_LEAST_ONCE):

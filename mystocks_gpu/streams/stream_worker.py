@@ -50,7 +50,7 @@ from mystocks_gpu.streams.commit_protocol import RECORD_OVERHEAD, CommitProtocol
 from mystocks_gpu.streams.dead_letters import dlq_topic
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.fault_injection import FaultPlan
-from mystocks_gpu.streams.processor import Outputs, Processor, process_isolating
+from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
 from mystocks_gpu.streams.runtime_config import ADAPTIVE, RuntimeConfig
 from mystocks_gpu.streams.state_store import PartitionStates, ensure_changelog
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
@@ -450,6 +450,9 @@ class StreamWorker:
         for partition, idx_list in batch.by_partition().items():
             if partition not in self.states.states:
                 continue  # revoked while the batch was forming
+            idx_list = self._drop_oversized(batch, idx_list, out)
+            if not idx_list:
+                continue
             idx = np.asarray(idx_list, np.int64)
             self._advance_event_clock(partition, int(ts_ms[idx].max()), t0)
             t_dec = self.clock.monotonic()
@@ -565,6 +568,21 @@ class StreamWorker:
         self._summary.idle_flushes += 1
         self.metrics.idle_flushes.inc()
         log.info("flushed open state", extra={"fields": {"partition": partition, "records": out.count()}})
+
+    def _drop_oversized(self, batch: RawBatch, idx_list: list[int], out: Outputs) -> list[int]:
+        """Rows of ``idx_list`` within ``max_record_bytes`` (key + value); the others are rejected
+        (DLQ, ``RecordTooLarge``) before they reach a decoder."""
+        limit = self.rt.max_record_bytes
+        keep = []
+        for i in idx_list:
+            v, k = batch.values[i], batch.keys[i]
+            size = (len(v) if v is not None else 0) + (len(k) if k is not None else 0)
+            if size > limit:
+                out.rejected.append(Rejected(i, "RecordTooLarge", f"record of {size} bytes exceeds the "
+                                                                  f"{limit}-byte limit (max_record_bytes)"))
+            else:
+                keep.append(i)
+        return keep
 
     def _backpressure(self) -> None:
         """Pause every assigned partition while the producer holds too many unacknowledged records."""

@@ -21,6 +21,10 @@ from mystocks_gpu.topics.exceptions import UnknownTopic
 DAY_MS = 86_400_000
 GIB = 1 << 30
 DLQ_SUFFIX = ".dlq"
+#: largest record of the models topic (bytes); a larger serialised model is split into parts
+MODEL_TOPIC_MAX_BYTES = 2 << 20
+#: live model scores: one topic per model, ``signals.<model name>``
+SIGNALS_PREFIX = "signals."
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,9 @@ CATALOG: tuple[TopicSpec, ...] = (
               description="factor metrics per factor x horizon, series, correlation, weights; in parts"),
     TopicSpec("alerts", "source", "mystocks.ops.Alert", partitions=1, retention_ms=7 * DAY_MS, dlq=False,
               description="operational and risk alerts"),
+    TopicSpec("models", "model", "mystocks.ml.ModelRecord", partitions=1, cleanup="compact",
+              extra={"max.message.bytes": str(MODEL_TOPIC_MAX_BYTES), "min.compaction.lag.ms": str(DAY_MS)},
+              description="model registry: latest version per model name (+ its parts), compacted"),
 )
 
 
@@ -127,16 +134,26 @@ _BARS = re.compile(r"md\.bars\.[1-9][0-9]*(ms|s|m|h|d)")
 
 def get(name: str) -> TopicSpec:
     """The spec of a catalog topic (DLQ twins included; ``md.bars.<n><ms|s|m|h|d>`` for any bar
-    interval, like md.bars.1s); :class:`UnknownTopic` lists known ones."""
+    interval, like md.bars.1s; and ``signals.<model>``); :class:`UnknownTopic` lists known ones."""
     for spec in all_specs():
         if spec.name == name:
             return spec
+    if name.startswith(SIGNALS_PREFIX) and len(name) > len(SIGNALS_PREFIX) and not name.endswith(DLQ_SUFFIX):
+        return signals_topic(name[len(SIGNALS_PREFIX):])
     base = name[: -len(DLQ_SUFFIX)] if name.endswith(DLQ_SUFFIX) else name
     if _BARS.fullmatch(base):
         spec = _event_time(base, "mystocks.md.Bar", f"{base[len('md.bars.'):]} OHLCV bars")
         return spec if base == name else spec.dlq_spec()  # type: ignore[return-value]
     known = ", ".join(s.name for s in CATALOG)
-    raise UnknownTopic(f"unknown topic {name!r}; known topics: {known} (each with a .dlq twin where it has one)")
+    raise UnknownTopic(f"unknown topic {name!r}; known topics: {known}, signals.<model> "
+                       "(each with a .dlq twin where it has one)")
+
+
+def signals_topic(model: str, partitions: int = 4) -> TopicSpec:
+    """``signals.<model>``: the live scores of one model (Avro ``mystocks.ml.Signal``, key = symbol,
+    record timestamp = the scored vector's event time, so retained by size)."""
+    return _event_time(SIGNALS_PREFIX + model, "mystocks.ml.Signal", f"live scores of model {model}",
+                       partitions=partitions, dlq=False)
 
 
 def changelog_topic(processor: str, group: str, partitions: int) -> TopicSpec:

@@ -250,5 +250,6 @@ def test_readme_and_ci_name_the_commands() -> None:
     assert "make test-gpu" in readme and "make doctor" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     steps = [ln.strip() for ln in ci.splitlines() if ln.strip().startswith("make ")]
-    assert [s.split()[1] for s in steps] == ["doctor", "test-install-path", "doctor", "lint", "test"], steps
+    assert [s.split()[1] for s in steps] == ["doctor", "test-install-path", "doctor", "lint", "audit",
+                                                      "test"], steps
     assert os.access(ROOT / ".ci" / "run", os.X_OK)

@@ -1,7 +1,11 @@
 """Linear families: ``ridge`` (closed form), ``lasso`` and ``elastic_net`` (coordinate descent).
 
 Objectives and solver: see ``linear_solvers``. Coefficients are float64 whatever X's dtype;
-``predict`` is ``X @ coef + intercept`` in float64 on the model's backend. GPU: the Gram matrix,
+``predict`` is ``X @ coef + intercept`` in float64 on the model's backend; on the CPU each row is
+summed in feature order by one compiled loop (:func:`predict_rows`), so a row's score does not
+depend on the other rows of the batch (BLAS ``gemv`` blocks rows differently for different batch
+sizes and changes the last bits): live scoring in micro-batches equals the training job's
+``predict`` bit for bit. GPU: the Gram matrix,
 the solve and the sweeps run on CuPy; CPU: NumPy (BLAS) for the Gram matrix and the ridge solve,
 numba for the sweeps. The payload is an ``.npz`` with ``coef`` (p,) and ``intercept`` (1,).
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numba
 import numpy as np
 
 from mystocks_gpu.gpu_ops.backend import GPU, to_host, xp
@@ -23,6 +28,20 @@ from mystocks_gpu.gpu_ops.models.linear_solvers import (
 from mystocks_gpu.gpu_ops.models.model_base import Model, Reporter
 from mystocks_gpu.gpu_ops.models.model_codec import arrays_to_npz, npz_to_arrays
 from mystocks_gpu.gpu_ops.models.model_params import ElasticNetParams, LassoParams, RidgeParams
+
+
+@numba.njit(cache=True, nogil=True)
+def predict_rows(X, coef, intercept):  # pragma: no cover - numba
+    """``X @ coef + intercept`` for float64 ``X`` (n, p): each row summed in feature order, so a
+    row's result depends only on that row (no reassociation: numba's default strict FP)."""
+    n, p = X.shape
+    out = np.empty(n, np.float64)
+    for i in range(n):
+        acc = 0.0
+        for j in range(p):
+            acc += X[i, j] * coef[j]
+        out[i] = acc + intercept
+    return out
 
 
 class ConvergenceWarning(UserWarning):
@@ -55,6 +74,8 @@ class _LinearModel(Model):
         Xd = m.asarray(X)
         if Xd.dtype != m.float64:
             Xd = Xd.astype(m.float64)
+        if self.backend != GPU:
+            return predict_rows(np.ascontiguousarray(Xd), self.coef_, self.intercept_)
         return Xd @ self._coef_dev + self.intercept_
 
     def _payload(self) -> tuple[bytes, dict[str, Any]]:

@@ -1,0 +1,143 @@
+"""The signals processor without a broker (tests/harness.py): one output per input vector whose
+score equals the model's predict on that row bit for bit, whatever the batch cuts; a new version
+applies from the next batch (recorded in every output and in the state); bad versions are
+rejected and the previous model kept; NaN features give a NaN score; no model -> dead letters."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from mystocks_gpu.gpu_ops.models import make_model
+from mystocks_gpu.processors.training.model_registry import ModelVersion
+from mystocks_gpu.processors.training.model_source import InMemoryModelSource
+from mystocks_gpu.processors.training.signals_processor import SignalsConfig, SignalsProcessor
+from mystocks_gpu.schemas import AvroCodec
+from tests.harness import cut, run_batches
+
+CODEC = AvroCodec()
+FEATS = ["f1", "f2", "f3"]
+
+
+def _vectors(n: int, seed: int = 1, nan_every: int = 0) -> tuple[list[bytes], np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3))
+    syms = [f"S{i % 9}" for i in range(n)]
+    out = []
+    for i in range(n):
+        vals = {"zzz": 1.0, "f3": X[i, 2], "f1": X[i, 0], "f2": X[i, 1]}  # map order != model order
+        if nan_every and i % nan_every == 0:
+            vals["f2"] = float("nan")
+            X[i, 1] = np.nan
+        out.append(CODEC.encode("mystocks.features.FeatureVector",
+                                {"symbol": syms[i], "ts_event": 10**18 + i * 10**6, "seq": i, "ts_ingest": 0,
+                                 "values": vals}))
+    return out, X, syms
+
+
+def _version(name: str, v: int, family: str = "ridge", seed: int = 0, **meta: object) -> tuple[ModelVersion, object]:
+    rng = np.random.default_rng(100 + seed)
+    X = rng.standard_normal((400, 3))
+    y = X @ rng.standard_normal(3) + rng.standard_normal(400) * 0.1
+    params = {"n_estimators": 20, "max_depth": 3} if family == "gbdt" else {"alpha": 0.5 + seed}
+    model = make_model(family, params, backend="cpu").fit(X, y)
+    blob = model.to_bytes()
+    md = {"features": FEATS, "feature_inputs": dict.fromkeys(FEATS, "features.ticks"),
+          "feature_schemas": {"features.ticks": {"schema": "mystocks.features.FeatureVector"}}, **meta}
+    return ModelVersion(name, v, hashlib.sha256(blob).hexdigest(), md, blob, 0, v * 10), model
+
+
+def _decoded(res: object, topic: str) -> list[dict]:
+    return [CODEC.decode(v) for v in res.outputs.records[topic][1]]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("family", ["ridge", "gbdt"])
+def test_scores_equal_predict_bit_for_bit_whatever_the_batches(family: str) -> None:
+    mv, model = _version("m", 1, family)
+    proc = SignalsProcessor(SignalsConfig("m", backend="cpu"), InMemoryModelSource([mv]))
+    values, X, syms = _vectors(1000, nan_every=37)
+    res = run_batches(proc, cut(values, [1, 7, 250, 3, 500]), roundtrip_state=True)
+    out = _decoded(res, "signals.m")
+    assert [o["seq"] for o in out] == list(range(1000))  # one output per input, in order
+    assert [o["symbol"] for o in out] == syms and {o["model_version"] for o in out} == {1}
+    keys, _, ts = res.outputs.records["signals.m"]
+    assert keys == [s.encode() for s in syms] and ts == [(10**18 + i * 10**6) // 10**6 for i in range(1000)]
+    assert res.outputs.sources["signals.m"] == list(range(1000))
+    score = np.array([o["score"] for o in out])
+    ok = np.isfinite(X).all(axis=1)
+    assert np.isnan(score[~ok]).all() and (~ok).sum() == 28
+    np.testing.assert_array_equal(score[ok], model.predict(X[ok]))  # type: ignore[attr-defined]
+    assert proc.stats.scored == 972 and proc.stats.unscored == 28 and res.state.version == 1
+
+
+def test_a_new_version_applies_from_the_next_batch_and_bad_ones_are_rejected() -> None:
+    v1, m1 = _version("m", 1)
+    v2, m2 = _version("m", 2, seed=1)
+    corrupt, _ = _version("m", 3, seed=2)
+    corrupt.blob = corrupt.blob[:-3] + b"xyz"  # bytes altered: the recorded hash no longer matches
+    bars_only, _ = _version("m", 4, seed=3, feature_schemas={"features.ticks": {"schema": "mystocks.md.Bar"}})
+    other, _ = _version("other", 9)
+    src = InMemoryModelSource([other, v1])
+    proc = SignalsProcessor(SignalsConfig("m", backend="cpu"), src)
+    values, X, _ = _vectors(600, seed=2)
+    state = proc.initial_state()
+    from mystocks_gpu.schemas.symbols import SymbolTable
+
+    symbols = SymbolTable()
+    versions = []
+    for b, chunk in enumerate(cut(values, [100] * 6)):
+        if b == 2:
+            src.push(v2)
+        if b == 4:
+            src.push(corrupt)
+            src.push(bars_only)
+            src.push(v1)  # an older version arriving late is ignored
+        idx = np.arange(b * 100, b * 100 + len(chunk))
+        dec = proc.decode(chunk, idx, symbols, 0, 0)
+        out, state = proc.process(dec.columns, state)
+        recs = [CODEC.decode(v) for v in out.records["signals.m"][1]]
+        versions.append({r["model_version"] for r in recs})
+        want = (m1 if b < 2 else m2).predict(X[idx])  # type: ignore[attr-defined]
+        np.testing.assert_array_equal([r["score"] for r in recs], want)
+        assert state.version == (1 if b < 2 else 2)
+    assert versions == [{1}, {1}, {2}, {2}, {2}, {2}]
+    rejected = {mv.version: err for mv, err in src.rejected}
+    assert set(rejected) == {3, 4}
+    assert "hash mismatch" in rejected[3] and "cannot supply" in rejected[4]
+    assert proc.stats.swaps == 2 and proc.stats.rejected == 2 and proc.latest.version == 2  # type: ignore[union-attr]
+
+
+def test_a_registry_error_is_rejected_and_no_model_means_dead_letters() -> None:
+    broken = ModelVersion("m", 1, "", {}, b"", 0, 3, error="model m v1: part(s) [0] of 2 missing")
+    src = InMemoryModelSource([broken])
+    proc = SignalsProcessor(SignalsConfig("m", backend="cpu"), src)
+    assert proc.latest is None and "missing" in src.rejected[0][1]
+    values, _, _ = _vectors(5)
+    res = run_batches(proc, [values])
+    assert "signals.m" not in res.outputs.records
+    assert [r.index for r in res.rejected] == list(range(5)) and res.rejected[0].error_class == "NoModel"
+
+
+def test_state_names_the_version_and_survives_the_changelog() -> None:
+    v1, _ = _version("m", 1)
+    proc = SignalsProcessor(SignalsConfig("m", output_topic="custom", backend="cpu"), InMemoryModelSource([v1]))
+    values, _, _ = _vectors(10)
+    res = run_batches(proc, [values[:5], values[5:]], roundtrip_state=True)
+    assert proc.output_topics == ("custom",) and len(res.outputs.records["custom"][1]) == 10
+    blob = proc.state_to_bytes(res.state, res.symbols)
+    assert proc.state_from_bytes(blob, res.symbols) == res.state and res.state.sha256 == v1.content_sha256
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_finite_rows_equals_numpy_isfinite(dtype: type) -> None:
+    """The row-sum shortcut agrees with ``np.isfinite(X).all(axis=1)``: NaN, +-inf, inf - inf in one
+    row, and finite rows whose sum overflows."""
+    from mystocks_gpu.processors.training.signals_processor import finite_rows
+
+    rng = np.random.default_rng(7)
+    X = (rng.uniform(-1, 1, (2000, 7)) * (float(np.finfo(dtype).max) / 2)).astype(dtype)  # many sums overflow
+    X[rng.integers(0, 2000, 60), rng.integers(0, 7, 60)] = np.nan
+    X[3, 2], X[4, 1], X[5, :2] = np.inf, -np.inf, (np.inf, -np.inf)
+    np.testing.assert_array_equal(finite_rows(X), np.isfinite(X).all(axis=1))
