@@ -98,8 +98,8 @@ def test_submit_train_wait_prints_metrics_writes_report_and_replays_to_the_same_
     spec_file.write_text(json.dumps(_spec(panel, topic, name)))
     jid = f"train-{uuid.uuid4().hex[:10]}"
     report = tmp_path / "report"
-    r = run_cli("submit", "train", "--spec", str(spec_file), "--wait", "--timeout", "300", "--namespace", plane.ns,
-                "--job-id", jid, "--report", str(report), timeout=360)
+    r = run_cli("submit", "train", "--spec", str(spec_file), "--wait", "--timeout", "600", "--namespace", plane.ns,
+                "--job-id", jid, "--report", str(report), timeout=660)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     assert f"model {name} v1  ridge" in out and "succeeded" in out and "rank_ic_mean" in out
@@ -125,7 +125,7 @@ def test_submit_train_wait_prints_metrics_writes_report_and_replays_to_the_same_
 
     # the same job replayed again (cache bypassed): the same model bytes, published as v2
     again = plane.submit("train", _spec(panel, topic, name), bypass_cache=True)
-    final = plane.wait(again, {"succeeded", "failed"}, timeout=300)
+    final = plane.wait(again, {"succeeded", "failed"}, timeout=600)
     assert final["state"] == "succeeded", final
     assert final["result"]["model"]["content_sha256"] == res["model"]["content_sha256"]
     assert final["result"]["model"]["version"] == 2
@@ -195,7 +195,8 @@ def test_cancel_stops_within_one_boosting_round(plane: Plane, data: tuple[Panel,
 
 
 def test_end_to_end_ticks_features_train_signals_backtest(plane: Plane, settings: Settings, unique: str) -> None:
-    """Ticks -> ``run features`` -> ``train`` on the feature vectors with the 1-second bars as the
+    """(Deadlines of 600 s: a busy shared machine; a quiet one takes seconds.)
+    Ticks -> ``run features`` -> ``train`` on the feature vectors with the 1-second bars as the
     label price -> ``run signals`` -> a ``backtest`` job with the ``signal`` strategy on the scores.
     The scores equal the published model's predict on the replayed vectors; the backtest equals the
     engine run on bars and scores aligned here with pandas."""
@@ -217,7 +218,7 @@ def test_end_to_end_ticks_features_train_signals_backtest(plane: Plane, settings
                                        TopicSpec(f"{feats}.dlq", "symbol", None, partitions=1, dlq=False)])
     assert produce_ticks(settings, ticks, cols, names) == 20_000
     r = run_cli("run", "features", "--input-topic", ticks, "--output-topic", feats, "--group", f"g.f.{unique}",
-                "--idle-exit", "4", timeout=300)
+                "--idle-exit", "4", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     t0, t1 = int(cols["ts"].min()), int(cols["ts"].max()) + 1
     # no `end`: the replay's end bound (offsets_for_times) would stop at the first transaction marker
@@ -228,12 +229,12 @@ def test_end_to_end_ticks_features_train_signals_backtest(plane: Plane, settings
             "frequency": "1s", "label_column": "md.bars.1s:close", "horizon": 5, "universe": names, "start": t0,
             "family": "ridge", "params": {"alpha": 10.0},
             "walk_forward": {"n_splits": 2, "test_dates": 50, "embargo_dates": 2}}
-    final = plane.wait(plane.submit("train", spec, bypass_cache=True), {"succeeded", "failed"}, timeout=300)
+    final = plane.wait(plane.submit("train", spec, bypass_cache=True), {"succeeded", "failed"}, timeout=600)
     assert final["state"] == "succeeded", final
     res = final["result"]
     assert res["data"]["symbols"] == 16 and res["data"]["dates"] > 150 and res["model"]["signals_topic"] == f"signals.{name}"
     r = run_cli("run", "signals", "--model", name, "--input-topic", feats, "--group", f"g.s.{unique}",
-                "--idle-exit", "4", timeout=300)
+                "--idle-exit", "4", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     vectors = [x.value for x in read_topic(settings.kafka, feats, idle_timeout_s=3)]
     sig = pd.DataFrame([x.value for x in read_topic(settings.kafka, f"signals.{name}", idle_timeout_s=3)])
@@ -251,7 +252,7 @@ def test_end_to_end_ticks_features_train_signals_backtest(plane: Plane, settings
     bt = {"universe": names, "start": t0, "bar_topic": "md.bars.1s", "strategy": "signal",
           "params": {"threshold_long": [0.0], "threshold_exit": [0.0]}, "direction": "long_short",
           "signal_topic": f"signals.{name}", "signal_column": "score", "fees": 0.0, "n_curves": 1}
-    done = plane.wait(plane.submit("backtest", bt, bypass_cache=True), {"succeeded", "failed"}, timeout=300)
+    done = plane.wait(plane.submit("backtest", bt, bypass_cache=True), {"succeeded", "failed"}, timeout=600)
     assert done["state"] == "succeeded", done
     bars = pd.DataFrame([x.value for x in read_topic(settings.kafka, "md.bars.1s", idle_timeout_s=3)
                          if x.value and x.value["symbol"] in set(names) and t0 <= x.value["ts_event"] < t1])
