@@ -18,7 +18,8 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.processors.stream_processors import create
     from mystocks_gpu.schemas import schema_store
 
-    processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, store=schema_store(s))
+    processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, store=schema_store(s),
+                       config_file=args.processor_config)
     rt = RuntimeConfig(max_records=args.batch_records, max_bytes=args.batch_bytes, linger_ms=args.linger_ms,
                        guarantee=AT_LEAST_ONCE if args.at_least_once else EXACTLY_ONCE,
                        commit_interval_ms=args.commit_interval_ms, group_protocol=args.group_protocol,
@@ -47,7 +48,10 @@ def add_commands(sub: Any) -> None:
     sp = sub.add_parser("run", help="run a stream processor (exactly-once by default)",
                         description="Run a stream processor: batch consume -> process -> produce. "
                                     "SIGTERM/SIGINT finish the current batch, commit, and exit 0.")
-    sp.add_argument("processor", help="processor name (aggregate, features, ...)")
+    sp.add_argument("processor", help="processor name (aggregate, features, risk)")
+    sp.add_argument("--processor-config", metavar="FILE", default=None,
+                    help="the processor's own settings, TOML or JSON (risk: maths, emit window, price policies, "
+                         "sector map, default limits; see the README)")
     sp.add_argument("--group", help="consumer group (default mystocks.PROCESSOR)")
     sp.add_argument("--worker-id", help="stable id of this worker: a restart with the same id fences its predecessor "
                                         "(default HOSTNAME-0)")

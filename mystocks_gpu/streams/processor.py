@@ -120,6 +120,13 @@ class Processor(ABC, Generic[S]):
     input_topic: str = ""
     #: topics ``process`` writes to
     output_topics: tuple[str, ...] = ()
+    #: a broadcast side input (a table topic every worker reads whole, ``streams/side_input.py``);
+    #: "" = none. A processor with one implements :meth:`decode_side`, :meth:`apply_side` and
+    #: :meth:`side_offsets`
+    side_topic: str = ""
+    #: the most input partitions the processor can work with (None = any): a processor whose state
+    #: must see the whole input (e.g. every price of an account's symbols) sets 1
+    max_input_partitions: int | None = None
 
     @abstractmethod
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
@@ -154,6 +161,22 @@ class Processor(ABC, Generic[S]):
             if key == WHOLE_STATE_KEY:
                 state = self.state_from_bytes(value, symbols)
         return state
+
+    # ---- broadcast side input (optional) ----------------------------------------------------
+    def decode_side(self, records: Sequence[Any], symbols: SymbolTable) -> tuple[Any, list[Rejected]]:
+        """Decode side records (:class:`~mystocks_gpu.streams.side_input.SideRecord`); returns the
+        decoded form :meth:`apply_side` takes and the rejected ones (``Rejected.index`` = position
+        in ``records``), which go to the side topic's DLQ."""
+        raise NotImplementedError(f"{self.name} has no side input")
+
+    def apply_side(self, decoded: Any, state: S, symbols: SymbolTable) -> S:
+        """Return ``state`` with the decoded side records applied, skipping those before the
+        state's own :meth:`side_offsets` (they were applied already). Pure, like :meth:`process`."""
+        raise NotImplementedError(f"{self.name} has no side input")
+
+    def side_offsets(self, state: S) -> dict[int, int]:
+        """``{side partition: next offset}`` the state has read (serialised with the state)."""
+        return {}
 
     def flush(self, state: S, symbols: SymbolTable, partition: int) -> tuple[Outputs, S]:
         """Outputs still held in state at the end of a replay (e.g. open bars). Default: none."""

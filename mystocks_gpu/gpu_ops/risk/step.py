@@ -14,7 +14,8 @@ negative symbol codes are ignored, the stream processor routes them to the DLQ):
    return; several empty intervals in a row make one return (no zeros are inserted). A symbol
    with no price yet has no return (NaN: its EWMA row is left alone).
 3. When a segment's day differs from an account's day, ``day_ref`` (the day P&L reference)
-   becomes the last price of the previous day; before any previous day it is the first price.
+   becomes the last price of the previous day; before any previous day it is the first price
+   (the price the account held the symbol at, or the first one seen for it).
 4. The segment's last price per symbol (by ``ts``) becomes ``last_px``.
 
 State changes happen only at interval closes and day rolls, so replaying the same prices in
@@ -69,6 +70,20 @@ def _last_price_per_symbol(sym: Array, px: Array, n_u: int, xp: ModuleType) -> A
     return xp.where(last >= 0, px[xp.maximum(last, 0)], xp.nan)
 
 
+def _first_price_per_symbol(sym: Array, px: Array, n_u: int, xp: ModuleType) -> Array:
+    """``(n_u,)`` the first price of each symbol in input order (NaN where none)."""
+    big = sym.shape[0]
+    first = xp.full(n_u, big, dtype=xp.int64)
+    pos = xp.arange(big, dtype=xp.int64)
+    if xp is np:
+        np.minimum.at(first, sym, pos)
+    else:  # pragma: no cover - GPU
+        import cupyx
+
+        cupyx.scatter_min(first, sym, pos)
+    return xp.where(first < big, px[xp.minimum(first, max(big - 1, 0))], xp.nan)
+
+
 def _equity(st: StateBatch, xp: ModuleType) -> Array:
     _day, inc = pnl(st.qty, st.last_px, st.day_ref, st.cost, xp)
     return st.capital + inc
@@ -99,9 +114,11 @@ def _close_interval(st: StateBatch, mask: Array, cfg: RiskConfig, xp: ModuleType
                                        st.prev_close)
 
 
-def risk_step(prices: PriceBatch, states: StateBatch, cfg: RiskConfig, xp: ModuleType = np
-              ) -> tuple[dict[str, Array], StateBatch, list[Breach]]:
-    """One micro-batch (module docstring). ``states`` is not modified.
+def risk_step(prices: PriceBatch, states: StateBatch, cfg: RiskConfig, xp: ModuleType = np,
+              with_metrics: bool = True) -> tuple[dict[str, Array], StateBatch, list[Breach]]:
+    """One micro-batch (module docstring). ``states`` is not modified (its arrays are replaced in
+    the result, never written in place, so the copy is shallow). ``with_metrics=False`` only
+    advances the state: no metrics, no limit check (the breach flags stay), ``({}, states, [])``.
 
     ``metrics`` (arrays over accounts, currency units of the prices unless noted): ``gross``,
     ``net``, ``by_symbol (A, K)``, ``by_sector (A, n_sectors)``, ``pnl_day``,
@@ -109,7 +126,7 @@ def risk_step(prices: PriceBatch, states: StateBatch, cfg: RiskConfig, xp: Modul
     ``hvar_<c>`` / ``hcvar_<c>`` (historical), ``marginal_var`` / ``component_var (A, K)`` (at
     ``limit_confidence``), ``concentration`` (max ``|e_i|`` / gross, fraction), ``max_drawdown``
     (fraction, including the current mark), ``limit_values`` / ``breached (A, 4)``."""
-    st = states.copy()
+    st = StateBatch(dict(states.arrays))
     sym_h = np.asarray(prices.sym, dtype=np.int64)
     px_h = np.asarray(prices.px, dtype=np.float64)
     ts_h = np.asarray(prices.ts, dtype=np.int64)
@@ -131,10 +148,17 @@ def risk_step(prices: PriceBatch, states: StateBatch, cfg: RiskConfig, xp: Modul
         roll = (st.day >= 0) & (st.day != day)
         st.arrays["day_ref"] = xp.where(roll[:, None], st.last_px, st.day_ref)
         st.arrays["day"] = xp.full_like(st.day, day)
-        last = _last_price_per_symbol(xp.asarray(sym_h[seg]), xp.asarray(px_h[seg]), n_u, xp)
+        s_d, p_d = xp.asarray(sym_h[seg]), xp.asarray(px_h[seg])
+        last = _last_price_per_symbol(s_d, p_d, n_u, xp)
+        first = _first_price_per_symbol(s_d, p_d, n_u, xp)
         new_px = xp.where(held, last[gidx], xp.nan)
+        # no day reference yet: the price held before this segment, else the first one in it
+        # (never a later one, so how the stream is cut into batches does not matter)
+        ref0 = xp.where(xp.isfinite(st.last_px), st.last_px, xp.where(held, first[gidx], xp.nan))
+        st.arrays["day_ref"] = xp.where(xp.isnan(st.day_ref) & held, ref0, st.day_ref)
         st.arrays["last_px"] = xp.where(xp.isfinite(new_px), new_px, st.last_px)
-        st.arrays["day_ref"] = xp.where(xp.isnan(st.day_ref) & held, st.last_px, st.day_ref)
+    if not with_metrics:
+        return {}, st, []
     return _metrics(st, cfg, xp)
 
 
