@@ -169,9 +169,11 @@ class Processor(ABC, Generic[S]):
         in ``records``), which go to the side topic's DLQ."""
         raise NotImplementedError(f"{self.name} has no side input")
 
-    def apply_side(self, decoded: Any, state: S, symbols: SymbolTable) -> S:
+    def apply_side(self, decoded: Any, state: S, symbols: SymbolTable, read_to: dict[int, int]) -> S:
         """Return ``state`` with the decoded side records applied, skipping those before the
-        state's own :meth:`side_offsets` (they were applied already). Pure, like :meth:`process`."""
+        state's own :meth:`side_offsets` (they were applied already), and its side position moved
+        to ``read_to`` (``{partition: next offset}`` after the records read, rejected ones
+        included). Pure, like :meth:`process`."""
         raise NotImplementedError(f"{self.name} has no side input")
 
     def side_offsets(self, state: S) -> dict[int, int]:

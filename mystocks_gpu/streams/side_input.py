@@ -66,6 +66,9 @@ class SideInput:
         self.kafka, self.topic, self.clock = kafka, topic, clock
         self.sync_interval_s, self.max_wait_s = sync_interval_s, max_wait_s
         self.consumer: Any = None
+        #: an unassigned consumer for end-offset queries: the reading consumer's connection is held
+        #: by fetch long-polls (a ListOffsets request queued behind one waits up to fetch.wait.max.ms)
+        self.probe: Any = None
         self.partitions: list[int] = []
         #: next offset this reader will return per partition (None = not positioned yet)
         self.position: dict[int, int | None] = {}
@@ -74,8 +77,9 @@ class SideInput:
 
     def open(self) -> None:
         """Create the consumer and learn the side topic's partitions."""
-        self.consumer = make_consumer(self.kafka, f"mystocks-side-{uuid.uuid4().hex[:8]}",
-                                      route_logs=False, **{"log_level": 3})
+        group = f"mystocks-side-{uuid.uuid4().hex[:8]}"
+        self.consumer = make_consumer(self.kafka, group, route_logs=False, **{"log_level": 3, "fetch.wait.max.ms": 50})
+        self.probe = make_consumer(self.kafka, group + "-probe", route_logs=False, **{"log_level": 3})
         md = self.consumer.list_topics(self.topic, timeout=self.kafka.connect_timeout_s).topics.get(self.topic)
         if md is None or md.error is not None:
             raise FatalRuntimeError(f"side input topic {self.topic} does not exist; run: mystocks-gpu topics create")
@@ -83,9 +87,10 @@ class SideInput:
         self.position = {p: None for p in self.partitions}
 
     def close(self) -> None:
-        if self.consumer is not None:
-            self.consumer.close()
-            self.consumer = None
+        for c in (self.consumer, self.probe):
+            if c is not None:
+                c.close()
+        self.consumer = self.probe = None
 
     def _seek(self, wants: dict[int, int]) -> None:
         tps = [TopicPartition(self.topic, p, wants.get(p, 0) if wants.get(p, 0) > 0 else OFFSET_BEGINNING)
@@ -96,14 +101,17 @@ class SideInput:
         self._synced_at = -1e18  # a rewind re-reads the end too
 
     def _sync_ends(self) -> None:
-        for p in self.partitions:
-            try:
-                _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p),
-                                                              timeout=self.kafka.connect_timeout_s, cached=False)
-            except KafkaException as exc:
-                log.warning("side input: end offset unknown", extra={"fields": {"partition": p, "error": exc.args[0].str()}})
-                continue
-            self._ends[p] = hi
+        """The end of every partition in one ListOffsets request (timestamp -1 = latest; with
+        ``read_committed`` that is the last stable offset, so it is always reachable)."""
+        try:
+            tps = self.probe.offsets_for_times([TopicPartition(self.topic, p, -1) for p in self.partitions],
+                                               timeout=self.kafka.connect_timeout_s)
+        except KafkaException as exc:
+            log.warning("side input: end offsets unknown", extra={"fields": {"error": exc.args[0].str()}})
+            return
+        for tp in tps:
+            if tp.error is None and tp.offset >= 0:
+                self._ends[tp.partition] = tp.offset
         self._synced_at = self.clock.monotonic()
 
     def read(self, wants: dict[int, int]) -> list[SideRecord]:

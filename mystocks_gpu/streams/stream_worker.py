@@ -406,8 +406,11 @@ class StreamWorker:
         if not records:
             return []
         decoded, rejected = self.processor.decode_side(records, self.symbols)
+        read_to: dict[int, int] = {}
+        for r in records:
+            read_to[r.partition] = max(read_to.get(r.partition, 0), r.offset + 1)
         for partition in list(owned):
-            owned[partition] = self.processor.apply_side(decoded, owned[partition], self.symbols)
+            owned[partition] = self.processor.apply_side(decoded, owned[partition], self.symbols, read_to)
             self.protocol.touch(partition, np.empty(0, np.int32))  # its changelog carries the side position
         return [(records[r.index], r) for r in rejected
                 if records[r.index].offset >= newest.get(records[r.index].partition, 0)]

@@ -234,14 +234,14 @@ class RiskProcessor(Processor[RiskBook]):
     def decode_side(self, records: Sequence[Any], symbols: SymbolTable) -> tuple[Any, list[Rejected]]:
         return decode_positions(records, self.codec, self.cfg.sectors)
 
-    def apply_side(self, decoded: Any, state: RiskBook, symbols: SymbolTable) -> RiskBook:
+    def apply_side(self, decoded: Any, state: RiskBook, symbols: SymbolTable, read_to: dict[int, int]) -> RiskBook:
         updates: list[PositionUpdate] = decoded
         new = [u for u in updates if u.offset >= state.side_next.get(u.partition, 0)]
-        if not new:
+        moved = {p: o for p, o in read_to.items() if o > state.side_next.get(p, 0)}
+        if not new and not moved:
             return state
         book = state.copy()
-        for u in new:
-            book.side_next[u.partition] = max(book.side_next.get(u.partition, 0), u.offset + 1)
+        book.side_next.update(moved)
         book.pending = sorted([*book.pending, *new], key=lambda u: u.order)
         book.dirty_book = True
         return book
