@@ -12,7 +12,7 @@ import numpy as np
 
 from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
 from mystocks_gpu.processors.risk.positions import encode_positions
-from mystocks_gpu.processors.risk.processor import RiskProcessor
+from mystocks_gpu.processors.risk.risk_processor import RiskProcessor
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.schemas.symbols import SymbolTable

@@ -26,7 +26,7 @@ def _features(output_topic: str | None = None, backend: str = "auto", store: Sch
 def _risk(output_topic: str | None = None, backend: str = "auto", store: SchemaStore | None = None,
           config_file: str | None = None) -> Processor[Any]:
     """Streaming risk: prices + positions (side input) -> risk.metrics + alerts (``--processor-config``)."""
-    from mystocks_gpu.processors.risk.processor import make
+    from mystocks_gpu.processors.risk.risk_processor import make
 
     return make(output_topic, backend, store, config_file)
 

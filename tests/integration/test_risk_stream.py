@@ -17,7 +17,7 @@ from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.processors.risk.config import load_processor_config
 from mystocks_gpu.processors.risk.positions import encode_positions
-from mystocks_gpu.processors.risk.processor import RiskProcessor
+from mystocks_gpu.processors.risk.risk_processor import RiskProcessor
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT, run_cli

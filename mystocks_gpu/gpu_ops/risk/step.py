@@ -102,10 +102,12 @@ def _close_interval(st: StateBatch, mask: Array, cfg: RiskConfig, xp: ModuleType
     st.arrays["mean"] = xp.where(mask[:, None], mean, st.mean)
     st.arrays["n_obs"] = xp.where(mask[:, None], n_obs, st.n_obs)
     W = st.window.shape[1]
-    row = (xp.arange(W)[None, :] == st.win_pos[:, None]) & mask[:, None]
+    # the historical window takes a row only when the close produced a return (not the first close)
+    wmask = mask & xp.any(ok, axis=1)
+    row = (xp.arange(W)[None, :] == st.win_pos[:, None]) & wmask[:, None]
     st.arrays["window"] = xp.where(row[:, :, None], r[:, None, :], st.window)
-    st.arrays["win_pos"] = xp.where(mask, (st.win_pos + 1) % W, st.win_pos)
-    st.arrays["win_count"] = xp.where(mask, xp.minimum(st.win_count + 1, W), st.win_count)
+    st.arrays["win_pos"] = xp.where(wmask, (st.win_pos + 1) % W, st.win_pos)
+    st.arrays["win_count"] = xp.where(wmask, xp.minimum(st.win_count + 1, W), st.win_count)
     eq = _equity(st, xp)[:, None]
     dd, peak = max_drawdown(eq, st.peak, st.max_dd, xp)
     st.arrays["max_dd"] = xp.where(mask, dd, st.max_dd)
@@ -115,10 +117,13 @@ def _close_interval(st: StateBatch, mask: Array, cfg: RiskConfig, xp: ModuleType
 
 
 def risk_step(prices: PriceBatch, states: StateBatch, cfg: RiskConfig, xp: ModuleType = np,
-              with_metrics: bool = True) -> tuple[dict[str, Array], StateBatch, list[Breach]]:
+              with_metrics: bool = True, close_until: int | None = None
+              ) -> tuple[dict[str, Array], StateBatch, list[Breach]]:
     """One micro-batch (module docstring). ``states`` is not modified (its arrays are replaced in
     the result, never written in place, so the copy is shallow). ``with_metrics=False`` only
     advances the state: no metrics, no limit check (the breach flags stay), ``({}, states, [])``.
+    ``close_until`` (ns, optional): after the prices, close every interval that ended at or before
+    that time (an emit boundary: the snapshot then includes the finished interval's return).
 
     ``metrics`` (arrays over accounts, currency units of the prices unless noted): ``gross``,
     ``net``, ``by_symbol (A, K)``, ``by_sector (A, n_sectors)``, ``pnl_day``,
@@ -157,6 +162,13 @@ def risk_step(prices: PriceBatch, states: StateBatch, cfg: RiskConfig, xp: Modul
         ref0 = xp.where(xp.isfinite(st.last_px), st.last_px, xp.where(held, first[gidx], xp.nan))
         st.arrays["day_ref"] = xp.where(xp.isnan(st.day_ref) & held, ref0, st.day_ref)
         st.arrays["last_px"] = xp.where(xp.isfinite(new_px), new_px, st.last_px)
+    if close_until is not None:
+        # every open interval that ended at or before ``close_until`` closes now; the account then
+        # has no open interval until its next price (so no zero return is inserted for a gap)
+        done = (st.interval >= 0) & (st.interval < int(close_until) // cfg.interval_ns)
+        if bool(xp.any(done)):
+            _close_interval(st, done, cfg, xp)
+            st.arrays["interval"] = xp.where(done, -1, st.interval)
     if not with_metrics:
         return {}, st, []
     return _metrics(st, cfg, xp)

@@ -48,7 +48,7 @@ EMIT_MODES = ("interval", "batch")
 
 @dataclass(frozen=True)
 class RiskProcessorConfig:
-    """Settings of :class:`~mystocks_gpu.processors.risk.processor.RiskProcessor` (each is tested):
+    """Settings of :class:`~mystocks_gpu.processors.risk.risk_processor.RiskProcessor` (each is tested):
 
     - ``risk``: the risk maths (:class:`RiskConfig`: EWMA decay, confidences, horizon, window,
       return interval, limit VaR). ``n_sectors`` is set from the sector map.

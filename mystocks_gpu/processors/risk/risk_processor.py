@@ -218,8 +218,10 @@ class RiskProcessor(Processor[RiskBook]):
         if book.stack is None:
             return
         old = book.stack
+        # at an emit boundary the intervals that ended by then close first (their returns count)
+        until = ts_event if self.cfg.emit == "interval" else None
         metrics, new, breaches = risk_step(PriceBatch(np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0)),
-                                           old, self.cfg.risk, self.xp)
+                                           old, self.cfg.risk, self.xp, close_until=until)
         book.stack = new
         self._mark_dirty(book, old, new)
         recs = metrics_records(metrics, new, book.names, ts_event, book.px_ts, symbols, self.cfg)
