@@ -74,8 +74,8 @@ def closes_matrix(bars: pd.DataFrame, universe: list[str]) -> tuple[np.ndarray, 
 
 
 def _estimate(window: np.ndarray, spec: OptimizeSpec) -> tuple[np.ndarray, np.ndarray]:
-    from mystocks_gpu.gpu_ops.portfolio.rebalance import RebalanceSpec, estimate
     from mystocks_gpu.gpu_ops.portfolio.problem import PortfolioProblem
+    from mystocks_gpu.gpu_ops.portfolio.rebalance import RebalanceSpec, estimate
 
     rs = RebalanceSpec(PortfolioProblem("min_variance", cov=np.eye(window.shape[1])), lookback=max(2, window.shape[0]),
                        estimator=spec.estimator, ewma_lambda=spec.ewma_lambda)
