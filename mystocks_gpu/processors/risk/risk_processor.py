@@ -126,9 +126,10 @@ class RiskProcessor(Processor[RiskBook]):
                           c["close"][ok]))
         row = np.concatenate([p[0] for p in parts]).astype(np.int64)
         order = np.argsort(row, kind="stable")  # arrival order
-        cols = {"sym": np.concatenate([p[1] for p in parts]).astype(np.int32)[order],
-                "ts": np.concatenate([p[2] for p in parts]).astype(np.int64)[order],
-                "px": np.concatenate([p[3] for p in parts]).astype(np.float64)[order]}
+        cols: dict[str, np.ndarray] = {
+            "sym": np.concatenate([p[1] for p in parts]).astype(np.int32)[order],
+            "ts": np.concatenate([p[2] for p in parts]).astype(np.int64)[order],
+            "px": np.concatenate([p[3] for p in parts]).astype(np.float64)[order]}
         return Decoded(Columns(cols, symbols, index[row[order]], partition, ingest_ns), rejected)
 
     # ---- state -------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ class RiskProcessor(Processor[RiskBook]):
             book.window = max(book.window, w)
             self._apply_due(book, t0, symbols)
             # segment: same window, up to the next pending update's time
-            stop = np.searchsorted(teff, (w + 1) * E, side="left")
+            stop = int(np.searchsorted(teff, (w + 1) * E, side="left"))
             if book.pending:
                 stop = min(stop, int(np.searchsorted(teff, book.pending[0].ts_event, side="left")))
             stop = max(stop, i + 1)
