@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/mystocks-gpu
 EXTRAS ?= dev,bench,ml
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many pytest-xdist workers, each with a private Kafka + Redis
+TEST_WORKERS ?= 2
 # uid that runs apt-get: 0 runs it directly, any other through sudo (override to simulate)
 AS_UID ?= $(shell id -u)
 # a CUDA device is present when this exists or `nvidia-smi -L` lists one
@@ -47,8 +49,8 @@ demo: install ## stack up, topics, run the main pipeline end to end, print what 
 	$(CLI) stack up
 	$(PY) scripts/demo.py
 
-test: install ## whole suite (unit + integration) against a private Kafka + Redis on free ports, started and stopped by the run
-	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+test: install ## whole suite (unit + integration) in $(TEST_WORKERS) workers, each against a private Kafka + Redis on free ports started and stopped by the run
+	$(PY) -m pytest -p no:cacheprovider -ra -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only (no broker)
 	$(PY) -m pytest -p no:cacheprovider -ra tests/unit $(PYTEST_ARGS)
@@ -75,7 +77,7 @@ test-gpu-run: ## the GPU tests with $(PY), no install (scripts/gpu_check.sh): fa
 bench: install ## benchmarks (ours vs baselines, printed ratios); writes bench/out/*.json
 	$(CLI) stack up
 	@mkdir -p bench/out
-	for b in codec gpu_ops backtest runtime features_e2e portfolio; do \
+	for b in codec gpu_ops backtest runtime features_e2e execution portfolio; do \
 	  [ -f bench/$$b.py ] && $(PY) bench/$$b.py --json bench/out/$$b.json || exit 1; done
 
 lint: install ## ruff + mypy

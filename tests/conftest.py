@@ -100,7 +100,10 @@ def _stop_abandoned_stacks() -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("--stack") != "own" or hasattr(config, "workerinput"):
+    # with pytest-xdist (`make test` runs `-n 2`) each worker process gets a private stack of its own
+    # (its own ports and home), so a test that pauses or restarts its broker disturbs no other test;
+    # the controller process runs no test and starts no stack
+    if config.getoption("--stack") != "own" or _is_xdist_controller(config):
         return
     try:
         host = _env_settings().stack.host
@@ -108,6 +111,16 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"MYSTOCKS_* settings: {exc}") from None
     _stop_abandoned_stacks()
     os.environ.update(private_stack_env(STACK_HOMES / f"test-{os.getpid()}", host))
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """True in the pytest-xdist controller of a ``-n N`` run (it only distributes tests)."""
+    if hasattr(config, "workerinput"):
+        return False
+    try:
+        return int(config.getoption("numprocesses") or 0) > 0
+    except (ValueError, TypeError, AttributeError):  # no xdist, or "-n auto" style strings
+        return bool(getattr(config.option, "numprocesses", None))
 
 
 @pytest.fixture(scope="session")

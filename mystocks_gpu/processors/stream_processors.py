@@ -23,6 +23,14 @@ def _features(output_topic: str | None = None, backend: str = "auto", store: Sch
     return TickFeaturesProcessor(FeaturesProcessorConfig(backend=backend), output_topic=output_topic, store=store)
 
 
+def _execution(output_topic: str | None = None, backend: str = "auto", **kw: Any) -> Processor[Any]:
+    """orders.parent -> orders.schedule + orders.scored (``--output-topic T``: scores to T, schedules
+    to T with ``.scored`` replaced by ``.schedule``); ``kw``: ``store``, ``cfg``."""
+    from mystocks_gpu.processors.execution.exec_processor import make
+
+    return make(output_topic=output_topic, backend=backend, **kw)
+
+
 def _risk(output_topic: str | None = None, backend: str = "auto", store: SchemaStore | None = None,
           config_file: str | None = None) -> Processor[Any]:
     """Streaming risk: prices + positions (side input) -> risk.metrics + alerts (``--processor-config``)."""
@@ -31,7 +39,8 @@ def _risk(output_topic: str | None = None, backend: str = "auto", store: SchemaS
     return make(output_topic, backend, store, config_file)
 
 
-PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate, "features": _features, "risk": _risk}
+PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate, "features": _features,
+                                                        "execution": _execution, "risk": _risk}
 #: processors that take a ``--processor-config FILE`` (passed as ``config_file``)
 CONFIGURABLE = {"risk"}
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,15 @@ from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 log = logging.getLogger(__name__)
 #: client-side record cap of the worker's producer (bytes); each topic's own limit is checked first
 PRODUCER_MAX_BYTES = 64 << 20
+CLIENT_NONCE_SEP = "~"
+
+
+def is_twin(member_client_id: str, transactional_id: str, own_client_id: str) -> bool:
+    """Whether a consumer-group member's client.id marks ANOTHER worker process using
+    ``transactional_id`` (client.id = ``<transactional id>~<process nonce>``). Our own members,
+    current or stale, carry ``own_client_id``."""
+    tid, sep, _ = member_client_id.rpartition(CLIENT_NONCE_SEP)
+    return bool(sep) and tid == transactional_id and member_client_id != own_client_id
 
 
 @dataclass
@@ -148,9 +158,12 @@ class StreamWorker:
                      "isolation.level": "read_committed"}
         else:
             extra["partition.assignment.strategy"] = "cooperative-sticky"
-        # client.id = the transactional id: on a fence, the group tells whether another member uses it
+        # client.id = transactional id + this process's nonce: on a fence, the group tells whether another
+        # worker uses the id. Our own stale member (a session that expired in a broker outage, rejoined
+        # under a new member id) carries our nonce and is not mistaken for a zombie.
+        self._client_id = f"{self.transactional_id}{CLIENT_NONCE_SEP}{uuid.uuid4().hex[:12]}"
         self.consumer = make_consumer(self.kafka, self.group, route_logs=False,
-                                      **{"log_level": 3, "client.id": self.transactional_id, **extra})
+                                      **{"log_level": 3, "client.id": self._client_id, **extra})
         # the protocol checks each record against its topic's own limit; the client-side cap is above all
         # and a record batch never exceeds the smallest topic limit (the broker rejects a whole batch)
         pconf: dict[str, Any] = {"linger.ms": 2 if self.rt.exactly_once else 1, "message.max.bytes": PRODUCER_MAX_BYTES,
@@ -192,9 +205,8 @@ class StreamWorker:
         twins = None
         for attempt in range(6):  # the coordinator may still be loading after a broker restart
             try:
-                me = self.consumer.memberid()
                 desc = admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(15)
-                twins = [m for m in desc.members if m.client_id == self.transactional_id and m.member_id != me]
+                twins = [m for m in desc.members if is_twin(m.client_id, self.transactional_id, self._client_id)]
                 break
             except Exception as exc:  # noqa: BLE001 - retried, then stop on the safe side
                 log.warning("fenced; describing the group failed", extra={"fields": {"error": repr(exc), "attempt": attempt}})
