@@ -70,8 +70,6 @@ class RunContext:
 
 #: the run in progress, set by the worker around ``runner`` (None outside a worker)
 RUN_CONTEXT: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("run_context", default=None)
-#: the same variable under the name ``processors/execution/execsim_job.py`` imports
-CURRENT_RUN = RUN_CONTEXT
 
 
 def current_run() -> RunContext | None:

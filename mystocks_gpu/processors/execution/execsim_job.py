@@ -44,7 +44,7 @@ from mystocks_gpu.gpu_ops.execution.parent_orders import slice_times
 from mystocks_gpu.processors.backtest.spec import to_ns
 from mystocks_gpu.processors.exceptions import InvalidSpec, JobSpecError, JobStopped
 from mystocks_gpu.processors.execution.order_records import params_from_record
-from mystocks_gpu.processors.job_kind import CURRENT_RUN, JobKind, JobSpec, ProgressCb
+from mystocks_gpu.processors.job_kind import JobKind, JobSpec, ProgressCb, current_run
 
 RESULTS_TOPIC = "results.execsim"
 RESULT_SCHEMA = "mystocks.execution.ExecSimResult"
@@ -290,8 +290,8 @@ def publish_rows(settings: Any, rows: list[dict[str, Any]]) -> int:
     from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
     from mystocks_gpu.schemas import AvroCodec
 
-    run = CURRENT_RUN.get()
-    job_id = run[0] if run else "direct"
+    run = current_run()
+    job_id = run.job_id if run else "direct"
     codec = AvroCodec()
     now = SYSTEM_CLOCK.now_ns()
     parts = max(1, math.ceil(len(rows) / ROWS_PER_MESSAGE))
