@@ -191,7 +191,7 @@ def step_portfolio(s, store) -> None:  # type: ignore[no-untyped-def]
         lines = format_summary(res).splitlines()
         print(f"8. optimize {extra['mode']}: {res['problems']} portfolio(s) x {n} assets in "
               f"{time.monotonic() - t1:.1f} s -> results.portfolio")
-        for ln in [lines[0], *lines[1:][:: max(1, len(lines) // 4)], lines[-1]][:6]:
+        for ln in [lines[0], *lines[1:-1][:: max(1, (len(lines) - 2) // 4)][:4], lines[-1]]:
             print(f"   {ln.strip()}")
     print("   as a job: mystocks-gpu submit optimize --spec SPEC.json --wait --report DIR (README: Risk and portfolios)")
 

@@ -92,7 +92,7 @@ def test_optimize_job_through_the_control_plane_equals_cvxpy(plane: Plane, bars:
                                                              settings: Settings) -> None:
     follower = plane.follower()
     job_id = plane.submit("optimize", _spec(bars, max_weight=0.4), bypass_cache=True)
-    statuses = collect(follower, job_id, timeout=120)
+    statuses = collect(follower, job_id, timeout=300)  # the worker's first solve loads the numba kernels
     assert states(statuses)[-1] == "succeeded", statuses[-1]
     prog = [s["progress"] for s in statuses if s["state"] == "running"]
     assert prog == sorted(prog) and len(set(prog)) > 1
@@ -112,8 +112,8 @@ def test_cli_frontier_prints_weights_and_risk_and_writes_the_report(plane: Plane
                                      top_weights=2)))
     job_id = f"opt-{uuid.uuid4().hex[:10]}"
     report = tmp_path / "report"
-    r = run_cli("submit", "optimize", "--spec", str(spec), "--wait", "--timeout", "120", "--no-cache",
-                "--namespace", plane.ns, "--job-id", job_id, "--report", str(report), timeout=180)
+    r = run_cli("submit", "optimize", "--spec", str(spec), "--wait", "--timeout", "240", "--no-cache",
+                "--namespace", plane.ns, "--job-id", job_id, "--report", str(report), timeout=300)
     assert r.returncode == 0, r.stderr
     assert "optimize frontier mean_variance" in r.stdout and "succeeded" in r.stdout
     lines = [ln for ln in r.stdout.splitlines() if "frontier:" in ln]

@@ -41,7 +41,8 @@ def format_summary(result: dict[str, Any]) -> str:
         risk = (f"vol {_f(r.get('ann_volatility'), True)} ret {_f(r.get('ann_return'), True)} "
                 f"sharpe {_f(r.get('sharpe'))}" if r.get("ann_volatility") is not None else "")
         extra = f" turnover {r['turnover']:.4f} cost {r['cost']:.6f}" if "turnover" in r else ""
-        lines.append(f"  {r['label']:>28s}  {r['status']}  objective {_f(r.get('objective'))} {risk}{extra}  "
+        obj = f"objective {_f(r.get('objective'))} " if r.get("objective") is not None else ""
+        lines.append(f"  {r['label']:>28s}  {r['status']}  {obj}{risk}{extra}  "
                      f"weights: {_top(r, syms, k)}")
     reb = result.get("rebalance")
     if reb:
