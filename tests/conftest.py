@@ -72,10 +72,14 @@ def _free_ports(host: str, n: int) -> list[int]:
 
 
 def private_stack_env(home: Path, host: str = "127.0.0.1") -> dict[str, str]:
-    """``MYSTOCKS_*`` variables of a private stack in ``home`` on free ports, with the client
-    settings (Kafka bootstrap, Redis URL) derived from them."""
-    kafka, controller, redis = _free_ports(host, 3)
+    """``MYSTOCKS_*`` variables of a private stack in ``home`` on free ports (the optional servers'
+    too: PostgreSQL, Connect, Prometheus), with the client settings (Kafka bootstrap, Redis URL)
+    derived from them."""
+    kafka, controller, redis, postgres, connect, prometheus = _free_ports(host, 6)
     return {
+        "MYSTOCKS_SERVICES__POSTGRES_PORT": str(postgres),
+        "MYSTOCKS_SERVICES__CONNECT_PORT": str(connect),
+        "MYSTOCKS_SERVICES__PROMETHEUS_PORT": str(prometheus),
         "MYSTOCKS_STACK__HOME": str(home),
         "MYSTOCKS_STACK__KAFKA_PORT": str(kafka),
         "MYSTOCKS_STACK__CONTROLLER_PORT": str(controller),

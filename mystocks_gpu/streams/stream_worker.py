@@ -28,6 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
+from mystocks_gpu.infra.logs import log_context
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
 from mystocks_gpu.streams.commit_protocol import RECORD_OVERHEAD, CommitProtocol
@@ -370,20 +371,28 @@ class StreamWorker:
         ingest_ns = self.clock.now_ns()
         out = Outputs()
         side_rejects = self._apply_side() if self.side is not None else []
+        t_decode = t_process = 0.0  # per-stage seconds (metrics)
         for partition, idx_list in batch.by_partition().items():
             if partition not in self.states.states:
                 continue  # revoked while the batch was forming
             idx = np.asarray(idx_list, np.int64)
-            decoded = self.processor.decode([batch.values[i] for i in idx_list], idx, self.symbols, partition, ingest_ns)
-            out.rejected.extend(decoded.rejected)
-            if len(decoded.columns):
-                part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
-                self.states.states[partition] = new_state
-                # recorded at once: whatever fails next, an abort restores this partition
-                self.protocol.touch(partition, decoded.columns.columns["sym"])
-                out.extend(part_out)
+            t1 = self.clock.monotonic()
+            with log_context(partition=partition):  # on every log line of decode/process (JSON logs)
+                decoded = self.processor.decode([batch.values[i] for i in idx_list], idx, self.symbols, partition,
+                                                ingest_ns)
+                t2 = self.clock.monotonic()
+                t_decode += t2 - t1
+                out.rejected.extend(decoded.rejected)
+                if len(decoded.columns):
+                    part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
+                    t_process += self.clock.monotonic() - t2
+                    self.states.states[partition] = new_state
+                    # recorded at once: whatever fails next, an abort restores this partition
+                    self.protocol.touch(partition, decoded.columns.columns["sym"])
+                    out.extend(part_out)
         self.protocol.processed(batch)
         self.protocol.inject("crash")  # tests: an unexpected exception after states were replaced
+        t_produce = self.clock.monotonic()
         try:
             self.protocol.produce(batch, out)
             for rec, rej in side_rejects:
@@ -399,7 +408,10 @@ class StreamWorker:
         self._summary.records_in += len(batch)
         self.metrics.records_in.inc(len(batch))
         self.metrics.batch_size.observe(len(batch))
-        self.metrics.batch_latency.observe(self.clock.monotonic() - t0)
+        now = self.clock.monotonic()
+        self.metrics.batch_latency.observe(now - t0)
+        for stage, seconds in (("decode", t_decode), ("process", t_process), ("produce", now - t_produce)):
+            self.metrics.stages[stage].observe(seconds)
         if self.protocol.due():
             self.protocol.commit()
 
