@@ -31,7 +31,7 @@ def plane(settings: Settings, stack: Any) -> Iterator[Plane]:
     p = Plane(settings, uuid.uuid4().hex[:8])
     try:
         p.start_control(timeout=120)  # a fresh broker's group coordinator can take a while on a loaded machine
-        p.start_worker("opt", "--kinds", "optimize,echo", timeout=60)
+        p.start_worker("opt", "--kinds", "optimize,echo", timeout=180)
         p.warm_up()
         yield p
     finally:
