@@ -25,6 +25,9 @@ clock on a shared machine is noisy: the JSON also has process CPU seconds.
     python bench/portfolio.py --json bench/out/portfolio.json            # 1,000 x 200, CPU
     python bench/portfolio.py --quick                                     # 100 x 50
     python bench/portfolio.py --gpu --json bench/out/portfolio_gpu.json  # + 10,000 x 500 on a GPU
+
+Risk processor (``risk`` in the JSON): accounts x positions updated per second and p50/p99 batch
+processing time at 10k ticks/s of event time (100 ms batches), in process (see :func:`bench_risk`).
 """
 
 from __future__ import annotations
@@ -218,6 +221,63 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
     return res_out
 
 
+
+def bench_risk(args: argparse.Namespace) -> dict[str, Any]:
+    """The risk processor in process (decode + process, no broker): ``accounts`` accounts of
+    ``positions`` symbols each over synthetic ticks at 10k ticks/s of event time, cut into batches
+    of 100 ms (1,000 ticks), one snapshot of every account per batch (``emit = "batch"``).
+    Reports account-position updates per second (accounts x positions x batches / processing
+    time) and p50/p99 processing time per batch (the micro-batch latency the processor adds)."""
+    from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
+    from mystocks_gpu.processors.risk.config import load_processor_config
+    from mystocks_gpu.processors.risk.positions import encode_positions
+    from mystocks_gpu.processors.risk.risk_processor import RiskProcessor
+    from mystocks_gpu.schemas.batch_codec import BatchEncoder
+    from mystocks_gpu.schemas.symbols import SymbolTable
+    from mystocks_gpu.streams.processor import process_isolating
+    from mystocks_gpu.streams.side_input import SideRecord
+
+    A, K, n_sym, rate = (200, 10, 100, 10_000.0) if args.quick else (args.risk_accounts, args.risk_positions, 500, 10_000.0)
+    batches = 30 if args.quick else 100
+    per = int(rate * 0.1)
+    names = symbol_names(n_sym, args.seed)
+    cols = generate(SyntheticMarket(n_symbols=n_sym, seed=args.seed, events_per_s=rate), per * (batches + 5))
+    ticks = BatchEncoder("mystocks.md.Tick").encode(cols, names)
+    t0 = int(cols["ts"][0])
+    rng = np.random.default_rng(args.seed)
+    side = []
+    for a in range(A):
+        held = rng.choice(n_sym, K, replace=False)
+        val = encode_positions(f"acc{a:05d}", t0, [(names[j], float(rng.integers(10, 500)), 50.0) for j in held])
+        side.append(SideRecord(0, a, f"acc{a:05d}".encode(), val, t0 // 1_000_000))
+    cfg = load_processor_config(data={"risk": {"interval_ns": 1_000_000_000, "window": 100},
+                                      "processor": {"emit": "batch"}}, backend="cpu")
+    proc = RiskProcessor(cfg)
+    sy = SymbolTable()
+    st = proc.initial_state()
+    dec, _rej = proc.decode_side(side, sy)
+    st = proc.apply_side(dec, st, sy, {0: A})
+    lat = []
+    for b in range(batches + 5):
+        vals = ticks[b * per:(b + 1) * per]
+        t1 = time.perf_counter()
+        d = proc.decode(vals, np.arange(b * per, b * per + len(vals)), sy, 0, 0)
+        _out, st = process_isolating(proc, d.columns, st)
+        if b >= 5:  # the first batches warm up (JIT, account state allocation)
+            lat.append(time.perf_counter() - t1)
+    lat_a = np.asarray(lat)
+    out = {"accounts": A, "positions_per_account": K, "symbols": n_sym, "ticks_per_s_event_time": rate,
+           "batch_ticks": per, "batches": batches,
+           "account_positions_per_s": A * K * batches / float(lat_a.sum()),
+           "ticks_per_s_processed": per * batches / float(lat_a.sum()),
+           "batch_ms_p50": 1e3 * float(np.percentile(lat_a, 50)), "batch_ms_p99": 1e3 * float(np.percentile(lat_a, 99)),
+           "keeps_up_at_10k_ticks_per_s": bool(np.percentile(lat_a, 99) < 0.1)}
+    print(f"risk processor: {A} accounts x {K} positions, {per} ticks per 100 ms batch: "
+          f"{out['account_positions_per_s']:,.0f} account-positions/s, {out['ticks_per_s_processed']:,.0f} ticks/s, "
+          f"batch p50 {out['batch_ms_p50']:.1f} ms p99 {out['batch_ms_p99']:.1f} ms")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-assets", type=int, default=500)
     ap.add_argument("--gpu-batch", type=int, default=2500, help="problems per GPU array program")
     ap.add_argument("--gpu-cpu-subset", type=int, default=100)
+    ap.add_argument("--risk-accounts", type=int, default=2000, help="risk processor benchmark: accounts")
+    ap.add_argument("--risk-positions", type=int, default=20, help="risk processor benchmark: positions per account")
+    ap.add_argument("--no-risk", action="store_true", help="skip the risk processor benchmark")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
     load0 = os.getloadavg()[0]
@@ -242,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     res["ratio_vs_cvxpy"] = res["cpu"]["ratio_vs_cvxpy"]
     res["max_rel_objective_diff"] = res["cpu"]["max_rel_objective_diff"]
     res["cvxpy_extrapolated"] = True
+    if not args.no_risk:
+        res["risk"] = bench_risk(args)
     if args.gpu:
         res["gpu"] = bench_gpu(args)
     res["loadavg_1min"] = {"start": load0, "end": os.getloadavg()[0]}

@@ -14,7 +14,9 @@
    and an execsim of a few orders on the replayed tape (``step_execution``).
 8. factors (workload 4): daily bars loaded into md.bars.1d, a ``factors`` job (classic library,
    ICIR + ridge combination) in process, its ranked table (``step_factors``).
-9. how to consume the topics yourself.
+9. portfolios (workload 5): an efficient frontier and a rebalancing backtest as ``optimize`` job
+   runs (batched solves) on bars written to md.bars.1d (``step_portfolio``).
+10. how to consume the topics yourself.
 """
 
 from __future__ import annotations
@@ -153,7 +155,8 @@ def main() -> int:
     step_training(s, int(cols["ts"].min()), run_id)
     step_execution(s, cols, names, run_id)
     step_factors(s, store, run_id)
-    print("9. consume the results yourself:\n"
+    step_portfolio(s, store)
+    print("10. consume the results yourself:\n"
           "   .venv/bin/mystocks-gpu consume features.ticks --from-beginning --max 5 --json\n"
           "   .venv/bin/mystocks-gpu consume md.bars.1m --from-beginning --max 5\n"
           "   .venv/bin/mystocks-gpu models list; .venv/bin/mystocks-gpu consume signals.demo-ridge --from-beginning --max 5\n"
@@ -257,6 +260,45 @@ def step_training(s, start_ns: int, run_id: str, last: int = 40_000) -> None:  #
           f"scores on signals.demo-ridge with model version {proc.latest.version if proc.latest else '-'} in {dt:.1f} s "
           f"({proc.stats.unscored:,} not scored: NaN features during warm-up); live: "
           "mystocks-gpu run signals --model demo-ridge")
+
+
+def step_portfolio(s, store) -> None:  # type: ignore[no-untyped-def]
+    """Risk and portfolios (< 30 s): 300 daily bars of 12 synthetic symbols to md.bars.1d, then the
+    ``optimize`` job's runner in this process (as a worker runs it): a 20-point efficient frontier
+    solved as one batch, and a monthly min-variance rebalancing backtest with costs; every
+    portfolio lands on results.portfolio."""
+    from mystocks_gpu.processors.portfolio.optimize_job import KIND as OPTIMIZE
+    from mystocks_gpu.processors.portfolio.optimize_report import format_summary
+
+    rng = np.random.default_rng(2026)
+    n, T = 12, 300
+    tag = uuid.uuid4().hex[:4].upper()
+    syms = [f"PF{tag}{k:02d}" for k in range(n)]
+    day = 86_400 * 10**9
+    t0 = (time.time_ns() // day - T) * day
+    r = rng.standard_normal((T, 1)) * 0.01 * rng.uniform(0.5, 1.5, n) + rng.normal(3e-4, 0.012, (T, n))
+    close = 50.0 * np.exp(np.cumsum(r, axis=0))
+    c = close.reshape(-1)
+    cols = {"symbol": np.tile(np.arange(n, dtype=np.int32), T), "ts_event": t0 + np.repeat(np.arange(T), n) * day,
+            "interval_ns": np.full(T * n, day), "open": c, "high": c, "low": c, "close": c,
+            "volume": np.ones(T * n), "vwap": c, "trades": np.ones(T * n, np.int64)}
+    vals = BatchEncoder("mystocks.md.Bar", store).encode(cols, syms)
+    keys = [syms[i].encode() for i in cols["symbol"].tolist()]
+    produce_all(make_producer(s.kafka), "md.bars.1d", zip(keys, vals, (cols["ts_event"] // 1_000_000).tolist(),
+                                                           strict=True))
+    base = {"universe": syms, "start": int(t0), "end": int(t0 + T * day), "estimator": "ledoit_wolf",
+            "max_weight": 0.25, "top_weights": 4}
+    for extra in ({"mode": "frontier", "objective": "mean_variance", "frontier_points": 20},
+                  {"mode": "rebalance", "lookback": 120, "rebalance_every": 21, "cost_rate": 0.0005}):
+        spec = OPTIMIZE.parse({**base, **extra})
+        t1 = time.monotonic()
+        res = OPTIMIZE.runner(spec, lambda f, m: None, lambda: False)
+        lines = format_summary(res).splitlines()
+        print(f"9. optimize {extra['mode']}: {res['problems']} portfolio(s) x {n} assets in "
+              f"{time.monotonic() - t1:.1f} s -> results.portfolio")
+        for ln in [lines[0], *lines[1:-1][:: max(1, (len(lines) - 2) // 4)][:4], lines[-1]]:
+            print(f"   {ln.strip()}")
+    print("   as a job: mystocks-gpu submit optimize --spec SPEC.json --wait --report DIR (README: Risk and portfolios)")
 
 def _summary_backend(out: str) -> str | None:
     """The ``backend`` of the JSON summary line that ``mystocks-gpu run`` prints on exit."""

@@ -24,6 +24,7 @@ from mystocks_gpu.cli import (
     factors,
     gateway,
     models,
+    positions,
     run,
     stack,
     submit,
@@ -35,7 +36,8 @@ from mystocks_gpu.infra.logs import kv, setup_logging
 
 log = logging.getLogger("mystocks_gpu.cli")
 #: command groups, in the order ``--help`` lists them; each module has ``add_commands(subparsers)``
-GROUPS = (stack, topics, data, run, control, submit, models, execution, factors, config, connect, auth, gateway)
+GROUPS = (stack, topics, data, run, positions, control, submit, models, execution, factors, config, connect, auth,
+          gateway)
 
 
 def build_parser() -> argparse.ArgumentParser:

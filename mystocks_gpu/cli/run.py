@@ -58,7 +58,8 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     s = features_settings(args, s)
     extra: dict[str, Any] = {"features": s.features} if args.processor == "features" else {}
     processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, model=args.model,
-                       kafka=s.kafka, store=schema_store(s), **extra)
+                       kafka=s.kafka, store=schema_store(s), config_file=args.processor_config,
+                       **extra)
     idle_flush = s.features.idle_close_s if args.processor == "features" else 0.0
     flush_on_stop = s.features.close_on_stop if args.processor == "features" else False
     rt = RuntimeConfig(max_records=args.batch_records, max_bytes=args.batch_bytes, linger_ms=args.linger_ms,
@@ -114,9 +115,12 @@ def add_commands(sub: Any) -> None:
                         description="Run a stream processor: batch consume -> process -> produce. "
                                     "SIGTERM/SIGINT finish the current batch, commit, and exit 0.",
                         epilog=features_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.add_argument("processor", help="processor name (aggregate, features, signals, ...)")
+    sp.add_argument("processor", help="processor name (aggregate, features, signals, risk, execution)")
     sp.add_argument("--model", help="signals: the model to score with (a name on the models topic; its newest "
                                     "version, hot-swapped when a new one is published)")
+    sp.add_argument("--processor-config", metavar="FILE", default=None,
+                    help="the processor's own settings, TOML or JSON (risk: maths, emit window, price policies, "
+                         "sector map, default limits; see the README)")
     sp.add_argument("--group", help="consumer group (default mystocks.PROCESSOR)")
     sp.add_argument("--worker-id", help="stable id of this worker: a restart with the same id fences its predecessor "
                                         "(default HOSTNAME-0)")

@@ -13,10 +13,11 @@ from mystocks_gpu.processors.execution.execsim_job import KIND as EXECSIM
 from mystocks_gpu.processors.factors.factor_job import KIND as FACTORS
 from mystocks_gpu.processors.factors.factor_job import MINE_KIND as FACTORS_MINE
 from mystocks_gpu.processors.job_kind import Chunker, Combiner, JobKind, JobSpec, Runner
+from mystocks_gpu.processors.portfolio.optimize_job import KIND as OPTIMIZE
 from mystocks_gpu.processors.training.train_job import KIND as TRAIN
 
 _KINDS: dict[str, JobKind] = {k.name: k for k in (builtin_kinds.SLEEP, builtin_kinds.ECHO, BACKTEST, TRAIN, EXECSIM,
-                                                              FACTORS, FACTORS_MINE)}
+                                                              FACTORS, FACTORS_MINE, OPTIMIZE)}
 
 
 def register_kind(name: str, spec_cls: type[JobSpec], runner: Runner, *, chunker: Chunker | None = None,

@@ -43,8 +43,18 @@ def _execution(output_topic: str | None = None, backend: str = "auto", **kw: Any
     return make(output_topic=output_topic, backend=backend, **kw)
 
 
+def _risk(output_topic: str | None = None, backend: str = "auto", store: SchemaStore | None = None,
+          config_file: str | None = None) -> Processor[Any]:
+    """Streaming risk: prices + positions (side input) -> risk.metrics + alerts (``--processor-config``)."""
+    from mystocks_gpu.processors.risk.risk_processor import make
+
+    return make(output_topic, backend, store, config_file)
+
+
 PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate, "features": _features,
-                                                        "signals": _signals, "execution": _execution}
+                                                        "signals": _signals, "execution": _execution, "risk": _risk}
+#: processors that take a ``--processor-config FILE`` (passed as ``config_file``)
+CONFIGURABLE = {"risk"}
 
 
 def register(name: str, factory: Callable[..., Processor[Any]]) -> None:
@@ -61,6 +71,10 @@ def create(name: str, **kw: Any) -> Processor[Any]:
         factory = PROCESSORS[name]
     except KeyError:
         raise ConfigError(f"unknown processor {name!r}; known: {', '.join(sorted(PROCESSORS))}") from None
+    if kw.get("config_file") is not None and name not in CONFIGURABLE:
+        raise ConfigError(f"processor {name!r} takes no --processor-config (those that do: {', '.join(sorted(CONFIGURABLE))})")
+    if kw.get("config_file") is None:
+        kw.pop("config_file", None)
     import inspect
 
     params = inspect.signature(factory).parameters

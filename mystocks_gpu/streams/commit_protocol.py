@@ -203,10 +203,14 @@ class CommitProtocol:
                           on_delivery=on_last_delivered if i == n - 1 else None)
                 i += 1
 
-    def dead_letter(self, key: bytes | None, value: bytes | None, ts_ms: int, headers: list[tuple[str, bytes]]) -> None:
-        """One record to the input's DLQ (its value truncated, with a header saying so, if too large)."""
-        key, value, headers = fit_dead_letter(key, value, headers, self.max_bytes.get(self.dlq, 1 << 20) - RECORD_OVERHEAD)
-        self.send(self.dlq, key, value, ts_ms, headers=headers)
+    def dead_letter(self, key: bytes | None, value: bytes | None, ts_ms: int, headers: list[tuple[str, bytes]],
+                    dlq: str | None = None) -> None:
+        """One record to the input's DLQ, or to ``dlq`` (a side input's DLQ), inside the open
+        transaction (its value truncated, with a header saying so, if too large)."""
+        topic = dlq or self.dlq
+        self.begin()
+        key, value, headers = fit_dead_letter(key, value, headers, self.max_bytes.get(topic, 1 << 20) - RECORD_OVERHEAD)
+        self.send(topic, key, value, ts_ms, headers=headers)
         self.tally.dlq += 1
         self.metrics.dlq.inc()
 

@@ -134,6 +134,13 @@ class Processor(ABC, Generic[S]):
     input_topic: str = ""
     #: topics ``process`` writes to
     output_topics: tuple[str, ...] = ()
+    #: a broadcast side input (a table topic every worker reads whole, ``streams/side_input.py``);
+    #: "" = none. A processor with one implements :meth:`decode_side`, :meth:`apply_side` and
+    #: :meth:`side_offsets`
+    side_topic: str = ""
+    #: the most input partitions the processor can work with (None = any): a processor whose state
+    #: must see the whole input (e.g. every price of an account's symbols) sets 1
+    max_input_partitions: int | None = None
 
     @abstractmethod
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
@@ -168,6 +175,24 @@ class Processor(ABC, Generic[S]):
             if key == WHOLE_STATE_KEY:
                 state = self.state_from_bytes(value, symbols)
         return state
+
+    # ---- broadcast side input (optional) ----------------------------------------------------
+    def decode_side(self, records: Sequence[Any], symbols: SymbolTable) -> tuple[Any, list[Rejected]]:
+        """Decode side records (:class:`~mystocks_gpu.streams.side_input.SideRecord`); returns the
+        decoded form :meth:`apply_side` takes and the rejected ones (``Rejected.index`` = position
+        in ``records``), which go to the side topic's DLQ."""
+        raise NotImplementedError(f"{self.name} has no side input")
+
+    def apply_side(self, decoded: Any, state: S, symbols: SymbolTable, read_to: dict[int, int]) -> S:
+        """Return ``state`` with the decoded side records applied, skipping those before the
+        state's own :meth:`side_offsets` (they were applied already), and its side position moved
+        to ``read_to`` (``{partition: next offset}`` after the records read, rejected ones
+        included). Pure, like :meth:`process`."""
+        raise NotImplementedError(f"{self.name} has no side input")
+
+    def side_offsets(self, state: S) -> dict[int, int]:
+        """``{side partition: next offset}`` the state has read (serialised with the state)."""
+        return {}
 
     def flush(self, state: S, symbols: SymbolTable, partition: int) -> tuple[Outputs, S]:
         """Outputs still held in state (e.g. open bars), emitted at the end of a replay, after the

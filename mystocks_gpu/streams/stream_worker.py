@@ -47,11 +47,12 @@ from mystocks_gpu.infra.logs import log_context
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
 from mystocks_gpu.streams.commit_protocol import RECORD_OVERHEAD, CommitProtocol
-from mystocks_gpu.streams.dead_letters import dlq_topic
+from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.fault_injection import FaultPlan
 from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
 from mystocks_gpu.streams.runtime_config import ADAPTIVE, RuntimeConfig
+from mystocks_gpu.streams.side_input import SideInput
 from mystocks_gpu.streams.state_store import PartitionStates, ensure_changelog
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 
@@ -125,6 +126,8 @@ class StreamWorker:
         self.producer: Any = None
         self.states: PartitionStates | None = None
         self.protocol: CommitProtocol | None = None
+        #: the processor's broadcast side input (``streams/side_input.py``), if it has one
+        self.side: SideInput | None = None
 
     @property
     def summary(self) -> RunSummary:
@@ -158,7 +161,13 @@ class StreamWorker:
 
         admin = TopicAdmin(self.kafka)
         live = admin.existing()
-        outputs = (*self.processor.output_topics, dlq_topic(self.topic))
+        limit = self.processor.max_input_partitions
+        if limit is not None and live.get(self.topic, 0) > limit:
+            raise FatalRuntimeError(
+                f"{self.processor.name} needs its whole input in at most {limit} partition(s) and {self.topic} has "
+                f"{live[self.topic]}: use a topic with {limit} partition(s) (see the processor's documentation)")
+        side = self.processor.side_topic
+        outputs = (*self.processor.output_topics, dlq_topic(self.topic), *((side, dlq_topic(side)) if side else ()))
         missing = [t for t in outputs if t not in live]
         if missing:
             raise FatalRuntimeError(f"output topic(s) {', '.join(missing)} do not exist; "
@@ -202,6 +211,9 @@ class StreamWorker:
             producer=self.producer, consumer=self.consumer, topic=self.topic, processor=self.processor,
             states=self.states, rt=self.rt, metrics=self.metrics, clock=self.clock, drop_input=self._drop_input,
             transactional_id=self.transactional_id, max_bytes=max_bytes)
+        if side:
+            self.side = SideInput(self.kafka, side, clock=self.clock)
+            self.side.open()
         self.protocol.fault = FaultPlan.parse(self.rt.fault_injection).hook()
         self.protocol.replace_producer = self._replace_fenced_producer
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -396,6 +408,8 @@ class StreamWorker:
             pass
         if self.producer is not None and not self.rt.exactly_once:
             self.producer.flush(30)
+        if self.side is not None:
+            self.side.close()
 
     def _caught_up(self) -> bool:
         """True when this worker owns partitions and its position is at the end of each of them."""
@@ -445,6 +459,7 @@ class StreamWorker:
         stages = self.metrics.stages
         self._observe_wait(batch, close_ns)
         out = Outputs()
+        side_rejects = self._apply_side() if self.side is not None else []
         decode_s = process_s = 0.0
         ts_ms = np.asarray(batch.timestamps_ms, np.int64)
         for partition, idx_list in batch.by_partition().items():
@@ -474,6 +489,11 @@ class StreamWorker:
         t_prod = self.clock.monotonic()
         try:
             self.protocol.produce(batch, out, on_last_delivered=None if self.rt.exactly_once else self._delivered(n, t_prod))
+            for rec, rej in side_rejects:
+                self.protocol.dead_letter(rec.key, rec.value, rec.timestamp_ms,
+                                          dlq_headers(rej.error_class, rej.message, self.processor.side_topic,
+                                                      rec.partition, rec.offset, self.processor.name),
+                                          dlq=dlq_topic(self.processor.side_topic))
         except KafkaException as exc:
             self.protocol.recover(exc.args[0], "produce")
             return
@@ -583,6 +603,30 @@ class StreamWorker:
             else:
                 keep.append(i)
         return keep
+
+    def _apply_side(self) -> list[tuple[Any, Any]]:
+        """Read the side input from the oldest position of the owned states to its end and apply it
+        to every owned state (each skips what it has already read). Returns ``(record, Rejected)``
+        for the undecodable records that no owned state had read before (dead-lettered once)."""
+        assert self.side is not None and self.states is not None and self.protocol is not None
+        owned = self.states.states
+        if not owned:
+            return []
+        positions = [self.processor.side_offsets(st) for st in owned.values()]
+        wants = {p: min(pos.get(p, 0) for pos in positions) for p in self.side.partitions}
+        newest = {p: max(pos.get(p, 0) for pos in positions) for p in self.side.partitions}
+        records = self.side.read(wants)
+        if not records:
+            return []
+        decoded, rejected = self.processor.decode_side(records, self.symbols)
+        read_to: dict[int, int] = {}
+        for r in records:
+            read_to[r.partition] = max(read_to.get(r.partition, 0), r.offset + 1)
+        for partition in list(owned):
+            owned[partition] = self.processor.apply_side(decoded, owned[partition], self.symbols, read_to)
+            self.protocol.touch(partition, np.empty(0, np.int32))  # its changelog carries the side position
+        return [(records[r.index], r) for r in rejected
+                if records[r.index].offset >= newest.get(records[r.index].partition, 0)]
 
     def _backpressure(self) -> None:
         """Pause every assigned partition while the producer holds too many unacknowledged records."""

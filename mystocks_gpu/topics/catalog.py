@@ -114,6 +114,15 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec("models", "model", "mystocks.ml.ModelRecord", partitions=1, cleanup="compact",
               extra={"max.message.bytes": str(MODEL_TOPIC_MAX_BYTES), "min.compaction.lag.ms": str(DAY_MS)},
               description="model registry: latest version per model name (+ its parts), compacted"),
+    TopicSpec("positions", "account", "mystocks.risk.Positions", partitions=4, cleanup="compact",
+              description="holdings and limits per account (compacted; read whole by every risk worker)"),
+    _event_time("risk.prices", "mystocks.md.Tick", "prices for the risk processor (ticks or bars) in ONE "
+                "partition: an account's symbols span every md.ticks partition", partitions=1),
+    TopicSpec("risk.metrics", "account", "mystocks.risk.RiskMetrics", retention_ms=-1, retention_bytes=GIB,
+              dlq=False, description="risk snapshot per account per emit window (event time)"),
+    TopicSpec("results.portfolio", "job_id", "mystocks.portfolio.PortfolioResult", partitions=1,
+              retention_ms=30 * DAY_MS, dlq=False, extra={"max.message.bytes": "8388608"},
+              description="optimised portfolios of optimize jobs, one record per problem"),
 )
 
 

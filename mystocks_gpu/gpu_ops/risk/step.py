@@ -14,7 +14,8 @@ negative symbol codes are ignored, the stream processor routes them to the DLQ):
    return; several empty intervals in a row make one return (no zeros are inserted). A symbol
    with no price yet has no return (NaN: its EWMA row is left alone).
 3. When a segment's day differs from an account's day, ``day_ref`` (the day P&L reference)
-   becomes the last price of the previous day; before any previous day it is the first price.
+   becomes the last price of the previous day; before any previous day it is the first price
+   (the price the account held the symbol at, or the first one seen for it).
 4. The segment's last price per symbol (by ``ts``) becomes ``last_px``.
 
 State changes happen only at interval closes and day rolls, so replaying the same prices in
@@ -69,6 +70,20 @@ def _last_price_per_symbol(sym: Array, px: Array, n_u: int, xp: ModuleType) -> A
     return xp.where(last >= 0, px[xp.maximum(last, 0)], xp.nan)
 
 
+def _first_price_per_symbol(sym: Array, px: Array, n_u: int, xp: ModuleType) -> Array:
+    """``(n_u,)`` the first price of each symbol in input order (NaN where none)."""
+    big = sym.shape[0]
+    first = xp.full(n_u, big, dtype=xp.int64)
+    pos = xp.arange(big, dtype=xp.int64)
+    if xp is np:
+        np.minimum.at(first, sym, pos)
+    else:  # pragma: no cover - GPU
+        import cupyx
+
+        cupyx.scatter_min(first, sym, pos)
+    return xp.where(first < big, px[xp.minimum(first, max(big - 1, 0))], xp.nan)
+
+
 def _equity(st: StateBatch, xp: ModuleType) -> Array:
     _day, inc = pnl(st.qty, st.last_px, st.day_ref, st.cost, xp)
     return st.capital + inc
@@ -87,10 +102,12 @@ def _close_interval(st: StateBatch, mask: Array, cfg: RiskConfig, xp: ModuleType
     st.arrays["mean"] = xp.where(mask[:, None], mean, st.mean)
     st.arrays["n_obs"] = xp.where(mask[:, None], n_obs, st.n_obs)
     W = st.window.shape[1]
-    row = (xp.arange(W)[None, :] == st.win_pos[:, None]) & mask[:, None]
+    # the historical window takes a row only when the close produced a return (not the first close)
+    wmask = mask & xp.any(ok, axis=1)
+    row = (xp.arange(W)[None, :] == st.win_pos[:, None]) & wmask[:, None]
     st.arrays["window"] = xp.where(row[:, :, None], r[:, None, :], st.window)
-    st.arrays["win_pos"] = xp.where(mask, (st.win_pos + 1) % W, st.win_pos)
-    st.arrays["win_count"] = xp.where(mask, xp.minimum(st.win_count + 1, W), st.win_count)
+    st.arrays["win_pos"] = xp.where(wmask, (st.win_pos + 1) % W, st.win_pos)
+    st.arrays["win_count"] = xp.where(wmask, xp.minimum(st.win_count + 1, W), st.win_count)
     eq = _equity(st, xp)[:, None]
     dd, peak = max_drawdown(eq, st.peak, st.max_dd, xp)
     st.arrays["max_dd"] = xp.where(mask, dd, st.max_dd)
@@ -99,9 +116,14 @@ def _close_interval(st: StateBatch, mask: Array, cfg: RiskConfig, xp: ModuleType
                                        st.prev_close)
 
 
-def risk_step(prices: PriceBatch, states: StateBatch, cfg: RiskConfig, xp: ModuleType = np
+def risk_step(prices: PriceBatch, states: StateBatch, cfg: RiskConfig, xp: ModuleType = np,
+              with_metrics: bool = True, close_until: int | None = None
               ) -> tuple[dict[str, Array], StateBatch, list[Breach]]:
-    """One micro-batch (module docstring). ``states`` is not modified.
+    """One micro-batch (module docstring). ``states`` is not modified (its arrays are replaced in
+    the result, never written in place, so the copy is shallow). ``with_metrics=False`` only
+    advances the state: no metrics, no limit check (the breach flags stay), ``({}, states, [])``.
+    ``close_until`` (ns, optional): after the prices, close every interval that ended at or before
+    that time (an emit boundary: the snapshot then includes the finished interval's return).
 
     ``metrics`` (arrays over accounts, currency units of the prices unless noted): ``gross``,
     ``net``, ``by_symbol (A, K)``, ``by_sector (A, n_sectors)``, ``pnl_day``,
@@ -109,7 +131,7 @@ def risk_step(prices: PriceBatch, states: StateBatch, cfg: RiskConfig, xp: Modul
     ``hvar_<c>`` / ``hcvar_<c>`` (historical), ``marginal_var`` / ``component_var (A, K)`` (at
     ``limit_confidence``), ``concentration`` (max ``|e_i|`` / gross, fraction), ``max_drawdown``
     (fraction, including the current mark), ``limit_values`` / ``breached (A, 4)``."""
-    st = states.copy()
+    st = StateBatch(dict(states.arrays))
     sym_h = np.asarray(prices.sym, dtype=np.int64)
     px_h = np.asarray(prices.px, dtype=np.float64)
     ts_h = np.asarray(prices.ts, dtype=np.int64)
@@ -131,10 +153,24 @@ def risk_step(prices: PriceBatch, states: StateBatch, cfg: RiskConfig, xp: Modul
         roll = (st.day >= 0) & (st.day != day)
         st.arrays["day_ref"] = xp.where(roll[:, None], st.last_px, st.day_ref)
         st.arrays["day"] = xp.full_like(st.day, day)
-        last = _last_price_per_symbol(xp.asarray(sym_h[seg]), xp.asarray(px_h[seg]), n_u, xp)
+        s_d, p_d = xp.asarray(sym_h[seg]), xp.asarray(px_h[seg])
+        last = _last_price_per_symbol(s_d, p_d, n_u, xp)
+        first = _first_price_per_symbol(s_d, p_d, n_u, xp)
         new_px = xp.where(held, last[gidx], xp.nan)
+        # no day reference yet: the price held before this segment, else the first one in it
+        # (never a later one, so how the stream is cut into batches does not matter)
+        ref0 = xp.where(xp.isfinite(st.last_px), st.last_px, xp.where(held, first[gidx], xp.nan))
+        st.arrays["day_ref"] = xp.where(xp.isnan(st.day_ref) & held, ref0, st.day_ref)
         st.arrays["last_px"] = xp.where(xp.isfinite(new_px), new_px, st.last_px)
-        st.arrays["day_ref"] = xp.where(xp.isnan(st.day_ref) & held, st.last_px, st.day_ref)
+    if close_until is not None:
+        # every open interval that ended at or before ``close_until`` closes now; the account then
+        # has no open interval until its next price (so no zero return is inserted for a gap)
+        done = (st.interval >= 0) & (st.interval < int(close_until) // cfg.interval_ns)
+        if bool(xp.any(done)):
+            _close_interval(st, done, cfg, xp)
+            st.arrays["interval"] = xp.where(done, -1, st.interval)
+    if not with_metrics:
+        return {}, st, []
     return _metrics(st, cfg, xp)
 
 

@@ -1,0 +1,1 @@
+"""Portfolio workload: the ``optimize`` job kind (batched optimisation over replayed bars)."""
