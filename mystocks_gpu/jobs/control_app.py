@@ -35,12 +35,14 @@ from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.protocol import (
     COMMAND_SCHEMA,
     STATUS_SCHEMA,
+    check_submit,
     parse_headers,
     status_to_json,
 )
-from mystocks_gpu.jobs.result_cache import ResultCache
+from mystocks_gpu.jobs.result_cache import DataVersions, ResultCache
 from mystocks_gpu.jobs.scheduler import WorkerInfo
 from mystocks_gpu.jobs.ws_hub import Hub
+from mystocks_gpu.processors.exceptions import JobSpecError
 from mystocks_gpu.schemas import AvroCodec, DecodeError
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,7 @@ class ControlApp:
         self.workers: list[WorkerInfo] = []
         self.redis: aredis.Redis | None = None
         self.cache: ResultCache | None = None
+        self.versions: DataVersions | None = None
         self._lock: asyncio.Lock | None = None
         self.ready = False
         self.web_port: int | None = None
@@ -213,14 +216,16 @@ class ControlApp:
                 await self.apply(self.core.cancel(cmd["job_id"], cmd.get("requester", "")))
                 return
             cached = None
-            key, _ = submit_cache_key(cmd)
+            version = await self._data_version(cmd)
+            key, _ = submit_cache_key(cmd, version) if version is not None else (None, None)
             if key and not cmd.get("bypass_cache") and self.cache is not None and cmd["job_id"] not in self.table:
                 try:
                     cached = await self.cache.get(key)
                 except Exception as exc:
                     log.warning("result cache lookup failed: %s", exc)
             n_dev = sum(len(w.devices) for w in self.workers) or 1
-            eff = self.core.submit(cmd, cached=cached, n_devices=n_dev)
+            eff = self.core.submit(cmd, cached=cached, n_devices=n_dev, data_version=version,
+                                   cacheable=version is not None)
             await self.apply(eff.extend(self.core.schedule(self.workers)))
         elif topic == self.cfg.events_topic:
             try:
@@ -232,6 +237,17 @@ class ControlApp:
             if any(s["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for s in eff.statuses):
                 eff.extend(self.core.schedule(self.workers))
             await self.apply(eff)
+
+    async def _data_version(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
+        """The version of the data a SUBMIT reads (``result_cache.DataVersions``), read off the event
+        loop; ``{}`` for an invalid submit (it is rejected anyway), None when it cannot be read."""
+        try:
+            spec = check_submit(cmd)
+        except JobSpecError:
+            return {}
+        if self.versions is None:
+            self.versions = DataVersions(self.settings.kafka)
+        return await asyncio.get_running_loop().run_in_executor(None, self.versions.of, spec.data_range())
 
     async def _tick(self) -> None:
         assert self.redis is not None

@@ -151,7 +151,7 @@ class ReplaySource:
         last_progress = time.monotonic()
         try:
             while True:
-                msgs = consumer.consume(20_000, timeout=1.0)
+                msgs = consumer.consume(20_000, timeout=0.1)
                 if not msgs:
                     if time.monotonic() - last_progress > self.stall_timeout_s:
                         raise FatalRuntimeError(f"replay of {self.topic}[{b.partition}] stalled for "

@@ -459,18 +459,18 @@ def collect_stats(
     plan = plan or compile_grid(spec.strategy, spec.params)
     n_par = plan.n_par
     by_range: dict[tuple[int, int], list[ChunkState]] = {}
-    for st in states:
-        by_range.setdefault((st.sym_start, st.sym_stop), []).append(st)
+    for state in states:
+        by_range.setdefault((state.sym_start, state.sym_stop), []).append(state)
     pos = 0
     sf_parts, si_parts = [], []
     for (s0, s1), group in sorted(by_range.items()):
-        group.sort(key=lambda st: st.par_start)
-        ranges = [(st.par_start, n_par if st.par_stop < 0 else st.par_stop) for st in group]
-        if s0 != pos or any(st.bar_stop != n_bars for st in group) or ranges[0][0] != 0 \
+        group.sort(key=lambda g: g.par_start)
+        ranges = [(g.par_start, n_par if g.par_stop < 0 else g.par_stop) for g in group]
+        if s0 != pos or any(g.bar_stop != n_bars for g in group) or ranges[0][0] != 0 \
                 or ranges[-1][1] != n_par or any(a[1] != b[0] for a, b in zip(ranges, ranges[1:], strict=False)):
             raise BacktestInputError(
                 f"states do not tile the run: range {s0}:{s1} after {pos}, parameter ranges {ranges}, "
-                f"bar_stop {[st.bar_stop for st in group]} of {n_bars}"
+                f"bar_stop {[g.bar_stop for g in group]} of {n_bars}"
             )
         pos = s1
         n_s = s1 - s0
@@ -479,9 +479,9 @@ def collect_stats(
             si_parts.append(to_host(group[0].si))
             continue
         # (NF, n_s * P_r) per parameter range -> (NF, n_s, n_par) -> symbol-major cells
-        sf_parts.append(np.concatenate([to_host(st.sf).reshape(NF, n_s, -1) for st in group], axis=2)
+        sf_parts.append(np.concatenate([to_host(g.sf).reshape(NF, n_s, -1) for g in group], axis=2)
                         .reshape(NF, n_s * n_par))
-        si_parts.append(np.concatenate([to_host(st.si).reshape(NI, n_s, -1) for st in group], axis=2)
+        si_parts.append(np.concatenate([to_host(g.si).reshape(NI, n_s, -1) for g in group], axis=2)
                         .reshape(NI, n_s * n_par))
     if pos != len(symbols):
         raise BacktestInputError(f"states cover {pos} of {len(symbols)} symbols")
