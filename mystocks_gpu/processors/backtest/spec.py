@@ -206,7 +206,7 @@ class BacktestSpec:
             per_symbol_mb = n * 300 / 1e6
             raise InvalidSpec(
                 f"params: the grid has {n:,} parameter sets, more than max_grid={max_grid:,} "
-                f"(each symbol would publish {n:,} result rows, ~{per_symbol_mb:,.0f} MB, and hold "
+                f"(each symbol would publish up to {n:,} result rows, ~{per_symbol_mb:,.0f} MB, and hold "
                 f"~{n * 144 / 1e6:,.0f} MB of state); narrow the value lists or split the grid into jobs"
                 + (f" (max_grid can be raised up to {MAX_PARAM_SETS:,})" if n <= MAX_PARAM_SETS else "")
             )
