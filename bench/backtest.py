@@ -82,7 +82,7 @@ def run_ours(
         fees=FEES,
         slippage=SLIPPAGE,
         initial_cash=INIT_CASH,
-        max_grid=10**7,
+        max_grid=10**6,
         n_curves=5,
         memory_budget_bytes=4 << 30,
     )
