@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import numpy as np
 
 from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
 from mystocks_gpu.data.topic_reader import read_topic
-from mystocks_gpu.gpu_ops.backend import gpu_available, select
+from mystocks_gpu.gpu_ops.backend import gpu_available
 from mystocks_gpu.infra.config import load_settings
 from mystocks_gpu.infra.kafka_clients import (
     ensure_broker,
@@ -30,8 +31,8 @@ from mystocks_gpu.infra.kafka_clients import (
     make_producer,
     produce_all,
 )
-from mystocks_gpu.processors.tick_features import TickFeaturesProcessor
-from mystocks_gpu.schemas import AvroCodec
+from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor
+from mystocks_gpu.schemas import AvroCodec, schema_store
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.streams.runtime_config import RuntimeConfig
 from mystocks_gpu.streams.stream_worker import StreamWorker
@@ -39,8 +40,8 @@ from mystocks_gpu.topics import all_specs
 from mystocks_gpu.topics.admin import TopicAdmin
 
 
-def _items(cols: dict[str, np.ndarray], names: list[str]):  # type: ignore[no-untyped-def]
-    enc = BatchEncoder("mystocks.md.Tick")
+def _items(cols: dict[str, np.ndarray], names: list[str], store):  # type: ignore[no-untyped-def]
+    enc = BatchEncoder("mystocks.md.Tick", store)
     step = 100_000
     for lo in range(0, len(cols["ts"]), step):
         part = {k: v[lo:lo + step] for k, v in cols.items()}
@@ -56,11 +57,14 @@ def main() -> int:
     ap.add_argument("--live-rate", type=float, default=5_000.0, help="ticks/s in the latency phase (default 5000)")
     ap.add_argument("--live-at-least-once", action="store_true", help="run the live phase at-least-once")
     ap.add_argument("--live-seconds", type=float, default=8.0, help="length of the latency phase (default 8 s)")
+    ap.add_argument("--config", help="TOML config file (default: $MYSTOCKS_CONFIG or ./mystocks.toml)")
     args = ap.parse_args()
-    s = load_settings()
+    s = load_settings(args.config)
     ensure_broker(s.kafka)
-    backend = select(s.backend)
-    print(f"== mystocks-gpu demo  (backend: {backend}; GPU: {gpu_available()[1]})")
+    store = schema_store(s)  # one schema store for every codec of the demo (manifest or Schema Registry)
+    proc = TickFeaturesProcessor(FeaturesProcessorConfig(backend=s.backend), store=store)
+    # the backend printed is the one the processor computes on (Settings.backend resolved)
+    print(f"== mystocks-gpu demo  (backend: {proc.backend}; GPU: {gpu_available()[1]})")
 
     reports = TopicAdmin(s.kafka).create(all_specs())
     print(f"1. topics: {sum(r.status == 'created' for r in reports)} created, "
@@ -73,13 +77,12 @@ def main() -> int:
     names = symbol_names(args.symbols, seed)
     cols = generate(market, args.ticks)
     t0 = time.monotonic()
-    n = produce_all(make_producer(s.kafka), "md.ticks", _items(cols, names))
+    n = produce_all(make_producer(s.kafka), "md.ticks", _items(cols, names, store))
     dt = time.monotonic() - t0
     print(f"2. produced {n:,} ticks ({int((cols['kind'] == 0).sum()):,} trades, {args.symbols} symbols, seed {seed}) "
           f"to md.ticks in {dt:.1f} s ({n / dt:,.0f} ticks/s)")
 
     group = f"demo.{run_id}"
-    proc = TickFeaturesProcessor()
     worker = StreamWorker(proc, s.kafka, RuntimeConfig(max_records=20_000, linger_ms=5), group=group,
                           worker_id="demo")
     done = threading.Event()
@@ -103,7 +106,8 @@ def main() -> int:
     worker.stop()
     th.join(60)
     # live phase: the same group continues in its own process (`mystocks-gpu run features`), as in production
-    proc_w = subprocess.Popen([sys.executable, "-m", "mystocks_gpu.cli", "--log-level", "WARNING", "run", "features",
+    proc_w = subprocess.Popen([sys.executable, "-m", "mystocks_gpu.cli", *(["--config", args.config] if args.config else []),
+                               "--log-level", "WARNING", "run", "features",
                                "--group", group, "--worker-id", "demo", "--linger-ms", "2", "--batch-records", "2000",
                                *(["--at-least-once"] if args.live_at_least_once else [])],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -112,15 +116,18 @@ def main() -> int:
     finally:
         proc_w.send_signal(signal.SIGTERM)
         out, _ = proc_w.communicate(timeout=60)
+    live_backend = _summary_backend(out)
+    if live_backend is not None and live_backend != proc.backend:
+        print(f"   warning: the live worker computed on {live_backend}, the bulk phase on {proc.backend}")
     if lat.size:
         print(f"4. live: {lat.size:,} ticks at {args.live_rate:,.0f}/s through `mystocks-gpu run features` "
               f"({'at-least-once' if args.live_at_least_once else 'exactly-once, commit every 100 ms'}): tick->feature latency (produce -> consumed via the broker) "
               f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms; "
-              f"worker exit {proc_w.returncode} after SIGTERM")
+              f"worker exit {proc_w.returncode} after SIGTERM, backend {live_backend}")
         print(f"   of which event -> the worker's batch received: p50 {np.percentile(split, 50):.1f} ms, "
               f"p99 {np.percentile(split, 99):.1f} ms (the rest: processing, commit, output fetch)")
 
-    codec = AvroCodec()
+    codec = AvroCodec(store)
     print("5. a few feature vectors from features.ticks:")
     for rec in read_topic(s.kafka, "features.ticks", max_records=3, idle_timeout_s=5, codec=codec):
         v = rec.value or {}
@@ -141,6 +148,16 @@ def main() -> int:
     return 0
 
 
+def _summary_backend(out: str) -> str | None:
+    """The ``backend`` of the JSON summary line that ``mystocks-gpu run`` prints on exit."""
+    for line in reversed((out or "").splitlines()):
+        try:
+            return str(json.loads(line)["backend"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def _pending(s, group: str) -> int:  # type: ignore[no-untyped-def]
     """Records in md.ticks that a new group (reading from the beginning) will consume."""
     from confluent_kafka import TopicPartition
@@ -157,13 +174,13 @@ def _pending(s, group: str) -> int:  # type: ignore[no-untyped-def]
 def _wait_for_worker(s, consumer, names: list[str], timeout_s: float = 90.0) -> None:  # type: ignore[no-untyped-def]
     """Send probe ticks (event time = now) until one comes back as a feature vector: the worker
     process is up, assigned, restored and warm."""
-    codec = AvroCodec()
+    codec = AvroCodec(schema_store(s))
     producer = make_producer(s.kafka, **{"linger.ms": 0})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         probe = generate(SyntheticMarket(n_symbols=len(names), seed=1, start_ns=time.time_ns()), 1)
         sent = int(probe["ts"][0])
-        for k, v, ts_ms in _items(probe, names):
+        for k, v, ts_ms in _items(probe, names, schema_store(s)):
             producer.produce("md.ticks", v, k, timestamp=ts_ms)
         producer.flush(10)
         t_probe = time.monotonic()
@@ -187,7 +204,7 @@ def _live_latency(s, names: list[str], seed: int, rate: float, seconds: float) -
     _wait_for_worker(s, consumer, names)
     market = SyntheticMarket(n_symbols=len(names), seed=seed + 1, start_ns=time.time_ns() + 10**9, events_per_s=rate)
     cols = generate(market, n)
-    items = list(_items(cols, names))  # encoded before the clock starts
+    items = list(_items(cols, names, schema_store(s)))  # encoded before the clock starts
     first_live = int(cols["ts"][0])
     lat: list[float] = []
     split: list[float] = []  # event -> worker received the batch (the rest is processing + output path)
@@ -204,7 +221,7 @@ def _live_latency(s, names: list[str], seed: int, rate: float, seconds: float) -
 
     pt = threading.Thread(target=_produce, daemon=True)
     pt.start()
-    codec = AvroCodec()
+    codec = AvroCodec(schema_store(s))
     deadline = time.monotonic() + seconds + 20
     while time.monotonic() < deadline and len(lat) < n:
         # consume() returns when it has `num` records or at the timeout: keep the wait short, or

@@ -22,7 +22,7 @@ def _progress(total: int | None, desc: str, unit: str = "rec") -> Any:
 def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
     from mystocks_gpu.infra.kafka_clients import ensure_broker, make_producer, produce_all
-    from mystocks_gpu.schemas import AvroCodec
+    from mystocks_gpu.schemas import AvroCodec, schema_store
     from mystocks_gpu.topics import get
 
     if not args.synthetic:
@@ -37,7 +37,7 @@ def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
                              **({"start_ns": time.time_ns()} if args.start == "now" else {}))
     names = symbol_names(args.symbols, args.seed)
     cols = generate(market, args.count)
-    items = _encode_ticks(cols, names, AvroCodec())
+    items = _encode_ticks(cols, names, AvroCodec(schema_store(s)))
     t0 = time.monotonic()
     with _progress(args.count, f"produce {spec.name}") as bar:
         n = produce_all(make_producer(s.kafka), spec.name, items, bar.update, rate=args.rate)
@@ -47,27 +47,16 @@ def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
 
 
 def _encode_ticks(cols: dict[str, Any], names: list[str], codec: Any) -> Any:
-    """(key, value, ts_ms) per tick: the vectorised encoder when available, else fastavro."""
-    encoder_cls: type[Any] | None
-    try:
-        from mystocks_gpu.schemas.batch_codec import BatchEncoder
+    """(key, value, ts_ms) per tick, encoded by the vectorised encoder with ``codec``'s schema ids."""
+    from mystocks_gpu.schemas.batch_codec import BatchEncoder
 
-        encoder_cls = BatchEncoder
-    except ImportError:
-        encoder_cls = None
     keys = [names[i].encode() for i in cols["sym"].tolist()]
     ts_ms = (cols["ts"] // 1_000_000).tolist()
-    if encoder_cls is not None:
-        step = 200_000
-        for lo in range(0, len(keys), step):
-            chunk = {k: v[lo:lo + step] for k, v in cols.items()}
-            values = encoder_cls("mystocks.md.Tick").encode(chunk, names)
-            yield from zip(keys[lo:lo + step], values, ts_ms[lo:lo + step], strict=True)
-        return
-    from mystocks_gpu.data.synthetic_ticks import to_records
-
-    for key, rec, t in zip(keys, to_records(cols, names), ts_ms, strict=True):
-        yield key, codec.encode("mystocks.md.Tick", rec), t
+    enc = BatchEncoder("mystocks.md.Tick", codec.store)
+    step = 200_000
+    for lo in range(0, len(keys), step):
+        chunk = {k: v[lo:lo + step] for k, v in cols.items()}
+        yield from zip(keys[lo:lo + step], enc.encode(chunk, names), ts_ms[lo:lo + step], strict=True)
 
 
 def _require_topic(s: Settings, name: str) -> None:
@@ -85,7 +74,7 @@ def _require_topic(s: Settings, name: str) -> None:
 def cmd_load(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.data.history_loader import LoadOptions, prepare_file
     from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
-    from mystocks_gpu.schemas import AvroCodec
+    from mystocks_gpu.schemas import AvroCodec, schema_store
     from mystocks_gpu.topics import get
 
     spec = get(args.topic)
@@ -96,7 +85,7 @@ def cmd_load(args: argparse.Namespace, s: Settings) -> int:
         field, col = m.split("=", 1)
         mapping[field.strip()] = col.strip()
     opts = LoadOptions(mapping=mapping, symbol=args.symbol, ts_unit=args.ts_unit, duplicates=args.duplicates)
-    prepared = prepare_file(args.file, spec, AvroCodec(), opts)  # validates every row first
+    prepared = prepare_file(args.file, spec, AvroCodec(schema_store(s)), opts)  # validates every row first
     for note in prepared.notes:
         print(f"note: {note}")
     _require_topic(s, spec.name)
@@ -109,6 +98,7 @@ def cmd_load(args: argparse.Namespace, s: Settings) -> int:
 
 def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.data.topic_reader import read_topic
+    from mystocks_gpu.schemas import AvroCodec, schema_store
     from mystocks_gpu.topics import get
 
     spec = get(args.topic)
@@ -126,7 +116,8 @@ def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
           + (f" or {args.max} record(s)" if args.max else ""), file=sys.stderr)
     n = 0
     for rec in read_topic(s.kafka, spec.name, from_beginning=beginning, max_records=args.max,
-                          idle_timeout_s=args.timeout, decode=spec.schema is not None):
+                          idle_timeout_s=args.timeout, decode=spec.schema is not None,
+                          codec=AvroCodec(schema_store(s)) if spec.schema is not None else None):
         n += 1
         if args.json:
             print(json.dumps({"partition": rec.partition, "offset": rec.offset, "timestamp_ms": rec.timestamp_ms,

@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-def jobs_config(args: argparse.Namespace, **extra: Any) -> Any:
-    from mystocks_gpu.jobs.jobs_config import JobsConfig
-
-    over = {k: v for k, v in {"namespace": getattr(args, "namespace", None),
-                              "heartbeat_ttl_s": getattr(args, "heartbeat_ttl", None),
-                              "heartbeat_interval_s": getattr(args, "heartbeat_interval", None), **extra}.items()
-            if v is not None}
-    return JobsConfig(**over)
+from mystocks_gpu.infra.config import JobsConfig, Settings
 
 
-def control_url(args: argparse.Namespace) -> str:
-    return (args.url or "http://127.0.0.1:6066").rstrip("/")
+def jobs_config(args: argparse.Namespace, s: Settings, **extra: Any) -> JobsConfig:
+    """The ``[jobs]`` settings with this command's flags (those given) on top, validated."""
+    from mystocks_gpu.jobs.jobs_config import with_overrides
 
+    return with_overrides(s.jobs, namespace=getattr(args, "namespace", None),
+                          heartbeat_ttl_s=getattr(args, "heartbeat_ttl", None),
+                          heartbeat_interval_s=getattr(args, "heartbeat_interval", None), **extra)
+
+
+def control_url(args: argparse.Namespace, s: Settings) -> str:
+    """``--url``, else the control app of the ``[jobs]`` settings (``http://web_host:web_port``)."""
+    return str(args.url or s.jobs.url).rstrip("/")

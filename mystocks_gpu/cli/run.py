@@ -16,12 +16,14 @@ from mystocks_gpu.streams.stream_worker import StreamWorker
 
 def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.processors.stream_processors import create
+    from mystocks_gpu.schemas import schema_store
 
-    processor = create(args.processor, output_topic=args.output_topic, backend=s.backend)
+    processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, store=schema_store(s))
     rt = RuntimeConfig(max_records=args.batch_records, max_bytes=args.batch_bytes, linger_ms=args.linger_ms,
                        guarantee=AT_LEAST_ONCE if args.at_least_once else EXACTLY_ONCE,
                        commit_interval_ms=args.commit_interval_ms, group_protocol=args.group_protocol,
-                       max_buffered_records=args.max_buffered_records, fault_injection=args.inject_faults or "")
+                       max_buffered_records=args.max_buffered_records, fault_injection=args.inject_faults or "",
+                       transaction_timeout_ms=args.transaction_timeout_ms)
     metrics = RuntimeMetrics(processor.name)
     port = args.metrics_port if args.metrics_port is not None else s.metrics.port
     metrics.serve(port, s.metrics.host)
@@ -64,9 +66,12 @@ def add_commands(sub: Any) -> None:
                     help="classic (cooperative-sticky) or consumer (KIP-848)")
     sp.add_argument("--max-buffered-records", type=int, default=50_000,
                     help="backpressure: pause the input while the producer holds more unacknowledged outputs (default 50000)")
+    sp.add_argument("--transaction-timeout-ms", type=int, default=10_000,
+                    help="exactly-once: the coordinator aborts (and fences) a transaction open longer than this; "
+                         "a dead worker's open transaction blocks read_committed readers this long (default 10000)")
     sp.add_argument("--inject-faults", metavar="PLAN", default=None,
                     help="testing only: raise abortable errors at protocol stages, e.g. 'produce=0.02,commit=0.05;seed=7' "
-                         "(stages: begin, produce, offsets, commit, crash)")
+                         "(stages: begin, produce, offsets, commit, crash, stall)")
     sp.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds without input")
     sp.add_argument("--max-records", type=int, default=None, help="exit after consuming about this many records")
     sp.set_defaults(func=cmd_run)

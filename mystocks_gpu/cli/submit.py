@@ -79,7 +79,7 @@ def cmd_submit(args: argparse.Namespace, s: Settings) -> int:
             raise ConfigError(f"job kind {args.kind} has no JSON schema")
         print(json.dumps(schema, indent=2))
         return 0
-    cfg = jobs_config(args)
+    cfg = jobs_config(args, s)
     deadline = time.time_ns() + int(args.deadline * 1e9) if args.deadline else None
     cmd = make_command("SUBMIT", args.job_id or new_job_id(), args.kind, _read_spec(args.spec), priority=args.priority,
                        deadline_ns=deadline, requester=args.requester, bypass_cache=args.no_cache)
@@ -101,7 +101,8 @@ def cmd_submit(args: argparse.Namespace, s: Settings) -> int:
             print(json.dumps(st), flush=True)
 
     try:
-        final = wait_for(s, cfg, cmd, args.timeout, on_status)
+        final = wait_for(s, cfg, cmd, args.timeout, on_status, accept_timeout_s=args.accept_timeout or None,
+                         on_wait=lambda line: tqdm.write(f"mystocks-gpu: {line}", file=sys.stderr))
     finally:
         bar.close()
     result = final.get("result")
@@ -127,7 +128,7 @@ def cmd_jobs(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.jobs.client import http_ok
 
     q = {k: v for k, v in (("state", args.state), ("kind", args.kind), ("limit", args.limit)) if v}
-    data = http_ok("GET", f"{control_url(args)}/jobs" + (f"?{urlencode(q)}" if q else ""))
+    data = http_ok("GET", f"{control_url(args, s)}/jobs" + (f"?{urlencode(q)}" if q else ""))
     if args.json:
         print(json.dumps(data))
         return 0
@@ -143,7 +144,7 @@ def cmd_job(args: argparse.Namespace, s: Settings) -> int:
 
     from mystocks_gpu.jobs.client import http_ok
 
-    print(json.dumps(http_ok("GET", f"{control_url(args)}/jobs/{quote(args.job_id)}"), indent=None if args.json else 2))
+    print(json.dumps(http_ok("GET", f"{control_url(args, s)}/jobs/{quote(args.job_id)}"), indent=None if args.json else 2))
     return 0
 
 
@@ -152,7 +153,7 @@ def cmd_cancel(args: argparse.Namespace, s: Settings) -> int:
 
     from mystocks_gpu.jobs.client import http_ok
 
-    http_ok("DELETE", f"{control_url(args)}/jobs/{quote(args.job_id)}")
+    http_ok("DELETE", f"{control_url(args, s)}/jobs/{quote(args.job_id)}")
     print(f"cancel requested for {args.job_id}")
     return 0
 
@@ -160,7 +161,7 @@ def cmd_cancel(args: argparse.Namespace, s: Settings) -> int:
 def add_commands(sub: Any) -> None:
     """Register this group's subcommands."""
     def ns(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--namespace", help="Redis key prefix shared by control app and workers (default mystocks)")
+        p.add_argument("--namespace", help="Redis key prefix shared by control app and workers (default: jobs.namespace)")
 
     p = sub.add_parser("submit", help="submit a job", add_help=False,
                        description="Produce a SUBMIT command to cmd.jobs. `submit KIND --help` also documents "
@@ -176,6 +177,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--job-id", help="job id (default: random)")
     p.add_argument("--requester", default="cli", help="who submits (default cli)")
     p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds (exit 3)")
+    p.add_argument("--accept-timeout", type=float, default=30.0,
+                   help="with --wait: give up (exit 3) when no control app took the job within this many seconds "
+                        "(default 30; 0 = wait forever)")
     p.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print JSON (with --wait: every status, one per line)")
     p.add_argument("--report", metavar="DIR", help="with --wait: write the job kind's report (PNG plots + index.html) to DIR")
@@ -191,7 +195,7 @@ def add_commands(sub: Any) -> None:
             p.add_argument("--state", help="comma-separated states: queued,running,succeeded,failed,cancelled,rejected")
             p.add_argument("--kind", help="only this kind")
             p.add_argument("--limit", type=int, default=None, help="at most N jobs (newest first)")
-        p.add_argument("--url", help="control app URL (default http://127.0.0.1:6066)")
+        p.add_argument("--url", help="control app URL (default: http://jobs.web_host:jobs.web_port)")
         p.add_argument("--json", action="store_true", help="JSON output")
         p.set_defaults(func=func)
 

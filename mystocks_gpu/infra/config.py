@@ -1,7 +1,7 @@
 """Validated, frozen configuration: defaults <- TOML file <- ``MYSTOCKS_*`` environment.
 
-One frozen dataclass per component (:class:`KafkaConfig`, :class:`RedisConfig`, ...), gathered in
-:class:`Settings`. Sources, later wins:
+One frozen dataclass per component (:class:`KafkaConfig`, :class:`RedisConfig`, ...,
+:class:`JobsConfig` for the job plane), gathered in :class:`Settings`. Sources, later wins:
 
 1. the defaults below (a loopback stack on ports 19092 / 16379, so a system Kafka or Redis on the
    standard ports is never touched); when ``[stack]`` moves the local stack (host, ports) and the
@@ -17,6 +17,7 @@ Unknown sections, keys or ``MYSTOCKS_`` variables are errors, never silently ign
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -89,8 +90,8 @@ class KafkaConfig:
                 )
             if k == "security.protocol" and str(v).upper() not in _SECURITY_PROTOCOLS:
                 raise ConfigError(f"kafka.security.security.protocol must be one of {sorted(_SECURITY_PROTOCOLS)}")
-        if self.connect_timeout_s <= 0:
-            raise ConfigError("kafka.connect_timeout_s must be > 0")
+        if not self.connect_timeout_s > 0:
+            raise ConfigError(f"kafka.connect_timeout_s must be > 0, got {self.connect_timeout_s}")
         object.__setattr__(self, "security", MappingProxyType({k: str(v) for k, v in self.security.items()}))
 
     def client_config(self, **extra: Any) -> dict[str, Any]:
@@ -126,6 +127,8 @@ class SchemaRegistryConfig:
     def __post_init__(self) -> None:
         if self.url is not None and urlsplit(self.url).scheme not in {"http", "https"}:
             raise ConfigError(f"schema_registry.url must be http(s)://..., got {mask_url(self.url)!r}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"schema_registry.timeout_s must be > 0, got {self.timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,8 @@ class StackConfig:
             raise ConfigError(f"stack.kafka_version must be an Apache Kafka 4.x release, got {self.kafka_version!r}")
         if self.kafka_heap_mb < 128:
             raise ConfigError("stack.kafka_heap_mb must be >= 128")
+        if not self.startup_timeout_s > 0:
+            raise ConfigError(f"stack.startup_timeout_s must be > 0, got {self.startup_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,137 @@ class MetricsConfig:
             raise ConfigError(f"metrics.port must be 0..65535, got {self.port}")
 
 
+_NAME = re.compile(r"[A-Za-z0-9._\-]{1,100}")
+_TOPIC = re.compile(r"[A-Za-z0-9._\-]{1,249}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Placement knobs of the job scheduler.
+
+    ``memory_headroom``: fraction of each device's total memory never committed (0..0.9, default
+    0.05); ``max_chunks_per_device``: concurrent chunks per device (default 4; 0 = unlimited).
+    """
+
+    memory_headroom: float = 0.05
+    max_chunks_per_device: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.memory_headroom <= 0.9:
+            raise ConfigError(f"jobs.memory_headroom must be within 0..0.9, got {self.memory_headroom}")
+        if self.max_chunks_per_device < 0:
+            raise ConfigError(f"jobs.max_chunks_per_device must be >= 0, got {self.max_chunks_per_device}")
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    """GPU utilisation (0..1) and memory-used (0..1) thresholds; DLQ growth in records per check."""
+
+    gpu_utilization: float = 0.95
+    gpu_memory: float = 0.90
+    dlq_growth: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_utilization <= 1:
+            raise ConfigError(f"jobs.gpu_utilization_alert must be within (0, 1], got {self.gpu_utilization}")
+        if not 0 < self.gpu_memory <= 1:
+            raise ConfigError(f"jobs.gpu_memory_alert must be within (0, 1], got {self.gpu_memory}")
+        if self.dlq_growth < 1:
+            raise ConfigError(f"jobs.dlq_growth_alert must be >= 1, got {self.dlq_growth}")
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """The job plane: control app, workers and clients (the ``[jobs]`` section).
+
+    Times in seconds. ``namespace`` prefixes every Redis key (heartbeats, cache, results);
+    ``web_host``/``web_port`` are where the control app serves HTTP/WebSocket and where the
+    ``jobs``/``job``/``cancel`` commands look for it. ``redis_timeout_s``: socket timeout of every
+    Redis call of the control app and workers; ``redis_retry_s``: how long a worker retries Redis
+    (with backoff) to start a chunk or store its result before giving up (a finished result is then
+    still reported, never lost); ``ws_queue_max``: bound of each WebSocket client's queue, messages
+    (drop-oldest, signalled); ``reject_unfit_after_s``: a queued job that no live worker serving its
+    kind can ever hold is rejected (with the reason) after this long.
+    """
+
+    namespace: str = "mystocks"
+    app_id: str = "mystocks-control"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    commands_topic: str = "cmd.jobs"
+    status_topic: str = "job.status"
+    events_topic: str = "jobs.events"
+    alerts_topic: str = "alerts"
+    dispatch_prefix: str = "jobs.dispatch."
+    market_data_topic: str = "md.ticks"
+    calc_result_topic: str = "features.ticks"
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = 5.0
+    tick_interval_s: float = 0.5
+    cache_ttl_s: float = 86_400.0
+    result_ttl_s: float = 7 * 86_400.0
+    progress_interval_s: float = 0.2
+    dlq_check_interval_s: float = 30.0
+    gpu_utilization_alert: float = 0.95
+    gpu_memory_alert: float = 0.90
+    dlq_growth_alert: int = 100
+    memory_headroom: float = 0.05
+    max_chunks_per_device: int = 4
+    redis_timeout_s: float = 2.0
+    redis_retry_s: float = 300.0
+    ws_queue_max: int = 1000
+    reject_unfit_after_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.redis_timeout_s <= 60 or not 0 <= self.redis_retry_s <= 86_400:
+            raise ConfigError("jobs.redis_timeout_s must be within (0, 60] and jobs.redis_retry_s within 0..86400")
+        if not 0 <= self.reject_unfit_after_s <= 86_400:
+            raise ConfigError(f"jobs.reject_unfit_after_s must be within 0..86400, got {self.reject_unfit_after_s}")
+        if self.ws_queue_max < 1:
+            raise ConfigError(f"jobs.ws_queue_max must be >= 1, got {self.ws_queue_max}")
+        for name in ("namespace", "app_id"):
+            if not _NAME.fullmatch(getattr(self, name)):
+                raise ConfigError(f"jobs.{name} must be 1-100 characters of A-Z a-z 0-9 . _ -, got {getattr(self, name)!r}")
+        for name in ("commands_topic", "status_topic", "events_topic", "alerts_topic", "dispatch_prefix",
+                     "market_data_topic", "calc_result_topic"):
+            if not _TOPIC.fullmatch(getattr(self, name)):
+                raise ConfigError(f"jobs.{name} must be a Kafka topic name (A-Z a-z 0-9 . _ -), got {getattr(self, name)!r}")
+        if not self.web_host:
+            raise ConfigError("jobs.web_host must not be empty")
+        if not 0 <= self.web_port <= 65535:
+            raise ConfigError(f"jobs.web_port must be 0..65535, got {self.web_port}")
+        if not self.heartbeat_interval_s > 0:
+            raise ConfigError(f"jobs.heartbeat_interval_s must be > 0, got {self.heartbeat_interval_s}")
+        if not self.heartbeat_ttl_s > self.heartbeat_interval_s:
+            raise ConfigError(f"jobs.heartbeat_ttl_s ({self.heartbeat_ttl_s}) must exceed jobs.heartbeat_interval_s "
+                              f"({self.heartbeat_interval_s})")
+        for name in ("tick_interval_s", "dlq_check_interval_s", "result_ttl_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"jobs.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("progress_interval_s", "cache_ttl_s"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"jobs.{name} must be >= 0, got {getattr(self, name)}")
+        self.scheduler()
+        self.thresholds()
+
+    def scheduler(self) -> SchedulerConfig:
+        """The scheduler's knobs."""
+        return SchedulerConfig(self.memory_headroom, self.max_chunks_per_device)
+
+    def thresholds(self) -> AlertThresholds:
+        """Alert thresholds."""
+        return AlertThresholds(self.gpu_utilization_alert, self.gpu_memory_alert, self.dlq_growth_alert)
+
+    def dispatch_topic(self, worker_id: str) -> str:
+        """The dispatch topic a worker consumes: ``jobs.dispatch.<namespace>.<worker_id>``."""
+        return f"{self.dispatch_prefix}{self.namespace}.{worker_id}"
+
+    @property
+    def url(self) -> str:
+        """Base URL of the control app's web server."""
+        return f"http://{self.web_host}:{self.web_port}"
+
+
 @dataclass(frozen=True)
 class Settings:
     """The effective configuration of one process."""
@@ -193,6 +329,7 @@ class Settings:
     stack: StackConfig = field(default_factory=StackConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     #: array backend: ``auto`` (GPU when CuPy and a CUDA device are present), ``cpu`` or ``gpu``
     backend: str = "auto"
 
@@ -203,7 +340,8 @@ class Settings:
     def masked(self) -> dict[str, Any]:
         """The settings as plain data with every secret replaced by ``***`` (safe to print/log)."""
         plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        plain = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) and k != "kafka" else v) for k, v in plain.items()}
+        plain = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) and k != "kafka"
+                     else v) for k, v in plain.items()}
         plain["kafka"] = _kafka_plain(self.kafka)
         return _mask(plain)
 
@@ -232,31 +370,80 @@ _SECTIONS: dict[str, type] = {
     "stack": StackConfig,
     "log": LogConfig,
     "metrics": MetricsConfig,
+    "jobs": JobsConfig,
 }
 _TOP_LEVEL = {"backend"}
 
 
+class _EnvStr(str):
+    """A value from an environment variable: text to parse (a TOML string is never parsed)."""
+
+
+_TYPE_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
+
+
 def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
-    """Coerce a TOML/env value to the field's declared type (env values arrive as str)."""
+    """Check a TOML/env value against the field's declared type and convert it.
+
+    Environment values arrive as strings and are parsed; TOML values must already have the right
+    type (``5`` is not a string, ``1.5`` or ``true`` is not an integer). Numbers must be finite.
+    Raises :class:`ConfigError` naming ``where`` (``section.key``).
+    """
     hints = {f.name: f.type for f in dataclasses.fields(cls)}
     t = str(hints[key])
     if key == "security":
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: must be a table of librdkafka properties")
+        out = {}
+        for k, v in value.items():
+            if isinstance(v, Mapping) or isinstance(v, list):
+                raise ConfigError(f"{where}.{k}: expected a string, number or boolean, got {type(v).__name__}")
+            out[k] = str(v).lower() if isinstance(v, bool) else str(v)
+        return out
+    optional = t.endswith("| None")
+    base = t.replace(" | None", "").strip()
+    if value is None and optional:
+        return None
+    return _check_scalar(base, value, where)
+
+
+def _check_scalar(base: str, value: Any, where: str) -> Any:
+    """``value`` as type ``base`` (``str``/``int``/``float``/``bool``); strings are parsed for the others."""
+    def bad() -> ConfigError:
+        shown = value if not isinstance(value, (Mapping, list)) else type(value).__name__
+        return ConfigError(f"{where}: expected {_TYPE_WORDS.get(base, base)}, got {shown!r}")
+
+    if base == "str":
+        if not isinstance(value, str):
+            raise bad()
+        return str(value)
+    if isinstance(value, _EnvStr):  # from the environment
+        text = value.strip()
+        try:
+            if base == "int":
+                return int(text)
+            if base == "float":
+                value = float(text)
+            elif base == "bool":
+                if text.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                    raise ValueError(text)
+                return text.lower() in {"1", "true", "yes"}
+        except ValueError:
+            raise bad() from None
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise bad()
         return value
-    if not isinstance(value, str):
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
         return value
-    try:
-        if t in {"int"}:
-            return int(value)
-        if t in {"float"}:
-            return float(value)
-        if t in {"bool"}:
-            if value.lower() not in {"1", "0", "true", "false", "yes", "no"}:
-                raise ValueError(value)
-            return value.lower() in {"1", "true", "yes"}
-    except ValueError:
-        raise ConfigError(f"{where}: expected {t}, got {value!r}") from None
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+        return float(value)
     return value
 
 
@@ -284,11 +471,11 @@ def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
                     f"unknown environment variable {name}: use MYSTOCKS_<SECTION>__<KEY>, "
                     f"sections: {', '.join(_SECTIONS)}"
                 )
-            tree[parts[0]] = value
+            tree[parts[0]] = _EnvStr(value)
         elif len(parts) == 2:
-            tree.setdefault(parts[0], {})[parts[1]] = value
+            tree.setdefault(parts[0], {})[parts[1]] = _EnvStr(value)
         elif len(parts) == 3 and parts[:2] == ["kafka", "security"]:
-            tree.setdefault("kafka", {}).setdefault("security", {})[parts[2].replace("_", ".")] = value
+            tree.setdefault("kafka", {}).setdefault("security", {})[parts[2].replace("_", ".")] = str(value)
         else:
             raise ConfigError(f"unknown environment variable {name}")
     return tree
@@ -354,5 +541,5 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
             kwargs[section] = _build(cls, section, data[section])
     for key in _TOP_LEVEL:
         if key in data:
-            kwargs[key] = data[key]
+            kwargs[key] = _coerce(Settings, key, data[key], key)
     return Settings(**kwargs)

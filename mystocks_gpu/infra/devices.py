@@ -1,7 +1,8 @@
 """Device discovery for workers: CUDA GPUs via CuPy (and NVML for utilisation), else the CPU.
 
-``discover()`` returns :class:`Device` records with total/free
-memory (bytes) and utilisation (0..1). Tests and dry runs install a fake inventory with
+``discover()`` returns :class:`Device` records with total/free memory (bytes) and utilisation
+(0..1). A GPU's utilisation comes from NVML (``nvidia-ml-py``, the ``pynvml`` module, an optional
+dependency of the ``gpu`` extra); without NVML it is ``None`` -- unknown, never a made-up 0. Tests and dry runs install a fake inventory with
 :func:`set_fake_inventory` (or the worker's ``--fake-devices`` option), which ``discover`` then
 returns as is.
 """
@@ -20,14 +21,15 @@ from mystocks_gpu.exceptions import ConfigError
 
 @dataclass(frozen=True)
 class Device:
-    """One compute device of a worker. Memory in bytes; ``utilization`` in 0..1."""
+    """One compute device of a worker. Memory in bytes; ``utilization`` in 0..1, or None when it
+    cannot be measured (a GPU without NVML; a fake device that does not give one)."""
 
     id: str
     kind: str  # "gpu" | "cpu"
     name: str = ""
     total_bytes: int = 0
     free_bytes: int = 0
-    utilization: float = 0.0
+    utilization: float | None = None
     #: name of the real-time processor that holds this device (never given to batch jobs)
     reserved_for: str | None = None
 
@@ -44,8 +46,9 @@ class Device:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Device:
         """Inverse of :meth:`to_dict`."""
+        util = d.get("utilization")
         return cls(str(d["id"]), str(d.get("kind", "cpu")), str(d.get("name", "")), int(d.get("total_bytes", 0)),
-                   int(d.get("free_bytes", 0)), float(d.get("utilization", 0.0)), d.get("reserved_for"))
+                   int(d.get("free_bytes", 0)), float(util) if util is not None else None, d.get("reserved_for"))
 
 
 _FAKE: tuple[Device, ...] | None = None
@@ -59,7 +62,8 @@ def set_fake_inventory(devices: Sequence[Device] | None) -> None:
 
 def parse_fake_inventory(text: str) -> list[Device]:
     """Devices from JSON (or ``@FILE``): a list of objects with ``id``, ``kind`` (gpu/cpu),
-    ``total_mb``/``free_mb`` (or ``total_bytes``/``free_bytes``), ``utilization``, ``name``."""
+    ``total_mb``/``free_mb`` (or ``total_bytes``/``free_bytes``), ``utilization`` (0..1; absent =
+    unknown), ``name``."""
     if text.startswith("@"):
         try:
             text = Path(text[1:]).read_text()
@@ -80,8 +84,11 @@ def parse_fake_inventory(text: str) -> list[Device]:
             raise ConfigError(f"fake device {d['id']}: kind must be gpu or cpu")
         total = int(d.get("total_bytes", int(d.get("total_mb", 16384)) << 20))
         free = int(d.get("free_bytes", int(d.get("free_mb", total >> 20)) << 20))
+        util = d.get("utilization")
+        if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 <= util <= 1):
+            raise ConfigError(f"fake device {d['id']}: utilization must be a number within 0..1, got {util!r}")
         out.append(Device(str(d["id"]), kind, str(d.get("name", f"fake-{kind}")), total, min(free, total),
-                          float(d.get("utilization", 0.0)), d.get("reserved_for")))
+                          float(util) if util is not None else None, d.get("reserved_for")))
     if len({d.id for d in out}) != len(out):
         raise ConfigError("fake device ids must be unique")
     return out
@@ -114,7 +121,7 @@ def _cuda_devices() -> list[Device]:
                 free, total = cupy.cuda.runtime.memGetInfo()
             name = cupy.cuda.runtime.getDeviceProperties(i)["name"]
             name = name.decode() if isinstance(name, bytes) else str(name)
-            out.append(Device(f"gpu{i}", "gpu", name, int(total), int(free), util.get(i, 0.0)))
+            out.append(Device(f"gpu{i}", "gpu", name, int(total), int(free), util.get(i)))
         return out
     except Exception:  # no CuPy, no driver, no device
         pass
@@ -122,6 +129,7 @@ def _cuda_devices() -> list[Device]:
 
 
 def _nvml() -> Any:
+    """The initialised ``pynvml`` module (from ``nvidia-ml-py``); raises when absent or no driver."""
     import pynvml  # type: ignore[import-not-found]
 
     pynvml.nvmlInit()
@@ -129,11 +137,14 @@ def _nvml() -> Any:
 
 
 def _nvml_utilization() -> dict[int, float]:
+    """GPU utilisation (0..1, NVML's busy fraction over its last sample period) by CUDA ordinal;
+    empty when NVML is not installed or has no driver. NVML enumerates devices like CUDA with the
+    default ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; without ``CUDA_VISIBLE_DEVICES`` remapping the indices agree."""
     try:
         nv = _nvml()
         return {i: nv.nvmlDeviceGetUtilizationRates(nv.nvmlDeviceGetHandleByIndex(i)).gpu / 100.0
                 for i in range(nv.nvmlDeviceGetCount())}
-    except Exception:
+    except Exception:  # no pynvml, no driver, a device that does not report utilisation
         return {}
 
 

@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 
 from mystocks_gpu.infra.config import KafkaConfig
-from mystocks_gpu.infra.exceptions import BrokerUnreachable
+from mystocks_gpu.infra.exceptions import BrokerAuthFailed, BrokerUnreachable, DeliveryFailed
 
 RDKAFKA_LOG = logging.getLogger("librdkafka")
 
@@ -52,23 +52,59 @@ def make_consumer(cfg: KafkaConfig, group_id: str, **extra: Any) -> Consumer:
     return Consumer(_base(cfg, {**defaults, **extra}))
 
 
+#: error codes that mean a broker answered but refused the client's credentials or permissions
+AUTH_ERROR_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
+                              KafkaError.ILLEGAL_SASL_STATE, KafkaError.UNSUPPORTED_SASL_MECHANISM,
+                              KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED})
+#: error codes of a failed TLS set-up or handshake
+SSL_ERROR_CODES = frozenset({KafkaError._SSL})
+
+
+def broker_error(cfg: KafkaConfig, errors: list[Any]) -> BrokerUnreachable | BrokerAuthFailed:
+    """The error to raise when no broker metadata came back, from the :class:`KafkaError` s that
+    librdkafka reported meanwhile (``error_cb`` and the exception itself, in order).
+
+    An authentication, authorisation or TLS failure means a broker *answered*: it is reported as
+    :class:`BrokerAuthFailed` naming the settings to check (never the secrets); anything else as
+    :class:`BrokerUnreachable` (is the stack up?)."""
+    protocol = cfg.security.get("security.protocol", "PLAINTEXT")
+    for err in errors:
+        if getattr(err, "code", lambda: None)() in AUTH_ERROR_CODES:
+            mech = cfg.security.get("sasl.mechanism", "GSSAPI" if protocol.upper().startswith("SASL") else "none")
+            user = cfg.security.get("sasl.username", "(none)")
+            return BrokerAuthFailed(
+                f"Kafka at {cfg.bootstrap_servers} refused the client's credentials ({err.str()}); check "
+                f"kafka.security: security.protocol={protocol}, sasl.mechanism={mech}, sasl.username={user}, "
+                "sasl.password")
+    for err in errors:
+        if getattr(err, "code", lambda: None)() in SSL_ERROR_CODES:
+            return BrokerAuthFailed(
+                f"TLS with Kafka at {cfg.bootstrap_servers} failed ({err.str()}); check kafka.security: "
+                f"security.protocol={protocol}, ssl.ca.location={cfg.security.get('ssl.ca.location', '(system default)')}, "
+                "ssl.certificate.location / ssl.key.location, ssl.endpoint.identification.algorithm")
+    last = errors[-1] if errors else None
+    why = last.str() if last is not None and hasattr(last, "str") else str(last or "no answer")
+    return BrokerUnreachable(f"no Kafka broker answered at {cfg.bootstrap_servers} within {cfg.connect_timeout_s:.0f} s "
+                             f"({why}); is the stack up? try: mystocks-gpu stack up")
+
+
 def ensure_broker(cfg: KafkaConfig) -> None:
-    """Raise :class:`BrokerUnreachable` within ``cfg.connect_timeout_s`` when no broker answers."""
-    admin = AdminClient(_base(cfg, {}))
+    """Raise within ``cfg.connect_timeout_s`` when no broker answers (:class:`BrokerUnreachable`) or
+    one refuses the credentials / TLS handshake (:class:`BrokerAuthFailed`); see :func:`broker_error`."""
+    errors: list[Any] = []
+    admin = AdminClient(_base(cfg, {"error_cb": errors.append}))
     try:
         md = admin.list_topics(timeout=cfg.connect_timeout_s)
         if not md.brokers:
             raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no brokers in metadata"))
     except KafkaException as exc:
-        err = exc.args[0] if exc.args else exc
-        raise BrokerUnreachable(
-            f"no Kafka broker answered at {cfg.bootstrap_servers} within {cfg.connect_timeout_s:.0f} s "
-            f"({err.str() if hasattr(err, 'str') else err}); is the stack up? try: mystocks-gpu stack up"
-        ) from None
+        errors.append(exc.args[0] if exc.args else KafkaError(KafkaError._TRANSPORT, str(exc)))
+        raise broker_error(cfg, errors) from None
 
 
 class DeliveryTracker:
-    """Counts acknowledged and failed deliveries; ``raise_errors`` after flush."""
+    """The delivery callback of a batch of records: counts acknowledged ones, keeps every error
+    (``topic [partition]: reason``); :meth:`raise_errors` after the flush."""
 
     def __init__(self) -> None:
         self.delivered = 0
@@ -81,25 +117,29 @@ class DeliveryTracker:
             self.delivered += 1
 
     def raise_errors(self) -> None:
-        """Raise :class:`BrokerUnreachable` summarising failed deliveries, if any."""
+        """Raise :class:`DeliveryFailed` naming the first failure, if any record was not delivered."""
         if self.errors:
-            raise BrokerUnreachable(f"{len(self.errors)} record(s) not delivered; first: {self.errors[0]}")
+            raise DeliveryFailed(f"{len(self.errors)} record(s) not delivered; first: {self.errors[0]}")
 
 
 def produce_all(producer: Producer, topic: str, items: Any, on_progress: Callable[[int], None] | None = None,
                 rate: float | None = None, flush_timeout_s: float = 60.0) -> int:
-    """Produce ``(key: bytes, value: bytes, timestamp_ms: int)`` items; returns the delivered count.
+    """Produce ``(key: bytes, value: bytes, timestamp_ms: int[, headers])`` items; returns the
+    delivered count.
 
-    ``rate`` throttles to about that many records per second (wall clock). Waits for every
-    delivery report; raises :class:`BrokerUnreachable` if any record was not delivered.
+    ``rate`` throttles to about that many records per second (wall clock). Every record carries a
+    delivery callback; after the flush, :class:`DeliveryFailed` is raised if any record was rejected
+    by the broker or not acknowledged within ``flush_timeout_s`` seconds.
     """
     tracker = DeliveryTracker()
     t0 = time.monotonic()
     n = 0
-    for key, value, ts_ms in items:
+    for item in items:
+        key, value, ts_ms = item[0], item[1], item[2]
+        headers = item[3] if len(item) > 3 else None
         while True:
             try:
-                producer.produce(topic, value=value, key=key, timestamp=ts_ms, on_delivery=tracker)
+                producer.produce(topic, value=value, key=key, timestamp=ts_ms, headers=headers, on_delivery=tracker)
                 break
             except BufferError:
                 producer.poll(0.05)

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
+from mystocks_gpu.infra.config import AlertThresholds
 from mystocks_gpu.jobs import job_metrics as m
 from mystocks_gpu.jobs.scheduler import WorkerInfo
 
 ALERT_SCHEMA = "mystocks.ops.Alert"
-KINDS = ("GPU_OVERLOAD", "GPU_MEMORY", "JOB_TIMEOUT", "WORKER_LOST", "DLQ_GROWTH", "RISK_LIMIT", "OTHER")
+KINDS = ("GPU_OVERLOAD", "GPU_MEMORY", "JOB_TIMEOUT", "WORKER_LOST", "DLQ_GROWTH", "RISK_LIMIT", "OTHER",
+         "REDIS_UNAVAILABLE")
 
 
 def make_alert(kind: str, severity: str, source: str, message: str, value: float = 0.0, threshold: float = 0.0,
@@ -30,19 +30,12 @@ def make_alert(kind: str, severity: str, source: str, message: str, value: float
             "labels": {k: str(v) for k, v in (labels or {}).items()}}
 
 
-@dataclass(frozen=True)
-class AlertThresholds:
-    """GPU utilisation (0..1) and memory-used (0..1) thresholds; DLQ growth in records per check."""
-
-    gpu_utilization: float = 0.95
-    gpu_memory: float = 0.90
-    dlq_growth: int = 100
-
-    def __post_init__(self) -> None:
-        if not 0 < self.gpu_utilization <= 1 or not 0 < self.gpu_memory <= 1:
-            raise ConfigError("alert thresholds for GPU utilisation/memory must be within (0, 1]")
-        if self.dlq_growth < 1:
-            raise ConfigError("alert threshold dlq_growth must be >= 1")
+def _unset(gauge: Any, *labels: str) -> None:
+    """Remove one labelled series of ``gauge`` (no-op when it does not exist)."""
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass
 
 
 class AlertMonitor:
@@ -68,16 +61,22 @@ class AlertMonitor:
         for w in workers:
             for d in w.devices:
                 used = (1.0 - d.free_bytes / d.total_bytes) if d.total_bytes else 0.0
-                m.DEVICE_UTIL.labels(w.worker_id, d.id).set(d.utilization)
+                if d.utilization is not None:
+                    m.DEVICE_UTIL.labels(w.worker_id, d.id).set(d.utilization)
+                else:  # unknown (no NVML): no series rather than a made-up 0
+                    _unset(m.DEVICE_UTIL, w.worker_id, d.id)
                 m.DEVICE_MEM.labels(w.worker_id, d.id).set(used)
                 if not d.is_gpu:
                     continue
                 src = f"{w.worker_id}/{d.id}"
-                hot = d.utilization > self.t.gpu_utilization
+                hot = d.utilization is not None and d.utilization > self.t.gpu_utilization
                 full = used > self.t.gpu_memory
-                m.GPU_OVERLOADED.labels(w.worker_id, d.id).set(int(hot))
+                if d.utilization is not None:
+                    m.GPU_OVERLOADED.labels(w.worker_id, d.id).set(int(hot))
+                else:
+                    _unset(m.GPU_OVERLOADED, w.worker_id, d.id)
                 m.GPU_MEMORY_HIGH.labels(w.worker_id, d.id).set(int(full))
-                if self._edge(("util", w.worker_id, d.id), hot):
+                if self._edge(("util", w.worker_id, d.id), hot) and d.utilization is not None:
                     out.append(make_alert("GPU_OVERLOAD", "WARNING", src,
                                           f"GPU {src} utilisation {d.utilization:.0%} above {self.t.gpu_utilization:.0%}",
                                           d.utilization, self.t.gpu_utilization, {"worker": w.worker_id, "device": d.id}, self.clock))
@@ -86,6 +85,19 @@ class AlertMonitor:
                                           f"GPU {src} memory {used:.0%} used, above {self.t.gpu_memory:.0%}",
                                           used, self.t.gpu_memory, {"worker": w.worker_id, "device": d.id}, self.clock))
         return out
+
+    def forget_workers(self, worker_ids: Iterable[str]) -> None:
+        """Remove the device gauges and edge states of workers that are gone (left or lost), so a
+        dead worker's series do not stay in ``/metrics`` forever."""
+        gone = set(worker_ids)
+        for gauge in (m.DEVICE_UTIL, m.DEVICE_MEM, m.GPU_OVERLOADED, m.GPU_MEMORY_HIGH):
+            for labels in [s.labels for metric in gauge.collect() for s in metric.samples]:
+                if labels.get("worker") in gone:
+                    try:
+                        gauge.remove(labels["worker"], labels["device"])
+                    except KeyError:
+                        pass
+        self._active = {k for k in self._active if k[1] not in gone}
 
     def check_dlq(self, levels: Mapping[str, int]) -> list[dict[str, Any]]:
         """DLQ_GROWTH alerts for dead-letter topics that grew by >= the threshold since the last

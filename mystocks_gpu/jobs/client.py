@@ -20,7 +20,7 @@ from mystocks_gpu.infra.kafka_clients import (
     make_consumer,
     make_producer,
 )
-from mystocks_gpu.jobs.exceptions import ControlError, ControlUnreachable, WaitTimeout
+from mystocks_gpu.jobs.exceptions import ControlError, ControlUnreachable, NoControlApp, WaitTimeout
 from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.protocol import (
     COMMAND_SCHEMA,
@@ -29,14 +29,17 @@ from mystocks_gpu.jobs.protocol import (
     check_submit,
     status_to_json,
 )
-from mystocks_gpu.schemas import AvroCodec, DecodeError
+from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
+
+#: seconds without any status of a submitted job before the client says what it waits for
+NOTICE_S = 2.0
 
 
 def produce_command(settings: Settings, cfg: JobsConfig, cmd: dict[str, Any]) -> None:
     """Produce one JobCommand and wait for the broker's ack."""
     producer = make_producer(settings.kafka, **{"compression.type": "none"})  # tiny records
     tracker = DeliveryTracker()
-    producer.produce(cfg.commands_topic, key=cmd["job_id"].encode(), value=AvroCodec().encode(COMMAND_SCHEMA, cmd),
+    producer.produce(cfg.commands_topic, key=cmd["job_id"].encode(), value=AvroCodec(schema_store(settings)).encode(COMMAND_SCHEMA, cmd),
                      timestamp=cmd["ts_event"] // 1_000_000, on_delivery=tracker)
     left = producer.flush(settings.kafka.connect_timeout_s)
     if left:
@@ -55,7 +58,7 @@ class StatusFollower:
     def __init__(self, settings: Settings, cfg: JobsConfig) -> None:
         ensure_broker(settings.kafka)
         self.topic = cfg.status_topic
-        self.codec = AvroCodec()
+        self.codec = AvroCodec(schema_store(settings))
         self.consumer = make_consumer(settings.kafka, f"mystocks-follow-{uuid.uuid4().hex[:8]}",
                                       **{"isolation.level": "read_uncommitted"})
         md = self.consumer.list_topics(self.topic, timeout=settings.kafka.connect_timeout_s)
@@ -66,17 +69,34 @@ class StatusFollower:
         self.consumer.assign(tps)
         self._backlog: dict[str, list[dict[str, Any]]] = {}
 
-    def statuses(self, job_id: str, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+    def statuses(self, job_id: str, timeout_s: float | None = None, *, notice_s: float = NOTICE_S,
+                 accept_timeout_s: float | None = None,
+                 on_wait: Callable[[str], None] | None = None) -> Iterator[dict[str, Any]]:
         """Yield the job's statuses (client JSON form) until a final one; :class:`WaitTimeout`.
 
-        Records of other jobs read meanwhile are kept for later calls."""
-        end = None if timeout_s is None else time.monotonic() + timeout_s
+        While no status of the job has come: after ``notice_s`` seconds ``on_wait`` gets a line
+        saying what is awaited, and after ``accept_timeout_s`` :class:`NoControlApp` is raised
+        (no control app took the command). Records of other jobs read meanwhile are kept."""
+        t0 = time.monotonic()
+        end = None if timeout_s is None else t0 + timeout_s
+        seen = noticed = False
         while True:
             for st in self._backlog.pop(job_id, []):
+                seen = True
                 yield st
                 if st["state"] in FINAL:
                     return
-            if end is not None and time.monotonic() > end:
+            now = time.monotonic()
+            if not seen and not noticed and on_wait is not None and now - t0 >= notice_s:
+                noticed = True
+                limit = f"; giving up after {accept_timeout_s:.0f} s" if accept_timeout_s else ""
+                on_wait(f"waiting for a control app to take job {job_id}: no status on {self.topic} yet "
+                        f"(is `mystocks-gpu control` running?){limit}")
+            if not seen and accept_timeout_s is not None and now - t0 > accept_timeout_s:
+                raise NoControlApp(f"no control app took job {job_id} within {accept_timeout_s:.0f} s (no status on "
+                                   f"{self.topic}); start one with `mystocks-gpu control` -- the command stays on "
+                                   "cmd.jobs and runs when it starts")
+            if end is not None and now > end:
                 raise WaitTimeout(f"job {job_id} not final after {timeout_s:.0f} s")
             for m in self.consumer.consume(100, timeout=0.2):
                 if m.error() or m.key() is None or m.value() is None:
@@ -93,13 +113,15 @@ class StatusFollower:
 
 
 def wait_for(settings: Settings, cfg: JobsConfig, cmd: dict[str, Any], timeout_s: float | None,
-             on_status: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Produce ``cmd`` and follow its job to a final status (which is returned)."""
+             on_status: Callable[[dict[str, Any]], None], *, accept_timeout_s: float | None = None,
+             on_wait: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Produce ``cmd`` and follow its job to a final status (which is returned); see
+    :meth:`StatusFollower.statuses` for ``accept_timeout_s`` and ``on_wait``."""
     follower = StatusFollower(settings, cfg)
     try:
         produce_command(settings, cfg, cmd)
         last: dict[str, Any] = {}
-        for st in follower.statuses(cmd["job_id"], timeout_s):
+        for st in follower.statuses(cmd["job_id"], timeout_s, accept_timeout_s=accept_timeout_s, on_wait=on_wait):
             on_status(st)
             last = st
         return last

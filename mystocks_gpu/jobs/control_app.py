@@ -28,8 +28,10 @@ from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.exceptions import BrokerUnreachable
-from mystocks_gpu.jobs.alerts import ALERT_SCHEMA, AlertMonitor
+from mystocks_gpu.jobs import job_metrics as m
+from mystocks_gpu.jobs.alerts import ALERT_SCHEMA, AlertMonitor, make_alert
 from mystocks_gpu.jobs.control_state import ControlCore, Effects, submit_cache_key
+from mystocks_gpu.jobs.faust_security import faust_credentials
 from mystocks_gpu.jobs.heartbeat import read_workers_async
 from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.protocol import (
@@ -43,9 +45,20 @@ from mystocks_gpu.jobs.result_cache import DataVersions, ResultCache
 from mystocks_gpu.jobs.scheduler import WorkerInfo
 from mystocks_gpu.jobs.ws_hub import Hub
 from mystocks_gpu.processors.exceptions import JobSpecError
-from mystocks_gpu.schemas import AvroCodec, DecodeError
+from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
+from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic
 
 log = logging.getLogger(__name__)
+#: consumer group session timeout of the control app, s: a SIGKILLed control app's partitions are
+#: reassigned this long after its death. 6 s is the lowest value a broker accepts by default
+#: (``group.min.session.timeout.ms``); Faust's default (60 s) made a restart after a crash take ~60 s
+SESSION_TIMEOUT_S = 6.0
+#: group heartbeat interval (< a third of the session timeout), s
+HEARTBEAT_INTERVAL_S = 1.0
+#: how long a rebalance waits for members to rejoin, s
+REBALANCE_TIMEOUT_S = 15.0
+#: result-cache writes kept while Redis is down (oldest dropped beyond this)
+CACHE_PENDING_MAX = 10_000
 
 
 class Publisher:
@@ -109,15 +122,19 @@ class ControlApp:
     def __init__(self, settings: Settings, cfg: JobsConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
         self.settings, self.cfg = settings, cfg
-        self.codec = AvroCodec()
+        self.codec = AvroCodec(schema_store(settings))
         (Path(tempfile.gettempdir()) / "mystocks-faust").mkdir(parents=True, exist_ok=True)
         broker = ";".join(f"kafka://{s.strip()}" for s in settings.kafka.bootstrap_servers.split(","))
         self.app = faust.App(
-            cfg.app_id, broker=broker, store="memory://", topic_partitions=1, web_enabled=False,
+            cfg.app_id, broker=broker, broker_credentials=faust_credentials(settings.kafka), store="memory://", topic_partitions=1, web_enabled=False,
             consumer_auto_offset_reset="latest", processing_guarantee="at_least_once", broker_commit_every=1,
             broker_commit_interval=1.0, producer_linger_ms=1, table_cleanup_interval=60.0,
             datadir=str(Path(tempfile.gettempdir()) / "mystocks-faust" / cfg.app_id), autodiscover=False,
             topic_allow_declare=True,
+            # a restart after a crash waits for the dead member's session to expire before the
+            # group rebalances: Faust's 60 s default made that ~60 s (see SESSION_TIMEOUT_S)
+            broker_session_timeout=SESSION_TIMEOUT_S, broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            broker_rebalance_timeout=REBALANCE_TIMEOUT_S,
         )
         self.table = self.app.Table("jobs", default=None, partitions=1, use_partitioner=True,
                                     schema=faust.Schema(key_serializer="json", value_serializer="json"),
@@ -128,16 +145,26 @@ class ControlApp:
         self.source = self.app.topic(cfg.commands_topic, cfg.events_topic, key_serializer="raw",
                                      value_serializer="raw", acks=True)
         self.publisher: Publisher | None = None
-        self.core = ControlCore(self.table, cfg.scheduler(), clock)
+        self.core = ControlCore(self.table, cfg.scheduler(), clock, cfg.reject_unfit_after_s)
         self.monitor = AlertMonitor(cfg.thresholds(), clock)
-        self.hub = Hub(clock)
+        self.hub = Hub(clock, cfg.ws_queue_max)
+        #: the workers of the last successful heartbeat read (``/workers``, ``/health``)
         self.workers: list[WorkerInfo] = []
+        #: worker id -> (its last heartbeat, monotonic time it was last read from Redis)
+        self._seen: dict[str, tuple[WorkerInfo, float]] = {}
         self.redis: aredis.Redis | None = None
         self.cache: ResultCache | None = None
         self.versions: DataVersions | None = None
+        #: cache writes that failed (Redis down): retried every tick until stored
+        self._cache_pending: dict[str, dict[str, Any]] = {}
         self._lock: asyncio.Lock | None = None
         self.ready = False
-        self.web_port: int | None = None
+        #: False from the first failed Redis call until a heartbeat read succeeds again
+        self.redis_ok = False
+        self._redis_checked = False
+        self._redis_down_since: float | None = None
+        self._redis_up_since = clock.monotonic()
+        self.web_port: int = 0  # the bound port, once the web server listens
         self.started = clock.monotonic()
         self._wire()
 
@@ -152,7 +179,10 @@ class ControlApp:
 
         @app.timer(self.cfg.tick_interval_s, name="control-tick")
         async def tick() -> None:
-            await self._guarded(self._tick)
+            self._ensure_redis()
+            alerts = await self._poll_workers()  # Redis I/O outside the lock: an outage never stalls events
+            await self._guarded(self._tick, alerts)
+            await self._flush_cache()
 
         @app.timer(self.cfg.dlq_check_interval_s, name="dlq-watch")
         async def dlq_watch() -> None:
@@ -183,11 +213,27 @@ class ControlApp:
             self._lock = asyncio.Lock()
         return self._lock
 
+    def _ensure_redis(self) -> None:
+        if self.redis is None:
+            t = self.cfg.redis_timeout_s
+            self.redis = aredis.Redis.from_url(self.settings.redis.url, socket_timeout=t, socket_connect_timeout=t,
+                                               retry_on_timeout=False)
+            self.cache = ResultCache(self.redis, self.cfg.namespace, self.cfg.cache_ttl_s)
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why the app cannot take and run jobs now (empty when ready): ``/health``."""
+        out = []
+        if not self.ready:
+            out.append("starting: job table not recovered or partitions not assigned yet")
+        if not self.redis_ok:
+            down = "" if self._redis_down_since is None else \
+                f" for {self.clock.monotonic() - self._redis_down_since:.0f} s"
+            out.append(f"Redis unavailable{down}: worker heartbeats and results cannot be read")
+        return out
+
     async def _guarded(self, fn: Any, *args: Any) -> None:
         async with self.lock:
-            if self.redis is None:
-                self.redis = aredis.Redis.from_url(self.settings.redis.url, socket_timeout=5)
-                self.cache = ResultCache(self.redis, self.cfg.namespace, self.cfg.cache_ttl_s)
+            self._ensure_redis()
             if not self.core._indexed and self._recovered():
                 self.core.reindex()
             try:
@@ -207,10 +253,10 @@ class ControlApp:
             try:
                 cmd = self.codec.decode(raw, expect=COMMAND_SCHEMA)
             except DecodeError as exc:
-                await self._dead_letter(event, str(exc))
+                await self._dead_letter(event, type(exc).__name__, str(exc))
                 return
             if not cmd.get("job_id"):
-                await self._dead_letter(event, "command has an empty job_id")
+                await self._dead_letter(event, "InvalidCommand", "command has an empty job_id")
                 return
             if cmd["action"] == "CANCEL":
                 await self.apply(self.core.cancel(cmd["job_id"], cmd.get("requester", "")))
@@ -218,15 +264,17 @@ class ControlApp:
             cached = None
             version = await self._data_version(cmd)
             key, _ = submit_cache_key(cmd, version) if version is not None else (None, None)
-            if key and not cmd.get("bypass_cache") and self.cache is not None and cmd["job_id"] not in self.table:
+            if key and not cmd.get("bypass_cache") and self.cache is not None and self.redis_ok \
+                    and cmd["job_id"] not in self.table:
                 try:
                     cached = await self.cache.get(key)
                 except Exception as exc:
                     log.warning("result cache lookup failed: %s", exc)
-            n_dev = sum(len(w.devices) for w in self.workers) or 1
+            live = self.live_workers()
+            n_dev = sum(len(w.devices) for w in live) or 1
             eff = self.core.submit(cmd, cached=cached, n_devices=n_dev, data_version=version,
                                    cacheable=version is not None)
-            await self.apply(eff.extend(self.core.schedule(self.workers)))
+            await self.apply(eff.extend(self.core.schedule(live)))
         elif topic == self.cfg.events_topic:
             try:
                 st = self.codec.decode(raw, expect=STATUS_SCHEMA)
@@ -235,7 +283,7 @@ class ControlApp:
                 return
             eff = self.core.report(st, parse_headers(event.headers or {}))
             if any(s["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for s in eff.statuses):
-                eff.extend(self.core.schedule(self.workers))
+                eff.extend(self.core.schedule(self.live_workers()))
             await self.apply(eff)
 
     async def _data_version(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
@@ -249,24 +297,79 @@ class ControlApp:
             self.versions = DataVersions(self.settings.kafka)
         return await asyncio.get_running_loop().run_in_executor(None, self.versions.of, spec.data_range())
 
-    async def _tick(self) -> None:
+
+    def live_workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat was read from Redis within the heartbeat TTL: the only ones
+        dispatched to (while Redis is down, the last-read heartbeats go stale and dispatching stops)."""
+        now = self.clock.monotonic()
+        return sorted((w for w, seen in self._seen.values() if now - seen <= self.cfg.heartbeat_ttl_s),
+                      key=lambda w: w.worker_id)
+
+    async def _poll_workers(self) -> list[dict[str, Any]]:
+        """Read the heartbeats; track Redis availability (edge-triggered REDIS_UNAVAILABLE alerts)."""
         assert self.redis is not None
+        now = self.clock.monotonic()
         try:
-            self.workers = await read_workers_async(self.redis, self.cfg.namespace)
+            workers = await asyncio.wait_for(read_workers_async(self.redis, self.cfg.namespace),
+                                             timeout=self.cfg.redis_timeout_s * 2)
         except Exception as exc:
-            log.warning("cannot read worker heartbeats (skipping this pass): %s", exc)
-            return
-        if not self._recovered():
-            return
-        eff = Effects()
-        eff.alerts += self.monitor.check_devices(self.workers)
-        eff.extend(self.core.check_workers(self.workers))
-        eff.extend(self.core.check_deadlines())
-        eff.extend(self.core.schedule(self.workers))
+            m.REDIS_UP.set(0)
+            if self.redis_ok or not self._redis_checked:
+                self.redis_ok, self._redis_checked, self._redis_down_since = False, True, now
+                log.error("Redis unavailable (%s): not ready; dispatching stops once heartbeats are %.0f s old",
+                          exc or type(exc).__name__, self.cfg.heartbeat_ttl_s)
+                return [make_alert("REDIS_UNAVAILABLE", "CRITICAL", "redis",
+                                   f"control app {self.cfg.app_id} cannot reach Redis: {exc or type(exc).__name__}",
+                                   labels={"app_id": self.cfg.app_id}, clock=self.clock)]
+            return []
+        alerts = []
+        m.REDIS_UP.set(1)
+        if not self.redis_ok:
+            if self._redis_down_since is not None:
+                outage = now - self._redis_down_since
+                log.warning("Redis reachable again after %.1f s", outage)
+                alerts.append(make_alert("REDIS_UNAVAILABLE", "INFO", "redis",
+                                         f"Redis reachable again after {outage:.1f} s", outage,
+                                         labels={"app_id": self.cfg.app_id, "resolved": "true"}, clock=self.clock))
+            self.redis_ok, self._redis_checked, self._redis_down_since, self._redis_up_since = True, True, None, now
+        gone = set(self._seen) - {w.worker_id for w in workers}
+        for w in workers:
+            self._seen[w.worker_id] = (w, now)
+        for wid in gone:
+            del self._seen[wid]
+        if gone:
+            self.monitor.forget_workers(gone)  # no gauges of lost workers kept forever
+        self.workers = workers
+        return alerts
+
+    async def _tick(self, alerts: list[dict[str, Any]]) -> None:
+        eff = Effects(alerts=list(alerts))
+        if self._recovered():
+            live = self.live_workers()
+            eff.alerts += self.monitor.check_devices(live)
+            # lost workers are judged only on a fresh read, and not within the grace after a Redis outage
+            # (keys expired meanwhile; workers re-beat within their interval plus a Redis timeout)
+            grace = self.cfg.heartbeat_ttl_s + self.cfg.redis_timeout_s
+            if self.redis_ok and self.clock.monotonic() - self._redis_up_since >= grace:
+                eff.extend(self.core.check_workers(live))
+            eff.extend(self.core.check_deadlines())
+            eff.extend(self.core.schedule(live))
         await self.apply(eff)
-        if not self.ready and self.app.consumer.assignment():
+        if not self.ready and self._recovered() and self.redis_ok and self.app.consumer.assignment():
             self.ready = True
             log.info("control app %s ready (web port %s)", self.cfg.app_id, self.web_port)
+
+    async def _flush_cache(self) -> None:
+        """Retry the result-cache writes that failed while Redis was down."""
+        if not self._cache_pending or not self.redis_ok or self.cache is None:
+            return
+        for key, result in list(self._cache_pending.items()):
+            try:
+                await self.cache.put(key, result)
+            except Exception as exc:
+                log.info("result cache write still failing: %s", exc)
+                return
+            self._cache_pending.pop(key, None)
 
     async def _dlq_check(self) -> None:
         from mystocks_gpu.topics.catalog import all_specs
@@ -281,12 +384,13 @@ class ControlApp:
         if alerts:
             await self.apply(Effects(alerts=alerts))
 
-    async def _dead_letter(self, event: Any, error: str) -> None:
-        m = event.message
-        log.warning("command at %s:%s dead-lettered: %s", m.partition, m.offset, error)
-        headers = [("error", error.encode()), ("source_topic", m.topic.encode()),
-                   ("source_partition", str(m.partition).encode()), ("source_offset", str(m.offset).encode())]
-        self.pub.send(m.topic + ".dlq", event.key, event.value, headers=headers)
+    async def _dead_letter(self, event: Any, error_class: str, error: str) -> None:
+        """Send a command to ``<topic>.dlq`` with the stream DLQ headers (``mystocks.error.*``,
+        ``mystocks.source.*``, ``mystocks.processor`` = the app id)."""
+        msg = event.message
+        log.warning("command at %s:%s dead-lettered: %s", msg.partition, msg.offset, error)
+        headers = dlq_headers(error_class, error, msg.topic, msg.partition, msg.offset, self.cfg.app_id)
+        self.pub.send(dlq_topic(msg.topic), event.key, event.value, headers=headers)
 
     # ---- effects -----------------------------------------------------------------------
     async def apply(self, eff: Effects) -> None:
@@ -303,11 +407,19 @@ class ControlApp:
                           timestamp_ns=al["ts_event"])
             self.hub.publish("alert", al, job_id=al["labels"].get("job_id"))
         for key, result in eff.cache_puts:
-            if self.cache is not None:
-                try:
-                    await self.cache.put(key, result)
-                except Exception as exc:
-                    log.warning("result cache write failed: %s", exc)
+            if self.cache is None or not self.redis_ok:
+                self._keep_for_cache(key, result)
+                continue
+            try:
+                await self.cache.put(key, result)
+            except Exception as exc:
+                log.warning("result cache write failed (retried when Redis answers): %s", exc)
+                self._keep_for_cache(key, result)
+
+    def _keep_for_cache(self, key: str, result: dict[str, Any]) -> None:
+        if len(self._cache_pending) >= CACHE_PENDING_MAX:  # bounded: drop the oldest (a cache miss later)
+            self._cache_pending.pop(next(iter(self._cache_pending)))
+        self._cache_pending[key] = result
 
     async def produce_command(self, cmd: dict[str, Any]) -> None:
         """Produce a JobCommand to ``cmd.jobs`` and wait for the broker's ack (web handlers)."""
@@ -341,11 +453,17 @@ def _dlq_levels(settings: Settings, names: list[str]) -> dict[str, int]:
 def _ensure_topics(settings: Settings, cfg: JobsConfig) -> None:
     """Create the catalog topics the control app reads and writes (idempotent) before Faust starts:
     Faust ignores a subscribed topic that is missing at assignment time."""
+    import dataclasses
+
     from mystocks_gpu.topics import get
     from mystocks_gpu.topics.admin import TopicAdmin
 
-    names = (cfg.commands_topic, cfg.status_topic, cfg.events_topic, "alerts")
-    TopicAdmin(settings.kafka).create([get(n) for n in names])
+    default = JobsConfig()
+    specs = []
+    for f in ("commands_topic", "status_topic", "events_topic", "alerts_topic"):  # renamed in [jobs]: same contract
+        spec = dataclasses.replace(get(getattr(default, f)), name=getattr(cfg, f))
+        specs += [spec, *([spec.dlq_spec()] if spec.dlq_spec() is not None else [])]
+    TopicAdmin(settings.kafka).create([s for s in specs if s is not None])
 
 
 def run_control(settings: Settings, cfg: JobsConfig) -> int:

@@ -30,6 +30,7 @@ from mystocks_gpu.jobs.scheduler import (
     Commitment,
     SchedulerConfig,
     WorkerInfo,
+    never_fits,
     place,
 )
 from mystocks_gpu.processors.exceptions import JobSpecError
@@ -74,10 +75,14 @@ class ControlCore:
     mutated in place, so a Faust table writes its changelog)."""
 
     def __init__(self, table: MutableMapping[str, Any], scheduler: SchedulerConfig | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, reject_unfit_after_s: float = 10.0) -> None:
         self.table = table
         self.clock = clock
         self.sched = scheduler or SchedulerConfig()
+        #: a queued job that no live worker serving its kind can ever hold is rejected after this long
+        #: (s): a grace for workers still joining, so a partial view of the fleet rejects nothing
+        self.reject_unfit_after_s = reject_unfit_after_s
+        self._unfit_since: dict[str, int] = {}
         self.active: set[str] = set()
         self._lost_alerted: set[str] = set()
         self._indexed = False
@@ -283,13 +288,41 @@ class ControlCore:
                     out.append(Commitment(c["worker"], c["device"], c["memory_bytes"], job.get("policy") == "realtime"))
         return out
 
+    @staticmethod
+    def _request(job: dict[str, Any], c: dict[str, Any]) -> ChunkRequest:
+        return ChunkRequest(job["job_id"], c["idx"], job["kind"], c["memory_bytes"], job.get("policy", "batch"),
+                            job.get("devices", "any"))
+
     def schedule(self, workers: list[WorkerInfo], now_ns: int | None = None) -> Effects:
-        """Place pending chunks (highest priority, then oldest first) and dispatch them."""
+        """Place pending chunks (highest priority, then oldest first) and dispatch them. A queued job
+        with a chunk that the live workers serving its kind can never hold (see
+        :func:`~mystocks_gpu.jobs.scheduler.never_fits`) is rejected with the reason once that has
+        held for ``reject_unfit_after_s``; meanwhile its message says so."""
         eff = Effects()
+        now = now_ns or self.clock.now_ns()
         jobs = sorted((self.table[j] for j in self.active), key=lambda j: (-j["priority"], j["submitted_ns"], j["job_id"]))
-        reqs = [ChunkRequest(j["job_id"], c["idx"], j["kind"], c["memory_bytes"], j.get("policy", "batch"),
-                             j.get("devices", "any"))
-                for j in jobs for c in j["chunks"] if c["state"] == "pending"]
+        reqs = []
+        for jid in [j for j in self._unfit_since if j not in self.active]:
+            del self._unfit_since[jid]
+        for j in jobs:
+            pending = [self._request(j, c) for c in j["chunks"] if c["state"] == "pending"]
+            why = next((w for w in (never_fits(r, workers, self.sched) for r in pending) if w), None)
+            if why is None or j["state"] != "queued":
+                self._unfit_since.pop(j["job_id"], None)
+                reqs += pending
+                continue
+            since = self._unfit_since.setdefault(j["job_id"], now)
+            job = self.get(j["job_id"])
+            assert job is not None
+            if (now - since) / 1e9 >= self.reject_unfit_after_s:
+                del self._unfit_since[j["job_id"]]
+                m.JOBS_REJECTED.inc()
+                eff.extend(self._finish(job, "rejected", now, message="rejected", error=why))
+            elif not job["message"].startswith("waiting: " + why):
+                job["message"] = f"waiting: {why} (rejected after {self.reject_unfit_after_s:.0f} s unless a worker " \
+                                 "that can hold it joins)"
+                self._save(job)
+                eff.statuses.append(status_record(job, now_ns=self.clock.now_ns()))
         if not reqs:
             return eff
         res = place(reqs, workers, self.commitments(), self.sched)

@@ -17,3 +17,11 @@ class WaitTimeout(MyStocksError):
     """A job did not reach a final state within the wait timeout."""
 
     exit_code = 3
+
+
+class RedisUnavailable(MyStocksError):
+    """Redis (heartbeats, result store, cache) did not answer at the configured URL."""
+
+
+class NoControlApp(WaitTimeout):
+    """A submitted command got no status: no control app took it within the bound."""

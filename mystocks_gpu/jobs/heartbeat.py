@@ -38,7 +38,7 @@ class HeartbeatPublisher:
     """Publish ``snapshot()`` every ``interval_s`` with a TTL of ``ttl_s`` seconds (a thread)."""
 
     def __init__(self, client: redis.Redis, namespace: str, worker_id: str, snapshot: Callable[[], WorkerInfo],
-                 interval_s: float = 1.0, ttl_s: float = 5.0) -> None:
+                 interval_s: float = 1.0, ttl_s: float = 5.0, on_failure: Callable[[], None] | None = None) -> None:
         if ttl_s <= interval_s:
             raise ValueError("heartbeat ttl must exceed the interval")
         self.client, self.key, self.snapshot = client, worker_key(namespace, worker_id), snapshot
@@ -46,6 +46,9 @@ class HeartbeatPublisher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{worker_id}", daemon=True)
         self.beats = 0
+        self.failures = 0
+        self._streak = 0
+        self._on_failure = on_failure
 
     def beat(self) -> None:
         """Publish one heartbeat now."""
@@ -62,7 +65,16 @@ class HeartbeatPublisher:
             try:
                 self.beat()
             except redis.RedisError as exc:
-                log.warning("heartbeat failed: %s", exc)
+                self.failures += 1
+                self._streak += 1
+                if self._on_failure is not None:
+                    self._on_failure()
+                if self._streak == 1 or self._streak % 30 == 0:
+                    log.warning("heartbeat failed (%d in a row): %s", self._streak, exc or type(exc).__name__)
+                continue
+            if self._streak:
+                log.info("heartbeat written again after %d failures", self._streak)
+                self._streak = 0
 
     def stop(self, remove: bool = True) -> None:
         """Stop beating; ``remove`` deletes the key so the worker is gone at once."""

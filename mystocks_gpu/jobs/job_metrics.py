@@ -21,3 +21,6 @@ GPU_OVERLOADED = Gauge("mystocks_gpu_overloaded", "1 while a GPU is above the ut
 GPU_MEMORY_HIGH = Gauge("mystocks_gpu_memory_high", "1 while a GPU is above the memory threshold", ["worker", "device"])
 DLQ_RECORDS = Gauge("mystocks_dlq_records", "Records in a dead-letter topic (high watermark sum)", ["topic"])
 ALERTS = Counter("mystocks_alerts_total", "Alerts published", ["kind", "severity"])
+REDIS_UP = Gauge("mystocks_control_redis_up", "1 while the control app reaches Redis")
+WS_DROPPED = Counter("mystocks_ws_dropped_total", "WebSocket messages dropped for slow clients (signalled to them)")
+WS_INVALID = Counter("mystocks_ws_invalid_records_total", "Feed records not forwarded (undecodable or invalid)", ["type"])

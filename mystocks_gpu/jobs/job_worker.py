@@ -7,6 +7,13 @@
 * Reports are TaskStatus records on ``jobs.events`` with ``attempt``/``chunk`` headers.
 * Results are written once per (job, chunk) with Redis ``SET NX``: a re-run after a crash reads
   the first result instead of writing a second one.
+* Redis outages: every Redis call of a chunk is retried with exponential backoff (0.1 s doubling
+  to 2 s, on the injected clock) for up to ``jobs.redis_retry_s``. A finished result is kept in
+  memory meanwhile (the chunk reports ``running`` at progress 1.0 "storing the result"); if it still
+  cannot be stored (bound passed, or the worker stops) the result is reported anyway -- the
+  control app's changelog-backed job table then holds it -- so finished work is never lost. A
+  chunk that cannot even start is handed back (``queued``).
+* Metrics: ``--metrics-port`` serves :class:`~.worker_metrics.WorkerMetrics`.
 * The heartbeat (Redis key with TTL) carries the device inventory, the kinds served and the
   running chunks. On SIGTERM running chunks are stopped and handed back (reported ``queued``).
 """
@@ -19,31 +26,39 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from confluent_kafka import KafkaError, Message
 
 from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.gpu_ops.backend import select
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.devices import Device, discover
 from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
+from mystocks_gpu.jobs.exceptions import RedisUnavailable
 from mystocks_gpu.jobs.heartbeat import HeartbeatPublisher
 from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.kinds import get_kind, kinds
 from mystocks_gpu.jobs.protocol import STATUS_SCHEMA, report_headers
 from mystocks_gpu.jobs.result_cache import ResultStore
+from mystocks_gpu.jobs.run_scope import device_scope, run_context
 from mystocks_gpu.jobs.scheduler import WorkerInfo
+from mystocks_gpu.jobs.worker_metrics import WorkerMetrics
 from mystocks_gpu.processors.exceptions import JobStopped
-from mystocks_gpu.processors.job_kind import CURRENT_RUN
-from mystocks_gpu.schemas import AvroCodec
+from mystocks_gpu.schemas import AvroCodec, schema_store
 from mystocks_gpu.topics.catalog import DAY_MS, TopicSpec
 
 log = logging.getLogger(__name__)
 SHUTDOWN = "worker shutting down"
+#: first and longest pause between Redis retries, s
+RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0
+T = TypeVar("T")
+#: a chunk's last report -> its outcome in the worker metrics
+OUTCOMES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "CANCELLED": "cancelled", "QUEUED": "requeued"}
 
 
 def default_worker_id() -> str:
@@ -57,7 +72,8 @@ class WorkerOptions:
 
     ``kinds``: job kinds served (empty = every registered kind); ``fake_devices``: a fake inventory
     instead of discovery (tests); ``reserve``: device id -> real-time processor holding it (never
-    given to batch jobs); ``prefer``: ``auto``/``gpu``/``cpu`` discovery.
+    given to batch jobs); ``prefer``: ``auto``/``gpu``/``cpu`` discovery (the CLI passes
+    ``Settings.backend`` unless ``--device`` says otherwise).
     """
 
     worker_id: str = field(default_factory=default_worker_id)
@@ -87,18 +103,25 @@ class _Run:
     stop: threading.Event
     reason: str = ""
     thread: threading.Thread | None = None
+    last_state: str = ""
 
 
 class JobWorker:
     """Runs dispatched chunks until :meth:`stop` (see module docstring)."""
 
-    def __init__(self, settings: Settings, cfg: JobsConfig, opts: WorkerOptions, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, settings: Settings, cfg: JobsConfig, opts: WorkerOptions, clock: Clock = SYSTEM_CLOCK,
+                 metrics: WorkerMetrics | None = None) -> None:
         self.clock = clock
         self.settings, self.cfg, self.opts = settings, cfg, opts
+        self.metrics = metrics or WorkerMetrics(opts.worker_id)
         self.kinds = opts.kinds or tuple(sorted(kinds()))
         self.topic = cfg.dispatch_topic(opts.worker_id)
-        self.codec = AvroCodec()
-        self.redis = redis.Redis.from_url(settings.redis.url, socket_timeout=5)
+        #: the backend chunks on a GPU compute on (``Settings.backend`` resolved; ``gpu`` without one is an error)
+        self.backend = select(settings.backend)
+        self.schemas = schema_store(settings)
+        self.codec = AvroCodec(self.schemas)
+        self.redis = redis.Redis.from_url(settings.redis.url, socket_timeout=cfg.redis_timeout_s,
+                                          socket_connect_timeout=cfg.redis_timeout_s, retry_on_timeout=False)
         self.store = ResultStore(self.redis, cfg.namespace, cfg.result_ttl_s)
         self.producer = make_producer(settings.kafka, **{"linger.ms": 2, "compression.type": "none"})
         self.runs: dict[tuple[str, int], _Run] = {}
@@ -106,7 +129,8 @@ class JobWorker:
         self._stop = threading.Event()
         self.started_ns = clock.now_ns()
         self.heartbeat = HeartbeatPublisher(self.redis, cfg.namespace, opts.worker_id, self.snapshot,
-                                            cfg.heartbeat_interval_s, cfg.heartbeat_ttl_s)
+                                            cfg.heartbeat_interval_s, cfg.heartbeat_ttl_s,
+                                            on_failure=self.metrics.heartbeat_failures.inc)
 
     # ---- inventory ---------------------------------------------------------------------
     def devices(self) -> list[Device]:
@@ -140,7 +164,7 @@ class JobWorker:
     def run(self) -> None:
         """Serve until :meth:`stop`; then stop and hand back running chunks."""
         ensure_broker(self.settings.kafka)
-        self.redis.ping()
+        self._check_redis()
         unknown = [d for d in self.opts.reserve if d not in {x.id for x in self.devices()}]
         if unknown:
             raise ConfigError(f"--reserve names unknown device(s) {', '.join(unknown)}")
@@ -164,7 +188,10 @@ class JobWorker:
         try:
             while not assigned.is_set() and not self._stop.is_set():
                 self._handle(consumer.poll(0.1))
-            self.heartbeat.start()
+            try:
+                self.heartbeat.start()
+            except redis.RedisError as exc:
+                raise RedisUnavailable(self._redis_down(exc)) from None
             log.info("worker %s serving %s on %s", self.opts.worker_id, ",".join(self.kinds),
                      ",".join(f"{d.id}({d.kind})" for d in self.devices()))
             while not self._stop.is_set():
@@ -173,6 +200,27 @@ class JobWorker:
                 self._reap()
         finally:
             self._shutdown(consumer)
+
+    def _redis_down(self, exc: BaseException) -> str:
+        from mystocks_gpu.infra.config import mask_url
+
+        return (f"Redis is not answering at {mask_url(self.settings.redis.url)} ({exc or type(exc).__name__}); "
+                "start it (mystocks-gpu stack up) or set redis.url / MYSTOCKS_REDIS__URL")
+
+    def _check_redis(self) -> None:
+        """One clear error when Redis is down at start (the worker needs it to heart-beat)."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(self._redis_down(exc)) from None
+
+    def _redis(self, op: str, fn: Callable[[], T], run: _Run | None = None,
+               on_first_failure: Callable[[], None] | None = None) -> T:
+        """``fn()`` through :func:`retry_redis` with this worker's bound, clock and metrics; gives up
+        early when ``run`` is asked to stop."""
+        return retry_redis(op, fn, self.clock, self.cfg.redis_retry_s,
+                           should_stop=(lambda: run.stop.is_set()) if run is not None else None,
+                           on_retry=lambda: self.metrics.redis_retry(op), on_first_failure=on_first_failure)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (signal-safe)."""
@@ -236,7 +284,7 @@ class JobWorker:
                 old.stop.set()
             run = _Run(key[0], key[1], int(cmd["attempt"]), str(cmd["device"]), int(cmd.get("memory_bytes", 0)),
                        threading.Event())
-            run.thread = threading.Thread(target=self._run_chunk, args=(run, cmd), daemon=True,
+            run.thread = threading.Thread(target=self._run_metered, args=(run, cmd), daemon=True,
                                           name=f"job-{key[0][:8]}-{key[1]}")
             self.runs[key] = run
         run.thread.start()
@@ -248,6 +296,7 @@ class JobWorker:
                "message": message, "error": error, "worker": f"{self.opts.worker_id}/{run.device}", "cached": False,
                "result_json": json.dumps(result, sort_keys=True, default=str) if result is not None else None}
         value = self.codec.encode(STATUS_SCHEMA, rec)
+        run.last_state = state
         while True:
             try:
                 self.producer.produce(self.cfg.events_topic, value=value, key=run.job_id.encode(),
@@ -258,13 +307,23 @@ class JobWorker:
         if flush:
             self.producer.flush(10)
 
+    def _run_metered(self, run: _Run, cmd: dict[str, Any]) -> None:
+        """:meth:`_run_chunk` counted in the worker metrics (outcome = the run's last report)."""
+        kind_name = str(cmd.get("kind", ""))
+        t0 = self.clock.monotonic()
+        self.metrics.started(kind_name)
+        try:
+            self._run_chunk(run, cmd)
+        finally:
+            self.metrics.finished(kind_name, OUTCOMES.get(run.last_state, "failed"), self.clock.monotonic() - t0)
+
     def _run_chunk(self, run: _Run, cmd: dict[str, Any]) -> None:
         kind_name = str(cmd.get("kind", ""))
         where = f"{self.opts.worker_id}/{run.device}"
         deadline = cmd.get("deadline_ns")
         try:
-            n = self.store.mark_run(run.job_id, run.chunk)
-            prior = self.store.get(run.job_id, run.chunk)
+            n = self._redis("start", lambda: self.store.mark_run(run.job_id, run.chunk), run)
+            prior = self._redis("start", lambda: self.store.get(run.job_id, run.chunk), run)
             if prior is not None:  # an earlier run finished: report its result, never a second one
                 self._report(run, kind_name, "SUCCEEDED", 1.0, f"result already stored (run #{n} on {where})",
                              result=prior, flush=True)
@@ -287,26 +346,77 @@ class JobWorker:
                     return True
                 return run.stop.is_set()
 
-            token = CURRENT_RUN.set((run.job_id, int(run.chunk)))
-            try:
+            ctx = run_context(run.job_id, run.chunk, run.device, {d.id: d for d in self.devices()}, self.backend,
+                              self.settings, self.schemas)
+            with device_scope(ctx):  # the granted device: the current CUDA device when the chunk runs on a GPU
                 result = kind.runner(spec, progress, should_stop)
-            finally:
-                CURRENT_RUN.reset(token)
             if should_stop():
                 raise JobStopped(run.reason)
-            won, stored = self.store.put_once(run.job_id, run.chunk, result)
-            msg = f"result stored by {where}" if won else f"result already stored by an earlier run (run #{n})"
-            self._report(run, kind_name, "SUCCEEDED", 1.0, msg, result=stored, flush=True)
+            self._report_result(run, kind_name, n, result, where)
         except JobStopped as exc:
             reason = run.reason or str(exc)
             if reason == SHUTDOWN:
                 self._report(run, kind_name, "QUEUED", 0.0, f"{SHUTDOWN}: {self.opts.worker_id}", flush=True)
             else:
                 self._report(run, kind_name, "CANCELLED", 0.0, f"stopped on {where}: {reason}", flush=True)
+        except RedisUnavailable as exc:  # cannot even start: hand the chunk back (the control app re-queues it)
+            if run.stop.is_set() and (run.reason or SHUTDOWN) != SHUTDOWN:
+                self._report(run, kind_name, "CANCELLED", 0.0, f"stopped on {where}: {run.reason}", flush=True)
+            else:
+                self._report(run, kind_name, "QUEUED", 0.0, f"given back by {where}: {exc}", flush=True)
         except Exception as exc:  # a failing job must not kill the worker
             log.warning("job %s chunk %s failed: %s", run.job_id, run.chunk, exc)
             self._report(run, kind_name, "FAILED", 0.0, f"failed on {where}", error=f"{type(exc).__name__}: {exc}",
                          flush=True)
+
+    def _report_result(self, run: _Run, kind_name: str, n: int, result: dict[str, Any], where: str) -> None:
+        """Store a finished chunk's result once (retrying through a Redis outage) and report it. The
+        result is kept until stored; if it cannot be (bound passed, or the worker stops), it is
+        reported anyway: the job's outcome never depends on Redis being up."""
+        def waiting() -> None:
+            self._report(run, kind_name, "RUNNING", 1.0, f"finished on {where}; storing the result "
+                         f"(Redis unavailable, retrying for up to {self.cfg.redis_retry_s:.0f} s)", flush=True)
+
+        try:
+            won = self._redis("store", lambda: self.store.set_once(run.job_id, run.chunk, result), run, waiting)
+            stored = self._redis("store", lambda: self.store.get(run.job_id, run.chunk), run) if not won else result
+        except RedisUnavailable as exc:
+            log.error("job %s chunk %s: result not stored (%s); reported with the status", run.job_id, run.chunk, exc)
+            self._report(run, kind_name, "SUCCEEDED", 1.0, f"result of {where} not stored in Redis ({exc})",
+                         result=result, flush=True)
+            return
+        msg = f"result stored by {where}" if won else f"result already stored by an earlier run (run #{n})"
+        self._report(run, kind_name, "SUCCEEDED", 1.0, msg, result=stored if stored is not None else result, flush=True)
+
+
+def retry_redis(op: str, fn: Callable[[], T], clock: Clock, bound_s: float, *,
+                should_stop: Callable[[], bool] | None = None, on_retry: Callable[[], None] | None = None,
+                on_first_failure: Callable[[], None] | None = None) -> T:
+    """``fn()``, retried on Redis errors with exponential backoff (``RETRY_FIRST_S`` doubling up to
+    ``RETRY_MAX_S``, slept on ``clock``) for up to ``bound_s`` seconds; then, or as soon as
+    ``should_stop()`` is true, :class:`RedisUnavailable` naming ``op`` and the time waited."""
+    start = clock.monotonic()
+    delay, failures = RETRY_FIRST_S, 0
+    while True:
+        try:
+            result = fn()
+        except redis.RedisError as exc:
+            waited = clock.monotonic() - start
+            if waited >= bound_s or (should_stop is not None and should_stop()):
+                raise RedisUnavailable(f"Redis {op} failed for {waited:.1f} s: {exc or type(exc).__name__}") from None
+            failures += 1
+            if on_retry is not None:
+                on_retry()
+            if failures == 1:
+                log.warning("Redis %s failed (%s); retrying for up to %.0f s", op, exc or type(exc).__name__, bound_s)
+                if on_first_failure is not None:
+                    on_first_failure()
+            clock.sleep(min(delay, max(0.0, bound_s - waited)))
+            delay = min(delay * 2, RETRY_MAX_S)
+            continue
+        if failures:
+            log.info("Redis %s succeeded after %d retries (%.1f s)", op, failures, clock.monotonic() - start)
+        return result
 
 
 def parse_reserve(items: Sequence[str]) -> dict[str, str]:

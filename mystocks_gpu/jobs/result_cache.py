@@ -118,11 +118,15 @@ class ResultStore:
     def __init__(self, client: redis.Redis, namespace: str, ttl_s: float = 7 * 86400) -> None:
         self.client, self.ns, self.ttl_s = client, namespace, ttl_s
 
+    def set_once(self, job_id: str, chunk: int, result: dict[str, Any]) -> bool:
+        """Store ``result`` unless one exists (``SET NX``); True when this call stored it."""
+        key = result_key(self.ns, job_id, chunk)
+        return bool(self.client.set(key, canonical_json(result), nx=True, ex=max(1, int(self.ttl_s))))
+
     def put_once(self, job_id: str, chunk: int, result: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """Store ``result`` unless one exists: ``(won, stored_result)``."""
-        key = result_key(self.ns, job_id, chunk)
-        won = bool(self.client.set(key, canonical_json(result), nx=True, ex=max(1, int(self.ttl_s))))
-        raw = self.client.get(key)
+        won = self.set_once(job_id, chunk, result)
+        raw = self.client.get(result_key(self.ns, job_id, chunk))
         return won, (json.loads(raw) if raw is not None else result)
 
     def get(self, job_id: str, chunk: int) -> dict[str, Any] | None:

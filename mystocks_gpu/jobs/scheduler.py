@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.infra.config import SchedulerConfig
 from mystocks_gpu.infra.devices import Device
 
 
@@ -80,24 +80,6 @@ class Placement:
     worker_id: str
     device_id: str
     memory_bytes: int
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Placement knobs.
-
-    ``memory_headroom``: fraction of each device's total memory never committed (0..0.9, default
-    0.05); ``max_chunks_per_device``: concurrent chunks per device (default 4; 0 = unlimited).
-    """
-
-    memory_headroom: float = 0.05
-    max_chunks_per_device: int = 4
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.memory_headroom <= 0.9:
-            raise ConfigError(f"scheduler.memory_headroom must be within 0..0.9, got {self.memory_headroom}")
-        if self.max_chunks_per_device < 0:
-            raise ConfigError("scheduler.max_chunks_per_device must be >= 0")
 
 
 @dataclass
@@ -200,3 +182,38 @@ def place(requests: Sequence[ChunkRequest], workers: Iterable[WorkerInfo],
         best.exclusive = best.exclusive or req.policy == "realtime"
         out.placements.append(Placement(req.job_id, req.chunk, best.worker.worker_id, best.device.id, req.memory_bytes))
     return out
+
+
+def never_fits(req: ChunkRequest, workers: Iterable[WorkerInfo], cfg: SchedulerConfig | None = None) -> str | None:
+    """Why ``req`` can never be placed on the live workers that serve its kind, or None.
+
+    Only what no amount of waiting changes counts: the device kind, a real-time reservation, the
+    real-time policy's need of a GPU, and the device's usable memory (``total * (1 - headroom)``,
+    ignoring what is in use now). With no live worker serving the kind, the answer is None (a
+    worker may still start); the control app rejects a job with a reason otherwise.
+    """
+    cfg = cfg or SchedulerConfig()
+    serving = [w for w in workers if req.kind in w.kinds]
+    if not serving:
+        return None
+    best = 0
+    why: dict[str, int] = {}
+    for w in serving:
+        for d in w.devices:
+            if d.reserved_for:
+                why[f"reserved for real-time {d.reserved_for}"] = why.get(f"reserved for real-time {d.reserved_for}", 0) + 1
+            elif req.devices != "any" and d.kind != req.devices:
+                why[f"not a {req.devices} device"] = why.get(f"not a {req.devices} device", 0) + 1
+            elif req.policy == "realtime" and not d.is_gpu:
+                why["real-time needs a GPU"] = why.get("real-time needs a GPU", 0) + 1
+            else:
+                usable = int(d.total_bytes * (1.0 - cfg.memory_headroom))
+                if req.memory_bytes <= usable:
+                    return None
+                best = max(best, usable)
+                why["too small"] = why.get("too small", 0) + 1
+    n = sum(len(w.devices) for w in serving)
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(why.items(), key=lambda kv: -kv[1]))
+    largest = f"; the largest usable device has {best / 2**20:.0f} MiB" if best else ""
+    return (f"no device of the {len(serving)} live worker(s) serving {req.kind} can ever fit a chunk of "
+            f"{req.memory_bytes / 2**20:.0f} MiB ({n} device(s): {detail}){largest}")

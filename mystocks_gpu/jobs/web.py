@@ -18,13 +18,13 @@ import asyncio
 import json
 import logging
 import threading
-import time
 from typing import Any, Protocol
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mystocks_gpu.infra.clock import Clock
+from mystocks_gpu.jobs import job_metrics as m
 from mystocks_gpu.jobs.heartbeat import read_workers_async
 from mystocks_gpu.jobs.protocol import (
     FINAL,
@@ -34,14 +34,16 @@ from mystocks_gpu.jobs.protocol import (
     make_command,
     new_job_id,
 )
-from mystocks_gpu.jobs.ws_hub import TYPES, Client
+from mystocks_gpu.jobs.ws_hub import TYPES, Client, dumps
 from mystocks_gpu.processors.exceptions import JobSpecError
+from mystocks_gpu.schemas.validate import validate
 
 
 class ControlView(Protocol):
-    """What the web server reads of the control app (``jobs.control_app.ControlView`` provides it)."""
+    """What the web server reads of the control app (``jobs.control_app.ControlApp`` provides it)."""
 
     ready: bool
+    redis_ok: bool
     cfg: Any
     settings: Any
     table: Any
@@ -52,15 +54,25 @@ class ControlView(Protocol):
     codec: Any
     started: float
     clock: Clock
-    web_port: int | None
+    web_port: int
 
     async def produce_command(self, cmd: dict[str, Any]) -> None:
         """Produce a command record to ``cmd.jobs``."""
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why the app is not ready (empty when it is)."""
+
+    def live_workers(self) -> list[Any]:
+        """Workers with a fresh heartbeat (the ones dispatched to)."""
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
 #: how long POST /jobs waits for the control agent to take a command in before answering
 ACCEPT_WAIT_S = 5.0
+#: how long a subscribe waits for its topic feed to be positioned, s
+FEED_START_S = 15.0
+#: a feed nobody subscribes to stops after this many seconds
+FEED_IDLE_S = 5.0
 
 
 def _err(status: int, message: str) -> web.Response:
@@ -82,13 +94,20 @@ class Api:
 
     def __init__(self, ctl: ControlView) -> None:
         self.ctl = ctl
-        self.feeds: dict[str, threading.Thread] = {}
+        self.feeds: dict[str, _Feed] = {}
+        self.sockets: set[web.WebSocketResponse] = set()
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ready": self.ctl.ready, "app_id": self.ctl.cfg.app_id,
-                                  "jobs": len(self.ctl.table), "active": len(self.ctl.core.active),
-                                  "workers": len(self.ctl.workers), "ws_clients": len(self.ctl.hub.clients),
-                                  "uptime_s": round(self.ctl.clock.monotonic() - self.ctl.started, 1)})
+        """200 ``{"ready": true, ...}`` when the app can take and run jobs; 503 with ``reasons`` when
+        not (still recovering the job table, or Redis unavailable)."""
+        reasons = self.ctl.not_ready_reasons()
+        body = {"ready": not reasons, "reasons": reasons, "app_id": self.ctl.cfg.app_id,
+                "redis": "ok" if self.ctl.redis_ok else "unavailable", "jobs": len(self.ctl.table),
+                "active": len(self.ctl.core.active), "workers": len(self.ctl.workers),
+                "live_workers": len(self.ctl.live_workers()),
+                "ws_clients": self.ctl.hub.count(),
+                "uptime_s": round(self.ctl.clock.monotonic() - self.ctl.started, 1)}
+        return web.json_response(body, status=503 if reasons else 200)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -134,8 +153,8 @@ class Api:
             return _err(409, f"job {job_id} already exists")
         await self.ctl.produce_command(cmd)
         # answer once the control agent has taken the command in, so GET /jobs/{id} finds it
-        end = time.monotonic() + ACCEPT_WAIT_S
-        while not self.ctl.table.get(job_id) and time.monotonic() < end:
+        end = self.ctl.clock.monotonic() + ACCEPT_WAIT_S
+        while not self.ctl.table.get(job_id) and self.ctl.clock.monotonic() < end:
             await asyncio.sleep(0.01)
         job = self.ctl.table.get(job_id)
         return web.json_response({"job_id": job_id, "status_url": f"/jobs/{job_id}",
@@ -188,19 +207,22 @@ class Api:
         sock = web.WebSocketResponse(heartbeat=20)
         await sock.prepare(request)
         client = self.ctl.hub.connect()
+        self.sockets.add(sock)
         sender = asyncio.ensure_future(self._pump(sock, client))
         try:
-            await sock.send_json({"type": "hello", "types": list(TYPES), "client_id": client.id})
+            await sock.send_str(dumps({"type": "hello", "types": list(TYPES), "client_id": client.id,
+                                       "queue_max": client.queue_max}))
             async for msg in sock:
                 if msg.type != WSMsgType.TEXT:
                     continue
-                await sock.send_json(self._control_message(client, msg.data))
+                await sock.send_str(dumps(await self._control_message(client, msg.data)))
         finally:
             sender.cancel()
+            self.sockets.discard(sock)
             self.ctl.hub.disconnect(client)
         return sock
 
-    def _control_message(self, client: Client, text: str) -> dict[str, Any]:
+    async def _control_message(self, client: Client, text: str) -> dict[str, Any]:
         try:
             req = json.loads(text)
             if not isinstance(req, dict):
@@ -215,19 +237,21 @@ class Api:
             for name in ("symbols", "job_ids"):
                 if not isinstance(req.get(name, []), list):
                     return {"type": "error", "error": f"{name} must be a list"}
-            client.types = set(types)
-            client.symbols = {str(s) for s in req.get("symbols", [])}
-            client.job_ids = {str(j) for j in req.get("job_ids", [])}
+            # a feed is positioned at its topic's end before the ack: what is produced after the
+            # ack reaches the client
             for t in ("market_data", "calc_result"):
-                if t in client.types:
-                    self._ensure_feed(t)
-            return {"type": "subscribed", "types": sorted(client.types), "symbols": sorted(client.symbols),
-                    "job_ids": sorted(client.job_ids)}
-        if action == "unsubscribe":
-            client.types -= set(types)
-            return {"type": "subscribed", "types": sorted(client.types), "symbols": sorted(client.symbols),
-                    "job_ids": sorted(client.job_ids)}
-        return {"type": "error", "error": "action must be subscribe or unsubscribe"}
+                if t in types:
+                    err = await self._ensure_feed(t)
+                    if err is not None:
+                        return {"type": "error", "error": err}
+            self.ctl.hub.subscribe(client, types, (str(s) for s in req.get("symbols", [])),
+                                   (str(j) for j in req.get("job_ids", [])))
+        elif action == "unsubscribe":
+            self.ctl.hub.unsubscribe(client, types)
+        else:
+            return {"type": "error", "error": "action must be subscribe or unsubscribe"}
+        return {"type": "subscribed", "types": sorted(client.types), "symbols": sorted(client.symbols),
+                "job_ids": sorted(client.job_ids)}
 
     async def _pump(self, sock: web.WebSocketResponse, client: Client) -> None:
         try:
@@ -235,69 +259,128 @@ class Api:
                 msg = await client.queue.get()
                 if sock.closed:
                     return
-                await sock.send_str(json.dumps(msg, default=str))
+                notice = client.drop_notice()
+                if notice is not None:
+                    m.WS_DROPPED.inc(notice["count"])
+                    await sock.send_str(dumps(notice))
+                await sock.send_str(dumps(msg))
         except (ConnectionError, RuntimeError):  # the client went away mid-send
             return
 
-    def _ensure_feed(self, mtype: str) -> None:
-        """Start (once) a thread that tails the topic behind ``market_data`` / ``calc_result``."""
-        t = self.feeds.get(mtype)
-        if t is not None and t.is_alive():
-            return
-        topic = self.ctl.cfg.market_data_topic if mtype == "market_data" else self.ctl.cfg.calc_result_topic
-        loop = asyncio.get_running_loop()
-        t = threading.Thread(target=_tail, args=(self.ctl, mtype, topic, loop), daemon=True, name=f"feed-{mtype}")
-        self.feeds[mtype] = t
-        t.start()
+    async def _ensure_feed(self, mtype: str) -> str | None:
+        """Start (once) the thread that tails the topic behind ``market_data`` / ``calc_result`` and
+        wait until it is positioned; returns an error message when it cannot start."""
+        feed = self.feeds.get(mtype)
+        if feed is None or not feed.thread.is_alive():
+            topic = self.ctl.cfg.market_data_topic if mtype == "market_data" else self.ctl.cfg.calc_result_topic
+            feed = _Feed(self.ctl, mtype, topic, asyncio.get_running_loop())
+            self.feeds[mtype] = feed
+            feed.thread.start()
+        # a feed about to stop for lack of subscribers must not stop before this subscription lands
+        feed.keep_until = self.ctl.clock.monotonic() + 2 * FEED_START_S
+        end = self.ctl.clock.monotonic() + FEED_START_S
+        while not feed.ready.is_set() and feed.thread.is_alive() and self.ctl.clock.monotonic() < end:
+            await asyncio.sleep(0.02)
+        if feed.ready.is_set():
+            return None
+        return f"{mtype} feed unavailable: {feed.error or f'not positioned within {FEED_START_S:.0f} s'}"
+
+    async def close_sockets(self) -> None:
+        """Close every WebSocket with 1001 (going away): the server is shutting down."""
+        socks = list(self.sockets)
+        if socks:
+            await asyncio.wait([asyncio.ensure_future(s.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown"))
+                                for s in socks], timeout=2.0)
+        for f in self.feeds.values():
+            f.stop.set()
 
 
-def _tail(ctl: ControlView, mtype: str, topic: str, loop: asyncio.AbstractEventLoop) -> None:
-    """Tail ``topic`` from its end, decode, hand to the hub; stops when nobody subscribes."""
-    import uuid
+class _Feed:
+    """A thread tailing ``topic`` from its end: decodes, validates (``schemas.validate``), hands
+    each record to the hub on the event loop; exits when nobody subscribes for a while."""
 
-    from confluent_kafka import OFFSET_END, TopicPartition
+    def __init__(self, ctl: ControlView, mtype: str, topic: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.ctl, self.mtype, self.topic, self.loop = ctl, mtype, topic, loop
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+        self.error = ""
+        self.invalid = 0
+        #: monotonic time before which the feed never stops for lack of subscribers
+        self.keep_until = 0.0
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"feed-{mtype}")
 
-    from mystocks_gpu.infra.kafka_clients import make_consumer
+    def _run(self) -> None:
+        import uuid
 
-    c = make_consumer(ctl.settings.kafka, f"mystocks-ws-{mtype}-{uuid.uuid4().hex[:6]}",
-                      **{"isolation.level": "read_uncommitted"})
-    try:
-        md = c.list_topics(topic, timeout=10)
-        if topic not in md.topics or md.topics[topic].error is not None:
-            log.warning("WebSocket feed %s: topic %s does not exist", mtype, topic)
-            return
-        c.assign([TopicPartition(topic, p, OFFSET_END) for p in md.topics[topic].partitions])
-        idle = 0.0
-        while True:
-            msgs = c.consume(500, timeout=0.2)
-            if not ctl.hub.wants(mtype):
-                idle += 0.2
-                if idle > 5:
-                    return
-                continue
-            idle = 0.0
-            for m in msgs:
-                if m.error() or m.value() is None:
+        from confluent_kafka import TopicPartition
+
+        from mystocks_gpu.infra.kafka_clients import make_consumer
+
+        ctl = self.ctl
+        c = make_consumer(ctl.settings.kafka, f"mystocks-ws-{self.mtype}-{uuid.uuid4().hex[:6]}",
+                          **{"isolation.level": "read_uncommitted"})
+        try:
+            md = c.list_topics(self.topic, timeout=10)
+            if self.topic not in md.topics or md.topics[self.topic].error is not None:
+                self.error = f"topic {self.topic} does not exist"
+                log.warning("WebSocket feed %s: %s", self.mtype, self.error)
+                return
+            tps = []
+            for p in md.topics[self.topic].partitions:  # explicit end offsets: nothing after `ready` is missed
+                _, hi = c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+                tps.append(TopicPartition(self.topic, p, hi))
+            c.assign(tps)
+            self.ready.set()
+            idle_since: float | None = None
+            while not self.stop.is_set():
+                msgs = c.consume(500, timeout=0.2)
+                if not ctl.hub.wants(self.mtype):
+                    now = ctl.clock.monotonic()
+                    idle_since = idle_since or now
+                    if now - idle_since > FEED_IDLE_S and now > self.keep_until:
+                        return
                     continue
-                try:
-                    rec = ctl.codec.decode(m.value())
-                except Exception:
-                    continue
-                sym = m.key().decode(errors="replace") if m.key() else rec.get("symbol")
-                loop.call_soon_threadsafe(_publish, ctl, mtype, rec, sym)
-    except Exception as exc:
-        log.warning("WebSocket feed %s stopped: %s", mtype, exc)
-    finally:
-        c.close()
+                idle_since = None
+                batch = [x for x in (self._record(m) for m in msgs) if x is not None]
+                if batch:
+                    self.loop.call_soon_threadsafe(_publish, ctl, self.mtype, batch)
+        except Exception as exc:
+            self.error = str(exc)
+            log.warning("WebSocket feed %s stopped: %s", self.mtype, exc)
+        finally:
+            self.ready.clear()
+            c.close()
+
+    def _record(self, m: Any) -> tuple[dict[str, Any], str | None] | None:
+        if m.error() or m.value() is None:
+            return None
+        try:
+            info, rec = self.ctl.codec.decode_with_info(m.value())
+            validate(info.name, rec)
+        except Exception as exc:  # undecodable or invalid: never forwarded as data
+            self.invalid += 1
+            m_ws_invalid(self.mtype)
+            if self.invalid <= 3 or self.invalid % 1000 == 0:
+                log.warning("WebSocket feed %s: record at %s:%s not forwarded (%s; %d so far)", self.mtype,
+                            m.partition(), m.offset(), exc, self.invalid)
+            return None
+        sym = m.key().decode(errors="replace") if m.key() else rec.get("symbol")
+        return rec, sym
 
 
-def _publish(ctl: ControlView, mtype: str, rec: dict[str, Any], symbol: str | None) -> None:
-    ctl.hub.publish(mtype, rec, symbol=symbol)
+def m_ws_invalid(mtype: str) -> None:
+    """Count a feed record that was not forwarded."""
+    m.WS_INVALID.labels(mtype).inc()
 
 
-def build_web_app(ctl: ControlView) -> web.Application:
+def _publish(ctl: ControlView, mtype: str, batch: list[tuple[dict[str, Any], str | None]]) -> None:
+    for rec, symbol in batch:
+        ctl.hub.publish(mtype, rec, symbol=symbol)
+
+
+def build_web_app(ctl: ControlView, api: Api | None = None) -> web.Application:
     """The aiohttp application of the control app."""
-    api = Api(ctl)
+    api = api or Api(ctl)
     app = web.Application(middlewares=[_json_errors], client_max_size=MAX_BODY)
     app.add_routes([
         web.get("/health", api.health), web.get("/metrics", api.metrics),
@@ -310,7 +393,8 @@ def build_web_app(ctl: ControlView) -> web.Application:
 
 async def serve(ctl: ControlView) -> None:
     """Serve until cancelled (an app task)."""
-    runner = web.AppRunner(build_web_app(ctl), access_log=None)
+    api = Api(ctl)
+    runner = web.AppRunner(build_web_app(ctl, api), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, ctl.cfg.web_host, ctl.cfg.web_port)
     await site.start()
@@ -321,4 +405,5 @@ async def serve(ctl: ControlView) -> None:
     try:
         await asyncio.Event().wait()
     finally:
+        await api.close_sockets()
         await runner.cleanup()

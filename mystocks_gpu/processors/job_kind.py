@@ -33,7 +33,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.processors.exceptions import JobSpecError
+from mystocks_gpu.schemas.schema_store import SchemaStore
 
 ProgressCb = Callable[[float, str], None]
 Runner = Callable[[Any, ProgressCb, Callable[[], bool]], dict[str, Any]]
@@ -45,9 +47,35 @@ Reporter = Callable[[dict[str, Any], Any, Any, str], Any]
 Chunker = Callable[[Any, int], list[Any]]
 Combiner = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
-#: ``(job_id, chunk index)`` of the run in progress, set by the worker around ``runner`` (runners
-#: that publish results keyed by job read it; None outside a worker)
-CURRENT_RUN: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("current_run", default=None)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the job worker tells a runner about the run in progress (read with :func:`current_run`).
+
+    ``device_id`` is the device the scheduler granted (``gpu1``, ``cpu0``); ``cuda_device`` its CUDA
+    ordinal when it is a GPU; ``backend`` (``gpu``/``cpu``) is what the runner must compute on: ``gpu``
+    only when the device is a GPU and the worker's ``Settings.backend`` resolved to the GPU, and then
+    the worker has made ``cuda_device`` the current CUDA device around the runner. ``settings`` and
+    ``store`` are the worker's settings and schema store (the one store of the process).
+    """
+
+    job_id: str
+    chunk: int
+    device_id: str = "cpu0"
+    backend: str = "cpu"
+    cuda_device: int | None = None
+    settings: Settings | None = None
+    store: SchemaStore | None = None
+
+
+#: the run in progress, set by the worker around ``runner`` (None outside a worker)
+RUN_CONTEXT: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("run_context", default=None)
+
+
+def current_run() -> RunContext | None:
+    """The :class:`RunContext` of the run in progress in this thread, or None outside a worker."""
+    return RUN_CONTEXT.get()
 
 POLICIES = ("batch", "training", "chunked", "realtime")
 DEVICE_TYPES = ("any", "gpu", "cpu")

@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from mystocks_gpu.schemas.batch_codec import BatchEncoder, TickDecoder, status_message
+from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.processor import (
     Columns,
@@ -68,15 +69,17 @@ class RunningAggregateProcessor(Processor[AggState]):
     input_topic = "md.ticks"
     output_topics = ("agg.running",)
 
-    def __init__(self, output_topic: str = "agg.running") -> None:
+    def __init__(self, output_topic: str = "agg.running", store: SchemaStore | None = None) -> None:
+        """``store``: schema ids of inputs and outputs (the process's store; default the manifest)."""
         self.output_topic = output_topic
         self.output_topics = (output_topic,)
+        self.store = store
         self._decoders: dict[int, TickDecoder] = {}
-        self._encoder = BatchEncoder("mystocks.streams.RunningAggregate")
+        self._encoder = BatchEncoder("mystocks.streams.RunningAggregate", store)
 
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:
-        dec = self._decoders.setdefault(id(symbols), TickDecoder(symbols=symbols))
+        dec = self._decoders.setdefault(id(symbols), TickDecoder(self.store, symbols=symbols))
         d = dec.decode(values, validate=True)
         rejected = decode_errors_to_rejected(index, d.status, status_message)
         cols = {k: d.columns[k] for k in ("sym", "ts", "seq", "price")}

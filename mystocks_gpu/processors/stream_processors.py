@@ -6,20 +6,21 @@ from collections.abc import Callable
 from typing import Any
 
 from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.streams.processor import Processor
 
 
-def _aggregate(output_topic: str | None = None, backend: str = "auto") -> Processor[Any]:
+def _aggregate(output_topic: str | None = None, backend: str = "auto", store: SchemaStore | None = None) -> Processor[Any]:
     """The running aggregate is a numba CPU kernel whatever the backend (it is the runtime's probe)."""
     from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
 
-    return RunningAggregateProcessor(**({"output_topic": output_topic} if output_topic else {}))
+    return RunningAggregateProcessor(**({"output_topic": output_topic} if output_topic else {}), store=store)
 
 
-def _features(output_topic: str | None = None, backend: str = "auto") -> Processor[Any]:
+def _features(output_topic: str | None = None, backend: str = "auto", store: SchemaStore | None = None) -> Processor[Any]:
     from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor
 
-    return TickFeaturesProcessor(FeaturesProcessorConfig(backend=backend), output_topic=output_topic)
+    return TickFeaturesProcessor(FeaturesProcessorConfig(backend=backend), output_topic=output_topic, store=store)
 
 
 PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate, "features": _features}
@@ -31,7 +32,8 @@ def register(name: str, factory: Callable[..., Processor[Any]]) -> None:
 
 
 def create(name: str, **kw: Any) -> Processor[Any]:
-    """Instantiate a processor by name (keywords: ``output_topic``, ``backend`` = auto|cpu|gpu);
+    """Instantiate a processor by name (keywords: ``output_topic``, ``backend`` = auto|cpu|gpu, ``store``:
+    the process's :class:`SchemaStore`);
     :class:`ConfigError` lists the known ones."""
     try:
         factory = PROCESSORS[name]

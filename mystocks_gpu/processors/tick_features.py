@@ -31,6 +31,7 @@ from mystocks_gpu.gpu_ops.features import FeatureState, TickFeatureEngine
 from mystocks_gpu.gpu_ops.features_config import FeatureConfig
 from mystocks_gpu.gpu_ops.tick_columns import TickColumns
 from mystocks_gpu.schemas.batch_codec import BatchEncoder, TickDecoder, status_message
+from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.processor import (
     Columns,
@@ -73,7 +74,10 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
     name = "features"
     input_topic = "md.ticks"
 
-    def __init__(self, cfg: FeaturesProcessorConfig | None = None, output_topic: str | None = None) -> None:
+    def __init__(self, cfg: FeaturesProcessorConfig | None = None, output_topic: str | None = None,
+                 store: SchemaStore | None = None) -> None:
+        """``store``: schema ids of inputs and outputs (the process's store; default the manifest)."""
+        self.store = store
         self.cfg = cfg or FeaturesProcessorConfig()
         if output_topic:
             self.cfg = FeaturesProcessorConfig(self.cfg.features, self.cfg.bar_intervals_ns,
@@ -83,14 +87,14 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         self.builders = [BarBuilder(i, self.cfg.allowed_lateness_ns, self.backend) for i in self.cfg.bar_intervals_ns]
         self.output_topics = (self.cfg.output_topic, *(self.cfg.bar_topic(i) for i in self.cfg.bar_intervals_ns))
         self.names = tuple(self.engine.output_names)
-        self._fv = BatchEncoder("mystocks.features.FeatureVector")
-        self._bar = BatchEncoder("mystocks.md.Bar")
+        self._fv = BatchEncoder("mystocks.features.FeatureVector", store)
+        self._bar = BatchEncoder("mystocks.md.Bar", store)
         self._decoders: dict[int, TickDecoder] = {}
 
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:
-        dec = self._decoders.setdefault(id(symbols), TickDecoder(symbols=symbols))
+        dec = self._decoders.setdefault(id(symbols), TickDecoder(self.store, symbols=symbols))
         d = dec.decode(values, validate=True)
         cols = {k: d.columns[k] for k in ("sym", "ts", "seq", "kind", "price", "size", "side", "bid", "ask",
                                          "bid_size", "ask_size")}
@@ -108,7 +112,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         feats, fstate = self.engine.process_host(ticks, state.features)
         out = Outputs()
         n = len(batch)
-        keys = self.key_bytes(c["sym"], batch.symbols)
+        keys: list[bytes | None] = [*self.key_bytes(c["sym"], batch.symbols)]
         values = self._fv.encode({"symbol": c["sym"], "ts_event": c["ts"], "seq": c["seq"],
                                   "ts_ingest": np.full(n, batch.ingest_ns, np.int64),
                                   "values": np.stack([np.asarray(feats[k], np.float64) for k in self.names], axis=1)},
@@ -142,7 +146,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
                                    "interval_ns": bars["interval_ns"], "open": bars["open"], "high": bars["high"],
                                    "low": bars["low"], "close": bars["close"], "volume": bars["volume"],
                                    "vwap": bars["vwap"], "trades": bars["trades"]}, symbols)
-        out.add(self.cfg.bar_topic(interval_ns), self.key_bytes(bars["sym"], symbols), values,
+        out.add(self.cfg.bar_topic(interval_ns), [*self.key_bytes(bars["sym"], symbols)], values,
                 (bars["ts_open"] // 1_000_000).tolist())
 
 

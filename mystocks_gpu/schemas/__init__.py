@@ -7,10 +7,10 @@ from mystocks_gpu.schemas.exceptions import (
     UnknownSchemaId,
     ValidationError,
 )
-from mystocks_gpu.schemas.schema_store import SchemaInfo, SchemaStore, default_store
+from mystocks_gpu.schemas.schema_store import SchemaInfo, SchemaStore, default_store, schema_store
 from mystocks_gpu.schemas.validate import validate
 
 __all__ = [
     "AvroCodec", "DecodeError", "MAGIC", "PREFIX_LEN", "SchemaError", "SchemaInfo", "SchemaStore",
-    "UnknownSchemaId", "ValidationError", "default_store", "frame", "unframe", "validate",
+    "UnknownSchemaId", "ValidationError", "default_store", "frame", "schema_store", "unframe", "validate",
 ]

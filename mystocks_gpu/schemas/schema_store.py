@@ -21,7 +21,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from mystocks_gpu.infra.config import SchemaRegistryConfig
+from mystocks_gpu.infra.config import SchemaRegistryConfig, Settings
 from mystocks_gpu.schemas.exceptions import SchemaError, UnknownSchemaId
 
 SCHEMA_DIR = Path(__file__).with_name("avsc")
@@ -45,7 +45,7 @@ def _read_avsc(path: Path) -> tuple[dict[str, Any], Any, str, str]:
         parsed: Any = fastavro.parse_schema(raw)
     except (json.JSONDecodeError, fastavro.schema.SchemaParseException) as exc:
         raise SchemaError(f"{path.name}: invalid Avro schema: {exc}") from None
-    name = parsed["name"]
+    name = str(parsed["name"])  # type: ignore[call-overload,index]
     return raw, parsed, name, fingerprint(to_parsing_canonical_form(parsed), "SHA-256")
 
 
@@ -194,6 +194,13 @@ class SchemaStore:
 def default_store(cfg: SchemaRegistryConfig | None = None) -> SchemaStore:
     """A process-wide :class:`SchemaStore` per registry config."""
     return SchemaStore(cfg)
+
+
+def schema_store(settings: Settings) -> SchemaStore:
+    """The one store of a process, from its settings: the Schema Registry at ``schema_registry.url``
+    when set (ids looked up, or registered when ``schema_registry.register``), else the manifest.
+    Every codec of the process (stream processors, job runners, the control app, the CLI) is given it."""
+    return default_store(settings.schema_registry)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,7 @@ class Tally:
     aborts: int = 0
     oversized: int = 0
     commits: int = 0
+    producer_recoveries: int = 0
     assignments: int = 0
     restores: int = 0
     abort_reasons: list[str] = field(default_factory=list)
@@ -88,6 +89,10 @@ class CommitProtocol:
         self.last_commit = clock.monotonic()
         #: test hook: ``fault(stage)`` may raise to inject a failure at a named stage of the protocol
         self.fault: Callable[[str], None] | None = None
+        #: called when the producer is fenced: returns a fresh, initialised producer when the fence was
+        #: self-inflicted (the coordinator timed our transaction out, e.g. during a broker outage), or
+        #: None when another live worker holds our transactional id (then we stop)
+        self.replace_producer: Callable[[], Any] | None = None
 
     # ---- producing -------------------------------------------------------------------------
     def begin(self) -> None:
@@ -262,8 +267,33 @@ class CommitProtocol:
                     continue
                 raise
 
+    @staticmethod
+    def _fenced(err: KafkaError) -> bool:
+        """Fatal errors that a fresh producer (new epoch) clears: fenced, or the coordinator no longer
+        knows our transaction (it timed it out: INVALID_TXN_STATE, librdkafka issue #3297)."""
+        return err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                              KafkaError.INVALID_TXN_STATE)
+
+    def _recover_producer(self, err: KafkaError) -> bool:
+        """After a fence: install a fresh producer if the fence was self-inflicted (see
+        :attr:`replace_producer`); the old transaction is already aborted by the coordinator."""
+        if not self._fenced(err) or self.replace_producer is None:
+            return False
+        fresh = self.replace_producer()
+        if fresh is None:
+            return False
+        self.producer = fresh
+        self.in_txn = False
+        self.tally.producer_recoveries += 1
+        log.warning("producer fenced by a transaction timeout; re-initialised", extra={"fields": {"error": err.str()}})
+        return True
+
     def recover(self, err: KafkaError, where: str) -> None:
-        """A produce or commit failed: stop on fatal errors (e.g. fenced), otherwise abort and rewind."""
+        """A produce or commit failed: stop on fatal errors (e.g. fenced by another live worker),
+        otherwise abort and rewind."""
+        if err.fatal() and self._recover_producer(err):
+            self.abort(f"{where}: {err.str()} (producer re-initialised)")
+            return
         if err.fatal():
             self.failed = True
             raise FatalRuntimeError(
@@ -289,9 +319,13 @@ class CommitProtocol:
                     self.producer.flush(self.rt.commit_timeout_s)
                     self._retry(lambda: self.producer.abort_transaction(self.rt.commit_timeout_s))
                 except KafkaException as exc:
-                    if exc.args[0].fatal():
+                    if exc.args[0].fatal() and self._recover_producer(exc.args[0]):
+                        pass  # the coordinator already aborted that transaction
+                    elif exc.args[0].fatal():
                         self.failed = True
-                        raise FatalRuntimeError(f"abort failed: {exc.args[0].str()}") from None
+                        raise FatalRuntimeError(
+                            f"abort failed with a fatal error ({exc.args[0].str()}); stopping. If the producer was "
+                            f"fenced, another worker with transactional id {self.transactional_id} is running") from None
                     log.warning("abort failed", extra={"fields": {"error": exc.args[0].str()}})
         else:
             self.producer.purge(in_queue=True, in_flight=False)

@@ -3,14 +3,17 @@
 A plan such as ``"produce=0.02,offsets=0.05,commit=0.05;seed=7"`` makes the protocol raise an
 abortable Kafka error (``txn_requires_abort``) at those stages with those probabilities: the real
 transaction on the real broker is then aborted and the partitions rewound, exactly as after a
-broker-side abort. Stages: ``begin``, ``produce``, ``offsets``, ``commit``; and ``crash``, which raises a plain
-``RuntimeError("injected crash")`` after a batch has replaced partition states (an unexpected bug).
-Empty = off (default).
+broker-side abort. Stages: ``begin``, ``produce``, ``offsets``, ``commit``; ``crash``, which raises a plain
+``RuntimeError("injected crash")`` after a batch has replaced partition states (an unexpected bug);
+and ``stall``, which blocks inside the open transaction for ``stall_s`` seconds (default 12; a GC
+pause or a frozen host), so the coordinator times the transaction out and fences the producer.
+Options after ``;``: ``seed=N``, ``stall_s=S``. Empty = off (default).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +21,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from mystocks_gpu.exceptions import ConfigError
 
-STAGES = ("begin", "produce", "offsets", "commit", "crash")
+STAGES = ("begin", "produce", "offsets", "commit", "crash", "stall")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class FaultPlan:
 
     probabilities: tuple[tuple[str, float], ...] = ()
     seed: int = 0
+    stall_s: float = 12.0
 
     @classmethod
     def parse(cls, spec: str) -> FaultPlan:
@@ -35,12 +39,16 @@ class FaultPlan:
         if not spec:
             return cls()
         head, _, tail = spec.partition(";")
-        seed = 0
-        if tail:
-            key, _, val = tail.partition("=")
-            if key.strip() != "seed" or not val.strip().lstrip("-").isdigit():
-                raise ConfigError(f"fault plan: expected ';seed=N', got {tail!r}")
-            seed = int(val)
+        seed, stall_s = 0, 12.0
+        for opt in filter(None, (o.strip() for o in tail.split(";"))):
+            key, _, val = opt.partition("=")
+            key, val = key.strip(), val.strip()
+            if key == "seed" and val.lstrip("-").isdigit():
+                seed = int(val)
+            elif key == "stall_s" and val.replace(".", "", 1).isdigit():
+                stall_s = float(val)
+            else:
+                raise ConfigError(f"fault plan: expected ';seed=N' or ';stall_s=S', got {opt!r}")
         probs = []
         for part in filter(None, (p.strip() for p in head.split(","))):
             stage, _, val = part.partition("=")
@@ -54,7 +62,7 @@ class FaultPlan:
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"fault plan: probability of {stage} must be within 0..1, got {p}")
             probs.append((stage, p))
-        return cls(tuple(probs), seed)
+        return cls(tuple(probs), seed, stall_s)
 
     def hook(self) -> Callable[[str], None] | None:
         """A ``fault(stage)`` callable for :class:`~mystocks_gpu.streams.commit_protocol.CommitProtocol`
@@ -69,6 +77,9 @@ class FaultPlan:
             if p > 0.0 and rng.random() < p:
                 if stage == "crash":
                     raise RuntimeError("injected crash")
+                if stage == "stall":
+                    time.sleep(self.stall_s)
+                    return
                 raise KafkaException(KafkaError(KafkaError._FAIL, f"injected fault at {stage}", txn_requires_abort=True))
 
         return fault

@@ -28,8 +28,12 @@ class RuntimeConfig:
     linger_ms: float = 20.0
     guarantee: str = EXACTLY_ONCE
     commit_interval_ms: float = 100.0
-    #: open transactions of a dead worker block read_committed readers this long at most
+    #: open transactions of a dead worker block read_committed readers this long at most; a broker
+    #: outage longer than this makes the coordinator abort (and fence) the live worker's transaction,
+    #: which the worker survives by re-initialising its producer (see ``max_producer_recoveries``)
     transaction_timeout_ms: int = 10_000
+    #: how many self-inflicted fences (transaction timed out) a worker run recovers from
+    max_producer_recoveries: int = 10
     session_timeout_ms: int = 6_000
     #: generous so a broker restart (a minute on a small machine) does not evict the worker
     max_poll_interval_ms: int = 300_000
@@ -60,6 +64,8 @@ class RuntimeConfig:
             raise ConfigError("group_protocol must be classic or consumer")
         if self.transaction_timeout_ms < 1000:
             raise ConfigError("transaction_timeout_ms must be >= 1000")
+        if self.max_producer_recoveries < 0:
+            raise ConfigError("max_producer_recoveries must be >= 0")
         if self.max_buffered_records < 1:
             raise ConfigError("max_buffered_records must be >= 1")
         for name in ("produce_block_timeout_s", "commit_timeout_s", "lag_interval_s"):

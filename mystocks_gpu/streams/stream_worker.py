@@ -55,6 +55,7 @@ class RunSummary:
     commits: int = 0
     oversized: int = 0
     pauses: int = 0
+    producer_recoveries: int = 0
     assignments: int = 0
     restores: int = 0
     seconds: float = 0.0
@@ -82,6 +83,8 @@ class StreamWorker:
         #: messages fetched but not yet in a batch (dropped with the forming batch on every abort)
         self._pending: list[Any] = []
         self._paused = False
+        self._recoveries = 0
+        self._pconf: dict[str, Any] = {}
         self._last_lag = 0.0
         self._assigned_at = 0.0
         self.consumer: Any = None
@@ -136,7 +139,9 @@ class StreamWorker:
                      "isolation.level": "read_committed"}
         else:
             extra["partition.assignment.strategy"] = "cooperative-sticky"
-        self.consumer = make_consumer(self.kafka, self.group, route_logs=False, **{"log_level": 3, **extra})
+        # client.id = the transactional id: on a fence, the group tells whether another member uses it
+        self.consumer = make_consumer(self.kafka, self.group, route_logs=False,
+                                      **{"log_level": 3, "client.id": self.transactional_id, **extra})
         # the protocol checks each record against its topic's own limit; the client-side cap is above all
         # and a record batch never exceeds the smallest topic limit (the broker rejects a whole batch)
         pconf: dict[str, Any] = {"linger.ms": 2 if self.rt.exactly_once else 1, "message.max.bytes": PRODUCER_MAX_BYTES,
@@ -144,16 +149,54 @@ class StreamWorker:
         if self.rt.exactly_once:
             pconf.update({"transactional.id": self.transactional_id,
                           "transaction.timeout.ms": self.rt.transaction_timeout_ms})
-        self.producer = make_producer(self.kafka, route_logs=False, **{"log_level": 3, **pconf})
-        if self.rt.exactly_once:
-            self.producer.init_transactions(max(30.0, self.rt.transaction_timeout_ms / 1000 * 3))
+        self._pconf = pconf
+        self.producer = self._make_producer()
         self.protocol = CommitProtocol(
             producer=self.producer, consumer=self.consumer, topic=self.topic, processor=self.processor,
             states=self.states, rt=self.rt, metrics=self.metrics, clock=self.clock, drop_input=self._drop_input,
             transactional_id=self.transactional_id, max_bytes=max_bytes)
         self.protocol.fault = FaultPlan.parse(self.rt.fault_injection).hook()
+        self.protocol.replace_producer = self._replace_fenced_producer
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
+
+    def _make_producer(self) -> Any:
+        producer = make_producer(self.kafka, route_logs=False, **{"log_level": 3, **self._pconf})
+        if self.rt.exactly_once:
+            producer.init_transactions(max(30.0, self.rt.transaction_timeout_ms / 1000 * 3))
+        return producer
+
+    def _replace_fenced_producer(self) -> Any:
+        """A fresh producer after a fence, unless another live group member uses our transactional
+        id (a real duplicate or zombie: then None, and the worker stops). A fence with no such member
+        is self-inflicted: the coordinator aborted our transaction after ``transaction_timeout_ms``
+        (a broker outage, a long pause). At most ``max_producer_recoveries`` per worker run."""
+        if self._recoveries >= self.rt.max_producer_recoveries:
+            log.error("producer fenced again; not re-initialising", extra={"fields": {"recoveries": self._recoveries}})
+            return None
+        from mystocks_gpu.topics.admin import make_admin
+
+        admin = make_admin(self.kafka)
+        twins = None
+        for attempt in range(6):  # the coordinator may still be loading after a broker restart
+            try:
+                me = self.consumer.memberid()
+                desc = admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(15)
+                twins = [m for m in desc.members if m.client_id == self.transactional_id and m.member_id != me]
+                break
+            except Exception as exc:  # noqa: BLE001 - retried, then stop on the safe side
+                log.warning("fenced; describing the group failed", extra={"fields": {"error": repr(exc), "attempt": attempt}})
+                self.clock.sleep(min(2.0 * 2**attempt, 10.0))
+        if twins is None:
+            log.error("fenced, and the group cannot be described: stopping")
+            return None
+        if twins:
+            log.error("fenced by another live worker with this transactional id",
+                      extra={"fields": {"members": [f"{m.member_id}@{m.host}" for m in twins]}})
+            return None
+        self._recoveries += 1
+        self.producer = self._make_producer()
+        return self.producer
 
     # ---- rebalance callbacks (all state changes go through the protocol) --------------------
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -248,7 +291,7 @@ class StreamWorker:
         t = self.protocol.tally
         s = self._summary
         s.records_out, s.dlq, s.aborts, s.commits, s.oversized = t.records_out, t.dlq, t.aborts, t.commits, t.oversized
-        s.assignments, s.restores = t.assignments, t.restores
+        s.assignments, s.restores, s.producer_recoveries = t.assignments, t.restores, t.producer_recoveries
         s.abort_reasons = list(t.abort_reasons)
 
     def _close(self) -> None:
@@ -319,6 +362,7 @@ class StreamWorker:
         except KafkaException as exc:
             self.protocol.recover(exc.args[0], "produce")
             return
+        self.protocol.inject("stall")  # tests: frozen inside an open transaction (records already sent)
         self._summary.batches += 1
         self._summary.records_in += len(batch)
         self.metrics.records_in.inc(len(batch))

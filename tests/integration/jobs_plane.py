@@ -13,8 +13,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.jobs.client import StatusFollower
@@ -24,6 +25,22 @@ from mystocks_gpu.jobs.protocol import FINAL
 ROOT = Path(__file__).resolve().parents[2]
 HB_TTL = "3"
 HB_INTERVAL = "0.5"
+T = TypeVar("T")
+#: pause between two checks of a condition in :func:`wait_until`, s
+POLL_S = 0.05
+
+
+def wait_until(cond: Callable[[], T], timeout: float, what: str | Callable[[], str]) -> T:
+    """Poll ``cond()`` until it returns something truthy (returned) or ``timeout`` seconds pass
+    (AssertionError naming ``what``)."""
+    end = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")
+        time.sleep(POLL_S)
 
 
 def free_port() -> int:
@@ -66,30 +83,39 @@ class Plane:
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
-    def start_control(self, timeout: float = 60) -> None:
-        self._spawn("control", "control", "--port", str(self.port), "--namespace", self.ns, "--app-id",
-                    f"test-ctl-{self.ns}", "--heartbeat-ttl", HB_TTL, "--tick", "0.25")
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+    def start_control(self, *extra: str, timeout: float = 60) -> None:
+        self.spawn_control(*extra)
+        self.wait_ready(timeout)
+
+    def spawn_control(self, *extra: str) -> subprocess.Popen[bytes]:
+        """Start the control app (same app id every time: a restart recovers the job table)."""
+        return self._spawn("control", "control", "--port", str(self.port), "--namespace", self.ns, "--app-id",
+                           f"test-ctl-{self.ns}", "--heartbeat-ttl", HB_TTL, "--tick", "0.25", *extra)
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``GET /health``: (status, body); (0, {}) while nothing listens."""
+        try:
+            return http("GET", f"{self.url}/health")
+        except OSError:
+            return 0, {}
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
             assert self.procs["control"].poll() is None, self.log("control")
-            try:
-                if http("GET", f"{self.url}/health")[1].get("ready"):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"control app not ready after {timeout} s:\n{self.log('control')}")
+            return bool(self.health()[1].get("ready"))
+
+        wait_until(ready, timeout, lambda: f"control app ready:\n{self.log('control')}")
 
     def start_worker(self, wid: str, *extra: str, timeout: float = 30) -> subprocess.Popen[bytes]:
         p = self._spawn(wid, "worker", "--id", wid, "--namespace", self.ns, "--heartbeat-ttl", HB_TTL,
                         "--heartbeat-interval", HB_INTERVAL, *extra)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+
+        def beating() -> bool:
             assert p.poll() is None, self.log(wid)
-            if wid in {w["worker_id"] for w in self.workers()}:
-                return p
-            time.sleep(0.2)
-        raise AssertionError(f"worker {wid} never heart-beat:\n{self.log(wid)}")
+            return wid in {w["worker_id"] for w in self.workers()}
+
+        wait_until(beating, timeout, lambda: f"worker {wid} heart-beating:\n{self.log(wid)}")
+        return p
 
     def workers(self) -> list[dict[str, Any]]:
         return http("GET", f"{self.url}/workers")[1]["workers"]
@@ -110,16 +136,22 @@ class Plane:
         return body  # type: ignore[no-any-return]
 
     def wait(self, job_id: str, states: set[str] | frozenset[str], timeout: float = 30) -> dict[str, Any]:
-        end = time.monotonic() + timeout
+        return self.wait_job(job_id, lambda j: j["state"] in states, timeout, f"in {sorted(states)}")
+
+    def wait_job(self, job_id: str, cond: Callable[[dict[str, Any]], bool], timeout: float = 30,
+                 what: str = "condition") -> dict[str, Any]:
+        """Poll ``GET /jobs/{id}`` until ``cond(job)``; returns the job."""
         last: dict[str, Any] = {}
-        while time.monotonic() < end:
+
+        def check() -> dict[str, Any] | None:
             status, body = http("GET", f"{self.url}/jobs/{job_id}")
             if status == 200:
-                last = body
-                if body["state"] in states:
+                last.update(body)
+                if cond(body):
                     return body
-            time.sleep(0.1)
-        raise AssertionError(f"job {job_id} not in {sorted(states)} after {timeout} s: {last}")
+            return None
+
+        return wait_until(check, timeout, lambda: f"job {job_id} {what}: {last}")
 
     def follower(self) -> StatusFollower:
         return StatusFollower(self.settings, self.cfg)

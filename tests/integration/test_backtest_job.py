@@ -416,3 +416,38 @@ def test_load_before_topics_create_says_what_to_run(tmp_path: Path, settings: Se
     finally:
         admin.create([s for s in all_specs() if s.name == "md.bars.1s"])
         wait_until(lambda: "md.bars.1s" in admin.existing(), 30, "md.bars.1s to exist again")
+
+
+def test_a_result_the_broker_rejects_fails_the_job_with_the_reason(plane: Plane, bars: pd.DataFrame,
+                                                                   settings: Settings) -> None:
+    """results.backtest temporarily accepts at most 64-byte record batches: the broker rejects the real
+    result record, and the job must FAIL with the broker's reason (it used to report success)."""
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        ResourceType,
+    )
+
+    admin = AdminClient(settings.kafka.client_config())
+    res = ConfigResource(ResourceType.TOPIC, "results.backtest")
+
+    def set_max(value: str | None) -> None:
+        op = AlterConfigOpType.SET if value is not None else AlterConfigOpType.DELETE
+        entry = ConfigEntry("max.message.bytes", value or "", incremental_operation=op)
+        res_ = ConfigResource(ResourceType.TOPIC, "results.backtest", incremental_configs=[entry])
+        admin.incremental_alter_configs([res_])[res_].result(timeout=30)
+
+    before = admin.describe_configs([res])[res].result(timeout=30)["max.message.bytes"]
+    set_max("64")
+    try:
+        job_id = plane.submit("backtest", _spec(bars, top_n=4), bypass_cache=True)
+        final = plane.wait(job_id, {"succeeded", "failed"}, timeout=180)
+    finally:
+        set_max(None if before.is_default else before.value)
+    assert final["state"] == "failed", final
+    assert "DeliveryFailed" in final["error"] and "results.backtest" in final["error"], final["error"]
+    assert "Message size too large" in final["error"], final["error"]
+    after = admin.describe_configs([res])[res].result(timeout=30)["max.message.bytes"]
+    assert after.value == before.value  # restored for the other tests

@@ -9,9 +9,11 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
+from mystocks_gpu.gpu_ops.backend import gpu_available
 from mystocks_gpu.gpu_ops.features_config import FeatureConfig
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.topics import TopicSpec
@@ -37,15 +39,19 @@ def committed_inputs(settings: Settings, group: str, topic: str, partitions: int
         c.close()
 
 
-def _worker(inp: str, out: str, group: str) -> subprocess.Popen[str]:
+def _worker(inp: str, out: str, group: str, backend: str = "cpu") -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "mystocks_gpu.cli", "run", "features", "--group", group,
                              "--worker-id", "f1", "--input-topic", inp, "--output-topic", out, "--idle-exit", "8",
                              "--batch-records", "400", "--linger-ms", "5"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "MYSTOCKS_BACKEND": "cpu"})
+                            env={**os.environ, "MYSTOCKS_BACKEND": backend})
 
 
-def test_features_exactly_once_with_sigkill_restart(settings: Settings, unique: str) -> None:
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not gpu_available()[0], reason=f"GPU features path needs a CUDA device: {gpu_available()[1]}")])])
+def test_features_exactly_once_with_sigkill_restart(settings: Settings, unique: str, backend: str) -> None:
+    """On the CPU backend everywhere, and on the GPU backend (state resident on the device, restored
+    into device arrays) where a CUDA device exists: the same pandas reference either way."""
     inp, out, group = f"t.fin.{unique}", f"t.fout.{unique}", f"g.f.{unique}"
     TopicAdmin(settings.kafka).create([
         TopicSpec(inp, "symbol", "mystocks.md.Tick", partitions=4, dlq=False),
@@ -56,7 +62,7 @@ def test_features_exactly_once_with_sigkill_restart(settings: Settings, unique: 
     cols = generate(SyntheticMarket(n_symbols=s, seed=21, events_per_s=500.0), n)
     names = symbol_names(s, 21)
     produce_ticks(settings, inp, cols, names)
-    w = _worker(inp, out, group)
+    w = _worker(inp, out, group, backend)
     # kill mid-stream, once transactions have committed (the restart restores their state from
     # the changelog and must not repeat their outputs) and before the input is all committed
     wait_until(lambda: w.poll() is not None or committed_inputs(settings, group, inp, 4) >= 2000,
@@ -64,7 +70,7 @@ def test_features_exactly_once_with_sigkill_restart(settings: Settings, unique: 
     assert w.poll() is None, "worker finished before the kill; raise n"
     assert committed_inputs(settings, group, inp, 4) < n, "everything committed before the kill; raise n"
     kill9(w)
-    finish(_worker(inp, out, group), timeout=300)
+    finish(_worker(inp, out, group, backend), timeout=300)
     got = read_outputs(settings, out, n)
     assert len(got) == n and not got.duplicated(["symbol", "seq"]).any()
     df = pd.DataFrame({k: cols[k] for k in ("sym", "ts", "kind", "price", "size", "side", "bid", "ask",

@@ -38,6 +38,7 @@ from tests.integration.stream_helpers import (
     kill9,
     make_topics,
     output_high_watermark,
+    produce_ticks,
     read_outputs,
     reference,
     start_worker,
@@ -111,13 +112,7 @@ def test_crash_with_dirty_state_never_commits_it(settings: Settings, unique: str
     """An exception after states were replaced: the protocol aborts, close() must not commit."""
     t = make_topics(settings, unique, partitions=4)
     cols, names = synthetic(30_000, symbols=40, seed=22)
-    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    p = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-        if i % 10_000 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0
+    produce_ticks(settings, t.input, cols, names)
     crashes = 0
     for attempt in range(40):
         w = start_worker(t, "wc", "--batch-records", "400", "--linger-ms", "5",
@@ -129,6 +124,21 @@ def test_crash_with_dirty_state_never_commits_it(settings: Settings, unique: str
         crashes += 1
     assert crashes >= 3, "too few crashes to prove anything"
     got = read_outputs(settings, t.output, 30_000)
+    assert_exactly_once_equal(got, reference(cols, names))
+
+
+def test_a_transaction_timed_out_by_the_coordinator_is_survived(settings: Settings, unique: str) -> None:
+    """Frozen inside an open transaction longer than the transaction timeout: the coordinator aborts
+    it and fences the producer. No other member uses the id, so the worker re-initialises its
+    producer, rewinds, and goes on: exactly-once, no restart."""
+    t = make_topics(settings, unique, partitions=4)
+    cols, names = synthetic(20_000, symbols=30, seed=29)
+    produce_ticks(settings, t.input, cols, names)
+    out = finish(start_worker(t, "wt", "--batch-records", "500", "--linger-ms", "5", "--transaction-timeout-ms", "2000",
+                              "--inject-faults", "stall=0.08;seed=4;stall_s=6", idle_exit=8), timeout=400)
+    s = summaries(out)[-1]
+    assert s["producer_recoveries"] >= 1 and s["aborts"] >= 1, s
+    got = read_outputs(settings, t.output, 20_000)
     assert_exactly_once_equal(got, reference(cols, names))
 
 
@@ -168,37 +178,34 @@ def test_broker_pauses_and_group_churn(settings: Settings, unique: str, stack: L
 
 
 def test_zombie_with_the_same_transactional_id_is_fenced(settings: Settings, unique: str) -> None:
+    """A worker frozen mid-stream (a long GC pause, a partitioned host) is replaced by a successor with
+    the same transactional id; when the zombie wakes up, its producer is fenced: it stops with a clear
+    error and commits nothing. The successor finishes; outputs are exactly-once."""
     t = make_topics(settings, unique, partitions=4)
-    cols, names = synthetic(60_000, symbols=30, seed=24)
-    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    p = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-        if i % 10_000 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0
-    args = ("--batch-records", "300", "--linger-ms", "5")
-    zombie = start_worker(t, "same-id", *args, idle_exit=10)
+    cols, names = synthetic(80_000, symbols=30, seed=24)
+    produce_ticks(settings, t.input, cols, names)
+    args = ("--batch-records", "200", "--linger-ms", "5", "--commit-interval-ms", "500")
+    zombie = start_worker(t, "same-id", *args, idle_exit=20)
     assert wait_for(lambda: output_high_watermark(settings, t.output) > 3000 or zombie.poll() is not None, 90)
-    assert zombie.poll() is None
-    successor = start_worker(t, "same-id", *args, idle_exit=10)  # same transactional id: fences the zombie
+    assert zombie.poll() is None, "the worker finished before it could be frozen"
+    os.killpg(zombie.pid, signal.SIGSTOP)  # frozen with an open transaction
+    try:
+        successor = start_worker(t, "same-id", *args, idle_exit=10)  # init_transactions fences the zombie
+        before = output_high_watermark(settings, t.output)
+        assert wait_for(lambda: output_high_watermark(settings, t.output) > before + 2000 or successor.poll() is not None, 120)
+    finally:
+        os.killpg(zombie.pid, signal.SIGCONT)
     _, zerr = zombie.communicate(timeout=240)
     assert zombie.returncode != 0 and "fenced" in zerr.lower(), zerr[-2000:]
     finish(successor, timeout=300)
-    got = read_outputs(settings, t.output, 60_000)
+    got = read_outputs(settings, t.output, 80_000)
     assert_exactly_once_equal(got, reference(cols, names))
 
 
 def test_consumer_group_protocol_survives_sigkill(settings: Settings, unique: str) -> None:
     t = make_topics(settings, unique, partitions=4)
     cols, names = synthetic(60_000, symbols=40, seed=25)
-    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    p = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-        if i % 10_000 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0
+    produce_ticks(settings, t.input, cols, names)
     args = ("--group-protocol", "consumer", "--batch-records", "400", "--linger-ms", "5")
     rng = random.Random(3)
     kills = 0
@@ -211,7 +218,9 @@ def test_consumer_group_protocol_survives_sigkill(settings: Settings, unique: st
             break
         kill9(w)
         kills += 1
-    finish(start_worker(t, "wk", *args), timeout=300)
+    # a KIP-848 member's partitions move only after the broker-side session timeout (6 s on the
+    # local stack): the last incarnation waits long enough to get them
+    finish(start_worker(t, "wk", *args, idle_exit=20), timeout=300)
     got = read_outputs(settings, t.output, 60_000)
     assert_exactly_once_equal(got, reference(cols, names))
 
@@ -270,11 +279,7 @@ def _free_port() -> int:
 def test_lag_counts_from_the_committed_offset_and_revoked_series_disappear(settings: Settings, unique: str) -> None:
     t = make_topics(settings, unique, partitions=4)
     cols, names = synthetic(20_000, symbols=40, seed=27)
-    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    p = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-    assert p.flush(60) == 0
+    produce_ticks(settings, t.input, cols, names)
     # every commit fails: the worker fetches and processes, but commits nothing -> lag stays at the total
     port = _free_port()
     stalled = start_worker(t, "ws", "--metrics-port", str(port), "--inject-faults", "commit=1.0", idle_exit=60)
@@ -314,11 +319,7 @@ def test_lag_counts_from_the_committed_offset_and_revoked_series_disappear(setti
 def test_backpressure_pauses_partitions_and_the_setting_takes_effect(settings: Settings, unique: str) -> None:
     t = make_topics(settings, unique, partitions=2)
     cols, names = synthetic(20_000, symbols=20, seed=28)
-    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    p = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p.produce(t.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-    assert p.flush(60) == 0
+    produce_ticks(settings, t.input, cols, names)
     # at-least-once: outputs are acknowledged asynchronously, so the producer queue is what grows
     tight = summaries(finish(start_worker(t, "bp", "--at-least-once", "--max-buffered-records", "50",
                                           idle_exit=5), timeout=200))[-1]
@@ -326,9 +327,6 @@ def test_backpressure_pauses_partitions_and_the_setting_takes_effect(settings: S
     got = read_outputs(settings, t.output, 20_000)
     assert_exactly_once_equal(got, reference(cols, names))
     t2 = make_topics(settings, unique + "b", partitions=2)
-    p2 = make_producer(settings.kafka)
-    for i, v in enumerate(values):
-        p2.produce(t2.input, v, names[cols["sym"][i]].encode(), timestamp=int(cols["ts"][i] // 1_000_000))
-    assert p2.flush(60) == 0
+    produce_ticks(settings, t2.input, cols, names)
     loose = summaries(finish(start_worker(t2, "bp2", "--at-least-once", idle_exit=5), timeout=200))[-1]
     assert loose["pauses"] == 0, loose  # the default (50,000) is never reached by 20k inputs

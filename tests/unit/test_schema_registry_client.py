@@ -1,64 +1,34 @@
-"""Schema ids from a Confluent-compatible Schema Registry (a minimal in-process HTTP registry that
-speaks the three endpoints the client uses), including register-on-startup and unknown ids."""
+"""Schema ids from a Confluent-compatible Schema Registry (the in-process registry of
+``tests/registry_server.py``; why no real server runs here is said there), including
+register-on-startup, id lookup, unknown ids, and the one store built from the settings."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
 
+import numpy as np
 import pytest
 
-from mystocks_gpu.infra.config import SchemaRegistryConfig
-from mystocks_gpu.schemas import AvroCodec, SchemaError, SchemaStore, UnknownSchemaId, frame
+from mystocks_gpu.infra.config import SchemaRegistryConfig, load_settings
+from mystocks_gpu.schemas import (
+    AvroCodec,
+    SchemaError,
+    SchemaStore,
+    UnknownSchemaId,
+    frame,
+    schema_store,
+)
+from tests.registry_server import RegistryState, serve_registry
 
-
-class _Registry(BaseHTTPRequestHandler):
-    subjects: dict[str, int] = {}
-    schemas: dict[int, str] = {}
-    auth: list[str] = []
-
-    def _send(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_POST(self) -> None:  # noqa: N802
-        self.auth.append(self.headers.get("Authorization", ""))
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        parts = self.path.strip("/").split("/")
-        subject = parts[1]
-        if len(parts) == 2:  # look up
-            sid = self.subjects.get(subject)
-            return self._send(200, {"id": sid}) if sid else self._send(404, {"error_code": 40401})
-        sid = 100 + len(self.schemas)  # register
-        self.subjects[subject] = sid
-        self.schemas[sid] = body["schema"]
-        return self._send(200, {"id": sid})
-
-    def do_GET(self) -> None:  # noqa: N802
-        sid = int(self.path.rstrip("/").split("/")[-1])
-        if sid in self.schemas:
-            return self._send(200, {"schema": self.schemas[sid]})
-        return self._send(404, {"error_code": 40403})
-
-    def log_message(self, *args: Any) -> None:
-        pass
+_Registry = RegistryState()
 
 
 @pytest.fixture()
 def registry() -> Iterator[str]:
-    _Registry.subjects, _Registry.schemas, _Registry.auth = {}, {}, []
-    srv = HTTPServer(("127.0.0.1", 0), _Registry)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    global _Registry
+    with serve_registry() as (url, state):
+        _Registry = state
+        yield url
 
 
 def test_unregistered_schemas_need_register_flag(registry: str) -> None:
@@ -86,3 +56,41 @@ def test_register_on_startup_then_ids_come_from_the_registry(registry: str) -> N
 def test_unreachable_registry_is_a_clear_error() -> None:
     with pytest.raises(SchemaError, match="unreachable"):
         SchemaStore(SchemaRegistryConfig(url="http://127.0.0.1:1", timeout_s=2))
+
+
+def test_settings_build_one_registry_store_and_processors_encode_with_its_ids(registry: str) -> None:
+    from mystocks_gpu.processors.stream_processors import create
+    from mystocks_gpu.schemas.schema_store import read_manifest
+    from mystocks_gpu.schemas.symbols import SymbolTable
+
+    s = load_settings(environ={"MYSTOCKS_SCHEMA_REGISTRY__URL": registry, "MYSTOCKS_SCHEMA_REGISTRY__REGISTER": "true"})
+    store = schema_store(s)
+    assert schema_store(s) is store  # one store per process and registry config
+    manifest_ids = {e["name"]: e["id"] for e in read_manifest()["schemas"]}
+    agg_id = _Registry.subjects["mystocks.streams.RunningAggregate"]
+    assert store.by_name("RunningAggregate").id == agg_id != manifest_ids["mystocks.streams.RunningAggregate"]
+    proc = create("aggregate", backend="cpu", store=store)
+    symbols = SymbolTable()
+    ticks = [{"symbol": "AAA", "ts_event": 10**18 + i, "seq": i, "kind": "TRADE", "price": 10.0 + i, "size": 1.0,
+              "side": 1, "bid": 9.0, "ask": 11.0, "bid_size": 1.0, "ask_size": 1.0} for i in range(3)]
+    codec = AvroCodec(store)
+    values = [codec.encode("Tick", t) for t in ticks]
+    assert int.from_bytes(values[0][1:5], "big") == store.by_name("Tick").id
+    dec = proc.decode(values, np.arange(3), symbols, 0, 0)
+    assert not dec.rejected  # ticks framed with registry ids are understood
+    out, _ = proc.process(dec.columns, proc.initial_state())
+    _, vals, _ = out.records["agg.running"]
+    assert [int.from_bytes(v[1:5], "big") for v in vals] == [agg_id] * 3
+    assert [codec.decode(v)["sum"] for v in vals] == [10.0, 21.0, 33.0]
+    # a tick framed with the manifest's id is not one of the registry's: rejected, not misread
+    manifest_tick = AvroCodec(SchemaStore()).encode("Tick", ticks[0])
+    assert proc.decode([manifest_tick], np.arange(1), symbols, 0, 0).rejected[0].index == 0
+
+
+def test_cli_run_with_an_unreachable_registry_is_a_one_line_error() -> None:
+    from tests.conftest import run_cli
+
+    r = run_cli("run", "aggregate", "--max-records", "1", "--idle-exit", "1",
+                env={"MYSTOCKS_SCHEMA_REGISTRY__URL": "http://127.0.0.1:1", "MYSTOCKS_SCHEMA_REGISTRY__TIMEOUT_S": "2"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "schema registry at http://127.0.0.1:1 unreachable" in r.stderr

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import SymbolTable
 
 #: bar intervals per spill bucket (a window is one or more consecutive buckets)
@@ -156,9 +157,11 @@ class BarHistory:
     # ---- scanning ----------------------------------------------------------------------------
     @classmethod
     def scan(cls, kafka: Any, topic: str, start: int | None, end: int | None, universe: Sequence[str] | str,
-             tick: Callable[[int, int], None] | None = None, directory: str | None = None) -> BarHistory:
+             tick: Callable[[int, int], None] | None = None, directory: str | None = None,
+             store: SchemaStore | None = None) -> BarHistory:
         """Replay ``topic`` over ``[start, end)`` into a new history; ``tick(records done, records
-        total)`` after every chunk (raise in it to abandon the scan)."""
+        total)`` after every chunk (raise in it to abandon the scan). ``store``: the process's schema
+        store (default the manifest's ids)."""
         from mystocks_gpu.schemas.batch_codec import BatchDecoder
         from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
 
@@ -167,7 +170,7 @@ class BarHistory:
             src = ReplaySource(kafka, topic, ReplayRange(start, end))
             total = sum(b.records for b in src.bounds())
             hist.stats.data_version = src.data_version()
-            dec = BatchDecoder("mystocks.md.Bar", symbols=hist.table)
+            dec = BatchDecoder("mystocks.md.Bar", store, symbols=hist.table)
             keep = _Membership(universe, hist.table)
             lo = -(2**63) if start is None else int(start)
             hi = 2**63 - 1 if end is None else int(end)
@@ -210,13 +213,13 @@ class BarHistory:
             np.minimum.at(self.first, rows["sym"], rows["ts"])
 
     def scan_signal(self, kafka: Any, topic: str, column: str, start: int | None, end: int | None,
-                    tick: Callable[[int, int], None] | None = None) -> ScanStats:
+                    tick: Callable[[int, int], None] | None = None, store: SchemaStore | None = None) -> ScanStats:
         """Replay a signal topic (feature vectors: ``values[column]``; bars: ``column``) over
         ``[start, end)`` into the signal spill; records without the column are counted as skipped."""
         from mystocks_gpu.schemas import AvroCodec
         from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
 
-        codec = AvroCodec()
+        codec = AvroCodec(store)
         st = ScanStats()
         self.signal = Spill(SIGNAL_ROW, self.bars.bucket_ns, self._directory)
         src = ReplaySource(kafka, topic, ReplayRange(start, end))

@@ -41,11 +41,11 @@ from mystocks_gpu.processors.backtest.results import MAX_CURVE_POINTS, RESULTS_T
 from mystocks_gpu.processors.backtest.spec import BacktestSpec
 from mystocks_gpu.processors.exceptions import InvalidSpec, JobSpecError, JobStopped
 from mystocks_gpu.processors.job_kind import (
-    CURRENT_RUN,
     MIB,
     JobKind,
     JobSpec,
     ProgressCb,
+    current_run,
 )
 
 #: rows of the top table kept in the job result (the full table is on results.backtest)
@@ -131,7 +131,10 @@ class _Progress:
 
 
 def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Callable[[], bool]) -> dict[str, Any]:
-    """Replay bars, run the grid on this chunk's symbols, publish rows and curves, return a compact result."""
+    """Replay bars, run the grid on this chunk's symbols, publish rows and curves, return a compact result.
+
+    In a worker, settings, schema store and backend come from the run's context (the worker's
+    ``Settings``; the backend of the granted device); called directly, from :func:`load_settings`."""
     from mystocks_gpu.gpu_ops.backend import select
     from mystocks_gpu.gpu_ops.backtest.engine import best_cells
     from mystocks_gpu.gpu_ops.backtest.exceptions import BacktestInputError
@@ -140,9 +143,13 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
     from mystocks_gpu.infra.config import load_settings
     from mystocks_gpu.processors.backtest.history import BarHistory
     from mystocks_gpu.processors.backtest.results import publish, ranked, stats_rows
+    from mystocks_gpu.schemas import schema_store
 
     spec = job.spec
-    settings = load_settings()
+    ctx = current_run()
+    settings = ctx.settings if ctx is not None and ctx.settings is not None else load_settings()
+    store = ctx.store if ctx is not None and ctx.store is not None else schema_store(settings)
+    backend = ctx.backend if ctx is not None else select(settings.backend)
     step = _Progress(progress, should_stop)
     t0 = time.monotonic()
     timings: dict[str, float] = {}
@@ -151,7 +158,8 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
     def replay_tick(done: int, total: int) -> None:
         step("replay", done / max(total, 1), f"replayed {done:,} of {total:,} records")
 
-    with BarHistory.scan(settings.kafka, spec.bar_topic, spec.start, spec.end, spec.universe, replay_tick) as hist:
+    with BarHistory.scan(settings.kafka, spec.bar_topic, spec.start, spec.end, spec.universe, replay_tick,
+                          store=store) as hist:
         timings["replay_s"] = round(time.monotonic() - t0, 3)
         present = hist.symbols()
         missing = [] if spec.universe == "all" else [s for s in spec.universe if s not in set(present)]
@@ -174,7 +182,8 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
         if spec.strategy == "signal":
             step("signal", 0.0, f"replaying signals from {spec.signal_topic}")
             sst = hist.scan_signal(settings.kafka, spec.signal_topic or "", spec.signal_column or "", spec.start,
-                                   spec.end, lambda d, t: step("signal", d / max(t, 1), "replaying signals"))
+                                   spec.end, lambda d, t: step("signal", d / max(t, 1), "replaying signals"),
+                                   store=store)
             base["data_version"] = {**base["data_version"], **sst.data_version}
             base["signal_records_skipped"] = sst.undecodable
         plan = compile_grid(spec.strategy, spec.params)
@@ -187,7 +196,6 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
         max_rows = max(1 << 14, int(spec.memory_budget_bytes) // 512)
         window_bars = max(256, max_rows // max(1, len(universe)))
         run_spec = dataclasses.replace(spec, universe=tuple(symbols)) if spec.universe != "all" else spec
-        backend = select(None)
         t1 = time.monotonic()
         try:
             stream = GridStream(run_spec, symbols, window_bars, backend, plan,
@@ -217,12 +225,12 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
         curves = _curve_rows(plan, symbols, cells, eq, dd, block_ts, first)
         bar_records = int(sum(int(hist.count[c]) for c in codes.values()))
         base["duplicate_bars"] = duplicates
-    run = CURRENT_RUN.get()
-    job_id = run[0] if run else f"direct-{spec.cache_key()[:16]}"
+    job_id = ctx.job_id if ctx is not None else f"direct-{spec.cache_key()[:16]}"
     params = [{k: float(v) for k, v in p.items()} for p in plan.params]
     t2 = time.monotonic()
     n_msgs, first_offset = publish(settings, job_id, job.chunk_index, job.chunk_count, stats, spec.metric, params,
-                                   curves, lambda d, t: step("publish", d / t, f"publishing to {RESULTS_TOPIC}"))
+                                   curves, lambda d, t: step("publish", d / t, f"publishing to {RESULTS_TOPIC}"),
+                                   store=store)
     timings["publish_s"] = round(time.monotonic() - t2, 3)
     n_top = min(TOP_ROWS, spec.top_n or TOP_ROWS)
     top = stats_rows(stats, ranked(stats, spec.metric)[:n_top], params)

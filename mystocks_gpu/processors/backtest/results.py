@@ -20,6 +20,7 @@ import pandas as pd
 
 from mystocks_gpu.gpu_ops.backtest.stats import INT_STATS, STAT_COLUMNS, rank_order
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
+from mystocks_gpu.schemas.schema_store import SchemaStore
 
 RESULTS_TOPIC = "results.backtest"
 RESULT_SCHEMA = "mystocks.backtest.BacktestResult"
@@ -52,21 +53,28 @@ def ranked(stats: pd.DataFrame, metric: str) -> np.ndarray:
 
 def publish(settings: Any, job_id: str, chunk_index: int, chunk_count: int, stats: pd.DataFrame, metric: str,
             params: list[dict[str, float]], curves: list[dict[str, Any]],
-            tick: Callable[[int, int], None] | None = None, clock: Clock = SYSTEM_CLOCK) -> tuple[int, int]:
+            tick: Callable[[int, int], None] | None = None, clock: Clock = SYSTEM_CLOCK,
+            store: SchemaStore | None = None) -> tuple[int, int]:
     """Every row of ``stats`` (best first) and ``curves`` to :data:`RESULTS_TOPIC`; rows are built and
     encoded one message at a time. ``tick(parts done, parts)`` after each (raise to stop).
-    Returns ``(messages, offset of the first)`` (-1 when unknown)."""
-    from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
+    Returns ``(messages, offset of the first)`` (-1 when unknown).
+
+    Every message's delivery is checked: a record the broker rejects (too large, topic gone...) or
+    does not acknowledge in time raises :class:`~mystocks_gpu.infra.exceptions.DeliveryFailed`
+    with the broker's reason, so the job fails instead of reporting results nobody can read."""
+    from mystocks_gpu.infra.kafka_clients import DeliveryTracker, make_producer, produce_all
     from mystocks_gpu.schemas import AvroCodec
 
     order = ranked(stats, metric)
     parts = max(1, math.ceil(len(order) / ROWS_PER_MESSAGE))
-    codec = AvroCodec()
+    codec = AvroCodec(store)
     producer = make_producer(settings.kafka)
     now = clock.now_ns()
     offsets: list[int] = []
+    tracker = DeliveryTracker()
 
     def delivered(err: Any, msg: Any) -> None:
+        tracker(err, msg)
         if err is None:
             offsets.append(msg.offset())
     for part in range(parts):
@@ -85,7 +93,10 @@ def publish(settings: Any, job_id: str, chunk_index: int, chunk_count: int, stat
         producer.poll(0)
         if tick is not None:
             tick(part + 1, parts)
-    produce_all(producer, RESULTS_TOPIC, iter(()))  # flush and check delivery
+    produce_all(producer, RESULTS_TOPIC, iter(()), flush_timeout_s=settings.kafka.connect_timeout_s * 3)  # flush
+    if len(offsets) < parts and not tracker.errors:
+        tracker.errors.append(f"{RESULTS_TOPIC}: {parts - len(offsets)} message(s) not acknowledged in time")
+    tracker.raise_errors()
     return parts, min(offsets, default=-1)
 
 

@@ -1,0 +1,133 @@
+"""``SolverConfig``: the frozen, validated configuration of the batched portfolio optimiser.
+
+Every field changes what :func:`~mystocks_gpu.gpu_ops.portfolio.solve.solve_batch` does; the
+unit tests check each one. Residuals and tolerances are measured on the *scaled* problem (the
+objective divided by the mean of the covariance diagonal, so its mean curvature is 1; each general
+constraint row divided by its largest absolute coefficient), which makes them comparable across
+problems whose variances differ by orders of magnitude. See ``admm.py`` for the stopping rule and
+``polish.py`` for the acceptance test of a polished solution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mystocks_gpu.gpu_ops.portfolio.exceptions import SolverConfigError
+
+PSD_REPAIRS = ("clip", "reject")
+FACTOR_DTYPES = ("float64", "float32")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Settings of the batched ADMM solver, its polish step, the covariance check and batching.
+
+    ADMM (OSQP-style, relaxed, per-problem adaptive rho):
+
+    - ``eps_abs`` / ``eps_rel`` (1e-6 / 1e-6): stopping rule ``r_prim <= eps_abs + eps_rel *
+      max(|Ax|, |z|)`` and ``r_dual <= eps_abs + eps_rel * max(|Px|, |A'y|, |q|)`` (inf-norms,
+      scaled problem). A problem that meets it is polished once more and then stops.
+    - ``eps_prim_inf`` (1e-6): primal infeasibility certificate threshold on ``dy = y_k - y_k-1``.
+    - ``max_iter`` (10000): ADMM iterations per problem; then the status is ``max_iter`` (QPs
+      are usually polished within 15-200 iterations; min-CVaR LPs can need thousands).
+    - ``rho`` (0.1): initial step size (equality rows use ``1e3 * rho``).
+    - ``sigma`` (1e-6): proximal regularisation of the x-update.
+    - ``alpha`` (1.6): over-relaxation, in (0, 2).
+    - ``adaptive_rho`` (True), ``adaptive_rho_interval`` (25 iterations),
+      ``adaptive_rho_tolerance`` (5.0): rho is rescaled by ``sqrt(r_prim_rel / r_dual_rel)`` every
+      interval and the problem's matrix refactored only when that changes rho by more than the
+      tolerance factor.
+    - ``check_every`` (5): iterations between termination / infeasibility / polish checks.
+    - ``factor_dtype`` ("float64"): precision of the x-update factor on the CPU; "float32" halves
+      the memory traffic per iteration (the polish step is always float64).
+
+    Polish (active-set KKT solve, refined by primal-dual active-set corrections):
+
+    - ``polish`` (True): without it, a converged problem returns the ADMM iterate (status
+      ``converged``) instead of an exact KKT point (status ``optimal``).
+    - ``polish_from`` (1e-3): polish is tried at every check once both scaled residuals are below
+      this level (and always at convergence).
+    - ``polish_rounds`` (4): active-set corrections per polish attempt.
+    - ``polish_refine_iter`` (3): iterative-refinement steps of the regularised KKT solve.
+    - ``polish_delta`` (1e-10): KKT regularisation.
+    - ``polish_tol`` (1e-9): acceptance: largest primal violation, dual-sign violation and
+      stationarity residual of the polished point (scaled problem).
+
+    Covariance:
+
+    - ``psd_repair`` ("clip"): a covariance whose smallest eigenvalue is below
+      ``eig_floor * mean(diag)`` is repaired by clipping its eigenvalues to that floor ("clip"),
+      or the problem is rejected with the eigenvalue ("reject"). Non-finite or asymmetric
+      matrices are always rejected.
+    - ``eig_floor`` (1e-10): the floor, relative to the mean variance.
+
+    Risk parity (batched damped Newton on Spinu's convex problem):
+
+    - ``rp_tol`` (1e-12): stop when the squared Newton decrement / 2 is below this.
+    - ``rp_max_iter`` (100).
+
+    Batching: ``batch_size`` (4096) problems at most per array program (memory bound);
+    ``backend`` ("auto", "cpu" or "gpu") as in :func:`mystocks_gpu.gpu_ops.backend.select`.
+    """
+
+    eps_abs: float = 1e-6
+    eps_rel: float = 1e-6
+    eps_prim_inf: float = 1e-6
+    max_iter: int = 10000
+    rho: float = 0.1
+    sigma: float = 1e-6
+    alpha: float = 1.6
+    adaptive_rho: bool = True
+    adaptive_rho_interval: int = 25
+    adaptive_rho_tolerance: float = 5.0
+    check_every: int = 5
+    factor_dtype: str = "float64"
+    polish: bool = True
+    polish_from: float = 1e-3
+    polish_rounds: int = 4
+    polish_refine_iter: int = 3
+    polish_delta: float = 1e-10
+    polish_tol: float = 1e-9
+    psd_repair: str = "clip"
+    eig_floor: float = 1e-10
+    rp_tol: float = 1e-12
+    rp_max_iter: int = 100
+    batch_size: int = 4096
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        positive = ("eps_prim_inf", "rho", "sigma", "adaptive_rho_tolerance", "polish_from",
+                    "polish_delta", "polish_tol", "eig_floor", "rp_tol")
+        for name in positive:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf")):
+                raise SolverConfigError(f"SolverConfig.{name} must be a finite number > 0, got {v!r}")
+        for name in ("eps_abs", "eps_rel"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v < 1):
+                raise SolverConfigError(f"SolverConfig.{name} must be in [0, 1), got {v!r}")
+        if self.eps_abs == 0 and self.eps_rel == 0:
+            raise SolverConfigError("SolverConfig: eps_abs and eps_rel cannot both be 0")
+        for name in ("max_iter", "adaptive_rho_interval", "check_every", "rp_max_iter", "batch_size"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise SolverConfigError(f"SolverConfig.{name} must be an int >= 1, got {v!r}")
+        for name in ("polish_rounds", "polish_refine_iter"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                raise SolverConfigError(f"SolverConfig.{name} must be an int >= 0, got {v!r}")
+        if not 0 < self.alpha < 2:
+            raise SolverConfigError(f"SolverConfig.alpha must be in (0, 2), got {self.alpha!r}")
+        if self.adaptive_rho_tolerance <= 1:
+            raise SolverConfigError("SolverConfig.adaptive_rho_tolerance must be > 1")
+        if self.psd_repair not in PSD_REPAIRS:
+            raise SolverConfigError(f"SolverConfig.psd_repair must be one of {PSD_REPAIRS}, "
+                                    f"got {self.psd_repair!r}")
+        if self.factor_dtype not in FACTOR_DTYPES:
+            raise SolverConfigError(f"SolverConfig.factor_dtype must be one of {FACTOR_DTYPES}, "
+                                    f"got {self.factor_dtype!r}")
+        if self.backend not in ("auto", "cpu", "gpu"):
+            raise SolverConfigError(f"SolverConfig.backend must be auto, cpu or gpu, got {self.backend!r}")
+        for name in ("adaptive_rho", "polish"):
+            if not isinstance(getattr(self, name), bool):
+                raise SolverConfigError(f"SolverConfig.{name} must be a bool")
