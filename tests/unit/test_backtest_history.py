@@ -160,3 +160,4 @@ def test_bar_interval_from_the_topic_name() -> None:
     assert bar_interval_ns("md.bars.1d") == DAY
     assert bar_interval_ns("md.bars.5m") == 300 * 10**9
     assert bar_interval_ns("md.bars.1s") == 10**9
+    assert bar_interval_ns("md.bars.1m.bench42") == 60 * 10**9  # a dataset suffix keeps the interval

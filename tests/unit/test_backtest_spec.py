@@ -57,6 +57,7 @@ REJECTIONS = [
         ({"start": "not a date"}, "cannot parse"),
         ({"start": True}, "not a time"),
         ({"bar_topic": "md.ticks"}, "bar_topic"),
+        ({"bar_topic": "md.bars.1d."}, "bar_topic"),
         ({"params": {"fast": list(range(1, 101)), "slow": list(range(101, 202))}}, "max_grid"),
         ({"params": {"fast": [5], "slow": [20]}, "max_grid": 0}, "max_grid"),
         ({"params": {"fast": [5], "slow": [20], "mid": [7]}}, "unknown parameter"),
@@ -189,7 +190,7 @@ def test_a_huge_grid_is_rejected_at_once_with_an_estimate():
 
 def _spec_dicts():
     """(spec dict, accepted by BacktestSpec?) over the test_rejections cases and valid variants."""
-    valid = [BASE, {**BASE, "universe": ["A", "B"], "start": "2020-01-01", "end": 1_700_000_000_000_000_000},
+    valid = [BASE, {**BASE, "universe": ["A", "B"], "bar_topic": "md.bars.1d.sp500", "start": "2020-01-01", "end": 1_700_000_000_000_000_000},
              {"strategy": "rsi", "params": {"period": [14], "lower": [30], "upper": [70]}, "direction": "long_short"},
              {"strategy": "bollinger", "params": {"window": [20], "entry_z": [2], "exit_z": [0]}, "metric": "cagr"},
              {"strategy": "breakout", "params": {"window": 20}, "sizing": "fixed", "size": 1000, "top_n": 3},

@@ -42,8 +42,8 @@ _UNITS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9}
 
 
 def bar_interval_ns(topic: str) -> int:
-    """The bar length of ``md.bars.<n><s|m|h|d>`` in ns (one day for other names)."""
-    m = re.fullmatch(r"md\.bars\.([1-9][0-9]*)([smhd])", topic)
+    """The bar length of ``md.bars.<n><s|m|h|d>[.<dataset>]`` in ns (one day for other names)."""
+    m = re.fullmatch(r"md\.bars\.([1-9][0-9]*)([smhd])(\.[A-Za-z0-9_-]+)?", topic)
     return int(m.group(1)) * _UNITS[m.group(2)] if m else _UNITS["d"]
 
 

@@ -11,7 +11,8 @@ Fields (defaults in brackets):
 - ``start`` / ``end``: ns since the epoch (UTC) or an ISO-8601 date/time string (naive = UTC); the
   run covers bars with ``start <= ts_event < end`` [unbounded]. ``"2021-01-01"`` as ``end``
   therefore includes all of 2020.
-- ``bar_topic``: bar source, ``md.bars.<n><s|m|h|d>`` [``md.bars.1d``].
+- ``bar_topic``: bar source, ``md.bars.<n><s|m|h|d>``, optionally with a ``.<dataset>`` suffix for a
+  separate history (``md.bars.1d.sp500``, created by the user) [``md.bars.1d``].
 - ``strategy``: ``ma_cross`` | ``breakout`` | ``zscore`` (alias ``bollinger``) | ``rsi`` | ``signal``
   [``ma_cross``]; ``params``: parameter -> list of values, the grid is their Cartesian product; see
   ``gpu_ops.backtest.strategies`` for parameters and rules (combinations such as ``fast >= slow``
@@ -58,7 +59,7 @@ from mystocks_gpu.gpu_ops.backtest.strategies import (
 )
 from mystocks_gpu.processors.exceptions import InvalidSpec
 
-_BAR_TOPIC = re.compile(r"^md\.bars\.[1-9][0-9]*[smhd]$")
+_BAR_TOPIC = re.compile(r"^md\.bars\.[1-9][0-9]*[smhd](\.[A-Za-z0-9_-]+)?$")
 _LIMIT_FIELDS = ("max_grid", "max_cells", "memory_budget_bytes")
 MIN_MEMORY_BUDGET = 4096
 #: the most parameter sets one job may have (``max_grid`` cannot be raised above it): every
@@ -188,7 +189,7 @@ class BacktestSpec:
         set_(self, "end", end)
         if not isinstance(self.bar_topic, str) or not _BAR_TOPIC.match(self.bar_topic):
             raise InvalidSpec(
-                f"bar_topic: {self.bar_topic!r}; expected md.bars.<n><s|m|h|d>, e.g. md.bars.1d"
+                f"bar_topic: {self.bar_topic!r}; expected md.bars.<n><s|m|h|d>[.<dataset>], e.g. md.bars.1d"
             )
         # strategy + grid
         try:

@@ -20,7 +20,7 @@ except the strategy's params; unknown fields are rejected. Print the JSON schema
    "fees": 0.001, "slippage": 0.0005, "top_n": 10}}
 
 data
-  bar_topic       bars to replay: md.bars.<n><s|m|h|d>                      [md.bars.1d]
+  bar_topic       bars to replay: md.bars.<n><s|m|h|d>[.<dataset>]            [md.bars.1d]
   universe        list of symbols, or "all" (every symbol with a bar)       ["all"]
                   symbols without a bar in the range are reported (warning + missing_symbols)
   start, end      ISO date/time (naive = UTC) or ns since the epoch; bars with
@@ -125,7 +125,7 @@ def json_schema() -> dict[str, Any]:
                          "default": "all"},
             "start": time_value | {"description": "ns since the epoch or ISO date/time (naive = UTC), inclusive"},
             "end": time_value | {"description": "ns since the epoch or ISO date/time (naive = UTC), exclusive"},
-            "bar_topic": {"type": "string", "pattern": r"^md\.bars\.[1-9][0-9]*[smhd]$", "default": "md.bars.1d"},
+            "bar_topic": {"type": "string", "pattern": r"^md\.bars\.[1-9][0-9]*[smhd](\.[A-Za-z0-9_-]+)?$", "default": "md.bars.1d"},
             "strategy": {"enum": strategies, "default": "ma_cross"},
             "params": {"type": "object"},
             "initial_cash": {"type": "number", "exclusiveMinimum": 0, "default": 100_000},
