@@ -119,6 +119,12 @@ def child(args: argparse.Namespace) -> int:
     warm = B.synthetic(4, 300, 1)
     run_backtest(warm, [f"W{i}" for i in range(4)], bar_times(300, DAY),
                  BacktestSpec(strategy="ma_cross", params=spec["params"], n_curves=2), backend="cpu")
+    s = load_settings()
+    enc = BatchEncoder("mystocks.md.Bar", schema_store(s))  # codec warm-up (numba, as the engine's)
+    one = {"symbol": np.zeros(1, np.int64), "ts_event": np.zeros(1, np.int64), "interval_ns": np.ones(1, np.int64),
+           "open": np.ones(1), "high": np.ones(1), "low": np.ones(1), "close": np.ones(1), "volume": np.ones(1),
+           "vwap": np.ones(1), "trades": np.ones(1, np.int64)}
+    BatchDecoder("mystocks.md.Bar", schema_store(s), symbols=SymbolTable()).decode(enc.encode(one, ["W"]))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     job = BacktestJobSpec.from_dict(spec)
     t0 = time.perf_counter()
@@ -127,7 +133,6 @@ def child(args: argparse.Namespace) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out: dict[str, Any] = {"wall_s": wall, "peak_rss_mb": peak, "rss_after_warmup_mb": rss0, "result": res}
     if args.replay_rate:  # plain replay + batch decode of the (now warm) topic, then the codec alone
-        s = load_settings()
         dec = BatchDecoder("mystocks.md.Bar", schema_store(s), symbols=SymbolTable())
         kept: list[list[bytes]] = []
         budget = 2_000_000
@@ -146,10 +151,9 @@ def child(args: argparse.Namespace) -> int:
             dec.decode(v)
         out["codec_bars_per_s"] = m / (time.perf_counter() - t2)
     if args.read_back:
-        from mystocks_gpu.infra.config import load_settings
         from mystocks_gpu.processors.backtest.results import read_results
 
-        got = read_results(load_settings(), f"direct-{job.spec.cache_key()[:16]}", res["results_offset"])
+        got = read_results(s, f"direct-{job.spec.cache_key()[:16]}", res["results_offset"])
         out["rows"] = [(r["symbol"], r["params"]["fast"], r["params"]["slow"], r["total_return"]) for r in got.rows]
     print("RESULT " + json.dumps(out))
     return 0
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-mb", type=int, default=512, help="the job's memory_budget_bytes, MiB (default 512)")
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--minute-gb", type=float, default=0.0, help="also run a minute-bar history of this many GB")
-    ap.add_argument("--quick", action="store_true", help="small sizes (200 symbols, 5 years, 5 pairs, sweep of 20)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (100 symbols, 5 years, 5 pairs, sweep of 10)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args)
     if args.quick:
-        args.symbols, args.years, args.params, args.rss_symbols = 200, 5, 5, 20
+        args.symbols, args.years, args.params, args.rss_symbols = 100, 5, 5, 10
     s = C.settings()
     tag = C.new_tag()
     grid = B.ma_grid(args.params)
