@@ -21,6 +21,7 @@ import pytest
 from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.gpu_ops.backtest import run_backtest
 from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.processors.backtest.results import read_results
 from mystocks_gpu.processors.backtest.spec import BacktestSpec
 from tests.conftest import run_cli, wait_until
 from tests.integration.jobs_plane import Plane, collect, http, states
@@ -108,7 +109,7 @@ def test_grid_backtest_through_cmd_jobs_equals_engine(plane: Plane, bars: pd.Dat
     spec = _spec(bars)
     follower = plane.follower()
     job_id = plane.submit("backtest", spec)
-    statuses = collect(follower, job_id, timeout=180)
+    statuses = collect(follower, job_id, timeout=300)  # the first job of the module may compile (numba)
     assert states(statuses)[0] == "queued" and states(statuses)[-1] == "succeeded", statuses[-1]
     prog = [s["progress"] for s in statuses if s["state"] == "running"]
     assert prog and prog == sorted(prog) and len(set(prog)) > 1  # progress reported and rising
@@ -216,8 +217,7 @@ def test_signal_strategy_reads_a_feature_topic(plane: Plane, bars: pd.DataFrame,
 
 
 # ---- real-shaped data, loaded as a user does ----------------------------------------------------
-LISTINGS = {"A": ("2019-01-02", "2021-12-31"), "B": ("2019-07-01", "2021-12-31"), "C": ("2020-03-02", "2021-12-31"),
-            "D": ("2019-01-02", "2021-06-30"), "E": ("2020-06-15", "2021-12-31")}
+LISTINGS = {"A": ("2019-01-02", "2021-12-31"), "C": ("2020-03-02", "2021-12-31"), "D": ("2019-01-02", "2021-06-30")}
 
 
 def _ticker_frames(seed: int = 3) -> dict[str, pd.DataFrame]:
@@ -277,18 +277,18 @@ def test_per_ticker_and_interleaved_loads_replay_identically_with_an_end_date(
     front: an end date must not cut the later tickers (every symbol is there), and the result equals
     the interleaved load's and the engine run on a pandas pivot of the same rows."""
     tag, bars = listed["tag"], listed["bars"]
-    results, tables = {}, {}
+    results, tables, ids = {}, {}, {}
     for prefix in (f"P{tag}", f"I{tag}"):
         job_id = plane.submit("backtest", _listed_spec(prefix) | {"universe": [f"{prefix}{t}" for t in LISTINGS]
                                                                + [f"{prefix}NOPE"]}, bypass_cache=True)
         final = plane.wait(job_id, {"succeeded", "failed"}, timeout=240)
         assert final["state"] == "succeeded", final
-        results[prefix] = final["result"]
+        results[prefix], ids[prefix] = final["result"], job_id
         tables[prefix] = _published(settings, job_id)
         assert final["result"]["missing_symbols"] == [f"{prefix}NOPE"]
         assert any(f"{prefix}NOPE" in w for w in final["result"]["warnings"])
     p, i = results[f"P{tag}"], results[f"I{tag}"]
-    assert p["symbols"] == i["symbols"] == 5 and p["bars"] == i["bars"] and p["bar_records"] == i["bar_records"]
+    assert p["symbols"] == i["symbols"] == len(LISTINGS) and p["bars"] == i["bars"] and p["bar_records"] == i["bar_records"]
     pd.testing.assert_frame_equal(_by_ticker(tables[f"P{tag}"], f"P{tag}"), _by_ticker(tables[f"I{tag}"], f"I{tag}"),
                                   check_exact=True)
     # the engine on a pandas pivot of the rows the test wrote, restricted to the range
@@ -303,22 +303,13 @@ def test_per_ticker_and_interleaved_loads_replay_identically_with_an_end_date(
     pd.testing.assert_frame_equal(_by_ticker(tables[f"P{tag}"], f"P{tag}"), _key(pd.DataFrame(want.rows(len(want.stats)))),
                                   check_exact=False, rtol=1e-12)
     # every curve starts at its symbol's first bar in the range, not flat from the range's start
-    curves = _published_curves(settings, plane, f"P{tag}", _listed_spec(f"P{tag}"))
+    out = read_results(settings, ids[f"P{tag}"], p["results_offset"])
+    assert out.complete
+    curves = out.curves
     first = sub.groupby("symbol")["ts"].min()
     assert {c["symbol"][len(f"P{tag}"):] for c in curves} == set(LISTINGS)
     for c in curves:
         assert c["ts"][0] == first[c["symbol"][len(f"P{tag}"):]], c["symbol"]
-
-
-def _published_curves(settings: Settings, plane: Plane, prefix: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
-    from mystocks_gpu.processors.backtest.results import read_results
-
-    job_id = plane.submit("backtest", spec, bypass_cache=True)
-    final = plane.wait(job_id, {"succeeded", "failed"}, timeout=240)
-    assert final["state"] == "succeeded", final
-    out = read_results(settings, job_id, final["result"]["results_offset"])
-    assert out.complete
-    return out.curves
 
 
 def test_new_bars_invalidate_the_cached_result(plane: Plane, tmp_path: Path) -> None:
@@ -347,15 +338,14 @@ def test_cli_wait_with_default_curves_prints_warnings_table_and_report_from_the_
     spec["universe"] = [*spec["universe"], f"P{tag}ZZZ"]
     spec_file = _write_json(tmp_path / "spec.json", spec)
     report = tmp_path / "report"
+    job_id = uuid.uuid4().hex
     r = run_cli("submit", "backtest", "--spec", str(spec_file), "--wait", "--timeout", "240", "--no-cache",
-                "--namespace", plane.ns, "--report", str(report), "--json", timeout=300)
+                "--namespace", plane.ns, "--report", str(report), "--job-id", job_id, timeout=300)
     assert r.returncode == 0, r.stderr
-    final = json.loads(r.stdout.splitlines()[-1])
+    final = plane.job(job_id)
     assert final["state"] == "succeeded" and "truncated" not in final["result"]
+    # the best 5 cells' curves are among the chunks' (each chunk publishes its own best 5)
     assert len(json.dumps(final["result"])) < 64 * 1024 and final["result"]["curves"] == 5
-    r = run_cli("submit", "backtest", "--spec", str(spec_file), "--wait", "--timeout", "240", "--no-cache",
-                "--namespace", plane.ns, "--report", str(report), timeout=300)
-    assert r.returncode == 0, r.stderr
     assert f"warning: 1 universe symbol(s) have no bars in md.bars.1d over the time range: P{tag}ZZZ" in r.stdout
     assert "top 20 by sharpe" in r.stdout and "equity curves are on results.backtest" in r.stdout
     page = (report / "index.html").read_text()
@@ -380,7 +370,7 @@ def test_cancel_stops_the_worker_promptly(plane: Plane, bars: pd.DataFrame) -> N
         return st["progress"] >= 0.45
 
     wait_until(simulating, 240, "the job to reach the engine")
-    assert http("DELETE", f"{plane.url}/jobs/{job_id}")[0] == 200
+    assert http("DELETE", f"{plane.url}/jobs/{job_id}")[0] in (200, 202)
     t0 = time.monotonic()
     wait_until(lambda: not any(r.startswith(job_id) for w in plane.workers() for r in w["running"]), 30,
                "the worker to drop the cancelled job")
@@ -409,10 +399,10 @@ def test_load_before_topics_create_says_what_to_run(tmp_path: Path, settings: Se
     try:
         f = _write(tmp_path / "s.csv", pd.DataFrame({"date": ["2021-01-04T14:30:00"], "ticker": ["X"], "open": [1.0],
                                                      "high": [1.0], "low": [1.0], "close": [1.0], "volume": [1]}))
-        t0 = time.monotonic()
         r = run_cli("load", str(f), "--topic", "md.bars.1s", timeout=60)
+        # checked before producing: not the 30 s delivery timeout and "undelivered records" of before
         assert r.returncode == 2 and "topic md.bars.1s does not exist" in r.stderr
-        assert "mystocks-gpu topics create" in r.stderr and time.monotonic() - t0 < 20
+        assert "mystocks-gpu topics create" in r.stderr and "deliver" not in r.stderr
     finally:
         admin.create([s for s in all_specs() if s.name == "md.bars.1s"])
         wait_until(lambda: "md.bars.1s" in admin.existing(), 30, "md.bars.1s to exist again")

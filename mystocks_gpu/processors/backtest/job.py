@@ -301,7 +301,9 @@ def combine_results(results: list[dict[str, Any]]) -> dict[str, Any]:
             "engine_chunks": sum(r.get("engine_chunks", 0) for r in results),
             "seconds": max((r.get("seconds", 0.0) for r in results), default=0.0),
             "results_topic": RESULTS_TOPIC, "messages": sum(r.get("messages", 0) for r in results),
-            "results_offset": min(offsets, default=-1), "curves": sum(r.get("curves", 0) for r in results),
+            "results_offset": min(offsets, default=-1),
+            # each chunk publishes its own best n_curves; the job's best n_curves are among them
+            "curves": min(sum(r.get("curves", 0) for r in results), int(first.get("n_curves", 5))),
             "missing_symbols": first.get("missing_symbols", []), "warnings": first.get("warnings", []),
             "records_read": first.get("records_read", 0), "records_skipped": first.get("records_skipped", 0),
             "duplicate_bars": first.get("duplicate_bars", 0), "data_version": first.get("data_version", {}),
