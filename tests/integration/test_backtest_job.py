@@ -33,9 +33,9 @@ DAY = 86_400 * 10**9
 def plane(settings: Settings, stack: Any) -> Iterator[Plane]:
     p = Plane(settings, uuid.uuid4().hex[:8])
     try:
-        p.start_control()
-        p.start_worker("bta", "--kinds", "backtest,echo")
-        p.start_worker("btb", "--kinds", "backtest,echo")
+        p.start_control(timeout=180)  # generous: the suite may run on a loaded machine
+        p.start_worker("bta", "--kinds", "backtest,echo", timeout=120)
+        p.start_worker("btb", "--kinds", "backtest,echo", timeout=120)
         p.warm_up()
         yield p
     finally:
@@ -378,7 +378,14 @@ def test_cancel_stops_the_worker_promptly(plane: Plane, bars: pd.DataFrame) -> N
     assert plane.job(job_id)["state"] == "cancelled"
 
 
-def test_consume_reads_past_1001_records_and_result_topics_from_the_beginning(bars: pd.DataFrame) -> None:
+def test_consume_reads_past_1001_records_and_result_topics_from_the_beginning(bars: pd.DataFrame,
+                                                                            settings: Settings) -> None:
+    from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
+    from mystocks_gpu.schemas import AvroCodec, schema_store
+
+    rec = {"job_id": "consume-test", "ts_event": 0, "chunk_index": 0, "chunk_count": 1, "rows": [], "curves": []}
+    produce_all(make_producer(settings.kafka), "results.backtest",  # a result written before consume starts
+                iter([(b"consume-test", AvroCodec(schema_store(settings)).encode("mystocks.backtest.BacktestResult", rec), 0)]))
     r = run_cli("consume", "md.bars.1d", "--from-beginning", "--timeout", "3", "--json", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(r.stdout.splitlines()) >= len(bars) > 1001
