@@ -20,7 +20,8 @@ Also measured:
   replay + batch decode of the warm topic (``replay_decode_bars_per_s``), against the codec's own
   ceiling (``codec_bars_per_s``: ``BatchDecoder`` on the same values in memory). One core each.
 - ``peak_rss_mb`` of the job at 1x, 4x and 16x the history length (``--rss-symbols`` symbols,
-  ``--years`` x scale years, one topic per scale) with ``memory_budget_bytes = --budget-mb``: the
+  ``252 x --years`` x scale hourly bars in ``md.bars.1h.rss<k>x<tag>``, one topic per scale: 16x ten
+  years of daily bars would reach past today, and the broker rejects future timestamps) with ``memory_budget_bytes = --budget-mb``: the
   replay streams through time windows, so RSS should stay flat while the history grows 16x.
 - ``--minute-gb G`` (default 0: skipped): the same job on a minute-bar history of about G GB of
   encoded records in ``md.bars.1m.bench<tag>`` (ours only; vectorbt is not run at that size).
@@ -61,16 +62,16 @@ from mystocks_gpu.topics.admin import TopicAdmin  # noqa: E402
 
 DAY = 86_400 * 10**9
 MINUTE = 60 * 10**9
+HOUR = 3_600 * 10**9
 T0 = int(np.datetime64("2000-01-03", "ns").astype(np.int64))
 SCRIPT = Path(__file__).resolve()
 
 
 def bar_times(n_bars: int, interval_ns: int) -> np.ndarray:
-    """Bar open times: business days from 2000-01-03 (daily) or consecutive minutes."""
+    """Bar open times from 2000-01-03: business days (daily) or consecutive bars of ``interval_ns``."""
     if interval_ns == DAY:
-        days = np.arange(n_bars + n_bars // 5 * 2 + 7)
-        wd = (days + 0) % 7  # 2000-01-03 is a Monday
-        return (T0 + days[wd < 5][:n_bars] * DAY).astype(np.int64)
+        days = np.arange(n_bars + n_bars // 5 * 2 + 7)  # from 2000-01-03, a Monday
+        return (T0 + days[days % 7 < 5][:n_bars] * DAY).astype(np.int64)
     return (T0 + np.arange(n_bars, dtype=np.int64) * interval_ns).astype(np.int64)
 
 
@@ -256,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         # peak RSS against history length
         rss: dict[str, Any] = {}
         for k in (int(x) for x in args.scales.split(",")):
-            t = f"md.bars.1d.rss{k}x{tag}"
+            t = f"md.bars.1h.rss{k}x{tag}"  # hourly bars: 16x ten years of bars still ends before today
             make_topic(s, t, args.partitions)
-            hk = load_history(s, t, args.rss_symbols, n_bars * k, DAY, args.seed + k)
+            hk = load_history(s, t, args.rss_symbols, n_bars * k, HOUR, args.seed + k)
             o = run_child(job_spec(t, grid, args.budget_mb))
             rss[f"{k}x"] = {"bars": hk["records"], "peak_rss_mb": round(o["peak_rss_mb"], 1),
                             "rss_after_warmup_mb": round(o["rss_after_warmup_mb"], 1), "wall_s": round(o["wall_s"], 2),

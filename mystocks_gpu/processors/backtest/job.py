@@ -237,7 +237,8 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
     return {**base, "symbols": len(symbols), "bars": int(n_bars), "bar_records": bar_records,
             "param_sets": plan.n_par, "cells": int(n_cells), "engine_chunks": int(stream.n_chunks),
             "backend": backend, "seconds": round(time.monotonic() - t0, 3), **timings,
-            "messages": n_msgs, "results_offset": first_offset, "curves": len(curves), "top": _jsonable(top)}
+            "messages": n_msgs, "results_offset": first_offset, "curves": len(curves), "top_n": n_top,
+            "top": _jsonable(top)}
 
 
 def _warnings(spec: BacktestSpec, missing: list[str], hist: Any) -> list[str]:
@@ -290,7 +291,8 @@ def combine_results(results: list[dict[str, Any]]) -> dict[str, Any]:
         return -v if higher else v
 
     top = sorted((row for r in results for row in r.get("top", [])), key=rank)
-    n_top = max((len(r.get("top", [])) for r in results), default=0)
+    # the rows asked for (each chunk returns its own best top_n): not the longest chunk's table
+    n_top = max((int(r.get("top_n", len(r.get("top", [])))) for r in results), default=0)
     offsets = [r["results_offset"] for r in results if r.get("results_offset", -1) >= 0]
     first = results[0]
     return {"chunks": len(results), "symbols": sum(r.get("symbols", 0) for r in results),
