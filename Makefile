@@ -1,6 +1,6 @@
 # mystocks-gpu task runner. `make demo` and `make test` work on a fresh Debian/Ubuntu machine (root,
 # or a user with sudo): they apt-install what is missing (python3-venv, redis-server, kcat, a Java 17+
-# runtime, Maven; `make doctor` says what and why), create .venv and install the package.
+# runtime, Maven, PostgreSQL, Prometheus, docker-compose, Go; `make doctor` says what and why), create .venv and install the package.
 # `make demo` starts the local Kafka + Redis stack (.stack, ports 19092/19093/16379) and leaves it
 # running; `make test` starts a private stack on free ports for its own run and stops only that one.
 SHELL := /bin/bash
@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/mystocks-gpu
 EXTRAS ?= dev,bench,ml
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many pytest-xdist workers, each with a private Kafka + Redis
+TEST_WORKERS ?= 2
 # uid that runs apt-get: 0 runs it directly, any other through sudo (override to simulate)
 AS_UID ?= $(shell id -u)
 # a CUDA device is present when this exists or `nvidia-smi -L` lists one
@@ -24,7 +26,7 @@ help: ## list targets
 doctor: ## report what a fresh machine lacks (tool -> apt package, Java version, venv, disk) and the apt command install would run
 	@$(SYSDEPS) doctor
 
-system-deps: ## apt-get update + install what is missing (python3-venv, redis-server, kcat, Java 17+, Maven)
+system-deps: ## apt-get update + install what is missing (python3-venv, redis-server, kcat, Java 17+, Maven, postgresql, prometheus, docker-compose, golang-go)
 	@$(SYSDEPS) install
 
 $(VENV)/.installed: pyproject.toml
@@ -35,10 +37,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	@touch $@
 
-install: system-deps $(VENV)/.installed ## system packages + .venv with the package and dev/bench extras
+install: system-deps $(VENV)/.installed ## system packages + .venv with the package and dev/bench extras; Kafka jars + Connect plugins (the converter built by Maven)
+	@# Maven's repository is ~/.cache/mystocks-gpu/m2 (stack.cache_dir), never ~/.m2; cached: a SHA-1 check
+	$(CLI) stack fetch --with connect
 
-stack-up: install ## start the local Kafka (KRaft) + Redis on loopback (.stack)
-	$(CLI) stack up
+stack-up: install ## start the local Kafka (KRaft) + Redis on loopback (.stack); WITH=postgres,connect,prometheus adds those servers
+	$(CLI) stack up $(if $(WITH),--with $(WITH))
 
 stack-down: ## stop what stack-up started
 	@if [ -x $(CLI) ]; then $(CLI) stack down; fi
@@ -47,8 +51,8 @@ demo: install ## stack up, topics, run the main pipeline end to end, print what 
 	$(CLI) stack up
 	$(PY) scripts/demo.py
 
-test: install ## whole suite (unit + integration) against a private Kafka + Redis on free ports, started and stopped by the run
-	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+test: install ## whole suite (unit + integration) in $(TEST_WORKERS) workers, each against a private Kafka + Redis on free ports started and stopped by the run
+	$(PY) -m pytest -p no:cacheprovider -ra -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only (no broker)
 	$(PY) -m pytest -p no:cacheprovider -ra tests/unit $(PYTEST_ARGS)
@@ -75,12 +79,13 @@ test-gpu-run: ## the GPU tests with $(PY), no install (scripts/gpu_check.sh): fa
 bench: install ## benchmarks (ours vs baselines, printed ratios); writes bench/out/*.json
 	$(CLI) stack up
 	@mkdir -p bench/out
-	for b in codec gpu_ops backtest backtest_e2e runtime features_e2e; do \
+	for b in codec gpu_ops backtest backtest_e2e runtime features_e2e execution; do \
 	  [ -f bench/$$b.py ] && $(PY) bench/$$b.py --json bench/out/$$b.json || exit 1; done
 
-lint: install ## ruff + mypy
+lint: install ## ruff + mypy; deploy/ checks: k8s manifests (kustomize + kubeconform -strict), hadolint, promtool rules
 	$(VENV)/bin/ruff check mystocks_gpu tests bench scripts
 	$(VENV)/bin/mypy mystocks_gpu $(MYPY_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -q tests/unit/test_k8s_manifests.py tests/unit/test_prometheus_rules.py
 
 clean: stack-down ## remove the venv and stack data
 	rm -rf $(VENV) .stack

@@ -14,7 +14,12 @@ implementation of the same model, in one run.
 - **batched throughput**: ``schedule_batch`` over all orders at once (orders/s, best of 3, and
   orders per CPU-second, which other load on the machine does not distort), CPU numba (all cores) and the GPU-structured array program run with NumPy; ``--gpu``: CuPy on a
   CUDA device, batches of ``--gpu-batch`` (default 100k) orders, device-resident and end to end.
-- **Kafka round trip** ``orders.parent`` -> ``orders.scored``: phase 2 (see ``kafka_round_trip``).
+- **tail analysis**: the same single-order calls timed with wall and thread-CPU clocks and
+  involuntary context switches, to say whether the p99 is work or preemption by other processes.
+- **Kafka round trip** ``orders.parent`` -> ``orders.scored`` (``bench/_exec_kafka.py``, needs the
+  local stack; skipped with a message otherwise, ``--no-kafka`` to leave it out): latency p50/p99
+  exactly-once and at-least-once through ``mystocks-gpu run execution``, throughput of the
+  processor (EOS, ALO) vs a naive consumer loop (fastavro + the NumPy model, per record).
 
 Workload: ``--symbols`` symbols (half with a U-shaped intraday volume profile), random orders of
 up to 2 % of ADV over 5-120 minutes (1-minute slices), 55 % AC / 15 % TWAP / 15 % VWAP / 15 % POV,
@@ -38,6 +43,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+sys.path.insert(0, os.path.abspath(os.path.dirname(__file__)))
 
 from mystocks_gpu.gpu_ops.backend import gpu_available  # noqa: E402
 from mystocks_gpu.gpu_ops.execution import (  # noqa: E402
@@ -228,12 +234,38 @@ def best_of_cpu(fn: Any, repeat: int) -> tuple[float, float]:
     return best, best_cpu
 
 
-def kafka_round_trip(args: argparse.Namespace) -> dict[str, Any] | None:
-    """TODO(phase 2): produce ``orders.parent`` (Avro, key = order id), run the execution
-    processor (exactly-once and at-least-once), consume ``orders.scored``; report p50/p99 of
-    produce -> scored latency per mode with ``bench/_common.py`` (topics tagged per run and
-    cleaned up). Returns None until the processor, topics and job kind exist."""
-    return None
+def tail_analysis(call: Any, items: list[Any], warmup: int) -> dict[str, Any]:
+    """Where the latency tail comes from: per call, wall ns and this thread's CPU ns
+    (``CLOCK_THREAD_CPUTIME_ID``) and involuntary context switches (``getrusage(RUSAGE_THREAD)``).
+    A tail call whose wall time is mostly not CPU time was preempted (another process ran); one
+    whose CPU time is long did more work (a long schedule, a page fault, a GC pass)."""
+    import resource
+
+    for it in items[:warmup]:
+        call(it)
+    gc.collect()
+    gc.freeze()
+    n = len(items)
+    wall = np.empty(n, np.int64)
+    cpu = np.empty(n, np.int64)
+    ivcs = np.empty(n, np.int64)
+    clock, tclock = time.perf_counter_ns, time.thread_time_ns
+    ru, who = resource.getrusage, resource.RUSAGE_THREAD
+    for i, it in enumerate(items):
+        c0 = ru(who).ru_nivcsw
+        t0, u0 = clock(), tclock()
+        call(it)
+        u1, t1 = tclock(), clock()
+        ivcs[i] = ru(who).ru_nivcsw - c0
+        wall[i], cpu[i] = t1 - t0, u1 - u0
+    p99 = np.percentile(wall, 99)
+    tail = wall >= p99
+    off_cpu = (wall - cpu) > 0.5 * wall
+    return {"n": n, "wall_p50_us": float(np.percentile(wall, 50) / 1e3), "wall_p99_us": float(p99 / 1e3),
+            "cpu_p50_us": float(np.percentile(cpu, 50) / 1e3), "cpu_p99_us": float(np.percentile(cpu, 99) / 1e3),
+            "tail_calls": int(tail.sum()), "tail_preempted_fraction": float((tail & off_cpu).sum() / max(1, tail.sum())),
+            "tail_with_context_switch_fraction": float(((ivcs > 0) & tail).sum() / max(1, tail.sum())),
+            "calls_with_context_switch": int((ivcs > 0).sum())}
 
 
 # ---- main --------------------------------------------------------------------------------------------
@@ -246,11 +278,18 @@ def main() -> None:
                     help="orders timed with the pure-Python core (default 20k)")
     ap.add_argument("--gpu", action="store_true", help="also time the CuPy batch path on a CUDA device")
     ap.add_argument("--gpu-batch", type=int, default=100_000, help="orders per GPU batch (default 100k)")
-    ap.add_argument("--quick", action="store_true", help="10k orders, 2k with the Python core")
+    ap.add_argument("--no-kafka", action="store_true", help="leave out the Kafka round trip / throughput")
+    ap.add_argument("--kafka-orders", type=int, default=50_000, help="orders for the Kafka throughput (default 50k)")
+    ap.add_argument("--kafka-rate", type=float, default=500.0, help="orders/s in the latency phase (default 500)")
+    ap.add_argument("--kafka-seconds", type=float, default=8.0, help="length of each latency phase (default 8 s)")
+    ap.add_argument("--kafka-batch", type=int, default=2000, help="max records per micro-batch, throughput (default 2000)")
+    ap.add_argument("--quick", action="store_true", help="10k orders, 2k with the Python core, 5k Kafka orders")
     ap.add_argument("--json", type=Path, default=None, help="write the results to this file")
     args = ap.parse_args()
     if args.quick:
         args.orders, args.python_orders, args.gpu_batch = 10_000, 2_000, 20_000
+        args.kafka_orders, args.kafka_seconds = 5_000, 4.0
+    load_start = os.getloadavg()[0]
     cfg = ExecutionConfig()
     ps = universe(args.symbols)
     by_sym = {p.symbol: p for p in ps}
@@ -277,6 +316,7 @@ def main() -> None:
     py = pct(latencies(lambda o: schedule(o, pymodels[o.symbol], now_ns=NOW), ords[: args.python_orders], 500))
     naive = pct(latencies(lambda o: naive_schedule(o, by_sym[o.symbol], cfg, NOW), ords, 2000))
     prep = pct(latencies(lambda o: schedule(o, by_sym[o.symbol], cfg, now_ns=NOW), ords[: args.python_orders], 500))
+    tail = tail_analysis(lambda o: schedule(o, models[o.symbol], now_ns=NOW), ords[: max(len(ords) // 5, 2000)], 1000)
     if core is not None:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     rows = [("ours (numba core, SymbolModel)", ours), ("ours (numba core, MarketParams)", prep),
@@ -288,7 +328,12 @@ def main() -> None:
     ratio = naive["p50_us"] / ours["p50_us"]
     ratio99 = naive["p99_us"] / ours["p99_us"]
     print(f"ratio_vs_naive (p50): {ratio:.1f}x   (p99: {ratio99:.1f}x); "
-          f"goal p99 <= 50 us: {'met' if ours['p99_us'] <= 50 else 'NOT met'}")
+          f"goal p99 <= 50 us: {'met' if ours['p99_us'] <= 50 else 'NOT met'} (load {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores)")
+    print(f"tail analysis ({tail['n']:,} calls): wall p50 {tail['wall_p50_us']:.2f} / p99 {tail['wall_p99_us']:.2f} us, "
+          f"thread CPU p50 {tail['cpu_p50_us']:.2f} / p99 {tail['cpu_p99_us']:.2f} us; of the calls >= p99, "
+          f"{100 * tail['tail_preempted_fraction']:.0f}% spent most of their wall time off the CPU and "
+          f"{100 * tail['tail_with_context_switch_fraction']:.0f}% saw an involuntary context switch")
 
     # batched throughput
     table, codes = ParamsTable.from_params(ps)
@@ -326,17 +371,24 @@ def main() -> None:
                    "cpu_orders_per_s_same_batch": n / t_c}
             print(f"GPU {why}: batch {n:,}: {n / t_res:,.0f} orders/s device-resident, {n / t_e2e:,.0f} end to "
                   f"end; CPU same batch {n / t_c:,.0f}")
-    kafka = kafka_round_trip(args)
-    print("Kafka round trip orders.parent -> orders.scored: phase 2 (TODO)")
+    kafka = None
+    if not args.no_kafka:
+        from _exec_kafka import kafka_round_trip
+
+        print("Kafka: orders.parent -> orders.scored through the execution processor")
+        kafka = kafka_round_trip(args.kafka_orders, args.kafka_rate, args.kafka_seconds, args.kafka_batch, 50,
+                                 universe, naive_schedule)
     result = {
         "bench": "execution", "orders": len(ords), "symbols": len(ps), "pinned_core": core,
         "p50_us": ours["p50_us"], "p99_us": ours["p99_us"], "p999_us": ours["p999_us"], "ratio_vs_naive": ratio,
         "ratio_vs_naive_definition": "naive p50 / ours p50", "ratio_vs_naive_p99": ratio99,
         "single": {"numba_symbolmodel": ours, "numba_marketparams": prep, "python": py, "naive_numpy": naive},
+        "tail_analysis": tail,
         "agreement": {"identical_schedules": same, "sample": len(sample), "max_rel_diff_expected_shortfall": max_rel},
         "batch_cpu_orders_per_s": len(ords) / t_cpu, "batch_cpu_orders_per_cpu_s": len(ords) / cpu_s, "batch_xp_numpy_orders_per_s": len(ords) / t_xp,
         "gpu": gpu, "kafka": kafka,
-        "machine": {"cores": os.cpu_count(), "loadavg_1min": round(os.getloadavg()[0], 2)},
+        "machine": {"cores": os.cpu_count(), "loadavg_1min_start": round(load_start, 2),
+                    "loadavg_1min_end": round(os.getloadavg()[0], 2)},
     }
     if args.json is not None:
         import json

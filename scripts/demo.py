@@ -6,13 +6,17 @@
 4. live phase: ticks produced at a fixed rate with event time = wall clock; tick -> feature
    latency p50/p99 measured by a consumer of features.ticks;
 5. print a few decoded feature vectors and bars, and how to consume the topics;
-7. a backtest: three tickers loaded from one CSV each, an MA grid replayed from md.bars.1d.
+7. execution (workload 6): market parameters estimated from md.ticks and published, the
+   in-process decision latency, parent orders through `mystocks-gpu run execution` (round trip),
+   and an execsim of a few orders on the replayed tape (``step_execution``);
+8. a backtest: three tickers loaded from one CSV each, an MA grid replayed from md.bars.1d.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -146,12 +150,13 @@ def main() -> int:
           "   .venv/bin/mystocks-gpu consume md.bars.1m --from-beginning --max 5\n"
           f"   kcat -b {s.kafka.bootstrap_servers} -C -t features.ticks -c 1 -f '%k %T\\n'\n"
           "   stop the stack: make stack-down")
+    step_execution(s, cols, names, run_id)
     step_backtest(s, args.config)
     return 0
 
 
 def step_backtest(s, config: str | None) -> None:  # type: ignore[no-untyped-def]
-    """7. a backtest as a user runs it: one CSV per ticker (newest first) loaded with the CLI, then the
+    """8. a backtest as a user runs it: one CSV per ticker (newest first) loaded with the CLI, then the
     ``backtest`` job's runner on an MA grid (replay from md.bars.1d -> engine -> results.backtest)."""
     import tempfile
     from pathlib import Path
@@ -184,7 +189,7 @@ def step_backtest(s, config: str | None) -> None:  # type: ignore[no-untyped-def
             "strategy": "ma_cross", "params": {"fast": [5, 10, 20], "slow": [50, 100, 200]}, "top_n": 5}
     t0 = time.monotonic()
     res = run_backtest_job(BacktestJobSpec.from_dict(spec), lambda f, m: None, lambda: False)
-    print(f"7. backtest: 3 tickers loaded one CSV each (`mystocks-gpu load`), {res['param_sets']} MA pairs x "
+    print(f"8. backtest: 3 tickers loaded one CSV each (`mystocks-gpu load`), {res['param_sets']} MA pairs x "
           f"{res['symbols']} symbols x {res['bars']} days in {time.monotonic() - t0:.1f} s (replay "
           f"{res.get('replay_s')} s, engine {res.get('engine_s')} s), {res['messages']} message(s) on "
           "results.backtest")
@@ -201,6 +206,109 @@ def _summary_backend(out: str) -> str | None:
         except (ValueError, KeyError, TypeError):
             continue
     return None
+
+
+def step_execution(s, cols: dict[str, np.ndarray], names: list[str], run_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Workload 6: parameters estimated from the ticks just produced, parent orders through
+    `mystocks-gpu run execution` (exactly-once) with the round trip measured, the in-process
+    decision latency, and an execsim of a few orders against the replayed tape."""
+    from mystocks_gpu.gpu_ops.execution import ParentOrder, prepare, schedule, warm_up
+    from mystocks_gpu.processors.execution.execsim_job import ExecSimSpec, run_execsim
+    from mystocks_gpu.processors.execution.execsim_report import format_summary
+    from mystocks_gpu.processors.execution.market_params_feed import EstimateSpec, estimate, publish
+    from mystocks_gpu.processors.execution.order_records import PARENT_ORDER, order_to_record
+
+    ns = 10**9
+    trades = cols["sym"][cols["kind"] == 0]
+    top = [names[i] for i in np.argsort(-np.bincount(trades, minlength=len(names)))[:10]]
+    t_end = int(cols["ts"].max()) + 1
+    t_step = time.monotonic()
+    params, errors, as_of = estimate(s.kafka, EstimateSpec("md.ticks", t_end - 300 * ns, t_end, tuple(top),
+                                                           bar_seconds=10.0))
+    publish(s.kafka, params, as_of, "demo: md.ticks, 10-second bars of the last 5 minutes of the bulk phase")
+    p0 = params[top[0]]
+    print(f"7. execution: parameters of {len(params)} symbols estimated from 10-second bars of md.ticks and published "
+          f"to orders.parent + execution.params ({top[0]}: price {p0.price:.2f}, sigma {p0.sigma:.4f}/day, "
+          f"ADV {p0.adv:,.0f}, spread {p0.spread:.4f}){'; not estimated: ' + ', '.join(errors) if errors else ''}")
+    warm_up()
+    models = {sym: prepare(p) for sym, p in params.items()}
+    rng = np.random.default_rng(1)
+    now = time.time_ns()
+    orders = [ParentOrder(f"d{i}", top[i % len(top)], ("buy", "sell")[i % 2], int(rng.integers(100, 50_000)),
+                          now + int(rng.integers(10, 120)) * 60 * ns, 0, ("ac", "twap", "vwap", "pov")[i % 4])
+              for i in range(10_000)]
+    lat = np.empty(len(orders))
+    for i, o in enumerate(orders):
+        t0 = time.perf_counter_ns()
+        schedule(o, models[o.symbol], now_ns=now)
+        lat[i] = (time.perf_counter_ns() - t0) / 1e3
+    print(f"   in-process schedule(order, SymbolModel): p50 {np.percentile(lat, 50):.1f} us, p99 "
+          f"{np.percentile(lat, 99):.1f} us over {len(orders):,} orders (load {os.getloadavg()[0]:.1f})")
+
+    codec = AvroCodec()
+    consumer = make_consumer(s.kafka, f"demo-exec-{run_id}", **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 5})
+    consumer.subscribe(["orders.scored"])
+    worker = subprocess.Popen([sys.executable, "-m", "mystocks_gpu.cli", "--log-level", "WARNING", "run", "execution",
+                               "--group", f"demo.exec.{run_id}", "--worker-id", "demo", "--linger-ms", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    producer = make_producer(s.kafka, **{"linger.ms": 0})
+    got: dict[str, dict[str, object]] = {}
+    sent: dict[str, int] = {}
+
+    def send(i: int) -> None:
+        t = time.time_ns()
+        o = ParentOrder(f"demo-{run_id}-{i}", top[i % len(top)], ("buy", "sell")[i % 2], int(rng.integers(1_000, 200_000)),
+                        t + int(rng.integers(10, 60)) * 60 * ns, 0, ("ac", "twap", "vwap", "pov")[i % 4])
+        producer.produce("orders.parent", codec.encode(PARENT_ORDER, order_to_record(o, t)), o.order_id.encode(),
+                         timestamp=t // 1_000_000)
+        producer.poll(0)
+        sent[o.order_id] = t
+
+    def receive(timeout: float) -> None:
+        for m in consumer.consume(100, timeout=timeout):
+            if m.error() is None and (m.key() or b"").decode() in sent:
+                got[m.key().decode()] = {**codec.decode(m.value()), "_rx": time.time_ns()}
+
+    t_live = time.monotonic()
+    try:
+        i = 0
+        while not got and time.monotonic() - t_live < 120:  # probes until the worker answers (up, assigned, warm)
+            send(i)
+            i += 1
+            t_probe = time.monotonic()
+            while not got and time.monotonic() - t_probe < 1.5:
+                receive(0.1)
+        got.clear()
+        first = i
+        for k in range(300):  # ~200 orders/s
+            send(first + k)
+            receive(0.005)
+        deadline = time.monotonic() + 10
+        while len([k for k in got if int(k.rsplit("-", 1)[1]) >= first]) < 300 and time.monotonic() < deadline:
+            receive(0.01)
+        got = {k: v for k, v in got.items() if int(k.rsplit("-", 1)[1]) >= first}
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+        consumer.close()
+    rt = np.array([(v["_rx"] - sent[k]) / 1e6 for k, v in got.items()])  # type: ignore[operator]
+    if rt.size:
+        print(f"   `mystocks-gpu run execution` (exactly-once): {len(got)} orders.parent -> orders.scored, round trip "
+              f"p50 {np.percentile(rt, 50):.0f} ms, p99 {np.percentile(rt, 99):.0f} ms (incl. the 100 ms commit interval)")
+        for v in list(got.values())[1:4]:
+            print(f"   {v['order_id']} {v['side']} {v['quantity']:,} {v['symbol']} {v['strategy']}: E[IS] "
+                  f"{v['expected_shortfall_bps']:.1f} bps, timing risk {v['timing_risk']:,.0f}, {v['n_slices']} slices"
+                  f"{', CAPPED: ' + str(v['warning']) if v['capped'] else ''}")
+    start = t_end - 240 * ns
+    spec = ExecSimSpec(orders=[{"order_id": f"sim{k}", "symbol": top[k], "side": ("buy", "sell")[k % 2],
+                                "quantity": int(params[top[k]].adv * 0.0005) // 100 * 100 + 100, "start": start,
+                                "horizon_s": 180, "risk_aversion": 1e-4} for k in range(4)], lookback_s=30,
+                       model={"slice_ns": 20 * ns})
+    res = run_execsim(spec, lambda f, m: None, lambda: False)
+    print("   execsim (the job kind, run in process here) on the replayed tape:")
+    print("   " + format_summary(res, max_rows=0).replace("\n", "\n   "))
+    print("   as a job: mystocks-gpu submit execsim --spec SPEC.json --wait --report report/ (see README, Execution); "
+          f"this step took {time.monotonic() - t_step:.0f} s")
 
 
 def _pending(s, group: str) -> int:  # type: ignore[no-untyped-def]

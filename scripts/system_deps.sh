@@ -13,6 +13,7 @@
 #   MIN_FREE_GIB  free disk needed for .venv, pip/Maven caches and Kafka's data (default 4)
 #   CACHE_DIR     where the Kafka jars are cached (default ~/.cache/mystocks-gpu)
 #   KAFKA_VERSION the pinned Kafka release (default 4.1.1)
+#   PG_LIBDIR     where Debian's postgresql puts its server programs (default /usr/lib/postgresql)
 set -uo pipefail
 
 MIN_JAVA=17
@@ -20,6 +21,7 @@ MIN_FREE_GIB=${MIN_FREE_GIB:-4}
 AS_UID=${AS_UID:-$(id -u)}
 CACHE_DIR=${CACHE_DIR:-$HOME/.cache/mystocks-gpu}
 KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
+PG_LIBDIR=${PG_LIBDIR:-/usr/lib/postgresql}
 APT_ENV=(env DEBIAN_FRONTEND=noninteractive)   # through sudo too: sudo resets the environment
 
 # ---- probes -------------------------------------------------------------------------------
@@ -98,6 +100,34 @@ probe() {
   else
     REPORT+=("MISSING  mvn            resolves Kafka's jars from Maven Central -> apt package maven")
     MISSING+=(maven)
+  fi
+  # the optional stack servers (`stack up --with postgres,connect,prometheus`) and their tests
+  local initdb="" f
+  for f in "$PG_LIBDIR"/*/bin/initdb; do [ -x "$f" ] && initdb=$f; done
+  [ -n "$initdb" ] || initdb=$(command -v initdb || true)
+  if [ -n "$initdb" ]; then
+    REPORT+=("ok       postgresql     $initdb")
+  else
+    REPORT+=("MISSING  postgresql     the Connect sinks' database -> apt package postgresql")
+    MISSING+=(postgresql)
+  fi
+  if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+    REPORT+=("ok       prometheus     $(command -v prometheus) (+ promtool)")
+  else
+    REPORT+=("MISSING  prometheus     the monitoring server and promtool (alert rule tests) -> apt package prometheus")
+    MISSING+=(prometheus)
+  fi
+  if command -v docker-compose >/dev/null; then
+    REPORT+=("ok       docker-compose $(command -v docker-compose)")
+  else
+    REPORT+=("MISSING  docker-compose \`docker-compose config\` checks docker-compose.yml -> apt package docker-compose")
+    MISSING+=(docker-compose)
+  fi
+  if command -v go >/dev/null; then
+    REPORT+=("ok       go             $(go env GOVERSION 2>/dev/null) (go-installs kubeconform and kustomize for the manifest checks)")
+  else
+    REPORT+=("MISSING  go             builds kubeconform and kustomize (the manifest checks) -> apt package golang-go")
+    MISSING+=(golang-go)
   fi
   for d in "$PWD" "$HOME"; do
     gib=$(free_gib "$d")

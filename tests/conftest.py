@@ -72,10 +72,14 @@ def _free_ports(host: str, n: int) -> list[int]:
 
 
 def private_stack_env(home: Path, host: str = "127.0.0.1") -> dict[str, str]:
-    """``MYSTOCKS_*`` variables of a private stack in ``home`` on free ports, with the client
-    settings (Kafka bootstrap, Redis URL) derived from them."""
-    kafka, controller, redis = _free_ports(host, 3)
+    """``MYSTOCKS_*`` variables of a private stack in ``home`` on free ports (the optional servers'
+    too: PostgreSQL, Connect, Prometheus), with the client settings (Kafka bootstrap, Redis URL)
+    derived from them."""
+    kafka, controller, redis, postgres, connect, prometheus = _free_ports(host, 6)
     return {
+        "MYSTOCKS_SERVICES__POSTGRES_PORT": str(postgres),
+        "MYSTOCKS_SERVICES__CONNECT_PORT": str(connect),
+        "MYSTOCKS_SERVICES__PROMETHEUS_PORT": str(prometheus),
         "MYSTOCKS_STACK__HOME": str(home),
         "MYSTOCKS_STACK__KAFKA_PORT": str(kafka),
         "MYSTOCKS_STACK__CONTROLLER_PORT": str(controller),
@@ -100,7 +104,10 @@ def _stop_abandoned_stacks() -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("--stack") != "own" or hasattr(config, "workerinput"):
+    # with pytest-xdist (`make test` runs `-n 2`) each worker process gets a private stack of its own
+    # (its own ports and home), so a test that pauses or restarts its broker disturbs no other test;
+    # the controller process runs no test and starts no stack
+    if config.getoption("--stack") != "own" or _is_xdist_controller(config):
         return
     try:
         host = _env_settings().stack.host
@@ -108,6 +115,16 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"MYSTOCKS_* settings: {exc}") from None
     _stop_abandoned_stacks()
     os.environ.update(private_stack_env(STACK_HOMES / f"test-{os.getpid()}", host))
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """True in the pytest-xdist controller of a ``-n N`` run (it only distributes tests)."""
+    if hasattr(config, "workerinput"):
+        return False
+    try:
+        return int(config.getoption("numprocesses") or 0) > 0
+    except (ValueError, TypeError, AttributeError):  # no xdist, or "-n auto" style strings
+        return bool(getattr(config.option, "numprocesses", None))
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,9 @@ def cmd_control(args: argparse.Namespace, s: Settings) -> int:
     cfg = jobs_config(args, s, web_host=args.host, web_port=args.port, app_id=args.app_id, cache_ttl_s=args.cache_ttl,
                       tick_interval_s=args.tick, ws_queue_max=args.ws_queue)
     ensure_broker(s.kafka)
+    from mystocks_gpu.infra.logs import set_process_fields
+
+    set_process_fields(app=cfg.app_id)
     print(f"control app {cfg.app_id}: web http://{cfg.web_host}:{cfg.web_port} namespace={cfg.namespace}",
           file=sys.stderr, flush=True)
     return run_control(s, cfg)
@@ -37,10 +40,14 @@ def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
     fake = tuple(parse_fake_inventory(args.fake_devices)) if args.fake_devices else None
     opts = WorkerOptions(args.id or default_worker_id(), kinds, fake, parse_reserve(args.reserve or []),
                          args.device or s.backend)
+    from mystocks_gpu.infra.gpu_metrics import register_gpu_metrics
+    from mystocks_gpu.infra.logs import set_process_fields
     from mystocks_gpu.jobs.worker_metrics import WorkerMetrics
 
     metrics = WorkerMetrics(opts.worker_id)
     worker = JobWorker(s, jobs_config(args, s, redis_retry_s=args.redis_retry), opts, metrics=metrics)
+    register_gpu_metrics(metrics.registry, worker.devices)
+    set_process_fields(worker=opts.worker_id)
     worker._check_redis()  # one clear line when Redis is down, before anything starts
     port = args.metrics_port if args.metrics_port is not None else s.metrics.port
     try:

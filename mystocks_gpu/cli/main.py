@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from mystocks_gpu import __version__
-from mystocks_gpu.cli import config, control, data, run, stack, submit, topics
+from mystocks_gpu.cli import config, connect, control, data, execution, run, stack, submit, topics
 from mystocks_gpu.exceptions import MyStocksError
 from mystocks_gpu.infra.config import load_settings
 from mystocks_gpu.infra.logs import kv, setup_logging
 
 log = logging.getLogger("mystocks_gpu.cli")
 #: command groups, in the order ``--help`` lists them; each module has ``add_commands(subparsers)``
-GROUPS = (stack, topics, data, run, control, submit, config)
+GROUPS = (stack, topics, data, run, control, submit, execution, config, connect)
 
 
 def build_parser() -> argparse.ArgumentParser:

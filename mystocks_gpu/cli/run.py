@@ -9,6 +9,9 @@ import signal
 from typing import Any
 
 from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.devices import discover
+from mystocks_gpu.infra.gpu_metrics import register_gpu_metrics
+from mystocks_gpu.infra.logs import set_process_fields
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 from mystocks_gpu.streams.stream_worker import StreamWorker
@@ -25,10 +28,12 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
                        max_buffered_records=args.max_buffered_records, fault_injection=args.inject_faults or "",
                        transaction_timeout_ms=args.transaction_timeout_ms)
     metrics = RuntimeMetrics(processor.name)
+    register_gpu_metrics(metrics.registry, lambda: discover("cpu" if s.backend == "cpu" else "auto"))
     port = args.metrics_port if args.metrics_port is not None else s.metrics.port
     metrics.serve(port, s.metrics.host)
     worker = StreamWorker(processor, s.kafka, rt, group=args.group, worker_id=args.worker_id,
                           input_topic=args.input_topic, metrics=metrics)
+    set_process_fields(processor=processor.name, group=worker.group, worker=args.worker_id)
 
     def _graceful(signum: int, _frame: Any) -> None:
         worker.stop()

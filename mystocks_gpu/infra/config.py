@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.infra.services_config import ServicesConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -330,6 +331,7 @@ class Settings:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
     #: array backend: ``auto`` (GPU when CuPy and a CUDA device are present), ``cpu`` or ``gpu``
     backend: str = "auto"
 
@@ -371,6 +373,7 @@ _SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "metrics": MetricsConfig,
     "jobs": JobsConfig,
+    "services": ServicesConfig,
 }
 _TOP_LEVEL = {"backend"}
 

@@ -32,6 +32,8 @@ class Device:
     utilization: float | None = None
     #: name of the real-time processor that holds this device (never given to batch jobs)
     reserved_for: str | None = None
+    #: GPU temperature, degrees Celsius (NVML), None when unknown
+    temperature_c: float | None = None
 
     @property
     def is_gpu(self) -> bool:
@@ -41,14 +43,16 @@ class Device:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (heartbeats, ``GET /workers``)."""
         return {"id": self.id, "kind": self.kind, "name": self.name, "total_bytes": self.total_bytes,
-                "free_bytes": self.free_bytes, "utilization": self.utilization, "reserved_for": self.reserved_for}
+                "free_bytes": self.free_bytes, "utilization": self.utilization, "reserved_for": self.reserved_for,
+                "temperature_c": self.temperature_c}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Device:
         """Inverse of :meth:`to_dict`."""
-        util = d.get("utilization")
+        util, temp = d.get("utilization"), d.get("temperature_c")
         return cls(str(d["id"]), str(d.get("kind", "cpu")), str(d.get("name", "")), int(d.get("total_bytes", 0)),
-                   int(d.get("free_bytes", 0)), float(util) if util is not None else None, d.get("reserved_for"))
+                   int(d.get("free_bytes", 0)), float(util) if util is not None else None, d.get("reserved_for"),
+                   float(temp) if temp is not None else None)
 
 
 _FAKE: tuple[Device, ...] | None = None
@@ -63,7 +67,7 @@ def set_fake_inventory(devices: Sequence[Device] | None) -> None:
 def parse_fake_inventory(text: str) -> list[Device]:
     """Devices from JSON (or ``@FILE``): a list of objects with ``id``, ``kind`` (gpu/cpu),
     ``total_mb``/``free_mb`` (or ``total_bytes``/``free_bytes``), ``utilization`` (0..1; absent =
-    unknown), ``name``."""
+    unknown), ``temperature_c`` (absent = unknown), ``name``."""
     if text.startswith("@"):
         try:
             text = Path(text[1:]).read_text()
@@ -87,8 +91,12 @@ def parse_fake_inventory(text: str) -> list[Device]:
         util = d.get("utilization")
         if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 <= util <= 1):
             raise ConfigError(f"fake device {d['id']}: utilization must be a number within 0..1, got {util!r}")
+        temp = d.get("temperature_c")
+        if temp is not None and (isinstance(temp, bool) or not isinstance(temp, (int, float))):
+            raise ConfigError(f"fake device {d['id']}: temperature_c must be a number, got {temp!r}")
         out.append(Device(str(d["id"]), kind, str(d.get("name", f"fake-{kind}")), total, min(free, total),
-                          float(util) if util is not None else None, d.get("reserved_for")))
+                          float(util) if util is not None else None, d.get("reserved_for"),
+                          float(temp) if temp is not None else None))
     if len({d.id for d in out}) != len(out):
         raise ConfigError("fake device ids must be unique")
     return out

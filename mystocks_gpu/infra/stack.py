@@ -256,7 +256,9 @@ class LocalStack:
             tmp = self.cache / f"libs.resolving-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             proc = subprocess.run(
-                [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+                # Maven's local repository under the cache too (never ~/.m2): see stack_process.maven_repo
+                [mvn, "-q", "-B", f"-Dmaven.repo.local={Path(self.cfg.cache_dir).expanduser() / 'm2'}",
+                 "-f", str(pom), "dependency:copy-dependencies",
                  f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
                 capture_output=True, text=True,
             )
@@ -431,8 +433,11 @@ class LocalStack:
         return self.start_kafka()
 
     def down(self) -> list[str]:
-        """Stop what ``up`` started; returns the names stopped. Foreign processes are left alone."""
-        return [n for n in ("kafka", "redis") if self._stop(n)]
+        """Stop what ``up`` started (the optional servers of ``up --with`` first); returns the names
+        stopped. Foreign processes are left alone."""
+        from mystocks_gpu.infra.stack_services import stop_services
+
+        return stop_services(self) + [n for n in ("kafka", "redis") if self._stop(n)]
 
     def status(self) -> list[ComponentStatus]:
         """State of each component."""

@@ -96,11 +96,14 @@ class ControlCore:
 
     def _gauges(self) -> None:
         counts = {"queued": 0, "running": 0}
+        by_kind: dict[tuple[str, str], int] = {}
         for jid in self.active:
-            st = self.table[jid]["state"]
+            st, kind = self.table[jid]["state"], str(self.table[jid].get("kind", ""))
             counts[st] = counts.get(st, 0) + 1
+            by_kind[(st, kind)] = by_kind.get((st, kind), 0) + 1
         for st, n in counts.items():
             m.JOBS_ACTIVE.labels(st).set(n)
+        m.set_jobs_by_kind(by_kind)
 
     def _save(self, job: dict[str, Any]) -> None:
         job["updated_ns"] = self.clock.now_ns()

@@ -39,6 +39,7 @@ from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.devices import Device, discover
 from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
+from mystocks_gpu.infra.logs import log_context
 from mystocks_gpu.jobs.exceptions import RedisUnavailable
 from mystocks_gpu.jobs.heartbeat import HeartbeatPublisher
 from mystocks_gpu.jobs.jobs_config import JobsConfig
@@ -59,6 +60,9 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0
 T = TypeVar("T")
 #: a chunk's last report -> its outcome in the worker metrics
 OUTCOMES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "CANCELLED": "cancelled", "QUEUED": "requeued"}
+#: exception class names of a chunk that ran out of memory (CuPy/PyTorch device memory, host memory):
+#: counted as outcome "oom" (alert MystocksChunkOutOfMemory)
+OOM_ERRORS = frozenset({"OutOfMemoryError", "MemoryError"})
 
 
 def default_worker_id() -> str:
@@ -104,6 +108,8 @@ class _Run:
     reason: str = ""
     thread: threading.Thread | None = None
     last_state: str = ""
+    #: class name of the exception a failed run raised ("" when none)
+    error_class: str = ""
 
 
 class JobWorker:
@@ -313,9 +319,13 @@ class JobWorker:
         t0 = self.clock.monotonic()
         self.metrics.started(kind_name)
         try:
-            self._run_chunk(run, cmd)
+            with log_context(job_id=run.job_id, chunk=run.chunk, kind=kind_name, device=run.device):
+                self._run_chunk(run, cmd)
         finally:
-            self.metrics.finished(kind_name, OUTCOMES.get(run.last_state, "failed"), self.clock.monotonic() - t0)
+            outcome = OUTCOMES.get(run.last_state, "failed")
+            if outcome == "failed" and run.error_class in OOM_ERRORS:
+                outcome = "oom"
+            self.metrics.finished(kind_name, outcome, self.clock.monotonic() - t0)
 
     def _run_chunk(self, run: _Run, cmd: dict[str, Any]) -> None:
         kind_name = str(cmd.get("kind", ""))
@@ -365,6 +375,7 @@ class JobWorker:
             else:
                 self._report(run, kind_name, "QUEUED", 0.0, f"given back by {where}: {exc}", flush=True)
         except Exception as exc:  # a failing job must not kill the worker
+            run.error_class = type(exc).__name__
             log.warning("job %s chunk %s failed: %s", run.job_id, run.chunk, exc)
             self._report(run, kind_name, "FAILED", 0.0, f"failed on {where}", error=f"{type(exc).__name__}: {exc}",
                          flush=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from mystocks_gpu.jobs import builtin_kinds
 from mystocks_gpu.processors.backtest.job import KIND as BACKTEST
 from mystocks_gpu.processors.exceptions import JobSpecError
+from mystocks_gpu.processors.execution.execsim_job import KIND as EXECSIM
 from mystocks_gpu.processors.job_kind import Chunker, Combiner, JobKind, JobSpec, Runner
 
-_KINDS: dict[str, JobKind] = {k.name: k for k in (builtin_kinds.SLEEP, builtin_kinds.ECHO, BACKTEST)}
+_KINDS: dict[str, JobKind] = {k.name: k for k in (builtin_kinds.SLEEP, builtin_kinds.ECHO, BACKTEST, EXECSIM)}
 
 
 def register_kind(name: str, spec_cls: type[JobSpec], runner: Runner, *, chunker: Chunker | None = None,

@@ -23,7 +23,16 @@ def _features(output_topic: str | None = None, backend: str = "auto", store: Sch
     return TickFeaturesProcessor(FeaturesProcessorConfig(backend=backend), output_topic=output_topic, store=store)
 
 
-PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate, "features": _features}
+def _execution(output_topic: str | None = None, backend: str = "auto", **kw: Any) -> Processor[Any]:
+    """orders.parent -> orders.schedule + orders.scored (``--output-topic T``: scores to T, schedules
+    to T with ``.scored`` replaced by ``.schedule``); ``kw``: ``store``, ``cfg``."""
+    from mystocks_gpu.processors.execution.exec_processor import make
+
+    return make(output_topic=output_topic, backend=backend, **kw)
+
+
+PROCESSORS: dict[str, Callable[..., Processor[Any]]] = {"aggregate": _aggregate, "features": _features,
+                                                        "execution": _execution}
 
 
 def register(name: str, factory: Callable[..., Processor[Any]]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+#: the stages of ``mystocks_stream_stage_seconds``
+STAGES = ("decode", "process", "produce")
 _LAT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -22,6 +24,11 @@ class RuntimeMetrics:
         self.batch_size = Histogram("mystocks_stream_batch_records", "records per batch", lbl, buckets=_BATCH_BUCKETS, registry=r).labels(processor)
         self.batch_latency = Histogram("mystocks_stream_batch_seconds", "decode+process+produce time per batch", lbl, buckets=_LAT_BUCKETS, registry=r).labels(processor)
         self.commit_latency = Histogram("mystocks_stream_commit_seconds", "commit time (transaction or offsets)", lbl, buckets=_LAT_BUCKETS, registry=r).labels(processor)
+        #: per-stage time of each batch (seconds): decode, process (the maths), produce (outputs
+        #: + DLQ, up to the producer's queue); the commit is ``commit_seconds``
+        self._stage = Histogram("mystocks_stream_stage_seconds", "time per batch in one stage (decode, process, produce)",
+                                ["processor", "stage"], buckets=_LAT_BUCKETS, registry=r)
+        self.stages = {st: self._stage.labels(processor, st) for st in STAGES}
         self.restore_seconds = Histogram("mystocks_stream_state_restore_seconds", "state restore time per partition", lbl, buckets=_LAT_BUCKETS, registry=r).labels(processor)
         self._lag = Gauge("mystocks_stream_consumer_lag",
                           "records between the log end and the committed offset of a partition", ["processor", "partition"], registry=r)

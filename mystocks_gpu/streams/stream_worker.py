@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
+from mystocks_gpu.infra.logs import log_context
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
 from mystocks_gpu.streams.commit_protocol import RECORD_OVERHEAD, CommitProtocol
@@ -41,6 +43,15 @@ from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 log = logging.getLogger(__name__)
 #: client-side record cap of the worker's producer (bytes); each topic's own limit is checked first
 PRODUCER_MAX_BYTES = 64 << 20
+CLIENT_NONCE_SEP = "~"
+
+
+def is_twin(member_client_id: str, transactional_id: str, own_client_id: str) -> bool:
+    """Whether a consumer-group member's client.id marks ANOTHER worker process using
+    ``transactional_id`` (client.id = ``<transactional id>~<process nonce>``). Our own members,
+    current or stale, carry ``own_client_id``."""
+    tid, sep, _ = member_client_id.rpartition(CLIENT_NONCE_SEP)
+    return bool(sep) and tid == transactional_id and member_client_id != own_client_id
 
 
 @dataclass
@@ -139,9 +150,12 @@ class StreamWorker:
                      "isolation.level": "read_committed"}
         else:
             extra["partition.assignment.strategy"] = "cooperative-sticky"
-        # client.id = the transactional id: on a fence, the group tells whether another member uses it
+        # client.id = transactional id + this process's nonce: on a fence, the group tells whether another
+        # worker uses the id. Our own stale member (a session that expired in a broker outage, rejoined
+        # under a new member id) carries our nonce and is not mistaken for a zombie.
+        self._client_id = f"{self.transactional_id}{CLIENT_NONCE_SEP}{uuid.uuid4().hex[:12]}"
         self.consumer = make_consumer(self.kafka, self.group, route_logs=False,
-                                      **{"log_level": 3, "client.id": self.transactional_id, **extra})
+                                      **{"log_level": 3, "client.id": self._client_id, **extra})
         # the protocol checks each record against its topic's own limit; the client-side cap is above all
         # and a record batch never exceeds the smallest topic limit (the broker rejects a whole batch)
         pconf: dict[str, Any] = {"linger.ms": 2 if self.rt.exactly_once else 1, "message.max.bytes": PRODUCER_MAX_BYTES,
@@ -180,9 +194,8 @@ class StreamWorker:
         twins = None
         for attempt in range(6):  # the coordinator may still be loading after a broker restart
             try:
-                me = self.consumer.memberid()
                 desc = admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(15)
-                twins = [m for m in desc.members if m.client_id == self.transactional_id and m.member_id != me]
+                twins = [m for m in desc.members if is_twin(m.client_id, self.transactional_id, self._client_id)]
                 break
             except Exception as exc:  # noqa: BLE001 - retried, then stop on the safe side
                 log.warning("fenced; describing the group failed", extra={"fields": {"error": repr(exc), "attempt": attempt}})
@@ -343,20 +356,28 @@ class StreamWorker:
         t0 = self.clock.monotonic()
         ingest_ns = self.clock.now_ns()
         out = Outputs()
+        t_decode = t_process = 0.0  # per-stage seconds (metrics)
         for partition, idx_list in batch.by_partition().items():
             if partition not in self.states.states:
                 continue  # revoked while the batch was forming
             idx = np.asarray(idx_list, np.int64)
-            decoded = self.processor.decode([batch.values[i] for i in idx_list], idx, self.symbols, partition, ingest_ns)
-            out.rejected.extend(decoded.rejected)
-            if len(decoded.columns):
-                part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
-                self.states.states[partition] = new_state
-                # recorded at once: whatever fails next, an abort restores this partition
-                self.protocol.touch(partition, decoded.columns.columns["sym"])
-                out.extend(part_out)
+            t1 = self.clock.monotonic()
+            with log_context(partition=partition):  # on every log line of decode/process (JSON logs)
+                decoded = self.processor.decode([batch.values[i] for i in idx_list], idx, self.symbols, partition,
+                                                ingest_ns)
+                t2 = self.clock.monotonic()
+                t_decode += t2 - t1
+                out.rejected.extend(decoded.rejected)
+                if len(decoded.columns):
+                    part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
+                    t_process += self.clock.monotonic() - t2
+                    self.states.states[partition] = new_state
+                    # recorded at once: whatever fails next, an abort restores this partition
+                    self.protocol.touch(partition, decoded.columns.columns["sym"])
+                    out.extend(part_out)
         self.protocol.processed(batch)
         self.protocol.inject("crash")  # tests: an unexpected exception after states were replaced
+        t_produce = self.clock.monotonic()
         try:
             self.protocol.produce(batch, out)
         except KafkaException as exc:
@@ -367,7 +388,10 @@ class StreamWorker:
         self._summary.records_in += len(batch)
         self.metrics.records_in.inc(len(batch))
         self.metrics.batch_size.observe(len(batch))
-        self.metrics.batch_latency.observe(self.clock.monotonic() - t0)
+        now = self.clock.monotonic()
+        self.metrics.batch_latency.observe(now - t0)
+        for stage, seconds in (("decode", t_decode), ("process", t_process), ("produce", now - t_produce)):
+            self.metrics.stages[stage].observe(seconds)
         if self.protocol.due():
             self.protocol.commit()
 

@@ -131,12 +131,17 @@ def test_realtime_reservation_and_memory_are_respected_across_two_workers(settin
         # a worker that leaves takes its device gauges out of the control app's /metrics
         plane.kill("bt-b", signal.SIGTERM)
 
-        def bt_b_series_gone() -> bool:
+        def device_lines() -> list[str]:
             with urllib.request.urlopen(f"{plane.url}/metrics", timeout=10) as r:
-                text = r.read().decode()
-            return 'worker="bt-b"' not in text and 'mystocks_device_utilization_ratio{device="gpu1",worker="rt-a"}' in text
+                return [ln for ln in r.read().decode().splitlines() if 'worker="' in ln and not ln.startswith("#")]
 
-        wait_until(bt_b_series_gone, 20, "bt-b's gauges removed from /metrics")
+        def bt_b_series_gone() -> bool:
+            lines = device_lines()
+            return (not any('worker="bt-b"' in ln for ln in lines)
+                    and any(ln.startswith('mystocks_device_utilization_ratio{device="gpu1",worker="rt-a"}') for ln in lines))
+
+        wait_until(bt_b_series_gone, 40, lambda: "bt-b's gauges removed from /metrics; worker series now: "
+                   + "; ".join(device_lines()) + f"; bt-b exit code {plane.procs['bt-b'].poll()}")
     finally:
         plane.close()
 

@@ -1,11 +1,13 @@
-"""docker-compose.yml is checked by structure (no docker-compose binary needed, so `make install`
-does not apt-install one only for this): known keys, services that exist, health checks behind
-``service_healthy``, valid port mappings, mounted files that exist, and the same Kafka release
-and host ports as the local stack. Docker users can also run `docker compose config -q`."""
+"""docker-compose.yml passes `docker-compose config -q` (Debian's docker-compose, which `make install`
+installs; no Docker daemon needed) and is checked by structure: known keys, services that exist,
+health checks behind ``service_healthy``, valid port mappings, mounted files that exist, and the
+same Kafka release and host ports as the local stack."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,14 @@ def compose() -> dict[str, Any]:
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # resolves anchors and << merges
     assert isinstance(doc, dict)
     return doc
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    tool = shutil.which("docker-compose")
+    assert tool, "docker-compose is missing: apt-get install docker-compose (`make install` installs it)"
+    r = subprocess.run([tool, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_top_level_and_service_keys_are_known(compose: dict[str, Any]) -> None:
@@ -79,3 +89,23 @@ def test_same_kafka_release_and_host_ports_as_the_local_stack(compose: dict[str,
     assert any(str(p).startswith(f"127.0.0.1:{cfg.redis_port}:") for p in services["redis"]["ports"])
     listeners = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert f"127.0.0.1:{cfg.kafka_port}" in listeners
+
+
+def test_compose_prometheus_scrapes_every_metrics_endpoint_and_loads_the_rules(compose: dict[str, Any]) -> None:
+    """In step with the services: each scrape target is a service serving metrics on that port,
+    every service with a metrics port is scraped, and the mounted config names the rules file."""
+    import yaml
+
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for sc in prom["scrape_configs"] for s in sc["static_configs"] for t in s["targets"]}
+    services = compose["services"]
+    serving = set()
+    for name, svc in services.items():
+        cmd = [str(c) for c in svc.get("command", [])]
+        for flag in ("--metrics-port", "--port"):
+            if flag in cmd:
+                serving.add(f"{name}:{cmd[cmd.index(flag) + 1]}")
+    assert targets == serving, (targets, serving)
+    assert prom["rule_files"] == ["/etc/prometheus/rules.yml"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    assert (ROOT / "deploy" / "prometheus" / "rules.yml").exists()

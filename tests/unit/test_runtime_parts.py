@@ -131,3 +131,16 @@ def test_manual_clock_moves_only_when_told() -> None:
 def test_runtime_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         RuntimeConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_fence_check_tells_another_worker_from_our_own_stale_member() -> None:
+    """After a broker outage our expired member (same nonce) is still listed: not a zombie;
+    a second process with the same transactional id (other nonce) is; other ids never are."""
+    from mystocks_gpu.streams.stream_worker import is_twin
+
+    tid, me = "g.x.aggregate.w~1", "g.x.aggregate.w~1~abc"
+    assert not is_twin(me, tid, me)
+    assert is_twin("g.x.aggregate.w~1~def", tid, me)
+    assert not is_twin("g.x.aggregate.w~2~def", tid, me)
+    assert not is_twin("g.x.aggregate.w~1", tid, me)  # an old-style id without a nonce is someone else's tid
+    assert not is_twin("rdkafka", tid, me)

@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BASIC_TOOLS = ("bash", "make", "env", "id", "sed", "head", "awk", "df", "dirname", "grep", "cat", "rm")
 UPDATE = "env DEBIAN_FRONTEND=noninteractive apt-get update -qq"
 INSTALL = "env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends"
+#: stand-ins of every tool the install provides besides python3-venv and java
+PRESENT = ("redis-server", "kcat", "mvn", "initdb", "prometheus", "promtool", "docker-compose", "go")
 
 
 def _script(path: Path, body: str) -> None:
@@ -60,7 +62,8 @@ class Machine:
         home.mkdir(exist_ok=True)
         return subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args], capture_output=True,
                               text=True, timeout=60, env={"PATH": str(self.bin), "HOME": str(home),
-                                                          "MIN_FREE_GIB": "0", **(env or {})})
+                                                          "MIN_FREE_GIB": "0", "PG_LIBDIR": str(self.root / "pg"),
+                                                          **(env or {})})
 
 
 def bare_machine(tmp_path: Path, *, sudo: bool = False, apt_knows: tuple[str, ...] = ("openjdk-17-jre-headless",),
@@ -85,6 +88,8 @@ def bare_machine(tmp_path: Path, *, sudo: bool = False, apt_knows: tuple[str, ..
     _script(m.bin / "apt-cache", f'[ -e {lists} ] && [[ " {known} " == *" $2 "* ]] || exit 100\necho "Package: $2"\n')
     touch, chmod = shutil.which("touch"), shutil.which("chmod")
     stubs = {"redis-server": "_s redis-server", "kcat": "_s kcat", "maven": "_s mvn",
+             "postgresql": "_s initdb", "prometheus": "_s prometheus; _s promtool",
+             "docker-compose": "_s docker-compose", "golang-go": "_s go",
              "python3-venv": f"{touch} {venv_ok}"}
     install_cases = "".join(f"    {pkg}) {cmd};;\n" for pkg, cmd in stubs.items())
     _script(m.bin / "apt-get", f"""\
@@ -107,7 +112,7 @@ def test_root_installs_every_missing_package_without_sudo(tmp_path: Path) -> Non
     m = bare_machine(tmp_path, sudo=True)  # sudo present, but root must not use it
     r = m.make("system-deps", "AS_UID=0")
     assert r.returncode == 0, r.stdout + r.stderr
-    pkgs = "python3-venv redis-server kcat openjdk-17-jre-headless maven"
+    pkgs = "python3-venv redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"
     assert m.apt_calls() == ["DEBIAN_FRONTEND=noninteractive apt-get update -qq",
                              f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {pkgs}"]
     assert m.sudo_calls() == []
@@ -122,7 +127,7 @@ def test_user_installs_through_sudo_and_debian_frontend_survives_it(tmp_path: Pa
     m = bare_machine(tmp_path, sudo=True, python_venv=True, java=None)
     r = m.make("system-deps", "AS_UID=1000")
     assert r.returncode == 0, r.stdout + r.stderr
-    pkgs = "redis-server kcat openjdk-17-jre-headless maven"
+    pkgs = "redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"
     assert m.sudo_calls() == [f"sudo {UPDATE}", f"sudo {INSTALL} {pkgs}"]
     # apt-get ran in sudo's fresh environment and still saw DEBIAN_FRONTEND
     assert m.apt_calls() == ["DEBIAN_FRONTEND=noninteractive apt-get update -qq",
@@ -140,7 +145,7 @@ def test_user_without_sudo_gets_a_clear_error_and_no_apt(tmp_path: Path) -> None
 def test_java_package_is_the_one_the_release_offers(tmp_path: Path) -> None:
     # Debian 13 has no openjdk-17: the >= 17 runtime it offers is picked after `apt-get update`
     m = bare_machine(tmp_path, python_venv=True, apt_knows=("openjdk-21-jre-headless", "openjdk-25-jre-headless"))
-    for tool in ("redis-server", "kcat", "mvn"):
+    for tool in PRESENT:
         _script(m.bin / tool, "")
     r = m.make("system-deps", "AS_UID=0")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -150,7 +155,7 @@ def test_java_package_is_the_one_the_release_offers(tmp_path: Path) -> None:
 @pytest.mark.parametrize("version, ok", [("17.0.15", True), ("21", True), ("11.0.22", False), ("1.8.0_292", False)])
 def test_java_version_is_checked(tmp_path: Path, version: str, ok: bool) -> None:
     m = bare_machine(tmp_path, python_venv=True, java=version)
-    for tool in ("redis-server", "kcat", "mvn"):
+    for tool in PRESENT:
         _script(m.bin / tool, "")
     r = m.make("doctor", "AS_UID=0")
     if ok:
@@ -173,18 +178,21 @@ def test_doctor_reports_each_missing_tool_with_its_package(tmp_path: Path) -> No
                  "MISSING  kcat           -> apt package kcat",
                  "MISSING  java           Kafka 4 needs Java 17+ -> apt package openjdk-17-jre-headless",
                  "MISSING  mvn            resolves Kafka's jars from Maven Central -> apt package maven",
+                 "MISSING  postgresql     the Connect sinks' database -> apt package postgresql",
+                 "MISSING  prometheus     the monitoring server and promtool (alert rule tests) -> apt package prometheus",
+                 "MISSING  docker-compose `docker-compose config` checks docker-compose.yml -> apt package docker-compose",
+                 "MISSING  go             builds kubeconform and kustomize (the manifest checks) -> apt package golang-go",
                  "apt-get runs through sudo (uid 1000)",
                  f"  sudo {UPDATE}",
-                 f"  sudo {INSTALL} python3-venv redis-server kcat openjdk-17-jre-headless maven"):
+                 f"  sudo {INSTALL} python3-venv redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"):
         assert line in out, out
     assert "ok       disk" in out
     assert m.apt_calls() == [] and m.sudo_calls() == []  # doctor changes nothing
-    assert "docker-compose" not in out
 
 
 def test_doctor_passes_when_everything_is_present(tmp_path: Path) -> None:
     m = bare_machine(tmp_path, python_venv=True, java="17.0.15")
-    for tool in ("redis-server", "kcat", "mvn"):
+    for tool in PRESENT:
         _script(m.bin / tool, "")
     r = m.make("doctor", "AS_UID=0")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -194,7 +202,7 @@ def test_doctor_passes_when_everything_is_present(tmp_path: Path) -> None:
 
 def test_doctor_fails_on_low_disk(tmp_path: Path) -> None:
     m = bare_machine(tmp_path, python_venv=True, java="17.0.15")
-    for tool in ("redis-server", "kcat", "mvn"):
+    for tool in PRESENT:
         _script(m.bin / tool, "")
     r = m.make("doctor", "AS_UID=0", env={"MIN_FREE_GIB": "1000000"})
     assert r.returncode != 0

@@ -37,7 +37,7 @@ from mystocks_gpu.gpu_ops.execution.parent_orders import (
     Schedule,
     Score,
 )
-from mystocks_gpu.gpu_ops.execution.schedule_cpu import plan_batch_cpu
+from mystocks_gpu.gpu_ops.execution.schedule_cpu import plan_batch_cpu, plan_batch_serial
 from mystocks_gpu.gpu_ops.execution.schedule_xp import plan_batch_xp
 
 #: reject code -> (field, reason); 0 = accepted. Checked in this order, the first failure wins
@@ -57,6 +57,9 @@ REJECTS: dict[int, tuple[str, str]] = {
     12: ("quantity", f"more than {MAX_LOTS} lots"),
     13: ("eta", "eta - gamma*tau/2 <= 0: no Almgren-Chriss solution"),
 }
+#: CPU batches of at least this many orders run on numba's parallel thread pool; smaller ones (a
+#: stream's micro-batches) on one thread, where the pool's wake-up would cost more than the work
+PARALLEL_MIN_ROWS = 2048
 #: score columns of :class:`BatchSchedules` (the fields of :class:`Score`)
 SCORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Score))
 
@@ -130,6 +133,47 @@ class ParamsTable:
             t.set(i, p)
         return t, {p.symbol: i for i, p in enumerate(params)}
 
+    @classmethod
+    def from_items(cls, items: Sequence[tuple[int, MarketParams]]) -> ParamsTable:
+        """A table with ``params`` at each ``(code, params)`` of ``items``, built in one pass
+        (O(symbols); repeated :meth:`set` copies the columns each time). Same rules as :meth:`set`."""
+        t = cls()
+        if not items:
+            return t
+        t._grow(max(c for c, _ in items) + 1)
+        profiled = [(c, p) for c, p in items if p.profile is not None]
+        for c, p in items:
+            if c < 0:
+                raise ExecutionInputError("symbol", f"symbol code must be >= 0, got {c}")
+            t._set_scalars(c, p)
+        if profiled:
+            first = profiled[0][1].profile
+            assert first is not None
+            t.prof_bucket_s, t.prof_open_s = first.bucket_seconds, first.open_offset_s
+            t.prof_cum = np.zeros((0, first.cum.shape[0]))
+            for k, (c, p) in enumerate(profiled):
+                t._check_grid(p)
+                t.prof_row[c] = k
+            t.prof_cum = np.stack([p.profile.cum for _, p in profiled])  # type: ignore[union-attr]
+        return t
+
+    def _set_scalars(self, code: int, p: MarketParams) -> None:
+        self.symbols[code] = p.symbol
+        self.price[code], self.sigma[code], self.adv[code] = p.price, p.sigma, p.adv
+        self.spread[code], self.lot[code] = p.spread, p.lot_size
+        self.eta[code] = np.nan if p.eta is None else p.eta
+        self.gamma[code] = np.nan if p.gamma is None else p.gamma
+        self.prof_row[code] = -1
+
+    def _check_grid(self, p: MarketParams) -> None:
+        prof = p.profile
+        assert prof is not None
+        if (prof.cum.shape[0] != self.prof_cum.shape[1] or prof.bucket_seconds != self.prof_bucket_s
+                or prof.open_offset_s != self.prof_open_s):
+            raise ExecutionInputError("profile", f"{p.symbol}: volume profile grid differs from the table's "
+                                                 f"({self.prof_cum.shape[1] - 1} buckets of "
+                                                 f"{self.prof_bucket_s} s from {self.prof_open_s} s)")
+
     def _grow(self, n: int) -> None:
         extra = n - len(self.symbols)
         if extra <= 0:
@@ -146,22 +190,14 @@ class ParamsTable:
         if code < 0:
             raise ExecutionInputError("symbol", f"symbol code must be >= 0, got {code}")
         self._grow(code + 1)
-        self.symbols[code] = p.symbol
-        self.price[code], self.sigma[code], self.adv[code] = p.price, p.sigma, p.adv
-        self.spread[code], self.lot[code] = p.spread, p.lot_size
-        self.eta[code] = np.nan if p.eta is None else p.eta
-        self.gamma[code] = np.nan if p.gamma is None else p.gamma
-        self.prof_row[code] = -1
+        self._set_scalars(code, p)
         if p.profile is not None:
             prof = p.profile
             if self.prof_cum.shape[0] == 0:
                 self.prof_cum = np.zeros((0, prof.cum.shape[0]))
                 self.prof_bucket_s, self.prof_open_s = prof.bucket_seconds, prof.open_offset_s
-            elif (prof.cum.shape[0] != self.prof_cum.shape[1] or prof.bucket_seconds != self.prof_bucket_s
-                  or prof.open_offset_s != self.prof_open_s):
-                raise ExecutionInputError("profile", f"{p.symbol}: volume profile grid differs from the table's "
-                                                     f"({self.prof_cum.shape[1] - 1} buckets of "
-                                                     f"{self.prof_bucket_s} s from {self.prof_open_s} s)")
+            else:
+                self._check_grid(p)
             self.prof_row[code] = self.prof_cum.shape[0]
             self.prof_cum = np.vstack([self.prof_cum, prof.cum[None, :]])
 
@@ -237,9 +273,10 @@ class BatchPlan:
     cols: dict[str, Any]
 
 
-def prepare_batch(orders: OrderColumns, table: ParamsTable, config: ExecutionConfig, now_ns: int,
+def prepare_batch(orders: OrderColumns, table: ParamsTable, config: ExecutionConfig, now_ns: Any,
                   x: ModuleType) -> BatchPlan:
-    """Validation, defaults and per-row constants of :func:`schedule_batch` on module ``x``."""
+    """Validation, defaults and per-row constants of :func:`schedule_batch` on module ``x``
+    (``now_ns``: an int, or an int64 (B,) array of per-row decision times)."""
     cfg, now = config, now_ns
     B = len(orders)
     col = {f.name: x.asarray(getattr(orders, f.name)) for f in fields(orders)}
@@ -310,7 +347,7 @@ def prepare_batch(orders: OrderColumns, table: ParamsTable, config: ExecutionCon
 
 
 def schedule_batch(orders: OrderColumns, table: ParamsTable, config: ExecutionConfig | None = None,
-                   *, now_ns: int | None = None, backend: str | None = None) -> BatchSchedules:
+                   *, now_ns: Any = None, backend: str | None = None) -> BatchSchedules:
     """Plan and score B orders at once (pure: neither input is modified).
 
     Args:
@@ -318,18 +355,31 @@ def schedule_batch(orders: OrderColumns, table: ParamsTable, config: ExecutionCo
         table: per-symbol market parameters; a symbol code outside it is rejected (code 10),
             a row never set is rejected as missing parameters (code 11).
         config: settings (default :class:`ExecutionConfig()`).
-        now_ns: current time, ns since the epoch (default ``time.time_ns()``).
+        now_ns: current time, ns since the epoch (default ``time.time_ns()``), or an int64 (B,)
+            array giving each row its own decision time (a stream of orders priced as of their
+            event times); row i then equals ``schedule(order_i, ..., now_ns=now_ns[i])``.
         backend: ``cpu``, ``gpu`` or ``auto`` (default: ``backend.select()``).
     """
     cfg = config or ExecutionConfig()
     be = select(backend)
     x = xp(be)
-    now = time.time_ns() if now_ns is None else int(now_ns)
+    now: Any
+    if now_ns is None:
+        now = time.time_ns()
+    elif np.ndim(now_ns) == 0:
+        now = int(now_ns)
+    else:
+        now = x.asarray(now_ns).astype(x.int64)
+        if now.shape != (len(orders),):
+            raise ExecutionInputError("now_ns", f"per-row decision times must have shape ({len(orders)},), "
+                                                f"got {tuple(now.shape)}")
     plan = prepare_batch(orders, table, cfg, now, x)
     if be == GPU:
         shares, vol, sc = plan_batch_xp(x, *plan.args)
-    else:
+    elif len(orders) >= PARALLEL_MIN_ROWS:
         shares, vol, sc = plan_batch_cpu(*plan.args)
+    else:
+        shares, vol, sc = plan_batch_serial(*plan.args)
     c, valid = plan.cols, plan.valid
     qty, lam, q, tau = c["qty"], c["lam"], c["q"], c["tau"]
     unf, X, perm, temp, spr, var, maxp = (sc[:, j] for j in range(7))

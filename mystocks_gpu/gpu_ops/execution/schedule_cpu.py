@@ -231,3 +231,38 @@ def plan_batch_cpu(strat: np.ndarray, L: np.ndarray, lot: np.ndarray, odd: np.nd
         scores[i, 5] = var
         scores[i, 6] = maxp
     return shares, volume, scores
+
+
+@njit(cache=True)
+def plan_batch_serial(strat: np.ndarray, L: np.ndarray, lot: np.ndarray, odd: np.ndarray,
+                      N: np.ndarray, H: np.ndarray, start_ns: np.ndarray, q: np.ndarray,
+                      cap: np.ndarray, pov: np.ndarray, adv: np.ndarray, adv_rate: np.ndarray,
+                      prof_cum: np.ndarray, prof_row: np.ndarray, prof_b: float, prof_open: float,
+                      eta: np.ndarray, gamma: np.ndarray, eps: np.ndarray, sig2: np.ndarray,
+                      valid: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`plan_batch_cpu` on one thread: for the small batches of a stream, where waking the
+    parallel thread pool costs more than the work (milliseconds on a busy machine). Same results."""
+    B = strat.shape[0]
+    total = offsets[B]
+    shares = np.empty(total, dtype=np.int64)
+    volume = np.empty(total, dtype=np.float64)
+    scores = np.full((B, 7), np.nan)
+    empty = np.zeros(0, dtype=np.float64)
+    for i in range(B):
+        if not valid[i]:
+            continue
+        a = offsets[i]
+        b = offsets[i + 1]
+        pc = empty if prof_row[i] < 0 else prof_cum[prof_row[i]]
+        unf, X, perm, temp, spread, var, maxp = plan_core(
+            strat[i], L[i], lot[i], odd[i], b - a, H[i], start_ns[i], q[i], cap[i], pov[i], adv[i],
+            adv_rate[i], pc, prof_b, prof_open, eta[i], gamma[i], eps[i], sig2[i],
+            shares[a:b], volume[a:b])
+        scores[i, 0] = unf
+        scores[i, 1] = X
+        scores[i, 2] = perm
+        scores[i, 3] = temp
+        scores[i, 4] = spread
+        scores[i, 5] = var
+        scores[i, 6] = maxp
+    return shares, volume, scores
