@@ -33,9 +33,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from mystocks_gpu.processors.backtest.results import MAX_CURVE_POINTS, RESULTS_TOPIC
 from mystocks_gpu.processors.backtest.spec import BacktestSpec
@@ -47,6 +50,7 @@ from mystocks_gpu.processors.job_kind import (
     ProgressCb,
     current_run,
 )
+from mystocks_gpu.schemas.schema_store import SchemaStore
 
 #: rows of the top table kept in the job result (the full table is on results.backtest)
 TOP_ROWS = 20
@@ -111,6 +115,36 @@ def split_by_symbols(job: BacktestJobSpec, n_devices: int) -> list[BacktestJobSp
     if isinstance(job.spec.universe, tuple):
         n = min(n, len(job.spec.universe))
     return [dataclasses.replace(job, chunk_index=i, chunk_count=max(n, 1)) for i in range(max(n, 1))]
+
+
+def load_bars(kafka: Any, topic: str, start: int | None, end: int | None,
+              store: SchemaStore | None = None) -> pd.DataFrame:
+    """Bars of ``topic`` with ``start <= ts_event < end`` (ns) as one frame ``symbol, ts, open,
+    high, low, close, volume`` (in memory: for small ranges; the backtest job itself streams through
+    :class:`~mystocks_gpu.processors.backtest.history.BarHistory`). Every partition is read to the end
+    offset captured at the start, whatever the record order; undecodable records are skipped."""
+    import pandas as pd
+
+    from mystocks_gpu.schemas.batch_codec import BatchDecoder
+    from mystocks_gpu.schemas.symbols import SymbolTable
+    from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
+
+    table = SymbolTable()
+    dec = BatchDecoder("mystocks.md.Bar", store, symbols=table)
+    lo = -(2**63) if start is None else int(start)
+    hi = 2**63 - 1 if end is None else int(end)
+    frames = []
+    for chunk in ReplaySource(kafka, topic, ReplayRange(start, end)).chunks():
+        c = dec.decode(chunk.values).columns
+        keep = (c["ts_event"] >= lo) & (c["ts_event"] < hi)
+        frames.append(pd.DataFrame({"sym": c["symbol"][keep], "ts": c["ts_event"][keep],
+                                    **{k: c[k][keep] for k in ("open", "high", "low", "close", "volume")}}))
+    cols = ["symbol", "ts", "open", "high", "low", "close", "volume"]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    df = pd.concat(frames, ignore_index=True)
+    df["symbol"] = np.asarray(table.symbols, dtype=object)[df["sym"].to_numpy()]
+    return df[cols]
 
 
 # ---- the run -----------------------------------------------------------------------------------
