@@ -83,7 +83,7 @@ test-gpu-run: ## the GPU tests with $(PY), no install (scripts/gpu_check.sh): fa
 bench: install ## benchmarks (ours vs baselines, printed ratios); writes bench/out/*.json
 	$(CLI) stack up
 	@mkdir -p bench/out
-	for b in codec gpu_ops backtest runtime features_e2e training execution factors portfolio gateway; do \
+	for b in codec gpu_ops backtest backtest_e2e runtime features_e2e training execution factors portfolio gateway; do \
 	  [ -f bench/$$b.py ] && $(PY) bench/$$b.py --json bench/out/$$b.json || exit 1; done
 
 lock: ## regenerate requirements.lock (uv pip compile: every platform, Python >= 3.11) from pyproject.toml

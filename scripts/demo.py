@@ -12,11 +12,13 @@
 7. execution (workload 6): market parameters estimated from md.ticks and published, the
    in-process decision latency, parent orders through `mystocks-gpu run execution` (round trip),
    and an execsim of a few orders on the replayed tape (``step_execution``).
-8. factors (workload 4): daily bars loaded into md.bars.1d, a ``factors`` job (classic library,
+8. a backtest (workload 2): three tickers loaded from one CSV each, an MA grid replayed from
+   md.bars.1d (``step_backtest``).
+9. factors (workload 4): daily bars loaded into md.bars.1d, a ``factors`` job (classic library,
    ICIR + ridge combination) in process, its ranked table (``step_factors``).
-9. portfolios (workload 5): an efficient frontier and a rebalancing backtest as ``optimize`` job
+10. portfolios (workload 5): an efficient frontier and a rebalancing backtest as ``optimize`` job
    runs (batched solves) on bars written to md.bars.1d (``step_portfolio``).
-10. how to consume the topics yourself.
+11. how to consume the topics yourself.
 """
 
 from __future__ import annotations
@@ -154,15 +156,59 @@ def main() -> int:
               f"V={b.get('volume')} VWAP={round(b.get('vwap') or 0, 4)} trades={b.get('trades')}")
     step_training(s, int(cols["ts"].min()), run_id)
     step_execution(s, cols, names, run_id)
+    step_backtest(s, args.config)
     step_factors(s, store, run_id)
     step_portfolio(s, store)
-    print("10. consume the results yourself:\n"
+    print("11. consume the results yourself:\n"
           "   .venv/bin/mystocks-gpu consume features.ticks --from-beginning --max 5 --json\n"
           "   .venv/bin/mystocks-gpu consume md.bars.1m --from-beginning --max 5\n"
           "   .venv/bin/mystocks-gpu models list; .venv/bin/mystocks-gpu consume signals.demo-ridge --from-beginning --max 5\n"
           f"   kcat -b {s.kafka.bootstrap_servers} -C -t features.ticks -c 1 -f '%k %T\\n'\n"
           "   stop the stack: make stack-down")
     return 0
+
+
+def step_backtest(s, config: str | None) -> None:  # type: ignore[no-untyped-def]
+    """8. a backtest as a user runs it: one CSV per ticker (newest first) loaded with the CLI, then the
+    ``backtest`` job's runner on an MA grid (replay from md.bars.1d -> engine -> results.backtest)."""
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    from mystocks_gpu.processors.backtest.job import BacktestJobSpec, run_backtest_job
+    from mystocks_gpu.processors.backtest.report import format_top
+
+    if config:  # the runner reads the settings itself (as in a worker): the same file
+        import os
+
+        os.environ["MYSTOCKS_CONFIG"] = config
+    tag = uuid.uuid4().hex[:4].upper()
+    rng = np.random.default_rng(7)
+    universe = []
+    with tempfile.TemporaryDirectory() as d:
+        for i, listed in enumerate(("2016-01-04", "2017-06-01", "2019-03-01")):
+            days = pd.bdate_range(listed, "2024-12-31")
+            close = 50 * np.exp(np.cumsum(rng.normal(3e-4, 0.018, days.size)))
+            sym = f"DEMO{tag}{i}"
+            universe.append(sym)
+            path = Path(d) / f"{sym}.csv"
+            pd.DataFrame({"date": days.strftime("%Y-%m-%d"), "ticker": sym, "open": close * 0.999,
+                          "high": close * 1.01, "low": close * 0.99, "close": close,
+                          "volume": 1_000_000}).iloc[::-1].to_csv(path, index=False)
+            subprocess.run([sys.executable, "-m", "mystocks_gpu.cli", *(["--config", config] if config else []),
+                            "load", str(path), "--topic", "md.bars.1d"], check=True, capture_output=True)
+    spec = {"universe": [*universe, f"DEMO{tag}X"], "start": "2018-01-01", "end": "2025-01-01",
+            "strategy": "ma_cross", "params": {"fast": [5, 10, 20], "slow": [50, 100, 200]}, "top_n": 5}
+    t0 = time.monotonic()
+    res = run_backtest_job(BacktestJobSpec.from_dict(spec), lambda f, m: None, lambda: False)
+    print(f"8. backtest: 3 tickers loaded one CSV each (`mystocks-gpu load`), {res['param_sets']} MA pairs x "
+          f"{res['symbols']} symbols x {res['bars']} days in {time.monotonic() - t0:.1f} s (replay "
+          f"{res.get('replay_s')} s, engine {res.get('engine_s')} s), {res['messages']} message(s) on "
+          "results.backtest")
+    print("   " + format_top(res).replace("\n", "\n   "))
+    print("   with the job plane (README: Backtest your strategy): mystocks-gpu submit backtest --spec SPEC "
+          "--wait --report DIR")
 
 
 def step_factors(s, store, run_id: str, n_symbols: int = 60, n_days: int = 320) -> None:  # type: ignore[no-untyped-def]
@@ -211,7 +257,7 @@ def step_factors(s, store, run_id: str, n_symbols: int = 60, n_days: int = 320) 
         result = FACTORS_KIND.runner(spec, lambda f, m: None, lambda: False)
     finally:
         RUN_CONTEXT.reset(token)
-    print(f"8. factors: {n:,} daily bars ({n_symbols} symbols x {n_days} days) loaded into md.bars.1d, then a "
+    print(f"9. factors: {n:,} daily bars ({n_symbols} symbols x {n_days} days) loaded into md.bars.1d, then a "
           f"`factors` job ({job_id}) in {time.monotonic() - t0:.1f} s:")
     for line in format_result(result).splitlines():
         print("   " + line)
@@ -294,7 +340,7 @@ def step_portfolio(s, store) -> None:  # type: ignore[no-untyped-def]
         t1 = time.monotonic()
         res = OPTIMIZE.runner(spec, lambda f, m: None, lambda: False)
         lines = format_summary(res).splitlines()
-        print(f"9. optimize {extra['mode']}: {res['problems']} portfolio(s) x {n} assets in "
+        print(f"10. optimize {extra['mode']}: {res['problems']} portfolio(s) x {n} assets in "
               f"{time.monotonic() - t1:.1f} s -> results.portfolio")
         for ln in [lines[0], *lines[1:-1][:: max(1, (len(lines) - 2) // 4)][:4], lines[-1]]:
             print(f"   {ln.strip()}")

@@ -16,7 +16,7 @@ from mystocks_gpu.infra.config import Settings
 def _progress(total: int | None, desc: str, unit: str = "rec") -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not sys.stderr.isatty() and total is None,
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not sys.stderr.isatty(),
                 file=sys.stderr, mininterval=0.5)
 
 
@@ -60,9 +60,21 @@ def _encode_ticks(cols: dict[str, Any], names: list[str], codec: Any) -> Any:
         yield from zip(keys[lo:lo + step], enc.encode(chunk, names), ts_ms[lo:lo + step], strict=True)
 
 
+def _require_topic(s: Settings, name: str) -> None:
+    """Fail at once, saying what to run, when ``name`` does not exist on the broker."""
+    from mystocks_gpu.data.history_loader import LoadError
+    from mystocks_gpu.infra.kafka_clients import ensure_broker
+    from mystocks_gpu.topics.admin import TopicAdmin
+
+    ensure_broker(s.kafka)
+    if name not in TopicAdmin(s.kafka).existing():
+        raise LoadError(f"topic {name} does not exist on {s.kafka.bootstrap_servers}; create the catalog's topics "
+                        "first: mystocks-gpu topics create")
+
+
 def cmd_load(args: argparse.Namespace, s: Settings) -> int:
-    from mystocks_gpu.data.history_loader import LoadOptions, count_rows, load_file
-    from mystocks_gpu.infra.kafka_clients import ensure_broker, make_producer, produce_all
+    from mystocks_gpu.data.history_loader import LoadOptions, prepare_file
+    from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
     from mystocks_gpu.schemas import AvroCodec, schema_store
     from mystocks_gpu.topics import get
 
@@ -73,12 +85,14 @@ def cmd_load(args: argparse.Namespace, s: Settings) -> int:
             raise ConfigError(f"--map expects FIELD=COLUMN, got {m!r}")
         field, col = m.split("=", 1)
         mapping[field.strip()] = col.strip()
-    opts = LoadOptions(mapping=mapping, symbol=args.symbol, ts_unit=args.ts_unit)
-    items = list(load_file(args.file, spec, AvroCodec(schema_store(s)), opts))  # validates every row first
-    ensure_broker(s.kafka)
+    opts = LoadOptions(mapping=mapping, symbol=args.symbol, ts_unit=args.ts_unit, duplicates=args.duplicates)
+    prepared = prepare_file(args.file, spec, AvroCodec(schema_store(s)), opts)  # validates every row first
+    for note in prepared.notes:
+        print(f"note: {note}")
+    _require_topic(s, spec.name)
     t0 = time.monotonic()
-    with _progress(count_rows(args.file), f"load {spec.name}") as bar:
-        n = produce_all(make_producer(s.kafka), spec.name, iter(items), bar.update)
+    with _progress(len(prepared.items), f"load {spec.name}") as bar:
+        n = produce_all(make_producer(s.kafka), spec.name, iter(prepared.items), bar.update)
     print(f"loaded {n} records from {args.file} into {spec.name} in {time.monotonic() - t0:.1f} s")
     return 0
 
@@ -105,8 +119,20 @@ def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.topics import get
 
     spec = get(args.topic)
+    if args.max is not None and args.max < 1:
+        raise ConfigError("--max must be >= 1")
+    # results and compacted topics hold what a user wants to see (finished results, latest states):
+    # read them from the beginning; streams (ticks, bars, features) from the end unless asked
+    if args.from_beginning or args.from_end:
+        beginning = bool(args.from_beginning)
+    else:
+        beginning = spec.cleanup == "compact" or spec.name.startswith("results.")
+    where = ("from the beginning" if beginning else
+             "from the end: only records produced from now on (--from-beginning for the history)")
+    print(f"reading {spec.name} {where}; stops after {args.timeout:g} s without a record"
+          + (f" or {args.max} record(s)" if args.max else ""), file=sys.stderr)
     n = 0
-    for rec in read_topic(s.kafka, spec.name, from_beginning=args.from_beginning, max_records=args.max,
+    for rec in read_topic(s.kafka, spec.name, from_beginning=beginning, max_records=args.max,
                           idle_timeout_s=args.timeout, decode=spec.schema is not None,
                           codec=AvroCodec(schema_store(s)) if spec.schema is not None else None):
         n += 1
@@ -144,11 +170,19 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--symbol", help="constant symbol for files without a symbol column")
     sp.add_argument("--ts-unit", default="auto", choices=["auto", "s", "ms", "us", "ns", "iso"],
                     help="unit of numeric event times, or iso for date strings (default auto)")
+    sp.add_argument("--duplicates", default="reject", choices=["reject", "last"],
+                    help="a repeated (symbol, time) row: reject the file naming both lines (default), or keep "
+                         "the last row and report how many were dropped. Rows out of time order (newest-first "
+                         "files) are always loaded sorted by time, with a note")
     sp.set_defaults(func=cmd_load)
 
     sp = sub.add_parser("consume", help="decode and print a topic", description="Decode and print records of any catalog topic.")
     sp.add_argument("topic")
-    sp.add_argument("--from-beginning", action="store_true", help="start at the earliest offset (default: only new records)")
+    start = sp.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true",
+                       help="start at the earliest offset (the default for results.* and compacted topics)")
+    start.add_argument("--from-end", action="store_true",
+                       help="only records produced from now on (the default for market-data and feature topics)")
     sp.add_argument("--max", type=int, default=None, help="stop after N records")
     sp.add_argument("--json", action="store_true", help="one strict JSON object per line (NaN and Infinity as null)")
     sp.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a record (default 5)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mystocks_gpu.cli.jobs_common import control_url, jobs_config
-from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.exceptions import ConfigError, MyStocksError
 from mystocks_gpu.infra.config import Settings
 
 
@@ -48,6 +48,24 @@ def _summary(st: dict[str, Any]) -> str:
 EXIT = {"succeeded": 0, "failed": 1, "cancelled": 1, "rejected": 2}
 
 
+class _KindHelp(argparse.Action):
+    """``submit KIND --help``: the command's help, then the KIND's spec documentation."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.print_help()
+        name = getattr(namespace, "kind", None)
+        if name:
+            from mystocks_gpu.jobs.kinds import get_kind
+
+            try:
+                doc = get_kind(name).spec_cls.describe()
+            except MyStocksError as exc:
+                doc = str(exc)
+            print(f"\n{doc}" if doc else f"\n(job kind {name} documents no spec)")
+        parser.exit()
+
+
 def cmd_submit(args: argparse.Namespace, s: Settings) -> int:
     from tqdm import tqdm
 
@@ -55,6 +73,12 @@ def cmd_submit(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.jobs.kinds import get_kind
     from mystocks_gpu.jobs.protocol import make_command, new_job_id
 
+    if args.print_schema:
+        schema = get_kind(args.kind).spec_cls.json_schema()
+        if schema is None:
+            raise ConfigError(f"job kind {args.kind} has no JSON schema")
+        print(json.dumps(schema, indent=2))
+        return 0
     cfg = jobs_config(args, s)
     deadline = time.time_ns() + int(args.deadline * 1e9) if args.deadline else None
     cmd = make_command("SUBMIT", args.job_id or new_job_id(), args.kind, _read_spec(args.spec), priority=args.priority,
@@ -139,8 +163,12 @@ def add_commands(sub: Any) -> None:
     def ns(p: argparse.ArgumentParser) -> None:
         p.add_argument("--namespace", help="Redis key prefix shared by control app and workers (default: jobs.namespace)")
 
-    p = sub.add_parser("submit", help="submit a job", description="Produce a SUBMIT command to cmd.jobs.")
-    p.add_argument("kind", help="job kind (sleep, echo, ...)")
+    p = sub.add_parser("submit", help="submit a job", add_help=False,
+                       description="Produce a SUBMIT command to cmd.jobs. `submit KIND --help` also documents "
+                                   "KIND's spec; `submit KIND --print-schema` prints its JSON schema.")
+    p.add_argument("-h", "--help", action=_KindHelp, nargs=0, help="show this help (and KIND's spec) and exit")
+    p.add_argument("kind", help="job kind (backtest, sleep, echo, ...)")
+    p.add_argument("--print-schema", action="store_true", help="print the JSON schema of KIND's spec and exit")
     p.add_argument("--spec", help="spec JSON file ('-' = stdin, or inline JSON)")
     p.add_argument("--wait", action="store_true", help="follow job.status with a progress bar until the job ends")
     p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")

@@ -5,6 +5,15 @@ by common aliases (``timestamp``/``time``/``date`` -> ``ts_event``, ``ticker`` -
 defaulted where the schema allows (e.g. a bar's ``interval_ns`` from the topic name). Event time
 becomes the Kafka record timestamp (ms), so replays can seek with ``offsets_for_times``.
 A bad row stops the load with the file name and line number; nothing partial is hidden.
+
+Row order and duplicates (decided, and always reported — never silent):
+
+- rows are loaded in event-time order: a file with dates newest-first (or otherwise out of order)
+  is sorted by time (stable: rows at the same time keep their file order) and the load says how
+  many rows were out of order;
+- a repeated key — (symbol, ts_event) for bars, (symbol, ts_event, seq) for records with a ``seq``
+  — is rejected by default, naming the file and both lines (``duplicates="reject"``), or with
+  ``duplicates="last"`` the last row in the file wins and the load says how many were dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +53,21 @@ class LoadOptions:
     mapping: Mapping[str, str] = field(default_factory=dict)
     symbol: str | None = None  #: constant symbol when the file has no symbol column
     ts_unit: str = "auto"  #: auto | s | ms | us | ns | iso
+    duplicates: str = "reject"  #: reject | last (see the module doc)
+
+    def __post_init__(self) -> None:
+        if self.duplicates not in ("reject", "last"):
+            raise LoadError(f"duplicates must be 'reject' or 'last', got {self.duplicates!r}")
+
+
+@dataclass
+class PreparedFile:
+    """A validated file: ``(key, framed value, timestamp_ms)`` per row in load order, and notes for
+    the user (rows re-ordered, duplicates dropped)."""
+
+    items: list[tuple[bytes, bytes, int]]
+    notes: list[str]
+    rows_in_file: int
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -192,18 +216,58 @@ def _default(name: str, n: int, spec: TopicSpec, out: Mapping[str, Any], path: P
     raise LoadError(f"{path}: required column {name!r} is missing (map one with --map {name}=COLUMN)")
 
 
-def load_file(path: str | Path, spec: TopicSpec, codec: AvroCodec, opts: LoadOptions) -> Iterator[tuple[bytes, bytes, int]]:
-    """Validate the whole file, then yield ``(key, framed value, timestamp_ms)`` per row, in file order."""
+def _order(records: list[dict[str, Any]], lines: list[int], p: Path, duplicates: str
+           ) -> tuple[list[int], list[str]]:
+    """Load order of the rows (time order, stable) and notes; rejects or drops duplicates."""
+    n = len(records)
+    ts = np.fromiter((int(r["ts_event"]) for r in records), np.int64, n)
+    notes: list[str] = []
+    order = np.argsort(ts, kind="stable")
+    back = int(np.count_nonzero(np.diff(ts) < 0))
+    if back:
+        notes.append(f"{p}: {back} row(s) were earlier than the row before them (e.g. newest-first dates); "
+                     "loaded in time order (rows at the same time keep their file order)")
+    has_seq = bool(records) and "seq" in records[0]
+    keys = pd.DataFrame({"symbol": [str(r["symbol"]) for r in records], "ts": ts,
+                         **({"seq": [int(r["seq"]) for r in records]} if has_seq else {})})
+    dup_last = keys.duplicated(keep="last").to_numpy()  # True for rows a later row repeats
+    if dup_last.any():
+        what = "(symbol, ts_event, seq)" if has_seq else "(symbol, ts_event)"
+        if duplicates == "reject":
+            dup_any = keys.duplicated(keep=False).to_numpy()
+            i = int(np.flatnonzero(dup_last)[0])
+            same = keys.iloc[i]
+            j = int(np.flatnonzero(dup_any & (keys == same).all(axis=1).to_numpy())[-1])
+            when = pd.Timestamp(int(ts[i]), tz="UTC").isoformat()
+            raise LoadError(f"{p}:{lines[i]} and {p}:{lines[j]}: duplicate {what} {same['symbol']} {when} "
+                            f"({int(dup_last.sum())} duplicate row(s) in the file); remove them, or pass "
+                            "--duplicates last to keep the last row of each")
+        notes.append(f"{p}: {int(dup_last.sum())} duplicate {what} row(s) dropped (the last row of each kept)")
+        keep = ~dup_last[order]
+        order = order[keep]
+    return order.tolist(), notes
+
+
+def prepare_file(path: str | Path, spec: TopicSpec, codec: AvroCodec, opts: LoadOptions) -> PreparedFile:
+    """Validate the whole file, order it, apply the duplicate rule, encode every row."""
     p = Path(path)
     if spec.schema is None:
         raise LoadError(f"topic {spec.name} carries raw bytes; load targets a topic with a schema")
     df = _read(p)
     if df.empty:
         raise LoadError(f"{p}: no rows")
-    records, _ = frame_to_records(df, spec, codec, opts, p)
+    records, lines = frame_to_records(df, spec, codec, opts, p)
+    order, notes = _order(records, lines, p, opts.duplicates)
     name = spec.schema
-    for rec in records:
-        yield str(rec["symbol"]).encode(), codec.encode(name, rec), int(rec["ts_event"]) // 1_000_000
+    items = [(str(records[i]["symbol"]).encode(), codec.encode(name, records[i]), int(records[i]["ts_event"]) // 1_000_000)
+             for i in order]
+    return PreparedFile(items, notes, len(records))
+
+
+def load_file(path: str | Path, spec: TopicSpec, codec: AvroCodec, opts: LoadOptions) -> Iterator[tuple[bytes, bytes, int]]:
+    """Validate the whole file, then yield ``(key, framed value, timestamp_ms)`` per row in load
+    order (see :func:`prepare_file` and the module doc)."""
+    yield from prepare_file(path, spec, codec, opts).items
 
 
 def count_rows(path: str | Path) -> int | None:

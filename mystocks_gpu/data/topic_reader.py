@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
 
 from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer
@@ -32,21 +32,34 @@ class ConsumedRecord:
 
 def read_topic(cfg: KafkaConfig, topic: str, *, from_beginning: bool = True, max_records: int | None = None,
                idle_timeout_s: float = 5.0, codec: AvroCodec | None = None, decode: bool = True,
-               isolation: str = "read_committed") -> Iterator[ConsumedRecord]:
-    """Yield records of every partition of ``topic`` until ``max_records`` or ``idle_timeout_s``
-    without a new record. No consumer group offsets are committed."""
+               isolation: str = "read_committed", start_offsets: dict[int, int] | None = None,
+               stop_at_end: bool = False) -> Iterator[ConsumedRecord]:
+    """Yield records of every partition of ``topic`` until ``max_records`` (None: no limit), or
+    ``idle_timeout_s`` without a new record, or (``stop_at_end``) once every partition reached the
+    end offset it had when reading started. ``start_offsets``: partition -> first offset (others
+    start at the beginning or the end per ``from_beginning``). No consumer group offsets are committed."""
     ensure_broker(cfg)
     codec = codec or AvroCodec()
-    consumer = make_consumer(cfg, f"mystocks-reader-{uuid.uuid4().hex[:8]}", **{"isolation.level": isolation})
+    consumer = make_consumer(cfg, f"mystocks-reader-{uuid.uuid4().hex[:8]}", **{"isolation.level": isolation,
+                                                                              "enable.partition.eof": True})
     try:
         md = consumer.list_topics(topic, timeout=cfg.connect_timeout_s)
-        parts = md.topics[topic].partitions
-        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        consumer.assign([TopicPartition(topic, p, start) for p in sorted(parts)])
+        parts = sorted(md.topics[topic].partitions)
+        default = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        starts = {p: (start_offsets or {}).get(p, default) for p in parts}
+        consumer.assign([TopicPartition(topic, p, starts[p]) for p in parts])
+        ends: dict[int, int] = {}
+        if stop_at_end:
+            for p in parts:
+                _, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=cfg.connect_timeout_s)
+                ends[p] = hi
+        pending = {p for p in parts if not stop_at_end or (ends[p] > 0 and starts[p] != OFFSET_END
+                                                           and (starts[p] < 0 or starts[p] < ends[p]))}
         n = 0
         last = time.monotonic()
-        while max_records is None or n < max_records:
-            msgs = consumer.consume(1000 if max_records is None else max(1, min(1000, max_records - n)), timeout=0.2)
+        while (max_records is None or n < max_records) and (pending or not stop_at_end):
+            want = 1000 if max_records is None else max(1, min(1000, max_records - n))
+            msgs = consumer.consume(want, timeout=0.2)
             if not msgs:
                 if time.monotonic() - last > idle_timeout_s:
                     return
@@ -54,7 +67,13 @@ def read_topic(cfg: KafkaConfig, topic: str, *, from_beginning: bool = True, max
             last = time.monotonic()
             for m in msgs:
                 if m.error():
+                    if stop_at_end and m.error().code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
                     continue
+                if stop_at_end and m.offset() >= ends[m.partition()] - 1:
+                    pending.discard(m.partition())
+                    if m.offset() >= ends[m.partition()]:
+                        continue
                 value, err = None, None
                 if decode and m.value() is not None:
                     try:

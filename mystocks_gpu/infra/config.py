@@ -4,7 +4,8 @@ One frozen dataclass per component (:class:`KafkaConfig`, :class:`RedisConfig`, 
 :class:`JobsConfig` for the job plane), gathered in :class:`Settings`. Sources, later wins:
 
 1. the defaults below (a loopback stack on ports 19092 / 16379, so a system Kafka or Redis on the
-   standard ports is never touched);
+   standard ports is never touched); when ``[stack]`` moves the local stack (host, ports) and the
+   clients' addresses are not set, they follow it (``_derive_local_clients``);
 2. a TOML file: ``--config PATH``, else ``$MYSTOCKS_CONFIG``, else ``./mystocks.toml`` if present;
 3. environment variables ``MYSTOCKS_<SECTION>__<KEY>`` (e.g. ``MYSTOCKS_KAFKA__BOOTSTRAP_SERVERS``,
    ``MYSTOCKS_KAFKA__SECURITY__SASL_PASSWORD`` -> ``kafka.security["sasl.password"]``) and
@@ -658,6 +659,26 @@ def with_section(settings: Settings, section: str, values: Mapping[str, str]) ->
     return dataclasses.replace(settings, **{section: _build(_SECTIONS[section], section, data)})
 
 
+def _derive_local_clients(data: dict[str, Any]) -> dict[str, Any]:
+    """Point the clients at the local stack when they are not configured: ``kafka.bootstrap_servers``
+    = ``stack.host:stack.kafka_port`` and ``redis.url`` = ``redis://stack.host:stack.redis_port/0``
+    unless set (file, environment or overrides). Moving the stack's ports moves its clients too."""
+    stack_data = data.get("stack")
+    if stack_data is None:
+        return data
+    if not isinstance(stack_data, Mapping):
+        raise ConfigError("[stack] must be a table")
+    stack = _build(StackConfig, "stack", stack_data)
+    host = f"[{stack.host}]" if ":" in stack.host else stack.host
+    out = dict(data)
+    for section, key, value in (("kafka", "bootstrap_servers", f"{host}:{stack.kafka_port}"),
+                                ("redis", "url", f"redis://{host}:{stack.redis_port}/0")):
+        given = out.get(section, {})
+        if isinstance(given, Mapping) and key not in given:
+            out[section] = {**given, key: value}
+    return out
+
+
 def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None,
                   overrides: Mapping[str, Any] | None = None) -> Settings:
     """Build :class:`Settings` from defaults, a TOML file, the environment and CLI ``overrides``.
@@ -679,6 +700,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
     data = _merge(data, _env_tree(environ))
     if overrides:
         data = _merge(data, overrides)
+    data = _derive_local_clients(data)
     unknown = sorted(set(data) - set(_SECTIONS) - _TOP_LEVEL)
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(unknown)} (known: {', '.join([*_SECTIONS, *_TOP_LEVEL])})")

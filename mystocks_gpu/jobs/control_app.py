@@ -37,12 +37,14 @@ from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.protocol import (
     COMMAND_SCHEMA,
     STATUS_SCHEMA,
+    check_submit,
     parse_headers,
     status_to_json,
 )
-from mystocks_gpu.jobs.result_cache import ResultCache
+from mystocks_gpu.jobs.result_cache import DataVersions, ResultCache
 from mystocks_gpu.jobs.scheduler import WorkerInfo
 from mystocks_gpu.jobs.ws_hub import Hub
+from mystocks_gpu.processors.exceptions import JobSpecError
 from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
 from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic
 
@@ -152,6 +154,7 @@ class ControlApp:
         self._seen: dict[str, tuple[WorkerInfo, float]] = {}
         self.redis: aredis.Redis | None = None
         self.cache: ResultCache | None = None
+        self.versions: DataVersions | None = None
         #: cache writes that failed (Redis down): retried every tick until stored
         self._cache_pending: dict[str, dict[str, Any]] = {}
         self._lock: asyncio.Lock | None = None
@@ -259,7 +262,8 @@ class ControlApp:
                 await self.apply(self.core.cancel(cmd["job_id"], cmd.get("requester", "")))
                 return
             cached = None
-            key, _ = submit_cache_key(cmd)
+            version = await self._data_version(cmd)
+            key, _ = submit_cache_key(cmd, version) if version is not None else (None, None)
             if key and not cmd.get("bypass_cache") and self.cache is not None and self.redis_ok \
                     and cmd["job_id"] not in self.table:
                 try:
@@ -268,7 +272,8 @@ class ControlApp:
                     log.warning("result cache lookup failed: %s", exc)
             live = self.live_workers()
             n_dev = sum(len(w.devices) for w in live) or 1
-            eff = self.core.submit(cmd, cached=cached, n_devices=n_dev)
+            eff = self.core.submit(cmd, cached=cached, n_devices=n_dev, data_version=version,
+                                   cacheable=version is not None)
             await self.apply(eff.extend(self.core.schedule(live)))
         elif topic == self.cfg.events_topic:
             try:
@@ -280,6 +285,18 @@ class ControlApp:
             if any(s["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for s in eff.statuses):
                 eff.extend(self.core.schedule(self.live_workers()))
             await self.apply(eff)
+
+    async def _data_version(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
+        """The version of the data a SUBMIT reads (``result_cache.DataVersions``), read off the event
+        loop; ``{}`` for an invalid submit (it is rejected anyway), None when it cannot be read."""
+        try:
+            spec = check_submit(cmd)
+        except JobSpecError:
+            return {}
+        if self.versions is None:
+            self.versions = DataVersions(self.settings.kafka)
+        return await asyncio.get_running_loop().run_in_executor(None, self.versions.of, spec.data_range())
+
 
     def live_workers(self) -> list[WorkerInfo]:
         """Workers whose heartbeat was read from Redis within the heartbeat TTL: the only ones

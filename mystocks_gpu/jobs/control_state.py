@@ -60,13 +60,14 @@ class Effects:
         return bool(self.statuses or self.dispatch or self.alerts or self.cache_puts)
 
 
-def submit_cache_key(cmd: dict[str, Any]) -> tuple[str | None, str | None]:
-    """``(cache key, None)`` for a valid submit, ``(None, reason)`` for an invalid one."""
+def submit_cache_key(cmd: dict[str, Any], data_version: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
+    """``(cache key, None)`` for a valid submit, ``(None, reason)`` for an invalid one. With a
+    ``data_version`` (see ``result_cache.DataVersions``) the key changes when the input data does."""
     try:
         spec = check_submit(cmd)
     except JobSpecError as exc:
         return None, str(exc)
-    return cache_key(str(cmd["kind"]), spec.to_dict(), spec.data_range()), None
+    return cache_key(str(cmd["kind"]), spec.to_dict(), spec.data_range(), data_version), None
 
 
 class ControlCore:
@@ -119,8 +120,11 @@ class ControlCore:
 
     # ---- commands ----------------------------------------------------------------------
     def submit(self, cmd: dict[str, Any], *, cached: dict[str, Any] | None = None, n_devices: int = 1,
-               now_ns: int | None = None) -> Effects:
-        """Handle a SUBMIT: reject, answer from cache, or queue (a known job id is a no-op)."""
+               now_ns: int | None = None, data_version: dict[str, Any] | None = None,
+               cacheable: bool = True) -> Effects:
+        """Handle a SUBMIT: reject, answer from cache, or queue (a known job id is a no-op).
+        ``data_version``: the input data's version in the cache key; ``cacheable=False``: the
+        version could not be read, so the result is not cached."""
         now = now_ns or self.clock.now_ns()
         eff = Effects()
         job_id = str(cmd.get("job_id", ""))
@@ -139,7 +143,7 @@ class ControlCore:
         except JobSpecError as exc:
             return self._reject(base, str(exc), now)
         base["spec"] = spec.to_dict()
-        base["cache_key"] = cache_key(kind.name, base["spec"], spec.data_range())
+        base["cache_key"] = cache_key(kind.name, base["spec"], spec.data_range(), data_version) if cacheable else None
         base["policy"], base["devices"] = kind.policy, kind.devices
         m.JOBS_SUBMITTED.labels(kind.name).inc()
         if cached is not None and not base["bypass_cache"]:

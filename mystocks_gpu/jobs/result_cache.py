@@ -1,7 +1,11 @@
 """Results in Redis.
 
 * **Result cache** -- ``{ns}:cache:{sha256}`` where the hash covers (kind, normalised spec, input
-  data range); an identical submit is answered from it. TTL configurable; bypassable per job.
+  data range, *data version*); an identical submit is answered from it. TTL configurable;
+  bypassable per job. The data version (:class:`DataVersions`) is the end offset (and start) of every
+  partition of every topic the job's data range names, read at submit: new records on an input
+  topic (bars loaded after the first run) change the key, so a cached result never outlives its
+  data. When the version cannot be read the submit is neither answered from nor written to the cache.
 * **Result store** -- ``{ns}:result:{job_id}:{chunk}``, written once with ``SET NX`` so a chunk
   re-run after a worker crash can never produce a second result: the first writer wins and every
   later run reads the winner's value.
@@ -22,10 +26,65 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def cache_key(kind: str, spec: dict[str, Any], data_range: dict[str, Any] | None) -> str:
-    """Content hash (hex sha256) of (kind, normalised spec, input data range)."""
-    blob = canonical_json({"kind": kind, "spec": spec, "data": data_range})
+def cache_key(kind: str, spec: dict[str, Any], data_range: dict[str, Any] | None,
+              data_version: dict[str, Any] | None = None) -> str:
+    """Content hash (hex sha256) of (kind, normalised spec, input data range, data version)."""
+    body: dict[str, Any] = {"kind": kind, "spec": spec, "data": data_range}
+    if data_version:
+        body["version"] = data_version
+    blob = canonical_json(body)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def topics_of(data_range: dict[str, Any] | None) -> list[str]:
+    """Topic names a data range names: values of ``topic``, ``topics`` or any ``*_topic`` key."""
+    out: set[str] = set()
+    for k, v in (data_range or {}).items():
+        if k == "topics" and isinstance(v, (list, tuple)):
+            out.update(str(t) for t in v if t)
+        elif (k == "topic" or k.endswith("_topic")) and isinstance(v, str) and v:
+            out.add(v)
+    return sorted(out)
+
+
+class DataVersions:
+    """Per-partition ``[low, high]`` watermark offsets of the topics a data range names (the data
+    version in the cache key). One consumer, reused; call from one thread at a time."""
+
+    def __init__(self, kafka: Any) -> None:
+        self.kafka = kafka
+        self._consumer: Any = None
+
+    def of(self, data_range: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``{topic: [[low, high], ...]}`` (partitions in order), ``{}`` when the range names no
+        topic, None when a topic is missing or the broker does not answer."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        topics = topics_of(data_range)
+        if not topics:
+            return {}
+        try:
+            if self._consumer is None:
+                from mystocks_gpu.infra.kafka_clients import make_consumer
+
+                self._consumer = make_consumer(self.kafka, "mystocks-cache-version")
+            t = self.kafka.connect_timeout_s
+            out: dict[str, Any] = {}
+            for topic in topics:
+                md = self._consumer.list_topics(topic, timeout=t).topics.get(topic)
+                if md is None or md.error is not None or not md.partitions:
+                    return None
+                out[topic] = [list(self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=t))
+                              for p in sorted(md.partitions)]
+            return out
+        except KafkaException:
+            return None
+
+    def close(self) -> None:
+        """Close the consumer."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
 class ResultCache:

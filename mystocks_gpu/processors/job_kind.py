@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import inspect
 import json
 import types
 import typing
@@ -124,6 +125,16 @@ class JobSpec:
 
     def validate(self) -> None:
         """Cross-field checks; raise :class:`JobSpecError`. Default: none."""
+
+    @classmethod
+    def describe(cls) -> str:
+        """The spec's documentation, printed by ``submit KIND --help`` (default: the docstring)."""
+        return inspect.cleandoc(cls.__doc__ or "")
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any] | None:
+        """The spec's JSON schema, printed by ``submit KIND --print-schema`` (default: None)."""
+        return None
 
     def memory_bytes(self) -> int:
         """Estimated peak device memory of one run (one chunk), bytes. Default 64 MiB."""

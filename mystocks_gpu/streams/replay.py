@@ -1,16 +1,30 @@
-"""Replay a time range of a topic, deterministically.
+"""Replay a time range of a topic, deterministically, losing nothing whatever the record order.
 
-Each partition is sought with ``offsets_for_times(start)``; the end is captured once at start
-(``offsets_for_times(end)``, else the high watermark), so records arriving during the replay are
-not read. Partitions are replayed one after another in ascending order and cut into batches by
-record count or by event-time window, so the same range always gives the same batches. Positions
-come from the records themselves, never from offset arithmetic (transaction markers use offsets).
-Time bounds use Kafka record timestamps (ms, = event time for this project's topics): ``start``
-inclusive, ``end`` exclusive.
+Bounds are captured once, when the source first needs them (:meth:`ReplaySource.bounds`, "at job
+start"), per partition:
+
+- **end**: the partition's high watermark as a ``read_committed`` consumer sees it (the last stable
+  offset while a transaction is open). The replay reads every record below it and nothing that
+  arrives later, so a replay is a fixed snapshot. The end is *never* found with
+  ``offsets_for_times(end)``: that assumes event times rise within a partition, which per-ticker
+  loads (ticker A's whole history, then ticker B's) or files sorted by ticker break — every record
+  of B before the end time would sit after A's first late record and be lost.
+- **start**: ``offsets_for_times(start)``, which Kafka defines as the *earliest* offset whose
+  timestamp is >= ``start``; every record before it is therefore older than ``start`` whatever the
+  order, so skipping them loses nothing. Without a start, the low watermark.
+
+Records are then filtered by time (``start`` inclusive, ``end`` exclusive). Time bounds use Kafka
+record timestamps (ms, = event time for this project's topics, as the loader writes them);
+:meth:`ReplaySource.chunks` leaves the filter to the caller, who filters on the decoded event time
+(ns), exactly. Partitions are replayed one after another in ascending order and cut into batches
+by record count or by event-time window, so the same range always gives the same batches.
+Positions come from the records themselves, never from offset arithmetic (transaction markers
+take offsets). A replay that makes no progress for ``stall_timeout_s`` fails instead of hanging.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +40,16 @@ from mystocks_gpu.streams.batching import RawBatch
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
 
+#: librdkafka settings of a replay consumer: large fetches (a replay reads whole partitions), no CRC
+#: checks (the broker checks on write), partition EOF events (the end of a bounded read)
+REPLAY_CONSUMER: dict[str, Any] = {
+    "enable.partition.eof": True,
+    "fetch.max.bytes": 64 << 20,
+    "max.partition.fetch.bytes": 16 << 20,
+    "queued.min.messages": 500_000,
+    "check.crcs": False,
+}
+
 
 @dataclass(frozen=True)
 class ReplayRange:
@@ -39,63 +63,162 @@ class ReplayRange:
             raise FatalRuntimeError(f"replay range is empty or inverted: start {self.start_ns} >= end {self.end_ns}")
 
 
+@dataclass(frozen=True)
+class PartitionBound:
+    """Offsets ``[start, end)`` of one partition read by a replay (``end``: captured at start)."""
+
+    partition: int
+    start: int
+    end: int
+
+    @property
+    def records(self) -> int:
+        """Upper bound of the records read (transaction markers take offsets too)."""
+        return max(0, self.end - self.start)
+
+
+@dataclass
+class ValueChunk:
+    """Values of consecutive records of one partition (offsets ``first``..``last``), unfiltered by time."""
+
+    partition: int
+    values: list[bytes]
+    first: int
+    last: int
+
+
 class ReplaySource:
-    """Deterministic batches of a topic's records over a :class:`ReplayRange`."""
+    """Deterministic batches of a topic's records over a :class:`ReplayRange`.
+
+    Args:
+        cfg: Kafka connection.
+        topic: the topic to replay.
+        rng: the event-time range.
+        max_records: records per batch of :meth:`batches` (when ``window_ns`` is None).
+        window_ns: cut :meth:`batches` at event-time window boundaries (``ts // window_ns``) instead.
+        stall_timeout_s: fail when a partition yields nothing for this long before its end.
+    """
 
     def __init__(self, cfg: KafkaConfig, topic: str, rng: ReplayRange = ReplayRange(),
-                 max_records: int = 10_000, window_ns: int | None = None) -> None:
+                 max_records: int = 10_000, window_ns: int | None = None, *,
+                 stall_timeout_s: float = 120.0) -> None:
         self.cfg, self.topic, self.rng = cfg, topic, rng
         self.max_records, self.window_ns = max_records, window_ns
+        self.stall_timeout_s = stall_timeout_s
+        self._bounds: list[PartitionBound] | None = None
 
-    def _bounds(self, consumer: Any) -> list[tuple[int, int, int]]:
-        md = consumer.list_topics(self.topic, timeout=self.cfg.connect_timeout_s).topics.get(self.topic)
+    # ---- bounds ------------------------------------------------------------------------------
+    def _consumer(self) -> Any:
+        return make_consumer(self.cfg, f"mystocks-replay-{uuid.uuid4().hex[:8]}", **REPLAY_CONSUMER)
+
+    def bounds(self) -> list[PartitionBound]:
+        """Per-partition ``[start, end)`` offsets, captured on the first call and fixed after (see
+        the module doc); the replay reads exactly these."""
+        if self._bounds is None:
+            ensure_broker(self.cfg)
+            consumer = self._consumer()
+            try:
+                self._bounds = self._capture(consumer)
+            finally:
+                consumer.close()
+        return list(self._bounds)
+
+    def _capture(self, consumer: Any) -> list[PartitionBound]:
+        t = self.cfg.connect_timeout_s
+        md = consumer.list_topics(self.topic, timeout=t).topics.get(self.topic)
         if md is None or md.error is not None:
-            raise FatalRuntimeError(f"topic {self.topic} does not exist")
+            raise FatalRuntimeError(f"topic {self.topic} does not exist (create it with: mystocks-gpu topics create)")
         out = []
         for p in sorted(md.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.cfg.connect_timeout_s)
-            start, end = low, high
-            if self.rng.start_ns is not None:
+            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=t)
+            start = low
+            if self.rng.start_ns is not None and high > low:
                 tp = consumer.offsets_for_times([TopicPartition(self.topic, p, self.rng.start_ns // 1_000_000)],
-                                                timeout=self.cfg.connect_timeout_s)[0]
+                                                timeout=t)[0]
                 start = tp.offset if tp.offset >= 0 else high
-            if self.rng.end_ns is not None:
-                tp = consumer.offsets_for_times([TopicPartition(self.topic, p, -(-self.rng.end_ns // 1_000_000))],
-                                                timeout=self.cfg.connect_timeout_s)[0]
-                end = tp.offset if tp.offset >= 0 else high
-            out.append((p, start, end))
+            out.append(PartitionBound(p, max(start, low), high))
         return out
 
-    def batches(self) -> Iterator[RawBatch]:
-        """Batches of one partition at a time, partitions in ascending order."""
-        ensure_broker(self.cfg)
-        consumer = make_consumer(self.cfg, f"mystocks-replay-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
+    def data_version(self) -> dict[str, list[list[int]]]:
+        """The captured bounds as JSON-able data: ``{topic: [[partition, start, end], ...]}``
+        (new records change it, so results keyed on it never go stale)."""
+        return {self.topic: [[b.partition, b.start, b.end] for b in self.bounds()]}
+
+    # ---- reading -----------------------------------------------------------------------------
+    def _messages(self, consumer: Any, b: PartitionBound) -> Iterator[list[Any]]:
+        """Lists of messages of partition ``b`` with offsets in ``[b.start, b.end)``, in order."""
+        consumer.assign([TopicPartition(self.topic, b.partition, b.start)])
+        last_progress = time.monotonic()
         try:
-            for p, start, end in self._bounds(consumer):
-                if start >= end:
+            while True:
+                msgs = consumer.consume(20_000, timeout=0.1)
+                if not msgs:
+                    if time.monotonic() - last_progress > self.stall_timeout_s:
+                        raise FatalRuntimeError(f"replay of {self.topic}[{b.partition}] stalled for "
+                                                f"{self.stall_timeout_s:.0f} s before offset {b.end}")
                     continue
-                yield from self._partition(consumer, p, start, end)
+                last_progress = time.monotonic()
+                done = False
+                for i, m in enumerate(msgs):
+                    err = m.error()
+                    if err is None:
+                        continue
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        msgs, done = msgs[:i], True
+                        break
+                    raise FatalRuntimeError(f"replay of {self.topic}[{b.partition}]: {err.str()}")
+                if msgs and msgs[-1].offset() >= b.end - 1:
+                    done = True
+                    if msgs[-1].offset() >= b.end:  # records that arrived after the start: not ours
+                        lo, hi = 0, len(msgs)
+                        while lo < hi:
+                            mid = (lo + hi) // 2
+                            if msgs[mid].offset() < b.end:
+                                lo = mid + 1
+                            else:
+                                hi = mid
+                        msgs = msgs[:lo]
+                if msgs:
+                    yield msgs
+                if done:
+                    return
+        finally:
+            consumer.unassign()
+
+    def chunks(self) -> Iterator[ValueChunk]:
+        """The fast path: values of every record in the captured bounds, one partition after
+        another, in offset order, *not* filtered by time (the caller filters on the decoded event
+        time). Null values (tombstones) are kept as None."""
+        bounds = self.bounds()
+        consumer = self._consumer()
+        try:
+            for b in bounds:
+                if b.start >= b.end:
+                    continue
+                for msgs in self._messages(consumer, b):
+                    yield ValueChunk(b.partition, [m.value() for m in msgs], msgs[0].offset(), msgs[-1].offset())
         finally:
             consumer.close()
 
-    def _partition(self, consumer: Any, p: int, start: int, end: int) -> Iterator[RawBatch]:
+    def batches(self) -> Iterator[RawBatch]:
+        """Batches of one partition at a time, partitions in ascending order, filtered by time."""
+        bounds = self.bounds()
+        consumer = self._consumer()
+        try:
+            for b in bounds:
+                if b.start >= b.end:
+                    continue
+                yield from self._partition(consumer, b)
+        finally:
+            consumer.close()
+
+    def _partition(self, consumer: Any, b: PartitionBound) -> Iterator[RawBatch]:
         lo_ms = None if self.rng.start_ns is None else self.rng.start_ns // 1_000_000
         hi_ms = None if self.rng.end_ns is None else -(-self.rng.end_ns // 1_000_000)
-        consumer.assign([TopicPartition(self.topic, p, start)])
+        p = b.partition
         batch, window = RawBatch(topic=self.topic), None
-        done = False
-        while not done:
-            msgs = consumer.consume(10_000, timeout=1.0)
+        for msgs in self._messages(consumer, b):
             for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        done = True
-                        break
-                    raise FatalRuntimeError(f"replay of {self.topic}[{p}]: {err.str()}")
-                if m.offset() >= end:
-                    done = True
-                    break
                 ts = m.timestamp()[1]
                 if (lo_ms is not None and ts < lo_ms) or (hi_ms is not None and ts >= hi_ms):
                     continue
@@ -113,9 +236,6 @@ class ReplaySource:
                 if self.window_ns is None and len(batch) >= self.max_records:
                     yield batch
                     batch = RawBatch(topic=self.topic)
-                if m.offset() + 1 >= end:
-                    done = True
-                    break
         if len(batch):
             yield batch
 

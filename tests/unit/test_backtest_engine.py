@@ -334,3 +334,106 @@ def test_gpu_chunked_equals_cpu(bars):
     gpu_out = run_backtest(bars, SYMBOLS, TS, spec, backend="gpu")
     assert gpu_out.n_chunks > 2
     _assert_stats_close(gpu_out.stats, cpu.stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter-range chunking and streamed windows
+# ---------------------------------------------------------------------------------------------
+
+BIG_GRIDS = {
+    "ma_cross": {"fast": list(range(2, 22)), "slow": list(range(10, 50, 3))},
+    "rsi": {"period": [3, 5, 7, 14], "lower": [10.0, 20.0, 30.0, 40.0], "upper": [60.0, 70.0, 80.0]},
+    "breakout": {"window": list(range(2, 60))},
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(BIG_GRIDS))
+def test_grid_larger_than_the_budget_is_split_into_parameter_ranges(bars, strategy):
+    """A budget below one symbol's whole grid: parameter ranges (each compiled with only its
+    indicator rows), same stats as the independent reference and as an unchunked run."""
+    grid = BIG_GRIDS[strategy]
+    spec = BacktestSpec(strategy=strategy, params=grid, direction="long_short")
+    plan = compile_grid(strategy, grid)
+    budget = chunk_bytes(plan, 1, len(TS)) // 6  # one symbol's whole grid does not fit
+    small = BacktestSpec.from_dict({**spec.to_dict(), "memory_budget_bytes": budget})
+    chunks = plan_chunks(small, len(SYMBOLS), len(TS))
+    assert len({(c.par_start, c.par_stop) for c in chunks}) > 1, chunks[:3]
+    for c in chunks:
+        sub = c.params(plan)
+        assert chunk_bytes(sub, c.n_symbols, c.n_bars + c.lead) <= budget
+    out = run_backtest(bars, SYMBOLS, TS, small, backend="cpu")
+    whole = run_backtest(bars, SYMBOLS, TS, spec, backend="cpu")
+    pd.testing.assert_frame_equal(out.stats, whole.stats, check_exact=True)
+    ref, _ = ref_backtest(bars, SYMBOLS, strategy, grid, direction="long_short")
+    _assert_stats_close(out.stats, ref)
+    for a, b in zip(out.curves, whole.curves, strict=True):
+        np.testing.assert_array_equal(a.equity, b.equity)
+
+
+@pytest.mark.parametrize("strategy", sorted(GRIDS))
+@pytest.mark.parametrize("window", [1, 17, 260])
+def test_streamed_windows_equal_the_whole_run(bars, strategy, window):
+    """Bars fed window by window (any width, with a budget forcing chunks) give the same stats and
+    curves as run_backtest on the whole arrays, bit for bit."""
+    from mystocks_gpu.gpu_ops.backtest.stream import CurvePass, GridStream
+
+    for s in (_spec(strategy, "long_short", MONEY[1]), _tiny_budget_spec(strategy, "long_short")):
+        whole = run_backtest(bars, SYMBOLS, TS, BacktestSpec.from_dict({**s.to_dict(), "memory_budget_bytes": 1 << 30}),
+                             backend="cpu")
+        gs = GridStream(s, SYMBOLS, window, "cpu")
+        for a in range(0, len(TS), window):
+            gs.feed({k: v[:, a:a + window] for k, v in bars.items()}, TS[a:a + window])
+        stats = gs.finish()
+        pd.testing.assert_frame_equal(stats, whole.stats, check_exact=True)
+        cells = best_cells(stats, s.metric, 5)
+        cp = CurvePass(gs, cells)
+        for a in range(0, len(TS), window):
+            cp.feed({k: v[:, a:a + window] for k, v in bars.items()}, len(TS[a:a + window]))
+        eq, dd = cp.result()
+        for i, c in enumerate(whole.curves):
+            np.testing.assert_array_equal(eq[i], c.equity)
+            np.testing.assert_array_equal(dd[i], c.drawdown)
+    with pytest.raises(BacktestInputError, match="ascending"):
+        gs.feed({k: v[:, :3] for k, v in bars.items()}, TS[:3])
+
+
+def test_curve_stride_keeps_block_ends_and_worst_drawdown(bars):
+    from mystocks_gpu.gpu_ops.backtest.engine import CurveRecorder
+
+    spec = _spec("ma_cross", "long_only", MONEY[0])
+    plan = compile_grid(spec.strategy, spec.params)
+    cells = [(0, 0), (2, 3)]
+    full = CurveRecorder(plan, spec, cells, len(TS), "cpu")
+    full.feed(bars, 0, len(TS))
+    strided = CurveRecorder(plan, spec, cells, len(TS), "cpu", stride=7)
+    strided.feed(bars, 0, len(TS))
+    eq, dd = full.result()
+    eq7, dd7 = strided.result()
+    blocks = np.arange(len(TS)) // 7
+    want_eq = pd.DataFrame(eq.T).groupby(blocks).last().to_numpy().T
+    want_dd = pd.DataFrame(dd.T).groupby(blocks).max().to_numpy().T
+    np.testing.assert_array_equal(eq7, want_eq)
+    np.testing.assert_array_equal(dd7, want_dd)
+
+
+def test_count_valid_equals_the_expanded_grid():
+    from mystocks_gpu.gpu_ops.backtest.strategies import count_valid, expand_grid
+
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        grids = {
+            "ma_cross": {"fast": rng.integers(1, 30, 6).tolist(), "slow": rng.integers(2, 30, 5).tolist()},
+            "zscore": {"window": [5, 9], "entry_z": rng.uniform(0.1, 3, 4).round(1).tolist(),
+                       "exit_z": rng.uniform(-1, 3, 4).round(1).tolist()},
+            "rsi": {"period": [3], "lower": rng.uniform(0, 100, 5).round().tolist(),
+                    "upper": rng.uniform(0, 100, 4).round().tolist()},
+            "signal": {"threshold_long": rng.normal(0, 1, 4).round(1).tolist(),
+                       "threshold_exit": rng.normal(0, 1, 4).round(1).tolist()},
+            "breakout": {"window": rng.integers(1, 50, 5).tolist()},
+        }
+        for name, grid in grids.items():
+            try:
+                n = len(expand_grid(name, grid))
+            except BacktestInputError:
+                n = 0
+            assert count_valid(name, grid) == n, (name, grid)

@@ -47,9 +47,7 @@ def test_time_parsing():
     assert _spec(start="2020-01-02T01:00:00+01:00").start == 1_577_923_200_000_000_000
 
 
-@pytest.mark.parametrize(
-    ("kw", "match"),
-    [
+REJECTIONS = [
         ({"strategy": "momentum"}, "unknown strategy"),
         ({"universe": []}, "universe: empty"),
         ({"universe": "some"}, "universe"),
@@ -59,6 +57,7 @@ def test_time_parsing():
         ({"start": "not a date"}, "cannot parse"),
         ({"start": True}, "not a time"),
         ({"bar_topic": "md.ticks"}, "bar_topic"),
+        ({"bar_topic": "md.bars.1d."}, "bar_topic"),
         ({"params": {"fast": list(range(1, 101)), "slow": list(range(101, 202))}}, "max_grid"),
         ({"params": {"fast": [5], "slow": [20]}, "max_grid": 0}, "max_grid"),
         ({"params": {"fast": [5], "slow": [20], "mid": [7]}}, "unknown parameter"),
@@ -106,8 +105,10 @@ def test_time_parsing():
         ({"max_cells": 0}, "max_cells"),
         ({"memory_budget_bytes": 100}, "memory_budget_bytes"),
         ({"colour": "blue"}, "unknown field"),
-    ],
-)
+    ]
+
+
+@pytest.mark.parametrize(("kw", "match"), REJECTIONS)
 def test_rejections(kw, match):
     with pytest.raises(InvalidSpec, match=match):
         _spec(**kw)
@@ -166,3 +167,69 @@ def test_frozen_and_picklable():
     with pytest.raises(TypeError):
         s.params["fast"] = (1,)  # type: ignore[index]
     assert pickle.loads(pickle.dumps(s)) == s
+
+
+def test_a_huge_grid_is_rejected_at_once_with_an_estimate():
+    """10^8 combinations: rejected from the product of the value counts, never expanded (it took
+    ~40 s to build the combinations before failing)."""
+    import time
+
+    huge = {"fast": list(range(1, 10_001)), "slow": list(range(2, 10_002))}
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidSpec, match=r"100,000,000 parameter sets, more than max_grid=10,000.*MB"):
+        _spec(params=huge)
+    with pytest.raises(InvalidSpec, match="above the ceiling of 1,000,000"):
+        _spec(params=huge, max_grid=10**9)
+    with pytest.raises(InvalidSpec, match="more than max_grid=1,000,000"):
+        _spec(params=huge, max_grid=10**6)
+    assert time.perf_counter() - t0 < 5.0
+    # the largest grid allowed is counted without expanding it
+    s = _spec(params={"fast": list(range(1, 1001)), "slow": list(range(2, 1002))}, max_grid=10**6)
+    assert s.n_param_sets == sum(1 for f in range(1, 1001) for w in range(2, 1002) if f < w)
+
+
+def _spec_dicts():
+    """(spec dict, accepted by BacktestSpec?) over the test_rejections cases and valid variants."""
+    valid = [BASE, {**BASE, "universe": ["A", "B"], "bar_topic": "md.bars.1d.sp500", "start": "2020-01-01", "end": 1_700_000_000_000_000_000},
+             {"strategy": "rsi", "params": {"period": [14], "lower": [30], "upper": [70]}, "direction": "long_short"},
+             {"strategy": "bollinger", "params": {"window": [20], "entry_z": [2], "exit_z": [0]}, "metric": "cagr"},
+             {"strategy": "breakout", "params": {"window": 20}, "sizing": "fixed", "size": 1000, "top_n": 3},
+             {"strategy": "signal", "params": {"threshold_long": [0.5], "threshold_exit": [0.0]},
+              "signal_topic": "features.ticks", "signal_column": "ret_1"},
+             {"params": {"fast": [5], "slow": [20]}, "max_grid": 1_000_000, "memory_budget_bytes": 4096}]
+    return valid
+
+
+@pytest.mark.parametrize(("kw", "match"), REJECTIONS)
+def test_json_schema_rejects_what_the_spec_rejects(kw, match):
+    import jsonschema
+
+    from mystocks_gpu.processors.backtest.spec_doc import json_schema
+
+    d = {**BASE, **kw}
+    schema_ok = jsonschema.Draft202012Validator(json_schema()).is_valid(json.loads(json.dumps(d, allow_nan=True)))
+    # the schema cannot express cross-field rules (fast < slow leaving nothing, start < end, the
+    # grid's size, NaN): those are the spec's own; everything else the schema rejects too
+    cross_field = ("inverted", "max_grid", "no valid", "exit_z <= entry_z", "lower <= upper", "not finite",
+                   "needs size", "cannot parse", "must be in")
+    if not any(c in match for c in cross_field):
+        assert not schema_ok, d
+
+
+def test_json_schema_accepts_valid_specs_and_documents_every_field():
+    import jsonschema
+
+    from mystocks_gpu.processors.backtest.spec_doc import SPEC_HELP, json_schema
+
+    schema = json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    v = jsonschema.Draft202012Validator(schema)
+    for d in _spec_dicts():
+        BacktestSpec.from_dict(d)
+        assert v.is_valid(d), list(v.iter_errors(d))
+    from dataclasses import fields
+
+    names = {f.name for f in fields(BacktestSpec)}
+    assert set(schema["properties"]) == names
+    for name in names:  # --help documents every field
+        assert name in SPEC_HELP, name

@@ -58,11 +58,14 @@ with a 1e-9 relative tolerance. The long_short comparison therefore uses fixed s
 ``fixed_fees=0`` and enough cash. A bar missing in our data should be all-NaN in vectorbt's
 (vectorbt ignores orders at a NaN price, as we drop them).
 
-Chunking: symbols are split into ranges and time into windows so that one chunk's working set
+Chunking (``planning.py``): symbols are split into ranges, time into windows and, when one
+symbol's whole grid does not fit, the grid into parameter ranges, so that one chunk's working set
 (``chunk_bytes``) stays within ``memory_budget_bytes`` on the device and on the host. A time chunk
 reads ``lead`` bars before it (windows are rebuilt exactly) and continues the per-cell state of the
 previous one (cash, units, entry, running peak, accumulators, the pending order, RSI state), so
-chunked results equal an unchunked run bit for bit.
+chunked results equal an unchunked run bit for bit. The bars may also be *streamed* in time order
+(``run_chunk(..., col0=...)`` over windows that carry their lead; ``stream.py``), so a run's memory
+does not grow with the length of the history.
 """
 
 from __future__ import annotations
@@ -70,16 +73,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mystocks_gpu.gpu_ops.backend import GPU, select, to_host, xp
 from mystocks_gpu.gpu_ops.backtest.exceptions import BacktestInputError
+from mystocks_gpu.gpu_ops.backtest.planning import (
+    Chunk,
+    EngineSpec,
+    chunk_bytes,
+    layout,
+    plan_chunks,
+)
 from mystocks_gpu.gpu_ops.backtest.signals import compute_indicators_cpu, new_carry
 from mystocks_gpu.gpu_ops.backtest.sim_cpu import simulate_cpu
-from mystocks_gpu.gpu_ops.backtest.state import STATE_BYTES_PER_CELL, init_state
+from mystocks_gpu.gpu_ops.backtest.state import NF, NI, init_state
 from mystocks_gpu.gpu_ops.backtest.stats import (
     HIGHER_IS_BETTER,
     INT_STATS,
@@ -87,7 +97,7 @@ from mystocks_gpu.gpu_ops.backtest.stats import (
     finalize_stats,
     rank_order,
 )
-from mystocks_gpu.gpu_ops.backtest.strategies import RSI, GridPlan, canonical_strategy, compile_grid
+from mystocks_gpu.gpu_ops.backtest.strategies import GridPlan, canonical_strategy, compile_grid
 
 PRICE_KEYS = ("open", "high", "low", "close")
 
@@ -105,94 +115,11 @@ def compute_indicators(
     return compute_indicators_cpu(plan, data, base, j0, carry)
 
 
-class EngineSpec(Protocol):
-    """What the engine reads from a spec (``processors.backtest_spec.BacktestSpec`` has it all)."""
-
-    @property
-    def universe(self) -> Any: ...
-
-    @property
-    def start(self) -> int | None: ...
-
-    @property
-    def end(self) -> int | None: ...
-
-    @property
-    def strategy(self) -> str: ...
-
-    @property
-    def params(self) -> Mapping[str, Sequence[float]]: ...
-
-    @property
-    def initial_cash(self) -> float: ...
-
-    @property
-    def sizing(self) -> str: ...
-
-    @property
-    def size(self) -> float | None: ...
-
-    @property
-    def fees(self) -> float: ...
-
-    @property
-    def fixed_fees(self) -> float: ...
-
-    @property
-    def slippage(self) -> float: ...
-
-    @property
-    def direction(self) -> str: ...
-
-    @property
-    def execution(self) -> str: ...
-
-    @property
-    def bars_per_year(self) -> float: ...
-
-    @property
-    def metric(self) -> str: ...
-
-    @property
-    def top_n(self) -> int | None: ...
-
-    @property
-    def n_curves(self) -> int: ...
-
-    @property
-    def max_cells(self) -> int: ...
-
-    @property
-    def memory_budget_bytes(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One unit of work: symbols ``[sym_start, sym_stop)`` x bars ``[bar_start, bar_stop)``, reading
-    ``lead`` bars of history before ``bar_start``. ``group`` numbers the symbol range; a group's
-    time chunks must run in order, carrying :class:`ChunkState`."""
-
-    index: int
-    group: int
-    sym_start: int
-    sym_stop: int
-    bar_start: int
-    bar_stop: int
-    lead: int
-
-    @property
-    def n_symbols(self) -> int:
-        return self.sym_stop - self.sym_start
-
-    @property
-    def n_bars(self) -> int:
-        return self.bar_stop - self.bar_start
-
-
 @dataclass
 class ChunkState:
-    """Per-cell state of a symbol range after the bars ``[0, bar_stop)``: ``sf`` ``(NF, n_cells)``,
-    ``si`` ``(NI, n_cells)``, ``carry`` (RSI) ``(n_p, n_s, 3)``, arrays of ``backend``."""
+    """Per-cell state of a (symbol range, parameter range) after the bars ``[0, bar_stop)``:
+    ``sf`` ``(NF, n_cells)``, ``si`` ``(NI, n_cells)`` (cell ``= s_local * n_par_range + p_local``),
+    ``carry`` (RSI) ``(n_p, n_s, 3)``, arrays of ``backend``. ``par_stop = -1``: to the grid's end."""
 
     group: int
     sym_start: int
@@ -202,6 +129,8 @@ class ChunkState:
     si: Any
     carry: Any
     backend: str
+    par_start: int = 0
+    par_stop: int = -1
 
     def to_host(self) -> ChunkState:
         """A copy with NumPy arrays (for merging or moving between devices)."""
@@ -274,63 +203,6 @@ class BacktestOutput:
             }
             for c in self.curves
         ]
-
-
-# ---------------------------------------------------------------------------------------------
-# planning
-# ---------------------------------------------------------------------------------------------
-
-
-def chunk_bytes(plan: GridPlan, n_s: int, n_cols: int) -> int:
-    """Working set of one chunk (bytes, per memory space): 5 price/signal arrays and ``n_ind``
-    indicator rows of ``n_s x n_cols`` float64, plus per-cell state + cell id and RSI carry."""
-    carry = n_s * len(plan.ind_windows) * 24 if plan.code == RSI else 0
-    return (
-        n_s * n_cols * 8 * (5 + plan.n_ind) + n_s * plan.n_par * (STATE_BYTES_PER_CELL + 8) + carry
-    )
-
-
-def _layout(plan: GridPlan, n_symbols: int, n_bars: int, budget: int) -> tuple[int, int]:
-    """(symbols per chunk, bars per time chunk) within ``budget``."""
-    per_sym_full = chunk_bytes(plan, 1, n_bars)
-    if per_sym_full <= budget:
-        return max(1, min(n_symbols, budget // per_sym_full)), n_bars
-    # time chunks needed: keep windows well above the lead so the overlap stays small
-    lead = plan.lead
-    target = chunk_bytes(plan, 1, 17 * lead + 256)
-    n_s = max(1, min(n_symbols, budget // target))
-    while True:
-        fixed = chunk_bytes(plan, n_s, 0)
-        per_col = chunk_bytes(plan, n_s, 1) - fixed
-        t_len = (budget - fixed) // per_col - lead if budget > fixed else 0
-        if t_len >= 1 or n_s == 1:
-            break
-        n_s = max(1, n_s // 2)
-    if t_len < 1:
-        need = chunk_bytes(plan, 1, lead + 1)
-        raise BacktestInputError(
-            f"memory_budget_bytes={budget} is too small: one symbol with {plan.n_par} parameter sets "
-            f"and {plan.n_ind} indicator rows needs at least {need} bytes per chunk"
-        )
-    return n_s, int(min(t_len, n_bars))
-
-
-def plan_chunks(
-    spec: EngineSpec, n_symbols: int, n_bars: int, plan: GridPlan | None = None
-) -> list[Chunk]:
-    """Chunks covering ``n_symbols x n_bars`` within ``spec.memory_budget_bytes``, ordered by symbol
-    range then time. Raises :class:`BacktestInputError` when even one symbol x one bar does not fit."""
-    plan = plan or compile_grid(spec.strategy, spec.params)
-    if n_symbols < 1 or n_bars < 1:
-        raise BacktestInputError(f"nothing to backtest: {n_symbols} symbols x {n_bars} bars")
-    n_s, t_len = _layout(plan, n_symbols, n_bars, int(spec.memory_budget_bytes))
-    chunks: list[Chunk] = []
-    for g, s0 in enumerate(range(0, n_symbols, n_s)):
-        s1 = min(n_symbols, s0 + n_s)
-        for b0 in range(0, n_bars, t_len):
-            b1 = min(n_bars, b0 + t_len)
-            chunks.append(Chunk(len(chunks), g, s0, s1, b0, b1, min(b0, plan.lead)))
-    return chunks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,29 +385,33 @@ def run_chunk(
     backend: str | None = None,
     state: ChunkState | None = None,
     plan: GridPlan | None = None,
+    col0: int = 0,
 ) -> ChunkState:
     """Run one chunk on ``backend`` and return the state after ``chunk.bar_stop``.
 
-    ``prices``: the full (prepared) arrays the chunks were planned on. ``state``: the state returned
-    by the previous time chunk of the same symbol range (None for the first); it is not modified.
+    ``prices``: arrays holding at least the chunk's bars and its lead; column ``j`` of them is the
+    run's bar ``col0 + j`` (``col0 = 0``: the full prepared arrays the chunks were planned on; a
+    streamed window passes its first bar). ``state``: the state returned by the previous time chunk
+    of the same (symbol range, parameter range) (None for the first); it is not modified.
     """
     be = select(backend)
     mod = xp(be)
     plan = plan or compile_grid(spec.strategy, spec.params)
-    sim = _sim_params(spec, plan)
+    sub = chunk.params(plan)
+    sim = _sim_params(spec, sub)
     n_s = chunk.n_symbols
-    n_cells = n_s * plan.n_par
+    n_cells = n_s * sub.n_par
     if chunk.bar_start == 0:
         if state is not None:
             raise BacktestInputError("the first time chunk of a symbol range takes no state")
         sf, si = init_state(mod, n_cells, sim.init_cash)
-        carry = new_carry(mod, plan, n_s)
+        carry = new_carry(mod, sub, n_s)
     else:
         if (
             state is None
             or state.bar_stop != chunk.bar_start
-            or state.sym_start != chunk.sym_start
-            or state.sym_stop != chunk.sym_stop
+            or (state.sym_start, state.sym_stop) != (chunk.sym_start, chunk.sym_stop)
+            or (state.par_start, state.par_stop) != (chunk.par_start, chunk.par_stop)
         ):
             raise BacktestInputError(
                 f"chunk {chunk.index} (symbols {chunk.sym_start}:{chunk.sym_stop}, bars from {chunk.bar_start}) "
@@ -545,19 +421,22 @@ def run_chunk(
         si = mod.array(mod.asarray(state.si), copy=True)
         carry = mod.array(mod.asarray(state.carry), copy=True)
     c0 = chunk.bar_start - chunk.lead
+    if c0 < col0:
+        raise BacktestInputError(f"chunk {chunk.index} reads bar {c0}; the prices given start at bar {col0}")
     data = _slice(
         prices,
         _needed_keys(plan.strategy),
         slice(chunk.sym_start, chunk.sym_stop),
-        c0,
-        chunk.bar_stop,
+        c0 - col0,
+        chunk.bar_stop - col0,
         be,
     )
-    ind = compute_indicators(plan, data, c0, chunk.lead, carry, be)
+    ind = compute_indicators(sub, data, c0, chunk.lead, carry, be)
     cell_ids = mod.arange(n_cells, dtype=mod.int64)
-    _simulate(sim, plan, data, ind, chunk.lead, cell_ids, sf, si, be)
+    _simulate(sim, sub, data, ind, chunk.lead, cell_ids, sf, si, be)
     return ChunkState(
-        chunk.group, chunk.sym_start, chunk.sym_stop, chunk.bar_stop, sf, si, carry, be
+        chunk.group, chunk.sym_start, chunk.sym_stop, chunk.bar_stop, sf, si, carry, be,
+        chunk.par_start, chunk.par_stop,
     )
 
 
@@ -575,22 +454,40 @@ def collect_stats(
     spec: EngineSpec,
     plan: GridPlan | None = None,
 ) -> pd.DataFrame:
-    """Merge the final states of every symbol range into the stats table (rows symbol-major)."""
+    """Merge the final states of every (symbol range, parameter range) into the stats table (rows
+    symbol-major, parameter sets in grid order)."""
     plan = plan or compile_grid(spec.strategy, spec.params)
-    ordered = sorted(states, key=lambda s: s.sym_start)
+    n_par = plan.n_par
+    by_range: dict[tuple[int, int], list[ChunkState]] = {}
+    for state in states:
+        by_range.setdefault((state.sym_start, state.sym_stop), []).append(state)
     pos = 0
-    for s in ordered:
-        if s.sym_start != pos or s.bar_stop != n_bars:
+    sf_parts, si_parts = [], []
+    for (s0, s1), group in sorted(by_range.items()):
+        group.sort(key=lambda g: g.par_start)
+        ranges = [(g.par_start, n_par if g.par_stop < 0 else g.par_stop) for g in group]
+        if s0 != pos or any(g.bar_stop != n_bars for g in group) or ranges[0][0] != 0 \
+                or ranges[-1][1] != n_par or any(a[1] != b[0] for a, b in zip(ranges, ranges[1:], strict=False)):
             raise BacktestInputError(
-                f"states do not tile the run: range {s.sym_start}:{s.sym_stop} after {pos}, bar_stop {s.bar_stop} of {n_bars}"
+                f"states do not tile the run: range {s0}:{s1} after {pos}, parameter ranges {ranges}, "
+                f"bar_stop {[g.bar_stop for g in group]} of {n_bars}"
             )
-        pos = s.sym_stop
+        pos = s1
+        n_s = s1 - s0
+        if len(group) == 1:
+            sf_parts.append(to_host(group[0].sf))
+            si_parts.append(to_host(group[0].si))
+            continue
+        # (NF, n_s * P_r) per parameter range -> (NF, n_s, n_par) -> symbol-major cells
+        sf_parts.append(np.concatenate([to_host(g.sf).reshape(NF, n_s, -1) for g in group], axis=2)
+                        .reshape(NF, n_s * n_par))
+        si_parts.append(np.concatenate([to_host(g.si).reshape(NI, n_s, -1) for g in group], axis=2)
+                        .reshape(NI, n_s * n_par))
     if pos != len(symbols):
         raise BacktestInputError(f"states cover {pos} of {len(symbols)} symbols")
-    sf = np.concatenate([to_host(s.sf) for s in ordered], axis=1)
-    si = np.concatenate([to_host(s.si) for s in ordered], axis=1)
+    sf = np.concatenate(sf_parts, axis=1)
+    si = np.concatenate(si_parts, axis=1)
     st = finalize_stats(sf, si, float(spec.initial_cash), float(spec.bars_per_year))
-    n_par = plan.n_par
     sym_idx = np.repeat(np.arange(len(symbols)), n_par)
     par_idx = np.tile(np.arange(n_par), len(symbols))
     df = pd.DataFrame(
@@ -614,35 +511,14 @@ def run_curves(
     plan: GridPlan | None = None,
 ) -> list[EquityCurve]:
     """Equity and drawdown curves of ``cells`` = (symbol index, param_id) pairs (a second pass over
-    only those cells, time-chunked within the memory budget)."""
+    only those cells and the indicator rows they use, time-chunked within the memory budget)."""
     if not cells:
         return []
     be = select(backend)
-    mod = xp(be)
     plan = plan or compile_grid(spec.strategy, spec.params)
-    sim = _sim_params(spec, plan)
-    uniq = sorted({int(s) for s, _ in cells})
-    local = {s: i for i, s in enumerate(uniq)}
-    cell_ids_h = np.array([local[int(s)] * plan.n_par + int(p) for s, p in cells], dtype=np.int64)
-    n_run, n_bars = len(cells), len(ts)
-    rows = np.array(uniq, dtype=np.int64)
-    budget = int(spec.memory_budget_bytes)
-    _, t_len = _layout(plan, len(uniq), n_bars, max(budget - 16 * n_run * n_bars, budget // 2))
-    sf, si = init_state(mod, n_run, sim.init_cash)
-    carry = new_carry(mod, plan, len(uniq))
-    cell_ids = mod.asarray(cell_ids_h)
-    eq = np.empty((n_run, n_bars))
-    dd = np.empty((n_run, n_bars))
-    for b0 in range(0, n_bars, t_len):
-        b1 = min(n_bars, b0 + t_len)
-        lead = min(b0, plan.lead)
-        data = _slice(prices, _needed_keys(plan.strategy), rows, b0 - lead, b1, be)
-        ind = compute_indicators(plan, data, b0 - lead, lead, carry, be)
-        e_out = mod.empty((n_run, b1 - b0), dtype=mod.float64)
-        d_out = mod.empty((n_run, b1 - b0), dtype=mod.float64)
-        _simulate(sim, plan, data, ind, lead, cell_ids, sf, si, be, e_out, d_out)
-        eq[:, b0:b1] = to_host(e_out)
-        dd[:, b0:b1] = to_host(d_out)
+    rec = CurveRecorder(plan, spec, cells, len(ts), be)
+    rec.feed(prices, 0, len(ts))
+    eq, dd = rec.result()
     return [
         EquityCurve(
             str(symbols[s]),
@@ -653,6 +529,67 @@ def run_curves(
         )
         for i, (s, p) in enumerate(cells)
     ]
+
+
+class CurveRecorder:
+    """Records equity and drawdown of selected cells over bars fed in time order (whole arrays or
+    streamed windows): the second pass of a run, over only those cells' parameter sets.
+
+    ``stride`` > 1 keeps one point per block of ``stride`` bars (bar ``b`` is in block
+    ``b // stride``): the equity at the block's last bar and the largest drawdown within it, so
+    curves of long histories stay small (``ceil(n_bars / stride)`` points)."""
+
+    def __init__(self, plan: GridPlan, spec: EngineSpec, cells: Sequence[tuple[int, int]], n_bars: int,
+                 backend: str, stride: int = 1) -> None:
+        self.be, self.mod = backend, xp(backend)
+        pids = sorted({int(p) for _, p in cells})
+        self.plan = plan.take(pids)
+        self.keys = _needed_keys(plan.strategy)
+        self.sim = _sim_params(spec, self.plan)
+        local_p = {p: i for i, p in enumerate(pids)}
+        self.rows = np.array(sorted({int(s) for s, _ in cells}), dtype=np.int64)
+        local_s = {int(s): i for i, s in enumerate(self.rows)}
+        n_run = len(cells)
+        self.cell_ids = self.mod.asarray(np.array(
+            [local_s[int(s)] * self.plan.n_par + local_p[int(p)] for s, p in cells], dtype=np.int64))
+        self.stride = max(1, int(stride))
+        n_out = -(-n_bars // self.stride)
+        budget = int(spec.memory_budget_bytes)
+        _, self.t_len, _ = layout(self.plan, len(self.rows), n_bars,
+                                  max(budget - 16 * n_run * min(n_bars, 1 << 16), budget // 2))
+        self.sf, self.si = init_state(self.mod, n_run, self.sim.init_cash)
+        self.carry = new_carry(self.mod, self.plan, len(self.rows))
+        self.eq = np.empty((n_run, n_out))
+        self.dd = np.full((n_run, n_out), -np.inf)
+
+    def feed(self, prices: Mapping[str, np.ndarray], col0: int, stop: int, start: int | None = None) -> None:
+        """Record bars ``[start, stop)`` (default: from ``col0``), in order across calls; ``prices``
+        column ``j`` is bar ``col0 + j`` and must hold the ``plan.lead`` bars before ``start``."""
+        start = col0 if start is None else start
+        for b0 in range(start, stop, self.t_len):
+            b1 = min(stop, b0 + self.t_len)
+            lead = min(b0, self.plan.lead)
+            if b0 - lead < col0:
+                raise BacktestInputError(f"curves of bars from {b0} need bars from {b0 - lead}; given from {col0}")
+            data = _slice(prices, self.keys, self.rows, b0 - lead - col0, b1 - col0, self.be)
+            ind = compute_indicators(self.plan, data, b0 - lead, lead, self.carry, self.be)
+            e_out = self.mod.empty((len(self.eq), b1 - b0), dtype=self.mod.float64)
+            d_out = self.mod.empty((len(self.eq), b1 - b0), dtype=self.mod.float64)
+            _simulate(self.sim, self.plan, data, ind, lead, self.cell_ids, self.sf, self.si, self.be, e_out, d_out)
+            e, d = to_host(e_out), to_host(d_out)
+            if self.stride == 1:
+                self.eq[:, b0:b1] = e
+                self.dd[:, b0:b1] = d
+                continue
+            blocks = np.arange(b0, b1) // self.stride
+            last = np.flatnonzero(np.append(blocks[1:] != blocks[:-1], True))  # each block's last bar here
+            self.eq[:, blocks[last]] = e[:, last]
+            first = np.append(0, last[:-1] + 1)
+            self.dd[:, blocks[last]] = np.maximum(self.dd[:, blocks[last]], np.maximum.reduceat(d, first, axis=1))
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Equity and drawdown ``(n_cells, ceil(n_bars / stride))``."""
+        return self.eq, self.dd
 
 
 def best_cells(stats: pd.DataFrame, metric: str, n: int) -> list[tuple[int, int]]:
@@ -706,7 +643,7 @@ def run_backtest(
         if ch.bar_stop == n_bars:
             finals.append(state.to_host())
             state = None
-        done += ch.n_symbols * ch.n_bars * plan.n_par
+        done += ch.n_symbols * ch.n_bars * ch.params(plan).n_par
         if progress_cb is not None:
             progress_cb(done / n_cells if n_cells else 1.0)
     stats = collect_stats(finals, syms, n_bars, spec, plan)
@@ -733,6 +670,7 @@ def run_backtest(
 
 __all__ = [
     "BacktestOutput",
+    "CurveRecorder",
     "Chunk",
     "ChunkState",
     "EngineSpec",

@@ -102,7 +102,7 @@ def _block_sum_row(x: np.ndarray, w: int, base: int, out: np.ndarray, tmp: np.nd
             q = 0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def sma_cpu(x: np.ndarray, windows: np.ndarray, base: int, out: np.ndarray) -> None:
     """SMA rows: ``out[i, s, :]`` = SMA_{windows[i]} of ``x[s]``. ``out`` (n_w, n_s, L)."""
     n_s, n = x.shape
@@ -176,7 +176,7 @@ def _block_ext_row(
             q = w - 1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def channel_cpu(
     high: np.ndarray, low: np.ndarray, windows: np.ndarray, base: int, out: np.ndarray
 ) -> None:
@@ -194,7 +194,7 @@ def channel_cpu(
             _block_ext_row(low[s], windows[i - n_w], base, False, out[i, s], tmp)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def zscore_cpu(x: np.ndarray, windows: np.ndarray, base: int, out: np.ndarray) -> None:
     """z-score rows (population std over the window; NaN for flat windows)."""
     n_s, n = x.shape
@@ -222,7 +222,7 @@ def zscore_cpu(x: np.ndarray, windows: np.ndarray, base: int, out: np.ndarray) -
                 row[j] = np.nan
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def rsi_cpu(
     close: np.ndarray, periods: np.ndarray, j0: int, carry: np.ndarray, out: np.ndarray
 ) -> None:
@@ -346,7 +346,7 @@ def resolve_action(flags: int, units: float, long_short: bool) -> int:
     return A_NONE
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _materialize_cpu(
     code: int,
     open_: np.ndarray,

@@ -130,7 +130,7 @@ def execute_order(
     return cash, units, entry, fees, nclosed, nwins
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def simulate_cpu(
     code: int,
     long_short: bool,

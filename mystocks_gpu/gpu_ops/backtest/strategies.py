@@ -37,7 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -246,18 +246,60 @@ class GridPlan:
     pidx: np.ndarray
     pval: np.ndarray
     lead: int
+    _subsets: dict[tuple[int, int], GridPlan] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n_par(self) -> int:
         """Number of parameter sets."""
         return len(self.params)
 
+    def subset(self, start: int, stop: int) -> GridPlan:
+        """The plan of parameter sets ``[start, stop)`` only (indicator rows they use, remapped);
+        ``self`` when the range is the whole grid."""
+        if start <= 0 and stop >= self.n_par:
+            return self
+        key = (start, stop)
+        if key not in self._subsets:  # memoised: a chunked run asks for the same ranges again
+            self._subsets[key] = compile_sets(self.strategy, self.params[start:stop])
+        return self._subsets[key]
+
+    def take(self, ids: Sequence[int]) -> GridPlan:
+        """The plan of the parameter sets ``ids`` (in that order)."""
+        return compile_sets(self.strategy, [self.params[int(i)] for i in ids])
+
+
+def count_valid(strategy: str, grid: Mapping[str, object]) -> int:
+    """Parameter sets of the grid after dropping invalid combinations, counted without building
+    them: O(values log values), whatever the size of the product)."""
+    name = canonical_strategy(strategy)
+    cg = canonical_grid(name, grid)
+    pair = {"ma_cross": ("fast", "slow"), "zscore": ("exit_z", "entry_z"), "rsi": ("lower", "upper"),
+            "signal": ("threshold_exit", "threshold_long")}.get(name)
+    if pair is None:
+        return grid_size(cg)
+    lo = np.asarray(cg[pair[0]], dtype=np.float64)
+    hi = np.asarray(cg[pair[1]], dtype=np.float64)
+    # pairs (lo, hi) with lo < hi (ma_cross) or lo <= hi: per hi, the lo values below it (lo sorted)
+    pairs = int(np.searchsorted(lo, hi, side="left" if name == "ma_cross" else "right").sum())
+    rest = 1
+    for k, v in cg.items():
+        if k not in pair:
+            rest *= len(v)
+    return pairs * rest
+
 
 def compile_grid(strategy: str, grid: Mapping[str, object]) -> GridPlan:
     """Expand and compile a grid into indicator rows and per-parameter-set indices/thresholds."""
+    return compile_sets(strategy, expand_grid(strategy, grid))
+
+
+def compile_sets(strategy: str, param_sets: Sequence[Mapping[str, float | int]]) -> GridPlan:
+    """Compile parameter sets (valid, canonically typed, in the order given) into a plan."""
     name = canonical_strategy(strategy)
     sdef = STRATEGIES[name]
-    sets = expand_grid(name, grid)
+    sets = [dict(p) for p in param_sets]
+    if not sets:
+        raise BacktestInputError(f"no parameter set to compile for {name!r}")
     n = len(sets)
     pidx = np.zeros((n, 2), dtype=np.int64)
     pval = np.zeros((n, 2), dtype=np.float64)

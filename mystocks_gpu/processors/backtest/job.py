@@ -3,38 +3,44 @@
 ``mystocks-gpu submit backtest --spec SPEC.json --wait`` (or a ``JobCommand`` on ``cmd.jobs``):
 
 1. the spec is a :class:`~mystocks_gpu.processors.backtest.spec.BacktestSpec` (invalid ones are
-   rejected with the reason); the scheduler splits the job into chunks by symbol range
-   (``policy="chunked"``: one per free device), each chunk a run of this kind;
-2. a run replays ``spec.bar_topic`` over ``[start, end)`` with the deterministic replay source of
-   the streaming runtime, pivots the bars to ``(symbols x bars)`` matrices (NaN where a symbol has no
-   bar), keeps its symbol range, and runs :func:`~mystocks_gpu.gpu_ops.backtest.run_backtest` on the
-   active backend (chunked further by ``memory_budget_bytes``); progress goes to ``job.status``;
-3. every (symbol, parameter set) row is published to ``results.backtest`` (Avro ``BacktestResult``,
-   key = job id, ``chunk_index``/``chunk_count`` = the job chunk; a chunk too large for one message
-   is split into parts named by headers ``mystocks.part``/``mystocks.parts``). Consumers identify a
-   message by (job id, chunk, part): a chunk re-run after a worker crash re-publishes the same parts;
-4. the run's result (top-N rows, best-N curves, counts) is stored once per job/chunk and chunk
-   results are merged by :func:`combine_results`; the merged result is cached in Redis by content
-   hash of (kind, normalised spec, data range).
+   rejected with the reason, huge grids before anything is expanded); the scheduler splits the job
+   into chunks by symbol range (``policy="chunked"``: one per free device), each chunk a run of
+   this kind;
+2. a run replays ``spec.bar_topic`` over ``[start, end)`` into a time-bucketed spill on local disk
+   (:mod:`~mystocks_gpu.processors.backtest.history`: every partition up to the end offset captured
+   at the start, whatever the order of the records), then streams it window by window in time order
+   through the grid engine (:class:`~mystocks_gpu.gpu_ops.backtest.stream.GridStream`) for its symbol
+   range, so memory does not grow with the history; the bar times are those of the whole universe
+   (NaN where a symbol has no bar: before its listing, on halts);
+3. every (symbol, parameter set) row and the equity curves of the best cells go to
+   ``results.backtest`` (:mod:`~mystocks_gpu.processors.backtest.results`); the job's own result
+   stays small (counts, the top rows, warnings, where the rows are), and ``--report DIR`` builds the
+   report by reading the rows and curves back from the topic;
+4. chunk results are merged by :func:`combine_results`; the control app caches the merged result
+   under a key that includes the bar topic's end offsets at submit time, so new bars invalidate it.
 
-The ``signal`` strategy reads ``spec.signal_topic`` (feature vectors or bars) and aligns the
-``signal_column`` to each bar with the last value at or before the bar's time.
+Universe symbols with no bar in the range are reported (``missing_symbols`` and a warning); a job
+none of whose symbols has a bar fails. The ``signal`` strategy reads ``spec.signal_topic`` (feature
+vectors or bars) and aligns ``signal_column`` to each bar with the last value at or before its time.
+Cancel, deadline and shutdown are checked between replay chunks, engine chunks (about a second of
+work each) and published messages.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from mystocks_gpu.infra.clock import SYSTEM_CLOCK
+if TYPE_CHECKING:
+    import pandas as pd
+
+from mystocks_gpu.processors.backtest.results import MAX_CURVE_POINTS, RESULTS_TOPIC
 from mystocks_gpu.processors.backtest.spec import BacktestSpec
 from mystocks_gpu.processors.exceptions import InvalidSpec, JobSpecError, JobStopped
 from mystocks_gpu.processors.job_kind import (
@@ -46,9 +52,6 @@ from mystocks_gpu.processors.job_kind import (
 )
 from mystocks_gpu.schemas.schema_store import SchemaStore
 
-RESULTS_TOPIC = "results.backtest"
-#: rows per results.backtest message (each row ~ 150 bytes of Avro: well under the topic's 8 MiB)
-ROWS_PER_MESSAGE = 20_000
 #: rows of the top table kept in the job result (the full table is on results.backtest)
 TOP_ROWS = 20
 
@@ -76,6 +79,20 @@ class BacktestJobSpec(JobSpec):
             raise JobSpecError(f"bad chunk {idx} of {count}")
         return cls(spec, idx, count)
 
+    @classmethod
+    def describe(cls) -> str:
+        """The spec's documentation (``submit backtest --help``)."""
+        from mystocks_gpu.processors.backtest.spec_doc import SPEC_HELP
+
+        return SPEC_HELP
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """JSON schema of the spec (``submit backtest --print-schema``)."""
+        from mystocks_gpu.processors.backtest.spec_doc import json_schema
+
+        return json_schema()
+
     def to_dict(self) -> dict[str, Any]:
         d = self.spec.to_dict()
         if self.chunk_count > 1:
@@ -100,85 +117,92 @@ def split_by_symbols(job: BacktestJobSpec, n_devices: int) -> list[BacktestJobSp
     return [dataclasses.replace(job, chunk_index=i, chunk_count=max(n, 1)) for i in range(max(n, 1))]
 
 
-# ---- reading history from Kafka --------------------------------------------------------------
 def load_bars(kafka: Any, topic: str, start: int | None, end: int | None,
               store: SchemaStore | None = None) -> pd.DataFrame:
-    """Bars of ``topic`` in ``[start, end)`` (ns) as a frame ``symbol, ts, open, high, low, close,
-    volume`` via the deterministic replay source; undecodable records are skipped and counted.
-    ``store``: the process's schema ids (default the manifest)."""
+    """Bars of ``topic`` with ``start <= ts_event < end`` (ns) as one frame ``symbol, ts, open,
+    high, low, close, volume`` (in memory: for small ranges; the backtest job itself streams through
+    :class:`~mystocks_gpu.processors.backtest.history.BarHistory`). Every partition is read to the end
+    offset captured at the start, whatever the record order; undecodable records are skipped."""
+    import pandas as pd
+
     from mystocks_gpu.schemas.batch_codec import BatchDecoder
     from mystocks_gpu.schemas.symbols import SymbolTable
     from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
 
     table = SymbolTable()
     dec = BatchDecoder("mystocks.md.Bar", store, symbols=table)
+    lo = -(2**63) if start is None else int(start)
+    hi = 2**63 - 1 if end is None else int(end)
     frames = []
-    for batch in ReplaySource(kafka, topic, ReplayRange(start, end), max_records=50_000).batches():
-        d = dec.decode(batch.values)
-        c = d.columns
-        frames.append(pd.DataFrame({"sym": c["symbol"], "ts": c["ts_event"], "open": c["open"], "high": c["high"],
-                                    "low": c["low"], "close": c["close"], "volume": c["volume"]}))
+    for chunk in ReplaySource(kafka, topic, ReplayRange(start, end)).chunks():
+        c = dec.decode(chunk.values).columns
+        keep = (c["ts_event"] >= lo) & (c["ts_event"] < hi)
+        frames.append(pd.DataFrame({"sym": c["symbol"][keep], "ts": c["ts_event"][keep],
+                                    **{k: c[k][keep] for k in ("open", "high", "low", "close", "volume")}}))
+    cols = ["symbol", "ts", "open", "high", "low", "close", "volume"]
     if not frames:
-        return pd.DataFrame(columns=["symbol", "ts", "open", "high", "low", "close", "volume"])
+        return pd.DataFrame(columns=cols)
     df = pd.concat(frames, ignore_index=True)
     df["symbol"] = np.asarray(table.symbols, dtype=object)[df["sym"].to_numpy()]
-    if start is not None:
-        df = df[df["ts"] >= start]
-    if end is not None:
-        df = df[df["ts"] < end]
-    return df.drop(columns="sym")
+    return df[cols]
 
 
 def load_signal(kafka: Any, topic: str, column: str, start: int | None, end: int | None,
                 store: SchemaStore | None = None) -> pd.DataFrame:
-    """``symbol, ts, signal`` from a feature topic (``values[column]``) or a bar topic (``column``)."""
+    """``symbol, ts, signal`` rows with ``start <= ts < end`` (ns) from a feature topic
+    (``values[column]``) or a bar topic (``column``); every partition is read to the end offset
+    captured at the start, whatever the record order; undecodable records are skipped."""
+    import pandas as pd
+
     from mystocks_gpu.schemas import AvroCodec
     from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
 
+    lo = -(2**63) if start is None else int(start)
+    hi = 2**63 - 1 if end is None else int(end)
     codec = AvroCodec(store)
     rows = []
-    for batch in ReplaySource(kafka, topic, ReplayRange(start, end)).batches():
-        for v in batch.values:
+    for chunk in ReplaySource(kafka, topic, ReplayRange(start, end)).chunks():
+        for v in chunk.values:
             try:
                 r = codec.decode(v)
             except Exception:  # noqa: BLE001 - a bad record is skipped, like a DLQ'd one
                 continue
             val = r.get("values", {}).get(column) if "values" in r else r.get(column)
-            if val is not None:
-                rows.append((r["symbol"], r["ts_event"], float(val)))
+            if val is not None and lo <= int(r["ts_event"]) < hi:
+                rows.append((r["symbol"], int(r["ts_event"]), float(val)))
     return pd.DataFrame(rows, columns=["symbol", "ts", "signal"])
 
 
-def to_matrices(df: pd.DataFrame, symbols: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Pivot bars to ``(len(symbols), n_bars)`` float64 matrices over the union of bar times."""
-    df = df[df["symbol"].isin(symbols)].drop_duplicates(["symbol", "ts"], keep="last")
-    ts = np.sort(df["ts"].unique()).astype(np.int64)
-    out = {}
-    for col in ("open", "high", "low", "close"):
-        wide = df.pivot(index="symbol", columns="ts", values=col).reindex(index=symbols, columns=ts)
-        out[col] = np.ascontiguousarray(wide.to_numpy(np.float64))
-    return out, ts
-
-
-def _align_signal(sig: pd.DataFrame, symbols: list[str], ts: np.ndarray) -> np.ndarray:
-    out = np.full((len(symbols), ts.size), np.nan)
-    grid = pd.DataFrame({"ts": ts})
-    for i, s in enumerate(symbols):
-        g = sig[sig["symbol"] == s].sort_values("ts")
-        if len(g):
-            out[i] = pd.merge_asof(grid, g[["ts", "signal"]], on="ts", direction="backward")["signal"].to_numpy()
-    return out
-
-
 # ---- the run -----------------------------------------------------------------------------------
+class _Progress:
+    """Maps the run's phases onto 0..1 and checks ``should_stop`` at every report."""
+
+    PHASES = {"replay": (0.01, 0.40), "signal": (0.40, 0.45), "engine": (0.45, 0.85), "curves": (0.85, 0.90),
+              "publish": (0.90, 0.99)}
+
+    def __init__(self, progress: ProgressCb, should_stop: Callable[[], bool]) -> None:
+        self.progress, self.should_stop = progress, should_stop
+
+    def __call__(self, phase: str, frac: float, message: str) -> None:
+        if self.should_stop():
+            raise JobStopped("stopped")
+        lo, hi = self.PHASES[phase]
+        self.progress(lo + (hi - lo) * max(0.0, min(1.0, frac)), message)
+
+
 def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Callable[[], bool]) -> dict[str, Any]:
-    """Replay bars, run the grid on this chunk's symbols, publish rows, return a compact result.
+    """Replay bars, run the grid on this chunk's symbols, publish rows and curves, return a compact result.
 
     In a worker, settings, schema store and backend come from the run's context (the worker's
     ``Settings``; the backend of the granted device); called directly, from :func:`load_settings`."""
     from mystocks_gpu.gpu_ops.backend import select
-    from mystocks_gpu.gpu_ops.backtest import run_backtest
+    from mystocks_gpu.gpu_ops.backtest.engine import best_cells
+    from mystocks_gpu.gpu_ops.backtest.exceptions import BacktestInputError
+    from mystocks_gpu.gpu_ops.backtest.strategies import compile_grid
+    from mystocks_gpu.gpu_ops.backtest.stream import CurvePass, GridStream, needed_keys
     from mystocks_gpu.infra.config import load_settings
+    from mystocks_gpu.processors.backtest.history import BarHistory
+    from mystocks_gpu.processors.backtest.results import publish, ranked, stats_rows
     from mystocks_gpu.schemas import schema_store
 
     spec = job.spec
@@ -186,39 +210,118 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
     settings = ctx.settings if ctx is not None and ctx.settings is not None else load_settings()
     store = ctx.store if ctx is not None and ctx.store is not None else schema_store(settings)
     backend = ctx.backend if ctx is not None else select(settings.backend)
+    step = _Progress(progress, should_stop)
     t0 = time.monotonic()
-    progress(0.01, f"replaying {spec.bar_topic}")
-    bars = load_bars(settings.kafka, spec.bar_topic, spec.start, spec.end, store)
-    universe = sorted(bars["symbol"].unique()) if spec.universe == "all" else \
-        [s for s in spec.universe if s in set(bars["symbol"])]
-    if not universe:
-        raise JobSpecError(f"no bars for the universe in {spec.bar_topic} over the time range")
-    lo = len(universe) * job.chunk_index // job.chunk_count
-    hi = len(universe) * (job.chunk_index + 1) // job.chunk_count
-    symbols = universe[lo:hi]
-    if not symbols:
-        return {"symbols": 0, "cells": 0, "top": [], "curves": [], "chunk": job.chunk_index}
-    prices, ts = to_matrices(bars, symbols)
-    if spec.strategy == "signal":
-        progress(0.05, f"replaying signals from {spec.signal_topic}")
-        sig = load_signal(settings.kafka, spec.signal_topic or "", spec.signal_column or "", spec.start, spec.end, store)
-        prices["signal"] = _align_signal(sig, symbols, ts)
-    progress(0.1, f"simulating {len(symbols)} symbols x {ts.size} bars")
+    timings: dict[str, float] = {}
+    step("replay", 0.0, f"replaying {spec.bar_topic}")
 
-    def on_chunk(frac: float) -> None:
-        if should_stop():
-            raise JobStopped("stopped")
-        progress(0.1 + 0.8 * frac, "simulating")
+    def replay_tick(done: int, total: int) -> None:
+        step("replay", done / max(total, 1), f"replayed {done:,} of {total:,} records")
 
-    run_spec = dataclasses.replace(spec, universe=tuple(symbols)) if spec.universe != "all" else spec
-    out = run_backtest(prices, symbols, ts, run_spec, backend=backend, progress_cb=on_chunk)
-    progress(0.92, f"publishing {len(out.stats)} rows to {RESULTS_TOPIC}")
-    n_msgs = publish_results(settings, out, job, store)
+    with BarHistory.scan(settings.kafka, spec.bar_topic, spec.start, spec.end, spec.universe, replay_tick,
+                          store=store) as hist:
+        timings["replay_s"] = round(time.monotonic() - t0, 3)
+        present = hist.symbols()
+        missing = [] if spec.universe == "all" else [s for s in spec.universe if s not in set(present)]
+        universe = present
+        if not universe:
+            raise JobSpecError(
+                f"no bars for the universe in {spec.bar_topic} over the time range "
+                f"({hist.stats.records:,} records read, {hist.stats.out_of_range:,} outside the range, "
+                f"{hist.stats.outside_universe:,} of other symbols); load bars with: mystocks-gpu load FILE "
+                f"--topic {spec.bar_topic}")
+        lo = len(universe) * job.chunk_index // job.chunk_count
+        hi = len(universe) * (job.chunk_index + 1) // job.chunk_count
+        symbols = universe[lo:hi]
+        base: dict[str, Any] = {"chunk": job.chunk_index, "metric": spec.metric, "n_curves": spec.n_curves, "results_topic": RESULTS_TOPIC,
+                "missing_symbols": missing, "warnings": _warnings(spec, missing, hist),
+                "records_read": hist.stats.records, "records_skipped": hist.stats.undecodable,
+                "duplicate_bars": 0, "data_version": hist.stats.data_version}
+        if not symbols:
+            return {**base, "symbols": 0, "bars": 0, "bar_records": 0, "cells": 0, "top": [], "messages": 0}
+        if spec.strategy == "signal":
+            step("signal", 0.0, f"replaying signals from {spec.signal_topic}")
+            sst = hist.scan_signal(settings.kafka, spec.signal_topic or "", spec.signal_column or "", spec.start,
+                                   spec.end, lambda d, t: step("signal", d / max(t, 1), "replaying signals"),
+                                   store=store)
+            base["data_version"] = {**base["data_version"], **sst.data_version}
+            base["signal_records_skipped"] = sst.undecodable
+        plan = compile_grid(spec.strategy, spec.params)
+        n_bars = hist.bar_times(universe)
+        n_cells = plan.n_par * len(symbols) * n_bars
+        if n_cells > int(spec.max_cells):
+            raise JobSpecError(f"{plan.n_par} parameter sets x {len(symbols)} symbols x {n_bars} bars = "
+                               f"{n_cells:,} cells exceeds max_cells={spec.max_cells:,}")
+        keys = needed_keys(spec.strategy)
+        max_rows = max(1 << 14, int(spec.memory_budget_bytes) // 512)
+        window_bars = max(256, max_rows // max(1, len(universe)))
+        run_spec = dataclasses.replace(spec, universe=tuple(symbols)) if spec.universe != "all" else spec
+        t1 = time.monotonic()
+        try:
+            stream = GridStream(run_spec, symbols, window_bars, backend, plan,
+                                on_chunk=lambda b: step("engine", b / max(n_bars, 1),
+                                                        f"simulating {len(symbols)} symbols x {n_bars} bars"))
+            for mats, ts in hist.windows(symbols, universe, keys, max_rows):
+                stream.feed(mats, ts)
+            stats = stream.finish()
+            duplicates = hist.duplicates
+            timings["engine_s"] = round(time.monotonic() - t1, 3)
+            step("curves", 0.0, "equity curves of the best cells")
+            cells = best_cells(stats, spec.metric, int(spec.n_curves))
+            stride = max(1, math.ceil(n_bars / MAX_CURVE_POINTS))
+            cpass = CurvePass(stream, cells, stride)
+            block_ts = np.zeros(math.ceil(n_bars / stride), np.int64)
+            pos = 0
+            for mats, ts in (hist.windows(symbols, universe, keys, max_rows) if cells else ()):
+                cpass.feed(mats, ts.size)
+                block_ts[np.arange(pos, pos + ts.size) // stride] = ts  # each block's last bar time
+                pos += ts.size
+                step("curves", pos / max(n_bars, 1), "equity curves of the best cells")
+            eq, dd = cpass.result() if cells else (np.empty((0, 0)), np.empty((0, 0)))
+        except BacktestInputError as exc:
+            raise JobSpecError(str(exc)) from None
+        codes = {s: int(hist.table.get(s) or 0) for s in symbols}
+        first = {s: int(hist.first[c]) for s, c in codes.items()}
+        curves = _curve_rows(plan, symbols, cells, eq, dd, block_ts, first)
+        bar_records = int(sum(int(hist.count[c]) for c in codes.values()))
+        base["duplicate_bars"] = duplicates
+    job_id = ctx.job_id if ctx is not None else f"direct-{spec.cache_key()[:16]}"
+    params = [{k: float(v) for k, v in p.items()} for p in plan.params]
+    t2 = time.monotonic()
+    n_msgs, first_offset = publish(settings, job_id, job.chunk_index, job.chunk_count, stats, spec.metric, params,
+                                   curves, lambda d, t: step("publish", d / t, f"publishing to {RESULTS_TOPIC}"),
+                                   store=store)
+    timings["publish_s"] = round(time.monotonic() - t2, 3)
     n_top = min(TOP_ROWS, spec.top_n or TOP_ROWS)
-    return {"chunk": job.chunk_index, "symbols": len(symbols), "bars": int(ts.size), "param_sets": spec.n_param_sets,
-            "cells": int(out.n_cells), "engine_chunks": int(out.n_chunks), "backend": backend, "metric": spec.metric,
-            "seconds": round(time.monotonic() - t0, 3), "results_topic": RESULTS_TOPIC, "messages": n_msgs,
-            "top": _jsonable(out.rows(n_top)), "curves": _jsonable(out.curve_rows())}
+    top = stats_rows(stats, ranked(stats, spec.metric)[:n_top], params)
+    return {**base, "symbols": len(symbols), "bars": int(n_bars), "bar_records": bar_records,
+            "param_sets": plan.n_par, "cells": int(n_cells), "engine_chunks": int(stream.n_chunks),
+            "backend": backend, "seconds": round(time.monotonic() - t0, 3), **timings,
+            "messages": n_msgs, "results_offset": first_offset, "curves": len(curves), "top_n": n_top,
+            "top": _jsonable(top)}
+
+
+def _warnings(spec: BacktestSpec, missing: list[str], hist: Any) -> list[str]:
+    out = []
+    if missing:
+        out.append(f"{len(missing)} universe symbol(s) have no bars in {spec.bar_topic} over the time range: "
+                   f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+    if hist.stats.undecodable:
+        out.append(f"{hist.stats.undecodable:,} record(s) of {spec.bar_topic} could not be decoded and were skipped")
+    return out
+
+
+def _curve_rows(plan: Any, symbols: list[str], cells: list[tuple[int, int]], eq: np.ndarray, dd: np.ndarray,
+                block_ts: np.ndarray, first: dict[str, int]) -> list[dict[str, Any]]:
+    """``EquityCurve`` dicts, each starting at its symbol's first bar (no flat pre-listing stretch)."""
+    out = []
+    for i, (s, p) in enumerate(cells):
+        sym = symbols[s]
+        k = int(np.searchsorted(block_ts, first[sym], side="left"))
+        out.append({"symbol": sym, "params": {n: float(v) for n, v in plan.params[p].items()},
+                    "ts": block_ts[k:].tolist(), "equity": eq[i, k:].tolist(),
+                    "drawdown": np.maximum(dd[i, k:], 0.0).tolist()})
+    return out
 
 
 def _jsonable(obj: Any) -> Any:
@@ -232,35 +335,8 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def publish_results(settings: Any, out: Any, job: BacktestJobSpec, store: SchemaStore | None = None) -> int:
-    """Every row (and the best curves) to ``results.backtest`` keyed by job id; returns messages sent.
-
-    Every message's delivery is checked: a record the broker rejects (too large, topic gone...) or
-    does not acknowledge in time raises :class:`~mystocks_gpu.infra.exceptions.DeliveryFailed`
-    with the broker's reason, so the job fails instead of reporting results nobody can read."""
-    from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
-    from mystocks_gpu.schemas import AvroCodec
-
-    run = current_run()
-    job_id = run.job_id if run else f"direct-{job.spec.cache_key()[:16]}"
-    rows = out.rows(len(out.stats))  # every (symbol, parameter set), best first
-    parts = max(1, math.ceil(len(rows) / ROWS_PER_MESSAGE))
-    codec = AvroCodec(store)
-    producer = make_producer(settings.kafka)
-    now = SYSTEM_CLOCK.now_ns()
-    items = []
-    for part in range(parts):
-        rec = {"job_id": job_id, "ts_event": now, "chunk_index": job.chunk_index, "chunk_count": job.chunk_count,
-               "rows": rows[part * ROWS_PER_MESSAGE:(part + 1) * ROWS_PER_MESSAGE],
-               "curves": out.curve_rows() if part == 0 else []}
-        items.append((job_id.encode(), codec.encode("mystocks.backtest.BacktestResult", rec), now // 1_000_000,
-                      [("mystocks.part", str(part).encode()), ("mystocks.parts", str(parts).encode())]))
-    produce_all(producer, RESULTS_TOPIC, iter(items), flush_timeout_s=settings.kafka.connect_timeout_s * 3)
-    return parts
-
-
 def combine_results(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge chunk results: counts add up; the top table and the curves are re-ranked by the metric."""
+    """Merge chunk results: counts add up; the top table is re-ranked by the metric; warnings once."""
     from mystocks_gpu.gpu_ops.backtest.stats import HIGHER_IS_BETTER
 
     if len(results) == 1:
@@ -275,19 +351,25 @@ def combine_results(results: list[dict[str, Any]]) -> dict[str, Any]:
         return -v if higher else v
 
     top = sorted((row for r in results for row in r.get("top", [])), key=rank)
-    n_top = max((len(r.get("top", [])) for r in results), default=0)
-    curves = [c for r in results for c in r.get("curves", [])]
-    n_curves = max((len(r.get("curves", [])) for r in results), default=0)
-    by_key = {(row["symbol"], json.dumps(row["params"], sort_keys=True)): rank(row) for r in results for row in r.get("top", [])}
-    curves.sort(key=lambda c: by_key.get((c["symbol"], json.dumps(c["params"], sort_keys=True)), math.inf))
+    # the rows asked for (each chunk returns its own best top_n): not the longest chunk's table
+    n_top = max((int(r.get("top_n", len(r.get("top", [])))) for r in results), default=0)
+    offsets = [r["results_offset"] for r in results if r.get("results_offset", -1) >= 0]
+    first = results[0]
     return {"chunks": len(results), "symbols": sum(r.get("symbols", 0) for r in results),
             "bars": max((r.get("bars", 0) for r in results), default=0),
+            "bar_records": sum(r.get("bar_records", 0) for r in results),
             "param_sets": max((r.get("param_sets", 0) for r in results), default=0),
-            "cells": sum(r.get("cells", 0) for r in results), "metric": metric,
+            "cells": sum(r.get("cells", 0) for r in results), "metric": metric, "n_curves": first.get("n_curves", 5),
             "engine_chunks": sum(r.get("engine_chunks", 0) for r in results),
             "seconds": max((r.get("seconds", 0.0) for r in results), default=0.0),
             "results_topic": RESULTS_TOPIC, "messages": sum(r.get("messages", 0) for r in results),
-            "top": top[:n_top], "curves": curves[:n_curves]}
+            "results_offset": min(offsets, default=-1),
+            # each chunk publishes its own best n_curves; the job's best n_curves are among them
+            "curves": min(sum(r.get("curves", 0) for r in results), int(first.get("n_curves", 5))),
+            "missing_symbols": first.get("missing_symbols", []), "warnings": first.get("warnings", []),
+            "records_read": first.get("records_read", 0), "records_skipped": first.get("records_skipped", 0),
+            "duplicate_bars": first.get("duplicate_bars", 0), "data_version": first.get("data_version", {}),
+            "top": top[:n_top]}
 
 
 def _summarize(result: dict[str, Any]) -> str:
@@ -299,10 +381,10 @@ def _summarize(result: dict[str, Any]) -> str:
 def _report(result: dict[str, Any], directory: Any, settings: Any, job_id: str) -> Any:
     from mystocks_gpu.processors.backtest.report import write_report
 
-    return write_report(result, directory)
+    return write_report(result, directory, settings, job_id)
 
 
 KIND = JobKind("backtest", BacktestJobSpec, run_backtest_job, chunker=split_by_symbols, combiner=combine_results,
                policy="chunked", devices="any",
                description="grid backtest over bars replayed from a topic (results on results.backtest)",
-               summarize=_summarize, report=_report, bulky_keys=("top", "curves"))
+               summarize=_summarize, report=_report, bulky_keys=("top", "data_version", "warnings"))

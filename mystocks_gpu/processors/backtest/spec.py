@@ -11,7 +11,8 @@ Fields (defaults in brackets):
 - ``start`` / ``end``: ns since the epoch (UTC) or an ISO-8601 date/time string (naive = UTC); the
   run covers bars with ``start <= ts_event < end`` [unbounded]. ``"2021-01-01"`` as ``end``
   therefore includes all of 2020.
-- ``bar_topic``: bar source, ``md.bars.<n><s|m|h|d>`` [``md.bars.1d``].
+- ``bar_topic``: bar source, ``md.bars.<n><s|m|h|d>``, optionally with a ``.<dataset>`` suffix for a
+  separate history (``md.bars.1d.sp500``, created by the user) [``md.bars.1d``].
 - ``strategy``: ``ma_cross`` | ``breakout`` | ``zscore`` (alias ``bollinger``) | ``rsi`` | ``signal``
   [``ma_cross``]; ``params``: parameter -> list of values, the grid is their Cartesian product; see
   ``gpu_ops.backtest.strategies`` for parameters and rules (combinations such as ``fast >= slow``
@@ -22,13 +23,16 @@ Fields (defaults in brackets):
 - ``direction``: ``long_only`` | ``long_short`` [``long_only``]; ``execution``: ``next_open`` (signal
   at bar t's close fills at bar t+1's open: no look-ahead) | ``close`` (fills at bar t's close;
   look-ahead risk when the signal uses that close) [``next_open``].
-- ``bars_per_year`` for annualisation [252]; ``metric`` to rank by [``sharpe``]; ``top_n`` rows to
-  publish [all]; ``n_curves`` equity curves of the best cells [5].
+- ``bars_per_year`` for annualisation [252]; ``metric`` to rank by [``sharpe``]; ``top_n`` rows of
+  the job result's top table [20, at most 20; every row always goes to ``results.backtest``];
+  ``n_curves`` equity curves of the best cells, published on ``results.backtest`` [5].
 - ``signal_topic`` / ``signal_column``: where the ``signal`` strategy's matrix comes from (required
   for it, rejected otherwise).
-- Limits: ``max_grid`` parameter sets [10_000], ``max_cells`` = parameter sets x symbols x bars
-  [10**12] (checked by the engine once the data is known), ``memory_budget_bytes`` per chunk
-  [1 GiB].
+- Limits: ``max_grid`` parameter sets [10_000; at most 1_000_000 (``MAX_PARAM_SETS``), checked on
+  the product of the value counts before anything is expanded], ``max_cells`` = parameter sets x
+  symbols x bars [10**12] (checked once the data is known, before simulating),
+  ``memory_budget_bytes`` per chunk [1 GiB]: the engine's working set, the window of history it
+  reads at a time; larger histories and grids are chunked, not refused.
 
 Every violation raises :class:`~mystocks_gpu.processors.exceptions.InvalidSpec` naming the field.
 """
@@ -50,14 +54,17 @@ from mystocks_gpu.gpu_ops.backtest.stats import STAT_COLUMNS
 from mystocks_gpu.gpu_ops.backtest.strategies import (
     canonical_grid,
     canonical_strategy,
-    expand_grid,
+    count_valid,
     grid_size,
 )
 from mystocks_gpu.processors.exceptions import InvalidSpec
 
-_BAR_TOPIC = re.compile(r"^md\.bars\.[1-9][0-9]*[smhd]$")
+_BAR_TOPIC = re.compile(r"^md\.bars\.[1-9][0-9]*[smhd](\.[A-Za-z0-9_-]+)?$")
 _LIMIT_FIELDS = ("max_grid", "max_cells", "memory_budget_bytes")
 MIN_MEMORY_BUDGET = 4096
+#: the most parameter sets one job may have (``max_grid`` cannot be raised above it): every
+#: (symbol, parameter set) is a published row (~150 bytes) and 144 bytes of state
+MAX_PARAM_SETS = 1_000_000
 
 
 def to_ns(value: Any, name: str) -> int | None:
@@ -182,7 +189,7 @@ class BacktestSpec:
         set_(self, "end", end)
         if not isinstance(self.bar_topic, str) or not _BAR_TOPIC.match(self.bar_topic):
             raise InvalidSpec(
-                f"bar_topic: {self.bar_topic!r}; expected md.bars.<n><s|m|h|d>, e.g. md.bars.1d"
+                f"bar_topic: {self.bar_topic!r}; expected md.bars.<n><s|m|h|d>[.<dataset>], e.g. md.bars.1d"
             )
         # strategy + grid
         try:
@@ -192,15 +199,27 @@ class BacktestSpec:
             raise InvalidSpec(str(exc)) from None
         set_(self, "strategy", strat)
         max_grid = _int(self.max_grid, "max_grid", 1)
-        n = grid_size(grid)
+        if max_grid > MAX_PARAM_SETS:
+            raise InvalidSpec(f"max_grid: {max_grid:,} is above the ceiling of {MAX_PARAM_SETS:,} parameter "
+                              "sets per job; split the grid into several jobs")
+        n = grid_size(grid)  # the product of the value counts: nothing is expanded before this check
         if n > max_grid:
+            per_symbol_mb = n * 300 / 1e6
             raise InvalidSpec(
-                f"params: the grid has {n} parameter sets, more than max_grid={max_grid}"
+                f"params: the grid has {n:,} parameter sets, more than max_grid={max_grid:,} "
+                f"(each symbol would publish up to {n:,} result rows, ~{per_symbol_mb:,.0f} MB, and hold "
+                f"~{n * 144 / 1e6:,.0f} MB of state); narrow the value lists or split the grid into jobs"
+                + (f" (max_grid can be raised up to {MAX_PARAM_SETS:,})" if n <= MAX_PARAM_SETS else "")
             )
         try:
-            expand_grid(strat, grid)
+            n_valid = count_valid(strat, grid)
         except BacktestInputError as exc:
             raise InvalidSpec(str(exc)) from None
+        if n_valid == 0:
+            rule = {"ma_cross": "fast < slow", "zscore": "exit_z <= entry_z", "rsi": "lower <= upper",
+                    "signal": "threshold_exit <= threshold_long"}.get(strat, "")
+            raise InvalidSpec(f"no valid parameter combination for {strat!r}: every combination breaks {rule}")
+        object.__setattr__(self, "_n_valid", n_valid)
         set_(self, "params", FrozenGrid(grid))
         # money
         cash = _num(self.initial_cash, "initial_cash")
@@ -261,8 +280,9 @@ class BacktestSpec:
 
     @property
     def n_param_sets(self) -> int:
-        """Parameter sets that will run (the grid after dropping invalid combinations)."""
-        return len(expand_grid(self.strategy, self.params))
+        """Parameter sets that will run (the grid after dropping invalid combinations; counted,
+        never expanded)."""
+        return int(getattr(self, "_n_valid", 0)) or count_valid(self.strategy, self.params)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BacktestSpec:

@@ -171,7 +171,7 @@ def replay_input(kafka: Any, topic: str, columns: list[str], start: int | None, 
                                         f"(its records are {sorted(named) or 'undecodable'})")
             first_value = first
             dec = _Decoder(_schema_of(first, store) or "", columns, symbols, store)
-        sym, ts, cols, bad = dec.decode(values)
+        sym, ts, cols, bad = dec.decode(values)  # type: ignore[arg-type]  # list[bytes] is a valid list[bytes | None] here (read only)
         rejected += bad
         keep = np.ones(ts.size, bool)
         if start is not None:

@@ -1,0 +1,375 @@
+"""Bar history of a backtest job: replayed from Kafka once, spilled by event time to local disk, read
+back window by window in time order — memory independent of the length of the history.
+
+1. **Scan** (:meth:`BarHistory.scan`): the deterministic replay source reads every partition of the
+   bar topic up to its end offset captured at the start (never an end found by time: see
+   ``streams.replay``); values are decoded in batches (``BatchDecoder``), rows outside
+   ``[start, end)`` (event time, ns) or outside the universe are dropped, undecodable records are
+   counted, and the rest go to a :class:`Spill`: rows bucketed by event time
+   (``bucket = ts // bucket_ns``, ``bucket_ns`` = :data:`BUCKET_BARS` bar intervals), appended to one
+   temporary file. Any record order works — one file per ticker loaded one after another, files
+   sorted by ticker then date, or interleaved — and gives the same windows.
+2. **Windows** (:meth:`BarHistory.windows`): consecutive buckets are read back in time order and
+   pivoted to ``(symbols, bar times)`` matrices over the union of the universe's bar times in the
+   window (NaN where a symbol has no bar: before its listing, on its halts). A repeated
+   (symbol, time) keeps the record read last (highest partition, then offset) and is counted.
+3. The ``signal`` strategy's signal (:meth:`BarHistory.scan_signal`) is spilled the same way and
+   aligned to every bar with the last value at or before the bar's time, carried across windows.
+
+The spill lives in a temporary file deleted on :meth:`BarHistory.close` (or process exit).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mystocks_gpu.schemas.schema_store import SchemaStore
+from mystocks_gpu.schemas.symbols import SymbolTable
+
+#: bar intervals per spill bucket (a window is one or more consecutive buckets)
+BUCKET_BARS = 256
+BAR_ROW = np.dtype([("sym", "<i4"), ("ts", "<i8"), ("open", "<f8"), ("high", "<f8"), ("low", "<f8"),
+                    ("close", "<f8")])
+SIGNAL_ROW = np.dtype([("sym", "<i4"), ("ts", "<i8"), ("signal", "<f8")])
+_UNITS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9}
+
+
+def bar_interval_ns(topic: str) -> int:
+    """The bar length of ``md.bars.<n><s|m|h|d>[.<dataset>]`` in ns (one day for other names)."""
+    m = re.fullmatch(r"md\.bars\.([1-9][0-9]*)([smhd])(\.[A-Za-z0-9_-]+)?", topic)
+    return int(m.group(1)) * _UNITS[m.group(2)] if m else _UNITS["d"]
+
+
+class Spill:
+    """Rows of a structured dtype (with an int64 ``ts`` field) bucketed by ``ts // bucket_ns`` in
+    one temporary file; each :meth:`add` appends one segment per bucket it touches, and a bucket
+    reads back as its segments in write order."""
+
+    def __init__(self, dtype: np.dtype, bucket_ns: int, directory: str | None = None) -> None:
+        self.dtype, self.bucket_ns = np.dtype(dtype), int(bucket_ns)
+        self._f = tempfile.TemporaryFile(prefix="mystocks-spill-", dir=directory)
+        self._fd = self._f.fileno()
+        self._size = 0
+        self._seg = np.empty((1024, 3), np.int64)  # (bucket, byte offset, rows)
+        self._n_seg = 0
+        self.rows = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        """Append ``rows`` (their order within a bucket is kept)."""
+        if rows.size == 0:
+            return
+        b = rows["ts"] // self.bucket_ns
+        if b[0] != b[-1] or (b.size > 2 and np.any(b != b[0])):
+            order = np.argsort(b, kind="stable")
+            rows, b = rows[order], b[order]
+        cuts = np.flatnonzero(b[1:] != b[:-1]) + 1
+        starts = np.concatenate([[0], cuts])
+        stops = np.concatenate([cuts, [b.size]])
+        data = np.ascontiguousarray(rows).tobytes()
+        os.pwrite(self._fd, data, self._size)
+        item = self.dtype.itemsize
+        if self._n_seg + starts.size > len(self._seg):
+            self._seg = np.concatenate([self._seg, np.empty((max(len(self._seg), starts.size), 3), np.int64)])
+        seg = self._seg[self._n_seg:self._n_seg + starts.size]
+        seg[:, 0] = b[starts]
+        seg[:, 1] = self._size + starts * item
+        seg[:, 2] = stops - starts
+        self._n_seg += starts.size
+        self._size += len(data)
+        self.rows += rows.size
+
+    def buckets(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(bucket ids ascending, rows per bucket)``."""
+        seg = self._seg[:self._n_seg]
+        ids, inv = np.unique(seg[:, 0], return_inverse=True)
+        return ids, np.bincount(inv, weights=seg[:, 2], minlength=ids.size).astype(np.int64)
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows of buckets ``lo..hi`` (inclusive): by bucket, then in write order."""
+        seg = self._seg[:self._n_seg]
+        sel = np.flatnonzero((seg[:, 0] >= lo) & (seg[:, 0] <= hi))
+        sel = sel[np.argsort(seg[sel, 0], kind="stable")]
+        out = np.empty(int(seg[sel, 2].sum()), self.dtype)
+        view = out.view(np.uint8)
+        pos = 0
+        item = self.dtype.itemsize
+        for i in sel:
+            n = int(seg[i, 2]) * item
+            view[pos:pos + n] = np.frombuffer(os.pread(self._fd, n, int(seg[i, 1])), np.uint8)
+            pos += n
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on disk."""
+        return self._size
+
+    def close(self) -> None:
+        """Delete the file."""
+        self._f.close()
+
+
+@dataclass
+class ScanStats:
+    """What a scan read: records in the captured bounds, rows kept, and rows dropped by reason."""
+
+    records: int = 0
+    kept: int = 0
+    undecodable: int = 0
+    out_of_range: int = 0
+    outside_universe: int = 0
+    data_version: dict[str, Any] = field(default_factory=dict)
+
+
+class BarHistory:
+    """A scanned bar history (see the module doc). Use as a context manager (deletes the spill)."""
+
+    def __init__(self, bucket_ns: int, directory: str | None = None) -> None:
+        self.table = SymbolTable()
+        self.bars = Spill(BAR_ROW, bucket_ns, directory)
+        self.signal: Spill | None = None
+        self.stats = ScanStats()
+        self.signal_stats: ScanStats | None = None
+        self.count = np.zeros(0, np.int64)  # bars per symbol code
+        self.first = np.zeros(0, np.int64)  # first bar time per symbol code
+        self.duplicates = 0
+        self._directory = directory
+
+    def __enter__(self) -> BarHistory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete the spill files."""
+        self.bars.close()
+        if self.signal is not None:
+            self.signal.close()
+
+    # ---- scanning ----------------------------------------------------------------------------
+    @classmethod
+    def scan(cls, kafka: Any, topic: str, start: int | None, end: int | None, universe: Sequence[str] | str,
+             tick: Callable[[int, int], None] | None = None, directory: str | None = None,
+             store: SchemaStore | None = None) -> BarHistory:
+        """Replay ``topic`` over ``[start, end)`` into a new history; ``tick(records done, records
+        total)`` after every chunk (raise in it to abandon the scan). ``store``: the process's schema
+        store (default the manifest's ids)."""
+        from mystocks_gpu.schemas.batch_codec import BatchDecoder
+        from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
+
+        hist = cls(BUCKET_BARS * bar_interval_ns(topic), directory)
+        try:
+            src = ReplaySource(kafka, topic, ReplayRange(start, end))
+            total = sum(b.records for b in src.bounds())
+            hist.stats.data_version = src.data_version()
+            dec = BatchDecoder("mystocks.md.Bar", store, symbols=hist.table)
+            keep = _Membership(universe, hist.table)
+            lo = -(2**63) if start is None else int(start)
+            hi = 2**63 - 1 if end is None else int(end)
+            done = 0
+            for chunk in src.chunks():
+                d = dec.decode(chunk.values)
+                c = d.columns
+                n = len(chunk.values)
+                done += n
+                hist.stats.records += n
+                hist.stats.undecodable += n - len(d)
+                in_range = (c["ts_event"] >= lo) & (c["ts_event"] < hi)
+                member = keep.mask(c["symbol"])
+                hist.stats.out_of_range += int(np.count_nonzero(~in_range))
+                hist.stats.outside_universe += int(np.count_nonzero(in_range & ~member))
+                sel = np.flatnonzero(in_range & member)
+                rows = np.empty(sel.size, BAR_ROW)
+                rows["sym"] = c["symbol"][sel]
+                rows["ts"] = c["ts_event"][sel]
+                for k in ("open", "high", "low", "close"):
+                    rows[k] = c[k][sel]
+                hist._account(rows)
+                hist.bars.add(rows)
+                hist.stats.kept += sel.size
+                if tick is not None:
+                    tick(done, total)
+        except BaseException:
+            hist.close()
+            raise
+        return hist
+
+    def _account(self, rows: np.ndarray) -> None:
+        n = len(self.table)
+        if self.count.size < n:
+            grow = n - self.count.size
+            self.count = np.concatenate([self.count, np.zeros(grow, np.int64)])
+            self.first = np.concatenate([self.first, np.full(grow, 2**63 - 1, np.int64)])
+        if rows.size:
+            np.add.at(self.count, rows["sym"], 1)
+            np.minimum.at(self.first, rows["sym"], rows["ts"])
+
+    def scan_signal(self, kafka: Any, topic: str, column: str, start: int | None, end: int | None,
+                    tick: Callable[[int, int], None] | None = None, store: SchemaStore | None = None) -> ScanStats:
+        """Replay a signal topic (feature vectors: ``values[column]``; bars: ``column``) over
+        ``[start, end)`` into the signal spill; records without the column are counted as skipped."""
+        from mystocks_gpu.schemas import AvroCodec
+        from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
+
+        codec = AvroCodec(store)
+        st = ScanStats()
+        self.signal = Spill(SIGNAL_ROW, self.bars.bucket_ns, self._directory)
+        src = ReplaySource(kafka, topic, ReplayRange(start, end))
+        total = sum(b.records for b in src.bounds())
+        st.data_version = src.data_version()
+        lo = -(2**63) if start is None else int(start)
+        hi = 2**63 - 1 if end is None else int(end)
+        done = 0
+        for chunk in src.chunks():
+            syms: list[int] = []
+            ts: list[int] = []
+            vals: list[float] = []
+            for v in chunk.values:
+                try:
+                    r = codec.decode(v) if v is not None else None
+                except Exception:  # noqa: BLE001 - an undecodable record is counted, like a DLQ'd one
+                    r = None
+                val = None if r is None else (r.get("values", {}).get(column) if "values" in r else r.get(column))
+                if r is None or val is None:
+                    st.undecodable += 1
+                    continue
+                t = int(r["ts_event"])
+                if not lo <= t < hi:
+                    st.out_of_range += 1
+                    continue
+                code = self.table.get(str(r["symbol"]))
+                syms.append(-1 if code is None else code)
+                ts.append(t)
+                vals.append(float(val))
+            st.records += len(chunk.values)
+            rows = np.empty(len(ts), SIGNAL_ROW)
+            rows["sym"], rows["ts"], rows["signal"] = syms, ts, vals
+            rows = rows[rows["sym"] >= 0]  # symbols with no bar cannot be traded
+            st.kept += rows.size
+            self.signal.add(rows)
+            done += len(chunk.values)
+            if tick is not None:
+                tick(done, total)
+        self.signal_stats = st
+        return st
+
+    # ---- the universe and the windows ----------------------------------------------------------
+    def symbols(self) -> list[str]:
+        """Symbols with at least one bar kept, sorted."""
+        names = self.table.symbols
+        return sorted(names[int(i)] for i in np.flatnonzero(self.count[:len(names)] > 0))
+
+    def bar_times(self, universe: Sequence[str]) -> int:
+        """Distinct bar times of ``universe`` (the columns of the run)."""
+        codes = self._codes(universe)
+        member = np.zeros(len(self.table), bool)
+        member[codes] = True
+        n = 0
+        for lo, hi in self._windows(1 << 62):
+            rows = self.bars.read(lo, hi)
+            n += np.unique(rows["ts"][member[rows["sym"]]]).size
+        return n
+
+    def _codes(self, symbols: Sequence[str]) -> np.ndarray:
+        """Codes of symbols seen by the scan (KeyError for others)."""
+        codes = [self.table.get(s) for s in symbols]
+        if None in codes:
+            raise KeyError(f"symbols not in the history: {[s for s, c in zip(symbols, codes, strict=True) if c is None][:5]}")
+        return np.asarray(codes, np.int64)
+
+    def _windows(self, max_rows: int) -> Iterator[tuple[int, int]]:
+        ids, rows = self.bars.buckets()
+        i = 0
+        while i < ids.size:
+            j, acc = i, int(rows[i])
+            while j + 1 < ids.size and acc + int(rows[j + 1]) <= max_rows:
+                j += 1
+                acc += int(rows[j])
+            yield int(ids[i]), int(ids[j])
+            i = j + 1
+
+    def windows(self, symbols: Sequence[str], universe: Sequence[str], keys: Sequence[str],
+                max_rows: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """``(matrices, bar times)`` per window in time order: ``matrices[key]`` float64
+        ``(len(symbols), w)`` over the distinct bar times of ``universe`` (a superset of
+        ``symbols``) in the window; about ``max_rows`` bar rows per window (at least one bucket).
+        ``keys``: ``open``/``high``/``low``/``close`` (and ``signal``: the as-of signal)."""
+        n_all = len(self.table)
+        in_universe = np.zeros(n_all, bool)
+        in_universe[self._codes(universe)] = True
+        row_of = np.full(n_all, -1, np.int64)
+        row_of[self._codes(symbols)] = np.arange(len(symbols))
+        carry = np.full(len(symbols), np.nan)
+        sig_done = -(2**63)
+        for lo, hi in self._windows(max_rows):
+            rows = self.bars.read(lo, hi)
+            rows = rows[in_universe[rows["sym"]]]
+            ts = np.unique(rows["ts"])
+            rows = rows[row_of[rows["sym"]] >= 0]
+            w = ts.size
+            col = np.searchsorted(ts, rows["ts"])
+            flat = row_of[rows["sym"]] * w + col
+            last = flat.size - 1 - np.unique(flat[::-1], return_index=True)[1]  # the last record wins
+            self.duplicates += flat.size - last.size
+            mats = {}
+            for k in keys:
+                if k == "signal":
+                    continue
+                m = np.full(len(symbols) * w, np.nan)
+                m[flat[last]] = rows[k][last]
+                mats[k] = m.reshape(len(symbols), w)
+            if "signal" in keys:
+                mats["signal"] = self._align_signal(sig_done, hi, ts, row_of, carry)
+                sig_done = hi
+            yield mats, ts
+
+    def _align_signal(self, done: int, hi: int, ts: np.ndarray, row_of: np.ndarray, carry: np.ndarray) -> np.ndarray:
+        """The signal at each bar time: the last value (by time, then arrival) at or before it;
+        ``carry`` holds each symbol's last value before this window and is updated."""
+        out = np.full((carry.size, ts.size), np.nan)
+        if self.signal is None:
+            return out
+        rows = self.signal.read(done + 1, hi)
+        r = row_of[rows["sym"]]
+        rows, r = rows[r >= 0], r[r >= 0]
+        order = np.lexsort((rows["ts"], r))  # by symbol row, then time; stable: arrival order kept
+        rows, r = rows[order], r[order]
+        starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]])) if r.size else np.empty(0, np.int64)
+        stops = np.append(starts[1:], r.size)
+        has = np.zeros(carry.size, bool)
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+            s = int(r[a])
+            t, v = rows["ts"][a:b], rows["signal"][a:b]
+            idx = np.searchsorted(t, ts, side="right") - 1
+            out[s] = np.where(idx >= 0, v[np.maximum(idx, 0)], carry[s])
+            carry[s] = v[-1]
+            has[s] = True
+        out[~has] = carry[~has, None]
+        return out
+
+
+class _Membership:
+    """Which symbol codes belong to the universe (every code for ``"all"``), grown as codes appear."""
+
+    def __init__(self, universe: Sequence[str] | str, table: SymbolTable) -> None:
+        self.all = isinstance(universe, str)
+        self.names = set() if isinstance(universe, str) else set(universe)
+        self.table = table
+        self.known = np.zeros(0, bool)
+
+    def mask(self, codes: np.ndarray) -> np.ndarray:
+        if self.all:
+            return np.ones(codes.size, bool)
+        n = len(self.table)
+        if self.known.size < n:
+            names = self.table.symbols
+            self.known = np.concatenate([self.known, [names[i] in self.names for i in range(self.known.size, n)]])
+        return self.known[codes] if codes.size else np.zeros(0, bool)
