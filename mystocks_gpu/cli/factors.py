@@ -73,7 +73,7 @@ def cmd_mine(args: argparse.Namespace, s: Settings) -> int:
     sub = argparse.Namespace(kind="factors_mine", spec=json.dumps(spec), wait=args.wait, priority=args.priority,
                              deadline=None, no_cache=args.no_cache, job_id=args.job_id, requester="cli",
                              timeout=args.timeout, accept_timeout=args.accept_timeout, no_validate=False,
-                             json=args.json, report=args.report, namespace=args.namespace)
+                             json=args.json, report=args.report, namespace=args.namespace, print_schema=False)
     return cmd_submit(sub, s)
 
 

@@ -138,7 +138,7 @@ def test_realtime_reservation_and_memory_are_respected_across_two_workers(settin
         def bt_b_series_gone() -> bool:
             lines = device_lines()
             return (not any('worker="bt-b"' in ln for ln in lines)
-                    and any(ln.startswith('mystocks_device_utilization_ratio{device="gpu1",worker="rt-a"}') for ln in lines))
+                    and any(ln.startswith('mystocks_device_memory_used_ratio{device="gpu1",worker="rt-a"}') for ln in lines))
 
         wait_until(bt_b_series_gone, 40, lambda: "bt-b's gauges removed from /metrics; worker series now: "
                    + "; ".join(device_lines()) + f"; bt-b exit code {plane.procs['bt-b'].poll()}")

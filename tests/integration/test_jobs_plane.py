@@ -65,7 +65,8 @@ async def _ws_statuses(url: str, job_id: str, submit: Any, timeout: float = 30) 
         assert hello["type"] == "hello" and "task_status" in hello["types"] and hello["queue_max"] == WS_QUEUE
         await ws.send(json.dumps({"action": "subscribe", "types": ["task_status"], "job_ids": [job_id]}))
         ack = strict_loads(await ws.recv())
-        assert ack == {"type": "subscribed", "types": ["task_status"], "symbols": [], "job_ids": [job_id]}
+        assert ack == {"type": "subscribed", "types": ["task_status"], "symbols": [], "job_ids": [job_id],
+                       "severities": []}
         await asyncio.get_running_loop().run_in_executor(None, submit)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -335,7 +336,7 @@ def test_calc_result_feed_sends_strict_json_with_nan_as_null(plane: Plane, setti
             await ws.recv()
             await ws.send(json.dumps({"action": "subscribe", "types": ["calc_result"], "symbols": [sym]}))
             assert strict_loads(await ws.recv()) == {"type": "subscribed", "types": ["calc_result"], "symbols": [sym],
-                                                     "job_ids": []}
+                                                     "job_ids": [], "severities": []}
             producer = make_producer(settings.kafka)
             codec = AvroCodec()
             for seq, values in ((1, {"ret_1": nan, "mid": 101.5, "vol_20": nan}),
