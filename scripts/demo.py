@@ -18,7 +18,9 @@
    ICIR + ridge combination) in process, its ranked table (``step_factors``).
 10. portfolios (workload 5): an efficient frontier and a rebalancing backtest as ``optimize`` job
    runs (batched solves) on bars written to md.bars.1d (``step_portfolio``).
-11. how to consume the topics yourself.
+11. the gRPC API: ``mystocks-gpu gateway`` started, its health service, the bulk phase's ticks of
+   three symbols streamed back with SubscribeMarketData, their newest features (``step_gateway``).
+12. how to consume the topics yourself.
 """
 
 from __future__ import annotations
@@ -159,13 +161,67 @@ def main() -> int:
     step_backtest(s, args.config)
     step_factors(s, store, run_id)
     step_portfolio(s, store)
-    print("11. consume the results yourself:\n"
+    step_gateway(s, args.config, names[:3], int(cols["ts"].min()), int((np.isin(cols["sym"], [0, 1, 2])).sum()))
+    print("12. consume the results yourself:\n"
           "   .venv/bin/mystocks-gpu consume features.ticks --from-beginning --max 5 --json\n"
           "   .venv/bin/mystocks-gpu consume md.bars.1m --from-beginning --max 5\n"
           "   .venv/bin/mystocks-gpu models list; .venv/bin/mystocks-gpu consume signals.demo-ridge --from-beginning --max 5\n"
           f"   kcat -b {s.kafka.bootstrap_servers} -C -t features.ticks -c 1 -f '%k %T\\n'\n"
           "   stop the stack: make stack-down")
     return 0
+
+
+def step_gateway(s, config: str | None, symbols: list[str], start_ns: int, expected: int) -> None:  # type: ignore[no-untyped-def]
+    """11. the gRPC API (~10 s): ``mystocks-gpu gateway`` on a free port; the health service, the
+    bulk phase's ticks of three symbols streamed back with SubscribeMarketData (every one, in order
+    per symbol) and their newest feature vectors with ProcessFeatureCalculation."""
+    import socket
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from mystocks_gpu.client import GatewayClient
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    t0 = time.monotonic()
+    gw = subprocess.Popen([sys.executable, "-m", "mystocks_gpu.cli", *(["--config", config] if config else []),
+                           "--log-level", "WARNING", "gateway", "--port", str(port)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        with GatewayClient(f"127.0.0.1:{port}", timeout_s=30) as gc:
+            health = health_pb2_grpc.HealthStub(gc.channel)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    serving = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                    break
+                except Exception:
+                    if gw.poll() is not None or time.monotonic() > deadline:
+                        err = gw.stderr.read()[-2000:] if gw.stderr else ""
+                        raise SystemExit(f"the gateway did not start: {err}") from None
+                    time.sleep(0.2)
+            up = time.monotonic() - t0
+            t1 = time.monotonic()
+            per: dict[str, list[int]] = {x: [] for x in symbols}
+            for md in gc.market_data(symbols, start="time", start_time_ns=start_ns, max_records=expected,
+                                     max_batch=2000, timeout_s=120):
+                for t in md.ticks:
+                    per[t.symbol].append(t.seq)
+            dt = time.monotonic() - t1
+            ordered = all(v == sorted(v) for v in per.values())
+            feats = gc.latest_features(symbols, ["last_price", "ema_10", "rsi"])
+    finally:
+        gw.terminate()
+        gw.wait(30)
+    got = sum(len(v) for v in per.values())
+    print(f"11. gRPC gateway (`mystocks-gpu gateway`, up in {up:.1f} s, health "
+          f"{health_pb2.HealthCheckResponse.ServingStatus.Name(serving)}): SubscribeMarketData streamed "
+          f"{got:,} of {expected:,} bulk-phase ticks of {len(symbols)} symbols in {dt:.1f} s "
+          f"({'in order per symbol' if ordered else 'OUT OF ORDER'}); ProcessFeatureCalculation:")
+    for v in feats.vectors:
+        print(f"   {v.symbol} seq={v.seq} " + " ".join(f"{k}={v.values[k]:.4f}" for k in sorted(v.values)))
+    print("   README: gRPC and WebSocket API (Python client, grpcurl, the four WebSocket messages)")
 
 
 def step_backtest(s, config: str | None) -> None:  # type: ignore[no-untyped-def]

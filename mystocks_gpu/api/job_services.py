@@ -40,7 +40,12 @@ from mystocks_gpu.api.protos import (
 from mystocks_gpu.api.topic_scan import read_until
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import GatewayConfig, Settings
-from mystocks_gpu.infra.kafka_clients import DeliveryTracker, make_consumer, make_producer
+from mystocks_gpu.infra.kafka_clients import (
+    DeliveryTracker,
+    make_consumer,
+    make_producer,
+    watermarks,
+)
 from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.kinds import kinds
 from mystocks_gpu.jobs.protocol import COMMAND_SCHEMA, FINAL, check_submit, make_command, new_job_id
@@ -212,7 +217,7 @@ class JobOps:
             parts = sorted(md.topics[topic].partitions)
             starts = c.offsets_for_times([TopicPartition(topic, p, max(0, since_ns // 1_000_000 - 60_000)) for p in parts],
                                          timeout=10)
-            ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+            ends = {p: watermarks(c, TopicPartition(topic, p), 10)[1] for p in parts}
             first = {tp.partition: tp.offset for tp in starts if tp.offset >= 0}
             out: list[common_pb2.ResultRecord] = []
             key = job_id.encode()
@@ -249,6 +254,21 @@ def _metrics(result: Any, prefix: str = "") -> dict[str, float]:
     elif isinstance(result, (int, float)) and not isinstance(result, bool):
         out[prefix[:-1]] = float(result)
     return out
+
+
+def model_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """``model``, ``version`` and ``metrics`` of a training result.
+
+    A ``train`` result (see :mod:`mystocks_gpu.processors.training.train_job`) gives the published
+    model's name and version, its out-of-sample metrics (``overall``: ``ic_mean``, ``rank_ic_mean``,
+    ``mse``, ...) unprefixed and its long-short backtest's stats as ``long_short.<stat>``; any other
+    result (another kind configured as ``gateway.training_kind``) gives its numeric leaves."""
+    model = result.get("model")
+    if isinstance(model, dict) and isinstance(result.get("overall"), dict):
+        return {"model": str(model.get("name") or ""), "version": int(model.get("version") or 0),
+                "metrics": {**_metrics(result["overall"]), **_metrics(result.get("long_short") or {}, "long_short.")}}
+    return {"model": str(model or result.get("name") or ""), "version": int(result.get("version") or 0),
+            "metrics": _metrics(result.get("metrics", result))}
 
 
 class BacktestServicer(backtest_pb2_grpc.BacktestServiceServicer):
@@ -297,10 +317,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         if st is None or st["state"] != "succeeded":
             raise FailedPrecondition(f"job {request.job_id} has no metrics: it is {st['state'] if st else 'not started'}")
         result = st.get("result") or {}
-        return training_pb2.ModelMetrics(
-            job_id=request.job_id, model=str(result.get("model") or result.get("name") or ""),
-            version=int(result.get("version") or 0), metrics=_metrics(result.get("metrics", result)),
-            result_json=json.dumps(result, sort_keys=True))
+        return training_pb2.ModelMetrics(job_id=request.job_id, **model_metrics(result),
+                                         result_json=json.dumps(result, sort_keys=True))
 
 
 def _job_servicer(base: type, kind_attr: str, submit: str, query: str, stream: str) -> type:

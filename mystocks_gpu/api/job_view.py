@@ -27,7 +27,7 @@ from confluent_kafka import TopicPartition
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.infra.kafka_clients import make_consumer
+from mystocks_gpu.infra.kafka_clients import make_consumer, watermarks
 from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.protocol import COMMAND_SCHEMA, FINAL, STATUS_SCHEMA, status_to_json
 from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
@@ -235,7 +235,7 @@ class JobView:
                 if topic not in md.topics or md.topics[topic].error is not None:
                     raise RuntimeError(f"topic {topic} does not exist")
                 for p in md.topics[topic].partitions:
-                    _, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=self.settings.kafka.connect_timeout_s)
+                    _, hi = watermarks(c, TopicPartition(topic, p), self.settings.kafka.connect_timeout_s)
                     out[(topic, p)] = hi
             return out
 

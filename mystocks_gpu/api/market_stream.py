@@ -30,11 +30,55 @@ from mystocks_gpu.api.grpc_errors import InvalidArgument, Unavailable, mapped
 from mystocks_gpu.api.protos import realtime_pb2, realtime_pb2_grpc
 from mystocks_gpu.api.topic_scan import read_until
 from mystocks_gpu.infra.config import GatewayConfig, Settings
-from mystocks_gpu.infra.kafka_clients import make_consumer
+from mystocks_gpu.infra.kafka_clients import make_consumer, watermarks
 from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
+from mystocks_gpu.schemas.batch_codec import TickDecoder
 
 MARKET_TOPICS = ("md.ticks", "md.bars.1s", "md.bars.1m", "md.bars.1d")
-_TICK_KIND = {0: "TRADE", 1: "QUOTE"}
+
+
+def _keyed(msgs: list[Any], keys: frozenset[bytes]) -> list[Any]:
+    """The messages whose key is one of ``keys`` (all of them when ``keys`` is empty)."""
+    return [m for m in msgs if m.key() in keys] if keys else msgs
+
+
+def per_record(convert: Callable[[Any], Any | None], symbols: set[str]) -> Callable[[list[Any]], list[Any]]:
+    """A batch converter from a one-message converter (None = skip), keeping ``symbols``' keys."""
+    keys = frozenset(s.encode() for s in symbols)
+
+    def batch(msgs: list[Any]) -> list[Any]:
+        return [x for x in map(convert, _keyed(msgs, keys)) if x is not None]
+    return batch
+
+
+def tick_converter(settings: Settings, symbols: set[str]) -> Callable[[list[Any]], list[Any]]:
+    """Batch converter of ``md.ticks`` messages to ``Tick`` protos: one :class:`TickDecoder` call per
+    batch (columnar Avro decode, the stream worker's) instead of a dict per record; records that do
+    not decode are skipped, as the per-record path does."""
+    decoder = TickDecoder(schema_store(settings))  # its own symbol table: codes are per stream
+    keys = frozenset(s.encode() for s in symbols)
+    tick = realtime_pb2.Tick
+    kind_names = next(list(p.symbols) for p in decoder.plans if p.name == "kind")
+
+    def batch(msgs: list[Any]) -> list[Any]:
+        msgs = _keyed(msgs, keys)
+        if not msgs:
+            return []
+        b = decoder.decode([m.value() for m in msgs])
+        if not len(b):
+            return []
+        table = b.symbols
+        assert table is not None
+        c = b.columns
+        kinds = [kind_names[k] for k in c["kind"].tolist()]
+        where = [(msgs[i].partition(), msgs[i].offset()) for i in b.index.tolist()]
+        return [tick(symbol=sym, ts_event_ns=ts, seq=seq, kind=kind, price=px, size=sz, side=sd, bid=bid, ask=ask,
+                     bid_size=bs, ask_size=as_, partition=part, offset=off)
+                for sym, ts, seq, kind, px, sz, sd, bid, ask, bs, as_, (part, off) in zip(
+                    table.decode(c["sym"]), c["ts"].tolist(), c["seq"].tolist(), kinds, c["price"].tolist(),
+                    c["size"].tolist(), c["side"].tolist(), c["bid"].tolist(), c["ask"].tolist(),
+                    c["bid_size"].tolist(), c["ask_size"].tolist(), where, strict=True)]
+    return batch
 
 
 class StreamStats:
@@ -51,7 +95,7 @@ class TopicStream:
     """One stream's consumer thread and bounded queue (see the module docstring)."""
 
     def __init__(self, settings: Settings, gw: GatewayConfig, topic: str, start: int, start_time_ns: int,
-                 start_offset: int, convert: Callable[[Any], Any | None], loop: asyncio.AbstractEventLoop,
+                 start_offset: int, convert: Callable[[list[Any]], list[Any]], loop: asyncio.AbstractEventLoop,
                  stats: StreamStats, max_batch: int) -> None:
         self.settings, self.gw, self.topic, self.convert, self.loop, self.stats = settings, gw, topic, convert, loop, stats
         self.start, self.start_time_ns, self.start_offset, self.max_batch = start, start_time_ns, start_offset, max_batch
@@ -90,7 +134,7 @@ class TopicStream:
             return [TopicPartition(self.topic, p, self.start_offset) for p in parts]
         out = []  # latest: explicit end offsets, so nothing after `ready` is missed
         for p in parts:
-            _, hi = c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            _, hi = watermarks(c, TopicPartition(self.topic, p), 10)
             out.append(TopicPartition(self.topic, p, hi))
         return out
 
@@ -107,8 +151,7 @@ class TopicStream:
                 if not msgs:
                     continue
                 self.stats.records_read += len(msgs)
-                batch = [x for x in (self.convert(m) for m in msgs if not m.error() and m.value() is not None)
-                         if x is not None]
+                batch = self.convert([m for m in msgs if not m.error() and m.value() is not None])
                 if batch and not self._put(batch):
                     return
         except BaseException as exc:
@@ -127,29 +170,20 @@ class RealTimeServicer(realtime_pb2_grpc.RealTimeServiceServicer):
         self.stats = stats or StreamStats()
 
     # ---- market data -----------------------------------------------------------------------
-    def _market_converter(self, topic: str, symbols: set[str]) -> Callable[[Any], Any | None]:
+    def _market_converter(self, topic: str, symbols: set[str]) -> Callable[[list[Any]], list[Any]]:
+        if topic == "md.ticks":
+            return tick_converter(self.settings, symbols)
         decode = self.codec.decode
-        tick = topic == "md.ticks"
 
         def convert(m: Any) -> Any | None:
-            key = m.key()
-            if symbols and (key is None or key.decode(errors="replace") not in symbols):
-                return None
             try:
                 r = decode(m.value())
             except DecodeError:
                 return None
-            if tick:
-                kind = r["kind"]
-                return realtime_pb2.Tick(symbol=r["symbol"], ts_event_ns=r["ts_event"], seq=r["seq"],
-                                         kind=kind if isinstance(kind, str) else _TICK_KIND.get(kind, str(kind)),
-                                         price=r["price"], size=r["size"], side=r["side"], bid=r["bid"], ask=r["ask"],
-                                         bid_size=r["bid_size"], ask_size=r["ask_size"], partition=m.partition(),
-                                         offset=m.offset())
             return realtime_pb2.Bar(symbol=r["symbol"], ts_event_ns=r["ts_event"], interval_ns=r["interval_ns"],
                                     open=r["open"], high=r["high"], low=r["low"], close=r["close"], volume=r["volume"],
                                     vwap=r["vwap"], trades=r["trades"], partition=m.partition(), offset=m.offset())
-        return convert
+        return per_record(convert, symbols)
 
     def _limits(self, max_batch: int) -> int:
         if max_batch < 0 or max_batch > 10_000:
@@ -225,7 +259,7 @@ class RealTimeServicer(realtime_pb2_grpc.RealTimeServiceServicer):
             md = c.list_topics(topic, timeout=timeout_s)
             if topic not in md.topics or md.topics[topic].error is not None:
                 raise Unavailable(f"topic {topic} does not exist or the broker is unavailable")
-            marks = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            marks = {p: watermarks(c, TopicPartition(topic, p), timeout_s)
                      for p in md.topics[topic].partitions}
             want: set[str] = set(symbols)
             found: dict[str, Any] = {}
@@ -259,16 +293,13 @@ class RealTimeServicer(realtime_pb2_grpc.RealTimeServiceServicer):
         decode = self.codec.decode
 
         def convert(m: Any) -> Any | None:
-            key = m.key()
-            if symbols and (key is None or key.decode(errors="replace") not in symbols):
-                return None
             try:
                 return self._vector(m, decode(m.value()), names)
             except DecodeError:
                 return None
 
         stream = TopicStream(self.settings, self.gw, self.gw.features_topic, request.start, request.start_time_ns, 0,
-                             convert, asyncio.get_running_loop(), self.stats, 1000)
+                             per_record(convert, symbols), asyncio.get_running_loop(), self.stats, 1000)
         async for msg in self._run_stream(stream, context, request.max_records,
                                           lambda b: realtime_pb2.FeatureResponse(vectors=b)):
             yield msg

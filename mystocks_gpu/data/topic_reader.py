@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
 
 from mystocks_gpu.infra.config import KafkaConfig
-from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer
+from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, watermarks
 from mystocks_gpu.schemas import AvroCodec, DecodeError
 
 
@@ -51,7 +51,7 @@ def read_topic(cfg: KafkaConfig, topic: str, *, from_beginning: bool = True, max
         ends: dict[int, int] = {}
         if stop_at_end:
             for p in parts:
-                _, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=cfg.connect_timeout_s)
+                _, hi = watermarks(consumer, TopicPartition(topic, p), cfg.connect_timeout_s)
                 ends[p] = hi
         pending = {p for p in parts if not stop_at_end or (ends[p] > 0 and starts[p] != OFFSET_END
                                                            and (starts[p] < 0 or starts[p] < ends[p]))}

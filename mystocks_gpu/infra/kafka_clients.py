@@ -52,6 +52,33 @@ def make_consumer(cfg: KafkaConfig, group_id: str, **extra: Any) -> Consumer:
     return Consumer(_base(cfg, {**defaults, **extra}))
 
 
+#: errors of a partition whose leader is being elected (a topic just created, a broker restarting)
+LEADERSHIP_ERROR_CODES = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                                    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})
+
+
+def watermarks(consumer: Consumer, tp: Any, timeout: float) -> tuple[int, int]:
+    """``(low, high)`` offsets of ``tp`` from the partition leader.
+
+    Retries for up to ``timeout`` seconds (backoff 50 ms doubling to 1 s) while the partition has
+    no leader yet, which is the normal state of a topic for a moment after it is created; any other
+    error, or a leader still missing at the deadline, raises :class:`KafkaException`."""
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    while True:
+        left = max(deadline - time.monotonic(), 0.1)
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=left)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            code = err.code() if isinstance(err, KafkaError) else None
+            if code not in LEADERSHIP_ERROR_CODES or time.monotonic() + pause >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
+
+
 #: error codes that mean a broker answered but refused the client's credentials or permissions
 AUTH_ERROR_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
                               KafkaError.ILLEGAL_SASL_STATE, KafkaError.UNSUPPORTED_SASL_MECHANISM,

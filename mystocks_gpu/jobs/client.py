@@ -20,6 +20,7 @@ from mystocks_gpu.infra.kafka_clients import (
     ensure_broker,
     make_consumer,
     make_producer,
+    watermarks,
 )
 from mystocks_gpu.jobs.exceptions import ControlError, ControlUnreachable, NoControlApp, WaitTimeout
 from mystocks_gpu.jobs.jobs_config import JobsConfig
@@ -65,7 +66,7 @@ class StatusFollower:
         md = self.consumer.list_topics(self.topic, timeout=settings.kafka.connect_timeout_s)
         tps = []
         for p in sorted(md.topics[self.topic].partitions):
-            _, hi = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            _, hi = watermarks(self.consumer, TopicPartition(self.topic, p), 10)
             tps.append(TopicPartition(self.topic, p, hi))
         self.consumer.assign(tps)
         self._backlog: dict[str, list[dict[str, Any]]] = {}

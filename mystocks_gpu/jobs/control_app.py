@@ -431,7 +431,7 @@ def _dlq_levels(settings: Settings, names: list[str]) -> dict[str, int]:
     """Records currently in each existing DLQ topic (high - low watermark, summed over partitions)."""
     from confluent_kafka import TopicPartition
 
-    from mystocks_gpu.infra.kafka_clients import make_consumer
+    from mystocks_gpu.infra.kafka_clients import make_consumer, watermarks
 
     c = make_consumer(settings.kafka, "mystocks-dlq-watch")
     try:
@@ -442,7 +442,7 @@ def _dlq_levels(settings: Settings, names: list[str]) -> dict[str, int]:
                 continue
             total = 0
             for p in md.topics[n].partitions:
-                lo, hi = c.get_watermark_offsets(TopicPartition(n, p), timeout=5)
+                lo, hi = watermarks(c, TopicPartition(n, p), 5)
                 total += max(0, hi - lo)
             out[n] = total
         return out

@@ -60,13 +60,13 @@ class DataVersions:
         topic, None when a topic is missing or the broker does not answer."""
         from confluent_kafka import KafkaException, TopicPartition
 
+        from mystocks_gpu.infra.kafka_clients import make_consumer, watermarks
+
         topics = topics_of(data_range)
         if not topics:
             return {}
         try:
             if self._consumer is None:
-                from mystocks_gpu.infra.kafka_clients import make_consumer
-
                 self._consumer = make_consumer(self.kafka, "mystocks-cache-version")
             t = self.kafka.connect_timeout_s
             out: dict[str, Any] = {}
@@ -74,7 +74,7 @@ class DataVersions:
                 md = self._consumer.list_topics(topic, timeout=t).topics.get(topic)
                 if md is None or md.error is not None or not md.partitions:
                     return None
-                out[topic] = [list(self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=t))
+                out[topic] = [list(watermarks(self._consumer, TopicPartition(topic, p), t))
                               for p in sorted(md.partitions)]
             return out
         except KafkaException:

@@ -345,7 +345,7 @@ class _Feed:
 
         from confluent_kafka import TopicPartition
 
-        from mystocks_gpu.infra.kafka_clients import make_consumer
+        from mystocks_gpu.infra.kafka_clients import make_consumer, watermarks
 
         ctl = self.ctl
         c = make_consumer(ctl.settings.kafka, f"mystocks-ws-{self.mtype}-{uuid.uuid4().hex[:6]}",
@@ -358,7 +358,7 @@ class _Feed:
                 return
             tps = []
             for p in md.topics[self.topic].partitions:  # explicit end offsets: nothing after `ready` is missed
-                _, hi = c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+                _, hi = watermarks(c, TopicPartition(self.topic, p), 10)
                 tps.append(TopicPartition(self.topic, p, hi))
             c.assign(tps)
             self.ready.set()

@@ -34,7 +34,7 @@ import numpy as np
 from confluent_kafka import KafkaError, TopicPartition
 
 from mystocks_gpu.infra.config import KafkaConfig
-from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer
+from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, watermarks
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import RawBatch
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
@@ -130,7 +130,7 @@ class ReplaySource:
             raise FatalRuntimeError(f"topic {self.topic} does not exist (create it with: mystocks-gpu topics create)")
         out = []
         for p in sorted(md.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=t)
+            low, high = watermarks(consumer, TopicPartition(self.topic, p), t)
             start = low
             if self.rng.start_ns is not None and high > low:
                 tp = consumer.offsets_for_times([TopicPartition(self.topic, p, self.rng.start_ns // 1_000_000)],

@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
-from mystocks_gpu.infra.kafka_clients import make_consumer
+from mystocks_gpu.infra.kafka_clients import make_consumer, watermarks
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.processor import Processor
@@ -54,7 +54,7 @@ def _watermarks(consumer: Any, topic: str, partitions: list[int], cfg: KafkaConf
     for p in partitions:
         for attempt in range(attempts):
             try:
-                out[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=cfg.connect_timeout_s)
+                out[p] = watermarks(consumer, TopicPartition(topic, p), cfg.connect_timeout_s)
                 break
             except KafkaException as exc:
                 err = exc.args[0]

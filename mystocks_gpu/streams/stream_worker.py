@@ -42,7 +42,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
-from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
+from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer, watermarks
 from mystocks_gpu.infra.logs import log_context
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
@@ -418,7 +418,7 @@ class StreamWorker:
             if not assignment:
                 return False
             for tp in self.consumer.position(assignment):
-                _, high = self.consumer.get_watermark_offsets(tp, timeout=5)
+                _, high = watermarks(self.consumer, tp, 5)
                 pos = tp.offset
                 if pos < 0:
                     pos = self.consumer.committed([tp], timeout=5)[0].offset

@@ -122,3 +122,25 @@ def output_high_watermark(settings: Settings, topic: str) -> int:
         return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
     finally:
         c.close()
+
+
+def committed_total(settings: Settings, group: str, topic: str, partitions: int | None = None) -> int:
+    """Sum of a group's committed offsets on ``topic`` (progress made durable).
+
+    The probe reads with ``isolation.level=read_uncommitted`` so the OffsetFetch does not ask for
+    *stable* offsets: with read_committed (librdkafka's default) the broker answers
+    UNSTABLE_OFFSET_COMMIT while a SIGKILLed worker's transaction is still open, and the fetch times
+    out instead of returning the last committed position.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(settings.kafka.client_config(**{
+        "group.id": group, "enable.auto.commit": False, "isolation.level": "read_uncommitted"}))
+    try:
+        if partitions is None:
+            parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        else:
+            parts = list(range(partitions))
+        return sum(max(tp.offset, 0) for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=15))
+    finally:
+        c.close()

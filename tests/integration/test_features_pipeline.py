@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
 from mystocks_gpu.gpu_ops.backend import gpu_available
@@ -20,23 +19,13 @@ from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT, wait_until
 from tests.integration.stream_helpers import (
+    committed_total,
     finish,
     kill9,
     produce_ticks,
     read_outputs,
 )
 from tests.unit.reference_features import reference_features
-
-
-def committed_inputs(settings: Settings, group: str, topic: str, partitions: int) -> int:
-    """Input records the group has committed (sum of its committed offsets): progress made durable."""
-    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group,
-                  "enable.auto.commit": False})
-    try:
-        parts = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in parts)
-    finally:
-        c.close()
 
 
 def _worker(inp: str, out: str, group: str, backend: str = "cpu") -> subprocess.Popen[str]:
@@ -65,10 +54,10 @@ def test_features_exactly_once_with_sigkill_restart(settings: Settings, unique: 
     w = _worker(inp, out, group, backend)
     # kill mid-stream, once transactions have committed (the restart restores their state from
     # the changelog and must not repeat their outputs) and before the input is all committed
-    wait_until(lambda: w.poll() is not None or committed_inputs(settings, group, inp, 4) >= 2000,
+    wait_until(lambda: w.poll() is not None or committed_total(settings, group, inp, 4) >= 2000,
                90, "the worker to commit 2000 inputs")
     assert w.poll() is None, "worker finished before the kill; raise n"
-    assert committed_inputs(settings, group, inp, 4) < n, "everything committed before the kill; raise n"
+    assert committed_total(settings, group, inp, 4) < n, "everything committed before the kill; raise n"
     kill9(w)
     finish(_worker(inp, out, group, backend), timeout=300)
     got = read_outputs(settings, out, n)

@@ -36,12 +36,15 @@ from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate
 from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.api_tokens import TokenStore
 from mystocks_gpu.infra.config import ApiConfig, GatewayConfig, KafkaConfig, Settings
+from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.jobs.ws_schemas import MESSAGE_SCHEMAS
+from mystocks_gpu.schemas import schema_store
+from mystocks_gpu.topics import TopicSpec
+from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import run_cli
 from tests.integration.jobs_plane import ROOT, Plane, free_port, wait_until
 from tests.integration.stream_helpers import produce_ticks
-
-DAY = 86_400 * 10**9
+from tests.ml_data import DAY, make_panel
 
 
 # ---- fixtures ---------------------------------------------------------------------------------
@@ -74,7 +77,7 @@ class AuthPlane(Plane):
 
 @pytest.fixture(scope="module")
 def plane(settings: Settings, stack: Any, tokens: dict[str, Any]) -> Iterator[Plane]:
-    """Control app (with the token file: WebSocket auth) + one worker serving backtest, echo, sleep."""
+    """Control app (with the token file: WebSocket auth) + one worker serving backtest, echo, sleep, train."""
     p = AuthPlane(settings, uuid.uuid4().hex[:8])
     p.token = tokens["admin"]
     try:
@@ -84,7 +87,7 @@ def plane(settings: Settings, stack: Any, tokens: dict[str, Any]) -> Iterator[Pl
         finally:
             os.environ.pop("MYSTOCKS_API__AUTH_FILE", None)
         wait_until(lambda: p.health()[1].get("ready"), 180, lambda: f"control ready:\n{p.log('control')}")
-        p.start_worker("gw1", "--kinds", "backtest,echo,sleep", timeout=180)
+        p.start_worker("gw1", "--kinds", "backtest,echo,sleep,train", timeout=180)
         yield p
     finally:
         p.close()
@@ -295,16 +298,54 @@ def test_history_paged_per_requester_and_generic_services(gateway: GatewayThread
         assert _code(ei) is grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_training_service_metrics(gateway: GatewayThread, tokens: dict[str, Any]) -> None:
-    """TrainingService over whichever kind is configured; with the 'train' kind absent from this
-    worker, QueryTrainingProgress/GetModelMetrics map the missing job and unfinished job."""
+def test_training_service_submit_progress_metrics_equal_the_cli(gateway: GatewayThread, plane: Plane,
+                                                                 settings: Settings, tokens: dict[str, Any]) -> None:
+    """A ridge walk-forward submitted with SubmitTrainingJob, followed with QueryTrainingProgress and
+    read with GetModelMetrics, equals the same spec run by ``submit train --wait`` (same model bytes,
+    the same out-of-sample metrics); bad specs and unknown or unfinished jobs map to status codes."""
+    tag = "GWM" + uuid.uuid4().hex[:5].upper()
+    yesterday = (pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    panel = make_panel(n_symbols=6, n_dates=120, seed=4, tag=tag, start=None, end=yesterday)
+    topic = f"t.gwm.{tag.lower()}"
+    TopicAdmin(settings.kafka).create([TopicSpec(topic, "symbol", "mystocks.features.FeatureVector", partitions=2,
+                                                 dlq=False)])
+    produce_all(make_producer(settings.kafka), topic, iter(panel.feature_records()))
+    produce_all(make_producer(settings.kafka), "md.bars.1d", iter(panel.bar_records()))
+    f = panel.frame
+    spec = {"name": f"gw-{tag.lower()}", "inputs": [topic, "md.bars.1d"], "features": ["f1", "f2", "f3"],
+            "frequency": "1d", "label_column": "md.bars.1d:close", "universe": panel.symbols,
+            "start": int(f["ts"].min()), "end": int(f["ts"].max()) + DAY, "family": "ridge", "params": {"alpha": 1.0},
+            "walk_forward": {"n_splits": 2, "test_dates": 25, "embargo_dates": 2}}
     with client(gateway, tokens) as gc:
+        jid = gc.submit_training(spec)
+        with pytest.raises(grpc.RpcError) as ei:  # no metrics before it succeeds
+            gc.model_metrics(jid)
+        assert _code(ei) in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
+        final = gc.wait(jid, timeout_s=600)
+        assert state_name(final.state) == "succeeded", final.error
+        progress = gc.training.QueryTrainingProgress(common_pb2.QueryRequest(job_id=jid), timeout=20)
+        assert state_name(progress.state) == "succeeded" and progress.job_id == jid and progress.kind == "train"
+        mm = gc.model_metrics(jid)
         with pytest.raises(grpc.RpcError) as ei:
             gc.model_metrics(f"nojob-{uuid.uuid4().hex}")
         assert _code(ei) is grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.RpcError) as ei:
             gc.submit_training({"name": "x"})  # the train kind validates its spec
         assert _code(ei) is grpc.StatusCode.INVALID_ARGUMENT
+    spec_file = Path(f"/tmp/gw-train-{tag}.json")
+    spec_file.write_text(json.dumps(spec))
+    cli_id = f"gwtrain-{uuid.uuid4().hex[:10]}"
+    r = run_cli("submit", "train", "--spec", str(spec_file), "--wait", "--timeout", "600", "--namespace", plane.ns,
+                "--job-id", cli_id, "--no-cache", timeout=660)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with client(gateway, tokens, "admin") as gc:  # the CLI's job, read as the admin
+        cli = json.loads(gc.training.QueryTrainingProgress(common_pb2.QueryRequest(job_id=cli_id), timeout=20).result_json)
+    assert (mm.model, mm.version) == (spec["name"], 1) and cli["model"]["version"] == 2
+    assert json.loads(mm.result_json)["model"]["content_sha256"] == cli["model"]["content_sha256"]
+    for k in ("mse", "ic_mean", "rank_ic_mean"):
+        assert mm.metrics[k] == pytest.approx(cli["overall"][k], rel=1e-12), k
+    assert mm.metrics["long_short.sharpe"] == pytest.approx(cli["long_short"]["sharpe"], rel=1e-12)
+    assert f"model {spec['name']} v2" in r.stdout and "rank_ic_mean" in r.stdout
 
 
 # ---- market data --------------------------------------------------------------------------------
@@ -323,24 +364,34 @@ def test_subscribe_market_data_delivers_every_tick_in_order(gateway: GatewayThre
         stream = gc.realtime.SubscribeMarketData(req, timeout=180)
         first = next(stream)
         assert not first.ticks  # positioned
+        # a record that is not a Tick, keyed as a subscribed symbol, ahead of the good ones: skipped
+        produce_all(make_producer(settings.kafka), "md.ticks",
+                    iter([(names[0].encode(), b"\x00\x00\x00\x7f\x01not avro", int(cols["ts"].min()) // 10**6)]))
         produce_ticks(settings, "md.ticks", cols, names)
         want = {names[i]: cols["seq"][cols["sym"] == i].tolist() for i in range(2)}
         got: dict[str, list[int]] = {s: [] for s in want}
-        prices: dict[str, list[float]] = {s: [] for s in want}
+        fields: dict[str, list[tuple[Any, ...]]] = {s: [] for s in want}
         total = sum(len(v) for v in want.values())
         n = 0
         for md in stream:
             for t in md.ticks:
                 assert t.symbol in want  # the symbol filter
                 got[t.symbol].append(t.seq)
-                prices[t.symbol].append(t.price)
+                fields[t.symbol].append((t.ts_event_ns, t.kind, t.price, t.size, t.side, t.bid, t.ask, t.bid_size,
+                                         t.ask_size))
                 n += 1
             if n >= total:
                 break
         stream.cancel()
     assert got == want  # every tick, in order per symbol
-    for i in range(2):
-        np.testing.assert_array_equal(prices[names[i]], cols["price"][cols["sym"] == i])
+    kinds = next(f["type"]["symbols"] for f in schema_store(settings).by_name("mystocks.md.Tick").raw["fields"]
+                 if f["name"] == "kind")
+    for i in range(2):  # every field equals what was produced
+        m = cols["sym"] == i
+        ref = list(zip(cols["ts"][m].tolist(), [kinds[k] for k in cols["kind"][m].tolist()], cols["price"][m].tolist(),
+                       cols["size"][m].tolist(), cols["side"][m].tolist(), cols["bid"][m].tolist(),
+                       cols["ask"][m].tolist(), cols["bid_size"][m].tolist(), cols["ask_size"][m].tolist(), strict=True))
+        assert fields[names[i]] == ref
     # from a time: the same ticks again (bounded by max_records)
     with client(gateway, tokens) as gc:
         again = [t.seq for md in gc.market_data([names[0]], start="time", start_time_ns=int(cols["ts"].min()),

@@ -45,7 +45,13 @@ from mystocks_gpu.infra.stack_prometheus import PrometheusServer
 from mystocks_gpu.schemas import AvroCodec, schema_store
 from tests.conftest import ROOT, run_cli, wait_until
 from tests.integration.jobs_plane import Plane, free_port
-from tests.integration.stream_helpers import Topics, make_topics, produce_ticks, synthetic
+from tests.integration.stream_helpers import (
+    Topics,
+    committed_total,
+    make_topics,
+    produce_ticks,
+    synthetic,
+)
 
 DAY = 86_400 * 10**9
 SINK = "results-backtest"
@@ -204,15 +210,6 @@ def test_backtest_results_become_postgres_rows_equal_to_the_topic_records(
         _assert_row_equals_record(rows[key], value)
 
 
-def _committed(settings: Settings, group: str) -> int:
-    c = Consumer(settings.kafka.client_config(**{"group.id": group, "enable.auto.commit": False}))
-    try:
-        (tp,) = c.committed([TopicPartition("results.backtest", 0)], timeout=10)
-        return max(tp.offset, 0)
-    finally:
-        c.close()
-
-
 def _end_offset(settings: Settings) -> int:
     c = Consumer(settings.kafka.client_config(**{"group.id": f"probe-{uuid.uuid4().hex[:6]}"}))
     try:
@@ -256,10 +253,10 @@ def test_connect_worker_killed_mid_stream_leaves_one_row_per_key(
     rate = first / (time.monotonic() - t0)
     group = f"connect-{SINK}"
     for _attempt in range(3):  # kill while rows are written past the committed offset (commits come every 1 s)
-        wait_until(lambda: (w := count()) - (_committed(settings, group) - base) >= 50 and w < n * 0.9, 120,
+        wait_until(lambda: (w := count()) - (committed_total(settings, group, "results.backtest", 1) - base) >= 50 and w < n * 0.9, 120,
                    "rows written past the committed offset", every_s=0.02)
         connect_worker.stop(hard=True)  # SIGKILL: no offset commit, no clean shutdown
-        written, committed = count(), _committed(settings, group) - base
+        written, committed = count(), committed_total(settings, group, "results.backtest", 1) - base
         if committed < written < n:
             break
         connect_worker.start()  # a commit slipped in before the kill: try again

@@ -183,3 +183,73 @@ def test_expected_returns_from_a_signal_topic(plane: Plane, bars: pd.DataFrame, 
     [rec] = _published(settings, job_id)
     np.testing.assert_allclose(rec["weights"], w.value, atol=1e-4)
     assert rec["expected_return"] == pytest.approx(float(mu @ np.asarray(rec["weights"])), rel=1e-9)
+
+
+def test_accounts_mode_solves_every_account_against_its_holdings_and_limits(plane: Plane, bars: pd.DataFrame,
+                                                                            settings: Settings, unique: str) -> None:
+    """Mode ``accounts``: the holdings at the last bar of each account on a positions topic (later
+    records ignored, earlier ones superseded, a tombstone closes one, a malformed record counted),
+    one min-variance problem per account in one batch: turnover against the account's own weights,
+    its concentration limit as a max weight. Each equals CVXPY + Clarabel; the trades reach the
+    CVXPY weights; bad accounts are rejected with the reason."""
+    import cvxpy as cp
+
+    from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
+    from mystocks_gpu.processors.risk.positions import encode_positions
+    from mystocks_gpu.topics import TopicSpec
+    from mystocks_gpu.topics.admin import TopicAdmin
+
+    topic = f"t.pos.{unique}"
+    TopicAdmin(settings.kafka).create([TopicSpec(topic, "account", "mystocks.risk.Positions", partitions=2,
+                                                 cleanup="compact", dlq=False)])
+    syms = sorted(bars["symbol"].unique())
+    last_ts = int(bars["ts"].max())
+    last_px = bars[bars["ts"] == last_ts].set_index("symbol").loc[syms, "close"].to_numpy()
+    holdings = {"acct-a": {syms[0]: 300.0, syms[1]: 200.0, syms[2]: 100.0},
+                "acct-b": {s: 50.0 + 10 * k for k, s in enumerate(syms)}}
+    limits = {"acct-a": {"concentration": 0.35}, "acct-b": {}}
+
+    def rec(acct: str, ts: int, held: dict[str, float], lim: dict[str, float] | None = None) -> tuple[bytes, bytes, int]:
+        return (acct.encode(), encode_positions(acct, ts, [(s, q, 10.0) for s, q in held.items()], lim), ts // 10**6)
+
+    items = [rec("acct-b", last_ts - 30 * DAY, {syms[0]: 1.0}),  # superseded
+             rec("acct-a", last_ts - 5 * DAY, holdings["acct-a"], limits["acct-a"]),
+             rec("acct-b", last_ts - DAY, holdings["acct-b"]),
+             rec("acct-b", last_ts + DAY, {syms[4]: 9999.0}),  # after the last bar: ignored
+             rec("acct-c", last_ts - DAY, {syms[0]: 10.0, "NOT-IN-UNIVERSE": 5.0}),
+             rec("acct-d", last_ts - 9 * DAY, {syms[0]: 10.0}),
+             (b"acct-d", None, (last_ts - 3 * DAY) // 10**6),  # closed
+             rec("acct-e", last_ts - DAY, {syms[0]: -100.0, syms[1]: 10.0}),  # net value < 0
+             (b"acct-x", b"\x00garbage", last_ts // 10**6)]
+    produce_all(make_producer(settings.kafka), topic, iter(items))
+    spec = _spec(bars, mode="accounts", positions_topic=topic, max_weight=0.5, turnover=0.6)
+    job_id = plane.submit("optimize", spec, bypass_cache=True)
+    final = plane.wait(job_id, {"succeeded", "failed"}, timeout=300)
+    assert final["state"] == "succeeded", final
+    res = final["result"]
+    rows = {r["account"]: r for r in res["portfolios"]}
+    assert set(rows) == {"acct-a", "acct-b", "acct-c", "acct-e"}  # acct-d is closed
+    assert rows["acct-c"]["status"] == "rejected" and "NOT-IN-UNIVERSE" in rows["acct-c"]["message"]
+    assert rows["acct-e"]["status"] == "rejected" and "net market value" in rows["acct-e"]["message"]
+    assert res["accounts"]["solved"] == 2 and res["accounts"]["positions_records_rejected"] == 1
+    cov = np.cov(_returns(bars), rowvar=False)
+    for acct in ("acct-a", "acct-b"):
+        q = np.array([holdings[acct].get(s, 0.0) for s in syms])
+        value = float(q @ last_px)
+        w0 = q * last_px / value
+        cap = min(0.5, limits[acct].get("concentration", 1.0))
+        w = cp.Variable(len(syms))
+        prob = cp.Problem(cp.Minimize(cp.quad_form(w, cp.psd_wrap(cov))),
+                          [cp.sum(w) == 1, w >= 0, w <= cap, cp.norm1(w - w0) <= 0.6])
+        prob.solve(solver=cp.CLARABEL, **CLARABEL_TIGHT)
+        row = rows[acct]
+        assert row["status"] == "optimal", row
+        assert row["value"] == pytest.approx(value, rel=1e-12)
+        np.testing.assert_allclose(row["current_weights"], w0, rtol=1e-12)
+        assert row["objective"] == pytest.approx(prob.value, rel=1e-6) and row["violation"] <= 1e-7
+        np.testing.assert_allclose(row["weights"], w.value, atol=1e-4)
+        trades = np.array([row["trades"].get(s, 0.0) for s in syms])
+        np.testing.assert_allclose((q + trades) * last_px / value, w.value, atol=1e-4)
+    assert rows["acct-a"]["max_weight"] == pytest.approx(0.35)
+    recs = _published(settings, job_id)
+    assert sorted(r["label"] for r in recs) == [f"account:{a}" for a in ("acct-a", "acct-b", "acct-c", "acct-e")]

@@ -16,17 +16,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from confluent_kafka import TopicPartition
 
 from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.gpu_ops.models import Model, make_model
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer, produce_all
+from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.processors.training.model_registry import publish_model, split_model
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT, wait_until
+from tests.integration.stream_helpers import committed_total
 
 CODEC = AvroCodec()
 FEATS = ["f1", "f2", "f3"]
@@ -59,15 +59,6 @@ def _vectors(first_seq: int, n: int, seed: int) -> tuple[list[tuple[bytes, bytes
     return items, rows
 
 
-def _committed(settings: Settings, group: str, topic: str) -> int:
-    c = make_consumer(settings.kafka, group)
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(max(tp.offset, 0) for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=10))
-    finally:
-        c.close()
-
-
 def _worker(name: str, topic: str, group: str, idle_exit: float) -> subprocess.Popen[bytes]:
     """A signals worker that exits after ``idle_exit`` s without input (the first one is killed before:
     a long idle exit keeps it up while v2 and part B are published on a busy machine)."""
@@ -89,23 +80,23 @@ def test_sigkill_mid_stream_across_a_hot_swap_then_a_corrupt_version(settings: S
     produce_all(make_producer(settings.kafka), topic, iter(items_a))
     w = _worker(name, topic, group, 60)
     try:
-        wait_until(lambda: _committed(settings, group, topic) >= n_a or w.poll() is not None, 120, "part A committed")
+        wait_until(lambda: committed_total(settings, group, topic) >= n_a or w.poll() is not None, 120, "part A committed")
         assert w.poll() is None, w.stderr.read().decode()[-3000:] if w.stderr else ""
         # v2, published in 5 parts (the registry splits models larger than a record)
         assert publish_model(settings.kafka, name, m2.to_bytes(), _meta(), chunk_bytes=180) == 2
         items_b, rows_b = _vectors(n_a, n_b, 2)
         rows.update(rows_b)
         produce_all(make_producer(settings.kafka), topic, iter(items_b))
-        wait_until(lambda: _committed(settings, group, topic) >= n_a + 1500 or w.poll() is not None, 120,
+        wait_until(lambda: committed_total(settings, group, topic) >= n_a + 1500 or w.poll() is not None, 120,
                    "progress into part B")
         time.sleep(random.Random(5).uniform(0.0, 0.5))
         assert w.poll() is None, "the worker finished part B before it could be killed: raise n_b"
         os.killpg(w.pid, signal.SIGKILL)
         w.wait(30)
-        killed_at = _committed(settings, group, topic)
+        killed_at = committed_total(settings, group, topic)
         assert killed_at < n_a + n_b
         w = _worker(name, topic, group, 6)
-        wait_until(lambda: _committed(settings, group, topic) > killed_at, 120, "progress after the restart")
+        wait_until(lambda: committed_total(settings, group, topic) > killed_at, 120, "progress after the restart")
         # v3: its parts join to bytes that do not match their hash
         blob = _model(3).to_bytes()
         recs = split_model(name, 3, blob, {**_meta(), "model": name, "version": 3}, time.time_ns(), 200)

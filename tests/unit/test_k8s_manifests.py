@@ -74,7 +74,8 @@ def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]
 def test_probes_config_secrets_and_pdbs(overlay: str) -> None:
     docs = _docs(overlay)
     deps = _by_kind(docs, "Deployment")
-    assert set(deps) == {"features-worker", "aggregate-worker", "job-worker", "control"}
+    assert set(deps) == {"features-worker", "aggregate-worker", "execution-worker", "risk-worker", "job-worker",
+                         "control", "gateway"}
     cm = next(iter(_by_kind(docs, "ConfigMap")))
     assert "mystocks-secrets" in _by_kind(docs, "Secret")
     pdb_selectors = [d["spec"]["selector"]["matchLabels"] for d in _by_kind(docs, "PodDisruptionBudget").values()]
@@ -82,10 +83,15 @@ def test_probes_config_secrets_and_pdbs(overlay: str) -> None:
         pod = dep["spec"]["template"]
         c = pod["spec"]["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        for probe in ("livenessProbe", "readinessProbe"):
-            get = c[probe]["httpGet"]
-            assert get["port"] in ports and get["path"] in {"/metrics", "/health"}, (name, probe)
-        assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(next(iter(ports.values()))), name
+        if name == "gateway":  # gRPC: kubelet's gRPC probe on the standard health service it serves
+            for probe in ("livenessProbe", "readinessProbe"):
+                assert c[probe]["grpc"]["port"] == ports["grpc"], (name, probe)
+            assert c["args"][c["args"].index("--port") + 1] == str(ports["grpc"])
+        else:
+            for probe in ("livenessProbe", "readinessProbe"):
+                get = c[probe]["httpGet"]
+                assert get["port"] in ports and get["path"] in {"/metrics", "/health"}, (name, probe)
+            assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(next(iter(ports.values()))), name
         assert {"name": "config", "configMap": {"name": cm}} in pod["spec"]["volumes"], name
         assert {"secretRef": {"name": "mystocks-secrets"}} in c["envFrom"], name
         assert any(sel.items() <= pod["metadata"]["labels"].items() for sel in pdb_selectors), f"{name} has no PDB"
@@ -100,7 +106,7 @@ def test_gpu_overlay_requests_gpus_on_gpu_nodes_and_dev_none() -> None:
         assert res["limits"]["nvidia.com/gpu"] == "1" and res["requests"]["nvidia.com/gpu"] == "1"
         assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-    for name in ("aggregate-worker", "control"):
+    for name in ("aggregate-worker", "execution-worker", "risk-worker", "control", "gateway"):
         assert "nvidia.com/gpu" not in json.dumps(gpu[name])
     assert "nvidia.com/gpu" not in json.dumps(dev)
     toml = _by_kind(_docs("gpu"), "ConfigMap")
@@ -111,7 +117,7 @@ def test_keda_scales_the_stream_workers_on_their_consumer_group_lag() -> None:
     docs = _docs("gpu")
     deps = _by_kind(docs, "Deployment")
     scaled = _by_kind(docs, "ScaledObject")
-    assert set(scaled) == {"features-worker", "aggregate-worker"}
+    assert set(scaled) == {"features-worker", "aggregate-worker", "execution-worker"}  # risk.prices has 1 partition
     from mystocks_gpu.topics.catalog import get
 
     for so in scaled.values():

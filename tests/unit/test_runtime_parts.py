@@ -6,10 +6,11 @@ from __future__ import annotations
 import importlib
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.clock import ManualClock
+from mystocks_gpu.infra.kafka_clients import watermarks
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import Status, TickDecoder
 from mystocks_gpu.streams.dead_letters import H_TRUNCATED, dlq_headers, fit_dead_letter
@@ -144,3 +145,29 @@ def test_fence_check_tells_another_worker_from_our_own_stale_member() -> None:
     assert not is_twin("g.x.aggregate.w~2~def", tid, me)
     assert not is_twin("g.x.aggregate.w~1", tid, me)  # an old-style id without a nonce is someone else's tid
     assert not is_twin("rdkafka", tid, me)
+
+
+class _Leaderless:
+    """Answers ``get_watermark_offsets`` with ``errors`` first, then (3, 9)."""
+
+    def __init__(self, *errors: int) -> None:
+        self.errors, self.calls = list(errors), 0
+
+    def get_watermark_offsets(self, tp: object, timeout: float) -> tuple[int, int]:
+        self.calls += 1
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+        return 3, 9
+
+
+def test_watermarks_wait_out_a_leader_election_and_raise_other_errors() -> None:
+    c = _Leaderless(KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+    assert watermarks(c, None, 10) == (3, 9) and c.calls == 3  # type: ignore[arg-type]
+    c = _Leaderless(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(KafkaException):
+        watermarks(c, None, 10)  # type: ignore[arg-type]
+    assert c.calls == 1
+    c = _Leaderless(*[KafkaError.NOT_LEADER_FOR_PARTITION] * 100)
+    with pytest.raises(KafkaException):  # still leaderless at the deadline
+        watermarks(c, None, 0.3)  # type: ignore[arg-type]
+    assert 2 <= c.calls < 10

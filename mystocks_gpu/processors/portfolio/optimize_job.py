@@ -7,8 +7,8 @@
 2. the run replays ``spec.bar_topic`` over ``[start, end)`` with the deterministic replay source,
    pivots the closes of the universe to ``(T, n)`` (stale price policy: forward fill, leading
    incomplete bars dropped), estimates covariance / expected returns, and builds the batch:
-   one problem, an efficient frontier (one problem per risk aversion) or one problem per
-   rebalance date; the batch is solved at once by the batched ADMM solver of
+   one problem, an efficient frontier (one problem per risk aversion), one problem per
+   rebalance date, or one problem per account of the ``positions`` topic; the batch is solved at once by the batched ADMM solver of
    :mod:`mystocks_gpu.gpu_ops.portfolio` on the worker's device (GPU or its CPU twin);
 3. every problem's outcome goes to ``results.portfolio`` (Avro ``PortfolioResult``, key = job id,
    one record per problem; a re-run after a worker crash re-publishes the same records, which
@@ -38,6 +38,13 @@ from mystocks_gpu.gpu_ops.portfolio.exceptions import PortfolioInputError
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK
 from mystocks_gpu.processors.exceptions import JobSpecError, JobStopped
 from mystocks_gpu.processors.job_kind import JobKind, ProgressCb, current_run
+from mystocks_gpu.processors.portfolio.accounts import (
+    AccountBook,
+    AccountProblem,
+    account_problems,
+    account_row_extra,
+    read_positions,
+)
 from mystocks_gpu.processors.portfolio.optimize_spec import OptimizeSpec
 from mystocks_gpu.schemas.schema_store import SchemaStore
 
@@ -115,9 +122,10 @@ def frontier_aversions(spec: OptimizeSpec) -> np.ndarray:
     return np.geomspace(hi, lo, spec.frontier_points)
 
 
-def build_problems(spec: OptimizeSpec, closes: np.ndarray, signal_mu: np.ndarray | None = None
-                   ) -> tuple[list[Any], list[str]]:
-    """The ``single``/``frontier`` batch and a label per problem (``single``, ``frontier:<k>``)."""
+def build_problems(spec: OptimizeSpec, closes: np.ndarray, signal_mu: np.ndarray | None = None,
+                   accounts: list[AccountProblem] | None = None) -> tuple[list[Any], list[str]]:
+    """The ``single``/``frontier``/``accounts`` batch and a label per problem (``single``,
+    ``frontier:<k>``, ``account:<id>``)."""
     from mystocks_gpu.gpu_ops.portfolio.rebalance import simple_returns
 
     r = simple_returns(closes)
@@ -129,6 +137,9 @@ def build_problems(spec: OptimizeSpec, closes: np.ndarray, signal_mu: np.ndarray
         mu = signal_mu
     if spec.mode == "single":
         return [template(spec, cov, mu, window)], ["single"]
+    if spec.mode == "accounts":
+        return ([template(spec, cov, mu, window, current_weights=a.w0, max_weight=a.max_weight, leverage=a.leverage)
+                 for a in accounts or []], [f"account:{a.account}" for a in accounts or []])
     return ([template(spec, cov, mu, window, risk_aversion=float(ra)) for ra in frontier_aversions(spec)],
             [f"frontier:{k}" for k in range(spec.frontier_points)])
 
@@ -166,31 +177,43 @@ def _num(v: float) -> float | None:
 
 
 def optimize_closes(spec: OptimizeSpec, closes: np.ndarray, ts: np.ndarray, cfg: Any, progress: ProgressCb,
-                    should_stop: Callable[[], bool], signal_mu: np.ndarray | None = None
-                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                    should_stop: Callable[[], bool], signal_mu: np.ndarray | None = None,
+                    book: AccountBook | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The job's computation on closes ``(T, n)`` at bar times ``ts (T,)``: ``(rows, extra)`` with
-    one row per problem (:func:`_row`) and the frontier / rebalancing extras. Raises
+    one row per problem (:func:`_row`) and the frontier / rebalancing / accounts extras (mode
+    ``accounts`` needs ``book``, the positions at the last bar). Raises
     :class:`JobStopped` when stopped, :class:`PortfolioInfeasible` when no problem has a solution."""
     from mystocks_gpu.gpu_ops.portfolio import solve_batch
+    from mystocks_gpu.gpu_ops.portfolio.result import PortfolioResult
 
     extra: dict[str, Any] = {}
     if spec.mode == "rebalance":
         progress(0.1, f"rebalancing backtest over {closes.shape[0]} bars")
         rows, extra = _rebalance(spec, closes, ts, cfg)
     else:
-        problems, labels = build_problems(spec, closes, signal_mu)
+        accts, rejected = account_problems(spec, book, closes[-1]) if book is not None else ([], {})
+        problems, labels = build_problems(spec, closes, signal_mu, accts)
         progress(0.1, f"solving {len(problems)} problem(s) of {len(spec.universe)} assets on {cfg.backend}")
 
         def on_progress(done: int, total: int) -> None:
             progress(0.1 + 0.8 * done / max(total, 1), f"solved {done}/{total}")
 
         try:
-            results = solve_batch(problems, cfg, on_progress, should_stop)
+            results = solve_batch(problems, cfg, on_progress, should_stop) if problems else []
         except PortfolioInputError as exc:
             raise JobSpecError(f"optimize: {exc}") from None
         if any(r.status == "cancelled" for r in results):
             raise JobStopped("stopped")
         rows = [_row(r, lab, spec, i, int(ts[-1])) for i, (r, lab) in enumerate(zip(results, labels, strict=True))]
+        if book is not None:
+            for row, acct in zip(rows, accts, strict=True):
+                row.update(account_row_extra(acct, row["weights"], closes[-1], list(spec.universe)))
+            for name, why in rejected.items():
+                res = PortfolioResult("rejected", None, math.nan, math.nan, math.nan, 0, math.nan, (), why, False)
+                rows.append({**_row(res, f"account:{name}", spec, len(rows), int(ts[-1])), "account": name})
+            extra["accounts"] = {"solved": len(accts), "rejected": rejected,
+                                 "positions_records_rejected": book.n_rejected,
+                                 "positions_rejections": book.rejected_records}
         if spec.mode == "frontier":
             extra["frontier"] = [{"risk_aversion": float(ra), "ann_volatility": r["ann_volatility"],
                                   "ann_return": r["ann_return"], "status": r["status"]}
@@ -224,7 +247,11 @@ def run_optimize_job(spec: OptimizeSpec, progress: ProgressCb, should_stop: Call
     if should_stop():
         raise JobStopped("stopped")
     mu_sig = signal_returns(settings.kafka, spec, int(ts[-1]), store) if spec.expected_returns == "signal" else None
-    rows, extra = optimize_closes(spec, closes, ts, cfg, progress, should_stop, mu_sig)
+    book = None
+    if spec.mode == "accounts":
+        progress(0.05, f"reading the accounts on {spec.positions_topic}")
+        book = read_positions(settings.kafka, spec.positions_topic, int(ts[-1]), store)
+    rows, extra = optimize_closes(spec, closes, ts, cfg, progress, should_stop, mu_sig, book)
     progress(0.92, f"publishing {len(rows)} portfolio(s) to {RESULTS_TOPIC}")
     n_msgs = publish_portfolios(settings, rows, spec, store)
     statuses: dict[str, int] = {}

@@ -19,7 +19,7 @@ import numpy as np
 from mystocks_gpu.processors.exceptions import JobSpecError
 from mystocks_gpu.processors.job_kind import MIB, JobSpec
 
-MODES = ("single", "frontier", "rebalance")
+MODES = ("single", "frontier", "rebalance", "accounts")
 ESTIMATORS = ("sample", "ledoit_wolf", "ewma")
 EXPECTED_RETURNS = ("historical", "signal")
 _OBJECTIVES = ("min_variance", "mean_variance", "max_sharpe", "risk_parity", "min_cvar")
@@ -54,7 +54,10 @@ class OptimizeSpec(JobSpec):
     portfolios with risk aversions spaced geometrically over ``frontier_risk_aversion`` [lo, hi],
     solved as one batch; ``rebalance`` = the optimiser at every ``rebalance_every``-th bar from
     ``lookback`` on, the portfolio simulated between dates with ``cost_rate`` x traded value as
-    cost (dates are solved as one batch unless ``turnover`` links them).
+    cost (dates are solved as one batch unless ``turnover`` links them); ``accounts`` = one
+    portfolio per account of ``positions_topic`` (``accounts``, or every open account when None)
+    as of the last bar, solved as one batch, each against its own current weights (``turnover``)
+    and limits, with the trades that reach it (:mod:`~mystocks_gpu.processors.portfolio.accounts`).
 
     ``solver``: :class:`~mystocks_gpu.gpu_ops.portfolio.SolverConfig` fields (tolerances,
     iterations, ``psd_repair`` "clip"/"reject"...; ``backend`` comes from the worker's device).
@@ -91,6 +94,8 @@ class OptimizeSpec(JobSpec):
     frontier_points: int = 20
     frontier_risk_aversion: list[float] = field(default_factory=lambda: [0.5, 500.0])
     rebalance_every: int = 20
+    positions_topic: str = "positions"
+    accounts: list[str] | None = None
     cost_rate: float = 0.001
     periods_per_year: float = 252.0
     solver: dict[str, Any] = field(default_factory=dict)
@@ -140,8 +145,18 @@ class OptimizeSpec(JobSpec):
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise bad(f"{name} must be > 0, got {v}")
-        if self.turnover is not None and self.mode != "rebalance" and self.current_weights is None:
-            raise bad("turnover needs current_weights (the rebalancing backtest uses its drifted weights)")
+        if self.turnover is not None and self.mode not in ("rebalance", "accounts") and self.current_weights is None:
+            raise bad("turnover needs current_weights (the rebalancing backtest uses its drifted weights, "
+                      "mode 'accounts' each account's)")
+        if self.mode == "accounts":
+            if self.current_weights is not None:
+                raise bad("mode 'accounts' takes each account's current weights from its positions: "
+                          "drop current_weights")
+            if self.accounts is not None and (not self.accounts or len(set(self.accounts)) != len(self.accounts)
+                                              or not all(isinstance(a, str) and a for a in self.accounts)):
+                raise bad("accounts must be a non-empty list of distinct account ids (or null = every account)")
+            if not self.positions_topic:
+                raise bad("positions_topic must not be empty")
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                for v in (self.current_weights or {}).values()):
             raise bad("current_weights must map symbols to finite numbers")
@@ -179,6 +194,8 @@ class OptimizeSpec(JobSpec):
 
     def n_problems(self) -> int:
         """Problems in the batch of ``single``/``frontier`` (rebalance: known after loading)."""
+        if self.mode == "accounts":
+            return len(self.accounts) if self.accounts else 1
         return self.frontier_points if self.mode == "frontier" else 1
 
     def memory_bytes(self) -> int:
@@ -188,7 +205,8 @@ class OptimizeSpec(JobSpec):
 
     def data_range(self) -> dict[str, Any]:
         return {"topic": self.bar_topic, "start": self.start, "end": self.end, "universe": list(self.universe),
-                "signal_topic": self.signal_topic, "signal_column": self.signal_column}
+                "signal_topic": self.signal_topic, "signal_column": self.signal_column,
+                **({"positions_topic": self.positions_topic} if self.mode == "accounts" else {})}
 
     def group_matrix(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]] | None:
         """``(groups (g, n), lower (g,), upper (g,), names)`` of the sector bounds, or None."""

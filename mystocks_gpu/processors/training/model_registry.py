@@ -152,7 +152,7 @@ def _read_all(kafka: Any, topic: str) -> Iterator[tuple[bytes | None, bytes | No
     """Every record of ``topic`` (read_committed) up to the end captured at the start."""
     from confluent_kafka import KafkaError, TopicPartition
 
-    from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer
+    from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, watermarks
 
     ensure_broker(kafka)
     consumer = make_consumer(kafka, f"mystocks-models-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
@@ -161,7 +161,7 @@ def _read_all(kafka: Any, topic: str) -> Iterator[tuple[bytes | None, bytes | No
         if md is None or md.error is not None:
             raise ModelNotFound(f"topic {topic} does not exist; run: mystocks-gpu topics create")
         for p in sorted(md.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=kafka.connect_timeout_s)
+            low, high = watermarks(consumer, TopicPartition(topic, p), kafka.connect_timeout_s)
             if high <= low:
                 continue
             consumer.assign([TopicPartition(topic, p, low)])

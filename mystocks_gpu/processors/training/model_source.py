@@ -101,7 +101,9 @@ class KafkaModelSource:
     def _backfill(self, timeout_s: float) -> None:
         from confluent_kafka import TopicPartition
 
-        highs = {p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+        from mystocks_gpu.infra.kafka_clients import watermarks
+
+        highs = {p: watermarks(self.consumer, TopicPartition(self.topic, p), 10)[1]
                  for p in self.partitions}
         deadline = self.clock.monotonic() + timeout_s
         while self.clock.monotonic() < deadline:

@@ -168,6 +168,10 @@ def test_stale_prices_are_forward_filled_and_incomplete_leading_bars_dropped() -
     ({"solver": {"backend": "gpu"}}, "worker's device"),
     ({"expected_returns": "signal"}, "signal_topic"),
     ({"colour": "red"}, "unknown spec field"),
+    ({"mode": "accounts", "current_weights": {"AAA": 1.0}}, "drop current_weights"),
+    ({"mode": "accounts", "accounts": []}, "non-empty list"),
+    ({"mode": "accounts", "accounts": ["a", "a"]}, "distinct"),
+    ({"mode": "accounts", "positions_topic": ""}, "positions_topic"),
 ])
 def test_bad_specs_are_rejected_with_the_reason(patch: dict[str, Any], reason: str) -> None:
     with pytest.raises(JobSpecError, match=reason):
