@@ -242,14 +242,16 @@ def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
                           timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})}, input=input)
 
 
-def wait_until(cond: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.1) -> Any:
+def wait_until(cond: Callable[[], Any], timeout_s: float, what: str | Callable[[], str],
+               every_s: float = 0.1) -> Any:
     """Poll ``cond`` until it returns a truthy value (returned) or ``timeout_s`` seconds pass
-    (AssertionError naming ``what``): a wait on a condition with a deadline, not a fixed sleep."""
+    (AssertionError naming ``what``, or what ``what()`` says then, e.g. a log's tail): a wait on a
+    condition with a deadline, not a fixed sleep."""
     deadline = time.monotonic() + timeout_s
     while True:
         got = cond()
         if got:
             return got
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what() if callable(what) else what}")
         time.sleep(every_s)

@@ -27,7 +27,7 @@ from confluent_kafka import TopicPartition
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.infra.kafka_clients import make_consumer, watermarks
+from mystocks_gpu.infra.kafka_clients import consume_ready, make_consumer, watermarks
 from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.protocol import COMMAND_SCHEMA, FINAL, STATUS_SCHEMA, status_to_json
 from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
@@ -118,7 +118,7 @@ class JobView:
             self.error = ""
             self.ready.set()
             while not self._stop.is_set():
-                msgs = c.consume(500, timeout=0.2)
+                msgs = consume_ready(c, 500, 0.2)
                 for m in msgs:
                     if m.error():
                         continue

@@ -24,13 +24,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
 from mystocks_gpu.api.grpc_errors import InvalidArgument, Unavailable, mapped
 from mystocks_gpu.api.protos import realtime_pb2, realtime_pb2_grpc
+from mystocks_gpu.api.tick_wire import KindTable, encode_ticks, topic_field
 from mystocks_gpu.api.topic_scan import read_until
 from mystocks_gpu.infra.config import GatewayConfig, Settings
-from mystocks_gpu.infra.kafka_clients import make_consumer, watermarks
+from mystocks_gpu.infra.kafka_clients import consume_ready, make_consumer, watermarks
 from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
 from mystocks_gpu.schemas.batch_codec import TickDecoder
 
@@ -51,33 +53,44 @@ def per_record(convert: Callable[[Any], Any | None], symbols: set[str]) -> Calla
     return batch
 
 
-def tick_converter(settings: Settings, symbols: set[str]) -> Callable[[list[Any]], list[Any]]:
-    """Batch converter of ``md.ticks`` messages to ``Tick`` protos: one :class:`TickDecoder` call per
-    batch (columnar Avro decode, the stream worker's) instead of a dict per record; records that do
-    not decode are skipped, as the per-record path does."""
+class TickBatch:
+    """A batch of ticks already in a ``MarketData`` message (``len`` = ticks; slicing keeps the
+    first ones, for ``max_records``)."""
+
+    def __init__(self, md: Any) -> None:
+        self.md = md
+
+    def __len__(self) -> int:
+        return len(self.md.ticks)
+
+    def __getitem__(self, part: slice) -> TickBatch:
+        md = realtime_pb2.MarketData()
+        md.CopyFrom(self.md)
+        del md.ticks[part.stop:]
+        return TickBatch(md)
+
+
+def tick_converter(settings: Settings, symbols: set[str]) -> Callable[[list[Any]], Any]:
+    """Batch converter of ``md.ticks`` messages to a :class:`TickBatch`: one :class:`TickDecoder`
+    call per batch (columnar Avro decode, the stream worker's), the ``Tick``s written in protobuf
+    wire format by :func:`~mystocks_gpu.api.tick_wire.encode_ticks` and parsed once; records that
+    do not decode are skipped, as the per-record path does."""
     decoder = TickDecoder(schema_store(settings))  # its own symbol table: codes are per stream
     keys = frozenset(s.encode() for s in symbols)
-    tick = realtime_pb2.Tick
-    kind_names = next(list(p.symbols) for p in decoder.plans if p.name == "kind")
+    kinds = KindTable(next(list(p.symbols) for p in decoder.plans if p.name == "kind"))
+    head = topic_field("md.ticks")
 
-    def batch(msgs: list[Any]) -> list[Any]:
+    def batch(msgs: list[Any]) -> Any:
         msgs = _keyed(msgs, keys)
         if not msgs:
             return []
         b = decoder.decode([m.value() for m in msgs])
         if not len(b):
             return []
-        table = b.symbols
-        assert table is not None
-        c = b.columns
-        kinds = [kind_names[k] for k in c["kind"].tolist()]
-        where = [(msgs[i].partition(), msgs[i].offset()) for i in b.index.tolist()]
-        return [tick(symbol=sym, ts_event_ns=ts, seq=seq, kind=kind, price=px, size=sz, side=sd, bid=bid, ask=ask,
-                     bid_size=bs, ask_size=as_, partition=part, offset=off)
-                for sym, ts, seq, kind, px, sz, sd, bid, ask, bs, as_, (part, off) in zip(
-                    table.decode(c["sym"]), c["ts"].tolist(), c["seq"].tolist(), kinds, c["price"].tolist(),
-                    c["size"].tolist(), c["side"].tolist(), c["bid"].tolist(), c["ask"].tolist(),
-                    c["bid_size"].tolist(), c["ask_size"].tolist(), where, strict=True)]
+        rows = b.index.tolist()
+        part = np.fromiter((msgs[i].partition() for i in rows), np.int64, len(rows))
+        off = np.fromiter((msgs[i].offset() for i in rows), np.int64, len(rows))
+        return TickBatch(realtime_pb2.MarketData.FromString(head + encode_ticks(b.buffer, b.columns, kinds, part, off)))
     return batch
 
 
@@ -95,16 +108,16 @@ class TopicStream:
     """One stream's consumer thread and bounded queue (see the module docstring)."""
 
     def __init__(self, settings: Settings, gw: GatewayConfig, topic: str, start: int, start_time_ns: int,
-                 start_offset: int, convert: Callable[[list[Any]], list[Any]], loop: asyncio.AbstractEventLoop,
+                 start_offset: int, convert: Callable[[list[Any]], Any], loop: asyncio.AbstractEventLoop,
                  stats: StreamStats, max_batch: int) -> None:
         self.settings, self.gw, self.topic, self.convert, self.loop, self.stats = settings, gw, topic, convert, loop, stats
         self.start, self.start_time_ns, self.start_offset, self.max_batch = start, start_time_ns, start_offset, max_batch
-        self.queue: asyncio.Queue[list[Any] | BaseException] = asyncio.Queue(gw.stream_queue_max)
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(gw.stream_queue_max)  # batches (list | TickBatch) or an error
         self.ready = asyncio.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"gateway-stream-{topic}")
 
-    def _put(self, item: list[Any] | BaseException) -> bool:
+    def _put(self, item: Any) -> bool:
         """Blocking put from the thread (backpressure); False when stopped meanwhile."""
         fut = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
         while not self.stop.is_set():
@@ -147,7 +160,7 @@ class TopicStream:
             c.assign(self._positions(c))
             self.loop.call_soon_threadsafe(self.ready.set)
             while not self.stop.is_set():
-                msgs = c.consume(self.max_batch, timeout=0.2)
+                msgs = consume_ready(c, self.max_batch, 0.2)
                 if not msgs:
                     continue
                 self.stats.records_read += len(msgs)
@@ -170,7 +183,7 @@ class RealTimeServicer(realtime_pb2_grpc.RealTimeServiceServicer):
         self.stats = stats or StreamStats()
 
     # ---- market data -----------------------------------------------------------------------
-    def _market_converter(self, topic: str, symbols: set[str]) -> Callable[[list[Any]], list[Any]]:
+    def _market_converter(self, topic: str, symbols: set[str]) -> Callable[[list[Any]], Any]:
         if topic == "md.ticks":
             return tick_converter(self.settings, symbols)
         decode = self.codec.decode
@@ -226,7 +239,9 @@ class RealTimeServicer(realtime_pb2_grpc.RealTimeServiceServicer):
                              self.stats, self._limits(request.max_batch))
         tick = topic == "md.ticks"
 
-        def wrap(batch: list[Any]) -> Any:
+        def wrap(batch: Any) -> Any:
+            if isinstance(batch, TickBatch):
+                return batch.md
             return realtime_pb2.MarketData(topic=topic, ticks=batch) if tick else realtime_pb2.MarketData(topic=topic, bars=batch)
 
         async for msg in self._run_stream(stream, context, request.max_records, wrap):

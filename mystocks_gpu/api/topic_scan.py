@@ -8,6 +8,8 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
+from mystocks_gpu.infra.kafka_clients import consume_ready
+
 
 def read_until(c: Any, topic: str, starts: dict[int, int], ends: dict[int, int], on_msg: Callable[[Any], None],
                timeout_s: float) -> bool:
@@ -22,7 +24,7 @@ def read_until(c: Any, topic: str, starts: dict[int, int], ends: dict[int, int],
     while todo:
         if time.monotonic() > deadline:
             return False
-        for m in c.consume(1000, timeout=0.2):
+        for m in consume_ready(c, 1000, 0.2):
             if m.error() or m.partition() not in todo or m.offset() >= ends[m.partition()]:
                 continue
             on_msg(m)

@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
 
 from mystocks_gpu.infra.config import KafkaConfig
-from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, watermarks
+from mystocks_gpu.infra.kafka_clients import consume_ready, ensure_broker, make_consumer, watermarks
 from mystocks_gpu.schemas import AvroCodec, DecodeError
 
 
@@ -59,7 +59,7 @@ def read_topic(cfg: KafkaConfig, topic: str, *, from_beginning: bool = True, max
         last = time.monotonic()
         while (max_records is None or n < max_records) and (pending or not stop_at_end):
             want = 1000 if max_records is None else max(1, min(1000, max_records - n))
-            msgs = consumer.consume(want, timeout=0.2)
+            msgs = consume_ready(consumer, want, 0.2)
             if not msgs:
                 if time.monotonic() - last > idle_timeout_s:
                     return

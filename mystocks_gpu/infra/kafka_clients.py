@@ -52,6 +52,19 @@ def make_consumer(cfg: KafkaConfig, group_id: str, **extra: Any) -> Consumer:
     return Consumer(_base(cfg, {**defaults, **extra}))
 
 
+def consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    """Up to ``max_messages`` messages: blocks at most ``timeout`` s for the *first* one, then takes
+    whatever else is already fetched without waiting. (``Consumer.consume(n, timeout)`` waits for
+    ``n`` messages or the whole timeout, so a reader of a quiet topic would see each record up to
+    ``timeout`` late.) Error events (partition EOF, ...) are returned like messages."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    if max_messages <= 1:
+        return [first]
+    return [first, *consumer.consume(max_messages - 1, timeout=0)]
+
+
 #: errors of a partition whose leader is being elected (a topic just created, a broker restarting)
 LEADERSHIP_ERROR_CODES = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                                     KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})

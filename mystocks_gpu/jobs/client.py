@@ -17,6 +17,7 @@ from confluent_kafka import TopicPartition
 from mystocks_gpu.infra.config import ApiConfig, Settings
 from mystocks_gpu.infra.kafka_clients import (
     DeliveryTracker,
+    consume_ready,
     ensure_broker,
     make_consumer,
     make_producer,
@@ -100,7 +101,7 @@ class StatusFollower:
                                    "cmd.jobs and runs when it starts")
             if end is not None and now > end:
                 raise WaitTimeout(f"job {job_id} not final after {timeout_s:.0f} s")
-            for m in self.consumer.consume(100, timeout=0.2):
+            for m in consume_ready(self.consumer, 100, 0.2):
                 if m.error() or m.key() is None or m.value() is None:
                     continue
                 try:

@@ -345,7 +345,7 @@ class _Feed:
 
         from confluent_kafka import TopicPartition
 
-        from mystocks_gpu.infra.kafka_clients import make_consumer, watermarks
+        from mystocks_gpu.infra.kafka_clients import consume_ready, make_consumer, watermarks
 
         ctl = self.ctl
         c = make_consumer(ctl.settings.kafka, f"mystocks-ws-{self.mtype}-{uuid.uuid4().hex[:6]}",
@@ -364,7 +364,7 @@ class _Feed:
             self.ready.set()
             idle_since: float | None = None
             while not self.stop.is_set():
-                msgs = c.consume(500, timeout=0.2)
+                msgs = consume_ready(c, 500, 0.2)
                 if not ctl.hub.wants(self.mtype):
                     now = ctl.clock.monotonic()
                     idle_since = idle_since or now

@@ -48,6 +48,9 @@ REPLAY_CONSUMER: dict[str, Any] = {
     "max.partition.fetch.bytes": 16 << 20,
     "queued.min.messages": 500_000,
     "check.crcs": False,
+    # a fetch at the end of the data returns at once (the broker's default holds it 500 ms for more;
+    # a bounded replay reads each partition up to a known end and must not wait at every partition)
+    "fetch.wait.max.ms": 10,
 }
 
 
@@ -149,9 +152,12 @@ class ReplaySource:
         """Lists of messages of partition ``b`` with offsets in ``[b.start, b.end)``, in order."""
         consumer.assign([TopicPartition(self.topic, b.partition, b.start)])
         last_progress = time.monotonic()
+        next_offset = b.start
         try:
             while True:
-                msgs = consumer.consume(20_000, timeout=0.1)
+                # ask for no more than what is left (+1: the EOF event), so the call returns as soon
+                # as the partition's end is in instead of waiting out its timeout for a full batch
+                msgs = consumer.consume(max(1, min(20_000, b.end - next_offset + 1)), timeout=0.1)
                 if not msgs:
                     if time.monotonic() - last_progress > self.stall_timeout_s:
                         raise FatalRuntimeError(f"replay of {self.topic}[{b.partition}] stalled for "
@@ -179,6 +185,7 @@ class ReplaySource:
                                 hi = mid
                         msgs = msgs[:lo]
                 if msgs:
+                    next_offset = msgs[-1].offset() + 1
                     yield msgs
                 if done:
                     return

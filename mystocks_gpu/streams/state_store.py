@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
-from mystocks_gpu.infra.kafka_clients import make_consumer, watermarks
+from mystocks_gpu.infra.kafka_clients import consume_ready, make_consumer, watermarks
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.processor import Processor
@@ -83,7 +83,7 @@ def read_changelogs(cfg: KafkaConfig, topic: str, partitions: list[int], timeout
         while todo:
             if clock.monotonic() > deadline:
                 raise FatalRuntimeError(f"restoring {topic}{sorted(todo)} took longer than {timeout_s:.0f} s")
-            for m in consumer.consume(10_000, timeout=0.5):
+            for m in consume_ready(consumer, 10_000, 0.5):
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:

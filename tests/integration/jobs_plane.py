@@ -9,38 +9,23 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.jobs.client import StatusFollower
 from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.protocol import FINAL
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["ROOT", "Plane", "collect", "free_port", "http", "states", "wait_until"]  # wait_until: re-exported
 HB_TTL = "3"
 HB_INTERVAL = "0.5"
-T = TypeVar("T")
-#: pause between two checks of a condition in :func:`wait_until`, s
-POLL_S = 0.05
-
-
-def wait_until(cond: Callable[[], T], timeout: float, what: str | Callable[[], str]) -> T:
-    """Poll ``cond()`` until it returns something truthy (returned) or ``timeout`` seconds pass
-    (AssertionError naming ``what``)."""
-    end = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")
-        time.sleep(POLL_S)
 
 
 def free_port() -> int:

@@ -119,3 +119,61 @@ def test_ws_severity_filter_and_schemas() -> None:
     fastjsonschema.compile(MESSAGE_SCHEMAS["alert"])(json.loads(json.dumps(msg)))
     with pytest.raises(fastjsonschema.JsonSchemaException):
         fastjsonschema.compile(MESSAGE_SCHEMAS["alert"])({**msg, "data": {**msg["data"], "severity": "LOUD"}})
+
+
+def test_tick_wire_encoding_parses_to_the_ticks_protobuf_builds() -> None:
+    """The numba wire encoder of SubscribeMarketData's ticks: parsed by protobuf's runtime, every
+    field equals a Tick built field by field with the protobuf API (negative side, zeros, unicode
+    and long symbols, 64-bit offsets and timestamps, NaN/inf/-0.0 prices), and a garbage record in
+    the batch is skipped."""
+    import math
+
+    import numpy as np
+
+    from mystocks_gpu.api.market_stream import tick_converter
+    from mystocks_gpu.api.protos import realtime_pb2
+    from mystocks_gpu.infra.config import Settings
+    from mystocks_gpu.schemas import AvroCodec
+
+    rng = np.random.default_rng(3)
+    codec = AvroCodec()
+    syms = ["A", "BRK.B", "Ünicode-€", "X" * 200]
+    special = [0.0, -0.0, math.inf, -math.inf, math.nan, 1e-300, 123.456]
+    recs, want = [], []
+    for i in range(400):
+        sym = syms[i % len(syms)]
+        px = special[i % len(special)] if i % 7 == 0 else float(rng.normal(100, 5))
+        r = {"symbol": sym, "ts_event": int(rng.integers(0, 2**62)), "seq": int(rng.integers(0, 2**40)),
+             "kind": ["TRADE", "QUOTE"][i % 2], "price": px, "size": float(rng.integers(0, 5)) * 100,
+             "side": int(rng.integers(-1, 2)), "bid": px - 0.01, "ask": px + 0.01, "bid_size": 0.0,
+             "ask_size": float(rng.integers(1, 10**6))}
+        part, off = int(rng.integers(0, 64)), int(rng.integers(0, 2**50))
+        recs.append((sym, codec.encode("mystocks.md.Tick", r), part, off))
+        want.append(realtime_pb2.Tick(symbol=sym, ts_event_ns=r["ts_event"], seq=r["seq"], kind=r["kind"],
+                                      price=px, size=r["size"], side=r["side"], bid=r["bid"], ask=r["ask"],
+                                      bid_size=r["bid_size"], ask_size=r["ask_size"], partition=part, offset=off))
+    recs.insert(17, ("A", b"\x00\x00\x00\x7fgarbage", 0, 1))
+
+    class Msg:
+        def __init__(self, key: str, value: bytes, part: int, off: int) -> None:
+            self._k, self._v, self._p, self._o = key.encode(), value, part, off
+
+        def key(self) -> bytes:
+            return self._k
+
+        def value(self) -> bytes:
+            return self._v
+
+        def partition(self) -> int:
+            return self._p
+
+        def offset(self) -> int:
+            return self._o
+
+    got = tick_converter(Settings(), set())([Msg(*r) for r in recs])
+    assert len(got) == len(want) and got.md.topic == "md.ticks"
+    for g, w in zip(got.md.ticks, want, strict=True):
+        assert g.SerializeToString(deterministic=True) == w.SerializeToString(deterministic=True)
+    only = tick_converter(Settings(), {"BRK.B"})([Msg(*r) for r in recs])
+    assert [t.symbol for t in only.md.ticks] == ["BRK.B"] * 100
+    assert len(got[:7]) == 7 and list(got[:7].md.ticks) == list(got.md.ticks)[:7]

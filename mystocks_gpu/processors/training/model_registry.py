@@ -152,7 +152,12 @@ def _read_all(kafka: Any, topic: str) -> Iterator[tuple[bytes | None, bytes | No
     """Every record of ``topic`` (read_committed) up to the end captured at the start."""
     from confluent_kafka import KafkaError, TopicPartition
 
-    from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, watermarks
+    from mystocks_gpu.infra.kafka_clients import (
+        consume_ready,
+        ensure_broker,
+        make_consumer,
+        watermarks,
+    )
 
     ensure_broker(kafka)
     consumer = make_consumer(kafka, f"mystocks-models-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
@@ -167,7 +172,7 @@ def _read_all(kafka: Any, topic: str) -> Iterator[tuple[bytes | None, bytes | No
             consumer.assign([TopicPartition(topic, p, low)])
             done = False
             while not done:
-                msgs = consumer.consume(1000, timeout=2.0)
+                msgs = consume_ready(consumer, 1000, 2.0)
                 if not msgs:
                     pos = consumer.position([TopicPartition(topic, p)])[0].offset
                     if pos >= high or pos < 0:

@@ -24,6 +24,7 @@ import uuid
 from typing import Any, Protocol
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
+from mystocks_gpu.infra.kafka_clients import consume_ready
 from mystocks_gpu.processors.training.model_registry import MODELS_TOPIC, Assembler, ModelVersion
 from mystocks_gpu.schemas.schema_store import SchemaStore
 
@@ -130,7 +131,7 @@ class KafkaModelSource:
 
     def _consume(self, timeout: float) -> list[ModelVersion]:
         out: list[ModelVersion] = []
-        for m in self.consumer.consume(500, timeout=timeout):
+        for m in consume_ready(self.consumer, 500, timeout):
             if m.error() is not None:
                 continue
             out.extend(self.asm.feed(m.key(), m.value(), m.offset()))
