@@ -8,7 +8,7 @@ slippage and fill conventions as ``bench/backtest.py``.
   a topic of its own, ``md.bars.1d.bench<tag>`` (deleted at the end); a child process then runs the
   ``backtest`` job's runner (``run_backtest_job``: replay every partition to its captured end offset,
   batch decode, time-bucketed spill, streamed windows through the grid engine, every row and the
-  best curves to ``results.backtest``) and reports its wall time and peak RSS (``ru_maxrss``). The
+  best curves to ``results.backtest``) and reports its wall time and peak RSS (``VmHWM``). The
   child warms numba up on a tiny in-memory grid first (compilation is not timed, as for vectorbt).
 - vectorbt: the same bars as one long Parquet file; timed: ``pd.read_parquet`` -> pivot open/close
   -> ``bench/backtest.py``'s vectorbt grid (``Portfolio.from_signals``; total return and closed
@@ -38,7 +38,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -108,6 +107,17 @@ def load_history(s: Any, topic: str, n_symbols: int, n_bars: int, interval_ns: i
 
 
 # ---- the job, in a child process (its own peak RSS) ----------------------------------------------
+def _proc_status_mb(field: str) -> float:
+    """``VmHWM`` (peak) / ``VmRSS`` of this process in MB from /proc/self/status. Not ``ru_maxrss``:
+    Linux carries the parent's ``ru_maxrss`` into a child across fork + exec, so a child of a
+    parent holding the history in memory would report the parent's peak; ``VmHWM`` belongs to the
+    process's own address space and starts afresh at exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def child(args: argparse.Namespace) -> int:
     """Warm up, run the backtest job's runner once, print one JSON line."""
     from mystocks_gpu.gpu_ops.backtest import run_backtest
@@ -126,12 +136,12 @@ def child(args: argparse.Namespace) -> int:
            "open": np.ones(1), "high": np.ones(1), "low": np.ones(1), "close": np.ones(1), "volume": np.ones(1),
            "vwap": np.ones(1), "trades": np.ones(1, np.int64)}
     BatchDecoder("mystocks.md.Bar", schema_store(s), symbols=SymbolTable()).decode(enc.encode(one, ["W"]))
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss0 = _proc_status_mb("VmHWM")
     job = BacktestJobSpec.from_dict(spec)
     t0 = time.perf_counter()
     res = run_backtest_job(job, lambda f, m: None, lambda: False)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _proc_status_mb("VmHWM")
     out: dict[str, Any] = {"wall_s": wall, "peak_rss_mb": peak, "rss_after_warmup_mb": rss0, "result": res}
     if args.replay_rate:  # plain replay + batch decode of the (now warm) topic, then the codec alone
         dec = BatchDecoder("mystocks.md.Bar", schema_store(s), symbols=SymbolTable())

@@ -59,7 +59,7 @@ from mystocks_gpu.infra.stack_secure import SecureStack  # noqa: E402
 from mystocks_gpu.schemas import AvroCodec  # noqa: E402
 from mystocks_gpu.schemas.schema_store import default_store  # noqa: E402
 from mystocks_gpu.topics import all_specs  # noqa: E402
-from mystocks_gpu.topics.admin import TopicAdmin, make_admin  # noqa: E402
+from mystocks_gpu.topics.admin import TopicAdmin  # noqa: E402
 
 FAULTS = ("worker_kill", "broker_restart", "redis_restart")
 #: the checker's own clients: no connection-refused lines while a fault takes the broker down (critical only)
@@ -361,12 +361,12 @@ class Soak:
     # ---- sampling --------------------------------------------------------------------------
     def lag(self) -> int | None:
         try:
-            from confluent_kafka import ConsumerGroupTopicPartitions
-
-            admin = self._admin
-            group = f"mystocks.soak-{self.tag}"
-            res = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(timeout=5)
-            committed = {tp.partition: tp.offset for tp in res.topic_partitions if tp.topic == "md.ticks"}
+            # the group's committed offsets through a consumer of that group that never joins it
+            # (no subscribe) -- not AdminClient.list_consumer_group_offsets: librdkafka (2.x) crashes
+            # the process (SIGSEGV in rd_kafka_cgrp_op from rd_kafka_handle_OffsetFetch, an admin
+            # client has no cgrp) when that call meets a restarting broker's coordinator error
+            tps = self._lag_consumer.committed([TopicPartition("md.ticks", p) for p in self._parts], timeout=5)
+            committed = {tp.partition: tp.offset for tp in tps}
             total = 0
             for p, hi in self._high_watermarks().items():
                 total += max(0, hi - max(committed.get(p, self._start_in.get(p, 0)), 0))
@@ -450,7 +450,8 @@ class Soak:
             store = TokenStore()
             self.token = store.add("soak", ["admin"])
             store.save(self.stack.home / "tokens.json")
-        self._admin = make_admin(admin_s.kafka)
+        self._lag_consumer = make_consumer(admin_s.kafka, f"mystocks.soak-{self.tag}",
+                                           **{"isolation.level": "read_uncommitted", **QUIET})
         self._wm = make_consumer(admin_s.kafka, f"mystocks-soakwm-{self.tag}", **QUIET)
         self._parts = sorted(self._wm.list_topics("md.ticks", timeout=10).topics["md.ticks"].partitions)
         # (just created: leaders may not be elected yet)

@@ -46,7 +46,8 @@ REPLAY_CONSUMER: dict[str, Any] = {
     "enable.partition.eof": True,
     "fetch.max.bytes": 64 << 20,
     "max.partition.fetch.bytes": 16 << 20,
-    "queued.min.messages": 500_000,
+    "queued.min.messages": 20_000,
+    "queued.max.messages.kbytes": 16_384,
     "check.crcs": False,
     # a fetch at the end of the data returns at once (the broker's default holds it 500 ms for more;
     # a bounded replay reads each partition up to a known end and must not wait at every partition)
