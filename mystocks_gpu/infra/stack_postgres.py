@@ -2,7 +2,9 @@
 database the Kafka Connect JDBC sinks write to.
 
 Debian's ``postgresql`` package provides the server (``/usr/lib/postgresql/<N>/bin``, the newest
-installed version is used) and ``psql``. The cluster lives in ``<stack home>/postgres/data``,
+installed version is used) and ``psql``. The cluster lives in ``<stack home>/postgres/data`` (as
+root, when the ``postgres`` user cannot reach the stack home -- a checkout under /root -- in
+``/var/tmp/mystocks-gpu-postgres/<hash>``, linked from ``<stack home>/postgres``),
 listens on ``stack.host:services.postgres_port`` (TCP, SCRAM passwords) and on a Unix socket in
 ``<stack home>/postgres`` (trust, for the stack itself). The server refuses to run as root, so as
 root it runs as the ``postgres`` system user (created by the package), which then owns the data
@@ -41,12 +43,57 @@ def server_bin(tool: str) -> str:
     return found
 
 
+#: where the cluster goes when the ``postgres`` user cannot reach the stack home (a checkout under
+#: /root or another 0700 directory): one directory per stack home, named by a hash of its path
+EXTERNAL_BASE = Path("/var/tmp/mystocks-gpu-postgres")
+
+
+def reachable(path: Path, uid: int, gid: int) -> bool:
+    """Whether user ``uid`` (group ``gid``) can traverse every existing directory down to ``path``."""
+    import stat
+
+    for d in [*reversed(path.parents), path]:
+        try:
+            st = d.stat()
+        except FileNotFoundError:
+            break
+        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def cluster_dir(home: Path) -> Path:
+    """The cluster's directory: ``<home>/postgres``, or -- as root, when the ``postgres`` user
+    cannot traverse to ``home`` -- ``EXTERNAL_BASE/<sha1 of home>[:16]`` (a symlink
+    ``<home>/postgres`` points there)."""
+    import hashlib
+
+    inside = home / "postgres"
+    if os.geteuid() != 0 or inside.is_symlink():
+        return inside.resolve() if inside.is_symlink() else inside
+    try:
+        ids = pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        return inside
+    if reachable(home, ids.pw_uid, ids.pw_gid):
+        return inside
+    EXTERNAL_BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
+    out = EXTERNAL_BASE / hashlib.sha1(str(home.resolve()).encode()).hexdigest()[:16]
+    out.mkdir(mode=0o700, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    if not inside.exists():
+        inside.symlink_to(out, target_is_directory=True)
+    return out
+
+
 class PostgresServer:
     """Start, stop and query the stack's PostgreSQL."""
 
     def __init__(self, stack: StackLike, cfg: ServicesConfig) -> None:
         self.cfg = cfg
-        self.dir = stack.home / "postgres"
+        self.home = stack.home
+        self.dir = cluster_dir(stack.home)
         self.data = self.dir / "data"
         self.server = ManagedServer("postgres", stack.home, str(self.data), stack.cfg.host, cfg.postgres_port)
 
@@ -109,6 +156,15 @@ class PostgresServer:
     def stop(self, timeout_s: float = 30) -> bool:
         """Fast shutdown (SIGINT to the postmaster: clients are disconnected, then it exits)."""
         return self.server.stop(signal.SIGINT, timeout_s, group=False)
+
+    def purge(self) -> None:
+        """Delete the (stopped) cluster, also when it lives outside the stack home."""
+        if self.server.pid() is not None:
+            raise StackError("PostgreSQL is running: stop it before purging its cluster")
+        link = self.home / "postgres"
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if link.is_symlink():
+            link.unlink()
 
     # ---- SQL -----------------------------------------------------------------------------
     def _psql(self, sql: str, db: str | None) -> str:

@@ -39,6 +39,8 @@ def postgres(stack: LocalStack, settings: Settings) -> Iterator[PostgresServer]:
     yield pg
     if ours:
         pg.stop()
+        if stack.home.name.startswith("test-"):  # a private stack's cluster (maybe outside its home)
+            pg.purge()
 
 
 @pytest.fixture(scope="module")

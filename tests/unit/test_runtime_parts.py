@@ -4,6 +4,7 @@ the symbol-size limit of the decoder, compile-cache keys, the manual clock, runt
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -171,3 +172,27 @@ def test_watermarks_wait_out_a_leader_election_and_raise_other_errors() -> None:
     with pytest.raises(KafkaException):  # still leaderless at the deadline
         watermarks(c, None, 0.3)  # type: ignore[arg-type]
     assert 2 <= c.calls < 10
+
+
+def test_postgres_cluster_dir_reachability(tmp_path: object) -> None:
+    """The stack puts PostgreSQL's cluster outside a home the ``postgres`` user cannot traverse
+    (a checkout under a 0700 directory, e.g. /root)."""
+    from pathlib import Path
+
+    from mystocks_gpu.infra.stack_postgres import reachable
+
+    base = Path(str(tmp_path))
+    home = base / "private" / "checkout" / ".stack" / "test-1"
+    home.mkdir(parents=True)
+    (base / "private").chmod(0o700)
+    other_uid, other_gid = 65534, 65534  # nobody: neither owner nor group of these directories
+    assert os.stat(base / "private").st_uid != other_uid
+    assert not reachable(home, other_uid, other_gid)
+    assert not reachable(home / "not-yet-created", other_uid, other_gid)
+    (base / "private").chmod(0o711)
+    assert reachable(home, other_uid, other_gid) == all(
+        os.stat(d).st_mode & 0o001 for d in [*Path(home).parents, home] if d.exists())
+    st = os.stat(base / "private")
+    (base / "private").chmod(0o700)
+    assert reachable(home, st.st_uid, -1) == all(
+        os.stat(d).st_mode & 0o001 or os.stat(d).st_uid == st.st_uid for d in [*Path(home).parents, home])
