@@ -65,8 +65,8 @@ def reachable(path: Path, uid: int, gid: int) -> bool:
 
 def cluster_dir(home: Path) -> Path:
     """The cluster's directory: ``<home>/postgres``, or -- as root, when the ``postgres`` user
-    cannot traverse to ``home`` -- ``EXTERNAL_BASE/<sha1 of home>[:16]`` (a symlink
-    ``<home>/postgres`` points there)."""
+    cannot traverse to ``home`` -- ``EXTERNAL_BASE/<sha1 of home>[:16]`` (``initdb`` creates it
+    and a symlink ``<home>/postgres`` to it). Creates nothing."""
     import hashlib
 
     inside = home / "postgres"
@@ -78,13 +78,7 @@ def cluster_dir(home: Path) -> Path:
         return inside
     if reachable(home, ids.pw_uid, ids.pw_gid):
         return inside
-    EXTERNAL_BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
-    out = EXTERNAL_BASE / hashlib.sha1(str(home.resolve()).encode()).hexdigest()[:16]
-    out.mkdir(mode=0o700, exist_ok=True)
-    home.mkdir(parents=True, exist_ok=True)
-    if not inside.exists():
-        inside.symlink_to(out, target_is_directory=True)
-    return out
+    return EXTERNAL_BASE / hashlib.sha1(str(home.resolve()).encode()).hexdigest()[:16]
 
 
 class PostgresServer:
@@ -116,6 +110,12 @@ class PostgresServer:
     def _initdb(self, user: str | None) -> None:
         if (self.data / "PG_VERSION").exists():
             return
+        if self.dir != self.home / "postgres":  # outside the home: see cluster_dir
+            EXTERNAL_BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
+            self.home.mkdir(parents=True, exist_ok=True)
+            link = self.home / "postgres"
+            if not link.is_symlink() and not link.exists():
+                link.symlink_to(self.dir, target_is_directory=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         pwfile = self.dir / "pwfile"
         pwfile.write_text(self.cfg.postgres_password + "\n")
