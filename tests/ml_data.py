@@ -4,6 +4,7 @@ return, as feature vectors (``FeatureVector``) and OHLC bars (``Bar``), framed f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,3 +63,26 @@ def make_panel(n_symbols: int = 12, n_dates: int = 160, seed: int = 3, tag: str 
                                     "open": opn, "high": np.maximum(opn, close) * 1.001,
                                     "low": np.minimum(opn, close) * 0.999}))
     return Panel(pd.concat(frames, ignore_index=True), syms)
+
+
+def load_panel(kafka: Any, prefix: str, n_symbols: int, n_dates: int, seed: int, partitions: int,
+               nan_rows: int = 0, nan_seed: int = 0) -> tuple[Panel, str]:
+    """A panel ending yesterday (symbols unique to the call) loaded on the broker: its feature
+    vectors on a topic of their own (``t.<prefix>.<tag>``, ``nan_rows`` with a NaN ``f2``) and its
+    bars on ``md.bars.1d``; returns ``(panel, feature topic)``. The dates end yesterday so the range
+    reaches the latest event time of the shared bar topic."""
+    import uuid
+
+    from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
+    from mystocks_gpu.topics import TopicSpec
+    from mystocks_gpu.topics.admin import TopicAdmin
+
+    tag = prefix.upper() + uuid.uuid4().hex[:5].upper()
+    yesterday = (pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    panel = make_panel(n_symbols=n_symbols, n_dates=n_dates, seed=seed, tag=tag, start=None, end=yesterday)
+    topic = f"t.{prefix.lower()}.{tag.lower()}"
+    TopicAdmin(kafka).create([TopicSpec(topic, "symbol", "mystocks.features.FeatureVector", partitions=partitions,
+                                        dlq=False)])
+    produce_all(make_producer(kafka), topic, iter(panel.feature_records(nan_rows=nan_rows, seed=nan_seed)))
+    produce_all(make_producer(kafka), "md.bars.1d", iter(panel.bar_records()))
+    return panel, topic

@@ -39,12 +39,10 @@ from mystocks_gpu.infra.config import ApiConfig, GatewayConfig, KafkaConfig, Set
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.jobs.ws_schemas import MESSAGE_SCHEMAS
 from mystocks_gpu.schemas import schema_store
-from mystocks_gpu.topics import TopicSpec
-from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import run_cli
 from tests.integration.jobs_plane import ROOT, Plane, free_port, wait_until
 from tests.integration.stream_helpers import produce_ticks
-from tests.ml_data import DAY, make_panel
+from tests.ml_data import DAY, load_panel
 
 
 # ---- fixtures ---------------------------------------------------------------------------------
@@ -303,14 +301,8 @@ def test_training_service_submit_progress_metrics_equal_the_cli(gateway: Gateway
     """A ridge walk-forward submitted with SubmitTrainingJob, followed with QueryTrainingProgress and
     read with GetModelMetrics, equals the same spec run by ``submit train --wait`` (same model bytes,
     the same out-of-sample metrics); bad specs and unknown or unfinished jobs map to status codes."""
-    tag = "GWM" + uuid.uuid4().hex[:5].upper()
-    yesterday = (pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-    panel = make_panel(n_symbols=6, n_dates=120, seed=4, tag=tag, start=None, end=yesterday)
-    topic = f"t.gwm.{tag.lower()}"
-    TopicAdmin(settings.kafka).create([TopicSpec(topic, "symbol", "mystocks.features.FeatureVector", partitions=2,
-                                                 dlq=False)])
-    produce_all(make_producer(settings.kafka), topic, iter(panel.feature_records()))
-    produce_all(make_producer(settings.kafka), "md.bars.1d", iter(panel.bar_records()))
+    panel, topic = load_panel(settings.kafka, "gwm", n_symbols=6, n_dates=120, seed=4, partitions=2)
+    tag = panel.symbols[0][:-3]  # the panel's unique tag (symbols are <tag><nnn>)
     f = panel.frame
     spec = {"name": f"gw-{tag.lower()}", "inputs": [topic, "md.bars.1d"], "features": ["f1", "f2", "f3"],
             "frequency": "1d", "label_column": "md.bars.1d:close", "universe": panel.symbols,

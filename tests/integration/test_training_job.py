@@ -21,13 +21,12 @@ from sklearn.linear_model import Ridge
 
 from mystocks_gpu.gpu_ops.models import WalkForwardConfig, load_model, walk_forward_splits
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.processors.training.model_registry import read_models
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import run_cli, wait_until
 from tests.integration.jobs_plane import Plane, http
-from tests.ml_data import DAY, Panel, make_panel
+from tests.ml_data import DAY, Panel, load_panel
 
 WF = {"n_splits": 3, "test_dates": 30, "embargo_dates": 2}
 
@@ -50,15 +49,7 @@ def data(settings: Settings, stack: Any) -> tuple[Panel, str]:
     this run); six vectors have a NaN feature. The dates end yesterday: a replay's end bound is
     the first offset at or after ``end`` (``offsets_for_times``), so the range must be the latest
     event time in the shared bar topic (older bars appended after it are fine)."""
-    tag = "T" + uuid.uuid4().hex[:5].upper()
-    yesterday = (pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-    panel = make_panel(n_symbols=12, n_dates=160, seed=21, tag=tag, start=None, end=yesterday)
-    topic = f"t.mlf.{tag.lower()}"
-    TopicAdmin(settings.kafka).create([TopicSpec(topic, "symbol", "mystocks.features.FeatureVector", partitions=3,
-                                                 dlq=False)])
-    produce_all(make_producer(settings.kafka), topic, iter(panel.feature_records(nan_rows=6, seed=2)))
-    produce_all(make_producer(settings.kafka), "md.bars.1d", iter(panel.bar_records()))
-    return panel, topic
+    return load_panel(settings.kafka, "mlf", n_symbols=12, n_dates=160, seed=21, partitions=3, nan_rows=6, nan_seed=2)
 
 
 def _spec(panel: Panel, topic: str, name: str, **kw: Any) -> dict[str, Any]:
