@@ -44,9 +44,9 @@ from mystocks_gpu.api.protos import common_pb2  # noqa: E402
 from mystocks_gpu.client import GatewayClient  # noqa: E402
 from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate  # noqa: E402
 from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer, produce_all  # noqa: E402
-from mystocks_gpu.jobs.client import StatusFollower  # noqa: E402
+from mystocks_gpu.jobs.client import StatusFollower, produce_command  # noqa: E402
 from mystocks_gpu.jobs.jobs_config import JobsConfig  # noqa: E402
-from mystocks_gpu.jobs.protocol import COMMAND_SCHEMA, make_command, new_job_id  # noqa: E402
+from mystocks_gpu.jobs.protocol import make_command, new_job_id  # noqa: E402
 from mystocks_gpu.schemas import AvroCodec, schema_store  # noqa: E402
 from mystocks_gpu.schemas.batch_codec import BatchEncoder  # noqa: E402
 
@@ -81,7 +81,6 @@ def submit_latency(s: Any, target: str, cfg: JobsConfig, n: int) -> dict[str, An
     follower = StatusFollower(s, cfg)
     # the direct path at its best: one long-lived producer (as the gateway has), ack awaited
     producer = make_producer(s.kafka, **{"compression.type": "none", "linger.ms": 0})
-    codec = AvroCodec(schema_store(s))
     with GatewayClient(target) as gc:
         for i in range(n + 2):  # the first two of each are warm-up
             t0 = time.perf_counter()
@@ -92,9 +91,7 @@ def submit_latency(s: Any, target: str, cfg: JobsConfig, n: int) -> dict[str, An
             stream.cancel()
             cmd = make_command("SUBMIT", new_job_id(), "echo", {"message": f"bench direct {i}"}, bypass_cache=True)
             t0 = time.perf_counter()
-            producer.produce(cfg.commands_topic, key=cmd["job_id"].encode(), value=codec.encode(COMMAND_SCHEMA, cmd),
-                             timestamp=cmd["ts_event"] // 1_000_000)
-            assert producer.flush(10) == 0, "command not acknowledged"
+            produce_command(s, cfg, cmd, producer)
             next(iter(follower.statuses(cmd["job_id"], 30)))
             dt_d = (time.perf_counter() - t0) * 1e3
             if i >= 2:

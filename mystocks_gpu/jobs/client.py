@@ -38,9 +38,11 @@ from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
 NOTICE_S = 2.0
 
 
-def produce_command(settings: Settings, cfg: JobsConfig, cmd: dict[str, Any]) -> None:
-    """Produce one JobCommand and wait for the broker's ack."""
-    producer = make_producer(settings.kafka, **{"compression.type": "none"})  # tiny records
+def produce_command(settings: Settings, cfg: JobsConfig, cmd: dict[str, Any], producer: Any = None) -> None:
+    """Produce one JobCommand and wait for the broker's ack (``producer``: a long-lived one to reuse;
+    default a new one for this command)."""
+    if producer is None:
+        producer = make_producer(settings.kafka, **{"compression.type": "none"})  # tiny records
     tracker = DeliveryTracker()
     producer.produce(cfg.commands_topic, key=cmd["job_id"].encode(), value=AvroCodec(schema_store(settings)).encode(COMMAND_SCHEMA, cmd),
                      timestamp=cmd["ts_event"] // 1_000_000, on_delivery=tracker)
