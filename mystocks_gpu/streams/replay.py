@@ -34,7 +34,7 @@ import numpy as np
 from confluent_kafka import KafkaError, TopicPartition
 
 from mystocks_gpu.infra.config import KafkaConfig
-from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, watermarks
+from mystocks_gpu.infra.kafka_clients import consume_ready, ensure_broker, make_consumer, watermarks
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import RawBatch
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
@@ -46,8 +46,8 @@ REPLAY_CONSUMER: dict[str, Any] = {
     "enable.partition.eof": True,
     "fetch.max.bytes": 64 << 20,
     "max.partition.fetch.bytes": 16 << 20,
-    "queued.min.messages": 20_000,
-    "queued.max.messages.kbytes": 16_384,
+    "queued.min.messages": 100_000,
+    "queued.max.messages.kbytes": 65_536,
     "check.crcs": False,
     # a fetch at the end of the data returns at once (the broker's default holds it 500 ms for more;
     # a bounded replay reads each partition up to a known end and must not wait at every partition)
@@ -156,9 +156,9 @@ class ReplaySource:
         next_offset = b.start
         try:
             while True:
-                # ask for no more than what is left (+1: the EOF event), so the call returns as soon
-                # as the partition's end is in instead of waiting out its timeout for a full batch
-                msgs = consumer.consume(max(1, min(20_000, b.end - next_offset + 1)), timeout=0.1)
+                # what is already fetched, up to what is left (+1: the EOF event); waits only for the
+                # first record (``consume(n, t)`` would wait for n records or the whole timeout)
+                msgs = consume_ready(consumer, max(1, min(20_000, b.end - next_offset + 1)), 0.1)
                 if not msgs:
                     if time.monotonic() - last_progress > self.stall_timeout_s:
                         raise FatalRuntimeError(f"replay of {self.topic}[{b.partition}] stalled for "
