@@ -98,7 +98,7 @@ class RunningAggregateProcessor(Processor[AggState]):
                                        "count": oc, "sum": os_, "last": ol}, batch.symbols)
         out = Outputs()
         out.add(self.output_topic, self.key_bytes(c["sym"], batch.symbols), values, (c["ts"] // 1_000_000).tolist(),
-                sources=batch.index.tolist())
+                sources=batch.index)
         return out, new
 
 

@@ -250,7 +250,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
                                  batch.symbols, map_keys=self.names)
         index = batch.index if keep is None else batch.index[keep]
         out.add(self.cfg.output_topic, self.key_bytes(sym, batch.symbols), values, (ts // 1_000_000).tolist(),
-                sources=index.tolist(), headers=self._fv_headers)
+                sources=index, headers=self._fv_headers)
         encode_s = self.clock.monotonic() - t_enc
         new_bars = []
         late_by: list[tuple[int, np.ndarray]] = []

@@ -158,7 +158,7 @@ class CommitProtocol:
                 for j, (k, v, t) in enumerate(zip(keys, values, ts, strict=True)):
                     size = len(v) + (len(k) if k else 0)
                     if size > limit:
-                        self._oversized(batch, topic, k, v, t, size, limit, sources[j] if sources else None)
+                        self._oversized(batch, topic, k, v, t, size, limit, int(sources[j]) if sources is not None else None)
                     else:
                         keep.append(j)
                 keys, values, ts = [keys[j] for j in keep], [values[j] for j in keep], [ts[j] for j in keep]

@@ -69,8 +69,8 @@ class Outputs:
     """Records to produce: per topic, parallel lists of key bytes, value bytes and timestamps (ms).
 
     ``rejected`` holds records the processor refused (e.g. late ticks), by raw-batch index.
-    ``sources`` (optional, per topic): the raw-batch index of the input record each output came
-    from (-1 = several/unknown), so an output that can never be produced (over the topic's size
+    ``sources`` (optional, per topic): int64 array, the raw-batch index of the input record each
+    output came from (-1 = several/unknown; an array, not a list: no per-record Python work), so an output that can never be produced (over the topic's size
     limit) sends its input to the DLQ instead. ``headers`` (optional, per topic): Kafka headers put
     on every record of that topic (e.g. the configuration that produced them). ``stage_s``: seconds
     the processor spent in named stages (``encode``), for the runtime's latency breakdown.
@@ -80,13 +80,13 @@ class Outputs:
 
     records: dict[str, tuple[list[bytes | None], list[bytes], list[int]]] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
-    sources: dict[str, list[int]] = field(default_factory=dict)
+    sources: dict[str, np.ndarray] = field(default_factory=dict)
     headers: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
     stage_s: dict[str, float] = field(default_factory=dict)
     touched: np.ndarray | None = None
 
     def add(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes], ts_ms: Sequence[int],
-            sources: Sequence[int] | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
+            sources: Sequence[int] | np.ndarray | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
         """Append records for ``topic`` (``sources``: raw-batch index of each one's input record;
         ``headers``: put on every record of the topic)."""
         if not values:
@@ -99,8 +99,11 @@ class Outputs:
         v.extend(values)
         t.extend(ts_ms)
         if sources is not None or topic in self.sources:
-            src = self.sources.setdefault(topic, [-1] * before)
-            src.extend(sources if sources is not None else [-1] * len(values))
+            new = np.asarray(sources, np.int64) if sources is not None else np.full(len(values), -1, np.int64)
+            old = self.sources.get(topic)
+            if old is None and before:
+                old = np.full(before, -1, np.int64)
+            self.sources[topic] = new if old is None else np.concatenate([old, new])
 
     def extend(self, other: Outputs) -> None:
         """Append another batch's outputs after these."""

@@ -72,7 +72,7 @@ def test_outputs_track_sources_through_extend() -> None:
     a.extend(b)
     a.add("t", [b"k"], [b"v4"], [4])
     assert a.records["t"][1] == [b"v1", b"v2", b"v3", b"v4"]
-    assert a.sources["t"] == [-1, 4, 5, -1]
+    assert a.sources["t"].tolist() == [-1, 4, 5, -1]
     c = Outputs()
     c.add("u", [None], [b"x"], [0])
     assert "u" not in c.sources  # no bookkeeping unless a processor gives provenance

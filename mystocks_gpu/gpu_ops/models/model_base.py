@@ -142,8 +142,9 @@ def _is_cupy(a: Any) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
-def check_matrix(X: Any, what: str = "X") -> Any:
-    """Validate a feature matrix: 2-D, float32/float64, at least one column, finite values."""
+def check_matrix(X: Any, what: str = "X", finite: bool = True) -> Any:
+    """Validate a feature matrix: 2-D, float32/float64, at least one column, finite values (unless
+    ``finite`` is False)."""
     if not hasattr(X, "ndim") or not hasattr(X, "dtype"):
         X = np.asarray(X)
     if X.ndim != 2:
@@ -152,7 +153,8 @@ def check_matrix(X: Any, what: str = "X") -> Any:
         raise TrainingDataError(f"{what} must be float32 or float64, got {X.dtype} (cast it first)")
     if X.shape[1] < 1:
         raise TrainingDataError(f"{what} has no feature columns (shape {tuple(X.shape)})")
-    _check_finite(X, what)
+    if finite:
+        _check_finite(X, what)
     return X
 
 
@@ -282,11 +284,14 @@ class Model(ABC):
                                 rep.done, converged, time.perf_counter() - t0)
         return self
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Scores for the rows of ``X`` (n_rows, n_features): float64 NumPy ``(n_rows,)``."""
+    def predict(self, X: Any, *, assume_finite: bool = False) -> np.ndarray:
+        """Scores for the rows of ``X`` (n_rows, n_features): float64 NumPy ``(n_rows,)``.
+
+        ``assume_finite``: the caller has already checked every value is finite (skips that pass
+        over ``X``; shape and dtype are still checked)."""
         if self._n_features is None:
             raise NotFittedError(f"{self.family} model is not fitted: call fit() or load one with from_bytes()")
-        X = check_matrix(X)
+        X = check_matrix(X, finite=not assume_finite)
         if X.shape[1] != self._n_features:
             raise TrainingDataError(f"X has {X.shape[1]} features, the {self.family} model was fitted "
                                     f"with {self._n_features}")

@@ -283,11 +283,12 @@ class ExecutionProcessor(Processor[ExecState]):
                 res = res.to_host()
             self._emit(batch, sel, res, table, per_row, out)
         sched_t, score_t = self.cfg.schedule_topic, self.cfg.scored_topic
-        for i in sorted(per_row):
-            key, sv, cv, ts_ms = per_row[i]
-            src = [int(batch.index[i])]
-            out.add(sched_t, [key], [sv], [ts_ms], sources=src)
-            out.add(score_t, [key], [cv], [ts_ms], sources=src)
+        emitted = sorted(per_row)
+        if emitted:
+            keys, svs, cvs, ts = (list(col) for col in zip(*(per_row[i] for i in emitted), strict=True))
+            src = np.asarray(batch.index)[emitted]
+            out.add(sched_t, keys, svs, ts, sources=src)
+            out.add(score_t, keys, cvs, ts, sources=src)
 
     def _emit(self, batch: Columns, sel: np.ndarray, res: BatchSchedules, table: ParamsTable,
               per_row: dict[int, tuple[bytes, bytes, bytes, int]], out: Outputs) -> None:

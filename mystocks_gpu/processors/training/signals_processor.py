@@ -227,9 +227,9 @@ class SignalsProcessor(Processor[SignalsState]):
         ok = finite_rows(X)
         score = np.full(len(batch), np.nan)
         if ok.all():
-            score = lv.model.predict(X)
+            score = lv.model.predict(X, assume_finite=True)
         elif ok.any():
-            score[ok] = lv.model.predict(np.ascontiguousarray(X[ok]))
+            score[ok] = lv.model.predict(np.ascontiguousarray(X[ok]), assume_finite=True)
         n_ok = int(ok.sum())
         self.stats.scored += n_ok
         self.stats.unscored += len(batch) - n_ok
@@ -238,7 +238,7 @@ class SignalsProcessor(Processor[SignalsState]):
                                    "model_version": np.full(len(batch), lv.version, np.int64), "score": score},
                                   batch.symbols)
         out.add(self.cfg.topic, self._keys(c["sym"], batch.symbols), values, (c["ts"] // 1_000_000).tolist(),
-                sources=batch.index.tolist())
+                sources=batch.index)
         if lv.version != state.version:
             self.stats.swaps += 1
             state = SignalsState(lv.version, lv.sha256)

@@ -219,7 +219,7 @@ def test_every_bad_input_is_rejected_with_its_reason() -> None:
         assert got[i].error_class == cls, (name, got[i])
         assert text in got[i].message, (name, got[i].message)
     assert [r["order_id"] for r in _decoded(res, SCORED)] == ["good"]
-    assert res.outputs.sources[SCORED] == [len(values) - 1]  # an output names its input (oversize -> DLQ)
+    assert res.outputs.sources[SCORED].tolist() == [len(values) - 1]  # an output names its input (oversize -> DLQ)
 
 
 def test_a_cap_that_cannot_fill_is_flagged_in_the_score_not_rejected() -> None:

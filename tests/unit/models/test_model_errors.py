@@ -120,6 +120,20 @@ def test_predict_checks_the_feature_count() -> None:
     assert m.predict(X[:0]).shape == (0,)
 
 
+def test_predict_rejects_nan_rows_unless_the_caller_checked() -> None:
+    X, y = regression_data(n=50, p=4)
+    m = make_model("ridge", backend="cpu").fit(X, y)
+    Xn = X.copy()
+    Xn[7, 1] = np.nan
+    with pytest.raises(TrainingDataError, match="X has 1 row.*first at row 7"):
+        m.predict(Xn)
+    got = m.predict(Xn, assume_finite=True)  # the check is skipped: NaN propagates to that row only
+    assert np.isnan(got[7])
+    np.testing.assert_array_equal(np.delete(got, 7), np.delete(m.predict(X), 7))
+    with pytest.raises(TrainingDataError, match="X has 3 features"):
+        m.predict(X[:, :3], assume_finite=True)  # shape is still checked
+
+
 @pytest.mark.parametrize(("family", "module", "hint"), [
     ("gbdt", "xgboost", r'pip install xgboost.*pip install -e "\.\[ml\]"'),
     ("random_forest", "sklearn", r'pip install scikit-learn.*pip install -e "\.\[ml\]"'),

@@ -64,7 +64,7 @@ def test_scores_equal_predict_bit_for_bit_whatever_the_batches(family: str) -> N
     assert [o["symbol"] for o in out] == syms and {o["model_version"] for o in out} == {1}
     keys, _, ts = res.outputs.records["signals.m"]
     assert keys == [s.encode() for s in syms] and ts == [(10**18 + i * 10**6) // 10**6 for i in range(1000)]
-    assert res.outputs.sources["signals.m"] == list(range(1000))
+    assert res.outputs.sources["signals.m"].tolist() == list(range(1000))
     score = np.array([o["score"] for o in out])
     ok = np.isfinite(X).all(axis=1)
     assert np.isnan(score[~ok]).all() and (~ok).sum() == 28
