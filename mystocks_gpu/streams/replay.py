@@ -24,9 +24,10 @@ take offsets). A replay that makes no progress for ``stall_timeout_s`` fails ins
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,12 @@ from mystocks_gpu.infra.kafka_clients import consume_ready, ensure_broker, make_
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import RawBatch
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
+from mystocks_gpu.streams.kafka_wire import RawFetchError
+from mystocks_gpu.streams.prefetch import prefetched
 from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
+from mystocks_gpu.streams.raw_replay import leader_address, raw_allowed, read_partition
+
+log = logging.getLogger(__name__)
 
 #: librdkafka settings of a replay consumer: large fetches (a replay reads whole partitions), no CRC
 #: checks (the broker checks on write), partition EOF events (the end of a bounded read)
@@ -83,12 +89,15 @@ class PartitionBound:
 
 @dataclass
 class ValueChunk:
-    """Values of consecutive records of one partition (offsets ``first``..``last``), unfiltered by time."""
+    """Values of consecutive records of one partition (offsets ``first``..``last``), unfiltered by
+    time; ``offsets`` int64 ``(n,)`` is each record's offset (transaction markers take offsets, so
+    they are not ``first + i``)."""
 
     partition: int
-    values: list[bytes]
+    values: Sequence[bytes | None]  # a list (confluent-kafka) or RecordValues (the raw reader)
     first: int
     last: int
+    offsets: np.ndarray
 
 
 class ReplaySource:
@@ -101,12 +110,17 @@ class ReplaySource:
         max_records: records per batch of :meth:`batches` (when ``window_ns`` is None).
         window_ns: cut :meth:`batches` at event-time window boundaries (``ts // window_ns``) instead.
         stall_timeout_s: fail when a partition yields nothing for this long before its end.
+        raw: read :meth:`chunks` with the raw Fetch client (:mod:`~mystocks_gpu.streams.raw_replay`:
+            record batches parsed by numba into one buffer, no per-record Python objects), falling
+            back to confluent-kafka on any error; None = wherever allowed (PLAINTEXT listeners).
     """
 
     def __init__(self, cfg: KafkaConfig, topic: str, rng: ReplayRange = ReplayRange(),
                  max_records: int = 10_000, window_ns: int | None = None, *,
-                 stall_timeout_s: float = 120.0) -> None:
+                 stall_timeout_s: float = 120.0, raw: bool | None = None) -> None:
         self.cfg, self.topic, self.rng = cfg, topic, rng
+        self.raw = raw_allowed(cfg) if raw is None else raw
+        self.stats = {"raw_fallbacks": 0}
         self.max_records, self.window_ns = max_records, window_ns
         self.stall_timeout_s = stall_timeout_s
         self._bounds: list[PartitionBound] | None = None
@@ -193,18 +207,41 @@ class ReplaySource:
         finally:
             consumer.unassign()
 
-    def chunks(self) -> Iterator[ValueChunk]:
+    def chunks(self, prefetch: int = 2) -> Iterator[ValueChunk]:
         """The fast path: values of every record in the captured bounds, one partition after
         another, in offset order, *not* filtered by time (the caller filters on the decoded event
-        time). Null values (tombstones) are kept as None."""
+        time). Null values (tombstones) are kept as None.
+
+        ``prefetch``: chunks read ahead on a background thread while the caller works on the
+        current one (:func:`~mystocks_gpu.streams.prefetch.prefetched`; 0 = read in the caller's
+        thread). The bounds are captured here, in the caller's thread."""
         bounds = self.bounds()
+        return prefetched(lambda: self._chunks(bounds), prefetch, name=f"replay-{self.topic}")
+
+    def _chunks(self, bounds: list[PartitionBound]) -> Iterator[ValueChunk]:
         consumer = self._consumer()
         try:
             for b in bounds:
                 if b.start >= b.end:
                     continue
+                if self.raw:
+                    try:
+                        address = leader_address(consumer, self.topic, b.partition, self.cfg.connect_timeout_s)
+                        for values, offsets in read_partition(address, self.topic, b.partition, b.start, b.end,
+                                                              self.cfg.connect_timeout_s, self.stall_timeout_s):
+                            yield ValueChunk(b.partition, values, int(offsets[0]), int(offsets[-1]), offsets)
+                        continue
+                    except RawFetchError as exc:  # go on from where it stopped with confluent-kafka
+                        pos = getattr(exc, "position", b.start)
+                        log.warning("raw replay of %s[%d] stopped at offset %d (%s); reading on with the "
+                                    "Kafka client", self.topic, b.partition, pos, exc)
+                        self.stats["raw_fallbacks"] += 1
+                        b = PartitionBound(b.partition, pos, b.end)
+                        if b.start >= b.end:
+                            continue
                 for msgs in self._messages(consumer, b):
-                    yield ValueChunk(b.partition, [m.value() for m in msgs], msgs[0].offset(), msgs[-1].offset())
+                    offs = np.fromiter((m.offset() for m in msgs), np.int64, len(msgs))
+                    yield ValueChunk(b.partition, [m.value() for m in msgs], int(offs[0]), int(offs[-1]), offs)
         finally:
             consumer.close()
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 from mystocks_gpu.schemas.schema_store import SchemaStore
@@ -39,6 +40,17 @@ BAR_ROW = np.dtype([("sym", "<i4"), ("ts", "<i8"), ("open", "<f8"), ("high", "<f
                     ("close", "<f8")])
 SIGNAL_ROW = np.dtype([("sym", "<i4"), ("ts", "<i8"), ("signal", "<f8")])
 _UNITS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9}
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_first(sym, ts, count, first):  # pragma: no cover - numba
+    """Per symbol code: ``count += rows``, ``first = min(first, ts)`` (``np.add.at`` / ``np.minimum.at``
+    in one pass, ~20x faster)."""
+    for i in range(sym.size):
+        s = sym[i]
+        count[s] += 1
+        if ts[i] < first[s]:
+            first[s] = ts[i]
 
 
 def bar_interval_ns(topic: str) -> int:
@@ -209,8 +221,7 @@ class BarHistory:
             self.count = np.concatenate([self.count, np.zeros(grow, np.int64)])
             self.first = np.concatenate([self.first, np.full(grow, 2**63 - 1, np.int64)])
         if rows.size:
-            np.add.at(self.count, rows["sym"], 1)
-            np.minimum.at(self.first, rows["sym"], rows["ts"])
+            _count_first(np.ascontiguousarray(rows["sym"]), np.ascontiguousarray(rows["ts"]), self.count, self.first)
 
     def scan_signal(self, kafka: Any, topic: str, column: str, start: int | None, end: int | None,
                     tick: Callable[[int, int], None] | None = None, store: SchemaStore | None = None) -> ScanStats:

@@ -178,9 +178,14 @@ def replay_input(kafka: Any, topic: str, columns: list[str], start: int | None, 
             keep &= ts >= start
         if end is not None:
             keep &= ts < end
-        syms.append(sym[keep])
-        tss.append(ts[keep])
-        parts.append({k: v[keep] for k, v in cols.items()})
+        if keep.all():  # the usual case: no copy of every column
+            syms.append(sym)
+            tss.append(ts)
+            parts.append(cols)
+        else:
+            syms.append(sym[keep])
+            tss.append(ts[keep])
+            parts.append({k: v[keep] for k, v in cols.items()})
         if on_batch is not None:
             on_batch(len(values))
     if dec is None or not sum(t.size for t in tss):

@@ -13,6 +13,7 @@ import numpy as np
 
 from mystocks_gpu.schemas.batch_codec.code_cache import compiled
 from mystocks_gpu.schemas.batch_codec.plan import FieldPlan, plan_schema, schema_fingerprint
+from mystocks_gpu.schemas.batch_codec.record_values import RecordValues
 from mystocks_gpu.schemas.batch_codec.status import Status, status_message
 from mystocks_gpu.schemas.codec import MAGIC, PREFIX_LEN
 from mystocks_gpu.schemas.exceptions import SchemaError
@@ -125,6 +126,8 @@ def gather_values(values: Sequence[bytes | bytearray | memoryview | None]
     Fast path: a fast-mode (no memo) pickle writes every value with its length in one C pass and a
     numba pass finds the slices (~2x ``b"".join`` + ``len`` per value); bytearray, memoryview etc.
     fall back to ``b"".join``. Nothing is ever unpickled."""
+    if isinstance(values, RecordValues):  # already one buffer (the raw replay reader)
+        return values.gathered()
     n = len(values)
     starts, ends, null = np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(n, np.bool_)
     try:

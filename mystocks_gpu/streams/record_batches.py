@@ -1,0 +1,207 @@
+"""Kafka record batches (message format v2) to one buffer of values, with numba.
+
+:func:`parse_fetched` takes the raw record bytes of one fetched partition
+(:class:`~mystocks_gpu.streams.kafka_wire.FetchedPartition`) and returns the values of its records
+as :class:`~mystocks_gpu.schemas.batch_codec.record_values.RecordValues` plus their offsets, applying
+what a ``read_committed`` consumer applies:
+
+- batches of aborted transactions are dropped: the response lists ``(producer_id, first_offset)``
+  of the aborted transactions in the fetched range; a transactional batch of a producer with an
+  aborted transaction begun at or before the batch's last offset is dropped, until that producer's
+  ABORT marker (the algorithm of the Java consumer's ``CompletedFetch``);
+- control batches (transaction markers) are never returned, but they advance the position;
+- a final partial batch (the response is cut at ``max_bytes``) is left for the next fetch.
+
+Batch headers are read in Python (one ``struct`` call per batch; a producer batch holds thousands
+of records); compressed batches are decompressed with cramjam (gzip, snappy raw or xerial-framed,
+lz4 frame, zstd); the records of every kept batch are parsed in one numba pass. Layout (Kafka
+``DefaultRecordBatch``): baseOffset int64, batchLength int32, partitionLeaderEpoch int32, magic int8,
+crc uint32, attributes int16, lastOffsetDelta int32, baseTimestamp int64, maxTimestamp int64,
+producerId int64, producerEpoch int16, baseSequence int32, recordCount int32, records. A record:
+length varint, attributes int8, timestampDelta varlong, offsetDelta varint, key (varint length,
+-1 = null), value (likewise), header count varint, headers; varints are zigzag-encoded.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from typing import Any
+
+import numba
+import numpy as np
+
+from mystocks_gpu.schemas.batch_codec.record_values import RecordValues
+from mystocks_gpu.streams.kafka_wire import READ_COMMITTED, FetchedPartition, RawFetchError
+
+HEADER_LEN = 61
+_ATTR_COMPRESSION, _ATTR_TRANSACTIONAL, _ATTR_CONTROL = 0x07, 0x10, 0x20
+_CONTROL_ABORT = 0
+
+
+def _decompress(codec: int, data: memoryview) -> bytes:
+    import cramjam
+
+    if codec == 1:
+        return bytes(cramjam.gzip.decompress(data))
+    if codec == 2:
+        if bytes(data[:8]) == b"\x82SNAPPY\x00":  # xerial framing: 16-byte header, then [int32 len][block]
+            out, p = [], 16
+            while p + 4 <= len(data):
+                (n,) = struct.unpack_from(">i", data, p)
+                out.append(bytes(cramjam.snappy.decompress_raw(data[p + 4:p + 4 + n])))
+                p += 4 + n
+            return b"".join(out)
+        return bytes(cramjam.snappy.decompress_raw(data))
+    if codec == 3:
+        return bytes(cramjam.lz4.decompress(data))
+    if codec == 4:
+        return bytes(cramjam.zstd.decompress(data))
+    raise RawFetchError(f"record batch with unknown compression codec {codec}")
+
+
+def _varint(data: memoryview, p: int) -> tuple[int, int]:
+    """A zigzag varint at ``p``: ``(value, next position)``."""
+    shift = raw = 0
+    while True:
+        b = data[p]
+        p += 1
+        raw |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (raw >> 1) ^ -(raw & 1), p
+        shift += 7
+
+
+def _control_type(records: memoryview) -> int:
+    """The type of the control record that starts ``records`` (0 = ABORT, 1 = COMMIT)."""
+    _, p = _varint(records, 0)  # record length
+    p += 1  # attributes
+    _, p = _varint(records, p)  # timestamp delta
+    _, p = _varint(records, p)  # offset delta
+    klen, p = _varint(records, p)
+    if klen < 4:
+        return -1
+    _version, ctype = struct.unpack_from(">hh", records, p)
+    return int(ctype)
+
+
+@numba.njit(cache=True, nogil=True)
+def _zz(buf, p, end):  # pragma: no cover - numba
+    """Zigzag varint at ``p``: (value, next p); next p = -1 when it runs past ``end``."""
+    raw = np.int64(0)
+    shift = 0
+    while True:
+        if p >= end or shift > 63:
+            return np.int64(0), np.int64(-1)
+        b = np.int64(buf[p])
+        p += 1
+        raw |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (raw >> 1) ^ -(raw & 1), np.int64(p)
+        shift += 7
+
+
+@numba.njit(cache=True, nogil=True)
+def _parse_records(buf, seg_start, seg_end, seg_count, seg_base, offsets, starts, ends, null):  # pragma: no cover
+    """Records of every segment (a batch's records region) into the output arrays; returns the
+    number parsed, or ``-1 - k`` when record ``k`` is malformed."""
+    k = 0
+    for s in range(seg_start.size):
+        p = seg_start[s]
+        end = seg_end[s]
+        for _r in range(seg_count[s]):
+            ln, p = _zz(buf, p, end)
+            if p < 0 or ln < 0 or p + ln > end:
+                return -1 - k
+            rec_end = p + ln
+            p += 1  # attributes
+            _tsd, p = _zz(buf, p, rec_end)
+            if p < 0:
+                return -1 - k
+            od, p = _zz(buf, p, rec_end)
+            if p < 0:
+                return -1 - k
+            kl, p = _zz(buf, p, rec_end)
+            if p < 0 or p + max(kl, 0) > rec_end:
+                return -1 - k
+            p += max(kl, 0)
+            vl, p = _zz(buf, p, rec_end)
+            if p < 0 or p + max(vl, 0) > rec_end:
+                return -1 - k
+            offsets[k] = seg_base[s] + od
+            starts[k] = p
+            if vl < 0:
+                null[k] = True
+                ends[k] = p
+            else:
+                null[k] = False
+                ends[k] = p + vl
+            k += 1
+            p = rec_end  # headers: not needed by a replay
+    return k
+
+
+def parse_fetched(fp: FetchedPartition, from_offset: int, isolation: int = READ_COMMITTED
+                  ) -> tuple[RecordValues, np.ndarray, int]:
+    """``(values, offsets int64 (n,), next fetch offset)`` of the records of ``fp`` at or after
+    ``from_offset`` (see the module doc). The next offset is past the last complete batch (control
+    and dropped batches included); ``from_offset`` when no batch was complete."""
+    data = fp.records
+    size = len(data)
+    pending = sorted((first, pid) for pid, first in fp.aborted)
+    heapq.heapify(pending)
+    aborted_pids: set[int] = set()
+    payloads: list[Any] = []
+    counts: list[int] = []
+    bases: list[int] = []
+    nxt = from_offset
+    p = 0
+    while p + HEADER_LEN <= size:
+        base, blen = struct.unpack_from(">qi", data, p)
+        stop = p + 12 + blen
+        if stop > size:
+            break  # partial batch at the end of the response
+        if data[p + 16] != 2:
+            raise RawFetchError(f"record batch at offset {base} has message format v{data[p + 16]} (only v2 is read raw)")
+        attrs, last_delta = struct.unpack_from(">hi", data, p + 21)
+        (pid,) = struct.unpack_from(">q", data, p + 43)
+        (count,) = struct.unpack_from(">i", data, p + 57)
+        last = base + last_delta
+        nxt = max(nxt, last + 1)
+        records = data[p + HEADER_LEN:stop]
+        p = stop
+        control = bool(attrs & _ATTR_CONTROL)
+        if isolation == READ_COMMITTED and pid >= 0:
+            while pending and pending[0][0] <= last:
+                aborted_pids.add(heapq.heappop(pending)[1])
+            if control:
+                if _control_type(records) == _CONTROL_ABORT:
+                    aborted_pids.discard(pid)
+                continue
+            if attrs & _ATTR_TRANSACTIONAL and pid in aborted_pids:
+                continue
+        if control or count <= 0 or last < from_offset:
+            continue
+        codec = attrs & _ATTR_COMPRESSION
+        payloads.append(records if codec == 0 else _decompress(codec, records))
+        counts.append(count)
+        bases.append(base)
+    if not payloads:
+        empty = np.empty(0, np.int64)
+        return RecordValues(np.empty(0, np.uint8), empty, empty.copy(), np.empty(0, np.bool_)), empty, nxt
+    lens = np.fromiter(map(len, payloads), np.int64, len(payloads))
+    seg_end = np.cumsum(lens)
+    seg_start = seg_end - lens
+    buf = np.frombuffer(b"".join(payloads) + b"\0", np.uint8)[:-1]
+    n = int(sum(counts))
+    offsets, starts, ends = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    null = np.empty(n, np.bool_)
+    got = _parse_records(buf, seg_start, seg_end, np.asarray(counts, np.int64), np.asarray(bases, np.int64),
+                         offsets, starts, ends, null)
+    if got < 0:
+        raise RawFetchError(f"malformed record {-1 - got} in a fetch of partition {fp.partition}")
+    keep = slice(0, got)
+    if got and offsets[0] < from_offset:  # the first batch began before the position
+        first = int(np.searchsorted(offsets[:got], from_offset))
+        keep = slice(first, got)
+    return RecordValues(buf, starts[keep], ends[keep], null[keep]), offsets[keep], nxt
