@@ -148,6 +148,7 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
         row = {"ours_s": wall, "ours_cpu_s": cpu, "ours_per_problem_ms": 1e3 * wall / per,
                "statuses": {s: int(np.sum(res.status == s)) for s in np.unique(res.status)},
                "iterations_p50_p90_max": [float(np.percentile(res.iterations, q)) for q in (50, 90, 100)],
+               "iterations_p50_p99": [float(np.percentile(res.iterations, q)) for q in (50, 99)],
                "max_violation": float(np.nanmax(res.violation)),
                "cvxpy_per_problem_s": cv_per, "cvxpy_extrapolated_s": cv_per * per,
                "ratio_vs_cvxpy": cv_per * per / wall,
@@ -169,6 +170,7 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
               + (f"  PyPortfolioOpt x{row['ratio_vs_pypfopt']:.1f}" if pp is not None else "")
               + f"  rel obj diff vs CVXPY {row['rel_objective_diff_vs_cvxpy']:.1e}"
               + (f" vs PyPortfolioOpt {row['rel_objective_diff_vs_pypfopt']:.1e}" if pp is not None else "")
+              + f"  iterations p50/p99 {row['iterations_p50_p99'][0]:.0f}/{row['iterations_p50_p99'][1]:.0f}"
               + f"  {row['statuses']}")
     out.update(cvxpy_tolerances=CLARABEL_TIGHT,
                ours_s=tot["ours_s"], ours_cpu_s=tot["ours_cpu_s"], cvxpy_extrapolated_s=tot["cvxpy_s"],

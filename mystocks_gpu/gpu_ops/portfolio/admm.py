@@ -9,8 +9,8 @@ iteration is (``R`` = per-row step sizes, ``a`` = ``alpha``)::
     z  = Proj_C(v + y / R)                 (clip to [l, u] / [lb, ub]; L1-ball projection)
     y  = y + R (v - z);   x = a * x~ + (1 - a) * x
 
-Step sizes: ``R = rho`` on rows with a finite bound (``1e3 * rho`` on equalities, ``1e-6`` on
-free rows), per problem. **Stopping rule** (checked every ``check_every`` iterations, scaled
+Step sizes: ``R = rho`` on rows with a finite bound (``1e3 * rho`` on equalities,
+``ball_rho_factor * rho`` on the copies of an L1 ball, ``1e-6`` on free rows), per problem. **Stopping rule** (checked every ``check_every`` iterations, scaled
 problem, inf-norms): ``r_prim = max|A x - z| <= eps_abs + eps_rel * max(|A x|, |z|)`` and
 ``r_dual = |P x + q + A'y| <= eps_abs + eps_rel * max(|P x|, |A'y|, |q|)``. **Infeasibility**:
 with ``dy = y_k - y_k-1`` normalised to unit inf-norm, ``|A'dy| <= eps_prim_inf`` and the support
@@ -101,13 +101,15 @@ class _Work:
                      steps, opt(self.prim_rel), opt(self.dual_rel), opt(self.last_guess))
 
 
-def _step_sizes(qp: QPBatch, rho: Array, xp: Any) -> tuple[Array, Array, list[Array]]:
-    """``(R_rows (B, m), R_box (B, N), [R_ball_k (B, 1)])`` for per-problem ``rho (B,)``."""
+def _step_sizes(qp: QPBatch, rho: Array, xp: Any, ball_factor: float
+                ) -> tuple[Array, Array, list[Array]]:
+    """``(R_rows (B, m), R_box (B, N), [R_ball_k (B, 1)])`` for per-problem ``rho (B,)``;
+    L1 balls get ``ball_factor * rho``."""
     r = rho[:, None]
     bounded = xp.isfinite(qp.l) | xp.isfinite(qp.u)
     rA = xp.where(qp.l == qp.u, EQ_FACTOR * r, xp.where(bounded, r, RHO_FREE))
     rb = xp.where(xp.isfinite(qp.lb) | xp.isfinite(qp.ub), r, RHO_FREE)
-    rk = [xp.where(xp.isfinite(b.radius)[:, None], r, RHO_FREE) for b in qp.balls]
+    rk = [xp.where(xp.isfinite(b.radius)[:, None], ball_factor * r, RHO_FREE) for b in qp.balls]
     return rA, rb, rk
 
 
@@ -153,7 +155,7 @@ def run_admm(qp: QPBatch, cfg: SolverConfig, ops: Any,
     if B == 0:
         return out
     rho = xp.full(B, float(cfg.rho))
-    steps = _step_sizes(qp, rho, xp)
+    steps = _step_sizes(qp, rho, xp, cfg.ball_rho_factor)
     handle, ok = ops.kkt_factor(qp.P, qp.pm(), None, _kkt_diag(qp, steps, cfg.sigma), qp.A,
                                 steps[0])
     w = _Work(xp.arange(B), qp, None, handle, None, xp.zeros((B, N)),
@@ -172,7 +174,7 @@ def run_admm(qp: QPBatch, cfg: SolverConfig, ops: Any,
         it += 1
         q = w.qp
         if w.steps is None:
-            w.steps = _step_sizes(q, w.rho, xp)
+            w.steps = _step_sizes(q, w.rho, xp, cfg.ball_rho_factor)
         rA, rb, rk = w.steps
         check = it % cfg.check_every == 0 or it >= cfg.max_iter
         if check:
@@ -354,7 +356,7 @@ def _adapt_rho(w: _Work, cfg: SolverConfig, ops: Any, it: int) -> None:
     if not ci.shape[0]:
         return
     sub = w.qp.take(ci, with_p=False)
-    steps = _step_sizes(sub, new[ci], xp)
+    steps = _step_sizes(sub, new[ci], xp, cfg.ball_rho_factor)
     prow = ci if w.prow is None else w.prow[ci]
     hrow = ci if w.hrow is None else w.hrow[ci]
     # K is positive definite for PSD P (sigma > 0); where a factor fails the old rho is kept

@@ -30,7 +30,12 @@ class SolverConfig:
     - ``eps_prim_inf`` (1e-6): primal infeasibility certificate threshold on ``dy = y_k - y_k-1``.
     - ``max_iter`` (10000): ADMM iterations per problem; then the status is ``max_iter`` (QPs
       are usually polished within 15-200 iterations; min-CVaR LPs can need thousands).
-    - ``rho`` (0.1): initial step size (equality rows use ``1e3 * rho``).
+    - ``rho`` (2.0): initial step size (equality rows use ``1e3 * rho``).
+    - ``ball_rho_factor`` (10.0): the copies ``x - c`` of an L1 ball (turnover, leverage) use
+      ``ball_rho_factor * rho``. At a turnover-constrained optimum most assets usually sit at
+      the ball's kinks (``w_i = w0_i``), which behave like equalities; the larger step there
+      makes ADMM identify them sooner (bench/portfolio.py mean-variance, 200 assets, rho 2:
+      iterations p50 ~300 -> ~140 with 10 instead of 1).
     - ``sigma`` (1e-6): proximal regularisation of the x-update.
     - ``alpha`` (1.6): over-relaxation, in (0, 2).
     - ``adaptive_rho`` (True), ``adaptive_rho_interval`` (25 iterations),
@@ -74,7 +79,8 @@ class SolverConfig:
     eps_rel: float = 1e-6
     eps_prim_inf: float = 1e-6
     max_iter: int = 10000
-    rho: float = 0.1
+    rho: float = 2.0
+    ball_rho_factor: float = 10.0
     sigma: float = 1e-6
     alpha: float = 1.6
     adaptive_rho: bool = True
@@ -96,7 +102,7 @@ class SolverConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        positive = ("eps_prim_inf", "rho", "sigma", "adaptive_rho_tolerance", "polish_from",
+        positive = ("eps_prim_inf", "rho", "ball_rho_factor", "sigma", "adaptive_rho_tolerance", "polish_from",
                     "polish_delta", "polish_tol", "eig_floor", "rp_tol")
         for name in positive:
             v = getattr(self, name)

@@ -257,8 +257,17 @@ def _kkt_reduced_one(Pb: np.ndarray, pmb: float, qb: np.ndarray, freeb: np.ndarr
 _POOL: ThreadPoolExecutor | None = None
 
 
+_N_THREADS: int | None = None
+
+
 def _threads() -> int:
-    return max(1, min(os.cpu_count() or 1, int(os.environ.get("NUMBA_NUM_THREADS", "0") or 64)))
+    """Worker threads: the CPU count capped by ``NUMBA_NUM_THREADS`` (read once; this is called
+    several times per ADMM iteration)."""
+    global _N_THREADS
+    if _N_THREADS is None:
+        _N_THREADS = max(1, min(os.cpu_count() or 1,
+                                int(os.environ.get("NUMBA_NUM_THREADS", "0") or 64)))
+    return _N_THREADS
 
 
 def _run(kernel: Callable[..., None], n: int, *args: Any) -> None:
