@@ -29,11 +29,14 @@ for cross-sectional ones; ``d`` a window in bars):
   missing bar blanks the next ``d`` outputs. ``Ref(x, d)`` / ``Delta(x, d)`` are NaN for the
   first ``d`` bars and propagate NaN. ``EMA(x, d)`` is ``ewm(span=d, adjust=False,
   min_periods=d)`` (missing bars carry the average forward and decay the old weight).
-* Time series: Ref, Delta, Mean, Sum, Std/Var (ddof=1; exactly 0 on a constant window), Min, Max,
-  IdxMax/IdxMin (1-based position of the first extreme, 1 = oldest), TsRank (percentile of the last
-  value in its window), EMA, WMA (weights 1..d, newest d), Slope/Rsquare/Resi (OLS on 1..d; Resi =
-  last residual), Quantile(x, d, q) (linear), Corr/Cov (pairs with both finite; Corr NaN on a
-  constant window), Skew/Kurt (pandas' bias-corrected; NaN on a constant window).
+* Time series: Ref, Delta, Mean, Sum (on the CPU bit for bit pandas' rolling sum / mean, so
+  exact ties such as ``Sum(Greater(dx, 0), d) / Sum(Abs(dx), d)`` = 1.0 rank as in pandas; the
+  GPU sums each window afresh, equal to rounding), Std/Var (ddof=1; exactly 0 on a constant
+  window), Min, Max, IdxMax/IdxMin (1-based position of the first extreme, 1 = oldest), TsRank
+  (percentile of the last value in its window), EMA, WMA (weights 1..d, newest d),
+  Slope/Rsquare/Resi (OLS on 1..d; Resi = last residual), Quantile(x, d, q) (linear), Corr/Cov
+  (pairs with both finite; Corr NaN on a constant window), Skew/Kurt (pandas' bias-corrected;
+  NaN on a constant window).
 * Cross-sectional (need >= 2 symbols, else :class:`PanelError`): Rank (percentile, average ties),
   ZScore (std ddof=1), Demean; over the date's non-NaN values.
 * Element-wise: + - * / (IEEE), unary -, Abs, Log, Sign, Power, Greater/Less (max/min),

@@ -18,6 +18,8 @@ _CMP = {"Gt": "greater", "Ge": "greater_equal", "Lt": "less", "Le": "less_equal"
 _BIN = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Power": "power",
         "Greater": "maximum", "Less": "minimum"}
 _UN = {"Abs": "abs", "Log": "log", "Sign": "sign", "Neg": "negative"}
+#: binary operators that take a Python float for either argument (NumPy and CuPy broadcast it)
+SCALAR_OK: frozenset[str] = frozenset(_BIN)
 
 
 def apply_elementwise(xp: Any, op: str, args: Sequence[Any]) -> Any:

@@ -22,7 +22,7 @@ import numpy as np
 from mystocks_gpu.gpu_ops.backend import GPU, select, to_host, xp
 from mystocks_gpu.gpu_ops.factors import cross_section, ts_cpu, ts_cpu_window, ts_xp
 from mystocks_gpu.gpu_ops.factors.config import EngineConfig
-from mystocks_gpu.gpu_ops.factors.elementwise import apply_elementwise
+from mystocks_gpu.gpu_ops.factors.elementwise import SCALAR_OK, apply_elementwise
 from mystocks_gpu.gpu_ops.factors.exceptions import (
     EvaluationStopped,
     ExpressionError,
@@ -76,7 +76,10 @@ class CpuOps:
             return ts_cpu.ts_ema(x, w)
         if op == "Quantile":
             return ts_cpu_window.ts_quantile(x, w, float(params[1]))
-        return ts_cpu_window.ts_scan(x, w, ts_cpu_window.SCAN_CODES[op])
+        code = ts_cpu_window.SCAN_CODES[op]
+        if op in ("Min", "Max", "IdxMin", "IdxMax"):
+            return ts_cpu_window.ts_extreme(x, w, code)
+        return ts_cpu_window.ts_scan(x, w, code)
 
     def cs(self, op: str, x: Any) -> Any:
         out = np.empty_like(x)
@@ -282,9 +285,11 @@ def run_program(
     def const_arr(i: int, rows: int) -> Any:
         return m.full((rows, t_n), prog.nodes[i].value)
 
+    # one chunk of every symbol: a kept node's result is its full array (no copy)
+    whole = chunk >= s_n
     for chunked, cs_nodes in prog.stages:
         for i in chunked:
-            if prog.keep[i]:
+            if prog.keep[i] and not whole:
                 full[i] = m.empty((s_n, t_n))
         for s0 in range(0, s_n, chunk):
             s1 = min(s_n, s0 + chunk)
@@ -293,17 +298,23 @@ def run_program(
             env: dict[int, Any] = {}
             for i in chunked:
                 node = prog.nodes[i]
-                vals = [env[j] if j in env else
-                        (const_arr(j, s1 - s0) if prog.nodes[j].op == CONST else full[j][s0:s1])
-                        for j in prog.args[i]]
                 kind = OPS[node.op].kind
+                # a binary element-wise op with an array argument takes its constant as a scalar
+                scalars = node.op in SCALAR_OK and any(prog.nodes[j].op != CONST
+                                                       for j in prog.args[i])
+                vals = [env[j] if j in env else
+                        ((prog.nodes[j].value if scalars else const_arr(j, s1 - s0))
+                         if prog.nodes[j].op == CONST else full[j][s0:s1])
+                        for j in prog.args[i]]
                 if kind == TS:
                     res = ops.ts(node.op, vals, node.params)
                 else:
                     res = apply_elementwise(m, node.op, vals)
                     if res.shape != (s1 - s0, t_n):
                         res = m.broadcast_to(res, (s1 - s0, t_n)).copy()
-                if prog.keep[i]:
+                if prog.keep[i] and whole:
+                    full[i] = res
+                elif prog.keep[i]:
                     full[i][s0:s1] = res
                 else:
                     env[i] = res

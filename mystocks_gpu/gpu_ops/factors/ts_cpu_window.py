@@ -1,5 +1,6 @@
-"""CPU (numba) time-series kernels that scan the window, O(w) per bar: Min, Max, IdxMax, IdxMin,
-TsRank, WMA, Slope, Rsquare, Resi, Skew, Kurt, and Quantile (a sorted window, O(w) per bar).
+"""CPU (numba) time-series kernels over the window: TsRank, WMA, Slope, Rsquare, Resi, Skew, Kurt
+scan it (O(w) per bar); Min, Max, IdxMax, IdxMin keep a monotonic deque (O(1) amortised,
+:func:`ts_extreme`); Quantile keeps the window sorted (O(w) per bar, fewer moves on average).
 
 Same layout and window semantics as ``ts_cpu``: ``(n_symbols, n_dates)`` float64, NaN output
 unless the ``w`` bars ending at ``t`` are all finite. Twin of ``ts_xp``.
@@ -113,6 +114,52 @@ def _scan(xs: np.ndarray, t0: int, w: int, code: int) -> float:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def ts_extreme(x: np.ndarray, w: int, code: int) -> np.ndarray:
+    """Min / Max / IdxMin / IdxMax (``code``) over ``w`` bars, ``(n_symbols, n_dates)`` -> same
+    shape, O(1) amortised per bar (a monotonic deque of window positions).
+
+    The deque holds the positions whose value no later bar beats (for Max: positions with
+    strictly decreasing values, an equal later value kept behind the earlier one), so its front
+    is the window's extreme and, among equal extremes, the oldest: IdxMax/IdxMin are the 1-based
+    position of the first extreme (1 = oldest), as :func:`_scan`. A non-finite bar empties the
+    deque (every window holding it is NaN)."""
+    s_n, t_n = x.shape
+    out = np.empty_like(x)
+    dq = np.empty(t_n, dtype=np.int64)
+    want_max = code == MAX or code == IDXMAX
+    want_pos = code == IDXMAX or code == IDXMIN
+    for s in range(s_n):
+        row = x[s]
+        head = 0
+        tail = 0  # deque = dq[head:tail]
+        last_bad = -1
+        for t in range(t_n):
+            v = row[t]
+            if not math.isfinite(v):
+                last_bad = t
+                head = 0
+                tail = 0
+                out[s, t] = _NAN
+                continue
+            if want_max:
+                while tail > head and row[dq[tail - 1]] < v:
+                    tail -= 1
+            else:
+                while tail > head and row[dq[tail - 1]] > v:
+                    tail -= 1
+            dq[tail] = t
+            tail += 1
+            if dq[head] <= t - w:
+                head += 1
+            if t >= w - 1 and t - last_bad >= w:
+                p = dq[head]
+                out[s, t] = float(p - (t - w + 1) + 1) if want_pos else row[p]
+            else:
+                out[s, t] = _NAN
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def ts_scan(x: np.ndarray, w: int, code: int) -> np.ndarray:
     """Rolling statistic ``code`` (see :data:`SCAN_CODES`) over ``w`` bars.
 
@@ -151,6 +198,22 @@ def _sorted_insert(buf: np.ndarray, n: int, v: float) -> int:
     return n + 1
 
 
+@njit(cache=True, error_model="numpy")
+def _sorted_replace(buf: np.ndarray, n: int, old: float, new: float) -> None:
+    """Replace one ``old`` in the sorted ``buf[:n]`` by ``new``, keeping it sorted: only the
+    values between the two slots move (a third of the window on average, not all of it)."""
+    i = np.searchsorted(buf[:n], old)
+    if new > old:
+        while i + 1 < n and buf[i + 1] < new:
+            buf[i] = buf[i + 1]
+            i += 1
+    else:
+        while i > 0 and buf[i - 1] > new:
+            buf[i] = buf[i - 1]
+            i -= 1
+    buf[i] = new
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def ts_quantile(x: np.ndarray, w: int, q: float) -> np.ndarray:
     """Rolling quantile ``q`` with pandas' linear interpolation: ``idx = q (w - 1)``,
@@ -164,16 +227,19 @@ def ts_quantile(x: np.ndarray, w: int, q: float) -> np.ndarray:
         bad = 0
         for t in range(t_n):
             v = row[t]
-            if math.isfinite(v):
-                n = _sorted_insert(buf, n, v)
+            u = row[t - w] if t >= w else _NAN
+            if math.isfinite(v) and math.isfinite(u):
+                _sorted_replace(buf, n, u, v)
             else:
-                bad += 1
-            if t >= w:
-                u = row[t - w]
-                if math.isfinite(u):
-                    n = _sorted_remove(buf, n, u)
+                if math.isfinite(v):
+                    n = _sorted_insert(buf, n, v)
                 else:
-                    bad -= 1
+                    bad += 1
+                if t >= w:
+                    if math.isfinite(u):
+                        n = _sorted_remove(buf, n, u)
+                    else:
+                        bad -= 1
             if t >= w - 1 and bad == 0:
                 idx = q * (w - 1)
                 i = int(idx)

@@ -5,7 +5,9 @@ Layout ``(n_symbols, n_dates)`` float64. Every windowed operator is a loop over 
 ``lag(x, k)`` is ``x`` shifted ``k`` bars later (NaN padded), and the statistic is built from
 whole-array operations on the lags (two-pass moments, no running sums), so each step is one
 memory-bound kernel over all symbols and dates. A window with any non-finite value gives NaN
-(``_bad``), exactly as the CPU kernels. ``Quantile`` stacks the lags into an
+(``_bad``), exactly as the CPU kernels. Sums are taken afresh per window, so Sum/Mean equal the
+CPU's (pandas' running sums) to rounding, not bit for bit: values that tie exactly in one may
+differ by an ulp in the other and rank differently. ``Quantile`` stacks the lags into an
 ``(n_symbols, n_dates, w)`` array and sorts it: ``w`` times the memory of its input, which the
 engine's memory plan accounts for (:data:`SCRATCH`). ``EMA`` is a recursion over dates on
 ``(n_symbols,)`` vectors.

@@ -191,3 +191,13 @@ def ic_table(f: pd.DataFrame, fwd: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     ic = fm.corrwith(rm, axis=1)
     ric = fm.rank(axis=1).corrwith(rm.rank(axis=1), axis=1)
     return ic, ric
+
+
+def binnable_dates(f: pd.DataFrame, quantiles: int = 5) -> pd.Series:
+    """Per date, True where ``pd.qcut(row, quantiles)`` of the row's non-NaN values has unique
+    edges: the dates Alphalens keeps (``get_clean_factor``'s ``quantize_factor`` gives NaN
+    quantiles on a date whose edges repeat, and ``dropna`` then removes the date from every
+    metric). The edges are the row quantiles at ``np.linspace(0, 1, quantiles + 1)``, linear
+    interpolation, as ``qcut`` computes them."""
+    edges = f.quantile(np.linspace(0.0, 1.0, quantiles + 1), axis=1)  # (quantiles + 1, n_dates)
+    return (edges.diff().iloc[1:] != 0).all(axis=0)
