@@ -22,7 +22,7 @@ from mystocks_gpu.streams.kafka_wire import FetchConnection, RawFetchError
 from mystocks_gpu.streams.record_batches import parse_fetched
 
 #: bytes asked per fetch (one partition); the broker returns at least one whole batch even if larger
-FETCH_MAX_BYTES = 8 << 20
+FETCH_MAX_BYTES = 2 << 20
 #: broker-side wait for data at the end of what is there (a bounded read never needs to wait long)
 FETCH_MAX_WAIT_MS = 10
 

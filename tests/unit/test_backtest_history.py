@@ -161,3 +161,16 @@ def test_bar_interval_from_the_topic_name() -> None:
     assert bar_interval_ns("md.bars.5m") == 300 * 10**9
     assert bar_interval_ns("md.bars.1s") == 10**9
     assert bar_interval_ns("md.bars.1m.bench42") == 60 * 10**9  # a dataset suffix keeps the interval
+
+
+def test_engine_budget_is_what_the_process_leaves_of_the_job_budget() -> None:
+    from mystocks_gpu.processors.backtest.job import engine_budget_bytes, resident_bytes
+
+    mib = 1 << 20
+    assert engine_budget_bytes(512 * mib, resident=300 * mib) == 212 * mib
+    assert engine_budget_bytes(512 * mib, resident=500 * mib) == 128 * mib  # at least a quarter
+    assert engine_budget_bytes(4096, resident=300 * mib) == 1024
+    rss = resident_bytes()
+    with open("/proc/self/status") as f:  # the kernel's own figure, independently
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    assert abs(rss - vm) <= 0.1 * vm

@@ -278,13 +278,14 @@ class BarHistory:
         names = self.table.symbols
         return sorted(names[int(i)] for i in np.flatnonzero(self.count[:len(names)] > 0))
 
-    def bar_times(self, universe: Sequence[str]) -> int:
-        """Distinct bar times of ``universe`` (the columns of the run)."""
+    def bar_times(self, universe: Sequence[str], max_rows: int = 1 << 20) -> int:
+        """Distinct bar times of ``universe`` (the columns of the run), read one window of about
+        ``max_rows`` rows at a time (a bar time lies in one bucket, so per-window counts add up)."""
         codes = self._codes(universe)
         member = np.zeros(len(self.table), bool)
         member[codes] = True
         n = 0
-        for lo, hi in self._windows(1 << 62):
+        for lo, hi in self._windows(max_rows):
             rows = self.bars.read(lo, hi)
             n += np.unique(rows["ts"][member[rows["sym"]]]).size
         return n

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -190,6 +191,24 @@ class _Progress:
         self.progress(lo + (hi - lo) * max(0.0, min(1.0, frac)), message)
 
 
+def resident_bytes() -> int:
+    """This process's resident set size in bytes (Linux ``/proc/self/statm``; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def engine_budget_bytes(budget: int, resident: int | None = None) -> int:
+    """The engine's share of the job's ``memory_budget_bytes``: what the process's resident size
+    (``resident``, default measured now, after the replay) leaves of it, so the job's peak RSS stays
+    near the budget; never less than a quarter of the budget (a budget below the process's own
+    baseline cannot be met; the engine then still runs, in small windows)."""
+    resident = resident_bytes() if resident is None else resident
+    return max(budget // 4, budget - resident)
+
+
 def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Callable[[], bool]) -> dict[str, Any]:
     """Replay bars, run the grid on this chunk's symbols, publish rows and curves, return a compact result.
 
@@ -247,15 +266,17 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
             base["data_version"] = {**base["data_version"], **sst.data_version}
             base["signal_records_skipped"] = sst.undecodable
         plan = compile_grid(spec.strategy, spec.params)
-        n_bars = hist.bar_times(universe)
+        engine_budget = engine_budget_bytes(int(spec.memory_budget_bytes))
+        max_rows = max(1 << 14, engine_budget // 512)
+        n_bars = hist.bar_times(universe, max_rows)
         n_cells = plan.n_par * len(symbols) * n_bars
         if n_cells > int(spec.max_cells):
             raise JobSpecError(f"{plan.n_par} parameter sets x {len(symbols)} symbols x {n_bars} bars = "
                                f"{n_cells:,} cells exceeds max_cells={spec.max_cells:,}")
         keys = needed_keys(spec.strategy)
-        max_rows = max(1 << 14, int(spec.memory_budget_bytes) // 512)
         window_bars = max(256, max_rows // max(1, len(universe)))
-        run_spec = dataclasses.replace(spec, universe=tuple(symbols)) if spec.universe != "all" else spec
+        run_spec = dataclasses.replace(spec, memory_budget_bytes=engine_budget,
+                                       **({"universe": tuple(symbols)} if spec.universe != "all" else {}))
         t1 = time.monotonic()
         try:
             stream = GridStream(run_spec, symbols, window_bars, backend, plan,
