@@ -27,6 +27,7 @@ from statistics import NormalDist
 from types import ModuleType
 from typing import Any
 
+import numba
 import numpy as np
 
 Array = Any
@@ -85,6 +86,30 @@ def euler_var(e: Array, cov: Array, confidence: float, horizon: float = 1.0,
     return marginal, e * marginal
 
 
+@numba.njit(cache=True, nogil=True)
+def _scenario_pnl_cpu(window: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - numba
+    """CPU twin of the array expression in :func:`historical_var_levels`: ``(pnl (A, W), filled
+    (A, W) bool)`` = ``sum_k where(finite, window, 0) * e`` and ``any_k finite`` in one pass over
+    ``window (A, W, K)`` (the NumPy form makes four)."""
+    A, W, K = window.shape
+    pnl = np.empty((A, W))
+    filled = np.zeros((A, W), np.bool_)
+    for a in range(A):
+        for w in range(W):
+            acc = 0.0
+            f = False
+            for k in range(K):
+                v = window[a, w, k]
+                if np.isfinite(v):
+                    f = True
+                else:
+                    v = 0.0
+                acc += v * e[a, k]
+            pnl[a, w] = acc
+            filled[a, w] = f
+    return pnl, filled
+
+
 def historical_var(e: Array, window: Array, confidence: float, horizon: float = 1.0,
                    xp: ModuleType = np) -> tuple[Array, Array]:
     """``(VaR (A,), CVaR (A,))`` from the return window ``window (A, W, K)`` (all-NaN rows are
@@ -97,9 +122,12 @@ def historical_var_levels(e: Array, window: Array, confidences: Sequence[float],
     """:func:`historical_var` at each of ``confidences``: the scenario losses ``(A, W)`` are
     computed and sorted once (the ``(A, W, K)`` pass dominates), then each level's quantile and tail."""
     A = window.shape[0]
-    fin = xp.isfinite(window)
-    filled = xp.any(fin, axis=2)
-    pnl_s = xp.einsum("awk,ak->aw", xp.where(fin, window, 0.0), e)
+    if xp is np and window.dtype == np.float64 and np.asarray(e).dtype == np.float64:
+        pnl_s, filled = _scenario_pnl_cpu(window, np.asarray(e))
+    else:
+        fin = xp.isfinite(window)
+        filled = xp.any(fin, axis=2)
+        pnl_s = xp.einsum("awk,ak->aw", xp.where(fin, window, 0.0), e)
     loss = -pnl_s * math.sqrt(horizon)
     n = xp.sum(filled, axis=1)
     srt = xp.sort(xp.where(filled, loss, xp.inf), axis=1)  # unfilled sort last

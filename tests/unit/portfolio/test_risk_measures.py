@@ -114,12 +114,13 @@ def test_historical_var_cvar_equal_numpy() -> None:
             assert cvar[a] == pytest.approx(loss[loss >= q].mean(), rel=1e-12)
     # several levels in one pass: the same numpy quantiles / tail means; an empty window is NaN
     win3 = np.concatenate([win, np.full((1, 250, 4), np.nan)])
+    win3[0, 10, 2] = np.nan  # a NaN in a filled row counts as a 0 return
     e3 = np.concatenate([e, e[:1]])
     levels = (0.5, 0.95, 0.975, 0.99)
     for c, (var, cvar) in zip(levels, historical_var_levels(e3, win3, levels, horizon=4.0), strict=True):
         for a in range(2):
             rows = win3[a][~np.isnan(win3[a]).all(axis=1)]
-            loss = -(rows @ e3[a]) * 2.0
+            loss = -(np.nan_to_num(rows, nan=0.0) @ e3[a]) * 2.0
             q = np.quantile(loss, c)
             assert var[a] == pytest.approx(q, rel=1e-12)
             assert cvar[a] == pytest.approx(loss[loss >= q].mean(), rel=1e-12)
