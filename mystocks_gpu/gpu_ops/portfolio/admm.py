@@ -10,7 +10,8 @@ iteration is (``R`` = per-row step sizes, ``a`` = ``alpha``)::
     y  = y + R (v - z);   x = a * x~ + (1 - a) * x
 
 Step sizes: ``R = rho`` on rows with a finite bound (``1e3 * rho`` on equalities,
-``ball_rho_factor * rho`` on the copies of an L1 ball, ``1e-6`` on free rows), per problem. **Stopping rule** (checked every ``check_every`` iterations, scaled
+``ball_rho_factor * rho`` on the copies of an L1 ball, ``1e-6`` on free rows), per problem; the initial
+``rho`` is ``cfg.rho``, or ``cfg.rho_quadratic`` for a problem with ``q = 0``. **Stopping rule** (checked every ``check_every`` iterations, scaled
 problem, inf-norms): ``r_prim = max|A x - z| <= eps_abs + eps_rel * max(|A x|, |z|)`` and
 ``r_dual = |P x + q + A'y| <= eps_abs + eps_rel * max(|P x|, |A'y|, |q|)``. **Infeasibility**:
 with ``dy = y_k - y_k-1`` normalised to unit inf-norm, ``|A'dy| <= eps_prim_inf`` and the support
@@ -155,6 +156,8 @@ def run_admm(qp: QPBatch, cfg: SolverConfig, ops: Any,
     if B == 0:
         return out
     rho = xp.full(B, float(cfg.rho))
+    if cfg.rho_quadratic is not None:  # no linear term (min-variance and the like)
+        rho = xp.where(xp.all(qp.q == 0, axis=1), float(cfg.rho_quadratic), rho)
     steps = _step_sizes(qp, rho, xp, cfg.ball_rho_factor)
     handle, ok = ops.kkt_factor(qp.P, qp.pm(), None, _kkt_diag(qp, steps, cfg.sigma), qp.A,
                                 steps[0])

@@ -31,6 +31,11 @@ class SolverConfig:
     - ``max_iter`` (10000): ADMM iterations per problem; then the status is ``max_iter`` (QPs
       are usually polished within 15-200 iterations; min-CVaR LPs can need thousands).
     - ``rho`` (2.0): initial step size (equality rows use ``1e3 * rho``).
+    - ``rho_quadratic`` (0.1; None = ``rho``): the initial step size instead of ``rho`` for the
+      problems of a batch with no linear objective term (``q = 0``: min-variance, max-Sharpe,
+      target-return mean-variance). bench/portfolio.py, 500 min-variance problems of 200 assets:
+      ADMM iterations p50/p99 30/40 at 2.0 -> 15/15 at 0.1, CPU time ~20% lower; mean-variance
+      (``q = -mu``) needs the larger step (p50 ~200 at 2.0, ~630 at 0.1).
     - ``ball_rho_factor`` (10.0): the copies ``x - c`` of an L1 ball (turnover, leverage) use
       ``ball_rho_factor * rho``. At a turnover-constrained optimum most assets usually sit at
       the ball's kinks (``w_i = w0_i``), which behave like equalities; the larger step there
@@ -80,6 +85,7 @@ class SolverConfig:
     eps_prim_inf: float = 1e-6
     max_iter: int = 10000
     rho: float = 2.0
+    rho_quadratic: float | None = 0.1
     ball_rho_factor: float = 10.0
     sigma: float = 1e-6
     alpha: float = 1.6
@@ -108,6 +114,9 @@ class SolverConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf")):
                 raise SolverConfigError(f"SolverConfig.{name} must be a finite number > 0, got {v!r}")
+        rq = self.rho_quadratic
+        if rq is not None and not (isinstance(rq, (int, float)) and 0 < rq < float("inf")):
+            raise SolverConfigError(f"SolverConfig.rho_quadratic must be None or a finite number > 0, got {rq!r}")
         for name in ("eps_abs", "eps_rel"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 <= v < 1):

@@ -31,6 +31,7 @@ from mystocks_gpu.gpu_ops.risk.measures import (
     euler_var,
     exposures,
     historical_var,
+    historical_var_levels,
     max_drawdown,
     parametric_var,
     pnl,
@@ -40,4 +41,4 @@ from mystocks_gpu.gpu_ops.risk.step import PriceBatch, risk_step
 __all__ = ["DEFAULT_LIMITS", "LIMIT_NAMES", "AccountState", "Breach", "PriceBatch", "RiskConfig",
            "RiskConfigError", "RiskInputError", "StateBatch", "alerts_once", "breach_records",
            "check_limits", "euler_var", "ewma_cov", "ewma_cov_update", "exposures",
-           "historical_var", "max_drawdown", "parametric_var", "pnl", "risk_step"]
+           "historical_var", "historical_var_levels", "max_drawdown", "parametric_var", "pnl", "risk_step"]

@@ -22,10 +22,12 @@ positive amounts of money (currency units of the prices).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from statistics import NormalDist
 from types import ModuleType
 from typing import Any
 
+import numba
 import numpy as np
 
 Array = Any
@@ -84,29 +86,67 @@ def euler_var(e: Array, cov: Array, confidence: float, horizon: float = 1.0,
     return marginal, e * marginal
 
 
+@numba.njit(cache=True, nogil=True)
+def _scenario_pnl_cpu(window: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - numba
+    """CPU twin of the array expression in :func:`historical_var_levels`: ``(pnl (A, W), filled
+    (A, W) bool)`` = ``sum_k where(finite, window, 0) * e`` and ``any_k finite`` in one pass over
+    ``window (A, W, K)`` (the NumPy form makes four)."""
+    A, W, K = window.shape
+    pnl = np.empty((A, W))
+    filled = np.zeros((A, W), np.bool_)
+    for a in range(A):
+        for w in range(W):
+            acc = 0.0
+            f = False
+            for k in range(K):
+                v = window[a, w, k]
+                if np.isfinite(v):
+                    f = True
+                else:
+                    v = 0.0
+                acc += v * e[a, k]
+            pnl[a, w] = acc
+            filled[a, w] = f
+    return pnl, filled
+
+
 def historical_var(e: Array, window: Array, confidence: float, horizon: float = 1.0,
                    xp: ModuleType = np) -> tuple[Array, Array]:
     """``(VaR (A,), CVaR (A,))`` from the return window ``window (A, W, K)`` (all-NaN rows are
     unfilled and ignored, other NaNs count as 0; NaN where an account has no filled row)."""
+    return historical_var_levels(e, window, (confidence,), horizon, xp)[0]
+
+
+def historical_var_levels(e: Array, window: Array, confidences: Sequence[float], horizon: float = 1.0,
+                          xp: ModuleType = np) -> list[tuple[Array, Array]]:
+    """:func:`historical_var` at each of ``confidences``: the scenario losses ``(A, W)`` are
+    computed and sorted once (the ``(A, W, K)`` pass dominates), then each level's quantile and tail."""
     A = window.shape[0]
-    filled = xp.any(xp.isfinite(window), axis=2)
-    pnl_s = xp.einsum("awk,ak->aw", xp.where(xp.isfinite(window), window, 0.0), e)
+    if xp is np and window.dtype == np.float64 and np.asarray(e).dtype == np.float64:
+        pnl_s, filled = _scenario_pnl_cpu(window, np.asarray(e))
+    else:
+        fin = xp.isfinite(window)
+        filled = xp.any(fin, axis=2)
+        pnl_s = xp.einsum("awk,ak->aw", xp.where(fin, window, 0.0), e)
     loss = -pnl_s * math.sqrt(horizon)
     n = xp.sum(filled, axis=1)
     srt = xp.sort(xp.where(filled, loss, xp.inf), axis=1)  # unfilled sort last
-    pos = confidence * (xp.maximum(n, 1) - 1).astype(float)
-    lo = xp.floor(pos).astype(xp.int64)
-    hi = xp.minimum(lo + 1, xp.maximum(n - 1, 0))
-    frac = pos - lo
-    vlo = xp.take_along_axis(srt, lo[:, None], axis=1)[:, 0]
-    vhi = xp.take_along_axis(srt, hi[:, None], axis=1)[:, 0]
-    vlo_f = xp.where(xp.isfinite(vlo), vlo, 0.0)  # unfilled accounts: masked below
-    vhi_f = xp.where(xp.isfinite(vhi), vhi, vlo_f)
-    var = xp.where(frac > 0, vlo_f + frac * (vhi_f - vlo_f), vlo)
-    tail = filled & (loss >= var[:, None])
-    cvar = xp.sum(xp.where(tail, loss, 0.0), axis=1) / xp.maximum(xp.sum(tail, axis=1), 1)
     nan = xp.full(A, xp.nan)
-    return xp.where(n > 0, var, nan), xp.where(n > 0, cvar, nan)
+    out = []
+    for confidence in confidences:
+        pos = confidence * (xp.maximum(n, 1) - 1).astype(float)
+        lo = xp.floor(pos).astype(xp.int64)
+        hi = xp.minimum(lo + 1, xp.maximum(n - 1, 0))
+        frac = pos - lo
+        vlo = xp.take_along_axis(srt, lo[:, None], axis=1)[:, 0]
+        vhi = xp.take_along_axis(srt, hi[:, None], axis=1)[:, 0]
+        vlo_f = xp.where(xp.isfinite(vlo), vlo, 0.0)  # unfilled accounts: masked below
+        vhi_f = xp.where(xp.isfinite(vhi), vhi, vlo_f)
+        var = xp.where(frac > 0, vlo_f + frac * (vhi_f - vlo_f), vlo)
+        tail = filled & (loss >= var[:, None])
+        cvar = xp.sum(xp.where(tail, loss, 0.0), axis=1) / xp.maximum(xp.sum(tail, axis=1), 1)
+        out.append((xp.where(n > 0, var, nan), xp.where(n > 0, cvar, nan)))
+    return out
 
 
 def max_drawdown(equity: Array, peak0: Array | None = None, dd0: Array | None = None,

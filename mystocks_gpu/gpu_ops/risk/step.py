@@ -39,7 +39,7 @@ from mystocks_gpu.gpu_ops.risk.limits import Breach, alerts_once, breach_records
 from mystocks_gpu.gpu_ops.risk.measures import (
     euler_var,
     exposures,
-    historical_var,
+    historical_var_levels,
     max_drawdown,
     parametric_var,
     pnl,
@@ -187,12 +187,14 @@ def _metrics(st: StateBatch, cfg: RiskConfig, xp: ModuleType
                            "by_sector": ex["by_sector"], "pnl_day": day, "pnl_inception": inc,
                            "equity": equity, "max_drawdown": dd_now}
     mu = st.mean if cfg.demean else None
-    for c in cfg.confidences:
+    # one pass over the (A, W, K) window for every historical level (+ the limit's, if historical)
+    h_levels = [*cfg.confidences, *([cfg.limit_confidence] if cfg.limit_var == "historical" else [])]
+    hist = historical_var_levels(e, st.window, h_levels, cfg.horizon, xp)
+    for c, (hv, hcv) in zip(cfg.confidences, hist, strict=False):
         tag = f"{round(c * 100, 4):g}".replace(".", "_")
         v, cv = parametric_var(e, st.cov, c, cfg.horizon, mu, xp)
         m[f"var_{tag}"] = xp.where(enough, v, xp.nan)
         m[f"cvar_{tag}"] = xp.where(enough, cv, xp.nan)
-        hv, hcv = historical_var(e, st.window, c, cfg.horizon, xp)
         m[f"hvar_{tag}"], m[f"hcvar_{tag}"] = hv, hcv
     mv, cv_ = euler_var(e, st.cov, cfg.limit_confidence, cfg.horizon, xp)
     m["marginal_var"] = xp.where(enough[:, None], mv, xp.nan)
@@ -204,7 +206,7 @@ def _metrics(st: StateBatch, cfg: RiskConfig, xp: ModuleType
         lv, _ = parametric_var(e, st.cov, cfg.limit_confidence, cfg.horizon, mu, xp)
         lv = xp.where(enough, lv, xp.nan)
     else:
-        lv, _ = historical_var(e, st.window, cfg.limit_confidence, cfg.horizon, xp)
+        lv = hist[-1][0]
     values = xp.stack([lv, gross, m["concentration"], dd_now], axis=1)
     breached = check_limits(values, st.limits, xp)
     alert, flags = alerts_once(st.breached, breached)

@@ -54,11 +54,11 @@ from mystocks_gpu.processors.risk.output import (
     METRICS_SCHEMA,
     alert_records,
     encode_all,
-    metrics_records,
+    encode_metrics,
 )
 from mystocks_gpu.processors.risk.positions import PositionUpdate, decode_positions
 from mystocks_gpu.schemas import AvroCodec
-from mystocks_gpu.schemas.batch_codec import BatchDecoder, TickDecoder, status_message
+from mystocks_gpu.schemas.batch_codec import BatchDecoder, BatchEncoder, TickDecoder, status_message
 from mystocks_gpu.schemas.schema_store import SchemaStore, default_store
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.processor import (
@@ -94,6 +94,7 @@ class RiskProcessor(Processor[RiskBook]):
         self._bar_id = s.by_name("mystocks.md.Bar").id
         self._ticks: dict[int, TickDecoder] = {}
         self._bars: dict[int, BatchDecoder] = {}
+        self._metrics_enc: BatchEncoder | None = None  # compiled (or loaded from the cache) at the first emit
 
     # ---- prices ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
@@ -225,10 +226,12 @@ class RiskProcessor(Processor[RiskBook]):
                                            old, self.cfg.risk, self.xp, close_until=until)
         book.stack = new
         self._mark_dirty(book, old, new)
-        recs = metrics_records(metrics, new, book.names, ts_event, book.px_ts, symbols, self.cfg)
+        if self._metrics_enc is None:
+            self._metrics_enc = BatchEncoder(METRICS_SCHEMA, self.store)
+        keys, values = encode_metrics(self._metrics_enc, metrics, new, book.names, ts_event, book.px_ts,
+                                      symbols, self.cfg)
         ts_ms = ts_event // 1_000_000
-        out.add(self.cfg.output_topic, [r["account"].encode() for r in recs],
-                encode_all(self.codec, METRICS_SCHEMA, recs), [ts_ms] * len(recs))
+        out.add(self.cfg.output_topic, keys, values, [ts_ms] * len(values))
         alerts = alert_records(breaches, book.names, ts_event)
         out.add(self.cfg.alerts_topic, [a["source"].encode() for a in alerts],
                 encode_all(self.codec, ALERT_SCHEMA, alerts), [ts_ms] * len(alerts))

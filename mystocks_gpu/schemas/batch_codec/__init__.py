@@ -26,6 +26,9 @@ Columns (the encoder also accepts ``sym``/``ts`` for ``symbol``/``ts_event``)
     The encoder takes string fields as int codes into ``symbols`` (list of str or SymbolTable, or a
     dict of those by field), ints in any integer dtype (range-checked), and ``map<string,double>`` as
     float64 ``(n, len(map_keys))`` (or one column per key), written as fastavro does: one block.
+    Encoder only: an array of records of primitives/enums, field ``f``, takes ``f`` = element counts
+    ``(n,)`` and one column ``"f.x"`` per item field ``x`` with every row's elements concatenated
+    ``(sum counts,)`` (strings as codes into ``symbols["f.x"]``); written as one block, as fastavro.
 
 Status (per input record, :class:`Status`): 0 OK, 1 BAD_MAGIC, 2 UNKNOWN_SCHEMA_ID, 3 WRONG_SCHEMA
 (id of another current schema), 4 TRUNCATED, 5 VARINT_OVERFLOW (> 64 bits, or int beyond 32),

@@ -17,6 +17,68 @@ from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import symbol_arrays
 
 
+def _field_code(plans: Sequence[FieldPlan], idx: str, ind: str, tag: str,
+                ) -> tuple[list[str], int, list[str], list[str]]:
+    """``(args, fixed bytes, size lines, write lines)`` for ``plans`` at element index ``idx``,
+    indented by ``ind``; argument names carry ``tag`` (unique per nesting level)."""
+    args: list[str] = []
+    size: list[str] = []
+    write: list[str] = []
+    fixed = 0
+    J = ind + "    "
+    for j, p in enumerate(plans):
+        v = f"{tag}{j}"
+        if p.kind == "string":
+            args += [f"c{v}", f"ar{v}", f"so{v}", f"sl{v}"]
+            size.append(f"{ind}q = sl{v}[c{v}[{idx}]]\n{ind}s += _varint_len(_zigzag(q)) + q\n")
+            write.append(f"{ind}q = sl{v}[c{v}[{idx}]]\n{ind}p = _write_long(out, p, q)\n{ind}o = so{v}[c{v}[{idx}]]\n"
+                         f"{ind}for t in range(q):\n{J}out[p + t] = ar{v}[o + t]\n{ind}p += q\n")
+        elif p.kind in ("long", "int", "enum"):
+            args.append(f"c{v}")
+            size.append(f"{ind}s += _varint_len(_zigzag(c{v}[{idx}]))\n")
+            write.append(f"{ind}p = _write_long(out, p, c{v}[{idx}])\n")
+        elif p.kind in ("double", "float"):
+            w = 8 if p.kind == "double" else 4
+            args.append(f"b{v}")
+            fixed += w
+            write.append(f"{ind}for t in range({w}):\n{J}out[p + t] = b{v}[{idx} * {w} + t]\n{ind}p += {w}\n")
+        elif p.kind == "boolean":
+            args.append(f"c{v}")
+            fixed += 1
+            write.append(f"{ind}out[p] = c{v}[{idx}]\n{ind}p += 1\n")
+        elif p.kind == "map_double":
+            # mk: [varint(K) | (varint len, key bytes) * K]; mo: (K+1,) offsets of each key's bytes
+            # after the header (mo[0] = header length); mv: (n, K) float64 as uint8 (n, 8K)
+            args += [f"mk{v}", f"mo{v}", f"mv{v}"]
+            K = J + "    "
+            size.append(f"{ind}s += mk{v}.size + 1 + (8 * (mo{v}.size - 1))\n")
+            write.append(
+                f"{ind}K = mo{v}.size - 1\n"
+                f"{ind}if K > 0:\n"
+                f"{J}for t in range(mo{v}[0]):\n{K}out[p + t] = mk{v}[t]\n{J}p += mo{v}[0]\n"
+                f"{J}for e in range(K):\n"
+                f"{K}for t in range(mo{v}[e], mo{v}[e + 1]):\n{K}    out[p] = mk{v}[t]\n{K}    p += 1\n"
+                f"{K}for t in range(8):\n{K}    out[p + t] = mv{v}[{idx}, 8 * e + t]\n{K}p += 8\n"
+                f"{ind}out[p] = 0\n{ind}p += 1\n")
+        elif p.kind == "array_record":
+            # st: (n+1,) int64 element offsets; one block (count, items, 0) as fastavro writes it,
+            # just the 0 for an empty array
+            e = f"e{v}"
+            args.append(f"st{v}")
+            sub_args, sub_fixed, sub_size, sub_write = _field_code(p.fields, e, J + "    ", f"{v}_")
+            args += sub_args
+            loop = f"for {e} in range(st{v}[{idx}], st{v}[{idx} + 1]):\n"
+            size.append(f"{ind}m = st{v}[{idx} + 1] - st{v}[{idx}]\n{ind}s += 1\n{ind}if m > 0:\n"
+                        f"{J}s += _varint_len(_zigzag(m)) + {sub_fixed} * m\n"
+                        + (f"{J}{loop}" + "".join(sub_size) if sub_size else ""))
+            write.append(f"{ind}m = st{v}[{idx} + 1] - st{v}[{idx}]\n{ind}if m > 0:\n"
+                         f"{J}p = _write_long(out, p, m)\n{J}{loop}" + "".join(sub_write)
+                         + f"{ind}out[p] = 0\n{ind}p += 1\n")
+        else:  # pragma: no cover - plan_schema rejects others
+            raise SchemaError(p.kind)
+    return args, fixed, size, write
+
+
 def encoder_source(plans: Sequence[FieldPlan]) -> str:
     """Python source of ``_encode(n, prefix, pk, *args) -> (buffer uint8, offsets int64 (n+1,))``.
 
@@ -24,44 +86,8 @@ def encoder_source(plans: Sequence[FieldPlan]) -> str:
     MARK``, each value as ``SHORT_BINBYTES``/``BINBYTES`` with its length, ``APPENDS, STOP``, so
     ``pickle.loads`` builds all the ``bytes`` objects in one C loop (the offsets then include the
     2- or 5-byte opcode before each value)."""
-    args: list[str] = []
-    size, write = [], []
-    fixed = PREFIX_LEN
-    I = " " * 8  # noqa: E741
-    for j, p in enumerate(plans):
-        if p.kind == "string":
-            args += [f"c{j}", f"ar{j}", f"so{j}", f"sl{j}"]
-            size.append(f"{I}q = sl{j}[c{j}[i]]\n{I}s += _varint_len(_zigzag(q)) + q\n")
-            write.append(f"{I}q = sl{j}[c{j}[i]]\n{I}p = _write_long(out, p, q)\n{I}o = so{j}[c{j}[i]]\n"
-                         f"{I}for t in range(q):\n{I}    out[p + t] = ar{j}[o + t]\n{I}p += q\n")
-        elif p.kind in ("long", "int", "enum"):
-            args.append(f"c{j}")
-            size.append(f"{I}s += _varint_len(_zigzag(c{j}[i]))\n")
-            write.append(f"{I}p = _write_long(out, p, c{j}[i])\n")
-        elif p.kind in ("double", "float"):
-            w = 8 if p.kind == "double" else 4
-            args.append(f"b{j}")
-            fixed += w
-            write.append(f"{I}for t in range({w}):\n{I}    out[p + t] = b{j}[i * {w} + t]\n{I}p += {w}\n")
-        elif p.kind == "boolean":
-            args.append(f"c{j}")
-            fixed += 1
-            write.append(f"{I}out[p] = c{j}[i]\n{I}p += 1\n")
-        elif p.kind == "map_double":
-            # mk: [varint(K) | (varint len, key bytes) * K]; mo: (K+1,) offsets of each key's bytes
-            # after the header (mo[0] = header length); mv: (n, K) float64 as uint8 (n, 8K)
-            args += [f"mk{j}", f"mo{j}", f"mv{j}"]
-            size.append(f"{I}s += mk{j}.size + 1 + (8 * (mo{j}.size - 1))\n")
-            write.append(
-                f"{I}K = mo{j}.size - 1\n"
-                f"{I}if K > 0:\n"
-                f"{I}    for t in range(mo{j}[0]):\n{I}        out[p + t] = mk{j}[t]\n{I}    p += mo{j}[0]\n"
-                f"{I}    for e in range(K):\n"
-                f"{I}        for t in range(mo{j}[e], mo{j}[e + 1]):\n{I}            out[p] = mk{j}[t]\n{I}            p += 1\n"
-                f"{I}        for t in range(8):\n{I}            out[p + t] = mv{j}[i, 8 * e + t]\n{I}        p += 8\n"
-                f"{I}out[p] = 0\n{I}p += 1\n")
-        else:  # pragma: no cover - plan_schema rejects others
-            raise SchemaError(p.kind)
+    args, fixed, size, write = _field_code(plans, "i", " " * 8, "")
+    fixed += PREFIX_LEN
     return (
         f"def _encode(n, prefix, pk{''.join(', ' + a for a in args)}):\n"
         "    offs = np.empty(n + 1, np.int64)\n    tot = 4 if pk else 0\n    offs[0] = tot\n"
@@ -126,25 +152,24 @@ class BatchEncoder:
                 return columns[alt]
         raise KeyError(f"no column for field {name!r}")
 
-    def encode_buffer(self, columns: Mapping[str, Any], symbols: Any = None,
-                      map_keys: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
-                      pickled: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """``(buffer uint8, offsets int64 (n+1,))``: record ``i`` is ``buffer[offsets[i]:offsets[i+1]]``.
-
-        Raises ValueError for values the schema cannot hold (int out of range, bad enum index,
-        symbol code with no symbol, rows of different lengths). ``pickled``: see :func:`encoder_source`.
-        """
+    def _column_args(self, plans: Sequence[FieldPlan], columns: Mapping[str, Any], symbols: Any,
+                     map_keys: Sequence[str] | Mapping[str, Sequence[str]] | None,
+                     prefix: str) -> tuple[list[Any], set[int]]:
+        """The generated loop's arguments for ``plans`` (names under ``prefix``) and the row counts
+        seen. An ``array_record`` field ``f`` takes ``columns[f]``: element counts ``(n,)``, and
+        ``columns["f.x"]``: item field ``x`` of every element, rows concatenated ``(sum counts,)``."""
         args: list[Any] = []
         rows: set[int] = set()
-        for p in self.plans:
+        for p in plans:
+            name = prefix + p.name
             if p.kind == "map_double":
-                keys = tuple(map_keys.get(p.name, ()) if isinstance(map_keys, Mapping) else (map_keys or ()))
+                keys = tuple(map_keys.get(name, ()) if isinstance(map_keys, Mapping) else (map_keys or ()))
                 if len(set(keys)) != len(keys):
-                    raise ValueError(f"duplicate map keys for {p.name}: {keys}")
+                    raise ValueError(f"duplicate map keys for {name}: {keys}")
                 if not keys:
                     vals = np.empty((0, 0))
-                elif p.name in columns:
-                    vals = np.asarray(columns[p.name], np.float64).reshape(-1, len(keys))
+                elif name in columns:
+                    vals = np.asarray(columns[name], np.float64).reshape(-1, len(keys))
                 else:
                     vals = np.stack([np.asarray(columns[k], np.float64) for k in keys], axis=1)
                 vals = np.ascontiguousarray(vals)
@@ -155,19 +180,29 @@ class BatchEncoder:
                 mk = np.frombuffer(head + b"".join(kb) + b"\0", np.uint8)[:-1]
                 args += [mk, mo, vals.view(np.uint8).reshape(vals.shape[0], 8 * len(keys))]
                 continue
-            col = np.asarray(self._get(columns, p.name))
+            col = np.asarray(self._get(columns, name))
             rows.add(col.shape[0])
             if p.kind in ("double", "float"):
                 args.append(np.ascontiguousarray(col, np.float64 if p.kind == "double" else np.float32)
                             .view(np.uint8))
                 continue
             if col.dtype.kind not in "iub":
-                raise ValueError(f"{p.name}: integer (or code) column expected, got {col.dtype}")
+                raise ValueError(f"{name}: integer (or code) column expected, got {col.dtype}")
             c = np.ascontiguousarray(col, np.uint8 if p.kind == "boolean" else np.int64)
+            if p.kind == "array_record":
+                if c.size and c.min() < 0:
+                    raise ValueError(f"{name}: negative element count")
+                st = np.zeros(c.size + 1, np.int64)
+                np.cumsum(c, out=st[1:])
+                sub, sub_rows = self._column_args(p.fields, columns, symbols, map_keys, name + ".")
+                if sub_rows - {int(st[-1])}:
+                    raise ValueError(f"{name}: item columns of {sorted(sub_rows)} rows, counts sum to {int(st[-1])}")
+                args += [st, *sub]
+                continue
             if p.kind == "string":
-                table = symbols.get(p.name) if isinstance(symbols, Mapping) else symbols
+                table = symbols.get(name) if isinstance(symbols, Mapping) else symbols
                 if table is None:
-                    raise ValueError(f"string field {p.name} needs symbols")
+                    raise ValueError(f"string field {name} needs symbols")
                 arena, off, ln = symbol_arrays(table)
                 lo, hi = 0, ln.size - 1
                 args += [c, arena, off, ln]
@@ -176,7 +211,18 @@ class BatchEncoder:
                           "boolean": (0, 1)}.get(p.kind, (-2**63, 2**63 - 1))
                 args.append(c)
             if c.size and (c.min() < lo or c.max() > hi):
-                raise ValueError(f"{p.name}: value out of range {lo}..{hi}")
+                raise ValueError(f"{name}: value out of range {lo}..{hi}")
+        return args, rows
+
+    def encode_buffer(self, columns: Mapping[str, Any], symbols: Any = None,
+                      map_keys: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+                      pickled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(buffer uint8, offsets int64 (n+1,))``: record ``i`` is ``buffer[offsets[i]:offsets[i+1]]``.
+
+        Raises ValueError for values the schema cannot hold (int out of range, bad enum index,
+        symbol code with no symbol, rows of different lengths). ``pickled``: see :func:`encoder_source`.
+        """
+        args, rows = self._column_args(self.plans, columns, symbols, map_keys, "")
         if len(rows) > 1:
             raise ValueError(f"columns of different lengths: {sorted(rows)}")
         for j, a in enumerate(args):  # read-only views: one numba specialisation whatever the input

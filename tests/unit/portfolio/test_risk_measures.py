@@ -14,6 +14,7 @@ from mystocks_gpu.gpu_ops.risk import (
     ewma_cov,
     exposures,
     historical_var,
+    historical_var_levels,
     max_drawdown,
     parametric_var,
     pnl,
@@ -111,6 +112,19 @@ def test_historical_var_cvar_equal_numpy() -> None:
             q = np.quantile(loss, c)
             assert var[a] == pytest.approx(q, rel=1e-12)
             assert cvar[a] == pytest.approx(loss[loss >= q].mean(), rel=1e-12)
+    # several levels in one pass: the same numpy quantiles / tail means; an empty window is NaN
+    win3 = np.concatenate([win, np.full((1, 250, 4), np.nan)])
+    win3[0, 10, 2] = np.nan  # a NaN in a filled row counts as a 0 return
+    e3 = np.concatenate([e, e[:1]])
+    levels = (0.5, 0.95, 0.975, 0.99)
+    for c, (var, cvar) in zip(levels, historical_var_levels(e3, win3, levels, horizon=4.0), strict=True):
+        for a in range(2):
+            rows = win3[a][~np.isnan(win3[a]).all(axis=1)]
+            loss = -(np.nan_to_num(rows, nan=0.0) @ e3[a]) * 2.0
+            q = np.quantile(loss, c)
+            assert var[a] == pytest.approx(q, rel=1e-12)
+            assert cvar[a] == pytest.approx(loss[loss >= q].mean(), rel=1e-12)
+        assert np.isnan(var[2]) and np.isnan(cvar[2])
 
 
 def test_max_drawdown_equals_pandas_and_streams() -> None:
