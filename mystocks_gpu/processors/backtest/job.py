@@ -275,8 +275,9 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
                                f"{n_cells:,} cells exceeds max_cells={spec.max_cells:,}")
         keys = needed_keys(spec.strategy)
         window_bars = max(256, max_rows // max(1, len(universe)))
-        run_spec = dataclasses.replace(spec, memory_budget_bytes=engine_budget,
-                                       **({"universe": tuple(symbols)} if spec.universe != "all" else {}))
+        run_spec = dataclasses.replace(spec, memory_budget_bytes=engine_budget)
+        if spec.universe != "all":
+            run_spec = dataclasses.replace(run_spec, universe=tuple(symbols))
         t1 = time.monotonic()
         try:
             stream = GridStream(run_spec, symbols, window_bars, backend, plan,
