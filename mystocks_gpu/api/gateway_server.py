@@ -79,6 +79,7 @@ class Gateway:
         self.ops: JobOps | None = None
         self.port = 0
         self._health_task: asyncio.Task[None] | None = None
+        self._serving = False  # what the health service last said (SERVING or not)
 
     def warnings(self) -> list[str]:
         """What is unsafe in this configuration (binding beyond loopback without TLS or tokens)."""
@@ -127,6 +128,7 @@ class Gateway:
         await self.health.set("", status)
         for name in SERVICES:
             await self.health.set(name, status)
+        self._serving = ok
 
     async def _watch_health(self) -> None:
         last = None
@@ -138,11 +140,16 @@ class Gateway:
             await asyncio.sleep(0.1)
 
     async def wait_ready(self, timeout_s: float) -> bool:
-        """Wait until the job view reads the broker (health SERVING)."""
+        """Wait until the job view reads the broker and the health service says SERVING (the
+        health watcher publishes it within 0.1 s of the view being ready)."""
         end = self.clock.monotonic() + timeout_s
         while self.clock.monotonic() < end:
             if self.view.ready.is_set():
-                return await self.view.sync(max(0.1, end - self.clock.monotonic()))
+                if not await self.view.sync(max(0.1, end - self.clock.monotonic())):
+                    return False
+                while not self._serving and self.clock.monotonic() < end:
+                    await asyncio.sleep(0.02)
+                return self._serving
             await asyncio.sleep(0.02)
         return False
 
