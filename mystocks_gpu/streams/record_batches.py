@@ -31,6 +31,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from mystocks_gpu.schemas.batch_codec.primitives import _read_long
 from mystocks_gpu.schemas.batch_codec.record_values import RecordValues
 from mystocks_gpu.streams.kafka_wire import READ_COMMITTED, FetchedPartition, RawFetchError
 
@@ -60,45 +61,17 @@ def _decompress(codec: int, data: memoryview) -> bytes:
     raise RawFetchError(f"record batch with unknown compression codec {codec}")
 
 
-def _varint(data: memoryview, p: int) -> tuple[int, int]:
-    """A zigzag varint at ``p``: ``(value, next position)``."""
-    shift = raw = 0
-    while True:
-        b = data[p]
-        p += 1
-        raw |= (b & 0x7F) << shift
-        if b < 0x80:
-            return (raw >> 1) ^ -(raw & 1), p
-        shift += 7
-
-
 def _control_type(records: memoryview) -> int:
-    """The type of the control record that starts ``records`` (0 = ABORT, 1 = COMMIT)."""
-    _, p = _varint(records, 0)  # record length
-    p += 1  # attributes
-    _, p = _varint(records, p)  # timestamp delta
-    _, p = _varint(records, p)  # offset delta
-    klen, p = _varint(records, p)
-    if klen < 4:
+    """The type of the control record that starts ``records`` (0 = ABORT, 1 = COMMIT; -1 unreadable)."""
+    buf = np.frombuffer(records, np.uint8)
+    _len, p, e1 = _read_long(buf, 0, buf.size)
+    _tsd, p, e2 = _read_long(buf, p + 1, buf.size)  # + 1: the attributes byte
+    _od, p, e3 = _read_long(buf, p, buf.size)
+    klen, p, e4 = _read_long(buf, p, buf.size)
+    if e1 or e2 or e3 or e4 or klen < 4:
         return -1
     _version, ctype = struct.unpack_from(">hh", records, p)
     return int(ctype)
-
-
-@numba.njit(cache=True, nogil=True)
-def _zz(buf, p, end):  # pragma: no cover - numba
-    """Zigzag varint at ``p``: (value, next p); next p = -1 when it runs past ``end``."""
-    raw = np.int64(0)
-    shift = 0
-    while True:
-        if p >= end or shift > 63:
-            return np.int64(0), np.int64(-1)
-        b = np.int64(buf[p])
-        p += 1
-        raw |= (b & 0x7F) << shift
-        if b < 0x80:
-            return (raw >> 1) ^ -(raw & 1), np.int64(p)
-        shift += 7
 
 
 @numba.njit(cache=True, nogil=True)
@@ -110,23 +83,23 @@ def _parse_records(buf, seg_start, seg_end, seg_count, seg_base, offsets, starts
         p = seg_start[s]
         end = seg_end[s]
         for _r in range(seg_count[s]):
-            ln, p = _zz(buf, p, end)
-            if p < 0 or ln < 0 or p + ln > end:
+            ln, p, err = _read_long(buf, p, end)
+            if err != 0 or ln < 0 or p + ln > end:
                 return -1 - k
             rec_end = p + ln
             p += 1  # attributes
-            _tsd, p = _zz(buf, p, rec_end)
-            if p < 0:
+            _tsd, p, err = _read_long(buf, p, rec_end)
+            if err != 0:
                 return -1 - k
-            od, p = _zz(buf, p, rec_end)
-            if p < 0:
+            od, p, err = _read_long(buf, p, rec_end)
+            if err != 0:
                 return -1 - k
-            kl, p = _zz(buf, p, rec_end)
-            if p < 0 or p + max(kl, 0) > rec_end:
+            kl, p, err = _read_long(buf, p, rec_end)
+            if err != 0 or p + max(kl, 0) > rec_end:
                 return -1 - k
             p += max(kl, 0)
-            vl, p = _zz(buf, p, rec_end)
-            if p < 0 or p + max(vl, 0) > rec_end:
+            vl, p, err = _read_long(buf, p, rec_end)
+            if err != 0 or p + max(vl, 0) > rec_end:
                 return -1 - k
             offsets[k] = seg_base[s] + od
             starts[k] = p
