@@ -41,6 +41,10 @@ class RawBatch:
     first_at: float | None = None
     #: ``(records, wall-clock ns)`` per ``consume()`` that fed this batch, in order
     poll_marks: list[tuple[int, int]] = field(default_factory=list)
+    #: an upper bound of any record's key + value bytes (the largest value + the largest key), kept by
+    #: :meth:`BatchAccumulator.add_messages`, so a size check can skip its per-record pass when no
+    #: record can exceed the limit; -1 = unknown (a batch built otherwise)
+    max_record_bytes: int = -1
 
     def __len__(self) -> int:
         return len(self.values)
@@ -111,6 +115,7 @@ class BatchAccumulator:
         if b.first_at is None:
             b.first_at = now
             b.topic = topic
+        b.max_record_bytes = -1  # unknown from here on (the record-by-record path keeps no bound)
         b.values.append(value)
         b.keys.append(key)
         b.partitions.append(partition)
@@ -142,8 +147,14 @@ class BatchAccumulator:
         if b.first_at is None:
             b.first_at = now
             b.topic = take[0].topic()
+        keys = [m.key() for m in take]
+        if not b.values:
+            b.max_record_bytes = 0
+        if b.max_record_bytes >= 0:
+            b.max_record_bytes = max(b.max_record_bytes, max(sizes[:len(take)], default=0)
+                                     + max(map(len, filter(None, keys)), default=0))
         b.values.extend(values)
-        b.keys.extend([m.key() for m in take])
+        b.keys.extend(keys)
         b.partitions.extend([m.partition() for m in take])
         b.offsets.extend([m.offset() for m in take])
         b.timestamps_ms.extend([m.timestamp()[1] for m in take])

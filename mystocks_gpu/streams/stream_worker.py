@@ -50,6 +50,7 @@ from mystocks_gpu.streams.commit_protocol import RECORD_OVERHEAD, CommitProtocol
 from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.fault_injection import FaultPlan
+from mystocks_gpu.streams.fencing import CLIENT_NONCE_SEP, await_membership, twins_once_settled
 from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
 from mystocks_gpu.streams.runtime_config import ADAPTIVE, RuntimeConfig
 from mystocks_gpu.streams.side_input import SideInput
@@ -59,15 +60,6 @@ from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 log = logging.getLogger(__name__)
 #: client-side record cap of the worker's producer (bytes); each topic's own limit is checked first
 PRODUCER_MAX_BYTES = 64 << 20
-CLIENT_NONCE_SEP = "~"
-
-
-def is_twin(member_client_id: str, transactional_id: str, own_client_id: str) -> bool:
-    """Whether a consumer-group member's client.id marks ANOTHER worker process using
-    ``transactional_id`` (client.id = ``<transactional id>~<process nonce>``). Our own members,
-    current or stale, carry ``own_client_id``."""
-    tid, sep, _ = member_client_id.rpartition(CLIENT_NONCE_SEP)
-    return bool(sep) and tid == transactional_id and member_client_id != own_client_id
 
 
 @dataclass
@@ -206,6 +198,15 @@ class StreamWorker:
             pconf.update({"transactional.id": self.transactional_id,
                           "transaction.timeout.ms": self.rt.transaction_timeout_ms})
         self._pconf = pconf
+        # join the group BEFORE taking the transactional id: init_transactions fences any older instance,
+        # and a fenced instance judges by the group whether a live twin exists (_replace_fenced_producer).
+        # A successor that fenced it but had not joined yet would be invisible, and the zombie would
+        # re-initialise and fence the successor in turn. (The rebalance callbacks run only in poll(),
+        # i.e. in run(), after the protocol exists.)
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        if self.rt.exactly_once:
+            self._await_membership()
         self.producer = self._make_producer()
         self.protocol = CommitProtocol(
             producer=self.producer, consumer=self.consumer, topic=self.topic, processor=self.processor,
@@ -216,8 +217,13 @@ class StreamWorker:
             self.side.open()
         self.protocol.fault = FaultPlan.parse(self.rt.fault_injection).hook()
         self.protocol.replace_producer = self._replace_fenced_producer
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
+
+    def _await_membership(self) -> None:
+        from mystocks_gpu.topics.admin import make_admin
+
+        admin = make_admin(self.kafka)
+        await_membership(lambda: admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(15),
+                         self._client_id, self.clock)
 
     def _make_producer(self) -> Any:
         producer = make_producer(self.kafka, route_logs=False, **{"log_level": 3, **self._pconf})
@@ -233,18 +239,7 @@ class StreamWorker:
         if self._recoveries >= self.rt.max_producer_recoveries:
             log.error("producer fenced again; not re-initialising", extra={"fields": {"recoveries": self._recoveries}})
             return None
-        from mystocks_gpu.topics.admin import make_admin
-
-        admin = make_admin(self.kafka)
-        twins = None
-        for attempt in range(6):  # the coordinator may still be loading after a broker restart
-            try:
-                desc = admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(15)
-                twins = [m for m in desc.members if is_twin(m.client_id, self.transactional_id, self._client_id)]
-                break
-            except Exception as exc:  # noqa: BLE001 - retried, then stop on the safe side
-                log.warning("fenced; describing the group failed", extra={"fields": {"error": repr(exc), "attempt": attempt}})
-                self.clock.sleep(min(2.0 * 2**attempt, 10.0))
+        twins = self._twins_once_settled()
         if twins is None:
             log.error("fenced, and the group cannot be described: stopping")
             return None
@@ -256,9 +251,24 @@ class StreamWorker:
         self.producer = self._make_producer()
         return self.producer
 
+    def _twins_once_settled(self) -> list[Any] | None:
+        """Members of our group that are another process with our transactional id (see
+        :func:`twins_once_settled`), or ``None`` when the group could not be described."""
+        from mystocks_gpu.topics.admin import make_admin
+
+        admin = make_admin(self.kafka)
+
+        def describe() -> Any:
+            return admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(15)
+
+        return twins_once_settled(describe, self.transactional_id, self._client_id, self.clock)
+
     # ---- rebalance callbacks (all state changes go through the protocol) --------------------
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        assert self.protocol is not None
+        if self.protocol is None:  # the set-up failed after joining (served by close()): nothing to keep
+            if self.rt.group_protocol == "classic":
+                consumer.incremental_assign(partitions)
+            return
         self.metrics.rebalances.inc()
         self._assigned_at = self.clock.monotonic()
         self.protocol.on_assign(tp.partition for tp in partitions)
@@ -269,7 +279,10 @@ class StreamWorker:
         log.info("assigned", extra={"fields": {"partitions": [tp.partition for tp in partitions]}})
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        assert self.protocol is not None
+        if self.protocol is None:  # the set-up failed after joining (served by close()): nothing to keep
+            if self.rt.group_protocol == "classic":
+                consumer.incremental_unassign(partitions)
+            return
         self.metrics.rebalances.inc()
         revoked = {tp.partition for tp in partitions}
         self._acc.batch.drop_partitions(revoked)
@@ -283,7 +296,10 @@ class StreamWorker:
         log.info("revoked", extra={"fields": {"partitions": sorted(revoked)}})
 
     def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        assert self.protocol is not None
+        if self.protocol is None:  # the set-up failed after joining (served by close()): nothing to keep
+            if self.rt.group_protocol == "classic":
+                consumer.incremental_unassign(partitions)
+            return
         lost = {tp.partition for tp in partitions}
         self.protocol.on_lost(lost)
         for part in lost:
@@ -593,6 +609,8 @@ class StreamWorker:
         """Rows of ``idx_list`` within ``max_record_bytes`` (key + value); the others are rejected
         (DLQ, ``RecordTooLarge``) before they reach a decoder."""
         limit = self.rt.max_record_bytes
+        if 0 <= batch.max_record_bytes <= limit:
+            return idx_list  # no record of the batch can exceed the limit
         keep = []
         for i in idx_list:
             v, k = batch.values[i], batch.keys[i]

@@ -204,7 +204,8 @@ def test_zombie_with_the_same_transactional_id_is_fenced(settings: Settings, uni
     # way the outputs below are exactly-once
     assert "fenced" in zerr.lower(), zerr[-2000:]
     assert zombie.returncode == 0 or "another worker with transactional id" in zerr, zerr[-2000:]
-    finish(successor, timeout=300)
+    _, serr = successor.communicate(timeout=300)
+    assert successor.returncode == 0, f"successor exit {successor.returncode}\n{serr[-3000:]}\n--- zombie\n{zerr[-3000:]}"
     got = read_outputs(settings, t.output, 80_000)
     assert_exactly_once_equal(got, reference(cols, names))
 

@@ -174,3 +174,34 @@ def test_processor_exception_is_isolated_by_bisection() -> None:
     good = [r for r in recs if r["seq"] != 7]
     pd.testing.assert_frame_equal(_outputs_frame(res.outputs), _reference(good).reset_index(drop=True),
                                   check_exact=True, check_dtype=False)
+
+
+class _KeyedMsg(_Msg):
+    def __init__(self, v: bytes | None, k: bytes | None, o: int) -> None:
+        super().__init__(v, 0, o)  # type: ignore[arg-type]
+        self.k = k
+
+    def key(self) -> bytes | None:  # type: ignore[override]
+        return self.k
+
+
+def test_batch_size_bound_covers_every_record_and_is_unknown_after_single_adds() -> None:
+    """The bound lets the worker's size check skip its per-record pass: it must be >= every
+    record's key + value bytes (checked against a plain per-record sum)."""
+    rng = np.random.default_rng(12345)
+    acc = BatchAccumulator(max_records=1000, max_bytes=10**9, linger_s=10)
+    for call in range(3):
+        msgs = [_KeyedMsg(None if rng.random() < 0.1 else bytes(int(rng.integers(0, 500))),
+                          None if rng.random() < 0.2 else bytes(int(rng.integers(1, 40))), call * 100 + i)
+                for i in range(100)]
+        acc.add_messages(msgs, now=0.0)
+    b = acc.batch
+    sizes = [len(v or b"") + len(k or b"") for v, k in zip(b.values, b.keys, strict=True)]
+    assert b.max_record_bytes >= max(sizes)
+    assert b.max_record_bytes <= max(len(v or b"") for v in b.values) + max(len(k or b"") for k in b.keys)
+    acc.add(b"x" * 10, None, 0, 999, 0, now=0.0)
+    acc.add_messages([_KeyedMsg(b"y", b"k", 1000)], now=0.0)
+    assert acc.batch.max_record_bytes == -1  # a single add leaves no bound: the check goes per record
+    assert acc.take().max_record_bytes == -1 and acc.batch.max_record_bytes == -1
+    acc.add_messages([_KeyedMsg(b"abc", b"kk", 0)], now=0.0)
+    assert acc.batch.max_record_bytes == 5

@@ -138,7 +138,7 @@ def test_runtime_config_rejects_bad_values(field: str, value: object) -> None:
 def test_fence_check_tells_another_worker_from_our_own_stale_member() -> None:
     """After a broker outage our expired member (same nonce) is still listed: not a zombie;
     a second process with the same transactional id (other nonce) is; other ids never are."""
-    from mystocks_gpu.streams.stream_worker import is_twin
+    from mystocks_gpu.streams.fencing import is_twin
 
     tid, me = "g.x.aggregate.w~1", "g.x.aggregate.w~1~abc"
     assert not is_twin(me, tid, me)
@@ -196,3 +196,78 @@ def test_postgres_cluster_dir_reachability(tmp_path: object) -> None:
     (base / "private").chmod(0o700)
     assert reachable(home, st.st_uid, -1) == all(
         os.stat(d).st_mode & 0o001 or os.stat(d).st_uid == st.st_uid for d in [*Path(home).parents, home])
+
+
+def _group(state: str, *client_ids: str) -> object:
+    from types import SimpleNamespace
+
+    from confluent_kafka import ConsumerGroupState
+
+    members = [SimpleNamespace(member_id=f"m-{c}", client_id=c, host="h") for c in client_ids]
+    return SimpleNamespace(state=getattr(ConsumerGroupState, state), members=members)
+
+
+def test_fence_check_waits_for_the_group_to_settle_and_counts_every_twin_seen() -> None:
+    """A woken zombie rejoining starts a rebalance: a description that misses the successor must not
+    let it re-initialise (it would fence the live worker). Twins seen before the group settles count."""
+    from mystocks_gpu.infra.clock import ManualClock
+    from mystocks_gpu.streams.fencing import twins_once_settled
+
+    tid, me, other = "g.x.a.w", "g.x.a.w~abc", "g.x.a.w~def"
+    script = iter([_group("PREPARING_REBALANCING", me), _group("COMPLETING_REBALANCING", other, me),
+                   _group("STABLE", me)])
+    clock = ManualClock()
+    twins = twins_once_settled(lambda: next(script), tid, me, clock)
+    assert twins is not None and [m.client_id for m in twins] == [other]
+    assert clock.monotonic() == pytest.approx(1001.0)  # two 0.5 s waits, then settled
+
+
+def test_fence_check_judges_a_settled_group_at_once_and_stops_waiting_at_its_bound() -> None:
+    from mystocks_gpu.infra.clock import ManualClock
+    from mystocks_gpu.streams.fencing import twins_once_settled
+
+    tid, me = "g.x.a.w", "g.x.a.w~abc"
+    clock = ManualClock()
+    assert twins_once_settled(lambda: _group("STABLE", me, "other.tid~x"), tid, me, clock) == []
+    assert clock.monotonic() == 1000.0
+    calls = []
+
+    def rebalancing() -> object:
+        calls.append(clock.monotonic())
+        return _group("PREPARING_REBALANCING", me)
+
+    assert twins_once_settled(rebalancing, tid, me, clock, settle_s=3.0) == []
+    assert clock.monotonic() - 1000.0 <= 3.0 and len(calls) == 7  # every 0.5 s up to the bound
+
+
+def test_fence_check_returns_none_when_the_group_cannot_be_described() -> None:
+    from mystocks_gpu.infra.clock import ManualClock
+    from mystocks_gpu.streams.fencing import twins_once_settled
+
+    clock = ManualClock()
+
+    def broken() -> object:
+        raise RuntimeError("coordinator loading")
+
+    assert twins_once_settled(broken, "t", "t~a", clock, settle_s=20.0) is None
+    assert clock.monotonic() - 1000.0 <= 20.0
+
+
+def test_worker_waits_to_be_listed_in_its_group_before_taking_its_transactional_id() -> None:
+    from mystocks_gpu.infra.clock import ManualClock
+    from mystocks_gpu.streams.fencing import await_membership
+
+    clock, me = ManualClock(), "g.x.a.w~abc"
+    script = iter([RuntimeError("coordinator loading"), _group("PREPARING_REBALANCING", "g.x.a.w~old"),
+                   _group("PREPARING_REBALANCING", "g.x.a.w~old", me)])
+
+    def describe() -> object:
+        item = next(script)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    assert await_membership(describe, me, clock, poll_s=0.05)
+    assert clock.monotonic() == pytest.approx(1000.1)  # listed on the third description
+    assert not await_membership(lambda: _group("STABLE", "g.x.a.w~old"), me, clock, timeout_s=1.0)
+    assert clock.monotonic() == pytest.approx(1001.1)
