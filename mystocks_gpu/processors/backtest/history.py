@@ -226,49 +226,21 @@ class BarHistory:
     def scan_signal(self, kafka: Any, topic: str, column: str, start: int | None, end: int | None,
                     tick: Callable[[int, int], None] | None = None, store: SchemaStore | None = None) -> ScanStats:
         """Replay a signal topic (feature vectors: ``values[column]``; bars: ``column``) over
-        ``[start, end)`` into the signal spill; records without the column are counted as skipped."""
-        from mystocks_gpu.schemas import AvroCodec
-        from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
-
-        codec = AvroCodec(store)
+        ``[start, end)`` into the signal spill (see :func:`signal_chunks`: records without a value of
+        the column are counted as skipped); rows of symbols with no bar are dropped."""
         st = ScanStats()
         self.signal = Spill(SIGNAL_ROW, self.bars.bucket_ns, self._directory)
-        src = ReplaySource(kafka, topic, ReplayRange(start, end))
-        total = sum(b.records for b in src.bounds())
-        st.data_version = src.data_version()
-        lo = -(2**63) if start is None else int(start)
-        hi = 2**63 - 1 if end is None else int(end)
-        done = 0
-        for chunk in src.chunks():
-            syms: list[int] = []
-            ts: list[int] = []
-            vals: list[float] = []
-            for v in chunk.values:
-                try:
-                    r = codec.decode(v) if v is not None else None
-                except Exception:  # noqa: BLE001 - an undecodable record is counted, like a DLQ'd one
-                    r = None
-                val = None if r is None else (r.get("values", {}).get(column) if "values" in r else r.get(column))
-                if r is None or val is None:
-                    st.undecodable += 1
-                    continue
-                t = int(r["ts_event"])
-                if not lo <= t < hi:
-                    st.out_of_range += 1
-                    continue
-                code = self.table.get(str(r["symbol"]))
-                syms.append(-1 if code is None else code)
-                ts.append(t)
-                vals.append(float(val))
-            st.records += len(chunk.values)
-            rows = np.empty(len(ts), SIGNAL_ROW)
-            rows["sym"], rows["ts"], rows["signal"] = syms, ts, vals
-            rows = rows[rows["sym"] >= 0]  # symbols with no bar cannot be traded
+        to_hist = np.empty(0, np.int64)  # the chunk reader's symbol codes -> this history's codes
+        for local, sym, ts, val in signal_chunks(kafka, topic, column, start, end, st, tick, store):
+            if to_hist.size < len(local):
+                new = [self.table.get(name) for name in local.symbols[to_hist.size:]]
+                to_hist = np.concatenate([to_hist, np.array([-1 if c is None else c for c in new], np.int64)])
+            codes = to_hist[sym]
+            keep = codes >= 0  # symbols with no bar cannot be traded
+            rows = np.empty(int(np.count_nonzero(keep)), SIGNAL_ROW)
+            rows["sym"], rows["ts"], rows["signal"] = codes[keep], ts[keep], val[keep]
             st.kept += rows.size
             self.signal.add(rows)
-            done += len(chunk.values)
-            if tick is not None:
-                tick(done, total)
         self.signal_stats = st
         return st
 
@@ -385,3 +357,59 @@ class _Membership:
             names = self.table.symbols
             self.known = np.concatenate([self.known, [names[i] in self.names for i in range(self.known.size, n)]])
         return self.known[codes] if codes.size else np.zeros(0, bool)
+
+
+def signal_chunks(kafka: Any, topic: str, column: str, start: int | None, end: int | None, st: ScanStats,
+                  tick: Callable[[int, int], None] | None = None, store: SchemaStore | None = None,
+                  ) -> Iterator[tuple[SymbolTable, np.ndarray, np.ndarray, np.ndarray]]:
+    """Replay ``topic`` over ``[start, end)`` (event time, ns; every partition to the end offset
+    captured at the start) and yield, per replayed chunk, ``(symbols, sym, ts, value)``: int32 codes
+    into ``symbols`` (one table for the whole replay), int64 event times and float64 values of
+    ``column`` — ``values[column]`` of feature vectors, or a numeric field of bars, model signals or
+    any flat record with ``symbol`` and ``ts_event`` — for the rows in range.
+
+    Decoded in batches (``schemas/batch_codec/numeric_columns.py``); the topic's schema is the one its
+    first framed record of a readable schema names. Records that do not decode, are of another
+    schema, or carry no value of ``column`` (absent from a feature vector, or NaN) are counted in
+    ``st.undecodable`` (reported as skipped); rows out of range in ``st.out_of_range``;
+    ``st.records`` counts all replayed records.
+    ``tick(done, total)`` after every chunk."""
+    from mystocks_gpu.schemas.batch_codec.numeric_columns import NumericColumnsDecoder, schema_of
+    from mystocks_gpu.schemas.exceptions import SchemaError
+    from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
+
+    src = ReplaySource(kafka, topic, ReplayRange(start, end))
+    total = sum(b.records for b in src.bounds())
+    st.data_version = src.data_version()
+    lo = -(2**63) if start is None else int(start)
+    hi = 2**63 - 1 if end is None else int(end)
+    symbols = SymbolTable()
+    dec: NumericColumnsDecoder | None = None
+    done = 0
+    for chunk in src.chunks():
+        values = chunk.values
+        n = len(values)
+        st.records += n
+        done += n
+        if dec is None:  # the first framed record of a schema readable as columns decides
+            for v in values:
+                schema = schema_of(v, store)
+                if schema is not None:
+                    try:
+                        dec = NumericColumnsDecoder(schema, [column], symbols, store)
+                    except SchemaError:
+                        continue
+                    break
+        if dec is None or column not in dec.columns:
+            st.undecodable += n  # no record of a readable schema yet, or a bar topic without the column
+        else:
+            got = dec.decode(values)
+            val = got.columns[column]
+            has = ~np.isnan(val)
+            st.undecodable += got.n_bad + int(np.count_nonzero(~has))
+            in_range = has & (got.ts >= lo) & (got.ts < hi)
+            st.out_of_range += int(np.count_nonzero(has & ~in_range))
+            sel = np.flatnonzero(in_range)
+            yield symbols, got.sym[sel], got.ts[sel], val[sel]
+        if tick is not None:
+            tick(done, total)

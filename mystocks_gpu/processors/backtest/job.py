@@ -152,26 +152,24 @@ def load_signal(kafka: Any, topic: str, column: str, start: int | None, end: int
                 store: SchemaStore | None = None) -> pd.DataFrame:
     """``symbol, ts, signal`` rows with ``start <= ts < end`` (ns) from a feature topic
     (``values[column]``) or a bar topic (``column``); every partition is read to the end offset
-    captured at the start, whatever the record order; undecodable records are skipped."""
+    captured at the start, whatever the record order; records without a value of the column and
+    undecodable ones are skipped (:func:`~mystocks_gpu.processors.backtest.history.signal_chunks`)."""
     import pandas as pd
 
-    from mystocks_gpu.schemas import AvroCodec
-    from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
+    from mystocks_gpu.processors.backtest.history import ScanStats, signal_chunks
 
-    lo = -(2**63) if start is None else int(start)
-    hi = 2**63 - 1 if end is None else int(end)
-    codec = AvroCodec(store)
-    rows = []
-    for chunk in ReplaySource(kafka, topic, ReplayRange(start, end)).chunks():
-        for v in chunk.values:
-            try:
-                r = codec.decode(v)
-            except Exception:  # noqa: BLE001 - a bad record is skipped, like a DLQ'd one
-                continue
-            val = r.get("values", {}).get(column) if "values" in r else r.get(column)
-            if val is not None and lo <= int(r["ts_event"]) < hi:
-                rows.append((r["symbol"], int(r["ts_event"]), float(val)))
-    return pd.DataFrame(rows, columns=["symbol", "ts", "signal"])
+    names, codes, times, vals = None, [], [], []
+    for symbols, sym, ts, val in signal_chunks(kafka, topic, column, start, end, ScanStats(), store=store):
+        names = symbols
+        codes.append(sym)
+        times.append(ts)
+        vals.append(val)
+    if names is None or not codes:
+        return pd.DataFrame({"symbol": pd.Series([], dtype=object), "ts": pd.Series([], dtype=np.int64),
+                             "signal": pd.Series([], dtype=np.float64)})
+    table = np.asarray(list(names.symbols), dtype=object)
+    return pd.DataFrame({"symbol": table[np.concatenate(codes)] if len(table) else np.empty(0, object),
+                         "ts": np.concatenate(times), "signal": np.concatenate(vals)})
 
 
 # ---- the run -----------------------------------------------------------------------------------

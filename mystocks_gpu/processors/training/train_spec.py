@@ -55,19 +55,22 @@ from typing import Any
 from mystocks_gpu.exceptions import MyStocksError
 from mystocks_gpu.processors.exceptions import InvalidSpec, JobSpecError
 from mystocks_gpu.processors.job_kind import MIB, JobSpec
+from mystocks_gpu.schemas.batch_codec.numeric_columns import (
+    BAR_COLUMNS,
+    BAR_SCHEMA,
+    FEATURE_SCHEMA,
+    NUMERIC_SCHEMAS,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 BAR_TOPIC_RE = re.compile(r"^md\.bars\.([1-9][0-9]*)([smhd])$")
 FREQ_RE = re.compile(r"^([1-9][0-9]*)([smhd])$")
 UNIT_NS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9}
-BAR_SCHEMA = "mystocks.md.Bar"
-FEATURE_SCHEMA = "mystocks.features.FeatureVector"
-#: schemas a train job can read, and what their rows are (the factor topic of the factor-mining
-#: workload joins with one entry here and its decoder in ``training_data._Decoder``)
-INPUT_SCHEMAS: dict[str, str] = {BAR_SCHEMA: "bars", FEATURE_SCHEMA: "feature vectors"}
-#: numeric columns of a Bar record usable as features or label prices
-BAR_COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "trades")
+#: schemas a train job can read, and what their rows are; numeric columns of a Bar record usable as
+#: features or label prices (one table for every reader of numeric columns:
+#: ``schemas/batch_codec/numeric_columns.py``, where a new input schema joins with its decoder)
+INPUT_SCHEMAS: dict[str, str] = NUMERIC_SCHEMAS
 HORIZON_UNITS = ("bars", "seconds")
 LABEL_KINDS = ("log", "simple")
 NAN_POLICIES = ("drop", "reject")

@@ -40,13 +40,12 @@ from mystocks_gpu.gpu_ops.models import TrainingDataError, forward_returns
 from mystocks_gpu.gpu_ops.models.forward_labels import LABEL_END_UNKNOWN
 from mystocks_gpu.processors.exceptions import JobStopped
 from mystocks_gpu.processors.training.train_spec import (
-    BAR_COLUMNS,
-    BAR_SCHEMA,
     FEATURE_SCHEMA,
     INPUT_SCHEMAS,
     TrainSpec,
     step_ns,
 )
+from mystocks_gpu.schemas.batch_codec.numeric_columns import NumericColumnsDecoder, schema_of
 from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import SymbolTable
 
@@ -89,52 +88,6 @@ class TrainingData:
     counts: dict[str, Any] = field(default_factory=dict)
 
 
-def _schema_of(value: bytes | None, store: SchemaStore | None = None) -> str | None:
-    """The schema name a framed value's id points at (None when unframed or unknown)."""
-    from mystocks_gpu.schemas.exceptions import SchemaError
-    from mystocks_gpu.schemas.schema_store import default_store
-
-    if value is None or len(value) < 5 or value[0] != 0:
-        return None
-    try:
-        return (store or default_store()).by_id(int.from_bytes(value[1:5], "big")).name
-    except (SchemaError, KeyError):
-        return None
-
-
-class _Decoder:
-    """Decodes one input's batches into (codes, ts, columns, rejected, present)."""
-
-    def __init__(self, schema: str, columns: list[str], symbols: SymbolTable, store: SchemaStore | None = None) -> None:
-        self.schema = schema
-        if schema == BAR_SCHEMA:
-            from mystocks_gpu.schemas.batch_codec import BatchDecoder
-
-            self.columns = list(BAR_COLUMNS)
-            self._bar = BatchDecoder(BAR_SCHEMA, store, symbols=symbols)
-        elif schema == FEATURE_SCHEMA:
-            from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
-
-            self.columns = list(columns)
-            self._fv = FeatureVectorDecoder(self.columns, store, symbols=symbols)
-        else:
-            raise TrainingDataError(f"train cannot read {schema} records; inputs must carry "
-                                    f"{', '.join(sorted(INPUT_SCHEMAS))}")
-        self.present = np.zeros(len(self.columns), bool)
-
-    def decode(self, values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
-        if self.schema == BAR_SCHEMA:
-            d = self._bar.decode(values)
-            c = d.columns
-            cols = {k: np.asarray(c[k], np.float64) for k in BAR_COLUMNS}
-            self.present[:] = True
-            return c["symbol"], c["ts_event"], cols, d.n_bad
-        f = self._fv.decode(values)
-        self.present |= f.present
-        return f.columns["sym"], f.columns["ts"], {k: f.X[:, j] for j, k in enumerate(self.columns)}, \
-            int(f.status.size - f.index.size)
-
-
 def replay_input(kafka: Any, topic: str, columns: list[str], start: int | None, end: int | None,
                  symbols: SymbolTable, should_stop: StopFn | None = None,
                  on_batch: Callable[[int], None] | None = None, batch_records: int = 50_000,
@@ -148,7 +101,7 @@ def replay_input(kafka: Any, topic: str, columns: list[str], start: int | None, 
         store = default_store()
     from mystocks_gpu.streams.replay import ReplayRange, ReplaySource
 
-    dec: _Decoder | None = None
+    dec: NumericColumnsDecoder | None = None
     first_value: bytes | None = None
     syms: list[np.ndarray] = []
     tss: list[np.ndarray] = []
@@ -164,15 +117,16 @@ def replay_input(kafka: Any, topic: str, columns: list[str], start: int | None, 
         values = part.values
         records += len(values)
         if dec is None:
-            first = next((v for v in values if _schema_of(v, store) in INPUT_SCHEMAS), None)
+            first = next((v for v in values if schema_of(v, store) in INPUT_SCHEMAS), None)
             if first is None:
-                named = {str(_schema_of(v, store)) for v in values if _schema_of(v, store) is not None}
+                named = {str(schema_of(v, store)) for v in values if schema_of(v, store) is not None}
                 raise TrainingDataError(f"topic {topic} holds no Bar or FeatureVector records "
                                         f"(its records are {sorted(named) or 'undecodable'})")
             first_value = first
-            dec = _Decoder(_schema_of(first, store) or "", columns, symbols, store)
-        sym, ts, cols, bad = dec.decode(values)  # type: ignore[arg-type]  # list[bytes] is a valid list[bytes | None] here (read only)
-        rejected += bad
+            dec = NumericColumnsDecoder(schema_of(first, store) or "", columns, symbols, store)
+        got = dec.decode(values)
+        sym, ts, cols = got.sym, got.ts, got.columns
+        rejected += got.n_bad
         keep = np.ones(ts.size, bool)
         if start is not None:
             keep &= ts >= start
