@@ -36,6 +36,7 @@ from mystocks_gpu.gpu_ops.portfolio import solve_status as S
 from mystocks_gpu.gpu_ops.portfolio.config import SolverConfig
 from mystocks_gpu.gpu_ops.portfolio.polish import guess_active_set, polish
 from mystocks_gpu.gpu_ops.portfolio.qp import QPBatch, array_module
+from mystocks_gpu.gpu_ops.portfolio.subspace_ipm import refine_active_set
 
 Array = Any
 RHO_MIN, RHO_MAX, RHO_FREE, EQ_FACTOR = 1e-6, 1e6, 1e-6, 1e3
@@ -291,6 +292,8 @@ def _check(w: _Work, prev: tuple[Array, Array, list[Array]], cfg: SolverConfig, 
             y0 = xp.concatenate([sub.yA] + [xp.max(xp.abs(y), axis=1)[:, None] for y in sub.yk],
                                 axis=1)
             okp, xpol = polish(sub.qp, prow, st, y0, cfg, ops)
+            if cfg.ipm_refine and not bool(xp.all(okp)):
+                okp, xpol = _refined_polish(sub, prow, st, okp, xpol, cfg, ops)
             good = ci[okp]
             polished[good] = True
             out.x[w.idx[good]] = xpol[okp]
@@ -313,6 +316,24 @@ def _check(w: _Work, prev: tuple[Array, Array, list[Array]], cfg: SolverConfig, 
     done = done | limit
     out.iterations[w.idx[done]] = w.it[done]
     return done
+
+
+def _refined_polish(sub: _Work, prow: Array, st: Any, okp: Array, xpol: Array,
+                    cfg: SolverConfig, ops: Any) -> tuple[Array, Array]:
+    """Polish again, from the active set of ``subspace_ipm.refine_active_set``, the candidates
+    whose polish from ADMM's own guess failed; returns ``(ok, x)`` over all candidates."""
+    xp = ops.xp
+    bad = xp.nonzero(~okp)[0]
+    s2 = sub.take(bad, physical=False)
+    p2 = prow[bad]
+    st2, y02 = refine_active_set(s2.qp, p2, st.take(bad), s2.x, s2.zb, s2.yb, s2.yk,
+                                 cfg.ipm_extra, cfg.ipm_max_iter, cfg.ipm_rounds,
+                                 cfg.polish_tol, ops)
+    ok2, x2 = polish(s2.qp, p2, st2, y02, cfg, ops)
+    okp, xpol = okp.copy(), xpol.copy()
+    okp[bad] = ok2
+    xpol[bad] = x2
+    return okp, xpol
 
 
 def _guess_code(st: Any, xp: Any) -> Array:
