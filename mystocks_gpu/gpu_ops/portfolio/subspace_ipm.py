@@ -45,6 +45,7 @@ Z_START = 0.1  # initial multipliers (scaled problem: multipliers are O(0.01..1)
 S_MIN = 1e-2  # smallest initial slack
 REG = 1e-12  # diagonal regularisation of the Newton matrix (LP-like subproblems: P_UU = 0)
 REFINE = 2  # iterative-refinement steps of a Newton solve by an explicit inverse (GPU)
+GROUPS, GROUP_MIN = 4, 32  # size groups per refinement (when >= GROUP_MIN problems each)
 MU_FACTOR = 1e-3  # stop at a complementarity gap tol * MU_FACTOR: slack and multiplier of
 # every constraint then differ by orders of magnitude, so "slack < multiplier" is unambiguous
 
@@ -90,16 +91,54 @@ def _fixed_values(qp: QPBatch, st: ActiveSet, x: Array, xp: Any) -> Array:
 
 def refine_active_set(qp: QPBatch, prow: Array, st: ActiveSet, x: Array, zb: Array, yb: Array,
                       yk: list[Array], extra: int, max_iter: int, rounds: int, tol: float,
-                      ops: Any) -> tuple[ActiveSet, Array]:
-    """``(active set, y0 (B, m + K))`` from the restricted IPM (module docstring). ``qp`` is the
+                      ops: Any) -> tuple[ActiveSet, Array, Array]:
+    """``(active set, y0 (B, m + K), ambiguous (B, N) int8)`` from the restricted IPM (module
+    docstring; ``ambiguous`` feeds :func:`polish_alternative`). ``qp`` is the
     scaled sub-batch whose problem ``b`` has matrix ``qp.pm()[b] * qp.P[prow[b]]``; ``x (B, N)``
     is ADMM's iterate; ``st`` its active-set guess. After each solve the fixed coordinates are
     checked against the restricted solution's multipliers; problems with violators solve again
-    with the violators added to ``U`` (at most ``rounds`` solves in all)."""
+    with the violators added to ``U`` (at most ``rounds`` solves in all).
+
+    The batch is solved in up to ``GROUPS`` groups of similar subspace size (sorted by the
+    number of guessed-free coordinates), so few large subspaces do not pad all the others."""
+    xp = ops.xp
+    B = x.shape[0]
+    nfree = xp.sum((st.box == 0) & ~_any(st.kink, st.box.shape, xp), axis=1)
+    g = GROUPS if B >= GROUP_MIN * GROUPS else 1
+    if g == 1:
+        return _refine(qp, prow, st, x, zb, yb, yk, extra, max_iter, rounds, tol, ops)
+    order = xp.argsort(nfree)
+    st_out = st.take(xp.arange(B))  # a copy to write into
+    y0_out = xp.zeros((B, qp.n_rows + len(qp.balls)))
+    amb_out = xp.zeros(st.box.shape, dtype=xp.int8)
+    bounds = [B * j // g for j in range(g + 1)]
+    for j in range(g):
+        idx = order[bounds[j]:bounds[j + 1]]
+        st_j, y0_j, amb_j = _refine(qp.take(idx, with_p=False), prow[idx], st.take(idx), x[idx],
+                             zb[idx], yb[idx], [y[idx] for y in yk], extra, max_iter, rounds,
+                             tol, ops)
+        st_out = _merge(st_out, st_j, idx, xp)
+        y0_out[idx] = y0_j
+        amb_out[idx] = amb_j
+    return st_out, y0_out, amb_out
+
+
+def polish_alternative(st: ActiveSet, amb: Array, xp: Any) -> ActiveSet:
+    """The active set with the ambiguous coordinates at their bound instead of the kink (the
+    second choice where polish from the first fails)."""
+    box = xp.where(amb != 0, amb, st.box).astype(xp.int8)
+    return ActiveSet(st.row, box, st.active, st.sign, st.kink)
+
+
+def _refine(qp: QPBatch, prow: Array, st: ActiveSet, x: Array, zb: Array, yb: Array,
+            yk: list[Array], extra: int, max_iter: int, rounds: int, tol: float, ops: Any
+            ) -> tuple[ActiveSet, Array, Array]:
+    """:func:`refine_active_set` for one group."""
     xp = ops.xp
     B, N = x.shape
     force = xp.zeros((B, N), dtype=bool)
     st_out, y0_out = st, xp.zeros((B, qp.n_rows + len(qp.balls)))
+    amb_out = xp.zeros((B, N), dtype=xp.int8)
     todo = xp.arange(B)
     for rnd in range(rounds):
         sub = qp if rnd == 0 else qp.take(todo, with_p=False)
@@ -107,9 +146,10 @@ def refine_active_set(qp: QPBatch, prow: Array, st: ActiveSet, x: Array, zb: Arr
         U = uncertain_coords(sub, sst, zb[todo], yb[todo], [y[todo] for y in yk], extra, xp,
                              force[todo])
         sol, xfull, xfix = _solve_restricted(sub, prow[todo], sst, U, x[todo], max_iter, tol, ops)
-        st_new, y0 = _classify(sub, sst, U, sol, xfix, xp)
+        st_new, y0, amb = _classify(sub, sst, U, sol, xfix, xp)
         st_out = st_new if rnd == 0 else _merge(st_out, st_new, todo, xp)
         y0_out[todo] = y0
+        amb_out[todo] = amb
         if rnd == rounds - 1:
             break
         viol = _outside_violations(sub, prow[todo], st_new, U, xfull, y0, tol, max(extra, 1),
@@ -119,7 +159,7 @@ def refine_active_set(qp: QPBatch, prow: Array, st: ActiveSet, x: Array, zb: Arr
             break
         force[todo] = force[todo] | viol
         todo = todo[again]
-    return st_out, y0_out
+    return st_out, y0_out, amb_out
 
 
 def _merge(st: ActiveSet, part: ActiveSet, idx: Array, xp: Any) -> ActiveSet:
@@ -449,8 +489,9 @@ class _ignore:
 
 
 def _classify(qp: QPBatch, st: ActiveSet, U: Array, sol: dict[str, Array], xfix: Array, xp: Any
-              ) -> tuple[ActiveSet, Array]:
-    """Step 4: the refined active set over all coordinates and the multiplier seeds."""
+              ) -> tuple[ActiveSet, Array, Array]:
+    """Step 4: the refined active set over all coordinates, the multiplier seeds and the
+    ambiguous coordinates ``(B, N)`` int8 (the bound code of a kink that is also at a bound)."""
     B, N = xfix.shape
     k, m = sol["k"], sol["m"]
     s, z = sol["s"], sol["z"]
@@ -481,5 +522,12 @@ def _classify(qp: QPBatch, st: ActiveSet, U: Array, sol: dict[str, Array], xfix:
         kk = kk & bm
         active[0], sign[0], kink[0] = a5, sg, kk
         y0_balls[0] = z[:, 4 * k:4 * k + 1]
+        # a kink next to a bound (|c - bound| below what the IPM resolves): the kink wins here,
+        # the bound is kept in `amb` for a second polish (see polish_alternative)
+        clash = kk & ((box == 1) | (box == -1))
+        amb = xp.where(clash, box, 0).astype(xp.int8)
+        box = xp.where(clash, 0, box)
+    else:
+        amb = xp.zeros((B, N), dtype=xp.int8)
     y0 = xp.concatenate([y0_rows] + y0_balls, axis=1)
-    return ActiveSet(row.astype(xp.int8), box.astype(xp.int8), active, sign, kink), y0
+    return ActiveSet(row.astype(xp.int8), box.astype(xp.int8), active, sign, kink), y0, amb
