@@ -152,14 +152,17 @@ def test_every_solver_setting_takes_effect() -> None:
         # adaptive rho acts from the first adaptation on: compare from a small initial rho, which
         # this small problem does not outrun; these min-variance problems (q = 0) start from
         # rho_quadratic unless it is None
-        rho0 = {"rho": 0.1} if name == "adaptive_rho_tolerance" else {"rho_quadratic": None} if name == "rho" else {}
+        # (checked every 5 iterations: adaptation happens at a check, before this problem ends)
+        rho0 = {"rho": 0.1, "check_every": 5} if name == "adaptive_rho_tolerance" \
+            else {"rho_quadratic": None} if name == "rho" else {}
         ref = _run(dataclasses.replace(CFG, polish=False, **rho0)) if rho0 else nopol
         out = _run(dataclasses.replace(CFG, polish=False, **{name: value}, **rho0))
         assert not np.array_equal(out.iterations, ref.iterations) or not np.allclose(  # type: ignore[attr-defined]
             out.weights, ref.weights, rtol=0, atol=1e-12), name  # type: ignore[attr-defined]
     assert not np.array_equal(_run(dataclasses.replace(CFG, polish_from=1e-12)).iterations, its)  # type: ignore[attr-defined]
     # from a small initial rho, so that this problem is still running at the first adaptation
-    eager = dataclasses.replace(CFG, polish=False, rho=0.1, adaptive_rho_tolerance=1.01)
+    eager = dataclasses.replace(CFG, polish=False, rho=0.1, adaptive_rho_tolerance=1.01,
+                                check_every=5)
     a = _run(dataclasses.replace(eager, adaptive_rho_interval=5))
     b = _run(eager)
     assert not np.allclose(a.weights, b.weights, rtol=0, atol=1e-12)  # type: ignore[attr-defined]

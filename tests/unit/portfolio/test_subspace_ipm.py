@@ -13,8 +13,8 @@ from mystocks_gpu.gpu_ops.portfolio import ProblemBatch, SolverConfig
 from mystocks_gpu.gpu_ops.portfolio.exceptions import SolverConfigError
 from mystocks_gpu.gpu_ops.portfolio.linalg_cpu import CpuOps
 from mystocks_gpu.gpu_ops.portfolio.linalg_xp import XpOps
+from mystocks_gpu.gpu_ops.portfolio.restricted_ipm import solve_restricted_qp
 from mystocks_gpu.gpu_ops.portfolio.solve import solve_stacked
-from mystocks_gpu.gpu_ops.portfolio.subspace_ipm import _ipm
 
 from .cvxpy_reference import CLARABEL_TIGHT, random_covariances, reference
 
@@ -61,8 +61,8 @@ def test_restricted_ipm_matches_clarabel(ops: object) -> None:
     B, k = 4, 12
     p = _restricted_qps(rng, B, k)
     x0 = np.full((B, k), 1.0 / k)
-    sol = _ipm(p["H"], p["f"], p["lb"], p["ub"], p["c"], p["mb"], p["m5"], p["r5"], p["A"],
-               p["lr"], p["ur"], p["is_eq"], x0, 40, 1e-9, ops)
+    sol = solve_restricted_qp(p["H"], p["f"], p["lb"], p["ub"], p["c"], p["mb"], p["m5"], p["r5"], p["A"],
+                              p["lr"], p["ur"], p["is_eq"], x0, 40, 1e-9, ops)
     assert sol["ok"].all()
     x = sol["x"]
     for b in range(B):
