@@ -19,7 +19,10 @@ one batch (chunks of ``config.batch_size``); ``progress(done, total)`` is called
 - Results: ``result.py`` (status ``optimal`` = a verified KKT point; ``infeasible`` with the
   conflicting constraints and never weights; ``rejected`` for a bad covariance).
 - Solver: ``qp.py`` (canonical batched QP), ``admm.py`` (batched ADMM, stopping rule, adaptive
-  rho, infeasibility certificate), ``polish.py`` (active-set KKT polish), ``linalg_cpu.py`` /
+  rho, infeasibility certificate), ``polish.py`` (active-set KKT polish), ``subspace_ipm.py``
+  (polish's active set from an exact interior-point solve on the uncertain coordinates;
+  ``restricted_ipm.py`` the batched interior-point method),
+  ``linalg_cpu.py`` /
   ``linalg_xp.py`` (CPU twin / GPU array programs), ``l1.py`` (L1-ball projection),
   ``risk_parity.py`` (batched Newton), ``feasibility.py`` (decidable infeasibility), ``psd.py``
   (covariance checks and eigenvalue-clipping repair), ``config.py`` (``SolverConfig``).

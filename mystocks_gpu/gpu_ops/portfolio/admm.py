@@ -21,7 +21,11 @@ blocks where ``dy`` is non-zero are the conflicting constraints. **Adaptive rho*
 scale|))``, applied (one refactorisation of that problem) when it changes by more than
 ``adaptive_rho_tolerance``x. **Polish** (``polish.py``) is tried at checks once both residuals
 are below ``polish_from`` (and only when the active-set guess changed since the last try); a
-verified polish ends the problem (``optimal``). A problem that meets the stopping rule ends
+verified polish ends the problem (``optimal``). Where polish from ADMM's own guess fails and
+``ipm_refine`` is on, ``subspace_ipm.py`` solves the problem restricted to its uncertain
+coordinates exactly and polish runs again from that solution's active set (for a problem
+whose refinement failed, the next refinement waits until it has run twice the iterations).
+A problem that meets the stopping rule ends
 ``converged`` when polish is off; with polish on ADMM continues (its active-set guess keeps
 sharpening) and the problem ends ``converged`` only if ``max_iter`` comes first.
 """
@@ -36,6 +40,7 @@ from mystocks_gpu.gpu_ops.portfolio import solve_status as S
 from mystocks_gpu.gpu_ops.portfolio.config import SolverConfig
 from mystocks_gpu.gpu_ops.portfolio.polish import guess_active_set, polish
 from mystocks_gpu.gpu_ops.portfolio.qp import QPBatch, array_module
+from mystocks_gpu.gpu_ops.portfolio.subspace_ipm import polish_alternative, refine_active_set
 
 Array = Any
 RHO_MIN, RHO_MAX, RHO_FREE, EQ_FACTOR = 1e-6, 1e6, 1e-6, 1e3
@@ -79,6 +84,7 @@ class _Work:
     prim_rel: Array | None = None  # relative residuals of the last check
     dual_rel: Array | None = None
     last_guess: Array | None = None  # active-set code of the last polish attempt (B, L) int8
+    next_refine: Array | None = None  # (B,) iteration from which the subspace IPM may run again
 
     def take(self, sel: Array, physical: bool) -> _Work:
         """The sub-state at working-set positions ``sel``; ``physical`` gathers ``P`` and the
@@ -99,7 +105,8 @@ class _Work:
         return _Work(self.idx[sel], qp, prow, handle, hrow, self.x[sel], self.zA[sel],
                      self.yA[sel], self.zb[sel], self.yb[sel], [a[sel] for a in self.d],
                      [a[sel] for a in self.yk], self.rho[sel], self.it[sel], self.last_rho_it,
-                     steps, opt(self.prim_rel), opt(self.dual_rel), opt(self.last_guess))
+                     steps, opt(self.prim_rel), opt(self.dual_rel), opt(self.last_guess),
+                     opt(self.next_refine))
 
 
 def _step_sizes(qp: QPBatch, rho: Array, xp: Any, ball_factor: float
@@ -291,6 +298,14 @@ def _check(w: _Work, prev: tuple[Array, Array, list[Array]], cfg: SolverConfig, 
             y0 = xp.concatenate([sub.yA] + [xp.max(xp.abs(y), axis=1)[:, None] for y in sub.yk],
                                 axis=1)
             okp, xpol = polish(sub.qp, prow, st, y0, cfg, ops)
+            if cfg.ipm_refine and not bool(xp.all(okp)):
+                if w.next_refine is None:
+                    w.next_refine = xp.zeros(w.idx.shape[0], dtype=xp.int64)
+                due = ~okp & (sub.it >= w.next_refine[ci])
+                if bool(xp.any(due)):
+                    okp, xpol = _refined_polish(sub, prow, st, due, okp, xpol, cfg, ops)
+                    failed = due & ~okp  # back off: next try at twice this iteration count
+                    w.next_refine[ci[failed]] = 2 * sub.it[failed]
             good = ci[okp]
             polished[good] = True
             out.x[w.idx[good]] = xpol[okp]
@@ -313,6 +328,31 @@ def _check(w: _Work, prev: tuple[Array, Array, list[Array]], cfg: SolverConfig, 
     done = done | limit
     out.iterations[w.idx[done]] = w.it[done]
     return done
+
+
+def _refined_polish(sub: _Work, prow: Array, st: Any, due: Array, okp: Array, xpol: Array,
+                    cfg: SolverConfig, ops: Any) -> tuple[Array, Array]:
+    """Polish again, from the active set of ``subspace_ipm.refine_active_set``, the candidates
+    ``due`` (their polish from ADMM's own guess failed); returns ``(ok, x)`` over all
+    candidates."""
+    xp = ops.xp
+    bad = xp.nonzero(due)[0]
+    s2 = sub.take(bad, physical=False)
+    p2 = prow[bad]
+    st2, y02, amb = refine_active_set(s2.qp, p2, st.take(bad), s2.x, s2.zb, s2.yb, s2.yk,
+                                      cfg.ipm_extra, cfg.ipm_max_iter, cfg.ipm_rounds,
+                                      cfg.polish_tol, ops)
+    ok2, x2 = polish(s2.qp, p2, st2, y02, cfg, ops)
+    alt = ~ok2 & xp.any(amb != 0, axis=1)  # a kink next to a bound: try the bound instead
+    if bool(xp.any(alt)):
+        ai = xp.nonzero(alt)[0]
+        ok3, x3 = polish(s2.qp.take(ai, with_p=False), p2[ai],
+                         polish_alternative(st2, amb, xp).take(ai), y02[ai], cfg, ops)
+        ok2[ai], x2[ai] = ok3, x3
+    okp, xpol = okp.copy(), xpol.copy()
+    okp[bad] = ok2
+    xpol[bad] = x2
+    return okp, xpol
 
 
 def _guess_code(st: Any, xp: Any) -> Array:

@@ -152,14 +152,17 @@ def test_every_solver_setting_takes_effect() -> None:
         # adaptive rho acts from the first adaptation on: compare from a small initial rho, which
         # this small problem does not outrun; these min-variance problems (q = 0) start from
         # rho_quadratic unless it is None
-        rho0 = {"rho": 0.1} if name == "adaptive_rho_tolerance" else {"rho_quadratic": None} if name == "rho" else {}
+        # (checked every 5 iterations: adaptation happens at a check, before this problem ends)
+        rho0 = {"rho": 0.1, "check_every": 5} if name == "adaptive_rho_tolerance" \
+            else {"rho_quadratic": None} if name == "rho" else {}
         ref = _run(dataclasses.replace(CFG, polish=False, **rho0)) if rho0 else nopol
         out = _run(dataclasses.replace(CFG, polish=False, **{name: value}, **rho0))
         assert not np.array_equal(out.iterations, ref.iterations) or not np.allclose(  # type: ignore[attr-defined]
             out.weights, ref.weights, rtol=0, atol=1e-12), name  # type: ignore[attr-defined]
     assert not np.array_equal(_run(dataclasses.replace(CFG, polish_from=1e-12)).iterations, its)  # type: ignore[attr-defined]
     # from a small initial rho, so that this problem is still running at the first adaptation
-    eager = dataclasses.replace(CFG, polish=False, rho=0.1, adaptive_rho_tolerance=1.01)
+    eager = dataclasses.replace(CFG, polish=False, rho=0.1, adaptive_rho_tolerance=1.01,
+                                check_every=5)
     a = _run(dataclasses.replace(eager, adaptive_rho_interval=5))
     b = _run(eager)
     assert not np.allclose(a.weights, b.weights, rtol=0, atol=1e-12)  # type: ignore[attr-defined]
@@ -262,7 +265,9 @@ def test_ball_rho_factor_same_optimum_fewer_iterations() -> None:
                       current_weights=rng.dirichlet(np.ones(n), Bm), budget=np.ones(Bm),
                       turnover=np.full(Bm, 0.5))
     ref = np.array([reference(pb, b)[0] for b in range(Bm)])
-    runs = {f: solve_stacked(pb, dataclasses.replace(CFG, ball_rho_factor=f)) for f in (1.0, 10.0)}
+    # ADMM alone decides the iteration count (the subspace IPM finishes both within ~10)
+    base = dataclasses.replace(CFG, ipm_refine=False, polish_from=1e-3)
+    runs = {f: solve_stacked(pb, dataclasses.replace(base, ball_rho_factor=f)) for f in (1.0, 10.0)}
     for f, res in runs.items():
         assert (res.status == "optimal").all(), f
         np.testing.assert_allclose(res.objective, ref, rtol=1e-6, atol=1e-9, err_msg=str(f))
@@ -284,14 +289,16 @@ def test_rho_quadratic_same_optimum_fewer_iterations_only_where_q_is_zero() -> N
               "current_weights": rng.dirichlet(np.ones(n), Bm), "turnover": np.full(Bm, 0.5)}
     pb = ProblemBatch("min_variance", **common)  # type: ignore[arg-type]
     ref = np.array([reference(pb, b)[0] for b in range(Bm)])
-    runs = {rq: solve_stacked(pb, dataclasses.replace(CFG, rho_quadratic=rq)) for rq in (0.1, None)}
+    # ADMM alone decides the iteration count (the subspace IPM would finish both at the first check)
+    base = dataclasses.replace(CFG, ipm_refine=False, polish_from=1e-3)
+    runs = {rq: solve_stacked(pb, dataclasses.replace(base, rho_quadratic=rq)) for rq in (0.1, None)}
     for rq, res in runs.items():
         assert (res.status == "optimal").all(), rq
         np.testing.assert_allclose(res.objective, ref, rtol=1e-6, atol=1e-12, err_msg=str(rq))
     assert runs[0.1].iterations.sum() < runs[None].iterations.sum()
     mv = ProblemBatch("mean_variance", mu=252.0 * rng.normal(5e-4, 5e-4, (Bm, n)),
                       risk_aversion=np.full(Bm, 5.0), **common)  # type: ignore[arg-type]
-    a, b = (solve_stacked(mv, dataclasses.replace(CFG, rho_quadratic=rq)) for rq in (0.1, None))
+    a, b = (solve_stacked(mv, dataclasses.replace(base, rho_quadratic=rq)) for rq in (0.1, None))
     np.testing.assert_array_equal(a.iterations, b.iterations)
     np.testing.assert_array_equal(a.weights, b.weights)
     for bad in (0.0, float("nan"), float("inf"), -1.0):
