@@ -30,6 +30,7 @@ A factor with no finite value gets ``status = "all_nan"`` and NaN metrics (no er
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,36 +64,39 @@ def forward_returns(close: np.ndarray, horizons: Sequence[int]) -> np.ndarray:
 
 
 class MetricsCpu:
-    """numba metric kernels on host arrays, on blocks of dates in ``threads`` threads."""
+    """numba metric kernels on host arrays, on blocks of dates in ``threads`` threads.
+
+    ``prepare`` returns one :class:`.metrics_cpu.DateBlock` per block of dates: it holds the
+    forward-return work shared by every factor, the return side of the last factor sample seen
+    (factors with the same missing bars share it; :meth:`Evaluator.evaluate` passes them one after
+    the other) and the sort buffers every factor reuses."""
 
     xp: Any = np
+    #: the metrics reuse the return side of a sample across factors (order factors by sample)
+    reuses_samples = True
 
     def __init__(self, threads: int = 0) -> None:
         self.threads = threads
 
     def prepare(self, fwd: np.ndarray) -> Any:
-        """Per date block: contiguous forward returns, their sample mask (finite at every
-        horizon) and the counts that rank them within any subsample (``return_counts``)."""
-        def block(a: int, b: int) -> tuple[Any, ...]:
-            part = np.ascontiguousarray(fwd[:, a:b])
-            rmask = metrics_cpu.sample_mask(part)
-            below, equal = metrics_cpu.return_counts(part, metrics_cpu.presort(part), rmask)
-            return a, b, part, rmask, below, equal
-
-        return run_blocks(block, fwd.shape[1], self.threads)
+        """Per date block: :class:`.metrics_cpu.DateBlock`."""
+        return run_blocks(lambda a, b: metrics_cpu.DateBlock(a, b, fwd[:, a:b]), fwd.shape[1],
+                          self.threads)
 
     def per_date(self, f: Any, prep: Any, qfrac: np.ndarray, drop: bool) -> tuple[Any, ...]:
+        t_n, s_n = f.shape
+        rank = np.empty((t_n, s_n), dtype=np.float64)
+        label = np.empty((t_n, s_n), dtype=np.int8)
+
         def block(k: int, _: int) -> tuple[Any, ...]:
-            a, b, fwd, rmask, below, equal = prep[k]
-            fm, keys, bits = metrics_cpu.sample_and_sort(f[a:b], rmask)
-            return metrics_cpu.factor_metrics(fm, keys, bits, fwd, rmask, below, equal, qfrac, drop)  # type: ignore[no-any-return]
+            blk = prep[k]
+            return blk.metrics(f[blk.a : blk.b], qfrac, drop, rank[blk.a : blk.b],  # type: ignore[no-any-return]
+                               label[blk.a : blk.b])
 
         parts = run_blocks(block, len(prep), len(prep)) if len(prep) > 1 else [block(0, 1)]
         ic = np.concatenate([p[0] for p in parts], axis=1)
         ric = np.concatenate([p[1] for p in parts], axis=1)
         qret = np.concatenate([p[2] for p in parts], axis=1)
-        rank = np.concatenate([p[3] for p in parts], axis=0)
-        label = np.concatenate([p[4] for p in parts], axis=0)
         return ic, ric, qret, rank, label
 
     def lagged(self, rank: Any, label: Any, lags: np.ndarray, nq: int) -> tuple[Any, Any]:
@@ -108,6 +112,8 @@ class MetricsCpu:
 
 class MetricsXp:
     """Array-program metrics over ``xp`` (CuPy on the GPU, NumPy in tests)."""
+
+    reuses_samples = False
 
     def __init__(self, module: Any) -> None:
         self.xp = module
@@ -154,6 +160,11 @@ class FactorReport:
         if self.correlation is None:
             raise ValueError("correlation was not computed")
         return pd.DataFrame(self.correlation, index=self.names, columns=self.names)
+
+
+def _finite_key(fin: np.ndarray) -> bytes:
+    """A digest of a (host) finite mask: factors with equal digests miss the same bars."""
+    return hashlib.blake2b(np.packbits(fin).tobytes(), digest_size=16).digest()
 
 
 def _ts_stats(x: np.ndarray) -> tuple[float, float, float, float, int]:
@@ -234,24 +245,31 @@ class Evaluator:
         qret = np.full((f_n, h_n, t_n, nq), np.nan)
         to = np.full_like(qret, np.nan)
         ranks = np.full((f_n, t_n, s_n), np.nan, dtype=np.float32) if keep_ranks else None
-        rows: list[dict[str, Any]] = []
-        status: list[str] = []
+        rows: list[list[dict[str, Any]]] = [[] for _ in names]
+        status = ["" for _ in names]
+        n_fin: list[int] = []
+        groups: dict[bytes, list[int]] = {}
         for i, name in enumerate(names):
-            f = values[name]
-            fin = self.impl.xp.isfinite(f)
-            n_fin = int(fin.sum())
-            if n_fin == 0:
+            fin = self.impl.xp.isfinite(values[name])
+            n_fin.append(int(fin.sum()))
+            key = _finite_key(fin) if self.impl.reuses_samples else b""
+            groups.setdefault(key, []).append(i)
+        # factors with the same missing bars one after the other (they share the return side)
+        for i in (j for g in groups.values() for j in g):
+            name = names[i]
+            if n_fin[i] == 0:
                 st = "all_nan"
             else:
-                ic[i], ric[i], qret[i], to[i], ac[i], rk = self.per_factor(f)
+                ic[i], ric[i], qret[i], to[i], ac[i], rk = self.per_factor(values[name])
                 if ranks is not None:
                     ranks[i] = rk
                 st = "ok" if np.isfinite(ric[i]).any() else "no_valid_dates"
-            status.append(st)
-            rows += summarize(name, st, self.cfg.horizons, n_fin / (t_n * s_n), ic[i], ric[i],
-                              qret[i], to[i], ac[i])
-        return FactorReport(names, tuple(self.cfg.horizons), pd.DataFrame(rows), ic, ric, qret,
-                            to, ac, status, ranks)
+            status[i] = st
+            rows[i] = summarize(name, st, self.cfg.horizons, n_fin[i] / (t_n * s_n), ic[i], ric[i],
+                                qret[i], to[i], ac[i])
+        summary = pd.DataFrame([r for rs in rows for r in rs])
+        return FactorReport(names, tuple(self.cfg.horizons), summary, ic, ric, qret, to, ac, status,
+                            ranks)
 
 
 def rank_correlation(ranks_a: Any, ranks_b: Any, xpm: Any = np, date_chunk: int = 256) -> np.ndarray:
