@@ -361,6 +361,47 @@ def factor_metrics(
     return ic, ric, qret
 
 
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _rank_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float, float, float]:
+    """``(n, sum x, sum y, sum xx, sum yy, sum xy)`` over the symbols ranked in both rows ``a`` and
+    ``b`` (NaN = not ranked). Ranks are multiples of 0.5, so every term and partial sum is exact
+    (below 2**53) and reassociating the sums (``fastmath`` reassoc: SIMD lanes) changes nothing."""
+    n = 0.0
+    sx = 0.0
+    sy = 0.0
+    sxx = 0.0
+    syy = 0.0
+    sxy = 0.0
+    for s in range(a.shape[0]):
+        x = a[s]
+        y = b[s]
+        ok = (x == x) & (y == y)
+        x = x if ok else 0.0
+        y = y if ok else 0.0
+        n += 1.0 if ok else 0.0
+        sx += x
+        sy += y
+        sxx += x * x
+        syy += y * y
+        sxy += x * y
+    return n, sx, sy, sxx, syy, sxy
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _label_counts(l1: np.ndarray, l0: np.ndarray, q: int) -> tuple[np.int32, np.int32, np.int32]:
+    """``(names in quantile q on date 1, on date 0, on both)`` of two label rows."""
+    now = np.int32(0)
+    before = np.int32(0)
+    same = np.int32(0)
+    for s in range(l1.shape[0]):
+        a1 = np.int32(l1[s] == q)
+        a0 = np.int32(l0[s] == q)
+        now += a1
+        before += a0
+        same += a1 & a0
+    return now, before, same
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def lag_metrics(
     rank: np.ndarray, label: np.ndarray, lags: np.ndarray, nq: int, t0: int, t1: int
@@ -368,7 +409,7 @@ def lag_metrics(
     """Rank autocorrelation ``(L, T)`` and quantile turnover ``(L, T, Q)`` at each lag (dates).
 
     autocorr[l, t]: Pearson correlation of ``rank[t]`` and ``rank[t - lag]`` over symbols ranked
-    on both dates (sums of twice the ranks, exact integers; one rounding at the end).
+    on both dates (exact sums, :func:`_rank_sums`; one rounding each for the centred sums).
     turnover[l, t, q]: share of date t's quantile-q names not in quantile q at ``t - lag``; NaN
     when either date has no quantile-q names. Only dates ``[t0, t1)`` are computed (the rest
     stay NaN)."""
@@ -376,59 +417,19 @@ def lag_metrics(
     l_n = lags.shape[0]
     ac = np.full((l_n, t_n), _NAN)
     to = np.full((l_n, t_n, nq), _NAN)
-    if t1 <= t0:
-        return ac, to
-    lo = max(0, t0 - lags.max()) if l_n > 0 else t0
-    # twice the ranks as integers, 0 = not ranked
-    r2 = np.zeros((t1 - lo, s_n), dtype=np.int64)
-    for t in range(lo, t1):
-        for s in range(s_n):
-            x = rank[t, s]
-            if x == x:
-                r2[t - lo, s] = np.int64(2.0 * x)
     for li in range(l_n):
         p = lags[li]
         for t in range(max(t0, p), t1):
-            a = r2[t - lo]
-            b = r2[t - p - lo]
-            n = 0
-            sx = 0
-            sy = 0
-            sxx = 0
-            syy = 0
-            sxy = 0
-            for s in range(s_n):
-                ok = (a[s] != 0) & (b[s] != 0)
-                x = a[s] * ok
-                y = b[s] * ok
-                n += ok
-                sx += x
-                sy += y
-                sxx += x * x
-                syy += y * y
-                sxy += x * y
-            if n >= 2:
-                # n * sum(xy) - sum(x) sum(y) etc.: exact integers for n up to a few thousand
-                # symbols, one rounding each beyond (no int64 overflow)
-                fn = float(n)
-                vx = fn * float(sxx) - float(sx) * float(sx)
-                vy = fn * float(syy) - float(sy) * float(sy)
+            n, sx, sy, sxx, syy, sxy = _rank_sums(rank[t], rank[t - p])
+            if n >= 2.0:
+                vx = n * sxx - sx * sx
+                vy = n * syy - sy * sy
                 if vx > 0.0 and vy > 0.0:
-                    ac[li, t] = (fn * float(sxy) - float(sx) * float(sy)) / math.sqrt(vx * vy)
-            l1 = label[t]
-            l0 = label[t - p]
+                    ac[li, t] = (n * sxy - sx * sy) / math.sqrt(vx * vy)
             for q in range(1, nq + 1):
-                now = 0
-                before = 0
-                new = 0
-                for s in range(s_n):
-                    a1 = l1[s] == q
-                    a0 = l0[s] == q
-                    now += a1
-                    before += a0
-                    new += a1 > a0
+                now, before, same = _label_counts(label[t], label[t - p], q)
                 if now > 0 and before > 0:
-                    to[li, t, q - 1] = new / now
+                    to[li, t, q - 1] = (now - same) / now
     return ac, to
 
 
