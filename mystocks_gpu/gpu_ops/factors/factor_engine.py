@@ -54,32 +54,33 @@ class CpuOps:
         out = np.empty_like(xs[0])
 
         def block(a: int, b: int) -> None:
-            out[a:b] = self._ts(op, [x[a:b] for x in xs], params)
+            self._ts(op, [x[a:b] for x in xs], params, out[a:b])
 
         run_blocks(block, out.shape[0], self.threads)
         return out
 
-    def _ts(self, op: str, args: list[Any], params: tuple[float, ...]) -> Any:
+    def _ts(self, op: str, args: list[Any], params: tuple[float, ...], out: Any) -> Any:
+        """Run the kernel of ``op`` on a block of rows, writing into ``out`` (same shape)."""
         w = int(params[0])
         x = args[0]
         if op == "Ref":
-            return ts_cpu.ts_ref(x, w)
+            return ts_cpu.ts_ref(x, w, out)
         if op == "Delta":
-            return ts_cpu.ts_delta(x, w)
+            return ts_cpu.ts_delta(x, w, out)
         if op in ("Sum", "Mean"):
-            return ts_cpu.ts_sum(x, w, op == "Mean")
+            return ts_cpu.ts_sum(x, w, op == "Mean", out)
         if op in ("Std", "Var"):
-            return ts_cpu.ts_var(x, w, op == "Std")
+            return ts_cpu.ts_var(x, w, op == "Std", out)
         if op in ("Corr", "Cov"):
-            return ts_cpu.ts_cov(x, args[1], w, op == "Corr")
+            return ts_cpu.ts_cov(x, args[1], w, op == "Corr", out)
         if op == "EMA":
-            return ts_cpu.ts_ema(x, w)
+            return ts_cpu.ts_ema(x, w, out)
         if op == "Quantile":
-            return ts_cpu_window.ts_quantile(x, w, float(params[1]))
+            return ts_cpu_window.ts_quantile(x, w, float(params[1]), out)
         code = ts_cpu_window.SCAN_CODES[op]
         if op in ("Min", "Max", "IdxMin", "IdxMax"):
-            return ts_cpu_window.ts_extreme(x, w, code)
-        return ts_cpu_window.ts_scan(x, w, code)
+            return ts_cpu_window.ts_extreme(x, w, code, out)
+        return ts_cpu_window.ts_scan(x, w, code, out)
 
     def elementwise(self, op: str, args: list[Any]) -> Any:
         """:func:`.elementwise.apply_elementwise` on blocks of rows in threads (NumPy releases
