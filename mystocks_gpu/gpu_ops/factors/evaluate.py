@@ -30,7 +30,6 @@ A factor with no finite value gets ``status = "all_nan"`` and NaN metrics (no er
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,8 +71,6 @@ class MetricsCpu:
     the other) and the sort buffers every factor reuses."""
 
     xp: Any = np
-    #: the metrics reuse the return side of a sample across factors (order factors by sample)
-    reuses_samples = True
 
     def __init__(self, threads: int = 0) -> None:
         self.threads = threads
@@ -82,6 +79,19 @@ class MetricsCpu:
         """Per date block: :class:`.metrics_cpu.DateBlock`."""
         return run_blocks(lambda a, b: metrics_cpu.DateBlock(a, b, fwd[:, a:b]), fwd.shape[1],
                           self.threads)
+
+    def finite_counts(self, values: list[Any]) -> list[tuple[int, bytes]]:
+        """Per factor: ``(finite values, key)``; the key (finite values per date) is equal for
+        factors that miss the same bars (one shared by other masks only costs the shared work,
+        which is checked). In threads (NumPy releases the GIL)."""
+        def block(a: int, b: int) -> list[tuple[int, bytes]]:
+            out = []
+            for f in values[a:b]:
+                per_date = np.isfinite(f).sum(axis=1)
+                out.append((int(per_date.sum()), per_date.tobytes()))
+            return out
+
+        return [r for part in run_blocks(block, len(values), self.threads) for r in part]
 
     def per_date(self, f: Any, prep: Any, qfrac: np.ndarray, drop: bool) -> tuple[Any, ...]:
         t_n, s_n = f.shape
@@ -113,13 +123,15 @@ class MetricsCpu:
 class MetricsXp:
     """Array-program metrics over ``xp`` (CuPy on the GPU, NumPy in tests)."""
 
-    reuses_samples = False
-
     def __init__(self, module: Any) -> None:
         self.xp = module
 
     def prepare(self, fwd: np.ndarray) -> tuple[Any, Any]:
         return self.xp.asarray(fwd), None
+
+    def finite_counts(self, values: list[Any]) -> list[tuple[int, bytes]]:
+        """Per factor: ``(finite values, b"")`` (no sample reuse: one group)."""
+        return [(int(self.xp.isfinite(f).sum()), b"") for f in values]
 
     def per_date(self, f: Any, prep: tuple[Any, Any], qfrac: np.ndarray, drop: bool) -> tuple[Any, ...]:
         return metrics_xp.factor_metrics_xp(self.xp, self.xp.asarray(f), prep[0], qfrac, drop)
@@ -160,11 +172,6 @@ class FactorReport:
         if self.correlation is None:
             raise ValueError("correlation was not computed")
         return pd.DataFrame(self.correlation, index=self.names, columns=self.names)
-
-
-def _finite_key(fin: np.ndarray) -> bytes:
-    """A digest of a (host) finite mask: factors with equal digests miss the same bars."""
-    return hashlib.blake2b(np.packbits(fin).tobytes(), digest_size=16).digest()
 
 
 def _ts_stats(x: np.ndarray) -> tuple[float, float, float, float, int]:
@@ -234,7 +241,9 @@ class Evaluator:
         return tuple(to_host(a) for a in (ic, ric, qret, to, ac, rank))
 
     def evaluate(self, values: Mapping[str, Any], keep_ranks: bool = False) -> FactorReport:
-        """Metrics of ``name -> (n_dates, n_symbols)`` factor values."""
+        """Metrics of ``name -> (n_dates, n_symbols)`` factor values, in the order of ``values``
+        (factors that miss the same bars are measured one after the other: on the CPU they share
+        the return side of their sample)."""
         names = list(values)
         f_n, h_n = len(names), len(self.cfg.horizons)
         t_n, s_n = self.shape
@@ -249,10 +258,8 @@ class Evaluator:
         status = ["" for _ in names]
         n_fin: list[int] = []
         groups: dict[bytes, list[int]] = {}
-        for i, name in enumerate(names):
-            fin = self.impl.xp.isfinite(values[name])
-            n_fin.append(int(fin.sum()))
-            key = _finite_key(fin) if self.impl.reuses_samples else b""
+        for i, (n, key) in enumerate(self.impl.finite_counts([values[k] for k in names])):
+            n_fin.append(n)
             groups.setdefault(key, []).append(i)
         # factors with the same missing bars one after the other (they share the return side)
         for i in (j for g in groups.values() for j in g):
