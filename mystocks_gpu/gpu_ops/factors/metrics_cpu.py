@@ -382,18 +382,33 @@ def _rank_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _label_counts(l1: np.ndarray, l0: np.ndarray, q: int) -> tuple[np.int32, np.int32, np.int32]:
-    """``(names in quantile q on date 1, on date 0, on both)`` of two label rows."""
-    now = np.int32(0)
-    before = np.int32(0)
-    same = np.int32(0)
-    for s in range(l1.shape[0]):
-        a1 = np.int32(l1[s] == q)
-        a0 = np.int32(l0[s] == q)
-        now += a1
-        before += a0
-        same += a1 & a0
-    return now, before, same
+def _popcount(x: np.uint64) -> np.uint64:
+    """Set bits of a 64-bit word (the SWAR count; LLVM emits ``popcnt``)."""
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)  # type: ignore[no-any-return]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _label_bits(label: np.ndarray, nq: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(bits, count)`` of dates ``[lo, hi)``: ``bits[t - lo, q]`` the quantile-q names of date
+    t as a bit set (64 symbols a word), ``count[t - lo, q]`` how many."""
+    s_n = label.shape[1]
+    n_w = (s_n + 63) // 64
+    bits = np.zeros((hi - lo, nq + 1, n_w), dtype=np.uint64)
+    count = np.zeros((hi - lo, nq + 1), dtype=np.int64)
+    for t in range(lo, hi):
+        row = label[t]
+        for w in range(n_w):
+            s0 = w * 64
+            for q in range(1, nq + 1):
+                word = np.uint64(0)
+                for s in range(s0, min(s_n, s0 + 64)):
+                    word |= np.uint64(row[s] == q) << np.uint64(s - s0)
+                bits[t - lo, q, w] = word
+                count[t - lo, q] += np.int64(_popcount(word))
+    return bits, count
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -404,13 +419,17 @@ def lag_metrics(
 
     autocorr[l, t]: Pearson correlation of ``rank[t]`` and ``rank[t - lag]`` over symbols ranked
     on both dates (exact sums, :func:`_rank_sums`; one rounding each for the centred sums).
-    turnover[l, t, q]: share of date t's quantile-q names not in quantile q at ``t - lag``; NaN
-    when either date has no quantile-q names. Only dates ``[t0, t1)`` are computed (the rest
-    stay NaN)."""
+    turnover[l, t, q]: share of date t's quantile-q names not in quantile q at ``t - lag``
+    (counted on bit sets, :func:`_label_bits`); NaN when either date has no quantile-q names.
+    Only dates ``[t0, t1)`` are computed (the rest stay NaN)."""
     t_n, s_n = rank.shape
     l_n = lags.shape[0]
     ac = np.full((l_n, t_n), _NAN)
     to = np.full((l_n, t_n, nq), _NAN)
+    if l_n == 0 or t1 <= t0:
+        return ac, to
+    lo = max(0, t0 - lags.max())
+    bits, count = _label_bits(label, nq, lo, t1)
     for li in range(l_n):
         p = lags[li]
         for t in range(max(t0, p), t1):
@@ -421,8 +440,11 @@ def lag_metrics(
                 if vx > 0.0 and vy > 0.0:
                     ac[li, t] = (n * sxy - sx * sy) / math.sqrt(vx * vy)
             for q in range(1, nq + 1):
-                now, before, same = _label_counts(label[t], label[t - p], q)
-                if now > 0 and before > 0:
+                now = count[t - lo, q]
+                if now > 0 and count[t - p - lo, q] > 0:
+                    same = np.int64(0)
+                    for w in range(bits.shape[2]):
+                        same += np.int64(_popcount(bits[t - lo, q, w] & bits[t - p - lo, q, w]))
                     to[li, t, q - 1] = (now - same) / now
     return ac, to
 
