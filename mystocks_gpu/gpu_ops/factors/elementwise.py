@@ -22,19 +22,25 @@ _UN = {"Abs": "abs", "Log": "log", "Sign": "sign", "Neg": "negative"}
 SCALAR_OK: frozenset[str] = frozenset(_BIN)
 
 
-def apply_elementwise(xp: Any, op: str, args: Sequence[Any]) -> Any:
-    """Apply element-wise operator ``op`` (see :data:`.ops.ELEM_OPS`) to equally shaped arrays."""
+def apply_elementwise(xp: Any, op: str, args: Sequence[Any], out: Any = None) -> Any:
+    """Apply element-wise operator ``op`` (see :data:`.ops.ELEM_OPS`) to equally shaped arrays
+    (binary arithmetic also takes a Python float for either argument); into ``out`` (an array of
+    the result's shape, returned) when given."""
     with np.errstate(all="ignore"):
         if op in _UN:
-            return getattr(xp, _UN[op])(args[0])
+            return getattr(xp, _UN[op])(args[0], out=out)
         if op in _BIN:
-            return getattr(xp, _BIN[op])(args[0], args[1])
+            return getattr(xp, _BIN[op])(args[0], args[1], out=out)
         if op in _CMP:
             a, b = args
             res = getattr(xp, _CMP[op])(a, b).astype(np.float64)
             res[xp.isnan(a) | xp.isnan(b)] = np.nan
-            return res
-        if op == "If":
+        elif op == "If":
             c, a, b = args
-            return xp.where(xp.isnan(c), np.nan, xp.where(c != 0, a, b))
-    raise KeyError(f"not an element-wise operator: {op}")
+            res = xp.where(xp.isnan(c), np.nan, xp.where(c != 0, a, b))
+        else:
+            raise KeyError(f"not an element-wise operator: {op}")
+    if out is None:
+        return res
+    out[...] = res
+    return out

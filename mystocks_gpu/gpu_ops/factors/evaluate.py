@@ -63,7 +63,12 @@ def forward_returns(close: np.ndarray, horizons: Sequence[int]) -> np.ndarray:
 
 
 class MetricsCpu:
-    """numba metric kernels on host arrays, on blocks of dates in ``threads`` threads."""
+    """numba metric kernels on host arrays, on blocks of dates in ``threads`` threads.
+
+    ``prepare`` returns one :class:`.metrics_cpu.DateBlock` per block of dates: it holds the
+    forward-return work shared by every factor, the return side of the last factor sample seen
+    (factors with the same missing bars share it; :meth:`Evaluator.evaluate` passes them one after
+    the other) and the sort buffers every factor reuses."""
 
     xp: Any = np
 
@@ -71,28 +76,37 @@ class MetricsCpu:
         self.threads = threads
 
     def prepare(self, fwd: np.ndarray) -> Any:
-        """Per date block: contiguous forward returns, their sample mask (finite at every
-        horizon) and the counts that rank them within any subsample (``return_counts``)."""
-        def block(a: int, b: int) -> tuple[Any, ...]:
-            part = np.ascontiguousarray(fwd[:, a:b])
-            rmask = metrics_cpu.sample_mask(part)
-            below, equal = metrics_cpu.return_counts(part, metrics_cpu.presort(part), rmask)
-            return a, b, part, rmask, below, equal
+        """Per date block: :class:`.metrics_cpu.DateBlock`."""
+        return run_blocks(lambda a, b: metrics_cpu.DateBlock(a, b, fwd[:, a:b]), fwd.shape[1],
+                          self.threads)
 
-        return run_blocks(block, fwd.shape[1], self.threads)
+    def finite_counts(self, values: list[Any]) -> list[tuple[int, bytes]]:
+        """Per factor: ``(finite values, key)``; the key (finite values per date) is equal for
+        factors that miss the same bars (one shared by other masks only costs the shared work,
+        which is checked). In threads (NumPy releases the GIL)."""
+        def block(a: int, b: int) -> list[tuple[int, bytes]]:
+            out = []
+            for f in values[a:b]:
+                per_date = np.isfinite(f).sum(axis=1)
+                out.append((int(per_date.sum()), per_date.tobytes()))
+            return out
+
+        return [r for part in run_blocks(block, len(values), self.threads) for r in part]
 
     def per_date(self, f: Any, prep: Any, qfrac: np.ndarray, drop: bool) -> tuple[Any, ...]:
+        t_n, s_n = f.shape
+        rank = np.empty((t_n, s_n), dtype=np.float64)
+        label = np.empty((t_n, s_n), dtype=np.int8)
+
         def block(k: int, _: int) -> tuple[Any, ...]:
-            a, b, fwd, rmask, below, equal = prep[k]
-            fm, keys, bits = metrics_cpu.sample_and_sort(f[a:b], rmask)
-            return metrics_cpu.factor_metrics(fm, keys, bits, fwd, rmask, below, equal, qfrac, drop)  # type: ignore[no-any-return]
+            blk = prep[k]
+            return blk.metrics(f[blk.a : blk.b], qfrac, drop, rank[blk.a : blk.b],  # type: ignore[no-any-return]
+                               label[blk.a : blk.b])
 
         parts = run_blocks(block, len(prep), len(prep)) if len(prep) > 1 else [block(0, 1)]
         ic = np.concatenate([p[0] for p in parts], axis=1)
         ric = np.concatenate([p[1] for p in parts], axis=1)
         qret = np.concatenate([p[2] for p in parts], axis=1)
-        rank = np.concatenate([p[3] for p in parts], axis=0)
-        label = np.concatenate([p[4] for p in parts], axis=0)
         return ic, ric, qret, rank, label
 
     def lagged(self, rank: Any, label: Any, lags: np.ndarray, nq: int) -> tuple[Any, Any]:
@@ -114,6 +128,10 @@ class MetricsXp:
 
     def prepare(self, fwd: np.ndarray) -> tuple[Any, Any]:
         return self.xp.asarray(fwd), None
+
+    def finite_counts(self, values: list[Any]) -> list[tuple[int, bytes]]:
+        """Per factor: ``(finite values, b"")`` (no sample reuse: one group)."""
+        return [(int(self.xp.isfinite(f).sum()), b"") for f in values]
 
     def per_date(self, f: Any, prep: tuple[Any, Any], qfrac: np.ndarray, drop: bool) -> tuple[Any, ...]:
         return metrics_xp.factor_metrics_xp(self.xp, self.xp.asarray(f), prep[0], qfrac, drop)
@@ -223,7 +241,9 @@ class Evaluator:
         return tuple(to_host(a) for a in (ic, ric, qret, to, ac, rank))
 
     def evaluate(self, values: Mapping[str, Any], keep_ranks: bool = False) -> FactorReport:
-        """Metrics of ``name -> (n_dates, n_symbols)`` factor values."""
+        """Metrics of ``name -> (n_dates, n_symbols)`` factor values, in the order of ``values``
+        (factors that miss the same bars are measured one after the other: on the CPU they share
+        the return side of their sample)."""
         names = list(values)
         f_n, h_n = len(names), len(self.cfg.horizons)
         t_n, s_n = self.shape
@@ -234,24 +254,29 @@ class Evaluator:
         qret = np.full((f_n, h_n, t_n, nq), np.nan)
         to = np.full_like(qret, np.nan)
         ranks = np.full((f_n, t_n, s_n), np.nan, dtype=np.float32) if keep_ranks else None
-        rows: list[dict[str, Any]] = []
-        status: list[str] = []
-        for i, name in enumerate(names):
-            f = values[name]
-            fin = self.impl.xp.isfinite(f)
-            n_fin = int(fin.sum())
-            if n_fin == 0:
+        rows: list[list[dict[str, Any]]] = [[] for _ in names]
+        status = ["" for _ in names]
+        n_fin: list[int] = []
+        groups: dict[bytes, list[int]] = {}
+        for i, (n, key) in enumerate(self.impl.finite_counts([values[k] for k in names])):
+            n_fin.append(n)
+            groups.setdefault(key, []).append(i)
+        # factors with the same missing bars one after the other (they share the return side)
+        for i in (j for g in groups.values() for j in g):
+            name = names[i]
+            if n_fin[i] == 0:
                 st = "all_nan"
             else:
-                ic[i], ric[i], qret[i], to[i], ac[i], rk = self.per_factor(f)
+                ic[i], ric[i], qret[i], to[i], ac[i], rk = self.per_factor(values[name])
                 if ranks is not None:
                     ranks[i] = rk
                 st = "ok" if np.isfinite(ric[i]).any() else "no_valid_dates"
-            status.append(st)
-            rows += summarize(name, st, self.cfg.horizons, n_fin / (t_n * s_n), ic[i], ric[i],
-                              qret[i], to[i], ac[i])
-        return FactorReport(names, tuple(self.cfg.horizons), pd.DataFrame(rows), ic, ric, qret,
-                            to, ac, status, ranks)
+            status[i] = st
+            rows[i] = summarize(name, st, self.cfg.horizons, n_fin[i] / (t_n * s_n), ic[i], ric[i],
+                                qret[i], to[i], ac[i])
+        summary = pd.DataFrame([r for rs in rows for r in rs])
+        return FactorReport(names, tuple(self.cfg.horizons), summary, ic, ric, qret, to, ac, status,
+                            ranks)
 
 
 def rank_correlation(ranks_a: Any, ranks_b: Any, xpm: Any = np, date_chunk: int = 256) -> np.ndarray:

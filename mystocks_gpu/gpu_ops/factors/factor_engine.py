@@ -54,32 +54,49 @@ class CpuOps:
         out = np.empty_like(xs[0])
 
         def block(a: int, b: int) -> None:
-            out[a:b] = self._ts(op, [x[a:b] for x in xs], params)
+            self._ts(op, [x[a:b] for x in xs], params, out[a:b])
 
         run_blocks(block, out.shape[0], self.threads)
         return out
 
-    def _ts(self, op: str, args: list[Any], params: tuple[float, ...]) -> Any:
+    def _ts(self, op: str, args: list[Any], params: tuple[float, ...], out: Any) -> Any:
+        """Run the kernel of ``op`` on a block of rows, writing into ``out`` (same shape)."""
         w = int(params[0])
         x = args[0]
         if op == "Ref":
-            return ts_cpu.ts_ref(x, w)
+            return ts_cpu.ts_ref(x, w, out)
         if op == "Delta":
-            return ts_cpu.ts_delta(x, w)
+            return ts_cpu.ts_delta(x, w, out)
         if op in ("Sum", "Mean"):
-            return ts_cpu.ts_sum(x, w, op == "Mean")
+            return ts_cpu.ts_sum(x, w, op == "Mean", out)
         if op in ("Std", "Var"):
-            return ts_cpu.ts_var(x, w, op == "Std")
+            return ts_cpu.ts_var(x, w, op == "Std", out)
         if op in ("Corr", "Cov"):
-            return ts_cpu.ts_cov(x, args[1], w, op == "Corr")
+            return ts_cpu.ts_cov(x, args[1], w, op == "Corr", out)
         if op == "EMA":
-            return ts_cpu.ts_ema(x, w)
+            return ts_cpu.ts_ema(x, w, out)
         if op == "Quantile":
-            return ts_cpu_window.ts_quantile(x, w, float(params[1]))
+            return ts_cpu_window.ts_quantile(x, w, float(params[1]), out)
         code = ts_cpu_window.SCAN_CODES[op]
         if op in ("Min", "Max", "IdxMin", "IdxMax"):
-            return ts_cpu_window.ts_extreme(x, w, code)
-        return ts_cpu_window.ts_scan(x, w, code)
+            return ts_cpu_window.ts_extreme(x, w, code, out)
+        return ts_cpu_window.ts_scan(x, w, code, out)
+
+    def elementwise(self, op: str, args: list[Any]) -> Any:
+        """:func:`.elementwise.apply_elementwise` on blocks of rows in threads (NumPy releases
+        the GIL) when every array argument is float64 of the same 2-D shape; one call otherwise."""
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        shape: tuple[int, ...] = arrays[0].shape if arrays else ()
+        if len(shape) != 2 or any(a.shape != shape or a.dtype != np.float64 for a in arrays):
+            return apply_elementwise(np, op, args)
+        out = np.empty(shape, dtype=np.float64)
+
+        def block(a: int, b: int) -> None:
+            apply_elementwise(np, op, [x[a:b] if isinstance(x, np.ndarray) else x for x in args],
+                              out=out[a:b])
+
+        run_blocks(block, shape[0], self.threads)
+        return out
 
     def cs(self, op: str, x: Any) -> Any:
         out = np.empty_like(x)
@@ -120,6 +137,10 @@ class XpOps:
         if op == "Quantile":
             return ts_xp.ts_quantile(m, args[0], w, float(params[1]))
         return ts_xp.ts_scan(m, args[0], w, op)
+
+    def elementwise(self, op: str, args: list[Any]) -> Any:
+        """:func:`.elementwise.apply_elementwise` over ``xp``."""
+        return apply_elementwise(self.xp, op, args)
 
     def cs(self, op: str, x: Any) -> Any:
         return cross_section.cs_xp(self.xp, x, op)
@@ -309,7 +330,7 @@ def run_program(
                 if kind == TS:
                     res = ops.ts(node.op, vals, node.params)
                 else:
-                    res = apply_elementwise(m, node.op, vals)
+                    res = ops.elementwise(node.op, vals)
                     if res.shape != (s1 - s0, t_n):
                         res = m.broadcast_to(res, (s1 - s0, t_n)).copy()
                 if prog.keep[i] and whole:

@@ -3,19 +3,25 @@
 Layout ``(n_dates, n_symbols)`` (one date's cross-section contiguous); run in threads on blocks of dates.
 
 Work shared by every factor is done once per evaluator: the forward returns are sorted once per
-(horizon, date) (:func:`presort`) into counts of smaller / equal returns (:func:`return_counts`),
-from which the returns' ranks within any factor's sample follow by a prefix count over the few
-symbols that factor misses. Per factor, every date is sorted by one batched ``np.sort`` of keys
-that carry the symbol in their low mantissa bits (:func:`sample_and_sort`; NumPy's SIMD sort,
-several times faster than an argsort per date), and that one sort gives the factor's ranks,
-quantile edges and labels (:func:`factor_metrics`), reused by turnover and rank autocorrelation
-(:func:`lag_metrics`). Every sum is taken in the same order as a plain two-pass Pearson, so the
-results do not depend on these shortcuts.
+(horizon, date) (:func:`presort`) into counts of smaller / equal returns (:func:`return_counts`).
+Work shared by every factor with the same *sample* (the symbols where the factor is finite and
+the returns are finite at every horizon; factors with the same windows miss the same bars) is done
+once per sample (:func:`sample_returns`): the demeaned forward returns, their sum of squares and
+their (twice average) ranks within the sample. Per factor, every date is sorted by one batched
+``np.sort`` of keys that carry the symbol in their low mantissa bits (:func:`sample_keys`; NumPy's
+SIMD sort, several times faster than an argsort per date), and that one sort gives the factor's
+ranks, quantile edges and labels (:func:`factor_metrics`), reused by turnover and rank
+autocorrelation (:func:`lag_metrics`).
+
+Sums: the IC's and the quantile returns' are taken in the same order as a plain two-pass Pearson
+/ mean (symbol order). Rank correlations are computed exactly: twice an average rank is an
+integer, so their sums are exact integers and the correlation is rounded once at the end.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 from numba import njit
@@ -23,16 +29,10 @@ from numba import njit
 _NAN = np.nan
 
 
-@njit(cache=True, nogil=True)
 def presort(fwd: np.ndarray) -> np.ndarray:
-    """``argsort`` of every ``fwd[h, t]`` row (NaN last): int64 ``(H, T, N)``."""
-    h_n, t_n, s_n = fwd.shape
-    out = np.empty((h_n, t_n, s_n), dtype=np.int64)
-    for k in range(h_n * t_n):
-        h = k // t_n
-        t = k % t_n
-        out[h, t] = np.argsort(fwd[h, t], kind="mergesort")
-    return out
+    """``argsort`` of every ``fwd[h, t]`` row (NaN last): int64 ``(H, T, N)`` (NumPy's batched
+    sort; :func:`return_counts` only needs the order of unequal values)."""
+    return np.argsort(fwd, axis=-1).astype(np.int64, copy=False)
 
 
 @njit(cache=True, nogil=True)
@@ -72,49 +72,25 @@ def return_counts(fwd: np.ndarray, order: np.ndarray, rmask: np.ndarray) -> tupl
 
 
 @njit(cache=True, error_model="numpy")
-def _pearson(a: np.ndarray, b: np.ndarray, n: int) -> float:
-    if n < 2:
-        return _NAN
-    ma = 0.0
-    mb = 0.0
-    for i in range(n):
-        ma += a[i]
-        mb += b[i]
-    ma /= n
-    mb /= n
-    sab = 0.0
-    saa = 0.0
-    sbb = 0.0
-    for i in range(n):
-        da = a[i] - ma
-        db = b[i] - mb
-        sab += da * db
-        saa += da * da
-        sbb += db * db
-    if saa <= 0.0 or sbb <= 0.0:
-        return _NAN
-    return sab / math.sqrt(saa * sbb)
-
-
-@njit(cache=True, error_model="numpy")
 def _lerp(a: float, b: float, g: float) -> float:
     d = b - a
     return b - d * (1.0 - g) if g >= 0.5 else a + d * g
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def sample_keys(f: np.ndarray, rmask: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(fm, keys)`` of a factor ``f`` ``(T, N)`` (any layout) and the returns' sample mask.
+def sample_keys(
+    f: np.ndarray, rmask: np.ndarray, bits: int, fm: np.ndarray, keys: np.ndarray, smask: np.ndarray
+) -> None:
+    """Fill ``fm``, ``keys`` and ``smask`` (``(T, N)`` C-contiguous buffers) from a factor ``f``
+    ``(T, N)`` (any layout) and the returns' sample mask ``rmask``.
 
-    ``fm``: C-contiguous copy of ``f``, NaN outside the sample (finite factor where ``rmask``).
-    ``keys``: ``fm`` with the low ``bits`` mantissa bits of every sample value replaced by its
-    symbol index (NaN outside the sample). Replacing low bits keeps the order between values
-    that differ above them, so one batched ``np.sort`` of ``keys`` sorts every date at once and
-    carries each value's symbol along; values equal above the low bits come out adjacent, ordered
-    by symbol, and :func:`factor_metrics` puts them in exact order (see there)."""
+    ``smask``: the factor's sample (finite factor where ``rmask``). ``fm``: ``f`` on the sample,
+    NaN elsewhere. ``keys``: ``fm`` with the low ``bits`` mantissa bits of every sample value
+    replaced by its symbol index (NaN outside the sample). Replacing low bits keeps the order
+    between values that differ above them, so one batched ``np.sort`` of ``keys`` sorts every
+    date at once and carries each value's symbol along; values equal above the low bits come out
+    adjacent, ordered by symbol, and :func:`factor_metrics` puts them in exact order (see there)."""
     t_n, s_n = f.shape
-    fm = np.empty((t_n, s_n), dtype=np.float64)
-    keys = np.empty((t_n, s_n), dtype=np.float64)
     uk = keys.reshape(t_n * s_n).view(np.uint64)
     low = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
     for t in range(t_n):
@@ -125,10 +101,78 @@ def sample_keys(f: np.ndarray, rmask: np.ndarray, bits: int) -> tuple[np.ndarray
                 keys[t, s] = x
                 j = t * s_n + s
                 uk[j] = (uk[j] & ~low) | np.uint64(s)
+                smask[t, s] = True
             else:
                 fm[t, s] = _NAN
                 keys[t, s] = _NAN
-    return fm, keys
+                smask[t, s] = False
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def sample_returns(
+    fwd: np.ndarray, rmask: np.ndarray, smask: np.ndarray, below: np.ndarray, equal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The return side of every correlation over a sample ``smask`` ``(T, N)`` (within the
+    returns' sample ``rmask``), shared by every factor with that sample.
+
+    Returns ``dv`` ``(H, T, N)`` float64: the forward return less its mean over the date's sample
+    (0 outside it); ``y2`` ``(H, T, N)`` int32: twice the average rank of the forward return
+    within the sample (0 outside); ``svv`` ``(H, T)``: the sum of ``dv**2`` (sums in symbol
+    order); ``syy`` ``(H, T)`` int64: the sum of ``y2**2``. The ranks come from
+    :func:`return_counts` (``below``/``equal`` over ``rmask``) less the symbols of ``rmask`` the
+    sample misses: a missed symbol x has a smaller return than symbol s iff
+    ``below[x] < below[s]``, an equal one iff ``below[x] == below[s]``."""
+    h_n, t_n, s_n = fwd.shape
+    dv = np.zeros((h_n, t_n, s_n), dtype=np.float64)
+    y2 = np.zeros((h_n, t_n, s_n), dtype=np.int32)
+    svv = np.zeros((h_n, t_n), dtype=np.float64)
+    syy = np.zeros((h_n, t_n), dtype=np.int64)
+    idx = np.empty(s_n, dtype=np.int64)
+    xs = np.empty(s_n, dtype=np.int64)
+    cnt = np.zeros(s_n + 1, dtype=np.int64)
+    for t in range(t_n):
+        n = 0
+        n_x = 0
+        for s in range(s_n):
+            if smask[t, s]:
+                idx[n] = s
+                n += 1
+            elif rmask[t, s]:
+                xs[n_x] = s
+                n_x += 1
+        if n == 0:
+            continue
+        for h in range(h_n):
+            # cnt[b]: missed symbols whose return is below b (returns-sample) ranks
+            cnt[:] = 0
+            for j in range(n_x):
+                cnt[below[h, t, xs[j]]] += 1
+            acc = 0
+            for p in range(s_n + 1):
+                c0 = cnt[p]
+                cnt[p] = acc
+                acc += c0
+            mv = 0.0
+            yy = 0
+            for i in range(n):
+                s = idx[i]
+                mv += fwd[h, t, s]
+                b = below[h, t, s]
+                el = cnt[b]
+                ee = cnt[b + 1] - el
+                y = 2 * (b - el) + (equal[h, t, s] - ee) + 1
+                y2[h, t, s] = y
+                yy += y * y
+            syy[h, t] = yy
+            mv /= n
+            vv = 0.0
+            for i in range(n):
+                s = idx[i]
+                d = fwd[h, t, s] - mv
+                dv[h, t, s] = d
+                vv += d * d
+            svv[h, t] = vv
+    return dv, y2, svv, syy
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -136,67 +180,57 @@ def factor_metrics(
     fm: np.ndarray,
     keys: np.ndarray,
     bits: int,
-    fwd: np.ndarray,
-    rmask: np.ndarray,
-    below: np.ndarray,
-    equal: np.ndarray,
+    dv: np.ndarray,
+    y2: np.ndarray,
+    svv: np.ndarray,
+    syy: np.ndarray,
     qfrac: np.ndarray,
     drop_unbinnable: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-date metrics of one factor against ``fwd`` ``(H, T, N)``.
+    rank: np.ndarray,
+    label: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-date metrics of one factor against the return side of its sample
+    (:func:`sample_returns` ``dv, y2, svv, syy``, ``(H, T, N)`` / ``(H, T)``).
 
-    ``fm`` ``(T, N)`` is the factor on its sample (finite factor and finite forward returns at
-    every horizon), NaN elsewhere; ``keys`` the rows of :func:`sample_keys` sorted ascending (NaN
-    last). Each date's sorted sample is read off its keys (symbol = the low ``bits``; value =
-    ``fm``) and finished by an insertion pass, which only moves values whose keys tied above the
-    low bits (almost never more than a neighbour). The one sort serves the ranks, the quantile
-    edges and labels, and through them turnover and rank autocorrelation. The returns' ranks
-    within the factor's sample come from :func:`return_counts` (``below``/``equal``, over the
-    returns' sample ``rmask``) less the symbols the factor misses (a prefix count over ``below``),
-    so no date's returns are sorted again per factor.
+    ``fm`` ``(T, N)`` is the factor on its sample, NaN elsewhere; ``keys`` the rows of
+    :func:`sample_keys` sorted ascending (NaN last). Each date's sorted sample is read off its
+    keys (symbol = the low ``bits``; value = ``fm``) and finished by an insertion pass, which only
+    moves values whose keys tied above the low bits (almost never more than a neighbour). One
+    pass over the sorted sample gives the average ranks and the quantile labels, which also serve
+    turnover and rank autocorrelation. Horizons are taken three at a time in one pass over the
+    sample (independent sums side by side).
 
-    Returns ``ic (H, T)``, ``rank_ic (H, T)``, ``qret (H, T, Q)`` (mean demeaned forward return
-    per quantile), ``rank (T, N)`` (average rank within the date's sample, NaN outside) and
-    ``label (T, N)`` int8 (quantile 1..Q, 0 outside / unbinnable)."""
-    h_n, t_n, s_n = fwd.shape
+    Fills ``rank`` ``(T, N)`` float64 (average rank within the date's sample, NaN outside) and
+    ``label`` ``(T, N)`` int8 (quantile 1..Q, 0 outside / unbinnable); returns ``ic (H, T)``,
+    ``rank_ic (H, T)`` and ``qret (H, T, Q)`` (mean demeaned forward return per quantile)."""
+    h_n, t_n, s_n = dv.shape
     nq = qfrac.shape[0] - 1
     ic = np.full((h_n, t_n), _NAN)
     ric = np.full((h_n, t_n), _NAN)
     qret = np.full((h_n, t_n, nq), _NAN)
-    rank = np.full((t_n, s_n), _NAN)
-    label = np.zeros((t_n, s_n), dtype=np.int8)
     idx = np.empty(s_n, dtype=np.int64)
     fv = np.empty(s_n, dtype=np.float64)
-    fr = np.empty(s_n, dtype=np.float64)
+    df = np.empty(s_n, dtype=np.float64)
     st = np.empty(s_n, dtype=np.float64)
     so = np.empty(s_n, dtype=np.int64)
-    lab = np.zeros(s_n, dtype=np.int8)
-    rv = np.empty(s_n, dtype=np.float64)
-    rr = np.empty(s_n, dtype=np.float64)
-    df = np.empty(s_n, dtype=np.float64)
-    dr = np.empty(s_n, dtype=np.float64)
-    pos = np.empty(s_n, dtype=np.int64)
-    xs = np.empty(s_n, dtype=np.int64)
-    cum = np.zeros(s_n + 1, dtype=np.int64)
+    # by symbol (read on the sample only): twice the average rank, the label
+    f2s = np.zeros(s_n, dtype=np.int64)
+    labs = np.zeros(s_n, dtype=np.int64)
     edges = np.empty(nq + 1, dtype=np.float64)
-    qs = np.zeros(nq + 1, dtype=np.float64)
-    qc = np.zeros(nq + 1, dtype=np.int64)
+    first = np.zeros(nq + 2, dtype=np.int64)  # first[0] unused
+    qs = np.zeros((3, nq + 1), dtype=np.float64)
     uk = keys.reshape(t_n * s_n).view(np.uint64)
     low = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
     for t in range(t_n):
         n = 0
-        n_x = 0
         for s in range(s_n):
             x = fm[t, s]
-            if x == x:
-                idx[n] = s
-                fv[n] = x
-                pos[s] = n
-                n += 1
-            elif rmask[t, s]:
-                xs[n_x] = s
-                n_x += 1
+            idx[n] = s
+            fv[n] = x
+            n += x == x
         if n == 0:
+            rank[t] = _NAN
+            label[t] = 0
             continue
         # the sorted sample (value, symbol): keys give the order up to their low bits
         base = t * s_n
@@ -210,16 +244,6 @@ def factor_metrics(
                 j -= 1
             st[j] = x
             so[j] = s
-        # average rank of each tie group
-        i = 0
-        while i < n:
-            k = i
-            while k + 1 < n and st[k + 1] == st[i]:
-                k += 1
-            r = (i + k) / 2.0 + 1.0
-            for m in range(i, k + 1):
-                fr[pos[so[m]]] = r
-            i = k + 1
         for k in range(nq + 1):
             vi = (n - 1) * qfrac[k]
             lo = int(math.floor(vi))
@@ -230,89 +254,161 @@ def factor_metrics(
             if edges[k + 1] == edges[k]:
                 binnable = False
         if not binnable and drop_unbinnable:
+            rank[t] = _NAN
+            label[t] = 0
             continue
-        if binnable:
-            # walk the sorted values: label = number of edges < x (x == edges[0] -> 1)
-            c = 0
-            for m in range(n):
-                x = st[m]
-                while c <= nq and edges[c] < x:
-                    c += 1
-                lab[pos[so[m]]] = 1 if x == edges[0] else (c if c <= nq else 0)
-        else:
-            lab[:n] = 0
-        # the factor side of both correlations, shared by every horizon (``_pearson``'s sums)
-        mf = 0.0
-        mr = 0.0
-        for i in range(n):
-            rank[t, idx[i]] = fr[i]
-            label[t, idx[i]] = lab[i]
-            mf += fv[i]
-            mr += fr[i]
-        mf /= n
-        mr /= n
-        sff = 0.0
-        srr = 0.0
-        for i in range(n):
-            df[i] = fv[i] - mf
-            dr[i] = fr[i] - mr
-            sff += df[i] * df[i]
-            srr += dr[i] * dr[i]
-        for h in range(h_n):
-            for i in range(n):
-                rv[i] = fwd[h, t, idx[i]]
-            # average ranks of the returns within the sample: the counts over the returns'
-            # sample less the symbols the factor misses. A missed symbol x has a smaller return
-            # than symbol s iff below[x] < below[s], an equal one iff below[x] == below[s].
-            if n_x == 0:
-                for i in range(n):
-                    s = idx[i]
-                    rr[i] = below[h, t, s] + (equal[h, t, s] + 1) / 2.0
+        # twice the average ranks (integers) by symbol, 0 outside the sample: 2m + 2 at sorted
+        # position m, then the (rare) tie groups get their average
+        for s in range(s_n):
+            f2s[s] = 0
+            labs[s] = 0
+        for m in range(n):
+            f2s[so[m]] = 2 * m + 2
+        m = 0
+        while m < n - 1:
+            if st[m + 1] == st[m]:
+                k = m + 1
+                while k + 1 < n and st[k + 1] == st[m]:
+                    k += 1
+                for j in range(m, k + 1):
+                    f2s[so[j]] = m + k + 2
+                m = k + 1
             else:
-                cum[:] = 0
-                for j in range(n_x):
-                    cum[below[h, t, xs[j]] + 1] += 1
-                for p in range(s_n):
-                    cum[p + 1] += cum[p]
-                for i in range(n):
-                    s = idx[i]
-                    b = below[h, t, s]
-                    el = cum[b]
-                    ee = cum[b + 1] - el
-                    rr[i] = (b - el) + ((equal[h, t, s] - ee) + 1) / 2.0
-            # IC, rank IC and the quantile sums in one pass (same sums, same order as _pearson)
-            mv = 0.0
-            mq = 0.0
-            for i in range(n):
-                mv += rv[i]
-                mq += rr[i]
-            mv /= n
-            mq /= n
-            s_fv = 0.0
-            s_vv = 0.0
-            s_rq = 0.0
-            s_qq = 0.0
+                m += 1
+        # labels never decrease along the sorted sample: label(x) = number of edges < x, at
+        # least 1 (x == edges[0], the minimum); first[q] = sorted position of the first label q
+        if binnable:
+            p = 0
+            first[1] = 0
+            for q in range(2, nq + 1):
+                e = edges[q - 1]
+                while p < n and st[p] <= e:
+                    p += 1
+                first[q] = p
+            first[nq + 1] = n
+            for q in range(1, nq + 1):
+                for m in range(first[q], first[q + 1]):
+                    labs[so[m]] = q
+        sxx = 0
+        for s in range(s_n):
+            r = f2s[s]
+            rank[t, s] = r * 0.5 if r > 0 else _NAN
+            label[t, s] = labs[s]
+            sxx += r * r
+        # the factor side of the IC (two-pass Pearson sums, symbol order)
+        mf = 0.0
+        for i in range(n):
+            mf += fv[i]
+        mf /= n
+        sff = 0.0
+        for i in range(n):
+            d = fv[i] - mf
+            df[i] = d
+            sff += d * d
+        # rank IC from exact integer sums of twice the ranks, centred on their mean n + 1
+        cc = n * (n + 1) * (n + 1)
+        vx = sxx - cc
+        for g in range(0, h_n, 3):
+            h0 = g
+            h1 = min(g + 1, h_n - 1)
+            h2 = min(g + 2, h_n - 1)
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            p0 = 0
+            p1 = 0
+            p2 = 0
             qs[:] = 0.0
-            qc[:] = 0
             for i in range(n):
-                dv = rv[i] - mv
-                dq = rr[i] - mq
-                s_fv += df[i] * dv
-                s_vv += dv * dv
-                s_rq += dr[i] * dq
-                s_qq += dq * dq
-                qs[lab[i]] += dv  # label 0 (no quantile) sums into the unused slot 0
-                qc[lab[i]] += 1
-            if n >= 2:
-                if sff > 0.0 and s_vv > 0.0:
-                    ic[h, t] = s_fv / math.sqrt(sff * s_vv)
-                if srr > 0.0 and s_qq > 0.0:
-                    ric[h, t] = s_rq / math.sqrt(srr * s_qq)
-            if binnable:
-                for q in range(nq):
-                    if qc[q + 1] > 0:
-                        qret[h, t, q] = qs[q + 1] / qc[q + 1]
-    return ic, ric, qret, rank, label
+                s = idx[i]
+                d = df[i]
+                r = f2s[s]
+                lb = labs[s]
+                e0 = dv[h0, t, s]
+                e1 = dv[h1, t, s]
+                e2 = dv[h2, t, s]
+                s0 += d * e0
+                s1 += d * e1
+                s2 += d * e2
+                p0 += r * y2[h0, t, s]
+                p1 += r * y2[h1, t, s]
+                p2 += r * y2[h2, t, s]
+                qs[0, lb] += e0  # label 0 (no quantile) sums into the unused slot 0
+                qs[1, lb] += e1
+                qs[2, lb] += e2
+            for j in range(min(3, h_n - g)):
+                h = g + j
+                s_fv = s0 if j == 0 else (s1 if j == 1 else s2)
+                sxy = p0 if j == 0 else (p1 if j == 1 else p2)
+                if n >= 2:
+                    vv = svv[h, t]
+                    if sff > 0.0 and vv > 0.0:
+                        ic[h, t] = s_fv / math.sqrt(sff * vv)
+                    vy = syy[h, t] - cc
+                    if vx > 0 and vy > 0:
+                        ric[h, t] = (sxy - cc) / math.sqrt(float(vx) * float(vy))
+                if binnable:
+                    for q in range(1, nq + 1):
+                        cq = first[q + 1] - first[q]
+                        if cq > 0:
+                            qret[h, t, q - 1] = qs[j, q] / cq
+    return ic, ric, qret
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _rank_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float, float, float]:
+    """``(n, sum x, sum y, sum xx, sum yy, sum xy)`` over the symbols ranked in both rows ``a`` and
+    ``b`` (NaN = not ranked). Ranks are multiples of 0.5, so every term and partial sum is exact
+    (below 2**53) and reassociating the sums (``fastmath`` reassoc: SIMD lanes) changes nothing."""
+    n = 0.0
+    sx = 0.0
+    sy = 0.0
+    sxx = 0.0
+    syy = 0.0
+    sxy = 0.0
+    for s in range(a.shape[0]):
+        x = a[s]
+        y = b[s]
+        ok = (x == x) & (y == y)
+        x = x if ok else 0.0
+        y = y if ok else 0.0
+        n += 1.0 if ok else 0.0
+        sx += x
+        sy += y
+        sxx += x * x
+        syy += y * y
+        sxy += x * y
+    return n, sx, sy, sxx, syy, sxy
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _popcount(x: np.uint64) -> np.uint64:
+    """Set bits of a 64-bit word (the SWAR count; LLVM emits ``popcnt``)."""
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)  # type: ignore[no-any-return]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _label_bits(label: np.ndarray, nq: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(bits, count)`` of dates ``[lo, hi)``: ``bits[t - lo, q]`` the quantile-q names of date
+    t as a bit set (64 symbols a word), ``count[t - lo, q]`` how many."""
+    s_n = label.shape[1]
+    n_w = (s_n + 63) // 64
+    bits = np.zeros((hi - lo, nq + 1, n_w), dtype=np.uint64)
+    count = np.zeros((hi - lo, nq + 1), dtype=np.int64)
+    for t in range(lo, hi):
+        row = label[t]
+        for w in range(n_w):
+            s0 = w * 64
+            for q in range(1, nq + 1):
+                word = np.uint64(0)
+                for s in range(s0, min(s_n, s0 + 64)):
+                    word |= np.uint64(row[s] == q) << np.uint64(s - s0)
+                bits[t - lo, q, w] = word
+                count[t - lo, q] += np.int64(_popcount(word))
+    return bits, count
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -322,64 +418,34 @@ def lag_metrics(
     """Rank autocorrelation ``(L, T)`` and quantile turnover ``(L, T, Q)`` at each lag (dates).
 
     autocorr[l, t]: Pearson correlation of ``rank[t]`` and ``rank[t - lag]`` over symbols ranked
-    on both dates. turnover[l, t, q]: share of date t's quantile-q names not in quantile q at
-    ``t - lag``; NaN when either date has no quantile-q names. Only dates ``[t0, t1)`` are
-    computed (the rest stay NaN)."""
+    on both dates (exact sums, :func:`_rank_sums`; one rounding each for the centred sums).
+    turnover[l, t, q]: share of date t's quantile-q names not in quantile q at ``t - lag``
+    (counted on bit sets, :func:`_label_bits`); NaN when either date has no quantile-q names.
+    Only dates ``[t0, t1)`` are computed (the rest stay NaN)."""
     t_n, s_n = rank.shape
     l_n = lags.shape[0]
     ac = np.full((l_n, t_n), _NAN)
     to = np.full((l_n, t_n, nq), _NAN)
-    a = np.empty(s_n, dtype=np.float64)
-    b = np.empty(s_n, dtype=np.float64)
-    # counts by label 0..Q (0 = not in a quantile; ignored): no branch per symbol
-    now = np.zeros(nq + 1, dtype=np.int64)
-    before = np.zeros(nq + 1, dtype=np.int64)
-    new = np.zeros(nq + 1, dtype=np.int64)
-    span = t1 - t0
-    for k in range(l_n * span):
-        li = k // span
-        t = t0 + k % span
+    if l_n == 0 or t1 <= t0:
+        return ac, to
+    lo = max(0, t0 - lags.max())
+    bits, count = _label_bits(label, nq, lo, t1)
+    for li in range(l_n):
         p = lags[li]
-        if t < p:
-            continue
-        n = 0
-        ma = 0.0
-        mb = 0.0
-        now[:] = 0
-        before[:] = 0
-        new[:] = 0
-        for s in range(s_n):
-            x = rank[t, s]
-            y = rank[t - p, s]
-            if x == x and y == y:
-                a[n] = x
-                b[n] = y
-                ma += x
-                mb += y
-                n += 1
-            q1 = label[t, s]
-            q0 = label[t - p, s]
-            before[q0] += 1
-            now[q1] += 1
-            new[q1] += q0 != q1
-        if n >= 2:
-            # _pearson's sums, the means accumulated during the gather (same order)
-            ma /= n
-            mb /= n
-            sab = 0.0
-            saa = 0.0
-            sbb = 0.0
-            for i in range(n):
-                da = a[i] - ma
-                db = b[i] - mb
-                sab += da * db
-                saa += da * da
-                sbb += db * db
-            if saa > 0.0 and sbb > 0.0:
-                ac[li, t] = sab / math.sqrt(saa * sbb)
-        for q in range(nq):
-            if now[q + 1] > 0 and before[q + 1] > 0:
-                to[li, t, q] = new[q + 1] / now[q + 1]
+        for t in range(max(t0, p), t1):
+            n, sx, sy, sxx, syy, sxy = _rank_sums(rank[t], rank[t - p])
+            if n >= 2.0:
+                vx = n * sxx - sx * sx
+                vy = n * syy - sy * sy
+                if vx > 0.0 and vy > 0.0:
+                    ac[li, t] = (n * sxy - sx * sy) / math.sqrt(vx * vy)
+            for q in range(1, nq + 1):
+                now = count[t - lo, q]
+                if now > 0 and count[t - p - lo, q] > 0:
+                    same = np.int64(0)
+                    for w in range(bits.shape[2]):
+                        same += np.int64(_popcount(bits[t - lo, q, w] & bits[t - p - lo, q, w]))
+                    to[li, t, q - 1] = (now - same) / now
     return ac, to
 
 
@@ -388,11 +454,41 @@ def sample_mask(fwd: np.ndarray) -> np.ndarray:
     return np.all(np.isfinite(fwd), axis=0)  # type: ignore[no-any-return]
 
 
-def sample_and_sort(f: np.ndarray, rmask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(fm, sorted keys, bits)`` of a factor ``(T, N)``: :func:`sample_keys`, then every date
-    sorted by one batched ``np.sort`` (NumPy's SIMD sort: several times faster than an argsort
-    per date)."""
-    bits = max(1, int(f.shape[1] - 1).bit_length())
-    fm, keys = sample_keys(f, rmask, bits)
-    keys.sort(axis=1)
-    return fm, keys, bits
+class DateBlock:
+    """One block of dates of an evaluator, run by one thread.
+
+    Holds what every factor shares on these dates: the forward returns ``fwd`` ``(H, T_b, N)``,
+    their sample mask and :func:`return_counts`; the return side of the last sample seen
+    (:func:`sample_returns`, reused while factors share their sample: pass factors with the same
+    missing bars one after the other); and the ``(T_b, N)`` buffers every factor's sort reuses.
+    Calls are serialised by a lock (one factor at a time per block).
+    """
+
+    def __init__(self, a: int, b: int, fwd: np.ndarray) -> None:
+        self.a, self.b = a, b
+        self.fwd = np.ascontiguousarray(fwd)
+        self.rmask = sample_mask(self.fwd)
+        self.below, self.equal = return_counts(self.fwd, presort(self.fwd), self.rmask)
+        shape = self.rmask.shape
+        self.bits = max(1, int(shape[1] - 1).bit_length())
+        self.fm = np.empty(shape, dtype=np.float64)
+        self.keys = np.empty(shape, dtype=np.float64)
+        self.smask = np.empty(shape, dtype=np.bool_)
+        self.sample: np.ndarray | None = None
+        self.returns: tuple[np.ndarray, ...] = ()
+        self.lock = threading.Lock()
+
+    def metrics(self, f: np.ndarray, qfrac: np.ndarray, drop: bool, rank: np.ndarray,
+                label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ic, rank_ic, qret)`` of the factor's block ``f`` ``(T_b, N)``; fills ``rank`` and
+        ``label`` (see :func:`factor_metrics`)."""
+        with self.lock:
+            sample_keys(f, self.rmask, self.bits, self.fm, self.keys, self.smask)
+            self.keys.sort(axis=1)
+            if self.sample is None or not np.array_equal(self.sample, self.smask):
+                self.sample = self.smask.copy()
+                self.returns = sample_returns(self.fwd, self.rmask, self.sample, self.below,
+                                              self.equal)
+            dv, y2, svv, syy = self.returns
+            return factor_metrics(self.fm, self.keys, self.bits, dv, y2, svv, syy,  # type: ignore[no-any-return]
+                                  qfrac, drop, rank, label)

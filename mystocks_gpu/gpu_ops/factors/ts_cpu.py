@@ -1,8 +1,9 @@
 """CPU (numba) time-series kernels, O(1) per bar: Ref, Delta, Sum, Mean, Std, Var, Corr, Cov, EMA.
 
 Layout: every array is ``(n_symbols, n_dates)`` float64, C-contiguous (one row per symbol, so a
-symbol's history is contiguous); kernels are serial and release the GIL; the
-engine runs them on blocks of symbols in threads (``threads.run_blocks``). Twin of ``ts_xp`` (same
+symbol's history is contiguous); each kernel fills its last argument ``out`` (the shape of ``x``)
+and returns it; kernels are serial and release the GIL; the engine runs them on blocks of symbols
+in threads (``threads.run_blocks``), each block writing its rows of one output. Twin of ``ts_xp`` (same
 results to rounding; the tests compare the two and both against pandas).
 
 Window semantics (``w`` bars): the output at bar ``t`` is NaN unless ``t >= w - 1`` and every
@@ -23,10 +24,9 @@ _NAN = np.nan
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ts_ref(x: np.ndarray, d: int) -> np.ndarray:
+def ts_ref(x: np.ndarray, d: int, out: np.ndarray) -> np.ndarray:
     """``x`` shifted ``d`` bars later (NaN for the first ``d`` bars)."""
     s_n, t_n = x.shape
-    out = np.empty_like(x)
     for s in range(s_n):
         for t in range(t_n):
             out[s, t] = x[s, t - d] if t >= d else _NAN
@@ -34,10 +34,9 @@ def ts_ref(x: np.ndarray, d: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ts_delta(x: np.ndarray, d: int) -> np.ndarray:
+def ts_delta(x: np.ndarray, d: int, out: np.ndarray) -> np.ndarray:
     """``x[t] - x[t - d]``."""
     s_n, t_n = x.shape
-    out = np.empty_like(x)
     for s in range(s_n):
         for t in range(t_n):
             out[s, t] = x[s, t] - x[s, t - d] if t >= d else _NAN
@@ -45,7 +44,7 @@ def ts_delta(x: np.ndarray, d: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ts_sum(x: np.ndarray, w: int, mean: bool) -> np.ndarray:
+def ts_sum(x: np.ndarray, w: int, mean: bool, out: np.ndarray) -> np.ndarray:
     """Rolling sum (``mean=False``) or mean (``mean=True``) over ``w`` bars, ``(n_symbols,
     n_dates)`` -> same shape.
 
@@ -59,7 +58,6 @@ def ts_sum(x: np.ndarray, w: int, mean: bool) -> np.ndarray:
     different rounding of the sums breaks those ties and changes rank metrics by ~1e-3.
     """
     s_n, t_n = x.shape
-    out = np.empty_like(x)
     for s in range(s_n):
         acc = 0.0
         comp_add = 0.0
@@ -113,10 +111,9 @@ def ts_sum(x: np.ndarray, w: int, mean: bool) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ts_var(x: np.ndarray, w: int, std: bool) -> np.ndarray:
+def ts_var(x: np.ndarray, w: int, std: bool, out: np.ndarray) -> np.ndarray:
     """Rolling variance (ddof=1), or its square root with ``std=True``."""
     s_n, t_n = x.shape
-    out = np.empty_like(x)
     for s in range(s_n):
         n = 0
         mean = 0.0
@@ -156,13 +153,12 @@ def ts_var(x: np.ndarray, w: int, std: bool) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ts_cov(x: np.ndarray, y: np.ndarray, w: int, corr: bool) -> np.ndarray:
+def ts_cov(x: np.ndarray, y: np.ndarray, w: int, corr: bool, out: np.ndarray) -> np.ndarray:
     """Rolling covariance (ddof=1) or Pearson correlation of ``x`` and ``y`` over ``w`` bars.
 
     A bar counts when both are finite. Correlation is NaN when either side is constant over the
     window (zero variance)."""
     s_n, t_n = x.shape
-    out = np.empty_like(x)
     for s in range(s_n):
         n = 0
         mx = 0.0
@@ -224,14 +220,13 @@ def ts_cov(x: np.ndarray, y: np.ndarray, w: int, corr: bool) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ts_ema(x: np.ndarray, span: int) -> np.ndarray:
+def ts_ema(x: np.ndarray, span: int, out: np.ndarray) -> np.ndarray:
     """``ewm(span, adjust=False, ignore_na=False, min_periods=span).mean()`` per symbol.
 
     alpha = 2 / (span + 1). A missing bar outputs the previous average (once ``span`` bars have
     been observed) and decays the old weight: after ``[x0, NaN, x2]`` the average is
     ``((1-a)^2 x0 + a x2) / ((1-a)^2 + a)`` (pandas' documented absolute-position weights)."""
     s_n, t_n = x.shape
-    out = np.empty_like(x)
     alpha = 2.0 / (span + 1.0)
     fac = 1.0 - alpha
     for s in range(s_n):

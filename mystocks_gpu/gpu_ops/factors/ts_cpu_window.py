@@ -2,8 +2,8 @@
 scan it (O(w) per bar); Min, Max, IdxMax, IdxMin keep a monotonic deque (O(1) amortised,
 :func:`ts_extreme`); Quantile keeps the window sorted (O(w) per bar, fewer moves on average).
 
-Same layout and window semantics as ``ts_cpu``: ``(n_symbols, n_dates)`` float64, NaN output
-unless the ``w`` bars ending at ``t`` are all finite. Twin of ``ts_xp``.
+Same layout, ``out`` argument and window semantics as ``ts_cpu``: ``(n_symbols, n_dates)``
+float64, NaN output unless the ``w`` bars ending at ``t`` are all finite. Twin of ``ts_xp``.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _scan(xs: np.ndarray, t0: int, w: int, code: int) -> float:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ts_extreme(x: np.ndarray, w: int, code: int) -> np.ndarray:
+def ts_extreme(x: np.ndarray, w: int, code: int, out: np.ndarray) -> np.ndarray:
     """Min / Max / IdxMin / IdxMax (``code``) over ``w`` bars, ``(n_symbols, n_dates)`` -> same
     shape, O(1) amortised per bar (a monotonic deque of window positions).
 
@@ -124,7 +124,6 @@ def ts_extreme(x: np.ndarray, w: int, code: int) -> np.ndarray:
     position of the first extreme (1 = oldest), as :func:`_scan`. A non-finite bar empties the
     deque (every window holding it is NaN)."""
     s_n, t_n = x.shape
-    out = np.empty_like(x)
     dq = np.empty(t_n, dtype=np.int64)
     want_max = code == MAX or code == IDXMAX
     want_pos = code == IDXMAX or code == IDXMIN
@@ -160,7 +159,7 @@ def ts_extreme(x: np.ndarray, w: int, code: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ts_scan(x: np.ndarray, w: int, code: int) -> np.ndarray:
+def ts_scan(x: np.ndarray, w: int, code: int, out: np.ndarray) -> np.ndarray:
     """Rolling statistic ``code`` (see :data:`SCAN_CODES`) over ``w`` bars.
 
     IdxMax/IdxMin: 1-based position of the first extreme, 1 = oldest bar of the window.
@@ -169,7 +168,6 @@ def ts_scan(x: np.ndarray, w: int, code: int) -> np.ndarray:
     residual; Rsquare NaN for a constant window). Skew/Kurt: pandas' bias-corrected sample
     skewness and excess kurtosis (NaN for a constant window)."""
     s_n, t_n = x.shape
-    out = np.empty_like(x)
     for s in range(s_n):
         row = x[s]
         bad = _bad_prefix(row)
@@ -215,11 +213,10 @@ def _sorted_replace(buf: np.ndarray, n: int, old: float, new: float) -> None:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ts_quantile(x: np.ndarray, w: int, q: float) -> np.ndarray:
+def ts_quantile(x: np.ndarray, w: int, q: float, out: np.ndarray) -> np.ndarray:
     """Rolling quantile ``q`` with pandas' linear interpolation: ``idx = q (w - 1)``,
     ``lo + (hi - lo) (idx - floor(idx))`` over the sorted window."""
     s_n, t_n = x.shape
-    out = np.empty_like(x)
     for s in range(s_n):
         row = x[s]
         buf = np.empty(w + 1, dtype=np.float64)

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from mystocks_gpu.gpu_ops.factors import EngineConfig, EvalConfig, Evaluator, Panel, run_factors
-from mystocks_gpu.gpu_ops.factors.evaluate import MetricsXp, forward_returns
+from mystocks_gpu.gpu_ops.factors.evaluate import MetricsCpu, MetricsXp, forward_returns
 from tests.unit.factors.conftest_data import random_fields
 
 al = pytest.importorskip("alphalens")
@@ -121,6 +121,32 @@ def test_gpu_code_path_matches_cpu(data: dict[str, np.ndarray], ours) -> None:  
     for a, b in [(gx.ic, ours.ic), (gx.rank_ic, ours.rank_ic), (gx.quantile_returns,
                  ours.quantile_returns), (gx.turnover, ours.turnover), (gx.autocorr, ours.autocorr)]:
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, equal_nan=True)
+
+
+def test_factors_sharing_a_sample_match_the_array_program(data: dict[str, np.ndarray]) -> None:
+    """Factors with the same missing bars share the return side of their sample (CPU): in any
+    order, and mixed with other samples, each factor's metrics equal those of the array program
+    (``MetricsXp`` with NumPy, which ranks every factor's sample from scratch)."""
+    rng = np.random.default_rng(12345)
+    f = data["f"]
+    miss = ~np.isfinite(f)
+    g = rng.normal(size=(T, N))
+    g[miss] = np.nan  # same sample as f
+    g[30] = np.round(g[30])  # ties within the shared sample
+    h = rng.normal(size=(T, N))
+    h[rng.random((T, N)) < 0.2] = np.nan  # a sample of its own
+    k = f * 2.0 + 1.0  # same sample and ranks as f, other values
+    values = {"f": f, "h": h, "g": g, "empty": np.full((T, N), np.nan), "k": k}
+    cfg = EvalConfig(horizons=HORIZONS)
+    ours = Evaluator(data["close"], cfg, impl=MetricsCpu(threads=2)).evaluate(values, keep_ranks=True)
+    ref = Evaluator(data["close"], cfg, impl=MetricsXp(np)).evaluate(values, keep_ranks=True)
+    assert ours.names == list(values) and ours.status == ref.status
+    pd.testing.assert_frame_equal(ours.summary, ref.summary, rtol=1e-10)
+    for a, b in [(ours.ic, ref.ic), (ours.rank_ic, ref.rank_ic), (ours.quantile_returns,
+                 ref.quantile_returns), (ours.turnover, ref.turnover),
+                 (ours.autocorr, ref.autocorr), (ours.ranks, ref.ranks)]:
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, equal_nan=True)
+    np.testing.assert_array_equal(ours.rank_ic[3], np.nan)
 
 
 def test_unbinnable_dates_setting_and_all_nan_factor(data: dict[str, np.ndarray]) -> None:
