@@ -255,7 +255,7 @@ def mine(
                 break
             if kept_ranks:
                 corr = rank_correlation(c.ranks[None], np.stack(kept_ranks))[0]
-                if np.nanmax(np.abs(corr)) >= cfg.max_corr:
+                if np.any(np.abs(corr) >= cfg.max_corr):  # an undefined (NaN) correlation never rejects
                     continue
             kept.append(c)
             kept_ranks.append(c.ranks)
