@@ -190,7 +190,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
         if seen < 2000:
             raise RuntimeError(f"warm-up: only {seen} of 2000 feature vectors came back")
         load_start = time.time_ns()
-        pcfg = {"topic": topic, "rate": rate, "seconds": seconds, "symbols": args.symbols}
+        pcfg = {"topic": topic, "rate": rate, "seconds": seconds, "symbols": args.symbols, "probe_ts": load_start - 1}
         producer = subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "producer",
                                      "--_cfg", json.dumps(pcfg)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))

@@ -414,6 +414,15 @@ def producer_role(cfg: dict[str, Any]) -> None:
     enc = BatchEncoder(TICK)
     enc.encode({k: v[:10] for k, v in cols.items()}, names)
     prod = make_producer(s.kafka, **{"linger.ms": 1, "socket.nagle.disable": True})
+    if cfg.get("probe_ts") is not None:
+        # connect, fetch metadata and the idempotent producer id before the clock starts: one tick stamped
+        # just before the load window (the measuring consumer skips it), flushed; otherwise the first
+        # ticks of the window wait in this producer for its connection and count as pipeline latency
+        probe = {k: v[:1] for k, v in cols.items()}
+        probe["ts"] = np.full(1, int(cfg["probe_ts"]), np.int64)
+        prod.produce(cfg["topic"], enc.encode(probe, names)[0], keys[0], timestamp=int(cfg["probe_ts"]) // 1_000_000)
+        if prod.flush(30) != 0:
+            raise SystemExit("the latency producer could not deliver its probe tick")
     produce, i = prod.produce, 0
     t0 = time.perf_counter()
     while i < n:

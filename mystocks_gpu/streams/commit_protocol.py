@@ -11,8 +11,10 @@ Abort (any abortable Kafka error, and any exception while a transaction is open)
     not yet batched) -> seek EVERY assigned partition back to its committed offset -> restore the
     state of every partition touched since the last commit from the in-memory changelog mirror
 
-At-least-once uses the same order with ``flush`` + a synchronous offset commit in place of the
-transaction. The loop, the rebalance callbacks (revoke commits a clean cut unless the protocol has
+At-least-once uses the same order with ``flush`` + an offset commit in place of the transaction:
+asynchronous in the loop (the outputs are already acknowledged, so a commit that has not landed when
+the worker dies only means re-processing, which at-least-once allows; failures are logged by
+:meth:`on_commit_result`), synchronous on revoke and at shutdown (the next owner starts from it). The loop, the rebalance callbacks (revoke commits a clean cut unless the protocol has
 failed; lost partitions abort) and shutdown all go through this class; nothing else produces,
 commits, seeks or touches partition state.
 
@@ -271,9 +273,10 @@ class CommitProtocol:
                 entries[key] = value
         return written
 
-    def commit(self) -> bool:
+    def commit(self, sync: bool = False) -> bool:
         """Commit everything handled since the last commit; on an abortable error abort and rewind.
-        Returns True when committed (or nothing to do), False when it aborted."""
+        Returns True when committed (or nothing to do), False when it aborted. ``sync``: at-least-once
+        waits for the offset commit (revoke, shutdown); otherwise it is sent and the loop goes on."""
         if not self.pending_offsets and not self.in_txn and not self.dirty:
             return True
         t0 = self.clock.monotonic()
@@ -295,7 +298,7 @@ class CommitProtocol:
                 if remaining:
                     raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{remaining} output record(s) not acknowledged"))
                 if offsets:
-                    self._retry(lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
+                    self._retry(lambda: self.consumer.commit(offsets=offsets, asynchronous=not sync))
         except KafkaException as exc:
             self.recover(exc.args[0], "commit")
             return False
@@ -445,8 +448,18 @@ class CommitProtocol:
             self._drop(revoked)
             return
         if self.in_txn or self.pending_offsets or self.dirty:
-            self.commit()
+            self.commit(sync=True)
         self._drop(revoked)
+
+    def on_commit_result(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The consumer's ``on_commit`` callback: an asynchronous offset commit that failed is logged
+        (the next commit carries newer offsets; a crash before then re-processes, at least once)."""
+        failed = [tp for tp in partitions if tp.error is not None]
+        if err is not None or failed:
+            self.metrics.commit_failures.inc()
+            log.warning("offset commit failed", extra={"fields": {
+                "error": err.str() if err is not None else failed[0].error.str(),
+                "partitions": sorted(tp.partition for tp in partitions)}})
 
     def on_lost(self, partitions: Iterable[int]) -> None:
         """Partitions lost (session timeout): nothing of them may be committed; abort and forget."""

@@ -117,6 +117,8 @@ class RuntimeMetrics:
         self.records_out = Counter("mystocks_stream_records_out", "records produced (outputs)", lbl, registry=r).labels(processor)
         self.dlq = Counter("mystocks_stream_dlq_records", "records sent to the DLQ", lbl, registry=r).labels(processor)
         self.aborts = Counter("mystocks_stream_transaction_aborts", "aborted transactions", lbl, registry=r).labels(processor)
+        self.commit_failures = Counter("mystocks_stream_offset_commit_failures", "asynchronous offset commits "
+                                       "(at-least-once) that failed", lbl, registry=r).labels(processor)
         self.rebalances = Counter("mystocks_stream_rebalances", "partition assignments and revocations", lbl, registry=r).labels(processor)
         self.idle_flushes = Counter("mystocks_stream_idle_flushes", "partitions flushed (open state emitted) "
                                     "after idling or on a graceful stop", lbl, registry=r).labels(processor)

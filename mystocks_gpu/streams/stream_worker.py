@@ -187,6 +187,8 @@ class StreamWorker:
         # worker uses the id. Our own stale member (a session that expired in a broker outage, rejoined
         # under a new member id) carries our nonce and is not mistaken for a zombie.
         self._client_id = f"{self.transactional_id}{CLIENT_NONCE_SEP}{uuid.uuid4().hex[:12]}"
+        if not self.rt.exactly_once:
+            extra["on_commit"] = self._on_commit_result  # asynchronous offset commits report here
         self.consumer = make_consumer(self.kafka, self.group, route_logs=False,
                                       **{"log_level": 3, "client.id": self._client_id, **extra})
         # the protocol checks each record against its topic's own limit; the client-side cap is above all
@@ -217,6 +219,10 @@ class StreamWorker:
             self.side.open()
         self.protocol.fault = FaultPlan.parse(self.rt.fault_injection).hook()
         self.protocol.replace_producer = self._replace_fenced_producer
+
+    def _on_commit_result(self, err: Any, partitions: list[TopicPartition]) -> None:
+        if self.protocol is not None:
+            self.protocol.on_commit_result(err, partitions)
 
     def _await_membership(self) -> None:
         from mystocks_gpu.topics.admin import make_admin
@@ -370,7 +376,7 @@ class StreamWorker:
             if self.rt.flush_on_stop and not protocol.failed:
                 for partition in sorted(self.states.states if self.states else ()):
                     self._flush(partition)
-            self._commit()
+            self._commit(sync=True)
         except BaseException as exc:
             protocol.fail(exc)
             raise
@@ -552,11 +558,11 @@ class StreamWorker:
                 self.metrics.stages.observe("deliver", self.clock.monotonic() - t_prod, n)
         return done
 
-    def _commit(self) -> bool:
-        """Commit through the protocol; on success the batches waiting for it become visible
-        (exactly-once: stage ``commit``)."""
+    def _commit(self, sync: bool = False) -> bool:
+        """Commit through the protocol (``sync``: see :meth:`CommitProtocol.commit`); on success the
+        batches waiting for it become visible (exactly-once: stage ``commit``)."""
         assert self.protocol is not None
-        ok = self.protocol.commit()
+        ok = self.protocol.commit(sync)
         if ok and self._awaiting:
             now = self.clock.monotonic()
             for n, t_end in self._awaiting:

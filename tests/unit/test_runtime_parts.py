@@ -271,3 +271,23 @@ def test_worker_waits_to_be_listed_in_its_group_before_taking_its_transactional_
     assert clock.monotonic() == pytest.approx(1000.1)  # listed on the third description
     assert not await_membership(lambda: _group("STABLE", "g.x.a.w~old"), me, clock, timeout_s=1.0)
     assert clock.monotonic() == pytest.approx(1001.1)
+
+
+def test_failed_asynchronous_offset_commit_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """At-least-once commits offsets asynchronously; a failure reported to on_commit is not lost."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError, TopicPartition
+
+    from mystocks_gpu.streams.commit_protocol import CommitProtocol
+    from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
+
+    metrics = RuntimeMetrics("unit")
+    fake = SimpleNamespace(metrics=metrics)
+    ok = [TopicPartition("t", 0, 5), TopicPartition("t", 1, 7)]
+    CommitProtocol.on_commit_result(fake, None, ok)  # type: ignore[arg-type]
+    assert metrics.registry.get_sample_value("mystocks_stream_offset_commit_failures_total", {"processor": "unit"}) == 0
+    with caplog.at_level("WARNING"):
+        CommitProtocol.on_commit_result(fake, KafkaError(KafkaError.REBALANCE_IN_PROGRESS), ok)  # type: ignore[arg-type]
+    assert metrics.registry.get_sample_value("mystocks_stream_offset_commit_failures_total", {"processor": "unit"}) == 1
+    assert "offset commit failed" in caplog.text
