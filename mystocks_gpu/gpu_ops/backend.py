@@ -8,6 +8,7 @@ Every operator in ``gpu_ops`` has a GPU implementation (CuPy kernels) and a CPU 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from functools import lru_cache
 from types import ModuleType
@@ -71,3 +72,9 @@ def to_host(a: Any) -> np.ndarray:
     if isinstance(a, np.ndarray):
         return a
     return a.get()
+
+
+def xp_errstate(xp_mod: Any, **kwargs: Any) -> contextlib.AbstractContextManager[Any]:
+    """``numpy.errstate(**kwargs)`` when ``xp_mod`` is NumPy; a no-op context on CuPy (which does
+    not warn on floating-point errors), so array programs written once for both can silence them."""
+    return np.errstate(**kwargs) if xp_mod is np else contextlib.nullcontext()

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mystocks_gpu.gpu_ops.backend import xp_errstate
 from mystocks_gpu.gpu_ops.portfolio import solve_status as S
 from mystocks_gpu.gpu_ops.portfolio.config import SolverConfig
 from mystocks_gpu.gpu_ops.portfolio.polish import guess_active_set, polish
@@ -261,7 +262,7 @@ def _check(w: _Work, prev: tuple[Array, Array, list[Array]], cfg: SolverConfig, 
         ndy = xp.maximum(ndy, _norm(d, xp))
     inv = 1.0 / xp.maximum(ndy, 1e-300)
     atdy = dyb.copy()
-    with _errstate(xp):
+    with xp_errstate(xp, invalid="ignore", over="ignore"):
         supp = _support(dyb, q.lb, q.ub, xp)
         if m:
             atdy = atdy + xp.einsum("bmn,bm->bn", q.A, dyA)
@@ -368,23 +369,6 @@ def _support(dy: Array, lo: Array, hi: Array, xp: Any) -> Array:
     pos = xp.where(dy > 0, hi * xp.where(dy > 0, dy, 0.0), 0.0)
     neg = xp.where(dy < 0, lo * xp.where(dy < 0, dy, 0.0), 0.0)
     return xp.sum(pos + neg, axis=1)
-
-
-class _errstate:
-    """``numpy.errstate(invalid='ignore', over='ignore')`` on NumPy; nothing on CuPy."""
-
-    def __init__(self, xp: Any) -> None:
-        import numpy as np
-
-        self._cm = np.errstate(invalid="ignore", over="ignore") if xp is np else None
-
-    def __enter__(self) -> None:
-        if self._cm is not None:
-            self._cm.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(*exc)
 
 
 def _adapt_rho(w: _Work, cfg: SolverConfig, ops: Any, it: int) -> None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mystocks_gpu.gpu_ops.backend import xp_errstate
+
 Array = Any
 Z_START = 0.1  # initial multipliers (scaled problem: multipliers are O(0.01..1))
 S_MIN = 1e-2  # smallest initial slack
@@ -152,7 +154,7 @@ def _factor(M: Array, ops: Any) -> tuple[Array, Array]:
 
 def _max_step(s: Array, z: Array, ds: Array, dz: Array, xp: Any) -> Array:
     """Largest ``a <= 1`` per problem with ``s + a ds >= 0`` and ``z + a dz >= 0``."""
-    with _ignore(xp):
+    with xp_errstate(xp, divide="ignore", invalid="ignore"):
         a_s = xp.where(ds < 0, -s / ds, xp.inf)
         a_z = xp.where(dz < 0, -z / dz, xp.inf)
     return xp.minimum(1.0, xp.minimum(xp.min(a_s, axis=1), xp.min(a_z, axis=1)))
@@ -258,20 +260,3 @@ def solve_restricted_qp(H: Array, f: Array, lb: Array, ub: Array, c: Array, mb: 
         z = fm * (z + xp.where(act, a * dz, 0.0))
     return {"x": x, "t": t, "y": y, "s": s, "z": z, "mask": mask, "k": k, "m": m,
             "is_eq": is_eq, "ok": done & ~failed, "iters": iters}
-
-
-class _ignore:
-    """``numpy.errstate(divide='ignore', invalid='ignore')`` on NumPy; nothing on CuPy."""
-
-    def __init__(self, xp: Any) -> None:
-        import numpy as np
-
-        self._cm = np.errstate(divide="ignore", invalid="ignore") if xp is np else None
-
-    def __enter__(self) -> None:
-        if self._cm is not None:
-            self._cm.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(*exc)
