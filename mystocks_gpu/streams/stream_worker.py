@@ -34,6 +34,7 @@ import gc
 import logging
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,7 +209,7 @@ class StreamWorker:
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         if self.rt.exactly_once:
-            self._await_membership()
+            await_membership(self._group_describer(), self._client_id, self.clock)
         self.producer = self._make_producer()
         self.protocol = CommitProtocol(
             producer=self.producer, consumer=self.consumer, topic=self.topic, processor=self.processor,
@@ -224,12 +225,12 @@ class StreamWorker:
         if self.protocol is not None:
             self.protocol.on_commit_result(err, partitions)
 
-    def _await_membership(self) -> None:
+    def _group_describer(self) -> Callable[[], Any]:
+        """A call returning this worker's ``ConsumerGroupDescription`` (one admin client per use)."""
         from mystocks_gpu.topics.admin import make_admin
 
         admin = make_admin(self.kafka)
-        await_membership(lambda: admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(15),
-                         self._client_id, self.clock)
+        return lambda: admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(15)
 
     def _make_producer(self) -> Any:
         producer = make_producer(self.kafka, route_logs=False, **{"log_level": 3, **self._pconf})
@@ -245,7 +246,7 @@ class StreamWorker:
         if self._recoveries >= self.rt.max_producer_recoveries:
             log.error("producer fenced again; not re-initialising", extra={"fields": {"recoveries": self._recoveries}})
             return None
-        twins = self._twins_once_settled()
+        twins = twins_once_settled(self._group_describer(), self.transactional_id, self._client_id, self.clock)
         if twins is None:
             log.error("fenced, and the group cannot be described: stopping")
             return None
@@ -256,18 +257,6 @@ class StreamWorker:
         self._recoveries += 1
         self.producer = self._make_producer()
         return self.producer
-
-    def _twins_once_settled(self) -> list[Any] | None:
-        """Members of our group that are another process with our transactional id (see
-        :func:`twins_once_settled`), or ``None`` when the group could not be described."""
-        from mystocks_gpu.topics.admin import make_admin
-
-        admin = make_admin(self.kafka)
-
-        def describe() -> Any:
-            return admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(15)
-
-        return twins_once_settled(describe, self.transactional_id, self._client_id, self.clock)
 
     # ---- rebalance callbacks (all state changes go through the protocol) --------------------
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
