@@ -70,7 +70,7 @@ class NumericColumnsDecoder:
             from mystocks_gpu.schemas.batch_codec import BatchDecoder
 
             self.columns = list(BAR_COLUMNS)
-            self._bar = BatchDecoder(BAR_SCHEMA, store, symbols=symbols)
+            self._flat = BatchDecoder(BAR_SCHEMA, store, symbols=symbols)
         elif schema == FEATURE_SCHEMA:
             from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
 
@@ -80,11 +80,11 @@ class NumericColumnsDecoder:
             from mystocks_gpu.schemas.batch_codec import BatchDecoder
 
             try:
-                self._bar = BatchDecoder(schema, store, symbols=symbols)
+                self._flat = BatchDecoder(schema, store, symbols=symbols)
             except (SchemaError, KeyError) as exc:
                 raise SchemaError(f"cannot read {schema} records as numeric columns ({exc}); the topic must "
                                   f"carry {', '.join(sorted(NUMERIC_SCHEMAS))} or a flat record") from None
-            kinds = {p.name: p.kind for p in self._bar.plans}
+            kinds = {p.name: p.kind for p in self._flat.plans}
             if kinds.get("symbol") != "string" or kinds.get("ts_event") != "long":
                 raise SchemaError(f"cannot read {schema} records as numeric columns: they need a string "
                                   "'symbol' and a long 'ts_event'")
@@ -95,7 +95,7 @@ class NumericColumnsDecoder:
     def decode(self, values: Sequence[bytes | None]) -> NumericColumns:
         """Decode one batch (a list, or the replay's ``RecordValues``)."""
         if self.schema != FEATURE_SCHEMA:
-            d = self._bar.decode(values)  # type: ignore[arg-type]  # read-only sequence of bytes
+            d = self._flat.decode(values)  # type: ignore[arg-type]  # read-only sequence of bytes
             c = d.columns
             cols = {k: np.asarray(c[k], np.float64) for k in self.columns}
             present = np.full(len(self.columns), len(c["ts_event"]) > 0)
