@@ -16,7 +16,8 @@ Correctness: max |total_return(ours) - total_return(vectorbt)| over all cells, a
 cells whose closed-trade counts differ (expected 0: the crossover definitions agree except on
 exact SMA ties).
 
-Wall-clock ratios are sensitive to other load on the machine: the JSON also records the 1-minute
+Each engine is timed ``--repeat`` times (default 3) and its best run kept. Wall-clock ratios are
+sensitive to other load on the machine: the JSON also records the 1-minute
 load average around the runs and ``cpu_time_s``, the process CPU seconds of each timed run (ours
 is multi-threaded, vectorbt is not, so a CPU-time ratio understates our wall-clock advantage).
 
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         help="only time ours (e.g. where vectorbt is missing)",
     )
     ap.add_argument(
-        "--repeat", type=int, default=1, help="timed runs of ours, best kept (default 1)"
+        "--repeat", type=int, default=3,
+        help="timed runs of each engine, best kept (default 3: this machine's timings vary by ~30%%)",
     )
     ap.add_argument("--quick", action="store_true", help="small run: 60 pairs x 40 symbols x 1000 bars")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON here")
@@ -177,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_vectorbt:
         run_vectorbt(small, small_grid)
         gc.collect()
-        vbt_s, vbt_tr, vbt_nt = run_vectorbt(data, grid)
+        vbt_s, vbt_tr, vbt_nt = min(
+            (run_vectorbt(data, grid) for _ in range(max(1, args.repeat))), key=lambda r: r[0]
+        )
         gc.collect()
 
     gpu_ok, gpu_name = gpu_available()
@@ -199,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "symbols": args.symbols,
         "bars": args.bars,
         "cells": cells,
+        "repeat": args.repeat,
         "ours_cpu_s": cpu_s,
         "ours_cpu_cells_per_s": cells / cpu_s,
         "vectorbt_s": vbt_s,

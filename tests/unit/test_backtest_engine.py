@@ -437,3 +437,41 @@ def test_count_valid_equals_the_expanded_grid():
             except BacktestInputError:
                 n = 0
             assert count_valid(name, grid) == n, (name, grid)
+
+
+def test_many_cells_per_symbol_match_the_reference_in_any_cell_order(bars):
+    """More parameter sets per symbol than one parallel work item holds (``GROUP_CELLS``), over
+    several time blocks (``TIME_BLOCK``): stats and best curves equal the reference; the kernel
+    gives every cell the same state whatever the order of ``cell_ids`` (work items then mix
+    symbols and break runs)."""
+    from mystocks_gpu.gpu_ops.backtest.engine import _sim_params, _simulate
+    from mystocks_gpu.gpu_ops.backtest.sim_cpu import GROUP_CELLS, TIME_BLOCK
+    from mystocks_gpu.gpu_ops.backtest.state import init_state
+
+    grid = {"fast": list(range(2, 13)), "slow": list(range(13, 23))}  # 110 pairs
+    assert 11 * 10 > GROUP_CELLS and len(TS) > 2 * TIME_BLOCK
+    spec = BacktestSpec(strategy="ma_cross", params=grid, direction="long_short", fees=0.001, slippage=0.0005)
+    sub = {k: v[:2] for k, v in bars.items()}
+    out = run_backtest(sub, SYMBOLS[:2], TS, spec, backend="cpu")
+    ref, ref_curves = ref_backtest(sub, SYMBOLS[:2], "ma_cross", grid, direction="long_short",
+                                   execution="next_open", fee=0.001, fixed_fee=0.0, slip=0.0005,
+                                   sizing="fraction", size=1.0)
+    _assert_stats_close(out.stats, ref)
+    for c in out.curves:
+        pid = next(i for i, p in enumerate(ref["params"][:110]) if dict(p) == c.params)
+        np.testing.assert_allclose(c.equity, ref_curves[(c.symbol, pid)][0], rtol=1e-12)
+
+    plan = compile_grid("ma_cross", grid)
+    data = {k: np.ascontiguousarray(sub[k]) for k in ("open", "close")}
+    ind = compute_indicators(plan, data, 0, 0, new_carry(np, plan, 2), "cpu")
+    sim = _sim_params(spec, plan)
+    n = 2 * plan.n_par
+    states = []
+    for ids in (np.arange(n), np.random.default_rng(3).permutation(n)):
+        sf, si = init_state(np, n, sim.init_cash)
+        eq, dd = np.zeros((n, len(TS))), np.zeros((n, len(TS)))
+        _simulate(sim, plan, data, ind, 0, ids.astype(np.int64), sf, si, "cpu", eq, dd)
+        back = np.argsort(ids)
+        states.append((sf[:, back], si[:, back], eq[back], dd[back]))
+    for a, b in zip(states[0], states[1], strict=True):
+        np.testing.assert_array_equal(a, b)
