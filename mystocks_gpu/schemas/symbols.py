@@ -89,6 +89,16 @@ def _intern(buf, boff, blen, out, start, arena, arena_len, s_off, s_len, s_hash,
     for i in range(start, boff.size):
         o = boff[i]
         ln = blen[i]
+        if i > start and ln == blen[i - 1]:  # a run of one symbol (a replayed partition): no hashing
+            po = boff[i - 1]
+            same = True
+            for t in range(ln):
+                if buf[po + t] != buf[o + t]:
+                    same = False
+                    break
+            if same:
+                out[i] = out[i - 1]
+                continue
         h = fnv1a(buf, o, ln) & hmask
         j = np.int64(h & mask)
         c = slots[j]

@@ -40,7 +40,8 @@ _ATTR_COMPRESSION, _ATTR_TRANSACTIONAL, _ATTR_CONTROL = 0x07, 0x10, 0x20
 _CONTROL_ABORT = 0
 
 
-def _decompress(codec: int, data: memoryview) -> bytes:
+def _decompress(codec: int, data: memoryview) -> bytes | memoryview:
+    """The records of a compressed batch (bytes, or a view of cramjam's buffer: not copied again)."""
     import cramjam
 
     if codec == 1:
@@ -55,9 +56,9 @@ def _decompress(codec: int, data: memoryview) -> bytes:
             return b"".join(out)
         return bytes(cramjam.snappy.decompress_raw(data))
     if codec == 3:
-        return bytes(cramjam.lz4.decompress(data))
+        return memoryview(cramjam.lz4.decompress(data))
     if codec == 4:
-        return bytes(cramjam.zstd.decompress(data))
+        return memoryview(cramjam.zstd.decompress(data))
     raise RawFetchError(f"record batch with unknown compression codec {codec}")
 
 
@@ -162,10 +163,11 @@ def parse_fetched(fp: FetchedPartition, from_offset: int, isolation: int = READ_
     if not payloads:
         empty = np.empty(0, np.int64)
         return RecordValues(np.empty(0, np.uint8), empty, empty.copy(), np.empty(0, np.bool_)), empty, nxt
-    lens = np.fromiter(map(len, payloads), np.int64, len(payloads))
+    lens = np.fromiter((memoryview(x).nbytes for x in payloads), np.int64, len(payloads))
     seg_end = np.cumsum(lens)
     seg_start = seg_end - lens
-    buf = np.frombuffer(b"".join(payloads) + b"\0", np.uint8)[:-1]
+    payloads.append(b"\0")  # never an empty buffer; one copy of everything
+    buf = np.frombuffer(b"".join(payloads), np.uint8)[:-1]
     n = int(sum(counts))
     offsets, starts, ends = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
     null = np.empty(n, np.bool_)

@@ -149,7 +149,9 @@ def test_streamed_history_equals_run_backtest_on_the_pivot() -> None:
         stats = gs.finish()
         pd.testing.assert_frame_equal(stats, want.stats, check_exact=True)
         cp = CurvePass(gs, best_cells(stats, spec.metric, 4))
-        for m, t in hist.windows(universe, universe, ("open", "high", "low", "close"), 600):
+        assert 0 < cp.rows.size < len(universe)  # the best cells' symbols only, as the job reads them
+        rows = [universe[int(i)] for i in cp.rows]
+        for m, t in hist.windows(rows, universe, ("open", "high", "low", "close"), 600):
             cp.feed(m, t.size)
         eq, _ = cp.result()
     for i, c in enumerate(want.curves):
@@ -174,3 +176,28 @@ def test_engine_budget_is_what_the_process_leaves_of_the_job_budget() -> None:
     with open("/proc/self/status") as f:  # the kernel's own figure, independently
         vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
     assert abs(rss - vm) <= 0.1 * vm
+
+
+@pytest.mark.parametrize("span", [40, 10**9])
+def test_bucket_order_is_a_stable_sort(span: int) -> None:
+    """Counting sort (ids within about 2n) and merge sort (wide ids) both equal NumPy's stable sort."""
+    from mystocks_gpu.processors.backtest.history import _bucket_order
+
+    b = np.random.default_rng(span % 97).integers(-span, span, 500)
+    np.testing.assert_array_equal(_bucket_order(b), np.argsort(b, kind="stable"))
+
+
+def test_time_set_holds_the_distinct_times() -> None:
+    """Distinct bar times across chunks (growing the table several times), including the extreme
+    int64 values, equal np.unique."""
+    from mystocks_gpu.processors.backtest.history import _TimeSet
+
+    rng = np.random.default_rng(4)
+    ts = _TimeSet()
+    seen = []
+    for _ in range(30):
+        chunk = rng.integers(0, 5_000, 700) * DAY
+        chunk[:3] = [np.iinfo(np.int64).min, np.iinfo(np.int64).max, 0]
+        ts.add(chunk)
+        seen.append(chunk)
+    np.testing.assert_array_equal(ts.sorted(), np.unique(np.concatenate(seen)))

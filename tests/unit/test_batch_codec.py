@@ -471,6 +471,12 @@ def test_symbol_table_basics_and_roundtrip() -> None:
     assert t.to_bytes() == before  # nothing was added
     assert t.intern_slices(raw, np.array([0, 2, 0]), np.array([2, 2, 4])).tolist() == [6, 7, 8]
     assert t.symbols[6:] == ("ok", "AB", "okAB")
+    # runs of one symbol, and neighbours of the same length that differ (the run shortcut)
+    names = ["AAPL", "AAPL", "AAPX", "AAPX", "AAPL", "MSFT", "AAPL", "ok", "ok"]
+    raw = np.frombuffer("".join(names).encode(), np.uint8)
+    lens = np.array([len(n) for n in names])
+    codes = t.intern_slices(raw, np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+    assert [t.symbols[c] for c in codes] == names
 
 
 @pytest.mark.parametrize("mask", [0, 1, 0xF, 2**64 - 1])

@@ -130,21 +130,31 @@ class GridStream:
 
 class CurvePass:
     """Equity and drawdown of ``cells`` = (symbol index, param_id) over the same windows fed again
-    (the second pass of a streamed run); ``stride`` keeps one point per ``stride`` bars."""
+    (the second pass of a streamed run); ``stride`` keeps one point per ``stride`` bars.
+
+    Only the cells' symbols are read: :attr:`rows` (sorted indices into the stream's symbols).
+    :meth:`feed` takes windows of every symbol of the stream or of just those rows."""
 
     def __init__(self, stream: GridStream, cells: Sequence[tuple[int, int]], stride: int = 1) -> None:
         self.cells = list(cells)
         self.n_bars = stream.n_bars
-        self.rec = CurveRecorder(stream.plan, stream.spec, self.cells, stream.n_bars, stream.be, stride) \
-            if self.cells else None
-        self.lead = _Lead(stream.keys, len(stream.symbols), stream.plan.lead)
+        self.n_symbols = len(stream.symbols)
+        self.rows = np.array(sorted({int(s) for s, _ in self.cells}), dtype=np.int64)
+        local = {int(s): i for i, s in enumerate(self.rows)}
+        self.rec = CurveRecorder(stream.plan, stream.spec, [(local[int(s)], p) for s, p in self.cells],
+                                 stream.n_bars, stream.be, stride) if self.cells else None
+        self.lead = _Lead(stream.keys, self.rows.size, stream.plan.lead)
         self.pos = 0
 
     def feed(self, window: Mapping[str, np.ndarray], w: int) -> None:
-        """The next ``w`` bars (the same windows, in the same order, as the first pass)."""
+        """The next ``w`` bars (the same windows, in the same order, as the first pass):
+        ``window[key]`` ``(n_symbols, w)`` or ``(len(rows), w)``."""
         if self.rec is None or w == 0:
             self.pos += w
             return
+        k0 = self.lead.keys[0]
+        if np.shape(window[k0])[0] != self.rows.size:
+            window = {k: np.asarray(window[k])[self.rows] for k in self.lead.keys}
         col0 = self.pos - self.lead.width
         arrays = self.lead.extend(window)
         self.rec.feed(arrays, col0, self.pos + w, start=self.pos)

@@ -53,6 +53,122 @@ def _count_first(sym, ts, count, first):  # pragma: no cover - numba
             first[s] = ts[i]
 
 
+@numba.njit(cache=True, nogil=True)
+def _bucket_order(b):  # pragma: no cover - numba
+    """Stable order of rows by bucket id ``b`` (int64 ``(n,)``): a counting sort when the ids span
+    at most about ``2n`` values (a chunk of a replay covers a few buckets), else a merge sort."""
+    n = b.size
+    lo, hi = b.min(), b.max()
+    span = hi - lo + 1
+    if span > 2 * n + 64:
+        return np.argsort(b, kind="mergesort")
+    start = np.zeros(span + 1, np.int64)
+    for i in range(n):
+        start[b[i] - lo + 1] += 1
+    for k in range(span):
+        start[k + 1] += start[k]
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        k = b[i] - lo
+        order[start[k]] = i
+        start[k] += 1
+    return order
+
+
+_EMPTY = np.iinfo(np.int64).min  # a free slot of _TimeSet
+
+
+@numba.njit(cache=True, nogil=True)
+def _set_insert(values, slots, n, shift):  # pragma: no cover - numba
+    """Insert ``values`` into the open-addressing set ``slots`` (size ``2**(64 - shift)``, at most
+    half full after the insertion); returns the new number of members."""
+    mask = np.uint64(slots.size - 1)
+    last = _EMPTY
+    for i in range(values.size):
+        v = values[i]
+        if v == last or v == _EMPTY:  # runs of one bar time are common; _EMPTY is tracked outside
+            continue
+        last = v
+        k = (np.uint64(v) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(shift)  # Fibonacci hashing
+        while True:
+            cur = slots[k]
+            if cur == v:
+                break
+            if cur == _EMPTY:
+                slots[k] = v
+                n += 1
+                break
+            k = (k + np.uint64(1)) & mask
+    return n
+
+
+class _TimeSet:
+    """Distinct bar times (int64 ns) seen by a scan: a hash set, 16-32 bytes per distinct time
+    (it grows with the number of bar times, not with the rows)."""
+
+    def __init__(self) -> None:
+        self.slots = np.full(1024, _EMPTY, np.int64)
+        self.n = 0
+        self.has_empty = False  # the sentinel value itself seen
+        self._sorted: np.ndarray | None = np.empty(0, np.int64)
+
+    def add(self, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        need = 2 * (self.n + values.size)
+        if need > self.slots.size:
+            members = self.slots[self.slots != _EMPTY]
+            self.slots = np.full(1 << int(need - 1).bit_length(), _EMPTY, np.int64)
+            self.n = _set_insert(members, self.slots, 0, self._shift())
+        self.n = _set_insert(np.ascontiguousarray(values, np.int64), self.slots, self.n, self._shift())
+        self.has_empty = self.has_empty or bool(np.any(values == _EMPTY))
+        self._sorted = None
+
+    def _shift(self) -> int:
+        return 64 - (self.slots.size.bit_length() - 1)
+
+    def sorted(self) -> np.ndarray:
+        """The members, ascending."""
+        if self._sorted is None:
+            members = self.slots[self.slots != _EMPTY]
+            if self.has_empty:
+                members = np.append(members, _EMPTY)
+            self._sorted = np.sort(members)
+        return self._sorted
+
+
+@numba.njit(cache=True, nogil=True)
+def _pivot(sym, ts, o, h, lo, c, row_of, times, out, seen):  # pragma: no cover - numba
+    """Scatter rows into ``out`` float64 ``(4, n_rows, w)`` (open, high, low, close; NaN-filled):
+    row ``row_of[sym[i]]`` (skipped when < 0), column the index of ``ts[i]`` in ``times`` (sorted,
+    holding every such ``ts``). A later row of the same cell overwrites the earlier one; ``seen``
+    uint8 ``(n_rows * w,)`` (zeroed) marks cells written. Returns the number of overwrites."""
+    w = times.size
+    dups = 0
+    j = 0
+    for i in range(sym.size):
+        r = row_of[sym[i]]
+        if r < 0:
+            continue
+        t = ts[i]
+        if j + 1 < w and times[j + 1] == t:  # the next bar of a symbol's run
+            j += 1
+        elif times[j] != t:
+            k = np.searchsorted(times, t)
+            if k == w or times[k] != t:  # not a bar time of the universe (a caller's error): skip
+                continue
+            j = k
+        flat = r * w + j
+        if seen[flat]:
+            dups += 1
+        seen[flat] = 1
+        out[0, r, j] = o[i]
+        out[1, r, j] = h[i]
+        out[2, r, j] = lo[i]
+        out[3, r, j] = c[i]
+    return dups
+
+
 def bar_interval_ns(topic: str) -> int:
     """The bar length of ``md.bars.<n><s|m|h|d>[.<dataset>]`` in ns (one day for other names)."""
     m = re.fullmatch(r"md\.bars\.([1-9][0-9]*)([smhd])(\.[A-Za-z0-9_-]+)?", topic)
@@ -78,14 +194,16 @@ class Spill:
         if rows.size == 0:
             return
         b = rows["ts"] // self.bucket_ns
-        if b[0] != b[-1] or (b.size > 2 and np.any(b != b[0])):
-            order = np.argsort(b, kind="stable")
+        if b.size > 1 and np.any(b[1:] < b[:-1]):
+            order = _bucket_order(b)
             rows, b = rows[order], b[order]
         cuts = np.flatnonzero(b[1:] != b[:-1]) + 1
         starts = np.concatenate([[0], cuts])
         stops = np.concatenate([cuts, [b.size]])
-        data = np.ascontiguousarray(rows).tobytes()
-        os.pwrite(self._fd, data, self._size)
+        data = np.ascontiguousarray(rows).view(np.uint8)
+        done = 0
+        while done < data.size:
+            done += os.pwrite(self._fd, memoryview(data[done:].data), self._size + done)
         item = self.dtype.itemsize
         if self._n_seg + starts.size > len(self._seg):
             self._seg = np.concatenate([self._seg, np.empty((max(len(self._seg), starts.size), 3), np.int64)])
@@ -94,7 +212,7 @@ class Spill:
         seg[:, 1] = self._size + starts * item
         seg[:, 2] = stops - starts
         self._n_seg += starts.size
-        self._size += len(data)
+        self._size += data.size
         self.rows += rows.size
 
     def buckets(self) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +232,12 @@ class Spill:
         item = self.dtype.itemsize
         for i in sel:
             n = int(seg[i, 2]) * item
-            view[pos:pos + n] = np.frombuffer(os.pread(self._fd, n, int(seg[i, 1])), np.uint8)
+            got, off = 0, int(seg[i, 1])
+            while got < n:  # straight into ``out`` (a short read continues where it stopped)
+                k = os.preadv(self._fd, [view[pos + got:pos + n].data], off + got)
+                if k <= 0:
+                    raise OSError(f"spill file ended at byte {off + got}, expected {off + n}")
+                got += k
             pos += n
         return out
 
@@ -152,6 +275,7 @@ class BarHistory:
         self.count = np.zeros(0, np.int64)  # bars per symbol code
         self.first = np.zeros(0, np.int64)  # first bar time per symbol code
         self.duplicates = 0
+        self.times = _TimeSet()  # distinct bar times of the rows kept
         self._directory = directory
 
     def __enter__(self) -> BarHistory:
@@ -199,6 +323,10 @@ class BarHistory:
                 hist.stats.out_of_range += int(np.count_nonzero(~in_range))
                 hist.stats.outside_universe += int(np.count_nonzero(in_range & ~member))
                 sel = np.flatnonzero(in_range & member)
+                if sel.size > 1:  # rows in bucket order (Spill.add then writes them as they are)
+                    b = c["ts_event"][sel] // hist.bars.bucket_ns
+                    if np.any(b[1:] < b[:-1]):
+                        sel = sel[_bucket_order(b)]
                 rows = np.empty(sel.size, BAR_ROW)
                 rows["sym"] = c["symbol"][sel]
                 rows["ts"] = c["ts_event"][sel]
@@ -221,7 +349,9 @@ class BarHistory:
             self.count = np.concatenate([self.count, np.zeros(grow, np.int64)])
             self.first = np.concatenate([self.first, np.full(grow, 2**63 - 1, np.int64)])
         if rows.size:
-            _count_first(np.ascontiguousarray(rows["sym"]), np.ascontiguousarray(rows["ts"]), self.count, self.first)
+            ts = np.ascontiguousarray(rows["ts"])
+            _count_first(np.ascontiguousarray(rows["sym"]), ts, self.count, self.first)
+            self.times.add(ts)
 
     def scan_signal(self, kafka: Any, topic: str, column: str, start: int | None, end: int | None,
                     tick: Callable[[int, int], None] | None = None, store: SchemaStore | None = None) -> ScanStats:
@@ -256,11 +386,19 @@ class BarHistory:
         codes = self._codes(universe)
         member = np.zeros(len(self.table), bool)
         member[codes] = True
+        if self._covers_all(member):
+            return int(self.times.sorted().size)
         n = 0
         for lo, hi in self._windows(max_rows):
             rows = self.bars.read(lo, hi)
             n += np.unique(rows["ts"][member[rows["sym"]]]).size
         return n
+
+    def _covers_all(self, member: np.ndarray) -> bool:
+        """Whether ``member`` (bool by symbol code) holds every symbol with a bar kept: then the
+        distinct times of the universe are those of the whole scan (``self.times``)."""
+        count = self.count[:member.size]
+        return not np.any(count[~member[:count.size]] > 0)
 
     def _codes(self, symbols: Sequence[str]) -> np.ndarray:
         """Codes of symbols seen by the scan (KeyError for others)."""
@@ -289,27 +427,24 @@ class BarHistory:
         n_all = len(self.table)
         in_universe = np.zeros(n_all, bool)
         in_universe[self._codes(universe)] = True
+        all_times = self.times.sorted() if self._covers_all(in_universe) else None
         row_of = np.full(n_all, -1, np.int64)
         row_of[self._codes(symbols)] = np.arange(len(symbols))
         carry = np.full(len(symbols), np.nan)
         sig_done = -(2**63)
         for lo, hi in self._windows(max_rows):
             rows = self.bars.read(lo, hi)
-            rows = rows[in_universe[rows["sym"]]]
-            ts = np.unique(rows["ts"])
-            rows = rows[row_of[rows["sym"]] >= 0]
-            w = ts.size
-            col = np.searchsorted(ts, rows["ts"])
-            flat = row_of[rows["sym"]] * w + col
-            last = flat.size - 1 - np.unique(flat[::-1], return_index=True)[1]  # the last record wins
-            self.duplicates += flat.size - last.size
-            mats = {}
-            for k in keys:
-                if k == "signal":
-                    continue
-                m = np.full(len(symbols) * w, np.nan)
-                m[flat[last]] = rows[k][last]
-                mats[k] = m.reshape(len(symbols), w)
+            if all_times is not None:  # the window's bar times: those of the scan in its buckets
+                a, b = np.searchsorted(all_times, [lo * self.bars.bucket_ns, (hi + 1) * self.bars.bucket_ns])
+                ts = all_times[a:b]
+            else:
+                ts = np.unique(rows["ts"][in_universe[rows["sym"]]])
+            out = np.full((4, len(symbols), ts.size), np.nan)
+            if ts.size:
+                self.duplicates += int(_pivot(rows["sym"], rows["ts"], rows["open"], rows["high"], rows["low"],
+                                              rows["close"], row_of, ts, out,
+                                              np.zeros(len(symbols) * ts.size, np.uint8)))
+            mats = {k: out[i] for i, k in enumerate(("open", "high", "low", "close")) if k in keys}
             if "signal" in keys:
                 mats["signal"] = self._align_signal(sig_done, hi, ts, row_of, carry)
                 sig_done = hi

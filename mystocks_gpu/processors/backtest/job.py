@@ -292,7 +292,8 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
             cpass = CurvePass(stream, cells, stride)
             block_ts = np.zeros(math.ceil(n_bars / stride), np.int64)
             pos = 0
-            for mats, ts in (hist.windows(symbols, universe, keys, max_rows) if cells else ()):
+            rows = [symbols[int(i)] for i in cpass.rows]  # only the best cells' symbols are read
+            for mats, ts in (hist.windows(rows, universe, keys, max_rows) if cells else ()):
                 cpass.feed(mats, ts.size)
                 block_ts[np.arange(pos, pos + ts.size) // stride] = ts  # each block's last bar time
                 pos += ts.size
