@@ -20,10 +20,10 @@ import pandas as pd
 
 from mystocks_gpu.gpu_ops.backtest.stats import INT_STATS, STAT_COLUMNS, rank_order
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
+from mystocks_gpu.processors.backtest.rows_codec import RowsEncoder
 from mystocks_gpu.schemas.schema_store import SchemaStore
 
 RESULTS_TOPIC = "results.backtest"
-RESULT_SCHEMA = "mystocks.backtest.BacktestResult"
 #: rows per results.backtest message (each row ~ 150 bytes of Avro: well under the topic's 8 MiB)
 ROWS_PER_MESSAGE = 20_000
 #: points per published equity curve (longer histories keep one point per block of bars)
@@ -55,8 +55,8 @@ def publish(settings: Any, job_id: str, chunk_index: int, chunk_count: int, stat
             params: list[dict[str, float]], curves: list[dict[str, Any]],
             tick: Callable[[int, int], None] | None = None, clock: Clock = SYSTEM_CLOCK,
             store: SchemaStore | None = None) -> tuple[int, int]:
-    """Every row of ``stats`` (best first) and ``curves`` to :data:`RESULTS_TOPIC`; rows are built and
-    encoded one message at a time. ``tick(parts done, parts)`` after each (raise to stop).
+    """Every row of ``stats`` (best first) and ``curves`` to :data:`RESULTS_TOPIC`; rows are encoded
+    from the table's columns one message at a time (:mod:`~mystocks_gpu.processors.backtest.rows_codec`). ``tick(parts done, parts)`` after each (raise to stop).
     Returns ``(messages, offset of the first)`` (-1 when unknown).
 
     Every message's delivery is checked: a record the broker rejects (too large, topic gone...) or
@@ -67,7 +67,7 @@ def publish(settings: Any, job_id: str, chunk_index: int, chunk_count: int, stat
 
     order = ranked(stats, metric)
     parts = max(1, math.ceil(len(order) / ROWS_PER_MESSAGE))
-    codec = AvroCodec(store)
+    encoder = RowsEncoder(AvroCodec(store))
     producer = make_producer(settings.kafka)
     now = clock.now_ns()
     offsets: list[int] = []
@@ -78,10 +78,9 @@ def publish(settings: Any, job_id: str, chunk_index: int, chunk_count: int, stat
         if err is None:
             offsets.append(msg.offset())
     for part in range(parts):
-        rows = stats_rows(stats, order[part * ROWS_PER_MESSAGE:(part + 1) * ROWS_PER_MESSAGE], params)
-        rec = {"job_id": job_id, "ts_event": now, "chunk_index": chunk_index, "chunk_count": chunk_count,
-               "rows": rows, "curves": curves if part == 0 else []}
-        value = codec.encode(RESULT_SCHEMA, rec)
+        head = {"job_id": job_id, "ts_event": now, "chunk_index": chunk_index, "chunk_count": chunk_count,
+                "curves": curves if part == 0 else []}
+        value = encoder.encode(head, stats, order[part * ROWS_PER_MESSAGE:(part + 1) * ROWS_PER_MESSAGE], params)
         while True:
             try:
                 producer.produce(RESULTS_TOPIC, value, job_id.encode(), timestamp=now // 1_000_000,
