@@ -79,6 +79,15 @@ def _first_bad_utf8(buf, off, ln):  # pragma: no cover - numba
     return -1
 
 
+@numba.njit(cache=True, inline="always")
+def _same_bytes(a, ao, b, bo, n):  # pragma: no cover - numba
+    """Whether ``a[ao:ao+n] == b[bo:bo+n]``."""
+    for t in range(n):
+        if a[ao + t] != b[bo + t]:
+            return False
+    return True
+
+
 @numba.njit(cache=True)
 def _intern(buf, boff, blen, out, start, arena, arena_len, s_off, s_len, s_hash, slots, n, hmask):  # pragma: no cover
     """Codes for slices ``start..`` of ``buf``; stops (returning the row) when the table must grow.
@@ -89,29 +98,15 @@ def _intern(buf, boff, blen, out, start, arena, arena_len, s_off, s_len, s_hash,
     for i in range(start, boff.size):
         o = boff[i]
         ln = blen[i]
-        if i > start and ln == blen[i - 1]:  # a run of one symbol (a replayed partition): no hashing
-            po = boff[i - 1]
-            same = True
-            for t in range(ln):
-                if buf[po + t] != buf[o + t]:
-                    same = False
-                    break
-            if same:
-                out[i] = out[i - 1]
-                continue
+        if i > start and ln == blen[i - 1] and _same_bytes(buf, boff[i - 1], buf, o, ln):
+            out[i] = out[i - 1]  # a run of one symbol (a replayed partition): no hashing
+            continue
         h = fnv1a(buf, o, ln) & hmask
         j = np.int64(h & mask)
         c = slots[j]
         while c >= 0:
-            if s_hash[c] == h and s_len[c] == ln:
-                so = s_off[c]
-                same = True
-                for t in range(ln):
-                    if arena[so + t] != buf[o + t]:
-                        same = False
-                        break
-                if same:
-                    break
+            if s_hash[c] == h and s_len[c] == ln and _same_bytes(arena, s_off[c], buf, o, ln):
+                break
             j = (j + 1) & np.int64(mask)
             c = slots[j]
         if c >= 0:

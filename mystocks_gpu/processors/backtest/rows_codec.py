@@ -21,33 +21,24 @@ import numba
 import numpy as np
 import pandas as pd
 
+from mystocks_gpu.schemas.batch_codec.encoder import _varint_bytes
+from mystocks_gpu.schemas.batch_codec.primitives import _write_long
 from mystocks_gpu.schemas.codec import MAGIC, PREFIX, AvroCodec
 
 RESULT_SCHEMA = "mystocks.backtest.BacktestResult"
 DOUBLE, LONG = 0, 1
 
 
-def _zigzag_varint(v: int) -> bytes:
-    """The Avro encoding of ``long`` ``v``."""
-    u = (v << 1) ^ (v >> 63)
-    out = bytearray()
-    while u >= 0x80:
-        out.append((u & 0x7F) | 0x80)
-        u >>= 7
-    out.append(u)
-    return bytes(out)
-
-
 def _string(s: str) -> bytes:
     b = s.encode("utf-8")
-    return _zigzag_varint(len(b)) + b
+    return _varint_bytes(len(b)) + b
 
 
 def _double_map(m: Mapping[str, float]) -> bytes:
     """A ``map<double>`` as fastavro writes it (one block, in the dict's order)."""
     if not m:
         return b"\x00"
-    return _zigzag_varint(len(m)) + b"".join(_string(k) + np.asarray(v, "<f8").tobytes() for k, v in m.items()) + b"\x00"
+    return _varint_bytes(len(m)) + b"".join(_string(k) + np.asarray(v, "<f8").tobytes() for k, v in m.items()) + b"\x00"
 
 
 def _blob(parts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -55,17 +46,6 @@ def _blob(parts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     off = np.zeros(len(parts) + 1, np.int64)
     np.cumsum([len(p) for p in parts], out=off[1:])
     return np.frombuffer(b"".join(parts) + b"\0", np.uint8)[:-1], off
-
-
-@numba.njit(cache=True, nogil=True)
-def _put_varint(out, p, v):  # pragma: no cover - numba
-    u = (np.uint64(v) << np.uint64(1)) ^ np.uint64(v >> 63)
-    while u >= np.uint64(0x80):
-        out[p] = np.uint8((u & np.uint64(0x7F)) | np.uint64(0x80))
-        u >>= np.uint64(7)
-        p += 1
-    out[p] = np.uint8(u)
-    return p + 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -92,7 +72,7 @@ def _encode_rows(sym, par, sym_blob, sym_off, par_blob, par_off, kinds, dbl, lng
                 p += 8
                 di += 1
             else:
-                p = _put_varint(out, p, lng[i, li])
+                p = _write_long(out, p, lng[i, li])
                 li += 1
     return p
 
@@ -126,7 +106,7 @@ class RowsEncoder:
         sl = stats.iloc[np.asarray(index, np.int64)]
         base = self.codec.encode(self.SCHEMA, {**head, "rows": []})
         pos = PREFIX.size + len(_string(str(head["job_id"]))) + sum(
-            len(_zigzag_varint(int(head[k]))) for k in ("ts_event", "chunk_index", "chunk_count"))
+            len(_varint_bytes(int(head[k]))) for k in ("ts_event", "chunk_index", "chunk_count"))
         if base[pos] != 0 or base[:PREFIX.size] != PREFIX.pack(MAGIC, self.schema_id):
             raise ValueError("unexpected encoding of the record head")  # the layout assumed above broke
         n = len(sl)
@@ -151,4 +131,4 @@ class RowsEncoder:
         out = np.empty(n * bound, np.uint8)
         size = _encode_rows(sym.astype(np.int64), par, sym_blob, sym_off, par_blob, par_off, self.kinds,
                             dbl.view(np.uint64), lng, out)
-        return b"".join((base[:pos], _zigzag_varint(n), out[:size].tobytes(), b"\x00", base[pos + 1:]))
+        return b"".join((base[:pos], _varint_bytes(n), out[:size].tobytes(), b"\x00", base[pos + 1:]))
