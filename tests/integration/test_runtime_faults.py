@@ -201,8 +201,9 @@ def test_zombie_with_the_same_transactional_id_is_fenced(settings: Settings, uni
     # the zombie's open transaction was fenced (nothing it had produced becomes visible). It then stops
     # when the group lists the successor under the same transactional id, or, when the group does not
     # list it at that instant (a rebalance in progress), re-initialises as a fresh instance; either
-    # way the outputs below are exactly-once
-    assert "fenced" in zerr.lower(), zerr[-2000:]
+    # way the outputs below are exactly-once. A freeze that lands between two transactions leaves the
+    # zombie nothing to commit: it wakes to find its partitions lost, and never touches its producer
+    assert "fenced" in zerr.lower() or "partitions lost" in zerr, zerr[-2000:]
     assert zombie.returncode == 0 or "another worker with transactional id" in zerr, zerr[-2000:]
     _, serr = successor.communicate(timeout=300)
     assert successor.returncode == 0, f"successor exit {successor.returncode}\n{serr[-3000:]}\n--- zombie\n{zerr[-3000:]}"
