@@ -130,7 +130,7 @@ def _warm_history() -> None:
     from mystocks_gpu.streams.record_batches import _parse_records
 
     z = np.zeros(0, np.int64)
-    _encode_rows(z, z, np.zeros(0, np.uint8), z, np.zeros(0, np.uint8), z, z, np.zeros((0, 1), np.uint64),
+    _encode_rows(z, z, np.zeros(0, np.uint8), z, z, np.zeros(0, np.uint8), z, z, z, np.zeros((0, 1), np.uint64),
                  np.zeros((0, 1), np.int64), np.zeros(0, np.uint8))
     _parse_records(np.frombuffer(b"\0", np.uint8)[:0], z, z, z, z, z.copy(), z.copy(), z.copy(), np.zeros(0, np.bool_))
 

@@ -14,9 +14,10 @@ Abort (any abortable Kafka error, and any exception while a transaction is open)
 At-least-once uses the same order with ``flush`` + an offset commit in place of the transaction:
 asynchronous in the loop (the outputs are already acknowledged, so a commit that has not landed when
 the worker dies only means re-processing, which at-least-once allows; failures are logged by
-:meth:`on_commit_result`), synchronous on revoke and at shutdown (the next owner starts from it). The loop, the rebalance callbacks (revoke commits a clean cut unless the protocol has
-failed; lost partitions abort) and shutdown all go through this class; nothing else produces,
-commits, seeks or touches partition state.
+:meth:`on_commit_result`), synchronous on revoke and at shutdown (the next owner starts from it).
+The loop, the rebalance callbacks (revoke commits a clean cut unless the protocol has failed; lost
+partitions abort) and shutdown all go through this class; nothing else produces, commits, seeks or
+touches partition state.
 
 The changelog mirror: the latest committed changelog value per key of every owned partition
 (read once on assignment, updated after each successful commit with the entries it carried). An

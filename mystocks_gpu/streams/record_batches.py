@@ -40,12 +40,12 @@ _ATTR_COMPRESSION, _ATTR_TRANSACTIONAL, _ATTR_CONTROL = 0x07, 0x10, 0x20
 _CONTROL_ABORT = 0
 
 
-def _decompress(codec: int, data: memoryview) -> bytes | memoryview:
-    """The records of a compressed batch (bytes, or a view of cramjam's buffer: not copied again)."""
+def _decompress(codec: int, data: memoryview) -> memoryview:
+    """The records of a compressed batch (a view of cramjam's output: not copied again)."""
     import cramjam
 
     if codec == 1:
-        return bytes(cramjam.gzip.decompress(data))
+        return memoryview(cramjam.gzip.decompress(data))
     if codec == 2:
         if bytes(data[:8]) == b"\x82SNAPPY\x00":  # xerial framing: 16-byte header, then [int32 len][block]
             out, p = [], 16
@@ -53,8 +53,8 @@ def _decompress(codec: int, data: memoryview) -> bytes | memoryview:
                 (n,) = struct.unpack_from(">i", data, p)
                 out.append(bytes(cramjam.snappy.decompress_raw(data[p + 4:p + 4 + n])))
                 p += 4 + n
-            return b"".join(out)
-        return bytes(cramjam.snappy.decompress_raw(data))
+            return memoryview(b"".join(out))
+        return memoryview(cramjam.snappy.decompress_raw(data))
     if codec == 3:
         return memoryview(cramjam.lz4.decompress(data))
     if codec == 4:

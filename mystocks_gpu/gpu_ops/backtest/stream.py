@@ -138,7 +138,6 @@ class CurvePass:
     def __init__(self, stream: GridStream, cells: Sequence[tuple[int, int]], stride: int = 1) -> None:
         self.cells = list(cells)
         self.n_bars = stream.n_bars
-        self.n_symbols = len(stream.symbols)
         self.rows = np.array(sorted({int(s) for s, _ in self.cells}), dtype=np.int64)
         local = {int(s): i for i, s in enumerate(self.rows)}
         self.rec = CurveRecorder(stream.plan, stream.spec, [(local[int(s)], p) for s, p in self.cells],

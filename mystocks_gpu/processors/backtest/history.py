@@ -138,7 +138,7 @@ class _TimeSet:
 
 
 @numba.njit(cache=True, nogil=True)
-def _pivot(sym, ts, o, h, lo, c, row_of, times, out, seen):  # pragma: no cover - numba
+def _pivot(sym, ts, o, h, low, c, row_of, times, out, seen):  # pragma: no cover - numba
     """Scatter rows into ``out`` float64 ``(4, n_rows, w)`` (open, high, low, close; NaN-filled):
     row ``row_of[sym[i]]`` (skipped when < 0), column the index of ``ts[i]`` in ``times`` (sorted,
     holding every such ``ts``). A later row of the same cell overwrites the earlier one; ``seen``
@@ -164,7 +164,7 @@ def _pivot(sym, ts, o, h, lo, c, row_of, times, out, seen):  # pragma: no cover 
         seen[flat] = 1
         out[0, r, j] = o[i]
         out[1, r, j] = h[i]
-        out[2, r, j] = lo[i]
+        out[2, r, j] = low[i]
         out[3, r, j] = c[i]
     return dups
 

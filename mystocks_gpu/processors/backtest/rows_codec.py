@@ -23,6 +23,7 @@ import pandas as pd
 
 from mystocks_gpu.schemas.batch_codec.encoder import _varint_bytes
 from mystocks_gpu.schemas.batch_codec.primitives import _write_long
+from mystocks_gpu.schemas.batch_codec.record_values import RecordValues
 from mystocks_gpu.schemas.codec import MAGIC, PREFIX, AvroCodec
 
 RESULT_SCHEMA = "mystocks.backtest.BacktestResult"
@@ -41,26 +42,21 @@ def _double_map(m: Mapping[str, float]) -> bytes:
     return _varint_bytes(len(m)) + b"".join(_string(k) + np.asarray(v, "<f8").tobytes() for k, v in m.items()) + b"\x00"
 
 
-def _blob(parts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """``(bytes uint8, offsets int64 (n + 1,))`` of ``parts`` laid end to end."""
-    off = np.zeros(len(parts) + 1, np.int64)
-    np.cumsum([len(p) for p in parts], out=off[1:])
-    return np.frombuffer(b"".join(parts) + b"\0", np.uint8)[:-1], off
-
-
 @numba.njit(cache=True, nogil=True)
-def _encode_rows(sym, par, sym_blob, sym_off, par_blob, par_off, kinds, dbl, lng, out):  # pragma: no cover
-    """Rows ``i``: symbol ``sym[i]``'s and parameter set ``par[i]``'s pre-encoded bytes, then the
+def _encode_rows(sym, par, sym_buf, sym_start, sym_end, par_buf, par_start, par_end, kinds, dbl, lng,
+                 out):  # pragma: no cover - numba
+    """Rows ``i``: symbol ``sym[i]``'s and parameter set ``par[i]``'s pre-encoded bytes (slices
+    ``start..end`` of their buffers, as :class:`RecordValues` lays them out), then the
     fields in ``kinds`` order (DOUBLE from the next column of ``dbl`` uint64 bit patterns ``(n, nd)``,
     LONG from the next of ``lng`` int64 ``(n, nl)``). Returns the bytes written to ``out``."""
     p = 0
     for i in range(sym.size):
         s, q = sym[i], par[i]
-        for t in range(sym_off[s], sym_off[s + 1]):
-            out[p] = sym_blob[t]
+        for t in range(sym_start[s], sym_end[s]):
+            out[p] = sym_buf[t]
             p += 1
-        for t in range(par_off[q], par_off[q + 1]):
-            out[p] = par_blob[t]
+        for t in range(par_start[q], par_end[q]):
+            out[p] = par_buf[t]
             p += 1
         di = 0
         li = 0
@@ -114,8 +110,8 @@ class RowsEncoder:
             return base
         names, sym = np.unique(sl["symbol"].to_numpy(dtype=object).astype(str), return_inverse=True)
         par = sl["param_id"].to_numpy(np.int64)
-        sym_blob, sym_off = _blob([_string(str(s)) for s in names])
-        par_blob, par_off = _blob([_double_map(p) for p in params])
+        syms = RecordValues.of([_string(str(s)) for s in names])
+        pars = RecordValues.of([_double_map(p) for p in params])
         dbl = np.empty((n, int(np.count_nonzero(self.kinds == DOUBLE))), np.float64)
         lng = np.empty((n, int(np.count_nonzero(self.kinds == LONG))), np.int64)
         di = li = 0
@@ -126,9 +122,9 @@ class RowsEncoder:
             else:
                 lng[:, li] = sl[name].to_numpy(np.int64)
                 li += 1
-        bound = int((sym_off[1:] - sym_off[:-1]).max()) + int((par_off[1:] - par_off[:-1]).max()) \
+        bound = int((syms.ends - syms.starts).max()) + int((pars.ends - pars.starts).max()) \
             + 8 * dbl.shape[1] + 10 * lng.shape[1]
         out = np.empty(n * bound, np.uint8)
-        size = _encode_rows(sym.astype(np.int64), par, sym_blob, sym_off, par_blob, par_off, self.kinds,
-                            dbl.view(np.uint64), lng, out)
+        size = _encode_rows(sym.astype(np.int64), par, syms.buffer, syms.starts, syms.ends, pars.buffer, pars.starts,
+                            pars.ends, self.kinds, dbl.view(np.uint64), lng, out)
         return b"".join((base[:pos], _varint_bytes(n), out[:size].tobytes(), b"\x00", base[pos + 1:]))
