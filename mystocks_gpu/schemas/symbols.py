@@ -54,18 +54,20 @@ _U8LO[0xE0], _U8HI[0xED], _U8LO[0xF0], _U8HI[0xF4] = 0xA0, 0x9F, 0x90, 0x8F
 
 @numba.njit(cache=True, inline="always")
 def utf8_ok(buf, p, n):  # pragma: no cover - numba
-    """Whether ``buf[p:p+n]`` is strict UTF-8."""
+    """Whether ``buf[p:p+n]`` is strict UTF-8 (``0 <= p``: indexed unsigned, see ``_read_long``)."""
     end = p + n
     while p < end:
-        b = buf[p]
+        b = buf[np.uint64(p)]
         if b < 0x80:
             p += 1
             continue
         k = _U8N[b]
-        if k < 0 or p + k >= end or buf[p + 1] < _U8LO[b] or buf[p + 1] > _U8HI[b]:
+        b1 = buf[np.uint64(p + 1)] if p + 1 < end else np.uint8(0)
+        if k < 0 or p + k >= end or b1 < _U8LO[b] or b1 > _U8HI[b]:
             return False
         for t in range(2, k + 1):
-            if buf[p + t] < 0x80 or buf[p + t] > 0xBF:
+            bt = buf[np.uint64(p + t)]
+            if bt < 0x80 or bt > 0xBF:
                 return False
         p += k + 1
     return True
@@ -88,7 +90,7 @@ def _same_bytes(a, ao, b, bo, n):  # pragma: no cover - numba
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _intern(buf, boff, blen, out, start, arena, arena_len, s_off, s_len, s_hash, slots, n, hmask):  # pragma: no cover
     """Codes for slices ``start..`` of ``buf``; stops (returning the row) when the table must grow.
 

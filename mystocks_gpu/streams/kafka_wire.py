@@ -21,6 +21,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 
 FETCH_API_KEY = 1
@@ -110,26 +112,40 @@ class FetchConnection:
 
     def fetch(self, topic: str, partition: int, offset: int, max_bytes: int, max_wait_ms: int = 10,
               isolation: int = READ_COMMITTED) -> FetchedPartition:
-        """One Fetch round trip; the records view stays valid until the next call."""
+        """One Fetch round trip (:meth:`send` then :meth:`receive`)."""
+        return self.receive(self.send(topic, partition, offset, max_bytes, max_wait_ms, isolation), topic, partition)
+
+    def send(self, topic: str, partition: int, offset: int, max_bytes: int, max_wait_ms: int = 10,
+             isolation: int = READ_COMMITTED) -> int:
+        """Send a Fetch request without waiting for its answer; returns its correlation id. The
+        broker answers a connection's requests in order, so a reader can ask for its next fetch
+        before it parses the current one (the broker works while the reader parses)."""
         self._cid = (self._cid + 1) & 0x7FFFFFFF
         try:
             self.sock.sendall(encode_fetch(self._cid, topic, partition, offset, max_bytes, max_wait_ms, isolation))
+        except OSError as exc:
+            raise RawFetchError(f"fetch from {self.address}: {exc}") from None
+        return self._cid
+
+    def receive(self, correlation_id: int, topic: str, partition: int) -> FetchedPartition:
+        """The answer to the request ``correlation_id`` (the oldest one not yet received); its
+        records view stays valid as long as it is referenced (each answer has its own buffer)."""
+        try:
             (size,) = struct.unpack(">i", self._read(4))
             payload = self._read(size)
         except OSError as exc:
             raise RawFetchError(f"fetch from {self.address}: {exc}") from None
-        return decode_fetch(self._cid, memoryview(payload), topic, partition)
+        return decode_fetch(correlation_id, payload, topic, partition)
 
-    def _read(self, n: int) -> bytearray:
-        buf = bytearray(n)
-        view = memoryview(buf)
+    def _read(self, n: int) -> memoryview:
+        view = np.empty(n, np.uint8).data  # not zeroed (a bytearray would be): every byte is received into
         got = 0
         while got < n:
             k = self.sock.recv_into(view[got:], n - got)
             if k == 0:
                 raise RawFetchError(f"{self.address} closed the connection")
             got += k
-        return buf
+        return view
 
     def close(self) -> None:
         try:

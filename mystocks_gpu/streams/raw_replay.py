@@ -19,7 +19,7 @@ from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.schemas.batch_codec.record_values import RecordValues
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.kafka_wire import FetchConnection, RawFetchError
-from mystocks_gpu.streams.record_batches import parse_fetched
+from mystocks_gpu.streams.record_batches import next_position, parse_fetched
 
 #: bytes asked per fetch (one partition); the broker returns at least one whole batch even if larger
 FETCH_MAX_BYTES = 2 << 20
@@ -58,23 +58,32 @@ def read_partition(address: tuple[str, int], topic: str, partition: int, start: 
                    connect_timeout_s: float, stall_timeout_s: float
                    ) -> Iterator[tuple[RecordValues, np.ndarray]]:
     """``(values, offsets)`` of the records of ``topic[partition]`` with offsets in
-    ``[start, end)``, in offset order, one fetch at a time."""
+    ``[start, end)``, in offset order, a fetch at a time; the next fetch is asked for (its offset
+    read from the batch headers) before the current one is parsed and handed on."""
     pos = start
     conn: FetchConnection | None = None
     last_progress = time.monotonic()
     try:
         conn = FetchConnection(address[0], address[1], connect_timeout_s)
+        cid = conn.send(topic, partition, pos, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS) if pos < end else -1
         while pos < end:
-            fp = conn.fetch(topic, partition, pos, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
+            fp = conn.receive(cid, topic, partition)
             if fp.error_code != 0:
                 raise RawPartitionError(f"{topic}[{partition}] fetch error code {fp.error_code}", pos)
+            ahead = next_position(fp, pos)
+            asked = pos < ahead < end
+            if asked:  # the next fetch is served while this one is parsed
+                cid = conn.send(topic, partition, ahead, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
             values, offsets, nxt = parse_fetched(fp, pos)
+            if nxt != ahead:
+                raise RawPartitionError(f"{topic}[{partition}]: batch headers at {pos} read two ways", pos)
             if nxt <= pos:
                 if fp.records and len(fp.records) >= FETCH_MAX_BYTES:
                     raise RawPartitionError(f"{topic}[{partition}]: a batch at {pos} exceeds one fetch", pos)
                 if time.monotonic() - last_progress > stall_timeout_s:
                     raise FatalRuntimeError(f"replay of {topic}[{partition}] stalled for {stall_timeout_s:.0f} s "
                                             f"before offset {end}")
+                cid = conn.send(topic, partition, pos, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
                 continue
             last_progress = time.monotonic()
             if offsets.size and offsets[-1] >= end:  # records written after the bounds were captured
@@ -83,6 +92,8 @@ def read_partition(address: tuple[str, int], topic: str, partition: int, start: 
             pos = nxt
             if offsets.size:
                 yield values, offsets
+            if pos < end and not asked:
+                cid = conn.send(topic, partition, pos, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
     except RawPartitionError:
         raise
     except RawFetchError as exc:

@@ -14,7 +14,9 @@ what a ``read_committed`` consumer applies:
 
 Batch headers are read in Python (one ``struct`` call per batch; a producer batch holds thousands
 of records); compressed batches are decompressed with cramjam (gzip, snappy raw or xerial-framed,
-lz4 frame, zstd); the records of every kept batch are parsed in one numba pass. Layout (Kafka
+lz4 frame, zstd) and joined into one buffer; when no kept batch is compressed (bar topics are
+stored uncompressed), the records are parsed where they lie in the response, without a copy. The
+records of every kept batch are parsed in one numba pass. Layout (Kafka
 ``DefaultRecordBatch``): baseOffset int64, batchLength int32, partitionLeaderEpoch int32, magic int8,
 crc uint32, attributes int16, lastOffsetDelta int32, baseTimestamp int64, maxTimestamp int64,
 producerId int64, producerEpoch int16, baseSequence int32, recordCount int32, records. A record:
@@ -115,6 +117,24 @@ def _parse_records(buf, seg_start, seg_end, seg_count, seg_base, offsets, starts
     return k
 
 
+def next_position(fp: FetchedPartition, from_offset: int) -> int:
+    """The next fetch offset after ``fp`` (as :func:`parse_fetched` returns it), from the batch
+    headers alone: a reader can ask for the next fetch before it parses this one."""
+    data = fp.records
+    size = len(data)
+    nxt = from_offset
+    p = 0
+    while p + HEADER_LEN <= size:
+        base, blen = struct.unpack_from(">qi", data, p)
+        stop = p + 12 + blen
+        if stop > size:
+            break
+        (last_delta,) = struct.unpack_from(">i", data, p + 23)
+        nxt = max(nxt, base + last_delta + 1)
+        p = stop
+    return nxt
+
+
 def parse_fetched(fp: FetchedPartition, from_offset: int, isolation: int = READ_COMMITTED
                   ) -> tuple[RecordValues, np.ndarray, int]:
     """``(values, offsets int64 (n,), next fetch offset)`` of the records of ``fp`` at or after
@@ -128,6 +148,7 @@ def parse_fetched(fp: FetchedPartition, from_offset: int, isolation: int = READ_
     payloads: list[Any] = []
     counts: list[int] = []
     bases: list[int] = []
+    starts_in_data: list[int] = []  # where each payload starts in ``data`` (-1: decompressed)
     nxt = from_offset
     p = 0
     while p + HEADER_LEN <= size:
@@ -158,16 +179,22 @@ def parse_fetched(fp: FetchedPartition, from_offset: int, isolation: int = READ_
             continue
         codec = attrs & _ATTR_COMPRESSION
         payloads.append(records if codec == 0 else _decompress(codec, records))
+        starts_in_data.append(stop - len(records) if codec == 0 else -1)
         counts.append(count)
         bases.append(base)
     if not payloads:
         empty = np.empty(0, np.int64)
         return RecordValues(np.empty(0, np.uint8), empty, empty.copy(), np.empty(0, np.bool_)), empty, nxt
     lens = np.fromiter((memoryview(x).nbytes for x in payloads), np.int64, len(payloads))
-    seg_end = np.cumsum(lens)
-    seg_start = seg_end - lens
-    payloads.append(b"\0")  # never an empty buffer; one copy of everything
-    buf = np.frombuffer(b"".join(payloads), np.uint8)[:-1]
+    if min(starts_in_data) >= 0:  # all uncompressed: parsed where they are, in the response
+        seg_start = np.asarray(starts_in_data, np.int64)
+        seg_end = seg_start + lens
+        buf = np.frombuffer(data, np.uint8)
+    else:
+        seg_end = np.cumsum(lens)
+        seg_start = seg_end - lens
+        payloads.append(b"\0")  # never an empty buffer; one copy of everything
+        buf = np.frombuffer(b"".join(payloads), np.uint8)[:-1]
     n = int(sum(counts))
     offsets, starts, ends = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
     null = np.empty(n, np.bool_)

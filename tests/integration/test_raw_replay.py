@@ -162,3 +162,67 @@ def test_raw_failure_falls_back_to_the_client_and_loses_nothing(settings: Settin
     monkeypatch.setattr("mystocks_gpu.streams.replay.leader_address", lambda *a, **k: ("127.0.0.1", dead))
     assert _read(src) == ref
     assert src.stats["raw_fallbacks"] == 2  # each partition fell back, from its start
+
+
+def test_bar_topics_store_uncompressed_batches_that_are_parsed_in_place(settings: Settings, unique: str) -> None:
+    """The catalog's bar topics set ``compression.type=uncompressed``: an lz4 producer's batches
+    are stored uncompressed (the batch attributes say codec 0), the raw reader parses them where
+    they lie in the fetch response (no copy), reads from inside a batch, skips an aborted
+    transaction, and equals a plain read_committed consumer; the next fetch offset read from the
+    headers alone equals the parser's."""
+    import dataclasses
+    import struct
+
+    import numpy as np
+
+    from mystocks_gpu.streams.kafka_wire import FetchConnection
+    from mystocks_gpu.streams.record_batches import HEADER_LEN, next_position, parse_fetched
+    from mystocks_gpu.topics import get
+
+    topic = f"md.bars.1d.raw{unique.replace('.', '')[-10:]}"
+    spec = dataclasses.replace(get("md.bars.1d"), name=topic, partitions=1, dlq=False)
+    assert spec.config()["compression.type"] == "uncompressed"
+    TopicAdmin(settings.kafka).create([spec])
+    _produce(_producer(settings, **{"compression.type": "lz4"}),
+             topic, [(0, f"bar-{i}".encode() * 20) for i in range(4000)])
+    bad = _producer(settings, **{"transactional.id": f"{topic}-bad", "compression.type": "lz4"})
+    bad.init_transactions(30)
+    bad.begin_transaction()
+    for i in range(300):
+        bad.produce(topic, value=f"ABORT-{i}".encode(), partition=0)
+    bad.abort_transaction(30)
+    _produce(_producer(settings, **{"compression.type": "lz4"}), topic, [(0, f"after-{i}".encode()) for i in range(500)])
+
+    src = ReplaySource(settings.kafka, topic, raw=True)
+    bounds = src.bounds()
+    ref = _reference(settings, topic, bounds)
+    assert _read(src) == ref and src.stats["raw_fallbacks"] == 0
+    assert not any(v.startswith(b"ABORT") for _, v in ref[0] if v is not None)
+
+    c = make_consumer(settings.kafka, f"addr-{topic}")
+    try:
+        address = raw_replay.leader_address(c, topic, 0, 10)
+    finally:
+        c.close()
+    conn = FetchConnection(address[0], address[1], 10)
+    try:
+        fp = conn.fetch(topic, 0, 0, 8 << 20)
+        data, p, codecs = fp.records, 0, set()
+        while p + HEADER_LEN <= len(data):
+            _base, blen = struct.unpack_from(">qi", data, p)
+            if p + 12 + blen > len(data):
+                break
+            codecs.add(struct.unpack_from(">h", data, p + 21)[0] & 0x07)
+            p += 12 + blen
+        assert codecs == {0}  # stored uncompressed although produced with lz4
+        for pos in (0, 1, 1234, 4100, bounds[0].end - 1):
+            values, offsets, nxt = parse_fetched(fp, pos)
+            assert next_position(fp, pos) == nxt
+            assert np.shares_memory(values.buffer, np.frombuffer(data, np.uint8))  # parsed in place
+            assert [(int(o), v) for o, v in zip(offsets, values, strict=True)] == [r for r in ref[0] if r[0] >= pos]
+    finally:
+        conn.close()
+    mid = ref[0][len(ref[0]) // 2][0]
+    rows = [(int(o), v) for vals, offs in raw_replay.read_partition(address, topic, 0, mid, bounds[0].end, 10, 30)
+            for o, v in zip(offs, vals, strict=True)]
+    assert rows == [r for r in ref[0] if r[0] >= mid]

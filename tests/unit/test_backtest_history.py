@@ -201,3 +201,34 @@ def test_time_set_holds_the_distinct_times() -> None:
         ts.add(chunk)
         seen.append(chunk)
     np.testing.assert_array_equal(ts.sorted(), np.unique(np.concatenate(seen)))
+
+
+@pytest.mark.parametrize("universe", ["all", "some"])
+def test_select_rows_equals_masks_and_a_stable_sort(universe: str) -> None:
+    """The scan's one-pass selection equals NumPy: rows in ``[lo, hi)`` and in the universe, stably
+    sorted by ``ts // bucket_ns`` (negative times floor), with both drop counts."""
+    from mystocks_gpu.processors.backtest.history import _select_rows
+
+    rng = np.random.default_rng(8)
+    n, bucket = 4_000, 7 * DAY
+    sym = rng.integers(0, 50, n).astype(np.int32)
+    ts = rng.integers(-300, 300, n) * DAY + rng.integers(0, DAY, n)
+    o, h, lw, c = (rng.normal(size=n) for _ in range(4))
+    lo, hi = -200 * DAY, 250 * DAY
+    member = rng.random(50) < 0.6
+    use_all = universe == "all"
+    rows, b, n_range, n_outside = _select_rows(sym, ts, o, h, lw, c, lo, hi, member, use_all, bucket)
+    in_range = (ts >= lo) & (ts < hi)
+    keep = in_range & (True if use_all else member[sym])
+    sel = np.flatnonzero(keep)
+    sel = sel[np.argsort(ts[sel] // bucket, kind="stable")]
+    assert (n_range, n_outside) == (int((~in_range).sum()), int((in_range & ~keep).sum()))
+    assert rows.dtype == BAR_ROW and rows.size == sel.size
+    np.testing.assert_array_equal(b, ts[sel] // bucket)
+    for name, col in (("sym", sym), ("ts", ts), ("open", o), ("high", h), ("low", lw), ("close", c)):
+        np.testing.assert_array_equal(rows[name], col[sel])
+    # an already ordered chunk keeps its order; an empty selection is empty
+    srt = np.argsort(ts, kind="stable")
+    rows2, _, _, _ = _select_rows(sym[srt], ts[srt], o[srt], h[srt], lw[srt], c[srt], lo, hi, member, True, bucket)
+    np.testing.assert_array_equal(rows2["ts"], ts[srt][(ts[srt] >= lo) & (ts[srt] < hi)])
+    assert _select_rows(sym, ts, o, h, lw, c, 0, 0, member, True, bucket)[0].size == 0

@@ -105,6 +105,12 @@ def frames(draw: Any) -> bytes | None:
     return good[:5 + n] + bytes([2 * draw(st.integers(2, 63))]) + body[n + 1:]
 
 
+#: the Tick's leading fields with its enum read as the long that encodes the index
+_KIND_AS_LONG = fastavro.parse_schema({"type": "record", "name": "KindIndex", "fields": [
+    {"name": "symbol", "type": "string"}, {"name": "ts_event", "type": "long"}, {"name": "seq", "type": "long"},
+    {"name": "kind", "type": "long"}]})
+
+
 def _reference(value: bytes | None) -> dict[str, Any] | None:
     """fastavro's reading of a frame when it is a complete Tick of the expected id, else None."""
     if value is None or len(value) < 5 or value[0] != 0 or struct.unpack(">I", value[1:5])[0] != TICK.id:
@@ -112,7 +118,12 @@ def _reference(value: bytes | None) -> dict[str, Any] | None:
     f = io.BytesIO(value[5:])
     try:
         rec = fastavro.schemaless_reader(f, TICK.parsed)
+        # fastavro reads a negative enum index as a Python index from the end (-1 -> "QUOTE"):
+        # read the index itself as a long and reject what Avro does not allow
+        kind = fastavro.schemaless_reader(io.BytesIO(value[5:]), _KIND_AS_LONG)["kind"]
     except Exception:  # noqa: BLE001 - the reference rejects it
+        return None
+    if not 0 <= kind < 2:
         return None
     if f.tell() != len(value) - 5:
         return None

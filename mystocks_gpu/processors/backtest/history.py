@@ -38,6 +38,7 @@ from mystocks_gpu.schemas.symbols import SymbolTable
 BUCKET_BARS = 256
 BAR_ROW = np.dtype([("sym", "<i4"), ("ts", "<i8"), ("open", "<f8"), ("high", "<f8"), ("low", "<f8"),
                     ("close", "<f8")])
+BAR_ROW_NB = numba.from_dtype(BAR_ROW)
 SIGNAL_ROW = np.dtype([("sym", "<i4"), ("ts", "<i8"), ("signal", "<f8")])
 _UNITS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9}
 
@@ -73,6 +74,58 @@ def _bucket_order(b):  # pragma: no cover - numba
         order[start[k]] = i
         start[k] += 1
     return order
+
+
+@numba.njit(cache=True, nogil=True)
+def _select_rows(sym, ts, o, h, low, c, lo, hi, member, use_all, bucket_ns):  # pragma: no cover - numba
+    """One pass over a decoded chunk: the rows with ``lo <= ts < hi`` whose symbol code is a member
+    (``member[code]``, or every code when ``use_all``), as :data:`BAR_ROW` rows in bucket order
+    (``ts // bucket_ns``; stable within a bucket) -> ``(rows, bucket ids (n,), rows out of range,
+    in-range rows outside the universe)``."""
+    n = ts.size
+    keep = np.empty(n, np.int64)
+    b = np.empty(n, np.int64)
+    k = 0
+    n_range = 0
+    n_outside = 0
+    bmin = np.int64(0)
+    bmax = np.int64(0)
+    sorted_ = True
+    for i in range(n):
+        t = ts[i]
+        if t < lo or t >= hi:
+            n_range += 1
+            continue
+        if not use_all and not member[sym[i]]:
+            n_outside += 1
+            continue
+        bi = t // bucket_ns
+        if k == 0:
+            bmin = bi
+            bmax = bi
+        else:
+            if bi < b[k - 1]:
+                sorted_ = False
+            bmin = min(bmin, bi)
+            bmax = max(bmax, bi)
+        keep[k] = i
+        b[k] = bi
+        k += 1
+    rows = np.empty(k, BAR_ROW_NB)
+    bucket = np.empty(k, np.int64)
+    order = np.arange(k) if sorted_ or k < 2 else _bucket_order(b[:k])
+    for j in range(k):
+        q = order[j]
+        i = keep[q]
+        r = rows[j]
+        r["sym"] = sym[i]
+        r["ts"] = ts[i]
+        r["open"] = o[i]
+        r["high"] = h[i]
+        r["low"] = low[i]
+        r["close"] = c[i]
+        bucket[j] = b[q]
+    return rows, bucket, n_range, n_outside
 
 
 _EMPTY = np.iinfo(np.int64).min  # a free slot of _TimeSet
@@ -189,11 +242,12 @@ class Spill:
         self._n_seg = 0
         self.rows = 0
 
-    def add(self, rows: np.ndarray) -> None:
-        """Append ``rows`` (their order within a bucket is kept)."""
+    def add(self, rows: np.ndarray, bucket: np.ndarray | None = None) -> None:
+        """Append ``rows`` (their order within a bucket is kept); ``bucket``: their bucket ids
+        (``ts // bucket_ns``) when the caller has them."""
         if rows.size == 0:
             return
-        b = rows["ts"] // self.bucket_ns
+        b = rows["ts"] // self.bucket_ns if bucket is None else bucket
         if b.size > 1 and np.any(b[1:] < b[:-1]):
             order = _bucket_order(b)
             rows, b = rows[order], b[order]
@@ -318,23 +372,14 @@ class BarHistory:
                 done += n
                 hist.stats.records += n
                 hist.stats.undecodable += n - len(d)
-                in_range = (c["ts_event"] >= lo) & (c["ts_event"] < hi)
-                member = keep.mask(c["symbol"])
-                hist.stats.out_of_range += int(np.count_nonzero(~in_range))
-                hist.stats.outside_universe += int(np.count_nonzero(in_range & ~member))
-                sel = np.flatnonzero(in_range & member)
-                if sel.size > 1:  # rows in bucket order (Spill.add then writes them as they are)
-                    b = c["ts_event"][sel] // hist.bars.bucket_ns
-                    if np.any(b[1:] < b[:-1]):
-                        sel = sel[_bucket_order(b)]
-                rows = np.empty(sel.size, BAR_ROW)
-                rows["sym"] = c["symbol"][sel]
-                rows["ts"] = c["ts_event"][sel]
-                for k in ("open", "high", "low", "close"):
-                    rows[k] = c[k][sel]
+                rows, bucket, n_range, n_outside = _select_rows(
+                    c["symbol"], c["ts_event"], c["open"], c["high"], c["low"], c["close"], lo, hi,
+                    keep.codes(), keep.all, hist.bars.bucket_ns)
+                hist.stats.out_of_range += n_range
+                hist.stats.outside_universe += n_outside
                 hist._account(rows)
-                hist.bars.add(rows)
-                hist.stats.kept += sel.size
+                hist.bars.add(rows, bucket)
+                hist.stats.kept += rows.size
                 if tick is not None:
                     tick(done, total)
         except BaseException:
@@ -484,14 +529,13 @@ class _Membership:
         self.table = table
         self.known = np.zeros(0, bool)
 
-    def mask(self, codes: np.ndarray) -> np.ndarray:
-        if self.all:
-            return np.ones(codes.size, bool)
+    def codes(self) -> np.ndarray:
+        """``member[code]`` for every code of the table so far (empty when :attr:`all`)."""
         n = len(self.table)
-        if self.known.size < n:
+        if not self.all and self.known.size < n:
             names = self.table.symbols
             self.known = np.concatenate([self.known, [names[i] in self.names for i in range(self.known.size, n)]])
-        return self.known[codes] if codes.size else np.zeros(0, bool)
+        return self.known
 
 
 def signal_chunks(kafka: Any, topic: str, column: str, start: int | None, end: int | None, st: ScanStats,

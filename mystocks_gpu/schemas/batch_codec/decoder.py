@@ -53,14 +53,14 @@ def decoder_source(plans: Sequence[FieldPlan]) -> str:
             w = 8 if p.kind == "double" else 4
             args.append(f"b{j}")
             ut = "np.uint64" if w == 8 else "np.uint32"
-            load = " | ".join(f"({ut}(buf[p + {t}]) << {ut}({8 * t}))" for t in range(w))
+            load = " | ".join(f"({ut}(buf[u + np.uint64({t})]) << {ut}({8 * t}))" for t in range(w))
             body.append(f"{I}if end - p < {w}:\n{_fail('S_TRUNCATED', I + '    ')}"
-                        f"{I}b{j}[k] = {load}\n{I}p += {w}\n")
+                        f"{I}u = np.uint64(p)\n{I}b{j}[k] = {load}\n{I}p += {w}\n")
         elif p.kind == "boolean":
             args.append(f"c{j}")
             body.append(f"{I}if end - p < 1:\n{_fail('S_TRUNCATED', I + '    ')}"
-                        f"{I}if buf[p] > 1:\n{_fail('S_INVALID_BOOLEAN', I + '    ')}"
-                        f"{I}c{j}[k] = buf[p] == 1\n{I}p += 1\n")
+                        f"{I}if buf[np.uint64(p)] > 1:\n{_fail('S_INVALID_BOOLEAN', I + '    ')}"
+                        f"{I}c{j}[k] = buf[np.uint64(p)] == 1\n{I}p += 1\n")
         else:
             raise SchemaError(f"field {p.name}: {p.kind} is not supported by the batch decoder")
     head = (
@@ -69,10 +69,11 @@ def decoder_source(plans: Sequence[FieldPlan]) -> str:
         "    for i in range(starts.size):\n"
         "        p = starts[i]\n"
         "        end = ends[i]\n"
-        f"        if end > p and buf[p] != {MAGIC}:\n{_fail('S_BAD_MAGIC', I + '    ')}"
+        f"        if end > p and buf[np.uint64(p)] != {MAGIC}:\n{_fail('S_BAD_MAGIC', I + '    ')}"
         f"        if end - p < {PREFIX_LEN}:\n{_fail('S_TRUNCATED', I + '    ')}"
-        "        sid = (np.int64(buf[p + 1]) << 24) | (np.int64(buf[p + 2]) << 16)"
-        " | (np.int64(buf[p + 3]) << 8) | np.int64(buf[p + 4])\n"
+        "        u = np.uint64(p)\n"
+        "        sid = (np.int64(buf[u + np.uint64(1)]) << 24) | (np.int64(buf[u + np.uint64(2)]) << 16)"
+        " | (np.int64(buf[u + np.uint64(3)]) << 8) | np.int64(buf[u + np.uint64(4)])\n"
         "        if sid != expect_id:\n"
         "            code = S_UNKNOWN_SCHEMA_ID\n"
         "            for t in range(known_ids.size):\n"
