@@ -124,15 +124,19 @@ def _proc_status_mb(field: str) -> float:
 
 def _warm_history() -> None:
     """Compile (or load from the cache) the replay, history and publish kernels: record-batch
-    parser, spill, bar-time set, pivot, result rows."""
-    from mystocks_gpu.processors.backtest.history import BAR_ROW, BarHistory
+    parser, row selection, spill, bar-time set, pivot, result rows."""
+    from mystocks_gpu.processors.backtest.history import BAR_ROW, BarHistory, _select_rows
     from mystocks_gpu.processors.backtest.rows_codec import _encode_rows
     from mystocks_gpu.streams.record_batches import _parse_records
 
     z = np.zeros(0, np.int64)
     _encode_rows(z, z, np.zeros(0, np.uint8), z, z, np.zeros(0, np.uint8), z, z, z, np.zeros((0, 1), np.uint64),
                  np.zeros((0, 1), np.int64), np.zeros(0, np.uint8))
-    _parse_records(np.frombuffer(b"\0", np.uint8)[:0], z, z, z, z, z.copy(), z.copy(), z.copy(), np.zeros(0, np.bool_))
+    for buf in (np.frombuffer(b"\0", np.uint8)[:0], np.empty(0, np.uint8)):  # joined / parsed in place
+        _parse_records(buf, z, z, z, z, z.copy(), z.copy(), z.copy(), np.zeros(0, np.bool_))
+    f = np.zeros(0)
+    for use_all in (True, False):
+        _select_rows(np.zeros(0, np.int32), z, f, f, f, f, 0, 1, np.zeros(0, np.bool_), use_all, DAY)
 
     with BarHistory(4 * DAY) as hist:
         codes = hist.table.codes(["W0", "W1"])
