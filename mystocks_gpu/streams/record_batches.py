@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import numba
@@ -117,21 +118,26 @@ def _parse_records(buf, seg_start, seg_end, seg_count, seg_base, offsets, starts
     return k
 
 
-def next_position(fp: FetchedPartition, from_offset: int) -> int:
-    """The next fetch offset after ``fp`` (as :func:`parse_fetched` returns it), from the batch
-    headers alone: a reader can ask for the next fetch before it parses this one."""
-    data = fp.records
+def _complete_batches(data: memoryview) -> Iterator[tuple[int, int, int]]:
+    """``(start, stop, base offset)`` of every complete batch in ``data``, in order (a partial
+    batch at the end of the response is left out)."""
     size = len(data)
-    nxt = from_offset
     p = 0
     while p + HEADER_LEN <= size:
         base, blen = struct.unpack_from(">qi", data, p)
         stop = p + 12 + blen
         if stop > size:
-            break
-        (last_delta,) = struct.unpack_from(">i", data, p + 23)
-        nxt = max(nxt, base + last_delta + 1)
+            return
+        yield p, stop, base
         p = stop
+
+
+def next_position(fp: FetchedPartition, from_offset: int) -> int:
+    """The next fetch offset after ``fp`` (as :func:`parse_fetched` returns it), from the batch
+    headers alone: a reader can ask for the next fetch before it parses this one."""
+    nxt = from_offset
+    for p, _stop, base in _complete_batches(fp.records):
+        nxt = max(nxt, base + struct.unpack_from(">i", fp.records, p + 23)[0] + 1)
     return nxt
 
 
@@ -141,7 +147,6 @@ def parse_fetched(fp: FetchedPartition, from_offset: int, isolation: int = READ_
     ``from_offset`` (see the module doc). The next offset is past the last complete batch (control
     and dropped batches included); ``from_offset`` when no batch was complete."""
     data = fp.records
-    size = len(data)
     pending = sorted((first, pid) for pid, first in fp.aborted)
     heapq.heapify(pending)
     aborted_pids: set[int] = set()
@@ -150,12 +155,7 @@ def parse_fetched(fp: FetchedPartition, from_offset: int, isolation: int = READ_
     bases: list[int] = []
     starts_in_data: list[int] = []  # where each payload starts in ``data`` (-1: decompressed)
     nxt = from_offset
-    p = 0
-    while p + HEADER_LEN <= size:
-        base, blen = struct.unpack_from(">qi", data, p)
-        stop = p + 12 + blen
-        if stop > size:
-            break  # partial batch at the end of the response
+    for p, stop, base in _complete_batches(data):
         if data[p + 16] != 2:
             raise RawFetchError(f"record batch at offset {base} has message format v{data[p + 16]} (only v2 is read raw)")
         attrs, last_delta = struct.unpack_from(">hi", data, p + 21)
@@ -164,7 +164,6 @@ def parse_fetched(fp: FetchedPartition, from_offset: int, isolation: int = READ_
         last = base + last_delta
         nxt = max(nxt, last + 1)
         records = data[p + HEADER_LEN:stop]
-        p = stop
         control = bool(attrs & _ATTR_CONTROL)
         if isolation == READ_COMMITTED and pid >= 0:
             while pending and pending[0][0] <= last:
