@@ -88,8 +88,6 @@ def _select_rows(sym, ts, o, h, low, c, lo, hi, member, use_all, bucket_ns):  # 
     k = 0
     n_range = 0
     n_outside = 0
-    bmin = np.int64(0)
-    bmax = np.int64(0)
     sorted_ = True
     for i in range(n):
         t = ts[i]
@@ -100,14 +98,8 @@ def _select_rows(sym, ts, o, h, low, c, lo, hi, member, use_all, bucket_ns):  # 
             n_outside += 1
             continue
         bi = t // bucket_ns
-        if k == 0:
-            bmin = bi
-            bmax = bi
-        else:
-            if bi < b[k - 1]:
-                sorted_ = False
-            bmin = min(bmin, bi)
-            bmax = max(bmax, bi)
+        if k > 0 and bi < b[k - 1]:
+            sorted_ = False
         keep[k] = i
         b[k] = bi
         k += 1
