@@ -64,27 +64,28 @@ def read_partition(address: tuple[str, int], topic: str, partition: int, start: 
     conn: FetchConnection | None = None
     last_progress = time.monotonic()
     try:
-        conn = FetchConnection(address[0], address[1], connect_timeout_s)
-        cid = conn.send(topic, partition, pos, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS) if pos < end else -1
+        conn = c = FetchConnection(address[0], address[1], connect_timeout_s)
+
+        def ask(offset: int) -> int:
+            return c.send(topic, partition, offset, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
+
+        cid = ask(pos) if pos < end else -1
         while pos < end:
-            fp = conn.receive(cid, topic, partition)
+            fp = c.receive(cid, topic, partition)
             if fp.error_code != 0:
                 raise RawPartitionError(f"{topic}[{partition}] fetch error code {fp.error_code}", pos)
-            ahead = next_position(fp, pos)
-            asked = pos < ahead < end
-            if asked:  # the next fetch is served while this one is parsed
-                cid = conn.send(topic, partition, ahead, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
-            values, offsets, nxt = parse_fetched(fp, pos)
-            if nxt != ahead:
-                raise RawPartitionError(f"{topic}[{partition}]: batch headers at {pos} read two ways", pos)
+            nxt = next_position(fp, pos)
             if nxt <= pos:
                 if fp.records and len(fp.records) >= FETCH_MAX_BYTES:
                     raise RawPartitionError(f"{topic}[{partition}]: a batch at {pos} exceeds one fetch", pos)
                 if time.monotonic() - last_progress > stall_timeout_s:
                     raise FatalRuntimeError(f"replay of {topic}[{partition}] stalled for {stall_timeout_s:.0f} s "
                                             f"before offset {end}")
-                cid = conn.send(topic, partition, pos, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
+                cid = ask(pos)
                 continue
+            if nxt < end:  # the next fetch is served while this one is parsed
+                cid = ask(nxt)
+            values, offsets, _ = parse_fetched(fp, pos)
             last_progress = time.monotonic()
             if offsets.size and offsets[-1] >= end:  # records written after the bounds were captured
                 k = int(np.searchsorted(offsets, end))
@@ -92,8 +93,6 @@ def read_partition(address: tuple[str, int], topic: str, partition: int, start: 
             pos = nxt
             if offsets.size:
                 yield values, offsets
-            if pos < end and not asked:
-                cid = conn.send(topic, partition, pos, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
     except RawPartitionError:
         raise
     except RawFetchError as exc:

@@ -16,6 +16,12 @@ _OVERFLOW = int(Status.VARINT_OVERFLOW)
 
 
 @numba.njit(cache=True, inline="always")
+def _unzigzag(u):  # pragma: no cover - numba
+    """The int64 a zig-zag encoded uint64 holds (the inverse of :func:`_zigzag`)."""
+    return np.int64((u >> np.uint64(1)) ^ (np.uint64(0) - (u & np.uint64(1))))
+
+
+@numba.njit(cache=True, inline="always")
 def _read_long_tail(buf, p, end):  # pragma: no cover - numba
     """:func:`_read_long` within 10 bytes of ``end``: every byte bounds-checked."""
     u = np.uint64(0)
@@ -29,7 +35,7 @@ def _read_long_tail(buf, p, end):  # pragma: no cover - numba
             return np.int64(0), p, _OVERFLOW
         u |= np.uint64(b & 0x7F) << np.uint64(shift)
         if b < 0x80:
-            return np.int64((u >> np.uint64(1)) ^ (np.uint64(0) - (u & np.uint64(1)))), p, 0
+            return _unzigzag(u), p, 0
         shift += 7
 
 
@@ -49,12 +55,12 @@ def _read_long(buf, p, end):  # pragma: no cover - numba
         b = buf[q + np.uint64(j)]
         u |= np.uint64(b & 0x7F) << np.uint64(7 * j)
         if b < 0x80:
-            return np.int64((u >> np.uint64(1)) ^ (np.uint64(0) - (u & np.uint64(1)))), p + j + 1, 0
+            return _unzigzag(u), p + j + 1, 0
     b = buf[q + np.uint64(9)]
     if b > 1:  # a 10th byte may only hold bit 63
         return np.int64(0), p + 10, _OVERFLOW
     u |= np.uint64(b) << np.uint64(63)
-    return np.int64((u >> np.uint64(1)) ^ (np.uint64(0) - (u & np.uint64(1)))), p + 10, 0
+    return _unzigzag(u), p + 10, 0
 
 
 @numba.njit(cache=True, inline="always")
