@@ -225,7 +225,15 @@ def test_universe_time_range_and_top(bars):
 def test_input_errors(bars):
     spec = _spec("ma_cross", "long_only", MONEY[0])
     with pytest.raises(BacktestInputError, match="lack"):
-        run_backtest({k: bars[k] for k in ("open", "close")}, SYMBOLS, TS, spec, backend="cpu")
+        run_backtest({k: bars[k] for k in ("close",)}, SYMBOLS, TS, spec, backend="cpu")
+    # ma_cross reads open and close only: high and low change nothing (absent or garbage)
+    two = run_backtest({k: bars[k] for k in ("open", "close")}, SYMBOLS, TS, spec, backend="cpu")
+    garbage = {**bars, "high": np.full_like(bars["high"], np.nan), "low": -bars["low"]}
+    pd.testing.assert_frame_equal(two.stats, run_backtest(garbage, SYMBOLS, TS, spec, backend="cpu").stats,
+                                  check_exact=True)
+    with pytest.raises(BacktestInputError, match=r"lack \['high', 'low'\]"):
+        run_backtest({k: bars[k] for k in ("open", "close")}, SYMBOLS, TS, _spec("breakout", "long_only", MONEY[0]),
+                     backend="cpu")
     with pytest.raises(BacktestInputError, match="shape"):
         run_backtest({k: v[:, :-1] for k, v in bars.items()}, SYMBOLS, TS, spec, backend="cpu")
     with pytest.raises(BacktestInputError, match="not in the data"):
@@ -277,6 +285,54 @@ def test_indicator_block_sums_are_chunk_invariant(bars):
             "cpu",
         )
         np.testing.assert_array_equal(part[:, :, plan.lead :], full[:, :, start:])
+
+
+@pytest.mark.parametrize("strategy", ["ma_cross", "breakout", "zscore"])
+@pytest.mark.parametrize("big", [False, True])
+def test_fused_kernel_equals_the_indicator_stack_and_simulate_cpu(bars, strategy, big):
+    """The fused CPU loop (indicators per symbol inside the parallel loop) leaves the same state,
+    bit for bit, as the stack-then-simulate path that the GPU kernel transcribes; from a later
+    chunk start (lead bars, base offset), and with more cells per symbol than one work item holds
+    (``big``: several items per symbol, each building only the rows its cells read)."""
+    from mystocks_gpu.gpu_ops.backtest.engine import _sim_params
+    from mystocks_gpu.gpu_ops.backtest.signals import compute_indicators_cpu
+    from mystocks_gpu.gpu_ops.backtest.sim_cpu import GROUP_CELLS, simulate_cpu, simulate_fused_cpu
+    from mystocks_gpu.gpu_ops.backtest.state import F_CASH, F_EQ, F_PEAK, init_state
+
+    grid = {"ma_cross": {"fast": list(range(2, 30, 2)) if big else [3, 8], "slow": [31, 40, 55, 70, 90, 110] if big
+                         else [8, 21, 34]},
+            "breakout": {"window": list(range(3, 150, 2)) if big else [5, 20]},
+            "zscore": {"window": list(range(5, 60, 3)) if big else [10, 25], "entry_z": [1.0, 1.8, 2.5] if big
+                       else [1.0, 1.8], "exit_z": [0.0, 0.5] if big else [0.0]}}[strategy]
+    spec = BacktestSpec(
+        strategy=strategy, params=grid, direction="long_short", sizing="fixed", size=40_000.0, fees=0.002,
+        fixed_fees=1.5, slippage=0.001)
+    plan = compile_grid(spec.strategy, spec.params)
+    assert (plan.n_par > GROUP_CELLS) == big
+    sim = _sim_params(spec, plan)
+    flags = (sim.code, sim.long_short, sim.next_open, sim.fixed_sizing, sim.size, sim.fee, sim.fixed_fee, sim.slip)
+    start = max(130, plan.lead + 40)
+    base = start - plan.lead
+    data = {k: np.ascontiguousarray(v[:, base:]) for k, v in bars.items()}
+    n_cells = len(SYMBOLS) * plan.n_par
+    cells = np.arange(n_cells, dtype=np.int64)
+    sf0, si0 = init_state(np, n_cells, 100_000.0)
+    for f in (F_CASH, F_EQ, F_PEAK):  # a state carried in from earlier bars: unequal cash
+        sf0[f] += np.linspace(0.0, 5_000.0, n_cells)
+    want_f, want_i = sf0.copy(), si0.copy()
+    ind = compute_indicators_cpu(plan, data, base, plan.lead, new_carry(np, plan, len(SYMBOLS)))
+    none = np.empty((1, 1))
+    simulate_cpu(*flags, data["open"], data["close"], ind, plan.pidx, plan.pval, plan.lead, cells, plan.n_par,
+                 want_f, want_i, False, none, none)
+    got_f, got_i = sf0.copy(), si0.copy()
+    simulate_fused_cpu(*flags, data["open"], data["close"], data["high"], data["low"], plan.ind_windows, base,
+                       plan.n_ind, plan.pidx, plan.pval, plan.lead, cells, plan.n_par, got_f, got_i)
+    np.testing.assert_array_equal(got_f, want_f)
+    np.testing.assert_array_equal(got_i, want_i)
+    assert int(want_i.sum()) > 0  # cells traded and counted: the comparison saw real work
+    with pytest.raises(ValueError, match="no fused"):
+        simulate_fused_cpu(99, *flags[1:], data["open"], data["close"], data["high"], data["low"], plan.ind_windows,
+                           base, plan.n_ind, plan.pidx, plan.pval, plan.lead, cells, plan.n_par, got_f, got_i)
 
 
 # ---------------------------------------------------------------------------------------------

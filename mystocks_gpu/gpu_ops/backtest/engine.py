@@ -6,8 +6,9 @@ returned :class:`ChunkState` on) -> :func:`collect_stats` over the final states 
 range -> :func:`run_curves` for the best cells. ``spec`` is any object with the attributes of
 ``processors.backtest_spec.BacktestSpec`` (:class:`EngineSpec`).
 
-Inputs: ``prices`` dict of float64 arrays ``(n_symbols, n_bars)``: ``open``, ``high``, ``low``,
-``close`` (and ``signal`` for the ``signal`` strategy), NaN where a symbol has no bar; ``symbols``
+Inputs: ``prices`` dict of float64 arrays ``(n_symbols, n_bars)``: ``open`` and ``close``, plus
+``high`` and ``low`` for ``breakout`` and ``signal`` for the ``signal`` strategy
+(:func:`strategy_keys`; other keys are ignored), NaN where a symbol has no bar; ``symbols``
 ``(n_symbols,)``; ``ts`` int64 ``(n_bars,)`` bar times in ns (ascending).
 
 Fill and fee rules (per cell = one parameter set on one symbol, starting flat with
@@ -88,7 +89,7 @@ from mystocks_gpu.gpu_ops.backtest.planning import (
     plan_chunks,
 )
 from mystocks_gpu.gpu_ops.backtest.signals import compute_indicators_cpu, new_carry
-from mystocks_gpu.gpu_ops.backtest.sim_cpu import simulate_cpu
+from mystocks_gpu.gpu_ops.backtest.sim_cpu import FUSED_CODES, simulate_cpu, simulate_fused_cpu
 from mystocks_gpu.gpu_ops.backtest.state import NF, NI, init_state
 from mystocks_gpu.gpu_ops.backtest.stats import (
     HIGHER_IS_BETTER,
@@ -210,8 +211,16 @@ class BacktestOutput:
 # ---------------------------------------------------------------------------------------------
 
 
+def strategy_keys(strategy: str) -> tuple[str, ...]:
+    """The price keys ``strategy`` reads: ``open`` and ``close`` (fills, validity, marks), plus
+    ``high``/``low`` for ``breakout`` (its channel) and ``signal`` for ``signal``."""
+    name = canonical_strategy(strategy)
+    return ("open",) + (("high", "low") if name == "breakout" else ()) + ("close",) + \
+        (("signal",) if name == "signal" else ())
+
+
 def _needed_keys(strategy: str) -> list[str]:
-    return list(PRICE_KEYS) + (["signal"] if canonical_strategy(strategy) == "signal" else [])
+    return list(strategy_keys(strategy))
 
 
 def prepare_inputs(
@@ -431,9 +440,15 @@ def run_chunk(
         chunk.bar_stop - col0,
         be,
     )
-    ind = compute_indicators(sub, data, c0, chunk.lead, carry, be)
     cell_ids = mod.arange(n_cells, dtype=mod.int64)
-    _simulate(sim, sub, data, ind, chunk.lead, cell_ids, sf, si, be)
+    if be != GPU and sub.code in FUSED_CODES:  # indicators built inside the loop, per symbol
+        simulate_fused_cpu(sim.code, sim.long_short, sim.next_open, sim.fixed_sizing, sim.size, sim.fee,
+                           sim.fixed_fee, sim.slip, data["open"], data["close"], data.get("high", data["close"]),
+                           data.get("low", data["close"]), sub.ind_windows, c0, sub.n_ind,
+                           sub.pidx, sub.pval, chunk.lead, cell_ids, sub.n_par, sf, si)
+    else:
+        ind = compute_indicators(sub, data, c0, chunk.lead, carry, be)
+        _simulate(sim, sub, data, ind, chunk.lead, cell_ids, sf, si, be)
     return ChunkState(
         chunk.group, chunk.sym_start, chunk.sym_stop, chunk.bar_stop, sf, si, carry, be,
         chunk.par_start, chunk.par_stop,

@@ -102,6 +102,14 @@ def _block_sum_row(x: np.ndarray, w: int, base: int, out: np.ndarray, tmp: np.nd
             q = 0
 
 
+@njit(cache=True)
+def _sma_row(x: np.ndarray, w: int, base: int, out: np.ndarray, tmp: np.ndarray) -> None:
+    """SMA_w of row ``x`` into ``out`` (``tmp``: scratch of the row's length)."""
+    _block_sum_row(x, w, base, out, tmp)
+    for j in range(x.shape[0]):
+        out[j] = out[j] / w
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def sma_cpu(x: np.ndarray, windows: np.ndarray, base: int, out: np.ndarray) -> None:
     """SMA rows: ``out[i, s, :]`` = SMA_{windows[i]} of ``x[s]``. ``out`` (n_w, n_s, L)."""
@@ -110,11 +118,8 @@ def sma_cpu(x: np.ndarray, windows: np.ndarray, base: int, out: np.ndarray) -> N
     for r in prange(n_w * n_s):
         i = r // n_s
         s = r - i * n_s
-        w = windows[i]
         tmp = np.empty(n)
-        _block_sum_row(x[s], w, base, out[i, s], tmp)
-        for j in range(n):
-            out[i, s, j] = out[i, s, j] / w
+        _sma_row(x[s], windows[i], base, out[i, s], tmp)
 
 
 @njit(cache=True)
@@ -202,24 +207,28 @@ def zscore_cpu(x: np.ndarray, windows: np.ndarray, base: int, out: np.ndarray) -
     for r in prange(n_w * n_s):
         i = r // n_s
         s = r - i * n_s
-        w = windows[i]
-        row = out[i, s]
-        xs = x[s]
         tmp = np.empty(n)
-        _block_sum_row(xs, w, base, row, tmp)
-        for j in range(n):
-            if j - w + 1 < 0:
-                continue
-            m = row[j] / w
-            v = 0.0
-            for q in range(j - w + 1, j + 1):
-                d = xs[q] - m
-                v += d * d
-            sd = np.sqrt(v / w)
-            if sd > ZSCORE_FLAT_REL * abs(m):
-                row[j] = (xs[j] - m) / sd
-            else:
-                row[j] = np.nan
+        _zscore_row(x[s], windows[i], base, out[i, s], tmp)
+
+
+@njit(cache=True)
+def _zscore_row(xs: np.ndarray, w: int, base: int, row: np.ndarray, tmp: np.ndarray) -> None:
+    """z-score of window ``w`` of row ``xs`` into ``row`` (``tmp``: scratch of the row's length)."""
+    n = xs.shape[0]
+    _block_sum_row(xs, w, base, row, tmp)
+    for j in range(n):
+        if j - w + 1 < 0:
+            continue
+        m = row[j] / w
+        v = 0.0
+        for q in range(j - w + 1, j + 1):
+            d = xs[q] - m
+            v += d * d
+        sd = np.sqrt(v / w)
+        if sd > ZSCORE_FLAT_REL * abs(m):
+            row[j] = (xs[j] - m) / sd
+        else:
+            row[j] = np.nan
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -268,6 +277,26 @@ def rsi_cpu(
         carry[i, s, 0] = k
         carry[i, s, 1] = g
         carry[i, s, 2] = lo
+
+
+@njit(cache=True)
+def indicator_row(
+    code: int, r: int, s: int, close: np.ndarray, high: np.ndarray, low: np.ndarray, windows: np.ndarray,
+    base: int, row: np.ndarray, tmp: np.ndarray,
+) -> None:
+    """Row ``r`` of symbol ``s``'s indicator stack into ``row`` (length ``L``), for the stateless
+    indicators (``MA_CROSS``, ``ZSCORE``, ``BREAKOUT``): the same doubles as :func:`sma_cpu`,
+    :func:`zscore_cpu` and :func:`channel_cpu` give for ``out[r, s]``. ``tmp``: scratch ``(L,)``."""
+    if code == MA_CROSS:
+        _sma_row(close[s], windows[r], base, row, tmp)
+    elif code == ZSCORE:
+        _zscore_row(close[s], windows[r], base, row, tmp)
+    else:
+        n_w = windows.shape[0]
+        if r < n_w:
+            _block_ext_row(high[s], windows[r], base, True, row, tmp)
+        else:
+            _block_ext_row(low[s], windows[r - n_w], base, False, row, tmp)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from mystocks_gpu.gpu_ops.backtest.signals import resolve_action, signal_flags
+from mystocks_gpu.gpu_ops.backtest.signals import indicator_row, resolve_action, signal_flags
 from mystocks_gpu.gpu_ops.backtest.state import (
     A_CLOSE_LONG,
     A_CLOSE_SHORT,
@@ -42,6 +42,7 @@ from mystocks_gpu.gpu_ops.backtest.state import (
     I_PENDING,
     I_RUN,
 )
+from mystocks_gpu.gpu_ops.backtest.strategies import BREAKOUT, MA_CROSS, ZSCORE
 
 
 @njit(cache=True, inline="always")
@@ -159,14 +160,17 @@ def _advance_cell(
     record: bool,
     eq_out: np.ndarray,
     dd_out: np.ndarray,
+    ind_s: int,
 ) -> None:
     """Advance state column ``k`` (cell ``cell_ids[k]``) over columns ``j0 .. n-1``; recorded
     columns go to ``eq_out[k, j - out0]``. Entering at any ``j0`` with the state left at ``j0``
     gives the same doubles as one pass (the drawdown and its threshold are recomputed from the
-    stored equity, peak and max drawdown exactly as the loop computes them)."""
+    stored equity, peak and max drawdown exactly as the loop computes them). ``ind_s``: the
+    symbol's row in ``ind`` (-1: its row in the prices, a shared stack; 0: a one-symbol stack)."""
     cell = cell_ids[k]
     s = cell // n_par
     p = cell - s * n_par
+    sx = s if ind_s < 0 else ind_s
     ia = pidx[p, 0]
     ib = pidx[p, 1]
     th0 = pval[p, 0]
@@ -190,13 +194,13 @@ def _advance_cell(
     pending = si[I_PENDING, k]
     dd = 1.0 - eq / peak if eq < peak else 0.0  # drawdown at the last valid bar
     thr = peak * (1.0 - maxdd + DD_MARGIN)  # equity below this may set a new max drawdown
-    a_p = ind[ia, s, j0 - 1] if j0 > 0 else np.nan
-    b_p = ind[ib, s, j0 - 1] if j0 > 0 else np.nan
+    a_p = ind[ia, sx, j0 - 1] if j0 > 0 else np.nan
+    b_p = ind[ib, sx, j0 - 1] if j0 > 0 else np.nan
     for j in range(j0, n):
         o = open_[s, j]
         c = close[s, j]
-        a_t = ind[ia, s, j]
-        b_t = ind[ib, s, j]
+        a_t = ind[ia, sx, j]
+        b_t = ind[ib, sx, j]
         if not (abs(o) < np.inf and abs(c) < np.inf):  # finite open and close
             pending = A_NONE  # an order due at a missing bar is dropped
             if record:
@@ -394,6 +398,83 @@ def _kernel(code: int, record: bool) -> Any:
                 for k in range(cuts[g], cuts[g + 1]):
                     _advance_cell(k, code, long_short, next_open, fixed_sizing, size, fee, fixed_fee, slip, open_,
                                   close, ind, pidx, pval, b0, b1, j0, cell_ids, n_par, sf, si, record, eq_out,
-                                  dd_out)
+                                  dd_out, -1)
+
+    return kernel
+
+
+#: strategies whose indicators :func:`simulate_fused_cpu` computes inside the simulation loop
+#: (stateless windows; RSI carries state across chunks and ``signal`` reads its input directly)
+FUSED_CODES = (MA_CROSS, BREAKOUT, ZSCORE)
+
+
+def simulate_fused_cpu(
+    code: int,
+    long_short: bool,
+    next_open: bool,
+    fixed_sizing: bool,
+    size: float,
+    fee: float,
+    fixed_fee: float,
+    slip: float,
+    open_: np.ndarray,
+    close: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
+    windows: np.ndarray,
+    base: int,
+    n_ind: int,
+    pidx: np.ndarray,
+    pval: np.ndarray,
+    j0: int,
+    cell_ids: np.ndarray,
+    n_par: int,
+    sf: np.ndarray,
+    si: np.ndarray,
+) -> None:
+    """:func:`simulate_cpu` (``record=False``) with the indicators computed per work item: each
+    item (cells of one symbol) first builds the rows of that symbol's indicator stack its cells
+    read (``signals.indicator_row``: the same doubles as ``compute_indicators_cpu``) into a
+    buffer of its own, ``(n_ind, 1, L)`` float64 (a few kB: it stays in the core's cache), then
+    walks its cells over them. The stack ``(n_ind, n_s, L)`` of the whole chunk is never written
+    to memory and read back, and the indicators run in the same parallel loop as the cells.
+
+    Args: as :func:`simulate_cpu`; ``code`` in :data:`FUSED_CODES`; ``high``/``low`` ``(n_s, L)``
+    (read by ``BREAKOUT`` only: pass ``close`` for the others); ``windows`` int64 ``(n_w,)`` the
+    plan's indicator windows; ``base`` the absolute bar of column 0; ``n_ind`` the plan's rows.
+    """
+    if code not in FUSED_CODES:
+        raise ValueError(f"strategy code {code} has no fused CPU kernel")
+    _fused_kernel(int(code))(long_short, next_open, fixed_sizing, size, fee, fixed_fee, slip, open_, close, high,
+                             low, windows, base, n_ind, pidx, pval, j0, cell_ids, n_par, sf, si)
+
+
+@cache
+def _fused_kernel(code: int) -> Any:
+    """The fused loop with ``code`` compiled in (see :func:`_kernel`)."""
+
+    @njit(cache=True, parallel=True, nogil=True)
+    def kernel(long_short, next_open, fixed_sizing, size, fee, fixed_fee, slip, open_, close, high, low, windows,
+               base, n_ind, pidx, pval, j0, cell_ids, n_par, sf, si):  # pragma: no cover - numba
+        cuts = _symbol_groups(cell_ids, n_par)
+        n = close.shape[1]
+        none = np.empty((1, 1))
+        for g in prange(cuts.shape[0] - 1):
+            s = cell_ids[cuts[g]] // n_par
+            rows = np.empty((n_ind, 1, n))
+            tmp = np.empty(n)
+            need = np.zeros(n_ind, np.bool_)
+            for k in range(cuts[g], cuts[g + 1]):
+                p = cell_ids[k] - s * n_par
+                need[pidx[p, 0]] = True
+                need[pidx[p, 1]] = True
+            for r in range(n_ind):
+                if need[r]:
+                    indicator_row(code, r, s, close, high, low, windows, base, rows[r, 0], tmp)
+            for b0 in range(j0, n, TIME_BLOCK):
+                b1 = min(b0 + TIME_BLOCK, n)
+                for k in range(cuts[g], cuts[g + 1]):
+                    _advance_cell(k, code, long_short, next_open, fixed_sizing, size, fee, fixed_fee, slip, open_,
+                                  close, rows, pidx, pval, b0, b1, j0, cell_ids, n_par, sf, si, False, none, none, 0)
 
     return kernel

@@ -22,20 +22,20 @@ import pandas as pd
 
 from mystocks_gpu.gpu_ops.backend import select
 from mystocks_gpu.gpu_ops.backtest.engine import (
-    PRICE_KEYS,
     ChunkState,
     CurveRecorder,
     collect_stats,
     run_chunk,
+    strategy_keys,
 )
 from mystocks_gpu.gpu_ops.backtest.exceptions import BacktestInputError
 from mystocks_gpu.gpu_ops.backtest.planning import Chunk, EngineSpec, layout
-from mystocks_gpu.gpu_ops.backtest.strategies import GridPlan, canonical_strategy, compile_grid
+from mystocks_gpu.gpu_ops.backtest.strategies import GridPlan, compile_grid
 
 
 def needed_keys(strategy: str) -> tuple[str, ...]:
-    """Price keys a strategy reads: OHLC, plus ``signal`` for the ``signal`` strategy."""
-    return PRICE_KEYS + (("signal",) if canonical_strategy(strategy) == "signal" else ())
+    """Price keys a strategy reads (``engine.strategy_keys``): the windows to feed carry these."""
+    return strategy_keys(strategy)
 
 
 class _Lead:

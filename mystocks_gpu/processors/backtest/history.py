@@ -183,11 +183,12 @@ class _TimeSet:
 
 
 @numba.njit(cache=True, nogil=True)
-def _pivot(sym, ts, o, h, low, c, row_of, times, out, seen):  # pragma: no cover - numba
-    """Scatter rows into ``out`` float64 ``(4, n_rows, w)`` (open, high, low, close; NaN-filled):
-    row ``row_of[sym[i]]`` (skipped when < 0), column the index of ``ts[i]`` in ``times`` (sorted,
-    holding every such ``ts``). A later row of the same cell overwrites the earlier one; ``seen``
-    uint8 ``(n_rows * w,)`` (zeroed) marks cells written. Returns the number of overwrites."""
+def _pivot(sym, ts, vals, row_of, times, out, seen):  # pragma: no cover - numba
+    """Scatter rows into ``out`` float64 ``(len(vals), n_rows, w)`` (NaN-filled): ``out[q]`` takes
+    the column ``vals[q]`` (a tuple of float64 row columns), row ``row_of[sym[i]]`` (skipped when
+    < 0), column the index of ``ts[i]`` in ``times`` (sorted, holding every such ``ts``). A later
+    row of the same cell overwrites the earlier one; ``seen`` uint8 ``(n_rows * w,)`` (zeroed)
+    marks cells written. Returns the number of overwrites."""
     w = times.size
     dups = 0
     j = 0
@@ -207,10 +208,8 @@ def _pivot(sym, ts, o, h, low, c, row_of, times, out, seen):  # pragma: no cover
         if seen[flat]:
             dups += 1
         seen[flat] = 1
-        out[0, r, j] = o[i]
-        out[1, r, j] = h[i]
-        out[2, r, j] = low[i]
-        out[3, r, j] = c[i]
+        for q in range(len(vals)):
+            out[q, r, j] = vals[q][i]
     return dups
 
 
@@ -469,6 +468,7 @@ class BarHistory:
         row_of[self._codes(symbols)] = np.arange(len(symbols))
         carry = np.full(len(symbols), np.nan)
         sig_done = -(2**63)
+        prices = [k for k in ("open", "high", "low", "close") if k in keys]
         for lo, hi in self._windows(max_rows):
             rows = self.bars.read(lo, hi)
             if all_times is not None:  # the window's bar times: those of the scan in its buckets
@@ -476,12 +476,11 @@ class BarHistory:
                 ts = all_times[a:b]
             else:
                 ts = np.unique(rows["ts"][in_universe[rows["sym"]]])
-            out = np.full((4, len(symbols), ts.size), np.nan)
+            out = np.full((len(prices), len(symbols), ts.size), np.nan)
             if ts.size:
-                self.duplicates += int(_pivot(rows["sym"], rows["ts"], rows["open"], rows["high"], rows["low"],
-                                              rows["close"], row_of, ts, out,
-                                              np.zeros(len(symbols) * ts.size, np.uint8)))
-            mats = {k: out[i] for i, k in enumerate(("open", "high", "low", "close")) if k in keys}
+                self.duplicates += int(_pivot(rows["sym"], rows["ts"], tuple(rows[k] for k in prices), row_of, ts,
+                                              out, np.zeros(len(symbols) * ts.size, np.uint8)))
+            mats = {k: out[i] for i, k in enumerate(prices)}
             if "signal" in keys:
                 mats["signal"] = self._align_signal(sig_done, hi, ts, row_of, carry)
                 sig_done = hi
