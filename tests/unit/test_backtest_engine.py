@@ -288,6 +288,25 @@ def test_indicator_block_sums_are_chunk_invariant(bars):
 
 
 @pytest.mark.parametrize("strategy", ["ma_cross", "breakout", "zscore"])
+def test_enough_symbols_take_the_fused_path_and_match_the_reference(strategy):
+    """With enough symbols (``FUSED_MIN_SYMBOLS``) and short indicator rows the CPU engine runs the
+    fused loop; its stats equal the pandas reference's."""
+    from mystocks_gpu.gpu_ops.backtest.sim_cpu import FUSED_MIN_SYMBOLS, fused_fits
+
+    n = FUSED_MIN_SYMBOLS + 2
+    prices = random_bars(seed=11, n_symbols=n)
+    names = [f"S{i:02d}" for i in range(n)]
+    plan = compile_grid(strategy, GRIDS[strategy])
+    assert fused_fits(plan.code, n, plan.n_ind, len(TS)) and not fused_fits(plan.code, 4, plan.n_ind, len(TS))
+    spec = _spec(strategy, "long_short", MONEY[0])
+    out = run_backtest(prices, names, TS, spec, backend="cpu")
+    ref, _ = ref_backtest(prices, names, strategy, GRIDS[strategy], direction="long_short", execution="next_open",
+                          fee=MONEY[0][3], fixed_fee=MONEY[0][4], slip=MONEY[0][5], sizing="fraction", size=1.0)
+    _assert_stats_close(out.stats, ref)
+    assert out.stats["n_trades"].sum() > 0
+
+
+@pytest.mark.parametrize("strategy", ["ma_cross", "breakout", "zscore"])
 @pytest.mark.parametrize("big", [False, True])
 def test_fused_kernel_equals_the_indicator_stack_and_simulate_cpu(bars, strategy, big):
     """The fused CPU loop (indicators per symbol inside the parallel loop) leaves the same state,

@@ -89,7 +89,7 @@ from mystocks_gpu.gpu_ops.backtest.planning import (
     plan_chunks,
 )
 from mystocks_gpu.gpu_ops.backtest.signals import compute_indicators_cpu, new_carry
-from mystocks_gpu.gpu_ops.backtest.sim_cpu import FUSED_CODES, simulate_cpu, simulate_fused_cpu
+from mystocks_gpu.gpu_ops.backtest.sim_cpu import fused_fits, simulate_cpu, simulate_fused_cpu
 from mystocks_gpu.gpu_ops.backtest.state import NF, NI, init_state
 from mystocks_gpu.gpu_ops.backtest.stats import (
     HIGHER_IS_BETTER,
@@ -441,7 +441,7 @@ def run_chunk(
         be,
     )
     cell_ids = mod.arange(n_cells, dtype=mod.int64)
-    if be != GPU and sub.code in FUSED_CODES:  # indicators built inside the loop, per symbol
+    if be != GPU and fused_fits(sub.code, n_s, sub.n_ind, chunk.bar_stop - c0):  # indicators per symbol, in the loop
         simulate_fused_cpu(sim.code, sim.long_short, sim.next_open, sim.fixed_sizing, sim.size, sim.fee,
                            sim.fixed_fee, sim.slip, data["open"], data["close"], data.get("high", data["close"]),
                            data.get("low", data["close"]), sub.ind_windows, c0, sub.n_ind,

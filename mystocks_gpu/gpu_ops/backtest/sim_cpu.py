@@ -313,9 +313,9 @@ GROUP_CELLS = 64
 
 
 @njit(cache=True)
-def _symbol_groups(cell_ids: np.ndarray, n_par: int) -> np.ndarray:
+def _symbol_groups(cell_ids: np.ndarray, n_par: int, cap: int = GROUP_CELLS) -> np.ndarray:
     """Boundaries ``(n_groups + 1,)`` of runs of consecutive state columns whose cells share a
-    symbol (at most :data:`GROUP_CELLS` each)."""
+    symbol (at most ``cap`` each)."""
     n_run = cell_ids.shape[0]
     cuts = np.empty(n_run + 1, np.int64)
     m = 0
@@ -323,7 +323,7 @@ def _symbol_groups(cell_ids: np.ndarray, n_par: int) -> np.ndarray:
     size = 0
     for k in range(n_run):
         s = cell_ids[k] // n_par
-        if s != prev or size == GROUP_CELLS:
+        if s != prev or size == cap:
             cuts[m] = k
             m += 1
             prev = s
@@ -406,6 +406,18 @@ def _kernel(code: int, record: bool) -> Any:
 #: strategies whose indicators :func:`simulate_fused_cpu` computes inside the simulation loop
 #: (stateless windows; RSI carries state across chunks and ``signal`` reads its input directly)
 FUSED_CODES = (MA_CROSS, BREAKOUT, ZSCORE)
+#: fused only with at least this many symbols (one work item per symbol: enough items for the threads)
+FUSED_MIN_SYMBOLS = 16
+#: fused only while one symbol's indicator rows (``n_ind x L`` float64) stay this small: they must
+#: stay in the core's cache while its cells walk them (a 300-pair grid over 2,500 bars, 700 kB, ran
+#: ~4 % slower fused than from the shared stack, which it reads block by block)
+FUSED_MAX_ROW_BYTES = 256 * 1024
+
+
+def fused_fits(code: int, n_symbols: int, n_ind: int, n_cols: int) -> bool:
+    """Whether :func:`simulate_fused_cpu` is the faster CPU path for a chunk of ``n_symbols`` x
+    ``n_cols`` bars (lead included) with ``n_ind`` indicator rows (see the limits above)."""
+    return code in FUSED_CODES and n_symbols >= FUSED_MIN_SYMBOLS and n_ind * n_cols * 8 <= FUSED_MAX_ROW_BYTES
 
 
 def simulate_fused_cpu(
@@ -433,8 +445,8 @@ def simulate_fused_cpu(
     si: np.ndarray,
 ) -> None:
     """:func:`simulate_cpu` (``record=False``) with the indicators computed per work item: each
-    item (cells of one symbol) first builds the rows of that symbol's indicator stack its cells
-    read (``signals.indicator_row``: the same doubles as ``compute_indicators_cpu``) into a
+    item (the cells of one symbol: a run of consecutive ``cell_ids``) first builds the rows of that
+    symbol's indicator stack its cells read (``signals.indicator_row``: the same doubles as ``compute_indicators_cpu``) into a
     buffer of its own, ``(n_ind, 1, L)`` float64 (a few kB: it stays in the core's cache), then
     walks its cells over them. The stack ``(n_ind, n_s, L)`` of the whole chunk is never written
     to memory and read back, and the indicators run in the same parallel loop as the cells.
@@ -456,7 +468,7 @@ def _fused_kernel(code: int) -> Any:
     @njit(cache=True, parallel=True, nogil=True)
     def kernel(long_short, next_open, fixed_sizing, size, fee, fixed_fee, slip, open_, close, high, low, windows,
                base, n_ind, pidx, pval, j0, cell_ids, n_par, sf, si):  # pragma: no cover - numba
-        cuts = _symbol_groups(cell_ids, n_par)
+        cuts = _symbol_groups(cell_ids, n_par, cell_ids.shape[0])  # one work item per symbol's run
         n = close.shape[1]
         none = np.empty((1, 1))
         for g in prange(cuts.shape[0] - 1):
