@@ -125,6 +125,7 @@ def _proc_status_mb(field: str) -> float:
 def _warm_history() -> None:
     """Compile (or load from the cache) the replay, history and publish kernels: record-batch
     parser, row selection, spill, bar-time set, pivot, result rows."""
+    from mystocks_gpu.gpu_ops.backtest.stream import needed_keys
     from mystocks_gpu.processors.backtest.history import BAR_ROW, BarHistory, _select_rows
     from mystocks_gpu.processors.backtest.rows_codec import _encode_rows
     from mystocks_gpu.streams.record_batches import _parse_records
@@ -145,21 +146,23 @@ def _warm_history() -> None:
         rows["ts"] = np.tile(np.arange(4, 0, -1) * DAY, 2)
         hist._account(rows)
         hist.bars.add(rows)
-        for _ in hist.windows(["W0", "W1"], ["W0", "W1"], ("open", "high", "low", "close"), 4):
+        for _ in hist.windows(["W0", "W1"], ["W0", "W1"], needed_keys("ma_cross"), 4):  # the job's keys
             pass
 
 
 def child(args: argparse.Namespace) -> int:
     """Warm up, run the backtest job's runner once, print one JSON line."""
     from mystocks_gpu.gpu_ops.backtest import run_backtest
+    from mystocks_gpu.gpu_ops.backtest.sim_cpu import FUSED_MIN_SYMBOLS
     from mystocks_gpu.infra.config import load_settings
     from mystocks_gpu.processors.backtest.job import BacktestJobSpec, run_backtest_job
     from mystocks_gpu.processors.backtest.spec import BacktestSpec
     from mystocks_gpu.streams.replay import ReplaySource
 
     spec = json.loads(args.child)
-    warm = B.synthetic(4, 300, 1)
-    run_backtest(warm, [f"W{i}" for i in range(4)], bar_times(300, DAY),
+    n_warm = FUSED_MIN_SYMBOLS  # enough symbols for the engine's fused CPU loop, as in the job
+    warm = B.synthetic(n_warm, 300, 1)
+    run_backtest(warm, [f"W{i}" for i in range(n_warm)], bar_times(300, DAY),
                  BacktestSpec(strategy="ma_cross", params=spec["params"], n_curves=2), backend="cpu")
     s = load_settings()
     enc = BatchEncoder("mystocks.md.Bar", schema_store(s))  # codec warm-up (numba, as the engine's)

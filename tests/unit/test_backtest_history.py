@@ -99,6 +99,35 @@ def test_any_load_order_gives_the_pandas_pivot(order: str) -> None:
         assert hist.duplicates == 0
 
 
+@pytest.mark.parametrize("order", sorted(ORDERS))
+def test_a_few_symbols_read_only_their_segments_and_equal_the_pivot(order: str) -> None:
+    """Windows of a few symbols of a wide universe (the curve pass) equal the pandas pivot in any
+    load order; loaded ticker by ticker, they read a small part of the spill."""
+    rng = np.random.default_rng(4)
+    days = pd.bdate_range("2020-01-01", "2021-12-31", tz="UTC").as_unit("ns").asi8
+    frames = []
+    for i in range(40):
+        d = days[rng.integers(0, 200):]
+        close = 30 * np.exp(np.cumsum(rng.normal(0, 0.02, d.size)))
+        frames.append(pd.DataFrame({"symbol": f"T{i:02d}", "ts": d, "open": close * 1.001, "high": close * 1.02,
+                                    "low": close * 0.98, "close": close}))
+    df = ORDERS[order](pd.concat(frames, ignore_index=True))
+    universe = sorted(df["symbol"].unique())
+    symbols = ["T07", "T31"]
+    want, ts_want = _pivot(df, symbols, universe)
+    with _history(df, chunk=500) as hist:
+        got, ts, _ = _collect(hist, symbols, universe, max_rows=4000)
+        np.testing.assert_array_equal(ts, ts_want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+        ids, _ = hist.bars.buckets()
+        codes = np.sort(hist._codes(symbols))
+        read = sum(hist.bars.read(int(b), int(b), codes).size for b in ids)
+        assert sum(hist.bars.read(int(b), int(b)).size for b in ids) == len(df)
+        if order == "per_ticker":
+            assert read < len(df) // 5, (read, len(df))
+
+
 def test_duplicates_keep_the_record_read_last() -> None:
     df = real_shaped().sort_values(["ts", "symbol"], kind="stable")
     again = df[df["symbol"] == "CCC"].iloc[10:20].assign(close=lambda d: d["close"] + 1.0)

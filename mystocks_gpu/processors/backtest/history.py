@@ -222,14 +222,17 @@ def bar_interval_ns(topic: str) -> int:
 class Spill:
     """Rows of a structured dtype (with an int64 ``ts`` field) bucketed by ``ts // bucket_ns`` in
     one temporary file; each :meth:`add` appends one segment per bucket it touches, and a bucket
-    reads back as its segments in write order."""
+    reads back as its segments in write order. With a ``sym`` field, each segment also keeps the
+    range of symbol codes it holds, so reading a few symbols skips the segments of others (a
+    replayed partition brings whole symbols in runs: a segment holds a few neighbouring codes)."""
 
     def __init__(self, dtype: np.dtype, bucket_ns: int, directory: str | None = None) -> None:
         self.dtype, self.bucket_ns = np.dtype(dtype), int(bucket_ns)
         self._f = tempfile.TemporaryFile(prefix="mystocks-spill-", dir=directory)
         self._fd = self._f.fileno()
         self._size = 0
-        self._seg = np.empty((1024, 3), np.int64)  # (bucket, byte offset, rows)
+        self._seg = np.empty((1024, 5), np.int64)  # (bucket, byte offset, rows, lowest sym, highest sym)
+        self._has_sym = self.dtype.names is not None and "sym" in self.dtype.names
         self._n_seg = 0
         self.rows = 0
 
@@ -251,11 +254,17 @@ class Spill:
             done += os.pwrite(self._fd, memoryview(data[done:].data), self._size + done)
         item = self.dtype.itemsize
         if self._n_seg + starts.size > len(self._seg):
-            self._seg = np.concatenate([self._seg, np.empty((max(len(self._seg), starts.size), 3), np.int64)])
+            self._seg = np.concatenate([self._seg, np.empty((max(len(self._seg), starts.size), 5), np.int64)])
         seg = self._seg[self._n_seg:self._n_seg + starts.size]
         seg[:, 0] = b[starts]
         seg[:, 1] = self._size + starts * item
         seg[:, 2] = stops - starts
+        if self._has_sym:
+            sym = rows["sym"]
+            seg[:, 3] = np.minimum.reduceat(sym, starts)
+            seg[:, 4] = np.maximum.reduceat(sym, starts)
+        else:
+            seg[:, 3], seg[:, 4] = np.iinfo(np.int64).min, np.iinfo(np.int64).max
         self._n_seg += starts.size
         self._size += data.size
         self.rows += rows.size
@@ -266,10 +275,15 @@ class Spill:
         ids, inv = np.unique(seg[:, 0], return_inverse=True)
         return ids, np.bincount(inv, weights=seg[:, 2], minlength=ids.size).astype(np.int64)
 
-    def read(self, lo: int, hi: int) -> np.ndarray:
-        """Rows of buckets ``lo..hi`` (inclusive): by bucket, then in write order."""
+    def read(self, lo: int, hi: int, codes: np.ndarray | None = None) -> np.ndarray:
+        """Rows of buckets ``lo..hi`` (inclusive): by bucket, then in write order. ``codes``
+        (sorted symbol codes): only segments that may hold one of them are read (the rows returned
+        then include other symbols of those segments; filter by ``sym``)."""
         seg = self._seg[:self._n_seg]
-        sel = np.flatnonzero((seg[:, 0] >= lo) & (seg[:, 0] <= hi))
+        keep = (seg[:, 0] >= lo) & (seg[:, 0] <= hi)
+        if codes is not None:
+            keep &= np.searchsorted(codes, seg[:, 3]) < np.searchsorted(codes, seg[:, 4], side="right")
+        sel = np.flatnonzero(keep)
         sel = sel[np.argsort(seg[sel, 0], kind="stable")]
         out = np.empty(int(seg[sel, 2].sum()), self.dtype)
         view = out.view(np.uint8)
@@ -425,8 +439,11 @@ class BarHistory:
         if self._covers_all(member):
             return int(self.times.sorted().size)
         n = 0
+        # a few symbols over the universe's known bar times (e.g. the curve pass): read only the
+        # segments that hold them (the bar times do not come from the rows read)
+        few = np.sort(self._codes(symbols)) if all_times is not None and len(symbols) < n_all else None
         for lo, hi in self._windows(max_rows):
-            rows = self.bars.read(lo, hi)
+            rows = self.bars.read(lo, hi, few)
             n += np.unique(rows["ts"][member[rows["sym"]]]).size
         return n
 
@@ -469,8 +486,11 @@ class BarHistory:
         carry = np.full(len(symbols), np.nan)
         sig_done = -(2**63)
         prices = [k for k in ("open", "high", "low", "close") if k in keys]
+        # a few symbols over the universe's known bar times (e.g. the curve pass): read only the
+        # segments that hold them (the bar times do not come from the rows read)
+        few = np.sort(self._codes(symbols)) if all_times is not None and len(symbols) < n_all else None
         for lo, hi in self._windows(max_rows):
-            rows = self.bars.read(lo, hi)
+            rows = self.bars.read(lo, hi, few)
             if all_times is not None:  # the window's bar times: those of the scan in its buckets
                 a, b = np.searchsorted(all_times, [lo * self.bars.bucket_ns, (hi + 1) * self.bars.bucket_ns])
                 ts = all_times[a:b]
