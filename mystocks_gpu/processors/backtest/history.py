@@ -439,11 +439,8 @@ class BarHistory:
         if self._covers_all(member):
             return int(self.times.sorted().size)
         n = 0
-        # a few symbols over the universe's known bar times (e.g. the curve pass): read only the
-        # segments that hold them (the bar times do not come from the rows read)
-        few = np.sort(self._codes(symbols)) if all_times is not None and len(symbols) < n_all else None
         for lo, hi in self._windows(max_rows):
-            rows = self.bars.read(lo, hi, few)
+            rows = self.bars.read(lo, hi)
             n += np.unique(rows["ts"][member[rows["sym"]]]).size
         return n
 
