@@ -56,7 +56,7 @@ demo: install ## stack up, topics, run the main pipeline end to end, print what 
 	$(PY) scripts/demo.py
 
 test: install ## whole suite (unit + integration) in $(TEST_WORKERS) workers, each against a private Kafka + Redis on free ports started and stopped by the run
-	$(PY) -m pytest -p no:cacheprovider -ra -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -ra --durations=30 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only (no broker)
 	$(PY) -m pytest -p no:cacheprovider -ra tests/unit $(PYTEST_ARGS)

@@ -297,7 +297,7 @@ def test_enough_symbols_take_the_fused_path_and_match_the_reference(strategy):
     prices = random_bars(seed=11, n_symbols=n)
     names = [f"S{i:02d}" for i in range(n)]
     plan = compile_grid(strategy, GRIDS[strategy])
-    assert fused_fits(plan.code, n, plan.n_ind, len(TS)) and not fused_fits(plan.code, 4, plan.n_ind, len(TS))
+    assert fused_fits(plan.code, n) and not fused_fits(plan.code, 4) and not fused_fits(compile_grid("rsi", GRIDS["rsi"]).code, n)
     spec = _spec(strategy, "long_short", MONEY[0])
     out = run_backtest(prices, names, TS, spec, backend="cpu")
     ref, _ = ref_backtest(prices, names, strategy, GRIDS[strategy], direction="long_short", execution="next_open",

@@ -441,7 +441,7 @@ def run_chunk(
         be,
     )
     cell_ids = mod.arange(n_cells, dtype=mod.int64)
-    if be != GPU and fused_fits(sub.code, n_s, sub.n_ind, chunk.bar_stop - c0):  # indicators per symbol, in the loop
+    if be != GPU and fused_fits(sub.code, n_s):  # indicators per symbol, in the loop
         simulate_fused_cpu(sim.code, sim.long_short, sim.next_open, sim.fixed_sizing, sim.size, sim.fee,
                            sim.fixed_fee, sim.slip, data["open"], data["close"], data.get("high", data["close"]),
                            data.get("low", data["close"]), sub.ind_windows, c0, sub.n_ind,

@@ -406,18 +406,17 @@ def _kernel(code: int, record: bool) -> Any:
 #: strategies whose indicators :func:`simulate_fused_cpu` computes inside the simulation loop
 #: (stateless windows; RSI carries state across chunks and ``signal`` reads its input directly)
 FUSED_CODES = (MA_CROSS, BREAKOUT, ZSCORE)
-#: fused only with at least this many symbols (one work item per symbol: enough items for the threads)
+#: fused only with at least this many symbols: one work item per symbol, so enough items for the
+#: threads (fewer symbols take the shared stack, whose work items split a symbol's cells)
 FUSED_MIN_SYMBOLS = 16
-#: fused only while one symbol's indicator rows (``n_ind x L`` float64) stay this small: they must
-#: stay in the core's cache while its cells walk them (a 300-pair grid over 2,500 bars, 700 kB, ran
-#: ~4 % slower fused than from the shared stack, which it reads block by block)
-FUSED_MAX_ROW_BYTES = 256 * 1024
 
 
-def fused_fits(code: int, n_symbols: int, n_ind: int, n_cols: int) -> bool:
-    """Whether :func:`simulate_fused_cpu` is the faster CPU path for a chunk of ``n_symbols`` x
-    ``n_cols`` bars (lead included) with ``n_ind`` indicator rows (see the limits above)."""
-    return code in FUSED_CODES and n_symbols >= FUSED_MIN_SYMBOLS and n_ind * n_cols * 8 <= FUSED_MAX_ROW_BYTES
+def fused_fits(code: int, n_symbols: int) -> bool:
+    """Whether :func:`simulate_fused_cpu` runs a chunk of ``n_symbols`` symbols with strategy
+    ``code``. Its per-thread rows (``n_ind x L`` float64) never exceed the shared stack the chunk
+    planner budgets for (``n_s x n_ind x L``). Measured, 300 MA pairs x 100 symbols x 2,500 bars:
+    0.46-0.55 s fused against 0.49-0.60 s from the stack, interleaved runs."""
+    return code in FUSED_CODES and n_symbols >= FUSED_MIN_SYMBOLS
 
 
 def simulate_fused_cpu(
