@@ -125,7 +125,7 @@ def _proc_status_mb(field: str) -> float:
 def _warm_history() -> None:
     """Compile (or load from the cache) the replay, history and publish kernels: record-batch
     parser, row selection, spill, bar-time set, pivot, result rows."""
-    from mystocks_gpu.gpu_ops.backtest.stream import needed_keys
+    from mystocks_gpu.gpu_ops.backtest.engine import strategy_keys
     from mystocks_gpu.processors.backtest.history import BAR_ROW, BarHistory, _select_rows
     from mystocks_gpu.processors.backtest.rows_codec import _encode_rows
     from mystocks_gpu.streams.record_batches import _parse_records
@@ -146,7 +146,7 @@ def _warm_history() -> None:
         rows["ts"] = np.tile(np.arange(4, 0, -1) * DAY, 2)
         hist._account(rows)
         hist.bars.add(rows)
-        for _ in hist.windows(["W0", "W1"], ["W0", "W1"], needed_keys("ma_cross"), 4):  # the job's keys
+        for _ in hist.windows(["W0", "W1"], ["W0", "W1"], strategy_keys("ma_cross"), 4):  # the job's keys
             pass
 
 

@@ -100,8 +100,6 @@ from mystocks_gpu.gpu_ops.backtest.stats import (
 )
 from mystocks_gpu.gpu_ops.backtest.strategies import GridPlan, canonical_strategy, compile_grid
 
-PRICE_KEYS = ("open", "high", "low", "close")
-
 
 def compute_indicators(
     plan: GridPlan, data: dict[str, Any], base: int, j0: int, carry: Any, backend: str
@@ -219,10 +217,6 @@ def strategy_keys(strategy: str) -> tuple[str, ...]:
         (("signal",) if name == "signal" else ())
 
 
-def _needed_keys(strategy: str) -> list[str]:
-    return list(strategy_keys(strategy))
-
-
 def prepare_inputs(
     prices: Mapping[str, Any], symbols: Sequence[str], ts: Any, spec: EngineSpec
 ) -> tuple[dict[str, np.ndarray], list[str], np.ndarray]:
@@ -232,7 +226,7 @@ def prepare_inputs(
     """
     syms = [str(s) for s in symbols]
     ts_arr = np.asarray(ts, dtype=np.int64).reshape(-1)
-    need = _needed_keys(spec.strategy)
+    need = strategy_keys(spec.strategy)
     missing = [k for k in need if k not in prices]
     if missing:
         raise BacktestInputError(f"prices lack {missing}")
@@ -278,6 +272,11 @@ class _Sim:
     fixed_fee: float
     slip: float
     init_cash: float
+
+    def flags(self) -> tuple[int, bool, bool, bool, float, float, float, float]:
+        """The simulation kernels' first eight arguments (strategy code, switches, money rules)."""
+        return (self.code, self.long_short, self.next_open, self.fixed_sizing, self.size, self.fee, self.fixed_fee,
+                self.slip)
 
 
 def _sim_params(spec: EngineSpec, plan: GridPlan) -> _Sim:
@@ -329,16 +328,7 @@ def _simulate(
     eq_out: Any = None,
     dd_out: Any = None,
 ) -> None:
-    args = (
-        sim.code,
-        sim.long_short,
-        sim.next_open,
-        sim.fixed_sizing,
-        sim.size,
-        sim.fee,
-        sim.fixed_fee,
-        sim.slip,
-    )
+    args = sim.flags()
     if backend == GPU:
         import cupy as cp
 
@@ -434,7 +424,7 @@ def run_chunk(
         raise BacktestInputError(f"chunk {chunk.index} reads bar {c0}; the prices given start at bar {col0}")
     data = _slice(
         prices,
-        _needed_keys(plan.strategy),
+        strategy_keys(plan.strategy),
         slice(chunk.sym_start, chunk.sym_stop),
         c0 - col0,
         chunk.bar_stop - col0,
@@ -442,10 +432,9 @@ def run_chunk(
     )
     cell_ids = mod.arange(n_cells, dtype=mod.int64)
     if be != GPU and fused_fits(sub.code, n_s):  # indicators per symbol, in the loop
-        simulate_fused_cpu(sim.code, sim.long_short, sim.next_open, sim.fixed_sizing, sim.size, sim.fee,
-                           sim.fixed_fee, sim.slip, data["open"], data["close"], data.get("high", data["close"]),
-                           data.get("low", data["close"]), sub.ind_windows, c0, sub.n_ind,
-                           sub.pidx, sub.pval, chunk.lead, cell_ids, sub.n_par, sf, si)
+        simulate_fused_cpu(*sim.flags(), data["open"], data["close"], data.get("high", data["close"]),
+                           data.get("low", data["close"]), sub.ind_windows, c0, sub.n_ind, sub.pidx, sub.pval,
+                           chunk.lead, cell_ids, sub.n_par, sf, si)
     else:
         ind = compute_indicators(sub, data, c0, chunk.lead, carry, be)
         _simulate(sim, sub, data, ind, chunk.lead, cell_ids, sf, si, be)
@@ -559,7 +548,7 @@ class CurveRecorder:
         self.be, self.mod = backend, xp(backend)
         pids = sorted({int(p) for _, p in cells})
         self.plan = plan.take(pids)
-        self.keys = _needed_keys(plan.strategy)
+        self.keys = strategy_keys(plan.strategy)
         self.sim = _sim_params(spec, self.plan)
         local_p = {p: i for i, p in enumerate(pids)}
         self.rows = np.array(sorted({int(s) for s, _ in cells}), dtype=np.int64)

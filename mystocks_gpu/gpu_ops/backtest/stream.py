@@ -33,11 +33,6 @@ from mystocks_gpu.gpu_ops.backtest.planning import Chunk, EngineSpec, layout
 from mystocks_gpu.gpu_ops.backtest.strategies import GridPlan, compile_grid
 
 
-def needed_keys(strategy: str) -> tuple[str, ...]:
-    """Price keys a strategy reads (``engine.strategy_keys``): the windows to feed carry these."""
-    return strategy_keys(strategy)
-
-
 class _Lead:
     """The last ``n`` bars seen, prepended to the next window."""
 
@@ -80,7 +75,7 @@ class GridStream:
         self.spec, self.symbols = spec, list(symbols)
         self.be = select(backend)
         self.plan = plan or compile_grid(spec.strategy, spec.params)
-        self.keys = needed_keys(self.plan.strategy)
+        self.keys = strategy_keys(self.plan.strategy)
         n_sym = len(self.symbols)
         n_s, self.t_len, ranges = layout(self.plan, n_sym, max(1, int(window_bars)), int(spec.memory_budget_bytes))
         self.units = [(s0, min(n_sym, s0 + n_s), p0, -1 if p1 >= self.plan.n_par else p1)
@@ -168,4 +163,4 @@ class CurvePass:
         return self.rec.result()
 
 
-__all__ = ["CurvePass", "GridStream", "needed_keys"]
+__all__ = ["CurvePass", "GridStream"]

@@ -36,8 +36,9 @@ from mystocks_gpu.schemas.symbols import SymbolTable
 
 #: bar intervals per spill bucket (a window is one or more consecutive buckets)
 BUCKET_BARS = 256
-BAR_ROW = np.dtype([("sym", "<i4"), ("ts", "<i8"), ("open", "<f8"), ("high", "<f8"), ("low", "<f8"),
-                    ("close", "<f8")])
+#: the price columns of a spilled bar row
+BAR_PRICES = ("open", "high", "low", "close")
+BAR_ROW = np.dtype([("sym", "<i4"), ("ts", "<i8"), *((k, "<f8") for k in BAR_PRICES)])
 BAR_ROW_NB = numba.from_dtype(BAR_ROW)
 SIGNAL_ROW = np.dtype([("sym", "<i4"), ("ts", "<i8"), ("signal", "<f8")])
 _UNITS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9}
@@ -479,13 +480,14 @@ class BarHistory:
         in_universe[self._codes(universe)] = True
         all_times = self.times.sorted() if self._covers_all(in_universe) else None
         row_of = np.full(n_all, -1, np.int64)
-        row_of[self._codes(symbols)] = np.arange(len(symbols))
+        codes = self._codes(symbols)
+        row_of[codes] = np.arange(len(symbols))
         carry = np.full(len(symbols), np.nan)
         sig_done = -(2**63)
-        prices = [k for k in ("open", "high", "low", "close") if k in keys]
+        prices = [k for k in BAR_PRICES if k in keys]
         # a few symbols over the universe's known bar times (e.g. the curve pass): read only the
         # segments that hold them (the bar times do not come from the rows read)
-        few = np.sort(self._codes(symbols)) if all_times is not None and len(symbols) < n_all else None
+        few = np.sort(codes) if all_times is not None and len(symbols) < n_all else None
         for lo, hi in self._windows(max_rows):
             rows = self.bars.read(lo, hi, few)
             if all_times is not None:  # the window's bar times: those of the scan in its buckets

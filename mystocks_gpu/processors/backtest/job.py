@@ -213,10 +213,10 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
     In a worker, settings, schema store and backend come from the run's context (the worker's
     ``Settings``; the backend of the granted device); called directly, from :func:`load_settings`."""
     from mystocks_gpu.gpu_ops.backend import select
-    from mystocks_gpu.gpu_ops.backtest.engine import best_cells
+    from mystocks_gpu.gpu_ops.backtest.engine import best_cells, strategy_keys
     from mystocks_gpu.gpu_ops.backtest.exceptions import BacktestInputError
     from mystocks_gpu.gpu_ops.backtest.strategies import compile_grid
-    from mystocks_gpu.gpu_ops.backtest.stream import CurvePass, GridStream, needed_keys
+    from mystocks_gpu.gpu_ops.backtest.stream import CurvePass, GridStream
     from mystocks_gpu.infra.config import load_settings
     from mystocks_gpu.processors.backtest.history import BarHistory
     from mystocks_gpu.processors.backtest.results import publish, ranked, stats_rows
@@ -271,7 +271,7 @@ def run_backtest_job(job: BacktestJobSpec, progress: ProgressCb, should_stop: Ca
         if n_cells > int(spec.max_cells):
             raise JobSpecError(f"{plan.n_par} parameter sets x {len(symbols)} symbols x {n_bars} bars = "
                                f"{n_cells:,} cells exceeds max_cells={spec.max_cells:,}")
-        keys = needed_keys(spec.strategy)
+        keys = strategy_keys(spec.strategy)
         window_bars = max(256, max_rows // max(1, len(universe)))
         run_spec = dataclasses.replace(spec, memory_budget_bytes=engine_budget)
         if spec.universe != "all":
