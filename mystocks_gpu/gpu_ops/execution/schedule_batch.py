@@ -37,7 +37,11 @@ from mystocks_gpu.gpu_ops.execution.parent_orders import (
     Schedule,
     Score,
 )
-from mystocks_gpu.gpu_ops.execution.schedule_cpu import plan_batch_cpu, plan_batch_serial
+from mystocks_gpu.gpu_ops.execution.schedule_cpu import (
+    ac_kappa_cpu,
+    plan_batch_cpu,
+    plan_batch_serial,
+)
 from mystocks_gpu.gpu_ops.execution.schedule_xp import plan_batch_xp
 
 #: reject code -> (field, reason); 0 = accepted. Checked in this order, the first failure wins
@@ -399,7 +403,8 @@ def schedule_batch(orders: OrderColumns, table: ParamsTable, config: ExecutionCo
             "unfilled_qty": unf,
             "max_participation": maxp,
             "risk_aversion": lam,
-            "kappa": x.where(c["is_ac"], x.where(q > 0.0, -x.log(q) / tau, np.inf), 0.0),
+            "kappa": x.where(c["is_ac"], x.where(q > 0.0, -x.log(q) / tau, np.inf), 0.0) if be == GPU
+            else ac_kappa_cpu(np.asarray(c["is_ac"], np.bool_), np.asarray(q, np.float64), np.asarray(tau, np.float64)),
         }
     scores = {k: x.where(valid, v, np.nan) for k, v in scores.items()}
     zero = x.zeros(len(orders), dtype=x.int64)

@@ -266,3 +266,19 @@ def plan_batch_serial(strat: np.ndarray, L: np.ndarray, lot: np.ndarray, odd: np
         scores[i, 5] = var
         scores[i, 6] = maxp
     return shares, volume, scores
+
+
+@njit(cache=True)
+def ac_kappa_cpu(is_ac: np.ndarray, q: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """AC urgency per row, ``kappa = -log(q) / tau`` (1/s; +inf at ``q = 0``, 0 for other
+    strategies), float64 ``(B,)``. One C-library ``log`` per row, as the single-order API's
+    ``math.log``: NumPy's own SIMD ``log`` (AVX-512 machines) can differ from it in the last bit."""
+    out = np.empty(q.shape[0])
+    for i in range(q.shape[0]):
+        if not is_ac[i]:
+            out[i] = 0.0
+        elif q[i] > 0.0:
+            out[i] = -math.log(q[i]) / tau[i]
+        else:
+            out[i] = np.inf
+    return out
