@@ -15,7 +15,8 @@ The book (one cell per symbol, each with the same capital ``1``):
   ``execution = "close"``: a position is taken at the price the label starts from (the
   prediction uses only features known at that time, so there is no look-ahead), like the label.
   ``fees`` and ``slippage`` as the engine defines them.
-* **Portfolio**: equity = mean of the symbols' equity curves (each starts at 1); returns, Sharpe
+* **Portfolio**: equity = mean of the symbols' equity curves (each starts at 1); returns (per bar,
+  the first from the starting capital 1, so they compound to the total return), Sharpe
   (annualised with :func:`bars_per_year`), maximum drawdown of that curve; trades and fees summed
   over the symbols.
 """
@@ -73,7 +74,9 @@ class LongShortResult:
 
 
 def _curve_stats(eq: np.ndarray, bpy: float) -> dict[str, float]:
-    r = eq[1:] / eq[:-1] - 1.0 if eq.size > 1 else np.zeros(0)
+    # per-bar returns from the starting capital 1 (as the engine's statistics: the first bar's
+    # fills and fees are a return too), so the returns compound to ``total_return``
+    r = np.diff(np.r_[1.0, eq]) / np.r_[1.0, eq[:-1]] if eq.size else np.zeros(0)
     sd = float(np.std(r, ddof=1)) if r.size > 1 else math.nan
     mean = float(np.mean(r)) if r.size else math.nan
     peak = np.maximum.accumulate(np.r_[1.0, eq])

@@ -67,9 +67,12 @@ def test_equity_equals_a_plain_python_book(q: float, fees: float, slip: float) -
     want = np.mean([_book(P[i], Sg[i], thr, fees, slip) for i in range(n_sym)], axis=0)
     np.testing.assert_array_equal(res.ts, span)
     np.testing.assert_allclose(res.equity, want, rtol=1e-12, atol=1e-14)
-    r = want[1:] / want[:-1] - 1
+    start = np.r_[1.0, want]
+    r = start[1:] / start[:-1] - 1  # from the starting capital: they compound to the total return
+    assert np.prod(1 + r) - 1 == pytest.approx(want[-1] - 1, rel=1e-9)
     assert res.stats["total_return"] == pytest.approx(want[-1] - 1, rel=1e-12)
     assert res.stats["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(252), rel=1e-9)
+    assert res.stats["ann_volatility"] == pytest.approx(r.std(ddof=1) * math.sqrt(252), rel=1e-9)
     peak = np.maximum.accumulate(np.r_[1.0, want])
     assert res.stats["max_drawdown"] == pytest.approx((1 - np.r_[1.0, want] / peak).max(), rel=1e-9, abs=1e-15)
     assert res.stats["symbols"] == n_sym and res.stats["n_trades"] > 0
