@@ -236,22 +236,28 @@ def run_faust(s: Any, topic: str, out: str, tag: str, n: int, cap_s: float, batc
         t0, t0_mono = time.perf_counter(), time.monotonic()
         p = subprocess.Popen([sys.executable, str(SCRIPT), "--_role", "faust", "--_cfg", json.dumps(cfg)],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(C.ROOT))
+        r: dict[str, Any] | None = None
+        waited = ""
         try:
             deadline = t0 + 120 + cap_s
             while not res_path.exists() and p.poll() is None and time.perf_counter() < deadline:
                 time.sleep(0.2)
-            if not res_path.exists():
-                raise RuntimeError("faust worker produced no result")
-            time.sleep(0.2)
-            r = json.loads(res_path.read_text())
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            if res_path.exists():
+                time.sleep(0.2)
+                r = json.loads(res_path.read_text())
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            else:
+                waited = (f"killed after {time.perf_counter() - t0:.0f} s" if p.poll() is None
+                          else f"exit {p.returncode}")
         finally:
             if p.poll() is None:
                 p.kill()
             log = p.communicate()[0] if p.stdout else ""
+    if r is None:
+        raise RuntimeError(f"faust worker produced no result ({waited}); its output:\n{log[-2000:]}")
     if "error" in r:
         raise RuntimeError(f"{r['error']}\n{log[-1500:]}")
     r["startup_s"] = r.pop("t_first_mono") - t0_mono  # process start -> first record (not timed)
@@ -261,7 +267,12 @@ def run_faust(s: Any, topic: str, out: str, tag: str, n: int, cap_s: float, batc
 def faust_worker(cfg: dict[str, Any]) -> None:
     """The faust app (runs in its own process: ``--_role faust``)."""
     import faust
+    from faust.transport.producer import ProducerBuffer
 
+    # faust's buffer of pending sends (send_soon, table changelog writes) holds at most 100 messages
+    # before the agent stops to flush it; a batch here queues take + touched symbols (~5,500), and on
+    # a fast machine that flush stalled for good ("producer buffer full", no output for minutes)
+    ProducerBuffer.max_messages = 4 * cfg["take"]
     dec, enc = C.avro_reader(TICK), C.avro_writer(FV)
     app = faust.App(cfg["app_id"], broker=cfg["broker"], store="memory://", web_enabled=False,
                     datadir=cfg["datadir"], topic_partitions=cfg["partitions"], topic_replication_factor=1,
