@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -328,8 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.minute_gb > 0:
             t = f"md.bars.1m.bench{tag}"
             make_topic(s, t, args.partitions)
-            per_rec = 100  # bytes of an encoded Bar, about
-            n_min = int(args.minute_gb * 1e9 / per_rec / args.rss_symbols)
+            one = {"symbol": np.zeros(1, np.int64), "ts_event": np.zeros(1, np.int64),
+                   "interval_ns": np.full(1, MINUTE), "open": np.ones(1), "high": np.ones(1), "low": np.ones(1),
+                   "close": np.ones(1), "volume": np.ones(1), "vwap": np.ones(1), "trades": np.ones(1, np.int64)}
+            per_rec = len(BatchEncoder("mystocks.md.Bar", schema_store(s)).encode(one, ["S00000"])[0])
+            n_min = math.ceil(args.minute_gb * 1e9 / per_rec / args.rss_symbols)  # >= G GB of encoded values
             hm = load_history(s, t, args.rss_symbols, n_min, MINUTE, args.seed)
             o = run_child(job_spec(t, grid, args.budget_mb))
             res["minute"] = {"bytes": hm["bytes"], "bars": hm["records"], "wall_s": o["wall_s"],
