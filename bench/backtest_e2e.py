@@ -84,6 +84,13 @@ def make_topic(s: Any, name: str, partitions: int) -> None:
     TopicAdmin(s.kafka).create([dataclasses.replace(base, name=name, partitions=partitions), get("results.backtest")])
 
 
+def one_bar(interval_ns: int) -> dict[str, np.ndarray]:
+    """The columns of one ``Bar`` record (symbol code 0, time 0, prices 1) for the encoder."""
+    return {"symbol": np.zeros(1, np.int64), "ts_event": np.zeros(1, np.int64), "interval_ns": np.full(1, interval_ns),
+            "open": np.ones(1), "high": np.ones(1), "low": np.ones(1), "close": np.ones(1), "volume": np.ones(1),
+            "vwap": np.ones(1), "trades": np.ones(1, np.int64)}
+
+
 def load_history(s: Any, topic: str, n_symbols: int, n_bars: int, interval_ns: int, seed: int) -> dict[str, Any]:
     """Produce the history into ``topic`` symbol by symbol (each symbol's bars in time order, so a
     partition holds one symbol's whole history before the next's); returns the frames and counts."""
@@ -167,10 +174,7 @@ def child(args: argparse.Namespace) -> int:
                  BacktestSpec(strategy="ma_cross", params=spec["params"], n_curves=2), backend="cpu")
     s = load_settings()
     enc = BatchEncoder("mystocks.md.Bar", schema_store(s))  # codec warm-up (numba, as the engine's)
-    one = {"symbol": np.zeros(1, np.int64), "ts_event": np.zeros(1, np.int64), "interval_ns": np.ones(1, np.int64),
-           "open": np.ones(1), "high": np.ones(1), "low": np.ones(1), "close": np.ones(1), "volume": np.ones(1),
-           "vwap": np.ones(1), "trades": np.ones(1, np.int64)}
-    BatchDecoder("mystocks.md.Bar", schema_store(s), symbols=SymbolTable()).decode(enc.encode(one, ["W"]))
+    BatchDecoder("mystocks.md.Bar", schema_store(s), symbols=SymbolTable()).decode(enc.encode(one_bar(1), ["W"]))
     _warm_history()
     rss0 = _proc_status_mb("VmHWM")
     job = BacktestJobSpec.from_dict(spec)
@@ -329,10 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.minute_gb > 0:
             t = f"md.bars.1m.bench{tag}"
             make_topic(s, t, args.partitions)
-            one = {"symbol": np.zeros(1, np.int64), "ts_event": np.zeros(1, np.int64),
-                   "interval_ns": np.full(1, MINUTE), "open": np.ones(1), "high": np.ones(1), "low": np.ones(1),
-                   "close": np.ones(1), "volume": np.ones(1), "vwap": np.ones(1), "trades": np.ones(1, np.int64)}
-            per_rec = len(BatchEncoder("mystocks.md.Bar", schema_store(s)).encode(one, ["S00000"])[0])
+            per_rec = len(BatchEncoder("mystocks.md.Bar", schema_store(s)).encode(one_bar(MINUTE), ["S00000"])[0])
             n_min = math.ceil(args.minute_gb * 1e9 / per_rec / args.rss_symbols)  # >= G GB of encoded values
             hm = load_history(s, t, args.rss_symbols, n_min, MINUTE, args.seed)
             o = run_child(job_spec(t, grid, args.budget_mb))

@@ -388,6 +388,10 @@ def schedule_batch(orders: OrderColumns, table: ParamsTable, config: ExecutionCo
     qty, lam, q, tau = c["qty"], c["lam"], c["q"], c["tau"]
     unf, X, perm, temp, spr, var, maxp = (sc[:, j] for j in range(7))
     with np.errstate(divide="ignore", invalid="ignore"):
+        if be == GPU:
+            kappa = x.where(c["is_ac"], x.where(q > 0.0, -x.log(q) / tau, np.inf), 0.0)
+        else:  # the C library's log, as the single-order API (see ac_kappa_cpu)
+            kappa = ac_kappa_cpu(c["is_ac"], q, tau)
         es = perm + temp + spr
         scores = {
             "expected_shortfall": es,
@@ -403,8 +407,7 @@ def schedule_batch(orders: OrderColumns, table: ParamsTable, config: ExecutionCo
             "unfilled_qty": unf,
             "max_participation": maxp,
             "risk_aversion": lam,
-            "kappa": x.where(c["is_ac"], x.where(q > 0.0, -x.log(q) / tau, np.inf), 0.0) if be == GPU
-            else ac_kappa_cpu(np.asarray(c["is_ac"], np.bool_), np.asarray(q, np.float64), np.asarray(tau, np.float64)),
+            "kappa": kappa,
         }
     scores = {k: x.where(valid, v, np.nan) for k, v in scores.items()}
     zero = x.zeros(len(orders), dtype=x.int64)

@@ -76,11 +76,11 @@ class LongShortResult:
 def _curve_stats(eq: np.ndarray, bpy: float) -> dict[str, float]:
     # per-bar returns from the starting capital 1 (as the engine's statistics: the first bar's
     # fills and fees are a return too), so the returns compound to ``total_return``
-    r = np.diff(np.r_[1.0, eq]) / np.r_[1.0, eq[:-1]] if eq.size else np.zeros(0)
+    path = np.r_[1.0, eq]
+    r = path[1:] / path[:-1] - 1.0
     sd = float(np.std(r, ddof=1)) if r.size > 1 else math.nan
     mean = float(np.mean(r)) if r.size else math.nan
-    peak = np.maximum.accumulate(np.r_[1.0, eq])
-    dd = 1.0 - np.r_[1.0, eq] / peak
+    dd = 1.0 - path / np.maximum.accumulate(path)
     n = eq.size
     total = float(eq[-1] - 1.0) if n else 0.0
     return {"total_return": total,
