@@ -19,6 +19,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -51,33 +52,45 @@ PARTS = 24
 POISON_ONLY = (20, 21, 22, 23)
 
 
-def skewed_input(settings: Settings, t: Topics, n: int, seed: int) -> tuple[dict[str, np.ndarray], list[str], list[bytes]]:
-    """Produce ``n`` ticks: half on one hot symbol, the rest on 60 sparse ones, each symbol pinned
-    to one of partitions 0..19, plus poison records on 20..23 only (and a few elsewhere).
-    Returns the valid tick columns, symbol names and the poison values in production order."""
+@dataclass(frozen=True)
+class SkewedInput:
+    """``n`` ticks: half on one hot symbol, the rest on 60 sparse ones, each symbol pinned to one of
+    partitions 0..19; every 97th tick is followed by a poison record, 4 of 5 of them on the
+    poison-only partitions 20..23. ``poison`` is in production order."""
+
+    cols: dict[str, np.ndarray]
+    names: list[str]
+    values: list[bytes]
+    poison: list[bytes]
+
+    def produce(self, settings: Settings, topic: str, lo: int = 0, hi: int | None = None) -> None:
+        """Produce ticks ``lo..hi`` (and the poison records that follow them) to ``topic``."""
+        part_of = {i: (i * 7) % 20 for i in range(61)}
+        p = make_producer(settings.kafka)
+        for i in range(lo, len(self.values) if hi is None else hi):
+            s = int(self.cols["sym"][i])
+            ts_ms = int(self.cols["ts"][i] // 1_000_000)
+            p.produce(topic, self.values[i], self.names[s].encode(), partition=part_of[s], timestamp=ts_ms)
+            if i % 97 == 0:
+                k = i // 97
+                part = POISON_ONLY[k % 4] if k % 5 else part_of[s]
+                p.produce(topic, self.poison[k], b"poison", partition=part, timestamp=ts_ms)
+            if i % 20_000 == 0:
+                p.poll(0)
+        assert p.flush(60) == 0
+
+
+def skewed_input(n: int, seed: int) -> SkewedInput:
+    """Shape ``n`` skewed ticks with their poison records (see :class:`SkewedInput`)."""
     cols, names = synthetic(n, symbols=61, seed=seed)
     rng = np.random.default_rng(seed)
     sym = np.where(rng.random(n) < 0.5, 0, rng.integers(1, 61, n)).astype(cols["sym"].dtype)
     cols = dict(cols, sym=sym)
     # per-symbol sequence numbers must still rise: renumber in order of appearance
     cols["seq"] = pd.Series(np.arange(n)).groupby(sym).cumcount().to_numpy().astype(np.int64)
-    values = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    part_of = {i: (i * 7) % 20 for i in range(61)}
-    p = make_producer(settings.kafka)
-    poison: list[bytes] = []
     prng = random.Random(seed)
-    for i, v in enumerate(values):
-        s = int(sym[i])
-        p.produce(t.input, v, names[s].encode(), partition=part_of[s], timestamp=int(cols["ts"][i] // 1_000_000))
-        if i % 97 == 0:  # poison, mostly on the poison-only partitions
-            bad = b"\xde\xad" + prng.randbytes(prng.randint(0, 40))
-            part = POISON_ONLY[len(poison) % 4] if len(poison) % 5 else part_of[s]
-            p.produce(t.input, bad, b"poison", partition=part, timestamp=int(cols["ts"][i] // 1_000_000))
-            poison.append(bad)
-        if i % 20_000 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0
-    return cols, names, poison
+    poison = [b"\xde\xad" + prng.randbytes(prng.randint(0, 40)) for _ in range(0, n, 97)]
+    return SkewedInput(cols, names, BatchEncoder("mystocks.md.Tick").encode(cols, names), poison)
 
 
 def assert_dlq_exactly(settings: Settings, t: Topics, poison: list[bytes]) -> None:
@@ -94,7 +107,8 @@ def summaries(out: str) -> list[dict]:  # type: ignore[type-arg]
 
 def test_injected_aborts_with_forming_batches_lose_and_duplicate_nothing(settings: Settings, unique: str) -> None:
     t = make_topics(settings, unique, partitions=PARTS)
-    cols, names, poison = skewed_input(settings, t, 60_000, seed=21)
+    data = skewed_input(60_000, seed=21)
+    data.produce(settings, t.input)
     # long linger + short commit interval: a half-formed batch is open at most commits
     args = ("--batch-records", "1500", "--linger-ms", "150", "--commit-interval-ms", "20",
             "--inject-faults", "begin=0.05,produce=0.08,offsets=0.12,commit=0.2;seed=5")
@@ -103,9 +117,9 @@ def test_injected_aborts_with_forming_batches_lose_and_duplicate_nothing(setting
     got = read_outputs(settings, t.output, 60_000)
     assert s["aborts"] >= 12, s  # many injected failures actually happened
     assert s["restores"] == s["assignments"], s  # aborts restore from memory, not from the changelog
-    assert_exactly_once_equal(got, reference(cols, names))
-    assert_dlq_exactly(settings, t, poison)
-    print(f"injected aborts: {s['aborts']}, records checked: {60_000 + len(poison)}, lost 0, duplicated 0")
+    assert_exactly_once_equal(got, reference(data.cols, data.names))
+    assert_dlq_exactly(settings, t, data.poison)
+    print(f"injected aborts: {s['aborts']}, records checked: {60_000 + len(data.poison)}, lost 0, duplicated 0")
 
 
 def test_crash_with_dirty_state_never_commits_it(settings: Settings, unique: str) -> None:
@@ -143,38 +157,43 @@ def test_a_transaction_timed_out_by_the_coordinator_is_survived(settings: Settin
 
 
 def test_broker_pauses_and_group_churn(settings: Settings, unique: str, stack: LocalStack) -> None:
+    """Four rounds: a second member joins, the broker JVM is paused twice, the member leaves (SIGTERM
+    or SIGKILL). The input arrives in slices, one before each pause, so every fault lands mid-stream
+    however fast the machine is (a fast worker used to finish the whole input in the first round)."""
+    rounds, n = 4, 80_000
     t = make_topics(settings, unique, partitions=PARTS)
-    cols, names, poison = skewed_input(settings, t, 80_000, seed=23)
+    data = skewed_input(n, seed=23)
+    bounds = [n * k // (2 * rounds + 1) for k in range(2 * rounds + 2)]
+    data.produce(settings, t.input, bounds[0], bounds[1])
     args = ("--batch-records", "1000", "--linger-ms", "50", "--commit-interval-ms", "50")
     a = start_worker(t, "wa", *args, idle_exit=15)
     kafka_pid = stack.pid("kafka")
     assert kafka_pid
     rng = random.Random(9)
-    pauses = churns = 0
+    pauses = 0
     out_b = ""
-    deadline = time.monotonic() + 150
-    while a.poll() is None and time.monotonic() < deadline and output_high_watermark(settings, t.output) < 70_000:
-        b = start_worker(t, f"wb{churns}", *args, idle_exit=15)
-        churns += 1
+    for churn in range(rounds):
+        assert a.poll() is None, "the first member exited before the input was complete"
+        b = start_worker(t, f"wb{churn}", *args, idle_exit=15)
         for _ in range(2):
-            time.sleep(rng.uniform(0.5, 2.0))  # let the rebalance and some transactions happen
+            pauses += 1
+            data.produce(settings, t.input, bounds[pauses], bounds[pauses + 1])
+            time.sleep(rng.uniform(0.1, 1.0))  # let the rebalance and some transactions happen
             os.kill(kafka_pid, signal.SIGSTOP)
             time.sleep(rng.uniform(0.2, 2.0))
             os.kill(kafka_pid, signal.SIGCONT)
-            pauses += 1
-        if churns % 2:
+        if churn % 2:
+            kill9(b)
+        else:
             os.killpg(b.pid, signal.SIGTERM)
             bo, _ = b.communicate(timeout=120)
             out_b += bo
-        else:
-            kill9(b)
     out = finish(a, timeout=400)
     aborts = sum(s["aborts"] for s in summaries(out) + summaries(out_b))
-    got = read_outputs(settings, t.output, 80_000)
-    assert_exactly_once_equal(got, reference(cols, names))
-    assert_dlq_exactly(settings, t, poison)
-    assert pauses >= 4 and churns >= 2
-    print(f"broker pauses {pauses}, members joined/left {churns}, aborts seen {aborts}: lost 0, duplicated 0")
+    got = read_outputs(settings, t.output, n)
+    assert_exactly_once_equal(got, reference(data.cols, data.names))
+    assert_dlq_exactly(settings, t, data.poison)
+    print(f"broker pauses {pauses}, members joined/left {rounds}, aborts seen {aborts}: lost 0, duplicated 0")
 
 
 def test_zombie_with_the_same_transactional_id_is_fenced(settings: Settings, unique: str) -> None:
