@@ -275,8 +275,9 @@ def print_breakdown(r: dict[str, Any]) -> None:
 
 def run_throughput(s: Any, tag: str, args: Any, workers: int, n: int) -> dict[str, Any]:
     """Scale-out throughput: ``workers`` workers (one group, exactly-once, adaptive batching) settle,
-    then ``n`` ticks are produced as fast as this process can; throughput = outputs received by the
-    measuring consumer / (last receive - first receive). Producer, workers, broker and consumer
+    then ``n`` ticks are produced in one transaction (invisible to the read_committed workers until it
+    commits); throughput = ``n`` / (the measuring consumer's receive of the last output - the feed's
+    commit), None if not all ``n`` outputs arrived. Producer, workers, broker and consumer
     share the machine's cores (on 2 cores the curve shows CPU contention, not the runtime's limit)."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
@@ -305,13 +306,12 @@ def run_throughput(s: Any, tag: str, args: Any, workers: int, n: int) -> dict[st
             if time.monotonic() - t0 > 240 or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"group {group} did not settle with {workers} member(s)")
             time.sleep(0.5)
-        import threading
-
         cols, names = C.synthetic(n, args.symbols, seed=5)
-        prod: dict[str, float] = {}
-        feeder = threading.Thread(target=lambda: prod.update(s=C.produce_ticks(s, topic, cols, names)), daemon=True)
-        feeder.start()
-        got, t_first, t_last = 0, None, None
+        # the whole input in one transaction: the settled workers see it all at once when it commits, so
+        # neither this process's feed rate nor the commit bursts of the outputs shape the measured rate
+        produce_s = C.produce_ticks(s, topic, cols, names, transactional_id=f"bench-feed-{short}-{tag}")
+        t_open = time.perf_counter()
+        got, t_last = 0, None
         deadline = time.monotonic() + 120 + n / 2000
         while got < n and time.monotonic() < deadline:
             first = cons.poll(0.1)
@@ -319,10 +319,6 @@ def run_throughput(s: Any, tag: str, args: Any, workers: int, n: int) -> dict[st
                 continue
             got += 1 + len(cons.consume(10_000, timeout=0))
             t_last = time.perf_counter()
-            if t_first is None:
-                t_first = t_last
-        feeder.join(60)
-        produce_s = prod.get("s")
     finally:
         cons.close()
         for p in procs:
@@ -333,6 +329,6 @@ def run_throughput(s: Any, tag: str, args: Any, workers: int, n: int) -> dict[st
                 p.communicate(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
-    tps = got / (t_last - t_first) if t_first and t_last and t_last > t_first else None
+    tps = got / (t_last - t_open) if t_last is not None and got == n else None
     return {"workers": workers, "n": n, "received": got, "tps": tps, "produce_s": produce_s,
             "loadavg_1min": C.machine()["loadavg_1min"]}

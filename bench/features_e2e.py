@@ -74,6 +74,7 @@ FV = "mystocks.features.FeatureVector"
 FEATURES = ("ret", "ema", "roll_mean", "roll_std", "vwap_session")
 FCFG = FeatureConfig(features=FEATURES)
 NAMES: tuple[str, ...] = tuple(FCFG.output_names())  # ret, ema_10, ema_50, roll_mean, roll_std, vwap_session
+CONTENDERS = frozenset({"eos", "alo", "quix", "faust", "pandas", "latency"})  # --skip names
 NWIN = FCFG.window_ticks
 A10, A50 = (float(a) for a in FCFG.ema_alphas())
 NAN = float("nan")
@@ -506,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="latency phase: our commit interval, ms (default 100; exactly-once goal = this + 10 ms)")
     ap.add_argument("--low-rate", type=float, default=10_000.0,
                     help="also measure latency at this lower offered load, ticks/s (default 10000; 0 = skip)")
-    ap.add_argument("--guarantees", default="at_least_once,exactly_once", help="latency runs: guarantees to measure")
+    ap.add_argument("--guarantees", default="at_least_once,exactly_once",
+                    help="latency runs: comma list of the guarantees to measure, at_least_once and/or exactly_once "
+                         "(hyphens accepted)")
     ap.add_argument("--ab-tree", type=Path, default=None,
                     help="also run each latency scenario with the worker of this checkout (e.g. the previous commit: "
                          "git archive HEAD~1 | tar -x -C DIR), alternating old and new under the same load")
@@ -530,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is None:
         args.workers = "" if args.quick else "1,2,4"
     skip = set(filter(None, args.skip.split(",")))
+    if skip - CONTENDERS:
+        ap.error(f"--skip: unknown {', '.join(sorted(skip - CONTENDERS))} (choose from {', '.join(sorted(CONTENDERS))})")
+    guarantees = [g.replace("-", "_") for g in args.guarantees.split(",") if g]
+    if not guarantees or set(guarantees) - {AT_LEAST_ONCE, EXACTLY_ONCE}:
+        ap.error(f"--guarantees: comma list of {AT_LEAST_ONCE} and {EXACTLY_ONCE} (got {args.guarantees!r})")
     s, tag, n = C.settings(), C.new_tag(), args.n
     t_script = time.perf_counter()
     m0 = C.machine()
@@ -576,8 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         if "pandas" not in skip:
             attempt("pandas", run_pandas, s, topic, outs["pandas"], f"bench-fe-pandas-{tag}", n, args.cap_s, args.batch)
         if "latency" not in skip:
-            gs = [g for g in args.guarantees.split(",") if g]
-            runs = [(g, args.rate) for g in gs] + ([(g, args.low_rate) for g in gs] if args.low_rate else [])
+            runs = [(g, args.rate) for g in guarantees] + ([(g, args.low_rate) for g in guarantees] if args.low_rate else [])
             for g, rate in runs:
                 key = g if rate == args.rate else f"{g}@{int(rate)}"
                 for rep in range(args.repeat):
