@@ -65,6 +65,19 @@ class Tally:
     abort_reasons: list[str] = field(default_factory=list)
 
 
+Headers = list[tuple[str, bytes]] | dict[str, bytes]
+
+
+def header_arg(headers: list[tuple[str, bytes]]) -> Headers:
+    """The ``headers`` argument for ``produce()``: a dict when the names are distinct (the same
+    headers on the wire, in the same order). confluent-kafka 2.12 converts a dict about 0.4 us per
+    record faster than the equal list of pairs (measured with one 200-byte header: 0.88 against
+    1.29 us per ``produce()`` call, 0.73 without headers), and the features worker puts its config
+    header on every feature vector. A list with a repeated name stays a list."""
+    names = {k for k, _ in headers}
+    return dict(headers) if len(names) == len(headers) else headers
+
+
 def _longest_key(keys: list[bytes | None]) -> int:
     try:
         return max(map(len, keys), default=0)  # type: ignore[arg-type]
@@ -118,7 +131,7 @@ class CommitProtocol:
             self.fault(stage)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, ts_ms: int, *, partition: int | None = None,
-             headers: list[tuple[str, bytes]] | None = None, on_delivery: Callable[..., None] | None = None) -> None:
+             headers: Headers | None = None, on_delivery: Callable[..., None] | None = None) -> None:
         """Produce one record, waiting (bounded) while the producer queue is full."""
         kwargs: dict[str, Any] = {"timestamp": ts_ms}
         if partition is not None:
@@ -179,8 +192,9 @@ class CommitProtocol:
     def send_many(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int],
                   headers: list[tuple[str, bytes]] | None = None,
                   on_last_delivered: Callable[..., None] | None = None) -> None:
-        """Produce records in order with one ``produce()`` call each (``headers`` on every one, the
-        delivery callback on the last); a full producer queue waits as :meth:`send` does.
+        """Produce records in order with one ``produce()`` call each (``headers`` on every one, passed
+        as :func:`header_arg` makes them; the delivery callback on the last); a full producer queue
+        waits as :meth:`send` does.
 
         (``Producer.produce_batch`` would save the per-record call but cannot carry per-record
         timestamps or headers in confluent-kafka 2.12, and output timestamps are event times.)"""
@@ -188,7 +202,8 @@ class CommitProtocol:
         if not n:
             return
         produce = self.producer.produce
-        kw: dict[str, Any] = {"headers": headers} if headers else {}
+        hdrs = header_arg(headers) if headers else None
+        kw: dict[str, Any] = {"headers": hdrs} if hdrs else {}
         i = 0
         while i < n:
             try:
@@ -199,10 +214,10 @@ class CommitProtocol:
                     for i in range(i, n - 1):  # noqa: B020
                         produce(topic, values[i], keys[i], timestamp=ts_ms[i])
                 i = n - 1
-                self.send(topic, keys[i], values[i], ts_ms[i], headers=headers, on_delivery=on_last_delivered)
+                self.send(topic, keys[i], values[i], ts_ms[i], headers=hdrs, on_delivery=on_last_delivered)
                 i = n
             except BufferError:
-                self.send(topic, keys[i], values[i], ts_ms[i], headers=headers,
+                self.send(topic, keys[i], values[i], ts_ms[i], headers=hdrs,
                           on_delivery=on_last_delivered if i == n - 1 else None)
                 i += 1
 

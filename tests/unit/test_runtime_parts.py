@@ -14,6 +14,7 @@ from mystocks_gpu.infra.clock import ManualClock
 from mystocks_gpu.infra.kafka_clients import watermarks
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import Status, TickDecoder
+from mystocks_gpu.streams.commit_protocol import header_arg
 from mystocks_gpu.streams.dead_letters import H_TRUNCATED, dlq_headers, fit_dead_letter
 from mystocks_gpu.streams.fault_injection import FaultPlan
 from mystocks_gpu.streams.processor import Outputs
@@ -291,3 +292,11 @@ def test_failed_asynchronous_offset_commit_is_counted_and_logged(caplog: pytest.
         CommitProtocol.on_commit_result(fake, KafkaError(KafkaError.REBALANCE_IN_PROGRESS), ok)  # type: ignore[arg-type]
     assert metrics.registry.get_sample_value("mystocks_stream_offset_commit_failures_total", {"processor": "unit"}) == 1
     assert "offset commit failed" in caplog.text
+
+
+def test_header_arg_is_a_dict_only_when_the_names_are_distinct() -> None:
+    pairs = [("b.second", b"2"), ("a.first", b"1")]
+    got = header_arg(pairs)
+    assert isinstance(got, dict) and list(got.items()) == pairs  # same pairs, same order
+    repeated = [("x", b"1"), ("x", b"2")]
+    assert header_arg(repeated) == repeated  # a dict would drop the first one
