@@ -257,6 +257,63 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
     return res
 
 
+def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = None) -> dict[str, Any]:
+    """Kafka alone, the floor under any worker's latency: the same producer subprocess offers
+    ``rate`` ticks/s to a fresh input topic and this process consumes that topic directly, with
+    the measuring consumer's settings; latency = receive wall time - the tick's ``ts_event``
+    (decoded from the record: exact to the ns). Our pipeline adds a consume, the work and a produce
+    on top of this hop, on the same cores."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from mystocks_gpu.infra.kafka_clients import make_consumer
+    from mystocks_gpu.schemas.batch_codec import TickDecoder
+
+    seconds = float(seconds or args.latency_s)
+    short = f"floor{int(rate)}{C.new_tag()[:4]}"
+    topic = f"bench.fe.floor.in.{short}.{tag}"
+    TopicAdmin(s.kafka).create([TopicSpec(topic, "symbol", TICK, partitions=args.partitions, dlq=False)])
+    cons = make_consumer(s.kafka, f"bench-fe-floorc-{short}-{tag}",
+                         **{"fetch.wait.max.ms": 5, "socket.nagle.disable": True, "fetch.queue.backoff.ms": 10})
+    cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(args.partitions)])
+    dec = TickDecoder()
+    producer = None
+    try:
+        # warm-up: the consumer has fetched from every partition before the clock starts
+        wcols, wnames = C.synthetic(200, args.symbols, seed=3)
+        C.produce_ticks(s, topic, wcols, wnames)
+        seen, t0 = 0, time.monotonic()
+        while seen < 200 and time.monotonic() - t0 < 60:
+            seen += sum(1 for m in cons.consume(10_000, timeout=0.2) if m.error() is None)
+        if seen < 200:
+            raise RuntimeError(f"floor warm-up: only {seen} of 200 ticks came back")
+        load_start = time.time_ns()
+        pcfg = {"topic": topic, "rate": rate, "seconds": seconds, "symbols": args.symbols, "probe_ts": load_start - 1}
+        producer = subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "producer",
+                                     "--_cfg", json.dumps(pcfg)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
+        expect = int(rate * seconds)
+        lat = np.empty(expect + 10_000, np.int64)
+        k = 0
+        deadline = time.monotonic() + 60 + 3 * seconds
+        while k < expect and time.monotonic() < deadline:
+            first = cons.poll(0.05)
+            if first is None:
+                continue
+            msgs = [first, *cons.consume(10_000, timeout=0)]
+            now = time.time_ns()
+            ts = dec.decode([m.value() for m in msgs if m.error() is None]).columns["ts"]
+            ts = ts[ts >= load_start][: lat.size - k]
+            lat[k:k + ts.size] = now - ts
+            k += ts.size
+        producer.communicate(timeout=120)
+    finally:
+        cons.close()
+        if producer is not None and producer.poll() is None:
+            producer.kill()
+    return {"rate": rate, "offered": int(rate * seconds), "received": k, "seconds": seconds,
+            **quantiles(np.sort(lat[:k].astype(np.float64) / 1e6)), "loadavg_1min": C.machine()["loadavg_1min"]}
+
+
 def print_breakdown(r: dict[str, Any]) -> None:
     """The stage table of one run (worker histograms) and the consumer-side split."""
     parts = r.get("parts", {})

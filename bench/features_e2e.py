@@ -39,7 +39,9 @@ Latency (ours, at-least-once then exactly-once): a producer subprocess offers ``
 ``--latency-s`` s with ``ts_event = time.time_ns()`` at produce time; our worker runs in another
 subprocess; this process consumes the output (read_committed) and takes, per feature vector,
 latency = receive wall time - ``ts_event``. p50/p99/p99.9 in ms. ``--low-rate`` repeats both at a
-lower load that this machine sustains.
+lower load that this machine sustains. The floor: the same producer at the same rates into a topic
+that this process consumes directly (Kafka alone, no worker); the goals table prints its quantile
+beside each latency goal (``p99_ms_floor``, ``p99_ms_floor_low_rate`` in the JSON).
 
     python bench/features_e2e.py --n 100000 --symbols 500 --json bench/out/features_e2e.json
 """
@@ -74,7 +76,7 @@ FV = "mystocks.features.FeatureVector"
 FEATURES = ("ret", "ema", "roll_mean", "roll_std", "vwap_session")
 FCFG = FeatureConfig(features=FEATURES)
 NAMES: tuple[str, ...] = tuple(FCFG.output_names())  # ret, ema_10, ema_50, roll_mean, roll_std, vwap_session
-CONTENDERS = frozenset({"eos", "alo", "quix", "faust", "pandas", "latency"})  # --skip names
+CONTENDERS = frozenset({"eos", "alo", "quix", "faust", "pandas", "latency", "floor"})  # --skip names
 NWIN = FCFG.window_ticks
 A10, A50 = (float(a) for a in FCFG.ema_alphas())
 NAN = float("nan")
@@ -465,24 +467,28 @@ GOAL_ALO_P99_HIGH, GOAL_ALO_P999_HIGH, GOAL_ALO_P99_LOW, GOAL_EOS_SLACK = 10.0, 
 GOAL_RATIO_QUIX = 10.0
 
 
-def goals(args: argparse.Namespace, lat: dict[str, Any], r_quix: float | None) -> list[tuple[Any, ...]]:
-    """(goal, target, measured, met) rows for the goals this run measured."""
+def goals(args: argparse.Namespace, lat: dict[str, Any], r_quix: float | None,
+          floor: dict[float, dict[str, Any]] | None = None) -> list[tuple[Any, ...]]:
+    """(goal, target, measured, met, Kafka alone) rows for the goals this run measured; the last
+    column is the same quantile of :func:`_features_latency.run_floor` at the goal's rate."""
     rows: list[tuple[Any, ...]] = []
+    floor = floor or {}
 
-    def row(name: str, target: float, got: Any, lower_is_better: bool = True) -> None:
+    def row(name: str, target: float, got: Any, lower_is_better: bool = True, alone: Any = None) -> None:
         met = None if got is None else (got <= target if lower_is_better else got >= target)
-        rows.append((name, target, got, "-" if met is None else ("yes" if met else "NO")))
+        rows.append((name, target, got, "-" if met is None else ("yes" if met else "NO"), alone))
 
     hi, lo = lat.get(AT_LEAST_ONCE, {}), lat.get(f"{AT_LEAST_ONCE}@{int(args.low_rate)}", {})
     eos = lat.get(EXACTLY_ONCE, {})
+    f_hi, f_lo = floor.get(args.rate, {}), floor.get(args.low_rate, {})
     if hi:
-        row(f"ALO p99 ms @ {args.rate:,.0f}/s", GOAL_ALO_P99_HIGH, hi.get("p99_ms"))
-        row(f"ALO p99.9 ms @ {args.rate:,.0f}/s", GOAL_ALO_P999_HIGH, hi.get("p999_ms"))
+        row(f"ALO p99 ms @ {args.rate:,.0f}/s", GOAL_ALO_P99_HIGH, hi.get("p99_ms"), alone=f_hi.get("p99_ms"))
+        row(f"ALO p99.9 ms @ {args.rate:,.0f}/s", GOAL_ALO_P999_HIGH, hi.get("p999_ms"), alone=f_hi.get("p999_ms"))
     if eos:
         row(f"EOS p99 ms @ {args.rate:,.0f}/s (commit {args.commit_interval_ms:g} ms + {GOAL_EOS_SLACK:g})",
-            args.commit_interval_ms + GOAL_EOS_SLACK, eos.get("p99_ms"))
+            args.commit_interval_ms + GOAL_EOS_SLACK, eos.get("p99_ms"), alone=f_hi.get("p99_ms"))
     if lo:
-        row(f"ALO p99 ms @ {args.low_rate:,.0f}/s", GOAL_ALO_P99_LOW, lo.get("p99_ms"))
+        row(f"ALO p99 ms @ {args.low_rate:,.0f}/s", GOAL_ALO_P99_LOW, lo.get("p99_ms"), alone=f_lo.get("p99_ms"))
     if r_quix is not None:
         row("throughput ours EOS / Quix", GOAL_RATIO_QUIX, r_quix, lower_is_better=False)
     return rows
@@ -519,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(--quick: skip; '' skips)")
     ap.add_argument("--quick", action="store_true", help="small and short: --n 20000, 2 s latency runs (at the goal "
                     "rates --rate / --low-rate, so p99_ms stays the 50k ticks/s headline), no faust")
-    ap.add_argument("--skip", default="", help="comma list of contenders to leave out: eos,alo,quix,faust,pandas,latency")
+    ap.add_argument("--skip", default="", help="comma list of contenders to leave out: eos,alo,quix,faust,pandas,latency,floor "
+                         "(floor: Kafka alone at the latency rates)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--_role", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_cfg", default=None, help=argparse.SUPPRESS)
@@ -552,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     lat: dict[str, Any] = {}
     ab: list[dict[str, Any]] = []
     scale: list[dict[str, Any]] = []
+    floor: dict[float, dict[str, Any]] = {}
     try:
         C.create_topics(s, [(topic, TICK, args.partitions), (topic + ".dlq", None, 1)]
                         + [(o, FV, args.partitions) for o in outs.values()])
@@ -607,6 +615,17 @@ def main(argv: list[str] | None = None) -> int:
                               f"{r['offered']:,} received, offered {r['offered_rate'] or 0:,.0f}/s, out "
                               f"{r['out_rate'] or 0:,.0f}/s, load {r['loadavg_1min']})")
                         L.print_breakdown(r)
+        if "latency" not in skip and "floor" not in skip:
+            for rate in [args.rate] + ([args.low_rate] if args.low_rate else []):
+                try:
+                    floor[rate] = fl = L.run_floor(s, tag, rate, args)
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    notes.append(f"floor @ {rate:,.0f}/s failed: {type(exc).__name__}: {str(exc)[:1500]}")
+                    print(f"  {notes[-1]}")
+                    continue
+                print(f"  floor (Kafka alone: producer -> broker -> consumer) @ {rate:,.0f}/s: p50 "
+                      f"{C.fmt(fl['p50_ms'])} ms, p99 {C.fmt(fl['p99_ms'])} ms, p99.9 {C.fmt(fl['p999_ms'])} ms "
+                      f"({fl['received']:,}/{fl['offered']:,} received, load {fl['loadavg_1min']})")
         for k in [int(x) for x in args.workers.split(",") if x]:
             try:
                 tp = L.run_throughput(s, tag, args, k, n)
@@ -656,10 +675,11 @@ def main(argv: list[str] | None = None) -> int:
                         x["latency"]["p99_ms"], x["latency"]["out_rate"], x["loadavg_1min"]) for x in scale])
     r_quix = C.ratio(eos_tps, g("quix", "tps"))
     print(f"ratio ours EOS / Quix: {C.fmt(r_quix)}")
-    goal_rows = goals(args, lat, r_quix)
+    goal_rows = goals(args, lat, r_quix, floor)
     if goal_rows:
-        print(f"\ngoals vs measured (load avg {C.machine()['loadavg_1min']} on {m0['cores']} cores: goals assume a quiet machine)")
-        C.print_table(["goal", "target", "measured", "met"], goal_rows)
+        print(f"\ngoals vs measured (load avg {C.machine()['loadavg_1min']} on {m0['cores']} cores: goals assume a quiet machine; "
+              "Kafka alone = the same quantile of producer -> broker -> consumer with no worker, at the goal's rate)")
+        C.print_table(["goal", "target", "measured", "met", "Kafka alone"], goal_rows)
     for note in notes:
         print(f"NOTE: {note}")
     total = time.perf_counter() - t_script
@@ -678,7 +698,10 @@ def main(argv: list[str] | None = None) -> int:
         "scale_out_tps": {x["workers"]: x["tps"] for x in scale},
         "scale_out_p99_ms_eos": {x["workers"]: x["latency"]["p99_ms"] for x in scale},
         "latency_s": args.latency_s, "commit_interval_ms": args.commit_interval_ms, "lat_batching": args.lat_batching,
-        "goals": [dict(zip(("goal", "target", "measured", "met"), r, strict=True)) for r in goal_rows],
+        "p99_ms_floor": floor.get(args.rate, {}).get("p99_ms"),
+        "p99_ms_floor_low_rate": floor.get(args.low_rate, {}).get("p99_ms"),
+        "goals": [dict(zip(("goal", "target", "measured", "met", "kafka_alone"), r, strict=True)) for r in goal_rows],
+        "floor": {str(int(k)): v for k, v in floor.items()},
         "latency": lat, "latency_runs": ab, "scale_out": scale, "checks": checks, "details": res, "notes": notes,
         "total_s": total})
     ok = all(c.get("ok") for c in checks.values())
