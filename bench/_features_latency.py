@@ -139,12 +139,47 @@ def quantiles(a_ms: np.ndarray) -> dict[str, float | None]:
             "p999_ms": float(np.quantile(a_ms, 0.999)), "max_ms": float(a_ms.max()), "mean_ms": float(a_ms.mean())}
 
 
-def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, workers: int = 1,
-                tree: Path | None = None, label: str = "new", seconds: float | None = None) -> dict[str, Any]:
-    """One latency run (see the module docstring)."""
+def measuring_consumer(s: Any, group: str, topic: str, partitions: int) -> Any:
+    """The measuring consumer: read_committed, assigned to every partition of ``topic`` from the
+    beginning, fetches answered within 5 ms, no Nagle delay."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     from mystocks_gpu.infra.kafka_clients import make_consumer
+
+    cons = make_consumer(s.kafka, group, **{"fetch.wait.max.ms": 5, "socket.nagle.disable": True,
+                                            "fetch.queue.backoff.ms": 10})
+    cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    return cons
+
+
+def warm_up(s: Any, topic: str, cons: Any, n: int, symbols: int, timeout_s: float, what: str) -> None:
+    """Produce ``n`` ticks stamped now to ``topic`` and wait until ``cons`` has received ``n`` records
+    (every partition fetched, every worker assigned and warm), before the clock starts."""
+    wcols, wnames = C.synthetic(n, symbols, seed=3)
+    wcols["ts"] = np.full(n, time.time_ns(), np.int64)
+    C.produce_ticks(s, topic, wcols, wnames)
+    seen, t0 = 0, time.monotonic()
+    while seen < n and time.monotonic() - t0 < timeout_s:
+        seen += sum(1 for m in cons.consume(10_000, timeout=0.2) if m.error() is None)
+    if seen < n:
+        raise RuntimeError(f"warm-up: only {seen} of {n} {what} came back")
+
+
+def start_load(topic: str, rate: float, seconds: float, symbols: int) -> tuple[subprocess.Popen[str], int]:
+    """Start the producer subprocess offering ``rate`` ticks/s for ``seconds`` (ts_event = wall clock
+    at produce); returns it and the load's start (ns): records stamped before it are not counted."""
+    load_start = time.time_ns()
+    pcfg = {"topic": topic, "rate": rate, "seconds": seconds, "symbols": symbols, "probe_ts": load_start - 1}
+    producer = subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "producer",
+                                 "--_cfg", json.dumps(pcfg)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
+    return producer, load_start
+
+
+def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, workers: int = 1,
+                tree: Path | None = None, label: str = "new", seconds: float | None = None) -> dict[str, Any]:
+    """One latency run (see the module docstring)."""
+
 
     seconds = float(seconds or args.latency_s)
     short = f"{'eos' if guarantee == 'exactly_once' else 'alo'}{int(rate)}w{workers}{label}{C.new_tag()[:4]}"
@@ -166,9 +201,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                "commit_interval_ms": args.commit_interval_ms}
         procs.append(subprocess.Popen([sys.executable, str(script), "--_role", "worker", "--_cfg", json.dumps(cfg)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(root)))
-    cons = make_consumer(s.kafka, f"bench-fe-latc-{short}-{tag}",
-                         **{"fetch.wait.max.ms": 5, "socket.nagle.disable": True, "fetch.queue.backoff.ms": 10})
-    cons.assign([TopicPartition(out, p, OFFSET_BEGINNING) for p in range(args.partitions)])
+    cons = measuring_consumer(s, f"bench-fe-latc-{short}-{tag}", out, args.partitions)
     producer = None
     stages: list[dict[str, tuple[np.ndarray, float]]] = []
     try:
@@ -180,20 +213,8 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                 if p.poll() is not None:
                     raise RuntimeError(f"worker exited: {p.stderr.read()[-1500:] if p.stderr else ''}")
             time.sleep(0.5)
-        # warm-up: ticks stamped now; wait until their features come back (every worker assigned and warm)
-        wcols, wnames = C.synthetic(2000, args.symbols, seed=3)
-        wcols["ts"] = np.full(2000, time.time_ns(), np.int64)
-        C.produce_ticks(s, topic, wcols, wnames)
-        seen, t0 = 0, time.monotonic()
-        while seen < 2000 and time.monotonic() - t0 < 180:
-            seen += sum(1 for m in cons.consume(10_000, timeout=0.2) if m.error() is None)
-        if seen < 2000:
-            raise RuntimeError(f"warm-up: only {seen} of 2000 feature vectors came back")
-        load_start = time.time_ns()
-        pcfg = {"topic": topic, "rate": rate, "seconds": seconds, "symbols": args.symbols, "probe_ts": load_start - 1}
-        producer = subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "producer",
-                                     "--_cfg", json.dumps(pcfg)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
+        warm_up(s, topic, cons, 2000, args.symbols, 180, "feature vectors")
+        producer, load_start = start_load(topic, rate, seconds, args.symbols)
         expect = int(rate * seconds)
         e2e, to_worker, in_worker, to_cons = (np.empty(expect + 10_000, np.int64) for _ in range(4))
         k = 0
@@ -263,34 +284,19 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
     the measuring consumer's settings; latency = receive wall time - the tick's ``ts_event``
     (decoded from the record: exact to the ns). Our pipeline adds a consume, the work and a produce
     on top of this hop, on the same cores."""
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-    from mystocks_gpu.infra.kafka_clients import make_consumer
     from mystocks_gpu.schemas.batch_codec import TickDecoder
 
     seconds = float(seconds or args.latency_s)
     short = f"floor{int(rate)}{C.new_tag()[:4]}"
     topic = f"bench.fe.floor.in.{short}.{tag}"
     TopicAdmin(s.kafka).create([TopicSpec(topic, "symbol", TICK, partitions=args.partitions, dlq=False)])
-    cons = make_consumer(s.kafka, f"bench-fe-floorc-{short}-{tag}",
-                         **{"fetch.wait.max.ms": 5, "socket.nagle.disable": True, "fetch.queue.backoff.ms": 10})
-    cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(args.partitions)])
+    cons = measuring_consumer(s, f"bench-fe-floorc-{short}-{tag}", topic, args.partitions)
     dec = TickDecoder()
     producer = None
     try:
-        # warm-up: the consumer has fetched from every partition before the clock starts
-        wcols, wnames = C.synthetic(200, args.symbols, seed=3)
-        C.produce_ticks(s, topic, wcols, wnames)
-        seen, t0 = 0, time.monotonic()
-        while seen < 200 and time.monotonic() - t0 < 60:
-            seen += sum(1 for m in cons.consume(10_000, timeout=0.2) if m.error() is None)
-        if seen < 200:
-            raise RuntimeError(f"floor warm-up: only {seen} of 200 ticks came back")
-        load_start = time.time_ns()
-        pcfg = {"topic": topic, "rate": rate, "seconds": seconds, "symbols": args.symbols, "probe_ts": load_start - 1}
-        producer = subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "producer",
-                                     "--_cfg", json.dumps(pcfg)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
+        warm_up(s, topic, cons, 200, args.symbols, 60, "ticks")
+        producer, load_start = start_load(topic, rate, seconds, args.symbols)
         expect = int(rate * seconds)
         lat = np.empty(expect + 10_000, np.int64)
         k = 0
