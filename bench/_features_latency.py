@@ -40,6 +40,7 @@ from typing import Any
 import _common as C
 import numpy as np
 
+from mystocks_gpu.infra.kafka_clients import consume_ready
 from mystocks_gpu.streams.stream_metrics import STAGE_BUCKETS, STAGES, histogram_quantile
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
@@ -221,10 +222,9 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
         t_first = t_last = None
         deadline = time.monotonic() + 60 + 3 * seconds
         while k < expect and time.monotonic() < deadline:
-            first = cons.poll(0.05)
-            if first is None:
+            msgs = consume_ready(cons, 10_000, 0.05)  # blocks for the first only: each batch timed on arrival
+            if not msgs:
                 continue
-            msgs = [first, *cons.consume(10_000, timeout=0)]
             now = time.time_ns()
             for m in msgs:
                 if m.error() is not None:
@@ -302,10 +302,9 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
         k = 0
         deadline = time.monotonic() + 60 + 3 * seconds
         while k < expect and time.monotonic() < deadline:
-            first = cons.poll(0.05)
-            if first is None:
+            msgs = consume_ready(cons, 10_000, 0.05)  # blocks for the first only: each batch timed on arrival
+            if not msgs:
                 continue
-            msgs = [first, *cons.consume(10_000, timeout=0)]
             now = time.time_ns()
             ts = dec.decode([m.value() for m in msgs if m.error() is None]).columns["ts"]
             ts = ts[ts >= load_start][: lat.size - k]
