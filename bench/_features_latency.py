@@ -1,9 +1,11 @@
 """Tick -> feature latency of ``bench/features_e2e.py``: offered load, a per-stage breakdown, old vs
 new code in one run, and scale-out over worker counts. Not a public API.
 
-One latency run: a producer subprocess offers ``rate`` ticks/s for ``seconds`` with ``ts_event`` =
-wall clock at produce; ``workers`` worker subprocesses (one consumer group) compute the features;
-this process consumes the output (read_committed) and takes, per feature vector,
+One latency run: a producer subprocess offers ``rate`` ticks/s for ``ramp_s + seconds`` with
+``ts_event`` = wall clock at produce; only the ticks of the last ``seconds`` are measured (the ramp
+is the switch from an idle pipeline to full rate, with its one-off stalls: broker, worker and
+consumer all start working at once); ``workers`` worker subprocesses (one consumer group) compute
+the features; this process consumes the output (read_committed) and takes, per feature vector,
 
 - ``e2e`` = receive wall time - ``ts_event`` (the headline p50/p99/p99.9),
 - ``to_worker`` = ``ts_ingest`` (the worker's batch close, carried in the vector) - ``ts_event``,
@@ -17,7 +19,9 @@ add up (each stage is observed once per record), so ``mean(e2e) - sum(stage mean
 from visibility to the measuring consumer's receive (its fetch + the feed producer's queueing,
 which the ``poll`` stage does not see when the input's record timestamp is taken at produce).
 
-The measuring consumer blocks for the first message and then drains without waiting
+The measuring consumer decodes each fetch's vectors in one batch (``FeatureVectorDecoder`` with
+no feature keys: ts_event and ts_ingest only), so it takes little of the CPU that producer, broker
+and worker share. It blocks for the first message and then drains without waiting
 (``consume(n, timeout)`` waits for all n or the timeout: timing each batch of messages by its
 return would add up to the timeout to every latency).
 
@@ -41,6 +45,7 @@ import _common as C
 import numpy as np
 
 from mystocks_gpu.infra.kafka_clients import consume_ready
+from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
 from mystocks_gpu.streams.stream_metrics import STAGE_BUCKETS, STAGES, histogram_quantile
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
@@ -54,27 +59,6 @@ def free_port() -> int:
     with socket.socket() as so:
         so.bind(("127.0.0.1", 0))
         return int(so.getsockname()[1])
-
-
-def ts_event_ingest(v: bytes) -> tuple[int, int]:
-    """(ts_event, ts_ingest) of a framed FeatureVector without a full decode."""
-    p = 5
-
-    def varint(p: int) -> tuple[int, int]:
-        shift = acc = 0
-        while True:
-            b = v[p]
-            acc |= (b & 0x7F) << shift
-            p += 1
-            if b < 0x80:
-                return (acc >> 1) ^ -(acc & 1), p
-            shift += 7
-
-    ln, p = varint(p)
-    ts, p = varint(p + ln)
-    _, p = varint(p)  # seq
-    ingest, _ = varint(p)
-    return ts, ingest
 
 
 def scrape_stages(port: int) -> dict[str, tuple[np.ndarray, float]]:
@@ -166,15 +150,35 @@ def warm_up(s: Any, topic: str, cons: Any, n: int, symbols: int, timeout_s: floa
         raise RuntimeError(f"warm-up: only {seen} of {n} {what} came back")
 
 
-def start_load(topic: str, rate: float, seconds: float, symbols: int) -> tuple[subprocess.Popen[str], int]:
-    """Start the producer subprocess offering ``rate`` ticks/s for ``seconds`` (ts_event = wall clock
-    at produce); returns it and the load's start (ns): records stamped before it are not counted."""
-    load_start = time.time_ns()
-    pcfg = {"topic": topic, "rate": rate, "seconds": seconds, "symbols": symbols, "probe_ts": load_start - 1}
+def start_load(topic: str, rate: float, seconds: float, symbols: int, ramp_s: float = 0.0
+               ) -> tuple[subprocess.Popen[str], int]:
+    """Start the producer subprocess offering ``rate`` ticks/s for ``ramp_s + seconds`` (ts_event =
+    wall clock at produce) and wait until it is connected and about to send; returns it and the
+    start (ns) of the measured window, ``ramp_s`` after its first tick: ticks stamped before it
+    (the probe tick, the ramp) are not counted. Its last stdout line (JSON) says how many ticks it
+    stamped inside the window (``counted``)."""
+    pcfg = {"topic": topic, "rate": rate, "seconds": seconds + ramp_s, "symbols": symbols,
+            "probe_ts": time.time_ns(), "ramp_s": ramp_s}
     producer = subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "producer",
                                  "--_cfg", json.dumps(pcfg)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
-    return producer, load_start
+    assert producer.stdout is not None
+    line = producer.stdout.readline()  # {"count_from": ns}, printed just before its first tick
+    if not line:
+        raise RuntimeError(f"the load producer failed to start: {producer.communicate()[1][-1500:]}")
+    return producer, int(json.loads(line)["count_from"])
+
+
+def load_report(producer: subprocess.Popen[str], got: int, expect: int | None) -> tuple[int | None, dict[str, Any] | None]:
+    """While receiving: ``(expect, report)`` once the producer has exited (its JSON report; expect =
+    the ticks it stamped inside the window), else ``(expect, None)`` unchanged."""
+    if expect is not None or producer.poll() is None:
+        return expect, None
+    out, err = producer.communicate()
+    if producer.returncode != 0:
+        raise RuntimeError(f"the load producer failed: {err[-1500:]}")
+    rep = json.loads(out.strip().splitlines()[-1])
+    return int(rep["counted"]), rep
 
 
 def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, workers: int = 1,
@@ -203,6 +207,8 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
         procs.append(subprocess.Popen([sys.executable, str(script), "--_role", "worker", "--_cfg", json.dumps(cfg)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(root)))
     cons = measuring_consumer(s, f"bench-fe-latc-{short}-{tag}", out, args.partitions)
+    fvdec = FeatureVectorDecoder(())  # ts_event and ts_ingest only
+    fvdec.decode([])  # compiled (or loaded from numba's cache) before the clock starts
     producer = None
     stages: list[dict[str, tuple[np.ndarray, float]]] = []
     try:
@@ -215,30 +221,37 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                     raise RuntimeError(f"worker exited: {p.stderr.read()[-1500:] if p.stderr else ''}")
             time.sleep(0.5)
         warm_up(s, topic, cons, 2000, args.symbols, 180, "feature vectors")
-        producer, load_start = start_load(topic, rate, seconds, args.symbols)
-        expect = int(rate * seconds)
-        e2e, to_worker, in_worker, to_cons = (np.empty(expect + 10_000, np.int64) for _ in range(4))
+        producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s)
+        offered = int(rate * seconds)
+        expect: int | None = None
+        pout: dict[str, Any] = {}
+        e2e, to_worker, in_worker, to_cons = (np.empty(offered + 10_000, np.int64) for _ in range(4))
         k = 0
         t_first = t_last = None
-        deadline = time.monotonic() + 60 + 3 * seconds
-        while k < expect and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60 + 3 * (seconds + args.ramp_s)
+        while (expect is None or k < expect) and time.monotonic() < deadline:
+            expect, rep = load_report(producer, k, expect)
+            pout = rep or pout
             msgs = consume_ready(cons, 10_000, 0.05)  # blocks for the first only: each batch timed on arrival
             if not msgs:
                 continue
             now = time.time_ns()
-            for m in msgs:
-                if m.error() is not None:
-                    continue
-                ts, ingest = ts_event_ingest(m.value())
-                if ts < load_start or k >= e2e.size:
-                    continue
-                app_ns = m.timestamp()[1] * 1_000_000
-                e2e[k], to_worker[k], in_worker[k], to_cons[k] = now - ts, ingest - ts, app_ns - ingest, now - app_ns
-                k += 1
-            t_last = time.perf_counter()
-            if t_first is None:
-                t_first = t_last
-        pout = json.loads(producer.communicate(timeout=120)[0].strip().splitlines()[-1])
+            ok = [m for m in msgs if m.error() is None]
+            fb = fvdec.decode([m.value() for m in ok])  # one numba pass per fetch, not Python per record
+            app_ns = np.fromiter((m.timestamp()[1] for m in ok), np.int64, len(ok))[fb.index] * 1_000_000
+            ts, ingest = fb.columns["ts"], fb.columns["ts_ingest"]
+            live = np.flatnonzero(ts >= load_start)[: e2e.size - k]
+            ts, ingest, app_ns = ts[live], ingest[live], app_ns[live]
+            j = k + ts.size
+            e2e[k:j], to_worker[k:j], in_worker[k:j], to_cons[k:j] = now - ts, ingest - ts, app_ns - ingest, now - app_ns
+            k = j
+            if live.size:  # the output rate counts from the first measured vector
+                t_last = time.perf_counter()
+                if t_first is None:
+                    t_first = t_last
+        if expect is None:
+            expect, rep = load_report(producer, k, expect)
+            pout = rep or pout
         if tree is None:
             for port in ports:
                 try:
@@ -264,6 +277,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
           (("e2e", e2e), ("to_worker", to_worker), ("in_worker", in_worker), ("to_consumer", to_cons))}
     res: dict[str, Any] = {"label": label, "tree": str(tree) if tree else None, "guarantee": guarantee, "rate": rate,
                            "workers": workers, "offered": expect, "received": k, "seconds": seconds,
+                           "ramp_s": args.ramp_s,
                            "offered_rate": pout.get("offered_rate"),
                            "out_rate": k / (t_last - t_first) if t_first and t_last and t_last > t_first else None,
                            **quantiles(ms["e2e"]),
@@ -296,12 +310,13 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
     producer = None
     try:
         warm_up(s, topic, cons, 200, args.symbols, 60, "ticks")
-        producer, load_start = start_load(topic, rate, seconds, args.symbols)
-        expect = int(rate * seconds)
-        lat = np.empty(expect + 10_000, np.int64)
+        producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s)
+        expect: int | None = None
+        lat = np.empty(int(rate * seconds) + 10_000, np.int64)
         k = 0
-        deadline = time.monotonic() + 60 + 3 * seconds
-        while k < expect and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60 + 3 * (seconds + args.ramp_s)
+        while (expect is None or k < expect) and time.monotonic() < deadline:
+            expect, _ = load_report(producer, k, expect)
             msgs = consume_ready(cons, 10_000, 0.05)  # blocks for the first only: each batch timed on arrival
             if not msgs:
                 continue
@@ -310,12 +325,12 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
             ts = ts[ts >= load_start][: lat.size - k]
             lat[k:k + ts.size] = now - ts
             k += ts.size
-        producer.communicate(timeout=120)
+        expect, _ = load_report(producer, k, expect)
     finally:
         cons.close()
         if producer is not None and producer.poll() is None:
             producer.kill()
-    return {"rate": rate, "offered": int(rate * seconds), "received": k, "seconds": seconds,
+    return {"rate": rate, "offered": expect, "received": k, "seconds": seconds, "ramp_s": args.ramp_s,
             **quantiles(np.sort(lat[:k].astype(np.float64) / 1e6)), "loadavg_1min": C.machine()["loadavg_1min"]}
 
 

@@ -11,10 +11,16 @@ Abort (any abortable Kafka error, and any exception while a transaction is open)
     not yet batched) -> seek EVERY assigned partition back to its committed offset -> restore the
     state of every partition touched since the last commit from the in-memory changelog mirror
 
-At-least-once uses the same order with ``flush`` + an offset commit in place of the transaction:
-asynchronous in the loop (the outputs are already acknowledged, so a commit that has not landed when
-the worker dies only means re-processing, which at-least-once allows; failures are logged by
-:meth:`on_commit_result`), synchronous on revoke and at shutdown (the next owner starts from it).
+At-least-once uses the same order with an offset commit in place of the transaction: the changelog
+entries are produced, the offsets are snapshotted, and the offset commit is sent once every record
+produced before the snapshot is acknowledged. The loop does not wait for that: the commit stays
+*unsettled* (:class:`Unsettled`) until a later loop turn finds the producer's queue empty
+(:meth:`CommitProtocol.settle`; an empty queue means every earlier output and changelog entry is
+acknowledged), and only the next commit falling due with one still unsettled waits (``flush``) as
+a transaction commit would. An offset commit that has not landed when the worker dies only means
+re-processing, which at-least-once allows; failures are logged by :meth:`on_commit_result`. On
+revoke and at shutdown the commit is synchronous (flush, then wait for the offset commit: the next
+owner starts from it). An abort restores the state of the partitions of an unsettled commit too.
 The loop, the rebalance callbacks (revoke commits a clean cut unless the protocol has failed; lost
 partitions abort) and shutdown all go through this class; nothing else produces, commits, seeks or
 touches partition state.
@@ -59,6 +65,8 @@ class Tally:
     aborts: int = 0
     oversized: int = 0
     commits: int = 0
+    #: at-least-once loop commits that waited for acknowledgements (the previous one still unsettled)
+    commit_waits: int = 0
     producer_recoveries: int = 0
     assignments: int = 0
     restores: int = 0
@@ -66,6 +74,19 @@ class Tally:
 
 
 Headers = list[tuple[str, bytes]] | dict[str, bytes]
+
+
+@dataclass
+class Unsettled:
+    """An at-least-once commit whose changelog entries are sent and whose offsets wait for every
+    earlier record's acknowledgement: ``offsets`` (partition -> next offset), ``written`` (the
+    changelog entries it carried, for the mirror), ``touched`` (partitions an abort must restore),
+    ``t0`` (monotonic s when it was cut, for the commit latency)."""
+
+    offsets: dict[int, int]
+    written: dict[int, dict[bytes, bytes]]
+    touched: set[int]
+    t0: float
 
 
 def header_arg(headers: list[tuple[str, bytes]]) -> Headers:
@@ -109,6 +130,8 @@ class CommitProtocol:
         self.committed: dict[int, int] = {}
         self.touched: set[int] = set()
         self.dirty: dict[int, list[np.ndarray]] = {}
+        #: at-least-once: the commit waiting for its outputs' acknowledgements (see :meth:`settle`)
+        self.unsettled: Unsettled | None = None
         self.last_commit = clock.monotonic()
         #: test hook: ``fault(stage)`` may raise to inject a failure at a named stage of the protocol
         self.fault: Callable[[str], None] | None = None
@@ -291,9 +314,12 @@ class CommitProtocol:
 
     def commit(self, sync: bool = False) -> bool:
         """Commit everything handled since the last commit; on an abortable error abort and rewind.
-        Returns True when committed (or nothing to do), False when it aborted. ``sync``: at-least-once
-        waits for the offset commit (revoke, shutdown); otherwise it is sent and the loop goes on."""
-        if not self.pending_offsets and not self.in_txn and not self.dirty:
+        Returns True when committed, sent (at-least-once: see :meth:`settle`) or nothing to do, False
+        when it aborted. ``sync``: at-least-once waits for the acknowledgements and the offset commit
+        (revoke, shutdown); otherwise the offsets are committed without waiting once acknowledged."""
+        if not self.rt.exactly_once and not self.settle():
+            return False
+        if not self.pending_offsets and not self.in_txn and not self.dirty and self.unsettled is None:
             return True
         t0 = self.clock.monotonic()
         offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(self.pending_offsets.items())]
@@ -309,27 +335,74 @@ class CommitProtocol:
                 self.inject("commit")
                 self._retry(lambda: self.producer.commit_transaction(self.rt.commit_timeout_s))
                 self.in_txn = False
+            elif not sync and self.unsettled is None:
+                # cut here; the offsets go out when everything produced so far is acknowledged
+                self.unsettled = Unsettled(dict(self.pending_offsets), written,
+                                           self.touched | set(self.pending_offsets) | set(self.dirty), t0)
+                self.pending_offsets.clear()
+                self.touched.clear()
+                self.dirty.clear()
+                self.last_commit = t0
+                return self.settle()
             else:
+                if not sync:
+                    self.tally.commit_waits += 1
+                    self.metrics.commit_waits.inc()
                 remaining = self.producer.flush(self.rt.commit_timeout_s)
                 if remaining:
                     raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{remaining} output record(s) not acknowledged"))
+                u = self.unsettled
+                if u is not None:  # acknowledged now: this commit carries its offsets too
+                    offsets = [TopicPartition(self.topic, p, o) for p, o in sorted({**u.offsets, **self.pending_offsets}.items())]
+                    for p, entries in written.items():
+                        u.written.setdefault(p, {}).update(entries)
+                    written, t0 = u.written, u.t0
                 if offsets:
                     self._retry(lambda: self.consumer.commit(offsets=offsets, asynchronous=not sync))
+                self.unsettled = None  # (kept until here: a failed commit's abort restores its partitions)
         except KafkaException as exc:
             self.recover(exc.args[0], "commit")
             return False
+        self.pending_offsets.clear()
+        self.touched.clear()
+        self.dirty.clear()
+        self.last_commit = t0  # the interval runs from the start of a commit
+        self._committed(offsets, written, t0)
+        return True
+
+    def settle(self) -> bool:
+        """At-least-once: send the offset commit of the unsettled commit once the producer's queue is
+        empty (every record produced before the cut, outputs and changelog entries, acknowledged).
+        Cheap when there is none or the queue is not empty yet. Returns False when the offset commit
+        failed and the protocol aborted."""
+        u = self.unsettled
+        if u is None:
+            return True
+        if len(self.producer):
+            self.producer.poll(0)
+            if len(self.producer):
+                return True
+        self.unsettled = None
+        offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(u.offsets.items())]
+        try:
+            if offsets:
+                self._retry(lambda: self.consumer.commit(offsets=offsets, asynchronous=True))
+        except KafkaException as exc:
+            self.unsettled = u  # its partitions are restored by the abort
+            self.recover(exc.args[0], "commit")
+            return False
+        self._committed(offsets, u.written, u.t0)
+        return True
+
+    def _committed(self, offsets: list[TopicPartition], written: dict[int, dict[bytes, bytes]], t0: float) -> None:
+        """Book a commit that went out: committed offsets, the changelog mirror, counters, metrics."""
         for tp in offsets:
             self.committed[tp.partition] = tp.offset
         for p, entries in written.items():
             self.states.mirror.setdefault(p, {}).update(entries)
-        self.pending_offsets.clear()
-        self.touched.clear()
-        self.dirty.clear()
-        self.last_commit = self.clock.monotonic()
         self.tally.commits += 1
         self.metrics.commit_latency.observe(self.clock.monotonic() - t0)
         self.metrics.set_committed(self.committed)
-        return True
 
     def _retry(self, op: Callable[[], Any], attempts: int = 8) -> None:
         """Run ``op``, retrying retriable (not abort-requiring) errors with backoff."""
@@ -409,7 +482,9 @@ class CommitProtocol:
             self.producer.purge(in_queue=True, in_flight=False)
         self.in_txn = False
         self.drop_input()
-        touched = sorted(self.touched | set(self.pending_offsets) | set(self.dirty))
+        touched = sorted(self.touched | set(self.pending_offsets) | set(self.dirty)
+                         | (self.unsettled.touched if self.unsettled is not None else set()))
+        self.unsettled = None
         self.pending_offsets.clear()
         self.dirty.clear()
         self.touched.clear()
@@ -463,7 +538,7 @@ class CommitProtocol:
         if self.failed:
             self._drop(revoked)
             return
-        if self.in_txn or self.pending_offsets or self.dirty:
+        if self.open:
             self.commit(sync=True)
         self._drop(revoked)
 
@@ -480,12 +555,23 @@ class CommitProtocol:
     def on_lost(self, partitions: Iterable[int]) -> None:
         """Partitions lost (session timeout): nothing of them may be committed; abort and forget."""
         lost = set(partitions)
-        if not self.failed and (self.in_txn or self.pending_offsets or self.dirty):
+        if not self.failed and self.open:
             self.abort("partitions lost")
         self._drop(lost)
 
+    @property
+    def open(self) -> bool:
+        """True while something handled is not committed (a transaction, offsets, dirty state, or an
+        unsettled at-least-once commit)."""
+        return bool(self.in_txn or self.pending_offsets or self.dirty or self.unsettled is not None)
+
     def _drop(self, parts: set[int]) -> None:
         self.states.drop(sorted(parts))
+        if self.unsettled is not None:
+            for p in parts:
+                self.unsettled.offsets.pop(p, None)
+                self.unsettled.written.pop(p, None)
+                self.unsettled.touched.discard(p)
         for p in parts:
             self.pending_offsets.pop(p, None)
             self.dirty.pop(p, None)
@@ -499,7 +585,7 @@ class CommitProtocol:
         if self.failed:
             return
         try:
-            if self.in_txn or self.pending_offsets or self.dirty:
+            if self.open:
                 self.abort(f"{type(exc).__name__}: {exc}")
         except Exception as inner:  # noqa: BLE001 - the original exception is what matters
             log.warning("abort after failure failed", extra={"fields": {"error": repr(inner)}})

@@ -25,9 +25,10 @@ class RuntimeConfig:
     (``linger_ms`` applies only to this mode).
 
     Commits: with ``exactly_once`` each transaction covers the batches of ``commit_interval_ms``
-    (0 = one transaction per batch); with ``at_least_once`` offsets are committed after the outputs
-    are acknowledged, every ``commit_interval_ms``. The default, 100 ms, is Kafka Streams'
-    exactly-once default. The latency trade-off: read_committed consumers see an exactly-once
+    (0 = one transaction per batch; the interval runs from the start of the previous commit, as in
+    Kafka Streams); with ``at_least_once`` a commit is cut every ``commit_interval_ms`` and its
+    offsets are committed once its outputs are acknowledged, without stalling the loop (see
+    ``streams/commit_protocol.py``). The default, 100 ms, is Kafka Streams' exactly-once default. The latency trade-off: read_committed consumers see an exactly-once
     output only when its transaction commits, so its latency is up to one commit interval plus the
     commit itself (a few ms); a shorter interval lowers that bound but costs a transaction (several
     broker round trips, markers on every output partition, a changelog write per touched key) per

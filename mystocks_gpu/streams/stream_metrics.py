@@ -119,6 +119,9 @@ class RuntimeMetrics:
         self.aborts = Counter("mystocks_stream_transaction_aborts", "aborted transactions", lbl, registry=r).labels(processor)
         self.commit_failures = Counter("mystocks_stream_offset_commit_failures", "asynchronous offset commits "
                                        "(at-least-once) that failed", lbl, registry=r).labels(processor)
+        self.commit_waits = Counter("mystocks_stream_commit_waits", "at-least-once commits that stalled the loop "
+                                    "waiting for output acknowledgements (the previous commit was still unsettled)",
+                                    lbl, registry=r).labels(processor)
         self.rebalances = Counter("mystocks_stream_rebalances", "partition assignments and revocations", lbl, registry=r).labels(processor)
         self.idle_flushes = Counter("mystocks_stream_idle_flushes", "partitions flushed (open state emitted) "
                                     "after idling or on a graceful stop", lbl, registry=r).labels(processor)

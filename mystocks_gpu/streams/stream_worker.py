@@ -73,6 +73,8 @@ class RunSummary:
     batches: int = 0
     aborts: int = 0
     commits: int = 0
+    #: at-least-once commits that stalled the loop waiting for acknowledgements
+    commit_waits: int = 0
     oversized: int = 0
     pauses: int = 0
     idle_flushes: int = 0
@@ -346,6 +348,8 @@ class StreamWorker:
                     last_input = self.clock.monotonic()  # processing time is not idle time
                 elif protocol.due():
                     self._commit()
+                elif protocol.unsettled is not None and not protocol.settle():
+                    continue  # the offset commit failed: aborted and rewound
                 if self.rt.idle_flush_s > 0:
                     self._idle_flush()
                 if self._assigned_at > last_input:
@@ -378,11 +382,12 @@ class StreamWorker:
 
     def _wait_s(self, now: float, last_input: float) -> float:
         """How long an empty loop may block for input: until the next commit or idle flush is due,
-        at most 2 ms while a batch is forming or input flowed within the last second, else 100 ms."""
+        at most 2 ms while an at-least-once commit is unsettled, else 100 ms (0 while a batch is forming)."""
         assert self.protocol is not None
         if len(self._acc.batch):
             return 0.0
-        cap = 0.1
+        # an unsettled at-least-once commit lands at the first turn after its outputs are acknowledged
+        cap = 0.1 if self.protocol.unsettled is None else 0.002
         if self.rt.idle_flush_s > 0:
             for clock in self._event_clock.values():
                 if not clock[2]:
@@ -408,6 +413,7 @@ class StreamWorker:
         t = self.protocol.tally
         s = self._summary
         s.records_out, s.dlq, s.aborts, s.commits, s.oversized = t.records_out, t.dlq, t.aborts, t.commits, t.oversized
+        s.commit_waits = t.commit_waits
         s.assignments, s.restores, s.producer_recoveries = t.assignments, t.restores, t.producer_recoveries
         s.abort_reasons = list(t.abort_reasons)
 

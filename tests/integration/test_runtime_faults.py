@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from confluent_kafka import KafkaException
 
 from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.config import Settings
@@ -35,6 +36,7 @@ from mystocks_gpu.topics.admin import TopicAdmin
 from tests.integration.stream_helpers import (
     Topics,
     assert_exactly_once_equal,
+    committed_total,
     finish,
     kill9,
     make_topics,
@@ -392,3 +394,52 @@ def test_at_least_once_sigkill_loses_nothing(settings: Settings, unique: str) ->
     last = got.sort_values(["_p", "_o"]).groupby("symbol")["count"].last()
     want = ref.groupby("symbol")["count"].max()
     assert (last.reindex(want.index) >= want).all(), pd.concat([last, want], axis=1)
+
+
+def test_at_least_once_commits_do_not_wait_and_aborts_restore_unsettled_state(settings: Settings, unique: str) -> None:
+    """At-least-once cuts a commit (changelog sent, offsets snapshotted) without waiting for the
+    acknowledgements and sends the offsets at a later loop turn that finds the producer's queue
+    empty (``commit_waits`` counts the loop commits that did wait). The input arrives in ten chunks;
+    after each, the group's committed offsets must reach the end of the input while the worker
+    runs on (the unsettled commit lands without a shutdown or another commit forcing it). Injected
+    abortable errors at produce and at the offset commit abort while commits are unsettled: the
+    abort must restore the state of those partitions too, or the replay would count records twice.
+    Checked against the uninterrupted pandas reference: every input has an output, and EVERY
+    output, duplicates included, carries the reference's running count / sum / last."""
+    t = make_topics(settings, unique, partitions=12)  # small batches touch a few partitions each
+    n, chunks = 30_000, 10
+    cols, names = synthetic(n, symbols=30, seed=33)
+    args = ("--at-least-once", "--batch-records", "50", "--linger-ms", "5", "--commit-interval-ms", "20",
+            "--inject-faults", "produce=0.02,offsets=0.05;seed=9")
+
+    def committed() -> int:
+        try:
+            return committed_total(settings, t.group, t.input, partitions=12)
+        except KafkaException:  # the group's coordinator is not known yet
+            return -1
+
+    w = None
+    try:
+        for k in range(chunks):
+            lo, hi = k * n // chunks, (k + 1) * n // chunks
+            produce_ticks(settings, t.input, {c: v[lo:hi] for c, v in cols.items()}, names)
+            w = w or start_worker(t, "wu", *args, idle_exit=60)
+            assert wait_for(lambda hi=hi, w=w: committed() == hi or w.poll() is not None, 90), \
+                f"chunk {k}: committed {committed()} of {hi}"
+            assert w.poll() is None, w.communicate()[1][-3000:]
+        w.send_signal(signal.SIGTERM)
+        s = summaries(finish(w, timeout=120))[-1]
+    finally:
+        if w is not None and w.poll() is None:
+            kill9(w)
+    assert s["aborts"] >= 5, s  # many injected failures actually happened
+    assert s["commit_waits"] < s["commits"], s  # commits that landed without stalling the loop
+    got = read_outputs(settings, t.output, 2 * n)
+    ref = reference(cols, names)
+    missing = set(zip(ref["symbol"], ref["seq"], strict=True)) - set(zip(got["symbol"], got["seq"], strict=True))
+    assert not missing, f"{len(missing)} inputs without an output"
+    both = got.merge(ref, on=["symbol", "seq"], how="left", suffixes=("", "_ref"), validate="many_to_one")
+    for col in ("count", "sum", "last"):
+        bad = both[both[col] != both[f"{col}_ref"]]
+        assert bad.empty, f"{len(bad)} outputs with a wrong {col}:\n{bad.head()}"
+    print(f"aborts {s['aborts']}, commits {s['commits']} ({s['commit_waits']} waited), outputs {len(got)} for {len(ref)} inputs")
