@@ -169,16 +169,15 @@ def start_load(topic: str, rate: float, seconds: float, symbols: int, ramp_s: fl
     return producer, int(json.loads(line)["count_from"])
 
 
-def load_report(producer: subprocess.Popen[str], got: int, expect: int | None) -> tuple[int | None, dict[str, Any] | None]:
-    """While receiving: ``(expect, report)`` once the producer has exited (its JSON report; expect =
-    the ticks it stamped inside the window), else ``(expect, None)`` unchanged."""
-    if expect is not None or producer.poll() is None:
-        return expect, None
+def load_report(producer: subprocess.Popen[str]) -> dict[str, Any] | None:
+    """The load producer's JSON report once it has exited (``counted``: the ticks it stamped inside
+    the measured window), None while it runs; raises if it failed. Call until it returns a report."""
+    if producer.poll() is None:
+        return None
     out, err = producer.communicate()
     if producer.returncode != 0:
         raise RuntimeError(f"the load producer failed: {err[-1500:]}")
-    rep = json.loads(out.strip().splitlines()[-1])
-    return int(rep["counted"]), rep
+    return dict(json.loads(out.strip().splitlines()[-1]))
 
 
 def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, workers: int = 1,
@@ -222,16 +221,13 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
             time.sleep(0.5)
         warm_up(s, topic, cons, 2000, args.symbols, 180, "feature vectors")
         producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s)
-        offered = int(rate * seconds)
-        expect: int | None = None
-        pout: dict[str, Any] = {}
-        e2e, to_worker, in_worker, to_cons = (np.empty(offered + 10_000, np.int64) for _ in range(4))
+        pout: dict[str, Any] | None = None
+        e2e, to_worker, in_worker, to_cons = (np.empty(int(rate * seconds) + 10_000, np.int64) for _ in range(4))
         k = 0
         t_first = t_last = None
         deadline = time.monotonic() + 60 + 3 * (seconds + args.ramp_s)
-        while (expect is None or k < expect) and time.monotonic() < deadline:
-            expect, rep = load_report(producer, k, expect)
-            pout = rep or pout
+        while (pout is None or k < pout["counted"]) and time.monotonic() < deadline:
+            pout = pout or load_report(producer)
             msgs = consume_ready(cons, 10_000, 0.05)  # blocks for the first only: each batch timed on arrival
             if not msgs:
                 continue
@@ -249,9 +245,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                 t_last = time.perf_counter()
                 if t_first is None:
                     t_first = t_last
-        if expect is None:
-            expect, rep = load_report(producer, k, expect)
-            pout = rep or pout
+        pout = pout or load_report(producer) or {}
         if tree is None:
             for port in ports:
                 try:
@@ -276,7 +270,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
     ms = {name: np.sort(a[:k].astype(np.float64) / 1e6) for name, a in
           (("e2e", e2e), ("to_worker", to_worker), ("in_worker", in_worker), ("to_consumer", to_cons))}
     res: dict[str, Any] = {"label": label, "tree": str(tree) if tree else None, "guarantee": guarantee, "rate": rate,
-                           "workers": workers, "offered": expect, "received": k, "seconds": seconds,
+                           "workers": workers, "offered": pout.get("counted"), "received": k, "seconds": seconds,
                            "ramp_s": args.ramp_s,
                            "offered_rate": pout.get("offered_rate"),
                            "out_rate": k / (t_last - t_first) if t_first and t_last and t_last > t_first else None,
@@ -311,12 +305,12 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
     try:
         warm_up(s, topic, cons, 200, args.symbols, 60, "ticks")
         producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s)
-        expect: int | None = None
+        rep: dict[str, Any] | None = None
         lat = np.empty(int(rate * seconds) + 10_000, np.int64)
         k = 0
         deadline = time.monotonic() + 60 + 3 * (seconds + args.ramp_s)
-        while (expect is None or k < expect) and time.monotonic() < deadline:
-            expect, _ = load_report(producer, k, expect)
+        while (rep is None or k < rep["counted"]) and time.monotonic() < deadline:
+            rep = rep or load_report(producer)
             msgs = consume_ready(cons, 10_000, 0.05)  # blocks for the first only: each batch timed on arrival
             if not msgs:
                 continue
@@ -325,12 +319,12 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
             ts = ts[ts >= load_start][: lat.size - k]
             lat[k:k + ts.size] = now - ts
             k += ts.size
-        expect, _ = load_report(producer, k, expect)
+        rep = rep or load_report(producer) or {}
     finally:
         cons.close()
         if producer is not None and producer.poll() is None:
             producer.kill()
-    return {"rate": rate, "offered": expect, "received": k, "seconds": seconds, "ramp_s": args.ramp_s,
+    return {"rate": rate, "offered": rep.get("counted"), "received": k, "seconds": seconds, "ramp_s": args.ramp_s,
             **quantiles(np.sort(lat[:k].astype(np.float64) / 1e6)), "loadavg_1min": C.machine()["loadavg_1min"]}
 
 

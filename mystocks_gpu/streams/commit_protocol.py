@@ -339,10 +339,7 @@ class CommitProtocol:
                 # cut here; the offsets go out when everything produced so far is acknowledged
                 self.unsettled = Unsettled(dict(self.pending_offsets), written,
                                            self.touched | set(self.pending_offsets) | set(self.dirty), t0)
-                self.pending_offsets.clear()
-                self.touched.clear()
-                self.dirty.clear()
-                self.last_commit = t0
+                self._close_interval(t0)
                 return self.settle()
             else:
                 if not sync:
@@ -363,12 +360,17 @@ class CommitProtocol:
         except KafkaException as exc:
             self.recover(exc.args[0], "commit")
             return False
+        self._close_interval(t0)
+        self._committed(offsets, written, t0)
+        return True
+
+    def _close_interval(self, t0: float) -> None:
+        """What the commit cut at ``t0`` carries is no longer open; the next interval runs from ``t0``
+        (the start of this commit, as Kafka Streams counts it)."""
         self.pending_offsets.clear()
         self.touched.clear()
         self.dirty.clear()
-        self.last_commit = t0  # the interval runs from the start of a commit
-        self._committed(offsets, written, t0)
-        return True
+        self.last_commit = t0
 
     def settle(self) -> bool:
         """At-least-once: send the offset commit of the unsettled commit once the producer's queue is
