@@ -132,8 +132,10 @@ def committed_total(settings: Settings, group: str, topic: str, partitions: int 
     UNSTABLE_OFFSET_COMMIT while a SIGKILLed worker's transaction is still open, and the fetch times
     out instead of returning the last committed position.
     """
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+    transient = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                 KafkaError.COORDINATOR_NOT_AVAILABLE}
     c = Consumer(settings.kafka.client_config(**{
         "group.id": group, "enable.auto.commit": False, "isolation.level": "read_uncommitted"}))
     try:
@@ -141,6 +143,15 @@ def committed_total(settings: Settings, group: str, topic: str, partitions: int 
             parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
         else:
             parts = list(range(partitions))
-        return sum(max(tp.offset, 0) for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=15))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return sum(max(tp.offset, 0) for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=15))
+            except KafkaException as e:
+                # a fresh broker creates __consumer_offsets on the first group lookup; its
+                # coordinator answers NOT_COORDINATOR / LOAD_IN_PROGRESS until it has loaded
+                if e.args[0].code() not in transient or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         c.close()

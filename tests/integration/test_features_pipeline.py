@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,8 @@ from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_
 from mystocks_gpu.gpu_ops.backend import gpu_available
 from mystocks_gpu.gpu_ops.features_config import FeatureConfig
 from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
+from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT, wait_until
@@ -22,10 +25,16 @@ from tests.integration.stream_helpers import (
     committed_total,
     finish,
     kill9,
-    produce_ticks,
     read_outputs,
 )
 from tests.unit.reference_features import reference_features
+
+
+def _tick_items(cols: dict[str, np.ndarray], names: list[str]) -> list[tuple[bytes, bytes, int]]:
+    """``(key, value, timestamp_ms)`` per tick, for :func:`produce_all`."""
+    vals = BatchEncoder("mystocks.md.Tick").encode(cols, names)
+    keys = [names[i].encode() for i in cols["sym"].tolist()]
+    return list(zip(keys, vals, (cols["ts"] // 1_000_000).tolist(), strict=True))
 
 
 def _worker(inp: str, out: str, group: str, backend: str = "cpu") -> subprocess.Popen[str]:
@@ -50,15 +59,26 @@ def test_features_exactly_once_with_sigkill_restart(settings: Settings, unique: 
     n, s = 40_000, 30
     cols = generate(SyntheticMarket(n_symbols=s, seed=21, events_per_s=500.0), n)
     names = symbol_names(s, 21)
-    produce_ticks(settings, inp, cols, names)
+    # the first 4000 ticks before the worker starts; the rest paced (10k ticks/s) from a
+    # thread once transactions have committed, so the kill below falls mid-stream however fast the
+    # worker is: after commits (the restart restores their state from the changelog and must not
+    # repeat their outputs) and before the input is all committed
+    head = 4000
+    items = _tick_items(cols, names)
+    produce_all(make_producer(settings.kafka), inp, iter(items[:head]))
     w = _worker(inp, out, group, backend)
-    # kill mid-stream, once transactions have committed (the restart restores their state from
-    # the changelog and must not repeat their outputs) and before the input is all committed
     wait_until(lambda: w.poll() is not None or committed_total(settings, group, inp, 4) >= 2000,
                90, "the worker to commit 2000 inputs")
-    assert w.poll() is None, "worker finished before the kill; raise n"
-    assert committed_total(settings, group, inp, 4) < n, "everything committed before the kill; raise n"
+    assert w.poll() is None, "worker exited before the paced input began"
+    pool = ThreadPoolExecutor(1)
+    pacer = pool.submit(produce_all, make_producer(settings.kafka), inp, iter(items[head:]), rate=10_000.0)
+    wait_until(lambda: w.poll() is not None or committed_total(settings, group, inp, 4) >= head + 2000,
+               90, "the worker to commit paced inputs")
+    assert w.poll() is None, "worker exited before the kill"
     kill9(w)
+    assert committed_total(settings, group, inp, 4) < n, "everything was committed before the kill"
+    assert pacer.result(120) == n - head
+    pool.shutdown()
     finish(_worker(inp, out, group, backend), timeout=300)
     got = read_outputs(settings, out, n)
     assert len(got) == n and not got.duplicated(["symbol", "seq"]).any()
