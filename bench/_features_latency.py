@@ -286,20 +286,94 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
     return res
 
 
-def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = None) -> dict[str, Any]:
+def start_relay(s: Any, tag: str, topic: str, out: str, partitions: int, commit_interval_ms: float
+                ) -> subprocess.Popen[str]:
+    """Start :func:`relay_role` (``topic`` -> ``out``, transactions committed every
+    ``commit_interval_ms``) and wait until it has its producer id and its partitions."""
+    cfg = {"topic": topic, "out": out, "partitions": partitions, "group": f"bench-fe-relay-{tag}",
+           "commit_interval_ms": commit_interval_ms}
+    relay = subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "relay",
+                              "--_cfg", json.dumps(cfg)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
+    assert relay.stdout is not None
+    if not relay.stdout.readline():  # {"ready": true}
+        raise RuntimeError(f"the transactional relay failed to start: {relay.communicate()[1][-1500:]}")
+    return relay
+
+
+def relay_role(cfg: dict[str, Any]) -> None:
+    """Kafka transactions alone (``--_role relay``): plain confluent-kafka clients copy every record
+    of ``topic`` to ``out`` unchanged inside transactions that also carry the input offsets, committed
+    every ``commit_interval_ms`` counted from the start of the previous commit (as our worker does).
+    No decode, no state, no features: the exactly-once floor under our worker at the same interval.
+    Runs until SIGTERM."""
+    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+    s = C.settings()
+    stop: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    cons = Consumer(s.kafka.client_config(**{
+        "group.id": cfg["group"], "enable.auto.commit": False, "isolation.level": "read_committed",
+        "fetch.wait.max.ms": 5, "socket.nagle.disable": True, "auto.offset.reset": "earliest"}))
+    cons.assign([TopicPartition(cfg["topic"], p) for p in range(int(cfg["partitions"]))])
+    prod = Producer(s.kafka.client_config(**{
+        "transactional.id": cfg["group"], "linger.ms": 5, "socket.nagle.disable": True}))
+    prod.init_transactions(30)
+    prod.begin_transaction()
+    interval = float(cfg["commit_interval_ms"]) / 1e3
+    out, started = cfg["out"], time.monotonic()
+    pos: dict[int, int] = {}  # partition -> next offset, since the last commit
+    print(json.dumps({"ready": True}), flush=True)
+    while not stop:
+        wait = min(0.05, max(0.0, started + interval - time.monotonic())) if pos else 0.05
+        batch = []
+        for m in consume_ready(cons, 10_000, wait):
+            if m.error() is None:
+                batch.append({"value": m.value(), "key": m.key(), "partition": m.partition()})
+                pos[m.partition()] = m.offset() + 1
+        while batch:  # one produce_batch per fetch (a produce() per record costs this relay 3x the CPU)
+            prod.produce_batch(out, batch)
+            batch = [m for m in batch if "_error" in m]
+            for m in batch:
+                if m.pop("_error").code() != KafkaError._QUEUE_FULL:
+                    raise SystemExit("the relay could not queue a record")
+            if batch:
+                prod.poll(0.005)
+        prod.poll(0)
+        if pos and time.monotonic() - started >= interval:
+            started = time.monotonic()
+            prod.send_offsets_to_transaction([TopicPartition(cfg["topic"], p, o) for p, o in pos.items()],
+                                             cons.consumer_group_metadata(), 30)
+            prod.commit_transaction(30)
+            pos.clear()
+            prod.begin_transaction()
+    prod.abort_transaction(30)
+    cons.close()
+
+
+def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = None,
+              guarantee: str = "at_least_once") -> dict[str, Any]:
     """Kafka alone, the floor under any worker's latency: the same producer subprocess offers
     ``rate`` ticks/s to a fresh input topic and this process consumes that topic directly, with
     the measuring consumer's settings; latency = receive wall time - the tick's ``ts_event``
     (decoded from the record: exact to the ns). Our pipeline adds a consume, the work and a produce
-    on top of this hop, on the same cores."""
+    on top of this hop, on the same cores.
+
+    ``guarantee="exactly_once"``: Kafka transactions alone. A :func:`relay_role` subprocess copies
+    the input to an output topic in transactions committed every ``args.commit_interval_ms``, and
+    this process consumes the output read_committed: two hops and the commit wait, no work."""
 
     from mystocks_gpu.schemas.batch_codec import TickDecoder
 
     seconds = float(seconds or args.latency_s)
-    short = f"floor{int(rate)}{C.new_tag()[:4]}"
+    eos = guarantee == "exactly_once"
+    short = f"floor{'e' if eos else ''}{int(rate)}{C.new_tag()[:4]}"
     topic = f"bench.fe.floor.in.{short}.{tag}"
-    TopicAdmin(s.kafka).create([TopicSpec(topic, "symbol", TICK, partitions=args.partitions, dlq=False)])
-    cons = measuring_consumer(s, f"bench-fe-floorc-{short}-{tag}", topic, args.partitions)
+    out = f"bench.fe.floor.out.{short}.{tag}"
+    TopicAdmin(s.kafka).create([TopicSpec(t, "symbol", TICK, partitions=args.partitions, dlq=False)
+                                for t in ([topic, out] if eos else [topic])])
+    relay = start_relay(s, short + tag, topic, out, args.partitions, args.commit_interval_ms) if eos else None
+    cons = measuring_consumer(s, f"bench-fe-floorc-{short}-{tag}", out if eos else topic, args.partitions)
     dec = TickDecoder()
     producer = None
     try:
@@ -324,8 +398,14 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
         cons.close()
         if producer is not None and producer.poll() is None:
             producer.kill()
-    return {"rate": rate, "offered": rep.get("counted"), "received": k, "seconds": seconds, "ramp_s": args.ramp_s,
-            **quantiles(np.sort(lat[:k].astype(np.float64) / 1e6)), "loadavg_1min": C.machine()["loadavg_1min"]}
+        if relay is not None:
+            relay.terminate()  # aborts its open transaction and exits
+            try:
+                relay.wait(15)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+    return {"guarantee": guarantee, "rate": rate, "offered": rep.get("counted"), "received": k, "seconds": seconds,
+            "ramp_s": args.ramp_s, **quantiles(np.sort(lat[:k].astype(np.float64) / 1e6)), "loadavg_1min": C.machine()["loadavg_1min"]}
 
 
 def print_breakdown(r: dict[str, Any]) -> None:

@@ -43,7 +43,10 @@ subprocess; this process consumes the output (read_committed) and takes, per fea
 latency = receive wall time - ``ts_event``. p50/p99/p99.9 in ms. ``--low-rate`` repeats both at a
 lower load that this machine sustains. The floor: the same producer at the same rates into a topic
 that this process consumes directly (Kafka alone, no worker); the goals table prints its quantile
-beside each latency goal (``p99_ms_floor``, ``p99_ms_floor_low_rate`` in the JSON).
+beside each latency goal (``p99_ms_floor``, ``p99_ms_floor_low_rate`` in the JSON). The exactly-once
+floor (Kafka transactions alone, ``p99_ms_floor_eos``, ``floor_eos``): a plain confluent-kafka relay
+copies the input to an output topic in transactions committed every ``--commit-interval-ms``, and
+this process reads that output read_committed: what the commit wait costs with no work at all.
 
     python bench/features_e2e.py --n 100000 --symbols 500 --json bench/out/features_e2e.json
 """
@@ -481,11 +484,13 @@ GOAL_RATIO_QUIX = 10.0
 
 
 def goals(args: argparse.Namespace, lat: dict[str, Any], r_quix: float | None,
-          floor: dict[float, dict[str, Any]] | None = None) -> list[tuple[Any, ...]]:
+          floor: dict[float, dict[str, Any]] | None = None, floor_eos: dict[float, dict[str, Any]] | None = None,
+          ) -> list[tuple[Any, ...]]:
     """(goal, target, measured, met, Kafka alone) rows for the goals this run measured; the last
-    column is the same quantile of :func:`_features_latency.run_floor` at the goal's rate."""
+    column is the same quantile of :func:`_features_latency.run_floor` at the goal's rate (for the
+    exactly-once goal: its transactional relay at the same commit interval)."""
     rows: list[tuple[Any, ...]] = []
-    floor = floor or {}
+    floor, floor_eos = floor or {}, floor_eos or {}
 
     def row(name: str, target: float, got: Any, lower_is_better: bool = True, alone: Any = None) -> None:
         met = None if got is None else (got <= target if lower_is_better else got >= target)
@@ -499,7 +504,7 @@ def goals(args: argparse.Namespace, lat: dict[str, Any], r_quix: float | None,
         row(f"ALO p99.9 ms @ {args.rate:,.0f}/s", GOAL_ALO_P999_HIGH, hi.get("p999_ms"), alone=f_hi.get("p999_ms"))
     if eos:
         row(f"EOS p99 ms @ {args.rate:,.0f}/s (commit {args.commit_interval_ms:g} ms + {GOAL_EOS_SLACK:g})",
-            args.commit_interval_ms + GOAL_EOS_SLACK, eos.get("p99_ms"), alone=f_hi.get("p99_ms"))
+            args.commit_interval_ms + GOAL_EOS_SLACK, eos.get("p99_ms"), alone=floor_eos.get(args.rate, {}).get("p99_ms"))
     if lo:
         row(f"ALO p99 ms @ {args.low_rate:,.0f}/s", GOAL_ALO_P99_LOW, lo.get("p99_ms"), alone=f_lo.get("p99_ms"))
     if r_quix is not None:
@@ -543,13 +548,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small and short: --n 20000, 2 s latency runs (at the goal "
                     "rates --rate / --low-rate, so p99_ms stays the 50k ticks/s headline), no faust")
     ap.add_argument("--skip", default="", help="comma list of contenders to leave out: eos,alo,quix,faust,pandas,latency,floor "
-                         "(floor: Kafka alone at the latency rates)")
+                         "(floor: Kafka alone at the latency rates; for exactly-once, a transactional relay)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--_role", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_cfg", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._role:
-        {"faust": faust_worker, "worker": worker_role, "producer": producer_role}[args._role](json.loads(args._cfg))
+        {"faust": faust_worker, "worker": worker_role, "producer": producer_role, "relay": L.relay_role}[args._role](json.loads(args._cfg))
         return 0
     if not (args.ramp_s >= 0 and math.isfinite(args.ramp_s)) or not (args.latency_s > 0 and math.isfinite(args.latency_s)):
         ap.error(f"--ramp-s must be >= 0 and --latency-s > 0 (got {args.ramp_s}, {args.latency_s})")
@@ -581,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     ab: list[dict[str, Any]] = []
     scale: list[dict[str, Any]] = []
     floor: dict[float, dict[str, Any]] = {}
+    floor_eos: dict[float, dict[str, Any]] = {}  # Kafka transactions alone, at the commit interval
     try:
         C.create_topics(s, [(topic, TICK, args.partitions), (topic + ".dlq", None, 1)]
                         + [(o, FV, args.partitions) for o in outs.values()])
@@ -640,14 +646,18 @@ def main(argv: list[str] | None = None) -> int:
                               f"{r['out_rate'] or 0:,.0f}/s, load {r['loadavg_1min']})")
                         L.print_breakdown(r)
         if "latency" not in skip and "floor" not in skip:
-            for rate in [args.rate] + ([args.low_rate] if args.low_rate else []):
+            for gu, rate in [(gu, r) for gu in guarantees for r in [args.rate] + ([args.low_rate] if args.low_rate else [])]:
+                what = ("Kafka transactions alone: producer -> broker -> transactional relay (commit every "
+                        f"{args.commit_interval_ms:g} ms) -> consumer") if gu == EXACTLY_ONCE else \
+                    "Kafka alone: producer -> broker -> consumer"
                 try:
-                    floor[rate] = fl = L.run_floor(s, tag, rate, args)
+                    fl = L.run_floor(s, tag, rate, args, guarantee=gu)
                 except Exception as exc:  # noqa: BLE001 - report and go on
-                    notes.append(f"floor @ {rate:,.0f}/s failed: {type(exc).__name__}: {str(exc)[:1500]}")
+                    notes.append(f"floor {gu} @ {rate:,.0f}/s failed: {type(exc).__name__}: {str(exc)[:1500]}")
                     print(f"  {notes[-1]}")
                     continue
-                print(f"  floor (Kafka alone: producer -> broker -> consumer) @ {rate:,.0f}/s: p50 "
+                (floor_eos if gu == EXACTLY_ONCE else floor)[rate] = fl
+                print(f"  floor ({what}) @ {rate:,.0f}/s: p50 "
                       f"{C.fmt(fl['p50_ms'])} ms, p99 {C.fmt(fl['p99_ms'])} ms, p99.9 {C.fmt(fl['p999_ms'])} ms "
                       f"({fl['received']:,}/{fl['offered']:,} received, load {fl['loadavg_1min']})")
         for k in [int(x) for x in args.workers.split(",") if x]:
@@ -700,10 +710,11 @@ def main(argv: list[str] | None = None) -> int:
                         x["latency"]["p99_ms"], x["latency"]["out_rate"], x["loadavg_1min"]) for x in scale])
     r_quix = C.ratio(eos_tps, g("quix", "tps"))
     print(f"ratio ours EOS / Quix: {C.fmt(r_quix)}")
-    goal_rows = goals(args, lat, r_quix, floor)
+    goal_rows = goals(args, lat, r_quix, floor, floor_eos)
     if goal_rows:
         print(f"\ngoals vs measured (load avg {C.machine()['loadavg_1min']} on {m0['cores']} cores: goals assume a quiet machine; "
-              "Kafka alone = the same quantile of producer -> broker -> consumer with no worker, at the goal's rate)")
+              "Kafka alone = the same quantile of producer -> broker -> consumer with no worker, at the goal's rate; "
+              "for exactly-once, through a transactional relay committing at the same interval)")
         C.print_table(["goal", "target", "measured", "met", "Kafka alone"], goal_rows)
     for note in notes:
         print(f"NOTE: {note}")
@@ -726,7 +737,9 @@ def main(argv: list[str] | None = None) -> int:
         "p99_ms_floor": floor.get(args.rate, {}).get("p99_ms"),
         "p99_ms_floor_low_rate": floor.get(args.low_rate, {}).get("p99_ms"),
         "goals": [dict(zip(("goal", "target", "measured", "met", "kafka_alone"), r, strict=True)) for r in goal_rows],
+        "p99_ms_floor_eos": floor_eos.get(args.rate, {}).get("p99_ms"),
         "floor": {str(int(k)): v for k, v in floor.items()},
+        "floor_eos": {str(int(k)): v for k, v in floor_eos.items()},
         "latency": lat, "latency_runs": ab, "scale_out": scale, "checks": checks, "details": res, "notes": notes,
         "total_s": total})
     ok = all(c.get("ok") for c in checks.values())
