@@ -66,6 +66,7 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
                        max_record_bytes=args.max_record_bytes,
                        guarantee=AT_LEAST_ONCE if args.at_least_once else EXACTLY_ONCE,
                        commit_interval_ms=args.commit_interval_ms, group_protocol=args.group_protocol,
+                       catch_up_commit_interval_ms=args.catch_up_commit_interval_ms,
                        max_buffered_records=args.max_buffered_records, fault_injection=args.inject_faults or "",
                        transaction_timeout_ms=args.transaction_timeout_ms, batching=args.batching,
                        fetch_wait_max_ms=args.fetch_wait_max_ms, producer_linger_ms=args.producer_linger_ms,
@@ -142,6 +143,9 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--commit-interval-ms", type=float, default=100.0,
                     help="commit (end the transaction) every N ms; 0 = after every batch (default 100). Exactly-once "
                          "outputs become visible at the commit: latency up to this + the commit itself")
+    sp.add_argument("--catch-up-commit-interval-ms", type=float, default=0.0,
+                    help="while the worker is behind (its batches close full), commit every N ms instead of "
+                         "--commit-interval-ms: a backlog drains with fewer transactions; 0 = off (default)")
     sp.add_argument("--fetch-wait-max-ms", type=int, default=100,
                     help="consumer fetch.wait.max.ms: how long the broker holds an empty fetch (default 100)")
     sp.add_argument("--producer-linger-ms", type=float, default=None,

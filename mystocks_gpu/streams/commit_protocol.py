@@ -133,6 +133,8 @@ class CommitProtocol:
         #: at-least-once: the commit waiting for its outputs' acknowledgements (see :meth:`settle`)
         self.unsettled: Unsettled | None = None
         self.last_commit = clock.monotonic()
+        #: the worker's last batch closed full (more input was waiting): the catch-up interval applies
+        self.behind = False
         #: test hook: ``fault(stage)`` may raise to inject a failure at a named stage of the protocol
         self.fault: Callable[[str], None] | None = None
         #: called when the producer is fenced: returns a fresh, initialised producer when the fence was
@@ -286,10 +288,13 @@ class CommitProtocol:
         return self.due_in_s() <= 0.0
 
     def due_in_s(self) -> float:
-        """Seconds until :meth:`due` (0 when due now; inf with nothing to commit)."""
+        """Seconds until :meth:`due` (0 when due now; inf with nothing to commit). The interval is
+        ``commit_interval_ms``, or ``catch_up_commit_interval_ms`` while :attr:`behind` (when set)."""
         if not self.pending_offsets and not self.in_txn and not self.dirty:
             return float("inf")
-        return max(0.0, self.last_commit + self.rt.commit_interval_ms / 1000.0 - self.clock.monotonic())
+        ms = self.rt.catch_up_commit_interval_ms if self.behind and self.rt.catch_up_commit_interval_ms else \
+            self.rt.commit_interval_ms
+        return max(0.0, self.last_commit + ms / 1000.0 - self.clock.monotonic())
 
     def _changelog(self) -> dict[int, dict[bytes, bytes]]:
         """Produce changelog entries (co-partitioned) for the state touched since the last commit."""

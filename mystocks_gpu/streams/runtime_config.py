@@ -45,6 +45,12 @@ class RuntimeConfig:
     linger_ms: float = 20.0
     guarantee: str = EXACTLY_ONCE
     commit_interval_ms: float = 100.0
+    #: catch-up: while the worker is behind (its last batch closed full: more input was waiting), a
+    #: commit falls due after this many ms instead of ``commit_interval_ms``, so a backlog (a restart,
+    #: a burst, a replay) drains with fewer transactions; back to ``commit_interval_ms`` at the first
+    #: batch that drains the input. 0 = off (default). Must be >= ``commit_interval_ms`` and at most
+    #: half of ``transaction_timeout_ms``
+    catch_up_commit_interval_ms: float = 0.0
     #: ``adaptive`` (close when the input is drained) or ``linger`` (close on ``linger_ms``)
     batching: str = ADAPTIVE
     #: how long the broker may hold a fetch when it has no new data (consumer ``fetch.wait.max.ms``);
@@ -91,6 +97,11 @@ class RuntimeConfig:
             raise ConfigError(f"max_record_bytes must be within 64..{64 << 20}, got {self.max_record_bytes}")
         if self.linger_ms < 0 or self.commit_interval_ms < 0:
             raise ConfigError("linger_ms and commit_interval_ms must be >= 0")
+        c = self.catch_up_commit_interval_ms
+        if c != 0 and not (self.commit_interval_ms <= c <= self.transaction_timeout_ms / 2):
+            raise ConfigError(f"catch_up_commit_interval_ms must be 0 (off) or within commit_interval_ms "
+                              f"({self.commit_interval_ms:g})..transaction_timeout_ms / 2 "
+                              f"({self.transaction_timeout_ms / 2:g}), got {c}")
         if self.guarantee not in (EXACTLY_ONCE, AT_LEAST_ONCE):
             raise ConfigError(f"guarantee must be {EXACTLY_ONCE} or {AT_LEAST_ONCE}")
         if self.group_protocol not in ("classic", "consumer"):

@@ -338,12 +338,15 @@ class StreamWorker:
                         timeout = min(self._acc.remaining_s(now), 0.002 if idle_for < 1.0 else 0.1,
                                       protocol.due_in_s())
                         msgs = self.consumer.consume(0 if self._paused else want, timeout=timeout)
+                    if len(msgs) < want:
+                        protocol.behind = False  # the input is drained: back to the commit interval
                     self._pending = self._filter_errors(msgs)
                     if self._pending:
                         last_input = self.clock.monotonic()
                 now = self.clock.monotonic()
                 self._pending = self._acc.add_messages(self._pending, now, self.clock.now_ns())
                 if self._acc.ready(now, drained=drained):
+                    protocol.behind = self._acc.full()  # more input was waiting: catch-up commit interval
                     self._handle(self._acc.take())
                     last_input = self.clock.monotonic()  # processing time is not idle time
                 elif protocol.due():

@@ -300,3 +300,36 @@ def test_header_arg_is_a_dict_only_when_the_names_are_distinct() -> None:
     assert isinstance(got, dict) and list(got.items()) == pairs  # same pairs, same order
     repeated = [("x", b"1"), ("x", b"2")]
     assert header_arg(repeated) == repeated  # a dict would drop the first one
+
+
+def test_catch_up_commit_interval_applies_only_while_behind() -> None:
+    """``due_in_s``: the commit interval, or the catch-up interval while the worker is behind; and
+    the setting's bounds (>= the commit interval, <= half the transaction timeout; 0 = off)."""
+    from mystocks_gpu.exceptions import ConfigError
+    from mystocks_gpu.infra.clock import ManualClock
+    from mystocks_gpu.streams.commit_protocol import CommitProtocol
+    from mystocks_gpu.streams.runtime_config import RuntimeConfig
+
+    def protocol(rt: RuntimeConfig, clock: ManualClock) -> CommitProtocol:
+        p = CommitProtocol(producer=None, consumer=None, topic="t", processor=None, states=None,  # type: ignore[arg-type]
+                           rt=rt, metrics=None, clock=clock, drop_input=lambda: None,  # type: ignore[arg-type]
+                           transactional_id="x", max_bytes={})
+        p.pending_offsets[0] = 5
+        return p
+
+    clock = ManualClock()
+    on = protocol(RuntimeConfig(commit_interval_ms=100, catch_up_commit_interval_ms=1500), clock)
+    off = protocol(RuntimeConfig(commit_interval_ms=100), clock)
+    on.behind = off.behind = True
+    clock.advance(0.1)
+    assert off.due() and not on.due()
+    assert abs(on.due_in_s() - 1.4) < 1e-9
+    on.behind = False  # the input is drained: the commit interval again
+    assert on.due()
+    on.behind = True
+    clock.advance(1.4)
+    assert on.due()
+    for bad in (50.0, 5001.0, -1.0):
+        with pytest.raises(ConfigError, match="catch_up_commit_interval_ms"):
+            RuntimeConfig(commit_interval_ms=100, catch_up_commit_interval_ms=bad, transaction_timeout_ms=10_000)
+    assert RuntimeConfig(catch_up_commit_interval_ms=5000, transaction_timeout_ms=10_000).catch_up_commit_interval_ms == 5000
