@@ -46,6 +46,7 @@ import numpy as np
 
 from mystocks_gpu.infra.kafka_clients import consume_ready
 from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
+from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE
 from mystocks_gpu.streams.stream_metrics import STAGE_BUCKETS, STAGES, histogram_quantile
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
@@ -159,14 +160,37 @@ def start_load(topic: str, rate: float, seconds: float, symbols: int, ramp_s: fl
     stamped inside the window (``counted``)."""
     pcfg = {"topic": topic, "rate": rate, "seconds": seconds + ramp_s, "symbols": symbols,
             "probe_ts": time.time_ns(), "ramp_s": ramp_s}
-    producer = subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "producer",
-                                 "--_cfg", json.dumps(pcfg)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
-    assert producer.stdout is not None
-    line = producer.stdout.readline()  # {"count_from": ns}, printed just before its first tick
+    producer, first = spawn_role("producer", pcfg, "the load producer")
+    return producer, int(first["count_from"])  # printed just before its first tick
+
+
+def spawn_role(role: str, cfg: dict[str, Any], what: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start ``features_e2e.py --_role role`` and wait for the first line it prints (JSON: it is
+    ready); raises with its stderr if it exits first."""
+    p = subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", role,
+                          "--_cfg", json.dumps(cfg)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
+    assert p.stdout is not None
+    line = p.stdout.readline()
     if not line:
-        raise RuntimeError(f"the load producer failed to start: {producer.communicate()[1][-1500:]}")
-    return producer, int(json.loads(line)["count_from"])
+        raise RuntimeError(f"{what} failed to start: {p.communicate()[1][-1500:]}")
+    return p, dict(json.loads(line))
+
+
+def produce_batch_all(prod: Any, topic: str, batch: list[dict[str, Any]], what: str, poll_s: float) -> None:
+    """``produce_batch`` every message of ``batch`` (dicts of value, key[, partition]), polling
+    ``poll_s`` for room while the queue is full; any other per-message error ends the process."""
+    from confluent_kafka import KafkaError
+
+    while batch:
+        prod.produce_batch(topic, batch)
+        batch = [m for m in batch if "_error" in m]
+        for m in batch:
+            err = m.pop("_error")
+            if err.code() != KafkaError._QUEUE_FULL:
+                raise SystemExit(f"{what} could not queue a record: {err}")
+        if batch:
+            prod.poll(poll_s)
 
 
 def load_report(producer: subprocess.Popen[str]) -> dict[str, Any] | None:
@@ -292,13 +316,7 @@ def start_relay(s: Any, tag: str, topic: str, out: str, partitions: int, commit_
     ``commit_interval_ms``) and wait until it has its producer id and its partitions."""
     cfg = {"topic": topic, "out": out, "partitions": partitions, "group": f"bench-fe-relay-{tag}",
            "commit_interval_ms": commit_interval_ms}
-    relay = subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "relay",
-                              "--_cfg", json.dumps(cfg)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT))
-    assert relay.stdout is not None
-    if not relay.stdout.readline():  # {"ready": true}
-        raise RuntimeError(f"the transactional relay failed to start: {relay.communicate()[1][-1500:]}")
-    return relay
+    return spawn_role("relay", cfg, "the transactional relay")[0]  # {"ready": true}
 
 
 def relay_role(cfg: dict[str, Any]) -> None:
@@ -307,7 +325,7 @@ def relay_role(cfg: dict[str, Any]) -> None:
     every ``commit_interval_ms`` counted from the start of the previous commit (as our worker does).
     No decode, no state, no features: the exactly-once floor under our worker at the same interval.
     Runs until SIGTERM."""
-    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+    from confluent_kafka import Consumer, Producer, TopicPartition
 
     s = C.settings()
     stop: list[bool] = []
@@ -331,14 +349,8 @@ def relay_role(cfg: dict[str, Any]) -> None:
             if m.error() is None:
                 batch.append({"value": m.value(), "key": m.key(), "partition": m.partition()})
                 pos[m.partition()] = m.offset() + 1
-        while batch:  # one produce_batch per fetch (a produce() per record costs this relay 3x the CPU)
-            prod.produce_batch(out, batch)
-            batch = [m for m in batch if "_error" in m]
-            for m in batch:
-                if m.pop("_error").code() != KafkaError._QUEUE_FULL:
-                    raise SystemExit("the relay could not queue a record")
-            if batch:
-                prod.poll(0.005)
+        # one produce_batch per fetch (a produce() per record costs this relay 3x the CPU)
+        produce_batch_all(prod, out, batch, "the relay", 0.005)
         prod.poll(0)
         if pos and time.monotonic() - started >= interval:
             started = time.monotonic()
@@ -352,7 +364,7 @@ def relay_role(cfg: dict[str, Any]) -> None:
 
 
 def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = None,
-              guarantee: str = "at_least_once") -> dict[str, Any]:
+              guarantee: str = AT_LEAST_ONCE) -> dict[str, Any]:
     """Kafka alone, the floor under any worker's latency: the same producer subprocess offers
     ``rate`` ticks/s to a fresh input topic and this process consumes that topic directly, with
     the measuring consumer's settings; latency = receive wall time - the tick's ``ts_event``
@@ -366,7 +378,7 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
     from mystocks_gpu.schemas.batch_codec import TickDecoder
 
     seconds = float(seconds or args.latency_s)
-    eos = guarantee == "exactly_once"
+    eos = guarantee == EXACTLY_ONCE
     short = f"floor{'e' if eos else ''}{int(rate)}{C.new_tag()[:4]}"
     topic = f"bench.fe.floor.in.{short}.{tag}"
     out = f"bench.fe.floor.out.{short}.{tag}"

@@ -425,8 +425,6 @@ def worker_role(cfg: dict[str, Any]) -> None:
 
 def producer_role(cfg: dict[str, Any]) -> None:
     """Offer ``rate`` ticks/s for ``seconds`` with ts_event = wall clock at produce (``--_role producer``)."""
-    from confluent_kafka import KafkaError
-
     from mystocks_gpu.infra.kafka_clients import make_producer
     from mystocks_gpu.schemas.batch_codec import BatchEncoder
 
@@ -446,7 +444,7 @@ def producer_role(cfg: dict[str, Any]) -> None:
         prod.produce(cfg["topic"], enc.encode(probe, names)[0], keys[0], timestamp=int(cfg["probe_ts"]) // 1_000_000)
         if prod.flush(30) != 0:
             raise SystemExit("the latency producer could not deliver its probe tick")
-    produce_batch, i, counted = prod.produce_batch, 0, 0
+    i, counted = 0, 0
     # the measured window opens ramp_s after the first tick; ticks stamped before it are not counted
     count_from = time.time_ns() + int(float(cfg.get("ramp_s", 0.0)) * 1e9)
     print(json.dumps({"count_from": count_from}), flush=True)
@@ -463,15 +461,7 @@ def producer_role(cfg: dict[str, Any]) -> None:
         # one produce_batch per chunk (about a third of the CPU of a produce() per record; the generator
         # shares the cores with the broker and the worker); the record timestamp is the produce time
         batch = [{"value": v, "key": k} for k, v in zip(keys[i:due], enc.encode(chunk, names), strict=True)]
-        while batch:
-            produce_batch(cfg["topic"], batch)
-            batch = [m for m in batch if "_error" in m]
-            for m in batch:
-                err = m.pop("_error")
-                if err.code() != KafkaError._QUEUE_FULL:
-                    raise SystemExit(f"the latency producer could not queue a tick: {err}")
-            if batch:
-                prod.poll(0.01)  # room in the queue
+        L.produce_batch_all(prod, cfg["topic"], batch, "the latency producer", 0.01)
         prod.poll(0)
         i = due
     t_send = time.perf_counter() - t0

@@ -324,10 +324,10 @@ class CommitProtocol:
         (revoke, shutdown); otherwise the offsets are committed without waiting once acknowledged."""
         if not self.rt.exactly_once and not self.settle():
             return False
-        if not self.pending_offsets and not self.in_txn and not self.dirty and self.unsettled is None:
+        if not self.open:
             return True
         t0 = self.clock.monotonic()
-        offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(self.pending_offsets.items())]
+        offsets = self._tps(self.pending_offsets)
         try:
             if self.rt.exactly_once:
                 self.begin()
@@ -342,8 +342,7 @@ class CommitProtocol:
                 self.in_txn = False
             elif not sync and self.unsettled is None:
                 # cut here; the offsets go out when everything produced so far is acknowledged
-                self.unsettled = Unsettled(dict(self.pending_offsets), written,
-                                           self.touched | set(self.pending_offsets) | set(self.dirty), t0)
+                self.unsettled = Unsettled(dict(self.pending_offsets), written, self._open_partitions(), t0)
                 self._close_interval(t0)
                 return self.settle()
             else:
@@ -355,7 +354,7 @@ class CommitProtocol:
                     raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{remaining} output record(s) not acknowledged"))
                 u = self.unsettled
                 if u is not None:  # acknowledged now: this commit carries its offsets too
-                    offsets = [TopicPartition(self.topic, p, o) for p, o in sorted({**u.offsets, **self.pending_offsets}.items())]
+                    offsets = self._tps({**u.offsets, **self.pending_offsets})
                     for p, entries in written.items():
                         u.written.setdefault(p, {}).update(entries)
                     written, t0 = u.written, u.t0
@@ -368,6 +367,14 @@ class CommitProtocol:
         self._close_interval(t0)
         self._committed(offsets, written, t0)
         return True
+
+    def _tps(self, offsets: dict[int, int]) -> list[TopicPartition]:
+        """``offsets`` (partition -> next offset) of the input topic, by partition."""
+        return [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
+
+    def _open_partitions(self) -> set[int]:
+        """Partitions with state or offsets handled since the last commit was cut."""
+        return self.touched | set(self.pending_offsets) | set(self.dirty)
 
     def _close_interval(self, t0: float) -> None:
         """What the commit cut at ``t0`` carries is no longer open; the next interval runs from ``t0``
@@ -390,7 +397,7 @@ class CommitProtocol:
             if len(self.producer):
                 return True
         self.unsettled = None
-        offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(u.offsets.items())]
+        offsets = self._tps(u.offsets)
         try:
             if offsets:
                 self._retry(lambda: self.consumer.commit(offsets=offsets, asynchronous=True))
@@ -489,8 +496,7 @@ class CommitProtocol:
             self.producer.purge(in_queue=True, in_flight=False)
         self.in_txn = False
         self.drop_input()
-        touched = sorted(self.touched | set(self.pending_offsets) | set(self.dirty)
-                         | (self.unsettled.touched if self.unsettled is not None else set()))
+        touched = sorted(self._open_partitions() | (self.unsettled.touched if self.unsettled is not None else set()))
         self.unsettled = None
         self.pending_offsets.clear()
         self.dirty.clear()

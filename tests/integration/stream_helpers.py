@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,10 +53,21 @@ def synthetic(n: int, symbols: int = 64, seed: int = 1) -> tuple[dict[str, np.nd
 def produce_ticks(settings: Settings, topic: str, cols: dict[str, np.ndarray], names: list[str],
                   values: list[bytes] | None = None) -> int:
     """Produce tick columns (keys = symbols, timestamps = event time)."""
+    return produce_all(make_producer(settings.kafka), topic, iter(tick_items(cols, names, values)))
+
+
+def tick_items(cols: dict[str, np.ndarray], names: list[str], values: list[bytes] | None = None
+               ) -> list[tuple[bytes, bytes, int]]:
+    """``(key = symbol, value, timestamp_ms = event time)`` per tick, for :func:`produce_all`
+    (``values``: already encoded ticks, else the columns encoded)."""
     vals = values if values is not None else BatchEncoder("mystocks.md.Tick").encode(cols, names)
     keys = [names[i].encode() for i in cols["sym"].tolist()]
-    ts = (cols["ts"] // 1_000_000).tolist()
-    return produce_all(make_producer(settings.kafka), topic, zip(keys, vals, ts, strict=True))
+    return list(zip(keys, vals, (cols["ts"] // 1_000_000).tolist(), strict=True))
+
+
+def summaries(out: str) -> list[dict[str, Any]]:
+    """The JSON run summaries a worker printed on stdout (one per run)."""
+    return [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
 
 
 def start_worker(t: Topics, worker_id: str, *extra: str, idle_exit: float = 6.0) -> subprocess.Popen[str]:

@@ -4,8 +4,6 @@ outputs still equal the uninterrupted pandas reference, one per input."""
 
 from __future__ import annotations
 
-import json
-
 from mystocks_gpu.infra.config import Settings
 from tests.integration.stream_helpers import (
     assert_exactly_once_equal,
@@ -15,6 +13,7 @@ from tests.integration.stream_helpers import (
     read_outputs,
     reference,
     start_worker,
+    summaries,
     synthetic,
 )
 
@@ -27,7 +26,7 @@ def test_catch_up_commit_interval_takes_effect_and_stays_exactly_once(settings: 
         t = make_topics(settings, f"{unique}{label}")
         produce_ticks(settings, t.input, cols, names)  # a backlog before the worker starts: batches close full
         w = start_worker(t, f"cu{label}", "--batch-records", "200", "--commit-interval-ms", "10", *extra, idle_exit=4)
-        summary = [json.loads(ln) for ln in finish(w, timeout=180).splitlines() if ln.startswith("{")][-1]
+        summary = summaries(finish(w, timeout=180))[-1]
         assert summary["records_in"] == n and summary["aborts"] == 0, summary
         commits[label] = summary["commits"]
         assert_exactly_once_equal(read_outputs(settings, t.output, n), reference(cols, names))

@@ -17,7 +17,6 @@ from mystocks_gpu.gpu_ops.backend import gpu_available
 from mystocks_gpu.gpu_ops.features_config import FeatureConfig
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
-from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT, wait_until
@@ -26,15 +25,9 @@ from tests.integration.stream_helpers import (
     finish,
     kill9,
     read_outputs,
+    tick_items,
 )
 from tests.unit.reference_features import reference_features
-
-
-def _tick_items(cols: dict[str, np.ndarray], names: list[str]) -> list[tuple[bytes, bytes, int]]:
-    """``(key, value, timestamp_ms)`` per tick, for :func:`produce_all`."""
-    vals = BatchEncoder("mystocks.md.Tick").encode(cols, names)
-    keys = [names[i].encode() for i in cols["sym"].tolist()]
-    return list(zip(keys, vals, (cols["ts"] // 1_000_000).tolist(), strict=True))
 
 
 def _worker(inp: str, out: str, group: str, backend: str = "cpu") -> subprocess.Popen[str]:
@@ -64,7 +57,7 @@ def test_features_exactly_once_with_sigkill_restart(settings: Settings, unique: 
     # worker is: after commits (the restart restores their state from the changelog and must not
     # repeat their outputs) and before the input is all committed
     head = 4000
-    items = _tick_items(cols, names)
+    items = tick_items(cols, names)
     produce_all(make_producer(settings.kafka), inp, iter(items[:head]))
     w = _worker(inp, out, group, backend)
     wait_until(lambda: w.poll() is not None or committed_total(settings, group, inp, 4) >= 2000,

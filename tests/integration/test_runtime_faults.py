@@ -11,7 +11,6 @@ input's output exactly once, every running value equal, each poison record in th
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -45,6 +44,7 @@ from tests.integration.stream_helpers import (
     read_outputs,
     reference,
     start_worker,
+    summaries,
     synthetic,
     wait_for,
 )
@@ -101,10 +101,6 @@ def assert_dlq_exactly(settings: Settings, t: Topics, poison: list[bytes]) -> No
     assert sorted(bytes(d.raw or b"") for d in dlq) == sorted(poison)
     locs = {(d.headers["mystocks.source.partition"], d.headers["mystocks.source.offset"]) for d in dlq}
     assert len(locs) == len(poison), "a dead letter was written twice"
-
-
-def summaries(out: str) -> list[dict]:  # type: ignore[type-arg]
-    return [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
 
 
 def test_injected_aborts_with_forming_batches_lose_and_duplicate_nothing(settings: Settings, unique: str) -> None:
