@@ -226,7 +226,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
         cfg = {"topic": topic, "out": out, "group": group, "guarantee": guarantee, "batch": args.lat_batch,
                "linger_ms": args.lat_linger_ms, "backend": args.backend, "symbols": args.symbols,
                "worker_id": f"lat{w}", "metrics_port": ports[w], "batching": args.lat_batching,
-               "commit_interval_ms": args.commit_interval_ms}
+               "commit_interval_ms": args.commit_interval_ms, "catch_up_ms": args.lat_catch_up_ms}
         procs.append(subprocess.Popen([sys.executable, str(script), "--_role", "worker", "--_cfg", json.dumps(cfg)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(root)))
     cons = measuring_consumer(s, f"bench-fe-latc-{short}-{tag}", out, args.partitions)

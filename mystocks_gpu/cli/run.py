@@ -143,9 +143,12 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--commit-interval-ms", type=float, default=100.0,
                     help="commit (end the transaction) every N ms; 0 = after every batch (default 100). Exactly-once "
                          "outputs become visible at the commit: latency up to this + the commit itself")
-    sp.add_argument("--catch-up-commit-interval-ms", type=float, default=0.0,
+    sp.add_argument("--catch-up-commit-interval-ms", type=float, default=None,
                     help="while the worker is behind (its batches close full), commit every N ms instead of "
-                         "--commit-interval-ms: a backlog drains with fewer transactions; 0 = off (default)")
+                         "--commit-interval-ms: a backlog drains with fewer transactions, and a worker that keeps "
+                         "up is not affected; 0 = off (default: exactly-once 1000, or --commit-interval-ms when "
+                         "longer, at most half of --transaction-timeout-ms; off with --commit-interval-ms 0 and "
+                         "with --at-least-once)")
     sp.add_argument("--fetch-wait-max-ms", type=int, default=100,
                     help="consumer fetch.wait.max.ms: how long the broker holds an empty fetch (default 100)")
     sp.add_argument("--producer-linger-ms", type=float, default=None,

@@ -289,11 +289,10 @@ class CommitProtocol:
 
     def due_in_s(self) -> float:
         """Seconds until :meth:`due` (0 when due now; inf with nothing to commit). The interval is
-        ``commit_interval_ms``, or ``catch_up_commit_interval_ms`` while :attr:`behind` (when set)."""
+        ``commit_interval_ms``, or ``RuntimeConfig.catch_up_ms`` while :attr:`behind` (unless off)."""
         if not self.pending_offsets and not self.in_txn and not self.dirty:
             return float("inf")
-        ms = self.rt.catch_up_commit_interval_ms if self.behind and self.rt.catch_up_commit_interval_ms else \
-            self.rt.commit_interval_ms
+        ms = self.rt.catch_up_ms if self.behind and self.rt.catch_up_ms else self.rt.commit_interval_ms
         return max(0.0, self.last_commit + ms / 1000.0 - self.clock.monotonic())
 
     def _changelog(self) -> dict[int, dict[bytes, bytes]]:

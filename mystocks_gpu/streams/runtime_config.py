@@ -11,6 +11,8 @@ EXACTLY_ONCE = "exactly_once"
 AT_LEAST_ONCE = "at_least_once"
 ADAPTIVE = "adaptive"
 LINGER = "linger"
+#: the catch-up commit interval when none is set, ms (see ``RuntimeConfig.catch_up_commit_interval_ms``)
+DEFAULT_CATCH_UP_MS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,14 @@ class RuntimeConfig:
     #: catch-up: while the worker is behind (its last batch closed full: more input was waiting), a
     #: commit falls due after this many ms instead of ``commit_interval_ms``, so a backlog (a restart,
     #: a burst, a replay) drains with fewer transactions; back to ``commit_interval_ms`` at the first
-    #: batch that drains the input. 0 = off (default). Must be >= ``commit_interval_ms`` and at most
-    #: half of ``transaction_timeout_ms``
-    catch_up_commit_interval_ms: float = 0.0
+    #: batch that drains the input, so a worker that keeps up keeps the ``commit_interval_ms`` bound.
+    #: None (default) = exactly-once: ``DEFAULT_CATCH_UP_MS`` (1 s), or ``commit_interval_ms`` when
+    #: longer, at most half of ``transaction_timeout_ms``; off with ``commit_interval_ms=0`` (a
+    #: transaction per batch was asked for) and at-least-once (its commits do not stall the loop, and
+    #: a longer interval would only re-process more after a crash). :attr:`catch_up_ms` is the value
+    #: in effect; 0 = off.
+    #: A set value must be >= ``commit_interval_ms`` and at most half of ``transaction_timeout_ms``
+    catch_up_commit_interval_ms: float | None = None
     #: ``adaptive`` (close when the input is drained) or ``linger`` (close on ``linger_ms``)
     batching: str = ADAPTIVE
     #: how long the broker may hold a fetch when it has no new data (consumer ``fetch.wait.max.ms``);
@@ -90,6 +97,20 @@ class RuntimeConfig:
     #: consumer protocol: "classic" (cooperative-sticky assignor) or "consumer" (KIP-848)
     group_protocol: str = "classic"
 
+    @property
+    def catch_up_ms(self) -> float:
+        """The catch-up commit interval in effect, ms (0 = off): the set value, or by default (exactly-
+        once with a commit interval > 0 only) ``DEFAULT_CATCH_UP_MS`` / ``commit_interval_ms`` (the
+        longer) within half the transaction timeout (off when that is not longer than
+        ``commit_interval_ms``)."""
+        c = self.catch_up_commit_interval_ms
+        if c is not None:
+            return float(c)
+        if not self.exactly_once or self.commit_interval_ms == 0:
+            return 0.0
+        c = min(max(DEFAULT_CATCH_UP_MS, self.commit_interval_ms), self.transaction_timeout_ms / 2)
+        return c if c > self.commit_interval_ms else 0.0
+
     def __post_init__(self) -> None:
         if self.max_records < 1 or self.max_bytes < 1:
             raise ConfigError("max_records and max_bytes must be >= 1")
@@ -98,7 +119,7 @@ class RuntimeConfig:
         if self.linger_ms < 0 or self.commit_interval_ms < 0:
             raise ConfigError("linger_ms and commit_interval_ms must be >= 0")
         c = self.catch_up_commit_interval_ms
-        if c != 0 and not (self.commit_interval_ms <= c <= self.transaction_timeout_ms / 2):
+        if c is not None and c != 0 and not (self.commit_interval_ms <= c <= self.transaction_timeout_ms / 2):
             raise ConfigError(f"catch_up_commit_interval_ms must be 0 (off) or within commit_interval_ms "
                               f"({self.commit_interval_ms:g})..transaction_timeout_ms / 2 "
                               f"({self.transaction_timeout_ms / 2:g}), got {c}")

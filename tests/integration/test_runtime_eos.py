@@ -39,8 +39,10 @@ def test_crash_sigkill_many_times_is_exactly_once(settings: Settings, unique: st
     assert produce_ticks(settings, t.input, cols, names) == 200_000
     rng = random.Random(7)
     kills = 0
-    # small batches stretch the run so the kills land mid-stream
-    args = ("--batch-records", "500", "--linger-ms", "5")
+    # small batches stretch the run so the kills land mid-stream; a commit every 100 ms throughout
+    # (catch-up commits off: with them, a worker behind commits once a second, and the kills below,
+    # a few thousand records apart, would land in the first transaction of every incarnation)
+    args = ("--batch-records", "500", "--linger-ms", "5", "--catch-up-commit-interval-ms", "0")
     while kills < 6:
         # kill once this incarnation has produced a random number of records (committed or not):
         # kill points spread over the stream whatever the machine's speed, and six incarnations

@@ -303,12 +303,13 @@ def test_header_arg_is_a_dict_only_when_the_names_are_distinct() -> None:
 
 
 def test_catch_up_commit_interval_applies_only_while_behind() -> None:
-    """``due_in_s``: the commit interval, or the catch-up interval while the worker is behind; and
-    the setting's bounds (>= the commit interval, <= half the transaction timeout; 0 = off)."""
+    """``due_in_s``: the commit interval, or the catch-up interval while the worker is behind (1 s
+    unless set); and the setting's bounds (>= the commit interval, <= half the transaction timeout;
+    0 = off) and default (1 s, or the commit interval when longer, within half the timeout)."""
     from mystocks_gpu.exceptions import ConfigError
     from mystocks_gpu.infra.clock import ManualClock
     from mystocks_gpu.streams.commit_protocol import CommitProtocol
-    from mystocks_gpu.streams.runtime_config import RuntimeConfig
+    from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, RuntimeConfig
 
     def protocol(rt: RuntimeConfig, clock: ManualClock) -> CommitProtocol:
         p = CommitProtocol(producer=None, consumer=None, topic="t", processor=None, states=None,  # type: ignore[arg-type]
@@ -319,11 +320,14 @@ def test_catch_up_commit_interval_applies_only_while_behind() -> None:
 
     clock = ManualClock()
     on = protocol(RuntimeConfig(commit_interval_ms=100, catch_up_commit_interval_ms=1500), clock)
-    off = protocol(RuntimeConfig(commit_interval_ms=100), clock)
-    on.behind = off.behind = True
+    off = protocol(RuntimeConfig(commit_interval_ms=100, catch_up_commit_interval_ms=0), clock)
+    default = protocol(RuntimeConfig(commit_interval_ms=100), clock)
+    on.behind = off.behind = default.behind = True
     clock.advance(0.1)
-    assert off.due() and not on.due()
-    assert abs(on.due_in_s() - 1.4) < 1e-9
+    assert off.due() and not on.due() and not default.due()
+    assert abs(on.due_in_s() - 1.4) < 1e-9 and abs(default.due_in_s() - 0.9) < 1e-9
+    default.behind = False
+    assert default.due()
     on.behind = False  # the input is drained: the commit interval again
     assert on.due()
     on.behind = True
@@ -332,4 +336,12 @@ def test_catch_up_commit_interval_applies_only_while_behind() -> None:
     for bad in (50.0, 5001.0, -1.0):
         with pytest.raises(ConfigError, match="catch_up_commit_interval_ms"):
             RuntimeConfig(commit_interval_ms=100, catch_up_commit_interval_ms=bad, transaction_timeout_ms=10_000)
-    assert RuntimeConfig(catch_up_commit_interval_ms=5000, transaction_timeout_ms=10_000).catch_up_commit_interval_ms == 5000
+    assert RuntimeConfig(catch_up_commit_interval_ms=5000, transaction_timeout_ms=10_000).catch_up_ms == 5000
+    assert RuntimeConfig().catch_up_ms == 1000 and RuntimeConfig(catch_up_commit_interval_ms=0).catch_up_ms == 0
+    assert RuntimeConfig(commit_interval_ms=250).catch_up_ms == 1000
+    assert RuntimeConfig(commit_interval_ms=3000).catch_up_ms == 0  # not longer than the commit interval: off
+    assert RuntimeConfig(transaction_timeout_ms=1200).catch_up_ms == 600  # half the transaction timeout
+    assert RuntimeConfig(commit_interval_ms=700, transaction_timeout_ms=1200).catch_up_ms == 0
+    assert RuntimeConfig(guarantee=AT_LEAST_ONCE).catch_up_ms == 0  # exactly-once only by default
+    assert RuntimeConfig(commit_interval_ms=0).catch_up_ms == 0  # a transaction per batch was asked for
+    assert RuntimeConfig(guarantee=AT_LEAST_ONCE, catch_up_commit_interval_ms=400).catch_up_ms == 400
