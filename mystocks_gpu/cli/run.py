@@ -146,9 +146,9 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--catch-up-commit-interval-ms", type=float, default=None,
                     help="while the worker is behind (its batches close full), commit every N ms instead of "
                          "--commit-interval-ms: a backlog drains with fewer transactions, and a worker that keeps "
-                         "up is not affected; 0 = off (default: exactly-once 1000, or --commit-interval-ms when "
-                         "longer, at most half of --transaction-timeout-ms; off with --commit-interval-ms 0 and "
-                         "with --at-least-once)")
+                         "up is not affected; 0 = off (default: exactly-once 1000, at most half of "
+                         "--transaction-timeout-ms, when longer than --commit-interval-ms; off with "
+                         "--commit-interval-ms 0 and with --at-least-once)")
     sp.add_argument("--fetch-wait-max-ms", type=int, default=100,
                     help="consumer fetch.wait.max.ms: how long the broker holds an empty fetch (default 100)")
     sp.add_argument("--producer-linger-ms", type=float, default=None,

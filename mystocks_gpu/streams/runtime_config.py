@@ -51,9 +51,9 @@ class RuntimeConfig:
     #: commit falls due after this many ms instead of ``commit_interval_ms``, so a backlog (a restart,
     #: a burst, a replay) drains with fewer transactions; back to ``commit_interval_ms`` at the first
     #: batch that drains the input, so a worker that keeps up keeps the ``commit_interval_ms`` bound.
-    #: None (default) = exactly-once: ``DEFAULT_CATCH_UP_MS`` (1 s), or ``commit_interval_ms`` when
-    #: longer, at most half of ``transaction_timeout_ms``; off with ``commit_interval_ms=0`` (a
-    #: transaction per batch was asked for) and at-least-once (its commits do not stall the loop, and
+    #: None (default) = exactly-once: ``DEFAULT_CATCH_UP_MS`` (1 s), capped at half of
+    #: ``transaction_timeout_ms``, when that is longer than ``commit_interval_ms``; off otherwise, with
+    #: ``commit_interval_ms=0`` (a transaction per batch was asked for) and at-least-once (its commits do not stall the loop, and
     #: a longer interval would only re-process more after a crash). :attr:`catch_up_ms` is the value
     #: in effect; 0 = off.
     #: A set value must be >= ``commit_interval_ms`` and at most half of ``transaction_timeout_ms``
@@ -100,15 +100,14 @@ class RuntimeConfig:
     @property
     def catch_up_ms(self) -> float:
         """The catch-up commit interval in effect, ms (0 = off): the set value, or by default (exactly-
-        once with a commit interval > 0 only) ``DEFAULT_CATCH_UP_MS`` / ``commit_interval_ms`` (the
-        longer) within half the transaction timeout (off when that is not longer than
-        ``commit_interval_ms``)."""
+        once with a commit interval > 0 only) ``DEFAULT_CATCH_UP_MS`` capped at half the transaction
+        timeout, when that is longer than ``commit_interval_ms`` (else off)."""
         c = self.catch_up_commit_interval_ms
         if c is not None:
             return float(c)
         if not self.exactly_once or self.commit_interval_ms == 0:
             return 0.0
-        c = min(max(DEFAULT_CATCH_UP_MS, self.commit_interval_ms), self.transaction_timeout_ms / 2)
+        c = min(DEFAULT_CATCH_UP_MS, self.transaction_timeout_ms / 2)
         return c if c > self.commit_interval_ms else 0.0
 
     def __post_init__(self) -> None:

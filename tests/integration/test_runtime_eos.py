@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.infra.stack import LocalStack
 from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
 from mystocks_gpu.schemas import AvroCodec
@@ -27,6 +29,7 @@ from tests.integration.stream_helpers import (
     reference,
     start_worker,
     synthetic,
+    tick_items,
     wait_for,
 )
 
@@ -192,11 +195,13 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_metrics(settings
     import urllib.request
 
     t = make_topics(settings, unique, partitions=2)
-    # enough input that the SIGTERM lands mid-stream on a fast machine too (60,000 ticks were all
-    # consumed before it on a 2-core AMD EPYC VM: the stop then proved nothing)
-    n = 200_000
+    # 10,000 ticks before the worker starts, the other 50,000 paced at 10k ticks/s from a thread, so
+    # the SIGTERM lands mid-stream however fast the worker is (a 200,000-tick backlog produced up front
+    # was all consumed before the SIGTERM on CI once a backlog committed once a second)
+    n, head = 60_000, 10_000
     cols, names = synthetic(n, symbols=20, seed=16)
-    produce_ticks(settings, t.input, cols, names)
+    items = tick_items(cols, names)
+    produce_all(make_producer(settings.kafka), t.input, iter(items[:head]))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -204,16 +209,21 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_metrics(settings
     w = start_worker(t, "wt", "--batch-records", "500", "--linger-ms", "5", "--metrics-port", str(port), idle_exit=30)
     assert wait_for(lambda: output_high_watermark(settings, t.output) > before + 2000 or w.poll() is not None, 90)
     assert w.poll() is None
+    pool = ThreadPoolExecutor(1)
+    pacer = pool.submit(produce_all, make_producer(settings.kafka), t.input, iter(items[head:]), rate=10_000.0)
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     consumed = sum(float(ln.split()[-1]) for ln in metrics.splitlines()
                    if ln.startswith("mystocks_stream_records_in_total"))
     assert consumed > 0 and "mystocks_stream_batch_seconds_bucket" in metrics and "mystocks_stream_consumer_lag" in metrics
     import os
 
+    assert not pacer.done(), "the paced input ended before the SIGTERM"
     os.killpg(w.pid, signal.SIGTERM)
     out = finish(w, timeout=60)  # exit code 0, summary printed
     first = json.loads(out.strip().splitlines()[-1])
     assert 0 < first["records_in"] < n
+    assert pacer.result(120) == n - head
+    pool.shutdown()
     second = json.loads(finish(start_worker(t, "wt", idle_exit=6)).strip().splitlines()[-1])
     assert first["records_in"] + second["records_in"] == n  # nothing re-read: the stop committed
     got = read_outputs(settings, t.output, n)

@@ -107,9 +107,10 @@ def test_injected_aborts_with_forming_batches_lose_and_duplicate_nothing(setting
     t = make_topics(settings, unique, partitions=PARTS)
     data = skewed_input(60_000, seed=21)
     data.produce(settings, t.input)
-    # long linger + short commit interval: a half-formed batch is open at most commits
+    # long linger + short commit interval: a half-formed batch is open at most commits (catch-up
+    # commits off: a worker behind would commit once a second, and most faults would land between)
     args = ("--batch-records", "1500", "--linger-ms", "150", "--commit-interval-ms", "20",
-            "--inject-faults", "begin=0.05,produce=0.08,offsets=0.12,commit=0.2;seed=5")
+            "--catch-up-commit-interval-ms", "0", "--inject-faults", "begin=0.05,produce=0.08,offsets=0.12,commit=0.2;seed=5")
     out = finish(start_worker(t, "wf", *args, idle_exit=8), timeout=400)
     s = summaries(out)[-1]
     got = read_outputs(settings, t.output, 60_000)
@@ -127,7 +128,9 @@ def test_crash_with_dirty_state_never_commits_it(settings: Settings, unique: str
     produce_ticks(settings, t.input, cols, names)
     crashes = 0
     for attempt in range(40):
-        w = start_worker(t, "wc", "--batch-records", "400", "--linger-ms", "5",
+        # a commit every 100 ms throughout (catch-up commits off: a worker behind commits once a
+        # second, and a crash every ~33 batches would then rarely follow a commit)
+        w = start_worker(t, "wc", "--batch-records", "400", "--linger-ms", "5", "--catch-up-commit-interval-ms", "0",
                          "--inject-faults", f"crash=0.03;seed={attempt}", idle_exit=5)
         _, err = w.communicate(timeout=300)
         if w.returncode == 0:
