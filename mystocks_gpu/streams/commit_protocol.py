@@ -135,6 +135,9 @@ class CommitProtocol:
         self.last_commit = clock.monotonic()
         #: the worker's last batch closed full (more input was waiting): the catch-up interval applies
         self.behind = False
+        #: the commit interval and the catch-up interval in effect (the commit interval when off), s
+        self.interval_s = rt.commit_interval_ms / 1000.0
+        self.catch_up_s = (rt.catch_up_ms or rt.commit_interval_ms) / 1000.0
         #: test hook: ``fault(stage)`` may raise to inject a failure at a named stage of the protocol
         self.fault: Callable[[str], None] | None = None
         #: called when the producer is fenced: returns a fresh, initialised producer when the fence was
@@ -292,8 +295,8 @@ class CommitProtocol:
         ``commit_interval_ms``, or ``RuntimeConfig.catch_up_ms`` while :attr:`behind` (unless off)."""
         if not self.pending_offsets and not self.in_txn and not self.dirty:
             return float("inf")
-        ms = self.rt.catch_up_ms if self.behind and self.rt.catch_up_ms else self.rt.commit_interval_ms
-        return max(0.0, self.last_commit + ms / 1000.0 - self.clock.monotonic())
+        interval = self.catch_up_s if self.behind else self.interval_s
+        return max(0.0, self.last_commit + interval - self.clock.monotonic())
 
     def _changelog(self) -> dict[int, dict[bytes, bytes]]:
         """Produce changelog entries (co-partitioned) for the state touched since the last commit."""

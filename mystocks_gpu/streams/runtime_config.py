@@ -53,9 +53,9 @@ class RuntimeConfig:
     #: batch that drains the input, so a worker that keeps up keeps the ``commit_interval_ms`` bound.
     #: None (default) = exactly-once: ``DEFAULT_CATCH_UP_MS`` (1 s), capped at half of
     #: ``transaction_timeout_ms``, when that is longer than ``commit_interval_ms``; off otherwise, with
-    #: ``commit_interval_ms=0`` (a transaction per batch was asked for) and at-least-once (its commits do not stall the loop, and
-    #: a longer interval would only re-process more after a crash). :attr:`catch_up_ms` is the value
-    #: in effect; 0 = off.
+    #: ``commit_interval_ms=0`` (a transaction per batch was asked for) and at-least-once (its commits
+    #: do not stall the loop, and a longer interval would only re-process more after a crash).
+    #: :attr:`catch_up_ms` is the value in effect; 0 = off.
     #: A set value must be >= ``commit_interval_ms`` and at most half of ``transaction_timeout_ms``
     catch_up_commit_interval_ms: float | None = None
     #: ``adaptive`` (close when the input is drained) or ``linger`` (close on ``linger_ms``)

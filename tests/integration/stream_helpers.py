@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,22 @@ def tick_items(cols: dict[str, np.ndarray], names: list[str], values: list[bytes
     vals = values if values is not None else BatchEncoder("mystocks.md.Tick").encode(cols, names)
     keys = [names[i].encode() for i in cols["sym"].tolist()]
     return list(zip(keys, vals, (cols["ts"] // 1_000_000).tolist(), strict=True))
+
+
+#: worker flags for a commit every ``--commit-interval-ms`` throughout: catch-up commits off (on by
+#: default, a worker behind a backlog commits once a second), for tests whose kills or injected faults
+#: are spread on the assumption of frequent commits
+EVERY_INTERVAL = ("--catch-up-commit-interval-ms", "0")
+
+
+def start_paced(settings: Settings, topic: str, items: list[tuple[bytes, bytes, int]], rate: float) -> Future[int]:
+    """Produce ``items`` at about ``rate`` records/s from a thread; the future gives the delivered
+    count (so a worker started on the first items is still mid-stream for ``len(items) / rate`` s)."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(produce_all, make_producer(settings.kafka), topic, iter(items), rate=rate)
+    finally:
+        pool.shutdown(wait=False)  # the submitted production runs on; nothing else will be
 
 
 def summaries(out: str) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mystocks_gpu.infra.config import Settings
 from tests.integration.stream_helpers import (
+    EVERY_INTERVAL,
     assert_exactly_once_equal,
     committed_total,
     finish,
@@ -28,7 +29,7 @@ def test_catch_up_commit_interval_takes_effect_and_stays_exactly_once(settings: 
     n = 40_000
     cols, names = synthetic(n, symbols=30, seed=41)
     commits: dict[str, int] = {}
-    for label, extra in (("off", ("--catch-up-commit-interval-ms", "0")), ("on", ())):
+    for label, extra in (("off", EVERY_INTERVAL), ("on", ())):
         t = make_topics(settings, f"{unique}{label}")
         produce_ticks(settings, t.input, cols, names)  # a backlog before the worker starts: batches close full
         w = start_worker(t, f"cu{label}", "--batch-records", "200", "--commit-interval-ms", "10", *extra, idle_exit=4)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -25,6 +24,7 @@ from tests.integration.stream_helpers import (
     finish,
     kill9,
     read_outputs,
+    start_paced,
     tick_items,
 )
 from tests.unit.reference_features import reference_features
@@ -63,15 +63,13 @@ def test_features_exactly_once_with_sigkill_restart(settings: Settings, unique: 
     wait_until(lambda: w.poll() is not None or committed_total(settings, group, inp, 4) >= 2000,
                90, "the worker to commit 2000 inputs")
     assert w.poll() is None, "worker exited before the paced input began"
-    pool = ThreadPoolExecutor(1)
-    pacer = pool.submit(produce_all, make_producer(settings.kafka), inp, iter(items[head:]), rate=10_000.0)
+    pacer = start_paced(settings, inp, items[head:], 10_000.0)
     wait_until(lambda: w.poll() is not None or committed_total(settings, group, inp, 4) >= head + 2000,
                90, "the worker to commit paced inputs")
     assert w.poll() is None, "worker exited before the kill"
     kill9(w)
     assert committed_total(settings, group, inp, 4) < n, "everything was committed before the kill"
     assert pacer.result(120) == n - head
-    pool.shutdown()
     finish(_worker(inp, out, group, backend), timeout=300)
     got = read_outputs(settings, out, n)
     assert len(got) == n and not got.duplicated(["symbol", "seq"]).any()

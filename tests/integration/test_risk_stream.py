@@ -20,7 +20,13 @@ from mystocks_gpu.processors.risk.risk_processor import RiskProcessor
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT, run_cli
-from tests.integration.stream_helpers import finish, kill9, output_high_watermark, wait_for
+from tests.integration.stream_helpers import (
+    EVERY_INTERVAL,
+    finish,
+    kill9,
+    output_high_watermark,
+    wait_for,
+)
 from tests.risk_helpers import S, make_data, run_in_process, same, side_records
 
 RISK = {"interval_ns": S, "window": 20, "min_obs": 2}
@@ -70,9 +76,8 @@ def test_risk_restored_after_sigkill_equals_an_uninterrupted_run(settings: Setti
     _produce(settings, t["prices"], list(zip(keys, data.ticks, (data.cols["ts"] // 1_000_000).tolist(), strict=True)))
 
     rng = random.Random(3)
-    # a commit every 50 ms throughout (catch-up commits off: the kill points below count transaction
-    # markers too, and a worker behind would commit once a second and finish before the second kill)
-    args = ("--batch-records", "300", "--linger-ms", "5", "--commit-interval-ms", "50", "--catch-up-commit-interval-ms", "0")
+    # a commit every 50 ms throughout: the kill points below count transaction markers too
+    args = ("--batch-records", "300", "--linger-ms", "5", "--commit-interval-ms", "50", *EVERY_INTERVAL)
     kills = 0
     while kills < 2:
         # kill once this incarnation has written a random number of records and markers (the whole

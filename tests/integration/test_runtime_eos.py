@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -19,6 +18,7 @@ from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.streams.replay import ReplayRange, ReplaySource, replay
 from tests.integration.stream_helpers import (
+    EVERY_INTERVAL,
     assert_exactly_once_equal,
     finish,
     kill9,
@@ -27,6 +27,7 @@ from tests.integration.stream_helpers import (
     produce_ticks,
     read_outputs,
     reference,
+    start_paced,
     start_worker,
     synthetic,
     tick_items,
@@ -43,9 +44,9 @@ def test_crash_sigkill_many_times_is_exactly_once(settings: Settings, unique: st
     rng = random.Random(7)
     kills = 0
     # small batches stretch the run so the kills land mid-stream; a commit every 100 ms throughout
-    # (catch-up commits off: with them, a worker behind commits once a second, and the kills below,
-    # a few thousand records apart, would land in the first transaction of every incarnation)
-    args = ("--batch-records", "500", "--linger-ms", "5", "--catch-up-commit-interval-ms", "0")
+    # (with catch-up commits the kills, a few thousand records apart, would all land in the first
+    # transaction of every incarnation)
+    args = ("--batch-records", "500", "--linger-ms", "5", *EVERY_INTERVAL)
     while kills < 6:
         # kill once this incarnation has produced a random number of records (committed or not):
         # kill points spread over the stream whatever the machine's speed, and six incarnations
@@ -209,8 +210,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_metrics(settings
     w = start_worker(t, "wt", "--batch-records", "500", "--linger-ms", "5", "--metrics-port", str(port), idle_exit=30)
     assert wait_for(lambda: output_high_watermark(settings, t.output) > before + 2000 or w.poll() is not None, 90)
     assert w.poll() is None
-    pool = ThreadPoolExecutor(1)
-    pacer = pool.submit(produce_all, make_producer(settings.kafka), t.input, iter(items[head:]), rate=10_000.0)
+    pacer = start_paced(settings, t.input, items[head:], 10_000.0)
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     consumed = sum(float(ln.split()[-1]) for ln in metrics.splitlines()
                    if ln.startswith("mystocks_stream_records_in_total"))
@@ -223,7 +223,6 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_metrics(settings
     first = json.loads(out.strip().splitlines()[-1])
     assert 0 < first["records_in"] < n
     assert pacer.result(120) == n - head
-    pool.shutdown()
     second = json.loads(finish(start_worker(t, "wt", idle_exit=6)).strip().splitlines()[-1])
     assert first["records_in"] + second["records_in"] == n  # nothing re-read: the stop committed
     got = read_outputs(settings, t.output, n)

@@ -33,6 +33,7 @@ from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.integration.stream_helpers import (
+    EVERY_INTERVAL,
     Topics,
     assert_exactly_once_equal,
     committed_total,
@@ -107,10 +108,9 @@ def test_injected_aborts_with_forming_batches_lose_and_duplicate_nothing(setting
     t = make_topics(settings, unique, partitions=PARTS)
     data = skewed_input(60_000, seed=21)
     data.produce(settings, t.input)
-    # long linger + short commit interval: a half-formed batch is open at most commits (catch-up
-    # commits off: a worker behind would commit once a second, and most faults would land between)
-    args = ("--batch-records", "1500", "--linger-ms", "150", "--commit-interval-ms", "20",
-            "--catch-up-commit-interval-ms", "0", "--inject-faults", "begin=0.05,produce=0.08,offsets=0.12,commit=0.2;seed=5")
+    # long linger + short commit interval, every interval: a half-formed batch is open at most commits
+    args = ("--batch-records", "1500", "--linger-ms", "150", "--commit-interval-ms", "20", *EVERY_INTERVAL,
+            "--inject-faults", "begin=0.05,produce=0.08,offsets=0.12,commit=0.2;seed=5")
     out = finish(start_worker(t, "wf", *args, idle_exit=8), timeout=400)
     s = summaries(out)[-1]
     got = read_outputs(settings, t.output, 60_000)
@@ -128,9 +128,8 @@ def test_crash_with_dirty_state_never_commits_it(settings: Settings, unique: str
     produce_ticks(settings, t.input, cols, names)
     crashes = 0
     for attempt in range(40):
-        # a commit every 100 ms throughout (catch-up commits off: a worker behind commits once a
-        # second, and a crash every ~33 batches would then rarely follow a commit)
-        w = start_worker(t, "wc", "--batch-records", "400", "--linger-ms", "5", "--catch-up-commit-interval-ms", "0",
+        # a commit every 100 ms throughout: a crash every ~33 batches must often follow a commit
+        w = start_worker(t, "wc", "--batch-records", "400", "--linger-ms", "5", *EVERY_INTERVAL,
                          "--inject-faults", f"crash=0.03;seed={attempt}", idle_exit=5)
         _, err = w.communicate(timeout=300)
         if w.returncode == 0:
