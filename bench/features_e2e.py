@@ -437,7 +437,7 @@ def producer_role(cfg: dict[str, Any]) -> None:
     cols, names = C.synthetic(n, cfg["symbols"], seed=11)
     keys = [names[i].encode() for i in cols["sym"].tolist()]
     enc = BatchEncoder(TICK)
-    enc.encode({k: v[:10] for k, v in cols.items()}, names)
+    stamped = L.StampedTicks(enc, cols, names, time.time_ns())
     prod = make_producer(s.kafka, **{"linger.ms": 1, "socket.nagle.disable": True})
     if cfg.get("probe_ts") is not None:
         # connect, fetch metadata and the idempotent producer id before the clock starts: one tick stamped
@@ -449,6 +449,7 @@ def producer_role(cfg: dict[str, Any]) -> None:
         if prod.flush(30) != 0:
             raise SystemExit("the latency producer could not deliver its probe tick")
     i, counted = 0, 0
+    C.freeze_heap()
     # the measured window opens ramp_s after the first tick; ticks stamped before it are not counted
     count_from = time.time_ns() + int(float(cfg.get("ramp_s", 0.0)) * 1e9)
     print(json.dumps({"count_from": count_from}), flush=True)
@@ -458,19 +459,18 @@ def producer_role(cfg: dict[str, Any]) -> None:
         if due <= i:
             time.sleep(0.0005)
             continue
-        chunk = {k: v[i:due] for k, v in cols.items()}
         now = time.time_ns()
-        chunk["ts"] = np.full(due - i, now, np.int64)
         counted += (due - i) if now >= count_from else 0
         # one produce_batch per chunk (about a third of the CPU of a produce() per record; the generator
         # shares the cores with the broker and the worker); the record timestamp is the produce time
-        batch = [{"value": v, "key": k} for k, v in zip(keys[i:due], enc.encode(chunk, names), strict=True)]
+        batch = [{"value": v, "key": k} for k, v in zip(keys[i:due], stamped.values(i, due, now), strict=True)]
         L.produce_batch_all(prod, cfg["topic"], batch, "the latency producer", 0.01)
         prod.poll(0)
         i = due
     t_send = time.perf_counter() - t0
     prod.flush(60)
-    print(json.dumps({"produced": n, "send_s": t_send, "offered_rate": n / t_send, "counted": counted}), flush=True)
+    print(json.dumps({"produced": n, "send_s": t_send, "offered_rate": n / t_send, "counted": counted,
+                      "ts_spliced": stamped.exact}), flush=True)
 
 
 # ---- main --------------------------------------------------------------------------------------------
