@@ -18,7 +18,11 @@ reads the input from the beginning in a fresh consumer group:
   Confluent-framed ``RunningAggregate`` Avro (fastavro, a custom ``Serializer``) with ``to_topic``.
   records/s = input count / (final forced checkpoint commit - first deserialised record).
 - ceiling: ``org.apache.kafka.tools.ConsumerPerformance --messages N`` (consume only, JVM);
-  ``fetch.nMsg.sec`` (excludes the group join) is the ceiling, ``nMsg.sec`` is printed too.
+  ``fetch.nMsg.sec`` (excludes the group join) is the ceiling, ``nMsg.sec`` is printed too. It
+  includes the JVM's JIT warm-up: on the 2-core AMD VM it read 0.63M records/s over 300k ticks and
+  1.3-1.9M over 1M (2026-12-03 13:45), hence the 1M default. A second, informational row: the
+  Python confluent-kafka consumer that our worker uses, consuming only (``python_consume_rps``,
+  ``ratio_vs_python_consume``; no goal).
 
 Correctness: every contender's output topic holds exactly ``n`` committed records and the last
 record per symbol equals the reference (count, sum, last over the whole input, sequential sums).
@@ -26,7 +30,7 @@ Profile: where our EOS time goes, from the worker's Prometheus histograms (decod
 per batch vs transaction commit, changelog writes included) and from cProfile on a ``--profile-n``
 run (first record to final commit).
 
-    python bench/runtime.py --n 300000 --partitions 4 --symbols 500 --json bench/out/runtime.json
+    python bench/runtime.py --n 1000000 --partitions 4 --symbols 500 --json bench/out/runtime.json
 """
 
 from __future__ import annotations
@@ -136,10 +140,43 @@ def run_quix(s: Any, topic: str, out: str, tag: str, n: int) -> dict[str, Any]:
 GOAL_RATIO_QUIX, GOAL_RATIO_CEILING = 10.0, 0.6
 
 
+def run_python_consume(s: Any, topic: str, tag: str, n: int) -> dict[str, Any]:
+    """A second, informational ceiling: the confluent-kafka consumer that our worker uses, reading
+    ``topic`` from the beginning in a fresh group with ``consume(10000)`` and doing nothing else
+    (no decode, no produce, no commit; the worker's fetch settings).
+    records/s = n / (last record - first record)."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from mystocks_gpu.infra.kafka_clients import make_consumer
+
+    # the worker's fetch settings (StreamWorker._setup); librdkafka's default fetch.queue.backoff.ms
+    # (1 s after the local queue fills) reads about a third as fast
+    cons = make_consumer(s.kafka, f"bench-rt-pyc-{tag}", **{
+        "queued.max.messages.kbytes": 65536, "fetch.wait.max.ms": 100, "fetch.queue.backoff.ms": 10,
+        "socket.nagle.disable": True})
+    try:
+        parts = cons.list_topics(topic, timeout=10).topics[topic].partitions
+        cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        got, t_first, deadline = 0, None, time.monotonic() + 120
+        while got < n and time.monotonic() < deadline:
+            msgs = cons.consume(10_000, timeout=0.1)
+            if msgs and t_first is None:
+                t_first = time.perf_counter()
+            got += sum(1 for m in msgs if m.error() is None)
+        t_last = time.perf_counter()
+    finally:
+        cons.close()
+    busy = t_last - t_first if t_first is not None else None
+    return {"records": got, "busy_s": busy, "rps": got / busy if busy else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=300_000, help="input ticks (default 300000)")
+    ap.add_argument("--n", type=int, default=1_000_000,
+                    help="input ticks (default 1000000: the JVM ceiling's JIT warm-up and our worker's first "
+                         "batches are a small part of it; at 300000 the ceiling read about a third of its "
+                         "steady rate)")
     ap.add_argument("--warm-up", type=int, default=150_000,
                     help="before any timed contender, one untimed exactly-once pass of ours over the first N input "
                          "ticks into a throwaway topic, so the first timed row does not pay for the broker's cold "
@@ -189,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"ConsumerPerformance failed: {exc}")
                 print(f"  {notes[-1]}")
 
+        if not args.skip_ceiling:
+            results["python_consume"] = pc = run_python_consume(s, topic, tag, n)
+            print(f"  confluent-kafka consume only (Python): {C.fmt(pc['rps'])} rec/s ({pc['records']:,} records)")
+
         for name, g in (("eos", EXACTLY_ONCE), ("alo", AT_LEAST_ONCE)):
             r, _ = run_ours(s, topic, outs[name], tag, name, g, n, args.batch, cols, names)
             results[f"ours_{name}"] = r
@@ -223,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         deleted = C.cleanup(s, tag)
 
     eos, alo, qx = results.get("ours_eos", {}), results.get("ours_alo", {}), results.get("quix_eos", {})
-    ceil = results.get("ceiling", {})
+    ceil, pyc = results.get("ceiling", {}), results.get("python_consume", {})
     ceil_rps = float(ceil["fetch.nMsg.sec"]) if ceil.get("fetch.nMsg.sec") else None
     rows = [
         ("ours EOS (StreamWorker)", eos.get("rps"), eos.get("busy_s"), C.ratio(eos.get("rps"), ceil_rps), checks.get("ours_eos")),
@@ -231,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         ("Quix Streams EOS", qx.get("rps"), qx.get("busy_s"), C.ratio(qx.get("rps"), ceil_rps), checks.get("quix_eos")),
         ("Kafka ConsumerPerformance (consume only)", ceil_rps,
          float(ceil["fetch.time.ms"]) / 1000 if ceil.get("fetch.time.ms") else None, 1.0 if ceil_rps else None, "-"),
+        ("confluent-kafka consume only (Python, ours' client)", pyc.get("rps"), pyc.get("busy_s"),
+         C.ratio(pyc.get("rps"), ceil_rps), "-"),
     ]
     print(f"\nper-key running count/sum/last, {n:,} ticks, {args.symbols} symbols, {args.partitions} partitions "
           f"(load avg {m0['loadavg_1min']} -> {C.machine()['loadavg_1min']} on {m0['cores']} cores)")
@@ -238,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     r_quix, r_ceil = C.ratio(eos.get("rps"), qx.get("rps")), C.ratio(eos.get("rps"), ceil_rps)
     if eos:
         print(f"ours: RuntimeConfig {eos['runtime']}; Quix: commit_interval 5 s (default)")
-    print(f"ratio ours EOS / Quix EOS: {C.fmt(r_quix)}   ours EOS / consumer ceiling: {C.fmt(r_ceil)}")
+    r_pyc = C.ratio(eos.get("rps"), pyc.get("rps"))
+    print(f"ratio ours EOS / Quix EOS: {C.fmt(r_quix)}   ours EOS / consumer ceiling: {C.fmt(r_ceil)}   "
+          f"ours EOS / Python consume only: {C.fmt(r_pyc)}")
     goal_rows = [(name, target, got, "-" if got is None else ("yes" if got >= target else "NO"))
                  for name, target, got in (("throughput ours EOS / Quix EOS", GOAL_RATIO_QUIX, r_quix),
                                            ("throughput ours EOS / consumer ceiling", GOAL_RATIO_CEILING, r_ceil))]
@@ -267,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "partitions": args.partitions, "batch": args.batch, "profile_n": args.profile_n,
         "ours_eos_rps": eos.get("rps"), "ours_alo_rps": alo.get("rps"), "quix_eos_rps": qx.get("rps"),
         "kafka_consumer_ceiling_rps": ceil_rps, "ratio_vs_quix": r_quix, "ratio_vs_ceiling": r_ceil,
+        "python_consume_rps": pyc.get("rps"), "ratio_vs_python_consume": r_pyc,
         "goals": [dict(zip(("goal", "target", "measured", "met"), r, strict=True)) for r in goal_rows],
         "quick": args.quick,
         "checks": checks, "details": {k: v for k, v in results.items()}, "notes": notes,

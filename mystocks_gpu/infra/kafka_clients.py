@@ -46,9 +46,15 @@ def make_producer(cfg: KafkaConfig, **extra: Any) -> Producer:
 
 
 def make_consumer(cfg: KafkaConfig, group_id: str, **extra: Any) -> Consumer:
-    """A consumer in ``group_id`` (read_committed, manual commits unless ``extra`` says otherwise)."""
+    """A consumer in ``group_id`` (read_committed, manual commits unless ``extra`` says otherwise).
+
+    ``fetch.queue.backoff.ms`` is 10 (librdkafka's default is 1000): once the local fetch queue holds
+    ``queued.min.messages`` (100k), librdkafka stops fetching and looks again only after this backoff,
+    so a bulk reader (a changelog restore, a replay, a topic read) drained its 100k records and then
+    waited out the second. Measured on a 500k-tick topic with ``consume(10000)`` (2026-12-03, 2-core AMD
+    VM): 174k records/s at 1000 ms against 819k at 10 ms."""
     defaults = {"group.id": group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed", "enable.partition.eof": False}
+                "isolation.level": "read_committed", "enable.partition.eof": False, "fetch.queue.backoff.ms": 10}
     return Consumer(_base(cfg, {**defaults, **extra}))
 
 
