@@ -52,6 +52,7 @@ import _common as C
 import numpy as np
 
 from mystocks_gpu.infra.kafka_clients import consume_ready
+from mystocks_gpu.schemas.batch_codec.encoder import _varint_bytes
 from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
 from mystocks_gpu.schemas.codec import PREFIX_LEN
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE
@@ -172,17 +173,6 @@ def start_load(topic: str, rate: float, seconds: float, symbols: int, ramp_s: fl
     return producer, int(first["count_from"])  # printed just before its first tick
 
 
-def _zigzag_varint(x: int) -> bytes:
-    """Avro's encoding of a ``long``: zigzag, then base-128 varint, low group first."""
-    z = (x << 1) ^ (x >> 63)
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 class StampedTicks:
     """Tick values encoded once, before the clock starts, whose ``ts_event`` is set per paced chunk
     by splicing the chunk's 9-byte Avro long between each value's head (Confluent prefix, symbol)
@@ -204,7 +194,7 @@ class StampedTicks:
         self.exact = self._spliced(0, sample, probe_ts) == want
 
     def _spliced(self, i: int, j: int, ts_ns: int) -> list[bytes] | None:
-        stamp = _zigzag_varint(ts_ns)
+        stamp = _varint_bytes(ts_ns)
         if len(stamp) != 9:  # the placeholder's length (ns since 1971 until 2116)
             return None
         return [h + stamp + t for h, t in zip(self.heads[i:j], self.tails[i:j], strict=True)]
