@@ -144,16 +144,14 @@ def run_python_consume(s: Any, topic: str, tag: str, n: int) -> dict[str, Any]:
     """A second, informational ceiling: the confluent-kafka consumer that our worker uses, reading
     ``topic`` from the beginning in a fresh group with ``consume(10000)`` and doing nothing else
     (no decode, no produce, no commit; the worker's fetch settings).
-    records/s = n / (last record - first record)."""
+    records/s = records read / (last fetch - first record)."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     from mystocks_gpu.infra.kafka_clients import make_consumer
 
-    # the worker's fetch settings (StreamWorker._setup); librdkafka's default fetch.queue.backoff.ms
-    # (1 s after the local queue fills) reads about a third as fast
+    # the worker's fetch settings (StreamWorker._setup; fetch.queue.backoff.ms 10 is make_consumer's default)
     cons = make_consumer(s.kafka, f"bench-rt-pyc-{tag}", **{
-        "queued.max.messages.kbytes": 65536, "fetch.wait.max.ms": 100, "fetch.queue.backoff.ms": 10,
-        "socket.nagle.disable": True})
+        "queued.max.messages.kbytes": 65536, "fetch.wait.max.ms": 100, "socket.nagle.disable": True})
     try:
         parts = cons.list_topics(topic, timeout=10).topics[topic].partitions
         cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
