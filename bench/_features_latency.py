@@ -141,8 +141,7 @@ def measuring_consumer(s: Any, group: str, topic: str, partitions: int) -> Any:
 
     from mystocks_gpu.infra.kafka_clients import make_consumer
 
-    cons = make_consumer(s.kafka, group, **{"fetch.wait.max.ms": 5, "socket.nagle.disable": True,
-                                            "fetch.queue.backoff.ms": 10})
+    cons = make_consumer(s.kafka, group, **{"fetch.wait.max.ms": 5, "socket.nagle.disable": True})
     cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     return cons
 

@@ -182,9 +182,9 @@ class StreamWorker:
         else:
             extra["partition.assignment.strategy"] = "cooperative-sticky"
         # latency: a fetch with no data waits at most fetch.wait.max.ms at the broker (new data answers it
-        # at once); no Nagle delay on the broker sockets; a fetch queue over its bound retries in 10 ms, not 1 s
-        extra.update({"fetch.wait.max.ms": self.rt.fetch_wait_max_ms, "socket.nagle.disable": True,
-                      "fetch.queue.backoff.ms": 10})
+        # at once); no Nagle delay on the broker sockets (a fetch queue over its bound retries in 10 ms:
+        # make_consumer's default)
+        extra.update({"fetch.wait.max.ms": self.rt.fetch_wait_max_ms, "socket.nagle.disable": True})
         self._cconf = extra
         # client.id = transactional id + this process's nonce: on a fence, the group tells whether another
         # worker uses the id. Our own stale member (a session that expired in a broker outage, rejoined
