@@ -454,7 +454,7 @@ class StreamWorker:
     def _filter_errors(self, msgs: list[Any]) -> list[Any]:
         if not msgs:
             return msgs
-        errors = [m.error() for m in msgs]
+        errors = list(map(type(msgs[0]).error, msgs))  # from C, as in BatchAccumulator.add_messages
         if not any(errors):
             return msgs
         out = []

@@ -110,10 +110,15 @@ def finish(p: subprocess.Popen[str], timeout: float = 240) -> str:
 
 
 def read_outputs(settings: Settings, topic: str, expected: int, timeout: float = 30) -> pd.DataFrame:
-    """All read_committed records of an output topic as a frame."""
-    rows = [dict(r.value, _p=r.partition, _o=r.offset) for r in
-            read_topic(settings.kafka, topic, max_records=expected + 1000, idle_timeout_s=timeout if expected == 0 else 8)]
-    return pd.DataFrame(rows)
+    """All read_committed records of an output topic as a frame, for a topic whose writers have
+    stopped: read up to the end offsets each partition has when reading starts (not "until nothing
+    arrived for a while", which stops early when a loaded broker pauses). ``expected == 0``: wait
+    ``timeout`` s for a record that should never come."""
+    if expected == 0:
+        recs = read_topic(settings.kafka, topic, max_records=1000, idle_timeout_s=timeout)
+    else:
+        recs = read_topic(settings.kafka, topic, stop_at_end=True, idle_timeout_s=max(timeout, 60))
+    return pd.DataFrame([dict(r.value, _p=r.partition, _o=r.offset) for r in recs])
 
 
 def reference(cols: dict[str, np.ndarray], names: list[str], keep: np.ndarray | None = None) -> pd.DataFrame:

@@ -132,8 +132,8 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["processor"] == "execution"
 
-    scored = [rec for rec in read_topic(settings.kafka, t["scored"], max_records=n + 1, idle_timeout_s=3) if rec.value is not None]
-    sched = [rec for rec in read_topic(settings.kafka, t["schedule"], max_records=n + 1, idle_timeout_s=2) if rec.value is not None]
+    scored = [rec for rec in read_topic(settings.kafka, t["scored"], stop_at_end=True, idle_timeout_s=60) if rec.value is not None]
+    sched = [rec for rec in read_topic(settings.kafka, t["schedule"], stop_at_end=True, idle_timeout_s=60) if rec.value is not None]
     ids = [r.key for r in scored]
     assert len(ids) == len(set(ids)) == len(good), f"{len(ids)} scores ({len(set(ids))} distinct) for {len(good)} orders"
     assert sorted(r.key for r in sched) == sorted(good)
@@ -150,7 +150,7 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
             (want.score.executed_qty, want.score.unfilled_qty, want.score.unfilled_qty > 0)
         assert rec.timestamp_ms == ts // 1_000_000
 
-    dlq = list(read_topic(settings.kafka, t["dlq"], max_records=n, idle_timeout_s=2, decode=False))
+    dlq = list(read_topic(settings.kafka, t["dlq"], stop_at_end=True, idle_timeout_s=60, decode=False))
     assert len(dlq) == len(bad) and len(ids) + len(dlq) == n  # every input: one score or one dead letter
     by_key = {d.key: d for d in dlq}
     for i, (value, cls, text) in bad.items():

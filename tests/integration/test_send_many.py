@@ -1,0 +1,76 @@
+"""``CommitProtocol.send_many`` on the real broker: the C-level ``map`` over positional
+``produce()`` arguments must put every record on the wire exactly once, in order, with its key,
+event timestamp and headers, in the partition the default partitioner picks for its key, and
+must resume at the right record after ``BufferError`` (a producer queue of 7 messages, never
+polled by the caller, fills on every few records)."""
+
+from __future__ import annotations
+
+import random
+
+from confluent_kafka import Producer
+
+from mystocks_gpu.data.topic_reader import read_topic
+from mystocks_gpu.infra.clock import Clock
+from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.kafka_clients import make_producer
+from mystocks_gpu.streams.commit_protocol import CommitProtocol
+from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, RuntimeConfig
+from mystocks_gpu.topics import TopicSpec
+from mystocks_gpu.topics.admin import TopicAdmin
+
+
+def _records(topic: str, settings: Settings) -> list[tuple[int, str | None, bytes | None, int, dict[str, str]]]:
+    return [(r.partition, r.key, r.raw, r.timestamp_ms, r.headers)
+            for r in read_topic(settings.kafka, topic, decode=False, stop_at_end=True, idle_timeout_s=60)]
+
+
+def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_queues(
+        settings: Settings, unique: str) -> None:
+    topics = [f"t.sm.{unique}.{k}" for k in ("ours", "plain", "hdr")]
+    TopicAdmin(settings.kafka).create([TopicSpec(t, "symbol", None, partitions=5, dlq=False) for t in topics])
+    rng = random.Random(3)
+    n = 2_000
+    keys: list[bytes | None] = [f"SYM{rng.randrange(40):02d}".encode() for _ in range(n)]
+    keys[17] = None  # a keyless record is allowed
+    values = [rng.randbytes(rng.randrange(1, 90)) for _ in range(n)]
+    ts = [1_700_000_000_000 + 37 * i + rng.randrange(30) for i in range(n)]
+
+    tiny = make_producer(settings.kafka, **{"queue.buffering.max.messages": 7, "linger.ms": 0})
+    proto = CommitProtocol(producer=tiny, consumer=None, topic="unused", processor=None, states=None,  # type: ignore[arg-type]
+                           rt=RuntimeConfig(guarantee=AT_LEAST_ONCE), metrics=None, clock=Clock(),  # type: ignore[arg-type]
+                           drop_input=lambda: None, transactional_id="unused", max_bytes={})
+    waited: list[int] = []
+    send = proto.send
+
+    def counting_send(*a, **kw):  # type: ignore[no-untyped-def]
+        waited.append(1)
+        send(*a, **kw)
+
+    proto.send = counting_send  # type: ignore[method-assign]
+    delivered: list[bytes] = []
+    proto.send_many(topics[0], keys, values, ts, on_last_delivered=lambda err, msg: delivered.append(msg.value()))
+    proto.send_many(topics[2], keys[:300], values[:300], ts[:300], headers=[("a.first", b"1"), ("b.second", b"22")])
+    proto.send_many(topics[2], [], [], [])  # nothing to send: no call at all
+    tiny.flush(30)
+    assert delivered == [values[-1]]  # the callback rides on the last record only
+    assert len(waited) > 100  # the queue was full again and again: the resume path ran
+
+    # the reference partitioner: a plain producer, keyword arguments, Java's murmur2 key hashing
+    plain = Producer(settings.kafka.client_config(partitioner="murmur2_random"))
+    for k, v, t in zip(keys, values, ts, strict=True):
+        plain.produce(topics[1], v, k, timestamp=t)
+    plain.flush(30)
+    ref_part = {(r[1], r[2]): r[0] for r in _records(topics[1], settings) if r[1] is not None}
+
+    got = _records(topics[0], settings)
+    assert len(got) == n
+    assert sorted((r[2], r[3]) for r in got) == sorted(zip(values, ts, strict=True))  # each exactly once
+    keyed = [(k.decode(), v, t) for k, v, t in zip(keys, values, ts, strict=True) if k is not None]
+    for p in range(5):  # the reference's partition per key, and input order within each partition
+        want = [x for x in keyed if ref_part[(x[0], x[1])] == p]
+        assert [(r[1], r[2], r[3]) for r in got if r[0] == p and r[1] is not None] == want, f"partition {p}"
+    assert all(r[4] == {} for r in got)
+    hdr = _records(topics[2], settings)
+    assert sorted((r[2], r[3]) for r in hdr) == sorted(zip(values[:300], ts[:300], strict=True))
+    assert all(r[4] == {"a.first": "1", "b.second": "22"} for r in hdr)
