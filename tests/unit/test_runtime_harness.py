@@ -82,6 +82,11 @@ def test_add_messages_cuts_on_records_and_bytes_across_consume_calls() -> None:
     acc = BatchAccumulator(max_records=100, max_bytes=10, linger_s=10)
     rest = acc.add_messages([_Msg(b"abcd", 0, i) for i in range(5)], now=0.0)
     assert len(acc.batch) == 3 and acc.batch.nbytes == 12 and len(rest) == 2 and acc.ready(0.0)
+    acc = BatchAccumulator(max_records=100, max_bytes=10, linger_s=10)  # a byte cut in a second call
+    acc.add_messages([_Msg(b"abcd", 0, 0)], now=0.0)
+    rest = acc.add_messages([_Msg(b"abcd", 0, i) for i in range(1, 6)], now=0.0)
+    assert len(acc.batch) == 3 and len(rest) == 3
+    assert acc.batch.nbytes == sum(map(len, acc.batch.values)) == 12  # the bytes it holds, each counted once
 
 
 def test_drop_revoked_partitions() -> None:
