@@ -214,7 +214,7 @@ class Processor(ABC, Generic[S]):
         keys = cache.setdefault(id(symbols), [])
         if len(keys) < len(symbols):
             keys.extend(s.encode() for s in symbols.symbols[len(keys):])
-        return [keys[i] for i in np.asarray(codes).tolist()]
+        return list(map(keys.__getitem__, np.asarray(codes).tolist()))  # from C: the per-record hot path
 
 
 def decode_errors_to_rejected(index: np.ndarray, status: np.ndarray, message_of: Any) -> list[Rejected]:

@@ -492,7 +492,7 @@ class StreamWorker:
             self._advance_event_clock(partition, int(ts_ms[idx].max()), t0)
             t_dec = self.clock.monotonic()
             with log_context(partition=partition):  # on every log line of decode/process (JSON logs)
-                decoded = self.processor.decode([batch.values[i] for i in idx_list], idx, self.symbols, partition,
+                decoded = self.processor.decode(list(map(batch.values.__getitem__, idx_list)), idx, self.symbols, partition,
                                                 ingest_ns)
                 t_proc = self.clock.monotonic()
                 decode_s += t_proc - t_dec
