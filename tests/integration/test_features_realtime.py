@@ -61,7 +61,7 @@ def _worker(inp: str, out: str, group: str, *extra: str) -> subprocess.Popen[str
 
 
 def _bars(settings: Settings, names: list[str]) -> pd.DataFrame:
-    rows = [r.value for r in read_topic(settings.kafka, "md.bars.7s", from_beginning=True, idle_timeout_s=3)
+    rows = [r.value for r in read_topic(settings.kafka, "md.bars.7s", stop_at_end=True, idle_timeout_s=60)
             if r.value is not None and r.value["symbol"] in names]
     return pd.DataFrame(rows, columns=["symbol", "ts_event", "open", "high", "low", "close", "volume", "trades"])
 
@@ -105,11 +105,11 @@ def test_last_bars_close_on_idle_and_on_stop_exactly_once(settings: Settings, un
     np.testing.assert_array_equal(got["trades"].to_numpy(), want["trades"].to_numpy())
     for c in ("open", "high", "low", "close", "volume"):
         np.testing.assert_allclose(got[c].to_numpy(), want[c].to_numpy(), rtol=1e-12, err_msg=c)
-    dlq = [r for r in read_topic(settings.kafka, inp + ".dlq", from_beginning=True, idle_timeout_s=3, decode=False)]
+    dlq = [r for r in read_topic(settings.kafka, inp + ".dlq", stop_at_end=True, idle_timeout_s=60, decode=False)]
     assert len(dlq) == 1, [r.headers for r in dlq]
     h = dlq[0].headers
     assert h["mystocks.error.class"] == "late" and "late for the 7s bar" in h["mystocks.error.message"], h
-    vectors = list(read_topic(settings.kafka, out, from_beginning=True, idle_timeout_s=3))
+    vectors = list(read_topic(settings.kafka, out, stop_at_end=True, idle_timeout_s=60))
     assert len(vectors) == len(df) + 1  # every tick got its vector, the late one too, none twice
     # every vector carries the one config header (produced as a dict of headers: the same on the wire)
     assert all(list(dict(v.headers)) == ["mystocks.features.config"]

@@ -146,7 +146,7 @@ def test_poison_records_go_to_dlq_with_headers(settings: Settings, unique: str) 
     keep[bad] = False
     got = read_outputs(settings, t.output, n - len(bad))
     assert_exactly_once_equal(got, reference(cols, names, keep))
-    dlq = list(read_topic(settings.kafka, t.dlq, max_records=len(bad) + 10, idle_timeout_s=8, decode=False))
+    dlq = list(read_topic(settings.kafka, t.dlq, stop_at_end=True, idle_timeout_s=60, decode=False))
     assert len(dlq) == len(bad) and len(got) + len(dlq) == n  # outputs + DLQ = inputs, exactly
     by_offset = {(d.headers["mystocks.source.partition"], d.headers["mystocks.source.offset"]): d for d in dlq}
     assert len(by_offset) == len(bad)

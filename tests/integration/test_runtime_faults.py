@@ -97,7 +97,7 @@ def skewed_input(n: int, seed: int) -> SkewedInput:
 
 
 def assert_dlq_exactly(settings: Settings, t: Topics, poison: list[bytes]) -> None:
-    dlq = list(read_topic(settings.kafka, t.dlq, max_records=len(poison) + 100, idle_timeout_s=8, decode=False))
+    dlq = list(read_topic(settings.kafka, t.dlq, stop_at_end=True, idle_timeout_s=60, decode=False))
     assert len(dlq) == len(poison), f"{len(dlq)} dead letters for {len(poison)} poison records"
     assert sorted(bytes(d.raw or b"") for d in dlq) == sorted(poison)
     locs = {(d.headers["mystocks.source.partition"], d.headers["mystocks.source.offset"]) for d in dlq}
@@ -283,7 +283,7 @@ def test_oversized_records_go_to_the_dlq_and_the_rest_goes_on(settings: Settings
     assert s["aborts"] == 0 and s["records_in"] == len(values) + 3, s
     got = read_outputs(settings, t.output, len(values))
     assert_exactly_once_equal(got, reference(cols, names))
-    dlq = list(read_topic(settings.kafka, t.dlq, max_records=10, idle_timeout_s=8, decode=False))
+    dlq = list(read_topic(settings.kafka, t.dlq, stop_at_end=True, idle_timeout_s=60, decode=False))
     by_key = {d.key: d for d in dlq}
     assert len(dlq) == 3 and set(by_key) == {"H", "L", "W"}
     h, lng, w = by_key["H"], by_key["L"], by_key["W"]
