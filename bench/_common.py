@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -136,14 +136,14 @@ def warm_processor(processor: Processor[Any], cols: dict[str, np.ndarray], names
     Pass a throwaway processor instance: a processor caches key bytes per symbol code and
     assumes one :class:`SymbolTable` for its lifetime (the worker's)."""
     part = {k: v[:n] for k, v in cols.items()}
-    values = BatchEncoder("mystocks.md.Tick").encode(part, names)
+    values: list[bytes | None] = [*BatchEncoder("mystocks.md.Tick").encode(part, names)]
     symbols = SymbolTable()
     d = processor.decode(values, np.arange(len(values), dtype=np.int64), symbols, 0, time.time_ns())
     out, state = processor.process(d.columns, processor.initial_state())
     try:
         processor.changelog_entries(state, np.unique(d.columns.columns["sym"]), symbols)
     except TypeError:  # older signature (state, batch)
-        processor.changelog_entries(state, d.columns)  # type: ignore[call-arg]
+        processor.changelog_entries(state, d.columns)  # type: ignore[call-arg, arg-type]
 
 
 def count_topic(s: Settings, topic: str, idle_s: float = 3.0, last_per_key: bool = False,
@@ -231,7 +231,7 @@ def avro_reader(schema: str) -> Any:
     BytesIO = io.BytesIO
 
     def decode(value: bytes) -> dict[str, Any]:
-        return reader(BytesIO(value[PREFIX_LEN:]), parsed, None)  # type: ignore[no-any-return]
+        return cast(dict[str, Any], reader(BytesIO(value[PREFIX_LEN:]), parsed, None))
 
     return decode
 

@@ -59,7 +59,8 @@ def _worker(t: dict[str, str], cfg: Path, group: str, *extra: str, idle_exit: fl
 
 
 def _read(settings: Settings, topic: str) -> list[dict[str, object]]:
-    return [r.value for r in read_topic(settings.kafka, topic, idle_timeout_s=4) if r.value is not None]
+    return [r.value for r in read_topic(settings.kafka, topic, stop_at_end=True, idle_timeout_s=60)
+            if r.value is not None]
 
 
 def _produce(settings: Settings, topic: str, items: list[tuple[bytes, bytes | None, int]]) -> None:
@@ -148,7 +149,7 @@ def test_bad_positions_and_late_prices_go_to_the_dlq(settings: Settings, unique:
     _produce(settings, t["prices"], ticks)
     finish(_worker(t, cfg_path, f"g.{unique}", "--batch-records", "500", idle_exit=3.0))
 
-    dlq = list(read_topic(settings.kafka, t["positions"] + ".dlq", idle_timeout_s=4, decode=False))
+    dlq = list(read_topic(settings.kafka, t["positions"] + ".dlq", stop_at_end=True, idle_timeout_s=60, decode=False))
     by_key = {r.key: r.headers for r in dlq}
     assert len(dlq) == len(bad), [r.key for r in dlq]
     assert by_key["bad-symbol"]["mystocks.error.class"] == "UnknownSymbol"
@@ -159,7 +160,7 @@ def test_bad_positions_and_late_prices_go_to_the_dlq(settings: Settings, unique:
     assert "key" in by_key["other-key"]["mystocks.error.message"]
     assert by_key["garbage"]["mystocks.error.class"] == "DecodeError"
     assert all(h["mystocks.source.topic"] == t["positions"] for h in by_key.values())
-    late = list(read_topic(settings.kafka, t["prices"] + ".dlq", idle_timeout_s=4, decode=False))
+    late = list(read_topic(settings.kafka, t["prices"] + ".dlq", stop_at_end=True, idle_timeout_s=60, decode=False))
     assert [r.headers["mystocks.error.class"] for r in late] == ["late"]
     assert late[0].raw == late_val
     metrics = _read(settings, t["metrics"])

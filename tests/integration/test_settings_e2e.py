@@ -74,7 +74,7 @@ def test_run_aggregate_decodes_and_encodes_with_registry_ids(settings: Settings,
     out = finish(start_worker(t, "reg-1", idle_exit=5.0))
     assert json.loads(out.strip().splitlines()[-1])["dlq"] == 0  # every registry-framed tick understood
 
-    raw = list(read_topic(settings.kafka, t.output, decode=False, idle_timeout_s=8))
+    raw = list(read_topic(settings.kafka, t.output, decode=False, stop_at_end=True, idle_timeout_s=60))
     assert len(raw) == 3_000 and _frame_ids([r.raw for r in raw]) == {agg_id}  # outputs carry registry ids
     codec = AvroCodec(store)
     got = pd.DataFrame([codec.decode(r.raw) for r in raw])

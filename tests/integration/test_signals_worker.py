@@ -112,8 +112,8 @@ def test_sigkill_mid_stream_across_a_hot_swap_then_a_corrupt_version(settings: S
         if w.poll() is None:
             os.killpg(w.pid, signal.SIGKILL)
     total = n_a + n_b + n_c
-    got = pd.DataFrame([dict(r.value) for r in read_topic(settings.kafka, f"signals.{name}", max_records=total + 100,
-                                                          idle_timeout_s=2)])
+    got = pd.DataFrame([dict(r.value) for r in read_topic(settings.kafka, f"signals.{name}", stop_at_end=True,
+                                                          idle_timeout_s=60)])
     # exactly once: one output per input vector
     assert len(got) == total and got["seq"].is_unique and set(got["seq"]) == set(range(total))
     # every score is the predict of the version it names, bit for bit (NaN where a feature is NaN)
@@ -128,8 +128,8 @@ def test_sigkill_mid_stream_across_a_hot_swap_then_a_corrupt_version(settings: S
     assert (ver.loc[range(n_a)] == 1).all()  # v2 was published after part A was committed
     assert (ver.loc[range(n_a + n_b, total)] == 2).all()  # the corrupt v3 never scored
     # per input partition, versions never decrease in offset order: one cut
-    src = [(r.partition, r.offset, r.value["seq"]) for r in read_topic(settings.kafka, topic, max_records=total,
-                                                                       idle_timeout_s=5)]
+    src = [(r.partition, r.offset, r.value["seq"]) for r in read_topic(settings.kafka, topic, stop_at_end=True,
+                                                                       idle_timeout_s=60)]
     for p in {s[0] for s in src}:
         seqs = [s[2] for s in sorted(x for x in src if x[0] == p)]
         assert np.all(np.diff(ver.loc[seqs].to_numpy()) >= 0), f"partition {p}: the version went back"

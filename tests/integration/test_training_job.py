@@ -227,8 +227,8 @@ def test_end_to_end_ticks_features_train_signals_backtest(plane: Plane, settings
     r = run_cli("run", "signals", "--model", name, "--input-topic", feats, "--group", f"g.s.{unique}",
                 "--idle-exit", "4", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    vectors = [x.value for x in read_topic(settings.kafka, feats, idle_timeout_s=3)]
-    sig = pd.DataFrame([x.value for x in read_topic(settings.kafka, f"signals.{name}", idle_timeout_s=3)])
+    vectors = [x.value for x in read_topic(settings.kafka, feats, stop_at_end=True, idle_timeout_s=60)]
+    sig = pd.DataFrame([x.value for x in read_topic(settings.kafka, f"signals.{name}", stop_at_end=True, idle_timeout_s=60)])
     assert len(sig) == len(vectors) == 20_000 and set(sig["model_version"]) == {1}
     assert not sig.duplicated(["symbol", "seq"]).any()  # a tick's seq is per symbol
     mv = get_model(settings.kafka, name)
@@ -245,7 +245,7 @@ def test_end_to_end_ticks_features_train_signals_backtest(plane: Plane, settings
           "signal_topic": f"signals.{name}", "signal_column": "score", "fees": 0.0, "n_curves": 1}
     done = plane.wait(plane.submit("backtest", bt, bypass_cache=True), {"succeeded", "failed"}, timeout=600)
     assert done["state"] == "succeeded", done
-    bars = pd.DataFrame([x.value for x in read_topic(settings.kafka, "md.bars.1s", idle_timeout_s=3)
+    bars = pd.DataFrame([x.value for x in read_topic(settings.kafka, "md.bars.1s", stop_at_end=True, idle_timeout_s=60)
                          if x.value and x.value["symbol"] in set(names) and t0 <= x.value["ts_event"] < t1])
     bars = bars.drop_duplicates(["symbol", "ts_event"], keep="last")
     ts = np.sort(bars["ts_event"].unique())

@@ -158,8 +158,8 @@ def test_features_pipeline_as_principals(secure_stack: SecureStack) -> None:
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["records_in"] == len(items) and summary["dlq"] == len(bad)
     admin = _settings(secure_stack, "admin")
-    feats = list(read_topic(admin.kafka, "features.ticks", idle_timeout_s=3, max_records=len(ticks) + 1))
-    dlq = list(read_topic(admin.kafka, "md.ticks.dlq", decode=False, idle_timeout_s=3, max_records=len(bad) + 1))
+    feats = list(read_topic(admin.kafka, "features.ticks", stop_at_end=True, idle_timeout_s=60))
+    dlq = list(read_topic(admin.kafka, "md.ticks.dlq", decode=False, stop_at_end=True, idle_timeout_s=60))
     # every good tick has exactly one feature vector (by symbol + seq), nothing else came out
     want = sorted((k.decode(), rec["seq"]) for k, rec in ticks)
     assert sorted((m.key, m.value["seq"]) for m in feats) == want
