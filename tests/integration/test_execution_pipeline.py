@@ -5,6 +5,7 @@ one is in the DLQ once, with its reason in the headers and its original bytes.""
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -31,7 +32,13 @@ from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT, run_cli
-from tests.integration.stream_helpers import finish, kill9, output_high_watermark, wait_for
+from tests.integration.stream_helpers import (
+    committed_total,
+    finish,
+    kill9,
+    output_high_watermark,
+    wait_for,
+)
 
 NS = 1_000_000_000
 T0 = 1_699_972_200 * NS
@@ -56,6 +63,21 @@ def _worker(t: dict[str, str], *extra: str, idle_exit: float = 4.0) -> subproces
            str(idle_exit), *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, "MYSTOCKS_BACKEND": "cpu"})
+
+
+def _explain_missing(settings: Settings, t: dict[str, str], missing: set[str], summary: dict[str, object]) -> str:
+    """For a failure message: where the orders without a score sit in the input (partition, offsets),
+    what the DLQ holds by error class, the group's committed offsets and the last worker's summary."""
+    src = {r.key: (r.partition, r.offset) for r in read_topic(settings.kafka, t["input"], stop_at_end=True,
+                                                             idle_timeout_s=60, decode=False)}
+    where = collections.Counter(src[k][0] for k in missing if k in src)
+    offs = sorted(src[k][1] for k in missing if k in src)
+    dlq = list(read_topic(settings.kafka, t["dlq"], stop_at_end=True, idle_timeout_s=60, decode=False))
+    classes = collections.Counter(r.headers.get("mystocks.error.class") for r in dlq)
+    return (f"missing by input partition {dict(where)}, offsets {offs[:3]}..{offs[-3:]}; DLQ {len(dlq)} {dict(classes)}, "
+            f"last messages {[r.headers.get('mystocks.error.message') for r in dlq[-2:]]}; committed "
+            f"{committed_total(settings, t['group'], t['input'])} of {output_high_watermark(settings, t['input'])} "
+            f"input records; last worker {summary}")
 
 
 def _params(rng: np.random.Generator, n: int) -> dict[str, MarketParams]:
@@ -135,7 +157,8 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
     scored = [rec for rec in read_topic(settings.kafka, t["scored"], stop_at_end=True, idle_timeout_s=60) if rec.value is not None]
     sched = [rec for rec in read_topic(settings.kafka, t["schedule"], stop_at_end=True, idle_timeout_s=60) if rec.value is not None]
     ids = [r.key for r in scored]
-    assert len(ids) == len(set(ids)) == len(good), f"{len(ids)} scores ({len(set(ids))} distinct) for {len(good)} orders"
+    assert len(ids) == len(set(ids)) == len(good), (f"{len(ids)} scores ({len(set(ids))} distinct) for {len(good)} orders; "
+                                                    + _explain_missing(settings, t, set(good) - set(ids), summary))
     assert sorted(r.key for r in sched) == sorted(good)
     by_sched = {r.key: r.value for r in sched}
     for rec in scored:
