@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
-from mystocks_gpu.data.topic_reader import read_topic
-from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.data.topic_reader import ConsumedRecord, read_topic
+from mystocks_gpu.infra.config import KafkaConfig, Settings
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.topics import TopicSpec
@@ -109,16 +109,17 @@ def finish(p: subprocess.Popen[str], timeout: float = 240) -> str:
     return out
 
 
-def read_outputs(settings: Settings, topic: str, expected: int, timeout: float = 30) -> pd.DataFrame:
-    """All read_committed records of an output topic as a frame, for a topic whose writers have
-    stopped: read up to the end offsets each partition has when reading starts (not "until nothing
-    arrived for a while", which stops early when a loaded broker pauses). ``expected == 0``: wait
-    ``timeout`` s for a record that should never come."""
-    if expected == 0:
-        recs = read_topic(settings.kafka, topic, max_records=1000, idle_timeout_s=timeout)
-    else:
-        recs = read_topic(settings.kafka, topic, stop_at_end=True, idle_timeout_s=max(timeout, 60))
-    return pd.DataFrame([dict(r.value, _p=r.partition, _o=r.offset) for r in recs])
+def read_finished(cfg: KafkaConfig, topic: str, **kw: Any) -> list[ConsumedRecord]:
+    """Every read_committed record of a topic whose writers have stopped: each partition up to the
+    end offset it has when reading starts (not "until nothing arrived for a while", which stops
+    early when a loaded broker pauses; the idle timeout is a 60 s backstop). ``kw``: more
+    :func:`read_topic` options (``decode``, ``codec``)."""
+    return list(read_topic(cfg, topic, stop_at_end=True, idle_timeout_s=60, **kw))
+
+
+def read_outputs(settings: Settings, topic: str) -> pd.DataFrame:
+    """All records of a finished output topic (:func:`read_finished`) as a frame."""
+    return pd.DataFrame([dict(r.value, _p=r.partition, _o=r.offset) for r in read_finished(settings.kafka, topic)])
 
 
 def reference(cols: dict[str, np.ndarray], names: list[str], keep: np.ndarray | None = None) -> pd.DataFrame:

@@ -37,6 +37,7 @@ from tests.integration.stream_helpers import (
     finish,
     kill9,
     output_high_watermark,
+    read_finished,
     wait_for,
 )
 
@@ -68,11 +69,10 @@ def _worker(t: dict[str, str], *extra: str, idle_exit: float = 4.0) -> subproces
 def _explain_missing(settings: Settings, t: dict[str, str], missing: set[str], summary: dict[str, object]) -> str:
     """For a failure message: where the orders without a score sit in the input (partition, offsets),
     what the DLQ holds by error class, the group's committed offsets and the last worker's summary."""
-    src = {r.key: (r.partition, r.offset) for r in read_topic(settings.kafka, t["input"], stop_at_end=True,
-                                                             idle_timeout_s=60, decode=False)}
+    src = {r.key: (r.partition, r.offset) for r in read_finished(settings.kafka, t["input"], decode=False)}
     where = collections.Counter(src[k][0] for k in missing if k in src)
     offs = sorted(src[k][1] for k in missing if k in src)
-    dlq = list(read_topic(settings.kafka, t["dlq"], stop_at_end=True, idle_timeout_s=60, decode=False))
+    dlq = list(read_finished(settings.kafka, t["dlq"], decode=False))
     classes = collections.Counter(r.headers.get("mystocks.error.class") for r in dlq)
     return (f"missing by input partition {dict(where)}, offsets {offs[:3]}..{offs[-3:]}; DLQ {len(dlq)} {dict(classes)}, "
             f"last messages {[r.headers.get('mystocks.error.message') for r in dlq[-2:]]}; committed "
@@ -154,8 +154,8 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["processor"] == "execution"
 
-    scored = [rec for rec in read_topic(settings.kafka, t["scored"], stop_at_end=True, idle_timeout_s=60) if rec.value is not None]
-    sched = [rec for rec in read_topic(settings.kafka, t["schedule"], stop_at_end=True, idle_timeout_s=60) if rec.value is not None]
+    scored = [rec for rec in read_finished(settings.kafka, t["scored"]) if rec.value is not None]
+    sched = [rec for rec in read_finished(settings.kafka, t["schedule"]) if rec.value is not None]
     ids = [r.key for r in scored]
     assert len(ids) == len(set(ids)) == len(good), (f"{len(ids)} scores ({len(set(ids))} distinct) for {len(good)} orders; "
                                                     + _explain_missing(settings, t, set(good) - set(ids), summary))
@@ -173,7 +173,7 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
             (want.score.executed_qty, want.score.unfilled_qty, want.score.unfilled_qty > 0)
         assert rec.timestamp_ms == ts // 1_000_000
 
-    dlq = list(read_topic(settings.kafka, t["dlq"], stop_at_end=True, idle_timeout_s=60, decode=False))
+    dlq = list(read_finished(settings.kafka, t["dlq"], decode=False))
     assert len(dlq) == len(bad) and len(ids) + len(dlq) == n  # every input: one score or one dead letter
     by_key = {d.key: d for d in dlq}
     for i, (value, cls, text) in bad.items():

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from prometheus_client import generate_latest
 
-from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.gpu_ops.features_config import FeatureConfig
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer
@@ -30,7 +29,7 @@ from mystocks_gpu.streams.stream_worker import StreamWorker
 from mystocks_gpu.topics import TopicSpec, get
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT, run_cli, wait_until
-from tests.integration.stream_helpers import finish, kill9, produce_ticks
+from tests.integration.stream_helpers import finish, kill9, produce_ticks, read_finished
 from tests.unit.reference_features import random_ticks, reference_bars
 
 CODEC = AvroCodec()
@@ -61,7 +60,7 @@ def _worker(inp: str, out: str, group: str, *extra: str) -> subprocess.Popen[str
 
 
 def _bars(settings: Settings, names: list[str]) -> pd.DataFrame:
-    rows = [r.value for r in read_topic(settings.kafka, "md.bars.7s", stop_at_end=True, idle_timeout_s=60)
+    rows = [r.value for r in read_finished(settings.kafka, "md.bars.7s")
             if r.value is not None and r.value["symbol"] in names]
     return pd.DataFrame(rows, columns=["symbol", "ts_event", "open", "high", "low", "close", "volume", "trades"])
 
@@ -105,11 +104,11 @@ def test_last_bars_close_on_idle_and_on_stop_exactly_once(settings: Settings, un
     np.testing.assert_array_equal(got["trades"].to_numpy(), want["trades"].to_numpy())
     for c in ("open", "high", "low", "close", "volume"):
         np.testing.assert_allclose(got[c].to_numpy(), want[c].to_numpy(), rtol=1e-12, err_msg=c)
-    dlq = [r for r in read_topic(settings.kafka, inp + ".dlq", stop_at_end=True, idle_timeout_s=60, decode=False)]
+    dlq = [r for r in read_finished(settings.kafka, inp + ".dlq", decode=False)]
     assert len(dlq) == 1, [r.headers for r in dlq]
     h = dlq[0].headers
     assert h["mystocks.error.class"] == "late" and "late for the 7s bar" in h["mystocks.error.message"], h
-    vectors = list(read_topic(settings.kafka, out, stop_at_end=True, idle_timeout_s=60))
+    vectors = list(read_finished(settings.kafka, out))
     assert len(vectors) == len(df) + 1  # every tick got its vector, the late one too, none twice
     # every vector carries the one config header (produced as a dict of headers: the same on the wire)
     assert all(list(dict(v.headers)) == ["mystocks.features.config"]

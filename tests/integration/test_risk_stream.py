@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.processors.risk.config import load_processor_config
@@ -25,6 +24,7 @@ from tests.integration.stream_helpers import (
     finish,
     kill9,
     output_high_watermark,
+    read_finished,
     wait_for,
 )
 from tests.risk_helpers import S, make_data, run_in_process, same, side_records
@@ -59,7 +59,7 @@ def _worker(t: dict[str, str], cfg: Path, group: str, *extra: str, idle_exit: fl
 
 
 def _read(settings: Settings, topic: str) -> list[dict[str, object]]:
-    return [r.value for r in read_topic(settings.kafka, topic, stop_at_end=True, idle_timeout_s=60)
+    return [r.value for r in read_finished(settings.kafka, topic)
             if r.value is not None]
 
 
@@ -149,7 +149,7 @@ def test_bad_positions_and_late_prices_go_to_the_dlq(settings: Settings, unique:
     _produce(settings, t["prices"], ticks)
     finish(_worker(t, cfg_path, f"g.{unique}", "--batch-records", "500", idle_exit=3.0))
 
-    dlq = list(read_topic(settings.kafka, t["positions"] + ".dlq", stop_at_end=True, idle_timeout_s=60, decode=False))
+    dlq = list(read_finished(settings.kafka, t["positions"] + ".dlq", decode=False))
     by_key = {r.key: r.headers for r in dlq}
     assert len(dlq) == len(bad), [r.key for r in dlq]
     assert by_key["bad-symbol"]["mystocks.error.class"] == "UnknownSymbol"
@@ -160,7 +160,7 @@ def test_bad_positions_and_late_prices_go_to_the_dlq(settings: Settings, unique:
     assert "key" in by_key["other-key"]["mystocks.error.message"]
     assert by_key["garbage"]["mystocks.error.class"] == "DecodeError"
     assert all(h["mystocks.source.topic"] == t["positions"] for h in by_key.values())
-    late = list(read_topic(settings.kafka, t["prices"] + ".dlq", stop_at_end=True, idle_timeout_s=60, decode=False))
+    late = list(read_finished(settings.kafka, t["prices"] + ".dlq", decode=False))
     assert [r.headers["mystocks.error.class"] for r in late] == ["late"]
     assert late[0].raw == late_val
     metrics = _read(settings, t["metrics"])

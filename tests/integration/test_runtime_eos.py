@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 
-from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.infra.stack import LocalStack
@@ -25,6 +24,7 @@ from tests.integration.stream_helpers import (
     make_topics,
     output_high_watermark,
     produce_ticks,
+    read_finished,
     read_outputs,
     reference,
     start_paced,
@@ -62,7 +62,7 @@ def test_crash_sigkill_many_times_is_exactly_once(settings: Settings, unique: st
         kills += 1
     assert kills >= 5, "the worker finished before it could be killed 5 times; raise the input size"
     finish(start_worker(t, "w1", *args))
-    got = read_outputs(settings, t.output, 200_000)
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))
 
 
@@ -98,7 +98,7 @@ def test_rebalance_survivor_takes_over(settings: Settings, unique: str) -> None:
     out = finish(a, timeout=300)
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["assignments"] >= 2, summary  # the survivor was assigned the dead member's partitions
-    got = read_outputs(settings, t.output, 120_000)
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))
 
 
@@ -114,7 +114,7 @@ def test_broker_restart_mid_stream(settings: Settings, unique: str, stack: Local
     t1 = time.monotonic()
     out = finish(w, timeout=300)
     print(f"broker restart {t1 - t0:.1f} s, worker finished {time.monotonic() - t1:.1f} s later: {out}")
-    got = read_outputs(settings, t.output, 60_000)
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))
 
 
@@ -144,9 +144,9 @@ def test_poison_records_go_to_dlq_with_headers(settings: Settings, unique: str) 
     finish(start_worker(t, "wp", idle_exit=5))
     keep = np.ones(n, bool)
     keep[bad] = False
-    got = read_outputs(settings, t.output, n - len(bad))
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names, keep))
-    dlq = list(read_topic(settings.kafka, t.dlq, stop_at_end=True, idle_timeout_s=60, decode=False))
+    dlq = list(read_finished(settings.kafka, t.dlq, decode=False))
     assert len(dlq) == len(bad) and len(got) + len(dlq) == n  # outputs + DLQ = inputs, exactly
     by_offset = {(d.headers["mystocks.source.partition"], d.headers["mystocks.source.offset"]): d for d in dlq}
     assert len(by_offset) == len(bad)
@@ -225,5 +225,5 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_metrics(settings
     assert pacer.result(120) == n - head
     second = json.loads(finish(start_worker(t, "wt", idle_exit=6)).strip().splitlines()[-1])
     assert first["records_in"] + second["records_in"] == n  # nothing re-read: the stop committed
-    got = read_outputs(settings, t.output, n)
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))

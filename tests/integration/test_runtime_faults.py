@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 from confluent_kafka import KafkaException
 
-from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer
 from mystocks_gpu.infra.stack import LocalStack
@@ -42,6 +41,7 @@ from tests.integration.stream_helpers import (
     make_topics,
     output_high_watermark,
     produce_ticks,
+    read_finished,
     read_outputs,
     reference,
     start_worker,
@@ -97,7 +97,7 @@ def skewed_input(n: int, seed: int) -> SkewedInput:
 
 
 def assert_dlq_exactly(settings: Settings, t: Topics, poison: list[bytes]) -> None:
-    dlq = list(read_topic(settings.kafka, t.dlq, stop_at_end=True, idle_timeout_s=60, decode=False))
+    dlq = list(read_finished(settings.kafka, t.dlq, decode=False))
     assert len(dlq) == len(poison), f"{len(dlq)} dead letters for {len(poison)} poison records"
     assert sorted(bytes(d.raw or b"") for d in dlq) == sorted(poison)
     locs = {(d.headers["mystocks.source.partition"], d.headers["mystocks.source.offset"]) for d in dlq}
@@ -113,7 +113,7 @@ def test_injected_aborts_with_forming_batches_lose_and_duplicate_nothing(setting
             "--inject-faults", "begin=0.05,produce=0.08,offsets=0.12,commit=0.2;seed=5")
     out = finish(start_worker(t, "wf", *args, idle_exit=8), timeout=400)
     s = summaries(out)[-1]
-    got = read_outputs(settings, t.output, 60_000)
+    got = read_outputs(settings, t.output)
     assert s["aborts"] >= 12, s  # many injected failures actually happened
     assert s["restores"] == s["assignments"], s  # aborts restore from memory, not from the changelog
     assert_exactly_once_equal(got, reference(data.cols, data.names))
@@ -137,7 +137,7 @@ def test_crash_with_dirty_state_never_commits_it(settings: Settings, unique: str
         assert "injected crash" in err, err[-2000:]
         crashes += 1
     assert crashes >= 3, "too few crashes to prove anything"
-    got = read_outputs(settings, t.output, 30_000)
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))
 
 
@@ -152,7 +152,7 @@ def test_a_transaction_timed_out_by_the_coordinator_is_survived(settings: Settin
                               "--inject-faults", "stall=0.08;seed=4;stall_s=6", idle_exit=8), timeout=400)
     s = summaries(out)[-1]
     assert s["producer_recoveries"] >= 1 and s["aborts"] >= 1, s
-    got = read_outputs(settings, t.output, 20_000)
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))
 
 
@@ -190,7 +190,7 @@ def test_broker_pauses_and_group_churn(settings: Settings, unique: str, stack: L
             out_b += bo
     out = finish(a, timeout=400)
     aborts = sum(s["aborts"] for s in summaries(out) + summaries(out_b))
-    got = read_outputs(settings, t.output, n)
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(data.cols, data.names))
     assert_dlq_exactly(settings, t, data.poison)
     print(f"broker pauses {pauses}, members joined/left {rounds}, aborts seen {aborts}: lost 0, duplicated 0")
@@ -226,7 +226,7 @@ def test_zombie_with_the_same_transactional_id_is_fenced(settings: Settings, uni
     assert zombie.returncode == 0 or "another worker with transactional id" in zerr, zerr[-2000:]
     _, serr = successor.communicate(timeout=300)
     assert successor.returncode == 0, f"successor exit {successor.returncode}\n{serr[-3000:]}\n--- zombie\n{zerr[-3000:]}"
-    got = read_outputs(settings, t.output, 80_000)
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))
 
 
@@ -249,7 +249,7 @@ def test_consumer_group_protocol_survives_sigkill(settings: Settings, unique: st
     # a KIP-848 member's partitions move only after the broker-side session timeout (6 s on the
     # local stack): the last incarnation waits long enough to get them
     finish(start_worker(t, "wk", *args, idle_exit=20), timeout=300)
-    got = read_outputs(settings, t.output, 60_000)
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))
 
 
@@ -281,9 +281,9 @@ def test_oversized_records_go_to_the_dlq_and_the_rest_goes_on(settings: Settings
     out = finish(start_worker(t, "wo", idle_exit=6), timeout=200)
     s = summaries(out)[-1]
     assert s["aborts"] == 0 and s["records_in"] == len(values) + 3, s
-    got = read_outputs(settings, t.output, len(values))
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))
-    dlq = list(read_topic(settings.kafka, t.dlq, stop_at_end=True, idle_timeout_s=60, decode=False))
+    dlq = list(read_finished(settings.kafka, t.dlq, decode=False))
     by_key = {d.key: d for d in dlq}
     assert len(dlq) == 3 and set(by_key) == {"H", "L", "W"}
     h, lng, w = by_key["H"], by_key["L"], by_key["W"]
@@ -358,7 +358,7 @@ def test_backpressure_pauses_partitions_and_the_setting_takes_effect(settings: S
     tight = summaries(finish(start_worker(t, "bp", "--at-least-once", "--max-buffered-records", "50",
                                           idle_exit=5), timeout=200))[-1]
     assert tight["pauses"] > 0, tight
-    got = read_outputs(settings, t.output, 20_000)
+    got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))
     t2 = make_topics(settings, unique + "b", partitions=2)
     produce_ticks(settings, t2.input, cols, names)
@@ -385,7 +385,7 @@ def test_at_least_once_sigkill_loses_nothing(settings: Settings, unique: str) ->
         kills += 1
     finish(start_worker(t, "wa", *args, idle_exit=8), timeout=300)
     assert kills >= 1, "the worker finished before it could be killed"
-    got = read_outputs(settings, t.output, 80_000)
+    got = read_outputs(settings, t.output)
     ref = reference(cols, names)
     missing = set(zip(ref["symbol"], ref["seq"], strict=True)) - set(zip(got["symbol"], got["seq"], strict=True))
     assert not missing, f"{len(missing)} inputs without an output"
@@ -432,7 +432,7 @@ def test_at_least_once_commits_do_not_wait_and_aborts_restore_unsettled_state(se
             kill9(w)
     assert s["aborts"] >= 5, s  # many injected failures actually happened
     assert s["commit_waits"] < s["commits"], s  # commits that landed without stalling the loop
-    got = read_outputs(settings, t.output, 2 * n)
+    got = read_outputs(settings, t.output)
     ref = reference(cols, names)
     missing = set(zip(ref["symbol"], ref["seq"], strict=True)) - set(zip(got["symbol"], got["seq"], strict=True))
     assert not missing, f"{len(missing)} inputs without an output"

@@ -10,7 +10,6 @@ import random
 
 from confluent_kafka import Producer
 
-from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer
@@ -18,11 +17,12 @@ from mystocks_gpu.streams.commit_protocol import CommitProtocol
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, RuntimeConfig
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
+from tests.integration.stream_helpers import read_finished
 
 
 def _records(topic: str, settings: Settings) -> list[tuple[int, str | None, bytes | None, int, dict[str, str]]]:
     return [(r.partition, r.key, r.raw, r.timestamp_ms, r.headers)
-            for r in read_topic(settings.kafka, topic, decode=False, stop_at_end=True, idle_timeout_s=60)]
+            for r in read_finished(settings.kafka, topic, decode=False)]
 
 
 def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_queues(

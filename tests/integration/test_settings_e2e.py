@@ -36,7 +36,14 @@ from mystocks_gpu.schemas.batch_codec import BatchEncoder
 from mystocks_gpu.schemas.schema_store import read_manifest
 from tests.conftest import ROOT, run_cli
 from tests.integration.jobs_plane import free_port, http
-from tests.integration.stream_helpers import finish, make_topics, reference, start_worker, synthetic
+from tests.integration.stream_helpers import (
+    finish,
+    make_topics,
+    read_finished,
+    reference,
+    start_worker,
+    synthetic,
+)
 from tests.registry_server import serve_registry
 
 
@@ -74,7 +81,7 @@ def test_run_aggregate_decodes_and_encodes_with_registry_ids(settings: Settings,
     out = finish(start_worker(t, "reg-1", idle_exit=5.0))
     assert json.loads(out.strip().splitlines()[-1])["dlq"] == 0  # every registry-framed tick understood
 
-    raw = list(read_topic(settings.kafka, t.output, decode=False, stop_at_end=True, idle_timeout_s=60))
+    raw = list(read_finished(settings.kafka, t.output, decode=False))
     assert len(raw) == 3_000 and _frame_ids([r.raw for r in raw]) == {agg_id}  # outputs carry registry ids
     codec = AvroCodec(store)
     got = pd.DataFrame([codec.decode(r.raw) for r in raw])

@@ -26,7 +26,7 @@ from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT, wait_until
-from tests.integration.stream_helpers import committed_total
+from tests.integration.stream_helpers import committed_total, read_finished
 
 CODEC = AvroCodec()
 FEATS = ["f1", "f2", "f3"]
@@ -112,8 +112,7 @@ def test_sigkill_mid_stream_across_a_hot_swap_then_a_corrupt_version(settings: S
         if w.poll() is None:
             os.killpg(w.pid, signal.SIGKILL)
     total = n_a + n_b + n_c
-    got = pd.DataFrame([dict(r.value) for r in read_topic(settings.kafka, f"signals.{name}", stop_at_end=True,
-                                                          idle_timeout_s=60)])
+    got = pd.DataFrame([dict(r.value) for r in read_finished(settings.kafka, f"signals.{name}")])
     # exactly once: one output per input vector
     assert len(got) == total and got["seq"].is_unique and set(got["seq"]) == set(range(total))
     # every score is the predict of the version it names, bit for bit (NaN where a feature is NaN)
@@ -128,8 +127,7 @@ def test_sigkill_mid_stream_across_a_hot_swap_then_a_corrupt_version(settings: S
     assert (ver.loc[range(n_a)] == 1).all()  # v2 was published after part A was committed
     assert (ver.loc[range(n_a + n_b, total)] == 2).all()  # the corrupt v3 never scored
     # per input partition, versions never decrease in offset order: one cut
-    src = [(r.partition, r.offset, r.value["seq"]) for r in read_topic(settings.kafka, topic, stop_at_end=True,
-                                                                       idle_timeout_s=60)]
+    src = [(r.partition, r.offset, r.value["seq"]) for r in read_finished(settings.kafka, topic)]
     for p in {s[0] for s in src}:
         seqs = [s[2] for s in sorted(x for x in src if x[0] == p)]
         assert np.all(np.diff(ver.loc[seqs].to_numpy()) >= 0), f"partition {p}: the version went back"

@@ -192,11 +192,10 @@ def test_end_to_end_ticks_features_train_signals_backtest(plane: Plane, settings
     The scores equal the published model's predict on the replayed vectors; the backtest equals the
     engine run on bars and scores aligned here with pandas."""
     from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
-    from mystocks_gpu.data.topic_reader import read_topic
     from mystocks_gpu.gpu_ops.backtest import run_backtest
     from mystocks_gpu.processors.backtest.spec import BacktestSpec
     from mystocks_gpu.processors.training.model_registry import get_model
-    from tests.integration.stream_helpers import produce_ticks
+    from tests.integration.stream_helpers import produce_ticks, read_finished
 
     seed = 4000 + int(unique[:4], 16) % 1000
     start = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=20)).value  # the latest event times (see `data`)
@@ -227,8 +226,8 @@ def test_end_to_end_ticks_features_train_signals_backtest(plane: Plane, settings
     r = run_cli("run", "signals", "--model", name, "--input-topic", feats, "--group", f"g.s.{unique}",
                 "--idle-exit", "4", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    vectors = [x.value for x in read_topic(settings.kafka, feats, stop_at_end=True, idle_timeout_s=60)]
-    sig = pd.DataFrame([x.value for x in read_topic(settings.kafka, f"signals.{name}", stop_at_end=True, idle_timeout_s=60)])
+    vectors = [x.value for x in read_finished(settings.kafka, feats)]
+    sig = pd.DataFrame([x.value for x in read_finished(settings.kafka, f"signals.{name}")])
     assert len(sig) == len(vectors) == 20_000 and set(sig["model_version"]) == {1}
     assert not sig.duplicated(["symbol", "seq"]).any()  # a tick's seq is per symbol
     mv = get_model(settings.kafka, name)
@@ -245,7 +244,7 @@ def test_end_to_end_ticks_features_train_signals_backtest(plane: Plane, settings
           "signal_topic": f"signals.{name}", "signal_column": "score", "fees": 0.0, "n_curves": 1}
     done = plane.wait(plane.submit("backtest", bt, bypass_cache=True), {"succeeded", "failed"}, timeout=600)
     assert done["state"] == "succeeded", done
-    bars = pd.DataFrame([x.value for x in read_topic(settings.kafka, "md.bars.1s", stop_at_end=True, idle_timeout_s=60)
+    bars = pd.DataFrame([x.value for x in read_finished(settings.kafka, "md.bars.1s")
                          if x.value and x.value["symbol"] in set(names) and t0 <= x.value["ts_event"] < t1])
     bars = bars.drop_duplicates(["symbol", "ts_event"], keep="last")
     ts = np.sort(bars["ts_event"].unique())

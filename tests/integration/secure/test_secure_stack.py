@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.infra.config import load_settings
 from mystocks_gpu.infra.stack_secure import SecureStack
 from mystocks_gpu.schemas import schema_store
 from mystocks_gpu.streams.dead_letters import H_ERROR_CLASS, H_ERROR_MESSAGE
 from tests.conftest import ROOT, run_cli, wait_until
+from tests.integration.stream_helpers import read_finished
 from tests.integration.test_backtest_job import _key, _published
 
 DAY = 86_400 * 10**9
@@ -158,8 +158,8 @@ def test_features_pipeline_as_principals(secure_stack: SecureStack) -> None:
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["records_in"] == len(items) and summary["dlq"] == len(bad)
     admin = _settings(secure_stack, "admin")
-    feats = list(read_topic(admin.kafka, "features.ticks", stop_at_end=True, idle_timeout_s=60))
-    dlq = list(read_topic(admin.kafka, "md.ticks.dlq", decode=False, stop_at_end=True, idle_timeout_s=60))
+    feats = list(read_finished(admin.kafka, "features.ticks"))
+    dlq = list(read_finished(admin.kafka, "md.ticks.dlq", decode=False))
     # every good tick has exactly one feature vector (by symbol + seq), nothing else came out
     want = sorted((k.decode(), rec["seq"]) for k, rec in ticks)
     assert sorted((m.key, m.value["seq"]) for m in feats) == want
