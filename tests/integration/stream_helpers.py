@@ -103,9 +103,9 @@ def kill9(p: subprocess.Popen[str]) -> None:
 
 
 def finish(p: subprocess.Popen[str], timeout: float = 240) -> str:
-    """Wait for a worker to exit cleanly; returns its stdout."""
+    """Wait for a worker to exit cleanly; returns its stdout (stderr, when a pipe, is in the failure)."""
     out, err = p.communicate(timeout=timeout)
-    assert p.returncode == 0, f"worker exit {p.returncode}\n{err[-3000:]}"
+    assert p.returncode == 0, f"worker exit {p.returncode}\n{(err or '(stderr not piped)')[-3000:]}"
     return out
 
 

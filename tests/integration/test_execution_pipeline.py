@@ -58,17 +58,40 @@ def _topics(settings: Settings, unique: str) -> dict[str, str]:
     return t
 
 
-def _worker(t: dict[str, str], *extra: str, idle_exit: float = 4.0) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "mystocks_gpu.cli", "--log-level", "WARNING", "run", "execution", "--group", t["group"],
-           "--worker-id", "x1", "--input-topic", t["input"], "--output-topic", t["scored"], "--idle-exit",
-           str(idle_exit), *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "MYSTOCKS_BACKEND": "cpu"})
+def _worker(t: dict[str, str], log: Path, *extra: str, idle_exit: float = 4.0) -> subprocess.Popen[str]:
+    """A worker whose JSON log (INFO: assignments, restores, aborts) goes to ``log``, for a failure
+    message; its stdout (the summary) stays a pipe."""
+    cmd = [sys.executable, "-m", "mystocks_gpu.cli", "--log-format", "json", "--log-level", "INFO", "run", "execution",
+           "--group", t["group"], "--worker-id", "x1", "--input-topic", t["input"], "--output-topic", t["scored"],
+           "--idle-exit", str(idle_exit), *extra]
+    with log.open("w") as err:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True, env={**os.environ, "MYSTOCKS_BACKEND": "cpu"})
 
 
-def _explain_missing(settings: Settings, t: dict[str, str], missing: set[str], summary: dict[str, object]) -> str:
+def _log_story(logs: list[Path]) -> str:
+    """The lines of each worker's log that tell what happened to partitions: assignments,
+    revocations, restores (keys per partition), aborts, losses, warnings and errors."""
+    lines = []
+    for k, path in enumerate(logs):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                lines.append(f"w{k} {line[:300]}")
+                continue
+            msg = str(rec.get("msg") or rec.get("message") or "")
+            if rec.get("level") in ("WARNING", "ERROR", "CRITICAL") or msg in ("assigned", "revoked", "state restored"):
+                extra = {k2: v for k2, v in rec.items() if k2 not in ("ts", "time", "logger", "level", "msg", "message")}
+                lines.append(f"w{k} {rec.get('level')} {msg} {extra}"[:400])
+    return "\n".join(lines[-60:])
+
+
+def _explain_missing(settings: Settings, t: dict[str, str], missing: set[str], summary: dict[str, object],
+                     logs: list[Path]) -> str:
     """For a failure message: where the orders without a score sit in the input (partition, offsets),
-    what the DLQ holds by error class, the group's committed offsets and the last worker's summary."""
+    what the DLQ holds by error class, the group's committed offsets, the last worker's summary and
+    what every worker's log says about partitions (:func:`_log_story`)."""
     src = {r.key: (r.partition, r.offset) for r in read_finished(settings.kafka, t["input"], decode=False)}
     where = collections.Counter(src[k][0] for k in missing if k in src)
     offs = sorted(src[k][1] for k in missing if k in src)
@@ -77,7 +100,7 @@ def _explain_missing(settings: Settings, t: dict[str, str], missing: set[str], s
     return (f"missing by input partition {dict(where)}, offsets {offs[:3]}..{offs[-3:]}; DLQ {len(dlq)} {dict(classes)}, "
             f"last messages {[r.headers.get('mystocks.error.message') for r in dlq[-2:]]}; committed "
             f"{committed_total(settings, t['group'], t['input'])} of {output_high_watermark(settings, t['input'])} "
-            f"input records; last worker {summary}")
+            f"input records; last worker {summary}\nworker logs:\n{_log_story(logs)}")
 
 
 def _params(rng: np.random.Generator, n: int) -> dict[str, MarketParams]:
@@ -139,18 +162,23 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
     kills = 0
     args = ("--batch-records", "25", "--linger-ms", "5", "--commit-interval-ms", "0")  # a transaction per batch: seconds of work
     prng = random.Random(5)
+    logs: list[Path] = []
     while kills < 3:
-        before = output_high_watermark(settings, t["scored"])
-        w = _worker(t, *args)
-        assert wait_for(lambda b=before, w=w: output_high_watermark(settings, t["scored"]) > b or w.poll() is not None,
-                        120), "the worker made no progress within 120 s"
+        # progress = a transaction of THIS worker committed input offsets (the output's high watermark
+        # is no sign: the abort markers of the predecessor's open transaction raise it at start-up)
+        before = committed_total(settings, t["group"], t["input"], partitions=4)
+        logs.append(tmp_path / f"worker{len(logs)}.log")
+        w = _worker(t, logs[-1], *args)
+        assert wait_for(lambda b=before, w=w: committed_total(settings, t["group"], t["input"], partitions=4) > b
+                        or w.poll() is not None, 120), "the worker made no progress within 120 s"
         time.sleep(prng.uniform(0.2, 1.5))
         if w.poll() is not None:
             break
         kill9(w)
         kills += 1
     assert kills == 3, "the worker finished before it could be killed 3 times; raise n"
-    out = finish(_worker(t, *args))
+    logs.append(tmp_path / f"worker{len(logs)}.log")
+    out = finish(_worker(t, logs[-1], *args))
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["processor"] == "execution"
 
@@ -158,7 +186,7 @@ def test_execution_processor_is_exactly_once_under_sigkill_and_dead_letters_bad_
     sched = [rec for rec in read_finished(settings.kafka, t["schedule"]) if rec.value is not None]
     ids = [r.key for r in scored]
     assert len(ids) == len(set(ids)) == len(good), (f"{len(ids)} scores ({len(set(ids))} distinct) for {len(good)} orders; "
-                                                    + _explain_missing(settings, t, set(good) - set(ids), summary))
+                                                    + _explain_missing(settings, t, set(good) - set(ids), summary, logs))
     assert sorted(r.key for r in sched) == sorted(good)
     by_sched = {r.key: r.value for r in sched}
     for rec in scored:
