@@ -39,6 +39,7 @@ compare old and new code under the same load in one run; such a worker has no st
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -125,6 +126,16 @@ def group_stable(s: Any, group: str, members: int) -> bool:
         return False
     return (desc.state == ConsumerGroupState.STABLE and len(desc.members) == members
             and all(m.assignment and m.assignment.topic_partitions for m in desc.members))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/PID/stat``; 0 where there is none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def quantiles(a_ms: np.ndarray) -> dict[str, float | None]:
@@ -288,6 +299,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
             time.sleep(0.5)
         warm_up(s, topic, cons, 2000, args.symbols, 180, "feature vectors")
         C.freeze_heap()
+        cpu0 = [cpu_seconds(p.pid) for p in procs]
         producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s)
         pout: dict[str, Any] | None = None
         e2e, to_worker, in_worker, to_cons = (np.empty(int(rate * seconds) + 10_000, np.int64) for _ in range(4))
@@ -313,6 +325,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                 t_last = time.perf_counter()
                 if t_first is None:
                     t_first = t_last
+        cpu = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True))
         pout = pout or load_report(producer) or {}
         if tree is None:
             for port in ports:
@@ -344,7 +357,11 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                            "out_rate": k / (t_last - t_first) if t_first and t_last and t_last > t_first else None,
                            **quantiles(ms["e2e"]),
                            "parts": {name: quantiles(a) for name, a in ms.items() if name != "e2e"},
-                           "worker_summaries": outs, "loadavg_1min": C.machine()["loadavg_1min"]}
+                           "worker_summaries": outs, "loadavg_1min": C.machine()["loadavg_1min"],
+                           # the worker processes' CPU from the load's start to the last output received, per
+                           # 1,000 offered ticks (ramp included): what a tick costs the worker, steadier than
+                           # latency on a shared machine
+                           "worker_cpu_ms_per_1k": 1e6 * cpu / (rate * (seconds + args.ramp_s))}
     if stages:
         tab = stage_table(stages)
         res["stages"] = tab

@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,8 @@ from mystocks_gpu.streams.processor import (
 NS = 10**9
 _UNITS = ((86_400 * NS, "d"), (3600 * NS, "h"), (60 * NS, "m"), (NS, "s"), (10**6, "ms"))
 FEATURES_HEADER = "mystocks.features.config"
+#: the decoded tick columns a batch carries to :meth:`TickFeaturesProcessor.process`
+_TICK_FIELDS = ("sym", "ts", "seq", "kind", "price", "size", "side", "bid", "ask", "bid_size", "ask_size")
 BARS_HEADER = "mystocks.bars.config"
 
 
@@ -202,16 +205,39 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         self._row_layout: tuple[list[tuple[str, str, np.dtype, tuple[int, ...]]], int] | None = None
 
     # ---- decode ------------------------------------------------------------------------------
-    def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
-               partition: int, ingest_ns: int) -> Decoded:
+    def _decoder(self, symbols: SymbolTable) -> TickDecoder:
         dec = self._decoders.get(id(symbols))
         if dec is None:
             dec = self._decoders[id(symbols)] = TickDecoder(self.store, symbols=symbols)
-        d = dec.decode(values, validate=True)
-        cols = {k: d.columns[k] for k in ("sym", "ts", "seq", "kind", "price", "size", "side", "bid", "ask",
-                                         "bid_size", "ask_size")}
+        return dec
+
+    def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
+               partition: int, ingest_ns: int) -> Decoded:
+        d = self._decoder(symbols).decode(values, validate=True)
+        cols = {k: d.columns[k] for k in _TICK_FIELDS}
         return Decoded(Columns(cols, symbols, index[d.index], partition, ingest_ns),
                        decode_errors_to_rejected(index, d.status, status_message))
+
+    def decode_partitions(self, values: Sequence[bytes | None], parts: Mapping[int, list[int]],
+                          symbols: SymbolTable, ingest_ns: int) -> dict[int, Decoded]:
+        """Every partition's rows in ONE decoder call (decoding keeps no state across rows), then split
+        into per-partition views: a call costs ~0.2 ms whatever its size, which at a few dozen ticks
+        per partition and batch was most of the decode time. Same result as :meth:`decode` per
+        partition (symbols are interned in the same order: the partitions' rows in turn)."""
+        if len(parts) < 2:
+            return super().decode_partitions(values, parts, symbols, ingest_ns)
+        index = np.fromiter(chain.from_iterable(parts.values()), np.int64)
+        d = self._decoder(symbols).decode(list(map(values.__getitem__, index.tolist())), validate=True)
+        bounds = np.cumsum([0, *map(len, parts.values())])
+        cuts = np.searchsorted(d.index, bounds).tolist()  # the good rows of each partition
+        good = index[d.index]
+        out = {}
+        for j, partition in enumerate(parts):
+            a, b, lo, hi = cuts[j], cuts[j + 1], int(bounds[j]), int(bounds[j + 1])
+            cols = {k: d.columns[k][a:b] for k in _TICK_FIELDS}
+            out[partition] = Decoded(Columns(cols, symbols, good[a:b], partition, ingest_ns),
+                                     decode_errors_to_rejected(index[lo:hi], d.status[lo:hi], status_message))
+        return out
 
     # ---- state -------------------------------------------------------------------------------
     def initial_state(self) -> FeaturesState:

@@ -232,10 +232,11 @@ class CommitProtocol:
 
     def send_many(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int],
                   headers: list[tuple[str, bytes]] | None = None,
-                  on_last_delivered: Callable[..., None] | None = None) -> None:
+                  on_last_delivered: Callable[..., None] | None = None, partition: int | None = None) -> None:
         """Produce records in order, one ``produce()`` call each (``headers`` on every one, passed
-        as :func:`header_arg` makes them; the delivery callback on the last); a full producer queue
-        waits as :meth:`send` does.
+        as :func:`header_arg` makes them; the delivery callback on the last; all to ``partition``
+        when given, else the partitioner picks by key); a full producer queue waits as :meth:`send`
+        does.
 
         The calls run from C: ``map`` over the argument columns, with the arguments positional
         (``topic, value, key, partition, on_delivery, callback, timestamp, headers``). A Python
@@ -254,15 +255,16 @@ class CommitProtocol:
             vals = iter(values if i == 0 else values[i:last])
             ks, ts = (keys, ts_ms) if i == 0 else (keys[i:last], ts_ms[i:last])
             try:
-                _drain(map(self.producer.produce, repeat(topic, last - i), vals, ks, _UNASSIGNED, _NONE, _NONE, ts,
-                           repeat(hdrs)))
+                _drain(map(self.producer.produce, repeat(topic, last - i), vals, ks,
+                           _UNASSIGNED if partition is None else repeat(partition), _NONE, _NONE, ts, repeat(hdrs)))
                 i = last
             except BufferError:
                 sent = (n if i == 0 else last) - i - length_hint(vals) - 1  # the failed one was taken
                 i += sent
-                self.send(topic, keys[i], values[i], ts_ms[i], headers=hdrs)
+                self.send(topic, keys[i], values[i], ts_ms[i], partition=partition, headers=hdrs)
                 i += 1
-        self.send(topic, keys[last], values[last], ts_ms[last], headers=hdrs, on_delivery=on_last_delivered)
+        self.send(topic, keys[last], values[last], ts_ms[last], partition=partition, headers=hdrs,
+                  on_delivery=on_last_delivered)
 
     def dead_letter(self, key: bytes | None, value: bytes | None, ts_ms: int, headers: list[tuple[str, bytes]],
                     dlq: str | None = None) -> None:
@@ -324,14 +326,19 @@ class CommitProtocol:
             codes = np.unique(np.concatenate(chunks))
             entries = written.setdefault(partition, {})
             limit = self.max_bytes.get(self.states.changelog, 1 << 20) - RECORD_OVERHEAD
-            for key, value in self.processor.changelog_entries(state, codes, self.states.symbols):
+            pairs = self.processor.changelog_entries(state, codes, self.states.symbols)
+            for key, value in pairs:
                 if len(key) + len(value) > limit:
                     self.failed = True
                     raise FatalRuntimeError(
                         f"changelog entry of {self.processor.name} is {len(key) + len(value)} bytes, over the limit of "
                         f"{self.states.changelog} ({limit} bytes): raise its max.message.bytes or split the state by key")
-                self.send(self.states.changelog, key, value, ts_ms, partition=partition)
-                entries[key] = value
+            if pairs:
+                # one entry per touched symbol: at a few thousand ticks per commit that is as many records
+                # as the outputs, so they go through send_many's C loop as well
+                keys, values = (list(col) for col in zip(*pairs, strict=True))
+                self.send_many(self.states.changelog, keys, values, [ts_ms] * len(pairs), partition=partition)
+                entries.update(pairs)
         return written
 
     def commit(self, sync: bool = False) -> bool:

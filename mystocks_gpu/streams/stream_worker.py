@@ -480,22 +480,21 @@ class StreamWorker:
         self._observe_wait(batch, close_ns)
         out = Outputs()
         side_rejects = self._apply_side() if self.side is not None else []
-        decode_s = process_s = 0.0
         ts_ms = np.asarray(batch.timestamps_ms, np.int64)
+        parts: dict[int, list[int]] = {}
         for partition, idx_list in batch.by_partition().items():
             if partition not in self.states.states:
                 continue  # revoked while the batch was forming
             idx_list = self._drop_oversized(batch, idx_list, out)
-            if not idx_list:
-                continue
-            idx = np.asarray(idx_list, np.int64)
-            self._advance_event_clock(partition, int(ts_ms[idx].max()), t0)
-            t_dec = self.clock.monotonic()
-            with log_context(partition=partition):  # on every log line of decode/process (JSON logs)
-                decoded = self.processor.decode(list(map(batch.values.__getitem__, idx_list)), idx, self.symbols, partition,
-                                                ingest_ns)
-                t_proc = self.clock.monotonic()
-                decode_s += t_proc - t_dec
+            if idx_list:
+                self._advance_event_clock(partition, int(ts_ms[idx_list].max()), t0)
+                parts[partition] = idx_list
+        t_dec = self.clock.monotonic()
+        decoded_parts = self.processor.decode_partitions(batch.values, parts, self.symbols, ingest_ns) if parts else {}
+        t_proc = self.clock.monotonic()
+        decode_s = t_proc - t_dec
+        for partition, decoded in decoded_parts.items():
+            with log_context(partition=partition):  # on every log line of process (JSON logs)
                 out.rejected.extend(decoded.rejected)
                 if len(decoded.columns):
                     part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
@@ -503,7 +502,7 @@ class StreamWorker:
                     # recorded at once: whatever fails next, an abort restores this partition
                     self.protocol.touch(partition, decoded.columns.columns["sym"])
                     out.extend(part_out)
-            process_s += self.clock.monotonic() - t_proc
+        process_s = self.clock.monotonic() - t_proc
         self.protocol.processed(batch)
         self.protocol.inject("crash")  # tests: an unexpected exception after states were replaced
         t_prod = self.clock.monotonic()

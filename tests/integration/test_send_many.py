@@ -1,8 +1,9 @@
 """``CommitProtocol.send_many`` on the real broker: the C-level ``map`` over positional
 ``produce()`` arguments must put every record on the wire exactly once, in order, with its key,
-event timestamp and headers, in the partition the default partitioner picks for its key, and
-must resume at the right record after ``BufferError`` (a producer queue of 7 messages, never
-polled by the caller, fills on every few records)."""
+event timestamp and headers, in the partition the default partitioner picks for its key (or
+the one given, as changelog entries are sent), and must resume at the right record after
+``BufferError`` (a producer queue of 7 messages, never polled by the caller, fills on every few
+records)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _records(topic: str, settings: Settings) -> list[tuple[int, str | None, byte
 
 def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_queues(
         settings: Settings, unique: str) -> None:
-    topics = [f"t.sm.{unique}.{k}" for k in ("ours", "plain", "hdr")]
+    topics = [f"t.sm.{unique}.{k}" for k in ("ours", "plain", "hdr", "pinned")]
     TopicAdmin(settings.kafka).create([TopicSpec(t, "symbol", None, partitions=5, dlq=False) for t in topics])
     rng = random.Random(3)
     n = 2_000
@@ -52,6 +53,7 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
     proto.send_many(topics[0], keys, values, ts, on_last_delivered=lambda err, msg: delivered.append(msg.value()))
     proto.send_many(topics[2], keys[:300], values[:300], ts[:300], headers=[("a.first", b"1"), ("b.second", b"22")])
     proto.send_many(topics[2], [], [], [])  # nothing to send: no call at all
+    proto.send_many(topics[3], keys[:700], values[:700], ts[:700], partition=3)  # the changelog's way: one partition
     tiny.flush(30)
     assert delivered == [values[-1]]  # the callback rides on the last record only
     assert len(waited) > 100  # the queue was full again and again: the resume path ran
@@ -74,3 +76,6 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
     hdr = _records(topics[2], settings)
     assert sorted((r[2], r[3]) for r in hdr) == sorted(zip(values[:300], ts[:300], strict=True))
     assert all(r[4] == {"a.first": "1", "b.second": "22"} for r in hdr)
+    pinned = _records(topics[3], settings)  # every record in partition 3, whatever its key, in input order
+    assert [(r[0], r[1], r[2], r[3]) for r in pinned] == \
+        [(3, k.decode() if k is not None else None, v, t) for k, v, t in zip(keys[:700], values[:700], ts[:700], strict=True)]

@@ -85,3 +85,43 @@ def test_gpu_processor_equals_cpu_processor_across_changelog_restores() -> None:
                                            rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=name)
         else:
             assert a == b
+
+
+def test_decode_partitions_in_one_call_equals_decode_per_partition_and_fastavro() -> None:
+    """The runtime decodes a batch's partitions in one call (``decode_partitions``); each partition's
+    good rows, batch indices, rejects and the symbol codes must be what ``decode`` per partition
+    gives, and the values what fastavro reads (bad rows spread over partitions, one all bad)."""
+    from mystocks_gpu.schemas.symbols import SymbolTable
+
+    _, values, names = _data(n=300, symbols=7, seed=5)
+    batch: list[bytes | None] = list(values)
+    bad_price = CODEC.encode("mystocks.md.Tick", {**CODEC.decode(values[3]), "price": float("nan")})
+    for i, v in ((1, b"garbage"), (8, None), (20, b"\x00\x00\x00\x30\x39 x"), (41, bad_price)):
+        batch[i] = v
+    rng = np.random.default_rng(3)
+    part_of = rng.integers(0, 3, len(batch))
+    part_of[[60, 61, 62]] = 7  # partition 7: three rows, all bad
+    for i in (60, 61, 62):
+        batch[i] = b"\x01bad"
+    parts = {int(p): np.flatnonzero(part_of == p).tolist() for p in np.unique(part_of)}
+
+    one, per = (TickFeaturesProcessor(FeaturesProcessorConfig(backend="cpu")) for _ in range(2))
+    s_one, s_per = SymbolTable(), SymbolTable()
+    got = one.decode_partitions(batch, parts, s_one, 55)
+    want = {p: per.decode([batch[i] for i in rows], np.asarray(rows, np.int64), s_per, p, 55) for p, rows in parts.items()}
+    assert s_one.symbols == s_per.symbols and got.keys() == want.keys()
+    for p in parts:
+        g, w = got[p], want[p]
+        assert g.columns.partition == p and g.columns.ingest_ns == 55
+        np.testing.assert_array_equal(g.columns.index, w.columns.index)
+        assert g.columns.columns.keys() == w.columns.columns.keys()
+        for k in g.columns.columns:
+            np.testing.assert_array_equal(g.columns.columns[k], w.columns.columns[k], err_msg=k)
+        assert [(r.index, r.error_class, r.message) for r in g.rejected] == \
+            [(r.index, r.error_class, r.message) for r in w.rejected]
+        for j, i in enumerate(g.columns.index.tolist()):  # against fastavro, row by row
+            rec = CODEC.decode(batch[i])
+            assert (s_one.symbol(int(g.columns.columns["sym"][j])), int(g.columns.columns["ts"][j]),
+                    float(g.columns.columns["price"][j])) == (rec["symbol"], rec["ts_event"], rec["price"])
+    assert sorted(r.index for p in got for r in got[p].rejected) == [1, 8, 20, 41, 60, 61, 62]
+    assert len(got[7].columns) == 0
