@@ -53,6 +53,7 @@ import _common as C
 import numpy as np
 
 from mystocks_gpu.infra.kafka_clients import consume_ready
+from mystocks_gpu.infra.stack_process import proc_stat
 from mystocks_gpu.schemas.batch_codec.encoder import _varint_bytes
 from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
 from mystocks_gpu.schemas.codec import PREFIX_LEN
@@ -130,12 +131,8 @@ def group_stable(s: Any, group: str, members: int) -> bool:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (``/proc/PID/stat``; 0 where there is none)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+    fields = proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0  # utime, stime
 
 
 def quantiles(a_ms: np.ndarray) -> dict[str, float | None]:

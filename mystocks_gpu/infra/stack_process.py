@@ -39,12 +39,22 @@ class StackLike(Protocol):
     def _java_cmd(self, main: str, *args: str, heap_mb: int = 256) -> list[str]: ...
 
 
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22), or None."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (``[0]`` = state, field 3 of
+    proc(5); field N is ``[N - 3]``), or None when the process or the file does not exist."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22), or None."""
+    fields = proc_stat(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
         return None
 
 
@@ -55,11 +65,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child still answers kill(0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    fields = proc_stat(pid)  # a zombie child still answers kill(0)
+    return fields is None or not fields or fields[0] != "Z"
 
 
 def _cmdline(pid: int) -> str | None:

@@ -157,7 +157,7 @@ class Processor(ABC, Generic[S]):
         """Decode one batch: ``values`` = every record of the batch, ``parts`` = partition -> its rows
         of the batch (in order). Returns, per partition, what :meth:`decode` returns for its rows.
         Default: :meth:`decode` per partition. A processor whose decode keeps no state across rows and
-        costs mostly per call (a few hundred µs) overrides it to decode every row at once: at a few
+        costs mostly per call (tens of µs) overrides it to decode every row at once: at a few
         dozen records per partition and batch, that per-call cost is most of a batch's decode time."""
         out = {}
         for partition, rows in parts.items():

@@ -208,7 +208,7 @@ class BatchEncoder:
                 args += [c, arena, off, ln]
             else:
                 lo, hi = {"int": (-2**31, 2**31 - 1), "enum": (0, len(p.symbols) - 1),
-                          "boolean": (0, 1)}.get(p.kind, (-2**63, 2**63 - 1))
+                          "boolean": (0, 1)}.get(p.kind, _INT64_RANGE)
                 args.append(c)
             if c.size and (lo, hi) != _INT64_RANGE and (c.min() < lo or c.max() > hi):  # int64 holds any long
                 raise ValueError(f"{name}: value out of range {lo}..{hi}")
