@@ -1,5 +1,5 @@
 # mystocks-gpu task runner. `make demo` and `make test` work on a fresh Debian/Ubuntu machine (root,
-# or a user with sudo): they apt-install what is missing (python3-venv, redis-server, kcat, a Java 17+
+# or a user with sudo): they apt-install what is missing (python3-venv, python3-dev + gcc for the C extension, redis-server, kcat, a Java 17+
 # runtime, Maven, PostgreSQL, Prometheus, docker-compose, Go; `make doctor` says what and why), create .venv and install the package.
 # `make demo` starts the local Kafka + Redis stack (.stack, ports 19092/19093/16379) and leaves it
 # running; `make test` starts a private stack on free ports for its own run and stops only that one.
@@ -26,14 +26,14 @@ help: ## list targets
 doctor: ## report what a fresh machine lacks (tool -> apt package, Java version, venv, disk) and the apt command install would run
 	@$(SYSDEPS) doctor
 
-system-deps: ## apt-get update + install what is missing (python3-venv, redis-server, kcat, Java 17+, Maven, postgresql, prometheus, docker-compose, golang-go)
+system-deps: ## apt-get update + install what is missing (python3-venv, python3-dev, gcc, redis-server, kcat, Java 17+, Maven, postgresql, prometheus, docker-compose, golang-go)
 	@$(SYSDEPS) install
 
 # pinned versions of every dependency of the dev,bench,ml extras (`make lock` regenerates it with uv);
 # installs take them as constraints, so extras outside the lock (gpu, dl) still install
 LOCK := requirements.lock
 
-$(VENV)/.installed: pyproject.toml $(LOCK)
+$(VENV)/.installed: pyproject.toml $(LOCK) mystocks_gpu/streams/_rdbatch.c
 	@command -v python3 >/dev/null || { echo "error: python3 is required (apt-get install python3 python3-venv)" >&2; exit 1; }
 	@# a venv made before python3-venv was installed has no pip: make it again
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && python3 -m venv $(VENV); }

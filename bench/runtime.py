@@ -22,7 +22,10 @@ reads the input from the beginning in a fresh consumer group:
   includes the JVM's JIT warm-up: on the 2-core AMD VM it read 0.63M records/s over 300k ticks and
   1.3-1.9M over 1M (2026-12-03 13:45), hence the 1M default. A second, informational row: the
   Python confluent-kafka consumer that our worker uses, consuming only (``python_consume_rps``,
-  ``ratio_vs_python_consume``; no goal).
+  ``ratio_vs_python_consume``; no goal), and the same consumer read through the worker's columnar
+  ingest (``columnar_consume_rps``).
+- ours EOS with ``record_io=messages`` (confluent-kafka ``Message`` objects, the path before the
+  columnar ingest), side by side: ``ratio_vs_messages_ingest``.
 
 Correctness: every contender's output topic holds exactly ``n`` committed records and the last
 record per symbol equals the reference (count, sum, last over the whole input, sequential sums).
@@ -88,16 +91,17 @@ def check_output(s: Any, topic: str, n: int, ref: dict[bytes, tuple[int, float, 
 
 
 def run_ours(s: Any, topic: str, out: str, tag: str, name: str, guarantee: str, n: int, batch: int,
-             cols: dict[str, np.ndarray], names: list[str], profile: bool = False) -> tuple[dict[str, Any], Any]:
+             cols: dict[str, np.ndarray], names: list[str], profile: bool = False,
+             record_io: str = "auto") -> tuple[dict[str, Any], Any]:
     proc = RunningAggregateProcessor(output_topic=out)
     C.warm_processor(RunningAggregateProcessor(output_topic=out), cols, names)
-    rt = RuntimeConfig(guarantee=guarantee, max_records=batch)
+    rt = RuntimeConfig(guarantee=guarantee, max_records=batch, record_io=record_io)
     w = C.TimedWorker(proc, s.kafka, rt, group=f"bench-rt-{name}-{tag}", worker_id="w0", input_topic=topic)
     prof = w.profiler = cProfile.Profile() if profile else None
     summary = w.run(idle_exit_s=30.0, max_records=n)
     res = {"runtime": {"max_records": rt.max_records, "linger_ms": rt.linger_ms,
                        "commit_interval_ms": rt.commit_interval_ms, "catch_up_commit_interval_ms": rt.catch_up_ms},
-           "records_in": summary.records_in, "records_out": summary.records_out, "dlq": summary.dlq,
+           "record_io": summary.record_io, "records_in": summary.records_in, "records_out": summary.records_out, "dlq": summary.dlq,
            "batches": summary.batches, "aborts": summary.aborts, "busy_s": w.busy_s,
            "rps": summary.records_in / w.busy_s,
            "batch_s_sum": C.metric(w, "mystocks_stream_batch_seconds_sum"),
@@ -140,29 +144,40 @@ def run_quix(s: Any, topic: str, out: str, tag: str, n: int) -> dict[str, Any]:
 GOAL_RATIO_QUIX, GOAL_RATIO_CEILING = 10.0, 0.6
 
 
-def run_python_consume(s: Any, topic: str, tag: str, n: int) -> dict[str, Any]:
+def run_python_consume(s: Any, topic: str, tag: str, n: int, columnar: bool = False) -> dict[str, Any]:
     """A second, informational ceiling: the confluent-kafka consumer that our worker uses, reading
     ``topic`` from the beginning in a fresh group with ``consume(10000)`` and doing nothing else
-    (no decode, no produce, no commit; the worker's fetch settings).
+    (no decode, no produce, no commit; the worker's fetch settings); ``columnar``: the same consumer
+    read through the worker's columnar ingest (``streams/columnar_io.py``) instead.
     records/s = records read / (last fetch - first record)."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     from mystocks_gpu.infra.kafka_clients import make_consumer
+    from mystocks_gpu.streams.columnar_io import ColumnarIngest
 
     # the worker's fetch settings (StreamWorker._setup; fetch.queue.backoff.ms 10 is make_consumer's default)
     cons = make_consumer(s.kafka, f"bench-rt-pyc-{tag}", **{
         "queued.max.messages.kbytes": 65536, "fetch.wait.max.ms": 100, "socket.nagle.disable": True})
     try:
         parts = cons.list_topics(topic, timeout=10).topics[topic].partitions
+        ing = ColumnarIngest(cons, topic) if columnar else None
+        if ing is not None:
+            ing.attach(list(parts))
         cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         got, t_first, deadline = 0, None, time.monotonic() + 120
         while got < n and time.monotonic() < deadline:
-            msgs = cons.consume(10_000, timeout=0.1)
-            if msgs and t_first is None:
+            if ing is not None:
+                k = len(ing.consume(10_000, 0.1, wait_all=True)[0])
+            else:
+                msgs = cons.consume(10_000, timeout=0.1)
+                k = sum(1 for m in msgs if m.error() is None)
+            if k and t_first is None:
                 t_first = time.perf_counter()
-            got += sum(1 for m in msgs if m.error() is None)
+            got += k
         t_last = time.perf_counter()
     finally:
+        if ing is not None:
+            ing.close()
         cons.close()
     busy = t_last - t_first if t_first is not None else None
     return {"records": got, "busy_s": busy, "rps": got / busy if busy else None}
@@ -185,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-n", type=int, default=50_000, help="ticks for the cProfile run (default 50000; 0 = skip)")
     ap.add_argument("--skip-quix", action="store_true", help="leave Quix Streams out")
     ap.add_argument("--skip-ceiling", action="store_true", help="leave Kafka's ConsumerPerformance out")
+    ap.add_argument("--record-io", choices=["auto", "columnar", "messages"], default="auto",
+                    help="our worker's RuntimeConfig.record_io for the EOS/ALO rows (default auto); a row of ours EOS "
+                         "reading and writing Message objects (record_io=messages) runs too, unless --skip-messages")
+    ap.add_argument("--skip-messages", action="store_true", help="leave out the row of ours EOS with record_io=messages")
     ap.add_argument("--quick", action="store_true", help="small and short: --n 50000, no cProfile run")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
@@ -196,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     t_script = time.perf_counter()
     m0 = C.machine()
     topic = f"bench.rt.in.{tag}"
-    outs = {k: f"bench.rt.out.{k}.{tag}" for k in ("warm", "eos", "alo", "quix", "prof")}
+    outs = {k: f"bench.rt.out.{k}.{tag}" for k in ("warm", "eos", "alo", "eosmsg", "quix", "prof")}
     print(f"runtime bench: n={n:,} ticks, {args.symbols} symbols, {args.partitions} partitions, batch {args.batch}, "
           f"profile n={args.profile_n:,}; tag {tag}; {m0['cores']} cores, load {m0['loadavg_1min']}")
     results: dict[str, Any] = {}
@@ -228,13 +247,21 @@ def main(argv: list[str] | None = None) -> int:
             results["python_consume"] = pc = run_python_consume(s, topic, tag, n)
             print(f"  confluent-kafka consume only (Python): {C.fmt(pc['rps'])} rec/s ({pc['records']:,} records)")
 
-        for name, g in (("eos", EXACTLY_ONCE), ("alo", AT_LEAST_ONCE)):
-            r, _ = run_ours(s, topic, outs[name], tag, name, g, n, args.batch, cols, names)
+            if args.record_io != "messages":
+                results["python_consume_columnar"] = pcc = run_python_consume(s, topic, tag, n, columnar=True)
+                print(f"  columnar ingest consume only (C extension): {C.fmt(pcc['rps'])} rec/s "
+                      f"({pcc['records']:,} records)")
+
+        contenders = [("eos", EXACTLY_ONCE, args.record_io), ("alo", AT_LEAST_ONCE, args.record_io)]
+        if not args.skip_messages and args.record_io != "messages":
+            contenders.append(("eosmsg", EXACTLY_ONCE, "messages"))
+        for name, g, record_io in contenders:
+            r, _ = run_ours(s, topic, outs[name], tag, name, g, n, args.batch, cols, names, record_io=record_io)
             results[f"ours_{name}"] = r
             ok = r["records_in"] == n and r["records_out"] == n and r["dlq"] == 0
             checks[f"ours_{name}"] = check_output(s, outs[name], n, ref) if ok else f"FAIL summary {r}"
-            print(f"  ours {name.upper()}: {r['rps']:,.0f} rec/s ({r['busy_s']:.2f} s, {r['batches']} batches) "
-                  f"check {checks[f'ours_{name}']}")
+            print(f"  ours {name.upper()} (record_io {r['record_io']}): {r['rps']:,.0f} rec/s ({r['busy_s']:.2f} s, "
+                  f"{r['batches']} batches) check {checks[f'ours_{name}']}")
 
         if not args.skip_quix:
             try:
@@ -250,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile_n:
             pn = min(args.profile_n, n)
             r, prof = run_ours(s, topic, outs["prof"], tag, "prof", EXACTLY_ONCE, pn, args.batch, cols, names,
-                               profile=True)
+                               profile=True, record_io=args.record_io)
             results["profile_run"] = r
             buf = io.StringIO()
             st = pstats.Stats(prof, stream=buf)
@@ -263,15 +290,22 @@ def main(argv: list[str] | None = None) -> int:
 
     eos, alo, qx = results.get("ours_eos", {}), results.get("ours_alo", {}), results.get("quix_eos", {})
     ceil, pyc = results.get("ceiling", {}), results.get("python_consume", {})
+    eosmsg, pcc = results.get("ours_eosmsg", {}), results.get("python_consume_columnar", {})
     ceil_rps = float(ceil["fetch.nMsg.sec"]) if ceil.get("fetch.nMsg.sec") else None
     rows = [
-        ("ours EOS (StreamWorker)", eos.get("rps"), eos.get("busy_s"), C.ratio(eos.get("rps"), ceil_rps), checks.get("ours_eos")),
-        ("ours ALO (StreamWorker)", alo.get("rps"), alo.get("busy_s"), C.ratio(alo.get("rps"), ceil_rps), checks.get("ours_alo")),
+        (f"ours EOS (StreamWorker, record_io {eos.get('record_io')})", eos.get("rps"), eos.get("busy_s"),
+         C.ratio(eos.get("rps"), ceil_rps), checks.get("ours_eos")),
+        (f"ours ALO (StreamWorker, record_io {alo.get('record_io')})", alo.get("rps"), alo.get("busy_s"),
+         C.ratio(alo.get("rps"), ceil_rps), checks.get("ours_alo")),
+        ("ours EOS (StreamWorker, record_io messages)", eosmsg.get("rps"), eosmsg.get("busy_s"),
+         C.ratio(eosmsg.get("rps"), ceil_rps), checks.get("ours_eosmsg", "-")),
         ("Quix Streams EOS", qx.get("rps"), qx.get("busy_s"), C.ratio(qx.get("rps"), ceil_rps), checks.get("quix_eos")),
         ("Kafka ConsumerPerformance (consume only)", ceil_rps,
          float(ceil["fetch.time.ms"]) / 1000 if ceil.get("fetch.time.ms") else None, 1.0 if ceil_rps else None, "-"),
         ("confluent-kafka consume only (Python, ours' client)", pyc.get("rps"), pyc.get("busy_s"),
          C.ratio(pyc.get("rps"), ceil_rps), "-"),
+        ("columnar ingest consume only (C extension)", pcc.get("rps"), pcc.get("busy_s"),
+         C.ratio(pcc.get("rps"), ceil_rps), "-"),
     ]
     print(f"\nper-key running count/sum/last, {n:,} ticks, {args.symbols} symbols, {args.partitions} partitions "
           f"(load avg {m0['loadavg_1min']} -> {C.machine()['loadavg_1min']} on {m0['cores']} cores)")
@@ -280,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     if eos:
         print(f"ours: RuntimeConfig {eos['runtime']}; Quix: commit_interval 5 s (default)")
     r_pyc = C.ratio(eos.get("rps"), pyc.get("rps"))
+    r_msg = C.ratio(eos.get("rps"), eosmsg.get("rps"))
     print(f"ratio ours EOS / Quix EOS: {C.fmt(r_quix)}   ours EOS / consumer ceiling: {C.fmt(r_ceil)}   "
-          f"ours EOS / Python consume only: {C.fmt(r_pyc)}")
+          f"ours EOS / Python consume only: {C.fmt(r_pyc)}   ours EOS / ours EOS reading Message objects: "
+          f"{C.fmt(r_msg)}")
     goal_rows = [(name, target, got, "-" if got is None else ("yes" if got >= target else "NO"))
                  for name, target, got in (("throughput ours EOS / Quix EOS", GOAL_RATIO_QUIX, r_quix),
                                            ("throughput ours EOS / consumer ceiling", GOAL_RATIO_CEILING, r_ceil))]
@@ -311,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         "ours_eos_rps": eos.get("rps"), "ours_alo_rps": alo.get("rps"), "quix_eos_rps": qx.get("rps"),
         "kafka_consumer_ceiling_rps": ceil_rps, "ratio_vs_quix": r_quix, "ratio_vs_ceiling": r_ceil,
         "python_consume_rps": pyc.get("rps"), "ratio_vs_python_consume": r_pyc,
+        "record_io": args.record_io, "ours_eos_messages_rps": eosmsg.get("rps"), "ratio_vs_messages_ingest": r_msg,
+        "columnar_consume_rps": pcc.get("rps"),
         "goals": [dict(zip(("goal", "target", "measured", "met"), r, strict=True)) for r in goal_rows],
         "quick": args.quick,
         "checks": checks, "details": {k: v for k, v in results.items()}, "notes": notes,

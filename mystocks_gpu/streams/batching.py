@@ -24,8 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from mystocks_gpu.streams.columnar_io import ColumnChunk
+
 #: the timestamp out of a message's ``(type, timestamp ms)``
 _SECOND = itemgetter(1)
+#: what add_columns returns when everything fit (never mutated)
+_EMPTY = ColumnChunk()
 
 
 @dataclass
@@ -138,41 +142,58 @@ class BatchAccumulator:
         ``consume()`` share a class; any class with the same methods works (tests use stand-ins)."""
         if not msgs:
             return []
-        b = self.batch
-        take = msgs[: max(self.max_records - len(b), 0)]
+        take = msgs[: max(self.max_records - len(self.batch), 0)]
         if not take:
             return msgs
         cls = type(take[0])
-        values = list(map(cls.value, take))
-        try:
-            sizes = list(map(len, values))
-        except TypeError:  # a None value (tombstone)
-            sizes = [len(v) if v is not None else 0 for v in values]
-        total = sum(sizes)
-        if b.nbytes + total >= self.max_bytes:
-            acc, k = b.nbytes, 0
-            for k, sz in enumerate(sizes):  # noqa: B007
-                acc += sz
-                if acc >= self.max_bytes:
-                    break
-            take, values, sizes, total = take[:k + 1], values[:k + 1], sizes[:k + 1], acc - b.nbytes
+        chunk = ColumnChunk(list(map(cls.value, take)), list(map(cls.key, take)), list(map(cls.partition, take)),
+                            list(map(cls.offset, take)), list(map(_SECOND, map(cls.timestamp, take))))
+        rest = self.add_columns(chunk, now, polled_ns, topic=take[0].topic())
+        return msgs[len(take) - len(rest):]
+
+    def add_columns(self, chunk: ColumnChunk, now: float, polled_ns: int = 0, topic: str = "") -> ColumnChunk:
+        """Append a columnar chunk's records until full (records or bytes); returns the records that
+        did not fit. ``polled_ns``: as in :meth:`add_messages`; ``topic``: the records' topic. A
+        chunk that fits whole and carries its sizes (the columnar ingest's) is taken without a pass
+        over its records."""
+        b = self.batch
+        k = min(len(chunk), max(self.max_records - len(b), 0))
+        if k == 0:
+            return chunk
+        if k == len(chunk) and chunk.nbytes >= 0 and b.nbytes + chunk.nbytes < self.max_bytes:
+            values, keys, total, longest = chunk.values, chunk.keys, chunk.nbytes, chunk.max_value + chunk.max_key
+        else:
+            values = chunk.values if k == len(chunk) else chunk.values[:k]
+            try:
+                sizes = list(map(len, values))  # type: ignore[arg-type]
+            except TypeError:  # a None value (tombstone)
+                sizes = [len(v) if v is not None else 0 for v in values]
+            total = sum(sizes)
+            if b.nbytes + total >= self.max_bytes:
+                acc, j = b.nbytes, 0
+                for j, sz in enumerate(sizes):  # noqa: B007
+                    acc += sz
+                    if acc >= self.max_bytes:
+                        break
+                k, values, sizes, total = j + 1, values[:j + 1], sizes[:j + 1], acc - b.nbytes
+            keys = chunk.keys if k == len(chunk) else chunk.keys[:k]
+            longest = max(sizes, default=0) + max(map(len, filter(None, keys)), default=0)  # type: ignore[arg-type]
+        whole = k == len(chunk)
         if b.first_at is None:
             b.first_at = now
-            b.topic = take[0].topic()
-        keys = list(map(cls.key, take))
+            b.topic = topic
         if not b.values:
             b.max_record_bytes = 0
         if b.max_record_bytes >= 0:
-            b.max_record_bytes = max(b.max_record_bytes, max(sizes, default=0)
-                                     + max(map(len, filter(None, keys)), default=0))
+            b.max_record_bytes = max(b.max_record_bytes, longest)
         b.values.extend(values)
         b.keys.extend(keys)
-        b.partitions.extend(map(cls.partition, take))
-        b.offsets.extend(map(cls.offset, take))
-        b.timestamps_ms.extend(map(_SECOND, map(cls.timestamp, take)))
+        b.partitions.extend(chunk.partitions if whole else chunk.partitions[:k])
+        b.offsets.extend(chunk.offsets if whole else chunk.offsets[:k])
+        b.timestamps_ms.extend(chunk.timestamps_ms if whole else chunk.timestamps_ms[:k])
         b.nbytes += total
-        b.poll_marks.append((len(take), polled_ns))
-        return msgs[len(take):]
+        b.poll_marks.append((k, polled_ns))
+        return _EMPTY if whole else chunk.tail(k)
 
     def full(self) -> bool:
         """Records or bytes limit reached."""

@@ -46,6 +46,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.streams.batching import RawBatch
+from mystocks_gpu.streams.columnar_io import QUEUE_FULL, columnar_producer
 from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic, fit_dead_letter
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.processor import Outputs, Processor
@@ -131,6 +132,8 @@ class CommitProtocol:
                  drop_input: Callable[[], None], transactional_id: str, max_bytes: dict[str, int]) -> None:
         self.producer, self.consumer, self.topic = producer, consumer, topic
         self.processor, self.states, self.rt, self.metrics, self.clock = processor, states, rt, metrics, clock
+        #: the C extension's column producer (``streams/columnar_io.py``), or None: ``produce()`` calls
+        self._produce_many = columnar_producer(rt.record_io)
         self.drop_input = drop_input
         self.transactional_id = transactional_id
         self.max_bytes = max_bytes
@@ -233,23 +236,37 @@ class CommitProtocol:
     def send_many(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int],
                   headers: list[tuple[str, bytes]] | None = None,
                   on_last_delivered: Callable[..., None] | None = None, partition: int | None = None) -> None:
-        """Produce records in order, one ``produce()`` call each (``headers`` on every one, passed
-        as :func:`header_arg` makes them; the delivery callback on the last; all to ``partition``
-        when given, else the partitioner picks by key); a full producer queue waits as :meth:`send`
-        does.
+        """Produce records in order (``headers`` on every one; the delivery callback on the last; all
+        to ``partition`` when given, else the partitioner picks by key); a full producer queue waits
+        as :meth:`send` does.
 
-        The calls run from C: ``map`` over the argument columns, with the arguments positional
-        (``topic, value, key, partition, on_delivery, callback, timestamp, headers``). A Python
-        ``for`` loop passing ``timestamp=`` by keyword cost 1.0 us per record on the 2-core AMD VM
-        (a kwargs dict per call), this 0.4 us. ``Producer.produce_batch`` would save more but cannot
-        carry per-record timestamps or headers in confluent-kafka 2.12 (``NotImplementedError``), and
-        output timestamps are event times. On ``BufferError`` the records iterator's remaining
-        length says which record did not fit: it is sent waiting for room, and the rest resume."""
+        With columnar record I/O (``RuntimeConfig.record_io``) all but the last record go through the
+        C extension's ``produce_many`` (:meth:`_send_columns`). Otherwise one ``produce()`` call
+        each, run from C: ``map`` over the argument columns, with the arguments positional
+        (``topic, value, key, partition, on_delivery, callback, timestamp, headers``; headers as
+        :func:`header_arg` makes them). A Python ``for`` loop passing ``timestamp=`` by keyword cost
+        1.0 us per record on the 2-core AMD VM (a kwargs dict per call), this 0.4 us.
+        ``Producer.produce_batch`` cannot carry per-record timestamps or headers in confluent-kafka
+        2.12 (``NotImplementedError``), and output timestamps are event times. On ``BufferError``
+        the records iterator's remaining length says which record did not fit: it is sent waiting
+        for room, and the rest resume. The last record always goes through :meth:`send` (it may
+        carry the delivery callback)."""
         n = len(values)
         if not n:
             return
         last = n - 1
         hdrs = header_arg(headers) if headers else None
+        if self._produce_many is not None:
+            if last:
+                self._send_columns(topic, keys, values, ts_ms, headers, -1 if partition is None else partition, last)
+        else:
+            self._send_mapped(topic, keys, values, ts_ms, hdrs, partition, last)
+        self.send(topic, keys[last], values[last], ts_ms[last], partition=partition, headers=hdrs,
+                  on_delivery=on_last_delivered)
+
+    def _send_mapped(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int],
+                     hdrs: Headers | None, partition: int | None, last: int) -> None:
+        """Records ``0..last-1`` by ``map`` over ``produce()`` (see :meth:`send_many`)."""
         i = 0
         while i < last:
             vals = iter(values if i == 0 else values[i:last])
@@ -259,12 +276,32 @@ class CommitProtocol:
                            _UNASSIGNED if partition is None else repeat(partition), _NONE, _NONE, ts, repeat(hdrs)))
                 i = last
             except BufferError:
-                sent = (n if i == 0 else last) - i - length_hint(vals) - 1  # the failed one was taken
+                sent = (len(values) if i == 0 else last) - i - length_hint(vals) - 1  # the failed one was taken
                 i += sent
                 self.send(topic, keys[i], values[i], ts_ms[i], partition=partition, headers=hdrs)
                 i += 1
-        self.send(topic, keys[last], values[last], ts_ms[last], partition=partition, headers=hdrs,
-                  on_delivery=on_last_delivered)
+
+    def _send_columns(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int],
+                      headers: list[tuple[str, bytes]] | None, partition: int, stop: int) -> None:
+        """Records ``0..stop-1`` through the extension's ``produce_many`` (see :meth:`send_many`); a
+        full queue: that record waits for room in :meth:`send`, then the rest resume; any other
+        error raises ``KafkaException`` as ``produce()`` would."""
+        assert self._produce_many is not None
+        vals = values if type(values) is list else list(values)
+        ks = keys if type(keys) is list else list(keys)
+        ts = ts_ms if type(ts_ms) is list else list(ts_ms)
+        hdr_list = list(headers) if headers else None
+        i = 0
+        while i < stop:
+            sent, code, reason = self._produce_many(self.producer, topic, vals, ks, ts, hdr_list, partition, i, stop)
+            i += sent
+            if code == 0:
+                return
+            if code != QUEUE_FULL:
+                raise KafkaException(KafkaError(code, reason))
+            self.send(topic, keys[i], values[i], ts_ms[i], partition=None if partition < 0 else partition,
+                      headers=header_arg(headers) if headers else None)
+            i += 1
 
     def dead_letter(self, key: bytes | None, value: bytes | None, ts_ms: int, headers: list[tuple[str, bytes]],
                     dlq: str | None = None) -> None:

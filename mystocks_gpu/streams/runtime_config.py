@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.streams.columnar_io import AUTO, RECORD_IO_MODES
 from mystocks_gpu.streams.fault_injection import FaultPlan
 
 EXACTLY_ONCE = "exactly_once"
@@ -96,6 +97,11 @@ class RuntimeConfig:
     restore_attempts: int = 10
     #: consumer protocol: "classic" (cooperative-sticky assignor) or "consumer" (KIP-848)
     group_protocol: str = "classic"
+    #: how records are read and written (``streams/columnar_io.py``): "columnar" (librdkafka straight into
+    #: per-field lists, and outputs produced from lists, by the C extension; the worker fails to start
+    #: without it), "messages" (confluent-kafka's ``Message`` objects and ``produce()`` calls), "auto"
+    #: (columnar when the extension is built)
+    record_io: str = AUTO
 
     @property
     def catch_up_ms(self) -> float:
@@ -126,6 +132,8 @@ class RuntimeConfig:
             raise ConfigError(f"guarantee must be {EXACTLY_ONCE} or {AT_LEAST_ONCE}")
         if self.group_protocol not in ("classic", "consumer"):
             raise ConfigError("group_protocol must be classic or consumer")
+        if self.record_io not in RECORD_IO_MODES:
+            raise ConfigError(f"record_io must be one of {', '.join(RECORD_IO_MODES)}, got {self.record_io!r}")
         if self.batching not in (ADAPTIVE, LINGER):
             raise ConfigError(f"batching must be {ADAPTIVE} or {LINGER}, got {self.batching!r}")
         if not 0 <= self.fetch_wait_max_ms <= 300_000:

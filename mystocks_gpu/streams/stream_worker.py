@@ -47,6 +47,14 @@ from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_
 from mystocks_gpu.infra.logs import log_context
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
+from mystocks_gpu.streams.columnar_io import (
+    COLUMNAR,
+    MESSAGES,
+    PARTITION_EOF,
+    ColumnarIngest,
+    ColumnChunk,
+    resolve_mode,
+)
 from mystocks_gpu.streams.commit_protocol import RECORD_OVERHEAD, CommitProtocol
 from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
@@ -82,6 +90,8 @@ class RunSummary:
     assignments: int = 0
     restores: int = 0
     seconds: float = 0.0
+    #: how the consumer's records were read: "columnar" (the C extension) or "messages" (``Message`` objects)
+    record_io: str = ""
     abort_reasons: list[str] = field(default_factory=list)
 
 
@@ -104,8 +114,11 @@ class StreamWorker:
         self._stopping = False
         self._acc = BatchAccumulator(self.rt.max_records, self.rt.max_bytes, self.rt.linger_ms / 1000.0,
                                      adaptive=self.rt.batching == ADAPTIVE)
-        #: messages fetched but not yet in a batch (dropped with the forming batch on every abort)
-        self._pending: list[Any] = []
+        #: records fetched but not yet in a batch (dropped with the forming batch on every abort):
+        #: ``Message`` objects, or one :class:`ColumnChunk` from the columnar ingest
+        self._pending: list[Any] | ColumnChunk = []
+        #: the columnar ingest of the consumer's partitions (``streams/columnar_io.py``), if in use
+        self._ingest: ColumnarIngest | None = None
         self._paused = False
         self._recoveries = 0
         #: the librdkafka settings the worker gave its producer / consumer (beyond the defaults)
@@ -194,6 +207,12 @@ class StreamWorker:
             extra["on_commit"] = self._on_commit_result  # asynchronous offset commits report here
         self.consumer = make_consumer(self.kafka, self.group, route_logs=False,
                                       **{"log_level": 3, "client.id": self._client_id, **extra})
+        columnar, why_not = resolve_mode(self.rt.record_io, live.get(self.topic, 0))
+        if columnar:
+            self._ingest = ColumnarIngest(self.consumer, self.topic)
+        elif self.rt.record_io != MESSAGES:
+            log.warning("columnar ingest unavailable, reading Message objects", extra={"fields": {"reason": why_not}})
+        self._summary.record_io = COLUMNAR if columnar else MESSAGES
         # the protocol checks each record against its topic's own limit; the client-side cap is above all
         # and a record batch never exceeds the smallest topic limit (the broker rejects a whole batch)
         pconf: dict[str, Any] = {"linger.ms": self.rt.output_linger_ms, "message.max.bytes": PRODUCER_MAX_BYTES,
@@ -269,6 +288,8 @@ class StreamWorker:
         self.metrics.rebalances.inc()
         self._assigned_at = self.clock.monotonic()
         self.protocol.on_assign(tp.partition for tp in partitions)
+        if self._ingest is not None:  # before librdkafka starts fetching them
+            self._ingest.attach([tp.partition for tp in partitions])
         if self.rt.group_protocol == "classic":
             consumer.incremental_assign(partitions)
         if self._paused:
@@ -283,7 +304,7 @@ class StreamWorker:
         self.metrics.rebalances.inc()
         revoked = {tp.partition for tp in partitions}
         self._acc.batch.drop_partitions(revoked)
-        self._pending = [m for m in self._pending if m.partition() not in revoked]
+        self._drop_pending(revoked)
         self.protocol.on_revoke(revoked)
         self._awaiting.clear()
         for part in revoked:
@@ -302,10 +323,26 @@ class StreamWorker:
         for part in lost:
             self._event_clock.pop(part, None)
         self._acc.batch.drop_partitions(lost)
-        self._pending = [m for m in self._pending if m.partition() not in lost]
+        self._drop_pending(lost)
         if self.rt.group_protocol == "classic":
             consumer.incremental_unassign(partitions)
         log.warning("partitions lost", extra={"fields": {"partitions": sorted(lost)}})
+
+    def _drop_pending(self, gone: set[int]) -> None:
+        """Forget the fetched records of revoked or lost partitions, and stop reading them."""
+        if isinstance(self._pending, ColumnChunk):
+            self._pending = self._pending.without_partitions(gone)
+        else:
+            self._pending = [m for m in self._pending if m.partition() not in gone]
+        if self._ingest is not None:
+            self._ingest.detach(sorted(gone))
+
+    def _add_pending(self, now: float) -> None:
+        """Move fetched records into the forming batch (what does not fit stays pending)."""
+        if isinstance(self._pending, ColumnChunk):
+            self._pending = self._acc.add_columns(self._pending, now, self.clock.now_ns(), topic=self.topic)
+        else:
+            self._pending = self._acc.add_messages(self._pending, now, self.clock.now_ns())
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self, idle_exit_s: float | None = None, max_records: int | None = None) -> RunSummary:
@@ -337,14 +374,14 @@ class StreamWorker:
                         idle_for = now - last_input
                         timeout = min(self._acc.remaining_s(now), 0.002 if idle_for < 1.0 else 0.1,
                                       protocol.due_in_s())
-                        msgs = self.consumer.consume(0 if self._paused else want, timeout=timeout)
+                        msgs = self._fetch(want, timeout, wait_all=True)
                     if len(msgs) < want:
                         protocol.behind = False  # the input is drained: back to the commit interval
                     self._pending = self._filter_errors(msgs)
                     if self._pending:
                         last_input = self.clock.monotonic()
                 now = self.clock.monotonic()
-                self._pending = self._acc.add_messages(self._pending, now, self.clock.now_ns())
+                self._add_pending(now)
                 if self._acc.ready(now, drained=drained):
                     protocol.behind = self._acc.full()  # more input was waiting: catch-up commit interval
                     self._handle(self._acc.take())
@@ -366,7 +403,7 @@ class StreamWorker:
                 self._update_lag()
             # graceful stop: finish the batch at hand, close open state if asked, commit
             if self._pending:
-                self._pending = self._acc.add_messages(self._pending, self.clock.monotonic(), self.clock.now_ns())
+                self._add_pending(self.clock.monotonic())
             if len(self._acc.batch):
                 self._handle(self._acc.take())
             if self.rt.flush_on_stop and not protocol.failed:
@@ -397,12 +434,31 @@ class StreamWorker:
                     cap = min(cap, max(0.0, clock[1] + self.rt.idle_flush_s - now))
         return min(cap, self.protocol.due_in_s())
 
-    def _fetch(self, want: int, timeout: float) -> list[Any]:
-        """Block up to ``timeout`` s for the first message (paused: serve callbacks only), then take
-        whatever else has arrived, up to ``want`` messages, without waiting."""
+    def _fetch(self, want: int, timeout: float, wait_all: bool = False) -> list[Any] | ColumnChunk:
+        """Block up to ``timeout`` s for the first record (paused: serve callbacks only), then take
+        whatever else has arrived, up to ``want`` records, without waiting (``wait_all``: wait for
+        ``want`` records or the timeout, the linger mode). ``Message`` objects (error events
+        included), or a :class:`ColumnChunk` from the columnar ingest."""
         if self._paused:
             self.consumer.poll(timeout)  # paused partitions return nothing; keeps the member alive
             return []
+        if self._ingest is not None:
+            # the consumer queue first: rebalance and commit callbacks run here (never inside the
+            # ingest), and it holds any record fetched before its partition was attached
+            msgs = self.consumer.consume(want, timeout=0)
+            if msgs or not self._ingest.active:
+                if msgs or timeout <= 0:
+                    return msgs
+                first = self.consumer.poll(timeout)  # nothing attached yet: wait on the consumer queue
+                return [] if first is None else [first]
+            chunk, events = self._ingest.consume(want, timeout, wait_all)
+            for ev in events:
+                if ev.code != PARTITION_EOF:
+                    log.warning("consumer error", extra={"fields": {"error": ev.reason, "partition": ev.partition,
+                                                                    "code": ev.code}})
+            return chunk
+        if wait_all:
+            return self.consumer.consume(want, timeout=timeout)
         first = self.consumer.poll(timeout) if timeout > 0 else None
         if first is None:
             return self.consumer.consume(want, timeout=0) if timeout <= 0 else []
@@ -421,6 +477,8 @@ class StreamWorker:
         s.abort_reasons = list(t.abort_reasons)
 
     def _close(self) -> None:
+        if self._ingest is not None and self.consumer is not None:
+            self._ingest.close()  # before the consumer: its queues must not outlive the handle
         try:
             if self.consumer is not None:
                 self.consumer.close()  # fires on_revoke: commits a clean cut unless the protocol failed
@@ -451,8 +509,8 @@ class StreamWorker:
             return False
 
     # ---- the hot path ------------------------------------------------------------------------
-    def _filter_errors(self, msgs: list[Any]) -> list[Any]:
-        if not msgs:
+    def _filter_errors(self, msgs: list[Any] | ColumnChunk) -> list[Any] | ColumnChunk:
+        if not msgs or isinstance(msgs, ColumnChunk):  # the columnar ingest reports its events itself
             return msgs
         errors = list(map(type(msgs[0]).error, msgs))  # from C, as in BatchAccumulator.add_messages
         if not any(errors):

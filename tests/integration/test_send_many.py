@@ -1,5 +1,6 @@
-"""``CommitProtocol.send_many`` on the real broker: the C-level ``map`` over positional
-``produce()`` arguments must put every record on the wire exactly once, in order, with its key,
+"""``CommitProtocol.send_many`` on the real broker, both ways it produces (the C extension's
+``produce_many`` with columnar record I/O, the C-level ``map`` over positional ``produce()``
+arguments otherwise), must put every record on the wire exactly once, in order, with its key,
 event timestamp and headers, in the partition the default partitioner picks for its key (or
 the one given, as changelog entries are sent), and must resume at the right record after
 ``BufferError`` (a producer queue of 7 messages, never polled by the caller, fills on every few
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from confluent_kafka import Producer
 
 from mystocks_gpu.infra.clock import Clock
@@ -26,9 +28,10 @@ def _records(topic: str, settings: Settings) -> list[tuple[int, str | None, byte
             for r in read_finished(settings.kafka, topic, decode=False)]
 
 
+@pytest.mark.parametrize("record_io", ["columnar", "messages"])
 def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_queues(
-        settings: Settings, unique: str) -> None:
-    topics = [f"t.sm.{unique}.{k}" for k in ("ours", "plain", "hdr", "pinned")]
+        settings: Settings, unique: str, record_io: str) -> None:
+    topics = [f"t.sm.{unique}.{record_io}.{k}" for k in ("ours", "plain", "hdr", "pinned")]
     TopicAdmin(settings.kafka).create([TopicSpec(t, "symbol", None, partitions=5, dlq=False) for t in topics])
     rng = random.Random(3)
     n = 2_000
@@ -39,7 +42,7 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
 
     tiny = make_producer(settings.kafka, **{"queue.buffering.max.messages": 7, "linger.ms": 0})
     proto = CommitProtocol(producer=tiny, consumer=None, topic="unused", processor=None, states=None,  # type: ignore[arg-type]
-                           rt=RuntimeConfig(guarantee=AT_LEAST_ONCE), metrics=None, clock=Clock(),  # type: ignore[arg-type]
+                           rt=RuntimeConfig(guarantee=AT_LEAST_ONCE, record_io=record_io), metrics=None, clock=Clock(),  # type: ignore[arg-type]
                            drop_input=lambda: None, transactional_id="unused", max_bytes={})
     waited: list[int] = []
     send = proto.send
@@ -57,6 +60,7 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
     tiny.flush(30)
     assert delivered == [values[-1]]  # the callback rides on the last record only
     assert len(waited) > 100  # the queue was full again and again: the resume path ran
+    assert (proto._produce_many is not None) == (record_io == "columnar")  # the setting took effect
 
     # the reference partitioner: a plain producer, keyword arguments, Java's murmur2 key hashing
     plain = Producer(settings.kafka.client_config(partitioner="murmur2_random"))

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BASIC_TOOLS = ("bash", "make", "env", "id", "sed", "head", "awk", "df", "dirname", "grep", "cat", "rm")
 UPDATE = "env DEBIAN_FRONTEND=noninteractive apt-get update -qq"
 INSTALL = "env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends"
-#: stand-ins of every tool the install provides besides python3-venv and java
-PRESENT = ("redis-server", "kcat", "mvn", "initdb", "prometheus", "promtool", "docker-compose", "go")
+#: stand-ins of every tool the install provides besides python3-venv, python3-dev and java
+PRESENT = ("gcc", "redis-server", "kcat", "mvn", "initdb", "prometheus", "promtool", "docker-compose", "go")
 
 
 def _script(path: Path, body: str) -> None:
@@ -67,9 +67,9 @@ class Machine:
 
 
 def bare_machine(tmp_path: Path, *, sudo: bool = False, apt_knows: tuple[str, ...] = ("openjdk-17-jre-headless",),
-                 python_venv: bool = False, java: str | None = "11.0.22") -> Machine:
-    """Basic tools only; python3 without ensurepip (Debian without python3-venv); an old java
-    unless ``java`` is None. ``apt_knows``: the Java packages apt-cache finds after an update."""
+                 python_venv: bool = False, java: str | None = "11.0.22", python_dev: bool = False) -> Machine:
+    """Basic tools only; python3 without ensurepip (Debian without python3-venv) and without its
+    headers (python3-dev) unless asked; an old java unless ``java`` is None. ``apt_knows``: the Java packages apt-cache finds after an update."""
     m = Machine(tmp_path)
     m.bin.mkdir()
     for tool in BASIC_TOOLS:
@@ -77,9 +77,13 @@ def bare_machine(tmp_path: Path, *, sudo: bool = False, apt_knows: tuple[str, ..
         assert real, f"{tool} is needed to run this test"
         (m.bin / tool).symlink_to(real)
     venv_ok = m.root / "venv-installed"
+    dev_ok = m.root / "python-headers-installed"
     if python_venv:
         venv_ok.touch()
-    _script(m.bin / "python3", f'if [[ "$*" == *ensurepip* ]]; then [ -e {venv_ok} ]; exit; fi\necho 3.11.2\n')
+    if python_dev:
+        dev_ok.touch()
+    _script(m.bin / "python3", f'if [[ "$*" == *ensurepip* ]]; then [ -e {venv_ok} ]; exit; fi\n'
+                               f'if [[ "$*" == *Python.h* ]]; then [ -e {dev_ok} ]; exit; fi\necho 3.11.2\n')
     if java is not None:
         _java(m.bin, java)
     lists = m.root / "apt-lists-updated"
@@ -90,7 +94,7 @@ def bare_machine(tmp_path: Path, *, sudo: bool = False, apt_knows: tuple[str, ..
     stubs = {"redis-server": "_s redis-server", "kcat": "_s kcat", "maven": "_s mvn",
              "postgresql": "_s initdb", "prometheus": "_s prometheus; _s promtool",
              "docker-compose": "_s docker-compose", "golang-go": "_s go",
-             "python3-venv": f"{touch} {venv_ok}"}
+             "python3-venv": f"{touch} {venv_ok}", "python3-dev": f"{touch} {dev_ok}", "gcc": "_s gcc"}
     install_cases = "".join(f"    {pkg}) {cmd};;\n" for pkg, cmd in stubs.items())
     _script(m.bin / "apt-get", f"""\
 echo "DEBIAN_FRONTEND=${{DEBIAN_FRONTEND:-}} apt-get $*" >> {m.apt_log}
@@ -112,7 +116,7 @@ def test_root_installs_every_missing_package_without_sudo(tmp_path: Path) -> Non
     m = bare_machine(tmp_path, sudo=True)  # sudo present, but root must not use it
     r = m.make("system-deps", "AS_UID=0")
     assert r.returncode == 0, r.stdout + r.stderr
-    pkgs = "python3-venv redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"
+    pkgs = "python3-venv python3-dev gcc redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"
     assert m.apt_calls() == ["DEBIAN_FRONTEND=noninteractive apt-get update -qq",
                              f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {pkgs}"]
     assert m.sudo_calls() == []
@@ -127,7 +131,7 @@ def test_user_installs_through_sudo_and_debian_frontend_survives_it(tmp_path: Pa
     m = bare_machine(tmp_path, sudo=True, python_venv=True, java=None)
     r = m.make("system-deps", "AS_UID=1000")
     assert r.returncode == 0, r.stdout + r.stderr
-    pkgs = "redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"
+    pkgs = "python3-dev gcc redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"
     assert m.sudo_calls() == [f"sudo {UPDATE}", f"sudo {INSTALL} {pkgs}"]
     # apt-get ran in sudo's fresh environment and still saw DEBIAN_FRONTEND
     assert m.apt_calls() == ["DEBIAN_FRONTEND=noninteractive apt-get update -qq",
@@ -144,7 +148,8 @@ def test_user_without_sudo_gets_a_clear_error_and_no_apt(tmp_path: Path) -> None
 
 def test_java_package_is_the_one_the_release_offers(tmp_path: Path) -> None:
     # Debian 13 has no openjdk-17: the >= 17 runtime it offers is picked after `apt-get update`
-    m = bare_machine(tmp_path, python_venv=True, apt_knows=("openjdk-21-jre-headless", "openjdk-25-jre-headless"))
+    m = bare_machine(tmp_path, python_venv=True, python_dev=True,
+                     apt_knows=("openjdk-21-jre-headless", "openjdk-25-jre-headless"))
     for tool in PRESENT:
         _script(m.bin / tool, "")
     r = m.make("system-deps", "AS_UID=0")
@@ -154,7 +159,7 @@ def test_java_package_is_the_one_the_release_offers(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version, ok", [("17.0.15", True), ("21", True), ("11.0.22", False), ("1.8.0_292", False)])
 def test_java_version_is_checked(tmp_path: Path, version: str, ok: bool) -> None:
-    m = bare_machine(tmp_path, python_venv=True, java=version)
+    m = bare_machine(tmp_path, python_venv=True, python_dev=True, java=version)
     for tool in PRESENT:
         _script(m.bin / tool, "")
     r = m.make("doctor", "AS_UID=0")
@@ -174,6 +179,8 @@ def test_doctor_reports_each_missing_tool_with_its_package(tmp_path: Path) -> No
     assert r.returncode != 0  # something is missing
     out = r.stdout
     for line in ("MISSING  python3 venv   `python3 -m venv` cannot install pip -> apt package python3-venv",
+                 "MISSING  python3 dev    Python.h builds the columnar I/O extension -> apt package python3-dev",
+                 "MISSING  gcc            compiles the columnar I/O extension -> apt package gcc",
                  "MISSING  redis-server   -> apt package redis-server",
                  "MISSING  kcat           -> apt package kcat",
                  "MISSING  java           Kafka 4 needs Java 17+ -> apt package openjdk-17-jre-headless",
@@ -184,14 +191,14 @@ def test_doctor_reports_each_missing_tool_with_its_package(tmp_path: Path) -> No
                  "MISSING  go             builds kubeconform and kustomize (the manifest checks) -> apt package golang-go",
                  "apt-get runs through sudo (uid 1000)",
                  f"  sudo {UPDATE}",
-                 f"  sudo {INSTALL} python3-venv redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"):
+                 f"  sudo {INSTALL} python3-venv python3-dev gcc redis-server kcat openjdk-17-jre-headless maven postgresql prometheus docker-compose golang-go"):
         assert line in out, out
     assert "ok       disk" in out
     assert m.apt_calls() == [] and m.sudo_calls() == []  # doctor changes nothing
 
 
 def test_doctor_passes_when_everything_is_present(tmp_path: Path) -> None:
-    m = bare_machine(tmp_path, python_venv=True, java="17.0.15")
+    m = bare_machine(tmp_path, python_venv=True, java="17.0.15", python_dev=True)
     for tool in PRESENT:
         _script(m.bin / tool, "")
     r = m.make("doctor", "AS_UID=0")
@@ -201,7 +208,7 @@ def test_doctor_passes_when_everything_is_present(tmp_path: Path) -> None:
 
 
 def test_doctor_fails_on_low_disk(tmp_path: Path) -> None:
-    m = bare_machine(tmp_path, python_venv=True, java="17.0.15")
+    m = bare_machine(tmp_path, python_venv=True, java="17.0.15", python_dev=True)
     for tool in PRESENT:
         _script(m.bin / tool, "")
     r = m.make("doctor", "AS_UID=0", env={"MIN_FREE_GIB": "1000000"})

@@ -1,0 +1,99 @@
+"""The columnar ingest's pure parts: the ``ingest`` setting and the record chunks (the broker
+side is tests/integration/test_columnar_io.py)."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import KafkaError
+
+from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.streams import columnar_io
+from mystocks_gpu.streams.batching import BatchAccumulator
+from mystocks_gpu.streams.columnar_io import ColumnChunk, resolve_mode
+from mystocks_gpu.streams.runtime_config import RuntimeConfig
+
+
+def test_required_columnar_without_the_extension_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(columnar_io, "_loaded", (None, "not built (simulated)"))
+    with pytest.raises(ConfigError, match="not built"):
+        resolve_mode("columnar")
+    assert resolve_mode("auto") == (False, "not built (simulated)")
+
+
+def test_more_partitions_than_the_ingest_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    class FakeExt:
+        MAX_PARTITIONS = 8
+
+    monkeypatch.setattr(columnar_io, "_loaded", (FakeExt, ""))
+    assert resolve_mode("auto", partitions=8) == (True, "")
+    use, why = resolve_mode("auto", partitions=9)
+    assert not use and "9 partitions" in why
+    with pytest.raises(ConfigError, match="9 partitions"):
+        resolve_mode("columnar", partitions=9)
+
+
+def test_column_chunk_helpers() -> None:
+    c = ColumnChunk([b"a", None, b"c"], [None, b"k", b"k"], [0, 1, 0], [5, 6, 7], [1, 2, 3])
+    assert c.tail(1) == ColumnChunk([None, b"c"], [b"k", b"k"], [1, 0], [6, 7], [2, 3])
+    assert c.without_partitions({1}) == ColumnChunk([b"a", b"c"], [None, b"k"], [0, 0], [5, 7], [1, 3])
+    assert c.without_partitions({9}) is c
+    assert KafkaError._PARTITION_EOF == columnar_io.PARTITION_EOF
+
+
+def test_record_io_setting_is_validated() -> None:
+    assert RuntimeConfig().record_io == "auto"
+    for mode in ("auto", "columnar", "messages"):
+        assert RuntimeConfig(record_io=mode).record_io == mode
+    with pytest.raises(ConfigError, match="record_io must be one of"):
+        RuntimeConfig(record_io="fast")
+
+
+class _Msg:
+    def __init__(self, value: bytes | None, key: bytes | None, partition: int, offset: int, ts: int) -> None:
+        self._v, self._k, self._p, self._o, self._t = value, key, partition, offset, ts
+
+    def value(self) -> bytes | None:
+        return self._v
+
+    def key(self) -> bytes | None:
+        return self._k
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._t)
+
+    def topic(self) -> str:
+        return "t"
+
+
+@pytest.mark.parametrize("sized", [False, True])
+@pytest.mark.parametrize("max_records,max_bytes", [(1000, 10**9), (7, 10**9), (1000, 40), (5, 33)])
+def test_add_columns_cuts_like_add_messages(max_records: int, max_bytes: int, sized: bool) -> None:
+    """The same records fed as messages and as columns, in the same uneven calls, make the same
+    batches and leave the same records pending, whatever cuts the batch (records or bytes), with
+    or without the sizes the ingest measures (computed here from the records)."""
+    recs = [(None if i % 5 == 0 else bytes(range(i % 9)), b"k%d" % (i % 3) if i % 4 else None, i % 3, 100 + i,
+             1_000 + i) for i in range(40)]
+    calls = [recs[0:3], recs[3:17], recs[17:18], recs[18:40]]
+    by_msg = BatchAccumulator(max_records, max_bytes, linger_s=10)
+    by_col = BatchAccumulator(max_records, max_bytes, linger_s=10)
+    for call in calls:
+        rest_m = by_msg.add_messages([_Msg(*r) for r in call], now=1.0, polled_ns=7)
+        chunk = ColumnChunk(*(list(col) for col in zip(*call, strict=True)))
+        if sized:
+            chunk.nbytes = sum(len(r[0] or b"") for r in call)
+            chunk.max_value = max(len(r[0] or b"") for r in call)
+            chunk.max_key = max(len(r[1] or b"") for r in call)
+        rest_c = by_col.add_columns(chunk, now=1.0, polled_ns=7, topic="t")
+        assert [(m.value(), m.key(), m.partition(), m.offset(), m.timestamp()[1]) for m in rest_m] == \
+            list(zip(rest_c.values, rest_c.keys, rest_c.partitions, rest_c.offsets, rest_c.timestamps_ms, strict=True))
+        if by_msg.full():
+            bm, bc = by_msg.take(), by_col.take()
+            assert bm == bc
+    bm, bc = by_msg.take(), by_col.take()
+    assert bm == bc
