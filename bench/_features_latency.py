@@ -277,7 +277,8 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
         cfg = {"topic": topic, "out": out, "group": group, "guarantee": guarantee, "batch": args.lat_batch,
                "linger_ms": args.lat_linger_ms, "backend": args.backend, "symbols": args.symbols,
                "worker_id": f"lat{w}", "metrics_port": ports[w], "batching": args.lat_batching,
-               "commit_interval_ms": args.commit_interval_ms, "catch_up_ms": args.lat_catch_up_ms}
+               "commit_interval_ms": args.commit_interval_ms, "catch_up_ms": args.lat_catch_up_ms,
+               "record_io": args.record_io}
         procs.append(subprocess.Popen([sys.executable, str(script), "--_role", "worker", "--_cfg", json.dumps(cfg)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(root)))
     cons = measuring_consumer(s, f"bench-fe-latc-{short}-{tag}", out, args.partitions)
@@ -517,7 +518,7 @@ def run_throughput(s: Any, tag: str, args: Any, workers: int, n: int) -> dict[st
     for w in range(workers):
         cfg = {"topic": topic, "out": out, "group": group, "guarantee": "exactly_once", "batch": args.batch,
                "linger_ms": 20.0, "backend": args.backend, "symbols": args.symbols, "worker_id": f"tp{w}",
-               "metrics_port": 0, "batching": "adaptive", "commit_interval_ms": 100.0}
+               "metrics_port": 0, "batching": "adaptive", "commit_interval_ms": 100.0, "record_io": args.record_io}
         procs.append(subprocess.Popen([sys.executable, str(C.ROOT / "bench" / "features_e2e.py"), "--_role", "worker",
                                        "--_cfg", json.dumps(cfg)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(C.ROOT)))

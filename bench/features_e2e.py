@@ -193,10 +193,12 @@ def make_processor(out: str, backend: str) -> TickFeaturesProcessor:
 
 
 def run_ours(s: Any, topic: str, out: str, group: str, guarantee: str, n: int, batch: int, backend: str,
-             cols: dict[str, np.ndarray], names: list[str], catch_up_ms: float | None = None) -> dict[str, Any]:
+             cols: dict[str, np.ndarray], names: list[str], catch_up_ms: float | None = None,
+             record_io: str = "auto") -> dict[str, Any]:
     C.warm_processor(make_processor(out, backend), cols, names)
     proc = make_processor(out, backend)
-    rt = RuntimeConfig(guarantee=guarantee, max_records=batch, catch_up_commit_interval_ms=catch_up_ms)
+    rt = RuntimeConfig(guarantee=guarantee, max_records=batch, catch_up_commit_interval_ms=catch_up_ms,
+                       record_io=record_io)
     w = C.TimedWorker(proc, s.kafka, rt, group=group, worker_id="w0", input_topic=topic)
     sm = w.run(idle_exit_s=30.0, max_records=n)
     return {**C.summary_dict(sm), "runtime": {"max_records": rt.max_records, "linger_ms": rt.linger_ms,
@@ -420,7 +422,7 @@ def worker_role(cfg: dict[str, Any]) -> None:
     rt = RuntimeConfig(guarantee=cfg["guarantee"], max_records=cfg["batch"], linger_ms=cfg["linger_ms"],
                        batching=cfg.get("batching", "adaptive"),
                        commit_interval_ms=float(cfg.get("commit_interval_ms", 100.0)),
-                       catch_up_commit_interval_ms=cfg.get("catch_up_ms"))
+                       catch_up_commit_interval_ms=cfg.get("catch_up_ms"), record_io=cfg.get("record_io", "auto"))
     w = C.TimedWorker(proc, s.kafka, rt, group=cfg["group"], worker_id=cfg.get("worker_id", "lat0"),
                       input_topic=cfg["topic"], metrics=metrics)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
@@ -520,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                          "cold transaction and fetch paths (default 300000; 0 = none)")
     ap.add_argument("--symbols", type=int, default=500, help="distinct symbols (default 500)")
     ap.add_argument("--partitions", type=int, default=4, help="input partitions (default 4)")
+    ap.add_argument("--record-io", choices=["auto", "columnar", "messages"], default="auto",
+                    help="our workers' RuntimeConfig.record_io (default auto: columnar when the C extension is built)")
     ap.add_argument("--batch", type=int, default=5000, help="micro-batch size: ours max_records, faust take, pandas consume (default 5000)")
     ap.add_argument("--cap-s", type=float, default=45.0, help="wall cap per peer (Quix, faust, pandas) in s (default 45)")
     ap.add_argument("--backend", default="auto", help="our array backend: auto|cpu|gpu (default auto)")
@@ -607,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.warm_up > 0 and CONTENDERS - {"latency", "floor"} - skip:
             t_w = time.perf_counter()
             w = run_ours(s, topic, outs["warm"], f"bench-fe-warm-{tag}", EXACTLY_ONCE, min(n, args.warm_up),
-                         args.batch, args.backend, cols, names)
+                         args.batch, args.backend, cols, names, record_io=args.record_io)
             print(f"  warm-up (untimed): ours EOS over {w['processed']:,} ticks in {time.perf_counter() - t_w:.1f} s")
 
         def attempt(key: str, fn: Any, *a: Any) -> None:
@@ -623,13 +627,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if "eos" not in skip:
             attempt("eos", run_ours, s, topic, outs["eos"], f"bench-fe-eos-{tag}", EXACTLY_ONCE, n, args.batch,
-                    args.backend, cols, names)
+                    args.backend, cols, names, None, args.record_io)
         if "eosnc" not in skip:
             attempt("eosnc", run_ours, s, topic, outs["eosnc"], f"bench-fe-eosnc-{tag}", EXACTLY_ONCE, n, args.batch,
-                    args.backend, cols, names, 0.0)
+                    args.backend, cols, names, 0.0, args.record_io)
         if "alo" not in skip:
             attempt("alo", run_ours, s, topic, outs["alo"], f"bench-fe-alo-{tag}", AT_LEAST_ONCE, n, args.batch,
-                    args.backend, cols, names)
+                    args.backend, cols, names, None, args.record_io)
         if "quix" not in skip:
             attempt("quix", run_quix, s, topic, outs["quix"], f"bench-fe-quix-{tag}", n, args.cap_s, args.quix_guarantee)
         if "faust" not in skip:
