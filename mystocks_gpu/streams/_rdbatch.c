@@ -423,7 +423,15 @@ done:
 }
 
 static void Ingest_dealloc(Ingest *self) {
-        /* a queue left open here is leaked, not destroyed: its consumer may already be gone */
+        /* close() if the caller did not: the consumer is still alive (this object holds a reference
+         * to it), and librdkafka's rd_kafka_destroy waits for the queues we hold. Once the consumer
+         * was closed (its handle gone) the queues can only be leaked. */
+        if (self->q && self->consumer && ((CflHandle *)self->consumer)->rk) {
+                PyObject *r = Ingest_close(self, NULL);
+                if (!r)
+                        PyErr_WriteUnraisable((PyObject *)self);
+                Py_XDECREF(r);
+        }
         PyMem_Free(self->buf);
         Py_XDECREF(self->consumer);
         Py_XDECREF(self->topic);

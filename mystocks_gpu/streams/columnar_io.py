@@ -146,7 +146,12 @@ class ColumnarIngest:
     """One consumer's assigned partitions read as :class:`ColumnChunk` batches (see the module doc).
 
     ``consumer``: a confluent-kafka ``Consumer`` subscribed to ``topic`` only. Not thread-safe; call
-    everything from the thread that polls the consumer."""
+    everything from the thread that polls the consumer.
+
+    :meth:`close` it before the consumer closes: the records queued here hold references that
+    librdkafka's destroy waits for, so a ``consumer.close()`` with this ingest open blocks forever.
+    An ingest dropped without :meth:`close` closes itself when collected (it keeps its consumer
+    alive until then), so only an explicit ``consumer.close()`` first can hang."""
 
     def __init__(self, consumer: Any, topic: str) -> None:
         ext, reason = load_extension()

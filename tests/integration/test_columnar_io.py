@@ -233,3 +233,39 @@ def test_columnar_and_messages_workers_write_the_same_outputs(settings: Settings
     assert summaries["columnar"]["record_io"] == "columnar"
     assert summaries["messages"]["record_io"] == "messages"
     assert summaries["columnar"]["records_in"] == summaries["messages"]["records_in"] == 30_000
+
+
+_UNCLOSED = """
+import sys
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from mystocks_gpu.infra.kafka_clients import make_consumer
+from mystocks_gpu.infra.config import KafkaConfig
+from mystocks_gpu.streams.columnar_io import ColumnarIngest
+cfg = KafkaConfig(bootstrap_servers=sys.argv[1])
+c = make_consumer(cfg, sys.argv[3])
+ing = ColumnarIngest(c, sys.argv[2])
+ing.attach([0, 1])
+c.assign([TopicPartition(sys.argv[2], p, OFFSET_BEGINNING) for p in (0, 1)])
+chunk, _ = ing.consume(10, 10.0)
+print(len(chunk), ing.queued() > 0, flush=True)
+"""
+
+
+def test_an_ingest_left_open_is_closed_when_collected(settings: Settings, unique: str, tmp_path: Any) -> None:
+    """A process that never closes its ingest (nor its consumer) still exits: the ingest closes
+    itself before its consumer is destroyed (librdkafka's destroy would wait for the queued records
+    forever)."""
+    import subprocess
+    import sys
+
+    topic = _topic(settings, f"t.cu.{unique}", partitions=2)
+    prod = make_producer(settings.kafka)
+    for i in range(5_000):
+        prod.produce(topic, b"v", b"k", partition=i % 2)
+    prod.flush(30)
+    script = tmp_path / "unclosed.py"
+    script.write_text(_UNCLOSED)
+    r = subprocess.run([sys.executable, str(script), settings.kafka.bootstrap_servers, topic, f"g.cu.{unique}"],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["10", "True"]  # records were still queued in the ingest at exit
