@@ -373,12 +373,13 @@ static PyObject *Ingest_consume(Ingest *self, PyObject *args) {
                 rd_kafka_message_t *m = self->buf[i];
                 PyObject *v;
                 if (m->err) {
-                        const char *reason = m->payload ? (const char *)m->payload : rd.err2str(m->err);
-                        if (m->payload)
-                                v = Py_BuildValue("(iLis#)", (int)m->partition, (long long)m->offset, m->err,
-                                                  reason, (Py_ssize_t)m->len);
-                        else
-                                v = Py_BuildValue("(iLis)", (int)m->partition, (long long)m->offset, m->err, reason);
+                        /* the reason: the event's payload (any bytes: undecodable ones replaced), else the code's text */
+                        PyObject *reason = m->payload
+                            ? PyUnicode_DecodeUTF8((const char *)m->payload, (Py_ssize_t)m->len, "replace")
+                            : PyUnicode_FromString(rd.err2str(m->err));
+                        if (!reason)
+                                goto done;
+                        v = Py_BuildValue("(iLiN)", (int)m->partition, (long long)m->offset, m->err, reason);
                         if (!v || PyList_Append(errs, v)) {
                                 Py_XDECREF(v);
                                 goto done;

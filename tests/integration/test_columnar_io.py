@@ -269,3 +269,32 @@ def test_an_ingest_left_open_is_closed_when_collected(settings: Settings, unique
                        capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["10", "True"]  # records were still queued in the ingest at exit
+
+
+def test_a_partition_error_comes_as_an_event_not_a_record(settings: Settings, unique: str) -> None:
+    """An offset beyond the end with ``auto.offset.reset=error``: librdkafka puts the partition's
+    error on its fetch queue; the ingest returns it as an event with a readable reason, no record."""
+    from confluent_kafka import KafkaError
+
+    topic = _topic(settings, f"t.ce.{unique}", partitions=1)
+    prod = make_producer(settings.kafka)
+    prod.produce(topic, b"v", b"k", partition=0)
+    prod.flush(30)
+    consumer = make_consumer(settings.kafka, f"g.ce.{unique}", **{"auto.offset.reset": "error"})
+    ing = ColumnarIngest(consumer, topic)
+    ing.attach([0])
+    consumer.assign([TopicPartition(topic, 0, 1_000_000)])
+    try:
+        events, records, deadline = [], 0, time.monotonic() + 30
+        while not events and time.monotonic() < deadline:
+            consumer.poll(0)
+            chunk, events = ing.consume(100, 0.5)
+            records += len(chunk)
+        assert records == 0
+        assert events, "no error event within 30 s"
+        ev = events[0]
+        assert (ev.partition, ev.code) == (0, KafkaError._AUTO_OFFSET_RESET)
+        assert "offset" in ev.reason.lower() and isinstance(ev.reason, str)
+    finally:
+        ing.close()
+        consumer.close()
