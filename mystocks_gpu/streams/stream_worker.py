@@ -478,7 +478,10 @@ class StreamWorker:
 
     def _close(self) -> None:
         if self._ingest is not None and self.consumer is not None:
-            self._ingest.close()  # before the consumer: its queues must not outlive the handle
+            # before the consumer: its queues must not outlive the handle. Dropped first, so a
+            # rebalance delivered during consumer.close() (an assignment too) leaves it alone
+            ingest, self._ingest = self._ingest, None
+            ingest.close()
         try:
             if self.consumer is not None:
                 self.consumer.close()  # fires on_revoke: commits a clean cut unless the protocol failed

@@ -97,3 +97,52 @@ def test_add_columns_cuts_like_add_messages(max_records: int, max_bytes: int, si
             assert bm == bc
     bm, bc = by_msg.take(), by_col.take()
     assert bm == bc
+
+
+def test_an_assignment_during_the_consumer_close_leaves_the_closed_ingest_alone() -> None:
+    """The worker closes its ingest before its consumer; a rebalance librdkafka delivers inside
+    ``consumer.close()`` (an assignment still in flight) must not reach the closed ingest (it
+    raised ``RuntimeError: closed`` in the assignment callback and the worker exited 1)."""
+    from confluent_kafka import TopicPartition
+
+    from mystocks_gpu.infra.config import KafkaConfig
+    from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
+    from mystocks_gpu.streams.stream_worker import StreamWorker
+
+    order: list[str] = []
+
+    class Ingest:
+        closed = False
+
+        def attach(self, parts: list[int]) -> None:
+            if self.closed:
+                raise RuntimeError("closed")
+            order.append(f"attach {parts}")
+
+        def close(self) -> None:
+            self.closed = True
+            order.append("ingest closed")
+
+    class Protocol:
+        def on_assign(self, parts: object) -> None:
+            order.append(f"assigned {list(parts)}")  # type: ignore[call-overload]
+
+    w = StreamWorker(RunningAggregateProcessor(output_topic="t.out"), KafkaConfig(),
+                     RuntimeConfig(guarantee="at_least_once"))
+
+    class Consumer:
+        def close(self) -> None:
+            w._on_assign(self, [TopicPartition("t", 2)])
+            order.append("consumer closed")
+
+        def incremental_assign(self, parts: object) -> None:
+            pass
+
+    class Producer:
+        def flush(self, timeout: float) -> int:
+            return 0
+
+    ingest = Ingest()
+    w._ingest, w.consumer, w.producer, w.protocol = ingest, Consumer(), Producer(), Protocol()  # type: ignore[assignment]
+    w._close()
+    assert order == ["ingest closed", "assigned [2]", "consumer closed"]
