@@ -72,21 +72,16 @@ probe() {
     REPORT+=("MISSING  python3        -> apt packages python3 python3-venv")
     MISSING+=(python3 python3-venv)
   fi
-  # the worker's columnar record I/O is a C extension built by pip (mystocks_gpu/streams/_rdbatch.c)
+  # the worker's columnar record I/O is a C extension built by pip (mystocks_gpu/streams/_rdbatch.c): it
+  # needs Python's headers and gcc (probed with the tools below)
   if [ -n "$py" ] && "$py" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1; then
     REPORT+=("ok       python3 dev    Python.h found")
   else
     REPORT+=("MISSING  python3 dev    Python.h builds the columnar I/O extension -> apt package python3-dev")
     MISSING+=(python3-dev)
   fi
-  if command -v gcc >/dev/null; then
-    REPORT+=("ok       gcc            $(command -v gcc)")
-  else
-    REPORT+=("MISSING  gcc            compiles the columnar I/O extension -> apt package gcc")
-    MISSING+=(gcc)
-  fi
   local tool pkg
-  for tool in redis-server:redis-server kcat:kcat; do
+  for tool in gcc:gcc redis-server:redis-server kcat:kcat; do  # gcc: compiles the extension
     pkg=${tool#*:}; tool=${tool%%:*}
     if command -v "$tool" >/dev/null; then
       REPORT+=("ok       $(printf '%-14s' "$tool") $(command -v "$tool")")

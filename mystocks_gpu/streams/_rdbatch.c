@@ -161,6 +161,7 @@ typedef struct {
         PyObject *topic;         /* str */
         rd_kafka_queue_t *q;     /* the private queue; NULL once closed */
         rd_kafka_queue_t *parts[MAX_PARTS]; /* partition -> its fetch queue (attached), else NULL */
+        Py_ssize_t n_attached;   /* non-NULL entries of parts */
         rd_kafka_message_t **buf;
         size_t buf_n;
 } Ingest;
@@ -232,6 +233,7 @@ static PyObject *Ingest_attach(Ingest *self, PyObject *arg) {
                 return NULL;
         }
         rd.queue_forward(self->parts[p], self->q);
+        self->n_attached++;
         Py_RETURN_NONE;
 }
 
@@ -245,6 +247,7 @@ static void detach_one(Ingest *self, rd_kafka_t *rk, long p) {
         }
         rd.queue_destroy(self->parts[p]);
         self->parts[p] = NULL;
+        self->n_attached--;
 }
 
 /* detach(partition): forward the partition back to the consumer queue */
@@ -294,11 +297,18 @@ static PyObject *Ingest_attached(Ingest *self, PyObject *Py_UNUSED(unused)) {
         return out;
 }
 
-/* queued() -> int: messages waiting in the private queue */
+/* queued() -> int: messages waiting in the private queue (0 once closed) */
 static PyObject *Ingest_queued(Ingest *self, PyObject *Py_UNUSED(unused)) {
-        if (!self->q || !ingest_rk(self))
-                return self->q ? NULL : PyLong_FromLong(0);
+        if (!self->q)
+                return PyLong_FromLong(0);
+        if (!ingest_rk(self))
+                return NULL;
         return PyLong_FromSize_t(rd.queue_length(self->q));
+}
+
+/* attached_count() -> int: how many partitions are attached */
+static PyObject *Ingest_attached_count(Ingest *self, PyObject *Py_UNUSED(unused)) {
+        return PyLong_FromSsize_t(self->n_attached);
 }
 
 static PyObject *bytes_or_none(const void *p, size_t n) {
@@ -445,6 +455,7 @@ static PyMethodDef Ingest_methods[] = {
     {"close", (PyCFunction)Ingest_close, METH_NOARGS, "close(): detach all, release the queue"},
     {"attached", (PyCFunction)Ingest_attached, METH_NOARGS, "attached() -> list[int]"},
     {"queued", (PyCFunction)Ingest_queued, METH_NOARGS, "queued() -> messages waiting"},
+    {"attached_count", (PyCFunction)Ingest_attached_count, METH_NOARGS, "attached_count() -> partitions attached"},
     {"consume", (PyCFunction)Ingest_consume, METH_VARARGS,
      "consume(max_messages, timeout_s, wait_all=False) -> (values, keys, partitions, offsets, timestamps_ms, errors, "
      "nbytes, max_value, max_key)"},

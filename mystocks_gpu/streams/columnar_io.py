@@ -42,11 +42,6 @@ COLUMNAR = "columnar"
 MESSAGES = "messages"
 RECORD_IO_MODES = (AUTO, COLUMNAR, MESSAGES)
 
-#: librdkafka's "partition EOF" event code (RD_KAFKA_RESP_ERR__PARTITION_EOF): not an error
-PARTITION_EOF = -191
-#: librdkafka's "queue full" code (RD_KAFKA_RESP_ERR__QUEUE_FULL): wait for room, then resume
-QUEUE_FULL = -184
-
 #: ``produce_many(producer, topic, values, keys, timestamps_ms, headers, partition, start, stop)
 #: -> (sent, code, reason)`` (see ``_rdbatch.c``)
 ProduceMany = Callable[[Any, str, list[Any], list[Any], list[int], "list[tuple[str, bytes]] | None", int, int, int],
@@ -157,24 +152,21 @@ class ColumnarIngest:
             raise RuntimeError(reason)
         self._ing = ext.Ingest(consumer, topic)
         self.topic = topic
-        self._parts: set[int] = set()
 
     def attach(self, partitions: list[int]) -> None:
         """Read these partitions through this ingest (call in the assignment callback)."""
         for p in partitions:
             self._ing.attach(p)
-            self._parts.add(p)
 
     def detach(self, partitions: list[int]) -> None:
         """Hand these partitions back to the consumer queue (revoked or lost)."""
         for p in partitions:
             self._ing.detach(p)
-            self._parts.discard(p)
 
     @property
     def active(self) -> bool:
         """True while any partition is attached."""
-        return bool(self._parts)
+        return bool(self._ing.attached_count())
 
     def attached(self) -> list[int]:
         """The attached partitions, ascending (as the extension holds them)."""
@@ -196,7 +188,6 @@ class ColumnarIngest:
     def close(self) -> None:
         """Detach every partition and release the queue; call before the consumer closes."""
         self._ing.close()
-        self._parts.clear()
 
 
 def columnar_producer(mode: str) -> ProduceMany | None:

@@ -46,7 +46,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.streams.batching import RawBatch
-from mystocks_gpu.streams.columnar_io import QUEUE_FULL, columnar_producer
+from mystocks_gpu.streams.columnar_io import columnar_producer
 from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic, fit_dead_letter
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.processor import Outputs, Processor
@@ -297,7 +297,7 @@ class CommitProtocol:
             i += sent
             if code == 0:
                 return
-            if code != QUEUE_FULL:
+            if code != KafkaError._QUEUE_FULL:
                 raise KafkaException(KafkaError(code, reason))
             self.send(topic, keys[i], values[i], ts_ms[i], partition=None if partition < 0 else partition,
                       headers=header_arg(headers) if headers else None)

@@ -50,7 +50,6 @@ from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
 from mystocks_gpu.streams.columnar_io import (
     COLUMNAR,
     MESSAGES,
-    PARTITION_EOF,
     ColumnarIngest,
     ColumnChunk,
     resolve_mode,
@@ -446,17 +445,14 @@ class StreamWorker:
             # the consumer queue first: rebalance and commit callbacks run here (never inside the
             # ingest), and it holds any record fetched before its partition was attached
             msgs = self.consumer.consume(want, timeout=0)
-            if msgs or not self._ingest.active:
-                if msgs or timeout <= 0:
-                    return msgs
-                first = self.consumer.poll(timeout)  # nothing attached yet: wait on the consumer queue
-                return [] if first is None else [first]
-            chunk, events = self._ingest.consume(want, timeout, wait_all)
-            for ev in events:
-                if ev.code != PARTITION_EOF:
-                    log.warning("consumer error", extra={"fields": {"error": ev.reason, "partition": ev.partition,
-                                                                    "code": ev.code}})
-            return chunk
+            if msgs:
+                return msgs
+            if self._ingest.active:
+                chunk, events = self._ingest.consume(want, timeout, wait_all)
+                for ev in events:
+                    self._consumer_error(ev.code, ev.reason, fatal=False, partition=ev.partition)
+                return chunk
+            wait_all = False  # nothing attached yet: wait on the consumer queue for the first
         if wait_all:
             return self.consumer.consume(want, timeout=timeout)
         first = self.consumer.poll(timeout) if timeout > 0 else None
@@ -522,13 +518,19 @@ class StreamWorker:
         for m, err in zip(msgs, errors, strict=True):
             if err is None:
                 out.append(m)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                continue
-            elif err.fatal():
-                raise FatalRuntimeError(f"consumer fatal error: {err.str()}")
             else:
-                log.warning("consumer error", extra={"fields": {"error": err.str()}})
+                self._consumer_error(err.code(), err.str(), err.fatal(), m.partition())
         return out
+
+    @staticmethod
+    def _consumer_error(code: int, reason: str, fatal: bool, partition: int | None = None) -> None:
+        """An error event from the consumer (a ``Message`` or the columnar ingest): partition EOF
+        is none, a fatal one stops the worker, any other is logged."""
+        if code == KafkaError._PARTITION_EOF:
+            return
+        if fatal:
+            raise FatalRuntimeError(f"consumer fatal error: {reason}")
+        log.warning("consumer error", extra={"fields": {"error": reason, "code": code, "partition": partition}})
 
     def _handle(self, batch: RawBatch) -> None:
         """Decode, process and produce one batch (inside the open transaction in EOS mode), timing

@@ -18,11 +18,10 @@ import random
 import time
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer
-from mystocks_gpu.streams import columnar_io
 from mystocks_gpu.streams.columnar_io import ColumnarIngest, load_extension, resolve_mode
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
@@ -97,7 +96,7 @@ def _read_columnar(ing: ColumnarIngest, consumer: Consumer, want: int) -> dict[i
     while n < want and time.monotonic() < deadline:
         consumer.poll(0)  # the consumer queue: callbacks (none expected to carry records)
         chunk, events = ing.consume(1_000, 0.2)
-        assert all(e.code == columnar_io.PARTITION_EOF for e in events), events
+        assert all(e.code == KafkaError._PARTITION_EOF for e in events), events
         if len(chunk):  # the sizes the ingest measured in C
             assert chunk.nbytes == sum(len(v or b"") for v in chunk.values)
             assert chunk.max_value == max(len(v or b"") for v in chunk.values)
@@ -274,8 +273,6 @@ def test_an_ingest_left_open_is_closed_when_collected(settings: Settings, unique
 def test_a_partition_error_comes_as_an_event_not_a_record(settings: Settings, unique: str) -> None:
     """An offset beyond the end with ``auto.offset.reset=error``: librdkafka puts the partition's
     error on its fetch queue; the ingest returns it as an event with a readable reason, no record."""
-    from confluent_kafka import KafkaError
-
     topic = _topic(settings, f"t.ce.{unique}", partitions=1)
     prod = make_producer(settings.kafka)
     prod.produce(topic, b"v", b"k", partition=0)

@@ -4,7 +4,6 @@ side is tests/integration/test_columnar_io.py)."""
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import KafkaError
 
 from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.streams import columnar_io
@@ -37,7 +36,6 @@ def test_column_chunk_helpers() -> None:
     assert c.tail(1) == ColumnChunk([None, b"c"], [b"k", b"k"], [1, 0], [6, 7], [2, 3])
     assert c.without_partitions({1}) == ColumnChunk([b"a", b"c"], [None, b"k"], [0, 0], [5, 7], [1, 3])
     assert c.without_partitions({9}) is c
-    assert KafkaError._PARTITION_EOF == columnar_io.PARTITION_EOF
 
 
 def test_record_io_setting_is_validated() -> None:
