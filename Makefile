@@ -33,7 +33,7 @@ system-deps: ## apt-get update + install what is missing (python3-venv, python3-
 # installs take them as constraints, so extras outside the lock (gpu, dl) still install
 LOCK := requirements.lock
 
-$(VENV)/.installed: pyproject.toml $(LOCK) mystocks_gpu/streams/_rdbatch.c
+$(VENV)/.installed: pyproject.toml $(LOCK) $(wildcard mystocks_gpu/streams/_rd*.[ch])
 	@command -v python3 >/dev/null || { echo "error: python3 is required (apt-get install python3 python3-venv)" >&2; exit 1; }
 	@# a venv made before python3-venv was installed has no pip: make it again
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && python3 -m venv $(VENV); }

@@ -20,89 +20,18 @@
  *     transaction control records are skipped, the application position advances);
  *   - detach() forwards a partition back to the consumer queue (librdkafka's default).
  *
+ * Producing from columns (produce_many, the Sender thread, size_bound) is in _rdsend.c; the ABI
+ * and the function table both files use are in _rdkafka_abi.h.
+ *
  * The one thing read from confluent-kafka's object is its handle pointer: the first field after
  * PyObject_HEAD of every confluent-kafka client (rd_kafka_t *rk; NULL once closed). bind()
  * checks that the library is the one confluent-kafka reports and that the handle is a consumer.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_rdkafka_abi.h"
 #include <dlfcn.h>
-#include <stdint.h>
 #include <string.h>
 
-typedef struct rd_kafka_s rd_kafka_t;
-typedef struct rd_kafka_queue_s rd_kafka_queue_t;
-typedef struct rd_kafka_topic_s rd_kafka_topic_t;
-typedef struct rd_kafka_error_s rd_kafka_error_t;
-
-/* public ABI of librdkafka's rd_kafka_vu_t (rdkafka.h, rd_kafka_produceva) */
-typedef struct {
-        int vtype;
-        union {
-                const char *cstr;
-                int i;
-                int32_t i32;
-                int64_t i64;
-                struct {
-                        void *ptr;
-                        size_t size;
-                } mem;
-                struct {
-                        const char *name;
-                        const void *val;
-                        Py_ssize_t size;
-                } header;
-                char _pad[64];
-        } u;
-} rd_kafka_vu_t;
-
-enum { VT_END, VT_TOPIC, VT_RKT, VT_PARTITION, VT_VALUE, VT_KEY, VT_OPAQUE, VT_MSGFLAGS, VT_TIMESTAMP, VT_HEADER };
-#define RD_KAFKA_MSG_F_COPY 0x2
-#define RD_KAFKA_PRODUCER 0
-#define RD_KAFKA_RESP_ERR__QUEUE_FULL (-184)
-#define MAX_HEADERS 64
-
-/* public ABI of librdkafka's rd_kafka_message_t (rdkafka.h, unchanged since 0.9) */
-typedef struct {
-        int err;
-        rd_kafka_topic_t *rkt;
-        int32_t partition;
-        void *payload;
-        size_t len;
-        void *key;
-        size_t key_len;
-        int64_t offset;
-        void *_private;
-} rd_kafka_message_t;
-
-/* the head of every confluent-kafka client object */
-typedef struct {
-        PyObject_HEAD
-        rd_kafka_t *rk;
-} CflHandle;
-
-static struct {
-        int bound;
-        int (*version)(void);
-        int (*type)(const rd_kafka_t *);
-        rd_kafka_queue_t *(*queue_new)(rd_kafka_t *);
-        void (*queue_destroy)(rd_kafka_queue_t *);
-        rd_kafka_queue_t *(*queue_get_partition)(rd_kafka_t *, const char *, int32_t);
-        rd_kafka_queue_t *(*queue_get_consumer)(rd_kafka_t *);
-        void (*queue_forward)(rd_kafka_queue_t *, rd_kafka_queue_t *);
-        size_t (*queue_length)(rd_kafka_queue_t *);
-        Py_ssize_t (*consume_batch_queue)(rd_kafka_queue_t *, int, rd_kafka_message_t **, size_t);
-        void (*message_destroy)(rd_kafka_message_t *);
-        int64_t (*message_timestamp)(const rd_kafka_message_t *, int *);
-        const char *(*err2str)(int);
-        rd_kafka_error_t *(*produceva)(rd_kafka_t *, const rd_kafka_vu_t *, size_t);
-        int (*error_code)(const rd_kafka_error_t *);
-        const char *(*error_string)(const rd_kafka_error_t *);
-        void (*error_destroy)(rd_kafka_error_t *);
-} rd;
-
-#define RD_KAFKA_CONSUMER 1
-#define RD_KAFKA_RESP_ERR__PARTITION_EOF (-191)
+HIDDEN RdApi rd;
 
 /* bind(path, expected_version) -> None: resolve librdkafka's functions in the loaded library */
 static PyObject *rb_bind(PyObject *Py_UNUSED(self), PyObject *args) {
@@ -137,6 +66,8 @@ static PyObject *rb_bind(PyObject *Py_UNUSED(self), PyObject *args) {
         BIND(message_timestamp, "rd_kafka_message_timestamp");
         BIND(err2str, "rd_kafka_err2str");
         BIND(produceva, "rd_kafka_produceva");
+        BIND(topic_new, "rd_kafka_topic_new");
+        BIND(topic_destroy, "rd_kafka_topic_destroy");
         BIND(error_code, "rd_kafka_error_code");
         BIND(error_string, "rd_kafka_error_string");
         BIND(error_destroy, "rd_kafka_error_destroy");
@@ -472,114 +403,11 @@ static PyTypeObject IngestType = {
     .tp_methods = Ingest_methods,
 };
 
-/* ---- produce_many: records from columns, one rd_kafka_produceva each ------------------------- */
-
-static int mem_arg(PyObject *o, void **ptr, size_t *len, const char *what, Py_ssize_t i) {
-        if (o == Py_None) {
-                *ptr = NULL;
-                *len = 0;
-                return 0;
-        }
-        if (!PyBytes_Check(o)) {
-                PyErr_Format(PyExc_TypeError, "%s %zd must be bytes or None, not %.80s", what, i, Py_TYPE(o)->tp_name);
-                return -1;
-        }
-        *ptr = PyBytes_AS_STRING(o);
-        *len = (size_t)PyBytes_GET_SIZE(o);
-        return 0;
-}
-
-/*
- * produce_many(producer, topic, values, keys, timestamps_ms, headers, partition, start, stop)
- *     -> (sent, code, reason)
- *
- * Produces records start..stop-1 of the columns (lists; values/keys bytes or None, timestamps int
- * ms) to topic, in order, each with the same headers (a list of (str, bytes) pairs, or None), to
- * partition (-1: librdkafka's partitioner by key). No delivery report reaches Python (no opaque:
- * confluent-kafka's delivery callback ignores such messages), as with produce() without a
- * callback. Stops at the first error: sent = records produced; code = 0 when all were, else the
- * librdkafka error code of record start + sent (-184 = the queue is full: poll and resume).
- */
-static PyObject *rb_produce_many(PyObject *Py_UNUSED(self), PyObject *args) {
-        PyObject *producer, *values, *keys, *ts, *headers;
-        const char *topic;
-        int partition;
-        Py_ssize_t start, stop, i, nh = 0, j;
-        rd_kafka_t *rk;
-        rd_kafka_vu_t vu[6 + MAX_HEADERS];
-        if (!rd.bound) {
-                PyErr_SetString(PyExc_RuntimeError, "bind() librdkafka first");
-                return NULL;
-        }
-        if (!PyArg_ParseTuple(args, "OsO!O!O!Oinn", &producer, &topic, &PyList_Type, &values, &PyList_Type, &keys,
-                              &PyList_Type, &ts, &headers, &partition, &start, &stop))
-                return NULL;
-        if (!(rk = ((CflHandle *)producer)->rk)) {
-                PyErr_SetString(PyExc_RuntimeError, "the producer is closed");
-                return NULL;
-        }
-        if (rd.type(rk) != RD_KAFKA_PRODUCER) {
-                PyErr_SetString(PyExc_TypeError, "not a producer handle");
-                return NULL;
-        }
-        if (start < 0 || stop < start || stop > PyList_GET_SIZE(values) || stop > PyList_GET_SIZE(keys) ||
-            stop > PyList_GET_SIZE(ts)) {
-                PyErr_SetString(PyExc_ValueError, "start/stop outside the columns");
-                return NULL;
-        }
-        vu[0].vtype = VT_TOPIC;
-        vu[0].u.cstr = topic;
-        vu[1].vtype = VT_PARTITION;
-        vu[1].u.i32 = partition;
-        vu[2].vtype = VT_MSGFLAGS;
-        vu[2].u.i = RD_KAFKA_MSG_F_COPY;
-        vu[3].vtype = VT_VALUE;
-        vu[4].vtype = VT_KEY;
-        vu[5].vtype = VT_TIMESTAMP;
-        if (headers != Py_None) {
-                if (!PyList_Check(headers) || PyList_GET_SIZE(headers) > MAX_HEADERS) {
-                        PyErr_Format(PyExc_TypeError, "headers must be a list of at most %d (str, bytes) pairs", MAX_HEADERS);
-                        return NULL;
-                }
-                nh = PyList_GET_SIZE(headers);
-                for (j = 0; j < nh; j++) {
-                        PyObject *pair = PyList_GET_ITEM(headers, j), *name, *val;
-                        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-                            !PyUnicode_Check(name = PyTuple_GET_ITEM(pair, 0)) ||
-                            !PyBytes_Check(val = PyTuple_GET_ITEM(pair, 1))) {
-                                PyErr_SetString(PyExc_TypeError, "each header must be a (str, bytes) pair");
-                                return NULL;
-                        }
-                        vu[6 + j].vtype = VT_HEADER;
-                        if (!(vu[6 + j].u.header.name = PyUnicode_AsUTF8(name)))
-                                return NULL;
-                        vu[6 + j].u.header.val = PyBytes_AS_STRING(val);
-                        vu[6 + j].u.header.size = PyBytes_GET_SIZE(val);
-                }
-        }
-        for (i = start; i < stop; i++) {
-                rd_kafka_error_t *err;
-                long long t = PyLong_AsLongLong(PyList_GET_ITEM(ts, i));
-                if (t == -1 && PyErr_Occurred())
-                        return NULL;
-                if (mem_arg(PyList_GET_ITEM(values, i), &vu[3].u.mem.ptr, &vu[3].u.mem.size, "value", i) ||
-                    mem_arg(PyList_GET_ITEM(keys, i), &vu[4].u.mem.ptr, &vu[4].u.mem.size, "key", i))
-                        return NULL;
-                vu[5].u.i64 = t;
-                if ((err = rd.produceva(rk, vu, (size_t)(6 + nh)))) {
-                        int code = rd.error_code(err);
-                        PyObject *out = Py_BuildValue("(nis)", i - start, code, rd.error_string(err));
-                        rd.error_destroy(err);
-                        return out;
-                }
-        }
-        return Py_BuildValue("(nis)", stop - start, 0, "");
-}
-
 static PyMethodDef module_methods[] = {
     {"bind", rb_bind, METH_VARARGS, "bind(path, expected_version): resolve the loaded librdkafka"},
     {"produce_many", rb_produce_many, METH_VARARGS,
      "produce_many(producer, topic, values, keys, timestamps_ms, headers, partition, start, stop) -> (sent, code, reason)"},
+    {"size_bound", rb_size_bound, METH_VARARGS, "size_bound(values, keys) -> largest value + largest key, bytes"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_rdbatch",
@@ -588,7 +416,7 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_rdbatch",
 
 PyMODINIT_FUNC PyInit__rdbatch(void) {
         PyObject *m;
-        if (PyType_Ready(&IngestType) < 0)
+        if (PyType_Ready(&IngestType) < 0 || PyType_Ready(&SenderType) < 0)
                 return NULL;
         if (!(m = PyModule_Create(&moduledef)))
                 return NULL;
@@ -599,6 +427,12 @@ PyMODINIT_FUNC PyInit__rdbatch(void) {
         }
         if (PyModule_AddObject(m, "Ingest", (PyObject *)&IngestType) < 0) {
                 Py_DECREF(&IngestType);
+                Py_DECREF(m);
+                return NULL;
+        }
+        Py_INCREF(&SenderType);
+        if (PyModule_AddObject(m, "Sender", (PyObject *)&SenderType) < 0) {
+                Py_DECREF(&SenderType);
                 Py_DECREF(m);
                 return NULL;
         }

@@ -53,6 +53,12 @@ class RawBatch:
     #: :meth:`BatchAccumulator.add_messages`, so a size check can skip its per-record pass when no
     #: record can exceed the limit; -1 = unknown (a batch built otherwise)
     max_record_bytes: int = -1
+    #: ``(record count, result)`` of the last :meth:`by_partition` / :meth:`timestamps_array`.
+    #: Records only ever join a batch at its end (and leave it through :meth:`drop_partitions`, which
+    #: clears these), so an unchanged count means the result still holds: the runtime asks for both
+    #: several times per batch, and each list -> array conversion costs about 20 ns per record
+    _groups: tuple[int, dict[int, list[int]]] | None = field(default=None, repr=False, compare=False)
+    _ts: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -73,18 +79,34 @@ class RawBatch:
         return out
 
     def by_partition(self) -> dict[int, list[int]]:
-        """partition -> indices of its records, in order (offsets grow within a partition)."""
-        parts = np.asarray(self.partitions, np.int32)
-        uniq = np.unique(parts)
-        if uniq.size == 1:
-            return {int(uniq[0]): list(range(parts.size))}
-        return {int(p): np.flatnonzero(parts == p).tolist() for p in uniq}
+        """partition -> indices of its records, in order (offsets grow within a partition).
+        Computed once per batch content; the caller must not modify what it returns."""
+        n = len(self.partitions)
+        if self._groups is None or self._groups[0] != n:
+            parts = np.asarray(self.partitions, np.int32)
+            uniq = np.unique(parts)
+            if uniq.size == 1:
+                groups = {int(uniq[0]): list(range(n))}
+            else:
+                groups = {int(p): np.flatnonzero(parts == p).tolist() for p in uniq}
+            self._groups = (n, groups)
+        return self._groups[1]
+
+    def timestamps_array(self) -> np.ndarray:
+        """int64 (n,): the records' timestamps in ms (computed once per batch content; read only)."""
+        n = len(self.timestamps_ms)
+        if self._ts is None or self._ts[0] != n:
+            ts = np.asarray(self.timestamps_ms, np.int64)
+            ts.flags.writeable = False
+            self._ts = (n, ts)
+        return self._ts[1]
 
     def drop_partitions(self, revoked: set[int]) -> int:
         """Remove the records of revoked partitions (a new owner reprocesses them); returns count dropped."""
         keep = [i for i, p in enumerate(self.partitions) if p not in revoked]
         dropped = len(self.partitions) - len(keep)
         if dropped:
+            self._groups = self._ts = None
             for name in ("values", "keys", "partitions", "offsets", "timestamps_ms"):
                 col = getattr(self, name)
                 setattr(self, name, [col[i] for i in keep])

@@ -13,7 +13,9 @@ stage          seconds of each input record spent ...
 ``decode``     decoding its batch (the batch's time, once per record of the batch)
 ``compute``    the processor's computation on its batch (``process`` minus its encode time)
 ``encode``     encoding the batch's outputs (reported by the processor, 0 when it does not say)
-``produce``    handing the batch's outputs to the producer (``produce()`` calls)
+``produce``    handing the batch's outputs to the producer (``produce()`` calls; exactly-once
+               with columnar record I/O: handing them to the send thread, whose queueing
+               then counts in ``commit``, ``streams/send_pipeline.py``)
 ``deliver``    at-least-once: from the end of produce to the broker's acknowledgement of the
                batch's last output (its outputs are then visible)
 ``commit``     exactly-once: from the end of produce to the end of the transaction's commit (its

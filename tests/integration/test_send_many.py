@@ -4,20 +4,21 @@ arguments otherwise), must put every record on the wire exactly once, in order, 
 event timestamp and headers, in the partition the default partitioner picks for its key (or
 the one given, as changelog entries are sent), and must resume at the right record after
 ``BufferError`` (a producer queue of 7 messages, never polled by the caller, fills on every few
-records)."""
+records). Exactly-once with columnar record I/O sends on a background thread: the same records,
+resumed by the commit's barrier, and aborted with their transaction."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer
 from mystocks_gpu.streams.commit_protocol import CommitProtocol
-from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, RuntimeConfig
+from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.integration.stream_helpers import read_finished
@@ -33,13 +34,7 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
         settings: Settings, unique: str, record_io: str) -> None:
     topics = [f"t.sm.{unique}.{record_io}.{k}" for k in ("ours", "plain", "hdr", "pinned")]
     TopicAdmin(settings.kafka).create([TopicSpec(t, "symbol", None, partitions=5, dlq=False) for t in topics])
-    rng = random.Random(3)
-    n = 2_000
-    keys: list[bytes | None] = [f"SYM{rng.randrange(40):02d}".encode() for _ in range(n)]
-    keys[17] = None  # a keyless record is allowed
-    values = [rng.randbytes(rng.randrange(1, 90)) for _ in range(n)]
-    ts = [1_700_000_000_000 + 37 * i + rng.randrange(30) for i in range(n)]
-
+    keys, values, ts = _columns()
     tiny = make_producer(settings.kafka, **{"queue.buffering.max.messages": 7, "linger.ms": 0})
     proto = CommitProtocol(producer=tiny, consumer=None, topic="unused", processor=None, states=None,  # type: ignore[arg-type]
                            rt=RuntimeConfig(guarantee=AT_LEAST_ONCE, record_io=record_io), metrics=None, clock=Clock(),  # type: ignore[arg-type]
@@ -62,6 +57,73 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
     assert len(waited) > 100  # the queue was full again and again: the resume path ran
     assert (proto._produce_many is not None) == (record_io == "columnar")  # the setting took effect
 
+    _check_wire(settings, topics, keys, values, ts)
+
+
+def _columns(n: int = 2_000) -> tuple[list[bytes | None], list[bytes], list[int]]:
+    """Keys (40 symbols, one None), random values of 1-89 bytes, increasing timestamps (ms)."""
+    rng = random.Random(3)
+    keys: list[bytes | None] = [f"SYM{rng.randrange(40):02d}".encode() for _ in range(n)]
+    keys[17] = None  # a keyless record is allowed
+    values = [rng.randbytes(rng.randrange(1, 90)) for _ in range(n)]
+    ts = [1_700_000_000_000 + 37 * i + rng.randrange(30) for i in range(n)]
+    return keys, values, ts
+
+
+def test_exactly_once_background_sends_keep_order_through_full_queues_and_abort_with_the_transaction(
+        settings: Settings, unique: str) -> None:
+    """Exactly-once with the column producer sends on a background thread (``send_pipeline.py``).
+    Whatever it could not send (a queue of 7 messages fills at once) is sent in order by the
+    commit's barrier, ``_settle_sends``, before the transaction commits; what a discarded
+    transaction sent is aborted with it."""
+    topics = [f"t.smx.{unique}.{k}" for k in ("ours", "plain", "hdr", "pinned", "aborted")]
+    TopicAdmin(settings.kafka).create([TopicSpec(t, "symbol", None, partitions=5, dlq=False) for t in topics])
+    keys, values, ts = _columns()
+    tiny = make_producer(settings.kafka, **{"queue.buffering.max.messages": 7, "linger.ms": 0,
+                                            "transactional.id": f"tx.smx.{unique}", "delivery.report.only.error": True})
+    tiny.init_transactions(30)
+    proto = CommitProtocol(producer=tiny, consumer=None, topic="unused", processor=None, states=None,  # type: ignore[arg-type]
+                           rt=RuntimeConfig(guarantee=EXACTLY_ONCE, record_io="columnar"), metrics=None,  # type: ignore[arg-type]
+                           clock=Clock(), drop_input=lambda: None, transactional_id="unused", max_bytes={})
+    assert proto._sender_type is not None  # the setting took effect: exactly-once + columnar sends in the background
+    waited: list[int] = []
+    send = proto.send
+
+    def counting_send(*a, **kw):  # type: ignore[no-untyped-def]
+        waited.append(1)
+        send(*a, **kw)
+
+    proto.send = counting_send  # type: ignore[method-assign]
+    proto.begin()
+    proto.send_many(topics[0], keys, values, ts)
+    proto.send_many(topics[2], keys[:300], values[:300], ts[:300], headers=[("a.first", b"1"), ("b.second", b"22")])
+    proto.send_many(topics[3], keys[:700], values[:700], ts[:700], partition=3)
+    proto._settle_sends()
+    assert proto._sends is not None and len(proto._sends) == 0
+    assert len(waited) > 100  # the thread stopped at the full queue; the barrier sent the rest here
+    tiny.commit_transaction(30)
+    _check_wire(settings, topics, keys, values, ts)
+
+    tiny.begin_transaction()
+    proto.send_many(topics[4], keys, values, ts)
+    proto.drop_sends()
+    tiny.flush(30)
+    tiny.abort_transaction(30)
+    proto.close()
+    # read_uncommitted: the high watermark (read_committed answers the last stable offset, which
+    # trails an abort until its markers are written)
+    probe = Consumer(settings.kafka.client_config(**{"group.id": f"g.smx.{unique}", "isolation.level": "read_uncommitted"}))
+    ends = sum(probe.get_watermark_offsets(TopicPartition(topics[4], p), timeout=10)[1] for p in range(5))
+    probe.close()
+    assert ends >= 2  # the thread did send (a record and its abort marker at least)...
+    assert _records(topics[4], settings) == []  # ...and read_committed sees none of it
+
+
+def _check_wire(settings: Settings, topics: list[str], keys: list[bytes | None], values: list[bytes],
+                ts: list[int]) -> None:
+    """topics[0]: every record once, in the reference producer's partition, in order; topics[2]: the
+    first 300 with both headers; topics[3]: the first 700 in partition 3, in order."""
+    n = len(values)
     # the reference partitioner: a plain producer, keyword arguments, Java's murmur2 key hashing
     plain = Producer(settings.kafka.client_config(partitioner="murmur2_random"))
     for k, v, t in zip(keys, values, ts, strict=True):

@@ -3,6 +3,8 @@ side is tests/integration/test_columnar_io.py)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from mystocks_gpu.exceptions import ConfigError
@@ -125,6 +127,9 @@ def test_an_assignment_during_the_consumer_close_leaves_the_closed_ingest_alone(
         def on_assign(self, parts: object) -> None:
             order.append(f"assigned {list(parts)}")  # type: ignore[call-overload]
 
+        def close(self) -> None:
+            order.append("protocol closed")
+
     w = StreamWorker(RunningAggregateProcessor(output_topic="t.out"), KafkaConfig(),
                      RuntimeConfig(guarantee="at_least_once"))
 
@@ -143,4 +148,20 @@ def test_an_assignment_during_the_consumer_close_leaves_the_closed_ingest_alone(
     ingest = Ingest()
     w._ingest, w.consumer, w.producer, w.protocol = ingest, Consumer(), Producer(), Protocol()  # type: ignore[assignment]
     w._close()
-    assert order == ["ingest closed", "assigned [2]", "consumer closed"]
+    assert order == ["ingest closed", "assigned [2]", "consumer closed", "protocol closed"]
+
+
+def test_size_bound_is_the_largest_value_plus_the_largest_key() -> None:
+    """The extension's one-pass bound (the produce path's size check) against plain Python."""
+    ext, why_not = columnar_io.load_extension()
+    if ext is None:
+        pytest.skip(f"the C extension is not built: {why_not}")
+    rng = random.Random(11)
+    for n in (0, 1, 7, 500):
+        values = [rng.randbytes(rng.randrange(0, 300)) for _ in range(n)]
+        keys: list[bytes | None] = [rng.choice([None, rng.randbytes(rng.randrange(0, 40))]) for _ in range(n)]
+        want = max((len(v) for v in values), default=0) + max((len(k) for k in keys if k is not None), default=0)
+        assert ext.size_bound(values, keys) == want
+    assert ext.size_bound([None, b"abc"], [b"k"]) == 4  # a tombstone value counts 0
+    with pytest.raises(TypeError, match="key 1 must be bytes or None, not str"):
+        ext.size_bound([b"a", b"b"], [b"k", "k"])

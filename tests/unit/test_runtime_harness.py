@@ -97,6 +97,30 @@ def test_drop_revoked_partitions() -> None:
     assert acc.batch.partitions == [1, 2] and acc.batch.values == [b"\x01", b"\x03"]
 
 
+def test_derived_columns_follow_the_records_a_batch_holds() -> None:
+    """by_partition() and timestamps_array() are computed once per batch content: records added
+    after, or dropped (even when as many come back), must show in the next answer."""
+    def expect(batch) -> tuple[dict[int, list[int]], list[int]]:  # type: ignore[no-untyped-def]
+        frame = pd.DataFrame({"p": batch.partitions})
+        return {int(p): list(ix) for p, ix in frame.groupby("p").indices.items()}, list(batch.timestamps_ms)
+
+    acc = BatchAccumulator(100, 10**9, 1)
+    for i, p in enumerate([3, 1, 3, 2]):
+        acc.add(bytes([i]), None, p, i, 1000 + i, now=0)
+    b = acc.batch
+    for _ in range(2):
+        want_groups, want_ts = expect(b)
+        assert b.by_partition() == want_groups and b.timestamps_array().tolist() == want_ts
+    assert not b.timestamps_array().flags.writeable
+    acc.add(b"x", None, 1, 9, 2000, now=0)
+    assert b.by_partition() == expect(b)[0] and b.timestamps_array().tolist() == expect(b)[1]
+    assert b.drop_partitions({3}) == 2
+    acc.add(b"y", None, 2, 10, 3000, now=0)
+    acc.add(b"z", None, 2, 11, 3001, now=0)  # five records again, as before the drop
+    assert b.by_partition() == expect(b)[0] == {1: [0, 2], 2: [1, 3, 4]}
+    assert b.timestamps_array().tolist() == expect(b)[1] == [1001, 1003, 2000, 3000, 3001]
+
+
 # ---- the built-in processor vs pandas ----------------------------------------------------------
 def _ticks(n: int = 3000, symbols: int = 25, seed: int = 5) -> list[dict]:
     return list(to_records(generate(SyntheticMarket(n_symbols=symbols, seed=seed), n), symbol_names(symbols, seed)))
