@@ -36,17 +36,7 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
     TopicAdmin(settings.kafka).create([TopicSpec(t, "symbol", None, partitions=5, dlq=False) for t in topics])
     keys, values, ts = _columns()
     tiny = make_producer(settings.kafka, **{"queue.buffering.max.messages": 7, "linger.ms": 0})
-    proto = CommitProtocol(producer=tiny, consumer=None, topic="unused", processor=None, states=None,  # type: ignore[arg-type]
-                           rt=RuntimeConfig(guarantee=AT_LEAST_ONCE, record_io=record_io), metrics=None, clock=Clock(),  # type: ignore[arg-type]
-                           drop_input=lambda: None, transactional_id="unused", max_bytes={})
-    waited: list[int] = []
-    send = proto.send
-
-    def counting_send(*a, **kw):  # type: ignore[no-untyped-def]
-        waited.append(1)
-        send(*a, **kw)
-
-    proto.send = counting_send  # type: ignore[method-assign]
+    proto, waited = _counting_protocol(tiny, RuntimeConfig(guarantee=AT_LEAST_ONCE, record_io=record_io))
     delivered: list[bytes] = []
     proto.send_many(topics[0], keys, values, ts, on_last_delivered=lambda err, msg: delivered.append(msg.value()))
     proto.send_many(topics[2], keys[:300], values[:300], ts[:300], headers=[("a.first", b"1"), ("b.second", b"22")])
@@ -58,6 +48,23 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
     assert (proto._produce_many is not None) == (record_io == "columnar")  # the setting took effect
 
     _check_wire(settings, topics, keys, values, ts)
+
+
+def _counting_protocol(producer: Producer, rt: RuntimeConfig) -> tuple[CommitProtocol, list[int]]:
+    """A protocol around ``producer`` alone, and a list that grows by one per record sent through
+    ``send()`` (the path that waits for room in a full queue)."""
+    proto = CommitProtocol(producer=producer, consumer=None, topic="unused", processor=None, states=None,  # type: ignore[arg-type]
+                           rt=rt, metrics=None, clock=Clock(), drop_input=lambda: None,  # type: ignore[arg-type]
+                           transactional_id="unused", max_bytes={})
+    waited: list[int] = []
+    send = proto.send
+
+    def counting_send(*a, **kw):  # type: ignore[no-untyped-def]
+        waited.append(1)
+        send(*a, **kw)
+
+    proto.send = counting_send  # type: ignore[method-assign]
+    return proto, waited
 
 
 def _columns(n: int = 2_000) -> tuple[list[bytes | None], list[bytes], list[int]]:
@@ -82,18 +89,8 @@ def test_exactly_once_background_sends_keep_order_through_full_queues_and_abort_
     tiny = make_producer(settings.kafka, **{"queue.buffering.max.messages": 7, "linger.ms": 0,
                                             "transactional.id": f"tx.smx.{unique}", "delivery.report.only.error": True})
     tiny.init_transactions(30)
-    proto = CommitProtocol(producer=tiny, consumer=None, topic="unused", processor=None, states=None,  # type: ignore[arg-type]
-                           rt=RuntimeConfig(guarantee=EXACTLY_ONCE, record_io="columnar"), metrics=None,  # type: ignore[arg-type]
-                           clock=Clock(), drop_input=lambda: None, transactional_id="unused", max_bytes={})
+    proto, waited = _counting_protocol(tiny, RuntimeConfig(guarantee=EXACTLY_ONCE, record_io="columnar"))
     assert proto._sender_type is not None  # the setting took effect: exactly-once + columnar sends in the background
-    waited: list[int] = []
-    send = proto.send
-
-    def counting_send(*a, **kw):  # type: ignore[no-untyped-def]
-        waited.append(1)
-        send(*a, **kw)
-
-    proto.send = counting_send  # type: ignore[method-assign]
     proto.begin()
     proto.send_many(topics[0], keys, values, ts)
     proto.send_many(topics[2], keys[:300], values[:300], ts[:300], headers=[("a.first", b"1"), ("b.second", b"22")])
