@@ -201,7 +201,8 @@ class CommitProtocol:
                 if self.clock.monotonic() > deadline:
                     raise KafkaException(KafkaError(KafkaError._QUEUE_FULL,
                                                     f"producer queue full for {self.rt.produce_block_timeout_s:.0f} s")) from None
-                self.producer.poll(0.05)
+                # exactly-once producers get no success reports, so nothing ends the wait early
+                self.producer.poll(0.005 if self.rt.exactly_once else 0.05)
 
     def produce(self, batch: RawBatch, out: Outputs, on_last_delivered: Callable[..., None] | None = None) -> None:
         """Produce one batch's outputs and dead letters inside the open transaction.
