@@ -164,14 +164,14 @@ def bench_group(g: str, cols: TickColumns, dev_cols: Any, S: int, args: argparse
         return row, line
     import cupy as cp
 
-    from mystocks_gpu.gpu_ops.features_gpu import group_by_symbol
+    from mystocks_gpu.gpu_ops.features_gpu import ROW_BLOCK_LOG2, group_chunks
 
     gpu = TickFeatureEngine(cfg, "gpu")
     st_gpu = gpu.initial_state(S)
     gpu.process(dev_cols.take(slice(0, 1000)), st_gpu)  # compile
     holder: dict[str, Any] = {}
     t_gpu = _gpu_time(lambda: holder.update(out=gpu.process(dev_cols, st_gpu)[0]), args.repeat)
-    t_group = _gpu_time(lambda: group_by_symbol(dev_cols.sym, S), args.repeat)
+    t_group = _gpu_time(lambda: group_chunks(cp, dev_cols.sym, S, ROW_BLOCK_LOG2), args.repeat)
     gpu_host = {k: v.get() for k, v in holder.pop("out").items()}
     cp.get_default_memory_pool().free_all_blocks()
     d = diff_stats(out_cpu, gpu_host)
@@ -183,12 +183,69 @@ def bench_group(g: str, cols: TickColumns, dev_cols: Any, S: int, args: argparse
                gpu_vs_h2d_pinned=gbps / bw["h2d_pinned_GBps"], gpu_vs_d2d=gbps / bw["d2d_GBps"],
                roofline_fraction=gbps / bw["d2d_GBps"],
                process_host_s=t_host, process_host_speedup=t_cpu / t_host, agreement=d)
-    line += (f" | gpu {t_gpu * 1e3:8.1f} ms (sort {t_group * 1e3:5.1f}) x{t_cpu / t_gpu:6.1f},"
+    line += (f" | gpu {t_gpu * 1e3:8.1f} ms (sort grouping {t_group * 1e3:5.1f}) x{t_cpu / t_gpu:6.1f},"
              f" {gbps:6.1f} GB/s ({gbps / bw['h2d_pinned_GBps']:.2f} of pinned H2D, "
              f"{gbps / bw['d2d_GBps']:.3f} of D2D) | host e2e {t_host * 1e3:8.1f} ms "
              f"x{t_cpu / t_host:5.1f} | max abs {d['max_abs']:.1e} rel {d['max_rel']:.1e} "
              f"({d['worst_feature']}) nan-mismatch {d['nan_mismatch']}")
     return row, line
+
+
+def profile_passes(dev_cols: Any, S: int, variants: list[tuple[int | None, int]], repeat: int,
+                   d2d_gbps: float) -> list[dict[str, Any]]:
+    """Time each kernel pass of the GPU engine (CUDA events) for every (register cap, block size)
+    variant, all 23 features; one row per variant (per-pass ms, total ms, roofline)."""
+    from dataclasses import replace
+
+    import cupy as cp
+
+    from mystocks_gpu.gpu_ops import features_gpu as fg
+
+    eng = TickFeatureEngine(FeatureConfig(), "gpu")
+    st0 = eng.initial_state(S)
+    n, K = len(dev_cols), len(eng.output_names)
+    rows = []
+    for max_reg, block in variants:
+        base = fg.gpu_launcher(len(eng.cfg.ema_spans), eng.cfg.window_ticks,
+                               tuple(eng.cfg.column_index()), block=block, max_registers=max_reg)
+        events: dict[str, list[tuple[Any, Any]]] = {}
+
+        def timed(name: str, fn: Any, *a: Any, ev: dict = events) -> None:
+            e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+            e0.record()
+            fn(*a)
+            e1.record()
+            ev.setdefault(name, []).append((e0, e1))
+
+        assert base.blocks is not None
+
+        def launch(name: str, t: int, p: Any, b: Any = base) -> None:
+            timed(name, b.launch, name, t, p)
+
+        def blocks(name: str, nb: int, t: int, sh: int, p: Any, b: Any = base) -> None:
+            timed(name, b.blocks, name, nb, t, sh, p)
+
+        L = replace(base, launch=launch, blocks=blocks)
+        totals = []
+        for _ in range(repeat + 1):  # the first run compiles
+            arrays = {k: v.copy() for k, v in st0.arrays.items()}
+            e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+            e0.record()
+            fg.process_batch_gpu(dev_cols, arrays, eng._ema_alpha, eng._macd_alpha, eng._params,
+                                 eng._col_idx_host, K, launcher=L)
+            e1.record()
+            e1.synchronize()
+            totals.append(cp.cuda.get_elapsed_time(e0, e1))
+        passes = {k: min(cp.cuda.get_elapsed_time(a, b) for a, b in v[1:]) for k, v in events.items()}
+        total = min(totals[1:])
+        gbps = (n * ROW_BYTES + K * n * 8) / (total / 1e3) / 1e9
+        rows.append({"max_registers": max_reg, "block": block, "total_ms": total,
+                     "passes_ms": passes, "GBps": gbps, "roofline_fraction": gbps / d2d_gbps})
+        print(f"passes regs={max_reg} block={block}: total {total:.2f} ms, {gbps:.0f} GB/s "
+              f"({gbps / d2d_gbps:.1%} of D2D) | "
+              + ", ".join(f"{k} {v:.2f}" for k, v in passes.items()), flush=True)
+        cp.get_default_memory_pool().free_all_blocks()
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=0,
                     help="also time process_host over batches of this many ticks (0: skip)")
     ap.add_argument("--no-gpu", action="store_true", help="run the CPU side only")
+    ap.add_argument("--profile", default="",
+                    help="GPU: time each kernel pass for these comma-separated variants "
+                         "REGS:BLOCK (REGS a register cap or 'none'), e.g. none:128,128:256")
     ap.add_argument("--quick", action="store_true",
                     help="small and short: 2M ticks with a GPU (200k without), the 'all' group only")
     ap.add_argument("--json", type=Path, default=None, help="write the results to this file")
@@ -241,6 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         row, line = bench_group(g, cols, dev_cols, S, args, res.get("copy_bandwidth"))
         res["groups"][g] = row
         print(line, flush=True)
+
+    if use_gpu and args.profile:
+        variants = []
+        for v in args.profile.split(","):
+            regs, _, block = v.partition(":")
+            variants.append((None if regs == "none" else int(regs), int(block or 128)))
+        res["passes"] = profile_passes(dev_cols, S, variants, args.repeat,
+                                       res["copy_bandwidth"]["d2d_GBps"])
 
     if use_gpu and "all" in res["groups"]:
         frac = res["roofline_fraction"] = res["groups"]["all"]["roofline_fraction"]

@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
-# One-shot GPU verification on a CUDA machine (run from the repo root): installs the few wheels the
-# GPU box lacks from .devwheels/ (pip download them here first), runs every GPU twin test against
-# the CPU backend (`make test-gpu-run`), checks device discovery, and times the GPU kernels vs the CPU twins.
-# Results land in $OUT (or ./gpu-out).
+# One-shot GPU verification on a CUDA machine (run from the repo root): installs the wheels the
+# GPU box lacks from .devwheels/ (pip download them here first, see the README's GPU section),
+# runs the GPU twin tests against the CPU backend, and times the tick-feature kernels (each pass,
+# register-cap / block-size variants) vs the CPU twin. Results land in $OUT (or ./gpu-out).
+# Usage: scripts/gpu_check.sh [features|all]   (features: the tick-feature tests and bench only)
+# The wheels (Python 3.12, x86-64), fetched here once:
+#   for p in confluent-kafka fastavro redis cramjam cryptography cffi pycparser grpcio-health-checking \
+#     grpcio-reflection faust-streaming mode-streaming aiokafka async-timeout croniter venusian \
+#     terminaltables intervaltree; do python3 -m pip download -q --no-deps --only-binary=:all: \
+#     --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d .devwheels $p; done
 set -u
+WHAT=${1:-all}
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
-python -V; nvidia-smi -L || true
-python -m pip install -q --no-index --find-links .devwheels fastavro confluent-kafka prometheus-client tqdm redis 2>&1 | tail -2
-export PYTHONPATH=$PWD MYSTOCKS_CODEC_CACHE=/tmp/mystocks-codecs
-python - <<'PY'
+python3 -V; nvidia-smi -L || true
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .devwheels/*.whl 2>&1 | tail -2
+export PYTHONPATH=$PWD:/tmp/site MYSTOCKS_CODEC_CACHE=/tmp/mystocks-codecs PYTHONUNBUFFERED=1
+python3 - <<'PY'
 from mystocks_gpu.gpu_ops.backend import gpu_available, select
 print("gpu_available:", gpu_available(), "select(auto):", select("auto"))
-try:
-    from mystocks_gpu.infra.devices import discover
-    print("devices:", discover())
-except Exception as exc:  # noqa: BLE001
-    print("device discovery failed:", type(exc).__name__, exc)
 PY
-# the same device/CuPy check and GPU test run as `make test-gpu`, with this box's python (no venv)
-if command -v make >/dev/null; then
-  timeout 300 make --no-print-directory test-gpu-run PY=python PYTEST_ARGS="-q tests/unit" 2>&1 | tail -8 | tee "$OUT/gpu_tests.log"
-else
-  echo "make is missing (apt-get install make): GPU tests not run" | tee "$OUT/gpu_tests.log"
+FEATURE_TESTS="tests/unit/test_features_gpu_emu.py tests/unit/test_features_ops.py tests/unit/test_features_processor.py tests/unit/test_bars.py"
+timeout 300 python3 -m pytest -p no:cacheprovider -q -ra -m gpu $FEATURE_TESTS 2>&1 | tail -40 | tee "$OUT/gpu_tests_features.log"
+timeout 400 python3 bench/gpu_ops.py --ticks 20000000 --symbols 4000 --groups "${BENCH_GROUPS:-all}" --repeat 3 \
+  --profile "${BENCH_PROFILE:-none:128,none:256}" --json "$OUT/gpu_ops.json" 2>&1 | tee "$OUT/gpu_ops.log"
+if [ "$WHAT" = all ]; then
+  timeout 300 python3 -m pytest -p no:cacheprovider -q -ra -m gpu tests/unit 2>&1 | tail -15 | tee "$OUT/gpu_tests_all.log"
 fi
-timeout 120 python bench/gpu_ops.py --ticks 5000000 --symbols 4000 --json "$OUT/gpu_ops.json" 2>&1 | tail -25 | tee "$OUT/gpu_ops.log"

@@ -2,7 +2,9 @@
 
 :func:`process_batch` walks the rows in arrival order and updates the per-symbol state
 arrays **in place** (the engine hands it copies). The arithmetic is mirrored statement by
-statement in the CUDA kernel of ``features_gpu.py``; keep the two in step.
+statement in the CUDA kernels of ``features_chunks.cu`` / ``features_trades.cu`` (host side
+``features_gpu.py``); keep
+the two in step (``tests/unit/test_features_gpu_emu.py`` runs those kernels as C against this).
 
 State arrays (S = symbol capacity, F = cfg.n_slots, C = cfg.n_scalars, N = window_ticks,
 M = max_window_ticks; see ``features_config`` for the column meanings):

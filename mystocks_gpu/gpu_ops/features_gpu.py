@@ -1,22 +1,33 @@
-"""GPU implementation of the tick-feature kernel (CuPy ``RawKernel``), twin of ``features_cpu``.
+"""GPU implementation of the tick-feature engine, twin of ``features_cpu``: chunked replay.
 
-Layout: one CUDA thread per symbol. The batch's rows are grouped by symbol on the device
-with a sort of the unique key ``sym << 32 | row`` (so the grouping is stable: each symbol's
-rows stay in arrival order), segment offsets come from ``bincount``/``cumsum``, and thread
-``s`` walks its rows sequentially, reading the input columns through the permutation and
-scattering its outputs back to the original row positions. The per-symbol state arrays are
-CuPy arrays with the same shapes and meaning as on the CPU (``features_cpu`` docstring).
+The CUDA source is ``features_chunks.cu`` + ``features_trades.cu`` (the first's header lists the
+passes). The batch's rows are
+cut into row blocks of ``2**log_r`` rows; a *chunk* is one symbol's rows inside one row block, in
+arrival order. The rows are grouped chunk by chunk (a shared-memory counting sort, or the device
+sort of :func:`group_chunks`); per chunk, the accepted trades fold into affine maps (EMAs, MACD,
+Wilder RSI) and sums (VWAP), composed per symbol into every chunk's entry state; the trade-count
+and time-window statistics run one thread per trade over a symbol-major trade list; then every
+chunk replays its rows in parallel with the CPU twin's arithmetic from its entry state, and a
+last pass moves the output rows to row order.
 
-The CUDA source mirrors ``features_cpu._trade``/``process_batch`` statement by statement and
-is compiled with ``--fmad=false`` so that no multiply-add is fused: CPU and GPU outputs agree
-to the rounding of ``log`` (documented tolerance: rtol 1e-9, atol 1e-12).
+Agreement with the CPU: inside one row block (every batch of at most ``2**log_r`` rows: the
+streaming case) the arithmetic is the CPU's statement by statement (``--fmad=false``), so only
+``log`` rounding may differ. A chunk behind another of its symbol in the same batch starts from
+composed maps, a few ulps of the price away from the CPU's sequential values; they stay within
+the engine's documented tolerance (rtol 1e-9, atol 1e-12 plus a few ulps of the price where a
+difference of two EMAs cancels: ``macd``, ``macd_signal``, ``macd_hist``).
 
-CuPy is imported lazily, only inside these functions.
+The host code takes an array module and a kernel launcher, so the unit tests run the very same
+orchestration with NumPy and the kernels compiled as C, one thread after another
+(``tests/unit/features_emu.py``). CuPy is imported lazily.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -24,7 +35,9 @@ import numpy as np
 from mystocks_gpu.gpu_ops.features_config import (
     IS_NTRADES,
     IS_SESSION,
+    IS_TCLOCK,
     N_FIXED,
+    N_IST,
     NS_PER_DAY,
     SC_CUM_PV,
     SC_CUM_V,
@@ -38,292 +51,194 @@ from mystocks_gpu.gpu_ops.features_config import (
     SLOT,
 )
 
-_DEFINES = {
-    "IS_NTRADES": IS_NTRADES,
-    "IS_SESSION": IS_SESSION,
-    "N_FIXED": N_FIXED,
-    "DAY_NS": f"{NS_PER_DAY}LL",
-    "SC_PREV": SC_PREV,
-    "SC_CUM_PV": SC_CUM_PV,
-    "SC_CUM_V": SC_CUM_V,
-    "SC_MACD_FAST": SC_MACD_FAST,
-    "SC_MACD_SLOW": SC_MACD_SLOW,
-    "SC_MACD_SIG": SC_MACD_SIG,
-    "SC_RSI_GAIN": SC_RSI_GAIN,
-    "SC_RSI_LOSS": SC_RSI_LOSS,
-    "SC_EMA0": SC_EMA0,
-    **{f"F_{k.upper()}": v for k, v in SLOT.items()},
-}
+#: the CUDA source, in compile order
+KERNEL_FILES = ("features_chunks.cu", "features_trades.cu")
+#: log2 of the row block: a batch of at most 2**16 rows is one block (CPU arithmetic exactly)
+ROW_BLOCK_LOG2 = 16
+#: the fused grouping keeps 4 bytes per symbol in shared memory: at most this many symbols
+GROUP_MAX_SYMBOLS = 49_152
+#: log2 of the fused grouping's sub-block (rows one CUDA block places)
+GROUP_SUB_LOG2 = 13
+#: "no trade yet" clock value
+NONE_T = -(2**63)
+#: kernels in launch order, each with what one thread handles (the fused grouping, ``fx_hist`` +
+#: ``fx_scatter``, or the sort of :func:`group_chunks` comes first)
+KERNELS: tuple[tuple[str, str], ...] = (
+    ("fx_gather", "row"),
+    ("fx_clock", "symbol"),
+    ("fx_summary", "chunk"),
+    ("fx_carry", "symbol"),
+    ("fx_compact", "row"),
+    ("fx_lr", "row"),
+    ("fx_window", "row"),
+    ("fx_replay", "chunk"),
+    ("fx_permute", "row"),
+)
 
-_BODY = r"""
-__device__ __forceinline__ double ema_step(double e, double x, double a) {
-    if (e != x) {
-        double om = 1.0 - a;
-        e = (om * e + a * x) / (om + a);
+# parameter block: device pointers, then scalars (doubles as their int64 bits)
+_PTRS = (
+    "GIDX", "COFF", "SYM", "TS", "KIND", "PRICE", "SIZE", "SIDE", "BID", "ASK", "BSZ", "ASZ",
+    "GROW", "TMAX", "CLK", "CS", "CI", "SYMI",
+    "FEAT", "FEAT_NEW", "SC", "IST", "R_PRICE", "R_SIZE", "R_FLOW", "R_RET", "NR_PRICE",
+    "NR_SIZE", "NR_FLOW", "NR_RET", "T_TS", "T_PRICE", "NT_TS", "NT_PRICE", "EMA_ALPHA",
+    "MACD_ALPHA", "OUT", "REJ", "SBASE", "TL_SYM", "TL_TS", "TL_PRICE", "TL_SIZE",
+    "TL_FLOW", "TL_LR", "TF", "HIST", "ACC_CUM", "INV", "OUTG",
+)
+_SCALARS = (
+    "N", "S", "NB", "NCH", "LOG_R", "SUB", "NSC", "WINDOW_NS", "CAP", "RSI_P", "SESS_ON", "SESS_OFF",
+    "DO_TIME", "DO_ROLL", "MAX_DIS", "BOLL_K", "RVOL_SCALE",
+)
+_PARAMS = _PTRS + _SCALARS
+# per-chunk float64 fields (rows of ``cs``): the chunk's maps/sums, then its entry state
+_CS_FIXED = (
+    "FIRST_P", "LAST_P", "AF", "BF", "AS", "BS", "A3", "CF", "CS", "B3", "AG", "BG", "AL", "BL",
+    "HPV", "HV", "TPV", "TV", "PREV", "CUMPV", "CUMV", "F", "SL", "SG", "G", "L",
+)
+# per-chunk int64 fields (rows of ``ci``)
+_CI = ("M", "LASTOK", "CHANGED", "SID_FIRST", "SID_LAST", "NIN", "SESS", "LASTOK_IN")
+# per-symbol int64 bookkeeping (rows of ``symi``)
+_SY = ("N0", "NFIN", "LASTCHUNK", "LASTTR")
+# per-trade window features and log return (a row of ``tf`` per trade, 96 bytes; the time
+# window's two after the trade-count window's eight)
+_TF = ("ROLL_MEAN", "ROLL_STD", "ROLL_Z", "BOLL_UPPER", "BOLL_LOWER", "VWAP_ROLL", "FLOW_IMB",
+       "RVOL", "TIME_MEAN", "TIME_STD", "LR", "PAD")
+#: bytes of one grouped row record (``GRow`` in the CUDA source) and the offset of its ``acc``
+GROW_BYTES, GROW_ACC = 32, 30
+_MICRO = ("spread", "rel_spread", "book_imb")
+
+
+def n_row_slots(col_idx: tuple[int, ...]) -> int:
+    """Doubles per staged output row: the K selected outputs rounded up to whole 32-byte sectors."""
+    k = sum(1 for c in col_idx if c >= 0)
+    return -(-k // 4) * 4
+
+
+def n_chunk_fields(n_ema: int) -> int:
+    """Rows of the per-chunk float64 table for ``n_ema`` EMA spans."""
+    return len(_CS_FIXED) + 3 * n_ema
+
+
+def kernel_defines(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> dict[str, Any]:
+    """Every ``#define`` the CUDA source needs: slots, state columns, table and parameter
+    indexes, the compile-time sizes ``N_EMA``, ``NSLOTS``, ``NW``, and ``WRITE_OUT`` (the
+    selected slots' stores; ``col_idx`` = ``FeatureConfig.column_index()``)."""
+    k = len(_CS_FIXED)
+    sel = [(slot, c) for slot, c in enumerate(col_idx) if c >= 0]
+    micro = {SLOT[name]: m for m, name in enumerate(_MICRO)}
+    stores = " ".join(f"(row)[{c}] = (F)[{slot}];" for slot, c in sel)
+    moves = " ".join(
+        f"(out)[{c}LL * (n) + (r)] = " + (f"(M)[{micro[slot]}];" if slot in micro else f"(src)[{c}];")
+        for slot, c in sel)
+    return {
+        "IS_NTRADES": IS_NTRADES, "IS_SESSION": IS_SESSION, "IS_TCLOCK": IS_TCLOCK,
+        "N_IST": N_IST, "N_FIXED": N_FIXED, "DAY_NS": f"{NS_PER_DAY}LL",
+        "SC_PREV": SC_PREV, "SC_CUM_PV": SC_CUM_PV, "SC_CUM_V": SC_CUM_V,
+        "SC_MACD_FAST": SC_MACD_FAST, "SC_MACD_SLOW": SC_MACD_SLOW, "SC_MACD_SIG": SC_MACD_SIG,
+        "SC_RSI_GAIN": SC_RSI_GAIN, "SC_RSI_LOSS": SC_RSI_LOSS, "SC_EMA0": SC_EMA0,
+        **{f"F_{name.upper()}": v for name, v in SLOT.items()},
+        **{f"PI_{name}": i for i, name in enumerate(_PARAMS)},
+        **{f"CS_{name}": i for i, name in enumerate(_CS_FIXED)},
+        "CS_EMA_A0": k, "CS_EMA_B0": k + n_ema, "CS_E0": k + 2 * n_ema,
+        **{f"CI_{name}": i for i, name in enumerate(_CI)},
+        **{f"SY_{name}": i for i, name in enumerate(_SY)},
+        **{f"TF_{name}": i for i, name in enumerate(_TF)}, "NTF": len(_TF),
+        "N_EMA": n_ema, "NSLOTS": N_FIXED + n_ema, "NW": n_win,
+        "KP": n_row_slots(col_idx),
+        **{f"COL_{name.upper()}": max(int(col_idx[SLOT[name]]), 0) for name in _MICRO},
+        "WRITE_ROW(row, F)": f"do {{ {stores} }} while (0)",
+        "PERMUTE_OUT(out, src, n, r, M)": f"do {{ {moves} }} while (0)",
     }
-    return e;
-}
-
-__device__ __forceinline__ long long floordiv(long long a, long long b) {
-    long long q = a / b;
-    if ((a % b != 0) && (a < 0)) q -= 1;
-    return q;
-}
-
-extern "C" __global__ void tick_features(
-    const int S, const long long n,
-    const int* __restrict__ order, const long long* __restrict__ offsets,
-    const long long* __restrict__ ts, const signed char* __restrict__ kind,
-    const double* __restrict__ price, const double* __restrict__ size,
-    const signed char* __restrict__ side, const double* __restrict__ bid,
-    const double* __restrict__ ask, const double* __restrict__ bid_size,
-    const double* __restrict__ ask_size,
-    double* feat, double* sc, long long* ist,
-    double* r_price, double* r_size, double* r_flow, double* r_ret,
-    long long* t_ts, double* t_price,
-    const double* __restrict__ ema_alpha, const int n_ema,
-    const double* __restrict__ macd_alpha,
-    const int n_win, const long long window_ns, const int cap, const int rsi_p,
-    const int sess_on, const long long sess_off, const int do_time, const int do_roll,
-    const double boll_k, const double rvol_scale,
-    const int* __restrict__ col_idx, const int n_slots, const int n_sc,
-    double* out)
-{
-    const int s = blockIdx.x * blockDim.x + threadIdx.x;
-    if (s >= S) return;
-    const long long beg = offsets[s];
-    const long long end = offsets[s + 1];
-    if (beg == end) return;
-    const double NaN = __longlong_as_double(0x7ff8000000000000LL);
-    double* f = feat + (long long)s * n_slots;
-    double* c = sc + (long long)s * n_sc;
-    long long* is = ist + (long long)s * 2;
-    double* rp = r_price + (long long)s * n_win;
-    double* rs = r_size + (long long)s * n_win;
-    double* rf = r_flow + (long long)s * n_win;
-    double* rr = r_ret + (long long)s * n_win;
-    long long* tt = t_ts + (long long)s * cap;
-    double* tp = t_price + (long long)s * cap;
-
-    for (long long jr = beg; jr < end; ++jr) {
-        const long long r = order[jr];
-        if (kind[r] == 0) {
-            const long long t = ts[r];
-            const double p = price[r];
-            const double v = size[r];
-            const double sd = (double)side[r];
-            const long long nt = is[IS_NTRADES];
-            const double prev = c[SC_PREV];
-            double ret, lr;
-            if (nt >= 1) {
-                double ratio = p / prev;
-                ret = ratio - 1.0;
-                lr = log(ratio);
-            } else {
-                ret = NaN;
-                lr = NaN;
-            }
-            f[F_LAST_PRICE] = p;
-            f[F_RET] = ret;
-            f[F_LOG_RET] = lr;
-            if (sess_on) {
-                long long sid = floordiv(t - sess_off, DAY_NS);
-                if (sid != is[IS_SESSION]) {
-                    is[IS_SESSION] = sid;
-                    c[SC_CUM_PV] = 0.0;
-                    c[SC_CUM_V] = 0.0;
-                }
-            }
-            c[SC_CUM_PV] += p * v;
-            c[SC_CUM_V] += v;
-            f[F_VWAP_SESSION] = (c[SC_CUM_V] != 0.0) ? c[SC_CUM_PV] / c[SC_CUM_V] : NaN;
-            for (int j = 0; j < n_ema; ++j) {
-                double e = (nt == 0) ? p : ema_step(c[SC_EMA0 + j], p, ema_alpha[j]);
-                c[SC_EMA0 + j] = e;
-                f[N_FIXED + j] = e;
-            }
-            double fast, slow, macd, sig;
-            if (nt == 0) {
-                fast = p; slow = p; macd = 0.0; sig = 0.0;
-            } else {
-                fast = ema_step(c[SC_MACD_FAST], p, macd_alpha[0]);
-                slow = ema_step(c[SC_MACD_SLOW], p, macd_alpha[1]);
-                macd = fast - slow;
-                sig = ema_step(c[SC_MACD_SIG], macd, macd_alpha[2]);
-            }
-            c[SC_MACD_FAST] = fast;
-            c[SC_MACD_SLOW] = slow;
-            c[SC_MACD_SIG] = sig;
-            f[F_MACD] = macd;
-            f[F_MACD_SIGNAL] = sig;
-            f[F_MACD_HIST] = macd - sig;
-            double rsi = NaN;
-            if (nt >= 1) {
-                double d = p - prev;
-                double g = d > 0.0 ? d : 0.0;
-                double lo = d < 0.0 ? -d : 0.0;
-                if (nt <= rsi_p) {
-                    c[SC_RSI_GAIN] += g;
-                    c[SC_RSI_LOSS] += lo;
-                    if (nt == rsi_p) {
-                        c[SC_RSI_GAIN] = c[SC_RSI_GAIN] / (double)rsi_p;
-                        c[SC_RSI_LOSS] = c[SC_RSI_LOSS] / (double)rsi_p;
-                    }
-                } else {
-                    c[SC_RSI_GAIN] = (c[SC_RSI_GAIN] * (double)(rsi_p - 1) + g) / (double)rsi_p;
-                    c[SC_RSI_LOSS] = (c[SC_RSI_LOSS] * (double)(rsi_p - 1) + lo) / (double)rsi_p;
-                }
-                if (nt >= rsi_p) {
-                    double ag = c[SC_RSI_GAIN];
-                    double al = c[SC_RSI_LOSS];
-                    rsi = (ag + al > 0.0) ? 100.0 * ag / (ag + al) : 50.0;
-                }
-            }
-            f[F_RSI] = rsi;
-            const int slot = (int)(nt % n_win);
-            rp[slot] = p;
-            rs[slot] = v;
-            rf[slot] = sd * v;
-            if (nt >= 1) rr[slot] = lr;
-            const long long n1 = nt + 1;
-            is[IS_NTRADES] = n1;
-            c[SC_PREV] = p;
-            if (!do_roll) {
-            } else if (n1 >= n_win) {
-                double acc = 0.0, spv = 0.0, sv = 0.0, sf = 0.0;
-                for (int j = 0; j < n_win; ++j) {
-                    double x = rp[j];
-                    acc += x - p;
-                    spv += x * rs[j];
-                    sv += rs[j];
-                    sf += rf[j];
-                }
-                double mean = p + acc / (double)n_win;
-                double ss = 0.0, cc = 0.0;
-                for (int j = 0; j < n_win; ++j) {
-                    double dd = rp[j] - mean;
-                    ss += dd * dd;
-                    cc += dd;
-                }
-                double var = (ss - cc * cc / (double)n_win) / (double)(n_win - 1);
-                if (var < 0.0) var = 0.0;
-                double std = sqrt(var);
-                f[F_ROLL_MEAN] = mean;
-                f[F_ROLL_STD] = std;
-                f[F_ROLL_Z] = (std > 0.0) ? (p - mean) / std : NaN;
-                f[F_BOLL_UPPER] = mean + boll_k * std;
-                f[F_BOLL_LOWER] = mean - boll_k * std;
-                if (sv != 0.0) {
-                    f[F_VWAP_ROLL] = spv / sv;
-                    f[F_FLOW_IMB] = sf / sv;
-                } else {
-                    f[F_VWAP_ROLL] = NaN;
-                    f[F_FLOW_IMB] = NaN;
-                }
-            } else {
-                f[F_ROLL_MEAN] = NaN;
-                f[F_ROLL_STD] = NaN;
-                f[F_ROLL_Z] = NaN;
-                f[F_BOLL_UPPER] = NaN;
-                f[F_BOLL_LOWER] = NaN;
-                f[F_VWAP_ROLL] = NaN;
-                f[F_FLOW_IMB] = NaN;
-            }
-            if (!do_roll) {
-            } else if (n1 - 1 >= n_win) {
-                double sr = 0.0;
-                for (int j = 0; j < n_win; ++j) sr += rr[j] * rr[j];
-                f[F_RVOL] = sqrt(rvol_scale * sr);
-            } else {
-                f[F_RVOL] = NaN;
-            }
-            if (do_time) {
-                const int tslot = (int)(nt % cap);
-                tt[tslot] = t;
-                tp[tslot] = p;
-                const long long cnt = n1 < cap ? n1 : cap;
-                const long long lo_t = t - window_ns;
-                long long m = 0;
-                int j = tslot;
-                double acc = 0.0;
-                while (m < cnt) {
-                    if (tt[j] <= lo_t) break;
-                    acc += tp[j] - p;
-                    m += 1;
-                    j = (j > 0) ? j - 1 : cap - 1;
-                }
-                double mean = p + acc / (double)m;
-                f[F_TIME_MEAN] = mean;
-                if (m >= 2) {
-                    double ss = 0.0, cc = 0.0;
-                    j = tslot;
-                    for (long long k = 0; k < m; ++k) {
-                        double dd = tp[j] - mean;
-                        ss += dd * dd;
-                        cc += dd;
-                        j = (j > 0) ? j - 1 : cap - 1;
-                    }
-                    double var = (ss - cc * cc / (double)m) / (double)(m - 1);
-                    if (var < 0.0) var = 0.0;
-                    f[F_TIME_STD] = sqrt(var);
-                } else {
-                    f[F_TIME_STD] = NaN;
-                }
-            }
-        }
-        {
-            const double b = bid[r];
-            const double a = ask[r];
-            const double sp = a - b;
-            const double mid = 0.5 * (a + b);
-            f[F_SPREAD] = sp;
-            f[F_REL_SPREAD] = (mid != 0.0) ? sp / mid : NaN;
-            const double den = bid_size[r] + ask_size[r];
-            f[F_BOOK_IMB] = (den != 0.0) ? (bid_size[r] - ask_size[r]) / den : NaN;
-        }
-        for (int k = 0; k < n_slots; ++k) {
-            const int ci = col_idx[k];
-            if (ci >= 0) out[(long long)ci * n + r] = f[k];
-        }
-    }
-}
-"""
 
 
-def kernel_source() -> str:
-    """The full CUDA C source (constants as ``#define`` lines, then the kernel)."""
-    defines = "\n".join(f"#define {k} {v}" for k, v in _DEFINES.items())
-    return defines + "\n" + _BODY
+def kernel_source(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> str:
+    """The CUDA (or, without ``__CUDACC__``, C) source: ``#define`` lines, then the kernels."""
+    defines = "\n".join(
+        f"#define {k} {v}" for k, v in kernel_defines(n_ema, n_win, col_idx).items())
+    here = resources.files("mystocks_gpu.gpu_ops")
+    body = "\n".join(here.joinpath(f).read_text() for f in KERNEL_FILES)
+    return defines + "\n" + body
 
 
-@lru_cache(maxsize=1)
-def _kernel() -> Any:
+@dataclass(frozen=True)
+class Launcher:
+    """Where the kernels run: ``xp`` (the array module), ``ptr`` (an array's address),
+    ``launch(name, threads, params)`` (run kernel ``name`` over ``threads`` thread indexes with
+    the int64 parameter block ``params``, a host array) and, where the device has it,
+    ``blocks(name, n_blocks, threads_per_block, shared_bytes, params)``: a launch by CUDA blocks
+    for the fused grouping kernels ``fx_hist`` / ``fx_scatter`` (without it the rows are
+    grouped by a device sort, :func:`group_chunks`, and gathered by ``fx_gather``)."""
+
+    xp: Any
+    ptr: Callable[[Any], int]
+    launch: Callable[[str, int, np.ndarray], None]
+    blocks: Callable[[str, int, int, int, np.ndarray], None] | None = None
+
+
+#: register cap of the kernels (``--maxrregcount``; None: the compiler's choice)
+MAX_REGISTERS: int | None = None
+#: threads per block of the per-row / chunk / symbol kernels
+BLOCK = 256
+
+
+@lru_cache(maxsize=16)
+def _module(n_ema: int, n_win: int, col_idx: tuple[int, ...], max_registers: int | None) -> Any:
     import cupy as cp
 
-    return cp.RawKernel(kernel_source(), "tick_features", options=("--fmad=false",))
+    options: tuple[str, ...] = ("--fmad=false",)
+    if max_registers:
+        options += (f"--maxrregcount={max_registers}",)
+    return cp.RawModule(code=kernel_source(n_ema, n_win, col_idx), options=options)
 
 
-def group_by_symbol(sym: Any, n_symbols: int) -> tuple[Any, Any]:
-    """Stable grouping of rows by symbol on the device.
+def gpu_launcher(n_ema: int, n_win: int, col_idx: tuple[int, ...], block: int = BLOCK,
+                 max_registers: int | None = MAX_REGISTERS) -> Launcher:
+    """The CuPy launcher (kernels compiled once per ``(n_ema, n_win, col_idx, max_registers)``);
+    ``block``: threads per block of the per-row/chunk/symbol kernels; ``max_registers``: the
+    compiler's register cap (bench/gpu_ops.py sweeps both)."""
+    import cupy as cp
+
+    mod = _module(n_ema, n_win, tuple(int(c) for c in col_idx), max_registers)
+
+    def launch(name: str, threads: int, params: np.ndarray) -> None:
+        if threads <= 0:
+            return
+        dev = cp.asarray(params)
+        mod.get_function(name)(((threads + block - 1) // block,), (block,), (dev,))
+
+    def blocks(name: str, n_blocks: int, threads: int, shared: int, params: np.ndarray) -> None:
+        fn = mod.get_function(name)
+        if shared > 48 * 1024:
+            fn.max_dynamic_shared_size_bytes = shared
+        fn((n_blocks,), (threads,), (cp.asarray(params),), shared_mem=shared)
+
+    return Launcher(cp, lambda a: int(a.data.ptr), launch, blocks)
+
+
+def group_chunks(xp: Any, sym: Any, n_symbols: int, log_r: int) -> tuple[Any, Any]:
+    """Rows listed chunk by chunk (chunk = row block ``row >> log_r`` x symbol), arrival order
+    inside a chunk.
 
     Args:
-        sym: CuPy int32 (n,) symbol codes, all in ``[0, n_symbols)``.
+        xp: NumPy or CuPy.
+        sym: int32 (n,) symbol codes in ``[0, n_symbols)``.
         n_symbols: S.
+        log_r: log2 of the row block.
 
     Returns:
-        ``order`` int32 (n,): row indices, grouped by symbol, arrival order within a symbol;
-        ``offsets`` int64 (S+1,): symbol ``s`` owns ``order[offsets[s]:offsets[s+1]]``.
+        ``gidx`` int32 (n,): row indexes, chunk by chunk; ``coff`` int64 (nb * S + 1,): chunk
+        ``c = b * S + s`` owns ``gidx[coff[c]:coff[c + 1]]``.
     """
-    import cupy as cp
-
     n = int(sym.shape[0])
-    key = (sym.astype(cp.int64) << 32) | cp.arange(n, dtype=cp.int64)
-    key = cp.sort(key)
-    order = (key & 0xFFFFFFFF).astype(cp.int32)
-    counts = cp.bincount(sym, minlength=n_symbols)
-    offsets = cp.zeros(n_symbols + 1, dtype=cp.int64)
-    offsets[1:] = cp.cumsum(counts)
-    return order, offsets
+    nch = (((n - 1) >> log_r) + 1) * n_symbols
+    if n >= 2**31 or nch >= 2**31:
+        raise ValueError(f"batch of {n:,} rows x {n_symbols:,} symbols is too large for one call")
+    rows = xp.arange(n, dtype=xp.int64)
+    chunk = (rows >> log_r) * n_symbols + sym.astype(xp.int64)
+    key = xp.sort((chunk << 32) | rows)
+    gidx = (key & 0xFFFFFFFF).astype(xp.int32)
+    coff = xp.zeros(nch + 1, dtype=xp.int64)
+    coff[1:] = xp.cumsum(xp.bincount(chunk, minlength=nch))
+    return gidx, coff
 
 
 def process_batch_gpu(
@@ -334,47 +249,110 @@ def process_batch_gpu(
     params: dict[str, Any],
     col_idx: Any,
     n_out: int,
-) -> Any:
-    """Run the kernel on a device batch; updates ``st`` arrays in place.
+    *,
+    log_r: int = ROW_BLOCK_LOG2,
+    launcher: Launcher | None = None,
+) -> tuple[Any, Any]:
+    """Run the feature kernels on a device batch; updates the ``st`` arrays in place.
 
     Args:
         cols: :class:`~mystocks_gpu.gpu_ops.tick_columns.TickColumns` of CuPy arrays, n rows.
-        st: the state arrays (CuPy), named as in ``features_cpu``.
-        ema_alpha, macd_alpha: CuPy float64 (n_spans,), (3,).
+        st: the state arrays (CuPy), named and shaped as in ``features_cpu``.
+        ema_alpha, macd_alpha: float64 (n_spans,), (3,).
         params: ``n_win, window_ns, cap, rsi_p, sess_on, sess_off, do_time, do_roll, boll_k,
-            rvol_scale`` (host scalars).
-        col_idx: CuPy int32 (n_slots,), ``FeatureConfig.column_index()``.
+            rvol_scale, max_disorder`` (host scalars).
+        col_idx: host int sequence (n_slots,), ``FeatureConfig.column_index()`` (compiled into
+            the kernels' output stores).
         n_out: K, output rows.
+        log_r: log2 of the row block (tests use small blocks to cut batches into many chunks).
+        launcher: where the kernels run (default: CuPy on the current device).
 
     Returns:
-        CuPy float64 (K, n) outputs, one column per input row in input order.
+        ``out`` float64 (K, n): outputs in input row order; ``rej`` int8 (n,): 1 for a trade
+        rejected as too far behind its symbol's trade clock.
     """
-    import cupy as cp
-
+    n_ema, n_win = int(ema_alpha.shape[0]), int(params["n_win"])
+    L = launcher or gpu_launcher(n_ema, n_win, tuple(int(c) for c in col_idx))
+    xp = L.xp
     n = len(cols)
-    out = cp.empty((n_out, n), dtype=cp.float64)
+    out = xp.empty((n_out, n), dtype=xp.float64)
+    rej = xp.zeros(n, dtype=xp.int8)
     if n == 0:
-        return out
+        return out, rej
     feat = st["feat"]
     S = int(feat.shape[0])
-    order, offsets = group_by_symbol(cols.sym, S)
-    block = 32  # small blocks spread the (few) symbol threads over all SMs
-    grid = (S + block - 1) // block
-    args = (
-        np.int32(S), np.int64(n), order, offsets,
-        cols.ts, cols.kind, cols.price, cols.size, cols.side,
-        cols.bid, cols.ask, cols.bid_size, cols.ask_size,
-        feat, st["sc"], st["ist"], st["r_price"], st["r_size"], st["r_flow"], st["r_ret"],
-        st["t_ts"], st["t_price"],
-        ema_alpha, np.int32(ema_alpha.shape[0]), macd_alpha,
-        np.int32(params["n_win"]), np.int64(params["window_ns"]), np.int32(params["cap"]),
-        np.int32(params["rsi_p"]), np.int32(params["sess_on"]), np.int64(params["sess_off"]),
-        np.int32(params["do_time"]), np.int32(params["do_roll"]), np.float64(params["boll_k"]),
-        np.float64(params["rvol_scale"]),
-        col_idx, np.int32(feat.shape[1]), np.int32(st["sc"].shape[1]), out,
-    )
-    _kernel()((grid,), (block,), args)
-    return out
+    nb = ((n - 1) >> log_r) + 1
+    nch = nb * S
+    fused = L.blocks is not None and S <= GROUP_MAX_SYMBOLS
+    sub = 1 << min(log_r, GROUP_SUB_LOG2)
+    per_block = (1 << log_r) // sub
+    hist = xp.zeros((nb * per_block if fused else 0, S), dtype=xp.int32)
+    if fused:
+        gidx = xp.empty(n, dtype=xp.int32)
+        coff = xp.zeros(nch + 1, dtype=xp.int64)
+    else:
+        gidx, coff = group_chunks(xp, cols.sym, S, log_r)
+    rings = ("r_price", "r_size", "r_flow", "r_ret", "t_ts", "t_price")
+    new = {k: st[k].copy() for k in rings}
+    feat_new = feat.copy()
+    tmp = {
+        "GROW": xp.empty(n * GROW_BYTES // 8, dtype=xp.int64),
+        "TMAX": xp.full(nch, NONE_T, dtype=xp.int64), "CLK": xp.empty(nch, dtype=xp.int64),
+        "CS": xp.empty((n_chunk_fields(n_ema), nch), dtype=xp.float64),
+        "CI": xp.empty((len(_CI), nch), dtype=xp.int64),
+        "SYMI": xp.empty((len(_SY), S), dtype=xp.int64),
+        "HIST": hist, "ACC_CUM": xp.empty(n, dtype=xp.int32), "INV": xp.empty(n, dtype=xp.int32),
+        "OUTG": xp.empty((n, n_row_slots(tuple(col_idx))), dtype=xp.float64),
+        "SBASE": xp.zeros(S + 1, dtype=xp.int64), "TL_SYM": xp.empty(n, dtype=xp.int32),
+        "TL_TS": xp.empty(n, dtype=xp.int64), "TL_PRICE": xp.empty(n, dtype=xp.float64),
+        "TL_SIZE": xp.empty(n, dtype=xp.float64), "TL_FLOW": xp.empty(n, dtype=xp.float64),
+        "TL_LR": xp.empty(n, dtype=xp.float64), "TF": xp.empty((n, len(_TF)), dtype=xp.float64),
+    }
+    arrays = {
+        "GIDX": gidx, "COFF": coff, "SYM": cols.sym, "TS": cols.ts, "KIND": cols.kind,
+        "PRICE": cols.price, "SIZE": cols.size, "SIDE": cols.side, "BID": cols.bid,
+        "ASK": cols.ask, "BSZ": cols.bid_size, "ASZ": cols.ask_size, **tmp,
+        "FEAT": feat, "FEAT_NEW": feat_new, "SC": st["sc"], "IST": st["ist"],
+        "R_PRICE": st["r_price"], "R_SIZE": st["r_size"], "R_FLOW": st["r_flow"],
+        "R_RET": st["r_ret"], "NR_PRICE": new["r_price"], "NR_SIZE": new["r_size"],
+        "NR_FLOW": new["r_flow"], "NR_RET": new["r_ret"], "T_TS": st["t_ts"],
+        "T_PRICE": st["t_price"], "NT_TS": new["t_ts"], "NT_PRICE": new["t_price"],
+        "EMA_ALPHA": ema_alpha, "MACD_ALPHA": macd_alpha, "OUT": out,
+        "REJ": rej,
+    }
+    scalars = {
+        "N": n, "S": S, "NB": nb, "NCH": nch, "LOG_R": log_r, "SUB": sub, "NSC": int(st["sc"].shape[1]),
+        "WINDOW_NS": int(params["window_ns"]), "CAP": int(params["cap"]),
+        "RSI_P": int(params["rsi_p"]), "SESS_ON": int(params["sess_on"]),
+        "SESS_OFF": int(params["sess_off"]), "DO_TIME": int(params["do_time"]),
+        "DO_ROLL": int(params["do_roll"]), "MAX_DIS": int(params["max_disorder"]),
+        "BOLL_K": int(np.float64(params["boll_k"]).view(np.int64)),
+        "RVOL_SCALE": int(np.float64(params["rvol_scale"]).view(np.int64)),
+    }
+    block = np.array([L.ptr(arrays[k]) for k in _PTRS] + [scalars[k] for k in _SCALARS],
+                     dtype=np.int64)
+    threads = {"row": n, "symbol": S, "chunk": nch}
+    for name, per in KERNELS:
+        if name == "fx_gather" and fused:
+            assert L.blocks is not None
+            n_sub = (n + sub - 1) // sub
+            L.blocks("fx_hist", n_sub, 256, 4 * S, block)
+            h3 = hist.reshape(nb, per_block, S)
+            coff[1:] = xp.cumsum(h3.sum(axis=1, dtype=xp.int64).ravel())
+            before = xp.cumsum(h3, axis=1, dtype=xp.int32) - h3  # earlier sub-blocks' rows
+            hist[...] = (coff[:-1].reshape(nb, 1, S) + before).reshape(nb * per_block, S).astype(
+                xp.int32)
+            L.blocks("fx_scatter", n_sub, 256, 4 * S, block)
+        if name == "fx_compact":  # each symbol's first entry in the trade list, trade ranks
+            symi = tmp["SYMI"]
+            tmp["SBASE"][1:] = xp.cumsum(symi[_SY.index("NFIN")] - symi[_SY.index("N0")])
+            acc = tmp["GROW"].view(xp.int8).reshape(n, GROW_BYTES)[:, GROW_ACC]
+            tmp["ACC_CUM"][...] = xp.cumsum(acc == 1, dtype=xp.int32)
+        L.launch(name, threads[per], block)
+    feat[...] = feat_new
+    for k in rings:
+        st[k][...] = new[k]
+    return out, rej
 
 
 class PinnedStager:
