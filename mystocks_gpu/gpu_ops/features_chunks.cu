@@ -87,6 +87,24 @@ DEV long long floordiv(long long a, long long b) {
     return q;
 }
 
+// Wilder RSI averages after a trade with price change d (nt >= 1 trades before it): the sums of
+// the first rsi_p changes, then their means, then avg = (avg (rsi_p - 1) + x) / rsi_p
+DEV void rsi_step(long long nt, double d, long long rsi_p, double* G, double* L) {
+    const double g = d > 0.0 ? d : 0.0;
+    const double lo = d < 0.0 ? -d : 0.0;
+    if (nt <= rsi_p) {
+        *G += g;
+        *L += lo;
+        if (nt == rsi_p) {
+            *G = *G / (double)rsi_p;
+            *L = *L / (double)rsi_p;
+        }
+    } else {
+        *G = (*G * (double)(rsi_p - 1) + g) / (double)rsi_p;
+        *L = (*L * (double)(rsi_p - 1) + lo) / (double)rsi_p;
+    }
+}
+
 // spread, rel_spread, book_imb of row r into M[0..2]
 DEV void micro_feats(const long long* P, long long r, double* M) {
     const double b = PTR(const double, PI_BID)[r];
@@ -409,31 +427,12 @@ KERNEL void fx_carry(const long long* __restrict__ P) {
             for (long long pos = beg; pos < end; ++pos) {
                 if (g[pos].acc != 1) continue;
                 const double p = g[pos].price;
-                if (nt >= 1) {
-                    const double d = p - pp;
-                    const double g = d > 0.0 ? d : 0.0;
-                    const double l = d < 0.0 ? -d : 0.0;
-                    if (nt <= rsi_p) {
-                        G += g;
-                        L += l;
-                        if (nt == rsi_p) {
-                            G = G / (double)rsi_p;
-                            L = L / (double)rsi_p;
-                        }
-                    } else {
-                        G = (G * (double)(rsi_p - 1) + g) / (double)rsi_p;
-                        L = (L * (double)(rsi_p - 1) + l) / (double)rsi_p;
-                    }
-                }
+                if (nt >= 1) rsi_step(nt, p - pp, rsi_p, &G, &L);
                 pp = p;
                 nt += 1;
             }
         } else {
-            const double d = cs[CS_FIRST_P * nch + c] - prev;
-            const double g = d > 0.0 ? d : 0.0;
-            const double l = d < 0.0 ? -d : 0.0;
-            G = (G * (double)(rsi_p - 1) + g) / (double)rsi_p;
-            L = (L * (double)(rsi_p - 1) + l) / (double)rsi_p;
+            rsi_step(n, cs[CS_FIRST_P * nch + c] - prev, rsi_p, &G, &L);  // n > rsi_p: Wilder
             G = cs[CS_AG * nch + c] * G + cs[CS_BG * nch + c];
             L = cs[CS_AL * nch + c] * L + cs[CS_BL * nch + c];
         }

@@ -362,20 +362,7 @@ KERNEL void fx_replay(const long long* __restrict__ P) {
             }
             double ratio = 0.0;
             if (nt >= 1) {
-                const double d = p - prev;
-                const double g = d > 0.0 ? d : 0.0;
-                const double lo = d < 0.0 ? -d : 0.0;
-                if (nt <= rsi_p) {
-                    G += g;
-                    L += lo;
-                    if (nt == rsi_p) {
-                        G = G / (double)rsi_p;
-                        L = L / (double)rsi_p;
-                    }
-                } else {
-                    G = (G * (double)(rsi_p - 1) + g) / (double)rsi_p;
-                    L = (L * (double)(rsi_p - 1) + lo) / (double)rsi_p;
-                }
+                rsi_step(nt, p - prev, rsi_p, &G, &L);
                 ratio = p / prev;
             }
             scalar_feats(nt, p, ratio, tf[li * NTF + TF_LR], cpv, cv, e, f, sl, sg, G, L, rsi_p, F);
