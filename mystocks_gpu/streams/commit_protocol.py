@@ -99,6 +99,11 @@ class Unsettled:
 _UNASSIGNED, _NONE = repeat(-1), repeat(None)
 
 
+def _as_list(seq: Any) -> list[Any]:
+    """``seq`` itself when it is a list (the C extension takes lists), else a list of it."""
+    return seq if type(seq) is list else list(seq)
+
+
 def _drain(calls: Iterator[Any]) -> None:
     """Run an iterator to its end, keeping nothing (the C loop behind ``send_many``)."""
     deque(calls, maxlen=0)
@@ -136,11 +141,12 @@ class CommitProtocol:
         #: the C extension's column producer (``streams/columnar_io.py``), or None: ``produce()`` calls
         self._produce_many = columnar_producer(rt.record_io)
         #: and its one-pass size bound (``_rdbatch.size_bound``), with it
-        self._c_size_bound = load_extension()[0].size_bound if self._produce_many is not None else None
+        ext = load_extension()[0] if self._produce_many is not None else None
+        self._c_size_bound = ext.size_bound if ext is not None else None
         #: exactly-once with the column producer: outputs are produced on a thread of their own (the
         #: extension's ``Sender``), drained before the offsets join the transaction
         #: (``streams/send_pipeline.py``); the pipeline of the current producer, made when first needed
-        self._sender_type = load_extension()[0].Sender if self._produce_many is not None and rt.exactly_once else None
+        self._sender_type = ext.Sender if ext is not None and rt.exactly_once else None
         self._sends: SendPipeline | None = None
         self.drop_input = drop_input
         self.transactional_id = transactional_id
@@ -272,8 +278,7 @@ class CommitProtocol:
         if not n:
             return
         if self._sender_type is not None and on_last_delivered is None:
-            job = SendJob(topic, values if type(values) is list else list(values),
-                          keys if type(keys) is list else list(keys), ts_ms if type(ts_ms) is list else list(ts_ms),
+            job = SendJob(topic, _as_list(values), _as_list(keys), _as_list(ts_ms),
                           list(headers) if headers else None, -1 if partition is None else partition)
             if not self._pipeline().submit(job):
                 self._settle_sends()
@@ -311,9 +316,7 @@ class CommitProtocol:
         a full queue: that record waits for room in :meth:`send`, then the rest resume; any other
         error raises ``KafkaException`` as ``produce()`` would."""
         assert self._produce_many is not None
-        vals = values if type(values) is list else list(values)
-        ks = keys if type(keys) is list else list(keys)
-        ts = ts_ms if type(ts_ms) is list else list(ts_ms)
+        vals, ks, ts = _as_list(values), _as_list(keys), _as_list(ts_ms)
         hdr_list = list(headers) if headers else None
         i = start
         while i < stop:
