@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import subprocess
 import tempfile
 from functools import lru_cache
@@ -39,10 +40,10 @@ def _library(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> ctypes.CDLL:
     folder = Path(tempfile.gettempdir()) / "mystocks-features-emu"
     folder.mkdir(exist_ok=True)
     lib = folder / f"fx_{digest}.so"
-    if not lib.exists():
-        c_file = folder / f"fx_{digest}.c"
+    if not lib.exists():  # per-process names: parallel test workers may build it at once
+        c_file = folder / f"fx_{digest}.{os.getpid()}.c"
         c_file.write_text(src)
-        tmp = lib.with_suffix(".tmp.so")
+        tmp = folder / f"fx_{digest}.{os.getpid()}.tmp.so"
         subprocess.run(
             ["cc", "-std=gnu99", "-O1", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC",
              "-Wall", "-Werror", "-Wno-unused-function", str(c_file), "-o", str(tmp), "-lm"],
