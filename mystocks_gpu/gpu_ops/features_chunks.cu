@@ -34,7 +34,8 @@
 //
 // Constants (#define'd by the host): slot and state column numbers (F_*, SC_*, IS_*, N_FIXED,
 // DAY_NS), the parameter block indexes (PI_*), the chunk field indexes (CS_*, CI_*), and the
-// compile-time sizes N_EMA, NSLOTS (= N_FIXED + N_EMA), NW (window_ticks).
+// compile-time sizes N_EMA, NSLOTS (= N_FIXED + N_EMA), NW (window_ticks), and NONE_T (the
+// "no trade yet" clock).
 
 #ifdef __CUDACC__
 #define KERNEL extern "C" __global__
@@ -53,8 +54,6 @@ static long long emu_tid;
 #define ATOMIC_MAX_LL(p, v) do { if (*(p) < (v)) *(p) = (v); } while (0)
 DEV double ll2d(long long x) { double d; memcpy(&d, &x, sizeof d); return d; }
 #endif
-
-#define NONE_T (-9223372036854775807LL - 1)
 
 // one grouped row (32 bytes, one memory sector): its trade columns, its row index in the batch,
 // and acc (fx_summary: 1 accepted trade, 2 rejected trade, 0 quote); ts is clamped to the clock
@@ -79,6 +78,13 @@ DEV double ema_step(double e, double x, double a) {
         e = (om * e + a * x) / (om + a);
     }
     return e;
+}
+
+// ema_step as an affine map when e != x: e' = (*x_coef) e + (*y_coef) x
+DEV void ema_coef(double a, double* x_coef, double* y_coef) {
+    const double om = 1.0 - a;
+    *x_coef = om / (om + a);
+    *y_coef = a / (om + a);
 }
 
 DEV long long floordiv(long long a, long long b) {
@@ -160,12 +166,18 @@ KERNEL void fx_gather(const long long* __restrict__ P) {
 // rank among equal symbols comes from __match_any_sync, across the round's warps the
 // per-symbol cursors (shared memory, S ints) advance warp after warp; writes gidx and inv
 // (fx_gather then copies the columns in chunk order).
+// the rows [*r0, *r1) of this CUDA block's sub-block
+DEV void sub_block(const long long* P, long long* r0, long long* r1) {
+    const long long n = P[PI_N], sb = P[PI_SUB];
+    *r0 = (long long)blockIdx.x * sb;
+    *r1 = (*r0 + sb < n) ? *r0 + sb : n;
+}
+
 KERNEL void fx_hist(const long long* __restrict__ P) {
     extern __shared__ int cnt[];
-    const long long S = P[PI_S], n = P[PI_N], sb = P[PI_SUB];
-    const long long j = blockIdx.x;
-    const long long r0 = j * sb;
-    const long long r1 = (r0 + sb < n) ? r0 + sb : n;
+    const long long S = P[PI_S], j = blockIdx.x;
+    long long r0, r1;
+    sub_block(P, &r0, &r1);
     const int* sym = PTR(const int, PI_SYM);
     for (long long i = threadIdx.x; i < S; i += blockDim.x) cnt[i] = 0;
     __syncthreads();
@@ -177,10 +189,9 @@ KERNEL void fx_hist(const long long* __restrict__ P) {
 
 KERNEL void fx_scatter(const long long* __restrict__ P) {
     extern __shared__ int cur[];
-    const long long S = P[PI_S], n = P[PI_N], sb = P[PI_SUB];
-    const long long j = blockIdx.x;
-    const long long r0 = j * sb;
-    const long long r1 = (r0 + sb < n) ? r0 + sb : n;
+    const long long S = P[PI_S], j = blockIdx.x;
+    long long r0, r1;
+    sub_block(P, &r0, &r1);
     const int* start = PTR(const int, PI_HIST);
     for (long long i = threadIdx.x; i < S; i += blockDim.x) cur[i] = start[j * S + i];
     __syncthreads();
@@ -266,13 +277,9 @@ KERNEL void fx_summary(const long long* __restrict__ P) {
     double ag = 1.0, bg = 0.0, al = 1.0, bl = 0.0;
     double hpv = 0.0, hv = 0.0, tpv = 0.0, tv = 0.0, first_p = 0.0, last_p = 0.0;
     long long sid_first = 0, sid_last = 0;
-    double mf[3], mom[3];
-    for (int q = 0; q < 3; ++q) {
-        const double a = macd_alpha[q];
-        const double om = 1.0 - a;
-        mf[q] = a / (om + a);
-        mom[q] = om / (om + a);
-    }
+    double mf[3], mom[3], ex[N_EMA > 0 ? N_EMA : 1], ey[N_EMA > 0 ? N_EMA : 1];
+    for (int q = 0; q < 3; ++q) ema_coef(macd_alpha[q], &mom[q], &mf[q]);
+    for (int j = 0; j < N_EMA; ++j) ema_coef(ema_alpha[j], &ex[j], &ey[j]);
     const double r_a = (rp - 1.0) / rp, r_b = 1.0 / rp;
     for (long long pos = beg; pos < end; ++pos) {
         if (g[pos].kind != 0) {
@@ -298,11 +305,8 @@ KERNEL void fx_summary(const long long* __restrict__ P) {
             af = 0.0; bf = p; as_ = 0.0; bs = p; a3 = 0.0; cf = 0.0; csl = 0.0; b3 = 0.0;
         } else {
             for (int j = 0; j < N_EMA; ++j) {
-                const double a = ema_alpha[j];
-                const double om = 1.0 - a;
-                const double x = om / (om + a), y = a / (om + a);
-                ea[j] = x * ea[j];
-                eb[j] = x * eb[j] + y * p;
+                ea[j] = ex[j] * ea[j];
+                eb[j] = ex[j] * eb[j] + ey[j] * p;
             }
             af = mom[0] * af;
             bf = mom[0] * bf + mf[0] * p;
@@ -315,12 +319,10 @@ KERNEL void fx_summary(const long long* __restrict__ P) {
         }
         if (m >= 1) {  // Wilder steps of the chunk's 2nd, 3rd, ... accepted trade
             const double d = p - last_p;
-            const double g = d > 0.0 ? d : 0.0;
-            const double lo = d < 0.0 ? -d : 0.0;
             ag = r_a * ag;
-            bg = r_a * bg + r_b * g;
+            bg = r_a * bg + r_b * (d > 0.0 ? d : 0.0);
             al = r_a * al;
-            bl = r_a * bl + r_b * lo;
+            bl = r_a * bl + r_b * (d < 0.0 ? -d : 0.0);
         }
         const long long sid = sess_on ? floordiv(t - sess_off, DAY_NS) : 0;
         if (m == 0) {

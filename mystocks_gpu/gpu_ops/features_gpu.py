@@ -142,7 +142,7 @@ def kernel_defines(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> dict[str
         **{f"CI_{name}": i for i, name in enumerate(_CI)},
         **{f"SY_{name}": i for i, name in enumerate(_SY)},
         **{f"TF_{name}": i for i, name in enumerate(_TF)}, "NTF": len(_TF),
-        "N_EMA": n_ema, "NSLOTS": N_FIXED + n_ema, "NW": n_win,
+        "N_EMA": n_ema, "NSLOTS": N_FIXED + n_ema, "NW": n_win, "NONE_T": f"({NONE_T + 1}LL - 1)",
         "KP": n_row_slots(col_idx),
         **{f"COL_{name.upper()}": max(int(col_idx[SLOT[name]]), 0) for name in _MICRO},
         "WRITE_ROW(row, F)": f"do {{ {stores} }} while (0)",
@@ -163,15 +163,16 @@ def kernel_source(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> str:
 class Launcher:
     """Where the kernels run: ``xp`` (the array module), ``ptr`` (an array's address),
     ``launch(name, threads, params)`` (run kernel ``name`` over ``threads`` thread indexes with
-    the int64 parameter block ``params``, a host array) and, where the device has it,
+    the int64 parameter block ``params``, an ``xp`` array made once per batch) and, where the
+    device has it,
     ``blocks(name, n_blocks, threads_per_block, shared_bytes, params)``: a launch by CUDA blocks
     for the fused grouping kernels ``fx_hist`` / ``fx_scatter`` (without it the rows are
     grouped by a device sort, :func:`group_chunks`, and gathered by ``fx_gather``)."""
 
     xp: Any
     ptr: Callable[[Any], int]
-    launch: Callable[[str, int, np.ndarray], None]
-    blocks: Callable[[str, int, int, int, np.ndarray], None] | None = None
+    launch: Callable[[str, int, Any], None]
+    blocks: Callable[[str, int, int, int, Any], None] | None = None
 
 
 #: register cap of the kernels (``--maxrregcount``; None: the compiler's choice)
@@ -190,6 +191,7 @@ def _module(n_ema: int, n_win: int, col_idx: tuple[int, ...], max_registers: int
     return cp.RawModule(code=kernel_source(n_ema, n_win, col_idx), options=options)
 
 
+@lru_cache(maxsize=16)
 def gpu_launcher(n_ema: int, n_win: int, col_idx: tuple[int, ...], block: int = BLOCK,
                  max_registers: int | None = MAX_REGISTERS) -> Launcher:
     """The CuPy launcher (kernels compiled once per ``(n_ema, n_win, col_idx, max_registers)``);
@@ -197,19 +199,17 @@ def gpu_launcher(n_ema: int, n_win: int, col_idx: tuple[int, ...], block: int = 
     compiler's register cap (bench/gpu_ops.py sweeps both)."""
     import cupy as cp
 
-    mod = _module(n_ema, n_win, tuple(int(c) for c in col_idx), max_registers)
+    mod = _module(n_ema, n_win, col_idx, max_registers)
 
-    def launch(name: str, threads: int, params: np.ndarray) -> None:
-        if threads <= 0:
-            return
-        dev = cp.asarray(params)
-        mod.get_function(name)(((threads + block - 1) // block,), (block,), (dev,))
+    def launch(name: str, threads: int, params: Any) -> None:
+        if threads > 0:
+            mod.get_function(name)(((threads + block - 1) // block,), (block,), (params,))
 
-    def blocks(name: str, n_blocks: int, threads: int, shared: int, params: np.ndarray) -> None:
+    def blocks(name: str, n_blocks: int, threads: int, shared: int, params: Any) -> None:
         fn = mod.get_function(name)
         if shared > 48 * 1024:
             fn.max_dynamic_shared_size_bytes = shared
-        fn((n_blocks,), (threads,), (cp.asarray(params),), shared_mem=shared)
+        fn((n_blocks,), (threads,), (params,), shared_mem=shared)
 
     return Launcher(cp, lambda a: int(a.data.ptr), launch, blocks)
 
@@ -272,7 +272,8 @@ def process_batch_gpu(
         rejected as too far behind its symbol's trade clock.
     """
     n_ema, n_win = int(ema_alpha.shape[0]), int(params["n_win"])
-    L = launcher or gpu_launcher(n_ema, n_win, tuple(int(c) for c in col_idx))
+    cols_sel = tuple(int(c) for c in col_idx)
+    L = launcher or gpu_launcher(n_ema, n_win, cols_sel)
     xp = L.xp
     n = len(cols)
     out = xp.empty((n_out, n), dtype=xp.float64)
@@ -292,9 +293,10 @@ def process_batch_gpu(
         coff = xp.zeros(nch + 1, dtype=xp.int64)
     else:
         gidx, coff = group_chunks(xp, cols.sym, S, log_r)
-    rings = ("r_price", "r_size", "r_flow", "r_ret", "t_ts", "t_price")
-    new = {k: st[k].copy() for k in rings}
-    feat_new = feat.copy()
+    # the kernels read the batch's entry state from copies and write the new state in place (a
+    # ring slot read as an old trade may be rewritten by a new one)
+    old = {k: st[k].copy() for k in ("feat", "r_price", "r_size", "r_flow", "r_ret", "t_ts",
+                                     "t_price")}
     tmp = {
         "GROW": xp.empty(n * GROW_BYTES // 8, dtype=xp.int64),
         "TMAX": xp.full(nch, NONE_T, dtype=xp.int64), "CLK": xp.empty(nch, dtype=xp.int64),
@@ -302,7 +304,7 @@ def process_batch_gpu(
         "CI": xp.empty((len(_CI), nch), dtype=xp.int64),
         "SYMI": xp.empty((len(_SY), S), dtype=xp.int64),
         "HIST": hist, "ACC_CUM": xp.empty(n, dtype=xp.int32), "INV": xp.empty(n, dtype=xp.int32),
-        "OUTG": xp.empty((n, n_row_slots(tuple(col_idx))), dtype=xp.float64),
+        "OUTG": xp.empty((n, n_row_slots(cols_sel)), dtype=xp.float64),
         "SBASE": xp.zeros(S + 1, dtype=xp.int64), "TL_SYM": xp.empty(n, dtype=xp.int32),
         "TL_TS": xp.empty(n, dtype=xp.int64), "TL_PRICE": xp.empty(n, dtype=xp.float64),
         "TL_SIZE": xp.empty(n, dtype=xp.float64), "TL_FLOW": xp.empty(n, dtype=xp.float64),
@@ -312,11 +314,11 @@ def process_batch_gpu(
         "GIDX": gidx, "COFF": coff, "SYM": cols.sym, "TS": cols.ts, "KIND": cols.kind,
         "PRICE": cols.price, "SIZE": cols.size, "SIDE": cols.side, "BID": cols.bid,
         "ASK": cols.ask, "BSZ": cols.bid_size, "ASZ": cols.ask_size, **tmp,
-        "FEAT": feat, "FEAT_NEW": feat_new, "SC": st["sc"], "IST": st["ist"],
-        "R_PRICE": st["r_price"], "R_SIZE": st["r_size"], "R_FLOW": st["r_flow"],
-        "R_RET": st["r_ret"], "NR_PRICE": new["r_price"], "NR_SIZE": new["r_size"],
-        "NR_FLOW": new["r_flow"], "NR_RET": new["r_ret"], "T_TS": st["t_ts"],
-        "T_PRICE": st["t_price"], "NT_TS": new["t_ts"], "NT_PRICE": new["t_price"],
+        "FEAT": old["feat"], "FEAT_NEW": feat, "SC": st["sc"], "IST": st["ist"],
+        "R_PRICE": old["r_price"], "R_SIZE": old["r_size"], "R_FLOW": old["r_flow"],
+        "R_RET": old["r_ret"], "NR_PRICE": st["r_price"], "NR_SIZE": st["r_size"],
+        "NR_FLOW": st["r_flow"], "NR_RET": st["r_ret"], "T_TS": old["t_ts"],
+        "T_PRICE": old["t_price"], "NT_TS": st["t_ts"], "NT_PRICE": st["t_price"],
         "EMA_ALPHA": ema_alpha, "MACD_ALPHA": macd_alpha, "OUT": out,
         "REJ": rej,
     }
@@ -329,8 +331,8 @@ def process_batch_gpu(
         "BOLL_K": int(np.float64(params["boll_k"]).view(np.int64)),
         "RVOL_SCALE": int(np.float64(params["rvol_scale"]).view(np.int64)),
     }
-    block = np.array([L.ptr(arrays[k]) for k in _PTRS] + [scalars[k] for k in _SCALARS],
-                     dtype=np.int64)
+    block = xp.asarray(np.array([L.ptr(arrays[k]) for k in _PTRS] + [scalars[k] for k in _SCALARS],
+                                dtype=np.int64))  # one upload per batch
     threads = {"row": n, "symbol": S, "chunk": nch}
     for name, per in KERNELS:
         if name == "fx_gather" and fused:
@@ -349,9 +351,6 @@ def process_batch_gpu(
             acc = tmp["GROW"].view(xp.int8).reshape(n, GROW_BYTES)[:, GROW_ACC]
             tmp["ACC_CUM"][...] = xp.cumsum(acc == 1, dtype=xp.int32)
         L.launch(name, threads[per], block)
-    feat[...] = feat_new
-    for k in rings:
-        st[k][...] = new[k]
     return out, rej
 
 

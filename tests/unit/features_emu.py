@@ -62,7 +62,6 @@ def emu_launcher(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> Launcher:
     index = {name: i for i, (name, _) in enumerate(KERNELS)}
 
     def launch(name: str, threads: int, params: np.ndarray) -> None:
-        block = np.ascontiguousarray(params, dtype=np.int64)
-        dll.fx_run(index[name], int(threads), block.ctypes.data)
+        dll.fx_run(index[name], int(threads), params.ctypes.data)
 
     return Launcher(np, lambda a: int(a.ctypes.data), launch)
