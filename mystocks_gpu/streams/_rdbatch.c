@@ -25,7 +25,9 @@
  *
  * The one thing read from confluent-kafka's object is its handle pointer: the first field after
  * PyObject_HEAD of every confluent-kafka client (rd_kafka_t *rk; NULL once closed). bind()
- * checks that the library is the one confluent-kafka reports and that the handle is a consumer.
+ * checks that the library is the one confluent-kafka reports and takes confluent-kafka's Producer and
+ * Consumer types: a handle is read only from an instance of one of them (client_rk), of the
+ * matching librdkafka type, never from any other object.
  */
 #include "_rdkafka_abi.h"
 #include <dlfcn.h>
@@ -38,8 +40,13 @@ static PyObject *rb_bind(PyObject *Py_UNUSED(self), PyObject *args) {
         const char *path;
         int expected;
         void *h;
-        if (!PyArg_ParseTuple(args, "si", &path, &expected))
+        PyTypeObject *ptype, *ctype;
+        if (!PyArg_ParseTuple(args, "siO!O!", &path, &expected, &PyType_Type, &ptype, &PyType_Type, &ctype))
                 return NULL;
+        if (rd.bound) {
+                PyErr_SetString(PyExc_RuntimeError, "librdkafka is bound already");
+                return NULL;
+        }
         h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
         if (!h) {
                 PyErr_Format(PyExc_ImportError, "librdkafka is not loaded from %s: %s", path, dlerror());
@@ -77,9 +84,37 @@ static PyObject *rb_bind(PyObject *Py_UNUSED(self), PyObject *args) {
                              rd.version(), expected);
                 return NULL;
         }
+        Py_INCREF(ptype);
+        Py_INCREF(ctype);
+        rd.producer_type = ptype; /* kept for the process, like the library */
+        rd.consumer_type = ctype;
         rd.bound = 1;
         /* the handle (dlopen's reference) stays open: the library is confluent-kafka's, for the process */
         Py_RETURN_NONE;
+}
+
+HIDDEN rd_kafka_t *client_rk(PyObject *client, int want_producer) {
+        PyTypeObject *want;
+        rd_kafka_t *rk;
+        if (!rd.bound) {
+                PyErr_SetString(PyExc_RuntimeError, "bind() librdkafka first");
+                return NULL;
+        }
+        want = want_producer ? rd.producer_type : rd.consumer_type;
+        if (!PyObject_TypeCheck(client, want)) {
+                PyErr_Format(PyExc_TypeError, "expected a confluent-kafka %s, got %.200s", want->tp_name,
+                             Py_TYPE(client)->tp_name);
+                return NULL;
+        }
+        if (!(rk = ((CflHandle *)client)->rk)) {
+                PyErr_Format(PyExc_RuntimeError, "the %s is closed", want_producer ? "producer" : "consumer");
+                return NULL;
+        }
+        if (rd.type(rk) != (want_producer ? RD_KAFKA_PRODUCER : RD_KAFKA_CONSUMER)) {
+                PyErr_SetString(PyExc_TypeError, want_producer ? "not a producer handle" : "not a consumer handle");
+                return NULL;
+        }
+        return rk;
 }
 
 /* ---- Ingest: one consumer's private queue and its partitions' forwards ------------------------ */
@@ -98,10 +133,7 @@ typedef struct {
 } Ingest;
 
 static rd_kafka_t *ingest_rk(Ingest *self) {
-        rd_kafka_t *rk = ((CflHandle *)self->consumer)->rk;
-        if (!rk)
-                PyErr_SetString(PyExc_RuntimeError, "the consumer is closed");
-        return rk;
+        return client_rk(self->consumer, 0);
 }
 
 static int Ingest_init(Ingest *self, PyObject *args, PyObject *kw) {
@@ -118,16 +150,12 @@ static int Ingest_init(Ingest *self, PyObject *args, PyObject *kw) {
                 PyErr_SetString(PyExc_RuntimeError, "already initialised");
                 return -1;
         }
+        if (!(rk = client_rk(consumer, 0))) /* before it is kept: only a consumer's handle is ever read */
+                return -1;
         Py_INCREF(consumer);
         Py_XSETREF(self->consumer, consumer);
         Py_INCREF(topic);
         Py_XSETREF(self->topic, topic);
-        if (!(rk = ingest_rk(self)))
-                return -1;
-        if (rd.type(rk) != RD_KAFKA_CONSUMER) {
-                PyErr_SetString(PyExc_TypeError, "not a consumer handle");
-                return -1;
-        }
         self->q = rd.queue_new(rk);
         return self->q ? 0 : -1;
 }
@@ -193,10 +221,11 @@ static PyObject *Ingest_detach(Ingest *self, PyObject *arg) {
 
 /* close(): detach every partition and release the private queue (before the consumer closes) */
 static PyObject *Ingest_close(Ingest *self, PyObject *Py_UNUSED(unused)) {
-        rd_kafka_t *rk = self->consumer ? ((CflHandle *)self->consumer)->rk : NULL;
+        rd_kafka_t *rk;
         long p;
         if (!self->q)
                 Py_RETURN_NONE;
+        rk = ((CflHandle *)self->consumer)->rk; /* a consumer: checked when q was made */
         if (!rk) {
                 PyErr_SetString(PyExc_RuntimeError, "the consumer closed before its ingest");
                 return NULL;
@@ -404,7 +433,9 @@ static PyTypeObject IngestType = {
 };
 
 static PyMethodDef module_methods[] = {
-    {"bind", rb_bind, METH_VARARGS, "bind(path, expected_version): resolve the loaded librdkafka"},
+    {"bind", rb_bind, METH_VARARGS,
+     "bind(path, expected_version, producer_type, consumer_type): resolve the loaded librdkafka; handles are "
+     "read only from instances of the two confluent-kafka types"},
     {"produce_many", rb_produce_many, METH_VARARGS,
      "produce_many(producer, topic, values, keys, timestamps_ms, headers, partition, start, stop) -> (sent, code, reason)"},
     {"size_bound", rb_size_bound, METH_VARARGS, "size_bound(values, keys) -> largest value + largest key, bytes"},

@@ -66,6 +66,9 @@ typedef struct {
 
 typedef struct {
         int bound;
+        /* confluent-kafka's Producer and Consumer types (bind()): a handle is read only from their
+           instances, whose first field after PyObject_HEAD is rd_kafka_t * (CflHandle) */
+        PyTypeObject *producer_type, *consumer_type;
         int (*version)(void);
         int (*type)(const rd_kafka_t *);
         rd_kafka_queue_t *(*queue_new)(rd_kafka_t *);
@@ -90,6 +93,11 @@ typedef struct {
 
 /* librdkafka's functions, resolved by bind() (rd.bound once done) */
 extern HIDDEN RdApi rd;
+
+/* the rd_kafka_t of a confluent-kafka client of the bound type (rd.producer_type or
+   rd.consumer_type, with the matching librdkafka handle type); NULL with an exception set when
+   unbound, of another type, or closed */
+HIDDEN rd_kafka_t *client_rk(PyObject *client, int want_producer);
 
 /* _rdsend.c */
 HIDDEN PyObject *rb_produce_many(PyObject *self, PyObject *args);

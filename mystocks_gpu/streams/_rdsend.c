@@ -56,20 +56,7 @@ typedef struct {
 
 /* the producer handle of a confluent-kafka Producer, or NULL with an exception set */
 static rd_kafka_t *producer_rk(PyObject *producer) {
-        rd_kafka_t *rk;
-        if (!rd.bound) {
-                PyErr_SetString(PyExc_RuntimeError, "bind() librdkafka first");
-                return NULL;
-        }
-        if (!(rk = ((CflHandle *)producer)->rk)) {
-                PyErr_SetString(PyExc_RuntimeError, "the producer is closed");
-                return NULL;
-        }
-        if (rd.type(rk) != RD_KAFKA_PRODUCER) {
-                PyErr_SetString(PyExc_TypeError, "not a producer handle");
-                return NULL;
-        }
-        return rk;
+        return client_rk(producer, 1);
 }
 
 /* drop what gather() took: the first n records' references, the header pairs, the topic handle */

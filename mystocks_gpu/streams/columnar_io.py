@@ -71,7 +71,7 @@ def load_extension() -> tuple[Any, str]:
         _loaded = (None, "confluent-kafka's librdkafka is not among the process's mapped files (/proc/self/maps)")
         return _loaded
     try:
-        _rdbatch.bind(path, confluent_kafka.libversion()[1])
+        _rdbatch.bind(path, confluent_kafka.libversion()[1], confluent_kafka.Producer, confluent_kafka.Consumer)
     except ImportError as exc:
         _loaded = (None, str(exc))
         return _loaded

@@ -165,3 +165,34 @@ def test_size_bound_is_the_largest_value_plus_the_largest_key() -> None:
     assert ext.size_bound([None, b"abc"], [b"k"]) == 4  # a tombstone value counts 0
     with pytest.raises(TypeError, match="key 1 must be bytes or None, not str"):
         ext.size_bound([b"a", b"b"], [b"k", "k"])
+
+
+def test_the_extension_reads_handles_only_from_confluent_kafka_clients() -> None:
+    """The extension reads a librdkafka handle out of the object it is given (the first field after
+    the object header): anything but a confluent-kafka client of the right kind is refused with a
+    TypeError before that read (it used to be read from any object), a closed one with a RuntimeError."""
+    import confluent_kafka
+
+    ext, why_not = columnar_io.load_extension()
+    if ext is None:
+        pytest.skip(f"the C extension is not built: {why_not}")
+    # no broker is contacted: the clients are created and closed without a request
+    producer = confluent_kafka.Producer({"bootstrap.servers": "127.0.0.1:9"})
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "handle-check"})
+    try:
+        for wrong in (consumer, object(), b"\0" * 64, None):
+            with pytest.raises(TypeError, match="expected a confluent-kafka cimpl.Producer, got "):
+                ext.produce_many(wrong, "t", [b"v"], [None], [0], None, -1, 0, 1)
+            with pytest.raises(TypeError, match="expected a confluent-kafka cimpl.Producer"):
+                ext.Sender(wrong)
+        for wrong in (producer, object(), 12):
+            with pytest.raises(TypeError, match="expected a confluent-kafka cimpl.Consumer, got "):
+                ext.Ingest(wrong, "t")
+        with pytest.raises(RuntimeError, match="bound already"):
+            ext.bind("/nonexistent", 0, confluent_kafka.Producer, confluent_kafka.Consumer)
+        # the right kinds are accepted: a full check of produce/consume is tests/integration/test_columnar_io.py
+        assert ext.produce_many(producer, "t", [b"v"], [None], [0], None, -1, 0, 0) == (0, 0, "")
+    finally:
+        consumer.close()
+    with pytest.raises(RuntimeError, match="the consumer is closed"):
+        ext.Ingest(consumer, "t")
