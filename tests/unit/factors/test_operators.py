@@ -54,10 +54,12 @@ def ours(fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return evaluate_panel(parse_many(OPERATOR_EXPRS), Panel(fields), CPU)
 
 
-def _close(a: np.ndarray, b: np.ndarray, rtol: float = 1e-8) -> None:
-    assert np.array_equal(np.isnan(a), np.isnan(b)), "NaN positions differ"
+def _close(a: np.ndarray, b: np.ndarray, rtol: float = 1e-8, what: str = "") -> None:
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    assert np.array_equal(nan_a, nan_b), \
+        f"{what}: NaN positions differ at (date, symbol) {np.argwhere(nan_a != nan_b)[:5].tolist()}"
     scale = np.nanmax(np.abs(b)) if np.isfinite(b).any() else 1.0
-    np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-10 * max(scale, 1.0), equal_nan=True)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-10 * max(scale, 1.0), equal_nan=True, err_msg=what)
 
 
 @pytest.mark.parametrize("name", list(OPERATOR_EXPRS))
@@ -66,14 +68,14 @@ def test_operator_matches_pandas(name: str, fields: dict[str, np.ndarray],
     node = parse_many({name: OPERATOR_EXPRS[name]})[name]
     ref = pandas_ref.evaluate(node, pandas_ref.frames_of(fields)).to_numpy()
     assert np.isfinite(ours[name]).sum() > 0.3 * ours[name].size  # the test compares something
-    _close(ours[name], ref)
+    _close(ours[name], ref, what=name)
 
 
 def test_gpu_code_path_matches_cpu_twin(fields: dict[str, np.ndarray],
                                         ours: dict[str, np.ndarray]) -> None:
     xp_vals = evaluate_panel(parse_many(OPERATOR_EXPRS), Panel(fields), CPU, ops=XpOps(np))
     for k in OPERATOR_EXPRS:
-        _close(xp_vals[k], ours[k], rtol=1e-9)
+        _close(xp_vals[k], ours[k], rtol=1e-9, what=k)
 
 
 def test_chunking_and_threads_do_not_change_values(fields: dict[str, np.ndarray],
@@ -137,9 +139,9 @@ def test_gpu_backend_matches_cpu(fields: dict[str, np.ndarray], ours: dict[str, 
         pytest.skip(f"no GPU: {why}")
     gpu = evaluate_panel(parse_many(OPERATOR_EXPRS), Panel(fields), EngineConfig(backend="gpu"))
     for k in OPERATOR_EXPRS:
-        _close(gpu[k], ours[k], rtol=1e-9)
+        _close(gpu[k], ours[k], rtol=1e-9, what=f"{k} = {OPERATOR_EXPRS[k]}")
     exprs = {"a": "Delta($close, 5)", "b": "Corr($close, $volume, 10)"}
     g = run_factors(exprs, Panel(fields), EngineConfig(backend="gpu"), EvalConfig())
     c = run_factors(exprs, Panel(fields), EngineConfig(backend="cpu"), EvalConfig())
-    np.testing.assert_allclose(g.rank_ic, c.rank_ic, rtol=1e-10, atol=1e-12, equal_nan=True)
-    np.testing.assert_allclose(g.turnover, c.turnover, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(g.rank_ic, c.rank_ic, rtol=1e-10, atol=1e-12, equal_nan=True, err_msg="rank_ic")
+    np.testing.assert_allclose(g.turnover, c.turnover, rtol=1e-12, equal_nan=True, err_msg="turnover")
