@@ -192,6 +192,8 @@ class DecodedBatch:
         codes = np.asarray(codes)
         if codes.shape != self.index.shape:
             raise ValueError(f"validation codes of shape {codes.shape}, batch has {self.index.shape}")
+        if not codes.any():
+            return self  # nothing rejected (the common case): no copy of every column
         keep = codes == 0
         status = self.status.copy()
         status[self.index[~keep]] = codes[~keep]
