@@ -32,6 +32,10 @@ were counted as pipeline latency. The load producer encodes its ticks once and s
 chunk's ``ts_event`` into them (:class:`StampedTicks`), so it takes a quarter of a core at 50k
 ticks/s instead of most of one.
 
+Each run also groups its records over p99 into episodes by event time (:func:`tail_episodes`: a
+stall shows as one episode, with the hop that held it) and, with ``--dump-records DIR``, keeps every
+measured vector's times in ``DIR/latency-<run>.npz``.
+
 ``tree``: run the worker from another checkout (e.g. ``git archive <commit> | tar -x -C DIR``) to
 compare old and new code under the same load in one run; such a worker has no stage metrics.
 """
@@ -255,6 +259,37 @@ def load_report(producer: subprocess.Popen[str]) -> dict[str, Any] | None:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+#: the hops of a feature vector's latency, in order (see the module docstring)
+HOPS = ("to_worker", "in_worker", "to_consumer")
+
+
+def tail_episodes(event_ns: np.ndarray, e2e_ns: np.ndarray, hops: dict[str, np.ndarray],
+                  q: float = 99.0, gap_s: float = 0.2) -> list[dict[str, Any]]:
+    """The records over the ``q``-th percentile of ``e2e_ns`` grouped into episodes by event time
+    (a new episode after ``gap_s`` without such a record), each with the hop that held it.
+
+    Args:
+        event_ns: int64 (n,) event times (wall clock at produce), ns, any order.
+        e2e_ns: int64 (n,) end-to-end latencies, ns; hops: name -> int64 (n,) part of it, ns.
+    Returns one dict per episode, in time order: ``start_s`` (event time from the first record, s),
+    ``length_s``, ``records`` (over the percentile), ``max_e2e_ms``, ``max_ms`` (hop -> its largest
+    value among those records) and ``hop`` (the hop with the largest of them)."""
+    if event_ns.size == 0:
+        return []
+    order = np.argsort(event_ns, kind="stable")
+    t = (event_ns[order] - event_ns[order[0]]) / 1e9
+    e = e2e_ns[order] / 1e6
+    over = np.flatnonzero(e > np.percentile(e, q))
+    out: list[dict[str, Any]] = []
+    if over.size == 0:  # all at or under the percentile (e.g. every latency equal)
+        return out
+    for ep in np.split(over, np.flatnonzero(np.diff(t[over]) > gap_s) + 1):
+        peaks = {h: float(hops[h][order][ep].max() / 1e6) for h in hops}
+        out.append({"start_s": float(t[ep[0]]), "length_s": float(t[ep[-1]] - t[ep[0]]), "records": int(ep.size),
+                    "max_e2e_ms": float(e[ep].max()), "max_ms": peaks, "hop": max(peaks, key=lambda h: peaks[h])})
+    return out
+
+
 def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, workers: int = 1,
                 tree: Path | None = None, label: str = "new", seconds: float | None = None) -> dict[str, Any]:
     """One latency run (see the module docstring)."""
@@ -300,7 +335,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
         cpu0 = [cpu_seconds(p.pid) for p in procs]
         producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s)
         pout: dict[str, Any] | None = None
-        e2e, to_worker, in_worker, to_cons = (np.empty(int(rate * seconds) + 10_000, np.int64) for _ in range(4))
+        e2e, to_worker, in_worker, to_cons, event = (np.empty(int(rate * seconds) + 10_000, np.int64) for _ in range(5))
         k = 0
         t_first = t_last = None
         deadline = time.monotonic() + 60 + 3 * (seconds + args.ramp_s)
@@ -318,6 +353,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
             ts, ingest, app_ns = ts[live], ingest[live], app_ns[live]
             j = k + ts.size
             e2e[k:j], to_worker[k:j], in_worker[k:j], to_cons[k:j] = now - ts, ingest - ts, app_ns - ingest, now - app_ns
+            event[k:j] = ts
             k = j
             if live.size:  # the output rate counts from the first measured vector
                 t_last = time.perf_counter()
@@ -346,6 +382,11 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                 p.kill()
                 o, _ = p.communicate()
             outs.append((o.strip().splitlines() or ["{}"])[-1])
+    hops = dict(zip(HOPS, (to_worker[:k], in_worker[:k], to_cons[:k]), strict=True))
+    if getattr(args, "dump_records", None) is not None:  # every measured vector, for a look at the tail
+        args.dump_records.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.dump_records / f"latency-{short}.npz", event_ns=event[:k], e2e_ns=e2e[:k],
+                            to_worker=hops["to_worker"], in_worker=hops["in_worker"], to_consumer=hops["to_consumer"])
     ms = {name: np.sort(a[:k].astype(np.float64) / 1e6) for name, a in
           (("e2e", e2e), ("to_worker", to_worker), ("in_worker", in_worker), ("to_consumer", to_cons))}
     res: dict[str, Any] = {"label": label, "tree": str(tree) if tree else None, "guarantee": guarantee, "rate": rate,
@@ -355,6 +396,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                            "out_rate": k / (t_last - t_first) if t_first and t_last and t_last > t_first else None,
                            **quantiles(ms["e2e"]),
                            "parts": {name: quantiles(a) for name, a in ms.items() if name != "e2e"},
+                           "tail_episodes": tail_episodes(event[:k], e2e[:k], hops),
                            "worker_summaries": outs, "loadavg_1min": C.machine()["loadavg_1min"],
                            # the worker processes' CPU from the load's start to the last output received, per
                            # 1,000 offered ticks (ramp included): what a tick costs the worker, steadier than
@@ -489,6 +531,11 @@ def print_breakdown(r: dict[str, Any]) -> None:
           f"{C.fmt(parts.get('in_worker', {}).get('p50_ms'))} / p99 {C.fmt(parts.get('in_worker', {}).get('p99_ms'))} ms; "
           f"broker -> consumer p50 {C.fmt(parts.get('to_consumer', {}).get('p50_ms'))} / p99 "
           f"{C.fmt(parts.get('to_consumer', {}).get('p99_ms'))} ms (append times: 1 ms resolution)")
+    eps = r.get("tail_episodes") or []
+    if eps:
+        print(f"    over p99: {len(eps)} episode(s) by event time, each with the hop that held it: " + "; ".join(
+            f"+{e['start_s']:.2f} s ({e['length_s'] * 1e3:.0f} ms, {e['records']} rec) {e['hop']} {e['max_ms'][e['hop']]:.0f} ms"
+            for e in eps[:6]) + (" ..." if len(eps) > 6 else ""))
     st = r.get("stages")
     if not st:
         return

@@ -559,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
                     "rates --rate / --low-rate, so p99_ms stays the 50k ticks/s headline), no faust")
     ap.add_argument("--skip", default="", help="comma list of contenders to leave out: eos,eosnc,alo,quix,faust,pandas,latency,floor "
                          "(floor: Kafka alone at the latency rates; for exactly-once, a transactional relay)")
+    ap.add_argument("--dump-records", type=Path, default=None, metavar="DIR",
+                    help="latency runs: also write every measured vector's event time, end-to-end latency and its "
+                         "three hops (ns) to DIR/latency-<run>.npz, for a look at the tail (each run's JSON has "
+                         "'tail_episodes' either way)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--_role", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_cfg", default=None, help=argparse.SUPPRESS)
