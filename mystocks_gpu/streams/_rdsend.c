@@ -352,7 +352,9 @@ static PyObject *Sender_submit(Sender *self, PyObject *args) {
 /*
  * collect(keep) -> list of (n, sent, code, reason): waits (without the GIL) until at most keep
  * jobs are unfinished, then returns the finished jobs at the head of the queue, in submission
- * order, and forgets them. Once every job is collected, a halted sender runs jobs again.
+ * order, and forgets them. A halted sender runs jobs again only after a drain: collect(0) that
+ * leaves no job (a collect with keep > 0 between submits may take the job that stopped short; the
+ * jobs submitted after it are still skipped until the caller drains).
  */
 static PyObject *Sender_collect(Sender *self, PyObject *args) {
         Py_ssize_t keep;
@@ -376,13 +378,15 @@ static PyObject *Sender_collect(Sender *self, PyObject *args) {
         if (last) {
                 self->head = last->next;
                 last->next = NULL;
-                if (!self->head) {
+                if (!self->head)
                         self->tail = NULL;
-                        self->halted = 0;
-                }
         } else {
                 first = NULL;
         }
+        /* only a drain (keep 0) that leaves no job ends a halt: a collect between submits that happens to
+           take the job that stopped short must not let the next job run before the caller drained */
+        if (!self->head && keep <= 0)
+                self->halted = 0;
         pthread_mutex_unlock(&self->mu);
         Py_END_ALLOW_THREADS
         while (first) {

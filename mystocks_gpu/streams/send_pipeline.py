@@ -16,8 +16,8 @@ offsets are committed once the producer's queue is empty, which jobs still waiti
 show.
 
 Order: when a job cannot send all its records (a full producer queue, or an error), the thread
-runs no later job until every job is collected: the records not sent, of that job and of every
-later one, are returned in order by :meth:`drain`, for the caller to send in its own thread (a full
+runs no later job until :meth:`drain` (not merely until a :meth:`submit` happens to collect it):
+the records not sent, of that job and of every later one, are returned in order by :meth:`drain`, for the caller to send in its own thread (a full
 queue: waiting for room, serving callbacks) or to fail with.
 """
 
