@@ -1,0 +1,126 @@
+"""Benchmark: what a micro-batch costs the tick-features processor, by batch size, against a
+per-record Python processor doing the same features (no Kafka: the CPU work of one worker).
+
+At low rates the worker's adaptive batches are a few dozen ticks (about 27 at 10k ticks/s on the
+2-core VM), and a batch's fixed cost - the decoder, validation, the feature kernel's call, the
+encoder, the undo log, each a handful of NumPy calls - is most of what a tick costs. This prints,
+per batch size, our decode + features + encode time per batch and per tick (Avro values in,
+framed feature vectors out: ``TickFeaturesProcessor.decode_partitions`` + ``process_isolating``,
+as ``StreamWorker._handle`` calls them), next to the per-record baseline: fastavro decode, the
+same six features updated per tick in Python (``features_e2e.step``, what the faust peer runs),
+fastavro encode. It fits ``time per batch = fixed + per_tick x size`` over the sizes and prints
+both terms and the batch size from which ours is cheaper per tick than the baseline.
+
+Every size processes the same ticks from a fresh state, in time order; ours must emit one feature
+vector per tick (checked).
+
+    python bench/batch_overhead.py --json bench/out/batch_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+import features_e2e as F  # noqa: E402
+
+from mystocks_gpu.schemas.batch_codec import BatchEncoder  # noqa: E402
+from mystocks_gpu.schemas.symbols import SymbolTable  # noqa: E402
+from mystocks_gpu.streams.processor import process_isolating  # noqa: E402
+
+
+def run_ours(values: list[bytes], size: int, n: int, backend: str) -> dict[str, Any]:
+    """Batches of ``size`` of the first ``n`` values through a fresh processor; seconds per batch."""
+    proc = F.make_processor("bench.overhead.out", backend)
+    symbols, state, out_n = SymbolTable(), proc.initial_state(), 0
+    batches = n // size
+    t0 = time.perf_counter()
+    for b in range(batches):
+        idx = list(range(b * size, (b + 1) * size))
+        d = proc.decode_partitions(values, {0: idx}, symbols, time.time_ns())
+        out, state = process_isolating(proc, d[0].columns, state)
+        out_n += len(out.records["bench.overhead.out"][1])
+    dt = time.perf_counter() - t0
+    if out_n != batches * size:
+        raise AssertionError(f"batch {size}: {out_n} feature vectors for {batches * size} ticks")
+    return {"size": size, "batches": batches, "ticks": batches * size, "seconds": dt,
+            "us_per_batch": 1e6 * dt / batches, "us_per_tick": 1e6 * dt / (batches * size)}
+
+
+def run_per_record(values: list[bytes], n: int) -> dict[str, Any]:
+    """The per-record baseline over the first ``n`` values: decode, update, encode each tick."""
+    dec, enc = C.avro_reader(F.TICK), C.avro_writer(F.FV)
+    table: dict[str, list[Any]] = {}
+    t0 = time.perf_counter()
+    for raw in values[:n]:
+        v = dec(raw)
+        st = table.get(v["symbol"])
+        if st is None:
+            st = table[v["symbol"]] = F.new_state()
+        res = F.step(st, v["kind"] == "TRADE", v["price"], v["size"])
+        enc({"symbol": v["symbol"], "ts_event": v["ts_event"], "seq": v["seq"], "ts_ingest": 0,
+             "values": F.values_map(res)})
+    dt = time.perf_counter() - t0
+    return {"ticks": n, "seconds": dt, "us_per_tick": 1e6 * dt / n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ticks", type=int, default=120_000, help="ticks per batch size (default 120000)")
+    ap.add_argument("--max-batches", type=int, default=4000,
+                    help="at most this many batches per size: small sizes run fewer ticks (default 4000)")
+    ap.add_argument("--sizes", default="1,3,10,30,100,300,1000,5000",
+                    help="comma list of batch sizes, ticks (default 1,3,10,30,100,300,1000,5000)")
+    ap.add_argument("--symbols", type=int, default=500, help="distinct symbols (default 500)")
+    ap.add_argument("--baseline-ticks", type=int, default=50_000,
+                    help="ticks for the per-record baseline (its cost per tick does not depend on batching; "
+                         "default 50000)")
+    ap.add_argument("--backend", default="cpu", help="our array backend: cpu|gpu|auto (default cpu)")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    try:
+        sizes = sorted({int(x) for x in args.sizes.split(",") if x.strip()})
+    except ValueError:
+        ap.error(f"--sizes must be a comma list of integers, got {args.sizes!r}")
+    if not sizes or sizes[0] < 1 or args.ticks < sizes[-1] or args.max_batches < 1 or args.baseline_ticks < 1:
+        ap.error("--sizes must be >= 1 and <= --ticks; --max-batches and --baseline-ticks >= 1")
+    m0 = C.machine()
+    cols, names = C.synthetic(max(args.ticks, args.baseline_ticks), args.symbols)
+    order = np.argsort(cols["ts"], kind="stable")
+    cols = {k: v[order] for k, v in cols.items()}
+    values: list[bytes] = [*BatchEncoder(F.TICK).encode(cols, names)]
+    C.warm_processor(F.make_processor("bench.overhead.out", args.backend), cols, names)
+    print(f"batch overhead bench: {args.ticks:,} ticks per size (at most {args.max_batches:,} batches), "
+          f"{args.symbols} symbols, features {F.NAMES}, backend {args.backend}; {m0['cores']} cores, "
+          f"load {m0['loadavg_1min']}")
+    base = run_per_record(values, args.baseline_ticks)
+    rows = []
+    for size in sizes:
+        r = run_ours(values, size, min(args.ticks, size * args.max_batches), args.backend)
+        r["ratio_vs_per_record"] = base["us_per_tick"] / r["us_per_tick"]
+        rows.append(r)
+    fixed, per_tick = np.polyfit([r["size"] for r in rows], [r["us_per_batch"] for r in rows], 1)[::-1]
+    crossover = next((r["size"] for r in rows if r["ratio_vs_per_record"] >= 1.0), None)
+    C.print_table(["batch size", "batches", "ours us/batch", "ours us/tick", "per-record us/tick", "per-record / ours"],
+                  [(r["size"], r["batches"], r["us_per_batch"], r["us_per_tick"], base["us_per_tick"],
+                    r["ratio_vs_per_record"]) for r in rows])
+    print(f"fit over the sizes: ours = {fixed:,.1f} us per batch + {per_tick:.3f} us per tick; per-record baseline "
+          f"{base['us_per_tick']:.2f} us per tick; ours is cheaper per tick from batches of "
+          f"{crossover if crossover is not None else '(none measured)'}")
+    res = {"machine": m0, "loadavg_1min_end": C.machine()["loadavg_1min"], "backend": args.backend,
+           "symbols": args.symbols, "features": list(F.NAMES), "baseline": base, "sizes": rows,
+           "fixed_us_per_batch": float(fixed), "us_per_tick_marginal": float(per_tick), "crossover_size": crossover}
+    C.write_json(args.json, res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
