@@ -283,8 +283,9 @@ def tail_episodes(event_ns: np.ndarray, e2e_ns: np.ndarray, hops: dict[str, np.n
     out: list[dict[str, Any]] = []
     if over.size == 0:  # all at or under the percentile (e.g. every latency equal)
         return out
+    by_time = {h: a[order] for h, a in hops.items()}
     for ep in np.split(over, np.flatnonzero(np.diff(t[over]) > gap_s) + 1):
-        peaks = {h: float(hops[h][order][ep].max() / 1e6) for h in hops}
+        peaks = {h: float(a[ep].max() / 1e6) for h, a in by_time.items()}
         out.append({"start_s": float(t[ep[0]]), "length_s": float(t[ep[-1]] - t[ep[0]]), "records": int(ep.size),
                     "max_e2e_ms": float(e[ep].max()), "max_ms": peaks, "hop": max(peaks, key=lambda h: peaks[h])})
     return out
@@ -387,8 +388,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
         args.dump_records.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.dump_records / f"latency-{short}.npz", event_ns=event[:k], e2e_ns=e2e[:k],
                             to_worker=hops["to_worker"], in_worker=hops["in_worker"], to_consumer=hops["to_consumer"])
-    ms = {name: np.sort(a[:k].astype(np.float64) / 1e6) for name, a in
-          (("e2e", e2e), ("to_worker", to_worker), ("in_worker", in_worker), ("to_consumer", to_cons))}
+    ms = {name: np.sort(a.astype(np.float64) / 1e6) for name, a in {"e2e": e2e[:k], **hops}.items()}
     res: dict[str, Any] = {"label": label, "tree": str(tree) if tree else None, "guarantee": guarantee, "rate": rate,
                            "workers": workers, "offered": pout.get("counted"), "received": k, "seconds": seconds,
                            "ramp_s": args.ramp_s,

@@ -65,9 +65,7 @@ def run_per_record(values: list[bytes], n: int) -> dict[str, Any]:
         st = table.get(v["symbol"])
         if st is None:
             st = table[v["symbol"]] = F.new_state()
-        res = F.step(st, v["kind"] == "TRADE", v["price"], v["size"])
-        enc({"symbol": v["symbol"], "ts_event": v["ts_event"], "seq": v["seq"], "ts_ingest": 0,
-             "values": F.values_map(res)})
+        enc(F.vector_of(v, F.step_tick(st, v), 0))
     dt = time.perf_counter() - t0
     return {"ticks": n, "seconds": dt, "us_per_tick": 1e6 * dt / n}
 

@@ -144,6 +144,17 @@ def values_map(out: list[Any]) -> dict[str, float]:
     return {k: (NAN if x is None else x) for k, x in zip(NAMES, out, strict=True)}
 
 
+def step_tick(st: list[Any], v: dict[str, Any]) -> list[Any]:
+    """:func:`step` for a decoded Tick record ``v`` (fastavro dict)."""
+    return step(st, v["kind"] == "TRADE", v["price"], v["size"])
+
+
+def vector_of(v: dict[str, Any], res: list[Any], ingest_ns: int) -> dict[str, Any]:
+    """The FeatureVector record (fastavro dict) of tick ``v`` with feature values ``res``."""
+    return {"symbol": v["symbol"], "ts_event": v["ts_event"], "seq": v["seq"], "ts_ingest": ingest_ns,
+            "values": values_map(res)}
+
+
 def reference(cols: dict[str, np.ndarray]) -> np.ndarray:
     """(n, len(NAMES)) float64 reference features of every input row (NaN = not yet valid)."""
     states: dict[int, list[Any]] = {}
@@ -223,14 +234,13 @@ def run_quix(s: Any, topic: str, out: str, group: str, n: int, cap_s: float, gua
 
         def feat(v: dict[str, Any], state: Any) -> dict[str, Any]:
             st = state.get("s") or new_state()
-            res = step(st, v["kind"] == "TRADE", v["price"], v["size"])
+            res = step_tick(st, v)
             state.set("s", st)
             done["n"] += 1
             if not done["stopped"] and time.perf_counter() - (type(deser).t_first or 0) > cap_s:
                 done["stopped"] = True
                 app.stop()
-            return {"symbol": v["symbol"], "ts_event": v["ts_event"], "seq": v["seq"], "ts_ingest": time.time_ns(),
-                    "values": values_map(res)}
+            return vector_of(v, res, time.time_ns())
 
         app.dataframe(t_in).apply(feat, stateful=True).to_topic(t_out)
         timing = C.time_quix_commit(app)
@@ -315,9 +325,7 @@ def faust_worker(cfg: dict[str, Any]) -> None:
                 if st is None:
                     st = table.get(sym) or new_state()
                     local[sym] = st
-                res = step(st, v["kind"] == "TRADE", v["price"], v["size"])
-                val = enc({"symbol": sym, "ts_event": v["ts_event"], "seq": v["seq"], "ts_ingest": ingest,
-                           "values": values_map(res)})
+                val = enc(vector_of(v, step_tick(st, v), ingest))
                 dst.send_soon(key=sym.encode(), value=val)  # buffered produce (faster than await send here)
             for sym, st in local.items():
                 table[sym] = st

@@ -3,7 +3,8 @@
 # GPU box lacks from .devwheels/ (pip download them here first, see the README's GPU section),
 # runs the GPU twin tests against the CPU backend, and times the tick-feature kernels (each pass,
 # register-cap / block-size variants: by default no cap and caps of 128, 96 and 64 registers a
-# thread, at 256 threads a block; fx_replay used 135 without a cap, 18 % occupancy) vs the CPU twin. Results land in $OUT (or ./gpu-out).
+# thread, at 256 threads a block; fx_replay used 135 without a cap, 18 % occupancy) vs the CPU
+# twin. Results land in $OUT (or ./gpu-out).
 # Usage: scripts/gpu_check.sh [features|all]   (features: the tick-feature tests and bench only)
 # The wheels (Python 3.12, x86-64), fetched here once:
 #   for p in confluent-kafka fastavro redis cramjam cryptography cffi pycparser grpcio-health-checking \

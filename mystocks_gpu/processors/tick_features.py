@@ -231,17 +231,15 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         """Decode ``values`` (batch rows ``index``) in one call; ``sizes`` = partition -> how many of
         the values, in turn, are its rows. Per partition: its good rows as column views, its rejects."""
         d = self._decoder(symbols).decode(values, validate=True)
-        if len(sizes) == 1:  # one partition (the common case at low rates): the columns themselves
-            partition = next(iter(sizes))
-            return {partition: Decoded(Columns({k: d.columns[k] for k in _TICK_FIELDS}, symbols, index[d.index],
-                                               partition, ingest_ns),
-                                       decode_errors_to_rejected(index, d.status, status_message))}
-        bounds = np.cumsum([0, *sizes.values()])
-        cuts = np.searchsorted(d.index, bounds).tolist()  # the good rows of each partition
+        if len(sizes) == 1:  # one partition (the common case at low rates): no search for the cuts
+            bounds, cuts = [0, len(values)], [0, len(d.index)]
+        else:
+            bounds = np.cumsum([0, *sizes.values()]).tolist()
+            cuts = np.searchsorted(d.index, bounds).tolist()  # the good rows of each partition
         good = index[d.index]
         out = {}
         for j, partition in enumerate(sizes):
-            a, b, lo, hi = cuts[j], cuts[j + 1], int(bounds[j]), int(bounds[j + 1])
+            a, b, lo, hi = cuts[j], cuts[j + 1], bounds[j], bounds[j + 1]
             cols = {k: d.columns[k][a:b] for k in _TICK_FIELDS}
             out[partition] = Decoded(Columns(cols, symbols, good[a:b], partition, ingest_ns),
                                      decode_errors_to_rejected(index[lo:hi], d.status[lo:hi], status_message))

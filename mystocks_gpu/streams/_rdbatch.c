@@ -132,8 +132,12 @@ typedef struct {
         size_t buf_n;
 } Ingest;
 
+/* the consumer's handle (its type was checked by client_rk when Init kept it), or NULL once closed */
 static rd_kafka_t *ingest_rk(Ingest *self) {
-        return client_rk(self->consumer, 0);
+        rd_kafka_t *rk = ((CflHandle *)self->consumer)->rk;
+        if (!rk)
+                PyErr_SetString(PyExc_RuntimeError, "the consumer is closed");
+        return rk;
 }
 
 static int Ingest_init(Ingest *self, PyObject *args, PyObject *kw) {

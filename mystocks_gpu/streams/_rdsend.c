@@ -54,11 +54,6 @@ typedef struct {
         char reason[256];
 } Batch;
 
-/* the producer handle of a confluent-kafka Producer, or NULL with an exception set */
-static rd_kafka_t *producer_rk(PyObject *producer) {
-        return client_rk(producer, 1);
-}
-
 /* drop what gather() took: the first n records' references, the header pairs, the topic handle */
 static void release_batch(Batch *b, Py_ssize_t n) {
         Py_ssize_t i;
@@ -199,7 +194,7 @@ HIDDEN PyObject *rb_produce_many(PyObject *Py_UNUSED(self), PyObject *args) {
         if (!PyArg_ParseTuple(args, "OsO!O!O!Oinn", &producer, &topic, &PyList_Type, &values, &PyList_Type, &keys,
                               &PyList_Type, &ts, &headers, &partition, &start, &stop))
                 return NULL;
-        if (!(rk = producer_rk(producer)))
+        if (!(rk = client_rk(producer, 1)))
                 return NULL;
         if (!(b = PyMem_RawMalloc(sizeof(Batch))))
                 return PyErr_NoMemory();
@@ -286,7 +281,7 @@ static int Sender_init(Sender *self, PyObject *args, PyObject *kw) {
                 PyErr_SetString(PyExc_RuntimeError, "Sender is initialised once");
                 return -1;
         }
-        if (!(self->rk = producer_rk(producer)))
+        if (!(self->rk = client_rk(producer, 1)))
                 return -1;
         Py_INCREF(producer);
         self->producer = producer;

@@ -17,8 +17,9 @@ show.
 
 Order: when a job cannot send all its records (a full producer queue, or an error), the thread
 runs no later job until :meth:`drain` (not merely until a :meth:`submit` happens to collect it):
-the records not sent, of that job and of every later one, are returned in order by :meth:`drain`, for the caller to send in its own thread (a full
-queue: waiting for room, serving callbacks) or to fail with.
+the records not sent, of that job and of every later one, are returned in order by :meth:`drain`,
+for the caller to send in its own thread (a full queue: waiting for room, serving callbacks) or to
+fail with.
 """
 
 from __future__ import annotations
