@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from mystocks_gpu.schemas.batch_codec import BatchEncoder, TickDecoder, status_message
+from mystocks_gpu.schemas.batch_codec import BatchEncoder, DecoderCache, TickDecoder, status_message
 from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.processor import (
@@ -74,13 +74,12 @@ class RunningAggregateProcessor(Processor[AggState]):
         self.output_topic = output_topic
         self.output_topics = (output_topic,)
         self.store = store
-        self._decoders: dict[int, TickDecoder] = {}
+        self._decoder = DecoderCache(lambda symbols: TickDecoder(self.store, symbols=symbols))
         self._encoder = BatchEncoder("mystocks.streams.RunningAggregate", store)
 
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:
-        dec = self._decoders.setdefault(id(symbols), TickDecoder(self.store, symbols=symbols))
-        d = dec.decode(values, validate=True)
+        d = self._decoder(symbols).decode(values, validate=True)
         rejected = decode_errors_to_rejected(index, d.status, status_message)
         cols = {k: d.columns[k] for k in ("sym", "ts", "seq", "price")}
         return Decoded(Columns(cols, symbols, index[d.index], partition, ingest_ns), rejected)

@@ -51,7 +51,7 @@ from mystocks_gpu.gpu_ops.features import FeatureState, TickFeatureEngine
 from mystocks_gpu.gpu_ops.features_config import ALL_FEATURES, FeatureConfig
 from mystocks_gpu.gpu_ops.tick_columns import TickColumns
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
-from mystocks_gpu.schemas.batch_codec import BatchEncoder, TickDecoder, status_message
+from mystocks_gpu.schemas.batch_codec import BatchEncoder, DecoderCache, TickDecoder, status_message
 from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.processor import (
@@ -199,18 +199,12 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         self.names = tuple(self.engine.output_names)
         self._fv = BatchEncoder("mystocks.features.FeatureVector", store)
         self._bar = BatchEncoder("mystocks.md.Bar", store)
-        self._decoders: dict[int, TickDecoder] = {}
+        self._decoder = DecoderCache(lambda symbols: TickDecoder(self.store, symbols=symbols))
         self._fv_headers = [(FEATURES_HEADER, self.cfg.features_header())]
         self._bar_headers = {i: [(BARS_HEADER, self.cfg.bars_header(i))] for i in self.cfg.bar_intervals_ns}
         self._row_layout: tuple[list[tuple[str, str, np.dtype, tuple[int, ...]]], int] | None = None
 
     # ---- decode ------------------------------------------------------------------------------
-    def _decoder(self, symbols: SymbolTable) -> TickDecoder:
-        dec = self._decoders.get(id(symbols))
-        if dec is None:
-            dec = self._decoders[id(symbols)] = TickDecoder(self.store, symbols=symbols)
-        return dec
-
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:
         return self._decode_split(values, np.asarray(index, np.int64), {partition: len(values)}, symbols,

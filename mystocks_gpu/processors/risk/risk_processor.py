@@ -58,7 +58,13 @@ from mystocks_gpu.processors.risk.output import (
 )
 from mystocks_gpu.processors.risk.positions import PositionUpdate, decode_positions
 from mystocks_gpu.schemas import AvroCodec
-from mystocks_gpu.schemas.batch_codec import BatchDecoder, BatchEncoder, TickDecoder, status_message
+from mystocks_gpu.schemas.batch_codec import (
+    BatchDecoder,
+    BatchEncoder,
+    DecoderCache,
+    TickDecoder,
+    status_message,
+)
 from mystocks_gpu.schemas.schema_store import SchemaStore, default_store
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.processor import (
@@ -92,8 +98,8 @@ class RiskProcessor(Processor[RiskBook]):
         s = store or default_store()
         self._tick_id = s.by_name("mystocks.md.Tick").id
         self._bar_id = s.by_name("mystocks.md.Bar").id
-        self._ticks: dict[int, TickDecoder] = {}
-        self._bars: dict[int, BatchDecoder] = {}
+        self._ticks = DecoderCache(lambda symbols: TickDecoder(self.store, symbols=symbols))
+        self._bars = DecoderCache(lambda symbols: BatchDecoder("mystocks.md.Bar", self.store, symbols=symbols))
         self._metrics_enc: BatchEncoder | None = None  # compiled (or loaded from the cache) at the first emit
 
     # ---- prices ------------------------------------------------------------------------------
@@ -108,15 +114,13 @@ class RiskProcessor(Processor[RiskBook]):
         rejected: list[Rejected] = []
         if (~is_bar).any():
             rows = np.flatnonzero(~is_bar)
-            dec = self._ticks.setdefault(id(symbols), TickDecoder(self.store, symbols=symbols))
-            d = dec.decode([values[i] for i in rows], validate=True, now_ns=ingest_ns or None)
+            d = self._ticks(symbols).decode([values[i] for i in rows], validate=True, now_ns=ingest_ns or None)
             rejected += decode_errors_to_rejected(index[rows], d.status, status_message)
             c = d.columns
             parts.append((rows[d.index], c["sym"], c["ts"], c["price"]))
         if is_bar.any():
             rows = np.flatnonzero(is_bar)
-            bdec = self._bars.setdefault(id(symbols), BatchDecoder("mystocks.md.Bar", self.store, symbols=symbols))
-            d = bdec.decode([values[i] for i in rows])
+            d = self._bars(symbols).decode([values[i] for i in rows])
             rejected += decode_errors_to_rejected(index[rows], d.status, status_message)
             c = d.columns
             ok = np.isfinite(c["close"]) & (c["close"] > 0) & (c["interval_ns"] > 0)

@@ -14,6 +14,7 @@ API
     ``DecodedBatch``: ``columns`` (good rows only), ``status`` int8 ``(n_in,)``, ``index`` int64
     ``(n_ok,)`` (input row of each good row), ``buffer`` uint8 (string offsets point into it),
     ``tables``/``symbols`` (SymbolTables); ``rejects()``, ``strings(f)``, ``apply_validation(codes)``.
+    ``DecoderCache(make)(symbols)``: one decoder per symbol table, built once (a processor's hot path).
     ``BatchEncoder(schema, store=None, *, schema_id=None).encode(columns, symbols=None,
     map_keys=None) -> list[bytes]``; ``encode_buffer(...) -> (uint8 buffer, int64 offsets (n+1,))``
     and :func:`split_values`. ``validate_ticks(columns, now_ns=None, symbols=None) -> int8 (n,)``;
@@ -48,6 +49,7 @@ if sys.byteorder != "little":  # doubles are copied byte for byte (Avro is littl
 from mystocks_gpu.schemas.batch_codec.decoder import (  # noqa: E402
     BatchDecoder,
     DecodedBatch,
+    DecoderCache,
     decoder_source,
     gather_values,
 )
@@ -57,6 +59,6 @@ from mystocks_gpu.schemas.batch_codec.status import STATUS_MESSAGES, Status, sta
 from mystocks_gpu.schemas.batch_codec.ticks import TICK_RENAME, TickDecoder  # noqa: E402
 from mystocks_gpu.schemas.batch_codec.validation import validate_ticks  # noqa: E402
 
-__all__ = ["STATUS_MESSAGES", "TICK_RENAME", "BatchDecoder", "BatchEncoder", "DecodedBatch", "FieldPlan", "Status",
+__all__ = ["STATUS_MESSAGES", "TICK_RENAME", "BatchDecoder", "BatchEncoder", "DecodedBatch", "DecoderCache", "FieldPlan", "Status",
            "TickDecoder", "decoder_source", "encoder_source", "gather_values", "plan_schema", "schema_fingerprint",
            "split_values", "status_message", "validate_ticks"]
