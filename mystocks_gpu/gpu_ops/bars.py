@@ -271,7 +271,7 @@ class BarBuilder:
         of ``process(..., inplace=True)`` (see :meth:`restore_rows`)."""
         codes = np.asarray(codes, np.int64)
         codes = codes[codes < state.capacity]
-        return {"codes": codes, **{k: v[codes] for k, v in state.arrays.items()}}
+        return {"codes": codes, **{k: v.take(codes, axis=0) for k, v in state.arrays.items()}}
 
     @staticmethod
     def restore_rows(state: BarState, snap: dict[str, np.ndarray]) -> None:

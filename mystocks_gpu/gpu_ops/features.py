@@ -296,9 +296,17 @@ class TickFeatureEngine:
     ) -> tuple[dict[str, np.ndarray], np.ndarray, FeatureState]:
         """:meth:`process_host` plus the ``rejected`` mask: bool (n,) host array, True for trades
         stamped too far behind their symbol's trade clock (see the module docstring)."""
+        mat, rej, state = self.process_host_matrix(cols, state, inplace=inplace)
+        return self._as_dict(mat), rej, state
+
+    def process_host_matrix(
+        self, cols: TickColumns, state: FeatureState, *, inplace: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, FeatureState]:
+        """:meth:`process_host_full` with the outputs as one host float64 (K, n) C-contiguous
+        matrix, row ``k`` = feature ``output_names[k]`` (no per-feature views)."""
         if self.backend == CPU:
             mat, rej, state = self._process(cols.to(CPU), state, inplace=inplace)
-            return self._as_dict(mat), rej.astype(bool), state
+            return mat, rej.astype(bool), state
         from mystocks_gpu.gpu_ops.features_gpu import PinnedStager
 
         if self._stager is None:
@@ -316,7 +324,7 @@ class TickFeatureEngine:
             res = self._stager.download(mat)
             rej_host = rej.get(stream=stream) if len(host) else np.zeros(0, np.int8)
             stream.synchronize()
-        return self._as_dict(res), rej_host.astype(bool), state
+        return res, rej_host.astype(bool), state
 
     def snapshot_rows(self, state: FeatureState, codes: np.ndarray) -> dict[str, Any]:
         """Copies of the state rows of symbol ``codes`` (host int array; codes beyond the capacity
@@ -325,7 +333,7 @@ class TickFeatureEngine:
         codes = np.asarray(codes, np.int64)
         codes = codes[codes < state.capacity]
         idx = self._xp.asarray(codes)
-        return {"codes": idx, **{k: v[idx] for k, v in state.arrays.items()}}
+        return {"codes": idx, **{k: v.take(idx, axis=0) for k, v in state.arrays.items()}}  # take: half of v[idx]
 
     def restore_rows(self, state: FeatureState, snap: dict[str, Any]) -> None:
         """Put back the rows saved by :meth:`snapshot_rows` (in place)."""

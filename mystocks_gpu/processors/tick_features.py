@@ -263,13 +263,13 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
 
     def _process(self, batch: Columns, ticks: TickColumns, state: FeaturesState) -> tuple[Outputs, FeaturesState]:
         c = batch.columns
-        feats, disorder, fstate = self.engine.process_host_full(ticks, state.features, inplace=True)
+        feats, disorder, fstate = self.engine.process_host_matrix(ticks, state.features, inplace=True)
         out = Outputs()
         n = len(batch)
         t_enc = self.clock.monotonic()
         keep = ~disorder if disorder.any() else None
         sym, ts, seq = (c["sym"], c["ts"], c["seq"]) if keep is None else (c["sym"][keep], c["ts"][keep], c["seq"][keep])
-        mat = np.stack([np.asarray(feats[k], np.float64) for k in self.names], axis=1)
+        mat = feats.T  # (n, K), features in self.names order (= the engine's output_names)
         values = self._fv.encode({"symbol": sym, "ts_event": ts, "seq": seq,
                                   "ts_ingest": np.full(sym.size, batch.ingest_ns, np.int64),
                                   "values": mat if keep is None else mat[keep]},

@@ -116,17 +116,6 @@ class RawBatch:
             self.poll_marks = [(len(self.values), self.poll_marks[-1][1])] if self.values and self.poll_marks else []
         return dropped
 
-    def poll_ns(self) -> np.ndarray:
-        """int64 (n,): wall-clock ns of the ``consume()`` that returned each record (0 if unknown)."""
-        if not self.poll_marks:
-            return np.zeros(len(self), np.int64)
-        counts = np.fromiter((c for c, _ in self.poll_marks), np.int64, len(self.poll_marks))
-        at = np.fromiter((t for _, t in self.poll_marks), np.int64, len(self.poll_marks))
-        out = np.repeat(at, counts)
-        if out.size < len(self):  # records added with add() carry no mark: the last one's time
-            out = np.concatenate([out, np.full(len(self) - out.size, at[-1], np.int64)])
-        return out[: len(self)]
-
 
 class BatchAccumulator:
     """Accumulates records until ``max_records``, ``max_bytes`` or ``linger_s`` after the first one."""

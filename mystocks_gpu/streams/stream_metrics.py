@@ -36,6 +36,7 @@ import threading
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+from numba import njit
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -49,11 +50,47 @@ STAGE_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0
                  0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
+#: the ``poll`` stage counts records stamped at most this long before they were consumed (ns)
+LIVE_WINDOW_NS = 60 * 10**9
+
+
+@njit(cache=True)
+def _add_feed(counts: np.ndarray, bounds: np.ndarray, ts_ms: np.ndarray, marks: np.ndarray,
+              window_ns: int) -> float:  # pragma: no cover - compiled (tests call it through observe_feed)
+    """Bin each record's seconds from its timestamp (``ts_ms`` int64 (n,), ms) to its consume()
+    (``marks`` int64 (m, 2): record count, wall ns; records past the marks take the last mark's
+    time) into ``counts`` (int64 (len(bounds) + 1,), bucket ``i``: ``bounds[i-1] < s <= bounds[i]``);
+    records with no known consume time (ns 0) or outside ``[0, window_ns)`` are skipped. Returns
+    the sum of the binned seconds."""
+    total = 0.0
+    i = 0
+    n = ts_ms.size
+    for m in range(marks.shape[0]):
+        stop = n if m == marks.shape[0] - 1 else min(n, i + marks[m, 0])
+        polled = marks[m, 1]
+        while i < stop:
+            feed = polled - ts_ms[i] * 1_000_000
+            if polled > 0 and 0 <= feed < window_ns:
+                sec = feed / 1e9
+                lo, hi = 0, bounds.size
+                while lo < hi:  # first bound >= sec (searchsorted side="left")
+                    mid = (lo + hi) // 2
+                    if bounds[mid] < sec:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                counts[lo] += 1
+                total += sec
+            i += 1
+    return total
+
+
 class StageHistogram(Collector):
     """``mystocks_stream_stage_seconds``: a Prometheus histogram per stage, filled in bulk.
 
     ``observe(stage, seconds, count)`` adds ``count`` observations of one value;
-    ``observe_many(stage, seconds)`` adds an array of values (float64, any shape) at NumPy speed.
+    ``observe_many(stage, seconds)`` adds an array of values (float64, any shape) at NumPy speed;
+    ``observe_feed(stage, ts_ms, marks)`` adds each record's delay from its timestamp to its consume().
     """
 
     name = "mystocks_stream_stage_seconds"
@@ -65,6 +102,11 @@ class StageHistogram(Collector):
         self._lock = threading.Lock()
         self._counts = {s: np.zeros(self.bounds.size + 1, np.int64) for s in STAGES}
         self._sums = dict.fromkeys(STAGES, 0.0)
+        # compile (or load from the cache) the poll-stage pass now, not in the first batch; the
+        # runtime passes a read-only timestamp array, a type of its own to numba
+        ts = np.zeros(0, np.int64)
+        ts.flags.writeable = False
+        _add_feed(np.zeros(self.bounds.size + 1, np.int64), self.bounds, ts, np.zeros((1, 2), np.int64), 1)
 
     def observe(self, stage: str, seconds: float, count: int = 1) -> None:
         """Add ``count`` observations of ``seconds`` to ``stage``."""
@@ -84,6 +126,18 @@ class StageHistogram(Collector):
         with self._lock:
             self._counts[stage] += hist
             self._sums[stage] += float(v.sum())
+
+    def observe_feed(self, stage: str, ts_ms: np.ndarray, marks: list[tuple[int, int]]) -> None:
+        """Add, per record, the seconds from its timestamp (``ts_ms`` int64 (n,), ms) to the wall
+        clock (ns) of the ``consume()`` that returned it: ``marks`` = ``(records, ns)`` per
+        consume, in record order (records past the marks: the last mark's time). Only live records
+        count: a known consume time (ns > 0) and a delay within ``[0, 60 s)``. One compiled pass
+        (about a dozen NumPy calls a batch before, most of a small batch's metrics cost)."""
+        if not marks or not len(ts_ms):
+            return
+        m = np.array(marks, np.int64).reshape(-1, 2)
+        with self._lock:
+            self._sums[stage] += _add_feed(self._counts[stage], self.bounds, ts_ms, m, LIVE_WINDOW_NS)
 
     def snapshot(self) -> dict[str, tuple[np.ndarray, float]]:
         """stage -> (bucket counts incl. +Inf, not cumulative; sum of seconds)."""

@@ -555,7 +555,8 @@ class StreamWorker:
                 continue  # revoked while the batch was forming
             idx_list = self._drop_oversized(batch, idx_list, out)
             if idx_list:
-                self._advance_event_clock(partition, int(ts_ms[idx_list].max()), t0)
+                part_ts = ts_ms if len(idx_list) == len(ts_ms) else ts_ms[idx_list]  # one partition: all rows
+                self._advance_event_clock(partition, int(part_ts.max()), t0)
                 parts[partition] = idx_list
         t_dec = self.clock.monotonic()
         decoded_parts = self.processor.decode_partitions(batch.values, parts, self.symbols, ingest_ns) if parts else {}
@@ -610,11 +611,7 @@ class StreamWorker:
         for count, polled in batch.poll_marks:
             if polled:
                 stages.observe("batch", max(0, close_ns - polled) / 1e9, count)
-        polled_ns = batch.poll_ns()
-        feed = polled_ns - batch.timestamps_array() * 1_000_000
-        live = (polled_ns > 0) & (feed >= 0) & (feed < 60 * 10**9)
-        if live.any():
-            stages.observe_many("poll", feed[live] / 1e9)
+        stages.observe_feed("poll", batch.timestamps_array(), batch.poll_marks)
 
     def _delivered(self, n: int, t_prod: float) -> Any:
         """Delivery callback of a batch's last output (at-least-once): stage ``deliver``."""

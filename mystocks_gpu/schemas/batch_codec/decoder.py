@@ -243,6 +243,19 @@ class BatchDecoder:
             else:
                 self.tables[name] = SymbolTable()
         self._fn = compiled("dec", self.fingerprint, lambda: decoder_source(self.plans), "_decode")
+        # per field, in the compiled loop's argument order: (column name, dtype, view dtype for the
+        # loop or None; a string field: ("<name>_off", int64, None) and ("<name>_len", int32, None))
+        self._alloc: list[tuple[str, Any, Any]] = []
+        for p in self.plans:
+            c = self._col(p.name)
+            if p.kind == "string":
+                self._alloc += [(c + "_off", np.int64, None), (c + "_len", np.int32, None)]
+            elif p.kind in ("double", "float"):
+                self._alloc.append((c, np.float64, np.uint64) if p.kind == "double" else (c, np.float32, np.uint32))
+            else:
+                dt = {"long": np.int64, "int": np.int32, "boolean": np.bool_}.get(p.kind) or \
+                    (np.int8 if len(p.symbols) <= 127 else np.int32)
+                self._alloc.append((c, dt, None))
 
     def _col(self, name: str) -> str:
         return self.rename.get(name, name)
@@ -253,19 +266,9 @@ class BatchDecoder:
         n = starts.size
         cols: dict[str, np.ndarray] = {}
         args: list[np.ndarray] = []
-        for p in self.plans:
-            c = self._col(p.name)
-            if p.kind == "string":
-                cols[c + "_off"], cols[c + "_len"] = np.empty(n, np.int64), np.empty(n, np.int32)
-                args += [cols[c + "_off"], cols[c + "_len"]]
-            elif p.kind in ("double", "float"):
-                cols[c] = np.empty(n, np.float64 if p.kind == "double" else np.float32)
-                args.append(cols[c].view(np.uint64 if p.kind == "double" else np.uint32))
-            else:
-                dt = {"long": np.int64, "int": np.int32, "boolean": np.bool_}.get(p.kind) or \
-                    (np.int8 if len(p.symbols) <= 127 else np.int32)
-                cols[c] = np.empty(n, dt)
-                args.append(cols[c])
+        for c, dt, view in self._alloc:
+            a = cols[c] = np.empty(n, dt)
+            args.append(a if view is None else a.view(view))
         status = np.empty(n, np.int8)
         k = int(self._fn(buf, starts, ends, self.schema_id, self.known_ids, status, *args))
         if nulls is not None:
