@@ -77,13 +77,22 @@ def free_port() -> int:
         return int(so.getsockname()[1])
 
 
-def scrape_stages(port: int) -> dict[str, tuple[np.ndarray, float]]:
-    """stage -> (per-bucket counts incl. +Inf, sum of seconds) from a worker's /metrics."""
+def scrape_worker(port: int) -> tuple[dict[str, tuple[np.ndarray, float]], dict[str, float]]:
+    """From a worker's /metrics: stage -> (per-bucket counts incl. +Inf, sum of seconds), and its
+    batches' cost: ``{"batches", "wall_s", "cpu_s"}`` (``mystocks_stream_batch_seconds`` count and
+    sum, ``mystocks_stream_batch_cpu_seconds``: wall and thread-CPU seconds in decode+process+produce)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out: dict[str, tuple[np.ndarray, float]] = {}
+    cost = {"batches": 0.0, "wall_s": 0.0, "cpu_s": 0.0}
     for fam in text_string_to_metric_families(text):
+        if fam.name in ("mystocks_stream_batch_seconds", "mystocks_stream_batch_cpu_seconds"):
+            for smp in fam.samples:
+                key = {"mystocks_stream_batch_seconds_count": "batches", "mystocks_stream_batch_seconds_sum": "wall_s",
+                       "mystocks_stream_batch_cpu_seconds_total": "cpu_s"}.get(smp.name)
+                if key:
+                    cost[key] += smp.value
         if fam.name != "mystocks_stream_stage_seconds":
             continue
         cum: dict[str, list[tuple[float, float]]] = {}
@@ -98,7 +107,7 @@ def scrape_stages(port: int) -> dict[str, tuple[np.ndarray, float]]:
         for stage, pts in cum.items():
             c = np.array([v for _, v in sorted(pts)], np.float64)
             out[stage] = (np.diff(np.concatenate([[0.0], c])).astype(np.int64), sums.get(stage, 0.0))
-    return out
+    return out, cost
 
 
 def stage_table(per_worker: list[dict[str, tuple[np.ndarray, float]]]) -> dict[str, dict[str, float]]:
@@ -322,6 +331,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
     fvdec.decode([])  # compiled (or loaded from numba's cache) before the clock starts
     producer = None
     stages: list[dict[str, tuple[np.ndarray, float]]] = []
+    costs: list[dict[str, float]] = []
     try:
         t0 = time.monotonic()
         while not group_stable(s, group, workers):
@@ -365,7 +375,9 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
         if tree is None:
             for port in ports:
                 try:
-                    stages.append(scrape_stages(port))
+                    st, cost = scrape_worker(port)
+                    stages.append(st)
+                    costs.append(cost)
                 except OSError as exc:
                     print(f"  (metrics of a worker not scraped: {exc})")
     finally:
@@ -402,6 +414,15 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                            # 1,000 offered ticks (ramp included): what a tick costs the worker, steadier than
                            # latency on a shared machine
                            "worker_cpu_ms_per_1k": 1e6 * cpu / (rate * (seconds + args.ramp_s))}
+    if costs and sum(c["batches"] for c in costs):
+        # the workers' thread time per batch (decode+process+produce; warm-up included): wall, and the
+        # CPU of it; the difference is waiting for a core, on this machine the price of sharing 2 cores
+        nb = sum(c["batches"] for c in costs)
+        res["batch_wall_us"] = 1e6 * sum(c["wall_s"] for c in costs) / nb
+        res["batch_cpu_us"] = 1e6 * sum(c["cpu_s"] for c in costs) / nb
+        summaries = [json.loads(o) for o in outs if o.startswith("{")]
+        if summaries and sum(x.get("batches", 0) for x in summaries):
+            res["records_per_batch"] = sum(x.get("records_in", 0) for x in summaries) / sum(x["batches"] for x in summaries)
     if stages:
         tab = stage_table(stages)
         res["stages"] = tab

@@ -14,6 +14,13 @@ both terms and the batch size from which ours is cheaper per tick than the basel
 Every size processes the same ticks from a fresh state, in time order; ours must emit one feature
 vector per tick (checked).
 
+``--worker``: also the whole worker per batch on the local broker (``StreamWorker`` at-least-once,
+``max_records`` = each size, over a backlog of the same ticks in one partition, nothing else
+running): its thread's wall and CPU seconds per batch in decode+process+produce, from its
+``mystocks_stream_batch_seconds`` and ``mystocks_stream_batch_cpu_seconds`` - the quiet-machine
+counterpart of the ``batch wall us`` / ``batch CPU us`` columns of ``bench/features_e2e.py``'s
+latency runs.
+
     python bench/batch_overhead.py --json bench/out/batch_overhead.json
 """
 
@@ -70,6 +77,35 @@ def run_per_record(values: list[bytes], n: int) -> dict[str, Any]:
     return {"ticks": n, "seconds": dt, "us_per_tick": 1e6 * dt / n}
 
 
+def run_worker(cols: dict[str, np.ndarray], names: list[str], size: int, n: int, backend: str) -> dict[str, Any]:
+    """The first ``n`` ticks through a StreamWorker (at-least-once, batches of ``size``) on the local
+    broker; its thread's wall and CPU microseconds per batch (decode+process+produce)."""
+    from mystocks_gpu.streams.runtime_config import RuntimeConfig
+    from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
+    from mystocks_gpu.streams.stream_worker import StreamWorker
+
+    s, tag = C.settings(), C.new_tag()
+    topic, out = f"bench.overhead.in.{tag}", f"bench.overhead.out.{tag}"
+    try:
+        C.create_topics(s, [(topic, F.TICK, 1), (topic + ".dlq", None, 1), (out, F.FV, 1)])
+        C.produce_ticks(s, topic, {k: v[:n] for k, v in cols.items()}, names)
+        proc = F.make_processor(out, backend)
+        metrics = RuntimeMetrics(proc.name)
+        w = StreamWorker(proc, s.kafka, RuntimeConfig(guarantee="at_least_once", max_records=size),
+                         group=f"bench-overhead-{tag}", worker_id="w0", input_topic=topic, metrics=metrics)
+        sm = w.run(idle_exit_s=5.0, max_records=n)
+        get = metrics.registry.get_sample_value
+        lbl = {"processor": proc.name}
+        nb = get("mystocks_stream_batch_seconds_count", lbl) or 0.0
+        if sm.records_in != n or not nb:
+            raise AssertionError(f"worker, batch {size}: {sm.records_in} of {n} ticks in {nb:.0f} batches")
+        return {"size": size, "batches": int(nb), "records_per_batch": n / nb,
+                "wall_us_per_batch": 1e6 * (get("mystocks_stream_batch_seconds_sum", lbl) or 0.0) / nb,
+                "cpu_us_per_batch": 1e6 * (get("mystocks_stream_batch_cpu_seconds_total", lbl) or 0.0) / nb}
+    finally:
+        C.cleanup(s, tag)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ticks", type=int, default=120_000, help="ticks per batch size (default 120000)")
@@ -82,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="ticks for the per-record baseline (its cost per tick does not depend on batching; "
                          "default 50000)")
     ap.add_argument("--backend", default="cpu", help="our array backend: cpu|gpu|auto (default cpu)")
+    ap.add_argument("--worker", action="store_true",
+                    help="also run the whole worker per size on the local broker (mystocks-gpu stack up; "
+                         "--worker-ticks ticks each): its wall and CPU per batch")
+    ap.add_argument("--worker-ticks", type=int, default=30_000, help="ticks per size for --worker (default 30000)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
     try:
@@ -113,9 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fit over the sizes: ours = {fixed:,.1f} us per batch + {per_tick:.3f} us per tick; per-record baseline "
           f"{base['us_per_tick']:.2f} us per tick; ours is cheaper per tick from batches of "
           f"{crossover if crossover is not None else '(none measured)'}")
+    workers = []
+    if args.worker:
+        for size in sizes:
+            workers.append(run_worker(cols, names, size, min(args.worker_ticks, len(values)), args.backend))
+        print("\nthe whole worker (StreamWorker at-least-once on the local broker, one partition, batches of "
+              "max_records; decode+process+produce of its thread, from its metrics)")
+        C.print_table(["batch size", "batches", "records/batch", "wall us/batch", "CPU us/batch"],
+                      [(r["size"], r["batches"], r["records_per_batch"], r["wall_us_per_batch"], r["cpu_us_per_batch"])
+                       for r in workers])
     res = {"machine": m0, "loadavg_1min_end": C.machine()["loadavg_1min"], "backend": args.backend,
            "symbols": args.symbols, "features": list(F.NAMES), "baseline": base, "sizes": rows,
-           "fixed_us_per_batch": float(fixed), "us_per_tick_marginal": float(per_tick), "crossover_size": crossover}
+           "fixed_us_per_batch": float(fixed), "us_per_tick_marginal": float(per_tick), "crossover_size": crossover,
+           "worker": workers}
     C.write_json(args.json, res)
     return 0
 

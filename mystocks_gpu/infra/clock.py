@@ -21,6 +21,11 @@ class Clock:
         """Monotonic seconds (for durations and deadlines within a process)."""
         return time.monotonic()
 
+    def thread_cpu_s(self) -> float:
+        """CPU seconds the calling thread has used (``time.thread_time``): what a piece of work
+        cost, without the time its thread waited for a core (compare with :meth:`monotonic`)."""
+        return time.thread_time()
+
     def sleep(self, seconds: float) -> None:
         """Block for ``seconds``."""
         if seconds > 0:

@@ -183,6 +183,10 @@ class RuntimeMetrics:
                                     "after idling or on a graceful stop", lbl, registry=r).labels(processor)
         self.batch_size = Histogram("mystocks_stream_batch_records", "records per batch", lbl, buckets=_BATCH_BUCKETS, registry=r).labels(processor)
         self.batch_latency = Histogram("mystocks_stream_batch_seconds", "decode+process+produce time per batch", lbl, buckets=_LAT_BUCKETS, registry=r).labels(processor)
+        self.batch_cpu = Counter("mystocks_stream_batch_cpu_seconds", "CPU seconds of the worker's thread in "
+                                 "decode+process+produce of batches: mystocks_stream_batch_seconds_sum minus this is "
+                                 "how long batches waited for a core (a busy or oversubscribed machine)",
+                                 lbl, registry=r).labels(processor)
         self.commit_latency = Histogram("mystocks_stream_commit_seconds", "commit time (transaction or offsets)", lbl, buckets=_LAT_BUCKETS, registry=r).labels(processor)
         self.restore_seconds = Histogram("mystocks_stream_state_restore_seconds", "state restore time per partition", lbl, buckets=_LAT_BUCKETS, registry=r).labels(processor)
         self.stages = StageHistogram(processor)

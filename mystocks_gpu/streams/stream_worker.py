@@ -541,7 +541,7 @@ class StreamWorker:
         """Decode, process and produce one batch (inside the open transaction in EOS mode), timing
         each stage per record (``streams/stream_metrics.py``)."""
         assert self.states is not None and self.protocol is not None
-        t0 = self.clock.monotonic()
+        t0, cpu0 = self.clock.monotonic(), self.clock.thread_cpu_s()
         close_ns = ingest_ns = self.clock.now_ns()
         n = len(batch)
         stages = self.metrics.stages
@@ -585,7 +585,7 @@ class StreamWorker:
         except KafkaException as exc:
             self.protocol.recover(exc.args[0], "produce")
             return
-        t_end = self.clock.monotonic()
+        t_end, cpu_s = self.clock.monotonic(), self.clock.thread_cpu_s() - cpu0
         encode_s = min(out.stage_s.get("encode", 0.0), process_s)
         for stage, sec in (("decode", decode_s), ("compute", process_s - encode_s), ("encode", encode_s),
                            ("produce", t_end - t_prod)):
@@ -598,6 +598,7 @@ class StreamWorker:
         self.metrics.records_in.inc(n)
         self.metrics.batch_size.observe(n)
         self.metrics.batch_latency.observe(t_end - t0)
+        self.metrics.batch_cpu.inc(cpu_s)
         # judged right after producing (the queue's high point), not only at the next loop turn: a commit
         # that falls due now flushes the queue before the loop would have seen it
         self._backpressure()
