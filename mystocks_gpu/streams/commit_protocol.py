@@ -514,10 +514,13 @@ class CommitProtocol:
         u = self.unsettled
         if u is None:
             return True
+        try:
+            self.producer.poll(0)  # always: a fatal producer error (a failed output) raises here
+        except KafkaException as exc:
+            self.recover(exc.args[0], "commit")
+            return False
         if len(self.producer):
-            self.producer.poll(0)
-            if len(self.producer):
-                return True
+            return True
         self.unsettled = None
         offsets = self._tps(u.offsets)
         try:
@@ -584,6 +587,10 @@ class CommitProtocol:
             return
         if err.fatal():
             self.failed = True
+            if not self.rt.exactly_once:  # the producer stopped: an output could not be delivered
+                raise FatalRuntimeError(
+                    f"{where} failed with a fatal producer error ({err.str()}); stopping without committing the "
+                    "input of any output not acknowledged: a restart reprocesses it")
             raise FatalRuntimeError(
                 f"{where} failed with a fatal error ({err.str()}); stopping. If the producer was fenced, "
                 f"another worker with transactional id {self.transactional_id} is running")
@@ -616,8 +623,9 @@ class CommitProtocol:
                             f"abort failed with a fatal error ({exc.args[0].str()}); stopping. If the producer was "
                             f"fenced, another worker with transactional id {self.transactional_id} is running") from None
                     log.warning("abort failed", extra={"fields": {"error": exc.args[0].str()}})
-        else:
-            self.producer.purge(in_queue=True, in_flight=False)
+        # at-least-once: what is queued is left to be delivered (a replay repeats it: duplicates are
+        # allowed, with the same values); purging it would fail its records, which the producer's
+        # gap-less guarantee turns into a fatal error (see StreamWorker._setup)
         self.in_txn = False
         self.drop_input()
         touched = sorted(self._open_partitions() | (self.unsettled.touched if self.unsettled is not None else set()))

@@ -223,6 +223,14 @@ class StreamWorker:
             pconf.update({"transactional.id": self.transactional_id,
                           "transaction.timeout.ms": self.rt.transaction_timeout_ms,
                           "delivery.report.only.error": True})
+        else:
+            # at-least-once commits offsets once the producer's queue is empty, and outputs produced
+            # through the extension (or without a callback) report no delivery to Python: a record that
+            # failed would leave the queue like an acknowledged one, and the offsets past its input would
+            # be committed (the output lost). So no record may fail quietly: none times out (a broker
+            # outage makes the commit's bounded flush time out: abort and rewind), and any other
+            # failure that would leave a gap is a fatal producer error (the worker stops, uncommitted)
+            pconf.update({"message.timeout.ms": 0, "enable.gapless.guarantee": True})
         self._pconf = pconf
         # join the group BEFORE taking the transactional id: init_transactions fences any older instance,
         # and a fenced instance judges by the group whether a live twin exists (_replace_fenced_producer).
@@ -716,7 +724,15 @@ class StreamWorker:
                 if records[r.index].offset >= newest.get(records[r.index].partition, 0)]
 
     def _backpressure(self) -> None:
-        """Pause every assigned partition while the producer holds too many unacknowledged records."""
+        """Pause every assigned partition while the producer holds too many unacknowledged records
+        (its polls serve delivery reports: a fatal producer error found there goes to the protocol)."""
+        try:
+            self._backpressure_poll()
+        except KafkaException as exc:
+            assert self.protocol is not None
+            self.protocol.recover(exc.args[0], "produce")
+
+    def _backpressure_poll(self) -> None:
         queued = len(self.producer)
         limit = self.rt.max_buffered_records
         if not self._paused and queued > limit:
