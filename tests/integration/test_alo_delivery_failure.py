@@ -35,6 +35,12 @@ def _set_max_message_bytes(settings: Settings, topic: str, value: int) -> None:
     for fut in admin.incremental_alter_configs([res]).values():
         fut.result(30)
 
+    def applied() -> bool:  # the broker serves the new limit before the test goes on
+        got = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
+        return next(iter(got.values())).result(30)["max.message.bytes"].value == str(value)
+
+    wait_until(applied, 30, f"max.message.bytes = {value} on {topic}")
+
 
 def test_a_refused_output_stops_the_worker_uncommitted_and_nothing_is_lost(settings: Settings, unique: str) -> None:
     inp, out = f"t.alofail.{unique}", f"t.alofail.out.{unique}"
