@@ -210,6 +210,12 @@ class TimedWorker(StreamWorker):
         return self.t_end - self.t_first
 
 
+#: a worker's batch cost: (key, Prometheus sample) - batches, their wall seconds and their thread's
+#: CPU seconds in decode+process+produce (``bench/batch_overhead.py --worker``, the latency runs)
+BATCH_COST = (("batches", "mystocks_stream_batch_seconds_count"), ("wall_s", "mystocks_stream_batch_seconds_sum"),
+              ("cpu_s", "mystocks_stream_batch_cpu_seconds_total"))
+
+
 def metric(worker: StreamWorker, name: str) -> float:
     """A sample of the worker's Prometheus registry (e.g. ``mystocks_stream_batch_seconds_sum``)."""
     v = worker.metrics.registry.get_sample_value(name, {"processor": worker.processor.name})

@@ -85,14 +85,12 @@ def scrape_worker(port: int) -> tuple[dict[str, tuple[np.ndarray, float]], dict[
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out: dict[str, tuple[np.ndarray, float]] = {}
-    cost = {"batches": 0.0, "wall_s": 0.0, "cpu_s": 0.0}
+    key_of = {name: key for key, name in C.BATCH_COST}
+    cost = dict.fromkeys(key_of.values(), 0.0)
     for fam in text_string_to_metric_families(text):
-        if fam.name in ("mystocks_stream_batch_seconds", "mystocks_stream_batch_cpu_seconds"):
-            for smp in fam.samples:
-                key = {"mystocks_stream_batch_seconds_count": "batches", "mystocks_stream_batch_seconds_sum": "wall_s",
-                       "mystocks_stream_batch_cpu_seconds_total": "cpu_s"}.get(smp.name)
-                if key:
-                    cost[key] += smp.value
+        for smp in fam.samples:
+            if smp.name in key_of:
+                cost[key_of[smp.name]] += smp.value
         if fam.name != "mystocks_stream_stage_seconds":
             continue
         cum: dict[str, list[tuple[float, float]]] = {}

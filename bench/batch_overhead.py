@@ -81,27 +81,22 @@ def run_worker(cols: dict[str, np.ndarray], names: list[str], size: int, n: int,
     """The first ``n`` ticks through a StreamWorker (at-least-once, batches of ``size``) on the local
     broker; its thread's wall and CPU microseconds per batch (decode+process+produce)."""
     from mystocks_gpu.streams.runtime_config import RuntimeConfig
-    from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
-    from mystocks_gpu.streams.stream_worker import StreamWorker
 
     s, tag = C.settings(), C.new_tag()
     topic, out = f"bench.overhead.in.{tag}", f"bench.overhead.out.{tag}"
     try:
         C.create_topics(s, [(topic, F.TICK, 1), (topic + ".dlq", None, 1), (out, F.FV, 1)])
         C.produce_ticks(s, topic, {k: v[:n] for k, v in cols.items()}, names)
-        proc = F.make_processor(out, backend)
-        metrics = RuntimeMetrics(proc.name)
-        w = StreamWorker(proc, s.kafka, RuntimeConfig(guarantee="at_least_once", max_records=size),
-                         group=f"bench-overhead-{tag}", worker_id="w0", input_topic=topic, metrics=metrics)
+        w = C.TimedWorker(F.make_processor(out, backend), s.kafka,
+                          RuntimeConfig(guarantee="at_least_once", max_records=size),
+                          group=f"bench-overhead-{tag}", worker_id="w0", input_topic=topic)
         sm = w.run(idle_exit_s=5.0, max_records=n)
-        get = metrics.registry.get_sample_value
-        lbl = {"processor": proc.name}
-        nb = get("mystocks_stream_batch_seconds_count", lbl) or 0.0
+        cost = {key: C.metric(w, name) for key, name in C.BATCH_COST}
+        nb = cost["batches"]
         if sm.records_in != n or not nb:
             raise AssertionError(f"worker, batch {size}: {sm.records_in} of {n} ticks in {nb:.0f} batches")
         return {"size": size, "batches": int(nb), "records_per_batch": n / nb,
-                "wall_us_per_batch": 1e6 * (get("mystocks_stream_batch_seconds_sum", lbl) or 0.0) / nb,
-                "cpu_us_per_batch": 1e6 * (get("mystocks_stream_batch_cpu_seconds_total", lbl) or 0.0) / nb}
+                "wall_us_per_batch": 1e6 * cost["wall_s"] / nb, "cpu_us_per_batch": 1e6 * cost["cpu_s"] / nb}
     finally:
         C.cleanup(s, tag)
 

@@ -72,14 +72,7 @@ def _add_feed(counts: np.ndarray, bounds: np.ndarray, ts_ms: np.ndarray, marks: 
             feed = polled - ts_ms[i] * 1_000_000
             if polled > 0 and 0 <= feed < window_ns:
                 sec = feed / 1e9
-                lo, hi = 0, bounds.size
-                while lo < hi:  # first bound >= sec (searchsorted side="left")
-                    mid = (lo + hi) // 2
-                    if bounds[mid] < sec:
-                        lo = mid + 1
-                    else:
-                        hi = mid
-                counts[lo] += 1
+                counts[np.searchsorted(bounds, sec)] += 1  # side "left": the first bound >= sec
                 total += sec
             i += 1
     return total
@@ -89,8 +82,8 @@ class StageHistogram(Collector):
     """``mystocks_stream_stage_seconds``: a Prometheus histogram per stage, filled in bulk.
 
     ``observe(stage, seconds, count)`` adds ``count`` observations of one value;
-    ``observe_many(stage, seconds)`` adds an array of values (float64, any shape) at NumPy speed;
-    ``observe_feed(stage, ts_ms, marks)`` adds each record's delay from its timestamp to its consume().
+    ``observe_feed(stage, ts_ms, marks)`` adds each record's delay from its timestamp to its consume(),
+    in one compiled pass.
     """
 
     name = "mystocks_stream_stage_seconds"
@@ -116,16 +109,6 @@ class StageHistogram(Collector):
         with self._lock:
             self._counts[stage][i] += count
             self._sums[stage] += seconds * count
-
-    def observe_many(self, stage: str, seconds: np.ndarray) -> None:
-        """Add every value of ``seconds`` (float64 array, s) to ``stage``."""
-        v = np.asarray(seconds, np.float64).ravel()
-        if not v.size:
-            return
-        hist = np.bincount(np.searchsorted(self.bounds, v, side="left"), minlength=self.bounds.size + 1)
-        with self._lock:
-            self._counts[stage] += hist
-            self._sums[stage] += float(v.sum())
 
     def observe_feed(self, stage: str, ts_ms: np.ndarray, marks: list[tuple[int, int]]) -> None:
         """Add, per record, the seconds from its timestamp (``ts_ms`` int64 (n,), ms) to the wall

@@ -129,6 +129,16 @@ def reference(cols: dict[str, np.ndarray], names: list[str], keep: np.ndarray | 
     return running_aggregate(sym[sel], cols["seq"][sel], cols["price"][sel])
 
 
+def assert_at_least_once(got: pd.DataFrame, ref: pd.DataFrame) -> None:
+    """Nothing lost: every input (symbol, seq) has an output, and each symbol's last running count is
+    at least the reference's (a reprocessed record may repeat, and count again)."""
+    missing = set(zip(ref["symbol"], ref["seq"], strict=True)) - set(zip(got["symbol"], got["seq"], strict=True))
+    assert not missing, f"{len(missing)} inputs without an output, e.g. {sorted(missing)[:3]}"
+    last = got.sort_values(["_p", "_o"]).groupby("symbol")["count"].last()
+    want = ref.groupby("symbol")["count"].max()
+    assert (last.reindex(want.index) >= want).all(), pd.concat([last, want], axis=1)
+
+
 def assert_exactly_once_equal(got: pd.DataFrame, ref: pd.DataFrame) -> None:
     """One output per input (no loss, no duplicate) and every running value equal to the reference."""
     assert len(got) == len(ref), f"{len(got)} outputs for {len(ref)} inputs"

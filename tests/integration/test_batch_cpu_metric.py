@@ -8,16 +8,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
 from mystocks_gpu.streams.processor import Columns, Outputs
 from mystocks_gpu.streams.runtime_config import RuntimeConfig
-from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 from mystocks_gpu.streams.stream_worker import StreamWorker
-from mystocks_gpu.topics import TopicSpec
-from mystocks_gpu.topics.admin import TopicAdmin
-from tests.integration.stream_helpers import produce_ticks
+from tests.integration.stream_helpers import make_topics, produce_ticks, synthetic
 
 EXTRA_S = 0.03  # the extra work per batch
 
@@ -40,26 +36,21 @@ class _Extra(RunningAggregateProcessor):
 
 
 def test_batch_cpu_counts_the_threads_cpu_not_its_waits(settings: Settings, unique: str) -> None:
-    inp = f"t.cpu.{unique}"
-    specs = [TopicSpec(inp, "symbol", "mystocks.md.Tick", partitions=1, dlq=False),
-             TopicSpec(inp + ".dlq", "symbol", None, partitions=1, dlq=False)]
-    specs += [TopicSpec(f"{inp}.{k}", "symbol", "mystocks.streams.RunningAggregate", partitions=1, dlq=False)
-              for k in ("sleep", "burn")]
-    TopicAdmin(settings.kafka).create(specs)
+    t = make_topics(settings, unique, partitions=1)  # both workers write the one output topic
     n = 1200
-    cols, names = generate(SyntheticMarket(n_symbols=8, seed=3), n), symbol_names(8, 3)
-    produce_ticks(settings, inp, cols, names)
+    cols, names = synthetic(n, symbols=8, seed=3)
+    produce_ticks(settings, t.input, cols, names)
     got = {}
     for kind in ("sleep", "burn"):
-        proc = _Extra(f"{inp}.{kind}", burn=kind == "burn")
-        metrics = RuntimeMetrics(proc.name)
+        proc = _Extra(t.output, burn=kind == "burn")
         w = StreamWorker(proc, settings.kafka, RuntimeConfig(guarantee="at_least_once", max_records=200),
-                         group=f"g.cpu.{kind}.{unique}", worker_id=kind, input_topic=inp, metrics=metrics)
+                         group=f"{t.group}.{kind}", worker_id=kind, input_topic=t.input)
         sm = w.run(idle_exit_s=5.0, max_records=n)
         assert sm.records_in == n
         lbl = {"processor": proc.name}
-        got[kind] = (sm.batches, metrics.registry.get_sample_value("mystocks_stream_batch_cpu_seconds_total", lbl),
-                     metrics.registry.get_sample_value("mystocks_stream_batch_seconds_sum", lbl))
+        get = w.metrics.registry.get_sample_value
+        got[kind] = (sm.batches, get("mystocks_stream_batch_cpu_seconds_total", lbl),
+                     get("mystocks_stream_batch_seconds_sum", lbl))
     batches, cpu, wall = got["sleep"]
     assert batches >= 6 and 0 < cpu < wall
     assert wall - cpu >= 0.9 * EXTRA_S * batches, f"blocked {EXTRA_S} s a batch, but only {wall - cpu:.3f} s of " \

@@ -34,6 +34,7 @@ from mystocks_gpu.topics.admin import TopicAdmin
 from tests.integration.stream_helpers import (
     EVERY_INTERVAL,
     Topics,
+    assert_at_least_once,
     assert_exactly_once_equal,
     committed_total,
     finish,
@@ -385,13 +386,7 @@ def test_at_least_once_sigkill_loses_nothing(settings: Settings, unique: str) ->
         kills += 1
     finish(start_worker(t, "wa", *args, idle_exit=8), timeout=300)
     assert kills >= 1, "the worker finished before it could be killed"
-    got = read_outputs(settings, t.output)
-    ref = reference(cols, names)
-    missing = set(zip(ref["symbol"], ref["seq"], strict=True)) - set(zip(got["symbol"], got["seq"], strict=True))
-    assert not missing, f"{len(missing)} inputs without an output"
-    last = got.sort_values(["_p", "_o"]).groupby("symbol")["count"].last()
-    want = ref.groupby("symbol")["count"].max()
-    assert (last.reindex(want.index) >= want).all(), pd.concat([last, want], axis=1)
+    assert_at_least_once(read_outputs(settings, t.output), reference(cols, names))
 
 
 def test_at_least_once_commits_do_not_wait_and_aborts_restore_unsettled_state(settings: Settings, unique: str) -> None:

@@ -300,10 +300,11 @@ class DecoderCache(Generic[D]):
 
     def __init__(self, make: Callable[[SymbolTable], D]) -> None:
         self._make = make
+        #: id(table) -> (table, its decoder): holding the table keeps its id from being reused
         self._by_table: dict[int, tuple[SymbolTable, D]] = {}
 
     def __call__(self, symbols: SymbolTable) -> D:
         got = self._by_table.get(id(symbols))
-        if got is None or got[0] is not symbols:
+        if got is None:
             got = self._by_table[id(symbols)] = (symbols, self._make(symbols))
         return got[1]
