@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -191,10 +192,12 @@ def bench_group(g: str, cols: TickColumns, dev_cols: Any, S: int, args: argparse
     return row, line
 
 
-def profile_passes(dev_cols: Any, S: int, variants: list[tuple[int | None, int]], repeat: int,
-                   d2d_gbps: float) -> list[dict[str, Any]]:
-    """Time each kernel pass of the GPU engine (CUDA events) for every (register cap, block size)
-    variant, all 23 features; one row per variant (per-pass ms, total ms, roofline)."""
+def profile_passes(dev_cols: Any, S: int, variants: list[tuple[int | None, int, int, Any]],
+                   repeat: int, d2d_gbps: float) -> list[dict[str, Any]]:
+    """Time each kernel pass of the GPU engine (CUDA events) for every (register cap, block size,
+    log2 row block, tuning switches) variant, all 23 features; one row per variant: per-pass ms
+    (kernels by name; the array-module work between them as ``host:<label>``; launch gaps as
+    ``gaps``), total ms, roofline, and how far its outputs are from the first variant's."""
     from dataclasses import replace
 
     import cupy as cp
@@ -205,17 +208,23 @@ def profile_passes(dev_cols: Any, S: int, variants: list[tuple[int | None, int]]
     st0 = eng.initial_state(S)
     n, K = len(dev_cols), len(eng.output_names)
     rows = []
-    for max_reg, block in variants:
+    first = None
+    for max_reg, block, log_r, tuning in variants:
         base = fg.gpu_launcher(len(eng.cfg.ema_spans), eng.cfg.window_ticks,
-                               tuple(eng.cfg.column_index()), block=block, max_registers=max_reg)
-        events: dict[str, list[tuple[Any, Any]]] = {}
+                               tuple(eng.cfg.column_index()), block=block, max_registers=max_reg,
+                               tuning=tuning)
+        # one timeline of events per run: (label of the stretch that starts there, event)
+        timeline: list[tuple[str, Any]] = []
 
-        def timed(name: str, fn: Any, *a: Any, ev: dict = events) -> None:
-            e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-            e0.record()
+        def event(label: str, tl: list = timeline) -> None:
+            e = cp.cuda.Event()
+            e.record()
+            tl.append((label, e))
+
+        def timed(name: str, fn: Any, *a: Any) -> None:
+            event(name)
             fn(*a)
-            e1.record()
-            ev.setdefault(name, []).append((e0, e1))
+            event("gaps")
 
         assert base.blocks is not None
 
@@ -225,25 +234,47 @@ def profile_passes(dev_cols: Any, S: int, variants: list[tuple[int | None, int]]
         def blocks(name: str, nb: int, t: int, sh: int, p: Any, b: Any = base) -> None:
             timed(name, b.blocks, name, nb, t, sh, p)
 
-        L = replace(base, launch=launch, blocks=blocks)
-        totals = []
+        L = replace(base, launch=launch, blocks=blocks, mark=lambda label: event(f"host:{label}"))
+        totals, runs = [], []
         for _ in range(repeat + 1):  # the first run compiles
             arrays = {k: v.copy() for k, v in st0.arrays.items()}
+            timeline.clear()
             e0, e1 = cp.cuda.Event(), cp.cuda.Event()
             e0.record()
-            fg.process_batch_gpu(dev_cols, arrays, eng._ema_alpha, eng._macd_alpha, eng._params,
-                                 eng._col_idx_host, K, launcher=L)
+            out, _ = fg.process_batch_gpu(dev_cols, arrays, eng._ema_alpha, eng._macd_alpha,
+                                          eng._params, eng._col_idx_host, K, log_r=log_r,
+                                          launcher=L)
             e1.record()
             e1.synchronize()
             totals.append(cp.cuda.get_elapsed_time(e0, e1))
-        passes = {k: min(cp.cuda.get_elapsed_time(a, b) for a, b in v[1:]) for k, v in events.items()}
+            spans: dict[str, float] = {}
+            marks = [*timeline, ("end", e1)]
+            for (label, a), (_, b) in pairwise(marks):
+                spans[label] = spans.get(label, 0.0) + cp.cuda.get_elapsed_time(a, b)
+            runs.append(spans)
+        passes = {k: min(r[k] for r in runs[1:]) for k in runs[-1]}
+        # every variant must compute what the first one did (exactly: the row block aside, the
+        # arithmetic is the same)
+        if first is None:
+            first = out
+            same = {"max_abs": 0.0, "nan_mismatch": 0}
+        else:
+            nan_a, nan_b = cp.isnan(first), cp.isnan(out)
+            both = ~nan_a & ~nan_b
+            same = {"max_abs": float(cp.abs(cp.where(both, first - out, 0.0)).max()),
+                    "nan_mismatch": int((nan_a != nan_b).sum())}
+        del out
         total = min(totals[1:])
         gbps = (n * ROW_BYTES + K * n * 8) / (total / 1e3) / 1e9
-        rows.append({"max_registers": max_reg, "block": block, "total_ms": total,
+        rows.append({"max_registers": max_reg, "block": block, "log_r": log_r,
+                     "tuning": dict(tuning), "total_ms": total, "vs_first": same,
                      "passes_ms": passes, "GBps": gbps, "roofline_fraction": gbps / d2d_gbps})
-        print(f"passes regs={max_reg} block={block}: total {total:.2f} ms, {gbps:.0f} GB/s "
-              f"({gbps / d2d_gbps:.1%} of D2D) | "
-              + ", ".join(f"{k} {v:.2f}" for k, v in passes.items()), flush=True)
+        print(f"passes regs={max_reg} block={block} log_r={log_r} {dict(tuning)}: "
+              f"total {total:.2f} ms, "
+              f"{gbps:.0f} GB/s ({gbps / d2d_gbps:.1%} of D2D) | "
+              + ", ".join(f"{k} {v:.2f}" for k, v in passes.items())
+              + f" | vs the first variant: max abs {same['max_abs']:.1e}, "
+                f"nan-mismatch {same['nan_mismatch']}", flush=True)
         cp.get_default_memory_pool().free_all_blocks()
     return rows
 
@@ -267,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-gpu", action="store_true", help="run the CPU side only")
     ap.add_argument("--profile", default="",
                     help="GPU: time each kernel pass for these comma-separated variants "
-                         "REGS:BLOCK (REGS a register cap or 'none'), e.g. none:128,128:256")
+                         "REGS:BLOCK[:LOGR[:SWITCHES]] (REGS a register cap or 'none', LOGR log2 "
+                         "of the row block, default 16; SWITCHES NAME=V/NAME=V of the kernels' "
+                         "tuning switches, features_gpu.TUNING), e.g. "
+                         "none:128,128:256,none:256:18:FX_META_ARRAY=1")
     ap.add_argument("--quick", action="store_true",
                     help="small and short: 2M ticks with a GPU (200k without), the 'all' group only")
     ap.add_argument("--json", type=Path, default=None, help="write the results to this file")
@@ -303,10 +337,14 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
 
     if use_gpu and args.profile:
+        from mystocks_gpu.gpu_ops.features_gpu import ROW_BLOCK_LOG2 as fg_log_r
+
         variants = []
         for v in args.profile.split(","):
-            regs, _, block = v.partition(":")
-            variants.append((None if regs == "none" else int(regs), int(block or 128)))
+            regs, block, log_r, sw = (v.split(":") + ["", "", ""])[:4]
+            tuning = tuple((k, int(x)) for k, _, x in (t.partition("=") for t in sw.split("/") if t))
+            variants.append((None if regs == "none" else int(regs), int(block or 128),
+                             int(log_r or fg_log_r), tuning))
         res["passes"] = profile_passes(dev_cols, S, variants, args.repeat,
                                        res["copy_bandwidth"]["d2d_GBps"])
 

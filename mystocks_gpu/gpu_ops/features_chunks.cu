@@ -12,18 +12,23 @@
 //                         trade columns into a 32-byte record in chunk order, and the max trade
 //                         ts of each chunk
 //   fx_clock   (symbol)   the symbol's trade clock entering each chunk (running max of trade ts)
-//   fx_summary (chunk)    rejects too-late trades, clamps the rest to the clock, and folds the
-//                         chunk's accepted trades into affine maps (EMAs, MACD, Wilder RSI) and sums
+//   fx_summary (chunk)    rejects too-late trades, clamps the rest to the clock, ranks every row
+//                         among the chunk's accepted trades, and folds those into affine maps
+//                         (EMAs, MACD, Wilder RSI) and sums
 //   fx_carry   (symbol)   composes the maps chunk by chunk: every chunk's entry state
-//   fx_compact (row)      the accepted trades into a symbol-major trade list
+//   fx_compact (row)      the accepted trades into a symbol-major trade list; every row's last
+//                         accepted trade (its entry in the list), the rejected flags
 //   fx_lr      (trade)    each trade's log return
 //   fx_window  (trade)    the trade-count and time-window features of each trade (lookback in the
-//                         list, then the old state's rings) and the new rings
-//   fx_replay  (chunk)    replays the chunk's rows with the CPU twin's arithmetic from its entry
-//                         state (O(1) recursions; window features from fx_window), one output row
-//                         per grouped position, the rejected flags and the new state
-//   fx_permute (row)      the output rows to the (K, n) row-order outputs, with each row's spread
-//                         features computed from its own quote
+//                         list, then the old state's rings: a row of tf) and the new rings
+//   fx_replay  (chunk)    replays the chunk's accepted trades (its run of the trade list) with the
+//                         CPU twin's arithmetic from its entry state (O(1) recursions): a row of tt
+//                         per trade, and the new running state
+//   fx_state   (symbol)   the symbol's new feature vector (its last trade's tt and tf rows, the
+//                         spread features of its last row that is not a rejected trade)
+//   fx_final   (row)      the (K, n) row-order outputs: each row's last accepted trade's tt and tf
+//                         rows (or the old feature vector), and the spread features of its own
+//                         quote (a rejected trade: of the symbol's last row before it)
 //
 // The entry states come from composed maps, so they agree with the CPU's sequential values to a
 // few ulps; inside a chunk (and for a whole batch of at most R rows) the arithmetic is the CPU's,
@@ -43,6 +48,9 @@
 #define TID ((long long)blockIdx.x * blockDim.x + threadIdx.x)
 #define ATOMIC_MAX_LL(p, v) atomicMax((long long*)(p), (long long)(v))
 DEV double ll2d(long long x) { return __longlong_as_double(x); }
+// two doubles at a 16-byte aligned address in one 128-bit access
+#define ST2(p, a, b) (*(double2*)(p) = make_double2((a), (b)))
+#define LD2(p, a, b) do { const double2 v2_ = *(const double2*)(p); (a) = v2_.x; (b) = v2_.y; } while (0)
 #else
 #include <math.h>
 #include <string.h>
@@ -53,20 +61,36 @@ static long long emu_tid;
 #define TID emu_tid
 #define ATOMIC_MAX_LL(p, v) do { if (*(p) < (v)) *(p) = (v); } while (0)
 DEV double ll2d(long long x) { double d; memcpy(&d, &x, sizeof d); return d; }
+#define ST2(p, a, b) do { (p)[0] = (a); (p)[1] = (b); } while (0)
+#define LD2(p, a, b) do { (a) = (p)[0]; (b) = (p)[1]; } while (0)
 #endif
 
-// one grouped row (32 bytes, one memory sector): its trade columns, its row index in the batch,
-// and acc (fx_summary: 1 accepted trade, 2 rejected trade, 0 quote); ts is clamped to the clock
+// one grouped row (32 bytes, one memory sector): its trade columns (ts clamped to the clock by
+// fx_summary), its row index in the batch and meta: bits 0-21 the rank (fx_summary's copy in
+// META: the chunk's accepted trades before this row; a chunk has at most 2^22 rows), bits 22-23
+// the kind (0 trade, 1 quote; fx_summary's copy: 2 rejected trade), bits 24-31 the side
 typedef struct {
     long long ts;
     double price;
     double size;
     int row;
-    signed char kind;
-    signed char side;
-    signed char acc;
-    signed char pad;
+    unsigned int meta;
 } GRow;
+#define G_RANK(mt) ((long long)((mt) & 0x3FFFFFu))
+#define G_KIND(mt) ((int)(((mt) >> 22) & 3u))
+#define G_SIDE(mt) ((int)(signed char)((mt) >> 24))
+#define G_META(rank, kind, side) \
+    ((unsigned int)(rank) | ((unsigned int)(kind) << 22) | ((unsigned int)(unsigned char)(side) << 24))
+// fx_summary writes each row's final meta word (rank, kind 2 for a rejected trade) to an array of
+// its own, read by the later passes, and leaves the rows (fx_gather's kind and side) unwritten
+// but for a clamped ts: a pass that rewrote them in place ran 5-8 times slower on an H200 (its
+// stores evict the rows it reads next). Tuning switch (features_gpu.TUNING; bench/gpu_ops.py
+// --profile compares its values): FX_SUMMARY_PF: fx_summary loads the next row before this one's
+// stores
+#ifndef FX_SUMMARY_PF
+#define FX_SUMMARY_PF 1
+#endif
+#define META(pos) (PTR(unsigned int, PI_META)[pos])
 #define PTR(T, i) ((T*)(P[i]))
 
 DEV double nan_d(void) { return ll2d(0x7ff8000000000000LL); }
@@ -136,48 +160,92 @@ DEV void micro_into(const long long* P, long long r, double* F) {
 // ---------------------------------------------------------------------------------------------
 // fx_gather: thread per grouped position j (< n)
 
+// the chunk's max trade ts: on the GPU, lanes of a warp hold consecutive grouped positions (runs
+// of one chunk), so each run's max is reduced by shuffles and its first lane does one atomic
+DEV void chunk_tmax(long long* tmax, long long c, long long ts, int is_trade) {
+#ifdef __CUDACC__
+    const int lane = threadIdx.x & 31;
+    long long v = is_trade ? ts : NONE_T;
+    for (int off = 1; off < 32; off <<= 1) {
+        const long long v2 = __shfl_down_sync(0xffffffffu, v, off);
+        const long long c2 = __shfl_down_sync(0xffffffffu, c, off);
+        if (lane + off < 32 && c2 == c && v2 > v) v = v2;
+    }
+    const long long cp = __shfl_up_sync(0xffffffffu, c, 1);
+    if ((lane == 0 || cp != c) && v != NONE_T) ATOMIC_MAX_LL(tmax + c, v);
+#else
+    if (is_trade) ATOMIC_MAX_LL(tmax + c, ts);
+#endif
+}
+
 KERNEL void fx_gather(const long long* __restrict__ P) {
     const long long n = P[PI_N];
-    const long long j = TID;
-    if (j >= n) return;
+    const long long j0 = TID;
+    // every lane of a warp takes part in chunk_tmax's shuffles: a lane past the end repeats row n-1
+    const long long j = (j0 < n) ? j0 : n - 1;
     const int r = PTR(const int, PI_GIDX)[j];
-    PTR(int, PI_INV)[r] = (int)j;
     const long long c = (long long)(r >> (int)P[PI_LOG_R]) * P[PI_S] + PTR(const int, PI_SYM)[r];
     GRow g;
     g.ts = PTR(const long long, PI_TS)[r];
     g.price = PTR(const double, PI_PRICE)[r];
     g.size = PTR(const double, PI_SIZE)[r];
     g.row = r;
-    g.kind = PTR(const signed char, PI_KIND)[r];
-    g.side = PTR(const signed char, PI_SIDE)[r];
-    g.acc = 0;
-    g.pad = 0;
-    PTR(GRow, PI_GROW)[j] = g;
-    if (g.kind == 0) ATOMIC_MAX_LL(PTR(long long, PI_TMAX) + c, g.ts);
+    g.meta = G_META(0, PTR(const signed char, PI_KIND)[r] != 0, PTR(const signed char, PI_SIDE)[r]);
+
+    if (j0 == j) PTR(GRow, PI_GROW)[j] = g;
+    chunk_tmax(PTR(long long, PI_TMAX), c, g.ts, G_KIND(g.meta) == 0);
 }
 
-#ifdef __CUDACC__
-// The fused grouping (GPU only; without it the host groups by a device sort and runs
-// fx_gather). Rows are cut into sub-blocks of SB = P[PI_SUB] rows (a row block holds a whole
-// number of them). fx_hist: one CUDA block per sub-block counts its rows per symbol in shared
-// memory and writes hist[j * S + s]; the host turns the counts into each (sub-block, symbol)'s
-// first grouped position start[j * S + s] (and coff). fx_scatter: one CUDA block per sub-block
-// places its rows round by round (blockDim.x rows a round) in arrival order: inside a warp the
-// rank among equal symbols comes from __match_any_sync, across the round's warps the
-// per-symbol cursors (shared memory, S ints) advance warp after warp; writes gidx and inv
-// (fx_gather then copies the columns in chunk order).
-// the rows [*r0, *r1) of this CUDA block's sub-block
-DEV void sub_block(const long long* P, long long* r0, long long* r1) {
+// The fused grouping (without it the host groups by a device sort and runs fx_gather alone).
+// Rows are cut into sub-blocks of SB = P[PI_SUB] rows (a row block holds a whole number of them).
+// fx_hist: one CUDA block per sub-block j counts its rows per symbol in shared memory and writes
+// hist[j * S + s]. fx_offsets (thread per chunk): the chunk's sub-blocks' counts become their
+// offsets inside the chunk, and coff[c + 1] its row count (the host's scan of coff then gives
+// each chunk's first grouped position). fx_scatter: one CUDA block per sub-block places its rows
+// round by round (blockDim.x rows a round) in arrival order: inside a warp the rank among equal
+// symbols comes from __match_any_sync, across the round's warps the per-symbol cursors (shared
+// memory, S ints, from coff and hist) advance warp after warp; writes gidx (fx_gather then copies
+// the columns in chunk order). Compiled as C, fx_hist and fx_scatter run one thread per
+// sub-block, serially.
+
+// the rows [*r0, *r1) of sub-block j
+DEV void sub_block(const long long* P, long long j, long long* r0, long long* r1) {
     const long long n = P[PI_N], sb = P[PI_SUB];
-    *r0 = (long long)blockIdx.x * sb;
+    *r0 = j * sb;
     *r1 = (*r0 + sb < n) ? *r0 + sb : n;
 }
 
+// the first grouped position of sub-block j's rows of symbol s, after fx_offsets
+DEV long long sub_start(const long long* P, long long j, long long s) {
+    const long long S = P[PI_S];
+    const long long b = (j * P[PI_SUB]) >> (int)P[PI_LOG_R];
+    return PTR(const long long, PI_COFF)[b * S + s] + PTR(const int, PI_HIST)[j * S + s];
+}
+
+KERNEL void fx_offsets(const long long* __restrict__ P) {
+    const long long nch = P[PI_NCH];
+    const long long c = TID;
+    if (c >= nch) return;
+    const long long S = P[PI_S], sb = P[PI_SUB];
+    const long long b = c / S, s = c % S;
+    const long long per = (1LL << (int)P[PI_LOG_R]) / sb;  // sub-blocks per row block
+    const long long nsub = (P[PI_N] + sb - 1) / sb;
+    int* hist = PTR(int, PI_HIST);
+    long long acc = 0;
+    for (long long j = b * per; j < (b + 1) * per && j < nsub; ++j) {
+        const int v = hist[j * S + s];
+        hist[j * S + s] = (int)acc;
+        acc += v;
+    }
+    PTR(long long, PI_COFF)[c + 1] = acc;
+}
+
+#ifdef __CUDACC__
 KERNEL void fx_hist(const long long* __restrict__ P) {
     extern __shared__ int cnt[];
     const long long S = P[PI_S], j = blockIdx.x;
     long long r0, r1;
-    sub_block(P, &r0, &r1);
+    sub_block(P, j, &r0, &r1);
     const int* sym = PTR(const int, PI_SYM);
     for (long long i = threadIdx.x; i < S; i += blockDim.x) cnt[i] = 0;
     __syncthreads();
@@ -191,9 +259,8 @@ KERNEL void fx_scatter(const long long* __restrict__ P) {
     extern __shared__ int cur[];
     const long long S = P[PI_S], j = blockIdx.x;
     long long r0, r1;
-    sub_block(P, &r0, &r1);
-    const int* start = PTR(const int, PI_HIST);
-    for (long long i = threadIdx.x; i < S; i += blockDim.x) cur[i] = start[j * S + i];
+    sub_block(P, j, &r0, &r1);
+    for (long long i = threadIdx.x; i < S; i += blockDim.x) cur[i] = (int)sub_start(P, j, i);
     __syncthreads();
     const int* sym = PTR(const int, PI_SYM);
     int* gidx = PTR(int, PI_GIDX);
@@ -215,11 +282,27 @@ KERNEL void fx_scatter(const long long* __restrict__ P) {
             }
             __syncthreads();
         }
-        if (valid) {
-            const long long pos = (long long)first + rank;
-            gidx[pos] = (int)r;
-            PTR(int, PI_INV)[r] = (int)pos;
-        }
+        if (valid) gidx[(long long)first + rank] = (int)r;
+    }
+}
+#else
+KERNEL void fx_hist(const long long* __restrict__ P) {
+    const long long S = P[PI_S], j = TID;
+    long long r0, r1;
+    sub_block(P, j, &r0, &r1);
+    int* hist = PTR(int, PI_HIST) + j * S;
+    for (long long i = 0; i < S; ++i) hist[i] = 0;
+    for (long long r = r0; r < r1; ++r) hist[PTR(const int, PI_SYM)[r]] += 1;
+}
+
+KERNEL void fx_scatter(const long long* __restrict__ P) {
+    const long long S = P[PI_S], j = TID;
+    long long r0, r1;
+    sub_block(P, j, &r0, &r1);
+    for (long long r = r0; r < r1; ++r) {
+        const long long s = PTR(const int, PI_SYM)[r];
+        PTR(int, PI_GIDX)[sub_start(P, j, s)] = (int)r;
+        PTR(int, PI_HIST)[j * S + s] += 1;  // the next row of this sub-block and symbol
     }
 }
 #endif
@@ -236,11 +319,20 @@ KERNEL void fx_clock(const long long* __restrict__ P) {
     long long* clk_in = PTR(long long, PI_CLK);
     long long clk = ist[IS_NTRADES] > 0 ? ist[IS_TCLOCK] : NONE_T;
     const long long nb = P[PI_NB];
-    for (long long b = 0; b < nb; ++b) {
+    long long b = 0;
+    for (; b + 4 <= nb; b += 4) {  // four loads in flight before the stores
+        long long tm[4];
+        for (int q = 0; q < 4; ++q) tm[q] = tmax[(b + q) * S + s];
+        for (int q = 0; q < 4; ++q) {
+            clk_in[(b + q) * S + s] = clk;
+            if (tm[q] > clk) clk = tm[q];  // a rejected or clamped trade is behind the clock anyway
+        }
+    }
+    for (; b < nb; ++b) {
         const long long c = b * S + s;
         clk_in[c] = clk;
         const long long tm = tmax[c];
-        if (tm > clk) clk = tm;  // a rejected or clamped trade is behind the clock anyway
+        if (tm > clk) clk = tm;
     }
 }
 
@@ -281,25 +373,37 @@ KERNEL void fx_summary(const long long* __restrict__ P) {
     for (int q = 0; q < 3; ++q) ema_coef(macd_alpha[q], &mom[q], &mf[q]);
     for (int j = 0; j < N_EMA; ++j) ema_coef(ema_alpha[j], &ex[j], &ey[j]);
     const double r_a = (rp - 1.0) / rp, r_b = 1.0 / rp;
+#if FX_SUMMARY_PF
+    GRow nxt = g[beg];  // the next row's loads are issued before this row's stores
+#define CUR(f) (cur.f)
+#else
+#define CUR(f) (g[pos].f)
+#endif
     for (long long pos = beg; pos < end; ++pos) {
-        if (g[pos].kind != 0) {
-            g[pos].acc = 0;
+#if FX_SUMMARY_PF
+        const GRow cur = nxt;
+        if (pos + 1 < end) nxt = g[pos + 1];
+#endif
+        const unsigned int mt = CUR(meta);  // fx_gather's: rank 0, kind 0 or 1, side
+        const int side = G_SIDE(mt);
+        if (G_KIND(mt) != 0) {
+            META(pos) = G_META(m, 1, side);
             lastok = pos;
             continue;
         }
-        long long t = g[pos].ts;
+        long long t = CUR(ts);
         if (has && t < clk) {
             if (clk - t > max_dis) {
-                g[pos].acc = 2;  // rejected
+                META(pos) = G_META(m, 2, side);  // rejected
                 continue;
             }
             t = clk;
             g[pos].ts = t;
         }
-        g[pos].acc = 1;
+        META(pos) = G_META(m, 0, side);
         lastok = pos;
-        const double p = g[pos].price;
-        const double v = g[pos].size;
+        const double p = CUR(price);
+        const double v = CUR(size);
         if (!has) {
             for (int j = 0; j < N_EMA; ++j) { ea[j] = 0.0; eb[j] = p; }
             af = 0.0; bf = p; as_ = 0.0; bs = p; a3 = 0.0; cf = 0.0; csl = 0.0; b3 = 0.0;
@@ -402,6 +506,25 @@ KERNEL void fx_carry(const long long* __restrict__ P) {
     const long long n0 = n;
     for (long long b = 0; b < nb; ++b) {
         const long long c = b * S + s;
+        // every load of the chunk first (one round trip; an empty chunk's fields are unused)
+        const long long beg = coff[c], end = coff[c + 1];
+        const long long lo = ci[CI_LASTOK * nch + c], m = ci[CI_M * nch + c];
+        const long long chg = ci[CI_CHANGED * nch + c], sid_first = ci[CI_SID_FIRST * nch + c];
+        const long long sid_last = ci[CI_SID_LAST * nch + c];
+        double ea[N_EMA > 0 ? N_EMA : 1], eb[N_EMA > 0 ? N_EMA : 1];
+        for (int j = 0; j < N_EMA; ++j) {
+            ea[j] = cs[(CS_EMA_A0 + j) * nch + c];
+            eb[j] = cs[(CS_EMA_B0 + j) * nch + c];
+        }
+        const double af = cs[CS_AF * nch + c], bf = cs[CS_BF * nch + c];
+        const double as_ = cs[CS_AS * nch + c], bs = cs[CS_BS * nch + c];
+        const double a3 = cs[CS_A3 * nch + c], cf = cs[CS_CF * nch + c];
+        const double csl = cs[CS_CS * nch + c], b3 = cs[CS_B3 * nch + c];
+        const double ag = cs[CS_AG * nch + c], bg = cs[CS_BG * nch + c];
+        const double al = cs[CS_AL * nch + c], bl = cs[CS_BL * nch + c];
+        const double hpv = cs[CS_HPV * nch + c], hv = cs[CS_HV * nch + c];
+        const double tpv = cs[CS_TPV * nch + c], tv = cs[CS_TV * nch + c];
+        const double first_p = cs[CS_FIRST_P * nch + c], last_p = cs[CS_LAST_P * nch + c];
         ci[CI_NIN * nch + c] = n;
         ci[CI_SESS * nch + c] = sess;
         ci[CI_LASTOK_IN * nch + c] = lastok;
@@ -414,12 +537,9 @@ KERNEL void fx_carry(const long long* __restrict__ P) {
         cs[CS_G * nch + c] = G;
         cs[CS_L * nch + c] = L;
         for (int j = 0; j < N_EMA; ++j) cs[(CS_E0 + j) * nch + c] = e[j];
-        const long long beg = coff[c], end = coff[c + 1];
         if (beg == end) continue;
         lastchunk = b;
-        const long long lo = ci[CI_LASTOK * nch + c];
         if (lo >= 0) lastok = lo;
-        const long long m = ci[CI_M * nch + c];
         if (m == 0) continue;
         lasttr = b;
         // Wilder RSI: replayed while seeding (the first rsi_p + 1 trades), else composed
@@ -427,41 +547,39 @@ KERNEL void fx_carry(const long long* __restrict__ P) {
             long long nt = n;
             double pp = prev;
             for (long long pos = beg; pos < end; ++pos) {
-                if (g[pos].acc != 1) continue;
+                if (G_KIND(META(pos)) != 0) continue;
                 const double p = g[pos].price;
                 if (nt >= 1) rsi_step(nt, p - pp, rsi_p, &G, &L);
                 pp = p;
                 nt += 1;
             }
         } else {
-            rsi_step(n, cs[CS_FIRST_P * nch + c] - prev, rsi_p, &G, &L);  // n > rsi_p: Wilder
-            G = cs[CS_AG * nch + c] * G + cs[CS_BG * nch + c];
-            L = cs[CS_AL * nch + c] * L + cs[CS_BL * nch + c];
+            rsi_step(n, first_p - prev, rsi_p, &G, &L);  // n > rsi_p: Wilder
+            G = ag * G + bg;
+            L = al * L + bl;
         }
-        for (int j = 0; j < N_EMA; ++j)
-            e[j] = cs[(CS_EMA_A0 + j) * nch + c] * e[j] + cs[(CS_EMA_B0 + j) * nch + c];
+        for (int j = 0; j < N_EMA; ++j) e[j] = ea[j] * e[j] + eb[j];
         const double f0 = f, sl0 = sl;
-        f = cs[CS_AF * nch + c] * f0 + cs[CS_BF * nch + c];
-        sl = cs[CS_AS * nch + c] * sl0 + cs[CS_BS * nch + c];
-        sg = cs[CS_A3 * nch + c] * sg + cs[CS_CF * nch + c] * f0 + cs[CS_CS * nch + c] * sl0
-             + cs[CS_B3 * nch + c];
+        f = af * f0 + bf;
+        sl = as_ * sl0 + bs;
+        sg = a3 * sg + cf * f0 + csl * sl0 + b3;
         if (sess_on) {
-            if (ci[CI_CHANGED * nch + c]) {
-                cpv = cs[CS_TPV * nch + c];
-                cv = cs[CS_TV * nch + c];
-            } else if (ci[CI_SID_FIRST * nch + c] == sess) {
-                cpv += cs[CS_HPV * nch + c];
-                cv += cs[CS_HV * nch + c];
+            if (chg) {
+                cpv = tpv;
+                cv = tv;
+            } else if (sid_first == sess) {
+                cpv += hpv;
+                cv += hv;
             } else {
-                cpv = cs[CS_HPV * nch + c];
-                cv = cs[CS_HV * nch + c];
+                cpv = hpv;
+                cv = hv;
             }
-            sess = ci[CI_SID_LAST * nch + c];
+            sess = sid_last;
         } else {
-            cpv += cs[CS_HPV * nch + c];
-            cv += cs[CS_HV * nch + c];
+            cpv += hpv;
+            cv += hv;
         }
-        prev = cs[CS_LAST_P * nch + c];
+        prev = last_p;
         n += m;
     }
     long long* symi = PTR(long long, PI_SYMI);
@@ -469,5 +587,6 @@ KERNEL void fx_carry(const long long* __restrict__ P) {
     symi[SY_NFIN * S + s] = n;
     symi[SY_LASTCHUNK * S + s] = lastchunk;
     symi[SY_LASTTR * S + s] = lasttr;
+    symi[SY_LASTOK * S + s] = lastok;
 }
 

@@ -6,9 +6,13 @@ cut into row blocks of ``2**log_r`` rows; a *chunk* is one symbol's rows inside 
 arrival order. The rows are grouped chunk by chunk (a shared-memory counting sort, or the device
 sort of :func:`group_chunks`); per chunk, the accepted trades fold into affine maps (EMAs, MACD,
 Wilder RSI) and sums (VWAP), composed per symbol into every chunk's entry state; the trade-count
-and time-window statistics run one thread per trade over a symbol-major trade list; then every
-chunk replays its rows in parallel with the CPU twin's arithmetic from its entry state, and a
-last pass moves the output rows to row order.
+and time-window statistics run one thread per trade over a symbol-major trade list (a ``tf`` row
+per trade); every chunk replays its accepted trades in parallel with the CPU twin's arithmetic
+from its entry state (a ``tt`` row per trade); and a last pass, one thread per row, writes the
+(K, n) outputs in row order from the ``tt`` / ``tf`` rows of each row's last accepted trade and
+the row's own quote. So the outputs are written once, coalesced, and the per-trade tables are
+read back once (the replay used to stage one row of outputs per row and permute them: 23.3 ms
+on an H200 for 20M ticks, now 9.9 ms).
 
 Agreement with the CPU: inside one row block (every batch of at most ``2**log_r`` rows: the
 streaming case) the arithmetic is the CPU's statement by statement (``--fmad=false``), so only
@@ -55,14 +59,18 @@ from mystocks_gpu.gpu_ops.features_config import (
 KERNEL_FILES = ("features_chunks.cu", "features_trades.cu")
 #: log2 of the row block: a batch of at most 2**16 rows is one block (CPU arithmetic exactly)
 ROW_BLOCK_LOG2 = 16
+#: the largest row block (a grouped row's rank has 22 bits)
+MAX_ROW_BLOCK_LOG2 = 22
 #: the fused grouping keeps 4 bytes per symbol in shared memory: at most this many symbols
 GROUP_MAX_SYMBOLS = 49_152
 #: log2 of the fused grouping's sub-block (rows one CUDA block places)
 GROUP_SUB_LOG2 = 13
 #: "no trade yet" clock value
 NONE_T = -(2**63)
-#: kernels in launch order, each with what one thread handles (the fused grouping, ``fx_hist`` +
-#: ``fx_scatter``, or the sort of :func:`group_chunks` comes first)
+#: the fused grouping's kernels (launched before ``fx_gather`` where the launcher has ``blocks``)
+GROUP_KERNELS = ("fx_hist", "fx_offsets", "fx_scatter")
+#: kernels in launch order, each with what one thread handles (the fused grouping,
+#: :data:`GROUP_KERNELS`, or the sort of :func:`group_chunks` comes first)
 KERNELS: tuple[tuple[str, str], ...] = (
     ("fx_gather", "row"),
     ("fx_clock", "symbol"),
@@ -72,17 +80,18 @@ KERNELS: tuple[tuple[str, str], ...] = (
     ("fx_lr", "row"),
     ("fx_window", "row"),
     ("fx_replay", "chunk"),
-    ("fx_permute", "row"),
+    ("fx_state", "symbol"),
+    ("fx_final", "row"),
 )
 
 # parameter block: device pointers, then scalars (doubles as their int64 bits)
 _PTRS = (
     "GIDX", "COFF", "SYM", "TS", "KIND", "PRICE", "SIZE", "SIDE", "BID", "ASK", "BSZ", "ASZ",
-    "GROW", "TMAX", "CLK", "CS", "CI", "SYMI",
+    "GROW", "META", "TMAX", "CLK", "CS", "CI", "SYMI", "LI", "MR", "TT",
     "FEAT", "FEAT_NEW", "SC", "IST", "R_PRICE", "R_SIZE", "R_FLOW", "R_RET", "NR_PRICE",
     "NR_SIZE", "NR_FLOW", "NR_RET", "T_TS", "T_PRICE", "NT_TS", "NT_PRICE", "EMA_ALPHA",
     "MACD_ALPHA", "OUT", "REJ", "SBASE", "TL_SYM", "TL_TS", "TL_PRICE", "TL_SIZE",
-    "TL_FLOW", "TL_LR", "TF", "HIST", "ACC_CUM", "INV", "OUTG",
+    "TL_FLOW", "TL_LR", "TF", "HIST",
 )
 _SCALARS = (
     "N", "S", "NB", "NCH", "LOG_R", "SUB", "NSC", "WINDOW_NS", "CAP", "RSI_P", "SESS_ON", "SESS_OFF",
@@ -97,20 +106,27 @@ _CS_FIXED = (
 # per-chunk int64 fields (rows of ``ci``)
 _CI = ("M", "LASTOK", "CHANGED", "SID_FIRST", "SID_LAST", "NIN", "SESS", "LASTOK_IN")
 # per-symbol int64 bookkeeping (rows of ``symi``)
-_SY = ("N0", "NFIN", "LASTCHUNK", "LASTTR")
-# per-trade window features and log return (a row of ``tf`` per trade, 96 bytes; the time
+_SY = ("N0", "NFIN", "LASTCHUNK", "LASTTR", "LASTOK")
+# per-trade window features (a row of ``tf`` per trade, 96 bytes = 3 memory sectors; the time
 # window's two after the trade-count window's eight)
 _TF = ("ROLL_MEAN", "ROLL_STD", "ROLL_Z", "BOLL_UPPER", "BOLL_LOWER", "VWAP_ROLL", "FLOW_IMB",
-       "RVOL", "TIME_MEAN", "TIME_STD", "LR", "PAD")
-#: bytes of one grouped row record (``GRow`` in the CUDA source) and the offset of its ``acc``
-GROW_BYTES, GROW_ACC = 32, 30
+       "RVOL", "TIME_MEAN", "TIME_STD", "PAD0", "PAD1")
+# the window slots in ``tf`` order (the first eight need do_roll, the last two do_time)
+_TF_SLOTS = ("roll_mean", "roll_std", "roll_z", "boll_upper", "boll_lower", "vwap_roll",
+             "flow_imb", "rvol", "time_mean", "time_std")
+# the slots of the O(1) recursions, in ``tt`` order (then one per EMA span): the replay's
+# per-trade row
+_TT_SLOTS = ("last_price", "ret", "log_ret", "vwap_session", "rsi", "macd", "macd_signal",
+             "macd_hist")
+#: bytes of one grouped row record (``GRow`` in the CUDA source)
+GROW_BYTES = 32
 _MICRO = ("spread", "rel_spread", "book_imb")
 
 
-def n_row_slots(col_idx: tuple[int, ...]) -> int:
-    """Doubles per staged output row: the K selected outputs rounded up to whole 32-byte sectors."""
-    k = sum(1 for c in col_idx if c >= 0)
-    return -(-k // 4) * 4
+def n_trade_slots(n_ema: int) -> int:
+    """Doubles per row of the per-trade table ``tt``: the O(1) recursions' slots (8 + one per
+    EMA span), rounded up to whole 32-byte memory sectors."""
+    return -(-(len(_TT_SLOTS) + n_ema) // 4) * 4
 
 
 def n_chunk_fields(n_ema: int) -> int:
@@ -120,15 +136,49 @@ def n_chunk_fields(n_ema: int) -> int:
 
 def kernel_defines(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> dict[str, Any]:
     """Every ``#define`` the CUDA source needs: slots, state columns, table and parameter
-    indexes, the compile-time sizes ``N_EMA``, ``NSLOTS``, ``NW``, and ``WRITE_OUT`` (the
-    selected slots' stores; ``col_idx`` = ``FeatureConfig.column_index()``)."""
+    indexes, the compile-time sizes ``N_EMA``, ``NSLOTS``, ``NW``, ``NTT``, and the generated
+    statements ``WRITE_TT`` (a trade's O(1) slots into its ``tt`` row), ``READ_TRADE`` (the
+    ``tt`` / ``tf`` rows back into slots) and ``FINAL_OUT`` (the selected outputs of one row;
+    ``col_idx`` = ``FeatureConfig.column_index()``)."""
     k = len(_CS_FIXED)
-    sel = [(slot, c) for slot, c in enumerate(col_idx) if c >= 0]
     micro = {SLOT[name]: m for m, name in enumerate(_MICRO)}
-    stores = " ".join(f"(row)[{c}] = (F)[{slot}];" for slot, c in sel)
-    moves = " ".join(
-        f"(out)[{c}LL * (n) + (r)] = " + (f"(M)[{micro[slot]}];" if slot in micro else f"(src)[{c}];")
-        for slot, c in sel)
+    tt = {SLOT[name]: q for q, name in enumerate(_TT_SLOTS)}
+    tt.update({N_FIXED + j: len(_TT_SLOTS) + j for j in range(n_ema)})
+    tf = {SLOT[name]: q for q, name in enumerate(_TF_SLOTS)}
+    roll = {SLOT[name] for name in _TF_SLOTS[:8]}
+
+    sel = [(slot, c) for slot, c in enumerate(col_idx) if c >= 0]
+
+    def stores(slots: list[tuple[int, int]], src: Any) -> str:
+        return " ".join(f"(out)[{c}LL * (n) + (r)] = {src(slot)};" for slot, c in slots)
+
+    def part(kind: Any) -> list[tuple[int, int]]:
+        return [(slot, c) for slot, c in sel if kind(slot)]
+
+    def from_fo(slot: int) -> str:
+        return f"(fo)[{slot}]"
+
+    # fx_final's stores of one row, in branches that read only what they store: the micro
+    # values M; with a trade (ht), its tt row T and, where computed (hr / hw), its tf row W; the
+    # old feature vector fo for the rest
+    scal = part(lambda slot: slot in tt)
+    rolls = part(lambda slot: slot in roll)
+    times = part(lambda slot: slot in tf and slot not in roll)
+    final = (
+        f"if (ht) {{ {stores(scal, lambda slot: f'(T)[{tt[slot]}]')} "
+        f"if (hr) {{ {stores(rolls, lambda slot: f'(W)[{tf[slot]}]')} }} "
+        f"else {{ {stores(rolls, from_fo)} }} "
+        f"if (hw) {{ {stores(times, lambda slot: f'(W)[{tf[slot]}]')} }} "
+        f"else {{ {stores(times, from_fo)} }} }} "
+        f"else {{ {stores(scal + rolls + times, from_fo)} }} "
+        + stores(part(lambda slot: slot in micro), lambda slot: f"(M)[{micro[slot]}]"))
+    by_q = {q: f"(F)[{slot}]" for slot, q in tt.items()}
+    write_tt = " ".join(
+        f"ST2((row) + {q}, {by_q.get(q, '0.0')}, {by_q.get(q + 1, '0.0')});"
+        for q in range(0, n_trade_slots(n_ema), 2))
+    read_tt = " ".join(f"(F)[{slot}] = (tt)[{q}];" for slot, q in tt.items())
+    read_roll = " ".join(f"(F)[{SLOT[nm]}] = (tf)[{q}];" for q, nm in enumerate(_TF_SLOTS[:8]))
+    read_time = " ".join(f"(F)[{SLOT[nm]}] = (tf)[{q + 8}];" for q, nm in enumerate(_TF_SLOTS[8:]))
     return {
         "IS_NTRADES": IS_NTRADES, "IS_SESSION": IS_SESSION, "IS_TCLOCK": IS_TCLOCK,
         "N_IST": N_IST, "N_FIXED": N_FIXED, "DAY_NS": f"{NS_PER_DAY}LL",
@@ -143,17 +193,29 @@ def kernel_defines(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> dict[str
         **{f"SY_{name}": i for i, name in enumerate(_SY)},
         **{f"TF_{name}": i for i, name in enumerate(_TF)}, "NTF": len(_TF),
         "N_EMA": n_ema, "NSLOTS": N_FIXED + n_ema, "NW": n_win, "NONE_T": f"({NONE_T + 1}LL - 1)",
-        "KP": n_row_slots(col_idx),
-        **{f"COL_{name.upper()}": max(int(col_idx[SLOT[name]]), 0) for name in _MICRO},
-        "WRITE_ROW(row, F)": f"do {{ {stores} }} while (0)",
-        "PERMUTE_OUT(out, src, n, r, M)": f"do {{ {moves} }} while (0)",
+        "NTT": n_trade_slots(n_ema),
+        "WRITE_TT(row, F)": f"do {{ {write_tt} }} while (0)",
+        "READ_TT(F, tt)": f"do {{ {read_tt} }} while (0)",
+        "READ_ROLL(F, tf)": f"do {{ {read_roll} }} while (0)",
+        "READ_TIME(F, tf)": f"do {{ {read_time} }} while (0)",
+        "FINAL_OUT(out, n, r, M, T, W, ht, hr, hw, fo)": f"do {{ {final} }} while (0)",
     }
 
 
-def kernel_source(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> str:
-    """The CUDA (or, without ``__CUDACC__``, C) source: ``#define`` lines, then the kernels."""
+#: the source's tuning switches and their defaults (``features_chunks.cu`` says what each does)
+TUNING = {"FX_SUMMARY_PF": 1, "FX_WINDOW_SPLIT": 1, "FX_WINDOW_XS": 0}
+
+
+def kernel_source(n_ema: int, n_win: int, col_idx: tuple[int, ...],
+                  tuning: tuple[tuple[str, int], ...] = ()) -> str:
+    """The CUDA (or, without ``__CUDACC__``, C) source: ``#define`` lines, then the kernels;
+    ``tuning``: values of :data:`TUNING` switches other than the defaults."""
+    unknown = [k for k, _ in tuning if k not in TUNING]
+    if unknown:
+        raise ValueError(f"unknown tuning switch(es) {unknown}; known: {sorted(TUNING)}")
     defines = "\n".join(
-        f"#define {k} {v}" for k, v in kernel_defines(n_ema, n_win, col_idx).items())
+        f"#define {k} {v}"
+        for k, v in {**kernel_defines(n_ema, n_win, col_idx), **dict(tuning)}.items())
     here = resources.files("mystocks_gpu.gpu_ops")
     body = "\n".join(here.joinpath(f).read_text() for f in KERNEL_FILES)
     return defines + "\n" + body
@@ -167,39 +229,45 @@ class Launcher:
     device has it,
     ``blocks(name, n_blocks, threads_per_block, shared_bytes, params)``: a launch by CUDA blocks
     for the fused grouping kernels ``fx_hist`` / ``fx_scatter`` (without it the rows are
-    grouped by a device sort, :func:`group_chunks`, and gathered by ``fx_gather``)."""
+    grouped by a device sort, :func:`group_chunks`, and gathered by ``fx_gather``);
+    ``mark(label)``, where given, is called before each stretch of array-module work between
+    kernels (``bench/gpu_ops.py --profile`` times those stretches)."""
 
     xp: Any
     ptr: Callable[[Any], int]
     launch: Callable[[str, int, Any], None]
     blocks: Callable[[str, int, int, int, Any], None] | None = None
+    mark: Callable[[str], None] | None = None
 
 
 #: register cap of the kernels (``--maxrregcount``; None: the compiler's choice)
 MAX_REGISTERS: int | None = None
 #: threads per block of the per-row / chunk / symbol kernels
-BLOCK = 256
+BLOCK = 128
 
 
 @lru_cache(maxsize=16)
-def _module(n_ema: int, n_win: int, col_idx: tuple[int, ...], max_registers: int | None) -> Any:
+def _module(n_ema: int, n_win: int, col_idx: tuple[int, ...], max_registers: int | None,
+            tuning: tuple[tuple[str, int], ...]) -> Any:
     import cupy as cp
 
     options: tuple[str, ...] = ("--fmad=false",)
     if max_registers:
         options += (f"--maxrregcount={max_registers}",)
-    return cp.RawModule(code=kernel_source(n_ema, n_win, col_idx), options=options)
+    return cp.RawModule(code=kernel_source(n_ema, n_win, col_idx, tuning), options=options)
 
 
 @lru_cache(maxsize=16)
 def gpu_launcher(n_ema: int, n_win: int, col_idx: tuple[int, ...], block: int = BLOCK,
-                 max_registers: int | None = MAX_REGISTERS) -> Launcher:
-    """The CuPy launcher (kernels compiled once per ``(n_ema, n_win, col_idx, max_registers)``);
-    ``block``: threads per block of the per-row/chunk/symbol kernels; ``max_registers``: the
-    compiler's register cap (bench/gpu_ops.py sweeps both)."""
+                 max_registers: int | None = MAX_REGISTERS,
+                 tuning: tuple[tuple[str, int], ...] = ()) -> Launcher:
+    """The CuPy launcher (kernels compiled once per ``(n_ema, n_win, col_idx, max_registers,
+    tuning)``); ``block``: threads per block of the per-row/chunk/symbol kernels;
+    ``max_registers``: the compiler's register cap; ``tuning``: :data:`TUNING` switches
+    (bench/gpu_ops.py sweeps all three)."""
     import cupy as cp
 
-    mod = _module(n_ema, n_win, col_idx, max_registers)
+    mod = _module(n_ema, n_win, col_idx, max_registers, tuning)
 
     def launch(name: str, threads: int, params: Any) -> None:
         if threads > 0:
@@ -252,6 +320,7 @@ def process_batch_gpu(
     *,
     log_r: int = ROW_BLOCK_LOG2,
     launcher: Launcher | None = None,
+    sub_log2: int = GROUP_SUB_LOG2,
 ) -> tuple[Any, Any]:
     """Run the feature kernels on a device batch; updates the ``st`` arrays in place.
 
@@ -266,14 +335,19 @@ def process_batch_gpu(
         n_out: K, output rows.
         log_r: log2 of the row block (tests use small blocks to cut batches into many chunks).
         launcher: where the kernels run (default: CuPy on the current device).
+        sub_log2: log2 of the fused grouping's sub-block (at most ``log_r`` is used).
 
     Returns:
         ``out`` float64 (K, n): outputs in input row order; ``rej`` int8 (n,): 1 for a trade
         rejected as too far behind its symbol's trade clock.
     """
     n_ema, n_win = int(ema_alpha.shape[0]), int(params["n_win"])
+    if not 0 <= log_r <= MAX_ROW_BLOCK_LOG2:
+        raise ValueError(f"log_r must be in [0, {MAX_ROW_BLOCK_LOG2}], got {log_r}")
     cols_sel = tuple(int(c) for c in col_idx)
     L = launcher or gpu_launcher(n_ema, n_win, cols_sel)
+    mark = L.mark or (lambda label: None)
+    mark("setup")
     xp = L.xp
     n = len(cols)
     out = xp.empty((n_out, n), dtype=xp.float64)
@@ -285,9 +359,9 @@ def process_batch_gpu(
     nb = ((n - 1) >> log_r) + 1
     nch = nb * S
     fused = L.blocks is not None and S <= GROUP_MAX_SYMBOLS
-    sub = 1 << min(log_r, GROUP_SUB_LOG2)
+    sub = 1 << min(log_r, sub_log2)
     per_block = (1 << log_r) // sub
-    hist = xp.zeros((nb * per_block if fused else 0, S), dtype=xp.int32)
+    hist = xp.empty((nb * per_block if fused else 0, S), dtype=xp.int32)
     if fused:
         gidx = xp.empty(n, dtype=xp.int32)
         coff = xp.zeros(nch + 1, dtype=xp.int64)
@@ -299,16 +373,17 @@ def process_batch_gpu(
                                      "t_price")}
     tmp = {
         "GROW": xp.empty(n * GROW_BYTES // 8, dtype=xp.int64),
+        "META": xp.empty(n, dtype=xp.uint32),
         "TMAX": xp.full(nch, NONE_T, dtype=xp.int64), "CLK": xp.empty(nch, dtype=xp.int64),
         "CS": xp.empty((n_chunk_fields(n_ema), nch), dtype=xp.float64),
         "CI": xp.empty((len(_CI), nch), dtype=xp.int64),
         "SYMI": xp.empty((len(_SY), S), dtype=xp.int64),
-        "HIST": hist, "ACC_CUM": xp.empty(n, dtype=xp.int32), "INV": xp.empty(n, dtype=xp.int32),
-        "OUTG": xp.empty((n, n_row_slots(cols_sel)), dtype=xp.float64),
+        "HIST": hist, "LI": xp.empty(n, dtype=xp.int32), "MR": xp.empty(n, dtype=xp.int32),
         "SBASE": xp.zeros(S + 1, dtype=xp.int64), "TL_SYM": xp.empty(n, dtype=xp.int32),
         "TL_TS": xp.empty(n, dtype=xp.int64), "TL_PRICE": xp.empty(n, dtype=xp.float64),
         "TL_SIZE": xp.empty(n, dtype=xp.float64), "TL_FLOW": xp.empty(n, dtype=xp.float64),
         "TL_LR": xp.empty(n, dtype=xp.float64), "TF": xp.empty((n, len(_TF)), dtype=xp.float64),
+        "TT": xp.empty((n, n_trade_slots(n_ema)), dtype=xp.float64),
     }
     arrays = {
         "GIDX": gidx, "COFF": coff, "SYM": cols.sym, "TS": cols.ts, "KIND": cols.kind,
@@ -331,6 +406,7 @@ def process_batch_gpu(
         "BOLL_K": int(np.float64(params["boll_k"]).view(np.int64)),
         "RVOL_SCALE": int(np.float64(params["rvol_scale"]).view(np.int64)),
     }
+    mark("parameters")
     block = xp.asarray(np.array([L.ptr(arrays[k]) for k in _PTRS] + [scalars[k] for k in _SCALARS],
                                 dtype=np.int64))  # one upload per batch
     threads = {"row": n, "symbol": S, "chunk": nch}
@@ -339,17 +415,14 @@ def process_batch_gpu(
             assert L.blocks is not None
             n_sub = (n + sub - 1) // sub
             L.blocks("fx_hist", n_sub, 256, 4 * S, block)
-            h3 = hist.reshape(nb, per_block, S)
-            coff[1:] = xp.cumsum(h3.sum(axis=1, dtype=xp.int64).ravel())
-            before = xp.cumsum(h3, axis=1, dtype=xp.int32) - h3  # earlier sub-blocks' rows
-            hist[...] = (coff[:-1].reshape(nb, 1, S) + before).reshape(nb * per_block, S).astype(
-                xp.int32)
+            L.launch("fx_offsets", nch, block)
+            mark("group offsets")
+            coff[1:] = xp.cumsum(coff[1:])
             L.blocks("fx_scatter", n_sub, 256, 4 * S, block)
-        if name == "fx_compact":  # each symbol's first entry in the trade list, trade ranks
+        if name == "fx_compact":  # each symbol's first entry in the trade list
+            mark("list offsets")
             symi = tmp["SYMI"]
             tmp["SBASE"][1:] = xp.cumsum(symi[_SY.index("NFIN")] - symi[_SY.index("N0")])
-            acc = tmp["GROW"].view(xp.int8).reshape(n, GROW_BYTES)[:, GROW_ACC]
-            tmp["ACC_CUM"][...] = xp.cumsum(acc == 1, dtype=xp.int32)
         L.launch(name, threads[per], block)
     return out, rej
 

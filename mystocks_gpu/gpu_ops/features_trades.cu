@@ -3,30 +3,45 @@
 // header describes all passes).
 
 // ---------------------------------------------------------------------------------------------
-// fx_compact: thread per grouped position; an accepted trade into the symbol-major trade list
-// (symbol s's batch trades at tl[sbase[s] .. sbase[s+1]), trade index k at sbase[s] + k - n0).
-// acc_cum[pos]: accepted trades at grouped positions <= pos.
+// fx_compact: thread per grouped position. An accepted trade goes into the symbol-major trade
+// list (symbol s's batch trades at tl[sbase[s] .. sbase[s+1]), trade index k at
+// sbase[s] + k - n0); every row gets li[row], the list entry of its symbol's last accepted trade
+// at or before it (-1: none in this batch); a rejected trade gets rej[row] = 1 and mr[row], the
+// symbol's last row before it that is not a rejected trade (-1: none in this batch).
 
 KERNEL void fx_compact(const long long* __restrict__ P) {
     const long long n = P[PI_N];
     const long long pos = TID;
     if (pos >= n) return;
     const GRow g = PTR(const GRow, PI_GROW)[pos];
-    if (g.acc != 1) return;
+    const unsigned int mt = META(pos);
     const long long S = P[PI_S], nch = P[PI_NCH];
     const long long s = PTR(const int, PI_SYM)[g.row];
     const long long c = (long long)(g.row >> (int)P[PI_LOG_R]) * S + s;
-    const int* acc_cum = PTR(const int, PI_ACC_CUM);
-    const long long beg = PTR(const long long, PI_COFF)[c];
-    const long long rank = acc_cum[pos] - 1 - (beg > 0 ? acc_cum[beg - 1] : 0);
     const long long nin = PTR(const long long, PI_CI)[CI_NIN * nch + c];
     const long long n0 = PTR(const long long, PI_SYMI)[SY_N0 * S + s];
-    const long long i = PTR(const long long, PI_SBASE)[s] + (nin - n0) + rank;
-    PTR(int, PI_TL_SYM)[i] = (int)s;
-    PTR(long long, PI_TL_TS)[i] = g.ts;
-    PTR(double, PI_TL_PRICE)[i] = g.price;
-    PTR(double, PI_TL_SIZE)[i] = g.size;
-    PTR(double, PI_TL_FLOW)[i] = (double)g.side * g.size;
+    const long long sb = PTR(const long long, PI_SBASE)[s];
+    const long long i = sb + (nin - n0) + G_RANK(mt);  // this trade's entry, or the next trade's
+    int* li = PTR(int, PI_LI);
+    const int kind = G_KIND(mt);
+    if (kind == 0) {
+        li[g.row] = (int)i;
+        PTR(int, PI_TL_SYM)[i] = (int)s;
+        PTR(long long, PI_TL_TS)[i] = g.ts;
+        PTR(double, PI_TL_PRICE)[i] = g.price;
+        PTR(double, PI_TL_SIZE)[i] = g.size;
+        PTR(double, PI_TL_FLOW)[i] = (double)G_SIDE(mt) * g.size;
+        return;
+    }
+    li[g.row] = (i > sb) ? (int)(i - 1) : -1;
+    if (kind == 2) {
+        PTR(signed char, PI_REJ)[g.row] = 1;
+        const long long beg = PTR(const long long, PI_COFF)[c];
+        long long q = pos - 1;
+        while (q >= beg && G_KIND(META(q)) == 2) --q;
+        if (q < beg) q = PTR(const long long, PI_CI)[CI_LASTOK_IN * nch + c];
+        PTR(int, PI_MR)[g.row] = (q >= 0) ? PTR(const GRow, PI_GROW)[q].row : -1;
+    }
 }
 
 // fx_lr: thread per trade-list entry; the log return of the trade (the CPU's log(p / prev))
@@ -48,29 +63,25 @@ KERNEL void fx_lr(const long long* __restrict__ P) {
     PTR(double, PI_TL_LR)[i] = lr;
 }
 
-// fx_permute: thread per row; the replay's row (grouped position inv[r]) to the (K, n) outputs,
-// and the spread features from the row's own quote (a rejected row: the replay's values)
-KERNEL void fx_permute(const long long* __restrict__ P) {
-    const long long n = P[PI_N];
-    const long long r = TID;
-    if (r >= n) return;
-    const double* src = PTR(const double, PI_OUTG) + (long long)PTR(const int, PI_INV)[r] * KP;
-    double* out = PTR(double, PI_OUT);
-    double M[3];
-    if (PTR(const signed char, PI_REJ)[r]) {
-        M[0] = src[COL_SPREAD];
-        M[1] = src[COL_REL_SPREAD];
-        M[2] = src[COL_BOOK_IMB];
-    } else {
-        micro_feats(P, r, M);
-    }
-    PERMUTE_OUT(out, src, n, r, M);
-}
-
 // ---------------------------------------------------------------------------------------------
 // fx_window: thread per trade-list entry; the trade-count and time-window features of the trade
-// (rows of tf) and the new trade rings. Trade index k' of the symbol: the list when k' >= n0,
-// else the old state's rings (slot k' mod N, k' mod cap).
+// (a row of tf) and the new trade rings. Trade index k' of the symbol: the list when k' >= n0,
+// else the old state's rings (slot k' mod N, k' mod cap). The loops use no integer division.
+
+// tuning switches (features_gpu.TUNING): FX_WINDOW_SPLIT: roll_window runs a loop without the
+// ring's branch when the whole window is in the list; FX_WINDOW_XS: windows of at most this many
+// trades keep their prices in registers for the second pass (0: load them again)
+#ifndef FX_WINDOW_SPLIT
+#define FX_WINDOW_SPLIT 1
+#endif
+#ifndef FX_WINDOW_XS
+#define FX_WINDOW_XS 0
+#endif
+#define XS_MAX FX_WINDOW_XS
+
+// ring slot j (0 <= j < N) holds trade k - d, d = (r - j) mod N with r = k mod N (the CPU sums the
+// slots in order 0 .. N-1): list entry i - d while d <= kl = k - n0, else the old ring's slot j
+DEV long long slot_back(long long r, int j) { return (j <= r) ? r - j : r - j + NW; }
 
 DEV void roll_window(const long long* P, long long s, long long k, long long i, long long n0,
                      double p, double* W) {
@@ -85,33 +96,46 @@ DEV void roll_window(const long long* P, long long s, long long k, long long i, 
     const double* o_r = PTR(const double, PI_R_RET) + s * NW;
     const double boll_k = ll2d(P[PI_BOLL_K]);
     const double rvol_scale = ll2d(P[PI_RVOL_SCALE]);
-    // ring slot j holds trade k - ((k - j) mod N): the CPU sums the slots in order 0 .. N-1
-    const long long r = k % NW;
+    const long long r = k % NW, kl = k - n0;
+    // the common case: the whole window in the list (loops without the ring's branch; a window
+    // of at most XS_MAX trades keeps its prices in registers for the second pass)
+    const int in_list = FX_WINDOW_SPLIT && kl >= NW - 1;
     if (k + 1 >= NW) {
         double acc = 0.0, spv = 0.0, sv = 0.0, sf = 0.0;
-        for (int j = 0; j < NW; ++j) {
-            const long long kk = k - ((r - j + NW) % NW);
-            double x, sz, fl;
-            if (kk >= n0) {
-                const long long q = i - (k - kk);
-                x = tl_price[q];
-                sz = tl_size[q];
-                fl = tl_flow[q];
-            } else {
-                x = o_p[kk % NW];
-                sz = o_s[kk % NW];
-                fl = o_f[kk % NW];
+        double xs[NW <= XS_MAX ? NW : 1];
+        if (in_list) {
+            for (int j = 0; j < NW; ++j) {
+                const long long d = slot_back(r, j);
+                const double x = tl_price[i - d];
+                if (NW <= XS_MAX) xs[NW <= XS_MAX ? j : 0] = x;
+                acc += x - p;
+                spv += x * tl_size[i - d];
+                sv += tl_size[i - d];
+                sf += tl_flow[i - d];
             }
-            acc += x - p;
-            spv += x * sz;
-            sv += sz;
-            sf += fl;
+        } else {
+            for (int j = 0; j < NW; ++j) {
+                const long long d = slot_back(r, j);
+                const int l = d <= kl;
+                const double x = l ? tl_price[i - d] : o_p[j];
+                const double sz = l ? tl_size[i - d] : o_s[j];
+                if (NW <= XS_MAX) xs[NW <= XS_MAX ? j : 0] = x;
+                acc += x - p;
+                spv += x * sz;
+                sv += sz;
+                sf += l ? tl_flow[i - d] : o_f[j];
+            }
         }
         const double mean = p + acc / (double)NW;
         double ss = 0.0, cc = 0.0;
         for (int j = 0; j < NW; ++j) {
-            const long long kk = k - ((r - j + NW) % NW);
-            const double x = (kk >= n0) ? tl_price[i - (k - kk)] : o_p[kk % NW];
+            double x;
+            if (NW <= XS_MAX) {
+                x = xs[NW <= XS_MAX ? j : 0];
+            } else {
+                const long long d = slot_back(r, j);
+                x = (in_list || d <= kl) ? tl_price[i - d] : o_p[j];
+            }
             const double dd = x - mean;
             ss += dd * dd;
             cc += dd;
@@ -137,16 +161,27 @@ DEV void roll_window(const long long* P, long long s, long long k, long long i, 
     }
     if (k >= NW) {
         double sr = 0.0;
-        for (int j = 0; j < NW; ++j) {
-            const long long kk = k - ((r - j + NW) % NW);
-            const double x = (kk >= n0) ? tl_lr[i - (k - kk)] : o_r[kk % NW];
-            sr += x * x;
+        if (in_list) {
+            for (int j = 0; j < NW; ++j) {
+                const double x = tl_lr[i - slot_back(r, j)];
+                sr += x * x;
+            }
+        } else {
+            for (int j = 0; j < NW; ++j) {
+                const long long d = slot_back(r, j);
+                const double x = (d <= kl) ? tl_lr[i - d] : o_r[j];
+                sr += x * x;
+            }
         }
         W[TF_RVOL] = sqrt(rvol_scale * sr);
     } else {
         W[TF_RVOL] = NaN;
     }
 }
+
+// the m-th newest trade of the time window (m = 0: trade k at list entry i; m <= kl = k - n0:
+// the list; else the old ring, slot jr, which the caller steps down from (k - m) mod cap)
+DEV void ring_down(long long* jr, long long cap) { *jr = (*jr > 0) ? *jr - 1 : cap - 1; }
 
 // time_mean / time_std of trade k at list entry i (time t, price p): newest first, at most
 // min(k + 1, cap) trades, as the CPU walks its time ring
@@ -159,24 +194,44 @@ DEV void time_window(const long long* P, long long s, long long k, long long i, 
     const double* tl_price = PTR(const double, PI_TL_PRICE);
     const long long cnt = k + 1 < cap ? k + 1 : cap;
     const long long lo_t = t - P[PI_WINDOW_NS];
+    const long long kl = k - n0;
+    const long long nl = (kl + 1 < cnt) ? kl + 1 : cnt;  // trades of the window in the list
     long long m = 0;
     double acc = 0.0;
-    while (m < cnt) {
-        const long long kk = k - m;
-        const long long tt = (kk >= n0) ? tl_ts[i - m] : o_ts[kk % cap];
-        if (tt <= lo_t) break;
-        acc += ((kk >= n0) ? tl_price[i - m] : o_price[kk % cap]) - p;
-        m += 1;
+    int open = 1;
+    for (; m < nl; ++m) {
+        if (tl_ts[i - m] <= lo_t) {
+            open = 0;
+            break;
+        }
+        acc += tl_price[i - m] - p;
+    }
+    if (open && m < cnt) {
+        long long jr = (k - m) % cap;
+        for (; m < cnt; ++m) {
+            if (o_ts[jr] <= lo_t) break;
+            acc += o_price[jr] - p;
+            ring_down(&jr, cap);
+        }
     }
     const double mean = p + acc / (double)m;
     W[TF_TIME_MEAN] = mean;
     if (m >= 2) {
         double ss = 0.0, cc = 0.0;
-        for (long long q = 0; q < m; ++q) {
-            const long long kk = k - q;
-            const double dd = ((kk >= n0) ? tl_price[i - q] : o_price[kk % cap]) - mean;
+        const long long ml = (m < nl) ? m : nl;
+        for (long long q = 0; q < ml; ++q) {
+            const double dd = tl_price[i - q] - mean;
             ss += dd * dd;
             cc += dd;
+        }
+        if (ml < m) {
+            long long jr = (k - ml) % cap;
+            for (long long q = ml; q < m; ++q) {
+                const double dd = o_price[jr] - mean;
+                ss += dd * dd;
+                cc += dd;
+                ring_down(&jr, cap);
+            }
         }
         double var = (ss - cc * cc / (double)m) / (double)(m - 1);
         if (var < 0.0) var = 0.0;
@@ -201,15 +256,13 @@ KERNEL void fx_window(const long long* __restrict__ P) {
     double W[NTF];
     if (P[PI_DO_ROLL]) {
         roll_window(P, s, k, i, n0, p, W);
-        for (int f = 0; f < TF_TIME_MEAN; ++f) tf[f] = W[f];
+        for (int f = 0; f < TF_TIME_MEAN; f += 2) ST2(tf + f, W[f], W[f + 1]);
     }
-    tf[TF_LR] = PTR(const double, PI_TL_LR)[i];
     const long long t = PTR(const long long, PI_TL_TS)[i];
     const long long cap = P[PI_CAP];
     if (P[PI_DO_TIME]) {
         time_window(P, s, k, i, n0, t, p, W);
-        tf[TF_TIME_MEAN] = W[TF_TIME_MEAN];
-        tf[TF_TIME_STD] = W[TF_TIME_STD];
+        ST2(tf + TF_TIME_MEAN, W[TF_TIME_MEAN], W[TF_TIME_STD]);
         if (k >= nfin - cap) {
             PTR(long long, PI_NT_TS)[s * cap + k % cap] = t;
             PTR(double, PI_NT_PRICE)[s * cap + k % cap] = p;
@@ -225,8 +278,9 @@ KERNEL void fx_window(const long long* __restrict__ P) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fx_replay: thread per chunk; the O(1) recursions row by row from the chunk's entry state, the
-// window features of each trade from tf, the outputs and (the symbol's last chunk) the state
+// fx_replay: thread per chunk; the O(1) recursions trade by trade from the chunk's entry state
+// over the chunk's run of the trade list: a row of tt per trade and (the symbol's last chunk
+// with trades) the new running state
 
 // the O(1) features after trade index k (nt = k trades before it) from the running scalars;
 // ratio = p / previous price, lr = log(ratio)
@@ -254,53 +308,30 @@ DEV void scalar_feats(long long nt, double p, double ratio, double lr, double cp
     F[F_RSI] = rsi;
 }
 
-// the window features of list entry li into the slots
-DEV void window_feats(const long long* P, long long li, double* F) {
-    const double* tf = PTR(const double, PI_TF) + li * NTF;
-    if (P[PI_DO_ROLL]) {
-        F[F_ROLL_MEAN] = tf[TF_ROLL_MEAN];
-        F[F_ROLL_STD] = tf[TF_ROLL_STD];
-        F[F_ROLL_Z] = tf[TF_ROLL_Z];
-        F[F_BOLL_UPPER] = tf[TF_BOLL_UPPER];
-        F[F_BOLL_LOWER] = tf[TF_BOLL_LOWER];
-        F[F_VWAP_ROLL] = tf[TF_VWAP_ROLL];
-        F[F_FLOW_IMB] = tf[TF_FLOW_IMB];
-        F[F_RVOL] = tf[TF_RVOL];
-    }
-    if (P[PI_DO_TIME]) {
-        F[F_TIME_MEAN] = tf[TF_TIME_MEAN];
-        F[F_TIME_STD] = tf[TF_TIME_STD];
-    }
-}
-
-
 KERNEL void fx_replay(const long long* __restrict__ P) {
     const long long nch = P[PI_NCH];
     const long long c = TID;
     if (c >= nch) return;
-    const long long* coff = PTR(const long long, PI_COFF);
-    const long long beg = coff[c], end = coff[c + 1];
-    if (beg == end) return;
+    const long long* ci = PTR(const long long, PI_CI);
+    const long long m = ci[CI_M * nch + c];
+    if (m == 0) return;
     const long long S = P[PI_S];
     const long long b = c / S, s = c % S;
     const double* cs = PTR(const double, PI_CS);
-    const long long* ci = PTR(const long long, PI_CI);
     const long long* symi = PTR(const long long, PI_SYMI);
-    const GRow* g = PTR(const GRow, PI_GROW);
+    const long long* tl_ts = PTR(const long long, PI_TL_TS);
     const double* tl_price = PTR(const double, PI_TL_PRICE);
-    const double* tf = PTR(const double, PI_TF);
+    const double* tl_size = PTR(const double, PI_TL_SIZE);
+    const double* tl_lr = PTR(const double, PI_TL_LR);
     const double* ema_alpha = PTR(const double, PI_EMA_ALPHA);
     const double* macd_alpha = PTR(const double, PI_MACD_ALPHA);
-    double* outg = PTR(double, PI_OUTG);  // one row of KP doubles per grouped position
-    signed char* rej = PTR(signed char, PI_REJ);
+    double* tt = PTR(double, PI_TT);  // one row of NTT doubles per trade-list entry
     const long long rsi_p = P[PI_RSI_P];
     const int sess_on = (int)P[PI_SESS_ON];
     const long long sess_off = P[PI_SESS_OFF];
-    const long long n0 = symi[SY_N0 * S + s];
 
     long long nt = ci[CI_NIN * nch + c];
     long long sess = ci[CI_SESS * nch + c];
-    long long clk = PTR(const long long, PI_CLK)[c];
     double prev = cs[CS_PREV * nch + c], cpv = cs[CS_CUMPV * nch + c];
     double cv = cs[CS_CUMV * nch + c];
     double f = cs[CS_F * nch + c], sl = cs[CS_SL * nch + c], sg = cs[CS_SG * nch + c];
@@ -308,77 +339,47 @@ KERNEL void fx_replay(const long long* __restrict__ P) {
     double e[N_EMA > 0 ? N_EMA : 1];
     for (int j = 0; j < N_EMA; ++j) e[j] = cs[(CS_E0 + j) * nch + c];
     double F[NSLOTS];
-    const double* feat_old = PTR(const double, PI_FEAT) + s * NSLOTS;
-    for (int k = 0; k < NSLOTS; ++k) F[k] = feat_old[k];
-    long long li = PTR(const long long, PI_SBASE)[s] + (nt - n0);  // list entry of trade nt
-    if (nt > n0) {  // the values after the batch's last accepted trade before this chunk
-        const long long k = nt - 1;
+    const long long i0 = PTR(const long long, PI_SBASE)[s] + (nt - symi[SY_N0 * S + s]);
+    long long t = 0;
+    // the next trade's loads are issued before this trade's stores
+    long long t_n = tl_ts[i0];  // clamped to the clock by fx_summary
+    double p_n = tl_price[i0], v_n = tl_size[i0], lr_n = tl_lr[i0];
+    for (long long i = i0; i < i0 + m; ++i) {
+        t = t_n;
+        const double p = p_n, v = v_n, lr = lr_n;
+        if (i + 1 < i0 + m) {
+            t_n = tl_ts[i + 1];
+            p_n = tl_price[i + 1];
+            v_n = tl_size[i + 1];
+            lr_n = tl_lr[i + 1];
+        }
+        if (sess_on) {
+            const long long sid = floordiv(t - sess_off, DAY_NS);
+            if (sid != sess) {
+                sess = sid;
+                cpv = 0.0;
+                cv = 0.0;
+            }
+        }
+        cpv += p * v;
+        cv += v;
+        for (int j = 0; j < N_EMA; ++j) e[j] = (nt == 0) ? p : ema_step(e[j], p, ema_alpha[j]);
+        if (nt == 0) {
+            f = p; sl = p; sg = 0.0;
+        } else {
+            f = ema_step(f, p, macd_alpha[0]);
+            sl = ema_step(sl, p, macd_alpha[1]);
+            sg = ema_step(sg, f - sl, macd_alpha[2]);
+        }
         double ratio = 0.0;
-        if (k >= 1) {
-            const double ppv = (k - 1 >= n0) ? tl_price[li - 2]
-                               : PTR(const double, PI_R_PRICE)[s * NW + (k - 1) % NW];
-            ratio = prev / ppv;
+        if (nt >= 1) {
+            rsi_step(nt, p - prev, rsi_p, &G, &L);
+            ratio = p / prev;
         }
-        scalar_feats(k, prev, ratio, tf[(li - 1) * NTF + TF_LR], cpv, cv, e, f, sl, sg, G, L,
-                     rsi_p, F);
-        window_feats(P, li - 1, F);
-    }
-    // the spread features are fx_permute's, from each row's own quote; the replay only tracks the
-    // last non-rejected row (a rejected row repeats its values, and the state keeps them)
-    long long lastok_r = -1;
-    {
-        const long long lok = ci[CI_LASTOK_IN * nch + c];
-        if (lok >= 0) lastok_r = g[lok].row;
-    }
-    for (long long pos = beg; pos < end; ++pos) {
-        const long long r = g[pos].row;
-        if (g[pos].kind == 0) {
-            if (g[pos].acc != 1) {  // rejected: the row repeats the current values
-                rej[r] = 1;
-                if (lastok_r >= 0) micro_into(P, lastok_r, F);
-                WRITE_ROW(outg + pos * KP, F);
-                continue;
-            }
-            const long long t = g[pos].ts;  // clamped to the clock by fx_summary
-            const double p = g[pos].price;
-            const double v = g[pos].size;
-            if (sess_on) {
-                const long long sid = floordiv(t - sess_off, DAY_NS);
-                if (sid != sess) {
-                    sess = sid;
-                    cpv = 0.0;
-                    cv = 0.0;
-                }
-            }
-            cpv += p * v;
-            cv += v;
-            for (int j = 0; j < N_EMA; ++j) e[j] = (nt == 0) ? p : ema_step(e[j], p, ema_alpha[j]);
-            if (nt == 0) {
-                f = p; sl = p; sg = 0.0;
-            } else {
-                f = ema_step(f, p, macd_alpha[0]);
-                sl = ema_step(sl, p, macd_alpha[1]);
-                sg = ema_step(sg, f - sl, macd_alpha[2]);
-            }
-            double ratio = 0.0;
-            if (nt >= 1) {
-                rsi_step(nt, p - prev, rsi_p, &G, &L);
-                ratio = p / prev;
-            }
-            scalar_feats(nt, p, ratio, tf[li * NTF + TF_LR], cpv, cv, e, f, sl, sg, G, L, rsi_p, F);
-            window_feats(P, li, F);
-            prev = p;
-            clk = t;
-            nt += 1;
-            li += 1;
-        }
-        lastok_r = r;
-        WRITE_ROW(outg + pos * KP, F);
-    }
-    if (b == symi[SY_LASTCHUNK * S + s]) {
-        if (lastok_r >= 0) micro_into(P, lastok_r, F);
-        double* fn = PTR(double, PI_FEAT_NEW) + s * NSLOTS;
-        for (int k = 0; k < NSLOTS; ++k) fn[k] = F[k];
+        scalar_feats(nt, p, ratio, lr, cpv, cv, e, f, sl, sg, G, L, rsi_p, F);
+        WRITE_TT(tt + i * NTT, F);
+        prev = p;
+        nt += 1;
     }
     if (b == symi[SY_LASTTR * S + s]) {
         double* sc = PTR(double, PI_SC) + s * P[PI_NSC];
@@ -394,6 +395,72 @@ KERNEL void fx_replay(const long long* __restrict__ P) {
         for (int j = 0; j < N_EMA; ++j) sc[SC_EMA0 + j] = e[j];
         ist[IS_NTRADES] = nt;
         ist[IS_SESSION] = sess;
-        ist[IS_TCLOCK] = clk;
+        ist[IS_TCLOCK] = t;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fx_state: thread per symbol of the batch; its new feature vector: the old one, then its last
+// trade's tt row and (when computed) tf row, then the spread features of its last row that is
+// not a rejected trade
+
+KERNEL void fx_state(const long long* __restrict__ P) {
+    const long long S = P[PI_S];
+    const long long s = TID;
+    if (s >= S) return;
+    const long long* symi = PTR(const long long, PI_SYMI);
+    if (symi[SY_LASTCHUNK * S + s] < 0) return;  // no row of this symbol in the batch
+    const double* fo = PTR(const double, PI_FEAT) + s * NSLOTS;
+    double F[NSLOTS];
+    for (int k = 0; k < NSLOTS; ++k) F[k] = fo[k];
+    const long long last = PTR(const long long, PI_SBASE)[s + 1] - 1;
+    if (last >= PTR(const long long, PI_SBASE)[s]) {  // the symbol traded in this batch
+        const double* tt = PTR(const double, PI_TT) + last * NTT;
+        const double* tf = PTR(const double, PI_TF) + last * NTF;
+        READ_TT(F, tt);
+        if (P[PI_DO_ROLL]) READ_ROLL(F, tf);
+        if (P[PI_DO_TIME]) READ_TIME(F, tf);
+    }
+    const long long lok = symi[SY_LASTOK * S + s];
+    if (lok >= 0) micro_into(P, PTR(const GRow, PI_GROW)[lok].row, F);
+    double* fn = PTR(double, PI_FEAT_NEW) + s * NSLOTS;
+    for (int k = 0; k < NSLOTS; ++k) fn[k] = F[k];
+}
+
+// ---------------------------------------------------------------------------------------------
+// fx_final: thread per row; the row's outputs in row order: its symbol's last accepted trade's
+// tt / tf rows (none in this batch yet: the old feature vector) and the spread features
+
+KERNEL void fx_final(const long long* __restrict__ P) {
+    const long long n = P[PI_N];
+    const long long r = TID;
+    if (r >= n) return;
+    const long long s = PTR(const int, PI_SYM)[r];
+    const long long li = PTR(const int, PI_LI)[r];
+    const double* fo = PTR(const double, PI_FEAT) + s * NSLOTS;
+    double M[3];
+    const long long mr = PTR(const signed char, PI_REJ)[r] ? PTR(const int, PI_MR)[r] : r;
+    if (mr >= 0) {
+        micro_feats(P, mr, M);
+    } else {
+        M[0] = fo[F_SPREAD];
+        M[1] = fo[F_REL_SPREAD];
+        M[2] = fo[F_BOOK_IMB];
+    }
+    // the trade's tt row and (when computed) tf row, in 128-bit loads
+    double T[NTT], W[NTF];
+    const int ht = li >= 0, hr = ht && P[PI_DO_ROLL], hw = ht && P[PI_DO_TIME];
+    if (ht) {
+        const double* tt = PTR(const double, PI_TT) + li * NTT;
+        for (int q = 0; q < NTT; q += 2) LD2(tt + q, T[q], T[q + 1]);
+        const double* tf = PTR(const double, PI_TF) + li * NTF;
+        if (hr) for (int q = 0; q < TF_TIME_MEAN; q += 2) LD2(tf + q, W[q], W[q + 1]);
+        if (hw) LD2(tf + TF_TIME_MEAN, W[TF_TIME_MEAN], W[TF_TIME_STD]);
+    }
+    double* out = PTR(double, PI_OUT);
+    (void)T;  // unused when no feature of that table is selected
+    (void)W;
+    (void)hr;
+    (void)hw;
+    FINAL_OUT(out, n, r, M, T, W, ht, hr, hw, fo);
 }

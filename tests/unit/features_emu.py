@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mystocks_gpu.gpu_ops.features_gpu import KERNELS, Launcher, kernel_source
+from mystocks_gpu.gpu_ops.features_gpu import GROUP_KERNELS, KERNELS, Launcher, kernel_source
+
+#: every kernel the driver can run: the fused grouping's (one thread per sub-block here), the rest
+_NAMES = (*GROUP_KERNELS, *(name for name, _ in KERNELS))
 
 _DRIVER = """
 void fx_run(int which, long long threads, const long long* P) {
@@ -33,9 +36,10 @@ void fx_run(int which, long long threads, const long long* P) {
 
 
 @lru_cache(maxsize=16)
-def _library(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> ctypes.CDLL:
-    cases = "\n".join(f"        case {i}: {name}(P); break;" for i, (name, _) in enumerate(KERNELS))
-    src = kernel_source(n_ema, n_win, col_idx) + _DRIVER % cases
+def _library(n_ema: int, n_win: int, col_idx: tuple[int, ...],
+             tuning: tuple[tuple[str, int], ...]) -> ctypes.CDLL:
+    cases = "\n".join(f"        case {i}: {name}(P); break;" for i, name in enumerate(_NAMES))
+    src = kernel_source(n_ema, n_win, col_idx, tuning) + _DRIVER % cases
     digest = hashlib.sha256(src.encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / "mystocks-features-emu"
     folder.mkdir(exist_ok=True)
@@ -56,12 +60,18 @@ def _library(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> ctypes.CDLL:
     return dll
 
 
-def emu_launcher(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> Launcher:
-    """A NumPy :class:`Launcher` running the kernels serially in C."""
-    dll = _library(n_ema, n_win, tuple(int(c) for c in col_idx))
-    index = {name: i for i, (name, _) in enumerate(KERNELS)}
+def emu_launcher(n_ema: int, n_win: int, col_idx: tuple[int, ...], fused: bool = True,
+                 tuning: tuple[tuple[str, int], ...] = ()) -> Launcher:
+    """A NumPy :class:`Launcher` running the kernels serially in C; ``fused``: group the rows
+    with the fused grouping kernels (one thread per sub-block), else by the host's sort;
+    ``tuning``: the source's tuning switches (``features_gpu.TUNING``)."""
+    dll = _library(n_ema, n_win, tuple(int(c) for c in col_idx), tuple(tuning))
+    index = {name: i for i, name in enumerate(_NAMES)}
 
     def launch(name: str, threads: int, params: np.ndarray) -> None:
         dll.fx_run(index[name], int(threads), params.ctypes.data)
 
-    return Launcher(np, lambda a: int(a.ctypes.data), launch)
+    def blocks(name: str, n_blocks: int, threads: int, shared: int, params: np.ndarray) -> None:
+        launch(name, n_blocks, params)
+
+    return Launcher(np, lambda a: int(a.ctypes.data), launch, blocks if fused else None)

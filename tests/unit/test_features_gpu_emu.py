@@ -65,17 +65,19 @@ def data():
     return _disordered(11, 3000)
 
 
-def _emu_process(eng: TickFeatureEngine, cols, state: FeatureState, log_r: int, where="emu"):
+def _emu_process(eng: TickFeatureEngine, cols, state: FeatureState, log_r: int, where="emu",
+                 sub_log2: int = 13, tuning=()):
     """One batch through the GPU host code (NumPy state in and out): kernels emulated in C
-    (``where="emu"``), on the GPU (``"gpu"``) or on the GPU with the sort-based grouping
-    instead of ``fx_hist`` + ``fx_scatter`` (``"gpu-sort"``)."""
+    (``where="emu"``; ``"emu-sort"``: grouped by the host's sort instead of the fused grouping
+    kernels), on the GPU (``"gpu"``) or on the GPU with the sort-based grouping (``"gpu-sort"``)."""
     need = int(cols.sym.max()) + 1
     if need > state.capacity:
         state = eng._grown(state, need)
     cfg = eng.cfg
-    if where == "emu":
+    if where in ("emu", "emu-sort"):
         xp, launcher = np, emu_launcher(len(cfg.ema_spans), cfg.window_ticks,
-                                        tuple(cfg.column_index()))
+                                        tuple(cfg.column_index()), fused=where == "emu",
+                                        tuning=tuning)
     else:
         import cupy as xp
 
@@ -89,6 +91,7 @@ def _emu_process(eng: TickFeatureEngine, cols, state: FeatureState, log_r: int, 
     out, rej = process_batch_gpu(
         cols, arrays, xp.asarray(eng._ema_alpha), xp.asarray(eng._macd_alpha), eng._params,
         eng._col_idx_host, len(eng.output_names), log_r=log_r, launcher=launcher,
+        sub_log2=sub_log2,
     )
     host = (lambda a: a) if xp is np else (lambda a: a.get())
     arrays = {k: host(v) for k, v in arrays.items()}
@@ -96,7 +99,7 @@ def _emu_process(eng: TickFeatureEngine, cols, state: FeatureState, log_r: int, 
             FeatureState("cpu", state.capacity, arrays))
 
 
-def _run(eng, cols, cuts, log_r=None, where="emu"):
+def _run(eng, cols, cuts, log_r=None, where="emu", sub_log2=13, tuning=()):
     """Process ``cols`` cut at ``cuts`` on the CPU (log_r None) or the GPU host code."""
     state = eng.initial_state(0)
     outs, rejs = [], []
@@ -106,7 +109,7 @@ def _run(eng, cols, cuts, log_r=None, where="emu"):
             o, r, state = eng.process_host_full(part, state)
             r = r.astype(np.int8)
         else:
-            o, r, state = _emu_process(eng, part, state, log_r, where)
+            o, r, state = _emu_process(eng, part, state, log_r, where, sub_log2, tuning)
         outs.append(o)
         rejs.append(np.asarray(r))
     merged = {k: np.concatenate([o[k] for o in outs]) for k in eng.output_names}
@@ -142,7 +145,7 @@ def test_one_batch_one_block_is_bit_identical(data, which):
     cfg = _configs(df)[which]
     eng = TickFeatureEngine(cfg, "cpu")
     want, want_rej, want_st = _run(eng, cols, [])
-    got, got_rej, got_st = _run(eng, cols, [], log_r=16)
+    got, got_rej, got_st = _run(eng, cols, [], log_r=16, sub_log2=9)  # 6 grouping sub-blocks
     if which == "custom":  # 60 ms: some back-stamped trades clamped, some rejected
         assert 0 < want_rej.sum() < (df["ts"].diff() < 0).sum()
     np.testing.assert_array_equal(got_rej, want_rej)
@@ -152,18 +155,36 @@ def test_one_batch_one_block_is_bit_identical(data, which):
 
 @pytest.mark.parametrize("which", ["default", "custom", "time_only"])
 @pytest.mark.parametrize("log_r", [2, 5, 9])
-def test_many_row_blocks_agree_to_rounding(data, which, log_r):
+@pytest.mark.parametrize("where", ["emu", "emu-sort"])
+def test_many_row_blocks_agree_to_rounding(data, which, log_r, where):
     df, cols = data
     cfg = _configs(df)[which]
     eng = TickFeatureEngine(cfg, "cpu")
     want, want_rej, want_st = _run(eng, cols, [])
-    got, got_rej, got_st = _run(eng, cols, [], log_r=log_r)
+    # the fused grouping with four sub-blocks per row block
+    got, got_rej, got_st = _run(eng, cols, [], log_r=log_r, where=where, sub_log2=log_r - 2)
     np.testing.assert_array_equal(got_rej, want_rej)
     _assert_close(got, want, eng.output_names, df["price"].to_numpy(), exact=False)
     _assert_state(got_st, want_st, exact=False)
 
 
-@pytest.mark.parametrize("which", ["default", "custom"])
+@pytest.mark.parametrize("tuning", [(("FX_SUMMARY_PF", 0),), (("FX_WINDOW_SPLIT", 0),),
+                                    (("FX_WINDOW_XS", 64),)])
+def test_tuning_switches_keep_the_results(data, tuning):
+    """Every value of the kernels' tuning switches computes the same outputs and state."""
+    df, cols = data
+    eng = TickFeatureEngine(_configs(df)["custom"], "cpu")
+    want, want_rej, want_st = _run(eng, cols, [1000])
+    got, got_rej, got_st = _run(eng, cols, [1000], log_r=16, tuning=tuning)
+    np.testing.assert_array_equal(got_rej, want_rej)
+    _assert_close(got, want, eng.output_names, df["price"].to_numpy(), exact=True)
+    _assert_state(got_st, want_st, exact=True)
+    got, got_rej, got_st = _run(eng, cols, [1000], log_r=5, sub_log2=3, tuning=tuning)
+    np.testing.assert_array_equal(got_rej, want_rej)
+    _assert_close(got, want, eng.output_names, df["price"].to_numpy(), exact=False)
+
+
+@pytest.mark.parametrize("which", ["default", "custom", "time_only"])
 def test_batches_carry_state_like_the_cpu(data, which):
     df, cols = data
     cfg = _configs(df)[which]

@@ -131,7 +131,8 @@ class MetricsXp:
 
     def finite_counts(self, values: list[Any]) -> list[tuple[int, bytes]]:
         """Per factor: ``(finite values, b"")`` (no sample reuse: one group)."""
-        return [(int(self.xp.isfinite(f).sum()), b"") for f in values]
+        # the values may be host arrays (a factor computed on the CPU): CuPy takes no NumPy input
+        return [(int(self.xp.isfinite(self.xp.asarray(f)).sum()), b"") for f in values]
 
     def per_date(self, f: Any, prep: tuple[Any, Any], qfrac: np.ndarray, drop: bool) -> tuple[Any, ...]:
         return metrics_xp.factor_metrics_xp(self.xp, self.xp.asarray(f), prep[0], qfrac, drop)
