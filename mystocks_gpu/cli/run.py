@@ -69,6 +69,7 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
                        catch_up_commit_interval_ms=args.catch_up_commit_interval_ms,
                        max_buffered_records=args.max_buffered_records, fault_injection=args.inject_faults or "",
                        transaction_timeout_ms=args.transaction_timeout_ms, batching=args.batching,
+                       session_timeout_ms=args.session_timeout_ms,
                        fetch_wait_max_ms=args.fetch_wait_max_ms, producer_linger_ms=args.producer_linger_ms,
                        idle_flush_s=idle_flush, flush_on_stop=flush_on_stop, record_io=args.record_io)
     if args.processor == "features" and not args.output_topic:
@@ -168,7 +169,12 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--inject-faults", metavar="PLAN", default=None,
                     help="testing only: raise abortable errors at protocol stages, e.g. 'produce=0.02,commit=0.05;seed=7' "
                          "(stages: begin, produce, offsets, commit, crash, stall)")
-    sp.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds without input")
+    sp.add_argument("--session-timeout-ms", type=int, default=6_000,
+                    help="consumer group session timeout: a worker that dies holds its partitions this long "
+                         "(classic protocol; within the broker's group.min/max.session.timeout.ms; default 6000)")
+    sp.add_argument("--idle-exit", type=float, default=None,
+                    help="exit after this many seconds without input (a worker not yet assigned any partition waits "
+                         "this plus two session timeouts for one)")
     sp.add_argument("--max-records", type=int, default=None, help="exit after consuming about this many records")
     f = sp.add_argument_group("features settings (run features; override [features] / MYSTOCKS_FEATURES__*)")
     f.add_argument("--features", default=None, metavar="NAMES", help="comma list of feature names, or all")

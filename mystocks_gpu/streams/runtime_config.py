@@ -79,6 +79,8 @@ class RuntimeConfig:
     transaction_timeout_ms: int = 10_000
     #: how many self-inflicted fences (transaction timed out) a worker run recovers from
     max_producer_recoveries: int = 10
+    #: consumer group session timeout (classic protocol): a worker that dies holds its partitions
+    #: this long; a worker never assigned a partition waits two of these before an idle exit
     session_timeout_ms: int = 6_000
     #: generous so a broker restart (a minute on a small machine) does not evict the worker
     max_poll_interval_ms: int = 300_000
@@ -144,6 +146,8 @@ class RuntimeConfig:
             raise ConfigError(f"idle_flush_s must be a finite number >= 0, got {self.idle_flush_s}")
         if self.transaction_timeout_ms < 1000:
             raise ConfigError("transaction_timeout_ms must be >= 1000")
+        if not 1000 <= self.session_timeout_ms <= 3_600_000:
+            raise ConfigError(f"session_timeout_ms must be within 1000..3600000, got {self.session_timeout_ms}")
         if self.max_producer_recoveries < 0:
             raise ConfigError("max_producer_recoveries must be >= 0")
         if self.max_buffered_records < 1:

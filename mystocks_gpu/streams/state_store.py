@@ -68,26 +68,48 @@ def _watermarks(consumer: Any, topic: str, partitions: list[int], cfg: KafkaConf
 def read_changelogs(cfg: KafkaConfig, topic: str, partitions: list[int], timeout_s: float = 60.0,
                     attempts: int = 10, clock: Clock = SYSTEM_CLOCK) -> dict[int, dict[bytes, bytes]]:
     """Latest value per key of several changelog partitions, read with ONE consumer (committed
-    records only; tombstones delete). Watermark lookups are retried while a leader is not ready."""
+    records only; tombstones delete). Watermark lookups are retried while a leader is not ready.
+
+    A partition is read to its high watermark, not only to its last stable offset: a transaction
+    left open by a writer that died (SIGKILL) holds the last stable offset back, and the records
+    that its successor committed after it are then invisible to a ``read_committed`` reader until
+    the coordinator aborts the open one (after its ``transaction.timeout.ms``). Stopping at the
+    last stable offset would restore a state older than the committed input offsets (counts that
+    miss what the successor added); so the read waits, within ``timeout_s``, until that abort."""
     latest: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
     if not partitions:
         return latest
-    consumer = make_consumer(cfg, f"mystocks-restore-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
+    nonce = uuid.uuid4().hex[:8]
+    consumer = make_consumer(cfg, f"mystocks-restore-{nonce}", **{"enable.partition.eof": True})
+    # a read_committed consumer's watermark lookup answers the last stable offset: the high watermark
+    # (open transactions' records included) comes from a read_uncommitted one
+    peek = make_consumer(cfg, f"mystocks-restore-hw-{nonce}", **{"isolation.level": "read_uncommitted"})
     try:
-        marks = _watermarks(consumer, topic, partitions, cfg, attempts, clock)
+        marks = _watermarks(peek, topic, partitions, cfg, attempts, clock)
         todo = {p for p, (low, high) in marks.items() if high > low}
         if not todo:
             return latest
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(todo)])
         deadline = clock.monotonic() + timeout_s
+        waiting: set[int] = set()
         while todo:
             if clock.monotonic() > deadline:
-                raise FatalRuntimeError(f"restoring {topic}{sorted(todo)} took longer than {timeout_s:.0f} s")
+                raise FatalRuntimeError(
+                    f"restoring {topic}{sorted(todo)} took longer than {timeout_s:.0f} s"
+                    + (f" (partitions {sorted(waiting & todo)} wait for an open transaction to end)"
+                       if waiting & todo else ""))
             for m in consume_ready(consumer, 10_000, 0.5):
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(m.partition())
+                        p = m.partition()
+                        if m.offset() >= marks[p][1]:
+                            todo.discard(p)
+                        elif p not in waiting:  # an open transaction holds the stable offset back
+                            waiting.add(p)
+                            log.info("restore: waiting for an open transaction on the changelog",
+                                     extra={"fields": {"partition": p, "stable": m.offset(),
+                                                       "high": marks[p][1]}})
                         continue
                     if err.retriable() or not err.fatal():
                         log.info("restore: transient error", extra={"fields": {"error": err.str()}})
@@ -102,6 +124,7 @@ def read_changelogs(cfg: KafkaConfig, topic: str, partitions: list[int], timeout
         return latest
     finally:
         consumer.close()
+        peek.close()
 
 
 class PartitionStates:

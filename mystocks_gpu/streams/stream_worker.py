@@ -125,6 +125,7 @@ class StreamWorker:
         self._cconf: dict[str, Any] = {}
         self._last_lag = 0.0
         self._assigned_at = 0.0
+        self._ever_assigned = False
         #: partition -> [largest record timestamp seen (ms), monotonic time it last advanced, flushed]
         self._event_clock: dict[int, list[Any]] = {}
         #: (records, monotonic end of produce) of batches whose outputs are not yet visible (exactly-once)
@@ -297,6 +298,7 @@ class StreamWorker:
             return
         self.metrics.rebalances.inc()
         self._assigned_at = self.clock.monotonic()
+        self._ever_assigned = True
         self.protocol.on_assign(tp.partition for tp in partitions)
         if self._ingest is not None:  # before librdkafka starts fetching them
             self._ingest.attach([tp.partition for tp in partitions])
@@ -357,7 +359,13 @@ class StreamWorker:
     # ---- the loop ----------------------------------------------------------------------------
     def run(self, idle_exit_s: float | None = None, max_records: int | None = None) -> RunSummary:
         """Run until :meth:`stop`, ``idle_exit_s`` without input (and nothing left to commit), or
-        ``max_records`` consumed. Returns a :class:`RunSummary`."""
+        ``max_records`` consumed. Returns a :class:`RunSummary`.
+
+        Idleness counts from the last input or assignment. A worker that is caught up exits after
+        ``idle_exit_s``; one that is not (a transactional input's end marker) after three times
+        that; one never assigned a partition after ``idle_exit_s`` plus two session timeouts (a
+        predecessor that died holds its partitions until its session expires, then the group
+        rebalances), or three times ``idle_exit_s`` if longer."""
         t_start = self.clock.monotonic()
         self._setup()
         assert self.protocol is not None
@@ -406,7 +414,8 @@ class StreamWorker:
                     last_input = self._assigned_at  # waiting for an assignment is not idleness
                 idle = self.clock.monotonic() - last_input
                 if (idle_exit_s is not None and idle > idle_exit_s and not len(self._acc.batch)
-                        and not self._pending and (self._caught_up() or idle > 3 * idle_exit_s)):
+                        and not self._pending
+                        and (self._caught_up() or idle > self._idle_bound_s(idle_exit_s))):
                     break  # (a transactional input's end marker can keep position < high: bounded wait)
                 if max_records is not None and self._summary.records_in >= max_records:
                     break
@@ -500,6 +509,12 @@ class StreamWorker:
             self.producer.flush(30)
         if self.side is not None:
             self.side.close()
+
+    def _idle_bound_s(self, idle_exit_s: float) -> float:
+        """How long (s) a worker that is not caught up waits before an idle exit (see :meth:`run`)."""
+        if self._ever_assigned:
+            return 3 * idle_exit_s
+        return max(3 * idle_exit_s, idle_exit_s + 2 * self.rt.session_timeout_ms / 1000)
 
     def _caught_up(self) -> bool:
         """True when this worker owns partitions and its position is at the end of each of them."""

@@ -436,3 +436,22 @@ def test_at_least_once_commits_do_not_wait_and_aborts_restore_unsettled_state(se
         bad = both[both[col] != both[f"{col}_ref"]]
         assert bad.empty, f"{len(bad)} outputs with a wrong {col}:\n{bad.head()}"
     print(f"aborts {s['aborts']}, commits {s['commits']} ({s['commit_waits']} waited), outputs {len(got)} for {len(ref)} inputs")
+
+
+def test_an_idle_exit_waits_for_the_partitions_of_a_killed_predecessor(settings: Settings, unique: str) -> None:
+    """A worker started right after its predecessor was SIGKILLed is assigned nothing until the dead
+    member's session expires (12 s here, ``--session-timeout-ms``) and the group rebalances. Its idle
+    exit must not fire in that wait, however short it is (1 s here: a worker never assigned a
+    partition waits the idle exit plus two session timeouts), or the input the predecessor left
+    uncommitted is never processed. Before, it exited after three idle exits (3 s), unassigned."""
+    t = make_topics(settings, unique, partitions=4)
+    cols, names = synthetic(100_000, symbols=30, seed=41)
+    produce_ticks(settings, t.input, cols, names)
+    args = ("--batch-records", "300", "--linger-ms", "5", "--session-timeout-ms", "12000")
+    w = start_worker(t, "wi", *args)
+    assert wait_for(lambda: output_high_watermark(settings, t.output) > 0 or w.poll() is not None, 90)
+    assert w.poll() is None, "the worker finished before it could be killed"
+    kill9(w)
+    out = finish(start_worker(t, "wi", *args, idle_exit=1.0), timeout=120)
+    assert summaries(out)[-1]["records_in"] > 0, "the successor exited before it was assigned the input"
+    assert_exactly_once_equal(read_outputs(settings, t.output), reference(cols, names))
