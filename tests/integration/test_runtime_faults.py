@@ -25,7 +25,7 @@ import pandas as pd
 from confluent_kafka import KafkaException
 
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.infra.kafka_clients import make_producer
+from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.infra.stack import LocalStack
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
@@ -48,6 +48,7 @@ from tests.integration.stream_helpers import (
     start_worker,
     summaries,
     synthetic,
+    tick_items,
     wait_for,
 )
 
@@ -442,16 +443,20 @@ def test_an_idle_exit_waits_for_the_partitions_of_a_killed_predecessor(settings:
     """A worker started right after its predecessor was SIGKILLed is assigned nothing until the dead
     member's session expires (12 s here, ``--session-timeout-ms``) and the group rebalances. Its idle
     exit must not fire in that wait, however short it is (1 s here: a worker never assigned a
-    partition waits the idle exit plus two session timeouts), or the input the predecessor left
-    uncommitted is never processed. Before, it exited after three idle exits (3 s), unassigned."""
+    partition waits the idle exit plus two session timeouts), or the input that arrives after the
+    kill is never processed. Before, it exited after three idle exits (3 s), unassigned."""
     t = make_topics(settings, unique, partitions=4)
-    cols, names = synthetic(100_000, symbols=30, seed=41)
-    produce_ticks(settings, t.input, cols, names)
+    cols, names = synthetic(40_000, symbols=30, seed=41)
+    items = tick_items(cols, names)
+    produce_all(make_producer(settings.kafka), t.input, iter(items[:20_000]))
     args = ("--batch-records", "300", "--linger-ms", "5", "--session-timeout-ms", "12000")
     w = start_worker(t, "wi", *args)
     assert wait_for(lambda: output_high_watermark(settings, t.output) > 0 or w.poll() is not None, 90)
-    assert w.poll() is None, "the worker finished before it could be killed"
+    assert w.poll() is None, "the worker exited before it could be killed"
     kill9(w)
-    out = finish(start_worker(t, "wi", *args, idle_exit=1.0), timeout=120)
-    assert summaries(out)[-1]["records_in"] > 0, "the successor exited before it was assigned the input"
+    produce_all(make_producer(settings.kafka), t.input, iter(items[20_000:]))  # only the successor can read these
+    b = start_worker(t, "wi", *args, idle_exit=1.0)
+    out, err = b.communicate(timeout=120)
+    assert b.returncode == 0, err[-3000:]
+    assert summaries(out)[-1]["records_in"] >= 20_000, f"the successor exited before it was assigned the input\n{err[-3000:]}"
     assert_exactly_once_equal(read_outputs(settings, t.output), reference(cols, names))
