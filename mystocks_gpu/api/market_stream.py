@@ -100,7 +100,10 @@ class StreamStats:
     def __init__(self) -> None:
         self.streams = 0
         self.max_queued_batches = 0
+        #: records read from Kafka (every symbol of the topic), records of the streams' symbols
+        #: handed to their queues, records sent to clients
         self.records_read = 0
+        self.records_queued = 0
         self.records_sent = 0
 
 
@@ -165,8 +168,10 @@ class TopicStream:
                     continue
                 self.stats.records_read += len(msgs)
                 batch = self.convert([m for m in msgs if not m.error() and m.value() is not None])
-                if batch and not self._put(batch):
-                    return
+                if batch:
+                    if not self._put(batch):
+                        return
+                    self.stats.records_queued += len(batch)
         except BaseException as exc:
             self._put(exc)
             self.loop.call_soon_threadsafe(self.ready.set)
