@@ -159,10 +159,15 @@ def wait_for(pred, timeout: float, every: float = 0.2) -> bool:  # type: ignore[
 
 
 def output_high_watermark(settings: Settings, topic: str) -> int:
-    """Sum of a topic's high watermarks (grows when a worker produces, committed or not)."""
+    """Sum of a topic's high watermarks (grows when a worker produces, committed or not).
+
+    The probe reads uncommitted: a ``read_committed`` consumer (librdkafka's default) answers the
+    last stable offset, which grows only at commits, and a kill timed on it came after a commit
+    (with 1-second catch-up transactions, sometimes after the last one)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "hw-probe"})
+    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "hw-probe",
+                  "isolation.level": "read_uncommitted"})
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
