@@ -25,7 +25,7 @@ PY
 FEATURE_TESTS="tests/unit/test_features_gpu_emu.py tests/unit/test_features_ops.py tests/unit/test_features_processor.py tests/unit/test_bars.py"
 timeout 200 python3 -m pytest -p no:cacheprovider -q -ra -m gpu $FEATURE_TESTS 2>&1 | tail -40 | tee "$OUT/gpu_tests_features.log"
 timeout 240 python3 bench/gpu_ops.py --ticks 20000000 --symbols 4000 --groups "${BENCH_GROUPS:-all}" --repeat 3 \
-  --profile "${BENCH_PROFILE:-none:128,none:128::FX_SUMMARY_PF=0,none:128::FX_WINDOW_SPLIT=0,none:128::FX_WINDOW_XS=64,none:256,none:128:18}" --json "$OUT/gpu_ops.json" 2>&1 | tee "$OUT/gpu_ops.log"
+  --profile "${BENCH_PROFILE:-none:128,none:128::FX_SUMMARY_PF=0,none:128::FX_WINDOW_SPLIT=0,none:256,none:128:18}" --json "$OUT/gpu_ops.json" 2>&1 | tee "$OUT/gpu_ops.log"
 if [ "$WHAT" = all ]; then
   # verbose: this one failed on the H200 of 2026-12-04 and that run ended before its report
   timeout 90 python3 -m pytest -p no:cacheprovider -vv --tb=long -m gpu \

@@ -84,12 +84,9 @@ typedef struct {
 // fx_summary writes each row's final meta word (rank, kind 2 for a rejected trade) to an array of
 // its own, read by the later passes, and leaves the rows (fx_gather's kind and side) unwritten
 // but for a clamped ts: a pass that rewrote them in place ran 5-8 times slower on an H200 (its
-// stores evict the rows it reads next). Tuning switch (features_gpu.TUNING; bench/gpu_ops.py
-// --profile compares its values): FX_SUMMARY_PF: fx_summary loads the next row before this one's
-// stores
-#ifndef FX_SUMMARY_PF
-#define FX_SUMMARY_PF 1
-#endif
+// stores evict the rows it reads next). Tuning switch (features_gpu.TUNING, which defines it;
+// bench/gpu_ops.py --profile compares its values): FX_SUMMARY_PF: fx_summary loads the next row
+// before this one's stores
 #define META(pos) (PTR(unsigned int, PI_META)[pos])
 #define PTR(T, i) ((T*)(P[i]))
 

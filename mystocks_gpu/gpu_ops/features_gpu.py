@@ -109,11 +109,10 @@ _CI = ("M", "LASTOK", "CHANGED", "SID_FIRST", "SID_LAST", "NIN", "SESS", "LASTOK
 _SY = ("N0", "NFIN", "LASTCHUNK", "LASTTR", "LASTOK")
 # per-trade window features (a row of ``tf`` per trade, 96 bytes = 3 memory sectors; the time
 # window's two after the trade-count window's eight)
-_TF = ("ROLL_MEAN", "ROLL_STD", "ROLL_Z", "BOLL_UPPER", "BOLL_LOWER", "VWAP_ROLL", "FLOW_IMB",
-       "RVOL", "TIME_MEAN", "TIME_STD", "PAD0", "PAD1")
 # the window slots in ``tf`` order (the first eight need do_roll, the last two do_time)
 _TF_SLOTS = ("roll_mean", "roll_std", "roll_z", "boll_upper", "boll_lower", "vwap_roll",
              "flow_imb", "rvol", "time_mean", "time_std")
+_TF = (*(name.upper() for name in _TF_SLOTS), "PAD0", "PAD1")
 # the slots of the O(1) recursions, in ``tt`` order (then one per EMA span): the replay's
 # per-trade row
 _TT_SLOTS = ("last_price", "ret", "log_ret", "vwap_session", "rsi", "macd", "macd_signal",
@@ -137,9 +136,9 @@ def n_chunk_fields(n_ema: int) -> int:
 def kernel_defines(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> dict[str, Any]:
     """Every ``#define`` the CUDA source needs: slots, state columns, table and parameter
     indexes, the compile-time sizes ``N_EMA``, ``NSLOTS``, ``NW``, ``NTT``, and the generated
-    statements ``WRITE_TT`` (a trade's O(1) slots into its ``tt`` row), ``READ_TRADE`` (the
-    ``tt`` / ``tf`` rows back into slots) and ``FINAL_OUT`` (the selected outputs of one row;
-    ``col_idx`` = ``FeatureConfig.column_index()``)."""
+    statements ``WRITE_TT`` (a trade's O(1) slots into its ``tt`` row), ``READ_TT`` /
+    ``READ_ROLL`` / ``READ_TIME`` (the ``tt`` / ``tf`` rows back into slots) and ``FINAL_OUT``
+    (the selected outputs of one row; ``col_idx`` = ``FeatureConfig.column_index()``)."""
     k = len(_CS_FIXED)
     micro = {SLOT[name]: m for m, name in enumerate(_MICRO)}
     tt = {SLOT[name]: q for q, name in enumerate(_TT_SLOTS)}
@@ -177,8 +176,8 @@ def kernel_defines(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> dict[str
         f"ST2((row) + {q}, {by_q.get(q, '0.0')}, {by_q.get(q + 1, '0.0')});"
         for q in range(0, n_trade_slots(n_ema), 2))
     read_tt = " ".join(f"(F)[{slot}] = (tt)[{q}];" for slot, q in tt.items())
-    read_roll = " ".join(f"(F)[{SLOT[nm]}] = (tf)[{q}];" for q, nm in enumerate(_TF_SLOTS[:8]))
-    read_time = " ".join(f"(F)[{SLOT[nm]}] = (tf)[{q + 8}];" for q, nm in enumerate(_TF_SLOTS[8:]))
+    read_roll = " ".join(f"(F)[{slot}] = (tf)[{q}];" for slot, q in tf.items() if slot in roll)
+    read_time = " ".join(f"(F)[{slot}] = (tf)[{q}];" for slot, q in tf.items() if slot not in roll)
     return {
         "IS_NTRADES": IS_NTRADES, "IS_SESSION": IS_SESSION, "IS_TCLOCK": IS_TCLOCK,
         "N_IST": N_IST, "N_FIXED": N_FIXED, "DAY_NS": f"{NS_PER_DAY}LL",
@@ -202,8 +201,9 @@ def kernel_defines(n_ema: int, n_win: int, col_idx: tuple[int, ...]) -> dict[str
     }
 
 
-#: the source's tuning switches and their defaults (``features_chunks.cu`` says what each does)
-TUNING = {"FX_SUMMARY_PF": 1, "FX_WINDOW_SPLIT": 1, "FX_WINDOW_XS": 0}
+#: the source's tuning switches and their defaults, defined here only (the ``.cu`` files say
+#: what each does)
+TUNING = {"FX_SUMMARY_PF": 1, "FX_WINDOW_SPLIT": 1}
 
 
 def kernel_source(n_ema: int, n_win: int, col_idx: tuple[int, ...],
@@ -215,7 +215,7 @@ def kernel_source(n_ema: int, n_win: int, col_idx: tuple[int, ...],
         raise ValueError(f"unknown tuning switch(es) {unknown}; known: {sorted(TUNING)}")
     defines = "\n".join(
         f"#define {k} {v}"
-        for k, v in {**kernel_defines(n_ema, n_win, col_idx), **dict(tuning)}.items())
+        for k, v in {**kernel_defines(n_ema, n_win, col_idx), **TUNING, **dict(tuning)}.items())
     here = resources.files("mystocks_gpu.gpu_ops")
     body = "\n".join(here.joinpath(f).read_text() for f in KERNEL_FILES)
     return defines + "\n" + body

@@ -68,16 +68,8 @@ KERNEL void fx_lr(const long long* __restrict__ P) {
 // (a row of tf) and the new trade rings. Trade index k' of the symbol: the list when k' >= n0,
 // else the old state's rings (slot k' mod N, k' mod cap). The loops use no integer division.
 
-// tuning switches (features_gpu.TUNING): FX_WINDOW_SPLIT: roll_window runs a loop without the
-// ring's branch when the whole window is in the list; FX_WINDOW_XS: windows of at most this many
-// trades keep their prices in registers for the second pass (0: load them again)
-#ifndef FX_WINDOW_SPLIT
-#define FX_WINDOW_SPLIT 1
-#endif
-#ifndef FX_WINDOW_XS
-#define FX_WINDOW_XS 0
-#endif
-#define XS_MAX FX_WINDOW_XS
+// tuning switch (features_gpu.TUNING, which defines it): FX_WINDOW_SPLIT: roll_window runs a
+// loop without the ring's branch when the whole window is in the list
 
 // ring slot j (0 <= j < N) holds trade k - d, d = (r - j) mod N with r = k mod N (the CPU sums the
 // slots in order 0 .. N-1): list entry i - d while d <= kl = k - n0, else the old ring's slot j
@@ -97,17 +89,14 @@ DEV void roll_window(const long long* P, long long s, long long k, long long i, 
     const double boll_k = ll2d(P[PI_BOLL_K]);
     const double rvol_scale = ll2d(P[PI_RVOL_SCALE]);
     const long long r = k % NW, kl = k - n0;
-    // the common case: the whole window in the list (loops without the ring's branch; a window
-    // of at most XS_MAX trades keeps its prices in registers for the second pass)
+    // the common case: the whole window in the list (a loop without the ring's branch)
     const int in_list = FX_WINDOW_SPLIT && kl >= NW - 1;
     if (k + 1 >= NW) {
         double acc = 0.0, spv = 0.0, sv = 0.0, sf = 0.0;
-        double xs[NW <= XS_MAX ? NW : 1];
         if (in_list) {
             for (int j = 0; j < NW; ++j) {
                 const long long d = slot_back(r, j);
                 const double x = tl_price[i - d];
-                if (NW <= XS_MAX) xs[NW <= XS_MAX ? j : 0] = x;
                 acc += x - p;
                 spv += x * tl_size[i - d];
                 sv += tl_size[i - d];
@@ -119,7 +108,6 @@ DEV void roll_window(const long long* P, long long s, long long k, long long i, 
                 const int l = d <= kl;
                 const double x = l ? tl_price[i - d] : o_p[j];
                 const double sz = l ? tl_size[i - d] : o_s[j];
-                if (NW <= XS_MAX) xs[NW <= XS_MAX ? j : 0] = x;
                 acc += x - p;
                 spv += x * sz;
                 sv += sz;
@@ -129,14 +117,8 @@ DEV void roll_window(const long long* P, long long s, long long k, long long i, 
         const double mean = p + acc / (double)NW;
         double ss = 0.0, cc = 0.0;
         for (int j = 0; j < NW; ++j) {
-            double x;
-            if (NW <= XS_MAX) {
-                x = xs[NW <= XS_MAX ? j : 0];
-            } else {
-                const long long d = slot_back(r, j);
-                x = (in_list || d <= kl) ? tl_price[i - d] : o_p[j];
-            }
-            const double dd = x - mean;
+            const long long d = slot_back(r, j);
+            const double dd = ((in_list || d <= kl) ? tl_price[i - d] : o_p[j]) - mean;
             ss += dd * dd;
             cc += dd;
         }

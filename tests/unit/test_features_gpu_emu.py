@@ -169,7 +169,7 @@ def test_many_row_blocks_agree_to_rounding(data, which, log_r, where):
 
 
 @pytest.mark.parametrize("tuning", [(("FX_SUMMARY_PF", 0),), (("FX_WINDOW_SPLIT", 0),),
-                                    (("FX_WINDOW_XS", 64),)])
+                                    (("FX_SUMMARY_PF", 0), ("FX_WINDOW_SPLIT", 0))])
 def test_tuning_switches_keep_the_results(data, tuning):
     """Every value of the kernels' tuning switches computes the same outputs and state."""
     df, cols = data
