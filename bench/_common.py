@@ -224,7 +224,7 @@ def metric(worker: StreamWorker, name: str) -> float:
 
 def summary_dict(s: RunSummary) -> dict[str, Any]:
     return {"records_in": s.records_in, "records_out": s.records_out, "dlq": s.dlq, "batches": s.batches,
-            "aborts": s.aborts}
+            "aborts": s.aborts, "commits": s.commits, "commit_waits": s.commit_waits}
 
 
 # ---- fastavro serdes (the peers' decode / encode) ----------------------------------------------

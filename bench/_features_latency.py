@@ -412,6 +412,11 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                            # 1,000 offered ticks (ramp included): what a tick costs the worker, steadier than
                            # latency on a shared machine
                            "worker_cpu_ms_per_1k": 1e6 * cpu / (rate * (seconds + args.ramp_s))}
+    done = [json.loads(o) for o in outs if o.startswith("{")]
+    if done and all("commits" in x for x in done):
+        # at-least-once loop commits that waited for the previous one's acknowledgements, of all commits
+        res["commit_waits"] = sum(x.get("commit_waits", 0) for x in done)
+        res["commits"] = sum(x["commits"] for x in done)
     if costs and sum(c["batches"] for c in costs):
         # the workers' thread time per batch (decode+process+produce; warm-up included): wall, and the
         # CPU of it; the difference is waiting for a core, on this machine the price of sharing 2 cores

@@ -49,7 +49,9 @@ latency = receive wall time - ``ts_event``. p50/p99/p99.9 in ms, and the worker 
 1,000 offered ticks (``/proc``; ``worker_cpu_ms_per_1k``), and per batch the worker thread's wall
 and CPU time in decode+process+produce (``batch_wall_us``, ``batch_cpu_us``: its
 ``mystocks_stream_batch_seconds`` and ``mystocks_stream_batch_cpu_seconds``; set against
-``bench/batch_overhead.py``'s quiet-machine cost, what sharing the cores adds). ``--low-rate`` repeats both at a
+``bench/batch_overhead.py``'s quiet-machine cost, what sharing the cores adds), and the commits
+that waited for the previous commit's acknowledgements, of all commits (``commit_waits``,
+``commits``; column "commit waits"). ``--low-rate`` repeats both at a
 lower load that this machine sustains. The floor: the same producer at the same rates into a topic
 that this process consumes directly (Kafka alone, no worker); the goals table prints its quantile
 beside each latency goal (``p99_ms_floor``, ``p99_ms_floor_low_rate`` in the JSON). The exactly-once
@@ -739,10 +741,11 @@ def main(argv: list[str] | None = None) -> int:
               + ("; 'old' = the worker of " + str(args.ab_tree) if args.ab_tree else ""))
         C.print_table(["code", "guarantee", "offered/s", "achieved in/s", "output/s", "p50 ms", "p99 ms", "p99.9 ms",
                        "max ms", "to worker p50", "worker CPU ms/1k ticks", "rec/batch", "batch wall us",
-                       "batch CPU us", "load"],
+                       "batch CPU us", "commit waits", "load"],
                       [(x["label"], x["guarantee"], x["rate"], x["offered_rate"], x["out_rate"], x["p50_ms"], x["p99_ms"],
                         x["p999_ms"], x["max_ms"], x["parts"]["to_worker"]["p50_ms"], x.get("worker_cpu_ms_per_1k"),
                         x.get("records_per_batch"), x.get("batch_wall_us"), x.get("batch_cpu_us"),
+                        f"{x['commit_waits']}/{x['commits']}" if "commits" in x else None,
                         x["loadavg_1min"]) for x in ab])
     if scale:
         print("\nscale-out (one consumer group, exactly-once; all processes share this machine's cores)")

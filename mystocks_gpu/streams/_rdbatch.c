@@ -441,7 +441,10 @@ static PyMethodDef module_methods[] = {
      "bind(path, expected_version, producer_type, consumer_type): resolve the loaded librdkafka; handles are "
      "read only from instances of the two confluent-kafka types"},
     {"produce_many", rb_produce_many, METH_VARARGS,
-     "produce_many(producer, topic, values, keys, timestamps_ms, headers, partition, start, stop) -> (sent, code, reason)"},
+     "produce_many(producer, topic, values, keys, timestamps_ms, headers, partition, start, stop[, partitions]) -> "
+     "(sent, code, reason)"},
+    {"partitions_of", rb_partitions_of, METH_VARARGS,
+     "partitions_of(keys, n, null_partition) -> bytes of int32: each key's partition by Java's murmur2"},
     {"size_bound", rb_size_bound, METH_VARARGS, "size_bound(values, keys) -> largest value + largest key, bytes"},
     {NULL, NULL, 0, NULL}};
 

@@ -102,6 +102,7 @@ HIDDEN rd_kafka_t *client_rk(PyObject *client, int want_producer);
 /* _rdsend.c */
 HIDDEN PyObject *rb_produce_many(PyObject *self, PyObject *args);
 HIDDEN PyObject *rb_size_bound(PyObject *self, PyObject *args);
+HIDDEN PyObject *rb_partitions_of(PyObject *self, PyObject *args);
 extern HIDDEN PyTypeObject SenderType;
 
 #endif

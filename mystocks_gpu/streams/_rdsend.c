@@ -5,7 +5,9 @@
  *   - produce_many: records of Python lists, one rd_kafka_produceva each, without the GIL;
  *   - Sender: the same on a thread of its own (a pthread that never takes the GIL), job after job
  *     in submission order, so the worker's thread goes on with the next batch meanwhile;
- *   - size_bound: the largest value + the largest key of two lists, in one pass.
+ *   - size_bound: the largest value + the largest key of two lists, in one pass;
+ *   - partitions_of: each key's partition by Java's murmur2 (the producer's murmur2_random), so
+ *     at-least-once workers know where every record goes (streams/delivery_fences.py).
  */
 #include "_rdkafka_abi.h"
 #include <pthread.h>
@@ -36,6 +38,7 @@ typedef struct {
         void *v, *k;
         size_t vl, kl;
         int64_t t;
+        int32_t p; /* its partition (the batch's, or its own from a partitions column) */
         PyObject *vo, *ko;
 } Rec;
 
@@ -73,7 +76,7 @@ static void release_batch(Batch *b, Py_ssize_t n) {
 
 /* fill b with records start..stop-1 of the lists (GIL held); 0, or -1 with an exception set */
 static int gather(Batch *b, rd_kafka_t *rk, const char *topic, PyObject *values, PyObject *keys, PyObject *ts,
-                  PyObject *headers, int partition, Py_ssize_t start, Py_ssize_t stop) {
+                  PyObject *headers, int partition, const int32_t *parts, Py_ssize_t start, Py_ssize_t stop) {
         Py_ssize_t i, j;
         memset(b, 0, sizeof(*b));
         b->rk = rk;
@@ -126,6 +129,7 @@ static int gather(Batch *b, rd_kafka_t *rk, const char *topic, PyObject *values,
                         return -1;
                 }
                 b->recs[i].t = t;
+                b->recs[i].p = parts ? parts[start + i] : partition;
                 Py_INCREF(v);
                 Py_INCREF(k);
                 b->recs[i].vo = v;
@@ -146,7 +150,6 @@ static void send_batch(Batch *b) {
         vu[0].vtype = VT_RKT;
         vu[0].u.ptr = b->rkt;
         vu[1].vtype = VT_PARTITION;
-        vu[1].u.i32 = b->partition;
         vu[2].vtype = VT_MSGFLAGS;
         vu[2].u.i = RD_KAFKA_MSG_F_COPY;
         vu[3].vtype = VT_VALUE;
@@ -162,6 +165,7 @@ static void send_batch(Batch *b) {
                 vu[4].u.mem.ptr = b->recs[i].k;
                 vu[4].u.mem.size = b->recs[i].kl;
                 vu[5].u.i64 = b->recs[i].t;
+                vu[1].u.i32 = b->recs[i].p;
                 if ((err = rd.produceva(b->rk, vu, (size_t)(6 + b->nh)))) {
                         b->code = rd.error_code(err);
                         snprintf(b->reason, sizeof(b->reason), "%s", rd.error_string(err));
@@ -173,35 +177,62 @@ static void send_batch(Batch *b) {
 }
 
 /*
- * produce_many(producer, topic, values, keys, timestamps_ms, headers, partition, start, stop)
+ * produce_many(producer, topic, values, keys, timestamps_ms, headers, partition, start, stop[, partitions])
  *     -> (sent, code, reason)
  *
  * Produces records start..stop-1 of the columns (lists; values/keys bytes or None, timestamps int
  * ms) to topic, in order, each with the same headers (a list of (str, bytes) pairs, or None), to
- * partition (-1: librdkafka's partitioner by key), without the GIL while librdkafka copies and
+ * partition (-1: librdkafka's partitioner by key), or, given partitions (a contiguous buffer of
+ * int32, one per record of the columns, e.g. partitions_of's), each record to its own partition;
+ * without the GIL while librdkafka copies and
  * queues them. No delivery report reaches Python (no opaque: confluent-kafka's delivery callback
  * ignores such messages), as with produce() without a callback. Stops at the first error: sent =
  * records produced; code = 0 when all were, else the librdkafka error code of record start + sent
  * (-184 = the queue is full: poll and resume).
  */
 HIDDEN PyObject *rb_produce_many(PyObject *Py_UNUSED(self), PyObject *args) {
-        PyObject *producer, *values, *keys, *ts, *headers, *out;
+        PyObject *producer, *values, *keys, *ts, *headers, *parts = Py_None, *out;
         const char *topic;
-        int partition;
+        int partition, has_parts = 0;
         Py_ssize_t start, stop;
+        Py_buffer view;
         rd_kafka_t *rk;
         Batch *b;
-        if (!PyArg_ParseTuple(args, "OsO!O!O!Oinn", &producer, &topic, &PyList_Type, &values, &PyList_Type, &keys,
-                              &PyList_Type, &ts, &headers, &partition, &start, &stop))
+        if (!PyArg_ParseTuple(args, "OsO!O!O!Oinn|O", &producer, &topic, &PyList_Type, &values, &PyList_Type, &keys,
+                              &PyList_Type, &ts, &headers, &partition, &start, &stop, &parts))
                 return NULL;
         if (!(rk = client_rk(producer, 1)))
                 return NULL;
-        if (!(b = PyMem_RawMalloc(sizeof(Batch))))
+        if (parts != Py_None) {
+                if (PyObject_GetBuffer(parts, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT))
+                        return NULL;
+                has_parts = 1;
+                if (view.itemsize != 4 || !view.format || (strcmp(view.format, "i") && strcmp(view.format, "=i") &&
+                                                           strcmp(view.format, "<i") && strcmp(view.format, "l"))) {
+                        PyBuffer_Release(&view);
+                        PyErr_SetString(PyExc_TypeError, "partitions must be a contiguous int32 buffer");
+                        return NULL;
+                }
+                if (view.len / 4 < stop) {
+                        PyBuffer_Release(&view);
+                        PyErr_SetString(PyExc_ValueError, "partitions is shorter than stop");
+                        return NULL;
+                }
+        }
+        if (!(b = PyMem_RawMalloc(sizeof(Batch)))) {
+                if (has_parts)
+                        PyBuffer_Release(&view);
                 return PyErr_NoMemory();
-        if (gather(b, rk, topic, values, keys, ts, headers, partition, start, stop)) {
+        }
+        if (gather(b, rk, topic, values, keys, ts, headers, partition, has_parts ? (const int32_t *)view.buf : NULL,
+                   start, stop)) {
+                if (has_parts)
+                        PyBuffer_Release(&view);
                 PyMem_RawFree(b);
                 return NULL;
         }
+        if (has_parts)
+                PyBuffer_Release(&view); /* gather copied each record's partition */
         Py_BEGIN_ALLOW_THREADS
         send_batch(b);
         Py_END_ALLOW_THREADS
@@ -310,7 +341,7 @@ static PyObject *Sender_submit(Sender *self, PyObject *args) {
         }
         if (!(j = PyMem_RawMalloc(sizeof(Job))))
                 return PyErr_NoMemory();
-        if (gather(&j->b, self->rk, topic, values, keys, ts, headers, partition, 0, PyList_GET_SIZE(values))) {
+        if (gather(&j->b, self->rk, topic, values, keys, ts, headers, partition, NULL, 0, PyList_GET_SIZE(values))) {
                 PyMem_RawFree(j);
                 return NULL;
         }
@@ -489,3 +520,75 @@ HIDDEN PyObject *rb_size_bound(PyObject *Py_UNUSED(self), PyObject *args) {
         return PyLong_FromSsize_t(best[0] + best[1]);
 }
 
+
+/* ---- partitions_of: Java's murmur2 partitioner --------------------------------------------------- */
+
+/* Kafka's Utils.murmur2 (the Java client's default partitioner; librdkafka's murmur2_random) */
+static int32_t murmur2(const unsigned char *data, size_t len) {
+        const uint32_t m = 0x5bd1e995u;
+        uint32_t h = 0x9747b28cu ^ (uint32_t)len;
+        size_t i, tail = len & ~(size_t)3;
+        for (i = 0; i < tail; i += 4) {
+                uint32_t k = (uint32_t)data[i] | (uint32_t)data[i + 1] << 8 | (uint32_t)data[i + 2] << 16 |
+                             (uint32_t)data[i + 3] << 24;
+                k *= m;
+                k ^= k >> 24;
+                k *= m;
+                h *= m;
+                h ^= k;
+        }
+        switch (len & 3) {
+        case 3:
+                h ^= (uint32_t)data[tail + 2] << 16; /* fall through */
+        case 2:
+                h ^= (uint32_t)data[tail + 1] << 8; /* fall through */
+        case 1:
+                h ^= (uint32_t)data[tail];
+                h *= m;
+        }
+        h ^= h >> 13;
+        h *= m;
+        h ^= h >> 15;
+        return (int32_t)h;
+}
+
+/*
+ * partitions_of(keys, n, null_partition) -> bytes
+ *
+ * The partition of each key of the list (bytes or None) among n: (murmur2(key) & 0x7fffffff) % n,
+ * as Kafka's Java producer and librdkafka's murmur2_random place keyed records; null_partition for
+ * a None key. The result is n native int32 (numpy.frombuffer(..., numpy.int32)).
+ */
+HIDDEN PyObject *rb_partitions_of(PyObject *Py_UNUSED(self), PyObject *args) {
+        PyObject *keys, *out;
+        int n, null_partition;
+        Py_ssize_t i, count;
+        int32_t *dst;
+        if (!PyArg_ParseTuple(args, "O!ii", &PyList_Type, &keys, &n, &null_partition))
+                return NULL;
+        if (n < 1 || null_partition < 0 || null_partition >= n) {
+                PyErr_Format(PyExc_ValueError, "need n >= 1 and 0 <= null_partition < n (n=%d, null_partition=%d)", n,
+                             null_partition);
+                return NULL;
+        }
+        count = PyList_GET_SIZE(keys);
+        if (!(out = PyBytes_FromStringAndSize(NULL, count * 4)))
+                return NULL;
+        dst = (int32_t *)PyBytes_AS_STRING(out);
+        for (i = 0; i < count; i++) {
+                PyObject *k = PyList_GET_ITEM(keys, i);
+                if (k == Py_None) {
+                        dst[i] = null_partition;
+                } else if (PyBytes_Check(k)) {
+                        dst[i] = (int32_t)(((uint32_t)murmur2((const unsigned char *)PyBytes_AS_STRING(k),
+                                                              (size_t)PyBytes_GET_SIZE(k)) &
+                                            0x7fffffffu) %
+                                           (uint32_t)n);
+                } else {
+                        Py_DECREF(out);
+                        PyErr_Format(PyExc_TypeError, "key %zd must be bytes or None, not %.80s", i, Py_TYPE(k)->tp_name);
+                        return NULL;
+                }
+        }
+        return out;
+}

@@ -44,10 +44,9 @@ COLUMNAR = "columnar"
 MESSAGES = "messages"
 RECORD_IO_MODES = (AUTO, COLUMNAR, MESSAGES)
 
-#: ``produce_many(producer, topic, values, keys, timestamps_ms, headers, partition, start, stop)
-#: -> (sent, code, reason)`` (see ``_rdbatch.c``)
-ProduceMany = Callable[[Any, str, list[Any], list[Any], list[int], "list[tuple[str, bytes]] | None", int, int, int],
-                       tuple[int, int, str]]
+#: ``produce_many(producer, topic, values, keys, timestamps_ms, headers, partition, start, stop[, partitions])
+#: -> (sent, code, reason)`` (see ``_rdsend.c``; ``partitions``: an int32 buffer, each record's own)
+ProduceMany = Callable[..., tuple[int, int, str]]
 
 _loaded: tuple[Any, str] | None = None
 

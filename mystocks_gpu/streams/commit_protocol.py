@@ -14,11 +14,12 @@ Abort (any abortable Kafka error, and any exception while a transaction is open)
 At-least-once uses the same order with an offset commit in place of the transaction: the changelog
 entries are produced, the offsets are snapshotted, and the offset commit is sent once every record
 produced before the snapshot is acknowledged. The loop does not wait for that: the commit stays
-*unsettled* (:class:`Unsettled`) until a later loop turn finds the producer's queue empty
-(:meth:`CommitProtocol.settle`; an empty queue means every earlier output and changelog entry is
-acknowledged), and only the next commit falling due with one still unsettled waits (``flush``) as
-a transaction commit would. An offset commit that has not landed when the worker dies only means
-re-processing, which at-least-once allows; failures are logged by :meth:`on_commit_result`. On
+*unsettled* (:class:`Unsettled`) until a later loop turn finds its records acknowledged
+(:meth:`CommitProtocol.settle`): per output partition, by the delivery of a *fence*, the last
+record of each batch to each partition (``streams/delivery_fences.py``), or an empty producer
+queue. Only the next commit falling due with one still unsettled waits, for that commit's fences
+(not for the records produced since). An offset commit that has not landed when the worker dies
+only means re-processing, which at-least-once allows; failures are logged by :meth:`on_commit_result`. On
 revoke and at shutdown the commit is synchronous (flush, then wait for the offset commit: the next
 owner starts from it). An abort restores the state of the partitions of an unsettled commit too.
 The loop, the rebalance callbacks (revoke commits a clean cut unless the protocol has failed; lost
@@ -34,11 +35,8 @@ per partition.
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import length_hint
 from typing import Any
 
 import numpy as np
@@ -48,10 +46,12 @@ from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.streams.batching import RawBatch
 from mystocks_gpu.streams.columnar_io import columnar_producer, load_extension
 from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic, fit_dead_letter
+from mystocks_gpu.streams.delivery_fences import DeliveryFences, FenceCut, KeyPartitioner
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
+from mystocks_gpu.streams.output_sending import OutputSending
 from mystocks_gpu.streams.processor import Outputs, Processor
 from mystocks_gpu.streams.runtime_config import RuntimeConfig
-from mystocks_gpu.streams.send_pipeline import SendJob, SendPipeline
+from mystocks_gpu.streams.send_pipeline import SendPipeline
 from mystocks_gpu.streams.state_store import PartitionStates
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 
@@ -78,7 +78,6 @@ class Tally:
     abort_reasons: list[str] = field(default_factory=list)
 
 
-Headers = list[tuple[str, bytes]] | dict[str, bytes]
 
 
 @dataclass
@@ -86,56 +85,30 @@ class Unsettled:
     """An at-least-once commit whose changelog entries are sent and whose offsets wait for every
     earlier record's acknowledgement: ``offsets`` (partition -> next offset), ``written`` (the
     changelog entries it carried, for the mirror), ``touched`` (partitions an abort must restore),
-    ``t0`` (monotonic s when it was cut, for the commit latency)."""
+    ``t0`` (monotonic s when it was cut, for the commit latency), ``cut`` (the delivery fences it
+    waits for)."""
 
     offsets: dict[int, int]
     written: dict[int, dict[bytes, bytes]]
     touched: set[int]
     t0: float
+    cut: FenceCut = field(default_factory=FenceCut)
 
 
-#: ``send_many``'s constant positional arguments of ``Producer.produce`` (partition -1 =
-#: ``RD_KAFKA_PARTITION_UA``, the partitioner picks by key; no ``on_delivery`` / ``callback``)
-_UNASSIGNED, _NONE = repeat(-1), repeat(None)
-
-
-def _as_list(seq: Any) -> list[Any]:
-    """``seq`` itself when it is a list (the C extension takes lists), else a list of it."""
-    return seq if type(seq) is list else list(seq)
-
-
-def _drain(calls: Iterator[Any]) -> None:
-    """Run an iterator to its end, keeping nothing (the C loop behind ``send_many``)."""
-    deque(calls, maxlen=0)
-
-
-def header_arg(headers: list[tuple[str, bytes]]) -> Headers:
-    """The ``headers`` argument for ``produce()``: a dict when the names are distinct (the same
-    headers on the wire, in the same order). confluent-kafka 2.12 converts a dict about 0.4 us per
-    record faster than the equal list of pairs (measured with one 200-byte header: 0.88 against
-    1.29 us per ``produce()`` call, 0.73 without headers), and the features worker puts its config
-    header on every feature vector. A list with a repeated name stays a list."""
-    names = {k for k, _ in headers}
-    return dict(headers) if len(names) == len(headers) else headers
-
-
-def _longest(items: Sequence[bytes | None]) -> int:
-    try:
-        return max(map(len, items), default=0)  # type: ignore[arg-type]
-    except TypeError:  # a None (key)
-        return max((len(x) for x in items if x is not None), default=0)
-
-
-class CommitProtocol:
+class CommitProtocol(OutputSending):
     """Owner of transactions, offsets, changelog writes, rewinds and partition state (see module doc).
 
     ``drop_input()`` is called on every abort: the worker must discard its forming batch and every
     message it fetched but did not process. ``max_bytes``: topic -> largest value+key accepted (bytes).
+    ``partition_counts``: topic -> partitions, of the topics produced to by key (at-least-once places
+    each record by it, see ``streams/delivery_fences.py``; a topic missing here settles on an empty
+    queue).
     """
 
     def __init__(self, *, producer: Any, consumer: Any, topic: str, processor: Processor[Any],
                  states: PartitionStates, rt: RuntimeConfig, metrics: RuntimeMetrics, clock: Clock,
-                 drop_input: Callable[[], None], transactional_id: str, max_bytes: dict[str, int]) -> None:
+                 drop_input: Callable[[], None], transactional_id: str, max_bytes: dict[str, int],
+                 partition_counts: dict[str, int] | None = None) -> None:
         self.producer, self.consumer, self.topic = producer, consumer, topic
         self.processor, self.states, self.rt, self.metrics, self.clock = processor, states, rt, metrics, clock
         #: the C extension's column producer (``streams/columnar_io.py``), or None: ``produce()`` calls
@@ -148,6 +121,11 @@ class CommitProtocol:
         #: (``streams/send_pipeline.py``); the pipeline of the current producer, made when first needed
         self._sender_type = ext.Sender if ext is not None and rt.exactly_once else None
         self._sends: SendPipeline | None = None
+        #: at-least-once: the delivery fences, and each keyed record's partition (C when columnar)
+        self.fences = None if rt.exactly_once else DeliveryFences()
+        self._partitioner = KeyPartitioner(ext.partitions_of if ext is not None else None)
+        self.partition_counts = dict(partition_counts or {})
+        self._null_turn = 0
         self.drop_input = drop_input
         self.transactional_id = transactional_id
         self.max_bytes = max_bytes
@@ -188,28 +166,6 @@ class CommitProtocol:
         if self.fault is not None:
             self.fault(stage)
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None, ts_ms: int, *, partition: int | None = None,
-             headers: Headers | None = None, on_delivery: Callable[..., None] | None = None) -> None:
-        """Produce one record, waiting (bounded) while the producer queue is full."""
-        kwargs: dict[str, Any] = {"timestamp": ts_ms}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if headers:
-            kwargs["headers"] = headers
-        if on_delivery is not None:
-            kwargs["on_delivery"] = on_delivery
-        deadline = self.clock.monotonic() + self.rt.produce_block_timeout_s
-        while True:
-            try:
-                self.producer.produce(topic, value, key, **kwargs)
-                return
-            except BufferError:
-                if self.clock.monotonic() > deadline:
-                    raise KafkaException(KafkaError(KafkaError._QUEUE_FULL,
-                                                    f"producer queue full for {self.rt.produce_block_timeout_s:.0f} s")) from None
-                # exactly-once producers get no success reports, so nothing ends the wait early
-                self.producer.poll(0.005 if self.rt.exactly_once else 0.05)
-
     def produce(self, batch: RawBatch, out: Outputs, on_last_delivered: Callable[..., None] | None = None) -> None:
         """Produce one batch's outputs and dead letters inside the open transaction.
 
@@ -248,121 +204,6 @@ class CommitProtocol:
                              dlq_headers(rej.error_class, rej.message, self.topic, batch.partitions[i],
                                          batch.offsets[i], self.processor.name))
 
-    def _size_bound(self, values: Sequence[bytes], keys: Sequence[bytes | None]) -> int:
-        """The largest value's length plus the largest key's (None = 0), bytes: no record of the
-        columns is larger. One C pass over lists on the columnar path (``max(map(len, ...))`` costs
-        about 40 ns a record, a tenth of producing it)."""
-        if self._c_size_bound is not None and type(values) is list and type(keys) is list:
-            return int(self._c_size_bound(values, keys))
-        return _longest(values) + _longest(keys)
-
-    def send_many(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int],
-                  headers: list[tuple[str, bytes]] | None = None,
-                  on_last_delivered: Callable[..., None] | None = None, partition: int | None = None) -> None:
-        """Produce records in order (``headers`` on every one; the delivery callback on the last; all
-        to ``partition`` when given, else the partitioner picks by key); a full producer queue waits
-        as :meth:`send` does.
-
-        With columnar record I/O (``RuntimeConfig.record_io``) all but the last record go through the
-        C extension's ``produce_many`` (:meth:`_send_columns`). Otherwise one ``produce()`` call
-        each, run from C: ``map`` over the argument columns, with the arguments positional
-        (``topic, value, key, partition, on_delivery, callback, timestamp, headers``; headers as
-        :func:`header_arg` makes them). A Python ``for`` loop passing ``timestamp=`` by keyword cost
-        1.0 us per record on the 2-core AMD VM (a kwargs dict per call), this 0.4 us.
-        ``Producer.produce_batch`` cannot carry per-record timestamps or headers in confluent-kafka
-        2.12 (``NotImplementedError``), and output timestamps are event times. On ``BufferError``
-        the records iterator's remaining length says which record did not fit: it is sent waiting
-        for room, and the rest resume. The last record always goes through :meth:`send` (it may
-        carry the delivery callback)."""
-        n = len(values)
-        if not n:
-            return
-        if self._sender_type is not None and on_last_delivered is None:
-            job = SendJob(topic, _as_list(values), _as_list(keys), _as_list(ts_ms),
-                          list(headers) if headers else None, -1 if partition is None else partition)
-            if not self._pipeline().submit(job):
-                self._settle_sends()
-            return
-        last = n - 1
-        hdrs = header_arg(headers) if headers else None
-        if self._produce_many is not None:
-            if last:
-                self._send_columns(topic, keys, values, ts_ms, headers, -1 if partition is None else partition, last)
-        else:
-            self._send_mapped(topic, keys, values, ts_ms, hdrs, partition, last)
-        self.send(topic, keys[last], values[last], ts_ms[last], partition=partition, headers=hdrs,
-                  on_delivery=on_last_delivered)
-
-    def _send_mapped(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int],
-                     hdrs: Headers | None, partition: int | None, last: int) -> None:
-        """Records ``0..last-1`` by ``map`` over ``produce()`` (see :meth:`send_many`)."""
-        i = 0
-        while i < last:
-            vals = iter(values if i == 0 else values[i:last])
-            ks, ts = (keys, ts_ms) if i == 0 else (keys[i:last], ts_ms[i:last])
-            try:
-                _drain(map(self.producer.produce, repeat(topic, last - i), vals, ks,
-                           _UNASSIGNED if partition is None else repeat(partition), _NONE, _NONE, ts, repeat(hdrs)))
-                i = last
-            except BufferError:
-                sent = (len(values) if i == 0 else last) - i - length_hint(vals) - 1  # the failed one was taken
-                i += sent
-                self.send(topic, keys[i], values[i], ts_ms[i], partition=partition, headers=hdrs)
-                i += 1
-
-    def _send_columns(self, topic: str, keys: list[bytes | None], values: list[bytes], ts_ms: list[int],
-                      headers: list[tuple[str, bytes]] | None, partition: int, stop: int, start: int = 0) -> None:
-        """Records ``start..stop-1`` through the extension's ``produce_many`` (see :meth:`send_many`);
-        a full queue: that record waits for room in :meth:`send`, then the rest resume; any other
-        error raises ``KafkaException`` as ``produce()`` would."""
-        assert self._produce_many is not None
-        vals, ks, ts = _as_list(values), _as_list(keys), _as_list(ts_ms)
-        hdr_list = list(headers) if headers else None
-        i = start
-        while i < stop:
-            sent, code, reason = self._produce_many(self.producer, topic, vals, ks, ts, hdr_list, partition, i, stop)
-            i += sent
-            if code == 0:
-                return
-            if code != KafkaError._QUEUE_FULL:
-                raise KafkaException(KafkaError(code, reason))
-            self.send(topic, keys[i], values[i], ts_ms[i], partition=None if partition < 0 else partition,
-                      headers=header_arg(headers) if headers else None)
-            i += 1
-
-    def _pipeline(self) -> SendPipeline:
-        """The send pipeline of the current producer (a new one after the producer was replaced)."""
-        if self._sends is None or self._sends.producer is not self.producer:
-            if self._sends is not None:
-                self._sends.close()
-            self._sends = SendPipeline(self._sender_type, self.producer)
-        return self._sends
-
-    def _settle_sends(self) -> None:
-        """Wait for the background sends (exactly-once); send here, in order, what they could not (a
-        full queue: waiting for room, as :meth:`send` does), and raise ``KafkaException`` for any
-        other error, as ``produce()`` would."""
-        if self._sends is None:
-            return
-        for u in self._sends.drain():
-            if u.code not in (0, KafkaError._QUEUE_FULL):
-                raise KafkaException(KafkaError(u.code, u.reason))
-            j = u.job
-            self._send_columns(j.topic, j.keys, j.values, j.timestamps_ms, j.headers, j.partition, len(j), start=u.sent)
-
-    def drop_sends(self) -> None:
-        """Wait for the background sends and forget what they could not send (before an abort or a
-        new producer: the transaction they belong to does not commit)."""
-        if self._sends is not None:
-            self._sends.discard()
-
-    def close(self) -> None:
-        """Stop the background send thread (the worker is closing; an open transaction is not
-        committed by this)."""
-        if self._sends is not None:
-            self._sends.close()
-            self._sends = None
-
     def dead_letter(self, key: bytes | None, value: bytes | None, ts_ms: int, headers: list[tuple[str, bytes]],
                     dlq: str | None = None) -> None:
         """One record to the input's DLQ, or to ``dlq`` (a side input's DLQ), inside the open
@@ -370,7 +211,10 @@ class CommitProtocol:
         topic = dlq or self.dlq
         self.begin()
         key, value, headers = fit_dead_letter(key, value, headers, self.max_bytes.get(topic, 1 << 20) - RECORD_OVERHEAD)
-        self.send(topic, key, value, ts_ms, headers=headers)
+        if self.fences is not None:
+            self._send_fenced(topic, [key], [value], [ts_ms], headers, None, None)
+        else:
+            self.send(topic, key, value, ts_ms, headers=headers)
         self.tally.dlq += 1
         self.metrics.dlq.inc()
 
@@ -443,7 +287,7 @@ class CommitProtocol:
         Returns True when committed, sent (at-least-once: see :meth:`settle`) or nothing to do, False
         when it aborted. ``sync``: at-least-once waits for the acknowledgements and the offset commit
         (revoke, shutdown); otherwise the offsets are committed without waiting once acknowledged."""
-        if not self.rt.exactly_once and not self.settle():
+        if not self.rt.exactly_once and not (self.settle() and (sync or self._await_unsettled())):
             return False
         if not self.open:
             return True
@@ -462,15 +306,14 @@ class CommitProtocol:
                 self.inject("commit")
                 self._retry(lambda: self.producer.commit_transaction(self.rt.commit_timeout_s))
                 self.in_txn = False
-            elif not sync and self.unsettled is None:
+            elif not sync:
                 # cut here; the offsets go out when everything produced so far is acknowledged
-                self.unsettled = Unsettled(dict(self.pending_offsets), written, self._open_partitions(), t0)
+                assert self.fences is not None and self.unsettled is None
+                self.unsettled = Unsettled(dict(self.pending_offsets), written, self._open_partitions(), t0,
+                                           self.fences.cut())
                 self._close_interval(t0)
                 return self.settle()
             else:
-                if not sync:
-                    self.tally.commit_waits += 1
-                    self.metrics.commit_waits.inc()
                 remaining = self.producer.flush(self.rt.commit_timeout_s)
                 if remaining:
                     raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{remaining} output record(s) not acknowledged"))
@@ -519,8 +362,13 @@ class CommitProtocol:
         except KafkaException as exc:
             self.recover(exc.args[0], "commit")
             return False
-        if len(self.producer):
-            return True
+        try:
+            assert self.fences is not None
+            if not self.fences.settled(u.cut, len(self.producer)):
+                return True
+        except KafkaException as exc:  # a fence failed: the producer stopped (see DeliveryFences.settled)
+            self.recover(exc.args[0], "commit")
+            return False
         self.unsettled = None
         offsets = self._tps(u.offsets)
         try:
@@ -531,6 +379,25 @@ class CommitProtocol:
             self.recover(exc.args[0], "commit")
             return False
         self._committed(offsets, u.written, u.t0)
+        return True
+
+    def _await_unsettled(self) -> bool:
+        """A commit fell due with the previous one unsettled: wait (serving delivery reports) for that
+        one's fences, not for what was produced after it, within ``commit_timeout_s``. Returns False
+        when it aborted (a timeout, a failed offset commit)."""
+        if self.unsettled is None:
+            return True
+        self.tally.commit_waits += 1
+        self.metrics.commit_waits.inc()
+        deadline = self.clock.monotonic() + self.rt.commit_timeout_s
+        while self.unsettled is not None:
+            if self.clock.monotonic() > deadline:
+                self.recover(KafkaError(KafkaError._TIMED_OUT, "the previous commit's outputs were not acknowledged "
+                                        f"within {self.rt.commit_timeout_s:.0f} s"), "commit")
+                return False
+            self.producer.poll(0.005)
+            if not self.settle():
+                return False
         return True
 
     def _committed(self, offsets: list[TopicPartition], written: dict[int, dict[bytes, bytes]], t0: float) -> None:

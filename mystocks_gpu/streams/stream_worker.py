@@ -246,7 +246,8 @@ class StreamWorker:
         self.protocol = CommitProtocol(
             producer=self.producer, consumer=self.consumer, topic=self.topic, processor=self.processor,
             states=self.states, rt=self.rt, metrics=self.metrics, clock=self.clock, drop_input=self._drop_input,
-            transactional_id=self.transactional_id, max_bytes=max_bytes)
+            transactional_id=self.transactional_id, max_bytes=max_bytes,
+            partition_counts={t: live[t] for t in outputs})
         if side:
             self.side = SideInput(self.kafka, side, clock=self.clock)
             self.side.open()

@@ -29,33 +29,47 @@ def _records(topic: str, settings: Settings) -> list[tuple[int, str | None, byte
             for r in read_finished(settings.kafka, topic, decode=False)]
 
 
-@pytest.mark.parametrize("record_io", ["columnar", "messages"])
+@pytest.mark.parametrize(("record_io", "placed"), [("columnar", True), ("messages", True), ("columnar", False)])
 def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_queues(
-        settings: Settings, unique: str, record_io: str) -> None:
-    topics = [f"t.sm.{unique}.{record_io}.{k}" for k in ("ours", "plain", "hdr", "pinned")]
+        settings: Settings, unique: str, record_io: str, placed: bool) -> None:
+    """At-least-once. ``placed``: the protocol knows the topics' partition counts, so it places
+    every keyed record itself (Java's murmur2, ``streams/delivery_fences.py``) and makes the last
+    record of each partition a delivery fence; the partitions must be the ones librdkafka's
+    ``murmur2_random`` picks. Otherwise the partitioner places them and the cut needs an empty queue."""
+    topics = [f"t.sm.{unique}.{record_io}.{placed:d}.{k}" for k in ("ours", "plain", "hdr", "pinned")]
     TopicAdmin(settings.kafka).create([TopicSpec(t, "symbol", None, partitions=5, dlq=False) for t in topics])
     keys, values, ts = _columns()
     tiny = make_producer(settings.kafka, **{"queue.buffering.max.messages": 7, "linger.ms": 0})
-    proto, waited = _counting_protocol(tiny, RuntimeConfig(guarantee=AT_LEAST_ONCE, record_io=record_io))
+    counts = {topics[0]: 5, topics[2]: 5} if placed else {}
+    proto, waited = _counting_protocol(tiny, RuntimeConfig(guarantee=AT_LEAST_ONCE, record_io=record_io), counts)
     delivered: list[bytes] = []
     proto.send_many(topics[0], keys, values, ts, on_last_delivered=lambda err, msg: delivered.append(msg.value()))
     proto.send_many(topics[2], keys[:300], values[:300], ts[:300], headers=[("a.first", b"1"), ("b.second", b"22")])
     proto.send_many(topics[2], [], [], [])  # nothing to send: no call at all
     proto.send_many(topics[3], keys[:700], values[:700], ts[:700], partition=3)  # the changelog's way: one partition
+    assert proto.fences is not None
+    cut = proto.fences.cut()
     tiny.flush(30)
     assert delivered == [values[-1]]  # the callback rides on the last record only
     assert len(waited) > 100  # the queue was full again and again: the resume path ran
     assert (proto._produce_many is not None) == (record_io == "columnar")  # the setting took effect
+    if placed:  # a fence per partition written (and the one-partition call's last record)
+        fenced = {(t, p) for t in topics[:3:2] for p in range(5)} | {(topics[3], 3)}
+        assert proto.fences.fenced_partitions == fenced and set(cut.fences) <= fenced
+        assert not cut.needs_empty_queue and proto.fences.settled(cut, queue_len=1)
+    else:
+        assert cut.needs_empty_queue and not proto.fences.settled(cut, queue_len=1)
 
     _check_wire(settings, topics, keys, values, ts)
 
 
-def _counting_protocol(producer: Producer, rt: RuntimeConfig) -> tuple[CommitProtocol, list[int]]:
+def _counting_protocol(producer: Producer, rt: RuntimeConfig,
+                       partition_counts: dict[str, int] | None = None) -> tuple[CommitProtocol, list[int]]:
     """A protocol around ``producer`` alone, and a list that grows by one per record sent through
     ``send()`` (the path that waits for room in a full queue)."""
     proto = CommitProtocol(producer=producer, consumer=None, topic="unused", processor=None, states=None,  # type: ignore[arg-type]
                            rt=rt, metrics=None, clock=Clock(), drop_input=lambda: None,  # type: ignore[arg-type]
-                           transactional_id="unused", max_bytes={})
+                           transactional_id="unused", max_bytes={}, partition_counts=partition_counts)
     waited: list[int] = []
     send = proto.send
 

@@ -14,9 +14,9 @@ from mystocks_gpu.infra.clock import ManualClock
 from mystocks_gpu.infra.kafka_clients import watermarks
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import Status, TickDecoder
-from mystocks_gpu.streams.commit_protocol import header_arg
 from mystocks_gpu.streams.dead_letters import H_TRUNCATED, dlq_headers, fit_dead_letter
 from mystocks_gpu.streams.fault_injection import FaultPlan
+from mystocks_gpu.streams.output_sending import header_arg
 from mystocks_gpu.streams.processor import Outputs
 from mystocks_gpu.streams.runtime_config import RuntimeConfig
 
