@@ -11,9 +11,9 @@ machine the second core was a fifth idle while the worker's thread was the bottl
 Exactly-once only (``CommitProtocol``): every record must be queued before the transaction
 commits, so the protocol calls :meth:`SendPipeline.drain` before it sends the offsets, and
 :meth:`SendPipeline.discard` before it aborts or replaces its producer. At-least-once keeps
-producing in the worker's thread: its last record of a batch carries a delivery callback, and its
-offsets are committed once the producer's queue is empty, which jobs still waiting here would not
-show.
+producing in the worker's thread: the last record of each partition of a batch carries a delivery
+callback (a fence, ``streams/delivery_fences.py``), and a cut's offsets are committed once its
+fences are acknowledged, which records of jobs still waiting here would not be covered by.
 
 Order: when a job cannot send all its records (a full producer queue, or an error), the thread
 runs no later job until :meth:`drain` (not merely until a :meth:`submit` happens to collect it):

@@ -225,12 +225,13 @@ class StreamWorker:
                           "transaction.timeout.ms": self.rt.transaction_timeout_ms,
                           "delivery.report.only.error": True})
         else:
-            # at-least-once commits offsets once the producer's queue is empty, and outputs produced
-            # through the extension (or without a callback) report no delivery to Python: a record that
-            # failed would leave the queue like an acknowledged one, and the offsets past its input would
-            # be committed (the output lost). So no record may fail quietly: none times out (a broker
-            # outage makes the commit's bounded flush time out: abort and rewind), and any other
-            # failure that would leave a gap is a fatal producer error (the worker stops, uncommitted)
+            # at-least-once commits offsets once a later delivery fence of each partition a cut wrote is
+            # acknowledged (streams/delivery_fences.py), or the producer's queue is empty; the records
+            # between fences report no delivery to Python: one that failed would leave the queue like an
+            # acknowledged one, and the offsets past its input would be committed (the output lost). So no
+            # record may fail quietly: none times out (a broker outage makes the commit's bounded wait time
+            # out: abort and rewind), and any other failure that would leave a gap is a fatal producer
+            # error (the worker stops, uncommitted); idempotence keeps each partition's records in order
             pconf.update({"message.timeout.ms": 0, "enable.gapless.guarantee": True})
         self._pconf = pconf
         # join the group BEFORE taking the transactional id: init_transactions fences any older instance,
