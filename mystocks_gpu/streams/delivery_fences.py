@@ -123,6 +123,21 @@ class FenceCut:
     needs_empty_queue: bool = False
 
 
+class Fence:
+    """One fence's delivery callback (``(err, msg)``, as confluent-kafka calls it): its (topic,
+    partition), its number, and a callback to run after it."""
+
+    __slots__ = ("owner", "tp", "seq", "then")
+
+    def __init__(self, owner: DeliveryFences, tp: tuple[str, int], seq: int, then: OnDelivery | None) -> None:
+        self.owner, self.tp, self.seq, self.then = owner, tp, seq, then
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        self.owner._delivered(self, err)
+        if self.then is not None:
+            self.then(err, msg)
+
+
 class DeliveryFences:
     """Fences of one producer (see module doc). Not thread-safe: the worker's thread produces, and
     its ``producer.poll()`` calls run the callbacks."""
@@ -136,25 +151,25 @@ class DeliveryFences:
         #: the first delivery error a fence reported (the producer stops on it: no later fence lands)
         self.error: KafkaError | None = None
 
-    def fence(self, topic: str, partition: int, then: OnDelivery | None = None) -> OnDelivery:
+    def fence(self, topic: str, partition: int, then: OnDelivery | None = None) -> Fence:
         """The delivery callback of a fence: the record about to be produced to ``topic`` /
         ``partition``, after every record of the cut to that partition. ``then``: a callback to run
-        as well (the runtime's latency breakdown)."""
+        as well (the runtime's latency breakdown). Counts once :meth:`produced` says it was queued."""
         self._seq += 1
-        seq, tp = self._seq, (topic, partition)
-        self._produced[tp] = seq
-        acked = self._acked
+        return Fence(self, (topic, partition), self._seq, then)
 
-        def delivered(err: Any, msg: Any) -> None:
-            if err is not None:
-                if self.error is None:
-                    self.error = err
-            elif acked.get(tp, 0) < seq:
-                acked[tp] = seq
-            if then is not None:
-                then(err, msg)
+    def produced(self, fence: Fence) -> None:
+        """``fence``'s record is in the producer's queue: the next cut waits for it (a ``produce()``
+        that raised leaves nothing to wait for)."""
+        if self._produced.get(fence.tp, 0) < fence.seq:
+            self._produced[fence.tp] = fence.seq
 
-        return delivered
+    def _delivered(self, fence: Fence, err: Any) -> None:
+        if err is not None:
+            if self.error is None:
+                self.error = err
+        elif self._acked.get(fence.tp, 0) < fence.seq:
+            self._acked[fence.tp] = fence.seq
 
     @property
     def fenced_partitions(self) -> set[tuple[str, int]]:

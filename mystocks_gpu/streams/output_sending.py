@@ -185,8 +185,9 @@ class OutputSending:
             self._send_range(topic, keys, values, ts_ms, headers, hdrs, partition, parts, i, f)
             p = int(parts[f]) if parts is not None else partition
             assert p is not None
-            self.send(topic, keys[f], values[f], ts_ms[f], partition=p, headers=hdrs,
-                      on_delivery=self.fences.fence(topic, p, then if f == n - 1 else None))
+            fence = self.fences.fence(topic, p, then if f == n - 1 else None)
+            self.send(topic, keys[f], values[f], ts_ms[f], partition=p, headers=hdrs, on_delivery=fence)
+            self.fences.produced(fence)
             i = f + 1
 
     def _send_range(self, topic: str, keys: list[bytes | None], values: Sequence[bytes | None], ts_ms: list[int],

@@ -88,14 +88,21 @@ class _Msg:
         return b"v"
 
 
+def _queued(f: DeliveryFences, topic: str, partition: int, then=None):  # type: ignore[no-untyped-def]
+    """A fence whose record the producer took (what ``OutputSending._send_fenced`` does)."""
+    fence = f.fence(topic, partition, then)
+    f.produced(fence)
+    return fence
+
+
 def test_a_cut_settles_when_a_later_fence_of_each_of_its_partitions_is_acknowledged() -> None:
     f = DeliveryFences()
-    a0, a1 = f.fence("out", 0), f.fence("out", 1)
-    cl = f.fence("changelog", 3)
+    a0, a1 = _queued(f, "out", 0), _queued(f, "out", 1)
+    cl = _queued(f, "changelog", 3)
     cut = f.cut()
     assert set(cut.fences) == {("out", 0), ("out", 1), ("changelog", 3)} and not cut.needs_empty_queue
-    later0 = f.fence("out", 0)  # produced after the cut, same partition
-    b2 = f.fence("out", 2)  # after the cut, a partition the cut never wrote
+    later0 = _queued(f, "out", 0)  # produced after the cut, same partition
+    b2 = _queued(f, "out", 2)  # after the cut, a partition the cut never wrote
     assert not f.settled(cut, queue_len=10)
     b2(None, _Msg())
     a1(None, _Msg())
@@ -107,8 +114,10 @@ def test_a_cut_settles_when_a_later_fence_of_each_of_its_partitions_is_acknowled
     assert f.settled(cut, queue_len=10)
     assert f.cut().fences == {}  # nothing waits now
     seen: list[bytes] = []
-    f.fence("out", 0, then=lambda err, msg: seen.append(msg.value()))(None, _Msg())
+    _queued(f, "out", 0, then=lambda err, msg: seen.append(msg.value()))(None, _Msg())
     assert seen == [b"v"]  # the runtime's own callback rides on the fence
+    f.fence("out", 5)  # its produce() raised: never queued, so nothing waits for it
+    assert f.cut().fences == {} and ("out", 5) not in f.fenced_partitions
 
 
 def test_unplaced_records_settle_only_on_an_empty_queue_and_a_failed_fence_is_fatal() -> None:
@@ -117,7 +126,7 @@ def test_unplaced_records_settle_only_on_an_empty_queue_and_a_failed_fence_is_fa
     cut = f.cut()
     assert cut.needs_empty_queue and not f.settled(cut, queue_len=1) and f.settled(cut, queue_len=0)
     assert not f.cut().needs_empty_queue  # the flag belongs to the cut that carried the record
-    fence = f.fence("out", 0)
+    fence = _queued(f, "out", 0)
     cut = f.cut()
     fence(KafkaError(KafkaError._MSG_TIMED_OUT, "gone"), _Msg())
     with pytest.raises(KafkaException) as exc:
