@@ -92,7 +92,7 @@ class Unsettled:
     written: dict[int, dict[bytes, bytes]]
     touched: set[int]
     t0: float
-    cut: FenceCut = field(default_factory=FenceCut)
+    cut: FenceCut
 
 
 class CommitProtocol(OutputSending):

@@ -142,8 +142,10 @@ class OutputSending:
         if not n:
             return
         if self.fences is not None:
-            self._send_fenced(topic, keys, values, ts_ms, headers, on_last_delivered, partition)
-            return
+            if partition is not None or topic in self.partition_counts:
+                self._send_fenced(topic, keys, values, ts_ms, headers, on_last_delivered, partition)
+                return
+            self.fences.unplaced()  # nowhere known: the cut settles on an empty queue
         if self._sender_type is not None and on_last_delivered is None:
             job = SendJob(topic, _as_list(values), _as_list(keys), _as_list(ts_ms),
                           list(headers) if headers else None, -1 if partition is None else partition)
@@ -168,12 +170,7 @@ class OutputSending:
         assert self.fences is not None
         n = len(values)
         hdrs = header_arg(headers) if headers else None
-        count = self.partition_counts.get(topic) if partition is None else None
-        if partition is None and count is None:  # nowhere known: the cut settles on an empty queue
-            self.fences.unplaced()
-            self._send_range(topic, keys, values, ts_ms, headers, hdrs, None, None, 0, n - 1)
-            self.send(topic, keys[-1], values[-1], ts_ms[-1], headers=hdrs, on_delivery=then)
-            return
+        count = self.partition_counts[topic] if partition is None else None
         parts = None
         fences: Iterable[int] = (n - 1,)
         if count is not None:
