@@ -59,6 +59,7 @@ from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.fault_injection import FaultPlan
 from mystocks_gpu.streams.fencing import CLIENT_NONCE_SEP, await_membership, twins_once_settled
+from mystocks_gpu.streams.partition_growth import INPUT_METADATA_REFRESH_MS, check_assigned
 from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
 from mystocks_gpu.streams.runtime_config import ADAPTIVE, RuntimeConfig
 from mystocks_gpu.streams.side_input import SideInput
@@ -126,6 +127,8 @@ class StreamWorker:
         self._last_lag = 0.0
         self._assigned_at = 0.0
         self._ever_assigned = False
+        #: the input topic's partition count when the worker started (its changelog has as many)
+        self._input_partitions = 0
         #: partition -> [largest record timestamp seen (ms), monotonic time it last advanced, flushed]
         self._event_clock: dict[int, list[Any]] = {}
         #: (records, monotonic end of produce) of batches whose outputs are not yet visible (exactly-once)
@@ -169,6 +172,7 @@ class StreamWorker:
 
         admin = TopicAdmin(self.kafka)
         live = admin.existing()
+        self._input_partitions = live.get(self.topic, 0)
         limit = self.processor.max_input_partitions
         if limit is not None and live.get(self.topic, 0) > limit:
             raise FatalRuntimeError(
@@ -198,6 +202,8 @@ class StreamWorker:
         # at once); no Nagle delay on the broker sockets (a fetch queue over its bound retries in 10 ms:
         # make_consumer's default)
         extra.update({"fetch.wait.max.ms": self.rt.fetch_wait_max_ms, "socket.nagle.disable": True})
+        # partitions added to the input: noticed within this, then fatal (streams/partition_growth.py)
+        extra["topic.metadata.refresh.interval.ms"] = INPUT_METADATA_REFRESH_MS
         self._cconf = extra
         # client.id = transactional id + this process's nonce: on a fence, the group tells whether another
         # worker uses the id. Our own stale member (a session that expired in a broker outage, rejoined
@@ -298,6 +304,7 @@ class StreamWorker:
             if self.rt.group_protocol == "classic":
                 consumer.incremental_assign(partitions)
             return
+        check_assigned(self.topic, self.group, self._input_partitions, (tp.partition for tp in partitions))
         self.metrics.rebalances.inc()
         self._assigned_at = self.clock.monotonic()
         self._ever_assigned = True
