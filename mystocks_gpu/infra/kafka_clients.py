@@ -98,6 +98,27 @@ def watermarks(consumer: Consumer, tp: Any, timeout: float) -> tuple[int, int]:
         pause = min(pause * 2, 1.0)
 
 
+
+def caught_up(consumer: Consumer) -> bool:
+    """True when ``consumer`` owns partitions and its position is at the end of each of them (a
+    partition with no position yet counts from its committed offset; no answer counts as not)."""
+    try:
+        assignment = consumer.assignment()
+        if not assignment:
+            return False
+        for tp in consumer.position(assignment):
+            _, high = watermarks(consumer, tp, 5)
+            pos = tp.offset
+            if pos < 0:
+                pos = consumer.committed([tp], timeout=5)[0].offset
+                if pos < 0 and high > 0:
+                    return False
+            if 0 <= pos < high:
+                return False
+        return True
+    except KafkaException:
+        return False
+
 #: error codes that mean a broker answered but refused the client's credentials or permissions
 AUTH_ERROR_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
                               KafkaError.ILLEGAL_SASL_STATE, KafkaError.UNSUPPORTED_SASL_MECHANISM,

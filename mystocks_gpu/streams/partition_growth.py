@@ -1,30 +1,46 @@
-"""Partitions added to a worker's input while it runs: noticed at the next rebalance, and fatal.
+"""Partitions added to a worker's topics while it runs.
 
-A topic that grows moves keys: Kafka's partitioner maps a key by the partition count, so a key's
-later records land in another partition than its earlier ones, its state and its changelog
-partition (the changelog has as many partitions as the input had). Per-key state and per-key order
-would split; like Kafka Streams, the worker refuses. The group leader's consumer notices
-the new partitions at its next metadata refresh (:data:`INPUT_METADATA_REFRESH_MS`) and the group
-rebalances; the member handed a new partition stops before reading it (:func:`check_assigned`),
-its leaving hands the partition to the next member, which stops too. A restart then refuses the
-changelog's partition count (``state_store.ensure_changelog``).
+**Input: noticed at the next rebalance, and fatal.** A topic that grows moves keys: Kafka's
+partitioner maps a key by the partition count, so a key's later records land in another partition
+than its earlier ones, its state and its changelog partition (the changelog has as many partitions
+as the input had). Per-key state and per-key order would split; like Kafka Streams, the worker
+refuses. The group leader's consumer notices the new partitions at its next metadata refresh
+(:data:`METADATA_REFRESH_MS`) and the group rebalances; the member handed a new partition stops
+before reading it (:func:`check_assigned`), its leaving hands the partition to the next member,
+which stops too. A restart then refuses the changelog's partition count
+(``state_store.ensure_changelog``).
+
+**Outputs: followed.** At-least-once places each keyed output itself (``delivery_fences.py``) by
+the output topic's partition count. :class:`OutputPartitionWatch` re-reads the counts every
+:data:`METADATA_REFRESH_MS` on a thread of its own (a metadata request, not on the worker's
+thread) and raises them in the dict the sending code reads, so from the next batch keys are placed
+as any Kafka producer places them after a growth (each key's order holds within each side of the
+change, as for every producer). Exactly-once uses librdkafka's partitioner, which follows its own
+metadata refresh (the worker sets it to the same interval).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import KafkaException
 
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 
-#: the worker consumer's ``topic.metadata.refresh.interval.ms``: how soon partitions added to the
-#: input are noticed (librdkafka's default, 5 min, would let a grown topic run that long unnoticed)
-INPUT_METADATA_REFRESH_MS = 10_000
+log = logging.getLogger(__name__)
+
+#: the worker clients' ``topic.metadata.refresh.interval.ms``, and the output watch's period: how
+#: soon partitions added to a topic are noticed (librdkafka's default is 5 min)
+METADATA_REFRESH_MS = 10_000
 
 
 def check_assigned(topic: str, group: str, started_with: int, partitions: Iterable[int]) -> None:
     """Raise :class:`FatalRuntimeError` if any assigned partition number is ``>= started_with``
-    (the input's partition count when the worker started)."""
-    grown = sorted(p for p in partitions if p >= started_with)
+    (the input's partition count when the worker started; 0: not known, nothing checked)."""
+    grown = sorted(p for p in partitions if p >= started_with) if started_with > 0 else []
     if grown:
         raise FatalRuntimeError(
             f"input topic {topic} grew from {started_with} partition(s) while this worker ran (assigned "
@@ -32,3 +48,55 @@ def check_assigned(topic: str, group: str, started_with: int, partitions: Iterab
             f"state and order would split. The worker stops without reading them. To change the partition "
             f"count, stop every worker of group {group}, write the input to a new topic with the count wanted, "
             f"and run on that topic (a new changelog is made for it)")
+
+
+class OutputPartitionWatch:
+    """Raise ``counts[topic]`` (topic -> partitions, the dict the sending code reads) when an
+    output topic grows; a daemon thread asks ``client`` (any confluent-kafka client: its
+    ``list_topics`` is thread-safe) every ``interval_s`` seconds. Counts only grow (Kafka cannot
+    remove partitions); a failed request is retried at the next period."""
+
+    def __init__(self, client: Any, counts: dict[str, int], interval_s: float = METADATA_REFRESH_MS / 1000) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        self.client = client
+        self.counts = counts
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> dict[str, tuple[int, int]]:
+        """One round: ``{topic: (old, new)}`` of the topics that grew (their counts raised)."""
+        grown: dict[str, tuple[int, int]] = {}
+        for topic in list(self.counts):
+            try:
+                meta = self.client.list_topics(topic, timeout=5).topics.get(topic)
+            except KafkaException as exc:
+                log.debug("output partition count not read", extra={"fields": {"topic": topic, "error": str(exc)}})
+                continue
+            if meta is None or meta.error is not None:
+                continue
+            old, new = self.counts[topic], len(meta.partitions)
+            if new > old:
+                self.counts[topic] = new  # one store: the sending thread reads old or new, both valid
+                grown[topic] = (old, new)
+                log.warning("output topic grew: keys are placed by the new partition count from the next batch",
+                            extra={"fields": {"topic": topic, "partitions_before": old, "partitions": new}})
+        return grown
+
+    def start(self) -> None:
+        """Start the watching thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="output-partition-watch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for its current request (at most its 5-s timeout)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.refresh()

@@ -43,7 +43,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
-from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer, watermarks
+from mystocks_gpu.infra.kafka_clients import caught_up, ensure_broker, make_consumer, make_producer
 from mystocks_gpu.infra.logs import log_context
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
@@ -59,7 +59,8 @@ from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.fault_injection import FaultPlan
 from mystocks_gpu.streams.fencing import CLIENT_NONCE_SEP, await_membership, twins_once_settled
-from mystocks_gpu.streams.partition_growth import INPUT_METADATA_REFRESH_MS, check_assigned
+from mystocks_gpu.streams.partition_growth import METADATA_REFRESH_MS as MD_REFRESH_MS
+from mystocks_gpu.streams.partition_growth import OutputPartitionWatch, check_assigned
 from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
 from mystocks_gpu.streams.runtime_config import ADAPTIVE, RuntimeConfig
 from mystocks_gpu.streams.side_input import SideInput
@@ -136,6 +137,7 @@ class StreamWorker:
         self.consumer: Any = None
         self.producer: Any = None
         self.states: PartitionStates | None = None
+        self._watch: OutputPartitionWatch | None = None
         self.protocol: CommitProtocol | None = None
         #: the processor's broadcast side input (``streams/side_input.py``), if it has one
         self.side: SideInput | None = None
@@ -203,7 +205,7 @@ class StreamWorker:
         # make_consumer's default)
         extra.update({"fetch.wait.max.ms": self.rt.fetch_wait_max_ms, "socket.nagle.disable": True})
         # partitions added to the input: noticed within this, then fatal (streams/partition_growth.py)
-        extra["topic.metadata.refresh.interval.ms"] = INPUT_METADATA_REFRESH_MS
+        extra["topic.metadata.refresh.interval.ms"] = MD_REFRESH_MS
         self._cconf = extra
         # client.id = transactional id + this process's nonce: on a fence, the group tells whether another
         # worker uses the id. Our own stale member (a session that expired in a broker outage, rejoined
@@ -222,7 +224,7 @@ class StreamWorker:
         # the protocol checks each record against its topic's own limit; the client-side cap is above all
         # and a record batch never exceeds the smallest topic limit (the broker rejects a whole batch)
         pconf: dict[str, Any] = {"linger.ms": self.rt.output_linger_ms, "message.max.bytes": PRODUCER_MAX_BYTES,
-                                 "socket.nagle.disable": True,
+                                 "socket.nagle.disable": True, "topic.metadata.refresh.interval.ms": MD_REFRESH_MS,
                                  "batch.size": max(64, min(1_000_000, *max_bytes.values()) - RECORD_OVERHEAD)}
         if self.rt.exactly_once:
             # no success reports: nothing reads them in exactly-once (a failed send fails the transaction),
@@ -258,6 +260,9 @@ class StreamWorker:
         if side:
             self.side = SideInput(self.kafka, side, clock=self.clock)
             self.side.open()
+        if not self.rt.exactly_once:  # outputs placed by the worker: follow their partition counts
+            self._watch = OutputPartitionWatch(self.consumer, self.protocol.partition_counts)
+            self._watch.start()
         self.protocol.fault = FaultPlan.parse(self.rt.fault_injection).hook()
         self.protocol.replace_producer = self._replace_fenced_producer
 
@@ -424,7 +429,7 @@ class StreamWorker:
                 idle = self.clock.monotonic() - last_input
                 if (idle_exit_s is not None and idle > idle_exit_s and not len(self._acc.batch)
                         and not self._pending
-                        and (self._caught_up() or idle > self._idle_bound_s(idle_exit_s))):
+                        and (caught_up(self.consumer) or idle > self._idle_bound_s(idle_exit_s))):
                     break  # (a transactional input's end marker can keep position < high: bounded wait)
                 if max_records is not None and self._summary.records_in >= max_records:
                     break
@@ -502,6 +507,8 @@ class StreamWorker:
         s.abort_reasons = list(t.abort_reasons)
 
     def _close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()  # its requests use the consumer
         if self._ingest is not None and self.consumer is not None:
             # before the consumer: its queues must not outlive the handle. Dropped first, so a
             # rebalance delivered during consumer.close() (an assignment too) leaves it alone
@@ -524,25 +531,6 @@ class StreamWorker:
         if self._ever_assigned:
             return 3 * idle_exit_s
         return max(3 * idle_exit_s, idle_exit_s + 2 * self.rt.session_timeout_ms / 1000)
-
-    def _caught_up(self) -> bool:
-        """True when this worker owns partitions and its position is at the end of each of them."""
-        try:
-            assignment = self.consumer.assignment()
-            if not assignment:
-                return False
-            for tp in self.consumer.position(assignment):
-                _, high = watermarks(self.consumer, tp, 5)
-                pos = tp.offset
-                if pos < 0:
-                    pos = self.consumer.committed([tp], timeout=5)[0].offset
-                    if pos < 0 and high > 0:
-                        return False
-                if 0 <= pos < high:
-                    return False
-            return True
-        except KafkaException:
-            return False
 
     # ---- the hot path ------------------------------------------------------------------------
     def _filter_errors(self, msgs: list[Any] | ColumnChunk) -> list[Any] | ColumnChunk:

@@ -10,20 +10,28 @@ the check removed and the 10-s refresh kept, failed on that message after 128 s)
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
-from confluent_kafka import Consumer, TopicPartition
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.topics import TopicSpec
+from mystocks_gpu.topics.admin import TopicAdmin
 from tests.integration.stream_helpers import (
+    assert_at_least_once,
     assert_exactly_once_equal,
+    finish,
     make_topics,
     output_high_watermark,
     produce_ticks,
     read_finished,
     read_outputs,
+    start_paced,
     start_worker,
     synthetic,
+    tick_items,
     wait_for,
 )
 from tests.running_reference import running_aggregate
@@ -38,11 +46,7 @@ def test_partitions_added_to_the_input_stop_the_group_and_lose_nothing(settings:
     workers = [start_worker(t, f"w{i}", idle_exit=90) for i in (1, 2)]
     try:
         assert wait_for(lambda: output_high_watermark(settings, t.output) >= 4_000, 90), "workers never caught up"
-        admin = AdminClient(settings.kafka.client_config())
-        for fut in admin.create_partitions([NewPartitions(t.input, 4)]).values():
-            fut.result(30)
-        more, _ = synthetic(4_000, symbols=40, seed=2)
-        more["seq"] = more["seq"] + 1_000_000  # (symbol, seq) stays unique across both inputs
+        more = _grow_and_more(settings, t.input, 4_000)
         produce_ticks(settings, t.input, more, names)  # keys now spread over 4 partitions
         errors = []
         for w in workers:
@@ -71,6 +75,17 @@ def test_partitions_added_to_the_input_stop_the_group_and_lose_nothing(settings:
     assert again.returncode != 0 and "must be co-partitioned" in err, err[-2000:]
 
 
+def _grow_and_more(settings: Settings, topic: str, n: int) -> dict[str, np.ndarray]:
+    """Grow ``topic`` to 4 partitions; returns ``n`` more ticks of the same 40 symbols, their
+    ``seq`` shifted by 1,000,000 so (symbol, seq) stays unique across both inputs."""
+    admin = AdminClient(settings.kafka.client_config())
+    for fut in admin.create_partitions([NewPartitions(topic, 4)]).values():
+        fut.result(30)
+    more, _ = synthetic(n, symbols=40, seed=2)
+    more["seq"] = more["seq"] + 1_000_000
+    return more
+
+
 def _committed(settings: Settings, group: str, topic: str, partitions: int) -> dict[int, int | None]:
     """The group's committed offset per partition (None: never committed)."""
     c = Consumer(settings.kafka.client_config(**{
@@ -80,3 +95,59 @@ def _committed(settings: Settings, group: str, topic: str, partitions: int) -> d
         return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in got}
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_outputs_follow_an_output_topic_that_grows(settings: Settings, unique: str, guarantee: str) -> None:
+    """After the output topic grows 2 -> 4 under a running worker, keys go where librdkafka's
+    ``murmur2_random`` (a plain producer, the reference) puts them in 4 partitions, within the
+    10-s metadata period, and nothing is lost or (exactly-once) duplicated on the way.
+    At-least-once places keyed outputs itself, by the count its watch keeps; before the watch,
+    the count read at start stayed and the new partitions got nothing until a restart.
+    Exactly-once uses librdkafka's partitioner, whose metadata the worker refreshes every 10 s
+    (librdkafka's default: 5 min)."""
+    t = make_topics(settings, unique, partitions=2)
+    cols, names = synthetic(3_000, symbols=40)
+    produce_ticks(settings, t.input, cols, names)
+    worker = start_worker(t, "w1", *(("--at-least-once",) if guarantee == "at-least-once" else ()), idle_exit=8)
+    try:
+        assert wait_for(lambda: output_high_watermark(settings, t.output) >= 3_000, 90), "worker never caught up"
+        more = _grow_and_more(settings, t.output, 8_000)
+        # 20 s at 400 ticks/s: the last quarter is produced 15 s or more after the growth
+        assert start_paced(settings, t.input, tick_items(more, names), rate=400).result(120) == 8_000
+        finish(worker, timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+    got = read_outputs(settings, t.output)
+    sym = np.asarray(names)
+    both = {k: np.concatenate([cols[k], more[k]]) for k in ("sym", "seq", "price")}  # per symbol: in order
+    ref = running_aggregate(sym[both["sym"]], both["seq"], both["price"])
+    if guarantee == "at-least-once":
+        assert_at_least_once(got, ref)
+    else:
+        assert_exactly_once_equal(got, ref)
+    part2, part4 = (_librdkafka_partitions(settings, f"{unique}.{n}", names, n) for n in (2, 4))
+    assert {part2[s] for s in names} == {0, 1} and {part4[s] for s in names} == {0, 1, 2, 3}
+    first = got["seq"] < 1_000_000  # placed before the growth: by 2 partitions
+    assert (got.loc[first, "_p"].to_numpy() == got.loc[first, "symbol"].map(part2).to_numpy()).all()
+    late = set(zip(sym[more["sym"][6_000:]], more["seq"][6_000:], strict=True))
+    is_late = [(s, q) in late for s, q in zip(got["symbol"], got["seq"], strict=True)]
+    late_got = got[is_late]
+    assert len(late_got) >= 2_000
+    wrong = late_got[late_got["_p"].to_numpy() != late_got["symbol"].map(part4).to_numpy()]
+    assert wrong.empty, f"{len(wrong)} late outputs not where 4 partitions put their key:\n{wrong.head()}"
+
+
+def _librdkafka_partitions(settings: Settings, tag: str, names: list[str], n: int) -> dict[str, int]:
+    """symbol -> the partition a plain producer (librdkafka, ``murmur2_random``: Java's choice)
+    gives its key in a fresh topic of ``n`` partitions (from the delivery reports)."""
+    topic = f"t.ref.{tag}"
+    TopicAdmin(settings.kafka).create([TopicSpec(topic, "symbol", None, partitions=n, dlq=False)])
+    plain = Producer(settings.kafka.client_config(partitioner="murmur2_random"))
+    got: dict[str, int] = {}
+    for s in names:
+        plain.produce(topic, b"x", s.encode(), on_delivery=lambda err, msg: got.__setitem__(msg.key().decode(), msg.partition()))
+    assert plain.flush(30) == 0
+    return got
