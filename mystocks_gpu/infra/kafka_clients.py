@@ -98,7 +98,6 @@ def watermarks(consumer: Consumer, tp: Any, timeout: float) -> tuple[int, int]:
         pause = min(pause * 2, 1.0)
 
 
-
 def caught_up(consumer: Consumer) -> bool:
     """True when ``consumer`` owns partitions and its position is at the end of each of them (a
     partition with no position yet counts from its committed offset; no answer counts as not)."""
@@ -118,6 +117,7 @@ def caught_up(consumer: Consumer) -> bool:
         return True
     except KafkaException:
         return False
+
 
 #: error codes that mean a broker answered but refused the client's credentials or permissions
 AUTH_ERROR_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
