@@ -54,6 +54,11 @@ from mystocks_gpu.streams.runtime_config import RuntimeConfig
 from mystocks_gpu.streams.send_pipeline import SendPipeline
 from mystocks_gpu.streams.state_store import PartitionStates
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
+from mystocks_gpu.streams.topic_changes import (
+    MISSING_TOPIC_CODES,
+    missing_topics,
+    topics_gone_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +157,9 @@ class CommitProtocol(OutputSending):
         #: self-inflicted (the coordinator timed our transaction out, e.g. during a broker outage), or
         #: None when another live worker holds our transactional id (then we stop)
         self.replace_producer: Callable[[], Any] | None = None
+        #: at-least-once: the worker's output partition watch (``streams/topic_changes.py``), whose
+        #: ``gone`` names outputs deleted under the worker
+        self.output_watch: Any = None
 
     # ---- producing -------------------------------------------------------------------------
     def begin(self) -> None:
@@ -395,6 +403,10 @@ class CommitProtocol(OutputSending):
                 self.recover(KafkaError(KafkaError._TIMED_OUT, "the previous commit's outputs were not acknowledged "
                                         f"within {self.rt.commit_timeout_s:.0f} s"), "commit")
                 return False
+            gone = self.output_watch.gone if self.output_watch is not None else ()
+            if gone:  # their records never settle (nor fail: at-least-once never times a record out)
+                self.failed = True
+                raise topics_gone_error("commit", "the previous commit's outputs are not acknowledged", gone)
             self.producer.poll(0.005)
             if not self.settle():
                 return False
@@ -461,7 +473,21 @@ class CommitProtocol(OutputSending):
             raise FatalRuntimeError(
                 f"{where} failed with a fatal error ({err.str()}); stopping. If the producer was fenced, "
                 f"another worker with transactional id {self.transactional_id} is running")
+        if err.code() in MISSING_TOPIC_CODES:
+            self._stop_if_topics_gone(where, err)
         self.abort(f"{where}: {err.str()}")
+
+    def _stop_if_topics_gone(self, where: str, err: KafkaError) -> None:
+        """A topic or partition unknown to the producer: if the broker says an output or the
+        changelog is gone (deleted under the worker), stop instead of aborting and failing again
+        (``streams/topic_changes.py``); otherwise (metadata still propagating) abort as usual."""
+        expected = dict(self.partition_counts)
+        if self.states is not None:
+            expected.setdefault(self.states.changelog, 1)
+        gone = missing_topics(self.consumer, expected, self.rt.commit_timeout_s)
+        if gone:
+            self.failed = True
+            raise topics_gone_error(where, err.str(), gone)
 
     # ---- aborting ----------------------------------------------------------------------------
     def abort(self, reason: str) -> None:

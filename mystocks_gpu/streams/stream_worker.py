@@ -59,13 +59,13 @@ from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.fault_injection import FaultPlan
 from mystocks_gpu.streams.fencing import CLIENT_NONCE_SEP, await_membership, twins_once_settled
-from mystocks_gpu.streams.partition_growth import METADATA_REFRESH_MS as MD_REFRESH_MS
-from mystocks_gpu.streams.partition_growth import OutputPartitionWatch, check_assigned
 from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
 from mystocks_gpu.streams.runtime_config import ADAPTIVE, RuntimeConfig
 from mystocks_gpu.streams.side_input import SideInput
 from mystocks_gpu.streams.state_store import PartitionStates, ensure_changelog
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
+from mystocks_gpu.streams.topic_changes import METADATA_REFRESH_MS as MD_REFRESH_MS
+from mystocks_gpu.streams.topic_changes import OutputPartitionWatch, check_assigned
 
 log = logging.getLogger(__name__)
 #: client-side record cap of the worker's producer (bytes); each topic's own limit is checked first
@@ -204,7 +204,7 @@ class StreamWorker:
         # at once); no Nagle delay on the broker sockets (a fetch queue over its bound retries in 10 ms:
         # make_consumer's default)
         extra.update({"fetch.wait.max.ms": self.rt.fetch_wait_max_ms, "socket.nagle.disable": True})
-        # partitions added to the input: noticed within this, then fatal (streams/partition_growth.py)
+        # partitions added to the input: noticed within this, then fatal (streams/topic_changes.py)
         extra["topic.metadata.refresh.interval.ms"] = MD_REFRESH_MS
         self._cconf = extra
         # client.id = transactional id + this process's nonce: on a fence, the group tells whether another
@@ -263,6 +263,7 @@ class StreamWorker:
         if not self.rt.exactly_once:  # outputs placed by the worker: follow their partition counts
             self._watch = OutputPartitionWatch(self.consumer, self.protocol.partition_counts)
             self._watch.start()
+            self.protocol.output_watch = self._watch
         self.protocol.fault = FaultPlan.parse(self.rt.fault_injection).hook()
         self.protocol.replace_producer = self._replace_fenced_producer
 
@@ -522,7 +523,11 @@ class StreamWorker:
         if self.protocol is not None:
             self.protocol.close()  # after the revoke's commit: its background sends are drained
         if self.producer is not None and not self.rt.exactly_once:
-            self.producer.flush(30)
+            if self.protocol is not None and self.protocol.failed:  # no commit follows: a restart
+                self.producer.purge()  # reprocesses what is queued (a deleted topic's records never leave)
+                self.producer.poll(0)
+            else:
+                self.producer.flush(30)
         if self.side is not None:
             self.side.close()
 

@@ -124,6 +124,8 @@ def test_an_assignment_during_the_consumer_close_leaves_the_closed_ingest_alone(
             order.append("ingest closed")
 
     class Protocol:
+        failed = False
+
         def on_assign(self, parts: object) -> None:
             order.append(f"assigned {list(parts)}")  # type: ignore[call-overload]
 

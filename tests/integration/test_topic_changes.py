@@ -1,4 +1,4 @@
-"""Partitions added to a running worker group's input (``streams/partition_growth.py``), on the real
+"""Partitions added to a running worker group's input (``streams/topic_changes.py``), on the real
 broker: the group stops with a clear error, nothing of the new partitions is read or committed,
 every committed input has exactly one output (pandas reference), and a restart refuses too.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from mystocks_gpu.infra.config import Settings
@@ -151,3 +151,56 @@ def _librdkafka_partitions(settings: Settings, tag: str, names: list[str], n: in
         plain.produce(topic, b"x", s.encode(), on_delivery=lambda err, msg: got.__setitem__(msg.key().decode(), msg.partition()))
     assert plain.flush(30) == 0
     return got
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_a_deleted_output_topic_stops_the_worker_and_loses_nothing(settings: Settings, unique: str,
+                                                                   guarantee: str) -> None:
+    """The output topic deleted under a running worker: it stops with an error naming the topic
+    (before, exactly-once aborted, rewound and failed again several times a second for as long as
+    it ran; at-least-once waited for acknowledgements that never came, then stopped with "an output
+    was not delivered: Local: Unknown partition"). Nothing of the failed input is committed: with
+    the topic recreated, a restarted worker writes one output (exactly-once; at least one,
+    at-least-once) for every input from the committed offsets on, with the running values of the
+    pandas reference over the whole input."""
+    t = make_topics(settings, unique, partitions=2)
+    cols, names = synthetic(3_000, symbols=40)
+    produce_ticks(settings, t.input, cols, names)
+    alo = ("--at-least-once",) if guarantee == "at-least-once" else ()
+    worker = start_worker(t, "w1", *alo, idle_exit=60)
+    try:
+        assert wait_for(lambda: output_high_watermark(settings, t.output) >= 3_000, 90), "worker never caught up"
+        admin = AdminClient(settings.kafka.client_config())
+        for fut in admin.delete_topics([t.output]).values():
+            fut.result(30)
+        more, _ = synthetic(3_000, symbols=40, seed=2)
+        more["seq"] = more["seq"] + 1_000_000
+        produce_ticks(settings, t.input, more, names)
+        _, err = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+    assert worker.returncode != 0 and f"topic(s) {t.output} no longer exist" in err, err[-2000:]
+    committed = _committed(settings, t.group, t.input, 2)
+    spec = TopicSpec(t.output, "symbol", "mystocks.streams.RunningAggregate", partitions=2, dlq=False)
+    assert wait_for(lambda: _recreated(settings, spec), 60), "the output topic could not be recreated"
+    finish(start_worker(t, "w1", *alo, idle_exit=8), timeout=180)
+    inputs = pd.DataFrame([dict(r.value, _p=r.partition, _o=r.offset) for r in read_finished(settings.kafka, t.input)])
+    inputs = inputs.sort_values(["_p", "_o"])  # a symbol lives in one partition: its order
+    ref = running_aggregate(inputs["symbol"].to_numpy(), inputs["seq"].to_numpy(), inputs["price"].to_numpy())
+    rest = (inputs["_o"].to_numpy() >= inputs["_p"].map(lambda p: committed[p] or 0).to_numpy())
+    assert 3_000 <= rest.sum() < 6_000  # the failed input, and not more than the first worker left
+    got = read_outputs(settings, t.output)
+    if guarantee == "at-least-once":
+        assert_at_least_once(got, ref[rest])
+    else:
+        assert_exactly_once_equal(got, ref[rest])
+
+
+def _recreated(settings: Settings, spec: TopicSpec) -> bool:
+    """Create ``spec`` again once the broker has finished deleting it (False while it has not)."""
+    try:
+        return TopicAdmin(settings.kafka).create([spec])[0].status == "created"
+    except KafkaException:  # still marked for deletion
+        return False

@@ -1,4 +1,4 @@
-"""Partitions added to a worker's topics while it runs.
+"""Topics that change under a running worker: partitions added, topics deleted.
 
 **Input: noticed at the next rebalance, and fatal.** A topic that grows moves keys: Kafka's
 partitioner maps a key by the partition count, so a key's later records land in another partition
@@ -17,16 +17,24 @@ thread) and raises them in the dict the sending code reads, so from the next bat
 as any Kafka producer places them after a growth (each key's order holds within each side of the
 change, as for every producer). Exactly-once uses librdkafka's partitioner, which follows its own
 metadata refresh (the worker sets it to the same interval).
+
+**Outputs deleted: fatal.** A produce to a topic that is gone fails with "Unknown topic" (or
+partition, or the transaction's "N message(s) failed delivery"), an abortable error: the
+transaction aborted, the input rewound, the same records failed again, several times a second
+for as long as the worker ran. :func:`missing_topics`
+tells such a failure from a passing one (metadata not yet propagated) by asking the broker, and
+the commit protocol stops with the topics' names (nothing of the failed input committed: a
+restart after ``mystocks-gpu topics create`` reprocesses it).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 
@@ -35,6 +43,37 @@ log = logging.getLogger(__name__)
 #: the worker clients' ``topic.metadata.refresh.interval.ms``, and the output watch's period: how
 #: soon partitions added to a topic are noticed (librdkafka's default is 5 min)
 METADATA_REFRESH_MS = 10_000
+
+
+#: errors after which the worker asks the broker whether its topics are still there: a topic or
+#: partition unknown (a produce, adding a partition to the transaction), and a transaction whose
+#: records failed delivery (librdkafka's ``_INCONSISTENT``: "N message(s) failed delivery")
+MISSING_TOPIC_CODES = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART,
+                                 KafkaError._UNKNOWN_PARTITION, KafkaError._INCONSISTENT})
+
+
+def topics_gone_error(where: str, reason: str, gone: Iterable[str]) -> FatalRuntimeError:
+    """The error that stops a worker whose output or changelog topics are gone."""
+    return FatalRuntimeError(
+        f"{where} failed ({reason}): topic(s) {', '.join(sorted(gone))} no longer exist or lost partitions (deleted "
+        "while the worker ran?); stopping without committing the input of the failed outputs. Recreate them "
+        "(mystocks-gpu topics create) and restart: the input is reprocessed from the last commit")
+
+
+def missing_topics(client: Any, expected: Mapping[str, int], timeout_s: float) -> list[str]:
+    """The topics of ``expected`` (topic -> partitions written to) that the broker says are gone
+    or have fewer partitions; ``[]`` when it does not answer within ``timeout_s`` seconds (nothing
+    proven gone). ``client``: any confluent-kafka client."""
+    try:
+        topics = client.list_topics(timeout=timeout_s).topics
+    except KafkaException:
+        return []
+    gone = []
+    for name, count in expected.items():
+        meta = topics.get(name)
+        if meta is None or meta.error is not None or len(meta.partitions) < count:
+            gone.append(name)
+    return gone
 
 
 def check_assigned(topic: str, group: str, started_with: int, partitions: Iterable[int]) -> None:
@@ -54,7 +93,9 @@ class OutputPartitionWatch:
     """Raise ``counts[topic]`` (topic -> partitions, the dict the sending code reads) when an
     output topic grows; a daemon thread asks ``client`` (any confluent-kafka client: its
     ``list_topics`` is thread-safe) every ``interval_s`` seconds. Counts only grow (Kafka cannot
-    remove partitions); a failed request is retried at the next period."""
+    remove partitions); a failed request is retried at the next period. A topic the broker says
+    does not exist lands in :attr:`gone` (at-least-once records to it never settle: the commit
+    protocol stops on it instead of waiting for them, ``CommitProtocol._await_unsettled``)."""
 
     def __init__(self, client: Any, counts: dict[str, int], interval_s: float = METADATA_REFRESH_MS / 1000) -> None:
         if interval_s <= 0:
@@ -62,12 +103,15 @@ class OutputPartitionWatch:
         self.client = client
         self.counts = counts
         self.interval_s = interval_s
+        #: topics found deleted at the last round (replaced whole, read by the worker's thread)
+        self.gone: frozenset[str] = frozenset()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def refresh(self) -> dict[str, tuple[int, int]]:
         """One round: ``{topic: (old, new)}`` of the topics that grew (their counts raised)."""
         grown: dict[str, tuple[int, int]] = {}
+        gone: set[str] = set()
         for topic in list(self.counts):
             try:
                 meta = self.client.list_topics(topic, timeout=5).topics.get(topic)
@@ -75,6 +119,8 @@ class OutputPartitionWatch:
                 log.debug("output partition count not read", extra={"fields": {"topic": topic, "error": str(exc)}})
                 continue
             if meta is None or meta.error is not None:
+                if meta is None or meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    gone.add(topic)
                 continue
             old, new = self.counts[topic], len(meta.partitions)
             if new > old:
@@ -82,6 +128,7 @@ class OutputPartitionWatch:
                 grown[topic] = (old, new)
                 log.warning("output topic grew: keys are placed by the new partition count from the next batch",
                             extra={"fields": {"topic": topic, "partitions_before": old, "partitions": new}})
+        self.gone = frozenset(gone)
         return grown
 
     def start(self) -> None:
