@@ -1,12 +1,16 @@
-"""Partitions added to a running worker group's input (``streams/topic_changes.py``), on the real
-broker: the group stops with a clear error, nothing of the new partitions is read or committed,
-every committed input has exactly one output (pandas reference), and a restart refuses too.
+"""Topics that change under running workers (``streams/topic_changes.py``), on the real broker.
 
-Before this, a grown input went unnoticed until librdkafka's metadata refresh (5 min by
-default); then the member handed a new partition retried restoring a changelog partition that
-does not exist and failed about two minutes later with "restoring <changelog>[3]: Failed to get
-watermark offsets: Local: Unknown partition", which does not say what happened (this test, with
-the check removed and the 10-s refresh kept, failed on that message after 128 s)."""
+- Partitions added to the input: the group stops with a clear error, nothing of the new
+  partitions is read or committed, every committed input has exactly one output (pandas
+  reference), and a restart refuses too. Before, a grown input went unnoticed until librdkafka's
+  metadata refresh (5 min by default); then the member handed a new partition retried restoring a
+  changelog partition that does not exist and failed about two minutes later with "restoring
+  <changelog>[3]: Failed to get watermark offsets: Local: Unknown partition", which does not say
+  what happened (the test, with the check removed and the 10-s refresh kept, failed on that
+  message after 128 s).
+- Partitions added to the output: keys follow the new count within the 10-s metadata period.
+- The output deleted: the worker stops with an error naming it, and nothing is lost.
+"""
 
 from __future__ import annotations
 
