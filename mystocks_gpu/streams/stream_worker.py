@@ -65,7 +65,13 @@ from mystocks_gpu.streams.side_input import SideInput
 from mystocks_gpu.streams.state_store import PartitionStates, ensure_changelog
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 from mystocks_gpu.streams.topic_changes import METADATA_REFRESH_MS as MD_REFRESH_MS
-from mystocks_gpu.streams.topic_changes import OutputPartitionWatch, check_assigned
+from mystocks_gpu.streams.topic_changes import (
+    MISSING_TOPIC_CODES,
+    OutputPartitionWatch,
+    check_assigned,
+    input_gone_error,
+    missing_topics,
+)
 
 log = logging.getLogger(__name__)
 #: client-side record cap of the worker's producer (bytes); each topic's own limit is checked first
@@ -552,14 +558,16 @@ class StreamWorker:
                 self._consumer_error(err.code(), err.str(), err.fatal(), m.partition())
         return out
 
-    @staticmethod
-    def _consumer_error(code: int, reason: str, fatal: bool, partition: int | None = None) -> None:
+    def _consumer_error(self, code: int, reason: str, fatal: bool, partition: int | None = None) -> None:
         """An error event from the consumer (a ``Message`` or the columnar ingest): partition EOF
-        is none, a fatal one stops the worker, any other is logged."""
+        is none, a fatal one stops the worker, so does the input topic found deleted, any other
+        is logged."""
         if code == KafkaError._PARTITION_EOF:
             return
         if fatal:
             raise FatalRuntimeError(f"consumer fatal error: {reason}")
+        if code in MISSING_TOPIC_CODES and missing_topics(self.consumer, {self.topic: 1}, self.rt.commit_timeout_s):
+            raise input_gone_error(self.topic, self.group)
         log.warning("consumer error", extra={"fields": {"error": reason, "code": code, "partition": partition}})
 
     def _handle(self, batch: RawBatch) -> None:

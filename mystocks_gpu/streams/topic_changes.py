@@ -18,6 +18,10 @@ as any Kafka producer places them after a growth (each key's order holds within 
 change, as for every producer). Exactly-once uses librdkafka's partitioner, which follows its own
 metadata refresh (the worker sets it to the same interval).
 
+**Input deleted: fatal.** The consumer reports the subscribed topic unknown; once the broker
+confirms it is gone the worker stops (:func:`input_gone_error`) instead of waiting, assigned
+nothing, for a topic that may never return (Kafka Streams stops on a missing source topic too).
+
 **Outputs deleted: fatal.** A produce to a topic that is gone fails with "Unknown topic" (or
 partition, or the transaction's "N message(s) failed delivery"), an abortable error: the
 transaction aborted, the input rewound, the same records failed again, several times a second
@@ -58,6 +62,15 @@ def topics_gone_error(where: str, reason: str, gone: Iterable[str]) -> FatalRunt
         f"{where} failed ({reason}): topic(s) {', '.join(sorted(gone))} no longer exist or lost partitions (deleted "
         "while the worker ran?); stopping without committing the input of the failed outputs. Recreate them "
         "(mystocks-gpu topics create) and restart: the input is reprocessed from the last commit")
+
+
+def input_gone_error(topic: str, group: str) -> FatalRuntimeError:
+    """The error that stops a worker whose input topic is gone (the consumer reported it unknown
+    and the broker confirms it)."""
+    return FatalRuntimeError(
+        f"input topic {topic} no longer exists (deleted while the worker ran?); stopping. Group {group} keeps its "
+        "committed offsets and its changelog: a topic created again under the same name starts from offset 0, "
+        "below them, so reset the group's offsets or run under a new group")
 
 
 def missing_topics(client: Any, expected: Mapping[str, int], timeout_s: float) -> list[str]:

@@ -10,6 +10,7 @@
   message after 128 s).
 - Partitions added to the output: keys follow the new count within the 10-s metadata period.
 - The output deleted: the worker stops with an error naming it, and nothing is lost.
+- The input deleted: the worker stops with an error naming it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mystocks_gpu.topics.admin import TopicAdmin
 from tests.integration.stream_helpers import (
     assert_at_least_once,
     assert_exactly_once_equal,
+    committed_total,
     finish,
     make_topics,
     output_high_watermark,
@@ -208,3 +210,34 @@ def _recreated(settings: Settings, spec: TopicSpec) -> bool:
         return TopicAdmin(settings.kafka).create([spec])[0].status == "created"
     except KafkaException:  # still marked for deletion
         return False
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_a_deleted_input_topic_stops_the_worker(settings: Settings, unique: str, guarantee: str) -> None:
+    """The input topic deleted under a running worker: it stops with an error naming the topic
+    once the broker confirms it is gone (before, it logged "Subscribed topic not available" once
+    and waited, assigned nothing, until its idle exit: forever without one), and the outputs of
+    what it read before stay one per input (at least one, at-least-once) with the reference's
+    running values."""
+    t = make_topics(settings, unique, partitions=2)
+    cols, names = synthetic(2_000, symbols=40)
+    produce_ticks(settings, t.input, cols, names)
+    alo = ("--at-least-once",) if guarantee == "at-least-once" else ()
+    worker = start_worker(t, "w1", *alo, idle_exit=300)
+    try:
+        assert wait_for(lambda: committed_total(settings, t.group, t.input, 2) == 2_000, 90), "input never committed"
+        admin = AdminClient(settings.kafka.client_config())
+        for fut in admin.delete_topics([t.input]).values():
+            fut.result(30)
+        _, err = worker.communicate(timeout=90)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+    assert worker.returncode != 0 and f"input topic {t.input} no longer exists" in err, err[-2000:]
+    ref = running_aggregate(np.asarray(names)[cols["sym"]], cols["seq"], cols["price"])
+    got = read_outputs(settings, t.output)
+    if guarantee == "at-least-once":
+        assert_at_least_once(got, ref)
+    else:
+        assert_exactly_once_equal(got, ref)
