@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,6 +27,7 @@ from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.integration.stream_helpers import (
+    Topics,
     assert_at_least_once,
     assert_exactly_once_equal,
     committed_total,
@@ -63,9 +66,7 @@ def test_partitions_added_to_the_input_stop_the_group_and_lose_nothing(settings:
             assert GROWN_MESSAGE in err, err[-2000:]
     finally:
         for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait(30)
+            _stop(w)
     committed = _committed(settings, t.group, t.input, 4)
     assert committed[2] is None and committed[3] is None, committed  # the new partitions: not read
     inputs = pd.DataFrame([dict(r.value, _p=r.partition, _o=r.offset) for r in read_finished(settings.kafka, t.input)])
@@ -79,6 +80,38 @@ def test_partitions_added_to_the_input_stop_the_group_and_lose_nothing(settings:
     again = start_worker(t, "w3", idle_exit=5)
     _, err = again.communicate(timeout=120)
     assert again.returncode != 0 and "must be co-partitioned" in err, err[-2000:]
+
+
+def _topics_with_ticks(settings: Settings, unique: str, n: int, guarantee: str
+                       ) -> tuple[Topics, dict[str, np.ndarray], list[str], tuple[str, ...]]:
+    """2-partition test topics with ``n`` ticks of 40 symbols in the input; returns the topics,
+    the tick columns, the symbol names and the worker flags of ``guarantee``."""
+    t = make_topics(settings, unique, partitions=2)
+    cols, names = synthetic(n, symbols=40)
+    produce_ticks(settings, t.input, cols, names)
+    return t, cols, names, (("--at-least-once",) if guarantee == "at-least-once" else ())
+
+
+def _delete(settings: Settings, topic: str) -> None:
+    """Delete ``topic`` (returns once the controller accepted it)."""
+    admin = AdminClient(settings.kafka.client_config())  # alive until the futures are done
+    for fut in admin.delete_topics([topic]).values():
+        fut.result(30)
+
+
+def _stop(worker: subprocess.Popen[str]) -> None:
+    """Kill a worker that is still running (a failed test's leftover)."""
+    if worker.poll() is None:
+        worker.kill()
+        worker.wait(30)
+
+
+def _assert_outputs(guarantee: str, got: pd.DataFrame, ref: pd.DataFrame) -> None:
+    """At least one output per input (at-least-once) or exactly one (exactly-once), as the reference."""
+    if guarantee == "at-least-once":
+        assert_at_least_once(got, ref)
+    else:
+        assert_exactly_once_equal(got, ref)
 
 
 def _grow_and_more(settings: Settings, topic: str, n: int) -> dict[str, np.ndarray]:
@@ -112,10 +145,8 @@ def test_outputs_follow_an_output_topic_that_grows(settings: Settings, unique: s
     the count read at start stayed and the new partitions got nothing until a restart.
     Exactly-once uses librdkafka's partitioner, whose metadata the worker refreshes every 10 s
     (librdkafka's default: 5 min)."""
-    t = make_topics(settings, unique, partitions=2)
-    cols, names = synthetic(3_000, symbols=40)
-    produce_ticks(settings, t.input, cols, names)
-    worker = start_worker(t, "w1", *(("--at-least-once",) if guarantee == "at-least-once" else ()), idle_exit=8)
+    t, cols, names, alo = _topics_with_ticks(settings, unique, 3_000, guarantee)
+    worker = start_worker(t, "w1", *alo, idle_exit=8)
     try:
         assert wait_for(lambda: output_high_watermark(settings, t.output) >= 3_000, 90), "worker never caught up"
         more = _grow_and_more(settings, t.output, 8_000)
@@ -123,17 +154,12 @@ def test_outputs_follow_an_output_topic_that_grows(settings: Settings, unique: s
         assert start_paced(settings, t.input, tick_items(more, names), rate=400).result(120) == 8_000
         finish(worker, timeout=120)
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(30)
+        _stop(worker)
     got = read_outputs(settings, t.output)
     sym = np.asarray(names)
     both = {k: np.concatenate([cols[k], more[k]]) for k in ("sym", "seq", "price")}  # per symbol: in order
     ref = running_aggregate(sym[both["sym"]], both["seq"], both["price"])
-    if guarantee == "at-least-once":
-        assert_at_least_once(got, ref)
-    else:
-        assert_exactly_once_equal(got, ref)
+    _assert_outputs(guarantee, got, ref)
     part2, part4 = (_librdkafka_partitions(settings, f"{unique}.{n}", names, n) for n in (2, 4))
     assert {part2[s] for s in names} == {0, 1} and {part4[s] for s in names} == {0, 1, 2, 3}
     first = got["seq"] < 1_000_000  # placed before the growth: by 2 partitions
@@ -169,24 +195,17 @@ def test_a_deleted_output_topic_stops_the_worker_and_loses_nothing(settings: Set
     the topic recreated, a restarted worker writes one output (exactly-once; at least one,
     at-least-once) for every input from the committed offsets on, with the running values of the
     pandas reference over the whole input."""
-    t = make_topics(settings, unique, partitions=2)
-    cols, names = synthetic(3_000, symbols=40)
-    produce_ticks(settings, t.input, cols, names)
-    alo = ("--at-least-once",) if guarantee == "at-least-once" else ()
+    t, cols, names, alo = _topics_with_ticks(settings, unique, 3_000, guarantee)
     worker = start_worker(t, "w1", *alo, idle_exit=60)
     try:
         assert wait_for(lambda: output_high_watermark(settings, t.output) >= 3_000, 90), "worker never caught up"
-        admin = AdminClient(settings.kafka.client_config())
-        for fut in admin.delete_topics([t.output]).values():
-            fut.result(30)
+        _delete(settings, t.output)
         more, _ = synthetic(3_000, symbols=40, seed=2)
         more["seq"] = more["seq"] + 1_000_000
         produce_ticks(settings, t.input, more, names)
         _, err = worker.communicate(timeout=120)
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(30)
+        _stop(worker)
     assert worker.returncode != 0 and f"topic(s) {t.output} no longer exist" in err, err[-2000:]
     committed = _committed(settings, t.group, t.input, 2)
     spec = TopicSpec(t.output, "symbol", "mystocks.streams.RunningAggregate", partitions=2, dlq=False)
@@ -198,10 +217,7 @@ def test_a_deleted_output_topic_stops_the_worker_and_loses_nothing(settings: Set
     rest = (inputs["_o"].to_numpy() >= inputs["_p"].map(lambda p: committed[p] or 0).to_numpy())
     assert 3_000 <= rest.sum() < 6_000  # the failed input, and not more than the first worker left
     got = read_outputs(settings, t.output)
-    if guarantee == "at-least-once":
-        assert_at_least_once(got, ref[rest])
-    else:
-        assert_exactly_once_equal(got, ref[rest])
+    _assert_outputs(guarantee, got, ref[rest])
 
 
 def _recreated(settings: Settings, spec: TopicSpec) -> bool:
@@ -219,25 +235,15 @@ def test_a_deleted_input_topic_stops_the_worker(settings: Settings, unique: str,
     and waited, assigned nothing, until its idle exit: forever without one), and the outputs of
     what it read before stay one per input (at least one, at-least-once) with the reference's
     running values."""
-    t = make_topics(settings, unique, partitions=2)
-    cols, names = synthetic(2_000, symbols=40)
-    produce_ticks(settings, t.input, cols, names)
-    alo = ("--at-least-once",) if guarantee == "at-least-once" else ()
+    t, cols, names, alo = _topics_with_ticks(settings, unique, 2_000, guarantee)
     worker = start_worker(t, "w1", *alo, idle_exit=300)
     try:
         assert wait_for(lambda: committed_total(settings, t.group, t.input, 2) == 2_000, 90), "input never committed"
-        admin = AdminClient(settings.kafka.client_config())
-        for fut in admin.delete_topics([t.input]).values():
-            fut.result(30)
+        _delete(settings, t.input)
         _, err = worker.communicate(timeout=90)
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(30)
+        _stop(worker)
     assert worker.returncode != 0 and f"input topic {t.input} no longer exists" in err, err[-2000:]
     ref = running_aggregate(np.asarray(names)[cols["sym"]], cols["seq"], cols["price"])
     got = read_outputs(settings, t.output)
-    if guarantee == "at-least-once":
-        assert_at_least_once(got, ref)
-    else:
-        assert_exactly_once_equal(got, ref)
+    _assert_outputs(guarantee, got, ref)
