@@ -56,6 +56,7 @@ from mystocks_gpu.streams.state_store import PartitionStates
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 from mystocks_gpu.streams.topic_changes import (
     MISSING_TOPIC_CODES,
+    OutputPartitionWatch,
     missing_topics,
     topics_gone_error,
 )
@@ -159,7 +160,7 @@ class CommitProtocol(OutputSending):
         self.replace_producer: Callable[[], Any] | None = None
         #: at-least-once: the worker's output partition watch (``streams/topic_changes.py``), whose
         #: ``gone`` names outputs deleted under the worker
-        self.output_watch: Any = None
+        self.output_watch: OutputPartitionWatch | None = None
 
     # ---- producing -------------------------------------------------------------------------
     def begin(self) -> None:

@@ -182,7 +182,7 @@ class StreamWorker:
         live = admin.existing()
         self._input_partitions = live.get(self.topic, 0)
         limit = self.processor.max_input_partitions
-        if limit is not None and live.get(self.topic, 0) > limit:
+        if limit is not None and self._input_partitions > limit:
             raise FatalRuntimeError(
                 f"{self.processor.name} needs its whole input in at most {limit} partition(s) and {self.topic} has "
                 f"{live[self.topic]}: use a topic with {limit} partition(s) (see the processor's documentation)")

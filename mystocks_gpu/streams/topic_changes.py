@@ -73,20 +73,26 @@ def input_gone_error(topic: str, group: str) -> FatalRuntimeError:
         "below them, so reset the group's offsets or run under a new group")
 
 
+def live_partitions(client: Any, topic: str, timeout_s: float) -> int | None:
+    """``topic``'s partition count as the broker states it, 0 when it says the topic does not exist,
+    None when it does not answer within ``timeout_s`` seconds or reports another error (a leader
+    election, say: nothing proven). ``client``: any confluent-kafka client."""
+    try:
+        meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except KafkaException:
+        return None
+    if meta is None:
+        return 0
+    if meta.error is not None:
+        return 0 if meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART else None
+    return len(meta.partitions)
+
+
 def missing_topics(client: Any, expected: Mapping[str, int], timeout_s: float) -> list[str]:
     """The topics of ``expected`` (topic -> partitions written to) that the broker says are gone
-    or have fewer partitions; ``[]`` when it does not answer within ``timeout_s`` seconds (nothing
-    proven gone). ``client``: any confluent-kafka client."""
-    try:
-        topics = client.list_topics(timeout=timeout_s).topics
-    except KafkaException:
-        return []
-    gone = []
-    for name, count in expected.items():
-        meta = topics.get(name)
-        if meta is None or meta.error is not None or len(meta.partitions) < count:
-            gone.append(name)
-    return gone
+    or have fewer partitions (:func:`live_partitions`; an unanswered one is not counted)."""
+    counts = {name: live_partitions(client, name, timeout_s) for name in expected}
+    return [name for name, n in counts.items() if n is not None and n < expected[name]]
 
 
 def check_assigned(topic: str, group: str, started_with: int, partitions: Iterable[int]) -> None:
@@ -126,16 +132,12 @@ class OutputPartitionWatch:
         grown: dict[str, tuple[int, int]] = {}
         gone: set[str] = set()
         for topic in list(self.counts):
-            try:
-                meta = self.client.list_topics(topic, timeout=5).topics.get(topic)
-            except KafkaException as exc:
-                log.debug("output partition count not read", extra={"fields": {"topic": topic, "error": str(exc)}})
+            new = live_partitions(self.client, topic, 5.0)
+            if new == 0:
+                gone.add(topic)
+            if not new:
                 continue
-            if meta is None or meta.error is not None:
-                if meta is None or meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    gone.add(topic)
-                continue
-            old, new = self.counts[topic], len(meta.partitions)
+            old = self.counts[topic]
             if new > old:
                 self.counts[topic] = new  # one store: the sending thread reads old or new, both valid
                 grown[topic] = (old, new)
