@@ -60,6 +60,7 @@ from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.fault_injection import FaultPlan
 from mystocks_gpu.streams.fencing import CLIENT_NONCE_SEP, await_membership, twins_once_settled
 from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
+from mystocks_gpu.streams.rebalance_callbacks import RebalanceCallbacks
 from mystocks_gpu.streams.runtime_config import ADAPTIVE, RuntimeConfig
 from mystocks_gpu.streams.side_input import SideInput
 from mystocks_gpu.streams.state_store import PartitionStates, ensure_changelog
@@ -68,7 +69,6 @@ from mystocks_gpu.streams.topic_changes import METADATA_REFRESH_MS as MD_REFRESH
 from mystocks_gpu.streams.topic_changes import (
     MISSING_TOPIC_CODES,
     OutputPartitionWatch,
-    check_assigned,
     input_gone_error,
     missing_topics,
 )
@@ -102,8 +102,9 @@ class RunSummary:
     abort_reasons: list[str] = field(default_factory=list)
 
 
-class StreamWorker:
-    """One consume-process-produce loop for one processor in one consumer group."""
+class StreamWorker(RebalanceCallbacks):
+    """One consume-process-produce loop for one processor in one consumer group (its rebalance
+    callbacks: ``streams/rebalance_callbacks.py``)."""
 
     def __init__(self, processor: Processor[Any], kafka: KafkaConfig, runtime: RuntimeConfig | None = None,
                  group: str | None = None, worker_id: str | None = None, input_topic: str | None = None,
@@ -309,66 +310,6 @@ class StreamWorker:
         self._recoveries += 1
         self.producer = self._make_producer()
         return self.producer
-
-    # ---- rebalance callbacks (all state changes go through the protocol) --------------------
-    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        if self.protocol is None:  # the set-up failed after joining (served by close()): nothing to keep
-            if self.rt.group_protocol == "classic":
-                consumer.incremental_assign(partitions)
-            return
-        check_assigned(self.topic, self.group, self._input_partitions, (tp.partition for tp in partitions))
-        self.metrics.rebalances.inc()
-        self._assigned_at = self.clock.monotonic()
-        self._ever_assigned = True
-        self.protocol.on_assign(tp.partition for tp in partitions)
-        if self._ingest is not None:  # before librdkafka starts fetching them
-            self._ingest.attach([tp.partition for tp in partitions])
-        if self.rt.group_protocol == "classic":
-            consumer.incremental_assign(partitions)
-        if self._paused:
-            consumer.pause(partitions)
-        log.info("assigned", extra={"fields": {"partitions": [tp.partition for tp in partitions]}})
-
-    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        if self.protocol is None:  # the set-up failed after joining (served by close()): nothing to keep
-            if self.rt.group_protocol == "classic":
-                consumer.incremental_unassign(partitions)
-            return
-        self.metrics.rebalances.inc()
-        revoked = {tp.partition for tp in partitions}
-        self._acc.batch.drop_partitions(revoked)
-        self._drop_pending(revoked)
-        self.protocol.on_revoke(revoked)
-        self._awaiting.clear()
-        for part in revoked:
-            self._event_clock.pop(part, None)
-        if self.rt.group_protocol == "classic":
-            consumer.incremental_unassign(partitions)
-        log.info("revoked", extra={"fields": {"partitions": sorted(revoked)}})
-
-    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        if self.protocol is None:  # the set-up failed after joining (served by close()): nothing to keep
-            if self.rt.group_protocol == "classic":
-                consumer.incremental_unassign(partitions)
-            return
-        lost = {tp.partition for tp in partitions}
-        self.protocol.on_lost(lost)
-        for part in lost:
-            self._event_clock.pop(part, None)
-        self._acc.batch.drop_partitions(lost)
-        self._drop_pending(lost)
-        if self.rt.group_protocol == "classic":
-            consumer.incremental_unassign(partitions)
-        log.warning("partitions lost", extra={"fields": {"partitions": sorted(lost)}})
-
-    def _drop_pending(self, gone: set[int]) -> None:
-        """Forget the fetched records of revoked or lost partitions, and stop reading them."""
-        if isinstance(self._pending, ColumnChunk):
-            self._pending = self._pending.without_partitions(gone)
-        else:
-            self._pending = [m for m in self._pending if m.partition() not in gone]
-        if self._ingest is not None:
-            self._ingest.detach(sorted(gone))
 
     def _add_pending(self, now: float) -> None:
         """Move fetched records into the forming batch (what does not fit stays pending)."""
