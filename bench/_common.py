@@ -364,3 +364,9 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if not a or not b or a != a or b != b:
         return None
     return a / b
+
+
+def median_run(runs: list[dict[str, Any]], field: str) -> dict[str, Any]:
+    """The run whose ``field`` is the median of ``runs`` (the lower one of an even count; None sorts
+    as 0): the headline of repeated runs, itself a real run rather than an average."""
+    return sorted(runs, key=lambda r: r[field] or 0.0)[(len(runs) - 1) // 2]

@@ -547,6 +547,22 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
             "ramp_s": args.ramp_s, **quantiles(np.sort(lat[:k].astype(np.float64) / 1e6)), "loadavg_1min": C.machine()["loadavg_1min"]}
 
 
+def floor_round(s: Any, tag: str, guarantee: str, rate: float, args: Any, notes: list[str]) -> dict[str, Any] | None:
+    """One :func:`run_floor` at ``rate``, printed; a failure is added to ``notes`` (None returned)."""
+    what = ("Kafka transactions alone: producer -> broker -> transactional relay (commit every "
+            f"{args.commit_interval_ms:g} ms) -> consumer") if guarantee == EXACTLY_ONCE else \
+        "Kafka alone: producer -> broker -> consumer"
+    try:
+        fl = run_floor(s, tag, rate, args, guarantee=guarantee)
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        notes.append(f"floor {guarantee} @ {rate:,.0f}/s failed: {type(exc).__name__}: {str(exc)[:1500]}")
+        print(f"  {notes[-1]}")
+        return None
+    print(f"  floor ({what}) @ {rate:,.0f}/s: p50 {C.fmt(fl['p50_ms'])} ms, p99 {C.fmt(fl['p99_ms'])} ms, "
+          f"p99.9 {C.fmt(fl['p999_ms'])} ms ({fl['received']:,}/{fl['offered']:,} received, load {fl['loadavg_1min']})")
+    return fl
+
+
 def print_breakdown(r: dict[str, Any]) -> None:
     """The stage table of one run (worker histograms) and the consumer-side split."""
     parts = r.get("parts", {})

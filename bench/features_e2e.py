@@ -624,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         # fresh group into an output topic of its own; the headline is the run with the median rate
         ours = [(k, gu, cu) for k, gu, cu in (("eos", EXACTLY_ONCE, None), ("eosnc", EXACTLY_ONCE, 0.0),
                                                ("alo", AT_LEAST_ONCE, None)) if k not in skip]
+        ours_runs: dict[str, list[dict[str, Any]]] = {}
         for rep in range(args.repeat if ours else 0):
             for key, gu, cu in ours:
                 out = outs[key] if rep == 0 else f"bench.fe.out.{key}{rep}.{tag}"
@@ -637,9 +638,9 @@ def main(argv: list[str] | None = None) -> int:
                     notes.append(f"{key} (round {rep + 1}) failed: {type(exc).__name__}: {str(exc)[:1500]}")
                     print(f"  {notes[-1]}")
                     continue
-                runs_k = res.setdefault(key, {}).get("runs", []) + [r]
-                res[key] = {**sorted(runs_k, key=lambda x: x["tps"] or 0.0)[(len(runs_k) - 1) // 2], "runs": runs_k,
-                            "tps_runs": [x["tps"] for x in runs_k]}
+                runs_k = ours_runs.setdefault(key, [])
+                runs_k.append(r)
+                res[key] = {**C.median_run(runs_k, "tps"), "runs": runs_k, "tps_runs": [x["tps"] for x in runs_k]}
                 # a run whose output is wrong fails the check, whichever run is the headline
                 checks[key] = next((x["check"] for x in runs_k if not x["check"]["ok"]), res[key]["check"])
                 print(f"  {key} (round {rep + 1}): {r['tps']:,.0f} ticks/s ({r['processed']:,} ticks in "
@@ -650,22 +651,6 @@ def main(argv: list[str] | None = None) -> int:
             attempt("faust", run_faust, s, topic, outs["faust"], tag, n, args.cap_s, args.batch, args.partitions)
         if "pandas" not in skip:
             attempt("pandas", run_pandas, s, topic, outs["pandas"], f"bench-fe-pandas-{tag}", n, args.cap_s, args.batch)
-        def floor_round(gu: str, rate: float) -> dict[str, Any] | None:
-            """One run of the floor (Kafka alone; for exactly-once, Kafka transactions alone) at ``rate``."""
-            what = ("Kafka transactions alone: producer -> broker -> transactional relay (commit every "
-                    f"{args.commit_interval_ms:g} ms) -> consumer") if gu == EXACTLY_ONCE else \
-                "Kafka alone: producer -> broker -> consumer"
-            try:
-                fl = L.run_floor(s, tag, rate, args, guarantee=gu)
-            except Exception as exc:  # noqa: BLE001 - report and go on
-                notes.append(f"floor {gu} @ {rate:,.0f}/s failed: {type(exc).__name__}: {str(exc)[:1500]}")
-                print(f"  {notes[-1]}")
-                return None
-            print(f"  floor ({what}) @ {rate:,.0f}/s: p50 "
-                  f"{C.fmt(fl['p50_ms'])} ms, p99 {C.fmt(fl['p99_ms'])} ms, p99.9 {C.fmt(fl['p999_ms'])} ms "
-                  f"({fl['received']:,}/{fl['offered']:,} received, load {fl['loadavg_1min']})")
-            return fl
-
         if "latency" not in skip:
             runs = [(g, args.rate) for g in guarantees] + ([(g, args.low_rate) for g in guarantees] if args.low_rate else [])
             for g, rate in runs:
@@ -687,19 +672,18 @@ def main(argv: list[str] | None = None) -> int:
                         if tree is None and r["p99_ms"] is not None:
                             mine.append(r)
                             # the headline of a scenario: its run with the median p99 (--repeat > 1)
-                            lat[key] = sorted(mine, key=lambda x: x["p99_ms"])[(len(mine) - 1) // 2]
+                            lat[key] = C.median_run(mine, "p99_ms")
                         print(f"  latency [{label}] {g} @ {rate:,.0f}/s: p50 {C.fmt(r['p50_ms'])} ms, p99 "
                               f"{C.fmt(r['p99_ms'])} ms, p99.9 {C.fmt(r['p999_ms'])} ms ({r['received']:,}/"
                               f"{r['offered']:,} received, offered {r['offered_rate'] or 0:,.0f}/s, out "
                               f"{r['out_rate'] or 0:,.0f}/s, load {r['loadavg_1min']})")
                         L.print_breakdown(r)
                     if "floor" not in skip:  # in each round, so ours and the floor share the VM's phase
-                        fl = floor_round(g, rate)
-                        if fl is not None:
-                            floors.setdefault((g, rate), []).append(fl)
-                            # the floor of a scenario: its run with the median p99, as for ours
-                            (floor_eos if g == EXACTLY_ONCE else floor)[rate] = sorted(
-                                floors[(g, rate)], key=lambda x: x["p99_ms"] or 0.0)[(len(floors[(g, rate)]) - 1) // 2]
+                        fl = L.floor_round(s, tag, g, rate, args, notes)
+                        if fl is not None:  # the floor of a scenario: its run with the median p99, as for ours
+                            runs_f = floors.setdefault((g, rate), [])
+                            runs_f.append(fl)
+                            (floor_eos if g == EXACTLY_ONCE else floor)[rate] = C.median_run(runs_f, "p99_ms")
         for k in [int(x) for x in args.workers.split(",") if x]:
             try:
                 tp = L.run_throughput(s, tag, args, k, n)
