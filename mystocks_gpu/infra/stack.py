@@ -294,8 +294,12 @@ class LocalStack:
         return props
 
     def _java_cmd(self, main: str, *args: str, heap_mb: int = 256) -> list[str]:
+        # one GC worker thread: with the heaps here a young collection copies a few MB, and two workers
+        # sharing two cores with the stack's clients stalled whole pauses on one preempted worker
+        # (G1 "Termination" 156 ms of a 174 ms pause that copied 4.7 MB; bench/HISTORY.md 2026-12-05)
         return [self.java(), f"-Xmx{heap_mb}m", f"-Xms{min(heap_mb, 256)}m", "-XX:+UseG1GC",
-                "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+                "-XX:MaxGCPauseMillis=20", "-XX:ParallelGCThreads=1", "-XX:ConcGCThreads=1",
+                "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={_TEMPLATES / 'log4j2.properties'}",
                 "-cp", self.classpath, main, *args]
 
