@@ -593,8 +593,6 @@ def main(argv: list[str] | None = None) -> int:
     lat: dict[str, Any] = {}
     ab: list[dict[str, Any]] = []
     scale: list[dict[str, Any]] = []
-    floor: dict[float, dict[str, Any]] = {}
-    floor_eos: dict[float, dict[str, Any]] = {}  # Kafka transactions alone, at the commit interval
     floors: dict[tuple[str, float], list[dict[str, Any]]] = {}  # every floor run, by (guarantee, rate)
     try:
         C.create_topics(s, [(topic, TICK, args.partitions), (topic + ".dlq", None, 1)]
@@ -680,10 +678,8 @@ def main(argv: list[str] | None = None) -> int:
                         L.print_breakdown(r)
                     if "floor" not in skip:  # in each round, so ours and the floor share the VM's phase
                         fl = L.floor_round(s, tag, g, rate, args, notes)
-                        if fl is not None:  # the floor of a scenario: its run with the median p99, as for ours
-                            runs_f = floors.setdefault((g, rate), [])
-                            runs_f.append(fl)
-                            (floor_eos if g == EXACTLY_ONCE else floor)[rate] = C.median_run(runs_f, "p99_ms")
+                        if fl is not None:
+                            floors.setdefault((g, rate), []).append(fl)
         for k in [int(x) for x in args.workers.split(",") if x]:
             try:
                 tp = L.run_throughput(s, tag, args, k, n)
@@ -740,6 +736,9 @@ def main(argv: list[str] | None = None) -> int:
     r_quix = C.ratio(eos_tps, g("quix", "tps"))
     r_quix_nc = C.ratio(g("eosnc", "tps"), g("quix", "tps"))
     print(f"ratio ours EOS / Quix: {C.fmt(r_quix)}" + (f"; catch-up commits off: {C.fmt(r_quix_nc)}" if r_quix_nc else ""))
+    # the floor of a scenario: its run with the median p99, as for ours (floor_eos: Kafka transactions alone)
+    floor, floor_eos = ({rate: C.median_run(fls, "p99_ms") for (gu, rate), fls in floors.items() if gu == want}
+                        for want in (AT_LEAST_ONCE, EXACTLY_ONCE))
     goal_rows = goals(args, lat, r_quix, floor, floor_eos)
     if goal_rows:
         print(f"\ngoals vs measured (load avg {C.machine()['loadavg_1min']} on {m0['cores']} cores: goals assume a quiet machine; "
