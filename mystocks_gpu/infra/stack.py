@@ -283,14 +283,20 @@ class LocalStack:
             return self.libs
 
     # ---- Kafka ---------------------------------------------------------------------------
+    def _broker_properties(self, listeners: str, **fill: str) -> str:
+        """The broker's ``server.properties``: the shared ``server-common.properties`` then the
+        ``listeners`` template of this stack's mode, every ``@NAME@`` placeholder filled (host, ports,
+        log dir, and ``fill``: ``NAME=value``)."""
+        text = (_TEMPLATES / "server-common.properties").read_text() + (_TEMPLATES / listeners).read_text()
+        for k, v in {"HOST": self.cfg.host, "PORT": str(self.cfg.kafka_port),
+                     "CONTROLLER_PORT": str(self.cfg.controller_port),
+                     "LOG_DIR": str(self.kafka_dir / "data"), **fill}.items():
+            text = text.replace(f"@{k}@", v)
+        return text
+
     def _server_properties(self) -> Path:
         props = self.kafka_dir / "server.properties"
-        text = (_TEMPLATES / "server.properties").read_text()
-        for k, v in {"@HOST@": self.cfg.host, "@PORT@": str(self.cfg.kafka_port),
-                     "@CONTROLLER_PORT@": str(self.cfg.controller_port),
-                     "@LOG_DIR@": str(self.kafka_dir / "data")}.items():
-            text = text.replace(k, v)
-        props.write_text(text)
+        props.write_text(self._broker_properties("server.properties"))
         return props
 
     def _java_cmd(self, main: str, *args: str, heap_mb: int = 256) -> list[str]:

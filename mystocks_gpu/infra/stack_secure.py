@@ -53,7 +53,6 @@ from mystocks_gpu.infra.stack import LocalStack, _tail
 from mystocks_gpu.infra.tls_certs import Pki, ensure_pki
 
 log = logging.getLogger(__name__)
-_TEMPLATES = Path(__file__).with_name("kafka")
 SCRAM = "SCRAM-SHA-512"
 SCRAM_ITERATIONS = 8192
 #: super users of the broker (full access; never given to a component)
@@ -251,13 +250,9 @@ class SecureStack(LocalStack):
     def _server_properties(self) -> Path:
         props = self.kafka_dir / "server.properties"
         pki, creds = self.pki, self.credentials()
-        text = (_TEMPLATES / "server-secure.properties").read_text()
-        for k, v in {"@HOST@": self.cfg.host, "@PORT@": str(self.cfg.kafka_port),
-                     "@CONTROLLER_PORT@": str(self.cfg.controller_port), "@LOG_DIR@": str(self.kafka_dir / "data"),
-                     "@BROKER_PASSWORD@": creds["broker"]["kafka"], "@KEYSTORE@": str(pki.keystore),
-                     "@KEYSTORE_PASSWORD@": pki.keystore_password, "@CA@": str(pki.ca)}.items():
-            text = text.replace(k, v)
-        _write_private(props, text)
+        _write_private(props, self._broker_properties(
+            "server-secure.properties", BROKER_PASSWORD=creds["broker"]["kafka"], KEYSTORE=str(pki.keystore),
+            KEYSTORE_PASSWORD=pki.keystore_password, CA=str(pki.ca)))
         return props
 
     def _format_storage(self, props: Path) -> None:

@@ -104,6 +104,9 @@ def test_principals_settings_acls_and_server_files(tmp_path: Path) -> None:
     assert "listeners=SASL_SSL://127.0.0.1:29001,CONTROLLER://127.0.0.1:29002" in text
     assert "allow.everyone.if.no.acl.found=false" in text and "super.users=User:broker;User:admin" in text
     assert re.search(r"@[A-Z_]+@", text) is None  # every placeholder filled
+    # the shared broker settings come first, once (server-common.properties)
+    assert text.count("\nlog.cleaner.dedupe.buffer.size=16777216\n") == 1 and text.count("\nlisteners=") == 1
+    assert text.index("auto.create.topics.enable=false") < text.index("listeners=SASL_SSL")
     conf = st._write_redis_conf().read_text()
     assert "port 0" in conf and "tls-port 29003" in conf and f"user jobworker on >{st.principal('jobworker').redis_password}" \
         in conf and "-@dangerous" in conf

@@ -264,3 +264,27 @@ def test_old_java_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ve
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(StackError, match=f"{msg} at .*; Kafka 4 needs Java 17\\+"):
         _stack(tmp_path).java()
+
+
+def _properties(text: str) -> dict[str, list[str]]:
+    """Every ``key=value`` line of a Java properties file, the values of a key in file order."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(value)
+    return out
+
+
+def test_broker_properties_are_the_shared_settings_then_the_plaintext_listeners(tmp_path: Path) -> None:
+    st = _stack(tmp_path)
+    st.kafka_dir.mkdir(parents=True)
+    props = _properties(st._server_properties().read_text())
+    assert all(len(v) == 1 for v in props.values()), {k: v for k, v in props.items() if len(v) > 1}
+    port, cport = st.cfg.kafka_port, st.cfg.controller_port
+    assert props["listeners"] == [f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}"]
+    assert props["controller.quorum.voters"] == [f"1@127.0.0.1:{cport}"]
+    assert props["log.dirs"] == [str(st.kafka_dir / "data")]
+    # settings of the shared file reach the plain broker (the secure one: test_secure_stack_parts)
+    assert props["log.cleaner.dedupe.buffer.size"] == ["16777216"] and props["auto.create.topics.enable"] == ["false"]
+    assert not any("@" in v and v.count("@") > 1 for vs in props.values() for v in vs)  # every placeholder filled
