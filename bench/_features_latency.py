@@ -66,6 +66,24 @@ from mystocks_gpu.streams.stream_metrics import STAGE_BUCKETS, STAGES, histogram
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 
+#: the load producer's delivery settings (``--feed-producer``), on top of ``PRODUCER_DEFAULTS`` with
+#: ``linger.ms`` 1 and Nagle off. The load producer stands for an exchange feed handler upstream of the
+#: platform; it shares the two cores with the broker and the worker it measures.
+#: ``idempotent``: the project's default producer. librdkafka (2.12 here, unchanged in 2.15:
+#: ``rd_kafka_toppar_producer_serve``) caps an idempotent producer at 5 in-flight *requests* per
+#: partition minus the partition's in-flight *messages*, so once a request of 5 or more records is out
+#: the next one waits for its acknowledgement; the waiting batch is already due, so the broker
+#: thread's poll timeout stays 0 until then: it spins a core for the whole round trip, the longer the
+#: slower the broker (open PR confluentinc/librdkafka#4989 is about the cap). ``ordered`` (default):
+#: not idempotent, one request in flight per connection (records stay in produce order; a retry
+#: after a lost acknowledgement may duplicate), which waits in ``poll()``. 2026-12-05, 40 alternating
+#: runs: the at-least-once p99 at 50k ticks/s median 49.3 -> 30.5 ms, Kafka alone 13.4 -> 8.9 ms
+#: (``bench/HISTORY.md``).
+FEED_PRODUCERS: dict[str, dict[str, Any]] = {
+    "idempotent": {},
+    "ordered": {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1, "acks": "all"},
+}
+
 TICK = "mystocks.md.Tick"
 FV = "mystocks.features.FeatureVector"
 HERE = Path(__file__).resolve()
@@ -178,15 +196,16 @@ def warm_up(s: Any, topic: str, cons: Any, n: int, symbols: int, timeout_s: floa
         raise RuntimeError(f"warm-up: only {seen} of {n} {what} came back")
 
 
-def start_load(topic: str, rate: float, seconds: float, symbols: int, ramp_s: float = 0.0
-               ) -> tuple[subprocess.Popen[str], int]:
+def start_load(topic: str, rate: float, seconds: float, symbols: int, ramp_s: float = 0.0,
+               feed: str = "idempotent") -> tuple[subprocess.Popen[str], int]:
     """Start the producer subprocess offering ``rate`` ticks/s for ``ramp_s + seconds`` (ts_event =
     wall clock at produce) and wait until it is connected and about to send; returns it and the
     start (ns) of the measured window, ``ramp_s`` after its first tick: ticks stamped before it
     (the probe tick, the ramp) are not counted. Its last stdout line (JSON) says how many ticks it
-    stamped inside the window (``counted``)."""
+    stamped inside the window (``counted``). ``feed``: the producer's delivery settings, see
+    :data:`FEED_PRODUCERS`."""
     pcfg = {"topic": topic, "rate": rate, "seconds": seconds + ramp_s, "symbols": symbols,
-            "probe_ts": time.time_ns(), "ramp_s": ramp_s}
+            "probe_ts": time.time_ns(), "ramp_s": ramp_s, "feed": feed}
     producer, first = spawn_role("producer", pcfg, "the load producer")
     return producer, int(first["count_from"])  # printed just before its first tick
 
@@ -321,7 +340,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                "linger_ms": args.lat_linger_ms, "backend": args.backend, "symbols": args.symbols,
                "worker_id": f"lat{w}", "metrics_port": ports[w], "batching": args.lat_batching,
                "commit_interval_ms": args.commit_interval_ms, "catch_up_ms": args.lat_catch_up_ms,
-               "record_io": args.record_io}
+               "record_io": args.record_io, "output_linger_ms": args.output_linger_ms}
         procs.append(subprocess.Popen([sys.executable, str(script), "--_role", "worker", "--_cfg", json.dumps(cfg)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(root)))
     cons = measuring_consumer(s, f"bench-fe-latc-{short}-{tag}", out, args.partitions)
@@ -342,7 +361,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
         warm_up(s, topic, cons, 2000, args.symbols, 180, "feature vectors")
         C.freeze_heap()
         cpu0 = [cpu_seconds(p.pid) for p in procs]
-        producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s)
+        producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s, args.feed_producer)
         pout: dict[str, Any] | None = None
         e2e, to_worker, in_worker, to_cons, event = (np.empty(int(rate * seconds) + 10_000, np.int64) for _ in range(5))
         k = 0
@@ -517,7 +536,7 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
     try:
         warm_up(s, topic, cons, 200, args.symbols, 60, "ticks")
         C.freeze_heap()
-        producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s)
+        producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s, args.feed_producer)
         rep: dict[str, Any] | None = None
         lat = np.empty(int(rate * seconds) + 10_000, np.int64)
         k = 0

@@ -46,7 +46,8 @@ positions must agree).
 
 Latency (ours, at-least-once then exactly-once): a producer subprocess offers ``--rate`` ticks/s for
 ``--ramp-s`` + ``--latency-s`` s with ``ts_event = time.time_ns()`` at produce time (one
-``produce_batch`` per paced chunk); the ticks of the first ``--ramp-s`` s (the switch from an idle
+``produce_batch`` per paced chunk; ``--feed-producer``: not idempotent, one request in flight, by
+default, see ``FEED_PRODUCERS`` in ``bench/_features_latency.py`` for why); the ticks of the first ``--ramp-s`` s (the switch from an idle
 pipeline to full rate) are not counted. Our worker runs in another
 subprocess; this process consumes the output (read_committed) and takes, per feature vector,
 latency = receive wall time - ``ts_event``. p50/p99/p99.9 in ms, and the worker processes' CPU per
@@ -444,7 +445,8 @@ def worker_role(cfg: dict[str, Any]) -> None:
     rt = RuntimeConfig(guarantee=cfg["guarantee"], max_records=cfg["batch"], linger_ms=cfg["linger_ms"],
                        batching=cfg.get("batching", "adaptive"),
                        commit_interval_ms=float(cfg.get("commit_interval_ms", 100.0)),
-                       catch_up_commit_interval_ms=cfg.get("catch_up_ms"), record_io=cfg.get("record_io", "auto"))
+                       catch_up_commit_interval_ms=cfg.get("catch_up_ms"), record_io=cfg.get("record_io", "auto"),
+                       producer_linger_ms=cfg.get("output_linger_ms"))
     w = C.TimedWorker(proc, s.kafka, rt, group=cfg["group"], worker_id=cfg.get("worker_id", "lat0"),
                       input_topic=cfg["topic"], metrics=metrics)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
@@ -463,7 +465,8 @@ def producer_role(cfg: dict[str, Any]) -> None:
     keys = [names[i].encode() for i in cols["sym"].tolist()]
     enc = BatchEncoder(TICK)
     stamped = L.StampedTicks(enc, cols, names, time.time_ns())
-    prod = make_producer(s.kafka, **{"linger.ms": 1, "socket.nagle.disable": True})
+    prod = make_producer(s.kafka, **{"linger.ms": 1, "socket.nagle.disable": True,
+                                     **L.FEED_PRODUCERS[cfg.get("feed", "idempotent")]})
     if cfg.get("probe_ts") is not None:
         # connect, fetch metadata and the idempotent producer id before the clock starts: one tick stamped
         # just before the load window (the measuring consumer skips it), flushed; otherwise the first
@@ -525,6 +528,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lat-batching", default="adaptive", choices=["adaptive", "linger"],
                     help="latency phase: batching of our worker (default adaptive)")
     ap.add_argument("--lat-linger-ms", type=float, default=2.0, help="latency phase: batch linger in linger mode, ms (default 2)")
+    ap.add_argument("--feed-producer", default="ordered", choices=sorted(L.FEED_PRODUCERS),
+                    help="the latency load producer's delivery settings (the Kafka-alone floor's too): ordered (not "
+                         "idempotent, one request in flight per connection) or idempotent (the project's producer "
+                         "defaults, whose librdkafka broker thread spins while the broker is slow); see FEED_PRODUCERS "
+                         "in bench/_features_latency.py (default ordered: until 2026-12-05 the feed was idempotent)")
+    ap.add_argument("--output-linger-ms", type=float, default=None,
+                    help="latency phase: our worker's RuntimeConfig.producer_linger_ms (default: the runtime's, "
+                         "0.5 ms at-least-once, 5 ms exactly-once)")
     ap.add_argument("--commit-interval-ms", type=float, default=100.0,
                     help="latency phase: our commit interval, ms (default 100; exactly-once goal = this + 10 ms)")
     ap.add_argument("--lat-catch-up-ms", type=float, default=None,
@@ -718,7 +729,9 @@ def main(argv: list[str] | None = None) -> int:
     if ab:
         print(f"\ntick -> feature latency, {args.latency_s:.0f} s of offered load per row after a {args.ramp_s:g} s ramp "
               f"(producer, worker(s), broker and "
-              f"this consumer on this machine; {args.lat_batching} batching, commit interval {args.commit_interval_ms:g} ms)"
+              f"this consumer on this machine; {args.lat_batching} batching, commit interval {args.commit_interval_ms:g} ms, "
+              f"{args.feed_producer} load producer, output linger "
+              f"{'default' if args.output_linger_ms is None else f'{args.output_linger_ms:g} ms'})"
               + ("; 'old' = the worker of " + str(args.ab_tree) if args.ab_tree else ""))
         C.print_table(["code", "guarantee", "offered/s", "achieved in/s", "output/s", "p50 ms", "p99 ms", "p99.9 ms",
                        "max ms", "to worker p50", "worker CPU ms/1k ticks", "rec/batch", "batch wall us",
@@ -766,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale_out_tps": {x["workers"]: x["tps"] for x in scale},
         "scale_out_p99_ms_eos": {x["workers"]: x["latency"]["p99_ms"] for x in scale},
         "latency_s": args.latency_s, "ramp_s": args.ramp_s, "commit_interval_ms": args.commit_interval_ms, "lat_batching": args.lat_batching,
+        "feed_producer": args.feed_producer, "output_linger_ms": args.output_linger_ms,
         "p99_ms_floor": floor.get(args.rate, {}).get("p99_ms"),
         "p99_ms_floor_low_rate": floor.get(args.low_rate, {}).get("p99_ms"),
         "goals": [dict(zip(("goal", "target", "measured", "met", "kafka_alone", "worker_hop"), r, strict=True))
