@@ -77,7 +77,7 @@ from mystocks_gpu.topics.admin import TopicAdmin
 #: slower the broker (open PR confluentinc/librdkafka#4989 is about the cap). ``ordered`` (default):
 #: not idempotent, one request in flight per connection (records stay in produce order; a retry
 #: after a lost acknowledgement may duplicate), which waits in ``poll()``. 2026-12-05, 40 alternating
-#: runs: the at-least-once p99 at 50k ticks/s median 49.3 -> 30.5 ms, Kafka alone 13.4 -> 8.9 ms
+#: runs: the at-least-once p99 at 50k ticks/s median 49.8 -> 30.5 ms, Kafka alone 13.3 -> 8.9 ms
 #: (``bench/HISTORY.md``).
 FEED_PRODUCERS: dict[str, dict[str, Any]] = {
     "idempotent": {},
@@ -196,8 +196,8 @@ def warm_up(s: Any, topic: str, cons: Any, n: int, symbols: int, timeout_s: floa
         raise RuntimeError(f"warm-up: only {seen} of {n} {what} came back")
 
 
-def start_load(topic: str, rate: float, seconds: float, symbols: int, ramp_s: float = 0.0,
-               feed: str = "idempotent") -> tuple[subprocess.Popen[str], int]:
+def start_load(topic: str, rate: float, seconds: float, symbols: int, ramp_s: float, feed: str
+               ) -> tuple[subprocess.Popen[str], int]:
     """Start the producer subprocess offering ``rate`` ticks/s for ``ramp_s + seconds`` (ts_event =
     wall clock at produce) and wait until it is connected and about to send; returns it and the
     start (ns) of the measured window, ``ramp_s`` after its first tick: ticks stamped before it

@@ -46,9 +46,9 @@ positions must agree).
 
 Latency (ours, at-least-once then exactly-once): a producer subprocess offers ``--rate`` ticks/s for
 ``--ramp-s`` + ``--latency-s`` s with ``ts_event = time.time_ns()`` at produce time (one
-``produce_batch`` per paced chunk; ``--feed-producer``: not idempotent, one request in flight, by
-default, see ``FEED_PRODUCERS`` in ``bench/_features_latency.py`` for why); the ticks of the first ``--ramp-s`` s (the switch from an idle
-pipeline to full rate) are not counted. Our worker runs in another
+``produce_batch`` per paced chunk; ``--feed-producer``: by default not idempotent, one request in
+flight, see ``FEED_PRODUCERS`` in ``bench/_features_latency.py`` for why); the ticks of the first
+``--ramp-s`` s (the switch from an idle pipeline to full rate) are not counted. Our worker runs in another
 subprocess; this process consumes the output (read_committed) and takes, per feature vector,
 latency = receive wall time - ``ts_event``. p50/p99/p99.9 in ms, and the worker processes' CPU per
 1,000 offered ticks (``/proc``; ``worker_cpu_ms_per_1k``), and per batch the worker thread's wall
@@ -466,9 +466,9 @@ def producer_role(cfg: dict[str, Any]) -> None:
     enc = BatchEncoder(TICK)
     stamped = L.StampedTicks(enc, cols, names, time.time_ns())
     prod = make_producer(s.kafka, **{"linger.ms": 1, "socket.nagle.disable": True,
-                                     **L.FEED_PRODUCERS[cfg.get("feed", "idempotent")]})
+                                     **L.FEED_PRODUCERS[cfg["feed"]]})
     if cfg.get("probe_ts") is not None:
-        # connect, fetch metadata and the idempotent producer id before the clock starts: one tick stamped
+        # connect, fetch metadata (and an idempotent feed's producer id) before the clock starts: one tick stamped
         # just before the load window (the measuring consumer skips it), flushed; otherwise the first
         # ticks of the window wait in this producer for its connection and count as pipeline latency
         probe = {k: v[:1] for k, v in cols.items()}
