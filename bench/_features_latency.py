@@ -76,12 +76,11 @@ from mystocks_gpu.topics.admin import TopicAdmin
 #: thread's poll timeout stays 0 until then: it spins a core for the whole round trip, the longer the
 #: slower the broker (open PR confluentinc/librdkafka#4989 is about the cap). ``ordered`` (default):
 #: not idempotent, one request in flight per connection (records stay in produce order; a retry
-#: after a lost acknowledgement may duplicate), which waits in ``poll()``. 2026-12-05, 40 alternating
-#: runs: the at-least-once p99 at 50k ticks/s median 49.8 -> 30.5 ms, Kafka alone 13.3 -> 8.9 ms
-#: (``bench/HISTORY.md``).
+#: after a lost acknowledgement may duplicate; acks stay librdkafka's default, all), which waits in
+#: ``poll()``. The A/B that made it the default: ``bench/HISTORY.md``, 2026-12-05 09:20.
 FEED_PRODUCERS: dict[str, dict[str, Any]] = {
     "idempotent": {},
-    "ordered": {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1, "acks": "all"},
+    "ordered": {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1},
 }
 
 TICK = "mystocks.md.Tick"
