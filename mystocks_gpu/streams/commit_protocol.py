@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 #: bytes kept free below a topic's max.message.bytes for the record-batch framing (61 B header + record overhead)
 RECORD_OVERHEAD = 128
+#: the weight of the latest exactly-once commit in :attr:`CommitProtocol.commit_s` (its mean time)
+COMMIT_TIME_WEIGHT = 0.2
 
 
 @dataclass
@@ -152,6 +154,10 @@ class CommitProtocol(OutputSending):
         #: the commit interval and the catch-up interval in effect (the commit interval when off), s
         self.interval_s = rt.commit_interval_ms / 1000.0
         self.catch_up_s = (rt.catch_up_ms or rt.commit_interval_ms) / 1000.0
+        #: exactly-once: the recent commit time (begin of the commit to its end, when its outputs
+        #: become visible), an exponentially weighted mean, s; :meth:`due_in_s` starts the next commit
+        #: that much earlier, so a record waits about ``commit_interval_ms`` in all, not interval + commit
+        self.commit_s = 0.0
         #: test hook: ``fault(stage)`` may raise to inject a failure at a named stage of the protocol
         self.fault: Callable[[str], None] | None = None
         #: called when the producer is fenced: returns a fresh, initialised producer when the fence was
@@ -259,10 +265,20 @@ class CommitProtocol(OutputSending):
 
     def due_in_s(self) -> float:
         """Seconds until :meth:`due` (0 when due now; inf with nothing to commit). The interval is
-        ``commit_interval_ms``, or ``RuntimeConfig.catch_up_ms`` while :attr:`behind` (unless off)."""
+        ``commit_interval_ms``, or ``RuntimeConfig.catch_up_ms`` while :attr:`behind` (unless off),
+        counted from the start of the last commit. Exactly-once, not behind: less the recent commit
+        time (:attr:`commit_s`, at most half the interval). Records that reach the worker while a
+        commit runs join the next transaction; counting from the commit's start and subtracting
+        the time the next commit will take bounds their wait until visible by about the interval
+        (interval + commit time otherwise), at the cost of that many more transactions per second."""
         if not self.pending_offsets and not self.in_txn and not self.dirty:
             return float("inf")
-        interval = self.catch_up_s if self.behind else self.interval_s
+        if self.behind:
+            interval = self.catch_up_s
+        elif self.rt.exactly_once:
+            interval = self.interval_s - min(self.commit_s, self.interval_s / 2)
+        else:
+            interval = self.interval_s
         return max(0.0, self.last_commit + interval - self.clock.monotonic())
 
     def _changelog(self) -> dict[int, dict[bytes, bytes]]:
@@ -420,7 +436,10 @@ class CommitProtocol(OutputSending):
         for p, entries in written.items():
             self.states.mirror.setdefault(p, {}).update(entries)
         self.tally.commits += 1
-        self.metrics.commit_latency.observe(self.clock.monotonic() - t0)
+        took = self.clock.monotonic() - t0
+        self.metrics.commit_latency.observe(took)
+        if self.rt.exactly_once:  # the first commit sets the mean, later ones move it
+            self.commit_s = took if self.tally.commits == 1 else self.commit_s + COMMIT_TIME_WEIGHT * (took - self.commit_s)
         self.metrics.set_committed(self.committed)
 
     def _retry(self, op: Callable[[], Any], attempts: int = 8) -> None:

@@ -346,3 +346,66 @@ def test_catch_up_commit_interval_applies_only_while_behind() -> None:
     assert RuntimeConfig(guarantee=AT_LEAST_ONCE).catch_up_ms == 0  # exactly-once only by default
     assert RuntimeConfig(commit_interval_ms=0).catch_up_ms == 0  # a transaction per batch was asked for
     assert RuntimeConfig(guarantee=AT_LEAST_ONCE, catch_up_commit_interval_ms=400).catch_up_ms == 400
+
+
+def test_exactly_once_commits_start_early_by_the_recent_commit_time() -> None:
+    """Exactly-once: the next commit falls due ``commit_interval_ms`` after the last one started,
+    less the mean time recent commits took (weight 0.2 for the latest, the first sets it, at most
+    half the interval), so a record waits about the interval until visible, not interval + commit.
+    At-least-once (its outputs are visible before the commit) and catch-up keep the plain interval."""
+    from types import SimpleNamespace
+
+    from mystocks_gpu.infra.clock import ManualClock
+    from mystocks_gpu.streams.commit_protocol import CommitProtocol
+    from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, RuntimeConfig
+    from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
+
+    clock = ManualClock()
+    took = {"s": 0.0}
+
+    class Producer:  # a transactional producer whose commit takes ``took`` seconds of the clock
+        def begin_transaction(self) -> None: ...
+        def send_offsets_to_transaction(self, *a: object) -> None: ...
+        def commit_transaction(self, *a: object) -> None:
+            clock.advance(took["s"])
+        def poll(self, *a: object) -> int:
+            return 0
+        def __len__(self) -> int:
+            return 0
+
+    def protocol(rt: RuntimeConfig) -> CommitProtocol:
+        return CommitProtocol(producer=Producer(), consumer=SimpleNamespace(consumer_group_metadata=lambda: None),
+                              topic="t", processor=None, states=SimpleNamespace(states={0: None}, mirror={}),  # type: ignore[arg-type]
+                              rt=rt, metrics=RuntimeMetrics("t"), clock=clock, drop_input=lambda: None,
+                              transactional_id="x", max_bytes={})
+
+    eos = protocol(RuntimeConfig(commit_interval_ms=100))
+
+    def commit_taking(seconds: float) -> float:
+        """One commit that takes ``seconds``; returns when it started."""
+        eos.pending_offsets[0] = 1
+        took["s"] = seconds
+        start = clock.monotonic()
+        assert eos.commit()
+        eos.pending_offsets[0] = 2  # the next interval has something to commit
+        return start
+
+    start = commit_taking(0.030)
+    assert abs(eos.due_in_s() - (start + 0.100 - 0.030 - clock.monotonic())) < 1e-9  # due 70 ms after the start
+    clock.advance(0.070 - 0.030 - 0.001)
+    assert not eos.due()
+    clock.advance(0.001 + 1e-9)
+    assert eos.due()
+    start = commit_taking(0.055)  # mean 0.030 + 0.2 * (0.055 - 0.030) = 0.035: due 65 ms after the start
+    assert abs(eos.due_in_s() - 0.010) < 1e-9
+    for _ in range(30):  # commits of 200 ms: the mean nears 200 ms, the head start stops at 50
+        start = commit_taking(0.200)
+    assert abs(eos.due_in_s() - max(0.0, start + 0.050 - clock.monotonic())) < 1e-9 and eos.due()
+    eos.behind = True  # catch-up: the catch-up interval (1 s by default), as it is
+    assert abs(eos.due_in_s() - (start + 1.0 - clock.monotonic())) < 1e-9
+
+    alo = protocol(RuntimeConfig(commit_interval_ms=100, guarantee=AT_LEAST_ONCE))
+    alo.commit_s = 0.030  # never set by at-least-once commits; and not used if it were
+    alo.pending_offsets[0] = 1
+    alo.last_commit = clock.monotonic()
+    assert abs(alo.due_in_s() - 0.100) < 1e-9
