@@ -61,6 +61,7 @@ from mystocks_gpu.infra.stack_process import proc_stat
 from mystocks_gpu.schemas.batch_codec.encoder import _varint_bytes
 from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
 from mystocks_gpu.schemas.codec import PREFIX_LEN
+from mystocks_gpu.streams.commit_protocol import COMMIT_TIME_WEIGHT
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE
 from mystocks_gpu.streams.stream_metrics import STAGE_BUCKETS, STAGES, histogram_quantile
 from mystocks_gpu.topics import TopicSpec
@@ -466,8 +467,8 @@ def relay_role(cfg: dict[str, Any]) -> None:
     """Kafka transactions alone (``--_role relay``): plain confluent-kafka clients copy every record
     of ``topic`` to ``out`` unchanged inside transactions that also carry the input offsets, committed
     as our worker commits (``CommitProtocol.due_in_s``): ``commit_interval_ms`` counted from the
-    start of the previous commit, less the mean time of recent commits (weight 0.2 for the latest;
-    at most half the interval). No decode, no state, no features: the exactly-once floor under our
+    start of the previous commit, less the mean time of recent commits (``COMMIT_TIME_WEIGHT`` for
+    the latest; at most half the interval). No decode, no state, no features: the exactly-once floor under our
     worker at the same interval. Runs until SIGTERM."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -505,7 +506,7 @@ def relay_role(cfg: dict[str, Any]) -> None:
                                              cons.consumer_group_metadata(), 30)
             prod.commit_transaction(30)
             last = time.monotonic() - started
-            took = last if took is None else took + 0.2 * (last - took)
+            took = last if took is None else took + COMMIT_TIME_WEIGHT * (last - took)
             pos.clear()
             prod.begin_transaction()
     prod.abort_transaction(30)
