@@ -61,7 +61,7 @@ from mystocks_gpu.infra.stack_process import proc_stat
 from mystocks_gpu.schemas.batch_codec.encoder import _varint_bytes
 from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
 from mystocks_gpu.schemas.codec import PREFIX_LEN
-from mystocks_gpu.streams.commit_protocol import COMMIT_TIME_WEIGHT
+from mystocks_gpu.streams.commit_protocol import COMMIT_TIME_WEIGHT, MAX_HEAD_START
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE
 from mystocks_gpu.streams.stream_metrics import STAGE_BUCKETS, STAGES, histogram_quantile
 from mystocks_gpu.topics import TopicSpec
@@ -468,7 +468,7 @@ def relay_role(cfg: dict[str, Any]) -> None:
     of ``topic`` to ``out`` unchanged inside transactions that also carry the input offsets, committed
     as our worker commits (``CommitProtocol.due_in_s``): ``commit_interval_ms`` counted from the
     start of the previous commit, less the mean time of recent commits (``COMMIT_TIME_WEIGHT`` for
-    the latest; at most half the interval). No decode, no state, no features: the exactly-once floor under our
+    the latest; at most ``MAX_HEAD_START`` of the interval). No decode, no state, no features: the exactly-once floor under our
     worker at the same interval. Runs until SIGTERM."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -490,7 +490,7 @@ def relay_role(cfg: dict[str, Any]) -> None:
     C.freeze_heap()
     print(json.dumps({"ready": True}), flush=True)
     while not stop:
-        due = started + interval - min(took or 0.0, interval / 2)
+        due = started + interval - min(took or 0.0, MAX_HEAD_START * interval)
         wait = min(0.05, max(0.0, due - time.monotonic())) if pos else 0.05
         batch = []
         for m in consume_ready(cons, 10_000, wait):

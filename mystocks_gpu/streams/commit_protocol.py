@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 RECORD_OVERHEAD = 128
 #: the weight of the latest exactly-once commit in :attr:`CommitProtocol.commit_s` (its mean time)
 COMMIT_TIME_WEIGHT = 0.2
+#: the most of the commit interval an exactly-once commit starts early by (its mean time beyond is
+#: not taken off): with commits slower than this the transaction rate grows by at most 1/(1 - this)
+MAX_HEAD_START = 0.25
 
 
 @dataclass
@@ -267,7 +270,7 @@ class CommitProtocol(OutputSending):
         """Seconds until :meth:`due` (0 when due now; inf with nothing to commit). The interval is
         ``commit_interval_ms``, or ``RuntimeConfig.catch_up_ms`` while :attr:`behind` (unless off),
         counted from the start of the last commit. Exactly-once, not behind: less the recent commit
-        time (:attr:`commit_s`, at most half the interval). Records that reach the worker while a
+        time (:attr:`commit_s`, at most :data:`MAX_HEAD_START` of the interval). Records that reach the worker while a
         commit runs join the next transaction; counting from the commit's start and subtracting
         the time the next commit will take bounds their wait until visible by about the interval
         (interval + commit time otherwise), at the cost of that many more transactions per second."""
@@ -276,7 +279,7 @@ class CommitProtocol(OutputSending):
         if self.behind:
             interval = self.catch_up_s
         elif self.rt.exactly_once:
-            interval = self.interval_s - min(self.commit_s, self.interval_s / 2)
+            interval = self.interval_s - min(self.commit_s, MAX_HEAD_START * self.interval_s)
         else:
             interval = self.interval_s
         return max(0.0, self.last_commit + interval - self.clock.monotonic())

@@ -29,7 +29,7 @@ class RuntimeConfig:
 
     Commits: with ``exactly_once`` each transaction covers the batches of ``commit_interval_ms``
     (0 = one transaction per batch; the interval runs from the start of the previous commit, as in
-    Kafka Streams, less the mean time of recent commits, at most half the interval: the records
+    Kafka Streams, less the mean time of recent commits, at most a quarter of the interval: the records
     that arrive while a commit runs wait one interval in all, not an interval and a commit); with
     ``at_least_once`` a commit is cut every ``commit_interval_ms`` and its offsets are committed
     once its outputs are acknowledged, without stalling the loop (see

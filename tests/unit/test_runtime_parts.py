@@ -351,7 +351,7 @@ def test_catch_up_commit_interval_applies_only_while_behind() -> None:
 def test_exactly_once_commits_start_early_by_the_recent_commit_time() -> None:
     """Exactly-once: the next commit falls due ``commit_interval_ms`` after the last one started,
     less the mean time recent commits took (weight 0.2 for the latest, the first sets it, at most
-    half the interval), so a record waits about the interval until visible, not interval + commit.
+    a quarter of the interval), so a record waits about the interval until visible, not interval + commit.
     At-least-once (its outputs are visible before the commit) and catch-up keep the plain interval."""
     from types import SimpleNamespace
 
@@ -390,17 +390,17 @@ def test_exactly_once_commits_start_early_by_the_recent_commit_time() -> None:
         eos.pending_offsets[0] = 2  # the next interval has something to commit
         return start
 
-    start = commit_taking(0.030)
-    assert abs(eos.due_in_s() - (start + 0.100 - 0.030 - clock.monotonic())) < 1e-9  # due 70 ms after the start
-    clock.advance(0.070 - 0.030 - 0.001)
+    start = commit_taking(0.020)
+    assert abs(eos.due_in_s() - (start + 0.100 - 0.020 - clock.monotonic())) < 1e-9  # due 80 ms after the start
+    clock.advance(0.080 - 0.020 - 0.001)
     assert not eos.due()
     clock.advance(0.001 + 1e-9)
     assert eos.due()
-    start = commit_taking(0.055)  # mean 0.030 + 0.2 * (0.055 - 0.030) = 0.035: due 65 ms after the start
-    assert abs(eos.due_in_s() - 0.010) < 1e-9
-    for _ in range(30):  # commits of 200 ms: the mean nears 200 ms, the head start stops at 50
-        start = commit_taking(0.200)
-    assert abs(eos.due_in_s() - max(0.0, start + 0.050 - clock.monotonic())) < 1e-9 and eos.due()
+    start = commit_taking(0.035)  # mean 0.020 + 0.2 * (0.035 - 0.020) = 0.023: due 77 ms after the start
+    assert abs(eos.due_in_s() - 0.042) < 1e-9
+    for _ in range(30):  # commits of 60 ms: the mean nears 60 ms, the head start stops at 25
+        start = commit_taking(0.060)
+    assert abs(eos.due_in_s() - 0.015) < 1e-9
     eos.behind = True  # catch-up: the catch-up interval (1 s by default), as it is
     assert abs(eos.due_in_s() - (start + 1.0 - clock.monotonic())) < 1e-9
 
