@@ -61,7 +61,7 @@ from mystocks_gpu.infra.stack_process import proc_stat
 from mystocks_gpu.schemas.batch_codec.encoder import _varint_bytes
 from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
 from mystocks_gpu.schemas.codec import PREFIX_LEN
-from mystocks_gpu.streams.commit_protocol import COMMIT_TIME_WEIGHT, MAX_HEAD_START
+from mystocks_gpu.streams.commit_head_start import CommitHeadStart
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE
 from mystocks_gpu.streams.stream_metrics import STAGE_BUCKETS, STAGES, histogram_quantile
 from mystocks_gpu.topics import TopicSpec
@@ -466,10 +466,9 @@ def start_relay(s: Any, tag: str, topic: str, out: str, partitions: int, commit_
 def relay_role(cfg: dict[str, Any]) -> None:
     """Kafka transactions alone (``--_role relay``): plain confluent-kafka clients copy every record
     of ``topic`` to ``out`` unchanged inside transactions that also carry the input offsets, committed
-    as our worker commits (``CommitProtocol.due_in_s``): ``commit_interval_ms`` counted from the
-    start of the previous commit, less the mean time of recent commits (``COMMIT_TIME_WEIGHT`` for
-    the latest; at most ``MAX_HEAD_START`` of the interval). No decode, no state, no features: the exactly-once floor under our
-    worker at the same interval. Runs until SIGTERM."""
+    as our worker commits: ``commit_interval_ms`` from the start of the previous commit, less the
+    mean commit time (``streams/commit_head_start.py``). No decode, no state, no features: the
+    exactly-once floor under our worker at the same interval. Runs until SIGTERM."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     s = C.settings()
@@ -485,12 +484,12 @@ def relay_role(cfg: dict[str, Any]) -> None:
     prod.begin_transaction()
     interval = float(cfg["commit_interval_ms"]) / 1e3
     out, started = cfg["out"], time.monotonic()
-    took: float | None = None  # the mean commit time, s
+    head_start = CommitHeadStart()
     pos: dict[int, int] = {}  # partition -> next offset, since the last commit
     C.freeze_heap()
     print(json.dumps({"ready": True}), flush=True)
     while not stop:
-        due = started + interval - min(took or 0.0, MAX_HEAD_START * interval)
+        due = started + head_start.interval(interval)
         wait = min(0.05, max(0.0, due - time.monotonic())) if pos else 0.05
         batch = []
         for m in consume_ready(cons, 10_000, wait):
@@ -505,8 +504,7 @@ def relay_role(cfg: dict[str, Any]) -> None:
             prod.send_offsets_to_transaction([TopicPartition(cfg["topic"], p, o) for p, o in pos.items()],
                                              cons.consumer_group_metadata(), 30)
             prod.commit_transaction(30)
-            last = time.monotonic() - started
-            took = last if took is None else took + COMMIT_TIME_WEIGHT * (last - took)
+            head_start.observe(time.monotonic() - started)
             pos.clear()
             prod.begin_transaction()
     prod.abort_transaction(30)

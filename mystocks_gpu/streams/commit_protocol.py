@@ -45,6 +45,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.streams.batching import RawBatch
 from mystocks_gpu.streams.columnar_io import columnar_producer, load_extension
+from mystocks_gpu.streams.commit_head_start import CommitHeadStart
 from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic, fit_dead_letter
 from mystocks_gpu.streams.delivery_fences import DeliveryFences, FenceCut, KeyPartitioner
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
@@ -65,11 +66,6 @@ log = logging.getLogger(__name__)
 
 #: bytes kept free below a topic's max.message.bytes for the record-batch framing (61 B header + record overhead)
 RECORD_OVERHEAD = 128
-#: the weight of the latest exactly-once commit in :attr:`CommitProtocol.commit_s` (its mean time)
-COMMIT_TIME_WEIGHT = 0.2
-#: the most of the commit interval an exactly-once commit starts early by (its mean time beyond is
-#: not taken off): with commits slower than this the transaction rate grows by at most 1/(1 - this)
-MAX_HEAD_START = 0.25
 
 
 @dataclass
@@ -157,10 +153,9 @@ class CommitProtocol(OutputSending):
         #: the commit interval and the catch-up interval in effect (the commit interval when off), s
         self.interval_s = rt.commit_interval_ms / 1000.0
         self.catch_up_s = (rt.catch_up_ms or rt.commit_interval_ms) / 1000.0
-        #: exactly-once: the recent commit time (begin of the commit to its end, when its outputs
-        #: become visible), an exponentially weighted mean, s; :meth:`due_in_s` starts the next commit
-        #: that much earlier, so a record waits about ``commit_interval_ms`` in all, not interval + commit
-        self.commit_s = 0.0
+        #: exactly-once: the mean commit time, by which :meth:`due_in_s` starts the next commit early
+        #: (``streams/commit_head_start.py``)
+        self.head_start = CommitHeadStart()
         #: test hook: ``fault(stage)`` may raise to inject a failure at a named stage of the protocol
         self.fault: Callable[[str], None] | None = None
         #: called when the producer is fenced: returns a fresh, initialised producer when the fence was
@@ -269,17 +264,15 @@ class CommitProtocol(OutputSending):
     def due_in_s(self) -> float:
         """Seconds until :meth:`due` (0 when due now; inf with nothing to commit). The interval is
         ``commit_interval_ms``, or ``RuntimeConfig.catch_up_ms`` while :attr:`behind` (unless off),
-        counted from the start of the last commit. Exactly-once, not behind: less the recent commit
-        time (:attr:`commit_s`, at most :data:`MAX_HEAD_START` of the interval). Records that reach the worker while a
-        commit runs join the next transaction; counting from the commit's start and subtracting
-        the time the next commit will take bounds their wait until visible by about the interval
-        (interval + commit time otherwise), at the cost of that many more transactions per second."""
+        counted from the start of the last commit. Exactly-once, not behind: less the mean commit
+        time (:attr:`head_start`), so a record waits about the interval until visible, not the
+        interval and a commit."""
         if not self.pending_offsets and not self.in_txn and not self.dirty:
             return float("inf")
         if self.behind:
             interval = self.catch_up_s
         elif self.rt.exactly_once:
-            interval = self.interval_s - min(self.commit_s, MAX_HEAD_START * self.interval_s)
+            interval = self.head_start.interval(self.interval_s)
         else:
             interval = self.interval_s
         return max(0.0, self.last_commit + interval - self.clock.monotonic())
@@ -441,8 +434,8 @@ class CommitProtocol(OutputSending):
         self.tally.commits += 1
         took = self.clock.monotonic() - t0
         self.metrics.commit_latency.observe(took)
-        if self.rt.exactly_once:  # the first commit sets the mean, later ones move it
-            self.commit_s = took if self.tally.commits == 1 else self.commit_s + COMMIT_TIME_WEIGHT * (took - self.commit_s)
+        if self.rt.exactly_once:
+            self.head_start.observe(took)
         self.metrics.set_committed(self.committed)
 
     def _retry(self, op: Callable[[], Any], attempts: int = 8) -> None:

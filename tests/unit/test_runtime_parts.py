@@ -405,7 +405,7 @@ def test_exactly_once_commits_start_early_by_the_recent_commit_time() -> None:
     assert abs(eos.due_in_s() - (start + 1.0 - clock.monotonic())) < 1e-9
 
     alo = protocol(RuntimeConfig(commit_interval_ms=100, guarantee=AT_LEAST_ONCE))
-    alo.commit_s = 0.030  # never set by at-least-once commits; and not used if it were
+    alo.head_start.observe(0.030)  # never done by at-least-once commits; and not used if it were
     alo.pending_offsets[0] = 1
     alo.last_commit = clock.monotonic()
     assert abs(alo.due_in_s() - 0.100) < 1e-9
