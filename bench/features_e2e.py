@@ -58,10 +58,13 @@ and CPU time in decode+process+produce (``batch_wall_us``, ``batch_cpu_us``: its
 that waited for the previous commit's acknowledgements, of all commits (``commit_waits``,
 ``commits``; column "commit waits"). ``--low-rate`` repeats both at a
 lower load that this machine sustains. The floor: the same producer at the same rates into a topic
-that this process consumes directly (Kafka alone, no worker); the goals table prints its quantile
-beside each latency goal (``p99_ms_floor``, ``p99_ms_floor_low_rate`` in the JSON). The exactly-once
-floor (Kafka transactions alone, ``p99_ms_floor_eos``, ``floor_eos``): a plain confluent-kafka relay
-copies the input to an output topic in transactions committed every ``--commit-interval-ms``, and
+that this process consumes directly (Kafka alone, one hop, no worker); the goals table prints its quantile
+beside each latency goal (``p99_ms_floor``, ``p99_ms_floor_low_rate`` in the JSON). The two-hop
+floor (``p99_ms_floor_2hops``, ``p99_ms_floor_2hops_low_rate``, ``floor_2hops``): a plain
+confluent-kafka relay with the worker's at-least-once client settings copies the input to an output
+topic that this process reads, the pipeline's shape with no work in it. The exactly-once
+floor (Kafka transactions alone, ``p99_ms_floor_eos``, ``floor_eos``): the relay copies in
+transactions committed by the worker's rule at ``--commit-interval-ms``, and
 this process reads that output read_committed: what the commit wait costs with no work at all.
 The floor runs once in each round of ``--repeat``, right after ours (and the ``--ab-tree`` run) at
 the same guarantee and rate, so both sample the same phase of a shared machine (whose Kafka hops
@@ -604,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     lat: dict[str, Any] = {}
     ab: list[dict[str, Any]] = []
     scale: list[dict[str, Any]] = []
-    floors: dict[tuple[str, float], list[dict[str, Any]]] = {}  # every floor run, by (guarantee, rate)
+    floors: dict[tuple[str, float, int], list[dict[str, Any]]] = {}  # every floor run, by (guarantee, rate, hops)
     try:
         C.create_topics(s, [(topic, TICK, args.partitions), (topic + ".dlq", None, 1)]
                         + [(o, FV, args.partitions) for o in outs.values()])
@@ -688,9 +691,11 @@ def main(argv: list[str] | None = None) -> int:
                               f"{r['out_rate'] or 0:,.0f}/s, load {r['loadavg_1min']})")
                         L.print_breakdown(r)
                     if "floor" not in skip:  # in each round, so ours and the floor share the VM's phase
-                        fl = L.floor_round(s, tag, g, rate, args, notes)
-                        if fl is not None:
-                            floors.setdefault((g, rate), []).append(fl)
+                        # at-least-once: one hop (producer -> consumer) and the pipeline's two (a relay)
+                        for relay in ([False, True] if g == AT_LEAST_ONCE else [True]):
+                            fl = L.floor_round(s, tag, g, rate, args, notes, relay=relay)
+                            if fl is not None:
+                                floors.setdefault((g, rate, fl["hops"]), []).append(fl)
         for k in [int(x) for x in args.workers.split(",") if x]:
             try:
                 tp = L.run_throughput(s, tag, args, k, n)
@@ -750,15 +755,17 @@ def main(argv: list[str] | None = None) -> int:
     r_quix_nc = C.ratio(g("eosnc", "tps"), g("quix", "tps"))
     print(f"ratio ours EOS / Quix: {C.fmt(r_quix)}" + (f"; catch-up commits off: {C.fmt(r_quix_nc)}" if r_quix_nc else ""))
     # the floor of a scenario: its run with the median p99, as for ours (floor_eos: Kafka transactions alone)
-    floor, floor_eos = ({rate: C.median_run(fls, "p99_ms") for (gu, rate), fls in floors.items() if gu == want}
-                        for want in (AT_LEAST_ONCE, EXACTLY_ONCE))
-    goal_rows = goals(args, lat, r_quix, floor, floor_eos)
+    floor, floor2, floor_eos = ({rate: C.median_run(fls, "p99_ms") for (gu, rate, hops), fls in floors.items()
+                                 if (gu, hops) == want}
+                                for want in ((AT_LEAST_ONCE, 1), (AT_LEAST_ONCE, 2), (EXACTLY_ONCE, 2)))
+    goal_rows = goals(args, lat, r_quix, floor, floor_eos, floor2)
     if goal_rows:
         print(f"\ngoals vs measured (load avg {C.machine()['loadavg_1min']} on {m0['cores']} cores: goals assume a quiet machine; "
-              "Kafka alone = the same quantile of producer -> broker -> consumer with no worker, at the goal's rate; "
-              "for exactly-once, through a transactional relay committing at the same interval; worker hop = the same "
+              "Kafka 1 hop = the same quantile of producer -> broker -> consumer with no worker, at the goal's rate; "
+              "Kafka 2 hops = through a relay that copies the records with no work (the pipeline's shape; "
+              "for exactly-once, transactions committed at the same interval); worker hop = the same "
               "quantile of the run's ingest -> output append hop, what the worker itself adds)")
-        C.print_table(["goal", "target", "measured", "met", "Kafka alone", "worker hop"], goal_rows)
+        C.print_table(["goal", "target", "measured", "met", "Kafka 1 hop", "Kafka 2 hops", "worker hop"], goal_rows)
     for note in notes:
         print(f"NOTE: {note}")
     total = time.perf_counter() - t_script
@@ -782,12 +789,16 @@ def main(argv: list[str] | None = None) -> int:
         "feed_producer": args.feed_producer, "output_linger_ms": args.output_linger_ms,
         "p99_ms_floor": floor.get(args.rate, {}).get("p99_ms"),
         "p99_ms_floor_low_rate": floor.get(args.low_rate, {}).get("p99_ms"),
-        "goals": [dict(zip(("goal", "target", "measured", "met", "kafka_alone", "worker_hop"), r, strict=True))
+        "p99_ms_floor_2hops": floor2.get(args.rate, {}).get("p99_ms"),
+        "p99_ms_floor_2hops_low_rate": floor2.get(args.low_rate, {}).get("p99_ms"),
+        "goals": [dict(zip(("goal", "target", "measured", "met", "kafka_alone", "kafka_2hops", "worker_hop"), r,
+                           strict=True))
                   for r in goal_rows],
         "p99_ms_floor_eos": floor_eos.get(args.rate, {}).get("p99_ms"),
         "floor": {str(int(k)): v for k, v in floor.items()},
+        "floor_2hops": {str(int(k)): v for k, v in floor2.items()},
         "floor_eos": {str(int(k)): v for k, v in floor_eos.items()},
-        "floor_runs": [{"guarantee": gu, "rate": rate, **fl} for (gu, rate), fls in floors.items() for fl in fls],
+        "floor_runs": [{"guarantee": gu, "rate": rate, **fl} for (gu, rate, _), fls in floors.items() for fl in fls],
         "latency": lat, "latency_runs": ab, "scale_out": scale, "checks": checks, "details": res, "notes": notes,
         "total_s": total})
     ok = all(c.get("ok") for c in checks.values())

@@ -144,7 +144,9 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--commit-interval-ms", type=float, default=100.0,
                     help="commit (end the transaction) every N ms; 0 = after every batch (default 100). Exactly-once "
                          "outputs become visible at the commit; a commit starts early by the mean time of "
-                         "recent commits (at most N/4), so their latency is up to about N ms")
+                         "recent commits (at most N/4), and sooner when the transaction's oldest record "
+                         "would otherwise be visible over N ms after its timestamp (commits stay at least "
+                         "N/2 apart), so their latency is about N ms")
     sp.add_argument("--catch-up-commit-interval-ms", type=float, default=None,
                     help="while the worker is behind (its batches close full), commit every N ms instead of "
                          "--commit-interval-ms: a backlog drains with fewer transactions, and a worker that keeps "

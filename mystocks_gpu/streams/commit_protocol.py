@@ -156,6 +156,9 @@ class CommitProtocol(OutputSending):
         #: exactly-once: the mean commit time, by which :meth:`due_in_s` starts the next commit early
         #: (``streams/commit_head_start.py``)
         self.head_start = CommitHeadStart()
+        #: exactly-once: the smallest Kafka timestamp (ms) of the input handled since the last commit
+        #: cut (None: none, or none stamped), by which :meth:`due_in_s` may start the commit earlier
+        self.oldest_ms: int | None = None
         #: test hook: ``fault(stage)`` may raise to inject a failure at a named stage of the protocol
         self.fault: Callable[[str], None] | None = None
         #: called when the producer is fenced: returns a fresh, initialised producer when the fence was
@@ -250,11 +253,18 @@ class CommitProtocol(OutputSending):
         self.touched.add(partition)
 
     def processed(self, batch: RawBatch) -> None:
-        """``batch`` was handled: its offsets join the transaction."""
+        """``batch`` was handled: its offsets join the transaction (exactly-once: and its oldest
+        record's timestamp, for :meth:`due_in_s`)."""
         for p, o in batch.next_offsets().items():
             if p in self.states.states:
                 self.pending_offsets[p] = o
                 self.touched.add(p)
+        if self.rt.exactly_once and len(batch):
+            ts = batch.timestamps_array()
+            ts = ts[ts > 0]  # -1: a record without a timestamp
+            if ts.size:
+                m = int(ts.min())
+                self.oldest_ms = m if self.oldest_ms is None else min(self.oldest_ms, m)
 
     # ---- committing -------------------------------------------------------------------------
     def due(self) -> bool:
@@ -265,17 +275,19 @@ class CommitProtocol(OutputSending):
         """Seconds until :meth:`due` (0 when due now; inf with nothing to commit). The interval is
         ``commit_interval_ms``, or ``RuntimeConfig.catch_up_ms`` while :attr:`behind` (unless off),
         counted from the start of the last commit. Exactly-once, not behind: less the mean commit
-        time (:attr:`head_start`), so a record waits about the interval until visible, not the
-        interval and a commit."""
+        time, and earlier still when the transaction's oldest record (:attr:`oldest_ms`) would
+        otherwise be visible more than the interval after its timestamp, within a bound
+        (:attr:`head_start`, ``streams/commit_head_start.py``): a record is visible about one
+        interval after it was stamped, not the interval after it arrived, plus a commit."""
         if not self.pending_offsets and not self.in_txn and not self.dirty:
             return float("inf")
+        since = self.clock.monotonic() - self.last_commit
         if self.behind:
-            interval = self.catch_up_s
-        elif self.rt.exactly_once:
-            interval = self.head_start.interval(self.interval_s)
-        else:
-            interval = self.interval_s
-        return max(0.0, self.last_commit + interval - self.clock.monotonic())
+            return max(0.0, self.catch_up_s - since)
+        if not self.rt.exactly_once:
+            return max(0.0, self.interval_s - since)
+        age = None if self.oldest_ms is None else self.clock.now_ns() / 1e9 - self.oldest_ms / 1e3
+        return max(0.0, self.head_start.wait_s(self.interval_s, since, age))
 
     def _changelog(self) -> dict[int, dict[bytes, bytes]]:
         """Produce changelog entries (co-partitioned) for the state touched since the last commit."""
@@ -368,6 +380,7 @@ class CommitProtocol(OutputSending):
         self.pending_offsets.clear()
         self.touched.clear()
         self.dirty.clear()
+        self.oldest_ms = None
         self.last_commit = t0
 
     def settle(self) -> bool:
@@ -542,6 +555,7 @@ class CommitProtocol(OutputSending):
         self.pending_offsets.clear()
         self.dirty.clear()
         self.touched.clear()
+        self.oldest_ms = None
         self._rewind()
         for p in touched:
             if p in self.states.states:

@@ -30,13 +30,16 @@ class RuntimeConfig:
     Commits: with ``exactly_once`` each transaction covers the batches of ``commit_interval_ms``
     (0 = one transaction per batch; the interval runs from the start of the previous commit, as in
     Kafka Streams, less the mean time of recent commits, at most a quarter of the interval: the records
-    that arrive while a commit runs wait one interval in all, not an interval and a commit); with
+    that arrive while a commit runs wait one interval in all, not an interval and a commit; sooner
+    when the transaction's oldest record would otherwise be visible more than the interval after
+    its Kafka timestamp, never under half the interval: ``streams/commit_head_start.py``); with
     ``at_least_once`` a commit is cut every ``commit_interval_ms`` and its offsets are committed
     once its outputs are acknowledged, without stalling the loop (see
     ``streams/commit_protocol.py``). The default, 100 ms, is Kafka Streams' exactly-once default.
     The latency trade-off: read_committed consumers see an exactly-once output only when its
-    transaction commits, so its latency is up to about one commit interval (a transaction starts
-    early by its expected commit time, a few ms: that many per cent more transactions); a shorter
+    transaction commits, so its latency is about one commit interval from its timestamp (a
+    transaction starts early by its expected commit time and by its oldest record's lateness, a few
+    ms: that many per cent more transactions); a shorter
     interval lowers that bound but costs a transaction (several broker round trips, markers on
     every output partition, a changelog write per touched key) per interval. At-least-once outputs
     are visible as soon as the broker has them (``producer_linger_ms`` + a round trip); the commit

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import TYPE_CHECKING
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -19,6 +20,9 @@ from mystocks_gpu.streams.fault_injection import FaultPlan
 from mystocks_gpu.streams.output_sending import header_arg
 from mystocks_gpu.streams.processor import Outputs
 from mystocks_gpu.streams.runtime_config import RuntimeConfig
+
+if TYPE_CHECKING:
+    from mystocks_gpu.streams.commit_protocol import CommitProtocol
 
 CODEC = AvroCodec()
 TICK = {"symbol": "AAPL", "ts_event": 1_700_000_000_000_000_000, "seq": 1, "kind": "TRADE", "price": 10.0,
@@ -348,22 +352,15 @@ def test_catch_up_commit_interval_applies_only_while_behind() -> None:
     assert RuntimeConfig(guarantee=AT_LEAST_ONCE, catch_up_commit_interval_ms=400).catch_up_ms == 400
 
 
-def test_exactly_once_commits_start_early_by_the_recent_commit_time() -> None:
-    """Exactly-once: the next commit falls due ``commit_interval_ms`` after the last one started,
-    less the mean time recent commits took (weight 0.2 for the latest, the first sets it, at most
-    a quarter of the interval), so a record waits about the interval until visible, not interval + commit.
-    At-least-once (its outputs are visible before the commit) and catch-up keep the plain interval."""
+def _timed_protocol(clock: ManualClock, took: dict[str, float], rt: RuntimeConfig) -> CommitProtocol:
+    """A ``CommitProtocol`` (partition 0 assigned) over a fake transactional producer whose
+    ``commit_transaction`` advances ``clock`` by ``took["s"]`` seconds (read at each commit)."""
     from types import SimpleNamespace
 
-    from mystocks_gpu.infra.clock import ManualClock
     from mystocks_gpu.streams.commit_protocol import CommitProtocol
-    from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, RuntimeConfig
     from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 
-    clock = ManualClock()
-    took = {"s": 0.0}
-
-    class Producer:  # a transactional producer whose commit takes ``took`` seconds of the clock
+    class Producer:
         def begin_transaction(self) -> None: ...
         def send_offsets_to_transaction(self, *a: object) -> None: ...
         def commit_transaction(self, *a: object) -> None:
@@ -373,11 +370,24 @@ def test_exactly_once_commits_start_early_by_the_recent_commit_time() -> None:
         def __len__(self) -> int:
             return 0
 
+    return CommitProtocol(producer=Producer(), consumer=SimpleNamespace(consumer_group_metadata=lambda: None),
+                          topic="t", processor=None, states=SimpleNamespace(states={0: None}, mirror={}),  # type: ignore[arg-type]
+                          rt=rt, metrics=RuntimeMetrics("t"), clock=clock, drop_input=lambda: None,
+                          transactional_id="x", max_bytes={})
+
+
+def test_exactly_once_commits_start_early_by_the_recent_commit_time() -> None:
+    """Exactly-once: the next commit falls due ``commit_interval_ms`` after the last one started,
+    less the mean time recent commits took (weight 0.2 for the latest, the first sets it, at most
+    a quarter of the interval), so a record waits about the interval until visible, not interval + commit.
+    At-least-once (its outputs are visible before the commit) and catch-up keep the plain interval."""
+    from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE
+
+    clock = ManualClock()
+    took = {"s": 0.0}
+
     def protocol(rt: RuntimeConfig) -> CommitProtocol:
-        return CommitProtocol(producer=Producer(), consumer=SimpleNamespace(consumer_group_metadata=lambda: None),
-                              topic="t", processor=None, states=SimpleNamespace(states={0: None}, mirror={}),  # type: ignore[arg-type]
-                              rt=rt, metrics=RuntimeMetrics("t"), clock=clock, drop_input=lambda: None,
-                              transactional_id="x", max_bytes={})
+        return _timed_protocol(clock, took, rt)
 
     eos = protocol(RuntimeConfig(commit_interval_ms=100))
 
@@ -407,5 +417,67 @@ def test_exactly_once_commits_start_early_by_the_recent_commit_time() -> None:
     alo = protocol(RuntimeConfig(commit_interval_ms=100, guarantee=AT_LEAST_ONCE))
     alo.head_start.observe(0.030)  # never done by at-least-once commits; and not used if it were
     alo.pending_offsets[0] = 1
+    alo.last_commit = clock.monotonic()
+    assert abs(alo.due_in_s() - 0.100) < 1e-9
+
+
+def test_exactly_once_commit_falls_due_by_the_oldest_records_age() -> None:
+    """Exactly-once: the next commit also falls due when the open transaction's oldest record (by
+    Kafka timestamp) turns the interval less the mean commit time old, so it is visible about one
+    interval after it was stamped even if it reached the worker late; never sooner than half the
+    interval after the last commit's start; records stamped over ten intervals ago, stamped in the
+    future or without a timestamp (-1) move nothing. At-least-once and catch-up ignore ages."""
+    from mystocks_gpu.streams.batching import RawBatch
+    from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE
+
+    clock = ManualClock()
+
+    def protocol(rt: RuntimeConfig) -> CommitProtocol:  # commits take 10 ms of the clock
+        return _timed_protocol(clock, {"s": 0.010}, rt)
+
+    offset = [0]
+
+    def batch(*ages_s: float | None) -> RawBatch:
+        """Records stamped ``ages_s`` seconds before the clock's wall time (None: no timestamp, -1)."""
+        now_ms = clock.now_ns() // 1_000_000
+        ts = [-1 if a is None else now_ms - round(a * 1000) for a in ages_s]
+        offset[0] += len(ts)
+        return RawBatch(topic="t", values=[b"v"] * len(ts), keys=[b"k"] * len(ts), partitions=[0] * len(ts),
+                        offsets=list(range(offset[0] - len(ts), offset[0])), timestamps_ms=ts)
+
+    eos = protocol(RuntimeConfig(commit_interval_ms=100))
+    eos.processed(batch(0.0))
+    assert eos.commit()  # took 10 ms: the mean commit time is 10 ms, the plain rule 90 ms after its start
+    start = clock.monotonic() - 0.010
+
+    def due_after_start() -> float:
+        return clock.monotonic() + eos.due_in_s() - start
+
+    eos.processed(batch(0.002, 0.001))  # on time: 2 ms old now, 90 ms old 88 ms from now (98 after the start)
+    assert abs(due_after_start() - 0.090) < 1e-6  # the plain rule comes first: 90 ms after the start
+    assert abs(eos.due_in_s() - 0.080) < 1e-6
+    eos.processed(batch(0.030, 0.004))  # a late record: 30 ms old -> due 60 ms from now (70 after the start)
+    assert abs(eos.due_in_s() - 0.060) < 1e-6
+    clock.advance(0.059)
+    assert not eos.due()
+    clock.advance(0.001 + 1e-6)
+    assert eos.due()
+    assert eos.commit()
+    start = clock.monotonic() - 0.010
+    assert eos.oldest_ms is None  # the cut clears it
+    eos.processed(batch(0.080))  # 80 ms old: would be due at once; not before 50 ms after the start
+    assert abs(due_after_start() - 0.050) < 1e-6
+    for stale in (5.0, -0.5, None):  # stamped 5 s ago (over 10 intervals), 0.5 s in the future, no stamp
+        eos.oldest_ms = None
+        eos.processed(batch(stale))
+        assert abs(due_after_start() - 0.090) < 1e-6, stale
+    eos.oldest_ms = None
+    eos.processed(batch(0.030))
+    eos.behind = True  # catch-up: the catch-up interval (1 s by default), ages ignored
+    assert abs(due_after_start() - 1.0) < 1e-6
+
+    alo = protocol(RuntimeConfig(commit_interval_ms=100, guarantee=AT_LEAST_ONCE))
+    alo.processed(batch(0.030))
+    assert alo.oldest_ms is None
     alo.last_commit = clock.monotonic()
     assert abs(alo.due_in_s() - 0.100) < 1e-9
