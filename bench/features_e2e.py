@@ -105,7 +105,7 @@ FV = "mystocks.features.FeatureVector"
 FEATURES = ("ret", "ema", "roll_mean", "roll_std", "vwap_session")
 FCFG = FeatureConfig(features=FEATURES)
 NAMES: tuple[str, ...] = tuple(FCFG.output_names())  # ret, ema_10, ema_50, roll_mean, roll_std, vwap_session
-CONTENDERS = frozenset({"eos", "eosnc", "alo", "quix", "faust", "pandas", "latency", "floor"})  # --skip names
+CONTENDERS = frozenset({"eos", "eosnc", "alo", "quix", "faust", "pandas", "latency", "floor", "floor2"})  # --skip names
 NWIN = FCFG.window_ticks
 A10, A50 = (float(a) for a in FCFG.ema_alphas())
 NAN = float("nan")
@@ -561,8 +561,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(--quick: skip; '' skips)")
     ap.add_argument("--quick", action="store_true", help="small and short: --n 20000, 2 s latency runs (at the goal "
                     "rates --rate / --low-rate, so p99_ms stays the 50k ticks/s headline), no faust")
-    ap.add_argument("--skip", default="", help="comma list of contenders to leave out: eos,eosnc,alo,quix,faust,pandas,latency,floor "
-                         "(floor: Kafka alone at the latency rates; for exactly-once, a transactional relay)")
+    ap.add_argument("--skip", default="", help="comma list of contenders to leave out: eos,eosnc,alo,quix,faust,pandas,latency,floor,"
+                         "floor2 (floor: Kafka alone at the latency rates, one hop and two through a relay; for exactly-once, "
+                         "a transactional relay; floor2: only the at-least-once two-hop relay)")
     ap.add_argument("--dump-records", type=Path, default=None, metavar="DIR",
                     help="latency runs: also write every measured vector's event time, end-to-end latency and its "
                          "three hops (ns) to DIR/latency-<run>.npz, for a look at the tail (each run's JSON has "
@@ -615,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  produced {n:,} ticks in {C.produce_ticks(s, topic, cols, names):.1f} s "
               f"({int((cols['kind'] == 0).sum()):,} trades)")
         ref = RefIndex(cols, names)
-        if args.warm_up > 0 and CONTENDERS - {"latency", "floor"} - skip:
+        if args.warm_up > 0 and CONTENDERS - {"latency", "floor", "floor2"} - skip:
             t_w = time.perf_counter()
             w = run_ours(s, topic, outs["warm"], f"bench-fe-warm-{tag}", EXACTLY_ONCE, min(n, args.warm_up),
                          args.batch, args.backend, cols, names, record_io=args.record_io)
@@ -692,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
                         L.print_breakdown(r)
                     if "floor" not in skip:  # in each round, so ours and the floor share the VM's phase
                         # at-least-once: one hop (producer -> consumer) and the pipeline's two (a relay)
-                        for relay in ([False, True] if g == AT_LEAST_ONCE else [True]):
+                        for relay in (([False] + ([] if "floor2" in skip else [True])) if g == AT_LEAST_ONCE else [True]):
                             fl = L.floor_round(s, tag, g, rate, args, notes, relay=relay)
                             if fl is not None:
                                 floors.setdefault((g, rate, fl["hops"]), []).append(fl)
