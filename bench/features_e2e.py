@@ -86,7 +86,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -105,6 +105,7 @@ FV = "mystocks.features.FeatureVector"
 FEATURES = ("ret", "ema", "roll_mean", "roll_std", "vwap_session")
 FCFG = FeatureConfig(features=FEATURES)
 NAMES: tuple[str, ...] = tuple(FCFG.output_names())  # ret, ema_10, ema_50, roll_mean, roll_std, vwap_session
+QuixGuarantee = Literal["at-least-once", "exactly-once"]  # Quix Application's processing_guarantee
 CONTENDERS = frozenset({"eos", "eosnc", "alo", "quix", "faust", "pandas", "latency", "floor", "floor2"})  # --skip names
 NWIN = FCFG.window_ticks
 A10, A50 = (float(a) for a in FCFG.ema_alphas())
@@ -245,7 +246,7 @@ def run_quix(s: Any, topic: str, out: str, group: str, n: int, cap_s: float, gua
     done = {"n": 0, "stopped": False}
     with tempfile.TemporaryDirectory(prefix="bench-quix-") as state_dir:
         app = Application(broker_address=s.kafka.bootstrap_servers, consumer_group=group,
-                          auto_offset_reset="earliest", processing_guarantee=guarantee,
+                          auto_offset_reset="earliest", processing_guarantee=cast(QuixGuarantee, guarantee),
                           state_dir=state_dir, loglevel="WARNING", use_changelog_topics=True)
         t_in = app.topic(topic, value_deserializer=deser, key_deserializer="bytes")
         t_out = app.topic(out, value_serializer=ser, key_serializer="bytes")
@@ -665,9 +666,9 @@ def main(argv: list[str] | None = None) -> int:
         if "pandas" not in skip:
             attempt("pandas", run_pandas, s, topic, outs["pandas"], f"bench-fe-pandas-{tag}", n, args.cap_s, args.batch)
         if "latency" not in skip:
-            runs = [(g, args.rate) for g in guarantees] + ([(g, args.low_rate) for g in guarantees] if args.low_rate else [])
-            for g, rate in runs:
-                key = g if rate == args.rate else f"{g}@{int(rate)}"
+            runs = [(gu, args.rate) for gu in guarantees] + ([(gu, args.low_rate) for gu in guarantees] if args.low_rate else [])
+            for gu, rate in runs:
+                key = gu if rate == args.rate else f"{gu}@{int(rate)}"
                 mine: list[dict[str, Any]] = []
                 for rep in range(args.repeat):
                     trees: list[Path | None] = [None] if args.ab_tree is None else (
@@ -675,9 +676,9 @@ def main(argv: list[str] | None = None) -> int:
                     for tree in trees:
                         label = "new" if tree is None else "old"
                         try:
-                            r = L.run_latency(s, tag, g, rate, args, tree=tree, label=label)
+                            r = L.run_latency(s, tag, gu, rate, args, tree=tree, label=label)
                         except Exception as exc:  # noqa: BLE001 - report and go on
-                            notes.append(f"latency {label} {g} @ {rate:,.0f}/s failed: {type(exc).__name__}: "
+                            notes.append(f"latency {label} {gu} @ {rate:,.0f}/s failed: {type(exc).__name__}: "
                                          f"{str(exc)[:1500]}")
                             print(f"  {notes[-1]}")
                             continue
@@ -686,27 +687,27 @@ def main(argv: list[str] | None = None) -> int:
                             mine.append(r)
                             # the headline of a scenario: its run with the median p99 (--repeat > 1)
                             lat[key] = C.median_run(mine, "p99_ms")
-                        print(f"  latency [{label}] {g} @ {rate:,.0f}/s: p50 {C.fmt(r['p50_ms'])} ms, p99 "
+                        print(f"  latency [{label}] {gu} @ {rate:,.0f}/s: p50 {C.fmt(r['p50_ms'])} ms, p99 "
                               f"{C.fmt(r['p99_ms'])} ms, p99.9 {C.fmt(r['p999_ms'])} ms ({r['received']:,}/"
                               f"{r['offered']:,} received, offered {r['offered_rate'] or 0:,.0f}/s, out "
                               f"{r['out_rate'] or 0:,.0f}/s, load {r['loadavg_1min']})")
                         L.print_breakdown(r)
                     if "floor" not in skip:  # in each round, so ours and the floor share the VM's phase
                         # at-least-once: one hop (producer -> consumer) and the pipeline's two (a relay)
-                        for relay in (([False] + ([] if "floor2" in skip else [True])) if g == AT_LEAST_ONCE else [True]):
-                            fl = L.floor_round(s, tag, g, rate, args, notes, relay=relay)
+                        for relay in (([False] + ([] if "floor2" in skip else [True])) if gu == AT_LEAST_ONCE else [True]):
+                            fl = L.floor_round(s, tag, gu, rate, args, notes, relay=relay)
                             if fl is not None:
-                                floors.setdefault((g, rate, fl["hops"]), []).append(fl)
-        for k in [int(x) for x in args.workers.split(",") if x]:
+                                floors.setdefault((gu, rate, fl["hops"]), []).append(fl)
+        for nw in [int(x) for x in args.workers.split(",") if x]:
             try:
-                tp = L.run_throughput(s, tag, args, k, n)
-                lt = L.run_latency(s, tag, EXACTLY_ONCE, args.rate, args, workers=k, label=f"w{k}")
+                tp = L.run_throughput(s, tag, args, nw, n)
+                lt = L.run_latency(s, tag, EXACTLY_ONCE, args.rate, args, workers=nw, label=f"w{nw}")
                 scale.append({**tp, "latency": lt})
-                print(f"  scale-out {k} worker(s): {C.fmt(tp['tps'])} ticks/s EOS ({tp['received']:,} of {n:,}); "
+                print(f"  scale-out {nw} worker(s): {C.fmt(tp['tps'])} ticks/s EOS ({tp['received']:,} of {n:,}); "
                       f"EOS latency @ {args.rate:,.0f}/s p50 {C.fmt(lt['p50_ms'])} / p99 {C.fmt(lt['p99_ms'])} ms "
                       f"(out {lt['out_rate'] or 0:,.0f}/s)")
             except Exception as exc:  # noqa: BLE001 - report and go on
-                notes.append(f"scale-out {k} workers failed: {type(exc).__name__}: {str(exc)[:1500]}")
+                notes.append(f"scale-out {nw} workers failed: {type(exc).__name__}: {str(exc)[:1500]}")
                 print(f"  {notes[-1]}")
     finally:
         deleted = C.cleanup(s, tag)
