@@ -7,7 +7,7 @@ encoder, the undo log, each a handful of NumPy calls - is most of what a tick co
 per batch size, our decode + features + encode time per batch and per tick (Avro values in,
 framed feature vectors out: ``TickFeaturesProcessor.decode_partitions`` + ``process_isolating``,
 as ``StreamWorker._handle`` calls them), next to the per-record baseline: fastavro decode, the
-same six features updated per tick in Python (``features_e2e.step``, what the faust peer runs),
+same six features updated per tick in Python (``_features_reference.step``, what the faust peer runs),
 fastavro encode. It fits ``time per batch = fixed + per_tick x size`` over the sizes and prints
 both terms and the batch size from which ours is cheaper per tick than the baseline.
 
@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
+import _features_reference as R  # noqa: E402
 import features_e2e as F  # noqa: E402
 
 from mystocks_gpu.schemas.batch_codec import BatchEncoder  # noqa: E402
@@ -64,15 +65,15 @@ def run_ours(values: list[bytes], size: int, n: int, backend: str) -> dict[str, 
 
 def run_per_record(values: list[bytes], n: int) -> dict[str, Any]:
     """The per-record baseline over the first ``n`` values: decode, update, encode each tick."""
-    dec, enc = C.avro_reader(F.TICK), C.avro_writer(F.FV)
+    dec, enc = C.avro_reader(R.TICK), C.avro_writer(R.FV)
     table: dict[str, list[Any]] = {}
     t0 = time.perf_counter()
     for raw in values[:n]:
         v = dec(raw)
         st = table.get(v["symbol"])
         if st is None:
-            st = table[v["symbol"]] = F.new_state()
-        enc(F.vector_of(v, F.step_tick(st, v), 0))
+            st = table[v["symbol"]] = R.new_state()
+        enc(R.vector_of(v, R.step_tick(st, v), 0))
     dt = time.perf_counter() - t0
     return {"ticks": n, "seconds": dt, "us_per_tick": 1e6 * dt / n}
 
@@ -85,7 +86,7 @@ def run_worker(cols: dict[str, np.ndarray], names: list[str], size: int, n: int,
     s, tag = C.settings(), C.new_tag()
     topic, out = f"bench.overhead.in.{tag}", f"bench.overhead.out.{tag}"
     try:
-        C.create_topics(s, [(topic, F.TICK, 1), (topic + ".dlq", None, 1), (out, F.FV, 1)])
+        C.create_topics(s, [(topic, R.TICK, 1), (topic + ".dlq", None, 1), (out, R.FV, 1)])
         C.produce_ticks(s, topic, {k: v[:n] for k, v in cols.items()}, names)
         w = C.TimedWorker(F.make_processor(out, backend), s.kafka,
                           RuntimeConfig(guarantee="at_least_once", max_records=size),
@@ -129,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     cols, names = C.synthetic(max(args.ticks, args.baseline_ticks), args.symbols)
     order = np.argsort(cols["ts"], kind="stable")
     cols = {k: v[order] for k, v in cols.items()}
-    values: list[bytes] = [*BatchEncoder(F.TICK).encode(cols, names)]
+    values: list[bytes] = [*BatchEncoder(R.TICK).encode(cols, names)]
     C.warm_processor(F.make_processor("bench.overhead.out", args.backend), cols, names)
     print(f"batch overhead bench: {args.ticks:,} ticks per size (at most {args.max_batches:,} batches), "
-          f"{args.symbols} symbols, features {F.NAMES}, backend {args.backend}; {m0['cores']} cores, "
+          f"{args.symbols} symbols, features {R.NAMES}, backend {args.backend}; {m0['cores']} cores, "
           f"load {m0['loadavg_1min']}")
     base = run_per_record(values, args.baseline_ticks)
     rows = []
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                       [(r["size"], r["batches"], r["records_per_batch"], r["wall_us_per_batch"], r["cpu_us_per_batch"])
                        for r in workers])
     res = {"machine": m0, "loadavg_1min_end": C.machine()["loadavg_1min"], "backend": args.backend,
-           "symbols": args.symbols, "features": list(F.NAMES), "baseline": base, "sizes": rows,
+           "symbols": args.symbols, "features": list(R.NAMES), "baseline": base, "sizes": rows,
            "fixed_us_per_batch": float(fixed), "us_per_tick_marginal": float(per_tick), "crossover_size": crossover,
            "worker": workers}
     C.write_json(args.json, res)
