@@ -33,11 +33,13 @@ class ConsumedRecord:
 def read_topic(cfg: KafkaConfig, topic: str, *, from_beginning: bool = True, max_records: int | None = None,
                idle_timeout_s: float = 5.0, codec: AvroCodec | None = None, decode: bool = True,
                isolation: str = "read_committed", start_offsets: dict[int, int] | None = None,
-               stop_at_end: bool = False) -> Iterator[ConsumedRecord]:
+               stop_at_end: bool = False, settle_s: float = 10.0) -> Iterator[ConsumedRecord]:
     """Yield records of every partition of ``topic`` until ``max_records`` (None: no limit), or
     ``idle_timeout_s`` without a new record, or (``stop_at_end``) once every partition reached the
-    end offset it had when reading started. ``start_offsets``: partition -> first offset (others
-    start at the beginning or the end per ``from_beginning``). No consumer group offsets are committed."""
+    end offset it had when reading started (see :func:`_end_offsets`; ``settle_s``: how long, in
+    seconds, to wait for committed transactions' markers). ``start_offsets``: partition -> first
+    offset (others start at the beginning or the end per ``from_beginning``). No consumer group
+    offsets are committed."""
     ensure_broker(cfg)
     codec = codec or AvroCodec()
     consumer = make_consumer(cfg, f"mystocks-reader-{uuid.uuid4().hex[:8]}", **{"isolation.level": isolation,
@@ -47,12 +49,8 @@ def read_topic(cfg: KafkaConfig, topic: str, *, from_beginning: bool = True, max
         parts = sorted(md.topics[topic].partitions)
         default = OFFSET_BEGINNING if from_beginning else OFFSET_END
         starts = {p: (start_offsets or {}).get(p, default) for p in parts}
+        ends = _end_offsets(cfg, consumer, topic, parts, isolation, settle_s) if stop_at_end else {}
         consumer.assign([TopicPartition(topic, p, starts[p]) for p in parts])
-        ends: dict[int, int] = {}
-        if stop_at_end:
-            for p in parts:
-                _, hi = watermarks(consumer, TopicPartition(topic, p), cfg.connect_timeout_s)
-                ends[p] = hi
         pending = {p for p in parts if not stop_at_end or (ends[p] > 0 and starts[p] != OFFSET_END
                                                            and (starts[p] < 0 or starts[p] < ends[p]))}
         n = 0
@@ -67,7 +65,10 @@ def read_topic(cfg: KafkaConfig, topic: str, *, from_beginning: bool = True, max
             last = time.monotonic()
             for m in msgs:
                 if m.error():
-                    if stop_at_end and m.error().code() == KafkaError._PARTITION_EOF:
+                    # (an end reached at an offset short of the one read at the start, e.g. before a
+                    # committed transaction's markers were written, is not the end)
+                    if stop_at_end and m.error().code() == KafkaError._PARTITION_EOF \
+                            and m.offset() >= ends[m.partition()]:
                         pending.discard(m.partition())
                     continue
                 if stop_at_end and m.offset() >= ends[m.partition()] - 1:
@@ -89,3 +90,32 @@ def read_topic(cfg: KafkaConfig, topic: str, *, from_beginning: bool = True, max
                     return
     finally:
         consumer.close()
+
+
+def _end_offsets(cfg: KafkaConfig, consumer: Any, topic: str, parts: list[int], isolation: str,
+                 settle_s: float) -> dict[int, int]:
+    """Partition -> the offset a reader that stops at the end reads up to.
+
+    read_uncommitted: the high watermark. read_committed: the last stable offset, once it has caught
+    up with the high watermark. The broker answers a transaction's commit as soon as the commit is
+    decided and writes its markers afterwards: until a partition's marker is written, its last
+    stable offset stays at the transaction's first record, so a reader started right after a
+    writer's last commit would stop short of records that are committed. This waits (polling every
+    50 ms, at most ``settle_s`` seconds) until no partition has such a gap; a transaction still open
+    then (a writer killed mid-transaction, not yet fenced or timed out) is left out."""
+    def ask(c: Any) -> dict[int, int]:
+        return {p: watermarks(c, TopicPartition(topic, p), cfg.connect_timeout_s)[1] for p in parts}
+
+    if isolation != "read_committed":
+        return ask(consumer)
+    high_reader = make_consumer(cfg, f"mystocks-reader-{uuid.uuid4().hex[:8]}", **{"isolation.level": "read_uncommitted"})
+    try:
+        high = ask(high_reader)
+        deadline = time.monotonic() + settle_s
+        while True:
+            stable = ask(consumer)
+            if all(stable[p] >= high[p] for p in parts) or time.monotonic() >= deadline:
+                return stable
+            time.sleep(0.05)
+    finally:
+        high_reader.close()

@@ -487,9 +487,13 @@ class CommitProtocol(OutputSending):
         return True
 
     def recover(self, err: KafkaError, where: str) -> None:
-        """A produce or commit failed: stop on fatal errors (e.g. fenced by another live worker),
-        otherwise abort and rewind."""
+        """A produce or commit failed: stop when it names a topic or partition unknown and the broker
+        says an output or the changelog is gone (whichever error reported it first: a failed
+        produce, the transaction's commit, an at-least-once fence), stop on other fatal errors
+        (e.g. fenced by another live worker), otherwise abort and rewind."""
         self.drop_sends()  # before the producer may be replaced
+        if err.code() in MISSING_TOPIC_CODES:  # fatal or not (an at-least-once fence's failed output is fatal)
+            self._stop_if_topics_gone(where, err)
         if err.fatal() and self._recover_producer(err):
             self.abort(f"{where}: {err.str()} (producer re-initialised)")
             return
@@ -502,8 +506,6 @@ class CommitProtocol(OutputSending):
             raise FatalRuntimeError(
                 f"{where} failed with a fatal error ({err.str()}); stopping. If the producer was fenced, "
                 f"another worker with transactional id {self.transactional_id} is running")
-        if err.code() in MISSING_TOPIC_CODES:
-            self._stop_if_topics_gone(where, err)
         self.abort(f"{where}: {err.str()}")
 
     def _stop_if_topics_gone(self, where: str, err: KafkaError) -> None:

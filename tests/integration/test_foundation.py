@@ -6,6 +6,7 @@ import json
 import shutil
 import struct
 import subprocess
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -56,6 +57,49 @@ def test_produce_consume_exact_and_per_key_order(settings: Settings, unique: str
         assert g.timestamp_ms == g.value["ts_event"] // 1_000_000  # record timestamp = event time
     assert by_key_got == by_key_sent  # identical records, per-key order preserved
     assert all(len(p) == 1 for p in part_of_key.values())  # one key -> one partition
+
+
+def test_reading_to_the_end_waits_for_a_committed_transactions_markers(settings: Settings, unique: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that stops at the end (``read_topic(stop_at_end=True)``) and starts while a
+    transaction's markers are not yet written (the broker answers the commit first) must read its
+    records: it waits until the last stable offsets reach the high watermarks it found. Here the
+    transaction commits only once the reader has seen the gap and is waiting; a transaction that
+    never commits is left out after ``settle_s``, and the reader returns."""
+    spec = _make_topic(settings, f"t.settle.{unique}", partitions=3)
+    recs = _ticks(300)
+    tx = make_producer(settings.kafka, **{"transactional.id": f"tx.settle.{unique}"})
+    tx.init_transactions(30)
+    tx.begin_transaction()
+    for r in recs:
+        tx.produce(spec.name, CODEC.encode("Tick", r), r["symbol"].encode(), timestamp=r["ts_event"] // 1_000_000)
+    assert tx.flush(30) == 0
+    from mystocks_gpu.data import topic_reader
+    waiting = threading.Event()
+    real_sleep = time.sleep
+
+    def sleep(s: float) -> None:  # the reader polls the offsets: it has seen the open transaction
+        waiting.set()
+        real_sleep(s)
+
+    monkeypatch.setattr(topic_reader.time, "sleep", sleep)
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(read_topic(settings.kafka, spec.name, stop_at_end=True,
+                                                                   idle_timeout_s=30, settle_s=60)))
+    reader.start()
+    assert waiting.wait(30), "the reader did not wait for the open transaction"
+    tx.commit_transaction(30)
+    reader.join(90)
+    assert not reader.is_alive()
+    assert sorted((g.value["symbol"], g.value["seq"]) for g in got) == sorted((r["symbol"], r["seq"]) for r in recs)
+
+    tx.begin_transaction()  # left open: the reader gives up waiting after settle_s and reads what is committed
+    tx.produce(spec.name, CODEC.encode("Tick", recs[0]), recs[0]["symbol"].encode())
+    assert tx.flush(30) == 0
+    t0 = time.monotonic()
+    again = list(read_topic(settings.kafka, spec.name, stop_at_end=True, idle_timeout_s=30, settle_s=1.0))
+    assert len(again) == len(recs) and time.monotonic() - t0 < 20
+    tx.abort_transaction(30)
 
 
 def test_kcat_sees_magic_byte_and_manifest_schema_id(settings: Settings, unique: str) -> None:

@@ -20,10 +20,15 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
+from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer
+from mystocks_gpu.streams.commit_protocol import CommitProtocol
+from mystocks_gpu.streams.exceptions import FatalRuntimeError
+from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, RuntimeConfig
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.integration.stream_helpers import (
@@ -218,6 +223,28 @@ def test_a_deleted_output_topic_stops_the_worker_and_loses_nothing(settings: Set
     assert 3_000 <= rest.sum() < 6_000  # the failed input, and not more than the first worker left
     got = read_outputs(settings, t.output)
     _assert_outputs(guarantee, got, ref[rest])
+
+
+def test_a_failed_fence_to_a_deleted_output_names_the_topic(settings: Settings, unique: str) -> None:
+    """At-least-once learns of a deleted output two ways, whichever comes first: the output watch
+    (the previous commit never settles) or a fence's delivery report, "Unknown partition", which
+    the protocol raises as a fatal producer error. Both must stop with the topic's name (the
+    second used to stop with "a fatal producer error (an output was not delivered: Local: Unknown
+    partition)", the flaky half of the test above)."""
+    t = make_topics(settings, unique, partitions=2)
+    consumer = make_consumer(settings.kafka, f"g.fence.{unique}")
+    producer = make_producer(settings.kafka)
+    proto = CommitProtocol(producer=producer, consumer=consumer, topic=t.input, processor=None, states=None,  # type: ignore[arg-type]
+                           rt=RuntimeConfig(guarantee=AT_LEAST_ONCE), metrics=None, clock=Clock(),  # type: ignore[arg-type]
+                           drop_input=lambda: None, transactional_id="unused", max_bytes={},
+                           partition_counts={t.output: 2})
+    failed = KafkaError(KafkaError._UNKNOWN_PARTITION, "an output was not delivered: Local: Unknown partition", fatal=True)
+    with pytest.raises(FatalRuntimeError, match="fatal producer error"):  # the topic is there: not blamed on it
+        proto.recover(failed, "commit")
+    _delete(settings, t.output)
+    with pytest.raises(FatalRuntimeError, match=f"topic\\(s\\) {t.output} no longer exist"):
+        proto.recover(failed, "commit")
+    consumer.close()
 
 
 def _recreated(settings: Settings, spec: TopicSpec) -> bool:
