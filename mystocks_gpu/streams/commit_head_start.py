@@ -31,7 +31,9 @@ from dataclasses import dataclass
 #: the weight of the latest commit in :attr:`CommitHeadStart.mean_s` (an exponentially weighted mean)
 COMMIT_TIME_WEIGHT = 0.2
 #: the age rule plans for a commit this many mean absolute deviations slower than the mean one
-SPREAD_DEVIATIONS = 2.0
+#: (for normally distributed commit times, mean + 3 x 0.8 sigma: about the 99th percentile commit,
+#: which a p99 latency target needs; A/B against 2 in bench/HISTORY.md)
+SPREAD_DEVIATIONS = 3.0
 #: the most of the commit interval a commit starts early by the mean commit time (its mean time
 #: beyond is not taken off): with commits slower than this the transaction rate grows by at most
 #: 1/(1 - this)

@@ -32,7 +32,7 @@ class RuntimeConfig:
     Kafka Streams, less the mean time of recent commits, at most a quarter of the interval: the records
     that arrive while a commit runs wait one interval in all, not an interval and a commit; sooner
     when the transaction's oldest record would otherwise be visible more than the interval after
-    its Kafka timestamp after a slow commit (the mean commit time plus two mean deviations), never
+    its Kafka timestamp after a slow commit (the mean commit time plus three mean deviations), never
     under half the interval: ``streams/commit_head_start.py``); with
     ``at_least_once`` a commit is cut every ``commit_interval_ms`` and its offsets are committed
     once its outputs are acknowledged, without stalling the loop (see
