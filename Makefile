@@ -104,7 +104,7 @@ soak: install ## soak: features pipeline + jobs for 10 min with faults (SOAK_ARG
 
 lint: install ## ruff + mypy; deploy/ checks: k8s manifests (kustomize + kubeconform -strict), hadolint, promtool rules
 	$(VENV)/bin/ruff check mystocks_gpu tests bench scripts
-	$(VENV)/bin/mypy mystocks_gpu $(MYPY_ARGS)
+	$(VENV)/bin/mypy mystocks_gpu bench $(MYPY_ARGS)
 	$(PY) -m pytest -p no:cacheprovider -q tests/unit/test_k8s_manifests.py tests/unit/test_prometheus_rules.py
 
 clean: stack-down ## remove the venv and stack data

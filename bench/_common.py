@@ -37,6 +37,7 @@ from mystocks_gpu.schemas.batch_codec import BatchEncoder  # noqa: E402
 from mystocks_gpu.schemas.codec import PREFIX_LEN, frame  # noqa: E402
 from mystocks_gpu.schemas.schema_store import default_store  # noqa: E402
 from mystocks_gpu.schemas.symbols import SymbolTable  # noqa: E402
+from mystocks_gpu.streams.columnar_io import ColumnChunk  # noqa: E402
 from mystocks_gpu.streams.processor import Processor  # noqa: E402
 from mystocks_gpu.streams.stream_worker import RunSummary, StreamWorker  # noqa: E402
 from mystocks_gpu.topics import TopicSpec  # noqa: E402
@@ -188,7 +189,7 @@ class TimedWorker(StreamWorker):
     #: a ``cProfile.Profile`` to enable from the first record to the final commit (setup excluded)
     profiler: Any = None
 
-    def _filter_errors(self, msgs: list[Any]) -> list[Any]:
+    def _filter_errors(self, msgs: list[Any] | ColumnChunk) -> list[Any] | ColumnChunk:
         out = super()._filter_errors(msgs)
         if out and self.t_first is None:
             self.t_first = time.perf_counter()

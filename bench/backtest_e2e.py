@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def child(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"wall_s": wall, "peak_rss_mb": peak, "rss_after_warmup_mb": rss0, "result": res}
     if args.replay_rate:  # plain replay + batch decode of the (now warm) topic, then the codec alone
         dec = BatchDecoder("mystocks.md.Bar", schema_store(s), symbols=SymbolTable())
-        kept: list[list[bytes]] = []
+        kept: list[Sequence[bytes | None]] = []
         budget = 2_000_000
         t1 = time.perf_counter()
         n = 0

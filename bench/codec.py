@@ -20,6 +20,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import fastavro
 import numpy as np
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     reader = fastavro.schemaless_reader
-    out = []
+    out: list[Any] = []
     for v in values:
         bio = io.BytesIO(v)
         bio.seek(PREFIX_LEN)

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_vs_alphalens": al_total / ours_s, "pandas_s": pd_s,
         "ratio_vs_pandas": (pd_s / ours_s) if pd_s else None,
         "pandas_drop_rule_s": pd_drop_s,
-        "ratio_vs_pandas_without_drop_rule": ((pd_s - pd_drop_s) / ours_s) if pd_s else None,
+        "ratio_vs_pandas_without_drop_rule": ((pd_s - pd_drop_s) / ours_s) if pd_s and pd_drop_s is not None else None,
         "max_abs_diff_ic": diff_al, "max_abs_diff_ic_vs_pandas": diff_pd,
         "rank_ic_defined_on_one_side_only_vs_pandas": nan_mismatch_pd,
         "mining_candidates": mres.n_evaluated, "mining_s": mres.seconds,

@@ -145,7 +145,7 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
         cv_s, cv_w = run_cvxpy(pb, sub)
         pp = run_pypfopt(pb, sub)
         cv_per = cv_s / len(sub)
-        row = {"ours_s": wall, "ours_cpu_s": cpu, "ours_per_problem_ms": 1e3 * wall / per,
+        row: dict[str, Any] = {"ours_s": wall, "ours_cpu_s": cpu, "ours_per_problem_ms": 1e3 * wall / per,
                "statuses": {s: int(np.sum(res.status == s)) for s in np.unique(res.status)},
                "iterations_p50_p90_max": [float(np.percentile(res.iterations, q)) for q in (50, 90, 100)],
                "iterations_p50_p99": [float(np.percentile(res.iterations, q)) for q in (50, 99)],
@@ -199,6 +199,7 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
     g_tot = c_tot = 0.0
     for k, objective in enumerate(("min_variance", "mean_variance")):
         pb = make_batch(objective, per, n, args.max_weight, args.seed + k, cupy)
+        assert pb.cov is not None  # make_batch always sets the covariances
         solve_stacked(replace(pb.take(np.arange(4)), cov=pb.cov[:4]), gcfg)
         cupy.cuda.Device().synchronize()
         t0 = time.perf_counter()
@@ -244,7 +245,7 @@ def bench_risk(args: argparse.Namespace) -> dict[str, Any]:
     per = int(rate * 0.1)
     names = symbol_names(n_sym, args.seed)
     cols = generate(SyntheticMarket(n_symbols=n_sym, seed=args.seed, events_per_s=rate), per * (batches + 5))
-    ticks = BatchEncoder("mystocks.md.Tick").encode(cols, names)
+    ticks: list[bytes | None] = list(BatchEncoder("mystocks.md.Tick").encode(cols, names))
     t0 = int(cols["ts"][0])
     rng = np.random.default_rng(args.seed)
     side = []

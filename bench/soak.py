@@ -277,13 +277,14 @@ class Soak:
             mid = mids[sym] = max(1.0, mids[sym] * (1 + rng.normal(0, 1e-4)))
             trade = i % 3 == 0
             seq = self.produced.get(sym, 0)
-            rec = {"symbol": sym, "ts_event": time.time_ns(), "seq": seq, "kind": "TRADE" if trade else "QUOTE",
+            ts_ns = time.time_ns()
+            rec = {"symbol": sym, "ts_event": ts_ns, "seq": seq, "kind": "TRADE" if trade else "QUOTE",
                    "price": mid, "size": 100.0 if trade else 0.0, "side": 1 if trade else 0, "bid": mid - 0.01,
                    "ask": mid + 0.01, "bid_size": 500.0, "ask_size": 500.0}
             value = codec.encode("mystocks.md.Tick", rec)
             while True:
                 try:
-                    producer.produce("md.ticks", key=sym.encode(), value=value, timestamp=rec["ts_event"] // 1_000_000,
+                    producer.produce("md.ticks", key=sym.encode(), value=value, timestamp=ts_ns // 1_000_000,
                                      on_delivery=on_delivery)
                     break
                 except BufferError:

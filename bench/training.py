@@ -49,7 +49,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -328,9 +328,9 @@ def replay_overhead(args: argparse.Namespace) -> dict[str, Any]:
                 out["families"][fam] = {"skipped": "xgboost not installed"}
                 continue
             p = family_params(fam, args.quick)
-            spec = TrainSpec.from_dict({"name": f"bench-{tag}", "inputs": [topic], "features": keys, "frequency": "1d",
+            spec = cast(TrainSpec, TrainSpec.from_dict({"name": f"bench-{tag}", "inputs": [topic], "features": keys, "frequency": "1d",
                                         "label_column": "last_price", "family": fam, "params": p, "publish": False,
-                                        "backtest": False, "walk_forward": {"n_splits": 1, "test_dates": 1}})
+                                        "backtest": False, "walk_forward": {"n_splits": 1, "test_dates": 1}}))
             load_training_data(spec, s.kafka)  # warm-up: decoder compile, consumer start
             t0 = time.perf_counter()
             data = load_training_data(spec, s.kafka)
@@ -380,8 +380,9 @@ def signals_inference(args: argparse.Namespace, X: np.ndarray, y: np.ndarray) ->
     Xs = np.ascontiguousarray(np.resize(X, (n, p)), dtype=np.float64)  # rows repeated when X is shorter
     names = [f"S{i:03d}" for i in range(500)]
     enc = BatchEncoder("mystocks.features.FeatureVector")
-    values = enc.encode({"symbol": np.arange(n) % 500, "ts_event": np.arange(n, dtype=np.int64) * 1000,
-                         "seq": np.arange(n), "ts_ingest": np.zeros(n, np.int64), "values": Xs}, names, map_keys=keys)
+    values: list[bytes | None] = list(enc.encode({"symbol": np.arange(n) % 500, "ts_event": np.arange(n, dtype=np.int64) * 1000,
+                                                  "seq": np.arange(n), "ts_ingest": np.zeros(n, np.int64), "values": Xs},
+                                                 names, map_keys=keys))
     out: dict[str, Any] = {}
     for fam in ("ridge", "gbdt"):
         if fam == "gbdt" and importlib.util.find_spec("xgboost") is None:
