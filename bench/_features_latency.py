@@ -61,7 +61,7 @@ from mystocks_gpu.infra.stack_process import proc_stat
 from mystocks_gpu.schemas.batch_codec.encoder import _varint_bytes
 from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
 from mystocks_gpu.schemas.codec import PREFIX_LEN
-from mystocks_gpu.streams.commit_head_start import CommitHeadStart
+from mystocks_gpu.streams.commit_head_start import CommitHeadStart, record_age_s
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig
 from mystocks_gpu.streams.stream_metrics import STAGE_BUCKETS, STAGES, histogram_quantile
 from mystocks_gpu.topics import TopicSpec
@@ -506,8 +506,7 @@ def relay_role(cfg: dict[str, Any]) -> None:
         since = time.monotonic() - started
         if not eos:
             return interval - since
-        age = None if oldest_ms is None else time.time() - oldest_ms / 1e3
-        return head_start.wait_s(interval, since, age)
+        return head_start.wait_s(interval, since, record_age_s(oldest_ms, time.time()))
 
     C.freeze_heap()
     print(json.dumps({"ready": True}), flush=True)

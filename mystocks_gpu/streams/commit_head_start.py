@@ -45,6 +45,12 @@ MAX_EARLY = 0.5
 LIVE_AGE_INTERVALS = 10.0
 
 
+def record_age_s(oldest_ms: int | None, now_s: float) -> float | None:
+    """Seconds from the Kafka timestamp ``oldest_ms`` (ms; None: no stamped record) to the wall
+    clock time ``now_s`` (s): the ``oldest_age_s`` of :meth:`CommitHeadStart.wait_s`."""
+    return None if oldest_ms is None else now_s - oldest_ms / 1e3
+
+
 @dataclass
 class CommitHeadStart:
     """The mean commit time (s; None before the first commit), its mean absolute deviation (s),

@@ -45,7 +45,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.streams.batching import RawBatch
 from mystocks_gpu.streams.columnar_io import columnar_producer, load_extension
-from mystocks_gpu.streams.commit_head_start import CommitHeadStart
+from mystocks_gpu.streams.commit_head_start import CommitHeadStart, record_age_s
 from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic, fit_dead_letter
 from mystocks_gpu.streams.delivery_fences import DeliveryFences, FenceCut, KeyPartitioner
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
@@ -261,10 +261,13 @@ class CommitProtocol(OutputSending):
                 self.touched.add(p)
         if self.rt.exactly_once and len(batch):
             ts = batch.timestamps_array()
-            ts = ts[ts > 0]  # -1: a record without a timestamp
-            if ts.size:
-                m = int(ts.min())
-                self.oldest_ms = m if self.oldest_ms is None else min(self.oldest_ms, m)
+            m = int(ts.min())
+            if m <= 0:  # -1: a record without a timestamp (rare: only then a masked copy)
+                stamped = ts[ts > 0]
+                if not stamped.size:
+                    return
+                m = int(stamped.min())
+            self.oldest_ms = m if self.oldest_ms is None else min(self.oldest_ms, m)
 
     # ---- committing -------------------------------------------------------------------------
     def due(self) -> bool:
@@ -286,7 +289,7 @@ class CommitProtocol(OutputSending):
             return max(0.0, self.catch_up_s - since)
         if not self.rt.exactly_once:
             return max(0.0, self.interval_s - since)
-        age = None if self.oldest_ms is None else self.clock.now_ns() / 1e9 - self.oldest_ms / 1e3
+        age = record_age_s(self.oldest_ms, self.clock.now_ns() / 1e9)
         return max(0.0, self.head_start.wait_s(self.interval_s, since, age))
 
     def _changelog(self) -> dict[int, dict[bytes, bytes]]:

@@ -17,9 +17,12 @@ import pandas as pd
 
 from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
 from mystocks_gpu.data.topic_reader import ConsumedRecord, read_topic
+from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.infra.config import KafkaConfig, Settings
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
+from mystocks_gpu.streams.commit_protocol import CommitProtocol
+from mystocks_gpu.streams.runtime_config import RuntimeConfig
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import ROOT
@@ -107,6 +110,16 @@ def finish(p: subprocess.Popen[str], timeout: float = 240) -> str:
     out, err = p.communicate(timeout=timeout)
     assert p.returncode == 0, f"worker exit {p.returncode}\n{(err or '(stderr not piped)')[-3000:]}"
     return out
+
+
+def bare_protocol(producer: Any, rt: RuntimeConfig, *, consumer: Any = None, topic: str = "unused",
+                  partition_counts: dict[str, int] | None = None, metrics: Any = None,
+                  clock: Clock | None = None) -> CommitProtocol:
+    """A :class:`CommitProtocol` around real clients with no processor and no state: the sending,
+    fencing and recovery paths on their own (``consumer`` None: nothing read or committed)."""
+    return CommitProtocol(producer=producer, consumer=consumer, topic=topic, processor=None, states=None,
+                          rt=rt, metrics=metrics, clock=clock or Clock(), drop_input=lambda: None,
+                          transactional_id="unused", max_bytes={}, partition_counts=partition_counts)
 
 
 def read_finished(cfg: KafkaConfig, topic: str, **kw: Any) -> list[ConsumedRecord]:

@@ -13,12 +13,11 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer
-from mystocks_gpu.streams.commit_protocol import CommitProtocol
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, RuntimeConfig
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
-from tests.integration.stream_helpers import committed_total, read_finished, wait_for
+from tests.integration.stream_helpers import bare_protocol, committed_total, read_finished, wait_for
 
 
 def test_a_cut_settles_on_its_fences_while_later_records_are_stuck(settings: Settings, unique: str) -> None:
@@ -29,10 +28,8 @@ def test_a_cut_settles_on_its_fences_while_later_records_are_stuck(settings: Set
     producer: Producer = make_producer(settings.kafka, **{"message.timeout.ms": 0, "enable.gapless.guarantee": True})
     consumer = make_consumer(settings.kafka, group)
     clock = Clock()
-    proto = CommitProtocol(producer=producer, consumer=consumer, topic=src, processor=None, states=None,  # type: ignore[arg-type]
-                           rt=RuntimeConfig(guarantee=AT_LEAST_ONCE, record_io="columnar"), metrics=RuntimeMetrics("t"),
-                           clock=clock, drop_input=lambda: None, transactional_id="unused", max_bytes={},
-                           partition_counts={out: 4})
+    proto = bare_protocol(producer, RuntimeConfig(guarantee=AT_LEAST_ONCE, record_io="columnar"), consumer=consumer,
+                          topic=src, partition_counts={out: 4}, metrics=RuntimeMetrics("t"), clock=clock)
     keys = [f"S{i % 37}".encode() for i in range(2_000)]
     values = [b"v%d" % i for i in range(2_000)]
     ts = list(range(1_700_000_000_000, 1_700_000_002_000))

@@ -14,14 +14,13 @@ import random
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer
 from mystocks_gpu.streams.commit_protocol import CommitProtocol
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
-from tests.integration.stream_helpers import read_finished
+from tests.integration.stream_helpers import bare_protocol, read_finished
 
 
 def _records(topic: str, settings: Settings) -> list[tuple[int, str | None, bytes | None, int, dict[str, str]]]:
@@ -67,9 +66,7 @@ def _counting_protocol(producer: Producer, rt: RuntimeConfig,
                        partition_counts: dict[str, int] | None = None) -> tuple[CommitProtocol, list[int]]:
     """A protocol around ``producer`` alone, and a list that grows by one per record sent through
     ``send()`` (the path that waits for room in a full queue)."""
-    proto = CommitProtocol(producer=producer, consumer=None, topic="unused", processor=None, states=None,  # type: ignore[arg-type]
-                           rt=rt, metrics=None, clock=Clock(), drop_input=lambda: None,  # type: ignore[arg-type]
-                           transactional_id="unused", max_bytes={}, partition_counts=partition_counts)
+    proto = bare_protocol(producer, rt, partition_counts=partition_counts)
     waited: list[int] = []
     send = proto.send
 

@@ -23,10 +23,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer
-from mystocks_gpu.streams.commit_protocol import CommitProtocol
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, RuntimeConfig
 from mystocks_gpu.topics import TopicSpec
@@ -35,6 +33,7 @@ from tests.integration.stream_helpers import (
     Topics,
     assert_at_least_once,
     assert_exactly_once_equal,
+    bare_protocol,
     committed_total,
     finish,
     make_topics,
@@ -234,10 +233,8 @@ def test_a_failed_fence_to_a_deleted_output_names_the_topic(settings: Settings, 
     t = make_topics(settings, unique, partitions=2)
     consumer = make_consumer(settings.kafka, f"g.fence.{unique}")
     producer = make_producer(settings.kafka)
-    proto = CommitProtocol(producer=producer, consumer=consumer, topic=t.input, processor=None, states=None,  # type: ignore[arg-type]
-                           rt=RuntimeConfig(guarantee=AT_LEAST_ONCE), metrics=None, clock=Clock(),  # type: ignore[arg-type]
-                           drop_input=lambda: None, transactional_id="unused", max_bytes={},
-                           partition_counts={t.output: 2})
+    proto = bare_protocol(producer, RuntimeConfig(guarantee=AT_LEAST_ONCE), consumer=consumer, topic=t.input,
+                          partition_counts={t.output: 2})
     failed = KafkaError(KafkaError._UNKNOWN_PARTITION, "an output was not delivered: Local: Unknown partition", fatal=True)
     with pytest.raises(FatalRuntimeError, match="fatal producer error"):  # the topic is there: not blamed on it
         proto.recover(failed, "commit")
