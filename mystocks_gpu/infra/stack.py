@@ -300,11 +300,16 @@ class LocalStack:
         return props
 
     def _java_cmd(self, main: str, *args: str, heap_mb: int = 256) -> list[str]:
-        # one GC worker thread: with the heaps here a young collection copies a few MB, and two workers
+        # One GC worker thread: with the heaps here a young collection copies a few MB, and two workers
         # sharing two cores with the stack's clients stalled whole pauses on one preempted worker
-        # (G1 "Termination" 156 ms of a 174 ms pause that copied 4.7 MB; bench/HISTORY.md 2026-12-05)
+        # (G1 "Termination" 156 ms of a 174 ms pause that copied 4.7 MB). Survivors go to the old
+        # generation at once (MaxTenuringThreshold=0): the broker's young survivors are objects that
+        # live for seconds (ages 1-9 under load), which G1's default copied again in every young
+        # pause (7 MB, 15 ms of a 16-ms pause); promoted once, the pause copies only the newest
+        # (~0.8 MB) and took 5-7 ms (bench/HISTORY.md 2026-12-05, 20:47 on).
         return [self.java(), f"-Xmx{heap_mb}m", f"-Xms{min(heap_mb, 256)}m", "-XX:+UseG1GC",
                 "-XX:MaxGCPauseMillis=20", "-XX:ParallelGCThreads=1", "-XX:ConcGCThreads=1",
+                "-XX:MaxTenuringThreshold=0",
                 "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={_TEMPLATES / 'log4j2.properties'}",
                 "-cp", self.classpath, main, *args]

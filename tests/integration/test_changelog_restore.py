@@ -1,4 +1,5 @@
-"""Restoring state from a changelog on the real broker when a writer died inside a transaction.
+"""State changelogs on the real broker: how they are created, and restoring from one when a writer
+died inside a transaction.
 
 The dead writer's open transaction holds the partition's last stable offset back until the
 transaction coordinator aborts it (after its ``transaction.timeout.ms``); the records its successor
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import time
 
+from confluent_kafka.admin import ConfigResource, ResourceType
+
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer
-from mystocks_gpu.streams.state_store import read_changelogs
+from mystocks_gpu.streams.state_store import ensure_changelog, read_changelogs
 from mystocks_gpu.topics import TopicSpec
-from mystocks_gpu.topics.admin import TopicAdmin
+from mystocks_gpu.topics.admin import TopicAdmin, make_admin
 
 
 def test_restore_reads_what_was_committed_after_a_dead_writers_open_transaction(
@@ -48,3 +51,19 @@ def test_restore_reads_what_was_committed_after_a_dead_writers_open_transaction(
     waited = time.monotonic() - t0
     assert got == {b"a": b"2", b"c": b"3"}, f"restored {got} after {waited:.1f} s"
     del dead
+
+
+def test_a_changelog_is_created_compacted_in_small_segments(settings: Settings, unique: str) -> None:
+    """A state changelog is compacted in 8 MiB segments (the broker's default is 64 MiB), so the log
+    cleaner compacts it in small pieces instead of a whole 64 MiB segment per partition at once.
+    Read back from the broker."""
+    source = f"t.changelog.in.{unique}"
+    TopicAdmin(settings.kafka).create([TopicSpec(source, "symbol", None, partitions=2, dlq=False)])
+    name = ensure_changelog(settings.kafka, "features", f"g.{unique}", source)
+    admin = make_admin(settings.kafka)
+    res = ConfigResource(ResourceType.TOPIC, name)
+    conf = {k: e.value for k, e in admin.describe_configs([res])[res].result(timeout=30).items()}
+    assert conf["cleanup.policy"] == "compact"
+    assert conf["segment.bytes"] == str(8 * 1024 * 1024)
+    assert conf["min.compaction.lag.ms"] == "0"
+    assert len(admin.list_topics(name, timeout=30).topics[name].partitions) == 2

@@ -184,7 +184,10 @@ def test_broker_gc_fits_two_shared_cores(stack: LocalStack, settings: Settings) 
       takes effect.
     - One parallel GC thread: two workers on two cores shared with the clients stalled whole young
       pauses on one preempted worker (106 and 174 ms, where one worker copies ~5 MB in 6 ms). Read
-      from the running broker's command line."""
+      from the running broker's command line.
+    - Young survivors promoted at once: under load the broker's survivors are objects that live for
+      seconds, which G1's default tenuring copied again in every young pause (16 ms; 5-7 ms when
+      they are promoted on their first copy). Read from the same command line."""
     admin = make_admin(settings.kafka)
     res = ConfigResource(ConfigResource.Type.BROKER, "1")
     entries = admin.describe_configs([res])[res].result(timeout=30)
@@ -195,6 +198,7 @@ def test_broker_gc_fits_two_shared_cores(stack: LocalStack, settings: Settings) 
     assert pid is not None
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"-XX:ParallelGCThreads=1" in argv and b"-XX:ConcGCThreads=1" in argv and b"kafka.Kafka" in argv
+    assert b"-XX:MaxTenuringThreshold=0" in argv
 
 
 def test_session_stack_is_private_and_subprocesses_follow_it(stack: LocalStack, settings: Settings,
