@@ -31,6 +31,7 @@ from typing import Any
 
 from mystocks_gpu.infra.config import StackConfig
 from mystocks_gpu.infra.exceptions import StackError
+from mystocks_gpu.infra.stack_process import open_log
 
 _TEMPLATES = Path(__file__).with_name("kafka")
 LOG_TAIL_LINES = 40
@@ -338,8 +339,7 @@ class LocalStack:
         self.kafka_dir.mkdir(parents=True, exist_ok=True)
         props = self._server_properties()
         self._format_storage(props)
-        log = self.kafka_dir / "kafka.log"
-        with open(log, "ab") as out:
+        with open_log(self.kafka_dir / "kafka.log") as out:
             proc = subprocess.Popen(self._java_cmd("kafka.Kafka", str(props), heap_mb=self.cfg.kafka_heap_mb),
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=self.kafka_dir)

@@ -25,6 +25,9 @@ from mystocks_gpu.infra.exceptions import StackError
 
 #: "<sha1>  <file name>" per jar (sha1sum format), written after a complete resolve (as for Kafka's jars)
 JAR_MANIFEST = "MANIFEST.sha1"
+#: a server's log over this size (bytes) when the server starts moves to ``<name>.log.1`` (the one
+#: before it is dropped), so logs appended across restarts stay bounded
+LOG_ROTATE_BYTES = 64 << 20
 
 
 class StackLike(Protocol):
@@ -90,6 +93,17 @@ def _sha1(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def open_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES) -> Any:
+    """Open a server's log for appending (binary), first moving it to ``<path>.1`` when it holds over
+    ``max_bytes`` (replacing an older ``.1``): a broker's INFO log grew to 500 MB over a day of
+    benchmarks, appended across restarts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size > max_bytes:
+            os.replace(path, path.with_name(path.name + ".1"))
+    return open(path, "ab")  # noqa: SIM115 - the caller closes it once the child holds its copy
 
 
 def tail(path: Path, n: int = 40) -> str:
@@ -159,8 +173,7 @@ class ManagedServer:
     def spawn(self, cmd: Sequence[str], *, user: str | None = None, env: dict[str, str] | None = None,
               cwd: Path | None = None) -> int:
         """Start ``cmd`` in its own session, output appended to :attr:`log`; records the pid."""
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
+        with open_log(self.log) as out:
             proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=cwd or self.log.parent, user=user,
                                     env={**os.environ, **(env or {})})

@@ -20,6 +20,7 @@ import pytest
 from mystocks_gpu.infra.config import StackConfig
 from mystocks_gpu.infra.exceptions import StackError
 from mystocks_gpu.infra.stack import JAR_MANIFEST, LocalStack, java_major, process_start_time
+from mystocks_gpu.infra.stack_process import ManagedServer
 from tests.conftest import run_cli, wait_until
 
 
@@ -290,3 +291,22 @@ def test_broker_properties_are_the_shared_settings_then_the_plaintext_listeners(
     # settings of the shared file reach the plain broker (the secure one: test_secure_stack_parts)
     assert props["log.cleaner.dedupe.buffer.size"] == ["16777216"] and props["auto.create.topics.enable"] == ["false"]
     assert re.search(r"@[A-Z_]+@", text) is None  # every placeholder filled
+
+
+def test_a_servers_log_over_the_limit_moves_aside_when_it_starts(tmp_path: Path) -> None:
+    """Servers append their output to ``<name>.log`` across restarts (the broker's grew to 500 MB in a
+    day of benchmarks): at start, a log over 64 MiB moves to ``<name>.log.1`` and a smaller one is
+    appended to."""
+    srv = ManagedServer("demo", tmp_path, "never-matches", "127.0.0.1", _free_port())
+    srv.log.parent.mkdir(parents=True)
+    big = (64 << 20) + 1
+    with open(srv.log, "wb") as f:
+        f.write(b"old run\n")
+        f.truncate(big)
+    srv.spawn(["sh", "-c", "echo started"])
+    wait_until(lambda: srv.log.read_bytes() == b"started\n", 30, "the new run's line alone in the log")
+    rotated = srv.log.with_name("demo.log.1")
+    assert rotated.stat().st_size == big and rotated.read_bytes()[:8] == b"old run\n"
+    srv.spawn(["sh", "-c", "echo again"])  # under the limit: appended, the rotated log untouched
+    wait_until(lambda: srv.log.read_bytes() == b"started\nagain\n", 30, "the second run appended")
+    assert rotated.stat().st_size == big
