@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -31,12 +29,18 @@ from typing import Any
 
 from mystocks_gpu.infra.config import StackConfig
 from mystocks_gpu.infra.exceptions import StackError
-from mystocks_gpu.infra.stack_process import open_log
+from mystocks_gpu.infra.stack_process import (  # one copy of the process helpers, shared with the optional servers
+    JAR_MANIFEST,
+    _alive,
+    _cmdline,
+    _sha1,
+    open_log,
+    process_start_time,
+)
+from mystocks_gpu.infra.stack_process import port_open as _port_open
+from mystocks_gpu.infra.stack_process import tail as _tail
 
 _TEMPLATES = Path(__file__).with_name("kafka")
-LOG_TAIL_LINES = 40
-#: written into the jar directory after a complete resolve: "<sha1>  <file name>" per jar (sha1sum format)
-JAR_MANIFEST = "MANIFEST.sha1"
 MIN_JAVA = 17
 log = logging.getLogger(__name__)
 
@@ -50,44 +54,6 @@ class ComponentStatus:
     pid: int | None
     address: str
     detail: str = ""
-
-
-def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        return s.connect_ex((host, port)) == 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child still answers kill(0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _cmdline(pid: int) -> str | None:
-    """Command line of ``pid`` with arguments joined by spaces, or None when unreadable."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return None
 
 
 def java_major(version_output: str) -> int:
@@ -104,21 +70,6 @@ def java_major(version_output: str) -> int:
             break
         digits += ch
     return int(digits) if digits else 0
-
-
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
 
 
 class LocalStack:

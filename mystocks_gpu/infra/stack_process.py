@@ -19,7 +19,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from mystocks_gpu.infra.exceptions import StackError
 
@@ -95,7 +95,7 @@ def _sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def open_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES) -> Any:
+def open_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES) -> BinaryIO:
     """Open a server's log for appending (binary), first moving it to ``<path>.1`` when it holds over
     ``max_bytes`` (replacing an older ``.1``): a broker's INFO log grew to 500 MB over a day of
     benchmarks, appended across restarts."""
