@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def ensure_changelog(cfg: KafkaConfig, processor: str, group: str, input_topic: str) -> str:
-    """Create the changelog topic (as many partitions as the input) if missing; returns its name."""
+    """Create the changelog topic (as many partitions as the input) if missing; returns its name.
+
+    A changelog that exists with another segment size (one created before the catalog's
+    ``CHANGELOG_SEGMENT_BYTES``, in the broker's 64 MiB segments) is moved to the catalog's size in
+    place: its next segments roll at the new size, so the log cleaner works in small pieces there too."""
     admin = TopicAdmin(cfg)
     live = admin.existing()
     if input_topic not in live:
@@ -39,6 +43,12 @@ def ensure_changelog(cfg: KafkaConfig, processor: str, group: str, input_topic: 
     elif live[spec.name] != live[input_topic]:
         raise FatalRuntimeError(f"changelog {spec.name} has {live[spec.name]} partitions but {input_topic} has "
                                 f"{live[input_topic]}: they must be co-partitioned")
+    else:
+        want = spec.extra["segment.bytes"]
+        have = admin.config_value(spec.name, "segment.bytes")
+        if have != want:
+            admin.set_configs(spec.name, {"segment.bytes": want})
+            log.info("changelog segment size set", extra={"fields": {"topic": spec.name, "was": have, "now": want}})
     return spec.name
 
 

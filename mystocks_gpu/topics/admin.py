@@ -6,7 +6,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
 
 from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.infra.exceptions import BrokerUnreachable
@@ -66,6 +73,20 @@ class TopicAdmin:
             entries = fut.result(timeout=self.cfg.connect_timeout_s)
             out[res.name] = {k: e.value for k, e in entries.items() if k in COMPARED}
         return out
+
+    def config_value(self, name: str, key: str) -> str | None:
+        """One config of one topic as the broker reports it (default or set), ``None`` if unknown."""
+        res = ConfigResource(ConfigResource.Type.TOPIC, name)
+        fut = self.admin.describe_configs([res], request_timeout=self.cfg.connect_timeout_s)[res]
+        entry = fut.result(timeout=self.cfg.connect_timeout_s).get(key)
+        return None if entry is None else entry.value
+
+    def set_configs(self, name: str, configs: dict[str, str]) -> None:
+        """Set topic configs in place (incremental: the topic's other settings stay as they are)."""
+        res = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()])
+        for fut in self.admin.incremental_alter_configs([res], request_timeout=self.cfg.connect_timeout_s).values():
+            fut.result(timeout=self.cfg.connect_timeout_s * 3)
 
     def max_message_bytes(self, names: Iterable[str], producer_max: int = 1_000_000) -> dict[str, int]:
         """Largest record (bytes) each topic accepts: the smaller of its ``max.message.bytes`` and the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka.admin import ConfigResource, ResourceType
+from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType
 
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer
@@ -67,3 +67,25 @@ def test_a_changelog_is_created_compacted_in_small_segments(settings: Settings, 
     assert conf["segment.bytes"] == str(8 * 1024 * 1024)
     assert conf["min.compaction.lag.ms"] == "0"
     assert len(admin.list_topics(name, timeout=30).topics[name].partitions) == 2
+
+
+def test_a_changelog_made_in_big_segments_is_moved_to_small_ones(settings: Settings, unique: str) -> None:
+    """A changelog created before the 8 MiB segments (here by hand, in 64 MiB ones, as the broker's
+    default made them) is set to 8 MiB when a worker next ensures it; its other settings and its
+    records stay. Read back from the broker."""
+    source = f"t.changelog.in.{unique}"
+    TopicAdmin(settings.kafka).create([TopicSpec(source, "symbol", None, partitions=2, dlq=False)])
+    name = f"g.{unique}.features.changelog"
+    admin = make_admin(settings.kafka)
+    old = NewTopic(name, num_partitions=2, replication_factor=1,
+                   config={"cleanup.policy": "compact", "segment.bytes": str(64 * 1024 * 1024)})
+    admin.create_topics([old])[name].result(timeout=30)
+    prod = make_producer(settings.kafka)
+    prod.produce(name, key=b"AAPL", value=b"state", partition=1)
+    assert prod.flush(30) == 0
+    assert ensure_changelog(settings.kafka, "features", f"g.{unique}", source) == name
+    res = ConfigResource(ResourceType.TOPIC, name)
+    conf = {k: e.value for k, e in admin.describe_configs([res])[res].result(timeout=30).items()}
+    assert conf["segment.bytes"] == str(8 * 1024 * 1024)
+    assert conf["cleanup.policy"] == "compact"
+    assert read_changelogs(settings.kafka, name, [1])[1] == {b"AAPL": b"state"}
