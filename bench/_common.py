@@ -73,6 +73,12 @@ def machine() -> dict[str, Any]:
             "loadavg_1min": round(os.getloadavg()[0], 2)}
 
 
+def broker_partitions(s: Settings) -> int:
+    """Partitions the broker holds, every topic's (internal ones included): leftovers of earlier runs
+    and tests cost the broker at high rates (bench/HISTORY.md, 2026-12-06), so runs report it."""
+    return sum(TopicAdmin(s.kafka).existing().values())
+
+
 def create_topics(s: Settings, specs: Sequence[tuple[str, str | None, int]]) -> None:
     """Create ``(name, schema full name or None, partitions)`` topics."""
     TopicAdmin(s.kafka).create([TopicSpec(n, "symbol", sch, partitions=p, dlq=False) for n, sch, p in specs])

@@ -111,6 +111,7 @@ from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickF
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig  # noqa: E402
 
 QuixGuarantee = Literal["at-least-once", "exactly-once"]  # Quix Application's processing_guarantee
+LEFTOVER_PARTITIONS = 200  # more on the broker than a run needs: the header says so (see bench/HISTORY.md, 2026-12-06)
 CONTENDERS = frozenset({"eos", "eosnc", "alo", "quix", "faust", "pandas", "latency", "floor", "floor2"})  # --skip names
 SCRIPT = Path(__file__).resolve()
 
@@ -496,12 +497,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--guarantees: comma list of {AT_LEAST_ONCE} and {EXACTLY_ONCE} (got {args.guarantees!r})")
     s, tag, n = C.settings(), C.new_tag(), args.n
     t_script = time.perf_counter()
-    m0 = C.machine()
+    m0 = {**C.machine(), "broker_partitions": C.broker_partitions(s)}
     topic = f"bench.fe.in.{tag}"
     outs = {k: f"bench.fe.out.{k}.{tag}" for k in ("warm", "eos", "eosnc", "alo", "quix", "faust", "pandas")}
     print(f"features e2e bench: n={n:,} ticks, {args.symbols} symbols, {args.partitions} partitions, batch {args.batch}, "
           f"peer cap {args.cap_s:.0f} s, latency {args.rate:,.0f} ticks/s x {args.latency_s:.0f} s; features {NAMES}; "
-          f"tag {tag}; {m0['cores']} cores, load {m0['loadavg_1min']}")
+          f"tag {tag}; {m0['cores']} cores, load {m0['loadavg_1min']}; the broker holds {m0['broker_partitions']:,} partitions")
+    if m0["broker_partitions"] > LEFTOVER_PARTITIONS:
+        print(f"  (over {LEFTOVER_PARTITIONS} partitions, most of them leftovers of earlier runs or tests: a broker with "
+              "~1,100 measured slower at 50k ticks/s; `mystocks-gpu stack down --wipe` empties the stack's broker)")
     res: dict[str, Any] = {}
     checks: dict[str, Any] = {}
     notes: list[str] = []

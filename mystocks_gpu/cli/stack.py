@@ -18,6 +18,8 @@ def cmd_stack(args: argparse.Namespace, s: Settings) -> int:
     stack = open_stack(s.stack, True if args.secure else None)
     if args.action in ("env", "add-principal") and not isinstance(stack, SecureStack):
         raise ConfigError(f"`stack {args.action}` is for the secure stack: use --secure (stack up --secure first)")
+    if args.wipe and args.action != "down":
+        raise ConfigError("--wipe goes with `stack down` only")
     if args.action == "up":
         from mystocks_gpu.infra.services_config import parse_with
 
@@ -37,6 +39,10 @@ def cmd_stack(args: argparse.Namespace, s: Settings) -> int:
     elif args.action == "down":
         stopped = stack.down()
         print("stopped: " + (", ".join(stopped) if stopped else "nothing (no component of this stack was running)"))
+        if args.wipe:
+            wiped = stack.wipe_kafka()
+            print(f"wiped: {'the broker data in ' + str(stack.kafka_dir / 'data') if wiped else 'nothing (no broker data)'}"
+                  "; the next `stack up` starts an empty broker")
     elif args.action == "status":
         states = stack.status()
         for c in states:
@@ -93,6 +99,10 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--with", dest="with_", default="", metavar="COMPONENTS",
                     help="up: also start optional servers, comma-separated: postgres, connect (brings postgres), "
                          "prometheus (settings in [services]); fetch: connect fetches its plugins")
+    sp.add_argument("--wipe", action="store_true",
+                    help="down: also delete the broker's data (every topic, consumer group offset and transaction "
+                         "state); the next up formats an empty broker. Redis keeps nothing on disk; PostgreSQL and "
+                         "Prometheus data stay")
     sp.set_defaults(func=cmd_stack)
 
 

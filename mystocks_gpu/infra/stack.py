@@ -422,6 +422,18 @@ class LocalStack:
 
         return stop_services(self) + [n for n in ("kafka", "redis") if self._stop(n)]
 
+    def wipe_kafka(self) -> bool:
+        """Delete the broker's log dir: every topic, committed offset and transaction state (the
+        broker must be stopped). The next ``up`` formats a fresh one; the secure stack's SCRAM users
+        are added again then. Returns whether there was one to delete."""
+        if self._read_pid("kafka") is not None:
+            raise StackError("the stack's broker is running: stop it first (mystocks-gpu stack down --wipe)")
+        data = self.kafka_dir / "data"
+        if not data.exists():
+            return False
+        shutil.rmtree(data)
+        return True
+
     def status(self) -> list[ComponentStatus]:
         """State of each component."""
         out = []

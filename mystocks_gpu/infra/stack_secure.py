@@ -49,7 +49,8 @@ from typing import Any
 
 from mystocks_gpu.infra.config import StackConfig
 from mystocks_gpu.infra.exceptions import StackError
-from mystocks_gpu.infra.stack import LocalStack, _tail
+from mystocks_gpu.infra.stack import LocalStack
+from mystocks_gpu.infra.stack_process import tail
 from mystocks_gpu.infra.tls_certs import Pki, ensure_pki
 
 log = logging.getLogger(__name__)
@@ -379,7 +380,7 @@ class SecureStack(LocalStack):
         return redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
 
     def _redis_log_tail(self) -> str:
-        return _tail(self.redis_dir / "redis.log")
+        return tail(self.redis_dir / "redis.log")
 
     # ---- lifecycle -------------------------------------------------------------------------
     def up(self) -> Any:

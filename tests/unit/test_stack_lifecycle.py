@@ -104,6 +104,46 @@ def test_down_stops_our_process(tmp_path: Path, procs: list) -> None:
     assert ours.wait(10) == -signal.SIGTERM
 
 
+def _broker_data(st: LocalStack) -> Path:
+    """A broker log dir as a formatted, used broker leaves it (meta.properties and a topic's partition)."""
+    data = st.kafka_dir / "data"
+    (data / "t.in.x-0").mkdir(parents=True)
+    (data / "meta.properties").write_text("cluster.id=abc\nnode.id=1\nversion=1\n")
+    (data / "t.in.x-0" / "00000000000000000000.log").write_bytes(b"\0" * 64)
+    return data
+
+
+def test_cli_stack_down_wipe_stops_the_broker_then_deletes_its_data(tmp_path: Path, procs: list) -> None:
+    st = _stack(tmp_path)
+    st.home.mkdir(parents=True)
+    data = _broker_data(st)
+    ours = _fake_kafka(procs, st)
+    st._write_pid("kafka", ours.pid)
+    r = run_cli("stack", "down", "--wipe", env={"MYSTOCKS_STACK__HOME": str(st.home),
+                                                "MYSTOCKS_STACK__REDIS_PORT": str(st.cfg.redis_port)})
+    assert r.returncode == 0, r.stderr
+    assert "stopped: kafka" in r.stdout and f"wiped: the broker data in {data}" in r.stdout
+    assert ours.wait(10) == -signal.SIGTERM
+    assert not data.exists() and st.kafka_dir.exists()  # the log dir only: logs and properties stay
+
+
+def test_wipe_refuses_while_the_broker_runs(tmp_path: Path, procs: list) -> None:
+    st = _stack(tmp_path)
+    st.home.mkdir(parents=True)
+    data = _broker_data(st)
+    ours = _fake_kafka(procs, st)
+    st._write_pid("kafka", ours.pid)
+    with pytest.raises(StackError, match="broker is running"):
+        st.wipe_kafka()
+    assert (data / "meta.properties").exists() and _alive(ours)
+
+
+def test_wipe_goes_with_down_only(tmp_path: Path) -> None:
+    r = run_cli("stack", "status", "--wipe", env={"MYSTOCKS_STACK__HOME": str(tmp_path / "stack")})
+    assert r.returncode != 0
+    assert "--wipe goes with `stack down` only" in r.stderr
+
+
 def test_down_leaves_a_same_command_process_with_another_start_time_alone(tmp_path: Path, procs: list) -> None:
     st = _stack(tmp_path)
     st.home.mkdir(parents=True)
