@@ -32,7 +32,9 @@ def ensure_changelog(cfg: KafkaConfig, processor: str, group: str, input_topic: 
 
     A changelog that exists with another segment size (one created before the catalog's
     ``CHANGELOG_SEGMENT_BYTES``, in the broker's 64 MiB segments) is moved to the catalog's size in
-    place: its next segments roll at the new size, so the log cleaner works in small pieces there too."""
+    place: its next segments roll at the new size, so the log cleaner works in small pieces there too.
+    Where the broker refuses that (a principal without ``ALTER_CONFIGS``), a warning names the admin
+    command and the changelog is used as it is."""
     admin = TopicAdmin(cfg)
     live = admin.existing()
     if input_topic not in live:
@@ -47,8 +49,14 @@ def ensure_changelog(cfg: KafkaConfig, processor: str, group: str, input_topic: 
         want = spec.extra["segment.bytes"]
         have = admin.config_value(spec.name, "segment.bytes")
         if have != want:
-            admin.set_configs(spec.name, {"segment.bytes": want})
-            log.info("changelog segment size set", extra={"fields": {"topic": spec.name, "was": have, "now": want}})
+            try:
+                admin.set_configs(spec.name, {"segment.bytes": want})
+                log.info("changelog segment size set", extra={"fields": {"topic": spec.name, "was": have, "now": want}})
+            except KafkaException as exc:  # e.g. a principal without ALTER_CONFIGS: the changelog works as it is
+                log.warning("changelog segment size left as it is; as an admin: kafka-configs --alter --entity-type "
+                            f"topics --entity-name {spec.name} --add-config segment.bytes={want}",
+                            extra={"fields": {"topic": spec.name, "segment_bytes": have,
+                                              "error": exc.args[0].str() if exc.args else str(exc)}})
     return spec.name
 
 

@@ -18,6 +18,7 @@ from mystocks_gpu.infra.kafka_clients import make_producer
 from mystocks_gpu.streams.state_store import ensure_changelog, read_changelogs
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin, make_admin
+from tests.conftest import wait_until
 
 
 def test_restore_reads_what_was_committed_after_a_dead_writers_open_transaction(
@@ -80,6 +81,7 @@ def test_a_changelog_made_in_big_segments_is_moved_to_small_ones(settings: Setti
     old = NewTopic(name, num_partitions=2, replication_factor=1,
                    config={"cleanup.policy": "compact", "segment.bytes": str(64 * 1024 * 1024)})
     admin.create_topics([old])[name].result(timeout=30)
+    wait_until(lambda: admin.list_topics(name, timeout=10).topics[name].error is None, 30, "the changelog to be visible")
     prod = make_producer(settings.kafka)
     prod.produce(name, key=b"AAPL", value=b"state", partition=1)
     assert prod.flush(30) == 0

@@ -171,6 +171,31 @@ def test_features_pipeline_as_principals(secure_stack: SecureStack) -> None:
     assert {m.headers[H_ERROR_CLASS] for m in dlq} >= {"RecordTooLarge", "UnknownSchemaId", "DecodeError"}
 
 
+def test_a_stream_principal_uses_an_old_changelog_it_may_not_alter(secure_stack: SecureStack,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A changelog made in 64 MiB segments (before the 8 MiB ones) is used as it is by a principal
+    without ALTER_CONFIGS on it (the stream role): a warning names the admin command, no failure."""
+    from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType
+
+    from mystocks_gpu.streams.state_store import ensure_changelog
+    from mystocks_gpu.topics.admin import make_admin
+
+    u = uuid.uuid4().hex[:6]
+    group, name = f"mystocks.sec-{u}", f"mystocks.sec-{u}.features.changelog"
+    admin = make_admin(_settings(secure_stack, "admin").kafka)
+    parts = len(admin.list_topics("md.ticks", timeout=30).topics["md.ticks"].partitions)
+    admin.create_topics([NewTopic(name, num_partitions=parts, replication_factor=1, config={
+        "cleanup.policy": "compact", "segment.bytes": str(64 << 20)})])[name].result(timeout=30)
+    wait_until(lambda: admin.list_topics(name, timeout=10).topics[name].error is None, 30, "the changelog to be visible")
+    with caplog.at_level("WARNING", logger="mystocks_gpu.streams.state_store"):
+        got = ensure_changelog(_settings(secure_stack, "stream").kafka, "features", group, "md.ticks")
+    res = ConfigResource(ResourceType.TOPIC, name)
+    seg = admin.describe_configs([res])[res].result(timeout=30)["segment.bytes"].value
+    assert got == name
+    assert any("segment size left as it is" in r.getMessage() and name in r.getMessage() for r in caplog.records)
+    assert seg == str(64 << 20)
+
+
 # ---- the control plane and a backtest job ------------------------------------------------
 
 
