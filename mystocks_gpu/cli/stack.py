@@ -41,7 +41,7 @@ def cmd_stack(args: argparse.Namespace, s: Settings) -> int:
         print("stopped: " + (", ".join(stopped) if stopped else "nothing (no component of this stack was running)"))
         if args.wipe:
             wiped = stack.wipe_kafka()
-            print(f"wiped: {'the broker data in ' + str(stack.kafka_dir / 'data') if wiped else 'nothing (no broker data)'}"
+            print(f"wiped: {f'the broker data in {wiped}' if wiped else 'nothing (no broker data)'}"
                   "; the next `stack up` starts an empty broker")
     elif args.action == "status":
         states = stack.status()

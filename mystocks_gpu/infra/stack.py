@@ -422,17 +422,17 @@ class LocalStack:
 
         return stop_services(self) + [n for n in ("kafka", "redis") if self._stop(n)]
 
-    def wipe_kafka(self) -> bool:
+    def wipe_kafka(self) -> Path | None:
         """Delete the broker's log dir: every topic, committed offset and transaction state (the
         broker must be stopped). The next ``up`` formats a fresh one; the secure stack's SCRAM users
-        are added again then. Returns whether there was one to delete."""
+        are added again then. Returns the deleted dir, ``None`` if there was none."""
         if self._read_pid("kafka") is not None:
             raise StackError("the stack's broker is running: stop it first (mystocks-gpu stack down --wipe)")
         data = self.kafka_dir / "data"
         if not data.exists():
-            return False
+            return None
         shutil.rmtree(data)
-        return True
+        return data
 
     def status(self) -> list[ComponentStatus]:
         """State of each component."""

@@ -63,23 +63,22 @@ class TopicAdmin:
         topics = ensure_reachable(self.admin, self.cfg)
         return {name: len(md.partitions) for name, md in topics.items()}  # type: ignore[attr-defined]
 
-    def configs(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
-        """Current topic configs (only the ones in :data:`COMPARED`)."""
+    def _described(self, names: Iterable[str]) -> dict[str, dict[str, str | None]]:
+        """Every config of each topic as the broker reports it (default or set): one DescribeConfigs."""
         resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
         if not resources:
             return {}
-        out: dict[str, dict[str, str]] = {}
-        for res, fut in self.admin.describe_configs(resources, request_timeout=self.cfg.connect_timeout_s).items():
-            entries = fut.result(timeout=self.cfg.connect_timeout_s)
-            out[res.name] = {k: e.value for k, e in entries.items() if k in COMPARED}
-        return out
+        return {res.name: {k: e.value for k, e in fut.result(timeout=self.cfg.connect_timeout_s).items()}
+                for res, fut in self.admin.describe_configs(resources, request_timeout=self.cfg.connect_timeout_s).items()}
+
+    def configs(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
+        """Current topic configs (only the ones in :data:`COMPARED`)."""
+        return {name: {k: v for k, v in conf.items() if k in COMPARED and v is not None}
+                for name, conf in self._described(names).items()}
 
     def config_value(self, name: str, key: str) -> str | None:
         """One config of one topic as the broker reports it (default or set), ``None`` if unknown."""
-        res = ConfigResource(ConfigResource.Type.TOPIC, name)
-        fut = self.admin.describe_configs([res], request_timeout=self.cfg.connect_timeout_s)[res]
-        entry = fut.result(timeout=self.cfg.connect_timeout_s).get(key)
-        return None if entry is None else entry.value
+        return self._described([name])[name].get(key)
 
     def set_configs(self, name: str, configs: dict[str, str]) -> None:
         """Set topic configs in place (incremental: the topic's other settings stay as they are)."""
@@ -91,16 +90,8 @@ class TopicAdmin:
     def max_message_bytes(self, names: Iterable[str], producer_max: int = 1_000_000) -> dict[str, int]:
         """Largest record (bytes) each topic accepts: the smaller of its ``max.message.bytes`` and the
         producer's ``message.max.bytes`` (librdkafka default 1,000,000)."""
-        resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
-        out: dict[str, int] = {}
-        if not resources:
-            return out
-        for res, fut in self.admin.describe_configs(resources, request_timeout=self.cfg.connect_timeout_s).items():
-            entries = fut.result(timeout=self.cfg.connect_timeout_s)
-            entry = entries.get("max.message.bytes")
-            topic_max = int(entry.value) if entry is not None and entry.value else producer_max
-            out[res.name] = min(topic_max, producer_max)
-        return out
+        return {name: min(int(conf.get("max.message.bytes") or producer_max), producer_max)
+                for name, conf in self._described(names).items()}
 
     def drift(self, spec: TopicSpec, partitions: int, config: dict[str, str]) -> list[str]:
         """Human-readable differences between a live topic and its spec."""

@@ -113,12 +113,18 @@ def _broker_data(st: LocalStack) -> Path:
     return data
 
 
-def test_cli_stack_down_wipe_stops_the_broker_then_deletes_its_data(tmp_path: Path, procs: list) -> None:
+def _stack_with_broker_data(tmp_path: Path, procs: list) -> tuple[LocalStack, Path, subprocess.Popen[bytes]]:
+    """A stack whose (fake) broker runs over a used log dir: the stack, the log dir, the broker."""
     st = _stack(tmp_path)
     st.home.mkdir(parents=True)
     data = _broker_data(st)
     ours = _fake_kafka(procs, st)
     st._write_pid("kafka", ours.pid)
+    return st, data, ours
+
+
+def test_cli_stack_down_wipe_stops_the_broker_then_deletes_its_data(tmp_path: Path, procs: list) -> None:
+    st, data, ours = _stack_with_broker_data(tmp_path, procs)
     r = run_cli("stack", "down", "--wipe", env={"MYSTOCKS_STACK__HOME": str(st.home),
                                                 "MYSTOCKS_STACK__REDIS_PORT": str(st.cfg.redis_port)})
     assert r.returncode == 0, r.stderr
@@ -128,11 +134,7 @@ def test_cli_stack_down_wipe_stops_the_broker_then_deletes_its_data(tmp_path: Pa
 
 
 def test_wipe_refuses_while_the_broker_runs(tmp_path: Path, procs: list) -> None:
-    st = _stack(tmp_path)
-    st.home.mkdir(parents=True)
-    data = _broker_data(st)
-    ours = _fake_kafka(procs, st)
-    st._write_pid("kafka", ours.pid)
+    st, data, ours = _stack_with_broker_data(tmp_path, procs)
     with pytest.raises(StackError, match="broker is running"):
         st.wipe_kafka()
     assert (data / "meta.properties").exists() and _alive(ours)
