@@ -169,6 +169,7 @@ class BarBuilder:
         self.allowed_lateness_ns = int(allowed_lateness_ns)
         self.backend = select(backend)
         self.slots = 2 + self.allowed_lateness_ns // self.interval_ns
+        self._no_bars: dict[str, Any] | None = None
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -217,6 +218,18 @@ class BarBuilder:
         }
         return self._out(bars)
 
+    def no_bars(self) -> dict[str, Any]:
+        """The ``bars`` of a batch that closed none: each of :data:`BAR_COLUMNS` empty, with its dtype
+        (a fresh dict of shared read-only arrays: most small batches close no bar)."""
+        if self._no_bars is None:
+            empty = self._bars_dict(np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 6)),
+                                    np.empty(0, np.int64))
+            for v in empty.values():
+                if isinstance(v, np.ndarray):
+                    v.flags.writeable = False
+            self._no_bars = empty
+        return dict(self._no_bars)
+
     def _out(self, d: dict[str, Any]) -> dict[str, Any]:
         if self.backend == GPU:
             mod = xp(GPU)
@@ -246,8 +259,9 @@ class BarBuilder:
         else:
             new = self._copy(state, need)
         a = new.arrays
-        n_trades = int(np.count_nonzero(host.kind == 0))
-        room = int(np.count_nonzero(a["b_cnt"])) + n_trades
+        # emitted bars <= the batch's symbols' open slots + the slots its trades open: n * B + n
+        # (a bound from the batch alone; counting the open bars would scan every symbol's slots)
+        room = n * (self.slots + 1)
         o_sym = np.empty(room, np.int64)
         o_t0 = np.empty(room, np.int64)
         o_val = np.empty((room, 6), np.float64)
@@ -262,7 +276,7 @@ class BarBuilder:
                 late,
                 o_sym, o_t0, o_val, o_cnt,
             )
-        bars = self._bars_dict(o_sym[:m], o_t0[:m], o_val[:m], o_cnt[:m])
+        bars = self._bars_dict(o_sym[:m], o_t0[:m], o_val[:m], o_cnt[:m]) if m else self.no_bars()
         late_out = xp(GPU).asarray(late) if self.backend == GPU else late
         return bars, late_out, new
 

@@ -1,9 +1,9 @@
 """The processor contract: pure functions over columnar micro-batches, plus state (de)serialisation.
 
 A processor never talks to Kafka. The runtime (``streams.worker``) decodes (one
-:meth:`Processor.decode_partitions` call per batch), calls :meth:`Processor.process` once per input
-partition present in a batch, and writes the outputs, the state changelog entries and the dead
-letters in one transaction.
+:meth:`Processor.decode_partitions` call per batch), calls :meth:`Processor.process_partitions` once
+per batch (by default :meth:`Processor.process` once per input partition present in it), and writes
+the outputs, the state changelog entries and the dead letters in one transaction.
 
 Rules a processor follows:
 
@@ -173,6 +173,22 @@ class Processor(ABC, Generic[S]):
     @abstractmethod
     def process(self, batch: Columns, state: S) -> tuple[Outputs, S]:
         """Compute outputs for one partition's micro-batch; return them and the new state."""
+
+    def process_partitions(self, batches: Mapping[int, Columns], states: Mapping[int, S]) -> tuple[Outputs, dict[int, S]]:
+        """Process one micro-batch's partitions: ``batches`` = partition -> its rows (batch order),
+        ``states`` = partition -> its state. Returns the outputs of all of them (per topic, each
+        partition's records in turn, exactly as :meth:`process` per partition gives them) and each
+        partition's new state. A bad record never raises: it is isolated as :func:`process_isolating`
+        does. Default: :func:`process_isolating` per partition. A processor whose ``process`` costs
+        mostly per call overrides it to share that cost; if its override raises, every state must be
+        as it was."""
+        out = Outputs()
+        new: dict[int, S] = {}
+        for partition, cols in batches.items():
+            with log_context(partition=partition):  # on every log line of process (JSON logs)
+                part_out, new[partition] = process_isolating(self, cols, states[partition])
+            out.extend(part_out)
+        return out, new
 
     @abstractmethod
     def state_to_bytes(self, state: S, symbols: SymbolTable) -> bytes:

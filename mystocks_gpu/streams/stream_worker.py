@@ -44,7 +44,6 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.infra.kafka_clients import caught_up, ensure_broker, make_consumer, make_producer
-from mystocks_gpu.infra.logs import log_context
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
 from mystocks_gpu.streams.columnar_io import (
@@ -59,7 +58,7 @@ from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.fault_injection import FaultPlan
 from mystocks_gpu.streams.fencing import CLIENT_NONCE_SEP, await_membership, twins_once_settled
-from mystocks_gpu.streams.processor import Outputs, Processor, Rejected, process_isolating
+from mystocks_gpu.streams.processor import Outputs, Processor, Rejected
 from mystocks_gpu.streams.rebalance_callbacks import RebalanceCallbacks
 from mystocks_gpu.streams.runtime_config import ADAPTIVE, RuntimeConfig
 from mystocks_gpu.streams.side_input import SideInput
@@ -536,15 +535,18 @@ class StreamWorker(RebalanceCallbacks):
         decoded_parts = self.processor.decode_partitions(batch.values, parts, self.symbols, ingest_ns) if parts else {}
         t_proc = self.clock.monotonic()
         decode_s = t_proc - t_dec
+        batches = {}
         for partition, decoded in decoded_parts.items():
-            with log_context(partition=partition):  # on every log line of process (JSON logs)
-                out.rejected.extend(decoded.rejected)
-                if len(decoded.columns):
-                    part_out, new_state = process_isolating(self.processor, decoded.columns, self.states.states[partition])
-                    self.states.states[partition] = new_state
-                    # recorded at once: whatever fails next, an abort restores this partition
-                    self.protocol.touch(partition, decoded.columns.columns["sym"])
-                    out.extend(part_out)
+            out.rejected.extend(decoded.rejected)
+            if len(decoded.columns):
+                batches[partition] = decoded.columns
+                # recorded before the state changes: whatever fails after, an abort restores this partition
+                self.protocol.touch(partition, decoded.columns.columns["sym"])
+        if batches:
+            states = self.states.states
+            part_out, new_states = self.processor.process_partitions(batches, {p: states[p] for p in batches})
+            states.update(new_states)
+            out.extend(part_out)
         process_s = self.clock.monotonic() - t_proc
         self.protocol.processed(batch)
         self.protocol.inject("crash")  # tests: an unexpected exception after states were replaced

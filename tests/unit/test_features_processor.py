@@ -125,3 +125,112 @@ def test_decode_partitions_in_one_call_equals_decode_per_partition_and_fastavro(
                     float(g.columns.columns["price"][j])) == (rec["symbol"], rec["ts_event"], rec["price"])
     assert sorted(r.index for p in got for r in got[p].rejected) == [1, 8, 20, 41, 60, 61, 62]
     assert len(got[7].columns) == 0
+
+
+def _run_partitioned(proc: TickFeaturesProcessor, values: list[bytes], part_of: np.ndarray,
+                     sizes: list[int]) -> tuple[dict[str, list[bytes]], list, dict]:
+    """Batches of ``sizes`` rows through ``decode_partitions`` + ``process_partitions`` (as the worker
+    runs them), a state per partition; every partition flushed at the end. Returns per topic the
+    values in output order, the rejects and the states."""
+    from mystocks_gpu.schemas.symbols import SymbolTable
+
+    symbols = SymbolTable()
+    states = {int(p): proc.initial_state() for p in np.unique(part_of)}
+    topics: dict[str, list[bytes]] = {}
+    rejected = []
+    base = 0
+    for batch in cut(values, sizes):
+        parts: dict[int, list[int]] = {}
+        for j, p in enumerate(part_of[base:base + len(batch)].tolist()):
+            parts.setdefault(p, []).append(j)
+        decoded = proc.decode_partitions(list(batch), parts, symbols, 77)
+        out, new = proc.process_partitions({p: d.columns for p, d in decoded.items()}, states)
+        states.update(new)
+        rejected += [(base + r.index, r.error_class) for r in out.rejected]
+        for topic, (_, vals, _) in out.records.items():
+            topics.setdefault(topic, []).extend(vals)
+        base += len(batch)
+    for p in sorted(states):
+        out, states[p] = proc.flush(states[p], symbols, p)
+        for topic, (_, vals, _) in out.records.items():
+            topics.setdefault(topic, []).extend(vals)
+    return topics, rejected, states
+
+
+def _by_partition_order(part_of: np.ndarray, sizes: list[int], keep: np.ndarray) -> list[int]:
+    """Row numbers in the order the worker writes them: batch by batch (``cut`` by ``sizes``), within
+    a batch partition by partition (first seen first), rows in turn; only rows where ``keep``."""
+    order = []
+    for rows in cut(np.arange(part_of.size), sizes):
+        rows = np.asarray(rows)
+        for p in dict.fromkeys(part_of[rows].tolist()):
+            order += [int(r) for r in rows[part_of[rows] == p] if keep[r]]
+    return order
+
+
+@pytest.mark.parametrize("sizes", [[1, 2, 3, 500, 7] * 3, [11] * 400, [97] * 50])
+def test_partitions_in_one_pass_equal_pandas_reference(sizes: list[int]) -> None:
+    """The worker's path: several partitions per batch in one ``process_partitions`` call (one
+    encoder call for all of them). Every vector equals the pandas reference, in partition-by-partition
+    order within each batch; bars after the flush equal pandas resample."""
+    df, values, names = _data(n=4000, symbols=12, seed=9)
+    seq = generate(SyntheticMarket(n_symbols=12, seed=9, events_per_s=200.0), 4000)["seq"]
+    part_of = (df["sym"].to_numpy() * 7) % 3  # each symbol in one of 3 partitions
+    proc = TickFeaturesProcessor(FeaturesProcessorConfig(backend="cpu"))
+    topics, rejected, _ = _run_partitioned(proc, values, part_of, sizes)
+    assert not rejected
+    order = _by_partition_order(part_of, sizes, np.ones(len(df), bool))
+    recs = [CODEC.decode(v) for v in topics["features.ticks"]]
+    assert [r["seq"] for r in recs] == seq[order].tolist()
+    assert [r["symbol"] for r in recs] == [names[s] for s in df["sym"].to_numpy()[order]]
+    assert all(r["ts_ingest"] == 77 for r in recs)
+    ref = reference_features(df, FeatureConfig())
+    for name, want in ref.items():
+        got = np.array([r["values"][name] for r in recs])
+        np.testing.assert_allclose(got, np.asarray(want)[order], rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=name)
+    for interval, topic in ((10**9, "md.bars.1s"), (60 * 10**9, "md.bars.1m")):
+        got = pd.DataFrame([CODEC.decode(v) for v in topics[topic]]).sort_values(["symbol", "ts_event"])
+        want = reference_bars(df, interval)
+        want = want.assign(symbol=[names[s] for s in want["sym"]]).sort_values(["symbol", "ts_open"])
+        assert got["ts_event"].tolist() == want["ts_open"].tolist() and got["symbol"].tolist() == want["symbol"].tolist()
+        np.testing.assert_allclose(got["vwap"], want["vwap"], rtol=1e-12)
+        assert got["trades"].tolist() == want["trades"].tolist()
+
+
+class _PoisonAfterKernels(TickFeaturesProcessor):
+    """Raises for any batch holding the tick stamped ``poison_ts``, after the kernels changed the state
+    (so only the undo log can put it back)."""
+
+    poison_ts = -1
+
+    def _emit_vectors(self, out, fv):  # type: ignore[no-untyped-def]
+        if any((b.columns["ts"] == self.poison_ts).any() for b, _, _ in fv):
+            raise ValueError("poison tick")
+        super()._emit_vectors(out, fv)
+
+
+def test_a_poison_tick_in_one_partition_is_isolated_and_the_others_are_unchanged() -> None:
+    """A record failing in the one-pass path: the states of every partition are put back, the batch
+    is redone partition by partition with bisection, the poison tick alone goes to the DLQ, and every
+    other vector equals the pandas reference computed without that tick."""
+    df, values, _ = _data(n=3000, symbols=9, seed=2)
+    seq = generate(SyntheticMarket(n_symbols=9, seed=2, events_per_s=200.0), 3000)["seq"]
+    ts = df["ts"].to_numpy()
+    poison_row = next(i for i in range(1234, len(ts)) if (ts == ts[i]).sum() == 1)  # a tick with its own stamp
+    part_of = (df["sym"].to_numpy() * 5) % 4
+    sizes = [40] * 75
+    proc = _PoisonAfterKernels(FeaturesProcessorConfig(backend="cpu"))
+    proc.poison_ts = int(ts[poison_row])
+    topics, rejected, _ = _run_partitioned(proc, values, part_of, sizes)
+    assert rejected == [(poison_row, "ValueError")]
+    keep = np.ones(len(df), bool)
+    keep[poison_row] = False
+    order = _by_partition_order(part_of, sizes, keep)
+    recs = [CODEC.decode(v) for v in topics["features.ticks"]]
+    assert [r["seq"] for r in recs] == seq[order].tolist()
+    ref = reference_features(df[keep].reset_index(drop=True), FeatureConfig())
+    pos = np.cumsum(keep) - 1  # row -> its row in the reference without the poison tick
+    for name, want in ref.items():
+        got = np.array([r["values"][name] for r in recs])
+        np.testing.assert_allclose(got, np.asarray(want)[pos[order]], rtol=1e-9, atol=1e-12, equal_nan=True,
+                                   err_msg=name)
