@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import threading
 
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
-
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.runtime_config import RuntimeConfig
 from mystocks_gpu.streams.stream_worker import StreamWorker
-from mystocks_gpu.topics.admin import make_admin
+from mystocks_gpu.topics.admin import TopicAdmin
 from tests.conftest import wait_until
 from tests.integration.stream_helpers import (
     assert_at_least_once,
@@ -33,17 +31,11 @@ from tests.integration.stream_helpers import (
 
 
 def _set_max_message_bytes(settings: Settings, topic: str, value: int) -> None:
-    res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
-        ConfigEntry("max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET)])
-    admin = make_admin(settings.kafka)  # kept until the futures resolve (a collected client cancels them)
-    for fut in admin.incremental_alter_configs([res]).values():
-        fut.result(30)
-
-    def applied() -> bool:  # the broker serves the new limit before the test goes on
-        got = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
-        return next(iter(got.values())).result(30)["max.message.bytes"].value == str(value)
-
-    wait_until(applied, 30, f"max.message.bytes = {value} on {topic}")
+    admin = TopicAdmin(settings.kafka)
+    admin.set_configs(topic, {"max.message.bytes": str(value)})
+    # the broker serves the new limit before the test goes on
+    wait_until(lambda: admin.config_value(topic, "max.message.bytes") == str(value), 30,
+               f"max.message.bytes = {value} on {topic}")
 
 
 def test_a_refused_output_stops_the_worker_uncommitted_and_nothing_is_lost(settings: Settings, unique: str) -> None:
