@@ -4,7 +4,8 @@
 2. produce ~1M synthetic ticks for 500 symbols to md.ticks;
 3. run the features processor (exactly-once) until it has caught up: throughput;
 4. live phase: ticks produced at a fixed rate with event time = wall clock; tick -> feature
-   latency p50/p99 measured by a consumer of features.ticks;
+   latency p50/p99 measured by a consumer of features.ticks, after a ramp that is not counted (the
+   switch from an idle worker to the live rate, as in ``bench/features_e2e.py``);
 5. print a few decoded feature vectors and bars, and how to consume the topics;
 6. train a model on the feature vectors of the bulk phase (the ``train`` job's runner: replay,
    walk-forward, long-short backtest, model published to ``models``), then score the newest
@@ -73,8 +74,13 @@ def main() -> int:
     ap.add_argument("--live-rate", type=float, default=5_000.0, help="ticks/s in the latency phase (default 5000)")
     ap.add_argument("--live-at-least-once", action="store_true", help="run the live phase at-least-once")
     ap.add_argument("--live-seconds", type=float, default=8.0, help="length of the latency phase (default 8 s)")
+    ap.add_argument("--live-ramp-s", type=float, default=1.0,
+                    help="seconds of live ticks before the measured ones, not counted (default 1): the worker "
+                         "and the broker switch from idle to the live rate")
     ap.add_argument("--config", help="TOML config file (default: $MYSTOCKS_CONFIG or ./mystocks.toml)")
     args = ap.parse_args()
+    if args.live_rate <= 0 or args.live_seconds <= 0 or args.live_ramp_s < 0:
+        ap.error("--live-rate and --live-seconds must be > 0, --live-ramp-s >= 0")
     s = load_settings(args.config)
     ensure_broker(s.kafka)
     store = schema_store(s)  # one schema store for every codec of the demo (manifest or Schema Registry)
@@ -128,7 +134,7 @@ def main() -> int:
                                *(["--at-least-once"] if args.live_at_least_once else [])],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lat, split = _live_latency(s, names, seed, args.live_rate, args.live_seconds)
+        lat, split = _live_latency(s, names, seed, args.live_rate, args.live_seconds, args.live_ramp_s)
     finally:
         proc_w.send_signal(signal.SIGTERM)
         out, _ = proc_w.communicate(timeout=60)
@@ -136,7 +142,8 @@ def main() -> int:
     if live_backend is not None and live_backend != proc.backend:
         print(f"   warning: the live worker computed on {live_backend}, the bulk phase on {proc.backend}")
     if lat.size:
-        print(f"4. live: {lat.size:,} ticks at {args.live_rate:,.0f}/s through `mystocks-gpu run features` "
+        print(f"4. live: {lat.size:,} ticks at {args.live_rate:,.0f}/s (after a {args.live_ramp_s:g}-s ramp, not counted) "
+              f"through `mystocks-gpu run features` "
               f"({'at-least-once' if args.live_at_least_once else 'exactly-once, commit every 100 ms'}): tick->feature latency (produce -> consumed via the broker) "
               f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms; "
               f"worker exit {proc_w.returncode} after SIGTERM, backend {live_backend}")
@@ -553,9 +560,12 @@ def _wait_for_worker(s, consumer, names: list[str], timeout_s: float = 90.0) -> 
     raise SystemExit("the features worker did not answer a probe tick within 90 s")
 
 
-def _live_latency(s, names: list[str], seed: int, rate: float, seconds: float) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-    """Produce ticks paced to the wall clock (event time = send time); measure consume - event time."""
-    n = int(rate * seconds)
+def _live_latency(s, names: list[str], seed: int, rate: float, seconds: float,  # type: ignore[no-untyped-def]
+                  ramp_s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Produce ticks paced to the wall clock (event time = send time) for ``ramp_s + seconds``;
+    measure consume - event time of the ticks after the ramp."""
+    n_ramp = int(rate * ramp_s)
+    n = n_ramp + int(rate * seconds)
     # read_committed outputs become fetchable when a commit marker lands; a short fetch wait sees them at once
     consumer = make_consumer(s.kafka, f"demo-latency-{uuid.uuid4().hex[:6]}",
                              **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
@@ -567,7 +577,7 @@ def _live_latency(s, names: list[str], seed: int, rate: float, seconds: float) -
     market = SyntheticMarket(n_symbols=len(names), seed=seed + 1, start_ns=time.time_ns() + 10**9, events_per_s=rate)
     cols = generate(market, n)
     items = list(_items(cols, names, schema_store(s)))  # encoded before the clock starts
-    first_live = int(cols["ts"][0])
+    first_live = int(cols["ts"][min(n_ramp, n - 1)])  # the first measured tick
     lat: list[float] = []
     split: list[float] = []  # event -> worker received the batch (the rest is processing + output path)
 
@@ -584,8 +594,8 @@ def _live_latency(s, names: list[str], seed: int, rate: float, seconds: float) -
     pt = threading.Thread(target=_produce, daemon=True)
     pt.start()
     codec = AvroCodec(schema_store(s))
-    deadline = time.monotonic() + seconds + 20
-    while time.monotonic() < deadline and len(lat) < n:
+    deadline = time.monotonic() + ramp_s + seconds + 20
+    while time.monotonic() < deadline and len(lat) < n - n_ramp:
         # consume() returns when it has `num` records or at the timeout: keep the wait short, or
         # the measurement itself adds up to the timeout to every latency
         for m in consumer.consume(1000, timeout=0.002):
