@@ -251,7 +251,7 @@ class LocalStack:
         props.write_text(self._broker_properties("server.properties"))
         return props
 
-    def _java_cmd(self, main: str, *args: str, heap_mb: int = 256) -> list[str]:
+    def _java_cmd(self, main: str, *args: str, heap_mb: int = 256, jvm: tuple[str, ...] = ()) -> list[str]:
         # One GC worker thread: with the heaps here a young collection copies a few MB, and two workers
         # sharing two cores with the stack's clients stalled whole pauses on one preempted worker
         # (G1 "Termination" 156 ms of a 174 ms pause that copied 4.7 MB). Survivors go to the old
@@ -261,7 +261,7 @@ class LocalStack:
         # (~0.8 MB) and took 5-7 ms (bench/HISTORY.md 2026-12-05, 20:47 on).
         return [self.java(), f"-Xmx{heap_mb}m", f"-Xms{min(heap_mb, 256)}m", "-XX:+UseG1GC",
                 "-XX:MaxGCPauseMillis=20", "-XX:ParallelGCThreads=1", "-XX:ConcGCThreads=1",
-                "-XX:MaxTenuringThreshold=0",
+                "-XX:MaxTenuringThreshold=0", *jvm,
                 "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={_TEMPLATES / 'log4j2.properties'}",
                 "-cp", self.classpath, main, *args]
@@ -291,7 +291,11 @@ class LocalStack:
         props = self._server_properties()
         self._format_storage(props)
         with open_log(self.kafka_dir / "kafka.log") as out:
-            proc = subprocess.Popen(self._java_cmd("kafka.Kafka", str(props), heap_mb=self.cfg.kafka_heap_mb),
+            # the collector's pauses and concurrent cycles, with wall-clock times (two files of 5 MB at most):
+            # a latency stall lines up with them (the bench's runs record their window's start)
+            gc_log = f"-Xlog:gc:file={self.kafka_dir / 'gc.log'}:time,uptime:filecount=2,filesize=5m"
+            proc = subprocess.Popen(self._java_cmd("kafka.Kafka", str(props), heap_mb=self.cfg.kafka_heap_mb,
+                                                   jvm=(gc_log,)),
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=self.kafka_dir)
         self._write_pid("kafka", proc.pid)

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,17 @@ def test_broker_gc_fits_two_shared_cores(stack: LocalStack, settings: Settings) 
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"-XX:ParallelGCThreads=1" in argv and b"-XX:ConcGCThreads=1" in argv and b"kafka.Kafka" in argv
     assert b"-XX:MaxTenuringThreshold=0" in argv
+
+
+def test_broker_writes_its_collector_log_with_wall_clock_times(stack: LocalStack) -> None:
+    """The stack's broker logs its collector's pauses and concurrent cycles to ``kafka/gc.log`` with
+    wall-clock times, so a latency stall (``bench/features_e2e.py`` records each run's window start)
+    can be lined up with them. Any broker has collected by the time the session's tests run."""
+    log = stack.kafka_dir / "gc.log"
+    wait_until(lambda: log.exists() and "Pause Young" in log.read_text(), 60, f"a young pause in {log}")
+    first = next(line for line in log.read_text().splitlines() if "Pause Young" in line)
+    stamp = datetime.strptime(first[1:24], "%Y-%m-%dT%H:%M:%S.%f")  # [2026-12-06T04:55:51.939+0000][0.289s] ...
+    assert abs((datetime.now(timezone.utc).replace(tzinfo=None) - stamp).days) < 2
 
 
 def test_broker_request_threads_fit_two_shared_cores(stack: LocalStack, settings: Settings) -> None:
