@@ -423,8 +423,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                            "ramp_s": args.ramp_s,
                            # wall clock (UTC) of the measured window's start: to line the run's
                            # tail_episodes (start_s) up with the broker's logs (.stack/kafka/gc.log)
-                           "window_start": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(load_start / 1e9))
-                           + f".{int(load_start % 10**9) // 10**6:03d}Z",
+                           "window_start": str(np.datetime64(int(load_start) // 10**6, "ms")) + "Z",
                            "offered_rate": pout.get("offered_rate"),
                            "out_rate": k / (t_last - t_first) if t_first and t_last and t_last > t_first else None,
                            **quantiles(ms["e2e"]),

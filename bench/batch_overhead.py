@@ -72,7 +72,7 @@ def run_ours(values: list[bytes], part_of: np.ndarray, size: int, n: int, backen
         part_count += len(parts)
         d = proc.decode_partitions(values, parts, symbols, time.time_ns())
         cols = {p: x.columns for p, x in d.items()}
-        out, new = run(cols, {p: states.get(p) or proc.initial_state() for p in cols})
+        out, new = run(cols, {p: states[p] if p in states else proc.initial_state() for p in cols})
         states.update(new)
         out_n += len(out.records["bench.overhead.out"][1])
     dt = time.perf_counter() - t0

@@ -561,7 +561,7 @@ def _wait_for_worker(s, consumer, names: list[str], timeout_s: float = 90.0) -> 
 
 
 def _live_latency(s, names: list[str], seed: int, rate: float, seconds: float,  # type: ignore[no-untyped-def]
-                  ramp_s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                  ramp_s: float) -> tuple[np.ndarray, np.ndarray]:
     """Produce ticks paced to the wall clock (event time = send time) for ``ramp_s + seconds``;
     measure consume - event time of the ticks after the ramp."""
     n_ramp = int(rate * ramp_s)
