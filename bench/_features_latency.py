@@ -89,6 +89,21 @@ FV = "mystocks.features.FeatureVector"
 HERE = Path(__file__).resolve()
 
 
+#: the consumer settings a latency run can set for our worker and the at-least-once relay (bench args)
+FETCH_SETTINGS = ("fetch_min_bytes", "fetch_wait_max_ms")
+
+
+def fetch_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`FETCH_SETTINGS` given in ``cfg`` (a role's config), as RuntimeConfig keywords."""
+    return {k: int(cfg[k]) for k in FETCH_SETTINGS if cfg.get(k) is not None}
+
+
+def fetch_label(args: Any) -> str:
+    """How the worker's consumer fetches, for the table's title."""
+    rt = RuntimeConfig(**fetch_settings(vars(args)))
+    return f"min {rt.fetch_min_bytes} B / wait {rt.fetch_wait_max_ms} ms"
+
+
 def free_port() -> int:
     with socket.socket() as so:
         so.bind(("127.0.0.1", 0))
@@ -340,7 +355,8 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                "linger_ms": args.lat_linger_ms, "backend": args.backend, "symbols": args.symbols,
                "worker_id": f"lat{w}", "metrics_port": ports[w], "batching": args.lat_batching,
                "commit_interval_ms": args.commit_interval_ms, "catch_up_ms": args.lat_catch_up_ms,
-               "record_io": args.record_io, "output_linger_ms": args.output_linger_ms}
+               "record_io": args.record_io, "output_linger_ms": args.output_linger_ms,
+               **{k: getattr(args, k, None) for k in FETCH_SETTINGS}}
         procs.append(subprocess.Popen([sys.executable, str(script), "--_role", "worker", "--_cfg", json.dumps(cfg)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(root)))
     cons = measuring_consumer(s, f"bench-fe-latc-{short}-{tag}", out, args.partitions)
@@ -458,12 +474,14 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
 
 
 def start_relay(s: Any, tag: str, topic: str, out: str, partitions: int, commit_interval_ms: float,
-                transactional: bool = True, linger_ms: float | None = None) -> subprocess.Popen[str]:
+                transactional: bool = True, linger_ms: float | None = None,
+                fetch: dict[str, Any] | None = None) -> subprocess.Popen[str]:
     """Start :func:`relay_role` (``topic`` -> ``out``; ``transactional``: in transactions committed
     every ``commit_interval_ms``, else at-least-once with the offsets committed that often) and wait
     until it has its partitions (and its producer id)."""
     cfg = {"topic": topic, "out": out, "partitions": partitions, "group": f"bench-fe-relay-{tag}",
-           "commit_interval_ms": commit_interval_ms, "transactional": transactional, "linger_ms": linger_ms}
+           "commit_interval_ms": commit_interval_ms, "transactional": transactional, "linger_ms": linger_ms,
+           **(fetch or {})}
     return spawn_role("relay", cfg, "the relay")[0]  # {"ready": true}
 
 
@@ -479,19 +497,22 @@ def relay_role(cfg: dict[str, Any]) -> None:
     after its timestamp. Otherwise (at-least-once floor):
     the worker's at-least-once client settings (``PRODUCER_DEFAULTS``: an idempotent lz4 producer,
     with the worker's output ``linger.ms``, ``linger_ms`` or its default; the worker's consumer
-    ``fetch.wait.max.ms``), offsets committed asynchronously every ``commit_interval_ms``."""
+    ``fetch.wait.max.ms`` and ``fetch.min.bytes``: :data:`FETCH_SETTINGS`), offsets committed
+    asynchronously every ``commit_interval_ms``."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from mystocks_gpu.infra.kafka_clients import PRODUCER_DEFAULTS
 
     s = C.settings()
     eos = bool(cfg.get("transactional", True))
-    alo = RuntimeConfig(guarantee=AT_LEAST_ONCE, producer_linger_ms=cfg.get("linger_ms"))  # the worker's settings
+    alo = RuntimeConfig(guarantee=AT_LEAST_ONCE, producer_linger_ms=cfg.get("linger_ms"),
+                        **fetch_settings(cfg))  # the worker's settings
     stop: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     cons = Consumer(s.kafka.client_config(**{
         "group.id": cfg["group"], "enable.auto.commit": False, "isolation.level": "read_committed",
-        "fetch.wait.max.ms": 5 if eos else alo.fetch_wait_max_ms, "socket.nagle.disable": True, "auto.offset.reset": "earliest"}))
+        "fetch.wait.max.ms": 5 if eos else alo.fetch_wait_max_ms, "fetch.min.bytes": 1 if eos else alo.fetch_min_bytes,
+        "socket.nagle.disable": True, "auto.offset.reset": "earliest"}))
     cons.assign([TopicPartition(cfg["topic"], p) for p in range(int(cfg["partitions"]))])
     prod = Producer(s.kafka.client_config(**(
         {"transactional.id": cfg["group"], "linger.ms": 5, "socket.nagle.disable": True} if eos else
@@ -570,7 +591,8 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
     TopicAdmin(s.kafka).create([TopicSpec(t, "symbol", TICK, partitions=args.partitions, dlq=False)
                                 for t in ([topic, out] if relay_on else [topic])])
     relay_p = start_relay(s, short + tag, topic, out, args.partitions, args.commit_interval_ms, transactional=eos,
-                          linger_ms=args.output_linger_ms) if relay_on else None
+                          linger_ms=args.output_linger_ms,
+                          fetch=fetch_settings(vars(args))) if relay_on else None
     cons = measuring_consumer(s, f"bench-fe-floorc-{short}-{tag}", out if relay_on else topic, args.partitions)
     dec = TickDecoder()
     producer = None

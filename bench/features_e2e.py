@@ -107,6 +107,7 @@ from _features_reference import (  # noqa: E402
     vector_of,
 )
 
+from mystocks_gpu.exceptions import ConfigError  # noqa: E402
 from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor  # noqa: E402
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig  # noqa: E402
 
@@ -350,7 +351,7 @@ def worker_role(cfg: dict[str, Any]) -> None:
                        batching=cfg.get("batching", "adaptive"),
                        commit_interval_ms=float(cfg.get("commit_interval_ms", 100.0)),
                        catch_up_commit_interval_ms=cfg.get("catch_up_ms"), record_io=cfg.get("record_io", "auto"),
-                       producer_linger_ms=cfg.get("output_linger_ms"))
+                       producer_linger_ms=cfg.get("output_linger_ms"), **L.fetch_settings(cfg))
     w = C.TimedWorker(proc, s.kafka, rt, group=cfg["group"], worker_id=cfg.get("worker_id", "lat0"),
                       input_topic=cfg["topic"], metrics=metrics)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
@@ -440,6 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-linger-ms", type=float, default=None,
                     help="latency phase: our worker's RuntimeConfig.producer_linger_ms (default: the runtime's, "
                          "0.5 ms at-least-once, 5 ms exactly-once)")
+    ap.add_argument("--fetch-min-bytes", type=int, default=None,
+                    help="latency phase: our worker's (and the at-least-once relay's) RuntimeConfig.fetch_min_bytes "
+                         "(default: the runtime's, 1: the first record answers a fetch)")
+    ap.add_argument("--fetch-wait-max-ms", type=int, default=None,
+                    help="latency phase: their RuntimeConfig.fetch_wait_max_ms (default: the runtime's, 100 ms); "
+                         "with --fetch-min-bytes over 1 a fetch waits this long for them")
     ap.add_argument("--commit-interval-ms", type=float, default=100.0,
                     help="latency phase: our commit interval, ms (default 100; exactly-once goal = this + 10 ms)")
     ap.add_argument("--lat-catch-up-ms", type=float, default=None,
@@ -482,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--ramp-s must be >= 0 and --latency-s > 0 (got {args.ramp_s}, {args.latency_s})")
     if args.repeat < 1:
         ap.error(f"--repeat must be >= 1 (got {args.repeat})")
+    try:
+        L.fetch_label(args)
+    except ConfigError as exc:
+        ap.error(f"--fetch-min-bytes / --fetch-wait-max-ms: {exc}")
     if args.n < 1 or args.warm_up < 0:
         ap.error(f"--n must be >= 1 and --warm-up >= 0 (got {args.n}, {args.warm_up})")
     if args.quick:
@@ -641,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(producer, worker(s), broker and "
               f"this consumer on this machine; {args.lat_batching} batching, commit interval {args.commit_interval_ms:g} ms, "
               f"{args.feed_producer} load producer, output linger "
-              f"{'default' if args.output_linger_ms is None else f'{args.output_linger_ms:g} ms'})"
+              f"{'default' if args.output_linger_ms is None else f'{args.output_linger_ms:g} ms'}, fetch "
+              f"{L.fetch_label(args)})"
               + ("; 'old' = the worker of " + str(args.ab_tree) if args.ab_tree else ""))
         C.print_table(["code", "guarantee", "offered/s", "achieved in/s", "output/s", "p50 ms", "p99 ms", "p99.9 ms",
                        "max ms", "to worker p50", "worker CPU ms/1k ticks", "rec/batch", "batch wall us",
@@ -692,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale_out_p99_ms_eos": {x["workers"]: x["latency"]["p99_ms"] for x in scale},
         "latency_s": args.latency_s, "ramp_s": args.ramp_s, "commit_interval_ms": args.commit_interval_ms, "lat_batching": args.lat_batching,
         "feed_producer": args.feed_producer, "output_linger_ms": args.output_linger_ms,
+        "fetch_min_bytes": args.fetch_min_bytes, "fetch_wait_max_ms": args.fetch_wait_max_ms,
         "p99_ms_floor": floor.get(args.rate, {}).get("p99_ms"),
         "p99_ms_floor_low_rate": floor.get(args.low_rate, {}).get("p99_ms"),
         "p99_ms_floor_2hops": floor2.get(args.rate, {}).get("p99_ms"),

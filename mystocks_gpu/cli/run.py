@@ -70,7 +70,8 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
                        max_buffered_records=args.max_buffered_records, fault_injection=args.inject_faults or "",
                        transaction_timeout_ms=args.transaction_timeout_ms, batching=args.batching,
                        session_timeout_ms=args.session_timeout_ms,
-                       fetch_wait_max_ms=args.fetch_wait_max_ms, producer_linger_ms=args.producer_linger_ms,
+                       fetch_wait_max_ms=args.fetch_wait_max_ms, fetch_min_bytes=args.fetch_min_bytes,
+                       producer_linger_ms=args.producer_linger_ms,
                        idle_flush_s=idle_flush, flush_on_stop=flush_on_stop, record_io=args.record_io)
     if args.processor == "features" and not args.output_topic:
         ensure_bar_topics(s, list(processor.output_topics))
@@ -154,7 +155,12 @@ def add_commands(sub: Any) -> None:
                          "--transaction-timeout-ms, when longer than --commit-interval-ms; off with "
                          "--commit-interval-ms 0 and with --at-least-once)")
     sp.add_argument("--fetch-wait-max-ms", type=int, default=100,
-                    help="consumer fetch.wait.max.ms: how long the broker holds an empty fetch (default 100)")
+                    help="consumer fetch.wait.max.ms: how long the broker holds a fetch with less than "
+                         "--fetch-min-bytes of new data (default 100)")
+    sp.add_argument("--fetch-min-bytes", type=int, default=1,
+                    help="consumer fetch.min.bytes: the bytes of new records that answer a fetch; 1 = the first "
+                         "record (lowest latency, default); larger values bundle a quiet input into fewer fetches "
+                         "and batches (less CPU) at up to --fetch-wait-max-ms more latency")
     sp.add_argument("--producer-linger-ms", type=float, default=None,
                     help="producer linger.ms for outputs (default 0.5 at-least-once, 5 exactly-once)")
     sp.add_argument("--group-protocol", choices=["classic", "consumer"], default="classic",

@@ -198,7 +198,6 @@ class StreamWorker(RebalanceCallbacks):
             "session.timeout.ms": self.rt.session_timeout_ms,
             "max.poll.interval.ms": self.rt.max_poll_interval_ms,
             "isolation.level": "read_committed",
-            "fetch.min.bytes": 1,
             "queued.max.messages.kbytes": 65536,
         }
         if self.rt.group_protocol == "consumer":
@@ -206,10 +205,11 @@ class StreamWorker(RebalanceCallbacks):
                      "isolation.level": "read_committed"}
         else:
             extra["partition.assignment.strategy"] = "cooperative-sticky"
-        # latency: a fetch with no data waits at most fetch.wait.max.ms at the broker (new data answers it
-        # at once); no Nagle delay on the broker sockets (a fetch queue over its bound retries in 10 ms:
-        # make_consumer's default)
-        extra.update({"fetch.wait.max.ms": self.rt.fetch_wait_max_ms, "socket.nagle.disable": True})
+        # latency: a fetch with less than fetch.min.bytes of data waits at most fetch.wait.max.ms at the broker
+        # (by default the first new record answers it); no Nagle delay on the broker sockets (a fetch queue
+        # over its bound retries in 10 ms: make_consumer's default)
+        extra.update({"fetch.wait.max.ms": self.rt.fetch_wait_max_ms, "fetch.min.bytes": self.rt.fetch_min_bytes,
+                      "socket.nagle.disable": True})
         # partitions added to the input: noticed within this, then fatal (streams/topic_changes.py)
         extra["topic.metadata.refresh.interval.ms"] = MD_REFRESH_MS
         self._cconf = extra

@@ -23,7 +23,7 @@ from mystocks_gpu.infra.kafka_clients import make_producer
 from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
-from mystocks_gpu.streams.runtime_config import RuntimeConfig
+from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, RuntimeConfig
 from mystocks_gpu.streams.stream_metrics import STAGES, RuntimeMetrics
 from mystocks_gpu.streams.stream_worker import StreamWorker
 from mystocks_gpu.topics import TopicSpec, get
@@ -57,6 +57,30 @@ def _worker(inp: str, out: str, group: str, *extra: str) -> subprocess.Popen[str
                              "--bar-intervals-s", "7", "--max-disorder-s", "100", *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "MYSTOCKS_BACKEND": "cpu"})
+
+
+def _live_topics(settings: Settings, inp: str, out: str) -> tuple[str, str]:
+    """Create a 2-partition tick topic ``inp`` (with its DLQ) and feature-vector topic ``out``."""
+    TopicAdmin(settings.kafka).create([
+        TopicSpec(inp, "symbol", "mystocks.md.Tick", partitions=2, dlq=False),
+        TopicSpec(inp + ".dlq", "symbol", None, partitions=1, dlq=False),
+        TopicSpec(out, "symbol", "mystocks.features.FeatureVector", partitions=2, dlq=False)])
+    return inp, out
+
+
+def _trickle(settings: Settings, inp: str, cols: dict[str, np.ndarray], names: list[str], seq0: int, n: int,
+             gap_s: float) -> None:
+    """The first ``n`` ticks of ``cols`` (seq from ``seq0``, stamped now) to ``inp``, one produce and
+    flush every ``gap_s`` seconds: a quiet live feed."""
+    prod = make_producer(settings.kafka)
+    trickle = {k: v[:n].copy() for k, v in cols.items()}
+    trickle["ts"] = time.time_ns() + np.arange(n)
+    trickle["seq"] += seq0
+    vals = BatchEncoder("mystocks.md.Tick").encode(trickle, names)
+    for i, v in enumerate(vals):
+        prod.produce(inp, v, names[int(cols["sym"][i])].encode(), timestamp=time.time_ns() // 1_000_000)
+        prod.flush(10)
+        time.sleep(gap_s)
 
 
 def _bars(settings: Settings, names: list[str]) -> pd.DataFrame:
@@ -116,11 +140,7 @@ def test_last_bars_close_on_idle_and_on_stop_exactly_once(settings: Settings, un
 
 
 def test_worker_records_stage_latencies_and_batches_follow_the_load(settings: Settings, unique: str) -> None:
-    inp, out = f"t.lin.{unique}", f"t.lout.{unique}"
-    TopicAdmin(settings.kafka).create([
-        TopicSpec(inp, "symbol", "mystocks.md.Tick", partitions=2, dlq=False),
-        TopicSpec(inp + ".dlq", "symbol", None, partitions=1, dlq=False),
-        TopicSpec(out, "symbol", "mystocks.features.FeatureVector", partitions=2, dlq=False)])
+    inp, out = _live_topics(settings, f"t.lin.{unique}", f"t.lout.{unique}")
     df, names = _ticks(unique)
     df = pd.concat([df] * 4, ignore_index=True)
     now = time.time_ns()
@@ -141,15 +161,7 @@ def test_worker_records_stage_latencies_and_batches_follow_the_load(settings: Se
         backlog_batches = w.summary.batches
         before = metrics.stages.snapshot()["batch"]
         # then a trickle: one tick every 30 ms; adaptive batching hands each over at once (no linger wait)
-        prod = make_producer(settings.kafka)
-        trickle = {k: v[:40].copy() for k, v in cols.items()}
-        trickle["ts"] = time.time_ns() + np.arange(40)
-        trickle["seq"] += len(df)
-        vals = BatchEncoder("mystocks.md.Tick").encode(trickle, names)
-        for i, v in enumerate(vals):
-            prod.produce(inp, v, names[int(cols["sym"][i])].encode(), timestamp=time.time_ns() // 1_000_000)
-            prod.flush(10)
-            time.sleep(0.03)
+        _trickle(settings, inp, cols, names, len(df), 40, 0.03)
         wait_until(lambda: w.summary.records_in >= len(df) + 40, 60, "the trickle to be processed")
     finally:
         w.stop()
@@ -174,6 +186,35 @@ def test_worker_records_stage_latencies_and_batches_follow_the_load(settings: Se
             assert count == n, f"stage {stage}: {count} observations for {n} records"
     text = generate_latest(metrics.registry).decode()
     assert 'mystocks_stream_stage_seconds_count{processor="features",stage="commit"}' in text
+
+
+def test_fetch_min_bytes_bundles_a_quiet_input_into_fewer_batches(settings: Settings, unique: str) -> None:
+    """``fetch_min_bytes`` takes effect: at 1 MB with a 300-ms ``fetch_wait_max_ms`` the broker holds
+    each fetch until the wait ends, so 40 ticks trickled 15 ms apart (0.6 s) reach the worker in a
+    few batches. With the default (1 byte) every tick answers a fetch and is a batch of its own (the
+    test above: at least 5 batches for 40 ticks 30 ms apart; ~40 on a quiet machine)."""
+    inp, out = _live_topics(settings, f"t.fmb.{unique}", f"t.fmbout.{unique}")
+    df, names = _ticks(unique)
+    cols = _cols(df, 0)
+    proc = TickFeaturesProcessor(FeaturesProcessorConfig(FeatureConfig(), bar_intervals_ns=(), backend="cpu",
+                                                         output_topic=out))
+    rt = RuntimeConfig(guarantee=AT_LEAST_ONCE, fetch_min_bytes=1_000_000, fetch_wait_max_ms=300)
+    w = StreamWorker(proc, settings.kafka, rt, group=f"g.fmb.{unique}", worker_id="m1", input_topic=inp,
+                     metrics=RuntimeMetrics(proc.name))
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        _trickle(settings, inp, cols, names, 0, 1, 0.0)
+        wait_until(lambda: w.summary.records_in >= 1, 120, "the worker to consume its first tick")
+        first = w.summary.batches
+        _trickle(settings, inp, {k: v[1:] for k, v in cols.items()}, names, 1, 40, 0.015)
+        wait_until(lambda: w.summary.records_in >= 41, 60, "the trickle to be processed")
+    finally:
+        w.stop()
+        t.join(60)
+    batches = w.summary.batches - first
+    assert 1 <= batches <= 8, f"40 ticks over 0.6 s came in {batches} batches: fetch_min_bytes had no effect"
+    assert w._cconf["fetch.min.bytes"] == 1_000_000 and w._cconf["fetch.wait.max.ms"] == 300
 
 
 def test_consume_json_prints_null_for_nan(settings: Settings, unique: str) -> None:

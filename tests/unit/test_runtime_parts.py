@@ -135,7 +135,8 @@ def test_manual_clock_moves_only_when_told() -> None:
 
 @pytest.mark.parametrize("field, value", [("max_buffered_records", 0), ("commit_timeout_s", 0.0),
                                           ("produce_block_timeout_s", float("nan")), ("restore_attempts", 0),
-                                          ("session_timeout_ms", 999), ("session_timeout_ms", 3_600_001)])
+                                          ("session_timeout_ms", 999), ("session_timeout_ms", 3_600_001),
+                                          ("fetch_min_bytes", 0), ("fetch_min_bytes", 100_000_001)])
 def test_runtime_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         RuntimeConfig(**{field: value})  # type: ignore[arg-type]
