@@ -473,6 +473,30 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
     return res
 
 
+def warm_broker(s: Any, tag: str, guarantees: list[str], args: Any, notes: list[str]) -> list[dict[str, Any]]:
+    """Untimed latency runs before the first measured one: per guarantee, ``args.lat_warm_up_s`` s of
+    load at ``args.rate`` through our worker. A freshly started broker compiles (JIT) the code of a
+    live feed's small produce and fetch requests during its first latency runs, which a throughput
+    phase (large batches) does not warm: its C2 compiler thread took 3.8 and 3.1 s of CPU in the
+    first two 50k-ticks/s runs after a start, 0.3-0.7 s from the fourth on, and the runs' p99 went
+    177 -> 73 -> 38 -> 19 -> 16.5 ms (bench/HISTORY.md, 2026-12-06 07:13). Returns each run's
+    quantiles (JSON ``lat_warm_up_runs``); a failed warm-up is a note, not an error."""
+    out: list[dict[str, Any]] = []
+    if args.lat_warm_up_s <= 0:
+        return out
+    for gu in guarantees:
+        try:
+            r = run_latency(s, tag, gu, args.rate, args, label="warm", seconds=args.lat_warm_up_s)
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            notes.append(f"broker warm-up {gu} failed: {type(exc).__name__}: {str(exc)[:1500]}")
+            print(f"  {notes[-1]}")
+            continue
+        out.append({k: r.get(k) for k in ("guarantee", "rate", "seconds", "window_start", "p50_ms", "p99_ms", "max_ms")})
+        print(f"  broker warm-up (not counted) {gu} @ {args.rate:,.0f}/s for {args.lat_warm_up_s:g} s: "
+              f"p50 {C.fmt(r['p50_ms'])} ms, p99 {C.fmt(r['p99_ms'])} ms")
+    return out
+
+
 def start_relay(s: Any, tag: str, topic: str, out: str, partitions: int, commit_interval_ms: float,
                 transactional: bool = True, linger_ms: float | None = None,
                 fetch: dict[str, Any] | None = None) -> subprocess.Popen[str]:

@@ -48,7 +48,9 @@ Latency (ours, at-least-once then exactly-once): a producer subprocess offers ``
 ``--ramp-s`` + ``--latency-s`` s with ``ts_event = time.time_ns()`` at produce time (one
 ``produce_batch`` per paced chunk; ``--feed-producer``: by default not idempotent, one request in
 flight, see ``FEED_PRODUCERS`` in ``bench/_features_latency.py`` for why); the ticks of the first
-``--ramp-s`` s (the switch from an idle pipeline to full rate) are not counted. Our worker runs in another
+``--ramp-s`` s (the switch from an idle pipeline to full rate) are not counted. Before the first measured
+run, an untimed run per guarantee (``--lat-warm-up-s`` s at ``--rate``) warms the broker's JIT for a
+live feed's small requests (JSON ``lat_warm_up_runs``). Our worker runs in another
 subprocess; this process consumes the output (read_committed) and takes, per feature vector,
 latency = receive wall time - ``ts_event``. p50/p99/p99.9 in ms, and the worker processes' CPU per
 1,000 offered ticks (``/proc``; ``worker_cpu_ms_per_1k``), and per batch the worker thread's wall
@@ -447,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fetch-wait-max-ms", type=int, default=None,
                     help="latency phase: their RuntimeConfig.fetch_wait_max_ms (default: the runtime's, 100 ms); "
                          "with --fetch-min-bytes over 1 a fetch waits this long for them")
+    ap.add_argument("--lat-warm-up-s", type=float, default=30.0,
+                    help="latency phase: before the first measured run, an untimed run per guarantee with this many "
+                         "seconds of load at --rate warms the broker's JIT for the small requests of a live feed "
+                         "(a fresh broker's compiler took 3-4 s of CPU in each of the first latency runs; default 30; "
+                         "0 = off)")
     ap.add_argument("--commit-interval-ms", type=float, default=100.0,
                     help="latency phase: our commit interval, ms (default 100; exactly-once goal = this + 10 ms)")
     ap.add_argument("--lat-catch-up-ms", type=float, default=None,
@@ -487,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--lat-catch-up-ms must be 0 (off) or >= --commit-interval-ms (got {args.lat_catch_up_ms})")
     if not (args.ramp_s >= 0 and math.isfinite(args.ramp_s)) or not (args.latency_s > 0 and math.isfinite(args.latency_s)):
         ap.error(f"--ramp-s must be >= 0 and --latency-s > 0 (got {args.ramp_s}, {args.latency_s})")
+    if not (0 <= args.lat_warm_up_s <= 600):
+        ap.error(f"--lat-warm-up-s must be within 0..600 (got {args.lat_warm_up_s})")
     if args.repeat < 1:
         ap.error(f"--repeat must be >= 1 (got {args.repeat})")
     try:
@@ -497,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--n must be >= 1 and --warm-up >= 0 (got {args.n}, {args.warm_up})")
     if args.quick:
         args.n, args.latency_s = min(args.n, 20_000), min(args.latency_s, 2.0)
+        args.lat_warm_up_s = min(args.lat_warm_up_s, 2.0)
         args.skip = ",".join(filter(None, [args.skip, "faust"]))
     if args.workers is None:
         args.workers = "" if args.quick else "1,2,4"
@@ -518,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  (over {LEFTOVER_PARTITIONS} partitions, most of them leftovers of earlier runs or tests: a broker with "
               "~1,100 measured slower at 50k ticks/s; `mystocks-gpu stack down --wipe` empties the stack's broker)")
     res: dict[str, Any] = {}
+    warm_runs: list[dict[str, Any]] = []  # the latency phase's broker warm-up (L.warm_broker)
     checks: dict[str, Any] = {}
     notes: list[str] = []
     lat: dict[str, Any] = {}
@@ -581,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             attempt("pandas", run_pandas, s, topic, outs["pandas"], f"bench-fe-pandas-{tag}", n, args.cap_s, args.batch)
         if "latency" not in skip:
             runs = [(gu, args.rate) for gu in guarantees] + ([(gu, args.low_rate) for gu in guarantees] if args.low_rate else [])
+            warm_runs = L.warm_broker(s, tag, guarantees, args, notes)
             for gu, rate in runs:
                 key = gu if rate == args.rate else f"{gu}@{int(rate)}"
                 mine: list[dict[str, Any]] = []
@@ -704,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale_out_p99_ms_eos": {x["workers"]: x["latency"]["p99_ms"] for x in scale},
         "latency_s": args.latency_s, "ramp_s": args.ramp_s, "commit_interval_ms": args.commit_interval_ms, "lat_batching": args.lat_batching,
         "feed_producer": args.feed_producer, "output_linger_ms": args.output_linger_ms,
+        "lat_warm_up_s": args.lat_warm_up_s, "lat_warm_up_runs": warm_runs,
         "fetch_min_bytes": args.fetch_min_bytes, "fetch_wait_max_ms": args.fetch_wait_max_ms,
         "p99_ms_floor": floor.get(args.rate, {}).get("p99_ms"),
         "p99_ms_floor_low_rate": floor.get(args.low_rate, {}).get("p99_ms"),
