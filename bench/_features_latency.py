@@ -356,7 +356,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                "worker_id": f"lat{w}", "metrics_port": ports[w], "batching": args.lat_batching,
                "commit_interval_ms": args.commit_interval_ms, "catch_up_ms": args.lat_catch_up_ms,
                "record_io": args.record_io, "output_linger_ms": args.output_linger_ms,
-               **{k: getattr(args, k, None) for k in FETCH_SETTINGS}}
+               **fetch_settings(vars(args))}
         procs.append(subprocess.Popen([sys.executable, str(script), "--_role", "worker", "--_cfg", json.dumps(cfg)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(root)))
     cons = measuring_consumer(s, f"bench-fe-latc-{short}-{tag}", out, args.partitions)

@@ -76,10 +76,7 @@ class RuntimeConfig:
     #: the bytes of new records that answer a waiting fetch (consumer ``fetch.min.bytes``). 1 (default):
     #: the first record, the lowest latency. Larger: the broker holds a fetch until this many bytes
     #: arrived or ``fetch_wait_max_ms`` passed, so a quiet input comes in fewer fetches and batches: less
-    #: worker CPU, up to ``fetch_wait_max_ms`` more latency (2048 with a 2-ms
-    #: wait, two A/B runs at 10k ticks/s: worker CPU -19 % and -32 %, p50 +1.1 and +1.4 ms, p99 within
-    #: run-to-run noise; at 50k ticks/s a fetch fills 2 KB almost at once: CPU -3 and -8 %, latency as
-    #: before; README, "Fetches: latency or CPU")
+    #: worker CPU, up to ``fetch_wait_max_ms`` more latency (measured: README, "Fetches: latency or CPU")
     fetch_min_bytes: int = 1
     #: how long the producer may hold outputs to fill a request (librdkafka ``linger.ms`` =
     #: ``queue.buffering.max.ms``); None = 0.5 ms at-least-once (outputs are visible when acknowledged)

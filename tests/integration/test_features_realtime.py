@@ -78,7 +78,7 @@ def _trickle(settings: Settings, inp: str, cols: dict[str, np.ndarray], names: l
     trickle["seq"] += seq0
     vals = BatchEncoder("mystocks.md.Tick").encode(trickle, names)
     for i, v in enumerate(vals):
-        prod.produce(inp, v, names[int(cols["sym"][i])].encode(), timestamp=time.time_ns() // 1_000_000)
+        prod.produce(inp, v, names[int(trickle["sym"][i])].encode(), timestamp=time.time_ns() // 1_000_000)
         prod.flush(10)
         time.sleep(gap_s)
 
