@@ -125,9 +125,10 @@ def test_solve_batch_mixed_problems_in_input_order() -> None:
 
 def test_skfolio_sp500_dataset_min_variance_and_mean_variance() -> None:
     """The S&P 500 dataset bundled in the skfolio wheel (20 stocks, daily prices; read offline
-    from the installed package): Ledoit-Wolf covariance and mean of 500-day windows at 4 dates,
-    min-variance and mean-variance with bounds and a turnover limit, == CVXPY + Clarabel."""
-    datasets = pytest.importorskip("skfolio.datasets")
+    from the installed package; skfolio is a dev dependency, so this never skips): Ledoit-Wolf
+    covariance and mean of 500-day windows at 4 dates, min-variance and mean-variance with bounds
+    and a turnover limit, == CVXPY + Clarabel."""
+    from skfolio import datasets
     prices = datasets.load_sp500_dataset().to_numpy()
     rets = prices[1:] / prices[:-1] - 1.0
     ends = np.array([2000, 4000, 6000, 8000])
