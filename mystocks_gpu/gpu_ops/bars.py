@@ -38,7 +38,7 @@ from numba import njit
 
 from mystocks_gpu.exceptions import ConfigError, MyStocksError
 from mystocks_gpu.gpu_ops.backend import CPU, GPU, select, xp
-from mystocks_gpu.gpu_ops.tick_columns import TickColumns, TickColumnsError
+from mystocks_gpu.gpu_ops.tick_columns import TickColumns, TickColumnsError, code_range
 
 NS_PER_SECOND = 1_000_000_000
 #: default bar intervals: 1 s and 1 min
@@ -251,9 +251,10 @@ class BarBuilder:
         n = len(host)
         need = 0
         if n:
-            if int(host.sym.min()) < 0:
+            lo, hi = code_range(host.sym)
+            if lo < 0:
                 raise TickColumnsError("symbol codes must be >= 0")
-            need = int(host.sym.max()) + 1
+            need = int(hi) + 1
         if inplace and need <= state.capacity:
             new = state
         else:

@@ -92,7 +92,12 @@ from mystocks_gpu.gpu_ops.features_config import (
     SESSION_NONE,
     FeatureConfig,
 )
-from mystocks_gpu.gpu_ops.tick_columns import COLUMN_DTYPES, TickColumns, TickColumnsError
+from mystocks_gpu.gpu_ops.tick_columns import (
+    COLUMN_DTYPES,
+    TickColumns,
+    TickColumnsError,
+    code_range,
+)
 
 STATE_FORMAT = "mystocks-tick-features"
 #: 2: ``ist`` gained the trade clock column (event time going backwards)
@@ -159,6 +164,11 @@ class TickFeatureEngine:
         self._ema_alpha = self._xp.asarray(self.cfg.ema_alphas())
         self._macd_alpha = self._xp.asarray(self.cfg.macd_alphas())
         self._col_idx = self._xp.asarray(self._col_idx_host)
+        p = self._params
+        #: the CPU kernel's arguments after the state arrays, in its order (built once, not per batch)
+        self._cpu_tail: tuple[Any, ...] = (self._ema_alpha, self._macd_alpha, p["n_win"], p["window_ns"], p["cap"], p["rsi_p"],
+                          p["sess_on"], p["sess_off"], p["do_time"], p["do_roll"], p["boll_k"], p["rvol_scale"],
+                          p["max_disorder"], self._col_idx)
         self._stager: Any = None  # GPU pinned staging, created on first process_host
 
     # ---- state ---------------------------------------------------------------------------
@@ -243,10 +253,13 @@ class TickFeatureEngine:
         cols = cols.to(self.backend)
         n = len(cols)
         if n and max_sym is None:
-            lo, hi = int(cols.sym.min()), int(cols.sym.max())
+            if self.backend == CPU:
+                lo, hi = code_range(cols.sym)
+            else:
+                lo, hi = int(cols.sym.min()), int(cols.sym.max())
             if lo < 0:
                 raise TickColumnsError("symbol codes must be >= 0")
-            max_sym = hi
+            max_sym = int(hi)
         if n and max_sym is not None and max_sym >= state.capacity:
             state = self._grown(state, max_sym + 1)  # a copy: the caller's state is untouched
         elif not inplace:
@@ -254,12 +267,12 @@ class TickFeatureEngine:
                 self.backend, state.capacity, {k: v.copy() for k, v in state.arrays.items()}
             )
         K = len(self.output_names)
-        st, p = state.arrays, self._params
+        st = state.arrays
         if self.backend == GPU:
             from mystocks_gpu.gpu_ops.features_gpu import process_batch_gpu
 
             mat, rej = process_batch_gpu(
-                cols, st, self._ema_alpha, self._macd_alpha, p, self._col_idx_host, K
+                cols, st, self._ema_alpha, self._macd_alpha, self._params, self._col_idx_host, K
             )
         else:
             from mystocks_gpu.gpu_ops.features_cpu import process_batch
@@ -267,14 +280,11 @@ class TickFeatureEngine:
             mat = np.empty((K, n), dtype=np.float64)
             rej = np.zeros(n, dtype=np.int8)
             if n:
-                process_batch(
+                process_batch(  # type: ignore[call-arg]  # mypy: a star argument to numba's Dispatcher
                     cols.sym, cols.ts, cols.kind, cols.price, cols.size, cols.side, cols.bid,
                     cols.ask, cols.bid_size, cols.ask_size,
                     st["feat"], st["sc"], st["ist"], st["r_price"], st["r_size"], st["r_flow"],
-                    st["r_ret"], st["t_ts"], st["t_price"], self._ema_alpha, self._macd_alpha,
-                    p["n_win"], p["window_ns"], p["cap"], p["rsi_p"], p["sess_on"],
-                    p["sess_off"], p["do_time"], p["do_roll"], p["boll_k"], p["rvol_scale"],
-                    p["max_disorder"], self._col_idx, mat, rej,
+                    st["r_ret"], st["t_ts"], st["t_price"], *self._cpu_tail, mat, rej,
                 )
         return mat, rej, state
 
@@ -306,7 +316,7 @@ class TickFeatureEngine:
         matrix, row ``k`` = feature ``output_names[k]`` (no per-feature views)."""
         if self.backend == CPU:
             mat, rej, state = self._process(cols.to(CPU), state, inplace=inplace)
-            return mat, rej.astype(bool), state
+            return mat, rej.view(np.bool_), state  # int8 0/1: the same bytes as bool
         from mystocks_gpu.gpu_ops.features_gpu import PinnedStager
 
         if self._stager is None:
@@ -333,13 +343,15 @@ class TickFeatureEngine:
         codes = np.asarray(codes, np.int64)
         codes = codes[codes < state.capacity]
         idx = self._xp.asarray(codes)
-        return {"codes": idx, **{k: v.take(idx, axis=0) for k, v in state.arrays.items()}}  # take: half of v[idx]
+        # take: half of v[idx]; an array with no columns (the time window when unused) has nothing to save
+        return {"codes": idx, **{k: v.take(idx, axis=0) for k, v in state.arrays.items() if v.shape[1]}}
 
     def restore_rows(self, state: FeatureState, snap: dict[str, Any]) -> None:
         """Put back the rows saved by :meth:`snapshot_rows` (in place)."""
         idx = snap["codes"]
         for k, v in state.arrays.items():
-            v[idx] = snap[k]
+            if k in snap:
+                v[idx] = snap[k]
 
     # ---- serialisation -------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ from mystocks_gpu.gpu_ops.backend import CPU, select, to_host, xp
 from mystocks_gpu.gpu_ops.bars import BarBuilder, BarState
 from mystocks_gpu.gpu_ops.features import FeatureState, TickFeatureEngine
 from mystocks_gpu.gpu_ops.features_config import ALL_FEATURES, FeatureConfig
-from mystocks_gpu.gpu_ops.tick_columns import TickColumns
+from mystocks_gpu.gpu_ops.tick_columns import COLUMN_DTYPES, TickColumns
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.schemas.batch_codec import BatchEncoder, DecoderCache, TickDecoder, status_message
 from mystocks_gpu.schemas.schema_store import SchemaStore
@@ -71,6 +71,15 @@ _TICK_FIELDS = ("sym", "ts", "seq", "kind", "price", "size", "side", "bid", "ask
 #: the columns the feature and bar kernels read
 _KERNEL_FIELDS = ("sym", "ts", "kind", "price", "size", "side", "bid", "ask", "bid_size", "ask_size")
 BARS_HEADER = "mystocks.bars.config"
+
+
+def _kernel_columns(c: Mapping[str, np.ndarray]) -> TickColumns:
+    """The kernels' :class:`TickColumns` of a decoded partition: its views as they are when every
+    column already has the canonical dtype (the decode path's, see :meth:`TickFeaturesProcessor._decode_split`),
+    else cast and checked by ``TickColumns.from_numpy``. Saves ten conversions a partition."""
+    if all(c[k].dtype is dt for k, dt in COLUMN_DTYPES.items()):  # NumPy's builtin dtypes are singletons
+        return TickColumns(*(c[k] for k in COLUMN_DTYPES))
+    return TickColumns.from_numpy(**{k: c[k] for k in _KERNEL_FIELDS})
 
 
 def interval_label(interval_ns: int) -> str:
@@ -227,6 +236,9 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         """Decode ``values`` (batch rows ``index``) in one call; ``sizes`` = partition -> how many of
         the values, in turn, are its rows. Per partition: its good rows as column views, its rejects."""
         d = self._decoder(symbols).decode(values, validate=True)
+        # the kernels' dtype once per batch (validated to -1..1 above), so each partition's TickColumns
+        # is built from the decoded views as they are (the schema's int decodes to int32)
+        d.columns["side"] = d.columns["side"].astype(np.int8)
         if len(sizes) == 1:  # one partition (the common case at low rates): no search for the cuts
             bounds, cuts = [0, len(values)], [0, len(d.index)]
         else:
@@ -277,9 +289,8 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         ticks = []
         try:
             for batch, state in zip(batches, states, strict=True):
-                c = batch.columns
-                ticks.append(TickColumns.from_numpy(**{k: c[k] for k in _KERNEL_FIELDS}))
-                codes = np.unique(c["sym"])
+                ticks.append(_kernel_columns(batch.columns))
+                codes = batch.columns["sym"]  # repeats saved twice and put back twice: the same row, cheaper than unique
                 undo.append((state, self.engine.snapshot_rows(state.features, codes),
                              [b.snapshot_rows(bs, codes) for b, bs in zip(self.builders, state.bars, strict=True)]))
             return self._process(batches, ticks, states)
@@ -298,18 +309,20 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         new_states = []
         for batch, tk, state in zip(batches, ticks, states, strict=True):
             feats, disorder, fstate = self.engine.process_host_matrix(tk, state.features, inplace=True)
-            fv.append((batch, feats.T, ~disorder if disorder.any() else None))  # feats.T: self.names order
+            out_of_order = np.count_nonzero(disorder)
+            fv.append((batch, feats.T, ~disorder if out_of_order else None))  # feats.T: self.names order
             new_bars = []
             late_by: list[tuple[int, np.ndarray]] = []
             for builder, bstate in zip(self.builders, state.bars, strict=True):
                 bars, late, bstate = builder.process(tk, bstate, inplace=True)
                 new_bars.append(bstate)
                 late = to_host(late)
-                if late.any():
+                if np.count_nonzero(late):
                     late_by.append((builder.interval_ns, late))
                 if len(bars["sym"]):
                     bars_out.append((builder.interval_ns, bars, batch.symbols))
-            self._reject(out, batch, len(batch), late_by, disorder, fstate)
+            if late_by or out_of_order:
+                self._reject(out, batch, len(batch), late_by, disorder)
             new_states.append(FeaturesState(fstate, new_bars))
         t_enc = self.clock.monotonic()
         self._emit_vectors(out, fv)
@@ -320,27 +333,24 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
 
     def _emit_vectors(self, out: Outputs, fv: list[tuple[Columns, np.ndarray, np.ndarray | None]]) -> None:
         """One feature vector per kept tick of every batch in ``fv``, in turn, in one encoder call."""
-        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("symbol", "ts_event", "seq", "ts_ingest", "values", "index")}
+        parts = []
         for batch, mat, keep in fv:
             c = batch.columns
             rows = (c["sym"], c["ts"], c["seq"], mat, batch.index)
-            if keep is not None:
-                rows = tuple(a[keep] for a in rows)
-            for k, a in zip(("symbol", "ts_event", "seq", "values", "index"), rows, strict=True):
-                cols[k].append(a)
-            cols["ts_ingest"].append(np.full(rows[0].size, batch.ingest_ns, np.int64))
-        joined = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in cols.items()}
-        index = joined.pop("index")
+            parts.append(rows if keep is None else tuple(a[keep] for a in rows))
+        sym, ts, seq, mat, index = parts[0] if len(parts) == 1 else map(np.concatenate, zip(*parts, strict=True))
+        ingest = {b.ingest_ns for b, _, _ in fv}
+        ts_ingest = (np.full(sym.size, ingest.pop(), np.int64) if len(ingest) == 1 else
+                     np.concatenate([np.full(p[0].size, b.ingest_ns, np.int64) for p, (b, _, _) in zip(parts, fv, strict=True)]))
         symbols = fv[0][0].symbols
-        values = self._fv.encode(joined, symbols, map_keys=self.names)
-        out.add(self.cfg.output_topic, self.key_bytes(joined["symbol"], symbols), values,
-                (joined["ts_event"] // 1_000_000).tolist(), sources=index, headers=self._fv_headers)
+        values = self._fv.encode({"symbol": sym, "ts_event": ts, "seq": seq, "ts_ingest": ts_ingest, "values": mat},
+                                 symbols, map_keys=self.names)
+        out.add(self.cfg.output_topic, self.key_bytes(sym, symbols), values, (ts // 1_000_000).tolist(),
+                sources=index, headers=self._fv_headers)
 
     def _reject(self, out: Outputs, batch: Columns, n: int, late_by: list[tuple[int, np.ndarray]],
-                disorder: np.ndarray, fstate: FeatureState) -> None:
+                disorder: np.ndarray) -> None:
         """Dead letters naming why: each bar interval that found the trade late, or the disorder bound."""
-        if not late_by and not disorder.any():
-            return
         c = batch.columns
         L = self.cfg.allowed_lateness_ns
         any_late = np.zeros(n, bool)

@@ -8,6 +8,7 @@ import pytest
 
 from mystocks_gpu.exceptions import ConfigError, MyStocksError
 from mystocks_gpu.gpu_ops.backend import gpu_available
+from mystocks_gpu.gpu_ops.bars import BarBuilder
 from mystocks_gpu.gpu_ops.features import (
     FeatureStateError,
     TickFeatureEngine,
@@ -19,7 +20,13 @@ from mystocks_gpu.gpu_ops.features_config import (
     FeatureConfig,
     FeatureConfigError,
 )
-from mystocks_gpu.gpu_ops.tick_columns import ROW_BYTES, TickColumns, TickColumnsError
+from mystocks_gpu.gpu_ops.tick_columns import (
+    COLUMN_DTYPES,
+    ROW_BYTES,
+    TickColumns,
+    TickColumnsError,
+    code_range,
+)
 
 try:
     from .reference_features import random_ticks, reference_features, to_columns
@@ -331,6 +338,26 @@ def test_unknown_feature_message_lists_known_names():
         FeatureConfig(features=("vwap",))
     assert "'vwap'" in str(info.value) and "vwap_session" in str(info.value)
     assert set(FeatureConfig().features) == set(ALL_FEATURES)
+
+
+def test_code_range_matches_numpy_and_the_kernels_refuse_a_negative_code():
+    """The compiled (min, max) of a batch's codes equals NumPy's on random batches (one row, repeats,
+    negatives, int32 and int64); a batch built by the trusting constructor with a negative code is
+    refused by the feature engine and the bar builder, not indexed from the end of the state."""
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 7, 70, 1000):
+        for dt in (np.int32, np.int64):
+            a = rng.integers(-50, 5000, n).astype(dt)
+            assert code_range(a) == (a.min(), a.max())
+    cols = TickColumns.from_numpy(sym=[0, 1], ts=[1, 2], price=[1.0, 2.0], size=[1.0, 1.0], bid=[1.0, 2.0],
+                                  ask=[1.0, 2.0], bid_size=[1.0, 1.0], ask_size=[1.0, 1.0])
+    bad = TickColumns(**{**{f: getattr(cols, f) for f in COLUMN_DTYPES}, "sym": np.array([0, -1], np.int32)})
+    eng = TickFeatureEngine(FeatureConfig(), backend="cpu")
+    with pytest.raises(TickColumnsError, match=">= 0"):
+        eng.process_host_matrix(bad, eng.initial_state(4), inplace=True)
+    builder = BarBuilder(10**9, 0, "cpu")
+    with pytest.raises(TickColumnsError, match=">= 0"):
+        builder.process(bad, builder.initial_state(4), inplace=True)
 
 
 def test_tick_columns_validation():

@@ -192,7 +192,7 @@ class DecodedBatch:
         codes = np.asarray(codes)
         if codes.shape != self.index.shape:
             raise ValueError(f"validation codes of shape {codes.shape}, batch has {self.index.shape}")
-        if not codes.any():
+        if not np.count_nonzero(codes):
             return self  # nothing rejected (the common case): no copy of every column
         keep = codes == 0
         status = self.status.copy()
@@ -279,7 +279,7 @@ class BatchDecoder:
         for fname in self.tables:  # never intern a huge string: reject it before it reaches a table
             too_long = cols[self._col(fname) + "_len"] > self.max_interned_bytes
             long_rows = too_long if long_rows is None else (long_rows | too_long)
-        if long_rows is not None and long_rows.any():
+        if long_rows is not None and np.count_nonzero(long_rows):
             status[index[long_rows]] = Status.SYMBOL_TOO_LONG
             keep = ~long_rows
             cols = {name: a[keep] for name, a in cols.items()}
