@@ -17,7 +17,7 @@ def goals(args: argparse.Namespace, lat: dict[str, Any], r_quix: float | None,
           floor: dict[float, dict[str, Any]] | None = None, floor_eos: dict[float, dict[str, Any]] | None = None,
           floor2: dict[float, dict[str, Any]] | None = None) -> list[tuple[Any, ...]]:
     """(goal, target, measured, met, Kafka 1 hop, Kafka 2 hops, worker hop) rows for the goals this
-    run measured. "Kafka 1 hop" is the same quantile of :func:`_features_latency.run_floor` at the
+    run measured. "Kafka 1 hop" is the same quantile of :func:`_latency_floor.run_floor` at the
     goal's rate (producer -> broker -> consumer); "Kafka 2 hops" the same through its relay, the
     pipeline's shape with no work (``floor2``; for the exactly-once goal ``floor_eos``: its
     transactional relay at the same commit interval); "worker hop" the same quantile of the measured

@@ -96,6 +96,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 import _features_latency as L  # noqa: E402
+import _latency_floor as LF  # noqa: E402
 from _features_goals import goals  # noqa: E402
 from _features_reference import (  # noqa: E402
     FCFG,
@@ -488,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_cfg", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._role:
-        {"faust": faust_worker, "worker": worker_role, "producer": producer_role, "relay": L.relay_role}[args._role](json.loads(args._cfg))
+        {"faust": faust_worker, "worker": worker_role, "producer": producer_role, "relay": LF.relay_role}[args._role](json.loads(args._cfg))
         return 0
     if args.lat_catch_up_ms is not None and not (args.lat_catch_up_ms == 0 or args.lat_catch_up_ms >= args.commit_interval_ms):
         ap.error(f"--lat-catch-up-ms must be 0 (off) or >= --commit-interval-ms (got {args.lat_catch_up_ms})")
@@ -621,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                     if "floor" not in skip:  # in each round, so ours and the floor share the VM's phase
                         # at-least-once: one hop (producer -> consumer) and the pipeline's two (a relay)
                         for relay in (([False] + ([] if "floor2" in skip else [True])) if gu == AT_LEAST_ONCE else [True]):
-                            fl = L.floor_round(s, tag, gu, rate, args, notes, relay=relay)
+                            fl = LF.floor_round(s, tag, gu, rate, args, notes, relay=relay)
                             if fl is not None:
                                 floors.setdefault((gu, rate, fl["hops"]), []).append(fl)
         for nw in [int(x) for x in args.workers.split(",") if x]:
