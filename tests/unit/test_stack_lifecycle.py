@@ -55,7 +55,15 @@ def _spawn(procs: list[subprocess.Popen[bytes]], *argv: str) -> subprocess.Popen
     p = subprocess.Popen(list(argv), start_new_session=True, stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(p)
-    wait_until(lambda: process_start_time(p.pid) is not None, 10, "the process to appear in /proc")
+    want = [a.encode() for a in argv]
+
+    def exec_done() -> bool:  # the child has exec'd argv (before that /proc shows the forking parent's command line)
+        try:
+            return Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0")[:len(want)] == want
+        except OSError:
+            return False
+
+    wait_until(exec_done, 10, f"the process to appear in /proc running {argv[0]}")
     return p
 
 
