@@ -300,11 +300,12 @@ def indicator_row(
 
 
 # ---------------------------------------------------------------------------------------------
-# signal evaluation and order resolution (inlined into the CPU simulation kernel)
+# signal evaluation and order resolution (called by the CPU simulation kernel; separate functions,
+# not numba-inlined: see ``sim_cpu._kernel``)
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def signal_flags(
     code: int, a_t: float, a_p: float, b_t: float, b_p: float, c: float, th0: float, th1: float
 ) -> int:
@@ -340,7 +341,7 @@ def signal_flags(
     return (EL if el else 0) | (XL if xl else 0) | (ES if es else 0) | (XS if xs else 0)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def resolve_action(flags: int, units: float, long_short: bool) -> int:
     """The action for signal ``flags`` given the position (see ``engine`` module doc)."""
     el = (flags & EL) != 0
