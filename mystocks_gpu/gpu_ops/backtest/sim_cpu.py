@@ -391,8 +391,9 @@ def _kernel(code: int, record: bool) -> Any:
     ordinary jitted function, not numba-IR-inlined (``inline="always"``) into the ``prange`` loop:
     it is still specialised per pair (its ``code``, ``record`` and ``ind_s`` arguments are typed as
     literals, so the other strategies' branches are pruned) and LLVM inlines what pays, but the
-    parallel loop's compile no longer re-analyses the whole step. Cold compile of one pair 27 ->
-    6.5 s on the 2-core VM, simulation time unchanged (2026-12-06, ``bench/HISTORY.md``)."""
+    parallel loop's compile no longer re-analyses the whole step. A strategy's first backtest in a
+    cold cache (both ``record`` loops) compiled 27 s, now 6.5 s on the 2-core VM; simulation time
+    unchanged (2026-12-06, ``bench/HISTORY.md``)."""
 
     @njit(cache=True, parallel=True, nogil=True)
     def kernel(long_short, next_open, fixed_sizing, size, fee, fixed_fee, slip, open_, close, ind, pidx, pval,
