@@ -215,6 +215,33 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         self._bar_headers = {i: [(BARS_HEADER, self.cfg.bars_header(i))] for i in self.cfg.bar_intervals_ns}
         self._row_layout: tuple[list[tuple[str, str, np.dtype, tuple[int, ...]]], int] | None = None
 
+    # ---- warm-up -----------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Run the whole batch path once on throwaway data (see :meth:`Processor.warm_up`): 64
+        synthetic ticks (trades and quotes, 20 a second of event time, so bars close inside the
+        batch) of two symbols in two partitions are encoded, decoded, processed (the one-pass and,
+        per partition, the single-partition path), flushed and written to changelog entries, on a
+        throwaway symbol table and fresh states: the decoder, the feature and bar kernels, both
+        encoders and the changelog gather are compiled or loaded. The table's decoder and cached
+        keys are dropped afterwards; nothing else is kept."""
+        from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
+
+        cols = generate(SyntheticMarket(n_symbols=2, seed=1, events_per_s=20.0), 64)
+        values: list[bytes | None] = [*BatchEncoder("mystocks.md.Tick", self.store).encode(cols, symbol_names(2, 1))]
+        symbols = SymbolTable()
+        parts = {p: np.flatnonzero(cols["sym"] == p).tolist() for p in (0, 1)}
+        try:
+            decoded = self.decode_partitions(values, parts, symbols, 0)
+            batches = {p: d.columns for p, d in decoded.items()}
+            _, states = self.process_partitions(batches, {p: self.initial_state() for p in batches})
+            for p, batch in batches.items():
+                self.process(batch, self.initial_state())
+                self.changelog_entries(states[p], np.unique(batch.columns["sym"]), symbols)
+                self.flush(states[p], symbols, p)
+        finally:
+            self._decoder.drop(symbols)
+            self.__dict__.get("_key_cache", {}).pop(id(symbols), None)
+
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:

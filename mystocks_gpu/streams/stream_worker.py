@@ -98,6 +98,8 @@ class RunSummary:
     seconds: float = 0.0
     #: how the consumer's records were read: "columnar" (the C extension) or "messages" (``Message`` objects)
     record_io: str = ""
+    #: seconds :meth:`Processor.warm_up` took before the worker joined its group
+    warm_up_s: float = 0.0
     abort_reasons: list[str] = field(default_factory=list)
 
 
@@ -219,6 +221,12 @@ class StreamWorker(RebalanceCallbacks):
         self._client_id = f"{self.transactional_id}{CLIENT_NONCE_SEP}{uuid.uuid4().hex[:12]}"
         if not self.rt.exactly_once:
             extra["on_commit"] = self._on_commit_result  # asynchronous offset commits report here
+        # the processor's kernels and codecs compiled or loaded before joining the group, not by the
+        # first batch after a start or a rebalance (its records would wait for them)
+        t_warm = self.clock.monotonic()
+        self.processor.warm_up()
+        self._summary.warm_up_s = self.clock.monotonic() - t_warm
+        log.info("processor warmed up", extra={"fields": {"seconds": round(self._summary.warm_up_s, 3)}})
         self.consumer = make_consumer(self.kafka, self.group, route_logs=False,
                                       **{"log_level": 3, "client.id": self._client_id, **extra})
         columnar, why_not = resolve_mode(self.rt.record_io, live.get(self.topic, 0))

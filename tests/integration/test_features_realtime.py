@@ -235,3 +235,24 @@ def test_consume_json_prints_null_for_nan(settings: Settings, unique: str) -> No
     recs = [json.loads(line, parse_constant=no_constants) for line in r.stdout.splitlines() if line.strip()]
     ours = [x for x in recs if x["key"] == sym]
     assert len(ours) == 1 and ours[0]["value"]["vwap"] is None and ours[0]["value"]["close"] == 1.0
+
+
+def test_the_worker_warms_its_processor_up_once_before_it_joins_its_group(settings: Settings, unique: str) -> None:
+    """``Processor.warm_up`` runs in the worker's set-up before its consumer exists (so before it
+    joins the group and is assigned anything), once; the run then processes every tick."""
+    inp, out = _live_topics(settings, f"t.wu.{unique}", f"t.wuout.{unique}")
+    df, names = _ticks(unique)
+    produce_ticks(settings, inp, _cols(df, 0), names)
+    seen: list[bool] = []
+
+    class Recording(TickFeaturesProcessor):
+        def warm_up(self) -> None:
+            seen.append(w.consumer is None)
+            super().warm_up()
+
+    proc = Recording(FeaturesProcessorConfig(FeatureConfig(), bar_intervals_ns=(), backend="cpu", output_topic=out))
+    w = StreamWorker(proc, settings.kafka, RuntimeConfig(guarantee=AT_LEAST_ONCE), group=f"g.wu.{unique}",
+                     worker_id="wu1", input_topic=inp, metrics=RuntimeMetrics(proc.name))
+    summary = w.run(idle_exit_s=3.0, max_records=len(df))
+    assert seen == [True], seen
+    assert summary.records_in == len(df) and summary.warm_up_s > 0, summary

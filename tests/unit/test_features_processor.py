@@ -4,6 +4,11 @@ restore."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,8 +36,11 @@ def _data(n: int = 4000, symbols: int = 12, seed: int = 9) -> tuple[pd.DataFrame
 @pytest.mark.parametrize("sizes", [[10**9], [1, 2, 3, 500, 7], [97] * 60])
 @pytest.mark.parametrize("roundtrip", [False, True])
 def test_feature_vectors_equal_pandas_reference(sizes: list[int], roundtrip: bool) -> None:
+    _check_features(TickFeaturesProcessor(FeaturesProcessorConfig(backend="cpu")), sizes, roundtrip)
+
+
+def _check_features(proc: TickFeaturesProcessor, sizes: list[int], roundtrip: bool) -> None:
     df, values, names = _data()
-    proc = TickFeaturesProcessor(FeaturesProcessorConfig(backend="cpu"))
     res = run_batches(proc, cut(values, sizes), roundtrip_state=roundtrip, ingest_ns=123)
     keys, vals, ts = res.outputs.records["features.ticks"]
     assert len(vals) == len(df) and not res.rejected
@@ -47,9 +55,12 @@ def test_feature_vectors_equal_pandas_reference(sizes: list[int], roundtrip: boo
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=name)
 
 
-def test_bars_equal_pandas_resample_after_flush() -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warmed-up"])
+def test_bars_equal_pandas_resample_after_flush(warm: bool) -> None:
     df, values, names = _data(n=3000, symbols=6, seed=4)
     proc = TickFeaturesProcessor(FeaturesProcessorConfig(backend="cpu"))
+    if warm:  # the warm-up's throwaway bars and symbols leave no trace in what follows
+        proc.warm_up()
     res = run_batches(proc, cut(values, [250] * 12), roundtrip_state=True, flush=True)
     for interval, topic in ((10**9, "md.bars.1s"), (60 * 10**9, "md.bars.1m")):
         _, vals, _ = res.outputs.records[topic]
@@ -62,6 +73,36 @@ def test_bars_equal_pandas_resample_after_flush() -> None:
         for col in ("open", "high", "low", "close", "volume", "vwap"):
             np.testing.assert_allclose(got[col], ref[col], rtol=1e-12, err_msg=col)
         assert got["trades"].tolist() == ref["trades"].tolist()
+
+
+def test_a_warmed_up_processor_equals_the_pandas_reference_and_keeps_nothing_of_the_warm_up() -> None:
+    proc = TickFeaturesProcessor(FeaturesProcessorConfig(backend="cpu"))
+    proc.warm_up()
+    assert not proc.__dict__.get("_key_cache") and not proc._decoder._by_table  # the throwaway table is dropped
+    _check_features(proc, [1, 2, 3, 500, 7], roundtrip=True)
+
+
+_WARM_UP_SCRIPT = """
+import json
+from mystocks_gpu.gpu_ops import bars, features_cpu, tick_columns
+from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor
+kernels = {"features": features_cpu.process_batch, "bars": bars.bars_batch, "code_range": tick_columns.code_range}
+proc = TickFeaturesProcessor(FeaturesProcessorConfig(backend="cpu"))
+before = {k: len(d.signatures) for k, d in kernels.items()}
+proc.warm_up()
+print(json.dumps({"before": before, "after": {k: len(d.signatures) for k, d in kernels.items()}}))
+"""
+
+
+def test_warm_up_compiles_the_kernels_the_first_batch_needs() -> None:
+    """In a fresh interpreter: no kernel of the batch path is compiled (or loaded from the cache)
+    before ``warm_up``, each one is after it (numba dispatchers list their compiled signatures)."""
+    r = subprocess.run([sys.executable, "-c", _WARM_UP_SCRIPT], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "MYSTOCKS_BACKEND": "cpu"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["before"] == {"features": 0, "bars": 0, "code_range": 0}, got
+    assert all(n >= 1 for n in got["after"].values()), got
 
 
 @pytest.mark.gpu

@@ -308,3 +308,9 @@ class DecoderCache(Generic[D]):
         if got is None:
             got = self._by_table[id(symbols)] = (symbols, self._make(symbols))
         return got[1]
+
+    def drop(self, symbols: SymbolTable) -> None:
+        """Forget ``symbols``' decoder (a throwaway table's, e.g. a warm-up's); no-op if none."""
+        got = self._by_table.get(id(symbols))
+        if got is not None and got[0] is symbols:
+            del self._by_table[id(symbols)]
