@@ -53,8 +53,11 @@ from mystocks_gpu.gpu_ops.execution import (
     MarketParams,
     OrderColumns,
     ParamsTable,
+    ParentOrder,
+    VolumeProfile,
     schedule_batch,
 )
+from mystocks_gpu.gpu_ops.execution.schedule_batch import PARALLEL_MIN_ROWS
 from mystocks_gpu.processors.execution.order_encoder import encode_outputs
 from mystocks_gpu.processors.execution.order_records import (
     MARKET_PARAMS,
@@ -65,7 +68,9 @@ from mystocks_gpu.processors.execution.order_records import (
     STRATEGY_CODE_OF_SYMBOL,
     cap_warning,
     check_order_record,
+    order_to_record,
     params_from_record,
+    params_to_record,
     resolve_end,
 )
 from mystocks_gpu.schemas import AvroCodec, DecodeError, SchemaError, UnknownSchemaId
@@ -169,6 +174,31 @@ class ExecutionProcessor(Processor[ExecState]):
         self.output_topics = (self.cfg.schedule_topic, self.cfg.scored_topic)
         self.codec = AvroCodec(store)
         self._ids = (self.codec.schema_id(ORDER_SCHEDULE), self.codec.schema_id(ORDER_SCORE))
+
+    # ---- warm-up -----------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Decode and schedule throwaway orders (see :meth:`Processor.warm_up`): parameters of two
+        symbols, one with a volume profile, then one order per strategy and side on each, through
+        decode, :meth:`process` and the changelog, on a throwaway symbol table and fresh states;
+        once as a small batch and once repeated to ``PARALLEL_MIN_ROWS`` orders, so both batched
+        planners (one thread, parallel) and the output encoder are compiled or loaded before the
+        first real order."""
+        t0 = 1_767_623_400 * 10**9  # a Monday 14:30 UTC: inside the profile's buckets
+        prof = VolumeProfile((1.0, 2.0, 1.0), 3600.0, 52_200.0)
+        params = [MarketParams("WARM0", 50.0, 0.02, 1e6, 0.02), MarketParams("WARM1", 20.0, 0.03, 5e5, 0.01,
+                                                                             profile=prof)]
+        values: list[bytes | None] = [self.codec.encode(MARKET_PARAMS, params_to_record(p, t0 - 1)) for p in params]
+        for i, (sym, strategy, side) in enumerate((p.symbol, st, sd) for p in params
+                                                  for st in ("ac", "twap", "vwap", "pov") for sd in ("buy", "sell")):
+            order = ParentOrder(f"warm{i}", sym, side, 1000 + i, t0 + 3600 * 10**9, 0, strategy)
+            values.append(self.codec.encode(PARENT_ORDER, order_to_record(order, t0)))
+        # a stream's small batches take the one-thread planner, a burst of PARALLEL_MIN_ROWS orders the parallel one
+        big = values[:2] + values[2:] * -(-PARALLEL_MIN_ROWS // (len(values) - 2))
+        symbols = SymbolTable()
+        for batch in (values, big):
+            dec = self.decode(batch, np.arange(len(batch), dtype=np.int64), symbols, 0, t0)
+            _, state = self.process(dec.columns, self.initial_state())
+        self.changelog_entries(state, np.arange(len(symbols), dtype=np.int32), symbols)
 
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,

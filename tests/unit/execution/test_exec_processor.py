@@ -5,7 +5,10 @@ issue is rejected with its reason, and every setting takes effect."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -98,11 +101,15 @@ def _assert_equals_single_api(got_sched: dict[str, Any], got_score: dict[str, An
     assert got_score["ts_event"] == ts and got_score["price"] == p.price
 
 
-@pytest.mark.parametrize("sizes", [[10_000], [1] * 40 + [17, 3, 64], [7] * 100])
-def test_batched_outputs_equal_the_single_order_api(sizes: list[int]) -> None:
+@pytest.mark.parametrize(("sizes", "warm"), [([10_000], False), ([1] * 40 + [17, 3, 64], False), ([7] * 100, False),
+                                           ([7] * 100, True)])
+def test_batched_outputs_equal_the_single_order_api(sizes: list[int], warm: bool) -> None:
     ps, orders = _workload(seed=3)
     values = _values(ps, orders)
-    res = run_batches(make(backend="cpu"), cut(values, sizes), roundtrip_state=True)
+    proc = make(backend="cpu")
+    if warm:  # the warm-up's throwaway symbols, parameters and orders leave no trace in what follows
+        proc.warm_up()
+    res = run_batches(proc, cut(values, sizes), roundtrip_state=True)
     assert not res.rejected, res.rejected[:3]
     sched = {r["order_id"]: r for r in _decoded(res, SCHED)}
     score = {r["order_id"]: r for r in _decoded(res, SCORED)}
@@ -117,6 +124,30 @@ def test_batched_outputs_equal_the_single_order_api(sizes: list[int]) -> None:
     keys, _, ts_ms = res.outputs.records[SCORED]
     assert [k.decode() for k in keys] == [o.order_id for o, _, _ in orders]
     assert ts_ms == [ts // 1_000_000 for _, ts, _ in orders]
+
+
+_WARM_UP_SCRIPT = """
+import json
+from mystocks_gpu.gpu_ops.execution import schedule_cpu
+from mystocks_gpu.processors.execution import order_encoder
+from mystocks_gpu.processors.execution.exec_processor import ExecutionProcessor, ExecutionProcessorConfig
+kernels = {"serial": schedule_cpu.plan_batch_serial, "parallel": schedule_cpu.plan_batch_cpu,
+           "kappa": schedule_cpu.ac_kappa_cpu, "encoder": order_encoder._encode}
+proc = ExecutionProcessor(ExecutionProcessorConfig(backend="cpu"))
+before = {k: len(d.signatures) for k, d in kernels.items()}
+proc.warm_up()
+print(json.dumps({"before": before, "after": {k: len(d.signatures) for k, d in kernels.items()}}))
+"""
+
+
+def test_warm_up_compiles_both_planners_and_the_encoder() -> None:
+    """In a fresh interpreter: the one-thread and parallel planners, the Almgren-Chriss kappa and
+    the output encoder have no compiled signature before ``warm_up`` and one after."""
+    r = subprocess.run([sys.executable, "-c", _WARM_UP_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["before"] == dict.fromkeys(got["before"], 0), got
+    assert all(n >= 1 for n in got["after"].values()), got
 
 
 def test_batch_cuts_and_changelog_roundtrip_give_identical_bytes() -> None:
