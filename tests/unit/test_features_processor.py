@@ -281,3 +281,20 @@ def test_a_poison_tick_in_one_partition_is_isolated_and_the_others_are_unchanged
         got = np.array([r["values"][name] for r in recs])
         np.testing.assert_allclose(got, np.asarray(ref[name])[pos[order]], rtol=1e-9, atol=1e-12, equal_nan=True,
                                    err_msg=name)
+
+
+def test_kernel_columns_are_the_decoded_views_when_canonical_and_casts_otherwise() -> None:
+    from mystocks_gpu.gpu_ops.tick_columns import COLUMN_DTYPES
+    from mystocks_gpu.processors.tick_features import _kernel_columns
+
+    rng = np.random.default_rng(3)
+    canon = {k: rng.integers(0, 3, 7).astype(dt) for k, dt in COLUMN_DTYPES.items()}
+    canon["seq"] = np.arange(7)  # decoded columns the kernels do not read are ignored
+    tc = _kernel_columns(canon)
+    assert all(getattr(tc, k) is canon[k] for k in COLUMN_DTYPES)  # no copy
+    odd = {**canon, "sym": canon["sym"].astype(np.int64), "side": canon["side"].astype(np.int32)}
+    tc = _kernel_columns(odd)
+    for k, dt in COLUMN_DTYPES.items():
+        assert getattr(tc, k).dtype == dt
+        np.testing.assert_array_equal(getattr(tc, k), odd[k].astype(dt))
+    assert tc.sym is not odd["sym"] and tc.side is not odd["side"]
