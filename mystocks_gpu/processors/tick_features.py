@@ -239,8 +239,11 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
                 self.changelog_entries(states[p], np.unique(batch.columns["sym"]), symbols)
                 self.flush(states[p], symbols, p)
         finally:
-            self._decoder.drop(symbols)
-            self.__dict__.get("_key_cache", {}).pop(id(symbols), None)
+            self.forget_symbols(symbols)
+
+    def forget_symbols(self, symbols: SymbolTable) -> None:
+        super().forget_symbols(symbols)
+        self._decoder.drop(symbols)
 
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,

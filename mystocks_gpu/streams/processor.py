@@ -156,6 +156,11 @@ class Processor(ABC, Generic[S]):
         rebalance pays no compilation: with a warm cache that was tens of ms, on a fresh install tens
         of seconds, of input waiting. Default: nothing (a processor without compiled code)."""
 
+    def forget_symbols(self, symbols: SymbolTable) -> None:
+        """Drop what is cached for ``symbols``, a throwaway table (a warm-up's): its key bytes. A
+        processor with more per-table caches (decoders) extends it."""
+        self.__dict__.get("_key_cache", {}).pop(id(symbols), None)
+
     @abstractmethod
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:

@@ -195,10 +195,13 @@ class ExecutionProcessor(Processor[ExecState]):
         # a stream's small batches take the one-thread planner, a burst of PARALLEL_MIN_ROWS orders the parallel one
         big = values[:2] + values[2:] * -(-PARALLEL_MIN_ROWS // (len(values) - 2))
         symbols = SymbolTable()
-        for batch in (values, big):
-            dec = self.decode(batch, np.arange(len(batch), dtype=np.int64), symbols, 0, t0)
-            _, state = self.process(dec.columns, self.initial_state())
-        self.changelog_entries(state, np.arange(len(symbols), dtype=np.int32), symbols)
+        try:
+            for batch in (values, big):
+                dec = self.decode(batch, np.arange(len(batch), dtype=np.int64), symbols, 0, t0)
+                _, state = self.process(dec.columns, self.initial_state())
+            self.changelog_entries(state, np.arange(len(symbols), dtype=np.int32), symbols)
+        finally:
+            self.forget_symbols(symbols)
 
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,

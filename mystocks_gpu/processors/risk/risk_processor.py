@@ -102,6 +102,45 @@ class RiskProcessor(Processor[RiskBook]):
         self._bars = DecoderCache(lambda symbols: BatchDecoder("mystocks.md.Bar", self.store, symbols=symbols))
         self._metrics_enc: BatchEncoder | None = None  # compiled (or loaded from the cache) at the first emit
 
+    # ---- warm-up -----------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Run an account through the whole path on throwaway data (see :meth:`Processor.warm_up`):
+        a positions record (two symbols: the first two of ``sectors`` when set, so they are in the
+        universe), then 24 bars a risk interval apart and 16 ticks, through the side input, decode
+        (both price decoders), :meth:`process` (risk step, snapshots, metrics encoder, limit
+        checks) and the changelog, on a throwaway symbol table and a fresh book."""
+        from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate
+        from mystocks_gpu.processors.risk.positions import encode_positions
+
+        names = list(self.cfg.sectors)[:2] if len(self.cfg.sectors) >= 2 else ["WARM0", "WARM1"]
+        step, t0 = self.cfg.risk.interval_ns, 1_767_571_200 * 10**9
+        n = 24
+        sym = np.tile(np.arange(2, dtype=np.int32), n)
+        close = 50.0 * np.exp(np.cumsum(np.random.default_rng(1).normal(0.0, 0.01, 2 * n)))
+        bars = {"symbol": sym, "ts_event": t0 + np.repeat(np.arange(n, dtype=np.int64), 2) * step,
+                "interval_ns": np.full(2 * n, step), "open": close, "high": close, "low": close, "close": close,
+                "volume": np.ones(2 * n), "vwap": close, "trades": np.ones(2 * n, np.int64)}
+        end = t0 + n * step
+        ticks = generate(SyntheticMarket(n_symbols=2, seed=1, start_ns=end), 16)
+        values: list[bytes | None] = [*BatchEncoder("mystocks.md.Bar", self.store).encode(bars, names),
+                                      *BatchEncoder("mystocks.md.Tick", self.store).encode(ticks, names)]
+        pos = encode_positions("warm", t0, [(names[0], 10.0, 50.0), (names[1], -5.0, 50.0)], store=self.store,
+                               codec=self.codec)
+        symbols = SymbolTable()
+        try:
+            side, _ = self.decode_side([SideRecord(0, 0, b"warm", pos, t0 // 1_000_000)], symbols)
+            book = self.apply_side(side, self.initial_state(), symbols, {0: 1})
+            dec = self.decode(values, np.arange(len(values), dtype=np.int64), symbols, 0, end)
+            _, book = self.process(dec.columns, book)
+            self.changelog_entries(book, np.zeros(0, np.int32), symbols)
+        finally:
+            self.forget_symbols(symbols)
+
+    def forget_symbols(self, symbols: SymbolTable) -> None:
+        super().forget_symbols(symbols)
+        self._ticks.drop(symbols)
+        self._bars.drop(symbols)
+
     # ---- prices ------------------------------------------------------------------------------
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:

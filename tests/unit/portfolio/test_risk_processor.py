@@ -5,7 +5,10 @@ processor setting takes effect; bad inputs are rejected with the reason."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -64,7 +67,12 @@ def _ewma_cov(Rd: np.ndarray, lam: float) -> np.ndarray:
                       for j in range(k)] for i in range(k)])
 
 
-def test_metrics_equal_closed_forms_on_the_same_closes() -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warmed-up"])
+def test_metrics_equal_closed_forms_on_the_same_closes(warm: bool) -> None:
+    proc = RiskProcessor(_cfg())
+    if warm:  # the warm-up's throwaway account, symbols and prices leave no trace in what follows
+        proc.warm_up()
+        assert not proc.__dict__.get("_key_cache") and not proc._ticks._by_table and not proc._bars._by_table
     closes = _closes()
     T = closes.shape[0]
     R = pd.DataFrame(closes).pct_change().to_numpy()[1:]  # returns of days 1..T-1
@@ -73,7 +81,7 @@ def test_metrics_equal_closed_forms_on_the_same_closes() -> None:
     ref99 = [norm.ppf(0.99) * math.sqrt(QTY * closes[d] @ _ewma_cov(R[:d], lam) @ (QTY * closes[d]) * h)
              for d in range(2, T - 1)]
     limit = float(np.round(np.median(ref99), 2))
-    res = run_in_process(RiskProcessor(_cfg()), _bars(closes), side_records(_positions({"var": limit})))
+    res = run_in_process(proc, _bars(closes), side_records(_positions({"var": limit})))
     snaps = sorted(res.metrics, key=lambda r: r["ts_event"])
     assert [r["ts_event"] for r in snaps] == [T0 + (d + 1) * DAY for d in range(T - 1)]
     equity = CAPITAL + (closes - COST) @ QTY
@@ -127,6 +135,29 @@ def test_metrics_equal_closed_forms_on_the_same_closes() -> None:
     np.testing.assert_allclose([v for _, v in got], [v for _, v in alerts_ref], rtol=1e-9)
     assert all(a["kind"] == "RISK_LIMIT" and a["threshold"] == limit and a["labels"]["account"] == "A1"
                for a in res.alerts)
+
+
+_WARM_UP_SCRIPT = """
+import json
+from mystocks_gpu.gpu_ops.risk import measures
+from mystocks_gpu.processors.risk.config import RiskProcessorConfig
+from mystocks_gpu.processors.risk.risk_processor import RiskProcessor
+proc = RiskProcessor(RiskProcessorConfig(backend="cpu"))
+before = {"scenario_pnl": len(measures._scenario_pnl_cpu.signatures), "metrics_encoder": proc._metrics_enc is not None}
+proc.warm_up()
+print(json.dumps({"before": before, "after": {"scenario_pnl": len(measures._scenario_pnl_cpu.signatures),
+                                              "metrics_encoder": proc._metrics_enc is not None}}))
+"""
+
+
+def test_warm_up_compiles_the_historical_var_kernel_and_the_metrics_encoder() -> None:
+    """In a fresh interpreter: the historical-VaR scenario kernel has no compiled signature and the
+    metrics encoder does not exist before ``warm_up``; after it, both do (a snapshot was emitted)."""
+    r = subprocess.run([sys.executable, "-c", _WARM_UP_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["before"] == {"scenario_pnl": 0, "metrics_encoder": False}, got
+    assert got["after"]["scenario_pnl"] >= 1 and got["after"]["metrics_encoder"], got
 
 
 def test_outputs_do_not_depend_on_batch_cuts_or_changelog_restores() -> None:
