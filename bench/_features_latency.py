@@ -53,6 +53,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +362,22 @@ def load_report(producer: subprocess.Popen[str]) -> dict[str, Any] | None:
 HOPS = ("to_worker", "in_worker", "to_consumer")
 
 
+def arrivals(cons: Any, producer: subprocess.Popen[str], counted: Callable[[], int], timeout_s: float,
+             report: dict[str, Any]) -> Iterator[tuple[int, list[bytes | None], list[int]]]:
+    """Each fetch of the measuring consumer ``cons`` while the load runs: ``(arrival ns, values,
+    append ms)``, timed on arrival (``take`` blocks for the first record only). Ends once the load
+    producer has reported and ``counted()`` (the caller's tally of measured records) reaches its
+    count, or after ``timeout_s``; its report is then in ``report`` (empty if it never came)."""
+    rep = None
+    deadline = time.monotonic() + timeout_s
+    while (rep is None or counted() < rep["counted"]) and time.monotonic() < deadline:
+        rep = rep or load_report(producer)
+        values, append_ms = cons.take(10_000, 0.05)
+        if values:
+            yield time.time_ns(), values, append_ms
+    report.update(rep or load_report(producer) or {})
+
+
 def tail_episodes(event_ns: np.ndarray, e2e_ns: np.ndarray, hops: dict[str, np.ndarray],
                   q: float = 99.0, gap_s: float = 0.2) -> list[dict[str, Any]]:
     """The records over the ``q``-th percentile of ``e2e_ns`` grouped into episodes by event time
@@ -435,17 +452,12 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
         C.freeze_heap()
         cpu0 = [cpu_seconds(p.pid) for p in procs]
         producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s, args.feed_producer)
-        pout: dict[str, Any] | None = None
+        pout: dict[str, Any] = {}
         e2e, to_worker, in_worker, to_cons, event = (np.empty(int(rate * seconds) + 10_000, np.int64) for _ in range(5))
         k = 0
         t_first = t_last = None
-        deadline = time.monotonic() + 60 + 3 * (seconds + args.ramp_s)
-        while (pout is None or k < pout["counted"]) and time.monotonic() < deadline:
-            pout = pout or load_report(producer)
-            values, append_ms = cons.take(10_000, 0.05)  # blocks for the first only: each batch timed on arrival
-            if not values:
-                continue
-            now = time.time_ns()
+        # the tally as it grows: late binding wanted
+        for now, values, append_ms in arrivals(cons, producer, lambda: k, 60 + 3 * (seconds + args.ramp_s), pout):  # noqa: B023
             fb = fvdec.decode(values)  # one numba pass per fetch, not Python per record
             app_ns = np.asarray(append_ms, np.int64)[fb.index] * 1_000_000
             ts, ingest = fb.columns["ts"], fb.columns["ts_ingest"]
@@ -460,7 +472,6 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                 if t_first is None:
                     t_first = t_last
         cpu = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True))
-        pout = pout or load_report(producer) or {}
         if tree is None:
             for port in ports:
                 try:

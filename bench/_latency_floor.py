@@ -18,8 +18,8 @@ import numpy as np
 from _features_latency import (
     TICK,
     MeasuringConsumer,
+    arrivals,
     fetch_settings,
-    load_report,
     produce_batch_all,
     quantiles,
     spawn_role,
@@ -161,21 +161,15 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
         warm_up(s, topic, cons, 200, args.symbols, 60, "ticks")
         C.freeze_heap()
         producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s, args.feed_producer)
-        rep: dict[str, Any] | None = None
+        rep: dict[str, Any] = {}
         lat = np.empty(int(rate * seconds) + 10_000, np.int64)
         k = 0
-        deadline = time.monotonic() + 60 + 3 * (seconds + args.ramp_s)
-        while (rep is None or k < rep["counted"]) and time.monotonic() < deadline:
-            rep = rep or load_report(producer)
-            values, _ = cons.take(10_000, 0.05)  # blocks for the first only: each batch timed on arrival
-            if not values:
-                continue
-            now = time.time_ns()
+        # the tally as it grows: late binding wanted
+        for now, values, _ in arrivals(cons, producer, lambda: k, 60 + 3 * (seconds + args.ramp_s), rep):  # noqa: B023
             ts = dec.decode(values).columns["ts"]
             ts = ts[ts >= load_start][: lat.size - k]
             lat[k:k + ts.size] = now - ts
             k += ts.size
-        rep = rep or load_report(producer) or {}
     finally:
         cons.close()
         if producer is not None and producer.poll() is None:

@@ -8,6 +8,10 @@ change any output.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,3 +69,12 @@ def run_batches(processor: Processor[Any], batches: Iterable[Sequence[bytes | No
         res.outputs.extend(out)
     res.state = state
     return res
+
+
+def fresh_interpreter_json(script: str) -> Any:
+    """Run ``script`` in a new Python process (CPU backend; nothing compiled or loaded yet in it) and
+    return the JSON its last output line holds; fails with its stderr when it exits non-zero."""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "MYSTOCKS_BACKEND": "cpu"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])

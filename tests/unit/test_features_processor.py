@@ -4,11 +4,6 @@ restore."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,7 +13,7 @@ from mystocks_gpu.gpu_ops.features_config import FeatureConfig
 from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor
 from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
-from tests.harness import cut, run_batches
+from tests.harness import cut, fresh_interpreter_json, run_batches
 from tests.unit.reference_features import reference_bars, reference_features
 
 CODEC = AvroCodec()
@@ -97,10 +92,7 @@ print(json.dumps({"before": before, "after": {k: len(d.signatures) for k, d in k
 def test_warm_up_compiles_the_kernels_the_first_batch_needs() -> None:
     """In a fresh interpreter: no kernel of the batch path is compiled (or loaded from the cache)
     before ``warm_up``, each one is after it (numba dispatchers list their compiled signatures)."""
-    r = subprocess.run([sys.executable, "-c", _WARM_UP_SCRIPT], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "MYSTOCKS_BACKEND": "cpu"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
+    got = fresh_interpreter_json(_WARM_UP_SCRIPT)
     assert got["before"] == {"features": 0, "bars": 0, "code_range": 0}, got
     assert all(n >= 1 for n in got["after"].values()), got
 

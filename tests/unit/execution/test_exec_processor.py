@@ -5,10 +5,7 @@ issue is rejected with its reason, and every setting takes effect."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from typing import Any
 
 import numpy as np
@@ -34,7 +31,7 @@ from mystocks_gpu.processors.execution.order_records import (
     params_to_record,
 )
 from mystocks_gpu.schemas import AvroCodec
-from tests.harness import cut, run_batches
+from tests.harness import cut, fresh_interpreter_json, run_batches
 from tests.unit.execution.exec_helpers import NS, T0, random_params, u_shaped_profile
 
 CODEC = AvroCodec()
@@ -143,9 +140,7 @@ print(json.dumps({"before": before, "after": {k: len(d.signatures) for k, d in k
 def test_warm_up_compiles_both_planners_and_the_encoder() -> None:
     """In a fresh interpreter: the one-thread and parallel planners, the Almgren-Chriss kappa and
     the output encoder have no compiled signature before ``warm_up`` and one after."""
-    r = subprocess.run([sys.executable, "-c", _WARM_UP_SCRIPT], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
+    got = fresh_interpreter_json(_WARM_UP_SCRIPT)
     assert got["before"] == dict.fromkeys(got["before"], 0), got
     assert all(n >= 1 for n in got["after"].values()), got
 

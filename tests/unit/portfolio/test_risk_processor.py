@@ -5,10 +5,7 @@ processor setting takes effect; bad inputs are rejected with the reason."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -20,6 +17,7 @@ from mystocks_gpu.processors.risk.config import RiskProcessorConfig, load_proces
 from mystocks_gpu.processors.risk.positions import encode_positions
 from mystocks_gpu.processors.risk.risk_processor import RiskProcessor
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
+from tests.harness import fresh_interpreter_json
 from tests.risk_helpers import S, make_data, run_in_process, same, side_records
 
 DAY = 86_400 * S
@@ -153,9 +151,7 @@ print(json.dumps({"before": before, "after": {"scenario_pnl": len(measures._scen
 def test_warm_up_compiles_the_historical_var_kernel_and_the_metrics_encoder() -> None:
     """In a fresh interpreter: the historical-VaR scenario kernel has no compiled signature and the
     metrics encoder does not exist before ``warm_up``; after it, both do (a snapshot was emitted)."""
-    r = subprocess.run([sys.executable, "-c", _WARM_UP_SCRIPT], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
+    got = fresh_interpreter_json(_WARM_UP_SCRIPT)
     assert got["before"] == {"scenario_pnl": 0, "metrics_encoder": False}, got
     assert got["after"]["scenario_pnl"] >= 1 and got["after"]["metrics_encoder"], got
 
