@@ -35,6 +35,12 @@ from confluent_kafka import KafkaError, KafkaException
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
+#: librdkafka settings an at-least-once producer needs for its fences to mean anything: no message
+#: times out (a timed-out message is the one failure the gap-less guarantee does not cover), and any
+#: other failure that would leave a gap in a partition is fatal (``StreamWorker._setup`` adds them;
+#: tests that check fences or sends on the real broker use the same)
+FENCED_PRODUCER: dict[str, Any] = {"message.timeout.ms": 0, "enable.gapless.guarantee": True}
+
 #: a delivery callback: ``(err, msg)`` as confluent-kafka calls it
 OnDelivery = Callable[[Any, Any], None]
 

@@ -55,6 +55,7 @@ from mystocks_gpu.streams.columnar_io import (
 )
 from mystocks_gpu.streams.commit_protocol import RECORD_OVERHEAD, CommitProtocol
 from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic
+from mystocks_gpu.streams.delivery_fences import FENCED_PRODUCER
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.fault_injection import FaultPlan
 from mystocks_gpu.streams.fencing import CLIENT_NONCE_SEP, await_membership, twins_once_settled
@@ -254,7 +255,7 @@ class StreamWorker(RebalanceCallbacks):
             # record may fail quietly: none times out (a broker outage makes the commit's bounded wait time
             # out: abort and rewind), and any other failure that would leave a gap is a fatal producer
             # error (the worker stops, uncommitted); idempotence keeps each partition's records in order
-            pconf.update({"message.timeout.ms": 0, "enable.gapless.guarantee": True})
+            pconf.update(FENCED_PRODUCER)
         self._pconf = pconf
         # join the group BEFORE taking the transactional id: init_transactions fences any older instance,
         # and a fenced instance judges by the group whether a live twin exists (_replace_fenced_producer).

@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer
+from mystocks_gpu.streams.delivery_fences import FENCED_PRODUCER
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, RuntimeConfig
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 from mystocks_gpu.topics import TopicSpec
@@ -25,7 +26,7 @@ def test_a_cut_settles_on_its_fences_while_later_records_are_stuck(settings: Set
     TopicAdmin(settings.kafka).create([TopicSpec(src, "symbol", None, partitions=2, dlq=False),
                                        TopicSpec(out, "symbol", None, partitions=4, dlq=False)])
     # the at-least-once worker's producer settings (StreamWorker._setup): no quiet failures
-    producer: Producer = make_producer(settings.kafka, **{"message.timeout.ms": 0, "enable.gapless.guarantee": True})
+    producer: Producer = make_producer(settings.kafka, **FENCED_PRODUCER)
     consumer = make_consumer(settings.kafka, group)
     clock = Clock()
     proto = bare_protocol(producer, RuntimeConfig(guarantee=AT_LEAST_ONCE, record_io="columnar"), consumer=consumer,

@@ -5,7 +5,12 @@ event timestamp and headers, in the partition the default partitioner picks for 
 the one given, as changelog entries are sent), and must resume at the right record after
 ``BufferError`` (a producer queue of 7 messages, never polled by the caller, fills on every few
 records). Exactly-once with columnar record I/O sends on a background thread: the same records,
-resumed by the commit's barrier, and aborted with their transaction."""
+resumed by the commit's barrier, and aborted with their transaction.
+
+The at-least-once producer has the worker's settings (``FENCED_PRODUCER``: no message times out, a
+gap is fatal) and a default delivery callback that keeps the reports of the records produced from
+Python, so a record missing on the wire says whether it was reported delivered, where, or failed,
+and with what."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_producer
 from mystocks_gpu.streams.commit_protocol import CommitProtocol
+from mystocks_gpu.streams.delivery_fences import FENCED_PRODUCER
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
@@ -38,7 +44,9 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
     topics = [f"t.sm.{unique}.{record_io}.{placed:d}.{k}" for k in ("ours", "plain", "hdr", "pinned")]
     TopicAdmin(settings.kafka).create([TopicSpec(t, "symbol", None, partitions=5, dlq=False) for t in topics])
     keys, values, ts = _columns()
-    tiny = make_producer(settings.kafka, **{"queue.buffering.max.messages": 7, "linger.ms": 0})
+    reports: list[Report] = []  # every record's but the fences' (they carry callbacks of their own)
+    tiny = make_producer(settings.kafka, **{**FENCED_PRODUCER, "queue.buffering.max.messages": 7, "linger.ms": 0,
+                                            "on_delivery": lambda err, msg: reports.append(_report(err, msg))})
     counts = {topics[0]: 5, topics[2]: 5} if placed else {}
     proto, waited = _counting_protocol(tiny, RuntimeConfig(guarantee=AT_LEAST_ONCE, record_io=record_io), counts)
     delivered: list[bytes] = []
@@ -48,7 +56,10 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
     proto.send_many(topics[3], keys[:700], values[:700], ts[:700], partition=3)  # the changelog's way: one partition
     assert proto.fences is not None
     cut = proto.fences.cut()
-    tiny.flush(30)
+    assert tiny.flush(30) == 0
+    assert [r for r in reports if r[3] is not None] == []  # no delivery failed
+    if record_io == "messages":  # (the C extension's records carry no Python callback: only those send() made)
+        assert len(reports) >= 3_000 - 12  # all but the fences (5 + 5 + 1 at most) and the last record
     assert delivered == [values[-1]]  # the callback rides on the last record only
     assert len(waited) > 100  # the queue was full again and again: the resume path ran
     assert (proto._produce_many is not None) == (record_io == "columnar")  # the setting took effect
@@ -59,7 +70,24 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
     else:
         assert cut.needs_empty_queue and not proto.fences.settled(cut, queue_len=1)
 
-    _check_wire(settings, topics, keys, values, ts)
+    _check_wire(settings, topics, keys, values, ts, reports)
+
+
+#: a delivery report: ``(topic, partition, offset, error or None, value)``
+Report = tuple[str, int, int, str | None, bytes]
+
+
+def _report(err: object, msg: object) -> Report:
+    return (msg.topic(), msg.partition(), msg.offset(), None if err is None else str(err), msg.value())  # type: ignore[attr-defined]
+
+
+def _missing(got: list[tuple[int, str | None, bytes | None, int, dict[str, str]]], values: list[bytes],
+             ts: list[int], topic: str, reports: list[Report]) -> str:
+    """Which records are not on the wire (index, timestamp) and what their delivery reports said."""
+    on_wire = {(r[2], r[3]) for r in got}
+    gone = [i for i, vt in enumerate(zip(values, ts, strict=True)) if vt not in on_wire]
+    said = {i: [r[1:4] for r in reports if r[0] == topic and r[4] == values[i]] for i in gone[:10]}
+    return f"{len(gone)} records missing: index -> reports (partition, offset, error): {said}"
 
 
 def _counting_protocol(producer: Producer, rt: RuntimeConfig,
@@ -128,9 +156,10 @@ def test_exactly_once_background_sends_keep_order_through_full_queues_and_abort_
 
 
 def _check_wire(settings: Settings, topics: list[str], keys: list[bytes | None], values: list[bytes],
-                ts: list[int]) -> None:
+                ts: list[int], reports: list[Report] | None = None) -> None:
     """topics[0]: every record once, in the reference producer's partition, in order; topics[2]: the
-    first 300 with both headers; topics[3]: the first 700 in partition 3, in order."""
+    first 300 with both headers; topics[3]: the first 700 in partition 3, in order. ``reports``:
+    the producer's delivery reports, named for any record missing."""
     n = len(values)
     # the reference partitioner: a plain producer, keyword arguments, Java's murmur2 key hashing
     plain = Producer(settings.kafka.client_config(partitioner="murmur2_random"))
@@ -140,7 +169,7 @@ def _check_wire(settings: Settings, topics: list[str], keys: list[bytes | None],
     ref_part = {(r[1], r[2]): r[0] for r in _records(topics[1], settings) if r[1] is not None}
 
     got = _records(topics[0], settings)
-    assert len(got) == n
+    assert len(got) == n, _missing(got, values, ts, topics[0], reports or [])
     assert sorted((r[2], r[3]) for r in got) == sorted(zip(values, ts, strict=True))  # each exactly once
     keyed = [(k.decode(), v, t) for k, v, t in zip(keys, values, ts, strict=True) if k is not None]
     for p in range(5):  # the reference's partition per key, and input order within each partition
