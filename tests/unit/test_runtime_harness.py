@@ -13,7 +13,7 @@ from mystocks_gpu.schemas import AvroCodec
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator
 from mystocks_gpu.streams.processor import Columns, Outputs
-from tests.harness import cut, run_batches
+from tests.harness import cut, fresh_interpreter_json, run_batches
 from tests.running_reference import running_aggregate
 
 CODEC = AvroCodec()
@@ -164,7 +164,26 @@ def test_state_bytes_round_trip_into_a_fresh_symbol_table() -> None:
     assert st.count[other.code("ZZZ")] == 0
 
 
-def test_poison_records_go_to_dlq_and_the_rest_is_processed() -> None:
+_WARM_UP_SCRIPT = """
+import json
+from mystocks_gpu.processors import running_aggregate as ra
+proc = ra.RunningAggregateProcessor()
+before = len(ra._accumulate.signatures)
+proc.warm_up()
+print(json.dumps({"before": before, "after": len(ra._accumulate.signatures), "decoders": len(proc._decoder._by_table),
+                  "keys": len(vars(proc).get("_key_cache", {}))}))
+"""
+
+
+def test_aggregate_warm_up_compiles_the_kernel_and_keeps_no_table() -> None:
+    """In a fresh interpreter: the accumulate kernel has no compiled signature before ``warm_up`` and
+    one after it; no decoder or key cache of the throwaway symbol table is kept."""
+    got = fresh_interpreter_json(_WARM_UP_SCRIPT)
+    assert got == {"before": 0, "after": 1, "decoders": 0, "keys": 0}, got
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warmed-up"])
+def test_poison_records_go_to_dlq_and_the_rest_is_processed(warm: bool) -> None:
     recs = _ticks(200)
     values: list[bytes | None] = [CODEC.encode("Tick", r) for r in recs]
     bad_rows = {3: b"garbage", 50: b"\x00\x00\x00\x27\x0fxx"}  # garbage; unknown schema id 9999
@@ -172,7 +191,10 @@ def test_poison_records_go_to_dlq_and_the_rest_is_processed() -> None:
     future = dict(recs[120], ts_event=4_000_000_000 * 10**9)
     values[3], values[50] = bad_rows[3], bad_rows[50]
     values[80], values[120] = CODEC.encode("Tick", nan), CODEC.encode("Tick", future)
-    res = run_batches(RunningAggregateProcessor(), cut(values, [64] * 10))
+    proc = RunningAggregateProcessor()
+    if warm:  # the warm-up's throwaway ticks leave no trace in the outputs, the rejects or the symbols
+        proc.warm_up()
+    res = run_batches(proc, cut(values, [64] * 10))
     rej = {r.index: r for r in res.rejected}
     assert set(rej) == {3, 50, 80, 120}
     assert rej[3].error_class == "DecodeError" and rej[50].error_class == "UnknownSchemaId"

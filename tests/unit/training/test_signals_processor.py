@@ -15,7 +15,7 @@ from mystocks_gpu.processors.training.model_registry import ModelVersion
 from mystocks_gpu.processors.training.model_source import InMemoryModelSource
 from mystocks_gpu.processors.training.signals_processor import SignalsConfig, SignalsProcessor
 from mystocks_gpu.schemas import AvroCodec
-from tests.harness import cut, run_batches
+from tests.harness import cut, fresh_interpreter_json, run_batches
 
 CODEC = AvroCodec()
 FEATS = ["f1", "f2", "f3"]
@@ -53,10 +53,13 @@ def _decoded(res: object, topic: str) -> list[dict]:
     return [CODEC.decode(v) for v in res.outputs.records[topic][1]]  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warmed-up"])
 @pytest.mark.parametrize("family", ["ridge", "gbdt"])
-def test_scores_equal_predict_bit_for_bit_whatever_the_batches(family: str) -> None:
+def test_scores_equal_predict_bit_for_bit_whatever_the_batches(family: str, warm: bool) -> None:
     mv, model = _version("m", 1, family)
     proc = SignalsProcessor(SignalsConfig("m", backend="cpu"), InMemoryModelSource([mv]))
+    if warm:  # the warm-up's throwaway vectors leave no trace in the outputs, the symbols or the counters
+        proc.warm_up()
     values, X, syms = _vectors(1000, nan_every=37)
     res = run_batches(proc, cut(values, [1, 7, 250, 3, 500]), roundtrip_state=True)
     out = _decoded(res, "signals.m")
@@ -141,3 +144,30 @@ def test_finite_rows_equals_numpy_isfinite(dtype: type) -> None:
     X[rng.integers(0, 2000, 60), rng.integers(0, 7, 60)] = np.nan
     X[3, 2], X[4, 1], X[5, :2] = np.inf, -np.inf, (np.inf, -np.inf)
     np.testing.assert_array_equal(finite_rows(X), np.isfinite(X).all(axis=1))
+
+
+_WARM_UP_SCRIPT = """
+import json
+from mystocks_gpu.gpu_ops.models import linear_models
+from mystocks_gpu.processors.training import signals_processor as sp
+from mystocks_gpu.processors.training.model_source import InMemoryModelSource
+from tests.unit.training.test_signals_processor import _version
+mv, _ = _version("m", 1, "ridge")
+proc = sp.SignalsProcessor(sp.SignalsConfig("m", backend="cpu"), InMemoryModelSource([mv]))
+kernels = {"finite_rows": sp._finite_rows, "ridge_predict": linear_models.predict_rows}
+before = {k: len(d.signatures) for k, d in kernels.items()}
+proc.warm_up()
+print(json.dumps({"before": before, "after": {k: len(d.signatures) for k, d in kernels.items()},
+                  "scored": proc.stats.scored + proc.stats.unscored, "decoders": len(proc._decoders),
+                  "keys": "_key_arr" in vars(proc)}))
+"""
+
+
+def test_warm_up_compiles_the_scoring_path_and_leaves_no_trace() -> None:
+    """In a fresh interpreter, with a ridge model loaded: the finite-row check and the ridge predict
+    have no compiled signature before ``warm_up`` and one after it; the counters are still zero and
+    no decoder or key cache of the throwaway symbol table is kept."""
+    got = fresh_interpreter_json(_WARM_UP_SCRIPT)
+    assert got["before"] == {"finite_rows": 0, "ridge_predict": 0}, got
+    assert all(n >= 1 for n in got["after"].values()), got
+    assert got["scored"] == 0 and got["decoders"] == 0 and not got["keys"], got
