@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -291,6 +292,16 @@ class SignalsProcessor(Processor[SignalsState]):
         """Poll the model source (a new version applies from this batch), then decode."""
         self.refresh()
         return self._decode(values, index, symbols, partition, ingest_ns)
+
+    def decode_partitions(self, values: Sequence[bytes | None], parts: Mapping[int, list[int]],
+                          symbols: SymbolTable, ingest_ns: int) -> dict[int, Decoded]:
+        """One batch (what the worker calls): poll the model source once, before any partition is
+        decoded, then decode each partition. A version installed between two partitions' decodes
+        would change the feature columns the later ones are decoded with while the earlier ones,
+        decoded with the old columns, are still to be scored by the new model."""
+        self.refresh()
+        return {p: self._decode(list(map(values.__getitem__, rows)), np.asarray(rows, np.int64), symbols, p, ingest_ns)
+                for p, rows in parts.items()}
 
     def _decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable, partition: int,
                 ingest_ns: int) -> Decoded:

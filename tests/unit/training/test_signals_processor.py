@@ -161,6 +161,48 @@ def test_a_background_load_never_holds_a_batch_and_applies_from_the_batch_after_
     assert proc.stats.loaded == 2 and proc.stats.rejected == 1 and proc.stats.swaps == 2
 
 
+class _LoadsBetweenPartitions(_GatedLoads):
+    """The held load is let go, and finishes, right after a batch's first partition is decoded."""
+
+    def _decode(self, values, index, symbols, partition, ingest_ns):  # type: ignore[no-untyped-def]
+        out = super()._decode(values, index, symbols, partition, ingest_ns)
+        if partition == 0 and self.pending_load is not None:
+            self.gate.set()
+            self.pending_load.result(timeout=60)
+        return out
+
+
+def test_a_version_loaded_mid_batch_applies_from_the_next_batch_with_its_own_columns() -> None:
+    """A batch's partitions are decoded with one version's feature columns and scored by that
+    version: one that finishes loading between two partitions' decodes (here with its features in
+    another order) waits for the next batch. (Polling per partition scored the first partition's
+    rows, decoded in the old order, with the new model.)"""
+    v1, m1 = _version("m", 1)
+    v2, m2 = _version("m", 2, seed=1, features=["f3", "f1", "f2"])
+    src = InMemoryModelSource([v1])
+    _GatedLoads.gate = threading.Event()
+    proc = _LoadsBetweenPartitions(SignalsConfig("m", backend="cpu"), src)
+    values, X, _ = _vectors(200, seed=6)
+    symbols, states = SymbolTable(), {0: proc.initial_state(), 1: proc.initial_state()}
+    want = {1: m1.predict(X), 2: m2.predict(np.ascontiguousarray(X[:, [2, 0, 1]]))}  # type: ignore[attr-defined]
+
+    def batch(lo: int) -> set[int]:
+        dec = proc.decode_partitions(values, {0: list(range(lo, lo + 50)), 1: list(range(lo + 50, lo + 100))},
+                                     symbols, 0)
+        out, new = proc.process_partitions({p: d.columns for p, d in dec.items()}, states)
+        states.update(new)
+        recs = [CODEC.decode(v) for v in out.records["signals.m"][1]]
+        rows = out.sources["signals.m"]
+        assert rows.tolist() == list(range(lo, lo + 100))
+        for r, i in zip(recs, rows.tolist(), strict=True):
+            assert r["score"] == want[r["model_version"]][i], (i, r)
+        return {r["model_version"] for r in recs}
+
+    src.push(v2)
+    assert batch(0) == {1} and proc.pending_load is not None and proc.pending_load.done()
+    assert batch(100) == {2} and {s.version for s in states.values()} == {2}
+
+
 def test_a_registry_error_is_rejected_and_no_model_means_dead_letters() -> None:
     broken = ModelVersion("m", 1, "", {}, b"", 0, 3, error="model m v1: part(s) [0] of 2 missing")
     src = InMemoryModelSource([broken])
