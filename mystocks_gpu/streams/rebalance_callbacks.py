@@ -41,7 +41,7 @@ class RebalanceCallbacks:
     _pending: list[Any] | ColumnChunk
     _ingest: ColumnarIngest | None
     _paused: bool
-    _assigned_at: float
+    _idle_from: float
     _ever_assigned: bool
     _input_partitions: int
     _awaiting: list[tuple[int, float]]
@@ -57,7 +57,7 @@ class RebalanceCallbacks:
             return
         check_assigned(self.topic, self.group, self._input_partitions, (tp.partition for tp in partitions))
         self.metrics.rebalances.inc()
-        self._assigned_at = self.clock.monotonic()
+        self._idle_from = self.clock.monotonic()
         self._ever_assigned = True
         self.protocol.on_assign(tp.partition for tp in partitions)
         if self._ingest is not None:  # before librdkafka starts fetching them
@@ -95,6 +95,10 @@ class RebalanceCallbacks:
                 consumer.incremental_unassign(partitions)
             return
         lost = {tp.partition for tp in partitions}
+        # waiting for the group to give partitions back is not idleness, and may take as long as for
+        # a first assignment (a broker back from an outage loads its group coordinator first)
+        self._idle_from = self.clock.monotonic()
+        self._ever_assigned = False
         self.protocol.on_lost(lost)
         for part in lost:
             self._event_clock.pop(part, None)

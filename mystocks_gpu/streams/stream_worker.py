@@ -135,7 +135,10 @@ class StreamWorker(RebalanceCallbacks):
         self._pconf: dict[str, Any] = {}
         self._cconf: dict[str, Any] = {}
         self._last_lag = 0.0
-        self._assigned_at = 0.0
+        #: monotonic time idleness counts from at the earliest (an assignment, a loss of partitions,
+        #: a rewind: waiting for input then is not idleness)
+        self._idle_from = 0.0
+        #: whether the worker holds, or has held since it last lost its partitions, an assignment
         self._ever_assigned = False
         #: the input topic's partition count when the worker started (its changelog has as many)
         self._input_partitions = 0
@@ -175,6 +178,7 @@ class StreamWorker(RebalanceCallbacks):
         self._awaiting.clear()
         for clock in self._event_clock.values():
             clock[2] = False
+        self._idle_from = self.clock.monotonic()  # the input is read again: waiting for it is not idleness
 
     def _setup(self) -> None:
         ensure_broker(self.kafka)
@@ -331,11 +335,13 @@ class StreamWorker(RebalanceCallbacks):
         """Run until :meth:`stop`, ``idle_exit_s`` without input (and nothing left to commit), or
         ``max_records`` consumed. Returns a :class:`RunSummary`.
 
-        Idleness counts from the last input or assignment. A worker that is caught up exits after
-        ``idle_exit_s``; one that is not (a transactional input's end marker) after three times
-        that; one never assigned a partition after ``idle_exit_s`` plus two session timeouts (a
-        predecessor that died holds its partitions until its session expires, then the group
-        rebalances), or three times ``idle_exit_s`` if longer."""
+        Idleness counts from the last input, assignment, loss of partitions or rewind (an abort). A
+        worker that is caught up exits after ``idle_exit_s``; one that is not (a transactional
+        input's end marker) after three times that; one never assigned a partition, or without
+        partitions since it lost them (its session expired, e.g. in a broker outage), after
+        ``idle_exit_s`` plus two session timeouts (a predecessor that died holds its partitions
+        until its session expires, then the group rebalances), or three times ``idle_exit_s`` if
+        longer."""
         t_start = self.clock.monotonic()
         self._setup()
         assert self.protocol is not None
@@ -380,8 +386,8 @@ class StreamWorker(RebalanceCallbacks):
                     continue  # the offset commit failed: aborted and rewound
                 if self.rt.idle_flush_s > 0:
                     self._idle_flush()
-                if self._assigned_at > last_input:
-                    last_input = self._assigned_at  # waiting for an assignment is not idleness
+                if self._idle_from > last_input:
+                    last_input = self._idle_from  # waiting for an assignment or a re-read is not idleness
                 idle = self.clock.monotonic() - last_input
                 if (idle_exit_s is not None and idle > idle_exit_s and not len(self._acc.batch)
                         and not self._pending

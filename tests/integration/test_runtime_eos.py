@@ -4,7 +4,9 @@ replay determinism. Every check compares against an uninterrupted reference comp
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import time
 
 import numpy as np
@@ -116,6 +118,31 @@ def test_broker_restart_mid_stream(settings: Settings, unique: str, stack: Local
     print(f"broker restart {t1 - t0:.1f} s, worker finished {time.monotonic() - t1:.1f} s later: {out}")
     got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))
+
+
+def test_an_outage_past_the_session_and_the_idle_exit_is_waited_out(settings: Settings, unique: str,
+                                                                     stack: LocalStack) -> None:
+    """The broker frozen (SIGSTOP) for 14 s mid-stream: longer than the worker's session (6 s) and
+    three idle exits (3 s each). The worker loses its partitions; it must not count the outage, nor
+    the wait for its partitions to come back, as idleness (it exited with all its work uncommitted:
+    commits 0, no output, when a slow broker restart took 24-45 s), but rejoin and finish exactly
+    once."""
+    t = make_topics(settings, unique, partitions=4)
+    cols, names = synthetic(60_000, symbols=40, seed=17)
+    produce_ticks(settings, t.input, cols, names)
+    w = start_worker(t, "wo", "--batch-records", "500", "--linger-ms", "5", idle_exit=3)
+    assert wait_for(lambda: output_high_watermark(settings, t.output) > 2000 or w.poll() is not None, 240)
+    assert w.poll() is None
+    kafka_pid = stack.pid("kafka")
+    assert kafka_pid
+    os.kill(kafka_pid, signal.SIGSTOP)
+    try:
+        time.sleep(14.0)  # the length of the outage (the fault itself)
+    finally:
+        os.kill(kafka_pid, signal.SIGCONT)
+    summary = json.loads(finish(w, timeout=300).strip().splitlines()[-1])
+    assert summary["commits"] >= 1 and summary["assignments"] >= 2, summary  # lost, given back, committed
+    assert_exactly_once_equal(read_outputs(settings, t.output), reference(cols, names))
 
 
 def test_poison_records_go_to_dlq_with_headers(settings: Settings, unique: str) -> None:
