@@ -87,13 +87,7 @@ class RunningAggregateProcessor(Processor[AggState]):
 
         cols = generate(SyntheticMarket(n_symbols=2, seed=1), 16)
         values: list[bytes | None] = [*BatchEncoder("mystocks.md.Tick", self.store).encode(cols, symbol_names(2, 1))]
-        symbols = SymbolTable()
-        try:
-            batch = self.decode(values, np.arange(len(values), dtype=np.int64), symbols, 0, 0).columns
-            _, state = self.process_partitions({0: batch}, {0: self.initial_state()})
-            self.state_from_bytes(self.state_to_bytes(state[0], symbols), symbols)
-        finally:
-            self.forget_symbols(symbols)
+        self.warm_batch(values, SymbolTable())
 
     def forget_symbols(self, symbols: SymbolTable) -> None:
         super().forget_symbols(symbols)

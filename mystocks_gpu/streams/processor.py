@@ -23,7 +23,7 @@ Rules a processor follows:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -155,6 +155,18 @@ class Processor(ABC, Generic[S]):
         once before it joins its consumer group, so the first batch after a start, a restart or a
         rebalance pays no compilation: with a warm cache that was tens of ms, on a fresh install tens
         of seconds, of input waiting. Default: nothing (a processor without compiled code)."""
+
+    def warm_batch(self, values: list[bytes | None], symbols: SymbolTable,
+                   decode: Callable[..., Decoded] | None = None) -> None:
+        """The warm-up of a one-partition processor: ``values`` decoded as partition 0 (``decode``,
+        default :meth:`decode`) on the throwaway table ``symbols``, processed, the state written to
+        bytes and read back; the table's caches are forgotten afterwards."""
+        try:
+            batch = (decode or self.decode)(values, np.arange(len(values), dtype=np.int64), symbols, 0, 0).columns
+            _, state = self.process_partitions({0: batch}, {0: self.initial_state()})
+            self.state_from_bytes(self.state_to_bytes(state[0], symbols), symbols)
+        finally:
+            self.forget_symbols(symbols)
 
     def forget_symbols(self, symbols: SymbolTable) -> None:
         """Drop what is cached for ``symbols``, a throwaway table (a warm-up's): its key bytes. A

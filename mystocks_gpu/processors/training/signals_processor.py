@@ -272,12 +272,9 @@ class SignalsProcessor(Processor[SignalsState]):
              "ts_ingest": np.zeros(16, np.int64), "values": X}, symbols, map_keys=names)]
         try:
             self.stats = SignalsStats()
-            batch = self._decode(values, np.arange(16, dtype=np.int64), symbols, 0, 0).columns
-            _, state = self.process_partitions({0: batch}, {0: self.initial_state()})
-            self.state_from_bytes(self.state_to_bytes(state[0], symbols), symbols)
+            self.warm_batch(values, symbols, self._decode)
         finally:
             self.stats = stats
-            self.forget_symbols(symbols)
 
     def forget_symbols(self, symbols: SymbolTable) -> None:
         super().forget_symbols(symbols)
