@@ -54,6 +54,7 @@ def run_batches(processor: Processor[Any], batches: Iterable[Sequence[bytes | No
     base = 0
     for values in batches:
         idx = np.arange(base, base + len(values), dtype=np.int64)
+        processor.begin_batch()
         dec = processor.decode(list(values), idx, res.symbols, partition, ingest_ns)
         res.rejected.extend(dec.rejected)
         if len(dec.columns):

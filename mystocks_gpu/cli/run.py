@@ -57,6 +57,8 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
 
     s = features_settings(args, s)
     extra: dict[str, Any] = {"features": s.features} if args.processor == "features" else {}
+    if args.model_load is not None:
+        extra["model_load"] = args.model_load
     processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, model=args.model,
                        kafka=s.kafka, store=schema_store(s), config_file=args.processor_config,
                        **extra)
@@ -121,6 +123,11 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("processor", help="processor name (aggregate, features, signals, risk, execution)")
     sp.add_argument("--model", help="signals: the model to score with (a name on the models topic; its newest "
                                     "version, hot-swapped when a new one is published)")
+    sp.add_argument("--model-load", choices=["background", "in-batch"], default=None,
+                    help="signals: where a new model version is loaded: background (default: the batches go on "
+                         "scoring with the version they have, the new one applies from the first batch after its "
+                         "load) or in-batch (the batch that first sees it waits for the load: seconds for a "
+                         "family whose library is imported then)")
     sp.add_argument("--processor-config", metavar="FILE", default=None,
                     help="the processor's own settings, TOML or JSON (risk: maths, emit window, price policies, "
                          "sector map, default limits; see the README)")

@@ -28,11 +28,15 @@ def _features(output_topic: str | None = None, backend: str = "auto", store: Sch
 
 
 def _signals(output_topic: str | None = None, backend: str = "auto", model: str | None = None,
-             kafka: Any = None, store: SchemaStore | None = None) -> Processor[Any]:
-    """Live model scores (needs ``model``: a name on the models topic)."""
-    from mystocks_gpu.processors.training.signals_processor import make_signals
+             kafka: Any = None, store: SchemaStore | None = None, model_load: str | None = None) -> Processor[Any]:
+    """Live model scores (needs ``model``: a name on the models topic); ``model_load``: background
+    (default) or in-batch (``--model-load``)."""
+    from mystocks_gpu.processors.training.signals_processor import MODEL_LOADS, make_signals
 
-    return make_signals(model=model, output_topic=output_topic, backend=backend, kafka=kafka, store=store)
+    if model_load not in (None, *MODEL_LOADS):
+        raise ConfigError(f"--model-load must be one of {', '.join(MODEL_LOADS)}, got {model_load!r}")
+    return make_signals(model=model, output_topic=output_topic, backend=backend, kafka=kafka, store=store,
+                        background_load=model_load != "in-batch")
 
 
 def _execution(output_topic: str | None = None, backend: str = "auto", **kw: Any) -> Processor[Any]:
@@ -79,8 +83,8 @@ def create(name: str, **kw: Any) -> Processor[Any]:
 
     params = inspect.signature(factory).parameters
     takes = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # ``**kw``: every keyword but model / kafka
-        takes |= {k for k in kw if k not in ("model", "kafka")}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # ``**kw``: every keyword but the signals' / kafka
+        takes |= {k for k in kw if k not in ("model", "model_load", "kafka")}
     extra = sorted(k for k, v in kw.items() if k not in takes and v is not None and k != "kafka")
     if extra:
         raise ConfigError(f"processor {name!r} takes no {', '.join('--' + k.replace('_', '-') for k in extra)}")

@@ -173,6 +173,16 @@ class Processor(ABC, Generic[S]):
         processor with more per-table caches (decoders) extends it."""
         self.__dict__.get("_key_cache", {}).pop(id(symbols), None)
 
+    def begin_batch(self) -> None:
+        """Called once per batch, before any of its partitions is decoded (by the worker and by
+        :func:`~mystocks_gpu.streams.replay.replay`): what must hold for the whole batch is settled
+        here, e.g. the model version the signals processor decodes and scores every partition with.
+        Default: nothing."""
+
+    def close(self) -> None:
+        """Release what the processor holds outside its state (threads, clients); the worker calls it
+        once, last, when it stops. Default: nothing."""
+
     @abstractmethod
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable,
                partition: int, ingest_ns: int) -> Decoded:

@@ -311,6 +311,7 @@ def replay(processor: Processor[Any], source: ReplaySource, flush: bool = True) 
             state = processor.initial_state()
         idx = np.arange(len(batch), dtype=np.int64)
         ingest_ns = batch.timestamps_ms[-1] * 1_000_000
+        processor.begin_batch()
         dec = processor.decode(batch.values, idx, symbols, p, ingest_ns)
         rej = list(dec.rejected)
         if len(dec.columns):

@@ -59,7 +59,7 @@ from mystocks_gpu.streams.delivery_fences import FENCED_PRODUCER
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 from mystocks_gpu.streams.fault_injection import FaultPlan
 from mystocks_gpu.streams.fencing import CLIENT_NONCE_SEP, await_membership, twins_once_settled
-from mystocks_gpu.streams.processor import Outputs, Processor, Rejected
+from mystocks_gpu.streams.processor import Decoded, Outputs, Processor, Rejected
 from mystocks_gpu.streams.rebalance_callbacks import RebalanceCallbacks
 from mystocks_gpu.streams.runtime_config import ADAPTIVE, RuntimeConfig
 from mystocks_gpu.streams.side_input import SideInput
@@ -491,6 +491,7 @@ class StreamWorker(RebalanceCallbacks):
                 self.producer.flush(30)
         if self.side is not None:
             self.side.close()
+        self.processor.close()
 
     def _idle_bound_s(self, idle_exit_s: float) -> float:
         """How long (s) a worker that is not caught up waits before an idle exit (see :meth:`run`)."""
@@ -547,7 +548,10 @@ class StreamWorker(RebalanceCallbacks):
                 self._advance_event_clock(partition, int(part_ts.max()), t0)
                 parts[partition] = idx_list
         t_dec = self.clock.monotonic()
-        decoded_parts = self.processor.decode_partitions(batch.values, parts, self.symbols, ingest_ns) if parts else {}
+        decoded_parts: dict[int, Decoded] = {}
+        if parts:
+            self.processor.begin_batch()
+            decoded_parts = self.processor.decode_partitions(batch.values, parts, self.symbols, ingest_ns)
         t_proc = self.clock.monotonic()
         decode_s = t_proc - t_dec
         batches = {}

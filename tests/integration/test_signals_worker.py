@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from mystocks_gpu.data.topic_reader import read_topic
 from mystocks_gpu.gpu_ops.models import Model, make_model
@@ -149,3 +150,65 @@ def _dlq_offsets(settings: Settings, name: str) -> list[int]:
             assert r.headers["mystocks.source.topic"] == "models"
             out.append(int(r.headers["mystocks.source.offset"]))
     return sorted(out)
+
+
+
+def _swap_run(settings: Settings, name: str, topic: str, model_load: str | None, new: Model) -> tuple[Any, pd.DataFrame]:
+    """``run signals --model NAME [--model-load X]`` as the CLI builds it (``create``), in this
+    process: the processor loads the newest version at its start, then ``new`` is published (and
+    read by the processor's model source, not yet installed), then one worker runs over the whole
+    input. Returns the processor and its outputs by ``seq``."""
+    from mystocks_gpu.processors.stream_processors import create
+    from mystocks_gpu.streams.runtime_config import RuntimeConfig
+    from mystocks_gpu.streams.stream_worker import StreamWorker
+
+    out = f"signals.{name}.{model_load or 'default'}"
+    TopicAdmin(settings.kafka).create([TopicSpec(out, "symbol", "mystocks.ml.Signal", partitions=1)])
+    proc = create("signals", model=name, kafka=settings.kafka, backend="cpu", output_topic=out,
+                  **({"model_load": model_load} if model_load else {}))
+    assert proc.cfg.background_load is (model_load != "in-batch")  # type: ignore[attr-defined]
+    publish_model(settings.kafka, name, new.to_bytes(), _meta())
+    proc.source._backfill(60)  # type: ignore[attr-defined]  # noqa: SLF001 - the new version waits in the source
+    StreamWorker(proc, settings.kafka, RuntimeConfig(max_records=5000, commit_interval_ms=0),
+                 group=f"g.{out}", worker_id="w", input_topic=topic).run(idle_exit_s=3)
+    got = pd.DataFrame([dict(r.value) for r in read_finished(settings.kafka, out)])
+    return proc, got.set_index("seq").sort_index()
+
+
+def test_model_load_setting_takes_effect_and_the_stopped_worker_closes_the_processor(settings: Settings,
+                                                                                       unique: str) -> None:
+    """``--model-load``: a version that arrives after the processor started is loaded by the first
+    batch that sees it when ``in-batch`` (every vector is scored by it), and in the background by
+    default (the first batch is scored by the version the processor had). A bad value, or the
+    setting on another processor, is a ConfigError. A stopped worker closes its processor: the
+    model loader is gone and the model source's consumer is closed."""
+    from mystocks_gpu.exceptions import ConfigError
+    from mystocks_gpu.processors.stream_processors import create
+
+    name, topic = f"ml-{unique}", f"t.ml.{unique}"
+    spec = TopicSpec(topic, "symbol", "mystocks.features.FeatureVector", partitions=1)
+    TopicAdmin(settings.kafka).create([spec, spec.dlq_spec()])  # type: ignore[list-item]
+    models = {v: _model(v) for v in (1, 2, 3)}
+    assert publish_model(settings.kafka, name, models[1].to_bytes(), _meta()) == 1
+    items, rows = _vectors(1, 300, 7)
+    produce_all(make_producer(settings.kafka), topic, iter(items))
+    with pytest.raises(ConfigError, match="model-load"):
+        create("signals", model=name, kafka=settings.kafka, model_load="later")
+    with pytest.raises(ConfigError, match="takes no --model-load"):
+        create("aggregate", model_load="in-batch")
+    results = {"in-batch": _swap_run(settings, name, topic, "in-batch", models[2]),  # starts on v1, v2 arrives
+               "default": _swap_run(settings, name, topic, None, models[3])}  # starts on v2, v3 arrives
+    X = np.vstack([rows[s] for s in range(1, 301)])
+    ok = np.isfinite(X).all(axis=1)
+    for mode, (proc, got) in results.items():
+        assert list(got.index) == list(range(1, 301)), mode
+        assert proc._loader is None and proc._closed, mode  # noqa: SLF001
+        with pytest.raises(RuntimeError):
+            proc.source.consumer.poll(0)  # closed
+        ver = got["model_version"].to_numpy()
+        assert np.all(np.diff(ver) >= 0), mode  # one partition: the version never goes back
+        for v, model in models.items():
+            sel = ver == v
+            np.testing.assert_array_equal(got["score"].to_numpy()[sel & ok], model.predict(X[sel & ok]))
+    assert set(results["in-batch"][1]["model_version"]) == {2}
+    assert results["default"][1]["model_version"].iloc[0] == 2  # the first batch did not wait for v3

@@ -42,6 +42,9 @@ class ModelSource(Protocol):
     def reject(self, version: ModelVersion, error: str) -> None:
         """Report a version the processor will not use (dead letter + alert)."""
 
+    def close(self) -> None:
+        """Release the source's clients (the processor calls it once, when its worker stops)."""
+
 
 class InMemoryModelSource:
     """A :class:`ModelSource` fed by :meth:`push`; rejected versions are kept in ``rejected``."""
@@ -59,6 +62,9 @@ class InMemoryModelSource:
 
     def reject(self, version: ModelVersion, error: str) -> None:
         self.rejected.append((version, error))
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def model_alert(version: ModelVersion, error: str, processor: str, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:

@@ -12,7 +12,8 @@ trained model's ``predict`` on the same rows bit for bit (``predict`` is row-ind
 
 Model versions and the hot swap (deterministic with respect to input offsets):
 
-* the processor is given a :class:`~.model_source.ModelSource`; at every batch it polls it
+* the processor is given a :class:`~.model_source.ModelSource`; at the start of every batch
+  (:meth:`~SignalsProcessor.begin_batch`, before any partition is decoded) it polls it
   (non-blocking) and loads each new version with ``load_model`` (hash-checked), on a background
   thread (``SignalsConfig.background_load``, the default: importing a family's library, e.g.
   xgboost, took 1.7 s, which no batch should wait for) or in the batch that sees it. A version that
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +63,8 @@ from mystocks_gpu.topics.catalog import SIGNALS_PREFIX
 log = logging.getLogger(__name__)
 FEATURE_SCHEMA = "mystocks.features.FeatureVector"
 SIGNAL_SCHEMA = "mystocks.ml.Signal"
+#: ``--model-load``: where a new model version is loaded (``SignalsConfig.background_load``)
+MODEL_LOADS = ("background", "in-batch")
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ class SignalsProcessor(Processor[SignalsState]):
         #: the background load in progress (``SignalsConfig.background_load``), or None
         self.pending_load: Future[Loaded] | None = None
         self._loader: ThreadPoolExecutor | None = None
+        self._closed = False
         self.refresh(block=True)  # the version to start with: loaded before the worker starts
 
     # ---- model versions -------------------------------------------------------------------
@@ -272,7 +275,7 @@ class SignalsProcessor(Processor[SignalsState]):
              "ts_ingest": np.zeros(16, np.int64), "values": X}, symbols, map_keys=names)]
         try:
             self.stats = SignalsStats()
-            self.warm_batch(values, symbols, self._decode)
+            self.warm_batch(values, symbols)
         finally:
             self.stats = stats
 
@@ -283,25 +286,28 @@ class SignalsProcessor(Processor[SignalsState]):
         if cached is not None and cached[0] is symbols:
             del self._key_arr
 
+    def close(self) -> None:
+        """Stop the model loader (a load in progress finishes on its thread and is dropped) and close
+        the model source (its consumer and producer). Idempotent."""
+        if self._loader is not None:
+            self._loader.shutdown(wait=False, cancel_futures=True)
+            self._loader = None
+        self.pending_load = None
+        if not self._closed:
+            self._closed = True
+            self.source.close()
+
     # ---- processor contract ---------------------------------------------------------------
+    def begin_batch(self) -> None:
+        """Poll the model source (a version loaded by now applies from this batch): once a batch,
+        before any partition is decoded. A version installed between two partitions' decodes would
+        change the feature columns the later ones are decoded with while the earlier ones, decoded
+        with the old columns, are still to be scored by the new model."""
+        self.refresh()
+
     def decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable, partition: int,
                ingest_ns: int) -> Decoded:
-        """Poll the model source (a new version applies from this batch), then decode."""
-        self.refresh()
-        return self._decode(values, index, symbols, partition, ingest_ns)
-
-    def decode_partitions(self, values: Sequence[bytes | None], parts: Mapping[int, list[int]],
-                          symbols: SymbolTable, ingest_ns: int) -> dict[int, Decoded]:
-        """One batch (what the worker calls): poll the model source once, before any partition is
-        decoded, then decode each partition. A version installed between two partitions' decodes
-        would change the feature columns the later ones are decoded with while the earlier ones,
-        decoded with the old columns, are still to be scored by the new model."""
-        self.refresh()
-        return {p: self._decode(list(map(values.__getitem__, rows)), np.asarray(rows, np.int64), symbols, p, ingest_ns)
-                for p, rows in parts.items()}
-
-    def _decode(self, values: list[bytes | None], index: np.ndarray, symbols: SymbolTable, partition: int,
-                ingest_ns: int) -> Decoded:
+        """Decode one partition's feature vectors into the newest version's feature columns."""
         from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
 
         key = (id(symbols), self._columns)
@@ -383,15 +389,15 @@ class SignalsProcessor(Processor[SignalsState]):
 
 def make_signals(model: str | None = None, output_topic: str | None = None, backend: str = "auto",
                  kafka: Any = None, source: ModelSource | None = None,
-                 store: SchemaStore | None = None) -> SignalsProcessor:
-    """Factory for ``mystocks-gpu run signals --model NAME``: a :class:`KafkaModelSource` on the
-    ``models`` topic (read to its end first; the model must exist) and ``signals.<model>`` created
-    when missing."""
+                 store: SchemaStore | None = None, background_load: bool = True) -> SignalsProcessor:
+    """Factory for ``mystocks-gpu run signals --model NAME [--model-load in-batch]``: a
+    :class:`KafkaModelSource` on the ``models`` topic (read to its end first; the model must exist)
+    and ``signals.<model>`` created when missing; ``background_load``: see :class:`SignalsConfig`."""
     from mystocks_gpu.exceptions import ConfigError
 
     if not model:
         raise ConfigError("the signals processor needs --model NAME (a model on the models topic)")
-    cfg = SignalsConfig(model, output_topic, backend)
+    cfg = SignalsConfig(model, output_topic, backend, background_load=background_load)
     if source is None:
         from mystocks_gpu.infra.config import load_settings
         from mystocks_gpu.processors.training.model_registry import (
@@ -404,6 +410,7 @@ def make_signals(model: str | None = None, output_topic: str | None = None, back
         source = KafkaModelSource(kafka, store=store)
         proc = SignalsProcessor(cfg, source, store)
         if proc.latest is None:
+            proc.close()
             raise ModelNotFound(f"no valid version of model {model!r} on the models topic; train one first: "
                                 "mystocks-gpu submit train --spec SPEC.json --wait")
         if output_topic is None:

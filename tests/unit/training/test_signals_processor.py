@@ -98,6 +98,7 @@ def test_a_new_version_applies_from_the_next_batch_and_bad_ones_are_rejected() -
             src.push(bars_only)
             src.push(v1)  # an older version arriving late is ignored
         idx = np.arange(b * 100, b * 100 + len(chunk))
+        proc.begin_batch()  # as the worker does: polls the source, loads the new version (in the batch)
         dec = proc.decode(chunk, idx, symbols, 0, 0)
         out, state = proc.process(dec.columns, state)
         recs = [CODEC.decode(v) for v in out.records["signals.m"][1]]
@@ -142,6 +143,7 @@ def test_a_background_load_never_holds_a_batch_and_applies_from_the_batch_after_
     def batch(b: int) -> set[int]:
         nonlocal state
         idx = np.arange(b * 100, b * 100 + 100)
+        proc.begin_batch()
         out, state = proc.process(proc.decode(values[b * 100:(b + 1) * 100], idx, symbols, 0, 0).columns, state)
         recs = [CODEC.decode(v) for v in out.records["signals.m"][1]]
         want = {1: m1, 2: m2}[recs[0]["model_version"]].predict(X[idx])  # type: ignore[attr-defined]
@@ -164,8 +166,8 @@ def test_a_background_load_never_holds_a_batch_and_applies_from_the_batch_after_
 class _LoadsBetweenPartitions(_GatedLoads):
     """The held load is let go, and finishes, right after a batch's first partition is decoded."""
 
-    def _decode(self, values, index, symbols, partition, ingest_ns):  # type: ignore[no-untyped-def]
-        out = super()._decode(values, index, symbols, partition, ingest_ns)
+    def decode(self, values, index, symbols, partition, ingest_ns):  # type: ignore[no-untyped-def]
+        out = super().decode(values, index, symbols, partition, ingest_ns)
         if partition == 0 and self.pending_load is not None:
             self.gate.set()
             self.pending_load.result(timeout=60)
@@ -187,6 +189,7 @@ def test_a_version_loaded_mid_batch_applies_from_the_next_batch_with_its_own_col
     want = {1: m1.predict(X), 2: m2.predict(np.ascontiguousarray(X[:, [2, 0, 1]]))}  # type: ignore[attr-defined]
 
     def batch(lo: int) -> set[int]:
+        proc.begin_batch()  # what the worker calls before it decodes the batch's partitions
         dec = proc.decode_partitions(values, {0: list(range(lo, lo + 50)), 1: list(range(lo + 50, lo + 100))},
                                      symbols, 0)
         out, new = proc.process_partitions({p: d.columns for p, d in dec.items()}, states)
@@ -201,6 +204,64 @@ def test_a_version_loaded_mid_batch_applies_from_the_next_batch_with_its_own_col
     src.push(v2)
     assert batch(0) == {1} and proc.pending_load is not None and proc.pending_load.done()
     assert batch(100) == {2} and {s.version for s in states.values()} == {2}
+
+
+class _ClosingSource(InMemoryModelSource):
+    closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+def test_close_stops_the_loader_and_closes_the_source_once() -> None:
+    """``close`` (the worker calls it when it stops) with a background load in progress: the
+    processor forgets the load, its loader thread ends once the load returns (nothing is installed),
+    the source is closed, and a second ``close`` does nothing more."""
+    v1, _ = _version("m", 1)
+    v2, _ = _version("m", 2, seed=1)
+    src = _ClosingSource([v1])
+    _GatedLoads.gate = threading.Event()
+    proc = _GatedLoads(SignalsConfig("m", backend="cpu"), src)
+    src.push(v2)
+    proc.begin_batch()
+    loading, threads = proc.pending_load, list(proc._loader._threads)  # type: ignore[union-attr]  # noqa: SLF001
+    assert loading is not None and not loading.done() and len(threads) == 1
+    proc.close()
+    assert proc.pending_load is None and proc._loader is None and src.closes == 1  # noqa: SLF001
+    _GatedLoads.gate.set()
+    threads[0].join(60)
+    assert not threads[0].is_alive() and loading.done()
+    assert proc.latest is not None and proc.latest.version == 1  # the finished load was not installed
+    proc.close()
+    assert src.closes == 1
+
+
+def test_replay_polls_the_model_source_once_per_batch_before_decoding() -> None:
+    """:func:`streams.replay.replay` calls ``begin_batch`` before each batch's decode, as the worker
+    does: a version pushed between two batches (loaded in the batch) scores the second one."""
+    from mystocks_gpu.streams.batching import RawBatch
+    from mystocks_gpu.streams.replay import replay
+
+    v1, m1 = _version("m", 1)
+    v2, m2 = _version("m", 2, seed=1)
+    src = InMemoryModelSource([v1])
+    proc = SignalsProcessor(SignalsConfig("m", backend="cpu", background_load=False), src)
+    values, X, _ = _vectors(40, seed=3)
+
+    class _Batches:
+        def batches(self):  # type: ignore[no-untyped-def]
+            for b in range(2):
+                if b == 1:
+                    src.push(v2)
+                rows = range(b * 20, b * 20 + 20)
+                yield RawBatch("features.ticks", [values[i] for i in rows], [None] * 20, [0] * 20, list(rows),
+                               [1_000 + i for i in rows])
+
+    res = replay(proc, _Batches(), flush=False)  # type: ignore[arg-type]
+    recs = [CODEC.decode(v) for v in res.outputs.records["signals.m"][1]]
+    assert [r["model_version"] for r in recs] == [1] * 20 + [2] * 20
+    np.testing.assert_array_equal([r["score"] for r in recs],
+                                  np.concatenate([m1.predict(X[:20]), m2.predict(X[20:])]))  # type: ignore[attr-defined]
 
 
 def test_a_registry_error_is_rejected_and_no_model_means_dead_letters() -> None:
