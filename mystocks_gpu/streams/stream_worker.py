@@ -491,7 +491,10 @@ class StreamWorker(RebalanceCallbacks):
                 self.producer.flush(30)
         if self.side is not None:
             self.side.close()
-        self.processor.close()
+        try:
+            self.processor.close()
+        except Exception as exc:  # noqa: BLE001 - the outputs are committed; a stop must not fail on a release
+            log.warning("closing the processor failed: %s: %s", type(exc).__name__, exc)
 
     def _idle_bound_s(self, idle_exit_s: float) -> float:
         """How long (s) a worker that is not caught up waits before an idle exit (see :meth:`run`)."""

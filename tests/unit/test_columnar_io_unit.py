@@ -3,6 +3,7 @@ side is tests/integration/test_columnar_io.py)."""
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -99,10 +100,11 @@ def test_add_columns_cuts_like_add_messages(max_records: int, max_bytes: int, si
     assert bm == bc
 
 
-def test_an_assignment_during_the_consumer_close_leaves_the_closed_ingest_alone() -> None:
+def test_an_assignment_during_the_consumer_close_leaves_the_closed_ingest_alone(caplog: pytest.LogCaptureFixture) -> None:
     """The worker closes its ingest before its consumer; a rebalance librdkafka delivers inside
     ``consumer.close()`` (an assignment still in flight) must not reach the closed ingest (it
-    raised ``RuntimeError: closed`` in the assignment callback and the worker exited 1)."""
+    raised ``RuntimeError: closed`` in the assignment callback and the worker exited 1). The
+    processor is closed last, and a close that fails is logged, not raised."""
     from confluent_kafka import TopicPartition
 
     from mystocks_gpu.infra.config import KafkaConfig
@@ -132,8 +134,12 @@ def test_an_assignment_during_the_consumer_close_leaves_the_closed_ingest_alone(
         def close(self) -> None:
             order.append("protocol closed")
 
-    w = StreamWorker(RunningAggregateProcessor(output_topic="t.out"), KafkaConfig(),
-                     RuntimeConfig(guarantee="at_least_once"))
+    class Aggregate(RunningAggregateProcessor):
+        def close(self) -> None:  # the processor's release, last; one that fails is logged, not raised
+            order.append("processor closed")
+            raise OSError("the model source's broker is gone")
+
+    w = StreamWorker(Aggregate(output_topic="t.out"), KafkaConfig(), RuntimeConfig(guarantee="at_least_once"))
 
     class Consumer:
         def close(self) -> None:
@@ -149,8 +155,10 @@ def test_an_assignment_during_the_consumer_close_leaves_the_closed_ingest_alone(
 
     ingest = Ingest()
     w._ingest, w.consumer, w.producer, w.protocol = ingest, Consumer(), Producer(), Protocol()  # type: ignore[assignment]
-    w._close()
-    assert order == ["ingest closed", "assigned [2]", "consumer closed", "protocol closed"]
+    with caplog.at_level(logging.WARNING, "mystocks_gpu.streams.stream_worker"):
+        w._close()
+    assert order == ["ingest closed", "assigned [2]", "consumer closed", "protocol closed", "processor closed"]
+    assert "closing the processor failed: OSError: the model source's broker is gone" in caplog.text
 
 
 def test_size_bound_is_the_largest_value_plus_the_largest_key() -> None:
