@@ -139,6 +139,11 @@ class CommitProtocol(OutputSending):
         self.dlq = dlq_topic(topic)
         self.tally = Tally()
         self.in_txn = False
+        #: exactly-once: an ``abort_transaction`` that did not finish (it timed out, or its retries ran
+        #: out): librdkafka keeps it in progress and refuses any other transactional call ("Conflicting
+        #: abort_transaction API call is already in progress", retriable) until it is called again and
+        #: finishes, so :meth:`begin` (and the next abort) resume it first
+        self.abort_unfinished = False
         #: set when an exception escaped with a transaction open: callbacks must not commit after it
         self.failed = False
         self.pending_offsets: dict[int, int] = {}
@@ -171,9 +176,14 @@ class CommitProtocol(OutputSending):
 
     # ---- producing -------------------------------------------------------------------------
     def begin(self) -> None:
-        """Open a transaction (exactly-once) if none is open."""
+        """Open a transaction (exactly-once) if none is open; an abort that did not finish is resumed
+        first (raises ``KafkaException`` when it still cannot: the caller aborts and rewinds again)."""
         if self.rt.exactly_once and not self.in_txn:
             self.inject("begin")
+            if self.abort_unfinished:
+                self._retry(lambda: self.producer.abort_transaction(self.rt.commit_timeout_s))
+                self.abort_unfinished = False
+                log.info("the unfinished abort finished")
             self.producer.begin_transaction()
             self.in_txn = True
 
@@ -485,6 +495,7 @@ class CommitProtocol(OutputSending):
             return False
         self.producer = fresh
         self.in_txn = False
+        self.abort_unfinished = False  # the fresh producer's epoch fenced the old transaction
         self.tally.producer_recoveries += 1
         log.warning("producer fenced by a transaction timeout; re-initialised", extra={"fields": {"error": err.str()}})
         return True
@@ -533,23 +544,7 @@ class CommitProtocol(OutputSending):
         self.tally.abort_reasons.append(reason[:200])
         self.metrics.aborts.inc()
         if self.rt.exactly_once:
-            if self.in_txn:
-                try:
-                    # Let every in-flight produce finish first: librdkafka (2.12-2.16) against Kafka 4.x
-                    # can fail EndTxn(abort) with a FATAL INVALID_TXN_STATE when produce requests of the
-                    # transaction are still in flight (librdkafka issue #4849). The flushed records are
-                    # aborted with the transaction; a flush that times out (broker down) still aborts.
-                    self.producer.flush(self.rt.commit_timeout_s)
-                    self._retry(lambda: self.producer.abort_transaction(self.rt.commit_timeout_s))
-                except KafkaException as exc:
-                    if exc.args[0].fatal() and self._recover_producer(exc.args[0]):
-                        pass  # the coordinator already aborted that transaction
-                    elif exc.args[0].fatal():
-                        self.failed = True
-                        raise FatalRuntimeError(
-                            f"abort failed with a fatal error ({exc.args[0].str()}); stopping. If the producer was "
-                            f"fenced, another worker with transactional id {self.transactional_id} is running") from None
-                    log.warning("abort failed", extra={"fields": {"error": exc.args[0].str()}})
+            self.abort_transaction()
         # at-least-once: what is queued is left to be delivered (a replay repeats it: duplicates are
         # allowed, with the same values); purging it would fail its records, which the producer's
         # gap-less guarantee turns into a fatal error (see StreamWorker._setup)
@@ -566,6 +561,37 @@ class CommitProtocol(OutputSending):
             if p in self.states.states:
                 self.states.restore_from_mirror(p)
         self.last_commit = self.clock.monotonic()
+
+    def abort_transaction(self) -> bool:
+        """Exactly-once: abort the open transaction (or resume an abort that did not finish); True
+        when none is left open. An abort that fails with a retriable error once its retries are spent
+        (the broker still away) stays unfinished (:attr:`abort_unfinished`), for :meth:`begin` to
+        resume; a fatal error re-initialises a producer fenced by a transaction timeout, else stops."""
+        if not (self.in_txn or self.abort_unfinished):
+            return True
+        try:
+            # Let every in-flight produce finish first: librdkafka (2.12-2.16) against Kafka 4.x
+            # can fail EndTxn(abort) with a FATAL INVALID_TXN_STATE when produce requests of the
+            # transaction are still in flight (librdkafka issue #4849). The flushed records are
+            # aborted with the transaction; a flush that times out (broker down) still aborts.
+            self.producer.flush(self.rt.commit_timeout_s)
+            self._retry(lambda: self.producer.abort_transaction(self.rt.commit_timeout_s))
+            self.abort_unfinished = False
+        except KafkaException as exc:
+            if exc.args[0].fatal() and self._recover_producer(exc.args[0]):
+                pass  # the coordinator already aborted that transaction
+            elif exc.args[0].fatal():
+                self.failed = True
+                raise FatalRuntimeError(
+                    f"abort failed with a fatal error ({exc.args[0].str()}); stopping. If the producer was "
+                    f"fenced, another worker with transactional id {self.transactional_id} is running") from None
+            else:
+                self.abort_unfinished = True
+                log.warning("abort not finished; it is resumed before the next transaction",
+                            extra={"fields": {"error": exc.args[0].str()}})
+        finally:
+            self.in_txn = False
+        return not self.abort_unfinished
 
     def _rewind(self) -> None:
         """Seek every assigned partition to its committed offset (from the broker when unknown)."""

@@ -106,8 +106,15 @@ def kill9(p: subprocess.Popen[str]) -> None:
 
 
 def finish(p: subprocess.Popen[str], timeout: float = 240) -> str:
-    """Wait for a worker to exit cleanly; returns its stdout (stderr, when a pipe, is in the failure)."""
-    out, err = p.communicate(timeout=timeout)
+    """Wait for a worker to exit cleanly; returns its stdout (stderr, when a pipe, is in the failure).
+    A worker still running after ``timeout`` s is killed, and the failure shows its last log lines."""
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate(timeout=30)
+        raise AssertionError(f"worker still running after {timeout:g} s (killed)\n"
+                             f"{(err or '(stderr not piped)')[-6000:]}") from None
     assert p.returncode == 0, f"worker exit {p.returncode}\n{(err or '(stderr not piped)')[-3000:]}"
     return out
 
