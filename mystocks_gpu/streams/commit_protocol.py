@@ -564,9 +564,10 @@ class CommitProtocol(OutputSending):
 
     def abort_transaction(self) -> bool:
         """Exactly-once: abort the open transaction (or resume an abort that did not finish); True
-        when none is left open. An abort that fails with a retriable error once its retries are spent
-        (the broker still away) stays unfinished (:attr:`abort_unfinished`), for :meth:`begin` to
-        resume; a fatal error re-initialises a producer fenced by a transaction timeout, else stops."""
+        when none is left open. An abort that fails without a fatal error (its retries spent while the
+        broker is away) stays unfinished (:attr:`abort_unfinished`), for :meth:`begin` to resume; a
+        resumed abort that fails with an error that is not retriable stops the worker, as a fatal
+        error does unless it re-initialises a producer fenced by a transaction timeout."""
         if not (self.in_txn or self.abort_unfinished):
             return True
         try:
@@ -585,6 +586,10 @@ class CommitProtocol(OutputSending):
                 raise FatalRuntimeError(
                     f"abort failed with a fatal error ({exc.args[0].str()}); stopping. If the producer was "
                     f"fenced, another worker with transactional id {self.transactional_id} is running") from None
+            elif self.abort_unfinished and not exc.args[0].retriable():  # a resumed abort refused: no way on
+                self.failed = True
+                raise FatalRuntimeError(f"an unfinished abort cannot finish ({exc.args[0].str()}); stopping: a "
+                                        "restart fences the transaction and resumes from the committed offsets") from None
             else:
                 self.abort_unfinished = True
                 log.warning("abort not finished; it is resumed before the next transaction",

@@ -3,6 +3,7 @@ the symbol-size limit of the decoder, compile-cache keys, the manual clock, runt
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from typing import TYPE_CHECKING
@@ -509,3 +510,46 @@ def test_the_age_rule_plans_for_a_slow_commit() -> None:
     assert hs.wait_s(0.100, 0.030, 0.020) == pytest.approx(0.100 - mean - 3 * dev - 0.020, abs=1e-12)
     assert hs.wait_s(0.100, 0.030, None) == pytest.approx(0.100 - mean - 0.030, abs=1e-12)  # plain: the mean
     assert hs.wait_s(0.100, 0.030, 0.060) == pytest.approx(0.050 - 0.030, abs=1e-12)  # never under half the interval
+
+
+def test_an_unfinished_abort_is_resumed_and_a_refused_resume_stops_the_worker() -> None:
+    """``abort_transaction`` over a producer whose aborts time out (retriable) and then, resumed,
+    fail with an error that is not retriable: the first leaves the abort unfinished (no exception:
+    the worker rewinds and goes on), the resume in ``begin`` raises for the caller to abort again, and
+    that second abort, refused, stops the worker instead of looping. (The timed-out abort resumed by
+    ``begin`` on the real broker: ``tests/integration/test_transaction_resume.py``.)"""
+    from mystocks_gpu.streams.commit_protocol import CommitProtocol
+    from mystocks_gpu.streams.exceptions import FatalRuntimeError
+
+    calls: list[str] = []
+
+    class Producer:
+        errors = [KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True)] * 2 + \
+                 [KafkaError(KafkaError._STATE, "refused")] * 2
+
+        def flush(self, timeout: float) -> int:
+            return 0
+
+        def poll(self, timeout: float) -> int:
+            return 0
+
+        def abort_transaction(self, timeout: float) -> None:
+            calls.append("abort")
+            raise KafkaException(self.errors.pop(0))
+
+        def begin_transaction(self) -> None:
+            calls.append("begin")
+
+    rt = RuntimeConfig(guarantee="exactly_once")
+    p = CommitProtocol(producer=Producer(), consumer=None, topic="t", processor=None, states=None,  # type: ignore[arg-type]
+                       rt=rt, metrics=None, clock=ManualClock(), drop_input=lambda: None, transactional_id="x",
+                       max_bytes={})
+    p._retry = functools.partial(CommitProtocol._retry, p, attempts=2)  # type: ignore[method-assign]
+    p.in_txn = True
+    assert p.abort_transaction() is False and p.abort_unfinished and not p.in_txn and not p.failed
+    with pytest.raises(KafkaException, match="refused"):
+        p.begin()  # resumes first: refused, no new transaction
+    assert calls == ["abort", "abort", "abort"] and p.abort_unfinished and not p.in_txn
+    with pytest.raises(FatalRuntimeError, match="unfinished abort cannot finish"):
+        p.abort_transaction()
+    assert p.failed and calls == ["abort"] * 4
