@@ -347,10 +347,10 @@ class CommitProtocol(OutputSending):
             self.inject("offsets")
             if self.rt.exactly_once:
                 if offsets:
-                    self._retry(lambda: self.producer.send_offsets_to_transaction(
+                    self._txn_call("send_offsets_to_transaction", lambda: self.producer.send_offsets_to_transaction(
                         offsets, self.consumer.consumer_group_metadata(), self.rt.commit_timeout_s))
                 self.inject("commit")
-                self._retry(lambda: self.producer.commit_transaction(self.rt.commit_timeout_s))
+                self._txn_call("commit_transaction", lambda: self.producer.commit_transaction(self.rt.commit_timeout_s))
                 self.in_txn = False
             elif not sync:
                 # cut here; the offsets go out when everything produced so far is acknowledged
@@ -477,6 +477,22 @@ class CommitProtocol(OutputSending):
                     self.producer.poll(min(0.25 * 2**i, 5.0))
                     continue
                 raise
+
+    def _txn_call(self, name: str, op: Callable[[], Any]) -> None:
+        """A transactional call of the commit (``_retry``'s retries). One still failing with a
+        retriable error when they run out stays in progress in librdkafka, which then refuses every
+        other transactional call, the abort included, until that same call finishes: the commit's
+        outcome is unknown, so the worker stops (``FatalRuntimeError``); a restart fences the
+        transaction and resumes from what the coordinator committed."""
+        try:
+            self._retry(op)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.retriable() and not err.txn_requires_abort() and not err.fatal():
+                self.failed = True
+                raise FatalRuntimeError(f"{name} did not finish ({err.str()}) after its retries; stopping: its "
+                                        "outcome is unknown, and a restart resumes from the committed offsets") from None
+            raise
 
     @staticmethod
     def _fenced(err: KafkaError) -> bool:

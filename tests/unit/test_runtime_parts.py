@@ -553,3 +553,33 @@ def test_an_unfinished_abort_is_resumed_and_a_refused_resume_stops_the_worker() 
     with pytest.raises(FatalRuntimeError, match="unfinished abort cannot finish"):
         p.abort_transaction()
     assert p.failed and calls == ["abort"] * 4
+
+
+def test_a_commit_still_timing_out_after_its_retries_stops_the_worker() -> None:
+    """``commit_transaction`` timing out (retriable) on every retry: librdkafka keeps it in progress
+    and would refuse the abort, and the outcome is unknown, so the commit stops the worker with a
+    FatalRuntimeError (before: an abort that could not run, then every batch rewound); an abortable
+    commit error still aborts and rewinds (the fault-injection tests)."""
+    from mystocks_gpu.streams.commit_protocol import CommitProtocol
+    from mystocks_gpu.streams.exceptions import FatalRuntimeError
+
+    calls: list[str] = []
+
+    class Producer:
+        def poll(self, timeout: float) -> int:
+            return 0
+
+        def commit_transaction(self, timeout: float) -> None:
+            calls.append("commit")
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out, retry call to resume", retriable=True))
+
+        def abort_transaction(self, timeout: float) -> None:
+            calls.append("abort")
+
+    p = CommitProtocol(producer=Producer(), consumer=None, topic="t", processor=None, states=None,  # type: ignore[arg-type]
+                       rt=RuntimeConfig(guarantee="exactly_once"), metrics=None, clock=ManualClock(),  # type: ignore[arg-type]
+                       drop_input=lambda: None, transactional_id="x", max_bytes={})
+    p._retry = functools.partial(CommitProtocol._retry, p, attempts=3)  # type: ignore[method-assign]
+    with pytest.raises(FatalRuntimeError, match="commit_transaction did not finish"):
+        p._txn_call("commit_transaction", lambda: p.producer.commit_transaction(1.0))
+    assert p.failed and calls == ["commit"] * 3
