@@ -297,10 +297,23 @@ class StreamWorker(RebalanceCallbacks):
         admin = make_admin(self.kafka)
         return lambda: admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(15)
 
-    def _make_producer(self) -> Any:
+    def _make_producer(self, attempts: int = 3) -> Any:
+        """A producer with the worker's settings; exactly-once: initialised for transactions. An
+        ``init_transactions`` that times out (retriable: the broker restarting, its coordinator still
+        loading) is called again, as librdkafka asks, up to ``attempts`` times, each waiting
+        ``max(30, 3 x transaction timeout)`` s: a fenced worker replaces its producer in the middle of
+        an outage, and a broker restart has taken 24-45 s on the 2-core VM."""
         producer = make_producer(self.kafka, route_logs=False, **{"log_level": 3, **self._pconf})
         if self.rt.exactly_once:
-            producer.init_transactions(max(30.0, self.rt.transaction_timeout_ms / 1000 * 3))
+            for attempt in range(attempts):
+                try:
+                    producer.init_transactions(max(30.0, self.rt.transaction_timeout_ms / 1000 * 3))
+                    break
+                except KafkaException as exc:
+                    if not exc.args[0].retriable() or attempt == attempts - 1:
+                        raise
+                    log.warning("init_transactions did not finish; calling it again",
+                                extra={"fields": {"error": exc.args[0].str(), "attempt": attempt + 1}})
         return producer
 
     def _replace_fenced_producer(self) -> Any:

@@ -583,3 +583,36 @@ def test_a_commit_still_timing_out_after_its_retries_stops_the_worker() -> None:
     with pytest.raises(FatalRuntimeError, match="commit_transaction did not finish"):
         p._txn_call("commit_transaction", lambda: p.producer.commit_transaction(1.0))
     assert p.failed and calls == ["commit"] * 3
+
+
+def test_init_transactions_that_times_out_is_called_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's transactional producer: an ``init_transactions`` that times out (retriable) is
+    called again, up to three times; one that fails otherwise, or a third time, raises."""
+    from mystocks_gpu.infra.config import KafkaConfig
+    from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
+    from mystocks_gpu.streams import stream_worker
+
+    timed_out = KafkaError(KafkaError._TIMED_OUT, "timed out, retry call to resume", retriable=True)
+
+    class Producer:
+        def __init__(self, errors: list[KafkaError]) -> None:
+            self.errors, self.calls = errors, 0
+
+        def init_transactions(self, timeout: float) -> None:
+            self.calls += 1
+            if self.errors:
+                raise KafkaException(self.errors.pop(0))
+
+    made: list[Producer] = []
+    plans = [[timed_out], [timed_out] * 3, [KafkaError(KafkaError._FENCED, "fenced", fatal=True)]]
+    monkeypatch.setattr(stream_worker, "make_producer", lambda *a, **kw: made.append(Producer(plans.pop(0))) or made[-1])
+    w = stream_worker.StreamWorker(RunningAggregateProcessor(output_topic="t.out"), KafkaConfig(),
+                                   RuntimeConfig(guarantee="exactly_once"))
+    w._pconf = {}
+    assert w._make_producer() is made[0] and made[0].calls == 2  # timed out once, then initialised
+    with pytest.raises(KafkaException, match="timed out"):
+        w._make_producer()
+    assert made[1].calls == 3
+    with pytest.raises(KafkaException, match="fenced"):
+        w._make_producer()
+    assert made[2].calls == 1
