@@ -560,11 +560,10 @@ class CommitProtocol(OutputSending):
         self.tally.abort_reasons.append(reason[:200])
         self.metrics.aborts.inc()
         if self.rt.exactly_once:
-            self.abort_transaction()
+            self.abort_transaction()  # leaves no transaction open (in_txn False), finished or not
         # at-least-once: what is queued is left to be delivered (a replay repeats it: duplicates are
         # allowed, with the same values); purging it would fail its records, which the producer's
         # gap-less guarantee turns into a fatal error (see StreamWorker._setup)
-        self.in_txn = False
         self.drop_input()
         touched = sorted(self._open_partitions() | (self.unsettled.touched if self.unsettled is not None else set()))
         self.unsettled = None
