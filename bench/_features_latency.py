@@ -32,7 +32,7 @@ Every process of a measurement (this one, the load producer, the relay; the work
 ``StreamWorker.run``) moves its start-up heap out of the cyclic collector's view before its timed
 loop (``C.freeze_heap``): until 2026-12-03 this process's own full collections, 50-110 ms every 1-2 s,
 were counted as pipeline latency. The load producer encodes its ticks once and splices each paced
-chunk's ``ts_event`` into them (:class:`StampedTicks`), so it takes a quarter of a core at 50k
+chunk's ``ts_event`` into them (``mystocks_gpu.data.live_feed.StampedTicks``), so it takes a quarter of a core at 50k
 ticks/s instead of most of one.
 
 Each run also groups its records over p99 into episodes by event time (:func:`tail_episodes`: a
@@ -60,32 +60,31 @@ from typing import Any
 import _common as C
 import numpy as np
 
+from mystocks_gpu.data.live_feed import LIVE_PRODUCER
 from mystocks_gpu.infra.kafka_clients import consume_ready
 from mystocks_gpu.infra.stack_process import proc_stat
-from mystocks_gpu.schemas.batch_codec.encoder import _varint_bytes
 from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
-from mystocks_gpu.schemas.codec import PREFIX_LEN
 from mystocks_gpu.streams.columnar_io import ColumnarIngest, load_extension
 from mystocks_gpu.streams.runtime_config import RuntimeConfig
 from mystocks_gpu.streams.stream_metrics import STAGE_BUCKETS, STAGES, histogram_quantile
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
 
-#: the load producer's delivery settings (``--feed-producer``), on top of ``PRODUCER_DEFAULTS`` with
-#: ``linger.ms`` 1 and Nagle off. The load producer stands for an exchange feed handler upstream of the
-#: platform; it shares the two cores with the broker and the worker it measures.
-#: ``idempotent``: the project's default producer. librdkafka (2.12 here, unchanged in 2.15:
+#: the load producer's delivery settings (``--feed-producer``), on top of ``PRODUCER_DEFAULTS``. The load
+#: producer stands for an exchange feed handler upstream of the platform; it shares the two cores with
+#: the broker and the worker it measures. ``ordered`` (default): ``mystocks-gpu produce --live``'s
+#: producer (:data:`~mystocks_gpu.data.live_feed.LIVE_PRODUCER`: not idempotent, one request in flight
+#: per connection, 1 ms linger, Nagle off), which waits in ``poll()``. ``idempotent``: the project's
+#: default producer with the same linger and Nagle. librdkafka (2.12 here, unchanged in 2.15:
 #: ``rd_kafka_toppar_producer_serve``) caps an idempotent producer at 5 in-flight *requests* per
 #: partition minus the partition's in-flight *messages*, so once a request of 5 or more records is out
 #: the next one waits for its acknowledgement; the waiting batch is already due, so the broker
 #: thread's poll timeout stays 0 until then: it spins a core for the whole round trip, the longer the
-#: slower the broker (open PR confluentinc/librdkafka#4989 is about the cap). ``ordered`` (default):
-#: not idempotent, one request in flight per connection (records stay in produce order; a retry
-#: after a lost acknowledgement may duplicate; acks stay librdkafka's default, all), which waits in
-#: ``poll()``. The A/B that made it the default: ``bench/HISTORY.md``, 2026-12-05 09:20.
+#: slower the broker (open PR confluentinc/librdkafka#4989 is about the cap). The A/B that made
+#: ``ordered`` the default: ``bench/HISTORY.md``, 2026-12-05 09:20.
 FEED_PRODUCERS: dict[str, dict[str, Any]] = {
-    "idempotent": {},
-    "ordered": {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1},
+    "idempotent": {"linger.ms": 1, "socket.nagle.disable": True},
+    "ordered": LIVE_PRODUCER,
 }
 
 TICK = "mystocks.md.Tick"
@@ -258,41 +257,6 @@ def start_load(topic: str, rate: float, seconds: float, symbols: int, ramp_s: fl
             "probe_ts": time.time_ns(), "ramp_s": ramp_s, "feed": feed}
     producer, first = spawn_role("producer", pcfg, "the load producer")
     return producer, int(first["count_from"])  # printed just before its first tick
-
-
-class StampedTicks:
-    """Tick values encoded once, before the clock starts, whose ``ts_event`` is set per paced chunk
-    by splicing the chunk's 9-byte Avro long between each value's head (Confluent prefix, symbol)
-    and tail. Re-encoding every chunk cost the load producer most of a core at 50k ticks/s (about
-    80 us of per-call overhead for chunks of ~10 ticks), CPU taken from the broker and the worker it
-    measures; splicing costs a tenth of that. Checked against the encoder on a sample at start-up:
-    the same bytes, or :meth:`values` falls back to encoding each chunk."""
-
-    def __init__(self, enc: Any, cols: dict[str, np.ndarray], names: list[str], now_ns: int) -> None:
-        self.enc, self.cols, self.names = enc, cols, names
-        placeholder = dict(cols, ts=np.full(cols["ts"].size, now_ns, np.int64))
-        values = enc.encode(placeholder, names)
-        cut = [PREFIX_LEN + 1 + len(names[c].encode()) for c in cols["sym"].tolist()]
-        self.heads = [v[:c] for v, c in zip(values, cut, strict=True)]
-        self.tails = [v[c + 9:] for v, c in zip(values, cut, strict=True)]
-        probe_ts = now_ns + 123_456_789
-        sample = min(len(values), 256)
-        want = enc.encode(dict({k: v[:sample] for k, v in cols.items()}, ts=np.full(sample, probe_ts, np.int64)), names)
-        self.exact = self._spliced(0, sample, probe_ts) == want
-
-    def _spliced(self, i: int, j: int, ts_ns: int) -> list[bytes] | None:
-        stamp = _varint_bytes(ts_ns)
-        if len(stamp) != 9:  # the placeholder's length (ns since 1971 until 2116)
-            return None
-        return [h + stamp + t for h, t in zip(self.heads[i:j], self.tails[i:j], strict=True)]
-
-    def values(self, i: int, j: int, ts_ns: int) -> list[bytes]:
-        """Framed values of ticks ``i:j`` with ``ts_event = ts_ns``."""
-        if self.exact and (spliced := self._spliced(i, j, ts_ns)) is not None:
-            return spliced
-        chunk = {k: v[i:j] for k, v in self.cols.items()}
-        chunk["ts"] = np.full(j - i, ts_ns, np.int64)
-        return list(self.enc.encode(chunk, self.names))
 
 
 def spawn_role(role: str, cfg: dict[str, Any], what: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:

@@ -110,6 +110,7 @@ from _features_reference import (  # noqa: E402
     vector_of,
 )
 
+from mystocks_gpu.data.live_feed import StampedTicks  # noqa: E402
 from mystocks_gpu.exceptions import ConfigError  # noqa: E402
 from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor  # noqa: E402
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig  # noqa: E402
@@ -372,9 +373,8 @@ def producer_role(cfg: dict[str, Any]) -> None:
     cols, names = C.synthetic(n, cfg["symbols"], seed=11)
     keys = [names[i].encode() for i in cols["sym"].tolist()]
     enc = BatchEncoder(TICK)
-    stamped = L.StampedTicks(enc, cols, names, time.time_ns())
-    prod = make_producer(s.kafka, **{"linger.ms": 1, "socket.nagle.disable": True,
-                                     **L.FEED_PRODUCERS[cfg["feed"]]})
+    stamped = StampedTicks(enc, cols, names, time.time_ns())
+    prod = make_producer(s.kafka, **L.FEED_PRODUCERS[cfg["feed"]])
     if cfg.get("probe_ts") is not None:
         # connect, fetch metadata (and an idempotent feed's producer id) before the clock starts: one tick stamped
         # just before the load window (the measuring consumer skips it), flushed; otherwise the first

@@ -3,9 +3,10 @@
 1. create the catalog topics;
 2. produce ~1M synthetic ticks for 500 symbols to md.ticks;
 3. run the features processor (exactly-once) until it has caught up: throughput;
-4. live phase: ticks produced at a fixed rate with event time = wall clock; tick -> feature
-   latency p50/p99 measured by a consumer of features.ticks, after a ramp that is not counted (the
-   switch from an idle worker to the live rate, as in ``bench/features_e2e.py``);
+4. live phase: ``mystocks-gpu produce ticks --synthetic --live`` feeds ticks at a fixed rate with
+   event time = the wall clock when sent; tick -> feature latency p50/p99 measured by a consumer of
+   features.ticks, after a ramp that is not counted (the switch from an idle worker to the live
+   rate, as in ``bench/features_e2e.py``);
 5. print a few decoded feature vectors and bars, and how to consume the topics;
 6. train a model on the feature vectors of the bulk phase (the ``train`` job's runner: replay,
    walk-forward, long-short backtest, model published to ``models``), then score the newest
@@ -134,7 +135,7 @@ def main() -> int:
                                *(["--at-least-once"] if args.live_at_least_once else [])],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lat, split = _live_latency(s, names, seed, args.live_rate, args.live_seconds, args.live_ramp_s)
+        lat, split = _live_latency(s, names, seed, args.live_rate, args.live_seconds, args.live_ramp_s, args.config)
     finally:
         proc_w.send_signal(signal.SIGTERM)
         out, _ = proc_w.communicate(timeout=60)
@@ -143,7 +144,7 @@ def main() -> int:
         print(f"   warning: the live worker computed on {live_backend}, the bulk phase on {proc.backend}")
     if lat.size:
         print(f"4. live: {lat.size:,} ticks at {args.live_rate:,.0f}/s (after a {args.live_ramp_s:g}-s ramp, not counted) "
-              f"through `mystocks-gpu run features` "
+              f"from `mystocks-gpu produce ticks --synthetic --live` through `mystocks-gpu run features` "
               f"({'at-least-once' if args.live_at_least_once else 'exactly-once, commit every 100 ms'}): tick->feature latency (produce -> consumed via the broker) "
               f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms; "
               f"worker exit {proc_w.returncode} after SIGTERM, backend {live_backend}")
@@ -561,11 +562,11 @@ def _wait_for_worker(s, consumer, names: list[str], timeout_s: float = 90.0) -> 
 
 
 def _live_latency(s, names: list[str], seed: int, rate: float, seconds: float,  # type: ignore[no-untyped-def]
-                  ramp_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Produce ticks paced to the wall clock (event time = send time) for ``ramp_s + seconds``;
-    measure consume - event time of the ticks after the ramp."""
-    n_ramp = int(rate * ramp_s)
-    n = n_ramp + int(rate * seconds)
+                  ramp_s: float, config: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``mystocks-gpu produce ticks --synthetic --live`` (event time = send time) for ``ramp_s +
+    seconds``, as a user would; measure consume - event time of the ticks after the ramp (the feed's
+    first ``ramp_s`` seconds are not counted)."""
+    n = int(rate * (ramp_s + seconds))
     # read_committed outputs become fetchable when a commit marker lands; a short fetch wait sees them at once
     consumer = make_consumer(s.kafka, f"demo-latency-{uuid.uuid4().hex[:6]}",
                              **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
@@ -574,40 +575,39 @@ def _live_latency(s, names: list[str], seed: int, rate: float, seconds: float,  
     while not consumer.assignment() and time.monotonic() < t_end:
         consumer.poll(0.1)
     _wait_for_worker(s, consumer, names)
-    market = SyntheticMarket(n_symbols=len(names), seed=seed + 1, start_ns=time.time_ns() + 10**9, events_per_s=rate)
-    cols = generate(market, n)
-    items = list(_items(cols, names, schema_store(s)))  # encoded before the clock starts
-    first_live = int(cols["ts"][min(n_ramp, n - 1)])  # the first measured tick
     lat: list[float] = []
     split: list[float] = []  # event -> worker received the batch (the rest is processing + output path)
-
-    def _produce() -> None:
-        producer = make_producer(s.kafka, **{"linger.ms": 1})
-        for i, (k, v, ts_ms) in enumerate(items):
-            wait = (int(cols["ts"][i]) - time.time_ns()) / 1e9
-            if wait > 0:
-                time.sleep(wait)
-            producer.produce("md.ticks", v, k, timestamp=ts_ms)
-            producer.poll(0)
-        producer.flush(30)
-
-    pt = threading.Thread(target=_produce, daemon=True)
-    pt.start()
+    t_feed = time.time_ns()  # vectors of earlier ticks (the probes) are not the feed's
+    feed = subprocess.Popen([sys.executable, "-m", "mystocks_gpu.cli", *(["--config", config] if config else []),
+                             "--log-level", "WARNING", "produce", "ticks", "--synthetic", "--live", "--rate", f"{rate:g}",
+                             "--count", str(n), "--symbols", str(len(names)), "--seed", str(seed)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     codec = AvroCodec(schema_store(s))
-    deadline = time.monotonic() + ramp_s + seconds + 20
-    while time.monotonic() < deadline and len(lat) < n - n_ramp:
+    first_live: int | None = None  # the first measured event time: the feed's first tick + the ramp
+    deadline = time.monotonic() + 60 + ramp_s + seconds
+    last_seen = time.monotonic()
+    while time.monotonic() < deadline and (feed.poll() is None or time.monotonic() - last_seen < 2.0):
         # consume() returns when it has `num` records or at the timeout: keep the wait short, or
         # the measurement itself adds up to the timeout to every latency
         for m in consumer.consume(1000, timeout=0.002):
             if m.error() is None:
                 now = time.time_ns()
+                last_seen = time.monotonic()
                 rec = codec.decode(m.value())
                 ts = rec["ts_event"]
+                if ts < t_feed:
+                    continue
+                if first_live is None:
+                    first_live = ts + int(ramp_s * 1e9)
                 if ts >= first_live:
                     lat.append((now - ts) / 1e6)
                     split.append((rec["ts_ingest"] - ts) / 1e6)
     consumer.close()
-    pt.join(5)
+    if feed.poll() is None:
+        feed.kill()
+    _, err = feed.communicate(timeout=30)
+    if feed.returncode != 0:
+        raise SystemExit(f"the live feed (mystocks-gpu produce --live) failed: {err.strip()[-1500:]}")
     return np.asarray(lat), np.asarray(split)
 
 

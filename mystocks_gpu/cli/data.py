@@ -33,17 +33,33 @@ def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
         raise ConfigError(f"produce ticks writes mystocks.md.Tick; topic {spec.name} carries {spec.schema}")
     if args.count < 1 or args.symbols < 1:
         raise ConfigError("--count and --symbols must be >= 1")
+    if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
+        raise ConfigError(f"--rate must be a number > 0 (ticks/s), got {args.rate:g}")
+    if args.live and args.rate is None:
+        raise ConfigError("--live needs --rate: a live feed is paced to the wall clock (e.g. --rate 10000)")
+    if args.live and args.start is not None:
+        raise ConfigError("--live stamps each tick with the wall clock when it is sent; --start does not apply")
     ensure_broker(s.kafka)
     market = SyntheticMarket(n_symbols=args.symbols, seed=args.seed,
                              **({"start_ns": time.time_ns()} if args.start == "now" else {}))
     names = symbol_names(args.symbols, args.seed)
     cols = generate(market, args.count)
-    items = _encode_ticks(cols, names, AvroCodec(schema_store(s)))
+    codec = AvroCodec(schema_store(s))
+    if args.live:
+        from mystocks_gpu.data.live_feed import LIVE_PRODUCER, StampedTicks, live_items
+        from mystocks_gpu.schemas.batch_codec import BatchEncoder
+
+        items = live_items(StampedTicks(BatchEncoder("mystocks.md.Tick", codec.store), cols, names, time.time_ns()))
+        producer = make_producer(s.kafka, **LIVE_PRODUCER)
+    else:
+        items = _encode_ticks(cols, names, codec)
+        producer = make_producer(s.kafka)
     t0 = time.monotonic()
     with _progress(args.count, f"produce {spec.name}") as bar:
-        n = produce_all(make_producer(s.kafka), spec.name, items, bar.update, rate=args.rate)
+        n = produce_all(producer, spec.name, items, bar.update, rate=args.rate)
     dt = time.monotonic() - t0
-    print(f"produced {n} ticks for {args.symbols} symbols to {spec.name} in {dt:.1f} s ({n / max(dt, 1e-9):,.0f}/s), seed={args.seed}")
+    print(f"produced {n} {'live ' if args.live else ''}ticks for {args.symbols} symbols to {spec.name} in {dt:.1f} s "
+          f"({n / max(dt, 1e-9):,.0f}/s), seed={args.seed}")
     return 0
 
 
@@ -131,6 +147,8 @@ def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
              "from the end: only records produced from now on (--from-beginning for the history)")
     print(f"reading {spec.name} {where}; stops after {args.timeout:g} s without a record"
           + (f" or {args.max} record(s)" if args.max else ""), file=sys.stderr)
+    if args.latency is not None:
+        return _consume_latency(args, s, spec, beginning)
     n = 0
     for rec in read_topic(s.kafka, spec.name, from_beginning=beginning, max_records=args.max,
                           idle_timeout_s=args.timeout, decode=spec.schema is not None,
@@ -147,6 +165,59 @@ def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def _consume_latency(args: argparse.Namespace, s: Settings, spec: Any, beginning: bool) -> int:
+    """``consume TOPIC --latency [EVERY_S]``: per window of EVERY_S seconds and for the whole read,
+    the quantiles of receive time - ``ts_event`` (ms) of the records received; one line each (a JSON
+    object each with ``--json``). Only ``ts_event`` is decoded from each value."""
+    from mystocks_gpu.data.live_feed import LatencyDecodeError, LatencyWindow, event_time_ns
+    from mystocks_gpu.data.topic_reader import read_topic
+    from mystocks_gpu.schemas import schema_store
+
+    every = float(args.latency)
+    if not (math.isfinite(every) and every > 0):
+        raise ConfigError(f"--latency takes a reporting interval in seconds > 0, got {args.latency:g}")
+    fields = schema_store(s).by_name(spec.schema).raw["fields"][:2] if spec.schema else []
+    if [(f["name"], f["type"]) for f in fields][1:] != [("ts_event", "long")] or fields[0]["type"] != "string":
+        raise ConfigError(f"--latency reads ts_event, a record's second field after a string; the records of "
+                          f"{spec.name} ({spec.schema or 'raw bytes'}) do not start that way")
+    total, window, bad, windows = LatencyWindow(time.monotonic()), LatencyWindow(time.monotonic()), 0, 0
+
+    def report(w: LatencyWindow, what: str) -> None:
+        q = w.summary()
+        if args.json:
+            print(strict_json({"window": what, "seconds": round(time.monotonic() - w.started_s, 3), **q}), flush=True)
+        elif q["count"]:
+            print(f"{what:>6}  {q['count']:>9,} records  p50 {q['p50_ms']:9.2f} ms  p99 {q['p99_ms']:9.2f} ms  "
+                  f"p99.9 {q['p999_ms']:9.2f} ms  max {q['max_ms']:9.2f} ms", flush=True)
+        else:
+            print(f"{what:>6}  no records", flush=True)
+
+    try:
+        for rec in read_topic(s.kafka, spec.name, from_beginning=beginning, max_records=args.max,
+                              idle_timeout_s=args.timeout, decode=False):
+            now_ns = time.time_ns()
+            try:
+                ms = (now_ns - event_time_ns(rec.raw or b"")) / 1e6
+            except LatencyDecodeError:
+                bad += 1
+                continue
+            if not total.ms:  # the clocks start at the first record, not while waiting for one
+                total.started_s = window.started_s = time.monotonic()
+            total.ms.append(ms)
+            window.ms.append(ms)
+            if time.monotonic() - window.started_s >= every:
+                report(window, "window")
+                window, windows = LatencyWindow(time.monotonic()), windows + 1
+    except KeyboardInterrupt:
+        pass
+    if window.ms and windows:  # the last, partial window (the only one: the total says it)
+        report(window, "window")
+    report(total, "total")
+    print(f"{len(total.ms)} record(s) from {spec.name}: latency = receive wall time - ts_event"
+          + (f"; {bad} not readable (skipped)" if bad else ""), file=sys.stderr)
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Register this group's subcommands."""
     sp = sub.add_parser("produce", help="produce synthetic market data",
@@ -157,8 +228,14 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--count", type=int, default=100_000, help="number of ticks (default 100000)")
     sp.add_argument("--rate", type=float, default=None, help="throttle to about R ticks/s (default: as fast as possible)")
     sp.add_argument("--seed", type=int, default=7, help="RNG seed; same seed -> same ticks (default 7)")
-    sp.add_argument("--start", choices=["fixed", "now"], default="fixed",
-                    help="event time starts at a fixed date (deterministic) or now")
+    sp.add_argument("--start", choices=["fixed", "now"], default=None,
+                    help="event time starts at a fixed date (deterministic; the default) or now, and advances by "
+                         "the generator's own clock")
+    sp.add_argument("--live", action="store_true",
+                    help="a live feed: needs --rate; each tick's event time (ts_event, and the record's Kafka "
+                         "timestamp) is the wall clock when it is sent, so `consume TOPIC --latency` downstream "
+                         "reads the latency of everything in between. Producer: not idempotent, one request in "
+                         "flight (ordered), 1 ms linger")
     sp.add_argument("--topic", default="md.ticks", help="target topic (default md.ticks)")
     sp.set_defaults(func=cmd_produce)
 
@@ -186,4 +263,9 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--max", type=int, default=None, help="stop after N records")
     sp.add_argument("--json", action="store_true", help="one strict JSON object per line (NaN and Infinity as null)")
     sp.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a record (default 5)")
+    sp.add_argument("--latency", type=float, nargs="?", const=5.0, default=None, metavar="EVERY_S",
+                    help="print latency instead of records: receive wall time - ts_event of each record, as "
+                         "p50/p99/p99.9/max ms every EVERY_S seconds (default 5) and for the whole read (Ctrl-C "
+                         "ends it). With `produce ticks --synthetic --live` upstream, on features.ticks: the tick "
+                         "-> feature latency; on md.ticks: the feed's own hop")
     sp.set_defaults(func=cmd_consume)

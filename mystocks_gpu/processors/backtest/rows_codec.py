@@ -21,7 +21,7 @@ import numba
 import numpy as np
 import pandas as pd
 
-from mystocks_gpu.schemas.batch_codec.encoder import _varint_bytes
+from mystocks_gpu.schemas.batch_codec.encoder import avro_long_bytes
 from mystocks_gpu.schemas.batch_codec.primitives import _write_long
 from mystocks_gpu.schemas.batch_codec.record_values import RecordValues
 from mystocks_gpu.schemas.codec import MAGIC, PREFIX, AvroCodec
@@ -32,14 +32,14 @@ DOUBLE, LONG = 0, 1
 
 def _string(s: str) -> bytes:
     b = s.encode("utf-8")
-    return _varint_bytes(len(b)) + b
+    return avro_long_bytes(len(b)) + b
 
 
 def _double_map(m: Mapping[str, float]) -> bytes:
     """A ``map<double>`` as fastavro writes it (one block, in the dict's order)."""
     if not m:
         return b"\x00"
-    return _varint_bytes(len(m)) + b"".join(_string(k) + np.asarray(v, "<f8").tobytes() for k, v in m.items()) + b"\x00"
+    return avro_long_bytes(len(m)) + b"".join(_string(k) + np.asarray(v, "<f8").tobytes() for k, v in m.items()) + b"\x00"
 
 
 @numba.njit(cache=True, nogil=True)
@@ -102,7 +102,7 @@ class RowsEncoder:
         sl = stats.iloc[np.asarray(index, np.int64)]
         base = self.codec.encode(self.SCHEMA, {**head, "rows": []})
         pos = PREFIX.size + len(_string(str(head["job_id"]))) + sum(
-            len(_varint_bytes(int(head[k]))) for k in ("ts_event", "chunk_index", "chunk_count"))
+            len(avro_long_bytes(int(head[k]))) for k in ("ts_event", "chunk_index", "chunk_count"))
         if base[pos] != 0 or base[:PREFIX.size] != PREFIX.pack(MAGIC, self.schema_id):
             raise ValueError("unexpected encoding of the record head")  # the layout assumed above broke
         n = len(sl)
@@ -127,4 +127,4 @@ class RowsEncoder:
         out = np.empty(n * bound, np.uint8)
         size = _encode_rows(sym.astype(np.int64), par, syms.buffer, syms.starts, syms.ends, pars.buffer, pars.starts,
                             pars.ends, self.kinds, dbl.view(np.uint64), lng, out)
-        return b"".join((base[:pos], _varint_bytes(n), out[:size].tobytes(), b"\x00", base[pos + 1:]))
+        return b"".join((base[:pos], avro_long_bytes(n), out[:size].tobytes(), b"\x00", base[pos + 1:]))

@@ -118,7 +118,8 @@ def split_values(buf: np.ndarray, offsets: np.ndarray) -> list[bytes]:
     return [data[a:b] for a, b in zip(o, o[1:], strict=False)]
 
 
-def _varint_bytes(v: int) -> bytes:
+def avro_long_bytes(v: int) -> bytes:
+    """The Avro encoding of the long ``v`` (a zig-zag varint, 1-10 bytes)."""
     u = (v << 1) ^ (v >> 63)
     out = bytearray()
     while u >= 0x80:
@@ -220,8 +221,8 @@ class BatchEncoder:
         same on every call of a processor, and building them cost ~20 µs a call."""
         got = self._key_cache.get(keys)
         if got is None:
-            head = _varint_bytes(len(keys)) if keys else b""
-            kb = [_varint_bytes(len(b)) + b for b in (k.encode("utf-8") for k in keys)]
+            head = avro_long_bytes(len(keys)) if keys else b""
+            kb = [avro_long_bytes(len(b)) + b for b in (k.encode("utf-8") for k in keys)]
             mo = np.cumsum([len(head)] + [len(b) for b in kb]).astype(np.int64)
             mk = np.frombuffer(head + b"".join(kb) + b"\0", np.uint8)[:-1]
             mk.flags.writeable = mo.flags.writeable = False

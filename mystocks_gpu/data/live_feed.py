@@ -1,0 +1,137 @@
+"""A live synthetic feed and a latency reading of any topic: what a user needs to see tick -> feature
+latency for themselves (``mystocks-gpu produce ticks --synthetic --live`` and ``mystocks-gpu consume
+TOPIC --latency``).
+
+A live tick's event time (``ts_event``, ns) and its Kafka timestamp (ms) are the wall clock when it
+is handed to the producer, not a time from the generator, so ``receive time - ts_event`` of a record
+downstream is the latency of everything between the feed and the reader. The ticks are the
+generator's (:mod:`mystocks_gpu.data.synthetic_ticks`), encoded once before the clock starts; each
+is stamped as it is taken by splicing the 9-byte Avro long into its encoded bytes
+(:class:`StampedTicks`; ``bench/features_e2e.py``'s load producer does the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
+from mystocks_gpu.schemas.batch_codec import BatchEncoder
+from mystocks_gpu.schemas.batch_codec.encoder import avro_long_bytes
+from mystocks_gpu.schemas.codec import PREFIX_LEN
+
+#: a live feed's producer settings, on top of the project's producer defaults: not idempotent and one
+#: request in flight per connection (the records stay in produce order; a retry after a lost
+#: acknowledgement may duplicate one), 1 ms linger, Nagle off. An idempotent producer builds a
+#: partition's next request only while fewer than 5 of its messages are in flight, and spins a core
+#: until the acknowledgement comes; on a machine it shares with the broker that starved the broker
+#: (``bench/HISTORY.md``, 2026-12-05).
+LIVE_PRODUCER: dict[str, Any] = {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1,
+                                 "linger.ms": 1, "socket.nagle.disable": True}
+
+
+class StampedTicks:
+    """Tick values encoded once, whose ``ts_event`` is set when they are taken by splicing a 9-byte
+    Avro long between each value's head (Confluent prefix, symbol) and tail. Re-encoding each chunk
+    of a paced feed cost most of a core at 50k ticks/s (about 80 us of per-call overhead for chunks of
+    ~10 ticks); splicing costs a tenth of that. Checked against the encoder on a sample at start-up:
+    the same bytes, or :meth:`values` falls back to encoding each chunk.
+
+    ``cols``: the generator's columns (``sym`` codes into ``names``), ``now_ns``: any time of the
+    same decade (its varint length, 9 bytes, is what the values are cut for)."""
+
+    def __init__(self, enc: BatchEncoder, cols: dict[str, np.ndarray], names: Sequence[str], now_ns: int) -> None:
+        self.enc, self.cols, self.names = enc, cols, list(names)
+        placeholder = dict(cols, ts=np.full(cols["ts"].size, now_ns, np.int64))
+        values = enc.encode(placeholder, self.names)
+        cut = [PREFIX_LEN + 1 + len(self.names[c].encode()) for c in cols["sym"].tolist()]
+        self.heads = [v[:c] for v, c in zip(values, cut, strict=True)]
+        self.tails = [v[c + 9:] for v, c in zip(values, cut, strict=True)]
+        probe_ts = now_ns + 123_456_789
+        sample = min(len(values), 256)
+        want = enc.encode(dict({k: v[:sample] for k, v in cols.items()}, ts=np.full(sample, probe_ts, np.int64)),
+                          self.names)
+        #: True when splicing gives the encoder's bytes (checked on up to 256 ticks)
+        self.exact = self._spliced(0, sample, probe_ts) == want
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def _spliced(self, i: int, j: int, ts_ns: int) -> list[bytes] | None:
+        stamp = avro_long_bytes(ts_ns)
+        if len(stamp) != 9:  # the placeholder's length (ns since 1971 until 2116)
+            return None
+        return [h + stamp + t for h, t in zip(self.heads[i:j], self.tails[i:j], strict=True)]
+
+    def values(self, i: int, j: int, ts_ns: int) -> list[bytes]:
+        """Framed values of ticks ``i:j`` with ``ts_event = ts_ns``."""
+        if self.exact and (spliced := self._spliced(i, j, ts_ns)) is not None:
+            return spliced
+        chunk = {k: v[i:j] for k, v in self.cols.items()}
+        chunk["ts"] = np.full(j - i, ts_ns, np.int64)
+        return list(self.enc.encode(chunk, self.names))
+
+
+def live_items(stamped: StampedTicks, clock: Clock = SYSTEM_CLOCK) -> Iterator[tuple[bytes, bytes, int]]:
+    """``(key, value, timestamp_ms)`` of each tick, stamped with ``clock.now_ns()`` when the caller
+    takes it (``produce_all`` takes an item right before producing it, and paces to its ``rate``)."""
+    keys = [stamped.names[c].encode() for c in stamped.cols["sym"].tolist()]
+    for i, key in enumerate(keys):
+        now = clock.now_ns()
+        yield key, stamped.values(i, i + 1, now)[0], now // 1_000_000
+
+
+# ---- reading latency --------------------------------------------------------------------------------
+class LatencyDecodeError(ValueError):
+    """A record's value is not a Confluent-framed Avro record that starts with a string and a long."""
+
+
+def event_time_ns(value: bytes) -> int:
+    """``ts_event`` of a Confluent-framed Avro record whose first two fields are a string (symbol,
+    job id, account, ...) and the long ``ts_event`` (ns): every record schema of the catalog but
+    ``ModelRecord``. Reads only those bytes (a few us, against tens for a whole decode)."""
+    if len(value) < PREFIX_LEN + 2 or value[0] != 0:
+        raise LatencyDecodeError("not a Confluent-framed Avro value")
+    pos = PREFIX_LEN
+    n, pos = _read_long(value, pos)
+    if n < 0 or pos + n > len(value):
+        raise LatencyDecodeError("the first field is not a string")
+    ts, _ = _read_long(value, pos + n)
+    return ts
+
+
+def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
+    """An Avro long (zig-zag varint, at most 10 bytes) at ``pos``; returns it and the next position."""
+    u = shift = 0
+    for k in range(10):
+        if pos + k >= len(buf):
+            break
+        b = buf[pos + k]
+        u |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return (u >> 1) ^ -(u & 1), pos + k + 1
+        shift += 7
+    raise LatencyDecodeError("a truncated Avro long")
+
+
+@dataclass
+class LatencyWindow:
+    """Latencies (ms) of the records received in one reporting window."""
+
+    started_s: float
+    ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """count, p50/p99/p99.9/max in ms (numpy's linear quantiles; None when empty)."""
+        a = np.asarray(self.ms, np.float64)
+        if not a.size:
+            return {"count": 0, "p50_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None}
+        q = np.quantile(a, [0.5, 0.99, 0.999])
+        return {"count": int(a.size), "p50_ms": float(q[0]), "p99_ms": float(q[1]), "p999_ms": float(q[2]),
+                "max_ms": float(a.max())}
+
+
+__all__ = ["LIVE_PRODUCER", "LatencyDecodeError", "LatencyWindow", "StampedTicks", "event_time_ns", "live_items"]

@@ -1,0 +1,125 @@
+"""``mystocks-gpu produce ticks --synthetic --live`` and ``mystocks-gpu consume TOPIC --latency`` on the
+real broker. References: fastavro decodes of what arrived, the generator's ticks for the same seed,
+and latencies known by construction (records stamped ``ts_event = T0 - k``)."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import fastavro
+import numpy as np
+from confluent_kafka import TopicPartition
+
+from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
+from mystocks_gpu.infra.config import Settings
+from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer, watermarks
+from mystocks_gpu.schemas import schema_store
+from mystocks_gpu.topics.admin import TopicAdmin
+from mystocks_gpu.topics.catalog import signals_topic
+from tests.conftest import run_cli
+
+AVSC = Path(__file__).resolve().parents[2] / "mystocks_gpu" / "schemas" / "avsc"
+
+
+def _parsed(file: str) -> object:
+    return fastavro.parse_schema(json.loads((AVSC / file).read_text()))
+
+
+def _read_from(settings: Settings, topic: str, starts: dict[int, int], n: int) -> list[tuple[int, int, int, bytes]]:
+    """(partition, offset, kafka timestamp ms, value) of the next ``n`` records after ``starts``."""
+    c = make_consumer(settings.kafka, f"test-live-{time.monotonic_ns()}")
+    c.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+    got: list[tuple[int, int, int, bytes]] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(got) < n and time.monotonic() < deadline:
+            for m in c.consume(1000, timeout=0.5):
+                assert m.error() is None, m.error()
+                got.append((m.partition(), m.offset(), m.timestamp()[1], m.value()))
+        extra = [m for m in c.consume(1000, timeout=2.0) if m.error() is None]
+    finally:
+        c.close()
+    assert not extra, f"{len(extra)} record(s) more than the {n} produced"
+    return got
+
+
+def test_a_live_feed_stamps_each_tick_with_its_send_time_and_paces_to_the_rate(settings: Settings) -> None:
+    run_cli("topics", "create")
+    c = make_consumer(settings.kafka, "test-live-wm")
+    parts = sorted(c.list_topics("md.ticks", timeout=10).topics["md.ticks"].partitions)
+    starts = {p: watermarks(c, TopicPartition("md.ticks", p), 10)[1] for p in parts}
+    c.close()
+    n, rate = 1_500, 2_000.0
+    t_a = time.time_ns()
+    r = run_cli("produce", "ticks", "--synthetic", "--live", "--rate", f"{rate:g}", "--count", str(n),
+                "--symbols", "20", "--seed", "5")
+    t_b = time.time_ns()
+    assert r.returncode == 0 and f"produced {n} live ticks" in r.stdout, r.stderr
+    got = _read_from(settings, "md.ticks", starts, n)
+    schema = _parsed("tick.avsc")
+    recs = [(p, off, ts_ms, fastavro.schemaless_reader(io.BytesIO(v[5:]), schema, None)) for p, off, ts_ms, v in got]
+    # the same ticks as the generator's for that seed (every field but the event time), each once
+    want = {(w["symbol"], w["seq"]): w for w in to_records(generate(SyntheticMarket(n_symbols=20, seed=5), n),
+                                                         symbol_names(20, 5))}
+    assert sorted((x["symbol"], x["seq"]) for *_, x in recs) == sorted(want)
+    for *_, x in recs:
+        assert {k: v for k, v in x.items() if k != "ts_event"} == \
+            {k: v for k, v in want[(x["symbol"], x["seq"])].items() if k != "ts_event"}
+    # event time = the wall clock at send: inside the command's run, the Kafka timestamp its ms
+    ts = np.array([x["ts_event"] for *_, x in recs], np.int64)
+    assert t_a <= ts.min() and ts.max() <= t_b
+    assert [ts_ms for _, _, ts_ms, _ in recs] == (ts // 1_000_000).tolist()
+    # sent in order: each partition's event times never go back, each symbol's seq rises
+    by_part: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for p, off, _, x in recs:
+        by_part[p].append((off, x["ts_event"]))
+    for rows in by_part.values():
+        stamps = [t for _, t in sorted(rows)]
+        assert stamps == sorted(stamps)
+    by_sym: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for _, _, _, x in recs:
+        by_sym[x["symbol"]].append((x["ts_event"], x["seq"]))
+    for rows in by_sym.values():
+        seqs = [s for _, s in sorted(rows)]
+        assert seqs == sorted(seqs)
+    # paced, not as fast as possible: the last tick goes out (n - 1) / rate after the first, within
+    # the pacer's 1-ms slack (a slower machine only spreads them further)
+    assert (ts.max() - ts.min()) / 1e9 >= (n - 1) / rate - 0.002
+
+
+def test_consume_latency_reports_receive_time_minus_event_time(settings: Settings, unique: str) -> None:
+    spec = signals_topic(f"lat{unique}", partitions=3)
+    TopicAdmin(settings.kafka).create([spec])
+    parsed = _parsed("signal.avsc")
+    schema_id = schema_store(settings).by_name("mystocks.ml.Signal").id
+    rng = np.random.default_rng(7)
+    # latencies known by construction: each record's event time is T0 minus 0..1000 s
+    back_ms = np.sort(rng.uniform(0, 1_000_000, 999))
+    p = make_producer(settings.kafka)
+    t0 = time.time_ns()
+    for j, k in enumerate(back_ms.tolist()):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, {"symbol": f"S{j % 17}", "ts_event": t0 - int(k * 1e6), "seq": j,
+                                                 "model_version": 1, "score": 0.5})
+        p.produce(spec.name, b"\x00" + struct.pack(">I", schema_id) + buf.getvalue(), f"S{j % 17}".encode())
+    p.produce(spec.name, b"not avro", b"junk")  # unreadable: skipped and counted, not fatal
+    assert p.flush(30) == 0
+    t_a = time.time_ns()
+    r = run_cli("consume", spec.name, "--from-beginning", "--latency", "3600", "--max", "1000", "--json",
+                "--timeout", "10")
+    t_b = time.time_ns()
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    total = [x for x in lines if x["window"] == "total"]
+    assert len(total) == 1 and total[0]["count"] == 999
+    assert "999 record(s)" in r.stderr and "1 not readable (skipped)" in r.stderr
+    # latency_i = (receive_i - T0) + back_i, with every receive time between t_a and t_b
+    lo, hi = (t_a - t0) / 1e6, (t_b - t0) / 1e6
+    for key, q in (("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999), ("max_ms", 1.0)):
+        ref = float(np.quantile(back_ms, q))
+        assert ref + lo - 1 <= total[0][key] <= ref + hi + 1, (key, total[0][key], ref, lo, hi)

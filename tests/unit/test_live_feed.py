@@ -1,0 +1,123 @@
+"""The live feed's stamped ticks, the ``ts_event`` reader of ``consume --latency`` and its quantiles,
+and the CLI's checks of ``produce --live`` / ``consume --latency`` (no broker: they fail first).
+References: fastavro (the bytes a stamped tick decodes to, the records the reader reads), closed
+forms (linear quantiles of 1..1000)."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import struct
+from pathlib import Path
+
+import fastavro
+import fastavro.utils
+import numpy as np
+import pytest
+
+from mystocks_gpu.data.live_feed import (
+    LatencyDecodeError,
+    LatencyWindow,
+    StampedTicks,
+    event_time_ns,
+    live_items,
+)
+from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
+from mystocks_gpu.infra.clock import ManualClock
+from mystocks_gpu.schemas.batch_codec import BatchEncoder
+from mystocks_gpu.schemas.schema_store import SchemaStore
+from tests.conftest import run_cli
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "mystocks_gpu" / "schemas" / "avsc"
+
+
+def _parsed(file: str) -> object:
+    return fastavro.parse_schema(json.loads((SCHEMAS / file).read_text()))
+
+
+def _fastavro_framed(schema: object, schema_id: int, rec: dict[str, object]) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, rec)
+    return b"\x00" + struct.pack(">I", schema_id) + buf.getvalue()
+
+
+def _ticks(n: int, seed: int = 3) -> tuple[dict[str, np.ndarray], list[str]]:
+    names = symbol_names(12, seed)
+    return generate(SyntheticMarket(n_symbols=12, seed=seed), n), names
+
+
+def test_stamped_ticks_decode_to_the_generators_ticks_with_the_stamp_as_event_time() -> None:
+    cols, names = _ticks(300)
+    enc = BatchEncoder("mystocks.md.Tick", SchemaStore())
+    stamped = StampedTicks(enc, cols, names, 1_780_000_000_000_000_000)
+    assert stamped.exact and len(stamped) == 300
+    schema = _parsed("tick.avsc")
+    want = list(to_records(cols, names))
+    # the last stamp is a short varint: those ticks are encoded again instead of spliced
+    for i, j, ts in ((0, 1, 1_780_000_000_123_456_789), (5, 80, 1_790_000_000_000_000_001), (250, 300, 18_000_000_005)):
+        got = [fastavro.schemaless_reader(io.BytesIO(v[5:]), schema, None) for v in stamped.values(i, j, ts)]
+        assert got == [dict(w, ts_event=ts) for w in want[i:j]]
+
+
+def test_live_items_stamp_each_tick_when_it_is_taken() -> None:
+    cols, names = _ticks(5)
+    clock = ManualClock(now_ns=1_780_000_000_000_000_000)
+    stamped = StampedTicks(BatchEncoder("mystocks.md.Tick", SchemaStore()), cols, names, clock.now_ns())
+    schema = _parsed("tick.avsc")
+    items = live_items(stamped, clock)
+    seen = []
+    for step_s in (0.0, 0.0015, 0.25, 3.0, 0.0000004):
+        clock.advance(step_s)
+        key, value, ts_ms = next(items)
+        rec = fastavro.schemaless_reader(io.BytesIO(value[5:]), schema, None)
+        assert rec["ts_event"] == clock.now_ns() and ts_ms == clock.now_ns() // 1_000_000
+        assert key == rec["symbol"].encode()
+        seen.append(rec["seq"])
+    assert seen == cols["seq"].tolist() and next(items, None) is None
+
+
+@pytest.mark.parametrize("file,first", [("tick.avsc", "symbol"), ("feature_vector.avsc", "symbol"),
+                                        ("signal.avsc", "symbol"), ("task_status.avsc", "job_id"),
+                                        ("bar.avsc", "symbol")])
+def test_event_time_ns_equals_fastavros_ts_event(file: str, first: str) -> None:
+    schema = json.loads((SCHEMAS / file).read_text())
+    parsed = fastavro.parse_schema(schema)
+    rng = random.Random(file)
+    base = next(iter(fastavro.utils.generate_many(parsed, 1)))
+    for ts in (0, 1, -1, 63, 64, -65, 2**62, -(2**63), 2**63 - 1, *(rng.randrange(-(2**63), 2**63) for _ in range(50))):
+        rec = dict(base, ts_event=ts, **{first: "".join(rng.choice("ABCé€") for _ in range(rng.randrange(0, 300)))})
+        assert event_time_ns(_fastavro_framed(parsed, 17, rec)) == ts
+
+
+@pytest.mark.parametrize("value", [b"", b"\x00\x00\x00\x00\x07", b"\x01\x00\x00\x00\x07\x02A\x02",
+                                   b"\x00\x00\x00\x00\x07\x0aAB\x02",  # a string of 5 bytes with 2
+                                   b"\x00\x00\x00\x00\x07\x02A\xff\xff"])  # a long cut short
+def test_event_time_ns_rejects_what_is_not_a_framed_record(value: bytes) -> None:
+    with pytest.raises(LatencyDecodeError):
+        event_time_ns(value)
+
+
+def test_latency_window_quantiles_are_the_linear_ones() -> None:
+    w = LatencyWindow(0.0, [float(x) for x in random.Random(1).sample(range(1, 1001), 1000)])
+    q = w.summary()
+    # 1..1000: the linear quantile at p is 1 + p * 999
+    assert q == {"count": 1000, "p50_ms": 500.5, "p99_ms": pytest.approx(990.01), "p999_ms": pytest.approx(999.001),
+                 "max_ms": 1000.0}
+    assert LatencyWindow(0.0).summary() == {"count": 0, "p50_ms": None, "p99_ms": None, "p999_ms": None,
+                                            "max_ms": None}
+
+
+@pytest.mark.parametrize("args,says", [
+    (("produce", "ticks", "--synthetic", "--live"), "--live needs --rate"),
+    (("produce", "ticks", "--synthetic", "--live", "--rate", "100", "--start", "now"), "--start does not apply"),
+    (("produce", "ticks", "--synthetic", "--rate", "0"), "--rate must be a number > 0"),
+    (("produce", "ticks", "--synthetic", "--live", "--rate", "nan"), "--rate must be a number > 0"),
+    (("consume", "models", "--latency"), "the records of models (mystocks.ml.ModelRecord) do not start that way"),
+    (("consume", "factors.values", "--latency"), "(raw bytes)"),
+    (("consume", "md.ticks", "--latency", "0"), "--latency takes a reporting interval in seconds > 0"),
+])
+def test_cli_rejects_bad_live_and_latency_options_before_any_broker(args: tuple[str, ...], says: str) -> None:
+    r = run_cli(*args, env={"MYSTOCKS_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1", "MYSTOCKS_KAFKA__CONNECT_TIMEOUT_S": "2"})
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert "no Kafka broker" not in r.stderr
