@@ -51,6 +51,7 @@ from mystocks_gpu.gpu_ops.features import FeatureState, TickFeatureEngine
 from mystocks_gpu.gpu_ops.features_config import ALL_FEATURES, FeatureConfig
 from mystocks_gpu.gpu_ops.tick_columns import COLUMN_DTYPES, TickColumns
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
+from mystocks_gpu.processors.features_changelog import FeaturesChangelogCodec
 from mystocks_gpu.schemas.batch_codec import BatchEncoder, DecoderCache, TickDecoder, status_message
 from mystocks_gpu.schemas.schema_store import SchemaStore
 from mystocks_gpu.schemas.symbols import SymbolTable
@@ -213,7 +214,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         self._decoder = DecoderCache(lambda symbols: TickDecoder(self.store, symbols=symbols))
         self._fv_headers = [(FEATURES_HEADER, self.cfg.features_header())]
         self._bar_headers = {i: [(BARS_HEADER, self.cfg.bars_header(i))] for i in self.cfg.bar_intervals_ns}
-        self._row_layout: tuple[list[tuple[str, str, np.dtype, tuple[int, ...]]], int] | None = None
+        self._changelog_codec: FeaturesChangelogCodec | None = None
 
     # ---- warm-up -----------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -428,18 +429,17 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
                 (bars["ts_open"] // 1_000_000).tolist(), headers=self._bar_headers[interval_ns])
 
     # ---- changelog: per-symbol rows ----------------------------------------------------------
-    def _layout(self) -> tuple[list[tuple[str, str, np.dtype, tuple[int, ...]]], int]:
-        """Per-symbol row layout of a changelog value: (part, array, dtype, row shape) in order, and
-        its total bytes (the feature state's arrays, then each bar builder's, names sorted)."""
-        if self._row_layout is None:
+    def _codec(self) -> FeaturesChangelogCodec:
+        """The changelog value codec: the per-symbol row layout (part, array, dtype, row shape) in
+        value order (the feature state's arrays, then each bar builder's, names sorted)."""
+        if self._changelog_codec is None:
             one_f = self.engine.initial_state(1)
             parts = [("f", {k: to_host(v) for k, v in one_f.arrays.items()})]
             parts += [(f"b{j}", {k: to_host(v) for k, v in b.initial_state(1).arrays.items()})
                       for j, b in enumerate(self.builders)]
             layout = [(part, k, arrs[k].dtype, arrs[k].shape[1:]) for part, arrs in parts for k in sorted(arrs)]
-            total = sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for _, _, dt, shape in layout)
-            self._row_layout = (layout, total)
-        return self._row_layout
+            self._changelog_codec = FeaturesChangelogCodec(layout, self.cfg.features.window_ns)
+        return self._changelog_codec
 
     def _arrays(self, state: FeaturesState) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {"f": state.features.arrays}
@@ -447,30 +447,23 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         return out
 
     def changelog_entries(self, state: FeaturesState, codes: np.ndarray, symbols: SymbolTable) -> list[tuple[bytes, bytes]]:
+        """One value per symbol of ``codes`` (``features_changelog``: compact when the time window is
+        on, only the trades a later window can still count)."""
         codes = np.asarray(codes, np.int64)
         if not codes.size:
             return []
-        layout, width = self._layout()
+        codec = self._codec()
         arrays = self._arrays(state)
         dev_codes = xp(self.backend).asarray(codes)  # gather on the device, copy only the touched rows
-        cols = []
-        for part, k, dt, _shape in layout:
-            a = arrays[part][k]
-            rows = to_host(a[dev_codes]) if part == "f" else a[codes]
-            cols.append(np.ascontiguousarray(rows, dt).reshape(codes.size, -1).view(np.uint8))
-        blob = np.concatenate(cols, axis=1).tobytes()
-        keys = self.key_bytes(codes, symbols)
-        return [(keys[j], blob[j * width:(j + 1) * width]) for j in range(codes.size)]
+        rows = {(part, k): to_host(arrays[part][k][dev_codes]) if part == "f" else arrays[part][k][codes]
+                for part, k, _, _ in codec.layout}
+        return list(zip(self.key_bytes(codes, symbols), codec.encode(rows, codes.size), strict=True))
 
     def restore(self, entries: Iterable[tuple[bytes, bytes]], symbols: SymbolTable) -> FeaturesState:
         entries = list(entries)
-        layout, width = self._layout()
-        for key, value in entries:
-            if len(value) != width:
-                raise ConfigError(
-                    f"changelog entry of {key.decode(errors='replace')!r} has {len(value)} bytes, this configuration's "
-                    f"state has {width} per symbol: the feature windows or bar settings changed since it was written; "
-                    "use a new consumer group (--group) or delete the group's changelog topic")
+        codec = self._codec()
+        codec.split([k for k, _ in entries], [v for _, v in entries])  # every value checked before any symbol is added
+        for key, _ in entries:
             symbols.code(key.decode())
         cap = len(symbols)
         host: dict[str, dict[str, np.ndarray]] = {"f": {k: to_host(v).copy() for k, v in
@@ -479,12 +472,7 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
                      for j, b in enumerate(self.builders)})
         if entries:
             codes = np.fromiter((symbols.code(k.decode()) for k, _ in entries), np.int64, len(entries))
-            mat = np.frombuffer(b"".join(v for _, v in entries), np.uint8).reshape(len(entries), width)
-            pos = 0
-            for part, k, dt, shape in layout:
-                nb = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-                host[part][k][codes] = np.ascontiguousarray(mat[:, pos:pos + nb]).view(dt).reshape((len(entries), *shape))
-                pos += nb
+            codec.decode_into([k for k, _ in entries], [v for _, v in entries], codes, host)
         arr = xp(self.backend)
         fstate = FeatureState(self.backend, cap, {k: arr.asarray(v) for k, v in host["f"].items()})
         bars = [BarState(cap, host[f"b{j}"]) for j in range(len(self.builders))]
