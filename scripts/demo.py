@@ -6,7 +6,7 @@
 4. live phase: ``mystocks-gpu produce ticks --synthetic --live`` feeds ticks at a fixed rate with
    event time = the wall clock when sent; tick -> feature latency p50/p99 measured by a consumer of
    features.ticks, after a ramp that is not counted (the switch from an idle worker to the live
-   rate, as in ``bench/features_e2e.py``);
+   rate, as in ``bench/features_e2e.py``); an exactly-once run, then an at-least-once one;
 5. print a few decoded feature vectors and bars, and how to consume the topics;
 6. train a model on the feature vectors of the bulk phase (the ``train`` job's runner: replay,
    walk-forward, long-short backtest, model published to ``models``), then score the newest
@@ -73,7 +73,9 @@ def main() -> int:
     ap.add_argument("--ticks", type=int, default=1_000_000, help="ticks in the bulk phase (default 1M)")
     ap.add_argument("--symbols", type=int, default=500, help="symbols (default 500)")
     ap.add_argument("--live-rate", type=float, default=5_000.0, help="ticks/s in the latency phase (default 5000)")
-    ap.add_argument("--live-at-least-once", action="store_true", help="run the live phase at-least-once")
+    ap.add_argument("--live-guarantees", default="exactly-once,at-least-once",
+                    help="the live phase's runs, comma-separated: exactly-once, at-least-once (default both)")
+    ap.add_argument("--live-at-least-once", action="store_true", help="only the at-least-once live run")
     ap.add_argument("--live-seconds", type=float, default=8.0, help="length of the latency phase (default 8 s)")
     ap.add_argument("--live-ramp-s", type=float, default=1.0,
                     help="seconds of live ticks before the measured ones, not counted (default 1): the worker "
@@ -82,6 +84,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.live_rate <= 0 or args.live_seconds <= 0 or args.live_ramp_s < 0:
         ap.error("--live-rate and --live-seconds must be > 0, --live-ramp-s >= 0")
+    guarantees = ["at-least-once"] if args.live_at_least_once else \
+        [g.strip() for g in args.live_guarantees.split(",") if g.strip()]
+    if not guarantees or set(guarantees) - {"exactly-once", "at-least-once"}:
+        ap.error(f"--live-guarantees: exactly-once and/or at-least-once, got {args.live_guarantees!r}")
     s = load_settings(args.config)
     ensure_broker(s.kafka)
     store = schema_store(s)  # one schema store for every codec of the demo (manifest or Schema Registry)
@@ -128,28 +134,36 @@ def main() -> int:
 
     worker.stop()
     th.join(60)
-    # live phase: the same group continues in its own process (`mystocks-gpu run features`), as in production
-    proc_w = subprocess.Popen([sys.executable, "-m", "mystocks_gpu.cli", *(["--config", args.config] if args.config else []),
-                               "--log-level", "WARNING", "run", "features",
-                               "--group", group, "--worker-id", "demo", "--linger-ms", "2", "--batch-records", "2000",
-                               *(["--at-least-once"] if args.live_at_least_once else [])],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        lat, split = _live_latency(s, names, seed, args.live_rate, args.live_seconds, args.live_ramp_s, args.config)
-    finally:
-        proc_w.send_signal(signal.SIGTERM)
-        out, _ = proc_w.communicate(timeout=60)
-    live_backend = _summary_backend(out)
-    if live_backend is not None and live_backend != proc.backend:
-        print(f"   warning: the live worker computed on {live_backend}, the bulk phase on {proc.backend}")
-    if lat.size:
-        print(f"4. live: {lat.size:,} ticks at {args.live_rate:,.0f}/s (after a {args.live_ramp_s:g}-s ramp, not counted) "
-              f"from `mystocks-gpu produce ticks --synthetic --live` through `mystocks-gpu run features` "
-              f"({'at-least-once' if args.live_at_least_once else 'exactly-once, commit every 100 ms'}): tick->feature latency (produce -> consumed via the broker) "
-              f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms; "
-              f"worker exit {proc_w.returncode} after SIGTERM, backend {live_backend}")
-        print(f"   of which event -> the worker's batch received: p50 {np.percentile(split, 50):.1f} ms, "
-              f"p99 {np.percentile(split, 99):.1f} ms (the rest: processing, commit, output fetch)")
+    # live phase: the same group continues in its own process (`mystocks-gpu run features`), as in production,
+    # once per guarantee asked for (exactly-once: the default; at-least-once: no commit interval to wait for)
+    for j, guarantee in enumerate(guarantees):
+        proc_w = subprocess.Popen([sys.executable, "-m", "mystocks_gpu.cli", *(["--config", args.config] if args.config else []),
+                                   "--log-level", "WARNING", "run", "features",
+                                   "--group", group, "--worker-id", "demo", "--linger-ms", "2", "--batch-records", "2000",
+                                   *(["--at-least-once"] if guarantee == "at-least-once" else [])],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            lat, split = _live_latency(s, names, seed, args.live_rate, args.live_seconds, args.live_ramp_s, args.config)
+        finally:
+            proc_w.send_signal(signal.SIGTERM)
+            out, _ = proc_w.communicate(timeout=60)
+        live_backend = _summary_backend(out)
+        if live_backend is not None and live_backend != proc.backend:
+            print(f"   warning: the live worker computed on {live_backend}, the bulk phase on {proc.backend}")
+        if not lat.size:
+            print(f"{'4.' if j == 0 else '  '} live ({guarantee}): no feature vector came back; worker exit "
+                  f"{proc_w.returncode}")
+            continue
+        if j == 0:
+            print(f"4. live: {lat.size:,} ticks at {args.live_rate:,.0f}/s (after a {args.live_ramp_s:g}-s ramp, not counted) "
+                  f"from `mystocks-gpu produce ticks --synthetic --live` through `mystocks-gpu run features`; "
+                  f"tick->feature latency (produce -> consumed via the broker; `mystocks-gpu consume features.ticks "
+                  f"--latency` measures it too):")
+        label = "exactly-once, commit every 100 ms" if guarantee == "exactly-once" else "at-least-once"
+        print(f"   {label}: p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, "
+              f"max {lat.max():.1f} ms; of which event -> the worker's batch received: p50 "
+              f"{np.percentile(split, 50):.1f} ms, p99 {np.percentile(split, 99):.1f} ms; worker exit "
+              f"{proc_w.returncode} after SIGTERM, backend {live_backend}")
 
     codec = AvroCodec(store)
     print("5. a few feature vectors from features.ticks:")
