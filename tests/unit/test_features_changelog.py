@@ -5,6 +5,8 @@ configuration are refused before anything is restored."""
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,7 +57,7 @@ def test_compact_values_hold_the_trades_a_later_window_can_count(features: Featu
         ts = trades.loc[trades["sym"] == symbol_names(10, 21).index(name), "ts"].to_numpy()
         # the reference: this symbol's trades after its last trade time - W, at most M of them
         k = min(int(np.count_nonzero(ts > ts[-1] - features.window_ns)), features.max_window_ticks) if ts.size else 0
-        assert len(entries[name.encode()]) == full - 16 * features.max_window_ticks + 8 + 16 * k, name
+        assert len(entries[name.encode()]) == full - 16 * features.max_window_ticks + 20 + 16 * k, name
     assert max(len(v) for v in entries.values()) < full  # every value is smaller than the full row
 
 
@@ -119,22 +121,24 @@ def test_values_of_another_configuration_or_corrupt_ones_are_refused_before_any_
     with pytest.raises(ConfigError, match=r"changelog entry of 'ODD' has 5 bytes.*use a new consumer group"):
         _proc(TIME).restore([*entries, (b"ODD", b"12345")], symbols)
     assert len(symbols) == 0  # every value is checked before any symbol is added
-    with pytest.raises(ConfigError, match="feature windows or bar settings changed"):  # another ring size
-        _proc(FeatureConfig(window_ns=50_000_000, max_window_ticks=16)).restore(entries, SymbolTable())
+    for other in (FeatureConfig(window_ns=50_000_000, max_window_ticks=16), FeatureConfig(window_ns=60_000_000,
+                                                                                       max_window_ticks=8)):
+        with pytest.raises(ConfigError, match="feature windows or bar settings changed"):  # another M, another W
+            _proc(other).restore(entries, SymbolTable())
     # a compact value that claims more recent trades than its symbol has seen
     seen = res.state.features.arrays["ist"][:, IS_NTRADES]
     code = int(np.flatnonzero((seen >= 1) & (seen < 6))[0])
     key, good = entries[code]
     fw = _fixed_width(good, proc)
-    m, c = (int.from_bytes(good[fw + i:fw + i + 4], "little") for i in (0, 4))
+    fmt, m, c, w = struct.unpack_from("<IIIq", good, fw)  # the documented header
+    assert (fmt, m, w) == (1, 8, 50_000_000)
     k = int(seen[code]) + 2
-    ts, price = good[fw + 8:fw + 8 + 8 * c], good[fw + 8 + 8 * c:]
-    bad = good[:fw] + m.to_bytes(4, "little") + k.to_bytes(4, "little") + ts + bytes(8 * (k - c)) + price \
-        + bytes(8 * (k - c))
+    ts, price = good[fw + 20:fw + 20 + 8 * c], good[fw + 20 + 8 * c:]
+    bad = good[:fw] + struct.pack("<IIIq", fmt, m, k, w) + ts + bytes(8 * (k - c)) + price + bytes(8 * (k - c))
     with pytest.raises(ConfigError, match=f"holds {k} recent trades of the {int(seen[code])} it has seen: corrupt"):
         _proc(TIME).restore([(key, bad)], SymbolTable())
 
 
 def _fixed_width(value: bytes, proc: TickFeaturesProcessor) -> int:
-    """Bytes before a compact value's ring header: a full row less the two rings (8 + 8 bytes a slot)."""
+    """Bytes before a compact value's header: a full row less the two rings (8 + 8 bytes a slot)."""
     return _full_width(proc) - 16 * TIME.max_window_ticks
