@@ -99,9 +99,10 @@ def _emu_process(eng: TickFeatureEngine, cols, state: FeatureState, log_r: int, 
             FeatureState("cpu", state.capacity, arrays))
 
 
-def _run(eng, cols, cuts, log_r=None, where="emu", sub_log2=13, tuning=()):
-    """Process ``cols`` cut at ``cuts`` on the CPU (log_r None) or the GPU host code."""
-    state = eng.initial_state(0)
+def _run(eng, cols, cuts, log_r=None, where="emu", sub_log2=13, tuning=(), state=None):
+    """Process ``cols`` cut at ``cuts`` on the CPU (log_r None) or the GPU host code, from ``state``
+    (default: an empty one)."""
+    state = eng.initial_state(0) if state is None else state
     outs, rejs = [], []
     for a, b in zip([0, *cuts], [*cuts, len(cols)], strict=True):
         part = cols.take(slice(a, b))
@@ -236,3 +237,32 @@ def test_gpu_kernels_match_the_cpu_in_blocks_and_batches(data, which, where):
     np.testing.assert_array_equal(got_rej, want_rej)
     _assert_close(got, want, eng.output_names, price, exact=False)
     _assert_state(got_st, want_st, exact=False)
+
+
+@pytest.mark.parametrize("which", ["default", "time_only"])
+def test_a_state_restored_from_compact_changelog_values_runs_on_like_the_cpu(data, which):
+    """A compact changelog value keeps only the time-window trades a later window can count; its
+    restore leaves the other ring slots at the smallest int64. From such a state the GPU kernels must
+    go on exactly as the CPU twin does from the untouched state."""
+    from mystocks_gpu.processors.features_changelog import DEAD_TS, FeaturesChangelogCodec
+
+    df, cols = data
+    cfg = _configs(df)[which]
+    eng = TickFeatureEngine(cfg, "cpu")
+    half = len(cols) // 2
+    _, _, state = _run(eng, cols.take(slice(0, half)), [])
+    layout = [("f", k, v.dtype, v.shape[1:]) for k, v in sorted(state.arrays.items())]
+    codec = FeaturesChangelogCodec(layout, cfg.window_ns)
+    n = state.capacity
+    values = codec.encode({("f", k): v for k, v in state.arrays.items()}, n)
+    host = {"f": {k: v.copy() for k, v in eng.initial_state(n).arrays.items()}}
+    codec.decode_into([b"s%d" % i for i in range(n)], values, np.arange(n), host)
+    restored = FeatureState("cpu", n, host["f"])
+    assert (restored.arrays["t_ts"] == DEAD_TS).any()  # some slots were stale, and are marked so
+    rest = cols.take(slice(half, len(cols)))
+    cuts = [int(c) for c in np.cumsum(np.random.default_rng(4).integers(1, 300, 20)) if c < len(rest)]
+    want, want_rej, _ = _run(eng, rest, cuts, state=state)
+    got, got_rej, _ = _run(eng, rest, cuts, log_r=16, state=restored)
+    np.testing.assert_array_equal(got_rej, want_rej)
+    _assert_close(got, want, eng.output_names, df["price"].to_numpy()[half:], exact=True)
+
