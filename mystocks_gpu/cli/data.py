@@ -46,10 +46,10 @@ def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
     cols = generate(market, args.count)
     codec = AvroCodec(schema_store(s))
     if args.live:
-        from mystocks_gpu.data.live_feed import LIVE_PRODUCER, StampedTicks, live_items
+        from mystocks_gpu.data.live_feed import LIVE_PRODUCER, live_items
         from mystocks_gpu.schemas.batch_codec import BatchEncoder
 
-        items = live_items(StampedTicks(BatchEncoder("mystocks.md.Tick", codec.store), cols, names, time.time_ns()))
+        items = live_items(BatchEncoder("mystocks.md.Tick", codec.store), cols, names)
         producer = make_producer(s.kafka, **LIVE_PRODUCER)
     else:
         items = _encode_ticks(cols, names, codec)

@@ -75,13 +75,19 @@ class StampedTicks:
         return list(self.enc.encode(chunk, self.names))
 
 
-def live_items(stamped: StampedTicks, clock: Clock = SYSTEM_CLOCK) -> Iterator[tuple[bytes, bytes, int]]:
-    """``(key, value, timestamp_ms)`` of each tick, stamped with ``clock.now_ns()`` when the caller
-    takes it (``produce_all`` takes an item right before producing it, and paces to its ``rate``)."""
-    keys = [stamped.names[c].encode() for c in stamped.cols["sym"].tolist()]
-    for i, key in enumerate(keys):
-        now = clock.now_ns()
-        yield key, stamped.values(i, i + 1, now)[0], now // 1_000_000
+def live_items(enc: BatchEncoder, cols: dict[str, np.ndarray], names: Sequence[str], clock: Clock = SYSTEM_CLOCK,
+               chunk: int = 100_000) -> Iterator[tuple[bytes, bytes, int]]:
+    """``(key, value, timestamp_ms)`` of each tick of ``cols``, stamped with ``clock.now_ns()`` when the
+    caller takes it (``produce_all`` takes an item right before producing it, and paces to its
+    ``rate``). The values are encoded ``chunk`` ticks at a time, so a long feed holds one chunk's bytes
+    (~200 bytes a tick), not the whole feed's."""
+    for lo in range(0, len(cols["ts"]), chunk):
+        part = {k: v[lo:lo + chunk] for k, v in cols.items()}
+        stamped = StampedTicks(enc, part, names, clock.now_ns())
+        keys = [stamped.names[c].encode() for c in part["sym"].tolist()]
+        for i, key in enumerate(keys):
+            now = clock.now_ns()
+            yield key, stamped.values(i, i + 1, now)[0], now // 1_000_000
 
 
 # ---- reading latency --------------------------------------------------------------------------------

@@ -60,12 +60,11 @@ def test_stamped_ticks_decode_to_the_generators_ticks_with_the_stamp_as_event_ti
         assert got == [dict(w, ts_event=ts) for w in want[i:j]]
 
 
-def test_live_items_stamp_each_tick_when_it_is_taken() -> None:
+def test_live_items_stamp_each_tick_when_it_is_taken_chunk_after_chunk() -> None:
     cols, names = _ticks(5)
     clock = ManualClock(now_ns=1_780_000_000_000_000_000)
-    stamped = StampedTicks(BatchEncoder("mystocks.md.Tick", SchemaStore()), cols, names, clock.now_ns())
     schema = _parsed("tick.avsc")
-    items = live_items(stamped, clock)
+    items = live_items(BatchEncoder("mystocks.md.Tick", SchemaStore()), cols, names, clock, chunk=2)
     seen = []
     for step_s in (0.0, 0.0015, 0.25, 3.0, 0.0000004):
         clock.advance(step_s)
