@@ -167,17 +167,23 @@ def cmd_consume(args: argparse.Namespace, s: Settings) -> int:
 
 def _consume_latency(args: argparse.Namespace, s: Settings, spec: Any, beginning: bool) -> int:
     """``consume TOPIC --latency [EVERY_S]``: per window of EVERY_S seconds and for the whole read,
-    the quantiles of receive time - ``ts_event`` (ms) of the records received; one line each (a JSON
-    object each with ``--json``). Only ``ts_event`` is decoded from each value."""
-    from mystocks_gpu.data.live_feed import LatencyDecodeError, LatencyWindow, event_time_ns
+    the quantiles of receive time - ``ts_event`` (ms) of the records received, and of ``ts_ingest -
+    ts_event`` (the hop to the worker) where the records carry it; one line each (a JSON object each
+    with ``--json``). Only the leading fields up to those times are decoded from each value."""
+    from mystocks_gpu.data.live_feed import (
+        LatencyDecodeError,
+        LatencyWindow,
+        latency_fields,
+        leading_longs,
+    )
     from mystocks_gpu.data.topic_reader import read_topic
     from mystocks_gpu.schemas import schema_store
 
     every = float(args.latency)
     if not (math.isfinite(every) and every > 0):
         raise ConfigError(f"--latency takes a reporting interval in seconds > 0, got {args.latency:g}")
-    fields = schema_store(s).by_name(spec.schema).raw["fields"][:2] if spec.schema else []
-    if [(f["name"], f["type"]) for f in fields][1:] != [("ts_event", "long")] or fields[0]["type"] != "string":
+    where = latency_fields(schema_store(s).by_name(spec.schema).raw["fields"]) if spec.schema else None
+    if where is None:
         raise ConfigError(f"--latency reads ts_event, a record's second field after a string; the records of "
                           f"{spec.name} ({spec.schema or 'raw bytes'}) do not start that way")
     total, window, bad, windows = LatencyWindow(time.monotonic()), LatencyWindow(time.monotonic()), 0, 0
@@ -188,7 +194,9 @@ def _consume_latency(args: argparse.Namespace, s: Settings, spec: Any, beginning
             print(strict_json({"window": what, "seconds": round(time.monotonic() - w.started_s, 3), **q}), flush=True)
         elif q["count"]:
             print(f"{what:>6}  {q['count']:>9,} records  p50 {q['p50_ms']:9.2f} ms  p99 {q['p99_ms']:9.2f} ms  "
-                  f"p99.9 {q['p999_ms']:9.2f} ms  max {q['max_ms']:9.2f} ms", flush=True)
+                  f"p99.9 {q['p999_ms']:9.2f} ms  max {q['max_ms']:9.2f} ms"
+                  + (f"  | to the worker p50 {q['to_worker_p50_ms']:.2f} ms  p99 {q['to_worker_p99_ms']:.2f} ms"
+                     if "to_worker_p50_ms" in q else ""), flush=True)
         else:
             print(f"{what:>6}  no records", flush=True)
 
@@ -197,14 +205,19 @@ def _consume_latency(args: argparse.Namespace, s: Settings, spec: Any, beginning
                               idle_timeout_s=args.timeout, decode=False):
             now_ns = time.time_ns()
             try:
-                ms = (now_ns - event_time_ns(rec.raw or b"")) / 1e6
+                head = leading_longs(rec.raw or b"", 1 + (where[1] or where[0]))
             except LatencyDecodeError:
                 bad += 1
                 continue
             if not total.ms:  # the clocks start at the first record, not while waiting for one
                 total.started_s = window.started_s = time.monotonic()
+            ms = (now_ns - head[where[0]]) / 1e6
             total.ms.append(ms)
             window.ms.append(ms)
+            if where[1] is not None:
+                ingest = (head[where[1]] - head[where[0]]) / 1e6
+                total.ingest_ms.append(ingest)
+                window.ingest_ms.append(ingest)
             if time.monotonic() - window.started_s >= every:
                 report(window, "window")
                 window, windows = LatencyWindow(time.monotonic()), windows + 1

@@ -21,6 +21,8 @@ from mystocks_gpu.data.live_feed import (
     LatencyWindow,
     StampedTicks,
     event_time_ns,
+    latency_fields,
+    leading_longs,
     live_items,
 )
 from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
@@ -120,3 +122,40 @@ def test_cli_rejects_bad_live_and_latency_options_before_any_broker(args: tuple[
     r = run_cli(*args, env={"MYSTOCKS_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1", "MYSTOCKS_KAFKA__CONNECT_TIMEOUT_S": "2"})
     assert r.returncode == 2 and says in r.stderr, r.stderr
     assert "no Kafka broker" not in r.stderr
+
+
+@pytest.mark.parametrize("file,ingest_at", [("feature_vector.avsc", 3), ("order_score.avsc", 2),
+                                            ("order_schedule.avsc", 2), ("tick.avsc", None), ("signal.avsc", None)])
+def test_leading_longs_read_ts_event_and_ts_ingest_as_fastavro_does(file: str, ingest_at: int | None) -> None:
+    schema = json.loads((SCHEMAS / file).read_text())
+    assert latency_fields(schema["fields"]) == (1, ingest_at)
+    parsed = fastavro.parse_schema(schema)
+    rng = random.Random(file)
+    base = next(iter(fastavro.utils.generate_many(parsed, 1)))
+    names = [f["name"] for f in schema["fields"]]
+    for _ in range(40):
+        rec = dict(base, ts_event=rng.randrange(-(2**63), 2**63),
+                   **{names[0]: "".join(rng.choice("XYZ€") for _ in range(rng.randrange(0, 40)))})
+        if ingest_at is not None:
+            rec["ts_ingest"] = rng.randrange(-(2**63), 2**63)
+        got = leading_longs(_fastavro_framed(parsed, 3, rec), 1 + (ingest_at or 1))
+        assert got[0] == len(rec[names[0]].encode()) and got[1] == rec["ts_event"]
+        if ingest_at is not None:
+            assert got[ingest_at] == rec["ts_ingest"]
+
+
+def test_latency_fields_refuse_records_that_do_not_start_with_a_string_and_ts_event() -> None:
+    model = json.loads((SCHEMAS / "model_record.avsc").read_text())["fields"]
+    assert latency_fields(model) is None
+    assert latency_fields([{"name": "a", "type": "string"}, {"name": "ts_event", "type": "int"}]) is None
+    # ts_ingest after a field that is not a varint does not count
+    assert latency_fields([{"name": "a", "type": "string"}, {"name": "ts_event", "type": "long"},
+                           {"name": "x", "type": "double"}, {"name": "ts_ingest", "type": "long"}]) == (1, None)
+
+
+def test_latency_window_reports_the_hop_to_the_worker_when_records_carry_it() -> None:
+    w = LatencyWindow(0.0, [1.0, 2.0, 3.0], [0.5, 1.5, 100.5])
+    q = w.summary()
+    # linear quantile of (0.5, 1.5, 100.5) at 0.99: position 1.98, so 1.5 + 0.98 * 99
+    assert q["to_worker_p50_ms"] == 1.5 and q["to_worker_p99_ms"] == pytest.approx(1.5 + 0.98 * 99.0)
+    assert "to_worker_p50_ms" not in LatencyWindow(0.0, [1.0]).summary()
