@@ -136,7 +136,8 @@ def main() -> int:
     th.join(60)
     # live phase: the same group continues in its own process (`mystocks-gpu run features`), as in production,
     # once per guarantee asked for (exactly-once: the default; at-least-once: no commit interval to wait for)
-    for j, guarantee in enumerate(guarantees):
+    headed = False
+    for guarantee in guarantees:
         proc_w = subprocess.Popen([sys.executable, "-m", "mystocks_gpu.cli", *(["--config", args.config] if args.config else []),
                                    "--log-level", "WARNING", "run", "features",
                                    "--group", group, "--worker-id", "demo", "--linger-ms", "2", "--batch-records", "2000",
@@ -151,10 +152,12 @@ def main() -> int:
         if live_backend is not None and live_backend != proc.backend:
             print(f"   warning: the live worker computed on {live_backend}, the bulk phase on {proc.backend}")
         if not lat.size:
-            print(f"{'4.' if j == 0 else '  '} live ({guarantee}): no feature vector came back; worker exit "
+            print(f"{'  ' if headed else '4.'} live ({guarantee}): no feature vector came back; worker exit "
                   f"{proc_w.returncode}")
+            headed = True
             continue
-        if j == 0:
+        if not headed:
+            headed = True
             print(f"4. live: {lat.size:,} ticks at {args.live_rate:,.0f}/s (after a {args.live_ramp_s:g}-s ramp, not counted) "
                   f"from `mystocks-gpu produce ticks --synthetic --live` through `mystocks-gpu run features`; "
                   f"tick->feature latency (produce -> consumed via the broker; `mystocks-gpu consume features.ticks "
