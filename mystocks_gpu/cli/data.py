@@ -186,7 +186,8 @@ def _consume_latency(args: argparse.Namespace, s: Settings, spec: Any, beginning
     if where is None:
         raise ConfigError(f"--latency reads ts_event, a record's second field after a string; the records of "
                           f"{spec.name} ({spec.schema or 'raw bytes'}) do not start that way")
-    total, window, bad, windows = LatencyWindow(time.monotonic()), LatencyWindow(time.monotonic()), 0, 0
+    total, bad, windows = LatencyWindow(time.monotonic()), 0, 0
+    window_from, window_s = 0, total.started_s  # the current window: total's records from this index, this time
 
     def report(w: LatencyWindow, what: str) -> None:
         q = w.summary()
@@ -210,21 +211,17 @@ def _consume_latency(args: argparse.Namespace, s: Settings, spec: Any, beginning
                 bad += 1
                 continue
             if not total.ms:  # the clocks start at the first record, not while waiting for one
-                total.started_s = window.started_s = time.monotonic()
-            ms = (now_ns - head[where[0]]) / 1e6
-            total.ms.append(ms)
-            window.ms.append(ms)
+                total.started_s = window_s = time.monotonic()
+            total.ms.append((now_ns - head[where[0]]) / 1e6)
             if where[1] is not None:
-                ingest = (head[where[1]] - head[where[0]]) / 1e6
-                total.ingest_ms.append(ingest)
-                window.ingest_ms.append(ingest)
-            if time.monotonic() - window.started_s >= every:
-                report(window, "window")
-                window, windows = LatencyWindow(time.monotonic()), windows + 1
+                total.ingest_ms.append((head[where[1]] - head[where[0]]) / 1e6)
+            if time.monotonic() - window_s >= every:
+                report(total.since(window_from, window_s), "window")
+                window_from, window_s, windows = len(total.ms), time.monotonic(), windows + 1
     except KeyboardInterrupt:
         pass
-    if window.ms and windows:  # the last, partial window (the only one: the total says it)
-        report(window, "window")
+    if len(total.ms) > window_from and windows:  # the last, partial window (the only one: the total says it)
+        report(total.since(window_from, window_s), "window")
     report(total, "total")
     print(f"{len(total.ms)} record(s) from {spec.name}: latency = receive wall time - ts_event"
           + (f"; {bad} not readable (skipped)" if bad else ""), file=sys.stderr)

@@ -86,13 +86,15 @@ def live_items(enc: BatchEncoder, cols: dict[str, np.ndarray], names: Sequence[s
     def part(lo: int) -> StampedTicks:
         return StampedTicks(enc, {k: v[lo:lo + chunk] for k, v in cols.items()}, names, clock.now_ns())
 
+    keys = [n.encode() for n in names]
+
     def stamped_items(first: StampedTicks) -> Iterator[tuple[bytes, bytes, int]]:
         stamped: StampedTicks | None = first
         for lo in range(0, len(cols["ts"]), chunk):
             stamped = stamped or part(lo)
             for i, c in enumerate(stamped.cols["sym"].tolist()):
                 now = clock.now_ns()
-                yield stamped.names[c].encode(), stamped.values(i, i + 1, now)[0], now // 1_000_000
+                yield keys[c], stamped.values(i, i + 1, now)[0], now // 1_000_000
             stamped = None
 
     return stamped_items(part(0))
@@ -103,16 +105,11 @@ class LatencyDecodeError(ValueError):
     """A record's value is not a Confluent-framed Avro record that starts with a string and a long."""
 
 
-def event_time_ns(value: bytes) -> int:
-    """``ts_event`` of a Confluent-framed Avro record whose first two fields are a string (symbol,
-    job id, account, ...) and the long ``ts_event`` (ns): every record schema of the catalog but
-    ``ModelRecord``. Reads only those bytes (a few us, against tens for a whole decode)."""
-    return leading_longs(value, 2)[1]
-
-
 def leading_longs(value: bytes, n: int) -> list[int]:
     """The first ``n`` fields of a Confluent-framed Avro record whose first field is a string and the
-    next ``n - 1`` are longs (or ints): the string's length, then the longs."""
+    next ``n - 1`` are longs (or ints): the string's length, then the longs. Every record schema of
+    the catalog but ``ModelRecord`` starts with a string (symbol, job id, ...) and the long
+    ``ts_event`` (ns); reading only these bytes takes a few us, against tens for a whole decode."""
     if len(value) < PREFIX_LEN + 2 or value[0] != 0:
         raise LatencyDecodeError("not a Confluent-framed Avro value")
     size, pos = _read_long(value, PREFIX_LEN)
@@ -165,6 +162,10 @@ class LatencyWindow:
     ms: list[float] = field(default_factory=list)
     ingest_ms: list[float] = field(default_factory=list)
 
+    def since(self, index: int, started_s: float) -> LatencyWindow:
+        """The records from ``index`` on, as a window that started at ``started_s``."""
+        return LatencyWindow(started_s, self.ms[index:], self.ingest_ms[index:])
+
     def summary(self) -> dict[str, float | int | None]:
         """count, p50/p99/p99.9/max in ms (numpy's linear quantiles; None when empty), and, when the
         records carry ``ts_ingest``, ``to_worker_p50_ms`` / ``to_worker_p99_ms``."""
@@ -180,5 +181,5 @@ class LatencyWindow:
         return out
 
 
-__all__ = ["LIVE_PRODUCER", "LatencyDecodeError", "LatencyWindow", "StampedTicks", "event_time_ns", "latency_fields",
+__all__ = ["LIVE_PRODUCER", "LatencyDecodeError", "LatencyWindow", "StampedTicks", "latency_fields",
            "leading_longs", "live_items"]

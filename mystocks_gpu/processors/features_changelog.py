@@ -127,10 +127,11 @@ class FeaturesChangelogCodec:
                 and len(value) == self.fixed_width + _HEAD.size + 16 * c)
 
     def decode_into(self, keys: Sequence[bytes], values: Sequence[bytes], codes: np.ndarray,
-                    host: dict[str, dict[str, np.ndarray]]) -> None:
+                    host: dict[str, dict[str, np.ndarray]], split: tuple[list[int], list[int]] | None = None) -> None:
         """Write each value into the rows ``codes`` of the host state arrays ``host[part][array]``
-        (full or compact, each value by its length; :meth:`split` checks them first)."""
-        full, compact = self.split(keys, values)
+        (full or compact, each value by its length; ``split``: what :meth:`split` returned for them,
+        else it checks them here)."""
+        full, compact = split if split is not None else self.split(keys, values)
         if full:
             self._put(self.layout, self.width, [values[j] for j in full], codes[full], host)
         if compact:

@@ -462,8 +462,9 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
     def restore(self, entries: Iterable[tuple[bytes, bytes]], symbols: SymbolTable) -> FeaturesState:
         entries = list(entries)
         codec = self._codec()
-        codec.split([k for k, _ in entries], [v for _, v in entries])  # every value checked before any symbol is added
-        for key, _ in entries:
+        keys, values = [k for k, _ in entries], [v for _, v in entries]
+        split = codec.split(keys, values)  # every value checked before any symbol is added
+        for key in keys:
             symbols.code(key.decode())
         cap = len(symbols)
         host: dict[str, dict[str, np.ndarray]] = {"f": {k: to_host(v).copy() for k, v in
@@ -471,8 +472,8 @@ class TickFeaturesProcessor(Processor[FeaturesState]):
         host.update({f"b{j}": {k: v.copy() for k, v in b.initial_state(cap).arrays.items()}
                      for j, b in enumerate(self.builders)})
         if entries:
-            codes = np.fromiter((symbols.code(k.decode()) for k, _ in entries), np.int64, len(entries))
-            codec.decode_into([k for k, _ in entries], [v for _, v in entries], codes, host)
+            codes = np.fromiter((symbols.code(k.decode()) for k in keys), np.int64, len(keys))
+            codec.decode_into(keys, values, codes, host, split)
         arr = xp(self.backend)
         fstate = FeatureState(self.backend, cap, {k: arr.asarray(v) for k, v in host["f"].items()})
         bars = [BarState(cap, host[f"b{j}"]) for j in range(len(self.builders))]

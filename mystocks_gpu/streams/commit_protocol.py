@@ -181,7 +181,7 @@ class CommitProtocol(OutputSending):
         if self.rt.exactly_once and not self.in_txn:
             self.inject("begin")
             if self.abort_unfinished:
-                self._retry(lambda: self.producer.abort_transaction(self.rt.commit_timeout_s))
+                self._abort_call()
                 self.abort_unfinished = False
                 log.info("the unfinished abort finished")
             self.producer.begin_transaction()
@@ -591,7 +591,7 @@ class CommitProtocol(OutputSending):
             # transaction are still in flight (librdkafka issue #4849). The flushed records are
             # aborted with the transaction; a flush that times out (broker down) still aborts.
             self.producer.flush(self.rt.commit_timeout_s)
-            self._retry(lambda: self.producer.abort_transaction(self.rt.commit_timeout_s))
+            self._abort_call()
             self.abort_unfinished = False
         except KafkaException as exc:
             if exc.args[0].fatal() and self._recover_producer(exc.args[0]):
@@ -612,6 +612,10 @@ class CommitProtocol(OutputSending):
         finally:
             self.in_txn = False
         return not self.abort_unfinished
+
+    def _abort_call(self) -> None:
+        """librdkafka's ``abort_transaction`` with ``_retry``'s retries (raises what is left)."""
+        self._retry(lambda: self.producer.abort_transaction(self.rt.commit_timeout_s))
 
     def _rewind(self) -> None:
         """Seek every assigned partition to its committed offset (from the broker when unknown)."""
