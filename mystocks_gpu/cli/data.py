@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import math
+import signal
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from mystocks_gpu.exceptions import ConfigError
@@ -21,7 +25,7 @@ def _progress(total: int | None, desc: str, unit: str = "rec") -> Any:
 
 
 def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
-    from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names
+    from mystocks_gpu.data.synthetic_ticks import GEN_CHUNK, SyntheticMarket, chunks, symbol_names
     from mystocks_gpu.infra.kafka_clients import ensure_broker, make_producer, produce_all
     from mystocks_gpu.schemas import AvroCodec, schema_store
     from mystocks_gpu.topics import get
@@ -31,10 +35,12 @@ def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
     spec = get(args.topic)
     if spec.schema != "mystocks.md.Tick":
         raise ConfigError(f"produce ticks writes mystocks.md.Tick; topic {spec.name} carries {spec.schema}")
-    if args.count < 1 or args.symbols < 1:
-        raise ConfigError("--count and --symbols must be >= 1")
+    if args.count < 0 or args.symbols < 1:
+        raise ConfigError("--count must be >= 1 (or 0: no end) and --symbols >= 1")
     if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
         raise ConfigError(f"--rate must be a number > 0 (ticks/s), got {args.rate:g}")
+    if args.count == 0 and args.rate is None:
+        raise ConfigError("--count 0 (no end, until Ctrl-C) needs --rate: an endless feed is paced (e.g. --rate 10000)")
     if args.live and args.rate is None:
         raise ConfigError("--live needs --rate: a live feed is paced to the wall clock (e.g. --rate 10000)")
     if args.live and args.start is not None:
@@ -43,37 +49,54 @@ def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
     market = SyntheticMarket(n_symbols=args.symbols, seed=args.seed,
                              **({"start_ns": time.time_ns()} if args.start == "now" else {}))
     names = symbol_names(args.symbols, args.seed)
-    cols = generate(market, args.count)
+    count = args.count or None
     codec = AvroCodec(schema_store(s))
     if args.live:
-        from mystocks_gpu.data.live_feed import LIVE_PRODUCER, live_items
+        from mystocks_gpu.data.live_feed import LIVE_CHUNK, LIVE_PRODUCER, live_items
         from mystocks_gpu.schemas.batch_codec import BatchEncoder
 
-        items = live_items(BatchEncoder("mystocks.md.Tick", codec.store), cols, names)
+        items = live_items(BatchEncoder("mystocks.md.Tick", codec.store), chunks(market, count, LIVE_CHUNK), names)
         producer = make_producer(s.kafka, **LIVE_PRODUCER)
     else:
-        items = _encode_ticks(cols, names, codec)
+        items = _encode_ticks(chunks(market, count, GEN_CHUNK), names, codec)
         producer = make_producer(s.kafka)
     t0 = time.monotonic()
-    with _progress(args.count, f"produce {spec.name}") as bar:
-        n = produce_all(producer, spec.name, items, bar.update, rate=args.rate)
+    with _until_signal() as stopped, _progress(count, f"produce {spec.name}") as bar:
+        n = produce_all(producer, spec.name, itertools.takewhile(lambda _: not stopped(), items), bar.update,
+                        rate=args.rate)
     dt = time.monotonic() - t0
     print(f"produced {n} {'live ' if args.live else ''}ticks for {args.symbols} symbols to {spec.name} in {dt:.1f} s "
-          f"({n / max(dt, 1e-9):,.0f}/s), seed={args.seed}")
+          f"({n / max(dt, 1e-9):,.0f}/s), seed={args.seed}" + ("; stopped by a signal" if stopped() else ""))
     return 0
 
 
-def _encode_ticks(cols: dict[str, Any], names: list[str], codec: Any) -> Any:
-    """(key, value, ts_ms) per tick, encoded by the vectorised encoder with ``codec``'s schema ids."""
+@contextlib.contextmanager
+def _until_signal() -> Iterator[Callable[[], bool]]:
+    """SIGINT (Ctrl-C) and SIGTERM set a flag instead of interrupting: the caller stops taking items,
+    flushes what it sent and reports. Yields ``stopped() -> bool``; the handlers are put back after."""
+    hit: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.signal(sig, lambda signum, _frame: hit.append(signum)) for sig in sigs}
+    try:
+        yield lambda: bool(hit)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _encode_ticks(tape: Iterable[dict[str, Any]], names: list[str], codec: Any) -> Iterator[tuple[bytes, bytes, int]]:
+    """(key, value, ts_ms) per tick of ``tape`` (column chunks), encoded by the vectorised encoder with
+    ``codec``'s schema ids, 200,000 ticks at a time."""
     from mystocks_gpu.schemas.batch_codec import BatchEncoder
 
-    keys = [names[i].encode() for i in cols["sym"].tolist()]
-    ts_ms = (cols["ts"] // 1_000_000).tolist()
+    keys = [n.encode() for n in names]
     enc = BatchEncoder("mystocks.md.Tick", codec.store)
     step = 200_000
-    for lo in range(0, len(keys), step):
-        chunk = {k: v[lo:lo + step] for k, v in cols.items()}
-        yield from zip(keys[lo:lo + step], enc.encode(chunk, names), ts_ms[lo:lo + step], strict=True)
+    for cols in tape:
+        for lo in range(0, len(cols["ts"]), step):
+            chunk = {k: v[lo:lo + step] for k, v in cols.items()}
+            yield from zip(map(keys.__getitem__, chunk["sym"].tolist()), enc.encode(chunk, names),
+                           (chunk["ts"] // 1_000_000).tolist(), strict=True)
 
 
 def _require_topic(s: Settings, name: str) -> None:
@@ -235,7 +258,10 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("what", choices=["ticks"])
     sp.add_argument("--synthetic", action="store_true", help="generate ticks (required)")
     sp.add_argument("--symbols", type=int, default=100, help="number of symbols (default 100)")
-    sp.add_argument("--count", type=int, default=100_000, help="number of ticks (default 100000)")
+    sp.add_argument("--count", type=int, default=100_000,
+                    help="number of ticks (default 100000); 0: no end, with --rate, until Ctrl-C or SIGTERM (which "
+                         "stop it cleanly: what was sent is flushed and counted). Drawn a chunk at a time, so a feed "
+                         "of any length holds one chunk in memory")
     sp.add_argument("--rate", type=float, default=None, help="throttle to about R ticks/s (default: as fast as possible)")
     sp.add_argument("--seed", type=int, default=7, help="RNG seed; same seed -> same ticks (default 7)")
     sp.add_argument("--start", choices=["fixed", "now"], default=None,

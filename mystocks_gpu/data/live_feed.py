@@ -12,8 +12,9 @@ is stamped as it is taken by splicing the 9-byte Avro long into its encoded byte
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -75,29 +76,29 @@ class StampedTicks:
         return list(self.enc.encode(chunk, self.names))
 
 
-def live_items(enc: BatchEncoder, cols: dict[str, np.ndarray], names: Sequence[str], clock: Clock = SYSTEM_CLOCK,
-               chunk: int = 10_000) -> Iterator[tuple[bytes, bytes, int]]:
-    """``(key, value, timestamp_ms)`` of each tick of ``cols``, stamped with ``clock.now_ns()`` when the
-    caller takes it (``produce_all`` takes an item right before producing it, and paces to its
-    ``rate``). The values are encoded ``chunk`` ticks at a time, so a long feed holds one chunk's bytes
-    (~200 bytes a tick), not the whole feed's; the first chunk here, before the feed starts (the
-    encoder's first call loads its compiled code: 0.6 s), each next one when its first tick is taken
-    (~6 ms for 10,000 ticks on this project's VM: a pause the pacing then catches up)."""
-    def part(lo: int) -> StampedTicks:
-        return StampedTicks(enc, {k: v[lo:lo + chunk] for k, v in cols.items()}, names, clock.now_ns())
+#: ticks a live feed draws and encodes at a time (:func:`live_items`): 10-15 ms of work per chunk on this
+#: project's VM, a pause the pacing catches up, and the feed holds one chunk (~3 MB), however long it runs
+LIVE_CHUNK = 10_000
 
+
+def live_items(enc: BatchEncoder, tape: Iterable[dict[str, np.ndarray]], names: Sequence[str],
+               clock: Clock = SYSTEM_CLOCK) -> Iterator[tuple[bytes, bytes, int]]:
+    """``(key, value, timestamp_ms)`` of each tick of ``tape`` (the generator's columns, a chunk at a
+    time: ``synthetic_ticks.chunks(market, count, LIVE_CHUNK)``; it may be endless), stamped with
+    ``clock.now_ns()`` when the caller takes it (``produce_all`` takes an item right before producing
+    it, and paces to its ``rate``). Each chunk is encoded when its first tick is taken; the first one
+    here, before the feed starts (the encoder's first call loads its compiled code: 0.6 s)."""
     keys = [n.encode() for n in names]
+    stamped = (StampedTicks(enc, cols, names, clock.now_ns()) for cols in tape)
+    first = next(stamped, None)
 
-    def stamped_items(first: StampedTicks) -> Iterator[tuple[bytes, bytes, int]]:
-        stamped: StampedTicks | None = first
-        for lo in range(0, len(cols["ts"]), chunk):
-            stamped = stamped or part(lo)
-            for i, c in enumerate(stamped.cols["sym"].tolist()):
+    def stamped_items() -> Iterator[tuple[bytes, bytes, int]]:
+        for part in chain([first] if first is not None else [], stamped):
+            for i, c in enumerate(part.cols["sym"].tolist()):
                 now = clock.now_ns()
-                yield keys[c], stamped.values(i, i + 1, now)[0], now // 1_000_000
-            stamped = None
+                yield keys[c], part.values(i, i + 1, now)[0], now // 1_000_000
 
-    return stamped_items(part(0))
+    return stamped_items()
 
 
 # ---- reading latency --------------------------------------------------------------------------------
@@ -181,5 +182,5 @@ class LatencyWindow:
         return out
 
 
-__all__ = ["LIVE_PRODUCER", "LatencyDecodeError", "LatencyWindow", "StampedTicks", "latency_fields",
+__all__ = ["LIVE_CHUNK", "LIVE_PRODUCER", "LatencyDecodeError", "LatencyWindow", "StampedTicks", "latency_fields",
            "leading_longs", "live_items"]

@@ -7,7 +7,9 @@
 - trades hit the bid or lift the offer (side -1/+1) with log-normal sizes in round lots; trades
   carry the prevailing quote; quotes carry mid in ``price`` and size 0.
 
-Same ``seed`` -> same ticks, bit for bit.
+Same ``seed`` -> same ticks, bit for bit. The tape is drawn a chunk at a time (:class:`SyntheticTape`;
+:func:`generate` and :func:`chunks` draw :data:`GEN_CHUNK` ticks a chunk), each chunk going on from
+the last, so a feed of any length holds one chunk in memory.
 """
 
 from __future__ import annotations
@@ -62,65 +64,116 @@ def symbol_names(n: int, seed: int) -> list[str]:
     return names
 
 
-def generate(market: SyntheticMarket, count: int, offset: int = 0) -> dict[str, np.ndarray]:
-    """``count`` ticks as columns: sym (int32 code), ts (int64 ns), seq (int64), kind (int8),
-    price, size, bid, ask, bid_size, ask_size (float64), side (int8).
+#: ticks generated per draw: :func:`generate` and :func:`chunks` draw the tape this many ticks at a
+#: time, so a tape of any length holds at most one chunk's columns (~70 MB) and the same seed gives
+#: the same ticks whichever of the two makes them
+GEN_CHUNK = 1_000_000
 
-    ``offset`` is unused by the maths but kept for API symmetry with :func:`iter_chunks`.
-    """
-    rng = np.random.default_rng(market.seed)
-    S = market.n_symbols
-    # static per-symbol parameters
-    p0 = np.exp(rng.uniform(np.log(10), np.log(500), S))
-    vol = rng.uniform(0.15, 0.60, S)
-    spread_bps = rng.uniform(1, 20, S)
-    ranks = rng.permutation(S) + 1
-    w = 1.0 / ranks ** market.zipf_s
-    w /= w.sum()
-    # event stream
-    sym = rng.choice(S, size=count, p=w).astype(np.int32)
-    gaps = rng.exponential(1e9 / market.events_per_s, count)
-    ts = market.start_ns + np.cumsum(gaps).astype(np.int64)
-    ts = np.maximum.accumulate(ts)
-    # per-symbol GBM along each symbol's own event times
-    order = np.argsort(sym, kind="stable")
-    s_sorted = sym[order]
-    t_sorted = ts[order]
-    first = np.ones(count, bool)
-    first[1:] = s_sorted[1:] != s_sorted[:-1]
-    dt = np.diff(t_sorted, prepend=t_sorted[:1]).astype(np.float64) / 1e9 / SECONDS_PER_YEAR
-    dt[first] = 0.0
-    sig = vol[s_sorted]
-    z = rng.standard_normal(count)
-    inc = (market.mu - 0.5 * sig**2) * dt + sig * np.sqrt(dt) * z
-    inc[first] = 0.0
-    csum = np.cumsum(inc)
-    starts = np.flatnonzero(first)
-    base = np.repeat(csum[starts], np.diff(np.append(starts, count)))
-    log_mid = np.log(p0[s_sorted]) + (csum - base)
-    mid_sorted = np.exp(log_mid)
-    seq_sorted = np.arange(count) - np.repeat(starts, np.diff(np.append(starts, count)))
-    mid = np.empty(count)
-    mid[order] = mid_sorted
-    seq = np.empty(count, np.int64)
-    seq[order] = seq_sorted
-    # book on a 0.01 grid
-    half = mid * spread_bps[sym] / 2e4
-    bid = np.maximum(np.floor((mid - half) * 100.0) / 100.0, 0.01)
-    ask = np.maximum(np.ceil((mid + half) * 100.0) / 100.0, bid + 0.01)
-    ask = np.round(ask, 2)
-    bid = np.round(bid, 2)
-    bid_size = 100.0 * rng.geometric(0.3, count)
-    ask_size = 100.0 * rng.geometric(0.3, count)
-    kind = np.where(rng.random(count) < market.trade_fraction, TRADE, QUOTE).astype(np.int8)
-    buy = rng.random(count) < 0.5
-    side = np.where(kind == TRADE, np.where(buy, 1, -1), 0).astype(np.int8)
-    trade_px = np.where(buy, ask, bid)
-    lots = np.maximum(1.0, np.round(rng.lognormal(0.0, 1.0, count)))
-    price = np.where(kind == TRADE, trade_px, np.round((bid + ask) / 2.0, 4))
-    size = np.where(kind == TRADE, 100.0 * lots, 0.0)
-    return {"sym": sym, "ts": ts, "seq": seq, "kind": kind, "price": price, "size": size, "side": side,
-            "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size}
+
+class SyntheticTape:
+    """The tape of one :class:`SyntheticMarket`, drawn a chunk at a time: each :meth:`next` continues
+    where the last one ended (event time, each symbol's mid along its GBM path and its ``seq``), so a
+    feed can run for as long as wanted in bounded memory. The per-symbol parameters are drawn once,
+    then every chunk draws its columns from the same random stream in a fixed order."""
+
+    def __init__(self, market: SyntheticMarket) -> None:
+        self.market = market
+        self.rng = rng = np.random.default_rng(market.seed)
+        S = market.n_symbols
+        # static per-symbol parameters
+        self.p0 = np.exp(rng.uniform(np.log(10), np.log(500), S))
+        self.vol = rng.uniform(0.15, 0.60, S)
+        self.spread_bps = rng.uniform(1, 20, S)
+        ranks = rng.permutation(S) + 1
+        w = 1.0 / ranks ** market.zipf_s
+        self.weights = w / w.sum()
+        #: per symbol: log mid and event time (ns, -1 before its first tick) of its last tick, next seq
+        self.log_mid = np.log(self.p0)
+        self.last_ts = np.full(S, -1, np.int64)
+        self.next_seq = np.zeros(S, np.int64)
+        #: event time of the tape's last tick so far (ns)
+        self.t_end = market.start_ns
+        #: ticks drawn so far
+        self.drawn = 0
+
+    def next(self, count: int) -> dict[str, np.ndarray]:
+        """The next ``count`` ticks as columns: sym (int32 code), ts (int64 ns), seq (int64), kind
+        (int8), price, size, bid, ask, bid_size, ask_size (float64), side (int8)."""
+        m, rng, S = self.market, self.rng, self.market.n_symbols
+        # event stream
+        sym = rng.choice(S, size=count, p=self.weights).astype(np.int32)
+        gaps = rng.exponential(1e9 / m.events_per_s, count)
+        ts = self.t_end + np.cumsum(gaps).astype(np.int64)
+        ts = np.maximum.accumulate(ts)
+        # per-symbol GBM along each symbol's own event times, from where each symbol's path stands
+        order = np.argsort(sym, kind="stable")
+        s_sorted = sym[order]
+        t_sorted = ts[order]
+        first = np.ones(count, bool)
+        first[1:] = s_sorted[1:] != s_sorted[:-1]
+        starts = np.flatnonzero(first)
+        lens = np.diff(np.append(starts, count))
+        s_first = s_sorted[starts]
+        prev_t = self.last_ts[s_first]
+        seen = prev_t >= 0  # symbols with a tick in an earlier chunk go on from it
+        dt = np.diff(t_sorted, prepend=t_sorted[:1]).astype(np.float64) / 1e9 / SECONDS_PER_YEAR
+        dt[starts] = np.where(seen, (t_sorted[starts] - prev_t).astype(np.float64) / 1e9 / SECONDS_PER_YEAR, 0.0)
+        sig = self.vol[s_sorted]
+        z = rng.standard_normal(count)
+        inc = (m.mu - 0.5 * sig**2) * dt + sig * np.sqrt(dt) * z
+        inc[starts] = np.where(seen, inc[starts], 0.0)
+        csum = np.cumsum(inc)
+        base = np.repeat(csum[starts] - inc[starts], lens)
+        log_mid = np.repeat(self.log_mid[s_first], lens) + (csum - base)
+        mid_sorted = np.exp(log_mid)
+        seq_sorted = np.arange(count) - np.repeat(starts, lens) + np.repeat(self.next_seq[s_first], lens)
+        ends = starts + lens - 1
+        self.log_mid[s_first] = log_mid[ends]
+        self.last_ts[s_first] = t_sorted[ends]
+        self.next_seq[s_first] += lens
+        if count:
+            self.t_end = int(ts[-1])
+        self.drawn += count
+        mid = np.empty(count)
+        mid[order] = mid_sorted
+        seq = np.empty(count, np.int64)
+        seq[order] = seq_sorted
+        # book on a 0.01 grid
+        half = mid * self.spread_bps[sym] / 2e4
+        bid = np.maximum(np.floor((mid - half) * 100.0) / 100.0, 0.01)
+        ask = np.maximum(np.ceil((mid + half) * 100.0) / 100.0, bid + 0.01)
+        ask = np.round(ask, 2)
+        bid = np.round(bid, 2)
+        bid_size = 100.0 * rng.geometric(0.3, count)
+        ask_size = 100.0 * rng.geometric(0.3, count)
+        kind = np.where(rng.random(count) < m.trade_fraction, TRADE, QUOTE).astype(np.int8)
+        buy = rng.random(count) < 0.5
+        side = np.where(kind == TRADE, np.where(buy, 1, -1), 0).astype(np.int8)
+        trade_px = np.where(buy, ask, bid)
+        lots = np.maximum(1.0, np.round(rng.lognormal(0.0, 1.0, count)))
+        price = np.where(kind == TRADE, trade_px, np.round((bid + ask) / 2.0, 4))
+        size = np.where(kind == TRADE, 100.0 * lots, 0.0)
+        return {"sym": sym, "ts": ts, "seq": seq, "kind": kind, "price": price, "size": size, "side": side,
+                "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size}
+
+
+def chunks(market: SyntheticMarket, count: int | None, chunk: int = GEN_CHUNK) -> Iterator[dict[str, np.ndarray]]:
+    """The market's tape as columns of at most ``chunk`` ticks each, ``count`` ticks in all (``None``:
+    without end). The ticks are :func:`generate`'s for the same ``count`` when ``chunk`` is
+    :data:`GEN_CHUNK`."""
+    if chunk < 1:
+        raise ValueError("chunk must be >= 1")
+    tape = SyntheticTape(market)
+    while count is None or tape.drawn < count:
+        yield tape.next(chunk if count is None else min(chunk, count - tape.drawn))
+
+
+def generate(market: SyntheticMarket, count: int) -> dict[str, np.ndarray]:
+    """``count`` ticks as columns (see :meth:`SyntheticTape.next`), drawn :data:`GEN_CHUNK` at a time."""
+    if count <= GEN_CHUNK:
+        return SyntheticTape(market).next(count)
+    parts = list(chunks(market, count, GEN_CHUNK))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def to_records(cols: dict[str, np.ndarray], names: list[str]) -> Iterator[dict[str, object]]:

@@ -6,22 +6,35 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import signal
 import struct
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import fastavro
 import numpy as np
+import pytest
 from confluent_kafka import TopicPartition
 
-from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
+from mystocks_gpu.data.live_feed import LIVE_CHUNK
+from mystocks_gpu.data.synthetic_ticks import (
+    GEN_CHUNK,
+    SyntheticMarket,
+    SyntheticTape,
+    generate,
+    symbol_names,
+    to_records,
+)
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.kafka_clients import make_consumer, make_producer, watermarks
 from mystocks_gpu.schemas import schema_store
 from mystocks_gpu.topics.admin import TopicAdmin
 from mystocks_gpu.topics.catalog import signals_topic
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli, wait_until
 
 AVSC = Path(__file__).resolve().parents[2] / "mystocks_gpu" / "schemas" / "avsc"
 
@@ -123,3 +136,51 @@ def test_consume_latency_reports_receive_time_minus_event_time(settings: Setting
     for key, q in (("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999), ("max_ms", 1.0)):
         ref = float(np.quantile(back_ms, q))
         assert ref + lo - 1 <= total[0][key] <= ref + hi + 1, (key, total[0][key], ref, lo, hi)
+
+
+@pytest.mark.parametrize("live,sig", [(True, signal.SIGINT), (False, signal.SIGTERM)])
+def test_an_endless_feed_runs_until_a_signal_and_loses_nothing(settings: Settings, live: bool, sig: int) -> None:
+    """``--count 0``: no end; drawn a chunk at a time (past the first chunk here), stopped by Ctrl-C or
+    SIGTERM with what it sent flushed and counted: the topic holds exactly the ticks it reports, each
+    symbol's seq runs 0, 1, 2, ... with no gap or repeat, and the ticks are the tape's."""
+    run_cli("topics", "create")
+    c = make_consumer(settings.kafka, "test-live-endless-wm")
+    parts = sorted(c.list_topics("md.ticks", timeout=10).topics["md.ticks"].partitions)
+
+    def ends() -> dict[int, int]:
+        return {p: watermarks(c, TopicPartition("md.ticks", p), 10)[1] for p in parts}
+
+    starts = ends()
+    cmd = [sys.executable, "-m", "mystocks_gpu.cli", "produce", "ticks", "--synthetic", "--count", "0", "--rate",
+           "20000", "--symbols", "30", "--seed", "9", *(["--live"] if live else [])]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        past = LIVE_CHUNK + 2_000
+        wait_until(lambda: sum(ends().values()) - sum(starts.values()) >= past, 60,
+                   lambda: f"{past} ticks from the endless feed (rc {proc.poll()})")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        c.close()
+    assert proc.returncode == 0, err
+    m = re.search(r"produced (\d+) (live )?ticks for 30 symbols to md.ticks .*; stopped by a signal", out)
+    assert m, out + err
+    n = int(m.group(1))
+    assert n >= past
+    got = _read_from(settings, "md.ticks", starts, n)
+    recs = [fastavro.schemaless_reader(io.BytesIO(v[5:]), _parsed("tick.avsc"), None) for *_, v in got]
+    by_sym: dict[str, list[int]] = defaultdict(list)
+    for x in recs:
+        by_sym[x["symbol"]].append(x["seq"])
+    assert all(sorted(s) == list(range(len(s))) for s in by_sym.values())
+    # the tape drawn a chunk at a time as the feed draws it (GEN_CHUNK, or LIVE_CHUNK when live), cut at n
+    chunk = LIVE_CHUNK if live else GEN_CHUNK
+    draw = SyntheticTape(SyntheticMarket(n_symbols=30, seed=9))
+    parts = [draw.next(chunk) for _ in range(-(-n // chunk))]
+    tape = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+    want = {(w["symbol"], w["seq"]): w for w in to_records(tape, symbol_names(30, 9))}
+    assert sorted((x["symbol"], x["seq"]) for x in recs) == sorted(want)
+    for x in recs:  # a live tick's event time is its send time, the rest is the tape's
+        assert x == (dict(want[(x["symbol"], x["seq"])], ts_event=x["ts_event"]) if live else want[(x["symbol"], x["seq"])])

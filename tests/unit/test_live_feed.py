@@ -65,7 +65,8 @@ def test_live_items_stamp_each_tick_when_it_is_taken_chunk_after_chunk() -> None
     cols, names = _ticks(5)
     clock = ManualClock(now_ns=1_780_000_000_000_000_000)
     schema = _parsed("tick.avsc")
-    items = live_items(BatchEncoder("mystocks.md.Tick", SchemaStore()), cols, names, clock, chunk=2)
+    tape = ({k: v[lo:lo + 2] for k, v in cols.items()} for lo in range(0, 5, 2))
+    items = live_items(BatchEncoder("mystocks.md.Tick", SchemaStore()), tape, names, clock)
     seen = []
     for step_s in (0.0, 0.0015, 0.25, 3.0, 0.0000004):
         clock.advance(step_s)
@@ -112,6 +113,8 @@ def test_latency_window_quantiles_are_the_linear_ones() -> None:
     (("produce", "ticks", "--synthetic", "--live"), "--live needs --rate"),
     (("produce", "ticks", "--synthetic", "--live", "--rate", "100", "--start", "now"), "--start does not apply"),
     (("produce", "ticks", "--synthetic", "--rate", "0"), "--rate must be a number > 0"),
+    (("produce", "ticks", "--synthetic", "--count", "0"), "--count 0 (no end, until Ctrl-C) needs --rate"),
+    (("produce", "ticks", "--synthetic", "--count", "-3", "--rate", "10"), "--count must be >= 1 (or 0: no end)"),
     (("produce", "ticks", "--synthetic", "--live", "--rate", "nan"), "--rate must be a number > 0"),
     (("consume", "models", "--latency"), "the records of models (mystocks.ml.ModelRecord) do not start that way"),
     (("consume", "factors.values", "--latency"), "(raw bytes)"),
