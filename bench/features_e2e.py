@@ -110,7 +110,7 @@ from _features_reference import (  # noqa: E402
     vector_of,
 )
 
-from mystocks_gpu.data.live_feed import StampedTicks  # noqa: E402
+from mystocks_gpu.data.live_feed import StampedTicks, paced_feed  # noqa: E402
 from mystocks_gpu.exceptions import ConfigError  # noqa: E402
 from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor  # noqa: E402
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig  # noqa: E402
@@ -363,17 +363,33 @@ def worker_role(cfg: dict[str, Any]) -> None:
     print(json.dumps(C.summary_dict(sm)), flush=True)
 
 
+class _LoadWindow:
+    """The load producer's measured window: it opens ``ramp_s`` after the feed's clock starts
+    (:meth:`start`, announced on stdout); ``counted`` = ticks stamped inside it."""
+
+    def __init__(self, ramp_s: float) -> None:
+        self.ramp_s, self.count_from, self.counted, self.t0 = ramp_s, 0, 0, 0.0
+
+    def start(self) -> None:
+        self.count_from = time.time_ns() + int(self.ramp_s * 1e9)
+        print(json.dumps({"count_from": self.count_from}), flush=True)
+        self.t0 = time.perf_counter()
+
+    def sent(self, ticks: int, stamp_ns: int) -> None:
+        self.counted += ticks if stamp_ns >= self.count_from else 0
+
+
 def producer_role(cfg: dict[str, Any]) -> None:
-    """Offer ``rate`` ticks/s for ``seconds`` with ts_event = wall clock at produce (``--_role producer``)."""
+    """Offer ``rate`` ticks/s for ``seconds`` with ts_event = wall clock at produce (``--_role producer``):
+    the package's paced feed (``live_feed.paced_feed``), each due chunk through the C ``produce_many``."""
     from mystocks_gpu.infra.kafka_clients import make_producer
     from mystocks_gpu.schemas.batch_codec import BatchEncoder
 
     s = C.settings()
     rate, n = float(cfg["rate"]), int(cfg["rate"] * cfg["seconds"])
     cols, names = C.synthetic(n, cfg["symbols"], seed=11)
-    keys = [names[i].encode() for i in cols["sym"].tolist()]
     enc = BatchEncoder(TICK)
-    stamped = StampedTicks(enc, cols, names, time.time_ns())
+    spliced = StampedTicks(enc, {k: v[:256] for k, v in cols.items()}, names, time.time_ns()).exact
     prod = make_producer(s.kafka, **L.FEED_PRODUCERS[cfg["feed"]])
     if cfg.get("probe_ts") is not None:
         # connect, fetch metadata (and an idempotent feed's producer id) before the clock starts: one tick stamped
@@ -381,32 +397,23 @@ def producer_role(cfg: dict[str, Any]) -> None:
         # ticks of the window wait in this producer for its connection and count as pipeline latency
         probe = {k: v[:1] for k, v in cols.items()}
         probe["ts"] = np.full(1, int(cfg["probe_ts"]), np.int64)
-        prod.produce(cfg["topic"], enc.encode(probe, names)[0], keys[0], timestamp=int(cfg["probe_ts"]) // 1_000_000)
+        prod.produce(cfg["topic"], enc.encode(probe, names)[0], names[int(cols["sym"][0])].encode(),
+                     timestamp=int(cfg["probe_ts"]) // 1_000_000)
         if prod.flush(30) != 0:
             raise SystemExit("the latency producer could not deliver its probe tick")
-    i, counted = 0, 0
     C.freeze_heap()
-    # the measured window opens ramp_s after the first tick; ticks stamped before it are not counted
-    count_from = time.time_ns() + int(float(cfg.get("ramp_s", 0.0)) * 1e9)
-    print(json.dumps({"count_from": count_from}), flush=True)
-    t0 = time.perf_counter()
-    while i < n:
-        due = min(n, int((time.perf_counter() - t0) * rate) + 1)
-        if due <= i:
-            time.sleep(0.0005)
-            continue
-        now = time.time_ns()
-        counted += (due - i) if now >= count_from else 0
-        # one C call per chunk (the generator shares the cores with the broker and the worker); the
-        # record timestamp is the produce time
-        L.produce_chunk(prod, cfg["topic"], stamped.values(i, due, now), keys[i:due], now // 1_000_000,
-                        "the latency producer", 0.01)
+    window = _LoadWindow(float(cfg.get("ramp_s", 0.0)))
+
+    def send(values: list[bytes], keys: list[bytes], ts_ms: int) -> None:
+        # one C call per due chunk (the generator shares the cores with the broker and the worker)
+        L.produce_chunk(prod, cfg["topic"], values, keys, ts_ms, "the latency producer", 0.01)
         prod.poll(0)
-        i = due
-    t_send = time.perf_counter() - t0
+
+    paced_feed([cols], names, enc, rate, send, on_chunk=window.sent, on_start=window.start)
+    t_send = time.perf_counter() - window.t0
     prod.flush(60)
-    print(json.dumps({"produced": n, "send_s": t_send, "offered_rate": n / t_send, "counted": counted,
-                      "ts_spliced": stamped.exact}), flush=True)
+    print(json.dumps({"produced": n, "send_s": t_send, "offered_rate": n / t_send, "counted": window.counted,
+                      "ts_spliced": spliced}), flush=True)
 
 
 # ---- main --------------------------------------------------------------------------------------------

@@ -5,22 +5,27 @@ TOPIC --latency``).
 A live tick's event time (``ts_event``, ns) and its Kafka timestamp (ms) are the wall clock when it
 is handed to the producer, not a time from the generator, so ``receive time - ts_event`` of a record
 downstream is the latency of everything between the feed and the reader. The ticks are the
-generator's (:mod:`mystocks_gpu.data.synthetic_ticks`), encoded once before the clock starts; each
-is stamped as it is taken by splicing the 9-byte Avro long into its encoded bytes
-(:class:`StampedTicks`; ``bench/features_e2e.py``'s load producer does the same).
+generator's (:mod:`mystocks_gpu.data.synthetic_ticks`), encoded a chunk at a time; the ticks due
+are stamped when they are sent by splicing the 9-byte Avro long into their encoded bytes
+(:class:`StampedTicks`, paced by :func:`paced_feed`; ``bench/features_e2e.py``'s load producer is
+the same feed).
+
+``consume --latency`` reads each fetch's values in one compiled pass (:func:`leading_longs_batch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
+import numba
 import numpy as np
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
+from mystocks_gpu.schemas.batch_codec.decoder import gather_values
 from mystocks_gpu.schemas.batch_codec.encoder import avro_long_bytes
 from mystocks_gpu.schemas.codec import PREFIX_LEN
 
@@ -76,29 +81,49 @@ class StampedTicks:
         return list(self.enc.encode(chunk, self.names))
 
 
-#: ticks a live feed draws and encodes at a time (:func:`live_items`): 10-15 ms of work per chunk on this
+#: ticks a live feed draws and encodes at a time (:func:`paced_feed`): 10-15 ms of work per chunk on this
 #: project's VM, a pause the pacing catches up, and the feed holds one chunk (~3 MB), however long it runs
 LIVE_CHUNK = 10_000
 
 
-def live_items(enc: BatchEncoder, tape: Iterable[dict[str, np.ndarray]], names: Sequence[str],
-               clock: Clock = SYSTEM_CLOCK) -> Iterator[tuple[bytes, bytes, int]]:
-    """``(key, value, timestamp_ms)`` of each tick of ``tape`` (the generator's columns, a chunk at a
-    time: ``synthetic_ticks.chunks(market, count, LIVE_CHUNK)``; it may be endless), stamped with
-    ``clock.now_ns()`` when the caller takes it (``produce_all`` takes an item right before producing
-    it, and paces to its ``rate``). Each chunk is encoded when its first tick is taken; the first one
-    here, before the feed starts (the encoder's first call loads its compiled code: 0.6 s)."""
+def paced_feed(tape: Iterable[dict[str, np.ndarray]], names: Sequence[str], enc: BatchEncoder, rate: float,
+               send: Callable[[list[bytes], list[bytes], int], None], *, clock: Clock = SYSTEM_CLOCK,
+               stopped: Callable[[], bool] = lambda: False, on_chunk: Callable[[int, int], None] | None = None,
+               on_start: Callable[[], None] | None = None) -> int:
+    """Offer the ticks of ``tape`` (column chunks, e.g. ``synthetic_ticks.chunks(market, count,
+    LIVE_CHUNK)``; it may be endless) at ``rate`` ticks/s: every ~0.5 ms, the ticks now due (by
+    ``rate`` x the time since the start, +1), all stamped with one wall time (``ts_event`` and the
+    Kafka timestamp: they are handed over together), go to ``send(values, keys, timestamp_ms)`` in
+    one call. Returns the ticks sent; stops early when ``stopped()``. ``on_chunk(ticks, stamp_ns)``
+    after each send; ``on_start()`` once the first chunk is encoded, right before the clock starts.
+
+    One call per due chunk instead of one per tick: a paced feed of 50k ticks/s took half a core
+    with a ``produce()`` and a generator step per tick, and it shares the cores with what it feeds
+    (``bench/HISTORY.md``, 2026-12-07). Each tape chunk is encoded when the feed reaches it (10-15 ms
+    for :data:`LIVE_CHUNK` ticks; the first before the clock starts), a pause the pacing then catches up."""
     keys = [n.encode() for n in names]
-    stamped = (StampedTicks(enc, cols, names, clock.now_ns()) for cols in tape)
-    first = next(stamped, None)
-
-    def stamped_items() -> Iterator[tuple[bytes, bytes, int]]:
-        for part in chain([first] if first is not None else [], stamped):
-            for i, c in enumerate(part.cols["sym"].tolist()):
-                now = clock.now_ns()
-                yield keys[c], part.values(i, i + 1, now)[0], now // 1_000_000
-
-    return stamped_items()
+    parts = ((StampedTicks(enc, cols, names, clock.now_ns()), [keys[c] for c in cols["sym"].tolist()])
+             for cols in tape)
+    first = next(parts, None)  # encoded before the clock starts (the encoder's first call: 0.6 s)
+    if on_start is not None:
+        on_start()
+    sent, t0 = 0, clock.monotonic()
+    for stamped, chunk_keys in chain([first] if first is not None else [], parts):
+        i, m = 0, len(stamped)
+        while i < m:
+            if stopped():
+                return sent
+            due = min(m, int((clock.monotonic() - t0) * rate) + 1 - (sent - i))
+            if due <= i:
+                clock.sleep(0.0005)
+                continue
+            now = clock.now_ns()
+            send(stamped.values(i, due, now), chunk_keys[i:due], now // 1_000_000)
+            if on_chunk is not None:
+                on_chunk(due - i, now)
+            sent += due - i
+            i = due
+    return sent
 
 
 # ---- reading latency --------------------------------------------------------------------------------
@@ -153,6 +178,55 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
     raise LatencyDecodeError("a truncated Avro long")
 
 
+@numba.njit(cache=True, nogil=True)
+def _leading_longs_kernel(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, out: np.ndarray,
+                          ok: np.ndarray) -> None:  # pragma: no cover - compiled
+    n = out.shape[1]
+    for i in range(starts.size):
+        pos, end = starts[i] + PREFIX_LEN, ends[i]
+        if end - starts[i] < PREFIX_LEN + 2 or buf[starts[i]] != 0:
+            continue
+        good = True
+        for j in range(n):
+            u = np.uint64(0)
+            shift = 0
+            done = False
+            for k in range(10):
+                if pos + k >= end:
+                    break
+                b = np.uint64(buf[pos + k])
+                u |= (b & np.uint64(0x7F)) << np.uint64(shift)
+                if not b & np.uint64(0x80):
+                    pos += k + 1
+                    done = True
+                    break
+                shift += 7
+            if not done:
+                good = False
+                break
+            v = np.int64(u >> np.uint64(1)) ^ -np.int64(u & np.uint64(1))
+            out[i, j] = v
+            if j == 0:  # the string's length, then its bytes
+                if v < 0 or pos + v > end:
+                    good = False
+                    break
+                pos += v
+        ok[i] = good
+
+
+def leading_longs_batch(values: Sequence[bytes | None], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`leading_longs` of every value in one compiled pass: ``(out int64 (k, n), ok bool (k,))``;
+    row ``i`` is value ``i``'s string length and ``n - 1`` longs where ``ok[i]``, and ``ok[i]`` is
+    False where :func:`leading_longs` raises (a null value too). About 0.1 us a value, against ~3 us
+    for the Python one: what lets ``consume --latency`` keep up with 50k records/s on a shared core."""
+    buf, starts, ends, _null = gather_values(values)
+    out = np.zeros((len(starts), n), np.int64)
+    ok = np.zeros(len(starts), np.bool_)
+    if len(starts):
+        _leading_longs_kernel(buf, starts, ends, out, ok)
+    return out, ok
+
+
 @dataclass
 class LatencyWindow:
     """Latencies (ms) of the records received in one reporting window: ``ms`` receive time -
@@ -183,4 +257,4 @@ class LatencyWindow:
 
 
 __all__ = ["LIVE_CHUNK", "LIVE_PRODUCER", "LatencyDecodeError", "LatencyWindow", "StampedTicks", "latency_fields",
-           "leading_longs", "live_items"]
+           "leading_longs", "leading_longs_batch", "paced_feed"]

@@ -22,7 +22,8 @@ from mystocks_gpu.data.live_feed import (
     StampedTicks,
     latency_fields,
     leading_longs,
-    live_items,
+    leading_longs_batch,
+    paced_feed,
 )
 from mystocks_gpu.data.synthetic_ticks import SyntheticMarket, generate, symbol_names, to_records
 from mystocks_gpu.infra.clock import ManualClock
@@ -61,21 +62,49 @@ def test_stamped_ticks_decode_to_the_generators_ticks_with_the_stamp_as_event_ti
         assert got == [dict(w, ts_event=ts) for w in want[i:j]]
 
 
-def test_live_items_stamp_each_tick_when_it_is_taken_chunk_after_chunk() -> None:
-    cols, names = _ticks(5)
+def _paced(n: int, rate: float, slow_send_s: float, stop_after: int | None = None
+           ) -> tuple[list[tuple[float, list[bytes], list[bytes], int]], int, dict[str, np.ndarray], list[str], ManualClock]:
+    """A paced feed of ``n`` ticks (tape chunks of 7) on a manual clock; each send takes ``slow_send_s``.
+    Returns the sends (clock time since the start, values, keys, ts_ms) and the count returned."""
+    cols, names = _ticks(n)
     clock = ManualClock(now_ns=1_780_000_000_000_000_000)
+    t0 = clock.monotonic()
+    sends: list[tuple[float, list[bytes], list[bytes], int]] = []
+
+    def send(values: list[bytes], keys: list[bytes], ts_ms: int) -> None:
+        sends.append((clock.monotonic() - t0, values, keys, ts_ms))
+        clock.advance(slow_send_s)
+
+    tape = ({k: v[lo:lo + 7] for k, v in cols.items()} for lo in range(0, n, 7))
+    got = paced_feed(tape, names, BatchEncoder("mystocks.md.Tick", SchemaStore()), rate, send, clock=clock,
+                     stopped=lambda: stop_after is not None and len(sends) >= stop_after)
+    return sends, got, cols, names, clock
+
+
+@pytest.mark.parametrize("slow_send_s", [0.0, 0.0031])
+def test_a_paced_feed_sends_what_is_due_stamped_with_its_send_time(slow_send_s: float) -> None:
+    rate, n = 2_000.0, 60
+    sends, got, cols, names, _ = _paced(n, rate, slow_send_s)
     schema = _parsed("tick.avsc")
-    tape = ({k: v[lo:lo + 2] for k, v in cols.items()} for lo in range(0, 5, 2))
-    items = live_items(BatchEncoder("mystocks.md.Tick", SchemaStore()), tape, names, clock)
-    seen = []
-    for step_s in (0.0, 0.0015, 0.25, 3.0, 0.0000004):
-        clock.advance(step_s)
-        key, value, ts_ms = next(items)
-        rec = fastavro.schemaless_reader(io.BytesIO(value[5:]), schema, None)
-        assert rec["ts_event"] == clock.now_ns() and ts_ms == clock.now_ns() // 1_000_000
-        assert key == rec["symbol"].encode()
-        seen.append(rec["seq"])
-    assert seen == cols["seq"].tolist() and next(items, None) is None
+    want = list(to_records(cols, names))
+    assert got == n == sum(len(v) for _, v, _, _ in sends)
+    done = 0
+    for t, values, keys, ts_ms in sends:
+        # what is due at t: rate x t + 1 ticks in all, none early, none held back (within a tape chunk)
+        assert done < int(t * rate) + 1 and len(values) <= int(t * rate) + 1 - done
+        recs = [fastavro.schemaless_reader(io.BytesIO(v[5:]), schema, None) for v in values]
+        stamp = recs[0]["ts_event"]
+        assert recs == [dict(w, ts_event=stamp) for w in want[done:done + len(values)]]  # in tape order
+        assert ts_ms == stamp // 1_000_000 and keys == [r["symbol"].encode() for r in recs]
+        assert stamp == 1_780_000_000_000_000_000 + round(t * 1e9)  # the clock's time at the send
+        done += len(values)
+    if slow_send_s:  # a send of 3.1 ms leaves 6-7 ticks due: one call for them, not one each
+        assert max(len(v) for _, v, _, _ in sends) >= 6 and len(sends) < n / 3
+
+
+def test_a_paced_feed_stops_when_asked() -> None:
+    sends, got, *_ = _paced(60, 2_000.0, 0.0, stop_after=5)
+    assert len(sends) == 5 and got == sum(len(v) for _, v, _, _ in sends) == 5
 
 
 @pytest.mark.parametrize("file,first", [("tick.avsc", "symbol"), ("feature_vector.avsc", "symbol"),
@@ -86,9 +115,14 @@ def test_leading_longs_read_ts_event_as_fastavro_does(file: str, first: str) -> 
     parsed = fastavro.parse_schema(schema)
     rng = random.Random(file)
     base = next(iter(fastavro.utils.generate_many(parsed, 1)))
-    for ts in (0, 1, -1, 63, 64, -65, 2**62, -(2**63), 2**63 - 1, *(rng.randrange(-(2**63), 2**63) for _ in range(50))):
+    stamps = (0, 1, -1, 63, 64, -65, 2**62, -(2**63), 2**63 - 1, *(rng.randrange(-(2**63), 2**63) for _ in range(50)))
+    values = []
+    for ts in stamps:
         rec = dict(base, ts_event=ts, **{first: "".join(rng.choice("ABCé€") for _ in range(rng.randrange(0, 300)))})
-        assert leading_longs(_fastavro_framed(parsed, 17, rec), 2)[1] == ts
+        values.append(_fastavro_framed(parsed, 17, rec))
+        assert leading_longs(values[-1], 2)[1] == ts
+    out, ok = leading_longs_batch([*values, None], 2)  # the compiled batch reader, a null value last
+    assert ok.tolist() == [True] * len(stamps) + [False] and out[:-1, 1].tolist() == list(stamps)
 
 
 @pytest.mark.parametrize("value", [b"", b"\x00\x00\x00\x00\x07", b"\x01\x00\x00\x00\x07\x02A\x02",
@@ -97,6 +131,9 @@ def test_leading_longs_read_ts_event_as_fastavro_does(file: str, first: str) -> 
 def test_leading_longs_reject_what_is_not_a_framed_record(value: bytes) -> None:
     with pytest.raises(LatencyDecodeError):
         leading_longs(value, 2)
+    good = b"\x00\x00\x00\x00\x07\x02A\x02"  # "A", then the long 1
+    out, ok = leading_longs_batch([good, value, good], 2)
+    assert ok.tolist() == [True, False, True] and out[[0, 2]].tolist() == [[1, 1], [1, 1]]
 
 
 def test_latency_window_quantiles_are_the_linear_ones() -> None:
@@ -135,15 +172,21 @@ def test_leading_longs_read_ts_event_and_ts_ingest_as_fastavro_does(file: str, i
     rng = random.Random(file)
     base = next(iter(fastavro.utils.generate_many(parsed, 1)))
     names = [f["name"] for f in schema["fields"]]
+    recs, values = [], []
     for _ in range(40):
         rec = dict(base, ts_event=rng.randrange(-(2**63), 2**63),
                    **{names[0]: "".join(rng.choice("XYZ€") for _ in range(rng.randrange(0, 40)))})
         if ingest_at is not None:
             rec["ts_ingest"] = rng.randrange(-(2**63), 2**63)
-        got = leading_longs(_fastavro_framed(parsed, 3, rec), 1 + (ingest_at or 1))
-        assert got[0] == len(rec[names[0]].encode()) and got[1] == rec["ts_event"]
-        if ingest_at is not None:
-            assert got[ingest_at] == rec["ts_ingest"]
+        recs.append(rec)
+        values.append(_fastavro_framed(parsed, 3, rec))
+    batch, ok = leading_longs_batch(values, 1 + (ingest_at or 1))
+    assert ok.all()
+    for rec, value, row in zip(recs, values, batch.tolist(), strict=True):
+        for got in (leading_longs(value, 1 + (ingest_at or 1)), row):
+            assert got[0] == len(rec[names[0]].encode()) and got[1] == rec["ts_event"]
+            if ingest_at is not None:
+                assert got[ingest_at] == rec["ts_ingest"]
 
 
 def test_latency_fields_refuse_records_that_do_not_start_with_a_string_and_ts_event() -> None:
