@@ -184,3 +184,32 @@ def test_an_endless_feed_runs_until_a_signal_and_loses_nothing(settings: Setting
     assert sorted((x["symbol"], x["seq"]) for x in recs) == sorted(want)
     for x in recs:  # a live tick's event time is its send time, the rest is the tape's
         assert x == (dict(want[(x["symbol"], x["seq"])], ts_event=x["ts_event"]) if live else want[(x["symbol"], x["seq"])])
+
+
+@pytest.mark.parametrize("columnar", [True, False])
+def test_the_latency_reader_takes_every_value_once_with_or_without_the_c_ingest(
+        settings: Settings, unique: str, columnar: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``consume --latency``'s reader (``cli.data._value_chunks``) through the columnar C ingest and,
+    as where the extension is not built, through confluent-kafka: every value produced, once, each
+    partition's in order; ``max_records`` cuts exactly."""
+    from mystocks_gpu.cli.data import _value_chunks
+    from mystocks_gpu.streams import columnar_io
+
+    if not columnar:
+        monkeypatch.setattr(columnar_io, "_loaded", (None, "switched off by the test"))
+    elif columnar_io.load_extension()[0] is None:
+        pytest.fail(f"the C extension is part of the install: {columnar_io.load_extension()[1]}")
+    spec = signals_topic(f"rd{unique}", partitions=3)
+    TopicAdmin(settings.kafka).create([spec])
+    p = make_producer(settings.kafka)
+    sent = [(f"S{j % 7}".encode(), f"value-{j}".encode()) for j in range(5_000)]
+    for key, value in sent:
+        p.produce(spec.name, value, key)
+    assert p.flush(30) == 0
+    got = [v for chunk in _value_chunks(settings, spec.name, True, None, 3.0) for v in chunk]
+    assert sorted(got) == sorted(v for _, v in sent)
+    for k in {k for k, _ in sent}:  # one key, one partition: in the order sent
+        mine = [v for kk, v in sent if kk == k]
+        assert [v for v in got if v in set(mine)] == mine
+    cut = [len(chunk) for chunk in _value_chunks(settings, spec.name, True, 1_234, 3.0)]
+    assert sum(cut) == 1_234
