@@ -91,11 +91,20 @@ def _live_feed(s: Settings, topic: str, tape: Iterable[dict[str, Any]], names: l
 
 @contextlib.contextmanager
 def _until_signal() -> Iterator[Callable[[], bool]]:
-    """SIGINT (Ctrl-C) and SIGTERM set a flag instead of interrupting: the caller stops taking items,
-    flushes what it sent and reports. Yields ``stopped() -> bool``; the handlers are put back after."""
+    """The first SIGINT (Ctrl-C) or SIGTERM sets a flag instead of interrupting: the caller stops
+    taking items, flushes what it sent and reports. A second one interrupts as usual (the handlers
+    before are back from the first on), e.g. a flush waiting for a broker that is gone. Yields
+    ``stopped() -> bool``; the handlers are put back at the end in any case."""
     hit: list[int] = []
     sigs = (signal.SIGINT, signal.SIGTERM)
-    before = {sig: signal.signal(sig, lambda signum, _frame: hit.append(signum)) for sig in sigs}
+    before: dict[int, Any] = {}
+
+    def first(signum: int, _frame: Any) -> None:
+        hit.append(signum)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+    before.update({sig: signal.signal(sig, first) for sig in sigs})
     try:
         yield lambda: bool(hit)
     finally:

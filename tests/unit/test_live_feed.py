@@ -200,3 +200,19 @@ def test_latency_window_reports_the_hop_to_the_worker_when_records_carry_it() ->
     # linear quantile of (0.5, 1.5, 100.5) at 0.99: position 1.98, so 1.5 + 0.98 * 99
     assert q["to_worker_p50_ms"] == 1.5 and q["to_worker_p99_ms"] == pytest.approx(1.5 + 0.98 * 99.0)
     assert "to_worker_p50_ms" not in LatencyWindow(0.0, [1.0]).summary()
+
+
+def test_the_first_signal_asks_the_feed_to_stop_and_a_second_one_interrupts() -> None:
+    import os
+    import signal
+
+    from mystocks_gpu.cli.data import _until_signal
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _until_signal() as stopped:
+        assert not stopped()
+        os.kill(os.getpid(), signal.SIGTERM)  # the first: a flag, no exception (SIGTERM would end the process)
+        assert stopped()
+        os.kill(os.getpid(), signal.SIGINT)  # the second: Python's own handler, KeyboardInterrupt
+        pytest.fail("the second signal did not interrupt")
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # put back
