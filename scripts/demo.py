@@ -169,6 +169,10 @@ def main() -> int:
               f"{np.percentile(split, 50):.1f} ms, p99 {np.percentile(split, 99):.1f} ms; worker exit "
               f"{proc_w.returncode} after SIGTERM, backend {live_backend}")
 
+    if headed:
+        print("   (a broker started minutes ago: the JVM is still compiling the code of small requests, which costs "
+              "the first tens of seconds of a live feed, exactly-once's commits most; once warm, the same run reads "
+              "exactly-once p99 about the commit interval + 10-40 ms: README, \"See the latency yourself\")")
     codec = AvroCodec(store)
     print("5. a few feature vectors from features.ticks:")
     for rec in read_topic(s.kafka, "features.ticks", max_records=3, idle_timeout_s=5, codec=codec):
