@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import math
 import signal
@@ -27,7 +26,7 @@ def _progress(total: int | None, desc: str, unit: str = "rec") -> Any:
 def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.data.live_feed import LIVE_CHUNK
     from mystocks_gpu.data.synthetic_ticks import GEN_CHUNK, SyntheticMarket, chunks, symbol_names
-    from mystocks_gpu.infra.kafka_clients import ensure_broker, make_producer, produce_all
+    from mystocks_gpu.infra.kafka_clients import ensure_broker, make_producer, produce_chunks
     from mystocks_gpu.schemas import AvroCodec, schema_store
     from mystocks_gpu.topics import get
 
@@ -56,10 +55,11 @@ def cmd_produce(args: argparse.Namespace, s: Settings) -> int:
     with _until_signal() as stopped, _progress(count, f"produce {spec.name}") as bar:
         if args.live:
             n = _live_feed(s, spec.name, chunks(market, count, LIVE_CHUNK), names, codec, args.rate, stopped, bar.update)
-        else:
-            items = _encode_ticks(chunks(market, count, GEN_CHUNK), names, codec)
-            n = produce_all(make_producer(s.kafka), spec.name, itertools.takewhile(lambda _: not stopped(), items),
-                            bar.update, rate=args.rate)
+        else:  # paced in chunks of ~5 ms of records when a rate is set
+            step = 200_000 if args.rate is None else max(1, min(200_000, int(args.rate / 200)))
+            n = produce_chunks(make_producer(s.kafka), spec.name,
+                               _encode_ticks(chunks(market, count, GEN_CHUNK), names, codec, step), bar.update,
+                               rate=args.rate, stopped=stopped)
     dt = time.monotonic() - t0
     print(f"produced {n} {'live ' if args.live else ''}ticks for {args.symbols} symbols to {spec.name} in {dt:.1f} s "
           f"({n / max(dt, 1e-9):,.0f}/s), seed={args.seed}" + ("; stopped by a signal" if stopped() else ""))
@@ -112,19 +112,21 @@ def _until_signal() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, handler)
 
 
-def _encode_ticks(tape: Iterable[dict[str, Any]], names: list[str], codec: Any) -> Iterator[tuple[bytes, bytes, int]]:
-    """(key, value, ts_ms) per tick of ``tape`` (column chunks), encoded by the vectorised encoder with
-    ``codec``'s schema ids, 200,000 ticks at a time."""
+def _encode_ticks(tape: Iterable[dict[str, Any]], names: list[str], codec: Any, step: int = 200_000
+                  ) -> Iterator[tuple[list[bytes], list[bytes], list[int]]]:
+    """(keys, values, timestamps_ms) of ``tape`` (column chunks) in chunks of at most ``step`` ticks,
+    encoded by the vectorised encoder with ``codec``'s schema ids (200,000 ticks an encoder call)."""
     from mystocks_gpu.schemas.batch_codec import BatchEncoder
 
     keys = [n.encode() for n in names]
     enc = BatchEncoder("mystocks.md.Tick", codec.store)
-    step = 200_000
     for cols in tape:
-        for lo in range(0, len(cols["ts"]), step):
-            chunk = {k: v[lo:lo + step] for k, v in cols.items()}
-            yield from zip(map(keys.__getitem__, chunk["sym"].tolist()), enc.encode(chunk, names),
-                           (chunk["ts"] // 1_000_000).tolist(), strict=True)
+        for lo in range(0, len(cols["ts"]), 200_000):
+            part = {k: v[lo:lo + 200_000] for k, v in cols.items()}
+            values = enc.encode(part, names)
+            sym, ts = part["sym"].tolist(), (part["ts"] // 1_000_000).tolist()
+            for a in range(0, len(values), step):
+                yield [keys[c] for c in sym[a:a + step]], values[a:a + step], ts[a:a + step]
 
 
 def _require_topic(s: Settings, name: str) -> None:

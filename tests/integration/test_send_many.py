@@ -182,3 +182,36 @@ def _check_wire(settings: Settings, topics: list[str], keys: list[bytes | None],
     pinned = _records(topics[3], settings)  # every record in partition 3, whatever its key, in input order
     assert [(r[0], r[1], r[2], r[3]) for r in pinned] == \
         [(3, k.decode() if k is not None else None, v, t) for k, v, t in zip(keys[:700], values[:700], ts[:700], strict=True)]
+
+
+def test_produce_chunks_put_every_record_once_in_order_with_its_timestamp_through_a_full_queue(
+        settings: Settings, unique: str) -> None:
+    """``kafka_clients.produce_chunks`` (``produce ticks`` without ``--live``) and ``produce_records``
+    (one stamp for a chunk, as the live feed sends): the ``produce()`` calls run from C resume at the
+    record that did not fit a queue of 7 messages, and every delivery is counted."""
+    from collections import defaultdict
+
+    from mystocks_gpu.infra.kafka_clients import DeliveryTracker, produce_chunks, produce_records
+
+    topic, stamped = f"t.pc.{unique}", f"t.pc1.{unique}"
+    TopicAdmin(settings.kafka).create([TopicSpec(t, "symbol", None, partitions=3, dlq=False) for t in (topic, stamped)])
+    keys, values, ts = _columns()
+    keys[17] = b"SYM00"  # produce_records sends keyed records
+    tiny = make_producer(settings.kafka, **{"queue.buffering.max.messages": 7, "linger.ms": 0})
+    progress: list[int] = []
+    chunks = [(keys[a:a + 333], values[a:a + 333], ts[a:a + 333]) for a in range(0, len(values), 333)]
+    assert produce_chunks(tiny, topic, iter(chunks), progress.append) == len(values)
+    assert sum(progress) == len(values)
+    tracker = DeliveryTracker()
+    produce_records(tiny, stamped, values[:500], keys[:500], 1_700_000_123_456, tracker)
+    assert tracker.settle(tiny) == 500
+    for name, want_ts in ((topic, ts), (stamped, [1_700_000_123_456] * 500)):
+        got = _records(name, settings)
+        sent = list(zip(keys, values, want_ts, strict=False))
+        assert sorted((r[2], r[3]) for r in got) == sorted((v, t) for _, v, t in sent)  # each once, its stamp
+        by_part: dict[int, list[bytes | None]] = defaultdict(list)
+        for r in got:
+            by_part[r[0]].append(r[2])
+        part_of_key = {r[1]: r[0] for r in got}
+        for p, vals in by_part.items():  # each partition holds its keys' records in the order sent
+            assert vals == [v for k, v, _ in sent if part_of_key[k.decode()] == p]
