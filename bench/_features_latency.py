@@ -61,10 +61,9 @@ import _common as C
 import numpy as np
 
 from mystocks_gpu.data.live_feed import LIVE_PRODUCER
-from mystocks_gpu.infra.kafka_clients import consume_ready
 from mystocks_gpu.infra.stack_process import proc_stat
 from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
-from mystocks_gpu.streams.columnar_io import ColumnarIngest, load_extension
+from mystocks_gpu.streams.columnar_io import ColumnarIngest, load_extension, take_ready
 from mystocks_gpu.streams.runtime_config import RuntimeConfig
 from mystocks_gpu.streams.stream_metrics import STAGE_BUCKETS, STAGES, histogram_quantile
 from mystocks_gpu.topics import TopicSpec
@@ -212,18 +211,9 @@ class MeasuringConsumer:
 
     def take(self, max_records: int, timeout_s: float) -> tuple[list[bytes | None], list[int]]:
         """The values and record timestamps (ms) of up to ``max_records`` records: blocks at most
-        ``timeout_s`` for the first, then takes what else has arrived without waiting. Error events
-        (none expected: an assigned topic with no partition EOF events) are left out, as records
-        that never arrive would be: the caller's count of received records shows either."""
-        if self.ingest is None:
-            msgs = consume_ready(self.cons, max_records, timeout_s)
-        else:  # the consumer queue first: its events, and any record fetched before the attach
-            msgs = self.cons.consume(max_records, timeout=0)
-            if not msgs:
-                chunk, _events = self.ingest.consume(max_records, timeout_s)
-                return chunk.values, chunk.timestamps_ms
-        ok = [m for m in msgs if m.error() is None]
-        return [m.value() for m in ok], [m.timestamp()[1] for m in ok]
+        ``timeout_s`` for the first, then takes what else has arrived without waiting
+        (``columnar_io.take_ready``; error events, none expected, are left out)."""
+        return take_ready(self.cons, self.ingest, max_records, timeout_s)
 
     def close(self) -> None:
         """Release the ingest, then close the consumer (in that order: see :class:`ColumnarIngest`)."""

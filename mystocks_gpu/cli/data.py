@@ -286,8 +286,8 @@ def _value_chunks(s: Settings, topic: str, beginning: bool, max_records: int | N
 
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
-    from mystocks_gpu.infra.kafka_clients import consume_ready, ensure_broker, make_consumer
-    from mystocks_gpu.streams.columnar_io import ColumnarIngest, load_extension
+    from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer
+    from mystocks_gpu.streams.columnar_io import ColumnarIngest, load_extension, take_ready
 
     ensure_broker(s.kafka)
     consumer = make_consumer(s.kafka, f"mystocks-latency-{uuid.uuid4().hex[:8]}",
@@ -302,11 +302,7 @@ def _value_chunks(s: Settings, topic: str, beginning: bool, max_records: int | N
         n, last = 0, time.monotonic()
         while max_records is None or n < max_records:
             want = 10_000 if max_records is None else min(10_000, max_records - n)
-            # the consumer's own queue first (its events, records fetched before the attach)
-            msgs = consumer.consume(want, timeout=0) if ingest is not None else consume_ready(consumer, want, 0.2)
-            values = [m.value() for m in msgs if m.error() is None]
-            if ingest is not None and not msgs:
-                values = ingest.consume(want, 0.2)[0].values
+            values, _ts = take_ready(consumer, ingest, want, 0.2)
             if not values:
                 if time.monotonic() - last > idle_timeout_s:
                     return

@@ -191,6 +191,27 @@ class ColumnarIngest:
         self._ing.close()
 
 
+def take_ready(consumer: Any, ingest: ColumnarIngest | None, max_records: int,
+               timeout_s: float) -> tuple[list[bytes | None], list[int]]:
+    """The values and record timestamps (ms) of up to ``max_records`` records of an assigned reader:
+    blocks at most ``timeout_s`` for the first, then takes what else has arrived without waiting.
+    With an ``ingest`` attached, the consumer's own queue comes first (its events, and any record
+    fetched before the attach), then the ingest's columns; without one, confluent-kafka's messages
+    (``consume_ready``). Error events are left out (a caller's count of received records shows them
+    as records that never arrived)."""
+    from mystocks_gpu.infra.kafka_clients import consume_ready
+
+    if ingest is None:
+        msgs = consume_ready(consumer, max_records, timeout_s)
+    else:
+        msgs = consumer.consume(max_records, timeout=0)
+        if not msgs:
+            chunk, _events = ingest.consume(max_records, timeout_s)
+            return chunk.values, chunk.timestamps_ms
+    ok = [m for m in msgs if m.error() is None]
+    return [m.value() for m in ok], [m.timestamp()[1] for m in ok]
+
+
 def columnar_producer(mode: str) -> ProduceMany | None:
     """The extension's ``produce_many`` when the ``record_io`` setting ``mode`` resolves to
     columnar (:func:`resolve_mode`), else None."""
