@@ -108,6 +108,12 @@ def kill9(p: subprocess.Popen[str]) -> None:
 def finish(p: subprocess.Popen[str], timeout: float = 240) -> str:
     """Wait for a worker to exit cleanly; returns its stdout (stderr, when a pipe, is in the failure).
     A worker still running after ``timeout`` s is killed, and the failure shows its last log lines."""
+    return finish_with_log(p, timeout)[0]
+
+
+def finish_with_log(p: subprocess.Popen[str], timeout: float = 240) -> tuple[str, str]:
+    """:func:`finish`, returning the worker's stdout and its log (stderr; empty when not piped), so a
+    test can show the log beside a failed assertion on the summary."""
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -116,7 +122,7 @@ def finish(p: subprocess.Popen[str], timeout: float = 240) -> str:
         raise AssertionError(f"worker still running after {timeout:g} s (killed)\n"
                              f"{(err or '(stderr not piped)')[-6000:]}") from None
     assert p.returncode == 0, f"worker exit {p.returncode}\n{(err or '(stderr not piped)')[-3000:]}"
-    return out
+    return out, err or ""
 
 
 def bare_protocol(producer: Any, rt: RuntimeConfig, *, consumer: Any = None, topic: str = "unused",

@@ -22,6 +22,7 @@ from tests.integration.stream_helpers import (
     EVERY_INTERVAL,
     assert_exactly_once_equal,
     finish,
+    finish_with_log,
     kill9,
     make_topics,
     output_high_watermark,
@@ -86,8 +87,16 @@ def test_rebalance_survivor_takes_over(settings: Settings, unique: str) -> None:
                 if ln.startswith("mystocks_stream_consumer_lag{")}
 
     t = make_topics(settings, unique, partitions=4)
-    cols, names = synthetic(120_000, symbols=48, seed=12)
-    produce_ticks(settings, t.input, cols, names)
+    # 10,000 ticks up front, the other 110,000 paced at 5k ticks/s from a thread (22 s), so the kill
+    # lands mid-stream and the dead member's partitions hold work the survivor must take over, however
+    # the two start. With the whole input produced up front, a member that joined first could finish
+    # every partition before the other joined; the survivor, caught up on partitions with nothing
+    # left, then exited idle before the dead member's session expired (CI, 2026-12-07: assignments 1,
+    # records_in 0).
+    n, head = 120_000, 10_000
+    cols, names = synthetic(n, symbols=48, seed=12)
+    items = tick_items(cols, names)
+    produce_all(make_producer(settings.kafka), t.input, iter(items[:head]))
     args = ("--batch-records", "500", "--linger-ms", "5")
     pa, pb = free_port(), free_port()
     a = start_worker(t, "wa", *args, "--metrics-port", str(pa), idle_exit=12)
@@ -95,11 +104,16 @@ def test_rebalance_survivor_takes_over(settings: Settings, unique: str) -> None:
     # the second member really took partitions (not just "it had time to")
     assert wait_for(lambda: len(owned(pb)) >= 1 and len(owned(pa)) >= 1 or a.poll() is not None or b.poll() is not None, 120), \
         (owned(pa), owned(pb))
+    pacer = start_paced(settings, t.input, items[head:], 5_000.0)
+    assert wait_for(lambda: pacer.done() or output_high_watermark(settings, t.output) > head + 1_000, 60)
     assert a.poll() is None and b.poll() is None
+    assert not pacer.done(), "the paced input ended before the kill"
     kill9(b)
-    out = finish(a, timeout=300)
+    assert pacer.result(120) == n - head
+    out, log = finish_with_log(a, timeout=300)
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["assignments"] >= 2, summary  # the survivor was assigned the dead member's partitions
+    # the survivor was assigned the dead member's partitions
+    assert summary["assignments"] >= 2, f"{summary}\n{log[-8000:]}"
     got = read_outputs(settings, t.output)
     assert_exactly_once_equal(got, reference(cols, names))
 
