@@ -181,6 +181,61 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0  # utime, stime
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores so far (``/proc/stat``; idle and iowait are not busy)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    total = sum(ticks[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return total - ticks[3] - ticks[4], total
+
+
+class CpuWindow:
+    """Where the machine's CPU went over a measured window: per role (the worker processes, the
+    broker, the load producer, this process = the measuring consumer), in cores (CPU seconds per
+    wall second), and the machine's busy cores of all of them (the rest: the system and anything
+    else running). On two shared cores a latency goal needs headroom: a window whose machine is
+    busy ~2 cores has every thread waiting for a core. ``roles``: name -> pids (None where unknown,
+    e.g. a broker this benchmark did not start)."""
+
+    def __init__(self, roles: dict[str, list[int | None]]) -> None:
+        self.roles = {name: [p for p in pids if p] for name, pids in roles.items()}
+        self.cpu0 = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.roles.items()}
+        self.t0, self.jiffies0 = time.monotonic(), machine_jiffies()
+
+    def stop(self) -> dict[str, float]:
+        """Cores per role and ``machine`` (busy cores of ``cores``) since the start; ``other`` = machine
+        minus the roles (the kernel's softirqs, the stack's other servers, whatever else ran)."""
+        wall = max(time.monotonic() - self.t0, 1e-9)
+        busy1, total1 = machine_jiffies()
+        cores = os.cpu_count() or 1
+        out = {name: round((sum(cpu_seconds(p) for p in pids) - self.cpu0[name]) / wall, 3)
+               for name, pids in self.roles.items() if pids}
+        busy, total = busy1 - self.jiffies0[0], total1 - self.jiffies0[1]
+        out["machine"] = round(cores * busy / total, 3) if total > 0 else 0.0
+        out["other"] = round(max(0.0, out["machine"] - sum(v for k, v in out.items() if k != "machine")), 3)
+        out["cores"] = cores
+        return out
+
+
+def cpu_line(cpu: dict[str, float] | None) -> str:
+    """One line for a run's :class:`CpuWindow` (empty without one)."""
+    if not cpu:
+        return ""
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k not in ("machine", "cores"))
+    return (f"CPU over the window, in cores: {parts}; machine busy {cpu['machine']:.2f} of {cpu['cores']:g} "
+            f"({100 * cpu['machine'] / cpu['cores']:.0f} %)")
+
+
+def broker_pid(s: Any) -> int | None:
+    """The local stack's broker process (None when the broker is not the stack's)."""
+    from mystocks_gpu.infra.stack import LocalStack
+
+    try:
+        return LocalStack(s.stack).pid("kafka")
+    except Exception:  # noqa: BLE001 - a broker elsewhere: its CPU is not on this machine's books
+        return None
+
+
 def quantiles(a_ms: np.ndarray) -> dict[str, float | None]:
     if not a_ms.size:
         return {"p50_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None, "mean_ms": None}
@@ -406,6 +461,8 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
         C.freeze_heap()
         cpu0 = [cpu_seconds(p.pid) for p in procs]
         producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s, args.feed_producer)
+        window = CpuWindow({"worker": [p.pid for p in procs], "broker": [broker_pid(s)], "feed": [producer.pid],
+                            "reader": [os.getpid()]})
         pout: dict[str, Any] = {}
         e2e, to_worker, in_worker, to_cons, event = (np.empty(int(rate * seconds) + 10_000, np.int64) for _ in range(5))
         k = 0
@@ -426,6 +483,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                 if t_first is None:
                     t_first = t_last
         cpu = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True))
+        cpu_cores = window.stop()
         if tree is None:
             for port in ports:
                 try:
@@ -470,7 +528,9 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                            # the worker processes' CPU from the load's start to the last output received, per
                            # 1,000 offered ticks (ramp included): what a tick costs the worker, steadier than
                            # latency on a shared machine
-                           "worker_cpu_ms_per_1k": 1e6 * cpu / (rate * (seconds + args.ramp_s))}
+                           "worker_cpu_ms_per_1k": 1e6 * cpu / (rate * (seconds + args.ramp_s)),
+                           # the machine's cores by role over the same window (CpuWindow)
+                           "cpu_cores": cpu_cores}
     done = [json.loads(o) for o in outs if o.startswith("{")]
     if done and all("commits" in x for x in done):
         # at-least-once loop commits that waited for the previous one's acknowledgements, of all commits
@@ -526,6 +586,8 @@ def print_breakdown(r: dict[str, Any]) -> None:
           f"{C.fmt(parts.get('in_worker', {}).get('p50_ms'))} / p99 {C.fmt(parts.get('in_worker', {}).get('p99_ms'))} ms; "
           f"broker -> consumer p50 {C.fmt(parts.get('to_consumer', {}).get('p50_ms'))} / p99 "
           f"{C.fmt(parts.get('to_consumer', {}).get('p99_ms'))} ms (append times: 1 ms resolution)")
+    if r.get("cpu_cores"):
+        print(f"    {cpu_line(r['cpu_cores'])}")
     eps = r.get("tail_episodes") or []
     if eps:
         print(f"    over p99: {len(eps)} episode(s) by event time, each with the hop that held it: " + "; ".join(

@@ -8,6 +8,7 @@ goal's measured value is compared with (``bench/_features_goals.py``). Split fro
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -17,8 +18,11 @@ import _common as C
 import numpy as np
 from _features_latency import (
     TICK,
+    CpuWindow,
     MeasuringConsumer,
     arrivals,
+    broker_pid,
+    cpu_line,
     fetch_settings,
     produce_batch_all,
     quantiles,
@@ -161,6 +165,8 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
         warm_up(s, topic, cons, 200, args.symbols, 60, "ticks")
         C.freeze_heap()
         producer, load_start = start_load(topic, rate, seconds, args.symbols, args.ramp_s, args.feed_producer)
+        window = CpuWindow({"relay": [relay_p.pid if relay_p is not None else None], "broker": [broker_pid(s)],
+                            "feed": [producer.pid], "reader": [os.getpid()]})
         rep: dict[str, Any] = {}
         lat = np.empty(int(rate * seconds) + 10_000, np.int64)
         k = 0
@@ -170,6 +176,7 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
             ts = ts[ts >= load_start][: lat.size - k]
             lat[k:k + ts.size] = now - ts
             k += ts.size
+        cpu_cores = window.stop()
     finally:
         cons.close()
         if producer is not None and producer.poll() is None:
@@ -181,7 +188,8 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
             except subprocess.TimeoutExpired:
                 relay_p.kill()
     return {"guarantee": guarantee, "rate": rate, "hops": 2 if relay_on else 1, "offered": rep.get("counted"), "received": k, "seconds": seconds,
-            "ramp_s": args.ramp_s, **quantiles(np.sort(lat[:k].astype(np.float64) / 1e6)), "loadavg_1min": C.machine()["loadavg_1min"]}
+            "ramp_s": args.ramp_s, **quantiles(np.sort(lat[:k].astype(np.float64) / 1e6)), "loadavg_1min": C.machine()["loadavg_1min"],
+            "cpu_cores": cpu_cores}
 
 
 def floor_round(s: Any, tag: str, guarantee: str, rate: float, args: Any, notes: list[str],
@@ -203,4 +211,5 @@ def floor_round(s: Any, tag: str, guarantee: str, rate: float, args: Any, notes:
         return None
     print(f"  floor ({what}) @ {rate:,.0f}/s: p50 {C.fmt(fl['p50_ms'])} ms, p99 {C.fmt(fl['p99_ms'])} ms, "
           f"p99.9 {C.fmt(fl['p999_ms'])} ms ({fl['received']:,}/{fl['offered']:,} received, load {fl['loadavg_1min']})")
+    print(f"    {cpu_line(fl['cpu_cores'])}")
     return fl

@@ -58,7 +58,9 @@ and CPU time in decode+process+produce (``batch_wall_us``, ``batch_cpu_us``: its
 ``mystocks_stream_batch_seconds`` and ``mystocks_stream_batch_cpu_seconds``; set against
 ``bench/batch_overhead.py``'s quiet-machine cost, what sharing the cores adds), and the commits
 that waited for the previous commit's acknowledgements, of all commits (``commit_waits``,
-``commits``; column "commit waits"). ``--low-rate`` repeats both at a
+``commits``; column "commit waits"), and where the machine's CPU went over the window, in cores: the
+worker(s), the broker, the load producer, this process (the reader) and the machine's busy total
+(``cpu_cores``; the floors' runs carry it too, with the relay in the worker's place). ``--low-rate`` repeats both at a
 lower load that this machine sustains. The floor: the same producer at the same rates into a topic
 that this process consumes directly (Kafka alone, one hop, no worker); the goals table prints its quantile
 beside each latency goal (``p99_ms_floor``, ``p99_ms_floor_low_rate`` in the JSON). The two-hop
