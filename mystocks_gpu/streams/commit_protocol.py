@@ -56,6 +56,8 @@ from mystocks_gpu.streams.send_pipeline import SendPipeline
 from mystocks_gpu.streams.state_store import PartitionStates
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 from mystocks_gpu.streams.topic_changes import (
+    GONE_RECHECK_EVERY_S,
+    GONE_RECHECK_S,
     MISSING_TOPIC_CODES,
     OutputPartitionWatch,
     missing_topics,
@@ -541,14 +543,19 @@ class CommitProtocol(OutputSending):
     def _stop_if_topics_gone(self, where: str, err: KafkaError) -> None:
         """A topic or partition unknown to the producer: if the broker says an output or the
         changelog is gone (deleted under the worker), stop instead of aborting and failing again
-        (``streams/topic_changes.py``); otherwise (metadata still propagating) abort as usual."""
+        (``streams/topic_changes.py``); otherwise (metadata still propagating) abort as usual. A
+        fatal error stops the worker whatever the answer, so the broker is asked again for up to
+        :data:`GONE_RECHECK_S` until it agrees with the producer, and the stop names the topic."""
         expected = dict(self.partition_counts)
         if self.states is not None:
             expected.setdefault(self.states.changelog, 1)
-        gone = missing_topics(self.consumer, expected, self.rt.commit_timeout_s)
-        if gone:
-            self.failed = True
-            raise topics_gone_error(where, err.str(), gone)
+        until = self.clock.monotonic() + (GONE_RECHECK_S if err.fatal() else 0.0)
+        while not (gone := missing_topics(self.consumer, expected, self.rt.commit_timeout_s)):
+            if self.clock.monotonic() >= until:
+                return
+            self.clock.sleep(GONE_RECHECK_EVERY_S)
+        self.failed = True
+        raise topics_gone_error(where, err.str(), gone)
 
     # ---- aborting ----------------------------------------------------------------------------
     def abort(self, reason: str) -> None:

@@ -56,6 +56,15 @@ MISSING_TOPIC_CODES = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_T
                                  KafkaError._UNKNOWN_PARTITION, KafkaError._INCONSISTENT})
 
 
+#: how long (s) a worker stopping on a fatal error that names an unknown topic or partition keeps
+#: asking the broker whether its topics are gone, so that the stop names them: the producer learnt
+#: it from metadata the broker asked may not have applied yet (a deletion still propagating, or
+#: another broker's view in a cluster)
+GONE_RECHECK_S = 2.0
+#: the pause (s) between two of those questions
+GONE_RECHECK_EVERY_S = 0.1
+
+
 def topics_gone_error(where: str, reason: str, gone: Iterable[str]) -> FatalRuntimeError:
     """The error that stops a worker whose output or changelog topics are gone."""
     return FatalRuntimeError(

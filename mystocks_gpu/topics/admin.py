@@ -15,6 +15,7 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
+from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.infra.exceptions import BrokerUnreachable
 from mystocks_gpu.infra.kafka_clients import RDKAFKA_LOG
@@ -22,6 +23,13 @@ from mystocks_gpu.topics.catalog import TopicSpec
 
 #: broker-reported retention for compacted topics is irrelevant; only these configs are compared
 COMPARED = ("cleanup.policy", "retention.ms", "retention.bytes", "max.message.bytes")
+
+
+def _usable(md: object) -> bool:
+    """A topic's metadata with no error and a leader for each of its partitions."""
+    parts = getattr(md, "partitions", None)
+    return (md is not None and getattr(md, "error", None) is None and bool(parts)
+            and all(p.leader >= 0 for p in parts.values()))  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -51,11 +59,16 @@ def ensure_reachable(admin: AdminClient, cfg: KafkaConfig) -> dict[str, object]:
         ) from None
 
 
+#: the pause (s) between two metadata requests while a created topic is not visible yet
+VISIBLE_POLL_S = 0.05
+
+
 class TopicAdmin:
     """Idempotent topic management against one cluster."""
 
-    def __init__(self, cfg: KafkaConfig) -> None:
+    def __init__(self, cfg: KafkaConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.admin = make_admin(cfg)
 
     def existing(self) -> dict[str, int]:
@@ -126,12 +139,32 @@ class TopicAdmin:
                         reports[name] = TopicReport(name, "exists")
                     else:
                         raise
+            self.await_visible([n for n, r in reports.items() if r.status == "created"],
+                               self.cfg.connect_timeout_s * 3)
         present = [s for s in specs if s.name in live]
         confs = self.configs([s.name for s in present])
         for s in present:
             diffs = self.drift(s, live[s.name], confs.get(s.name, {}))
             reports[s.name] = TopicReport(s.name, "drift" if diffs else "exists", "; ".join(diffs))
         return [reports[s.name] for s in specs]
+
+    def await_visible(self, names: list[str], timeout_s: float) -> list[str]:
+        """Wait up to ``timeout_s`` until the broker's metadata shows each topic of ``names`` with a
+        leader for every partition; returns the ones it still does not show. A create is answered
+        once the controller has the topic, and the broker applies it a moment later: a client
+        asking in between (a worker checking its outputs, a test) was told the topic is unknown."""
+        pending = set(names)
+        until = self.clock.monotonic() + timeout_s
+        while pending:
+            try:
+                topics = self.admin.list_topics(timeout=max(0.1, until - self.clock.monotonic())).topics
+            except KafkaException:
+                topics = {}
+            pending = {n for n in pending if not _usable(topics.get(n))}
+            if not pending or self.clock.monotonic() >= until:
+                break
+            self.clock.sleep(VISIBLE_POLL_S)
+        return sorted(pending)
 
     def add_partitions(self, name: str, total: int) -> None:
         """Grow a topic to ``total`` partitions (used by ops and tests)."""

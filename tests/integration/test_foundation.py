@@ -140,6 +140,23 @@ def test_topics_create_is_idempotent_then_reports_drift(settings: Settings, uniq
     assert rep.status == "drift" and "partitions 3 != catalog 2" in rep.details
 
 
+def test_created_topics_are_visible_to_other_clients_when_create_returns(settings: Settings, unique: str) -> None:
+    """A create is answered once the controller has the topics; the broker applies them a moment
+    later, and a client asking in between was told "unknown topic" (CI, 2026-12-07: a worker's check
+    of its outputs right after the test created them). ``create`` returns once the broker shows them."""
+    specs = [TopicSpec(f"t.visible.{unique}.{i}", "symbol", "mystocks.md.Tick", partitions=4, dlq=False) for i in range(8)]
+    assert [r.status for r in TopicAdmin(settings.kafka).create(specs)] == ["created"] * len(specs)
+    other = make_admin(settings.kafka)  # another client, with its own metadata: asks the broker
+    for spec in specs:
+        md = other.list_topics(spec.name, timeout=10).topics[spec.name]
+        assert md.error is None, (spec.name, md.error)
+        assert sorted(md.partitions) == [0, 1, 2, 3] and all(p.leader >= 0 for p in md.partitions.values())
+    admin = TopicAdmin(settings.kafka)
+    t0 = time.monotonic()
+    assert admin.await_visible([f"t.never.{unique}", specs[0].name], 0.5) == [f"t.never.{unique}"]
+    assert 0.5 <= time.monotonic() - t0 < 5  # bounded: a topic that never shows up is reported, not waited on
+
+
 def test_unreachable_broker_fails_fast_with_message() -> None:
     t0 = time.monotonic()
     r = run_cli("topics", "create", env={"MYSTOCKS_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
