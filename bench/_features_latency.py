@@ -195,20 +195,39 @@ class CpuWindow:
     wall second), and the machine's busy cores of all of them (the rest: the system and anything
     else running). On two shared cores a latency goal needs headroom: a window whose machine is
     busy ~2 cores has every thread waiting for a core. ``roles``: name -> pids (None where unknown,
-    e.g. a broker this benchmark did not start)."""
+    e.g. a broker this benchmark did not start).
 
-    def __init__(self, roles: dict[str, list[int | None]]) -> None:
+    A process that exits inside the window (the load producer, once its load is offered) counts
+    until the last :meth:`sample` that saw it: call it every few hundred ms (``every_s``)."""
+
+    def __init__(self, roles: dict[str, list[int | None]], every_s: float = 0.25) -> None:
         self.roles = {name: [p for p in pids if p] for name, pids in roles.items()}
-        self.cpu0 = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.roles.items()}
+        self.every_s = every_s
+        self.cpu0 = {p: cpu_seconds(p) for pids in self.roles.values() for p in pids}
+        self.last = dict(self.cpu0)
         self.t0, self.jiffies0 = time.monotonic(), machine_jiffies()
+        self.sampled = self.t0
+
+    def sample(self, force: bool = False) -> None:
+        """Read each process's CPU so far (at most every ``every_s`` unless ``force``); a process
+        that is gone keeps its last reading."""
+        now = time.monotonic()
+        if not force and now - self.sampled < self.every_s:
+            return
+        self.sampled = now
+        for p in self.last:
+            cpu = cpu_seconds(p)  # 0.0 once the process is gone
+            if cpu > 0:
+                self.last[p] = cpu
 
     def stop(self) -> dict[str, float]:
         """Cores per role and ``machine`` (busy cores of ``cores``) since the start; ``other`` = machine
         minus the roles (the kernel's softirqs, the stack's other servers, whatever else ran)."""
+        self.sample(force=True)
         wall = max(time.monotonic() - self.t0, 1e-9)
         busy1, total1 = machine_jiffies()
         cores = os.cpu_count() or 1
-        out = {name: round((sum(cpu_seconds(p) for p in pids) - self.cpu0[name]) / wall, 3)
+        out = {name: round(sum(self.last[p] - self.cpu0[p] for p in pids) / wall, 3)
                for name, pids in self.roles.items() if pids}
         busy, total = busy1 - self.jiffies0[0], total1 - self.jiffies0[1]
         out["machine"] = round(cores * busy / total, 3) if total > 0 else 0.0
@@ -478,6 +497,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
             e2e[k:j], to_worker[k:j], in_worker[k:j], to_cons[k:j] = now - ts, ingest - ts, app_ns - ingest, now - app_ns
             event[k:j] = ts
             k = j
+            window.sample()
             if live.size:  # the output rate counts from the first measured vector
                 t_last = time.perf_counter()
                 if t_first is None:

@@ -176,6 +176,7 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
             ts = ts[ts >= load_start][: lat.size - k]
             lat[k:k + ts.size] = now - ts
             k += ts.size
+            window.sample()
         cpu_cores = window.stop()
     finally:
         cons.close()
