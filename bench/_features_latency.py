@@ -61,6 +61,8 @@ import _common as C
 import numpy as np
 
 from mystocks_gpu.data.live_feed import LIVE_PRODUCER
+from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.infra.cpu_affinity import check_cpus, parse_cpu_list, pin_process
 from mystocks_gpu.infra.stack_process import proc_stat
 from mystocks_gpu.schemas.batch_codec.feature_vectors import FeatureVectorDecoder
 from mystocks_gpu.streams.columnar_io import ColumnarIngest, load_extension, take_ready
@@ -243,6 +245,26 @@ def cpu_line(cpu: dict[str, float] | None) -> str:
     parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k not in ("machine", "cores"))
     return (f"CPU over the window, in cores: {parts}; machine busy {cpu['machine']:.2f} of {cpu['cores']:g} "
             f"({100 * cpu['machine'] / cpu['cores']:.0f} %)")
+
+
+def pin_broker(s: Any, cpus: str) -> int | None:
+    """Pin every thread of the local stack's running broker to the CPU list ``cpus`` (``--broker-cpus``;
+    threads it starts later inherit it); returns its pid, or None when ``cpus`` is empty."""
+    if not cpus:
+        return None
+    want = parse_cpu_list(cpus, "--broker-cpus")
+    check_cpus(want, "--broker-cpus")
+    pid = broker_pid(s)
+    if pid is None:
+        raise ConfigError("--broker-cpus: the broker is not the local stack's (no pid to pin)")
+    pin_process(pid, want)
+    return pid
+
+
+def unpin_broker(pid: int | None) -> None:
+    """Give a broker pinned by :func:`pin_broker` every CPU this process may use again."""
+    if pid is not None and proc_stat(pid):
+        pin_process(pid, tuple(sorted(os.sched_getaffinity(0))))
 
 
 def broker_pid(s: Any) -> int | None:
@@ -457,7 +479,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                "linger_ms": args.lat_linger_ms, "backend": args.backend, "symbols": args.symbols,
                "worker_id": f"lat{w}", "metrics_port": ports[w], "batching": args.lat_batching,
                "commit_interval_ms": args.commit_interval_ms, "catch_up_ms": args.lat_catch_up_ms,
-               "record_io": args.record_io, "output_linger_ms": args.output_linger_ms,
+               "record_io": args.record_io, "output_linger_ms": args.output_linger_ms, "cpus": args.worker_cpus,
                **fetch_settings(vars(args))}
         procs.append(subprocess.Popen([sys.executable, str(script), "--_role", "worker", "--_cfg", json.dumps(cfg)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(root)))

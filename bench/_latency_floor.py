@@ -31,6 +31,7 @@ from _features_latency import (
     warm_up,
 )
 
+from mystocks_gpu.infra.cpu_affinity import parse_cpu_list, pin_process
 from mystocks_gpu.infra.kafka_clients import consume_ready
 from mystocks_gpu.streams.commit_head_start import CommitHeadStart, record_age_s
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig
@@ -40,13 +41,14 @@ from mystocks_gpu.topics.admin import TopicAdmin
 
 def start_relay(s: Any, tag: str, topic: str, out: str, partitions: int, commit_interval_ms: float,
                 transactional: bool = True, linger_ms: float | None = None,
-                fetch: dict[str, Any] | None = None) -> subprocess.Popen[str]:
+                fetch: dict[str, Any] | None = None, cpus: str = "") -> subprocess.Popen[str]:
     """Start :func:`relay_role` (``topic`` -> ``out``; ``transactional``: in transactions committed
     every ``commit_interval_ms``, else at-least-once with the offsets committed that often) and wait
-    until it has its partitions (and its producer id)."""
+    until it has its partitions (and its producer id). ``cpus``: where it runs (the worker's
+    ``--worker-cpus``, so the floor has the worker's placement)."""
     cfg = {"topic": topic, "out": out, "partitions": partitions, "group": f"bench-fe-relay-{tag}",
            "commit_interval_ms": commit_interval_ms, "transactional": transactional, "linger_ms": linger_ms,
-           **(fetch or {})}
+           "cpus": cpus, **(fetch or {})}
     return spawn_role("relay", cfg, "the relay")[0]  # {"ready": true}
 
 
@@ -68,6 +70,7 @@ def relay_role(cfg: dict[str, Any]) -> None:
 
     from mystocks_gpu.infra.kafka_clients import PRODUCER_DEFAULTS
 
+    pin_process(0, parse_cpu_list(cfg.get("cpus") or ""))  # before the clients start their threads
     s = C.settings()
     eos = bool(cfg.get("transactional", True))
     alo = RuntimeConfig(guarantee=AT_LEAST_ONCE, producer_linger_ms=cfg.get("linger_ms"),
@@ -156,8 +159,8 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
     TopicAdmin(s.kafka).create([TopicSpec(t, "symbol", TICK, partitions=args.partitions, dlq=False)
                                 for t in ([topic, out] if relay_on else [topic])])
     relay_p = start_relay(s, short + tag, topic, out, args.partitions, args.commit_interval_ms, transactional=eos,
-                          linger_ms=args.output_linger_ms,
-                          fetch=fetch_settings(vars(args))) if relay_on else None
+                          linger_ms=args.output_linger_ms, fetch=fetch_settings(vars(args)),
+                          cpus=args.worker_cpus) if relay_on else None
     cons = MeasuringConsumer(s, f"bench-fe-floorc-{short}-{tag}", out if relay_on else topic, args.partitions)
     dec = TickDecoder()
     producer = None

@@ -60,7 +60,10 @@ and CPU time in decode+process+produce (``batch_wall_us``, ``batch_cpu_us``: its
 that waited for the previous commit's acknowledgements, of all commits (``commit_waits``,
 ``commits``; column "commit waits"), and where the machine's CPU went over the window, in cores: the
 worker(s), the broker, the load producer, this process (the reader) and the machine's busy total
-(``cpu_cores``; the floors' runs carry it too, with the relay in the worker's place). ``--low-rate`` repeats both at a
+(``cpu_cores``; the floors' runs carry it too, with the relay in the worker's place).
+``--worker-cpus`` / ``--broker-cpus`` pin our worker(s) (and the floor's relay) and the running
+local broker to CPU lists for the latency phase (``run --cpus``, ``stack.kafka_cpus``;
+``mystocks_gpu/infra/cpu_affinity.py``). ``--low-rate`` repeats both at a
 lower load that this machine sustains. The floor: the same producer at the same rates into a topic
 that this process consumes directly (Kafka alone, one hop, no worker); the goals table prints its quantile
 beside each latency goal (``p99_ms_floor``, ``p99_ms_floor_low_rate`` in the JSON). The two-hop
@@ -114,6 +117,7 @@ from _features_reference import (  # noqa: E402
 
 from mystocks_gpu.data.live_feed import StampedTicks, paced_feed  # noqa: E402
 from mystocks_gpu.exceptions import ConfigError  # noqa: E402
+from mystocks_gpu.infra.cpu_affinity import parse_cpu_list  # noqa: E402
 from mystocks_gpu.processors.tick_features import FeaturesProcessorConfig, TickFeaturesProcessor  # noqa: E402
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig  # noqa: E402
 
@@ -357,7 +361,8 @@ def worker_role(cfg: dict[str, Any]) -> None:
                        batching=cfg.get("batching", "adaptive"),
                        commit_interval_ms=float(cfg.get("commit_interval_ms", 100.0)),
                        catch_up_commit_interval_ms=cfg.get("catch_up_ms"), record_io=cfg.get("record_io", "auto"),
-                       producer_linger_ms=cfg.get("output_linger_ms"), **L.fetch_settings(cfg))
+                       producer_linger_ms=cfg.get("output_linger_ms"), **L.fetch_settings(cfg),
+                       cpu_affinity=parse_cpu_list(cfg.get("cpus") or ""))
     w = C.TimedWorker(proc, s.kafka, rt, group=cfg["group"], worker_id=cfg.get("worker_id", "lat0"),
                       input_topic=cfg["topic"], metrics=metrics)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
@@ -459,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fetch-wait-max-ms", type=int, default=None,
                     help="latency phase: their RuntimeConfig.fetch_wait_max_ms (default: the runtime's, 100 ms); "
                          "with --fetch-min-bytes over 1 a fetch waits this long for them")
+    ap.add_argument("--worker-cpus", default="", metavar="LIST",
+                    help="latency phase: run our worker(s), and the floor's relay, on these CPUs (run --cpus; "
+                         "as taskset -c: 1, 2-3); default: wherever the scheduler puts them")
+    ap.add_argument("--broker-cpus", default="", metavar="LIST",
+                    help="latency phase: pin the running local broker's threads to these CPUs for the phase "
+                         "(stack.kafka_cpus does it from the start), then give it back every CPU; default: not pinned")
     ap.add_argument("--lat-warm-up-s", type=float, default=30.0,
                     help="latency phase: before the first measured run, an untimed run per guarantee with this many "
                          "seconds of load at --rate warms the broker's JIT for the small requests of a live feed "
@@ -539,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
               "~1,100 measured slower at 50k ticks/s; `mystocks-gpu stack down --wipe` empties the stack's broker)")
     res: dict[str, Any] = {}
     warm_runs: list[dict[str, Any]] = []  # the latency phase's broker warm-up (L.warm_broker)
+    pinned: int | None = None  # the broker pinned for the latency phase (--broker-cpus)
     checks: dict[str, Any] = {}
     notes: list[str] = []
     lat: dict[str, Any] = {}
@@ -600,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
             attempt("faust", run_faust, s, topic, outs["faust"], tag, n, args.cap_s, args.batch, args.partitions)
         if "pandas" not in skip:
             attempt("pandas", run_pandas, s, topic, outs["pandas"], f"bench-fe-pandas-{tag}", n, args.cap_s, args.batch)
+        # the latency and scale-out phases: the broker on --broker-cpus (given back every CPU after)
+        pinned = L.pin_broker(s, args.broker_cpus)
         if "latency" not in skip:
             runs = [(gu, args.rate) for gu in guarantees] + ([(gu, args.low_rate) for gu in guarantees] if args.low_rate else [])
             warm_runs = L.warm_broker(s, tag, guarantees, args, notes)
@@ -646,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"scale-out {nw} workers failed: {type(exc).__name__}: {str(exc)[:1500]}")
                 print(f"  {notes[-1]}")
     finally:
+        L.unpin_broker(pinned)
         deleted = C.cleanup(s, tag)
 
     def g(key: str, f: str) -> Any:
@@ -675,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
               f"this consumer on this machine; {args.lat_batching} batching, commit interval {args.commit_interval_ms:g} ms, "
               f"{args.feed_producer} load producer, output linger "
               f"{'default' if args.output_linger_ms is None else f'{args.output_linger_ms:g} ms'}, fetch "
-              f"{L.fetch_label(args)})"
+              f"{L.fetch_label(args)}, worker on CPUs {args.worker_cpus or 'any'}, broker on {args.broker_cpus or 'any'})"
               + ("; 'old' = the worker of " + str(args.ab_tree) if args.ab_tree else ""))
         C.print_table(["code", "guarantee", "offered/s", "achieved in/s", "output/s", "p50 ms", "p99 ms", "p99.9 ms",
                        "max ms", "to worker p50", "worker CPU ms/1k ticks", "rec/batch", "batch wall us",
@@ -726,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale_out_p99_ms_eos": {x["workers"]: x["latency"]["p99_ms"] for x in scale},
         "latency_s": args.latency_s, "ramp_s": args.ramp_s, "commit_interval_ms": args.commit_interval_ms, "lat_batching": args.lat_batching,
         "feed_producer": args.feed_producer, "output_linger_ms": args.output_linger_ms,
+        "worker_cpus": args.worker_cpus, "broker_cpus": args.broker_cpus,
         "lat_warm_up_s": args.lat_warm_up_s, "lat_warm_up_runs": warm_runs,
         "fetch_min_bytes": args.fetch_min_bytes, "fetch_wait_max_ms": args.fetch_wait_max_ms,
         "p99_ms_floor": floor.get(args.rate, {}).get("p99_ms"),

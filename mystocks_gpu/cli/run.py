@@ -11,6 +11,7 @@ from typing import Any
 
 from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.config import Settings, with_section
+from mystocks_gpu.infra.cpu_affinity import check_cpus, parse_cpu_list
 from mystocks_gpu.infra.devices import discover
 from mystocks_gpu.infra.gpu_metrics import register_gpu_metrics
 from mystocks_gpu.infra.logs import set_process_fields
@@ -56,6 +57,8 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.schemas import schema_store
 
     s = features_settings(args, s)
+    cpus = parse_cpu_list(args.cpus, "--cpus")
+    check_cpus(cpus, "--cpus")  # before the processor loads: a bad list fails at once
     extra: dict[str, Any] = {"features": s.features} if args.processor == "features" else {}
     if args.model_load is not None:
         extra["model_load"] = args.model_load
@@ -74,7 +77,8 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
                        session_timeout_ms=args.session_timeout_ms,
                        fetch_wait_max_ms=args.fetch_wait_max_ms, fetch_min_bytes=args.fetch_min_bytes,
                        producer_linger_ms=args.producer_linger_ms,
-                       idle_flush_s=idle_flush, flush_on_stop=flush_on_stop, record_io=args.record_io)
+                       idle_flush_s=idle_flush, flush_on_stop=flush_on_stop, record_io=args.record_io,
+                       cpu_affinity=cpus)
     if args.processor == "features" and not args.output_topic:
         ensure_bar_topics(s, list(processor.output_topics))
     metrics = RuntimeMetrics(processor.name)
@@ -170,6 +174,11 @@ def add_commands(sub: Any) -> None:
                          "and batches (less CPU) at up to --fetch-wait-max-ms more latency")
     sp.add_argument("--producer-linger-ms", type=float, default=None,
                     help="producer linger.ms for outputs (default 0.5 at-least-once, 5 exactly-once)")
+    sp.add_argument("--cpus", default="", metavar="LIST",
+                    help="run the worker, every thread of it, on these CPUs only (as taskset -c: 1, 0,2, 2-3; "
+                         "default: wherever the scheduler puts it). On a small machine shared with the broker, "
+                         "give the worker cores of its own and the broker others ([stack] kafka_cpus): it cuts "
+                         "the latency tail (README: See the latency yourself)")
     sp.add_argument("--group-protocol", choices=["classic", "consumer"], default="classic",
                     help="classic (cooperative-sticky) or consumer (KIP-848)")
     sp.add_argument("--record-io", choices=["auto", "columnar", "messages"], default="auto",

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mystocks_gpu.exceptions import ConfigError
+from mystocks_gpu.infra.cpu_affinity import parse_cpu_list
 from mystocks_gpu.infra.services_config import ServicesConfig
 
 if sys.version_info >= (3, 11):
@@ -147,6 +148,10 @@ class StackConfig:
     cache_dir: str = "~/.cache/mystocks-gpu"
     kafka_heap_mb: int = 512
     startup_timeout_s: float = 120.0
+    #: the CPUs the broker runs on, every thread of it, as ``taskset -c`` writes them ("0", "0-1");
+    #: "" = wherever the scheduler puts it (default). With ``run --cpus`` on other cores: the broker
+    #: and a worker apart on a small machine (``infra/cpu_affinity.py``)
+    kafka_cpus: str = ""
 
     def __post_init__(self) -> None:
         for name in ("kafka_port", "controller_port", "redis_port"):
@@ -161,6 +166,7 @@ class StackConfig:
             raise ConfigError("stack.kafka_heap_mb must be >= 128")
         if not self.startup_timeout_s > 0:
             raise ConfigError(f"stack.startup_timeout_s must be > 0, got {self.startup_timeout_s}")
+        parse_cpu_list(self.kafka_cpus, "stack.kafka_cpus")
 
 
 @dataclass(frozen=True)

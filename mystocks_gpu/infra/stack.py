@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mystocks_gpu.infra.config import StackConfig
+from mystocks_gpu.infra.cpu_affinity import check_cpus, children_on, parse_cpu_list
 from mystocks_gpu.infra.exceptions import StackError
 from mystocks_gpu.infra.stack_process import (  # one copy of the process helpers, shared with the optional servers
     JAR_MANIFEST,
@@ -294,10 +295,13 @@ class LocalStack:
             # the collector's pauses and concurrent cycles, with wall-clock times (two files of 5 MB at most):
             # a latency stall lines up with them (the bench's runs record their window's start)
             gc_log = f"-Xlog:gc:file={self.kafka_dir / 'gc.log'}:time,uptime:filecount=2,filesize=5m"
-            proc = subprocess.Popen(self._java_cmd("kafka.Kafka", str(props), heap_mb=self.cfg.kafka_heap_mb,
-                                                   jvm=(gc_log,)),
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=self.kafka_dir)
+            cpus = parse_cpu_list(self.cfg.kafka_cpus, "stack.kafka_cpus")
+            check_cpus(cpus, "stack.kafka_cpus")
+            with children_on(cpus):  # every thread of the broker, from its first (stack.kafka_cpus)
+                proc = subprocess.Popen(self._java_cmd("kafka.Kafka", str(props), heap_mb=self.cfg.kafka_heap_mb,
+                                                       jvm=(gc_log,)),
+                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, cwd=self.kafka_dir)
         self._write_pid("kafka", proc.pid)
         self._wait_kafka(proc.pid)
         return proc.pid

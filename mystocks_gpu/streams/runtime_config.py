@@ -118,6 +118,10 @@ class RuntimeConfig:
     #: without it), "messages" (confluent-kafka's ``Message`` objects and ``produce()`` calls), "auto"
     #: (columnar when the extension is built)
     record_io: str = AUTO
+    #: the CPUs the worker process runs on, every thread of it (``infra/cpu_affinity.py``; ``run
+    #: --cpus``); () = wherever the scheduler puts it (default). On a small machine shared with the
+    #: broker, the worker on cores of its own and the broker on others cut the latency tail
+    cpu_affinity: tuple[int, ...] = ()
 
     @property
     def catch_up_ms(self) -> float:
@@ -172,6 +176,8 @@ class RuntimeConfig:
             v = getattr(self, name)
             if not v > 0 or v != v:
                 raise ConfigError(f"{name} must be > 0, got {v}")
+        if any(not isinstance(c, int) or c < 0 for c in self.cpu_affinity) or len(set(self.cpu_affinity)) != len(self.cpu_affinity):
+            raise ConfigError(f"cpu_affinity must be distinct CPU numbers >= 0, got {self.cpu_affinity!r}")
         FaultPlan.parse(self.fault_injection)
         if self.restore_attempts < 1:
             raise ConfigError("restore_attempts must be >= 1")

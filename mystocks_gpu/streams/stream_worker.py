@@ -43,6 +43,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
+from mystocks_gpu.infra.cpu_affinity import check_cpus, pin_process
 from mystocks_gpu.infra.kafka_clients import caught_up, ensure_broker, make_consumer, make_producer
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
@@ -181,6 +182,9 @@ class StreamWorker(RebalanceCallbacks):
         self._idle_from = self.clock.monotonic()  # the input is read again: waiting for it is not idleness
 
     def _setup(self) -> None:
+        if self.rt.cpu_affinity:  # before any client starts its threads: they inherit the mask
+            check_cpus(self.rt.cpu_affinity, "cpu_affinity")
+            pin_process(0, self.rt.cpu_affinity)
         ensure_broker(self.kafka)
         changelog = ensure_changelog(self.kafka, self.processor.name, self.group, self.topic)
         from mystocks_gpu.topics.admin import TopicAdmin
