@@ -3,10 +3,12 @@
 On a machine whose few cores the broker, the workers and the clients share, the scheduler moves
 every thread to whichever core frees first, and the broker's request threads and a worker's loop
 keep taking each other's core and cache. Pinning the broker to one core set and a worker to
-another kept them apart: on the project's 2-core VM, at-least-once tick -> feature p99 at 50k
-ticks/s fell from a median of 20.6 to 16.0 ms and at 10k from 15 to 12.4 ms (alternating rounds,
-``bench/HISTORY.md`` 2026-12-07 06:20); pinning the worker alone was worse. Off by default: on a
-machine with cores to spare, or with other work on it, the scheduler's choice is the better one.
+another kept them apart: on the project's 2-core VM (the broker on CPU 0, the worker on CPU 1, the
+feed and the reader free), at-least-once tick -> feature p99 at 50k ticks/s fell from a median of
+20.5 to 16.0 ms, p99.9 from 28.7 to 21.8 ms, and p99 at 10k from 13.9 to 12.5 ms (8 alternating
+rounds each, Mann-Whitney p <= 0.008: ``bench/HISTORY.md``, 2026-12-07 06:20); pinning the worker
+alone was worse (34 ms). Off by default: on a machine with cores to spare, or with other work on
+it, the scheduler's choice is the better one.
 
 A CPU list is written as for ``taskset -c``: ``"1"``, ``"0,2"``, ``"2-3"``; ``""`` = no pinning.
 """
@@ -79,9 +81,14 @@ def pin_process(pid: int, cpus: tuple[int, ...]) -> int:
 
 
 def thread_cpus(pid: int) -> dict[int, tuple[int, ...]]:
-    """Thread id -> the CPUs it may run on, for every thread of ``pid`` (for checks and reports)."""
-    out = {}
-    for t in Path(f"/proc/{pid}/task").iterdir():
+    """Thread id -> the CPUs it may run on, for every thread of ``pid`` (for checks and reports;
+    empty when there is no such process)."""
+    out: dict[int, tuple[int, ...]] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return out
+    for t in tasks:
         try:
             out[int(t.name)] = tuple(sorted(os.sched_getaffinity(int(t.name))))
         except (ProcessLookupError, FileNotFoundError):
