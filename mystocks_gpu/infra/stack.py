@@ -385,10 +385,18 @@ class LocalStack:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def up(self) -> list[ComponentStatus]:
-        """Start Redis and Kafka (idempotent) and wait until both are healthy."""
+        """Start Redis and Kafka (idempotent) and wait until both are healthy. When the broker cannot
+        start, a Redis server this call started is stopped again (one it found running is left), so a
+        failed ``up`` leaves nothing of its own behind."""
         self.home.mkdir(parents=True, exist_ok=True)
+        redis_was_running = self._read_pid("redis") is not None
         self.start_redis()
-        self.start_kafka()
+        try:
+            self.start_kafka()
+        except BaseException:
+            if not redis_was_running:
+                self._stop("redis")
+            raise
         return self.status()
 
     def _stop(self, name: str, timeout: float = 30.0, hard: bool = False) -> bool:

@@ -39,3 +39,26 @@ def test_java_missing_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         st.start_kafka()
     with pytest.raises(StackError, match="redis-server is missing"):
         st.start_redis()
+
+
+def test_a_failed_up_stops_the_redis_it_started_and_leaves_a_running_one(tmp_path: Path) -> None:
+    """The broker's port is taken: ``up`` fails naming it; the Redis server it started is gone again
+    (its pid file and its port), while a Redis server that was running before ``up`` keeps running."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        st = LocalStack(StackConfig(home=str(tmp_path), kafka_port=port, controller_port=_free_port(),
+                                    redis_port=_free_port()))
+        with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is taken by another process"):
+            st.up()
+        assert {c.name: c.state for c in st.status()}["redis"] == "stopped"
+        assert st._read_pid("redis") is None
+        pid = st.start_redis()  # running before up: a failed up leaves it alone
+        try:
+            with pytest.raises(StackError, match="is taken by another process"):
+                st.up()
+            assert st._read_pid("redis") == pid
+            assert {c.name: c.state for c in st.status()}["redis"] == "running"
+        finally:
+            st.down()
