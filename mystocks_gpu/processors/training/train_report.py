@@ -35,6 +35,22 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows]]
 
 
+def annualisation_note(ls: dict[str, Any]) -> str:
+    """How long the long-short backtest ran, in bars and trading days (``bars / bars_per_year x 252``),
+    and that cagr, ann_volatility and sharpe extrapolate it to a year; a span under 21 trading days
+    is called out as too short to read them (a demo's 20 minutes annualise to a cagr near -1).
+    Empty when the result lacks ``bars`` or ``bars_per_year``."""
+    bars, bpy = ls.get("bars"), ls.get("bars_per_year")
+    if not bars or not bpy:
+        return ""
+    days = 252.0 * float(bars) / float(bpy)
+    note = (f"  span {int(bars)} bars = {days:.3g} trading days; cagr, ann_volatility and sharpe are annualised "
+            f"at {float(bpy):,.0f} bars a year")
+    if days < 21:
+        note += ": under a trading month, read total_return and max_drawdown instead"
+    return note
+
+
 def format_metrics(result: dict[str, Any]) -> str:
     """Model identity, data counts, metrics per split and overall, and the long-short summary."""
     m, d = result.get("model") or {}, result.get("data") or {}
@@ -56,6 +72,9 @@ def format_metrics(result: dict[str, Any]) -> str:
         lines.append("long-short backtest of the out-of-sample predictions (top/bottom "
                      f"{_fmt(ls.get('quantile'))}, fees {_fmt(ls.get('fees'))}): "
                      + "  ".join(f"{k} {_fmt(ls.get(k))}" for k in LS))
+        span = annualisation_note(ls)
+        if span:
+            lines.append(span)
     if ver is not None:
         lines.append(f"published to {m.get('registry_topic')}; live scores: mystocks-gpu run signals --model {m.get('name')}"
                      f"  -> {m.get('signals_topic')}")
