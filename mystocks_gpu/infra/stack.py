@@ -286,6 +286,8 @@ class LocalStack:
             if _port_open(self.cfg.host, port):
                 raise StackError(f"port {self.cfg.host}:{port} is taken by another process; "
                                  "stop it or set stack.kafka_port / stack.controller_port")
+        cpus = parse_cpu_list(self.cfg.kafka_cpus, "stack.kafka_cpus")
+        check_cpus(cpus, "stack.kafka_cpus")  # before any download or format: a bad list fails at once
         self.java()
         self.fetch_kafka()
         self.kafka_dir.mkdir(parents=True, exist_ok=True)
@@ -295,8 +297,6 @@ class LocalStack:
             # the collector's pauses and concurrent cycles, with wall-clock times (two files of 5 MB at most):
             # a latency stall lines up with them (the bench's runs record their window's start)
             gc_log = f"-Xlog:gc:file={self.kafka_dir / 'gc.log'}:time,uptime:filecount=2,filesize=5m"
-            cpus = parse_cpu_list(self.cfg.kafka_cpus, "stack.kafka_cpus")
-            check_cpus(cpus, "stack.kafka_cpus")
             with children_on(cpus):  # every thread of the broker, from its first (stack.kafka_cpus)
                 proc = subprocess.Popen(self._java_cmd("kafka.Kafka", str(props), heap_mb=self.cfg.kafka_heap_mb,
                                                        jvm=(gc_log,)),

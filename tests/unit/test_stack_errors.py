@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.config import StackConfig
 from mystocks_gpu.infra.exceptions import StackError
 from mystocks_gpu.infra.stack import LocalStack
@@ -62,3 +63,16 @@ def test_a_failed_up_stops_the_redis_it_started_and_leaves_a_running_one(tmp_pat
             assert {c.name: c.state for c in st.status()}["redis"] == "running"
         finally:
             st.down()
+
+
+def test_a_broker_cpu_the_machine_lacks_is_refused_before_java_is_looked_for(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Java either: the CPU list is what must be named first
+    missing = max(os.sched_getaffinity(0)) + 64
+    st = LocalStack(StackConfig(home=str(tmp_path), kafka_port=_free_port(), controller_port=_free_port(),
+                                redis_port=_free_port(), kafka_cpus=f"0,{missing}"))
+    with pytest.raises(ConfigError, match=rf"stack.kafka_cpus: CPU\(s\) \[{missing}\] are not available here"):
+        st.start_kafka()
+    assert not (tmp_path / "kafka").exists()  # nothing downloaded, formatted or started
