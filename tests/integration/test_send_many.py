@@ -90,6 +90,24 @@ def _missing(got: list[tuple[int, str | None, bytes | None, int, dict[str, str]]
     return f"{len(gone)} records missing: index -> reports (partition, offset, error): {said}"
 
 
+def _diagnosis(settings: Settings, topic: str, values: list[bytes], ts: list[int], errors: list[str]) -> str:
+    """For a record missing from a committed read: read again (3 s later) committed and uncommitted,
+    so a failure says whether the record is on the broker at all, and in which partition; plus the
+    producer's errors."""
+    import time
+
+    from tests.integration.stream_helpers import read_topic
+
+    time.sleep(3)
+    again = {(r[2], r[3]) for r in _records(topic, settings)}
+    unc = {(r.raw, r.timestamp_ms): r.partition for r in read_topic(settings.kafka, topic, stop_at_end=True,
+                                                                    isolation="read_uncommitted", decode=False)}
+    gone = [i for i, vt in enumerate(zip(values, ts, strict=True)) if vt not in again]
+    where = {i: unc.get((values[i], ts[i])) for i in gone[:10]}
+    return (f"; 3 s later read_committed misses {gone[:10]}; read_uncommitted partition of each (None: absent): "
+            f"{where}; producer errors: {errors[:5]}")
+
+
 def _counting_protocol(producer: Producer, rt: RuntimeConfig,
                        partition_counts: dict[str, int] | None = None) -> tuple[CommitProtocol, list[int]]:
     """A protocol around ``producer`` alone, and a list that grows by one per record sent through
@@ -125,8 +143,12 @@ def test_exactly_once_background_sends_keep_order_through_full_queues_and_abort_
     topics = [f"t.smx.{unique}.{k}" for k in ("ours", "plain", "hdr", "pinned", "aborted")]
     TopicAdmin(settings.kafka).create([TopicSpec(t, "symbol", None, partitions=5, dlq=False) for t in topics])
     keys, values, ts = _columns()
+    reports: list[Report] = []  # failed deliveries only (delivery.report.only.error), named if a record is missing
+    errors: list[str] = []  # the producer's error callback, shown beside them
     tiny = make_producer(settings.kafka, **{"queue.buffering.max.messages": 7, "linger.ms": 0,
-                                            "transactional.id": f"tx.smx.{unique}", "delivery.report.only.error": True})
+                                            "transactional.id": f"tx.smx.{unique}", "delivery.report.only.error": True,
+                                            "on_delivery": lambda err, msg: reports.append(_report(err, msg)),
+                                            "error_cb": lambda err: errors.append(str(err))})
     tiny.init_transactions(30)
     proto, waited = _counting_protocol(tiny, RuntimeConfig(guarantee=EXACTLY_ONCE, record_io="columnar"))
     assert proto._sender_type is not None  # the setting took effect: exactly-once + columnar sends in the background
@@ -138,7 +160,9 @@ def test_exactly_once_background_sends_keep_order_through_full_queues_and_abort_
     assert proto._sends is not None and len(proto._sends) == 0
     assert len(waited) > 100  # the thread stopped at the full queue; the barrier sent the rest here
     tiny.commit_transaction(30)
-    _check_wire(settings, topics, keys, values, ts)
+    tiny.poll(0)  # serve any failed delivery's report
+    assert [r for r in reports if r[3] is not None] == [], errors
+    _check_wire(settings, topics, keys, values, ts, reports, errors)
 
     tiny.begin_transaction()
     proto.send_many(topics[4], keys, values, ts)
@@ -156,7 +180,7 @@ def test_exactly_once_background_sends_keep_order_through_full_queues_and_abort_
 
 
 def _check_wire(settings: Settings, topics: list[str], keys: list[bytes | None], values: list[bytes],
-                ts: list[int], reports: list[Report] | None = None) -> None:
+                ts: list[int], reports: list[Report] | None = None, errors: list[str] | None = None) -> None:
     """topics[0]: every record once, in the reference producer's partition, in order; topics[2]: the
     first 300 with both headers; topics[3]: the first 700 in partition 3, in order. ``reports``:
     the producer's delivery reports, named for any record missing."""
@@ -169,7 +193,8 @@ def _check_wire(settings: Settings, topics: list[str], keys: list[bytes | None],
     ref_part = {(r[1], r[2]): r[0] for r in _records(topics[1], settings) if r[1] is not None}
 
     got = _records(topics[0], settings)
-    assert len(got) == n, _missing(got, values, ts, topics[0], reports or [])
+    assert len(got) == n, _missing(got, values, ts, topics[0], reports or []) + _diagnosis(settings, topics[0], values,
+                                                                                         ts, errors or [])
     assert sorted((r[2], r[3]) for r in got) == sorted(zip(values, ts, strict=True))  # each exactly once
     keyed = [(k.decode(), v, t) for k, v, t in zip(keys, values, ts, strict=True) if k is not None]
     for p in range(5):  # the reference's partition per key, and input order within each partition
