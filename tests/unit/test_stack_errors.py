@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +21,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_port_taken_is_reported(tmp_path: Path) -> None:
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port another process (this test's listening socket) holds for the whole test."""
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
-        port = squatter.getsockname()[1]
-        st = LocalStack(StackConfig(home=str(tmp_path), redis_port=port, kafka_port=_free_port(),
-                                    controller_port=_free_port()))
-        with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is taken by another process"):
-            st.start_redis()
-        assert {c.name: c.state for c in st.status()}["redis"] == "foreign"
-        assert st.down() == []  # never touches a process it did not start
+        yield squatter.getsockname()[1]
+
+
+def test_port_taken_is_reported(tmp_path: Path, taken_port: int) -> None:
+    port = taken_port
+    st = LocalStack(StackConfig(home=str(tmp_path), redis_port=port, kafka_port=_free_port(),
+                                controller_port=_free_port()))
+    with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is taken by another process"):
+        st.start_redis()
+    assert {c.name: c.state for c in st.status()}["redis"] == "foreign"
+    assert st.down() == []  # never touches a process it did not start
 
 
 def test_java_missing_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,33 +50,28 @@ def test_java_missing_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         st.start_redis()
 
 
-def test_a_failed_up_stops_the_redis_it_started_and_leaves_a_running_one(tmp_path: Path) -> None:
+def test_a_failed_up_stops_the_redis_it_started_and_leaves_a_running_one(tmp_path: Path, taken_port: int) -> None:
     """The broker's port is taken: ``up`` fails naming it; the Redis server it started is gone again
     (its pid file and its port), while a Redis server that was running before ``up`` keeps running."""
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = squatter.getsockname()[1]
-        st = LocalStack(StackConfig(home=str(tmp_path), kafka_port=port, controller_port=_free_port(),
-                                    redis_port=_free_port()))
-        with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is taken by another process"):
+    port = taken_port
+    st = LocalStack(StackConfig(home=str(tmp_path), kafka_port=port, controller_port=_free_port(),
+                                redis_port=_free_port()))
+    with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is taken by another process"):
+        st.up()
+    assert {c.name: c.state for c in st.status()}["redis"] == "stopped"
+    assert st._read_pid("redis") is None
+    pid = st.start_redis()  # running before up: a failed up leaves it alone
+    try:
+        with pytest.raises(StackError, match="is taken by another process"):
             st.up()
-        assert {c.name: c.state for c in st.status()}["redis"] == "stopped"
-        assert st._read_pid("redis") is None
-        pid = st.start_redis()  # running before up: a failed up leaves it alone
-        try:
-            with pytest.raises(StackError, match="is taken by another process"):
-                st.up()
-            assert st._read_pid("redis") == pid
-            assert {c.name: c.state for c in st.status()}["redis"] == "running"
-        finally:
-            st.down()
+        assert st._read_pid("redis") == pid
+        assert {c.name: c.state for c in st.status()}["redis"] == "running"
+    finally:
+        st.down()
 
 
 def test_a_broker_cpu_the_machine_lacks_is_refused_before_java_is_looked_for(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     monkeypatch.setenv("PATH", str(tmp_path))  # no Java either: the CPU list is what must be named first
     missing = max(os.sched_getaffinity(0)) + 64
     st = LocalStack(StackConfig(home=str(tmp_path), kafka_port=_free_port(), controller_port=_free_port(),
