@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from mystocks_gpu.topics.catalog import TopicSpec
 #: broker-reported retention for compacted topics is irrelevant; only these configs are compared
 COMPARED = ("cleanup.policy", "retention.ms", "retention.bytes", "max.message.bytes")
 
+log = logging.getLogger(__name__)
+
 
 def _usable(md: object) -> bool:
     """A topic's metadata with no error and a leader for each of its partitions."""
@@ -34,7 +37,8 @@ def _usable(md: object) -> bool:
 
 @dataclass(frozen=True)
 class TopicReport:
-    """Outcome of ``create`` for one topic: ``created``, ``exists`` or ``drift`` (with details)."""
+    """Outcome of ``create`` for one topic: ``created``, ``exists`` or ``drift`` (with details; a
+    created topic the broker's metadata did not show yet when ``create`` stopped waiting says so)."""
 
     name: str
     status: str
@@ -139,8 +143,13 @@ class TopicAdmin:
                         reports[name] = TopicReport(name, "exists")
                     else:
                         raise
-            self.await_visible([n for n, r in reports.items() if r.status == "created"],
-                               self.cfg.connect_timeout_s * 3)
+            wait_s = self.cfg.connect_timeout_s * 3
+            late = self.await_visible([n for n, r in reports.items() if r.status == "created"], wait_s)
+            for name in late:  # created, but a client asking now may still be told "unknown topic"
+                reports[name] = TopicReport(name, "created", f"not in the broker's metadata after {wait_s:g} s")
+            if late:
+                log.warning("created topic(s) not yet in the broker's metadata after %g s (clients may see "
+                            "them as unknown for a moment): %s", wait_s, ", ".join(late))
         present = [s for s in specs if s.name in live]
         confs = self.configs([s.name for s in present])
         for s in present:
