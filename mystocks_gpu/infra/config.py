@@ -77,6 +77,13 @@ class KafkaConfig:
     security: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: seconds to wait for a broker to answer before reporting it unreachable
     connect_timeout_s: float = 10.0
+    #: seconds a client may go without metadata from any broker it knows before it starts again from
+    #: ``bootstrap_servers`` (librdkafka's ``metadata.recovery.rebootstrap.trigger.ms``; its default is
+    #: 300 s). A broker that was frozen past its session comes back fenced for a few ms; a metadata
+    #: answer in that window lists no broker, librdkafka drops the one it knew, and a transactional
+    #: producer then waited the whole 300 s, its transaction stuck (a worker stopped after its
+    #: retries, or hung; ``bench/HISTORY.md``, 2026-12-07)
+    rebootstrap_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers or not all(
@@ -94,11 +101,15 @@ class KafkaConfig:
                 raise ConfigError(f"kafka.security.security.protocol must be one of {sorted(_SECURITY_PROTOCOLS)}")
         if not self.connect_timeout_s > 0:
             raise ConfigError(f"kafka.connect_timeout_s must be > 0, got {self.connect_timeout_s}")
+        if not 0.001 <= self.rebootstrap_s <= 2_147_483:  # librdkafka's range, in ms: 0 .. 2^31 - 1
+            raise ConfigError(f"kafka.rebootstrap_s must be 0.001 .. 2147483 (seconds), got {self.rebootstrap_s}")
         object.__setattr__(self, "security", MappingProxyType({k: str(v) for k, v in self.security.items()}))
 
     def client_config(self, **extra: Any) -> dict[str, Any]:
         """librdkafka config for a producer, consumer or admin client, security included."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "client.id": self.client_id}
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "client.id": self.client_id,
+                                "metadata.recovery.strategy": "rebootstrap",
+                                "metadata.recovery.rebootstrap.trigger.ms": round(self.rebootstrap_s * 1000)}
         conf.update(self.security)
         conf.update(extra)
         return conf

@@ -21,6 +21,26 @@ def test_defaults_are_loopback_stack() -> None:
     assert s.stack.kafka_heap_mb == 512
 
 
+def test_rebootstrap_s_reaches_every_kafka_client_config(tmp_path: Path) -> None:
+    """``kafka.rebootstrap_s`` is librdkafka's ``metadata.recovery.rebootstrap.trigger.ms`` in every
+    client we build (producer, consumer, admin all start from ``client_config``); 10 s by default
+    (librdkafka's own is 300 s), from TOML and the environment."""
+    from confluent_kafka import Producer
+
+    from mystocks_gpu.infra.kafka_clients import _base
+
+    default = load_settings(environ={}).kafka
+    assert default.rebootstrap_s == 10.0
+    assert default.client_config()["metadata.recovery.rebootstrap.trigger.ms"] == 10_000
+    assert default.client_config()["metadata.recovery.strategy"] == "rebootstrap"
+    f = tmp_path / "c.toml"
+    f.write_text("[kafka]\nrebootstrap_s = 2.5\n")
+    assert _base(load_settings(f, environ={}).kafka, {})["metadata.recovery.rebootstrap.trigger.ms"] == 2_500
+    env = load_settings(f, environ={"MYSTOCKS_KAFKA__REBOOTSTRAP_S": "0.25"}).kafka
+    assert env.client_config()["metadata.recovery.rebootstrap.trigger.ms"] == 250
+    Producer(env.client_config())  # librdkafka takes the property (an unknown one raises KafkaException)
+
+
 def test_toml_then_env_precedence(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text('backend = "cpu"\n[kafka]\nbootstrap_servers = "h1:1,h2:2"\n[stack]\nkafka_port = 29092\n'
@@ -119,6 +139,9 @@ BAD_FILES = [
     ("[kafka]\nconnect_timeout_s = inf\n", "kafka.connect_timeout_s"),
     ("[kafka]\nconnect_timeout_s = -1\n", "kafka.connect_timeout_s"),
     ("[kafka]\nconnect_timeout_s = 0\n", "kafka.connect_timeout_s"),
+    ("[kafka]\nrebootstrap_s = 0\n", "kafka.rebootstrap_s"),
+    ("[kafka]\nrebootstrap_s = 1e9\n", "kafka.rebootstrap_s"),
+    ("[kafka]\nrebootstrap_s = inf\n", "kafka.rebootstrap_s"),
     ("[kafka]\nbootstrap_servers = 9092\n", "kafka.bootstrap_servers"),
     ("[kafka.security]\n\"sasl.password\" = [\"x\"]\n", "kafka.security.sasl.password"),
     ("[schema_registry]\ntimeout_s = 0\n", "schema_registry.timeout_s"),
