@@ -15,6 +15,7 @@ and with what."""
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -26,7 +27,7 @@ from mystocks_gpu.streams.delivery_fences import FENCED_PRODUCER
 from mystocks_gpu.streams.runtime_config import AT_LEAST_ONCE, EXACTLY_ONCE, RuntimeConfig
 from mystocks_gpu.topics import TopicSpec
 from mystocks_gpu.topics.admin import TopicAdmin
-from tests.integration.stream_helpers import bare_protocol, read_finished
+from tests.integration.stream_helpers import bare_protocol, read_finished, read_topic
 
 
 def _records(topic: str, settings: Settings) -> list[tuple[int, str | None, bytes | None, int, dict[str, str]]]:
@@ -94,10 +95,6 @@ def _diagnosis(settings: Settings, topic: str, values: list[bytes], ts: list[int
     """For a record missing from a committed read: read again (3 s later) committed and uncommitted,
     so a failure says whether the record is on the broker at all, and in which partition; plus the
     producer's errors."""
-    import time
-
-    from tests.integration.stream_helpers import read_topic
-
     time.sleep(3)
     again = {(r[2], r[3]) for r in _records(topic, settings)}
     unc = {(r.raw, r.timestamp_ms): r.partition for r in read_topic(settings.kafka, topic, stop_at_end=True,

@@ -21,6 +21,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stack(tmp_path: Path, **cfg: object) -> LocalStack:
+    """A stack in ``tmp_path``; each of its three ports free unless ``cfg`` names it (and any other
+    ``StackConfig`` field ``cfg`` gives)."""
+    ports = {k: _free_port() for k in ("kafka_port", "controller_port", "redis_port") if k not in cfg}
+    return LocalStack(StackConfig(home=str(tmp_path), **ports, **cfg))  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def taken_port() -> Iterator[int]:
     """A loopback port another process (this test's listening socket) holds for the whole test."""
@@ -32,8 +39,7 @@ def taken_port() -> Iterator[int]:
 
 def test_port_taken_is_reported(tmp_path: Path, taken_port: int) -> None:
     port = taken_port
-    st = LocalStack(StackConfig(home=str(tmp_path), redis_port=port, kafka_port=_free_port(),
-                                controller_port=_free_port()))
+    st = _stack(tmp_path, redis_port=port)
     with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is taken by another process"):
         st.start_redis()
     assert {c.name: c.state for c in st.status()}["redis"] == "foreign"
@@ -42,8 +48,7 @@ def test_port_taken_is_reported(tmp_path: Path, taken_port: int) -> None:
 
 def test_java_missing_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    st = LocalStack(StackConfig(home=str(tmp_path), kafka_port=_free_port(), controller_port=_free_port(),
-                                redis_port=_free_port()))
+    st = _stack(tmp_path)
     with pytest.raises(StackError, match="Java is missing"):
         st.start_kafka()
     with pytest.raises(StackError, match="redis-server is missing"):
@@ -54,8 +59,7 @@ def test_a_failed_up_stops_the_redis_it_started_and_leaves_a_running_one(tmp_pat
     """The broker's port is taken: ``up`` fails naming it; the Redis server it started is gone again
     (its pid file and its port), while a Redis server that was running before ``up`` keeps running."""
     port = taken_port
-    st = LocalStack(StackConfig(home=str(tmp_path), kafka_port=port, controller_port=_free_port(),
-                                redis_port=_free_port()))
+    st = _stack(tmp_path, kafka_port=port)
     with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is taken by another process"):
         st.up()
     assert {c.name: c.state for c in st.status()}["redis"] == "stopped"
@@ -74,8 +78,7 @@ def test_a_broker_cpu_the_machine_lacks_is_refused_before_java_is_looked_for(tmp
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no Java either: the CPU list is what must be named first
     missing = max(os.sched_getaffinity(0)) + 64
-    st = LocalStack(StackConfig(home=str(tmp_path), kafka_port=_free_port(), controller_port=_free_port(),
-                                redis_port=_free_port(), kafka_cpus=f"0,{missing}"))
+    st = _stack(tmp_path, kafka_cpus=f"0,{missing}")
     with pytest.raises(ConfigError, match=rf"stack.kafka_cpus: CPU\(s\) \[{missing}\] are not available here"):
         st.start_kafka()
     assert not (tmp_path / "kafka").exists()  # nothing downloaded, formatted or started
