@@ -31,6 +31,7 @@ from mystocks_gpu.infra.kafka_clients import consume_ready, make_consumer, water
 from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.protocol import COMMAND_SCHEMA, FINAL, STATUS_SCHEMA, status_to_json
 from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
+from mystocks_gpu.streams.broker_watch import watched_consumer
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,9 @@ class JobView:
                 self._meta = None
 
     def _run(self) -> None:
-        c = make_consumer(self.settings.kafka, f"mystocks-gateway-{uuid.uuid4().hex[:8]}",
-                          **{"isolation.level": "read_uncommitted"})
+        conf: dict[str, Any] = {"isolation.level": "read_uncommitted"}
+        c = watched_consumer(self.settings.kafka, f"mystocks-gateway-{uuid.uuid4().hex[:8]}", "gateway job view",
+                             **conf)  # librdkafka#5301 (streams/broker_watch.py)
         try:
             while not self._stop.is_set():
                 try:

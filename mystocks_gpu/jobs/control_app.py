@@ -68,9 +68,11 @@ class Publisher:
     the last topic and can spin in a metadata loop, stalling every other send."""
 
     def __init__(self, settings: Settings) -> None:
-        from mystocks_gpu.infra.kafka_clients import make_producer
+        from mystocks_gpu.streams.broker_watch import watched_producer
 
-        self.producer = make_producer(settings.kafka, **{"linger.ms": 1, "compression.type": "none"})
+        # polled all the time below, so the broker watch's statistics never pile up (librdkafka#5301)
+        conf: dict[str, Any] = {"linger.ms": 1, "compression.type": "none"}
+        self.producer = watched_producer(settings.kafka, "control publisher", **conf)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="control-publisher", daemon=True)
         self._thread.start()

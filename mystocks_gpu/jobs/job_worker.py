@@ -38,7 +38,7 @@ from mystocks_gpu.gpu_ops.backend import select
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.infra.devices import Device, discover
-from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
+from mystocks_gpu.infra.kafka_clients import ensure_broker
 from mystocks_gpu.infra.logs import log_context
 from mystocks_gpu.jobs.exceptions import RedisUnavailable
 from mystocks_gpu.jobs.heartbeat import HeartbeatPublisher
@@ -51,6 +51,7 @@ from mystocks_gpu.jobs.scheduler import WorkerInfo
 from mystocks_gpu.jobs.worker_metrics import WorkerMetrics
 from mystocks_gpu.processors.exceptions import JobStopped
 from mystocks_gpu.schemas import AvroCodec, schema_store
+from mystocks_gpu.streams.broker_watch import watched_consumer, watched_producer
 from mystocks_gpu.topics.catalog import DAY_MS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ class JobWorker:
         self.redis = redis.Redis.from_url(settings.redis.url, socket_timeout=cfg.redis_timeout_s,
                                           socket_connect_timeout=cfg.redis_timeout_s, retry_on_timeout=False)
         self.store = ResultStore(self.redis, cfg.namespace, cfg.result_ttl_s)
-        self.producer = make_producer(settings.kafka, **{"linger.ms": 2, "compression.type": "none"})
+        pconf: dict[str, Any] = {"linger.ms": 2, "compression.type": "none"}
+        self.producer = watched_producer(settings.kafka, "jobs producer", clock=clock, **pconf)
         self.runs: dict[tuple[str, int], _Run] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -176,9 +178,10 @@ class JobWorker:
             raise ConfigError(f"--reserve names unknown device(s) {', '.join(unknown)}")
         self._ensure_topic()
         assigned = threading.Event()
-        consumer = make_consumer(self.settings.kafka, f"mystocks-worker.{self.cfg.namespace}.{self.opts.worker_id}",
-                                 **{"enable.auto.commit": True, "auto.commit.interval.ms": 500,
-                                    "isolation.level": "read_uncommitted", "fetch.wait.max.ms": 50})
+        cconf: dict[str, Any] = {"enable.auto.commit": True, "auto.commit.interval.ms": 500,
+                                 "isolation.level": "read_uncommitted", "fetch.wait.max.ms": 50}
+        consumer = watched_consumer(self.settings.kafka, f"mystocks-worker.{self.cfg.namespace}.{self.opts.worker_id}",
+                                    "jobs consumer", clock=self.clock, **cconf)
         end = time.monotonic() + self.settings.kafka.connect_timeout_s
         while time.monotonic() < end:  # a just-created topic must be in metadata before subscribing
             md = consumer.list_topics(self.topic, timeout=5)

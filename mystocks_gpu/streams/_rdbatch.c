@@ -78,6 +78,7 @@ static PyObject *rb_bind(PyObject *Py_UNUSED(self), PyObject *args) {
         BIND(error_code, "rd_kafka_error_code");
         BIND(error_string, "rd_kafka_error_string");
         BIND(error_destroy, "rd_kafka_error_destroy");
+        BIND(brokers_add, "rd_kafka_brokers_add");
 #undef BIND
         if (rd.version() != expected) {
                 PyErr_Format(PyExc_ImportError, "%s is librdkafka 0x%x, confluent-kafka uses 0x%x", path,
@@ -115,6 +116,32 @@ HIDDEN rd_kafka_t *client_rk(PyObject *client, int want_producer) {
                 return NULL;
         }
         return rk;
+}
+
+/*
+ * add_brokers(client, brokerlist) -> int: librdkafka's public rd_kafka_brokers_add on a producer or
+ * consumer: the "host:port[,host:port]" brokers are added as configured (bootstrap) brokers, those
+ * already known as such are kept; returns how many of the list the client now has. What a KIP-1102
+ * re-bootstrap does, for a client that knows no broker any more (streams/broker_watch.py).
+ */
+static PyObject *rb_add_brokers(PyObject *Py_UNUSED(self), PyObject *args) {
+        PyObject *client;
+        const char *brokers;
+        rd_kafka_t *rk;
+        int n;
+        if (!PyArg_ParseTuple(args, "Os", &client, &brokers))
+                return NULL;
+        if (!rd.bound) {
+                PyErr_SetString(PyExc_RuntimeError, "bind() librdkafka first");
+                return NULL;
+        }
+        rk = client_rk(client, PyObject_TypeCheck(client, rd.producer_type));
+        if (!rk)
+                return NULL;
+        Py_BEGIN_ALLOW_THREADS
+        n = rd.brokers_add(rk, brokers);
+        Py_END_ALLOW_THREADS
+        return PyLong_FromLong(n);
 }
 
 /* ---- Ingest: one consumer's private queue and its partitions' forwards ------------------------ */
@@ -445,6 +472,8 @@ static PyMethodDef module_methods[] = {
      "(sent, code, reason)"},
     {"partitions_of", rb_partitions_of, METH_VARARGS,
      "partitions_of(keys, n, null_partition) -> bytes of int32: each key's partition by Java's murmur2"},
+    {"add_brokers", rb_add_brokers, METH_VARARGS,
+     "add_brokers(client, brokerlist) -> int: rd_kafka_brokers_add on a confluent-kafka Producer or Consumer"},
     {"size_bound", rb_size_bound, METH_VARARGS, "size_bound(values, keys) -> largest value + largest key, bytes"},
     {NULL, NULL, 0, NULL}};
 

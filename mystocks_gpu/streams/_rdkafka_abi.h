@@ -87,6 +87,7 @@ typedef struct {
         int (*error_code)(const rd_kafka_error_t *);
         const char *(*error_string)(const rd_kafka_error_t *);
         void (*error_destroy)(rd_kafka_error_t *);
+        int (*brokers_add)(rd_kafka_t *, const char *);
 } RdApi;
 
 #define HIDDEN __attribute__((visibility("hidden")))

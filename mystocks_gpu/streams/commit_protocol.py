@@ -172,6 +172,9 @@ class CommitProtocol(OutputSending):
         #: self-inflicted (the coordinator timed our transaction out, e.g. during a broker outage), or
         #: None when another live worker holds our transactional id (then we stop)
         self.replace_producer: Callable[[], Any] | None = None
+        #: ``nudge("producer" | "consumer")`` after a call of that client timed out: the worker's
+        #: broker watch gives it the bootstrap servers back (``streams/broker_watch.py``)
+        self.nudge: Callable[[str], object] | None = None
         #: at-least-once: the worker's output partition watch (``streams/topic_changes.py``), whose
         #: ``gone`` names outputs deleted under the worker
         self.output_watch: OutputPartitionWatch | None = None
@@ -475,6 +478,8 @@ class CommitProtocol(OutputSending):
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.retriable() and not err.txn_requires_abort() and i < attempts - 1:
+                    if self.nudge is not None:
+                        self.nudge("producer")
                     # serve delivery reports while backing off: librdkafka's commit/abort wait for them
                     self.producer.poll(min(0.25 * 2**i, 5.0))
                     continue
@@ -646,6 +651,8 @@ class CommitProtocol(OutputSending):
                 if err.fatal() or attempt == 9:
                     self.failed = True
                     raise FatalRuntimeError(f"cannot rewind after abort: {err.str()}") from None
+                if self.nudge is not None:
+                    self.nudge("consumer")
                 self.clock.sleep(min(0.2 * 2**attempt, 2.0))
 
     # ---- rebalance and shutdown -------------------------------------------------------------

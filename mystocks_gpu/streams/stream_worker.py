@@ -44,9 +44,10 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
 from mystocks_gpu.infra.cpu_affinity import check_cpus, pin_process
-from mystocks_gpu.infra.kafka_clients import caught_up, ensure_broker, make_consumer, make_producer
+from mystocks_gpu.infra.kafka_clients import caught_up, ensure_broker
 from mystocks_gpu.schemas.symbols import SymbolTable
 from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
+from mystocks_gpu.streams.broker_watch import BrokerWatch, watched_consumer, watched_producer
 from mystocks_gpu.streams.columnar_io import (
     COLUMNAR,
     MESSAGES,
@@ -122,6 +123,8 @@ class StreamWorker(RebalanceCallbacks):
         self.clock = clock
         self.symbols = SymbolTable()
         self._summary = RunSummary()
+        #: "consumer" / "producer" -> the client's broker watch (streams/broker_watch.py)
+        self._watches: dict[str, BrokerWatch] = {}
         self._stopping = False
         self._acc = BatchAccumulator(self.rt.max_records, self.rt.max_bytes, self.rt.linger_ms / 1000.0,
                                      adaptive=self.rt.batching == ADAPTIVE)
@@ -236,8 +239,10 @@ class StreamWorker(RebalanceCallbacks):
         self.processor.warm_up()
         self._summary.warm_up_s = self.clock.monotonic() - t_warm
         log.info("processor warmed up", extra={"fields": {"seconds": round(self._summary.warm_up_s, 3)}})
-        self.consumer = make_consumer(self.kafka, self.group, route_logs=False,
-                                      **{"log_level": 3, "client.id": self._client_id, **extra})
+        # watched: a client left with no broker gets the bootstrap servers back (librdkafka#5301)
+        self.consumer = watched_consumer(self.kafka, self.group, "consumer", clock=self.clock, keep=self._watches,
+                                         route_logs=False,
+                                         **{"log_level": 3, "client.id": self._client_id, **extra})
         columnar, why_not = resolve_mode(self.rt.record_io, live.get(self.topic, 0))
         if columnar:
             self._ingest = ColumnarIngest(self.consumer, self.topic)
@@ -289,6 +294,7 @@ class StreamWorker(RebalanceCallbacks):
             self.protocol.output_watch = self._watch
         self.protocol.fault = FaultPlan.parse(self.rt.fault_injection).hook()
         self.protocol.replace_producer = self._replace_fenced_producer
+        self.protocol.nudge = lambda client: self._watches[client].nudge()
 
     def _on_commit_result(self, err: Any, partitions: list[TopicPartition]) -> None:
         if self.protocol is not None:
@@ -307,7 +313,8 @@ class StreamWorker(RebalanceCallbacks):
         loading) is called again, as librdkafka asks, up to ``attempts`` times, each waiting
         ``max(30, 3 x transaction timeout)`` s: a fenced worker replaces its producer in the middle of
         an outage, and a broker restart has taken 24-45 s on the 2-core VM."""
-        producer = make_producer(self.kafka, route_logs=False, **{"log_level": 3, **self._pconf})
+        producer = watched_producer(self.kafka, "producer", clock=self.clock, keep=self._watches, route_logs=False,
+                                    **{"log_level": 3, **self._pconf})
         if self.rt.exactly_once:
             for attempt in range(attempts):
                 try:

@@ -580,9 +580,12 @@ def test_a_commit_still_timing_out_after_its_retries_stops_the_worker() -> None:
                        rt=RuntimeConfig(guarantee="exactly_once"), metrics=None, clock=ManualClock(),  # type: ignore[arg-type]
                        drop_input=lambda: None, transactional_id="x", max_bytes={})
     p._retry = functools.partial(CommitProtocol._retry, p, attempts=3)  # type: ignore[method-assign]
+    nudged: list[str] = []
+    p.nudge = nudged.append  # the worker's broker watch (streams/broker_watch.py)
     with pytest.raises(FatalRuntimeError, match="commit_transaction did not finish"):
         p._txn_call("commit_transaction", lambda: p.producer.commit_transaction(1.0))
     assert p.failed and calls == ["commit"] * 3
+    assert nudged == ["producer", "producer"]  # before each retry: the bootstrap servers back (librdkafka#5301)
 
 
 def test_init_transactions_that_times_out_is_called_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -605,7 +608,7 @@ def test_init_transactions_that_times_out_is_called_again(monkeypatch: pytest.Mo
 
     made: list[Producer] = []
     plans = [[timed_out], [timed_out] * 3, [KafkaError(KafkaError._FENCED, "fenced", fatal=True)]]
-    monkeypatch.setattr(stream_worker, "make_producer", lambda *a, **kw: made.append(Producer(plans.pop(0))) or made[-1])
+    monkeypatch.setattr(stream_worker, "watched_producer", lambda *a, **kw: made.append(Producer(plans.pop(0))) or made[-1])
     w = stream_worker.StreamWorker(RunningAggregateProcessor(output_topic="t.out"), KafkaConfig(),
                                    RuntimeConfig(guarantee="exactly_once"))
     w._pconf = {}
