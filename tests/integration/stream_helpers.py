@@ -169,8 +169,8 @@ def assert_exactly_once_equal(got: pd.DataFrame, ref: pd.DataFrame) -> None:
     """One output per input (no loss, no duplicate) and every running value equal to the reference."""
     # a failure names the duplicated outputs with their partitions and offsets (the next step of the
     # open 60,001-of-60,000 case, bench/HISTORY.md 2026-12-07 13:06)
-    twice = got[got.duplicated(["symbol", "seq"], keep=False)].sort_values(["symbol", "seq", "_p", "_o"]) \
-        if len(got) else got
+    order = [c for c in ("symbol", "seq", "_p", "_o") if c in got.columns]  # _p/_o: read_outputs' coordinates
+    twice = got[got.duplicated(["symbol", "seq"], keep=False)].sort_values(order) if len(got) else got
     shown = twice.head(20).to_string() if len(twice) else "none"
     assert len(got) == len(ref), f"{len(got)} outputs for {len(ref)} inputs; duplicated outputs:\n{shown}"
     dup = got.duplicated(["symbol", "seq"]).sum()
