@@ -105,11 +105,16 @@ class KafkaConfig:
             raise ConfigError(f"kafka.rebootstrap_s must be 0.001 .. 2147483 (seconds), got {self.rebootstrap_s}")
         object.__setattr__(self, "security", MappingProxyType({k: str(v) for k, v in self.security.items()}))
 
+    @property
+    def rebootstrap_ms(self) -> int:
+        """``rebootstrap_s`` in whole milliseconds, as librdkafka takes it (at least 1: validated)."""
+        return round(self.rebootstrap_s * 1000)
+
     def client_config(self, **extra: Any) -> dict[str, Any]:
         """librdkafka config for a producer, consumer or admin client, security included."""
         conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "client.id": self.client_id,
                                 "metadata.recovery.strategy": "rebootstrap",
-                                "metadata.recovery.rebootstrap.trigger.ms": round(self.rebootstrap_s * 1000)}
+                                "metadata.recovery.rebootstrap.trigger.ms": self.rebootstrap_ms}
         conf.update(self.security)
         conf.update(extra)
         return conf

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, Producer
 
@@ -38,6 +38,8 @@ SERVING_SOURCES = ("configured", "learned")
 
 #: how librdkafka writes those sources into its statistics (no spaces): a document holding one is healthy
 _SERVING_MARKERS = tuple(f'"source":"{source}"' for source in SERVING_SOURCES)
+
+C = TypeVar("C")
 
 #: ``(client, "host:port,...") -> brokers the client has of the list`` (the extension's ``add_brokers``)
 AddBrokers = Callable[[Any, str], int]
@@ -72,7 +74,7 @@ class BrokerWatch:
 
     def config(self) -> dict[str, Any]:
         """librdkafka settings for the watched client: statistics every ``kafka.rebootstrap_s``."""
-        return {"statistics.interval.ms": max(1, round(self.kafka.rebootstrap_s * 1000)), "stats_cb": self.on_stats}
+        return {"statistics.interval.ms": self.kafka.rebootstrap_ms, "stats_cb": self.on_stats}
 
     def attach(self, client: Any) -> Any:
         """Watch ``client`` (a confluent-kafka Producer or Consumer built with :meth:`config`); returns it."""
@@ -94,8 +96,9 @@ class BrokerWatch:
         say (they are served only by ``poll()``, which a retry loop around a blocking call such as
         ``committed()`` or ``abort_transaction()`` does not reach). Harmless when the client still
         knows its broker: librdkafka drops the bootstrap broker again at the next Metadata answer.
-        At most once per ``rebootstrap_s``; True when the servers were added."""
-        return self._add("a call timed out")
+        At most once per ``rebootstrap_s``; True when the servers were added. Without the extension
+        it does nothing (only the statistics, which can tell, say that the client is stuck)."""
+        return self.add_brokers is not None and self._add("a call timed out")
 
     def _add(self, why: str) -> bool:
         now = self.clock.monotonic()
@@ -121,22 +124,28 @@ def broker_watch(kafka: KafkaConfig, name: str, clock: Clock = SYSTEM_CLOCK) -> 
     return BrokerWatch(kafka, ext.add_brokers if ext is not None else None, name, clock)
 
 
+def _watched(kafka: KafkaConfig, name: str, clock: Clock, keep: dict[str, BrokerWatch] | None,
+             make: Callable[[dict[str, Any]], C]) -> C:
+    """``make(settings)`` with the settings of a new watch added, the client attached to it; the
+    watch kept in ``keep[name]`` when given."""
+    watch = broker_watch(kafka, name, clock)
+    if keep is not None:
+        keep[name] = watch
+    client = make(watch.config())
+    watch.attach(client)
+    return client
+
+
 def watched_producer(kafka: KafkaConfig, name: str, *, clock: Clock = SYSTEM_CLOCK,
                      keep: dict[str, BrokerWatch] | None = None, **extra: Any) -> Producer:
     """:func:`~mystocks_gpu.infra.kafka_clients.make_producer` with a :class:`BrokerWatch` (the
     caller must ``poll()`` it regularly: the statistics wait in its queue until then); ``keep``:
     where to keep the watch, under ``name`` (for :meth:`BrokerWatch.nudge`)."""
-    watch = broker_watch(kafka, name, clock)
-    if keep is not None:
-        keep[name] = watch
-    return watch.attach(make_producer(kafka, **extra, **watch.config()))
+    return _watched(kafka, name, clock, keep, lambda watch_conf: make_producer(kafka, **extra, **watch_conf))
 
 
 def watched_consumer(kafka: KafkaConfig, group_id: str, name: str, *, clock: Clock = SYSTEM_CLOCK,
                      keep: dict[str, BrokerWatch] | None = None, **extra: Any) -> Consumer:
     """:func:`~mystocks_gpu.infra.kafka_clients.make_consumer` with a :class:`BrokerWatch` (served
     by its ``poll()`` / ``consume()``); ``keep`` as for :func:`watched_producer`."""
-    watch = broker_watch(kafka, name, clock)
-    if keep is not None:
-        keep[name] = watch
-    return watch.attach(make_consumer(kafka, group_id, **extra, **watch.config()))
+    return _watched(kafka, name, clock, keep, lambda watch_conf: make_consumer(kafka, group_id, **extra, **watch_conf))
