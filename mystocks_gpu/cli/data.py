@@ -73,10 +73,12 @@ def _live_feed(s: Settings, topic: str, tape: Iterable[dict[str, Any]], names: l
     delivered count (``DeliveryFailed`` if any was not). Stops at ``stopped()`` or the first failed
     delivery."""
     from mystocks_gpu.data.live_feed import LIVE_PRODUCER, paced_feed
-    from mystocks_gpu.infra.kafka_clients import DeliveryTracker, make_producer, produce_records
+    from mystocks_gpu.infra.kafka_clients import DeliveryTracker, produce_records
     from mystocks_gpu.schemas.batch_codec import BatchEncoder
+    from mystocks_gpu.streams.broker_watch import watched_producer
 
-    producer = make_producer(s.kafka, **LIVE_PRODUCER)
+    # watched: a feed outliving a broker freeze keeps a broker to send to (librdkafka#5301)
+    producer = watched_producer(s.kafka, "live producer", **LIVE_PRODUCER)
     tracker = DeliveryTracker()
 
     def sent(k: int, _stamp_ns: int) -> None:

@@ -193,7 +193,7 @@ def add_commands(sub: Any) -> None:
                          "a dead worker's open transaction blocks read_committed readers this long (default 10000)")
     sp.add_argument("--inject-faults", metavar="PLAN", default=None,
                     help="testing only: raise abortable errors at protocol stages, e.g. 'produce=0.02,commit=0.05;seed=7' "
-                         "(stages: begin, produce, offsets, commit, crash, stall)")
+                         "(stages: begin, produce, offsets, commit, crash, stall, slow_commit)")
     sp.add_argument("--session-timeout-ms", type=int, default=6_000,
                     help="consumer group session timeout: a worker that dies holds its partitions this long "
                          "(classic protocol; within the broker's group.min/max.session.timeout.ms; default 6000)")

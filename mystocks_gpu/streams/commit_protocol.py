@@ -342,6 +342,7 @@ class CommitProtocol(OutputSending):
             return False
         if not self.open:
             return True
+        self.inject("slow_commit")  # tests: a commit held up (a slow broker, a paused host)
         t0 = self.clock.monotonic()
         offsets = self._tps(self.pending_offsets)
         try:

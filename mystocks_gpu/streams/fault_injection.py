@@ -5,8 +5,10 @@ abortable Kafka error (``txn_requires_abort``) at those stages with those probab
 transaction on the real broker is then aborted and the partitions rewound, exactly as after a
 broker-side abort. Stages: ``begin``, ``produce``, ``offsets``, ``commit``; ``crash``, which raises a plain
 ``RuntimeError("injected crash")`` after a batch has replaced partition states (an unexpected bug);
-and ``stall``, which blocks inside the open transaction for ``stall_s`` seconds (default 12; a GC
-pause or a frozen host), so the coordinator times the transaction out and fences the producer.
+``stall``, which blocks inside the open transaction for ``stall_s`` seconds (default 12; a GC
+pause or a frozen host), so the coordinator times the transaction out and fences the producer;
+and ``slow_commit``, which blocks as long at the start of a commit (a broker slow to answer it, a
+host paused there), the commit then going on as usual.
 Options after ``;``: ``seed=N``, ``stall_s=S``. Empty = off (default).
 """
 
@@ -21,7 +23,9 @@ from confluent_kafka import KafkaError, KafkaException
 
 from mystocks_gpu.exceptions import ConfigError
 
-STAGES = ("begin", "produce", "offsets", "commit", "crash", "stall")
+STAGES = ("begin", "produce", "offsets", "commit", "crash", "stall", "slow_commit")
+#: the stages that block for ``stall_s`` instead of raising
+PAUSES = ("stall", "slow_commit")
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class FaultPlan:
             if p > 0.0 and rng.random() < p:
                 if stage == "crash":
                     raise RuntimeError("injected crash")
-                if stage == "stall":
+                if stage in PAUSES:
                     time.sleep(self.stall_s)
                     return
                 raise KafkaException(KafkaError(KafkaError._FAIL, f"injected fault at {stage}", txn_requires_abort=True))

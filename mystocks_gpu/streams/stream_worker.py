@@ -359,9 +359,10 @@ class StreamWorker(RebalanceCallbacks):
         """Run until :meth:`stop`, ``idle_exit_s`` without input (and nothing left to commit), or
         ``max_records`` consumed. Returns a :class:`RunSummary`.
 
-        Idleness counts from the last input, assignment, loss of partitions or rewind (an abort). A
-        worker that is caught up exits after ``idle_exit_s``; one that is not (a transactional
-        input's end marker) after three times that; one never assigned a partition, or without
+        Idleness counts from the last input, commit (one held up by a broker outage is not idle
+        time), assignment, loss of partitions or rewind (an abort). A worker that is caught up
+        exits after ``idle_exit_s``; one that is not (a transactional input's end marker) after
+        three times that; one never assigned a partition, or without
         partitions since it lost them (its session expired, e.g. in a broker outage), after
         ``idle_exit_s`` plus two session timeouts (a predecessor that died holds its partitions
         until its session expires, then the group rebalances), or three times ``idle_exit_s`` if
@@ -406,6 +407,7 @@ class StreamWorker(RebalanceCallbacks):
                     last_input = self.clock.monotonic()  # processing time is not idle time
                 elif protocol.due():
                     self._commit()
+                    last_input = self.clock.monotonic()  # committing is work, not idleness (a broker outage holds it)
                 elif protocol.unsettled is not None and not protocol.settle():
                     continue  # the offset commit failed: aborted and rewound
                 if self.rt.idle_flush_s > 0:

@@ -21,6 +21,7 @@ from mystocks_gpu.infra.clock import Clock
 from mystocks_gpu.infra.config import KafkaConfig, Settings
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.schemas.batch_codec import BatchEncoder
+from mystocks_gpu.streams.broker_watch import watched_producer
 from mystocks_gpu.streams.commit_protocol import CommitProtocol
 from mystocks_gpu.streams.runtime_config import RuntimeConfig
 from mystocks_gpu.topics import TopicSpec
@@ -77,10 +78,11 @@ EVERY_INTERVAL = ("--catch-up-commit-interval-ms", "0")
 
 def start_paced(settings: Settings, topic: str, items: list[tuple[bytes, bytes, int]], rate: float) -> Future[int]:
     """Produce ``items`` at about ``rate`` records/s from a thread; the future gives the delivered
-    count (so a worker started on the first items is still mid-stream for ``len(items) / rate`` s)."""
+    count (so a worker started on the first items is still mid-stream for ``len(items) / rate`` s).
+    The producer is watched, as the live feed's is: it outlives a broker freeze (librdkafka#5301)."""
     pool = ThreadPoolExecutor(1)
     try:
-        return pool.submit(produce_all, make_producer(settings.kafka), topic, iter(items), rate=rate)
+        return pool.submit(produce_all, watched_producer(settings.kafka, "paced producer"), topic, iter(items), rate=rate)
     finally:
         pool.shutdown(wait=False)  # the submitted production runs on; nothing else will be
 

@@ -159,6 +159,31 @@ def test_an_outage_past_the_session_and_the_idle_exit_is_waited_out(settings: Se
     assert_exactly_once_equal(read_outputs(settings, t.output), reference(cols, names))
 
 
+def test_a_commit_held_up_is_not_idleness(settings: Settings, unique: str) -> None:
+    """Every commit held up 10 s at its start (fault stage ``slow_commit``: a broker slow to answer,
+    a host paused there; the transaction timeout of 60 s outlasts it), longer than a worker that is
+    not caught up waits before an idle exit (three idle exits, 9 s). The first half of the input is
+    processed, its commit is held up, and the second half arrives meanwhile. Waiting for a commit
+    is not idleness: the worker exited the moment that commit returned, the second half unread
+    (first seen as 50,500 of 60,000 records processed after a broker freeze held up a commit,
+    2026-12-07)."""
+    t = make_topics(settings, unique, partitions=4)
+    cols, names = synthetic(40_000, symbols=40, seed=19)
+    items = tick_items(cols, names)
+    half = len(items) // 2
+    produce_all(make_producer(settings.kafka), t.input, iter(items[:half]))
+    w = start_worker(t, "wh", "--batch-records", "500", "--linger-ms", "5", "--transaction-timeout-ms", "60000",
+                     "--inject-faults", "slow_commit=1.0;stall_s=10", idle_exit=3)
+    # every output of the first half written (read_uncommitted): the worker is in the commit after it
+    assert wait_for(lambda: output_high_watermark(settings, t.output) >= half or w.poll() is not None, 240)
+    assert w.poll() is None
+    produce_all(make_producer(settings.kafka), t.input, iter(items[half:]))
+    out, log = finish_with_log(w, timeout=300)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["records_in"] == len(items), f"{summary}\n{log[-4000:]}"
+    assert_exactly_once_equal(read_outputs(settings, t.output), reference(cols, names))
+
+
 def test_poison_records_go_to_dlq_with_headers(settings: Settings, unique: str) -> None:
     t = make_topics(settings, unique, partitions=2)
     cols, names = synthetic(5_000, symbols=10, seed=14)

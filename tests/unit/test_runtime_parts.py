@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -49,6 +50,11 @@ def test_fault_plan_parses_and_fires_with_its_probabilities() -> None:
     with pytest.raises(RuntimeError, match="injected crash"):
         FaultPlan.parse("crash=1").hook()("crash")  # type: ignore[misc]
     assert FaultPlan.parse("").hook() is None
+    slow = FaultPlan.parse("slow_commit=1;stall_s=0.05").hook()
+    assert slow is not None
+    t0 = time.monotonic()
+    slow("slow_commit")  # blocks stall_s, then the commit goes on: nothing raised
+    assert time.monotonic() - t0 >= 0.05
 
 
 @pytest.mark.parametrize("spec, words", [("explode=0.1", "unknown stage"), ("commit=2", "within 0..1"),
