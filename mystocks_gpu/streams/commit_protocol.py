@@ -84,6 +84,8 @@ class Tally:
     producer_recoveries: int = 0
     assignments: int = 0
     restores: int = 0
+    #: input records skipped by :meth:`CommitProtocol.unread` (read again below what was handled)
+    reread: int = 0
     abort_reasons: list[str] = field(default_factory=list)
 
 
@@ -267,11 +269,38 @@ class CommitProtocol(OutputSending):
         self.dirty.setdefault(partition, []).append(codes)
         self.touched.add(partition)
 
+    def handled_up_to(self, partition: int) -> int:
+        """The offset below which every record of ``partition`` is handled: the last handled + 1
+        since the last commit cut, else the last committed (or a rewind's target), else -1 (not known:
+        just assigned). A record below it is one read again."""
+        o = self.pending_offsets.get(partition)
+        if o is None and self.unsettled is not None:
+            o = self.unsettled.offsets.get(partition)
+        return self.committed.get(partition, -1) if o is None else o
+
+    def unread(self, batch: RawBatch, partition: int, idx: list[int]) -> list[int]:
+        """The records ``idx`` of ``partition`` in ``batch`` (offsets ascending) not handled yet.
+        Offsets never go back without a rewind, which moves :meth:`handled_up_to` back with them;
+        records below it would be handled twice, so they are skipped, counted and logged as an
+        error (no code path is known to deliver them: a guard, as cheap as one comparison a
+        partition a batch while none comes)."""
+        bound = self.handled_up_to(partition)
+        offsets = batch.offsets
+        if offsets[idx[0]] >= bound:
+            return idx
+        keep = [i for i in idx if offsets[i] >= bound]
+        n = len(idx) - len(keep)
+        self.tally.reread += n
+        self.metrics.reread.inc(n)
+        log.error("input records read again below the handled offset: skipped", extra={"fields": {
+            "partition": partition, "first_offset": offsets[idx[0]], "handled_up_to": bound, "skipped": n}})
+        return keep
+
     def processed(self, batch: RawBatch) -> None:
         """``batch`` was handled: its offsets join the transaction (exactly-once: and its oldest
-        record's timestamp, for :meth:`due_in_s`)."""
+        record's timestamp, for :meth:`due_in_s`); an offset never moves back (:meth:`unread`)."""
         for p, o in batch.next_offsets().items():
-            if p in self.states.states:
+            if p in self.states.states and o > self.handled_up_to(p):
                 self.pending_offsets[p] = o
                 self.touched.add(p)
         if self.rt.exactly_once and len(batch):

@@ -161,6 +161,9 @@ class RuntimeMetrics:
         self.commit_waits = Counter("mystocks_stream_commit_waits", "at-least-once commits that stalled the loop "
                                     "waiting for output acknowledgements (the previous commit was still unsettled)",
                                     lbl, registry=r).labels(processor)
+        self.reread = Counter("mystocks_stream_reread_records", "input records skipped because their offset was "
+                              "below what the worker had already handled of their partition (read again without a "
+                              "rewind; never expected)", lbl, registry=r).labels(processor)
         self.rebalances = Counter("mystocks_stream_rebalances", "partition assignments and revocations", lbl, registry=r).labels(processor)
         self.idle_flushes = Counter("mystocks_stream_idle_flushes", "partitions flushed (open state emitted) "
                                     "after idling or on a graceful stop", lbl, registry=r).labels(processor)

@@ -98,6 +98,8 @@ class RunSummary:
     producer_recoveries: int = 0
     assignments: int = 0
     restores: int = 0
+    #: input records skipped as read again below what was handled (never expected; logged as errors)
+    reread: int = 0
     seconds: float = 0.0
     #: how the consumer's records were read: "columnar" (the C extension) or "messages" (``Message`` objects)
     record_io: str = ""
@@ -491,7 +493,7 @@ class StreamWorker(RebalanceCallbacks):
         s = self._summary
         s.records_out, s.dlq, s.aborts, s.commits, s.oversized = t.records_out, t.dlq, t.aborts, t.commits, t.oversized
         s.commit_waits = t.commit_waits
-        s.assignments, s.restores, s.producer_recoveries = t.assignments, t.restores, t.producer_recoveries
+        s.assignments, s.restores, s.producer_recoveries, s.reread = t.assignments, t.restores, t.producer_recoveries, t.reread
         s.abort_reasons = list(t.abort_reasons)
 
     def _close(self) -> None:
@@ -571,7 +573,7 @@ class StreamWorker(RebalanceCallbacks):
         for partition, idx_list in batch.by_partition().items():
             if partition not in self.states.states:
                 continue  # revoked while the batch was forming
-            idx_list = self._drop_oversized(batch, idx_list, out)
+            idx_list = self._drop_oversized(batch, self.protocol.unread(batch, partition, idx_list), out)
             if idx_list:
                 part_ts = ts_ms if len(idx_list) == len(ts_ms) else ts_ms[idx_list]  # one partition: all rows
                 self._advance_event_clock(partition, int(part_ts.max()), t0)

@@ -625,3 +625,39 @@ def test_init_transactions_that_times_out_is_called_again(monkeypatch: pytest.Mo
     with pytest.raises(KafkaException, match="fenced"):
         w._make_producer()
     assert made[2].calls == 1
+
+
+def test_records_read_again_below_the_handled_offset_are_skipped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """A partition's offsets never go back without a rewind (which moves the handled offset back
+    with them): records below the last handled + 1, or below the committed offset, are skipped,
+    counted (run summary, metric) and logged as an error, and the offset to commit never moves back."""
+    from mystocks_gpu.streams.batching import BatchAccumulator, RawBatch
+
+    proto = _timed_protocol(ManualClock(), {"s": 0.0}, RuntimeConfig())
+
+    def batch(offsets: list[int]) -> RawBatch:
+        acc = BatchAccumulator(max_records=100, max_bytes=10**9, linger_s=1.0)
+        for o in offsets:
+            acc.add(b"v", None, 0, o, 1_700_000_000_000, now=0.0)
+        return acc.take()
+
+    def skipped() -> float | None:
+        return proto.metrics.registry.get_sample_value("mystocks_stream_reread_records_total", {"processor": "t"})
+
+    first = batch([10, 11, 12])
+    assert proto.unread(first, 0, [0, 1, 2]) == [0, 1, 2]  # just assigned: nothing handled yet
+    proto.processed(first)
+    assert proto.pending_offsets[0] == 13
+    again = batch([11, 12, 13, 14])  # 11 and 12 a second time
+    assert proto.unread(again, 0, [0, 1, 2, 3]) == [2, 3]
+    assert proto.tally.reread == 2 and skipped() == 2
+    assert "read again below the handled offset" in caplog.text
+    old = batch([5, 6])
+    assert proto.unread(old, 0, [0, 1]) == []
+    proto.processed(old)  # a batch of nothing new does not move the offset to commit back
+    assert proto.pending_offsets[0] == 13 and proto.tally.reread == 4
+    proto.pending_offsets.clear()
+    proto.committed[0] = 13  # committed: the committed offset bounds it
+    assert proto.unread(batch([12, 13]), 0, [0, 1]) == [1]
+    proto.committed[0] = 5  # a rewind's target: what follows it is new again
+    assert proto.unread(batch([5, 6]), 0, [0, 1]) == [0, 1] and proto.tally.reread == 5
