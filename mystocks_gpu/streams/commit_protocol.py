@@ -300,7 +300,8 @@ class CommitProtocol(OutputSending):
         """``batch`` was handled: its offsets join the transaction (exactly-once: and its oldest
         record's timestamp, for :meth:`due_in_s`); an offset never moves back (:meth:`unread`)."""
         for p, o in batch.next_offsets().items():
-            if p in self.states.states and o > self.handled_up_to(p):
+            # only a partition whose records unread() all skipped can end below the mark: none before the first skip
+            if p in self.states.states and (not self.tally.reread or o > self.handled_up_to(p)):
                 self.pending_offsets[p] = o
                 self.touched.add(p)
         if self.rt.exactly_once and len(batch):

@@ -409,13 +409,12 @@ class StreamWorker(RebalanceCallbacks):
                     last_input = self.clock.monotonic()  # processing time is not idle time
                 elif protocol.due():
                     self._commit()
-                    last_input = self.clock.monotonic()  # committing is work, not idleness (a broker outage holds it)
                 elif protocol.unsettled is not None and not protocol.settle():
                     continue  # the offset commit failed: aborted and rewound
                 if self.rt.idle_flush_s > 0:
                     self._idle_flush()
                 if self._idle_from > last_input:
-                    last_input = self._idle_from  # waiting for an assignment or a re-read is not idleness
+                    last_input = self._idle_from  # waiting for an assignment, a re-read or a commit is not idleness
                 idle = self.clock.monotonic() - last_input
                 if (idle_exit_s is not None and idle > idle_exit_s and not len(self._acc.batch)
                         and not self._pending
@@ -652,8 +651,8 @@ class StreamWorker(RebalanceCallbacks):
         batches waiting for it become visible (exactly-once: stage ``commit``)."""
         assert self.protocol is not None
         ok = self.protocol.commit(sync)
+        now = self._idle_from = self.clock.monotonic()  # committing is work, not idleness (a broker outage holds it)
         if ok and self._awaiting:
-            now = self.clock.monotonic()
             for n, t_end in self._awaiting:
                 self.metrics.stages.observe("commit", now - t_end, n)
         self._awaiting.clear()
