@@ -131,8 +131,12 @@ class Gateway:
         self._serving = ok
 
     async def _watch_health(self) -> None:
+        """Every 0.1 s: publish the health of the job view when it changes, and serve the command
+        producer's events (:meth:`JobOps.serve`)."""
         last = None
         while True:
+            if self.ops is not None:
+                self.ops.serve()
             ok = self.view.ready.is_set() and not self.view.error
             if ok != last:
                 await self._set_health(ok)

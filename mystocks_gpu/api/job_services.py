@@ -43,13 +43,13 @@ from mystocks_gpu.infra.config import GatewayConfig, Settings
 from mystocks_gpu.infra.kafka_clients import (
     DeliveryTracker,
     make_consumer,
-    make_producer,
     watermarks,
 )
 from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.kinds import kinds
 from mystocks_gpu.jobs.protocol import COMMAND_SCHEMA, FINAL, check_submit, make_command, new_job_id
 from mystocks_gpu.schemas import AvroCodec, schema_store
+from mystocks_gpu.streams.broker_watch import watched_producer
 
 STATE = {"queued": common_pb2.JOB_STATE_QUEUED, "running": common_pb2.JOB_STATE_RUNNING,
          "succeeded": common_pb2.JOB_STATE_SUCCEEDED, "failed": common_pb2.JOB_STATE_FAILED,
@@ -73,7 +73,16 @@ class JobOps:
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings, self.cfg, self.gw, self.view, self.auth, self.clock = settings, cfg, gw, view, auth, clock
         self.codec = AvroCodec(schema_store(settings))
-        self.producer = make_producer(settings.kafka, **{"compression.type": "none", "linger.ms": 0})
+        #: the command producer, watched (librdkafka#5301: a client left with no broker gets the
+        #: bootstrap servers back); its statistics are served by :meth:`serve`, called by the gateway
+        conf: dict[str, Any] = {"compression.type": "none", "linger.ms": 0}
+        self.producer = watched_producer(settings.kafka, "gateway commands", clock=clock, **conf)
+
+    def serve(self) -> None:
+        """Serve the command producer's queued events (its statistics, which feed its broker watch,
+        and delivery reports) without waiting: the gateway calls it every 0.1 s, so an idle gateway
+        neither piles statistics up nor misses a producer left with no broker."""
+        self.producer.poll(0)
 
     def close(self) -> None:
         self.producer.flush(5)

@@ -12,7 +12,7 @@ from itertools import repeat
 from operator import length_hint
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from mystocks_gpu.infra.config import KafkaConfig
@@ -102,20 +102,22 @@ def watermarks(consumer: Consumer, tp: Any, timeout: float) -> tuple[int, int]:
 
 
 def caught_up(consumer: Consumer) -> bool:
-    """True when ``consumer`` owns partitions and its position is at the end of each of them (a
-    partition with no position yet counts from its committed offset; no answer counts as not)."""
+    """True when ``consumer`` owns partitions and has read each to its end: its position, or with
+    none yet its committed offset, or with none committed the log start (where ``earliest`` starts
+    it: a partition whose records were all deleted is read to its end), is at the high watermark.
+    No answer counts as not. The committed offsets of all partitions without a position come in one
+    request."""
     try:
         assignment = consumer.assignment()
         if not assignment:
             return False
-        for tp in consumer.position(assignment):
-            _, high = watermarks(consumer, tp, 5)
-            pos = tp.offset
-            if pos < 0:
-                pos = consumer.committed([tp], timeout=5)[0].offset
-                if pos < 0 and high > 0:
-                    return False
-            if 0 <= pos < high:
+        positions = consumer.position(assignment)
+        unread = [TopicPartition(tp.topic, tp.partition) for tp in positions if tp.offset < 0]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(unread, timeout=5)} if unread else {}
+        for tp in positions:
+            low, high = watermarks(consumer, tp, 5)
+            pos = tp.offset if tp.offset >= 0 else committed[(tp.topic, tp.partition)]
+            if (pos if pos >= 0 else low) < high:
                 return False
         return True
     except KafkaException:

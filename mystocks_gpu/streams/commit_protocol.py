@@ -660,6 +660,13 @@ class CommitProtocol(OutputSending):
         """librdkafka's ``abort_transaction`` with ``_retry``'s retries (raises what is left)."""
         self._retry(lambda: self.producer.abort_transaction(self.rt.commit_timeout_s))
 
+    def learn_committed(self, partitions: list[int], timeout_s: float) -> None:
+        """Ask the broker for the committed offsets of ``partitions`` (one request, ``timeout_s``
+        seconds at most; raises ``KafkaException``) and keep them in :attr:`committed`; a partition
+        with none committed is kept as ``OFFSET_BEGINNING``, where the worker reads it from."""
+        for tp in self.consumer.committed([TopicPartition(self.topic, p) for p in partitions], timeout=timeout_s):
+            self.committed[tp.partition] = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+
     def _rewind(self) -> None:
         """Seek every assigned partition to its committed offset (from the broker when unknown)."""
         try:
@@ -670,9 +677,7 @@ class CommitProtocol(OutputSending):
         for attempt in range(10):
             try:
                 if unknown:
-                    for tp in self.consumer.committed([TopicPartition(self.topic, p) for p in unknown],
-                                                      timeout=self.rt.commit_timeout_s):
-                        self.committed[tp.partition] = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                    self.learn_committed(unknown, self.rt.commit_timeout_s)
                     unknown = []
                 for p in assigned:
                     self.consumer.seek(TopicPartition(self.topic, p, self.committed[p]))

@@ -56,6 +56,7 @@ from mystocks_gpu.streams.columnar_io import (
     resolve_mode,
 )
 from mystocks_gpu.streams.commit_protocol import RECORD_OVERHEAD, CommitProtocol
+from mystocks_gpu.streams.consumer_lag import ConsumerLag
 from mystocks_gpu.streams.dead_letters import dlq_headers, dlq_topic
 from mystocks_gpu.streams.delivery_fences import FENCED_PRODUCER
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
@@ -123,6 +124,7 @@ class StreamWorker(RebalanceCallbacks):
         self.topic = input_topic or processor.input_topic
         self.metrics = metrics or RuntimeMetrics(processor.name)
         self.clock = clock
+        self._lag = ConsumerLag(self.topic, self.metrics, clock, self.rt.lag_interval_s)
         self.symbols = SymbolTable()
         self._summary = RunSummary()
         #: "consumer" / "producer" -> the client's broker watch (streams/broker_watch.py)
@@ -140,7 +142,6 @@ class StreamWorker(RebalanceCallbacks):
         #: the librdkafka settings the worker gave its producer / consumer (beyond the defaults)
         self._pconf: dict[str, Any] = {}
         self._cconf: dict[str, Any] = {}
-        self._last_lag = 0.0
         #: monotonic time idleness counts from at the earliest (an assignment, a loss of partitions,
         #: a rewind: waiting for input then is not idleness)
         self._idle_from = 0.0
@@ -422,7 +423,7 @@ class StreamWorker(RebalanceCallbacks):
                     break  # (a transactional input's end marker can keep position < high: bounded wait)
                 if max_records is not None and self._summary.records_in >= max_records:
                     break
-                self._update_lag()
+                self._lag.refresh(self.consumer, protocol)
             # graceful stop: finish the batch at hand, close open state if asked, commit
             if self._pending:
                 self._add_pending(self.clock.monotonic())
@@ -767,24 +768,3 @@ class StreamWorker(RebalanceCallbacks):
                 log.info("backpressure: partitions resumed", extra={"fields": {"queued_outputs": len(self.producer)}})
         else:
             self.producer.poll(0)
-
-    def _update_lag(self) -> None:
-        """Lag per partition = log end offset - committed offset (not the fetch position), so a
-        stalled worker shows its backlog."""
-        assert self.protocol is not None
-        now = self.clock.monotonic()
-        if now - self._last_lag < self.rt.lag_interval_s:
-            return
-        self._last_lag = now
-        try:
-            for tp in self.consumer.assignment():
-                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                committed = self.protocol.committed.get(tp.partition)
-                if committed is None or committed < 0:
-                    committed = self.consumer.committed([tp], timeout=2)[0].offset
-                    if committed >= 0:
-                        self.protocol.committed[tp.partition] = committed
-                if high >= 0:
-                    self.metrics.set_lag(tp.partition, max(0, high - max(committed, 0)))
-        except KafkaException:
-            pass
