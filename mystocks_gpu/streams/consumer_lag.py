@@ -67,10 +67,13 @@ class ConsumerLag:
                 self.failed_queries += 1
                 self._backoff = min(2 * self._backoff, MAX_BACKOFF_S)
             self._next_query = self.clock.monotonic() + self._backoff
-        for p in owned:
-            committed = protocol.committed.get(p)
-            if committed is None:
-                continue  # not known (yet): no gauge rather than a wrong one
-            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
-            if high >= 0:
-                self.metrics.set_lag(p, max(0, high - (committed if committed >= 0 else max(low, 0))))
+        try:
+            for p in owned:
+                committed = protocol.committed.get(p)
+                if committed is None:
+                    continue  # not known (yet): no gauge rather than a wrong one
+                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+                if high >= 0:
+                    self.metrics.set_lag(p, max(0, high - (committed if committed >= 0 else max(low, 0))))
+        except KafkaException:
+            return  # a partition librdkafka no longer knows: the next refresh sees the new assignment
