@@ -33,6 +33,7 @@ when the extension is built), ``columnar`` (required: the worker fails to start 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,11 +50,21 @@ RECORD_IO_MODES = (AUTO, COLUMNAR, MESSAGES)
 ProduceMany = Callable[..., tuple[int, int, str]]
 
 _loaded: tuple[Any, str] | None = None
+_load_lock = threading.Lock()
 
 
 def load_extension() -> tuple[Any, str]:
     """``(module, "")`` when the ``_rdbatch`` extension is built and bound to the librdkafka that
-    confluent-kafka loaded, else ``(None, reason)``. Bound once per process."""
+    confluent-kafka loaded, else ``(None, reason)``. Bound once per process, whichever threads ask
+    at once (the gateway builds its job view's consumer on a thread of its own while its event loop
+    builds the command producer: both watched, both asking)."""
+    if _loaded is not None:
+        return _loaded
+    with _load_lock:
+        return _load()
+
+
+def _load() -> tuple[Any, str]:
     global _loaded
     if _loaded is not None:
         return _loaded

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -206,3 +208,29 @@ def test_the_extension_reads_handles_only_from_confluent_kafka_clients() -> None
         consumer.close()
     with pytest.raises(RuntimeError, match="the consumer is closed"):
         ext.Ingest(consumer, "t")
+
+
+_RACE = """
+import threading
+from mystocks_gpu.streams.columnar_io import load_extension
+start = threading.Barrier(8)
+got = []
+def ask():
+    start.wait()
+    got.append(load_extension())
+threads = [threading.Thread(target=ask) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert len(got) == 8 and len({id(m) for m, _ in got}) == 1 and got[0][0] is not None, got
+"""
+
+
+def test_threads_asking_for_the_extension_at_once_all_get_it_bound_once() -> None:
+    """The gateway builds two watched clients on two threads at once: both bind the extension
+    (``RuntimeError: librdkafka is bound already`` for the second, before the lock). A fresh
+    interpreter each round, since binding happens once per process."""
+    if columnar_io.load_extension()[0] is None:
+        pytest.fail("the C extension is not built (make install builds it)")
+    for _ in range(5):
+        r = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
