@@ -47,7 +47,7 @@ def test_a_process_started_inside_children_on_runs_on_those_cpus_and_the_caller_
     before = os.sched_getaffinity(0)
     cpu = max(before)
     with children_on((cpu,)):
-        child = subprocess.Popen([sys.executable, "-c", "import os, sys; print(sorted(os.sched_getaffinity(0))); sys.stdin.read()"],
+        child = subprocess.Popen([sys.executable, "-c", "import os, sys; print(sorted(os.sched_getaffinity(0)), flush=True); sys.stdin.read()"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert os.sched_getaffinity(0) == before
     try:

@@ -208,11 +208,35 @@ def test_the_first_signal_asks_the_feed_to_stop_and_a_second_one_interrupts() ->
 
     from mystocks_gpu.cli.data import _until_signal
 
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), _until_signal() as stopped:
-        assert not stopped()
-        os.kill(os.getpid(), signal.SIGTERM)  # the first: a flag, no exception (SIGTERM would end the process)
-        assert stopped()
-        os.kill(os.getpid(), signal.SIGINT)  # the second: Python's own handler, KeyboardInterrupt
-        pytest.fail("the second signal did not interrupt")
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # put back
+    # Python's own SIGINT handler, whatever pytest was started with (a job put in the background by
+    # a shell without job control starts with SIGINT ignored, and Python keeps that)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt), _until_signal() as stopped:
+            assert not stopped()
+            os.kill(os.getpid(), signal.SIGTERM)  # the first: a flag, no exception (SIGTERM would end the process)
+            assert stopped()
+            os.kill(os.getpid(), signal.SIGINT)  # the second: Python's own handler, KeyboardInterrupt
+            pytest.fail("the second signal did not interrupt")
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # put back
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def test_a_signal_the_process_ignores_stays_ignored() -> None:
+    import os
+    import signal
+
+    from mystocks_gpu.cli.data import _until_signal
+
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _until_signal() as stopped:
+            os.kill(os.getpid(), signal.SIGINT)  # ignored: no flag, no exception
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and not stopped()
+            os.kill(os.getpid(), signal.SIGTERM)  # still the first for the other signal
+            assert stopped()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, inherited)
