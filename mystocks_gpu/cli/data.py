@@ -95,12 +95,10 @@ def _live_feed(s: Settings, topic: str, tape: Iterable[dict[str, Any]], names: l
 def _until_signal() -> Iterator[Callable[[], bool]]:
     """The first SIGINT (Ctrl-C) or SIGTERM sets a flag instead of interrupting: the caller stops
     taking items, flushes what it sent and reports. A second one interrupts as usual (the handlers
-    before are back from the first on), e.g. a flush waiting for a broker that is gone. A signal the
-    process was started ignoring (SIGINT in a job put in the background by a shell without job
-    control) stays ignored. Yields ``stopped() -> bool``; the handlers are put back at the end in
-    any case."""
+    before are back from the first on), e.g. a flush waiting for a broker that is gone. Yields
+    ``stopped() -> bool``; the handlers are put back at the end in any case."""
     hit: list[int] = []
-    sigs = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
+    sigs = (signal.SIGINT, signal.SIGTERM)
     before: dict[int, Any] = {}
 
     def first(signum: int, _frame: Any) -> None:

@@ -223,20 +223,3 @@ def test_the_first_signal_asks_the_feed_to_stop_and_a_second_one_interrupts() ->
     finally:
         signal.signal(signal.SIGINT, inherited)
 
-
-def test_a_signal_the_process_ignores_stays_ignored() -> None:
-    import os
-    import signal
-
-    from mystocks_gpu.cli.data import _until_signal
-
-    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with _until_signal() as stopped:
-            os.kill(os.getpid(), signal.SIGINT)  # ignored: no flag, no exception
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and not stopped()
-            os.kill(os.getpid(), signal.SIGTERM)  # still the first for the other signal
-            assert stopped()
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, inherited)
