@@ -43,8 +43,7 @@ class ConsumerLag:
         self._next = 0.0  # monotonic time of the next refresh
         self._next_query = 0.0  # ... and of the next request for unknown committed offsets
         self._backoff = interval_s
-        #: requests made for unknown committed offsets, and those that failed
-        self.queries = 0
+        #: requests for unknown committed offsets that failed
         self.failed_queries = 0
 
     def refresh(self, consumer: Any, protocol: CommitProtocol) -> None:
@@ -59,7 +58,6 @@ class ConsumerLag:
             return
         unknown = [p for p in owned if p not in protocol.committed]
         if unknown and now >= self._next_query:
-            self.queries += 1
             try:
                 protocol.learn_committed(unknown, QUERY_TIMEOUT_S)
                 self._backoff = self.interval_s
