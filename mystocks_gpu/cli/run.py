@@ -52,6 +52,29 @@ def ensure_bar_topics(s: Settings, topics: list[str]) -> None:
         admin.create([x for sp in specs for x in (sp, sp.dlq_spec()) if x is not None])
 
 
+def runtime_config(args: argparse.Namespace, s: Settings, cpus: tuple[int, ...] = ()) -> RuntimeConfig:
+    """The worker's :class:`RuntimeConfig` from ``run``'s flags (``cpus``: ``--cpus`` parsed); the
+    bar-closing settings come from ``s.features`` for ``run features`` (no effect elsewhere)."""
+    features = args.processor == "features"
+    return RuntimeConfig(max_records=args.batch_records, max_bytes=args.batch_bytes, linger_ms=args.linger_ms,
+                         max_record_bytes=args.max_record_bytes,
+                         guarantee=AT_LEAST_ONCE if args.at_least_once else EXACTLY_ONCE,
+                         commit_interval_ms=args.commit_interval_ms, group_protocol=args.group_protocol,
+                         catch_up_commit_interval_ms=args.catch_up_commit_interval_ms,
+                         max_buffered_records=args.max_buffered_records, fault_injection=args.inject_faults or "",
+                         transaction_timeout_ms=args.transaction_timeout_ms, batching=args.batching,
+                         session_timeout_ms=args.session_timeout_ms,
+                         fetch_wait_max_ms=args.fetch_wait_max_ms, fetch_min_bytes=args.fetch_min_bytes,
+                         producer_linger_ms=args.producer_linger_ms,
+                         produce_block_timeout_s=args.produce_block_timeout_s,
+                         commit_timeout_s=args.commit_timeout_s, lag_interval_s=args.lag_interval_s,
+                         max_producer_recoveries=args.max_producer_recoveries,
+                         max_poll_interval_ms=args.max_poll_interval_ms, restore_attempts=args.restore_attempts,
+                         idle_flush_s=s.features.idle_close_s if features else 0.0,
+                         flush_on_stop=s.features.close_on_stop if features else False,
+                         record_io=args.record_io, cpu_affinity=cpus)
+
+
 def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     from mystocks_gpu.processors.stream_processors import create
     from mystocks_gpu.schemas import schema_store
@@ -65,20 +88,7 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     processor = create(args.processor, output_topic=args.output_topic, backend=s.backend, model=args.model,
                        kafka=s.kafka, store=schema_store(s), config_file=args.processor_config,
                        **extra)
-    idle_flush = s.features.idle_close_s if args.processor == "features" else 0.0
-    flush_on_stop = s.features.close_on_stop if args.processor == "features" else False
-    rt = RuntimeConfig(max_records=args.batch_records, max_bytes=args.batch_bytes, linger_ms=args.linger_ms,
-                       max_record_bytes=args.max_record_bytes,
-                       guarantee=AT_LEAST_ONCE if args.at_least_once else EXACTLY_ONCE,
-                       commit_interval_ms=args.commit_interval_ms, group_protocol=args.group_protocol,
-                       catch_up_commit_interval_ms=args.catch_up_commit_interval_ms,
-                       max_buffered_records=args.max_buffered_records, fault_injection=args.inject_faults or "",
-                       transaction_timeout_ms=args.transaction_timeout_ms, batching=args.batching,
-                       session_timeout_ms=args.session_timeout_ms,
-                       fetch_wait_max_ms=args.fetch_wait_max_ms, fetch_min_bytes=args.fetch_min_bytes,
-                       producer_linger_ms=args.producer_linger_ms,
-                       idle_flush_s=idle_flush, flush_on_stop=flush_on_stop, record_io=args.record_io,
-                       cpu_affinity=cpus)
+    rt = runtime_config(args, s, cpus)
     if args.processor == "features" and not args.output_topic:
         ensure_bar_topics(s, list(processor.output_topics))
     metrics = RuntimeMetrics(processor.name)
@@ -188,6 +198,24 @@ def add_commands(sub: Any) -> None:
                          "when built; default)")
     sp.add_argument("--max-buffered-records", type=int, default=50_000,
                     help="backpressure: pause the input while the producer holds more unacknowledged outputs (default 50000)")
+    sp.add_argument("--commit-timeout-s", type=float, default=30.0,
+                    help="timeout of one transactional call (send offsets, commit, abort), s; retriable errors are "
+                         "retried with back-off until it passes (default 30)")
+    sp.add_argument("--produce-block-timeout-s", type=float, default=60.0,
+                    help="how long producing may wait for room in a full producer queue before the batch aborts "
+                         "and is retried, s (default 60)")
+    sp.add_argument("--max-producer-recoveries", type=int, default=10,
+                    help="exactly-once: how many times a run re-initialises its producer after the coordinator "
+                         "aborted its transaction (a broker outage longer than --transaction-timeout-ms) before it "
+                         "fails (default 10)")
+    sp.add_argument("--max-poll-interval-ms", type=int, default=300_000,
+                    help="consumer max.poll.interval.ms: a worker whose loop stalls longer leaves the group "
+                         "(default 300000, so a broker restart on a small machine does not evict it)")
+    sp.add_argument("--restore-attempts", type=int, default=10,
+                    help="attempts to restore a partition's state from its changelog while the changelog's leader "
+                         "is not ready (default 10)")
+    sp.add_argument("--lag-interval-s", type=float, default=2.0,
+                    help="refresh the mystocks_stream_consumer_lag gauges every S seconds (default 2)")
     sp.add_argument("--transaction-timeout-ms", type=int, default=10_000,
                     help="exactly-once: the coordinator aborts (and fences) a transaction open longer than this; "
                          "a dead worker's open transaction blocks read_committed readers this long (default 10000)")

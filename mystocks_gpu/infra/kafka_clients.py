@@ -101,6 +101,12 @@ def watermarks(consumer: Consumer, tp: Any, timeout: float) -> tuple[int, int]:
         pause = min(pause * 2, 1.0)
 
 
+def read_start(offset: int, low: int) -> int:
+    """Where a consumer of this project reads a partition from: ``offset`` (its position or committed
+    offset) when there is one (>= 0), else the log start ``low`` (``auto.offset.reset`` earliest)."""
+    return offset if offset >= 0 else max(low, 0)
+
+
 def caught_up(consumer: Consumer) -> bool:
     """True when ``consumer`` owns partitions and has read each to its end: its position, or with
     none yet its committed offset, or with none committed the log start (where ``earliest`` starts
@@ -117,7 +123,7 @@ def caught_up(consumer: Consumer) -> bool:
         for tp in positions:
             low, high = watermarks(consumer, tp, 5)
             pos = tp.offset if tp.offset >= 0 else committed[(tp.topic, tp.partition)]
-            if (pos if pos >= 0 else low) < high:
+            if read_start(pos, low) < high:
                 return False
         return True
     except KafkaException:

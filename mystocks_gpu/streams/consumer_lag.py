@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import KafkaException, TopicPartition
 
 from mystocks_gpu.infra.clock import Clock
+from mystocks_gpu.infra.kafka_clients import read_start
 
 if TYPE_CHECKING:
     from mystocks_gpu.streams.commit_protocol import CommitProtocol
@@ -72,6 +73,6 @@ class ConsumerLag:
                     continue  # not known (yet): no gauge rather than a wrong one
                 low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
                 if high >= 0:
-                    self.metrics.set_lag(p, max(0, high - (committed if committed >= 0 else max(low, 0))))
+                    self.metrics.set_lag(p, max(0, high - read_start(committed, low)))
         except KafkaException:
             return  # a partition librdkafka no longer knows: the next refresh sees the new assignment

@@ -168,6 +168,9 @@ class RuntimeConfig:
             raise ConfigError("transaction_timeout_ms must be >= 1000")
         if not 1000 <= self.session_timeout_ms <= 3_600_000:
             raise ConfigError(f"session_timeout_ms must be within 1000..3600000, got {self.session_timeout_ms}")
+        if not self.session_timeout_ms <= self.max_poll_interval_ms <= 86_400_000:  # librdkafka's rule and range
+            raise ConfigError(f"max_poll_interval_ms must be within session_timeout_ms ({self.session_timeout_ms})"
+                              f"..86400000, got {self.max_poll_interval_ms}")
         if self.max_producer_recoveries < 0:
             raise ConfigError("max_producer_recoveries must be >= 0")
         if self.max_buffered_records < 1:

@@ -72,3 +72,20 @@ def prometheus(stack: LocalStack, settings: Settings) -> Iterator[PrometheusServ
     yield prom
     if ours:
         prom.stop()
+
+
+@pytest.fixture
+def served_stats(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """The librdkafka statistics documents each broker watch is served, by the watch's client name,
+    in order (every :class:`BrokerWatch` of the test's process; its own handling unchanged)."""
+    from mystocks_gpu.streams.broker_watch import BrokerWatch
+
+    served: dict[str, list[str]] = {}
+    on_stats = BrokerWatch.on_stats
+
+    def keep(self: BrokerWatch, stats_json: str) -> None:
+        served.setdefault(self.name, []).append(stats_json)
+        on_stats(self, stats_json)
+
+    monkeypatch.setattr(BrokerWatch, "on_stats", keep)
+    return served

@@ -15,13 +15,11 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from mystocks_gpu.infra.config import Settings
 from mystocks_gpu.processors.running_aggregate import RunningAggregateProcessor
-from mystocks_gpu.streams.broker_watch import BrokerWatch
 from mystocks_gpu.streams.runtime_config import RuntimeConfig
 from mystocks_gpu.streams.stream_worker import StreamWorker
 from tests.integration.stream_helpers import make_topics, produce_ticks, synthetic, wait_for
@@ -35,7 +33,7 @@ def _offset_fetches(stats_json: str) -> int:
 
 
 def test_lag_asks_once_for_partitions_without_commits_and_counts_from_the_log_start(
-        settings: Settings, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        settings: Settings, unique: str, served_stats: dict[str, list[str]]) -> None:
     t = make_topics(settings, unique, partitions=4)
     n = 2_000
     cols, names = synthetic(n, symbols=1, seed=5)
@@ -54,14 +52,7 @@ def test_lag_asks_once_for_partitions_without_commits_and_counts_from_the_log_st
         (fut,) = admin.delete_records([TopicPartition(t.input, deleted, DELETED)], request_timeout=30).values()
         assert fut.result(30).low_watermark == DELETED  # the partition's new log start
 
-        stats: dict[str, list[str]] = {}
-        on_stats = BrokerWatch.on_stats
-
-        def keep_stats(self: BrokerWatch, stats_json: str) -> None:
-            stats.setdefault(self.name, []).append(stats_json)
-            on_stats(self, stats_json)
-
-        monkeypatch.setattr(BrokerWatch, "on_stats", keep_stats)
+        stats = served_stats
         kafka = dataclasses.replace(settings.kafka, rebootstrap_s=0.2)  # statistics every 200 ms
         proc = RunningAggregateProcessor(t.output)
         w = StreamWorker(proc, kafka, RuntimeConfig(guarantee="at_least_once", lag_interval_s=0.05),

@@ -39,7 +39,6 @@ from mystocks_gpu.infra.config import ApiConfig, GatewayConfig, KafkaConfig, Set
 from mystocks_gpu.infra.kafka_clients import make_producer, produce_all
 from mystocks_gpu.jobs.ws_schemas import MESSAGE_SCHEMAS
 from mystocks_gpu.schemas import schema_store
-from mystocks_gpu.streams.broker_watch import BrokerWatch
 from tests.conftest import run_cli
 from tests.integration.jobs_plane import ROOT, Plane, free_port, wait_until
 from tests.integration.stream_helpers import produce_ticks
@@ -535,23 +534,15 @@ def _produce_feature(settings: Settings, symbol: str) -> None:
 
 
 def test_the_command_producer_is_watched_while_the_gateway_is_idle(settings: Settings, stack: Any,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                  served_stats: dict[str, list[str]]) -> None:
     """librdkafka#5301: the command producer's statistics (its broker watch's input) are served
     while no command is submitted; before, nothing polled it between two submits."""
-    served: list[str] = []
-    on_stats = BrokerWatch.on_stats
-
-    def keep(self: BrokerWatch, stats_json: str) -> None:
-        served.append(self.name)
-        on_stats(self, stats_json)
-
-    monkeypatch.setattr(BrokerWatch, "on_stats", keep)
     s = dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, rebootstrap_s=0.1),
                             gateway=GatewayConfig(port=0))
     g = GatewayThread(s)
     try:
         assert g.run(g.gw.wait_ready(60)), g.gw.view.error
-        wait_until(lambda: served.count("gateway commands") >= 5, 30, "the command producer's statistics served")
+        wait_until(lambda: len(served_stats.get("gateway commands", ())) >= 5, 30, "the command producer's statistics served")
         with GatewayClient(g.target) as gc:  # and it still delivers (polled beside the submit's flush)
             r = gc.submit_backtest({"universe": ["A"], "start": 0, "end": DAY, "strategy": "ma_cross",
                                     "params": {"fast": [5], "slow": [20]}})
