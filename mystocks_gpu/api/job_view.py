@@ -23,15 +23,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import Settings
-from mystocks_gpu.infra.kafka_clients import consume_ready, make_consumer, watermarks
+from mystocks_gpu.infra.kafka_clients import consume_ready, watermarks
 from mystocks_gpu.jobs.jobs_config import JobsConfig
 from mystocks_gpu.jobs.protocol import COMMAND_SCHEMA, FINAL, STATUS_SCHEMA, status_to_json
 from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
-from mystocks_gpu.streams.broker_watch import watched_consumer
+from mystocks_gpu.streams.broker_watch import BrokerWatch, nudged_consumer, watched_consumer
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class JobView:
         self._thread = threading.Thread(target=self._run, daemon=True, name="gateway-jobview")
         self._meta: Any = None  # a consumer that only asks for watermarks (sync)
         self._meta_lock = threading.Lock()
+        self._meta_watch: BrokerWatch | None = None  # its broker watch, nudged when a query fails
 
     # ---- life cycle ----------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -229,18 +230,26 @@ class JobView:
     def _end_offsets(self) -> dict[tuple[str, int], int]:
         with self._meta_lock:
             if self._meta is None:
-                self._meta = make_consumer(self.settings.kafka, f"mystocks-gateway-meta-{uuid.uuid4().hex[:8]}")
-            c = self._meta
-            out = {}
-            for topic in (self.cfg.commands_topic, self.cfg.status_topic):
-                md = c.list_topics(topic, timeout=self.settings.kafka.connect_timeout_s)
-                if topic not in md.topics or md.topics[topic].error is not None:
-                    raise RuntimeError(f"topic {topic} does not exist")
-                for p in md.topics[topic].partitions:
-                    _, hi = watermarks(c, TopicPartition(topic, p), self.settings.kafka.connect_timeout_s)
-                    out[(topic, p)] = hi
-            return out
+                self._meta, self._meta_watch = nudged_consumer(
+                    self.settings.kafka, f"mystocks-gateway-meta-{uuid.uuid4().hex[:8]}", "gateway meta", clock=self.clock)
+            try:
+                return self._query_ends(self._meta)
+            except KafkaException:
+                if self._meta_watch is not None:
+                    self._meta_watch.nudge()  # librdkafka#5301: a client that lost its broker gets it back
+                raise
 
+    def _query_ends(self, c: Any) -> dict[tuple[str, int], int]:
+        """The end offset of every partition of the commands and status topics, asked of ``c``."""
+        out = {}
+        for topic in (self.cfg.commands_topic, self.cfg.status_topic):
+            md = c.list_topics(topic, timeout=self.settings.kafka.connect_timeout_s)
+            if topic not in md.topics or md.topics[topic].error is not None:
+                raise RuntimeError(f"topic {topic} does not exist")
+            for p in md.topics[topic].partitions:
+                _, hi = watermarks(c, TopicPartition(topic, p), self.settings.kafka.connect_timeout_s)
+                out[(topic, p)] = hi
+        return out
 
 def is_final(st: dict[str, Any]) -> bool:
     """True for a final state."""

@@ -35,6 +35,7 @@ from mystocks_gpu.infra.config import GatewayConfig, Settings
 from mystocks_gpu.infra.kafka_clients import consume_ready, make_consumer, watermarks
 from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
 from mystocks_gpu.schemas.batch_codec import TickDecoder
+from mystocks_gpu.streams.broker_watch import watched_consumer
 
 MARKET_TOPICS = ("md.ticks", "md.bars.1s", "md.bars.1m", "md.bars.1d")
 
@@ -155,10 +156,12 @@ class TopicStream:
         return out
 
     def _run(self) -> None:
-        c = make_consumer(self.settings.kafka, f"mystocks-gateway-stream-{uuid.uuid4().hex[:8]}",
-                          **{"isolation.level": "read_committed",
-                             "queued.max.messages.kbytes": self.gw.stream_prefetch_kbytes,
-                             "fetch.max.bytes": max(1024, self.gw.stream_prefetch_kbytes) * 1024})
+        conf: dict[str, Any] = {"isolation.level": "read_committed",
+                                "queued.max.messages.kbytes": self.gw.stream_prefetch_kbytes,
+                                "fetch.max.bytes": max(1024, self.gw.stream_prefetch_kbytes) * 1024}
+        c = watched_consumer(self.settings.kafka, f"mystocks-gateway-stream-{uuid.uuid4().hex[:8]}",
+                             f"gateway stream {self.topic}",  # polled below: librdkafka#5301's watch is served
+                             **conf)
         try:
             c.assign(self._positions(c))
             self.loop.call_soon_threadsafe(self.ready.set)

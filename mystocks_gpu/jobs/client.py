@@ -19,7 +19,6 @@ from mystocks_gpu.infra.kafka_clients import (
     DeliveryTracker,
     consume_ready,
     ensure_broker,
-    make_consumer,
     make_producer,
     watermarks,
 )
@@ -33,6 +32,7 @@ from mystocks_gpu.jobs.protocol import (
     status_to_json,
 )
 from mystocks_gpu.schemas import AvroCodec, DecodeError, schema_store
+from mystocks_gpu.streams.broker_watch import watched_consumer
 
 #: seconds without any status of a submitted job before the client says what it waits for
 NOTICE_S = 2.0
@@ -64,8 +64,9 @@ class StatusFollower:
         ensure_broker(settings.kafka)
         self.topic = cfg.status_topic
         self.codec = AvroCodec(schema_store(settings))
-        self.consumer = make_consumer(settings.kafka, f"mystocks-follow-{uuid.uuid4().hex[:8]}",
-                                      **{"isolation.level": "read_uncommitted"})
+        conf: dict[str, Any] = {"isolation.level": "read_uncommitted"}
+        self.consumer = watched_consumer(settings.kafka, f"mystocks-follow-{uuid.uuid4().hex[:8]}", "status follower",
+                                         **conf)  # polled while following
         md = self.consumer.list_topics(self.topic, timeout=settings.kafka.connect_timeout_s)
         tps = []
         for p in sorted(md.topics[self.topic].partitions):

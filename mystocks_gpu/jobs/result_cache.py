@@ -54,20 +54,23 @@ class DataVersions:
     def __init__(self, kafka: Any) -> None:
         self.kafka = kafka
         self._consumer: Any = None
+        #: the consumer's broker watch (``streams/broker_watch.py``), nudged when a query fails
+        self.watch: Any = None
 
     def of(self, data_range: dict[str, Any] | None) -> dict[str, Any] | None:
         """``{topic: [[low, high], ...]}`` (partitions in order), ``{}`` when the range names no
         topic, None when a topic is missing or the broker does not answer."""
         from confluent_kafka import KafkaException, TopicPartition
 
-        from mystocks_gpu.infra.kafka_clients import make_consumer, watermarks
+        from mystocks_gpu.infra.kafka_clients import watermarks
+        from mystocks_gpu.streams.broker_watch import nudged_consumer
 
         topics = topics_of(data_range)
         if not topics:
             return {}
         try:
             if self._consumer is None:
-                self._consumer = make_consumer(self.kafka, "mystocks-cache-version")
+                self._consumer, self.watch = nudged_consumer(self.kafka, "mystocks-cache-version", "result cache versions")
             t = self.kafka.connect_timeout_s
             out: dict[str, Any] = {}
             for topic in topics:
@@ -78,6 +81,8 @@ class DataVersions:
                               for p in sorted(md.partitions)]
             return out
         except KafkaException:
+            if self.watch is not None:
+                self.watch.nudge()  # librdkafka#5301: a client that lost its broker gets it back
             return None
 
     def close(self) -> None:

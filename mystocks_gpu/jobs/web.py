@@ -345,11 +345,14 @@ class _Feed:
 
         from confluent_kafka import TopicPartition
 
-        from mystocks_gpu.infra.kafka_clients import consume_ready, make_consumer, watermarks
+        from mystocks_gpu.infra.kafka_clients import consume_ready, watermarks
+        from mystocks_gpu.streams.broker_watch import watched_consumer
 
         ctl = self.ctl
-        c = make_consumer(ctl.settings.kafka, f"mystocks-ws-{self.mtype}-{uuid.uuid4().hex[:6]}",
-                          **{"isolation.level": "read_uncommitted"})
+        conf: dict[str, Any] = {"isolation.level": "read_uncommitted"}
+        c = watched_consumer(ctl.settings.kafka, f"mystocks-ws-{self.mtype}-{uuid.uuid4().hex[:6]}",
+                             f"websocket feed {self.mtype}",  # polled below: librdkafka#5301's watch is served
+                             **conf)
         try:
             md = c.list_topics(self.topic, timeout=10)
             if self.topic not in md.topics or md.topics[self.topic].error is not None:

@@ -16,6 +16,10 @@ when no broker is left that the client was given (``configured``) or learned fro
 librdkafka's public ``rd_kafka_brokers_add`` (the C extension's ``add_brokers``): what the
 re-bootstrap would have done. The statistics are served by the client's ``poll()`` / ``consume()``,
 which the worker calls every loop and between the retries of a transactional call.
+
+A client that is never polled (one kept for queries: watermarks, end offsets) gets no statistics
+(they would pile up in its queue): :func:`nudged_consumer` gives it a watch whose
+:meth:`BrokerWatch.nudge` its owner calls when a query fails.
 """
 
 from __future__ import annotations
@@ -149,3 +153,19 @@ def watched_consumer(kafka: KafkaConfig, group_id: str, name: str, *, clock: Clo
     """:func:`~mystocks_gpu.infra.kafka_clients.make_consumer` with a :class:`BrokerWatch` (served
     by its ``poll()`` / ``consume()``); ``keep`` as for :func:`watched_producer`."""
     return _watched(kafka, name, clock, keep, lambda watch_conf: make_consumer(kafka, group_id, **extra, **watch_conf))
+
+
+def nudged_consumer(kafka: KafkaConfig, group_id: str, name: str, *, clock: Clock = SYSTEM_CLOCK,
+                    **extra: Any) -> tuple[Consumer, BrokerWatch]:
+    """A consumer kept for queries and never polled (so without statistics), and its watch: call
+    ``watch.nudge()`` when a query of it fails (module docstring)."""
+    watch = broker_watch(kafka, name, clock)
+    return watch.attach(make_consumer(kafka, group_id, **extra)), watch
+
+
+def nudged_producer(kafka: KafkaConfig, name: str, *, clock: Clock = SYSTEM_CLOCK,
+                    **extra: Any) -> tuple[Producer, BrokerWatch]:
+    """A producer that is polled only when it sends, seldom (so without statistics), and its watch:
+    call ``watch.nudge()`` when a flush leaves records undelivered (module docstring)."""
+    watch = broker_watch(kafka, name, clock)
+    return watch.attach(make_producer(kafka, **extra)), watch

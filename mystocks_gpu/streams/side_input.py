@@ -38,7 +38,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from mystocks_gpu.infra.clock import SYSTEM_CLOCK, Clock
 from mystocks_gpu.infra.config import KafkaConfig
-from mystocks_gpu.infra.kafka_clients import make_consumer
+from mystocks_gpu.streams.broker_watch import BrokerWatch, nudged_consumer, watched_consumer
 from mystocks_gpu.streams.exceptions import FatalRuntimeError
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class SideInput:
         #: an unassigned consumer for end-offset queries: the reading consumer's connection is held
         #: by fetch long-polls (a ListOffsets request queued behind one waits up to fetch.wait.max.ms)
         self.probe: Any = None
+        #: the probe's broker watch (librdkafka#5301: ``streams/broker_watch.py``), nudged when a query fails
+        self.probe_watch: BrokerWatch | None = None
         self.partitions: list[int] = []
         #: next offset this reader will return per partition (None = not positioned yet)
         self.position: dict[int, int | None] = {}
@@ -78,8 +80,11 @@ class SideInput:
     def open(self) -> None:
         """Create the consumer and learn the side topic's partitions."""
         group = f"mystocks-side-{uuid.uuid4().hex[:8]}"
-        self.consumer = make_consumer(self.kafka, group, route_logs=False, **{"log_level": 3, "fetch.wait.max.ms": 50})
-        self.probe = make_consumer(self.kafka, group + "-probe", route_logs=False, **{"log_level": 3})
+        conf: dict[str, Any] = {"log_level": 3, "fetch.wait.max.ms": 50}
+        self.consumer = watched_consumer(self.kafka, group, f"side input {self.topic}", clock=self.clock,
+                                         route_logs=False, **conf)
+        self.probe, self.probe_watch = nudged_consumer(self.kafka, group + "-probe", f"side input {self.topic} probe",
+                                                       clock=self.clock, route_logs=False, **{"log_level": 3})
         md = self.consumer.list_topics(self.topic, timeout=self.kafka.connect_timeout_s).topics.get(self.topic)
         if md is None or md.error is not None:
             raise FatalRuntimeError(f"side input topic {self.topic} does not exist; run: mystocks-gpu topics create")
@@ -108,6 +113,8 @@ class SideInput:
                                                timeout=self.kafka.connect_timeout_s)
         except KafkaException as exc:
             log.warning("side input: end offsets unknown", extra={"fields": {"error": exc.args[0].str()}})
+            if self.probe_watch is not None:
+                self.probe_watch.nudge()
             return
         for tp in tps:
             if tp.error is None and tp.offset >= 0:

@@ -85,14 +85,16 @@ class KafkaModelSource:
                  store: SchemaStore | None = None) -> None:
         from confluent_kafka import TopicPartition
 
-        from mystocks_gpu.infra.kafka_clients import ensure_broker, make_consumer, make_producer
+        from mystocks_gpu.infra.kafka_clients import ensure_broker
+        from mystocks_gpu.streams.broker_watch import nudged_producer, watched_consumer
 
         ensure_broker(kafka)
         self.kafka, self.topic, self.processor, self.clock = kafka, topic, processor, clock
         self.store = store
         self.asm = Assembler(store)
-        self.consumer = make_consumer(kafka, f"mystocks-models-src-{uuid.uuid4().hex[:8]}", route_logs=False,
-                                      **{"fetch.wait.max.ms": 50})
+        conf: dict[str, Any] = {"fetch.wait.max.ms": 50}
+        self.consumer = watched_consumer(kafka, f"mystocks-models-src-{uuid.uuid4().hex[:8]}", "models source",
+                                         clock=clock, route_logs=False, **conf)
         md = self.consumer.list_topics(topic, timeout=kafka.connect_timeout_s).topics.get(topic)
         if md is None or md.error is not None:
             from mystocks_gpu.processors.training.model_registry import ModelNotFound
@@ -100,7 +102,8 @@ class KafkaModelSource:
             raise ModelNotFound(f"topic {topic} does not exist; run: mystocks-gpu topics create")
         self.partitions = sorted(md.partitions)
         self.consumer.assign([TopicPartition(topic, p, 0) for p in self.partitions])
-        self.producer = make_producer(kafka, route_logs=False, **{"linger.ms": 0})
+        self.producer, self.producer_watch = nudged_producer(kafka, "models dead letters", clock=clock,
+                                                             route_logs=False, **{"linger.ms": 0})
         self._reported = self._already_reported()
         self._ready: list[ModelVersion] = []
         self._backfill(backfill_timeout_s)
@@ -162,6 +165,8 @@ class KafkaModelSource:
         alert = model_alert(version, error, self.processor, self.clock)
         self.producer.produce(ALERTS_TOPIC, AvroCodec(self.store).encode(ALERT_SCHEMA, alert), alert["source"].encode())
         left = self.producer.flush(10)
+        if left:
+            self.producer_watch.nudge()
         log.error("rejected model version", extra={"fields": {"model": version.name, "version": version.version,
                                                               "error": error, "unflushed": left}})
 
