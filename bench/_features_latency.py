@@ -462,12 +462,13 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
 
 
     seconds = float(seconds or args.latency_s)
+    parts = args.partitions if workers > 1 else args.lat_partitions  # scale-out: a partition per worker at least
     short = f"{'eos' if guarantee == 'exactly_once' else 'alo'}{int(rate)}w{workers}{label}{C.new_tag()[:4]}"
     topic, out = f"bench.fe.lat.in.{short}.{tag}", f"bench.fe.lat.out.{short}.{tag}"
     TopicAdmin(s.kafka).create([
-        TopicSpec(topic, "symbol", TICK, partitions=args.partitions, dlq=False),
+        TopicSpec(topic, "symbol", TICK, partitions=parts, dlq=False),
         TopicSpec(topic + ".dlq", "symbol", None, partitions=1, dlq=False),
-        TopicSpec(out, "symbol", FV, partitions=args.partitions, dlq=False,
+        TopicSpec(out, "symbol", FV, partitions=parts, dlq=False,
                   extra={"message.timestamp.type": "LogAppendTime"})])
     group = f"bench-fe-lat-{short}-{tag}"
     root = tree or C.ROOT
@@ -483,7 +484,7 @@ def run_latency(s: Any, tag: str, guarantee: str, rate: float, args: Any, *, wor
                **fetch_settings(vars(args))}
         procs.append(subprocess.Popen([sys.executable, str(script), "--_role", "worker", "--_cfg", json.dumps(cfg)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(root)))
-    cons = MeasuringConsumer(s, f"bench-fe-latc-{short}-{tag}", out, args.partitions)
+    cons = MeasuringConsumer(s, f"bench-fe-latc-{short}-{tag}", out, parts)
     fvdec = FeatureVectorDecoder(())  # ts_event and ts_ingest only
     fvdec.decode([])  # compiled (or loaded from numba's cache) before the clock starts
     producer = None

@@ -156,12 +156,12 @@ def run_floor(s: Any, tag: str, rate: float, args: Any, seconds: float | None = 
     short = f"floor{'e' if eos else 'r' if relay_on else ''}{int(rate)}{C.new_tag()[:4]}"
     topic = f"bench.fe.floor.in.{short}.{tag}"
     out = f"bench.fe.floor.out.{short}.{tag}"
-    TopicAdmin(s.kafka).create([TopicSpec(t, "symbol", TICK, partitions=args.partitions, dlq=False)
+    TopicAdmin(s.kafka).create([TopicSpec(t, "symbol", TICK, partitions=args.lat_partitions, dlq=False)
                                 for t in ([topic, out] if relay_on else [topic])])
-    relay_p = start_relay(s, short + tag, topic, out, args.partitions, args.commit_interval_ms, transactional=eos,
+    relay_p = start_relay(s, short + tag, topic, out, args.lat_partitions, args.commit_interval_ms, transactional=eos,
                           linger_ms=args.output_linger_ms, fetch=fetch_settings(vars(args)),
                           cpus=args.worker_cpus) if relay_on else None
-    cons = MeasuringConsumer(s, f"bench-fe-floorc-{short}-{tag}", out if relay_on else topic, args.partitions)
+    cons = MeasuringConsumer(s, f"bench-fe-floorc-{short}-{tag}", out if relay_on else topic, args.lat_partitions)
     dec = TickDecoder()
     producer = None
     try:

@@ -434,7 +434,13 @@ def main(argv: list[str] | None = None) -> int:
                          "ticks into a throwaway topic, so the first timed contender does not pay for the broker's "
                          "cold transaction and fetch paths (default 300000; 0 = none)")
     ap.add_argument("--symbols", type=int, default=500, help="distinct symbols (default 500)")
-    ap.add_argument("--partitions", type=int, default=4, help="input partitions (default 4)")
+    ap.add_argument("--partitions", type=int, default=4,
+                    help="input and output partitions of the throughput and scale-out runs (default 4)")
+    ap.add_argument("--lat-partitions", type=int, default=None,
+                    help="input and output partitions of the one-worker latency runs and of Kafka's floors beside "
+                         "them (default --partitions). Each partition costs every hop a share of its time: on the "
+                         "2-core VM, 1 partition against 4 halved the at-least-once p99 (bench/HISTORY.md, "
+                         "2026-12-07 23:05); the scale-out runs need one partition per worker and keep --partitions")
     ap.add_argument("--record-io", choices=["auto", "columnar", "messages"], default="auto",
                     help="our workers' RuntimeConfig.record_io (default auto: columnar when the C extension is built)")
     ap.add_argument("--batch", type=int, default=5000, help="micro-batch size: ours max_records, faust take, pandas consume (default 5000)")
@@ -523,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
         L.fetch_label(args)
     except ConfigError as exc:
         ap.error(f"--fetch-min-bytes / --fetch-wait-max-ms: {exc}")
+    if args.lat_partitions is None:
+        args.lat_partitions = args.partitions
+    if args.partitions < 1 or args.lat_partitions < 1:
+        ap.error(f"--partitions and --lat-partitions must be >= 1 (got {args.partitions}, {args.lat_partitions})")
     if args.n < 1 or args.warm_up < 0:
         ap.error(f"--n must be >= 1 and --warm-up >= 0 (got {args.n}, {args.warm_up})")
     if args.quick:
@@ -715,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     goal_rows = goals(args, lat, r_quix, floor, floor_eos, floor2)
     if goal_rows:
         print(f"\ngoals vs measured (load avg {C.machine()['loadavg_1min']} on {m0['cores']} cores: goals assume a quiet machine; "
+              f"one-worker latency runs and floors on {args.lat_partitions} partition(s); "
               "Kafka 1 hop = the same quantile of producer -> broker -> consumer with no worker, at the goal's rate; "
               "Kafka 2 hops = through a relay that copies the records with no work (the pipeline's shape; "
               "for exactly-once, transactions committed at the same interval); worker hop = the same "
@@ -728,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     ll = lat.get(f"{AT_LEAST_ONCE}@{int(args.low_rate)}", {})
     C.write_json(args.json, {
         "machine": m0, "loadavg_1min_end": C.machine()["loadavg_1min"], "n": n, "warm_up": args.warm_up, "symbols": args.symbols,
-        "partitions": args.partitions, "batch": args.batch, "cap_s": args.cap_s, "features": list(NAMES),
+        "partitions": args.partitions, "lat_partitions": args.lat_partitions, "batch": args.batch, "cap_s": args.cap_s, "features": list(NAMES),
         "ours_eos_tps": eos_tps, "ours_eos_no_catch_up_tps": g("eosnc", "tps"), "ratio_vs_quix_no_catch_up": r_quix_nc,
         "ours_alo_tps": g("alo", "tps"), "quix_tps": g("quix", "tps"),
         **{f"ours_{k}_tps_runs": g(k, "tps_runs") for k in ("eos", "eosnc", "alo")},

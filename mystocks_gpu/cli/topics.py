@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
+from mystocks_gpu.exceptions import ConfigError
 from mystocks_gpu.infra.config import Settings
+
+#: the most partitions ``topics create --partitions`` makes a topic
+MAX_PARTITIONS = 10_000
 
 
 def cmd_topics(args: argparse.Namespace, s: Settings) -> int:
@@ -18,9 +23,15 @@ def cmd_topics(args: argparse.Namespace, s: Settings) -> int:
             print(f"{spec.name:<22} key={spec.key:<8} partitions={spec.partitions:<3} {spec.cleanup:<8} "
                   f"retention_ms={spec.retention_ms:<11} schema={spec.schema or 'bytes'}")
         return 0
+    if args.partitions is not None and (args.action != "create" or not args.names):
+        raise ConfigError("--partitions applies to `topics create NAME...` only: name the topics it sizes")
+    if args.partitions is not None and not 1 <= args.partitions <= MAX_PARTITIONS:
+        raise ConfigError(f"--partitions must be within 1..{MAX_PARTITIONS}, got {args.partitions}")
     admin = TopicAdmin(s.kafka)
     if args.action == "create":
         specs = [get(n) for n in args.names] if args.names else all_specs()
+        if args.partitions is not None:
+            specs = [dataclasses.replace(sp, partitions=args.partitions) for sp in specs]
         reports = admin.create(specs)
         drift = [r for r in reports if r.status == "drift"]
         for r in reports:
@@ -43,4 +54,10 @@ def add_commands(sub: Any) -> None:
                         description="Topic catalog. `create` is idempotent and reports drift (exit 4).")
     sp.add_argument("action", choices=["create", "list", "describe"])
     sp.add_argument("names", nargs="*", help="topics (default: the whole catalog, DLQ twins included)")
+    sp.add_argument("--partitions", type=int, default=None, metavar="N",
+                    help="create: the named topics with N partitions instead of the catalog's (an existing topic "
+                         "with another count is reported as drift, never altered). A topic's partitions bound how "
+                         "many workers share it, and each costs every hop a share of its time: on a small machine "
+                         "with one worker, `topics create md.ticks features.ticks --partitions 1` gives the lowest "
+                         "latency (README: A small machine)")
     sp.set_defaults(func=cmd_topics)

@@ -114,7 +114,7 @@ class TopicAdmin:
         """Human-readable differences between a live topic and its spec."""
         diffs = []
         if partitions != spec.partitions:
-            diffs.append(f"partitions {partitions} != catalog {spec.partitions}")
+            diffs.append(f"partitions {partitions} != wanted {spec.partitions}")
         for k, want in spec.config().items():
             have = config.get(k)
             if k == "retention.ms" and spec.cleanup == "compact":

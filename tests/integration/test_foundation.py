@@ -137,7 +137,28 @@ def test_topics_create_is_idempotent_then_reports_drift(settings: Settings, uniq
     admin.add_partitions(spec.name, 3)
     wait_until(lambda: admin.existing().get(spec.name) == 3, 20, "the broker to report 3 partitions")
     rep = admin.create([spec])[0]
-    assert rep.status == "drift" and "partitions 3 != catalog 2" in rep.details
+    assert rep.status == "drift" and "partitions 3 != wanted 2" in rep.details
+
+
+
+def test_topics_create_sizes_named_topics_with_partitions(settings: Settings, unique: str) -> None:
+    """``topics create NAME --partitions N``: the broker holds N partitions; asked again with
+    another count (or the catalog's) it reports drift and exits 4, never altering the topic."""
+    name = f"signals.t{unique}"  # a catalog name (signals.<model>) no other test uses
+    r = run_cli("topics", "create", name, "--partitions", "1")
+    assert r.returncode == 0, r.stderr
+    assert f"{name:<22} created" in r.stdout
+    assert TopicAdmin(settings.kafka).existing()[name] == 1
+    again = run_cli("topics", "create", name, "--partitions", "1")
+    assert again.returncode == 0 and f"{name:<22} exists" in again.stdout, again.stdout + again.stderr
+    for argv, want in ((("--partitions", "2"), 2), ((), 4)):
+        d = run_cli("topics", "create", name, *argv)
+        assert d.returncode == 4, d.stdout + d.stderr
+        assert f"partitions 1 != wanted {want}" in d.stdout
+    assert TopicAdmin(settings.kafka).existing()[name] == 1
+    for argv, message in (((), "name the topics it sizes"), ((name, "--partitions", "0"), "within 1..10000, got 0")):
+        bad = run_cli("topics", "create", *argv, *(("--partitions", "3") if not argv else ()))
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
 
 
 def test_created_topics_are_visible_to_other_clients_when_create_returns(settings: Settings, unique: str) -> None:
