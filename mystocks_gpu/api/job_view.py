@@ -251,6 +251,7 @@ class JobView:
                 out[(topic, p)] = hi
         return out
 
+
 def is_final(st: dict[str, Any]) -> bool:
     """True for a final state."""
     return st["state"] in FINAL

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio as aredis
+
+if TYPE_CHECKING:
+    from mystocks_gpu.streams.broker_watch import BrokerWatch
 
 
 def canonical_json(obj: Any) -> str:
@@ -55,7 +58,7 @@ class DataVersions:
         self.kafka = kafka
         self._consumer: Any = None
         #: the consumer's broker watch (``streams/broker_watch.py``), nudged when a query fails
-        self.watch: Any = None
+        self.watch: BrokerWatch | None = None
 
     def of(self, data_range: dict[str, Any] | None) -> dict[str, Any] | None:
         """``{topic: [[low, high], ...]}`` (partitions in order), ``{}`` when the range names no
