@@ -127,6 +127,8 @@ def cmd_jobs(args: argparse.Namespace, s: Settings) -> int:
 
     from mystocks_gpu.jobs.client import http_ok
 
+    if args.limit is not None and args.limit < 1:  # before any request (0 was dropped as "no limit")
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     q = {k: v for k, v in (("state", args.state), ("kind", args.kind), ("limit", args.limit)) if v}
     data = http_ok("GET", f"{control_url(args, s)}/jobs" + (f"?{urlencode(q)}" if q else ""), api=s.api)
     if args.json:

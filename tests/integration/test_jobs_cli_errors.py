@@ -55,3 +55,12 @@ def test_submit_wait_without_a_control_app_says_what_it_waits_for_and_gives_up(s
     assert "start one with `mystocks-gpu control`" in error
     # the notice comes ~2 s into the 8 s wait: ~6 s before the exit
     assert 4.0 < t_exit - t_notice < 12.0, t_exit - t_notice
+
+
+def test_jobs_limit_below_one_is_refused_before_any_request(settings: Settings, stack: LocalStack) -> None:
+    """``jobs --limit 0`` was sent as no limit at all (every job listed); now any limit below 1 is
+    refused before the control app is asked (none runs here: the old code said it found none)."""
+    for bad in ("0", "-3"):
+        r = run_cli("jobs", "--limit", bad, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == f"mystocks-gpu: error: --limit must be >= 1, got {bad}", r.stderr
