@@ -25,6 +25,9 @@ from mystocks_gpu.streams.runtime_config import (
 from mystocks_gpu.streams.stream_metrics import RuntimeMetrics
 from mystocks_gpu.streams.stream_worker import StreamWorker
 
+#: the defaults of the flags that set a RuntimeConfig field
+RT = RuntimeConfig()
+
 #: ``run features`` flags -> ``[features]`` keys (values parsed like MYSTOCKS_FEATURES__* variables)
 FEATURE_FLAGS = {"features": "features", "ema_spans": "ema_spans", "window_ticks": "window_ticks",
                  "window_s": "window_s", "bar_intervals_s": "bar_intervals_s",
@@ -154,77 +157,77 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (0 = off)")
     sp.add_argument("--input-topic", help="override the processor's input topic")
     sp.add_argument("--output-topic", help="override the processor's output topic")
-    sp.add_argument("--batch-records", type=int, default=5000, help="max records per micro-batch (default 5000)")
-    sp.add_argument("--batch-bytes", type=int, default=4 * 1024 * 1024, help="max bytes per micro-batch (default 4 MiB)")
-    sp.add_argument("--batching", choices=[ADAPTIVE, LINGER], default=ADAPTIVE,
+    sp.add_argument("--batch-records", type=int, default=RT.max_records, help="max records per micro-batch (default %(default)s)")
+    sp.add_argument("--batch-bytes", type=int, default=RT.max_bytes, help="max bytes per micro-batch (default 4 MiB)")
+    sp.add_argument("--batching", choices=[ADAPTIVE, LINGER], default=RT.batching,
                     help="adaptive: close a batch as soon as the input is drained (size follows the load; default); "
                          "linger: close it --linger-ms after its first record")
-    sp.add_argument("--linger-ms", type=float, default=20.0,
-                    help="linger batching: close a batch this long after its first record (default 20)")
-    sp.add_argument("--max-record-bytes", type=int, default=1024 * 1024,
+    sp.add_argument("--linger-ms", type=float, default=RT.linger_ms,
+                    help="linger batching: close a batch this long after its first record (default %(default)s)")
+    sp.add_argument("--max-record-bytes", type=int, default=RT.max_record_bytes,
                     help="a record (key + value) over this many bytes goes to the DLQ before decoding (default 1 MiB)")
-    sp.add_argument("--commit-interval-ms", type=float, default=100.0,
+    sp.add_argument("--commit-interval-ms", type=float, default=RT.commit_interval_ms,
                     help="commit (end the transaction) every N ms; 0 = after every batch (default 100). Exactly-once "
                          "outputs become visible at the commit; a commit starts early by the mean time of "
                          "recent commits (at most N/4), and sooner when the transaction's oldest record "
                          "would otherwise be visible over N ms after its timestamp (commits stay at least "
                          "N/2 apart), so their latency is about N ms")
-    sp.add_argument("--catch-up-commit-interval-ms", type=float, default=None,
+    sp.add_argument("--catch-up-commit-interval-ms", type=float, default=RT.catch_up_commit_interval_ms,
                     help="while the worker is behind (its batches close full), commit every N ms instead of "
                          "--commit-interval-ms: a backlog drains with fewer transactions, and a worker that keeps "
                          "up is not affected; 0 = off (default: exactly-once 1000, at most half of "
                          "--transaction-timeout-ms, when longer than --commit-interval-ms; off with "
                          "--commit-interval-ms 0 and with --at-least-once)")
-    sp.add_argument("--fetch-wait-max-ms", type=int, default=100,
+    sp.add_argument("--fetch-wait-max-ms", type=int, default=RT.fetch_wait_max_ms,
                     help="consumer fetch.wait.max.ms: how long the broker holds a fetch with less than "
-                         "--fetch-min-bytes of new data (default 100)")
-    sp.add_argument("--fetch-min-bytes", type=int, default=1,
+                         "--fetch-min-bytes of new data (default %(default)s)")
+    sp.add_argument("--fetch-min-bytes", type=int, default=RT.fetch_min_bytes,
                     help="consumer fetch.min.bytes: the bytes of new records that answer a fetch; 1 = the first "
                          "record (lowest latency, default); larger values bundle a quiet input into fewer fetches "
                          "and batches (less CPU) at up to --fetch-wait-max-ms more latency")
-    sp.add_argument("--producer-linger-ms", type=float, default=None,
+    sp.add_argument("--producer-linger-ms", type=float, default=RT.producer_linger_ms,
                     help="producer linger.ms for outputs (default 0.5 at-least-once, 5 exactly-once)")
     sp.add_argument("--cpus", default="", metavar="LIST",
                     help="run the worker, every thread of it, on these CPUs only (as taskset -c: 1, 0,2, 2-3; "
                          "default: wherever the scheduler puts it). On a small machine shared with the broker, "
                          "give the worker cores of its own and the broker others ([stack] kafka_cpus): it cuts "
                          "the latency tail (README: See the latency yourself)")
-    sp.add_argument("--group-protocol", choices=["classic", "consumer"], default="classic",
+    sp.add_argument("--group-protocol", choices=["classic", "consumer"], default=RT.group_protocol,
                     help="classic (cooperative-sticky) or consumer (KIP-848)")
-    sp.add_argument("--record-io", choices=["auto", "columnar", "messages"], default="auto",
+    sp.add_argument("--record-io", choices=["auto", "columnar", "messages"], default=RT.record_io,
                     help="how records are read and written: columnar (librdkafka to and from per-field lists by the "
                          "C extension: consuming about 3x the records/s of Message objects; fails to start when it is "
                          "not built), messages (confluent-kafka Message objects and produce() calls), auto (columnar "
                          "when built; default)")
-    sp.add_argument("--max-buffered-records", type=int, default=50_000,
-                    help="backpressure: pause the input while the producer holds more unacknowledged outputs (default 50000)")
-    sp.add_argument("--commit-timeout-s", type=float, default=30.0,
+    sp.add_argument("--max-buffered-records", type=int, default=RT.max_buffered_records,
+                    help="backpressure: pause the input while the producer holds more unacknowledged outputs (default %(default)s)")
+    sp.add_argument("--commit-timeout-s", type=float, default=RT.commit_timeout_s,
                     help="timeout of one transactional call (send offsets, commit, abort), s; retriable errors are "
-                         "retried with back-off until it passes (default 30)")
-    sp.add_argument("--produce-block-timeout-s", type=float, default=60.0,
+                         "retried with back-off until it passes (default %(default)s)")
+    sp.add_argument("--produce-block-timeout-s", type=float, default=RT.produce_block_timeout_s,
                     help="how long producing may wait for room in a full producer queue before the batch aborts "
-                         "and is retried, s (default 60)")
-    sp.add_argument("--max-producer-recoveries", type=int, default=10,
+                         "and is retried, s (default %(default)s)")
+    sp.add_argument("--max-producer-recoveries", type=int, default=RT.max_producer_recoveries,
                     help="exactly-once: how many times a run re-initialises its producer after the coordinator "
                          "aborted its transaction (a broker outage longer than --transaction-timeout-ms) before it "
-                         "fails (default 10)")
-    sp.add_argument("--max-poll-interval-ms", type=int, default=300_000,
+                         "fails (default %(default)s)")
+    sp.add_argument("--max-poll-interval-ms", type=int, default=RT.max_poll_interval_ms,
                     help="consumer max.poll.interval.ms: a worker whose loop stalls longer leaves the group "
-                         "(default 300000, so a broker restart on a small machine does not evict it)")
-    sp.add_argument("--restore-attempts", type=int, default=10,
+                         "(default %(default)s, so a broker restart on a small machine does not evict it)")
+    sp.add_argument("--restore-attempts", type=int, default=RT.restore_attempts,
                     help="attempts to restore a partition's state from its changelog while the changelog's leader "
-                         "is not ready (default 10)")
-    sp.add_argument("--lag-interval-s", type=float, default=2.0,
-                    help="refresh the mystocks_stream_consumer_lag gauges every S seconds (default 2)")
-    sp.add_argument("--transaction-timeout-ms", type=int, default=10_000,
+                         "is not ready (default %(default)s)")
+    sp.add_argument("--lag-interval-s", type=float, default=RT.lag_interval_s,
+                    help="refresh the mystocks_stream_consumer_lag gauges every S seconds (default %(default)s)")
+    sp.add_argument("--transaction-timeout-ms", type=int, default=RT.transaction_timeout_ms,
                     help="exactly-once: the coordinator aborts (and fences) a transaction open longer than this; "
-                         "a dead worker's open transaction blocks read_committed readers this long (default 10000)")
+                         "a dead worker's open transaction blocks read_committed readers this long (default %(default)s)")
     sp.add_argument("--inject-faults", metavar="PLAN", default=None,
                     help="testing only: raise abortable errors at protocol stages, e.g. 'produce=0.02,commit=0.05;seed=7' "
                          "(stages: begin, produce, offsets, commit, crash, stall, slow_commit)")
-    sp.add_argument("--session-timeout-ms", type=int, default=6_000,
+    sp.add_argument("--session-timeout-ms", type=int, default=RT.session_timeout_ms,
                     help="consumer group session timeout: a worker that dies holds its partitions this long "
-                         "(classic protocol; within the broker's group.min/max.session.timeout.ms; default 6000)")
+                         "(classic protocol; within the broker's group.min/max.session.timeout.ms; default %(default)s)")
     sp.add_argument("--idle-exit", type=float, default=None,
                     help="exit after this many seconds without input (a worker not yet assigned any partition waits "
                          "this plus two session timeouts for one)")

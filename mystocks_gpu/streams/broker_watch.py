@@ -155,17 +155,22 @@ def watched_consumer(kafka: KafkaConfig, group_id: str, name: str, *, clock: Clo
     return _watched(kafka, name, clock, keep, lambda watch_conf: make_consumer(kafka, group_id, **extra, **watch_conf))
 
 
+
+def _nudged(kafka: KafkaConfig, name: str, clock: Clock, client: C) -> tuple[C, BrokerWatch]:
+    """``client`` (built without statistics) and a watch attached to it, for its owner to nudge."""
+    watch = broker_watch(kafka, name, clock)
+    return watch.attach(client), watch
+
+
 def nudged_consumer(kafka: KafkaConfig, group_id: str, name: str, *, clock: Clock = SYSTEM_CLOCK,
                     **extra: Any) -> tuple[Consumer, BrokerWatch]:
     """A consumer kept for queries and never polled (so without statistics), and its watch: call
     ``watch.nudge()`` when a query of it fails (module docstring)."""
-    watch = broker_watch(kafka, name, clock)
-    return watch.attach(make_consumer(kafka, group_id, **extra)), watch
+    return _nudged(kafka, name, clock, make_consumer(kafka, group_id, **extra))
 
 
 def nudged_producer(kafka: KafkaConfig, name: str, *, clock: Clock = SYSTEM_CLOCK,
                     **extra: Any) -> tuple[Producer, BrokerWatch]:
     """A producer that is polled only when it sends, seldom (so without statistics), and its watch:
     call ``watch.nudge()`` when a flush leaves records undelivered (module docstring)."""
-    watch = broker_watch(kafka, name, clock)
-    return watch.attach(make_producer(kafka, **extra)), watch
+    return _nudged(kafka, name, clock, make_producer(kafka, **extra))

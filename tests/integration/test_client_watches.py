@@ -23,7 +23,6 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import KafkaException
 
-from mystocks_gpu.api import protos  # noqa: F401  (the generated modules' import path)
 from mystocks_gpu.api.job_view import JobView
 from mystocks_gpu.api.market_stream import StreamStats, TopicStream
 from mystocks_gpu.api.protos import realtime_pb2
