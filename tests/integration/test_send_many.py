@@ -14,6 +14,8 @@ and with what."""
 
 from __future__ import annotations
 
+import collections
+import logging
 import random
 import time
 
@@ -46,7 +48,9 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
     TopicAdmin(settings.kafka).create([TopicSpec(t, "symbol", None, partitions=5, dlq=False) for t in topics])
     keys, values, ts = _columns()
     reports: list[Report] = []  # every record's but the fences' (they carry callbacks of their own)
+    trace_log, trace = _rdkafka_trace(unique)
     tiny = make_producer(settings.kafka, **{**FENCED_PRODUCER, "queue.buffering.max.messages": 7, "linger.ms": 0,
+                                            "debug": "msg,eos", "logger": trace_log,
                                             "on_delivery": lambda err, msg: reports.append(_report(err, msg))})
     counts = {topics[0]: 5, topics[2]: 5} if placed else {}
     proto, waited = _counting_protocol(tiny, RuntimeConfig(guarantee=AT_LEAST_ONCE, record_io=record_io), counts)
@@ -71,7 +75,24 @@ def test_send_many_keeps_order_timestamps_headers_and_partitions_through_full_qu
     else:
         assert cut.needs_empty_queue and not proto.fences.settled(cut, queue_len=1)
 
-    _check_wire(settings, topics, keys, values, ts, reports)
+    _check_wire(settings, topics, keys, values, ts, reports, trace=trace)
+
+
+def _rdkafka_trace(unique: str) -> tuple[logging.Logger, collections.deque[str]]:
+    """A logger for librdkafka's ``msg,eos`` debug lines (requests, sequences, retries, PID changes)
+    and the bounded list it keeps them in: a record missing on the wire is shown with the lines
+    about its partition (a rare at-least-once loss seen in CI, 2026-12-08, not reproduced since)."""
+    lines: collections.deque[str] = collections.deque(maxlen=20_000)
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    log = logging.getLogger(f"tests.rdkafka.{unique}")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    log.addHandler(Keep())
+    return log, lines
 
 
 #: a delivery report: ``(topic, partition, offset, error or None, value)``
@@ -83,12 +104,16 @@ def _report(err: object, msg: object) -> Report:
 
 
 def _missing(got: list[tuple[int, str | None, bytes | None, int, dict[str, str]]], values: list[bytes],
-             ts: list[int], topic: str, reports: list[Report]) -> str:
-    """Which records are not on the wire (index, timestamp) and what their delivery reports said."""
+             ts: list[int], topic: str, reports: list[Report], trace: collections.deque[str] | None = None) -> str:
+    """Which records are not on the wire (index, timestamp) and what their delivery reports said;
+    with ``trace`` (:func:`_rdkafka_trace`), the producer's debug lines about their partitions."""
     on_wire = {(r[2], r[3]) for r in got}
     gone = [i for i, vt in enumerate(zip(values, ts, strict=True)) if vt not in on_wire]
     said = {i: [r[1:4] for r in reports if r[0] == topic and r[4] == values[i]] for i in gone[:10]}
-    return f"{len(gone)} records missing: index -> reports (partition, offset, error): {said}"
+    parts = {r[1] for i in gone[:10] for r in reports if r[0] == topic and r[4] == values[i]}
+    about = [ln for ln in trace or () if any(f"{topic} [{p}]" in ln for p in parts) or "PID" in ln]
+    shown = "\n".join(about[:60])
+    return f"{len(gone)} records missing: index -> reports (partition, offset, error): {said}\n{shown}\n"
 
 
 def _diagnosis(settings: Settings, topic: str, values: list[bytes], ts: list[int], errors: list[str]) -> str:
@@ -177,7 +202,8 @@ def test_exactly_once_background_sends_keep_order_through_full_queues_and_abort_
 
 
 def _check_wire(settings: Settings, topics: list[str], keys: list[bytes | None], values: list[bytes],
-                ts: list[int], reports: list[Report] | None = None, errors: list[str] | None = None) -> None:
+                ts: list[int], reports: list[Report] | None = None, errors: list[str] | None = None,
+                trace: collections.deque[str] | None = None) -> None:
     """topics[0]: every record once, in the reference producer's partition, in order; topics[2]: the
     first 300 with both headers; topics[3]: the first 700 in partition 3, in order. ``reports``:
     the producer's delivery reports, named for any record missing."""
@@ -190,7 +216,7 @@ def _check_wire(settings: Settings, topics: list[str], keys: list[bytes | None],
     ref_part = {(r[1], r[2]): r[0] for r in _records(topics[1], settings) if r[1] is not None}
 
     got = _records(topics[0], settings)
-    assert len(got) == n, _missing(got, values, ts, topics[0], reports or []) + _diagnosis(settings, topics[0], values,
+    assert len(got) == n, _missing(got, values, ts, topics[0], reports or [], trace) + _diagnosis(settings, topics[0], values,
                                                                                          ts, errors or [])
     assert sorted((r[2], r[3]) for r in got) == sorted(zip(values, ts, strict=True))  # each exactly once
     keyed = [(k.decode(), v, t) for k, v, t in zip(keys, values, ts, strict=True) if k is not None]
