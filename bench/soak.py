@@ -131,7 +131,7 @@ class Soak:
 
     def _make_stack(self, home: Path) -> LocalStack:
         kp, cp, rp = _free_ports(3)
-        cfg = StackConfig(kafka_port=kp, controller_port=cp, redis_port=rp, home=str(home), kafka_heap_mb=512,
+        cfg = StackConfig(kafka_port=kp, controller_port=cp, redis_port=rp, home=str(home),
                           startup_timeout_s=self.args.startup_timeout)
         return SecureStack(cfg) if self.args.secure else LocalStack(cfg)
 

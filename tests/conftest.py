@@ -209,7 +209,8 @@ def _start_on_free_ports(make: Callable[[StackConfig], Any], settings: Settings,
         kafka, controller, redis = _free_ports(host, 3, exclude=_reserved_ports())
         cfg = StackConfig(host=host, kafka_port=kafka, controller_port=controller, redis_port=redis, home=str(home),
                           kafka_version=settings.stack.kafka_version, cache_dir=settings.stack.cache_dir,
-                          kafka_heap_mb=384,  # TLS + SCRAM + authorizer start slower: 300 s at least on a busy box
+                          kafka_heap_mb=384, kafka_young_mb=0,  # a small broker, G1 sizes its young generation
+                          # TLS + SCRAM + authorizer start slower: 300 s at least on a busy box
                           startup_timeout_s=max(settings.stack.startup_timeout_s, 300.0))
         st = make(cfg)
         st.home.mkdir(parents=True, exist_ok=True)

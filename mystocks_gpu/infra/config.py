@@ -162,7 +162,13 @@ class StackConfig:
     home: str = ".stack"
     #: Maven-resolved Kafka jars are cached here (shared between checkouts)
     cache_dir: str = "~/.cache/mystocks-gpu"
-    kafka_heap_mb: int = 512
+    #: the broker's heap (``-Xmx``; Kafka's own default is 1 GiB)
+    kafka_heap_mb: int = 1024
+    #: the broker's young generation, fixed (``-Xmn``, the heap then committed whole); 0 = G1 sizes it
+    #: to its pause goal (about 100 MB here). The broker allocates ~25 MB/s at 10k ticks/s and ~100 MB/s
+    #: at 50k: G1's own sizing paused it for 5-16 ms every 1-4 s, 640 MB every 6-30 s for 14-40 ms, and
+    #: at-least-once p99 fell 7.6 -> 6.1 ms at 10k, 11.6 -> 9.9 at 50k (bench/HISTORY.md, 2026-12-08 01:45)
+    kafka_young_mb: int = 640
     startup_timeout_s: float = 120.0
     #: the CPUs the broker runs on, every thread of it, as ``taskset -c`` writes them ("0", "0-1");
     #: "" = wherever the scheduler puts it (default). With ``run --cpus`` on other cores: the broker
@@ -180,6 +186,9 @@ class StackConfig:
             raise ConfigError(f"stack.kafka_version must be an Apache Kafka 4.x release, got {self.kafka_version!r}")
         if self.kafka_heap_mb < 128:
             raise ConfigError("stack.kafka_heap_mb must be >= 128")
+        if self.kafka_young_mb and not 16 <= self.kafka_young_mb <= self.kafka_heap_mb - 256:
+            raise ConfigError(f"stack.kafka_young_mb must be 0 (G1 sizes it) or 16 .. kafka_heap_mb - 256 "
+                              f"(= {self.kafka_heap_mb - 256}; the old generation needs ~256 MB), got {self.kafka_young_mb}")
         if not self.startup_timeout_s > 0:
             raise ConfigError(f"stack.startup_timeout_s must be > 0, got {self.startup_timeout_s}")
         parse_cpu_list(self.kafka_cpus, "stack.kafka_cpus")

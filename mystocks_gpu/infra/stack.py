@@ -252,15 +252,18 @@ class LocalStack:
         props.write_text(self._broker_properties("server.properties"))
         return props
 
-    def _java_cmd(self, main: str, *args: str, heap_mb: int = 256, jvm: tuple[str, ...] = ()) -> list[str]:
+    def _java_cmd(self, main: str, *args: str, heap_mb: int = 256, young_mb: int = 0,
+                  jvm: tuple[str, ...] = ()) -> list[str]:
         # One GC worker thread: with the heaps here a young collection copies a few MB, and two workers
         # sharing two cores with the stack's clients stalled whole pauses on one preempted worker
         # (G1 "Termination" 156 ms of a 174 ms pause that copied 4.7 MB). Survivors go to the old
         # generation at once (MaxTenuringThreshold=0): the broker's young survivors are objects that
         # live for seconds (ages 1-9 under load), which G1's default copied again in every young
         # pause (7 MB, 15 ms of a 16-ms pause); promoted once, the pause copies only the newest
-        # (~0.8 MB) and took 5-7 ms (bench/HISTORY.md 2026-12-05, 20:47 on).
-        return [self.java(), f"-Xmx{heap_mb}m", f"-Xms{min(heap_mb, 256)}m", "-XX:+UseG1GC",
+        # (~0.8 MB) and took 5-7 ms (bench/HISTORY.md 2026-12-05, 20:47 on). ``young_mb``: a young
+        # generation of that size (-Xmn) in a heap committed whole (stack.kafka_young_mb).
+        sizes = [f"-Xms{heap_mb}m", f"-Xmn{young_mb}m"] if young_mb else [f"-Xms{min(heap_mb, 256)}m"]
+        return [self.java(), f"-Xmx{heap_mb}m", *sizes, "-XX:+UseG1GC",
                 "-XX:MaxGCPauseMillis=20", "-XX:ParallelGCThreads=1", "-XX:ConcGCThreads=1",
                 "-XX:MaxTenuringThreshold=0", *jvm,
                 "-Djava.awt.headless=true",
@@ -299,7 +302,7 @@ class LocalStack:
             gc_log = f"-Xlog:gc:file={self.kafka_dir / 'gc.log'}:time,uptime:filecount=2,filesize=5m"
             with children_on(cpus):  # every thread of the broker, from its first (stack.kafka_cpus)
                 proc = subprocess.Popen(self._java_cmd("kafka.Kafka", str(props), heap_mb=self.cfg.kafka_heap_mb,
-                                                       jvm=(gc_log,)),
+                                                       young_mb=self.cfg.kafka_young_mb, jvm=(gc_log,)),
                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True, cwd=self.kafka_dir)
         self._write_pid("kafka", proc.pid)

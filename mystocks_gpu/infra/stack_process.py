@@ -39,7 +39,8 @@ class StackLike(Protocol):
 
     def fetch_kafka(self) -> Path: ...
 
-    def _java_cmd(self, main: str, *args: str, heap_mb: int = 256, jvm: tuple[str, ...] = ()) -> list[str]: ...
+    def _java_cmd(self, main: str, *args: str, heap_mb: int = 256, young_mb: int = 0,
+                  jvm: tuple[str, ...] = ()) -> list[str]: ...
 
 
 def proc_stat(pid: int) -> list[str] | None:

@@ -251,7 +251,10 @@ def test_broker_gc_fits_two_shared_cores(stack: LocalStack, settings: Settings) 
       from the running broker's command line.
     - Young survivors promoted at once: under load the broker's survivors are objects that live for
       seconds, which G1's default tenuring copied again in every young pause (16 ms; 5-7 ms when
-      they are promoted on their first copy). Read from the same command line."""
+      they are promoted on their first copy). Read from the same command line.
+    - A young generation of ``stack.kafka_young_mb`` (640 MB) in a heap committed whole: a young
+      pause every 6-30 s under load instead of every 1-4 s (``bench/HISTORY.md``, 2026-12-08 01:45).
+      From the command line, and from the JVM itself: its collector log gives the heap's size."""
     admin = make_admin(settings.kafka)
     res = ConfigResource(ConfigResource.Type.BROKER, "1")
     entries = admin.describe_configs([res])[res].result(timeout=30)
@@ -263,6 +266,12 @@ def test_broker_gc_fits_two_shared_cores(stack: LocalStack, settings: Settings) 
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"-XX:ParallelGCThreads=1" in argv and b"-XX:ConcGCThreads=1" in argv and b"kafka.Kafka" in argv
     assert b"-XX:MaxTenuringThreshold=0" in argv
+    young, heap = settings.stack.kafka_young_mb, settings.stack.kafka_heap_mb
+    assert young > 0 and f"-Xmn{young}m".encode() in argv and f"-Xms{heap}m".encode() in argv
+    log = stack.kafka_dir / "gc.log"  # "Pause Young (...) 67M->9M(1024M) 19.288ms": after, (committed)
+    wait_until(lambda: log.exists() and "Pause Young" in log.read_text(), 60, f"a young pause in {log}")
+    pauses = [ln for ln in log.read_text().splitlines() if "Pause Young" in ln]
+    assert all(ln.rsplit(" ", 1)[0].endswith(f"({heap}M)") for ln in pauses), pauses[:3]
 
 
 def test_broker_writes_its_collector_log_with_wall_clock_times(stack: LocalStack) -> None:

@@ -18,7 +18,7 @@ def test_defaults_are_loopback_stack() -> None:
     assert s.kafka.bootstrap_servers == "127.0.0.1:19092"
     assert s.redis.url == "redis://127.0.0.1:16379/0"
     assert s.backend == "auto"
-    assert s.stack.kafka_heap_mb == 512
+    assert s.stack.kafka_heap_mb == 1024 and s.stack.kafka_young_mb == 640
 
 
 def test_rebootstrap_s_reaches_every_kafka_client_config(tmp_path: Path) -> None:
@@ -132,6 +132,9 @@ BAD_FILES = [
     ("[redis]\nurl = 5\n", "redis.url"),
     ("[stack]\nkafka_port = 1.5\n", "stack.kafka_port"),
     ("[stack]\nkafka_heap_mb = \"512\"\n", "stack.kafka_heap_mb"),
+    ("[stack]\nkafka_young_mb = 800\n", "stack.kafka_young_mb"),  # leaves the old generation < 256 MB
+    ("[stack]\nkafka_heap_mb = 512\n", "stack.kafka_young_mb"),  # the default young generation no longer fits
+    ("[stack]\nkafka_young_mb = 8\n", "stack.kafka_young_mb"),
     ("[stack]\nstartup_timeout_s = -5\n", "stack.startup_timeout_s"),
     ("[metrics]\nport = true\n", "metrics.port"),
     ("[metrics]\nport = -1\n", "metrics.port"),

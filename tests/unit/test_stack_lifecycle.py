@@ -360,3 +360,15 @@ def test_a_servers_log_over_the_limit_moves_aside_when_it_starts(tmp_path: Path)
     srv.spawn(["sh", "-c", "echo again"])  # under the limit: appended, the rotated log untouched
     wait_until(lambda: srv.log.read_bytes() == b"started\nagain\n", 30, "the second run appended")
     assert rotated.stat().st_size == big
+
+
+@pytest.mark.parametrize(("young", "want"), [(640, ["-Xmx1024m", "-Xms1024m", "-Xmn640m"]), (0, ["-Xmx1024m", "-Xms256m"])])
+def test_broker_young_generation_is_fixed_by_the_setting(tmp_path: Path, young: int, want: list[str]) -> None:
+    """``stack.kafka_young_mb``: the broker's young generation (``-Xmn``) in a heap committed whole;
+    0 leaves both to G1 (the heap starting at 256 MB). Only the broker gets it, not the tools."""
+    st = _stack(tmp_path, kafka_young_mb=young)
+    cmd = st._java_cmd("kafka.Kafka", "server.properties", heap_mb=st.cfg.kafka_heap_mb, young_mb=st.cfg.kafka_young_mb)
+    sizes = [a for a in cmd if re.fullmatch(r"-Xm[nsx]\d+m", a)]
+    assert sizes == want
+    tool = st._java_cmd("kafka.tools.StorageTool", "format")
+    assert not any(a.startswith("-Xmn") for a in tool)
