@@ -167,7 +167,7 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--max-record-bytes", type=int, default=RT.max_record_bytes,
                     help="a record (key + value) over this many bytes goes to the DLQ before decoding (default 1 MiB)")
     sp.add_argument("--commit-interval-ms", type=float, default=RT.commit_interval_ms,
-                    help="commit (end the transaction) every N ms; 0 = after every batch (default 100). Exactly-once "
+                    help="commit (end the transaction) every N ms; 0 = after every batch (default %(default)s). Exactly-once "
                          "outputs become visible at the commit; a commit starts early by the mean time of "
                          "recent commits (at most N/4), and sooner when the transaction's oldest record "
                          "would otherwise be visible over N ms after its timestamp (commits stay at least "

@@ -155,7 +155,6 @@ def watched_consumer(kafka: KafkaConfig, group_id: str, name: str, *, clock: Clo
     return _watched(kafka, name, clock, keep, lambda watch_conf: make_consumer(kafka, group_id, **extra, **watch_conf))
 
 
-
 def _nudged(kafka: KafkaConfig, name: str, clock: Clock, client: C) -> tuple[C, BrokerWatch]:
     """``client`` (built without statistics) and a watch attached to it, for its owner to nudge."""
     watch = broker_watch(kafka, name, clock)

@@ -268,19 +268,23 @@ def test_broker_gc_fits_two_shared_cores(stack: LocalStack, settings: Settings) 
     assert b"-XX:MaxTenuringThreshold=0" in argv
     young, heap = settings.stack.kafka_young_mb, settings.stack.kafka_heap_mb
     assert young > 0 and f"-Xmn{young}m".encode() in argv and f"-Xms{heap}m".encode() in argv
-    log = stack.kafka_dir / "gc.log"  # "Pause Young (...) 67M->9M(1024M) 19.288ms": after, (committed)
-    wait_until(lambda: log.exists() and "Pause Young" in log.read_text(), 60, f"a young pause in {log}")
-    pauses = [ln for ln in log.read_text().splitlines() if "Pause Young" in ln]
+    pauses = _young_pauses(stack)  # "... Pause Young (...) 67M->9M(1024M) 19.288ms": after, (committed)
     assert all(ln.rsplit(" ", 1)[0].endswith(f"({heap}M)") for ln in pauses), pauses[:3]
+
+
+def _young_pauses(stack: LocalStack) -> list[str]:
+    """The young-pause lines of the broker's collector log (``kafka/gc.log``), once it has one: any
+    broker has collected by the time the session's tests run (class loading starts a cycle)."""
+    log = stack.kafka_dir / "gc.log"
+    wait_until(lambda: log.exists() and "Pause Young" in log.read_text(), 60, f"a young pause in {log}")
+    return [ln for ln in log.read_text().splitlines() if "Pause Young" in ln]
 
 
 def test_broker_writes_its_collector_log_with_wall_clock_times(stack: LocalStack) -> None:
     """The stack's broker logs its collector's pauses and concurrent cycles to ``kafka/gc.log`` with
     wall-clock times, so a latency stall (``bench/features_e2e.py`` records each run's window start)
     can be lined up with them. Any broker has collected by the time the session's tests run."""
-    log = stack.kafka_dir / "gc.log"
-    wait_until(lambda: log.exists() and "Pause Young" in log.read_text(), 60, f"a young pause in {log}")
-    first = next(line for line in log.read_text().splitlines() if "Pause Young" in line)
+    first = _young_pauses(stack)[0]
     stamp = datetime.strptime(first[1:24], "%Y-%m-%dT%H:%M:%S.%f")  # [2026-12-06T04:55:51.939+0000][0.289s] ...
     assert abs((datetime.now(timezone.utc).replace(tzinfo=None) - stamp).days) < 2
 
